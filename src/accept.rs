@@ -1,0 +1,137 @@
+//! Listeners and the accept loop: socket options, one task per connection, and the deadline
+//! for a connection's first request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ListenerConfig;
+use crate::proxy::{self, ConnInfo, ProxyState};
+
+/// Pending connections the kernel may queue per listener: absorbs reconnect storms after a
+/// backend restart, when thousands of clients come back at once.
+const LISTEN_BACKLOG: u32 = 4096;
+/// TCP keepalive on client sockets: finds peers that vanished without a FIN (NAT timeouts,
+/// pulled cables) on sessions that are otherwise idle for hours.
+const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// After an accept error such as EMFILE, wait before retrying rather than spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Binds a listener socket.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Accepts until `stop` fires, then returns (dropping the listener: no new connections).
+/// Connection tasks are tracked by `conns`; on `stop` each finishes its current request and
+/// closes (upgraded sessions live on in the session registry).
+pub async fn accept_loop(
+    listener: TcpListener,
+    config: ListenerConfig,
+    state: Arc<ProxyState>,
+    stop: CancellationToken,
+    conns: TaskTracker,
+) {
+    let builder = Arc::new(crate::http::builder(&config, &state.config.limits));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(ok) => ok,
+                Err(e) => {
+                    tracing::warn!(listener = %config.addr, error = %e, "accept failed");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
+                    }
+                }
+            },
+        };
+        set_socket_options(&stream);
+        let conn = ConnInfo {
+            client: peer,
+            scheme: "http",
+        };
+        conns.spawn(serve(
+            stream,
+            conn,
+            state.clone(),
+            builder.clone(),
+            config.handshake_timeout,
+            stop.clone(),
+        ));
+    }
+}
+
+fn set_socket_options(stream: &TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY failed");
+    }
+    let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE_IDLE);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "TCP keepalive failed");
+    }
+}
+
+/// Serves one connection. Its first request must arrive within `first_request_timeout`:
+/// hyper's header timeout only starts once the protocol has been sniffed, so a client that
+/// connects and sends nothing would otherwise hold the socket forever.
+async fn serve(
+    stream: TcpStream,
+    conn: ConnInfo,
+    state: Arc<ProxyState>,
+    builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+    first_request_timeout: Duration,
+    stop: CancellationToken,
+) {
+    let seen_request = Arc::new(AtomicBool::new(false));
+    let service = {
+        let seen_request = seen_request.clone();
+        service_fn(move |req| {
+            seen_request.store(true, Ordering::Relaxed);
+            proxy::handle(state.clone(), conn, req)
+        })
+    };
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let deadline = tokio::time::sleep(first_request_timeout);
+    tokio::pin!(deadline);
+    let mut deadline_armed = true;
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(client = %conn.client, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = &mut deadline, if deadline_armed => {
+                deadline_armed = false;
+                if !seen_request.load(Ordering::Relaxed) {
+                    tracing::debug!(client = %conn.client, "no request within the handshake timeout; closing");
+                    return;
+                }
+            }
+            _ = stop.cancelled(), if !stopping => {
+                stopping = true;
+                // Finish the request in flight, then close; idle keep-alive connections close now.
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}

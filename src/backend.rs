@@ -1,0 +1,533 @@
+//! The backend leg: pick a backend, connect with a timeout (moving to the next backend on a
+//! failure), send a rebuilt upgrade request with a fresh key, and verify the 101.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, request};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::config::{BackendUrl, Balance, RouteConfig};
+use crate::error::{BackendError, BackendRefusal};
+use crate::handshake::{self, ClientHandshake};
+
+/// One backend server and the number of live sessions on it.
+#[derive(Debug)]
+pub struct Backend {
+    pub url: BackendUrl,
+    active: AtomicUsize,
+}
+
+impl Backend {
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+/// A route's backends and the balancing state.
+#[derive(Debug)]
+pub struct BackendPool {
+    backends: Vec<Arc<Backend>>,
+    balance: Balance,
+    next: AtomicUsize,
+}
+
+/// A session's claim on a backend: counts toward `least_conn` until dropped.
+#[derive(Debug)]
+pub struct BackendLease {
+    pub backend: Arc<Backend>,
+}
+
+impl Drop for BackendLease {
+    fn drop(&mut self) {
+        self.backend.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl BackendPool {
+    pub fn new(urls: Vec<BackendUrl>, balance: Balance) -> BackendPool {
+        BackendPool {
+            backends: urls
+                .into_iter()
+                .map(|url| {
+                    Arc::new(Backend {
+                        url,
+                        active: AtomicUsize::new(0),
+                    })
+                })
+                .collect(),
+            balance,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn backends(&self) -> &[Arc<Backend>] {
+        &self.backends
+    }
+
+    /// The order in which one session tries the backends: the balancer's pick first, then
+    /// the others, so a dead backend costs one connect attempt, not the session.
+    fn order(&self) -> Vec<Arc<Backend>> {
+        let n = self.backends.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n.max(1);
+        let mut order: Vec<Arc<Backend>> = (0..n)
+            .map(|i| self.backends[(start + i) % n].clone())
+            .collect();
+        if self.balance == Balance::LeastConn {
+            // Stable: ties keep the rotating order, so equal backends share the load.
+            order.sort_by_key(|b| b.active());
+        }
+        order
+    }
+
+    /// Connects to the first backend that answers, in balancing order.
+    pub async fn connect(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<(TcpStream, BackendLease), BackendError> {
+        let mut failures = Vec::new();
+        let mut all_timeouts = true;
+        for backend in self.order() {
+            match tokio::time::timeout(connect_timeout, connect_one(&backend.url)).await {
+                Ok(Ok(stream)) => {
+                    backend.active.fetch_add(1, Ordering::Relaxed);
+                    if !failures.is_empty() {
+                        tracing::warn!(backend = %backend.url.url, failed = %failures.join("; "), "failed over to the next backend");
+                    }
+                    return Ok((stream, BackendLease { backend }));
+                }
+                Ok(Err(e)) => {
+                    all_timeouts = false;
+                    tracing::warn!(backend = %backend.url.url, error = %e, "backend connect failed");
+                    failures.push(format!("{}: {e}", backend.url.url));
+                }
+                Err(_) => {
+                    tracing::warn!(backend = %backend.url.url, timeout = ?connect_timeout, "backend connect timed out");
+                    failures.push(format!("{}: timed out", backend.url.url));
+                }
+            }
+        }
+        let detail = failures.join("; ");
+        if all_timeouts {
+            Err(BackendError::ConnectTimeout(connect_timeout, detail))
+        } else {
+            Err(BackendError::Unreachable(detail))
+        }
+    }
+}
+
+async fn connect_one(url: &BackendUrl) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host((url.host.as_str(), url.port)).await? {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("host resolved to no address")))
+}
+
+/// Headers that belong to one connection (RFC 9110 §7.6.1) or that the proxy regenerates
+/// for the backend leg; never copied from the client's request.
+const NOT_FORWARDED: &[HeaderName] = &[
+    header::CONNECTION,
+    header::UPGRADE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::CONTENT_LENGTH,
+    header::PROXY_AUTHORIZATION,
+    header::HOST,
+    header::SEC_WEBSOCKET_KEY,
+    header::SEC_WEBSOCKET_VERSION,
+    header::SEC_WEBSOCKET_ACCEPT,
+    header::SEC_WEBSOCKET_PROTOCOL,
+    header::FORWARDED,
+];
+
+/// Non-standard hop-by-hop and forwarding headers, by lower-case name. Forwarding headers
+/// from the client are dropped (not appended to) until trusted proxies can be configured:
+/// otherwise any client could claim any address.
+const NOT_FORWARDED_NAMES: &[&str] = &[
+    "keep-alive",
+    "proxy-connection",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+];
+
+/// Everything the backend request is built from.
+pub struct BackendRequest<'a> {
+    pub route: &'a RouteConfig,
+    pub backend: &'a BackendUrl,
+    pub client: &'a request::Parts,
+    pub handshake: &'a ClientHandshake,
+    pub client_addr: SocketAddr,
+    /// `http` or `https`, as seen by the client.
+    pub scheme: &'static str,
+}
+
+/// Builds the upgrade request for the backend: end-to-end headers copied, hop-by-hop ones
+/// dropped, a fresh key, and the forwarding headers added. Returns the request and its key.
+pub fn build_request(b: &BackendRequest<'_>) -> (Request<Empty<Bytes>>, String) {
+    let key = handshake::generate_key();
+    let path = backend_path(
+        b.route,
+        b.backend,
+        b.client.uri.path(),
+        b.client.uri.query(),
+    );
+    let host = if b.route.preserve_host {
+        b.handshake.host.clone()
+    } else {
+        b.backend.authority.clone()
+    };
+
+    let mut headers = HeaderMap::with_capacity(b.client.headers.len() + 8);
+    let named_in_connection = handshake::list_values(&b.client.headers, &header::CONNECTION);
+    for (name, value) in &b.client.headers {
+        let drop = NOT_FORWARDED.contains(name)
+            || NOT_FORWARDED_NAMES.contains(&name.as_str())
+            || name.as_str().starts_with("proxy-")
+            || named_in_connection
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(name.as_str()));
+        if !drop {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let set = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    };
+    set(&mut headers, header::HOST, &host);
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    set(&mut headers, header::SEC_WEBSOCKET_KEY, &key);
+    headers.insert(
+        header::SEC_WEBSOCKET_VERSION,
+        HeaderValue::from_static(handshake::WEBSOCKET_VERSION),
+    );
+    if !b.handshake.protocols.is_empty() {
+        set(
+            &mut headers,
+            header::SEC_WEBSOCKET_PROTOCOL,
+            &b.handshake.protocols.join(", "),
+        );
+    }
+    let ip = b.client_addr.ip().to_canonical();
+    set(
+        &mut headers,
+        HeaderName::from_static("x-forwarded-for"),
+        &ip.to_string(),
+    );
+    set(
+        &mut headers,
+        HeaderName::from_static("x-forwarded-proto"),
+        b.scheme,
+    );
+    set(
+        &mut headers,
+        HeaderName::from_static("x-forwarded-host"),
+        &b.handshake.host,
+    );
+    // RFC 7239: IPv6 addresses are bracketed and the whole node quoted.
+    let node = if ip.is_ipv6() {
+        format!("\"[{ip}]\"")
+    } else {
+        ip.to_string()
+    };
+    let host_param = if b
+        .handshake
+        .host
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || b"-.".contains(&c))
+    {
+        b.handshake.host.clone()
+    } else {
+        format!("\"{}\"", b.handshake.host.replace(['"', '\\'], ""))
+    };
+    set(
+        &mut headers,
+        header::FORWARDED,
+        &format!("for={node};host={host_param};proto={}", b.scheme),
+    );
+
+    let mut req = Request::new(Empty::new());
+    *req.uri_mut() = path.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+    *req.headers_mut() = headers;
+    (req, key)
+}
+
+/// The path and query the backend sees. Without a path in the backend URL the client's path
+/// passes unchanged; with one, the route's prefix is replaced by it (like nginx `proxy_pass`
+/// with a URI). The backend URL's query comes first, then the client's.
+pub fn backend_path(
+    route: &RouteConfig,
+    backend: &BackendUrl,
+    path: &str,
+    query: Option<&str>,
+) -> String {
+    let mut out = match &backend.path {
+        None => path.to_string(),
+        Some(base) => {
+            let rest = path.get(route.path.len()..).unwrap_or("");
+            if rest.is_empty() {
+                base.clone()
+            } else {
+                let rest = rest.trim_start_matches('/');
+                format!("{}/{rest}", base.trim_end_matches('/'))
+            }
+        }
+    };
+    if out.is_empty() {
+        out.push('/');
+    }
+    let queries: Vec<&str> = [backend.query.as_deref(), query]
+        .into_iter()
+        .flatten()
+        .filter(|q| !q.is_empty())
+        .collect();
+    if !queries.is_empty() {
+        out.push('?');
+        out.push_str(&queries.join("&"));
+    }
+    out
+}
+
+/// The backend's accepted handshake: the upgraded connection and its choices.
+pub struct BackendUpgrade {
+    pub io: Upgraded,
+    pub protocol: Option<HeaderValue>,
+    pub extensions: Vec<HeaderValue>,
+    /// `Set-Cookie` headers of the 101, passed on to the client.
+    pub set_cookies: Vec<HeaderValue>,
+}
+
+/// Sends the upgrade request on `stream` and verifies the answer.
+pub async fn handshake(
+    stream: TcpStream,
+    req: Request<Empty<Bytes>>,
+    key: &str,
+    offered: &ClientHandshake,
+    timeout: Duration,
+    max_error_body: usize,
+) -> Result<BackendUpgrade, BackendError> {
+    let exchange = async {
+        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|e| BackendError::Io(e.to_string()))?;
+        // Without `with_upgrades` the upgrade never completes; the task ends once it has.
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "backend connection ended during handshake");
+            }
+        });
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| classify_send_error(&e))?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Err(refused(resp, max_error_body).await);
+        }
+        let (protocol, extensions) = verify_101(&resp, key, offered)?;
+        let set_cookies = resp
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .cloned()
+            .collect();
+        let io = hyper::upgrade::on(resp)
+            .await
+            .map_err(|e| BackendError::Io(format!("upgrade failed: {e}")))?;
+        Ok(BackendUpgrade {
+            io,
+            protocol,
+            extensions,
+            set_cookies,
+        })
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| BackendError::HandshakeTimeout(timeout))?
+}
+
+fn classify_send_error(e: &hyper::Error) -> BackendError {
+    if e.is_parse() || e.is_parse_status() {
+        BackendError::BadHandshake(format!("malformed response: {e}"))
+    } else {
+        BackendError::Io(e.to_string())
+    }
+}
+
+/// A non-101 answer: status, a few headers worth passing on, and a bounded body.
+async fn refused(resp: Response<Incoming>, max_body: usize) -> BackendError {
+    let status = resp.status();
+    let mut headers = HeaderMap::new();
+    for name in [
+        header::CONTENT_TYPE,
+        header::WWW_AUTHENTICATE,
+        header::RETRY_AFTER,
+        header::LOCATION,
+        header::SET_COOKIE,
+    ] {
+        for v in resp.headers().get_all(&name) {
+            headers.append(name.clone(), v.clone());
+        }
+    }
+    let mut body = BytesMut::new();
+    let mut incoming = resp.into_body();
+    // The caller's handshake timeout bounds how long this may take.
+    while body.len() < max_body {
+        match incoming.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    let room = max_body - body.len();
+                    body.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
+            _ => break,
+        }
+    }
+    BackendError::Refused(Box::new(BackendRefusal {
+        status,
+        headers,
+        body: body.freeze(),
+    }))
+}
+
+/// RFC 6455 §4.1: the checks a client makes on the server's 101.
+fn verify_101(
+    resp: &Response<Incoming>,
+    key: &str,
+    offered: &ClientHandshake,
+) -> Result<(Option<HeaderValue>, Vec<HeaderValue>), BackendError> {
+    let h = resp.headers();
+    let bad = |m: &str| Err(BackendError::BadHandshake(m.to_string()));
+    if !handshake::has_token(h, &header::UPGRADE, "websocket") {
+        return bad("101 without Upgrade: websocket");
+    }
+    if !handshake::has_token(h, &header::CONNECTION, "upgrade") {
+        return bad("101 without Connection: upgrade");
+    }
+    let expected = handshake::accept_key(key.as_bytes());
+    match h.get(header::SEC_WEBSOCKET_ACCEPT) {
+        Some(v) if v.as_bytes() == expected.as_bytes() => {}
+        Some(_) => return bad("wrong Sec-WebSocket-Accept"),
+        None => return bad("missing Sec-WebSocket-Accept"),
+    }
+    let chosen = handshake::list_values(h, &header::SEC_WEBSOCKET_PROTOCOL);
+    let protocol = match chosen.as_slice() {
+        [] => None,
+        [one] if offered.protocols.iter().any(|p| p == one) => {
+            h.get(header::SEC_WEBSOCKET_PROTOCOL).cloned()
+        }
+        [one] => {
+            return Err(BackendError::BadHandshake(format!(
+                "backend chose subprotocol {one:?}, which the client did not offer"
+            )));
+        }
+        _ => return bad("backend chose more than one subprotocol"),
+    };
+    let offered_ext: Vec<String> = offered
+        .extensions
+        .iter()
+        .flat_map(|v| extension_names(v.as_bytes()))
+        .collect();
+    let extensions: Vec<HeaderValue> = h
+        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .cloned()
+        .collect();
+    for v in &extensions {
+        for name in extension_names(v.as_bytes()) {
+            if !offered_ext.iter().any(|o| o.eq_ignore_ascii_case(&name)) {
+                return Err(BackendError::BadHandshake(format!(
+                    "backend accepted extension {name:?}, which the client did not offer"
+                )));
+            }
+        }
+    }
+    Ok((protocol, extensions))
+}
+
+/// Extension names of one `Sec-WebSocket-Extensions` value (`a; p=1, b` → `a`, `b`).
+fn extension_names(value: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(value)
+        .split(',')
+        .filter_map(|e| e.split(';').next())
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::from_toml_str;
+
+    fn route(backend: &str, path: &str) -> RouteConfig {
+        from_toml_str(&format!(
+            "[[listener]]\nlisten=\"127.0.0.1:0\"\n[[route]]\nname=\"r\"\npath=\"{path}\"\nbackends=[\"{backend}\"]\n"
+        ))
+        .unwrap()
+        .routes
+        .remove(0)
+    }
+
+    #[test]
+    fn backend_paths() {
+        let r = route("ws://b:1", "/chat");
+        let b = &r.backends[0];
+        assert_eq!(backend_path(&r, b, "/chat/x", Some("a=1")), "/chat/x?a=1");
+        let r = route("ws://b:1/ws?t=1", "/chat");
+        let b = &r.backends[0];
+        assert_eq!(backend_path(&r, b, "/chat", None), "/ws?t=1");
+        assert_eq!(
+            backend_path(&r, b, "/chat/room/1", Some("a=1")),
+            "/ws/room/1?t=1&a=1"
+        );
+        let r = route("ws://b:1/", "/chat/");
+        let b = &r.backends[0];
+        assert_eq!(backend_path(&r, b, "/chat/x", None), "/x");
+        let r = route("ws://b:1/", "/");
+        let b = &r.backends[0];
+        assert_eq!(backend_path(&r, b, "/", None), "/");
+        assert_eq!(backend_path(&r, b, "/a/b", None), "/a/b");
+    }
+
+    #[test]
+    fn extension_name_lists() {
+        assert_eq!(
+            extension_names(b"permessage-deflate; client_max_window_bits, x-foo"),
+            ["permessage-deflate", "x-foo"]
+        );
+    }
+
+    #[test]
+    fn round_robin_rotates_and_fails_over_in_order() {
+        let r = route("ws://a:1", "/");
+        let mut urls = r.backends.clone();
+        urls.push(crate::config::parse_backend_url("ws://b:1").unwrap());
+        let pool = BackendPool::new(urls, Balance::RoundRobin);
+        let first: Vec<_> = pool.order().iter().map(|b| b.url.host.clone()).collect();
+        let second: Vec<_> = pool.order().iter().map(|b| b.url.host.clone()).collect();
+        assert_eq!(first, ["a", "b"]);
+        assert_eq!(second, ["b", "a"]);
+    }
+}

@@ -1,0 +1,71 @@
+//! The serde mirror of the TOML file: every key optional, unknown keys refused.
+//!
+//! Nothing here is interpreted; `validate.rs` turns it into the runtime [`Config`](super::Config).
+//! Values that validation may reject are kept [`Spanned`] so that the error can name the line.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A string value with its place in the file.
+pub type SpStr = Spanned<String>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub listener: Vec<Spanned<FileListener>>,
+    #[serde(default)]
+    pub route: Vec<Spanned<FileRoute>>,
+    pub timeouts: Option<FileTimeouts>,
+    pub limits: Option<FileLimits>,
+    pub shutdown: Option<FileShutdown>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileListener {
+    pub listen: Option<SpStr>,
+    /// Overrides `timeouts.handshake` for this listener.
+    pub handshake_timeout: Option<SpStr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRoute {
+    pub name: Option<SpStr>,
+    pub host: Option<SpStr>,
+    pub path: Option<SpStr>,
+    pub backends: Option<Spanned<Vec<SpStr>>>,
+    pub balance: Option<SpStr>,
+    pub preserve_host: Option<bool>,
+    pub timeouts: Option<FileRouteTimeouts>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTimeouts {
+    pub handshake: Option<SpStr>,
+    pub backend_connect: Option<SpStr>,
+    pub backend_handshake: Option<SpStr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRouteTimeouts {
+    pub backend_connect: Option<SpStr>,
+    pub backend_handshake: Option<SpStr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    pub max_header_bytes: Option<SpStr>,
+    pub max_headers: Option<Spanned<i64>>,
+    pub max_error_body: Option<SpStr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileShutdown {
+    pub grace: Option<SpStr>,
+}

@@ -1,0 +1,172 @@
+//! Configuration: the TOML file, its validation, and the runtime [`Config`] the proxy reads.
+//!
+//! Two layers, as in the design: [`file`] mirrors the TOML with `Option`s and
+//! `deny_unknown_fields`; [`validate`] turns it into [`Config`], collecting every error at
+//! once, each naming its key and line. Runtime code never sees an `Option` that validation
+//! could have settled.
+
+pub mod file;
+pub mod units;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub use validate::{from_toml_str, load_file, parse_backend_url};
+
+/// How long a client may take to send its complete request head. Long enough for a slow
+/// mobile link, short enough that a slowloris client holds a socket for seconds, not minutes.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP connect to one backend. A healthy backend on a LAN answers in milliseconds; after this
+/// the next backend of the route is tried.
+pub const DEFAULT_BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The backend's answer to our upgrade request (from request sent to response head read).
+/// Past it the client gets 504.
+pub const DEFAULT_BACKEND_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a shutdown waits for live sessions to end on their own before ending them.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Request line plus headers. Browsers send large cookies; 32 KiB is four times nginx's
+/// per-line buffer and still tiny per connection. Larger heads get 431.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
+/// Header count limit (hyper's default). More headers get 431.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// The body of a backend's non-101 answer passed on to the client is cut at this size.
+pub const DEFAULT_MAX_ERROR_BODY: usize = 64 * 1024;
+/// hyper's read buffer cannot be smaller than this (it panics below 8192).
+pub const MIN_HEADER_BYTES: usize = 8192;
+
+/// The validated configuration the gateway runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listeners: Vec<ListenerConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub limits: Limits,
+    pub shutdown_grace: Duration,
+    /// Static pages served on plain GET (not part of the TOML file: `wsgate demo` uses it).
+    pub pages: Vec<StaticPage>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub addr: SocketAddr,
+    /// Time allowed for the client's request head (hyper's header read timeout).
+    pub handshake_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// Each new session goes to the next backend in order.
+    RoundRobin,
+    /// Each new session goes to the backend with the fewest live sessions (ties: in order).
+    LeastConn,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Lower-case host without port; `*.example.com` matches any subdomain. `None` = any host.
+    pub host: Option<String>,
+    /// Path prefix, matched on segment boundaries.
+    pub path: String,
+    pub backends: Vec<BackendUrl>,
+    pub balance: Balance,
+    /// Send the client's `Host` to the backend instead of the backend's own authority.
+    pub preserve_host: bool,
+    pub backend_connect_timeout: Duration,
+    pub backend_handshake_timeout: Duration,
+}
+
+/// A `ws://` backend address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendUrl {
+    /// As written in the file (for logs).
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    /// `host:port` as it goes into the `Host` header.
+    pub authority: String,
+    /// The backend's own path; `None` keeps the client's path unchanged.
+    pub path: Option<String>,
+    /// The backend's own query, put before the client's.
+    pub query: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_error_body: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_error_body: DEFAULT_MAX_ERROR_BODY,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StaticPage {
+    pub path: String,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+/// One problem in a config file, located by key and line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path as written in TOML terms, e.g. `route[1].backends[0]`.
+    pub key: String,
+    /// 1-based line, when the problem has a place in the file.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}: {}", self.key, self.message),
+            None => write!(f, "{}: {}", self.key, self.message),
+        }
+    }
+}
+
+/// All problems found in one config file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    pub source: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        writeln!(
+            f,
+            "{}: {n} error{}",
+            self.source,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.errors {
+            match e.line {
+                Some(line) => writeln!(f, "  {}:{line}: {}: {}", self.source, e.key, e.message)?,
+                None => writeln!(f, "  {}: {}: {}", self.source, e.key, e.message)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        load_file(path)
+    }
+}

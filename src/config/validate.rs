@@ -1,0 +1,568 @@
+//! File mirror → runtime [`Config`]: every check, every error collected, each with key and line.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::file::{FileConfig, FileRoute, SpStr};
+use super::units::{parse_duration, parse_size};
+use super::*;
+
+/// Reads `path` and validates it. Errors carry the file name as their source.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let source = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        source: source.clone(),
+        errors: vec![ConfigError {
+            key: "(file)".into(),
+            line: None,
+            message: format!("cannot read config file: {e}"),
+        }],
+    })?;
+    from_toml_str(&text).map_err(|errors| ConfigErrors { source, errors })
+}
+
+/// Parses and validates a config held in a string.
+pub fn from_toml_str(text: &str) -> Result<Config, Vec<ConfigError>> {
+    let file: FileConfig = toml::from_str(text).map_err(|e| vec![parse_error(text, &e)])?;
+    let mut v = Validator {
+        text,
+        errors: Vec::new(),
+    };
+    let config = v.config(file);
+    if v.errors.is_empty() {
+        Ok(config)
+    } else {
+        v.errors.sort_by_key(|e| e.line.unwrap_or(0));
+        Err(v.errors)
+    }
+}
+
+/// Turns a TOML syntax or type error into a [`ConfigError`], recovering the key path from the
+/// span (the `toml` crate reports where, not which key).
+fn parse_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => ConfigError {
+            key: key_path_at(text, span.clone()),
+            line: Some(line_of(text, span.start)),
+            message,
+        },
+        None => ConfigError {
+            key: "(file)".into(),
+            line: None,
+            message,
+        },
+    }
+}
+
+/// 1-based line number of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Best-effort dotted key for a span: the innermost table header before it (with the index of
+/// an array-of-tables entry) followed by the key written on the span's line, if any.
+fn key_path_at(text: &str, span: Range<usize>) -> String {
+    let before = &text[..span.start.min(text.len())];
+    let mut table = String::new();
+    let mut counts: std::collections::HashMap<String, usize> = Default::default();
+    for line in before.lines() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_string();
+            let n = counts.entry(name.clone()).or_insert(0);
+            table = format!("{name}[{n}]");
+            *n += 1;
+        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            // A sub-table of the current array entry, e.g. `[route.timeouts]`.
+            let name = name.trim();
+            table = match name.split_once('.') {
+                Some((parent, child)) if counts.contains_key(parent) => {
+                    format!("{parent}[{}].{child}", counts[parent] - 1)
+                }
+                _ => name.to_string(),
+            };
+        }
+    }
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = &text[line_start..];
+    let line = line.split('\n').next().unwrap_or("");
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    match (table.is_empty(), key) {
+        (true, Some(k)) => k.to_string(),
+        (false, Some(k)) => format!("{table}.{k}"),
+        (false, None) => table,
+        (true, None) => "(top level)".into(),
+    }
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn err(
+        &mut self,
+        key: impl Into<String>,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+    ) {
+        let line = span.map(|s| line_of(self.text, s.start));
+        self.errors.push(ConfigError {
+            key: key.into(),
+            line,
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, key: &str, value: Option<&SpStr>, default: Duration) -> Duration {
+        let Some(value) = value else { return default };
+        match parse_duration(value.get_ref()) {
+            Ok(d) if d.is_zero() => {
+                self.err(key, Some(value.span()), "must be greater than zero");
+                default
+            }
+            Ok(d) => d,
+            Err(msg) => {
+                self.err(key, Some(value.span()), msg);
+                default
+            }
+        }
+    }
+
+    fn size(&mut self, key: &str, value: Option<&SpStr>, default: usize) -> usize {
+        let Some(value) = value else { return default };
+        match parse_size(value.get_ref()) {
+            Ok(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            Err(msg) => {
+                self.err(key, Some(value.span()), msg);
+                default
+            }
+        }
+    }
+
+    fn config(&mut self, file: FileConfig) -> Config {
+        let timeouts = file.timeouts.unwrap_or_default();
+        let handshake = self.duration(
+            "timeouts.handshake",
+            timeouts.handshake.as_ref(),
+            DEFAULT_HANDSHAKE_TIMEOUT,
+        );
+        let backend_connect = self.duration(
+            "timeouts.backend_connect",
+            timeouts.backend_connect.as_ref(),
+            DEFAULT_BACKEND_CONNECT_TIMEOUT,
+        );
+        let backend_handshake = self.duration(
+            "timeouts.backend_handshake",
+            timeouts.backend_handshake.as_ref(),
+            DEFAULT_BACKEND_HANDSHAKE_TIMEOUT,
+        );
+
+        let limits_file = file.limits.unwrap_or_default();
+        let mut limits = Limits {
+            max_header_bytes: self.size(
+                "limits.max_header_bytes",
+                limits_file.max_header_bytes.as_ref(),
+                DEFAULT_MAX_HEADER_BYTES,
+            ),
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_error_body: self.size(
+                "limits.max_error_body",
+                limits_file.max_error_body.as_ref(),
+                DEFAULT_MAX_ERROR_BODY,
+            ),
+        };
+        if limits.max_header_bytes < MIN_HEADER_BYTES {
+            let span = limits_file.max_header_bytes.as_ref().map(|s| s.span());
+            self.err(
+                "limits.max_header_bytes",
+                span,
+                format!("must be at least {MIN_HEADER_BYTES} bytes (8KiB)"),
+            );
+            limits.max_header_bytes = DEFAULT_MAX_HEADER_BYTES;
+        }
+        if let Some(n) = &limits_file.max_headers {
+            match usize::try_from(*n.get_ref()) {
+                Ok(n) if (1..=10_000).contains(&n) => limits.max_headers = n,
+                _ => self.err(
+                    "limits.max_headers",
+                    Some(n.span()),
+                    "must be between 1 and 10000",
+                ),
+            }
+        }
+
+        let shutdown_grace = self.duration(
+            "shutdown.grace",
+            file.shutdown.as_ref().and_then(|s| s.grace.as_ref()),
+            DEFAULT_SHUTDOWN_GRACE,
+        );
+
+        let mut listeners = Vec::new();
+        let mut seen_addrs = HashSet::new();
+        if file.listener.is_empty() {
+            self.err(
+                "listener",
+                None,
+                "no [[listener]]: add one, e.g. [[listener]] listen = \"127.0.0.1:8080\"",
+            );
+        }
+        for (i, l) in file.listener.iter().enumerate() {
+            let key = format!("listener[{i}]");
+            let span = l.span();
+            let l = l.get_ref();
+            let handshake_timeout = self.duration(
+                &format!("{key}.handshake_timeout"),
+                l.handshake_timeout.as_ref(),
+                handshake,
+            );
+            let Some(listen) = &l.listen else {
+                self.err(
+                    format!("{key}.listen"),
+                    Some(span),
+                    "missing: the address to listen on, e.g. \"0.0.0.0:8080\"",
+                );
+                continue;
+            };
+            match listen.get_ref().parse::<SocketAddr>() {
+                Ok(addr) => {
+                    if addr.port() != 0 && !seen_addrs.insert(addr) {
+                        self.err(format!("{key}.listen"), Some(listen.span()), format!("{addr} is used by an earlier listener"));
+                    }
+                    listeners.push(ListenerConfig {
+                        addr,
+                        handshake_timeout,
+                    });
+                }
+                Err(_) => self.err(
+                    format!("{key}.listen"),
+                    Some(listen.span()),
+                    format!(
+                        "{:?} is not an IP address with a port, e.g. \"0.0.0.0:8080\" or \"[::]:8080\"",
+                        listen.get_ref()
+                    ),
+                ),
+            }
+        }
+
+        let mut routes: Vec<RouteConfig> = Vec::new();
+        let mut names = HashSet::new();
+        let mut places = HashSet::new();
+        if file.route.is_empty() {
+            self.err(
+                "route",
+                None,
+                "no [[route]]: add at least one route with a path and backends",
+            );
+        }
+        for (i, r) in file.route.iter().enumerate() {
+            let key = format!("route[{i}]");
+            if let Some(route) = self.route(&key, r, backend_connect, backend_handshake) {
+                if !names.insert(route.name.clone()) {
+                    let span = r.get_ref().name.as_ref().map(|n| n.span());
+                    self.err(
+                        format!("{key}.name"),
+                        span,
+                        format!("route name {:?} is used twice", route.name),
+                    );
+                }
+                if !places.insert((route.host.clone(), route.path.clone())) {
+                    self.err(
+                        format!("{key}.path"),
+                        r.get_ref().path.as_ref().map(|p| p.span()),
+                        format!(
+                            "an earlier route already serves host {} and path {:?}",
+                            route.host.as_deref().unwrap_or("(any)"),
+                            route.path
+                        ),
+                    );
+                }
+                routes.push(route);
+            }
+        }
+
+        Config {
+            listeners,
+            routes,
+            limits,
+            shutdown_grace,
+            pages: Vec::new(),
+        }
+    }
+
+    fn route(
+        &mut self,
+        key: &str,
+        r: &Spanned<FileRoute>,
+        connect_default: Duration,
+        handshake_default: Duration,
+    ) -> Option<RouteConfig> {
+        let span = r.span();
+        let r = r.get_ref();
+        let errors_before = self.errors.len();
+
+        let name = match &r.name {
+            Some(n) if !n.get_ref().trim().is_empty() => n.get_ref().trim().to_string(),
+            Some(n) => {
+                self.err(format!("{key}.name"), Some(n.span()), "must not be empty");
+                String::new()
+            }
+            None => {
+                self.err(
+                    format!("{key}.name"),
+                    Some(span.clone()),
+                    "missing: every route needs a name (it appears in the logs)",
+                );
+                String::new()
+            }
+        };
+
+        let host = r.host.as_ref().and_then(|h| {
+            let value = h.get_ref().trim().to_ascii_lowercase();
+            if valid_host_pattern(&value) {
+                Some(value)
+            } else {
+                self.err(
+                    format!("{key}.host"),
+                    Some(h.span()),
+                    format!("{:?} is not a host name (no scheme, port or path; \"*.example.com\" for subdomains)", h.get_ref()),
+                );
+                None
+            }
+        });
+
+        let path = match &r.path {
+            Some(p) if p.get_ref().starts_with('/') && !p.get_ref().contains(['?', '#', ' ']) => {
+                p.get_ref().clone()
+            }
+            Some(p) => {
+                self.err(
+                    format!("{key}.path"),
+                    Some(p.span()),
+                    format!(
+                        "{:?} must start with '/' and hold no query or fragment",
+                        p.get_ref()
+                    ),
+                );
+                String::new()
+            }
+            None => {
+                self.err(
+                    format!("{key}.path"),
+                    Some(span.clone()),
+                    "missing: the path prefix this route serves, e.g. \"/\" or \"/chat\"",
+                );
+                String::new()
+            }
+        };
+
+        let mut backends = Vec::new();
+        match &r.backends {
+            None => self.err(
+                format!("{key}.backends"),
+                Some(span.clone()),
+                "missing: a list of backend URLs, e.g. [\"ws://127.0.0.1:9000\"]",
+            ),
+            Some(list) if list.get_ref().is_empty() => self.err(
+                format!("{key}.backends"),
+                Some(list.span()),
+                "must list at least one backend URL",
+            ),
+            Some(list) => {
+                for (j, b) in list.get_ref().iter().enumerate() {
+                    match parse_backend_url(b.get_ref()) {
+                        Ok(url) => backends.push(url),
+                        Err(msg) => self.err(format!("{key}.backends[{j}]"), Some(b.span()), msg),
+                    }
+                }
+            }
+        }
+
+        let balance = match r.balance.as_ref().map(|b| (b, b.get_ref().as_str())) {
+            None | Some((_, "round_robin")) => Balance::RoundRobin,
+            Some((_, "least_conn")) => Balance::LeastConn,
+            Some((b, other)) => {
+                self.err(
+                    format!("{key}.balance"),
+                    Some(b.span()),
+                    format!("unknown balance {other:?}: use \"round_robin\" or \"least_conn\""),
+                );
+                Balance::RoundRobin
+            }
+        };
+
+        let t = r.timeouts.as_ref();
+        let backend_connect_timeout = self.duration(
+            &format!("{key}.timeouts.backend_connect"),
+            t.and_then(|t| t.backend_connect.as_ref()),
+            connect_default,
+        );
+        let backend_handshake_timeout = self.duration(
+            &format!("{key}.timeouts.backend_handshake"),
+            t.and_then(|t| t.backend_handshake.as_ref()),
+            handshake_default,
+        );
+
+        (self.errors.len() == errors_before).then_some(RouteConfig {
+            name,
+            host,
+            path,
+            backends,
+            balance,
+            preserve_host: r.preserve_host.unwrap_or(false),
+            backend_connect_timeout,
+            backend_handshake_timeout,
+        })
+    }
+}
+
+/// A host name or `*.`-prefixed wildcard: letters, digits, `-`, `.`; or an IP literal.
+fn valid_host_pattern(h: &str) -> bool {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return !h.starts_with("*.");
+    }
+    if let Some(inner) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        return inner.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Parses `ws://host[:port][/path][?query]`.
+pub fn parse_backend_url(s: &str) -> Result<BackendUrl, String> {
+    let rest = if let Some(rest) = s.strip_prefix("ws://") {
+        rest
+    } else if s.starts_with("wss://") {
+        return Err(format!(
+            "{s:?}: wss:// backends need TLS on the backend leg, which this version does not have yet; use ws://"
+        ));
+    } else {
+        return Err(format!("{s:?} is not a ws:// URL"));
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if authority.contains('@') {
+        return Err(format!("{s:?}: user info in backend URLs is not supported"));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("{s:?}: unclosed '[' in IPv6 address"))?;
+        h.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| format!("{s:?}: {h:?} is not an IPv6 address"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err(format!("{s:?}: unexpected {after:?} after the address")),
+        };
+        (format!("[{h}]"), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (authority.to_string(), None),
+        }
+    };
+    if host.is_empty()
+        || !(host.starts_with('[') || valid_host_pattern(&host))
+        || host.starts_with("*.")
+    {
+        return Err(format!("{s:?}: missing or invalid host"));
+    }
+    let port = match port {
+        None => 80,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("{s:?}: {p:?} is not a port number"))?,
+    };
+    let (path, query) = match tail.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_string())),
+        None => (tail, None),
+    };
+    if tail.contains('#') || tail.contains(' ') {
+        return Err(format!(
+            "{s:?}: fragments and spaces are not allowed in backend URLs"
+        ));
+    }
+    let path = (!path.is_empty()).then(|| path.to_string());
+    let authority = if port == 80 {
+        host.clone()
+    } else {
+        format!("{host}:{port}")
+    };
+    Ok(BackendUrl {
+        url: s.to_string(),
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        port,
+        authority,
+        path,
+        query: query.filter(|q| !q.is_empty()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_urls() {
+        let u = parse_backend_url("ws://127.0.0.1:9000").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_deref()),
+            ("127.0.0.1", 9000, None)
+        );
+        assert_eq!(u.authority, "127.0.0.1:9000");
+        let u = parse_backend_url("ws://chat.internal/ws/v2?tenant=a").unwrap();
+        assert_eq!(u.port, 80);
+        assert_eq!(u.authority, "chat.internal");
+        assert_eq!(u.path.as_deref(), Some("/ws/v2"));
+        assert_eq!(u.query.as_deref(), Some("tenant=a"));
+        let u = parse_backend_url("ws://[::1]:81/").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.authority.as_str()),
+            ("::1", 81, "[::1]:81")
+        );
+        assert!(parse_backend_url("http://x").is_err());
+        assert!(parse_backend_url("ws://:80").is_err());
+        assert!(parse_backend_url("ws://h:0").is_err());
+        assert!(parse_backend_url("ws://h:99999").is_err());
+        assert!(parse_backend_url("wss://h").unwrap_err().contains("TLS"));
+    }
+
+    #[test]
+    fn key_paths_from_spans() {
+        let text = "[[listener]]\nlisten = \"x\"\n\n[[route]]\nname = \"a\"\n[[route]]\nname = \"b\"\nbogus = 1\n[route.timeouts]\nbackend_connect = 3\n";
+        let at = |needle: &str| {
+            let i = text.find(needle).unwrap();
+            key_path_at(text, i..i + needle.len())
+        };
+        assert_eq!(at("bogus"), "route[1].bogus");
+        assert_eq!(at("listen ="), "listener[0].listen");
+        assert_eq!(at("backend_connect"), "route[1].timeouts.backend_connect");
+    }
+}

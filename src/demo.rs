@@ -1,0 +1,186 @@
+//! `wsgate demo`: a built-in echo backend, the proxy in front of it, and a browser page with
+//! the classic WebSocket client, so a new user sees the whole path with nothing installed.
+
+use std::net::SocketAddr;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::config::{self, Config, StaticPage};
+use crate::frame::{self, FrameHeader, close_code, opcode};
+use crate::handshake;
+
+/// The demo backend refuses frames larger than this (it buffers whole frames to echo them).
+const ECHO_MAX_FRAME: u64 = 16 * 1024 * 1024;
+
+/// The demo page: the classic browser client, served by the proxy at `/`.
+pub const PAGE: &str = include_str!("demo.html");
+
+/// Starts the echo backend (port 0: a free port) and returns its address.
+pub async fn start_echo_backend(listen: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service_fn(echo_handshake))
+                    .with_upgrades();
+                let _ = conn.await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// The demo's proxy config: one listener, the page at `/`, the echo backend at `/echo`.
+pub fn config(listen: SocketAddr, backend: SocketAddr) -> Config {
+    let toml = format!(
+        r#"
+        [[listener]]
+        listen = "{listen}"
+
+        [[route]]
+        name = "demo-echo"
+        path = "/echo"
+        backends = ["ws://{backend}"]
+        "#
+    );
+    let mut cfg = config::from_toml_str(&toml).expect("the built-in demo config is valid");
+    cfg.pages.push(StaticPage {
+        path: "/".into(),
+        content_type: "text/html; charset=utf-8",
+        body: PAGE.to_string(),
+    });
+    cfg
+}
+
+async fn echo_handshake(
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let (mut parts, _) = req.into_parts();
+    let hs = match handshake::validate(&parts) {
+        Ok(hs) => hs,
+        Err(e) => {
+            let mut r = Response::new(Full::new(Bytes::from(format!("{e}\n"))));
+            *r.status_mut() = e.status();
+            return Ok(r);
+        }
+    };
+    let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+        let mut r = Response::new(Full::default());
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+        return Ok(r);
+    };
+    tokio::spawn(async move {
+        if let Ok(up) = on_upgrade.await {
+            let _ = echo_frames(TokioIo::new(up)).await;
+        }
+    });
+    let mut resp = Response::new(Full::default());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&handshake::accept_key(hs.key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    // Agree to the client's first choice: the demo page offers ["chat", "superchat"].
+    if let Some(p) = hs
+        .protocols
+        .first()
+        .and_then(|p| HeaderValue::from_str(p).ok())
+    {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    Ok(resp)
+}
+
+/// Echoes every data frame back as it came (opcode, FIN), answers pings, returns the close.
+async fn echo_frames<S>(mut io: S) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    loop {
+        let (header, header_len) = loop {
+            match FrameHeader::parse(&buf) {
+                Ok(Some(h)) => break h,
+                Ok(None) => {
+                    if io.read_buf(&mut buf).await? == 0 {
+                        return Ok(());
+                    }
+                }
+                Err(_) => return close(&mut io, close_code::PROTOCOL_ERROR).await,
+            }
+        };
+        let Some(mask) = header.mask else {
+            // §5.1: a server closes the connection on an unmasked client frame.
+            return close(&mut io, close_code::PROTOCOL_ERROR).await;
+        };
+        if header.payload_len > ECHO_MAX_FRAME {
+            return close(&mut io, close_code::MESSAGE_TOO_BIG).await;
+        }
+        let total = header_len + header.payload_len as usize;
+        while buf.len() < total {
+            if io.read_buf(&mut buf).await? == 0 {
+                return Ok(());
+            }
+        }
+        buf.advance(header_len);
+        let mut payload = buf.split_to(header.payload_len as usize);
+        frame::apply_mask(&mut payload, mask, 0);
+        match header.opcode {
+            opcode::PING => {
+                io.write_all(&frame::encode_frame(opcode::PONG, true, &payload, None))
+                    .await?
+            }
+            opcode::PONG => {}
+            opcode::CLOSE => {
+                // Echo the code and reason, as most servers do (§5.5.1).
+                io.write_all(&frame::encode_frame(opcode::CLOSE, true, &payload, None))
+                    .await?;
+                io.shutdown().await?;
+                return Ok(());
+            }
+            op => {
+                let mut out = Vec::with_capacity(frame::MAX_HEADER_LEN + payload.len());
+                FrameHeader {
+                    fin: header.fin,
+                    rsv: header.rsv,
+                    opcode: op,
+                    mask: None,
+                    payload_len: payload.len() as u64,
+                }
+                .encode(&mut out);
+                out.extend_from_slice(&payload);
+                io.write_all(&out).await?;
+            }
+        }
+    }
+}
+
+async fn close<S>(io: &mut S, code: u16) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    io.write_all(&frame::encode_frame(
+        opcode::CLOSE,
+        true,
+        &code.to_be_bytes(),
+        None,
+    ))
+    .await?;
+    io.shutdown().await
+}

@@ -1,0 +1,381 @@
+//! The client's opening handshake (RFC 6455 §4.2.1), checked as a pure function over the
+//! request parts, and the pieces of the answer (§4.2.2).
+//!
+//! hyper checks almost none of this: it accepts a missing `Host`, ignores the `Connection`
+//! token and answers an HTTP/1.0 upgrade with a 101 that never upgrades. Every check here has
+//! its own [`HandshakeError`] variant so the refusal says exactly what was wrong.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Version, request};
+use sha1::{Digest, Sha1};
+
+/// The GUID of RFC 6455 §1.3, appended to the key before hashing.
+const WEBSOCKET_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// The only protocol version RFC 6455 defines.
+pub const WEBSOCKET_VERSION: &str = "13";
+
+/// What a valid client handshake carries forward to the backend leg.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientHandshake {
+    /// The client's `Sec-WebSocket-Key`, needed for the `Sec-WebSocket-Accept` we answer with.
+    pub key: String,
+    /// Subprotocols offered, in the client's order of preference.
+    pub protocols: Vec<String>,
+    /// `Sec-WebSocket-Extensions` offers, as written (passed through to the backend).
+    pub extensions: Vec<HeaderValue>,
+    /// The `Host` header, as sent.
+    pub host: String,
+}
+
+/// One variant per check of §4.2.1 (and the HTTP rules around it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    /// No `Upgrade` header at all: a plain HTTP request on a WebSocket route.
+    #[error("this is a WebSocket endpoint: send a WebSocket upgrade request")]
+    NotAnUpgrade,
+    #[error("WebSocket handshake must use GET, not {0}")]
+    MethodNotGet(Method),
+    #[error("WebSocket handshake needs HTTP/1.1 or later, got {0:?}")]
+    HttpVersionTooOld(Version),
+    #[error("missing Host header")]
+    MissingHost,
+    #[error("Upgrade header does not name websocket")]
+    UpgradeNotWebSocket,
+    #[error("Connection header does not contain the upgrade token")]
+    ConnectionNotUpgrade,
+    #[error("missing Sec-WebSocket-Key")]
+    MissingKey,
+    #[error("more than one Sec-WebSocket-Key")]
+    DuplicateKey,
+    #[error("Sec-WebSocket-Key is not the base64 encoding of 16 bytes")]
+    InvalidKey,
+    #[error("unsupported Sec-WebSocket-Version {0:?}: only 13 is supported")]
+    VersionNotSupported(String),
+    #[error("missing Sec-WebSocket-Version: only 13 is supported")]
+    MissingVersion,
+    #[error("invalid Sec-WebSocket-Protocol: {0:?} is not a token")]
+    InvalidSubprotocol(String),
+    #[error("WebSocket handshake must not carry a request body")]
+    HasBody,
+}
+
+impl HandshakeError {
+    /// The status this refusal is answered with (RFC 6455 §4.2.2 and RFC 9110 §15.5.22).
+    pub fn status(&self) -> http::StatusCode {
+        use HandshakeError::*;
+        match self {
+            NotAnUpgrade | VersionNotSupported(_) | MissingVersion => {
+                http::StatusCode::UPGRADE_REQUIRED
+            }
+            _ => http::StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// Extra headers the refusal must carry so the client can correct itself.
+    pub fn response_headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        use HandshakeError::*;
+        match self {
+            NotAnUpgrade => vec![
+                (header::UPGRADE, HeaderValue::from_static("websocket")),
+                (
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static(WEBSOCKET_VERSION),
+                ),
+            ],
+            VersionNotSupported(_) | MissingVersion => vec![(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static(WEBSOCKET_VERSION),
+            )],
+            _ => Vec::new(),
+        }
+    }
+
+    /// A short stable name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        use HandshakeError::*;
+        match self {
+            NotAnUpgrade => "not_an_upgrade",
+            MethodNotGet(_) => "method_not_get",
+            HttpVersionTooOld(_) => "http_version",
+            MissingHost => "missing_host",
+            UpgradeNotWebSocket => "upgrade_not_websocket",
+            ConnectionNotUpgrade => "connection_not_upgrade",
+            MissingKey => "missing_key",
+            DuplicateKey => "duplicate_key",
+            InvalidKey => "invalid_key",
+            VersionNotSupported(_) => "version_not_supported",
+            MissingVersion => "missing_version",
+            InvalidSubprotocol(_) => "invalid_subprotocol",
+            HasBody => "has_body",
+        }
+    }
+}
+
+/// Checks a client's opening handshake. Pure: no I/O, no state.
+pub fn validate(parts: &request::Parts) -> Result<ClientHandshake, HandshakeError> {
+    let headers = &parts.headers;
+    if !headers.contains_key(header::UPGRADE) {
+        return Err(HandshakeError::NotAnUpgrade);
+    }
+    if parts.method != Method::GET {
+        return Err(HandshakeError::MethodNotGet(parts.method.clone()));
+    }
+    // hyper only upgrades HTTP/1.1 connections; an HTTP/1.0 client would get a dead 101.
+    if parts.version != Version::HTTP_11 {
+        return Err(HandshakeError::HttpVersionTooOld(parts.version));
+    }
+    let host = single_value(headers, &header::HOST)
+        .filter(|h| !h.is_empty())
+        .ok_or(HandshakeError::MissingHost)?
+        .to_string();
+    if !has_token(headers, &header::UPGRADE, "websocket") {
+        return Err(HandshakeError::UpgradeNotWebSocket);
+    }
+    if !has_token(headers, &header::CONNECTION, "upgrade") {
+        return Err(HandshakeError::ConnectionNotUpgrade);
+    }
+    let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    let key = keys.next().ok_or(HandshakeError::MissingKey)?;
+    if keys.next().is_some() {
+        return Err(HandshakeError::DuplicateKey);
+    }
+    let key = key.to_str().map_err(|_| HandshakeError::InvalidKey)?.trim();
+    match BASE64.decode(key) {
+        Ok(bytes) if bytes.len() == 16 => {}
+        _ => return Err(HandshakeError::InvalidKey),
+    }
+    let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
+    match (versions.next(), versions.next()) {
+        (None, _) => return Err(HandshakeError::MissingVersion),
+        (Some(v), None) if v.as_bytes().trim_ascii() == WEBSOCKET_VERSION.as_bytes() => {}
+        (Some(v), _) => {
+            return Err(HandshakeError::VersionNotSupported(
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            ));
+        }
+    }
+    // A GET upgrade has no body; one announced here would be read as WebSocket frames.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err(HandshakeError::HasBody);
+    }
+    for cl in headers.get_all(header::CONTENT_LENGTH) {
+        if cl.as_bytes().trim_ascii() != b"0" {
+            return Err(HandshakeError::HasBody);
+        }
+    }
+    let protocols = list_values(headers, &header::SEC_WEBSOCKET_PROTOCOL);
+    if let Some(bad) = protocols.iter().find(|p| !is_token(p)) {
+        return Err(HandshakeError::InvalidSubprotocol(bad.clone()));
+    }
+    let extensions = headers
+        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .cloned()
+        .collect();
+    Ok(ClientHandshake {
+        key: key.to_string(),
+        protocols,
+        extensions,
+        host,
+    })
+}
+
+/// `Sec-WebSocket-Accept` for a key (RFC 6455 §4.2.2 step 5.4).
+pub fn accept_key(key: &[u8]) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(WEBSOCKET_GUID);
+    BASE64.encode(sha.finalize())
+}
+
+/// A fresh random `Sec-WebSocket-Key` for the backend leg.
+pub fn generate_key() -> String {
+    BASE64.encode(rand::random::<[u8; 16]>())
+}
+
+/// The one value of a header that must appear once; `None` if absent, repeated or not text.
+fn single_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    first.to_str().ok().map(str::trim)
+}
+
+/// Whether a comma-separated header contains `token`, case-insensitively, across repeated
+/// lines (Firefox sends `Connection: keep-alive, Upgrade`).
+pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// The non-empty elements of a comma-separated header, across repeated lines.
+pub fn list_values(headers: &HeaderMap, name: &HeaderName) -> Vec<String> {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// RFC 9110 §5.6.2 token characters.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(
+        build: impl FnOnce(http::request::Builder) -> http::request::Builder,
+    ) -> request::Parts {
+        let b = http::Request::builder()
+            .method("GET")
+            .uri("/chat")
+            .version(Version::HTTP_11)
+            .header("host", "example.com")
+            .header("upgrade", "websocket")
+            .header("connection", "Upgrade")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-version", "13");
+        build(b).body(()).unwrap().into_parts().0
+    }
+
+    fn without(name: &str) -> request::Parts {
+        let mut p = parts(|b| b);
+        p.headers.remove(name);
+        p
+    }
+
+    #[test]
+    fn rfc_example_accept_key() {
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn generated_keys_are_valid_and_fresh() {
+        let a = generate_key();
+        assert_eq!(BASE64.decode(&a).unwrap().len(), 16);
+        assert_ne!(a, generate_key());
+    }
+
+    #[test]
+    fn accepts_a_valid_handshake() {
+        let hs = validate(&parts(|b| {
+            b.header("sec-websocket-protocol", "chat, superchat")
+                .header("sec-websocket-extensions", "permessage-deflate")
+        }))
+        .unwrap();
+        assert_eq!(hs.key, "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(hs.protocols, ["chat", "superchat"]);
+        assert_eq!(hs.extensions.len(), 1);
+        assert_eq!(hs.host, "example.com");
+    }
+
+    #[test]
+    fn tokens_are_case_insensitive_and_span_lists_and_lines() {
+        let mut p = without("connection");
+        p.headers
+            .append("connection", HeaderValue::from_static("keep-alive"));
+        p.headers
+            .append("connection", HeaderValue::from_static("foo, UPGRADE"));
+        p.headers
+            .insert("upgrade", HeaderValue::from_static("WebSocket"));
+        assert!(validate(&p).is_ok());
+    }
+
+    #[test]
+    fn each_check_has_its_error() {
+        use HandshakeError::*;
+        assert_eq!(validate(&without("upgrade")), Err(NotAnUpgrade));
+        assert_eq!(
+            validate(&parts(|b| b.method("POST"))),
+            Err(MethodNotGet(Method::POST))
+        );
+        assert_eq!(
+            validate(&parts(|b| b.version(Version::HTTP_10))),
+            Err(HttpVersionTooOld(Version::HTTP_10))
+        );
+        assert_eq!(validate(&without("host")), Err(MissingHost));
+        let mut p = parts(|b| b);
+        p.headers.insert("upgrade", HeaderValue::from_static("h2c"));
+        assert_eq!(validate(&p), Err(UpgradeNotWebSocket));
+        let mut p = parts(|b| b);
+        p.headers
+            .insert("connection", HeaderValue::from_static("keep-alive"));
+        assert_eq!(validate(&p), Err(ConnectionNotUpgrade));
+        assert_eq!(validate(&without("sec-websocket-key")), Err(MissingKey));
+        let mut p = parts(|b| b);
+        p.headers.append(
+            "sec-websocket-key",
+            HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAA=="),
+        );
+        assert_eq!(validate(&p), Err(DuplicateKey));
+        let mut p = parts(|b| b);
+        p.headers
+            .insert("sec-websocket-key", HeaderValue::from_static("c2hvcnQ="));
+        assert_eq!(validate(&p), Err(InvalidKey));
+        let mut p = parts(|b| b);
+        p.headers.insert(
+            "sec-websocket-key",
+            HeaderValue::from_static("not base64!!"),
+        );
+        assert_eq!(validate(&p), Err(InvalidKey));
+        let mut p = parts(|b| b);
+        p.headers
+            .insert("sec-websocket-version", HeaderValue::from_static("8"));
+        assert_eq!(validate(&p), Err(VersionNotSupported("8".into())));
+        assert_eq!(
+            validate(&without("sec-websocket-version")),
+            Err(MissingVersion)
+        );
+        assert_eq!(
+            validate(&parts(|b| b.header("content-length", "5"))),
+            Err(HasBody)
+        );
+        assert!(validate(&parts(|b| b.header("content-length", "0"))).is_ok());
+        assert_eq!(
+            validate(&parts(|b| b.header("transfer-encoding", "chunked"))),
+            Err(HasBody)
+        );
+        assert_eq!(
+            validate(&parts(|b| b.header("sec-websocket-protocol", "chat, a b"))),
+            Err(InvalidSubprotocol("a b".into()))
+        );
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(HandshakeError::NotAnUpgrade.status(), 426);
+        assert_eq!(
+            HandshakeError::VersionNotSupported("8".into()).status(),
+            426
+        );
+        assert_eq!(HandshakeError::MissingHost.status(), 400);
+        assert!(
+            HandshakeError::VersionNotSupported("8".into())
+                .response_headers()
+                .iter()
+                .any(|(n, v)| n == header::SEC_WEBSOCKET_VERSION && v == "13")
+        );
+    }
+}

@@ -1,0 +1,171 @@
+//! wsgate: a reverse proxy for WebSockets.
+//!
+//! A connection meets these phases in this order; each lives in its own file:
+//!
+//! | phase | file |
+//! |---|---|
+//! | listeners, socket options, per-connection task, first-request deadline | [`accept`] |
+//! | HTTP front end: hyper-util auto builder, timers, header limits | [`http`] |
+//! | the orchestrator, top to bottom | [`proxy`] |
+//! | route by host and path prefix | [`route`] |
+//! | RFC 6455 §4.2.1 handshake checks, accept key | [`handshake`] |
+//! | backend pick, connect with failover, backend handshake and its checks | [`backend`] |
+//! | the relay loop after the 101 | [`relay`] |
+//! | registry of live sessions, drain | [`sessions`] |
+//! | errors and their mapping to status codes and log outcomes | [`error`] |
+//! | config file, validation with key and line | [`config`] |
+//! | logging and the access log | [`telemetry`] |
+//! | frame codec (the demo's echo backend) | [`frame`] |
+//! | `wsgate demo`: built-in echo backend and browser page | [`demo`] |
+//!
+//! [`Gateway::start`] binds the listeners and returns a [`Handle`] to stop it.
+
+pub mod accept;
+pub mod backend;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod frame;
+pub mod handshake;
+pub mod http;
+pub mod proxy;
+pub mod relay;
+pub mod route;
+pub mod sessions;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+
+use crate::proxy::ProxyState;
+use crate::sessions::Sessions;
+
+/// Entry point for running the proxy in-process (the binary and the tests both use it).
+pub struct Gateway;
+
+/// What a shutdown did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Sessions still live when the grace period ran out, and therefore ended by the proxy.
+    pub sessions_ended: usize,
+}
+
+/// A running gateway.
+pub struct Handle {
+    addrs: Vec<SocketAddr>,
+    stop: CancellationToken,
+    sessions: Arc<Sessions>,
+    supervisor: JoinHandle<ShutdownReport>,
+}
+
+impl Gateway {
+    /// Binds every listener (port 0 picks a free port) and starts serving.
+    pub async fn start(config: Config) -> std::io::Result<Handle> {
+        let sessions = Arc::new(Sessions::default());
+        let grace = config.shutdown_grace;
+        let mut bound = Vec::new();
+        for l in &config.listeners {
+            let listener = accept::bind(l.addr).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.addr))
+            })?;
+            bound.push((listener.local_addr()?, listener, l.clone()));
+        }
+        let state = Arc::new(ProxyState::new(config, sessions.clone()));
+        let stop = CancellationToken::new();
+        let conns = TaskTracker::new();
+        let mut addrs = Vec::new();
+        for (addr, listener, lconf) in bound {
+            tracing::info!(listen = %addr, "listening");
+            addrs.push(addr);
+            tokio::spawn(accept::accept_loop(
+                listener,
+                lconf,
+                state.clone(),
+                stop.clone(),
+                conns.clone(),
+            ));
+        }
+        for r in state.routes.iter() {
+            let backends: Vec<&str> = r
+                .pool
+                .backends()
+                .iter()
+                .map(|b| b.url.url.as_str())
+                .collect();
+            tracing::info!(route = %r.config.name, host = r.config.host.as_deref().unwrap_or("*"), path = %r.config.path, backends = ?backends, "route");
+        }
+        let supervisor = tokio::spawn(supervise(stop.clone(), conns, sessions.clone(), grace));
+        Ok(Handle {
+            addrs,
+            stop,
+            sessions,
+            supervisor,
+        })
+    }
+}
+
+/// Waits for the stop signal, then drains: no new connections, in-flight handshakes finish,
+/// live sessions get up to `grace` to end on their own, then the rest are ended.
+async fn supervise(
+    stop: CancellationToken,
+    conns: TaskTracker,
+    sessions: Arc<Sessions>,
+    grace: Duration,
+) -> ShutdownReport {
+    stop.cancelled().await;
+    let deadline = tokio::time::Instant::now() + grace;
+    tracing::info!(live_sessions = sessions.len(), grace = ?grace, "shutting down: no new connections, waiting for sessions");
+    conns.close();
+    let _ = tokio::time::timeout_at(deadline, conns.wait()).await;
+    let left = sessions
+        .wait_idle(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .await;
+    if left > 0 {
+        tracing::warn!(
+            sessions = left,
+            "grace period over: ending remaining sessions"
+        );
+    }
+    sessions.end_all().await;
+    tracing::info!("shutdown complete");
+    ShutdownReport {
+        sessions_ended: left,
+    }
+}
+
+impl Handle {
+    /// The first listener's bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// Every listener's bound address, in config order.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The live-session registry.
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
+    }
+
+    /// Starts a graceful shutdown: from this moment new upgrades get 503 and listeners close.
+    pub fn shutdown(&self) {
+        self.sessions.start_draining();
+        self.stop.cancel();
+    }
+
+    /// Waits until the gateway has stopped (after [`Handle::shutdown`]).
+    pub async fn wait(self) -> ShutdownReport {
+        self.supervisor
+            .await
+            .unwrap_or(ShutdownReport { sessions_ended: 0 })
+    }
+}

@@ -1,0 +1,178 @@
+//! The `wsgate` command: `run`, `check`, `demo`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use wsgate::config::Config;
+use wsgate::telemetry::{self, LogFormat};
+use wsgate::{Gateway, Handle};
+
+#[derive(Parser)]
+#[command(name = "wsgate", version, about = "A reverse proxy for WebSockets")]
+struct Cli {
+    /// Log line format (filter with RUST_LOG, e.g. RUST_LOG=debug).
+    #[arg(long, value_enum, default_value_t = Format::Text, global = true)]
+    log_format: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy with a config file.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file and print every error with its key and line (exit 1 on error).
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the built-in echo backend alone (for trying a config, or as a benchmark backend).
+    Echo {
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: SocketAddr,
+    },
+    /// Start a built-in echo backend and the proxy in front of it, with a browser page at /.
+    Demo {
+        /// Where the demo proxy listens. If the default port is busy, a free port is used.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(match cli.log_format {
+        Format::Text => LogFormat::Text,
+        Format::Json => LogFormat::Json,
+    });
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => match Config::load(&config) {
+            Ok(cfg) => exit(runtime().and_then(|rt| rt.block_on(run(cfg)))),
+            Err(errors) => {
+                eprint!("{errors}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Echo { listen } => exit(runtime().and_then(|rt| rt.block_on(echo(listen)))),
+        Command::Demo { listen } => exit(runtime().and_then(|rt| rt.block_on(demo(listen)))),
+    }
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wsgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(cfg) => {
+            println!(
+                "{}: OK ({} listener{}, {} route{})",
+                path.display(),
+                cfg.listeners.len(),
+                if cfg.listeners.len() == 1 { "" } else { "s" },
+                cfg.routes.len(),
+                if cfg.routes.len() == 1 { "" } else { "s" },
+            );
+            for r in &cfg.routes {
+                let backends: Vec<&str> = r.backends.iter().map(|b| b.url.as_str()).collect();
+                println!(
+                    "  route {:?}: host {} path {} -> {}",
+                    r.name,
+                    r.host.as_deref().unwrap_or("*"),
+                    r.path,
+                    backends.join(", ")
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprint!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    let handle = Gateway::start(cfg).await?;
+    wait_for_signal_then_drain(handle).await
+}
+
+async fn echo(listen: SocketAddr) -> anyhow::Result<()> {
+    let addr = wsgate::demo::start_echo_backend(listen)
+        .await
+        .with_context(|| format!("cannot start the echo backend on {listen}"))?;
+    println!("wsgate echo backend listening on ws://{addr}/  -  Ctrl-C to stop.");
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+async fn demo(listen: SocketAddr) -> anyhow::Result<()> {
+    let backend = wsgate::demo::start_echo_backend("127.0.0.1:0".parse()?)
+        .await
+        .context("cannot start the demo echo backend")?;
+    let handle = match Gateway::start(wsgate::demo::config(listen, backend)).await {
+        Ok(h) => h,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let fallback = SocketAddr::new(listen.ip(), 0);
+            eprintln!("wsgate: {listen} is in use; using a free port instead");
+            Gateway::start(wsgate::demo::config(fallback, backend)).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let addr = handle.local_addr();
+    println!();
+    println!("  wsgate demo is running.");
+    println!("  Open http://{addr}/ in a browser (WebSocket endpoint: ws://{addr}/echo).");
+    println!("  Built-in echo backend: ws://{backend}/  -  Ctrl-C to stop.");
+    println!();
+    wait_for_signal_then_drain(handle).await
+}
+
+/// SIGTERM or SIGINT starts a graceful shutdown; a second signal ends the process at once.
+async fn wait_for_signal_then_drain(handle: Handle) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "signal received");
+    handle.shutdown();
+    tokio::select! {
+        report = handle.wait() => {
+            if report.sessions_ended > 0 {
+                tracing::info!(sessions = report.sessions_ended, "sessions ended at the end of the grace period");
+            }
+            Ok(())
+        }
+        _ = term.recv() => anyhow::bail!("second signal: exiting without waiting for sessions"),
+        _ = int.recv() => anyhow::bail!("second signal: exiting without waiting for sessions"),
+    }
+}

@@ -1,0 +1,282 @@
+//! The orchestrator: one request, top to bottom.
+//!
+//! route → handshake check → backend connect → backend handshake → 101 → relay → access log.
+//! Every step before the 101 can refuse with an HTTP status (mapped in `error.rs`); nothing is
+//! sent to a backend until the client's handshake has passed.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tracing::Instrument;
+
+use crate::backend::{self, BackendRequest, BackendUpgrade};
+use crate::config::Config;
+use crate::error::{BackendError, BackendRefusal, ProxyError};
+use crate::handshake::{self, ClientHandshake, HandshakeError};
+use crate::relay;
+use crate::route::{Route, RouteTable};
+use crate::sessions::Sessions;
+use crate::telemetry::access;
+
+pub type Body = Full<Bytes>;
+
+/// How long the client side of an accepted upgrade may take to complete after we answer 101.
+/// hyper resolves it as soon as the 101 is written, so this only trips on a dead client.
+const CLIENT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything a request needs, shared by all connections.
+#[derive(Debug)]
+pub struct ProxyState {
+    pub config: Config,
+    pub routes: RouteTable,
+    pub sessions: Arc<Sessions>,
+}
+
+impl ProxyState {
+    pub fn new(config: Config, sessions: Arc<Sessions>) -> ProxyState {
+        ProxyState {
+            routes: RouteTable::new(&config.routes),
+            config,
+            sessions,
+        }
+    }
+}
+
+/// Facts about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub client: SocketAddr,
+    /// `http` or `https`, for the forwarding headers.
+    pub scheme: &'static str,
+}
+
+/// hyper service entry point. Never fails: every error becomes a response.
+pub async fn handle(
+    state: Arc<ProxyState>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let id = state.sessions.next_id();
+    let span = tracing::info_span!("request", session = id, client = %conn.client);
+    Ok(handle_request(state, conn, req, id).instrument(span).await)
+}
+
+async fn handle_request(
+    state: Arc<ProxyState>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+    id: u64,
+) -> Response<Body> {
+    let (mut parts, _body) = req.into_parts();
+    if let Some(page) = static_page(&state.config, &parts) {
+        return page;
+    }
+
+    let host = request_host(&parts);
+    let Some(route) = state
+        .routes
+        .find(host.as_deref(), parts.uri.path())
+        .cloned()
+    else {
+        return refuse(id, None, conn, &parts, ProxyError::NoRoute);
+    };
+    if state.sessions.is_draining() {
+        return refuse(id, Some(&route), conn, &parts, ProxyError::Draining);
+    }
+    let client_hs = match handshake::validate(&parts) {
+        Ok(hs) => hs,
+        Err(e) => return refuse(id, Some(&route), conn, &parts, e.into()),
+    };
+    // Taken before answering (hyper examples/upgrades.rs); hyper sets it on every HTTP/1.1
+    // request that carries `Upgrade`, which validation has just required.
+    let Some(client_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
+        return refuse(
+            id,
+            Some(&route),
+            conn,
+            &parts,
+            ProxyError::Handshake(HandshakeError::NotAnUpgrade),
+        );
+    };
+
+    let rc = &route.config;
+    let (stream, lease) = match route.pool.connect(rc.backend_connect_timeout).await {
+        Ok(ok) => ok,
+        Err(e) => return refuse(id, Some(&route), conn, &parts, e.into()),
+    };
+    let backend_url = lease.backend.url.clone();
+    let (backend_req, key) = backend::build_request(&BackendRequest {
+        route: rc,
+        backend: &backend_url,
+        client: &parts,
+        handshake: &client_hs,
+        client_addr: conn.client,
+        scheme: conn.scheme,
+    });
+    tracing::debug!(route = %rc.name, backend = %backend_url.url, uri = %backend_req.uri(), "backend handshake");
+    let upgrade = match backend::handshake(
+        stream,
+        backend_req,
+        &key,
+        &client_hs,
+        rc.backend_handshake_timeout,
+        state.config.limits.max_error_body,
+    )
+    .await
+    {
+        Ok(up) => up,
+        Err(e) => return refuse(id, Some(&route), conn, &parts, ProxyError::Backend(e)),
+    };
+
+    let response = switching_protocols(&client_hs, &upgrade);
+    let session = state.sessions.register(
+        id,
+        Arc::from(rc.name.as_str()),
+        conn.client,
+        backend_url.url.clone(),
+    );
+    tracing::debug!(route = %rc.name, backend = %backend_url.url, "session open");
+    let BackendUpgrade { io: backend_io, .. } = upgrade;
+    state.sessions.spawn(
+        async move {
+            let client_io = match tokio::time::timeout(CLIENT_UPGRADE_TIMEOUT, client_upgrade).await
+            {
+                Ok(Ok(io)) => io,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "client upgrade failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("client upgrade timed out");
+                    return;
+                }
+            };
+            let mut client_io = TokioIo::new(client_io);
+            let mut backend_io = TokioIo::new(backend_io);
+            let info = &session.info;
+            let outcome = relay::relay(
+                &mut client_io,
+                &mut backend_io,
+                info.counters.clone(),
+                info.cancel.clone(),
+            )
+            .await;
+            access::session_closed(
+                info.id,
+                &info.route,
+                info.client,
+                &info.backend,
+                info.started.elapsed(),
+                &outcome,
+            );
+            drop(lease);
+        }
+        .in_current_span(),
+    );
+    response
+}
+
+/// The 101 for the client: its own accept key, and the backend's choices.
+fn switching_protocols(client: &ClientHandshake, up: &BackendUpgrade) -> Response<Body> {
+    let mut resp = Response::new(Body::default());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&handshake::accept_key(client.key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Some(p) = &up.protocol {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, p.clone());
+    }
+    for e in &up.extensions {
+        h.append(header::SEC_WEBSOCKET_EXTENSIONS, e.clone());
+    }
+    for c in &up.set_cookies {
+        h.append(header::SET_COOKIE, c.clone());
+    }
+    resp
+}
+
+/// `Host` header, or the URI's authority (absolute-form request targets).
+fn request_host(parts: &Parts) -> Option<String> {
+    parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+}
+
+/// The one place a refusal becomes a response: status, one-line reason, headers, log record.
+fn refuse(
+    id: u64,
+    route: Option<&Route>,
+    conn: ConnInfo,
+    parts: &Parts,
+    err: ProxyError,
+) -> Response<Body> {
+    let status = err.status();
+    access::refused(
+        id,
+        route.map(|r| r.config.name.as_str()),
+        conn.client,
+        &parts.method,
+        parts.uri.path(),
+        status,
+        &err,
+    );
+    let mut resp = Response::new(Body::default());
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    match err {
+        ProxyError::Backend(BackendError::Refused(refusal)) => {
+            // The backend's own refusal keeps its headers and (bounded) body.
+            let BackendRefusal { headers, body, .. } = *refusal;
+            h.extend(headers);
+            *resp.body_mut() = Body::new(body);
+        }
+        other => {
+            if let ProxyError::Handshake(hs) = &other {
+                for (name, value) in hs.response_headers() {
+                    h.append(name, value);
+                }
+            }
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            *resp.body_mut() = Body::new(Bytes::from(format!("{other}\n")));
+        }
+    }
+    // After a refused upgrade the client's connection state is uncertain: start afresh.
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// Static pages (`wsgate demo`): GET without an upgrade on an exact path.
+fn static_page(config: &Config, parts: &Parts) -> Option<Response<Body>> {
+    if parts.method != Method::GET || parts.headers.contains_key(header::UPGRADE) {
+        return None;
+    }
+    let page = config.pages.iter().find(|p| p.path == parts.uri.path())?;
+    let mut resp = Response::new(Body::new(Bytes::from(page.body.clone())));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(page.content_type),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Some(resp)
+}

@@ -1,0 +1,178 @@
+//! Which route serves a request: [`RouteTable::find`] by host and path prefix.
+
+use std::sync::Arc;
+
+use crate::backend::BackendPool;
+use crate::config::RouteConfig;
+
+/// A route with its live backend state.
+#[derive(Debug)]
+pub struct Route {
+    pub config: RouteConfig,
+    pub pool: BackendPool,
+}
+
+/// All routes, in match order: routes naming a host before host-less ones, longer path
+/// prefixes before shorter ones, and otherwise file order.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    pub fn new(configs: &[RouteConfig]) -> RouteTable {
+        let mut routes: Vec<Arc<Route>> = configs
+            .iter()
+            .map(|c| {
+                Arc::new(Route {
+                    pool: BackendPool::new(c.backends.clone(), c.balance),
+                    config: c.clone(),
+                })
+            })
+            .collect();
+        // Stable sort keeps file order among equals.
+        routes.sort_by_key(|r| {
+            let host_rank = match &r.config.host {
+                Some(h) if h.starts_with("*.") => 1,
+                Some(_) => 0,
+                None => 2,
+            };
+            (host_rank, std::cmp::Reverse(r.config.path.len()))
+        });
+        RouteTable { routes }
+    }
+
+    /// The route for a request's `Host` (port ignored, case-insensitive) and path.
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+        let host = host.map(|h| strip_port(h).to_ascii_lowercase());
+        self.routes.iter().find(|r| {
+            host_matches(r.config.host.as_deref(), host.as_deref())
+                && path_matches(&r.config.path, path)
+        })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter()
+    }
+}
+
+fn host_matches(pattern: Option<&str>, host: Option<&str>) -> bool {
+    match (pattern, host) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(p), Some(h)) => match p.strip_prefix("*.") {
+            // `*.example.com` matches `a.example.com` and `a.b.example.com`, not `example.com`.
+            Some(suffix) => {
+                h.len() > suffix.len() + 1
+                    && h.ends_with(suffix)
+                    && h.as_bytes()[h.len() - suffix.len() - 1] == b'.'
+            }
+            None => p == h,
+        },
+    }
+}
+
+/// Prefix match on segment boundaries: `/chat` serves `/chat` and `/chat/x`, not `/chatty`.
+fn path_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
+pub fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(i) => &host[..=i],
+            None => host,
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::from_toml_str;
+
+    fn table(routes: &str) -> RouteTable {
+        let cfg =
+            from_toml_str(&format!("[[listener]]\nlisten = \"127.0.0.1:0\"\n{routes}")).unwrap();
+        RouteTable::new(&cfg.routes)
+    }
+
+    fn name(t: &RouteTable, host: Option<&str>, path: &str) -> Option<String> {
+        t.find(host, path).map(|r| r.config.name.clone())
+    }
+
+    #[test]
+    fn host_and_path_matching() {
+        let t = table(
+            r#"
+            [[route]]
+            name = "any"
+            path = "/"
+            backends = ["ws://127.0.0.1:1"]
+            [[route]]
+            name = "chat"
+            path = "/chat"
+            backends = ["ws://127.0.0.1:1"]
+            [[route]]
+            name = "chat-a"
+            host = "a.example.com"
+            path = "/chat"
+            backends = ["ws://127.0.0.1:1"]
+            [[route]]
+            name = "wild"
+            host = "*.example.com"
+            path = "/"
+            backends = ["ws://127.0.0.1:1"]
+            "#,
+        );
+        assert_eq!(name(&t, Some("x.org"), "/chat").as_deref(), Some("chat"));
+        assert_eq!(
+            name(&t, Some("x.org"), "/chat/room").as_deref(),
+            Some("chat")
+        );
+        assert_eq!(name(&t, Some("x.org"), "/chatty").as_deref(), Some("any"));
+        assert_eq!(
+            name(&t, Some("A.Example.com:8443"), "/chat").as_deref(),
+            Some("chat-a")
+        );
+        assert_eq!(
+            name(&t, Some("b.example.com"), "/chat").as_deref(),
+            Some("wild")
+        );
+        assert_eq!(
+            name(&t, Some("example.com"), "/chat").as_deref(),
+            Some("chat")
+        );
+        assert_eq!(name(&t, None, "/x").as_deref(), Some("any"));
+    }
+
+    #[test]
+    fn no_route() {
+        let t = table(
+            r#"
+            [[route]]
+            name = "chat"
+            path = "/chat/"
+            backends = ["ws://127.0.0.1:1"]
+            "#,
+        );
+        assert_eq!(name(&t, Some("h"), "/chat"), None);
+        assert_eq!(name(&t, Some("h"), "/chat/x").as_deref(), Some("chat"));
+        assert_eq!(name(&t, Some("h"), "/other"), None);
+    }
+
+    #[test]
+    fn ports_are_stripped() {
+        assert_eq!(strip_port("h:80"), "h");
+        assert_eq!(strip_port("h"), "h");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+    }
+}

@@ -1,0 +1,159 @@
+//! The registry of live sessions.
+//!
+//! hyper forgets a connection once it is upgraded, so the proxy keeps its own list: what each
+//! session is (route, client, backend, start, counters) and a cancellation signal for each,
+//! so that a shutdown can wait for them and, after the grace period, end them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::relay::Counters;
+
+/// What the registry knows about one live session.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub id: u64,
+    pub route: Arc<str>,
+    pub client: SocketAddr,
+    pub backend: String,
+    pub started: Instant,
+    pub started_at: SystemTime,
+    pub counters: Arc<Counters>,
+    pub cancel: CancellationToken,
+}
+
+#[derive(Debug)]
+pub struct Sessions {
+    live: Mutex<HashMap<u64, SessionInfo>>,
+    next_id: AtomicU64,
+    draining: AtomicBool,
+    /// Parent of every session's token: cancelling it ends all sessions.
+    all: CancellationToken,
+    /// Every session task, so shutdown can wait for them.
+    tasks: TaskTracker,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions {
+            live: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
+            all: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        }
+    }
+}
+
+/// Removes its session from the registry when dropped, however the session task ends.
+#[derive(Debug)]
+pub struct SessionGuard {
+    sessions: Arc<Sessions>,
+    pub info: SessionInfo,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.sessions
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.info.id);
+    }
+}
+
+impl Sessions {
+    /// A fresh id for a request (sessions and refusals share the sequence, for log correlation).
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a session about to start relaying.
+    pub fn register(
+        self: &Arc<Self>,
+        id: u64,
+        route: Arc<str>,
+        client: SocketAddr,
+        backend: String,
+    ) -> SessionGuard {
+        let info = SessionInfo {
+            id,
+            route,
+            client,
+            backend,
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            counters: Arc::default(),
+            cancel: self.all.child_token(),
+        };
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, info.clone());
+        SessionGuard {
+            sessions: self.clone(),
+            info,
+        }
+    }
+
+    /// Spawns a session task, tracked for shutdown.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task);
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A snapshot of the live sessions.
+    pub fn list(&self) -> Vec<SessionInfo> {
+        let mut v: Vec<_> = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by_key(|s| s.id);
+        v
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// From now on new upgrades are refused with 503.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Waits until every session task has ended, or `grace` has passed. Returns how many
+    /// sessions were still live when the grace period ran out (0 if all ended in time).
+    pub async fn wait_idle(&self, grace: std::time::Duration) -> usize {
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait()).await.is_ok() {
+            return 0;
+        }
+        self.len()
+    }
+
+    /// Ends every remaining session and waits for their tasks to finish.
+    pub async fn end_all(&self) {
+        self.all.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
