@@ -9,13 +9,14 @@
 //! when the other side cannot take it all is the rest copied to the heap, and that copy is
 //! freed as soon as it is written. An idle session holds no buffer at all.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
@@ -147,6 +148,23 @@ impl Half {
     }
 }
 
+/// How long one direction may stay open after the other has ended. WebSocket has no use for
+/// a half-open connection once one side has closed (RFC 6455 §7.1.1: after the closing
+/// handshake both close TCP), so a peer that never closes its side is not allowed to hold the
+/// session forever. Generous, so a real half-close (a last reply after the client's FIN) still
+/// gets through.
+pub const HALF_CLOSE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why [`relay`]'s copy loop stopped.
+enum End {
+    /// Both directions ended cleanly.
+    Both,
+    /// One direction failed.
+    Error(&'static str, io::Error),
+    /// One direction ended and the other did not within [`HALF_CLOSE_TIMEOUT`].
+    HalfCloseTimeout,
+}
+
 /// Relays until both directions have ended (each end's EOF is passed on as a write shutdown,
 /// so half-close works), either direction fails, or `cancel` fires.
 pub async fn relay<C, B>(
@@ -162,6 +180,7 @@ where
     let mut up = Half::new("client->backend");
     let mut down = Half::new("backend->client");
     let mut first_end: Option<CloseSide> = None;
+    let mut linger: Option<Pin<Box<tokio::time::Sleep>>> = None;
 
     let result = {
         let copy = poll_fn(|cx| {
@@ -172,17 +191,15 @@ where
                     Pin::new(&mut *backend),
                     &counters.client_to_backend,
                 ) {
-                    Poll::Ready(Ok(())) => {
-                        up.done = true;
-                        first_end.get_or_insert(CloseSide::Client);
-                    }
+                    Poll::Ready(Ok(())) => up.done = true,
                     Poll::Ready(Err(e)) => {
+                        // A write error means the backend went away; a read error, the client.
                         first_end.get_or_insert(if up.read_done {
                             CloseSide::Backend
                         } else {
                             CloseSide::Client
                         });
-                        return Poll::Ready(Some((up.label, e)));
+                        return Poll::Ready(End::Error(up.label, e));
                     }
                     Poll::Pending => {}
                 }
@@ -197,17 +214,14 @@ where
                     Pin::new(&mut *client),
                     &counters.backend_to_client,
                 ) {
-                    Poll::Ready(Ok(())) => {
-                        down.done = true;
-                        first_end.get_or_insert(CloseSide::Backend);
-                    }
+                    Poll::Ready(Ok(())) => down.done = true,
                     Poll::Ready(Err(e)) => {
                         first_end.get_or_insert(if down.read_done {
                             CloseSide::Client
                         } else {
                             CloseSide::Backend
                         });
-                        return Poll::Ready(Some((down.label, e)));
+                        return Poll::Ready(End::Error(down.label, e));
                     }
                     Poll::Pending => {}
                 }
@@ -216,21 +230,38 @@ where
                 }
             }
             if up.done && down.done {
-                Poll::Ready(None)
-            } else {
-                Poll::Pending
+                return Poll::Ready(End::Both);
             }
+            if up.done || down.done {
+                let timer =
+                    linger.get_or_insert_with(|| Box::pin(tokio::time::sleep(HALF_CLOSE_TIMEOUT)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(End::HalfCloseTimeout);
+                }
+            }
+            Poll::Pending
         });
         tokio::select! {
             biased;
-            r = copy => Ok(r),
-            _ = cancel.cancelled() => Err(()),
+            end = copy => Some(end),
+            _ = cancel.cancelled() => None,
         }
     };
 
     let (closed_by, error) = match result {
-        Ok(error) => (first_end.unwrap_or(CloseSide::Client), error),
-        Err(()) => (CloseSide::Proxy, None),
+        Some(End::Both) => (first_end.unwrap_or(CloseSide::Client), None),
+        Some(End::Error(label, e)) => (first_end.unwrap_or(CloseSide::Client), Some((label, e))),
+        Some(End::HalfCloseTimeout) => (
+            first_end.unwrap_or(CloseSide::Client),
+            Some((
+                "half-close",
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "other side did not close within the half-close timeout",
+                ),
+            )),
+        ),
+        None => (CloseSide::Proxy, None),
     };
     RelayOutcome {
         client_to_backend: up.bytes,

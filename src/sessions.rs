@@ -37,6 +37,8 @@ pub struct Sessions {
     all: CancellationToken,
     /// Every session task, so shutdown can wait for them.
     tasks: TaskTracker,
+    /// The live count, for anyone who waits for it to change (drain, tests, metrics).
+    count: tokio::sync::watch::Sender<usize>,
 }
 
 impl Default for Sessions {
@@ -47,6 +49,7 @@ impl Default for Sessions {
             draining: AtomicBool::new(false),
             all: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            count: tokio::sync::watch::Sender::new(0),
         }
     }
 }
@@ -60,11 +63,9 @@ pub struct SessionGuard {
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        self.sessions
-            .live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.info.id);
+        let mut live = self.sessions.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.remove(&self.info.id);
+        self.sessions.count.send_replace(live.len());
     }
 }
 
@@ -92,10 +93,10 @@ impl Sessions {
             counters: Arc::default(),
             cancel: self.all.child_token(),
         };
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, info.clone());
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.insert(id, info.clone());
+        self.count.send_replace(live.len());
+        drop(live);
         SessionGuard {
             sessions: self.clone(),
             info,
@@ -116,6 +117,13 @@ impl Sessions {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Waits until the number of live sessions satisfies `pred`.
+    pub async fn wait_for_count(&self, pred: impl FnMut(&usize) -> bool) {
+        let mut rx = self.count.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = rx.wait_for(pred).await;
     }
 
     /// A snapshot of the live sessions.

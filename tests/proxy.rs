@@ -1,0 +1,689 @@
+//! The core proxy, end to end over real sockets: echo, framing, close codes, subprotocols,
+//! routing, every refusal with its status, backend failures, failover, and drain.
+
+mod support;
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
+use wsgate::frame::opcode;
+
+async fn echo_gateway() -> (Gateway, EchoBackend) {
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&route("echo", "/", &[backend.url()])).await;
+    (gw, backend)
+}
+
+#[tokio::test]
+async fn text_and_binary_echo() {
+    let (gw, _b) = echo_gateway().await;
+    let (mut ws, resp) = connect(&gw.url("/echo")).await;
+    assert_eq!(resp.status(), 101);
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("hello"));
+    let bin: Vec<u8> = (0..=255u8).collect();
+    ws.send(Message::binary(bin.clone())).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::binary(bin));
+    // Many small messages in flight at once arrive complete and in order.
+    for i in 0..200 {
+        ws.send(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    for i in 0..200 {
+        assert_eq!(next_data(&mut ws).await, Message::text(format!("m{i}")));
+    }
+}
+
+#[tokio::test]
+async fn sixteen_mib_message() {
+    let (gw, _b) = echo_gateway().await;
+    let (mut ws, _) = connect(&gw.url("/")).await;
+    let big: Vec<u8> = (0..16 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    match next_data(&mut ws).await {
+        Message::Binary(got) => {
+            assert_eq!(got.len(), big.len());
+            assert!(got == big, "16 MiB echo differs");
+        }
+        other => panic!("expected binary, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn fragmented_message() {
+    let (gw, _b) = echo_gateway().await;
+    let (mut ws, _) = connect(&gw.url("/")).await;
+    ws.send(Message::Frame(Frame::message(
+        "Hello, ",
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .await
+    .unwrap();
+    // A control frame may arrive between fragments (RFC 6455 section 5.4).
+    ws.send(Message::Ping("between".into())).await.unwrap();
+    ws.send(Message::Frame(Frame::message(
+        "frag",
+        OpCode::Data(Data::Continue),
+        false,
+    )))
+    .await
+    .unwrap();
+    ws.send(Message::Frame(Frame::message(
+        "ments!",
+        OpCode::Data(Data::Continue),
+        true,
+    )))
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    loop {
+        match tokio::time::timeout(STEP, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            Message::Text(t) => {
+                assert_eq!(t.as_str(), "Hello, fragments!");
+                break;
+            }
+            Message::Pong(p) => got.push(p),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, vec![bytes::Bytes::from("between")]);
+}
+
+#[tokio::test]
+async fn ping_pong() {
+    let (gw, _b) = echo_gateway().await;
+    let (mut ws, _) = connect(&gw.url("/")).await;
+    ws.send(Message::Ping("are you there".into()))
+        .await
+        .unwrap();
+    match tokio::time::timeout(STEP, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    {
+        Message::Pong(p) => assert_eq!(&p[..], b"are you there"),
+        other => panic!("expected pong, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn client_close_code_and_reason_reach_the_backend_and_come_back() {
+    let (gw, backend) = echo_gateway().await;
+    let (mut ws, _) = connect(&gw.url("/")).await;
+    ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Library(4001),
+        reason: "client says bye".into(),
+    })))
+    .await
+    .unwrap();
+    match next_data(&mut ws).await {
+        Message::Close(Some(f)) => {
+            assert_eq!(u16::from(f.code), 4001);
+            assert_eq!(f.reason.as_str(), "client says bye");
+        }
+        other => panic!("expected close, got {other:?}"),
+    }
+    let closes = backend.closes.lock().unwrap().clone();
+    assert_eq!(closes, vec![Some((4001, "client says bye".to_string()))]);
+}
+
+#[tokio::test]
+async fn backend_close_code_and_reason_reach_the_client() {
+    let (gw, _b) = echo_gateway().await;
+    let (mut ws, _) = connect(&gw.url("/")).await;
+    ws.send(Message::text("close-me")).await.unwrap();
+    match next_data(&mut ws).await {
+        Message::Close(Some(f)) => {
+            assert_eq!(u16::from(f.code), 4002);
+            assert_eq!(f.reason.as_str(), "server says bye");
+        }
+        other => panic!("expected close, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn frame_pipelined_with_the_handshake_is_not_lost() {
+    let (gw, _b) = echo_gateway().await;
+    let mut bytes = upgrade_request("/", "").into_bytes();
+    bytes.extend(client_frame(opcode::TEXT, b"right behind"));
+    let (mut stream, resp) = raw_exchange(gw.addr, &bytes).await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+    assert_eq!(
+        resp.header("sec-websocket-accept").as_deref(),
+        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    );
+    let mut got = resp.rest;
+    let want = wsgate::frame::encode_frame(opcode::TEXT, true, b"right behind", None);
+    while got.len() < want.len() {
+        let mut chunk = [0u8; 256];
+        let n = tokio::time::timeout(STEP, stream.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before the echo");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn frame_sent_by_the_backend_with_its_101_is_not_lost() {
+    let greeting = wsgate::frame::encode_frame(opcode::TEXT, true, b"welcome", None);
+    let mut response = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n".to_vec();
+    response.extend_from_slice(&greeting);
+    let (addr, _) = scripted_backend(response).await;
+    let gw = Gateway::spawn(&route("greet", "/", &[format!("ws://{addr}")])).await;
+    let (mut ws, _) = connect(&gw.url("/")).await;
+    assert_eq!(next_data(&mut ws).await, Message::text("welcome"));
+}
+
+#[tokio::test]
+async fn subprotocol_negotiation() {
+    let (gw, backend) = echo_gateway().await;
+    let (_ws, resp) = connect_with(&gw.url("/"), |req| {
+        req.headers_mut()
+            .insert("sec-websocket-protocol", "chat, superchat".parse().unwrap());
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        resp.headers().get("sec-websocket-protocol").unwrap(),
+        "chat"
+    );
+    assert_eq!(
+        backend.last_request().header("sec-websocket-protocol"),
+        Some("chat, superchat")
+    );
+}
+
+#[tokio::test]
+async fn no_subprotocol_offered_none_answered() {
+    let (gw, _b) = echo_gateway().await;
+    let (_ws, resp) = connect(&gw.url("/")).await;
+    assert!(resp.headers().get("sec-websocket-protocol").is_none());
+}
+
+#[tokio::test]
+async fn backend_choosing_an_unoffered_subprotocol_is_a_bad_gateway() {
+    let (addr, _) = scripted_backend(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: evil\r\n\r\n".to_vec(),
+    )
+    .await;
+    let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{addr}")])).await;
+    let (_s, resp) = raw_exchange(
+        gw.addr,
+        upgrade_request("/", "Sec-WebSocket-Protocol: chat\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(resp.status, 502, "{resp:?}");
+    assert!(resp.body.contains("evil"), "{}", resp.body);
+}
+
+#[tokio::test]
+async fn backend_with_a_wrong_accept_key_is_a_bad_gateway() {
+    let (addr, _) = scripted_backend(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n".to_vec(),
+    )
+    .await;
+    let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{addr}")])).await;
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 502);
+    assert!(resp.body.contains("Sec-WebSocket-Accept"), "{}", resp.body);
+}
+
+#[tokio::test]
+async fn routing_by_host_and_by_path() {
+    let a = EchoBackend::spawn_named("a", &[]).await;
+    let b = EchoBackend::spawn_named("b", &[]).await;
+    let c = EchoBackend::spawn_named("c", &[]).await;
+    let gw = Gateway::spawn(&format!(
+        "{}\n{}\n[[route]]\nname = \"c-host\"\nhost = \"c.example\"\npath = \"/chat\"\nbackends = [\"{}\"]\n",
+        route("root", "/", &[a.url()]),
+        route("chat", "/chat", &[b.url()]),
+        c.url()
+    ))
+    .await;
+    connect(&gw.url("/other")).await;
+    connect(&gw.url("/chat/room")).await;
+    connect_with(&gw.url("/chat"), |r| {
+        r.headers_mut()
+            .insert("host", "C.Example:8080".parse().unwrap());
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (a.request_count(), b.request_count(), c.request_count()),
+        (1, 1, 1)
+    );
+    assert_eq!(b.last_request().uri, "/chat/room");
+}
+
+#[tokio::test]
+async fn backend_request_is_rebuilt() {
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&route(
+        "r",
+        "/app",
+        &[format!("{}/internal?tenant=7", backend.url())],
+    ))
+    .await;
+    connect_with(&gw.url("/app/room/1?x=1"), |r| {
+        let h = r.headers_mut();
+        h.insert("origin", "https://app.example".parse().unwrap());
+        h.insert("cookie", "session=abc; theme=dark".parse().unwrap());
+        h.insert("user-agent", "wsgate-test/1".parse().unwrap());
+        h.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-custom", "kept".parse().unwrap());
+    })
+    .await
+    .unwrap();
+    let seen = backend.last_request();
+    assert_eq!(seen.uri, "/internal/room/1?tenant=7&x=1");
+    assert_eq!(seen.header("host"), Some(backend.addr.to_string().as_str()));
+    assert_eq!(seen.header("origin"), Some("https://app.example"));
+    assert_eq!(seen.header("cookie"), Some("session=abc; theme=dark"));
+    assert_eq!(seen.header("user-agent"), Some("wsgate-test/1"));
+    assert_eq!(seen.header("x-custom"), Some("kept"));
+    // The client's own forwarding claim is not trusted; ours replaces it.
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(
+        seen.header("x-forwarded-host"),
+        Some(gw.addr.to_string().as_str())
+    );
+    assert_eq!(
+        seen.header("forwarded"),
+        Some(format!("for=127.0.0.1;host=\"{}\";proto=http", gw.addr).as_str())
+    );
+    assert!(seen.header("keep-alive").is_none());
+    // A fresh key on the backend leg.
+    assert_ne!(seen.header("sec-websocket-key"), None);
+    assert_eq!(seen.header("sec-websocket-version"), Some("13"));
+}
+
+/// Every refusal: status, reason in the body, and the backend never contacted.
+#[tokio::test]
+async fn refusals_have_precise_statuses_and_reasons() {
+    let (gw, backend) = echo_gateway().await;
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "plain GET",
+            "GET / HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+            426,
+            "WebSocket endpoint",
+        ),
+        (
+            "POST",
+            upgrade_request("/", "").replacen("GET", "POST", 1),
+            400,
+            "GET",
+        ),
+        (
+            "HTTP/1.0",
+            upgrade_request("/", "").replacen("HTTP/1.1", "HTTP/1.0", 1),
+            400,
+            "HTTP/1.1",
+        ),
+        (
+            "no Host",
+            upgrade_request("/", "").replacen("Host: localhost\r\n", "", 1),
+            400,
+            "Host",
+        ),
+        (
+            "Upgrade: h2c",
+            upgrade_request("/", "").replacen("Upgrade: websocket", "Upgrade: h2c", 1),
+            400,
+            "Upgrade",
+        ),
+        (
+            "Connection: keep-alive",
+            upgrade_request("/", "").replacen("Connection: Upgrade", "Connection: keep-alive", 1),
+            400,
+            "Connection",
+        ),
+        (
+            "no key",
+            upgrade_request("/", "").replacen(key, "", 1),
+            400,
+            "missing Sec-WebSocket-Key",
+        ),
+        ("two keys", upgrade_request("/", key), 400, "more than one"),
+        (
+            "short key",
+            upgrade_request("/", "").replacen("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=", 1),
+            400,
+            "16 bytes",
+        ),
+        (
+            "version 8",
+            upgrade_request("/", "").replacen("Version: 13", "Version: 8", 1),
+            426,
+            "only 13",
+        ),
+        (
+            "body",
+            upgrade_request("/", "Content-Length: 5\r\n"),
+            400,
+            "body",
+        ),
+        (
+            "chunked",
+            upgrade_request("/", "Transfer-Encoding: chunked\r\n"),
+            400,
+            "body",
+        ),
+    ];
+    for (what, req, status, reason) in cases {
+        let mut req = req.into_bytes();
+        if what == "body" {
+            req.extend_from_slice(b"hello");
+        }
+        if what == "chunked" {
+            req.extend_from_slice(b"0\r\n\r\n");
+        }
+        let (_s, resp) = raw_exchange(gw.addr, &req).await;
+        assert_eq!(resp.status, status, "{what}: {resp:?}");
+        assert!(
+            resp.body.contains(reason),
+            "{what}: body {:?} lacks {reason:?}",
+            resp.body
+        );
+        if status == 426 {
+            assert_eq!(
+                resp.header("sec-websocket-version").as_deref(),
+                Some("13"),
+                "{what}"
+            );
+        }
+        if what == "plain GET" {
+            assert_eq!(resp.header("upgrade").as_deref(), Some("websocket"));
+        }
+    }
+    assert_eq!(
+        backend.request_count(),
+        0,
+        "a refused handshake reached the backend"
+    );
+}
+
+#[tokio::test]
+async fn connection_tokens_across_lists_and_lines_are_accepted() {
+    let (gw, _b) = echo_gateway().await;
+    let req = upgrade_request("/", "Connection: keep-alive\r\n")
+        .replacen("Connection: Upgrade", "Connection: keep-alive, UPGRADE", 1)
+        .replacen("Upgrade: websocket", "Upgrade: WebSocket", 1);
+    let (_s, resp) = raw_exchange(gw.addr, req.as_bytes()).await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+}
+
+#[tokio::test]
+async fn no_route_is_404() {
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&route("chat", "/chat", &[backend.url()])).await;
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/elsewhere", "").as_bytes()).await;
+    assert_eq!(resp.status, 404);
+    assert!(resp.body.contains("no route"));
+}
+
+#[tokio::test]
+async fn oversized_headers_are_431() {
+    let (gw, backend) = echo_gateway().await;
+    let big = format!("X-Big: {}\r\n", "a".repeat(40 * 1024));
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", &big).as_bytes()).await;
+    assert_eq!(resp.status, 431);
+    let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", &many).as_bytes()).await;
+    assert_eq!(resp.status, 431);
+    assert_eq!(backend.request_count(), 0);
+}
+
+#[tokio::test]
+async fn backend_down_is_502() {
+    let down = closed_port().await;
+    let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{down}")])).await;
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 502);
+    assert!(resp.body.contains("no backend reachable"), "{}", resp.body);
+}
+
+#[tokio::test]
+async fn silent_backend_is_504() {
+    let (addr, _task) = silent_backend().await;
+    let gw = Gateway::spawn(&format!(
+        "{}[route.timeouts]\nbackend_handshake = \"300ms\"\n",
+        route("r", "/", &[format!("ws://{addr}")])
+    ))
+    .await;
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 504);
+    assert!(resp.body.contains("did not answer"), "{}", resp.body);
+}
+
+#[tokio::test]
+async fn backend_refusal_is_passed_through() {
+    let (addr, _) = scripted_backend(
+        b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 13\r\nX-Internal: secret\r\n\r\nnot for you\r\n".to_vec(),
+    )
+    .await;
+    let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{addr}")])).await;
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 403);
+    assert_eq!(resp.body, "not for you\r\n");
+    assert_eq!(resp.header("content-type").as_deref(), Some("text/plain"));
+    assert!(resp.header("x-internal").is_none());
+}
+
+#[tokio::test]
+async fn backend_refusal_body_is_bounded() {
+    let body = "x".repeat(100_000);
+    let (addr, _) = scripted_backend(
+        format!(
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
+    .await;
+    let gw = Gateway::spawn(&format!(
+        "[limits]\nmax_error_body = \"1KiB\"\n{}",
+        route("r", "/", &[format!("ws://{addr}")])
+    ))
+    .await;
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 500);
+    assert_eq!(resp.body.len(), 1024);
+}
+
+#[tokio::test]
+async fn broken_backend_answer_is_502() {
+    let (addr, _) = scripted_backend(b"this is not HTTP\r\n\r\n".to_vec()).await;
+    let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{addr}")])).await;
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 502);
+}
+
+#[tokio::test]
+async fn failover_to_the_second_backend() {
+    let down = closed_port().await;
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{down}"), backend.url()])).await;
+    // Round robin starts at a different backend each time; every session must succeed.
+    for i in 0..4 {
+        let (mut ws, _) = connect(&gw.url("/")).await;
+        ws.send(Message::text(format!("try {i}"))).await.unwrap();
+        assert_eq!(next_data(&mut ws).await, Message::text(format!("try {i}")));
+    }
+    assert_eq!(backend.request_count(), 4);
+}
+
+#[tokio::test]
+async fn round_robin_spreads_sessions() {
+    let a = EchoBackend::spawn_named("a", &[]).await;
+    let b = EchoBackend::spawn_named("b", &[]).await;
+    let gw = Gateway::spawn(&route("r", "/", &[a.url(), b.url()])).await;
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(connect(&gw.url("/")).await);
+    }
+    assert_eq!((a.request_count(), b.request_count()), (2, 2));
+}
+
+#[tokio::test]
+async fn draining_refuses_new_upgrades_with_503() {
+    let (gw, backend) = echo_gateway().await;
+    gw.handle().sessions().start_draining();
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 503);
+    assert!(resp.body.contains("shutting down"));
+    assert_eq!(backend.request_count(), 0);
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_live_sessions() {
+    let (mut gw, _b) = echo_gateway().await;
+    let (mut ws, _) = connect(&gw.url("/")).await;
+    assert_eq!(gw.handle().sessions().len(), 1);
+    let handle = gw.handle.take().unwrap();
+    handle.shutdown();
+    // The live session keeps working during the grace period...
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("still here"));
+    // ...and once it closes, shutdown completes without ending anything.
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = tokio::time::timeout(STEP, ws.next()).await.unwrap() {}
+    // The client closes its TCP side after the closing handshake, as browsers do.
+    drop(ws);
+    let report = tokio::time::timeout(STEP, handle.wait()).await.unwrap();
+    assert_eq!(report.sessions_ended, 0);
+    // The listener is gone.
+    assert!(tokio::net::TcpStream::connect(gw.addr).await.is_err());
+}
+
+#[tokio::test]
+async fn shutdown_ends_sessions_after_the_grace_period() {
+    let backend = EchoBackend::spawn().await;
+    let mut gw = Gateway::spawn(&format!(
+        "[shutdown]\ngrace = \"200ms\"\n{}",
+        route("r", "/", &[backend.url()])
+    ))
+    .await;
+    let (mut ws, _) = connect(&gw.url("/")).await;
+    let report = gw.shutdown().await;
+    assert_eq!(report.sessions_ended, 1);
+    // The client sees its connection end.
+    let end = tokio::time::timeout(STEP, ws.next()).await.unwrap();
+    assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+}
+
+#[tokio::test]
+async fn silent_client_is_closed_after_the_handshake_timeout_while_others_are_served() {
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "[timeouts]\nhandshake = \"300ms\"\n{}",
+        route("r", "/", &[backend.url()])
+    ))
+    .await;
+    let mut silent = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    partial
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // Others are served meanwhile.
+    let (mut ws, _) = connect(&gw.url("/")).await;
+    ws.send(Message::text("ok")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("ok"));
+    for s in [&mut silent, &mut partial] {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(STEP, s.read(&mut buf))
+            .await
+            .expect("not closed")
+            .unwrap_or(0);
+        // Either closed outright or told 408 by hyper before closing.
+        if n > 0 {
+            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn half_close_from_the_client_still_delivers_the_backends_reply() {
+    // A raw backend that reads until EOF, then answers and closes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let head = String::from_utf8_lossy(&buf).to_string();
+        let key = head
+            .lines()
+            .find_map(|l| l.strip_prefix("sec-websocket-key: "))
+            .unwrap()
+            .trim()
+            .to_string();
+        let accept = wsgate::handshake::accept_key(key.as_bytes());
+        s.write_all(format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n").as_bytes()).await.unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await.unwrap();
+        s.write_all(&wsgate::frame::encode_frame(
+            opcode::TEXT,
+            true,
+            format!("got {} bytes", rest.len()).as_bytes(),
+            None,
+        ))
+        .await
+        .unwrap();
+        s.shutdown().await.unwrap();
+    });
+    let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{addr}")])).await;
+    let (mut stream, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 101);
+    let frame = client_frame(opcode::TEXT, b"12345");
+    stream.write_all(&frame).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut got = resp.rest;
+    tokio::time::timeout(STEP, stream.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let want = wsgate::frame::encode_frame(
+        opcode::TEXT,
+        true,
+        format!("got {} bytes", frame.len()).as_bytes(),
+        None,
+    );
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn sessions_are_registered_while_live() {
+    let (gw, _b) = echo_gateway().await;
+    let (mut ws, _) = connect(&gw.url("/")).await;
+    let list = gw.handle().sessions().list();
+    assert_eq!(list.len(), 1);
+    assert_eq!(&*list[0].route, "echo");
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = tokio::time::timeout(STEP, ws.next()).await.unwrap() {}
+    drop(ws);
+    // The registry entry goes when the relay task ends.
+    tokio::time::timeout(STEP, gw.handle().sessions().wait_for_count(|n| *n == 0))
+        .await
+        .expect("session still registered");
+}

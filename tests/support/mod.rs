@@ -1,0 +1,454 @@
+//! Test harness: the gateway from a TOML string on port 0, echo and scripted backends, and
+//! clients (tokio-tungstenite as an independent peer, and raw sockets for malformed input).
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+/// An upper bound for any single step of a test, so a bug fails the test instead of hanging it.
+pub const STEP: Duration = Duration::from_secs(10);
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// Frames and messages up to 64 MiB, so the 16 MiB test message fits in one frame.
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_frame_size(Some(64 << 20))
+        .max_message_size(Some(64 << 20))
+}
+
+/// Installs a test log subscriber once (visible with `--nocapture`, filtered by RUST_LOG).
+pub fn init_logs() {
+    let _ = tracing_subscriber_init();
+}
+
+fn tracing_subscriber_init() -> Option<()> {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("RUST_LOG").is_some() {
+            wsgate::telemetry::init(wsgate::telemetry::LogFormat::Text);
+        }
+    });
+    Some(())
+}
+
+/// The gateway under test, started in-process from a TOML string.
+pub struct Gateway {
+    pub handle: Option<wsgate::Handle>,
+    pub addr: SocketAddr,
+    pub toml: String,
+}
+
+impl Gateway {
+    /// Starts the gateway. If the TOML has no `[[listener]]`, one on `127.0.0.1:0` is added.
+    pub async fn spawn(toml: &str) -> Gateway {
+        init_logs();
+        let toml = if toml.contains("[[listener]]") {
+            toml.to_string()
+        } else {
+            format!("[[listener]]\nlisten = \"127.0.0.1:0\"\n\n{toml}")
+        };
+        let config = match wsgate::config::from_toml_str(&toml) {
+            Ok(c) => c,
+            Err(errors) => panic!("test config is invalid: {errors:#?}\n--- config ---\n{toml}"),
+        };
+        let handle = wsgate::Gateway::start(config)
+            .await
+            .unwrap_or_else(|e| panic!("gateway failed to start: {e}\n--- config ---\n{toml}"));
+        Gateway {
+            addr: handle.local_addr(),
+            handle: Some(handle),
+            toml,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    pub fn handle(&self) -> &wsgate::Handle {
+        self.handle.as_ref().expect("gateway already stopped")
+    }
+
+    /// Starts a graceful shutdown and waits for it to complete.
+    pub async fn shutdown(&mut self) -> wsgate::ShutdownReport {
+        let handle = self.handle.take().expect("gateway already stopped");
+        handle.shutdown();
+        tokio::time::timeout(Duration::from_secs(60), handle.wait())
+            .await
+            .expect("shutdown did not complete")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown();
+        }
+    }
+}
+
+/// What a backend saw of one upgrade request.
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    pub uri: String,
+    pub headers: http::HeaderMap,
+}
+
+impl SeenRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// The close frame a backend received: code and reason, or `None` for an empty close.
+pub type SeenClose = Option<(u16, String)>;
+
+/// A tokio-tungstenite echo backend that records every handshake and close it sees.
+#[derive(Clone)]
+pub struct EchoBackend {
+    pub addr: SocketAddr,
+    pub name: &'static str,
+    pub requests: Arc<Mutex<Vec<SeenRequest>>>,
+    pub closes: Arc<Mutex<Vec<SeenClose>>>,
+    pub changed: Arc<Notify>,
+}
+
+impl EchoBackend {
+    pub async fn spawn() -> EchoBackend {
+        Self::spawn_named("echo", &["chat", "superchat"]).await
+    }
+
+    /// An echo backend that tags nothing but records under `name`, and accepts the first of
+    /// the client's offered subprotocols that is in `supported`.
+    pub async fn spawn_named(
+        name: &'static str,
+        supported: &'static [&'static str],
+    ) -> EchoBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = EchoBackend {
+            addr: listener.local_addr().unwrap(),
+            name,
+            requests: Arc::default(),
+            closes: Arc::default(),
+            changed: Arc::default(),
+        };
+        let b = backend.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let b = b.clone();
+                tokio::spawn(async move { b.serve(stream, supported).await });
+            }
+        });
+        backend
+    }
+
+    async fn serve(&self, stream: TcpStream, supported: &'static [&'static str]) {
+        let requests = self.requests.clone();
+        // The signature is tungstenite's; its error type is large by design.
+        #[allow(clippy::result_large_err)]
+        let callback = move |req: &Request, mut resp: Response| {
+            requests.lock().unwrap().push(SeenRequest {
+                uri: req.uri().to_string(),
+                headers: req.headers().clone(),
+            });
+            let offered = req
+                .headers()
+                .get_all("sec-websocket-protocol")
+                .iter()
+                .flat_map(|v| {
+                    v.to_str()
+                        .unwrap_or("")
+                        .split(',')
+                        .map(|s| s.trim().to_string())
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>();
+            if let Some(p) = offered.iter().find(|p| supported.contains(&p.as_str())) {
+                resp.headers_mut()
+                    .insert("sec-websocket-protocol", p.parse().unwrap());
+            }
+            Ok(resp)
+        };
+        self.changed.notify_waiters();
+        let Ok(mut ws) =
+            tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config()))
+                .await
+        else {
+            return;
+        };
+        self.changed.notify_waiters();
+        while let Some(msg) = ws.next().await {
+            match msg {
+                Ok(Message::Text(t)) if t.as_str() == "close-me" => {
+                    let _ = ws
+                        .close(Some(CloseFrame {
+                            code: CloseCode::Library(4002),
+                            reason: "server says bye".into(),
+                        }))
+                        .await;
+                }
+                Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
+                    if ws.send(m).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Message::Close(frame)) => {
+                    self.closes
+                        .lock()
+                        .unwrap()
+                        .push(frame.map(|f| (u16::from(f.code), f.reason.to_string())));
+                    self.changed.notify_waiters();
+                    // tungstenite has queued its reply; flush it, then close TCP first, as
+                    // RFC 6455 section 7.1.1 asks of a server.
+                    let _ = ws.flush().await;
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    pub fn last_request(&self) -> SeenRequest {
+        self.requests
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("backend saw no request")
+    }
+}
+
+/// Connects through the gateway with tokio-tungstenite.
+pub async fn connect(url: &str) -> (Ws, http::Response<Option<Vec<u8>>>) {
+    connect_with(url, |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url} failed: {e}"))
+}
+
+/// Connects with a chance to edit the request (headers, subprotocols).
+pub async fn connect_with(
+    url: &str,
+    edit: impl FnOnce(&mut http::Request<()>),
+) -> Result<(Ws, http::Response<Option<Vec<u8>>>), tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request()?;
+    edit(&mut req);
+    let host = req.uri().host().unwrap().to_string();
+    let port = req.uri().port_u16().unwrap();
+    let stream = TcpStream::connect((host.as_str(), port)).await?;
+    tokio::time::timeout(
+        STEP,
+        tokio_tungstenite::client_async_with_config(req, stream, Some(ws_config())),
+    )
+    .await
+    .expect("handshake timed out")
+}
+
+/// The next message that is not a ping/pong, within [`STEP`].
+pub async fn next_data(ws: &mut Ws) -> Message {
+    loop {
+        let msg = tokio::time::timeout(STEP, ws.next())
+            .await
+            .expect("timed out waiting for a message")
+            .expect("stream ended")
+            .expect("websocket error");
+        match msg {
+            Message::Ping(_) | Message::Pong(_) => continue,
+            m => return m,
+        }
+    }
+}
+
+/// A raw HTTP response read off a socket.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+    /// Bytes that followed the head (after a 101: the first frames).
+    pub rest: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// Sends raw bytes and reads one response head (and a Content-Length body, if any).
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (TcpStream, RawResponse) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let resp = read_response(&mut stream).await;
+    (stream, resp)
+}
+
+pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(STEP, stream.read(&mut chunk))
+            .await
+            .expect("timed out reading a response")
+            .unwrap_or(0);
+        assert!(
+            n > 0,
+            "connection closed before a full response head; got {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    let mut rest = buf[head_end..].to_vec();
+    let mut resp = RawResponse {
+        status,
+        head,
+        body: String::new(),
+        rest: Vec::new(),
+    };
+    if let Some(len) = resp
+        .header("content-length")
+        .and_then(|l| l.parse::<usize>().ok())
+    {
+        while rest.len() < len {
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(STEP, stream.read(&mut chunk))
+                .await
+                .unwrap()
+                .unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            rest.extend_from_slice(&chunk[..n]);
+        }
+        resp.body = String::from_utf8_lossy(&rest[..len.min(rest.len())]).to_string();
+        rest.drain(..len.min(rest.len()));
+    }
+    resp.rest = rest;
+    resp
+}
+
+/// A valid browser-like upgrade request for `path`, with extra header lines.
+pub fn upgrade_request(path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
+/// A masked client frame.
+pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    wsgate::frame::encode_frame(opcode, true, payload, Some([0x11, 0x22, 0x33, 0x44]))
+}
+
+/// A port with nothing listening on it.
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A backend that accepts TCP and never answers.
+pub async fn silent_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    (addr, task)
+}
+
+/// A backend that reads one request head and writes `response` verbatim (one write), then
+/// keeps the connection open until the peer closes it; records each request head.
+pub async fn scripted_backend(response: Vec<u8>) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let response = response.clone();
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                // Answer with the right accept key for the request's key, where asked.
+                let key = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("sec-websocket-key: "))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                seen.lock().unwrap().push(head);
+                let accept = wsgate::handshake::accept_key(key.as_bytes());
+                // Replace on bytes: the response may carry binary frames after its head.
+                let response = match response.windows(8).position(|w| w == b"{accept}") {
+                    Some(i) => [&response[..i], accept.as_bytes(), &response[i + 8..]].concat(),
+                    None => response,
+                };
+                let _ = s.write_all(&response).await;
+                let mut sink = [0u8; 4096];
+                while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    (addr, seen)
+}
+
+pub fn route(name: &str, path: &str, backends: &[String]) -> String {
+    let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+    format!(
+        "[[route]]\nname = \"{name}\"\npath = \"{path}\"\nbackends = [{}]\n",
+        list.join(", ")
+    )
+}
