@@ -48,6 +48,10 @@ pub async fn start_echo_backend(listen: SocketAddr) -> std::io::Result<SocketAdd
 pub fn config(listen: SocketAddr, backend: SocketAddr) -> Config {
     let toml = format!(
         r#"
+        # A demo has nothing worth waiting for: Ctrl-C ends it promptly.
+        [shutdown]
+        grace = "2s"
+
         [[listener]]
         listen = "{listen}"
 

@@ -1,0 +1,321 @@
+//! The `wsgate` binary as a user runs it: check, run with JSON logs (access log, refusals,
+//! SIGTERM drain), and demo.
+
+mod support;
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures_util::SinkExt;
+use support::*;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, Lines};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wsgate");
+
+fn temp_config(toml: &str) -> std::path::PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "wsgate-test-{}-{}.toml",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// Reads lines until one satisfies `pred`; panics with every line seen if none does in time.
+async fn wait_line<R: AsyncRead + Unpin>(
+    lines: &mut Lines<BufReader<R>>,
+    seen: &mut Vec<String>,
+    what: &str,
+    pred: impl Fn(&str) -> bool,
+) -> String {
+    let result = tokio::time::timeout(STEP, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push(line.clone());
+            if pred(&line) {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await;
+    match result {
+        Ok(Some(line)) => line,
+        _ => panic!(
+            "no log line for {what}; output so far:\n{}",
+            seen.join("\n")
+        ),
+    }
+}
+
+/// A JSON log record; `get` returns a field as text (strings unquoted, numbers as written).
+struct Record(serde_json::Map<String, serde_json::Value>);
+
+impl Record {
+    fn get(&self, key: &str) -> Option<String> {
+        self.0.get(key).map(|v| match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    }
+}
+
+fn json(line: &str) -> Record {
+    match serde_json::from_str(line) {
+        Ok(serde_json::Value::Object(map)) => Record(map),
+        _ => panic!("not a JSON log line: {line}"),
+    }
+}
+
+fn sigterm(child: &Child) {
+    let pid = child.id().expect("child still running");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn version_and_help() {
+    let out = Command::new(BIN).arg("--version").output().await.unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let out = Command::new(BIN).arg("--help").output().await.unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["run", "check", "demo"] {
+        assert!(help.contains(cmd), "{help}");
+    }
+}
+
+#[tokio::test]
+async fn check_reports_every_error_with_file_line_and_key() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/many_errors.toml"
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config", fixture])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("11 errors"), "{err}");
+    assert!(
+        err.contains("many_errors.toml:3: timeouts.handshake:"),
+        "{err}"
+    );
+    assert!(
+        err.contains("many_errors.toml:25: route[1].timeouts.backend_handshake:"),
+        "{err}"
+    );
+
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
+    let out = Command::new(BIN)
+        .args(["check", "--config", example])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = Command::new(BIN)
+        .args(["run", "--config", "/nonexistent/wsgate.toml"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+}
+
+#[tokio::test]
+async fn run_logs_sessions_and_refusals_then_drains_on_sigterm() {
+    let backend = EchoBackend::spawn().await;
+    let config = temp_config(&format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
+        route("echo", "/ws", &[backend.url()])
+    ));
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let listening = wait_line(&mut lines, &mut seen, "listening", |l| {
+        l.contains("\"listening\"")
+    })
+    .await;
+    let addr = json(&listening)
+        .get("listen")
+        .expect("listen field")
+        .to_string();
+
+    // A session: echo, then the client closes with a code.
+    let (mut ws, _) = connect(&format!("ws://{addr}/ws")).await;
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("hello"));
+    ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "done".into(),
+    })))
+    .await
+    .unwrap();
+    while let Ok(Some(Ok(_))) =
+        tokio::time::timeout(STEP, futures_util::StreamExt::next(&mut ws)).await
+    {}
+    drop(ws);
+    let record = wait_line(&mut lines, &mut seen, "session access record", |l| {
+        l.contains("\"event\":\"session\"")
+    })
+    .await;
+    let r = json(&record);
+    assert_eq!(r.get("route").as_deref(), Some("echo"));
+    assert_eq!(r.get("backend").as_deref(), Some(backend.url().as_str()));
+    assert_eq!(r.get("outcome").as_deref(), Some("closed"));
+    // The backend closes TCP first after the closing handshake (RFC 6455 section 7.1.1).
+    assert_eq!(r.get("closed_by").as_deref(), Some("backend"));
+    for key in [
+        "client",
+        "duration_ms",
+        "bytes_client_to_backend",
+        "bytes_backend_to_client",
+        "session",
+    ] {
+        assert!(r.get(key).is_some(), "{key} missing in {record}");
+    }
+    assert!(
+        r.get("bytes_client_to_backend")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 10
+    );
+
+    // A refusal: one record with status and reason.
+    let (_s, resp) = raw_exchange(
+        addr.parse().unwrap(),
+        b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.status, 426);
+    let refused = wait_line(&mut lines, &mut seen, "refusal record", |l| {
+        l.contains("\"event\":\"refused\"")
+    })
+    .await;
+    let r = json(&refused);
+    assert_eq!(r.get("status").as_deref(), Some("426"));
+    assert_eq!(r.get("outcome").as_deref(), Some("not_an_upgrade"));
+    assert!(r.get("reason").unwrap().contains("WebSocket endpoint"));
+
+    // SIGTERM with a live session: it keeps working until it closes, then wsgate exits 0.
+    let (mut ws, _) = connect(&format!("ws://{addr}/ws")).await;
+    sigterm(&child);
+    wait_line(&mut lines, &mut seen, "shutdown start", |l| {
+        l.contains("shutting down")
+    })
+    .await;
+    ws.send(Message::text("during drain")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("during drain"));
+    ws.close(None).await.unwrap();
+    while let Ok(Some(Ok(_))) =
+        tokio::time::timeout(STEP, futures_util::StreamExt::next(&mut ws)).await
+    {}
+    drop(ws);
+    wait_line(&mut lines, &mut seen, "shutdown complete", |l| {
+        l.contains("shutdown complete")
+    })
+    .await;
+    let status = tokio::time::timeout(STEP, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        seen.join("\n")
+    );
+    let _ = std::fs::remove_file(config);
+}
+
+#[tokio::test]
+async fn demo_serves_the_page_and_echoes() {
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let line = wait_line(&mut lines, &mut seen, "demo URL", |l| {
+        l.contains("Open http://")
+    })
+    .await;
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+
+    let (_s, page) =
+        raw_exchange(addr.parse().unwrap(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body
+            .contains(r#"new WebSocket(url, ["chat", "superchat"])"#)
+    );
+    assert!(
+        page.body
+            .contains(r#"close(1000, "Closing Connection Normally")"#)
+    );
+
+    let (mut ws, resp) = connect_with(&format!("ws://{addr}/echo"), |r| {
+        r.headers_mut()
+            .insert("sec-websocket-protocol", "chat, superchat".parse().unwrap());
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        resp.headers().get("sec-websocket-protocol").unwrap(),
+        "chat"
+    );
+    ws.send(Message::text("hi demo")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("hi demo"));
+    ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "Closing Connection Normally".into(),
+    })))
+    .await
+    .unwrap();
+    match next_data(&mut ws).await {
+        Message::Close(Some(f)) => {
+            assert_eq!(u16::from(f.code), 1000);
+            assert_eq!(f.reason.as_str(), "Closing Connection Normally");
+        }
+        other => panic!("expected close, got {other:?}"),
+    }
+    drop(ws);
+    sigterm(&child);
+    let status = tokio::time::timeout(STEP, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+}
