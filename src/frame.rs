@@ -1,7 +1,7 @@
 //! WebSocket frame headers (RFC 6455 §5.2): parse and encode.
 //!
-//! Today this serves the demo's echo backend; the frame-aware relay builds its streaming
-//! scanner on the same header codec.
+//! The header codec, the streaming [`Scanner`] the relay runs per direction, and the few frames
+//! the proxy writes itself (close frames, pings).
 
 /// Opcodes of RFC 6455 §5.2.
 pub mod opcode {
@@ -50,8 +50,6 @@ pub enum FrameError {
     FragmentedControl,
     #[error("64-bit length with the most significant bit set")]
     LengthMsbSet,
-    #[error("non-minimal length encoding")]
-    NonMinimalLength,
 }
 
 impl FrameHeader {
@@ -78,9 +76,6 @@ impl FrameHeader {
                 }
                 let n = u16::from_be_bytes([buf[2], buf[3]]) as u64;
                 pos += 2;
-                if n < 126 {
-                    return Err(FrameError::NonMinimalLength);
-                }
                 n
             }
             127 => {
@@ -94,9 +89,8 @@ impl FrameHeader {
                 if n >> 63 != 0 {
                     return Err(FrameError::LengthMsbSet);
                 }
-                if n <= u16::MAX as u64 {
-                    return Err(FrameError::NonMinimalLength);
-                }
+                // Non-minimal length encodings (§5.2 "MUST") are accepted: they do not change
+                // where the frame ends, and rejecting them would only break sloppy peers.
                 n
             }
             n => n as u64,
@@ -232,5 +226,343 @@ mod tests {
         apply_mask(&mut data[5..], mask, 5);
         apply_mask(&mut data, mask, 0);
         assert_eq!(data, b"Hello, WebSocket");
+    }
+}
+
+/// Which side a stream of frames comes from: a client's frames must be masked, a server's
+/// must not (RFC 6455 §5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    Client,
+    Server,
+}
+
+/// Why a frame stream was cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Violation {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("unmasked frame from a client")]
+    UnmaskedFromClient,
+    #[error("masked frame from a server")]
+    MaskedFromServer,
+    #[error("reserved bits set without a negotiated extension")]
+    ReservedBits,
+    #[error("continuation frame without a message in progress")]
+    UnexpectedContinuation,
+    #[error("new data frame while a fragmented message is in progress")]
+    ExpectedContinuation,
+    /// The message would exceed the route's limit (a policy, not a protocol error: 1009).
+    #[error("message larger than the limit of {0} bytes")]
+    MessageTooBig(u64),
+}
+
+impl Violation {
+    /// The close code the offending side receives.
+    pub fn close_code(&self) -> u16 {
+        match self {
+            Violation::MessageTooBig(_) => close_code::MESSAGE_TOO_BIG,
+            _ => close_code::PROTOCOL_ERROR,
+        }
+    }
+}
+
+/// What the scanner found in a chunk, in stream order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// Bytes to pass on unchanged (data frame headers and payloads, possibly many frames).
+    Forward(&'a [u8]),
+    /// A complete control frame: its bytes as received (to forward) and its payload unmasked
+    /// (to read the close code, or to recognise the proxy's own pong).
+    Control {
+        opcode: u8,
+        frame: &'a [u8],
+        payload: &'a [u8],
+    },
+    /// A data message was completed (its final frame's header has been forwarded).
+    MessageEnd,
+}
+
+/// Bytes of a frame head or a control frame that straddle reads. Control frames are held
+/// whole (at most 14 + 125 bytes) so they can be inspected and, for the proxy's own pongs,
+/// dropped; a data frame's header is held until complete so that a violation is cut exactly
+/// at the frame start. Boxed and only while in use: an idle scanner holds nothing.
+#[derive(Debug)]
+struct Held {
+    bytes: [u8; MAX_HEADER_LEN + MAX_CONTROL_PAYLOAD as usize],
+    len: usize,
+}
+
+/// A streaming frame scanner for one direction.
+///
+/// It follows frame boundaries as bytes stream through, forwarding payloads untouched (client
+/// frames stay masked, compressed frames stay compressed). It validates framing per RFC 6455
+/// §5 and stops at the first violation, before any byte of the offending frame is forwarded.
+#[derive(Debug)]
+pub struct Scanner {
+    from: Sender,
+    /// RSV bits a negotiated extension allows on data frames (`0b100` for permessage-deflate).
+    allowed_rsv: u8,
+    max_message: Option<u64>,
+    held: Option<Box<Held>>,
+    /// Payload bytes of the current data frame still to pass.
+    remaining: u64,
+    /// The current data frame is the final one of its message.
+    final_frame: bool,
+    /// A fragmented data message is in progress.
+    in_message: bool,
+    message_len: u64,
+    stopped: Option<Violation>,
+    pub frames: u64,
+    pub messages: u64,
+}
+
+impl Scanner {
+    pub fn new(from: Sender, allowed_rsv: u8, max_message: Option<u64>) -> Scanner {
+        Scanner {
+            from,
+            allowed_rsv,
+            max_message,
+            held: None,
+            remaining: 0,
+            final_frame: false,
+            in_message: false,
+            message_len: 0,
+            stopped: None,
+            frames: 0,
+            messages: 0,
+        }
+    }
+
+    /// True between frames: nothing of a frame has been forwarded without the rest of it.
+    /// Frames the proxy writes itself may be inserted into the stream only here.
+    pub fn at_boundary(&self) -> bool {
+        self.remaining == 0
+    }
+
+    /// The violation that stopped this scanner, if any.
+    pub fn stopped(&self) -> Option<Violation> {
+        self.stopped
+    }
+
+    /// Scans one chunk, reporting events in stream order. Returns the violation that stopped
+    /// the stream (nothing at or after the offending frame's first byte is reported).
+    pub fn feed(
+        &mut self,
+        chunk: &[u8],
+        sink: &mut impl FnMut(Event<'_>),
+    ) -> Result<(), Violation> {
+        if let Some(v) = self.stopped {
+            return Err(v);
+        }
+        let mut pos = 0;
+        // Start of bytes not yet reported as `Forward`.
+        let mut fwd = 0;
+        while pos < chunk.len() {
+            if self.remaining > 0 {
+                let n =
+                    (chunk.len() - pos).min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                pos += n;
+                self.remaining -= n as u64;
+                if self.remaining == 0 {
+                    self.end_data_frame(&chunk[fwd..pos], sink);
+                    fwd = pos;
+                }
+                continue;
+            }
+            // At a frame start, or inside a held head/control frame.
+            let (head, from_held): (&[u8], bool) = match &self.held {
+                Some(h) => (&h.bytes[..h.len], true),
+                None => (&chunk[pos..], false),
+            };
+            // Parse from what is held plus what this chunk adds.
+            let mut joined = [0u8; MAX_HEADER_LEN];
+            let view: &[u8] = if from_held {
+                let have = head.len().min(MAX_HEADER_LEN);
+                joined[..have].copy_from_slice(&head[..have]);
+                let take = (MAX_HEADER_LEN - have).min(chunk.len() - pos);
+                joined[have..have + take].copy_from_slice(&chunk[pos..pos + take]);
+                &joined[..have + take]
+            } else {
+                head
+            };
+            let parsed = match FrameHeader::parse(view) {
+                Ok(p) => p,
+                Err(e) => return self.stop(e.into(), &chunk[fwd..pos], sink),
+            };
+            let Some((header, header_len)) = parsed else {
+                // Incomplete head: hold it (with what was held) and wait for more.
+                sink_forward(&chunk[fwd..pos], sink);
+                self.hold(&chunk[pos..]);
+                return Ok(());
+            };
+            if let Err(v) = self.check(&header) {
+                return self.stop(v, &chunk[fwd..pos], sink);
+            }
+            let held_len = self.held.as_ref().map_or(0, |h| h.len);
+            if opcode::is_control(header.opcode) {
+                let total = header_len + header.payload_len as usize;
+                let have = held_len + (chunk.len() - pos);
+                sink_forward(&chunk[fwd..pos], sink);
+                if have < total {
+                    self.hold(&chunk[pos..]);
+                    return Ok(());
+                }
+                // The whole control frame is here: in the held buffer plus this chunk.
+                let used = total - held_len;
+                let mut frame_buf = [0u8; MAX_HEADER_LEN + MAX_CONTROL_PAYLOAD as usize];
+                if let Some(h) = &self.held {
+                    frame_buf[..held_len].copy_from_slice(&h.bytes[..held_len]);
+                }
+                frame_buf[held_len..total].copy_from_slice(&chunk[pos..pos + used]);
+                self.held = None;
+                self.frames += 1;
+                let mut payload = [0u8; MAX_CONTROL_PAYLOAD as usize];
+                let plen = header.payload_len as usize;
+                payload[..plen].copy_from_slice(&frame_buf[header_len..total]);
+                if let Some(m) = header.mask {
+                    apply_mask(&mut payload[..plen], m, 0);
+                }
+                sink(Event::Control {
+                    opcode: header.opcode,
+                    frame: &frame_buf[..total],
+                    payload: &payload[..plen],
+                });
+                pos += used;
+                fwd = pos;
+                continue;
+            }
+            // A data frame: forward whatever of its head was held, then stream it.
+            self.frames += 1;
+            let from_chunk = header_len - held_len;
+            if let Some(h) = self.held.take() {
+                sink_forward(&chunk[fwd..pos], sink);
+                sink(Event::Forward(&h.bytes[..h.len]));
+                fwd = pos;
+            }
+            pos += from_chunk;
+            self.remaining = header.payload_len;
+            self.final_frame = header.fin;
+            if self.remaining == 0 {
+                self.end_data_frame(&chunk[fwd..pos], sink);
+                fwd = pos;
+            }
+        }
+        sink_forward(&chunk[fwd..pos], sink);
+        Ok(())
+    }
+
+    /// Checks one complete header against the stream's state and updates the message state.
+    fn check(&mut self, h: &FrameHeader) -> Result<(), Violation> {
+        match (self.from, h.mask.is_some()) {
+            (Sender::Client, false) => return Err(Violation::UnmaskedFromClient),
+            (Sender::Server, true) => return Err(Violation::MaskedFromServer),
+            _ => {}
+        }
+        if opcode::is_control(h.opcode) {
+            // No extension defines RSV bits on control frames (RFC 7692 §6.1 forbids RSV1).
+            if h.rsv != 0 && self.allowed_rsv != 0b111 {
+                return Err(Violation::ReservedBits);
+            }
+            return Ok(());
+        }
+        if h.rsv & !self.allowed_rsv != 0 {
+            return Err(Violation::ReservedBits);
+        }
+        match (h.opcode, self.in_message) {
+            (opcode::CONTINUATION, false) => return Err(Violation::UnexpectedContinuation),
+            (opcode::TEXT | opcode::BINARY, true) => return Err(Violation::ExpectedContinuation),
+            (opcode::CONTINUATION, true) => {}
+            _ => self.message_len = 0,
+        }
+        let len = self.message_len.saturating_add(h.payload_len);
+        if let Some(max) = self.max_message
+            && len > max
+        {
+            return Err(Violation::MessageTooBig(max));
+        }
+        self.message_len = len;
+        self.in_message = !h.fin;
+        Ok(())
+    }
+
+    fn end_data_frame(&mut self, bytes: &[u8], sink: &mut impl FnMut(Event<'_>)) {
+        sink_forward(bytes, sink);
+        if self.final_frame {
+            self.messages += 1;
+            self.final_frame = false;
+            sink(Event::MessageEnd);
+        }
+    }
+
+    fn hold(&mut self, more: &[u8]) {
+        let held = self.held.get_or_insert_with(|| {
+            Box::new(Held {
+                bytes: [0; MAX_HEADER_LEN + MAX_CONTROL_PAYLOAD as usize],
+                len: 0,
+            })
+        });
+        // A head never exceeds 14 bytes and a control frame 139, so this always fits: the
+        // caller only holds what `parse` found incomplete or a control frame still arriving.
+        let n = more.len().min(held.bytes.len() - held.len);
+        held.bytes[held.len..held.len + n].copy_from_slice(&more[..n]);
+        held.len += n;
+    }
+
+    fn stop(
+        &mut self,
+        v: Violation,
+        before: &[u8],
+        sink: &mut impl FnMut(Event<'_>),
+    ) -> Result<(), Violation> {
+        sink_forward(before, sink);
+        self.held = None;
+        self.stopped = Some(v);
+        Err(v)
+    }
+}
+
+fn sink_forward(bytes: &[u8], sink: &mut impl FnMut(Event<'_>)) {
+    if !bytes.is_empty() {
+        sink(Event::Forward(bytes));
+    }
+}
+
+/// Reads a close frame's payload (already unmasked): code and reason, if well formed.
+pub fn parse_close(payload: &[u8]) -> (Option<u16>, String) {
+    if payload.len() < 2 {
+        return (None, String::new());
+    }
+    let code = u16::from_be_bytes([payload[0], payload[1]]);
+    (
+        Some(code),
+        String::from_utf8_lossy(&payload[2..]).into_owned(),
+    )
+}
+
+/// A close frame the proxy writes: masked toward a server (the proxy is its client),
+/// unmasked toward a client.
+pub fn close_frame(code: u16, reason: &str, to: Sender) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&code.to_be_bytes());
+    // Control payloads are at most 125 bytes; cut the reason on a character boundary.
+    let mut r = reason;
+    while r.len() > MAX_CONTROL_PAYLOAD as usize - 2 {
+        let mut cut = r.len() - 1;
+        while !r.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        r = &r[..cut];
+    }
+    payload.extend_from_slice(r.as_bytes());
+    encode_frame(opcode::CLOSE, true, &payload, mask_toward(to))
+}
+
+/// A mask for frames written toward `to`: a fresh random key toward a server, none toward a
+/// client (RFC 6455 §5.3).
+pub fn mask_toward(to: Sender) -> Option<[u8; 4]> {
+    match to {
+        Sender::Server => Some(rand::random()),
+        Sender::Client => None,
     }
 }

@@ -1,0 +1,310 @@
+//! The streaming frame scanner: arbitrary valid frame sequences cut at arbitrary read
+//! boundaries come out byte-identical with the right events; every §5 violation is caught
+//! before a byte of the offending frame is forwarded.
+
+use proptest::prelude::*;
+use wsgate::frame::{
+    Event, FrameError, FrameHeader, Scanner, Sender, Violation, encode_frame, opcode, parse_close,
+};
+
+/// What a scan produced: the bytes passed on (forwarded data and control frames, in order),
+/// the control frames seen, and the number of messages completed.
+#[derive(Debug, Default, PartialEq)]
+struct Out {
+    bytes: Vec<u8>,
+    controls: Vec<(u8, Vec<u8>)>,
+    messages: usize,
+}
+
+fn scan(scanner: &mut Scanner, chunks: &[&[u8]]) -> (Out, Option<Violation>) {
+    let mut out = Out::default();
+    for chunk in chunks {
+        let r = scanner.feed(chunk, &mut |ev| match ev {
+            Event::Forward(b) => out.bytes.extend_from_slice(b),
+            Event::Control {
+                opcode,
+                frame,
+                payload,
+            } => {
+                out.bytes.extend_from_slice(frame);
+                out.controls.push((opcode, payload.to_vec()));
+            }
+            Event::MessageEnd => out.messages += 1,
+        });
+        if let Err(v) = r {
+            return (out, Some(v));
+        }
+    }
+    (out, None)
+}
+
+fn frame(op: u8, fin: bool, len: usize, mask: Option<[u8; 4]>) -> Vec<u8> {
+    let payload: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    encode_frame(op, fin, &payload, mask)
+}
+
+/// A valid message sequence: data messages of 1–3 fragments with interleaved control frames.
+fn stream_strategy() -> impl Strategy<Value = (Vec<u8>, Vec<(u8, Vec<u8>)>, usize, bool)> {
+    let lens = prop_oneof![
+        0usize..=125,
+        126usize..=300,
+        Just(65_536usize),
+        Just(70_000usize)
+    ];
+    let message = (
+        prop::collection::vec(lens, 1..=3),
+        any::<bool>(),
+        prop::option::of((
+            prop_oneof![Just(opcode::PING), Just(opcode::PONG)],
+            0usize..=125,
+        )),
+    );
+    (prop::collection::vec(message, 1..=5), any::<bool>()).prop_map(|(messages, masked)| {
+        let mask = masked.then_some([9, 8, 7, 6]);
+        let mut bytes = Vec::new();
+        let mut controls = Vec::new();
+        for (frags, text, control) in &messages {
+            for (i, len) in frags.iter().enumerate() {
+                let op = if i == 0 {
+                    if *text { opcode::TEXT } else { opcode::BINARY }
+                } else {
+                    opcode::CONTINUATION
+                };
+                bytes.extend(frame(op, i + 1 == frags.len(), *len, mask));
+                // A control frame between fragments (or after the message).
+                if let Some((cop, clen)) = control
+                    && i == 0
+                {
+                    let payload: Vec<u8> = (0..*clen).map(|i| i as u8).collect();
+                    bytes.extend(encode_frame(*cop, true, &payload, mask));
+                    controls.push((*cop, payload));
+                }
+            }
+        }
+        (bytes, controls, messages.len(), masked)
+    })
+}
+
+proptest! {
+    #[test]
+    fn any_cut_gives_identical_bytes_and_events(
+        (stream, controls, messages, masked) in stream_strategy(),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..20),
+    ) {
+        let mut points: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
+        points.extend([0, stream.len()]);
+        points.sort_unstable();
+        let chunks: Vec<&[u8]> = points.windows(2).map(|w| &stream[w[0]..w[1]]).collect();
+        let from = if masked { Sender::Client } else { Sender::Server };
+        let mut scanner = Scanner::new(from, 0, None);
+        let (out, violation) = scan(&mut scanner, &chunks);
+        prop_assert_eq!(violation, None);
+        prop_assert!(out.bytes == stream, "bytes differ");
+        prop_assert_eq!(out.controls, controls);
+        prop_assert_eq!(out.messages, messages);
+        prop_assert!(scanner.at_boundary());
+    }
+
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// Byte-at-a-time feeding is the hardest cut of all.
+    #[test]
+    fn one_byte_reads((stream, controls, messages, masked) in stream_strategy()) {
+        let chunks: Vec<&[u8]> = stream.chunks(1).collect();
+        let from = if masked { Sender::Client } else { Sender::Server };
+        let mut scanner = Scanner::new(from, 0, None);
+        let (out, violation) = scan(&mut scanner, &chunks);
+        prop_assert_eq!(violation, None);
+        prop_assert!(out.bytes == stream);
+        prop_assert_eq!(out.controls.len(), controls.len());
+        prop_assert_eq!(out.messages, messages);
+    }
+}
+
+/// Feeds `good` then `bad` (one chunk, then byte by byte) and checks that exactly `good` was
+/// forwarded and the violation reported.
+fn assert_cut(from: Sender, good: &[u8], bad: &[u8], want: Violation) {
+    for split in [false, true] {
+        let mut stream = good.to_vec();
+        stream.extend_from_slice(bad);
+        stream.extend(frame(opcode::TEXT, true, 3, None)); // never reached
+        let chunks: Vec<&[u8]> = if split {
+            stream.chunks(1).collect()
+        } else {
+            vec![&stream[..]]
+        };
+        let mut s = Scanner::new(from, 0, Some(1000));
+        let (out, v) = scan(&mut s, &chunks);
+        assert_eq!(v, Some(want), "split={split}");
+        assert_eq!(
+            out.bytes, good,
+            "split={split}: forwarded past the violation"
+        );
+    }
+}
+
+const M: Option<[u8; 4]> = Some([1, 2, 3, 4]);
+
+#[test]
+fn masking_direction() {
+    let ok = frame(opcode::TEXT, true, 5, M);
+    assert_cut(
+        Sender::Client,
+        &ok,
+        &frame(opcode::TEXT, true, 5, None),
+        Violation::UnmaskedFromClient,
+    );
+    let ok = frame(opcode::TEXT, true, 5, None);
+    assert_cut(
+        Sender::Server,
+        &ok,
+        &frame(opcode::TEXT, true, 5, M),
+        Violation::MaskedFromServer,
+    );
+}
+
+#[test]
+fn control_frames_are_short_and_unfragmented() {
+    let ok = frame(opcode::PING, true, 125, M);
+    let mut long = vec![0x89, 0x80 | 126, 0, 126];
+    long.extend([1, 2, 3, 4]);
+    assert_cut(
+        Sender::Client,
+        &ok,
+        &long,
+        Violation::Frame(FrameError::ControlTooLong),
+    );
+    assert_cut(
+        Sender::Client,
+        &ok,
+        &frame(opcode::PING, false, 1, M),
+        Violation::Frame(FrameError::FragmentedControl),
+    );
+}
+
+#[test]
+fn reserved_opcodes_and_bits() {
+    let ok = frame(opcode::BINARY, true, 2, M);
+    for op in [3u8, 7, 0xB, 0xF] {
+        let mut bad = frame(opcode::BINARY, true, 2, M);
+        bad[0] = 0x80 | op;
+        assert_cut(
+            Sender::Client,
+            &ok,
+            &bad,
+            Violation::Frame(FrameError::ReservedOpcode(op)),
+        );
+    }
+    let mut rsv = frame(opcode::BINARY, true, 2, M);
+    rsv[0] |= 0x40;
+    assert_cut(Sender::Client, &ok, &rsv, Violation::ReservedBits);
+    // With permessage-deflate negotiated, RSV1 passes on data frames...
+    let mut s = Scanner::new(Sender::Client, 0b100, None);
+    assert_eq!(scan(&mut s, &[&rsv]).1, None);
+    // ...but never on control frames.
+    let mut ping = frame(opcode::PING, true, 1, M);
+    ping[0] |= 0x40;
+    let mut s = Scanner::new(Sender::Client, 0b100, None);
+    assert_eq!(scan(&mut s, &[&ping]).1, Some(Violation::ReservedBits));
+}
+
+#[test]
+fn continuation_order() {
+    let ok = frame(opcode::TEXT, true, 1, M);
+    assert_cut(
+        Sender::Client,
+        &ok,
+        &frame(opcode::CONTINUATION, true, 1, M),
+        Violation::UnexpectedContinuation,
+    );
+    let start = frame(opcode::TEXT, false, 1, M);
+    assert_cut(
+        Sender::Client,
+        &start,
+        &frame(opcode::BINARY, true, 1, M),
+        Violation::ExpectedContinuation,
+    );
+}
+
+#[test]
+fn length_msb() {
+    let ok = frame(opcode::TEXT, true, 1, None);
+    let mut bad = vec![0x82, 127];
+    bad.extend((1u64 << 63).to_be_bytes());
+    assert_cut(
+        Sender::Server,
+        &ok,
+        &bad,
+        Violation::Frame(FrameError::LengthMsbSet),
+    );
+}
+
+#[test]
+fn message_size_limit_counts_every_fragment_and_cuts_at_the_header() {
+    // Limit 1000 (see assert_cut): 600 + 600 crosses it at the second fragment's header.
+    let first = frame(opcode::BINARY, false, 600, M);
+    assert_cut(
+        Sender::Client,
+        &first,
+        &frame(opcode::CONTINUATION, true, 600, M),
+        Violation::MessageTooBig(1000),
+    );
+    // A single frame over the limit is cut before its payload is seen.
+    let ok = frame(opcode::BINARY, true, 1000, M);
+    let mut header_only = Vec::new();
+    FrameHeader {
+        fin: true,
+        rsv: 0,
+        opcode: opcode::BINARY,
+        mask: M,
+        payload_len: 1 << 40,
+    }
+    .encode(&mut header_only);
+    assert_cut(
+        Sender::Client,
+        &ok,
+        &header_only,
+        Violation::MessageTooBig(1000),
+    );
+    // Control frames do not count toward a message.
+    let mut s = Scanner::new(Sender::Client, 0, Some(1000));
+    let mut stream = frame(opcode::BINARY, false, 900, M);
+    stream.extend(frame(opcode::PING, true, 125, M));
+    stream.extend(frame(opcode::CONTINUATION, true, 100, M));
+    assert_eq!(scan(&mut s, &[&stream]).1, None);
+}
+
+#[test]
+fn close_frames_are_read() {
+    let mut payload = 4001u16.to_be_bytes().to_vec();
+    payload.extend_from_slice("bye ✓".as_bytes());
+    let close = encode_frame(opcode::CLOSE, true, &payload, M);
+    let mut s = Scanner::new(Sender::Client, 0, None);
+    let (out, v) = scan(&mut s, &close.chunks(3).collect::<Vec<_>>());
+    assert_eq!(v, None);
+    assert_eq!(
+        out.bytes, close,
+        "the close frame passes on masked, unchanged"
+    );
+    assert_eq!(out.controls.len(), 1);
+    assert_eq!(
+        parse_close(&out.controls[0].1),
+        (Some(4001), "bye ✓".to_string())
+    );
+    assert_eq!(parse_close(&[]), (None, String::new()));
+}
+
+#[test]
+fn boundary_tracking() {
+    let mut s = Scanner::new(Sender::Server, 0, None);
+    let f = frame(opcode::BINARY, true, 100, None);
+    scan(&mut s, &[&f[..50]]);
+    assert!(!s.at_boundary());
+    scan(&mut s, &[&f[50..]]);
+    assert!(s.at_boundary());
+    // A held partial header has forwarded nothing, so the stream is still at a boundary.
+    scan(&mut s, &[&f[..1]]);
+    assert!(s.at_boundary());
+}
