@@ -43,8 +43,12 @@ fn frame(op: u8, fin: bool, len: usize, mask: Option<[u8; 4]>) -> Vec<u8> {
     encode_frame(op, fin, &payload, mask)
 }
 
+/// A generated stream: its bytes, the control frames in it (opcode, payload), how many data
+/// messages it holds, and whether it is masked (from a client).
+type Generated = (Vec<u8>, Vec<(u8, Vec<u8>)>, usize, bool);
+
 /// A valid message sequence: data messages of 1–3 fragments with interleaved control frames.
-fn stream_strategy() -> impl Strategy<Value = (Vec<u8>, Vec<(u8, Vec<u8>)>, usize, bool)> {
+fn stream_strategy() -> impl Strategy<Value = Generated> {
     let lens = prop_oneof![
         0usize..=125,
         126usize..=300,
