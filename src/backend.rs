@@ -467,7 +467,7 @@ fn verify_101(
 }
 
 /// Extension names of one `Sec-WebSocket-Extensions` value (`a; p=1, b` → `a`, `b`).
-fn extension_names(value: &[u8]) -> Vec<String> {
+pub fn extension_names(value: &[u8]) -> Vec<String> {
     String::from_utf8_lossy(value)
         .split(',')
         .filter_map(|e| e.split(';').next())

@@ -53,7 +53,7 @@ pub struct Gateway;
 /// What a shutdown did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShutdownReport {
-    /// Sessions still live when the grace period ran out, and therefore ended by the proxy.
+    /// Sessions still live when the grace period ran out, and therefore cut.
     pub sessions_ended: usize,
 }
 
@@ -112,7 +112,8 @@ impl Gateway {
 }
 
 /// Waits for the stop signal, then drains: no new connections, in-flight handshakes finish,
-/// live sessions get up to `grace` to end on their own, then the rest are ended.
+/// every session gets close frames (1001) and up to `grace` for its closing handshake, then
+/// whatever is left is cut.
 async fn supervise(
     stop: CancellationToken,
     conns: TaskTracker,
@@ -121,19 +122,18 @@ async fn supervise(
 ) -> ShutdownReport {
     stop.cancelled().await;
     let deadline = tokio::time::Instant::now() + grace;
-    tracing::info!(live_sessions = sessions.len(), grace = ?grace, "shutting down: no new connections, waiting for sessions");
+    tracing::info!(live_sessions = sessions.len(), grace = ?grace, "shutting down: no new connections, closing sessions");
+    sessions.close_all();
     conns.close();
     let _ = tokio::time::timeout_at(deadline, conns.wait()).await;
-    let left = sessions
-        .wait_idle(deadline.saturating_duration_since(tokio::time::Instant::now()))
-        .await;
+    let left = sessions.wait_idle(deadline).await;
     if left > 0 {
         tracing::warn!(
             sessions = left,
-            "grace period over: ending remaining sessions"
+            "grace period over: cutting remaining sessions"
         );
     }
-    sessions.end_all().await;
+    sessions.kill_all().await;
     tracing::info!("shutdown complete");
     ShutdownReport {
         sessions_ended: left,

@@ -20,10 +20,10 @@ use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
 use crate::backend::{self, BackendRequest, BackendUpgrade};
-use crate::config::Config;
+use crate::config::{Config, SessionConfig};
 use crate::error::{BackendError, BackendRefusal, ProxyError};
 use crate::handshake::{self, ClientHandshake, HandshakeError};
-use crate::relay;
+use crate::relay::{self, RelayConfig};
 use crate::route::{Route, RouteTable};
 use crate::sessions::Sessions;
 use crate::telemetry::access;
@@ -146,6 +146,7 @@ async fn handle_request(
         backend_url.url.clone(),
     );
     tracing::debug!(route = %rc.name, backend = %backend_url.url, "session open");
+    let relay_config = relay_config(&rc.session, &upgrade.extensions);
     let BackendUpgrade { io: backend_io, .. } = upgrade;
     state.sessions.spawn(
         async move {
@@ -161,14 +162,13 @@ async fn handle_request(
                     return;
                 }
             };
-            let mut client_io = TokioIo::new(client_io);
-            let mut backend_io = TokioIo::new(backend_io);
             let info = &session.info;
             let outcome = relay::relay(
-                &mut client_io,
-                &mut backend_io,
+                TokioIo::new(client_io),
+                TokioIo::new(backend_io),
+                relay_config,
                 info.counters.clone(),
-                info.cancel.clone(),
+                info.control.clone(),
             )
             .await;
             access::session_closed(
@@ -184,6 +184,38 @@ async fn handle_request(
         .in_current_span(),
     );
     response
+}
+
+/// The relay's settings for one session: the route's, plus what the negotiated extensions
+/// allow in the RSV bits (RFC 6455 §5.2: only what an extension defines).
+fn relay_config(session: &SessionConfig, extensions: &[HeaderValue]) -> RelayConfig {
+    let names: Vec<String> = extensions
+        .iter()
+        .flat_map(|v| backend::extension_names(v.as_bytes()))
+        .collect();
+    let allowed_rsv = if names.is_empty() {
+        0
+    } else if names
+        .iter()
+        .all(|n| n.eq_ignore_ascii_case("permessage-deflate"))
+    {
+        0b100
+    } else {
+        // An extension the proxy does not know may use any RSV bit.
+        0b111
+    };
+    let max_lifetime = session.max_lifetime.map(|d| {
+        // Up to 10% less, so sessions opened together do not all end together.
+        d.mul_f64(1.0 - rand::random::<f64>() * 0.1)
+    });
+    RelayConfig {
+        max_message: session.max_message,
+        allowed_rsv,
+        ping_interval: session.ping_interval,
+        pong_timeout: session.pong_timeout,
+        idle_timeout: session.idle_timeout,
+        max_lifetime,
+    }
 }
 
 /// The 101 for the client: its own accept key, and the backend's choices.

@@ -1,31 +1,95 @@
-//! The relay: bytes both ways between the client and the backend after the 101, until both
-//! sides are done, one fails, or the session is cancelled (drain).
+//! The relay: frames both ways between the client and the backend after the 101.
 //!
-//! Our own loop rather than `copy_bidirectional`, because the proxy must own what happens at
-//! the edges: which side ended the session, half-close, per-direction counters, cancellation,
-//! and (later) a frame scanner that sees each chunk before it is forwarded.
+//! Each direction runs a [`Scanner`] over the bytes as they pass: payloads are forwarded
+//! unmodified (client frames stay masked, compressed frames stay compressed), while the frame
+//! heads tell the relay what every mainstream proxy cannot know: where frames end, which close
+//! code each side sent, how large a message is, and when a peer answers the proxy's ping.
 //!
-//! Memory: a read goes into a buffer on the poll's stack, and is written on at once. Only
-//! when the other side cannot take it all is the rest copied to the heap, and that copy is
-//! freed as soon as it is written. An idle session holds no buffer at all.
+//! The relay owns how a session ends:
+//! - **Peers close**: close frames are forwarded both ways and the TCP close follows the
+//!   closing handshake (RFC 6455 §7.1.1). A close frame from either side starts
+//!   [`CLOSE_TIMEOUT`] for the rest of the handshake.
+//! - **The proxy closes** (a framing violation, a message over the limit, a dead peer, an idle
+//!   or lifetime timer, a drain): each side still there gets a close frame written at a frame
+//!   boundary, with the code that tells it why (see [`Reason`]); from then on nothing is
+//!   forwarded, the peers' replies are read and dropped, and after the replies (or
+//!   [`CLOSE_TIMEOUT`]) each socket is shut down and read to its end, so the last frame is not
+//!   lost to a reset.
+//!
+//! Memory: a read goes into a buffer on the poll's stack and is written on at once. Only bytes
+//! the other side cannot take yet are copied to the heap, and that copy is freed when written.
+//! An idle session holds no buffer.
 
 use std::future::{Future, poll_fn};
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::CloseSide;
+use crate::frame::{self, Event, Scanner, Sender, Violation, close_code, opcode};
 
 /// Bytes read in one go. 64 KiB moves large messages in fewer syscalls (measured 25–35% less
 /// CPU than 8 KiB for 16 KiB–1 MiB messages); it lives on the stack only during a poll.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// Once a closing handshake has begun (a close frame from either side, or one from the
+/// proxy), the rest of it must happen within this time; then the sockets are closed. Long
+/// enough for a busy backend to answer, short enough that a dead peer does not hold a
+/// session (and, during a drain, the process) for long.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Close code for the client when the backend connection is lost mid-session (reset, or EOF
+/// without a close frame): 1011, "the server encountered an unexpected condition". Not 1001,
+/// which wsgate keeps for its own drain, so a client can tell "backend crashed" (reconnect
+/// with backoff) from "proxy restarting" (reconnect now).
+pub const BACKEND_LOST: u16 = 1011;
+/// Close code for the client when the backend breaks the WebSocket protocol: 1014, "bad
+/// gateway" (RFC 6455 §7.4.1 registry).
+pub const BAD_GATEWAY: u16 = 1014;
+
+/// Per-session settings, resolved from the route.
+#[derive(Debug, Clone, Default)]
+pub struct RelayConfig {
+    /// Largest message (sum of its frames' payloads) either side may send.
+    pub max_message: Option<u64>,
+    /// RSV bits the negotiated extensions allow (`0b100` with permessage-deflate).
+    pub allowed_rsv: u8,
+    /// Ping a leg that has sent nothing for this long.
+    pub ping_interval: Option<Duration>,
+    /// A leg that does not answer a ping within this time is dead.
+    pub pong_timeout: Duration,
+    /// No data message either way for this long ends the session.
+    pub idle_timeout: Option<Duration>,
+    /// The session ends after this long (the caller adds jitter).
+    pub max_lifetime: Option<Duration>,
+}
+
+/// How the outside asks a session to end.
+#[derive(Debug, Clone, Default)]
+pub struct Control {
+    /// Close both sides with close frames (code in `close_code`), then wait for the handshake.
+    pub close: CancellationToken,
+    /// The code for `close` (1001 going away by default, 1012 for a restart).
+    pub close_code: Arc<AtomicU16>,
+    /// End now, without waiting (the grace period is over).
+    pub kill: CancellationToken,
+}
+
+impl Control {
+    /// Asks the session to close with `code`.
+    pub fn close_with(&self, code: u16) {
+        self.close_code.store(code, Ordering::Relaxed);
+        self.close.cancel();
+    }
+}
 
 /// Live per-direction byte counters, readable by the session registry while the relay runs.
 #[derive(Debug, Default)]
@@ -34,240 +98,680 @@ pub struct Counters {
     pub backend_to_client: AtomicU64,
 }
 
+/// What one direction carried.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DirStats {
+    pub bytes: u64,
+    pub frames: u64,
+    pub messages: u64,
+}
+
+/// A close frame's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseInfo {
+    pub code: Option<u16>,
+    pub reason: String,
+}
+
+/// Why the proxy itself ended a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// A side broke RFC 6455 framing: 1002 to it; the client gets 1014 if it was the backend,
+    /// the backend 1001 if it was the client.
+    ProtocolError(CloseSide, Violation),
+    /// A side sent a message over the limit: 1009 to it, 1001 to the other.
+    MessageTooBig(CloseSide),
+    /// A side went away without a close frame (EOF or reset): the other side gets 1011 (backend
+    /// lost) or 1001 (client gone).
+    Gone(CloseSide),
+    /// A side did not answer the proxy's ping: 1001 to the other (and to it, if it listens).
+    PingTimeout(CloseSide),
+    IdleTimeout,
+    MaxLifetime,
+    /// Asked from outside (drain, reload), with this code to both sides.
+    Requested(u16),
+}
+
+impl Reason {
+    /// Close codes for (client, backend).
+    fn codes(&self) -> (u16, u16) {
+        use CloseSide::*;
+        match *self {
+            Reason::ProtocolError(Client, v) => (v.close_code(), close_code::GOING_AWAY),
+            Reason::ProtocolError(_, v) => (BAD_GATEWAY, v.close_code()),
+            Reason::MessageTooBig(Client) => (close_code::MESSAGE_TOO_BIG, close_code::GOING_AWAY),
+            Reason::MessageTooBig(_) => (close_code::GOING_AWAY, close_code::MESSAGE_TOO_BIG),
+            Reason::Gone(Client) => (close_code::GOING_AWAY, close_code::GOING_AWAY),
+            Reason::Gone(_) => (BACKEND_LOST, close_code::GOING_AWAY),
+            Reason::PingTimeout(_) | Reason::IdleTimeout | Reason::MaxLifetime => {
+                (close_code::GOING_AWAY, close_code::GOING_AWAY)
+            }
+            Reason::Requested(code) => (code, code),
+        }
+    }
+
+    /// The reason text written in the proxy's close frames (short: control frames ≤ 125 B).
+    fn text(&self) -> &'static str {
+        match self {
+            Reason::ProtocolError(CloseSide::Client, _) => "protocol error",
+            Reason::ProtocolError(..) => "backend protocol error",
+            Reason::MessageTooBig(_) => "message too big",
+            Reason::Gone(CloseSide::Client) => "client went away",
+            Reason::Gone(_) => "backend connection lost",
+            Reason::PingTimeout(CloseSide::Client) => "client not responding",
+            Reason::PingTimeout(_) => "backend not responding",
+            Reason::IdleTimeout => "idle timeout",
+            Reason::MaxLifetime => "session lifetime reached",
+            Reason::Requested(1012) => "service restart",
+            Reason::Requested(_) => "going away",
+        }
+    }
+
+    /// A stable name for the access log's `outcome`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Reason::ProtocolError(CloseSide::Client, _) => "client_protocol_error",
+            Reason::ProtocolError(..) => "backend_protocol_error",
+            Reason::MessageTooBig(_) => "message_too_big",
+            Reason::Gone(CloseSide::Client) => "client_gone",
+            Reason::Gone(_) => "backend_gone",
+            Reason::PingTimeout(CloseSide::Client) => "client_ping_timeout",
+            Reason::PingTimeout(_) => "backend_ping_timeout",
+            Reason::IdleTimeout => "idle_timeout",
+            Reason::MaxLifetime => "max_lifetime",
+            Reason::Requested(_) => "drained",
+        }
+    }
+}
+
 /// How a relay ended.
 #[derive(Debug)]
 pub struct RelayOutcome {
-    pub client_to_backend: u64,
-    pub backend_to_client: u64,
-    /// The side whose read ended first (EOF or error), or the proxy when cancelled.
+    pub client_to_backend: DirStats,
+    pub backend_to_client: DirStats,
+    /// The close frame the client sent, if any.
+    pub client_close: Option<CloseInfo>,
+    /// The close frame the backend sent, if any.
+    pub backend_close: Option<CloseInfo>,
+    /// Who started the end: the side whose close frame came first or who left first, or the
+    /// proxy.
     pub closed_by: CloseSide,
-    /// An I/O error that ended the session, with the direction it happened on.
-    pub error: Option<(&'static str, io::Error)>,
+    /// Set when the proxy ended the session, with why.
+    pub proxy_reason: Option<Reason>,
+    /// The session was cut without waiting (the grace period ran out, or the closing
+    /// handshake did not finish within [`CLOSE_TIMEOUT`]).
+    pub cut: bool,
+    /// The I/O error that ended a side, if one did.
+    pub error: Option<String>,
 }
 
-/// One direction's state: unwritten bytes, whether its reader is done, what it moved.
-struct Half {
-    label: &'static str,
-    /// Bytes read but not yet accepted by the writer (only under backpressure).
-    spill: Vec<u8>,
-    spill_pos: usize,
+impl RelayOutcome {
+    /// A stable name for the access log's `outcome`.
+    pub fn outcome(&self) -> &'static str {
+        match (&self.proxy_reason, self.cut) {
+            (Some(r), _) => r.outcome(),
+            (None, true) => "close_timeout",
+            (None, false) => "closed",
+        }
+    }
+}
+
+/// A proxy-written ping's payload: a fixed tag and a counter, so the pong can be recognised
+/// and consumed rather than forwarded to the other side.
+fn ping_token(seq: u64) -> [u8; 12] {
+    let mut t = *b"wsgate\0\0\0\0\0\0";
+    t[6..].copy_from_slice(&seq.to_be_bytes()[2..]);
+    t
+}
+
+struct Ping {
+    token: [u8; 12],
+    deadline: Instant,
+}
+
+/// One peer: its socket, the frames it sends, and what is waiting to be written to it.
+struct Side<IO> {
+    io: IO,
+    who: CloseSide,
+    /// Scans the frames this side sends.
+    scanner: Scanner,
+    /// Bytes for this side that it could not take yet.
+    out: Vec<u8>,
+    out_pos: usize,
     needs_flush: bool,
-    read_done: bool,
-    done: bool,
+    /// A frame of the proxy's own for this side, waiting for a frame boundary.
+    inject: Option<Vec<u8>>,
+    read_eof: bool,
+    write_shut: bool,
+    /// The close frame this side sent.
+    close_from: Option<CloseInfo>,
+    /// A close frame (forwarded or the proxy's) has been queued for this side.
+    close_to: bool,
+    last_rx: Instant,
+    ping: Option<Ping>,
+    pings_sent: u64,
     bytes: u64,
 }
 
-impl Half {
-    fn new(label: &'static str) -> Half {
-        Half {
-            label,
-            spill: Vec::new(),
-            spill_pos: 0,
+impl<IO: AsyncRead + AsyncWrite + Unpin> Side<IO> {
+    fn new(io: IO, who: CloseSide, role: Sender, cfg: &RelayConfig, now: Instant) -> Self {
+        Side {
+            io,
+            who,
+            scanner: Scanner::new(role, cfg.allowed_rsv, cfg.max_message),
+            out: Vec::new(),
+            out_pos: 0,
             needs_flush: false,
-            read_done: false,
-            done: false,
+            inject: None,
+            read_eof: false,
+            write_shut: false,
+            close_from: None,
+            close_to: false,
+            last_rx: now,
+            ping: None,
+            pings_sent: 0,
             bytes: 0,
         }
     }
 
-    /// Moves bytes from `reader` to `writer` until the reader would block or has ended.
-    /// Ready(Ok) once the reader hit EOF and the writer has been shut down (half-close).
-    fn poll_copy<R, W>(
-        &mut self,
-        cx: &mut Context<'_>,
-        mut reader: Pin<&mut R>,
-        mut writer: Pin<&mut W>,
-        counter: &AtomicU64,
-    ) -> Poll<io::Result<()>>
-    where
-        R: AsyncRead + ?Sized,
-        W: AsyncWrite + ?Sized,
-    {
+    fn out_empty(&self) -> bool {
+        self.out_pos >= self.out.len()
+    }
+
+    /// Writes `bytes` to this side now if it takes them, else queues them.
+    fn send(&mut self, cx: &mut Context<'_>, mut bytes: &[u8]) -> io::Result<()> {
+        if self.write_shut {
+            return Ok(());
+        }
+        self.needs_flush = true;
+        if self.out_empty() {
+            while !bytes.is_empty() {
+                match Pin::new(&mut self.io).poll_write(cx, bytes) {
+                    Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                    Poll::Ready(Ok(n)) => bytes = &bytes[n..],
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => break,
+                }
+            }
+        }
+        if !bytes.is_empty() {
+            self.out.extend_from_slice(bytes);
+        }
+        Ok(())
+    }
+
+    /// Writes what is queued. Ready(Ok) once nothing is left (and it has been flushed).
+    fn poll_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_pos < self.out.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.out_pos..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out_pos += n;
+        }
+        if !self.out.is_empty() {
+            // Give the memory back: the next burst may never come.
+            self.out = Vec::new();
+            self.out_pos = 0;
+        }
+        if self.needs_flush {
+            ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+            self.needs_flush = false;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Session-wide state besides the two sides.
+struct State {
+    cfg: RelayConfig,
+    counters: Arc<Counters>,
+    closed_by: Option<CloseSide>,
+    reason: Option<Reason>,
+    /// Once set, nothing more is forwarded; replies are read and dropped.
+    taken_over: bool,
+    /// The end of the closing handshake's allowance.
+    close_deadline: Option<Instant>,
+    last_data: Instant,
+    lifetime_end: Option<Instant>,
+    error: Option<String>,
+}
+
+impl State {
+    fn first_close(&mut self, who: CloseSide) {
+        self.closed_by.get_or_insert(who);
+        self.close_deadline
+            .get_or_insert_with(|| Instant::now() + CLOSE_TIMEOUT);
+    }
+}
+
+/// Relays frames until both sides have closed, the proxy has ended the session, or `control`
+/// says so. Returns what happened, for the access log.
+pub async fn relay<C, B>(
+    client: C,
+    backend: B,
+    cfg: RelayConfig,
+    counters: Arc<Counters>,
+    control: Control,
+) -> RelayOutcome
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let now = Instant::now();
+    let mut c = Side::new(client, CloseSide::Client, Sender::Client, &cfg, now);
+    let mut b = Side::new(backend, CloseSide::Backend, Sender::Server, &cfg, now);
+    let mut st = State {
+        lifetime_end: cfg.max_lifetime.map(|d| now + d),
+        cfg,
+        counters,
+        closed_by: None,
+        reason: None,
+        taken_over: false,
+        close_deadline: None,
+        last_data: now,
+        error: None,
+    };
+    let drain = control.close.cancelled();
+    let kill = control.kill.cancelled();
+    tokio::pin!(drain, kill);
+    let mut draining = false;
+    let mut timer: Pin<Box<Sleep>> =
+        Box::pin(tokio::time::sleep_until(now + Duration::from_secs(3600)));
+
+    let cut = poll_fn(|cx| {
+        if kill.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(true);
+        }
+        if !draining && drain.as_mut().poll(cx).is_ready() {
+            draining = true;
+            let code = match control.close_code.load(Ordering::Relaxed) {
+                0 => close_code::GOING_AWAY,
+                code => code,
+            };
+            take_over(&mut st, &mut c, &mut b, Reason::Requested(code), None);
+        }
+        // Alternate until nothing moves: a write that frees room lets a read proceed.
         loop {
-            while self.spill_pos < self.spill.len() {
-                let n = ready!(
-                    writer
-                        .as_mut()
-                        .poll_write(cx, &self.spill[self.spill_pos..])
-                )?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                self.spill_pos += n;
+            let before = (c.bytes, b.bytes, c.out_empty(), b.out_empty());
+            step(cx, &mut st, &mut c, &mut b);
+            step(cx, &mut st, &mut b, &mut c);
+            if before == (c.bytes, b.bytes, c.out_empty(), b.out_empty()) {
+                break;
             }
-            if !self.spill.is_empty() {
-                // Give the memory back: the next burst may never come.
-                self.spill = Vec::new();
-                self.spill_pos = 0;
-            }
-            if self.read_done {
-                if self.needs_flush {
-                    ready!(writer.as_mut().poll_flush(cx))?;
-                    self.needs_flush = false;
-                }
-                ready!(writer.as_mut().poll_shutdown(cx))?;
-                return Poll::Ready(Ok(()));
-            }
+        }
+        if finished(&c) && finished(&b) {
+            return Poll::Ready(false);
+        }
+        match timers(&mut st, &mut c, &mut b, &mut timer, cx) {
+            Poll::Ready(()) => Poll::Ready(true),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await;
 
-            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-            let mut buf = ReadBuf::uninit(&mut chunk);
-            match reader.as_mut().poll_read(cx, &mut buf) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    if self.needs_flush {
-                        ready!(writer.as_mut().poll_flush(cx))?;
-                        self.needs_flush = false;
-                    }
-                    return Poll::Pending;
-                }
-            }
-            let data = buf.filled();
-            if data.is_empty() {
-                self.read_done = true;
-                continue;
-            }
-            self.bytes += data.len() as u64;
-            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-            self.needs_flush = true;
+    RelayOutcome {
+        client_to_backend: DirStats {
+            bytes: c.bytes,
+            frames: c.scanner.frames,
+            messages: c.scanner.messages,
+        },
+        backend_to_client: DirStats {
+            bytes: b.bytes,
+            frames: b.scanner.frames,
+            messages: b.scanner.messages,
+        },
+        client_close: c.close_from,
+        backend_close: b.close_from,
+        closed_by: st.closed_by.unwrap_or(CloseSide::Proxy),
+        proxy_reason: st.reason,
+        cut,
+        error: st.error,
+    }
+}
 
-            let mut pos = 0;
-            while pos < data.len() {
-                match writer.as_mut().poll_write(cx, &data[pos..]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                    Poll::Ready(Ok(n)) => pos += n,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => {
-                        self.spill = data[pos..].to_vec();
-                        self.spill_pos = 0;
-                        return Poll::Pending;
-                    }
-                }
-            }
+/// A side is done once it has sent EOF and its write side is shut.
+fn finished<IO>(s: &Side<IO>) -> bool {
+    s.read_eof && s.write_shut
+}
+
+/// The proxy ends the session: close frames to each side still listening (at the next frame
+/// boundary), nothing forwarded from now on.
+fn take_over<C, B>(
+    st: &mut State,
+    c: &mut Side<C>,
+    b: &mut Side<B>,
+    reason: Reason,
+    error: Option<String>,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    if st.taken_over {
+        return;
+    }
+    st.taken_over = true;
+    st.reason = Some(reason);
+    if st.error.is_none() {
+        st.error = error;
+    }
+    let who = match reason {
+        Reason::Gone(side) | Reason::PingTimeout(side) => side,
+        Reason::ProtocolError(side, _) | Reason::MessageTooBig(side) => side,
+        _ => CloseSide::Proxy,
+    };
+    st.first_close(who);
+    let (to_client, to_backend) = reason.codes();
+    let text = reason.text();
+    for (close_to, write_shut, inject, role, code) in [
+        (
+            &mut c.close_to,
+            c.write_shut,
+            &mut c.inject,
+            Sender::Client,
+            to_client,
+        ),
+        (
+            &mut b.close_to,
+            b.write_shut,
+            &mut b.inject,
+            Sender::Server,
+            to_backend,
+        ),
+    ] {
+        if !*close_to && !write_shut {
+            *close_to = true;
+            *inject = Some(frame::close_frame(code, text, role));
         }
     }
 }
 
-/// How long one direction may stay open after the other has ended. WebSocket has no use for
-/// a half-open connection once one side has closed (RFC 6455 §7.1.1: after the closing
-/// handshake both close TCP), so a peer that never closes its side is not allowed to hold the
-/// session forever. Generous, so a real half-close (a last reply after the client's FIN) still
-/// gets through.
-pub const HALF_CLOSE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Why [`relay`]'s copy loop stopped.
-enum End {
-    /// Both directions ended cleanly.
-    Both,
-    /// One direction failed.
-    Error(&'static str, io::Error),
-    /// One direction ended and the other did not within [`HALF_CLOSE_TIMEOUT`].
-    HalfCloseTimeout,
+/// Moves what `from` sends toward `to`, and settles `to`'s output: queued bytes, the proxy's
+/// own frames at boundaries, and the write shutdown once its closing handshake is done.
+fn step<A, Z>(cx: &mut Context<'_>, st: &mut State, from: &mut Side<A>, to: &mut Side<Z>)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    Z: AsyncRead + AsyncWrite + Unpin,
+{
+    // 1. What `to` still has to take.
+    if !to.out_empty() || to.needs_flush {
+        match to.poll_out(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return lost(st, from, to, e),
+            Poll::Pending => return,
+        }
+    }
+    // 2. The proxy's own frame for `to`, once the stream into it is between frames.
+    if to.inject.is_some() && (from.scanner.at_boundary() || st.taken_over && from.read_eof) {
+        let frame = to.inject.take().unwrap_or_default();
+        if let Err(e) = to.send(cx, &frame) {
+            return lost(st, from, to, e);
+        }
+    }
+    // 3. Read from `from` while `to` keeps up.
+    while !from.read_eof && to.out_empty() {
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut chunk);
+        match Pin::new(&mut from.io).poll_read(cx, &mut buf) {
+            Poll::Pending => break,
+            Poll::Ready(Err(e)) => {
+                from.read_eof = true;
+                if !st.taken_over && from.close_from.is_none() {
+                    let error = Some(format!("{}: {e}", from.who.as_str()));
+                    take_over_dyn(st, from, to, Reason::Gone(from.who), error);
+                }
+                break;
+            }
+            Poll::Ready(Ok(())) => {}
+        }
+        let data = buf.filled();
+        if data.is_empty() {
+            from.read_eof = true;
+            if !st.taken_over && from.close_from.is_none() {
+                let reason = Reason::Gone(from.who);
+                take_over_dyn(st, from, to, reason, None);
+            } else {
+                st.first_close(from.who);
+            }
+            break;
+        }
+        let now = Instant::now();
+        from.last_rx = now;
+        from.bytes += data.len() as u64;
+        let counter = match from.who {
+            CloseSide::Client => &st.counters.client_to_backend,
+            _ => &st.counters.backend_to_client,
+        };
+        counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if let Err(reason) = forward(cx, st, from, to, data) {
+            take_over_dyn(st, from, to, reason, None);
+        }
+    }
+    // 4. Shut `to`'s write side once its part of the closing handshake is done: it has had a
+    //    close frame and has answered (or left), or the other side has left after its close.
+    let handshake_done = to.close_to && (to.close_from.is_some() || to.read_eof);
+    let source_done = from.read_eof && (from.close_from.is_some() || st.taken_over);
+    if !to.write_shut && to.inject.is_none() && to.out_empty() && (handshake_done || source_done) {
+        match Pin::new(&mut to.io).poll_shutdown(cx) {
+            Poll::Ready(_) => to.write_shut = true,
+            Poll::Pending => {}
+        }
+    }
 }
 
-/// Relays until both directions have ended (each end's EOF is passed on as a write shutdown,
-/// so half-close works), either direction fails, or `cancel` fires.
-pub async fn relay<C, B>(
-    client: &mut C,
-    backend: &mut B,
-    counters: Arc<Counters>,
-    cancel: CancellationToken,
-) -> RelayOutcome
-where
-    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+/// `take_over` with the sides in (from, to) order; puts them back in (client, backend) order.
+fn take_over_dyn<A, Z>(
+    st: &mut State,
+    from: &mut Side<A>,
+    to: &mut Side<Z>,
+    reason: Reason,
+    error: Option<String>,
+) where
+    A: AsyncRead + AsyncWrite + Unpin,
+    Z: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut up = Half::new("client->backend");
-    let mut down = Half::new("backend->client");
-    let mut first_end: Option<CloseSide> = None;
-    let mut linger: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    if from.who == CloseSide::Client {
+        take_over(st, from, to, reason, error);
+    } else {
+        take_over(st, to, from, reason, error);
+    }
+}
 
-    let result = {
-        let copy = poll_fn(|cx| {
-            if !up.done {
-                match up.poll_copy(
-                    cx,
-                    Pin::new(&mut *client),
-                    Pin::new(&mut *backend),
-                    &counters.client_to_backend,
-                ) {
-                    Poll::Ready(Ok(())) => up.done = true,
-                    Poll::Ready(Err(e)) => {
-                        // A write error means the backend went away; a read error, the client.
-                        first_end.get_or_insert(if up.read_done {
-                            CloseSide::Backend
-                        } else {
-                            CloseSide::Client
-                        });
-                        return Poll::Ready(End::Error(up.label, e));
+/// `to` could not be written: it is gone. End the session toward `from`.
+fn lost<A, Z>(st: &mut State, from: &mut Side<A>, to: &mut Side<Z>, e: io::Error)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    Z: AsyncRead + AsyncWrite + Unpin,
+{
+    to.write_shut = true;
+    to.read_eof = true;
+    to.out = Vec::new();
+    to.out_pos = 0;
+    to.inject = None;
+    let error = format!("{}: {e}", to.who.as_str());
+    if st.taken_over {
+        st.error.get_or_insert(error);
+    } else {
+        take_over_dyn(st, to, from, Reason::Gone(to.who), Some(error));
+    }
+}
+
+/// Passes one chunk from `from` to `to` through the scanner.
+fn forward<A, Z>(
+    cx: &mut Context<'_>,
+    st: &mut State,
+    from: &mut Side<A>,
+    to: &mut Side<Z>,
+    data: &[u8],
+) -> Result<(), Reason>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    Z: AsyncRead + AsyncWrite + Unpin,
+{
+    let passing = !st.taken_over;
+    let mut write_err: Option<io::Error> = None;
+    let mut saw_close = false;
+    let mut saw_data = false;
+    let ping = &mut from.ping;
+    let close_from = &mut from.close_from;
+    let result = from.scanner.feed(data, &mut |ev| {
+        match ev {
+            Event::Forward(bytes) => {
+                if passing && write_err.is_none() {
+                    write_err = to.send(cx, bytes).err();
+                }
+            }
+            Event::Control {
+                opcode: op,
+                frame,
+                payload,
+            } => {
+                let mine =
+                    op == opcode::PONG && ping.as_ref().is_some_and(|p| p.token[..] == *payload);
+                if mine {
+                    // The answer to the proxy's own ping: consumed, not forwarded.
+                    *ping = None;
+                    return;
+                }
+                if op == opcode::CLOSE && close_from.is_none() {
+                    let (code, reason) = frame::parse_close(payload);
+                    *close_from = Some(CloseInfo { code, reason });
+                    saw_close = true;
+                }
+                if passing && write_err.is_none() {
+                    if op == opcode::CLOSE {
+                        to.close_to = true;
                     }
-                    Poll::Pending => {}
-                }
-                if up.read_done {
-                    first_end.get_or_insert(CloseSide::Client);
+                    write_err = to.send(cx, frame).err();
                 }
             }
-            if !down.done {
-                match down.poll_copy(
-                    cx,
-                    Pin::new(&mut *backend),
-                    Pin::new(&mut *client),
-                    &counters.backend_to_client,
-                ) {
-                    Poll::Ready(Ok(())) => down.done = true,
-                    Poll::Ready(Err(e)) => {
-                        first_end.get_or_insert(if down.read_done {
-                            CloseSide::Client
-                        } else {
-                            CloseSide::Backend
-                        });
-                        return Poll::Ready(End::Error(down.label, e));
-                    }
-                    Poll::Pending => {}
-                }
-                if down.read_done {
-                    first_end.get_or_insert(CloseSide::Backend);
-                }
-            }
-            if up.done && down.done {
-                return Poll::Ready(End::Both);
-            }
-            if up.done || down.done {
-                let timer =
-                    linger.get_or_insert_with(|| Box::pin(tokio::time::sleep(HALF_CLOSE_TIMEOUT)));
-                if timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(End::HalfCloseTimeout);
-                }
-            }
-            Poll::Pending
-        });
-        tokio::select! {
-            biased;
-            end = copy => Some(end),
-            _ = cancel.cancelled() => None,
+            Event::MessageEnd => saw_data = true,
         }
-    };
+    });
+    if saw_data && passing {
+        st.last_data = Instant::now();
+    }
+    if saw_close {
+        st.first_close(from.who);
+    }
+    if let Some(e) = write_err {
+        lost(st, from, to, e);
+        return Ok(());
+    }
+    match result {
+        Ok(()) => Ok(()),
+        // While the proxy is closing, a side's garbage only ends its reading.
+        Err(_) if st.taken_over => {
+            from.read_eof = true;
+            Ok(())
+        }
+        Err(Violation::MessageTooBig(_)) => Err(Reason::MessageTooBig(from.who)),
+        Err(v) => Err(Reason::ProtocolError(from.who, v)),
+    }
+}
 
-    let (closed_by, error) = match result {
-        Some(End::Both) => (first_end.unwrap_or(CloseSide::Client), None),
-        Some(End::Error(label, e)) => (first_end.unwrap_or(CloseSide::Client), Some((label, e))),
-        Some(End::HalfCloseTimeout) => (
-            first_end.unwrap_or(CloseSide::Client),
-            Some((
-                "half-close",
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "other side did not close within the half-close timeout",
-                ),
-            )),
-        ),
-        None => (CloseSide::Proxy, None),
-    };
-    RelayOutcome {
-        client_to_backend: up.bytes,
-        backend_to_client: down.bytes,
-        closed_by,
-        error,
+/// Pings, pong deadlines, idle and lifetime timers, and the closing handshake's deadline.
+/// Arms `timer` for the earliest of them; Ready when the session must be cut.
+fn timers<C, B>(
+    st: &mut State,
+    c: &mut Side<C>,
+    b: &mut Side<B>,
+    timer: &mut Pin<Box<Sleep>>,
+    cx: &mut Context<'_>,
+) -> Poll<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        let now = Instant::now();
+        if let Some(deadline) = st.close_deadline
+            && now >= deadline
+        {
+            return Poll::Ready(());
+        }
+        let mut next = st.close_deadline;
+        let mut earliest = |t: Instant| {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        };
+        if !st.taken_over {
+            if let Some(end) = st.lifetime_end {
+                if now >= end {
+                    take_over(st, c, b, Reason::MaxLifetime, None);
+                    continue;
+                }
+                earliest(end);
+            }
+            if let Some(idle) = st.cfg.idle_timeout {
+                let end = st.last_data + idle;
+                if now >= end {
+                    take_over(st, c, b, Reason::IdleTimeout, None);
+                    continue;
+                }
+                earliest(end);
+            }
+            if let Some(interval) = st.cfg.ping_interval {
+                // A leg that has sent anything lately has proven it is alive.
+                let mut dead = None;
+                for (who, ping, last_rx, seq, inject, role) in [
+                    (
+                        c.who,
+                        &mut c.ping,
+                        c.last_rx,
+                        &mut c.pings_sent,
+                        &mut c.inject,
+                        Sender::Client,
+                    ),
+                    (
+                        b.who,
+                        &mut b.ping,
+                        b.last_rx,
+                        &mut b.pings_sent,
+                        &mut b.inject,
+                        Sender::Server,
+                    ),
+                ] {
+                    match ping {
+                        Some(p) if now >= p.deadline => dead = Some(who),
+                        Some(p) => earliest(p.deadline),
+                        None if now >= last_rx + interval && inject.is_none() => {
+                            *seq += 1;
+                            let token = ping_token(*seq);
+                            *inject = Some(frame::encode_frame(
+                                opcode::PING,
+                                true,
+                                &token,
+                                frame::mask_toward(role),
+                            ));
+                            *ping = Some(Ping {
+                                token,
+                                deadline: now + st.cfg.pong_timeout,
+                            });
+                            earliest(now + st.cfg.pong_timeout);
+                        }
+                        None => earliest(last_rx + interval),
+                    }
+                }
+                if let Some(who) = dead {
+                    take_over(st, c, b, Reason::PingTimeout(who), None);
+                    continue;
+                }
+                if c.inject.is_some() || b.inject.is_some() {
+                    // A ping was queued: let the sides write it at their next boundary.
+                    cx.waker().wake_by_ref();
+                }
+            }
+        }
+        let Some(next) = next else {
+            return Poll::Pending;
+        };
+        if timer.deadline() != next {
+            timer.as_mut().reset(next);
+        }
+        return match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => continue,
+            Poll::Pending => Poll::Pending,
+        };
     }
 }
 
@@ -276,61 +780,106 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
-    #[tokio::test]
-    async fn relays_both_ways_and_honours_half_close() {
-        let (mut client_peer, mut client_side) = duplex(16);
-        let (mut backend_side, mut backend_peer) = duplex(16);
-        let counters = Arc::new(Counters::default());
-        let task = tokio::spawn({
-            let counters = counters.clone();
-            async move {
-                relay(
-                    &mut client_side,
-                    &mut backend_side,
-                    counters,
-                    CancellationToken::new(),
-                )
-                .await
-            }
-        });
-        // More than the duplex capacity, so the spill path runs.
-        let big = vec![7u8; 1000];
-        let mut got = vec![0u8; 1000];
-        let (w, r) = tokio::join!(
-            client_peer.write_all(&big),
-            backend_peer.read_exact(&mut got)
-        );
-        w.unwrap();
-        r.unwrap();
-        assert_eq!(got, big);
-        // Client half-closes; the backend can still answer.
-        client_peer.shutdown().await.unwrap();
-        let mut eof = [0u8; 1];
-        assert_eq!(backend_peer.read(&mut eof).await.unwrap(), 0);
-        backend_peer.write_all(b"late reply").await.unwrap();
-        let mut reply = [0u8; 10];
-        client_peer.read_exact(&mut reply).await.unwrap();
-        assert_eq!(&reply, b"late reply");
-        backend_peer.shutdown().await.unwrap();
-        let out = task.await.unwrap();
-        assert_eq!(out.client_to_backend, 1000);
-        assert_eq!(out.backend_to_client, 10);
-        assert_eq!(out.closed_by, CloseSide::Client);
-        assert!(out.error.is_none());
-        assert_eq!(counters.client_to_backend.load(Ordering::Relaxed), 1000);
+    fn masked(op: u8, payload: &[u8]) -> Vec<u8> {
+        frame::encode_frame(op, true, payload, Some([1, 2, 3, 4]))
+    }
+
+    fn plain(op: u8, payload: &[u8]) -> Vec<u8> {
+        frame::encode_frame(op, true, payload, None)
     }
 
     #[tokio::test]
-    async fn cancellation_ends_the_relay() {
-        let (_client_peer, mut client_side) = duplex(16);
-        let (mut backend_side, _backend_peer) = duplex(16);
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn({
-            let cancel = cancel.clone();
-            async move { relay(&mut client_side, &mut backend_side, Arc::default(), cancel).await }
-        });
-        cancel.cancel();
+    async fn relays_frames_and_the_closing_handshake() {
+        let (mut client, client_side) = duplex(64);
+        let (backend_side, mut backend) = duplex(64);
+        let task = tokio::spawn(relay(
+            client_side,
+            backend_side,
+            RelayConfig::default(),
+            Arc::default(),
+            Control::default(),
+        ));
+        // Larger than the pipe, so the queueing path runs.
+        let big = masked(opcode::BINARY, &[7u8; 1000]);
+        let mut got = vec![0u8; big.len()];
+        let (w, r) = tokio::join!(client.write_all(&big), backend.read_exact(&mut got));
+        w.unwrap();
+        r.unwrap();
+        assert_eq!(got, big);
+        let close = masked(opcode::CLOSE, &[0x03, 0xe8, b'o', b'k']);
+        client.write_all(&close).await.unwrap();
+        let mut got = vec![0u8; close.len()];
+        backend.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, close);
+        let reply = plain(opcode::CLOSE, &[0x03, 0xe8]);
+        backend.write_all(&reply).await.unwrap();
+        backend.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, reply);
+        let mut rest = Vec::new();
+        backend.read_to_end(&mut rest).await.unwrap();
+        drop(client);
         let out = task.await.unwrap();
+        assert_eq!(
+            out.client_close,
+            Some(CloseInfo {
+                code: Some(1000),
+                reason: "ok".into()
+            })
+        );
+        assert_eq!(out.backend_close.as_ref().and_then(|c| c.code), Some(1000));
+        assert_eq!(out.closed_by, CloseSide::Client);
+        assert_eq!(out.outcome(), "closed");
+        assert_eq!(out.client_to_backend.messages, 1);
+        assert_eq!(out.client_to_backend.frames, 2);
+    }
+
+    #[tokio::test]
+    async fn drain_sends_close_frames_both_ways() {
+        let (mut client, client_side) = duplex(1024);
+        let (backend_side, mut backend) = duplex(1024);
+        let control = Control::default();
+        let task = tokio::spawn(relay(
+            client_side,
+            backend_side,
+            RelayConfig::default(),
+            Arc::default(),
+            control.clone(),
+        ));
+        control.close_with(close_code::GOING_AWAY);
+        let mut head = [0u8; 2];
+        client.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[0], 0x88, "unmasked close toward the client");
+        let mut rest = vec![0u8; (head[1] & 0x7f) as usize];
+        client.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest[..2], &1001u16.to_be_bytes());
+        let mut head = [0u8; 2];
+        backend.read_exact(&mut head).await.unwrap();
+        assert_eq!(
+            (head[0], head[1] & 0x80),
+            (0x88, 0x80),
+            "masked close toward the backend"
+        );
+        client
+            .write_all(&masked(opcode::CLOSE, &1001u16.to_be_bytes()))
+            .await
+            .unwrap();
+        backend
+            .write_all(&plain(opcode::CLOSE, &1001u16.to_be_bytes()))
+            .await
+            .unwrap();
+        drop(client);
+        drop(backend);
+        let out = task.await.unwrap();
+        assert_eq!(out.outcome(), "drained");
         assert_eq!(out.closed_by, CloseSide::Proxy);
+        assert!(!out.cut);
+    }
+
+    #[test]
+    fn ping_tokens_differ() {
+        assert_ne!(ping_token(1), ping_token(2));
+        assert_eq!(&ping_token(1)[..6], b"wsgate");
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::relay::Counters;
+use crate::relay::{Control, Counters};
 
 /// What the registry knows about one live session.
 #[derive(Debug, Clone)]
@@ -25,7 +25,8 @@ pub struct SessionInfo {
     pub started: Instant,
     pub started_at: SystemTime,
     pub counters: Arc<Counters>,
-    pub cancel: CancellationToken,
+    /// How to end this session: close frames (drain, reload) or a cut.
+    pub control: Control,
 }
 
 #[derive(Debug)]
@@ -33,8 +34,10 @@ pub struct Sessions {
     live: Mutex<HashMap<u64, SessionInfo>>,
     next_id: AtomicU64,
     draining: AtomicBool,
-    /// Parent of every session's token: cancelling it ends all sessions.
-    all: CancellationToken,
+    /// Parent of every session's close token: cancelling it sends close frames everywhere.
+    close_all: CancellationToken,
+    /// Parent of every session's kill token: cancelling it cuts every session.
+    kill_all: CancellationToken,
     /// Every session task, so shutdown can wait for them.
     tasks: TaskTracker,
     /// The live count, for anyone who waits for it to change (drain, tests, metrics).
@@ -47,7 +50,8 @@ impl Default for Sessions {
             live: Mutex::default(),
             next_id: AtomicU64::new(1),
             draining: AtomicBool::new(false),
-            all: CancellationToken::new(),
+            close_all: CancellationToken::new(),
+            kill_all: CancellationToken::new(),
             tasks: TaskTracker::new(),
             count: tokio::sync::watch::Sender::new(0),
         }
@@ -91,7 +95,11 @@ impl Sessions {
             started: Instant::now(),
             started_at: SystemTime::now(),
             counters: Arc::default(),
-            cancel: self.all.child_token(),
+            control: Control {
+                close: self.close_all.child_token(),
+                close_code: Arc::default(),
+                kill: self.kill_all.child_token(),
+            },
         };
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         live.insert(id, info.clone());
@@ -148,19 +156,28 @@ impl Sessions {
         self.draining.store(true, Ordering::Release);
     }
 
-    /// Waits until every session task has ended, or `grace` has passed. Returns how many
-    /// sessions were still live when the grace period ran out (0 if all ended in time).
-    pub async fn wait_idle(&self, grace: std::time::Duration) -> usize {
+    /// Sends close frames (1001 going away) to both sides of every session, including
+    /// sessions that start after this call.
+    pub fn close_all(&self) {
+        self.close_all.cancel();
+    }
+
+    /// Waits until every session task has ended, or until `deadline`. Returns how many
+    /// sessions were still live then (0 if all ended in time).
+    pub async fn wait_idle(&self, deadline: tokio::time::Instant) -> usize {
         self.tasks.close();
-        if tokio::time::timeout(grace, self.tasks.wait()).await.is_ok() {
+        if tokio::time::timeout_at(deadline, self.tasks.wait())
+            .await
+            .is_ok()
+        {
             return 0;
         }
         self.len()
     }
 
-    /// Ends every remaining session and waits for their tasks to finish.
-    pub async fn end_all(&self) {
-        self.all.cancel();
+    /// Cuts every remaining session and waits for their tasks to finish.
+    pub async fn kill_all(&self) {
+        self.kill_all.cancel();
         self.tasks.close();
         self.tasks.wait().await;
     }

@@ -185,8 +185,13 @@ async fn run_logs_sessions_and_refusals_then_drains_on_sigterm() {
     assert_eq!(r.get("route").as_deref(), Some("echo"));
     assert_eq!(r.get("backend").as_deref(), Some(backend.url().as_str()));
     assert_eq!(r.get("outcome").as_deref(), Some("closed"));
-    // The backend closes TCP first after the closing handshake (RFC 6455 section 7.1.1).
-    assert_eq!(r.get("closed_by").as_deref(), Some("backend"));
+    // The client started the closing handshake; both close frames are in the record.
+    assert_eq!(r.get("closed_by").as_deref(), Some("client"));
+    assert_eq!(r.get("client_close_code").as_deref(), Some("1000"));
+    assert_eq!(r.get("client_close_reason").as_deref(), Some("done"));
+    assert_eq!(r.get("backend_close_code").as_deref(), Some("1000"));
+    assert_eq!(r.get("messages_client_to_backend").as_deref(), Some("1"));
+    assert_eq!(r.get("messages_backend_to_client").as_deref(), Some("1"));
     for key in [
         "client",
         "duration_ms",
@@ -220,20 +225,28 @@ async fn run_logs_sessions_and_refusals_then_drains_on_sigterm() {
     assert_eq!(r.get("outcome").as_deref(), Some("not_an_upgrade"));
     assert!(r.get("reason").unwrap().contains("WebSocket endpoint"));
 
-    // SIGTERM with a live session: it keeps working until it closes, then wsgate exits 0.
+    // SIGTERM with a live session: the client gets 1001 going away, answers, and wsgate
+    // exits 0 once the closing handshake is done.
     let (mut ws, _) = connect(&format!("ws://{addr}/ws")).await;
     sigterm(&child);
     wait_line(&mut lines, &mut seen, "shutdown start", |l| {
         l.contains("shutting down")
     })
     .await;
-    ws.send(Message::text("during drain")).await.unwrap();
-    assert_eq!(next_data(&mut ws).await, Message::text("during drain"));
-    ws.close(None).await.unwrap();
+    match next_data(&mut ws).await {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1001),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
     while let Ok(Some(Ok(_))) =
         tokio::time::timeout(STEP, futures_util::StreamExt::next(&mut ws)).await
     {}
     drop(ws);
+    let drained = wait_line(&mut lines, &mut seen, "drained session record", |l| {
+        l.contains("\"event\":\"session\"")
+    })
+    .await;
+    assert_eq!(json(&drained).get("outcome").as_deref(), Some("drained"));
+    assert_eq!(json(&drained).get("cut").as_deref(), Some("false"));
     wait_line(&mut lines, &mut seen, "shutdown complete", |l| {
         l.contains("shutdown complete")
     })

@@ -551,22 +551,26 @@ async fn draining_refuses_new_upgrades_with_503() {
 }
 
 #[tokio::test]
-async fn shutdown_waits_for_live_sessions() {
-    let (mut gw, _b) = echo_gateway().await;
+async fn shutdown_closes_sessions_with_1001_and_waits_for_the_handshake() {
+    let (mut gw, backend) = echo_gateway().await;
     let (mut ws, _) = connect(&gw.url("/")).await;
     assert_eq!(gw.handle().sessions().len(), 1);
     let handle = gw.handle.take().unwrap();
     handle.shutdown();
-    // The live session keeps working during the grace period...
-    ws.send(Message::text("still here")).await.unwrap();
-    assert_eq!(next_data(&mut ws).await, Message::text("still here"));
-    // ...and once it closes, shutdown completes without ending anything.
-    ws.close(None).await.unwrap();
+    match next_data(&mut ws).await {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1001),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    // tungstenite answers the close; then the proxy closes TCP.
     while let Some(Ok(_)) = tokio::time::timeout(STEP, ws.next()).await.unwrap() {}
-    // The client closes its TCP side after the closing handshake, as browsers do.
     drop(ws);
     let report = tokio::time::timeout(STEP, handle.wait()).await.unwrap();
-    assert_eq!(report.sessions_ended, 0);
+    assert_eq!(
+        report.sessions_ended, 0,
+        "the closing handshake finished in time"
+    );
+    let closes = backend.closes.lock().unwrap().clone();
+    assert_eq!(closes, vec![Some((1001, "going away".to_string()))]);
     // The listener is gone.
     assert!(tokio::net::TcpStream::connect(gw.addr).await.is_err());
 }
@@ -619,57 +623,31 @@ async fn silent_client_is_closed_after_the_handshake_timeout_while_others_are_se
 }
 
 #[tokio::test]
-async fn half_close_from_the_client_still_delivers_the_backends_reply() {
-    // A raw backend that reads until EOF, then answers and closes.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut chunk).await.unwrap();
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        let head = String::from_utf8_lossy(&buf).to_string();
-        let key = head
-            .lines()
-            .find_map(|l| l.strip_prefix("sec-websocket-key: "))
-            .unwrap()
-            .trim()
-            .to_string();
-        let accept = wsgate::handshake::accept_key(key.as_bytes());
-        s.write_all(format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n").as_bytes()).await.unwrap();
-        let mut rest = Vec::new();
-        s.read_to_end(&mut rest).await.unwrap();
-        s.write_all(&wsgate::frame::encode_frame(
-            opcode::TEXT,
-            true,
-            format!("got {} bytes", rest.len()).as_bytes(),
-            None,
-        ))
-        .await
-        .unwrap();
-        s.shutdown().await.unwrap();
-    });
-    let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{addr}")])).await;
+async fn half_close_after_the_clients_close_frame_still_delivers_the_backends_reply() {
+    let (gw, backend) = echo_gateway().await;
     let (mut stream, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
     assert_eq!(resp.status, 101);
-    let frame = client_frame(opcode::TEXT, b"12345");
-    stream.write_all(&frame).await.unwrap();
+    let mut payload = 4000u16.to_be_bytes().to_vec();
+    payload.extend_from_slice(b"half");
+    stream
+        .write_all(&client_frame(opcode::CLOSE, &payload))
+        .await
+        .unwrap();
+    // The client sends FIN right after its close frame; the backend's reply must still come.
     stream.shutdown().await.unwrap();
     let mut got = resp.rest;
     tokio::time::timeout(STEP, stream.read_to_end(&mut got))
         .await
         .unwrap()
         .unwrap();
-    let want = wsgate::frame::encode_frame(
-        opcode::TEXT,
-        true,
-        format!("got {} bytes", frame.len()).as_bytes(),
-        None,
+    assert_eq!(
+        got,
+        wsgate::frame::encode_frame(opcode::CLOSE, true, &payload, None)
     );
-    assert_eq!(got, want);
+    assert_eq!(
+        backend.closes.lock().unwrap().clone(),
+        vec![Some((4000, "half".to_string()))]
+    );
 }
 
 #[tokio::test]

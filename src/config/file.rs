@@ -38,6 +38,7 @@ pub struct FileRoute {
     pub backends: Option<Spanned<Vec<SpStr>>>,
     pub balance: Option<SpStr>,
     pub preserve_host: Option<bool>,
+    pub max_message: Option<SpStr>,
     pub timeouts: Option<FileRouteTimeouts>,
 }
 
@@ -47,6 +48,10 @@ pub struct FileTimeouts {
     pub handshake: Option<SpStr>,
     pub backend_connect: Option<SpStr>,
     pub backend_handshake: Option<SpStr>,
+    pub ping_interval: Option<SpStr>,
+    pub pong_timeout: Option<SpStr>,
+    pub idle: Option<SpStr>,
+    pub max_lifetime: Option<SpStr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -54,6 +59,10 @@ pub struct FileTimeouts {
 pub struct FileRouteTimeouts {
     pub backend_connect: Option<SpStr>,
     pub backend_handshake: Option<SpStr>,
+    pub ping_interval: Option<SpStr>,
+    pub pong_timeout: Option<SpStr>,
+    pub idle: Option<SpStr>,
+    pub max_lifetime: Option<SpStr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +71,7 @@ pub struct FileLimits {
     pub max_header_bytes: Option<SpStr>,
     pub max_headers: Option<Spanned<i64>>,
     pub max_error_body: Option<SpStr>,
+    pub max_message: Option<SpStr>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -25,6 +25,12 @@ pub const DEFAULT_BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The backend's answer to our upgrade request (from request sent to response head read).
 /// Past it the client gets 504.
 pub const DEFAULT_BACKEND_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Ping a leg that has sent nothing for this long. Below the 60 s after which common load
+/// balancers and NAT gateways drop a silent TCP connection, so pings also keep the path open;
+/// a dead peer is found within `ping_interval + pong_timeout`.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a peer has to answer the proxy's ping before it is taken for dead.
+pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a shutdown waits for live sessions to end on their own before ending them.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Request line plus headers. Browsers send large cookies; 32 KiB is four times nginx's
@@ -76,6 +82,36 @@ pub struct RouteConfig {
     pub preserve_host: bool,
     pub backend_connect_timeout: Duration,
     pub backend_handshake_timeout: Duration,
+    /// Session keepalive and limits, applied by the relay.
+    pub session: SessionConfig,
+}
+
+/// What the relay enforces on a route's sessions. `None` means off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Largest message either side may send (sum of its frames' payloads; with
+    /// permessage-deflate, compressed bytes). Off by default: the backend's own limit applies.
+    pub max_message: Option<u64>,
+    pub ping_interval: Option<Duration>,
+    pub pong_timeout: Duration,
+    /// No data message either way for this long ends the session. Off by default: liveness
+    /// is what pings check, and a quiet WebSocket is a normal WebSocket.
+    pub idle_timeout: Option<Duration>,
+    /// Sessions end after this long, less up to 10% jitter so that sessions opened together
+    /// do not all reconnect together. Off by default.
+    pub max_lifetime: Option<Duration>,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            max_message: None,
+            ping_interval: Some(DEFAULT_PING_INTERVAL),
+            pong_timeout: DEFAULT_PONG_TIMEOUT,
+            idle_timeout: None,
+            max_lifetime: None,
+        }
+    }
 }
 
 /// A `ws://` backend address.

@@ -108,6 +108,15 @@ fn key_path_at(text: &str, span: Range<usize>) -> String {
     }
 }
 
+/// The session keys of a `[timeouts]` or `[route.timeouts]` table.
+#[derive(Default, Clone, Copy)]
+struct SessionKeys<'a> {
+    ping_interval: Option<&'a SpStr>,
+    pong_timeout: Option<&'a SpStr>,
+    idle: Option<&'a SpStr>,
+    max_lifetime: Option<&'a SpStr>,
+}
+
 struct Validator<'a> {
     text: &'a str,
     errors: Vec<ConfigError>,
@@ -143,6 +152,81 @@ impl Validator<'_> {
         }
     }
 
+    /// A duration where `"0"` or `"off"` turns the feature off.
+    fn optional_duration(
+        &mut self,
+        key: &str,
+        value: Option<&SpStr>,
+        default: Option<Duration>,
+    ) -> Option<Duration> {
+        let Some(value) = value else { return default };
+        if value.get_ref().trim() == "off" {
+            return None;
+        }
+        match parse_duration(value.get_ref()) {
+            Ok(d) if d.is_zero() => None,
+            Ok(d) => Some(d),
+            Err(msg) => {
+                self.err(key, Some(value.span()), format!("{msg} (or \"off\")"));
+                default
+            }
+        }
+    }
+
+    /// A size where `"0"` or `"off"` means no limit.
+    fn optional_size(
+        &mut self,
+        key: &str,
+        value: Option<&SpStr>,
+        default: Option<u64>,
+    ) -> Option<u64> {
+        let Some(value) = value else { return default };
+        if value.get_ref().trim() == "off" {
+            return None;
+        }
+        match parse_size(value.get_ref()) {
+            Ok(0) => None,
+            Ok(n) => Some(n),
+            Err(msg) => {
+                self.err(key, Some(value.span()), format!("{msg} (or \"off\")"));
+                default
+            }
+        }
+    }
+
+    /// Session settings: `table` (e.g. `timeouts`) over `defaults`.
+    fn session(
+        &mut self,
+        prefix: &str,
+        t: SessionKeys<'_>,
+        max_message: (&str, Option<&SpStr>),
+        defaults: &SessionConfig,
+    ) -> SessionConfig {
+        SessionConfig {
+            max_message: self.optional_size(max_message.0, max_message.1, defaults.max_message),
+            ping_interval: self.optional_duration(
+                &format!("{prefix}.ping_interval"),
+                t.ping_interval,
+                defaults.ping_interval,
+            ),
+            pong_timeout: self.duration(
+                &format!("{prefix}.pong_timeout"),
+                t.pong_timeout,
+                defaults.pong_timeout,
+            ),
+            idle_timeout: self.optional_duration(
+                &format!("{prefix}.idle"),
+                t.idle,
+                defaults.idle_timeout,
+            ),
+            max_lifetime: self.optional_duration(
+                &format!("{prefix}.max_lifetime"),
+                t.max_lifetime,
+                defaults.max_lifetime,
+            ),
+        }
+    }
+
     fn size(&mut self, key: &str, value: Option<&SpStr>, default: usize) -> usize {
         let Some(value) = value else { return default };
         match parse_size(value.get_ref()) {
@@ -173,6 +257,17 @@ impl Validator<'_> {
         );
 
         let limits_file = file.limits.unwrap_or_default();
+        let session = self.session(
+            "timeouts",
+            SessionKeys {
+                ping_interval: timeouts.ping_interval.as_ref(),
+                pong_timeout: timeouts.pong_timeout.as_ref(),
+                idle: timeouts.idle.as_ref(),
+                max_lifetime: timeouts.max_lifetime.as_ref(),
+            },
+            ("limits.max_message", limits_file.max_message.as_ref()),
+            &SessionConfig::default(),
+        );
         let mut limits = Limits {
             max_header_bytes: self.size(
                 "limits.max_header_bytes",
@@ -271,7 +366,7 @@ impl Validator<'_> {
         }
         for (i, r) in file.route.iter().enumerate() {
             let key = format!("route[{i}]");
-            if let Some(route) = self.route(&key, r, backend_connect, backend_handshake) {
+            if let Some(route) = self.route(&key, r, backend_connect, backend_handshake, &session) {
                 if !names.insert(route.name.clone()) {
                     let span = r.get_ref().name.as_ref().map(|n| n.span());
                     self.err(
@@ -310,6 +405,7 @@ impl Validator<'_> {
         r: &Spanned<FileRoute>,
         connect_default: Duration,
         handshake_default: Duration,
+        session_default: &SessionConfig,
     ) -> Option<RouteConfig> {
         let span = r.span();
         let r = r.get_ref();
@@ -417,6 +513,19 @@ impl Validator<'_> {
             handshake_default,
         );
 
+        let session = self.session(
+            &format!("{key}.timeouts"),
+            t.map(|t| SessionKeys {
+                ping_interval: t.ping_interval.as_ref(),
+                pong_timeout: t.pong_timeout.as_ref(),
+                idle: t.idle.as_ref(),
+                max_lifetime: t.max_lifetime.as_ref(),
+            })
+            .unwrap_or_default(),
+            (&format!("{key}.max_message"), r.max_message.as_ref()),
+            session_default,
+        );
+
         (self.errors.len() == errors_before).then_some(RouteConfig {
             name,
             host,
@@ -426,6 +535,7 @@ impl Validator<'_> {
             preserve_host: r.preserve_host.unwrap_or(false),
             backend_connect_timeout,
             backend_handshake_timeout,
+            session,
         })
     }
 }

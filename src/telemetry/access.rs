@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 use crate::error::{Fault, ProxyError};
-use crate::relay::RelayOutcome;
+use crate::relay::{CloseInfo, RelayOutcome};
 
 /// A session has ended.
 pub fn session_closed(
@@ -18,18 +18,12 @@ pub fn session_closed(
     client: SocketAddr,
     backend: &str,
     duration: Duration,
-    outcome: &RelayOutcome,
+    out: &RelayOutcome,
 ) {
-    let result = match (&outcome.error, outcome.closed_by) {
-        (Some(_), _) => "error",
-        (None, crate::error::CloseSide::Proxy) => "ended_by_proxy",
-        (None, _) => "closed",
-    };
-    let error = outcome
-        .error
-        .as_ref()
-        .map(|(dir, e)| format!("{dir}: {e}"))
-        .unwrap_or_default();
+    let code = |c: &Option<CloseInfo>| c.as_ref().and_then(|c| c.code).map_or(0, u64::from);
+    let reason = |c: &Option<CloseInfo>| c.as_ref().map_or(String::new(), |c| c.reason.clone());
+    let up = out.client_to_backend;
+    let down = out.backend_to_client;
     tracing::info!(
         target: "wsgate::access",
         event = "session",
@@ -38,11 +32,20 @@ pub fn session_closed(
         client = %client,
         backend,
         duration_ms = duration.as_millis() as u64,
-        bytes_client_to_backend = outcome.client_to_backend,
-        bytes_backend_to_client = outcome.backend_to_client,
-        closed_by = outcome.closed_by.as_str(),
-        outcome = result,
-        error = %error,
+        bytes_client_to_backend = up.bytes,
+        bytes_backend_to_client = down.bytes,
+        messages_client_to_backend = up.messages,
+        messages_backend_to_client = down.messages,
+        frames_client_to_backend = up.frames,
+        frames_backend_to_client = down.frames,
+        closed_by = out.closed_by.as_str(),
+        client_close_code = code(&out.client_close),
+        client_close_reason = %reason(&out.client_close),
+        backend_close_code = code(&out.backend_close),
+        backend_close_reason = %reason(&out.backend_close),
+        outcome = out.outcome(),
+        cut = out.cut,
+        error = out.error.as_deref().unwrap_or(""),
         "session closed"
     );
 }
@@ -59,7 +62,6 @@ pub fn refused(
 ) {
     let fault = err.fault();
     let reason = err.to_string();
-    let level_is_warn = fault != Fault::Client;
     macro_rules! record {
         ($lvl:ident) => {
             tracing::$lvl!(
@@ -78,9 +80,9 @@ pub fn refused(
             )
         };
     }
-    if level_is_warn {
-        record!(warn);
-    } else {
+    if fault == Fault::Client {
         record!(info);
+    } else {
+        record!(warn);
     }
 }

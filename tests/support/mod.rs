@@ -123,6 +123,8 @@ pub struct EchoBackend {
     pub name: &'static str,
     pub requests: Arc<Mutex<Vec<SeenRequest>>>,
     pub closes: Arc<Mutex<Vec<SeenClose>>>,
+    /// Pongs the backend received (the proxy consumes the answers to its own pings).
+    pub pongs: Arc<std::sync::atomic::AtomicUsize>,
     pub changed: Arc<Notify>,
 }
 
@@ -143,6 +145,7 @@ impl EchoBackend {
             name,
             requests: Arc::default(),
             closes: Arc::default(),
+            pongs: Arc::default(),
             changed: Arc::default(),
         };
         let b = backend.clone();
@@ -215,6 +218,10 @@ impl EchoBackend {
                     // RFC 6455 section 7.1.1 asks of a server.
                     let _ = ws.flush().await;
                     break;
+                }
+                Ok(Message::Pong(_)) => {
+                    self.pongs
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 Ok(_) => {}
                 Err(_) => break,
