@@ -335,6 +335,9 @@ struct State {
     last_data: Instant,
     lifetime_end: Option<Instant>,
     error: Option<String>,
+    /// Bumped by every state change the relay loop must react to (a frame queued or
+    /// written, a side shut, the proxy taking over), so the loop runs until nothing moves.
+    progress: u64,
 }
 
 impl State {
@@ -371,6 +374,7 @@ where
         close_deadline: None,
         last_data: now,
         error: None,
+        progress: 0,
     };
     let drain = control.close.cancelled();
     let kill = control.kill.cancelled();
@@ -393,10 +397,10 @@ where
         }
         // Alternate until nothing moves: a write that frees room lets a read proceed.
         loop {
-            let before = (c.bytes, b.bytes, c.out_empty(), b.out_empty());
+            let before = (st.progress, c.bytes, b.bytes, c.out_empty(), b.out_empty());
             step(cx, &mut st, &mut c, &mut b);
             step(cx, &mut st, &mut b, &mut c);
-            if before == (c.bytes, b.bytes, c.out_empty(), b.out_empty()) {
+            if before == (st.progress, c.bytes, b.bytes, c.out_empty(), b.out_empty()) {
                 break;
             }
         }
@@ -451,6 +455,7 @@ fn take_over<C, B>(
         return;
     }
     st.taken_over = true;
+    st.progress += 1;
     st.reason = Some(reason);
     if st.error.is_none() {
         st.error = error;
@@ -504,6 +509,7 @@ where
     // 2. The proxy's own frame for `to`, once the stream into it is between frames.
     if to.inject.is_some() && (from.scanner.at_boundary() || st.taken_over && from.read_eof) {
         let frame = to.inject.take().unwrap_or_default();
+        st.progress += 1;
         if let Err(e) = to.send(cx, &frame) {
             return lost(st, from, to, e);
         }
@@ -553,7 +559,10 @@ where
     let source_done = from.read_eof && (from.close_from.is_some() || st.taken_over);
     if !to.write_shut && to.inject.is_none() && to.out_empty() && (handshake_done || source_done) {
         match Pin::new(&mut to.io).poll_shutdown(cx) {
-            Poll::Ready(_) => to.write_shut = true,
+            Poll::Ready(_) => {
+                to.write_shut = true;
+                st.progress += 1;
+            }
             Poll::Pending => {}
         }
     }
@@ -683,6 +692,7 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    let start = st.progress;
     loop {
         let now = Instant::now();
         if let Some(deadline) = st.close_deadline
@@ -743,6 +753,7 @@ where
                                 &token,
                                 frame::mask_toward(role),
                             ));
+                            st.progress += 1;
                             *ping = Some(Ping {
                                 token,
                                 deadline: now + st.cfg.pong_timeout,
@@ -756,11 +767,11 @@ where
                     take_over(st, c, b, Reason::PingTimeout(who), None);
                     continue;
                 }
-                if c.inject.is_some() || b.inject.is_some() {
-                    // A ping was queued: let the sides write it at their next boundary.
-                    cx.waker().wake_by_ref();
-                }
             }
+        }
+        if st.progress != start {
+            // A close frame or a ping was queued: run the sides again to write it.
+            cx.waker().wake_by_ref();
         }
         let Some(next) = next else {
             return Poll::Pending;

@@ -1,0 +1,358 @@
+//! The frame-aware relay with real peers: message limits, framing violations, pings and dead
+//! peers, idle and lifetime timers, peers vanishing mid-session, and drain at scale.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use wsgate::frame::{FrameHeader, encode_frame, opcode};
+
+/// The next close frame's (code, reason) on a tungstenite client, skipping data and pings.
+async fn close_of(ws: &mut Ws) -> (u16, String) {
+    loop {
+        match next_data(ws).await {
+            Message::Close(Some(f)) => return (u16::from(f.code), f.reason.to_string()),
+            Message::Close(None) => return (0, String::new()),
+            _ => continue,
+        }
+    }
+}
+
+/// Reads raw frames off a socket until a close frame; returns its code and reason.
+async fn raw_close(stream: &mut TcpStream, mut buf: Vec<u8>) -> (u16, String) {
+    loop {
+        while let Ok(Some((h, n))) = FrameHeader::parse(&buf) {
+            let total = n + h.payload_len as usize;
+            if buf.len() < total {
+                break;
+            }
+            let mut payload = buf[n..total].to_vec();
+            if let Some(m) = h.mask {
+                wsgate::frame::apply_mask(&mut payload, m, 0);
+            }
+            buf.drain(..total);
+            if h.opcode == opcode::CLOSE {
+                let (code, reason) = wsgate::frame::parse_close(&payload);
+                return (code.unwrap_or(0), reason);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(STEP, stream.read(&mut chunk))
+            .await
+            .expect("no close frame")
+            .unwrap();
+        assert!(n > 0, "connection closed without a close frame");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Waits until the backend has recorded `n` close frames.
+async fn backend_closes(backend: &EchoBackend, n: usize) -> Vec<SeenClose> {
+    tokio::time::timeout(STEP, async {
+        loop {
+            let notified = backend.changed.notified();
+            {
+                let closes = backend.closes.lock().unwrap();
+                if closes.len() >= n {
+                    return closes.clone();
+                }
+            }
+            notified.await;
+        }
+    })
+    .await
+    .expect("backend did not see the close frames")
+}
+
+async fn gateway_with(backend: &EchoBackend, route_extra: &str) -> Gateway {
+    Gateway::spawn(&format!(
+        "{}{route_extra}",
+        route("r", "/", &[backend.url()])
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn oversized_client_message_gets_1009_and_the_backend_1001() {
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway_with(&backend, "max_message = \"1KiB\"\n").await;
+    let (mut ws, _) = connect(&gw.url("/")).await;
+    ws.send(Message::binary(vec![1u8; 1024])).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::binary(vec![1u8; 1024]));
+    ws.send(Message::binary(vec![2u8; 1025])).await.unwrap();
+    assert_eq!(close_of(&mut ws).await, (1009, "message too big".into()));
+    assert_eq!(
+        backend_closes(&backend, 1).await,
+        vec![Some((1001, "message too big".into()))]
+    );
+}
+
+#[tokio::test]
+async fn oversized_backend_message_gets_1009_and_the_client_1001() {
+    let backend = EchoBackend::spawn().await;
+    // The client's 600-byte message is fine; its echo, fragmented by nobody, is too; the
+    // backend's 2 KiB answer is not. Use a fragmented client message so only the echo is big.
+    let gw = gateway_with(&backend, "max_message = \"1500B\"\n").await;
+    let (mut ws, _) = connect(&gw.url("/")).await;
+    // Two messages of 1000 bytes each pass both ways.
+    ws.send(Message::binary(vec![3u8; 1000])).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::binary(vec![3u8; 1000]));
+    drop(ws);
+    // A scripted backend that sends a 2000-byte message right after its 101.
+    let big = encode_frame(opcode::BINARY, true, &[0u8; 2000], None);
+    let mut response = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n".to_vec();
+    response.extend_from_slice(&big);
+    let (addr, _) = scripted_backend(response).await;
+    let gw = Gateway::spawn(&format!(
+        "{}max_message = \"1500B\"\n",
+        route("r", "/", &[format!("ws://{addr}")])
+    ))
+    .await;
+    let (mut ws, _) = connect(&gw.url("/")).await;
+    assert_eq!(close_of(&mut ws).await, (1001, "message too big".into()));
+}
+
+#[tokio::test]
+async fn unmasked_client_frame_gets_1002_and_the_backend_1001() {
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway_with(&backend, "").await;
+    let mut bytes = upgrade_request("/", "").into_bytes();
+    bytes.extend(client_frame(opcode::TEXT, b"fine"));
+    bytes.extend(encode_frame(opcode::TEXT, true, b"unmasked", None));
+    let (mut stream, resp) = raw_exchange(gw.addr, &bytes).await;
+    assert_eq!(resp.status, 101);
+    assert_eq!(
+        raw_close(&mut stream, resp.rest).await,
+        (1002, "protocol error".into())
+    );
+    assert_eq!(
+        backend_closes(&backend, 1).await,
+        vec![Some((1001, "protocol error".into()))]
+    );
+}
+
+#[tokio::test]
+async fn reserved_opcode_from_the_backend_gets_the_client_1014() {
+    let mut response = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n".to_vec();
+    response.extend_from_slice(&encode_frame(opcode::TEXT, true, b"ok", None));
+    response.extend_from_slice(&[0x83, 0x00]); // reserved opcode 3
+    let (addr, seen) = scripted_backend(response).await;
+    let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{addr}")])).await;
+    // A raw client: tungstenite 0.30 does not know 1014 (registered after RFC 6455) and would
+    // report it as its own 1002.
+    let (mut stream, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 101);
+    let ok = encode_frame(opcode::TEXT, true, b"ok", None);
+    let mut rest = resp.rest;
+    while rest.len() < ok.len() {
+        let mut chunk = [0u8; 64];
+        let n = stream.read(&mut chunk).await.unwrap();
+        rest.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(
+        &rest[..ok.len()],
+        &ok[..],
+        "the frames before the violation pass"
+    );
+    rest.drain(..ok.len());
+    assert_eq!(
+        raw_close(&mut stream, rest).await,
+        (1014, "backend protocol error".into())
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn pings_keep_both_legs_checked_and_pongs_are_consumed() {
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway_with(
+        &backend,
+        "[route.timeouts]\nping_interval = \"50ms\"\npong_timeout = \"5s\"\n",
+    )
+    .await;
+    let (mut ws, _) = connect(&gw.url("/")).await;
+    // The client sees the proxy's pings (tungstenite answers them) and nothing else.
+    let mut pings = 0;
+    while pings < 3 {
+        match tokio::time::timeout(STEP, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            Message::Ping(p) => {
+                assert!(p.starts_with(b"wsgate"), "{p:?}");
+                pings += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Still a working session, and no proxy pong ever reached the backend.
+    ws.send(Message::text("after pings")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("after pings"));
+    assert_eq!(backend.pongs.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn a_silent_backend_is_found_dead_by_pings() {
+    // Answers the upgrade, then never reads or writes again (a hung process).
+    let (addr, _) = scripted_backend(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n".to_vec(),
+    )
+    .await;
+    let gw = Gateway::spawn(&format!(
+        "{}[route.timeouts]\nping_interval = \"100ms\"\npong_timeout = \"200ms\"\n",
+        route("r", "/", &[format!("ws://{addr}")])
+    ))
+    .await;
+    let (mut ws, _) = connect(&gw.url("/")).await;
+    assert_eq!(
+        close_of(&mut ws).await,
+        (1001, "backend not responding".into())
+    );
+}
+
+#[tokio::test]
+async fn idle_timeout_closes_both_sides() {
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway_with(&backend, "[route.timeouts]\nidle = \"300ms\"\n").await;
+    let (mut ws, _) = connect(&gw.url("/")).await;
+    ws.send(Message::text("one")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("one"));
+    assert_eq!(close_of(&mut ws).await, (1001, "idle timeout".into()));
+    assert_eq!(
+        backend_closes(&backend, 1).await,
+        vec![Some((1001, "idle timeout".into()))]
+    );
+}
+
+#[tokio::test]
+async fn max_lifetime_closes_both_sides() {
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway_with(&backend, "[route.timeouts]\nmax_lifetime = \"300ms\"\n").await;
+    let (mut ws, _) = connect(&gw.url("/")).await;
+    assert_eq!(
+        close_of(&mut ws).await,
+        (1001, "session lifetime reached".into())
+    );
+    assert_eq!(
+        backend_closes(&backend, 1).await,
+        vec![Some((1001, "session lifetime reached".into()))]
+    );
+}
+
+/// A backend that upgrades, waits for one frame from the client, then vanishes: with a FIN
+/// (`reset = false`) or a reset.
+async fn vanishing_backend(reset: bool) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let head = String::from_utf8_lossy(&buf).to_string();
+        let key = head
+            .lines()
+            .find_map(|l| l.strip_prefix("sec-websocket-key: "))
+            .unwrap()
+            .trim()
+            .to_string();
+        let accept = wsgate::handshake::accept_key(key.as_bytes());
+        s.write_all(format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n").as_bytes()).await.unwrap();
+        let _ = s.read(&mut chunk).await.unwrap();
+        if reset {
+            // SO_LINGER 0: the close sends a reset instead of a FIN.
+            socket2::SockRef::from(&s)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+        }
+        drop(s);
+    });
+    addr
+}
+
+#[tokio::test]
+async fn backend_gone_mid_session_gets_the_client_1011() {
+    for reset in [false, true] {
+        let addr = vanishing_backend(reset).await;
+        let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{addr}")])).await;
+        let (mut ws, _) = connect(&gw.url("/")).await;
+        ws.send(Message::text("anyone?")).await.unwrap();
+        assert_eq!(
+            close_of(&mut ws).await,
+            (1011, "backend connection lost".into()),
+            "reset={reset}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn client_gone_mid_session_gets_the_backend_1001() {
+    for reset in [false, true] {
+        let backend = EchoBackend::spawn().await;
+        let gw = gateway_with(&backend, "").await;
+        let mut bytes = upgrade_request("/", "").into_bytes();
+        bytes.extend(client_frame(opcode::TEXT, b"bye"));
+        let (stream, resp) = raw_exchange(gw.addr, &bytes).await;
+        assert_eq!(resp.status, 101);
+        if reset {
+            socket2::SockRef::from(&stream)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+        }
+        drop(stream);
+        assert_eq!(
+            backend_closes(&backend, 1).await,
+            vec![Some((1001, "client went away".into()))],
+            "reset={reset}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn shutdown_with_100_sessions_sends_1001_to_every_client_and_backend() {
+    let backend = EchoBackend::spawn().await;
+    let mut gw = Gateway::spawn(&format!(
+        "[shutdown]\ngrace = \"20s\"\n{}",
+        route("r", "/", &[backend.url()])
+    ))
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        clients.push(connect(&gw.url("/")).await.0);
+    }
+    let waiting: Vec<_> = clients
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                let close = close_of(&mut ws).await;
+                // Keep reading so tungstenite flushes its close reply, until the proxy's FIN.
+                while let Some(Ok(_)) = ws.next().await {}
+                close
+            })
+        })
+        .collect();
+    let report = gw.shutdown().await;
+    assert_eq!(
+        report.sessions_ended, 0,
+        "every closing handshake finished within the grace period"
+    );
+    for w in waiting {
+        assert_eq!(w.await.unwrap().0, 1001);
+    }
+    let closes = backend_closes(&backend, 100).await;
+    assert_eq!(closes.len(), 100);
+    assert!(
+        closes.iter().all(|c| c.as_ref().map(|c| c.0) == Some(1001)),
+        "{closes:?}"
+    );
+}
