@@ -6,7 +6,9 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,6 +19,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use hyper_util::server::conn::auto::upgrade as auto_upgrade;
+use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::backend::{self, BackendRequest, BackendUpgrade};
@@ -148,41 +152,47 @@ async fn handle_request(
     tracing::debug!(route = %rc.name, backend = %backend_url.url, "session open");
     let relay_config = relay_config(&rc.session, &upgrade.extensions);
     let BackendUpgrade { io: backend_io, .. } = upgrade;
-    state.sessions.spawn(
-        async move {
-            let client_io = match tokio::time::timeout(CLIENT_UPGRADE_TIMEOUT, client_upgrade).await
-            {
-                Ok(Ok(io)) => io,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "client upgrade failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!("client upgrade timed out");
-                    return;
-                }
-            };
-            let info = &session.info;
-            let outcome = relay::relay(
-                TokioIo::new(client_io),
-                TokioIo::new(backend_io),
-                relay_config,
-                info.counters.clone(),
-                info.control.clone(),
-            )
-            .await;
-            access::session_closed(
-                info.id,
-                &info.route,
-                info.client,
-                &info.backend,
-                info.started.elapsed(),
-                &outcome,
-            );
-            drop(lease);
-        }
-        .in_current_span(),
-    );
+    // The session task runs outside the request span: a span lives as long as its task, and
+    // an idle session should cost nothing but its sockets. The access record carries the id.
+    state.sessions.spawn(async move {
+        let client_up = match tokio::time::timeout(CLIENT_UPGRADE_TIMEOUT, client_upgrade).await {
+            Ok(Ok(up)) => up,
+            Ok(Err(e)) => {
+                tracing::debug!(session = id, error = %e, "client upgrade failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(session = id, "client upgrade timed out");
+                return;
+            }
+        };
+        let info = &session.info;
+        let client = match auto_upgrade::downcast::<TokioIo<TcpStream>>(client_up) {
+            Ok(parts) => (UpgradedIo::Tcp(parts.io.into_inner()), parts.read_buf),
+            Err(up) => (UpgradedIo::Hyper(TokioIo::new(up)), Bytes::new()),
+        };
+        let backend = match backend_io.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => (UpgradedIo::Tcp(parts.io.into_inner()), parts.read_buf),
+            Err(up) => (UpgradedIo::Hyper(TokioIo::new(up)), Bytes::new()),
+        };
+        let outcome = relay::relay(
+            client,
+            backend,
+            relay_config,
+            info.counters.clone(),
+            info.control.clone(),
+        )
+        .await;
+        access::session_closed(
+            info.id,
+            &info.route,
+            info.client,
+            &info.backend,
+            info.started.elapsed(),
+            &outcome,
+        );
+        drop(lease);
+    });
     response
 }
 
@@ -311,4 +321,52 @@ fn static_page(config: &Config, parts: &Parts) -> Option<Response<Body>> {
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Some(resp)
+}
+
+/// An upgraded connection as the relay uses it: the socket itself when hyper lets go of it
+/// (always, for plain TCP), so that reads and writes skip hyper's boxed wrapper; hyper's
+/// `Upgraded` otherwise.
+enum UpgradedIo {
+    Tcp(TcpStream),
+    Hyper(TokioIo<hyper::upgrade::Upgraded>),
+}
+
+impl tokio::io::AsyncRead for UpgradedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpgradedIo::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            UpgradedIo::Hyper(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for UpgradedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpgradedIo::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            UpgradedIo::Hyper(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpgradedIo::Tcp(s) => Pin::new(s).poll_flush(cx),
+            UpgradedIo::Hyper(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpgradedIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            UpgradedIo::Hyper(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }

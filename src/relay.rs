@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
@@ -232,6 +233,8 @@ struct Ping {
 /// One peer: its socket, the frames it sends, and what is waiting to be written to it.
 struct Side<IO> {
     io: IO,
+    /// Bytes read past the handshake by hyper, processed before the socket is read.
+    pre: Option<Bytes>,
     who: CloseSide,
     /// Scans the frames this side sends.
     scanner: Scanner,
@@ -254,9 +257,18 @@ struct Side<IO> {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Side<IO> {
-    fn new(io: IO, who: CloseSide, role: Sender, cfg: &RelayConfig, now: Instant) -> Self {
+    fn new(
+        io: IO,
+        pre: Bytes,
+        who: CloseSide,
+        role: Sender,
+        cfg: &RelayConfig,
+        now: Instant,
+    ) -> Self {
         Side {
             io,
+            // An empty buffer may still pin hyper's whole read buffer: drop it now.
+            pre: (!pre.is_empty()).then_some(pre),
             who,
             scanner: Scanner::new(role, cfg.allowed_rsv, cfg.max_message),
             out: Vec::new(),
@@ -351,8 +363,8 @@ impl State {
 /// Relays frames until both sides have closed, the proxy has ended the session, or `control`
 /// says so. Returns what happened, for the access log.
 pub async fn relay<C, B>(
-    client: C,
-    backend: B,
+    (client, client_pre): (C, Bytes),
+    (backend, backend_pre): (B, Bytes),
     cfg: RelayConfig,
     counters: Arc<Counters>,
     control: Control,
@@ -362,8 +374,22 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let now = Instant::now();
-    let mut c = Side::new(client, CloseSide::Client, Sender::Client, &cfg, now);
-    let mut b = Side::new(backend, CloseSide::Backend, Sender::Server, &cfg, now);
+    let mut c = Side::new(
+        client,
+        client_pre,
+        CloseSide::Client,
+        Sender::Client,
+        &cfg,
+        now,
+    );
+    let mut b = Side::new(
+        backend,
+        backend_pre,
+        CloseSide::Backend,
+        Sender::Server,
+        &cfg,
+        now,
+    );
     let mut st = State {
         lifetime_end: cfg.max_lifetime.map(|d| now + d),
         cfg,
@@ -514,7 +540,10 @@ where
             return lost(st, from, to, e);
         }
     }
-    // 3. Read from `from` while `to` keeps up.
+    // 3. Bytes read past the handshake first, then the socket, while `to` keeps up.
+    if let Some(pre) = from.pre.take() {
+        ingest(cx, st, from, to, &pre);
+    }
     while !from.read_eof && to.out_empty() {
         let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         let mut buf = ReadBuf::uninit(&mut chunk);
@@ -541,17 +570,7 @@ where
             }
             break;
         }
-        let now = Instant::now();
-        from.last_rx = now;
-        from.bytes += data.len() as u64;
-        let counter = match from.who {
-            CloseSide::Client => &st.counters.client_to_backend,
-            _ => &st.counters.backend_to_client,
-        };
-        counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-        if let Err(reason) = forward(cx, st, from, to, data) {
-            take_over_dyn(st, from, to, reason, None);
-        }
+        ingest(cx, st, from, to, data);
     }
     // 4. Shut `to`'s write side once its part of the closing handshake is done: it has had a
     //    close frame and has answered (or left), or the other side has left after its close.
@@ -565,6 +584,29 @@ where
             }
             Poll::Pending => {}
         }
+    }
+}
+
+/// Accounts for and forwards one chunk read from `from`.
+fn ingest<A, Z>(
+    cx: &mut Context<'_>,
+    st: &mut State,
+    from: &mut Side<A>,
+    to: &mut Side<Z>,
+    data: &[u8],
+) where
+    A: AsyncRead + AsyncWrite + Unpin,
+    Z: AsyncRead + AsyncWrite + Unpin,
+{
+    from.last_rx = Instant::now();
+    from.bytes += data.len() as u64;
+    let counter = match from.who {
+        CloseSide::Client => &st.counters.client_to_backend,
+        _ => &st.counters.backend_to_client,
+    };
+    counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+    if let Err(reason) = forward(cx, st, from, to, data) {
+        take_over_dyn(st, from, to, reason, None);
     }
 }
 
@@ -804,8 +846,8 @@ mod tests {
         let (mut client, client_side) = duplex(64);
         let (backend_side, mut backend) = duplex(64);
         let task = tokio::spawn(relay(
-            client_side,
-            backend_side,
+            (client_side, Bytes::new()),
+            (backend_side, Bytes::new()),
             RelayConfig::default(),
             Arc::default(),
             Control::default(),
@@ -852,8 +894,8 @@ mod tests {
         let (backend_side, mut backend) = duplex(1024);
         let control = Control::default();
         let task = tokio::spawn(relay(
-            client_side,
-            backend_side,
+            (client_side, Bytes::new()),
+            (backend_side, Bytes::new()),
             RelayConfig::default(),
             Arc::default(),
             control.clone(),

@@ -31,12 +31,14 @@ pub struct SessionInfo {
 
 #[derive(Debug)]
 pub struct Sessions {
-    live: Mutex<HashMap<u64, SessionInfo>>,
+    live: Mutex<HashMap<u64, Arc<SessionInfo>>>,
     next_id: AtomicU64,
     draining: AtomicBool,
-    /// Parent of every session's close token: cancelling it sends close frames everywhere.
+    /// Every session's close token: cancelling it sends close frames everywhere.
     close_all: CancellationToken,
-    /// Parent of every session's kill token: cancelling it cuts every session.
+    /// The close code that goes with `close_all` (0: 1001 going away).
+    close_code: Arc<std::sync::atomic::AtomicU16>,
+    /// Every session's kill token: cancelling it cuts every session.
     kill_all: CancellationToken,
     /// Every session task, so shutdown can wait for them.
     tasks: TaskTracker,
@@ -51,6 +53,7 @@ impl Default for Sessions {
             next_id: AtomicU64::new(1),
             draining: AtomicBool::new(false),
             close_all: CancellationToken::new(),
+            close_code: Arc::default(),
             kill_all: CancellationToken::new(),
             tasks: TaskTracker::new(),
             count: tokio::sync::watch::Sender::new(0),
@@ -62,7 +65,7 @@ impl Default for Sessions {
 #[derive(Debug)]
 pub struct SessionGuard {
     sessions: Arc<Sessions>,
-    pub info: SessionInfo,
+    pub info: Arc<SessionInfo>,
 }
 
 impl Drop for SessionGuard {
@@ -87,7 +90,7 @@ impl Sessions {
         client: SocketAddr,
         backend: String,
     ) -> SessionGuard {
-        let info = SessionInfo {
+        let info = Arc::new(SessionInfo {
             id,
             route,
             client,
@@ -95,12 +98,13 @@ impl Sessions {
             started: Instant::now(),
             started_at: SystemTime::now(),
             counters: Arc::default(),
+            // Clones of the registry-wide tokens: no allocation per session.
             control: Control {
-                close: self.close_all.child_token(),
-                close_code: Arc::default(),
-                kill: self.kill_all.child_token(),
+                close: self.close_all.clone(),
+                close_code: self.close_code.clone(),
+                kill: self.kill_all.clone(),
             },
-        };
+        });
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         live.insert(id, info.clone());
         self.count.send_replace(live.len());
@@ -135,7 +139,7 @@ impl Sessions {
     }
 
     /// A snapshot of the live sessions.
-    pub fn list(&self) -> Vec<SessionInfo> {
+    pub fn list(&self) -> Vec<Arc<SessionInfo>> {
         let mut v: Vec<_> = self
             .live
             .lock()
