@@ -566,3 +566,50 @@ pub fn mask_toward(to: Sender) -> Option<[u8; 4]> {
         Sender::Client => None,
     }
 }
+
+/// The fuzz property, shared by the cargo-fuzz target and the regression test: the first byte
+/// picks the sender, limit and read sizes; the rest is scanned in pieces. The scanner must not
+/// panic, must pass on exactly a prefix of its input, and, without a violation, everything but
+/// an incomplete trailing frame head or control frame.
+#[doc(hidden)]
+pub fn fuzz_scanner(data: &[u8]) {
+    let Some((&knobs, input)) = data.split_first() else {
+        return;
+    };
+    let from = if knobs & 1 == 0 {
+        Sender::Client
+    } else {
+        Sender::Server
+    };
+    let allowed_rsv = (knobs >> 1) & 0b111;
+    let max_message = (knobs & 0x10 != 0).then_some(u64::from(knobs) * 64);
+    let step = usize::from(knobs >> 5) * 3 + 1;
+    let mut scanner = Scanner::new(from, allowed_rsv, max_message);
+    let mut out = Vec::with_capacity(input.len());
+    let mut stopped = false;
+    for chunk in input.chunks(step) {
+        let r = scanner.feed(chunk, &mut |ev| match ev {
+            Event::Forward(b) => out.extend_from_slice(b),
+            Event::Control { frame, payload, .. } => {
+                assert!(payload.len() <= MAX_CONTROL_PAYLOAD as usize);
+                out.extend_from_slice(frame);
+            }
+            Event::MessageEnd => {}
+        });
+        if r.is_err() {
+            stopped = true;
+            break;
+        }
+    }
+    assert!(
+        input.starts_with(&out),
+        "forwarded bytes are not a prefix of the input"
+    );
+    if !stopped {
+        let held = input.len() - out.len();
+        assert!(
+            held <= MAX_HEADER_LEN + MAX_CONTROL_PAYLOAD as usize,
+            "{held} bytes neither forwarded nor held"
+        );
+    }
+}
