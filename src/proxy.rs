@@ -21,7 +21,6 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto::upgrade as auto_upgrade;
 use tokio::net::TcpStream;
-use tracing::Instrument;
 
 use crate::backend::{self, BackendRequest, BackendUpgrade};
 use crate::config::{Config, SessionConfig};
@@ -71,8 +70,9 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let id = state.sessions.next_id();
-    let span = tracing::info_span!("request", session = id, client = %conn.client);
-    Ok(handle_request(state, conn, req, id).instrument(span).await)
+    // No span per request: entering and formatting one costs more than the rest of the
+    // handshake's logging, and every record carries the session id and client anyway.
+    Ok(handle_request(state, conn, req, id).await)
 }
 
 async fn handle_request(
@@ -127,7 +127,7 @@ async fn handle_request(
         client_addr: conn.client,
         scheme: conn.scheme,
     });
-    tracing::debug!(route = %rc.name, backend = %backend_url.url, uri = %backend_req.uri(), "backend handshake");
+    tracing::debug!(session = id, route = %rc.name, backend = %backend_url.url, uri = %backend_req.uri(), "backend handshake");
     let upgrade = match backend::handshake(
         stream,
         backend_req,
@@ -149,7 +149,7 @@ async fn handle_request(
         conn.client,
         backend_url.url.clone(),
     );
-    tracing::debug!(route = %rc.name, backend = %backend_url.url, "session open");
+    tracing::debug!(session = id, client = %conn.client, route = %rc.name, backend = %backend_url.url, "session open");
     let relay_config = relay_config(&rc.session, &upgrade.extensions);
     let BackendUpgrade { io: backend_io, .. } = upgrade;
     // The session task runs outside the request span: a span lives as long as its task, and
