@@ -21,7 +21,7 @@ pub fn session_closed(
     out: &RelayOutcome,
 ) {
     let code = |c: &Option<CloseInfo>| c.as_ref().and_then(|c| c.code).map_or(0, u64::from);
-    let reason = |c: &Option<CloseInfo>| c.as_ref().map_or(String::new(), |c| c.reason.clone());
+    let reason = |c: &Option<CloseInfo>| c.as_ref().map_or("", |c| c.reason.as_str());
     let up = out.client_to_backend;
     let down = out.backend_to_client;
     tracing::info!(
@@ -40,9 +40,9 @@ pub fn session_closed(
         frames_backend_to_client = down.frames,
         closed_by = out.closed_by.as_str(),
         client_close_code = code(&out.client_close),
-        client_close_reason = %reason(&out.client_close),
+        client_close_reason = reason(&out.client_close),
         backend_close_code = code(&out.backend_close),
-        backend_close_reason = %reason(&out.backend_close),
+        backend_close_reason = reason(&out.backend_close),
         outcome = out.outcome(),
         cut = out.cut,
         error = out.error.as_deref().unwrap_or(""),
@@ -75,7 +75,7 @@ pub fn refused(
                 status = status.as_u16(),
                 outcome = err.outcome(),
                 fault = fault.as_str(),
-                reason = %reason,
+                reason = reason.as_str(),
                 "handshake refused"
             )
         };
