@@ -21,7 +21,9 @@ pub fn session_closed(
     out: &RelayOutcome,
 ) {
     let code = |c: &Option<CloseInfo>| c.as_ref().and_then(|c| c.code).map_or(0, u64::from);
-    let reason = |c: &Option<CloseInfo>| c.as_ref().map_or("", |c| c.reason.as_str());
+    fn reason(c: &Option<CloseInfo>) -> &str {
+        c.as_ref().map_or("", |c| c.reason.as_str())
+    }
     let up = out.client_to_backend;
     let down = out.backend_to_client;
     tracing::info!(
