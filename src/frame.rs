@@ -452,6 +452,25 @@ impl Scanner {
         Ok(())
     }
 
+    /// Passes on only the rest of the data frame in flight, so that a frame of the proxy's own
+    /// can follow it. Returns how many bytes of `chunk` that took; [`Scanner::at_boundary`]
+    /// says whether the frame is complete.
+    pub fn feed_to_boundary(&mut self, chunk: &[u8], sink: &mut impl FnMut(Event<'_>)) -> usize {
+        if self.remaining == 0 {
+            return 0;
+        }
+        let n = chunk
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        self.remaining -= n as u64;
+        if self.remaining == 0 {
+            self.end_data_frame(&chunk[..n], sink);
+        } else {
+            sink_forward(&chunk[..n], sink);
+        }
+        n
+    }
+
     /// Checks one complete header against the stream's state and updates the message state.
     fn check(&mut self, h: &FrameHeader) -> Result<(), Violation> {
         match (self.from, h.mask.is_some()) {

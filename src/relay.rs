@@ -250,6 +250,9 @@ struct Side<IO> {
     close_from: Option<CloseInfo>,
     /// A close frame (forwarded or the proxy's) has been queued for this side.
     close_to: bool,
+    /// The proxy took over while a data frame from this side was half forwarded: the rest of
+    /// that frame still passes, so the other side's stream stays well formed.
+    finish_frame: bool,
     last_rx: Instant,
     ping: Option<Ping>,
     pings_sent: u64,
@@ -279,6 +282,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Side<IO> {
             write_shut: false,
             close_from: None,
             close_to: false,
+            finish_frame: false,
             last_rx: now,
             ping: None,
             pings_sent: 0,
@@ -482,6 +486,8 @@ fn take_over<C, B>(
     }
     st.taken_over = true;
     st.progress += 1;
+    c.finish_frame = !c.scanner.at_boundary() && !c.read_eof;
+    b.finish_frame = !b.scanner.at_boundary() && !b.read_eof;
     st.reason = Some(reason);
     if st.error.is_none() {
         st.error = error;
@@ -533,7 +539,13 @@ where
         }
     }
     // 2. The proxy's own frame for `to`, once the stream into it is between frames.
-    if to.inject.is_some() && (from.scanner.at_boundary() || st.taken_over && from.read_eof) {
+    if to.inject.is_some() && from.read_eof && !from.scanner.at_boundary() {
+        // The side feeding `to` left mid-frame: a close frame now would land inside that
+        // frame. `to` gets its TCP close without one (it sees 1006, not garbage).
+        to.inject = None;
+        st.progress += 1;
+    }
+    if to.inject.is_some() && from.scanner.at_boundary() {
         let frame = to.inject.take().unwrap_or_default();
         st.progress += 1;
         if let Err(e) = to.send(cx, &frame) {
@@ -659,6 +671,26 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     Z: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut data = data;
+    if from.finish_frame {
+        let mut write_err = None;
+        let n = from.scanner.feed_to_boundary(data, &mut |ev| {
+            if let Event::Forward(bytes) = ev
+                && write_err.is_none()
+            {
+                write_err = to.send(cx, bytes).err();
+            }
+        });
+        data = &data[n..];
+        if let Some(e) = write_err {
+            lost(st, from, to, e);
+            return Ok(());
+        }
+        if from.scanner.at_boundary() {
+            from.finish_frame = false;
+            st.progress += 1;
+        }
+    }
     let passing = !st.taken_over;
     let mut write_err: Option<io::Error> = None;
     let mut saw_close = false;
@@ -928,6 +960,36 @@ mod tests {
         assert_eq!(out.outcome(), "drained");
         assert_eq!(out.closed_by, CloseSide::Proxy);
         assert!(!out.cut);
+    }
+
+    #[tokio::test]
+    async fn a_close_during_a_frame_waits_for_the_frame_to_end() {
+        let (mut client, client_side) = duplex(4096);
+        let (backend_side, mut backend) = duplex(4096);
+        let control = Control::default();
+        let task = tokio::spawn(relay(
+            (client_side, Bytes::new()),
+            (backend_side, Bytes::new()),
+            RelayConfig::default(),
+            Arc::default(),
+            control.clone(),
+        ));
+        let frame = plain(opcode::BINARY, &[9u8; 100]);
+        backend.write_all(&frame[..50]).await.unwrap();
+        let mut got = vec![0u8; 50];
+        client.read_exact(&mut got).await.unwrap();
+        control.close_with(close_code::GOING_AWAY);
+        // The rest of the frame in flight still passes, then comes the proxy's close frame.
+        backend.write_all(&frame[50..]).await.unwrap();
+        let mut rest = vec![0u8; frame.len() - 50];
+        client.read_exact(&mut rest).await.unwrap();
+        assert_eq!(rest, &frame[50..]);
+        let mut head = [0u8; 4];
+        client.read_exact(&mut head).await.unwrap();
+        assert_eq!((head[0], &head[2..]), (0x88, &1001u16.to_be_bytes()[..]));
+        drop(client);
+        drop(backend);
+        assert_eq!(task.await.unwrap().outcome(), "drained");
     }
 
     #[test]
