@@ -225,9 +225,11 @@ fn ping_token(seq: u64) -> [u8; 12] {
     t
 }
 
+/// The proxy's last ping to a side. Its pong is consumed whenever it comes; the deadline is
+/// dropped as soon as the side sends anything, which proves it alive just as well.
 struct Ping {
     token: [u8; 12],
-    deadline: Instant,
+    deadline: Option<Instant>,
 }
 
 /// One peer: its socket, the frames it sends, and what is waiting to be written to it.
@@ -611,6 +613,9 @@ fn ingest<A, Z>(
     Z: AsyncRead + AsyncWrite + Unpin,
 {
     from.last_rx = Instant::now();
+    if let Some(p) = &mut from.ping {
+        p.deadline = None;
+    }
     from.bytes += data.len() as u64;
     let counter = match from.who {
         CloseSide::Client => &st.counters.client_to_backend,
@@ -815,9 +820,10 @@ where
                         Sender::Server,
                     ),
                 ] {
-                    match ping {
-                        Some(p) if now >= p.deadline => dead = Some(who),
-                        Some(p) => earliest(p.deadline),
+                    let waiting = ping.as_ref().and_then(|p| p.deadline);
+                    match waiting {
+                        Some(deadline) if now >= deadline => dead = Some(who),
+                        Some(deadline) => earliest(deadline),
                         None if now >= last_rx + interval && inject.is_none() => {
                             *seq += 1;
                             let token = ping_token(*seq);
@@ -830,7 +836,7 @@ where
                             st.progress += 1;
                             *ping = Some(Ping {
                                 token,
-                                deadline: now + st.cfg.pong_timeout,
+                                deadline: Some(now + st.cfg.pong_timeout),
                             });
                             earliest(now + st.cfg.pong_timeout);
                         }
