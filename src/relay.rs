@@ -255,6 +255,13 @@ struct Side<IO> {
     /// The proxy took over while a data frame from this side was half forwarded: the rest of
     /// that frame still passes, so the other side's stream stays well formed.
     finish_frame: bool,
+    /// What this side sends is forwarded. Off once the proxy has taken over, except for the
+    /// side that did nothing wrong when the other broke the protocol: its frames (answers to
+    /// what came before the violation) still pass until its close reply.
+    passing: bool,
+    /// The proxy's close frame for this side, held back until the other side has answered
+    /// the proxy's close (see `passing`).
+    deferred_close: Option<Vec<u8>>,
     last_rx: Instant,
     ping: Option<Ping>,
     pings_sent: u64,
@@ -285,6 +292,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Side<IO> {
             close_from: None,
             close_to: false,
             finish_frame: false,
+            passing: true,
+            deferred_close: None,
             last_rx: now,
             ping: None,
             pings_sent: 0,
@@ -488,8 +497,6 @@ fn take_over<C, B>(
     }
     st.taken_over = true;
     st.progress += 1;
-    c.finish_frame = !c.scanner.at_boundary() && !c.read_eof;
-    b.finish_frame = !b.scanner.at_boundary() && !b.read_eof;
     st.reason = Some(reason);
     if st.error.is_none() {
         st.error = error;
@@ -500,13 +507,28 @@ fn take_over<C, B>(
         _ => CloseSide::Proxy,
     };
     st.first_close(who);
+    // When one side broke the protocol, the other side is closed first and its frames keep
+    // flowing to the offender until its close reply: what it answers to the frames before the
+    // violation arrives, as it would without a proxy. Then the offender gets its close.
+    let offender = match reason {
+        Reason::ProtocolError(side, _) | Reason::MessageTooBig(side) => Some(side),
+        _ => None,
+    };
     let (to_client, to_backend) = reason.codes();
     let text = reason.text();
-    for (close_to, write_shut, inject, role, code) in [
+    c.passing = offender == Some(CloseSide::Backend) && !c.read_eof;
+    b.passing = offender == Some(CloseSide::Client) && !b.read_eof;
+    c.finish_frame = !c.passing && !c.scanner.at_boundary() && !c.read_eof;
+    b.finish_frame = !b.passing && !b.scanner.at_boundary() && !b.read_eof;
+    let defer_client = offender == Some(CloseSide::Client) && b.passing;
+    let defer_backend = offender == Some(CloseSide::Backend) && c.passing;
+    for (close_to, write_shut, inject, deferred, defer, role, code) in [
         (
             &mut c.close_to,
             c.write_shut,
             &mut c.inject,
+            &mut c.deferred_close,
+            defer_client,
             Sender::Client,
             to_client,
         ),
@@ -514,13 +536,20 @@ fn take_over<C, B>(
             &mut b.close_to,
             b.write_shut,
             &mut b.inject,
+            &mut b.deferred_close,
+            defer_backend,
             Sender::Server,
             to_backend,
         ),
     ] {
         if !*close_to && !write_shut {
             *close_to = true;
-            *inject = Some(frame::close_frame(code, text, role));
+            let frame = frame::close_frame(code, text, role);
+            if defer {
+                *deferred = Some(frame);
+            } else {
+                *inject = Some(frame);
+            }
         }
     }
 }
@@ -541,6 +570,10 @@ where
         }
     }
     // 2. The proxy's own frame for `to`, once the stream into it is between frames.
+    if from.read_eof && to.deferred_close.is_some() {
+        from.passing = false;
+        release(st, to);
+    }
     if to.inject.is_some() && from.read_eof && !from.scanner.at_boundary() {
         // The side feeding `to` left mid-frame: a close frame now would land inside that
         // frame. `to` gets its TCP close without one (it sees 1006, not garbage).
@@ -590,7 +623,12 @@ where
     //    close frame and has answered (or left), or the other side has left after its close.
     let handshake_done = to.close_to && (to.close_from.is_some() || to.read_eof);
     let source_done = from.read_eof && (from.close_from.is_some() || st.taken_over);
-    if !to.write_shut && to.inject.is_none() && to.out_empty() && (handshake_done || source_done) {
+    if !to.write_shut
+        && to.inject.is_none()
+        && to.deferred_close.is_none()
+        && to.out_empty()
+        && (handshake_done || source_done)
+    {
         match Pin::new(&mut to.io).poll_shutdown(cx) {
             Poll::Ready(_) => {
                 to.write_shut = true;
@@ -598,6 +636,14 @@ where
             }
             Poll::Pending => {}
         }
+    }
+}
+
+/// Lets the proxy's held-back close frame for `to` go (the other side has answered or left).
+fn release<Z>(st: &mut State, to: &mut Side<Z>) {
+    if let Some(frame) = to.deferred_close.take() {
+        to.inject = Some(frame);
+        st.progress += 1;
     }
 }
 
@@ -696,8 +742,10 @@ where
             st.progress += 1;
         }
     }
-    let passing = !st.taken_over;
+    let passing = from.passing;
+    let taken_over = st.taken_over;
     let mut write_err: Option<io::Error> = None;
+    let mut release_deferred = false;
     let mut saw_close = false;
     let mut saw_data = false;
     let ping = &mut from.ping;
@@ -725,8 +773,13 @@ where
                     let (code, reason) = frame::parse_close(payload);
                     *close_from = Some(CloseInfo { code, reason });
                     saw_close = true;
+                    if taken_over {
+                        // The reply to the proxy's close: the other side gets the proxy's own.
+                        release_deferred = true;
+                        return;
+                    }
                 }
-                if passing && write_err.is_none() {
+                if passing && !release_deferred && write_err.is_none() {
                     if op == opcode::CLOSE {
                         to.close_to = true;
                     }
@@ -738,6 +791,10 @@ where
     });
     if saw_data && passing {
         st.last_data = Instant::now();
+    }
+    if release_deferred {
+        from.passing = false;
+        release(st, to);
     }
     if saw_close {
         st.first_close(from.who);

@@ -24,7 +24,17 @@ async fn close_of(ws: &mut Ws) -> (u16, String) {
 }
 
 /// Reads raw frames off a socket until a close frame; returns its code and reason.
-async fn raw_close(stream: &mut TcpStream, mut buf: Vec<u8>) -> (u16, String) {
+async fn raw_close(stream: &mut TcpStream, buf: Vec<u8>) -> (u16, String) {
+    raw_frames_until_close(stream, buf).await.1
+}
+
+/// Reads raw frames off a socket until a close frame: the data frames before it (opcode,
+/// payload), and the close frame's code and reason.
+async fn raw_frames_until_close(
+    stream: &mut TcpStream,
+    mut buf: Vec<u8>,
+) -> (Vec<(u8, Vec<u8>)>, (u16, String)) {
+    let mut frames = Vec::new();
     loop {
         while let Ok(Some((h, n))) = FrameHeader::parse(&buf) {
             let total = n + h.payload_len as usize;
@@ -38,8 +48,9 @@ async fn raw_close(stream: &mut TcpStream, mut buf: Vec<u8>) -> (u16, String) {
             buf.drain(..total);
             if h.opcode == opcode::CLOSE {
                 let (code, reason) = wsgate::frame::parse_close(&payload);
-                return (code.unwrap_or(0), reason);
+                return (frames, (code.unwrap_or(0), reason));
             }
+            frames.push((h.opcode, payload));
         }
         let mut chunk = [0u8; 4096];
         let n = tokio::time::timeout(STEP, stream.read(&mut chunk))
