@@ -23,6 +23,8 @@ use crate::handshake::{self, ClientHandshake};
 #[derive(Debug)]
 pub struct Backend {
     pub url: BackendUrl,
+    /// The URL as written, shared by the records of this backend's sessions.
+    pub name: Arc<str>,
     active: AtomicUsize,
 }
 
@@ -59,6 +61,7 @@ impl BackendPool {
                 .into_iter()
                 .map(|url| {
                     Arc::new(Backend {
+                        name: Arc::from(url.url.as_str()),
                         url,
                         active: AtomicUsize::new(0),
                     })

@@ -62,6 +62,7 @@ pub struct Handle {
     addrs: Vec<SocketAddr>,
     stop: CancellationToken,
     sessions: Arc<Sessions>,
+    state: Arc<ProxyState>,
     supervisor: JoinHandle<ShutdownReport>,
 }
 
@@ -106,6 +107,7 @@ impl Gateway {
             addrs,
             stop,
             sessions,
+            state,
             supervisor,
         })
     }
@@ -154,6 +156,19 @@ impl Handle {
     /// The live-session registry.
     pub fn sessions(&self) -> &Arc<Sessions> {
         &self.sessions
+    }
+
+    /// Closes every live session of the route named `name` with close frames carrying `code`
+    /// (1012 "service restart" when a reload removes the route), at frame boundaries, and
+    /// waits for nothing. Returns false if there is no such route.
+    pub fn close_route(&self, name: &str, code: u16) -> bool {
+        match self.state.routes.iter().find(|r| &*r.name == name) {
+            Some(route) => {
+                route.control.close_with(code);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Starts a graceful shutdown: from this moment new upgrades get 503 and listeners close.

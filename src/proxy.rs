@@ -48,7 +48,7 @@ pub struct ProxyState {
 impl ProxyState {
     pub fn new(config: Config, sessions: Arc<Sessions>) -> ProxyState {
         ProxyState {
-            routes: RouteTable::new(&config.routes),
+            routes: RouteTable::new(&config.routes, &sessions),
             config,
             sessions,
         }
@@ -145,9 +145,10 @@ async fn handle_request(
     let response = switching_protocols(&client_hs, &upgrade);
     let session = state.sessions.register(
         id,
-        Arc::from(rc.name.as_str()),
+        route.name.clone(),
         conn.client,
-        backend_url.url.clone(),
+        lease.backend.name.clone(),
+        &route.control,
     );
     tracing::debug!(session = id, client = %conn.client, route = %rc.name, backend = %backend_url.url, "session open");
     let relay_config = relay_config(&rc.session, &upgrade.extensions);

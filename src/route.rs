@@ -4,12 +4,18 @@ use std::sync::Arc;
 
 use crate::backend::BackendPool;
 use crate::config::RouteConfig;
+use crate::relay::Control;
+use crate::sessions::Sessions;
 
 /// A route with its live backend state.
 #[derive(Debug)]
 pub struct Route {
     pub config: RouteConfig,
+    /// The route's name, shared by its sessions' records.
+    pub name: Arc<str>,
     pub pool: BackendPool,
+    /// Closes this route's sessions (shutdown, or a reload that removes the route).
+    pub control: Control,
 }
 
 /// All routes, in match order: routes naming a host before host-less ones, longer path
@@ -20,12 +26,14 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn new(configs: &[RouteConfig]) -> RouteTable {
+    pub fn new(configs: &[RouteConfig], sessions: &Sessions) -> RouteTable {
         let mut routes: Vec<Arc<Route>> = configs
             .iter()
             .map(|c| {
                 Arc::new(Route {
+                    name: Arc::from(c.name.as_str()),
                     pool: BackendPool::new(c.backends.clone(), c.balance),
+                    control: sessions.route_control(),
                     config: c.clone(),
                 })
             })
@@ -102,7 +110,7 @@ mod tests {
     fn table(routes: &str) -> RouteTable {
         let cfg =
             from_toml_str(&format!("[[listener]]\nlisten = \"127.0.0.1:0\"\n{routes}")).unwrap();
-        RouteTable::new(&cfg.routes)
+        RouteTable::new(&cfg.routes, &Sessions::default())
     }
 
     fn name(t: &RouteTable, host: Option<&str>, path: &str) -> Option<String> {

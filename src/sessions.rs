@@ -21,7 +21,7 @@ pub struct SessionInfo {
     pub id: u64,
     pub route: Arc<str>,
     pub client: SocketAddr,
-    pub backend: String,
+    pub backend: Arc<str>,
     pub started: Instant,
     pub started_at: SystemTime,
     pub counters: Arc<Counters>,
@@ -34,10 +34,8 @@ pub struct Sessions {
     live: Mutex<HashMap<u64, Arc<SessionInfo>>>,
     next_id: AtomicU64,
     draining: AtomicBool,
-    /// Every session's close token: cancelling it sends close frames everywhere.
+    /// Parent of every route's close token: cancelling it sends close frames everywhere.
     close_all: CancellationToken,
-    /// The close code that goes with `close_all` (0: 1001 going away).
-    close_code: Arc<std::sync::atomic::AtomicU16>,
     /// Every session's kill token: cancelling it cuts every session.
     kill_all: CancellationToken,
     /// Every session task, so shutdown can wait for them.
@@ -53,7 +51,6 @@ impl Default for Sessions {
             next_id: AtomicU64::new(1),
             draining: AtomicBool::new(false),
             close_all: CancellationToken::new(),
-            close_code: Arc::default(),
             kill_all: CancellationToken::new(),
             tasks: TaskTracker::new(),
             count: tokio::sync::watch::Sender::new(0),
@@ -83,12 +80,26 @@ impl Sessions {
     }
 
     /// Registers a session about to start relaying.
+    /// The close/kill signals for one route's sessions: a child of the registry-wide close
+    /// token (a shutdown closes everything; a reload can close one route's sessions with 1012)
+    /// shared by every session of the route, so a session costs no token of its own.
+    pub fn route_control(&self) -> Control {
+        Control {
+            close: self.close_all.child_token(),
+            close_code: Arc::default(),
+            kill: self.kill_all.clone(),
+        }
+    }
+
+    /// Registers a session about to start relaying; `route`, `backend` and `control` are the
+    /// route's and backend's own, shared.
     pub fn register(
         self: &Arc<Self>,
         id: u64,
         route: Arc<str>,
         client: SocketAddr,
-        backend: String,
+        backend: Arc<str>,
+        control: &Control,
     ) -> SessionGuard {
         let info = Arc::new(SessionInfo {
             id,
@@ -98,12 +109,7 @@ impl Sessions {
             started: Instant::now(),
             started_at: SystemTime::now(),
             counters: Arc::default(),
-            // Clones of the registry-wide tokens: no allocation per session.
-            control: Control {
-                close: self.close_all.clone(),
-                close_code: self.close_code.clone(),
-                kill: self.kill_all.clone(),
-            },
+            control: control.clone(),
         });
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         live.insert(id, info.clone());

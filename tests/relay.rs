@@ -367,3 +367,26 @@ async fn shutdown_with_100_sessions_sends_1001_to_every_client_and_backend() {
         "{closes:?}"
     );
 }
+
+#[tokio::test]
+async fn closing_one_route_with_1012_leaves_the_others_alone() {
+    let a = EchoBackend::spawn().await;
+    let b = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "{}{}",
+        route("a", "/a", &[a.url()]),
+        route("b", "/b", &[b.url()])
+    ))
+    .await;
+    let (mut ws_a, _) = connect(&gw.url("/a")).await;
+    let (mut ws_b, _) = connect(&gw.url("/b")).await;
+    assert!(gw.handle().close_route("a", 1012));
+    assert!(!gw.handle().close_route("nope", 1012));
+    assert_eq!(close_of(&mut ws_a).await, (1012, "service restart".into()));
+    assert_eq!(
+        backend_closes(&a, 1).await,
+        vec![Some((1012, "service restart".into()))]
+    );
+    ws_b.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next_data(&mut ws_b).await, Message::text("still here"));
+}
