@@ -62,18 +62,47 @@ pub async fn accept_loop(
             },
         };
         set_socket_options(&stream);
-        let conn = ConnInfo {
-            client: peer,
-            scheme: "http",
-        };
-        conns.spawn(serve(
-            stream,
-            conn,
-            state.clone(),
-            builder.clone(),
-            config.handshake_timeout,
-            stop.clone(),
-        ));
+        let (state, builder, stop) = (state.clone(), builder.clone(), stop.clone());
+        let timeout = config.handshake_timeout;
+        match &config.tls {
+            None => {
+                let conn = ConnInfo {
+                    client: peer,
+                    scheme: "http",
+                };
+                conns.spawn(serve(
+                    TokioIo::new(stream),
+                    conn,
+                    state,
+                    builder,
+                    timeout,
+                    stop,
+                ));
+            }
+            Some(tls) => {
+                // The TLS handshake runs in the connection's own task, under the handshake
+                // timeout: a slow or silent client never holds up the accept loop.
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+                conns.spawn(async move {
+                    let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(client = %peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = ConnInfo {
+                        client: peer,
+                        scheme: "https",
+                    };
+                    serve(TokioIo::new(tls), conn, state, builder, timeout, stop).await;
+                });
+            }
+        }
     }
 }
 
@@ -90,14 +119,16 @@ fn set_socket_options(stream: &TcpStream) {
 /// Serves one connection. Its first request must arrive within `first_request_timeout`:
 /// hyper's header timeout only starts once the protocol has been sniffed, so a client that
 /// connects and sends nothing would otherwise hold the socket forever.
-async fn serve(
-    stream: TcpStream,
+async fn serve<I>(
+    io: TokioIo<I>,
     conn: ConnInfo,
     state: Arc<ProxyState>,
     builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
     first_request_timeout: Duration,
     stop: CancellationToken,
-) {
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let seen_request = Arc::new(AtomicBool::new(false));
     let service = {
         let seen_request = seen_request.clone();
@@ -106,7 +137,7 @@ async fn serve(
             proxy::handle(state.clone(), conn, req)
         })
     };
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     let deadline = tokio::time::sleep(first_request_timeout);
     tokio::pin!(deadline);

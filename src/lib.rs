@@ -33,6 +33,7 @@ pub mod relay;
 pub mod route;
 pub mod sessions;
 pub mod telemetry;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -21,6 +21,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto::upgrade as auto_upgrade;
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 
 use crate::backend::{self, BackendRequest, BackendUpgrade};
 use crate::config::{Config, SessionConfig};
@@ -170,7 +171,13 @@ async fn handle_request(
         let info = &session.info;
         let client = match auto_upgrade::downcast::<TokioIo<TcpStream>>(client_up) {
             Ok(parts) => (UpgradedIo::Tcp(parts.io.into_inner()), parts.read_buf),
-            Err(up) => (UpgradedIo::Hyper(TokioIo::new(up)), Bytes::new()),
+            Err(up) => match auto_upgrade::downcast::<TokioIo<TlsStream<TcpStream>>>(up) {
+                Ok(parts) => (
+                    UpgradedIo::Tls(Box::new(parts.io.into_inner())),
+                    parts.read_buf,
+                ),
+                Err(up) => (UpgradedIo::Hyper(TokioIo::new(up)), Bytes::new()),
+            },
         };
         let backend = match backend_io.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => (UpgradedIo::Tcp(parts.io.into_inner()), parts.read_buf),
@@ -329,6 +336,9 @@ fn static_page(config: &Config, parts: &Parts) -> Option<Response<Body>> {
 /// `Upgraded` otherwise.
 enum UpgradedIo {
     Tcp(TcpStream),
+    /// Boxed: a TLS stream is large, and most sessions are plain TCP behind a TLS terminator
+    /// or TLS here; the enum stays small either way.
+    Tls(Box<TlsStream<TcpStream>>),
     Hyper(TokioIo<hyper::upgrade::Upgraded>),
 }
 
@@ -340,6 +350,7 @@ impl tokio::io::AsyncRead for UpgradedIo {
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             UpgradedIo::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            UpgradedIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             UpgradedIo::Hyper(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -353,6 +364,7 @@ impl tokio::io::AsyncWrite for UpgradedIo {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             UpgradedIo::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            UpgradedIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             UpgradedIo::Hyper(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
@@ -360,6 +372,7 @@ impl tokio::io::AsyncWrite for UpgradedIo {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             UpgradedIo::Tcp(s) => Pin::new(s).poll_flush(cx),
+            UpgradedIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             UpgradedIo::Hyper(s) => Pin::new(s).poll_flush(cx),
         }
     }
@@ -367,6 +380,7 @@ impl tokio::io::AsyncWrite for UpgradedIo {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             UpgradedIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            UpgradedIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             UpgradedIo::Hyper(s) => Pin::new(s).poll_shutdown(cx),
         }
     }

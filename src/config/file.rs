@@ -27,6 +27,24 @@ pub struct FileListener {
     pub listen: Option<SpStr>,
     /// Overrides `timeouts.handshake` for this listener.
     pub handshake_timeout: Option<SpStr>,
+    pub tls: Option<Spanned<FileTls>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    pub cert: Option<SpStr>,
+    pub key: Option<SpStr>,
+    #[serde(default)]
+    pub sni: Vec<Spanned<FileSni>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSni {
+    pub hosts: Option<Spanned<Vec<SpStr>>>,
+    pub cert: Option<SpStr>,
+    pub key: Option<SpStr>,
 }
 
 #[derive(Debug, Default, Deserialize)]

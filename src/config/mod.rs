@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-pub use validate::{from_toml_str, load_file, parse_backend_url};
+pub use validate::{from_toml_str, from_toml_str_in, load_file, parse_backend_url};
 
 /// How long a client may take to send its complete request head. Long enough for a slow
 /// mobile link, short enough that a slowloris client holds a socket for seconds, not minutes.
@@ -57,8 +57,10 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
     pub addr: SocketAddr,
-    /// Time allowed for the client's request head (hyper's header read timeout).
+    /// Time allowed for the TLS handshake, and then for the client's request head.
     pub handshake_timeout: Duration,
+    /// TLS termination (`wss://`); `None` for plain `ws://`.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::file::{FileConfig, FileRoute, SpStr};
+use super::file::{FileConfig, FileRoute, FileTls, SpStr};
 use super::units::{parse_duration, parse_size};
 use super::*;
 
@@ -23,14 +23,23 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read config file: {e}"),
         }],
     })?;
-    from_toml_str(&text).map_err(|errors| ConfigErrors { source, errors })
+    let base = path.parent().unwrap_or(Path::new("."));
+    from_toml_str_in(&text, base).map_err(|errors| ConfigErrors { source, errors })
 }
 
-/// Parses and validates a config held in a string.
+/// Parses and validates a config held in a string; relative file paths are taken from the
+/// current directory.
 pub fn from_toml_str(text: &str) -> Result<Config, Vec<ConfigError>> {
+    from_toml_str_in(text, Path::new("."))
+}
+
+/// Parses and validates a config; relative file paths (certificates, keys) are resolved
+/// against `base`, the config file's directory.
+pub fn from_toml_str_in(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
     let file: FileConfig = toml::from_str(text).map_err(|e| vec![parse_error(text, &e)])?;
     let mut v = Validator {
         text,
+        base,
         errors: Vec::new(),
     };
     let config = v.config(file);
@@ -119,6 +128,7 @@ struct SessionKeys<'a> {
 
 struct Validator<'a> {
     text: &'a str,
+    base: &'a Path,
     errors: Vec<ConfigError>,
 }
 
@@ -338,9 +348,11 @@ impl Validator<'_> {
                     if addr.port() != 0 && !seen_addrs.insert(addr) {
                         self.err(format!("{key}.listen"), Some(listen.span()), format!("{addr} is used by an earlier listener"));
                     }
+                    let tls = l.tls.as_ref().and_then(|t| self.tls(&format!("{key}.tls"), t));
                     listeners.push(ListenerConfig {
                         addr,
                         handshake_timeout,
+                        tls,
                     });
                 }
                 Err(_) => self.err(
@@ -396,6 +408,119 @@ impl Validator<'_> {
             limits,
             shutdown_grace,
             pages: Vec::new(),
+        }
+    }
+
+    /// A listener's TLS table: every certificate loaded and checked now, so `wsgate check`
+    /// finds a missing file or a key that does not match its certificate.
+    fn tls(
+        &mut self,
+        key: &str,
+        t: &Spanned<FileTls>,
+    ) -> Option<std::sync::Arc<rustls::ServerConfig>> {
+        let before = self.errors.len();
+        let mut resolver = crate::tls::SniResolver::default();
+        let t_span = t.span();
+        let t = t.get_ref();
+        let pair = |v: &mut Self,
+                    k: &str,
+                    cert: Option<&SpStr>,
+                    keyf: Option<&SpStr>,
+                    span: Range<usize>| {
+            match (cert, keyf) {
+                (Some(c), Some(kf)) => {
+                    let cp = v.base.join(c.get_ref());
+                    let kp = v.base.join(kf.get_ref());
+                    match crate::tls::load_certified_key(&cp, &kp) {
+                        Ok(ck) => Some(ck),
+                        Err(crate::tls::PairError::Cert(msg)) => {
+                            v.err(format!("{k}.cert"), Some(c.span()), msg);
+                            None
+                        }
+                        Err(crate::tls::PairError::Key(msg)) => {
+                            v.err(format!("{k}.key"), Some(kf.span()), msg);
+                            None
+                        }
+                    }
+                }
+                (Some(_), None) => {
+                    v.err(
+                        format!("{k}.key"),
+                        Some(span),
+                        "missing: the private key file for the certificate",
+                    );
+                    None
+                }
+                (None, Some(_)) => {
+                    v.err(
+                        format!("{k}.cert"),
+                        Some(span),
+                        "missing: the certificate chain file for the key",
+                    );
+                    None
+                }
+                (None, None) => None,
+            }
+        };
+        if let Some(ck) = pair(self, key, t.cert.as_ref(), t.key.as_ref(), t_span.clone()) {
+            resolver.set_default(ck);
+        } else if t.sni.is_empty() && self.errors.len() == before {
+            self.err(
+                format!("{key}.cert"),
+                Some(t_span.clone()),
+                "missing: a certificate (cert and key) or [[...tls.sni]] entries",
+            );
+        }
+        for (i, sni) in t.sni.iter().enumerate() {
+            let k = format!("{key}.sni[{i}]");
+            let span = sni.span();
+            let sni = sni.get_ref();
+            let hosts: Vec<String> = match &sni.hosts {
+                Some(h) if !h.get_ref().is_empty() => h
+                    .get_ref()
+                    .iter()
+                    .map(|s| s.get_ref().to_ascii_lowercase())
+                    .collect(),
+                Some(h) => {
+                    self.err(
+                        format!("{k}.hosts"),
+                        Some(h.span()),
+                        "must list at least one host name",
+                    );
+                    continue;
+                }
+                None => {
+                    self.err(
+                        format!("{k}.hosts"),
+                        Some(span),
+                        "missing: the SNI names this certificate serves",
+                    );
+                    continue;
+                }
+            };
+            if sni.cert.is_none() && sni.key.is_none() {
+                self.err(
+                    format!("{k}.cert"),
+                    Some(span),
+                    "missing: cert and key files",
+                );
+                continue;
+            }
+            if let Some(ck) = pair(self, &k, sni.cert.as_ref(), sni.key.as_ref(), span) {
+                for h in &hosts {
+                    resolver.add(h, ck.clone());
+                }
+            }
+        }
+        if self.errors.len() != before {
+            return None;
+        }
+        match crate::tls::server_config(resolver) {
+            Ok(c) => Some(c),
+            Err(msg) => {
+                self.err(key, Some(t_span), msg);
+                None
+            }
         }
     }
 

@@ -1,0 +1,145 @@
+//! TLS termination for `wss://` listeners: certificates from PEM files, chosen by SNI.
+//!
+//! PEM files are read with `rustls-pki-types`' `PemObject` (the card's `rustls-pemfile` is
+//! archived and flagged unmaintained, RUSTSEC-2025-0134). One crypto provider, aws-lc-rs, is
+//! named explicitly everywhere, so a second provider elsewhere in the dependency graph can never
+//! make rustls panic over an ambiguous default. TLS 1.3 and 1.2 only; ALPN `http/1.1` (the
+//! list is where `h2` will go).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// The process's one crypto provider.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Which file of a certificate/key pair a loading error is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PairError {
+    /// The certificate file (its message names the file).
+    Cert(String),
+    /// The key file, or the key not matching the certificate.
+    Key(String),
+}
+
+/// Reads a certificate chain and its private key (PKCS#8, PKCS#1 or SEC1; RSA, ECDSA or
+/// Ed25519) and checks that they belong together. The error names the file and the problem.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, PairError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| PairError::Cert(format!("cannot read {}: {}", cert.display(), pem_error(&e))))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| PairError::Cert(format!("{}: {}", cert.display(), pem_error(&e))))?;
+    if chain.is_empty() {
+        return Err(PairError::Cert(format!(
+            "{}: no CERTIFICATE block in the file",
+            cert.display()
+        )));
+    }
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| PairError::Key(match e {
+        rustls::pki_types::pem::Error::NoItemsFound => format!(
+            "{}: no private key in the file (expected a PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block)",
+            key.display()
+        ),
+        e => format!("cannot read {}: {}", key.display(), pem_error(&e)),
+    }))?;
+    let certified = CertifiedKey::from_der(chain, der, &provider()).map_err(|e| {
+        PairError::Key(format!(
+            "{} and {} do not make a usable pair: {e}",
+            cert.display(),
+            key.display()
+        ))
+    })?;
+    Ok(Arc::new(certified))
+}
+
+fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
+    match e {
+        rustls::pki_types::pem::Error::Io(io) => io.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Certificates of one listener: by SNI name (exact, or `*.example.com`), and a default for
+/// clients that send no SNI or a name no certificate covers. Without a default such clients get
+/// a handshake alert.
+#[derive(Default)]
+pub struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: Vec<(String, Arc<CertifiedKey>)>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SniResolver")
+            .field("exact", &self.exact.keys().collect::<Vec<_>>())
+            .field(
+                "wildcard",
+                &self.wildcard.iter().map(|(s, _)| s).collect::<Vec<_>>(),
+            )
+            .field("default", &self.default.is_some())
+            .finish()
+    }
+}
+
+impl SniResolver {
+    pub fn set_default(&mut self, key: Arc<CertifiedKey>) {
+        self.default = Some(key);
+    }
+
+    /// Serves `key` for `host` (lower case; `*.example.com` for any subdomain).
+    pub fn add(&mut self, host: &str, key: Arc<CertifiedKey>) {
+        let host = host.to_ascii_lowercase();
+        match host.strip_prefix("*.") {
+            Some(suffix) => self.wildcard.push((format!(".{suffix}"), key)),
+            None => {
+                self.exact.insert(host, key);
+            }
+        }
+    }
+
+    fn find(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = name {
+            let name = name.to_ascii_lowercase();
+            if let Some(k) = self.exact.get(&name) {
+                return Some(k.clone());
+            }
+            // `*.example.com` covers one or more labels before `.example.com`.
+            if let Some((_, k)) = self
+                .wildcard
+                .iter()
+                .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix.as_str()))
+            {
+                return Some(k.clone());
+            }
+        }
+        self.default.clone()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.find(hello.server_name())
+    }
+}
+
+/// A listener's rustls configuration.
+pub fn server_config(resolver: SniResolver) -> Result<Arc<ServerConfig>, String> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

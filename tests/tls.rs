@@ -1,0 +1,242 @@
+//! wss:// termination with certificates generated at test time (rcgen): echo over TLS, SNI
+//! picks the certificate, config errors name the file, and a client that never starts TLS is
+//! closed after the handshake timeout while others are served.
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures_util::SinkExt;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use support::*;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A test CA that signs leaf certificates into a fresh directory.
+struct TestCa {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    dir: PathBuf,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "wsgate-tls-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "wsgate test CA");
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        TestCa { issuer, dir }
+    }
+
+    /// Writes `<name>.pem` and `<name>.key` for a leaf certificate valid for `names`.
+    fn leaf(&self, name: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0]);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (
+            self.dir.join(format!("{name}.pem")),
+            self.dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    fn connector(&self) -> TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.issuer.der().clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(wsgate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        TlsConnector::from(Arc::new(config))
+    }
+}
+
+/// Opens TLS to the gateway with `sni`, returning the stream and the served leaf certificate.
+async fn tls_connect(
+    ca: &TestCa,
+    gw: &Gateway,
+    sni: &str,
+) -> (
+    tokio_rustls::client::TlsStream<TcpStream>,
+    CertificateDer<'static>,
+) {
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let tls = ca
+        .connector()
+        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+        .await
+        .unwrap_or_else(|e| panic!("TLS handshake with SNI {sni} failed: {e}"));
+    let cert = tls.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned();
+    (tls, cert)
+}
+
+fn tls_listener(cert: &std::path::Path, key: &std::path::Path, extra: &str) -> String {
+    format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\nhandshake_timeout = \"300ms\"\n[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\n{extra}\n",
+        cert.display(),
+        key.display()
+    )
+}
+
+#[tokio::test]
+async fn wss_echo_through_wsgate() {
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf("localhost", &["localhost"]);
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "{}{}",
+        tls_listener(&cert, &key, ""),
+        route("r", "/", &[backend.url()])
+    ))
+    .await;
+    let (tls, _) = tls_connect(&ca, &gw, "localhost").await;
+    assert_eq!(
+        tls.get_ref().1.alpn_protocol(),
+        None,
+        "the client offered no ALPN"
+    );
+    let (mut ws, resp) =
+        tokio_tungstenite::client_async(format!("wss://localhost:{}/", gw.addr.port()), tls)
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), 101);
+    ws.send(Message::text("over TLS")).await.unwrap();
+    let got = tokio::time::timeout(STEP, futures_util::StreamExt::next(&mut ws))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, Message::text("over TLS"));
+    // The backend is told the client came over https.
+    assert_eq!(
+        backend.last_request().header("x-forwarded-proto"),
+        Some("https")
+    );
+}
+
+#[tokio::test]
+async fn sni_picks_the_certificate() {
+    let ca = TestCa::new();
+    let (dc, dk) = ca.leaf("default", &["localhost"]);
+    let (ac, ak) = ca.leaf("a", &["a.test"]);
+    let (bc, bk) = ca.leaf("b", &["b.test", "*.b.test"]);
+    let extra = format!(
+        "[[listener.tls.sni]]\nhosts = [\"a.test\"]\ncert = \"{}\"\nkey = \"{}\"\n[[listener.tls.sni]]\nhosts = [\"b.test\", \"*.b.test\"]\ncert = \"{}\"\nkey = \"{}\"\n",
+        ac.display(),
+        ak.display(),
+        bc.display(),
+        bk.display()
+    );
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "{}{}",
+        tls_listener(&dc, &dk, &extra),
+        route("r", "/", &[backend.url()])
+    ))
+    .await;
+    let pem_der = |p: &PathBuf| {
+        use rustls::pki_types::pem::PemObject;
+        CertificateDer::from_pem_file(p).unwrap()
+    };
+    assert_eq!(tls_connect(&ca, &gw, "a.test").await.1, pem_der(&ac));
+    assert_eq!(tls_connect(&ca, &gw, "b.test").await.1, pem_der(&bc));
+    assert_eq!(tls_connect(&ca, &gw, "x.b.test").await.1, pem_der(&bc));
+    assert_eq!(tls_connect(&ca, &gw, "localhost").await.1, pem_der(&dc));
+}
+
+#[tokio::test]
+async fn silent_and_plain_http_clients_are_closed_while_others_are_served() {
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf("localhost", &["localhost"]);
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "{}{}",
+        tls_listener(&cert, &key, ""),
+        route("r", "/", &[backend.url()])
+    ))
+    .await;
+    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut plain, _) = {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut s, upgrade_request("/", "").as_bytes())
+            .await
+            .unwrap();
+        (s, ())
+    };
+    // Others are served meanwhile.
+    let (tls, _) = tls_connect(&ca, &gw, "localhost").await;
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(format!("wss://localhost:{}/", gw.addr.port()), tls)
+            .await
+            .unwrap();
+    ws.send(Message::text("served")).await.unwrap();
+    tokio::time::timeout(STEP, futures_util::StreamExt::next(&mut ws))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // The silent client is closed after the handshake timeout; the plain-HTTP client gets no
+    // HTTP answer (at most a TLS alert) and is closed.
+    for s in [&mut silent, &mut plain] {
+        let mut buf = Vec::new();
+        tokio::time::timeout(STEP, s.read_to_end(&mut buf))
+            .await
+            .expect("not closed")
+            .ok();
+        assert!(
+            !String::from_utf8_lossy(&buf).contains("HTTP/1.1"),
+            "{buf:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tls_config_errors_name_the_key_and_file() {
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf("one", &["localhost"]);
+    let (_, other_key) = ca.leaf("two", &["localhost"]);
+    let route = route("r", "/", &["ws://127.0.0.1:1".to_string()]);
+    let missing = ca.dir.join("missing.pem");
+    let errs =
+        wsgate::config::from_toml_str(&format!("{}{route}", tls_listener(&missing, &key, "")))
+            .unwrap_err();
+    assert!(
+        errs[0].key == "listener[0].tls.cert" && errs[0].message.contains("missing.pem"),
+        "{errs:?}"
+    );
+    let errs =
+        wsgate::config::from_toml_str(&format!("{}{route}", tls_listener(&cert, &other_key, "")))
+            .unwrap_err();
+    assert!(
+        errs[0].message.contains("do not make a usable pair"),
+        "{errs:?}"
+    );
+    // A certificate file given as the key: no private key in it.
+    let errs = wsgate::config::from_toml_str(&format!("{}{route}", tls_listener(&cert, &cert, "")))
+        .unwrap_err();
+    assert!(errs[0].message.contains("no private key"), "{errs:?}");
+    assert_eq!(errs[0].line, Some(6));
+}
