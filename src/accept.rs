@@ -82,7 +82,7 @@ pub async fn accept_loop(
             Some(tls) => {
                 // The TLS handshake runs in the connection's own task, under the handshake
                 // timeout: a slow or silent client never holds up the accept loop.
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
                 conns.spawn(async move {
                     let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => tls,

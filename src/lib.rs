@@ -159,6 +159,25 @@ impl Handle {
         &self.sessions
     }
 
+    /// Reads every TLS listener's certificate files again (SIGHUP). New handshakes use the new
+    /// certificates; live sessions are not touched. A listener whose files fail to load keeps
+    /// the certificates it had, and the error (file and reason) is logged and returned.
+    pub fn reload_certificates(&self) -> Vec<(SocketAddr, Result<(), String>)> {
+        let mut results = Vec::new();
+        for (listener, addr) in self.state.config.listeners.iter().zip(&self.addrs) {
+            let Some(tls) = &listener.tls else { continue };
+            let result = tls.reload();
+            match &result {
+                Ok(()) => tracing::info!(listener = %addr, "TLS certificates reloaded"),
+                Err(e) => {
+                    tracing::warn!(listener = %addr, error = %e, "TLS certificate reload failed; keeping the previous certificates")
+                }
+            }
+            results.push((*addr, result));
+        }
+        results
+    }
+
     /// Closes every live session of the route named `name` with close frames carrying `code`
     /// (1012 "service restart" when a reload removes the route), at frame boundaries, and
     /// waits for nothing. Returns false if there is no such route.

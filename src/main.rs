@@ -154,14 +154,22 @@ async fn demo(listen: SocketAddr) -> anyhow::Result<()> {
     wait_for_signal_then_drain(handle).await
 }
 
-/// SIGTERM or SIGINT starts a graceful shutdown; a second signal ends the process at once.
+/// SIGHUP reloads TLS certificates; SIGTERM or SIGINT starts a graceful shutdown; a second
+/// signal ends the process at once.
 async fn wait_for_signal_then_drain(handle: Handle) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
+    let name = loop {
+        tokio::select! {
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = hup.recv() => {
+                tracing::info!(signal = "SIGHUP", "reloading TLS certificates");
+                handle.reload_certificates();
+            }
+        }
     };
     tracing::info!(signal = name, "signal received");
     handle.shutdown();

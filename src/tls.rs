@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
@@ -133,13 +133,78 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// A listener's rustls configuration.
-pub fn server_config(resolver: SniResolver) -> Result<Arc<ServerConfig>, String> {
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+/// Where one certificate of a listener comes from, kept so that it can be read again.
+#[derive(Debug, Clone)]
+pub struct CertSource {
+    /// SNI names it serves; empty for the listener's default certificate.
+    pub hosts: Vec<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Builds a resolver from certificate files; the error says which source and why.
+pub fn build_resolver(sources: &[CertSource]) -> Result<SniResolver, (usize, PairError)> {
+    let mut resolver = SniResolver::default();
+    for (i, src) in sources.iter().enumerate() {
+        let key = load_certified_key(&src.cert, &src.key).map_err(|e| (i, e))?;
+        if src.hosts.is_empty() {
+            resolver.set_default(key);
+        } else {
+            for h in &src.hosts {
+                resolver.add(h, key.clone());
+            }
+        }
+    }
+    Ok(resolver)
+}
+
+/// The resolver rustls calls, reading whichever certificates were loaded last.
+#[derive(Debug)]
+struct Reloading(RwLock<Arc<SniResolver>>);
+
+impl ResolvesServerCert for Reloading {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let current = self.0.read().unwrap_or_else(|p| p.into_inner()).clone();
+        current.find(hello.server_name())
+    }
+}
+
+/// A TLS listener's configuration, whose certificates can be reloaded in place: handshakes
+/// after a reload use the new certificates; established connections are not touched.
+#[derive(Debug)]
+pub struct TlsListener {
+    sources: Vec<CertSource>,
+    resolver: Arc<Reloading>,
+    config: Arc<ServerConfig>,
+}
+
+impl TlsListener {
+    pub fn new(sources: Vec<CertSource>, initial: SniResolver) -> Result<TlsListener, String> {
+        let resolver = Arc::new(Reloading(RwLock::new(Arc::new(initial))));
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| format!("TLS setup: {e}"))?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(TlsListener {
+            sources,
+            resolver,
+            config: Arc::new(config),
+        })
+    }
+
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.config.clone()
+    }
+
+    /// Reads every certificate file again. On any error the certificates in use stay, and the
+    /// error names the file and why.
+    pub fn reload(&self) -> Result<(), String> {
+        let fresh = build_resolver(&self.sources).map_err(|(_, e)| match e {
+            PairError::Cert(m) | PairError::Key(m) => m,
+        })?;
+        *self.resolver.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+        Ok(())
+    }
 }

@@ -240,3 +240,49 @@ async fn tls_config_errors_name_the_key_and_file() {
     assert!(errs[0].message.contains("no private key"), "{errs:?}");
     assert_eq!(errs[0].line, Some(6));
 }
+
+#[tokio::test]
+async fn certificate_reload_keeps_live_sessions_and_serves_the_new_certificate() {
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf("live", &["localhost"]);
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "{}{}",
+        tls_listener(&cert, &key, ""),
+        route("r", "/", &[backend.url()])
+    ))
+    .await;
+    let (tls, first) = tls_connect(&ca, &gw, "localhost").await;
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(format!("wss://localhost:{}/", gw.addr.port()), tls)
+            .await
+            .unwrap();
+
+    // New files in place, then the reload (what SIGHUP does).
+    let (new_cert, new_key) = ca.leaf("next", &["localhost"]);
+    std::fs::copy(&new_cert, &cert).unwrap();
+    std::fs::copy(&new_key, &key).unwrap();
+    let results = gw.handle().reload_certificates();
+    assert!(results.iter().all(|(_, r)| r.is_ok()), "{results:?}");
+    let (_, second) = tls_connect(&ca, &gw, "localhost").await;
+    assert_ne!(first, second, "a new handshake sees the new certificate");
+    ws.send(Message::text("still here")).await.unwrap();
+    let got = tokio::time::timeout(STEP, futures_util::StreamExt::next(&mut ws))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got,
+        Message::text("still here"),
+        "the open session keeps echoing"
+    );
+
+    // A broken file: the reload fails, names the file, and the certificate in use stays.
+    std::fs::write(&key, "not a key").unwrap();
+    let results = gw.handle().reload_certificates();
+    let err = results[0].1.as_ref().unwrap_err();
+    assert!(err.contains(&key.display().to_string()), "{err}");
+    let (_, third) = tls_connect(&ca, &gw, "localhost").await;
+    assert_eq!(third, second);
+}

@@ -60,7 +60,7 @@ pub struct ListenerConfig {
     /// Time allowed for the TLS handshake, and then for the client's request head.
     pub handshake_timeout: Duration,
     /// TLS termination (`wss://`); `None` for plain `ws://`.
-    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    pub tls: Option<std::sync::Arc<crate::tls::TlsListener>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -417,9 +417,10 @@ impl Validator<'_> {
         &mut self,
         key: &str,
         t: &Spanned<FileTls>,
-    ) -> Option<std::sync::Arc<rustls::ServerConfig>> {
+    ) -> Option<std::sync::Arc<crate::tls::TlsListener>> {
         let before = self.errors.len();
         let mut resolver = crate::tls::SniResolver::default();
+        let mut sources = Vec::new();
         let t_span = t.span();
         let t = t.get_ref();
         let pair = |v: &mut Self,
@@ -432,7 +433,7 @@ impl Validator<'_> {
                     let cp = v.base.join(c.get_ref());
                     let kp = v.base.join(kf.get_ref());
                     match crate::tls::load_certified_key(&cp, &kp) {
-                        Ok(ck) => Some(ck),
+                        Ok(ck) => Some((ck, cp, kp)),
                         Err(crate::tls::PairError::Cert(msg)) => {
                             v.err(format!("{k}.cert"), Some(c.span()), msg);
                             None
@@ -462,8 +463,15 @@ impl Validator<'_> {
                 (None, None) => None,
             }
         };
-        if let Some(ck) = pair(self, key, t.cert.as_ref(), t.key.as_ref(), t_span.clone()) {
+        if let Some((ck, cert, keyf)) =
+            pair(self, key, t.cert.as_ref(), t.key.as_ref(), t_span.clone())
+        {
             resolver.set_default(ck);
+            sources.push(crate::tls::CertSource {
+                hosts: Vec::new(),
+                cert,
+                key: keyf,
+            });
         } else if t.sni.is_empty() && self.errors.len() == before {
             self.err(
                 format!("{key}.cert"),
@@ -506,17 +514,24 @@ impl Validator<'_> {
                 );
                 continue;
             }
-            if let Some(ck) = pair(self, &k, sni.cert.as_ref(), sni.key.as_ref(), span) {
+            if let Some((ck, cert, keyf)) =
+                pair(self, &k, sni.cert.as_ref(), sni.key.as_ref(), span)
+            {
                 for h in &hosts {
                     resolver.add(h, ck.clone());
                 }
+                sources.push(crate::tls::CertSource {
+                    hosts,
+                    cert,
+                    key: keyf,
+                });
             }
         }
         if self.errors.len() != before {
             return None;
         }
-        match crate::tls::server_config(resolver) {
-            Ok(c) => Some(c),
+        match crate::tls::TlsListener::new(sources, resolver) {
+            Ok(l) => Some(std::sync::Arc::new(l)),
             Err(msg) => {
                 self.err(key, Some(t_span), msg);
                 None
