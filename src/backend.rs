@@ -322,17 +322,62 @@ pub struct BackendUpgrade {
 }
 
 /// Sends the upgrade request on `stream` and verifies the answer.
+/// Everything `handshake` needs besides the connection.
+pub struct HandshakeParams<'a> {
+    pub url: &'a BackendUrl,
+    /// The route's TLS client settings, for `wss://` backends.
+    pub tls: Option<&'a Arc<rustls::ClientConfig>>,
+    pub key: &'a str,
+    pub offered: &'a ClientHandshake,
+    /// Bounds the TLS handshake (for `wss://`) and the upgrade exchange together.
+    pub timeout: Duration,
+    pub max_error_body: usize,
+}
+
+/// Opens TLS first for a `wss://` backend (SNI from the backend's host name), then sends the
+/// upgrade request and verifies the answer.
 pub async fn handshake(
     stream: TcpStream,
     req: Request<Empty<Bytes>>,
-    key: &str,
-    offered: &ClientHandshake,
-    timeout: Duration,
-    max_error_body: usize,
+    p: HandshakeParams<'_>,
 ) -> Result<BackendUpgrade, BackendError> {
-    let exchange = async {
+    let timeout = p.timeout;
+    let run = async {
+        if !p.url.tls {
+            return exchange(stream, req, &p).await;
+        }
+        let config = p
+            .tls
+            .ok_or_else(|| BackendError::Tls("no TLS settings for a wss:// backend".into()))?;
+        let name = rustls::pki_types::ServerName::try_from(p.url.host.clone()).map_err(|e| {
+            BackendError::Tls(format!(
+                "{:?} is not a valid TLS server name: {e}",
+                p.url.host
+            ))
+        })?;
+        let tls = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name, stream)
+            .await
+            .map_err(|e| BackendError::Tls(e.to_string()))?;
+        exchange(tls, req, &p).await
+    };
+    tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| BackendError::HandshakeTimeout(timeout))?
+}
+
+async fn exchange<I>(
+    io: I,
+    req: Request<Empty<Bytes>>,
+    p: &HandshakeParams<'_>,
+) -> Result<BackendUpgrade, BackendError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (key, offered, max_error_body) = (p.key, p.offered, p.max_error_body);
+    {
         let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(io))
             .await
             .map_err(|e| BackendError::Io(e.to_string()))?;
         // Without `with_upgrades` the upgrade never completes; the task ends once it has.
@@ -364,10 +409,7 @@ pub async fn handshake(
             extensions,
             set_cookies,
         })
-    };
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| BackendError::HandshakeTimeout(timeout))?
+    }
 }
 
 fn classify_send_error(e: &hyper::Error) -> BackendError {

@@ -45,6 +45,9 @@ pub enum BackendError {
     BadHandshake(String),
     #[error("backend connection failed during the handshake: {0}")]
     Io(String),
+    /// The TLS handshake with a `wss://` backend failed (certificate not verified, ...).
+    #[error("backend TLS handshake failed: {0}")]
+    Tls(String),
 }
 
 /// A backend's non-101 answer, kept to be passed on to the client.
@@ -79,7 +82,8 @@ impl ProxyError {
             ProxyError::Backend(e) => match e {
                 BackendError::Unreachable(_)
                 | BackendError::BadHandshake(_)
-                | BackendError::Io(_) => StatusCode::BAD_GATEWAY,
+                | BackendError::Io(_)
+                | BackendError::Tls(_) => StatusCode::BAD_GATEWAY,
                 BackendError::ConnectTimeout(..) | BackendError::HandshakeTimeout(_) => {
                     StatusCode::GATEWAY_TIMEOUT
                 }
@@ -109,6 +113,7 @@ impl ProxyError {
                 BackendError::Refused(_) => "backend_refused",
                 BackendError::BadHandshake(_) => "backend_bad_handshake",
                 BackendError::Io(_) => "backend_io",
+                BackendError::Tls(_) => "backend_tls",
             },
         }
     }

@@ -129,16 +129,15 @@ async fn handle_request(
         scheme: conn.scheme,
     });
     tracing::debug!(session = id, route = %rc.name, backend = %backend_url.url, uri = %backend_req.uri(), "backend handshake");
-    let upgrade = match backend::handshake(
-        stream,
-        backend_req,
-        &key,
-        &client_hs,
-        rc.backend_handshake_timeout,
-        state.config.limits.max_error_body,
-    )
-    .await
-    {
+    let params = backend::HandshakeParams {
+        url: &backend_url,
+        tls: rc.backend_tls.as_ref(),
+        key: &key,
+        offered: &client_hs,
+        timeout: rc.backend_handshake_timeout,
+        max_error_body: state.config.limits.max_error_body,
+    };
+    let upgrade = match backend::handshake(stream, backend_req, params).await {
         Ok(up) => up,
         Err(e) => return refuse(id, Some(&route), conn, &parts, ProxyError::Backend(e)),
     };
@@ -181,7 +180,13 @@ async fn handle_request(
         };
         let backend = match backend_io.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => (UpgradedIo::Tcp(parts.io.into_inner()), parts.read_buf),
-            Err(up) => (UpgradedIo::Hyper(TokioIo::new(up)), Bytes::new()),
+            Err(up) => match up.downcast::<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>() {
+                Ok(parts) => (
+                    UpgradedIo::TlsClient(Box::new(parts.io.into_inner())),
+                    parts.read_buf,
+                ),
+                Err(up) => (UpgradedIo::Hyper(TokioIo::new(up)), Bytes::new()),
+            },
         };
         let outcome = relay::relay(
             client,
@@ -339,6 +344,8 @@ enum UpgradedIo {
     /// Boxed: a TLS stream is large, and most sessions are plain TCP behind a TLS terminator
     /// or TLS here; the enum stays small either way.
     Tls(Box<TlsStream<TcpStream>>),
+    /// A `wss://` backend.
+    TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     Hyper(TokioIo<hyper::upgrade::Upgraded>),
 }
 
@@ -351,6 +358,7 @@ impl tokio::io::AsyncRead for UpgradedIo {
         match self.get_mut() {
             UpgradedIo::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             UpgradedIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            UpgradedIo::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             UpgradedIo::Hyper(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -365,6 +373,7 @@ impl tokio::io::AsyncWrite for UpgradedIo {
         match self.get_mut() {
             UpgradedIo::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             UpgradedIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            UpgradedIo::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             UpgradedIo::Hyper(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
@@ -373,6 +382,7 @@ impl tokio::io::AsyncWrite for UpgradedIo {
         match self.get_mut() {
             UpgradedIo::Tcp(s) => Pin::new(s).poll_flush(cx),
             UpgradedIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            UpgradedIo::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
             UpgradedIo::Hyper(s) => Pin::new(s).poll_flush(cx),
         }
     }
@@ -381,6 +391,7 @@ impl tokio::io::AsyncWrite for UpgradedIo {
         match self.get_mut() {
             UpgradedIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             UpgradedIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            UpgradedIo::TlsClient(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             UpgradedIo::Hyper(s) => Pin::new(s).poll_shutdown(cx),
         }
     }

@@ -208,3 +208,131 @@ impl TlsListener {
         Ok(())
     }
 }
+
+/// TLS toward `wss://` backends: who is trusted, and whether wsgate shows a certificate.
+#[derive(Debug, Default)]
+pub struct BackendTlsOptions<'a> {
+    /// Trust only this PEM CA bundle (else the system's roots).
+    pub ca: Option<&'a Path>,
+    /// Accept any certificate. For development only; callers log a warning at every start.
+    pub insecure_skip_verify: bool,
+    /// Client certificate and key, for backends that require mutual TLS.
+    pub client_auth: Option<(&'a Path, &'a Path)>,
+}
+
+/// The system's root certificates, read once.
+fn system_roots() -> &'static rustls::RootCertStore {
+    static ROOTS: std::sync::OnceLock<rustls::RootCertStore> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let loaded = rustls_native_certs::load_native_certs();
+        for e in &loaded.errors {
+            tracing::warn!(error = %e, "while reading the system's root certificates");
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        let (added, ignored) = roots.add_parsable_certificates(loaded.certs);
+        tracing::debug!(added, ignored, "system root certificates loaded");
+        roots
+    })
+}
+
+/// The rustls client configuration for a route's `wss://` backends.
+pub fn backend_client_config(
+    opts: &BackendTlsOptions<'_>,
+) -> Result<Arc<rustls::ClientConfig>, PairError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| PairError::Cert(format!("TLS setup: {e}")))?;
+    let builder = if opts.insecure_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
+    } else {
+        let roots = match opts.ca {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                let certs = CertificateDer::pem_file_iter(ca)
+                    .map_err(|e| {
+                        PairError::Cert(format!("cannot read {}: {}", ca.display(), pem_error(&e)))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| PairError::Cert(format!("{}: {}", ca.display(), pem_error(&e))))?;
+                let (added, _) = roots.add_parsable_certificates(certs);
+                if added == 0 {
+                    return Err(PairError::Cert(format!(
+                        "{}: no usable CA certificate in the file",
+                        ca.display()
+                    )));
+                }
+                roots
+            }
+            None => system_roots().clone(),
+        };
+        builder.with_root_certificates(roots)
+    };
+    let mut config = match opts.client_auth {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let ck = load_certified_key(cert, key)?;
+            builder
+                .with_client_auth_cert(
+                    ck.cert.clone(),
+                    PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                        PairError::Key(format!("{}: {}", key.display(), pem_error(&e)))
+                    })?,
+                )
+                .map_err(|e| PairError::Key(format!("{}: {e}", key.display())))?
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Accepts any server certificate but still checks the handshake signatures (so the session
+/// keys belong to whoever holds the presented certificate). Development only.
+#[derive(Debug)]
+struct NoVerification(Arc<CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -46,7 +46,7 @@ fn every_bad_value_is_reported_at_once() {
             (7, "limits.max_header_bytes", "at least 8192"),
             (10, "listener[0].listen", "not an IP address"),
             (14, "route[0].path", "must start with '/'"),
-            (15, "route[0].backends[0]", "not a ws:// URL"),
+            (15, "route[0].backends[0]", "not a ws:// or wss:// URL"),
             (15, "route[0].backends[1]", "not a port number"),
             (16, "route[0].balance", "unknown balance"),
             (20, "route[1].host", "not a host name"),

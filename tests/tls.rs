@@ -60,6 +60,13 @@ impl TestCa {
         (c, k)
     }
 
+    /// Writes the CA certificate and returns its path.
+    fn ca_file(&self) -> PathBuf {
+        let p = self.dir.join("ca.pem");
+        std::fs::write(&p, self.issuer.pem()).unwrap();
+        p
+    }
+
     fn connector(&self) -> TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.issuer.der().clone()).unwrap();
@@ -285,4 +292,93 @@ async fn certificate_reload_keeps_live_sessions_and_serves_the_new_certificate()
     assert!(err.contains(&key.display().to_string()), "{err}");
     let (_, third) = tls_connect(&ca, &gw, "localhost").await;
     assert_eq!(third, second);
+}
+
+/// A wss:// echo backend with a certificate for `localhost` from `ca`.
+async fn wss_backend(ca: &TestCa) -> std::net::SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    let (cert, key) = ca.leaf("backend", &["localhost"]);
+    let chain = CertificateDer::pem_file_iter(&cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(wsgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = futures_util::StreamExt::next(&mut ws).await {
+                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn wss_route(addr: std::net::SocketAddr, backend_tls: &str) -> String {
+    format!(
+        "[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"wss://localhost:{}\"]\n{backend_tls}",
+        addr.port()
+    )
+}
+
+#[tokio::test]
+async fn wss_backend_verified_with_a_configured_ca() {
+    let ca = TestCa::new();
+    let addr = wss_backend(&ca).await;
+    let gw = Gateway::spawn(&wss_route(
+        addr,
+        &format!("[route.backend_tls]\nca = \"{}\"\n", ca.ca_file().display()),
+    ))
+    .await;
+    let (mut ws, _) = connect(&gw.url("/")).await;
+    ws.send(Message::text("to a wss backend")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("to a wss backend"));
+}
+
+#[tokio::test]
+async fn wss_backend_that_does_not_verify_is_a_bad_gateway() {
+    let ca = TestCa::new();
+    let addr = wss_backend(&ca).await;
+    // Verified against the system's roots, which do not know the test CA.
+    let gw = Gateway::spawn(&wss_route(addr, "")).await;
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 502);
+    assert!(
+        resp.body.contains("TLS") && resp.body.to_lowercase().contains("certificate"),
+        "{}",
+        resp.body
+    );
+}
+
+#[tokio::test]
+async fn wss_backend_with_verification_switched_off() {
+    let ca = TestCa::new();
+    let addr = wss_backend(&ca).await;
+    let gw = Gateway::spawn(&wss_route(
+        addr,
+        "[route.backend_tls]\ninsecure_skip_verify = true\n",
+    ))
+    .await;
+    let (mut ws, _) = connect(&gw.url("/")).await;
+    ws.send(Message::text("unverified")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("unverified"));
 }

@@ -58,6 +58,19 @@ pub struct FileRoute {
     pub preserve_host: Option<bool>,
     pub max_message: Option<SpStr>,
     pub timeouts: Option<FileRouteTimeouts>,
+    pub backend_tls: Option<Spanned<FileBackendTls>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBackendTls {
+    /// PEM CA bundle to verify backend certificates with, instead of the system roots.
+    pub ca: Option<SpStr>,
+    /// Development only: accept any backend certificate (logged as a warning at every start).
+    pub insecure_skip_verify: Option<bool>,
+    /// A client certificate toward the backend (mutual TLS).
+    pub client_cert: Option<SpStr>,
+    pub client_key: Option<SpStr>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -79,6 +79,8 @@ pub struct RouteConfig {
     /// Path prefix, matched on segment boundaries.
     pub path: String,
     pub backends: Vec<BackendUrl>,
+    /// TLS client settings for `wss://` backends (`None` when the route has none).
+    pub backend_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     pub balance: Balance,
     /// Send the client's `Host` to the backend instead of the backend's own authority.
     pub preserve_host: bool,
@@ -116,11 +118,13 @@ impl Default for SessionConfig {
     }
 }
 
-/// A `ws://` backend address.
+/// A `ws://` or `wss://` backend address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendUrl {
     /// As written in the file (for logs).
     pub url: String,
+    /// `wss://`: TLS on the backend leg.
+    pub tls: bool,
     pub host: String,
     pub port: u16,
     /// `host:port` as it goes into the `Host` header.

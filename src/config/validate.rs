@@ -666,17 +666,96 @@ impl Validator<'_> {
             session_default,
         );
 
+        let backend_tls = self.backend_tls(key, &name, r.backend_tls.as_ref(), &backends);
+
         (self.errors.len() == errors_before).then_some(RouteConfig {
             name,
             host,
             path,
             backends,
+            backend_tls,
             balance,
             preserve_host: r.preserve_host.unwrap_or(false),
             backend_connect_timeout,
             backend_handshake_timeout,
             session,
         })
+    }
+}
+
+impl Validator<'_> {
+    /// TLS client settings for a route's `wss://` backends, built (and files checked) now.
+    fn backend_tls(
+        &mut self,
+        key: &str,
+        route: &str,
+        t: Option<&Spanned<super::file::FileBackendTls>>,
+        backends: &[BackendUrl],
+    ) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+        if !backends.iter().any(|b| b.tls) {
+            if let Some(t) = t {
+                self.err(
+                    format!("{key}.backend_tls"),
+                    Some(t.span()),
+                    "set, but no backend of this route is wss://",
+                );
+            }
+            return None;
+        }
+        let default = super::file::FileBackendTls::default();
+        let (span, t) = match t {
+            Some(t) => (Some(t.span()), t.get_ref()),
+            None => (None, &default),
+        };
+        let ca = t.ca.as_ref().map(|c| self.base.join(c.get_ref()));
+        let client_cert = t.client_cert.as_ref().map(|c| self.base.join(c.get_ref()));
+        let client_key = t.client_key.as_ref().map(|c| self.base.join(c.get_ref()));
+        let client_auth = match (&client_cert, &client_key) {
+            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+            (None, None) => None,
+            _ => {
+                self.err(
+                    format!("{key}.backend_tls"),
+                    span,
+                    "client_cert and client_key go together",
+                );
+                return None;
+            }
+        };
+        let skip = t.insecure_skip_verify.unwrap_or(false);
+        if skip {
+            tracing::warn!(
+                route,
+                "backend_tls.insecure_skip_verify is on: backend certificates are NOT verified (development only)"
+            );
+        }
+        let opts = crate::tls::BackendTlsOptions {
+            ca: ca.as_deref(),
+            insecure_skip_verify: skip,
+            client_auth,
+        };
+        match crate::tls::backend_client_config(&opts) {
+            Ok(c) => Some(c),
+            Err(crate::tls::PairError::Cert(m)) => {
+                let (k, sp) = match &t.ca {
+                    Some(ca) => (format!("{key}.backend_tls.ca"), Some(ca.span())),
+                    None => (
+                        format!("{key}.backend_tls.client_cert"),
+                        t.client_cert.as_ref().map(|c| c.span()),
+                    ),
+                };
+                self.err(k, sp, m);
+                None
+            }
+            Err(crate::tls::PairError::Key(m)) => {
+                self.err(
+                    format!("{key}.backend_tls.client_key"),
+                    t.client_key.as_ref().map(|c| c.span()),
+                    m,
+                );
+                None
+            }
+        }
     }
 }
 
@@ -699,17 +778,16 @@ fn valid_host_pattern(h: &str) -> bool {
         })
 }
 
-/// Parses `ws://host[:port][/path][?query]`.
+/// Parses `ws://host[:port][/path][?query]` or the same with `wss://`.
 pub fn parse_backend_url(s: &str) -> Result<BackendUrl, String> {
-    let rest = if let Some(rest) = s.strip_prefix("ws://") {
-        rest
-    } else if s.starts_with("wss://") {
-        return Err(format!(
-            "{s:?}: wss:// backends need TLS on the backend leg, which this version does not have yet; use ws://"
-        ));
+    let (rest, tls) = if let Some(rest) = s.strip_prefix("ws://") {
+        (rest, false)
+    } else if let Some(rest) = s.strip_prefix("wss://") {
+        (rest, true)
     } else {
-        return Err(format!("{s:?} is not a ws:// URL"));
+        return Err(format!("{s:?} is not a ws:// or wss:// URL"));
     };
+    let default_port = if tls { 443 } else { 80 };
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
     if authority.contains('@') {
@@ -740,7 +818,7 @@ pub fn parse_backend_url(s: &str) -> Result<BackendUrl, String> {
         return Err(format!("{s:?}: missing or invalid host"));
     }
     let port = match port {
-        None => 80,
+        None => default_port,
         Some(p) => p
             .parse::<u16>()
             .ok()
@@ -757,13 +835,14 @@ pub fn parse_backend_url(s: &str) -> Result<BackendUrl, String> {
         ));
     }
     let path = (!path.is_empty()).then(|| path.to_string());
-    let authority = if port == 80 {
+    let authority = if port == default_port {
         host.clone()
     } else {
         format!("{host}:{port}")
     };
     Ok(BackendUrl {
         url: s.to_string(),
+        tls,
         host: host
             .trim_start_matches('[')
             .trim_end_matches(']')
@@ -798,10 +877,13 @@ mod tests {
             ("::1", 81, "[::1]:81")
         );
         assert!(parse_backend_url("http://x").is_err());
+        assert!(!parse_backend_url("ws://h").unwrap().tls);
         assert!(parse_backend_url("ws://:80").is_err());
         assert!(parse_backend_url("ws://h:0").is_err());
         assert!(parse_backend_url("ws://h:99999").is_err());
-        assert!(parse_backend_url("wss://h").unwrap_err().contains("TLS"));
+        let u = parse_backend_url("wss://h/x").unwrap();
+        assert!(u.tls);
+        assert_eq!((u.port, u.authority.as_str()), (443, "h"));
     }
 
     #[test]
