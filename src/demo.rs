@@ -44,8 +44,9 @@ pub async fn start_echo_backend(listen: SocketAddr) -> std::io::Result<SocketAdd
     Ok(addr)
 }
 
-/// The demo's proxy config: one listener, the page at `/`, the echo backend at `/echo`.
-pub fn config(listen: SocketAddr, backend: SocketAddr) -> Config {
+/// The demo's proxy config: one listener, the page at `/`, the echo backend at `/echo`; with
+/// `tls`, the listener serves https/wss with a development certificate made on the spot.
+pub fn config(listen: SocketAddr, backend: SocketAddr, tls: bool) -> Config {
     let toml = format!(
         r#"
         # A demo has nothing worth waiting for: Ctrl-C ends it promptly.
@@ -62,6 +63,13 @@ pub fn config(listen: SocketAddr, backend: SocketAddr) -> Config {
         "#
     );
     let mut cfg = config::from_toml_str(&toml).expect("the built-in demo config is valid");
+    if tls {
+        let names = vec!["localhost".to_string(), listen.ip().to_string()];
+        match crate::tls::dev_listener(&names) {
+            Ok(l) => cfg.listeners[0].tls = Some(l),
+            Err(e) => tracing::error!(error = %e, "cannot make the demo's development certificate"),
+        }
+    }
     cfg.pages.push(StaticPage {
         path: "/".into(),
         content_type: "text/html; charset=utf-8",

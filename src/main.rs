@@ -48,6 +48,20 @@ enum Command {
         /// Where the demo proxy listens. If the default port is busy, a free port is used.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Serve the page over https and the WebSocket over wss, with a self-signed
+        /// development certificate made at start (the browser will ask you to accept it).
+        #[arg(long)]
+        tls: bool,
+    },
+    /// Write a self-signed development certificate and key (PEM) for the given names, e.g.
+    /// `wsgate cert localhost 127.0.0.1`. Marked as such: never use it in production.
+    Cert {
+        /// DNS names and IP addresses the certificate is valid for.
+        #[arg(default_values_t = ["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])]
+        names: Vec<String>,
+        /// Directory to write `<first name>.pem` and `<first name>.key` into.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
     },
 }
 
@@ -67,7 +81,10 @@ fn main() -> ExitCode {
             }
         },
         Command::Echo { listen } => exit(runtime().and_then(|rt| rt.block_on(echo(listen)))),
-        Command::Demo { listen } => exit(runtime().and_then(|rt| rt.block_on(demo(listen)))),
+        Command::Demo { listen, tls } => {
+            exit(runtime().and_then(|rt| rt.block_on(demo(listen, tls))))
+        }
+        Command::Cert { names, out } => exit(cert(&names, &out)),
     }
 }
 
@@ -132,23 +149,68 @@ async fn echo(listen: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn demo(listen: SocketAddr) -> anyhow::Result<()> {
+fn cert(names: &[String], out: &std::path::Path) -> anyhow::Result<()> {
+    let (cert, key) = wsgate::tls::dev_certificate(names).map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let stem = names
+        .first()
+        .map_or("dev", String::as_str)
+        .replace([':', '/'], "_");
+    let (cp, kp) = (
+        out.join(format!("{stem}.pem")),
+        out.join(format!("{stem}.key")),
+    );
+    std::fs::write(&cp, cert).with_context(|| format!("cannot write {}", cp.display()))?;
+    write_private(&kp, key.as_bytes()).with_context(|| format!("cannot write {}", kp.display()))?;
+    println!(
+        "wrote {} and {} (self-signed, 90 days, for {}): development only",
+        cp.display(),
+        kp.display(),
+        names.join(", ")
+    );
+    Ok(())
+}
+
+/// Writes a private key readable by its owner only.
+fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)
+}
+
+async fn demo(listen: SocketAddr, tls: bool) -> anyhow::Result<()> {
     let backend = wsgate::demo::start_echo_backend("127.0.0.1:0".parse()?)
         .await
         .context("cannot start the demo echo backend")?;
-    let handle = match Gateway::start(wsgate::demo::config(listen, backend)).await {
+    let handle = match Gateway::start(wsgate::demo::config(listen, backend, tls)).await {
         Ok(h) => h,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
             let fallback = SocketAddr::new(listen.ip(), 0);
             eprintln!("wsgate: {listen} is in use; using a free port instead");
-            Gateway::start(wsgate::demo::config(fallback, backend)).await?
+            Gateway::start(wsgate::demo::config(fallback, backend, tls)).await?
         }
         Err(e) => return Err(e.into()),
     };
     let addr = handle.local_addr();
     println!();
     println!("  wsgate demo is running.");
-    println!("  Open http://{addr}/ in a browser (WebSocket endpoint: ws://{addr}/echo).");
+    let (http, ws) = if tls {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
+    println!("  Open {http}://{addr}/ in a browser (WebSocket endpoint: {ws}://{addr}/echo).");
+    if tls {
+        println!(
+            "  The certificate is a self-signed development certificate: accept it in the browser."
+        );
+    }
     println!("  Built-in echo backend: ws://{backend}/  -  Ctrl-C to stop.");
     println!();
     wait_for_signal_then_drain(handle).await

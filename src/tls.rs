@@ -52,6 +52,9 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
         ),
         e => format!("cannot read {}: {}", key.display(), pem_error(&e)),
     }))?;
+    if is_dev_certificate(&chain[0]) {
+        tracing::warn!(cert = %cert.display(), "this is a wsgate development certificate: browsers will not trust it; do not use it in production");
+    }
     let certified = CertifiedKey::from_der(chain, der, &provider()).map_err(|e| {
         PairError::Key(format!(
             "{} and {} do not make a usable pair: {e}",
@@ -335,4 +338,42 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// The common name that marks wsgate's development certificates, so they are never used
+/// silently: serving one on a non-loopback address logs a warning.
+pub const DEV_CERT_NAME: &str = "wsgate development certificate (not for production)";
+
+/// A self-signed development certificate for `names` (DNS names or IP addresses), valid for
+/// 90 days, as PEM (certificate, private key).
+pub fn dev_certificate(names: &[String]) -> Result<(String, String), String> {
+    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(|e| e.to_string())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, DEV_CERT_NAME);
+    let now = std::time::SystemTime::now();
+    params.not_before = now.into();
+    params.not_after = (now + std::time::Duration::from_secs(90 * 86_400)).into();
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Whether a certificate is one of wsgate's development certificates.
+pub fn is_dev_certificate(cert: &CertificateDer<'_>) -> bool {
+    cert.as_ref()
+        .windows(DEV_CERT_NAME.len())
+        .any(|w| w == DEV_CERT_NAME.as_bytes())
+}
+
+/// A TLS listener serving a freshly made development certificate (for `wsgate demo --tls`).
+pub fn dev_listener(names: &[String]) -> Result<Arc<TlsListener>, String> {
+    let (cert, key) = dev_certificate(names)?;
+    let chain =
+        vec![CertificateDer::from_pem_slice(cert.as_bytes()).map_err(|e| format!("{e:?}"))?];
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| format!("{e:?}"))?;
+    let ck = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| e.to_string())?;
+    let mut resolver = SniResolver::default();
+    resolver.set_default(Arc::new(ck));
+    TlsListener::new(Vec::new(), resolver).map(Arc::new)
 }

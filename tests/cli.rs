@@ -332,3 +332,110 @@ async fn demo_serves_the_page_and_echoes() {
         .unwrap();
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn cert_writes_a_development_certificate_that_a_listener_accepts() {
+    let dir = std::env::temp_dir().join(format!("wsgate-cert-{}", std::process::id()));
+    let out = Command::new(BIN)
+        .args(["cert", "--out"])
+        .arg(&dir)
+        .args(["localhost", "127.0.0.1"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (cert, key) = (dir.join("localhost.pem"), dir.join("localhost.key"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let config = temp_config(&format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\n{}",
+        cert.display(),
+        key.display(),
+        route("r", "/", &["ws://127.0.0.1:1".to_string()])
+    ));
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Loading it says what it is.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("development certificate"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn demo_tls_serves_the_page_over_https_and_echoes_over_wss() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut child = Command::new(BIN)
+        .args(["demo", "--tls", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let line = wait_line(&mut lines, &mut seen, "demo URL", |l| {
+        l.contains("Open https://")
+    })
+    .await;
+    let addr = line
+        .split("https://")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    // The certificate is self-signed: this client does not verify it (as a user who accepted it).
+    let insecure = wsgate::tls::backend_client_config(&wsgate::tls::BackendTlsOptions {
+        insecure_skip_verify: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(insecure);
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut tls = connector.connect(name.clone(), tcp).await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut page = Vec::new();
+    tls.read_to_end(&mut page).await.ok();
+    let page = String::from_utf8_lossy(&page);
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("wss://"), "the page picks wss:// on https");
+
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("wss://{addr}/echo"), tls)
+        .await
+        .unwrap();
+    ws.send(Message::text("secure hello")).await.unwrap();
+    let got = tokio::time::timeout(STEP, futures_util::StreamExt::next(&mut ws))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, Message::text("secure hello"));
+    drop(ws);
+    sigterm(&child);
+    let status = tokio::time::timeout(STEP, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+}

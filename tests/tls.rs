@@ -420,5 +420,8 @@ async fn a_tls_1_0_client_is_refused_with_a_fatal_alert() {
     // No ServerHello: an alert record, fatal (2): protocol_version (70) or, as rustls answers
     // a hello it cannot serve at all, handshake_failure (40).
     assert!(answer.len() >= 7 && answer[0] == 0x15, "{answer:?}");
-    assert!(answer[5] == 2 && [40, 70].contains(&answer[6]), "{answer:?}");
+    assert!(
+        answer[5] == 2 && [40, 70].contains(&answer[6]),
+        "{answer:?}"
+    );
 }
