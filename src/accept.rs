@@ -69,6 +69,8 @@ pub async fn accept_loop(
                 let conn = ConnInfo {
                     client: peer,
                     scheme: "http",
+                    client_subject: None,
+                    subject_header: None,
                 };
                 conns.spawn(serve(
                     TokioIo::new(stream),
@@ -83,6 +85,7 @@ pub async fn accept_loop(
                 // The TLS handshake runs in the connection's own task, under the handshake
                 // timeout: a slow or silent client never holds up the accept loop.
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+                let subject_header = tls.subject_header.clone();
                 conns.spawn(async move {
                     let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => tls,
@@ -98,6 +101,8 @@ pub async fn accept_loop(
                     let conn = ConnInfo {
                         client: peer,
                         scheme: "https",
+                        client_subject: crate::tls::peer_subject(tls.get_ref().1),
+                        subject_header: subject_header.clone(),
                     };
                     serve(TokioIo::new(tls), conn, state, builder, timeout, stop).await;
                 });
@@ -130,11 +135,12 @@ async fn serve<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let seen_request = Arc::new(AtomicBool::new(false));
+    let client = conn.client;
     let service = {
         let seen_request = seen_request.clone();
         service_fn(move |req| {
             seen_request.store(true, Ordering::Relaxed);
-            proxy::handle(state.clone(), conn, req)
+            proxy::handle(state.clone(), conn.clone(), req)
         })
     };
     let connection = builder.serve_connection_with_upgrades(io, service);
@@ -147,14 +153,14 @@ async fn serve<I>(
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(e) = result {
-                    tracing::debug!(client = %conn.client, error = %e, "connection ended with an error");
+                    tracing::debug!(client = %client, error = %e, "connection ended with an error");
                 }
                 return;
             }
             _ = &mut deadline, if deadline_armed => {
                 deadline_armed = false;
                 if !seen_request.load(Ordering::Relaxed) {
-                    tracing::debug!(client = %conn.client, "no request within the handshake timeout; closing");
+                    tracing::debug!(client = %client, "no request within the handshake timeout; closing");
                     return;
                 }
             }

@@ -181,6 +181,9 @@ pub struct BackendRequest<'a> {
     pub client_addr: SocketAddr,
     /// `http` or `https`, as seen by the client.
     pub scheme: &'static str,
+    /// The listener's client-certificate header and the verified subject (if any). The
+    /// client's own header of that name is always dropped, so it cannot be forged.
+    pub client_subject: Option<(&'a HeaderName, Option<&'a str>)>,
 }
 
 /// Builds the upgrade request for the backend: end-to-end headers copied, hop-by-hop ones
@@ -217,6 +220,12 @@ pub fn build_request(b: &BackendRequest<'_>) -> (Request<Empty<Bytes>>, String) 
             headers.insert(name, v);
         }
     };
+    if let Some((name, subject)) = b.client_subject {
+        headers.remove(name);
+        if let Some(subject) = subject {
+            set(&mut headers, name.clone(), subject);
+        }
+    }
     set(&mut headers, header::HOST, &host);
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));

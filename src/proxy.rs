@@ -57,11 +57,15 @@ impl ProxyState {
 }
 
 /// Facts about the connection a request came on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub client: SocketAddr,
     /// `http` or `https`, for the forwarding headers.
     pub scheme: &'static str,
+    /// The subject of the client's verified TLS certificate (mutual TLS), if it sent one.
+    pub client_subject: Option<Arc<str>>,
+    /// The header that carries `client_subject` to the backend, if the listener names one.
+    pub subject_header: Option<http::HeaderName>,
 }
 
 /// hyper service entry point. Never fails: every error becomes a response.
@@ -93,14 +97,14 @@ async fn handle_request(
         .find(host.as_deref(), parts.uri.path())
         .cloned()
     else {
-        return refuse(id, None, conn, &parts, ProxyError::NoRoute);
+        return refuse(id, None, &conn, &parts, ProxyError::NoRoute);
     };
     if state.sessions.is_draining() {
-        return refuse(id, Some(&route), conn, &parts, ProxyError::Draining);
+        return refuse(id, Some(&route), &conn, &parts, ProxyError::Draining);
     }
     let client_hs = match handshake::validate(&parts) {
         Ok(hs) => hs,
-        Err(e) => return refuse(id, Some(&route), conn, &parts, e.into()),
+        Err(e) => return refuse(id, Some(&route), &conn, &parts, e.into()),
     };
     // Taken before answering (hyper examples/upgrades.rs); hyper sets it on every HTTP/1.1
     // request that carries `Upgrade`, which validation has just required.
@@ -108,7 +112,7 @@ async fn handle_request(
         return refuse(
             id,
             Some(&route),
-            conn,
+            &conn,
             &parts,
             ProxyError::Handshake(HandshakeError::NotAnUpgrade),
         );
@@ -117,7 +121,7 @@ async fn handle_request(
     let rc = &route.config;
     let (stream, lease) = match route.pool.connect(rc.backend_connect_timeout).await {
         Ok(ok) => ok,
-        Err(e) => return refuse(id, Some(&route), conn, &parts, e.into()),
+        Err(e) => return refuse(id, Some(&route), &conn, &parts, e.into()),
     };
     let backend_url = lease.backend.url.clone();
     let (backend_req, key) = backend::build_request(&BackendRequest {
@@ -127,6 +131,10 @@ async fn handle_request(
         handshake: &client_hs,
         client_addr: conn.client,
         scheme: conn.scheme,
+        client_subject: conn
+            .subject_header
+            .as_ref()
+            .map(|h| (h, conn.client_subject.as_deref())),
     });
     tracing::debug!(session = id, route = %rc.name, backend = %backend_url.url, uri = %backend_req.uri(), "backend handshake");
     let params = backend::HandshakeParams {
@@ -139,7 +147,7 @@ async fn handle_request(
     };
     let upgrade = match backend::handshake(stream, backend_req, params).await {
         Ok(up) => up,
-        Err(e) => return refuse(id, Some(&route), conn, &parts, ProxyError::Backend(e)),
+        Err(e) => return refuse(id, Some(&route), &conn, &parts, ProxyError::Backend(e)),
     };
 
     let response = switching_protocols(&client_hs, &upgrade);
@@ -277,7 +285,7 @@ fn request_host(parts: &Parts) -> Option<String> {
 fn refuse(
     id: u64,
     route: Option<&Route>,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     parts: &Parts,
     err: ProxyError,
 ) -> Response<Body> {

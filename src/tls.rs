@@ -179,21 +179,82 @@ pub struct TlsListener {
     sources: Vec<CertSource>,
     resolver: Arc<Reloading>,
     config: Arc<ServerConfig>,
+    /// The header that carries a verified client certificate's subject to backends.
+    pub subject_header: Option<http::HeaderName>,
+}
+
+/// Client certificates (mutual TLS) on a listener.
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    /// CA bundle (PEM) client certificates must chain to.
+    pub ca: PathBuf,
+    /// Refuse the TLS handshake without a valid client certificate; otherwise a client may
+    /// send none (and its requests carry no subject).
+    pub required: bool,
+}
+
+/// The subject of the verified client certificate of a connection, RFC 4514 style
+/// (`CN=alice, O=Example`), if the client sent one.
+pub fn peer_subject(conn: &rustls::ServerConnection) -> Option<Arc<str>> {
+    let cert = conn.peer_certificates()?.first()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    Some(Arc::from(parsed.subject().to_string()))
 }
 
 impl TlsListener {
     pub fn new(sources: Vec<CertSource>, initial: SniResolver) -> Result<TlsListener, String> {
+        Self::with_client_auth(sources, initial, None, None)
+    }
+
+    /// A listener that may ask for client certificates (`client_auth`), and passes the
+    /// verified subject to backends in `subject_header`.
+    pub fn with_client_auth(
+        sources: Vec<CertSource>,
+        initial: SniResolver,
+        client_auth: Option<&ClientAuth>,
+        subject_header: Option<http::HeaderName>,
+    ) -> Result<TlsListener, String> {
         let resolver = Arc::new(Reloading(RwLock::new(Arc::new(initial))));
-        let mut config = ServerConfig::builder_with_provider(provider())
+        let builder = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| format!("TLS setup: {e}"))?
-            .with_no_client_auth()
-            .with_cert_resolver(resolver.clone());
+            .map_err(|e| format!("TLS setup: {e}"))?;
+        let builder = match client_auth {
+            None => builder.with_no_client_auth(),
+            Some(auth) => {
+                let mut roots = rustls::RootCertStore::empty();
+                let certs = CertificateDer::pem_file_iter(&auth.ca)
+                    .map_err(|e| format!("cannot read {}: {}", auth.ca.display(), pem_error(&e)))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("{}: {}", auth.ca.display(), pem_error(&e)))?;
+                let (added, _) = roots.add_parsable_certificates(certs);
+                if added == 0 {
+                    return Err(format!(
+                        "{}: no usable CA certificate in the file",
+                        auth.ca.display()
+                    ));
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider(),
+                );
+                let verifier = if auth.required {
+                    verifier
+                } else {
+                    verifier.allow_unauthenticated()
+                };
+                let verifier = verifier
+                    .build()
+                    .map_err(|e| format!("{}: {e}", auth.ca.display()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_cert_resolver(resolver.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(TlsListener {
             sources,
             resolver,
             config: Arc::new(config),
+            subject_header,
         })
     }
 

@@ -425,3 +425,122 @@ async fn a_tls_1_0_client_is_refused_with_a_fatal_alert() {
         "{answer:?}"
     );
 }
+
+/// A TLS connector that presents the client certificate `(cert, key)`.
+fn client_cert_connector(
+    ca: &TestCa,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.issuer.der().clone()).unwrap();
+    let chain = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(wsgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    TlsConnector::from(Arc::new(config))
+}
+
+async fn wss_over(connector: &TlsConnector, gw: &Gateway, extra: &str) -> Result<Ws2, String> {
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("wss://localhost:{}/", gw.addr.port()),
+    )
+    .unwrap();
+    if !extra.is_empty() {
+        req.headers_mut()
+            .insert("x-client-subject", extra.parse().unwrap());
+    }
+    tokio_tungstenite::client_async(req, tls)
+        .await
+        .map(|(ws, _)| ws)
+        .map_err(|e| e.to_string())
+}
+
+type Ws2 = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+fn mtls_listener(ca: &TestCa, mode: &str) -> String {
+    let (cert, key) = ca.leaf("server", &["localhost"]);
+    tls_listener(
+        &cert,
+        &key,
+        &format!(
+            "client_ca = \"{}\"\nclient_auth = \"{mode}\"\nclient_subject_header = \"X-Client-Subject\"\n",
+            ca.ca_file().display()
+        ),
+    )
+}
+
+#[tokio::test]
+async fn mtls_required_refuses_clients_without_a_certificate_and_passes_the_subject() {
+    let ca = TestCa::new();
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "{}{}",
+        mtls_listener(&ca, "required"),
+        route("r", "/", &[backend.url()])
+    ))
+    .await;
+    // No certificate: the handshake (or, with TLS 1.3, the first exchange after it) fails.
+    assert!(wss_over(&ca.connector(), &gw, "").await.is_err());
+    assert_eq!(backend.request_count(), 0);
+    // A certificate from the CA: accepted, and the backend learns who it is.
+    let (cert, key) = ca.leaf("alice", &["alice.example"]);
+    let mut ws = wss_over(&client_cert_connector(&ca, &cert, &key), &gw, "CN=forged")
+        .await
+        .unwrap();
+    ws.send(Message::text("mutual")).await.unwrap();
+    let got = tokio::time::timeout(STEP, futures_util::StreamExt::next(&mut ws))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, Message::text("mutual"));
+    let subject = backend
+        .last_request()
+        .header("x-client-subject")
+        .unwrap_or("")
+        .to_string();
+    assert!(subject.contains("CN=alice.example"), "{subject}");
+    // A certificate from another CA is refused.
+    let other = TestCa::new();
+    let (cert, key) = other.leaf("mallory", &["mallory.example"]);
+    // (The client trusts the server's CA; its own certificate is from the other CA.)
+    assert!(
+        wss_over(&client_cert_connector(&ca, &cert, &key), &gw, "")
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn mtls_optional_accepts_clients_without_a_certificate_but_never_a_forged_subject() {
+    let ca = TestCa::new();
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "{}{}",
+        mtls_listener(&ca, "optional"),
+        route("r", "/", &[backend.url()])
+    ))
+    .await;
+    let mut ws = wss_over(&ca.connector(), &gw, "CN=forged").await.unwrap();
+    ws.send(Message::text("anonymous")).await.unwrap();
+    tokio::time::timeout(STEP, futures_util::StreamExt::next(&mut ws))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(backend.last_request().header("x-client-subject"), None);
+}

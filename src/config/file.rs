@@ -35,6 +35,9 @@ pub struct FileListener {
 pub struct FileTls {
     pub cert: Option<SpStr>,
     pub key: Option<SpStr>,
+    pub client_ca: Option<SpStr>,
+    pub client_auth: Option<SpStr>,
+    pub client_subject_header: Option<SpStr>,
     #[serde(default)]
     pub sni: Vec<Spanned<FileSni>>,
 }

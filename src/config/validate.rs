@@ -530,10 +530,72 @@ impl Validator<'_> {
         if self.errors.len() != before {
             return None;
         }
-        match crate::tls::TlsListener::new(sources, resolver) {
+        let required = match t.client_auth.as_ref().map(|m| (m, m.get_ref().as_str())) {
+            None | Some((_, "required")) => true,
+            Some((_, "optional")) => false,
+            Some((m, other)) => {
+                self.err(
+                    format!("{key}.client_auth"),
+                    Some(m.span()),
+                    format!("{other:?}: use \"required\" or \"optional\""),
+                );
+                return None;
+            }
+        };
+        let client_auth = match &t.client_ca {
+            Some(ca) => Some(crate::tls::ClientAuth {
+                ca: self.base.join(ca.get_ref()),
+                required,
+            }),
+            None => {
+                if let Some(m) = &t.client_auth {
+                    self.err(
+                        format!("{key}.client_auth"),
+                        Some(m.span()),
+                        "needs client_ca: the CA bundle client certificates must chain to",
+                    );
+                    return None;
+                }
+                None
+            }
+        };
+        let subject_header = match &t.client_subject_header {
+            None => None,
+            Some(h) => match http::HeaderName::from_bytes(h.get_ref().as_bytes()) {
+                Ok(name) if client_auth.is_some() => Some(name),
+                Ok(_) => {
+                    self.err(
+                        format!("{key}.client_subject_header"),
+                        Some(h.span()),
+                        "needs client_ca (no client certificates are asked for)",
+                    );
+                    return None;
+                }
+                Err(_) => {
+                    self.err(
+                        format!("{key}.client_subject_header"),
+                        Some(h.span()),
+                        format!("{:?} is not a header name", h.get_ref()),
+                    );
+                    return None;
+                }
+            },
+        };
+        match crate::tls::TlsListener::with_client_auth(
+            sources,
+            resolver,
+            client_auth.as_ref(),
+            subject_header,
+        ) {
             Ok(l) => Some(std::sync::Arc::new(l)),
             Err(msg) => {
-                self.err(key, Some(t_span), msg);
+                let k = if t.client_ca.is_some() {
+                    format!("{key}.client_ca")
+                } else {
+                    key.to_string()
+                };
+                let span = t.client_ca.as_ref().map_or(t_span, |c| c.span());
+                self.err(k, Some(span), msg);
                 None
             }
         }
