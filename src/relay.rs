@@ -975,7 +975,10 @@ where
         let Some(next) = next else {
             return Poll::Pending;
         };
-        if timer.deadline() != next {
+        // Re-arm only to fire earlier, or once it has fired: the ping deadline moves with every
+        // read, and resetting a tokio timer takes the timer driver's lock. A timer that fires
+        // early just runs this function again, which re-arms it for the real deadline.
+        if next < timer.deadline() || timer.deadline() <= now {
             timer.as_mut().reset(next);
         }
         return match timer.as_mut().poll(cx) {
