@@ -1001,17 +1001,31 @@ mod tests {
         frame::encode_frame(op, true, payload, None)
     }
 
-    #[tokio::test]
-    async fn relays_frames_and_the_closing_handshake() {
-        let (mut client, client_side) = duplex(64);
-        let (backend_side, mut backend) = duplex(64);
+    /// A relay between two in-memory pipes: (client end, backend end, control, task).
+    fn spawn_relay(
+        capacity: usize,
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+        Control,
+        tokio::task::JoinHandle<RelayOutcome>,
+    ) {
+        let (client, client_side) = duplex(capacity);
+        let (backend_side, backend) = duplex(capacity);
+        let control = Control::default();
         let task = tokio::spawn(relay(
             (client_side, Bytes::new()),
             (backend_side, Bytes::new()),
             RelayConfig::default(),
             Arc::default(),
-            Control::default(),
+            control.clone(),
         ));
+        (client, backend, control, task)
+    }
+
+    #[tokio::test]
+    async fn relays_frames_and_the_closing_handshake() {
+        let (mut client, mut backend, _control, task) = spawn_relay(64);
         // Larger than the pipe, so the queueing path runs.
         let big = masked(opcode::BINARY, &[7u8; 1000]);
         let mut got = vec![0u8; big.len()];
@@ -1050,16 +1064,7 @@ mod tests {
 
     #[tokio::test]
     async fn drain_sends_close_frames_both_ways() {
-        let (mut client, client_side) = duplex(1024);
-        let (backend_side, mut backend) = duplex(1024);
-        let control = Control::default();
-        let task = tokio::spawn(relay(
-            (client_side, Bytes::new()),
-            (backend_side, Bytes::new()),
-            RelayConfig::default(),
-            Arc::default(),
-            control.clone(),
-        ));
+        let (mut client, mut backend, control, task) = spawn_relay(1024);
         control.close_with(close_code::GOING_AWAY);
         let mut head = [0u8; 2];
         client.read_exact(&mut head).await.unwrap();
@@ -1092,16 +1097,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_close_during_a_frame_waits_for_the_frame_to_end() {
-        let (mut client, client_side) = duplex(4096);
-        let (backend_side, mut backend) = duplex(4096);
-        let control = Control::default();
-        let task = tokio::spawn(relay(
-            (client_side, Bytes::new()),
-            (backend_side, Bytes::new()),
-            RelayConfig::default(),
-            Arc::default(),
-            control.clone(),
-        ));
+        let (mut client, mut backend, control, task) = spawn_relay(4096);
         let frame = plain(opcode::BINARY, &[9u8; 100]);
         backend.write_all(&frame[..50]).await.unwrap();
         let mut got = vec![0u8; 50];

@@ -33,8 +33,11 @@ pub enum PairError {
 }
 
 /// Reads a certificate chain and its private key (PKCS#8, PKCS#1 or SEC1; RSA, ECDSA or
-/// Ed25519) and checks that they belong together. The error names the file and the problem.
-pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, PairError> {
+/// Ed25519) from PEM files. The error names the file and the problem.
+fn read_pair(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PairError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| PairError::Cert(format!("cannot read {}: {}", cert.display(), pem_error(&e))))?
         .collect::<Result<_, _>>()
@@ -55,14 +58,41 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
     if is_dev_certificate(&chain[0]) {
         tracing::warn!(cert = %cert.display(), "this is a wsgate development certificate: browsers will not trust it; do not use it in production");
     }
-    let certified = CertifiedKey::from_der(chain, der, &provider()).map_err(|e| {
-        PairError::Key(format!(
-            "{} and {} do not make a usable pair: {e}",
-            cert.display(),
-            key.display()
-        ))
-    })?;
+    Ok((chain, der))
+}
+
+/// The error for a certificate and key that do not belong together.
+fn mismatch(cert: &Path, key: &Path, e: rustls::Error) -> PairError {
+    PairError::Key(format!(
+        "{} and {} do not make a usable pair: {e}",
+        cert.display(),
+        key.display()
+    ))
+}
+
+/// Reads a certificate chain and its private key and checks that they belong together.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, PairError> {
+    let (chain, der) = read_pair(cert, key)?;
+    let certified =
+        CertifiedKey::from_der(chain, der, &provider()).map_err(|e| mismatch(cert, key, e))?;
     Ok(Arc::new(certified))
+}
+
+/// A CA bundle (PEM) as a root store; an error if the file holds no usable certificate.
+fn load_roots(ca: &Path) -> Result<rustls::RootCertStore, String> {
+    let certs = CertificateDer::pem_file_iter(ca)
+        .map_err(|e| format!("cannot read {}: {}", ca.display(), pem_error(&e)))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {}", ca.display(), pem_error(&e)))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(format!(
+            "{}: no usable CA certificate in the file",
+            ca.display()
+        ));
+    }
+    Ok(roots)
 }
 
 fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
@@ -221,18 +251,7 @@ impl TlsListener {
         let builder = match client_auth {
             None => builder.with_no_client_auth(),
             Some(auth) => {
-                let mut roots = rustls::RootCertStore::empty();
-                let certs = CertificateDer::pem_file_iter(&auth.ca)
-                    .map_err(|e| format!("cannot read {}: {}", auth.ca.display(), pem_error(&e)))?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| format!("{}: {}", auth.ca.display(), pem_error(&e)))?;
-                let (added, _) = roots.add_parsable_certificates(certs);
-                if added == 0 {
-                    return Err(format!(
-                        "{}: no usable CA certificate in the file",
-                        auth.ca.display()
-                    ));
-                }
+                let roots = load_roots(&auth.ca)?;
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     Arc::new(roots),
                     provider(),
@@ -312,23 +331,7 @@ pub fn backend_client_config(
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
     } else {
         let roots = match opts.ca {
-            Some(ca) => {
-                let mut roots = rustls::RootCertStore::empty();
-                let certs = CertificateDer::pem_file_iter(ca)
-                    .map_err(|e| {
-                        PairError::Cert(format!("cannot read {}: {}", ca.display(), pem_error(&e)))
-                    })?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| PairError::Cert(format!("{}: {}", ca.display(), pem_error(&e))))?;
-                let (added, _) = roots.add_parsable_certificates(certs);
-                if added == 0 {
-                    return Err(PairError::Cert(format!(
-                        "{}: no usable CA certificate in the file",
-                        ca.display()
-                    )));
-                }
-                roots
-            }
+            Some(ca) => load_roots(ca).map_err(PairError::Cert)?,
             None => system_roots().clone(),
         };
         builder.with_root_certificates(roots)
@@ -336,15 +339,10 @@ pub fn backend_client_config(
     let mut config = match opts.client_auth {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
-            let ck = load_certified_key(cert, key)?;
+            let (chain, der) = read_pair(cert, key)?;
             builder
-                .with_client_auth_cert(
-                    ck.cert.clone(),
-                    PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                        PairError::Key(format!("{}: {}", key.display(), pem_error(&e)))
-                    })?,
-                )
-                .map_err(|e| PairError::Key(format!("{}: {e}", key.display())))?
+                .with_client_auth_cert(chain, der)
+                .map_err(|e| mismatch(cert, key, e))?
         }
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
