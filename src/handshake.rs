@@ -233,9 +233,12 @@ pub fn list_values(headers: &HeaderMap, name: &HeaderName) -> Vec<String> {
 
 /// RFC 9110 §5.6.2 token characters.
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty() && s.bytes().all(is_token_byte)
+}
+
+/// One RFC 9110 §5.6.2 `tchar`.
+pub fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]

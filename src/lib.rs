@@ -28,6 +28,8 @@ pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod http;
+pub mod http_client;
+pub mod policy;
 pub mod proxy;
 pub mod relay;
 pub mod route;

@@ -28,6 +28,10 @@ pub struct FileListener {
     /// Overrides `timeouts.handshake` for this listener.
     pub handshake_timeout: Option<SpStr>,
     pub tls: Option<Spanned<FileTls>>,
+    /// Expect a PROXY protocol (v1 or v2) header before anything else on every connection.
+    pub proxy_protocol: Option<bool>,
+    /// Peers (CIDRs or addresses) whose `X-Forwarded-*` / `Forwarded` headers are believed.
+    pub trusted_proxies: Option<Spanned<Vec<SpStr>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +66,32 @@ pub struct FileRoute {
     pub max_message: Option<SpStr>,
     pub timeouts: Option<FileRouteTimeouts>,
     pub backend_tls: Option<Spanned<FileBackendTls>>,
+    /// Allowed `Origin`s: exact origins, `https://*.example.com`, or `same-origin`.
+    pub origins: Option<Spanned<Vec<SpStr>>>,
+    /// A handshake without `Origin` (not from a browser): `"allow"` (default) or `"refuse"`.
+    pub missing_origin: Option<SpStr>,
+    /// Subprotocols the backend may be offered; others are dropped from the offer.
+    pub subprotocols: Option<Spanned<Vec<SpStr>>>,
+    /// Refuse a handshake that offers none of `subprotocols`.
+    pub require_subprotocol: Option<Spanned<bool>>,
+    pub auth: Option<Spanned<FileAuth>>,
+}
+
+/// `[route.auth]`: credentials at the edge, identity to the backend.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAuth {
+    /// Cookies that must be present (by name).
+    pub require_cookies: Option<Spanned<Vec<SpStr>>>,
+    /// Cookies removed before the backend (by name; all others pass).
+    pub strip_cookies: Option<Spanned<Vec<SpStr>>>,
+    /// Request headers removed before the backend.
+    pub strip_headers: Option<Spanned<Vec<SpStr>>>,
+    /// Headers set on the backend request from templates: `{claim}`, `{claim.nested}`,
+    /// `{tls.subject}`, `{client.ip}`.
+    pub set_headers: Option<Spanned<std::collections::BTreeMap<String, SpStr>>>,
+    pub jwt: Option<Spanned<crate::policy::jwt::FileJwt>>,
+    pub forward_auth: Option<Spanned<crate::policy::forward_auth::FileForwardAuth>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

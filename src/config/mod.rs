@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+pub(crate) use validate::Validator;
 pub use validate::{from_toml_str, from_toml_str_in, load_file, parse_backend_url};
 
 /// How long a client may take to send its complete request head. Long enough for a slow
@@ -61,6 +62,10 @@ pub struct ListenerConfig {
     pub handshake_timeout: Duration,
     /// TLS termination (`wss://`); `None` for plain `ws://`.
     pub tls: Option<std::sync::Arc<crate::tls::TlsListener>>,
+    /// Read a PROXY protocol v1/v2 header first; its source address is the client's.
+    pub proxy_protocol: bool,
+    /// Peers whose forwarding headers are believed (see [`crate::policy::forwarding`]).
+    pub trusted_proxies: std::sync::Arc<[crate::policy::forwarding::Cidr]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +93,8 @@ pub struct RouteConfig {
     pub backend_handshake_timeout: Duration,
     /// Session keepalive and limits, applied by the relay.
     pub session: SessionConfig,
+    /// Origin, subprotocol, cookie, token and forward-auth checks, and identity headers.
+    pub policy: std::sync::Arc<crate::policy::RoutePolicy>,
 }
 
 /// What the relay enforces on a route's sessions. `None` means off.

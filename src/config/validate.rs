@@ -126,14 +126,18 @@ struct SessionKeys<'a> {
     max_lifetime: Option<&'a SpStr>,
 }
 
-struct Validator<'a> {
+/// Collects errors while turning the file mirror into [`Config`]. Policy modules validate
+/// their own tables through it (`crate::policy::jwt`, `crate::policy::forward_auth`).
+pub(crate) struct Validator<'a> {
     text: &'a str,
-    base: &'a Path,
+    /// The config file's directory: relative file paths are resolved against it.
+    pub(crate) base: &'a Path,
     errors: Vec<ConfigError>,
 }
 
 impl Validator<'_> {
-    fn err(
+    /// Records one error; `span` (from a [`Spanned`] value) gives the line.
+    pub(crate) fn err(
         &mut self,
         key: impl Into<String>,
         span: Option<Range<usize>>,
@@ -147,7 +151,13 @@ impl Validator<'_> {
         });
     }
 
-    fn duration(&mut self, key: &str, value: Option<&SpStr>, default: Duration) -> Duration {
+    /// A positive duration such as `"5s"`; errors name `key`.
+    pub(crate) fn duration(
+        &mut self,
+        key: &str,
+        value: Option<&SpStr>,
+        default: Duration,
+    ) -> Duration {
         let Some(value) = value else { return default };
         match parse_duration(value.get_ref()) {
             Ok(d) if d.is_zero() => {
@@ -163,7 +173,7 @@ impl Validator<'_> {
     }
 
     /// A duration where `"0"` or `"off"` turns the feature off.
-    fn optional_duration(
+    pub(crate) fn optional_duration(
         &mut self,
         key: &str,
         value: Option<&SpStr>,
@@ -349,10 +359,16 @@ impl Validator<'_> {
                         self.err(format!("{key}.listen"), Some(listen.span()), format!("{addr} is used by an earlier listener"));
                     }
                     let tls = l.tls.as_ref().and_then(|t| self.tls(&format!("{key}.tls"), t));
+                    let trusted_proxies = self.cidrs(
+                        &format!("{key}.trusted_proxies"),
+                        l.trusted_proxies.as_ref(),
+                    );
                     listeners.push(ListenerConfig {
                         addr,
                         handshake_timeout,
                         tls,
+                        proxy_protocol: l.proxy_protocol.unwrap_or(false),
+                        trusted_proxies: trusted_proxies.into(),
                     });
                 }
                 Err(_) => self.err(
@@ -729,6 +745,7 @@ impl Validator<'_> {
         );
 
         let backend_tls = self.backend_tls(key, &name, r.backend_tls.as_ref(), &backends);
+        let policy = crate::policy::validate_route(self, key, r);
 
         (self.errors.len() == errors_before).then_some(RouteConfig {
             name,
@@ -741,11 +758,33 @@ impl Validator<'_> {
             backend_connect_timeout,
             backend_handshake_timeout,
             session,
+            policy: std::sync::Arc::new(policy),
         })
     }
 }
 
 impl Validator<'_> {
+    /// A list of CIDR blocks or addresses.
+    fn cidrs(
+        &mut self,
+        key: &str,
+        list: Option<&Spanned<Vec<SpStr>>>,
+    ) -> Vec<crate::policy::forwarding::Cidr> {
+        let mut out = Vec::new();
+        for (i, s) in list
+            .map(|l| l.get_ref().as_slice())
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            match crate::policy::forwarding::Cidr::parse(s.get_ref().trim()) {
+                Ok(c) => out.push(c),
+                Err(m) => self.err(format!("{key}[{i}]"), Some(s.span()), m),
+            }
+        }
+        out
+    }
+
     /// TLS client settings for a route's `wss://` backends, built (and files checked) now.
     fn backend_tls(
         &mut self,

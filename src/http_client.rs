@@ -1,0 +1,128 @@
+//! The proxy's own HTTP client, for its subrequests: forward-auth checks and JWKS fetches.
+//!
+//! hyper-util's pooled client with hyper-rustls, so a forward-auth service on every handshake
+//! costs a request on a kept-alive connection, not a TCP (and TLS) handshake each time. TLS
+//! uses the binary's one crypto provider and the system roots (or a configured CA bundle).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// Why a subrequest produced no response.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Request(String),
+    #[error("response body over {0} bytes")]
+    BodyTooLarge(usize),
+}
+
+/// A pooled HTTP/1.1 client for `http://` and `https://` URLs.
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    inner: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl HttpClient {
+    /// A client whose `https://` connections verify against `tls` (see
+    /// [`crate::tls::backend_client_config`] for building one with system roots or a CA file).
+    pub fn new(tls: Arc<rustls::ClientConfig>) -> HttpClient {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls).clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let inner = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(32)
+            .build(https);
+        HttpClient { inner }
+    }
+
+    /// Sends `req` and reads the whole response, all within `timeout`; a body longer than
+    /// `max_body` is an error (an auth service or key server has no reason to send megabytes).
+    pub async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Result<Response<Bytes>, ClientError> {
+        let run = async {
+            let resp = self
+                .inner
+                .request(req)
+                .await
+                .map_err(|e| ClientError::Request(error_chain(&e)))?;
+            let (parts, body) = resp.into_parts();
+            let body = Limited::new(body, max_body)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        ClientError::BodyTooLarge(max_body)
+                    } else {
+                        ClientError::Request(e.to_string())
+                    }
+                })?
+                .to_bytes();
+            Ok(Response::from_parts(parts, body))
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))?
+    }
+
+    /// `GET url`, for key sets and the like.
+    pub async fn get(
+        &self,
+        url: &Uri,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Result<Response<Bytes>, ClientError> {
+        let req = Request::get(url.clone())
+            .header(
+                http::header::USER_AGENT,
+                concat!("wsgate/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Request(e.to_string()))?;
+        self.send(req, timeout, max_body).await
+    }
+}
+
+/// hyper-util's errors say "client error (Connect)" and keep the cause in `source()`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Parses an `http://` or `https://` URL for a subrequest target.
+pub fn parse_http_url(s: &str) -> Result<Uri, String> {
+    let uri: Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("{s:?} must start with http:// or https://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("{s:?} has no host"));
+    }
+    Ok(uri)
+}

@@ -1,0 +1,84 @@
+//! Cookies: find one by name, and remove named ones before the backend.
+//!
+//! Parsed leniently as browsers send them (RFC 6265 §5.4): `name=value` pairs separated by
+//! `;`, possibly across several `Cookie` headers (HTTP/2 splits them). Values are passed on
+//! byte for byte.
+
+use http::HeaderMap;
+use http::header::{COOKIE, HeaderValue};
+
+/// Every `(name, value)` pair of the request's `Cookie` headers, in order.
+pub fn pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| {
+            let pair = pair.trim();
+            let (name, value) = pair.split_once('=')?;
+            let value = value.trim();
+            // A quoted value's quotes are not part of it (RFC 6265 §4.1.1 cookie-value).
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value);
+            Some((name.trim(), value))
+        })
+}
+
+/// The first cookie of this name.
+pub fn get<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    pairs(headers).find(|(n, _)| *n == name).map(|(_, v)| v)
+}
+
+/// Removes the named cookies, keeping all others (and their order) in one `Cookie` header;
+/// no header at all when none is left.
+pub fn strip(headers: &mut HeaderMap, names: &[String]) {
+    if names.is_empty() || !headers.contains_key(COOKIE) {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(n, _)| n).trim();
+            !names.iter().any(|s| s == name)
+        })
+        .map(str::to_string)
+        .collect();
+    headers.remove(COOKIE);
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(COOKIE, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_and_strips_only_named() {
+        let mut h = HeaderMap::new();
+        h.append(
+            COOKIE,
+            HeaderValue::from_static("a=1; session=s3cr3t; b=\"2\""),
+        );
+        h.append(COOKIE, HeaderValue::from_static("c=3"));
+        assert_eq!(get(&h, "session"), Some("s3cr3t"));
+        assert_eq!(get(&h, "b"), Some("2"));
+        assert_eq!(get(&h, "c"), Some("3"));
+        assert_eq!(get(&h, "sess"), None);
+        strip(&mut h, &["session".into()]);
+        assert_eq!(h.get_all(COOKIE).iter().count(), 1);
+        assert_eq!(h[COOKIE], "a=1; b=\"2\"; c=3");
+        strip(&mut h, &["a".into(), "b".into(), "c".into()]);
+        assert!(!h.contains_key(COOKIE));
+    }
+}

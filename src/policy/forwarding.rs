@@ -1,0 +1,213 @@
+//! The client's address, and the forwarding headers that tell the backend about it.
+//!
+//! The TCP peer (or the PROXY protocol source) is the client unless it is a configured
+//! trusted proxy; then `X-Forwarded-For` is read from the right, skipping trusted hops, and
+//! the first untrusted address is the client. Forwarding headers from untrusted peers are
+//! dropped, never appended to: otherwise any client could claim any address.
+
+use std::net::IpAddr;
+
+/// An address block, `10.0.0.0/8` or `2001:db8::/32` (a bare address is a /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address or CIDR block (e.g. \"10.0.0.0/8\")"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => return Err(format!("{s:?}: prefix length must be 0..={max}")),
+            },
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether `ip` is one of `trusted`.
+pub fn is_trusted(trusted: &[Cidr], ip: IpAddr) -> bool {
+    trusted.iter().any(|c| c.contains(ip))
+}
+
+/// The addresses of a request's `X-Forwarded-For` headers, left to right. Entries that are
+/// not addresses (`unknown`, obfuscated names) end the list: nothing left of them can be
+/// attributed.
+pub fn forwarded_for(headers: &http::HeaderMap) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for v in headers.get_all("x-forwarded-for") {
+        let Ok(v) = v.to_str() else { return out };
+        for item in v.split(',') {
+            match parse_forwarded_ip(item.trim()) {
+                Some(ip) => out.push(ip),
+                None => {
+                    out.clear();
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `1.2.3.4`, `1.2.3.4:567`, `2001:db8::1`, `[2001:db8::1]:567`.
+fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        return rest.split_once(']')?.0.parse().ok();
+    }
+    s.rsplit_once(':')?.0.parse().ok()
+}
+
+/// What the proxy knows about where a request came from.
+#[derive(Debug, Clone)]
+pub struct ClientAddr {
+    /// The client as far as it can be known: the peer, or, behind trusted proxies, the
+    /// first untrusted address in `X-Forwarded-For` read from the right.
+    pub ip: IpAddr,
+    /// The `X-Forwarded-For` chain to send on: the trusted incoming chain plus the peer.
+    pub chain: Vec<IpAddr>,
+    /// The peer is a trusted proxy: its `X-Forwarded-Proto`/`-Host` and `Forwarded` are kept.
+    pub peer_trusted: bool,
+}
+
+/// Works out the client's address from the peer and (when the peer is trusted) the request's
+/// `X-Forwarded-For`.
+pub fn client_addr(trusted: &[Cidr], peer: IpAddr, headers: &http::HeaderMap) -> ClientAddr {
+    let peer = peer.to_canonical();
+    if !is_trusted(trusted, peer) {
+        return ClientAddr {
+            ip: peer,
+            chain: vec![peer],
+            peer_trusted: false,
+        };
+    }
+    let mut chain = forwarded_for(headers);
+    chain.push(peer);
+    let ip = chain
+        .iter()
+        .rev()
+        .find(|ip| !is_trusted(trusted, **ip))
+        .or(chain.first())
+        .copied()
+        .unwrap_or(peer);
+    ClientAddr {
+        ip,
+        chain,
+        peer_trusted: true,
+    }
+}
+
+/// One `Forwarded` element (RFC 7239 §4) for this hop: `for` the peer, `proto`, `host`.
+pub fn forwarded_element(peer: IpAddr, proto: &str, host: Option<&str>) -> String {
+    let peer = peer.to_canonical();
+    let node = match peer {
+        IpAddr::V4(ip) => ip.to_string(),
+        // IPv6 node names are bracketed and then quoted (RFC 7239 §6).
+        IpAddr::V6(ip) => format!("\"[{ip}]\""),
+    };
+    let mut s = format!("for={node};proto={proto}");
+    if let Some(host) = host {
+        let host: String = host.chars().filter(|c| *c != '"' && *c != '\\').collect();
+        s.push_str(&format!(";host=\"{host}\""));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn cidrs() {
+        let c = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(c.contains("10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        assert!(c.contains("::ffff:10.0.0.1".parse().unwrap()));
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+        assert!(
+            Cidr::parse("2001:db8::/32")
+                .unwrap()
+                .contains("2001:db8:1::1".parse().unwrap())
+        );
+        assert!(
+            Cidr::parse("127.0.0.1")
+                .unwrap()
+                .contains("127.0.0.1".parse().unwrap())
+        );
+        assert!(
+            !Cidr::parse("127.0.0.1")
+                .unwrap()
+                .contains("127.0.0.2".parse().unwrap())
+        );
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("example.com").is_err());
+    }
+
+    #[test]
+    fn client_behind_trusted_proxies() {
+        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 1.2.3.4, 10.0.0.7"),
+        );
+        // Untrusted peer: the header is ignored.
+        let a = client_addr(&trusted, "5.5.5.5".parse().unwrap(), &h);
+        assert_eq!(a.ip.to_string(), "5.5.5.5");
+        assert_eq!(a.chain.len(), 1);
+        assert!(!a.peer_trusted);
+        // Trusted peer: skip trusted hops from the right; 6.6.6.6 is the client's claim only.
+        let a = client_addr(&trusted, "10.0.0.1".parse().unwrap(), &h);
+        assert_eq!(a.ip.to_string(), "1.2.3.4");
+        assert_eq!(a.chain.len(), 4);
+        // A garbage entry: nothing left of it counts.
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.1.1.1, unknown, 2.2.2.2"),
+        );
+        assert_eq!(
+            forwarded_for(&h),
+            vec!["2.2.2.2".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            forwarded_element("2001:db8::1".parse().unwrap(), "https", Some("a.test")),
+            "for=\"[2001:db8::1]\";proto=https;host=\"a.test\""
+        );
+    }
+}

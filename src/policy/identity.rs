@@ -1,0 +1,149 @@
+//! Identity headers for the backend: templates filled from token claims and connection facts.
+
+use serde_json::Value;
+
+use super::Claims;
+
+/// A header value template: literal text with `{name}` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    /// A claim, by dotted path into nested objects.
+    Claim(Vec<String>),
+    /// The verified client-certificate subject (mutual TLS).
+    TlsSubject,
+    /// The client's address.
+    ClientIp,
+}
+
+/// What templates are filled from.
+pub struct Facts<'a> {
+    pub claims: Option<&'a Claims>,
+    pub tls_subject: Option<&'a str>,
+    pub client_ip: std::net::IpAddr,
+}
+
+impl Template {
+    /// Parses `"user {sub} in {org.id}"`; `{{` and `}}` are literal braces.
+    pub fn parse(s: &str) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut text = String::new();
+        let mut chars = s.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    text.push('{');
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    text.push('}');
+                }
+                '{' => {
+                    let mut name = String::new();
+                    loop {
+                        match chars.next() {
+                            Some('}') => break,
+                            Some(c) => name.push(c),
+                            None => return Err(format!("{s:?}: unclosed '{{'")),
+                        }
+                    }
+                    let name = name.trim();
+                    if name.is_empty() {
+                        return Err(format!("{s:?}: empty field '{{}}'"));
+                    }
+                    if !text.is_empty() {
+                        parts.push(Part::Text(std::mem::take(&mut text)));
+                    }
+                    parts.push(match name {
+                        "tls.subject" => Part::TlsSubject,
+                        "client.ip" => Part::ClientIp,
+                        claim => Part::Claim(claim.split('.').map(str::to_string).collect()),
+                    });
+                }
+                '}' => return Err(format!("{s:?}: unmatched '}}' (write '}}}}' for a brace)")),
+                c => text.push(c),
+            }
+        }
+        if !text.is_empty() {
+            parts.push(Part::Text(text));
+        }
+        Ok(Template { parts })
+    }
+
+    /// Whether the template reads token claims (so it needs `[route.auth.jwt]`).
+    pub fn uses_claims(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::Claim(_)))
+    }
+
+    /// The header value, or `None` when a field has no value (the header is then not set:
+    /// better absent than half-filled).
+    pub fn render(&self, facts: &Facts<'_>) -> Option<String> {
+        let mut out = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Text(t) => out.push_str(t),
+                Part::TlsSubject => out.push_str(facts.tls_subject?),
+                Part::ClientIp => out.push_str(&facts.client_ip.to_string()),
+                Part::Claim(path) => {
+                    let mut v = facts.claims?.get(&path[0])?;
+                    for k in &path[1..] {
+                        v = v.get(k)?;
+                    }
+                    match v {
+                        Value::String(s) => out.push_str(s),
+                        Value::Number(n) => out.push_str(&n.to_string()),
+                        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+                        // Arrays (roles, scopes) as a comma-separated list of their scalars.
+                        Value::Array(items) => {
+                            let items: Vec<String> = items
+                                .iter()
+                                .filter_map(|i| match i {
+                                    Value::String(s) => Some(s.clone()),
+                                    Value::Number(n) => Some(n.to_string()),
+                                    _ => None,
+                                })
+                                .collect();
+                            out.push_str(&items.join(","));
+                        }
+                        Value::Null | Value::Object(_) => return None,
+                    }
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_claims_and_facts() {
+        let claims: Claims = serde_json::from_str(
+            r#"{"sub":"alice","org":{"id":7},"roles":["a","b"],"admin":true}"#,
+        )
+        .unwrap();
+        let facts = Facts {
+            claims: Some(&claims),
+            tls_subject: None,
+            client_ip: "10.0.0.1".parse().unwrap(),
+        };
+        let t = Template::parse("{sub}@{org.id} [{roles}] {admin} {client.ip} {{x}}").unwrap();
+        assert_eq!(t.render(&facts).unwrap(), "alice@7 [a,b] true 10.0.0.1 {x}");
+        assert_eq!(
+            Template::parse("{tls.subject}").unwrap().render(&facts),
+            None
+        );
+        assert_eq!(Template::parse("{missing}").unwrap().render(&facts), None);
+        assert!(Template::parse("{sub").is_err());
+        assert!(Template::parse("a}b").is_err());
+        assert!(Template::parse("{}").is_err());
+    }
+}

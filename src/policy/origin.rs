@@ -1,0 +1,227 @@
+//! Origin allow-list against cross-site WebSocket hijacking.
+//!
+//! Browsers send `Origin` on every WebSocket handshake and scripts cannot change it, so it is
+//! the one reliable signal of which site opened the socket. Cookies ride along on cross-site
+//! WebSocket handshakes, so without this check any page a user visits can open an
+//! authenticated socket in the user's name.
+
+/// One entry of `origins = [...]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginRule {
+    /// `https://chat.example.com` (default ports normalised away).
+    Exact(Origin),
+    /// `https://*.example.com`: the scheme, any subdomain of the suffix (not the suffix
+    /// itself), and the port.
+    Wildcard {
+        scheme: String,
+        suffix: String,
+        port: u16,
+    },
+    /// The origin's host and port equal the request's `Host`.
+    SameOrigin,
+}
+
+#[derive(Debug, Clone)]
+pub struct OriginPolicy {
+    pub rules: Vec<OriginRule>,
+    /// What to do with a handshake that has no `Origin` (a non-browser client).
+    pub allow_missing: bool,
+}
+
+/// A serialised origin, split: lower-case scheme and host, explicit port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub scheme: String,
+    pub host: String,
+    pub port: u16,
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "http" | "ws" => Some(80),
+        "https" | "wss" => Some(443),
+        _ => None,
+    }
+}
+
+/// Splits `host[:port]` (with `[v6]` literals); `None` on a malformed port.
+fn split_host_port(s: &str) -> Option<(&str, Option<u16>)> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        return match after {
+            "" => Some((host, None)),
+            p => Some((host, Some(p.strip_prefix(':')?.parse().ok()?))),
+        };
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) => Some((h, Some(p.parse().ok()?))),
+        None => Some((s, None)),
+    }
+}
+
+impl Origin {
+    /// Parses an `Origin` header value (RFC 6454 §7): `scheme://host[:port]`, nothing after.
+    pub fn parse(s: &str) -> Option<Origin> {
+        let (scheme, rest) = s.split_once("://")?;
+        let scheme = scheme.to_ascii_lowercase();
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+            return None;
+        }
+        let (host, port) = split_host_port(rest)?;
+        if host.is_empty() {
+            return None;
+        }
+        let port = port.or_else(|| default_port(&scheme))?;
+        Some(Origin {
+            host: host.to_ascii_lowercase(),
+            scheme,
+            port,
+        })
+    }
+}
+
+impl OriginRule {
+    /// Parses one config entry.
+    pub fn parse(s: &str) -> Result<OriginRule, String> {
+        if s == "same-origin" {
+            return Ok(OriginRule::SameOrigin);
+        }
+        let bad = || {
+            format!(
+                "{s:?} is not an origin: write \"https://app.example.com\", \"https://*.example.com\" or \"same-origin\" (scheme and host, no path)"
+            )
+        };
+        if let Some((scheme, rest)) = s.split_once("://")
+            && let Some(wild) = rest.strip_prefix("*.")
+        {
+            let o = Origin::parse(&format!("{scheme}://{wild}")).ok_or_else(bad)?;
+            if o.host.contains('*') {
+                return Err(bad());
+            }
+            return Ok(OriginRule::Wildcard {
+                scheme: o.scheme,
+                suffix: o.host,
+                port: o.port,
+            });
+        }
+        let o = Origin::parse(s).ok_or_else(bad)?;
+        if o.host.contains('*') {
+            return Err(bad());
+        }
+        Ok(OriginRule::Exact(o))
+    }
+
+    fn matches(&self, origin: &Origin, host: Option<&str>) -> bool {
+        match self {
+            OriginRule::Exact(o) => o == origin,
+            OriginRule::Wildcard {
+                scheme,
+                suffix,
+                port,
+            } => {
+                *scheme == origin.scheme
+                    && *port == origin.port
+                    && origin
+                        .host
+                        .strip_suffix(suffix.as_str())
+                        .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.'))
+            }
+            OriginRule::SameOrigin => {
+                let Some((h, p)) = host.and_then(split_host_port) else {
+                    return false;
+                };
+                // The request's port is the origin scheme's default when Host has none: a
+                // page at https://example.com opens wss://example.com with `Host: example.com`.
+                h.eq_ignore_ascii_case(&origin.host)
+                    && p.or_else(|| default_port(&origin.scheme)) == Some(origin.port)
+            }
+        }
+    }
+}
+
+impl OriginPolicy {
+    /// `Ok` to proceed; `Err(reason)` for a 403.
+    pub fn check(&self, origin: Option<&str>, host: Option<&str>) -> Result<(), String> {
+        let Some(raw) = origin else {
+            return if self.allow_missing {
+                Ok(())
+            } else {
+                Err("no Origin header, and this route refuses handshakes without one".into())
+            };
+        };
+        let Some(parsed) = Origin::parse(raw.trim()) else {
+            // `null` (sandboxed frames, file: pages) and anything malformed.
+            return Err(format!("origin {raw:?} is not allowed"));
+        };
+        if self.rules.iter().any(|r| r.matches(&parsed, host)) {
+            Ok(())
+        } else {
+            Err(format!("origin {raw:?} is not allowed"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(rules: &[&str], allow_missing: bool) -> OriginPolicy {
+        OriginPolicy {
+            rules: rules
+                .iter()
+                .map(|r| OriginRule::parse(r).unwrap())
+                .collect(),
+            allow_missing,
+        }
+    }
+
+    #[test]
+    fn exact_wildcard_same_origin() {
+        let p = policy(&["https://app.example.com", "https://*.example.org"], true);
+        assert!(p.check(Some("https://app.example.com"), None).is_ok());
+        assert!(p.check(Some("https://APP.example.com:443"), None).is_ok());
+        assert!(p.check(Some("http://app.example.com"), None).is_err());
+        assert!(p.check(Some("https://app.example.com:8443"), None).is_err());
+        assert!(p.check(Some("https://a.b.example.org"), None).is_ok());
+        assert!(p.check(Some("https://example.org"), None).is_err());
+        assert!(p.check(Some("https://evilexample.org"), None).is_err());
+        assert!(p.check(Some("null"), None).is_err());
+        assert!(p.check(None, None).is_ok());
+
+        let same = policy(&["same-origin"], false);
+        assert!(
+            same.check(Some("https://chat.test"), Some("chat.test"))
+                .is_ok()
+        );
+        assert!(
+            same.check(Some("http://chat.test:8080"), Some("chat.test:8080"))
+                .is_ok()
+        );
+        assert!(
+            same.check(Some("http://chat.test:8080"), Some("chat.test:9090"))
+                .is_err()
+        );
+        assert!(
+            same.check(Some("https://evil.test"), Some("chat.test"))
+                .is_err()
+        );
+        assert!(same.check(Some("http://[::1]:80"), Some("[::1]")).is_ok());
+        assert!(same.check(None, Some("chat.test")).is_err());
+    }
+
+    #[test]
+    fn rules_parse_or_say_why() {
+        assert!(OriginRule::parse("https://a.test/path").is_err());
+        assert!(OriginRule::parse("a.test").is_err());
+        assert!(OriginRule::parse("https://*").is_err());
+        assert!(OriginRule::parse("https://a.*.test").is_err());
+        assert_eq!(
+            OriginRule::parse("https://*.a.test:8443").unwrap(),
+            OriginRule::Wildcard {
+                scheme: "https".into(),
+                suffix: "a.test".into(),
+                port: 8443
+            }
+        );
+    }
+}

@@ -1,0 +1,70 @@
+//! Subprotocol allow-list: what the backend is offered, and whether one is required.
+
+/// `subprotocols = [...]` and `require_subprotocol`.
+#[derive(Debug, Clone, Default)]
+pub struct SubprotocolPolicy {
+    /// `None`: every offer passes to the backend.
+    pub allowed: Option<Vec<String>>,
+    /// Refuse a handshake that offers nothing allowed.
+    pub required: bool,
+}
+
+impl SubprotocolPolicy {
+    /// The offers that may reach the backend, in the client's order. `Err(reason)` when one
+    /// is required and none is left.
+    pub fn filter(&self, offered: Vec<String>) -> Result<Vec<String>, String> {
+        let kept: Vec<String> = match &self.allowed {
+            None => offered.clone(),
+            Some(allowed) => offered
+                .iter()
+                .filter(|p| allowed.iter().any(|a| a == *p))
+                .cloned()
+                .collect(),
+        };
+        if self.required && kept.is_empty() {
+            let allowed = self.allowed.as_deref().unwrap_or_default().join(", ");
+            return Err(if offered.is_empty() {
+                format!("no subprotocol offered; this route requires one of: {allowed}")
+            } else {
+                format!(
+                    "none of the offered subprotocols ({}) is allowed; this route requires one of: {allowed}",
+                    offered.join(", ")
+                )
+            });
+        }
+        Ok(kept)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn filters_in_client_order_and_requires() {
+        let p = SubprotocolPolicy {
+            allowed: Some(v(&["chat", "superchat"])),
+            required: true,
+        };
+        assert_eq!(
+            p.filter(v(&["x", "superchat", "chat"])).unwrap(),
+            v(&["superchat", "chat"])
+        );
+        assert!(
+            p.filter(v(&["x"]))
+                .unwrap_err()
+                .contains("none of the offered")
+        );
+        assert!(
+            p.filter(v(&[]))
+                .unwrap_err()
+                .contains("no subprotocol offered")
+        );
+        let open = SubprotocolPolicy::default();
+        assert_eq!(open.filter(v(&["x"])).unwrap(), v(&["x"]));
+    }
+}
