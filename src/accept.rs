@@ -71,6 +71,7 @@ pub async fn accept_loop(
                     scheme: "http",
                     client_subject: None,
                     subject_header: None,
+                    trusted_proxies: config.trusted_proxies.clone(),
                 };
                 conns.spawn(serve(
                     TokioIo::new(stream),
@@ -86,6 +87,7 @@ pub async fn accept_loop(
                 // timeout: a slow or silent client never holds up the accept loop.
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
                 let subject_header = tls.subject_header.clone();
+                let trusted_proxies = config.trusted_proxies.clone();
                 conns.spawn(async move {
                     let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => tls,
@@ -103,6 +105,7 @@ pub async fn accept_loop(
                         scheme: "https",
                         client_subject: crate::tls::peer_subject(tls.get_ref().1),
                         subject_header: subject_header.clone(),
+                        trusted_proxies,
                     };
                     serve(TokioIo::new(tls), conn, state, builder, timeout, stop).await;
                 });

@@ -66,6 +66,8 @@ pub struct ConnInfo {
     pub client_subject: Option<Arc<str>>,
     /// The header that carries `client_subject` to the backend, if the listener names one.
     pub subject_header: Option<http::HeaderName>,
+    /// The listener's trusted proxies: their forwarding headers are believed.
+    pub trusted_proxies: Arc<[crate::policy::forwarding::Cidr]>,
 }
 
 /// hyper service entry point. Never fails: every error becomes a response.
