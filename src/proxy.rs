@@ -27,6 +27,7 @@ use crate::backend::{self, BackendRequest, BackendUpgrade};
 use crate::config::{Config, SessionConfig};
 use crate::error::{BackendError, BackendRefusal, ProxyError};
 use crate::handshake::{self, ClientHandshake, HandshakeError};
+use crate::policy::{PolicyError, RequestFacts, forwarding};
 use crate::relay::{self, RelayConfig};
 use crate::route::{Route, RouteTable};
 use crate::sessions::Sessions;
@@ -44,6 +45,8 @@ pub struct ProxyState {
     pub config: Config,
     pub routes: RouteTable,
     pub sessions: Arc<Sessions>,
+    /// Refusals of requests that matched no route.
+    pub unrouted_refusals: crate::telemetry::RefusalCounts,
 }
 
 impl ProxyState {
@@ -52,6 +55,7 @@ impl ProxyState {
             routes: RouteTable::new(&config.routes, &sessions),
             config,
             sessions,
+            unrouted_refusals: Default::default(),
         }
     }
 }
@@ -84,13 +88,20 @@ pub async fn handle(
 
 async fn handle_request(
     state: Arc<ProxyState>,
-    conn: ConnInfo,
+    mut conn: ConnInfo,
     req: Request<Incoming>,
     id: u64,
 ) -> Response<Body> {
     let (mut parts, _body) = req.into_parts();
     if let Some(page) = static_page(&state.config, &parts) {
         return page;
+    }
+    // Behind a trusted proxy the client is the first untrusted hop of `X-Forwarded-For`;
+    // from here on `conn.client` is that address (logs, policy, balancing).
+    let forwarding =
+        forwarding::client_addr(&conn.trusted_proxies, conn.client.ip(), &parts.headers);
+    if forwarding.peer_trusted {
+        conn.client = SocketAddr::new(forwarding.ip, 0);
     }
 
     let host = request_host(&parts);
@@ -99,19 +110,44 @@ async fn handle_request(
         .find(host.as_deref(), parts.uri.path())
         .cloned()
     else {
-        return refuse(id, None, &conn, &parts, ProxyError::NoRoute);
+        return refuse(&state, id, None, &conn, &parts, ProxyError::NoRoute);
     };
     if state.sessions.is_draining() {
-        return refuse(id, Some(&route), &conn, &parts, ProxyError::Draining);
+        return refuse(
+            &state,
+            id,
+            Some(&route),
+            &conn,
+            &parts,
+            ProxyError::Draining,
+        );
     }
-    let client_hs = match handshake::validate(&parts) {
+    let mut client_hs = match handshake::validate(&parts) {
         Ok(hs) => hs,
-        Err(e) => return refuse(id, Some(&route), &conn, &parts, e.into()),
+        Err(e) => return refuse(&state, id, Some(&route), &conn, &parts, e.into()),
     };
+    let policy = &route.config.policy;
+    if !policy.is_open() {
+        let forwarded_for = forwarding.chain_header();
+        let facts = RequestFacts {
+            scheme: conn.scheme,
+            host: &client_hs.host,
+            client: &forwarding,
+            forwarded_for: &forwarded_for,
+            tls_subject: conn.client_subject.as_deref(),
+        };
+        if let Err(e) = policy
+            .admit(&mut parts, &mut client_hs.protocols, &facts)
+            .await
+        {
+            return refuse(&state, id, Some(&route), &conn, &parts, e.into());
+        }
+    }
     // Taken before answering (hyper examples/upgrades.rs); hyper sets it on every HTTP/1.1
     // request that carries `Upgrade`, which validation has just required.
     let Some(client_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
         return refuse(
+            &state,
             id,
             Some(&route),
             &conn,
@@ -123,7 +159,7 @@ async fn handle_request(
     let rc = &route.config;
     let (stream, lease) = match route.pool.connect(rc.backend_connect_timeout).await {
         Ok(ok) => ok,
-        Err(e) => return refuse(id, Some(&route), &conn, &parts, e.into()),
+        Err(e) => return refuse(&state, id, Some(&route), &conn, &parts, e.into()),
     };
     let backend_url = lease.backend.url.clone();
     let (backend_req, key) = backend::build_request(&BackendRequest {
@@ -131,7 +167,7 @@ async fn handle_request(
         backend: &backend_url,
         client: &parts,
         handshake: &client_hs,
-        client_addr: conn.client,
+        forwarding: &forwarding,
         scheme: conn.scheme,
         client_subject: conn
             .subject_header
@@ -149,7 +185,16 @@ async fn handle_request(
     };
     let upgrade = match backend::handshake(stream, backend_req, params).await {
         Ok(up) => up,
-        Err(e) => return refuse(id, Some(&route), &conn, &parts, ProxyError::Backend(e)),
+        Err(e) => {
+            return refuse(
+                &state,
+                id,
+                Some(&route),
+                &conn,
+                &parts,
+                ProxyError::Backend(e),
+            );
+        }
     };
 
     let response = switching_protocols(&client_hs, &upgrade);
@@ -285,6 +330,7 @@ fn request_host(parts: &Parts) -> Option<String> {
 
 /// The one place a refusal becomes a response: status, one-line reason, headers, log record.
 fn refuse(
+    state: &ProxyState,
     id: u64,
     route: Option<&Route>,
     conn: &ConnInfo,
@@ -292,6 +338,10 @@ fn refuse(
     err: ProxyError,
 ) -> Response<Body> {
     let status = err.status();
+    match route {
+        Some(r) => r.refusals.add(err.outcome()),
+        None => state.unrouted_refusals.add(err.outcome()),
+    }
     access::refused(
         id,
         route.map(|r| r.config.name.as_str()),
@@ -310,6 +360,23 @@ fn refuse(
             let BackendRefusal { headers, body, .. } = *refusal;
             h.extend(headers);
             *resp.body_mut() = Body::new(body);
+        }
+        ProxyError::Policy(PolicyError::AuthDenied { headers, body, .. }) => {
+            // The auth service's answer, as it came (its login redirect, its challenge).
+            h.extend(headers);
+            *resp.body_mut() = Body::new(body);
+        }
+        ProxyError::Policy(p) => {
+            if let Some(challenge) = p.challenge(route.map_or("wsgate", |r| &r.config.name))
+                && let Ok(v) = HeaderValue::from_str(&challenge)
+            {
+                h.insert(header::WWW_AUTHENTICATE, v);
+            }
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            *resp.body_mut() = Body::new(Bytes::from(format!("{}\n", p.public_message())));
         }
         other => {
             if let ProxyError::Handshake(hs) = &other {

@@ -76,6 +76,7 @@ pub fn refused(
                 path,
                 status = status.as_u16(),
                 outcome = err.outcome(),
+                policy = err.policy(),
                 fault = fault.as_str(),
                 reason = reason.as_str(),
                 "handshake refused"
