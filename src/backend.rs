@@ -212,9 +212,22 @@ pub fn build_request(b: &BackendRequest<'_>) -> (Request<Empty<Bytes>>, String) 
             || named_in_connection
                 .iter()
                 .any(|t| t.eq_ignore_ascii_case(name.as_str()));
-        if !drop {
+        if !drop && name != header::COOKIE {
             headers.append(name.clone(), value.clone());
         }
+    }
+    // One `Cookie` header for an HTTP/1.1 backend: HTTP/2 clients may split cookies into
+    // several fields, which RFC 9113 §8.2.3 says to join with "; " when going to HTTP/1.1.
+    let mut cookies = b.client.headers.get_all(header::COOKIE).iter();
+    if let Some(first) = cookies.next() {
+        let mut joined = first.clone();
+        for more in cookies {
+            let mut v = joined.as_bytes().to_vec();
+            v.extend_from_slice(b"; ");
+            v.extend_from_slice(more.as_bytes());
+            joined = HeaderValue::from_bytes(&v).unwrap_or(joined);
+        }
+        headers.insert(header::COOKIE, joined);
     }
     let set = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
@@ -281,6 +294,13 @@ pub fn build_request(b: &BackendRequest<'_>) -> (Request<Empty<Bytes>>, String) 
         None => element,
     };
     set(&mut headers, header::FORWARDED, &forwarded);
+    // RFC 9110 §7.6.3: each proxy appends the protocol it received and its name.
+    let via = format!("{} wsgate", b.handshake.transport.via());
+    let via = match handshake::list_values(&b.client.headers, &header::VIA).join(", ") {
+        prev if prev.is_empty() => via,
+        prev => format!("{prev}, {via}"),
+    };
+    set(&mut headers, header::VIA, &via);
 
     let mut req = Request::new(Empty::new());
     *req.uri_mut() = path.parse().unwrap_or_else(|_| http::Uri::from_static("/"));

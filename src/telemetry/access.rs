@@ -17,6 +17,7 @@ pub fn session_closed(
     route: &str,
     client: SocketAddr,
     backend: &str,
+    transport: &str,
     duration: Duration,
     out: &RelayOutcome,
 ) {
@@ -33,6 +34,7 @@ pub fn session_closed(
         route,
         client = %client,
         backend,
+        transport,
         duration_ms = duration.as_millis() as u64,
         bytes_client_to_backend = up.bytes,
         bytes_backend_to_client = down.bytes,
