@@ -88,6 +88,9 @@ impl Gateway {
         for (addr, listener, lconf) in bound {
             tracing::info!(listen = %addr, "listening");
             addrs.push(addr);
+            if let (Some(tls), Some(every)) = (&lconf.tls, lconf.tls_watch) {
+                tokio::spawn(tls.clone().watch_files(every, addr, stop.clone()));
+            }
             tokio::spawn(accept::accept_loop(
                 listener,
                 lconf,
@@ -178,6 +181,18 @@ impl Handle {
             results.push((*addr, result));
         }
         results
+    }
+
+    /// Changes whenever the TLS listener at `index` (config order) has reloaded its
+    /// certificates (SIGHUP or a file change); `None` for a plain listener.
+    pub fn certificate_reloads(&self, index: usize) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.state
+            .config
+            .listeners
+            .get(index)?
+            .tls
+            .as_ref()
+            .map(|t| t.reloads())
     }
 
     /// Closes every live session of the route named `name` with close frames carrying `code`
