@@ -193,6 +193,21 @@ impl Handle {
         }
     }
 
+    /// Refused handshakes so far, by route (`"-"` for requests that matched no route) and
+    /// outcome.
+    pub fn refusals(&self) -> std::collections::BTreeMap<(String, &'static str), u64> {
+        let mut out = std::collections::BTreeMap::new();
+        for (outcome, n) in self.state.unrouted_refusals.snapshot() {
+            out.insert(("-".to_string(), outcome), n);
+        }
+        for route in self.state.routes.iter() {
+            for (outcome, n) in route.refusals.snapshot() {
+                out.insert((route.name.to_string(), outcome), n);
+            }
+        }
+        out
+    }
+
     /// Starts a graceful shutdown: from this moment new upgrades get 503 and listeners close.
     pub fn shutdown(&self) {
         self.sessions.start_draining();

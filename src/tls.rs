@@ -208,7 +208,10 @@ impl ResolvesServerCert for Reloading {
 pub struct TlsListener {
     sources: Vec<CertSource>,
     resolver: Arc<Reloading>,
-    config: Arc<ServerConfig>,
+    /// ALPN `http/1.1` only.
+    config_h1: Arc<ServerConfig>,
+    /// ALPN `h2`, then `http/1.1`.
+    config_h2: Arc<ServerConfig>,
     /// The header that carries a verified client certificate's subject to backends.
     pub subject_header: Option<http::HeaderName>,
 }
@@ -269,16 +272,24 @@ impl TlsListener {
         };
         let mut config = builder.with_cert_resolver(resolver.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut config_h2 = config.clone();
+        config_h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(TlsListener {
             sources,
             resolver,
-            config: Arc::new(config),
+            config_h1: Arc::new(config),
+            config_h2: Arc::new(config_h2),
             subject_header,
         })
     }
 
-    pub fn server_config(&self) -> Arc<ServerConfig> {
-        self.config.clone()
+    /// The server configuration; with `http2` it offers ALPN `h2` before `http/1.1`.
+    pub fn server_config(&self, http2: bool) -> Arc<ServerConfig> {
+        if http2 {
+            self.config_h2.clone()
+        } else {
+            self.config_h1.clone()
+        }
     }
 
     /// Reads every certificate file again. On any error the certificates in use stay, and the

@@ -26,6 +26,9 @@ pub struct FileJwt {
 pub enum JwtError {
     #[error("{0}")]
     Invalid(String),
+    /// No key set could be fetched yet (JWKS URL down): the proxy answers 503.
+    #[error("{0}")]
+    KeysUnavailable(String),
 }
 
 /// A route's token verifier.
@@ -41,6 +44,12 @@ impl JwtVerifier {
     }
 
     /// Verifies signature and claims; returns the claims.
+    /// Whether the token goes on to the backend (`forward_token = true`); by default its
+    /// header or cookie is removed. (Query and subprotocol tokens are always removed.)
+    pub fn forward_token(&self) -> bool {
+        false
+    }
+
     pub async fn verify(&self, _token: &str) -> Result<Claims, JwtError> {
         Err(JwtError::Invalid("not implemented".into()))
     }
