@@ -210,13 +210,25 @@ impl ForwardAuth {
         })?;
         match &decision {
             AuthDecision::Allow(copied) => {
-                tracing::debug!(url = %self.url, client = %q.client, status = status.as_u16(), latency_ms, "forward-auth: allowed");
+                tracing::debug!(
+                    url = %self.url,
+                    client = %q.client,
+                    status = status.as_u16(),
+                    latency_ms,
+                    "forward-auth: allowed"
+                );
                 if let Some((cache, key)) = cache_key {
                     cache.insert(key, copied.clone(), Instant::now());
                 }
             }
             AuthDecision::Deny { .. } => {
-                tracing::debug!(url = %self.url, client = %q.client, status = status.as_u16(), latency_ms, "forward-auth: refused");
+                tracing::debug!(
+                    url = %self.url,
+                    client = %q.client,
+                    status = status.as_u16(),
+                    latency_ms,
+                    "forward-auth: refused"
+                );
             }
         }
         Ok(decision)
