@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ListenerConfig;
+use crate::http::{self, Protocols};
 use crate::proxy::{self, ConnInfo, ProxyState};
 
 /// Pending connections the kernel may queue per listener: absorbs reconnect storms after a
@@ -46,7 +47,24 @@ pub async fn accept_loop(
     stop: CancellationToken,
     conns: TaskTracker,
 ) {
-    let builder = Arc::new(crate::http::builder(&config, &state.config.limits));
+    let make = |p| {
+        Arc::new(http::builder(
+            &config,
+            &state.config.limits,
+            &state.config.http2,
+            p,
+        ))
+    };
+    let (plain, h1, h2) = if config.http2 {
+        (
+            make(Protocols::Sniff),
+            make(Protocols::Http1),
+            make(Protocols::Http2),
+        )
+    } else {
+        let h1 = make(Protocols::Http1);
+        (h1.clone(), h1.clone(), h1)
+    };
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -62,7 +80,7 @@ pub async fn accept_loop(
             },
         };
         set_socket_options(&stream);
-        let (state, builder, stop) = (state.clone(), builder.clone(), stop.clone());
+        let (state, stop) = (state.clone(), stop.clone());
         let timeout = config.handshake_timeout;
         match &config.tls {
             None => {
@@ -72,12 +90,13 @@ pub async fn accept_loop(
                     client_subject: None,
                     subject_header: None,
                     trusted_proxies: config.trusted_proxies.clone(),
+                    live_streams: Default::default(),
                 };
                 conns.spawn(serve(
                     TokioIo::new(stream),
                     conn,
                     state,
-                    builder,
+                    plain.clone(),
                     timeout,
                     stop,
                 ));
@@ -85,7 +104,8 @@ pub async fn accept_loop(
             Some(tls) => {
                 // The TLS handshake runs in the connection's own task, under the handshake
                 // timeout: a slow or silent client never holds up the accept loop.
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config(config.http2));
+                let (h1, h2) = (h1.clone(), h2.clone());
                 let subject_header = tls.subject_header.clone();
                 let trusted_proxies = config.trusted_proxies.clone();
                 conns.spawn(async move {
@@ -106,6 +126,13 @@ pub async fn accept_loop(
                         client_subject: crate::tls::peer_subject(tls.get_ref().1),
                         subject_header: subject_header.clone(),
                         trusted_proxies,
+                        live_streams: Default::default(),
+                    };
+                    // ALPN decides the protocol (the auto builder would sniff the preface).
+                    let builder = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        h2
+                    } else {
+                        h1
                     };
                     serve(TokioIo::new(tls), conn, state, builder, timeout, stop).await;
                 });
@@ -131,7 +158,7 @@ async fn serve<I>(
     io: TokioIo<I>,
     conn: ConnInfo,
     state: Arc<ProxyState>,
-    builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+    builder: Arc<http::Builder>,
     first_request_timeout: Duration,
     stop: CancellationToken,
 ) where
@@ -139,6 +166,7 @@ async fn serve<I>(
 {
     let seen_request = Arc::new(AtomicBool::new(false));
     let client = conn.client;
+    let live_streams = conn.live_streams.clone();
     let service = {
         let seen_request = seen_request.clone();
         service_fn(move |req| {
@@ -152,6 +180,10 @@ async fn serve<I>(
     tokio::pin!(deadline);
     let mut deadline_armed = true;
     let mut stopping = false;
+    // HTTP/2 WebSockets live on this connection: on shutdown their close frames go first
+    // (the session registry sends them), then GOAWAY, then the connection ends.
+    let mut streams = live_streams.subscribe();
+    let mut waiting_for_streams = false;
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -169,7 +201,16 @@ async fn serve<I>(
             }
             _ = stop.cancelled(), if !stopping => {
                 stopping = true;
-                // Finish the request in flight, then close; idle keep-alive connections close now.
+                if *live_streams.borrow() == 0 {
+                    // Finish the request in flight, then close; idle keep-alive connections
+                    // close now.
+                    connection.as_mut().graceful_shutdown();
+                } else {
+                    waiting_for_streams = true;
+                }
+            }
+            _ = streams.wait_for(|n| *n == 0), if waiting_for_streams => {
+                waiting_for_streams = false;
                 connection.as_mut().graceful_shutdown();
             }
         }

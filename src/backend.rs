@@ -1,7 +1,6 @@
 //! The backend leg: pick a backend, connect with a timeout (moving to the next backend on a
 //! failure), send a rebuilt upgrade request with a fresh key, and verify the 101.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -18,6 +17,7 @@ use tokio::net::TcpStream;
 use crate::config::{BackendUrl, Balance, RouteConfig};
 use crate::error::{BackendError, BackendRefusal};
 use crate::handshake::{self, ClientHandshake};
+use crate::policy::forwarding::{self, ClientAddr};
 
 /// One backend server and the number of live sessions on it.
 #[derive(Debug)]
@@ -178,7 +178,8 @@ pub struct BackendRequest<'a> {
     pub backend: &'a BackendUrl,
     pub client: &'a request::Parts,
     pub handshake: &'a ClientHandshake,
-    pub client_addr: SocketAddr,
+    /// The client's address and the forwarding chain.
+    pub forwarding: &'a ClientAddr,
     /// `http` or `https`, as seen by the client.
     pub scheme: &'static str,
     /// The listener's client-certificate header and the verified subject (if any). The
@@ -211,9 +212,22 @@ pub fn build_request(b: &BackendRequest<'_>) -> (Request<Empty<Bytes>>, String) 
             || named_in_connection
                 .iter()
                 .any(|t| t.eq_ignore_ascii_case(name.as_str()));
-        if !drop {
+        if !drop && name != header::COOKIE {
             headers.append(name.clone(), value.clone());
         }
+    }
+    // One `Cookie` header for an HTTP/1.1 backend: HTTP/2 clients may split cookies into
+    // several fields, which RFC 9113 §8.2.3 says to join with "; " when going to HTTP/1.1.
+    let mut cookies = b.client.headers.get_all(header::COOKIE).iter();
+    if let Some(first) = cookies.next() {
+        let mut joined = first.clone();
+        for more in cookies {
+            let mut v = joined.as_bytes().to_vec();
+            v.extend_from_slice(b"; ");
+            v.extend_from_slice(more.as_bytes());
+            joined = HeaderValue::from_bytes(&v).unwrap_or(joined);
+        }
+        headers.insert(header::COOKIE, joined);
     }
     let set = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
@@ -241,43 +255,52 @@ pub fn build_request(b: &BackendRequest<'_>) -> (Request<Empty<Bytes>>, String) 
             &b.handshake.protocols.join(", "),
         );
     }
-    let ip = b.client_addr.ip().to_canonical();
+    // Forwarding headers: a trusted proxy's incoming values are extended, anyone else's
+    // were dropped above (see `policy::forwarding`).
+    let fwd = b.forwarding;
+    let incoming = |name: &str| {
+        fwd.peer_trusted
+            .then(|| b.client.headers.get(name).and_then(|v| v.to_str().ok()))
+            .flatten()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
     set(
         &mut headers,
         HeaderName::from_static("x-forwarded-for"),
-        &ip.to_string(),
+        &fwd.chain_header(),
     );
+    set(
+        &mut headers,
+        HeaderName::from_static("x-real-ip"),
+        &fwd.ip.to_string(),
+    );
+    let proto = incoming("x-forwarded-proto").unwrap_or(b.scheme);
     set(
         &mut headers,
         HeaderName::from_static("x-forwarded-proto"),
-        b.scheme,
+        proto,
     );
+    let fhost = incoming("x-forwarded-host").unwrap_or(&b.handshake.host);
     set(
         &mut headers,
         HeaderName::from_static("x-forwarded-host"),
-        &b.handshake.host,
+        fhost,
     );
-    // RFC 7239: IPv6 addresses are bracketed and the whole node quoted.
-    let node = if ip.is_ipv6() {
-        format!("\"[{ip}]\"")
-    } else {
-        ip.to_string()
+    let element =
+        forwarding::forwarded_element(fwd.peer(), b.scheme, Some(b.handshake.host.as_str()));
+    let forwarded = match incoming("forwarded") {
+        Some(prev) => format!("{prev}, {element}"),
+        None => element,
     };
-    let host_param = if b
-        .handshake
-        .host
-        .bytes()
-        .all(|c| c.is_ascii_alphanumeric() || b"-.".contains(&c))
-    {
-        b.handshake.host.clone()
-    } else {
-        format!("\"{}\"", b.handshake.host.replace(['"', '\\'], ""))
+    set(&mut headers, header::FORWARDED, &forwarded);
+    // RFC 9110 §7.6.3: each proxy appends the protocol it received and its name.
+    let via = format!("{} wsgate", b.handshake.transport.via());
+    let via = match handshake::list_values(&b.client.headers, &header::VIA).join(", ") {
+        prev if prev.is_empty() => via,
+        prev => format!("{prev}, {via}"),
     };
-    set(
-        &mut headers,
-        header::FORWARDED,
-        &format!("for={node};host={host_param};proto={}", b.scheme),
-    );
+    set(&mut headers, header::VIA, &via);
 
     let mut req = Request::new(Empty::new());
     *req.uri_mut() = path.parse().unwrap_or_else(|_| http::Uri::from_static("/"));

@@ -95,9 +95,14 @@ async fn echo_handshake(
         *r.status_mut() = StatusCode::BAD_REQUEST;
         return Ok(r);
     };
+    let greeting = greeting(&parts.headers);
     tokio::spawn(async move {
         if let Ok(up) = on_upgrade.await {
-            let _ = echo_frames(TokioIo::new(up)).await;
+            let mut io = TokioIo::new(up);
+            let hello = frame::encode_frame(opcode::TEXT, true, greeting.as_bytes(), None);
+            if io.write_all(&hello).await.is_ok() {
+                let _ = echo_frames(io).await;
+            }
         }
     });
     let mut resp = Response::new(Full::default());
@@ -117,6 +122,25 @@ async fn echo_handshake(
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
     }
     Ok(resp)
+}
+
+/// The first message of a demo session: how the browser reached wsgate. wsgate's `Via`
+/// header names the protocol it received (RFC 9110 §7.6.3): `2` for a WebSocket opened as an
+/// HTTP/2 extended CONNECT stream (RFC 8441), `1.1` for the classic Upgrade.
+fn greeting(headers: &http::HeaderMap) -> String {
+    let via = headers
+        .get(header::VIA)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let hop = via.rsplit(',').next().unwrap_or("").trim();
+    let transport = if hop == "2 wsgate" {
+        "HTTP/2 (an extended CONNECT stream, RFC 8441)"
+    } else if hop == "1.1 wsgate" {
+        "HTTP/1.1 (Upgrade)"
+    } else {
+        "an unknown transport"
+    };
+    format!("wsgate demo: this WebSocket reached wsgate over {transport}; Via: {via}")
 }
 
 /// Echoes every data frame back as it came (opcode, FIN), answers pings, returns the close.

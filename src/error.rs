@@ -71,6 +71,9 @@ pub enum ProxyError {
     Draining,
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The route's policy refused the handshake (origin, subprotocol, cookie, token, auth).
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
 }
 
 impl ProxyError {
@@ -89,12 +92,26 @@ impl ProxyError {
                 }
                 BackendError::Refused(r) => r.status,
             },
+            ProxyError::Policy(e) => e.status(),
+        }
+    }
+
+    /// Which policy refused (`origin`, `jwt`, ...), or `""` for other refusals.
+    pub fn policy(&self) -> &'static str {
+        match self {
+            ProxyError::Policy(e) => e.policy(),
+            _ => "",
         }
     }
 
     pub fn fault(&self) -> Fault {
         match self {
             ProxyError::NoRoute | ProxyError::Handshake(_) => Fault::Client,
+            ProxyError::Policy(
+                crate::policy::PolicyError::KeysUnavailable(_)
+                | crate::policy::PolicyError::AuthUnavailable(_),
+            ) => Fault::Proxy,
+            ProxyError::Policy(_) => Fault::Client,
             ProxyError::Draining => Fault::Proxy,
             ProxyError::Backend(_) => Fault::Backend,
         }
@@ -106,6 +123,7 @@ impl ProxyError {
             ProxyError::NoRoute => "no_route",
             ProxyError::Handshake(e) => e.kind(),
             ProxyError::Draining => "draining",
+            ProxyError::Policy(e) => e.outcome(),
             ProxyError::Backend(e) => match e {
                 BackendError::Unreachable(_) => "backend_unreachable",
                 BackendError::ConnectTimeout(..) => "backend_connect_timeout",

@@ -17,10 +17,38 @@ const WEBSOCKET_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// The only protocol version RFC 6455 defines.
 pub const WEBSOCKET_VERSION: &str = "13";
 
+/// How the client opened its WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTP/1.1 `Upgrade` (RFC 6455 §4): answered with 101, then the connection is the socket.
+    H1,
+    /// HTTP/2 extended CONNECT (RFC 8441): answered with 200, then one stream is the socket.
+    H2,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::H1 => "h1",
+            Transport::H2 => "h2",
+        }
+    }
+
+    /// The protocol as `Via` names it (RFC 9110 §7.6.3).
+    pub fn via(self) -> &'static str {
+        match self {
+            Transport::H1 => "1.1",
+            Transport::H2 => "2",
+        }
+    }
+}
+
 /// What a valid client handshake carries forward to the backend leg.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientHandshake {
+    pub transport: Transport,
     /// The client's `Sec-WebSocket-Key`, needed for the `Sec-WebSocket-Accept` we answer with.
+    /// Empty over HTTP/2, which has no key.
     pub key: String,
     /// Subprotocols offered, in the client's order of preference.
     pub protocols: Vec<String>,
@@ -60,10 +88,34 @@ pub enum HandshakeError {
     InvalidSubprotocol(String),
     #[error("WebSocket handshake must not carry a request body")]
     HasBody,
+    /// HTTP/2: a request on a WebSocket route that is not an extended CONNECT.
+    #[error(
+        "this is a WebSocket endpoint: over HTTP/2 open it with an extended CONNECT (RFC 8441)"
+    )]
+    NotExtendedConnect,
+    /// HTTP/2: `:protocol` names something other than `websocket`.
+    #[error("extended CONNECT for protocol {0:?}: only websocket is served")]
+    ProtocolNotWebSocket(String),
+    /// HTTP/2: `:scheme` or `:path` missing (RFC 8441 §4 requires both).
+    #[error("extended CONNECT without :scheme or :path")]
+    MissingPseudoHeader,
+    /// HTTP/2: a `Sec-WebSocket-Key`, which RFC 8441 §5 has no use for.
+    #[error("Sec-WebSocket-Key is not used over HTTP/2 (RFC 8441 §5)")]
+    KeyOverHttp2,
 }
 
 impl HandshakeError {
     /// The status this refusal is answered with (RFC 6455 §4.2.2 and RFC 9110 §15.5.22).
+    /// Over HTTP/2 there is no `Upgrade`, so no 426 either: version problems are 400 with
+    /// `Sec-WebSocket-Version: 13`, which is what a client needs to correct itself.
+    pub fn status_for(&self, transport: Transport) -> http::StatusCode {
+        if transport == Transport::H2 && self.status() == http::StatusCode::UPGRADE_REQUIRED {
+            return http::StatusCode::BAD_REQUEST;
+        }
+        self.status()
+    }
+
+    /// The status over HTTP/1.1.
     pub fn status(&self) -> http::StatusCode {
         use HandshakeError::*;
         match self {
@@ -110,12 +162,19 @@ impl HandshakeError {
             MissingVersion => "missing_version",
             InvalidSubprotocol(_) => "invalid_subprotocol",
             HasBody => "has_body",
+            NotExtendedConnect => "not_extended_connect",
+            ProtocolNotWebSocket(_) => "protocol_not_websocket",
+            MissingPseudoHeader => "missing_pseudo_header",
+            KeyOverHttp2 => "key_over_http2",
         }
     }
 }
 
 /// Checks a client's opening handshake. Pure: no I/O, no state.
 pub fn validate(parts: &request::Parts) -> Result<ClientHandshake, HandshakeError> {
+    if parts.version == Version::HTTP_2 {
+        return validate_h2(parts);
+    }
     let headers = &parts.headers;
     if !headers.contains_key(header::UPGRADE) {
         return Err(HandshakeError::NotAnUpgrade);
@@ -147,17 +206,68 @@ pub fn validate(parts: &request::Parts) -> Result<ClientHandshake, HandshakeErro
         Ok(bytes) if bytes.len() == 16 => {}
         _ => return Err(HandshakeError::InvalidKey),
     }
+    check_version(headers)?;
+    check_no_body(headers)?;
+    let (protocols, extensions) = offers(headers)?;
+    Ok(ClientHandshake {
+        transport: Transport::H1,
+        key: key.to_string(),
+        protocols,
+        extensions,
+        host,
+    })
+}
+
+/// Checks an HTTP/2 extended CONNECT (RFC 8441 §4–5): `:method = CONNECT`,
+/// `:protocol = websocket`, `:scheme`, `:path` and `:authority` present, version 13, no key.
+fn validate_h2(parts: &request::Parts) -> Result<ClientHandshake, HandshakeError> {
+    let protocol = parts.extensions.get::<hyper::ext::Protocol>();
+    let Some(protocol) = protocol.filter(|_| parts.method == Method::CONNECT) else {
+        return Err(HandshakeError::NotExtendedConnect);
+    };
+    if !protocol.as_str().eq_ignore_ascii_case("websocket") {
+        return Err(HandshakeError::ProtocolNotWebSocket(
+            protocol.as_str().to_string(),
+        ));
+    }
+    if parts.uri.scheme().is_none() || parts.uri.path().is_empty() {
+        return Err(HandshakeError::MissingPseudoHeader);
+    }
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .filter(|h| !h.is_empty())
+        .ok_or(HandshakeError::MissingHost)?;
+    let headers = &parts.headers;
+    if headers.contains_key(header::SEC_WEBSOCKET_KEY) {
+        return Err(HandshakeError::KeyOverHttp2);
+    }
+    check_version(headers)?;
+    check_no_body(headers)?;
+    let (protocols, extensions) = offers(headers)?;
+    Ok(ClientHandshake {
+        transport: Transport::H2,
+        key: String::new(),
+        protocols,
+        extensions,
+        host,
+    })
+}
+
+fn check_version(headers: &HeaderMap) -> Result<(), HandshakeError> {
     let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
     match (versions.next(), versions.next()) {
-        (None, _) => return Err(HandshakeError::MissingVersion),
-        (Some(v), None) if v.as_bytes().trim_ascii() == WEBSOCKET_VERSION.as_bytes() => {}
-        (Some(v), _) => {
-            return Err(HandshakeError::VersionNotSupported(
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            ));
-        }
+        (None, _) => Err(HandshakeError::MissingVersion),
+        (Some(v), None) if v.as_bytes().trim_ascii() == WEBSOCKET_VERSION.as_bytes() => Ok(()),
+        (Some(v), _) => Err(HandshakeError::VersionNotSupported(
+            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        )),
     }
-    // A GET upgrade has no body; one announced here would be read as WebSocket frames.
+}
+
+/// A handshake has no body; one announced here would be read as WebSocket frames.
+fn check_no_body(headers: &HeaderMap) -> Result<(), HandshakeError> {
     if headers.contains_key(header::TRANSFER_ENCODING) {
         return Err(HandshakeError::HasBody);
     }
@@ -166,6 +276,11 @@ pub fn validate(parts: &request::Parts) -> Result<ClientHandshake, HandshakeErro
             return Err(HandshakeError::HasBody);
         }
     }
+    Ok(())
+}
+
+/// The subprotocol and extension offers.
+fn offers(headers: &HeaderMap) -> Result<(Vec<String>, Vec<HeaderValue>), HandshakeError> {
     let protocols = list_values(headers, &header::SEC_WEBSOCKET_PROTOCOL);
     if let Some(bad) = protocols.iter().find(|p| !is_token(p)) {
         return Err(HandshakeError::InvalidSubprotocol(bad.clone()));
@@ -175,12 +290,7 @@ pub fn validate(parts: &request::Parts) -> Result<ClientHandshake, HandshakeErro
         .iter()
         .cloned()
         .collect();
-    Ok(ClientHandshake {
-        key: key.to_string(),
-        protocols,
-        extensions,
-        host,
-    })
+    Ok((protocols, extensions))
 }
 
 /// `Sec-WebSocket-Accept` for a key (RFC 6455 §4.2.2 step 5.4).

@@ -88,6 +88,9 @@ impl Gateway {
         for (addr, listener, lconf) in bound {
             tracing::info!(listen = %addr, "listening");
             addrs.push(addr);
+            if let (Some(tls), Some(every)) = (&lconf.tls, lconf.tls_watch) {
+                tokio::spawn(tls.clone().watch_files(every, addr, stop.clone()));
+            }
             tokio::spawn(accept::accept_loop(
                 listener,
                 lconf,
@@ -180,6 +183,18 @@ impl Handle {
         results
     }
 
+    /// Changes whenever the TLS listener at `index` (config order) has reloaded its
+    /// certificates (SIGHUP or a file change); `None` for a plain listener.
+    pub fn certificate_reloads(&self, index: usize) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.state
+            .config
+            .listeners
+            .get(index)?
+            .tls
+            .as_ref()
+            .map(|t| t.reloads())
+    }
+
     /// Closes every live session of the route named `name` with close frames carrying `code`
     /// (1012 "service restart" when a reload removes the route), at frame boundaries, and
     /// waits for nothing. Returns false if there is no such route.
@@ -191,6 +206,21 @@ impl Handle {
             }
             None => false,
         }
+    }
+
+    /// Refused handshakes so far, by route (`"-"` for requests that matched no route) and
+    /// outcome.
+    pub fn refusals(&self) -> std::collections::BTreeMap<(String, &'static str), u64> {
+        let mut out = std::collections::BTreeMap::new();
+        for (outcome, n) in self.state.unrouted_refusals.snapshot() {
+            out.insert(("-".to_string(), outcome), n);
+        }
+        for route in self.state.routes.iter() {
+            for (outcome, n) in route.refusals.snapshot() {
+                out.insert((route.name.to_string(), outcome), n);
+            }
+        }
+        out
     }
 
     /// Starts a graceful shutdown: from this moment new upgrades get 503 and listeners close.

@@ -26,7 +26,8 @@ use tokio_rustls::server::TlsStream;
 use crate::backend::{self, BackendRequest, BackendUpgrade};
 use crate::config::{Config, SessionConfig};
 use crate::error::{BackendError, BackendRefusal, ProxyError};
-use crate::handshake::{self, ClientHandshake, HandshakeError};
+use crate::handshake::{self, ClientHandshake, HandshakeError, Transport};
+use crate::policy::{PolicyError, RequestFacts, forwarding};
 use crate::relay::{self, RelayConfig};
 use crate::route::{Route, RouteTable};
 use crate::sessions::Sessions;
@@ -44,6 +45,8 @@ pub struct ProxyState {
     pub config: Config,
     pub routes: RouteTable,
     pub sessions: Arc<Sessions>,
+    /// Refusals of requests that matched no route.
+    pub unrouted_refusals: crate::telemetry::RefusalCounts,
 }
 
 impl ProxyState {
@@ -52,6 +55,7 @@ impl ProxyState {
             routes: RouteTable::new(&config.routes, &sessions),
             config,
             sessions,
+            unrouted_refusals: Default::default(),
         }
     }
 }
@@ -68,6 +72,24 @@ pub struct ConnInfo {
     pub subject_header: Option<http::HeaderName>,
     /// The listener's trusted proxies: their forwarding headers are believed.
     pub trusted_proxies: Arc<[crate::policy::forwarding::Cidr]>,
+    /// WebSockets open as HTTP/2 streams of this connection (they need it to stay up).
+    pub live_streams: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+/// Counts one HTTP/2 WebSocket on its connection while alive.
+struct StreamGuard(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl StreamGuard {
+    fn new(live: &Arc<tokio::sync::watch::Sender<usize>>) -> StreamGuard {
+        live.send_modify(|n| *n += 1);
+        StreamGuard(live.clone())
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// hyper service entry point. Never fails: every error becomes a response.
@@ -84,13 +106,20 @@ pub async fn handle(
 
 async fn handle_request(
     state: Arc<ProxyState>,
-    conn: ConnInfo,
+    mut conn: ConnInfo,
     req: Request<Incoming>,
     id: u64,
 ) -> Response<Body> {
     let (mut parts, _body) = req.into_parts();
     if let Some(page) = static_page(&state.config, &parts) {
         return page;
+    }
+    // Behind a trusted proxy the client is the first untrusted hop of `X-Forwarded-For`;
+    // from here on `conn.client` is that address (logs, policy, balancing).
+    let forwarding =
+        forwarding::client_addr(&conn.trusted_proxies, conn.client.ip(), &parts.headers);
+    if forwarding.peer_trusted {
+        conn.client = SocketAddr::new(forwarding.ip, 0);
     }
 
     let host = request_host(&parts);
@@ -99,19 +128,45 @@ async fn handle_request(
         .find(host.as_deref(), parts.uri.path())
         .cloned()
     else {
-        return refuse(id, None, &conn, &parts, ProxyError::NoRoute);
+        return refuse(&state, id, None, &conn, &parts, ProxyError::NoRoute);
     };
     if state.sessions.is_draining() {
-        return refuse(id, Some(&route), &conn, &parts, ProxyError::Draining);
+        return refuse(
+            &state,
+            id,
+            Some(&route),
+            &conn,
+            &parts,
+            ProxyError::Draining,
+        );
     }
-    let client_hs = match handshake::validate(&parts) {
+    let mut client_hs = match handshake::validate(&parts) {
         Ok(hs) => hs,
-        Err(e) => return refuse(id, Some(&route), &conn, &parts, e.into()),
+        Err(e) => return refuse(&state, id, Some(&route), &conn, &parts, e.into()),
     };
+    let policy = &route.config.policy;
+    if !policy.is_open() {
+        let forwarded_for = forwarding.chain_header();
+        let facts = RequestFacts {
+            scheme: conn.scheme,
+            host: &client_hs.host,
+            client: &forwarding,
+            forwarded_for: &forwarded_for,
+            tls_subject: conn.client_subject.as_deref(),
+        };
+        if let Err(e) = policy
+            .admit(&mut parts, &mut client_hs.protocols, &facts)
+            .await
+        {
+            return refuse(&state, id, Some(&route), &conn, &parts, e.into());
+        }
+    }
     // Taken before answering (hyper examples/upgrades.rs); hyper sets it on every HTTP/1.1
-    // request that carries `Upgrade`, which validation has just required.
+    // request that carries `Upgrade` and every HTTP/2 CONNECT, which validation has just
+    // required.
     let Some(client_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
         return refuse(
+            &state,
             id,
             Some(&route),
             &conn,
@@ -123,7 +178,7 @@ async fn handle_request(
     let rc = &route.config;
     let (stream, lease) = match route.pool.connect(rc.backend_connect_timeout).await {
         Ok(ok) => ok,
-        Err(e) => return refuse(id, Some(&route), &conn, &parts, e.into()),
+        Err(e) => return refuse(&state, id, Some(&route), &conn, &parts, e.into()),
     };
     let backend_url = lease.backend.url.clone();
     let (backend_req, key) = backend::build_request(&BackendRequest {
@@ -131,7 +186,7 @@ async fn handle_request(
         backend: &backend_url,
         client: &parts,
         handshake: &client_hs,
-        client_addr: conn.client,
+        forwarding: &forwarding,
         scheme: conn.scheme,
         client_subject: conn
             .subject_header
@@ -149,10 +204,20 @@ async fn handle_request(
     };
     let upgrade = match backend::handshake(stream, backend_req, params).await {
         Ok(up) => up,
-        Err(e) => return refuse(id, Some(&route), &conn, &parts, ProxyError::Backend(e)),
+        Err(e) => {
+            return refuse(
+                &state,
+                id,
+                Some(&route),
+                &conn,
+                &parts,
+                ProxyError::Backend(e),
+            );
+        }
     };
 
-    let response = switching_protocols(&client_hs, &upgrade);
+    let response = accept_response(&client_hs, &upgrade);
+    let transport = client_hs.transport;
     let session = state.sessions.register(
         id,
         route.name.clone(),
@@ -163,6 +228,7 @@ async fn handle_request(
     tracing::debug!(session = id, client = %conn.client, route = %rc.name, backend = %backend_url.url, "session open");
     let relay_config = relay_config(&rc.session, &upgrade.extensions);
     let BackendUpgrade { io: backend_io, .. } = upgrade;
+    let stream_guard = (transport == Transport::H2).then(|| StreamGuard::new(&conn.live_streams));
     // The session task runs outside the request span: a span lives as long as its task, and
     // an idle session should cost nothing but its sockets. The access record carries the id.
     state.sessions.spawn(async move {
@@ -211,10 +277,12 @@ async fn handle_request(
             &info.route,
             info.client,
             &info.backend,
+            transport.as_str(),
             info.started.elapsed(),
             &outcome,
         );
         drop(lease);
+        drop(stream_guard);
     });
     response
 }
@@ -251,16 +319,26 @@ fn relay_config(session: &SessionConfig, extensions: &[HeaderValue]) -> RelayCon
     }
 }
 
-/// The 101 for the client: its own accept key, and the backend's choices.
-fn switching_protocols(client: &ClientHandshake, up: &BackendUpgrade) -> Response<Body> {
+/// The client's answer: over HTTP/1.1 a 101 with its own accept key, over HTTP/2 a 200
+/// (RFC 8441 §5: no key, no accept, and no body, or hyper resets the stream); either way the
+/// backend's choices of subprotocol and extensions, and its cookies.
+fn accept_response(client: &ClientHandshake, up: &BackendUpgrade) -> Response<Body> {
     let mut resp = Response::new(Body::default());
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(v) = HeaderValue::from_str(&handshake::accept_key(client.key.as_bytes())) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    match client.transport {
+        Transport::H1 => {
+            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let h = resp.headers_mut();
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            if let Ok(v) = HeaderValue::from_str(&handshake::accept_key(client.key.as_bytes())) {
+                h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+            }
+        }
+        Transport::H2 => *resp.status_mut() = StatusCode::OK,
     }
+    let h = resp.headers_mut();
+    // RFC 9110 §7.6.3: a proxy says so on what it forwards; the backend spoke HTTP/1.1.
+    h.insert(header::VIA, HeaderValue::from_static("1.1 wsgate"));
     if let Some(p) = &up.protocol {
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, p.clone());
     }
@@ -285,13 +363,24 @@ fn request_host(parts: &Parts) -> Option<String> {
 
 /// The one place a refusal becomes a response: status, one-line reason, headers, log record.
 fn refuse(
+    state: &ProxyState,
     id: u64,
     route: Option<&Route>,
     conn: &ConnInfo,
     parts: &Parts,
     err: ProxyError,
 ) -> Response<Body> {
-    let status = err.status();
+    // Over HTTP/2 there is no Upgrade and no connection to close: no 426, no `Upgrade` or
+    // `Connection` headers (they are connection-specific, RFC 9113 §8.2.2).
+    let h2 = parts.version == http::Version::HTTP_2;
+    let status = match &err {
+        ProxyError::Handshake(hs) if h2 => hs.status_for(Transport::H2),
+        other => other.status(),
+    };
+    match route {
+        Some(r) => r.refusals.add(err.outcome()),
+        None => state.unrouted_refusals.add(err.outcome()),
+    }
     access::refused(
         id,
         route.map(|r| r.config.name.as_str()),
@@ -311,10 +400,29 @@ fn refuse(
             h.extend(headers);
             *resp.body_mut() = Body::new(body);
         }
+        ProxyError::Policy(PolicyError::AuthDenied { headers, body, .. }) => {
+            // The auth service's answer, as it came (its login redirect, its challenge).
+            h.extend(headers);
+            *resp.body_mut() = Body::new(body);
+        }
+        ProxyError::Policy(p) => {
+            if let Some(challenge) = p.challenge(route.map_or("wsgate", |r| &r.config.name))
+                && let Ok(v) = HeaderValue::from_str(&challenge)
+            {
+                h.insert(header::WWW_AUTHENTICATE, v);
+            }
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            *resp.body_mut() = Body::new(Bytes::from(format!("{}\n", p.public_message())));
+        }
         other => {
             if let ProxyError::Handshake(hs) = &other {
                 for (name, value) in hs.response_headers() {
-                    h.append(name, value);
+                    if !(h2 && name == header::UPGRADE) {
+                        h.append(name, value);
+                    }
                 }
             }
             h.insert(
@@ -325,8 +433,11 @@ fn refuse(
         }
     }
     // After a refused upgrade the client's connection state is uncertain: start afresh.
-    resp.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    // (An HTTP/2 refusal ends one stream; the connection and its other streams go on.)
+    if !h2 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     resp
 }
 

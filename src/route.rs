@@ -16,6 +16,8 @@ pub struct Route {
     pub pool: BackendPool,
     /// Closes this route's sessions (shutdown, or a reload that removes the route).
     pub control: Control,
+    /// Refused handshakes on this route, by outcome.
+    pub refusals: crate::telemetry::RefusalCounts,
 }
 
 /// All routes, in match order: routes naming a host before host-less ones, longer path
@@ -34,6 +36,7 @@ impl RouteTable {
                     name: Arc::from(c.name.as_str()),
                     pool: BackendPool::new(c.backends.clone(), c.balance),
                     control: sessions.route_control(),
+                    refusals: Default::default(),
                     config: c.clone(),
                 })
             })

@@ -309,6 +309,11 @@ async fn demo_serves_the_page_and_echoes() {
         resp.headers().get("sec-websocket-protocol").unwrap(),
         "chat"
     );
+    // The demo backend first says how the socket arrived, then echoes.
+    match next_data(&mut ws).await {
+        Message::Text(t) => assert!(t.contains("over HTTP/1.1"), "{t}"),
+        other => panic!("expected the greeting, got {other:?}"),
+    }
     ws.send(Message::text("hi demo")).await.unwrap();
     assert_eq!(next_data(&mut ws).await, Message::text("hi demo"));
     ws.send(Message::Close(Some(CloseFrame {
@@ -424,6 +429,12 @@ async fn demo_tls_serves_the_page_over_https_and_echoes_over_wss() {
     let (mut ws, _) = tokio_tungstenite::client_async(format!("wss://{addr}/echo"), tls)
         .await
         .unwrap();
+    let greeting = tokio::time::timeout(STEP, futures_util::StreamExt::next(&mut ws))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(greeting.to_text().unwrap().starts_with("wsgate demo:"));
     ws.send(Message::text("secure hello")).await.unwrap();
     let got = tokio::time::timeout(STEP, futures_util::StreamExt::next(&mut ws))
         .await

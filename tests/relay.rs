@@ -62,24 +62,6 @@ async fn raw_frames_until_close(
     }
 }
 
-/// Waits until the backend has recorded `n` close frames.
-async fn backend_closes(backend: &EchoBackend, n: usize) -> Vec<SeenClose> {
-    tokio::time::timeout(STEP, async {
-        loop {
-            let notified = backend.changed.notified();
-            {
-                let closes = backend.closes.lock().unwrap();
-                if closes.len() >= n {
-                    return closes.clone();
-                }
-            }
-            notified.await;
-        }
-    })
-    .await
-    .expect("backend did not see the close frames")
-}
-
 async fn gateway_with(backend: &EchoBackend, route_extra: &str) -> Gateway {
     Gateway::spawn(&format!(
         "{}{route_extra}",
@@ -98,7 +80,7 @@ async fn oversized_client_message_gets_1009_and_the_backend_1001() {
     ws.send(Message::binary(vec![2u8; 1025])).await.unwrap();
     assert_eq!(close_of(&mut ws).await, (1009, "message too big".into()));
     assert_eq!(
-        backend_closes(&backend, 1).await,
+        backend.wait_closes(1).await,
         vec![Some((1001, "message too big".into()))]
     );
 }
@@ -142,7 +124,7 @@ async fn unmasked_client_frame_gets_1002_and_the_backend_1001() {
         (1002, "protocol error".into())
     );
     assert_eq!(
-        backend_closes(&backend, 1).await,
+        backend.wait_closes(1).await,
         vec![Some((1001, "protocol error".into()))]
     );
 }
@@ -237,7 +219,7 @@ async fn idle_timeout_closes_both_sides() {
     assert_eq!(next_data(&mut ws).await, Message::text("one"));
     assert_eq!(close_of(&mut ws).await, (1001, "idle timeout".into()));
     assert_eq!(
-        backend_closes(&backend, 1).await,
+        backend.wait_closes(1).await,
         vec![Some((1001, "idle timeout".into()))]
     );
 }
@@ -252,7 +234,7 @@ async fn max_lifetime_closes_both_sides() {
         (1001, "session lifetime reached".into())
     );
     assert_eq!(
-        backend_closes(&backend, 1).await,
+        backend.wait_closes(1).await,
         vec![Some((1001, "session lifetime reached".into()))]
     );
 }
@@ -322,7 +304,7 @@ async fn client_gone_mid_session_gets_the_backend_1001() {
         }
         drop(stream);
         assert_eq!(
-            backend_closes(&backend, 1).await,
+            backend.wait_closes(1).await,
             vec![Some((1001, "client went away".into()))],
             "reset={reset}"
         );
@@ -360,7 +342,7 @@ async fn shutdown_with_100_sessions_sends_1001_to_every_client_and_backend() {
     for w in waiting {
         assert_eq!(w.await.unwrap().0, 1001);
     }
-    let closes = backend_closes(&backend, 100).await;
+    let closes = backend.wait_closes(100).await;
     assert_eq!(closes.len(), 100);
     assert!(
         closes.iter().all(|c| c.as_ref().map(|c| c.0) == Some(1001)),
@@ -384,7 +366,7 @@ async fn closing_one_route_with_1012_leaves_the_others_alone() {
     assert!(!gw.handle().close_route("nope", 1012));
     assert_eq!(close_of(&mut ws_a).await, (1012, "service restart".into()));
     assert_eq!(
-        backend_closes(&a, 1).await,
+        a.wait_closes(1).await,
         vec![Some((1012, "service restart".into()))]
     );
     ws_b.send(Message::text("still here")).await.unwrap();

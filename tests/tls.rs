@@ -6,107 +6,15 @@ mod support;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::SinkExt;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
+use support::tls::*;
 use support::*;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
-
-/// A test CA that signs leaf certificates into a fresh directory.
-struct TestCa {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-    dir: PathBuf,
-}
-
-impl TestCa {
-    fn new() -> TestCa {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "wsgate-tls-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "wsgate test CA");
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        TestCa { issuer, dir }
-    }
-
-    /// Writes `<name>.pem` and `<name>.key` for a leaf certificate valid for `names`.
-    fn leaf(&self, name: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, names[0]);
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let (c, k) = (
-            self.dir.join(format!("{name}.pem")),
-            self.dir.join(format!("{name}.key")),
-        );
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        (c, k)
-    }
-
-    /// Writes the CA certificate and returns its path.
-    fn ca_file(&self) -> PathBuf {
-        let p = self.dir.join("ca.pem");
-        std::fs::write(&p, self.issuer.pem()).unwrap();
-        p
-    }
-
-    fn connector(&self) -> TlsConnector {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.issuer.der().clone()).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(wsgate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        TlsConnector::from(Arc::new(config))
-    }
-}
-
-/// Opens TLS to the gateway with `sni`, returning the stream and the served leaf certificate.
-async fn tls_connect(
-    ca: &TestCa,
-    gw: &Gateway,
-    sni: &str,
-) -> (
-    tokio_rustls::client::TlsStream<TcpStream>,
-    CertificateDer<'static>,
-) {
-    let tcp = TcpStream::connect(gw.addr).await.unwrap();
-    let tls = ca
-        .connector()
-        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
-        .await
-        .unwrap_or_else(|e| panic!("TLS handshake with SNI {sni} failed: {e}"));
-    let cert = tls.get_ref().1.peer_certificates().unwrap()[0]
-        .clone()
-        .into_owned();
-    (tls, cert)
-}
-
-fn tls_listener(cert: &std::path::Path, key: &std::path::Path, extra: &str) -> String {
-    format!(
-        "[[listener]]\nlisten = \"127.0.0.1:0\"\nhandshake_timeout = \"300ms\"\n[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\n{extra}\n",
-        cert.display(),
-        key.display()
-    )
-}
 
 #[tokio::test]
 async fn wss_echo_through_wsgate() {
@@ -543,4 +451,85 @@ async fn mtls_optional_accepts_clients_without_a_certificate_but_never_a_forged_
         .unwrap()
         .unwrap();
     assert_eq!(backend.last_request().header("x-client-subject"), None);
+}
+
+/// Writes a self-signed certificate for localhost valid from `from` to `until`.
+fn dated_certificate(
+    ca: &TestCa,
+    name: &str,
+    from: (i32, u8, u8),
+    until: (i32, u8, u8),
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+    params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
+    let cert = params.self_signed(&key).unwrap();
+    let (c, k) = (
+        ca.dir.join(format!("{name}.pem")),
+        ca.dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+#[test]
+fn expired_and_future_certificates_are_warned_about_with_their_dates() {
+    let ca = TestCa::new();
+    let now = std::time::SystemTime::now();
+    let cases = [
+        ("expired", (2020, 1, 1), (2021, 6, 30), "expired on Jun 30"),
+        (
+            "future",
+            (2090, 3, 1),
+            (2091, 1, 1),
+            "not valid yet: valid from Mar  1",
+        ),
+        ("fine", (2020, 1, 1), (2090, 1, 1), ""),
+    ];
+    for (name, from, until, expect) in cases {
+        let (c, k) = dated_certificate(&ca, name, from, until);
+        let ck = wsgate::tls::load_certified_key(&c, &k).unwrap();
+        let warning = wsgate::tls::validity_warning(&ck, now).unwrap_or_default();
+        assert!(
+            warning.contains(expect) && (expect.is_empty() == warning.is_empty()),
+            "{name}: {warning:?}"
+        );
+        // A warning, not an error: the listener still loads.
+        let toml = format!(
+            "{}[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"ws://127.0.0.1:1\"]\n",
+            tls_listener(&c, &k, "")
+        );
+        assert!(wsgate::config::from_toml_str(&toml).is_ok(), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn certificate_files_that_change_are_reloaded_without_a_signal() {
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf("watched", &["localhost"]);
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "{}{}",
+        tls_listener(&cert, &key, "watch_interval = \"50ms\""),
+        route("r", "/", &[backend.url()])
+    ))
+    .await;
+    let mut reloads = gw.handle().certificate_reloads(0).unwrap();
+    let (_, first) = tls_connect(&ca, &gw, "localhost").await;
+
+    // Renewal the way certbot and cert-manager do it: new files renamed into place.
+    let (new_cert, new_key) = ca.leaf("renewed", &["localhost"]);
+    std::fs::rename(&new_key, &key).unwrap();
+    std::fs::rename(&new_cert, &cert).unwrap();
+    tokio::time::timeout(STEP, reloads.changed())
+        .await
+        .expect("the changed files were not reloaded")
+        .unwrap();
+    let (_, second) = tls_connect(&ca, &gw, "localhost").await;
+    assert_ne!(
+        first, second,
+        "a new handshake sees the renewed certificate"
+    );
 }

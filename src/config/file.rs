@@ -19,6 +19,18 @@ pub struct FileConfig {
     pub timeouts: Option<FileTimeouts>,
     pub limits: Option<FileLimits>,
     pub shutdown: Option<FileShutdown>,
+    pub http2: Option<FileHttp2>,
+}
+
+/// `[http2]`: limits for HTTP/2 connections on every listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHttp2 {
+    pub max_concurrent_streams: Option<Spanned<i64>>,
+    pub max_pending_accept_reset_streams: Option<Spanned<i64>>,
+    pub max_local_error_reset_streams: Option<Spanned<i64>>,
+    pub keep_alive_interval: Option<SpStr>,
+    pub keep_alive_timeout: Option<SpStr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -32,6 +44,9 @@ pub struct FileListener {
     pub proxy_protocol: Option<bool>,
     /// Peers (CIDRs or addresses) whose `X-Forwarded-*` / `Forwarded` headers are believed.
     pub trusted_proxies: Option<Spanned<Vec<SpStr>>>,
+    /// Serve HTTP/2 (ALPN `h2` on TLS, prior knowledge on plain TCP) and WebSockets over it
+    /// (RFC 8441). Default true.
+    pub http2: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -42,6 +57,8 @@ pub struct FileTls {
     pub client_ca: Option<SpStr>,
     pub client_auth: Option<SpStr>,
     pub client_subject_header: Option<SpStr>,
+    /// How often the certificate files are checked for changes (reloaded when they change).
+    pub watch_interval: Option<SpStr>,
     #[serde(default)]
     pub sni: Vec<Spanned<FileSni>>,
 }

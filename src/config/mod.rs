@@ -50,6 +50,7 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub routes: Vec<RouteConfig>,
     pub limits: Limits,
+    pub http2: Http2Config,
     pub shutdown_grace: Duration,
     /// Static pages served on plain GET (not part of the TOML file: `wsgate demo` uses it).
     pub pages: Vec<StaticPage>,
@@ -66,6 +67,54 @@ pub struct ListenerConfig {
     pub proxy_protocol: bool,
     /// Peers whose forwarding headers are believed (see [`crate::policy::forwarding`]).
     pub trusted_proxies: std::sync::Arc<[crate::policy::forwarding::Cidr]>,
+    /// Serve HTTP/2, and WebSockets over it (RFC 8441).
+    pub http2: bool,
+    /// How often the TLS certificate files are checked for changes; `None` = only SIGHUP.
+    pub tls_watch: Option<Duration>,
+}
+
+/// Certificate files are checked this often for changes: cheap (a `stat` per file) and quick
+/// enough that a renewed certificate (certbot, cert-manager) is served within seconds.
+pub const DEFAULT_TLS_WATCH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Limits for HTTP/2 connections (all listeners).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http2Config {
+    /// WebSockets (and requests) open at once on one connection. Each WebSocket is a stream
+    /// for its whole life, so this is the number of tunnels one browser connection can hold.
+    pub max_concurrent_streams: u32,
+    /// Streams a client may open and reset before the server has accepted them (the
+    /// "rapid reset" attack, CVE-2023-44487); past it the connection gets GOAWAY.
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams the server may reset because of client protocol errors before it ends the
+    /// connection (CVE-2019-9514 style floods).
+    pub max_local_error_reset_streams: usize,
+    /// HTTP/2 PING on a quiet connection; `None` = off.
+    pub keep_alive_interval: Option<Duration>,
+    /// No PING answer within this: the connection is closed.
+    pub keep_alive_timeout: Duration,
+}
+
+/// 100 is what RFC 9113 §6.5.2 recommends as the minimum to allow and what nginx uses.
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// hyper's default: enough for a browser cancelling a page's requests, not for a flood.
+pub const DEFAULT_H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// hyper's default.
+pub const DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+/// Like the WebSocket ping: below common 60 s NAT and load-balancer idle cuts.
+pub const DEFAULT_H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const DEFAULT_H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Http2Config {
+            max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+            max_pending_accept_reset_streams: DEFAULT_H2_MAX_PENDING_ACCEPT_RESET_STREAMS,
+            max_local_error_reset_streams: DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS,
+            keep_alive_interval: Some(DEFAULT_H2_KEEP_ALIVE_INTERVAL),
+            keep_alive_timeout: DEFAULT_H2_KEEP_ALIVE_TIMEOUT,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

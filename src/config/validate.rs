@@ -368,6 +368,14 @@ impl Validator<'_> {
                         handshake_timeout,
                         tls,
                         proxy_protocol: l.proxy_protocol.unwrap_or(false),
+                        http2: l.http2.unwrap_or(true),
+                        tls_watch: l.tls.as_ref().and_then(|t| {
+                            self.optional_duration(
+                                &format!("{key}.tls.watch_interval"),
+                                t.get_ref().watch_interval.as_ref(),
+                                Some(DEFAULT_TLS_WATCH_INTERVAL),
+                            )
+                        }),
                         trusted_proxies: trusted_proxies.into(),
                     });
                 }
@@ -418,10 +426,12 @@ impl Validator<'_> {
             }
         }
 
+        let http2 = self.http2(file.http2.as_ref());
         Config {
             listeners,
             routes,
             limits,
+            http2,
             shutdown_grace,
             pages: Vec::new(),
         }
@@ -449,7 +459,15 @@ impl Validator<'_> {
                     let cp = v.base.join(c.get_ref());
                     let kp = v.base.join(kf.get_ref());
                     match crate::tls::load_certified_key(&cp, &kp) {
-                        Ok(ck) => Some((ck, cp, kp)),
+                        Ok(ck) => {
+                            if let Some(w) =
+                                crate::tls::validity_warning(&ck, std::time::SystemTime::now())
+                            {
+                                let line = line_of(v.text, c.span().start);
+                                tracing::warn!(key = %format!("{k}.cert"), line, file = %cp.display(), "{w}");
+                            }
+                            Some((ck, cp, kp))
+                        }
                         Err(crate::tls::PairError::Cert(msg)) => {
                             v.err(format!("{k}.cert"), Some(c.span()), msg);
                             None
@@ -764,6 +782,60 @@ impl Validator<'_> {
 }
 
 impl Validator<'_> {
+    /// `[http2]`.
+    fn http2(&mut self, f: Option<&super::file::FileHttp2>) -> Http2Config {
+        let d = Http2Config::default();
+        let Some(f) = f else { return d };
+        let count =
+            |v: &mut Self, key: &str, value: Option<&Spanned<i64>>, default: usize, max: i64| {
+                let Some(value) = value else { return default };
+                match *value.get_ref() {
+                    n if (1..=max).contains(&n) => n as usize,
+                    _ => {
+                        v.err(
+                            format!("http2.{key}"),
+                            Some(value.span()),
+                            format!("must be between 1 and {max}"),
+                        );
+                        default
+                    }
+                }
+            };
+        Http2Config {
+            max_concurrent_streams: count(
+                self,
+                "max_concurrent_streams",
+                f.max_concurrent_streams.as_ref(),
+                d.max_concurrent_streams as usize,
+                10_000,
+            ) as u32,
+            max_pending_accept_reset_streams: count(
+                self,
+                "max_pending_accept_reset_streams",
+                f.max_pending_accept_reset_streams.as_ref(),
+                d.max_pending_accept_reset_streams,
+                100_000,
+            ),
+            max_local_error_reset_streams: count(
+                self,
+                "max_local_error_reset_streams",
+                f.max_local_error_reset_streams.as_ref(),
+                d.max_local_error_reset_streams,
+                100_000,
+            ),
+            keep_alive_interval: self.optional_duration(
+                "http2.keep_alive_interval",
+                f.keep_alive_interval.as_ref(),
+                d.keep_alive_interval,
+            ),
+            keep_alive_timeout: self.duration(
+                "http2.keep_alive_timeout",
+                f.keep_alive_timeout.as_ref(),
+                d.keep_alive_timeout,
+            ),
+        }
+    }
+
     /// A list of CIDR blocks or addresses.
     fn cidrs(
         &mut self,

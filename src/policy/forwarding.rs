@@ -101,6 +101,19 @@ pub struct ClientAddr {
     pub peer_trusted: bool,
 }
 
+impl ClientAddr {
+    /// The TCP peer (or PROXY protocol source) of this hop: the chain's last entry.
+    pub fn peer(&self) -> IpAddr {
+        *self.chain.last().unwrap_or(&self.ip)
+    }
+
+    /// `X-Forwarded-For` as the backend will see it.
+    pub fn chain_header(&self) -> String {
+        let v: Vec<String> = self.chain.iter().map(ToString::to_string).collect();
+        v.join(", ")
+    }
+}
+
 /// Works out the client's address from the peer and (when the peer is trusted) the request's
 /// `X-Forwarded-For`.
 pub fn client_addr(trusted: &[Cidr], peer: IpAddr, headers: &http::HeaderMap) -> ClientAddr {
@@ -136,11 +149,13 @@ pub fn forwarded_element(peer: IpAddr, proto: &str, host: Option<&str>) -> Strin
         // IPv6 node names are bracketed and then quoted (RFC 7239 §6).
         IpAddr::V6(ip) => format!("\"[{ip}]\""),
     };
-    let mut s = format!("for={node};proto={proto}");
+    let mut s = format!("for={node}");
     if let Some(host) = host {
         let host: String = host.chars().filter(|c| *c != '"' && *c != '\\').collect();
         s.push_str(&format!(";host=\"{host}\""));
     }
+    s.push_str(";proto=");
+    s.push_str(proto);
     s
 }
 
@@ -207,7 +222,7 @@ mod tests {
         );
         assert_eq!(
             forwarded_element("2001:db8::1".parse().unwrap(), "https", Some("a.test")),
-            "for=\"[2001:db8::1]\";proto=https;host=\"a.test\""
+            "for=\"[2001:db8::1]\";host=\"a.test\";proto=https"
         );
     }
 }

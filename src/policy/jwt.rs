@@ -61,6 +61,8 @@ pub struct FileJwt {
     pub required_claims: Option<Spanned<Vec<SpStr>>>,
     /// Whether a token without `exp` is refused (default `true`).
     pub require_exp: Option<Spanned<bool>>,
+    /// Pass the token's `Authorization` header or cookie on to the backend (default `false`).
+    pub forward_token: Option<bool>,
 }
 
 /// A string or a list of strings.
@@ -104,7 +106,8 @@ pub enum JwtError {
     /// The token is not acceptable (the client gets 401).
     #[error("{0}")]
     Invalid(String),
-    /// No key set could be fetched yet, so no token can be checked (the client gets 503).
+    /// No key set could be fetched yet (JWKS URL down), so no token can be checked: the
+    /// proxy answers 503.
     #[error("{0}")]
     KeysUnavailable(String),
 }
@@ -183,6 +186,7 @@ pub struct JwtVerifier {
     validations: Vec<(Algorithm, Validation)>,
     /// Claims checked for presence after the signature and the standard claims.
     required_claims: Vec<String>,
+    forward_token: bool,
 }
 
 /// Why no key verified a token.
@@ -196,6 +200,12 @@ impl JwtVerifier {
     /// Where to look for the token, in order of preference.
     pub fn sources(&self) -> &[TokenSource] {
         &self.sources
+    }
+
+    /// Whether the token goes on to the backend (`forward_token = true`); by default its
+    /// header or cookie is removed. (Query and subprotocol tokens are always removed.)
+    pub fn forward_token(&self) -> bool {
+        self.forward_token
     }
 
     /// Verifies signature and claims; returns the claims.
@@ -1159,6 +1169,7 @@ pub(crate) fn validate(
         algorithms: allowed,
         validations,
         required_claims,
+        forward_token: j.forward_token.unwrap_or(false),
     }))
 }
 

@@ -150,6 +150,11 @@ const RESERVED_HEADERS: &[&str] = &[
     "sec-websocket-extensions",
     "content-length",
     "transfer-encoding",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
 ];
 
 /// Validates a route's policy keys: `origins`, `missing_origin`, `subprotocols`,
@@ -302,4 +307,360 @@ pub(crate) fn validate_route(
         p.forward_auth = forward_auth::validate(v, &format!("{akey}.forward_auth"), f);
     }
     p
+}
+
+/// Why a handshake was refused by policy. The message is the log's reason; what the client
+/// sees is [`PolicyError::public_message`] (a token's verification detail stays in the log).
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// 403: cross-site WebSocket hijacking defence.
+    #[error("{0}")]
+    Origin(String),
+    /// 403: no acceptable subprotocol on a route that requires one.
+    #[error("{0}")]
+    Subprotocol(String),
+    /// 403: a required cookie is absent. (Not 401: that status promises a
+    /// `WWW-Authenticate` challenge, and a cookie has none.)
+    #[error("required cookie {0:?} is missing")]
+    MissingCookie(String),
+    /// 401: no token in any configured place.
+    #[error("no token ({0})")]
+    MissingToken(String),
+    /// 401: the token did not verify; the reason never contains the token.
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+    /// 503: the route's key set could not be fetched, so no token can be checked.
+    #[error("token keys unavailable: {0}")]
+    KeysUnavailable(String),
+    /// The auth service said no: its answer goes to the client.
+    #[error("forward-auth denied with {status}")]
+    AuthDenied {
+        status: http::StatusCode,
+        headers: http::HeaderMap,
+        body: bytes::Bytes,
+    },
+    /// 503: the auth service could not be asked.
+    #[error("forward-auth unavailable: {0}")]
+    AuthUnavailable(String),
+}
+
+impl PolicyError {
+    pub fn status(&self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            PolicyError::Origin(_)
+            | PolicyError::Subprotocol(_)
+            | PolicyError::MissingCookie(_) => S::FORBIDDEN,
+            PolicyError::MissingToken(_) | PolicyError::InvalidToken(_) => S::UNAUTHORIZED,
+            PolicyError::KeysUnavailable(_) | PolicyError::AuthUnavailable(_) => {
+                S::SERVICE_UNAVAILABLE
+            }
+            PolicyError::AuthDenied { status, .. } => *status,
+        }
+    }
+
+    /// Which policy refused, for the access log.
+    pub fn policy(&self) -> &'static str {
+        match self {
+            PolicyError::Origin(_) => "origin",
+            PolicyError::Subprotocol(_) => "subprotocol",
+            PolicyError::MissingCookie(_) => "cookie",
+            PolicyError::MissingToken(_)
+            | PolicyError::InvalidToken(_)
+            | PolicyError::KeysUnavailable(_) => "jwt",
+            PolicyError::AuthDenied { .. } | PolicyError::AuthUnavailable(_) => "forward_auth",
+        }
+    }
+
+    /// The access log's `outcome`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            PolicyError::Origin(_) => "origin_refused",
+            PolicyError::Subprotocol(_) => "subprotocol_refused",
+            PolicyError::MissingCookie(_) => "cookie_missing",
+            PolicyError::MissingToken(_) => "token_missing",
+            PolicyError::InvalidToken(_) => "token_invalid",
+            PolicyError::KeysUnavailable(_) => "token_keys_unavailable",
+            PolicyError::AuthDenied { .. } => "auth_denied",
+            PolicyError::AuthUnavailable(_) => "auth_unavailable",
+        }
+    }
+
+    /// The refusal's body line: the reason, except where it would tell an attacker which
+    /// check their forged token failed.
+    pub fn public_message(&self) -> String {
+        match self {
+            PolicyError::InvalidToken(_) => "invalid token".into(),
+            PolicyError::KeysUnavailable(_) | PolicyError::AuthUnavailable(_) => {
+                "authentication is unavailable, try again later".into()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// The challenge of a 401 (RFC 9110 §11.6.1, RFC 6750 §3).
+    pub fn challenge(&self, realm: &str) -> Option<String> {
+        let realm: String = realm.chars().filter(|c| *c != '"' && *c != '\\').collect();
+        match self {
+            PolicyError::MissingToken(_) => Some(format!("Bearer realm=\"{realm}\"")),
+            PolicyError::InvalidToken(_) => {
+                Some(format!("Bearer realm=\"{realm}\", error=\"invalid_token\""))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Facts about the connection and request that policy reads.
+pub struct RequestFacts<'a> {
+    /// `http` or `https`, as the client connected.
+    pub scheme: &'a str,
+    /// The request's `Host`.
+    pub host: &'a str,
+    pub client: &'a forwarding::ClientAddr,
+    /// `X-Forwarded-For` as the backend will see it.
+    pub forwarded_for: &'a str,
+    /// Verified client-certificate subject (mutual TLS).
+    pub tls_subject: Option<&'a str>,
+}
+
+/// A token found in the request, and where.
+struct FoundToken {
+    token: String,
+    source: TokenSource,
+}
+
+/// The subprotocol entries that carry a token: `bearer.<token>`, or `access_token`/`bearer`
+/// followed by the token. Returns the token and the indices of the entries to remove.
+fn token_in_protocols(protocols: &[String]) -> Option<(String, Vec<usize>)> {
+    for (i, p) in protocols.iter().enumerate() {
+        if let Some(t) = p.strip_prefix("bearer.")
+            && !t.is_empty()
+        {
+            return Some((t.to_string(), vec![i]));
+        }
+        if (p == "access_token" || p == "bearer")
+            && let Some(t) = protocols.get(i + 1)
+        {
+            return Some((t.clone(), vec![i, i + 1]));
+        }
+    }
+    None
+}
+
+/// The value of query parameter `name` (not percent-decoded: JWTs are URL-safe).
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// The request URI without query parameter `name`.
+fn without_query_param(uri: &http::Uri, name: &str) -> http::Uri {
+    let Some(q) = uri.query() else {
+        return uri.clone();
+    };
+    let kept: Vec<&str> = q
+        .split('&')
+        .filter(|kv| kv.split_once('=').map_or(*kv, |(k, _)| k) != name)
+        .collect();
+    let pq = if kept.is_empty() {
+        uri.path().to_string()
+    } else {
+        format!("{}?{}", uri.path(), kept.join("&"))
+    };
+    let mut p = uri.clone().into_parts();
+    p.path_and_query = pq.parse().ok();
+    http::Uri::from_parts(p).unwrap_or_else(|_| uri.clone())
+}
+
+fn find_token(
+    sources: &[TokenSource],
+    parts: &http::request::Parts,
+    protocols: &[String],
+) -> Option<FoundToken> {
+    for s in sources {
+        let token = match s {
+            TokenSource::Header => parts
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    let (scheme, t) = v.trim().split_once(' ')?;
+                    scheme
+                        .eq_ignore_ascii_case("bearer")
+                        .then(|| t.trim().to_string())
+                }),
+            TokenSource::Cookie(name) => cookie::get(&parts.headers, name).map(str::to_string),
+            TokenSource::Query(name) => query_param(parts.uri.query(), name).map(str::to_string),
+            TokenSource::Subprotocol => token_in_protocols(protocols).map(|(t, _)| t),
+        };
+        if let Some(token) = token.filter(|t| !t.is_empty()) {
+            return Some(FoundToken {
+                token,
+                source: s.clone(),
+            });
+        }
+    }
+    None
+}
+
+fn describe_sources(sources: &[TokenSource]) -> String {
+    sources
+        .iter()
+        .map(|s| match s {
+            TokenSource::Header => "Authorization header".to_string(),
+            TokenSource::Cookie(n) => format!("cookie {n:?}"),
+            TokenSource::Query(n) => format!("query parameter {n:?}"),
+            TokenSource::Subprotocol => "Sec-WebSocket-Protocol".to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl RoutePolicy {
+    /// Whether the route checks anything at all (the fast path skips the rest).
+    pub fn is_open(&self) -> bool {
+        self.origin.is_none()
+            && self.subprotocols.allowed.is_none()
+            && !self.subprotocols.required
+            && self.require_cookies.is_empty()
+            && self.strip_cookies.is_empty()
+            && self.strip_headers.is_empty()
+            && self.set_headers.is_empty()
+            && self.jwt.is_none()
+            && self.forward_auth.is_none()
+    }
+
+    /// Runs the checks in order and, when all pass, rewrites the request for the backend:
+    /// `protocols` becomes the offer the backend sees, `parts` loses stripped credentials and
+    /// gains identity headers. Nothing is changed when a check fails.
+    pub async fn admit(
+        &self,
+        parts: &mut http::request::Parts,
+        protocols: &mut Vec<String>,
+        facts: &RequestFacts<'_>,
+    ) -> Result<(), PolicyError> {
+        if let Some(origin) = &self.origin {
+            let value = parts
+                .headers
+                .get(http::header::ORIGIN)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            origin
+                .check(value.as_deref(), Some(facts.host))
+                .map_err(PolicyError::Origin)?;
+        }
+
+        // The token entries come out of the offer before the allow-list sees it.
+        let jwt_from_protocols = self
+            .jwt
+            .as_ref()
+            .is_some_and(|j| j.sources().contains(&TokenSource::Subprotocol));
+        let mut offer = protocols.clone();
+        if jwt_from_protocols && let Some((_, idx)) = token_in_protocols(&offer) {
+            for i in idx.into_iter().rev() {
+                offer.remove(i);
+            }
+        }
+        let offer = self
+            .subprotocols
+            .filter(offer)
+            .map_err(PolicyError::Subprotocol)?;
+
+        for name in &self.require_cookies {
+            if cookie::get(&parts.headers, name).is_none() {
+                return Err(PolicyError::MissingCookie(name.clone()));
+            }
+        }
+
+        let mut claims = None;
+        let mut token_source = None;
+        if let Some(jwt) = &self.jwt {
+            let found = find_token(jwt.sources(), parts, protocols).ok_or_else(|| {
+                PolicyError::MissingToken(format!("looked in: {}", describe_sources(jwt.sources())))
+            })?;
+            claims = Some(jwt.verify(&found.token).await.map_err(|e| match e {
+                jwt::JwtError::KeysUnavailable(m) => PolicyError::KeysUnavailable(m),
+                other => PolicyError::InvalidToken(other.to_string()),
+            })?);
+            token_source = Some(found.source);
+        }
+
+        let mut auth_headers = Vec::new();
+        if let Some(fa) = &self.forward_auth {
+            let q = forward_auth::AuthQuery {
+                parts,
+                client: facts.client.ip,
+                forwarded_for: facts.forwarded_for,
+                scheme: facts.scheme,
+                host: facts.host,
+            };
+            match fa.check(&q).await {
+                Ok(forward_auth::AuthDecision::Allow(h)) => auth_headers = h,
+                Ok(forward_auth::AuthDecision::Deny {
+                    status,
+                    headers,
+                    body,
+                }) => {
+                    return Err(PolicyError::AuthDenied {
+                        status,
+                        headers,
+                        body,
+                    });
+                }
+                Err(e) => return Err(PolicyError::AuthUnavailable(e.to_string())),
+            }
+        }
+
+        // Every check passed: rewrite the request for the backend.
+        *protocols = offer;
+        if let Some(jwt) = &self.jwt
+            && !jwt.forward_token()
+        {
+            match &token_source {
+                Some(TokenSource::Header) => {
+                    parts.headers.remove(http::header::AUTHORIZATION);
+                }
+                Some(TokenSource::Cookie(name)) => {
+                    cookie::strip(&mut parts.headers, std::slice::from_ref(name))
+                }
+                _ => {}
+            }
+        }
+        // A token in the URL is removed whatever `forward_token` says: URLs end up in logs.
+        if let Some(TokenSource::Query(name)) = &token_source {
+            parts.uri = without_query_param(&parts.uri, name);
+        }
+        cookie::strip(&mut parts.headers, &self.strip_cookies);
+        for h in &self.strip_headers {
+            parts.headers.remove(h);
+        }
+        // Identity headers are the proxy's word alone: the client's own copies always go.
+        for (name, _) in &self.set_headers {
+            parts.headers.remove(name);
+        }
+        if let Some(fa) = &self.forward_auth {
+            for name in fa.copy_headers() {
+                parts.headers.remove(name);
+            }
+        }
+        let identity = identity::Facts {
+            claims: claims.as_ref(),
+            tls_subject: facts.tls_subject,
+            client_ip: facts.client.ip,
+        };
+        for (name, template) in &self.set_headers {
+            if let Some(v) = template.render(&identity)
+                && let Ok(v) = http::HeaderValue::from_str(&v)
+            {
+                parts.headers.insert(name.clone(), v);
+            }
+        }
+        for (name, value) in auth_headers {
+            parts.headers.append(name, value);
+        }
+        Ok(())
+    }
 }

@@ -17,6 +17,7 @@ pub fn session_closed(
     route: &str,
     client: SocketAddr,
     backend: &str,
+    transport: &str,
     duration: Duration,
     out: &RelayOutcome,
 ) {
@@ -33,6 +34,7 @@ pub fn session_closed(
         route,
         client = %client,
         backend,
+        transport,
         duration_ms = duration.as_millis() as u64,
         bytes_client_to_backend = up.bytes,
         bytes_backend_to_client = down.bytes,
@@ -76,6 +78,7 @@ pub fn refused(
                 path,
                 status = status.as_u16(),
                 outcome = err.outcome(),
+                policy = err.policy(),
                 fault = fault.as_str(),
                 reason = reason.as_str(),
                 "handshake refused"

@@ -36,3 +36,20 @@ pub fn init(format: LogFormat) {
     // A second init (tests, embedding) keeps the first subscriber.
     let _ = result;
 }
+
+/// Refused handshakes by outcome (`origin_refused`, `token_invalid`, `backend_unreachable`,
+/// ...): one counter set per route and one for requests that matched none. Read by
+/// [`crate::Handle::refusals`]; the shape a metrics endpoint will export.
+#[derive(Debug, Default)]
+pub struct RefusalCounts(std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>);
+
+impl RefusalCounts {
+    pub fn add(&self, outcome: &'static str) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(outcome).or_insert(0) += 1;
+    }
+
+    pub fn snapshot(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}

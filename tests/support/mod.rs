@@ -2,6 +2,8 @@
 //! clients (tokio-tungstenite as an independent peer, and raw sockets for malformed input).
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -231,6 +233,24 @@ impl EchoBackend {
 
     pub fn url(&self) -> String {
         format!("ws://{}", self.addr)
+    }
+
+    /// Waits until the backend has recorded `n` close frames.
+    pub async fn wait_closes(&self, n: usize) -> Vec<SeenClose> {
+        tokio::time::timeout(STEP, async {
+            loop {
+                let notified = self.changed.notified();
+                {
+                    let closes = self.closes.lock().unwrap();
+                    if closes.len() >= n {
+                        return closes.clone();
+                    }
+                }
+                notified.await;
+            }
+        })
+        .await
+        .expect("backend did not see the close frames")
     }
 
     pub fn request_count(&self) -> usize {

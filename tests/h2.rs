@@ -1,0 +1,333 @@
+//! WebSockets over HTTP/2 (RFC 8441): hyper's h2 client opens extended CONNECT streams on a
+//! TLS connection (ALPN h2, certificates made at test time) and on plain TCP (prior
+//! knowledge); wsgate bridges each to an HTTP/1.1 backend.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Method, Request, StatusCode, Version};
+use http_body_util::Empty;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use support::tls::*;
+use support::*;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+type H2Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// An HTTP/2 connection to the gateway: the request sender and the connection's task
+/// (which ends when the server closes the connection).
+struct H2Conn {
+    send: SendRequest<Empty<Bytes>>,
+    task: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+    authority: String,
+}
+
+async fn h2_over_tls(ca: &TestCa, gw: &Gateway) -> H2Conn {
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let tls = ca
+        .connector_alpn(&[b"h2", b"http/1.1"])
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    h2_handshake(TokioIo::new(tls), format!("localhost:{}", gw.addr.port())).await
+}
+
+async fn h2_handshake<I>(io: I, authority: String) -> H2Conn
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(io)
+        .await
+        .unwrap();
+    H2Conn {
+        send,
+        task: tokio::spawn(conn),
+        authority,
+    }
+}
+
+impl H2Conn {
+    /// Sends an extended CONNECT for `path`; `edit` may add headers.
+    async fn connect(
+        &mut self,
+        scheme: &str,
+        path: &str,
+        edit: impl FnOnce(&mut Request<Empty<Bytes>>),
+    ) -> http::Response<hyper::body::Incoming> {
+        let mut req = Request::builder()
+            .method(Method::CONNECT)
+            .version(Version::HTTP_2)
+            .uri(format!("{scheme}://{}{path}", self.authority))
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-protocol", "chat")
+            .body(Empty::new())
+            .unwrap();
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        edit(&mut req);
+        self.send.ready().await.unwrap();
+        tokio::time::timeout(STEP, self.send.send_request(req))
+            .await
+            .expect("no answer to CONNECT")
+            .unwrap()
+    }
+
+    /// Opens a WebSocket stream; panics unless the answer is 200.
+    async fn websocket(&mut self, scheme: &str, path: &str) -> H2Ws {
+        let resp = self.connect(scheme, path, |_| {}).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        // RFC 8441 §5: no accept key over HTTP/2; the backend's subprotocol choice is kept.
+        assert!(resp.headers().get("sec-websocket-accept").is_none());
+        assert_eq!(resp.headers()["sec-websocket-protocol"], "chat");
+        let up = hyper::upgrade::on(resp).await.unwrap();
+        WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Client, Some(ws_config())).await
+    }
+}
+
+async fn echo(ws: &mut H2Ws, text: &str) {
+    ws.send(Message::text(text)).await.unwrap();
+    loop {
+        let m = tokio::time::timeout(STEP, ws.next())
+            .await
+            .expect("no echo")
+            .expect("stream ended")
+            .expect("websocket error");
+        match m {
+            Message::Text(t) => {
+                assert_eq!(t.as_str(), text);
+                return;
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+async fn tls_gateway(
+    ca: &TestCa,
+    backend: &EchoBackend,
+    listener_extra: &str,
+    route_extra: &str,
+) -> Gateway {
+    let (cert, key) = ca.leaf("gw", &["localhost"]);
+    Gateway::spawn(&format!(
+        "{}{listener_extra}\n[[route]]\nname = \"app\"\npath = \"/\"\nbackends = [\"{}\"]\n{route_extra}\n",
+        tls_listener(&cert, &key, ""),
+        backend.url()
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn many_websockets_on_one_h2_connection() {
+    let ca = TestCa::new();
+    let backend = EchoBackend::spawn().await;
+    let gw = tls_gateway(&ca, &backend, "", "").await;
+    let mut conn = h2_over_tls(&ca, &gw).await;
+
+    let mut a = conn.websocket("https", "/a").await;
+    let mut b = conn.websocket("https", "/b").await;
+    let mut c = conn.websocket("https", "/c").await;
+    echo(&mut a, "to a").await;
+    echo(&mut b, "to b").await;
+    echo(&mut c, "to c").await;
+    assert_eq!(gw.handle().sessions().len(), 3);
+
+    // The backend leg is an ordinary HTTP/1.1 upgrade with a key of its own.
+    let seen = backend.last_request();
+    assert!(seen.header("sec-websocket-key").is_some());
+    assert_eq!(seen.header("via"), Some("2 wsgate"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(
+        seen.header("x-forwarded-host"),
+        Some(conn.authority.as_str())
+    );
+
+    // Closing one stream's WebSocket ends that session alone.
+    b.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye from b".into(),
+    }))
+    .await
+    .unwrap();
+    let closes = backend.wait_closes(1).await;
+    assert_eq!(closes[0], Some((1000, "bye from b".to_string())));
+    echo(&mut a, "still there").await;
+    echo(&mut c, "me too").await;
+    a.close(None).await.unwrap();
+    c.close(None).await.unwrap();
+    backend.wait_closes(3).await;
+    assert!(!conn.task.is_finished());
+}
+
+#[tokio::test]
+async fn refusals_over_h2_use_http_statuses_and_keep_the_connection() {
+    let ca = TestCa::new();
+    let backend = EchoBackend::spawn().await;
+    let gw = tls_gateway(&ca, &backend, "", "origins = [\"https://app.example\"]").await;
+    let mut conn = h2_over_tls(&ca, &gw).await;
+
+    let resp = conn
+        .connect("https", "/", |r| {
+            r.headers_mut()
+                .insert("origin", "https://evil.example".parse().unwrap());
+        })
+        .await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+
+    // Version mismatch: 400 with the supported version, never 426 or Upgrade over h2.
+    let resp = conn
+        .connect("https", "/", |r| {
+            r.headers_mut()
+                .insert("sec-websocket-version", "8".parse().unwrap());
+        })
+        .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(resp.headers()["sec-websocket-version"], "13");
+    assert!(resp.headers().get("upgrade").is_none());
+
+    // A key has no place in RFC 8441.
+    let resp = conn
+        .connect("https", "/", |r| {
+            r.headers_mut().insert(
+                "sec-websocket-key",
+                "dGhlIHNhbXBsZSBub25jZQ==".parse().unwrap(),
+            );
+        })
+        .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+
+    // A plain GET on the WebSocket route.
+    let req = Request::get(format!("https://{}/", conn.authority))
+        .version(Version::HTTP_2)
+        .body(Empty::new())
+        .unwrap();
+    let resp = conn.send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(resp.headers().get("upgrade").is_none());
+    assert_eq!(backend.request_count(), 0);
+
+    // The same connection still opens a permitted WebSocket.
+    let resp = conn
+        .connect("https", "/", |r| {
+            r.headers_mut()
+                .insert("origin", "https://app.example".parse().unwrap());
+        })
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(backend.request_count(), 1);
+}
+
+#[tokio::test]
+async fn a_reset_stream_ends_its_session_alone() {
+    let ca = TestCa::new();
+    let backend = EchoBackend::spawn().await;
+    let gw = tls_gateway(&ca, &backend, "", "").await;
+    let mut conn = h2_over_tls(&ca, &gw).await;
+    let mut keep = conn.websocket("https", "/keep").await;
+    let gone = conn.websocket("https", "/gone").await;
+    echo(&mut keep, "hello").await;
+
+    // Dropping the stream resets it (RST_STREAM CANCEL): the backend is told the client
+    // went away.
+    drop(gone);
+    let closes = backend.wait_closes(1).await;
+    assert_eq!(closes[0].as_ref().map(|c| c.0), Some(1001));
+    echo(&mut keep, "unaffected").await;
+}
+
+#[tokio::test]
+async fn shutdown_sends_close_frames_then_goaway() {
+    let ca = TestCa::new();
+    let backend = EchoBackend::spawn().await;
+    let mut gw = tls_gateway(&ca, &backend, "", "").await;
+    let mut conn = h2_over_tls(&ca, &gw).await;
+    let mut a = conn.websocket("https", "/a").await;
+    let mut b = conn.websocket("https", "/b").await;
+    echo(&mut a, "x").await;
+
+    let handle = gw.handle.take().unwrap();
+    handle.shutdown();
+    for ws in [&mut a, &mut b] {
+        // The close frame arrives on the stream while the connection is still up.
+        loop {
+            let m = tokio::time::timeout(STEP, ws.next())
+                .await
+                .expect("no close frame")
+                .expect("stream ended without a close frame")
+                .expect("websocket error");
+            if let Message::Close(Some(f)) = m {
+                assert_eq!(f.code, CloseCode::Away);
+                break;
+            }
+        }
+        // tungstenite queues the close reply; send it now.
+        let _ = ws.flush().await;
+    }
+    // A client is done with a stream once the close handshake is: it ends the stream.
+    drop((a, b));
+    let closes = backend.wait_closes(2).await;
+    assert!(closes.iter().all(|c| c.as_ref().map(|c| c.0) == Some(1001)));
+    // Then GOAWAY: the client's connection ends cleanly.
+    let ended = tokio::time::timeout(STEP, &mut conn.task)
+        .await
+        .expect("connection not closed after the sessions ended");
+    assert!(ended.unwrap().is_ok(), "connection ended with an error");
+    let report = tokio::time::timeout(Duration::from_secs(30), handle.wait())
+        .await
+        .unwrap();
+    assert_eq!(report.sessions_ended, 0);
+}
+
+#[tokio::test]
+async fn http2_off_negotiates_http1() {
+    let ca = TestCa::new();
+    let backend = EchoBackend::spawn().await;
+    let (cert, key) = ca.leaf("gw", &["localhost"]);
+    let gw = Gateway::spawn(&format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\nhttp2 = false\n[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+         [[route]]\nname = \"app\"\npath = \"/\"\nbackends = [\"{}\"]\n",
+        cert.display(),
+        key.display(),
+        backend.url()
+    ))
+    .await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let tls = ca
+        .connector_alpn(&[b"h2", b"http/1.1"])
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(format!("wss://localhost:{}/", gw.addr.port()), tls)
+            .await
+            .unwrap();
+    ws.send(Message::text("h1")).await.unwrap();
+    assert_eq!(backend.last_request().header("via"), Some("1.1 wsgate"));
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_on_a_plain_listener() {
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&route("app", "/", &[backend.url()])).await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let mut conn = h2_handshake(TokioIo::new(tcp), gw.addr.to_string()).await;
+    let mut ws = conn.websocket("http", "/").await;
+    echo(&mut ws, "cleartext h2").await;
+    assert_eq!(
+        backend.last_request().header("x-forwarded-proto"),
+        Some("http")
+    );
+}

@@ -1,0 +1,278 @@
+//! Edge policy through the gateway: Origin, subprotocols, cookies, identity headers and
+//! forwarding headers, each allowed and refused, with a backend that records what it got.
+//! (JWT, forward-auth and PROXY protocol have their own files.)
+
+mod support;
+
+use support::*;
+
+/// A gateway with one route at `/` to `backend`, plus `extra` route keys and tables.
+async fn gateway(backend: &EchoBackend, extra: &str) -> Gateway {
+    Gateway::spawn(&format!(
+        "[[route]]\nname = \"app\"\npath = \"/\"\nbackends = [\"{}\"]\n{extra}\n",
+        backend.url()
+    ))
+    .await
+}
+
+/// Sends an upgrade with `headers` (lines ending in \r\n); returns the response.
+async fn upgrade(gw: &Gateway, headers: &str) -> RawResponse {
+    raw_exchange(gw.addr, upgrade_request("/", headers).as_bytes())
+        .await
+        .1
+}
+
+#[tokio::test]
+async fn origin_allow_list() {
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway(
+        &backend,
+        r#"origins = ["https://app.example.com", "https://*.example.org"]"#,
+    )
+    .await;
+    for ok in [
+        "https://app.example.com",
+        "https://app.example.com:443",
+        "https://eu.cdn.example.org",
+    ] {
+        let r = upgrade(&gw, &format!("Origin: {ok}\r\n")).await;
+        assert_eq!(r.status, 101, "{ok}: {}", r.head);
+    }
+    // Non-browser clients send no Origin: allowed by default.
+    assert_eq!(upgrade(&gw, "").await.status, 101);
+    let allowed = backend.request_count();
+
+    for bad in [
+        "https://evil.example",
+        "http://app.example.com",
+        "https://example.org",
+        "https://app.example.com.evil.test",
+        "null",
+    ] {
+        let r = upgrade(&gw, &format!("Origin: {bad}\r\n")).await;
+        assert_eq!(r.status, 403, "{bad}: {}", r.head);
+        assert!(r.body.contains("is not allowed"), "{}", r.body);
+    }
+    assert_eq!(
+        backend.request_count(),
+        allowed,
+        "a refused handshake reached the backend"
+    );
+    let counts = gw.handle().refusals();
+    assert_eq!(counts.get(&("app".to_string(), "origin_refused")), Some(&5));
+}
+
+#[tokio::test]
+async fn same_origin_and_missing_origin_refused() {
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway(
+        &backend,
+        "origins = [\"same-origin\"]\nmissing_origin = \"refuse\"",
+    )
+    .await;
+    // upgrade_request sends `Host: localhost`.
+    assert_eq!(
+        upgrade(&gw, "Origin: http://localhost\r\n").await.status,
+        101
+    );
+    assert_eq!(
+        upgrade(&gw, "Origin: http://localhost:8080\r\n")
+            .await
+            .status,
+        403
+    );
+    assert_eq!(upgrade(&gw, "Origin: http://other\r\n").await.status, 403);
+    let r = upgrade(&gw, "").await;
+    assert_eq!(r.status, 403);
+    assert!(r.body.contains("no Origin header"), "{}", r.body);
+    assert_eq!(backend.request_count(), 1);
+}
+
+#[tokio::test]
+async fn subprotocol_allow_list_filters_the_offer() {
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway(
+        &backend,
+        "subprotocols = [\"superchat\"]\nrequire_subprotocol = true",
+    )
+    .await;
+    let (_ws, resp) = connect_with(&gw.url("/"), |r| {
+        r.headers_mut().insert(
+            "sec-websocket-protocol",
+            "chat, superchat, x-debug".parse().unwrap(),
+        );
+    })
+    .await
+    .unwrap();
+    // The backend supports `chat` and would have picked it; it was never offered.
+    assert_eq!(
+        backend.last_request().header("sec-websocket-protocol"),
+        Some("superchat")
+    );
+    assert_eq!(
+        resp.headers().get("sec-websocket-protocol").unwrap(),
+        "superchat"
+    );
+
+    let r = upgrade(&gw, "Sec-WebSocket-Protocol: chat\r\n").await;
+    assert_eq!(r.status, 403);
+    assert!(r.body.contains("requires one of: superchat"), "{}", r.body);
+    let r = upgrade(&gw, "").await;
+    assert_eq!(r.status, 403);
+    assert_eq!(backend.request_count(), 1);
+}
+
+#[tokio::test]
+async fn required_and_stripped_cookies() {
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway(
+        &backend,
+        "[route.auth]\nrequire_cookies = [\"session\"]\nstrip_cookies = [\"session\", \"csrf\"]",
+    )
+    .await;
+    let r = upgrade(&gw, "Cookie: theme=dark\r\n").await;
+    assert_eq!(r.status, 403);
+    assert!(r.body.contains("\"session\""), "{}", r.body);
+    assert_eq!(backend.request_count(), 0);
+
+    let r = upgrade(
+        &gw,
+        "Cookie: theme=dark; session=s3cr3t\r\nCookie: csrf=1; lang=en\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    let seen = backend.last_request();
+    assert_eq!(seen.header("cookie"), Some("theme=dark; lang=en"));
+
+    // Only stripped cookies: no Cookie header at all.
+    upgrade(&gw, "Cookie: session=s3cr3t\r\n").await;
+    assert_eq!(backend.last_request().header("cookie"), None);
+}
+
+#[tokio::test]
+async fn identity_headers_replace_forged_ones() {
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway(
+        &backend,
+        "[route.auth]\nstrip_headers = [\"Authorization\", \"X-Debug\"]\n\
+         set_headers = { \"X-Client-IP\" = \"{client.ip}\", \"X-Cert\" = \"{tls.subject}\" }",
+    )
+    .await;
+    let r = upgrade(
+        &gw,
+        "Authorization: Basic Zm9vOmJhcg==\r\nX-Debug: 1\r\nX-Client-IP: 6.6.6.6\r\n\
+         X-Cert: CN=forged\r\nX-Kept: yes\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    let seen = backend.last_request();
+    assert_eq!(seen.header("authorization"), None);
+    assert_eq!(seen.header("x-debug"), None);
+    assert_eq!(seen.header("x-client-ip"), Some("127.0.0.1"));
+    // No client certificate on plain TCP: the header is absent, and the forged one gone.
+    assert_eq!(seen.header("x-cert"), None);
+    assert_eq!(seen.header("x-kept"), Some("yes"));
+}
+
+#[tokio::test]
+async fn trusted_proxies_extend_the_forwarding_chain() {
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.0/8\", \"10.0.0.0/8\"]\n\
+         [[route]]\nname = \"app\"\npath = \"/\"\nbackends = [\"{}\"]\n\
+         [route.auth]\nset_headers = {{ \"X-Client-IP\" = \"{{client.ip}}\" }}\n",
+        backend.url()
+    ))
+    .await;
+    let r = upgrade(
+        &gw,
+        "X-Forwarded-For: 6.6.6.6, 203.0.113.9, 10.1.1.1\r\nX-Forwarded-Proto: https\r\n\
+         X-Forwarded-Host: chat.example.com\r\nForwarded: for=203.0.113.9;proto=https\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    let seen = backend.last_request();
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("6.6.6.6, 203.0.113.9, 10.1.1.1, 127.0.0.1")
+    );
+    // The first untrusted hop from the right is the client; 6.6.6.6 is only its claim.
+    assert_eq!(seen.header("x-real-ip"), Some("203.0.113.9"));
+    assert_eq!(seen.header("x-client-ip"), Some("203.0.113.9"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(seen.header("x-forwarded-host"), Some("chat.example.com"));
+    assert_eq!(
+        seen.header("forwarded"),
+        Some("for=203.0.113.9;proto=https, for=127.0.0.1;host=\"localhost\";proto=http")
+    );
+}
+
+#[tokio::test]
+async fn untrusted_forwarding_headers_are_replaced() {
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"10.0.0.0/8\"]\n\
+         [[route]]\nname = \"app\"\npath = \"/\"\nbackends = [\"{}\"]\n",
+        backend.url()
+    ))
+    .await;
+    upgrade(
+        &gw,
+        "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n",
+    )
+    .await;
+    let seen = backend.last_request();
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-real-ip"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(
+        seen.header("forwarded"),
+        Some("for=127.0.0.1;host=\"localhost\";proto=http")
+    );
+}
+
+#[test]
+fn policy_config_errors_name_key_and_line() {
+    let toml = r#"[[listener]]
+listen = "127.0.0.1:0"
+trusted_proxies = ["10.0.0.0/40"]
+
+[[route]]
+name = "a"
+path = "/"
+backends = ["ws://127.0.0.1:1"]
+origins = ["https://ok.test", "ftp//bad"]
+missing_origin = "maybe"
+subprotocols = ["chat", "bad proto"]
+
+[route.auth]
+require_cookies = ["ok", "bad;name"]
+strip_headers = ["Host"]
+set_headers = { "X-User" = "{sub}", "X-Broken" = "{oops" }
+"#;
+    let errors = wsgate::config::from_toml_str(toml).unwrap_err();
+    let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    let expect = [
+        (3, "listener[0].trusted_proxies[0]", "prefix length"),
+        (9, "route[0].origins[1]", "is not an origin"),
+        (10, "route[0].missing_origin", "\"allow\""),
+        (11, "route[0].subprotocols[1]", "not a subprotocol name"),
+        (14, "route[0].auth.require_cookies[1]", "not a cookie name"),
+        (15, "route[0].auth.strip_headers[0]", "built by the proxy"),
+        (
+            16,
+            "route[0].auth.set_headers.X-User",
+            "no [route.auth.jwt]",
+        ),
+        (16, "route[0].auth.set_headers.X-Broken", "unclosed"),
+    ];
+    assert_eq!(errors.len(), expect.len(), "{shown:#?}");
+    for (line, key, part) in expect {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.line == Some(line) && e.key == key && e.message.contains(part)),
+            "no error at line {line} for {key} containing {part:?}: {shown:#?}"
+        );
+    }
+}

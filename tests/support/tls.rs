@@ -1,0 +1,113 @@
+//! TLS test helpers: a CA made at test time (rcgen) that signs leaf certificates into a
+//! fresh directory, a client connector trusting it, and a listener config using them.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::Gateway;
+
+/// A test CA that signs leaf certificates into a fresh directory.
+pub struct TestCa {
+    pub issuer: CertifiedIssuer<'static, KeyPair>,
+    pub dir: PathBuf,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "wsgate-tls-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "wsgate test CA");
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        TestCa { issuer, dir }
+    }
+
+    /// Writes `<name>.pem` and `<name>.key` for a leaf certificate valid for `names`.
+    pub fn leaf(&self, name: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0]);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (
+            self.dir.join(format!("{name}.pem")),
+            self.dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    /// Writes the CA certificate and returns its path.
+    pub fn ca_file(&self) -> PathBuf {
+        let p = self.dir.join("ca.pem");
+        std::fs::write(&p, self.issuer.pem()).unwrap();
+        p
+    }
+
+    pub fn connector(&self) -> TlsConnector {
+        self.connector_alpn(&[])
+    }
+
+    /// A connector offering these ALPN protocols (e.g. `h2`).
+    pub fn connector_alpn(&self, alpn: &[&[u8]]) -> TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.issuer.der().clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(wsgate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut config = config;
+        // (empty: no ALPN extension, as the WebSocket clients in these tests send)
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        TlsConnector::from(Arc::new(config))
+    }
+}
+
+/// Opens TLS to the gateway with `sni`, returning the stream and the served leaf certificate.
+pub async fn tls_connect(
+    ca: &TestCa,
+    gw: &Gateway,
+    sni: &str,
+) -> (
+    tokio_rustls::client::TlsStream<TcpStream>,
+    CertificateDer<'static>,
+) {
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let tls = ca
+        .connector()
+        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+        .await
+        .unwrap_or_else(|e| panic!("TLS handshake with SNI {sni} failed: {e}"));
+    let cert = tls.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned();
+    (tls, cert)
+}
+
+pub fn tls_listener(cert: &std::path::Path, key: &std::path::Path, extra: &str) -> String {
+    format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\nhandshake_timeout = \"300ms\"\n[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\n{extra}\n",
+        cert.display(),
+        key.display()
+    )
+}
