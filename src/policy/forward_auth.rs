@@ -499,7 +499,7 @@ pub(crate) fn validate(
                 client_auth: None,
             };
             match crate::tls::backend_client_config(&opts) {
-                Ok(c) => without_alpn(c),
+                Ok(c) => c,
                 Err(crate::tls::PairError::Cert(m) | crate::tls::PairError::Key(m)) => {
                     v.err(format!("{key}.ca"), Some(ca.span()), m);
                     return None;
@@ -513,7 +513,7 @@ pub(crate) fn validate(
                 client_auth: None,
             };
             match crate::tls::backend_client_config(&opts) {
-                Ok(c) => without_alpn(c),
+                Ok(c) => c,
                 Err(crate::tls::PairError::Cert(m) | crate::tls::PairError::Key(m)) => {
                     v.err(format!("{key}.url"), t.url.as_ref().map(|u| u.span()), m);
                     return None;
@@ -544,15 +544,6 @@ fn list(l: &Option<Spanned<Vec<SpStr>>>) -> &[SpStr] {
     l.as_ref()
         .map(|l| l.get_ref().as_slice())
         .unwrap_or_default()
-}
-
-/// The backend configuration offers ALPN `http/1.1` for the WebSocket leg; hyper-rustls
-/// insists on setting ALPN itself (it panics on a preset list), so the copy given to the HTTP
-/// client has none.
-fn without_alpn(c: Arc<rustls::ClientConfig>) -> Arc<rustls::ClientConfig> {
-    let mut c = Arc::unwrap_or_clone(c);
-    c.alpn_protocols.clear();
-    Arc::new(c)
 }
 
 /// A TLS configuration that trusts nothing, for the client of an `http://` service (the
