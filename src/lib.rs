@@ -5,6 +5,7 @@
 //! | phase | file |
 //! |---|---|
 //! | listeners, socket options, per-connection task, first-request deadline | [`accept`] |
+//! | PROXY protocol v1/v2 header on listeners that expect one (behind an L4 balancer) | [`proxy_protocol`] |
 //! | HTTP front end: hyper-util auto builder, timers, header limits | [`http`] |
 //! | the orchestrator, top to bottom | [`proxy`] |
 //! | route by host and path prefix | [`route`] |
@@ -31,6 +32,7 @@ pub mod http;
 pub mod http_client;
 pub mod policy;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod route;
 pub mod sessions;
