@@ -1098,11 +1098,7 @@ pub(crate) fn validate(
                 j.jwks_refresh.as_ref(),
                 DEFAULT_JWKS_REFRESH,
             );
-            // hyper-rustls sets ALPN itself and panics on a config that already has it.
-            let mut tls = (*tls).clone();
-            tls.alpn_protocols.clear();
-            let client = HttpClient::new(Arc::new(tls));
-            let remote = RemoteJwks::new(url, client, refresh, configured.clone());
+            let remote = RemoteJwks::new(url, HttpClient::new(tls), refresh, configured.clone());
             (Keys::Remote(Arc::new(remote)), configured.clone())
         }
     };
