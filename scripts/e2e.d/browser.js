@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// Drives Debian's Chromium (never a downloaded browser) with playwright-core through wsgate.
+// Drives Debian's Chromium with playwright-core (or, with --browser firefox, Debian's Firefox ESR
+// with puppeteer-core over WebDriver BiDi; never a downloaded browser) through wsgate.
 //
 //   node browser.js proxy WS_URL       the classic client page against WS_URL, served from a
 //                                      throwaway HTTP server on a free port (wsgate serves only
@@ -16,6 +17,10 @@
 //                                      the policy routes of scripts/e2e's wss config: JWT from
 //                                      a cookie (valid, none, bad signature, expired) and Origin
 //                                      allow-lists (same-origin, elsewhere only)
+//
+//   --browser firefox (demo and transport only): Firefox ESR instead of Chromium. Firefox has
+//   no DevTools Protocol, so there the transport is told by the page (demo), the backend's Via
+//   and wsgate's access log alone.
 //
 // ORIGIN is wsgate's https:// (or http://) origin. wsgate serves no pages outside `wsgate
 // demo`, so the page that opens the WebSockets is wsgate's answer to GET ORIGIN/ (404 "no
@@ -42,9 +47,9 @@ const fs = require("fs");
 const http = require("http");
 const os = require("os");
 const path = require("path");
-const { chromium } = require("playwright-core");
 
 const CHROMIUM = process.env.E2E_CHROMIUM || "/usr/bin/chromium";
+const FIREFOX = process.env.E2E_FIREFOX || "/usr/bin/firefox-esr";
 const STEP_TIMEOUT_MS = Number(process.env.E2E_BROWSER_STEP_TIMEOUT_MS || 15000);
 const CLOSE_REASON = "Closing Connection Normally";
 
@@ -64,6 +69,7 @@ const CHROMIUM_ARGS = [
 // cert`, `wsgate demo --tls`), which no CA vouches for: this flag makes Chromium accept them,
 // as a person clicks through the warning. It changes nothing else: ALPN, HTTP/2 and the
 // reuse of the page's h2 connection for WebSockets are as with a trusted certificate.
+// (For Firefox the same is puppeteer's acceptInsecureCerts, a WebDriver capability.)
 const CHROMIUM_TLS_ARGS = ["--ignore-certificate-errors"];
 
 // What a WebSocket handshake answers per transport, as DevTools reports it.
@@ -188,7 +194,9 @@ async function proxyTest({ page }, wsUrl) {
 
 // Every WebSocket the page opens, as the DevTools Protocol sees it: URL, handshake status
 // (200 = HTTP/2 extended CONNECT, 101 = HTTP/1.1 Upgrade, or a refusal's status) and errors.
-async function watchWebSockets(context, page) {
+// Chromium only: for Firefox, `available` is false and `settle` finds nothing.
+async function watchWebSockets({ browserName, context, page }) {
+  if (browserName !== "chromium") return { available: false, forUrl: () => [], settle: async () => null };
   const cdp = await context.newCDPSession(page);
   const byId = new Map();
   const all = [];
@@ -211,6 +219,7 @@ async function watchWebSockets(context, page) {
   });
   await cdp.send("Network.enable");
   return {
+    available: true,
     forUrl: (url) => all.filter((r) => r.url === url),
     // DevTools events arrive on their own channel: give them a moment to catch up with
     // what the page already saw.
@@ -227,17 +236,22 @@ async function watchWebSockets(context, page) {
   };
 }
 
+// What both playwright's and puppeteer's pages can do, the same way.
+const textOf = (page, selector) => page.$eval(selector, (e) => e.textContent);
+const setValue = (page, selector, value) => page.$eval(selector, (e, v) => { e.value = v; }, value);
+
 function transportOf(status) {
   return Object.keys(HANDSHAKE_STATUS).find((t) => HANDSHAKE_STATUS[t] === status) || `status ${status}`;
 }
 
 // ------------------------------------------------------------------------- demo -----
 
-async function demoTest({ context, page }, pageUrl, opts) {
+async function demoTest(ctx, pageUrl, opts) {
+  const { page } = ctx;
   const want = opts.transport;
   check(!want || HANDSHAKE_STATUS[want], `--transport must be h1 or h2, not ${want}`);
   log(`demo page ${pageUrl}${want ? ` (expecting the WebSocket over ${want})` : ""}`);
-  const ws = await watchWebSockets(context, page);
+  const ws = await watchWebSockets(ctx);
   const resp = await page.goto(pageUrl);
   check(resp && resp.status() === 200, `GET ${pageUrl} answered ${resp && resp.status()}`);
   const logLines = () => page.$$eval("#log > div", (ds) => ds.map((d) => `${d.className}: ${d.textContent}`));
@@ -249,36 +263,40 @@ async function demoTest({ context, page }, pageUrl, opts) {
     }
   };
   await wait("#log > div.open", "open line");
-  const openText = await page.textContent("#log > div.open");
+  const openText = await textOf(page, "#log > div.open");
   check(/subprotocol: chat\)/.test(openText), `demo open line does not name subprotocol chat: ${openText}`);
   if (want) {
     // The demo backend's first message names the transport wsgate received (from its Via).
     await wait("#log > div.info", "info line (the demo backend's greeting)");
-    const info = await page.textContent("#log > div.info");
+    const info = await textOf(page, "#log > div.info");
     const says = want === "h2" ? "over HTTP/2 (an extended CONNECT stream, RFC 8441)" : "over HTTP/1.1 (Upgrade)";
     check(info.includes(says), `demo info line does not say "${says}": ${info}`);
-    const wsUrl = new URL("/echo", pageUrl).href.replace(/^http/, "ws");
-    const seen = await ws.settle(wsUrl, (r) => r.status !== null);
-    check(seen, `DevTools saw no WebSocket to ${wsUrl}`);
-    check(seen.status === HANDSHAKE_STATUS[want],
-      `DevTools: the WebSocket's handshake answered ${seen.status} (${transportOf(seen.status)}), expected ${HANDSHAKE_STATUS[want]} (${want})`);
-    log(`  info line and DevTools (handshake status ${seen.status}) agree: ${want}`);
+    if (ws.available) {
+      const wsUrl = new URL("/echo", pageUrl).href.replace(/^http/, "ws");
+      const seen = await ws.settle(wsUrl, (r) => r.status !== null);
+      check(seen, `DevTools saw no WebSocket to ${wsUrl}`);
+      check(seen.status === HANDSHAKE_STATUS[want],
+        `DevTools: the WebSocket's handshake answered ${seen.status} (${transportOf(seen.status)}), expected ${HANDSHAKE_STATUS[want]} (${want})`);
+      log(`  info line and DevTools (handshake status ${seen.status}) agree: ${want}`);
+    } else {
+      log(`  info line: ${want}`);
+    }
   }
   const text = `hello demo ${Date.now()}`;
-  await page.fill("#message", text);
+  await setValue(page, "#message", text);
   await page.click("#send");
   await wait("#log > div.message", "echoed message");
-  const msgText = await page.textContent("#log > div.message");
+  const msgText = await textOf(page, "#log > div.message");
   check(msgText.endsWith(`message: ${text}`), `echo ${JSON.stringify(msgText)} does not end with the sent text ${JSON.stringify(text)}`);
   await page.click("#close");
   await wait("#log > div.close", "close line");
-  const closeText = await page.textContent("#log > div.close");
+  const closeText = await textOf(page, "#log > div.close");
   const lines = await logLines();
   for (const l of lines) log(`  ${l}`);
   check(/close: code 1000\b/.test(closeText), `demo close line is not code 1000: ${closeText}`);
   check(/\(clean\)/.test(closeText), `demo close was not clean: ${closeText}`);
   check(!lines.some((l) => l.startsWith("error")), "the demo page logged an error");
-  check((await page.textContent("#status")) === "closed", "demo status is not 'closed'");
+  check((await textOf(page, "#status")) === "closed", "demo status is not 'closed'");
   log(`demo OK (open with chat, ${want ? `over ${want}, ` : ""}echo, close 1000 clean)`);
 }
 
@@ -355,15 +373,17 @@ async function gotoOrigin(page, origin, transport) {
 // `transport`; STATUS: no open, an error and close 1006, and the DevTools error names STATUS.
 // Then what reached the backend: every ok scenario exactly once (with `backend`'s fields),
 // no refused one at all.
-async function runScenarios({ context, page }, origin, transport, label, scenarios, backendLog) {
-  const ws = await watchWebSockets(context, page);
+async function runScenarios(ctx, origin, transport, label, scenarios, backendLog) {
+  const { context, page } = ctx;
+  const ws = await watchWebSockets(ctx);
   const wsOrigin = origin.replace(/^http/, "ws");
   await gotoOrigin(page, origin, transport);
   const results = [];
   for (const s of scenarios) {
     const id = `${label}-${s.name}`;
     const url = `${wsOrigin}${s.path}?s=${id}`;
-    await context.clearCookies();
+    if (s.cookies) check(ctx.browserName === "chromium", `${id}: cookie scenarios need Chromium (playwright's cookie API)`);
+    if (ctx.browserName === "chromium") await context.clearCookies();
     const cookies = Object.entries(s.cookies || {}).map(([name, value]) => ({
       name,
       value,
@@ -386,15 +406,17 @@ async function runScenarios({ context, page }, origin, transport, label, scenari
       check(events.some((e) => e.type === "message" && e.ok), `${id}: no echo: ${show}`);
       check(close.code === 1000 && close.wasClean && close.reason === CLOSE_REASON, `${id}: close not 1000 clean with the reason: ${show}`);
       check(!events.some((e) => e.type === "error"), `${id}: error event: ${show}`);
-      check(seen && seen.status === HANDSHAKE_STATUS[transport],
-        `${id}: DevTools says the handshake answered ${seen && seen.status} (${seen && transportOf(seen.status)}), expected ${HANDSHAKE_STATUS[transport]} (${transport}): ${show}`);
-      log(`  ${id}: open (chat), echo, close 1000 clean, over ${transport} (handshake status ${seen.status})`);
+      if (ws.available) {
+        check(seen && seen.status === HANDSHAKE_STATUS[transport],
+          `${id}: DevTools says the handshake answered ${seen && seen.status} (${seen && transportOf(seen.status)}), expected ${HANDSHAKE_STATUS[transport]} (${transport}): ${show}`);
+      }
+      log(`  ${id}: open (chat), echo, close 1000 clean${ws.available ? `, over ${transport} (handshake status ${seen.status})` : ""}`);
     } else {
       check(!open, `${id}: ${url} opened, but wsgate should have refused it (${s.expect}): ${show}`);
       check(events.some((e) => e.type === "error") && close.code === 1006 && !close.wasClean,
         `${id}: expected an error event and close 1006: ${show}`);
       const why = `${seen ? seen.errors.join("; ") : ""} ${seen && seen.status !== null ? `status ${seen.status}` : ""}`;
-      check(new RegExp(`\\b${s.expect}\\b`).test(why), `${id}: DevTools does not name status ${s.expect}: ${show}`);
+      if (ws.available) check(new RegExp(`\\b${s.expect}\\b`).test(why), `${id}: DevTools does not name status ${s.expect}: ${show}`);
       log(`  ${id}: refused as expected (${why.trim()})`);
     }
     results.push({ s, id });
@@ -481,6 +503,54 @@ async function policyTest(ctx, origin, opts) {
 
 const MODES = { proxy: proxyTest, demo: demoTest, transport: transportTest, policy: policyTest };
 
+// Launches the browser on a fresh profile -> { browserName, context (playwright, Chromium
+// only), page, close }.
+async function launch(browserName, tls, profile) {
+  if (browserName === "chromium") {
+    const { chromium } = require("playwright-core");
+    // A persistent context on a fresh empty dir is the way to give Chromium its
+    // --user-data-dir under playwright (which refuses that flag in `args`).
+    const context = await chromium.launchPersistentContext(profile, {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: tls ? CHROMIUM_ARGS.concat(CHROMIUM_TLS_ARGS) : CHROMIUM_ARGS,
+      timeout: 60000,
+    });
+    const page = context.pages()[0] || (await context.newPage());
+    return { browserName, context, page, close: () => context.close() };
+  }
+  if (browserName === "firefox") {
+    const puppeteer = require("puppeteer-core");
+    const browser = await puppeteer.launch({
+      browser: "firefox",
+      protocol: "webDriverBiDi",
+      executablePath: FIREFOX,
+      headless: true,
+      userDataDir: profile,
+      // The self-signed development certificate (see CHROMIUM_TLS_ARGS).
+      acceptInsecureCerts: tls,
+      // puppeteer already turns off updates, telemetry, Safe Browsing lists and remote
+      // settings; these are the other hosts Firefox would try on its own (see CHROMIUM_ARGS).
+      extraPrefsFirefox: {
+        "network.captive-portal-service.enabled": false,
+        "network.connectivity-service.enabled": false,
+        "network.trr.mode": 5,
+        "network.dns.disablePrefetch": true,
+        "network.prefetch-next": false,
+        "browser.region.network.url": "",
+        "browser.region.update.enabled": false,
+        "extensions.blocklist.enabled": false,
+        "messaging-system.rsexperimentloader.enabled": false,
+        "toolkit.telemetry.enabled": false,
+      },
+      timeout: 60000,
+    });
+    const page = await browser.newPage();
+    return { browserName, context: null, page, close: () => browser.close() };
+  }
+  throw new Failure(`--browser must be chromium or firefox, not ${browserName}`);
+}
+
 async function main() {
   let mode, target, opts;
   try {
@@ -490,19 +560,13 @@ async function main() {
     console.error(`browser.js: ${e.message}; see the usage at the top of ${__filename}`);
     process.exit(2);
   }
-  const profile = fs.mkdtempSync(path.join(process.env.E2E_TMP || os.tmpdir(), "chromium-profile-"));
+  const browserName = opts.browser || "chromium";
+  const profile = fs.mkdtempSync(path.join(process.env.E2E_TMP || os.tmpdir(), `${browserName}-profile-`));
   const diag = [];
-  let context;
+  let ctx;
   try {
-    // A persistent context on a fresh empty dir is the way to give Chromium its
-    // --user-data-dir under playwright (which refuses that flag in `args`).
-    context = await chromium.launchPersistentContext(profile, {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: target.startsWith("https:") ? CHROMIUM_ARGS.concat(CHROMIUM_TLS_ARGS) : CHROMIUM_ARGS,
-      timeout: 60000,
-    });
-    const page = context.pages()[0] || (await context.newPage());
+    ctx = await launch(browserName, target.startsWith("https:"), profile);
+    const { page } = ctx;
     page.setDefaultTimeout(STEP_TIMEOUT_MS);
     page.on("console", (m) => diag.push(`console.${m.type()}: ${m.text()}`));
     page.on("pageerror", (e) => diag.push(`pageerror: ${e.message}`));
@@ -511,13 +575,14 @@ async function main() {
       ws.on("socketerror", (e) => diag.push(`websocket error: ${e}`));
       ws.on("close", () => diag.push(`websocket closed ${ws.url()}`));
     });
-    await MODES[mode]({ context, page }, target, opts);
+    log(`${browserName}: ${mode} ${target}`);
+    await MODES[mode](ctx, target, opts);
   } catch (e) {
-    console.error(`browser: ${mode} FAILED: ${e instanceof Failure ? e.message : e.stack || e}`);
+    console.error(`browser: ${mode} (${browserName}) FAILED: ${e instanceof Failure ? e.message : e.stack || e}`);
     if (diag.length) console.error(`browser: what the page reported:\n  ${diag.join("\n  ")}`);
     process.exitCode = 1;
   } finally {
-    if (context) await context.close().catch(() => {});
+    if (ctx) await ctx.close().catch(() => {});
     fs.rmSync(profile, { recursive: true, force: true });
   }
 }
