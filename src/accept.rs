@@ -1,4 +1,5 @@
-//! Listeners and the accept loop: socket options, one task per connection, and the deadline
+//! Listeners and the accept loop: socket options, one task per connection (which reads the
+//! PROXY header where the listener expects one, then runs the TLS handshake), and the deadline
 //! for a connection's first request.
 
 use std::net::SocketAddr;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -66,7 +68,7 @@ pub async fn accept_loop(
         (h1.clone(), h1.clone(), h1)
     };
     loop {
-        let (stream, peer) = tokio::select! {
+        let (mut stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(ok) => ok,
@@ -82,49 +84,60 @@ pub async fn accept_loop(
         set_socket_options(&stream);
         let (state, stop) = (state.clone(), stop.clone());
         let timeout = config.handshake_timeout;
+        let proxy_protocol = config.proxy_protocol;
+        let trusted_proxies = config.trusted_proxies.clone();
         match &config.tls {
             None => {
-                let conn = ConnInfo {
-                    client: peer,
-                    scheme: "http",
-                    client_subject: None,
-                    subject_header: None,
-                    trusted_proxies: config.trusted_proxies.clone(),
-                    live_streams: Default::default(),
-                };
-                conns.spawn(serve(
-                    TokioIo::new(stream),
-                    conn,
-                    state,
-                    plain.clone(),
-                    timeout,
-                    stop,
-                ));
+                let plain = plain.clone();
+                conns.spawn(async move {
+                    let deadline = Instant::now() + timeout;
+                    let Some(client) =
+                        client_addr(&mut stream, peer, proxy_protocol, deadline).await
+                    else {
+                        return;
+                    };
+                    let conn = ConnInfo {
+                        client,
+                        scheme: "http",
+                        client_subject: None,
+                        subject_header: None,
+                        trusted_proxies,
+                        live_streams: Default::default(),
+                    };
+                    serve(TokioIo::new(stream), conn, state, plain, timeout, stop).await;
+                });
             }
             Some(tls) => {
-                // The TLS handshake runs in the connection's own task, under the handshake
-                // timeout: a slow or silent client never holds up the accept loop.
+                // The PROXY header and the TLS handshake run in the connection's own task,
+                // under one handshake deadline for both: a slow or silent client never holds
+                // up the accept loop, nor gets the timeout twice.
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config(config.http2));
                 let (h1, h2) = (h1.clone(), h2.clone());
                 let subject_header = tls.subject_header.clone();
-                let trusted_proxies = config.trusted_proxies.clone();
                 conns.spawn(async move {
-                    let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    let deadline = Instant::now() + timeout;
+                    let Some(client) =
+                        client_addr(&mut stream, peer, proxy_protocol, deadline).await
+                    else {
+                        return;
+                    };
+                    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await
+                    {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => {
-                            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                            tracing::debug!(client = %client, error = %e, "TLS handshake failed");
                             return;
                         }
                         Err(_) => {
-                            tracing::debug!(client = %peer, "TLS handshake timed out");
+                            tracing::debug!(client = %client, "TLS handshake timed out");
                             return;
                         }
                     };
                     let conn = ConnInfo {
-                        client: peer,
+                        client,
                         scheme: "https",
                         client_subject: crate::tls::peer_subject(tls.get_ref().1),
-                        subject_header: subject_header.clone(),
+                        subject_header,
                         trusted_proxies,
                         live_streams: Default::default(),
                     };
@@ -137,6 +150,39 @@ pub async fn accept_loop(
                     serve(TokioIo::new(tls), conn, state, builder, timeout, stop).await;
                 });
             }
+        }
+    }
+}
+
+/// The client's address: on a listener with `proxy_protocol`, the source the PROXY header
+/// names (or the TCP peer, for a v1 `UNKNOWN` or v2 `LOCAL` header), read before anything
+/// else and by `deadline`; otherwise the TCP peer.
+///
+/// `None` means close the connection without a word: a missing, malformed or late header
+/// comes from a load balancer speaking the wrong protocol (or from something that bypassed
+/// it), and an HTTP error response would mean nothing to either.
+async fn client_addr(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    proxy_protocol: bool,
+    deadline: Instant,
+) -> Option<SocketAddr> {
+    if !proxy_protocol {
+        return Some(peer);
+    }
+    match tokio::time::timeout_at(deadline, crate::proxy_protocol::read_header(stream)).await {
+        Ok(Ok(source)) => {
+            let client = source.unwrap_or(peer);
+            tracing::trace!(peer = %peer, client = %client, "PROXY header");
+            Some(client)
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %peer, error = %e, "bad PROXY header; closing");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(peer = %peer, "no PROXY header within the handshake timeout; closing");
+            None
         }
     }
 }

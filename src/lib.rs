@@ -5,6 +5,7 @@
 //! | phase | file |
 //! |---|---|
 //! | listeners, socket options, per-connection task, first-request deadline | [`accept`] |
+//! | PROXY protocol v1/v2 header on listeners that expect one (behind an L4 balancer) | [`proxy_protocol`] |
 //! | HTTP front end: hyper-util auto builder, timers, header limits | [`http`] |
 //! | the orchestrator, top to bottom | [`proxy`] |
 //! | route by host and path prefix | [`route`] |
@@ -31,6 +32,7 @@ pub mod http;
 pub mod http_client;
 pub mod policy;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod route;
 pub mod sessions;
@@ -88,6 +90,9 @@ impl Gateway {
         for (addr, listener, lconf) in bound {
             tracing::info!(listen = %addr, "listening");
             addrs.push(addr);
+            if let (Some(tls), Some(every)) = (&lconf.tls, lconf.tls_watch) {
+                tokio::spawn(tls.clone().watch_files(every, addr, stop.clone()));
+            }
             tokio::spawn(accept::accept_loop(
                 listener,
                 lconf,
@@ -178,6 +183,18 @@ impl Handle {
             results.push((*addr, result));
         }
         results
+    }
+
+    /// Changes whenever the TLS listener at `index` (config order) has reloaded its
+    /// certificates (SIGHUP or a file change); `None` for a plain listener.
+    pub fn certificate_reloads(&self, index: usize) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.state
+            .config
+            .listeners
+            .get(index)?
+            .tls
+            .as_ref()
+            .map(|t| t.reloads())
     }
 
     /// Closes every live session of the route named `name` with close frames carrying `code`

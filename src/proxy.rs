@@ -231,60 +231,108 @@ async fn handle_request(
     let stream_guard = (transport == Transport::H2).then(|| StreamGuard::new(&conn.live_streams));
     // The session task runs outside the request span: a span lives as long as its task, and
     // an idle session should cost nothing but its sockets. The access record carries the id.
-    state.sessions.spawn(async move {
-        let client_up = match tokio::time::timeout(CLIENT_UPGRADE_TIMEOUT, client_upgrade).await {
-            Ok(Ok(up)) => up,
-            Ok(Err(e)) => {
-                tracing::debug!(session = id, error = %e, "client upgrade failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(session = id, "client upgrade timed out");
-                return;
-            }
-        };
-        let info = &session.info;
-        let client = match auto_upgrade::downcast::<TokioIo<TcpStream>>(client_up) {
-            Ok(parts) => (UpgradedIo::Tcp(parts.io.into_inner()), parts.read_buf),
-            Err(up) => match auto_upgrade::downcast::<TokioIo<TlsStream<TcpStream>>>(up) {
-                Ok(parts) => (
-                    UpgradedIo::Tls(Box::new(parts.io.into_inner())),
-                    parts.read_buf,
-                ),
-                Err(up) => (UpgradedIo::Hyper(TokioIo::new(up)), Bytes::new()),
-            },
-        };
-        let backend = match backend_io.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => (UpgradedIo::Tcp(parts.io.into_inner()), parts.read_buf),
-            Err(up) => match up.downcast::<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>() {
-                Ok(parts) => (
-                    UpgradedIo::TlsClient(Box::new(parts.io.into_inner())),
-                    parts.read_buf,
-                ),
-                Err(up) => (UpgradedIo::Hyper(TokioIo::new(up)), Bytes::new()),
-            },
-        };
-        let outcome = relay::relay(
-            client,
-            backend,
-            relay_config,
-            info.counters.clone(),
-            info.control.clone(),
-        )
-        .await;
-        access::session_closed(
-            info.id,
-            &info.route,
-            info.client,
-            &info.backend,
-            transport.as_str(),
-            info.started.elapsed(),
-            &outcome,
-        );
-        drop(lease);
-        drop(stream_guard);
+    // Its inputs travel boxed: what an async fn takes stays in its state for the whole
+    // session, and a pointer costs less than the inputs (see `run_session`).
+    let start = Box::new(SessionStart {
+        client_upgrade,
+        backend_io,
+        relay_config,
+        session,
+        lease,
+        stream_guard,
+        transport,
     });
+    state.sessions.spawn(run_session(start));
     response
+}
+
+/// What a session task starts from.
+struct SessionStart {
+    client_upgrade: OnUpgrade,
+    backend_io: hyper::upgrade::Upgraded,
+    relay_config: RelayConfig,
+    session: crate::sessions::SessionGuard,
+    lease: backend::BackendLease,
+    stream_guard: Option<StreamGuard>,
+    transport: Transport,
+}
+
+/// One session, from the client's side of the upgrade to the access-log record.
+async fn run_session(start: Box<SessionStart>) {
+    let SessionStart {
+        client_upgrade,
+        backend_io,
+        relay_config,
+        session,
+        lease,
+        stream_guard,
+        transport,
+    } = *start;
+    let info = &session.info;
+    let Some((client, backend)) = upgraded_sockets(info.id, client_upgrade, backend_io).await
+    else {
+        return;
+    };
+    let outcome = relay::relay(
+        client,
+        backend,
+        &relay_config,
+        info.counters.clone(),
+        info.control.clone(),
+    )
+    .await;
+    access::session_closed(
+        info.id,
+        &info.route,
+        info.client,
+        &info.backend,
+        transport.as_str(),
+        info.started.elapsed(),
+        &outcome,
+    );
+    drop(lease);
+    drop(stream_guard);
+}
+
+/// Both legs as the relay uses them: the raw sockets when hyper lets go of them, with the
+/// bytes hyper read past each handshake.
+async fn upgraded_sockets(
+    id: u64,
+    client_upgrade: OnUpgrade,
+    backend_io: hyper::upgrade::Upgraded,
+) -> Option<((UpgradedIo, Bytes), (UpgradedIo, Bytes))> {
+    let client_up = match tokio::time::timeout(CLIENT_UPGRADE_TIMEOUT, client_upgrade).await {
+        Ok(Ok(up)) => up,
+        Ok(Err(e)) => {
+            tracing::debug!(session = id, error = %e, "client upgrade failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(session = id, "client upgrade timed out");
+            return None;
+        }
+    };
+    let client = match auto_upgrade::downcast::<TokioIo<TcpStream>>(client_up) {
+        Ok(parts) => (UpgradedIo::Tcp(parts.io.into_inner()), parts.read_buf),
+        Err(up) => match auto_upgrade::downcast::<TokioIo<TlsStream<TcpStream>>>(up) {
+            Ok(parts) => (
+                UpgradedIo::Tls(Box::new(parts.io.into_inner())),
+                parts.read_buf,
+            ),
+            Err(up) => (UpgradedIo::Hyper(TokioIo::new(up)), Bytes::new()),
+        },
+    };
+    let backend = match backend_io.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => (UpgradedIo::Tcp(parts.io.into_inner()), parts.read_buf),
+        Err(up) => match up.downcast::<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>() {
+            Ok(parts) => (
+                UpgradedIo::TlsClient(Box::new(parts.io.into_inner())),
+                parts.read_buf,
+            ),
+            Err(up) => (UpgradedIo::Hyper(TokioIo::new(up)), Bytes::new()),
+        },
+    };
+    Some((client, backend))
 }
 
 /// The relay's settings for one session: the route's, plus what the negotiated extensions

@@ -225,31 +225,31 @@ fn ping_token(seq: u64) -> [u8; 12] {
     t
 }
 
-/// The proxy's last ping to a side. Its pong is consumed whenever it comes; the deadline is
-/// dropped as soon as the side sends anything, which proves it alive just as well.
-struct Ping {
-    token: [u8; 12],
-    deadline: Option<Instant>,
+/// Bytes for a side that it could not take yet (only while it is slow to read).
+#[derive(Default)]
+struct OutBuf {
+    buf: Vec<u8>,
+    pos: usize,
 }
 
 /// One peer: its socket, the frames it sends, and what is waiting to be written to it.
 struct Side<IO> {
     io: IO,
-    /// Bytes read past the handshake by hyper, processed before the socket is read.
-    pre: Option<Bytes>,
+    /// Bytes read past the handshake by hyper, processed before the socket is read. (The
+    /// rarely used parts of a side are boxed: an idle session should be small.)
+    pre: Option<Box<Bytes>>,
     who: CloseSide,
     /// Scans the frames this side sends.
     scanner: Scanner,
     /// Bytes for this side that it could not take yet.
-    out: Vec<u8>,
-    out_pos: usize,
+    out: Option<Box<OutBuf>>,
     needs_flush: bool,
     /// A frame of the proxy's own for this side, waiting for a frame boundary.
     inject: Option<Vec<u8>>,
     read_eof: bool,
     write_shut: bool,
     /// The close frame this side sent.
-    close_from: Option<CloseInfo>,
+    close_from: Option<Box<CloseInfo>>,
     /// A close frame (forwarded or the proxy's) has been queued for this side.
     close_to: bool,
     /// The proxy took over while a data frame from this side was half forwarded: the rest of
@@ -259,11 +259,16 @@ struct Side<IO> {
     /// side that did nothing wrong when the other broke the protocol: its frames (answers to
     /// what came before the violation) still pass until its close reply.
     passing: bool,
-    /// The proxy's close frame for this side, held back until the other side has answered
-    /// the proxy's close (see `passing`).
-    deferred_close: Option<Vec<u8>>,
+    /// The proxy's close frame for this side is held back until the other side has answered
+    /// the proxy's close (see `passing`); it is made from `State::reason` when released.
+    deferred_close: bool,
     last_rx: Instant,
-    ping: Option<Ping>,
+    /// The proxy's last ping (number `pings_sent`, see `ping_token`) is unanswered: its pong
+    /// is consumed whenever it comes.
+    ping_pending: bool,
+    /// When that ping must have been answered; dropped as soon as the side sends anything,
+    /// which proves it alive just as well.
+    ping_deadline: Option<Instant>,
     pings_sent: u64,
     bytes: u64,
 }
@@ -280,11 +285,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Side<IO> {
         Side {
             io,
             // An empty buffer may still pin hyper's whole read buffer: drop it now.
-            pre: (!pre.is_empty()).then_some(pre),
+            pre: (!pre.is_empty()).then(|| Box::new(pre)),
             who,
             scanner: Scanner::new(role, cfg.allowed_rsv, cfg.max_message),
-            out: Vec::new(),
-            out_pos: 0,
+            out: None,
             needs_flush: false,
             inject: None,
             read_eof: false,
@@ -293,16 +297,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Side<IO> {
             close_to: false,
             finish_frame: false,
             passing: true,
-            deferred_close: None,
+            deferred_close: false,
             last_rx: now,
-            ping: None,
+            ping_pending: false,
+            ping_deadline: None,
             pings_sent: 0,
             bytes: 0,
         }
     }
 
     fn out_empty(&self) -> bool {
-        self.out_pos >= self.out.len()
+        self.out.is_none()
     }
 
     /// Writes `bytes` to this side now if it takes them, else queues them.
@@ -322,24 +327,26 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Side<IO> {
             }
         }
         if !bytes.is_empty() {
-            self.out.extend_from_slice(bytes);
+            self.out
+                .get_or_insert_with(Default::default)
+                .buf
+                .extend_from_slice(bytes);
         }
         Ok(())
     }
 
     /// Writes what is queued. Ready(Ok) once nothing is left (and it has been flushed).
     fn poll_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.out_pos < self.out.len() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.out_pos..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        if let Some(out) = &mut self.out {
+            while out.pos < out.buf.len() {
+                let n = ready!(Pin::new(&mut self.io).poll_write(cx, &out.buf[out.pos..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                out.pos += n;
             }
-            self.out_pos += n;
-        }
-        if !self.out.is_empty() {
             // Give the memory back: the next burst may never come.
-            self.out = Vec::new();
-            self.out_pos = 0;
+            self.out = None;
         }
         if self.needs_flush {
             ready!(Pin::new(&mut self.io).poll_flush(cx))?;
@@ -351,7 +358,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Side<IO> {
 
 /// Session-wide state besides the two sides.
 struct State {
-    cfg: RelayConfig,
+    /// The timers of `RelayConfig` (the rest went to the scanners).
+    ping_interval: Option<Duration>,
+    pong_timeout: Duration,
+    idle_timeout: Option<Duration>,
     counters: Arc<Counters>,
     closed_by: Option<CloseSide>,
     reason: Option<Reason>,
@@ -380,7 +390,7 @@ impl State {
 pub async fn relay<C, B>(
     (client, client_pre): (C, Bytes),
     (backend, backend_pre): (B, Bytes),
-    cfg: RelayConfig,
+    cfg: &RelayConfig,
     counters: Arc<Counters>,
     control: Control,
 ) -> RelayOutcome
@@ -394,7 +404,7 @@ where
         client_pre,
         CloseSide::Client,
         Sender::Client,
-        &cfg,
+        cfg,
         now,
     );
     let mut b = Side::new(
@@ -402,12 +412,14 @@ where
         backend_pre,
         CloseSide::Backend,
         Sender::Server,
-        &cfg,
+        cfg,
         now,
     );
     let mut st = State {
         lifetime_end: cfg.max_lifetime.map(|d| now + d),
-        cfg,
+        ping_interval: cfg.ping_interval,
+        pong_timeout: cfg.pong_timeout,
+        idle_timeout: cfg.idle_timeout,
         counters,
         closed_by: None,
         reason: None,
@@ -417,24 +429,26 @@ where
         error: None,
         progress: 0,
     };
-    let drain = control.close.cancelled();
-    let kill = control.kill.cancelled();
-    tokio::pin!(drain, kill);
+    // One waiter at a time, to keep the session small: first the request to close, then,
+    // once closing, the order to cut (which the registry only gives after a close).
+    let waiter = control.close.clone().cancelled_owned();
+    tokio::pin!(waiter);
     let mut draining = false;
     let mut timer: Pin<Box<Sleep>> =
         Box::pin(tokio::time::sleep_until(now + Duration::from_secs(3600)));
 
     let cut = poll_fn(|cx| {
-        if kill.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(true);
-        }
-        if !draining && drain.as_mut().poll(cx).is_ready() {
+        while waiter.as_mut().poll(cx).is_ready() {
+            if draining {
+                return Poll::Ready(true);
+            }
             draining = true;
             let code = match control.close_code.load(Ordering::Relaxed) {
                 0 => close_code::GOING_AWAY,
                 code => code,
             };
             take_over(&mut st, &mut c, &mut b, Reason::Requested(code), None);
+            waiter.set(control.kill.clone().cancelled_owned());
         }
         // Alternate until nothing moves: a write that frees room lets a read proceed.
         loop {
@@ -466,8 +480,8 @@ where
             frames: b.scanner.frames,
             messages: b.scanner.messages,
         },
-        client_close: c.close_from,
-        backend_close: b.close_from,
+        client_close: c.close_from.map(|c| *c),
+        backend_close: b.close_from.map(|c| *c),
         closed_by: st.closed_by.unwrap_or(CloseSide::Proxy),
         proxy_reason: st.reason,
         cut,
@@ -544,11 +558,10 @@ fn take_over<C, B>(
     ] {
         if !*close_to && !write_shut {
             *close_to = true;
-            let frame = frame::close_frame(code, text, role);
             if defer {
-                *deferred = Some(frame);
+                *deferred = true;
             } else {
-                *inject = Some(frame);
+                *inject = Some(frame::close_frame(code, text, role));
             }
         }
     }
@@ -570,7 +583,7 @@ where
         }
     }
     // 2. The proxy's own frame for `to`, once the stream into it is between frames.
-    if from.read_eof && to.deferred_close.is_some() {
+    if from.read_eof && to.deferred_close {
         from.passing = false;
         release(st, to);
     }
@@ -589,7 +602,7 @@ where
     }
     // 3. Bytes read past the handshake first, then the socket, while `to` keeps up.
     if let Some(pre) = from.pre.take() {
-        ingest(cx, st, from, to, &pre);
+        ingest(cx, st, from, to, &pre[..]);
     }
     while !from.read_eof && to.out_empty() {
         let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
@@ -625,7 +638,7 @@ where
     let source_done = from.read_eof && (from.close_from.is_some() || st.taken_over);
     if !to.write_shut
         && to.inject.is_none()
-        && to.deferred_close.is_none()
+        && !to.deferred_close
         && to.out_empty()
         && (handshake_done || source_done)
     {
@@ -641,8 +654,16 @@ where
 
 /// Lets the proxy's held-back close frame for `to` go (the other side has answered or left).
 fn release<Z>(st: &mut State, to: &mut Side<Z>) {
-    if let Some(frame) = to.deferred_close.take() {
-        to.inject = Some(frame);
+    if !std::mem::take(&mut to.deferred_close) {
+        return;
+    }
+    if let Some(reason) = st.reason {
+        let (to_client, to_backend) = reason.codes();
+        let (code, role) = match to.who {
+            CloseSide::Client => (to_client, Sender::Client),
+            _ => (to_backend, Sender::Server),
+        };
+        to.inject = Some(frame::close_frame(code, reason.text(), role));
         st.progress += 1;
     }
 }
@@ -659,9 +680,7 @@ fn ingest<A, Z>(
     Z: AsyncRead + AsyncWrite + Unpin,
 {
     from.last_rx = Instant::now();
-    if let Some(p) = &mut from.ping {
-        p.deadline = None;
-    }
+    from.ping_deadline = None;
     from.bytes += data.len() as u64;
     let counter = match from.who {
         CloseSide::Client => &st.counters.client_to_backend,
@@ -699,8 +718,7 @@ where
 {
     to.write_shut = true;
     to.read_eof = true;
-    to.out = Vec::new();
-    to.out_pos = 0;
+    to.out = None;
     to.inject = None;
     let error = format!("{}: {e}", to.who.as_str());
     if st.taken_over {
@@ -806,7 +824,8 @@ where
     let mut release_deferred = false;
     let mut saw_close = false;
     let mut saw_data = false;
-    let ping = &mut from.ping;
+    let ping_pending = &mut from.ping_pending;
+    let ping_seq = from.pings_sent;
     let close_from = &mut from.close_from;
     let mut batch = Batch::new(data);
     let result = from.scanner.feed(data, &mut |ev| {
@@ -822,15 +841,15 @@ where
                 payload,
             } => {
                 let mine =
-                    op == opcode::PONG && ping.as_ref().is_some_and(|p| p.token[..] == *payload);
+                    op == opcode::PONG && *ping_pending && ping_token(ping_seq)[..] == *payload;
                 if mine {
                     // The answer to the proxy's own ping: consumed, not forwarded.
-                    *ping = None;
+                    *ping_pending = false;
                     return;
                 }
                 if op == opcode::CLOSE && close_from.is_none() {
                     let (code, reason) = frame::parse_close(payload);
-                    *close_from = Some(CloseInfo { code, reason });
+                    *close_from = Some(Box::new(CloseInfo { code, reason }));
                     saw_close = true;
                     if taken_over {
                         // The reply to the proxy's close: the other side gets the proxy's own.
@@ -910,7 +929,7 @@ where
                 }
                 earliest(end);
             }
-            if let Some(idle) = st.cfg.idle_timeout {
+            if let Some(idle) = st.idle_timeout {
                 let end = st.last_data + idle;
                 if now >= end {
                     take_over(st, c, b, Reason::IdleTimeout, None);
@@ -918,13 +937,13 @@ where
                 }
                 earliest(end);
             }
-            if let Some(interval) = st.cfg.ping_interval {
+            if let Some(interval) = st.ping_interval {
                 // A leg that has sent anything lately has proven it is alive.
                 let mut dead = None;
-                for (who, ping, last_rx, seq, inject, role) in [
+                for (who, (pending, deadline), last_rx, seq, inject, role) in [
                     (
                         c.who,
-                        &mut c.ping,
+                        (&mut c.ping_pending, &mut c.ping_deadline),
                         c.last_rx,
                         &mut c.pings_sent,
                         &mut c.inject,
@@ -932,15 +951,14 @@ where
                     ),
                     (
                         b.who,
-                        &mut b.ping,
+                        (&mut b.ping_pending, &mut b.ping_deadline),
                         b.last_rx,
                         &mut b.pings_sent,
                         &mut b.inject,
                         Sender::Server,
                     ),
                 ] {
-                    let waiting = ping.as_ref().and_then(|p| p.deadline);
-                    match waiting {
+                    match *deadline {
                         Some(deadline) if now >= deadline => dead = Some(who),
                         Some(deadline) => earliest(deadline),
                         None if now >= last_rx + interval && inject.is_none() => {
@@ -953,11 +971,9 @@ where
                                 frame::mask_toward(role),
                             ));
                             st.progress += 1;
-                            *ping = Some(Ping {
-                                token,
-                                deadline: Some(now + st.cfg.pong_timeout),
-                            });
-                            earliest(now + st.cfg.pong_timeout);
+                            *pending = true;
+                            *deadline = Some(now + st.pong_timeout);
+                            earliest(now + st.pong_timeout);
                         }
                         None => earliest(last_rx + interval),
                     }
@@ -1013,13 +1029,17 @@ mod tests {
         let (client, client_side) = duplex(capacity);
         let (backend_side, backend) = duplex(capacity);
         let control = Control::default();
-        let task = tokio::spawn(relay(
-            (client_side, Bytes::new()),
-            (backend_side, Bytes::new()),
-            RelayConfig::default(),
-            Arc::default(),
-            control.clone(),
-        ));
+        let ctl = control.clone();
+        let task = tokio::spawn(async move {
+            relay(
+                (client_side, Bytes::new()),
+                (backend_side, Bytes::new()),
+                &RelayConfig::default(),
+                Arc::default(),
+                ctl,
+            )
+            .await
+        });
         (client, backend, control, task)
     }
 

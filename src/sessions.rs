@@ -187,6 +187,9 @@ impl Sessions {
 
     /// Cuts every remaining session and waits for their tasks to finish.
     pub async fn kill_all(&self) {
+        // A session notices `kill` only after `close` (it waits on one at a time, see
+        // `relay::relay`), so a kill always closes first.
+        self.close_all.cancel();
         self.kill_all.cancel();
         self.tasks.close();
         self.tasks.wait().await;

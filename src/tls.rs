@@ -78,6 +78,33 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
     Ok(Arc::new(certified))
 }
 
+/// Days before expiry from which a certificate's coming expiry is warned about at start.
+const EXPIRY_WARNING_DAYS: i64 = 14;
+
+/// A warning about the leaf certificate's dates, if there is something to say: expired,
+/// not yet valid, or expiring within two weeks. (A warning, not an error: refusing to start
+/// over an expired certificate would turn a degraded service into no service.)
+pub fn validity_warning(ck: &CertifiedKey, now: std::time::SystemTime) -> Option<String> {
+    let leaf = ck.cert.first()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let v = parsed.validity();
+    let now = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    if now < v.not_before.timestamp() {
+        Some(format!(
+            "certificate is not valid yet: valid from {}",
+            v.not_before
+        ))
+    } else if now > v.not_after.timestamp() {
+        Some(format!("certificate expired on {}", v.not_after))
+    } else if v.not_after.timestamp() - now < EXPIRY_WARNING_DAYS * 86_400 {
+        Some(format!("certificate expires soon, on {}", v.not_after))
+    } else {
+        None
+    }
+}
+
 /// A CA bundle (PEM) as a root store; an error if the file holds no usable certificate.
 fn load_roots(ca: &Path) -> Result<rustls::RootCertStore, String> {
     let certs = CertificateDer::pem_file_iter(ca)
@@ -180,6 +207,9 @@ pub fn build_resolver(sources: &[CertSource]) -> Result<SniResolver, (usize, Pai
     let mut resolver = SniResolver::default();
     for (i, src) in sources.iter().enumerate() {
         let key = load_certified_key(&src.cert, &src.key).map_err(|e| (i, e))?;
+        if let Some(w) = validity_warning(&key, std::time::SystemTime::now()) {
+            tracing::warn!(file = %src.cert.display(), "{w}");
+        }
         if src.hosts.is_empty() {
             resolver.set_default(key);
         } else {
@@ -212,6 +242,8 @@ pub struct TlsListener {
     config_h1: Arc<ServerConfig>,
     /// ALPN `h2`, then `http/1.1`.
     config_h2: Arc<ServerConfig>,
+    /// Counts successful reloads (tests and operators can wait for one).
+    generation: tokio::sync::watch::Sender<u64>,
     /// The header that carries a verified client certificate's subject to backends.
     pub subject_header: Option<http::HeaderName>,
 }
@@ -279,6 +311,7 @@ impl TlsListener {
             resolver,
             config_h1: Arc::new(config),
             config_h2: Arc::new(config_h2),
+            generation: tokio::sync::watch::Sender::new(0),
             subject_header,
         })
     }
@@ -299,7 +332,59 @@ impl TlsListener {
             PairError::Cert(m) | PairError::Key(m) => m,
         })?;
         *self.resolver.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+        self.generation.send_modify(|g| *g += 1);
         Ok(())
+    }
+
+    /// Changes with every successful reload.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// What the certificate and key files look like on disk now: modification time, size and
+    /// inode of each (a file replaced by a rename, as cert-manager and certbot do, changes
+    /// inode even when the time does not).
+    fn fingerprint(&self) -> Vec<Option<(std::time::SystemTime, u64, u64)>> {
+        use std::os::unix::fs::MetadataExt;
+        self.sources
+            .iter()
+            .flat_map(|s| [&s.cert, &s.key])
+            .map(|p| {
+                let m = std::fs::metadata(p).ok()?;
+                Some((m.modified().ok()?, m.len(), m.ino()))
+            })
+            .collect()
+    }
+
+    /// Reloads the certificates whenever their files change, checking every `interval`,
+    /// until `stop`. A change that does not load (a half-written file, a key that does not
+    /// match yet) keeps the old certificates and is tried again at the next change.
+    pub async fn watch_files(
+        self: Arc<Self>,
+        interval: std::time::Duration,
+        listener: std::net::SocketAddr,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let mut last = self.fingerprint();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            let now = self.fingerprint();
+            if now == last {
+                continue;
+            }
+            last = now;
+            match self.reload() {
+                Ok(()) => {
+                    tracing::info!(listener = %listener, "certificate files changed: reloaded")
+                }
+                Err(e) => {
+                    tracing::warn!(listener = %listener, error = %e, "certificate files changed but do not load; keeping the previous certificates")
+                }
+            }
+        }
     }
 }
 

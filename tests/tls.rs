@@ -452,3 +452,84 @@ async fn mtls_optional_accepts_clients_without_a_certificate_but_never_a_forged_
         .unwrap();
     assert_eq!(backend.last_request().header("x-client-subject"), None);
 }
+
+/// Writes a self-signed certificate for localhost valid from `from` to `until`.
+fn dated_certificate(
+    ca: &TestCa,
+    name: &str,
+    from: (i32, u8, u8),
+    until: (i32, u8, u8),
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+    params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
+    let cert = params.self_signed(&key).unwrap();
+    let (c, k) = (
+        ca.dir.join(format!("{name}.pem")),
+        ca.dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+#[test]
+fn expired_and_future_certificates_are_warned_about_with_their_dates() {
+    let ca = TestCa::new();
+    let now = std::time::SystemTime::now();
+    let cases = [
+        ("expired", (2020, 1, 1), (2021, 6, 30), "expired on Jun 30"),
+        (
+            "future",
+            (2090, 3, 1),
+            (2091, 1, 1),
+            "not valid yet: valid from Mar  1",
+        ),
+        ("fine", (2020, 1, 1), (2090, 1, 1), ""),
+    ];
+    for (name, from, until, expect) in cases {
+        let (c, k) = dated_certificate(&ca, name, from, until);
+        let ck = wsgate::tls::load_certified_key(&c, &k).unwrap();
+        let warning = wsgate::tls::validity_warning(&ck, now).unwrap_or_default();
+        assert!(
+            warning.contains(expect) && (expect.is_empty() == warning.is_empty()),
+            "{name}: {warning:?}"
+        );
+        // A warning, not an error: the listener still loads.
+        let toml = format!(
+            "{}[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"ws://127.0.0.1:1\"]\n",
+            tls_listener(&c, &k, "")
+        );
+        assert!(wsgate::config::from_toml_str(&toml).is_ok(), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn certificate_files_that_change_are_reloaded_without_a_signal() {
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf("watched", &["localhost"]);
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "{}{}",
+        tls_listener(&cert, &key, "watch_interval = \"50ms\""),
+        route("r", "/", &[backend.url()])
+    ))
+    .await;
+    let mut reloads = gw.handle().certificate_reloads(0).unwrap();
+    let (_, first) = tls_connect(&ca, &gw, "localhost").await;
+
+    // Renewal the way certbot and cert-manager do it: new files renamed into place.
+    let (new_cert, new_key) = ca.leaf("renewed", &["localhost"]);
+    std::fs::rename(&new_key, &key).unwrap();
+    std::fs::rename(&new_cert, &cert).unwrap();
+    tokio::time::timeout(STEP, reloads.changed())
+        .await
+        .expect("the changed files were not reloaded")
+        .unwrap();
+    let (_, second) = tls_connect(&ca, &gw, "localhost").await;
+    assert_ne!(
+        first, second,
+        "a new handshake sees the renewed certificate"
+    );
+}

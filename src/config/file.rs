@@ -57,6 +57,8 @@ pub struct FileTls {
     pub client_ca: Option<SpStr>,
     pub client_auth: Option<SpStr>,
     pub client_subject_header: Option<SpStr>,
+    /// How often the certificate files are checked for changes (reloaded when they change).
+    pub watch_interval: Option<SpStr>,
     #[serde(default)]
     pub sni: Vec<Spanned<FileSni>>,
 }

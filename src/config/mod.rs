@@ -69,7 +69,13 @@ pub struct ListenerConfig {
     pub trusted_proxies: std::sync::Arc<[crate::policy::forwarding::Cidr]>,
     /// Serve HTTP/2, and WebSockets over it (RFC 8441).
     pub http2: bool,
+    /// How often the TLS certificate files are checked for changes; `None` = only SIGHUP.
+    pub tls_watch: Option<Duration>,
 }
+
+/// Certificate files are checked this often for changes: cheap (a `stat` per file) and quick
+/// enough that a renewed certificate (certbot, cert-manager) is served within seconds.
+pub const DEFAULT_TLS_WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Limits for HTTP/2 connections (all listeners).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -369,6 +369,13 @@ impl Validator<'_> {
                         tls,
                         proxy_protocol: l.proxy_protocol.unwrap_or(false),
                         http2: l.http2.unwrap_or(true),
+                        tls_watch: l.tls.as_ref().and_then(|t| {
+                            self.optional_duration(
+                                &format!("{key}.tls.watch_interval"),
+                                t.get_ref().watch_interval.as_ref(),
+                                Some(DEFAULT_TLS_WATCH_INTERVAL),
+                            )
+                        }),
                         trusted_proxies: trusted_proxies.into(),
                     });
                 }
@@ -452,7 +459,15 @@ impl Validator<'_> {
                     let cp = v.base.join(c.get_ref());
                     let kp = v.base.join(kf.get_ref());
                     match crate::tls::load_certified_key(&cp, &kp) {
-                        Ok(ck) => Some((ck, cp, kp)),
+                        Ok(ck) => {
+                            if let Some(w) =
+                                crate::tls::validity_warning(&ck, std::time::SystemTime::now())
+                            {
+                                let line = line_of(v.text, c.span().start);
+                                tracing::warn!(key = %format!("{k}.cert"), line, file = %cp.display(), "{w}");
+                            }
+                            Some((ck, cp, kp))
+                        }
                         Err(crate::tls::PairError::Cert(msg)) => {
                             v.err(format!("{k}.cert"), Some(c.span()), msg);
                             None

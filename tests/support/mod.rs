@@ -479,3 +479,18 @@ pub fn route(name: &str, path: &str, backends: &[String]) -> String {
         list.join(", ")
     )
 }
+
+/// Reads until the peer closes the connection (FIN or reset), within [`STEP`]; returns every
+/// byte it sent first.
+pub async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    tokio::time::timeout(STEP, async {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = stream.read(&mut chunk).await {
+            got.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("the peer did not close the connection");
+    got
+}

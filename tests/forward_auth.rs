@@ -1,0 +1,309 @@
+//! Forward-auth through the gateway, against a local auth service that answers by path and
+//! records what it was asked: allow (with copied identity headers replacing forged ones),
+//! refusals passed to the client without reaching the backend, 503 when the service is slow,
+//! failing or down, and cached allows.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use support::*;
+use tokio::net::TcpListener;
+
+/// A local auth service: `/allow`, `/deny401`, `/deny302`, `/error` (500) and `/slow` (never
+/// answers). Records the head of every request.
+struct AuthService {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<http::request::Parts>>>,
+}
+
+impl AuthService {
+    async fn spawn() -> AuthService {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<http::request::Parts>>> = Arc::default();
+        let seen2 = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let seen = seen2.clone();
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let (parts, _) = req.into_parts();
+                        let path = parts.uri.path().to_string();
+                        seen.lock().unwrap().push(parts);
+                        Ok::<_, Infallible>(answer(&path).await)
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc),
+                );
+            }
+        });
+        AuthService { addr, seen }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    fn last(&self) -> http::request::Parts {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("no request")
+    }
+}
+
+async fn answer(path: &str) -> Response<Full<Bytes>> {
+    let b = Response::builder();
+    let (b, body) = match path {
+        "/allow" => (
+            b.header("x-user", "alice")
+                .header("x-roles", "admin")
+                .header("x-roles", "dev")
+                .header("x-internal", "not copied"),
+            "",
+        ),
+        "/deny401" => (
+            b.status(401)
+                .header("www-authenticate", "Bearer realm=\"chat\"")
+                .header("content-type", "text/plain")
+                .header("x-internal", "not passed"),
+            "login required",
+        ),
+        "/deny302" => (
+            b.status(302)
+                .header("location", "https://login.example.com/?rd=chat")
+                .header("set-cookie", "state=xyz; HttpOnly")
+                .header("set-cookie", "flow=1"),
+            "",
+        ),
+        "/error" => (b.status(500), "database down"),
+        // Never answers; the future is dropped with the connection.
+        "/slow" => std::future::pending().await,
+        _ => (b.status(404), ""),
+    };
+    b.body(Full::new(Bytes::from(body))).unwrap()
+}
+
+/// A gateway with one route `app` at `/` to `backend`, guarded by forward-auth at `url`.
+async fn gateway(backend: &EchoBackend, url: &str, extra: &str) -> Gateway {
+    Gateway::spawn(&format!(
+        "[[route]]\nname = \"app\"\npath = \"/\"\nbackends = [\"{}\"]\n\n\
+         [route.auth.forward_auth]\nurl = \"{url}\"\n\
+         copy_headers = [\"X-User\", \"X-Roles\", \"X-Missing\"]\n{extra}\n",
+        backend.url()
+    ))
+    .await
+}
+
+async fn upgrade(gw: &Gateway, path: &str, headers: &str) -> RawResponse {
+    raw_exchange(gw.addr, upgrade_request(path, headers).as_bytes())
+        .await
+        .1
+}
+
+fn all<'a>(h: &'a http::HeaderMap, name: &str) -> Vec<&'a str> {
+    h.get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect()
+}
+
+/// Every value of a header in a raw response head.
+fn head_values(r: &RawResponse, name: &str) -> Vec<String> {
+    r.head
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn allow_copies_identity_and_drops_forged_headers() {
+    let auth = AuthService::spawn().await;
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway(&backend, &auth.url("/allow"), "").await;
+
+    let r = upgrade(
+        &gw,
+        "/chat?room=1",
+        "Cookie: session=abc\r\nAuthorization: Bearer t0ken\r\nOrigin: http://localhost\r\n\
+         X-User: mallory\r\nX-Roles: root\r\nX-Missing: forged\r\nX-Forwarded-Host: evil\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 101, "{}", r.head);
+
+    // The backend sees the auth service's word, not the client's.
+    let seen = backend.last_request();
+    assert_eq!(all(&seen.headers, "x-user"), ["alice"]);
+    assert_eq!(all(&seen.headers, "x-roles"), ["admin", "dev"]);
+    assert!(
+        seen.headers.get("x-missing").is_none(),
+        "a copy header the service did not send is removed, not passed from the client"
+    );
+    assert!(seen.headers.get("x-internal").is_none());
+
+    // The auth service saw the client's credentials and the handshake's facts.
+    let asked = auth.last();
+    assert_eq!(asked.method, http::Method::GET);
+    assert_eq!(asked.uri, "/allow");
+    let h = &asked.headers;
+    assert_eq!(all(h, "host"), [auth.addr.to_string().as_str()]);
+    assert_eq!(all(h, "cookie"), ["session=abc"]);
+    assert_eq!(all(h, "authorization"), ["Bearer t0ken"]);
+    assert_eq!(all(h, "origin"), ["http://localhost"]);
+    assert_eq!(all(h, "x-forwarded-uri"), ["/chat?room=1"]);
+    assert_eq!(all(h, "x-forwarded-host"), ["localhost"]);
+    assert_eq!(all(h, "x-forwarded-proto"), ["http"]);
+    assert_eq!(all(h, "x-forwarded-method"), ["GET"]);
+    assert_eq!(all(h, "x-forwarded-for"), ["127.0.0.1"]);
+    assert!(h.get("x-user").is_none());
+    assert!(h.get("sec-websocket-key").is_none());
+}
+
+#[tokio::test]
+async fn allow_with_a_websocket_client_and_the_token_in_the_subprotocol() {
+    let auth = AuthService::spawn().await;
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway(&backend, &auth.url("/allow"), "").await;
+    let (mut ws, resp) = connect_with(&gw.url("/"), |req| {
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            "chat, bearer.t0ken".parse().unwrap(),
+        );
+    })
+    .await
+    .expect("allowed");
+    assert_eq!(resp.status(), 101);
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hi"))
+        .await
+        .unwrap();
+    assert_eq!(next_data(&mut ws).await.into_text().unwrap(), "hi");
+    assert_eq!(
+        all(&auth.last().headers, "sec-websocket-protocol"),
+        ["chat, bearer.t0ken"]
+    );
+    assert_eq!(backend.last_request().header("x-user"), Some("alice"));
+}
+
+#[tokio::test]
+async fn deny_401_is_passed_to_the_client() {
+    let auth = AuthService::spawn().await;
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway(&backend, &auth.url("/deny401"), "").await;
+
+    let r = upgrade(&gw, "/", "Cookie: session=expired\r\n").await;
+    assert_eq!(r.status, 401, "{}", r.head);
+    assert_eq!(
+        r.header("www-authenticate").as_deref(),
+        Some("Bearer realm=\"chat\"")
+    );
+    assert_eq!(r.header("content-type").as_deref(), Some("text/plain"));
+    assert!(r.header("x-internal").is_none(), "{}", r.head);
+    assert_eq!(r.body, "login required");
+    assert_eq!(
+        backend.request_count(),
+        0,
+        "a refused handshake reached the backend"
+    );
+    assert_eq!(auth.count(), 1);
+    let counts = gw.handle().refusals();
+    assert_eq!(counts.get(&("app".to_string(), "auth_denied")), Some(&1));
+}
+
+#[tokio::test]
+async fn login_redirect_is_passed_to_the_client() {
+    let auth = AuthService::spawn().await;
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway(&backend, &auth.url("/deny302"), "").await;
+
+    let r = upgrade(&gw, "/", "").await;
+    assert_eq!(r.status, 302, "{}", r.head);
+    assert_eq!(
+        r.header("location").as_deref(),
+        Some("https://login.example.com/?rd=chat")
+    );
+    assert_eq!(
+        head_values(&r, "set-cookie"),
+        ["state=xyz; HttpOnly", "flow=1"]
+    );
+    assert_eq!(backend.request_count(), 0);
+}
+
+#[tokio::test]
+async fn slow_failing_or_absent_auth_service_is_503() {
+    let auth = AuthService::spawn().await;
+    let backend = EchoBackend::spawn().await;
+    let down = format!("http://{}/check", closed_port().await);
+    for (url, extra) in [
+        (auth.url("/slow"), "timeout = \"200ms\""),
+        (auth.url("/error"), ""),
+        (down, ""),
+    ] {
+        let gw = gateway(&backend, &url, extra).await;
+        let r = upgrade(&gw, "/", "").await;
+        assert_eq!(r.status, 503, "{url}: {}", r.head);
+        // The service's own failure (its body, its URL) stays in the proxy's log.
+        assert!(
+            r.body.contains("authentication is unavailable"),
+            "{url}: {}",
+            r.body
+        );
+        assert!(!r.body.contains("database down") && !r.body.contains("127.0.0.1"));
+        let counts = gw.handle().refusals();
+        assert_eq!(
+            counts.get(&("app".to_string(), "auth_unavailable")),
+            Some(&1),
+            "{url}"
+        );
+    }
+    assert_eq!(backend.request_count(), 0);
+    assert_eq!(
+        auth.count(),
+        2,
+        "the slow and the failing service were asked"
+    );
+}
+
+#[tokio::test]
+async fn cached_allow_skips_the_subrequest() {
+    let auth = AuthService::spawn().await;
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway(&backend, &auth.url("/allow"), "cache = \"1m\"").await;
+
+    for _ in 0..3 {
+        let r = upgrade(&gw, "/", "Cookie: session=abc\r\nX-User: mallory\r\n").await;
+        assert_eq!(r.status, 101, "{}", r.head);
+        assert_eq!(all(&backend.last_request().headers, "x-user"), ["alice"]);
+    }
+    assert_eq!(auth.count(), 1, "allows within the TTL are cached");
+
+    // Other credentials are asked about.
+    let r = upgrade(&gw, "/", "Cookie: session=other\r\n").await;
+    assert_eq!(r.status, 101);
+    assert_eq!(auth.count(), 2);
+    assert_eq!(backend.request_count(), 4);
+}

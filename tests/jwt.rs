@@ -1,0 +1,258 @@
+//! JWT through the gateway: the token from each place it may come from, what the backend
+//! sees of it (nothing, by default), and the refusals (401 with a challenge, 503 without keys).
+//! Signatures, claims and key sources in detail are the unit tests' (src/policy/jwt.rs).
+
+mod support;
+
+use std::path::PathBuf;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+use support::*;
+
+const SECRET: &str = "an HMAC secret of at least thirty-two bytes";
+
+/// The secret in a file of its own, removed on drop.
+struct SecretFile(PathBuf);
+
+impl SecretFile {
+    fn new() -> SecretFile {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "wsgate-jwt-it-{}-{}.secret",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::write(&path, format!("{SECRET}\n")).unwrap();
+        SecretFile(path)
+    }
+}
+
+impl Drop for SecretFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn now() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+fn token(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn good_token() -> String {
+    token(json!({ "sub": "alice", "aud": "chat", "exp": now() + 600 }))
+}
+
+/// A gateway with one route at `/` to `backend`, its `[route.auth.jwt]` table holding the
+/// secret, an audience and `extra`; the backend gets the subject as `X-User`.
+async fn gateway(backend: &EchoBackend, secret: &SecretFile, extra: &str) -> Gateway {
+    Gateway::spawn(&format!(
+        "[[route]]\nname = \"app\"\npath = \"/\"\nbackends = [\"{}\"]\n\
+         [route.auth]\nset_headers = {{ \"X-User\" = \"{{sub}}\" }}\n\
+         [route.auth.jwt]\nsecret_file = {:?}\naudience = \"chat\"\n{extra}\n",
+        backend.url(),
+        secret.0.display().to_string(),
+    ))
+    .await
+}
+
+async fn upgrade(gw: &Gateway, path: &str, headers: &str) -> RawResponse {
+    raw_exchange(gw.addr, upgrade_request(path, headers).as_bytes())
+        .await
+        .1
+}
+
+#[tokio::test]
+async fn token_in_the_authorization_header() {
+    let backend = EchoBackend::spawn().await;
+    let secret = SecretFile::new();
+    let gw = gateway(&backend, &secret, "").await;
+    let r = upgrade(
+        &gw,
+        "/",
+        &format!("Authorization: Bearer {}\r\n", good_token()),
+    )
+    .await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    let seen = backend.last_request();
+    // The token stays at the edge; the backend gets the identity instead.
+    assert_eq!(seen.header("authorization"), None);
+    assert_eq!(seen.header("x-user"), Some("alice"));
+
+    // A forged X-User never reaches the backend either.
+    let r = upgrade(
+        &gw,
+        "/",
+        &format!(
+            "Authorization: Bearer {}\r\nX-User: root\r\n",
+            token(json!({ "sub": "bob", "aud": "chat", "exp": now() + 600 }))
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    assert_eq!(backend.last_request().header("x-user"), Some("bob"));
+}
+
+#[tokio::test]
+async fn forward_token_passes_the_header_on() {
+    let backend = EchoBackend::spawn().await;
+    let secret = SecretFile::new();
+    let gw = gateway(&backend, &secret, "forward_token = true").await;
+    let t = good_token();
+    let r = upgrade(&gw, "/", &format!("Authorization: Bearer {t}\r\n")).await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    assert_eq!(
+        backend.last_request().header("authorization"),
+        Some(format!("Bearer {t}").as_str())
+    );
+}
+
+#[tokio::test]
+async fn token_in_a_cookie() {
+    let backend = EchoBackend::spawn().await;
+    let secret = SecretFile::new();
+    let gw = gateway(&backend, &secret, "from = [\"cookie:access_token\"]").await;
+    let r = upgrade(
+        &gw,
+        "/",
+        &format!("Cookie: theme=dark; access_token={}\r\n", good_token()),
+    )
+    .await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    let seen = backend.last_request();
+    assert_eq!(seen.header("cookie"), Some("theme=dark"));
+    assert_eq!(seen.header("x-user"), Some("alice"));
+
+    // The route looks in the cookie only: a header token does not count.
+    let before = backend.request_count();
+    let r = upgrade(
+        &gw,
+        "/",
+        &format!("Authorization: Bearer {}\r\n", good_token()),
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.head);
+    assert_eq!(backend.request_count(), before);
+}
+
+#[tokio::test]
+async fn token_in_the_query_is_removed_from_the_backend_url() {
+    let backend = EchoBackend::spawn().await;
+    let secret = SecretFile::new();
+    let gw = gateway(&backend, &secret, "from = [\"query:access_token\"]").await;
+    let r = upgrade(
+        &gw,
+        &format!("/room/7?lang=en&access_token={}&v=2", good_token()),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    let seen = backend.last_request();
+    assert_eq!(seen.uri, "/room/7?lang=en&v=2");
+    assert_eq!(seen.header("x-user"), Some("alice"));
+}
+
+#[tokio::test]
+async fn token_in_the_subprotocol_list() {
+    let backend = EchoBackend::spawn().await;
+    let secret = SecretFile::new();
+    let gw = gateway(&backend, &secret, "").await;
+    let offer = format!("chat, bearer.{}", good_token());
+    let (_ws, resp) = connect_with(&gw.url("/"), |r| {
+        r.headers_mut()
+            .insert("sec-websocket-protocol", offer.parse().unwrap());
+    })
+    .await
+    .expect("upgrade");
+    assert_eq!(
+        resp.headers().get("sec-websocket-protocol").unwrap(),
+        "chat"
+    );
+    let seen = backend.last_request();
+    assert_eq!(seen.header("sec-websocket-protocol"), Some("chat"));
+    assert_eq!(seen.header("x-user"), Some("alice"));
+}
+
+#[tokio::test]
+async fn missing_and_invalid_tokens_get_401() {
+    let backend = EchoBackend::spawn().await;
+    let secret = SecretFile::new();
+    let gw = gateway(&backend, &secret, "").await;
+
+    let r = upgrade(&gw, "/", "").await;
+    assert_eq!(r.status, 401, "{}", r.head);
+    let challenge = r.header("www-authenticate").expect("a challenge");
+    assert!(challenge.starts_with("Bearer realm="), "{challenge}");
+    assert!(!challenge.contains("error="), "{challenge}");
+
+    let expired = token(json!({ "sub": "alice", "aud": "chat", "exp": now() - 3600 }));
+    let elsewhere = token(json!({ "sub": "alice", "aud": "billing", "exp": now() + 600 }));
+    let forged = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({ "sub": "alice", "aud": "chat", "exp": now() + 600 }),
+        &EncodingKey::from_secret(b"another secret of at least thirty-two bytes"),
+    )
+    .unwrap();
+    for bad in [
+        expired,
+        elsewhere,
+        forged,
+        "not-a-json-web-token".to_string(),
+    ] {
+        let r = upgrade(&gw, "/", &format!("Authorization: Bearer {bad}\r\n")).await;
+        assert_eq!(r.status, 401, "{}", r.head);
+        let challenge = r.header("www-authenticate").expect("a challenge");
+        assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+        // The client is not told which check failed, nor shown its token.
+        assert!(
+            !r.body.contains("expired") && !r.body.contains("audience"),
+            "{}",
+            r.body
+        );
+        assert!(!r.head.contains(&bad[..10]) && !r.body.contains(&bad[..10]));
+    }
+    assert_eq!(
+        backend.request_count(),
+        0,
+        "a refused handshake reached the backend"
+    );
+    let counts = gw.handle().refusals();
+    assert_eq!(counts.get(&("app".to_string(), "token_missing")), Some(&1));
+    assert_eq!(counts.get(&("app".to_string(), "token_invalid")), Some(&4));
+}
+
+#[tokio::test]
+async fn unreachable_key_set_gets_503() {
+    let backend = EchoBackend::spawn().await;
+    let keys = closed_port().await;
+    let gw = Gateway::spawn(&format!(
+        "[[route]]\nname = \"app\"\npath = \"/\"\nbackends = [\"{}\"]\n\
+         [route.auth.jwt]\njwks_url = \"http://{keys}/jwks.json\"\n",
+        backend.url()
+    ))
+    .await;
+    let t = jsonwebtoken::encode(
+        &Header::new(Algorithm::ES256),
+        &json!({ "sub": "alice", "exp": now() + 600 }),
+        &EncodingKey::from_ec_pem(
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                .unwrap()
+                .serialize_pem()
+                .as_bytes(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let r = upgrade(&gw, "/", &format!("Authorization: Bearer {t}\r\n")).await;
+    assert_eq!(r.status, 503, "{}", r.head);
+    assert!(r.body.contains("unavailable"), "{}", r.body);
+    assert_eq!(backend.request_count(), 0);
+}

@@ -1,0 +1,434 @@
+//! PROXY protocol v1 and v2 on listeners that enable it: the header's source address is the
+//! client the backend is told about; a missing, malformed or late header closes the connection
+//! without an answer; listeners without the option treat a PROXY line as bad HTTP. Plus
+//! properties of the parser: no input panics it, and encoded headers round-trip.
+
+mod support;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use proptest::prelude::*;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::ServerName;
+use support::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use wsgate::proxy_protocol::{ProxyHeaderError, V2_SIGNATURE, parse};
+
+// ---- encoders (the sender's side, written from the specification) ----
+
+fn v1(source: SocketAddr, dest: SocketAddr) -> Vec<u8> {
+    let proto = if source.is_ipv4() { "TCP4" } else { "TCP6" };
+    format!(
+        "PROXY {proto} {} {} {} {}\r\n",
+        source.ip(),
+        dest.ip(),
+        source.port(),
+        dest.port()
+    )
+    .into_bytes()
+}
+
+const LOCAL: u8 = 0x20;
+const PROXY: u8 = 0x21;
+
+/// A v2 header: `command` is [`LOCAL`] or [`PROXY`]; TLVs are (type, value) pairs.
+fn v2(command: u8, addrs: Option<(SocketAddr, SocketAddr)>, tlvs: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    let mut body = Vec::new();
+    let family = match addrs {
+        None => 0x00,
+        Some((src, dst)) => {
+            match (src.ip(), dst.ip()) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => {
+                    body.extend_from_slice(&s.octets());
+                    body.extend_from_slice(&d.octets());
+                }
+                (IpAddr::V6(s), IpAddr::V6(d)) => {
+                    body.extend_from_slice(&s.octets());
+                    body.extend_from_slice(&d.octets());
+                }
+                _ => panic!("mixed families"),
+            }
+            body.extend_from_slice(&src.port().to_be_bytes());
+            body.extend_from_slice(&dst.port().to_be_bytes());
+            if src.is_ipv4() { 0x11 } else { 0x21 }
+        }
+    };
+    for (kind, value) in tlvs {
+        body.push(*kind);
+        body.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        body.extend_from_slice(value);
+    }
+    let mut h = V2_SIGNATURE.to_vec();
+    h.extend_from_slice(&[command, family]);
+    h.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    h.extend_from_slice(&body);
+    h
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+// ---- through the gateway ----
+
+const PP_LISTENER: &str = "[[listener]]\nlisten = \"127.0.0.1:0\"\nproxy_protocol = true\n";
+
+async fn pp_gateway(backend: &EchoBackend, listener_extra: &str) -> Gateway {
+    Gateway::spawn(&format!(
+        "{PP_LISTENER}{listener_extra}\n{}",
+        route("r", "/", &[backend.url()])
+    ))
+    .await
+}
+
+/// Sends `header` and an upgrade request in one write; expects the 101 and returns the
+/// `X-Forwarded-For` the backend saw.
+async fn forwarded_for_after(gw: &Gateway, backend: &EchoBackend, header: &[u8]) -> String {
+    let request = [header, upgrade_request("/", "").as_bytes()].concat();
+    let (_stream, resp) = raw_exchange(gw.addr, &request).await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+    backend
+        .last_request()
+        .header("x-forwarded-for")
+        .expect("no X-Forwarded-For")
+        .to_string()
+}
+
+#[tokio::test]
+async fn the_header_source_is_the_client() {
+    let backend = EchoBackend::spawn().await;
+    let gw = pp_gateway(&backend, "").await;
+    let dest = addr("192.0.2.10:443");
+    let dest6 = addr("[2001:db8::1]:443");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "v1 TCP4",
+            v1(addr("203.0.113.7:51234"), dest),
+            "203.0.113.7",
+        ),
+        (
+            "v1 TCP6",
+            v1(addr("[2001:db8::7]:51234"), dest6),
+            "2001:db8::7",
+        ),
+        ("v1 UNKNOWN", b"PROXY UNKNOWN\r\n".to_vec(), "127.0.0.1"),
+        (
+            "v2 TCP4 with TLVs",
+            v2(
+                PROXY,
+                Some((addr("198.51.100.9:40000"), dest)),
+                // PP2_TYPE_AUTHORITY and a NOOP (padding).
+                &[(0x02, b"example.com".to_vec()), (0x04, vec![0; 3])],
+            ),
+            "198.51.100.9",
+        ),
+        (
+            "v2 TCP6",
+            v2(PROXY, Some((addr("[2001:db8::9]:40000"), dest6)), &[]),
+            "2001:db8::9",
+        ),
+        (
+            "v2 LOCAL",
+            v2(LOCAL, Some((addr("198.51.100.9:40000"), dest)), &[]),
+            "127.0.0.1",
+        ),
+    ];
+    for (name, header, want) in cases {
+        assert_eq!(
+            forwarded_for_after(&gw, &backend, &header).await,
+            want,
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_header_in_pieces_leaves_the_request_behind_it_intact() {
+    let backend = EchoBackend::spawn().await;
+    let gw = pp_gateway(&backend, "").await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    for b in v1(addr("203.0.113.8:1"), addr("192.0.2.10:80")) {
+        stream.write_all(&[b]).await.unwrap();
+    }
+    // The request and the first frame in one write: the reader must stop at the CRLF.
+    let request = [
+        upgrade_request("/", "").as_bytes(),
+        &client_frame(0x1, b"hello"),
+    ]
+    .concat();
+    stream.write_all(&request).await.unwrap();
+    let resp = read_response(&mut stream).await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+    assert_eq!(
+        backend.last_request().header("x-forwarded-for"),
+        Some("203.0.113.8")
+    );
+    let echoed = wsgate::frame::encode_frame(0x1, true, b"hello", None);
+    let mut got = resp.rest;
+    while got.len() < echoed.len() {
+        let mut chunk = [0u8; 64];
+        let n = tokio::time::timeout(STEP, tokio::io::AsyncReadExt::read(&mut stream, &mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before the echo");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(got, echoed);
+}
+
+#[tokio::test]
+async fn a_bad_header_is_closed_without_an_answer_and_others_are_served() {
+    let backend = EchoBackend::spawn().await;
+    let gw = pp_gateway(&backend, "").await;
+    let request = upgrade_request("/", "");
+    let mut bad_version = v2(
+        PROXY,
+        Some((addr("198.51.100.9:1"), addr("192.0.2.1:2"))),
+        &[],
+    );
+    bad_version[12] = 0x11;
+    // A TLV that claims 5 bytes where the header's length leaves none.
+    let mut tlv_past_end = v2(
+        PROXY,
+        Some((addr("198.51.100.9:1"), addr("192.0.2.1:2"))),
+        &[],
+    );
+    tlv_past_end.extend_from_slice(&[0x04, 0x00, 0x05]);
+    let len = (tlv_past_end.len() - 16) as u16;
+    tlv_past_end[14..16].copy_from_slice(&len.to_be_bytes());
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("no header", Vec::new()),
+        (
+            "bad v1 address",
+            b"PROXY TCP4 203.0.113.256 192.0.2.10 1 2\r\n".to_vec(),
+        ),
+        (
+            "v1 with two spaces",
+            b"PROXY TCP4  203.0.113.7 192.0.2.10 1 2\r\n".to_vec(),
+        ),
+        ("v2 version 1", bad_version),
+        ("v2 TLV past the end", tlv_past_end),
+    ];
+    for (name, header) in cases {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        stream
+            .write_all(&[&header[..], request.as_bytes()].concat())
+            .await
+            .unwrap();
+        assert_eq!(read_until_closed(&mut stream).await, b"", "{name}");
+    }
+    assert_eq!(backend.request_count(), 0);
+    assert_eq!(
+        forwarded_for_after(
+            &gw,
+            &backend,
+            &v1(addr("203.0.113.9:5"), addr("192.0.2.1:80"))
+        )
+        .await,
+        "203.0.113.9"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_closed_after_the_handshake_timeout() {
+    let backend = EchoBackend::spawn().await;
+    let gw = pp_gateway(&backend, "handshake_timeout = \"200ms\"\n").await;
+    for (name, partial) in [
+        ("nothing", &b""[..]),
+        ("half a header", &b"PROXY TCP4 203.0.113"[..]),
+    ] {
+        let started = Instant::now();
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        stream.write_all(partial).await.unwrap();
+        assert_eq!(read_until_closed(&mut stream).await, b"", "{name}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "{name}: closed after {:?}, before the handshake timeout",
+            started.elapsed()
+        );
+    }
+    assert_eq!(
+        forwarded_for_after(&gw, &backend, b"PROXY UNKNOWN\r\n").await,
+        "127.0.0.1"
+    );
+}
+
+#[tokio::test]
+async fn without_the_option_a_proxy_line_is_a_bad_request() {
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&route("r", "/", &[backend.url()])).await;
+    let request = [
+        &v1(addr("203.0.113.7:51234"), addr("192.0.2.10:80"))[..],
+        upgrade_request("/", "").as_bytes(),
+    ]
+    .concat();
+    let (_stream, resp) = raw_exchange(gw.addr, &request).await;
+    assert_eq!(resp.status, 400, "{resp:?}");
+    assert_eq!(backend.request_count(), 0);
+}
+
+/// A CA and a `localhost` leaf it signed, as in tests/tls.rs: the leaf's files for the
+/// listener and a client connector that trusts the CA.
+fn tls_material() -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    tokio_rustls::TlsConnector,
+) {
+    let dir = std::env::temp_dir().join(format!("wsgate-pp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let (cert_path, key_path) = (dir.join("localhost.pem"), dir.join("localhost.key"));
+    std::fs::write(&cert_path, leaf.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(wsgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (
+        cert_path,
+        key_path,
+        tokio_rustls::TlsConnector::from(Arc::new(config)),
+    )
+}
+
+#[tokio::test]
+async fn proxy_header_then_tls() {
+    let (cert, key, connector) = tls_material();
+    let backend = EchoBackend::spawn().await;
+    let gw = pp_gateway(
+        &backend,
+        &format!(
+            "[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let header = v2(
+        PROXY,
+        Some((addr("[2001:db8::42]:40000"), addr("[2001:db8::1]:443"))),
+        &[(0x01, b"http/1.1".to_vec())],
+    );
+    tcp.write_all(&header).await.unwrap();
+    let tls = tokio::time::timeout(
+        STEP,
+        connector.connect(ServerName::try_from("localhost").unwrap(), tcp),
+    )
+    .await
+    .unwrap()
+    .expect("TLS after the PROXY header");
+    let (mut ws, resp) =
+        tokio_tungstenite::client_async(format!("wss://localhost:{}/", gw.addr.port()), tls)
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), 101);
+    let seen = backend.last_request();
+    assert_eq!(seen.header("x-forwarded-for"), Some("2001:db8::42"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    ws.send(Message::text("over TLS")).await.unwrap();
+    let got = tokio::time::timeout(STEP, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, Message::text("over TLS"));
+}
+
+// ---- the parser's properties ----
+
+fn ip_pair() -> impl Strategy<Value = (IpAddr, IpAddr)> {
+    prop_oneof![
+        (any::<u32>(), any::<u32>())
+            .prop_map(|(s, d)| (IpAddr::V4(Ipv4Addr::from(s)), IpAddr::V4(Ipv4Addr::from(d)))),
+        (any::<u128>(), any::<u128>())
+            .prop_map(|(s, d)| (IpAddr::V6(Ipv6Addr::from(s)), IpAddr::V6(Ipv6Addr::from(d)))),
+    ]
+}
+
+fn endpoints() -> impl Strategy<Value = (SocketAddr, SocketAddr)> {
+    (ip_pair(), any::<u16>(), any::<u16>())
+        .prop_map(|((s, d), sp, dp)| (SocketAddr::new(s, sp), SocketAddr::new(d, dp)))
+}
+
+/// A whole header parses to `source` with its own length, whatever follows it; every strict
+/// prefix of it is incomplete (so a reader never stops early, nor reads past it).
+fn check_round_trip(
+    header: &[u8],
+    trailing: &[u8],
+    source: Option<SocketAddr>,
+) -> Result<(), TestCaseError> {
+    let buf = [header, trailing].concat();
+    let parsed = parse(&buf);
+    prop_assert!(
+        matches!(parsed, Ok((s, n)) if s == source && n == header.len()),
+        "{parsed:?}"
+    );
+    for cut in 0..header.len() {
+        let parsed = parse(&header[..cut]);
+        prop_assert!(
+            matches!(parsed, Err(ProxyHeaderError::Incomplete)),
+            "prefix of {cut}: {parsed:?}"
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+        if let Ok((_, n)) = parse(&bytes) {
+            prop_assert!(n <= bytes.len());
+        }
+    }
+
+    /// Random bytes behind each signature, so the parser gets past its first check.
+    #[test]
+    fn random_bytes_after_a_signature_never_panic(
+        v2_header in any::<bool>(),
+        bytes in prop::collection::vec(any::<u8>(), 0..300),
+    ) {
+        let prefix: &[u8] = if v2_header { &V2_SIGNATURE } else { b"PROXY " };
+        let buf = [prefix, &bytes].concat();
+        if let Ok((_, n)) = parse(&buf) {
+            prop_assert!(n <= buf.len());
+        }
+    }
+
+    #[test]
+    fn v1_round_trips(
+        (src, dst) in endpoints(),
+        trailing in prop::collection::vec(any::<u8>(), 0..32),
+    ) {
+        check_round_trip(&v1(src, dst), &trailing, Some(src))?;
+    }
+
+    #[test]
+    fn v2_round_trips(
+        (src, dst) in endpoints(),
+        local in any::<bool>(),
+        tlvs in prop::collection::vec((any::<u8>(), prop::collection::vec(any::<u8>(), 0..40)), 0..4),
+        trailing in prop::collection::vec(any::<u8>(), 0..32),
+    ) {
+        let command = if local { LOCAL } else { PROXY };
+        let expected = (!local).then_some(src);
+        check_round_trip(&v2(command, Some((src, dst)), &tlvs), &trailing, expected)?;
+    }
+}
