@@ -91,8 +91,9 @@ pub async fn accept_loop(
                 let plain = plain.clone();
                 conns.spawn(async move {
                     let deadline = Instant::now() + timeout;
+                    let counts = &state.unrouted_refusals;
                     let Some(client) =
-                        client_addr(&mut stream, peer, proxy_protocol, deadline).await
+                        client_addr(&mut stream, peer, proxy_protocol, deadline, counts).await
                     else {
                         return;
                     };
@@ -116,19 +117,35 @@ pub async fn accept_loop(
                 let subject_header = tls.subject_header.clone();
                 conns.spawn(async move {
                     let deadline = Instant::now() + timeout;
+                    let counts = &state.unrouted_refusals;
                     let Some(client) =
-                        client_addr(&mut stream, peer, proxy_protocol, deadline).await
+                        client_addr(&mut stream, peer, proxy_protocol, deadline, counts).await
                     else {
                         return;
                     };
+                    match tokio::time::timeout_at(deadline, starts_like_http(&stream)).await {
+                        Ok(true) => {
+                            counts.add("plain_http_on_tls");
+                            tracing::debug!(client = %client, "plain HTTP on a TLS port; answered 400");
+                            return answer_plain_http(stream, deadline).await;
+                        }
+                        Ok(false) => {}
+                        Err(_) => {
+                            counts.add("tls_handshake_timeout");
+                            tracing::debug!(client = %client, "no TLS handshake within the handshake timeout");
+                            return;
+                        }
+                    }
                     let tls = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await
                     {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => {
+                            counts.add("tls_handshake_failed");
                             tracing::debug!(client = %client, error = %e, "TLS handshake failed");
                             return;
                         }
                         Err(_) => {
+                            counts.add("tls_handshake_timeout");
                             tracing::debug!(client = %client, "TLS handshake timed out");
                             return;
                         }
@@ -166,6 +183,7 @@ async fn client_addr(
     peer: SocketAddr,
     proxy_protocol: bool,
     deadline: Instant,
+    counts: &crate::telemetry::RefusalCounts,
 ) -> Option<SocketAddr> {
     if !proxy_protocol {
         return Some(peer);
@@ -177,14 +195,52 @@ async fn client_addr(
             Some(client)
         }
         Ok(Err(e)) => {
+            counts.add("proxy_header_invalid");
             tracing::debug!(peer = %peer, error = %e, "bad PROXY header; closing");
             None
         }
         Err(_) => {
+            counts.add("proxy_header_timeout");
             tracing::debug!(peer = %peer, "no PROXY header within the handshake timeout; closing");
             None
         }
     }
+}
+
+/// Whether a connection to a TLS port starts with an HTTP request instead of a TLS
+/// handshake (whose first byte is 0x16, a handshake record). Waits for the first byte.
+async fn starts_like_http(stream: &TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(stream.peek(&mut first).await, Ok(1) if first[0].is_ascii_uppercase())
+}
+
+/// Someone typed `http://` for a `https://` address: tell them, as nginx does (its 497),
+/// instead of sending a TLS alert a person cannot read. The request head is read first (up
+/// to a limit) so that closing does not reset the connection under the answer.
+async fn answer_plain_http(mut stream: TcpStream, deadline: Instant) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: &str = "This port speaks TLS: use https:// or wss://.\n";
+    let run = async {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 2048];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+            match stream.read(&mut buf).await? {
+                0 => break,
+                n => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let answer = format!(
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
+            BODY.len()
+        );
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        // Lingering close: read until the client closes, so our answer is not lost to a reset.
+        while stream.read(&mut buf).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout_at(deadline, run).await;
 }
 
 fn set_socket_options(stream: &TcpStream) {

@@ -275,13 +275,13 @@ pub fn build_request(b: &BackendRequest<'_>) -> (Request<Empty<Bytes>>, String) 
         HeaderName::from_static("x-real-ip"),
         &fwd.ip.to_string(),
     );
-    let proto = incoming("x-forwarded-proto").unwrap_or(b.scheme);
+    let proto = fwd.proto.as_deref().unwrap_or(b.scheme);
     set(
         &mut headers,
         HeaderName::from_static("x-forwarded-proto"),
         proto,
     );
-    let fhost = incoming("x-forwarded-host").unwrap_or(&b.handshake.host);
+    let fhost = fwd.host.as_deref().unwrap_or(&b.handshake.host);
     set(
         &mut headers,
         HeaderName::from_static("x-forwarded-host"),

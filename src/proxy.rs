@@ -147,9 +147,10 @@ async fn handle_request(
     let policy = &route.config.policy;
     if !policy.is_open() {
         let forwarded_for = forwarding.chain_header();
+        // Behind a trusted proxy, the scheme and host the client used are the proxy's word.
         let facts = RequestFacts {
-            scheme: conn.scheme,
-            host: &client_hs.host,
+            scheme: forwarding.proto.as_deref().unwrap_or(conn.scheme),
+            host: forwarding.host.as_deref().unwrap_or(&client_hs.host),
             client: &forwarding,
             forwarded_for: &forwarded_for,
             tls_subject: conn.client_subject.as_deref(),

@@ -307,3 +307,70 @@ async fn cached_allow_skips_the_subrequest() {
     assert_eq!(auth.count(), 2);
     assert_eq!(backend.request_count(), 4);
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_auth_service_hears_what_the_client_used() {
+    let auth = AuthService::spawn().await;
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1\"]\n\
+         [[route]]\nname = \"app\"\npath = \"/\"\nbackends = [\"{}\"]\n\
+         [route.auth.forward_auth]\nurl = \"{}\"\n",
+        backend.url(),
+        auth.url("/allow")
+    ))
+    .await;
+    let r = upgrade(
+        &gw,
+        "/",
+        "X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\n\
+         X-Forwarded-Host: chat.example.com\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    // The same scheme, host and client the backend is told about.
+    let asked = auth.last();
+    assert_eq!(all(&asked.headers, "x-forwarded-proto"), ["https"]);
+    assert_eq!(
+        all(&asked.headers, "x-forwarded-host"),
+        ["chat.example.com"]
+    );
+    assert_eq!(
+        all(&asked.headers, "x-forwarded-for"),
+        ["203.0.113.9, 127.0.0.1"]
+    );
+    let seen = backend.last_request();
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(seen.header("x-forwarded-host"), Some("chat.example.com"));
+}
+
+#[tokio::test]
+async fn a_token_in_the_query_is_not_passed_to_the_auth_service() {
+    let auth = AuthService::spawn().await;
+    let backend = EchoBackend::spawn().await;
+    let secret = std::env::temp_dir().join(format!("wsgate-fa-secret-{}", std::process::id()));
+    std::fs::write(&secret, "a-test-secret-that-is-long-enough-for-hs256").unwrap();
+    let gw = Gateway::spawn(&format!(
+        "[[route]]\nname = \"app\"\npath = \"/\"\nbackends = [\"{}\"]\n\
+         [route.auth.jwt]\nsecret_file = {:?}\nfrom = [\"query:access_token\"]\n\
+         [route.auth.forward_auth]\nurl = \"{}\"\n",
+        backend.url(),
+        secret.display().to_string(),
+        auth.url("/allow")
+    ))
+    .await;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({ "sub": "alice", "exp": jsonwebtoken::get_current_timestamp() + 600 }),
+        &jsonwebtoken::EncodingKey::from_secret(b"a-test-secret-that-is-long-enough-for-hs256"),
+    )
+    .unwrap();
+    let r = upgrade(&gw, &format!("/chat?room=1&access_token={token}"), "").await;
+    let _ = std::fs::remove_file(&secret);
+    assert_eq!(r.status, 101, "{}", r.head);
+    assert_eq!(
+        all(&auth.last().headers, "x-forwarded-uri"),
+        ["/chat?room=1"]
+    );
+    assert_eq!(backend.last_request().uri, "/chat?room=1");
+}

@@ -276,3 +276,29 @@ set_headers = { "X-User" = "{sub}", "X-Broken" = "{oops" }
         );
     }
 }
+
+#[tokio::test]
+async fn missing_origin_refused_alone_allows_any_origin() {
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway(&backend, "missing_origin = \"refuse\"").await;
+    let r = upgrade(&gw, "Origin: https://anything.example\r\n").await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    assert_eq!(upgrade(&gw, "").await.status, 403);
+}
+
+#[tokio::test]
+async fn a_refusal_never_echoes_a_token_offered_as_a_subprotocol() {
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway(
+        &backend,
+        "subprotocols = [\"chat\"]\nrequire_subprotocol = true",
+    )
+    .await;
+    let r = upgrade(
+        &gw,
+        "Sec-WebSocket-Protocol: bearer.eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert!(!r.body.contains("eyJ"), "{}", r.body);
+}

@@ -113,19 +113,34 @@ async fn silent_and_plain_http_clients_are_closed_while_others_are_served() {
         .unwrap()
         .unwrap()
         .unwrap();
-    // The silent client is closed after the handshake timeout; the plain-HTTP client gets no
-    // HTTP answer (at most a TLS alert) and is closed.
-    for s in [&mut silent, &mut plain] {
-        let mut buf = Vec::new();
-        tokio::time::timeout(STEP, s.read_to_end(&mut buf))
-            .await
-            .expect("not closed")
-            .ok();
-        assert!(
-            !String::from_utf8_lossy(&buf).contains("HTTP/1.1"),
-            "{buf:?}"
-        );
-    }
+    // The silent client is closed after the handshake timeout, without a word.
+    let mut buf = Vec::new();
+    tokio::time::timeout(STEP, silent.read_to_end(&mut buf))
+        .await
+        .expect("not closed")
+        .ok();
+    assert!(buf.is_empty(), "{buf:?}");
+    // The plain-HTTP client is told in plain HTTP, and closed.
+    let mut buf = Vec::new();
+    tokio::time::timeout(STEP, plain.read_to_end(&mut buf))
+        .await
+        .expect("not closed")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+    assert!(
+        text.ends_with("This port speaks TLS: use https:// or wss://.\n"),
+        "{text}"
+    );
+    let counts = gw.handle().refusals();
+    assert_eq!(
+        counts.get(&("-".to_string(), "plain_http_on_tls")),
+        Some(&1)
+    );
+    assert_eq!(
+        counts.get(&("-".to_string(), "tls_handshake_timeout")),
+        Some(&1)
+    );
 }
 
 #[tokio::test]

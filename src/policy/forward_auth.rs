@@ -63,6 +63,9 @@ pub struct FileForwardAuth {
 pub struct AuthQuery<'a> {
     /// The client's request as received.
     pub parts: &'a Parts,
+    /// The request's path and query as the backend will see them (a token in the query
+    /// already removed): the auth service is told this, not the raw URI.
+    pub uri: &'a http::Uri,
     /// The client's address (after PROXY protocol and trusted forwarding headers).
     pub client: IpAddr,
     /// `X-Forwarded-For` as it will be sent to the backend.
@@ -248,7 +251,7 @@ impl ForwardAuth {
                 h.append(name.clone(), value.clone());
             }
         }
-        let uri = q.parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri = q.uri.path_and_query().map_or("/", |p| p.as_str());
         for (name, value) in [
             (X_FORWARDED_FOR, q.forwarded_for),
             (X_FORWARDED_PROTO, q.scheme),
@@ -601,6 +604,7 @@ mod tests {
     fn query(parts: &Parts) -> AuthQuery<'_> {
         AuthQuery {
             parts,
+            uri: &parts.uri,
             client: "203.0.113.7".parse().unwrap(),
             forwarded_for: "203.0.113.7",
             scheme: "https",

@@ -99,6 +99,10 @@ pub struct ClientAddr {
     pub chain: Vec<IpAddr>,
     /// The peer is a trusted proxy: its `X-Forwarded-Proto`/`-Host` and `Forwarded` are kept.
     pub peer_trusted: bool,
+    /// A trusted proxy's `X-Forwarded-Proto`: the scheme the client used.
+    pub proto: Option<String>,
+    /// A trusted proxy's `X-Forwarded-Host`: the host the client asked for.
+    pub host: Option<String>,
 }
 
 impl ClientAddr {
@@ -123,8 +127,19 @@ pub fn client_addr(trusted: &[Cidr], peer: IpAddr, headers: &http::HeaderMap) ->
             ip: peer,
             chain: vec![peer],
             peer_trusted: false,
+            proto: None,
+            host: None,
         };
     }
+    let first = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
     let mut chain = forwarded_for(headers);
     chain.push(peer);
     let ip = chain
@@ -138,6 +153,8 @@ pub fn client_addr(trusted: &[Cidr], peer: IpAddr, headers: &http::HeaderMap) ->
         ip,
         chain,
         peer_trusted: true,
+        proto: first("x-forwarded-proto"),
+        host: first("x-forwarded-host"),
     }
 }
 

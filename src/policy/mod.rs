@@ -182,7 +182,7 @@ pub(crate) fn validate_route(
             }
         }
         p.origin = Some(origin::OriginPolicy {
-            rules,
+            rules: Some(rules),
             allow_missing: true,
         });
     }
@@ -201,9 +201,10 @@ pub(crate) fn validate_route(
         };
         match &mut p.origin {
             Some(o) => o.allow_missing = allow,
+            // Without `origins`: any origin, but there must be one (browsers only).
             None if !allow => {
                 p.origin = Some(origin::OriginPolicy {
-                    rules: Vec::new(),
+                    rules: None,
                     allow_missing: false,
                 })
             }
@@ -590,8 +591,14 @@ impl RoutePolicy {
 
         let mut auth_headers = Vec::new();
         if let Some(fa) = &self.forward_auth {
+            // A token in the query is not the auth service's business either.
+            let uri = match &token_source {
+                Some(TokenSource::Query(name)) => without_query_param(&parts.uri, name),
+                _ => parts.uri.clone(),
+            };
             let q = forward_auth::AuthQuery {
                 parts,
+                uri: &uri,
                 client: facts.client.ip,
                 forwarded_for: facts.forwarded_for,
                 scheme: facts.scheme,

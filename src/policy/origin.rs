@@ -23,7 +23,8 @@ pub enum OriginRule {
 
 #[derive(Debug, Clone)]
 pub struct OriginPolicy {
-    pub rules: Vec<OriginRule>,
+    /// `None`: any origin (only its presence is checked, see `allow_missing`).
+    pub rules: Option<Vec<OriginRule>>,
     /// What to do with a handshake that has no `Origin` (a non-browser client).
     pub allow_missing: bool,
 }
@@ -153,7 +154,10 @@ impl OriginPolicy {
             // `null` (sandboxed frames, file: pages) and anything malformed.
             return Err(format!("origin {raw:?} is not allowed"));
         };
-        if self.rules.iter().any(|r| r.matches(&parsed, host)) {
+        let Some(rules) = &self.rules else {
+            return Ok(());
+        };
+        if rules.iter().any(|r| r.matches(&parsed, host)) {
             Ok(())
         } else {
             Err(format!("origin {raw:?} is not allowed"))
@@ -167,10 +171,12 @@ mod tests {
 
     fn policy(rules: &[&str], allow_missing: bool) -> OriginPolicy {
         OriginPolicy {
-            rules: rules
-                .iter()
-                .map(|r| OriginRule::parse(r).unwrap())
-                .collect(),
+            rules: Some(
+                rules
+                    .iter()
+                    .map(|r| OriginRule::parse(r).unwrap())
+                    .collect(),
+            ),
             allow_missing,
         }
     }
@@ -207,6 +213,14 @@ mod tests {
         );
         assert!(same.check(Some("http://[::1]:80"), Some("[::1]")).is_ok());
         assert!(same.check(None, Some("chat.test")).is_err());
+
+        // `missing_origin = "refuse"` alone: any origin, but one there must be.
+        let any = OriginPolicy {
+            rules: None,
+            allow_missing: false,
+        };
+        assert!(any.check(Some("https://anything.test"), None).is_ok());
+        assert!(any.check(None, None).is_err());
     }
 
     #[test]

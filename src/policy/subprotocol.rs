@@ -28,12 +28,30 @@ impl SubprotocolPolicy {
             } else {
                 format!(
                     "none of the offered subprotocols ({}) is allowed; this route requires one of: {allowed}",
-                    offered.join(", ")
+                    shown_offers(&offered)
                 )
             });
         }
         Ok(kept)
     }
+}
+
+/// The offers as a refusal may show them (in its body and the log): an entry that may carry
+/// a token (`bearer.…`, the one after `access_token` or `bearer`, or anything long) is
+/// replaced by a placeholder.
+fn shown_offers(offered: &[String]) -> String {
+    let mut out = Vec::with_capacity(offered.len());
+    let mut after_marker = false;
+    for p in offered {
+        let secret = after_marker || p.starts_with("bearer.") || p.len() > 40;
+        after_marker = p == "access_token" || p == "bearer";
+        out.push(if secret {
+            format!("<{} characters hidden>", p.len())
+        } else {
+            p.clone()
+        });
+    }
+    out.join(", ")
 }
 
 #[cfg(test)]
@@ -64,6 +82,17 @@ mod tests {
                 .unwrap_err()
                 .contains("no subprotocol offered")
         );
+        // A token offered as a subprotocol is never echoed.
+        let e = p
+            .filter(v(&[
+                "bearer.eyJhbGciOiJIUzI1NiJ9.e30.sig",
+                "access_token",
+                "abc.def.ghi",
+                "x",
+            ]))
+            .unwrap_err();
+        assert!(!e.contains("eyJ") && !e.contains("abc.def"), "{e}");
+        assert!(e.contains("access_token, <11 characters hidden>, x"), "{e}");
         let open = SubprotocolPolicy::default();
         assert_eq!(open.filter(v(&["x"])).unwrap(), v(&["x"]));
     }
