@@ -197,7 +197,7 @@ async fn handle_request(
     tracing::debug!(session = id, route = %rc.name, backend = %backend_url.url, uri = %backend_req.uri(), "backend handshake");
     let params = backend::HandshakeParams {
         url: &backend_url,
-        tls: rc.backend_tls.as_ref(),
+        tls: backend_url.tls_config(rc),
         key: &key,
         offered: &client_hs,
         timeout: rc.backend_handshake_timeout,

@@ -307,6 +307,53 @@ async fn wss_backend_with_verification_switched_off() {
 }
 
 #[tokio::test]
+async fn verification_switched_off_for_one_backend_only() {
+    // Two wss backends on one route: `dev` (its certificate from a CA nobody trusts) is
+    // marked insecure_skip_verify; `prod` is verified with the configured CA. Balancing
+    // alternates, so both are used.
+    let prod_ca = TestCa::new();
+    let dev_ca = TestCa::new();
+    let prod = wss_backend(&prod_ca).await;
+    let dev = wss_backend(&dev_ca).await;
+    let gw = Gateway::spawn(&format!(
+        "[[route]]\nname = \"r\"\npath = \"/\"\n\
+         backends = [\"wss://localhost:{}\", {{ url = \"wss://localhost:{}\", insecure_skip_verify = true }}]\n\
+         [route.backend_tls]\nca = \"{}\"\n",
+        prod.port(),
+        dev.port(),
+        prod_ca.ca_file().display()
+    ))
+    .await;
+    for i in 0..4 {
+        let (mut ws, _) = connect(&gw.url("/")).await;
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        assert_eq!(
+            next_data(&mut ws).await,
+            Message::text(format!("hello {i}"))
+        );
+    }
+
+    // Without the switch, the dev backend's certificate does not verify: 502.
+    let gw = Gateway::spawn(&format!(
+        "[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"wss://localhost:{}\"]\n\
+         [route.backend_tls]\nca = \"{}\"\n",
+        dev.port(),
+        prod_ca.ca_file().display()
+    ))
+    .await;
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 502);
+
+    // The switch is refused where it means nothing.
+    let errors = wsgate::config::from_toml_str(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"r\"\npath = \"/\"\n\
+         backends = [{ url = \"ws://127.0.0.1:1\", insecure_skip_verify = true }]\n",
+    )
+    .unwrap_err();
+    assert_eq!(errors[0].key, "route[0].backends[0].insecure_skip_verify");
+}
+
+#[tokio::test]
 async fn a_tls_1_0_client_is_refused_with_a_fatal_alert() {
     use tokio::io::AsyncWriteExt;
     let ca = TestCa::new();

@@ -77,7 +77,7 @@ pub struct FileRoute {
     pub name: Option<SpStr>,
     pub host: Option<SpStr>,
     pub path: Option<SpStr>,
-    pub backends: Option<Spanned<Vec<SpStr>>>,
+    pub backends: Option<Spanned<Vec<Spanned<FileBackend>>>>,
     pub balance: Option<SpStr>,
     pub preserve_host: Option<bool>,
     pub max_message: Option<SpStr>,
@@ -92,6 +92,23 @@ pub struct FileRoute {
     /// Refuse a handshake that offers none of `subprotocols`.
     pub require_subprotocol: Option<Spanned<bool>>,
     pub auth: Option<Spanned<FileAuth>>,
+}
+
+/// One entry of a route's `backends`: a URL, or a table for per-backend settings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FileBackend {
+    Url(String),
+    Table(FileBackendTable),
+}
+
+/// `{ url = "wss://...", insecure_skip_verify = true }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBackendTable {
+    pub url: String,
+    /// Development only: accept any certificate from this backend (a warning at every start).
+    pub insecure_skip_verify: Option<bool>,
 }
 
 /// `[route.auth]`: credentials at the edge, identity to the backend.

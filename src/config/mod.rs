@@ -135,6 +135,9 @@ pub struct RouteConfig {
     pub backends: Vec<BackendUrl>,
     /// TLS client settings for `wss://` backends (`None` when the route has none).
     pub backend_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// The same without certificate verification, for backends marked
+    /// `insecure_skip_verify` (`None` when none is).
+    pub backend_tls_unverified: Option<std::sync::Arc<rustls::ClientConfig>>,
     pub balance: Balance,
     /// Send the client's `Host` to the backend instead of the backend's own authority.
     pub preserve_host: bool,
@@ -189,6 +192,22 @@ pub struct BackendUrl {
     pub path: Option<String>,
     /// The backend's own query, put before the client's.
     pub query: Option<String>,
+    /// `wss://` without certificate verification (development only).
+    pub insecure_skip_verify: bool,
+}
+
+impl BackendUrl {
+    /// The TLS settings this backend is reached with, from its route's.
+    pub fn tls_config<'a>(
+        &self,
+        route: &'a RouteConfig,
+    ) -> Option<&'a std::sync::Arc<rustls::ClientConfig>> {
+        if self.insecure_skip_verify {
+            route.backend_tls_unverified.as_ref()
+        } else {
+            route.backend_tls.as_ref()
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -716,8 +716,22 @@ impl Validator<'_> {
             ),
             Some(list) => {
                 for (j, b) in list.get_ref().iter().enumerate() {
-                    match parse_backend_url(b.get_ref()) {
-                        Ok(url) => backends.push(url),
+                    let (url, skip) = match b.get_ref() {
+                        super::file::FileBackend::Url(u) => (u, false),
+                        super::file::FileBackend::Table(t) => {
+                            (&t.url, t.insecure_skip_verify.unwrap_or(false))
+                        }
+                    };
+                    match parse_backend_url(url) {
+                        Ok(url) if skip && !url.tls => self.err(
+                            format!("{key}.backends[{j}].insecure_skip_verify"),
+                            Some(b.span()),
+                            "only means something for a wss:// backend",
+                        ),
+                        Ok(mut url) => {
+                            url.insecure_skip_verify = skip;
+                            backends.push(url)
+                        }
                         Err(msg) => self.err(format!("{key}.backends[{j}]"), Some(b.span()), msg),
                     }
                 }
@@ -762,7 +776,8 @@ impl Validator<'_> {
             session_default,
         );
 
-        let backend_tls = self.backend_tls(key, &name, r.backend_tls.as_ref(), &backends);
+        let (backend_tls, backend_tls_unverified) =
+            self.backend_tls(key, &name, r.backend_tls.as_ref(), &backends);
         let policy = crate::policy::validate_route(self, key, r);
 
         (self.errors.len() == errors_before).then_some(RouteConfig {
@@ -771,6 +786,7 @@ impl Validator<'_> {
             path,
             backends,
             backend_tls,
+            backend_tls_unverified,
             balance,
             preserve_host: r.preserve_host.unwrap_or(false),
             backend_connect_timeout,
@@ -864,7 +880,10 @@ impl Validator<'_> {
         route: &str,
         t: Option<&Spanned<super::file::FileBackendTls>>,
         backends: &[BackendUrl],
-    ) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+    ) -> (
+        Option<std::sync::Arc<rustls::ClientConfig>>,
+        Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) {
         if !backends.iter().any(|b| b.tls) {
             if let Some(t) = t {
                 self.err(
@@ -873,7 +892,7 @@ impl Validator<'_> {
                     "set, but no backend of this route is wss://",
                 );
             }
-            return None;
+            return (None, None);
         }
         let default = super::file::FileBackendTls::default();
         let (span, t) = match t {
@@ -892,9 +911,26 @@ impl Validator<'_> {
                     span,
                     "client_cert and client_key go together",
                 );
-                return None;
+                return (None, None);
             }
         };
+        // Backends marked `insecure_skip_verify` get the same settings without verification.
+        let mut unverified = None;
+        for b in backends.iter().filter(|b| b.insecure_skip_verify) {
+            tracing::warn!(
+                route,
+                backend = %b.url,
+                "insecure_skip_verify is on for this backend: its certificate is NOT verified (development only)"
+            );
+            if unverified.is_none() {
+                let opts = crate::tls::BackendTlsOptions {
+                    ca: None,
+                    insecure_skip_verify: true,
+                    client_auth,
+                };
+                unverified = crate::tls::backend_client_config(&opts).ok();
+            }
+        }
         let skip = t.insecure_skip_verify.unwrap_or(false);
         if skip {
             tracing::warn!(
@@ -907,7 +943,7 @@ impl Validator<'_> {
             insecure_skip_verify: skip,
             client_auth,
         };
-        match crate::tls::backend_client_config(&opts) {
+        let verified = match crate::tls::backend_client_config(&opts) {
             Ok(c) => Some(c),
             Err(crate::tls::PairError::Cert(m)) => {
                 let (k, sp) = match &t.ca {
@@ -928,7 +964,8 @@ impl Validator<'_> {
                 );
                 None
             }
-        }
+        };
+        (verified, unverified)
     }
 }
 
@@ -1024,6 +1061,7 @@ pub fn parse_backend_url(s: &str) -> Result<BackendUrl, String> {
         authority,
         path,
         query: query.filter(|q| !q.is_empty()),
+        insecure_skip_verify: false,
     })
 }
 
