@@ -145,6 +145,7 @@ async fn handle_request(
         Err(e) => return refuse(&state, id, Some(&route), &conn, &parts, e.into()),
     };
     let policy = &route.config.policy;
+    let mut token_marker = None;
     if !policy.is_open() {
         let forwarded_for = forwarding.chain_header();
         // Behind a trusted proxy, the scheme and host the client used are the proxy's word.
@@ -155,11 +156,12 @@ async fn handle_request(
             forwarded_for: &forwarded_for,
             tls_subject: conn.client_subject.as_deref(),
         };
-        if let Err(e) = policy
+        match policy
             .admit(&mut parts, &mut client_hs.protocols, &facts)
             .await
         {
-            return refuse(&state, id, Some(&route), &conn, &parts, e.into());
+            Ok(marker) => token_marker = marker,
+            Err(e) => return refuse(&state, id, Some(&route), &conn, &parts, e.into()),
         }
     }
     // Taken before answering (hyper examples/upgrades.rs); hyper sets it on every HTTP/1.1
@@ -217,7 +219,7 @@ async fn handle_request(
         }
     };
 
-    let response = accept_response(&client_hs, &upgrade);
+    let response = accept_response(&client_hs, &upgrade, token_marker.as_deref());
     let transport = client_hs.transport;
     let session = state.sessions.register(
         id,
@@ -371,7 +373,14 @@ fn relay_config(session: &SessionConfig, extensions: &[HeaderValue]) -> RelayCon
 /// The client's answer: over HTTP/1.1 a 101 with its own accept key, over HTTP/2 a 200
 /// (RFC 8441 §5: no key, no accept, and no body, or hyper resets the stream); either way the
 /// backend's choices of subprotocol and extensions, and its cookies.
-fn accept_response(client: &ClientHandshake, up: &BackendUpgrade) -> Response<Body> {
+///
+/// `token_marker`: the subprotocol to answer with when the backend chose none (see
+/// `RoutePolicy::admit`).
+fn accept_response(
+    client: &ClientHandshake,
+    up: &BackendUpgrade,
+    token_marker: Option<&str>,
+) -> Response<Body> {
     let mut resp = Response::new(Body::default());
     match client.transport {
         Transport::H1 => {
@@ -390,6 +399,8 @@ fn accept_response(client: &ClientHandshake, up: &BackendUpgrade) -> Response<Bo
     h.insert(header::VIA, HeaderValue::from_static("1.1 wsgate"));
     if let Some(p) = &up.protocol {
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, p.clone());
+    } else if let Some(m) = token_marker.and_then(|m| HeaderValue::from_str(m).ok()) {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, m);
     }
     for e in &up.extensions {
         h.append(header::SEC_WEBSOCKET_EXTENSIONS, e.clone());

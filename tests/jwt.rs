@@ -256,3 +256,27 @@ async fn unreachable_key_set_gets_503() {
     assert!(r.body.contains("unavailable"), "{}", r.body);
     assert_eq!(backend.request_count(), 0);
 }
+
+#[tokio::test]
+async fn a_token_offered_alone_after_its_marker_gets_the_marker_back() {
+    // The Kubernetes pattern: `new WebSocket(url, ["access_token", token])`. The backend is
+    // offered nothing, chooses nothing, and the client still gets a subprotocol from its
+    // offer (a browser fails a connection whose offer got none back).
+    let backend = EchoBackend::spawn().await;
+    let secret = SecretFile::new();
+    let gw = gateway(&backend, &secret, "").await;
+    let offer = format!("access_token, {}", good_token());
+    let (_ws, resp) = connect_with(&gw.url("/"), |r| {
+        r.headers_mut()
+            .insert("sec-websocket-protocol", offer.parse().unwrap());
+    })
+    .await
+    .expect("upgrade");
+    assert_eq!(
+        resp.headers().get("sec-websocket-protocol").unwrap(),
+        "access_token"
+    );
+    let seen = backend.last_request();
+    assert_eq!(seen.header("sec-websocket-protocol"), None);
+    assert_eq!(seen.header("x-user"), Some("alice"));
+}

@@ -538,12 +538,17 @@ impl RoutePolicy {
     /// Runs the checks in order and, when all pass, rewrites the request for the backend:
     /// `protocols` becomes the offer the backend sees, `parts` loses stripped credentials and
     /// gains identity headers. Nothing is changed when a check fails.
+    ///
+    /// Returns the subprotocol to answer the client with if the backend chooses none: the
+    /// marker of an `["access_token", <token>]` offer that held nothing else. Browsers fail a
+    /// connection whose offer got no subprotocol back, and a client that offers only its token
+    /// this way (the Kubernetes pattern) expects the marker.
     pub async fn admit(
         &self,
         parts: &mut http::request::Parts,
         protocols: &mut Vec<String>,
         facts: &RequestFacts<'_>,
-    ) -> Result<(), PolicyError> {
+    ) -> Result<Option<String>, PolicyError> {
         if let Some(origin) = &self.origin {
             let value = parts
                 .headers
@@ -560,7 +565,11 @@ impl RoutePolicy {
             .as_ref()
             .is_some_and(|j| j.sources().contains(&TokenSource::Subprotocol));
         let mut offer = protocols.clone();
+        let mut marker = None;
         if jwt_from_protocols && let Some((_, idx)) = token_in_protocols(&offer) {
+            if idx.len() == 2 {
+                marker = Some(offer[idx[0]].clone());
+            }
             for i in idx.into_iter().rev() {
                 offer.remove(i);
             }
@@ -668,6 +677,6 @@ impl RoutePolicy {
         for (name, value) in auth_headers {
             parts.headers.append(name, value);
         }
-        Ok(())
+        Ok(marker.filter(|_| protocols.is_empty()))
     }
 }
