@@ -280,8 +280,8 @@ async fn run_session(start: Box<SessionStart>) {
         client,
         backend,
         &relay_config,
-        info.counters.clone(),
-        info.control.clone(),
+        &info.counters,
+        &info.control,
     )
     .await;
     access::session_closed(

@@ -357,12 +357,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Side<IO> {
 }
 
 /// Session-wide state besides the two sides.
-struct State {
-    /// The timers of `RelayConfig` (the rest went to the scanners).
-    ping_interval: Option<Duration>,
-    pong_timeout: Duration,
-    idle_timeout: Option<Duration>,
-    counters: Arc<Counters>,
+struct State<'a> {
+    /// Borrowed from the session task, like `counters`: an idle session keeps one copy.
+    cfg: &'a RelayConfig,
+    counters: &'a Counters,
     closed_by: Option<CloseSide>,
     reason: Option<Reason>,
     /// Once set, nothing more is forwarded; replies are read and dropped.
@@ -377,7 +375,7 @@ struct State {
     progress: u64,
 }
 
-impl State {
+impl State<'_> {
     fn first_close(&mut self, who: CloseSide) {
         self.closed_by.get_or_insert(who);
         self.close_deadline
@@ -391,8 +389,8 @@ pub async fn relay<C, B>(
     (client, client_pre): (C, Bytes),
     (backend, backend_pre): (B, Bytes),
     cfg: &RelayConfig,
-    counters: Arc<Counters>,
-    control: Control,
+    counters: &Counters,
+    control: &Control,
 ) -> RelayOutcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -417,9 +415,7 @@ where
     );
     let mut st = State {
         lifetime_end: cfg.max_lifetime.map(|d| now + d),
-        ping_interval: cfg.ping_interval,
-        pong_timeout: cfg.pong_timeout,
-        idle_timeout: cfg.idle_timeout,
+        cfg,
         counters,
         closed_by: None,
         reason: None,
@@ -431,7 +427,7 @@ where
     };
     // One waiter at a time, to keep the session small: first the request to close, then,
     // once closing, the order to cut (which the registry only gives after a close).
-    let waiter = control.close.clone().cancelled_owned();
+    let waiter = control.close.cancelled();
     tokio::pin!(waiter);
     let mut draining = false;
     let mut timer: Pin<Box<Sleep>> =
@@ -448,7 +444,7 @@ where
                 code => code,
             };
             take_over(&mut st, &mut c, &mut b, Reason::Requested(code), None);
-            waiter.set(control.kill.clone().cancelled_owned());
+            waiter.set(control.kill.cancelled());
         }
         // Alternate until nothing moves: a write that frees room lets a read proceed.
         loop {
@@ -929,7 +925,7 @@ where
                 }
                 earliest(end);
             }
-            if let Some(idle) = st.idle_timeout {
+            if let Some(idle) = st.cfg.idle_timeout {
                 let end = st.last_data + idle;
                 if now >= end {
                     take_over(st, c, b, Reason::IdleTimeout, None);
@@ -937,7 +933,7 @@ where
                 }
                 earliest(end);
             }
-            if let Some(interval) = st.ping_interval {
+            if let Some(interval) = st.cfg.ping_interval {
                 // A leg that has sent anything lately has proven it is alive.
                 let mut dead = None;
                 for (who, (pending, deadline), last_rx, seq, inject, role) in [
@@ -972,8 +968,8 @@ where
                             ));
                             st.progress += 1;
                             *pending = true;
-                            *deadline = Some(now + st.pong_timeout);
-                            earliest(now + st.pong_timeout);
+                            *deadline = Some(now + st.cfg.pong_timeout);
+                            earliest(now + st.cfg.pong_timeout);
                         }
                         None => earliest(last_rx + interval),
                     }
@@ -1035,8 +1031,8 @@ mod tests {
                 (client_side, Bytes::new()),
                 (backend_side, Bytes::new()),
                 &RelayConfig::default(),
-                Arc::default(),
-                ctl,
+                &Counters::default(),
+                &ctl,
             )
             .await
         });

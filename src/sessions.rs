@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::relay::{Control, Counters};
 
 /// What the registry knows about one live session.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SessionInfo {
     pub id: u64,
     pub route: Arc<str>,
@@ -24,7 +24,8 @@ pub struct SessionInfo {
     pub backend: Arc<str>,
     pub started: Instant,
     pub started_at: SystemTime,
-    pub counters: Arc<Counters>,
+    /// Live byte counters, written by the relay (which borrows them from here).
+    pub counters: Counters,
     /// How to end this session: close frames (drain, reload) or a cut.
     pub control: Control,
 }
@@ -108,7 +109,7 @@ impl Sessions {
             backend,
             started: Instant::now(),
             started_at: SystemTime::now(),
-            counters: Arc::default(),
+            counters: Counters::default(),
             control: control.clone(),
         });
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
