@@ -118,6 +118,31 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The TLS settings for subrequests to `url`: for `https://`, verified against `ca` (a PEM
+/// bundle) or the system roots; for `http://` nothing is ever verified, so no roots are loaded
+/// (the pooled client wants a configuration either way).
+pub fn tls_for(
+    url: &Uri,
+    ca: Option<&std::path::Path>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    if url.scheme_str() != Some("https") && ca.is_none() {
+        let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS setup: {e}"))?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        return Ok(Arc::new(config));
+    }
+    crate::tls::backend_client_config(&crate::tls::BackendTlsOptions {
+        ca,
+        insecure_skip_verify: false,
+        client_auth: None,
+    })
+    .map_err(|e| match e {
+        crate::tls::PairError::Cert(m) | crate::tls::PairError::Key(m) => m,
+    })
+}
+
 /// Parses an `http://` or `https://` URL for a subrequest target.
 pub fn parse_http_url(s: &str) -> Result<Uri, String> {
     let uri: Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;

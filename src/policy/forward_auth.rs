@@ -484,53 +484,26 @@ pub(crate) fn validate(
     }
 
     let url = url?;
-    let https = url.scheme_str() == Some("https");
-    let tls = match &t.ca {
-        Some(ca) if !https => {
-            v.err(
-                format!("{key}.ca"),
-                Some(ca.span()),
-                "set, but url is not https://",
-            );
+    if let Some(ca) = &t.ca
+        && url.scheme_str() != Some("https")
+    {
+        v.err(
+            format!("{key}.ca"),
+            Some(ca.span()),
+            "set, but url is not https://",
+        );
+        return None;
+    }
+    let ca_path = t.ca.as_ref().map(|ca| v.base.join(ca.get_ref()));
+    let tls = match crate::http_client::tls_for(&url, ca_path.as_deref()) {
+        Ok(c) => c,
+        Err(m) => {
+            match &t.ca {
+                Some(ca) => v.err(format!("{key}.ca"), Some(ca.span()), m),
+                None => v.err(format!("{key}.url"), t.url.as_ref().map(|u| u.span()), m),
+            }
             return None;
         }
-        Some(ca) => {
-            let path = v.base.join(ca.get_ref());
-            let opts = crate::tls::BackendTlsOptions {
-                ca: Some(&path),
-                insecure_skip_verify: false,
-                client_auth: None,
-            };
-            match crate::tls::backend_client_config(&opts) {
-                Ok(c) => c,
-                Err(crate::tls::PairError::Cert(m) | crate::tls::PairError::Key(m)) => {
-                    v.err(format!("{key}.ca"), Some(ca.span()), m);
-                    return None;
-                }
-            }
-        }
-        None if https => {
-            let opts = crate::tls::BackendTlsOptions {
-                ca: None,
-                insecure_skip_verify: false,
-                client_auth: None,
-            };
-            match crate::tls::backend_client_config(&opts) {
-                Ok(c) => c,
-                Err(crate::tls::PairError::Cert(m) | crate::tls::PairError::Key(m)) => {
-                    v.err(format!("{key}.url"), t.url.as_ref().map(|u| u.span()), m);
-                    return None;
-                }
-            }
-        }
-        // A plain-http service: no certificate is ever checked, so no roots are loaded.
-        None => match plain_tls_config() {
-            Ok(c) => c,
-            Err(m) => {
-                v.err(format!("{key}.url"), t.url.as_ref().map(|u| u.span()), m);
-                return None;
-            }
-        },
     };
 
     Some(Arc::new(ForwardAuth {
@@ -547,17 +520,6 @@ fn list(l: &Option<Spanned<Vec<SpStr>>>) -> &[SpStr] {
     l.as_ref()
         .map(|l| l.get_ref().as_slice())
         .unwrap_or_default()
-}
-
-/// A TLS configuration that trusts nothing, for the client of an `http://` service (the
-/// pooled client wants one either way; it is never used).
-fn plain_tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
-    let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    Ok(Arc::new(config))
 }
 
 #[cfg(test)]

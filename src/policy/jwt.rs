@@ -1075,17 +1075,10 @@ pub(crate) fn validate(
                 }
                 Some((v.base.join(ca.get_ref().trim()), ca.span()))
             });
-            let tls = crate::tls::backend_client_config(&crate::tls::BackendTlsOptions {
-                ca: ca.as_ref().map(|(p, _)| p.as_path()),
-                insecure_skip_verify: false,
-                client_auth: None,
-            });
-            let tls = match tls {
+            let tls = match crate::http_client::tls_for(&url, ca.as_ref().map(|(p, _)| p.as_path()))
+            {
                 Ok(t) => t,
-                Err(e) => {
-                    let m = match e {
-                        crate::tls::PairError::Cert(m) | crate::tls::PairError::Key(m) => m,
-                    };
+                Err(m) => {
                     match &ca {
                         Some((_, span)) => v.err(k("jwks_ca"), Some(span.clone()), m),
                         None => v.err(skey, Some(sspan), m),
