@@ -203,7 +203,7 @@ impl Handle {
     pub fn close_route(&self, name: &str, code: u16) -> bool {
         match self.state.routes.iter().find(|r| &*r.name == name) {
             Some(route) => {
-                route.control.close_with(code);
+                self.sessions.close_route(&route.control, code);
                 true
             }
             None => false,

@@ -20,19 +20,19 @@
 //! the other side cannot take yet are copied to the heap, and that copy is freed when written.
 //! An idle session holds no buffer.
 
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::CancellationToken;
 
 use crate::error::CloseSide;
 use crate::frame::{self, Event, Scanner, Sender, Violation, close_code, opcode};
@@ -56,39 +56,94 @@ pub const BACKEND_LOST: u16 = 1011;
 /// gateway" (RFC 6455 §7.4.1 registry).
 pub const BAD_GATEWAY: u16 = 1014;
 
-/// Per-session settings, resolved from the route.
+/// A route's relay settings (the route's `[route.session]` table, validated).
 #[derive(Debug, Clone, Default)]
 pub struct RelayConfig {
     /// Largest message (sum of its frames' payloads) either side may send.
     pub max_message: Option<u64>,
-    /// RSV bits the negotiated extensions allow (`0b100` with permessage-deflate).
-    pub allowed_rsv: u8,
     /// Ping a leg that has sent nothing for this long.
     pub ping_interval: Option<Duration>,
     /// A leg that does not answer a ping within this time is dead.
     pub pong_timeout: Duration,
     /// No data message either way for this long ends the session.
     pub idle_timeout: Option<Duration>,
-    /// The session ends after this long (the caller adds jitter).
+    /// The session ends after this long, less up to 10% jitter (drawn per session, so that
+    /// sessions opened together do not all end together).
     pub max_lifetime: Option<Duration>,
 }
 
-/// How the outside asks a session to end.
+/// How the outside asks sessions to end: a tree of signals (one root per gateway, one child
+/// per route), shared by every session below it, so a session holds no signal of its own.
+///
+/// Setting a signal does not wake anyone: whoever sets it wakes the sessions concerned
+/// through their [`Link`]s (the session registry does, see `sessions.rs`). A relay reads the
+/// signals each time it runs, after registering its waker, so no request is missed.
 #[derive(Debug, Clone, Default)]
-pub struct Control {
-    /// Close both sides with close frames (code in `close_code`), then wait for the handshake.
-    pub close: CancellationToken,
-    /// The code for `close` (1001 going away by default, 1012 for a restart).
-    pub close_code: Arc<AtomicU16>,
-    /// End now, without waiting (the grace period is over).
-    pub kill: CancellationToken,
+pub struct Control(Arc<Signals>);
+
+#[derive(Debug, Default)]
+struct Signals {
+    /// The close code asked for; 0 while none is.
+    close_code: AtomicU16,
+    /// End now, without waiting for closing handshakes (the grace period is over).
+    kill: AtomicBool,
+    parent: Option<Control>,
 }
 
 impl Control {
-    /// Asks the session to close with `code`.
+    /// A signal below this one: it sees this one's requests as its own.
+    pub fn child(&self) -> Control {
+        Control(Arc::new(Signals {
+            parent: Some(self.clone()),
+            ..Signals::default()
+        }))
+    }
+
+    /// Asks for close frames with `code` (1001 going away, 1012 service restart). The first
+    /// request stands: a session that is already closing keeps its code.
     pub fn close_with(&self, code: u16) {
-        self.close_code.store(code, Ordering::Relaxed);
-        self.close.cancel();
+        let _ = self
+            .0
+            .close_code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Asks for the end now. Implies a close (1001) for a session that was not closing yet.
+    pub fn kill(&self) {
+        self.close_with(close_code::GOING_AWAY);
+        self.0.kill.store(true, Ordering::Release);
+    }
+
+    /// The close code asked for here or above, if any.
+    fn requested(&self) -> Option<u16> {
+        match self.0.close_code.load(Ordering::Acquire) {
+            0 => self.0.parent.as_ref()?.requested(),
+            code => Some(code),
+        }
+    }
+
+    fn killed(&self) -> bool {
+        self.0.kill.load(Ordering::Acquire) || self.0.parent.as_ref().is_some_and(Control::killed)
+    }
+
+    /// The same signal (not merely an equal one).
+    pub fn same(&self, other: &Control) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// A running relay's link to the outside: the live byte counters others may read, and the
+/// waker through which others make it look at its [`Control`].
+#[derive(Debug, Default)]
+pub struct Link {
+    pub counters: Counters,
+    waker: AtomicWaker,
+}
+
+impl Link {
+    /// Makes the relay run and read its signals (after one of them was set).
+    pub fn wake(&self) {
+        self.waker.wake();
     }
 }
 
@@ -219,9 +274,9 @@ impl RelayOutcome {
 
 /// A proxy-written ping's payload: a fixed tag and a counter, so the pong can be recognised
 /// and consumed rather than forwarded to the other side.
-fn ping_token(seq: u64) -> [u8; 12] {
+fn ping_token(seq: u32) -> [u8; 12] {
     let mut t = *b"wsgate\0\0\0\0\0\0";
-    t[6..].copy_from_slice(&seq.to_be_bytes()[2..]);
+    t[8..].copy_from_slice(&seq.to_be_bytes());
     t
 }
 
@@ -245,7 +300,7 @@ struct Side<IO> {
     out: Option<Box<OutBuf>>,
     needs_flush: bool,
     /// A frame of the proxy's own for this side, waiting for a frame boundary.
-    inject: Option<Vec<u8>>,
+    inject: Option<Box<[u8]>>,
     read_eof: bool,
     write_shut: bool,
     /// The close frame this side sent.
@@ -262,32 +317,26 @@ struct Side<IO> {
     /// The proxy's close frame for this side is held back until the other side has answered
     /// the proxy's close (see `passing`); it is made from `State::reason` when released.
     deferred_close: bool,
-    last_rx: Instant,
     /// The proxy's last ping (number `pings_sent`, see `ping_token`) is unanswered: its pong
     /// is consumed whenever it comes.
     ping_pending: bool,
-    /// When that ping must have been answered; dropped as soon as the side sends anything,
-    /// which proves it alive just as well.
-    ping_deadline: Option<Instant>,
-    pings_sent: u64,
-    bytes: u64,
+    /// The proxy's ping must be answered by `heard`: set when a ping goes out, dropped as
+    /// soon as the side sends anything, which proves it alive just as well.
+    awaiting_pong: bool,
+    pings_sent: u32,
+    /// When this side last sent anything; while `awaiting_pong`, the time by which it must
+    /// have answered the proxy's ping (one field for both keeps an idle session small).
+    heard: Instant,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Side<IO> {
-    fn new(
-        io: IO,
-        pre: Bytes,
-        who: CloseSide,
-        role: Sender,
-        cfg: &RelayConfig,
-        now: Instant,
-    ) -> Self {
+    fn new(io: IO, pre: Bytes, who: CloseSide, scanner: Scanner, now: Instant) -> Self {
         Side {
             io,
             // An empty buffer may still pin hyper's whole read buffer: drop it now.
             pre: (!pre.is_empty()).then(|| Box::new(pre)),
             who,
-            scanner: Scanner::new(role, cfg.allowed_rsv, cfg.max_message),
+            scanner,
             out: None,
             needs_flush: false,
             inject: None,
@@ -298,11 +347,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Side<IO> {
             finish_frame: false,
             passing: true,
             deferred_close: false,
-            last_rx: now,
             ping_pending: false,
-            ping_deadline: None,
+            awaiting_pong: false,
             pings_sent: 0,
-            bytes: 0,
+            heard: now,
         }
     }
 
@@ -358,9 +406,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Side<IO> {
 
 /// Session-wide state besides the two sides.
 struct State<'a> {
-    /// Borrowed from the session task, like `counters`: an idle session keeps one copy.
+    /// Borrowed from the route: an idle session holds pointers, not copies.
     cfg: &'a RelayConfig,
-    counters: &'a Counters,
+    /// The session record's counters and waker.
+    link: &'a Link,
     closed_by: Option<CloseSide>,
     reason: Option<Reason>,
     /// Once set, nothing more is forwarded; replies are read and dropped.
@@ -370,8 +419,8 @@ struct State<'a> {
     last_data: Instant,
     lifetime_end: Option<Instant>,
     error: Option<String>,
-    /// Bumped by every state change the relay loop must react to (a frame queued or
-    /// written, a side shut, the proxy taking over), so the loop runs until nothing moves.
+    /// Bumped by every state change the relay loop must react to (bytes read, a frame queued
+    /// or written, a side shut, the proxy taking over), so the loop runs until nothing moves.
     progress: u64,
 }
 
@@ -383,105 +432,163 @@ impl State<'_> {
     }
 }
 
-/// Relays frames until both sides have closed, the proxy has ended the session, or `control`
-/// says so. Returns what happened, for the access log.
-pub async fn relay<C, B>(
+/// Relays frames until both sides have closed, the proxy has ended the session, or
+/// `control` says so. Resolves to what happened, for the access log.
+///
+/// `allowed_rsv`: the RSV bits the negotiated extensions allow (RFC 6455 §5.2: only what an
+/// extension defines; `0b100` with permessage-deflate). `link` is how the outside wakes the
+/// relay after setting `control`, and where it counts bytes.
+///
+/// The returned future is the whole state of an idle session, so it is a plain struct (no
+/// `async fn`, whose arguments would stay in its state after being moved into the sides).
+pub fn relay<'a, C, B>(
     (client, client_pre): (C, Bytes),
     (backend, backend_pre): (B, Bytes),
-    cfg: &RelayConfig,
-    counters: &Counters,
-    control: &Control,
-) -> RelayOutcome
+    cfg: &'a RelayConfig,
+    allowed_rsv: u8,
+    control: &'a Control,
+    link: &'a Link,
+) -> Relay<'a, C, B>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let now = Instant::now();
-    let mut c = Side::new(
-        client,
-        client_pre,
-        CloseSide::Client,
-        Sender::Client,
-        cfg,
-        now,
-    );
-    let mut b = Side::new(
-        backend,
-        backend_pre,
-        CloseSide::Backend,
-        Sender::Server,
-        cfg,
-        now,
-    );
-    let mut st = State {
-        lifetime_end: cfg.max_lifetime.map(|d| now + d),
-        cfg,
-        counters,
-        closed_by: None,
-        reason: None,
-        taken_over: false,
-        close_deadline: None,
-        last_data: now,
-        error: None,
-        progress: 0,
-    };
-    // One waiter at a time, to keep the session small: first the request to close, then,
-    // once closing, the order to cut (which the registry only gives after a close).
-    let waiter = control.close.cancelled();
-    tokio::pin!(waiter);
-    let mut draining = false;
-    let mut timer: Pin<Box<Sleep>> =
-        Box::pin(tokio::time::sleep_until(now + Duration::from_secs(3600)));
+    let scanner = |role| Scanner::new(role, allowed_rsv, cfg.max_message);
+    let max_lifetime = cfg.max_lifetime.map(|d| {
+        // Up to 10% less, so sessions opened together do not all end together.
+        d.mul_f64(1.0 - rand::random::<f64>() * 0.1)
+    });
+    Relay {
+        c: Side::new(
+            client,
+            client_pre,
+            CloseSide::Client,
+            scanner(Sender::Client),
+            now,
+        ),
+        b: Side::new(
+            backend,
+            backend_pre,
+            CloseSide::Backend,
+            scanner(Sender::Server),
+            now,
+        ),
+        st: State {
+            lifetime_end: max_lifetime.map(|d| now + d),
+            cfg,
+            link,
+            closed_by: None,
+            reason: None,
+            taken_over: false,
+            close_deadline: None,
+            last_data: now,
+            error: None,
+            progress: 0,
+        },
+        control,
+        timer: None,
+        closing: false,
+        done: false,
+    }
+}
 
-    let cut = poll_fn(|cx| {
-        while waiter.as_mut().poll(cx).is_ready() {
-            if draining {
-                return Poll::Ready(true);
+/// A running relay (see [`relay`]).
+pub struct Relay<'a, C, B> {
+    c: Side<C>,
+    b: Side<B>,
+    st: State<'a>,
+    control: &'a Control,
+    /// Pings, pong deadlines, idle and lifetime timers and the closing handshake's deadline
+    /// share one timer, made when the first of them is armed.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The outside's close request has been acted on.
+    closing: bool,
+    done: bool,
+}
+
+impl<C, B> Future for Relay<'_, C, B>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    type Output = RelayOutcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayOutcome> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Pending;
+        }
+        match this.run(cx) {
+            Poll::Ready(cut) => {
+                this.done = true;
+                Poll::Ready(this.outcome(cut))
             }
-            draining = true;
-            let code = match control.close_code.load(Ordering::Relaxed) {
-                0 => close_code::GOING_AWAY,
-                code => code,
-            };
-            take_over(&mut st, &mut c, &mut b, Reason::Requested(code), None);
-            waiter.set(control.kill.cancelled());
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<C, B> Relay<'_, C, B>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    /// One turn of the relay. Ready(cut) once the session is over.
+    fn run(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        let Relay {
+            c,
+            b,
+            st,
+            control,
+            timer,
+            closing,
+            ..
+        } = self;
+        // Register before reading the signals: a request set after the read wakes us.
+        st.link.waker.register(cx.waker());
+        if !*closing && let Some(code) = control.requested() {
+            *closing = true;
+            take_over(st, c, b, Reason::Requested(code), None);
+        }
+        if *closing && control.killed() {
+            return Poll::Ready(true);
         }
         // Alternate until nothing moves: a write that frees room lets a read proceed.
         loop {
-            let before = (st.progress, c.bytes, b.bytes, c.out_empty(), b.out_empty());
-            step(cx, &mut st, &mut c, &mut b);
-            step(cx, &mut st, &mut b, &mut c);
-            if before == (st.progress, c.bytes, b.bytes, c.out_empty(), b.out_empty()) {
+            let before = (st.progress, c.out_empty(), b.out_empty());
+            step(cx, st, c, b);
+            step(cx, st, b, c);
+            if before == (st.progress, c.out_empty(), b.out_empty()) {
                 break;
             }
         }
-        if finished(&c) && finished(&b) {
+        if finished(c) && finished(b) {
             return Poll::Ready(false);
         }
-        match timers(&mut st, &mut c, &mut b, &mut timer, cx) {
-            Poll::Ready(()) => Poll::Ready(true),
-            Poll::Pending => Poll::Pending,
-        }
-    })
-    .await;
+        timers(st, c, b, timer, cx).map(|()| true)
+    }
 
-    RelayOutcome {
-        client_to_backend: DirStats {
-            bytes: c.bytes,
-            frames: c.scanner.frames,
-            messages: c.scanner.messages,
-        },
-        backend_to_client: DirStats {
-            bytes: b.bytes,
-            frames: b.scanner.frames,
-            messages: b.scanner.messages,
-        },
-        client_close: c.close_from.map(|c| *c),
-        backend_close: b.close_from.map(|c| *c),
-        closed_by: st.closed_by.unwrap_or(CloseSide::Proxy),
-        proxy_reason: st.reason,
-        cut,
-        error: st.error,
+    fn outcome(&mut self, cut: bool) -> RelayOutcome {
+        let (c, b, st) = (&mut self.c, &mut self.b, &mut self.st);
+        RelayOutcome {
+            client_to_backend: DirStats {
+                bytes: st.link.counters.client_to_backend.load(Ordering::Relaxed),
+                frames: c.scanner.frames,
+                messages: c.scanner.messages,
+            },
+            backend_to_client: DirStats {
+                bytes: st.link.counters.backend_to_client.load(Ordering::Relaxed),
+                frames: b.scanner.frames,
+                messages: b.scanner.messages,
+            },
+            client_close: c.close_from.take().map(|c| *c),
+            backend_close: b.close_from.take().map(|c| *c),
+            closed_by: st.closed_by.unwrap_or(CloseSide::Proxy),
+            proxy_reason: st.reason,
+            cut,
+            error: st.error.take(),
+        }
     }
 }
 
@@ -557,7 +664,7 @@ fn take_over<C, B>(
             if defer {
                 *deferred = true;
             } else {
-                *inject = Some(frame::close_frame(code, text, role));
+                *inject = Some(frame::close_frame(code, text, role).into());
             }
         }
     }
@@ -659,7 +766,7 @@ fn release<Z>(st: &mut State, to: &mut Side<Z>) {
             CloseSide::Client => (to_client, Sender::Client),
             _ => (to_backend, Sender::Server),
         };
-        to.inject = Some(frame::close_frame(code, reason.text(), role));
+        to.inject = Some(frame::close_frame(code, reason.text(), role).into());
         st.progress += 1;
     }
 }
@@ -675,12 +782,12 @@ fn ingest<A, Z>(
     A: AsyncRead + AsyncWrite + Unpin,
     Z: AsyncRead + AsyncWrite + Unpin,
 {
-    from.last_rx = Instant::now();
-    from.ping_deadline = None;
-    from.bytes += data.len() as u64;
+    from.heard = Instant::now();
+    from.awaiting_pong = false;
+    st.progress += 1;
     let counter = match from.who {
-        CloseSide::Client => &st.counters.client_to_backend,
-        _ => &st.counters.backend_to_client,
+        CloseSide::Client => &st.link.counters.client_to_backend,
+        _ => &st.link.counters.backend_to_client,
     };
     counter.fetch_add(data.len() as u64, Ordering::Relaxed);
     if let Err(reason) = forward(cx, st, from, to, data) {
@@ -898,7 +1005,7 @@ fn timers<C, B>(
     st: &mut State,
     c: &mut Side<C>,
     b: &mut Side<B>,
-    timer: &mut Pin<Box<Sleep>>,
+    timer: &mut Option<Pin<Box<Sleep>>>,
     cx: &mut Context<'_>,
 ) -> Poll<()>
 where
@@ -936,42 +1043,46 @@ where
             if let Some(interval) = st.cfg.ping_interval {
                 // A leg that has sent anything lately has proven it is alive.
                 let mut dead = None;
-                for (who, (pending, deadline), last_rx, seq, inject, role) in [
+                for (who, (pending, awaiting), heard, seq, inject, role) in [
                     (
                         c.who,
-                        (&mut c.ping_pending, &mut c.ping_deadline),
-                        c.last_rx,
+                        (&mut c.ping_pending, &mut c.awaiting_pong),
+                        &mut c.heard,
                         &mut c.pings_sent,
                         &mut c.inject,
                         Sender::Client,
                     ),
                     (
                         b.who,
-                        (&mut b.ping_pending, &mut b.ping_deadline),
-                        b.last_rx,
+                        (&mut b.ping_pending, &mut b.awaiting_pong),
+                        &mut b.heard,
                         &mut b.pings_sent,
                         &mut b.inject,
                         Sender::Server,
                     ),
                 ] {
-                    match *deadline {
-                        Some(deadline) if now >= deadline => dead = Some(who),
-                        Some(deadline) => earliest(deadline),
-                        None if now >= last_rx + interval && inject.is_none() => {
-                            *seq += 1;
+                    match *awaiting {
+                        true if now >= *heard => dead = Some(who),
+                        true => earliest(*heard),
+                        false if now >= *heard + interval && inject.is_none() => {
+                            *seq = seq.wrapping_add(1);
                             let token = ping_token(*seq);
-                            *inject = Some(frame::encode_frame(
-                                opcode::PING,
-                                true,
-                                &token,
-                                frame::mask_toward(role),
-                            ));
+                            *inject = Some(
+                                frame::encode_frame(
+                                    opcode::PING,
+                                    true,
+                                    &token,
+                                    frame::mask_toward(role),
+                                )
+                                .into(),
+                            );
                             st.progress += 1;
                             *pending = true;
-                            *deadline = Some(now + st.cfg.pong_timeout);
-                            earliest(now + st.cfg.pong_timeout);
+                            *awaiting = true;
+                            *heard = now + st.cfg.pong_timeout;
+                            earliest(*heard);
                         }
-                        None => earliest(last_rx + interval),
+                        false => earliest(*heard + interval),
                     }
                 }
                 if let Some(who) = dead {
@@ -990,6 +1101,7 @@ where
         // Re-arm only to fire earlier, or once it has fired: the ping deadline moves with every
         // read, and resetting a tokio timer takes the timer driver's lock. A timer that fires
         // early just runs this function again, which re-arms it for the real deadline.
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(next)));
         if next < timer.deadline() || timer.deadline() <= now {
             timer.as_mut().reset(next);
         }
@@ -1013,30 +1125,41 @@ mod tests {
         frame::encode_frame(op, true, payload, None)
     }
 
-    /// A relay between two in-memory pipes: (client end, backend end, control, task).
+    /// The outside's hold on a test relay: its signal and its link.
+    struct Outside(Control, Arc<Link>);
+
+    impl Outside {
+        fn close_with(&self, code: u16) {
+            self.0.close_with(code);
+            self.1.wake();
+        }
+    }
+
+    /// A relay between two in-memory pipes: (client end, backend end, outside, task).
     fn spawn_relay(
         capacity: usize,
     ) -> (
         tokio::io::DuplexStream,
         tokio::io::DuplexStream,
-        Control,
+        Outside,
         tokio::task::JoinHandle<RelayOutcome>,
     ) {
         let (client, client_side) = duplex(capacity);
         let (backend_side, backend) = duplex(capacity);
-        let control = Control::default();
-        let ctl = control.clone();
+        let outside = Outside(Control::default(), Arc::default());
+        let (ctl, link) = (outside.0.clone(), outside.1.clone());
         let task = tokio::spawn(async move {
             relay(
                 (client_side, Bytes::new()),
                 (backend_side, Bytes::new()),
                 &RelayConfig::default(),
-                &Counters::default(),
+                0,
                 &ctl,
+                &link,
             )
             .await
         });
-        (client, backend, control, task)
+        (client, backend, outside, task)
     }
 
     #[tokio::test]

@@ -1,33 +1,42 @@
 //! The registry of live sessions.
 //!
 //! hyper forgets a connection once it is upgraded, so the proxy keeps its own list: what each
-//! session is (route, client, backend, start, counters) and a cancellation signal for each,
-//! so that a shutdown can wait for them and, after the grace period, end them.
+//! session is (route, client, backend, start, counters) and the link that wakes its relay,
+//! so that a shutdown can close them, wait for them and, after the grace period, end them.
+//!
+//! An idle session's record is a good part of what it costs, so it holds pointers to what
+//! it shares with its route and backend rather than copies.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::relay::{Control, Counters};
+use crate::backend::BackendLease;
+use crate::relay::{Control, Link};
+use crate::route::Route;
 
 /// What the registry knows about one live session.
 #[derive(Debug)]
 pub struct SessionInfo {
     pub id: u64,
-    pub route: Arc<str>,
+    /// The route: its name, its relay settings, and the [`Control`] its sessions share.
+    pub route: Arc<Route>,
     pub client: SocketAddr,
-    pub backend: Arc<str>,
+    /// The session's claim on its backend (which names it); released with the record.
+    pub lease: BackendLease,
     pub started: Instant,
-    pub started_at: SystemTime,
-    /// Live byte counters, written by the relay (which borrows them from here).
-    pub counters: Counters,
-    /// How to end this session: close frames (drain, reload) or a cut.
-    pub control: Control,
+    /// The relay's live counters and waker (the relay borrows it from here).
+    pub link: Link,
+}
+
+impl SessionInfo {
+    pub fn backend(&self) -> &Arc<str> {
+        &self.lease.backend.name
+    }
 }
 
 #[derive(Debug)]
@@ -35,10 +44,8 @@ pub struct Sessions {
     live: Mutex<HashMap<u64, Arc<SessionInfo>>>,
     next_id: AtomicU64,
     draining: AtomicBool,
-    /// Parent of every route's close token: cancelling it sends close frames everywhere.
-    close_all: CancellationToken,
-    /// Every session's kill token: cancelling it cuts every session.
-    kill_all: CancellationToken,
+    /// Parent of every route's [`Control`]: a close or kill here reaches every session.
+    control: Control,
     /// Every session task, so shutdown can wait for them.
     tasks: TaskTracker,
     /// The live count, for anyone who waits for it to change (drain, tests, metrics).
@@ -51,8 +58,7 @@ impl Default for Sessions {
             live: Mutex::default(),
             next_id: AtomicU64::new(1),
             draining: AtomicBool::new(false),
-            close_all: CancellationToken::new(),
-            kill_all: CancellationToken::new(),
+            control: Control::default(),
             tasks: TaskTracker::new(),
             count: tokio::sync::watch::Sender::new(0),
         }
@@ -80,37 +86,28 @@ impl Sessions {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Registers a session about to start relaying.
-    /// The close/kill signals for one route's sessions: a child of the registry-wide close
-    /// token (a shutdown closes everything; a reload can close one route's sessions with 1012)
-    /// shared by every session of the route, so a session costs no token of its own.
+    /// The signal for one route's sessions: below the registry's own (a shutdown closes
+    /// everything; a reload can close one route's sessions with 1012), shared by every
+    /// session of the route, so a session costs no signal of its own.
     pub fn route_control(&self) -> Control {
-        Control {
-            close: self.close_all.child_token(),
-            close_code: Arc::default(),
-            kill: self.kill_all.clone(),
-        }
+        self.control.child()
     }
 
-    /// Registers a session about to start relaying; `route`, `backend` and `control` are the
-    /// route's and backend's own, shared.
+    /// Registers a session about to start relaying.
     pub fn register(
         self: &Arc<Self>,
         id: u64,
-        route: Arc<str>,
+        route: Arc<Route>,
         client: SocketAddr,
-        backend: Arc<str>,
-        control: &Control,
+        lease: BackendLease,
     ) -> SessionGuard {
         let info = Arc::new(SessionInfo {
             id,
             route,
             client,
-            backend,
+            lease,
             started: Instant::now(),
-            started_at: SystemTime::now(),
-            counters: Counters::default(),
-            control: control.clone(),
+            link: Link::default(),
         });
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         live.insert(id, info.clone());
@@ -120,6 +117,21 @@ impl Sessions {
             sessions: self.clone(),
             info,
         }
+    }
+
+    /// Wakes the relays of the sessions `which` selects, so they read their signals.
+    fn wake(&self, mut which: impl FnMut(&SessionInfo) -> bool) {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        for info in live.values().filter(|i| which(i)) {
+            info.link.wake();
+        }
+    }
+
+    /// Sends close frames with `code` to both sides of every session of the route whose
+    /// signal is `control`, at frame boundaries.
+    pub fn close_route(&self, control: &Control, code: u16) {
+        control.close_with(code);
+        self.wake(|i| i.route.control.same(control));
     }
 
     /// Spawns a session task, tracked for shutdown.
@@ -170,7 +182,9 @@ impl Sessions {
     /// Sends close frames (1001 going away) to both sides of every session, including
     /// sessions that start after this call.
     pub fn close_all(&self) {
-        self.close_all.cancel();
+        self.control
+            .close_with(crate::frame::close_code::GOING_AWAY);
+        self.wake(|_| true);
     }
 
     /// Waits until every session task has ended, or until `deadline`. Returns how many
@@ -188,10 +202,9 @@ impl Sessions {
 
     /// Cuts every remaining session and waits for their tasks to finish.
     pub async fn kill_all(&self) {
-        // A session notices `kill` only after `close` (it waits on one at a time, see
-        // `relay::relay`), so a kill always closes first.
-        self.close_all.cancel();
-        self.kill_all.cancel();
+        // A kill also closes (1001) any session that was not closing yet.
+        self.control.kill();
+        self.wake(|_| true);
         self.tasks.close();
         self.tasks.wait().await;
     }

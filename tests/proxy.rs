@@ -656,7 +656,7 @@ async fn sessions_are_registered_while_live() {
     let (mut ws, _) = connect(&gw.url("/")).await;
     let list = gw.handle().sessions().list();
     assert_eq!(list.len(), 1);
-    assert_eq!(&*list[0].route, "echo");
+    assert_eq!(&*list[0].route.name, "echo");
     ws.close(None).await.unwrap();
     while let Some(Ok(_)) = tokio::time::timeout(STEP, ws.next()).await.unwrap() {}
     drop(ws);
