@@ -16,6 +16,7 @@ use rustls::pki_types::ServerName;
 use support::tls::*;
 use support::*;
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -31,13 +32,17 @@ struct H2Conn {
     authority: String,
 }
 
-async fn h2_over_tls(ca: &TestCa, gw: &Gateway) -> H2Conn {
+/// Opens TLS to the gateway with SNI `localhost`, offering ALPN `h2` and `http/1.1`.
+async fn tls_offering_h2(ca: &TestCa, gw: &Gateway) -> TlsStream<TcpStream> {
     let tcp = TcpStream::connect(gw.addr).await.unwrap();
-    let tls = ca
-        .connector_alpn(&[b"h2", b"http/1.1"])
+    ca.connector_alpn(&[b"h2", b"http/1.1"])
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn h2_over_tls(ca: &TestCa, gw: &Gateway) -> H2Conn {
+    let tls = tls_offering_h2(ca, gw).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     h2_handshake(TokioIo::new(tls), format!("localhost:{}", gw.addr.port())).await
 }
@@ -97,44 +102,31 @@ impl H2Conn {
 
 async fn echo(ws: &mut H2Ws, text: &str) {
     ws.send(Message::text(text)).await.unwrap();
-    loop {
-        let m = tokio::time::timeout(STEP, ws.next())
-            .await
-            .expect("no echo")
-            .expect("stream ended")
-            .expect("websocket error");
-        match m {
-            Message::Text(t) => {
-                assert_eq!(t.as_str(), text);
-                return;
-            }
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected {other:?}"),
-        }
+    match next_data(ws).await {
+        Message::Text(t) => assert_eq!(t.as_str(), text),
+        other => panic!("unexpected {other:?}"),
     }
 }
 
-async fn tls_gateway(
-    ca: &TestCa,
-    backend: &EchoBackend,
-    listener_extra: &str,
-    route_extra: &str,
-) -> Gateway {
+/// A fresh echo backend, a TLS gateway with one route `app` at `/` to it (plus `route_extra`),
+/// and an HTTP/2 connection to that gateway.
+async fn h2_gateway(route_extra: &str) -> (EchoBackend, Gateway, H2Conn) {
+    let ca = TestCa::new();
+    let backend = EchoBackend::spawn().await;
     let (cert, key) = ca.leaf("gw", &["localhost"]);
-    Gateway::spawn(&format!(
-        "{}{listener_extra}\n[[route]]\nname = \"app\"\npath = \"/\"\nbackends = [\"{}\"]\n{route_extra}\n",
+    let gw = Gateway::spawn(&format!(
+        "{}\n[[route]]\nname = \"app\"\npath = \"/\"\nbackends = [\"{}\"]\n{route_extra}\n",
         tls_listener(&cert, &key, ""),
         backend.url()
     ))
-    .await
+    .await;
+    let conn = h2_over_tls(&ca, &gw).await;
+    (backend, gw, conn)
 }
 
 #[tokio::test]
 async fn many_websockets_on_one_h2_connection() {
-    let ca = TestCa::new();
-    let backend = EchoBackend::spawn().await;
-    let gw = tls_gateway(&ca, &backend, "", "").await;
-    let mut conn = h2_over_tls(&ca, &gw).await;
+    let (backend, gw, mut conn) = h2_gateway("").await;
 
     let mut a = conn.websocket("https", "/a").await;
     let mut b = conn.websocket("https", "/b").await;
@@ -173,10 +165,7 @@ async fn many_websockets_on_one_h2_connection() {
 
 #[tokio::test]
 async fn refusals_over_h2_use_http_statuses_and_keep_the_connection() {
-    let ca = TestCa::new();
-    let backend = EchoBackend::spawn().await;
-    let gw = tls_gateway(&ca, &backend, "", "origins = [\"https://app.example\"]").await;
-    let mut conn = h2_over_tls(&ca, &gw).await;
+    let (backend, _gw, mut conn) = h2_gateway("origins = [\"https://app.example\"]").await;
 
     let resp = conn
         .connect("https", "/", |r| {
@@ -231,10 +220,7 @@ async fn refusals_over_h2_use_http_statuses_and_keep_the_connection() {
 
 #[tokio::test]
 async fn a_reset_stream_ends_its_session_alone() {
-    let ca = TestCa::new();
-    let backend = EchoBackend::spawn().await;
-    let gw = tls_gateway(&ca, &backend, "", "").await;
-    let mut conn = h2_over_tls(&ca, &gw).await;
+    let (backend, _gw, mut conn) = h2_gateway("").await;
     let mut keep = conn.websocket("https", "/keep").await;
     let gone = conn.websocket("https", "/gone").await;
     echo(&mut keep, "hello").await;
@@ -249,10 +235,7 @@ async fn a_reset_stream_ends_its_session_alone() {
 
 #[tokio::test]
 async fn shutdown_sends_close_frames_then_goaway() {
-    let ca = TestCa::new();
-    let backend = EchoBackend::spawn().await;
-    let mut gw = tls_gateway(&ca, &backend, "", "").await;
-    let mut conn = h2_over_tls(&ca, &gw).await;
+    let (backend, mut gw, mut conn) = h2_gateway("").await;
     let mut a = conn.websocket("https", "/a").await;
     let mut b = conn.websocket("https", "/b").await;
     echo(&mut a, "x").await;
@@ -303,17 +286,9 @@ async fn http2_off_negotiates_http1() {
         backend.url()
     ))
     .await;
-    let tcp = TcpStream::connect(gw.addr).await.unwrap();
-    let tls = ca
-        .connector_alpn(&[b"h2", b"http/1.1"])
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
+    let tls = tls_offering_h2(&ca, &gw).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let (mut ws, _) =
-        tokio_tungstenite::client_async(format!("wss://localhost:{}/", gw.addr.port()), tls)
-            .await
-            .unwrap();
+    let (mut ws, _) = wss_upgrade(&gw, tls).await;
     ws.send(Message::text("h1")).await.unwrap();
     assert_eq!(backend.last_request().header("via"), Some("1.1 wsgate"));
 }

@@ -4,11 +4,12 @@
 
 mod support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures_util::SinkExt;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use support::tls::*;
 use support::*;
 use tokio::io::AsyncReadExt;
@@ -16,34 +17,27 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
 
+/// Starts a gateway with `listener` and one route `r` at `/` to `backend`.
+async fn gateway(listener: &str, backend: String) -> Gateway {
+    Gateway::spawn(&format!("{listener}{}", route("r", "/", &[backend]))).await
+}
+
 #[tokio::test]
 async fn wss_echo_through_wsgate() {
     let ca = TestCa::new();
     let (cert, key) = ca.leaf("localhost", &["localhost"]);
     let backend = EchoBackend::spawn().await;
-    let gw = Gateway::spawn(&format!(
-        "{}{}",
-        tls_listener(&cert, &key, ""),
-        route("r", "/", &[backend.url()])
-    ))
-    .await;
+    let gw = gateway(&tls_listener(&cert, &key, ""), backend.url()).await;
     let (tls, _) = tls_connect(&ca, &gw, "localhost").await;
     assert_eq!(
         tls.get_ref().1.alpn_protocol(),
         None,
         "the client offered no ALPN"
     );
-    let (mut ws, resp) =
-        tokio_tungstenite::client_async(format!("wss://localhost:{}/", gw.addr.port()), tls)
-            .await
-            .unwrap();
+    let (mut ws, resp) = wss_upgrade(&gw, tls).await;
     assert_eq!(resp.status(), 101);
     ws.send(Message::text("over TLS")).await.unwrap();
-    let got = tokio::time::timeout(STEP, futures_util::StreamExt::next(&mut ws))
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let got = next_message(&mut ws).await;
     assert_eq!(got, Message::text("over TLS"));
     // The backend is told the client came over https.
     assert_eq!(
@@ -66,16 +60,8 @@ async fn sni_picks_the_certificate() {
         bk.display()
     );
     let backend = EchoBackend::spawn().await;
-    let gw = Gateway::spawn(&format!(
-        "{}{}",
-        tls_listener(&dc, &dk, &extra),
-        route("r", "/", &[backend.url()])
-    ))
-    .await;
-    let pem_der = |p: &PathBuf| {
-        use rustls::pki_types::pem::PemObject;
-        CertificateDer::from_pem_file(p).unwrap()
-    };
+    let gw = gateway(&tls_listener(&dc, &dk, &extra), backend.url()).await;
+    let pem_der = |p: &PathBuf| CertificateDer::from_pem_file(p).unwrap();
     assert_eq!(tls_connect(&ca, &gw, "a.test").await.1, pem_der(&ac));
     assert_eq!(tls_connect(&ca, &gw, "b.test").await.1, pem_der(&bc));
     assert_eq!(tls_connect(&ca, &gw, "x.b.test").await.1, pem_der(&bc));
@@ -87,12 +73,7 @@ async fn silent_and_plain_http_clients_are_closed_while_others_are_served() {
     let ca = TestCa::new();
     let (cert, key) = ca.leaf("localhost", &["localhost"]);
     let backend = EchoBackend::spawn().await;
-    let gw = Gateway::spawn(&format!(
-        "{}{}",
-        tls_listener(&cert, &key, ""),
-        route("r", "/", &[backend.url()])
-    ))
-    .await;
+    let gw = gateway(&tls_listener(&cert, &key, ""), backend.url()).await;
     let mut silent = TcpStream::connect(gw.addr).await.unwrap();
     let (mut plain, _) = {
         let mut s = TcpStream::connect(gw.addr).await.unwrap();
@@ -103,16 +84,9 @@ async fn silent_and_plain_http_clients_are_closed_while_others_are_served() {
     };
     // Others are served meanwhile.
     let (tls, _) = tls_connect(&ca, &gw, "localhost").await;
-    let (mut ws, _) =
-        tokio_tungstenite::client_async(format!("wss://localhost:{}/", gw.addr.port()), tls)
-            .await
-            .unwrap();
+    let (mut ws, _) = wss_upgrade(&gw, tls).await;
     ws.send(Message::text("served")).await.unwrap();
-    tokio::time::timeout(STEP, futures_util::StreamExt::next(&mut ws))
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    next_message(&mut ws).await;
     // The silent client is closed after the handshake timeout, without a word.
     let mut buf = Vec::new();
     tokio::time::timeout(STEP, silent.read_to_end(&mut buf))
@@ -150,23 +124,22 @@ async fn tls_config_errors_name_the_key_and_file() {
     let (_, other_key) = ca.leaf("two", &["localhost"]);
     let route = route("r", "/", &["ws://127.0.0.1:1".to_string()]);
     let missing = ca.dir.join("missing.pem");
-    let errs =
-        wsgate::config::from_toml_str(&format!("{}{route}", tls_listener(&missing, &key, "")))
-            .unwrap_err();
+    let errors_with = |cert: &Path, key: &Path| {
+        wsgate::config::from_toml_str(&format!("{}{route}", tls_listener(cert, key, "")))
+            .unwrap_err()
+    };
+    let errs = errors_with(&missing, &key);
     assert!(
         errs[0].key == "listener[0].tls.cert" && errs[0].message.contains("missing.pem"),
         "{errs:?}"
     );
-    let errs =
-        wsgate::config::from_toml_str(&format!("{}{route}", tls_listener(&cert, &other_key, "")))
-            .unwrap_err();
+    let errs = errors_with(&cert, &other_key);
     assert!(
         errs[0].message.contains("do not make a usable pair"),
         "{errs:?}"
     );
     // A certificate file given as the key: no private key in it.
-    let errs = wsgate::config::from_toml_str(&format!("{}{route}", tls_listener(&cert, &cert, "")))
-        .unwrap_err();
+    let errs = errors_with(&cert, &cert);
     assert!(errs[0].message.contains("no private key"), "{errs:?}");
     assert_eq!(errs[0].line, Some(6));
 }
@@ -176,17 +149,9 @@ async fn certificate_reload_keeps_live_sessions_and_serves_the_new_certificate()
     let ca = TestCa::new();
     let (cert, key) = ca.leaf("live", &["localhost"]);
     let backend = EchoBackend::spawn().await;
-    let gw = Gateway::spawn(&format!(
-        "{}{}",
-        tls_listener(&cert, &key, ""),
-        route("r", "/", &[backend.url()])
-    ))
-    .await;
+    let gw = gateway(&tls_listener(&cert, &key, ""), backend.url()).await;
     let (tls, first) = tls_connect(&ca, &gw, "localhost").await;
-    let (mut ws, _) =
-        tokio_tungstenite::client_async(format!("wss://localhost:{}/", gw.addr.port()), tls)
-            .await
-            .unwrap();
+    let (mut ws, _) = wss_upgrade(&gw, tls).await;
 
     // New files in place, then the reload (what SIGHUP does).
     let (new_cert, new_key) = ca.leaf("next", &["localhost"]);
@@ -197,11 +162,7 @@ async fn certificate_reload_keeps_live_sessions_and_serves_the_new_certificate()
     let (_, second) = tls_connect(&ca, &gw, "localhost").await;
     assert_ne!(first, second, "a new handshake sees the new certificate");
     ws.send(Message::text("still here")).await.unwrap();
-    let got = tokio::time::timeout(STEP, futures_util::StreamExt::next(&mut ws))
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let got = next_message(&mut ws).await;
     assert_eq!(
         got,
         Message::text("still here"),
@@ -217,15 +178,22 @@ async fn certificate_reload_keeps_live_sessions_and_serves_the_new_certificate()
     assert_eq!(third, second);
 }
 
-/// A wss:// echo backend with a certificate for `localhost` from `ca`.
-async fn wss_backend(ca: &TestCa) -> std::net::SocketAddr {
-    use rustls::pki_types::pem::PemObject;
-    let (cert, key) = ca.leaf("backend", &["localhost"]);
-    let chain = CertificateDer::pem_file_iter(&cert)
+/// Reads a certificate chain and its private key from PEM files.
+fn load_pem_pair(
+    cert: &Path,
+    key: &Path,
+) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    let chain = CertificateDer::pem_file_iter(cert)
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
+    (chain, PrivateKeyDer::from_pem_file(key).unwrap())
+}
+
+/// A wss:// echo backend with a certificate for `localhost` from `ca`.
+async fn wss_backend(ca: &TestCa) -> std::net::SocketAddr {
+    let (cert, key) = ca.leaf("backend", &["localhost"]);
+    let (chain, key) = load_pem_pair(&cert, &key);
     let config = rustls::ServerConfig::builder_with_provider(wsgate::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -256,6 +224,11 @@ async fn wss_backend(ca: &TestCa) -> std::net::SocketAddr {
     addr
 }
 
+/// A `[route.backend_tls]` table trusting `ca`.
+fn backend_ca(ca: &TestCa) -> String {
+    format!("[route.backend_tls]\nca = \"{}\"\n", ca.ca_file().display())
+}
+
 fn wss_route(addr: std::net::SocketAddr, backend_tls: &str) -> String {
     format!(
         "[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"wss://localhost:{}\"]\n{backend_tls}",
@@ -267,11 +240,7 @@ fn wss_route(addr: std::net::SocketAddr, backend_tls: &str) -> String {
 async fn wss_backend_verified_with_a_configured_ca() {
     let ca = TestCa::new();
     let addr = wss_backend(&ca).await;
-    let gw = Gateway::spawn(&wss_route(
-        addr,
-        &format!("[route.backend_tls]\nca = \"{}\"\n", ca.ca_file().display()),
-    ))
-    .await;
+    let gw = Gateway::spawn(&wss_route(addr, &backend_ca(&ca))).await;
     let (mut ws, _) = connect(&gw.url("/")).await;
     ws.send(Message::text("to a wss backend")).await.unwrap();
     assert_eq!(next_data(&mut ws).await, Message::text("to a wss backend"));
@@ -334,13 +303,7 @@ async fn verification_switched_off_for_one_backend_only() {
     }
 
     // Without the switch, the dev backend's certificate does not verify: 502.
-    let gw = Gateway::spawn(&format!(
-        "[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"wss://localhost:{}\"]\n\
-         [route.backend_tls]\nca = \"{}\"\n",
-        dev.port(),
-        prod_ca.ca_file().display()
-    ))
-    .await;
+    let gw = Gateway::spawn(&wss_route(dev, &backend_ca(&prod_ca))).await;
     let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
     assert_eq!(resp.status, 502);
 
@@ -358,11 +321,10 @@ async fn a_tls_1_0_client_is_refused_with_a_fatal_alert() {
     use tokio::io::AsyncWriteExt;
     let ca = TestCa::new();
     let (cert, key) = ca.leaf("localhost", &["localhost"]);
-    let gw = Gateway::spawn(&format!(
-        "{}{}",
-        tls_listener(&cert, &key, ""),
-        route("r", "/", &["ws://127.0.0.1:1".to_string()])
-    ))
+    let gw = gateway(
+        &tls_listener(&cert, &key, ""),
+        "ws://127.0.0.1:1".to_string(),
+    )
     .await;
     // A minimal TLS 1.0 ClientHello: no supported_versions extension, one TLS 1.0 suite.
     let mut hello = vec![0x03, 0x01];
@@ -397,19 +359,10 @@ async fn a_tls_1_0_client_is_refused_with_a_fatal_alert() {
 }
 
 /// A TLS connector that presents the client certificate `(cert, key)`.
-fn client_cert_connector(
-    ca: &TestCa,
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> TlsConnector {
-    use rustls::pki_types::pem::PemObject;
+fn client_cert_connector(ca: &TestCa, cert: &Path, key: &Path) -> TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.issuer.der().clone()).unwrap();
-    let chain = CertificateDer::pem_file_iter(cert)
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+    let (chain, key) = load_pem_pair(cert, key);
     let config = rustls::ClientConfig::builder_with_provider(wsgate::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -419,7 +372,7 @@ fn client_cert_connector(
     TlsConnector::from(Arc::new(config))
 }
 
-async fn wss_over(connector: &TlsConnector, gw: &Gateway, extra: &str) -> Result<Ws2, String> {
+async fn wss_over(connector: &TlsConnector, gw: &Gateway, extra: &str) -> Result<Wss, String> {
     let tcp = TcpStream::connect(gw.addr).await.unwrap();
     let tls = connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
@@ -439,8 +392,6 @@ async fn wss_over(connector: &TlsConnector, gw: &Gateway, extra: &str) -> Result
         .map_err(|e| e.to_string())
 }
 
-type Ws2 = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
-
 fn mtls_listener(ca: &TestCa, mode: &str) -> String {
     let (cert, key) = ca.leaf("server", &["localhost"]);
     tls_listener(
@@ -457,12 +408,7 @@ fn mtls_listener(ca: &TestCa, mode: &str) -> String {
 async fn mtls_required_refuses_clients_without_a_certificate_and_passes_the_subject() {
     let ca = TestCa::new();
     let backend = EchoBackend::spawn().await;
-    let gw = Gateway::spawn(&format!(
-        "{}{}",
-        mtls_listener(&ca, "required"),
-        route("r", "/", &[backend.url()])
-    ))
-    .await;
+    let gw = gateway(&mtls_listener(&ca, "required"), backend.url()).await;
     // No certificate: the handshake (or, with TLS 1.3, the first exchange after it) fails.
     assert!(wss_over(&ca.connector(), &gw, "").await.is_err());
     assert_eq!(backend.request_count(), 0);
@@ -472,11 +418,7 @@ async fn mtls_required_refuses_clients_without_a_certificate_and_passes_the_subj
         .await
         .unwrap();
     ws.send(Message::text("mutual")).await.unwrap();
-    let got = tokio::time::timeout(STEP, futures_util::StreamExt::next(&mut ws))
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let got = next_message(&mut ws).await;
     assert_eq!(got, Message::text("mutual"));
     let subject = backend
         .last_request()
@@ -499,19 +441,10 @@ async fn mtls_required_refuses_clients_without_a_certificate_and_passes_the_subj
 async fn mtls_optional_accepts_clients_without_a_certificate_but_never_a_forged_subject() {
     let ca = TestCa::new();
     let backend = EchoBackend::spawn().await;
-    let gw = Gateway::spawn(&format!(
-        "{}{}",
-        mtls_listener(&ca, "optional"),
-        route("r", "/", &[backend.url()])
-    ))
-    .await;
+    let gw = gateway(&mtls_listener(&ca, "optional"), backend.url()).await;
     let mut ws = wss_over(&ca.connector(), &gw, "CN=forged").await.unwrap();
     ws.send(Message::text("anonymous")).await.unwrap();
-    tokio::time::timeout(STEP, futures_util::StreamExt::next(&mut ws))
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    next_message(&mut ws).await;
     assert_eq!(backend.last_request().header("x-client-subject"), None);
 }
 
@@ -521,19 +454,13 @@ fn dated_certificate(
     name: &str,
     from: (i32, u8, u8),
     until: (i32, u8, u8),
-) -> (std::path::PathBuf, std::path::PathBuf) {
+) -> (PathBuf, PathBuf) {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
     params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
     params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
     let cert = params.self_signed(&key).unwrap();
-    let (c, k) = (
-        ca.dir.join(format!("{name}.pem")),
-        ca.dir.join(format!("{name}.key")),
-    );
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    (c, k)
+    ca.write_pair(name, &cert.pem(), &key.serialize_pem())
 }
 
 #[test]
@@ -572,11 +499,10 @@ async fn certificate_files_that_change_are_reloaded_without_a_signal() {
     let ca = TestCa::new();
     let (cert, key) = ca.leaf("watched", &["localhost"]);
     let backend = EchoBackend::spawn().await;
-    let gw = Gateway::spawn(&format!(
-        "{}{}",
-        tls_listener(&cert, &key, "watch_interval = \"50ms\""),
-        route("r", "/", &[backend.url()])
-    ))
+    let gw = gateway(
+        &tls_listener(&cert, &key, "watch_interval = \"50ms\""),
+        backend.url(),
+    )
     .await;
     let mut reloads = gw.handle().certificate_reloads(0).unwrap();
     let (_, first) = tls_connect(&ca, &gw, "localhost").await;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_tungstenite::WebSocketStream;
@@ -293,18 +293,56 @@ pub async fn connect_with(
     .expect("handshake timed out")
 }
 
+/// Connects through the gateway offering `protocols` in `Sec-WebSocket-Protocol`.
+pub async fn connect_offering(url: &str, protocols: &str) -> (Ws, http::Response<Option<Vec<u8>>>) {
+    connect_with(url, |r| {
+        r.headers_mut()
+            .insert("sec-websocket-protocol", protocols.parse().unwrap());
+    })
+    .await
+    .unwrap_or_else(|e| panic!("connect to {url} failed: {e}"))
+}
+
+/// The next message of any kind (pings and pongs included), within [`STEP`].
+pub async fn next_message<S>(ws: &mut WebSocketStream<S>) -> Message
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    tokio::time::timeout(STEP, ws.next())
+        .await
+        .expect("timed out waiting for a message")
+        .expect("stream ended")
+        .expect("websocket error")
+}
+
 /// The next message that is not a ping/pong, within [`STEP`].
-pub async fn next_data(ws: &mut Ws) -> Message {
+pub async fn next_data<S>(ws: &mut WebSocketStream<S>) -> Message
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     loop {
-        let msg = tokio::time::timeout(STEP, ws.next())
-            .await
-            .expect("timed out waiting for a message")
-            .expect("stream ended")
-            .expect("websocket error");
-        match msg {
+        match next_message(ws).await {
             Message::Ping(_) | Message::Pong(_) => continue,
             m => return m,
         }
+    }
+}
+
+/// Sends a close frame with `code` and `reason`.
+pub async fn send_close(ws: &mut Ws, code: CloseCode, reason: &str) {
+    ws.send(Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    })))
+    .await
+    .unwrap();
+}
+
+/// The next data message, which must be a close frame with a code; returns that frame.
+pub async fn next_close(ws: &mut Ws) -> CloseFrame {
+    match next_data(ws).await {
+        Message::Close(Some(f)) => f,
+        other => panic!("expected close, got {other:?}"),
     }
 }
 

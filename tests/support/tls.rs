@@ -10,6 +10,8 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair}
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
 
 use super::Gateway;
 
@@ -47,12 +49,17 @@ impl TestCa {
             .distinguished_name
             .push(rcgen::DnType::CommonName, names[0]);
         let cert = params.signed_by(&key, &self.issuer).unwrap();
+        self.write_pair(name, &cert.pem(), &key.serialize_pem())
+    }
+
+    /// Writes `cert` and `key` (PEM) as `<name>.pem` and `<name>.key` and returns their paths.
+    pub fn write_pair(&self, name: &str, cert: &str, key: &str) -> (PathBuf, PathBuf) {
         let (c, k) = (
             self.dir.join(format!("{name}.pem")),
             self.dir.join(format!("{name}.key")),
         );
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, key).unwrap();
         (c, k)
     }
 
@@ -88,10 +95,7 @@ pub async fn tls_connect(
     ca: &TestCa,
     gw: &Gateway,
     sni: &str,
-) -> (
-    tokio_rustls::client::TlsStream<TcpStream>,
-    CertificateDer<'static>,
-) {
+) -> (TlsStream<TcpStream>, CertificateDer<'static>) {
     let tcp = TcpStream::connect(gw.addr).await.unwrap();
     let tls = ca
         .connector()
@@ -102,6 +106,19 @@ pub async fn tls_connect(
         .clone()
         .into_owned();
     (tls, cert)
+}
+
+/// A WebSocket client stream over TLS.
+pub type Wss = WebSocketStream<TlsStream<TcpStream>>;
+
+/// Opens a WebSocket to `wss://localhost:<port>/` of `gw` over an established TLS stream.
+pub async fn wss_upgrade(
+    gw: &Gateway,
+    tls: TlsStream<TcpStream>,
+) -> (Wss, http::Response<Option<Vec<u8>>>) {
+    tokio_tungstenite::client_async(format!("wss://localhost:{}/", gw.addr.port()), tls)
+        .await
+        .unwrap()
 }
 
 pub fn tls_listener(cert: &std::path::Path, key: &std::path::Path, extra: &str) -> String {
