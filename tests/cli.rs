@@ -3,15 +3,15 @@
 
 mod support;
 
-use std::process::Stdio;
+use std::ffi::OsStr;
+use std::process::{ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::SinkExt;
 use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, Lines};
-use tokio::process::{Child, Command};
+use tokio::process::{Child, ChildStdout, Command};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 const BIN: &str = env!("CARGO_BIN_EXE_wsgate");
@@ -81,12 +81,65 @@ fn sigterm(child: &Child) {
     assert!(status.success());
 }
 
+/// Waits (within [`STEP`]) for the child to exit and returns its status.
+async fn wait_exit(child: &mut Child) -> ExitStatus {
+    tokio::time::timeout(STEP, child.wait())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Runs the binary with `args` to completion and returns its output.
+async fn run_wsgate<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
+    Command::new(BIN).args(args).output().await.unwrap()
+}
+
+/// Asserts that a finished command succeeded, showing its stderr if it did not.
+#[track_caller]
+fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts `wsgate demo` (with `--tls` if `tls`) on a free port; returns the child, the address
+/// from its `Open http(s)://` line, and its stdout, to keep open while the demo runs.
+async fn spawn_demo(tls: bool) -> (Child, String, Lines<BufReader<ChildStdout>>) {
+    let (args, scheme): (&[&str], _) = if tls {
+        (&["demo", "--tls", "--listen", "127.0.0.1:0"], "https://")
+    } else {
+        (&["demo", "--listen", "127.0.0.1:0"], "http://")
+    };
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let open = format!("Open {scheme}");
+    let line = wait_line(&mut lines, &mut seen, "demo URL", |l| l.contains(&open)).await;
+    let addr = line
+        .split(scheme)
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    (child, addr, lines)
+}
+
 #[tokio::test]
 async fn version_and_help() {
-    let out = Command::new(BIN).arg("--version").output().await.unwrap();
+    let out = run_wsgate(["--version"]).await;
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
-    let out = Command::new(BIN).arg("--help").output().await.unwrap();
+    let out = run_wsgate(["--help"]).await;
     let help = String::from_utf8_lossy(&out.stdout);
     for cmd in ["run", "check", "demo"] {
         assert!(help.contains(cmd), "{help}");
@@ -99,11 +152,7 @@ async fn check_reports_every_error_with_file_line_and_key() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/many_errors.toml"
     );
-    let out = Command::new(BIN)
-        .args(["check", "--config", fixture])
-        .output()
-        .await
-        .unwrap();
+    let out = run_wsgate(["check", "--config", fixture]).await;
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("11 errors"), "{err}");
@@ -117,22 +166,10 @@ async fn check_reports_every_error_with_file_line_and_key() {
     );
 
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
-    let out = Command::new(BIN)
-        .args(["check", "--config", example])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_wsgate(["check", "--config", example]).await;
+    assert_success(&out);
 
-    let out = Command::new(BIN)
-        .args(["run", "--config", "/nonexistent/wsgate.toml"])
-        .output()
-        .await
-        .unwrap();
+    let out = run_wsgate(["run", "--config", "/nonexistent/wsgate.toml"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
 }
@@ -167,12 +204,7 @@ async fn run_logs_sessions_and_refusals_then_drains_on_sigterm() {
     let (mut ws, _) = connect(&format!("ws://{addr}/ws")).await;
     ws.send(Message::text("hello")).await.unwrap();
     assert_eq!(next_data(&mut ws).await, Message::text("hello"));
-    ws.send(Message::Close(Some(CloseFrame {
-        code: CloseCode::Normal,
-        reason: "done".into(),
-    })))
-    .await
-    .unwrap();
+    send_close(&mut ws, CloseCode::Normal, "done").await;
     while let Ok(Some(Ok(_))) =
         tokio::time::timeout(STEP, futures_util::StreamExt::next(&mut ws)).await
     {}
@@ -233,10 +265,7 @@ async fn run_logs_sessions_and_refusals_then_drains_on_sigterm() {
         l.contains("shutting down")
     })
     .await;
-    match next_data(&mut ws).await {
-        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1001),
-        other => panic!("expected close 1001, got {other:?}"),
-    }
+    assert_eq!(u16::from(next_close(&mut ws).await.code), 1001);
     while let Ok(Some(Ok(_))) =
         tokio::time::timeout(STEP, futures_util::StreamExt::next(&mut ws)).await
     {}
@@ -251,10 +280,7 @@ async fn run_logs_sessions_and_refusals_then_drains_on_sigterm() {
         l.contains("shutdown complete")
     })
     .await;
-    let status = tokio::time::timeout(STEP, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = wait_exit(&mut child).await;
     assert!(
         status.success(),
         "exit status {status}; log:\n{}",
@@ -265,27 +291,7 @@ async fn run_logs_sessions_and_refusals_then_drains_on_sigterm() {
 
 #[tokio::test]
 async fn demo_serves_the_page_and_echoes() {
-    let mut child = Command::new(BIN)
-        .args(["demo", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    let line = wait_line(&mut lines, &mut seen, "demo URL", |l| {
-        l.contains("Open http://")
-    })
-    .await;
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let (mut child, addr, _stdout) = spawn_demo(false).await;
 
     let (_s, page) =
         raw_exchange(addr.parse().unwrap(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -299,12 +305,7 @@ async fn demo_serves_the_page_and_echoes() {
             .contains(r#"close(1000, "Closing Connection Normally")"#)
     );
 
-    let (mut ws, resp) = connect_with(&format!("ws://{addr}/echo"), |r| {
-        r.headers_mut()
-            .insert("sec-websocket-protocol", "chat, superchat".parse().unwrap());
-    })
-    .await
-    .unwrap();
+    let (mut ws, resp) = connect_offering(&format!("ws://{addr}/echo"), "chat, superchat").await;
     assert_eq!(
         resp.headers().get("sec-websocket-protocol").unwrap(),
         "chat"
@@ -316,43 +317,28 @@ async fn demo_serves_the_page_and_echoes() {
     }
     ws.send(Message::text("hi demo")).await.unwrap();
     assert_eq!(next_data(&mut ws).await, Message::text("hi demo"));
-    ws.send(Message::Close(Some(CloseFrame {
-        code: CloseCode::Normal,
-        reason: "Closing Connection Normally".into(),
-    })))
-    .await
-    .unwrap();
-    match next_data(&mut ws).await {
-        Message::Close(Some(f)) => {
-            assert_eq!(u16::from(f.code), 1000);
-            assert_eq!(f.reason.as_str(), "Closing Connection Normally");
-        }
-        other => panic!("expected close, got {other:?}"),
-    }
+    send_close(&mut ws, CloseCode::Normal, "Closing Connection Normally").await;
+    let f = next_close(&mut ws).await;
+    assert_eq!(u16::from(f.code), 1000);
+    assert_eq!(f.reason.as_str(), "Closing Connection Normally");
     drop(ws);
     sigterm(&child);
-    let status = tokio::time::timeout(STEP, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = wait_exit(&mut child).await;
     assert!(status.success());
 }
 
 #[tokio::test]
 async fn cert_writes_a_development_certificate_that_a_listener_accepts() {
     let dir = std::env::temp_dir().join(format!("wsgate-cert-{}", std::process::id()));
-    let out = Command::new(BIN)
-        .args(["cert", "--out"])
-        .arg(&dir)
-        .args(["localhost", "127.0.0.1"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_wsgate([
+        OsStr::new("cert"),
+        OsStr::new("--out"),
+        dir.as_os_str(),
+        OsStr::new("localhost"),
+        OsStr::new("127.0.0.1"),
+    ])
+    .await;
+    assert_success(&out);
     let (cert, key) = (dir.join("localhost.pem"), dir.join("localhost.key"));
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
@@ -365,17 +351,13 @@ async fn cert_writes_a_development_certificate_that_a_listener_accepts() {
         key.display(),
         route("r", "/", &["ws://127.0.0.1:1".to_string()])
     ));
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_wsgate([
+        OsStr::new("check"),
+        OsStr::new("--config"),
+        config.as_os_str(),
+    ])
+    .await;
+    assert_success(&out);
     // Loading it says what it is.
     assert!(String::from_utf8_lossy(&out.stderr).contains("development certificate"));
     let _ = std::fs::remove_dir_all(dir);
@@ -384,27 +366,7 @@ async fn cert_writes_a_development_certificate_that_a_listener_accepts() {
 #[tokio::test]
 async fn demo_tls_serves_the_page_over_https_and_echoes_over_wss() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut child = Command::new(BIN)
-        .args(["demo", "--tls", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    let line = wait_line(&mut lines, &mut seen, "demo URL", |l| {
-        l.contains("Open https://")
-    })
-    .await;
-    let addr = line
-        .split("https://")
-        .nth(1)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let (mut child, addr, _stdout) = spawn_demo(true).await;
     // The certificate is self-signed: this client does not verify it (as a user who accepted it).
     let insecure = wsgate::tls::backend_client_config(&wsgate::tls::BackendTlsOptions {
         insecure_skip_verify: true,
@@ -429,24 +391,13 @@ async fn demo_tls_serves_the_page_over_https_and_echoes_over_wss() {
     let (mut ws, _) = tokio_tungstenite::client_async(format!("wss://{addr}/echo"), tls)
         .await
         .unwrap();
-    let greeting = tokio::time::timeout(STEP, futures_util::StreamExt::next(&mut ws))
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let greeting = next_message(&mut ws).await;
     assert!(greeting.to_text().unwrap().starts_with("wsgate demo:"));
     ws.send(Message::text("secure hello")).await.unwrap();
-    let got = tokio::time::timeout(STEP, futures_util::StreamExt::next(&mut ws))
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let got = next_message(&mut ws).await;
     assert_eq!(got, Message::text("secure hello"));
     drop(ws);
     sigterm(&child);
-    let status = tokio::time::timeout(STEP, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = wait_exit(&mut child).await;
     assert!(status.success());
 }

@@ -96,14 +96,7 @@ async fn subprotocol_allow_list_filters_the_offer() {
         "subprotocols = [\"superchat\"]\nrequire_subprotocol = true",
     )
     .await;
-    let (_ws, resp) = connect_with(&gw.url("/"), |r| {
-        r.headers_mut().insert(
-            "sec-websocket-protocol",
-            "chat, superchat, x-debug".parse().unwrap(),
-        );
-    })
-    .await
-    .unwrap();
+    let (_ws, resp) = connect_offering(&gw.url("/"), "chat, superchat, x-debug").await;
     // The backend supports `chat` and would have picked it; it was never offered.
     assert_eq!(
         backend.last_request().header("sec-websocket-protocol"),

@@ -3,18 +3,25 @@
 
 mod support;
 
+use std::net::SocketAddr;
+
 use futures_util::{SinkExt, StreamExt};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
 use wsgate::frame::opcode;
 
 async fn echo_gateway() -> (Gateway, EchoBackend) {
     let backend = EchoBackend::spawn().await;
     let gw = Gateway::spawn(&route("echo", "/", &[backend.url()])).await;
     (gw, backend)
+}
+
+/// A gateway with one route `r` at `/` to the backend at `addr`.
+async fn gateway_to(addr: SocketAddr) -> Gateway {
+    Gateway::spawn(&route("r", "/", &[format!("ws://{addr}")])).await
 }
 
 #[tokio::test]
@@ -80,12 +87,7 @@ async fn fragmented_message() {
     .unwrap();
     let mut got = Vec::new();
     loop {
-        match tokio::time::timeout(STEP, ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-        {
+        match next_message(&mut ws).await {
             Message::Text(t) => {
                 assert_eq!(t.as_str(), "Hello, fragments!");
                 break;
@@ -104,12 +106,7 @@ async fn ping_pong() {
     ws.send(Message::Ping("are you there".into()))
         .await
         .unwrap();
-    match tokio::time::timeout(STEP, ws.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap()
-    {
+    match next_message(&mut ws).await {
         Message::Pong(p) => assert_eq!(&p[..], b"are you there"),
         other => panic!("expected pong, got {other:?}"),
     }
@@ -119,19 +116,10 @@ async fn ping_pong() {
 async fn client_close_code_and_reason_reach_the_backend_and_come_back() {
     let (gw, backend) = echo_gateway().await;
     let (mut ws, _) = connect(&gw.url("/")).await;
-    ws.send(Message::Close(Some(CloseFrame {
-        code: CloseCode::Library(4001),
-        reason: "client says bye".into(),
-    })))
-    .await
-    .unwrap();
-    match next_data(&mut ws).await {
-        Message::Close(Some(f)) => {
-            assert_eq!(u16::from(f.code), 4001);
-            assert_eq!(f.reason.as_str(), "client says bye");
-        }
-        other => panic!("expected close, got {other:?}"),
-    }
+    send_close(&mut ws, CloseCode::Library(4001), "client says bye").await;
+    let f = next_close(&mut ws).await;
+    assert_eq!(u16::from(f.code), 4001);
+    assert_eq!(f.reason.as_str(), "client says bye");
     let closes = backend.closes.lock().unwrap().clone();
     assert_eq!(closes, vec![Some((4001, "client says bye".to_string()))]);
 }
@@ -141,13 +129,9 @@ async fn backend_close_code_and_reason_reach_the_client() {
     let (gw, _b) = echo_gateway().await;
     let (mut ws, _) = connect(&gw.url("/")).await;
     ws.send(Message::text("close-me")).await.unwrap();
-    match next_data(&mut ws).await {
-        Message::Close(Some(f)) => {
-            assert_eq!(u16::from(f.code), 4002);
-            assert_eq!(f.reason.as_str(), "server says bye");
-        }
-        other => panic!("expected close, got {other:?}"),
-    }
+    let f = next_close(&mut ws).await;
+    assert_eq!(u16::from(f.code), 4002);
+    assert_eq!(f.reason.as_str(), "server says bye");
 }
 
 #[tokio::test]
@@ -189,12 +173,7 @@ async fn frame_sent_by_the_backend_with_its_101_is_not_lost() {
 #[tokio::test]
 async fn subprotocol_negotiation() {
     let (gw, backend) = echo_gateway().await;
-    let (_ws, resp) = connect_with(&gw.url("/"), |req| {
-        req.headers_mut()
-            .insert("sec-websocket-protocol", "chat, superchat".parse().unwrap());
-    })
-    .await
-    .unwrap();
+    let (_ws, resp) = connect_offering(&gw.url("/"), "chat, superchat").await;
     assert_eq!(
         resp.headers().get("sec-websocket-protocol").unwrap(),
         "chat"
@@ -218,7 +197,7 @@ async fn backend_choosing_an_unoffered_subprotocol_is_a_bad_gateway() {
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: evil\r\n\r\n".to_vec(),
     )
     .await;
-    let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{addr}")])).await;
+    let gw = gateway_to(addr).await;
     let (_s, resp) = raw_exchange(
         gw.addr,
         upgrade_request("/", "Sec-WebSocket-Protocol: chat\r\n").as_bytes(),
@@ -234,7 +213,7 @@ async fn backend_with_a_wrong_accept_key_is_a_bad_gateway() {
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n".to_vec(),
     )
     .await;
-    let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{addr}")])).await;
+    let gw = gateway_to(addr).await;
     let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
     assert_eq!(resp.status, 502);
     assert!(resp.body.contains("Sec-WebSocket-Accept"), "{}", resp.body);
@@ -316,6 +295,8 @@ async fn backend_request_is_rebuilt() {
 async fn refusals_have_precise_statuses_and_reasons() {
     let (gw, backend) = echo_gateway().await;
     let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    // A valid upgrade request for `/` with its first `from` replaced by `to`.
+    let edited = |from: &str, to: &str| upgrade_request("/", "").replacen(from, to, 1);
     let cases: Vec<(&str, String, u16, &str)> = vec![
         (
             "plain GET",
@@ -323,52 +304,32 @@ async fn refusals_have_precise_statuses_and_reasons() {
             426,
             "WebSocket endpoint",
         ),
-        (
-            "POST",
-            upgrade_request("/", "").replacen("GET", "POST", 1),
-            400,
-            "GET",
-        ),
-        (
-            "HTTP/1.0",
-            upgrade_request("/", "").replacen("HTTP/1.1", "HTTP/1.0", 1),
-            400,
-            "HTTP/1.1",
-        ),
-        (
-            "no Host",
-            upgrade_request("/", "").replacen("Host: localhost\r\n", "", 1),
-            400,
-            "Host",
-        ),
+        ("POST", edited("GET", "POST"), 400, "GET"),
+        ("HTTP/1.0", edited("HTTP/1.1", "HTTP/1.0"), 400, "HTTP/1.1"),
+        ("no Host", edited("Host: localhost\r\n", ""), 400, "Host"),
         (
             "Upgrade: h2c",
-            upgrade_request("/", "").replacen("Upgrade: websocket", "Upgrade: h2c", 1),
+            edited("Upgrade: websocket", "Upgrade: h2c"),
             400,
             "Upgrade",
         ),
         (
             "Connection: keep-alive",
-            upgrade_request("/", "").replacen("Connection: Upgrade", "Connection: keep-alive", 1),
+            edited("Connection: Upgrade", "Connection: keep-alive"),
             400,
             "Connection",
         ),
-        (
-            "no key",
-            upgrade_request("/", "").replacen(key, "", 1),
-            400,
-            "missing Sec-WebSocket-Key",
-        ),
+        ("no key", edited(key, ""), 400, "missing Sec-WebSocket-Key"),
         ("two keys", upgrade_request("/", key), 400, "more than one"),
         (
             "short key",
-            upgrade_request("/", "").replacen("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=", 1),
+            edited("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ="),
             400,
             "16 bytes",
         ),
         (
             "version 8",
-            upgrade_request("/", "").replacen("Version: 13", "Version: 8", 1),
+            edited("Version: 13", "Version: 8"),
             426,
             "only 13",
         ),
@@ -452,7 +413,7 @@ async fn oversized_headers_are_431() {
 #[tokio::test]
 async fn backend_down_is_502() {
     let down = closed_port().await;
-    let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{down}")])).await;
+    let gw = gateway_to(down).await;
     let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
     assert_eq!(resp.status, 502);
     assert!(resp.body.contains("no backend reachable"), "{}", resp.body);
@@ -477,7 +438,7 @@ async fn backend_refusal_is_passed_through() {
         b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 13\r\nX-Internal: secret\r\n\r\nnot for you\r\n".to_vec(),
     )
     .await;
-    let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{addr}")])).await;
+    let gw = gateway_to(addr).await;
     let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
     assert_eq!(resp.status, 403);
     assert_eq!(resp.body, "not for you\r\n");
@@ -509,7 +470,7 @@ async fn backend_refusal_body_is_bounded() {
 #[tokio::test]
 async fn broken_backend_answer_is_502() {
     let (addr, _) = scripted_backend(b"this is not HTTP\r\n\r\n".to_vec()).await;
-    let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{addr}")])).await;
+    let gw = gateway_to(addr).await;
     let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
     assert_eq!(resp.status, 502);
 }
@@ -557,10 +518,7 @@ async fn shutdown_closes_sessions_with_1001_and_waits_for_the_handshake() {
     assert_eq!(gw.handle().sessions().len(), 1);
     let handle = gw.handle.take().unwrap();
     handle.shutdown();
-    match next_data(&mut ws).await {
-        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1001),
-        other => panic!("expected close 1001, got {other:?}"),
-    }
+    assert_eq!(u16::from(next_close(&mut ws).await.code), 1001);
     // tungstenite answers the close; then the proxy closes TCP.
     while let Some(Ok(_)) = tokio::time::timeout(STEP, ws.next()).await.unwrap() {}
     drop(ws);
