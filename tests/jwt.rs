@@ -51,17 +51,21 @@ fn good_token() -> String {
     token(json!({ "sub": "alice", "aud": "chat", "exp": now() + 600 }))
 }
 
-/// A gateway with one route at `/` to `backend`, its `[route.auth.jwt]` table holding the
-/// secret, an audience and `extra`; the backend gets the subject as `X-User`.
-async fn gateway(backend: &EchoBackend, secret: &SecretFile, extra: &str) -> Gateway {
-    Gateway::spawn(&format!(
+/// A fresh echo backend, the secret in a file (keep it until the test ends), and a gateway with
+/// one route at `/` to the backend, its `[route.auth.jwt]` table holding the secret, an
+/// audience and `extra`; the backend gets the subject as `X-User`.
+async fn gateway(extra: &str) -> (EchoBackend, SecretFile, Gateway) {
+    let backend = EchoBackend::spawn().await;
+    let secret = SecretFile::new();
+    let gw = Gateway::spawn(&format!(
         "[[route]]\nname = \"app\"\npath = \"/\"\nbackends = [\"{}\"]\n\
          [route.auth]\nset_headers = {{ \"X-User\" = \"{{sub}}\" }}\n\
          [route.auth.jwt]\nsecret_file = {:?}\naudience = \"chat\"\n{extra}\n",
         backend.url(),
         secret.0.display().to_string(),
     ))
-    .await
+    .await;
+    (backend, secret, gw)
 }
 
 async fn upgrade(gw: &Gateway, path: &str, headers: &str) -> RawResponse {
@@ -72,9 +76,7 @@ async fn upgrade(gw: &Gateway, path: &str, headers: &str) -> RawResponse {
 
 #[tokio::test]
 async fn token_in_the_authorization_header() {
-    let backend = EchoBackend::spawn().await;
-    let secret = SecretFile::new();
-    let gw = gateway(&backend, &secret, "").await;
+    let (backend, _secret, gw) = gateway("").await;
     let r = upgrade(
         &gw,
         "/",
@@ -103,9 +105,7 @@ async fn token_in_the_authorization_header() {
 
 #[tokio::test]
 async fn forward_token_passes_the_header_on() {
-    let backend = EchoBackend::spawn().await;
-    let secret = SecretFile::new();
-    let gw = gateway(&backend, &secret, "forward_token = true").await;
+    let (backend, _secret, gw) = gateway("forward_token = true").await;
     let t = good_token();
     let r = upgrade(&gw, "/", &format!("Authorization: Bearer {t}\r\n")).await;
     assert_eq!(r.status, 101, "{}", r.head);
@@ -117,9 +117,7 @@ async fn forward_token_passes_the_header_on() {
 
 #[tokio::test]
 async fn token_in_a_cookie() {
-    let backend = EchoBackend::spawn().await;
-    let secret = SecretFile::new();
-    let gw = gateway(&backend, &secret, "from = [\"cookie:access_token\"]").await;
+    let (backend, _secret, gw) = gateway("from = [\"cookie:access_token\"]").await;
     let r = upgrade(
         &gw,
         "/",
@@ -145,9 +143,7 @@ async fn token_in_a_cookie() {
 
 #[tokio::test]
 async fn token_in_the_query_is_removed_from_the_backend_url() {
-    let backend = EchoBackend::spawn().await;
-    let secret = SecretFile::new();
-    let gw = gateway(&backend, &secret, "from = [\"query:access_token\"]").await;
+    let (backend, _secret, gw) = gateway("from = [\"query:access_token\"]").await;
     let r = upgrade(
         &gw,
         &format!("/room/7?lang=en&access_token={}&v=2", good_token()),
@@ -162,16 +158,9 @@ async fn token_in_the_query_is_removed_from_the_backend_url() {
 
 #[tokio::test]
 async fn token_in_the_subprotocol_list() {
-    let backend = EchoBackend::spawn().await;
-    let secret = SecretFile::new();
-    let gw = gateway(&backend, &secret, "").await;
+    let (backend, _secret, gw) = gateway("").await;
     let offer = format!("chat, bearer.{}", good_token());
-    let (_ws, resp) = connect_with(&gw.url("/"), |r| {
-        r.headers_mut()
-            .insert("sec-websocket-protocol", offer.parse().unwrap());
-    })
-    .await
-    .expect("upgrade");
+    let (_ws, resp) = connect_offering(&gw.url("/"), &offer).await;
     assert_eq!(
         resp.headers().get("sec-websocket-protocol").unwrap(),
         "chat"
@@ -183,9 +172,7 @@ async fn token_in_the_subprotocol_list() {
 
 #[tokio::test]
 async fn missing_and_invalid_tokens_get_401() {
-    let backend = EchoBackend::spawn().await;
-    let secret = SecretFile::new();
-    let gw = gateway(&backend, &secret, "").await;
+    let (backend, _secret, gw) = gateway("").await;
 
     let r = upgrade(&gw, "/", "").await;
     assert_eq!(r.status, 401, "{}", r.head);
@@ -262,16 +249,9 @@ async fn a_token_offered_alone_after_its_marker_gets_the_marker_back() {
     // The Kubernetes pattern: `new WebSocket(url, ["access_token", token])`. The backend is
     // offered nothing, chooses nothing, and the client still gets a subprotocol from its
     // offer (a browser fails a connection whose offer got none back).
-    let backend = EchoBackend::spawn().await;
-    let secret = SecretFile::new();
-    let gw = gateway(&backend, &secret, "").await;
+    let (backend, _secret, gw) = gateway("").await;
     let offer = format!("access_token, {}", good_token());
-    let (_ws, resp) = connect_with(&gw.url("/"), |r| {
-        r.headers_mut()
-            .insert("sec-websocket-protocol", offer.parse().unwrap());
-    })
-    .await
-    .expect("upgrade");
+    let (_ws, resp) = connect_offering(&gw.url("/"), &offer).await;
     assert_eq!(
         resp.headers().get("sec-websocket-protocol").unwrap(),
         "access_token"
