@@ -283,7 +283,7 @@ async fn run_session(start: Box<SessionStart>) {
     let outcome = relay::relay(
         client,
         backend,
-        &session.info.route.relay,
+        &session.info.route.config.session,
         allowed_rsv,
         &session.info.route.control,
         &session.info.link,

@@ -34,6 +34,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::config::SessionConfig;
 use crate::error::CloseSide;
 use crate::frame::{self, Event, Scanner, Sender, Violation, close_code, opcode};
 
@@ -55,22 +56,6 @@ pub const BACKEND_LOST: u16 = 1011;
 /// Close code for the client when the backend breaks the WebSocket protocol: 1014, "bad
 /// gateway" (RFC 6455 §7.4.1 registry).
 pub const BAD_GATEWAY: u16 = 1014;
-
-/// A route's relay settings (the route's `[route.session]` table, validated).
-#[derive(Debug, Clone, Default)]
-pub struct RelayConfig {
-    /// Largest message (sum of its frames' payloads) either side may send.
-    pub max_message: Option<u64>,
-    /// Ping a leg that has sent nothing for this long.
-    pub ping_interval: Option<Duration>,
-    /// A leg that does not answer a ping within this time is dead.
-    pub pong_timeout: Duration,
-    /// No data message either way for this long ends the session.
-    pub idle_timeout: Option<Duration>,
-    /// The session ends after this long, less up to 10% jitter (drawn per session, so that
-    /// sessions opened together do not all end together).
-    pub max_lifetime: Option<Duration>,
-}
 
 /// How the outside asks sessions to end: a tree of signals (one root per gateway, one child
 /// per route), shared by every session below it, so a session holds no signal of its own.
@@ -407,7 +392,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Side<IO> {
 /// Session-wide state besides the two sides.
 struct State<'a> {
     /// Borrowed from the route: an idle session holds pointers, not copies.
-    cfg: &'a RelayConfig,
+    cfg: &'a SessionConfig,
     /// The session record's counters and waker.
     link: &'a Link,
     closed_by: Option<CloseSide>,
@@ -444,7 +429,7 @@ impl State<'_> {
 pub fn relay<'a, C, B>(
     (client, client_pre): (C, Bytes),
     (backend, backend_pre): (B, Bytes),
-    cfg: &'a RelayConfig,
+    cfg: &'a SessionConfig,
     allowed_rsv: u8,
     control: &'a Control,
     link: &'a Link,
@@ -1152,7 +1137,11 @@ mod tests {
             relay(
                 (client_side, Bytes::new()),
                 (backend_side, Bytes::new()),
-                &RelayConfig::default(),
+                // No pings: these tests script every frame.
+                &SessionConfig {
+                    ping_interval: None,
+                    ..SessionConfig::default()
+                },
                 0,
                 &ctl,
                 &link,

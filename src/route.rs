@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::backend::BackendPool;
 use crate::config::RouteConfig;
-use crate::relay::{Control, RelayConfig};
+use crate::relay::Control;
 use crate::sessions::Sessions;
 
 /// A route with its live backend state.
@@ -16,8 +16,6 @@ pub struct Route {
     pub pool: BackendPool,
     /// Closes this route's sessions (shutdown, or a reload that removes the route).
     pub control: Control,
-    /// What the relay enforces on this route's sessions (from `config.session`).
-    pub relay: RelayConfig,
     /// Refused handshakes on this route, by outcome.
     pub refusals: crate::telemetry::RefusalCounts,
 }
@@ -38,13 +36,6 @@ impl RouteTable {
                     name: Arc::from(c.name.as_str()),
                     pool: BackendPool::new(c.backends.clone(), c.balance),
                     control: sessions.route_control(),
-                    relay: RelayConfig {
-                        max_message: c.session.max_message,
-                        ping_interval: c.session.ping_interval,
-                        pong_timeout: c.session.pong_timeout,
-                        idle_timeout: c.session.idle_timeout,
-                        max_lifetime: c.session.max_lifetime,
-                    },
                     refusals: Default::default(),
                     config: c.clone(),
                 })
