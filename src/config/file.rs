@@ -124,8 +124,100 @@ pub struct FileAuth {
     /// Headers set on the backend request from templates: `{claim}`, `{claim.nested}`,
     /// `{tls.subject}`, `{client.ip}`.
     pub set_headers: Option<Spanned<std::collections::BTreeMap<String, SpStr>>>,
-    pub jwt: Option<Spanned<crate::policy::jwt::FileJwt>>,
-    pub forward_auth: Option<Spanned<crate::policy::forward_auth::FileForwardAuth>>,
+    pub jwt: Option<Spanned<FileJwt>>,
+    pub forward_auth: Option<Spanned<FileForwardAuth>>,
+}
+
+/// `[route.auth.jwt]` as written in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileJwt {
+    /// Where to look for the token, in order: `"header"`, `"cookie:NAME"`, `"query:NAME"`,
+    /// `"subprotocol"`.
+    pub from: Option<Spanned<Vec<SpStr>>>,
+    /// Name of an environment variable holding an HMAC secret.
+    pub secret_env: Option<SpStr>,
+    /// A file holding an HMAC secret (one trailing newline is not part of it).
+    pub secret_file: Option<SpStr>,
+    /// A PEM public key: RSA, EC P-256/P-384 or Ed25519 (`PUBLIC KEY` or `RSA PUBLIC KEY`).
+    pub public_key: Option<SpStr>,
+    /// A JWKS document on disk.
+    pub jwks_file: Option<SpStr>,
+    /// A JWKS document fetched over HTTP(S), cached and refreshed.
+    pub jwks_url: Option<SpStr>,
+    /// PEM CA bundle for an `https://` `jwks_url` (else the system roots).
+    pub jwks_ca: Option<SpStr>,
+    /// How old the fetched key set may get before it is fetched again (default `"5m"`).
+    pub jwks_refresh: Option<SpStr>,
+    /// Accepted `alg` values; by default inferred from the key.
+    pub algorithms: Option<Spanned<Vec<SpStr>>>,
+    /// Accepted issuers (`iss`): a string or a list; when set, `iss` is required.
+    pub issuer: Option<Spanned<OneOrMany>>,
+    /// Accepted audiences: a string or a list; when set, `aud` is required and must name one.
+    pub audience: Option<Spanned<OneOrMany>>,
+    /// Clock skew allowed on `exp` and `nbf` (default `"30s"`; `"0"` for none).
+    pub leeway: Option<SpStr>,
+    /// Claims a token must carry (any value but `null`).
+    pub required_claims: Option<Spanned<Vec<SpStr>>>,
+    /// Whether a token without `exp` is refused (default `true`).
+    pub require_exp: Option<Spanned<bool>>,
+    /// Pass the token's `Authorization` header or cookie on to the backend (default `false`).
+    pub forward_token: Option<bool>,
+}
+
+/// A string or a list of strings.
+#[derive(Debug)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// By hand rather than `#[serde(untagged)]`, whose error ("data did not match any variant")
+/// would not say what to write.
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(s.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<OneOrMany, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(OneOrMany::Many(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `[route.auth.forward_auth]` as written in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileForwardAuth {
+    /// The auth service's URL (`http://` or `https://`), asked with `GET`. Required.
+    pub url: Option<SpStr>,
+    /// Time allowed for the whole subrequest, answer body included (default `"2s"`).
+    pub timeout: Option<SpStr>,
+    /// Answer headers copied onto the backend request when the service allows, e.g.
+    /// `["X-User", "X-Roles"]`.
+    pub copy_headers: Option<Spanned<Vec<SpStr>>>,
+    /// Client request headers sent to the auth service besides the defaults (`Cookie`,
+    /// `Authorization`, `Origin`, `User-Agent`, `Sec-WebSocket-Protocol`).
+    pub forward_headers: Option<Spanned<Vec<SpStr>>>,
+    /// How long an allow decision is reused for an identical request (default off).
+    pub cache: Option<SpStr>,
+    /// PEM CA bundle to verify an `https://` auth service with (default: the system's roots).
+    pub ca: Option<SpStr>,
 }
 
 #[derive(Debug, Default, Deserialize)]

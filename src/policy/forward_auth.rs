@@ -31,33 +31,9 @@ use http::header::{
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::Full;
-use serde::Deserialize;
 use sha1::{Digest, Sha1};
-use toml::Spanned;
 
-use crate::config::Validator;
-use crate::config::file::SpStr;
 use crate::http_client::{ClientError, HttpClient};
-
-/// `[route.auth.forward_auth]` as written in the file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileForwardAuth {
-    /// The auth service's URL (`http://` or `https://`), asked with `GET`. Required.
-    pub url: Option<SpStr>,
-    /// Time allowed for the whole subrequest, answer body included (default `"2s"`).
-    pub timeout: Option<SpStr>,
-    /// Answer headers copied onto the backend request when the service allows, e.g.
-    /// `["X-User", "X-Roles"]`.
-    pub copy_headers: Option<Spanned<Vec<SpStr>>>,
-    /// Client request headers sent to the auth service besides the defaults (`Cookie`,
-    /// `Authorization`, `Origin`, `User-Agent`, `Sec-WebSocket-Protocol`).
-    pub forward_headers: Option<Spanned<Vec<SpStr>>>,
-    /// How long an allow decision is reused for an identical request (default off).
-    pub cache: Option<SpStr>,
-    /// PEM CA bundle to verify an `https://` auth service with (default: the system's roots).
-    pub ca: Option<SpStr>,
-}
 
 /// What the auth service is told about the handshake.
 pub struct AuthQuery<'a> {
@@ -114,7 +90,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub const CACHE_MAX_ENTRIES: usize = 10_000;
 
 /// Client request headers always sent to the auth service (all their values).
-const DEFAULT_FORWARDED: [HeaderName; 5] = [
+pub const DEFAULT_FORWARDED: [HeaderName; 5] = [
     COOKIE,
     AUTHORIZATION,
     ORIGIN,
@@ -139,7 +115,7 @@ const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-meth
 
 /// Headers that may not be listed in `forward_headers`: the subrequest's own framing and
 /// routing (hop-by-hop, `Host`), and the `X-Forwarded-*` the proxy writes itself.
-const NOT_FORWARDABLE: &[&str] = &[
+pub const NOT_FORWARDABLE: &[&str] = &[
     "host",
     "connection",
     "upgrade",
@@ -164,11 +140,66 @@ pub struct ForwardAuth {
     client: HttpClient,
 }
 
+/// What [`ForwardAuth::new`] is built from (`[route.auth.forward_auth]`, validated).
+pub struct ForwardAuthSettings {
+    /// The auth service (`http://` or `https://`), asked with `GET`.
+    pub url: Uri,
+    /// Time allowed for the whole subrequest, answer body included.
+    pub timeout: Duration,
+    /// Answer headers copied onto the backend request when the service allows.
+    pub copy_headers: Vec<HeaderName>,
+    /// Client headers sent besides [`DEFAULT_FORWARDED`] (none of [`NOT_FORWARDABLE`]).
+    pub forward_headers: Vec<HeaderName>,
+    /// How long an allow decision is reused; `None`: never.
+    pub cache: Option<Duration>,
+    /// TLS settings for an `https://` service.
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
 impl ForwardAuth {
+    pub fn new(s: ForwardAuthSettings) -> ForwardAuth {
+        let ForwardAuthSettings {
+            url,
+            timeout,
+            copy_headers,
+            forward_headers,
+            cache,
+            tls,
+        } = s;
+        ForwardAuth {
+            url,
+            timeout,
+            copy_headers,
+            forward_headers,
+            cache: cache.map(|ttl| Cache::new(ttl, CACHE_MAX_ENTRIES)),
+            client: HttpClient::new(tls),
+        }
+    }
+
     /// The headers copied from the auth service's answer to the backend request; the
     /// client's own headers of these names are always removed.
     pub fn copy_headers(&self) -> &[HeaderName] {
         &self.copy_headers
+    }
+
+    /// The auth service's URL.
+    pub fn url(&self) -> &Uri {
+        &self.url
+    }
+
+    /// Time allowed for the whole subrequest.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Client headers sent besides [`DEFAULT_FORWARDED`].
+    pub fn forward_headers(&self) -> &[HeaderName] {
+        &self.forward_headers
+    }
+
+    /// How long an allow decision is reused; `None`: never.
+    pub fn cache_ttl(&self) -> Option<Duration> {
+        self.cache.as_ref().map(|c| c.ttl)
     }
 
     /// Asks the auth service (or the cache) about a handshake.
@@ -406,122 +437,6 @@ impl Cache {
     }
 }
 
-/// Validates `[route.auth.forward_auth]`, reading the CA file now so that errors name key
-/// and line.
-pub(crate) fn validate(
-    v: &mut Validator<'_>,
-    key: &str,
-    f: &Spanned<FileForwardAuth>,
-) -> Option<Arc<ForwardAuth>> {
-    let t = f.get_ref();
-    let url = match &t.url {
-        None => {
-            v.err(
-                format!("{key}.url"),
-                Some(f.span()),
-                "required: the auth service's URL, e.g. url = \"http://auth.internal/check\"",
-            );
-            None
-        }
-        Some(u) => match crate::http_client::parse_http_url(u.get_ref().trim()) {
-            Ok(url) => Some(url),
-            Err(m) => {
-                v.err(format!("{key}.url"), Some(u.span()), m);
-                None
-            }
-        },
-    };
-    let timeout = v.duration(
-        &format!("{key}.timeout"),
-        t.timeout.as_ref(),
-        DEFAULT_TIMEOUT,
-    );
-    let cache = v.optional_duration(&format!("{key}.cache"), t.cache.as_ref(), None);
-
-    let mut copy_headers: Vec<HeaderName> = Vec::new();
-    for (i, s) in list(&t.copy_headers).iter().enumerate() {
-        let k = format!("{key}.copy_headers[{i}]");
-        let Some(h) = super::header_name(v, &k, s.get_ref(), s.span()) else {
-            continue;
-        };
-        if super::RESERVED_HEADERS.contains(&h.as_str()) {
-            v.err(
-                k,
-                Some(s.span()),
-                format!("{h} is built by the proxy itself"),
-            );
-        } else if copy_headers.contains(&h) {
-            v.err(k, Some(s.span()), format!("{h} is listed twice"));
-        } else {
-            copy_headers.push(h);
-        }
-    }
-
-    let mut forward_headers: Vec<HeaderName> = Vec::new();
-    for (i, s) in list(&t.forward_headers).iter().enumerate() {
-        let k = format!("{key}.forward_headers[{i}]");
-        let Some(h) = super::header_name(v, &k, s.get_ref(), s.span()) else {
-            continue;
-        };
-        if NOT_FORWARDABLE.contains(&h.as_str()) {
-            v.err(
-                k,
-                Some(s.span()),
-                format!("{h} belongs to the subrequest itself and cannot be forwarded"),
-            );
-        } else if h.as_str().starts_with("x-forwarded-") {
-            v.err(
-                k,
-                Some(s.span()),
-                format!(
-                    "{h}: the proxy sends X-Forwarded-For, -Proto, -Host, -Uri and -Method itself"
-                ),
-            );
-        } else if !DEFAULT_FORWARDED.contains(&h) && !forward_headers.contains(&h) {
-            // The defaults are always sent; listing one again is harmless.
-            forward_headers.push(h);
-        }
-    }
-
-    let url = url?;
-    if let Some(ca) = &t.ca
-        && url.scheme_str() != Some("https")
-    {
-        v.err(
-            format!("{key}.ca"),
-            Some(ca.span()),
-            "set, but url is not https://",
-        );
-        return None;
-    }
-    let ca_path = t.ca.as_ref().map(|ca| v.base.join(ca.get_ref()));
-    let tls = match crate::http_client::tls_for(&url, ca_path.as_deref()) {
-        Ok(c) => c,
-        Err(m) => {
-            match &t.ca {
-                Some(ca) => v.err(format!("{key}.ca"), Some(ca.span()), m),
-                None => v.err(format!("{key}.url"), t.url.as_ref().map(|u| u.span()), m),
-            }
-            return None;
-        }
-    };
-
-    Some(Arc::new(ForwardAuth {
-        url,
-        timeout,
-        copy_headers,
-        forward_headers,
-        cache: cache.map(|ttl| Cache::new(ttl, CACHE_MAX_ENTRIES)),
-        client: HttpClient::new(tls),
-    }))
-}
-
-fn list(l: &Option<Spanned<Vec<SpStr>>>) -> &[SpStr] {
-    l.as_ref()
-        .map(|l| l.get_ref().as_slice())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -535,24 +450,19 @@ mod tests {
     use hyper_util::rt::TokioIo;
     use tokio::net::TcpListener;
 
-    use crate::config::ConfigError;
-
-    /// A route with `[route.auth.forward_auth]` holding `table`, validated.
-    fn build(table: &str) -> Result<Arc<ForwardAuth>, Vec<ConfigError>> {
-        let toml = format!(
-            "[[listener]]\nlisten = \"127.0.0.1:0\"\n\n[[route]]\nname = \"r\"\npath = \"/\"\n\
-             backends = [\"ws://127.0.0.1:1\"]\n\n[route.auth.forward_auth]\n{table}"
-        );
-        let config = crate::config::from_toml_str(&toml)?;
-        Ok(config.routes[0]
-            .policy
-            .forward_auth
-            .clone()
-            .expect("forward_auth configured"))
-    }
-
-    fn errors(table: &str) -> Vec<ConfigError> {
-        build(table).expect_err("config should be refused")
+    /// Settings for the auth service at `url`, with the defaults, changed by `f`.
+    fn build(url: &str, f: impl FnOnce(&mut ForwardAuthSettings)) -> Arc<ForwardAuth> {
+        let url: Uri = url.parse().expect("a URL");
+        let mut s = ForwardAuthSettings {
+            tls: crate::http_client::tls_for(&url, None).expect("TLS settings"),
+            url,
+            timeout: DEFAULT_TIMEOUT,
+            copy_headers: Vec::new(),
+            forward_headers: Vec::new(),
+            cache: None,
+        };
+        f(&mut s);
+        Arc::new(ForwardAuth::new(s))
     }
 
     fn handshake(uri: &str, headers: &[(&str, &str)]) -> Parts {
@@ -601,96 +511,13 @@ mod tests {
             .collect()
     }
 
-    // ---- configuration ----
-
-    #[test]
-    fn defaults() {
-        let fa = build("url = \"http://auth.internal/check\"").unwrap();
-        assert_eq!(fa.url, "http://auth.internal/check");
-        assert_eq!(fa.timeout, DEFAULT_TIMEOUT);
-        assert!(fa.copy_headers().is_empty());
-        assert!(fa.forward_headers.is_empty());
-        assert!(fa.cache.is_none());
-    }
-
-    #[test]
-    fn all_keys() {
-        let fa = build(
-            "url = \"https://auth.internal:8443/check?x=1\"\ntimeout = \"750ms\"\n\
-             copy_headers = [\"X-User\", \"x-roles\"]\n\
-             forward_headers = [\"X-Tenant\", \"Cookie\", \"x-tenant\"]\ncache = \"30s\"\n",
-        )
-        .unwrap();
-        assert_eq!(fa.timeout, Duration::from_millis(750));
-        assert_eq!(fa.copy_headers(), ["x-user", "x-roles"]);
-        // Defaults listed again, and repeats, are sent once.
-        assert_eq!(fa.forward_headers, ["x-tenant"]);
-        assert_eq!(fa.cache.as_ref().unwrap().ttl, Duration::from_secs(30));
-        assert!(
-            build("url = \"http://a/\"\ncache = \"off\"")
-                .unwrap()
-                .cache
-                .is_none()
-        );
-    }
-
-    #[test]
-    fn errors_name_key_and_line() {
-        let e = errors("timeout = \"1s\"\n");
-        assert_eq!(e.len(), 1, "{e:?}");
-        assert_eq!(e[0].key, "route[0].auth.forward_auth.url");
-        assert!(e[0].message.contains("required"), "{e:?}");
-
-        let e = errors("url = \"ftp://auth/\"\n");
-        assert_eq!(
-            (e[0].key.as_str(), e[0].line),
-            ("route[0].auth.forward_auth.url", Some(10))
-        );
-
-        let e = errors(
-            "url = \"http://auth/\"\ntimeout = \"soon\"\ncache = \"1x\"\n\
-             copy_headers = [\"X-User\", \"bad header\", \"Upgrade\", \"x-user\"]\n\
-             forward_headers = [\"Host\", \"X-Forwarded-For\", \"Connection\", \"ok\"]\n",
-        );
-        let got: Vec<(&str, Option<usize>)> = e.iter().map(|e| (e.key.as_str(), e.line)).collect();
-        let k = |s: &str| format!("route[0].auth.forward_auth.{s}");
-        assert_eq!(
-            got,
-            [
-                (k("timeout").as_str(), Some(11)),
-                (k("cache").as_str(), Some(12)),
-                (k("copy_headers[1]").as_str(), Some(13)),
-                (k("copy_headers[2]").as_str(), Some(13)),
-                (k("copy_headers[3]").as_str(), Some(13)),
-                (k("forward_headers[0]").as_str(), Some(14)),
-                (k("forward_headers[1]").as_str(), Some(14)),
-                (k("forward_headers[2]").as_str(), Some(14)),
-            ],
-            "{e:#?}"
-        );
-
-        let e = errors("url = \"http://auth/\"\nnope = 1\n");
-        assert!(e[0].message.contains("unknown field"), "{e:?}");
-    }
-
-    #[test]
-    fn ca_errors() {
-        let e = errors("url = \"http://auth/\"\nca = \"ca.pem\"\n");
-        assert_eq!(e[0].key, "route[0].auth.forward_auth.ca");
-        assert!(e[0].message.contains("not https"), "{e:?}");
-        let e = errors("url = \"https://auth/\"\nca = \"/nonexistent/ca.pem\"\n");
-        assert_eq!(
-            (e[0].key.as_str(), e[0].line),
-            ("route[0].auth.forward_auth.ca", Some(11))
-        );
-        assert!(e[0].message.contains("/nonexistent/ca.pem"), "{e:?}");
-    }
-
     // ---- the subrequest ----
 
     #[test]
     fn request_headers_carry_credentials_and_forwarded_facts() {
-        let fa = build("url = \"http://auth/\"\nforward_headers = [\"X-Tenant\"]").unwrap();
+        let fa = build("http://auth/", |s| {
+            s.forward_headers = vec![HeaderName::from_static("x-tenant")]
+        });
         let parts = browser_request();
         let h = fa.request_headers(&query(&parts));
         assert_eq!(values(&h, "cookie"), ["session=abc", "theme=dark"]);
@@ -714,7 +541,7 @@ mod tests {
 
     #[test]
     fn request_headers_without_extras_or_absent_ones() {
-        let fa = build("url = \"http://auth/\"").unwrap();
+        let fa = build("http://auth/", |_| {});
         let parts = handshake("/ws", &[("host", "h")]);
         let mut q = query(&parts);
         q.forwarded_for = "";
@@ -930,7 +757,7 @@ mod tests {
 
     #[test]
     fn debug_output_holds_no_secret() {
-        let fa = build("url = \"http://auth/\"\ncache = \"5s\"").unwrap();
+        let fa = build("http://auth/", |s| s.cache = Some(Duration::from_secs(5)));
         let s = format!("{fa:?}");
         assert!(!s.contains("hmac_key"), "{s}");
     }
@@ -1036,11 +863,14 @@ mod tests {
         b.body(Full::new(Bytes::from(body))).unwrap()
     }
 
-    fn service_config(url: &str, extra: &str) -> Arc<ForwardAuth> {
-        build(&format!(
-            "url = \"{url}\"\ncopy_headers = [\"X-User\", \"X-Roles\", \"X-Missing\"]\n{extra}"
-        ))
-        .unwrap()
+    /// The auth service at `url`, copying `X-User`, `X-Roles` and `X-Missing`, changed by `f`.
+    fn service_config(url: &str, f: impl FnOnce(&mut ForwardAuthSettings)) -> Arc<ForwardAuth> {
+        build(url, |s| {
+            s.copy_headers = ["x-user", "x-roles", "x-missing"]
+                .map(HeaderName::from_static)
+                .to_vec();
+            f(s)
+        })
     }
 
     fn copied(d: &AuthDecision) -> Vec<(String, String)> {
@@ -1056,7 +886,9 @@ mod tests {
     #[tokio::test]
     async fn allow_copies_headers_and_sends_the_facts() {
         let auth = AuthService::spawn().await;
-        let fa = service_config(&auth.url("/allow"), "forward_headers = [\"X-Tenant\"]");
+        let fa = service_config(&auth.url("/allow"), |s| {
+            s.forward_headers = vec![HeaderName::from_static("x-tenant")]
+        });
         let parts = browser_request();
         let d = fa.check(&query(&parts)).await.unwrap();
         assert_eq!(
@@ -1094,7 +926,7 @@ mod tests {
         let auth = AuthService::spawn().await;
         let parts = browser_request();
 
-        let fa = service_config(&auth.url("/deny401"), "");
+        let fa = service_config(&auth.url("/deny401"), |_| {});
         match fa.check(&query(&parts)).await.unwrap() {
             AuthDecision::Deny {
                 status,
@@ -1113,7 +945,7 @@ mod tests {
             d => panic!("{d:?}"),
         }
 
-        let fa = service_config(&auth.url("/deny302"), "");
+        let fa = service_config(&auth.url("/deny302"), |_| {});
         match fa.check(&query(&parts)).await.unwrap() {
             AuthDecision::Deny {
                 status, headers, ..
@@ -1135,20 +967,20 @@ mod tests {
         let parts = browser_request();
 
         let url = auth.url("/slow");
-        let fa = service_config(&url, "timeout = \"200ms\"");
+        let fa = service_config(&url, |s| s.timeout = Duration::from_millis(200));
         let e = fa.check(&query(&parts)).await.unwrap_err();
         assert!(e.0.contains(&url) && e.0.contains("200ms"), "{e}");
         assert_eq!(auth.count(), 1, "the service was asked");
 
         let url = auth.url("/error");
-        let e = service_config(&url, "")
+        let e = service_config(&url, |_| {})
             .check(&query(&parts))
             .await
             .unwrap_err();
         assert!(e.0.contains(&url) && e.0.contains("500"), "{e}");
 
         let url = auth.url("/big");
-        let e = service_config(&url, "")
+        let e = service_config(&url, |_| {})
             .check(&query(&parts))
             .await
             .unwrap_err();
@@ -1158,7 +990,7 @@ mod tests {
         let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/check", closed.local_addr().unwrap());
         drop(closed);
-        let e = service_config(&url, "")
+        let e = service_config(&url, |_| {})
             .check(&query(&parts))
             .await
             .unwrap_err();
@@ -1168,7 +1000,9 @@ mod tests {
     #[tokio::test]
     async fn cache_reuses_allows_until_they_expire() {
         let auth = AuthService::spawn().await;
-        let fa = service_config(&auth.url("/allow"), "cache = \"1m\"");
+        let fa = service_config(&auth.url("/allow"), |s| {
+            s.cache = Some(Duration::from_secs(60))
+        });
         let parts = browser_request();
 
         let first = fa.check(&query(&parts)).await.unwrap();
@@ -1201,7 +1035,7 @@ mod tests {
         let auth = AuthService::spawn().await;
         let parts = browser_request();
         for path in ["/deny401", "/error"] {
-            let fa = service_config(&auth.url(path), "cache = \"1m\"");
+            let fa = service_config(&auth.url(path), |s| s.cache = Some(Duration::from_secs(60)));
             let before = auth.count();
             let _ = fa.check(&query(&parts)).await;
             let _ = fa.check(&query(&parts)).await;
@@ -1232,14 +1066,16 @@ mod tests {
         std::fs::write(&ca, &cert).unwrap();
         let parts = browser_request();
 
-        let fa = service_config(&auth.url("/allow"), &format!("ca = \"{}\"", ca.display()));
+        let fa = service_config(&auth.url("/allow"), |s| {
+            s.tls = crate::http_client::tls_for(&s.url, Some(&ca)).expect("TLS with the CA")
+        });
         let d = fa.check(&query(&parts)).await.unwrap();
         assert_eq!(copied(&d)[0], ("x-user".into(), "alice".into()));
         assert_eq!(auth.count(), 1);
 
         // Without the CA (system roots), the certificate is refused: an error, not an allow.
         let url = auth.url("/allow");
-        let e = service_config(&url, "")
+        let e = service_config(&url, |_| {})
             .check(&query(&parts))
             .await
             .unwrap_err();

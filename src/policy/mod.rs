@@ -2,8 +2,10 @@
 //! the backend request carries instead of the client's credentials.
 //!
 //! Checked in this order (cheapest and least secret first): origin → subprotocols → required
-//! cookies → token (JWT) → forward-auth. The result, an [`Admission`], says what the backend
-//! request offers, strips and adds.
+//! cookies → token (JWT) → forward-auth; then the request is rewritten for the backend (what it
+//! offers, strips and adds). Nothing here knows the config file: `crate::config` builds each
+//! part through its typed constructor ([`RoutePolicy::new`], [`jwt::JwtVerifier::new`],
+//! [`forward_auth::ForwardAuth::new`]) and names the key and line of any error they return.
 
 pub mod cookie;
 pub mod forward_auth;
@@ -12,83 +14,18 @@ pub mod identity;
 pub mod jwt;
 pub mod origin;
 pub mod subprotocol;
+pub mod token;
 
-use toml::Spanned;
-
-use crate::config::Validator;
-use crate::config::file::SpStr;
+pub use token::TokenSource;
+use token::{describe_sources, find_token, token_in_protocols, without_query_param};
 
 /// A verified token's claims.
 pub type Claims = serde_json::Map<String, serde_json::Value>;
 
-/// A place a token may be taken from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenSource {
-    /// `Authorization: Bearer <token>`.
-    Header,
-    /// A cookie of this name.
-    Cookie(String),
-    /// A query parameter of this name (removed from the URL the backend sees).
-    Query(String),
-    /// `Sec-WebSocket-Protocol`: a `bearer.<token>` entry, or an `access_token` or `bearer`
-    /// entry followed by the token as the next entry.
-    Subprotocol,
-}
-
-impl TokenSource {
-    pub fn parse(s: &str) -> Result<TokenSource, String> {
-        let named = |kind: &str, name: &str| {
-            if name.is_empty() {
-                Err(format!(
-                    "{kind}: needs a name, e.g. \"{kind}:access_token\""
-                ))
-            } else {
-                Ok(name.to_string())
-            }
-        };
-        match s.split_once(':') {
-            None if s == "header" => Ok(TokenSource::Header),
-            None if s == "subprotocol" => Ok(TokenSource::Subprotocol),
-            Some(("cookie", name)) => named("cookie", name).map(TokenSource::Cookie),
-            Some(("query", name)) => named("query", name).map(TokenSource::Query),
-            _ => Err(format!(
-                "unknown token source {s:?}: use \"header\", \"cookie:NAME\", \"query:NAME\" or \"subprotocol\""
-            )),
-        }
-    }
-}
-
-/// Token sources from a `from = [...]` list; the default is the `Authorization` header, then
-/// the subprotocol list (the one place a browser script can put a token).
-pub(crate) fn token_sources(
-    v: &mut Validator<'_>,
-    key: &str,
-    from: Option<&Spanned<Vec<SpStr>>>,
-) -> Vec<TokenSource> {
-    let Some(from) = from else {
-        return vec![TokenSource::Header, TokenSource::Subprotocol];
-    };
-    if from.get_ref().is_empty() {
-        v.err(
-            key,
-            Some(from.span()),
-            "must name at least one token source",
-        );
-    }
-    let mut out = Vec::new();
-    for (i, s) in from.get_ref().iter().enumerate() {
-        match TokenSource::parse(s.get_ref().trim()) {
-            Ok(t) => out.push(t),
-            Err(m) => v.err(format!("{key}[{i}]"), Some(s.span()), m),
-        }
-    }
-    out
-}
-
-/// A route's policy, validated. Every part is optional; the default admits everything and
-/// changes nothing.
+/// What a route checks and rewrites. Every part is optional; the default admits everything
+/// and changes nothing.
 #[derive(Debug, Default)]
-pub struct RoutePolicy {
+pub struct PolicyRules {
     /// `None`: no Origin check.
     pub origin: Option<origin::OriginPolicy>,
     pub subprotocols: subprotocol::SubprotocolPolicy,
@@ -100,46 +37,16 @@ pub struct RoutePolicy {
     pub forward_auth: Option<std::sync::Arc<forward_auth::ForwardAuth>>,
 }
 
-/// A list of names (cookies), each non-empty.
-fn names(v: &mut Validator<'_>, key: &str, list: Option<&Spanned<Vec<SpStr>>>) -> Vec<String> {
-    let mut out = Vec::new();
-    for (i, s) in list
-        .map(|l| l.get_ref().as_slice())
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
-        let name = s.get_ref().trim();
-        if name.is_empty() || name.contains([';', '=', ' ', ',']) {
-            v.err(
-                format!("{key}[{i}]"),
-                Some(s.span()),
-                format!("{name:?} is not a cookie name"),
-            );
-        } else {
-            out.push(name.to_string());
-        }
-    }
-    out
-}
-
-fn header_name(
-    v: &mut Validator<'_>,
-    key: &str,
-    s: &str,
-    span: std::ops::Range<usize>,
-) -> Option<http::HeaderName> {
-    match http::HeaderName::from_bytes(s.trim().as_bytes()) {
-        Ok(h) => Some(h),
-        Err(_) => {
-            v.err(key, Some(span), format!("{s:?} is not a header name"));
-            None
-        }
-    }
+/// A route's policy: its rules, and whether they check anything at all.
+#[derive(Debug, Default)]
+pub struct RoutePolicy {
+    rules: PolicyRules,
+    /// Computed once in [`RoutePolicy::new`] from the rules themselves.
+    open: bool,
 }
 
 /// Headers the proxy builds itself for the backend: a policy may not set or strip them.
-const RESERVED_HEADERS: &[&str] = &[
+pub const RESERVED_HEADERS: &[&str] = &[
     "host",
     "connection",
     "upgrade",
@@ -156,159 +63,6 @@ const RESERVED_HEADERS: &[&str] = &[
     "x-forwarded-host",
     "x-real-ip",
 ];
-
-/// Validates a route's policy keys: `origins`, `missing_origin`, `subprotocols`,
-/// `require_subprotocol` and the `[route.auth]` table.
-pub(crate) fn validate_route(
-    v: &mut Validator<'_>,
-    key: &str,
-    r: &crate::config::file::FileRoute,
-) -> RoutePolicy {
-    let mut p = RoutePolicy::default();
-
-    if let Some(list) = &r.origins {
-        let mut rules = Vec::new();
-        if list.get_ref().is_empty() {
-            v.err(
-                format!("{key}.origins"),
-                Some(list.span()),
-                "an empty list would refuse every browser: list origins, or remove the key to allow any",
-            );
-        }
-        for (i, s) in list.get_ref().iter().enumerate() {
-            match origin::OriginRule::parse(s.get_ref().trim()) {
-                Ok(rule) => rules.push(rule),
-                Err(m) => v.err(format!("{key}.origins[{i}]"), Some(s.span()), m),
-            }
-        }
-        p.origin = Some(origin::OriginPolicy {
-            rules: Some(rules),
-            allow_missing: true,
-        });
-    }
-    if let Some(m) = &r.missing_origin {
-        let allow = match m.get_ref().as_str() {
-            "allow" => true,
-            "refuse" => false,
-            other => {
-                v.err(
-                    format!("{key}.missing_origin"),
-                    Some(m.span()),
-                    format!("{other:?}: use \"allow\" (non-browser clients send no Origin) or \"refuse\""),
-                );
-                true
-            }
-        };
-        match &mut p.origin {
-            Some(o) => o.allow_missing = allow,
-            // Without `origins`: any origin, but there must be one (browsers only).
-            None if !allow => {
-                p.origin = Some(origin::OriginPolicy {
-                    rules: None,
-                    allow_missing: false,
-                })
-            }
-            None => {}
-        }
-    }
-
-    if let Some(list) = &r.subprotocols {
-        let mut allowed = Vec::new();
-        for (i, s) in list.get_ref().iter().enumerate() {
-            let name = s.get_ref().trim();
-            if name.is_empty() || !name.bytes().all(crate::handshake::is_token_byte) {
-                v.err(
-                    format!("{key}.subprotocols[{i}]"),
-                    Some(s.span()),
-                    format!("{name:?} is not a subprotocol name (an HTTP token)"),
-                );
-            } else {
-                allowed.push(name.to_string());
-            }
-        }
-        p.subprotocols.allowed = Some(allowed);
-    }
-    if let Some(req) = &r.require_subprotocol {
-        p.subprotocols.required = *req.get_ref();
-        if p.subprotocols.required && p.subprotocols.allowed.is_none() {
-            v.err(
-                format!("{key}.require_subprotocol"),
-                Some(req.span()),
-                "needs `subprotocols = [...]`: the list of which one is required",
-            );
-        }
-    }
-
-    let Some(auth) = &r.auth else {
-        return p;
-    };
-    let akey = format!("{key}.auth");
-    let a = auth.get_ref();
-    p.require_cookies = names(
-        v,
-        &format!("{akey}.require_cookies"),
-        a.require_cookies.as_ref(),
-    );
-    p.strip_cookies = names(
-        v,
-        &format!("{akey}.strip_cookies"),
-        a.strip_cookies.as_ref(),
-    );
-    for (i, s) in a
-        .strip_headers
-        .as_ref()
-        .map(|l| l.get_ref().as_slice())
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
-        let k = format!("{akey}.strip_headers[{i}]");
-        if let Some(h) = header_name(v, &k, s.get_ref(), s.span()) {
-            if RESERVED_HEADERS.contains(&h.as_str()) {
-                v.err(
-                    k,
-                    Some(s.span()),
-                    format!("{h} is built by the proxy itself"),
-                );
-            } else {
-                p.strip_headers.push(h);
-            }
-        }
-    }
-    let jwt_configured = a.jwt.is_some();
-    if let Some(set) = &a.set_headers {
-        for (name, value) in set.get_ref() {
-            let k = format!("{akey}.set_headers.{name}");
-            let Some(h) = header_name(v, &k, name, value.span()) else {
-                continue;
-            };
-            if RESERVED_HEADERS.contains(&h.as_str()) {
-                v.err(
-                    k,
-                    Some(value.span()),
-                    format!("{h} is built by the proxy itself"),
-                );
-                continue;
-            }
-            match identity::Template::parse(value.get_ref()) {
-                Ok(t) if t.uses_claims() && !jwt_configured => v.err(
-                    k,
-                    Some(value.span()),
-                    "reads token claims, but the route has no [route.auth.jwt]",
-                ),
-                Ok(t) => p.set_headers.push((h, t)),
-                Err(m) => v.err(k, Some(value.span()), m),
-            }
-        }
-    }
-    if let Some(j) = &a.jwt {
-        p.jwt = jwt::validate(v, &format!("{akey}.jwt"), j);
-    }
-    if let Some(f) = &a.forward_auth {
-        p.forward_auth = forward_auth::validate(v, &format!("{akey}.forward_auth"), f);
-    }
-    p
-}
 
 /// Why a handshake was refused by policy. The message is the log's reason; what the client
 /// sees is [`PolicyError::public_message`] (a token's verification detail stays in the log).
@@ -425,114 +179,38 @@ pub struct RequestFacts<'a> {
     pub tls_subject: Option<&'a str>,
 }
 
-/// A token found in the request, and where.
-struct FoundToken {
-    token: String,
-    source: TokenSource,
-}
-
-/// The subprotocol entries that carry a token: `bearer.<token>`, or `access_token`/`bearer`
-/// followed by the token. Returns the token and the indices of the entries to remove.
-fn token_in_protocols(protocols: &[String]) -> Option<(String, Vec<usize>)> {
-    for (i, p) in protocols.iter().enumerate() {
-        if let Some(t) = p.strip_prefix("bearer.")
-            && !t.is_empty()
-        {
-            return Some((t.to_string(), vec![i]));
-        }
-        if (p == "access_token" || p == "bearer")
-            && let Some(t) = protocols.get(i + 1)
-        {
-            return Some((t.clone(), vec![i, i + 1]));
-        }
-    }
-    None
-}
-
-/// The value of query parameter `name` (not percent-decoded: JWTs are URL-safe).
-fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
-    query?
-        .split('&')
-        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
-/// The request URI without query parameter `name`.
-fn without_query_param(uri: &http::Uri, name: &str) -> http::Uri {
-    let Some(q) = uri.query() else {
-        return uri.clone();
-    };
-    let kept: Vec<&str> = q
-        .split('&')
-        .filter(|kv| kv.split_once('=').map_or(*kv, |(k, _)| k) != name)
-        .collect();
-    let pq = if kept.is_empty() {
-        uri.path().to_string()
-    } else {
-        format!("{}?{}", uri.path(), kept.join("&"))
-    };
-    let mut p = uri.clone().into_parts();
-    p.path_and_query = pq.parse().ok();
-    http::Uri::from_parts(p).unwrap_or_else(|_| uri.clone())
-}
-
-fn find_token(
-    sources: &[TokenSource],
-    parts: &http::request::Parts,
-    protocols: &[String],
-) -> Option<FoundToken> {
-    for s in sources {
-        let token = match s {
-            TokenSource::Header => parts
-                .headers
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| {
-                    let (scheme, t) = v.trim().split_once(' ')?;
-                    scheme
-                        .eq_ignore_ascii_case("bearer")
-                        .then(|| t.trim().to_string())
-                }),
-            TokenSource::Cookie(name) => cookie::get(&parts.headers, name).map(str::to_string),
-            TokenSource::Query(name) => query_param(parts.uri.query(), name).map(str::to_string),
-            TokenSource::Subprotocol => token_in_protocols(protocols).map(|(t, _)| t),
-        };
-        if let Some(token) = token.filter(|t| !t.is_empty()) {
-            return Some(FoundToken {
-                token,
-                source: s.clone(),
-            });
-        }
-    }
-    None
-}
-
-fn describe_sources(sources: &[TokenSource]) -> String {
-    sources
-        .iter()
-        .map(|s| match s {
-            TokenSource::Header => "Authorization header".to_string(),
-            TokenSource::Cookie(n) => format!("cookie {n:?}"),
-            TokenSource::Query(n) => format!("query parameter {n:?}"),
-            TokenSource::Subprotocol => "Sec-WebSocket-Protocol".to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 impl RoutePolicy {
+    pub fn new(rules: PolicyRules) -> RoutePolicy {
+        // Destructured without `..`: a rule added to `PolicyRules` does not compile until it
+        // is decided here whether it makes the route checked.
+        let PolicyRules {
+            origin,
+            subprotocols,
+            require_cookies,
+            strip_cookies,
+            strip_headers,
+            set_headers,
+            jwt,
+            forward_auth,
+        } = &rules;
+        let open = origin.is_none()
+            && subprotocols.is_open()
+            && require_cookies.is_empty()
+            && strip_cookies.is_empty()
+            && strip_headers.is_empty()
+            && set_headers.is_empty()
+            && jwt.is_none()
+            && forward_auth.is_none();
+        RoutePolicy { rules, open }
+    }
+
+    pub fn rules(&self) -> &PolicyRules {
+        &self.rules
+    }
+
     /// Whether the route checks anything at all (the fast path skips the rest).
     pub fn is_open(&self) -> bool {
-        self.origin.is_none()
-            && self.subprotocols.allowed.is_none()
-            && !self.subprotocols.required
-            && self.require_cookies.is_empty()
-            && self.strip_cookies.is_empty()
-            && self.strip_headers.is_empty()
-            && self.set_headers.is_empty()
-            && self.jwt.is_none()
-            && self.forward_auth.is_none()
+        self.open
     }
 
     /// Runs the checks in order and, when all pass, rewrites the request for the backend:
@@ -549,7 +227,7 @@ impl RoutePolicy {
         protocols: &mut Vec<String>,
         facts: &RequestFacts<'_>,
     ) -> Result<Option<String>, PolicyError> {
-        if let Some(origin) = &self.origin {
+        if let Some(origin) = &self.rules.origin {
             let value = parts
                 .headers
                 .get(http::header::ORIGIN)
@@ -561,6 +239,7 @@ impl RoutePolicy {
 
         // The token entries come out of the offer before the allow-list sees it.
         let jwt_from_protocols = self
+            .rules
             .jwt
             .as_ref()
             .is_some_and(|j| j.sources().contains(&TokenSource::Subprotocol));
@@ -575,11 +254,12 @@ impl RoutePolicy {
             }
         }
         let offer = self
+            .rules
             .subprotocols
             .filter(offer)
             .map_err(PolicyError::Subprotocol)?;
 
-        for name in &self.require_cookies {
+        for name in &self.rules.require_cookies {
             if cookie::get(&parts.headers, name).is_none() {
                 return Err(PolicyError::MissingCookie(name.clone()));
             }
@@ -587,7 +267,7 @@ impl RoutePolicy {
 
         let mut claims = None;
         let mut token_source = None;
-        if let Some(jwt) = &self.jwt {
+        if let Some(jwt) = &self.rules.jwt {
             let found = find_token(jwt.sources(), parts, protocols).ok_or_else(|| {
                 PolicyError::MissingToken(format!("looked in: {}", describe_sources(jwt.sources())))
             })?;
@@ -599,7 +279,7 @@ impl RoutePolicy {
         }
 
         let mut auth_headers = Vec::new();
-        if let Some(fa) = &self.forward_auth {
+        if let Some(fa) = &self.rules.forward_auth {
             // A token in the query is not the auth service's business either.
             let uri = match &token_source {
                 Some(TokenSource::Query(name)) => without_query_param(&parts.uri, name),
@@ -632,7 +312,7 @@ impl RoutePolicy {
 
         // Every check passed: rewrite the request for the backend.
         *protocols = offer;
-        if let Some(jwt) = &self.jwt
+        if let Some(jwt) = &self.rules.jwt
             && !jwt.forward_token()
         {
             match &token_source {
@@ -649,15 +329,15 @@ impl RoutePolicy {
         if let Some(TokenSource::Query(name)) = &token_source {
             parts.uri = without_query_param(&parts.uri, name);
         }
-        cookie::strip(&mut parts.headers, &self.strip_cookies);
-        for h in &self.strip_headers {
+        cookie::strip(&mut parts.headers, &self.rules.strip_cookies);
+        for h in &self.rules.strip_headers {
             parts.headers.remove(h);
         }
         // Identity headers are the proxy's word alone: the client's own copies always go.
-        for (name, _) in &self.set_headers {
+        for (name, _) in &self.rules.set_headers {
             parts.headers.remove(name);
         }
-        if let Some(fa) = &self.forward_auth {
+        if let Some(fa) = &self.rules.forward_auth {
             for name in fa.copy_headers() {
                 parts.headers.remove(name);
             }
@@ -667,7 +347,7 @@ impl RoutePolicy {
             tls_subject: facts.tls_subject,
             client_ip: facts.client.ip,
         };
-        for (name, template) in &self.set_headers {
+        for (name, template) in &self.rules.set_headers {
             if let Some(v) = template.render(&identity)
                 && let Ok(v) = http::HeaderValue::from_str(&v)
             {

@@ -10,6 +10,12 @@ pub struct SubprotocolPolicy {
 }
 
 impl SubprotocolPolicy {
+    /// Passes every offer unchanged and requires none.
+    pub fn is_open(&self) -> bool {
+        let SubprotocolPolicy { allowed, required } = self;
+        allowed.is_none() && !required
+    }
+
     /// The offers that may reach the backend, in the client's order. `Err(reason)` when one
     /// is required and none is left.
     pub fn filter(&self, offered: Vec<String>) -> Result<Vec<String>, String> {

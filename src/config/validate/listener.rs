@@ -1,0 +1,360 @@
+//! `[[listener]]` (address, TLS and its certificates, PROXY protocol, trusted proxies) and
+//! `[http2]`. Certificates are loaded through `crate::tls`'s typed constructors now, so that a
+//! missing file or a key that does not match its certificate is an error with key and line.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::ops::Range;
+
+use toml::Spanned;
+
+use super::Validator;
+use super::line_of;
+use crate::config::file::{FileHttp2, FileListener, FileTls, SpStr};
+use crate::config::{DEFAULT_TLS_WATCH_INTERVAL, Http2Config, ListenerConfig};
+
+impl Validator<'_> {
+    /// Every `[[listener]]`; `handshake` is `timeouts.handshake`, the default of each.
+    pub(super) fn listeners(
+        &mut self,
+        file: &[Spanned<FileListener>],
+        handshake: std::time::Duration,
+    ) -> Vec<ListenerConfig> {
+        let mut listeners = Vec::new();
+        let mut seen_addrs = HashSet::new();
+        if file.is_empty() {
+            self.err(
+                "listener",
+                None,
+                "no [[listener]]: add one, e.g. [[listener]] listen = \"127.0.0.1:8080\"",
+            );
+        }
+        for (i, l) in file.iter().enumerate() {
+            let key = format!("listener[{i}]");
+            let span = l.span();
+            let l = l.get_ref();
+            let handshake_timeout = self.duration(
+                &format!("{key}.handshake_timeout"),
+                l.handshake_timeout.as_ref(),
+                handshake,
+            );
+            let Some(listen) = &l.listen else {
+                self.err(
+                    format!("{key}.listen"),
+                    Some(span),
+                    "missing: the address to listen on, e.g. \"0.0.0.0:8080\"",
+                );
+                continue;
+            };
+            match listen.get_ref().parse::<SocketAddr>() {
+                Ok(addr) => {
+                    if addr.port() != 0 && !seen_addrs.insert(addr) {
+                        self.err(format!("{key}.listen"), Some(listen.span()), format!("{addr} is used by an earlier listener"));
+                    }
+                    let tls = l.tls.as_ref().and_then(|t| self.tls(&format!("{key}.tls"), t));
+                    let trusted_proxies = self.cidrs(
+                        &format!("{key}.trusted_proxies"),
+                        l.trusted_proxies.as_ref(),
+                    );
+                    listeners.push(ListenerConfig {
+                        addr,
+                        handshake_timeout,
+                        tls,
+                        proxy_protocol: l.proxy_protocol.unwrap_or(false),
+                        http2: l.http2.unwrap_or(true),
+                        tls_watch: l.tls.as_ref().and_then(|t| {
+                            self.optional_duration(
+                                &format!("{key}.tls.watch_interval"),
+                                t.get_ref().watch_interval.as_ref(),
+                                Some(DEFAULT_TLS_WATCH_INTERVAL),
+                            )
+                        }),
+                        trusted_proxies: trusted_proxies.into(),
+                    });
+                }
+                Err(_) => self.err(
+                    format!("{key}.listen"),
+                    Some(listen.span()),
+                    format!(
+                        "{:?} is not an IP address with a port, e.g. \"0.0.0.0:8080\" or \"[::]:8080\"",
+                        listen.get_ref()
+                    ),
+                ),
+            }
+        }
+        listeners
+    }
+
+    /// A listener's TLS table: every certificate loaded and checked now, so `wsgate check`
+    /// finds a missing file or a key that does not match its certificate.
+    fn tls(
+        &mut self,
+        key: &str,
+        t: &Spanned<FileTls>,
+    ) -> Option<std::sync::Arc<crate::tls::TlsListener>> {
+        let before = self.errors.len();
+        let mut resolver = crate::tls::SniResolver::default();
+        let mut sources = Vec::new();
+        let t_span = t.span();
+        let t = t.get_ref();
+        let pair = |v: &mut Self,
+                    k: &str,
+                    cert: Option<&SpStr>,
+                    keyf: Option<&SpStr>,
+                    span: Range<usize>| {
+            match (cert, keyf) {
+                (Some(c), Some(kf)) => {
+                    let cp = v.base.join(c.get_ref());
+                    let kp = v.base.join(kf.get_ref());
+                    match crate::tls::load_certified_key(&cp, &kp) {
+                        Ok(ck) => {
+                            if let Some(w) =
+                                crate::tls::validity_warning(&ck, std::time::SystemTime::now())
+                            {
+                                let line = line_of(v.text, c.span().start);
+                                tracing::warn!(key = %format!("{k}.cert"), line, file = %cp.display(), "{w}");
+                            }
+                            Some((ck, cp, kp))
+                        }
+                        Err(crate::tls::PairError::Cert(msg)) => {
+                            v.err(format!("{k}.cert"), Some(c.span()), msg);
+                            None
+                        }
+                        Err(crate::tls::PairError::Key(msg)) => {
+                            v.err(format!("{k}.key"), Some(kf.span()), msg);
+                            None
+                        }
+                    }
+                }
+                (Some(_), None) => {
+                    v.err(
+                        format!("{k}.key"),
+                        Some(span),
+                        "missing: the private key file for the certificate",
+                    );
+                    None
+                }
+                (None, Some(_)) => {
+                    v.err(
+                        format!("{k}.cert"),
+                        Some(span),
+                        "missing: the certificate chain file for the key",
+                    );
+                    None
+                }
+                (None, None) => None,
+            }
+        };
+        if let Some((ck, cert, keyf)) =
+            pair(self, key, t.cert.as_ref(), t.key.as_ref(), t_span.clone())
+        {
+            resolver.set_default(ck);
+            sources.push(crate::tls::CertSource {
+                hosts: Vec::new(),
+                cert,
+                key: keyf,
+            });
+        } else if t.sni.is_empty() && self.errors.len() == before {
+            self.err(
+                format!("{key}.cert"),
+                Some(t_span.clone()),
+                "missing: a certificate (cert and key) or [[...tls.sni]] entries",
+            );
+        }
+        for (i, sni) in t.sni.iter().enumerate() {
+            let k = format!("{key}.sni[{i}]");
+            let span = sni.span();
+            let sni = sni.get_ref();
+            let hosts: Vec<String> = match &sni.hosts {
+                Some(h) if !h.get_ref().is_empty() => h
+                    .get_ref()
+                    .iter()
+                    .map(|s| s.get_ref().to_ascii_lowercase())
+                    .collect(),
+                Some(h) => {
+                    self.err(
+                        format!("{k}.hosts"),
+                        Some(h.span()),
+                        "must list at least one host name",
+                    );
+                    continue;
+                }
+                None => {
+                    self.err(
+                        format!("{k}.hosts"),
+                        Some(span),
+                        "missing: the SNI names this certificate serves",
+                    );
+                    continue;
+                }
+            };
+            if sni.cert.is_none() && sni.key.is_none() {
+                self.err(
+                    format!("{k}.cert"),
+                    Some(span),
+                    "missing: cert and key files",
+                );
+                continue;
+            }
+            if let Some((ck, cert, keyf)) =
+                pair(self, &k, sni.cert.as_ref(), sni.key.as_ref(), span)
+            {
+                for h in &hosts {
+                    resolver.add(h, ck.clone());
+                }
+                sources.push(crate::tls::CertSource {
+                    hosts,
+                    cert,
+                    key: keyf,
+                });
+            }
+        }
+        if self.errors.len() != before {
+            return None;
+        }
+        let required = match t.client_auth.as_ref().map(|m| (m, m.get_ref().as_str())) {
+            None | Some((_, "required")) => true,
+            Some((_, "optional")) => false,
+            Some((m, other)) => {
+                self.err(
+                    format!("{key}.client_auth"),
+                    Some(m.span()),
+                    format!("{other:?}: use \"required\" or \"optional\""),
+                );
+                return None;
+            }
+        };
+        let client_auth = match &t.client_ca {
+            Some(ca) => Some(crate::tls::ClientAuth {
+                ca: self.base.join(ca.get_ref()),
+                required,
+            }),
+            None => {
+                if let Some(m) = &t.client_auth {
+                    self.err(
+                        format!("{key}.client_auth"),
+                        Some(m.span()),
+                        "needs client_ca: the CA bundle client certificates must chain to",
+                    );
+                    return None;
+                }
+                None
+            }
+        };
+        let subject_header = match &t.client_subject_header {
+            None => None,
+            Some(h) => match http::HeaderName::from_bytes(h.get_ref().as_bytes()) {
+                Ok(name) if client_auth.is_some() => Some(name),
+                Ok(_) => {
+                    self.err(
+                        format!("{key}.client_subject_header"),
+                        Some(h.span()),
+                        "needs client_ca (no client certificates are asked for)",
+                    );
+                    return None;
+                }
+                Err(_) => {
+                    self.err(
+                        format!("{key}.client_subject_header"),
+                        Some(h.span()),
+                        format!("{:?} is not a header name", h.get_ref()),
+                    );
+                    return None;
+                }
+            },
+        };
+        match crate::tls::TlsListener::with_client_auth(
+            sources,
+            resolver,
+            client_auth.as_ref(),
+            subject_header,
+        ) {
+            Ok(l) => Some(std::sync::Arc::new(l)),
+            Err(msg) => {
+                let k = if t.client_ca.is_some() {
+                    format!("{key}.client_ca")
+                } else {
+                    key.to_string()
+                };
+                let span = t.client_ca.as_ref().map_or(t_span, |c| c.span());
+                self.err(k, Some(span), msg);
+                None
+            }
+        }
+    }
+
+    /// `[http2]`.
+    pub(super) fn http2(&mut self, f: Option<&FileHttp2>) -> Http2Config {
+        let d = Http2Config::default();
+        let Some(f) = f else { return d };
+        let count =
+            |v: &mut Self, key: &str, value: Option<&Spanned<i64>>, default: usize, max: i64| {
+                let Some(value) = value else { return default };
+                match *value.get_ref() {
+                    n if (1..=max).contains(&n) => n as usize,
+                    _ => {
+                        v.err(
+                            format!("http2.{key}"),
+                            Some(value.span()),
+                            format!("must be between 1 and {max}"),
+                        );
+                        default
+                    }
+                }
+            };
+        Http2Config {
+            max_concurrent_streams: count(
+                self,
+                "max_concurrent_streams",
+                f.max_concurrent_streams.as_ref(),
+                d.max_concurrent_streams as usize,
+                10_000,
+            ) as u32,
+            max_pending_accept_reset_streams: count(
+                self,
+                "max_pending_accept_reset_streams",
+                f.max_pending_accept_reset_streams.as_ref(),
+                d.max_pending_accept_reset_streams,
+                100_000,
+            ),
+            max_local_error_reset_streams: count(
+                self,
+                "max_local_error_reset_streams",
+                f.max_local_error_reset_streams.as_ref(),
+                d.max_local_error_reset_streams,
+                100_000,
+            ),
+            keep_alive_interval: self.optional_duration(
+                "http2.keep_alive_interval",
+                f.keep_alive_interval.as_ref(),
+                d.keep_alive_interval,
+            ),
+            keep_alive_timeout: self.duration(
+                "http2.keep_alive_timeout",
+                f.keep_alive_timeout.as_ref(),
+                d.keep_alive_timeout,
+            ),
+        }
+    }
+
+    /// A list of CIDR blocks or addresses.
+    fn cidrs(
+        &mut self,
+        key: &str,
+        list: Option<&Spanned<Vec<SpStr>>>,
+    ) -> Vec<crate::policy::forwarding::Cidr> {
+        let mut out = Vec::new();
+        for (i, s) in list
+            .map(|l| l.get_ref().as_slice())
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            match crate::policy::forwarding::Cidr::parse(s.get_ref().trim()) {
+                Ok(c) => out.push(c),
+                Err(m) => self.err(format!("{key}[{i}]"), Some(s.span()), m),
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,423 @@
+//! File mirror → runtime [`Config`]: every check, every error collected, each with key and line.
+//!
+//! One file per section, each turning its part of the mirror into typed values through the
+//! owning module's constructors (`crate::tls`, `crate::policy`) and decorating their errors
+//! with key and line: `listener.rs` (listeners, TLS, `[http2]`), `route.rs` (routes and
+//! backends), `auth.rs` (a route's policy keys and `[route.auth]`), `jwt.rs`
+//! (`[route.auth.jwt]`), `forward_auth.rs` (`[route.auth.forward_auth]`). This file holds the
+//! [`Validator`] they share, the top-level tables and the entry points.
+
+mod auth;
+mod forward_auth;
+mod jwt;
+mod listener;
+mod route;
+
+pub use route::parse_backend_url;
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use super::file::{FileConfig, SpStr};
+use super::units::{parse_duration, parse_size};
+use super::*;
+
+/// Reads `path` and validates it. Errors carry the file name as their source.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let source = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        source: source.clone(),
+        errors: vec![ConfigError {
+            key: "(file)".into(),
+            line: None,
+            message: format!("cannot read config file: {e}"),
+        }],
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    from_toml_str_in(&text, base).map_err(|errors| ConfigErrors { source, errors })
+}
+
+/// Parses and validates a config held in a string; relative file paths are taken from the
+/// current directory.
+pub fn from_toml_str(text: &str) -> Result<Config, Vec<ConfigError>> {
+    from_toml_str_in(text, Path::new("."))
+}
+
+/// Parses and validates a config; relative file paths (certificates, keys) are resolved
+/// against `base`, the config file's directory.
+pub fn from_toml_str_in(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
+    let file: FileConfig = toml::from_str(text).map_err(|e| vec![parse_error(text, &e)])?;
+    let mut v = Validator {
+        text,
+        base,
+        errors: Vec::new(),
+    };
+    let config = v.config(file);
+    if v.errors.is_empty() {
+        Ok(config)
+    } else {
+        v.errors.sort_by_key(|e| e.line.unwrap_or(0));
+        Err(v.errors)
+    }
+}
+
+/// Turns a TOML syntax or type error into a [`ConfigError`], recovering the key path from the
+/// span (the `toml` crate reports where, not which key).
+fn parse_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => ConfigError {
+            key: key_path_at(text, span.clone()),
+            line: Some(line_of(text, span.start)),
+            message,
+        },
+        None => ConfigError {
+            key: "(file)".into(),
+            line: None,
+            message,
+        },
+    }
+}
+
+/// 1-based line number of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Best-effort dotted key for a span: the innermost table header before it (with the index of
+/// an array-of-tables entry) followed by the key written on the span's line, if any.
+fn key_path_at(text: &str, span: Range<usize>) -> String {
+    let before = &text[..span.start.min(text.len())];
+    let mut table = String::new();
+    let mut counts: std::collections::HashMap<String, usize> = Default::default();
+    for line in before.lines() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_string();
+            let n = counts.entry(name.clone()).or_insert(0);
+            table = format!("{name}[{n}]");
+            *n += 1;
+        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            // A sub-table of the current array entry, e.g. `[route.timeouts]`.
+            let name = name.trim();
+            table = match name.split_once('.') {
+                Some((parent, child)) if counts.contains_key(parent) => {
+                    format!("{parent}[{}].{child}", counts[parent] - 1)
+                }
+                _ => name.to_string(),
+            };
+        }
+    }
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = &text[line_start..];
+    let line = line.split('\n').next().unwrap_or("");
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    match (table.is_empty(), key) {
+        (true, Some(k)) => k.to_string(),
+        (false, Some(k)) => format!("{table}.{k}"),
+        (false, None) => table,
+        (true, None) => "(top level)".into(),
+    }
+}
+
+/// The session keys of a `[timeouts]` or `[route.timeouts]` table.
+#[derive(Default, Clone, Copy)]
+struct SessionKeys<'a> {
+    ping_interval: Option<&'a SpStr>,
+    pong_timeout: Option<&'a SpStr>,
+    idle: Option<&'a SpStr>,
+    max_lifetime: Option<&'a SpStr>,
+}
+
+/// Collects errors while turning the file mirror into [`Config`]; each section's file adds
+/// its checks to it.
+pub(super) struct Validator<'a> {
+    text: &'a str,
+    /// The config file's directory: relative file paths are resolved against it.
+    pub(crate) base: &'a Path,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    /// Records one error; `span` (from a [`Spanned`] value) gives the line.
+    pub(crate) fn err(
+        &mut self,
+        key: impl Into<String>,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+    ) {
+        let line = span.map(|s| line_of(self.text, s.start));
+        self.errors.push(ConfigError {
+            key: key.into(),
+            line,
+            message: message.into(),
+        });
+    }
+
+    /// A positive duration such as `"5s"`; errors name `key`.
+    pub(crate) fn duration(
+        &mut self,
+        key: &str,
+        value: Option<&SpStr>,
+        default: Duration,
+    ) -> Duration {
+        let Some(value) = value else { return default };
+        match parse_duration(value.get_ref()) {
+            Ok(d) if d.is_zero() => {
+                self.err(key, Some(value.span()), "must be greater than zero");
+                default
+            }
+            Ok(d) => d,
+            Err(msg) => {
+                self.err(key, Some(value.span()), msg);
+                default
+            }
+        }
+    }
+
+    /// A duration where `"0"` or `"off"` turns the feature off.
+    pub(crate) fn optional_duration(
+        &mut self,
+        key: &str,
+        value: Option<&SpStr>,
+        default: Option<Duration>,
+    ) -> Option<Duration> {
+        let Some(value) = value else { return default };
+        if value.get_ref().trim() == "off" {
+            return None;
+        }
+        match parse_duration(value.get_ref()) {
+            Ok(d) if d.is_zero() => None,
+            Ok(d) => Some(d),
+            Err(msg) => {
+                self.err(key, Some(value.span()), format!("{msg} (or \"off\")"));
+                default
+            }
+        }
+    }
+
+    /// A size where `"0"` or `"off"` means no limit.
+    fn optional_size(
+        &mut self,
+        key: &str,
+        value: Option<&SpStr>,
+        default: Option<u64>,
+    ) -> Option<u64> {
+        let Some(value) = value else { return default };
+        if value.get_ref().trim() == "off" {
+            return None;
+        }
+        match parse_size(value.get_ref()) {
+            Ok(0) => None,
+            Ok(n) => Some(n),
+            Err(msg) => {
+                self.err(key, Some(value.span()), format!("{msg} (or \"off\")"));
+                default
+            }
+        }
+    }
+
+    /// Session settings: `table` (e.g. `timeouts`) over `defaults`.
+    fn session(
+        &mut self,
+        prefix: &str,
+        t: SessionKeys<'_>,
+        max_message: (&str, Option<&SpStr>),
+        defaults: &SessionConfig,
+    ) -> SessionConfig {
+        SessionConfig {
+            max_message: self.optional_size(max_message.0, max_message.1, defaults.max_message),
+            ping_interval: self.optional_duration(
+                &format!("{prefix}.ping_interval"),
+                t.ping_interval,
+                defaults.ping_interval,
+            ),
+            pong_timeout: self.duration(
+                &format!("{prefix}.pong_timeout"),
+                t.pong_timeout,
+                defaults.pong_timeout,
+            ),
+            idle_timeout: self.optional_duration(
+                &format!("{prefix}.idle"),
+                t.idle,
+                defaults.idle_timeout,
+            ),
+            max_lifetime: self.optional_duration(
+                &format!("{prefix}.max_lifetime"),
+                t.max_lifetime,
+                defaults.max_lifetime,
+            ),
+        }
+    }
+
+    fn size(&mut self, key: &str, value: Option<&SpStr>, default: usize) -> usize {
+        let Some(value) = value else { return default };
+        match parse_size(value.get_ref()) {
+            Ok(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            Err(msg) => {
+                self.err(key, Some(value.span()), msg);
+                default
+            }
+        }
+    }
+
+    fn config(&mut self, file: FileConfig) -> Config {
+        let timeouts = file.timeouts.unwrap_or_default();
+        let handshake = self.duration(
+            "timeouts.handshake",
+            timeouts.handshake.as_ref(),
+            DEFAULT_HANDSHAKE_TIMEOUT,
+        );
+        let backend_connect = self.duration(
+            "timeouts.backend_connect",
+            timeouts.backend_connect.as_ref(),
+            DEFAULT_BACKEND_CONNECT_TIMEOUT,
+        );
+        let backend_handshake = self.duration(
+            "timeouts.backend_handshake",
+            timeouts.backend_handshake.as_ref(),
+            DEFAULT_BACKEND_HANDSHAKE_TIMEOUT,
+        );
+
+        let limits_file = file.limits.unwrap_or_default();
+        let session = self.session(
+            "timeouts",
+            SessionKeys {
+                ping_interval: timeouts.ping_interval.as_ref(),
+                pong_timeout: timeouts.pong_timeout.as_ref(),
+                idle: timeouts.idle.as_ref(),
+                max_lifetime: timeouts.max_lifetime.as_ref(),
+            },
+            ("limits.max_message", limits_file.max_message.as_ref()),
+            &SessionConfig::default(),
+        );
+        let mut limits = Limits {
+            max_header_bytes: self.size(
+                "limits.max_header_bytes",
+                limits_file.max_header_bytes.as_ref(),
+                DEFAULT_MAX_HEADER_BYTES,
+            ),
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_error_body: self.size(
+                "limits.max_error_body",
+                limits_file.max_error_body.as_ref(),
+                DEFAULT_MAX_ERROR_BODY,
+            ),
+        };
+        if limits.max_header_bytes < MIN_HEADER_BYTES {
+            let span = limits_file.max_header_bytes.as_ref().map(|s| s.span());
+            self.err(
+                "limits.max_header_bytes",
+                span,
+                format!("must be at least {MIN_HEADER_BYTES} bytes (8KiB)"),
+            );
+            limits.max_header_bytes = DEFAULT_MAX_HEADER_BYTES;
+        }
+        if let Some(n) = &limits_file.max_headers {
+            match usize::try_from(*n.get_ref()) {
+                Ok(n) if (1..=10_000).contains(&n) => limits.max_headers = n,
+                _ => self.err(
+                    "limits.max_headers",
+                    Some(n.span()),
+                    "must be between 1 and 10000",
+                ),
+            }
+        }
+
+        let shutdown_grace = self.duration(
+            "shutdown.grace",
+            file.shutdown.as_ref().and_then(|s| s.grace.as_ref()),
+            DEFAULT_SHUTDOWN_GRACE,
+        );
+
+        let listeners = self.listeners(&file.listener, handshake);
+
+        let mut routes: Vec<RouteConfig> = Vec::new();
+        let mut names = HashSet::new();
+        let mut places = HashSet::new();
+        if file.route.is_empty() {
+            self.err(
+                "route",
+                None,
+                "no [[route]]: add at least one route with a path and backends",
+            );
+        }
+        for (i, r) in file.route.iter().enumerate() {
+            let key = format!("route[{i}]");
+            if let Some(route) = self.route(&key, r, backend_connect, backend_handshake, &session) {
+                if !names.insert(route.name.clone()) {
+                    let span = r.get_ref().name.as_ref().map(|n| n.span());
+                    self.err(
+                        format!("{key}.name"),
+                        span,
+                        format!("route name {:?} is used twice", route.name),
+                    );
+                }
+                if !places.insert((route.host.clone(), route.path.clone())) {
+                    self.err(
+                        format!("{key}.path"),
+                        r.get_ref().path.as_ref().map(|p| p.span()),
+                        format!(
+                            "an earlier route already serves host {} and path {:?}",
+                            route.host.as_deref().unwrap_or("(any)"),
+                            route.path
+                        ),
+                    );
+                }
+                routes.push(route);
+            }
+        }
+
+        let http2 = self.http2(file.http2.as_ref());
+        Config {
+            listeners,
+            routes,
+            limits,
+            http2,
+            shutdown_grace,
+            pages: Vec::new(),
+        }
+    }
+}
+
+/// A header name; an error naming `key` if it is not one.
+fn header_name(
+    v: &mut Validator<'_>,
+    key: &str,
+    s: &str,
+    span: std::ops::Range<usize>,
+) -> Option<http::HeaderName> {
+    match http::HeaderName::from_bytes(s.trim().as_bytes()) {
+        Ok(h) => Some(h),
+        Err(_) => {
+            v.err(key, Some(span), format!("{s:?} is not a header name"));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_paths_from_spans() {
+        let text = "[[listener]]\nlisten = \"x\"\n\n[[route]]\nname = \"a\"\n[[route]]\nname = \"b\"\nbogus = 1\n[route.timeouts]\nbackend_connect = 3\n";
+        let at = |needle: &str| {
+            let i = text.find(needle).unwrap();
+            key_path_at(text, i..i + needle.len())
+        };
+        assert_eq!(at("bogus"), "route[1].bogus");
+        assert_eq!(at("listen ="), "listener[0].listen");
+        assert_eq!(at("backend_connect"), "route[1].timeouts.backend_connect");
+    }
+}

@@ -1,0 +1,395 @@
+//! `[[route]]`: name, host, path, backends and their TLS, balancing, timeouts and session
+//! limits. The route's policy keys are `auth.rs`'s.
+
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::{SessionKeys, Validator};
+use crate::config::file::{FileBackend, FileBackendTls, FileRoute};
+use crate::config::{BackendUrl, Balance, RouteConfig, SessionConfig};
+
+impl Validator<'_> {
+    pub(super) fn route(
+        &mut self,
+        key: &str,
+        r: &Spanned<FileRoute>,
+        connect_default: Duration,
+        handshake_default: Duration,
+        session_default: &SessionConfig,
+    ) -> Option<RouteConfig> {
+        let span = r.span();
+        let r = r.get_ref();
+        let errors_before = self.errors.len();
+
+        let name = match &r.name {
+            Some(n) if !n.get_ref().trim().is_empty() => n.get_ref().trim().to_string(),
+            Some(n) => {
+                self.err(format!("{key}.name"), Some(n.span()), "must not be empty");
+                String::new()
+            }
+            None => {
+                self.err(
+                    format!("{key}.name"),
+                    Some(span.clone()),
+                    "missing: every route needs a name (it appears in the logs)",
+                );
+                String::new()
+            }
+        };
+
+        let host = r.host.as_ref().and_then(|h| {
+            let value = h.get_ref().trim().to_ascii_lowercase();
+            if valid_host_pattern(&value) {
+                Some(value)
+            } else {
+                self.err(
+                    format!("{key}.host"),
+                    Some(h.span()),
+                    format!("{:?} is not a host name (no scheme, port or path; \"*.example.com\" for subdomains)", h.get_ref()),
+                );
+                None
+            }
+        });
+
+        let path = match &r.path {
+            Some(p) if p.get_ref().starts_with('/') && !p.get_ref().contains(['?', '#', ' ']) => {
+                p.get_ref().clone()
+            }
+            Some(p) => {
+                self.err(
+                    format!("{key}.path"),
+                    Some(p.span()),
+                    format!(
+                        "{:?} must start with '/' and hold no query or fragment",
+                        p.get_ref()
+                    ),
+                );
+                String::new()
+            }
+            None => {
+                self.err(
+                    format!("{key}.path"),
+                    Some(span.clone()),
+                    "missing: the path prefix this route serves, e.g. \"/\" or \"/chat\"",
+                );
+                String::new()
+            }
+        };
+
+        let mut backends = Vec::new();
+        match &r.backends {
+            None => self.err(
+                format!("{key}.backends"),
+                Some(span.clone()),
+                "missing: a list of backend URLs, e.g. [\"ws://127.0.0.1:9000\"]",
+            ),
+            Some(list) if list.get_ref().is_empty() => self.err(
+                format!("{key}.backends"),
+                Some(list.span()),
+                "must list at least one backend URL",
+            ),
+            Some(list) => {
+                for (j, b) in list.get_ref().iter().enumerate() {
+                    let (url, skip) = match b.get_ref() {
+                        FileBackend::Url(u) => (u, false),
+                        FileBackend::Table(t) => (&t.url, t.insecure_skip_verify.unwrap_or(false)),
+                    };
+                    match parse_backend_url(url) {
+                        Ok(url) if skip && !url.tls => self.err(
+                            format!("{key}.backends[{j}].insecure_skip_verify"),
+                            Some(b.span()),
+                            "only means something for a wss:// backend",
+                        ),
+                        Ok(mut url) => {
+                            url.insecure_skip_verify = skip;
+                            backends.push(url)
+                        }
+                        Err(msg) => self.err(format!("{key}.backends[{j}]"), Some(b.span()), msg),
+                    }
+                }
+            }
+        }
+
+        let balance = match r.balance.as_ref().map(|b| (b, b.get_ref().as_str())) {
+            None | Some((_, "round_robin")) => Balance::RoundRobin,
+            Some((_, "least_conn")) => Balance::LeastConn,
+            Some((b, other)) => {
+                self.err(
+                    format!("{key}.balance"),
+                    Some(b.span()),
+                    format!("unknown balance {other:?}: use \"round_robin\" or \"least_conn\""),
+                );
+                Balance::RoundRobin
+            }
+        };
+
+        let t = r.timeouts.as_ref();
+        let backend_connect_timeout = self.duration(
+            &format!("{key}.timeouts.backend_connect"),
+            t.and_then(|t| t.backend_connect.as_ref()),
+            connect_default,
+        );
+        let backend_handshake_timeout = self.duration(
+            &format!("{key}.timeouts.backend_handshake"),
+            t.and_then(|t| t.backend_handshake.as_ref()),
+            handshake_default,
+        );
+
+        let session = self.session(
+            &format!("{key}.timeouts"),
+            t.map(|t| SessionKeys {
+                ping_interval: t.ping_interval.as_ref(),
+                pong_timeout: t.pong_timeout.as_ref(),
+                idle: t.idle.as_ref(),
+                max_lifetime: t.max_lifetime.as_ref(),
+            })
+            .unwrap_or_default(),
+            (&format!("{key}.max_message"), r.max_message.as_ref()),
+            session_default,
+        );
+
+        let (backend_tls, backend_tls_unverified) =
+            self.backend_tls(key, &name, r.backend_tls.as_ref(), &backends);
+        let policy = super::auth::route_policy(self, key, r);
+
+        (self.errors.len() == errors_before).then_some(RouteConfig {
+            name,
+            host,
+            path,
+            backends,
+            backend_tls,
+            backend_tls_unverified,
+            balance,
+            preserve_host: r.preserve_host.unwrap_or(false),
+            backend_connect_timeout,
+            backend_handshake_timeout,
+            session,
+            policy: std::sync::Arc::new(policy),
+        })
+    }
+
+    /// TLS client settings for a route's `wss://` backends, built (and files checked) now.
+    fn backend_tls(
+        &mut self,
+        key: &str,
+        route: &str,
+        t: Option<&Spanned<FileBackendTls>>,
+        backends: &[BackendUrl],
+    ) -> (
+        Option<std::sync::Arc<rustls::ClientConfig>>,
+        Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) {
+        if !backends.iter().any(|b| b.tls) {
+            if let Some(t) = t {
+                self.err(
+                    format!("{key}.backend_tls"),
+                    Some(t.span()),
+                    "set, but no backend of this route is wss://",
+                );
+            }
+            return (None, None);
+        }
+        let default = FileBackendTls::default();
+        let (span, t) = match t {
+            Some(t) => (Some(t.span()), t.get_ref()),
+            None => (None, &default),
+        };
+        let ca = t.ca.as_ref().map(|c| self.base.join(c.get_ref()));
+        let client_cert = t.client_cert.as_ref().map(|c| self.base.join(c.get_ref()));
+        let client_key = t.client_key.as_ref().map(|c| self.base.join(c.get_ref()));
+        let client_auth = match (&client_cert, &client_key) {
+            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+            (None, None) => None,
+            _ => {
+                self.err(
+                    format!("{key}.backend_tls"),
+                    span,
+                    "client_cert and client_key go together",
+                );
+                return (None, None);
+            }
+        };
+        // Backends marked `insecure_skip_verify` get the same settings without verification.
+        let mut unverified = None;
+        for b in backends.iter().filter(|b| b.insecure_skip_verify) {
+            tracing::warn!(
+                route,
+                backend = %b.url,
+                "insecure_skip_verify is on for this backend: its certificate is NOT verified (development only)"
+            );
+            if unverified.is_none() {
+                let opts = crate::tls::BackendTlsOptions {
+                    ca: None,
+                    insecure_skip_verify: true,
+                    client_auth,
+                };
+                unverified = crate::tls::backend_client_config(&opts).ok();
+            }
+        }
+        let skip = t.insecure_skip_verify.unwrap_or(false);
+        if skip {
+            tracing::warn!(
+                route,
+                "backend_tls.insecure_skip_verify is on: backend certificates are NOT verified (development only)"
+            );
+        }
+        let opts = crate::tls::BackendTlsOptions {
+            ca: ca.as_deref(),
+            insecure_skip_verify: skip,
+            client_auth,
+        };
+        let verified = match crate::tls::backend_client_config(&opts) {
+            Ok(c) => Some(c),
+            Err(crate::tls::PairError::Cert(m)) => {
+                let (k, sp) = match &t.ca {
+                    Some(ca) => (format!("{key}.backend_tls.ca"), Some(ca.span())),
+                    None => (
+                        format!("{key}.backend_tls.client_cert"),
+                        t.client_cert.as_ref().map(|c| c.span()),
+                    ),
+                };
+                self.err(k, sp, m);
+                None
+            }
+            Err(crate::tls::PairError::Key(m)) => {
+                self.err(
+                    format!("{key}.backend_tls.client_key"),
+                    t.client_key.as_ref().map(|c| c.span()),
+                    m,
+                );
+                None
+            }
+        };
+        (verified, unverified)
+    }
+}
+
+/// A host name or `*.`-prefixed wildcard: letters, digits, `-`, `.`; or an IP literal.
+fn valid_host_pattern(h: &str) -> bool {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return !h.starts_with("*.");
+    }
+    if let Some(inner) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        return inner.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Parses `ws://host[:port][/path][?query]` or the same with `wss://`.
+pub fn parse_backend_url(s: &str) -> Result<BackendUrl, String> {
+    let (rest, tls) = if let Some(rest) = s.strip_prefix("ws://") {
+        (rest, false)
+    } else if let Some(rest) = s.strip_prefix("wss://") {
+        (rest, true)
+    } else {
+        return Err(format!("{s:?} is not a ws:// or wss:// URL"));
+    };
+    let default_port = if tls { 443 } else { 80 };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if authority.contains('@') {
+        return Err(format!("{s:?}: user info in backend URLs is not supported"));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("{s:?}: unclosed '[' in IPv6 address"))?;
+        h.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| format!("{s:?}: {h:?} is not an IPv6 address"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err(format!("{s:?}: unexpected {after:?} after the address")),
+        };
+        (format!("[{h}]"), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (authority.to_string(), None),
+        }
+    };
+    if host.is_empty()
+        || !(host.starts_with('[') || valid_host_pattern(&host))
+        || host.starts_with("*.")
+    {
+        return Err(format!("{s:?}: missing or invalid host"));
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("{s:?}: {p:?} is not a port number"))?,
+    };
+    let (path, query) = match tail.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_string())),
+        None => (tail, None),
+    };
+    if tail.contains('#') || tail.contains(' ') {
+        return Err(format!(
+            "{s:?}: fragments and spaces are not allowed in backend URLs"
+        ));
+    }
+    let path = (!path.is_empty()).then(|| path.to_string());
+    let authority = if port == default_port {
+        host.clone()
+    } else {
+        format!("{host}:{port}")
+    };
+    Ok(BackendUrl {
+        url: s.to_string(),
+        tls,
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        port,
+        authority,
+        path,
+        query: query.filter(|q| !q.is_empty()),
+        insecure_skip_verify: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_urls() {
+        let u = parse_backend_url("ws://127.0.0.1:9000").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_deref()),
+            ("127.0.0.1", 9000, None)
+        );
+        assert_eq!(u.authority, "127.0.0.1:9000");
+        let u = parse_backend_url("ws://chat.internal/ws/v2?tenant=a").unwrap();
+        assert_eq!(u.port, 80);
+        assert_eq!(u.authority, "chat.internal");
+        assert_eq!(u.path.as_deref(), Some("/ws/v2"));
+        assert_eq!(u.query.as_deref(), Some("tenant=a"));
+        let u = parse_backend_url("ws://[::1]:81/").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.authority.as_str()),
+            ("::1", 81, "[::1]:81")
+        );
+        assert!(parse_backend_url("http://x").is_err());
+        assert!(!parse_backend_url("ws://h").unwrap().tls);
+        assert!(parse_backend_url("ws://:80").is_err());
+        assert!(parse_backend_url("ws://h:0").is_err());
+        assert!(parse_backend_url("ws://h:99999").is_err());
+        let u = parse_backend_url("wss://h/x").unwrap();
+        assert!(u.tls);
+        assert_eq!((u.port, u.authority.as_str()), (443, "h"));
+    }
+}

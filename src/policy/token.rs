@@ -1,0 +1,321 @@
+//! Where a route's token is found: the `Authorization` header, a cookie, a query parameter
+//! or the subprotocol list. Pure functions over the request, unit-tested here; the JWT
+//! verifier (`jwt/`) never sees a request, only the token these find.
+
+use super::cookie;
+
+/// A place a token may be taken from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `Authorization: Bearer <token>`.
+    Header,
+    /// A cookie of this name.
+    Cookie(String),
+    /// A query parameter of this name (removed from the URL the backend sees).
+    Query(String),
+    /// `Sec-WebSocket-Protocol`: a `bearer.<token>` entry, or an `access_token` or `bearer`
+    /// entry followed by the token as the next entry.
+    Subprotocol,
+}
+
+impl TokenSource {
+    pub fn parse(s: &str) -> Result<TokenSource, String> {
+        let named = |kind: &str, name: &str| {
+            if name.is_empty() {
+                Err(format!(
+                    "{kind}: needs a name, e.g. \"{kind}:access_token\""
+                ))
+            } else {
+                Ok(name.to_string())
+            }
+        };
+        match s.split_once(':') {
+            None if s == "header" => Ok(TokenSource::Header),
+            None if s == "subprotocol" => Ok(TokenSource::Subprotocol),
+            Some(("cookie", name)) => named("cookie", name).map(TokenSource::Cookie),
+            Some(("query", name)) => named("query", name).map(TokenSource::Query),
+            _ => Err(format!(
+                "unknown token source {s:?}: use \"header\", \"cookie:NAME\", \"query:NAME\" or \"subprotocol\""
+            )),
+        }
+    }
+}
+
+/// A token found in the request, and where.
+pub(crate) struct FoundToken {
+    pub token: String,
+    pub source: TokenSource,
+}
+
+/// The subprotocol entries that carry a token: `bearer.<token>`, or `access_token`/`bearer`
+/// followed by the token. Returns the token and the indices of the entries to remove.
+pub(crate) fn token_in_protocols(protocols: &[String]) -> Option<(String, Vec<usize>)> {
+    for (i, p) in protocols.iter().enumerate() {
+        if let Some(t) = p.strip_prefix("bearer.")
+            && !t.is_empty()
+        {
+            return Some((t.to_string(), vec![i]));
+        }
+        if (p == "access_token" || p == "bearer")
+            && let Some(t) = protocols.get(i + 1)
+        {
+            return Some((t.clone(), vec![i, i + 1]));
+        }
+    }
+    None
+}
+
+/// The value of query parameter `name` (not percent-decoded: JWTs are URL-safe).
+pub(crate) fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// The request URI without query parameter `name`.
+pub(crate) fn without_query_param(uri: &http::Uri, name: &str) -> http::Uri {
+    let Some(q) = uri.query() else {
+        return uri.clone();
+    };
+    let kept: Vec<&str> = q
+        .split('&')
+        .filter(|kv| kv.split_once('=').map_or(*kv, |(k, _)| k) != name)
+        .collect();
+    let pq = if kept.is_empty() {
+        uri.path().to_string()
+    } else {
+        format!("{}?{}", uri.path(), kept.join("&"))
+    };
+    let mut p = uri.clone().into_parts();
+    p.path_and_query = pq.parse().ok();
+    http::Uri::from_parts(p).unwrap_or_else(|_| uri.clone())
+}
+
+pub(crate) fn find_token(
+    sources: &[TokenSource],
+    parts: &http::request::Parts,
+    protocols: &[String],
+) -> Option<FoundToken> {
+    for s in sources {
+        let token = match s {
+            TokenSource::Header => parts
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    let (scheme, t) = v.trim().split_once(' ')?;
+                    scheme
+                        .eq_ignore_ascii_case("bearer")
+                        .then(|| t.trim().to_string())
+                }),
+            TokenSource::Cookie(name) => cookie::get(&parts.headers, name).map(str::to_string),
+            TokenSource::Query(name) => query_param(parts.uri.query(), name).map(str::to_string),
+            TokenSource::Subprotocol => token_in_protocols(protocols).map(|(t, _)| t),
+        };
+        if let Some(token) = token.filter(|t| !t.is_empty()) {
+            return Some(FoundToken {
+                token,
+                source: s.clone(),
+            });
+        }
+    }
+    None
+}
+
+pub(crate) fn describe_sources(sources: &[TokenSource]) -> String {
+    sources
+        .iter()
+        .map(|s| match s {
+            TokenSource::Header => "Authorization header".to_string(),
+            TokenSource::Cookie(n) => format!("cookie {n:?}"),
+            TokenSource::Query(n) => format!("query parameter {n:?}"),
+            TokenSource::Subprotocol => "Sec-WebSocket-Protocol".to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = http::Request::get(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn protocols(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn sources_parse() {
+        assert_eq!(TokenSource::parse("header"), Ok(TokenSource::Header));
+        assert_eq!(
+            TokenSource::parse("subprotocol"),
+            Ok(TokenSource::Subprotocol)
+        );
+        assert_eq!(
+            TokenSource::parse("cookie:session"),
+            Ok(TokenSource::Cookie("session".into()))
+        );
+        assert_eq!(
+            TokenSource::parse("query:access_token"),
+            Ok(TokenSource::Query("access_token".into()))
+        );
+        assert!(
+            TokenSource::parse("cookie:")
+                .unwrap_err()
+                .contains("needs a name")
+        );
+        assert!(
+            TokenSource::parse("query:")
+                .unwrap_err()
+                .contains("needs a name")
+        );
+        assert!(
+            TokenSource::parse("body")
+                .unwrap_err()
+                .contains("unknown token source")
+        );
+        assert!(TokenSource::parse("Header").is_err());
+    }
+
+    #[test]
+    fn bearer_header() {
+        let found = |h: &str| {
+            find_token(
+                &[TokenSource::Header],
+                &parts("/", &[("authorization", h)]),
+                &[],
+            )
+            .map(|f| f.token)
+        };
+        assert_eq!(found("Bearer abc.def.ghi").as_deref(), Some("abc.def.ghi"));
+        // The scheme is case-insensitive (RFC 9110 §11.1); surrounding space is not the token.
+        assert_eq!(found("bearer  abc ").as_deref(), Some("abc"));
+        assert_eq!(found("BEARER abc").as_deref(), Some("abc"));
+        assert_eq!(found("Basic dXNlcjpwdw=="), None);
+        assert_eq!(found("Bearer"), None);
+        assert_eq!(found("Bearer "), None);
+        assert!(find_token(&[TokenSource::Header], &parts("/", &[]), &[]).is_none());
+    }
+
+    #[test]
+    fn cookie_source() {
+        let sources = [TokenSource::Cookie("session".into())];
+        let p = parts("/", &[("cookie", "theme=dark; session=tok123; x=1")]);
+        let f = find_token(&sources, &p, &[]).unwrap();
+        assert_eq!((f.token.as_str(), &f.source), ("tok123", &sources[0]));
+        // A cookie whose name merely ends the same way is not it; an empty value is no token.
+        assert!(find_token(&sources, &parts("/", &[("cookie", "xsession=t")]), &[]).is_none());
+        assert!(find_token(&sources, &parts("/", &[("cookie", "session=")]), &[]).is_none());
+    }
+
+    #[test]
+    fn query_source() {
+        assert_eq!(
+            query_param(Some("a=1&access_token=t.o.k&b=2"), "access_token"),
+            Some("t.o.k")
+        );
+        assert_eq!(query_param(Some("access_token"), "access_token"), Some(""));
+        assert_eq!(query_param(Some("xaccess_token=1"), "access_token"), None);
+        assert_eq!(query_param(None, "access_token"), None);
+        // The first occurrence wins, as in most frameworks.
+        assert_eq!(query_param(Some("t=1&t=2"), "t"), Some("1"));
+
+        let sources = [TokenSource::Query("t".into())];
+        let f = find_token(&sources, &parts("/ws?x=1&t=abc", &[]), &[]).unwrap();
+        assert_eq!(f.token, "abc");
+        assert!(find_token(&sources, &parts("/ws?t=", &[]), &[]).is_none());
+        assert!(find_token(&sources, &parts("/ws", &[]), &[]).is_none());
+    }
+
+    #[test]
+    fn query_param_removed_from_uri() {
+        let uri: http::Uri = "/ws?a=1&t=secret&b=2".parse().unwrap();
+        assert_eq!(without_query_param(&uri, "t").to_string(), "/ws?a=1&b=2");
+        let uri: http::Uri = "/ws?t=secret".parse().unwrap();
+        assert_eq!(without_query_param(&uri, "t").to_string(), "/ws");
+        let uri: http::Uri = "/ws?t".parse().unwrap();
+        assert_eq!(without_query_param(&uri, "t").to_string(), "/ws");
+        let uri: http::Uri = "/ws".parse().unwrap();
+        assert_eq!(without_query_param(&uri, "t").to_string(), "/ws");
+        let uri: http::Uri = "/ws?tt=1".parse().unwrap();
+        assert_eq!(without_query_param(&uri, "t").to_string(), "/ws?tt=1");
+    }
+
+    #[test]
+    fn subprotocol_entries() {
+        assert_eq!(
+            token_in_protocols(&protocols(&["chat", "bearer.abc"])),
+            Some(("abc".into(), vec![1]))
+        );
+        assert_eq!(
+            token_in_protocols(&protocols(&["access_token", "abc", "chat"])),
+            Some(("abc".into(), vec![0, 1]))
+        );
+        assert_eq!(
+            token_in_protocols(&protocols(&["chat", "bearer", "abc"])),
+            Some(("abc".into(), vec![1, 2]))
+        );
+        // A marker with nothing after it, or an empty `bearer.`, carries no token.
+        assert_eq!(
+            token_in_protocols(&protocols(&["chat", "access_token"])),
+            None
+        );
+        assert_eq!(token_in_protocols(&protocols(&["bearer."])), None);
+        assert_eq!(token_in_protocols(&protocols(&["chat", "superchat"])), None);
+
+        let f = find_token(
+            &[TokenSource::Subprotocol],
+            &parts("/", &[]),
+            &protocols(&["chat", "bearer.xyz"]),
+        )
+        .unwrap();
+        assert_eq!(
+            (f.token.as_str(), f.source),
+            ("xyz", TokenSource::Subprotocol)
+        );
+    }
+
+    #[test]
+    fn sources_are_tried_in_order() {
+        let p = parts(
+            "/ws?t=from-query",
+            &[
+                ("authorization", "Bearer from-header"),
+                ("cookie", "s=from-cookie"),
+            ],
+        );
+        let all = [
+            TokenSource::Cookie("s".into()),
+            TokenSource::Header,
+            TokenSource::Query("t".into()),
+        ];
+        assert_eq!(find_token(&all, &p, &[]).unwrap().token, "from-cookie");
+        assert_eq!(find_token(&all[1..], &p, &[]).unwrap().token, "from-header");
+        assert_eq!(find_token(&all[2..], &p, &[]).unwrap().token, "from-query");
+        // An empty source is skipped, not taken as an empty token.
+        let p = parts("/ws?t=q", &[("cookie", "s=")]);
+        assert_eq!(find_token(&all, &p, &[]).unwrap().token, "q");
+    }
+
+    #[test]
+    fn sources_described_for_the_refusal() {
+        assert_eq!(
+            describe_sources(&[
+                TokenSource::Header,
+                TokenSource::Cookie("s".into()),
+                TokenSource::Query("t".into()),
+                TokenSource::Subprotocol
+            ]),
+            "Authorization header, cookie \"s\", query parameter \"t\", Sec-WebSocket-Protocol"
+        );
+    }
+}
