@@ -47,7 +47,7 @@ const wss = new WebSocketServer({
   maxPayload: 64 * 1024 * 1024,
   // ws 8.23 refuses messages of more than 16384 fragments by default (close 1008); Autobahn's
   // 9.3.1/9.4.1 send 4 MiB in 64-byte fragments (65536), so raise it as the Python baseline
-  // in ../shared/conformance/baseline does (WEBSOCKETS_MAX_FRAGMENTS=100000).
+  // in scripts/autobahn.d/echo_server.py does (WEBSOCKETS_MAX_FRAGMENTS=100000).
   maxFragments: 100000,
   perMessageDeflate: deflate,
   // `protocols` is a Set in the client's order; false refuses to pick one (no header).
