@@ -2,13 +2,12 @@
 //! sees of it (nothing, by default), and the refusals (401 with a challenge, 503 without keys).
 //! Signatures, claims and key sources in detail are the unit tests' (src/policy/jwt.rs).
 
-mod support;
-
 use std::path::PathBuf;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
-use support::*;
+
+use crate::support::*;
 
 const SECRET: &str = "an HMAC secret of at least thirty-two bytes";
 

@@ -2,8 +2,6 @@
 //! TLS connection (ALPN h2, certificates made at test time) and on plain TCP (prior
 //! knowledge); wsgate bridges each to an HTTP/1.1 backend.
 
-mod support;
-
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,14 +11,15 @@ use http_body_util::Empty;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
-use support::tls::*;
-use support::*;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::support::tls::*;
+use crate::support::*;
 
 type H2Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 

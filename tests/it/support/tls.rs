@@ -1,6 +1,5 @@
 //! TLS test helpers: a CA made at test time (rcgen) that signs leaf certificates into a
 //! fresh directory, a client connector trusting it, and a listener config using them.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -3,8 +3,6 @@
 //! without an answer; listeners without the option treat a PROXY line as bad HTTP. Plus
 //! properties of the parser: no input panics it, and encoded headers round-trip.
 
-mod support;
-
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,11 +11,12 @@ use futures_util::{SinkExt, StreamExt};
 use proptest::prelude::*;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::ServerName;
-use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use wsgate::proxy_protocol::{ProxyHeaderError, V2_SIGNATURE, parse};
+
+use crate::support::*;
 
 // ---- encoders (the sender's side, written from the specification) ----
 

@@ -1,18 +1,17 @@
 //! The `wsgate` binary as a user runs it: check, run with JSON logs (access log, refusals,
 //! SIGTERM drain), and demo.
 
-mod support;
-
 use std::ffi::OsStr;
 use std::process::{ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::SinkExt;
-use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_wsgate");
 

@@ -3,8 +3,6 @@
 //! refusals passed to the client without reaching the backend, 503 when the service is slow,
 //! failing or down, and cached allows.
 
-mod support;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -15,8 +13,9 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use support::*;
 use tokio::net::TcpListener;
+
+use crate::support::*;
 
 /// A local auth service: `/allow`, `/deny401`, `/deny302`, `/error` (500) and `/slow` (never
 /// answers). Records the head of every request.
