@@ -347,8 +347,11 @@ async fn behind_a_trusted_proxy_the_auth_service_hears_what_the_client_used() {
 async fn a_token_in_the_query_is_not_passed_to_the_auth_service() {
     let auth = AuthService::spawn().await;
     let backend = EchoBackend::spawn().await;
-    let secret = std::env::temp_dir().join(format!("wsgate-fa-secret-{}", std::process::id()));
-    std::fs::write(&secret, "a-test-secret-that-is-long-enough-for-hs256").unwrap();
+    let tmp = TempDir::new("forward-auth");
+    let secret = tmp.write(
+        "hs256.secret",
+        "a-test-secret-that-is-long-enough-for-hs256",
+    );
     let gw = Gateway::spawn(&format!(
         "[[route]]\nname = \"app\"\npath = \"/\"\nbackends = [\"{}\"]\n\
          [route.auth.jwt]\nsecret_file = {:?}\nfrom = [\"query:access_token\"]\n\
@@ -365,7 +368,6 @@ async fn a_token_in_the_query_is_not_passed_to_the_auth_service() {
     )
     .unwrap();
     let r = upgrade(&gw, &format!("/chat?room=1&access_token={token}"), "").await;
-    let _ = std::fs::remove_file(&secret);
     assert_eq!(r.status, 101, "{}", r.head);
     assert_eq!(
         all(&auth.last().headers, "x-forwarded-uri"),

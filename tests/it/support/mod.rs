@@ -1,7 +1,10 @@
 //! Test harness: the gateway from a TOML string on port 0, echo and scripted backends, and
 //! clients (tokio-tungstenite as an independent peer, and raw sockets for malformed input).
 
+pub mod temp_dir;
 pub mod tls;
+
+pub use temp_dir::TempDir;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
