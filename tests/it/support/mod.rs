@@ -1,6 +1,7 @@
 //! Test harness: the gateway from a TOML string on port 0, echo and scripted backends, and
 //! clients (tokio-tungstenite as an independent peer, and raw sockets for malformed input).
 
+pub mod fake_auth;
 pub mod temp_dir;
 pub mod tls;
 
