@@ -238,3 +238,17 @@ impl Handle {
             .unwrap_or(ShutdownReport { sessions_ended: 0 })
     }
 }
+
+/// Test helpers shared with the integration tests (`tests/it/support/`), compiled into unit tests only.
+// The `#[path]` on the module makes `tests/it/support/` its directory: a path relative to
+// `src/test_support/`, which does not exist, would not resolve.
+#[cfg(test)]
+#[path = "../tests/it/support"]
+pub(crate) mod test_support {
+    // Not used by the unit tests yet (they still have their own `AuthService`).
+    #[allow(dead_code)]
+    #[path = "fake_auth.rs"]
+    pub mod fake_auth;
+    #[path = "temp_dir.rs"]
+    pub mod temp_dir;
+}

@@ -3,21 +3,19 @@
 //! without an answer; listeners without the option treat a PROXY line as bad HTTP. Plus
 //! properties of the parser: no input panics it, and encoded headers round-trip.
 
-mod support;
-
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use proptest::prelude::*;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::ServerName;
-use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use wsgate::proxy_protocol::{ProxyHeaderError, V2_SIGNATURE, parse};
+
+use crate::support::tls::TestCa;
+use crate::support::*;
 
 // ---- encoders (the sender's side, written from the specification) ----
 
@@ -274,43 +272,11 @@ async fn without_the_option_a_proxy_line_is_a_bad_request() {
     assert_eq!(backend.request_count(), 0);
 }
 
-/// A CA and a `localhost` leaf it signed, as in tests/tls.rs: the leaf's files for the
-/// listener and a client connector that trusts the CA.
-fn tls_material() -> (
-    std::path::PathBuf,
-    std::path::PathBuf,
-    tokio_rustls::TlsConnector,
-) {
-    let dir = std::env::temp_dir().join(format!("wsgate-pp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    let (cert_path, key_path) = (dir.join("localhost.pem"), dir.join("localhost.key"));
-    std::fs::write(&cert_path, leaf.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.der().clone()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(wsgate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    (
-        cert_path,
-        key_path,
-        tokio_rustls::TlsConnector::from(Arc::new(config)),
-    )
-}
-
 #[tokio::test]
 async fn proxy_header_then_tls() {
-    let (cert, key, connector) = tls_material();
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf("localhost", &["localhost"]);
+    let connector = ca.connector();
     let backend = EchoBackend::spawn().await;
     let gw = pp_gateway(
         &backend,

@@ -1,8 +1,11 @@
 //! Test harness: the gateway from a TOML string on port 0, echo and scripted backends, and
 //! clients (tokio-tungstenite as an independent peer, and raw sockets for malformed input).
-#![allow(dead_code)]
 
+pub mod fake_auth;
+pub mod temp_dir;
 pub mod tls;
+
+pub use temp_dir::TempDir;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -50,7 +53,6 @@ fn tracing_subscriber_init() -> Option<()> {
 pub struct Gateway {
     pub handle: Option<wsgate::Handle>,
     pub addr: SocketAddr,
-    pub toml: String,
 }
 
 impl Gateway {
@@ -72,7 +74,6 @@ impl Gateway {
         Gateway {
             addr: handle.local_addr(),
             handle: Some(handle),
-            toml,
         }
     }
 
@@ -122,7 +123,6 @@ pub type SeenClose = Option<(u16, String)>;
 #[derive(Clone)]
 pub struct EchoBackend {
     pub addr: SocketAddr,
-    pub name: &'static str,
     pub requests: Arc<Mutex<Vec<SeenRequest>>>,
     pub closes: Arc<Mutex<Vec<SeenClose>>>,
     /// Pongs the backend received (the proxy consumes the answers to its own pings).
@@ -132,19 +132,15 @@ pub struct EchoBackend {
 
 impl EchoBackend {
     pub async fn spawn() -> EchoBackend {
-        Self::spawn_named("echo", &["chat", "superchat"]).await
+        Self::spawn_supporting(&["chat", "superchat"]).await
     }
 
-    /// An echo backend that tags nothing but records under `name`, and accepts the first of
-    /// the client's offered subprotocols that is in `supported`.
-    pub async fn spawn_named(
-        name: &'static str,
-        supported: &'static [&'static str],
-    ) -> EchoBackend {
+    /// An echo backend that accepts the first of the client's offered subprotocols that is in
+    /// `supported`.
+    pub async fn spawn_supporting(supported: &'static [&'static str]) -> EchoBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let backend = EchoBackend {
             addr: listener.local_addr().unwrap(),
-            name,
             requests: Arc::default(),
             closes: Arc::default(),
             pongs: Arc::default(),

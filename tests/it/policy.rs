@@ -2,9 +2,7 @@
 //! forwarding headers, each allowed and refused, with a backend that records what it got.
 //! (JWT, forward-auth and PROXY protocol have their own files.)
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 /// A gateway with one route at `/` to `backend`, plus `extra` route keys and tables.
 async fn gateway(backend: &EchoBackend, extra: &str) -> Gateway {

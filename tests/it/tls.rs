@@ -2,20 +2,19 @@
 //! picks the certificate, config errors name the file, and a client that never starts TLS is
 //! closed after the handshake timeout while others are served.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures_util::SinkExt;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use support::tls::*;
-use support::*;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::tls::*;
+use crate::support::*;
 
 /// Starts a gateway with `listener` and one route `r` at `/` to `backend`.
 async fn gateway(listener: &str, backend: String) -> Gateway {

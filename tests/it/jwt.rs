@@ -2,37 +2,12 @@
 //! sees of it (nothing, by default), and the refusals (401 with a challenge, 503 without keys).
 //! Signatures, claims and key sources in detail are the unit tests' (src/policy/jwt.rs).
 
-mod support;
-
-use std::path::PathBuf;
-
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
-use support::*;
+
+use crate::support::*;
 
 const SECRET: &str = "an HMAC secret of at least thirty-two bytes";
-
-/// The secret in a file of its own, removed on drop.
-struct SecretFile(PathBuf);
-
-impl SecretFile {
-    fn new() -> SecretFile {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "wsgate-jwt-it-{}-{}.secret",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        std::fs::write(&path, format!("{SECRET}\n")).unwrap();
-        SecretFile(path)
-    }
-}
-
-impl Drop for SecretFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 fn now() -> u64 {
     jsonwebtoken::get_current_timestamp()
@@ -51,21 +26,22 @@ fn good_token() -> String {
     token(json!({ "sub": "alice", "aud": "chat", "exp": now() + 600 }))
 }
 
-/// A fresh echo backend, the secret in a file (keep it until the test ends), and a gateway with
-/// one route at `/` to the backend, its `[route.auth.jwt]` table holding the secret, an
-/// audience and `extra`; the backend gets the subject as `X-User`.
-async fn gateway(extra: &str) -> (EchoBackend, SecretFile, Gateway) {
+/// A fresh echo backend, the secret in a file in a temporary directory (keep it until the test
+/// ends), and a gateway with one route at `/` to the backend, its `[route.auth.jwt]` table
+/// holding the secret, an audience and `extra`; the backend gets the subject as `X-User`.
+async fn gateway(extra: &str) -> (EchoBackend, TempDir, Gateway) {
     let backend = EchoBackend::spawn().await;
-    let secret = SecretFile::new();
+    let tmp = TempDir::new("jwt");
+    let secret = tmp.write("hs256.secret", format!("{SECRET}\n"));
     let gw = Gateway::spawn(&format!(
         "[[route]]\nname = \"app\"\npath = \"/\"\nbackends = [\"{}\"]\n\
          [route.auth]\nset_headers = {{ \"X-User\" = \"{{sub}}\" }}\n\
          [route.auth.jwt]\nsecret_file = {:?}\naudience = \"chat\"\n{extra}\n",
         backend.url(),
-        secret.0.display().to_string(),
+        secret.display().to_string(),
     ))
     .await;
-    (backend, secret, gw)
+    (backend, tmp, gw)
 }
 
 async fn upgrade(gw: &Gateway, path: &str, headers: &str) -> RawResponse {

@@ -1,106 +1,10 @@
-//! Forward-auth through the gateway, against a local auth service that answers by path and
-//! records what it was asked: allow (with copied identity headers replacing forged ones),
-//! refusals passed to the client without reaching the backend, 503 when the service is slow,
-//! failing or down, and cached allows.
+//! Forward-auth through the gateway, against a local auth service (support/fake_auth.rs) that
+//! answers by path and records what it was asked: allow (with copied identity headers replacing
+//! forged ones), refusals passed to the client without reaching the backend, 503 when the
+//! service is slow, failing or down, and cached allows.
 
-mod support;
-
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use support::*;
-use tokio::net::TcpListener;
-
-/// A local auth service: `/allow`, `/deny401`, `/deny302`, `/error` (500) and `/slow` (never
-/// answers). Records the head of every request.
-struct AuthService {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<http::request::Parts>>>,
-}
-
-impl AuthService {
-    async fn spawn() -> AuthService {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let seen: Arc<Mutex<Vec<http::request::Parts>>> = Arc::default();
-        let seen2 = seen.clone();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = l.accept().await {
-                let seen = seen2.clone();
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let seen = seen.clone();
-                    async move {
-                        let (parts, _) = req.into_parts();
-                        let path = parts.uri.path().to_string();
-                        seen.lock().unwrap().push(parts);
-                        Ok::<_, Infallible>(answer(&path).await)
-                    }
-                });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(s), svc),
-                );
-            }
-        });
-        AuthService { addr, seen }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
-    }
-
-    fn last(&self) -> http::request::Parts {
-        self.seen
-            .lock()
-            .unwrap()
-            .last()
-            .cloned()
-            .expect("no request")
-    }
-}
-
-async fn answer(path: &str) -> Response<Full<Bytes>> {
-    let b = Response::builder();
-    let (b, body) = match path {
-        "/allow" => (
-            b.header("x-user", "alice")
-                .header("x-roles", "admin")
-                .header("x-roles", "dev")
-                .header("x-internal", "not copied"),
-            "",
-        ),
-        "/deny401" => (
-            b.status(401)
-                .header("www-authenticate", "Bearer realm=\"chat\"")
-                .header("content-type", "text/plain")
-                .header("x-internal", "not passed"),
-            "login required",
-        ),
-        "/deny302" => (
-            b.status(302)
-                .header("location", "https://login.example.com/?rd=chat")
-                .header("set-cookie", "state=xyz; HttpOnly")
-                .header("set-cookie", "flow=1"),
-            "",
-        ),
-        "/error" => (b.status(500), "database down"),
-        // Never answers; the future is dropped with the connection.
-        "/slow" => std::future::pending().await,
-        _ => (b.status(404), ""),
-    };
-    b.body(Full::new(Bytes::from(body))).unwrap()
-}
+use crate::support::fake_auth::FakeAuth;
+use crate::support::*;
 
 /// A gateway with one route `app` at `/` to `backend`, guarded by forward-auth at `url`.
 async fn gateway(backend: &EchoBackend, url: &str, extra: &str) -> Gateway {
@@ -142,7 +46,7 @@ fn head_values(r: &RawResponse, name: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn allow_copies_identity_and_drops_forged_headers() {
-    let auth = AuthService::spawn().await;
+    let auth = FakeAuth::spawn().await;
     let backend = EchoBackend::spawn().await;
     let gw = gateway(&backend, &auth.url("/allow"), "").await;
 
@@ -185,7 +89,7 @@ async fn allow_copies_identity_and_drops_forged_headers() {
 
 #[tokio::test]
 async fn allow_with_a_websocket_client_and_the_token_in_the_subprotocol() {
-    let auth = AuthService::spawn().await;
+    let auth = FakeAuth::spawn().await;
     let backend = EchoBackend::spawn().await;
     let gw = gateway(&backend, &auth.url("/allow"), "").await;
     let (mut ws, resp) = connect_with(&gw.url("/"), |req| {
@@ -211,7 +115,7 @@ async fn allow_with_a_websocket_client_and_the_token_in_the_subprotocol() {
 
 #[tokio::test]
 async fn deny_401_is_passed_to_the_client() {
-    let auth = AuthService::spawn().await;
+    let auth = FakeAuth::spawn().await;
     let backend = EchoBackend::spawn().await;
     let gw = gateway(&backend, &auth.url("/deny401"), "").await;
 
@@ -236,7 +140,7 @@ async fn deny_401_is_passed_to_the_client() {
 
 #[tokio::test]
 async fn login_redirect_is_passed_to_the_client() {
-    let auth = AuthService::spawn().await;
+    let auth = FakeAuth::spawn().await;
     let backend = EchoBackend::spawn().await;
     let gw = gateway(&backend, &auth.url("/deny302"), "").await;
 
@@ -255,7 +159,7 @@ async fn login_redirect_is_passed_to_the_client() {
 
 #[tokio::test]
 async fn slow_failing_or_absent_auth_service_is_503() {
-    let auth = AuthService::spawn().await;
+    let auth = FakeAuth::spawn().await;
     let backend = EchoBackend::spawn().await;
     let down = format!("http://{}/check", closed_port().await);
     for (url, extra) in [
@@ -290,7 +194,7 @@ async fn slow_failing_or_absent_auth_service_is_503() {
 
 #[tokio::test]
 async fn cached_allow_skips_the_subrequest() {
-    let auth = AuthService::spawn().await;
+    let auth = FakeAuth::spawn().await;
     let backend = EchoBackend::spawn().await;
     let gw = gateway(&backend, &auth.url("/allow"), "cache = \"1m\"").await;
 
@@ -310,7 +214,7 @@ async fn cached_allow_skips_the_subrequest() {
 
 #[tokio::test]
 async fn behind_a_trusted_proxy_the_auth_service_hears_what_the_client_used() {
-    let auth = AuthService::spawn().await;
+    let auth = FakeAuth::spawn().await;
     let backend = EchoBackend::spawn().await;
     let gw = Gateway::spawn(&format!(
         "[[listener]]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1\"]\n\
@@ -346,10 +250,13 @@ async fn behind_a_trusted_proxy_the_auth_service_hears_what_the_client_used() {
 
 #[tokio::test]
 async fn a_token_in_the_query_is_not_passed_to_the_auth_service() {
-    let auth = AuthService::spawn().await;
+    let auth = FakeAuth::spawn().await;
     let backend = EchoBackend::spawn().await;
-    let secret = std::env::temp_dir().join(format!("wsgate-fa-secret-{}", std::process::id()));
-    std::fs::write(&secret, "a-test-secret-that-is-long-enough-for-hs256").unwrap();
+    let tmp = TempDir::new("forward-auth");
+    let secret = tmp.write(
+        "hs256.secret",
+        "a-test-secret-that-is-long-enough-for-hs256",
+    );
     let gw = Gateway::spawn(&format!(
         "[[route]]\nname = \"app\"\npath = \"/\"\nbackends = [\"{}\"]\n\
          [route.auth.jwt]\nsecret_file = {:?}\nfrom = [\"query:access_token\"]\n\
@@ -366,7 +273,6 @@ async fn a_token_in_the_query_is_not_passed_to_the_auth_service() {
     )
     .unwrap();
     let r = upgrade(&gw, &format!("/chat?room=1&access_token={token}"), "").await;
-    let _ = std::fs::remove_file(&secret);
     assert_eq!(r.status, 101, "{}", r.head);
     assert_eq!(
         all(&auth.last().headers, "x-forwarded-uri"),

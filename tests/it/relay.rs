@@ -1,16 +1,15 @@
 //! The frame-aware relay with real peers: message limits, framing violations, pings and dead
 //! peers, idle and lifetime timers, peers vanishing mid-session, and drain at scale.
 
-mod support;
-
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use wsgate::frame::{FrameHeader, encode_frame, opcode};
+
+use crate::support::*;
 
 /// The next close frame's (code, reason) on a tungstenite client, skipping data and pings.
 async fn close_of(ws: &mut Ws) -> (u16, String) {

@@ -1,31 +1,18 @@
 //! The `wsgate` binary as a user runs it: check, run with JSON logs (access log, refusals,
 //! SIGTERM drain), and demo.
 
-mod support;
-
 use std::ffi::OsStr;
 use std::process::{ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::SinkExt;
-use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-const BIN: &str = env!("CARGO_BIN_EXE_wsgate");
+use crate::support::*;
 
-fn temp_config(toml: &str) -> std::path::PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let path = std::env::temp_dir().join(format!(
-        "wsgate-test-{}-{}.toml",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::write(&path, toml).unwrap();
-    path
-}
+const BIN: &str = env!("CARGO_BIN_EXE_wsgate");
 
 /// Reads lines until one satisfies `pred`; panics with every line seen if none does in time.
 async fn wait_line<R: AsyncRead + Unpin>(
@@ -177,10 +164,14 @@ async fn check_reports_every_error_with_file_line_and_key() {
 #[tokio::test]
 async fn run_logs_sessions_and_refusals_then_drains_on_sigterm() {
     let backend = EchoBackend::spawn().await;
-    let config = temp_config(&format!(
-        "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
-        route("echo", "/ws", &[backend.url()])
-    ));
+    let tmp = TempDir::new("cli");
+    let config = tmp.write(
+        "wsgate.toml",
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
+            route("echo", "/ws", &[backend.url()])
+        ),
+    );
     let mut child = Command::new(BIN)
         .args(["--log-format", "json", "run", "--config"])
         .arg(&config)
@@ -286,7 +277,6 @@ async fn run_logs_sessions_and_refusals_then_drains_on_sigterm() {
         "exit status {status}; log:\n{}",
         seen.join("\n")
     );
-    let _ = std::fs::remove_file(config);
 }
 
 #[tokio::test]
@@ -329,7 +319,8 @@ async fn demo_serves_the_page_and_echoes() {
 
 #[tokio::test]
 async fn cert_writes_a_development_certificate_that_a_listener_accepts() {
-    let dir = std::env::temp_dir().join(format!("wsgate-cert-{}", std::process::id()));
+    let tmp = TempDir::new("cli");
+    let dir = tmp.join("certs");
     let out = run_wsgate([
         OsStr::new("cert"),
         OsStr::new("--out"),
@@ -345,12 +336,15 @@ async fn cert_writes_a_development_certificate_that_a_listener_accepts() {
         std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let config = temp_config(&format!(
-        "[[listener]]\nlisten = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\n{}",
-        cert.display(),
-        key.display(),
-        route("r", "/", &["ws://127.0.0.1:1".to_string()])
-    ));
+    let config = tmp.write(
+        "wsgate.toml",
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\n{}",
+            cert.display(),
+            key.display(),
+            route("r", "/", &["ws://127.0.0.1:1".to_string()])
+        ),
+    );
     let out = run_wsgate([
         OsStr::new("check"),
         OsStr::new("--config"),
@@ -360,7 +354,6 @@ async fn cert_writes_a_development_certificate_that_a_listener_accepts() {
     assert_success(&out);
     // Loading it says what it is.
     assert!(String::from_utf8_lossy(&out.stderr).contains("development certificate"));
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]

@@ -2,8 +2,6 @@
 //! TLS connection (ALPN h2, certificates made at test time) and on plain TCP (prior
 //! knowledge); wsgate bridges each to an HTTP/1.1 backend.
 
-mod support;
-
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,14 +11,15 @@ use http_body_util::Empty;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
-use support::tls::*;
-use support::*;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::support::tls::*;
+use crate::support::*;
 
 type H2Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
@@ -109,8 +108,9 @@ async fn echo(ws: &mut H2Ws, text: &str) {
 }
 
 /// A fresh echo backend, a TLS gateway with one route `app` at `/` to it (plus `route_extra`),
-/// and an HTTP/2 connection to that gateway.
-async fn h2_gateway(route_extra: &str) -> (EchoBackend, Gateway, H2Conn) {
+/// an HTTP/2 connection to that gateway, and the CA (keep it: its directory holds the
+/// gateway's certificate files).
+async fn h2_gateway(route_extra: &str) -> (EchoBackend, Gateway, H2Conn, TestCa) {
     let ca = TestCa::new();
     let backend = EchoBackend::spawn().await;
     let (cert, key) = ca.leaf("gw", &["localhost"]);
@@ -121,12 +121,12 @@ async fn h2_gateway(route_extra: &str) -> (EchoBackend, Gateway, H2Conn) {
     ))
     .await;
     let conn = h2_over_tls(&ca, &gw).await;
-    (backend, gw, conn)
+    (backend, gw, conn, ca)
 }
 
 #[tokio::test]
 async fn many_websockets_on_one_h2_connection() {
-    let (backend, gw, mut conn) = h2_gateway("").await;
+    let (backend, gw, mut conn, _ca) = h2_gateway("").await;
 
     let mut a = conn.websocket("https", "/a").await;
     let mut b = conn.websocket("https", "/b").await;
@@ -165,7 +165,7 @@ async fn many_websockets_on_one_h2_connection() {
 
 #[tokio::test]
 async fn refusals_over_h2_use_http_statuses_and_keep_the_connection() {
-    let (backend, _gw, mut conn) = h2_gateway("origins = [\"https://app.example\"]").await;
+    let (backend, _gw, mut conn, _ca) = h2_gateway("origins = [\"https://app.example\"]").await;
 
     let resp = conn
         .connect("https", "/", |r| {
@@ -220,7 +220,7 @@ async fn refusals_over_h2_use_http_statuses_and_keep_the_connection() {
 
 #[tokio::test]
 async fn a_reset_stream_ends_its_session_alone() {
-    let (backend, _gw, mut conn) = h2_gateway("").await;
+    let (backend, _gw, mut conn, _ca) = h2_gateway("").await;
     let mut keep = conn.websocket("https", "/keep").await;
     let gone = conn.websocket("https", "/gone").await;
     echo(&mut keep, "hello").await;
@@ -235,7 +235,7 @@ async fn a_reset_stream_ends_its_session_alone() {
 
 #[tokio::test]
 async fn shutdown_sends_close_frames_then_goaway() {
-    let (backend, mut gw, mut conn) = h2_gateway("").await;
+    let (backend, mut gw, mut conn, _ca) = h2_gateway("").await;
     let mut a = conn.websocket("https", "/a").await;
     let mut b = conn.websocket("https", "/b").await;
     echo(&mut a, "x").await;

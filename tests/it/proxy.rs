@@ -1,17 +1,16 @@
 //! The core proxy, end to end over real sockets: echo, framing, close codes, subprotocols,
 //! routing, every refusal with its status, backend failures, failover, and drain.
 
-mod support;
-
 use std::net::SocketAddr;
 
 use futures_util::{SinkExt, StreamExt};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use wsgate::frame::opcode;
+
+use crate::support::*;
 
 async fn echo_gateway() -> (Gateway, EchoBackend) {
     let backend = EchoBackend::spawn().await;
@@ -221,9 +220,9 @@ async fn backend_with_a_wrong_accept_key_is_a_bad_gateway() {
 
 #[tokio::test]
 async fn routing_by_host_and_by_path() {
-    let a = EchoBackend::spawn_named("a", &[]).await;
-    let b = EchoBackend::spawn_named("b", &[]).await;
-    let c = EchoBackend::spawn_named("c", &[]).await;
+    let a = EchoBackend::spawn_supporting(&[]).await;
+    let b = EchoBackend::spawn_supporting(&[]).await;
+    let c = EchoBackend::spawn_supporting(&[]).await;
     let gw = Gateway::spawn(&format!(
         "{}\n{}\n[[route]]\nname = \"c-host\"\nhost = \"c.example\"\npath = \"/chat\"\nbackends = [\"{}\"]\n",
         route("root", "/", &[a.url()]),
@@ -491,8 +490,8 @@ async fn failover_to_the_second_backend() {
 
 #[tokio::test]
 async fn round_robin_spreads_sessions() {
-    let a = EchoBackend::spawn_named("a", &[]).await;
-    let b = EchoBackend::spawn_named("b", &[]).await;
+    let a = EchoBackend::spawn_supporting(&[]).await;
+    let b = EchoBackend::spawn_supporting(&[]).await;
     let gw = Gateway::spawn(&route("r", "/", &[a.url(), b.url()])).await;
     let mut open = Vec::new();
     for _ in 0..4 {

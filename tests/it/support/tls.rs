@@ -1,10 +1,8 @@
 //! TLS test helpers: a CA made at test time (rcgen) that signs leaf certificates into a
-//! fresh directory, a client connector trusting it, and a listener config using them.
-#![allow(dead_code)]
+//! fresh temporary directory, a client connector trusting it, and a listener config using them.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -13,23 +11,17 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 
-use super::Gateway;
+use super::{Gateway, TempDir};
 
-/// A test CA that signs leaf certificates into a fresh directory.
+/// A test CA that signs leaf certificates into a fresh directory (removed with the CA).
 pub struct TestCa {
     pub issuer: CertifiedIssuer<'static, KeyPair>,
-    pub dir: PathBuf,
+    pub dir: TempDir,
 }
 
 impl TestCa {
     pub fn new() -> TestCa {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "wsgate-tls-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("tls");
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
@@ -54,20 +46,15 @@ impl TestCa {
 
     /// Writes `cert` and `key` (PEM) as `<name>.pem` and `<name>.key` and returns their paths.
     pub fn write_pair(&self, name: &str, cert: &str, key: &str) -> (PathBuf, PathBuf) {
-        let (c, k) = (
-            self.dir.join(format!("{name}.pem")),
-            self.dir.join(format!("{name}.key")),
-        );
-        std::fs::write(&c, cert).unwrap();
-        std::fs::write(&k, key).unwrap();
-        (c, k)
+        (
+            self.dir.write(format!("{name}.pem"), cert),
+            self.dir.write(format!("{name}.key"), key),
+        )
     }
 
     /// Writes the CA certificate and returns its path.
     pub fn ca_file(&self) -> PathBuf {
-        let p = self.dir.join("ca.pem");
-        std::fs::write(&p, self.issuer.pem()).unwrap();
-        p
+        self.dir.write("ca.pem", self.issuer.pem())
     }
 
     pub fn connector(&self) -> TlsConnector {

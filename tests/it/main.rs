@@ -1,0 +1,18 @@
+//! The integration tests, as one binary (`cargo test --test it`): each module is one area,
+//! and `support` is the harness they share. Data lives beside this directory, in
+//! `tests/fixtures/` and `tests/fuzz_regressions/`.
+
+mod support;
+
+mod cli;
+mod config;
+mod forward_auth;
+mod fuzz_regressions;
+mod h2;
+mod jwt;
+mod policy;
+mod proxy;
+mod proxy_protocol;
+mod relay;
+mod scanner;
+mod tls;
