@@ -245,8 +245,6 @@ impl Handle {
 #[cfg(test)]
 #[path = "../tests/it/support"]
 pub(crate) mod test_support {
-    // Not used by the unit tests yet (they still have their own `AuthService`).
-    #[allow(dead_code)]
     #[path = "fake_auth.rs"]
     pub mod fake_auth;
     #[path = "temp_dir.rs"]

@@ -441,14 +441,11 @@ impl Cache {
 mod tests {
     use super::*;
 
-    use std::convert::Infallible;
-    use std::net::SocketAddr;
-
     use http::Response;
-    use hyper::body::Incoming;
-    use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
     use tokio::net::TcpListener;
+
+    use crate::test_support::fake_auth::{FakeAuth, by_path};
+    use crate::test_support::temp_dir::TempDir;
 
     /// Settings for the auth service at `url`, with the defaults, changed by `f`.
     fn build(url: &str, f: impl FnOnce(&mut ForwardAuthSettings)) -> Arc<ForwardAuth> {
@@ -764,105 +761,6 @@ mod tests {
 
     // ---- against a real auth service ----
 
-    /// A local auth service: answers by path, records what it was sent.
-    struct AuthService {
-        addr: SocketAddr,
-        scheme: &'static str,
-        seen: Arc<Mutex<Vec<Parts>>>,
-    }
-
-    impl AuthService {
-        async fn spawn() -> AuthService {
-            Self::spawn_with(None).await
-        }
-
-        /// With `tls`, the service speaks HTTPS.
-        async fn spawn_with(tls: Option<tokio_rustls::TlsAcceptor>) -> AuthService {
-            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = l.local_addr().unwrap();
-            let seen: Arc<Mutex<Vec<Parts>>> = Arc::default();
-            let seen2 = seen.clone();
-            let scheme = if tls.is_some() { "https" } else { "http" };
-            tokio::spawn(async move {
-                while let Ok((s, _)) = l.accept().await {
-                    let seen = seen2.clone();
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        let seen = seen.clone();
-                        async move {
-                            let (parts, _) = req.into_parts();
-                            let path = parts.uri.path().to_string();
-                            seen.lock().unwrap().push(parts);
-                            Ok::<_, Infallible>(answer(&path).await)
-                        }
-                    });
-                    let tls = tls.clone();
-                    tokio::spawn(async move {
-                        let http = hyper::server::conn::http1::Builder::new();
-                        match tls {
-                            None => {
-                                let _ = http.serve_connection(TokioIo::new(s), svc).await;
-                            }
-                            Some(tls) => {
-                                let Ok(s) = tls.accept(s).await else { return };
-                                let _ = http.serve_connection(TokioIo::new(s), svc).await;
-                            }
-                        }
-                    });
-                }
-            });
-            AuthService { addr, scheme, seen }
-        }
-
-        fn url(&self, path: &str) -> String {
-            format!("{}://{}{path}", self.scheme, self.addr)
-        }
-
-        fn count(&self) -> usize {
-            self.seen.lock().unwrap().len()
-        }
-
-        fn last(&self) -> Parts {
-            self.seen
-                .lock()
-                .unwrap()
-                .last()
-                .cloned()
-                .expect("no request")
-        }
-    }
-
-    async fn answer(path: &str) -> Response<Full<Bytes>> {
-        let b = Response::builder();
-        let b = match path {
-            "/allow" => b
-                .header("x-user", "alice")
-                .header("x-roles", "admin")
-                .header("x-roles", "dev")
-                .header("x-internal", "not copied"),
-            "/deny401" => b
-                .status(401)
-                .header("www-authenticate", "Bearer realm=\"chat\"")
-                .header("content-type", "text/plain")
-                .header("x-internal", "not passed"),
-            "/deny302" => b
-                .status(302)
-                .header("location", "https://login.example.com/?rd=chat")
-                .header("set-cookie", "state=xyz; HttpOnly"),
-            "/error" => b.status(500),
-            "/big" => {
-                return Response::new(Full::new(Bytes::from(vec![b'x'; MAX_BODY + 1])));
-            }
-            // Never answers; the future is dropped with the connection.
-            "/slow" => std::future::pending().await,
-            _ => b.status(404),
-        };
-        let body = match path {
-            "/deny401" => "login required",
-            _ => "",
-        };
-        b.body(Full::new(Bytes::from(body))).unwrap()
-    }
-
     /// The auth service at `url`, copying `X-User`, `X-Roles` and `X-Missing`, changed by `f`.
     fn service_config(url: &str, f: impl FnOnce(&mut ForwardAuthSettings)) -> Arc<ForwardAuth> {
         build(url, |s| {
@@ -885,7 +783,7 @@ mod tests {
 
     #[tokio::test]
     async fn allow_copies_headers_and_sends_the_facts() {
-        let auth = AuthService::spawn().await;
+        let auth = FakeAuth::spawn().await;
         let fa = service_config(&auth.url("/allow"), |s| {
             s.forward_headers = vec![HeaderName::from_static("x-tenant")]
         });
@@ -923,7 +821,7 @@ mod tests {
 
     #[tokio::test]
     async fn deny_is_passed_through() {
-        let auth = AuthService::spawn().await;
+        let auth = FakeAuth::spawn().await;
         let parts = browser_request();
 
         let fa = service_config(&auth.url("/deny401"), |_| {});
@@ -955,7 +853,10 @@ mod tests {
                     values(&headers, "location"),
                     ["https://login.example.com/?rd=chat"]
                 );
-                assert_eq!(values(&headers, "set-cookie"), ["state=xyz; HttpOnly"]);
+                assert_eq!(
+                    values(&headers, "set-cookie"),
+                    ["state=xyz; HttpOnly", "flow=1"]
+                );
             }
             d => panic!("{d:?}"),
         }
@@ -963,7 +864,7 @@ mod tests {
 
     #[tokio::test]
     async fn failures_are_errors_naming_the_url() {
-        let auth = AuthService::spawn().await;
+        let auth = FakeAuth::spawn().await;
         let parts = browser_request();
 
         let url = auth.url("/slow");
@@ -999,7 +900,7 @@ mod tests {
 
     #[tokio::test]
     async fn cache_reuses_allows_until_they_expire() {
-        let auth = AuthService::spawn().await;
+        let auth = FakeAuth::spawn().await;
         let fa = service_config(&auth.url("/allow"), |s| {
             s.cache = Some(Duration::from_secs(60))
         });
@@ -1032,7 +933,7 @@ mod tests {
 
     #[tokio::test]
     async fn refusals_and_errors_are_not_cached() {
-        let auth = AuthService::spawn().await;
+        let auth = FakeAuth::spawn().await;
         let parts = browser_request();
         for path in ["/deny401", "/error"] {
             let fa = service_config(&auth.url(path), |s| s.cache = Some(Duration::from_secs(60)));
@@ -1060,10 +961,10 @@ mod tests {
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .unwrap();
-        let auth =
-            AuthService::spawn_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(server)))).await;
-        let ca = std::env::temp_dir().join(format!("wsgate-fauth-ca-{}.pem", std::process::id()));
-        std::fs::write(&ca, &cert).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let auth = FakeAuth::spawn_wrapped("https", by_path, move |tcp| acceptor.accept(tcp)).await;
+        let dir = TempDir::new("fauth-ca");
+        let ca = dir.write("ca.pem", &cert);
         let parts = browser_request();
 
         let fa = service_config(&auth.url("/allow"), |s| {
@@ -1081,6 +982,5 @@ mod tests {
             .unwrap_err();
         assert!(e.0.contains(&url), "{e}");
         assert_eq!(auth.count(), 1);
-        let _ = std::fs::remove_file(&ca);
     }
 }

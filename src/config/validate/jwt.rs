@@ -476,18 +476,19 @@ fn string_list(
 mod tests {
     use super::*;
     use crate::config::ConfigError;
-    use crate::policy::jwt::tests::{SECRET, Scratch, ed25519, p256, p384, rsa};
+    use crate::policy::jwt::tests::{SECRET, ed25519, p256, p384, rsa};
+    use crate::test_support::temp_dir::TempDir;
 
     /// The config around a `[route.auth.jwt]` table; its first key is on line [`FIRST`].
     const PREFIX: &str = "[[listener]]\nlisten = \"127.0.0.1:0\"\n\n[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"ws://127.0.0.1:9\"]\n\n[route.auth.jwt]\n";
     const FIRST: usize = 10;
     const KEY: &str = "route[0].auth.jwt";
 
-    fn load(dir: &Scratch, table: &str) -> Result<crate::config::Config, Vec<ConfigError>> {
-        crate::config::from_toml_str_in(&format!("{PREFIX}{table}"), &dir.0)
+    fn load(dir: &TempDir, table: &str) -> Result<crate::config::Config, Vec<ConfigError>> {
+        crate::config::from_toml_str_in(&format!("{PREFIX}{table}"), dir.path())
     }
 
-    fn verifier(dir: &Scratch, table: &str) -> Arc<JwtVerifier> {
+    fn verifier(dir: &TempDir, table: &str) -> Arc<JwtVerifier> {
         match load(dir, table) {
             Ok(c) => c.routes[0].policy.rules().jwt.clone().expect("a verifier"),
             Err(e) => panic!("config refused: {e:#?}\n{table}"),
@@ -496,7 +497,7 @@ mod tests {
 
     /// Asserts that the table is refused with an error on its `line`-th line (1 = first key)
     /// for `key` (relative to the jwt table), whose message contains `part`.
-    fn assert_refused(dir: &Scratch, table: &str, line: usize, key: &str, part: &str) {
+    fn assert_refused(dir: &TempDir, table: &str, line: usize, key: &str, part: &str) {
         let errors = match load(dir, table) {
             Ok(_) => panic!("accepted:\n{table}"),
             Err(e) => e,
@@ -517,7 +518,7 @@ mod tests {
 
     #[test]
     fn config_errors_name_key_and_line() {
-        let dir = Scratch::new();
+        let dir = TempDir::new("jwt");
         dir.write("secret", SECRET);
         dir.write("p256.pem", &p256().public);
         dir.write("private.pem", &p256().private);
@@ -690,7 +691,7 @@ mod tests {
     #[test]
     fn algorithms_settled_from_the_key_source() {
         use jsonwebtoken::Algorithm::*;
-        let dir = Scratch::new();
+        let dir = TempDir::new("jwt");
         dir.write("secret", format!("{SECRET}\n"));
         dir.write("rsa.pem", &rsa().public);
         dir.write("p384.pem", &p384().public);

@@ -3,7 +3,7 @@
 //! are generated here, once per test binary; `crate::config`'s tests use them too.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -18,6 +18,7 @@ use serde_json::json;
 use super::jwks::{KeySet, RETRY_AFTER_FAILURE};
 use super::*;
 use crate::http_client::HttpClient;
+use crate::test_support::temp_dir::TempDir;
 
 /// A generated key pair as PEM: PKCS#8 private key, SPKI public key, and the raw public
 /// key (PKCS#1 for RSA).
@@ -95,32 +96,6 @@ pub(crate) fn hs(alg: Algorithm, claims: &serde_json::Value) -> String {
     )
 }
 
-/// A scratch directory for key files, removed on drop.
-pub(crate) struct Scratch(pub(crate) PathBuf);
-
-impl Scratch {
-    pub(crate) fn new() -> Scratch {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "wsgate-jwt-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-
-    pub(crate) fn write(&self, name: &str, contents: impl AsRef<[u8]>) {
-        std::fs::write(self.0.join(name), contents).expect("write scratch file");
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Rules with these algorithms, and the defaults otherwise.
 fn rules(algorithms: Option<Vec<Algorithm>>) -> JwtRules {
     JwtRules {
@@ -187,10 +162,10 @@ async fn refused(v: &JwtVerifier, token: &str) -> String {
 
 #[tokio::test]
 async fn hmac_algorithms() {
-    let dir = Scratch::new();
+    let dir = TempDir::new("jwt");
     dir.write("secret", format!("{SECRET}\n"));
     let all = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
-    let secret = secret_from_file(&dir.0.join("secret")).expect("secret");
+    let secret = secret_from_file(&dir.join("secret")).expect("secret");
     let v = JwtVerifier::new(
         Keys::Static(vec![Key::hmac(&secret, all.to_vec())]),
         rules(Some(all.to_vec())),
@@ -234,10 +209,10 @@ async fn secret_from_an_environment_variable() {
 
 #[tokio::test]
 async fn rsa_public_key_takes_rs_and_ps() {
-    let dir = Scratch::new();
+    let dir = TempDir::new("jwt");
     let k = rsa();
     dir.write("rsa.pem", &k.public);
-    let v = pem(&dir.0.join("rsa.pem"), None);
+    let v = pem(&dir.join("rsa.pem"), None);
     for alg in [
         Algorithm::RS256,
         Algorithm::RS384,
@@ -264,7 +239,7 @@ async fn rsa_public_key_takes_rs_and_ps() {
             lines.join("\n")
         ),
     );
-    let v = pem(&dir.0.join("rsa1.pem"), Some(vec![Algorithm::PS256]));
+    let v = pem(&dir.join("rsa1.pem"), Some(vec![Algorithm::PS256]));
     let ps = sign(
         Algorithm::PS256,
         None,
@@ -283,19 +258,19 @@ async fn rsa_public_key_takes_rs_and_ps() {
 
 #[tokio::test]
 async fn ec_and_ed25519_public_keys() {
-    let dir = Scratch::new();
+    let dir = TempDir::new("jwt");
     for (file, k, alg) in [
         ("p256.pem", p256(), Algorithm::ES256),
         ("p384.pem", p384(), Algorithm::ES384),
         ("ed.pem", ed25519(), Algorithm::EdDSA),
     ] {
         dir.write(file, &k.public);
-        let v = pem(&dir.0.join(file), None);
+        let v = pem(&dir.join(file), None);
         let t = sign(alg, Some("any"), &signing_key(alg, k), &claims());
         assert_eq!(accepted(&v, &t).await["sub"], "alice");
     }
     // A P-384 key verifies ES384 only.
-    let v = pem(&dir.0.join("p384.pem"), None);
+    let v = pem(&dir.join("p384.pem"), None);
     let t = sign(
         Algorithm::ES256,
         None,
@@ -304,7 +279,7 @@ async fn ec_and_ed25519_public_keys() {
     );
     assert_eq!(refused(&v, &t).await, "algorithm ES256 not allowed");
     // Another key of the right type: the signature does not verify.
-    let v = pem(&dir.0.join("p256.pem"), None);
+    let v = pem(&dir.join("p256.pem"), None);
     let other = generate(&rcgen::PKCS_ECDSA_P256_SHA256);
     let t = sign(
         Algorithm::ES256,
@@ -318,10 +293,10 @@ async fn ec_and_ed25519_public_keys() {
 #[tokio::test]
 async fn hmac_token_against_a_public_key_is_refused() {
     // The classic confusion: the attacker signs HS256 with the (public) PEM as secret.
-    let dir = Scratch::new();
+    let dir = TempDir::new("jwt");
     let k = rsa();
     dir.write("rsa.pem", &k.public);
-    let v = pem(&dir.0.join("rsa.pem"), None);
+    let v = pem(&dir.join("rsa.pem"), None);
     let forged = sign(
         Algorithm::HS256,
         None,
@@ -461,7 +436,7 @@ fn jwks(keys: Vec<Jwk>) -> String {
 
 #[tokio::test]
 async fn jwks_file_picks_the_key_by_id() {
-    let dir = Scratch::new();
+    let dir = TempDir::new("jwt");
     dir.write(
         "jwks.json",
         jwks(vec![
@@ -469,7 +444,7 @@ async fn jwks_file_picks_the_key_by_id() {
             jwk(Algorithm::ES256, p256(), "k2", false),
         ]),
     );
-    let v = jwks_file(&dir.0.join("jwks.json"), None);
+    let v = jwks_file(&dir.join("jwks.json"), None);
     let rs = signing_key(Algorithm::RS256, rsa());
     let es = signing_key(Algorithm::ES256, p256());
     accepted(&v, &sign(Algorithm::RS256, Some("k1"), &rs, &claims())).await;
@@ -510,7 +485,7 @@ async fn jwks_file_picks_the_key_by_id() {
     assert_eq!(refused(&v, &t).await, "signature invalid");
 
     // `algorithms` narrows what the keys accept.
-    let v = jwks_file(&dir.0.join("jwks.json"), Some(vec![Algorithm::ES256]));
+    let v = jwks_file(&dir.join("jwks.json"), Some(vec![Algorithm::ES256]));
     let t = sign(Algorithm::RS256, Some("k1"), &rs, &claims());
     assert_eq!(refused(&v, &t).await, "algorithm RS256 not allowed");
 }
