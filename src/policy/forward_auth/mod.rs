@@ -1,0 +1,441 @@
+//! Forward-auth: a subrequest to an auth service decides whether a handshake may proceed
+//! (nginx `auth_request`, Traefik ForwardAuth, Caddy `forward_auth`).
+//!
+//! For each handshake on a route with `[route.auth.forward_auth]`, the proxy sends
+//! `GET <url>` to the auth service with the client's credentials (`Cookie`, `Authorization`,
+//! `Sec-WebSocket-Protocol`), its `Origin` and `User-Agent`, the configured `forward_headers`,
+//! and `X-Forwarded-{For,Proto,Host,Uri,Method}` describing the handshake. The client's `Host`
+//! is never sent: the URL's authority is the subrequest's `Host`.
+//!
+//! The answer decides:
+//! - 2xx: allowed; the `copy_headers` of the answer are added to the backend request (the
+//!   client's own headers of those names are removed by the caller, so they cannot be forged).
+//! - 3xx and 4xx: refused; the status, a few useful headers (`WWW-Authenticate`, `Location`,
+//!   `Set-Cookie`, `Content-Type`, `Cache-Control`) and the body go back to the client.
+//! - 5xx, a timeout, a connection error, or an answer body over 64 KiB: the service could not
+//!   decide, and the client gets 503 ([`ForwardAuthError`]).
+//!
+//! Allow decisions may be cached for a short time (`cache`), keyed by everything the auth
+//! service saw; refusals and errors never are.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, ORIGIN, SEC_WEBSOCKET_PROTOCOL,
+    SET_COOKIE, USER_AGENT, WWW_AUTHENTICATE,
+};
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri};
+use http_body_util::Full;
+use sha1::{Digest, Sha1};
+
+use crate::http_client::{ClientError, HttpClient};
+
+/// What the auth service is told about the handshake.
+pub struct AuthQuery<'a> {
+    /// The client's request as received.
+    pub parts: &'a Parts,
+    /// The request's path and query as the backend will see them (a token in the query
+    /// already removed): the auth service is told this, not the raw URI.
+    pub uri: &'a http::Uri,
+    /// The client's address (after PROXY protocol and trusted forwarding headers).
+    pub client: IpAddr,
+    /// `X-Forwarded-For` as it will be sent to the backend.
+    pub forwarded_for: &'a str,
+    /// `http` or `https`, as seen by the client.
+    pub scheme: &'a str,
+    /// The request's host (with port, as the client sent it).
+    pub host: &'a str,
+}
+
+/// The auth service's answer.
+#[derive(Debug)]
+pub enum AuthDecision {
+    /// 2xx: proceed, adding these headers (the configured copies) to the backend request.
+    Allow(Vec<(HeaderName, HeaderValue)>),
+    /// 3xx or 4xx (401, 403, a login redirect...): passed to the client. `headers` holds only
+    /// [`DENY_HEADERS`] of the answer.
+    Deny {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+    },
+}
+
+/// The auth service could not be asked (timeout, connection error) or failed (5xx): the
+/// client gets 503. The message names the URL.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ForwardAuthError(pub String);
+
+/// Default for `timeout`. The subrequest sits in every handshake's path, before the backend
+/// is even dialled: a healthy auth service on the same network answers in milliseconds (on a
+/// pooled, kept-alive connection), and a client's handshake should not hang for long on a
+/// stuck one. Two seconds leave room for a slow database lookup or a TLS handshake to a cold
+/// service while staying well inside the listener's 10 s handshake timeout and the patience
+/// of browser reconnect logic. (nginx inherits 60 s from `proxy_read_timeout`; Traefik has no
+/// timeout of its own: both are tuned for page loads, not for a check in front of a handshake.)
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Largest answer body read from the auth service; a longer one is an error (503). Enough for
+/// a JSON error or a small login page.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Most allow decisions held in the cache, so that a flood of distinct credentials cannot
+/// grow memory without bound.
+pub const CACHE_MAX_ENTRIES: usize = 10_000;
+
+/// Client request headers always sent to the auth service (all their values).
+pub const DEFAULT_FORWARDED: [HeaderName; 5] = [
+    COOKIE,
+    AUTHORIZATION,
+    ORIGIN,
+    USER_AGENT,
+    SEC_WEBSOCKET_PROTOCOL,
+];
+
+/// Answer headers passed to the client with a refusal.
+pub const DENY_HEADERS: [HeaderName; 5] = [
+    WWW_AUTHENTICATE,
+    LOCATION,
+    SET_COOKIE,
+    CONTENT_TYPE,
+    CACHE_CONTROL,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+
+/// Headers that may not be listed in `forward_headers`: the subrequest's own framing and
+/// routing (hop-by-hop, `Host`), and the `X-Forwarded-*` the proxy writes itself.
+pub const NOT_FORWARDABLE: &[&str] = &[
+    "host",
+    "connection",
+    "upgrade",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "content-length",
+    "expect",
+];
+
+/// A route's forward-auth settings and its decision cache.
+#[derive(Debug)]
+pub struct ForwardAuth {
+    url: Uri,
+    timeout: Duration,
+    copy_headers: Vec<HeaderName>,
+    /// Extra client headers sent along (never one of [`DEFAULT_FORWARDED`]).
+    forward_headers: Vec<HeaderName>,
+    cache: Option<Cache>,
+    client: HttpClient,
+}
+
+/// What [`ForwardAuth::new`] is built from (`[route.auth.forward_auth]`, validated).
+pub struct ForwardAuthSettings {
+    /// The auth service (`http://` or `https://`), asked with `GET`.
+    pub url: Uri,
+    /// Time allowed for the whole subrequest, answer body included.
+    pub timeout: Duration,
+    /// Answer headers copied onto the backend request when the service allows.
+    pub copy_headers: Vec<HeaderName>,
+    /// Client headers sent besides [`DEFAULT_FORWARDED`] (none of [`NOT_FORWARDABLE`]).
+    pub forward_headers: Vec<HeaderName>,
+    /// How long an allow decision is reused; `None`: never.
+    pub cache: Option<Duration>,
+    /// TLS settings for an `https://` service.
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+impl ForwardAuth {
+    pub fn new(s: ForwardAuthSettings) -> ForwardAuth {
+        let ForwardAuthSettings {
+            url,
+            timeout,
+            copy_headers,
+            forward_headers,
+            cache,
+            tls,
+        } = s;
+        ForwardAuth {
+            url,
+            timeout,
+            copy_headers,
+            forward_headers,
+            cache: cache.map(|ttl| Cache::new(ttl, CACHE_MAX_ENTRIES)),
+            client: HttpClient::new(tls),
+        }
+    }
+
+    /// The headers copied from the auth service's answer to the backend request; the
+    /// client's own headers of these names are always removed.
+    pub fn copy_headers(&self) -> &[HeaderName] {
+        &self.copy_headers
+    }
+
+    /// The auth service's URL.
+    pub fn url(&self) -> &Uri {
+        &self.url
+    }
+
+    /// Time allowed for the whole subrequest.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Client headers sent besides [`DEFAULT_FORWARDED`].
+    pub fn forward_headers(&self) -> &[HeaderName] {
+        &self.forward_headers
+    }
+
+    /// How long an allow decision is reused; `None`: never.
+    pub fn cache_ttl(&self) -> Option<Duration> {
+        self.cache.as_ref().map(|c| c.ttl)
+    }
+
+    /// Asks the auth service (or the cache) about a handshake.
+    pub async fn check(&self, q: &AuthQuery<'_>) -> Result<AuthDecision, ForwardAuthError> {
+        let headers = self.request_headers(q);
+        let cache_key = self.cache.as_ref().map(|c| (c, c.key(&headers)));
+        if let Some((cache, key)) = &cache_key
+            && let Some(copied) = cache.get(key, Instant::now())
+        {
+            tracing::debug!(url = %self.url, client = %q.client, "forward-auth: allowed (cached)");
+            return Ok(AuthDecision::Allow(copied));
+        }
+
+        let mut req = Request::get(self.url.clone())
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| self.error(e.to_string()))?;
+        *req.headers_mut() = headers;
+        let started = Instant::now();
+        let resp = match self.client.send(req, self.timeout, MAX_BODY).await {
+            Ok(r) => r,
+            Err(e) => {
+                let reason = match e {
+                    ClientError::Timeout(d) => format!("no answer within {d:?}"),
+                    ClientError::BodyTooLarge(n) => format!("answer body over {n} bytes"),
+                    ClientError::Request(m) => m,
+                };
+                let err = self.error(reason);
+                tracing::warn!(
+                    client = %q.client,
+                    latency_ms = started.elapsed().as_millis() as u64,
+                    "forward-auth: {err}; answering 503"
+                );
+                return Err(err);
+            }
+        };
+        let latency_ms = started.elapsed().as_millis() as u64;
+        let status = resp.status();
+        let decision = decide(&self.copy_headers, resp).map_err(|reason| {
+            let err = self.error(reason);
+            tracing::warn!(client = %q.client, latency_ms, "forward-auth: {err}; answering 503");
+            err
+        })?;
+        match &decision {
+            AuthDecision::Allow(copied) => {
+                tracing::debug!(
+                    url = %self.url,
+                    client = %q.client,
+                    status = status.as_u16(),
+                    latency_ms,
+                    "forward-auth: allowed"
+                );
+                if let Some((cache, key)) = cache_key {
+                    cache.insert(key, copied.clone(), Instant::now());
+                }
+            }
+            AuthDecision::Deny { .. } => {
+                tracing::debug!(
+                    url = %self.url,
+                    client = %q.client,
+                    status = status.as_u16(),
+                    latency_ms,
+                    "forward-auth: refused"
+                );
+            }
+        }
+        Ok(decision)
+    }
+
+    fn error(&self, reason: impl std::fmt::Display) -> ForwardAuthError {
+        ForwardAuthError(format!("{}: {reason}", self.url))
+    }
+
+    /// The subrequest's headers: the client's credentials and the configured extras (every
+    /// value, in the client's order), then the `X-Forwarded-*` describing the handshake. No
+    /// `Host`: the client fills it in from the URL.
+    fn request_headers(&self, q: &AuthQuery<'_>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for name in DEFAULT_FORWARDED.iter().chain(&self.forward_headers) {
+            for value in q.parts.headers.get_all(name) {
+                h.append(name.clone(), value.clone());
+            }
+        }
+        let uri = q.uri.path_and_query().map_or("/", |p| p.as_str());
+        for (name, value) in [
+            (X_FORWARDED_FOR, q.forwarded_for),
+            (X_FORWARDED_PROTO, q.scheme),
+            (X_FORWARDED_HOST, q.host),
+            (X_FORWARDED_URI, uri),
+            // The WebSocket handshake is a GET (HTTP/2's extended CONNECT included).
+            (X_FORWARDED_METHOD, "GET"),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(value)
+                && !value.is_empty()
+            {
+                h.insert(name, v);
+            }
+        }
+        h
+    }
+}
+
+/// Turns the auth service's answer into a decision; `Err` (a reason) for a 5xx or other
+/// status that decides nothing.
+fn decide(
+    copy_headers: &[HeaderName],
+    resp: http::Response<Bytes>,
+) -> Result<AuthDecision, String> {
+    let status = resp.status();
+    if status.is_success() {
+        let mut copied = Vec::new();
+        for name in copy_headers {
+            for value in resp.headers().get_all(name) {
+                copied.push((name.clone(), value.clone()));
+            }
+        }
+        Ok(AuthDecision::Allow(copied))
+    } else if status.is_redirection() || status.is_client_error() {
+        let (parts, body) = resp.into_parts();
+        Ok(AuthDecision::Deny {
+            status,
+            headers: deny_headers(&parts.headers),
+            body,
+        })
+    } else {
+        Err(format!("answered {status}"))
+    }
+}
+
+/// The answer headers a refusal passes to the client (every value of each).
+fn deny_headers(answer: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for name in &DENY_HEADERS {
+        for value in answer.get_all(name) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// Allow decisions by request, for `ttl`.
+///
+/// The key is HMAC-SHA1, under a random key drawn when the config is loaded, of a
+/// length-prefixed encoding of every header the auth service was sent (credentials,
+/// forwarded headers, `X-Forwarded-*` with the client's address, host and URI). The encoding
+/// is injective, so different requests are different inputs; and since the HMAC key is
+/// secret, a client cannot search offline for a request that collides with someone else's
+/// allowed one. (HMAC does not rely on SHA-1's broken collision resistance; a plain hash of
+/// the facts, or a `DefaultHasher`, would let collisions be computed.)
+struct Cache {
+    ttl: Duration,
+    max_entries: usize,
+    hmac_key: [u8; 64],
+    entries: Mutex<HashMap<[u8; 20], Cached>>,
+}
+
+struct Cached {
+    expires: Instant,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl std::fmt::Debug for Cache {
+    // Not the HMAC key, not the entries.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("ttl", &self.ttl)
+            .field("max_entries", &self.max_entries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cache {
+    fn new(ttl: Duration, max_entries: usize) -> Cache {
+        Cache {
+            ttl,
+            max_entries: max_entries.max(1),
+            hmac_key: rand::random(),
+            entries: Mutex::default(),
+        }
+    }
+
+    fn key(&self, headers: &HeaderMap) -> [u8; 20] {
+        let mut inner = Sha1::new();
+        inner.update(self.hmac_key.map(|b| b ^ 0x36));
+        for (name, value) in headers {
+            for part in [name.as_str().as_bytes(), value.as_bytes()] {
+                inner.update((part.len() as u64).to_be_bytes());
+                inner.update(part);
+            }
+        }
+        let mut outer = Sha1::new();
+        outer.update(self.hmac_key.map(|b| b ^ 0x5c));
+        outer.update(inner.finalize());
+        outer.finalize().into()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 20], Cached>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The copied headers of a live allow decision; an expired one is dropped.
+    fn get(&self, key: &[u8; 20], now: Instant) -> Option<Vec<(HeaderName, HeaderValue)>> {
+        let mut map = self.lock();
+        match map.get(key) {
+            Some(e) if e.expires > now => Some(e.headers.clone()),
+            Some(_) => {
+                map.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Records an allow decision. When full: drop the expired entries, and if that frees too
+    /// little, arbitrary ones down to 90 % of the bound, so that the O(n) sweep runs at most
+    /// once per n/10 insertions.
+    fn insert(&self, key: [u8; 20], headers: Vec<(HeaderName, HeaderValue)>, now: Instant) {
+        let mut map = self.lock();
+        if map.len() >= self.max_entries && !map.contains_key(&key) {
+            map.retain(|_, e| e.expires > now);
+            let low = (self.max_entries * 9 / 10).min(self.max_entries - 1);
+            if map.len() > low {
+                let victims: Vec<[u8; 20]> = map.keys().take(map.len() - low).copied().collect();
+                for v in &victims {
+                    map.remove(v);
+                }
+            }
+        }
+        map.insert(
+            key,
+            Cached {
+                expires: now + self.ttl,
+                headers,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests;
