@@ -52,7 +52,7 @@ pub struct ProxyState {
 impl ProxyState {
     pub fn new(config: Config, sessions: Arc<Sessions>) -> ProxyState {
         ProxyState {
-            routes: RouteTable::new(&config.routes, &sessions),
+            routes: RouteTable::new(&config.routes, sessions.control()),
             config,
             sessions,
             unrouted_refusals: Default::default(),
