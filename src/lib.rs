@@ -11,6 +11,7 @@
 //! | route by host and path prefix | [`route`] |
 //! | RFC 6455 §4.2.1 handshake checks, accept key | [`handshake`] |
 //! | backend pick, connect with failover, backend handshake and its checks | [`backend`] |
+//! | the raw sockets taken back from hyper after the upgrade | [`upgraded`] |
 //! | the relay loop after the 101 | [`relay`] |
 //! | registry of live sessions, drain | [`sessions`] |
 //! | errors and their mapping to status codes and log outcomes | [`error`] |
@@ -40,6 +41,7 @@ pub mod route;
 pub mod sessions;
 pub mod telemetry;
 pub mod tls;
+pub mod upgraded;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
