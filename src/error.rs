@@ -74,6 +74,17 @@ pub enum ProxyError {
     Policy(#[from] crate::policy::PolicyError),
 }
 
+/// The gateway is shutting down and takes no new sessions (a phase's error, which becomes
+/// [`ProxyError::Draining`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Draining;
+
+impl From<Draining> for ProxyError {
+    fn from(_: Draining) -> ProxyError {
+        ProxyError::Draining
+    }
+}
+
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {

@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 
 use crate::backend::{self, BackendLease, BackendRequest, BackendUpgrade};
 use crate::config::Config;
-use crate::error::{BackendError, BackendRefusal, ProxyError};
+use crate::error::{BackendError, BackendRefusal, Draining, ProxyError};
 use crate::handshake::{self, ClientHandshake, HandshakeError, Transport};
 use crate::policy::forwarding::{self, ClientAddr};
 use crate::policy::{PolicyError, RequestFacts};
@@ -164,9 +164,9 @@ async fn upgrade(
 }
 
 /// New sessions are taken until the gateway starts draining.
-fn not_draining(sessions: &Sessions) -> Result<(), ProxyError> {
+fn not_draining(sessions: &Sessions) -> Result<(), Draining> {
     if sessions.is_draining() {
-        return Err(ProxyError::Draining);
+        return Err(Draining);
     }
     Ok(())
 }
