@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ListenerConfig;
 use crate::http::{self, Protocols};
+use crate::outcome::Outcome;
 use crate::proxy::{self, ConnInfo, ProxyState};
 
 /// Pending connections the kernel may queue per listener: absorbs reconnect storms after a
@@ -125,13 +126,13 @@ pub async fn accept_loop(
                     };
                     match tokio::time::timeout_at(deadline, starts_like_http(&stream)).await {
                         Ok(true) => {
-                            counts.add("plain_http_on_tls");
+                            counts.add(Outcome::PlainHttpOnTls);
                             tracing::debug!(client = %client, "plain HTTP on a TLS port; answered 400");
                             return answer_plain_http(stream, deadline).await;
                         }
                         Ok(false) => {}
                         Err(_) => {
-                            counts.add("tls_handshake_timeout");
+                            counts.add(Outcome::TlsHandshakeTimeout);
                             tracing::debug!(client = %client, "no TLS handshake within the handshake timeout");
                             return;
                         }
@@ -140,12 +141,12 @@ pub async fn accept_loop(
                     {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => {
-                            counts.add("tls_handshake_failed");
+                            counts.add(Outcome::TlsHandshakeFailed);
                             tracing::debug!(client = %client, error = %e, "TLS handshake failed");
                             return;
                         }
                         Err(_) => {
-                            counts.add("tls_handshake_timeout");
+                            counts.add(Outcome::TlsHandshakeTimeout);
                             tracing::debug!(client = %client, "TLS handshake timed out");
                             return;
                         }
@@ -195,12 +196,12 @@ async fn client_addr(
             Some(client)
         }
         Ok(Err(e)) => {
-            counts.add("proxy_header_invalid");
+            counts.add(Outcome::ProxyHeaderInvalid);
             tracing::debug!(peer = %peer, error = %e, "bad PROXY header; closing");
             None
         }
         Err(_) => {
-            counts.add("proxy_header_timeout");
+            counts.add(Outcome::ProxyHeaderTimeout);
             tracing::debug!(peer = %peer, "no PROXY header within the handshake timeout; closing");
             None
         }

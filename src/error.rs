@@ -1,5 +1,5 @@
 //! Every way a session can fail, and the ONE place that maps each to the wire (HTTP status
-//! before the upgrade), to the access log's outcome, and to who is at fault.
+//! before the upgrade), to the access log's [`Outcome`], and to who is at fault.
 
 use std::time::Duration;
 
@@ -7,24 +7,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 
 use crate::handshake::HandshakeError;
-
-/// Who caused a failure: the access log says so, so operators know where to look.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    Client,
-    Backend,
-    Proxy,
-}
-
-impl Fault {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Fault::Client => "client",
-            Fault::Backend => "backend",
-            Fault::Proxy => "proxy",
-        }
-    }
-}
+use crate::outcome::{Fault, Outcome};
 
 /// Failures on the backend leg, before the client gets its 101.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +31,21 @@ pub enum BackendError {
     /// The TLS handshake with a `wss://` backend failed (certificate not verified, ...).
     #[error("backend TLS handshake failed: {0}")]
     Tls(String),
+}
+
+impl BackendError {
+    /// The access log's `outcome`.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            BackendError::Unreachable(_) => Outcome::BackendUnreachable,
+            BackendError::ConnectTimeout(..) => Outcome::BackendConnectTimeout,
+            BackendError::HandshakeTimeout(_) => Outcome::BackendHandshakeTimeout,
+            BackendError::Refused(_) => Outcome::BackendRefused,
+            BackendError::BadHandshake(_) => Outcome::BackendBadHandshake,
+            BackendError::Io(_) => Outcome::BackendIo,
+            BackendError::Tls(_) => Outcome::BackendTls,
+        }
+    }
 }
 
 /// A backend's non-101 answer, kept to be passed on to the client.
@@ -76,6 +74,17 @@ pub enum ProxyError {
     Policy(#[from] crate::policy::PolicyError),
 }
 
+/// The gateway is shutting down and takes no new sessions (a phase's error, which becomes
+/// [`ProxyError::Draining`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Draining;
+
+impl From<Draining> for ProxyError {
+    fn from(_: Draining) -> ProxyError {
+        ProxyError::Draining
+    }
+}
+
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -98,10 +107,7 @@ impl ProxyError {
 
     /// Which policy refused (`origin`, `jwt`, ...), or `""` for other refusals.
     pub fn policy(&self) -> &'static str {
-        match self {
-            ProxyError::Policy(e) => e.policy(),
-            _ => "",
-        }
+        self.outcome().policy()
     }
 
     pub fn fault(&self) -> Fault {
@@ -117,41 +123,14 @@ impl ProxyError {
         }
     }
 
-    /// A short stable name for the access log's `outcome` field.
-    pub fn outcome(&self) -> &'static str {
+    /// The access log's `outcome` and the refusal counters' key.
+    pub fn outcome(&self) -> Outcome {
         match self {
-            ProxyError::NoRoute => "no_route",
-            ProxyError::Handshake(e) => e.kind(),
-            ProxyError::Draining => "draining",
+            ProxyError::NoRoute => Outcome::NoRoute,
+            ProxyError::Handshake(e) => Outcome::from(e),
+            ProxyError::Draining => Outcome::Draining,
             ProxyError::Policy(e) => e.outcome(),
-            ProxyError::Backend(e) => match e {
-                BackendError::Unreachable(_) => "backend_unreachable",
-                BackendError::ConnectTimeout(..) => "backend_connect_timeout",
-                BackendError::HandshakeTimeout(_) => "backend_handshake_timeout",
-                BackendError::Refused(_) => "backend_refused",
-                BackendError::BadHandshake(_) => "backend_bad_handshake",
-                BackendError::Io(_) => "backend_io",
-                BackendError::Tls(_) => "backend_tls",
-            },
-        }
-    }
-}
-
-/// How a relayed session ended, for the access log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseSide {
-    Client,
-    Backend,
-    /// The proxy ended it (shutdown after the grace period).
-    Proxy,
-}
-
-impl CloseSide {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseSide::Client => "client",
-            CloseSide::Backend => "backend",
-            CloseSide::Proxy => "proxy",
+            ProxyError::Backend(e) => e.outcome(),
         }
     }
 }

@@ -17,12 +17,43 @@ pub mod opcode {
     }
 }
 
-/// Close codes of RFC 6455 §7.4.1 that the proxy uses.
+/// Every close code the proxy sends or names (RFC 6455 §7.4.1 and its IANA registry), with
+/// the reason phrase the proxy writes for it. Nowhere else spells a close code as a number.
 pub mod close_code {
+    /// 1000: the closing handshake of a session that did what it came for.
     pub const NORMAL: u16 = 1000;
+    /// 1001: the proxy's own close: drain and shutdown, idle and lifetime timers, a peer
+    /// that stopped answering pings, and the innocent side of a violation or a vanished
+    /// client.
     pub const GOING_AWAY: u16 = 1001;
+    /// 1002: to a side that broke RFC 6455 framing.
     pub const PROTOCOL_ERROR: u16 = 1002;
+    /// 1009: to a side that sent a message over the route's limit.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// 1011, "the server encountered an unexpected condition": to the client when the
+    /// backend connection is lost mid-session (reset, or EOF without a close frame). Not
+    /// 1001, which wsgate keeps for its own drain, so a client can tell "backend crashed"
+    /// (reconnect with backoff) from "proxy restarting" (reconnect now).
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// 1012: to both sides when a reload removes their route (`Handle::close_route`).
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// 1014, "bad gateway": to the client when the backend breaks the WebSocket protocol.
+    pub const BAD_GATEWAY: u16 = 1014;
+
+    /// The reason phrase for `code` (`""` for a code not listed here). Short, as a close
+    /// frame's payload is at most 125 bytes.
+    pub const fn phrase(code: u16) -> &'static str {
+        match code {
+            NORMAL => "normal closure",
+            GOING_AWAY => "going away",
+            PROTOCOL_ERROR => "protocol error",
+            MESSAGE_TOO_BIG => "message too big",
+            INTERNAL_ERROR => "internal error",
+            SERVICE_RESTART => "service restart",
+            BAD_GATEWAY => "bad gateway",
+            _ => "",
+        }
+    }
 }
 
 /// Largest header: 2 bytes + 8 bytes of extended length + 4 bytes of mask.

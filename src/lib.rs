@@ -11,9 +11,11 @@
 //! | route by host and path prefix | [`route`] |
 //! | RFC 6455 §4.2.1 handshake checks, accept key | [`handshake`] |
 //! | backend pick, connect with failover, backend handshake and its checks | [`backend`] |
+//! | the raw sockets taken back from hyper after the upgrade | [`upgraded`] |
 //! | the relay loop after the 101 | [`relay`] |
 //! | registry of live sessions, drain | [`sessions`] |
 //! | errors and their mapping to status codes and log outcomes | [`error`] |
+//! | the outcome names (log fields, refusal counters, metric labels) | [`outcome`] |
 //! | config file, validation with key and line | [`config`] |
 //! | logging and the access log | [`telemetry`] |
 //! | frame codec (the demo's echo backend) | [`frame`] |
@@ -30,6 +32,7 @@ pub mod frame;
 pub mod handshake;
 pub mod http;
 pub mod http_client;
+pub mod outcome;
 pub mod policy;
 pub mod proxy;
 pub mod proxy_protocol;
@@ -38,6 +41,7 @@ pub mod route;
 pub mod sessions;
 pub mod telemetry;
 pub mod tls;
+pub mod upgraded;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -215,11 +219,11 @@ impl Handle {
     pub fn refusals(&self) -> std::collections::BTreeMap<(String, &'static str), u64> {
         let mut out = std::collections::BTreeMap::new();
         for (outcome, n) in self.state.unrouted_refusals.snapshot() {
-            out.insert(("-".to_string(), outcome), n);
+            out.insert(("-".to_string(), outcome.as_str()), n);
         }
         for route in self.state.routes.iter() {
             for (outcome, n) in route.refusals.snapshot() {
-                out.insert((route.name.to_string(), outcome), n);
+                out.insert((route.name.to_string(), outcome.as_str()), n);
             }
         }
         out

@@ -1,15 +1,17 @@
 //! The orchestrator: one request, top to bottom.
 //!
-//! route → handshake check → backend connect → backend handshake → 101 → relay → access log.
-//! Every step before the 101 can refuse with an HTTP status (mapped in `error.rs`); nothing is
-//! sent to a backend until the client's handshake has passed.
+//! route → draining → handshake check → policy → client upgrade taken → backend connect →
+//! backend handshake → 101 → relay → access log.
+//!
+//! Every phase before the 101 is one line of `upgrade` and may fail with a [`ProxyError`]
+//! (each phase's error converts into it); `handle_request` answers the failure once, in
+//! `refuse` (status mapped in `error.rs`). Nothing is sent to a backend until the client's
+//! handshake and the route's policy have passed. The sockets the relay runs on are taken
+//! back from hyper in `upgraded.rs`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -18,26 +20,20 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::conn::auto::upgrade as auto_upgrade;
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 
-use crate::backend::{self, BackendRequest, BackendUpgrade};
+use crate::backend::{self, BackendLease, BackendRequest, BackendUpgrade};
 use crate::config::Config;
-use crate::error::{BackendError, BackendRefusal, ProxyError};
+use crate::error::{BackendError, BackendRefusal, Draining, ProxyError};
 use crate::handshake::{self, ClientHandshake, HandshakeError, Transport};
-use crate::policy::{PolicyError, RequestFacts, forwarding};
+use crate::policy::forwarding::{self, ClientAddr};
+use crate::policy::{PolicyError, RequestFacts};
 use crate::relay;
 use crate::route::{Route, RouteTable};
 use crate::sessions::Sessions;
 use crate::telemetry::access;
 
 pub type Body = Full<Bytes>;
-
-/// How long the client side of an accepted upgrade may take to complete after we answer 101.
-/// hyper resolves it as soon as the 101 is written, so this only trips on a dead client.
-const CLIENT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything a request needs, shared by all connections.
 #[derive(Debug)]
@@ -52,7 +48,7 @@ pub struct ProxyState {
 impl ProxyState {
     pub fn new(config: Config, sessions: Arc<Sessions>) -> ProxyState {
         ProxyState {
-            routes: RouteTable::new(&config.routes, &sessions),
+            routes: RouteTable::new(&config.routes, sessions.control()),
             config,
             sessions,
             unrouted_refusals: Default::default(),
@@ -104,6 +100,8 @@ pub async fn handle(
     Ok(handle_request(state, conn, req, id).await)
 }
 
+/// Finds what a refusal needs (the route, if any, and the request's head), then runs the
+/// phases; the first that fails is answered by [`refuse`], here and only here.
 async fn handle_request(
     state: Arc<ProxyState>,
     mut conn: ConnInfo,
@@ -121,113 +119,156 @@ async fn handle_request(
     if forwarding.peer_trusted {
         conn.client = SocketAddr::new(forwarding.ip, 0);
     }
-
-    let host = request_host(&parts);
-    let Some(route) = state
+    let route = state
         .routes
-        .find(host.as_deref(), parts.uri.path())
-        .cloned()
-    else {
-        return refuse(&state, id, None, &conn, &parts, ProxyError::NoRoute);
+        .find(request_host(&parts).as_deref(), parts.uri.path());
+    let cx = Ctx {
+        state: &state,
+        conn: &conn,
+        forwarding: &forwarding,
+        id,
     };
-    if state.sessions.is_draining() {
-        return refuse(
-            &state,
-            id,
-            Some(&route),
-            &conn,
-            &parts,
-            ProxyError::Draining,
-        );
+    match upgrade(&cx, route, &mut parts).await {
+        Ok(response) => response,
+        Err(e) => refuse(&state, id, route.map(Arc::as_ref), &conn, &parts, e),
     }
-    let mut client_hs = match handshake::validate(&parts) {
-        Ok(hs) => hs,
-        Err(e) => return refuse(&state, id, Some(&route), &conn, &parts, e.into()),
-    };
-    let policy = &route.config.policy;
-    let mut token_marker = None;
-    if !policy.is_open() {
-        let forwarded_for = forwarding.chain_header();
-        // Behind a trusted proxy, the scheme and host the client used are the proxy's word.
-        let facts = RequestFacts {
-            scheme: forwarding.proto.as_deref().unwrap_or(conn.scheme),
-            host: forwarding.host.as_deref().unwrap_or(&client_hs.host),
-            client: &forwarding,
-            forwarded_for: &forwarded_for,
-            tls_subject: conn.client_subject.as_deref(),
-        };
-        match policy
-            .admit(&mut parts, &mut client_hs.protocols, &facts)
-            .await
-        {
-            Ok(marker) => token_marker = marker,
-            Err(e) => return refuse(&state, id, Some(&route), &conn, &parts, e.into()),
-        }
-    }
-    // Taken before answering (hyper examples/upgrades.rs); hyper sets it on every HTTP/1.1
-    // request that carries `Upgrade` and every HTTP/2 CONNECT, which validation has just
-    // required.
-    let Some(client_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
-        return refuse(
-            &state,
-            id,
-            Some(&route),
-            &conn,
-            &parts,
-            ProxyError::Handshake(HandshakeError::NotAnUpgrade),
-        );
-    };
+}
 
-    let rc = &route.config;
-    let (stream, lease) = match route.pool.connect(rc.backend_connect_timeout).await {
-        Ok(ok) => ok,
-        Err(e) => return refuse(&state, id, Some(&route), &conn, &parts, e.into()),
+/// What every phase may consult: the shared state and where the request came from.
+struct Ctx<'a> {
+    state: &'a ProxyState,
+    conn: &'a ConnInfo,
+    forwarding: &'a ClientAddr,
+    /// The request's id, which becomes the session's.
+    id: u64,
+}
+
+/// The phases of an upgrade, in order, one line each: the first error ends the request (as
+/// a [`ProxyError`], answered by the caller). Nothing reaches a backend before the client's
+/// handshake and the route's policy have passed.
+async fn upgrade(
+    cx: &Ctx<'_>,
+    route: Option<&Arc<Route>>,
+    parts: &mut Parts,
+) -> Result<Response<Body>, ProxyError> {
+    let route = route.ok_or(ProxyError::NoRoute)?;
+    not_draining(&cx.state.sessions)?;
+    let mut client_hs = handshake::validate(parts)?;
+    let token_marker = check_policy(cx, route, parts, &mut client_hs).await?;
+    let client_upgrade = take_upgrade(parts)?;
+    let (stream, lease) = connect_backend(route).await?;
+    let upgrade = backend_handshake(cx, route, parts, &client_hs, &lease, stream).await?;
+    let response = accept_response(&client_hs, &upgrade, token_marker.as_deref());
+    spawn_session(cx, route, &client_hs, client_upgrade, lease, upgrade);
+    Ok(response)
+}
+
+/// New sessions are taken until the gateway starts draining.
+fn not_draining(sessions: &Sessions) -> Result<(), Draining> {
+    if sessions.is_draining() {
+        return Err(Draining);
+    }
+    Ok(())
+}
+
+/// The route's policy (origin, subprotocol, cookie, token, forward auth), which may add
+/// identity headers to `parts` and take the token out of the offered subprotocols. Returns
+/// the subprotocol to answer with when the backend chooses none (see `RoutePolicy::admit`).
+async fn check_policy(
+    cx: &Ctx<'_>,
+    route: &Route,
+    parts: &mut Parts,
+    client_hs: &mut ClientHandshake,
+) -> Result<Option<String>, PolicyError> {
+    let policy = &route.config.policy;
+    if policy.is_open() {
+        return Ok(None);
+    }
+    let forwarded_for = cx.forwarding.chain_header();
+    // Behind a trusted proxy, the scheme and host the client used are the proxy's word.
+    let facts = RequestFacts {
+        scheme: cx.forwarding.proto.as_deref().unwrap_or(cx.conn.scheme),
+        host: cx.forwarding.host.as_deref().unwrap_or(&client_hs.host),
+        client: cx.forwarding,
+        forwarded_for: &forwarded_for,
+        tls_subject: cx.conn.client_subject.as_deref(),
     };
-    let backend_url = lease.backend.url.clone();
+    policy.admit(parts, &mut client_hs.protocols, &facts).await
+}
+
+/// The client's side of the upgrade, taken before answering (hyper examples/upgrades.rs).
+/// hyper sets it on every HTTP/1.1 request that carries `Upgrade` and every HTTP/2 CONNECT,
+/// which validation has already required.
+fn take_upgrade(parts: &mut Parts) -> Result<OnUpgrade, HandshakeError> {
+    parts
+        .extensions
+        .remove::<OnUpgrade>()
+        .ok_or(HandshakeError::NotAnUpgrade)
+}
+
+/// A connection to one of the route's backends: balancing order, failover, the route's
+/// connect timeout.
+async fn connect_backend(route: &Route) -> Result<(TcpStream, BackendLease), BackendError> {
+    route
+        .pool
+        .connect(route.config.backend_connect_timeout)
+        .await
+}
+
+/// The upgrade request to the backend the lease names, over `stream`, and its answer.
+async fn backend_handshake(
+    cx: &Ctx<'_>,
+    route: &Route,
+    parts: &Parts,
+    client_hs: &ClientHandshake,
+    lease: &BackendLease,
+    stream: TcpStream,
+) -> Result<BackendUpgrade, BackendError> {
+    let (rc, backend_url, conn) = (&route.config, &lease.backend.url, cx.conn);
     let (backend_req, key) = backend::build_request(&BackendRequest {
         route: rc,
-        backend: &backend_url,
-        client: &parts,
-        handshake: &client_hs,
-        forwarding: &forwarding,
+        backend: backend_url,
+        client: parts,
+        handshake: client_hs,
+        forwarding: cx.forwarding,
         scheme: conn.scheme,
         client_subject: conn
             .subject_header
             .as_ref()
             .map(|h| (h, conn.client_subject.as_deref())),
     });
-    tracing::debug!(session = id, route = %rc.name, backend = %backend_url.url, uri = %backend_req.uri(), "backend handshake");
+    tracing::debug!(session = cx.id, route = %rc.name, backend = %backend_url.url, uri = %backend_req.uri(), "backend handshake");
     let params = backend::HandshakeParams {
-        url: &backend_url,
+        url: backend_url,
         tls: backend_url.tls_config(rc),
         key: &key,
-        offered: &client_hs,
+        offered: client_hs,
         timeout: rc.backend_handshake_timeout,
-        max_error_body: state.config.limits.max_error_body,
+        max_error_body: cx.state.config.limits.max_error_body,
     };
-    let upgrade = match backend::handshake(stream, backend_req, params).await {
-        Ok(up) => up,
-        Err(e) => {
-            return refuse(
-                &state,
-                id,
-                Some(&route),
-                &conn,
-                &parts,
-                ProxyError::Backend(e),
-            );
-        }
-    };
+    backend::handshake(stream, backend_req, params).await
+}
 
-    let response = accept_response(&client_hs, &upgrade, token_marker.as_deref());
+/// The session is on: registers it and spawns its task, which takes both legs once the
+/// client has its answer.
+fn spawn_session(
+    cx: &Ctx<'_>,
+    route: &Arc<Route>,
+    client_hs: &ClientHandshake,
+    client_upgrade: OnUpgrade,
+    lease: BackendLease,
+    upgrade: BackendUpgrade,
+) {
     let transport = client_hs.transport;
-    let session = state
+    let session = cx
+        .state
         .sessions
-        .register(id, route.clone(), conn.client, lease);
-    tracing::debug!(session = id, client = %conn.client, route = %rc.name, backend = %backend_url.url, "session open");
+        .register(cx.id, route.clone(), cx.conn.client, lease);
+    tracing::debug!(session = cx.id, client = %cx.conn.client, route = %route.config.name, backend = %session.info.lease.backend.url.url, "session open");
     let allowed_rsv = allowed_rsv(&upgrade.extensions);
     let BackendUpgrade { io: backend_io, .. } = upgrade;
-    let stream_guard = (transport == Transport::H2).then(|| StreamGuard::new(&conn.live_streams));
+    let stream_guard =
+        (transport == Transport::H2).then(|| StreamGuard::new(&cx.conn.live_streams));
     // The session task runs outside the request span: a span lives as long as its task, and
     // an idle session should cost nothing but its sockets. The access record carries the id.
     // Its inputs travel boxed: what an async fn takes stays in its state for the whole
@@ -240,8 +281,7 @@ async fn handle_request(
         stream_guard,
         transport,
     });
-    state.sessions.spawn(run_session(start));
-    response
+    cx.state.sessions.spawn(run_session(start));
 }
 
 /// What a session task starts from.
@@ -276,7 +316,7 @@ async fn run_session(start: Box<SessionStart>) {
     // No reference into the record is held across an await: it would take room in the
     // task's state for the whole session.
     let Some((client, backend)) =
-        upgraded_sockets(session.info.id, client_upgrade, backend_io).await
+        crate::upgraded::upgraded_sockets(session.info.id, client_upgrade, backend_io).await
     else {
         return;
     };
@@ -300,47 +340,6 @@ async fn run_session(start: Box<SessionStart>) {
         &outcome,
     );
     drop(stream_guard);
-}
-
-/// Both legs as the relay uses them: the raw sockets when hyper lets go of them, with the
-/// bytes hyper read past each handshake.
-async fn upgraded_sockets(
-    id: u64,
-    client_upgrade: OnUpgrade,
-    backend_io: hyper::upgrade::Upgraded,
-) -> Option<((UpgradedIo, Bytes), (UpgradedIo, Bytes))> {
-    let client_up = match tokio::time::timeout(CLIENT_UPGRADE_TIMEOUT, client_upgrade).await {
-        Ok(Ok(up)) => up,
-        Ok(Err(e)) => {
-            tracing::debug!(session = id, error = %e, "client upgrade failed");
-            return None;
-        }
-        Err(_) => {
-            tracing::debug!(session = id, "client upgrade timed out");
-            return None;
-        }
-    };
-    let client = match auto_upgrade::downcast::<TokioIo<TcpStream>>(client_up) {
-        Ok(parts) => (UpgradedIo::Tcp(parts.io.into_inner()), parts.read_buf),
-        Err(up) => match auto_upgrade::downcast::<TokioIo<TlsStream<TcpStream>>>(up) {
-            Ok(parts) => (
-                UpgradedIo::Tls(Box::new(parts.io.into_inner())),
-                parts.read_buf,
-            ),
-            Err(up) => (UpgradedIo::Hyper(Box::new(TokioIo::new(up))), Bytes::new()),
-        },
-    };
-    let backend = match backend_io.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => (UpgradedIo::Tcp(parts.io.into_inner()), parts.read_buf),
-        Err(up) => match up.downcast::<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>() {
-            Ok(parts) => (
-                UpgradedIo::TlsClient(Box::new(parts.io.into_inner())),
-                parts.read_buf,
-            ),
-            Err(up) => (UpgradedIo::Hyper(Box::new(TokioIo::new(up))), Bytes::new()),
-        },
-    };
-    Some((client, backend))
 }
 
 /// The RSV bits a session's frames may use: what the negotiated extensions allow (RFC 6455
@@ -508,68 +507,6 @@ fn static_page(config: &Config, parts: &Parts) -> Option<Response<Body>> {
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Some(resp)
-}
-
-/// An upgraded connection as the relay uses it: the socket itself when hyper lets go of it
-/// (always, for plain TCP), so that reads and writes skip hyper's boxed wrapper; hyper's
-/// `Upgraded` otherwise.
-enum UpgradedIo {
-    Tcp(TcpStream),
-    /// Boxed: a TLS stream is large, and most sessions are plain TCP behind a TLS terminator
-    /// or TLS here; the enum stays small either way.
-    Tls(Box<TlsStream<TcpStream>>),
-    /// A `wss://` backend.
-    TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-    /// Whatever else hyper gave (boxed: rare, and larger than a socket).
-    Hyper(Box<TokioIo<hyper::upgrade::Upgraded>>),
-}
-
-impl tokio::io::AsyncRead for UpgradedIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpgradedIo::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            UpgradedIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            UpgradedIo::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            UpgradedIo::Hyper(s) => Pin::new(&mut **s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for UpgradedIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            UpgradedIo::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            UpgradedIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            UpgradedIo::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            UpgradedIo::Hyper(s) => Pin::new(&mut **s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpgradedIo::Tcp(s) => Pin::new(s).poll_flush(cx),
-            UpgradedIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            UpgradedIo::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            UpgradedIo::Hyper(s) => Pin::new(&mut **s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpgradedIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            UpgradedIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            UpgradedIo::TlsClient(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            UpgradedIo::Hyper(s) => Pin::new(&mut **s).poll_shutdown(cx),
-        }
-    }
 }
 
 #[cfg(test)]

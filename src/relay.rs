@@ -35,8 +35,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::config::SessionConfig;
-use crate::error::CloseSide;
 use crate::frame::{self, Event, Scanner, Sender, Violation, close_code, opcode};
+use crate::outcome::{CloseSide, Outcome};
 
 /// Bytes read in one go. 64 KiB moves large messages in fewer syscalls (measured 25–35% less
 /// CPU than 8 KiB for 16 KiB–1 MiB messages); it lives on the stack only during a poll.
@@ -47,15 +47,6 @@ const READ_CHUNK: usize = 64 * 1024;
 /// enough for a busy backend to answer, short enough that a dead peer does not hold a
 /// session (and, during a drain, the process) for long.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Close code for the client when the backend connection is lost mid-session (reset, or EOF
-/// without a close frame): 1011, "the server encountered an unexpected condition". Not 1001,
-/// which wsgate keeps for its own drain, so a client can tell "backend crashed" (reconnect
-/// with backoff) from "proxy restarting" (reconnect now).
-pub const BACKEND_LOST: u16 = 1011;
-/// Close code for the client when the backend breaks the WebSocket protocol: 1014, "bad
-/// gateway" (RFC 6455 §7.4.1 registry).
-pub const BAD_GATEWAY: u16 = 1014;
 
 /// How the outside asks sessions to end: a tree of signals (one root per gateway, one child
 /// per route), shared by every session below it, so a session holds no signal of its own.
@@ -179,11 +170,11 @@ impl Reason {
         use CloseSide::*;
         match *self {
             Reason::ProtocolError(Client, v) => (v.close_code(), close_code::GOING_AWAY),
-            Reason::ProtocolError(_, v) => (BAD_GATEWAY, v.close_code()),
+            Reason::ProtocolError(_, v) => (close_code::BAD_GATEWAY, v.close_code()),
             Reason::MessageTooBig(Client) => (close_code::MESSAGE_TOO_BIG, close_code::GOING_AWAY),
             Reason::MessageTooBig(_) => (close_code::GOING_AWAY, close_code::MESSAGE_TOO_BIG),
             Reason::Gone(Client) => (close_code::GOING_AWAY, close_code::GOING_AWAY),
-            Reason::Gone(_) => (BACKEND_LOST, close_code::GOING_AWAY),
+            Reason::Gone(_) => (close_code::INTERNAL_ERROR, close_code::GOING_AWAY),
             Reason::PingTimeout(_) | Reason::IdleTimeout | Reason::MaxLifetime => {
                 (close_code::GOING_AWAY, close_code::GOING_AWAY)
             }
@@ -194,33 +185,37 @@ impl Reason {
     /// The reason text written in the proxy's close frames (short: control frames ≤ 125 B).
     fn text(&self) -> &'static str {
         match self {
-            Reason::ProtocolError(CloseSide::Client, _) => "protocol error",
+            Reason::ProtocolError(CloseSide::Client, _) => {
+                close_code::phrase(close_code::PROTOCOL_ERROR)
+            }
             Reason::ProtocolError(..) => "backend protocol error",
-            Reason::MessageTooBig(_) => "message too big",
+            Reason::MessageTooBig(_) => close_code::phrase(close_code::MESSAGE_TOO_BIG),
             Reason::Gone(CloseSide::Client) => "client went away",
             Reason::Gone(_) => "backend connection lost",
             Reason::PingTimeout(CloseSide::Client) => "client not responding",
             Reason::PingTimeout(_) => "backend not responding",
             Reason::IdleTimeout => "idle timeout",
             Reason::MaxLifetime => "session lifetime reached",
-            Reason::Requested(1012) => "service restart",
-            Reason::Requested(_) => "going away",
+            Reason::Requested(close_code::SERVICE_RESTART) => {
+                close_code::phrase(close_code::SERVICE_RESTART)
+            }
+            Reason::Requested(_) => close_code::phrase(close_code::GOING_AWAY),
         }
     }
 
-    /// A stable name for the access log's `outcome`.
-    pub fn outcome(&self) -> &'static str {
+    /// The access log's `outcome` for a session the proxy ended this way.
+    pub fn outcome(&self) -> Outcome {
         match self {
-            Reason::ProtocolError(CloseSide::Client, _) => "client_protocol_error",
-            Reason::ProtocolError(..) => "backend_protocol_error",
-            Reason::MessageTooBig(_) => "message_too_big",
-            Reason::Gone(CloseSide::Client) => "client_gone",
-            Reason::Gone(_) => "backend_gone",
-            Reason::PingTimeout(CloseSide::Client) => "client_ping_timeout",
-            Reason::PingTimeout(_) => "backend_ping_timeout",
-            Reason::IdleTimeout => "idle_timeout",
-            Reason::MaxLifetime => "max_lifetime",
-            Reason::Requested(_) => "drained",
+            Reason::ProtocolError(CloseSide::Client, _) => Outcome::ClientProtocolError,
+            Reason::ProtocolError(..) => Outcome::BackendProtocolError,
+            Reason::MessageTooBig(_) => Outcome::MessageTooBig,
+            Reason::Gone(CloseSide::Client) => Outcome::ClientGone,
+            Reason::Gone(_) => Outcome::BackendGone,
+            Reason::PingTimeout(CloseSide::Client) => Outcome::ClientPingTimeout,
+            Reason::PingTimeout(_) => Outcome::BackendPingTimeout,
+            Reason::IdleTimeout => Outcome::IdleTimeout,
+            Reason::MaxLifetime => Outcome::MaxLifetime,
+            Reason::Requested(_) => Outcome::Drained,
         }
     }
 }
@@ -247,12 +242,12 @@ pub struct RelayOutcome {
 }
 
 impl RelayOutcome {
-    /// A stable name for the access log's `outcome`.
-    pub fn outcome(&self) -> &'static str {
+    /// The access log's `outcome`.
+    pub fn outcome(&self) -> Outcome {
         match (&self.proxy_reason, self.cut) {
             (Some(r), _) => r.outcome(),
-            (None, true) => "close_timeout",
-            (None, false) => "closed",
+            (None, true) => Outcome::CloseTimeout,
+            (None, false) => Outcome::Closed,
         }
     }
 }
@@ -1185,7 +1180,7 @@ mod tests {
         );
         assert_eq!(out.backend_close.as_ref().and_then(|c| c.code), Some(1000));
         assert_eq!(out.closed_by, CloseSide::Client);
-        assert_eq!(out.outcome(), "closed");
+        assert_eq!(out.outcome().as_str(), "closed");
         assert_eq!(out.client_to_backend.messages, 1);
         assert_eq!(out.client_to_backend.frames, 2);
     }
@@ -1218,7 +1213,7 @@ mod tests {
         drop(client);
         drop(backend);
         let out = task.await.unwrap();
-        assert_eq!(out.outcome(), "drained");
+        assert_eq!(out.outcome().as_str(), "drained");
         assert_eq!(out.closed_by, CloseSide::Proxy);
         assert!(!out.cut);
     }
@@ -1241,7 +1236,7 @@ mod tests {
         assert_eq!((head[0], &head[2..]), (0x88, &1001u16.to_be_bytes()[..]));
         drop(client);
         drop(backend);
-        assert_eq!(task.await.unwrap().outcome(), "drained");
+        assert_eq!(task.await.unwrap().outcome().as_str(), "drained");
     }
 
     #[test]

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use crate::backend::BackendPool;
 use crate::config::RouteConfig;
 use crate::relay::Control;
-use crate::sessions::Sessions;
 
 /// A route with its live backend state.
 #[derive(Debug)]
@@ -14,7 +13,9 @@ pub struct Route {
     /// The route's name, shared by its sessions' records.
     pub name: Arc<str>,
     pub pool: BackendPool,
-    /// Closes this route's sessions (shutdown, or a reload that removes the route).
+    /// Closes this route's sessions (shutdown, or a reload that removes the route): a child
+    /// of the signal the table was built under, shared by every session of the route, so a
+    /// session costs no signal of its own.
     pub control: Control,
     /// Refused handshakes on this route, by outcome.
     pub refusals: crate::telemetry::RefusalCounts,
@@ -28,14 +29,16 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn new(configs: &[RouteConfig], sessions: &Sessions) -> RouteTable {
+    /// Builds the routes of `configs`, each with its own signal below `parent` (the session
+    /// registry's, so a shutdown reaches every route's sessions).
+    pub fn new(configs: &[RouteConfig], parent: &Control) -> RouteTable {
         let mut routes: Vec<Arc<Route>> = configs
             .iter()
             .map(|c| {
                 Arc::new(Route {
                     name: Arc::from(c.name.as_str()),
                     pool: BackendPool::new(c.backends.clone(), c.balance),
-                    control: sessions.route_control(),
+                    control: parent.child(),
                     refusals: Default::default(),
                     config: c.clone(),
                 })
@@ -113,7 +116,7 @@ mod tests {
     fn table(routes: &str) -> RouteTable {
         let cfg =
             from_toml_str(&format!("[[listener]]\nlisten = \"127.0.0.1:0\"\n{routes}")).unwrap();
-        RouteTable::new(&cfg.routes, &Sessions::default())
+        RouteTable::new(&cfg.routes, &Control::default())
     }
 
     fn name(t: &RouteTable, host: Option<&str>, path: &str) -> Option<String> {

@@ -86,11 +86,10 @@ impl Sessions {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The signal for one route's sessions: below the registry's own (a shutdown closes
-    /// everything; a reload can close one route's sessions with 1012), shared by every
-    /// session of the route, so a session costs no signal of its own.
-    pub fn route_control(&self) -> Control {
-        self.control.child()
+    /// The registry's own signal, parent of every route's (see `RouteTable::new`): a
+    /// shutdown closes everything, while a reload can close one route's sessions.
+    pub fn control(&self) -> &Control {
+        &self.control
     }
 
     /// Registers a session about to start relaying.

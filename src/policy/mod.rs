@@ -114,30 +114,23 @@ impl PolicyError {
         }
     }
 
-    /// Which policy refused, for the access log.
+    /// Which policy refused, for the access log (the names live in `Outcome::policy`).
     pub fn policy(&self) -> &'static str {
-        match self {
-            PolicyError::Origin(_) => "origin",
-            PolicyError::Subprotocol(_) => "subprotocol",
-            PolicyError::MissingCookie(_) => "cookie",
-            PolicyError::MissingToken(_)
-            | PolicyError::InvalidToken(_)
-            | PolicyError::KeysUnavailable(_) => "jwt",
-            PolicyError::AuthDenied { .. } | PolicyError::AuthUnavailable(_) => "forward_auth",
-        }
+        self.outcome().policy()
     }
 
     /// The access log's `outcome`.
-    pub fn outcome(&self) -> &'static str {
+    pub fn outcome(&self) -> crate::outcome::Outcome {
+        use crate::outcome::Outcome;
         match self {
-            PolicyError::Origin(_) => "origin_refused",
-            PolicyError::Subprotocol(_) => "subprotocol_refused",
-            PolicyError::MissingCookie(_) => "cookie_missing",
-            PolicyError::MissingToken(_) => "token_missing",
-            PolicyError::InvalidToken(_) => "token_invalid",
-            PolicyError::KeysUnavailable(_) => "token_keys_unavailable",
-            PolicyError::AuthDenied { .. } => "auth_denied",
-            PolicyError::AuthUnavailable(_) => "auth_unavailable",
+            PolicyError::Origin(_) => Outcome::OriginRefused,
+            PolicyError::Subprotocol(_) => Outcome::SubprotocolRefused,
+            PolicyError::MissingCookie(_) => Outcome::CookieMissing,
+            PolicyError::MissingToken(_) => Outcome::TokenMissing,
+            PolicyError::InvalidToken(_) => Outcome::TokenInvalid,
+            PolicyError::KeysUnavailable(_) => Outcome::TokenKeysUnavailable,
+            PolicyError::AuthDenied { .. } => Outcome::AuthDenied,
+            PolicyError::AuthUnavailable(_) => Outcome::AuthUnavailable,
         }
     }
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::error::{Fault, ProxyError};
+use crate::error::ProxyError;
+use crate::outcome::Fault;
 use crate::relay::{CloseInfo, RelayOutcome};
 
 /// A session has ended.
@@ -47,7 +48,7 @@ pub fn session_closed(
         client_close_reason = reason(&out.client_close),
         backend_close_code = code(&out.backend_close),
         backend_close_reason = reason(&out.backend_close),
-        outcome = out.outcome(),
+        outcome = out.outcome().as_str(),
         cut = out.cut,
         error = out.error.as_deref().unwrap_or(""),
         "session closed"
@@ -77,7 +78,7 @@ pub fn refused(
                 method = %method,
                 path,
                 status = status.as_u16(),
-                outcome = err.outcome(),
+                outcome = err.outcome().as_str(),
                 policy = err.policy(),
                 fault = fault.as_str(),
                 reason = reason.as_str(),

@@ -4,6 +4,8 @@ pub mod access;
 
 use tracing_subscriber::EnvFilter;
 
+use crate::outcome::Outcome;
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
@@ -37,19 +39,19 @@ pub fn init(format: LogFormat) {
     let _ = result;
 }
 
-/// Refused handshakes by outcome (`origin_refused`, `token_invalid`, `backend_unreachable`,
-/// ...): one counter set per route and one for requests that matched none. Read by
-/// [`crate::Handle::refusals`]; the shape a metrics endpoint will export.
+/// Refused handshakes and connections by [`Outcome`] (`origin_refused`, `token_invalid`,
+/// `backend_unreachable`, ...): one counter set per route and one for requests that matched
+/// none. Read by [`crate::Handle::refusals`]; the shape a metrics endpoint will export.
 #[derive(Debug, Default)]
-pub struct RefusalCounts(std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>);
+pub struct RefusalCounts(std::sync::Mutex<std::collections::BTreeMap<Outcome, u64>>);
 
 impl RefusalCounts {
-    pub fn add(&self, outcome: &'static str) {
+    pub fn add(&self, outcome: Outcome) {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         *m.entry(outcome).or_insert(0) += 1;
     }
 
-    pub fn snapshot(&self) -> std::collections::BTreeMap<&'static str, u64> {
+    pub fn snapshot(&self) -> std::collections::BTreeMap<Outcome, u64> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }

@@ -1,0 +1,389 @@
+//! The words the proxy uses for what happened: how a connection, a handshake or a session
+//! ended ([`Outcome`]), who closed a session ([`CloseSide`]), who is at fault for a refusal
+//! ([`Fault`]), and which policy refused ([`Outcome::policy`]).
+//!
+//! These names are an operator API: they are the access log's `outcome`, `closed_by`, `fault`
+//! and `policy` fields, the keys of the refusal counters ([`crate::Handle::refusals`]), and
+//! the labels a metrics endpoint will export. Every producer returns these types and every
+//! consumer takes them, so a name is spelled once, here. Renaming one breaks dashboards and
+//! alerts: add a variant rather than change a name.
+
+use std::fmt;
+
+/// How a connection, a handshake or a session ended, as a stable snake_case name
+/// ([`Outcome::as_str`]).
+///
+/// Three families: refusals before HTTP (the connection is closed without an answer, or with
+/// a bare 400), refusals of the WebSocket handshake (answered with an HTTP status, see
+/// `error.rs`), and ends of relayed sessions (after the 101).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Outcome {
+    // --- Before HTTP (accept.rs): the connection is closed, counted as unrouted. ---
+    /// A listener with `proxy_protocol` got a missing or malformed PROXY header.
+    ProxyHeaderInvalid,
+    /// A listener with `proxy_protocol` got no PROXY header within the handshake timeout.
+    ProxyHeaderTimeout,
+    /// Plain HTTP arrived on a TLS port; answered with a 400 that says so.
+    PlainHttpOnTls,
+    /// No TLS handshake (or no complete one) within the handshake timeout.
+    TlsHandshakeTimeout,
+    /// The TLS handshake failed (no common version or cipher, bad client certificate, ...).
+    TlsHandshakeFailed,
+
+    // --- Refusals by the proxy itself (404, 503). ---
+    /// No route matches the request's host and path (404).
+    NoRoute,
+    /// The gateway is shutting down and takes no new sessions (503).
+    Draining,
+
+    // --- The client's handshake is not a valid WebSocket upgrade (RFC 6455 §4.2.1, RFC 8441). ---
+    /// An HTTP/1.1 request without `Upgrade` (426).
+    NotAnUpgrade,
+    /// The upgrade request's method is not GET (400).
+    MethodNotGet,
+    /// The request is older than HTTP/1.1 (400).
+    HttpVersion,
+    /// No `Host` header (400).
+    MissingHost,
+    /// `Upgrade` does not name `websocket` (400).
+    UpgradeNotWebsocket,
+    /// `Connection` lacks the `upgrade` token (400).
+    ConnectionNotUpgrade,
+    /// No `Sec-WebSocket-Key` (400).
+    MissingKey,
+    /// More than one `Sec-WebSocket-Key` (400).
+    DuplicateKey,
+    /// `Sec-WebSocket-Key` is not the base64 of 16 bytes (400).
+    InvalidKey,
+    /// `Sec-WebSocket-Version` other than 13 (426; 400 over HTTP/2).
+    VersionNotSupported,
+    /// No `Sec-WebSocket-Version` (426; 400 over HTTP/2).
+    MissingVersion,
+    /// A `Sec-WebSocket-Protocol` entry that is not a token (400).
+    InvalidSubprotocol,
+    /// The upgrade request carries a body (400).
+    HasBody,
+    /// An HTTP/2 request that is not an extended CONNECT (400).
+    NotExtendedConnect,
+    /// An extended CONNECT for a protocol other than `websocket` (400).
+    ProtocolNotWebsocket,
+    /// An extended CONNECT without `:scheme` or `:path` (400).
+    MissingPseudoHeader,
+    /// `Sec-WebSocket-Key` sent over HTTP/2, where it has no place (400).
+    KeyOverHttp2,
+
+    // --- The route's policy refused (policy/). ---
+    /// The `Origin` is not allowed (403; cross-site WebSocket hijacking defence).
+    OriginRefused,
+    /// No acceptable subprotocol on a route that requires one (403).
+    SubprotocolRefused,
+    /// A required cookie is absent (403).
+    CookieMissing,
+    /// No token in any configured place (401).
+    TokenMissing,
+    /// The token did not verify (401).
+    TokenInvalid,
+    /// The route's key set could not be fetched, so no token can be checked (503).
+    TokenKeysUnavailable,
+    /// The forward-auth service said no; its answer went to the client.
+    AuthDenied,
+    /// The forward-auth service could not be asked (503).
+    AuthUnavailable,
+
+    // --- The backend leg failed before the 101 (backend.rs). ---
+    /// Every backend of the route refused or failed the TCP connect (502).
+    BackendUnreachable,
+    /// Every backend connect attempt timed out (504).
+    BackendConnectTimeout,
+    /// The backend did not answer the upgrade in time (504).
+    BackendHandshakeTimeout,
+    /// The backend answered with something other than 101; passed on to the client.
+    BackendRefused,
+    /// The backend's answer was not a valid WebSocket handshake (502).
+    BackendBadHandshake,
+    /// The backend connection failed during the handshake (502).
+    BackendIo,
+    /// The TLS handshake with a `wss://` backend failed (502).
+    BackendTls,
+
+    // --- A relayed session ended (relay.rs). ---
+    /// A normal closing handshake, started by either peer.
+    Closed,
+    /// A peer started a closing handshake that did not finish within the close timeout.
+    CloseTimeout,
+    /// The proxy closed the session from outside (shutdown, or a reload that removed the
+    /// route), with 1001 or the code asked for.
+    Drained,
+    /// The client broke RFC 6455 framing: it got 1002, the backend 1001.
+    ClientProtocolError,
+    /// The backend broke RFC 6455 framing: it got 1002, the client 1014.
+    BackendProtocolError,
+    /// A side sent a message over the route's limit: 1009 to it, 1001 to the other.
+    MessageTooBig,
+    /// The client went away without a close frame (EOF or reset): the backend got 1001.
+    ClientGone,
+    /// The backend went away without a close frame (EOF or reset): the client got 1011.
+    BackendGone,
+    /// The client did not answer the proxy's ping: 1001 to both.
+    ClientPingTimeout,
+    /// The backend did not answer the proxy's ping: 1001 to both.
+    BackendPingTimeout,
+    /// No frame either way for the route's idle timeout: 1001 to both.
+    IdleTimeout,
+    /// The session reached the route's maximum lifetime: 1001 to both.
+    MaxLifetime,
+}
+
+impl Outcome {
+    /// Every outcome, in declaration order: what a metrics endpoint registers up front, so a
+    /// counter reads 0 before its first event instead of being absent.
+    pub const ALL: &'static [Outcome] = &[
+        Outcome::ProxyHeaderInvalid,
+        Outcome::ProxyHeaderTimeout,
+        Outcome::PlainHttpOnTls,
+        Outcome::TlsHandshakeTimeout,
+        Outcome::TlsHandshakeFailed,
+        Outcome::NoRoute,
+        Outcome::Draining,
+        Outcome::NotAnUpgrade,
+        Outcome::MethodNotGet,
+        Outcome::HttpVersion,
+        Outcome::MissingHost,
+        Outcome::UpgradeNotWebsocket,
+        Outcome::ConnectionNotUpgrade,
+        Outcome::MissingKey,
+        Outcome::DuplicateKey,
+        Outcome::InvalidKey,
+        Outcome::VersionNotSupported,
+        Outcome::MissingVersion,
+        Outcome::InvalidSubprotocol,
+        Outcome::HasBody,
+        Outcome::NotExtendedConnect,
+        Outcome::ProtocolNotWebsocket,
+        Outcome::MissingPseudoHeader,
+        Outcome::KeyOverHttp2,
+        Outcome::OriginRefused,
+        Outcome::SubprotocolRefused,
+        Outcome::CookieMissing,
+        Outcome::TokenMissing,
+        Outcome::TokenInvalid,
+        Outcome::TokenKeysUnavailable,
+        Outcome::AuthDenied,
+        Outcome::AuthUnavailable,
+        Outcome::BackendUnreachable,
+        Outcome::BackendConnectTimeout,
+        Outcome::BackendHandshakeTimeout,
+        Outcome::BackendRefused,
+        Outcome::BackendBadHandshake,
+        Outcome::BackendIo,
+        Outcome::BackendTls,
+        Outcome::Closed,
+        Outcome::CloseTimeout,
+        Outcome::Drained,
+        Outcome::ClientProtocolError,
+        Outcome::BackendProtocolError,
+        Outcome::MessageTooBig,
+        Outcome::ClientGone,
+        Outcome::BackendGone,
+        Outcome::ClientPingTimeout,
+        Outcome::BackendPingTimeout,
+        Outcome::IdleTimeout,
+        Outcome::MaxLifetime,
+    ];
+
+    /// The stable name: the access log's `outcome`, the refusal counters' key.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::ProxyHeaderInvalid => "proxy_header_invalid",
+            Outcome::ProxyHeaderTimeout => "proxy_header_timeout",
+            Outcome::PlainHttpOnTls => "plain_http_on_tls",
+            Outcome::TlsHandshakeTimeout => "tls_handshake_timeout",
+            Outcome::TlsHandshakeFailed => "tls_handshake_failed",
+            Outcome::NoRoute => "no_route",
+            Outcome::Draining => "draining",
+            Outcome::NotAnUpgrade => "not_an_upgrade",
+            Outcome::MethodNotGet => "method_not_get",
+            Outcome::HttpVersion => "http_version",
+            Outcome::MissingHost => "missing_host",
+            Outcome::UpgradeNotWebsocket => "upgrade_not_websocket",
+            Outcome::ConnectionNotUpgrade => "connection_not_upgrade",
+            Outcome::MissingKey => "missing_key",
+            Outcome::DuplicateKey => "duplicate_key",
+            Outcome::InvalidKey => "invalid_key",
+            Outcome::VersionNotSupported => "version_not_supported",
+            Outcome::MissingVersion => "missing_version",
+            Outcome::InvalidSubprotocol => "invalid_subprotocol",
+            Outcome::HasBody => "has_body",
+            Outcome::NotExtendedConnect => "not_extended_connect",
+            Outcome::ProtocolNotWebsocket => "protocol_not_websocket",
+            Outcome::MissingPseudoHeader => "missing_pseudo_header",
+            Outcome::KeyOverHttp2 => "key_over_http2",
+            Outcome::OriginRefused => "origin_refused",
+            Outcome::SubprotocolRefused => "subprotocol_refused",
+            Outcome::CookieMissing => "cookie_missing",
+            Outcome::TokenMissing => "token_missing",
+            Outcome::TokenInvalid => "token_invalid",
+            Outcome::TokenKeysUnavailable => "token_keys_unavailable",
+            Outcome::AuthDenied => "auth_denied",
+            Outcome::AuthUnavailable => "auth_unavailable",
+            Outcome::BackendUnreachable => "backend_unreachable",
+            Outcome::BackendConnectTimeout => "backend_connect_timeout",
+            Outcome::BackendHandshakeTimeout => "backend_handshake_timeout",
+            Outcome::BackendRefused => "backend_refused",
+            Outcome::BackendBadHandshake => "backend_bad_handshake",
+            Outcome::BackendIo => "backend_io",
+            Outcome::BackendTls => "backend_tls",
+            Outcome::Closed => "closed",
+            Outcome::CloseTimeout => "close_timeout",
+            Outcome::Drained => "drained",
+            Outcome::ClientProtocolError => "client_protocol_error",
+            Outcome::BackendProtocolError => "backend_protocol_error",
+            Outcome::MessageTooBig => "message_too_big",
+            Outcome::ClientGone => "client_gone",
+            Outcome::BackendGone => "backend_gone",
+            Outcome::ClientPingTimeout => "client_ping_timeout",
+            Outcome::BackendPingTimeout => "backend_ping_timeout",
+            Outcome::IdleTimeout => "idle_timeout",
+            Outcome::MaxLifetime => "max_lifetime",
+        }
+    }
+
+    /// Which policy refused, for the access log's `policy` field (`origin`, `subprotocol`,
+    /// `cookie`, `jwt`, `forward_auth`); `""` for an outcome no policy produces.
+    pub const fn policy(self) -> &'static str {
+        match self {
+            Outcome::OriginRefused => "origin",
+            Outcome::SubprotocolRefused => "subprotocol",
+            Outcome::CookieMissing => "cookie",
+            Outcome::TokenMissing | Outcome::TokenInvalid | Outcome::TokenKeysUnavailable => "jwt",
+            Outcome::AuthDenied | Outcome::AuthUnavailable => "forward_auth",
+            _ => "",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&crate::handshake::HandshakeError> for Outcome {
+    fn from(e: &crate::handshake::HandshakeError) -> Outcome {
+        use crate::handshake::HandshakeError::*;
+        match e {
+            NotAnUpgrade => Outcome::NotAnUpgrade,
+            MethodNotGet(_) => Outcome::MethodNotGet,
+            HttpVersionTooOld(_) => Outcome::HttpVersion,
+            MissingHost => Outcome::MissingHost,
+            UpgradeNotWebSocket => Outcome::UpgradeNotWebsocket,
+            ConnectionNotUpgrade => Outcome::ConnectionNotUpgrade,
+            MissingKey => Outcome::MissingKey,
+            DuplicateKey => Outcome::DuplicateKey,
+            InvalidKey => Outcome::InvalidKey,
+            VersionNotSupported(_) => Outcome::VersionNotSupported,
+            MissingVersion => Outcome::MissingVersion,
+            InvalidSubprotocol(_) => Outcome::InvalidSubprotocol,
+            HasBody => Outcome::HasBody,
+            NotExtendedConnect => Outcome::NotExtendedConnect,
+            ProtocolNotWebSocket(_) => Outcome::ProtocolNotWebsocket,
+            MissingPseudoHeader => Outcome::MissingPseudoHeader,
+            KeyOverHttp2 => Outcome::KeyOverHttp2,
+        }
+    }
+}
+
+/// Who caused a refusal: the access log's `fault`, so operators know where to look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Client,
+    Backend,
+    Proxy,
+}
+
+impl Fault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::Client => "client",
+            Fault::Backend => "backend",
+            Fault::Proxy => "proxy",
+        }
+    }
+}
+
+/// Who started the end of a relayed session: the access log's `closed_by`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseSide {
+    Client,
+    Backend,
+    /// The proxy ended it (a violation, a timer, a drain, or shutdown after the grace period).
+    Proxy,
+}
+
+impl CloseSide {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseSide::Client => "client",
+            CloseSide::Backend => "backend",
+            CloseSide::Proxy => "proxy",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_outcome_once_in_order() {
+        // A variant added without its `ALL` entry shifts the discriminants or the length.
+        assert_eq!(Outcome::ALL.len(), Outcome::MaxLifetime as usize + 1);
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i, "{o} out of place in Outcome::ALL");
+        }
+    }
+
+    #[test]
+    fn names_are_unique_snake_case() {
+        let mut seen = std::collections::HashSet::new();
+        for o in Outcome::ALL {
+            let name = o.as_str();
+            assert!(seen.insert(name), "{name} used twice");
+            assert!(
+                !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{name} is not snake_case"
+            );
+            assert_eq!(o.to_string(), name);
+        }
+    }
+
+    #[test]
+    fn handshake_outcomes_match_the_handshake_kinds() {
+        use crate::handshake::HandshakeError::*;
+        let errors = [
+            NotAnUpgrade,
+            MethodNotGet(http::Method::POST),
+            HttpVersionTooOld(http::Version::HTTP_10),
+            MissingHost,
+            UpgradeNotWebSocket,
+            ConnectionNotUpgrade,
+            MissingKey,
+            DuplicateKey,
+            InvalidKey,
+            VersionNotSupported("8".into()),
+            MissingVersion,
+            InvalidSubprotocol("a b".into()),
+            HasBody,
+            NotExtendedConnect,
+            ProtocolNotWebSocket("x".into()),
+            MissingPseudoHeader,
+            KeyOverHttp2,
+        ];
+        for e in &errors {
+            assert_eq!(Outcome::from(e).as_str(), e.kind());
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The raw sockets of a session, taken back from hyper after the upgrade.
+//!
+//! hyper hands an upgraded connection over as its `Upgraded`: a boxed, type-erased stream
+//! that every read and write of a session would go through. The relay wants the socket
+//! itself, so this file downcasts each leg back to what the listener or the backend
+//! connector gave hyper (a TCP stream, or a TLS stream over one) and keeps the bytes hyper
+//! had already read past the handshake, which belong to the session. It owns nothing else:
+//! what happens to those sockets is the relay's business (`relay.rs`), and when the session
+//! starts is the orchestrator's (`proxy.rs`).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::conn::auto::upgrade as auto_upgrade;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+/// How long the client side of an accepted upgrade may take to complete after we answer 101.
+/// hyper resolves it as soon as the 101 is written, so this only trips on a dead client.
+const CLIENT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Both legs as the relay uses them: the raw sockets when hyper lets go of them, with the
+/// bytes hyper read past each handshake.
+pub async fn upgraded_sockets(
+    id: u64,
+    client_upgrade: OnUpgrade,
+    backend_io: hyper::upgrade::Upgraded,
+) -> Option<((UpgradedIo, Bytes), (UpgradedIo, Bytes))> {
+    let client_up = match tokio::time::timeout(CLIENT_UPGRADE_TIMEOUT, client_upgrade).await {
+        Ok(Ok(up)) => up,
+        Ok(Err(e)) => {
+            tracing::debug!(session = id, error = %e, "client upgrade failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(session = id, "client upgrade timed out");
+            return None;
+        }
+    };
+    let client = match auto_upgrade::downcast::<TokioIo<TcpStream>>(client_up) {
+        Ok(parts) => (UpgradedIo::Tcp(parts.io.into_inner()), parts.read_buf),
+        Err(up) => match auto_upgrade::downcast::<TokioIo<TlsStream<TcpStream>>>(up) {
+            Ok(parts) => (
+                UpgradedIo::Tls(Box::new(parts.io.into_inner())),
+                parts.read_buf,
+            ),
+            Err(up) => (UpgradedIo::Hyper(Box::new(TokioIo::new(up))), Bytes::new()),
+        },
+    };
+    let backend = match backend_io.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => (UpgradedIo::Tcp(parts.io.into_inner()), parts.read_buf),
+        Err(up) => match up.downcast::<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>() {
+            Ok(parts) => (
+                UpgradedIo::TlsClient(Box::new(parts.io.into_inner())),
+                parts.read_buf,
+            ),
+            Err(up) => (UpgradedIo::Hyper(Box::new(TokioIo::new(up))), Bytes::new()),
+        },
+    };
+    Some((client, backend))
+}
+
+/// An upgraded connection as the relay uses it: the socket itself when hyper lets go of it
+/// (always, for plain TCP), so that reads and writes skip hyper's boxed wrapper; hyper's
+/// `Upgraded` otherwise.
+pub enum UpgradedIo {
+    Tcp(TcpStream),
+    /// Boxed: a TLS stream is large, and most sessions are plain TCP behind a TLS terminator
+    /// or TLS here; the enum stays small either way.
+    Tls(Box<TlsStream<TcpStream>>),
+    /// A `wss://` backend.
+    TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// Whatever else hyper gave (boxed: rare, and larger than a socket).
+    Hyper(Box<TokioIo<hyper::upgrade::Upgraded>>),
+}
+
+impl tokio::io::AsyncRead for UpgradedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpgradedIo::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            UpgradedIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            UpgradedIo::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            UpgradedIo::Hyper(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for UpgradedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpgradedIo::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            UpgradedIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            UpgradedIo::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            UpgradedIo::Hyper(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpgradedIo::Tcp(s) => Pin::new(s).poll_flush(cx),
+            UpgradedIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            UpgradedIo::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            UpgradedIo::Hyper(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpgradedIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            UpgradedIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            UpgradedIo::TlsClient(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            UpgradedIo::Hyper(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
