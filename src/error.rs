@@ -127,7 +127,7 @@ impl ProxyError {
     pub fn outcome(&self) -> Outcome {
         match self {
             ProxyError::NoRoute => Outcome::NoRoute,
-            ProxyError::Handshake(e) => Outcome::from(e),
+            ProxyError::Handshake(e) => e.outcome(),
             ProxyError::Draining => Outcome::Draining,
             ProxyError::Policy(e) => e.outcome(),
             ProxyError::Backend(e) => e.outcome(),

@@ -11,6 +11,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Version, request};
 use sha1::{Digest, Sha1};
 
+use crate::outcome::Outcome;
+
 /// The GUID of RFC 6455 §1.3, appended to the key before hashing.
 const WEBSOCKET_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -145,27 +147,27 @@ impl HandshakeError {
         }
     }
 
-    /// A short stable name for logs and metrics.
-    pub fn kind(&self) -> &'static str {
+    /// The access log's and the refusal counters' name for this failure.
+    pub fn outcome(&self) -> Outcome {
         use HandshakeError::*;
         match self {
-            NotAnUpgrade => "not_an_upgrade",
-            MethodNotGet(_) => "method_not_get",
-            HttpVersionTooOld(_) => "http_version",
-            MissingHost => "missing_host",
-            UpgradeNotWebSocket => "upgrade_not_websocket",
-            ConnectionNotUpgrade => "connection_not_upgrade",
-            MissingKey => "missing_key",
-            DuplicateKey => "duplicate_key",
-            InvalidKey => "invalid_key",
-            VersionNotSupported(_) => "version_not_supported",
-            MissingVersion => "missing_version",
-            InvalidSubprotocol(_) => "invalid_subprotocol",
-            HasBody => "has_body",
-            NotExtendedConnect => "not_extended_connect",
-            ProtocolNotWebSocket(_) => "protocol_not_websocket",
-            MissingPseudoHeader => "missing_pseudo_header",
-            KeyOverHttp2 => "key_over_http2",
+            NotAnUpgrade => Outcome::NotAnUpgrade,
+            MethodNotGet(_) => Outcome::MethodNotGet,
+            HttpVersionTooOld(_) => Outcome::HttpVersion,
+            MissingHost => Outcome::MissingHost,
+            UpgradeNotWebSocket => Outcome::UpgradeNotWebsocket,
+            ConnectionNotUpgrade => Outcome::ConnectionNotUpgrade,
+            MissingKey => Outcome::MissingKey,
+            DuplicateKey => Outcome::DuplicateKey,
+            InvalidKey => Outcome::InvalidKey,
+            VersionNotSupported(_) => Outcome::VersionNotSupported,
+            MissingVersion => Outcome::MissingVersion,
+            InvalidSubprotocol(_) => Outcome::InvalidSubprotocol,
+            HasBody => Outcome::HasBody,
+            NotExtendedConnect => Outcome::NotExtendedConnect,
+            ProtocolNotWebSocket(_) => Outcome::ProtocolNotWebsocket,
+            MissingPseudoHeader => Outcome::MissingPseudoHeader,
+            KeyOverHttp2 => Outcome::KeyOverHttp2,
         }
     }
 }
