@@ -1,0 +1,156 @@
+//! The relay's unit tests: pure parts (reasons, codes, ping tokens) and relays over in-memory pipes.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+use super::*;
+use crate::frame::close_code;
+
+fn masked(op: u8, payload: &[u8]) -> Vec<u8> {
+    frame::encode_frame(op, true, payload, Some([1, 2, 3, 4]))
+}
+
+fn plain(op: u8, payload: &[u8]) -> Vec<u8> {
+    frame::encode_frame(op, true, payload, None)
+}
+
+/// The outside's hold on a test relay: its signal and its link.
+struct Outside(Control, Arc<Link>);
+
+impl Outside {
+    fn close_with(&self, code: u16) {
+        self.0.close_with(code);
+        self.1.wake();
+    }
+}
+
+/// A relay between two in-memory pipes: (client end, backend end, outside, task).
+fn spawn_relay(
+    capacity: usize,
+) -> (
+    tokio::io::DuplexStream,
+    tokio::io::DuplexStream,
+    Outside,
+    tokio::task::JoinHandle<RelayOutcome>,
+) {
+    let (client, client_side) = duplex(capacity);
+    let (backend_side, backend) = duplex(capacity);
+    let outside = Outside(Control::default(), Arc::default());
+    let (ctl, link) = (outside.0.clone(), outside.1.clone());
+    let task = tokio::spawn(async move {
+        relay(
+            (client_side, Bytes::new()),
+            (backend_side, Bytes::new()),
+            // No pings: these tests script every frame.
+            &SessionConfig {
+                ping_interval: None,
+                ..SessionConfig::default()
+            },
+            0,
+            &ctl,
+            &link,
+        )
+        .await
+    });
+    (client, backend, outside, task)
+}
+
+#[tokio::test]
+async fn relays_frames_and_the_closing_handshake() {
+    let (mut client, mut backend, _control, task) = spawn_relay(64);
+    // Larger than the pipe, so the queueing path runs.
+    let big = masked(opcode::BINARY, &[7u8; 1000]);
+    let mut got = vec![0u8; big.len()];
+    let (w, r) = tokio::join!(client.write_all(&big), backend.read_exact(&mut got));
+    w.unwrap();
+    r.unwrap();
+    assert_eq!(got, big);
+    let close = masked(opcode::CLOSE, &[0x03, 0xe8, b'o', b'k']);
+    client.write_all(&close).await.unwrap();
+    let mut got = vec![0u8; close.len()];
+    backend.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, close);
+    let reply = plain(opcode::CLOSE, &[0x03, 0xe8]);
+    backend.write_all(&reply).await.unwrap();
+    backend.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, reply);
+    let mut rest = Vec::new();
+    backend.read_to_end(&mut rest).await.unwrap();
+    drop(client);
+    let out = task.await.unwrap();
+    assert_eq!(
+        out.client_close,
+        Some(CloseInfo {
+            code: Some(1000),
+            reason: "ok".into()
+        })
+    );
+    assert_eq!(out.backend_close.as_ref().and_then(|c| c.code), Some(1000));
+    assert_eq!(out.closed_by, CloseSide::Client);
+    assert_eq!(out.outcome().as_str(), "closed");
+    assert_eq!(out.client_to_backend.messages, 1);
+    assert_eq!(out.client_to_backend.frames, 2);
+}
+
+#[tokio::test]
+async fn drain_sends_close_frames_both_ways() {
+    let (mut client, mut backend, control, task) = spawn_relay(1024);
+    control.close_with(close_code::GOING_AWAY);
+    let mut head = [0u8; 2];
+    client.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[0], 0x88, "unmasked close toward the client");
+    let mut rest = vec![0u8; (head[1] & 0x7f) as usize];
+    client.read_exact(&mut rest).await.unwrap();
+    assert_eq!(&rest[..2], &1001u16.to_be_bytes());
+    let mut head = [0u8; 2];
+    backend.read_exact(&mut head).await.unwrap();
+    assert_eq!(
+        (head[0], head[1] & 0x80),
+        (0x88, 0x80),
+        "masked close toward the backend"
+    );
+    client
+        .write_all(&masked(opcode::CLOSE, &1001u16.to_be_bytes()))
+        .await
+        .unwrap();
+    backend
+        .write_all(&plain(opcode::CLOSE, &1001u16.to_be_bytes()))
+        .await
+        .unwrap();
+    drop(client);
+    drop(backend);
+    let out = task.await.unwrap();
+    assert_eq!(out.outcome().as_str(), "drained");
+    assert_eq!(out.closed_by, CloseSide::Proxy);
+    assert!(!out.cut);
+}
+
+#[tokio::test]
+async fn a_close_during_a_frame_waits_for_the_frame_to_end() {
+    let (mut client, mut backend, control, task) = spawn_relay(4096);
+    let frame = plain(opcode::BINARY, &[9u8; 100]);
+    backend.write_all(&frame[..50]).await.unwrap();
+    let mut got = vec![0u8; 50];
+    client.read_exact(&mut got).await.unwrap();
+    control.close_with(close_code::GOING_AWAY);
+    // The rest of the frame in flight still passes, then comes the proxy's close frame.
+    backend.write_all(&frame[50..]).await.unwrap();
+    let mut rest = vec![0u8; frame.len() - 50];
+    client.read_exact(&mut rest).await.unwrap();
+    assert_eq!(rest, &frame[50..]);
+    let mut head = [0u8; 4];
+    client.read_exact(&mut head).await.unwrap();
+    assert_eq!((head[0], &head[2..]), (0x88, &1001u16.to_be_bytes()[..]));
+    drop(client);
+    drop(backend);
+    assert_eq!(task.await.unwrap().outcome().as_str(), "drained");
+}
+
+#[test]
+fn ping_tokens_differ() {
+    assert_ne!(ping_token(1), ping_token(2));
+    assert_eq!(&ping_token(1)[..6], b"wsgate");
+}
