@@ -32,7 +32,11 @@ fn assert_errors(fixture: &str, expected: &[(usize, &str, &str)]) {
 fn unknown_key_is_named_with_its_line() {
     assert_errors(
         "unknown_key.toml",
-        &[(7, "route[0].bakends", "unknown field `bakends`")],
+        &[(
+            7,
+            "route[0].bakends",
+            "unknown key \"bakends\"; did you mean \"backends\"?",
+        )],
     );
 }
 
@@ -69,7 +73,11 @@ fn syntax_error_has_its_line() {
 fn wrong_type_names_the_key() {
     assert_errors(
         "wrong_type.toml",
-        &[(5, "limits.max_headers", "invalid type")],
+        &[(
+            5,
+            "limits.max_headers",
+            "expected an integer, found a string",
+        )],
     );
 }
 
