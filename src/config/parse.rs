@@ -270,9 +270,7 @@ fn refine<T: DeserializeOwned>(
         return hit;
     };
     let span = original.span();
-    if matches!(array_path.last(), Some(Step::Key(_)))
-        && fails_at::<T>(doc, &array_path, DeValue::Table(DeTable::new()), &span) == Some(false)
-    {
+    if fails_at::<T>(doc, &array_path, DeValue::Table(DeTable::new()), &span) == Some(false) {
         return Hit {
             path: array_path,
             span,
@@ -448,9 +446,20 @@ fn describe(
     let snippet = text.get(hit.span.clone()).unwrap_or("");
     let found_plain = node.as_ref().map_or_else(
         || "something else".to_string(),
-        |n| found(n, snippet, false),
+        |n| found(n, text, snippet, false),
     );
-    match (hit.takes, header_name(snippet)) {
+    let header = header_name(snippet).filter(|(_, array)| match &node {
+        // `[[a]]` is a header when it holds tables, `[[1]]` is an array in an array.
+        Some(DeValue::Array(items)) => {
+            *array
+                && items
+                    .iter()
+                    .all(|i| matches!(i.get_ref(), DeValue::Table(_)))
+        }
+        Some(DeValue::Table(_)) => !*array,
+        _ => false,
+    });
+    match (hit.takes, header) {
         (Takes::ArrayOfTables, Some((name, false))) => {
             let m = format!(
                 "expected an array of tables, found a single table: write [[{name}]], not [{name}]"
@@ -480,6 +489,9 @@ fn describe(
         let expected = expected(&rest[at + ", expected ".len()..]);
         let message = if message.starts_with("invalid value: ") {
             format!("expected {expected}, found {snippet}")
+        } else if matches!(node, Some(DeValue::Integer(_))) && expected.ends_with("integer") {
+            // An integer too large for any integer type serde has.
+            format!("{snippet} is out of range")
         } else if expected == "a table" {
             table_expected(&hit.path, &found_plain)
         } else {
@@ -494,7 +506,7 @@ fn describe(
             .map_or("one of the forms this key takes", |(_, forms)| forms);
         let found = node
             .as_ref()
-            .map_or(found_plain, |n| found(n, snippet, true));
+            .map_or(found_plain, |n| found(n, text, snippet, true));
         return (format!("expected {forms}, found {found}"), None);
     }
     if let Some(rest) = message.strip_prefix("invalid length ")
@@ -590,10 +602,13 @@ fn edit_distance(a: &str, b: &str) -> usize {
     d[a.len()][b.len()]
 }
 
-/// What was written, in TOML terms, with the text itself when it is short.
-fn found(v: &DeValue<'_>, snippet: &str, table_keys: bool) -> String {
+/// What was written, in TOML terms, with the text itself when it is short; with
+/// `table_entries`, a table's entries too (`a table { url = 5 }`), for a value that may be
+/// written in several forms.
+fn found(v: &DeValue<'_>, text: &str, snippet: &str, table_entries: bool) -> String {
+    let short = |s: &str| s.len() <= 40 && !s.contains('\n') && !s.is_empty();
     let shown = |what: &str| {
-        if snippet.len() <= 40 && !snippet.contains('\n') && !snippet.is_empty() {
+        if short(snippet) {
             format!("{what} ({snippet})")
         } else {
             what.to_string()
@@ -605,8 +620,14 @@ fn found(v: &DeValue<'_>, snippet: &str, table_keys: bool) -> String {
         DeValue::Float(_) => shown("a decimal number"),
         DeValue::Boolean(_) => shown("a boolean"),
         DeValue::Datetime(_) => shown("a date-time"),
-        DeValue::Array(_) => match header_name(snippet) {
-            Some((name, true)) => format!("an array of tables ([[{name}]])"),
+        DeValue::Array(items) => match header_name(snippet) {
+            Some((name, true))
+                if items
+                    .iter()
+                    .all(|i| matches!(i.get_ref(), DeValue::Table(_))) =>
+            {
+                format!("an array of tables ([[{name}]])")
+            }
             _ => "an array".into(),
         },
         DeValue::Table(t) => {
@@ -614,13 +635,17 @@ fn found(v: &DeValue<'_>, snippet: &str, table_keys: bool) -> String {
                 Some((name, false)) => format!("a table ([{name}])"),
                 _ => "a table".into(),
             };
-            if table_keys && !t.is_empty() {
-                let keys: Vec<&str> = t.iter().map(|(k, _)| k.get_ref().as_ref()).collect();
-                let noun = if keys.len() == 1 { "key" } else { "keys" };
-                format!("{what} with the {noun} {}", keys.join(", "))
-            } else {
-                what
+            if !table_entries || t.is_empty() {
+                return what;
             }
+            let entries: Vec<String> = t
+                .iter()
+                .map(|(k, v)| match text.get(v.span()).filter(|s| short(s)) {
+                    Some(value) => format!("{} = {value}", k.get_ref()),
+                    None => format!("{} = ...", k.get_ref()),
+                })
+                .collect();
+            format!("{what} {{ {} }}", entries.join(", "))
         }
     }
 }
@@ -651,6 +676,8 @@ fn expected(exp: &str) -> String {
         "a boolean" | "bool" => "a boolean (true or false)".into(),
         "a character" | "char" => "a single character".into(),
         "a sequence" | "a seq" => "an array".into(),
+        // serde_spanned's, when a date-time (handed over as a table) meets a spanned value.
+        "a spanned value" => "a value of another type".into(),
         "a map" | "map" => "a table".into(),
         "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "an integer".into(),
         "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a non-negative integer".into(),
@@ -816,7 +843,7 @@ mod tests {
 
     /// No type names or serde terms: the reader wrote TOML, not Rust.
     #[track_caller]
-    pub(crate) fn assert_config_words(message: &str) {
+    fn assert_config_words(message: &str) {
         const RUST: [&str; 24] = [
             "i8", "i16", "i32", "i64", "i128", "isize", "u8", "u16", "u32", "u64", "u128", "usize",
             "f32", "f64", "map", "sequence", "seq", "struct", "enum", "untagged", "variant",
@@ -1059,6 +1086,66 @@ ping_intervall = \"1s\"
         );
     }
 
+    /// Every key of the example config, once misspelt and once given a value of another
+    /// type: exactly one error, on that key's line, naming it.
+    #[test]
+    fn each_key_of_the_example_config_misspelt_or_mistyped() {
+        let example = include_str!("../../config.example.toml");
+        assert!(parse::<FileConfig>(example).errors.is_empty());
+        let lines: Vec<&str> = example.lines().collect();
+        let mut tried = 0;
+        for (i, line) in lines.iter().enumerate() {
+            let Some((k, v)) = line.split_once(" = ") else {
+                continue;
+            };
+            if line.starts_with('#') || v.starts_with('{') {
+                continue;
+            }
+            let (k, v) = (k.trim(), v.trim());
+            let other = if v.starts_with('"') { "7" } else { "\"x\"" };
+            let misspelt = format!("{}{}", &k[..1], &k[2..]);
+            for (key, value, message) in [
+                (k, other, "expected ".to_string()),
+                (
+                    &misspelt,
+                    v,
+                    format!("unknown key \"{misspelt}\"; did you mean \"{k}\"?"),
+                ),
+            ] {
+                let mut changed = lines.clone();
+                let replaced = format!("{key} = {value}");
+                changed[i] = &replaced;
+                let text = changed.join("\n");
+                let got = errors(&text);
+                assert_eq!(got.len(), 1, "line {}: {replaced}: {got:?}", i + 1);
+                let (line, path, m) = &got[0];
+                assert_eq!(*line, i + 1, "{replaced}: {got:?}");
+                assert!(
+                    path == key || path.ends_with(&format!(".{key}")),
+                    "{replaced}: {got:?}"
+                );
+                assert!(m.starts_with(&message), "{replaced}: {got:?}");
+                tried += 1;
+            }
+        }
+        assert!(tried > 40, "{tried}");
+    }
+
+    #[test]
+    fn out_of_range_and_nested_arrays() {
+        assert_errors(
+            "listener = [[1]]\n[limits]\nmax_headers = 99999999999999999999\n",
+            &[
+                (1, "listener[0]", "expected a table, found an array"),
+                (
+                    3,
+                    "limits.max_headers",
+                    "99999999999999999999 is out of range",
+                ),
+            ],
+        );
+    }
+
     #[test]
     fn bad_array_entries_are_named_by_index_and_the_others_kept() {
         let text = "\
@@ -1084,12 +1171,12 @@ url = 5
                 (
                     3,
                     "route[0].backends[2]",
-                    &format!("{forms}, found a table with the keys insecure, url"),
+                    &format!("{forms}, found a table {{ insecure = true, url = \"ws://b\" }}"),
                 ),
                 (
                     8,
                     "route[1].backends[1]",
-                    &format!("{forms}, found a table with the key url"),
+                    &format!("{forms}, found a table {{ url = 5 }}"),
                 ),
             ],
         );
