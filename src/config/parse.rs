@@ -28,16 +28,16 @@ pub(crate) struct Parsed<T> {
     pub errors: Vec<ConfigError>,
     /// Key paths of the entries taken out, e.g. `route[0].bakends`, `listener`.
     pub taken_out: Vec<String>,
-    /// Key paths that `errors` already account for: the taken-out ones, and for a misspelt
-    /// key (`bakends`) the absent key it was meant to be (`route[0].backends`).
-    covered: Vec<String>,
+    /// For a misspelt key (`route[0].bakends`), the absent key it was meant to be
+    /// (`route[0].backends`): a "missing" error for that one would say the same again.
+    meant: Vec<String>,
 }
 
 impl<T> Parsed<T> {
     /// Whether an error for `key` (e.g. a validation error saying it is missing) would repeat
     /// one already reported: `key` is at or under a taken-out or meant-to-be key.
     pub fn already_reported(&self, key: &str) -> bool {
-        self.covered.iter().any(|c| {
+        self.taken_out.iter().chain(&self.meant).any(|c| {
             key.strip_prefix(c.as_str())
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
         })
@@ -51,7 +51,7 @@ pub(crate) fn parse<T: DeserializeOwned>(text: &str) -> Parsed<T> {
         file: None,
         errors: Vec::new(),
         taken_out: Vec::new(),
-        covered: Vec::new(),
+        meant: Vec::new(),
     };
     let mut work = match DeTable::parse(text) {
         Ok(doc) => doc,
@@ -87,29 +87,23 @@ pub(crate) fn parse<T: DeserializeOwned>(text: &str) -> Parsed<T> {
         let hit = refine::<T>(&mut work, hit, &e);
         let key = key_path(&hit.path);
         let (message, meant) = describe(text, &mut work, &hit, e.message());
-        if let Some(meant) = meant {
-            out.covered.push(meant);
-        }
+        out.meant.extend(meant);
         if !out
             .errors
             .iter()
             .any(|x| x.key == key && x.message == message)
         {
             out.errors.push(ConfigError {
-                key: key.clone(),
+                key,
                 line: Some(line_of(text, hit.span.start)),
                 message,
             });
         }
-        let taken = match take_out::<T>(&mut work, &hit) {
-            Some((taken, next)) => {
-                result = next;
-                taken
-            }
-            None => break,
+        let Some((taken, next)) = take_out::<T>(&mut work, &hit) else {
+            break;
         };
-        out.covered.push(taken.clone());
         out.taken_out.push(taken);
+        result = next;
     }
     out.errors.sort_by_key(|e| e.line.unwrap_or(0));
     out
@@ -249,9 +243,14 @@ fn refine<T: DeserializeOwned>(
     mut hit: Hit,
     e: &toml::de::Error,
 ) -> Hit {
-    let Some(node) = value_at(doc.get_mut(), &hit.path).map(|v| v.get_ref().clone()) else {
+    let Some(node) = value_at(doc.get_mut(), &hit.path).map(|v| v.clone()) else {
         return hit;
     };
+    if node.span() != hit.span {
+        // An unknown key: its span is the key's, and what it holds does not matter.
+        return hit;
+    }
+    let node = node.into_inner();
     let array_path = match (&node, hit.path.last()) {
         (DeValue::Array(_), _) => hit.path.clone(),
         (_, Some(Step::Index(_))) => hit.path[..hit.path.len() - 1].to_vec(),
@@ -585,8 +584,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
@@ -944,6 +943,25 @@ ping_intervall = \"1s\"
         assert!(!p.already_reported("listener[0].listener"));
         assert!(!p.already_reported("route[0].name"));
         assert!(!p.already_reported("route[1].backends"));
+
+        // A misspelt table or array of tables is an unknown key on its header's line.
+        assert_errors(
+            "[[route]]\nname = \"a\"\n[route.timeout]\nidle = \"1s\"\n[[route.tls]]\nx = 1\n",
+            &[
+                (
+                    3,
+                    "route[0].timeout",
+                    "unknown key \"timeout\"; did you mean \"timeouts\"?",
+                ),
+                (
+                    5,
+                    "route[0].tls",
+                    "unknown key \"tls\"; expected one of: name, host, path, backends, balance, \
+                     preserve_host, max_message, timeouts, backend_tls, origins, missing_origin, \
+                     subprotocols, require_subprotocol, auth",
+                ),
+            ],
+        );
 
         // Present as well: its own errors are its own.
         let p = parse::<FileConfig>("[[route]]\nbackends = []\nbakends = []\n");
