@@ -6,6 +6,7 @@
 //! could have settled.
 
 pub mod file;
+mod parse;
 pub mod units;
 mod validate;
 

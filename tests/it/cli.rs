@@ -162,6 +162,27 @@ async fn check_reports_every_error_with_file_line_and_key() {
 }
 
 #[tokio::test]
+async fn check_reports_unknown_keys_and_wrong_types_with_the_value_errors() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/mixed_errors.toml"
+    );
+    let out = run_wsgate(["check", "--config", fixture]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("13 errors"), "{err}");
+    for line in [
+        "mixed_errors.toml:3: timeouts.handshake: expected a string, found an integer (10)",
+        "mixed_errors.toml:8: limits.max_header_bytes: must be at least 8192 bytes",
+        "mixed_errors.toml:17: route[0].backends[1]: \"http://10.0.0.6:9000\" is not a ws:// or wss:// URL",
+        "mixed_errors.toml:18: route[0].bakends: unknown key \"bakends\"; did you mean \"backends\"?",
+        "mixed_errors.toml:29: route[1].frobnicate: unknown key \"frobnicate\"; expected one of: name,",
+    ] {
+        assert!(err.contains(line), "no {line:?} in:\n{err}");
+    }
+}
+
+#[tokio::test]
 async fn run_logs_sessions_and_refusals_then_drains_on_sigterm() {
     let backend = EchoBackend::spawn().await;
     let tmp = TempDir::new("cli");

@@ -32,7 +32,11 @@ fn assert_errors(fixture: &str, expected: &[(usize, &str, &str)]) {
 fn unknown_key_is_named_with_its_line() {
     assert_errors(
         "unknown_key.toml",
-        &[(7, "route[0].bakends", "unknown field `bakends`")],
+        &[(
+            7,
+            "route[0].bakends",
+            "unknown key \"bakends\"; did you mean \"backends\"?",
+        )],
     );
 }
 
@@ -69,8 +73,166 @@ fn syntax_error_has_its_line() {
 fn wrong_type_names_the_key() {
     assert_errors(
         "wrong_type.toml",
-        &[(5, "limits.max_headers", "invalid type")],
+        &[(
+            5,
+            "limits.max_headers",
+            "expected an integer, found a string",
+        )],
     );
+}
+
+#[test]
+fn unknown_keys_wrong_types_and_bad_values_are_reported_together() {
+    assert_errors(
+        "mixed_errors.toml",
+        &[
+            (
+                3,
+                "timeouts.handshake",
+                "expected a string, found an integer (10)",
+            ),
+            (
+                4,
+                "timeouts.idel",
+                "unknown key \"idel\"; did you mean \"idle\"?",
+            ),
+            (
+                7,
+                "limits.max_headers",
+                "expected an integer, found a string (\"lots\")",
+            ),
+            (8, "limits.max_header_bytes", "at least 8192"),
+            (
+                11,
+                "listener[0].listn",
+                "unknown key \"listn\"; did you mean \"listen\"?",
+            ),
+            (12, "listener[0].listen", "not an IP address"),
+            (17, "route[0].backends[1]", "not a ws:// or wss:// URL"),
+            (
+                17,
+                "route[0].backends[2]",
+                "expected a URL or a table { url = ..., insecure_skip_verify = ... }, found an integer (9000)",
+            ),
+            (
+                18,
+                "route[0].bakends",
+                "unknown key \"bakends\"; did you mean \"backends\"?",
+            ),
+            (19, "route[0].balance", "unknown balance"),
+            (
+                22,
+                "route[0].timeouts.ping_intervall",
+                "did you mean \"ping_interval\"?",
+            ),
+            (
+                23,
+                "route[0].timeouts.idle",
+                "expected a string, found a boolean (true)",
+            ),
+            (
+                29,
+                "route[1].frobnicate",
+                "unknown key \"frobnicate\"; expected one of: name, host, path, backends,",
+            ),
+        ],
+    );
+    let lines: Vec<usize> = errors("mixed_errors.toml")
+        .iter()
+        .map(|e| e.line.unwrap())
+        .collect();
+    assert!(lines.is_sorted(), "{lines:?}");
+}
+
+/// The two-error example of the README, as it is printed there.
+#[test]
+fn the_readme_example_reports_both_errors() {
+    let toml = r#"[[listener]]
+listen = "0.0.0.0:8080"
+
+[[route]]
+name = "chat"
+path = "/chat"
+backends = ["ws://10.0.0.5:9000", "http://10.0.0.6:9000"]
+bakends = ["ws://10.0.0.7:9000"]
+"#;
+    let errs = wsgate::config::from_toml_str(toml).unwrap_err();
+    let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    assert_eq!(
+        shown,
+        [
+            "line 7: route[0].backends[1]: \"http://10.0.0.6:9000\" is not a ws:// or wss:// URL",
+            "line 8: route[0].bakends: unknown key \"bakends\"; did you mean \"backends\"?",
+        ]
+    );
+}
+
+#[test]
+fn a_single_listener_table_asks_for_an_array_of_tables() {
+    let toml = "[listener]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"ws://127.0.0.1:1\"]\n";
+    let errs = wsgate::config::from_toml_str(toml).unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!((errs[0].key.as_str(), errs[0].line), ("listener", Some(1)));
+    assert_eq!(
+        errs[0].message,
+        "expected an array of tables, found a single table: write [[listener]], not [listener]"
+    );
+}
+
+#[test]
+fn wrong_types_are_named_in_toml_terms() {
+    let toml = r#"[[listener]]
+listen = 8080
+tls = "cert.pem"
+[[route]]
+name = "r"
+path = "/"
+backends = ["ws://127.0.0.1:1"]
+"#;
+    let errs = wsgate::config::from_toml_str(toml).unwrap_err();
+    let got: Vec<(&str, Option<usize>, &str)> = errs
+        .iter()
+        .map(|e| (e.key.as_str(), e.line, e.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "listener[0].listen",
+                Some(2),
+                "expected a string, found an integer (8080)"
+            ),
+            (
+                "listener[0].tls",
+                Some(3),
+                "expected a table ([listener.tls] or tls = { ... }), found a string (\"cert.pem\")"
+            ),
+        ]
+    );
+}
+
+/// Messages speak TOML (string, integer, table, array), not Rust or serde.
+#[test]
+fn no_message_uses_rust_type_words() {
+    let rust = [
+        "i8", "i16", "i32", "i64", "u8", "u16", "u32", "u64", "usize", "f64", "map", "sequence",
+        "struct", "enum", "untagged", "variant", "field",
+    ];
+    let fixtures = [
+        "mixed_errors.toml",
+        "many_errors.toml",
+        "missing_keys.toml",
+        "unknown_key.toml",
+        "wrong_type.toml",
+    ];
+    for fixture in fixtures {
+        for e in errors(fixture) {
+            for word in e.message.split(|c: char| !c.is_alphanumeric() && c != '_') {
+                assert!(!rust.contains(&word), "{fixture}: {e}");
+            }
+            assert!(!e.message.contains('`'), "{fixture}: {e}");
+        }
+    }
 }
 
 #[test]

@@ -223,7 +223,7 @@ mod tests {
         );
 
         let e = errors("url = \"http://auth/\"\nnope = 1\n");
-        assert!(e[0].message.contains("unknown field"), "{e:?}");
+        assert!(e[0].message.contains("unknown key \"nope\""), "{e:?}");
     }
 
     #[test]

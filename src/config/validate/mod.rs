@@ -21,6 +21,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::file::{FileConfig, SpStr};
+use super::parse::line_of;
 use super::units::{parse_duration, parse_size};
 use super::*;
 
@@ -48,84 +49,24 @@ pub fn from_toml_str(text: &str) -> Result<Config, Vec<ConfigError>> {
 /// Parses and validates a config; relative file paths (certificates, keys) are resolved
 /// against `base`, the config file's directory.
 pub fn from_toml_str_in(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
-    let file: FileConfig = toml::from_str(text).map_err(|e| vec![parse_error(text, &e)])?;
+    // Unknown keys and wrong types, all of them; what remains is validated for the rest.
+    let mut parsed = super::parse::parse::<FileConfig>(text);
+    let Some(file) = parsed.file.take() else {
+        return Err(parsed.errors);
+    };
     let mut v = Validator {
         text,
         base,
         errors: Vec::new(),
     };
     let config = v.config(file);
+    v.errors.retain(|e| !parsed.already_reported(&e.key));
+    v.errors.extend(parsed.errors);
     if v.errors.is_empty() {
         Ok(config)
     } else {
         v.errors.sort_by_key(|e| e.line.unwrap_or(0));
         Err(v.errors)
-    }
-}
-
-/// Turns a TOML syntax or type error into a [`ConfigError`], recovering the key path from the
-/// span (the `toml` crate reports where, not which key).
-fn parse_error(text: &str, e: &toml::de::Error) -> ConfigError {
-    let message = e.message().trim().to_string();
-    match e.span() {
-        Some(span) => ConfigError {
-            key: key_path_at(text, span.clone()),
-            line: Some(line_of(text, span.start)),
-            message,
-        },
-        None => ConfigError {
-            key: "(file)".into(),
-            line: None,
-            message,
-        },
-    }
-}
-
-/// 1-based line number of a byte offset.
-fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
-}
-
-/// Best-effort dotted key for a span: the innermost table header before it (with the index of
-/// an array-of-tables entry) followed by the key written on the span's line, if any.
-fn key_path_at(text: &str, span: Range<usize>) -> String {
-    let before = &text[..span.start.min(text.len())];
-    let mut table = String::new();
-    let mut counts: std::collections::HashMap<String, usize> = Default::default();
-    for line in before.lines() {
-        let t = line.trim();
-        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
-            let name = name.trim().to_string();
-            let n = counts.entry(name.clone()).or_insert(0);
-            table = format!("{name}[{n}]");
-            *n += 1;
-        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
-            // A sub-table of the current array entry, e.g. `[route.timeouts]`.
-            let name = name.trim();
-            table = match name.split_once('.') {
-                Some((parent, child)) if counts.contains_key(parent) => {
-                    format!("{parent}[{}].{child}", counts[parent] - 1)
-                }
-                _ => name.to_string(),
-            };
-        }
-    }
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line = &text[line_start..];
-    let line = line.split('\n').next().unwrap_or("");
-    let key = line
-        .split_once('=')
-        .map(|(k, _)| k.trim())
-        .filter(|k| !k.is_empty() && !k.starts_with('['));
-    match (table.is_empty(), key) {
-        (true, Some(k)) => k.to_string(),
-        (false, Some(k)) => format!("{table}.{k}"),
-        (false, None) => table,
-        (true, None) => "(top level)".into(),
     }
 }
 
@@ -402,22 +343,5 @@ fn header_name(
             v.err(key, Some(span), format!("{s:?} is not a header name"));
             None
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_paths_from_spans() {
-        let text = "[[listener]]\nlisten = \"x\"\n\n[[route]]\nname = \"a\"\n[[route]]\nname = \"b\"\nbogus = 1\n[route.timeouts]\nbackend_connect = 3\n";
-        let at = |needle: &str| {
-            let i = text.find(needle).unwrap();
-            key_path_at(text, i..i + needle.len())
-        };
-        assert_eq!(at("bogus"), "route[1].bogus");
-        assert_eq!(at("listen ="), "listener[0].listen");
-        assert_eq!(at("backend_connect"), "route[1].timeouts.backend_connect");
     }
 }
