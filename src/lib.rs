@@ -2,24 +2,29 @@
 //!
 //! A connection meets these phases in this order; each lives in its own file:
 //!
-//! | phase | file |
+//! | phase | module |
 //! |---|---|
-//! | listeners, socket options, per-connection task, first-request deadline | [`accept`] |
+//! | listeners, socket options, per-connection task, TLS handshake, first-request deadline | [`accept`] |
 //! | PROXY protocol v1/v2 header on listeners that expect one (behind an L4 balancer) | [`proxy_protocol`] |
-//! | HTTP front end: hyper-util auto builder, timers, header limits | [`http`] |
-//! | the orchestrator, top to bottom | [`proxy`] |
+//! | TLS: certificates, SNI, client certificates, reload, the backend client config | [`tls`] |
+//! | HTTP front end: hyper-util auto builder (HTTP/1.1 and HTTP/2), timers, header limits | [`http`] |
+//! | the orchestrator: each phase below as one line, one refusal point | [`proxy`] |
 //! | route by host and path prefix | [`route`] |
-//! | RFC 6455 §4.2.1 handshake checks, accept key | [`handshake`] |
+//! | RFC 6455 §4.2.1 (and RFC 8441) handshake checks, accept key | [`handshake`] |
+//! | edge policy: Origin, subprotocols, cookies, token (JWT), forward-auth, identity headers, trusted forwarding | [`policy`] |
+//! | the proxy's own HTTP client for forward-auth and JWKS subrequests | [`http_client`] |
 //! | backend pick, connect with failover, backend handshake and its checks | [`backend`] |
 //! | the raw sockets taken back from hyper after the upgrade | [`upgraded`] |
-//! | the relay loop after the 101 | [`relay`] |
+//! | the relay loop after the 101: frames both ways, timers, close codes, counters | [`relay`] |
+//! | WebSocket frames: the streaming header scanner, the frames the proxy writes, close codes | [`frame`] |
 //! | registry of live sessions, drain | [`sessions`] |
-//! | errors and their mapping to status codes and log outcomes | [`error`] |
+//! | errors and their mapping to status codes, outcomes and fault | [`error`] |
 //! | the outcome names (log fields, refusal counters, metric labels) | [`outcome`] |
-//! | config file, validation with key and line | [`config`] |
 //! | logging and the access log | [`telemetry`] |
-//! | frame codec (the demo's echo backend) | [`frame`] |
-//! | `wsgate demo`: built-in echo backend and browser page | [`demo`] |
+//!
+//! Around them: [`config`] is the only module that knows the TOML file (its schema, parsing
+//! and validation, every error with key and line), and hands the others typed values;
+//! [`demo`] is `wsgate demo`'s built-in echo backend and browser page.
 //!
 //! [`Gateway::start`] binds the listeners and returns a [`Handle`] to stop it.
 

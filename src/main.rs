@@ -70,7 +70,7 @@ enum Command {
 /// timer: about 1.5 KiB a session) and short-lived handshake buffers many times larger.
 /// glibc's malloc interleaves the two in one heap, and the holes the buffers leave behind
 /// stay resident: measured 2.5 KiB of RSS per idle session with glibc, 1.6 KiB with this
-/// (`../shared/bench/compare`, 9,900 idle sessions). jemalloc keeps each size class in its
+/// (`benches/compare`, 9,900 idle sessions). jemalloc keeps each size class in its
 /// own pages, and its background thread hands pages freed by a burst of handshakes back to
 /// the system after about a second (`dirty_decay_ms`), instead of on some later call.
 ///

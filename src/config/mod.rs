@@ -1,8 +1,12 @@
 //! Configuration: the TOML file, its validation, and the runtime [`Config`] the proxy reads.
 //!
-//! Two layers, as in the design: [`file`] mirrors the TOML with `Option`s and
-//! `deny_unknown_fields`; [`validate`] turns it into [`Config`], collecting every error at
-//! once, each naming its key and line. Runtime code never sees an `Option` that validation
+//! This is the only module that knows TOML. Two layers: [`mod@file`] mirrors the file with
+//! `Option`s and `deny_unknown_fields` (the whole schema in one place, beside
+//! `config.example.toml`); `parse` reads it, reporting every unknown key and wrongly typed
+//! value in the config's words; `validate/` turns what remains into [`Config`], one file per
+//! section, building TLS listeners and route policies through the typed constructors of
+//! `crate::tls` and `crate::policy` and naming the key and line of each error they return.
+//! All errors are reported at once. Runtime code never sees an `Option` that validation
 //! could have settled.
 
 pub mod file;
