@@ -8,6 +8,8 @@
 //! | PROXY protocol v1/v2 header on listeners that expect one (behind an L4 balancer) | [`proxy_protocol`] |
 //! | HTTP front end: hyper-util auto builder, timers, header limits | [`http`] |
 //! | the orchestrator, top to bottom | [`proxy`] |
+//! | the request target: one host, one canonical path, before routing | [`target`] |
+//! | the path canonicaliser (RFC 3986 §6.2.2, dot segments, slashes) | [`path`] |
 //! | route by host and path prefix | [`route`] |
 //! | RFC 6455 §4.2.1 handshake checks, accept key | [`handshake`] |
 //! | backend pick, connect with failover, backend handshake and its checks | [`backend`] |
@@ -33,12 +35,14 @@ pub mod handshake;
 pub mod http;
 pub mod http_client;
 pub mod outcome;
+pub mod path;
 pub mod policy;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod route;
 pub mod sessions;
+pub mod target;
 pub mod telemetry;
 pub mod tls;
 pub mod upgraded;
