@@ -439,7 +439,8 @@ mod tests {
         );
         assert_eq!(validate(&without("host")), Err(MissingHost));
         let mut p = parts(|b| b);
-        p.headers.append("host", HeaderValue::from_static("other.example"));
+        p.headers
+            .append("host", HeaderValue::from_static("other.example"));
         assert_eq!(validate(&p), Err(DuplicateHost));
         let mut p = parts(|b| b);
         p.headers.insert("upgrade", HeaderValue::from_static("h2c"));

@@ -1,7 +1,7 @@
 //! The orchestrator: one request, top to bottom.
 //!
-//! route → draining → handshake check → policy → client upgrade taken → backend connect →
-//! backend handshake → 101 → relay → access log.
+//! request target (host, canonical path) → route → draining → handshake check → policy →
+//! client upgrade taken → backend connect → backend handshake → 101 → relay → access log.
 //!
 //! Every phase before the 101 is one line of `upgrade` and may fail with a [`ProxyError`]
 //! (each phase's error converts into it); `handle_request` answers the failure once, in

@@ -146,7 +146,10 @@ mod tests {
         );
         // Without a Host header, the authority decides (handshake validation then asks for
         // the Host header HTTP/1.1 requires).
-        assert_eq!(routed("http://admin.example/", &[]), Ok(Some("admin".into())));
+        assert_eq!(
+            routed("http://admin.example/", &[]),
+            Ok(Some("admin".into()))
+        );
         assert_eq!(routed("/", &["ADMIN.example."]), Ok(Some("admin".into())));
     }
 

@@ -46,7 +46,8 @@ pub const DEFAULT_MAX_ERROR_BODY: usize = 64 * 1024;
 pub const DEFAULT_MERGE_SLASHES: bool = true;
 /// `%2F` is a separator to a backend that decodes before routing and data to one that does
 /// not: refusing it is the only reading that cannot bypass a route's policy.
-pub const DEFAULT_ESCAPED_SLASHES: crate::path::EscapedSlashes = crate::path::EscapedSlashes::Refuse;
+pub const DEFAULT_ESCAPED_SLASHES: crate::path::EscapedSlashes =
+    crate::path::EscapedSlashes::Refuse;
 /// hyper's read buffer cannot be smaller than this (it panics below 8192).
 pub const MIN_HEADER_BYTES: usize = 8192;
 

@@ -148,8 +148,14 @@ fn escaped_slashes_kept_are_data_but_must_not_change_the_route() {
 
 #[test]
 fn the_rest_after_a_routing_prefix_keeps_parameters() {
-    assert_eq!(after_routing_prefix("/chat;v=2/room", "/chat".len()), "/room");
-    assert_eq!(after_routing_prefix("/chat;v=2/room;a", "/chat/".len()), "room;a");
+    assert_eq!(
+        after_routing_prefix("/chat;v=2/room", "/chat".len()),
+        "/room"
+    );
+    assert_eq!(
+        after_routing_prefix("/chat;v=2/room;a", "/chat/".len()),
+        "room;a"
+    );
     assert_eq!(after_routing_prefix("/chat;v=2", "/chat".len()), "");
     assert_eq!(after_routing_prefix("/chat/room", "/".len()), "chat/room");
     assert_eq!(after_routing_prefix("/chat/", "/chat".len()), "/");
@@ -185,8 +191,8 @@ fn table() -> RouteTable {
 fn piece() -> impl Strategy<Value = &'static str> {
     prop::sample::select(vec![
         "/", "/", "/", "admin", "files", "a", ".", "..", "%2e", "%2E%2e", "%61", "%61dmin", ";",
-        ";x", "%2F", "%2f", "%5C", "\\", "%", "%4", "%00", "%41", "%c3%a9", "\u{e9}", "\"",
-        "{", "~", "%7E", "?", "@", ":", "%3B",
+        ";x", "%2F", "%2f", "%5C", "\\", "%", "%4", "%00", "%41", "%c3%a9", "\u{e9}", "\"", "{",
+        "~", "%7E", "?", "@", ":", "%3B",
     ])
 }
 

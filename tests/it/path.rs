@@ -186,7 +186,11 @@ async fn absolute_form_targets_and_host_headers() {
     // Two Host headers: say so.
     let resp = ask("/", &["admin.example", "public.example"]).await;
     assert_eq!(resp.status, 400);
-    assert!(resp.body.contains("more than one Host header"), "{}", resp.body);
+    assert!(
+        resp.body.contains("more than one Host header"),
+        "{}",
+        resp.body
+    );
     assert_eq!(public.request_count(), 0);
     // The absolute form reaches the backend in origin form, canonical.
     let resp = ask("http://public.example/x/../y?q", &["public.example"]).await;
@@ -225,7 +229,10 @@ async fn http2_paths_are_canonical_too() {
             .status()
     };
     assert_eq!(connect("/x/../admin", false).await, StatusCode::FORBIDDEN);
-    assert_eq!(connect("/%2e%2e/admin", false).await, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        connect("/%2e%2e/admin", false).await,
+        StatusCode::BAD_REQUEST
+    );
     assert_eq!(connect("/x/..//%61dmin", true).await, StatusCode::OK);
     assert_eq!(t.admin.last_request().uri, "/admin");
     assert_eq!(t.public.request_count(), 0);

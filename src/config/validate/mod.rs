@@ -316,6 +316,7 @@ impl Validator<'_> {
                         ),
                     );
                 }
+                self.route_path(&key, r, &route.path, &limits.path);
                 routes.push(route);
             }
         }
