@@ -128,7 +128,7 @@ async fn handle_request(
         conn.scheme,
     ) {
         Ok(route) => route,
-        Err(e) => return refuse(&state, id, None, &conn, &parts, e),
+        Err(e) => return refuse(&state, id, None, &conn, &parts, e.into()),
     };
     let cx = Ctx {
         state: &state,

@@ -23,6 +23,32 @@ use crate::handshake::HandshakeError;
 use crate::path::{self, PathError, PathRules};
 use crate::route::{Route, RouteTable};
 
+/// Why a request has no single host or path (each a 400; see [`ProxyError`]'s mapping).
+#[derive(Debug)]
+pub enum TargetError {
+    Path(PathError),
+    /// `Host` names another host than the target's authority.
+    HostMismatch,
+    /// More than one `Host` header.
+    DuplicateHost,
+}
+
+impl From<PathError> for TargetError {
+    fn from(e: PathError) -> TargetError {
+        TargetError::Path(e)
+    }
+}
+
+impl From<TargetError> for ProxyError {
+    fn from(e: TargetError) -> ProxyError {
+        match e {
+            TargetError::Path(e) => ProxyError::Path(e),
+            TargetError::HostMismatch => ProxyError::HostMismatch,
+            TargetError::DuplicateHost => HandshakeError::DuplicateHost.into(),
+        }
+    }
+}
+
 /// Decides the request's host and canonical path, rewrites `parts.uri` to that path, and
 /// finds the route. `scheme` is the listener's (`http` or `https`), for the `Host` header's
 /// default port.
@@ -31,7 +57,7 @@ pub fn route<'t>(
     parts: &mut Parts,
     rules: &PathRules,
     scheme: &str,
-) -> Result<Option<&'t Arc<Route>>, ProxyError> {
+) -> Result<Option<&'t Arc<Route>>, TargetError> {
     let host = request_host(parts, scheme)?;
     let canonical = path::canonicalize(parts.uri.path(), rules)?;
     if canonical.path != parts.uri.path() {
@@ -47,11 +73,11 @@ pub fn route<'t>(
 }
 
 /// The host the request is for: the target's authority if it has one, else `Host`.
-fn request_host(parts: &Parts, scheme: &str) -> Result<Option<String>, ProxyError> {
+fn request_host(parts: &Parts, scheme: &str) -> Result<Option<String>, TargetError> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
-        return Err(HandshakeError::DuplicateHost.into());
+        return Err(TargetError::DuplicateHost);
     }
     let host = host.and_then(|h| h.to_str().ok()).map(str::trim);
     let Some(authority) = parts.uri.authority() else {
@@ -61,7 +87,7 @@ fn request_host(parts: &Parts, scheme: &str) -> Result<Option<String>, ProxyErro
         // The default port is the target's scheme's, or the connection's for origin form.
         let scheme = parts.uri.scheme_str().unwrap_or(scheme);
         if !same_authority(authority, host, default_port(scheme)) {
-            return Err(ProxyError::HostMismatch);
+            return Err(TargetError::HostMismatch);
         }
     }
     Ok(Some(authority.host().to_string()))
@@ -118,7 +144,7 @@ mod tests {
         let mut p = parts(uri, hosts);
         route(&t, &mut p, &PathRules::default(), "http")
             .map(|r| r.map(|r| r.config.name.clone()))
-            .map_err(|e| e.outcome().as_str().to_string())
+            .map_err(|e| ProxyError::from(e).outcome().as_str().to_string())
     }
 
     #[test]
