@@ -237,3 +237,24 @@ async fn http2_paths_are_canonical_too() {
     assert_eq!(t.admin.last_request().uri, "/admin");
     assert_eq!(t.public.request_count(), 0);
 }
+
+/// The policy sees the canonical path too: forward auth is asked about `/admin`, not about
+/// `/x/../admin`, which an auth service matching prefixes would wave through.
+#[tokio::test]
+async fn forward_auth_is_asked_about_the_canonical_path() {
+    let auth = crate::support::fake_auth::FakeAuth::spawn().await;
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "{}[route.auth.forward_auth]\nurl = \"{}\"\n",
+        route("app", "/", &[backend.url()]),
+        auth.url("/allow"),
+    ))
+    .await;
+    let resp = status(&gw, "/x/.././/%61dmin;v=1?q=%2e%2e", "").await;
+    assert_eq!(resp.status, 101, "{}", resp.body);
+    assert_eq!(
+        auth.last().headers["x-forwarded-uri"],
+        "/admin;v=1?q=%2e%2e"
+    );
+    assert_eq!(backend.last_request().uri, "/admin;v=1?q=%2e%2e");
+}
