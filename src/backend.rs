@@ -320,7 +320,9 @@ pub fn backend_path(
     let mut out = match &backend.path {
         None => path.to_string(),
         Some(base) => {
-            let rest = path.get(route.path.len()..).unwrap_or("");
+            // The route matched the path's routing form (segments without parameters):
+            // what follows the prefix there, with its parameters.
+            let rest = crate::path::after_routing_prefix(path, route.path.len());
             if rest.is_empty() {
                 base.clone()
             } else {
@@ -578,6 +580,12 @@ mod tests {
         assert_eq!(
             backend_path(&r, b, "/chat/room/1", Some("a=1")),
             "/ws/room/1?t=1&a=1"
+        );
+        // The route matched `/chat;v=2/room` by its segments' names: its prefix is the
+        // first segment, parameters and all.
+        assert_eq!(
+            backend_path(&r, b, "/chat;v=2/room;a", None),
+            "/ws/room;a?t=1"
         );
         let r = route("ws://b:1/", "/chat/");
         let b = &r.backends[0];

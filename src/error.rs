@@ -65,6 +65,12 @@ pub enum ProxyError {
     NoRoute,
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
+    /// The path cannot be made canonical without ambiguity (see `path.rs`).
+    #[error(transparent)]
+    Path(#[from] crate::path::PathError),
+    /// The `Host` header and the request target's authority name different hosts.
+    #[error("Host header does not match the request target's authority")]
+    HostMismatch,
     #[error("the gateway is shutting down")]
     Draining,
     #[error(transparent)]
@@ -90,6 +96,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Handshake(e) => e.status(),
+            ProxyError::Path(_) | ProxyError::HostMismatch => StatusCode::BAD_REQUEST,
             ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Backend(e) => match e {
                 BackendError::Unreachable(_)
@@ -112,7 +119,10 @@ impl ProxyError {
 
     pub fn fault(&self) -> Fault {
         match self {
-            ProxyError::NoRoute | ProxyError::Handshake(_) => Fault::Client,
+            ProxyError::NoRoute
+            | ProxyError::Handshake(_)
+            | ProxyError::Path(_)
+            | ProxyError::HostMismatch => Fault::Client,
             ProxyError::Policy(
                 crate::policy::PolicyError::KeysUnavailable(_)
                 | crate::policy::PolicyError::AuthUnavailable(_),
@@ -128,6 +138,8 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => Outcome::NoRoute,
             ProxyError::Handshake(e) => e.outcome(),
+            ProxyError::Path(_) => Outcome::PathInvalid,
+            ProxyError::HostMismatch => Outcome::HostMismatch,
             ProxyError::Draining => Outcome::Draining,
             ProxyError::Policy(e) => e.outcome(),
             ProxyError::Backend(e) => e.outcome(),

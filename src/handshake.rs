@@ -72,6 +72,9 @@ pub enum HandshakeError {
     HttpVersionTooOld(Version),
     #[error("missing Host header")]
     MissingHost,
+    /// Two `Host` headers: which host the client meant is unknown (RFC 9112 §3.2).
+    #[error("more than one Host header")]
+    DuplicateHost,
     #[error("Upgrade header does not name websocket")]
     UpgradeNotWebSocket,
     #[error("Connection header does not contain the upgrade token")]
@@ -155,6 +158,7 @@ impl HandshakeError {
             MethodNotGet(_) => Outcome::MethodNotGet,
             HttpVersionTooOld(_) => Outcome::HttpVersion,
             MissingHost => Outcome::MissingHost,
+            DuplicateHost => Outcome::DuplicateHost,
             UpgradeNotWebSocket => Outcome::UpgradeNotWebsocket,
             ConnectionNotUpgrade => Outcome::ConnectionNotUpgrade,
             MissingKey => Outcome::MissingKey,
@@ -187,6 +191,9 @@ pub fn validate(parts: &request::Parts) -> Result<ClientHandshake, HandshakeErro
     // hyper only upgrades HTTP/1.1 connections; an HTTP/1.0 client would get a dead 101.
     if parts.version != Version::HTTP_11 {
         return Err(HandshakeError::HttpVersionTooOld(parts.version));
+    }
+    if headers.get_all(header::HOST).iter().nth(1).is_some() {
+        return Err(HandshakeError::DuplicateHost);
     }
     let host = single_value(headers, &header::HOST)
         .filter(|h| !h.is_empty())
@@ -431,6 +438,10 @@ mod tests {
             Err(HttpVersionTooOld(Version::HTTP_10))
         );
         assert_eq!(validate(&without("host")), Err(MissingHost));
+        let mut p = parts(|b| b);
+        p.headers
+            .append("host", HeaderValue::from_static("other.example"));
+        assert_eq!(validate(&p), Err(DuplicateHost));
         let mut p = parts(|b| b);
         p.headers.insert("upgrade", HeaderValue::from_static("h2c"));
         assert_eq!(validate(&p), Err(UpgradeNotWebSocket));

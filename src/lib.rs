@@ -9,6 +9,8 @@
 //! | TLS: certificates, SNI, client certificates, reload, the backend client config | [`tls`] |
 //! | HTTP front end: hyper-util auto builder (HTTP/1.1 and HTTP/2), timers, header limits | [`http`] |
 //! | the orchestrator: each phase below as one line, one refusal point | [`proxy`] |
+//! | the request target: one host, one canonical path, before routing | [`target`] |
+//! | the path canonicaliser (RFC 3986 §6.2.2, dot segments, slashes) | [`path`] |
 //! | route by host and path prefix | [`route`] |
 //! | RFC 6455 §4.2.1 (and RFC 8441) handshake checks, accept key | [`handshake`] |
 //! | edge policy: Origin, subprotocols, cookies, token (JWT), forward-auth, identity headers, trusted forwarding | [`policy`] |
@@ -38,12 +40,14 @@ pub mod handshake;
 pub mod http;
 pub mod http_client;
 pub mod outcome;
+pub mod path;
 pub mod policy;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod route;
 pub mod sessions;
+pub mod target;
 pub mod telemetry;
 pub mod tls;
 pub mod upgraded;

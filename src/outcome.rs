@@ -71,6 +71,14 @@ pub enum Outcome {
     MissingPseudoHeader,
     /// `Sec-WebSocket-Key` sent over HTTP/2, where it has no place (400).
     KeyOverHttp2,
+    /// More than one `Host` header (400).
+    DuplicateHost,
+    /// The `Host` header names another host than the request target's authority (400,
+    /// RFC 9112 §3.2.2, RFC 9113 §8.3.1).
+    HostMismatch,
+    /// The path cannot be made canonical without ambiguity: an encoded slash, a dot segment
+    /// above the root, a control byte, ... (400; see `path.rs`).
+    PathInvalid,
 
     // --- The route's policy refused (policy/). ---
     /// The `Origin` is not allowed (403; cross-site WebSocket hijacking defence).
@@ -162,6 +170,9 @@ impl Outcome {
         Outcome::ProtocolNotWebsocket,
         Outcome::MissingPseudoHeader,
         Outcome::KeyOverHttp2,
+        Outcome::DuplicateHost,
+        Outcome::HostMismatch,
+        Outcome::PathInvalid,
         Outcome::OriginRefused,
         Outcome::SubprotocolRefused,
         Outcome::CookieMissing,
@@ -218,6 +229,9 @@ impl Outcome {
             Outcome::ProtocolNotWebsocket => "protocol_not_websocket",
             Outcome::MissingPseudoHeader => "missing_pseudo_header",
             Outcome::KeyOverHttp2 => "key_over_http2",
+            Outcome::DuplicateHost => "duplicate_host",
+            Outcome::HostMismatch => "host_mismatch",
+            Outcome::PathInvalid => "path_invalid",
             Outcome::OriginRefused => "origin_refused",
             Outcome::SubprotocolRefused => "subprotocol_refused",
             Outcome::CookieMissing => "cookie_missing",
@@ -356,6 +370,7 @@ mod tests {
             ProtocolNotWebSocket("x".into()),
             MissingPseudoHeader,
             KeyOverHttp2,
+            DuplicateHost,
         ];
         // The names logs and dashboards already use (before `Outcome` existed, `kind()`).
         let names = [
@@ -376,6 +391,7 @@ mod tests {
             "protocol_not_websocket",
             "missing_pseudo_header",
             "key_over_http2",
+            "duplicate_host",
         ];
         for (e, name) in errors.iter().zip(names) {
             assert_eq!(e.outcome().as_str(), name);

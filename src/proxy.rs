@@ -1,7 +1,7 @@
 //! The orchestrator: one request, top to bottom.
 //!
-//! route → draining → handshake check → policy → client upgrade taken → backend connect →
-//! backend handshake → 101 → relay → access log.
+//! request target (host, canonical path) → route → draining → handshake check → policy →
+//! client upgrade taken → backend connect → backend handshake → 101 → relay → access log.
 //!
 //! Every phase before the 101 is one line of `upgrade` and may fail with a [`ProxyError`]
 //! (each phase's error converts into it); `handle_request` answers the failure once, in
@@ -119,9 +119,17 @@ async fn handle_request(
     if forwarding.peer_trusted {
         conn.client = SocketAddr::new(forwarding.ip, 0);
     }
-    let route = state
-        .routes
-        .find(request_host(&parts).as_deref(), parts.uri.path());
+    // One canonical host and path, before routing: what the route, the policy and the
+    // backend all act on (`target.rs`).
+    let route = match crate::target::route(
+        &state.routes,
+        &mut parts,
+        &state.config.limits.path,
+        conn.scheme,
+    ) {
+        Ok(route) => route,
+        Err(e) => return refuse(&state, id, None, &conn, &parts, e.into()),
+    };
     let cx = Ctx {
         state: &state,
         conn: &conn,
@@ -401,16 +409,6 @@ fn accept_response(
         h.append(header::SET_COOKIE, c.clone());
     }
     resp
-}
-
-/// `Host` header, or the URI's authority (absolute-form request targets).
-fn request_host(parts: &Parts) -> Option<String> {
-    parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
 }
 
 /// The one place a refusal becomes a response: status, one-line reason, headers, log record.

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::backend::BackendPool;
 use crate::config::RouteConfig;
+use crate::path::{Canonical, PathError, routing_form};
 use crate::relay::Control;
 
 /// A route with its live backend state.
@@ -56,9 +57,35 @@ impl RouteTable {
         RouteTable { routes }
     }
 
-    /// The route for a request's `Host` (port ignored, case-insensitive) and path.
+    /// The route for a request's canonical path ([`crate::path`]), matched by its routing
+    /// form (segments without their parameters). With kept escaped slashes, the path must
+    /// route the same when they are read as separators: otherwise a backend that decodes them
+    /// would serve another route's path, unchecked by that route's policy.
+    pub fn find_canonical(
+        &self,
+        host: Option<&str>,
+        path: &Canonical,
+    ) -> Result<Option<&Arc<Route>>, PathError> {
+        let route = self.find(host, &routing_form(&path.path));
+        if let Some(view) = &path.slash_view {
+            let other = self.find(host, &routing_form(view));
+            let same = match (route, other) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (a, b) => a.is_none() && b.is_none(),
+            };
+            if !same {
+                return Err(PathError::AmbiguousEscapedSlash);
+            }
+        }
+        Ok(route)
+    }
+
+    /// The route for a request's host and path. The host is compared without its port (a
+    /// route names none), case-insensitively and without a trailing dot: `Admin.Example.:443`
+    /// is the DNS name `admin.example`, and a backend may well serve it as such, so it must
+    /// not fall through to a host-less route and its policy.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
-        let host = host.map(|h| strip_port(h).to_ascii_lowercase());
+        let host = host.map(normal_host);
         self.routes.iter().find(|r| {
             host_matches(r.config.host.as_deref(), host.as_deref())
                 && path_matches(&r.config.path, path)
@@ -84,6 +111,12 @@ fn host_matches(pattern: Option<&str>, host: Option<&str>) -> bool {
             None => p == h,
         },
     }
+}
+
+/// A host as routes compare it: port stripped, lowercase, no trailing dot.
+pub fn normal_host(host: &str) -> String {
+    let h = strip_port(host.trim());
+    h.strip_suffix('.').unwrap_or(h).to_ascii_lowercase()
 }
 
 /// Prefix match on segment boundaries: `/chat` serves `/chat` and `/chat/x`, not `/chatty`.
@@ -166,6 +199,15 @@ mod tests {
             Some("chat")
         );
         assert_eq!(name(&t, None, "/x").as_deref(), Some("any"));
+        // A trailing dot names the same DNS host.
+        assert_eq!(
+            name(&t, Some("A.example.com.:443"), "/chat").as_deref(),
+            Some("chat-a")
+        );
+        assert_eq!(
+            name(&t, Some("b.example.com."), "/chat").as_deref(),
+            Some("wild")
+        );
     }
 
     #[test]

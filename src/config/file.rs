@@ -262,6 +262,8 @@ pub struct FileLimits {
     pub max_headers: Option<Spanned<i64>>,
     pub max_error_body: Option<SpStr>,
     pub max_message: Option<SpStr>,
+    pub merge_slashes: Option<Spanned<bool>>,
+    pub escaped_slashes: Option<SpStr>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -45,6 +45,13 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// The body of a backend's non-101 answer passed on to the client is cut at this size.
 pub const DEFAULT_MAX_ERROR_BODY: usize = 64 * 1024;
+/// `//admin` is `/admin` to most backends (nginx and most frameworks merge slashes), so the
+/// router must read it so too or a catch-all route would serve it.
+pub const DEFAULT_MERGE_SLASHES: bool = true;
+/// `%2F` is a separator to a backend that decodes before routing and data to one that does
+/// not: refusing it is the only reading that cannot bypass a route's policy.
+pub const DEFAULT_ESCAPED_SLASHES: crate::path::EscapedSlashes =
+    crate::path::EscapedSlashes::Refuse;
 /// hyper's read buffer cannot be smaller than this (it panics below 8192).
 pub const MIN_HEADER_BYTES: usize = 8192;
 
@@ -219,6 +226,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub max_error_body: usize,
+    /// How request paths are made canonical (`merge_slashes`, `escaped_slashes`).
+    pub path: crate::path::PathRules,
 }
 
 impl Default for Limits {
@@ -227,6 +236,10 @@ impl Default for Limits {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_headers: DEFAULT_MAX_HEADERS,
             max_error_body: DEFAULT_MAX_ERROR_BODY,
+            path: crate::path::PathRules {
+                merge_slashes: DEFAULT_MERGE_SLASHES,
+                escaped_slashes: DEFAULT_ESCAPED_SLASHES,
+            },
         }
     }
 }

@@ -4,12 +4,13 @@
 //! owning module's constructors (`crate::tls`, `crate::policy`) and decorating their errors
 //! with key and line: `listener.rs` (listeners, TLS, `[http2]`), `route.rs` (routes and
 //! backends), `auth.rs` (a route's policy keys and `[route.auth]`), `jwt.rs`
-//! (`[route.auth.jwt]`), `forward_auth.rs` (`[route.auth.forward_auth]`). This file holds the
+//! (`[route.auth.jwt]`), `forward_auth.rs` (`[route.auth.forward_auth]`), `limits.rs` (`[limits]`'s path keys). This file holds the
 //! [`Validator`] they share, the top-level tables and the entry points.
 
 mod auth;
 mod forward_auth;
 mod jwt;
+mod limits;
 mod listener;
 mod route;
 
@@ -253,6 +254,7 @@ impl Validator<'_> {
                 limits_file.max_error_body.as_ref(),
                 DEFAULT_MAX_ERROR_BODY,
             ),
+            path: self.path_rules(&limits_file),
         };
         if limits.max_header_bytes < MIN_HEADER_BYTES {
             let span = limits_file.max_header_bytes.as_ref().map(|s| s.span());
@@ -314,6 +316,7 @@ impl Validator<'_> {
                         ),
                     );
                 }
+                self.route_path(&key, r, &route.path, &limits.path);
                 routes.push(route);
             }
         }

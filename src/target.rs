@@ -1,0 +1,206 @@
+//! The request target phase, before route lookup: which host and which path the request is
+//! for, decided once, so the route, the policy and the backend all act on the same ones.
+//!
+//! - The host is the target's authority when the request has one (HTTP/1.1 absolute form,
+//!   HTTP/2 `:authority`), otherwise the `Host` header. A `Host` header that names another
+//!   host than the authority is refused (RFC 9112 §3.2.2: the authority wins, so a route
+//!   chosen by it must not be served to a backend told otherwise; RFC 9113 §8.3.1 calls the
+//!   HTTP/2 case malformed). Two `Host` headers are refused too: which one the backend reads
+//!   is anyone's guess.
+//! - The path is made canonical ([`crate::path`]) and the request's URI rewritten to it, with
+//!   the query untouched: policy (`X-Forwarded-Uri`, the token's query parameter) and the
+//!   backend request read `parts.uri` from here on.
+
+use std::sync::Arc;
+
+use http::Uri;
+use http::header;
+use http::request::Parts;
+use http::uri::{Authority, PathAndQuery};
+
+use crate::error::ProxyError;
+use crate::handshake::HandshakeError;
+use crate::path::{self, PathError, PathRules};
+use crate::route::{Route, RouteTable};
+
+/// Why a request has no single host or path (each a 400; see [`ProxyError`]'s mapping).
+#[derive(Debug)]
+pub enum TargetError {
+    Path(PathError),
+    /// `Host` names another host than the target's authority.
+    HostMismatch,
+    /// More than one `Host` header.
+    DuplicateHost,
+}
+
+impl From<PathError> for TargetError {
+    fn from(e: PathError) -> TargetError {
+        TargetError::Path(e)
+    }
+}
+
+impl From<TargetError> for ProxyError {
+    fn from(e: TargetError) -> ProxyError {
+        match e {
+            TargetError::Path(e) => ProxyError::Path(e),
+            TargetError::HostMismatch => ProxyError::HostMismatch,
+            TargetError::DuplicateHost => HandshakeError::DuplicateHost.into(),
+        }
+    }
+}
+
+/// Decides the request's host and canonical path, rewrites `parts.uri` to that path, and
+/// finds the route. `scheme` is the listener's (`http` or `https`), for the `Host` header's
+/// default port.
+pub fn route<'t>(
+    routes: &'t RouteTable,
+    parts: &mut Parts,
+    rules: &PathRules,
+    scheme: &str,
+) -> Result<Option<&'t Arc<Route>>, TargetError> {
+    let host = request_host(parts, scheme)?;
+    let canonical = path::canonicalize(parts.uri.path(), rules)?;
+    if canonical.path != parts.uri.path() {
+        let pq = match parts.uri.query() {
+            Some(q) => format!("{}?{q}", canonical.path),
+            None => canonical.path.clone(),
+        };
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.path_and_query = Some(PathAndQuery::try_from(pq).map_err(|_| PathError::NotAPath)?);
+        parts.uri = Uri::from_parts(uri).map_err(|_| PathError::NotAPath)?;
+    }
+    Ok(routes.find_canonical(host.as_deref(), &canonical)?)
+}
+
+/// The host the request is for: the target's authority if it has one, else `Host`.
+fn request_host(parts: &Parts, scheme: &str) -> Result<Option<String>, TargetError> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(TargetError::DuplicateHost);
+    }
+    let host = host.and_then(|h| h.to_str().ok()).map(str::trim);
+    let Some(authority) = parts.uri.authority() else {
+        return Ok(host.map(str::to_string));
+    };
+    if let Some(host) = host {
+        // The default port is the target's scheme's, or the connection's for origin form.
+        let scheme = parts.uri.scheme_str().unwrap_or(scheme);
+        if !same_authority(authority, host, default_port(scheme)) {
+            return Err(TargetError::HostMismatch);
+        }
+    }
+    Ok(Some(authority.host().to_string()))
+}
+
+fn default_port(scheme: &str) -> u16 {
+    if scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("wss") {
+        443
+    } else {
+        80
+    }
+}
+
+/// Whether `Host: host` names `authority`: host names compared without case or a trailing
+/// dot, a missing port read as the scheme's default, userinfo ignored (RFC 9112 §3.2).
+fn same_authority(authority: &Authority, host: &str, default_port: u16) -> bool {
+    let Ok(host) = host.parse::<Authority>() else {
+        return false;
+    };
+    let name = |a: &Authority| {
+        let h = a.host();
+        h.strip_suffix('.').unwrap_or(h).to_ascii_lowercase()
+    };
+    name(authority) == name(&host)
+        && authority.port_u16().unwrap_or(default_port) == host.port_u16().unwrap_or(default_port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::from_toml_str;
+    use crate::relay::Control;
+
+    fn table() -> RouteTable {
+        let cfg = from_toml_str(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n\
+             [[route]]\nname = \"admin\"\nhost = \"admin.example\"\npath = \"/\"\nbackends = [\"ws://127.0.0.1:1\"]\n\
+             [[route]]\nname = \"public\"\npath = \"/\"\nbackends = [\"ws://127.0.0.1:1\"]\n",
+        )
+        .unwrap();
+        RouteTable::new(&cfg.routes, &Control::default())
+    }
+
+    fn parts(uri: &str, hosts: &[&str]) -> Parts {
+        let mut b = http::Request::get(uri);
+        for h in hosts {
+            b = b.header("host", *h);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn routed(uri: &str, hosts: &[&str]) -> Result<Option<String>, String> {
+        let t = table();
+        let mut p = parts(uri, hosts);
+        route(&t, &mut p, &PathRules::default(), "http")
+            .map(|r| r.map(|r| r.config.name.clone()))
+            .map_err(|e| ProxyError::from(e).outcome().as_str().to_string())
+    }
+
+    #[test]
+    fn absolute_form_routes_by_its_authority_and_refuses_another_host() {
+        assert_eq!(
+            routed("http://admin.example/", &["admin.example"]),
+            Ok(Some("admin".into()))
+        );
+        assert_eq!(
+            routed("http://admin.example/", &["public.example"]),
+            Err("host_mismatch".into())
+        );
+        // Same host: case, trailing dot, default port.
+        assert_eq!(
+            routed("http://Admin.Example./", &["admin.example:80"]),
+            Ok(Some("admin".into()))
+        );
+        assert_eq!(
+            routed("https://admin.example/", &["admin.example:443"]),
+            Ok(Some("admin".into()))
+        );
+        assert_eq!(
+            routed("https://admin.example/", &["admin.example:80"]),
+            Err("host_mismatch".into())
+        );
+        // Without a Host header, the authority decides (handshake validation then asks for
+        // the Host header HTTP/1.1 requires).
+        assert_eq!(
+            routed("http://admin.example/", &[]),
+            Ok(Some("admin".into()))
+        );
+        assert_eq!(routed("/", &["ADMIN.example."]), Ok(Some("admin".into())));
+    }
+
+    #[test]
+    fn two_host_headers_are_more_than_one() {
+        assert_eq!(
+            routed("/", &["admin.example", "public.example"]),
+            Err("duplicate_host".into())
+        );
+        assert_eq!(
+            HandshakeError::DuplicateHost.to_string(),
+            "more than one Host header"
+        );
+    }
+
+    #[test]
+    fn the_uri_becomes_canonical_and_keeps_its_query() {
+        let t = table();
+        let mut p = parts("/x/../a//b%61?q=%2F..&x", &["h"]);
+        route(&t, &mut p, &PathRules::default(), "http").unwrap();
+        assert_eq!(p.uri, "/a/ba?q=%2F..&x");
+        let mut p = parts("http://h/x/../a", &["h"]);
+        route(&t, &mut p, &PathRules::default(), "http").unwrap();
+        assert_eq!(p.uri.to_string(), "http://h/a");
+        assert_eq!(routed("/a/../../b", &["h"]), Err("path_invalid".into()));
+        assert_eq!(routed("*", &["h"]), Err("path_invalid".into()));
+    }
+}
