@@ -338,9 +338,18 @@ fn shown(s: &str) -> String {
 }
 
 /// The header's `alg` and `kid`. Errors never quote the token; an unsupported `alg` (such
-/// as `none`) is named, cut short.
+/// as `none`) or critical extension is named, cut short.
 fn read_header(token: &str) -> Result<(Algorithm, Option<String>), JwtError> {
     match jsonwebtoken::decode_header(token) {
+        // RFC 7515 §4.1.11: a recipient that does not understand every extension `crit` lists
+        // must reject the token (the extension may change what the signature covers, as
+        // RFC 7797's `b64` does). wsgate understands none; an empty list is malformed.
+        Ok(h) if h.crit.is_some() => Err(JwtError::Invalid(match h.crit.as_deref() {
+            Some([first, ..]) => {
+                format!("critical header extension {} not understood", shown(first))
+            }
+            _ => "malformed token header (empty crit)".into(),
+        })),
         Ok(h) => Ok((h.alg, h.kid)),
         Err(_) => {
             let raw_alg = token

@@ -421,6 +421,36 @@ async fn issuer_audience_and_required_claims() {
     accepted(&v, &t(good)).await;
 }
 
+/// RFC 7515 §4.1.11: a header listing a critical extension the recipient does not
+/// understand is refused, even with a good signature (wsgate understands none).
+#[tokio::test]
+async fn critical_header_extensions_are_refused() {
+    let v = hmac(&[Algorithm::HS256], JwtRules::default());
+    let key = EncodingKey::from_secret(SECRET.as_bytes());
+    let with_crit = |crit: Vec<&str>| {
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = Some(crit.into_iter().map(str::to_owned).collect());
+        header.extras.insert("x", true);
+        jsonwebtoken::encode(&header, &claims(), &key).expect("signing")
+    };
+    assert_eq!(
+        refused(&v, &with_crit(vec!["x"])).await,
+        "critical header extension \"x\" not understood"
+    );
+    assert_eq!(
+        refused(&v, &with_crit(vec!["b64", "x"])).await,
+        "critical header extension \"b64\" not understood"
+    );
+    assert_eq!(
+        refused(&v, &with_crit(vec![])).await,
+        "malformed token header (empty crit)"
+    );
+    // An extension that is merely present, not critical, is ignored.
+    let mut header = Header::new(Algorithm::HS256);
+    header.extras.insert("x", true);
+    accepted(&v, &jsonwebtoken::encode(&header, &claims(), &key).unwrap()).await;
+}
+
 fn jwk(alg: Algorithm, k: &KeyPem, kid: &str, with_alg: bool) -> Jwk {
     let mut jwk = Jwk::from_encoding_key(&signing_key(alg, k), alg).expect("jwk");
     jwk.common.key_id = Some(kid.into());
