@@ -10,6 +10,7 @@
 mod auth;
 mod forward_auth;
 mod jwt;
+mod jwt_claims;
 mod listener;
 mod route;
 
