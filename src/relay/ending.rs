@@ -1,6 +1,10 @@
 //! How a session ended: why the proxy ended it ([`Reason`], with the close codes and texts
 //! each side is sent), what each direction carried, and the close frames seen.
 
+use std::time::SystemTime;
+
+use tokio::time::Instant;
+
 use crate::frame::{Violation, close_code};
 use crate::outcome::{CloseSide, Outcome};
 
@@ -97,6 +101,25 @@ impl Reason {
             Reason::TokenExpired => Outcome::TokenExpired,
             Reason::Requested(_) => Outcome::Drained,
         }
+    }
+}
+
+impl<C, B> super::Relay<'_, C, B> {
+    /// Ends the session at `at` (wall-clock time: a token's `exp`), when the token it was
+    /// opened with expires, with [`Reason::TokenExpired`] (unless the route's lifetime ends it
+    /// first). It shares the lifetime's deadline and timer: an idle session does not grow. Not
+    /// jittered like the lifetime: the token says when it stops being good. A time already
+    /// past ends the session at once.
+    pub fn token_expires_at(mut self, at: Option<SystemTime>) -> Self {
+        let left = |t: SystemTime| t.duration_since(SystemTime::now()).unwrap_or_default();
+        // An end too far off to represent is no end.
+        if let Some(at) = at.and_then(|t| Instant::now().checked_add(left(t)))
+            && self.st.lifetime_end.is_none_or(|l| at < l)
+        {
+            self.st.lifetime_end = Some(at);
+            self.st.token_end = true;
+        }
+        self
     }
 }
 

@@ -10,8 +10,8 @@
 //!   closing handshake (RFC 6455 §7.1.1). A close frame from either side starts
 //!   [`CLOSE_TIMEOUT`] for the rest of the handshake.
 //! - **The proxy closes** (a framing violation, a message over the limit, a dead peer, an idle
-//!   or lifetime timer, the session's token expiring, a drain): each side still there gets a close frame written at a frame
-//!   boundary, with the code that tells it why (see [`Reason`]); from then on nothing is
+//!   or lifetime timer, an expired token, a drain): each side still there gets a close frame
+//!   written at a frame boundary, with the code that tells it why (see [`Reason`]); from then on nothing is
 //!   forwarded, the peers' replies are read and dropped, and after the replies (or
 //!   [`CLOSE_TIMEOUT`]) each socket is shut down and read to its end, so the last frame is not
 //!   lost to a reset.
@@ -197,10 +197,8 @@ struct State<'a> {
     /// The end of the closing handshake's allowance.
     close_deadline: Option<Instant>,
     last_data: Instant,
-    /// The route's lifetime or, when `token_end`, the session's token's expiry, whichever
-    /// comes first: one deadline, as only the first can end the session.
+    /// The route's lifetime, or the token's expiry if earlier (then `token_end`).
     lifetime_end: Option<Instant>,
-    /// `lifetime_end` is the token's expiry (see [`Relay::token_expires_at`]).
     token_end: bool,
     error: Option<String>,
     /// Bumped by every state change the relay loop must react to (bytes read, a frame queued
@@ -290,27 +288,6 @@ pub struct Relay<'a, C, B> {
     /// The outside's close request has been acted on.
     closing: bool,
     done: bool,
-}
-
-impl<C, B> Relay<'_, C, B> {
-    /// Ends the session at `at` (wall-clock time: a token's `exp`), when the token it was
-    /// opened with expires, with [`Reason::TokenExpired`] (unless the route's lifetime ends it
-    /// first). Not jittered like the lifetime: the token says when it stops being good. A
-    /// time already past ends the session at once.
-    pub fn token_expires_at(mut self, at: Option<std::time::SystemTime>) -> Self {
-        let left = |t: std::time::SystemTime| {
-            t.duration_since(std::time::SystemTime::now())
-                .unwrap_or_default()
-        };
-        // An end too far off to represent is no end.
-        if let Some(at) = at.and_then(|t| Instant::now().checked_add(left(t)))
-            && self.st.lifetime_end.is_none_or(|l| at < l)
-        {
-            self.st.lifetime_end = Some(at);
-            self.st.token_end = true;
-        }
-        self
-    }
 }
 
 impl<C, B> Future for Relay<'_, C, B>
@@ -805,9 +782,8 @@ where
     }
 }
 
-/// Pings, pong deadlines, idle and lifetime timers (the token's expiry among them), and the
-/// closing handshake's deadline.
-/// Arms `timer` for the earliest of them; Ready when the session must be cut.
+/// Pings, pong deadlines, idle and lifetime (or token) timers, and the closing handshake's
+/// deadline. Arms `timer` for the earliest of them; Ready when the session must be cut.
 fn timers<C, B>(
     st: &mut State,
     c: &mut Side<C>,
@@ -834,11 +810,8 @@ where
         if !st.taken_over {
             if let Some(end) = st.lifetime_end {
                 if now >= end {
-                    let reason = match st.token_end {
-                        true => Reason::TokenExpired,
-                        false => Reason::MaxLifetime,
-                    };
-                    take_over(st, c, b, reason, None);
+                    let why = [Reason::MaxLifetime, Reason::TokenExpired][st.token_end as usize];
+                    take_over(st, c, b, why, None);
                     continue;
                 }
                 earliest(end);
