@@ -28,6 +28,10 @@ pub mod close_code {
     pub const GOING_AWAY: u16 = 1001;
     /// 1002: to a side that broke RFC 6455 framing.
     pub const PROTOCOL_ERROR: u16 = 1002;
+    /// 1008, "policy violation": to the client when the token its session was opened with
+    /// expires (`expire_sessions`). Not 1001: the client must get a fresh token before it
+    /// reconnects, not reconnect with the same one.
+    pub const POLICY_VIOLATION: u16 = 1008;
     /// 1009: to a side that sent a message over the route's limit.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// 1011, "the server encountered an unexpected condition": to the client when the
@@ -47,6 +51,7 @@ pub mod close_code {
             NORMAL => "normal closure",
             GOING_AWAY => "going away",
             PROTOCOL_ERROR => "protocol error",
+            POLICY_VIOLATION => "policy violation",
             MESSAGE_TOO_BIG => "message too big",
             INTERNAL_ERROR => "internal error",
             SERVICE_RESTART => "service restart",

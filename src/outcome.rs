@@ -93,6 +93,8 @@ pub enum Outcome {
     TokenInvalid,
     /// The route's key set could not be fetched, so no token can be checked (503).
     TokenKeysUnavailable,
+    /// The token verified, but a claim rule refused it (403, `insufficient_scope`).
+    ClaimsRefused,
     /// The forward-auth service said no; its answer went to the client.
     AuthDenied,
     /// The forward-auth service could not be asked (503).
@@ -140,6 +142,9 @@ pub enum Outcome {
     IdleTimeout,
     /// The session reached the route's maximum lifetime: 1001 to both.
     MaxLifetime,
+    /// The token the session was opened with expired (`expire_sessions`): 1008 to the client,
+    /// 1001 to the backend.
+    TokenExpired,
 }
 
 impl Outcome {
@@ -179,6 +184,7 @@ impl Outcome {
         Outcome::TokenMissing,
         Outcome::TokenInvalid,
         Outcome::TokenKeysUnavailable,
+        Outcome::ClaimsRefused,
         Outcome::AuthDenied,
         Outcome::AuthUnavailable,
         Outcome::BackendUnreachable,
@@ -200,6 +206,7 @@ impl Outcome {
         Outcome::BackendPingTimeout,
         Outcome::IdleTimeout,
         Outcome::MaxLifetime,
+        Outcome::TokenExpired,
     ];
 
     /// The stable name: the access log's `outcome`, the refusal counters' key.
@@ -238,6 +245,7 @@ impl Outcome {
             Outcome::TokenMissing => "token_missing",
             Outcome::TokenInvalid => "token_invalid",
             Outcome::TokenKeysUnavailable => "token_keys_unavailable",
+            Outcome::ClaimsRefused => "claims_refused",
             Outcome::AuthDenied => "auth_denied",
             Outcome::AuthUnavailable => "auth_unavailable",
             Outcome::BackendUnreachable => "backend_unreachable",
@@ -259,6 +267,7 @@ impl Outcome {
             Outcome::BackendPingTimeout => "backend_ping_timeout",
             Outcome::IdleTimeout => "idle_timeout",
             Outcome::MaxLifetime => "max_lifetime",
+            Outcome::TokenExpired => "token_expired",
         }
     }
 
@@ -269,7 +278,10 @@ impl Outcome {
             Outcome::OriginRefused => "origin",
             Outcome::SubprotocolRefused => "subprotocol",
             Outcome::CookieMissing => "cookie",
-            Outcome::TokenMissing | Outcome::TokenInvalid | Outcome::TokenKeysUnavailable => "jwt",
+            Outcome::TokenMissing
+            | Outcome::TokenInvalid
+            | Outcome::TokenKeysUnavailable
+            | Outcome::ClaimsRefused => "jwt",
             Outcome::AuthDenied | Outcome::AuthUnavailable => "forward_auth",
             _ => "",
         }
@@ -326,7 +338,7 @@ mod tests {
     #[test]
     fn all_lists_every_outcome_once_in_order() {
         // A variant added without its `ALL` entry shifts the discriminants or the length.
-        assert_eq!(Outcome::ALL.len(), Outcome::MaxLifetime as usize + 1);
+        assert_eq!(Outcome::ALL.len(), Outcome::TokenExpired as usize + 1);
         for (i, o) in Outcome::ALL.iter().enumerate() {
             assert_eq!(*o as usize, i, "{o} out of place in Outcome::ALL");
         }

@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::error::{BackendError, BackendRefusal, Draining, ProxyError};
 use crate::handshake::{self, ClientHandshake, HandshakeError, Transport};
 use crate::policy::forwarding::{self, ClientAddr};
-use crate::policy::{PolicyError, RequestFacts};
+use crate::policy::{Admitted, PolicyError, RequestFacts};
 use crate::relay;
 use crate::route::{Route, RouteTable};
 use crate::sessions::Sessions;
@@ -162,12 +162,13 @@ async fn upgrade(
     let route = route.ok_or(ProxyError::NoRoute)?;
     not_draining(&cx.state.sessions)?;
     let mut client_hs = handshake::validate(parts)?;
-    let token_marker = check_policy(cx, route, parts, &mut client_hs).await?;
+    let admitted = check_policy(cx, route, parts, &mut client_hs).await?;
     let client_upgrade = take_upgrade(parts)?;
     let (stream, lease) = connect_backend(route).await?;
     let upgrade = backend_handshake(cx, route, parts, &client_hs, &lease, stream).await?;
-    let response = accept_response(&client_hs, &upgrade, token_marker.as_deref());
-    spawn_session(cx, route, &client_hs, client_upgrade, lease, upgrade);
+    let response = accept_response(&client_hs, &upgrade, admitted.token_marker.as_deref());
+    let (hs, token_end) = (&client_hs, admitted.session_end);
+    spawn_session(cx, route, hs, client_upgrade, lease, upgrade, token_end);
     Ok(response)
 }
 
@@ -181,16 +182,17 @@ fn not_draining(sessions: &Sessions) -> Result<(), Draining> {
 
 /// The route's policy (origin, subprotocol, cookie, token, forward auth), which may add
 /// identity headers to `parts` and take the token out of the offered subprotocols. Returns
-/// the subprotocol to answer with when the backend chooses none (see `RoutePolicy::admit`).
+/// the subprotocol to answer with when the backend chooses none and when the token ends the
+/// session (see `RoutePolicy::admit`).
 async fn check_policy(
     cx: &Ctx<'_>,
     route: &Route,
     parts: &mut Parts,
     client_hs: &mut ClientHandshake,
-) -> Result<Option<String>, PolicyError> {
+) -> Result<Admitted, PolicyError> {
     let policy = &route.config.policy;
     if policy.is_open() {
-        return Ok(None);
+        return Ok(Admitted::default());
     }
     let forwarded_for = cx.forwarding.chain_header();
     // Behind a trusted proxy, the scheme and host the client used are the proxy's word.
@@ -266,6 +268,7 @@ fn spawn_session(
     client_upgrade: OnUpgrade,
     lease: BackendLease,
     upgrade: BackendUpgrade,
+    token_end: Option<std::time::SystemTime>,
 ) {
     let transport = client_hs.transport;
     let session = cx
@@ -288,6 +291,7 @@ fn spawn_session(
         session,
         stream_guard,
         transport,
+        token_end,
     });
     cx.state.sessions.spawn(run_session(start));
 }
@@ -302,6 +306,8 @@ struct SessionStart {
     session: crate::sessions::SessionGuard,
     stream_guard: Option<StreamGuard>,
     transport: Transport,
+    /// When the session's token expires, on a route with `expire_sessions`.
+    token_end: Option<std::time::SystemTime>,
 }
 
 /// One session, from the client's side of the upgrade to the access-log record.
@@ -317,6 +323,7 @@ async fn run_session(start: Box<SessionStart>) {
         session,
         stream_guard,
         transport,
+        token_end,
     } = {
         let start = start;
         *start
@@ -336,6 +343,7 @@ async fn run_session(start: Box<SessionStart>) {
         &session.info.route.control,
         &session.info.link,
     )
+    .token_expires_at(token_end)
     .await;
     let (info, route) = (&session.info, &session.info.route);
     access::session_closed(

@@ -159,6 +159,11 @@ pub struct FileJwt {
     pub leeway: Option<SpStr>,
     /// Claims a token must carry (any value but `null`).
     pub required_claims: Option<Spanned<Vec<SpStr>>>,
+    /// Claims the token must carry with one of the given values: `{ role = ["admin", "ops"],
+    /// "org.id" = "42" }` (a name or a dotted path; a string, number or boolean, or a list).
+    pub claims: Option<Spanned<std::collections::BTreeMap<String, Spanned<toml::Value>>>>,
+    /// Close a session when its token expires (`exp` plus `leeway`; default `false`).
+    pub expire_sessions: Option<bool>,
     /// Whether a token without `exp` is refused (default `true`).
     pub require_exp: Option<Spanned<bool>>,
     /// Pass the token's `Authorization` header or cookie on to the backend (default `false`).

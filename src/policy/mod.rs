@@ -84,6 +84,10 @@ pub enum PolicyError {
     /// 401: the token did not verify; the reason never contains the token.
     #[error("invalid token: {0}")]
     InvalidToken(String),
+    /// 403: the token verified but a claim rule refused it (RFC 6750 §3.1
+    /// `insufficient_scope`: a good token that does not grant this route).
+    #[error("insufficient scope: {0}")]
+    InsufficientScope(String),
     /// 503: the route's key set could not be fetched, so no token can be checked.
     #[error("token keys unavailable: {0}")]
     KeysUnavailable(String),
@@ -105,7 +109,8 @@ impl PolicyError {
         match self {
             PolicyError::Origin(_)
             | PolicyError::Subprotocol(_)
-            | PolicyError::MissingCookie(_) => S::FORBIDDEN,
+            | PolicyError::MissingCookie(_)
+            | PolicyError::InsufficientScope(_) => S::FORBIDDEN,
             PolicyError::MissingToken(_) | PolicyError::InvalidToken(_) => S::UNAUTHORIZED,
             PolicyError::KeysUnavailable(_) | PolicyError::AuthUnavailable(_) => {
                 S::SERVICE_UNAVAILABLE
@@ -128,6 +133,7 @@ impl PolicyError {
             PolicyError::MissingCookie(_) => Outcome::CookieMissing,
             PolicyError::MissingToken(_) => Outcome::TokenMissing,
             PolicyError::InvalidToken(_) => Outcome::TokenInvalid,
+            PolicyError::InsufficientScope(_) => Outcome::ClaimsRefused,
             PolicyError::KeysUnavailable(_) => Outcome::TokenKeysUnavailable,
             PolicyError::AuthDenied { .. } => Outcome::AuthDenied,
             PolicyError::AuthUnavailable(_) => Outcome::AuthUnavailable,
@@ -139,6 +145,9 @@ impl PolicyError {
     pub fn public_message(&self) -> String {
         match self {
             PolicyError::InvalidToken(_) => "invalid token".into(),
+            // Which claim failed is the log's: the client learns only that its token is
+            // not enough here.
+            PolicyError::InsufficientScope(_) => "insufficient scope".into(),
             PolicyError::KeysUnavailable(_) | PolicyError::AuthUnavailable(_) => {
                 "authentication is unavailable, try again later".into()
             }
@@ -146,7 +155,8 @@ impl PolicyError {
         }
     }
 
-    /// The challenge of a 401 (RFC 9110 §11.6.1, RFC 6750 §3).
+    /// The challenge of a 401, and of the 403 for a token without the scope (RFC 9110
+    /// §11.6.1, RFC 6750 §3).
     pub fn challenge(&self, realm: &str) -> Option<String> {
         let realm: String = realm.chars().filter(|c| *c != '"' && *c != '\\').collect();
         match self {
@@ -154,9 +164,22 @@ impl PolicyError {
             PolicyError::InvalidToken(_) => {
                 Some(format!("Bearer realm=\"{realm}\", error=\"invalid_token\""))
             }
+            PolicyError::InsufficientScope(_) => Some(format!(
+                "Bearer realm=\"{realm}\", error=\"insufficient_scope\""
+            )),
             _ => None,
         }
     }
+}
+
+/// What an admitted request carries on into its session.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Admitted {
+    /// The subprotocol to answer the client with if the backend chooses none (see
+    /// [`RoutePolicy::admit`]).
+    pub token_marker: Option<String>,
+    /// When the session must end because its token does (`expire_sessions`).
+    pub session_end: Option<std::time::SystemTime>,
 }
 
 /// Facts about the connection and request that policy reads.
@@ -213,13 +236,14 @@ impl RoutePolicy {
     /// Returns the subprotocol to answer the client with if the backend chooses none: the
     /// marker of an `["access_token", <token>]` offer that held nothing else. Browsers fail a
     /// connection whose offer got no subprotocol back, and a client that offers only its token
-    /// this way (the Kubernetes pattern) expects the marker.
+    /// this way (the Kubernetes pattern) expects the marker. And, on a route with
+    /// `expire_sessions`, when the token expires: the session must not outlive it.
     pub async fn admit(
         &self,
         parts: &mut http::request::Parts,
         protocols: &mut Vec<String>,
         facts: &RequestFacts<'_>,
-    ) -> Result<Option<String>, PolicyError> {
+    ) -> Result<Admitted, PolicyError> {
         if let Some(origin) = &self.rules.origin {
             let value = parts
                 .headers
@@ -266,6 +290,7 @@ impl RoutePolicy {
             })?;
             claims = Some(jwt.verify(&found.token).await.map_err(|e| match e {
                 jwt::JwtError::KeysUnavailable(m) => PolicyError::KeysUnavailable(m),
+                jwt::JwtError::InsufficientScope(m) => PolicyError::InsufficientScope(m),
                 other => PolicyError::InvalidToken(other.to_string()),
             })?);
             token_source = Some(found.source);
@@ -350,6 +375,15 @@ impl RoutePolicy {
         for (name, value) in auth_headers {
             parts.headers.append(name, value);
         }
-        Ok(marker.filter(|_| protocols.is_empty()))
+        let session_end = self
+            .rules
+            .jwt
+            .as_ref()
+            .zip(claims.as_ref())
+            .and_then(|(jwt, c)| jwt.session_end(c));
+        Ok(Admitted {
+            token_marker: marker.filter(|_| protocols.is_empty()),
+            session_end,
+        })
     }
 }

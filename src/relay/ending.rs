@@ -1,6 +1,10 @@
 //! How a session ended: why the proxy ended it ([`Reason`], with the close codes and texts
 //! each side is sent), what each direction carried, and the close frames seen.
 
+use std::time::SystemTime;
+
+use tokio::time::Instant;
+
 use crate::frame::{Violation, close_code};
 use crate::outcome::{CloseSide, Outcome};
 
@@ -34,6 +38,9 @@ pub enum Reason {
     PingTimeout(CloseSide),
     IdleTimeout,
     MaxLifetime,
+    /// The token the session was opened with has expired (`exp` plus the leeway, on a route
+    /// with `expire_sessions`): 1008 "token expired" to the client, 1001 to the backend.
+    TokenExpired,
     /// Asked from outside (drain, reload), with this code to both sides.
     Requested(u16),
 }
@@ -52,6 +59,7 @@ impl Reason {
             Reason::PingTimeout(_) | Reason::IdleTimeout | Reason::MaxLifetime => {
                 (close_code::GOING_AWAY, close_code::GOING_AWAY)
             }
+            Reason::TokenExpired => (close_code::POLICY_VIOLATION, close_code::GOING_AWAY),
             Reason::Requested(code) => (code, code),
         }
     }
@@ -70,6 +78,7 @@ impl Reason {
             Reason::PingTimeout(_) => "backend not responding",
             Reason::IdleTimeout => "idle timeout",
             Reason::MaxLifetime => "session lifetime reached",
+            Reason::TokenExpired => "token expired",
             Reason::Requested(close_code::SERVICE_RESTART) => {
                 close_code::phrase(close_code::SERVICE_RESTART)
             }
@@ -89,8 +98,28 @@ impl Reason {
             Reason::PingTimeout(_) => Outcome::BackendPingTimeout,
             Reason::IdleTimeout => Outcome::IdleTimeout,
             Reason::MaxLifetime => Outcome::MaxLifetime,
+            Reason::TokenExpired => Outcome::TokenExpired,
             Reason::Requested(_) => Outcome::Drained,
         }
+    }
+}
+
+impl<C, B> super::Relay<'_, C, B> {
+    /// Ends the session at `at` (wall-clock time: a token's `exp`), when the token it was
+    /// opened with expires, with [`Reason::TokenExpired`] (unless the route's lifetime ends it
+    /// first). It shares the lifetime's deadline and timer: an idle session does not grow. Not
+    /// jittered like the lifetime: the token says when it stops being good. A time already
+    /// past ends the session at once.
+    pub fn token_expires_at(mut self, at: Option<SystemTime>) -> Self {
+        let left = |t: SystemTime| t.duration_since(SystemTime::now()).unwrap_or_default();
+        // An end too far off to represent is no end.
+        if let Some(at) = at.and_then(|t| Instant::now().checked_add(left(t)))
+            && self.st.lifetime_end.is_none_or(|l| at < l)
+        {
+            self.st.lifetime_end = Some(at);
+            self.st.token_end = true;
+        }
+        self
     }
 }
 
@@ -123,5 +152,119 @@ impl RelayOutcome {
             (None, true) => Outcome::CloseTimeout,
             (None, false) => Outcome::Closed,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use bytes::Bytes;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::config::SessionConfig;
+    use crate::frame::{self, opcode};
+    use crate::relay::{Control, Link, relay};
+
+    /// Reads one unfragmented close frame (masked or not) and returns its code and reason.
+    async fn read_close(io: &mut DuplexStream) -> (Option<u16>, String) {
+        let mut head = [0u8; 2];
+        io.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[0], 0x88, "a close frame");
+        let mut mask = [0u8; 4];
+        if head[1] & 0x80 != 0 {
+            io.read_exact(&mut mask).await.unwrap();
+        }
+        let mut payload = vec![0u8; (head[1] & 0x7f) as usize];
+        io.read_exact(&mut payload).await.unwrap();
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= mask[i % 4];
+        }
+        frame::parse_close(&payload)
+    }
+
+    /// A relay whose token expires `after` from now (in wall-clock time, as a token's `exp`),
+    /// with a route lifetime of `lifetime`.
+    async fn session_with_token(
+        after: Duration,
+        lifetime: Option<Duration>,
+    ) -> (Duration, RelayOutcome) {
+        let (mut client, client_side) = duplex(1024);
+        let (backend_side, mut backend) = duplex(1024);
+        let (control, link) = (Control::default(), Link::default());
+        let cfg = SessionConfig {
+            ping_interval: None,
+            max_lifetime: lifetime,
+            ..SessionConfig::default()
+        };
+        let start = Instant::now();
+        let relay = relay(
+            (client_side, Bytes::new()),
+            (backend_side, Bytes::new()),
+            &cfg,
+            0,
+            &control,
+            &link,
+        )
+        .token_expires_at(Some(SystemTime::now() + after));
+        // The peers answer the proxy's close and leave (their ends drop with the block).
+        let peers = async move {
+            let to_client = read_close(&mut client).await;
+            let elapsed = start.elapsed();
+            let to_backend = read_close(&mut backend).await;
+            let reply = |code: u16, mask| {
+                frame::encode_frame(opcode::CLOSE, true, &code.to_be_bytes(), mask)
+            };
+            client
+                .write_all(&reply(to_client.0.unwrap(), Some([1, 2, 3, 4])))
+                .await
+                .unwrap();
+            backend
+                .write_all(&reply(to_backend.0.unwrap(), None))
+                .await
+                .unwrap();
+            (elapsed, to_client, to_backend)
+        };
+        let (out, (elapsed, to_client, to_backend)) = tokio::join!(relay, peers);
+        if out.outcome() == Outcome::TokenExpired {
+            assert_eq!(
+                to_client,
+                (Some(close_code::POLICY_VIOLATION), "token expired".into())
+            );
+            assert_eq!(to_backend.0, Some(close_code::GOING_AWAY));
+        }
+        (elapsed, out)
+    }
+
+    /// Real time, short deadlines (no paused clock in this crate's tests): the bounds are
+    /// loose so that a loaded machine does not fail them, tight enough to tell the deadlines
+    /// apart.
+    #[tokio::test]
+    async fn a_session_ends_when_its_token_expires() {
+        let ms = Duration::from_millis;
+        let (elapsed, out) = session_with_token(ms(300), None).await;
+        assert_eq!(out.outcome(), Outcome::TokenExpired);
+        assert_eq!(out.closed_by, CloseSide::Proxy);
+        assert!(!out.cut);
+        assert!(
+            elapsed >= ms(290) && elapsed < ms(1300),
+            "closed after {elapsed:?}"
+        );
+
+        // A token already expired when the session starts ends it at once.
+        let (elapsed, out) = session_with_token(Duration::ZERO, None).await;
+        assert_eq!(out.outcome(), Outcome::TokenExpired);
+        assert!(elapsed < ms(1000), "closed after {elapsed:?}");
+
+        // The route's lifetime, when it comes first, ends the session as before ...
+        let (elapsed, out) = session_with_token(ms(5000), Some(ms(200))).await;
+        assert_eq!(out.outcome(), Outcome::MaxLifetime);
+        assert!(elapsed < ms(1200), "closed after {elapsed:?}");
+        // ... and the token, when it comes first, with its own code.
+        let (elapsed, out) = session_with_token(ms(200), Some(ms(5000))).await;
+        assert_eq!(out.outcome(), Outcome::TokenExpired);
+        assert!(elapsed < ms(1200), "closed after {elapsed:?}");
     }
 }

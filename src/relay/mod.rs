@@ -10,8 +10,8 @@
 //!   closing handshake (RFC 6455 §7.1.1). A close frame from either side starts
 //!   [`CLOSE_TIMEOUT`] for the rest of the handshake.
 //! - **The proxy closes** (a framing violation, a message over the limit, a dead peer, an idle
-//!   or lifetime timer, a drain): each side still there gets a close frame written at a frame
-//!   boundary, with the code that tells it why (see [`Reason`]); from then on nothing is
+//!   or lifetime timer, an expired token, a drain): each side still there gets a close frame
+//!   written at a frame boundary, with the code that tells it why (see [`Reason`]); from then on nothing is
 //!   forwarded, the peers' replies are read and dropped, and after the replies (or
 //!   [`CLOSE_TIMEOUT`]) each socket is shut down and read to its end, so the last frame is not
 //!   lost to a reset.
@@ -197,7 +197,9 @@ struct State<'a> {
     /// The end of the closing handshake's allowance.
     close_deadline: Option<Instant>,
     last_data: Instant,
+    /// The route's lifetime, or the token's expiry if earlier (then `token_end`).
     lifetime_end: Option<Instant>,
+    token_end: bool,
     error: Option<String>,
     /// Bumped by every state change the relay loop must react to (bytes read, a frame queued
     /// or written, a side shut, the proxy taking over), so the loop runs until nothing moves.
@@ -256,6 +258,7 @@ where
         ),
         st: State {
             lifetime_end: max_lifetime.map(|d| now + d),
+            token_end: false,
             cfg,
             link,
             closed_by: None,
@@ -779,8 +782,8 @@ where
     }
 }
 
-/// Pings, pong deadlines, idle and lifetime timers, and the closing handshake's deadline.
-/// Arms `timer` for the earliest of them; Ready when the session must be cut.
+/// Pings, pong deadlines, idle and lifetime (or token) timers, and the closing handshake's
+/// deadline. Arms `timer` for the earliest of them; Ready when the session must be cut.
 fn timers<C, B>(
     st: &mut State,
     c: &mut Side<C>,
@@ -807,7 +810,8 @@ where
         if !st.taken_over {
             if let Some(end) = st.lifetime_end {
                 if now >= end {
-                    take_over(st, c, b, Reason::MaxLifetime, None);
+                    let why = [Reason::MaxLifetime, Reason::TokenExpired][st.token_end as usize];
+                    take_over(st, c, b, why, None);
                     continue;
                 }
                 earliest(end);

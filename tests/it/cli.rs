@@ -182,6 +182,63 @@ async fn check_reports_unknown_keys_and_wrong_types_with_the_value_errors() {
     }
 }
 
+/// A route that authenticates with a cookie and checks no `Origin` is open to cross-site
+/// WebSocket hijacking: `check` (and startup, which loads the same way) warns, naming the
+/// route and the key, and still succeeds.
+#[tokio::test]
+async fn check_warns_of_a_cookie_route_without_origins() {
+    let tmp = TempDir::new("cli");
+    tmp.write("secret", "an HMAC secret of at least thirty-two bytes");
+    let backend = ["ws://127.0.0.1:9".to_string()];
+    let config = tmp.write(
+        "wsgate.toml",
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n\
+             {}[route.auth.jwt]\nsecret_file = \"secret\"\nfrom = [\"header\", \"cookie:session\"]\n\
+             {}[route.auth]\nrequire_cookies = [\"sid\"]\n\
+             {}origins = [\"same-origin\"]\n[route.auth]\nrequire_cookies = [\"sid\"]\n\
+             {}[route.auth.jwt]\nsecret_file = \"secret\"\n",
+            route("jwt-cookie", "/a", &backend),
+            route("sid-cookie", "/b", &backend),
+            route("checked", "/c", &backend),
+            route("header-only", "/d", &backend),
+        ),
+    );
+    let out = Command::new(BIN)
+        .args(["--log-format", "json", "check", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    assert_success(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<Record> = err
+        .lines()
+        .filter(|l| l.contains("cross-site WebSocket hijacking"))
+        .map(json)
+        .collect();
+    let named: Vec<(Option<String>, Option<String>, Option<String>)> = warnings
+        .iter()
+        .map(|w| (w.get("route"), w.get("key"), w.get("level")))
+        .collect();
+    let warn = |route: &str, key: &str| {
+        (
+            Some(route.to_string()),
+            Some(key.to_string()),
+            Some("WARN".to_string()),
+        )
+    };
+    assert_eq!(
+        named,
+        vec![
+            warn("jwt-cookie", "route[0].auth.jwt.from[1]"),
+            warn("sid-cookie", "route[1].auth.require_cookies"),
+        ],
+        "{err}"
+    );
+    assert!(warnings.iter().all(|w| w.get("line").is_some()), "{err}");
+}
+
 #[tokio::test]
 async fn run_logs_sessions_and_refusals_then_drains_on_sigterm() {
     let backend = EchoBackend::spawn().await;

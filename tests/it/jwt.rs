@@ -1,9 +1,12 @@
 //! JWT through the gateway: the token from each place it may come from, what the backend
-//! sees of it (nothing, by default), and the refusals (401 with a challenge, 503 without keys).
+//! sees of it (nothing, by default), the refusals (401 with a challenge, 503 without keys,
+//! 403 for a token the claim rules refuse) and sessions that end with their token.
 //! Signatures, claims and key sources in detail are the unit tests' (src/policy/jwt.rs).
 
+use futures_util::SinkExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::*;
 
@@ -235,4 +238,102 @@ async fn a_token_offered_alone_after_its_marker_gets_the_marker_back() {
     let seen = backend.last_request();
     assert_eq!(seen.header("sec-websocket-protocol"), None);
     assert_eq!(seen.header("x-user"), Some("alice"));
+}
+
+#[tokio::test]
+async fn claim_rules_refuse_with_insufficient_scope() {
+    let (backend, _secret, gw) =
+        gateway("claims = { role = [\"admin\", \"ops\"], \"org.id\" = \"42\" }").await;
+    let exp = now() + 600;
+    // A role list holding an accepted value passes.
+    let ops = token(json!({ "sub": "alice", "aud": "chat", "exp": exp,
+                            "role": ["viewer", "ops"], "org": { "id": "42" } }));
+    let r = upgrade(&gw, "/", &format!("Authorization: Bearer {ops}\r\n")).await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    assert_eq!(backend.request_count(), 1);
+
+    for claims in [
+        json!({ "sub": "bob", "aud": "chat", "exp": exp, "role": "viewer", "org": { "id": "42" } }),
+        json!({ "sub": "bob", "aud": "chat", "exp": exp, "role": "admin", "org": { "id": "7" } }),
+        json!({ "sub": "bob", "aud": "chat", "exp": exp, "org": { "id": "42" } }),
+    ] {
+        let r = upgrade(
+            &gw,
+            "/",
+            &format!("Authorization: Bearer {}\r\n", token(claims)),
+        )
+        .await;
+        // RFC 6750 §3.1: a good token without the rights is 403, not 401.
+        assert_eq!(r.status, 403, "{}", r.head);
+        let challenge = r.header("www-authenticate").expect("a challenge");
+        assert_eq!(
+            challenge,
+            "Bearer realm=\"app\", error=\"insufficient_scope\""
+        );
+        assert_eq!(r.body.trim(), "insufficient scope");
+    }
+    // A bad signature is still 401, whatever its claims say.
+    let forged = format!("{ops}x");
+    let r = upgrade(&gw, "/", &format!("Authorization: Bearer {forged}\r\n")).await;
+    assert_eq!(r.status, 401, "{}", r.head);
+
+    assert_eq!(
+        backend.request_count(),
+        1,
+        "a refused handshake reached the backend"
+    );
+    let counts = gw.handle().refusals();
+    assert_eq!(counts.get(&("app".to_string(), "claims_refused")), Some(&3));
+}
+
+/// With `expire_sessions`, a session ends when its token does: 1008 "token expired" to the
+/// client, within a second of `exp` (leeway 0), 1001 to the backend. Without it, a session
+/// opened with the same token lives on.
+#[tokio::test]
+async fn a_session_ends_when_its_token_expires() {
+    let (backend, _secret, gw) = gateway("expire_sessions = true\nleeway = \"0\"").await;
+    let (_backend2, _secret2, lax) = gateway("leeway = \"0\"").await;
+    // `exp` is whole seconds: 1 to 2 s from now.
+    let exp = now() + 2;
+    let t = token(json!({ "sub": "alice", "aud": "chat", "exp": exp }));
+    let open = |url: String| {
+        let t = t.clone();
+        async move {
+            connect_with(&url, |r| {
+                r.headers_mut()
+                    .insert("authorization", format!("Bearer {t}").parse().unwrap());
+            })
+            .await
+            .expect("connect")
+            .0
+        }
+    };
+    let mut ws = open(gw.url("/")).await;
+    let mut lives_on = open(lax.url("/")).await;
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("before"));
+
+    let close = next_close(&mut ws).await;
+    let at = std::time::SystemTime::now();
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (1008, "token expired")
+    );
+    let exp_time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp);
+    let late = at
+        .duration_since(exp_time)
+        .expect("closed before the token expired");
+    eprintln!("closed {late:?} after exp");
+    assert!(
+        late < std::time::Duration::from_secs(1),
+        "closed {late:?} after exp"
+    );
+    assert_eq!(
+        backend.wait_closes(1).await,
+        vec![Some((1001, "token expired".into()))]
+    );
+
+    // The route without `expire_sessions` still relays for the expired token's session.
+    lives_on.send(Message::text("after")).await.unwrap();
+    assert_eq!(next_data(&mut lives_on).await, Message::text("after"));
 }

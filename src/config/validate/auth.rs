@@ -9,7 +9,7 @@ use super::header_name;
 use crate::config::file::{FileRoute, SpStr};
 use crate::handshake::is_token_byte;
 use crate::policy::identity::Template;
-use crate::policy::{PolicyRules, RESERVED_HEADERS, RoutePolicy};
+use crate::policy::{PolicyRules, RESERVED_HEADERS, RoutePolicy, TokenSource};
 
 /// A list of names (cookies), each non-empty.
 fn names(v: &mut Validator<'_>, key: &str, list: Option<&Spanned<Vec<SpStr>>>) -> Vec<String> {
@@ -180,5 +180,44 @@ pub(super) fn route_policy(v: &mut Validator<'_>, key: &str, r: &FileRoute) -> R
     if let Some(f) = &a.forward_auth {
         p.forward_auth = super::forward_auth::forward_auth(v, &format!("{akey}.forward_auth"), f);
     }
+    cookie_without_origins(v, key, r, &p);
     RoutePolicy::new(p)
+}
+
+/// Warns (at startup and in `wsgate check`) when a route authenticates with a cookie and
+/// checks no `Origin`: browsers send cookies with a WebSocket handshake whatever page opens
+/// it, and the same-origin policy does not apply to WebSockets, so any site the user visits
+/// can open the session as the user (cross-site WebSocket hijacking). Only `origins` stops
+/// that. Not an error: a route that only non-browser clients use is safe without it.
+fn cookie_without_origins(v: &Validator<'_>, key: &str, r: &FileRoute, p: &PolicyRules) {
+    if p.origin.as_ref().is_some_and(|o| o.rules.is_some()) {
+        return;
+    }
+    let Some(auth) = &r.auth else { return };
+    let a = auth.get_ref();
+    let jwt_cookie = a.jwt.as_ref().and_then(|j| {
+        let from = j.get_ref().from.as_ref()?;
+        from.get_ref().iter().enumerate().find_map(|(i, s)| {
+            matches!(
+                TokenSource::parse(s.get_ref().trim()),
+                Ok(TokenSource::Cookie(_))
+            )
+            .then(|| (format!("{key}.auth.jwt.from[{i}]"), s.span()))
+        })
+    });
+    let required = a
+        .require_cookies
+        .as_ref()
+        .filter(|l| !l.get_ref().is_empty())
+        .map(|l| (format!("{key}.auth.require_cookies"), l.span()));
+    let Some((cookie_key, span)) = jwt_cookie.or(required) else {
+        return;
+    };
+    let route = r.name.as_ref().map_or(key, |n| n.get_ref().trim());
+    tracing::warn!(
+        route,
+        key = %cookie_key,
+        line = v.line(span.start),
+        "route authenticates with a cookie but has no `origins`: any web page the user visits can open this WebSocket with the user's cookie (cross-site WebSocket hijacking); set origins = [\"https://your.site\"] or [\"same-origin\"]"
+    );
 }

@@ -19,6 +19,10 @@ use crate::policy::jwt::{
     alg_list, alg_name, parse_jwks, restrict, secret_from_env, secret_from_file,
 };
 
+/// Sessions outlive their token by default: ending them is a change of behaviour a client
+/// must be ready for (reconnecting with a fresh token on close 1008), so a route opts in.
+const DEFAULT_EXPIRE_SESSIONS: bool = false;
+
 /// The one key source a `[route.auth.jwt]` table names.
 enum Source<'f> {
     SecretEnv(&'f SpStr),
@@ -313,6 +317,8 @@ pub(super) fn verifier(
         issuers,
         audiences,
         required_claims,
+        claims: super::jwt_claims::rules(v, &k("claims"), j.claims.as_ref()),
+        expire_sessions: j.expire_sessions.unwrap_or(DEFAULT_EXPIRE_SESSIONS),
         require_exp: j.require_exp.as_ref().is_none_or(|r| *r.get_ref()),
         forward_token: j.forward_token.unwrap_or(false),
     };

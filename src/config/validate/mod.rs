@@ -10,6 +10,7 @@
 mod auth;
 mod forward_auth;
 mod jwt;
+mod jwt_claims;
 mod limits;
 mod listener;
 mod route;
@@ -90,6 +91,11 @@ pub(super) struct Validator<'a> {
 }
 
 impl Validator<'_> {
+    /// The line of a byte offset in the file (1-based), for warnings.
+    pub(crate) fn line(&self, offset: usize) -> usize {
+        line_of(self.text, offset)
+    }
+
     /// Records one error; `span` (from a [`Spanned`] value) gives the line.
     pub(crate) fn err(
         &mut self,

@@ -2,7 +2,8 @@
 //! cached, periodically refreshed key set) and the claim checks.
 //!
 //! `keys.rs` turns secrets, PEM files and JWK sets into [`Key`]s, `jwks.rs` fetches and
-//! caches a key set from a URL, this file verifies a token against them. Key files and
+//! caches a key set from a URL, `claims.rs` holds the claim rules, this file verifies a token
+//! against them. Key files and
 //! secrets are read when the config is validated (`crate::config` calls the constructors
 //! here), so that a missing file or variable is an error naming its key and line. A JWKS URL
 //! is never fetched then (there may be no runtime yet, and the key server may start after
@@ -12,6 +13,7 @@
 //! (never both), and every key carries the algorithms it may verify, so a token naming HS256
 //! is never checked against a public key used as an HMAC secret.
 
+mod claims;
 mod jwks;
 mod keys;
 #[cfg(test)]
@@ -19,7 +21,7 @@ pub(crate) mod tests;
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use http::Uri;
@@ -28,6 +30,7 @@ use jsonwebtoken::{Algorithm, Validation};
 
 use super::{Claims, TokenSource};
 use crate::http_client::HttpClient;
+pub use claims::{ClaimRule, ClaimValue};
 pub use jwks::RemoteJwks;
 pub use keys::{Key, ParsedJwks, parse_jwks, restrict, secret_from_env, secret_from_file};
 
@@ -41,6 +44,10 @@ pub enum JwtError {
     /// proxy answers 503.
     #[error("{0}")]
     KeysUnavailable(String),
+    /// The token verified, but a claim rule refused it (the client gets 403 with
+    /// `error="insufficient_scope"`): the message names the claim, never its value.
+    #[error("{0}")]
+    InsufficientScope(String),
 }
 
 /// Clock skew allowed on `exp` and `nbf`: enough for unsynchronised clocks, short enough
@@ -100,6 +107,10 @@ pub struct JwtVerifier {
     validations: Vec<(Algorithm, Validation)>,
     /// Claims checked for presence after the signature and the standard claims.
     required_claims: Vec<String>,
+    /// Claims checked for their values, after the presence checks.
+    claim_rules: Vec<ClaimRule>,
+    /// `Some(leeway)` when sessions end at their token's `exp` plus the leeway.
+    expire_sessions: Option<Duration>,
     forward_token: bool,
 }
 
@@ -119,6 +130,11 @@ pub struct JwtRules {
     pub audiences: Option<Vec<String>>,
     /// Claims a token must carry (any value but `null`).
     pub required_claims: Vec<String>,
+    /// Claims a token must carry with one of the listed values (403 otherwise).
+    pub claims: Vec<ClaimRule>,
+    /// End a session when its token expires (`exp` plus `leeway`), rather than let a socket
+    /// opened with a since-expired token live on for as long as it stays open.
+    pub expire_sessions: bool,
     /// Refuse a token without `exp`.
     pub require_exp: bool,
     /// Pass the token's `Authorization` header or cookie on to the backend.
@@ -137,6 +153,8 @@ impl Default for JwtRules {
             issuers: None,
             audiences: None,
             required_claims: Vec::new(),
+            claims: Vec::new(),
+            expire_sessions: false,
             require_exp: true,
             forward_token: false,
         }
@@ -172,6 +190,8 @@ impl JwtVerifier {
             issuers,
             audiences,
             required_claims,
+            claims,
+            expire_sessions,
             require_exp,
             forward_token,
         } = rules;
@@ -209,6 +229,8 @@ impl JwtVerifier {
             algorithms,
             validations,
             required_claims,
+            claim_rules: claims,
+            expire_sessions: expire_sessions.then_some(leeway),
             forward_token,
         }
     }
@@ -216,6 +238,11 @@ impl JwtVerifier {
     /// The `alg` values a token may name (`None`: each key's own decide).
     pub fn algorithms(&self) -> Option<&[Algorithm]> {
         self.algorithms.as_deref()
+    }
+
+    /// The claims a token must carry with one of their accepted values.
+    pub fn claim_rules(&self) -> &[ClaimRule] {
+        &self.claim_rules
     }
 
     /// Where to look for the token, in order of preference.
@@ -229,8 +256,33 @@ impl JwtVerifier {
         self.forward_token
     }
 
-    /// Verifies signature and claims; returns the claims.
+    /// When a session opened with a token bearing `claims` must end: its `exp` plus the
+    /// leeway, on a route with `expire_sessions`; `None` otherwise (or without `exp`).
+    pub fn session_end(&self, claims: &Claims) -> Option<SystemTime> {
+        let leeway = self.expire_sessions?;
+        let exp = claims
+            .get("exp")?
+            .as_f64()
+            .filter(|e| e.is_finite() && *e >= 0.0)?;
+        // Past the year 10^11 `from_secs_f64` would panic: such a token never expires.
+        let exp = Duration::try_from_secs_f64(exp).ok()?;
+        SystemTime::UNIX_EPOCH.checked_add(exp)?.checked_add(leeway)
+    }
+
+    /// Verifies signature and claims, then the claim rules; returns the claims.
     pub async fn verify(&self, token: &str) -> Result<Claims, JwtError> {
+        let claims = self.verify_signed(token).await?;
+        if let Some(rule) = self.claim_rules.iter().find(|r| !r.admits(&claims)) {
+            return Err(JwtError::InsufficientScope(format!(
+                "claim {} has no accepted value",
+                shown(&rule.path)
+            )));
+        }
+        Ok(claims)
+    }
+
+    /// The signature and the standard claims (and the required ones).
+    async fn verify_signed(&self, token: &str) -> Result<Claims, JwtError> {
         let (alg, kid) = read_header(token)?;
         if let Some(allowed) = &self.algorithms
             && !allowed.contains(&alg)
@@ -338,9 +390,18 @@ fn shown(s: &str) -> String {
 }
 
 /// The header's `alg` and `kid`. Errors never quote the token; an unsupported `alg` (such
-/// as `none`) is named, cut short.
+/// as `none`) or critical extension is named, cut short.
 fn read_header(token: &str) -> Result<(Algorithm, Option<String>), JwtError> {
     match jsonwebtoken::decode_header(token) {
+        // RFC 7515 §4.1.11: a recipient that does not understand every extension `crit` lists
+        // must reject the token (the extension may change what the signature covers, as
+        // RFC 7797's `b64` does). wsgate understands none; an empty list is malformed.
+        Ok(h) if h.crit.is_some() => Err(JwtError::Invalid(match h.crit.as_deref() {
+            Some([first, ..]) => {
+                format!("critical header extension {} not understood", shown(first))
+            }
+            _ => "malformed token header (empty crit)".into(),
+        })),
         Ok(h) => Ok((h.alg, h.kid)),
         Err(_) => {
             let raw_alg = token

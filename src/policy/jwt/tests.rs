@@ -421,6 +421,91 @@ async fn issuer_audience_and_required_claims() {
     accepted(&v, &t(good)).await;
 }
 
+/// RFC 7515 §4.1.11: a header listing a critical extension the recipient does not
+/// understand is refused, even with a good signature (wsgate understands none).
+#[tokio::test]
+async fn critical_header_extensions_are_refused() {
+    let v = hmac(&[Algorithm::HS256], JwtRules::default());
+    let key = EncodingKey::from_secret(SECRET.as_bytes());
+    let with_crit = |crit: Vec<&str>| {
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = Some(crit.into_iter().map(str::to_owned).collect());
+        header.extras.insert("x", true);
+        jsonwebtoken::encode(&header, &claims(), &key).expect("signing")
+    };
+    assert_eq!(
+        refused(&v, &with_crit(vec!["x"])).await,
+        "critical header extension \"x\" not understood"
+    );
+    assert_eq!(
+        refused(&v, &with_crit(vec!["b64", "x"])).await,
+        "critical header extension \"b64\" not understood"
+    );
+    assert_eq!(
+        refused(&v, &with_crit(vec![])).await,
+        "malformed token header (empty crit)"
+    );
+    // An extension that is merely present, not critical, is ignored.
+    let mut header = Header::new(Algorithm::HS256);
+    header.extras.insert("x", true);
+    accepted(&v, &jsonwebtoken::encode(&header, &claims(), &key).unwrap()).await;
+}
+
+/// Claim rules run after the signature: a good token without the values is
+/// `InsufficientScope`, naming the claim only; a session ends at `exp` plus the leeway.
+#[tokio::test]
+async fn claim_rules_and_session_end() {
+    let s = |x: &str| ClaimValue::Str(x.into());
+    let v = hmac(
+        &[Algorithm::HS256],
+        JwtRules {
+            claims: vec![
+                ClaimRule::new("role", vec![s("admin"), s("ops")]),
+                ClaimRule::new("org.id", vec![s("42")]),
+            ],
+            expire_sessions: true,
+            leeway: Duration::from_millis(1500),
+            ..JwtRules::default()
+        },
+    );
+    let t = |c: serde_json::Value| hs(Algorithm::HS256, &c);
+    let exp = now() + 600;
+    let good = json!({ "role": ["user", "ops"], "org": { "id": "42" }, "exp": exp });
+    let c = accepted(&v, &t(good.clone())).await;
+    let end = std::time::UNIX_EPOCH + Duration::from_secs(exp) + Duration::from_millis(1500);
+    assert_eq!(v.session_end(&c), Some(end));
+    for (bad, claim) in [
+        (
+            json!({ "role": "user", "org": { "id": "42" }, "exp": exp }),
+            "role",
+        ),
+        (json!({ "org": { "id": "42" }, "exp": exp }), "role"),
+        (
+            json!({ "role": "admin", "org": { "id": 42 }, "exp": exp }),
+            "org.id",
+        ),
+    ] {
+        match v.verify(&t(bad)).await {
+            Err(JwtError::InsufficientScope(m)) => {
+                assert_eq!(m, format!("claim {claim:?} has no accepted value"));
+            }
+            other => panic!("expected InsufficientScope, got {other:?}"),
+        }
+    }
+    // A bad signature is still `Invalid`, whatever the claims say.
+    let forged = format!("{}x", t(good));
+    assert_eq!(refused(&v, &forged).await, "signature invalid");
+
+    // Without `expire_sessions`, or without `exp`, nothing ends the session.
+    let plain = hmac(&[Algorithm::HS256], JwtRules::default());
+    assert_eq!(plain.session_end(&c), None);
+    let mut no_exp = c.clone();
+    no_exp.remove("exp");
+    assert_eq!(v.session_end(&no_exp), None);
+    no_exp.insert("exp".into(), json!(1e300));
+    assert_eq!(v.session_end(&no_exp), None, "too far off to represent");
+}
+
 fn jwk(alg: Algorithm, k: &KeyPem, kid: &str, with_alg: bool) -> Jwk {
     let mut jwk = Jwk::from_encoding_key(&signing_key(alg, k), alg).expect("jwk");
     jwk.common.key_id = Some(kid.into());
