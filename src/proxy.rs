@@ -330,6 +330,15 @@ async fn run_session(start: Box<SessionStart>) {
     )
     .await;
     let (info, route) = (&session.info, &session.info.route);
+    if let Some(side) = outcome.late_frames {
+        // Once per session, not per frame: a peer that keeps talking after its close frame
+        // is a bug worth knowing about, not worth a log line per frame.
+        tracing::debug!(
+            session = info.id,
+            side = side.as_str(),
+            "frames after a close frame dropped (RFC 6455 §5.5.1)"
+        );
+    }
     access::session_closed(
         info.id,
         &route.name,
