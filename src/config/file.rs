@@ -262,6 +262,8 @@ pub struct FileLimits {
     pub max_headers: Option<Spanned<i64>>,
     pub max_error_body: Option<SpStr>,
     pub max_message: Option<SpStr>,
+    /// `"log"` or `"client"`: where a backend failure's details go.
+    pub error_detail: Option<SpStr>,
 }
 
 #[derive(Debug, Default, Deserialize)]

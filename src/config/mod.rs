@@ -43,6 +43,11 @@ pub const DEFAULT_MAX_HEADERS: usize = 100;
 pub const DEFAULT_MAX_ERROR_BODY: usize = 64 * 1024;
 /// hyper's read buffer cannot be smaller than this (it panics below 8192).
 pub const MIN_HEADER_BYTES: usize = 8192;
+/// Why a backend failed (its address, the OS or TLS error) goes to the log, not to the
+/// client: an unauthenticated client has no use for it, and an attacker learns the internal
+/// network and the proxy's state from it (`Too many open files` says the proxy is out of
+/// sockets). The client gets the status and a generic reason.
+pub const DEFAULT_ERROR_DETAIL: ErrorDetail = ErrorDetail::Log;
 
 /// The validated configuration the gateway runs with.
 #[derive(Debug, Clone)]
@@ -215,6 +220,17 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub max_error_body: usize,
+    /// Where the details of a backend failure go (`limits.error_detail`).
+    pub error_detail: ErrorDetail,
+}
+
+/// Where the details of a backend failure (address, OS error, TLS error) are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorDetail {
+    /// Only to the log; the client's body has a generic reason (the default).
+    Log,
+    /// Also into the client's body, for development.
+    Client,
 }
 
 impl Default for Limits {
@@ -223,6 +239,7 @@ impl Default for Limits {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_headers: DEFAULT_MAX_HEADERS,
             max_error_body: DEFAULT_MAX_ERROR_BODY,
+            error_detail: DEFAULT_ERROR_DETAIL,
         }
     }
 }

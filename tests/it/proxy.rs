@@ -415,7 +415,40 @@ async fn backend_down_is_502() {
     let gw = gateway_to(down).await;
     let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
     assert_eq!(resp.status, 502);
-    assert!(resp.body.contains("no backend reachable"), "{}", resp.body);
+    // The status and a generic reason: the backend's address and the OS error are for the
+    // log, not for an unauthenticated client.
+    assert_eq!(resp.body, "no backend reachable\n");
+}
+
+#[tokio::test]
+async fn backend_failure_details_reach_the_client_only_with_error_detail_client() {
+    let down = closed_port().await;
+    for (detail, leaks) in [("", false), ("log", false), ("client", true)] {
+        let limits = match detail {
+            "" => String::new(),
+            d => format!("[limits]\nerror_detail = \"{d}\"\n"),
+        };
+        let gw = Gateway::spawn(&format!(
+            "{limits}{}",
+            route("r", "/", &[format!("ws://{down}")])
+        ))
+        .await;
+        let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+        assert_eq!(resp.status, 502, "{detail:?}");
+        assert!(
+            resp.body.starts_with("no backend reachable"),
+            "{}",
+            resp.body
+        );
+        for secret in [down.to_string().as_str(), "os error", "refused"] {
+            assert_eq!(
+                resp.body.contains(secret),
+                leaks,
+                "error_detail {detail:?}: {secret:?} in {:?}",
+                resp.body
+            );
+        }
+    }
 }
 
 #[tokio::test]
@@ -428,7 +461,7 @@ async fn silent_backend_is_504() {
     .await;
     let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
     assert_eq!(resp.status, 504);
-    assert!(resp.body.contains("did not answer"), "{}", resp.body);
+    assert_eq!(resp.body, "backend did not answer the upgrade in time\n");
 }
 
 #[tokio::test]
