@@ -19,14 +19,15 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 use super::{READ_CHUNK, Side, State};
 
-/// The most of a side's bytes that are read and dropped before the relay stops reading it (and
-/// accepts that closing its socket may reset it). A peer still writing when it gets the proxy's
-/// close frame has at most its socket's send buffer and the proxy's receive buffer in flight;
-/// Linux autotunes them to the connection's needs, up to 4 MiB and 6 MiB by default, and rarely
-/// fills both. A peer that sends more than this after the close is not reading its close frame
-/// either, and should not make the proxy spend more than a few large messages' worth of reads
-/// on it.
-pub const DRAIN_LIMIT: u64 = 8 * 1024 * 1024;
+/// The most bytes a session reads and drops before the relay stops reading the side that sends
+/// them (and accepts that closing its socket may reset it). A peer still writing when it gets
+/// the proxy's close frame has at most its socket's send buffer and the proxy's receive buffer
+/// in flight; Linux autotunes them to the connection's needs, up to 4 MiB and 6 MiB by default,
+/// and rarely fills both. A peer that sends more than this after the close is not reading its
+/// close frame either, and should not make the proxy spend more than a few large messages'
+/// worth of reads on it. (One budget for both sides: a counter per side would cost every idle
+/// session 16 bytes.)
+pub const DRAIN_LIMIT: u32 = 8 * 1024 * 1024;
 
 /// Nothing `side` sends is forwarded any more: its close frame has passed (RFC 6455 §5.5.1:
 /// nothing follows it), its frames stopped making sense, or the proxy took over and it is not
@@ -39,8 +40,10 @@ pub(super) fn discarding<IO>(st: &State, side: &Side<IO>) -> bool {
 
 /// Counts `n` dropped bytes of `side`; past [`DRAIN_LIMIT`] the side is read no more.
 pub(super) fn count<IO>(st: &mut State, side: &mut Side<IO>, n: usize) {
-    side.discarded = side.discarded.saturating_add(n as u64);
-    if side.discarded > DRAIN_LIMIT && !side.read_eof {
+    st.discarded = st
+        .discarded
+        .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+    if st.discarded > DRAIN_LIMIT && !side.read_eof {
         tracing::debug!(
             side = side.who.as_str(),
             limit = DRAIN_LIMIT,
@@ -54,14 +57,19 @@ pub(super) fn count<IO>(st: &mut State, side: &mut Side<IO>, n: usize) {
 /// Reads and drops what `side` has already sent, without waiting, before its socket is closed
 /// on a cut: a peer still writing gets a FIN after its close frame rather than a reset where it
 /// can be avoided.
-pub(super) fn drain_ready<IO: AsyncRead + Unpin>(cx: &mut Context<'_>, side: &mut Side<IO>) {
-    while !side.read_eof && side.discarded <= DRAIN_LIMIT {
+pub(super) fn drain_ready<IO: AsyncRead + Unpin>(
+    cx: &mut Context<'_>,
+    st: &mut State,
+    side: &mut Side<IO>,
+) {
+    while !side.read_eof && st.discarded <= DRAIN_LIMIT {
         let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         let mut buf = ReadBuf::uninit(&mut chunk);
         match Pin::new(&mut side.io).poll_read(cx, &mut buf) {
             Poll::Pending => break,
             Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
-                side.discarded = side.discarded.saturating_add(buf.filled().len() as u64);
+                let n = u32::try_from(buf.filled().len()).unwrap_or(u32::MAX);
+                st.discarded = st.discarded.saturating_add(n);
             }
             Poll::Ready(_) => side.read_eof = true,
         }

@@ -91,8 +91,6 @@ struct Side<IO> {
     inject: Option<Box<[u8]>>,
     read_eof: bool,
     write_shut: bool,
-    /// Bytes read from this side and dropped (see `drain.rs`).
-    discarded: u64,
     /// The close frame this side sent.
     close_from: Option<Box<CloseInfo>>,
     /// A close frame (forwarded or the proxy's) has been queued for this side.
@@ -132,7 +130,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Side<IO> {
             inject: None,
             read_eof: false,
             write_shut: false,
-            discarded: 0,
             close_from: None,
             close_to: false,
             finish_frame: false,
@@ -212,6 +209,8 @@ struct State<'a> {
     error: Option<String>,
     /// The first side that sent frames after its close frame (dropped, RFC 6455 §5.5.1).
     late_frames: Option<CloseSide>,
+    /// Bytes read from either side and dropped (see `drain.rs`).
+    discarded: u32,
     /// Bumped by every state change the relay loop must react to (bytes read, a frame queued
     /// or written, a side shut, the proxy taking over), so the loop runs until nothing moves.
     progress: u64,
@@ -278,6 +277,7 @@ where
             last_data: now,
             error: None,
             late_frames: None,
+            discarded: 0,
             progress: 0,
         },
         control,
@@ -346,7 +346,7 @@ where
             take_over(st, c, b, Reason::Requested(code), None);
         }
         if *closing && control.killed() {
-            return Poll::Ready(cut(cx, c, b));
+            return Poll::Ready(cut(cx, st, c, b));
         }
         // Alternate until nothing moves: a write that frees room lets a read proceed.
         loop {
@@ -360,7 +360,7 @@ where
         if finished(c) && finished(b) {
             return Poll::Ready(false);
         }
-        timers(st, c, b, timer, cx).map(|()| cut(cx, c, b))
+        timers(st, c, b, timer, cx).map(|()| cut(cx, st, c, b))
     }
 
     fn outcome(&mut self, cut: bool) -> RelayOutcome {
@@ -389,13 +389,13 @@ where
 
 /// The session is cut: what the sides have already sent is read and dropped first, so their
 /// sockets close with a FIN where possible (see `drain.rs`). Returns `true` (cut).
-fn cut<C, B>(cx: &mut Context<'_>, c: &mut Side<C>, b: &mut Side<B>) -> bool
+fn cut<C, B>(cx: &mut Context<'_>, st: &mut State, c: &mut Side<C>, b: &mut Side<B>) -> bool
 where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    drain::drain_ready(cx, c);
-    drain::drain_ready(cx, b);
+    drain::drain_ready(cx, st, c);
+    drain::drain_ready(cx, st, b);
     true
 }
 
@@ -442,8 +442,11 @@ fn take_over<C, B>(
     let text = reason.text();
     c.passing = offender == Some(CloseSide::Backend) && !c.read_eof;
     b.passing = offender == Some(CloseSide::Client) && !b.read_eof;
-    c.finish_frame = !c.passing && !c.scanner.at_boundary() && !c.read_eof;
-    b.finish_frame = !b.passing && !b.scanner.at_boundary() && !b.read_eof;
+    // (Not a frame sent after the side's close frame: that one is dropped, not finished.)
+    c.finish_frame =
+        !c.passing && !c.scanner.at_boundary() && !c.read_eof && c.close_from.is_none();
+    b.finish_frame =
+        !b.passing && !b.scanner.at_boundary() && !b.read_eof && b.close_from.is_none();
     let defer_client = offender == Some(CloseSide::Client) && b.passing;
     let defer_backend = offender == Some(CloseSide::Backend) && c.passing;
     for (close_to, write_shut, inject, deferred, defer, role, code) in [
