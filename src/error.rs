@@ -1,5 +1,6 @@
 //! Every way a session can fail, and the ONE place that maps each to the wire (HTTP status
-//! before the upgrade), to the access log's [`Outcome`], and to who is at fault.
+//! before the upgrade; for a backend failure a generic reason, its details being the log's),
+//! to the access log's [`Outcome`], and to who is at fault.
 
 use std::time::Duration;
 

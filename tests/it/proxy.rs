@@ -196,14 +196,24 @@ async fn backend_choosing_an_unoffered_subprotocol_is_a_bad_gateway() {
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: evil\r\n\r\n".to_vec(),
     )
     .await;
+    let request = upgrade_request("/", "Sec-WebSocket-Protocol: chat\r\n");
     let gw = gateway_to(addr).await;
-    let (_s, resp) = raw_exchange(
-        gw.addr,
-        upgrade_request("/", "Sec-WebSocket-Protocol: chat\r\n").as_bytes(),
-    )
-    .await;
+    let (_s, resp) = raw_exchange(gw.addr, request.as_bytes()).await;
+    assert_eq!(resp.status, 502, "{resp:?}");
+    assert_eq!(resp.body, "invalid backend handshake\n");
+    let gw = gateway_with_details(addr).await;
+    let (_s, resp) = raw_exchange(gw.addr, request.as_bytes()).await;
     assert_eq!(resp.status, 502, "{resp:?}");
     assert!(resp.body.contains("evil"), "{}", resp.body);
+}
+
+/// A gateway to `addr` that tells clients what went wrong with the backend (development).
+async fn gateway_with_details(addr: SocketAddr) -> Gateway {
+    Gateway::spawn(&format!(
+        "[limits]\nerror_detail = \"client\"\n{}",
+        route("r", "/", &[format!("ws://{addr}")])
+    ))
+    .await
 }
 
 #[tokio::test]
@@ -213,6 +223,10 @@ async fn backend_with_a_wrong_accept_key_is_a_bad_gateway() {
     )
     .await;
     let gw = gateway_to(addr).await;
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 502);
+    assert_eq!(resp.body, "invalid backend handshake\n");
+    let gw = gateway_with_details(addr).await;
     let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
     assert_eq!(resp.status, 502);
     assert!(resp.body.contains("Sec-WebSocket-Accept"), "{}", resp.body);
