@@ -2,14 +2,15 @@
 //! the proxy sent it is not lost to a reset.
 //!
 //! A socket closed with unread bytes in its receive queue makes the kernel send a reset
-//! instead of a FIN (RFC 1122 §4.2.2.13, what Linux does), and a reset discards what the peer
-//! had not read yet: a client that wrote a large message at once and is still writing when
-//! the proxy answers 1009 got ECONNRESET instead of its close frame. So the relay keeps
-//! reading a side after its close frame, after the proxy took over, and after its frames stopped
-//! making sense, and drops what it reads (from a buffer on the poll's stack, never kept), until
-//! the side's EOF. This is bounded in time by the closing handshake's deadline
-//! ([`super::CLOSE_TIMEOUT`]) and in bytes by [`DRAIN_LIMIT`]; when the session is cut, what
-//! has already arrived is read once more without waiting ([`drain_ready`]).
+//! instead of a FIN (RFC 1122 §4.2.2.13, what Linux does): what was still on its way to the
+//! peer is discarded and the peer's writes fail. A client that wrote a large message at once
+//! and was still writing when the proxy answered 1009 got ECONNRESET or EPIPE instead of its
+//! close frame. So the relay keeps reading a side after its close frame, after the proxy took
+//! over, and after its frames stopped making sense, and drops what it reads (from a buffer on
+//! the poll's stack, never kept), until the side's EOF. This is bounded in time by the closing
+//! handshake's deadline ([`super::CLOSE_TIMEOUT`]) and in bytes by [`DRAIN_LIMIT`]; when the
+//! session is cut, what has already arrived is read once more without waiting
+//! ([`drain_ready`]).
 
 use std::mem::MaybeUninit;
 use std::pin::Pin;

@@ -18,7 +18,7 @@
 //! - **Every close frame reaches a peer that reads**: a side that is no longer forwarded is
 //!   still read, and what it sends dropped, until its EOF (at most [`DRAIN_LIMIT`] bytes,
 //!   within [`CLOSE_TIMEOUT`]): a socket closed with unread input is reset by the kernel, and
-//!   the reset destroys the close frame the peer had not read yet (`drain.rs`).
+//!   a peer still writing gets an error instead of its close frame (`drain.rs`).
 //!
 //! Memory: a read goes into a buffer on the poll's stack and is written on at once. Only bytes
 //! the other side cannot take yet are copied to the heap, and that copy is freed when written.
