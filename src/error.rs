@@ -1,5 +1,6 @@
 //! Every way a session can fail, and the ONE place that maps each to the wire (HTTP status
-//! before the upgrade), to the access log's [`Outcome`], and to who is at fault.
+//! before the upgrade; for a backend failure a generic reason, its details being the log's),
+//! to the access log's [`Outcome`], and to who is at fault.
 
 use std::time::Duration;
 
@@ -34,6 +35,20 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// What the client is told: the failure's kind without its details (the backend's
+    /// address, the OS or TLS error), which go to the log (`limits.error_detail`).
+    pub fn public_reason(&self) -> &'static str {
+        match self {
+            BackendError::Unreachable(_) => "no backend reachable",
+            BackendError::ConnectTimeout(..) => "backend connect timed out",
+            BackendError::HandshakeTimeout(_) => "backend did not answer the upgrade in time",
+            BackendError::Refused(_) => "backend refused the upgrade",
+            BackendError::BadHandshake(_) => "invalid backend handshake",
+            BackendError::Io(_) => "backend connection failed during the handshake",
+            BackendError::Tls(_) => "backend TLS handshake failed",
+        }
+    }
+
     /// The access log's `outcome`.
     pub fn outcome(&self) -> Outcome {
         match self {

@@ -23,7 +23,7 @@ use hyper::upgrade::OnUpgrade;
 use tokio::net::TcpStream;
 
 use crate::backend::{self, BackendLease, BackendRequest, BackendUpgrade};
-use crate::config::Config;
+use crate::config::{Config, ErrorDetail};
 use crate::error::{BackendError, BackendRefusal, Draining, ProxyError};
 use crate::handshake::{self, ClientHandshake, HandshakeError, Transport};
 use crate::policy::forwarding::{self, ClientAddr};
@@ -346,6 +346,15 @@ async fn run_session(start: Box<SessionStart>) {
     .token_expires_at(token_end)
     .await;
     let (info, route) = (&session.info, &session.info.route);
+    if let Some(side) = outcome.late_frames {
+        // Once per session, not per frame: a peer that keeps talking after its close frame
+        // is a bug worth knowing about, not worth a log line per frame.
+        tracing::debug!(
+            session = info.id,
+            side = side.as_str(),
+            "frames after a close frame dropped (RFC 6455 §5.5.1)"
+        );
+    }
     access::session_closed(
         info.id,
         &route.name,
@@ -487,7 +496,15 @@ fn refuse(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; charset=utf-8"),
             );
-            *resp.body_mut() = Body::new(Bytes::from(format!("{other}\n")));
+            // A backend failure's details (address, OS or TLS error) are in the log record
+            // above; the client learns them only where the config says so (development).
+            let line = match &other {
+                ProxyError::Backend(b) if state.config.limits.error_detail == ErrorDetail::Log => {
+                    b.public_reason().to_string()
+                }
+                other => other.to_string(),
+            };
+            *resp.body_mut() = Body::new(Bytes::from(format!("{line}\n")));
         }
     }
     // After a refused upgrade the client's connection state is uncertain: start afresh.

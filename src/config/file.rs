@@ -269,6 +269,8 @@ pub struct FileLimits {
     pub max_message: Option<SpStr>,
     pub merge_slashes: Option<Spanned<bool>>,
     pub escaped_slashes: Option<SpStr>,
+    /// `"log"` or `"client"`: where a backend failure's details go.
+    pub error_detail: Option<SpStr>,
 }
 
 #[derive(Debug, Default, Deserialize)]

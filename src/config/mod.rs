@@ -54,6 +54,11 @@ pub const DEFAULT_ESCAPED_SLASHES: crate::path::EscapedSlashes =
     crate::path::EscapedSlashes::Refuse;
 /// hyper's read buffer cannot be smaller than this (it panics below 8192).
 pub const MIN_HEADER_BYTES: usize = 8192;
+/// Why a backend failed (its address, the OS or TLS error) goes to the log, not to the
+/// client: an unauthenticated client has no use for it, and an attacker learns the internal
+/// network and the proxy's state from it (`Too many open files` says the proxy is out of
+/// sockets). The client gets the status and a generic reason.
+pub const DEFAULT_ERROR_DETAIL: ErrorDetail = ErrorDetail::Log;
 
 /// The validated configuration the gateway runs with.
 #[derive(Debug, Clone)]
@@ -228,6 +233,17 @@ pub struct Limits {
     pub max_error_body: usize,
     /// How request paths are made canonical (`merge_slashes`, `escaped_slashes`).
     pub path: crate::path::PathRules,
+    /// Where the details of a backend failure go (`limits.error_detail`).
+    pub error_detail: ErrorDetail,
+}
+
+/// Where the details of a backend failure (address, OS error, TLS error) are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorDetail {
+    /// Only to the log; the client's body has a generic reason (the default).
+    Log,
+    /// Also into the client's body, for development.
+    Client,
 }
 
 impl Default for Limits {
@@ -240,6 +256,7 @@ impl Default for Limits {
                 merge_slashes: DEFAULT_MERGE_SLASHES,
                 escaped_slashes: DEFAULT_ESCAPED_SLASHES,
             },
+            error_detail: DEFAULT_ERROR_DETAIL,
         }
     }
 }

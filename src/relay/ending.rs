@@ -142,6 +142,9 @@ pub struct RelayOutcome {
     pub cut: bool,
     /// The I/O error that ended a side, if one did.
     pub error: Option<String>,
+    /// The first side that sent frames after its own close frame; they were dropped
+    /// (RFC 6455 §5.5.1: nothing follows a close frame).
+    pub late_frames: Option<CloseSide>,
 }
 
 impl RelayOutcome {

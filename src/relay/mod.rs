@@ -8,13 +8,17 @@
 //! The relay owns how a session ends:
 //! - **Peers close**: close frames are forwarded both ways and the TCP close follows the
 //!   closing handshake (RFC 6455 §7.1.1). A close frame from either side starts
-//!   [`CLOSE_TIMEOUT`] for the rest of the handshake.
+//!   [`CLOSE_TIMEOUT`] for the rest of the handshake. Nothing a side sends after its close
+//!   frame is passed on (RFC 6455 §5.5.1): it is read and dropped.
 //! - **The proxy closes** (a framing violation, a message over the limit, a dead peer, an idle
 //!   or lifetime timer, an expired token, a drain): each side still there gets a close frame
 //!   written at a frame boundary, with the code that tells it why (see [`Reason`]); from then on nothing is
 //!   forwarded, the peers' replies are read and dropped, and after the replies (or
-//!   [`CLOSE_TIMEOUT`]) each socket is shut down and read to its end, so the last frame is not
-//!   lost to a reset.
+//!   [`CLOSE_TIMEOUT`]) each socket is shut down.
+//! - **Every close frame reaches a peer that reads**: a side that is no longer forwarded is
+//!   still read, and what it sends dropped, until its EOF (at most [`DRAIN_LIMIT`] bytes,
+//!   within [`CLOSE_TIMEOUT`]): a socket closed with unread input is reset by the kernel, and
+//!   a peer still writing gets an error instead of its close frame (`drain.rs`).
 //!
 //! Memory: a read goes into a buffer on the poll's stack and is written on at once. Only bytes
 //! the other side cannot take yet are copied to the heap, and that copy is freed when written.
@@ -32,10 +36,14 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+mod batch;
 mod control;
+mod drain;
 mod ending;
 
+use batch::Batch;
 pub use control::{Control, Counters, Link};
+pub use drain::DRAIN_LIMIT;
 pub use ending::{CloseInfo, DirStats, Reason, RelayOutcome};
 
 use crate::config::SessionConfig;
@@ -201,6 +209,10 @@ struct State<'a> {
     lifetime_end: Option<Instant>,
     token_end: bool,
     error: Option<String>,
+    /// The first side that sent frames after its close frame (dropped, RFC 6455 §5.5.1).
+    late_frames: Option<CloseSide>,
+    /// Bytes read from either side and dropped (see `drain.rs`).
+    discarded: u32,
     /// Bumped by every state change the relay loop must react to (bytes read, a frame queued
     /// or written, a side shut, the proxy taking over), so the loop runs until nothing moves.
     progress: u64,
@@ -267,6 +279,8 @@ where
             close_deadline: None,
             last_data: now,
             error: None,
+            late_frames: None,
+            discarded: 0,
             progress: 0,
         },
         control,
@@ -335,7 +349,7 @@ where
             take_over(st, c, b, Reason::Requested(code), None);
         }
         if *closing && control.killed() {
-            return Poll::Ready(true);
+            return Poll::Ready(cut(cx, st, c, b));
         }
         // Alternate until nothing moves: a write that frees room lets a read proceed.
         loop {
@@ -349,7 +363,7 @@ where
         if finished(c) && finished(b) {
             return Poll::Ready(false);
         }
-        timers(st, c, b, timer, cx).map(|()| true)
+        timers(st, c, b, timer, cx).map(|()| cut(cx, st, c, b))
     }
 
     fn outcome(&mut self, cut: bool) -> RelayOutcome {
@@ -371,8 +385,21 @@ where
             proxy_reason: st.reason,
             cut,
             error: st.error.take(),
+            late_frames: st.late_frames,
         }
     }
+}
+
+/// The session is cut: what the sides have already sent is read and dropped first, so their
+/// sockets close with a FIN where possible (see `drain.rs`). Returns `true` (cut).
+fn cut<C, B>(cx: &mut Context<'_>, st: &mut State, c: &mut Side<C>, b: &mut Side<B>) -> bool
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    drain::drain_ready(cx, st, c);
+    drain::drain_ready(cx, st, b);
+    true
 }
 
 /// A side is done once it has sent EOF and its write side is shut.
@@ -418,8 +445,11 @@ fn take_over<C, B>(
     let text = reason.text();
     c.passing = offender == Some(CloseSide::Backend) && !c.read_eof;
     b.passing = offender == Some(CloseSide::Client) && !b.read_eof;
-    c.finish_frame = !c.passing && !c.scanner.at_boundary() && !c.read_eof;
-    b.finish_frame = !b.passing && !b.scanner.at_boundary() && !b.read_eof;
+    // (Not a frame sent after the side's close frame: that one is dropped, not finished.)
+    c.finish_frame =
+        !c.passing && !c.scanner.at_boundary() && !c.read_eof && c.close_from.is_none();
+    b.finish_frame =
+        !b.passing && !b.scanner.at_boundary() && !b.read_eof && b.close_from.is_none();
     let defer_client = offender == Some(CloseSide::Client) && b.passing;
     let defer_backend = offender == Some(CloseSide::Backend) && c.passing;
     for (close_to, write_shut, inject, deferred, defer, role, code) in [
@@ -486,11 +516,12 @@ where
             return lost(st, from, to, e);
         }
     }
-    // 3. Bytes read past the handshake first, then the socket, while `to` keeps up.
+    // 3. Bytes read past the handshake first, then the socket, while `to` keeps up (or, once
+    //    nothing of `from` is forwarded, to its end: see `drain.rs`).
     if let Some(pre) = from.pre.take() {
         ingest(cx, st, from, to, &pre[..]);
     }
-    while !from.read_eof && to.out_empty() {
+    while !from.read_eof && (to.out_empty() || drain::discarding(st, from)) {
         let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         let mut buf = ReadBuf::uninit(&mut chunk);
         match Pin::new(&mut from.io).poll_read(cx, &mut buf) {
@@ -573,8 +604,13 @@ fn ingest<A, Z>(
         _ => &st.link.counters.backend_to_client,
     };
     counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+    // Still scanned: a side the proxy closed is watched for its close reply.
+    let discarding = drain::discarding(st, from);
     if let Err(reason) = forward(cx, st, from, to, data) {
         take_over_dyn(st, from, to, reason, None);
+    }
+    if discarding {
+        drain::count(st, from, data.len());
     }
 }
 
@@ -611,64 +647,6 @@ where
         st.error.get_or_insert(error);
     } else {
         take_over_dyn(st, to, from, Reason::Gone(to.who), Some(error));
-    }
-}
-
-/// Consecutive pieces of one read chunk, written on in one call: the scanner reports each
-/// frame separately, and a write per frame would cost a syscall (and a TCP segment) per
-/// message when many small messages arrive in one read.
-struct Batch<'d> {
-    data: &'d [u8],
-    start: usize,
-    end: usize,
-}
-
-impl<'d> Batch<'d> {
-    fn new(data: &'d [u8]) -> Self {
-        Batch {
-            data,
-            start: 0,
-            end: 0,
-        }
-    }
-
-    /// Adds `bytes`: extends the run if they follow it in `data`, else writes the run first.
-    fn add<Z: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        cx: &mut Context<'_>,
-        to: &mut Side<Z>,
-        bytes: &[u8],
-    ) -> io::Result<()> {
-        let base = self.data.as_ptr() as usize;
-        let at = bytes.as_ptr() as usize;
-        if at >= base && at + bytes.len() <= base + self.data.len() {
-            let off = at - base;
-            if self.start < self.end && off == self.end {
-                self.end += bytes.len();
-                return Ok(());
-            }
-            self.flush(cx, to)?;
-            self.start = off;
-            self.end = off + bytes.len();
-            Ok(())
-        } else {
-            // Not part of the chunk (a held frame head or control frame).
-            self.flush(cx, to)?;
-            to.send(cx, bytes)
-        }
-    }
-
-    fn flush<Z: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        cx: &mut Context<'_>,
-        to: &mut Side<Z>,
-    ) -> io::Result<()> {
-        if self.start >= self.end {
-            return Ok(());
-        }
-        let run = &self.data[self.start..self.end];
-        self.start = self.end;
-        to.send(cx, run)
     }
 }
 
@@ -710,12 +688,14 @@ where
     let mut release_deferred = false;
     let mut saw_close = false;
     let mut saw_data = false;
+    let mut late = false;
     let ping_pending = &mut from.ping_pending;
     let ping_seq = from.pings_sent;
     let close_from = &mut from.close_from;
     let mut batch = Batch::new(data);
     let result = from.scanner.feed(data, &mut |ev| {
         match ev {
+            Event::Forward(_) if close_from.is_some() => late = true,
             Event::Forward(bytes) => {
                 if passing && write_err.is_none() {
                     write_err = batch.add(cx, to, bytes).err();
@@ -733,7 +713,13 @@ where
                     *ping_pending = false;
                     return;
                 }
-                if op == opcode::CLOSE && close_from.is_none() {
+                if close_from.is_some() {
+                    // RFC 6455 §5.5.1: a side sends nothing after its close frame; what it
+                    // sends anyway is dropped, not passed on as if the session went on.
+                    late = true;
+                    return;
+                }
+                if op == opcode::CLOSE {
                     let (code, reason) = frame::parse_close(payload);
                     *close_from = Some(Box::new(CloseInfo { code, reason }));
                     saw_close = true;
@@ -750,7 +736,7 @@ where
                     write_err = batch.add(cx, to, frame).err();
                 }
             }
-            Event::MessageEnd => saw_data = true,
+            Event::MessageEnd => saw_data |= close_from.is_none(),
         }
     });
     if write_err.is_none() {
@@ -766,15 +752,22 @@ where
     if saw_close {
         st.first_close(from.who);
     }
+    if late && st.late_frames.is_none() {
+        st.late_frames = Some(from.who);
+    }
     if let Some(e) = write_err {
         lost(st, from, to, e);
         return Ok(());
     }
     match result {
         Ok(()) => Ok(()),
-        // While the proxy is closing, a side's garbage only ends its reading.
+        // While the proxy is closing, a side's garbage only ends what is forwarded from it;
+        // it is still read (and dropped) until its EOF, so that it gets its close frame.
         Err(_) if st.taken_over => {
-            from.read_eof = true;
+            if from.passing {
+                from.passing = false;
+                release(st, to);
+            }
             Ok(())
         }
         Err(Violation::MessageTooBig(_)) => Err(Reason::MessageTooBig(from.who)),

@@ -149,6 +149,37 @@ async fn a_close_during_a_frame_waits_for_the_frame_to_end() {
     assert_eq!(task.await.unwrap().outcome().as_str(), "drained");
 }
 
+/// RFC 6455 §5.5.1: nothing follows a close frame. A data frame the backend sends after its
+/// close is dropped, and stays dropped when the proxy takes over in its middle (the frame is
+/// not "finished" toward the client as a frame in flight would be).
+#[tokio::test]
+async fn frames_after_a_close_frame_are_dropped_even_across_a_take_over() {
+    let (mut client, mut backend, control, task) = spawn_relay(4096);
+    let close = plain(opcode::CLOSE, &1000u16.to_be_bytes());
+    let late = plain(opcode::BINARY, &[9u8; 100]);
+    backend
+        .write_all(&[&close[..], &late[..50]].concat())
+        .await
+        .unwrap();
+    let mut got = vec![0u8; close.len()];
+    client.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, close);
+    control.close_with(close_code::GOING_AWAY);
+    backend.write_all(&late[50..]).await.unwrap();
+    backend.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.unwrap();
+    assert!(
+        rest.is_empty(),
+        "after the close frame the client got {rest:?}"
+    );
+    drop(client);
+    drop(backend);
+    let out = task.await.unwrap();
+    assert_eq!(out.late_frames, Some(CloseSide::Backend));
+    assert_eq!(out.backend_to_client.frames, 2);
+}
+
 #[test]
 fn ping_tokens_differ() {
     assert_ne!(ping_token(1), ping_token(2));

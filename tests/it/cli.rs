@@ -357,6 +357,53 @@ async fn run_logs_sessions_and_refusals_then_drains_on_sigterm() {
     );
 }
 
+/// An unreachable backend: the client gets 502 and a generic reason, while the refusal's
+/// access record (JSON) carries the backend's address and the OS error.
+#[tokio::test]
+async fn backend_failure_details_go_to_the_log_not_the_client() {
+    let down = closed_port().await;
+    let tmp = TempDir::new("cli-detail");
+    let config = tmp.write(
+        "wsgate.toml",
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
+            route("r", "/", &[format!("ws://{down}")])
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let listening = wait_line(&mut lines, &mut seen, "listening", |l| {
+        l.contains("\"listening\"")
+    })
+    .await;
+    let addr = json(&listening).get("listen").expect("listen field");
+    let (_s, resp) = raw_exchange(addr.parse().unwrap(), upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 502);
+    assert_eq!(resp.body, "no backend reachable\n");
+    let refused = wait_line(&mut lines, &mut seen, "refusal record", |l| {
+        l.contains("\"event\":\"refused\"")
+    })
+    .await;
+    let r = json(&refused);
+    assert_eq!(r.get("status").as_deref(), Some("502"));
+    assert_eq!(r.get("outcome").as_deref(), Some("backend_unreachable"));
+    let reason = r.get("reason").unwrap();
+    assert!(
+        reason.contains(&down.to_string()) && reason.contains("os error"),
+        "{reason}"
+    );
+    sigterm(&child);
+    assert!(wait_exit(&mut child).await.success());
+}
+
 #[tokio::test]
 async fn demo_serves_the_page_and_echoes() {
     let (mut child, addr, _stdout) = spawn_demo(false).await;

@@ -295,6 +295,10 @@ fn the_example_config_is_valid_and_uses_the_documented_defaults() {
         cfg.limits.max_header_bytes,
         wsgate::config::DEFAULT_MAX_HEADER_BYTES
     );
+    assert_eq!(
+        cfg.limits.error_detail,
+        wsgate::config::DEFAULT_ERROR_DETAIL
+    );
 }
 
 #[test]
@@ -316,4 +320,31 @@ backend_handshake = "1m"
     assert_eq!(cfg.listeners[0].handshake_timeout.as_millis(), 1500);
     assert_eq!(cfg.routes[0].backend_connect_timeout.as_secs(), 2);
     assert_eq!(cfg.routes[0].backend_handshake_timeout.as_secs(), 60);
+}
+
+#[test]
+fn error_detail_is_log_or_client() {
+    let route = "[[listener]]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"ws://127.0.0.1:9000\"]\n";
+    let config = |detail: &str| {
+        wsgate::config::from_toml_str(&format!("[limits]\nerror_detail = {detail}\n{route}"))
+    };
+    use wsgate::config::ErrorDetail;
+    let detail = |d: &str| config(d).unwrap().limits.error_detail;
+    assert_eq!(
+        wsgate::config::from_toml_str(route)
+            .unwrap()
+            .limits
+            .error_detail,
+        ErrorDetail::Log
+    );
+    assert_eq!(detail("\"log\""), ErrorDetail::Log);
+    assert_eq!(detail("\"client\""), ErrorDetail::Client);
+    let errors = config("\"verbose\"").unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].key, "limits.error_detail");
+    assert_eq!(errors[0].line, Some(2));
+    assert!(
+        errors[0].message.contains("\"log\" or \"client\""),
+        "{errors:?}"
+    );
 }

@@ -5,6 +5,7 @@
 mod support;
 
 mod cli;
+mod closing;
 mod config;
 mod forward_auth;
 mod fuzz_regressions;

@@ -196,14 +196,24 @@ async fn backend_choosing_an_unoffered_subprotocol_is_a_bad_gateway() {
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: evil\r\n\r\n".to_vec(),
     )
     .await;
+    let request = upgrade_request("/", "Sec-WebSocket-Protocol: chat\r\n");
     let gw = gateway_to(addr).await;
-    let (_s, resp) = raw_exchange(
-        gw.addr,
-        upgrade_request("/", "Sec-WebSocket-Protocol: chat\r\n").as_bytes(),
-    )
-    .await;
+    let (_s, resp) = raw_exchange(gw.addr, request.as_bytes()).await;
+    assert_eq!(resp.status, 502, "{resp:?}");
+    assert_eq!(resp.body, "invalid backend handshake\n");
+    let gw = gateway_with_details(addr).await;
+    let (_s, resp) = raw_exchange(gw.addr, request.as_bytes()).await;
     assert_eq!(resp.status, 502, "{resp:?}");
     assert!(resp.body.contains("evil"), "{}", resp.body);
+}
+
+/// A gateway to `addr` that tells clients what went wrong with the backend (development).
+async fn gateway_with_details(addr: SocketAddr) -> Gateway {
+    Gateway::spawn(&format!(
+        "[limits]\nerror_detail = \"client\"\n{}",
+        route("r", "/", &[format!("ws://{addr}")])
+    ))
+    .await
 }
 
 #[tokio::test]
@@ -213,6 +223,10 @@ async fn backend_with_a_wrong_accept_key_is_a_bad_gateway() {
     )
     .await;
     let gw = gateway_to(addr).await;
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 502);
+    assert_eq!(resp.body, "invalid backend handshake\n");
+    let gw = gateway_with_details(addr).await;
     let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
     assert_eq!(resp.status, 502);
     assert!(resp.body.contains("Sec-WebSocket-Accept"), "{}", resp.body);
@@ -415,7 +429,40 @@ async fn backend_down_is_502() {
     let gw = gateway_to(down).await;
     let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
     assert_eq!(resp.status, 502);
-    assert!(resp.body.contains("no backend reachable"), "{}", resp.body);
+    // The status and a generic reason: the backend's address and the OS error are for the
+    // log, not for an unauthenticated client.
+    assert_eq!(resp.body, "no backend reachable\n");
+}
+
+#[tokio::test]
+async fn backend_failure_details_reach_the_client_only_with_error_detail_client() {
+    let down = closed_port().await;
+    for (detail, leaks) in [("", false), ("log", false), ("client", true)] {
+        let limits = match detail {
+            "" => String::new(),
+            d => format!("[limits]\nerror_detail = \"{d}\"\n"),
+        };
+        let gw = Gateway::spawn(&format!(
+            "{limits}{}",
+            route("r", "/", &[format!("ws://{down}")])
+        ))
+        .await;
+        let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+        assert_eq!(resp.status, 502, "{detail:?}");
+        assert!(
+            resp.body.starts_with("no backend reachable"),
+            "{}",
+            resp.body
+        );
+        for secret in [down.to_string().as_str(), "os error", "refused"] {
+            assert_eq!(
+                resp.body.contains(secret),
+                leaks,
+                "error_detail {detail:?}: {secret:?} in {:?}",
+                resp.body
+            );
+        }
+    }
 }
 
 #[tokio::test]
@@ -428,7 +475,7 @@ async fn silent_backend_is_504() {
     .await;
     let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
     assert_eq!(resp.status, 504);
-    assert!(resp.body.contains("did not answer"), "{}", resp.body);
+    assert_eq!(resp.body, "backend did not answer the upgrade in time\n");
 }
 
 #[tokio::test]

@@ -253,8 +253,19 @@ async fn wss_backend_that_does_not_verify_is_a_bad_gateway() {
     let gw = Gateway::spawn(&wss_route(addr, "")).await;
     let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
     assert_eq!(resp.status, 502);
+    // Why the certificate failed is for the log...
+    assert_eq!(resp.body, "backend TLS handshake failed\n");
+    // ...and for the client only where the config says so (development).
+    let gw = Gateway::spawn(&format!(
+        "[limits]\nerror_detail = \"client\"\n{}",
+        wss_route(addr, "")
+    ))
+    .await;
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 502);
     assert!(
-        resp.body.contains("TLS") && resp.body.to_lowercase().contains("certificate"),
+        resp.body.starts_with("backend TLS handshake failed: ")
+            && resp.body.to_lowercase().contains("certificate"),
         "{}",
         resp.body
     );

@@ -261,7 +261,22 @@ impl Validator<'_> {
                 DEFAULT_MAX_ERROR_BODY,
             ),
             path: self.path_rules(&limits_file),
+            error_detail: DEFAULT_ERROR_DETAIL,
         };
+        match limits_file
+            .error_detail
+            .as_ref()
+            .map(|d| (d, d.get_ref().as_str()))
+        {
+            None => {}
+            Some((_, "log")) => limits.error_detail = ErrorDetail::Log,
+            Some((_, "client")) => limits.error_detail = ErrorDetail::Client,
+            Some((d, other)) => self.err(
+                "limits.error_detail",
+                Some(d.span()),
+                format!("unknown error_detail {other:?}: use \"log\" or \"client\""),
+            ),
+        }
         if limits.max_header_bytes < MIN_HEADER_BYTES {
             let span = limits_file.max_header_bytes.as_ref().map(|s| s.span());
             self.err(
