@@ -4,8 +4,8 @@
 
 use toml::Spanned;
 
-use super::Validator;
 use super::header_name;
+use super::{Validator, entries};
 use crate::config::file::{FileRoute, SpStr};
 use crate::handshake::is_token_byte;
 use crate::policy::identity::Template;
@@ -14,12 +14,7 @@ use crate::policy::{PolicyRules, RESERVED_HEADERS, RoutePolicy, TokenSource};
 /// A list of names (cookies), each non-empty.
 fn names(v: &mut Validator<'_>, key: &str, list: Option<&Spanned<Vec<SpStr>>>) -> Vec<String> {
     let mut out = Vec::new();
-    for (i, s) in list
-        .map(|l| l.get_ref().as_slice())
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
+    for (i, s) in entries(list).iter().enumerate() {
         let name = s.get_ref().trim();
         if name.is_empty() || name.contains([';', '=', ' ', ',']) {
             v.err(
@@ -127,14 +122,7 @@ pub(super) fn route_policy(v: &mut Validator<'_>, key: &str, r: &FileRoute) -> R
         &format!("{akey}.strip_cookies"),
         a.strip_cookies.as_ref(),
     );
-    for (i, s) in a
-        .strip_headers
-        .as_ref()
-        .map(|l| l.get_ref().as_slice())
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
+    for (i, s) in entries(a.strip_headers.as_ref()).iter().enumerate() {
         let k = format!("{akey}.strip_headers[{i}]");
         if let Some(h) = header_name(v, &k, s.get_ref(), s.span()) {
             if RESERVED_HEADERS.contains(&h.as_str()) {

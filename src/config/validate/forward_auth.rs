@@ -6,9 +6,9 @@ use std::sync::Arc;
 use http::HeaderName;
 use toml::Spanned;
 
-use super::Validator;
 use super::header_name;
-use crate::config::file::{FileForwardAuth, SpStr};
+use super::{Validator, entries};
+use crate::config::file::FileForwardAuth;
 use crate::policy::RESERVED_HEADERS;
 use crate::policy::forward_auth::{
     DEFAULT_FORWARDED, DEFAULT_TIMEOUT, ForwardAuth, ForwardAuthSettings, NOT_FORWARDABLE,
@@ -47,7 +47,7 @@ pub(super) fn forward_auth(
     let cache = v.optional_duration(&format!("{key}.cache"), t.cache.as_ref(), None);
 
     let mut copy_headers: Vec<HeaderName> = Vec::new();
-    for (i, s) in list(&t.copy_headers).iter().enumerate() {
+    for (i, s) in entries(t.copy_headers.as_ref()).iter().enumerate() {
         let k = format!("{key}.copy_headers[{i}]");
         let Some(h) = header_name(v, &k, s.get_ref(), s.span()) else {
             continue;
@@ -66,7 +66,7 @@ pub(super) fn forward_auth(
     }
 
     let mut forward_headers: Vec<HeaderName> = Vec::new();
-    for (i, s) in list(&t.forward_headers).iter().enumerate() {
+    for (i, s) in entries(t.forward_headers.as_ref()).iter().enumerate() {
         let k = format!("{key}.forward_headers[{i}]");
         let Some(h) = header_name(v, &k, s.get_ref(), s.span()) else {
             continue;
@@ -122,12 +122,6 @@ pub(super) fn forward_auth(
         cache,
         tls,
     })))
-}
-
-fn list(l: &Option<Spanned<Vec<SpStr>>>) -> &[SpStr] {
-    l.as_ref()
-        .map(|l| l.get_ref().as_slice())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use toml::Spanned;
 
-use super::Validator;
+use super::{Validator, entries};
 use crate::config::file::{FileJwt, OneOrMany, SpStr};
 use crate::http_client::HttpClient;
 use crate::policy::TokenSource;
@@ -291,14 +291,7 @@ pub(super) fn verifier(
     let issuers = string_list(v, &k("issuer"), j.issuer.as_ref(), "issuer");
     let audiences = string_list(v, &k("audience"), j.audience.as_ref(), "audience");
     let mut required_claims = Vec::new();
-    for (i, c) in j
-        .required_claims
-        .as_ref()
-        .map(|l| l.get_ref().as_slice())
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
+    for (i, c) in entries(j.required_claims.as_ref()).iter().enumerate() {
         let name = c.get_ref().trim();
         if name.is_empty() {
             v.err(

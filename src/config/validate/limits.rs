@@ -1,33 +1,66 @@
-//! `[limits]`'s path keys: `merge_slashes` and `escaped_slashes` (see `crate::path`).
+//! `[limits]`'s path keys (`merge_slashes`, `escaped_slashes`: see `crate::path`), a route
+//! path's canonical form, and `error_detail`.
 
 use toml::Spanned;
 
 use super::Validator;
+use crate::config::file::SpStr;
 use crate::config::file::{FileLimits, FileRoute};
-use crate::config::{DEFAULT_ESCAPED_SLASHES, DEFAULT_MERGE_SLASHES};
+use crate::config::{
+    DEFAULT_ERROR_DETAIL, DEFAULT_ESCAPED_SLASHES, DEFAULT_MERGE_SLASHES, ErrorDetail,
+};
 use crate::path::{EscapedSlashes, PathRules, canonicalize, routing_form};
 
 impl Validator<'_> {
+    /// One of a few words, e.g. `"refuse"` or `"keep"`; an error naming them otherwise.
+    fn choice<T: Copy>(
+        &mut self,
+        key: &str,
+        value: Option<&SpStr>,
+        options: &[(&str, T)],
+        default: T,
+    ) -> T {
+        let Some(value) = value else { return default };
+        if let Some((_, v)) = options.iter().find(|(w, _)| *w == value.get_ref().as_str()) {
+            return *v;
+        }
+        let words: Vec<String> = options.iter().map(|(w, _)| format!("{w:?}")).collect();
+        self.err(
+            key,
+            Some(value.span()),
+            format!(
+                "unknown value {:?}: use {}",
+                value.get_ref(),
+                words.join(" or ")
+            ),
+        );
+        default
+    }
+
+    /// `limits.error_detail`: where the details of a backend failure go.
+    pub(super) fn error_detail(&mut self, limits: &FileLimits) -> ErrorDetail {
+        self.choice(
+            "limits.error_detail",
+            limits.error_detail.as_ref(),
+            &[("log", ErrorDetail::Log), ("client", ErrorDetail::Client)],
+            DEFAULT_ERROR_DETAIL,
+        )
+    }
+
     pub(super) fn path_rules(&mut self, limits: &FileLimits) -> PathRules {
         let merge_slashes = limits
             .merge_slashes
             .as_ref()
             .map_or(DEFAULT_MERGE_SLASHES, |b| *b.get_ref());
-        let escaped_slashes = match limits.escaped_slashes.as_ref() {
-            None => DEFAULT_ESCAPED_SLASHES,
-            Some(s) => match s.get_ref().as_str() {
-                "refuse" => EscapedSlashes::Refuse,
-                "keep" => EscapedSlashes::Keep,
-                other => {
-                    self.err(
-                        "limits.escaped_slashes",
-                        Some(s.span()),
-                        format!("unknown value {other:?}: use \"refuse\" or \"keep\""),
-                    );
-                    DEFAULT_ESCAPED_SLASHES
-                }
-            },
-        };
+        let escaped_slashes = self.choice(
+            "limits.escaped_slashes",
+            limits.escaped_slashes.as_ref(),
+            &[
+                ("refuse", EscapedSlashes::Refuse),
+                ("keep", EscapedSlashes::Keep),
+            ],
+            DEFAULT_ESCAPED_SLASHES,
+        );
         PathRules {
             merge_slashes,
             escaped_slashes,

@@ -8,8 +8,8 @@ use std::ops::Range;
 
 use toml::Spanned;
 
-use super::Validator;
 use super::line_of;
+use super::{Validator, entries};
 use crate::config::file::{FileHttp2, FileListener, FileTls, SpStr};
 use crate::config::{DEFAULT_TLS_WATCH_INTERVAL, Http2Config, ListenerConfig};
 
@@ -344,12 +344,7 @@ impl Validator<'_> {
         list: Option<&Spanned<Vec<SpStr>>>,
     ) -> Vec<crate::policy::forwarding::Cidr> {
         let mut out = Vec::new();
-        for (i, s) in list
-            .map(|l| l.get_ref().as_slice())
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
+        for (i, s) in entries(list).iter().enumerate() {
             match crate::policy::forwarding::Cidr::parse(s.get_ref().trim()) {
                 Ok(c) => out.push(c),
                 Err(m) => self.err(format!("{key}[{i}]"), Some(s.span()), m),

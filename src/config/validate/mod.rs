@@ -22,6 +22,8 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
+use toml::Spanned;
+
 use super::file::{FileConfig, SpStr};
 use super::parse::line_of;
 use super::units::{parse_duration, parse_size};
@@ -261,22 +263,8 @@ impl Validator<'_> {
                 DEFAULT_MAX_ERROR_BODY,
             ),
             path: self.path_rules(&limits_file),
-            error_detail: DEFAULT_ERROR_DETAIL,
+            error_detail: self.error_detail(&limits_file),
         };
-        match limits_file
-            .error_detail
-            .as_ref()
-            .map(|d| (d, d.get_ref().as_str()))
-        {
-            None => {}
-            Some((_, "log")) => limits.error_detail = ErrorDetail::Log,
-            Some((_, "client")) => limits.error_detail = ErrorDetail::Client,
-            Some((d, other)) => self.err(
-                "limits.error_detail",
-                Some(d.span()),
-                format!("unknown error_detail {other:?}: use \"log\" or \"client\""),
-            ),
-        }
         if limits.max_header_bytes < MIN_HEADER_BYTES {
             let span = limits_file.max_header_bytes.as_ref().map(|s| s.span());
             self.err(
@@ -352,6 +340,11 @@ impl Validator<'_> {
             pages: Vec::new(),
         }
     }
+}
+
+/// The entries of a list key; none when the key is absent.
+fn entries(list: Option<&Spanned<Vec<SpStr>>>) -> &[SpStr] {
+    list.map_or(&[], |l| l.get_ref().as_slice())
 }
 
 /// A header name; an error naming `key` if it is not one.
