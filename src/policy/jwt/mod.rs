@@ -339,7 +339,7 @@ fn shown(s: &str) -> String {
 
 /// The header's `alg` and `kid`. Errors never quote the token; an unsupported `alg` (such
 /// as `none`) is named, cut short.
-fn read_header(token: &str) -> Result<(Algorithm, Option<String>), JwtError> {
+pub(crate) fn read_header(token: &str) -> Result<(Algorithm, Option<String>), JwtError> {
     match jsonwebtoken::decode_header(token) {
         Ok(h) => Ok((h.alg, h.kid)),
         Err(_) => {
