@@ -10,6 +10,7 @@ mod forward_auth;
 mod fuzz_regressions;
 mod h2;
 mod jwt;
+mod logs;
 mod policy;
 mod proxy;
 mod proxy_protocol;
