@@ -16,8 +16,11 @@ use crate::handshake;
 use crate::policy::{cookie, forwarding, jwt, token};
 use crate::proxy_protocol::{self, ProxyHeaderError};
 
+/// A fuzz property: takes any bytes, panics only on a bug.
+pub type Property = fn(&[u8]);
+
 /// Every fuzz target by name, with its property: what the regression replay iterates over.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Property)] = &[
     ("scanner", crate::frame::fuzz_scanner),
     ("handshake", fuzz_handshake),
     ("proxy_protocol", fuzz_proxy_protocol),
