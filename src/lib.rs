@@ -36,6 +36,8 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod handshake;
 pub mod http;
 pub mod http_client;

@@ -247,7 +247,8 @@ async fn backend_handshake(
             .as_ref()
             .map(|h| (h, conn.client_subject.as_deref())),
     });
-    tracing::debug!(session = cx.id, route = %rc.name, backend = %backend_url.url, uri = %backend_req.uri(), "backend handshake");
+    // The path only: a query string may carry a token, even on a route that does not read one.
+    tracing::debug!(session = cx.id, route = %rc.name, backend = %backend_url.url, path = backend_req.uri().path(), "backend handshake");
     let params = backend::HandshakeParams {
         url: backend_url,
         tls: backend_url.tls_config(rc),

@@ -66,7 +66,10 @@ pub fn refused(
     err: &ProxyError,
 ) {
     let fault = err.fault();
-    let reason = err.to_string();
+    // Both may carry client bytes: cut to a bound, and logged as `&str` fields, which the
+    // text format quotes and escapes (a raw `\n` would start a forged record).
+    let reason = super::cut(&err.to_string(), super::MAX_LOGGED_REASON).into_owned();
+    let path = super::cut(path, super::MAX_LOGGED_PATH);
     macro_rules! record {
         ($lvl:ident) => {
             tracing::$lvl!(
@@ -76,7 +79,7 @@ pub fn refused(
                 route = route.unwrap_or("-"),
                 client = %client,
                 method = %method,
-                path,
+                path = &*path,
                 status = status.as_u16(),
                 outcome = err.outcome().as_str(),
                 policy = err.policy(),

@@ -39,6 +39,26 @@ pub fn init(format: LogFormat) {
     let _ = result;
 }
 
+/// The longest request path an access record keeps, in bytes.
+pub const MAX_LOGGED_PATH: usize = 1024;
+/// The longest refusal reason an access record keeps, in bytes (a reason may quote an Origin
+/// or a subprotocol list, up to the whole header block).
+pub const MAX_LOGGED_REASON: usize = 512;
+
+/// `s` cut to at most `max` bytes at a character boundary, with `…` when cut: a value the
+/// client chose costs a bounded piece of a log record, however long the request was. Log it as
+/// a `&str` field (quoted and escaped by the formatter), never formatted into a message.
+pub fn cut(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return s.into();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end]).into()
+}
+
 /// Refused handshakes and connections by [`Outcome`] (`origin_refused`, `token_invalid`,
 /// `backend_unreachable`, ...): one counter set per route and one for requests that matched
 /// none. Read by [`crate::Handle::refusals`]; the shape a metrics endpoint will export.
@@ -53,5 +73,20 @@ impl RefusalCounts {
 
     pub fn snapshot(&self) -> std::collections::BTreeMap<Outcome, u64> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut;
+
+    #[test]
+    fn cut_keeps_short_values_and_cuts_long_ones_on_a_char_boundary() {
+        assert_eq!(cut("/chat", 8), "/chat");
+        assert_eq!(cut("/chat", 5), "/chat");
+        assert_eq!(cut("/chatroom", 5), "/chat…");
+        // 'é' is two bytes: a cut inside it keeps the byte before.
+        assert_eq!(cut("/é", 2), "/…");
+        assert_eq!(cut("", 0), "");
     }
 }

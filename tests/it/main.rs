@@ -11,6 +11,7 @@ mod forward_auth;
 mod fuzz_regressions;
 mod h2;
 mod jwt;
+mod logs;
 mod path;
 mod policy;
 mod proxy;

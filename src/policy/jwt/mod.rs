@@ -391,7 +391,7 @@ fn shown(s: &str) -> String {
 
 /// The header's `alg` and `kid`. Errors never quote the token; an unsupported `alg` (such
 /// as `none`) or critical extension is named, cut short.
-fn read_header(token: &str) -> Result<(Algorithm, Option<String>), JwtError> {
+pub(crate) fn read_header(token: &str) -> Result<(Algorithm, Option<String>), JwtError> {
     match jsonwebtoken::decode_header(token) {
         // RFC 7515 §4.1.11: a recipient that does not understand every extension `crit` lists
         // must reject the token (the extension may change what the signature covers, as

@@ -1,0 +1,9 @@
+//! Fuzzes cookie lookup and stripping (`src/policy/cookie.rs`).
+//! The property lives in `wsgate::fuzz`, shared with the regression replay in `cargo test`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    wsgate::fuzz::fuzz_cookie(data);
+});
