@@ -26,7 +26,9 @@
 //!
 //! Around them: [`config`] is the only module that knows the TOML file (its schema, parsing
 //! and validation, every error with key and line), and hands the others typed values;
-//! [`demo`] is `wsgate demo`'s built-in echo backend and browser page.
+//! [`demo`] is `wsgate demo`'s built-in echo backend and browser page; [`fuzz`] holds the
+//! properties every parser of untrusted bytes is fuzzed against (`fuzz/`, replayed by
+//! `cargo test`).
 //!
 //! [`Gateway::start`] binds the listeners and returns a [`Handle`] to stop it.
 
