@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 
 use crate::backend::{self, BackendLease, BackendRequest, BackendUpgrade};
 use crate::config::{Config, ErrorDetail};
+use crate::deflate;
 use crate::error::{BackendError, BackendRefusal, Draining, ProxyError};
 use crate::handshake::{self, ClientHandshake, HandshakeError, Transport};
 use crate::policy::forwarding::{self, ClientAddr};
@@ -163,6 +164,10 @@ async fn upgrade(
     not_draining(&cx.state.sessions)?;
     let mut client_hs = handshake::validate(parts)?;
     let admitted = check_policy(cx, route, parts, &mut client_hs).await?;
+    let rc = &route.config;
+    let counted = rc.session.max_message_inflated.is_some();
+    client_hs.extensions =
+        deflate::backend_offer(&client_hs.extensions, rc.permessage_deflate, counted);
     let client_upgrade = take_upgrade(parts)?;
     let (stream, lease) = connect_backend(route).await?;
     let upgrade = backend_handshake(cx, route, parts, &client_hs, &lease, stream).await?;

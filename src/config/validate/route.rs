@@ -8,6 +8,11 @@ use toml::Spanned;
 use super::{SessionKeys, Validator};
 use crate::config::file::{FileBackend, FileBackendTls, FileRoute};
 use crate::config::{BackendUrl, Balance, RouteConfig, SessionConfig};
+use crate::deflate;
+
+/// permessage-deflate offers pass to the backend unless a route strips them: what a proxy
+/// without an opinion does, so compression keeps working end to end as before.
+const DEFAULT_PERMESSAGE_DEFLATE: deflate::Mode = deflate::Mode::Allow;
 
 impl Validator<'_> {
     pub(super) fn route(
@@ -149,6 +154,12 @@ impl Validator<'_> {
             session_default,
         );
 
+        let (permessage_deflate, max_message_inflated) = self.deflate(key, r);
+        let session = SessionConfig {
+            max_message_inflated,
+            ..session
+        };
+
         let (backend_tls, backend_tls_unverified) =
             self.backend_tls(key, &name, r.backend_tls.as_ref(), &backends);
         let policy = super::auth::route_policy(self, key, r);
@@ -162,11 +173,46 @@ impl Validator<'_> {
             backend_tls_unverified,
             balance,
             preserve_host: r.preserve_host.unwrap_or(false),
+            permessage_deflate,
             backend_connect_timeout,
             backend_handshake_timeout,
             session,
             policy: std::sync::Arc::new(policy),
         })
+    }
+
+    /// `permessage_deflate` and `max_message_inflated`. Both off by default
+    /// ([`DEFAULT_PERMESSAGE_DEFLATE`], no inflated limit): today's backends negotiate
+    /// compression end to end, and counting costs CPU (see `docs/benchmarks.md`).
+    fn deflate(&mut self, key: &str, r: &FileRoute) -> (deflate::Mode, Option<u64>) {
+        let mode = match r
+            .permessage_deflate
+            .as_ref()
+            .map(|m| (m, m.get_ref().as_str()))
+        {
+            None => DEFAULT_PERMESSAGE_DEFLATE,
+            Some((_, "allow")) => deflate::Mode::Allow,
+            Some((_, "strip")) => deflate::Mode::Strip,
+            Some((m, other)) => {
+                self.err(
+                    format!("{key}.permessage_deflate"),
+                    Some(m.span()),
+                    format!("unknown value {other:?}: use \"allow\" or \"strip\""),
+                );
+                DEFAULT_PERMESSAGE_DEFLATE
+            }
+        };
+        let limit_key = format!("{key}.max_message_inflated");
+        let limit = self.optional_size(&limit_key, r.max_message_inflated.as_ref(), None);
+        if let (Some(_), Some(v), deflate::Mode::Strip) = (limit, &r.max_message_inflated, mode) {
+            // Nothing is compressed on a stripped route: the limit would never apply.
+            self.err(
+                limit_key,
+                Some(v.span()),
+                "set, but permessage_deflate = \"strip\" (nothing is compressed: max_message applies)",
+            );
+        }
+        (mode, limit)
     }
 
     /// TLS client settings for a route's `wss://` backends, built (and files checked) now.
