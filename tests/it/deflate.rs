@@ -1,10 +1,18 @@
 //! permessage-deflate at the edge: a route that strips the offer, and one that counts
 //! inflated message sizes against `max_message_inflated`.
 
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use flate2::Compression;
+use flate2::write::DeflateEncoder;
 use futures_util::SinkExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use wsgate::frame::{FrameHeader, opcode};
 
 use crate::support::*;
 
@@ -76,4 +84,243 @@ async fn strip_refuses_a_backend_that_compresses_anyway() {
     let head = seen.lock().unwrap()[0].to_ascii_lowercase();
     assert!(!head.contains("permessage-deflate"), "{head}");
     let _ = stream.shutdown().await;
+}
+
+/// A backend that accepts permessage-deflate with `extensions` and records its request head
+/// and every byte it receives after the 101, until the gateway closes the connection.
+struct RawBackend {
+    addr: std::net::SocketAddr,
+    head: Arc<Mutex<String>>,
+    got: Arc<Mutex<Vec<u8>>>,
+    changed: Arc<Notify>,
+    /// Set once the gateway closed the connection (FIN).
+    closed: Arc<Mutex<bool>>,
+}
+
+impl RawBackend {
+    async fn spawn(extensions: &'static str) -> RawBackend {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let b = RawBackend {
+            addr: l.local_addr().unwrap(),
+            head: Arc::default(),
+            got: Arc::default(),
+            changed: Arc::default(),
+            closed: Arc::default(),
+        };
+        let (head, got, changed, closed) = (
+            b.head.clone(),
+            b.got.clone(),
+            b.changed.clone(),
+            b.closed.clone(),
+        );
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let end = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                let mut chunk = [0u8; 4096];
+                let n = s.read(&mut chunk).await.unwrap();
+                assert!(n > 0);
+                buf.extend_from_slice(&chunk[..n]);
+            };
+            let text = String::from_utf8_lossy(&buf[..end]).to_string();
+            let key = text
+                .lines()
+                .find_map(|l| l.strip_prefix("sec-websocket-key: "))
+                .unwrap()
+                .trim()
+                .to_string();
+            *head.lock().unwrap() = text;
+            let accept = wsgate::handshake::accept_key(key.as_bytes());
+            let resp = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Extensions: {extensions}\r\n\r\n"
+            );
+            s.write_all(resp.as_bytes()).await.unwrap();
+            got.lock().unwrap().extend_from_slice(&buf[end..]);
+            let mut chunk = [0u8; 65536];
+            let mut replied = false;
+            while let Ok(n @ 1..) = s.read(&mut chunk).await {
+                got.lock().unwrap().extend_from_slice(&chunk[..n]);
+                changed.notify_waiters();
+                // Answers a close frame, as a peer does (the proxy's close to the other side
+                // waits for that answer).
+                let close = frames(&got.lock().unwrap())
+                    .into_iter()
+                    .find(|f| f.0 == opcode::CLOSE);
+                if let Some((_, payload)) = close.filter(|_| !replied) {
+                    replied = true;
+                    let reply = wsgate::frame::encode_frame(opcode::CLOSE, true, &payload, None);
+                    let _ = s.write_all(&reply).await;
+                }
+            }
+            *closed.lock().unwrap() = true;
+            changed.notify_waiters();
+        });
+        b
+    }
+
+    /// Waits until `done` holds of (bytes received, closed).
+    async fn wait(&self, done: impl Fn(&[u8], bool) -> bool) {
+        tokio::time::timeout(STEP, async {
+            loop {
+                let notified = self.changed.notified();
+                if done(&self.got.lock().unwrap(), *self.closed.lock().unwrap()) {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .expect("the backend never saw what the test waits for");
+    }
+}
+
+/// A message as a permessage-deflate sender writes it (RFC 7692 §7.2.1): raw deflate,
+/// sync-flushed, without the trailing `00 00 ff ff`.
+fn compress(data: &[u8]) -> Vec<u8> {
+    let mut e = DeflateEncoder::new(Vec::new(), Compression::default());
+    e.write_all(data).unwrap();
+    e.flush().unwrap();
+    let mut out = e.finish().unwrap();
+    // `finish` adds a final empty block after the flush's 00 00 ff ff: cut both.
+    let end = out
+        .windows(4)
+        .rposition(|w| w == [0, 0, 0xff, 0xff])
+        .unwrap();
+    out.truncate(end);
+    out
+}
+
+/// A compressed (RSV1) masked text frame.
+fn compressed_frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = client_frame(opcode::TEXT, payload);
+    f[0] |= 0x40;
+    f
+}
+
+/// The frames in `bytes` (unmasked): (opcode, payload).
+fn frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while let Ok(Some((h, n))) = FrameHeader::parse(bytes) {
+        let total = n + h.payload_len as usize;
+        if bytes.len() < total {
+            break;
+        }
+        let mut payload = bytes[n..total].to_vec();
+        if let Some(m) = h.mask {
+            wsgate::frame::apply_mask(&mut payload, m, 0);
+        }
+        out.push((h.opcode, payload));
+        bytes = &bytes[total..];
+    }
+    out
+}
+
+/// The gateway in front of a deflate-accepting raw backend, with a 64 KiB wire limit and a
+/// 1 MiB inflated limit, and a client that has offered permessage-deflate.
+async fn counted_session(
+    backend_ext: &'static str,
+) -> (Gateway, RawBackend, TcpStream, RawResponse) {
+    let backend = RawBackend::spawn(backend_ext).await;
+    let gw = Gateway::spawn(&format!(
+        "{}max_message = \"64KiB\"\nmax_message_inflated = \"1MiB\"\n",
+        route("r", "/", &[format!("ws://{}", backend.addr)])
+    ))
+    .await;
+    let (stream, resp) = raw_exchange(
+        gw.addr,
+        upgrade_request("/", "Sec-WebSocket-Extensions: permessage-deflate\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(resp.status, 101, "{}", resp.head);
+    (gw, backend, stream, resp)
+}
+
+#[tokio::test]
+async fn a_message_that_inflates_past_the_limit_gets_1009() {
+    let (_gw, backend, mut client, resp) =
+        counted_session("permessage-deflate; server_no_context_takeover").await;
+    // The backend was asked not to keep its window, and the client is told not to keep its.
+    let head = backend.head.lock().unwrap().clone();
+    assert!(
+        head.contains(
+            "sec-websocket-extensions: permessage-deflate; server_no_context_takeover\r\n"
+        ),
+        "{head}"
+    );
+    assert_eq!(
+        resp.header("sec-websocket-extensions").as_deref(),
+        Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
+    );
+    // Under both limits: passes unchanged.
+    let text = b"hello, compressed world ".repeat(1000);
+    let ok = compressed_frame(&compress(&text));
+    client.write_all(&ok).await.unwrap();
+    backend.wait(|got, _| got.len() >= ok.len()).await;
+    // 4 MiB of zeros: about 4 KiB on the wire, far under max_message, 4x max_message_inflated.
+    let bomb = compress(&vec![0u8; 4 << 20]);
+    assert!(bomb.len() < 8 << 10, "{}", bomb.len());
+    client.write_all(&compressed_frame(&bomb)).await.unwrap();
+    let (code, reason) = close_code_of(&mut client).await;
+    assert_eq!((code, reason.as_str()), (1009, "message too big"));
+    // The bomb's frame was cut before its first byte: the backend got the first message
+    // exactly, then the proxy's 1001.
+    backend.wait(|_, closed| closed).await;
+    let got = backend.got.lock().unwrap().clone();
+    assert_eq!(got[..ok.len()], ok[..]);
+    let after = frames(&got[ok.len()..]);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0].0, opcode::CLOSE);
+    assert_eq!(after[0].1[..2], 1001u16.to_be_bytes());
+}
+
+/// The limit passed in the middle of a frame whose start has already been forwarded: the rest
+/// is not forwarded (the backend sees its TCP close, no close frame lands inside the frame),
+/// and the client gets its 1009.
+#[tokio::test]
+async fn a_frame_cut_in_the_middle_is_not_finished() {
+    let (_gw, backend, mut client, _) =
+        counted_session("permessage-deflate; server_no_context_takeover").await;
+    // One message: some text, then 4 MiB of zeros.
+    let mut data = b"a harmless start ".repeat(100);
+    data.extend(vec![0u8; 4 << 20]);
+    let frame = compressed_frame(&compress(&data));
+    // The head and the first 100 bytes go first, and reach the backend.
+    client.write_all(&frame[..108]).await.unwrap();
+    backend.wait(|got, _| got.len() >= 108).await;
+    client.write_all(&frame[108..]).await.unwrap();
+    let (code, _) = close_code_of(&mut client).await;
+    assert_eq!(code, 1009);
+    backend.wait(|_, closed| closed).await;
+    let got = backend.got.lock().unwrap().clone();
+    // What it received is a prefix of the frame: no more of it, and no close frame after.
+    assert!(
+        got.len() < frame.len() / 2,
+        "{} of {}",
+        got.len(),
+        frame.len()
+    );
+    assert_eq!(got[..], frame[..got.len()]);
+}
+
+/// Reads raw frames from the gateway until a close frame: its code and reason.
+async fn close_code_of(stream: &mut TcpStream) -> (u16, String) {
+    let mut buf = Vec::new();
+    loop {
+        if let Some((op, payload)) = frames(&buf).into_iter().find(|f| f.0 == opcode::CLOSE) {
+            assert_eq!(op, opcode::CLOSE);
+            let (code, reason) = wsgate::frame::parse_close(&payload);
+            return (code.unwrap_or(0), reason);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(STEP, stream.read(&mut chunk))
+            .await
+            .expect("no close frame")
+            .unwrap();
+        assert!(n > 0, "connection closed without a close frame");
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }

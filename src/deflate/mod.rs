@@ -11,6 +11,8 @@
 
 use http::HeaderValue;
 
+pub mod inflate;
+
 pub const NAME: &str = "permessage-deflate";
 const SERVER_NO_TAKEOVER: &str = "server_no_context_takeover";
 const CLIENT_NO_TAKEOVER: &str = "client_no_context_takeover";
@@ -125,6 +127,15 @@ pub fn counting(limit: Option<u64>, accepted: &[HeaderValue]) -> Option<Counting
         .filter(|e| is_deflate(e))
         .collect();
     let first = deflate.first()?;
+    // Another extension may use RSV1 too: then the proxy cannot tell what is compressed.
+    let all = accepted
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(elements)
+        .count();
+    if all != deflate.len() {
+        return None;
+    }
     Some(Counting {
         limit,
         client_takeover: false,
@@ -188,6 +199,10 @@ mod tests {
     fn counting_follows_the_backend_answer() {
         assert_eq!(counting(None, &hv(&["permessage-deflate"])), None);
         assert_eq!(counting(Some(10), &hv(&["x-foo"])), None);
+        assert_eq!(
+            counting(Some(10), &hv(&["permessage-deflate", "x-foo"])),
+            None
+        );
         let c = counting(
             Some(10),
             &hv(&["permessage-deflate; server_no_context_takeover"]),
