@@ -87,9 +87,7 @@ impl InflateCount {
             let buf = &mut buf[..piece.len()];
             buf.copy_from_slice(piece);
             if let Some(key) = self.mask {
-                for (i, b) in buf.iter_mut().enumerate() {
-                    *b ^= key[(self.phase + i) & 3];
-                }
+                unmask(buf, key, self.phase);
                 self.phase = (self.phase + piece.len()) & 3;
             }
             self.inflate(buf)?;
@@ -140,6 +138,25 @@ impl InflateCount {
                 return Ok(());
             }
         }
+    }
+}
+
+/// XORs `buf` with the masking key, starting `phase` bytes into it; eight bytes at a time
+/// (the byte-wise loop cost as much as inflating random data, measured with the bench).
+fn unmask(buf: &mut [u8], key: [u8; 4], phase: usize) {
+    let mut k = [0u8; 8];
+    for (i, b) in k.iter_mut().enumerate() {
+        *b = key[(phase + i) & 3];
+    }
+    let word = u64::from_ne_bytes(k);
+    let mut words = buf.chunks_exact_mut(8);
+    for w in &mut words {
+        let v = u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]) ^ word;
+        w.copy_from_slice(&v.to_ne_bytes());
+    }
+    // A multiple of 8 bytes in: the key's phase is unchanged for the rest.
+    for (i, b) in words.into_remainder().iter_mut().enumerate() {
+        *b ^= k[i];
     }
 }
 
@@ -216,6 +233,24 @@ mod tests {
         }
         assert_eq!(c.inflated(), text.len() as u64);
         c.end().unwrap();
+    }
+
+    #[test]
+    fn unmask_matches_the_bytewise_rule() {
+        let key = [0x11, 0x22, 0x33, 0x44];
+        for phase in 0..4 {
+            for len in [0, 1, 7, 8, 9, 31] {
+                let data: Vec<u8> = (0..len as u8).collect();
+                let mut fast = data.clone();
+                unmask(&mut fast, key, phase);
+                let slow: Vec<u8> = data
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b ^ key[(phase + i) & 3])
+                    .collect();
+                assert_eq!(fast, slow, "phase {phase} len {len}");
+            }
+        }
     }
 
     #[test]

@@ -99,6 +99,11 @@ struct RawBackend {
 
 impl RawBackend {
     async fn spawn(extensions: &'static str) -> RawBackend {
+        Self::spawn_sending(extensions, Vec::new()).await
+    }
+
+    /// The same, writing `frames` right after its 101.
+    async fn spawn_sending(extensions: &'static str, to_send: Vec<u8>) -> RawBackend {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let b = RawBackend {
             addr: l.local_addr().unwrap(),
@@ -138,7 +143,9 @@ impl RawBackend {
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                  Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Extensions: {extensions}\r\n\r\n"
             );
-            s.write_all(resp.as_bytes()).await.unwrap();
+            s.write_all(&[resp.as_bytes(), &to_send].concat())
+                .await
+                .unwrap();
             got.lock().unwrap().extend_from_slice(&buf[end..]);
             let mut chunk = [0u8; 65536];
             let mut replied = false;
@@ -323,4 +330,84 @@ async fn close_code_of(stream: &mut TcpStream) -> (u16, String) {
         assert!(n > 0, "connection closed without a close frame");
         buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// The backend direction, with a backend that ignores the request for
+/// `server_no_context_takeover`: its messages refer to earlier ones, so its inflater keeps
+/// the window; they are counted right (under the limit: passed unchanged), and its bomb gets
+/// the backend 1009 and the client 1001.
+#[tokio::test]
+async fn a_backend_that_keeps_its_window_is_counted_across_messages() {
+    let msg = b"a backend message that repeats itself. ".repeat(100);
+    let mut e = DeflateEncoder::new(Vec::new(), Compression::default());
+    let mut wire = Vec::new();
+    let mut sent = Vec::new();
+    for _ in 0..2 {
+        e.write_all(&msg).unwrap();
+        e.flush().unwrap();
+        let all = e.get_ref();
+        let payload = &all[wire.len()..all.len() - 4];
+        let mut f = wsgate::frame::encode_frame(opcode::TEXT, true, payload, None);
+        f[0] |= 0x40;
+        sent.push(f.clone());
+        wire = all.clone();
+    }
+    // The second message is shorter: it refers back to the first.
+    assert!(
+        sent[1].len() < sent[0].len(),
+        "{} {}",
+        sent[0].len(),
+        sent[1].len()
+    );
+    let bomb = compress(&vec![0u8; 4 << 20]);
+    let mut f = wsgate::frame::encode_frame(opcode::BINARY, true, &bomb, None);
+    f[0] |= 0x40;
+    let frames_out = [sent[0].clone(), sent[1].clone(), f].concat();
+    let backend = RawBackend::spawn_sending("permessage-deflate", frames_out).await;
+    let gw = Gateway::spawn(&format!(
+        "{}max_message_inflated = \"1MiB\"\n",
+        route("r", "/", &[format!("ws://{}", backend.addr)])
+    ))
+    .await;
+    let (mut client, resp) = raw_exchange(
+        gw.addr,
+        upgrade_request("/", "Sec-WebSocket-Extensions: permessage-deflate\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        resp.header("sec-websocket-extensions").as_deref(),
+        Some("permessage-deflate; client_no_context_takeover")
+    );
+    let mut buf = resp.rest;
+    let (code, _) = loop {
+        if let Some(c) = frames(&buf).into_iter().find(|f| f.0 == opcode::CLOSE) {
+            break wsgate::frame::parse_close(&c.1);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(STEP, client.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed without a close frame");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    assert_eq!(code, Some(1001));
+    // Both messages came through unchanged, and nothing of the bomb.
+    let expected = [sent[0].clone(), sent[1].clone()].concat();
+    assert_eq!(buf[..expected.len()], expected[..]);
+    assert_eq!(frames(&buf).len(), 3);
+    // The client answers; the backend then gets its 1009.
+    client
+        .write_all(&client_frame(opcode::CLOSE, &1001u16.to_be_bytes()))
+        .await
+        .unwrap();
+    backend
+        .wait(|got, _| frames(got).iter().any(|f| f.0 == opcode::CLOSE))
+        .await;
+    let got = backend.got.lock().unwrap().clone();
+    let close = frames(&got)
+        .into_iter()
+        .find(|f| f.0 == opcode::CLOSE)
+        .unwrap();
+    assert_eq!(close.1[..2], 1009u16.to_be_bytes());
 }

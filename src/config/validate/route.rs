@@ -438,4 +438,47 @@ mod tests {
         assert!(u.tls);
         assert_eq!((u.port, u.authority.as_str()), (443, "h"));
     }
+
+    #[test]
+    fn permessage_deflate_keys() {
+        let route = |extra: &str| {
+            crate::config::from_toml_str(&format!(
+                "[[listener]]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"r\"\npath = \"/\"\n\
+                 backends = [\"ws://127.0.0.1:1\"]\n{extra}"
+            ))
+        };
+        let r = &route("").unwrap().routes[0];
+        assert_eq!(r.permessage_deflate, deflate::Mode::Allow);
+        assert_eq!(r.session.max_message_inflated, None);
+        let c = route("permessage_deflate = \"strip\"\n").unwrap();
+        assert_eq!(c.routes[0].permessage_deflate, deflate::Mode::Strip);
+        let c = route("max_message_inflated = \"16MiB\"\n").unwrap();
+        assert_eq!(c.routes[0].session.max_message_inflated, Some(16 << 20));
+        for (extra, key, line, text) in [
+            (
+                "permessage_deflate = \"gzip\"\n",
+                "route[0].permessage_deflate",
+                7,
+                "\"allow\" or \"strip\"",
+            ),
+            (
+                "permessage_deflate = \"strip\"\nmax_message_inflated = \"1MiB\"\n",
+                "route[0].max_message_inflated",
+                8,
+                "strip",
+            ),
+            (
+                "max_message_inflated = \"lots\"\n",
+                "route[0].max_message_inflated",
+                7,
+                "off",
+            ),
+        ] {
+            let errors = route(extra).unwrap_err();
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(errors[0].key, key);
+            assert_eq!(errors[0].line, Some(line), "{errors:?}");
+            assert!(errors[0].message.contains(text), "{}", errors[0].message);
+        }
+    }
 }
