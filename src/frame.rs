@@ -546,10 +546,11 @@ impl Scanner {
             pos += from_chunk;
             self.remaining = header.payload_len;
             self.final_frame = header.fin;
-            if self.remaining == 0 && header.fin {
-                if let Err(v) = self.count_payload(&[], true) {
-                    return self.stop_counted(v, frame_start, (&chunk[..pos], fwd), sink);
-                }
+            if self.remaining == 0
+                && header.fin
+                && let Err(v) = self.count_payload(&[], true)
+            {
+                return self.stop_counted(v, frame_start, (&chunk[..pos], fwd), sink);
             }
             if self.remaining == 0 {
                 self.end_data_frame(&chunk[fwd..pos], sink);

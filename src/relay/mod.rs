@@ -214,8 +214,7 @@ struct State<'a> {
     late_frames: Option<CloseSide>,
     /// Bytes read from either side and dropped (see `drain.rs`).
     discarded: u32,
-    /// The side left inside a frame it will never see the end of (`inflated.rs`): it gets its
-    /// TCP close without a close frame.
+    /// The side cut off inside a frame (`inflated.rs`): a TCP close, no close frame.
     abandoned: Option<CloseSide>,
     /// Bumped by every state change the relay loop must react to (bytes read, a frame queued
     /// or written, a side shut, the proxy taking over), so the loop runs until nothing moves.
