@@ -156,6 +156,8 @@ const NOT_FORWARDED: &[HeaderName] = &[
     header::SEC_WEBSOCKET_VERSION,
     header::SEC_WEBSOCKET_ACCEPT,
     header::SEC_WEBSOCKET_PROTOCOL,
+    // Rebuilt from the handshake's offers, which the route may have rewritten (`deflate`).
+    header::SEC_WEBSOCKET_EXTENSIONS,
     header::FORWARDED,
 ];
 
@@ -254,6 +256,9 @@ pub fn build_request(b: &BackendRequest<'_>) -> (Request<Empty<Bytes>>, String) 
             header::SEC_WEBSOCKET_PROTOCOL,
             &b.handshake.protocols.join(", "),
         );
+    }
+    for offer in &b.handshake.extensions {
+        headers.append(header::SEC_WEBSOCKET_EXTENSIONS, offer.clone());
     }
     // Forwarding headers: a trusted proxy's incoming values are extended, anyone else's
     // were dropped above (see `policy::forwarding`).

@@ -3,6 +3,8 @@
 //! The header codec, the streaming [`Scanner`] the relay runs per direction, and the few frames
 //! the proxy writes itself (close frames, pings).
 
+use crate::deflate::inflate::{CountError, InflateCount};
+
 /// Opcodes of RFC 6455 §5.2.
 pub mod opcode {
     pub const CONTINUATION: u8 = 0x0;
@@ -291,13 +293,21 @@ pub enum Violation {
     /// The message would exceed the route's limit (a policy, not a protocol error: 1009).
     #[error("message larger than the limit of {0} bytes")]
     MessageTooBig(u64),
+    /// The compressed message inflates past `max_message_inflated` (1009, like the above).
+    #[error("message inflates to more than the limit of {0} bytes")]
+    InflatedTooBig(u64),
+    /// A compressed message that is not valid deflate (RFC 7692 §8: fail the connection).
+    #[error("compressed message is not valid deflate")]
+    BadDeflate,
 }
 
 impl Violation {
     /// The close code the offending side receives.
     pub fn close_code(&self) -> u16 {
         match self {
-            Violation::MessageTooBig(_) => close_code::MESSAGE_TOO_BIG,
+            Violation::MessageTooBig(_) | Violation::InflatedTooBig(_) => {
+                close_code::MESSAGE_TOO_BIG
+            }
             _ => close_code::PROTOCOL_ERROR,
         }
     }
@@ -348,6 +358,9 @@ pub struct Scanner {
     /// A fragmented data message is in progress.
     in_message: bool,
     message_len: u64,
+    /// Counts inflated sizes of compressed messages (`max_message_inflated`); boxed, and its
+    /// inflater exists only while a compressed message is in flight.
+    count: Option<Box<InflateCount>>,
     stopped: Option<Violation>,
     pub frames: u64,
     pub messages: u64,
@@ -364,9 +377,52 @@ impl Scanner {
             final_frame: false,
             in_message: false,
             message_len: 0,
+            count: None,
             stopped: None,
             frames: 0,
             messages: 0,
+        }
+    }
+
+    /// Counts the inflated size of each compressed message (RSV1 on its first frame) and stops
+    /// the stream once one passes `limit`. `takeover`: the sender keeps its compression window
+    /// across messages (RFC 7692 §7.1.1), so the inflater must too.
+    pub fn count_inflated(&mut self, limit: u64, takeover: bool) {
+        self.count = Some(Box::new(InflateCount::new(limit, takeover)));
+    }
+
+    /// Counts `bytes` of the current frame's payload; `last`: they end a message.
+    fn count_payload(&mut self, bytes: &[u8], last: bool) -> Result<(), Violation> {
+        let Some(c) = self.count.as_deref_mut().filter(|c| c.compressed) else {
+            return Ok(());
+        };
+        let r = c
+            .payload(bytes)
+            .and_then(|()| if last { c.end() } else { Ok(()) });
+        r.map_err(|e| match e {
+            CountError::TooBig => Violation::InflatedTooBig(c.limit()),
+            CountError::Corrupt => Violation::BadDeflate,
+        })
+    }
+
+    /// Stops on a counting violation: before the frame if it began in this chunk (nothing of
+    /// it was forwarded, `at_boundary` holds), else where the counted bytes begin (the frame
+    /// is cut in the middle, see the relay).
+    fn stop_counted(
+        &mut self,
+        v: Violation,
+        frame_start: Option<usize>,
+        before: (&[u8], usize),
+        sink: &mut impl FnMut(Event<'_>),
+    ) -> Result<(), Violation> {
+        let (chunk, fwd) = before;
+        match frame_start {
+            Some(start) => {
+                self.remaining = 0;
+                self.final_frame = false;
+                self.stop(v, &chunk[fwd..start], sink)
+            }
+            None => self.stop(v, &chunk[fwd..], sink),
         }
     }
 
@@ -394,10 +450,16 @@ impl Scanner {
         let mut pos = 0;
         // Start of bytes not yet reported as `Forward`.
         let mut fwd = 0;
+        // Where the data frame in flight began, if in this chunk with nothing of it forwarded.
+        let mut frame_start = None;
         while pos < chunk.len() {
             if self.remaining > 0 {
                 let n =
                     (chunk.len() - pos).min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                let last = n as u64 == self.remaining && self.final_frame;
+                if let Err(v) = self.count_payload(&chunk[pos..pos + n], last) {
+                    return self.stop_counted(v, frame_start, (&chunk[..pos], fwd), sink);
+                }
                 pos += n;
                 self.remaining -= n as u64;
                 if self.remaining == 0 {
@@ -470,6 +532,11 @@ impl Scanner {
             }
             // A data frame: forward whatever of its head was held, then stream it.
             self.frames += 1;
+            frame_start = (held_len == 0).then_some(pos);
+            if let Some(c) = &mut self.count {
+                let first = header.opcode != opcode::CONTINUATION;
+                c.frame(first, header.rsv & 0b100 != 0, header.mask);
+            }
             let from_chunk = header_len - held_len;
             if let Some(h) = self.held.take() {
                 sink_forward(&chunk[fwd..pos], sink);
@@ -479,6 +546,12 @@ impl Scanner {
             pos += from_chunk;
             self.remaining = header.payload_len;
             self.final_frame = header.fin;
+            if self.remaining == 0
+                && header.fin
+                && let Err(v) = self.count_payload(&[], true)
+            {
+                return self.stop_counted(v, frame_start, (&chunk[..pos], fwd), sink);
+            }
             if self.remaining == 0 {
                 self.end_data_frame(&chunk[fwd..pos], sink);
                 fwd = pos;

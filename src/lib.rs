@@ -15,6 +15,7 @@
 //! | RFC 6455 §4.2.1 (and RFC 8441) handshake checks, accept key | [`handshake`] |
 //! | edge policy: Origin, subprotocols, cookies, token (JWT), forward-auth, identity headers, trusted forwarding | [`policy`] |
 //! | the proxy's own HTTP client for forward-auth and JWKS subrequests | [`http_client`] |
+//! | permessage-deflate: the backend's offer (`strip`, no context takeover), the client's answer | [`deflate`] |
 //! | backend pick, connect with failover, backend handshake and its checks | [`backend`] |
 //! | the raw sockets taken back from hyper after the upgrade | [`upgraded`] |
 //! | the relay loop after the 101: frames both ways, timers, close codes, counters | [`relay`] |
@@ -35,6 +36,7 @@
 pub mod accept;
 pub mod backend;
 pub mod config;
+pub mod deflate;
 pub mod demo;
 pub mod error;
 pub mod frame;

@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 
 use crate::backend::{self, BackendLease, BackendRequest, BackendUpgrade};
 use crate::config::{Config, ErrorDetail};
+use crate::deflate;
 use crate::error::{BackendError, BackendRefusal, Draining, ProxyError};
 use crate::handshake::{self, ClientHandshake, HandshakeError, Transport};
 use crate::policy::forwarding::{self, ClientAddr};
@@ -163,12 +164,19 @@ async fn upgrade(
     not_draining(&cx.state.sessions)?;
     let mut client_hs = handshake::validate(parts)?;
     let admitted = check_policy(cx, route, parts, &mut client_hs).await?;
+    let rc = &route.config;
+    let counted = rc.session.max_message_inflated.is_some();
+    client_hs.extensions =
+        deflate::backend_offer(&client_hs.extensions, rc.permessage_deflate, counted);
     let client_upgrade = take_upgrade(parts)?;
     let (stream, lease) = connect_backend(route).await?;
-    let upgrade = backend_handshake(cx, route, parts, &client_hs, &lease, stream).await?;
+    let mut upgrade = backend_handshake(cx, route, parts, &client_hs, &lease, stream).await?;
+    let counting = deflate::counting(rc.session.max_message_inflated, &upgrade.extensions);
+    upgrade.extensions = deflate::client_response(&upgrade.extensions, counting.is_some());
     let response = accept_response(&client_hs, &upgrade, admitted.token_marker.as_deref());
     let (hs, token_end) = (&client_hs, admitted.session_end);
-    spawn_session(cx, route, hs, client_upgrade, lease, upgrade, token_end);
+    let ends = (token_end, counting);
+    spawn_session(cx, route, hs, client_upgrade, lease, upgrade, ends);
     Ok(response)
 }
 
@@ -269,7 +277,7 @@ fn spawn_session(
     client_upgrade: OnUpgrade,
     lease: BackendLease,
     upgrade: BackendUpgrade,
-    token_end: Option<std::time::SystemTime>,
+    (token_end, counting): (Option<std::time::SystemTime>, Option<deflate::Counting>),
 ) {
     let transport = client_hs.transport;
     let session = cx
@@ -293,6 +301,7 @@ fn spawn_session(
         stream_guard,
         transport,
         token_end,
+        counting,
     });
     cx.state.sessions.spawn(run_session(start));
 }
@@ -309,6 +318,8 @@ struct SessionStart {
     transport: Transport,
     /// When the session's token expires, on a route with `expire_sessions`.
     token_end: Option<std::time::SystemTime>,
+    /// Inflated message sizes to count (`max_message_inflated`, see `deflate`).
+    counting: Option<deflate::Counting>,
 }
 
 /// One session, from the client's side of the upgrade to the access-log record.
@@ -325,6 +336,7 @@ async fn run_session(start: Box<SessionStart>) {
         stream_guard,
         transport,
         token_end,
+        counting,
     } = {
         let start = start;
         *start
@@ -345,6 +357,7 @@ async fn run_session(start: Box<SessionStart>) {
         &session.info.link,
     )
     .token_expires_at(token_end)
+    .count_inflated(counting)
     .await;
     let (info, route) = (&session.info, &session.info.route);
     if let Some(side) = outcome.late_frames {

@@ -81,6 +81,10 @@ pub struct FileRoute {
     pub balance: Option<SpStr>,
     pub preserve_host: Option<bool>,
     pub max_message: Option<SpStr>,
+    /// `"allow"` (default) or `"strip"`: permessage-deflate offers pass to the backend or not.
+    pub permessage_deflate: Option<SpStr>,
+    /// Largest message once inflated (permessage-deflate), counted by the relay.
+    pub max_message_inflated: Option<SpStr>,
     pub timeouts: Option<FileRouteTimeouts>,
     pub backend_tls: Option<Spanned<FileBackendTls>>,
     /// Allowed `Origin`s: exact origins, `https://*.example.com`, or `same-origin`.

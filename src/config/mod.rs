@@ -157,6 +157,8 @@ pub struct RouteConfig {
     pub balance: Balance,
     /// Send the client's `Host` to the backend instead of the backend's own authority.
     pub preserve_host: bool,
+    /// permessage-deflate offers: passed to the backend, or stripped.
+    pub permessage_deflate: crate::deflate::Mode,
     pub backend_connect_timeout: Duration,
     pub backend_handshake_timeout: Duration,
     /// Session keepalive and limits, applied by the relay.
@@ -171,6 +173,9 @@ pub struct SessionConfig {
     /// Largest message either side may send (sum of its frames' payloads; with
     /// permessage-deflate, compressed bytes). Off by default: the backend's own limit applies.
     pub max_message: Option<u64>,
+    /// Largest message once inflated, on a session that negotiated permessage-deflate
+    /// (`max_message` counts compressed bytes). Off by default.
+    pub max_message_inflated: Option<u64>,
     pub ping_interval: Option<Duration>,
     pub pong_timeout: Duration,
     /// No data message either way for this long ends the session. Off by default: liveness
@@ -185,6 +190,7 @@ impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
             max_message: None,
+            max_message_inflated: None,
             ping_interval: Some(DEFAULT_PING_INTERVAL),
             pong_timeout: DEFAULT_PONG_TIMEOUT,
             idle_timeout: None,

@@ -40,6 +40,7 @@ mod batch;
 mod control;
 mod drain;
 mod ending;
+mod inflated;
 
 use batch::Batch;
 pub use control::{Control, Counters, Link};
@@ -213,6 +214,8 @@ struct State<'a> {
     late_frames: Option<CloseSide>,
     /// Bytes read from either side and dropped (see `drain.rs`).
     discarded: u32,
+    /// The side cut off inside a frame (`inflated.rs`): a TCP close, no close frame.
+    abandoned: Option<CloseSide>,
     /// Bumped by every state change the relay loop must react to (bytes read, a frame queued
     /// or written, a side shut, the proxy taking over), so the loop runs until nothing moves.
     progress: u64,
@@ -281,6 +284,7 @@ where
             error: None,
             late_frames: None,
             discarded: 0,
+            abandoned: None,
             progress: 0,
         },
         control,
@@ -552,7 +556,8 @@ where
     // 4. Shut `to`'s write side once its part of the closing handshake is done: it has had a
     //    close frame and has answered (or left), or the other side has left after its close.
     let handshake_done = to.close_to && (to.close_from.is_some() || to.read_eof);
-    let source_done = from.read_eof && (from.close_from.is_some() || st.taken_over);
+    let source_done = from.read_eof && (from.close_from.is_some() || st.taken_over)
+        || st.abandoned == Some(to.who);
     if !to.write_shut
         && to.inject.is_none()
         && !to.deferred_close
@@ -608,6 +613,7 @@ fn ingest<A, Z>(
     let discarding = drain::discarding(st, from);
     if let Err(reason) = forward(cx, st, from, to, data) {
         take_over_dyn(st, from, to, reason, None);
+        inflated::abandon_frame(st, from, to);
     }
     if discarding {
         drain::count(st, from, data.len());
@@ -770,7 +776,9 @@ where
             }
             Ok(())
         }
-        Err(Violation::MessageTooBig(_)) => Err(Reason::MessageTooBig(from.who)),
+        Err(Violation::MessageTooBig(_) | Violation::InflatedTooBig(_)) => {
+            Err(Reason::MessageTooBig(from.who))
+        }
         Err(v) => Err(Reason::ProtocolError(from.who, v)),
     }
 }

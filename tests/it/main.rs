@@ -7,6 +7,7 @@ mod support;
 mod cli;
 mod closing;
 mod config;
+mod deflate;
 mod forward_auth;
 mod fuzz_regressions;
 mod h2;

@@ -98,8 +98,9 @@ ping_intervall = \"1s\"
                 10,
                 "route[0].frobnicate",
                 "unknown key \"frobnicate\"; expected one of: name, host, path, backends, \
-                 balance, preserve_host, max_message, timeouts, backend_tls, origins, \
-                 missing_origin, subprotocols, require_subprotocol, auth",
+                 balance, preserve_host, max_message, permessage_deflate, max_message_inflated, \
+                 timeouts, backend_tls, origins, missing_origin, subprotocols, \
+                 require_subprotocol, auth",
             ),
             (
                 12,
@@ -146,8 +147,8 @@ ping_intervall = \"1s\"
                 5,
                 "route[0].tls",
                 "unknown key \"tls\"; expected one of: name, host, path, backends, balance, \
-                 preserve_host, max_message, timeouts, backend_tls, origins, missing_origin, \
-                 subprotocols, require_subprotocol, auth",
+                 preserve_host, max_message, permessage_deflate, max_message_inflated, timeouts, \
+                 backend_tls, origins, missing_origin, subprotocols, require_subprotocol, auth",
             ),
         ],
     );

@@ -186,6 +186,7 @@ impl Validator<'_> {
     ) -> SessionConfig {
         SessionConfig {
             max_message: self.optional_size(max_message.0, max_message.1, defaults.max_message),
+            max_message_inflated: defaults.max_message_inflated,
             ping_interval: self.optional_duration(
                 &format!("{prefix}.ping_interval"),
                 t.ping_interval,

@@ -8,6 +8,11 @@ use toml::Spanned;
 use super::{SessionKeys, Validator};
 use crate::config::file::{FileBackend, FileBackendTls, FileRoute};
 use crate::config::{BackendUrl, Balance, RouteConfig, SessionConfig};
+use crate::deflate;
+
+/// permessage-deflate offers pass to the backend unless a route strips them: what a proxy
+/// without an opinion does, so compression keeps working end to end as before.
+const DEFAULT_PERMESSAGE_DEFLATE: deflate::Mode = deflate::Mode::Allow;
 
 impl Validator<'_> {
     pub(super) fn route(
@@ -149,6 +154,12 @@ impl Validator<'_> {
             session_default,
         );
 
+        let (permessage_deflate, max_message_inflated) = self.deflate(key, r);
+        let session = SessionConfig {
+            max_message_inflated,
+            ..session
+        };
+
         let (backend_tls, backend_tls_unverified) =
             self.backend_tls(key, &name, r.backend_tls.as_ref(), &backends);
         let policy = super::auth::route_policy(self, key, r);
@@ -162,11 +173,46 @@ impl Validator<'_> {
             backend_tls_unverified,
             balance,
             preserve_host: r.preserve_host.unwrap_or(false),
+            permessage_deflate,
             backend_connect_timeout,
             backend_handshake_timeout,
             session,
             policy: std::sync::Arc::new(policy),
         })
+    }
+
+    /// `permessage_deflate` and `max_message_inflated`. Both off by default
+    /// ([`DEFAULT_PERMESSAGE_DEFLATE`], no inflated limit): today's backends negotiate
+    /// compression end to end, and counting costs CPU (see `docs/benchmarks.md`).
+    fn deflate(&mut self, key: &str, r: &FileRoute) -> (deflate::Mode, Option<u64>) {
+        let mode = match r
+            .permessage_deflate
+            .as_ref()
+            .map(|m| (m, m.get_ref().as_str()))
+        {
+            None => DEFAULT_PERMESSAGE_DEFLATE,
+            Some((_, "allow")) => deflate::Mode::Allow,
+            Some((_, "strip")) => deflate::Mode::Strip,
+            Some((m, other)) => {
+                self.err(
+                    format!("{key}.permessage_deflate"),
+                    Some(m.span()),
+                    format!("unknown value {other:?}: use \"allow\" or \"strip\""),
+                );
+                DEFAULT_PERMESSAGE_DEFLATE
+            }
+        };
+        let limit_key = format!("{key}.max_message_inflated");
+        let limit = self.optional_size(&limit_key, r.max_message_inflated.as_ref(), None);
+        if let (Some(_), Some(v), deflate::Mode::Strip) = (limit, &r.max_message_inflated, mode) {
+            // Nothing is compressed on a stripped route: the limit would never apply.
+            self.err(
+                limit_key,
+                Some(v.span()),
+                "set, but permessage_deflate = \"strip\" (nothing is compressed: max_message applies)",
+            );
+        }
+        (mode, limit)
     }
 
     /// TLS client settings for a route's `wss://` backends, built (and files checked) now.
@@ -391,5 +437,48 @@ mod tests {
         let u = parse_backend_url("wss://h/x").unwrap();
         assert!(u.tls);
         assert_eq!((u.port, u.authority.as_str()), (443, "h"));
+    }
+
+    #[test]
+    fn permessage_deflate_keys() {
+        let route = |extra: &str| {
+            crate::config::from_toml_str(&format!(
+                "[[listener]]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"r\"\npath = \"/\"\n\
+                 backends = [\"ws://127.0.0.1:1\"]\n{extra}"
+            ))
+        };
+        let r = &route("").unwrap().routes[0];
+        assert_eq!(r.permessage_deflate, deflate::Mode::Allow);
+        assert_eq!(r.session.max_message_inflated, None);
+        let c = route("permessage_deflate = \"strip\"\n").unwrap();
+        assert_eq!(c.routes[0].permessage_deflate, deflate::Mode::Strip);
+        let c = route("max_message_inflated = \"16MiB\"\n").unwrap();
+        assert_eq!(c.routes[0].session.max_message_inflated, Some(16 << 20));
+        for (extra, key, line, text) in [
+            (
+                "permessage_deflate = \"gzip\"\n",
+                "route[0].permessage_deflate",
+                7,
+                "\"allow\" or \"strip\"",
+            ),
+            (
+                "permessage_deflate = \"strip\"\nmax_message_inflated = \"1MiB\"\n",
+                "route[0].max_message_inflated",
+                8,
+                "strip",
+            ),
+            (
+                "max_message_inflated = \"lots\"\n",
+                "route[0].max_message_inflated",
+                7,
+                "off",
+            ),
+        ] {
+            let errors = route(extra).unwrap_err();
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(errors[0].key, key);
+            assert_eq!(errors[0].line, Some(line), "{errors:?}");
+            assert!(errors[0].message.contains(text), "{}", errors[0].message);
+        }
     }
 }
