@@ -5,8 +5,7 @@
 //!
 //! Each function takes arbitrary bytes and must return without panicking; the asserts in it
 //! are the properties the parser promises beyond that. The frame scanner's property lives
-//! next to it ([`crate::frame::fuzz_scanner`]) because its fuzz target compiles that file
-//! alone.
+//! next to the scanner ([`crate::frame::fuzz_scanner`]), where its private state is in reach.
 
 use std::net::{IpAddr, Ipv6Addr};
 

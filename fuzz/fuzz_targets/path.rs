@@ -3,13 +3,8 @@
 //! characters a request target may carry.
 #![no_main]
 
-// Compiled on its own, like the scanner target: the module depends on `thiserror` alone.
-#[path = "../../src/path.rs"]
-#[allow(dead_code)]
-mod path;
-
 use libfuzzer_sys::fuzz_target;
-use path::{EscapedSlashes, PathRules, canonicalize, routing_form};
+use wsgate::path::{EscapedSlashes, PathRules, canonicalize, routing_form};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, raw)) = data.split_first() else {
