@@ -3,7 +3,7 @@
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wsgate::frame::{FrameHeader, encode_frame, opcode};
+use wsgate::frame::{encode_frame, opcode};
 
 use crate::support::*;
 
@@ -11,34 +11,11 @@ use crate::support::*;
 /// the close code, or the I/O error (a reset) or EOF that came instead.
 async fn frames_then_close(
     stream: &mut TcpStream,
-    mut buf: Vec<u8>,
+    buf: Vec<u8>,
 ) -> Result<(Vec<(u8, Vec<u8>)>, u16), String> {
-    let mut frames = Vec::new();
-    loop {
-        while let Ok(Some((h, n))) = FrameHeader::parse(&buf) {
-            let total = n + h.payload_len as usize;
-            if buf.len() < total {
-                break;
-            }
-            let mut payload = buf[n..total].to_vec();
-            if let Some(m) = h.mask {
-                wsgate::frame::apply_mask(&mut payload, m, 0);
-            }
-            buf.drain(..total);
-            if h.opcode == opcode::CLOSE {
-                let (code, _) = wsgate::frame::parse_close(&payload);
-                return Ok((frames, code.unwrap_or(0)));
-            }
-            frames.push((h.opcode, payload));
-        }
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout(STEP, stream.read(&mut chunk)).await {
-            Err(_) => return Err("no close frame within STEP".into()),
-            Ok(Err(e)) => return Err(format!("read: {e}")),
-            Ok(Ok(0)) => return Err("EOF before a close frame".into()),
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
+    frames_until_close(stream, buf)
+        .await
+        .map(|(frames, code, _)| (frames, code))
 }
 
 /// A client socket with small kernel buffers, as on a busy host: a large write is still

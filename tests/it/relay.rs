@@ -7,7 +7,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use wsgate::frame::{FrameHeader, encode_frame, opcode};
+use wsgate::frame::{encode_frame, opcode};
 
 use crate::support::*;
 
@@ -31,34 +31,12 @@ async fn raw_close(stream: &mut TcpStream, buf: Vec<u8>) -> (u16, String) {
 /// payload), and the close frame's code and reason.
 async fn raw_frames_until_close(
     stream: &mut TcpStream,
-    mut buf: Vec<u8>,
+    buf: Vec<u8>,
 ) -> (Vec<(u8, Vec<u8>)>, (u16, String)) {
-    let mut frames = Vec::new();
-    loop {
-        while let Ok(Some((h, n))) = FrameHeader::parse(&buf) {
-            let total = n + h.payload_len as usize;
-            if buf.len() < total {
-                break;
-            }
-            let mut payload = buf[n..total].to_vec();
-            if let Some(m) = h.mask {
-                wsgate::frame::apply_mask(&mut payload, m, 0);
-            }
-            buf.drain(..total);
-            if h.opcode == opcode::CLOSE {
-                let (code, reason) = wsgate::frame::parse_close(&payload);
-                return (frames, (code.unwrap_or(0), reason));
-            }
-            frames.push((h.opcode, payload));
-        }
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(STEP, stream.read(&mut chunk))
-            .await
-            .expect("no close frame")
-            .unwrap();
-        assert!(n > 0, "connection closed without a close frame");
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    let (frames, code, reason) = frames_until_close(stream, buf)
+        .await
+        .expect("a close frame");
+    (frames, (code, reason))
 }
 
 async fn gateway_with(backend: &EchoBackend, route_extra: &str) -> Gateway {

@@ -528,3 +528,39 @@ pub async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
     .expect("the peer did not close the connection");
     got
 }
+
+/// Reads raw frames off a socket until a close frame: the data frames before it (opcode,
+/// payload, unmasked) and the close frame's code and reason; or, as an error, what came
+/// instead (a reset, EOF, or nothing within [`STEP`]).
+pub async fn frames_until_close(
+    stream: &mut TcpStream,
+    mut buf: Vec<u8>,
+) -> Result<(Vec<(u8, Vec<u8>)>, u16, String), String> {
+    use wsgate::frame::{FrameHeader, opcode};
+    let mut frames = Vec::new();
+    loop {
+        while let Ok(Some((h, n))) = FrameHeader::parse(&buf) {
+            let total = n + h.payload_len as usize;
+            if buf.len() < total {
+                break;
+            }
+            let mut payload = buf[n..total].to_vec();
+            if let Some(m) = h.mask {
+                wsgate::frame::apply_mask(&mut payload, m, 0);
+            }
+            buf.drain(..total);
+            if h.opcode == opcode::CLOSE {
+                let (code, reason) = wsgate::frame::parse_close(&payload);
+                return Ok((frames, code.unwrap_or(0), reason));
+            }
+            frames.push((h.opcode, payload));
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(STEP, stream.read(&mut chunk)).await {
+            Err(_) => return Err("no close frame within STEP".into()),
+            Ok(Err(e)) => return Err(format!("read: {e}")),
+            Ok(Ok(0)) => return Err("EOF before a close frame".into()),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
