@@ -59,6 +59,37 @@ fn json(line: &str) -> Record {
     }
 }
 
+/// `wsgate run` on `config` with JSON logs at `info`, once it is listening: the child, its log
+/// lines, the lines read so far, and the address it listens on.
+async fn run_json(
+    config: &std::path::Path,
+) -> (
+    Child,
+    Lines<BufReader<tokio::process::ChildStderr>>,
+    Vec<String>,
+    String,
+) {
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let listening = wait_line(&mut lines, &mut seen, "listening", |l| {
+        l.contains("\"listening\"")
+    })
+    .await;
+    let addr = json(&listening)
+        .get("listen")
+        .expect("listen field")
+        .to_string();
+    (child, lines, seen, addr)
+}
+
 fn sigterm(child: &Child) {
     let pid = child.id().expect("child still running");
     let status = std::process::Command::new("kill")
@@ -250,24 +281,7 @@ async fn run_logs_sessions_and_refusals_then_drains_on_sigterm() {
             route("echo", "/ws", &[backend.url()])
         ),
     );
-    let mut child = Command::new(BIN)
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    let listening = wait_line(&mut lines, &mut seen, "listening", |l| {
-        l.contains("\"listening\"")
-    })
-    .await;
-    let addr = json(&listening)
-        .get("listen")
-        .expect("listen field")
-        .to_string();
+    let (mut child, mut lines, mut seen, addr) = run_json(&config).await;
 
     // A session: echo, then the client closes with a code.
     let (mut ws, _) = connect(&format!("ws://{addr}/ws")).await;
@@ -370,21 +384,7 @@ async fn backend_failure_details_go_to_the_log_not_the_client() {
             route("r", "/", &[format!("ws://{down}")])
         ),
     );
-    let mut child = Command::new(BIN)
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    let listening = wait_line(&mut lines, &mut seen, "listening", |l| {
-        l.contains("\"listening\"")
-    })
-    .await;
-    let addr = json(&listening).get("listen").expect("listen field");
+    let (mut child, mut lines, mut seen, addr) = run_json(&config).await;
     let (_s, resp) = raw_exchange(addr.parse().unwrap(), upgrade_request("/", "").as_bytes()).await;
     assert_eq!(resp.status, 502);
     assert_eq!(resp.body, "no backend reachable\n");
