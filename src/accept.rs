@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ListenerConfig;
 use crate::http::{self, Protocols};
+use crate::metrics::ListenerStats;
 use crate::outcome::Outcome;
 use crate::proxy::{self, ConnInfo, ProxyState};
 
@@ -49,6 +50,7 @@ pub async fn accept_loop(
     state: Arc<ProxyState>,
     stop: CancellationToken,
     conns: TaskTracker,
+    stats: Arc<ListenerStats>,
 ) {
     let make = |p| {
         Arc::new(http::builder(
@@ -74,6 +76,7 @@ pub async fn accept_loop(
             r = listener.accept() => match r {
                 Ok(ok) => ok,
                 Err(e) => {
+                    stats.accept_error(&e);
                     tracing::warn!(listener = %config.addr, error = %e, "accept failed");
                     tokio::select! {
                         _ = stop.cancelled() => return,
@@ -82,6 +85,7 @@ pub async fn accept_loop(
                 }
             },
         };
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
         set_socket_options(&stream);
         let (state, stop) = (state.clone(), stop.clone());
         let timeout = config.handshake_timeout;
@@ -116,6 +120,7 @@ pub async fn accept_loop(
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config(config.http2));
                 let (h1, h2) = (h1.clone(), h2.clone());
                 let subject_header = tls.subject_header.clone();
+                let stats = stats.clone();
                 conns.spawn(async move {
                     let deadline = Instant::now() + timeout;
                     let counts = &state.unrouted_refusals;
@@ -127,26 +132,33 @@ pub async fn accept_loop(
                     match tokio::time::timeout_at(deadline, starts_like_http(&stream)).await {
                         Ok(true) => {
                             counts.add(Outcome::PlainHttpOnTls);
+                            stats.tls_failures.add(Outcome::PlainHttpOnTls);
                             tracing::debug!(client = %client, "plain HTTP on a TLS port; answered 400");
                             return answer_plain_http(stream, deadline).await;
                         }
                         Ok(false) => {}
                         Err(_) => {
                             counts.add(Outcome::TlsHandshakeTimeout);
+                            stats.tls_failures.add(Outcome::TlsHandshakeTimeout);
                             tracing::debug!(client = %client, "no TLS handshake within the handshake timeout");
                             return;
                         }
                     }
                     let tls = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await
                     {
-                        Ok(Ok(tls)) => tls,
+                        Ok(Ok(tls)) => {
+                            stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+                            tls
+                        }
                         Ok(Err(e)) => {
                             counts.add(Outcome::TlsHandshakeFailed);
+                            stats.tls_failures.add(Outcome::TlsHandshakeFailed);
                             tracing::debug!(client = %client, error = %e, "TLS handshake failed");
                             return;
                         }
                         Err(_) => {
                             counts.add(Outcome::TlsHandshakeTimeout);
+                            stats.tls_failures.add(Outcome::TlsHandshakeTimeout);
                             tracing::debug!(client = %client, "TLS handshake timed out");
                             return;
                         }

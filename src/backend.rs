@@ -2,7 +2,7 @@
 //! failure), send a rebuilt upgrade request with a fresh key, and verify the 101.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use crate::config::{BackendUrl, Balance, RouteConfig};
 use crate::error::{BackendError, BackendRefusal};
 use crate::handshake::{self, ClientHandshake};
+use crate::outcome::Outcome;
 use crate::policy::forwarding::{self, ClientAddr};
 
 /// One backend server and the number of live sessions on it.
@@ -26,11 +27,24 @@ pub struct Backend {
     /// The URL as written, shared by the records of this backend's sessions.
     pub name: Arc<str>,
     active: AtomicUsize,
+    /// Drained through the admin API: no new sessions.
+    draining: AtomicBool,
+    pub stats: crate::metrics::BackendStats,
 }
 
 impl Backend {
     pub fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Takes the backend out of balancing (`true`) or puts it back. Its live sessions are
+    /// not touched here (see `Sessions::close_backend`).
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
     }
 }
 
@@ -64,6 +78,8 @@ impl BackendPool {
                         name: Arc::from(url.url.as_str()),
                         url,
                         active: AtomicUsize::new(0),
+                        draining: AtomicBool::new(false),
+                        stats: Default::default(),
                     })
                 })
                 .collect(),
@@ -98,8 +114,24 @@ impl BackendPool {
     ) -> Result<(TcpStream, BackendLease), BackendError> {
         let mut failures = Vec::new();
         let mut all_timeouts = true;
-        for backend in self.order() {
-            match tokio::time::timeout(connect_timeout, connect_one(&backend.url)).await {
+        let order: Vec<_> = self
+            .order()
+            .into_iter()
+            .filter(|b| !b.is_draining())
+            .collect();
+        if order.is_empty() {
+            return Err(BackendError::AllDrained);
+        }
+        for backend in order {
+            let started = std::time::Instant::now();
+            let result = tokio::time::timeout(connect_timeout, connect_one(&backend.url)).await;
+            let stats = &backend.stats;
+            match &result {
+                Ok(Ok(_)) => stats.connect.observe(started.elapsed().as_secs_f64()),
+                Ok(Err(_)) => stats.failures.add(Outcome::BackendUnreachable),
+                Err(_) => stats.failures.add(Outcome::BackendConnectTimeout),
+            }
+            match result {
                 Ok(Ok(stream)) => {
                     backend.active.fetch_add(1, Ordering::Relaxed);
                     if !failures.is_empty() {

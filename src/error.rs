@@ -32,6 +32,9 @@ pub enum BackendError {
     /// The TLS handshake with a `wss://` backend failed (certificate not verified, ...).
     #[error("backend TLS handshake failed: {0}")]
     Tls(String),
+    /// Every backend of the route is drained (admin API): none takes new sessions.
+    #[error("every backend of the route is drained")]
+    AllDrained,
 }
 
 impl BackendError {
@@ -46,6 +49,7 @@ impl BackendError {
             BackendError::BadHandshake(_) => "invalid backend handshake",
             BackendError::Io(_) => "backend connection failed during the handshake",
             BackendError::Tls(_) => "backend TLS handshake failed",
+            BackendError::AllDrained => "no backend takes new sessions",
         }
     }
 
@@ -59,6 +63,7 @@ impl BackendError {
             BackendError::BadHandshake(_) => Outcome::BackendBadHandshake,
             BackendError::Io(_) => Outcome::BackendIo,
             BackendError::Tls(_) => Outcome::BackendTls,
+            BackendError::AllDrained => Outcome::BackendsDrained,
         }
     }
 }
@@ -122,6 +127,7 @@ impl ProxyError {
                     StatusCode::GATEWAY_TIMEOUT
                 }
                 BackendError::Refused(r) => r.status,
+                BackendError::AllDrained => StatusCode::SERVICE_UNAVAILABLE,
             },
             ProxyError::Policy(e) => e.status(),
         }

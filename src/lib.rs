@@ -45,6 +45,7 @@ pub mod fuzz;
 pub mod handshake;
 pub mod http;
 pub mod http_client;
+pub mod metrics;
 pub mod outcome;
 pub mod path;
 pub mod policy;
@@ -106,9 +107,12 @@ impl Gateway {
         let stop = CancellationToken::new();
         let conns = TaskTracker::new();
         let mut addrs = Vec::new();
+        let mut listener_stats = Vec::new();
         for (addr, listener, lconf) in bound {
             tracing::info!(listen = %addr, "listening");
             addrs.push(addr);
+            let stats = Arc::new(metrics::ListenerStats::default());
+            listener_stats.push((addr, stats.clone()));
             if let (Some(tls), Some(every)) = (&lconf.tls, lconf.tls_watch) {
                 tokio::spawn(tls.clone().watch_files(every, addr, stop.clone()));
             }
@@ -118,6 +122,7 @@ impl Gateway {
                 state.clone(),
                 stop.clone(),
                 conns.clone(),
+                stats,
             ));
         }
         for r in state.routes.iter() {

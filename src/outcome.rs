@@ -115,6 +115,8 @@ pub enum Outcome {
     BackendIo,
     /// The TLS handshake with a `wss://` backend failed (502).
     BackendTls,
+    /// Every backend of the route is drained through the admin API (503).
+    BackendsDrained,
 
     // --- A relayed session ended (relay.rs). ---
     /// A normal closing handshake, started by either peer.
@@ -142,6 +144,9 @@ pub enum Outcome {
     IdleTimeout,
     /// The session reached the route's maximum lifetime: 1001 to both.
     MaxLifetime,
+    /// An operator closed the session through the admin API, with the code and reason
+    /// asked for, to both sides.
+    AdminClosed,
     /// The token the session was opened with expired (`expire_sessions`): 1008 to the client,
     /// 1001 to the backend.
     TokenExpired,
@@ -194,6 +199,7 @@ impl Outcome {
         Outcome::BackendBadHandshake,
         Outcome::BackendIo,
         Outcome::BackendTls,
+        Outcome::BackendsDrained,
         Outcome::Closed,
         Outcome::CloseTimeout,
         Outcome::Drained,
@@ -206,6 +212,7 @@ impl Outcome {
         Outcome::BackendPingTimeout,
         Outcome::IdleTimeout,
         Outcome::MaxLifetime,
+        Outcome::AdminClosed,
         Outcome::TokenExpired,
     ];
 
@@ -255,6 +262,7 @@ impl Outcome {
             Outcome::BackendBadHandshake => "backend_bad_handshake",
             Outcome::BackendIo => "backend_io",
             Outcome::BackendTls => "backend_tls",
+            Outcome::BackendsDrained => "backends_drained",
             Outcome::Closed => "closed",
             Outcome::CloseTimeout => "close_timeout",
             Outcome::Drained => "drained",
@@ -267,6 +275,7 @@ impl Outcome {
             Outcome::BackendPingTimeout => "backend_ping_timeout",
             Outcome::IdleTimeout => "idle_timeout",
             Outcome::MaxLifetime => "max_lifetime",
+            Outcome::AdminClosed => "admin_closed",
             Outcome::TokenExpired => "token_expired",
         }
     }
@@ -313,7 +322,7 @@ impl Fault {
 }
 
 /// Who started the end of a relayed session: the access log's `closed_by`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum CloseSide {
     Client,
     Backend,

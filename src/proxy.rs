@@ -31,7 +31,7 @@ use crate::policy::forwarding::{self, ClientAddr};
 use crate::policy::{Admitted, PolicyError, RequestFacts};
 use crate::relay;
 use crate::route::{Route, RouteTable};
-use crate::sessions::Sessions;
+use crate::sessions::{SessionMeta, Sessions};
 use crate::telemetry::access;
 
 pub type Body = Full<Bytes>;
@@ -174,10 +174,36 @@ async fn upgrade(
     let counting = deflate::counting(rc.session.max_message_inflated, &upgrade.extensions);
     upgrade.extensions = deflate::client_response(&upgrade.extensions, counting.is_some());
     let response = accept_response(&client_hs, &upgrade, admitted.token_marker.as_deref());
-    let (hs, token_end) = (&client_hs, admitted.session_end);
-    let ends = (token_end, counting);
-    spawn_session(cx, route, hs, client_upgrade, lease, upgrade, ends);
+    let meta = session_meta(cx, parts, &client_hs, &upgrade, admitted.user);
+    let ends = (admitted.session_end, counting);
+    spawn_session(cx, route, client_upgrade, lease, upgrade, meta, ends);
     Ok(response)
+}
+
+/// What the registry and the access log keep about a session besides its counters.
+fn session_meta(
+    cx: &Ctx<'_>,
+    parts: &Parts,
+    client_hs: &ClientHandshake,
+    up: &BackendUpgrade,
+    user: Option<String>,
+) -> SessionMeta {
+    let text = |v: &HeaderValue, max: usize| -> Option<Box<str>> {
+        let v = v.to_str().ok()?;
+        Some(crate::telemetry::cut(v, max).into())
+    };
+    SessionMeta {
+        request_id: cx.id.to_string().into(),
+        transport: client_hs.transport,
+        host: crate::route::strip_port(&client_hs.host).into(),
+        path: crate::telemetry::cut(parts.uri.path(), crate::telemetry::MAX_LOGGED_PATH).into(),
+        subprotocol: up.protocol.as_ref().and_then(|p| text(p, 256)),
+        user: user.map(|u| crate::telemetry::cut(&u, 256).into()),
+        user_agent: parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| text(v, 256)),
+    }
 }
 
 /// New sessions are taken until the gateway starts draining.
@@ -243,6 +269,7 @@ async fn backend_handshake(
     stream: TcpStream,
 ) -> Result<BackendUpgrade, BackendError> {
     let (rc, backend_url, conn) = (&route.config, &lease.backend.url, cx.conn);
+    let started = std::time::Instant::now();
     let (backend_req, key) = backend::build_request(&BackendRequest {
         route: rc,
         backend: backend_url,
@@ -265,7 +292,13 @@ async fn backend_handshake(
         timeout: rc.backend_handshake_timeout,
         max_error_body: cx.state.config.limits.max_error_body,
     };
-    backend::handshake(stream, backend_req, params).await
+    let result = backend::handshake(stream, backend_req, params).await;
+    let stats = &lease.backend.stats;
+    match &result {
+        Ok(_) => stats.handshake.observe(started.elapsed().as_secs_f64()),
+        Err(e) => stats.failures.add(e.outcome()),
+    }
+    result
 }
 
 /// The session is on: registers it and spawns its task, which takes both legs once the
@@ -273,17 +306,21 @@ async fn backend_handshake(
 fn spawn_session(
     cx: &Ctx<'_>,
     route: &Arc<Route>,
-    client_hs: &ClientHandshake,
     client_upgrade: OnUpgrade,
     lease: BackendLease,
     upgrade: BackendUpgrade,
+    meta: SessionMeta,
     (token_end, counting): (Option<std::time::SystemTime>, Option<deflate::Counting>),
 ) {
-    let transport = client_hs.transport;
+    let transport = meta.transport;
     let session = cx
         .state
         .sessions
-        .register(cx.id, route.clone(), cx.conn.client, lease);
+        .register(cx.id, route.clone(), cx.conn.client, lease, meta);
+    route
+        .stats
+        .opened
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::debug!(session = cx.id, client = %cx.conn.client, route = %route.config.name, backend = %session.info.lease.backend.url.url, "session open");
     let allowed_rsv = allowed_rsv(&upgrade.extensions);
     let BackendUpgrade { io: backend_io, .. } = upgrade;
@@ -369,6 +406,7 @@ async fn run_session(start: Box<SessionStart>) {
             "frames after a close frame dropped (RFC 6455 §5.5.1)"
         );
     }
+    route.stats.session_ended(&outcome, info.started.elapsed());
     access::session_closed(
         info.id,
         &route.name,
@@ -458,10 +496,8 @@ fn refuse(
         ProxyError::Handshake(hs) if h2 => hs.status_for(Transport::H2),
         other => other.status(),
     };
-    match route {
-        Some(r) => r.refusals.add(err.outcome()),
-        None => state.unrouted_refusals.add(err.outcome()),
-    }
+    let counts = route.map_or(&state.unrouted_refusals, |r| &r.refusals);
+    counts.add_status(err.outcome(), status.as_u16());
     access::refused(
         id,
         route.map(|r| r.config.name.as_str()),
@@ -567,6 +603,9 @@ mod tests {
             "session task state grew to {} bytes",
             future_size(run_session)
         );
-        assert!(std::mem::size_of::<crate::sessions::SessionInfo>() <= 112);
+        // The record: ids, pointers, the client's address, the live counters the admin API
+        // and metrics read, and a pointer to what the session was opened as (`SessionMeta`).
+        let record = std::mem::size_of::<crate::sessions::SessionInfo>();
+        assert!(record <= 176, "session record grew to {record} bytes");
     }
 }

@@ -20,6 +20,8 @@ pub struct Route {
     pub control: Control,
     /// Refused handshakes on this route, by outcome.
     pub refusals: crate::telemetry::RefusalCounts,
+    /// Sessions opened and ended, close frames, durations, traffic of ended sessions.
+    pub stats: crate::metrics::RouteStats,
 }
 
 /// All routes, in match order: routes naming a host before host-less ones, longer path
@@ -41,6 +43,7 @@ impl RouteTable {
                     pool: BackendPool::new(c.backends.clone(), c.balance),
                     control: parent.child(),
                     refusals: Default::default(),
+                    stats: Default::default(),
                     config: c.clone(),
                 })
             })

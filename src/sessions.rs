@@ -15,9 +15,30 @@ use std::time::Instant;
 
 use tokio_util::task::TaskTracker;
 
-use crate::backend::BackendLease;
-use crate::relay::{Control, Link};
+use crate::backend::{Backend, BackendLease};
+use crate::handshake::Transport;
+use crate::relay::{CloseRequest, Control, Link};
 use crate::route::Route;
+
+/// What a session was opened as, for the access log and the admin API: set once when the
+/// session starts, boxed in the record (read far less often than the counters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionMeta {
+    /// The request's id (`X-Request-Id`): the one a trusted proxy sent, or a fresh one. Sent
+    /// to the backend and written on every log record of the session.
+    pub request_id: Box<str>,
+    pub transport: Transport,
+    /// The request's host (without port) and canonical path, never its query.
+    pub host: Box<str>,
+    pub path: Box<str>,
+    /// The subprotocol the session speaks (the backend's choice), if any.
+    pub subprotocol: Option<Box<str>>,
+    /// Who the route's policy found the client to be (a token's `sub`, a forward-auth
+    /// header), if it asks.
+    pub user: Option<Box<str>>,
+    /// The client's `User-Agent`, cut to a bound.
+    pub user_agent: Option<Box<str>>,
+}
 
 /// What the registry knows about one live session.
 #[derive(Debug)]
@@ -31,11 +52,32 @@ pub struct SessionInfo {
     pub started: Instant,
     /// The relay's live counters and waker (the relay borrows it from here).
     pub link: Link,
+    pub meta: Box<SessionMeta>,
 }
 
 impl SessionInfo {
     pub fn backend(&self) -> &Arc<str> {
         &self.lease.backend.name
+    }
+}
+
+/// Which sessions a listing returns (`GET /api/sessions`): every given field must match.
+#[derive(Debug, Default, Clone)]
+pub struct Filter<'a> {
+    pub route: Option<&'a str>,
+    /// A backend's URL as written in the config.
+    pub backend: Option<&'a str>,
+    /// A client's IP address, or `ip:port`.
+    pub client: Option<&'a str>,
+}
+
+impl Filter<'_> {
+    fn matches(&self, s: &SessionInfo) -> bool {
+        self.route.is_none_or(|r| *s.route.name == *r)
+            && self.backend.is_none_or(|b| **s.backend() == *b)
+            && self
+                .client
+                .is_none_or(|c| s.client.to_string() == c || s.client.ip().to_string() == c)
     }
 }
 
@@ -76,6 +118,10 @@ impl Drop for SessionGuard {
     fn drop(&mut self) {
         let mut live = self.sessions.live.lock().unwrap_or_else(|p| p.into_inner());
         live.remove(&self.info.id);
+        // Under the lock: a scrape sees this session's traffic live or in the route's
+        // totals, never both and never neither (`Sessions::locked`).
+        let route = &self.info.route;
+        route.stats.ended_traffic.add(&self.info.link.counters);
         self.sessions.count.send_replace(live.len());
     }
 }
@@ -99,6 +145,7 @@ impl Sessions {
         route: Arc<Route>,
         client: SocketAddr,
         lease: BackendLease,
+        meta: SessionMeta,
     ) -> SessionGuard {
         let info = Arc::new(SessionInfo {
             id,
@@ -107,6 +154,7 @@ impl Sessions {
             lease,
             started: Instant::now(),
             link: Link::default(),
+            meta: Box::new(meta),
         });
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         live.insert(id, info.clone());
@@ -154,6 +202,58 @@ impl Sessions {
         let mut rx = self.count.subscribe();
         // The sender lives as long as `self`, so this cannot fail.
         let _ = rx.wait_for(pred).await;
+    }
+
+    /// The live session with this id.
+    pub fn get(&self, id: u64) -> Option<Arc<SessionInfo>> {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.get(&id).cloned()
+    }
+
+    /// Asks one session to close with `request`'s code and reason, to both sides. `None` if
+    /// there is no such session; `Some(false)` if it had been asked already.
+    pub fn close_session(&self, id: u64, request: CloseRequest) -> Option<bool> {
+        self.get(id).map(|s| s.link.close(request))
+    }
+
+    /// Asks every session on `backend` to close with `request` (a backend drain). Returns
+    /// how many were asked.
+    pub fn close_backend(&self, backend: &Arc<Backend>, request: &CloseRequest) -> usize {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
+        for s in live.values() {
+            if Arc::ptr_eq(&s.lease.backend, backend) {
+                s.link.close(request.clone());
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The live sessions `filter` selects, by id, from the first id after `after`, at most
+    /// `limit` of them; and how many match in all.
+    pub fn page(
+        &self,
+        filter: &Filter,
+        after: u64,
+        limit: usize,
+    ) -> (Vec<Arc<SessionInfo>>, usize) {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let mut matching: Vec<&Arc<SessionInfo>> =
+            live.values().filter(|s| filter.matches(s)).collect();
+        let total = matching.len();
+        matching.retain(|s| s.id > after);
+        matching.sort_unstable_by_key(|s| s.id);
+        let page = matching.into_iter().take(limit).cloned().collect();
+        (page, total)
+    }
+
+    /// Runs `f` over the live sessions while the registry is locked: for the metrics, which
+    /// must see each session either live or in its route's totals, never both or neither
+    /// (see [`SessionGuard`]'s drop). Keep `f` short: handshakes wait for the lock.
+    pub fn locked<R>(&self, f: impl FnOnce(&mut dyn Iterator<Item = &SessionInfo>) -> R) -> R {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut live.values().map(|s| &**s))
     }
 
     /// A snapshot of the live sessions.

@@ -70,6 +70,67 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Static pages served on plain GET (not part of the TOML file: `wsgate demo` uses it).
     pub pages: Vec<StaticPage>,
+    /// The admin listener (`[admin]`): metrics, health, the session API, the status page.
+    /// `None`: off.
+    pub admin: Option<AdminConfig>,
+    /// What the log records say and how often (`[log]`).
+    pub log: LogConfig,
+}
+
+/// The admin listener (`[admin]`): a separate port for `/metrics`, `/healthz`, `/readyz`, the
+/// session API and the status page. Never on a proxy port.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub addr: SocketAddr,
+    /// The bearer token (`token_env` or `token_file`). Required on a non-loopback address;
+    /// when set, write endpoints require it even on loopback.
+    pub token: Option<AdminToken>,
+    /// TLS for the admin listener (`[admin.tls]`); `None`: plain HTTP.
+    pub tls: Option<std::sync::Arc<crate::tls::TlsListener>>,
+}
+
+/// A secret that never appears in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub std::sync::Arc<str>);
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+/// The log's settings (`[log]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// The level of the "session open" record (`session_open`): a session that lasts hours
+    /// is visible before it ends.
+    pub session_open: LogLevel,
+    /// Refusal records (and the proxy's other per-request warnings) written per second for
+    /// one reason before similar lines are suppressed and counted (`refusals_per_second`).
+    pub refusals_per_second: u32,
+}
+
+/// A record's level, or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Info,
+    Debug,
+    Off,
+}
+
+/// Info: a session that lasts hours shows in the log when it starts, not only when it ends.
+pub const DEFAULT_SESSION_OPEN_LOG: LogLevel = LogLevel::Info;
+/// Enough to see every refusal in normal traffic; a flood costs at most this many lines a
+/// second per reason, plus one line saying how many were suppressed.
+pub const DEFAULT_REFUSALS_PER_SECOND: u32 = 10;
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            session_open: DEFAULT_SESSION_OPEN_LOG,
+            refusals_per_second: DEFAULT_REFUSALS_PER_SECOND,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

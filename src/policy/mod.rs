@@ -180,6 +180,9 @@ pub struct Admitted {
     pub token_marker: Option<String>,
     /// When the session must end because its token does (`expire_sessions`).
     pub session_end: Option<std::time::SystemTime>,
+    /// Who the policy found the client to be, for the access log and the session API: the
+    /// verified token's `sub`, or the forward-auth answer's `user_header`.
+    pub user: Option<String>,
 }
 
 /// Facts about the connection and request that policy reads.
@@ -381,9 +384,15 @@ impl RoutePolicy {
             .as_ref()
             .zip(claims.as_ref())
             .and_then(|(jwt, c)| jwt.session_end(c));
+        let user = claims
+            .as_ref()
+            .and_then(|c| c.get("sub"))
+            .and_then(|s| s.as_str())
+            .map(str::to_string);
         Ok(Admitted {
             token_marker: marker.filter(|_| protocols.is_empty()),
             session_end,
+            user,
         })
     }
 }

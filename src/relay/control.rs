@@ -1,12 +1,14 @@
 //! The session's links to the outside: the [`Control`] signals that ask it to end (drain,
 //! reload) and the [`Link`] through which the registry reads its counters and wakes it.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use atomic_waker::AtomicWaker;
 
 use crate::frame::close_code;
+use crate::outcome::CloseSide;
 
 /// How the outside asks sessions to end: a tree of signals (one root per gateway, one child
 /// per route), shared by every session below it, so a session holds no signal of its own.
@@ -68,12 +70,27 @@ impl Control {
     }
 }
 
-/// A running relay's link to the outside: the live byte counters others may read, and the
-/// waker through which others make it look at its [`Control`].
+/// A running relay's link to the outside: the live counters others may read, the waker
+/// through which others make it look at its [`Control`], and a close asked for this session
+/// alone.
 #[derive(Debug, Default)]
 pub struct Link {
     pub counters: Counters,
     pub(super) waker: AtomicWaker,
+    /// Boxed: most sessions are never closed this way, and a pointer is all they pay.
+    asked: OnceLock<Box<CloseRequest>>,
+}
+
+/// A close asked for one session (the admin API, a backend drain): close frames with this
+/// code and reason to both sides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseRequest {
+    pub code: u16,
+    /// At most 123 bytes of UTF-8 (a close frame's payload is at most 125 bytes).
+    pub reason: Box<str>,
+    /// Asked by an operator for this session (`admin_closed`), rather than as part of a
+    /// drain (`drained`).
+    pub by_admin: bool,
 }
 
 impl Link {
@@ -81,11 +98,68 @@ impl Link {
     pub fn wake(&self) {
         self.waker.wake();
     }
+
+    /// Asks this session alone to close. The first request stands (false for a later one);
+    /// a session already closing for another reason keeps that reason.
+    pub fn close(&self, request: CloseRequest) -> bool {
+        let first = self.asked.set(Box::new(request)).is_ok();
+        self.wake();
+        first
+    }
+
+    /// The close asked for this session, if any.
+    pub fn asked(&self) -> Option<&CloseRequest> {
+        self.asked.get().map(|b| &**b)
+    }
 }
 
-/// Live per-direction byte counters, readable by the session registry while the relay runs.
+/// Live counters, written by the relay as it goes and read by the session registry, the
+/// admin API and the metrics while it runs (relaxed atomics: each is a plain store or add on
+/// a line only this session writes).
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Bytes read from the client (and forwarded to the backend).
     pub client_to_backend: AtomicU64,
     pub backend_to_client: AtomicU64,
+    /// Complete messages from the client (frames ending a message).
+    pub messages_client_to_backend: AtomicU64,
+    pub messages_backend_to_client: AtomicU64,
+    /// When either side last sent anything, as [`millis`] since the process's clock start.
+    pub last_active: AtomicU64,
+    /// Pings the proxy sent, to either side.
+    pub pings_sent: AtomicU32,
+}
+
+/// After a chunk from `who` was read: its message count so far and when it was heard.
+pub(super) fn count(
+    counters: &Counters,
+    who: CloseSide,
+    messages: u64,
+    heard: tokio::time::Instant,
+) {
+    let to = match who {
+        CloseSide::Client => &counters.messages_client_to_backend,
+        _ => &counters.messages_backend_to_client,
+    };
+    to.store(messages, Ordering::Relaxed);
+    counters
+        .last_active
+        .store(millis(heard.into_std()), Ordering::Relaxed);
+}
+
+/// The process-wide clock's start, set the first time anyone asks.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// `at` as milliseconds since the process's clock start: an instant that fits a `u64`
+/// atomic (see [`Counters::last_active`]).
+pub fn millis(at: Instant) -> u64 {
+    at.saturating_duration_since(epoch()).as_millis() as u64
+}
+
+/// The instant [`millis`] turned into `ms`.
+pub fn instant_from_millis(ms: u64) -> Instant {
+    epoch() + std::time::Duration::from_millis(ms)
 }

@@ -43,6 +43,10 @@ pub enum Reason {
     TokenExpired,
     /// Asked from outside (drain, reload), with this code to both sides.
     Requested(u16),
+    /// Asked for this session alone (the admin API, a backend drain: see
+    /// [`super::CloseRequest`]), with this code to both sides; `true` when an operator asked
+    /// for this session.
+    Asked(u16, bool),
 }
 
 impl Reason {
@@ -60,7 +64,7 @@ impl Reason {
                 (close_code::GOING_AWAY, close_code::GOING_AWAY)
             }
             Reason::TokenExpired => (close_code::POLICY_VIOLATION, close_code::GOING_AWAY),
-            Reason::Requested(code) => (code, code),
+            Reason::Requested(code) | Reason::Asked(code, _) => (code, code),
         }
     }
 
@@ -82,7 +86,7 @@ impl Reason {
             Reason::Requested(close_code::SERVICE_RESTART) => {
                 close_code::phrase(close_code::SERVICE_RESTART)
             }
-            Reason::Requested(_) => close_code::phrase(close_code::GOING_AWAY),
+            Reason::Requested(_) | Reason::Asked(..) => close_code::phrase(close_code::GOING_AWAY),
         }
     }
 
@@ -99,8 +103,18 @@ impl Reason {
             Reason::IdleTimeout => Outcome::IdleTimeout,
             Reason::MaxLifetime => Outcome::MaxLifetime,
             Reason::TokenExpired => Outcome::TokenExpired,
-            Reason::Requested(_) => Outcome::Drained,
+            Reason::Requested(_) | Reason::Asked(_, false) => Outcome::Drained,
+            Reason::Asked(_, true) => Outcome::AdminClosed,
         }
+    }
+}
+
+/// The reason text of the proxy's close frames for `reason`: the one asked for with a
+/// session's own close request, else the reason's own.
+pub(super) fn text<'a>(st: &'a super::State<'_>, reason: &Reason) -> &'a str {
+    match (reason, st.link.asked()) {
+        (Reason::Asked(..), Some(asked)) => &asked.reason,
+        _ => reason.text(),
     }
 }
 

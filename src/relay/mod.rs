@@ -43,7 +43,7 @@ mod ending;
 mod inflated;
 
 use batch::Batch;
-pub use control::{Control, Counters, Link};
+pub use control::{CloseRequest, Control, Counters, Link, instant_from_millis, millis};
 pub use drain::DRAIN_LIMIT;
 pub use ending::{CloseInfo, DirStats, Reason, RelayOutcome};
 
@@ -348,9 +348,12 @@ where
         } = self;
         // Register before reading the signals: a request set after the read wakes us.
         st.link.waker.register(cx.waker());
-        if !*closing && let Some(code) = control.requested() {
-            *closing = true;
-            take_over(st, c, b, Reason::Requested(code), None);
+        if !*closing {
+            let asked = st.link.asked().map(|a| Reason::Asked(a.code, a.by_admin));
+            if let Some(reason) = asked.or_else(|| control.requested().map(Reason::Requested)) {
+                *closing = true;
+                take_over(st, c, b, reason, None);
+            }
         }
         if *closing && control.killed() {
             return Poll::Ready(cut(cx, st, c, b));
@@ -446,7 +449,7 @@ fn take_over<C, B>(
         _ => None,
     };
     let (to_client, to_backend) = reason.codes();
-    let text = reason.text();
+    let text = ending::text(st, &reason);
     c.passing = offender == Some(CloseSide::Backend) && !c.read_eof;
     b.passing = offender == Some(CloseSide::Client) && !b.read_eof;
     // (Not a frame sent after the side's close frame: that one is dropped, not finished.)
@@ -585,7 +588,7 @@ fn release<Z>(st: &mut State, to: &mut Side<Z>) {
             CloseSide::Client => (to_client, Sender::Client),
             _ => (to_backend, Sender::Server),
         };
-        to.inject = Some(frame::close_frame(code, reason.text(), role).into());
+        to.inject = Some(frame::close_frame(code, ending::text(st, &reason), role).into());
         st.progress += 1;
     }
 }
@@ -615,6 +618,12 @@ fn ingest<A, Z>(
         take_over_dyn(st, from, to, reason, None);
         inflated::abandon_frame(st, from, to);
     }
+    control::count(
+        &st.link.counters,
+        from.who,
+        from.scanner.messages,
+        from.heard,
+    );
     if discarding {
         drain::count(st, from, data.len());
     }
@@ -862,6 +871,7 @@ where
                                 .into(),
                             );
                             st.progress += 1;
+                            st.link.counters.pings_sent.fetch_add(1, Ordering::Relaxed);
                             *pending = true;
                             *awaiting = true;
                             *heard = now + st.cfg.pong_timeout;

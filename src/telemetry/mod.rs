@@ -60,19 +60,35 @@ pub fn cut(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
 }
 
 /// Refused handshakes and connections by [`Outcome`] (`origin_refused`, `token_invalid`,
-/// `backend_unreachable`, ...): one counter set per route and one for requests that matched
-/// none. Read by [`crate::Handle::refusals`]; the shape a metrics endpoint will export.
+/// `backend_unreachable`, ...) and HTTP status: one counter set per route and one for
+/// requests that matched none. Read by [`crate::Handle::refusals`] and exported as
+/// `wsgate_handshakes_refused_total`.
 #[derive(Debug, Default)]
-pub struct RefusalCounts(std::sync::Mutex<std::collections::BTreeMap<Outcome, u64>>);
+pub struct RefusalCounts(crate::metrics::Counts<(Outcome, u16)>);
 
 impl RefusalCounts {
+    /// A refusal without an HTTP answer (the connection was closed).
     pub fn add(&self, outcome: Outcome) {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        *m.entry(outcome).or_insert(0) += 1;
+        self.0.add((outcome, 0));
     }
 
+    /// A refusal answered with `status`.
+    pub fn add_status(&self, outcome: Outcome, status: u16) {
+        self.0.add((outcome, status));
+    }
+
+    /// By outcome, statuses summed.
     pub fn snapshot(&self) -> std::collections::BTreeMap<Outcome, u64> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let mut out = std::collections::BTreeMap::new();
+        for ((o, _), n) in self.0.snapshot() {
+            *out.entry(o).or_insert(0) += n;
+        }
+        out
+    }
+
+    /// By outcome and status (0: no HTTP answer).
+    pub fn by_status(&self) -> std::collections::BTreeMap<(Outcome, u16), u64> {
+        self.0.snapshot()
     }
 }
 

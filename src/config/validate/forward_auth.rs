@@ -121,6 +121,7 @@ pub(super) fn forward_auth(
         forward_headers,
         cache,
         tls,
+        user_header: None,
     })))
 }
 

@@ -339,6 +339,8 @@ impl Validator<'_> {
             http2,
             shutdown_grace,
             pages: Vec::new(),
+            admin: None,
+            log: Default::default(),
         }
     }
 }

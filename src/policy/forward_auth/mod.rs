@@ -138,6 +138,8 @@ pub struct ForwardAuth {
     forward_headers: Vec<HeaderName>,
     cache: Option<Cache>,
     client: HttpClient,
+    /// See [`ForwardAuthSettings::user_header`].
+    pub user_header: Option<HeaderName>,
 }
 
 /// What [`ForwardAuth::new`] is built from (`[route.auth.forward_auth]`, validated).
@@ -154,6 +156,9 @@ pub struct ForwardAuthSettings {
     pub cache: Option<Duration>,
     /// TLS settings for an `https://` service.
     pub tls: Arc<rustls::ClientConfig>,
+    /// The answer header that names the authenticated user, for the access log's `user`
+    /// (`user_header`); `None`: the log names no user for this route.
+    pub user_header: Option<HeaderName>,
 }
 
 impl ForwardAuth {
@@ -165,6 +170,7 @@ impl ForwardAuth {
             forward_headers,
             cache,
             tls,
+            user_header,
         } = s;
         ForwardAuth {
             url,
@@ -173,6 +179,7 @@ impl ForwardAuth {
             forward_headers,
             cache: cache.map(|ttl| Cache::new(ttl, CACHE_MAX_ENTRIES)),
             client: HttpClient::new(tls),
+            user_header,
         }
     }
 

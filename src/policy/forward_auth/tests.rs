@@ -18,6 +18,7 @@ fn build(url: &str, f: impl FnOnce(&mut ForwardAuthSettings)) -> Arc<ForwardAuth
         copy_headers: Vec::new(),
         forward_headers: Vec::new(),
         cache: None,
+        user_header: None,
     };
     f(&mut s);
     Arc::new(ForwardAuth::new(s))
