@@ -594,4 +594,6 @@ async function main() {
   }
 }
 
-main();
+// Run as a script; admin-page.js requires it for the same browser launch.
+if (require.main === module) main();
+module.exports = { launch, check, Failure, STEP_TIMEOUT_MS };
