@@ -14,27 +14,23 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use crate::support::prom::{self, Exposition};
 use crate::support::*;
 
-/// The gateway from `toml` with an admin listener on a free loopback port (and `token`).
+/// The gateway from `toml` with an `[admin]` listener on a free loopback port, and its
+/// address; with `token`, read from a file as `token_file`.
 async fn spawn_admin(toml: &str, token: Option<&str>) -> (Gateway, SocketAddr) {
-    init_logs();
-    let toml = format!("[[listener]]\nlisten = \"127.0.0.1:0\"\n\n{toml}");
-    let mut config = wsgate::config::from_toml_str(&toml).expect("valid test config");
-    config.admin = Some(wsgate::config::AdminConfig {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        token: token.map(|t| wsgate::config::AdminToken(t.into())),
-        tls: None,
-    });
-    let handle = wsgate::Gateway::start(config)
-        .await
-        .expect("gateway starts");
-    let admin = handle.admin_addr().expect("admin listener bound");
-    (
-        Gateway {
-            addr: handle.local_addr(),
-            handle: Some(handle),
-        },
-        admin,
-    )
+    let dir = TempDir::new("admin");
+    let token = match token {
+        Some(t) => {
+            let file = dir.write("token", format!("{t}\n"));
+            format!("token_file = {:?}\n", file.display().to_string())
+        }
+        None => String::new(),
+    };
+    let gw = Gateway::spawn(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{token}\n{toml}"
+    ))
+    .await;
+    let admin = gw.handle().admin_addr().expect("admin listener bound");
+    (gw, admin)
 }
 
 /// One admin request over a fresh connection.
