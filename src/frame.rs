@@ -46,6 +46,14 @@ pub mod close_code {
     /// 1014, "bad gateway": to the client when the backend breaks the WebSocket protocol.
     pub const BAD_GATEWAY: u16 = 1014;
 
+    /// Whether an endpoint may send `code` in a close frame (RFC 6455 §7.4.1 and §7.4.2 with
+    /// the IANA registry): 1000–1003 and 1007–1014 are defined for that, 3000–4999 belong to
+    /// libraries and applications; 1004–1006 and 1015 must never be sent, the rest is
+    /// reserved.
+    pub const fn sendable(code: u16) -> bool {
+        matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+    }
+
     /// The reason phrase for `code` (`""` for a code not listed here). Short, as a close
     /// frame's payload is at most 125 bytes.
     pub const fn phrase(code: u16) -> &'static str {

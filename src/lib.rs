@@ -34,6 +34,7 @@
 //! [`Gateway::start`] binds the listeners and returns a [`Handle`] to stop it.
 
 pub mod accept;
+pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod deflate;
@@ -85,6 +86,7 @@ pub struct ShutdownReport {
 /// A running gateway.
 pub struct Handle {
     addrs: Vec<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     stop: CancellationToken,
     sessions: Arc<Sessions>,
     state: Arc<ProxyState>,
@@ -134,9 +136,42 @@ impl Gateway {
                 .collect();
             tracing::info!(route = %r.config.name, host = r.config.host.as_deref().unwrap_or("*"), path = %r.config.path, backends = ?backends, "route");
         }
-        let supervisor = tokio::spawn(supervise(stop.clone(), conns, sessions.clone(), grace));
+        // The admin listener outlives the proxy's: during a drain `/readyz` says 503 and the
+        // metrics can still be scraped. It stops when the shutdown is complete.
+        let admin_stop = CancellationToken::new();
+        let admin_addr = match state.config.admin.clone() {
+            Some(config) => {
+                let registry = metrics::collector::registry(metrics::collector::GatewayMetrics {
+                    state: state.clone(),
+                    listeners: listener_stats,
+                    started: std::time::SystemTime::now(),
+                });
+                let admin = Arc::new(admin::Admin {
+                    state: state.clone(),
+                    registry,
+                    started: std::time::SystemTime::now(),
+                    config,
+                    stop: admin_stop.clone(),
+                });
+                match admin::start(admin).await {
+                    Ok(addr) => Some(addr),
+                    Err(e) => {
+                        stop.cancel();
+                        return Err(e);
+                    }
+                }
+            }
+            None => None,
+        };
+        let supervised = supervise(stop.clone(), conns, sessions.clone(), grace);
+        let supervisor = tokio::spawn(async move {
+            let report = supervised.await;
+            admin_stop.cancel();
+            report
+        });
         Ok(Handle {
             addrs,
+            admin_addr,
             stop,
             sessions,
             state,
@@ -183,6 +218,11 @@ impl Handle {
     /// Every listener's bound address, in config order.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The admin listener's bound address, if the config has one (`[admin]`).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The live-session registry.

@@ -20,6 +20,32 @@ pub struct FileConfig {
     pub limits: Option<FileLimits>,
     pub shutdown: Option<FileShutdown>,
     pub http2: Option<FileHttp2>,
+    pub admin: Option<Spanned<FileAdmin>>,
+    pub log: Option<FileLog>,
+}
+
+/// `[admin]`: the admin listener (metrics, health, session API, status page).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmin {
+    /// Its address; required when the table is present.
+    pub listen: Option<SpStr>,
+    /// The environment variable holding the bearer token.
+    pub token_env: Option<SpStr>,
+    /// The file holding the bearer token (surrounding whitespace is not part of it).
+    pub token_file: Option<SpStr>,
+    /// The same table as a listener's `tls`.
+    pub tls: Option<Spanned<FileTls>>,
+}
+
+/// `[log]`: what the log records say and how often.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLog {
+    /// The level of the "session open" record: `"info"`, `"debug"` or `"off"`.
+    pub session_open: Option<SpStr>,
+    /// Refusal lines per second per reason before similar ones are suppressed and counted.
+    pub refusals_per_second: Option<Spanned<i64>>,
 }
 
 /// `[http2]`: limits for HTTP/2 connections on every listener.
@@ -227,6 +253,8 @@ pub struct FileForwardAuth {
     pub cache: Option<SpStr>,
     /// PEM CA bundle to verify an `https://` auth service with (default: the system's roots).
     pub ca: Option<SpStr>,
+    /// The allowing answer's header that names the authenticated user, for the access log.
+    pub user_header: Option<SpStr>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -87,11 +87,18 @@ pub struct AdminConfig {
     pub token: Option<AdminToken>,
     /// TLS for the admin listener (`[admin.tls]`); `None`: plain HTTP.
     pub tls: Option<std::sync::Arc<crate::tls::TlsListener>>,
+    /// How often `[admin.tls]`'s certificate files are checked for changes, as a proxy
+    /// listener's (`watch_interval`); `None`: only on SIGHUP, or no TLS.
+    pub tls_watch: Option<Duration>,
 }
 
 /// A secret that never appears in `Debug` output or logs.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AdminToken(pub std::sync::Arc<str>);
+
+/// Shorter admin tokens are refused: the token guards closing sessions and draining
+/// backends, and a short one can be found by trying (`openssl rand -hex 32` writes a good one).
+pub const MIN_ADMIN_TOKEN_BYTES: usize = 16;
 
 impl fmt::Debug for AdminToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

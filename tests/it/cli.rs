@@ -270,6 +270,60 @@ async fn check_warns_of_a_cookie_route_without_origins() {
     assert!(warnings.iter().all(|w| w.get("line").is_some()), "{err}");
 }
 
+/// `check` runs the whole validation: an admin listener on a non-loopback address without a
+/// token is refused (exit 1, with file, line, key and why), and accepted once `token_env`
+/// names a variable that holds a token.
+#[tokio::test]
+async fn check_refuses_an_admin_listener_open_to_the_network_without_a_token() {
+    let tmp = TempDir::new("cli");
+    let head = format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}[admin]\nlisten = \"0.0.0.0:9901\"\n",
+        route("r", "/", &["ws://127.0.0.1:9".to_string()])
+    );
+    let check = |file: &str, text: String, token: Option<&str>| {
+        let config = tmp.write(file, text);
+        let mut cmd = Command::new(BIN);
+        cmd.args(["check", "--config"]).arg(config);
+        match token {
+            Some(t) => cmd.env("WSGATE_TEST_ADMIN_TOKEN", t),
+            None => cmd.env_remove("WSGATE_TEST_ADMIN_TOKEN"),
+        };
+        async move { cmd.output().await.unwrap() }
+    };
+
+    let out = check("open.toml", head.clone(), None).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("open.toml: 1 error"), "{err}");
+    assert!(
+        err.contains(
+            "open.toml:8: admin.listen: 0.0.0.0:9901 is not a loopback address, so a token is \
+             required (token_env or token_file): the admin API can close sessions and drain \
+             backends, so it must not be open to the network"
+        ),
+        "{err}"
+    );
+
+    let with_token = format!("{head}token_env = \"WSGATE_TEST_ADMIN_TOKEN\"\n");
+    let out = check("unset.toml", with_token.clone(), None).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "unset.toml:9: admin.token_env: environment variable WSGATE_TEST_ADMIN_TOKEN is not set"
+        ),
+        "{err}"
+    );
+
+    let out = check(
+        "guarded.toml",
+        with_token,
+        Some("a-token-long-enough-to-guard"),
+    )
+    .await;
+    assert_success(&out);
+}
+
 #[tokio::test]
 async fn run_logs_sessions_and_refusals_then_drains_on_sigterm() {
     let backend = EchoBackend::spawn().await;

@@ -1,5 +1,6 @@
 //! `[route.auth.forward_auth]`: the auth service's URL and CA, the timeout, the headers
-//! sent and copied, the allow cache; built into a [`ForwardAuth`].
+//! sent and copied, the allow cache, the answer header naming the user; built into a
+//! [`ForwardAuth`].
 
 use std::sync::Arc;
 
@@ -91,6 +92,20 @@ pub(super) fn forward_auth(
         }
     }
 
+    let user_header = t.user_header.as_ref().and_then(|s| {
+        let k = format!("{key}.user_header");
+        let h = header_name(v, &k, s.get_ref(), s.span())?;
+        if NOT_FORWARDABLE.contains(&h.as_str()) {
+            v.err(
+                k,
+                Some(s.span()),
+                format!("{h} belongs to the answer's framing or routing and cannot name a user"),
+            );
+            return None;
+        }
+        Some(h)
+    });
+
     let url = url?;
     if let Some(ca) = &t.ca
         && url.scheme_str() != Some("https")
@@ -121,7 +136,7 @@ pub(super) fn forward_auth(
         forward_headers,
         cache,
         tls,
-        user_header: None,
+        user_header,
     })))
 }
 
@@ -219,6 +234,40 @@ mod tests {
 
         let e = errors("url = \"http://auth/\"\nnope = 1\n");
         assert!(e[0].message.contains("unknown key \"nope\""), "{e:?}");
+    }
+
+    #[test]
+    fn user_header() {
+        let fa = build("url = \"http://auth/\"\n").unwrap();
+        assert_eq!(fa.user_header, None);
+        let fa = build("url = \"http://auth/\"\nuser_header = \" X-Auth-User \"\n").unwrap();
+        assert_eq!(fa.user_header, Some(HeaderName::from_static("x-auth-user")));
+        // Read from the answer: it need not be one of the headers copied to the backend.
+        assert!(fa.copy_headers().is_empty());
+
+        let refused = |value: &str, part: &str| {
+            let e = errors(&format!("url = \"http://auth/\"\nuser_header = {value}\n"));
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert_eq!(
+                (e[0].key.as_str(), e[0].line),
+                ("route[0].auth.forward_auth.user_header", Some(11))
+            );
+            assert!(e[0].message.contains(part), "{value}: {e:?}");
+        };
+        refused("\"X User\"", "\"X User\" is not a header name");
+        refused("\"\"", "is not a header name");
+        refused(
+            "\"Content-Length\"",
+            "content-length belongs to the answer's framing",
+        );
+        refused("\"Connection\"", "cannot name a user");
+        refused("[\"X-User\"]", "expected a string, found an array");
+
+        let e = errors("url = \"http://auth/\"\nuser_headr = \"X-User\"\n");
+        assert_eq!(
+            e[0].message,
+            "unknown key \"user_headr\"; did you mean \"user_header\"?"
+        );
     }
 
     #[test]

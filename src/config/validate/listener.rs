@@ -13,6 +13,13 @@ use super::{Validator, entries};
 use crate::config::file::{FileHttp2, FileListener, FileTls, SpStr};
 use crate::config::{DEFAULT_TLS_WATCH_INTERVAL, Http2Config, ListenerConfig};
 
+/// A validated `tls` table.
+pub(super) struct ListenerTls {
+    pub listener: std::sync::Arc<crate::tls::TlsListener>,
+    /// How often the certificate files are checked for changes; `None`: only on SIGHUP.
+    pub watch: Option<std::time::Duration>,
+}
+
 impl Validator<'_> {
     /// Every `[[listener]]`; `handshake` is `timeouts.handshake`, the default of each.
     pub(super) fn listeners(
@@ -51,7 +58,10 @@ impl Validator<'_> {
                     if addr.port() != 0 && !seen_addrs.insert(addr) {
                         self.err(format!("{key}.listen"), Some(listen.span()), format!("{addr} is used by an earlier listener"));
                     }
-                    let tls = l.tls.as_ref().and_then(|t| self.tls(&format!("{key}.tls"), t));
+                    let tls = l
+                        .tls
+                        .as_ref()
+                        .and_then(|t| self.listener_tls(&format!("{key}.tls"), t));
                     let trusted_proxies = self.cidrs(
                         &format!("{key}.trusted_proxies"),
                         l.trusted_proxies.as_ref(),
@@ -59,16 +69,10 @@ impl Validator<'_> {
                     listeners.push(ListenerConfig {
                         addr,
                         handshake_timeout,
-                        tls,
+                        tls: tls.as_ref().map(|t| t.listener.clone()),
                         proxy_protocol: l.proxy_protocol.unwrap_or(false),
                         http2: l.http2.unwrap_or(true),
-                        tls_watch: l.tls.as_ref().and_then(|t| {
-                            self.optional_duration(
-                                &format!("{key}.tls.watch_interval"),
-                                t.get_ref().watch_interval.as_ref(),
-                                Some(DEFAULT_TLS_WATCH_INTERVAL),
-                            )
-                        }),
+                        tls_watch: tls.and_then(|t| t.watch),
                         trusted_proxies: trusted_proxies.into(),
                     });
                 }
@@ -85,7 +89,20 @@ impl Validator<'_> {
         listeners
     }
 
-    /// A listener's TLS table: every certificate loaded and checked now, so `wsgate check`
+    /// A `tls` table, of a `[[listener]]` or of `[admin]`: one validation for both, so the
+    /// admin listener's certificates are loaded and checked exactly as the proxy's are.
+    /// `None` when the table has errors (they are recorded).
+    pub(super) fn listener_tls(&mut self, key: &str, t: &Spanned<FileTls>) -> Option<ListenerTls> {
+        let watch = self.optional_duration(
+            &format!("{key}.watch_interval"),
+            t.get_ref().watch_interval.as_ref(),
+            Some(DEFAULT_TLS_WATCH_INTERVAL),
+        );
+        let listener = self.tls(key, t)?;
+        Some(ListenerTls { listener, watch })
+    }
+
+    /// A TLS table's certificates: every one loaded and checked now, so `wsgate check`
     /// finds a missing file or a key that does not match its certificate.
     fn tls(
         &mut self,

@@ -4,15 +4,18 @@
 //! owning module's constructors (`crate::tls`, `crate::policy`) and decorating their errors
 //! with key and line: `listener.rs` (listeners, TLS, `[http2]`), `route.rs` (routes and
 //! backends), `auth.rs` (a route's policy keys and `[route.auth]`), `jwt.rs`
-//! (`[route.auth.jwt]`), `forward_auth.rs` (`[route.auth.forward_auth]`), `limits.rs` (`[limits]`'s path keys). This file holds the
-//! [`Validator`] they share, the top-level tables and the entry points.
+//! (`[route.auth.jwt]`), `forward_auth.rs` (`[route.auth.forward_auth]`), `limits.rs`
+//! (`[limits]`'s path keys), `admin.rs` (`[admin]`, its token and TLS), `log.rs` (`[log]`).
+//! This file holds the [`Validator`] they share, the top-level tables and the entry points.
 
+mod admin;
 mod auth;
 mod forward_auth;
 mod jwt;
 mod jwt_claims;
 mod limits;
 mod listener;
+mod log;
 mod route;
 
 pub use route::parse_backend_url;
@@ -293,6 +296,11 @@ impl Validator<'_> {
         );
 
         let listeners = self.listeners(&file.listener, handshake);
+        let admin = file
+            .admin
+            .as_ref()
+            .and_then(|a| self.admin(a, &file.listener));
+        let log = self.log(file.log.as_ref());
 
         let mut routes: Vec<RouteConfig> = Vec::new();
         let mut names = HashSet::new();
@@ -339,8 +347,8 @@ impl Validator<'_> {
             http2,
             shutdown_grace,
             pages: Vec::new(),
-            admin: None,
-            log: Default::default(),
+            admin,
+            log,
         }
     }
 }

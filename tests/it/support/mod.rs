@@ -2,6 +2,7 @@
 //! clients (tokio-tungstenite as an independent peer, and raw sockets for malformed input).
 
 pub mod fake_auth;
+pub mod prom;
 pub mod temp_dir;
 pub mod tls;
 

@@ -1,0 +1,575 @@
+//! The admin endpoints: the router and every handler.
+
+// The error side of these results is the HTTP answer itself, made once per admin request:
+// boxing it would only add an allocation.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use super::{Admin, Body, json as json_response, json_error, text};
+use crate::metrics::collector;
+use crate::relay::CloseRequest;
+use crate::sessions::{Filter, SessionInfo};
+
+/// The most sessions one page of `GET /api/sessions` holds, and its default size.
+pub const MAX_PAGE: usize = 1000;
+pub const DEFAULT_PAGE: usize = 100;
+/// Sessions the summary (and the status page) lists, newest first.
+const SUMMARY_SESSIONS: usize = 100;
+/// The largest request body an admin endpoint reads.
+const MAX_BODY: usize = 16 * 1024;
+/// The status page (one self-contained file: no external assets, works offline).
+const STATUS_PAGE: &str = include_str!("status.html");
+
+/// Answers one admin request (already past the [`super::guard`]).
+pub async fn route(admin: &Arc<Admin>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    let post = req.method() == Method::POST;
+    match (segments.as_slice(), get, post) {
+        ([""], true, _) => page(),
+        (["healthz"], true, _) => text(StatusCode::OK, "ok\n"),
+        (["readyz"], true, _) => readyz(admin),
+        (["metrics"], true, _) => metrics(admin, &req),
+        (["api", "summary"], true, _) => json_response(StatusCode::OK, &summary(admin)),
+        (["api", "events"], true, _) => super::events::stream(admin),
+        (["api", "routes"], true, _) => {
+            json_response(StatusCode::OK, &json!({ "routes": routes(admin) }))
+        }
+        (["api", "sessions"], true, _) => sessions(admin, req.uri().query()),
+        (["api", "sessions", id], true, _) => session(admin, id),
+        (["api", "sessions", id, "close"], _, true) => {
+            let id = id.to_string();
+            match body(req).await {
+                Ok(v) => close(admin, &id, &v),
+                Err(e) => e,
+            }
+        }
+        (["api", "backends", action @ ("drain" | "undrain")], _, true) => {
+            let drain = *action == "drain";
+            match body(req).await {
+                Ok(v) => drain_backend(admin, &v, drain),
+                Err(e) => e,
+            }
+        }
+        (["api", "login"], _, true) => match body(req).await {
+            Ok(v) => login(admin, &v),
+            Err(e) => e,
+        },
+        _ => {
+            let known = KNOWN.iter().any(|p| matches_pattern(p, &segments));
+            if known {
+                json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+            } else {
+                json_error(StatusCode::NOT_FOUND, "no such admin endpoint")
+            }
+        }
+    }
+}
+
+/// Every path the router knows, `*` for a segment of any value (for 405 against 404).
+const KNOWN: &[&str] = &[
+    "",
+    "healthz",
+    "readyz",
+    "metrics",
+    "api/summary",
+    "api/events",
+    "api/routes",
+    "api/sessions",
+    "api/sessions/*",
+    "api/sessions/*/close",
+    "api/backends/drain",
+    "api/backends/undrain",
+    "api/login",
+];
+
+fn matches_pattern(pattern: &str, segments: &[&str]) -> bool {
+    let p: Vec<&str> = pattern.split('/').collect();
+    p.len() == segments.len() && p.iter().zip(segments).all(|(a, b)| *a == "*" || a == b)
+}
+
+fn page() -> Response<Body> {
+    let mut resp = Response::new(super::full(STATUS_PAGE));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    // Everything the page needs is inline: nothing else may load or run.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+/// 200 while new sessions are taken; 503 from the first moment of a drain, before any close
+/// frame goes out, so a load balancer stops sending clients first.
+fn readyz(admin: &Admin) -> Response<Body> {
+    if admin.state.sessions.is_draining() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else {
+        text(StatusCode::OK, "ready\n")
+    }
+}
+
+/// Prometheus text by default; OpenMetrics when the scraper's `Accept` asks for it.
+fn metrics<B>(admin: &Admin, req: &Request<B>) -> Response<Body> {
+    let openmetrics = req
+        .headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let body = collector::render(&admin.registry, openmetrics);
+    let mut resp = Response::new(super::full(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(if openmetrics {
+            collector::OPENMETRICS_TEXT
+        } else {
+            collector::PROMETHEUS_TEXT
+        }),
+    );
+    resp
+}
+
+/// Reads a JSON request body (at most [`MAX_BODY`]); an empty body is `{}`.
+async fn body(req: Request<Incoming>) -> Result<Value, Response<Body>> {
+    let bytes = http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("cannot read the request body ({e}); at most {MAX_BODY} bytes"),
+            )
+        })?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        json_error(
+            StatusCode::BAD_REQUEST,
+            &format!("the body is not JSON: {e}"),
+        )
+    })
+}
+
+/// The status page's summary (also `GET /api/summary`).
+pub fn summary(admin: &Admin) -> Value {
+    let state = &admin.state;
+    let mut sessions = state.sessions.list();
+    let open = sessions.len();
+    sessions.reverse();
+    let truncated = sessions.len() > SUMMARY_SESSIONS;
+    sessions.truncate(SUMMARY_SESSIONS);
+    let now = Instant::now();
+    let mut refusals = Vec::new();
+    let mut add_refusals = |route: &str, counts: &crate::telemetry::RefusalCounts| {
+        for ((outcome, status), count) in counts.by_status() {
+            refusals.push(json!({
+                "route": route,
+                "outcome": outcome.as_str(),
+                "status": (status != 0).then_some(status),
+                "count": count,
+            }));
+        }
+    };
+    add_refusals("-", &state.unrouted_refusals);
+    for r in state.routes.iter() {
+        add_refusals(&r.name, &r.refusals);
+    }
+    let mut close_codes = Vec::new();
+    for r in state.routes.iter() {
+        for ((from, code), count) in r.stats.close_frames.snapshot() {
+            close_codes.push(json!({
+                "route": &*r.name,
+                "from": from.as_str(),
+                "code": code,
+                "count": count,
+            }));
+        }
+    }
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": SystemTime::now().duration_since(admin.started).unwrap_or_default().as_secs_f64(),
+        "draining": state.sessions.is_draining(),
+        "sessions_open": open,
+        "routes": routes(admin),
+        "refusals": refusals,
+        "close_codes": close_codes,
+        "sessions": sessions.iter().map(|s| session_json(s, now)).collect::<Vec<_>>(),
+        "sessions_truncated": truncated,
+    })
+}
+
+/// Routes, their backends, and the sessions open on each.
+fn routes(admin: &Admin) -> Vec<Value> {
+    let mut open: std::collections::HashMap<*const crate::backend::Backend, usize> =
+        Default::default();
+    admin.state.sessions.locked(|live| {
+        for s in live {
+            *open.entry(Arc::as_ptr(&s.lease.backend)).or_insert(0) += 1;
+        }
+    });
+    admin
+        .state
+        .routes
+        .iter()
+        .map(|r| {
+            let backends: Vec<Value> = r
+                .pool
+                .backends()
+                .iter()
+                .map(|b| {
+                    json!({
+                        "name": &*b.name,
+                        "sessions_open": open.get(&Arc::as_ptr(b)).copied().unwrap_or(0),
+                        "draining": b.is_draining(),
+                    })
+                })
+                .collect();
+            json!({
+                "name": &*r.name,
+                "host": r.config.host,
+                "path": r.config.path,
+                "sessions_open": backends.iter().map(|b| b["sessions_open"].as_u64().unwrap_or(0)).sum::<u64>(),
+                "sessions_opened": r.stats.opened.load(std::sync::atomic::Ordering::Relaxed),
+                "backends": backends,
+            })
+        })
+        .collect()
+}
+
+/// One session, as the API shows it.
+pub fn session_json(s: &SessionInfo, now: Instant) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = &s.link.counters;
+    let last = crate::relay::instant_from_millis(c.last_active.load(Relaxed));
+    // A session that has not moved a byte was last active when it started.
+    let last = last.max(s.started);
+    json!({
+        "id": s.id,
+        "request_id": &*s.meta.request_id,
+        "client": s.client.to_string(),
+        "route": &*s.route.name,
+        "backend": &**s.backend(),
+        "transport": s.meta.transport.as_str(),
+        "subprotocol": s.meta.subprotocol.as_deref(),
+        "user": s.meta.user.as_deref(),
+        "host": &*s.meta.host,
+        "path": &*s.meta.path,
+        "user_agent": s.meta.user_agent.as_deref(),
+        "age_seconds": now.saturating_duration_since(s.started).as_secs_f64(),
+        "bytes_client_to_backend": c.client_to_backend.load(Relaxed),
+        "bytes_backend_to_client": c.backend_to_client.load(Relaxed),
+        "messages_client_to_backend": c.messages_client_to_backend.load(Relaxed),
+        "messages_backend_to_client": c.messages_backend_to_client.load(Relaxed),
+        "last_active_seconds_ago": now.saturating_duration_since(last).as_secs_f64(),
+        "closing": s.link.asked().is_some(),
+    })
+}
+
+/// The query's value for `key`, percent-decoded.
+fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `GET /api/sessions?route=&backend=&client=&limit=&after=`: live sessions by ascending id.
+fn sessions(admin: &Admin, query: Option<&str>) -> Response<Body> {
+    let route = query_param(query, "route");
+    let backend = query_param(query, "backend");
+    let client = query_param(query, "client");
+    let number = |key: &str| -> Result<Option<u64>, Response<Body>> {
+        query_param(query, key)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    json_error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("{key} must be a whole number"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let (limit, after) = match (number("limit"), number("after")) {
+        (Ok(l), Ok(a)) => (l, a),
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
+    let limit = limit.map_or(DEFAULT_PAGE, |l| (l as usize).clamp(1, MAX_PAGE));
+    let filter = Filter {
+        route: route.as_deref(),
+        backend: backend.as_deref(),
+        client: client.as_deref(),
+    };
+    let (page, total) = admin
+        .state
+        .sessions
+        .page(&filter, after.unwrap_or(0), limit);
+    let now = Instant::now();
+    // Another page follows when this one is full and a later matching session exists.
+    let next = (page.len() == limit)
+        .then(|| page.last().map(|s| s.id))
+        .flatten()
+        .filter(|&last| !admin.state.sessions.page(&filter, last, 1).0.is_empty());
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "sessions": page.iter().map(|s| session_json(s, now)).collect::<Vec<_>>(),
+            "total": total,
+            "next": next,
+        }),
+    )
+}
+
+fn parse_id(id: &str) -> Result<u64, Response<Body>> {
+    id.parse()
+        .map_err(|_| json_error(StatusCode::NOT_FOUND, "no such session"))
+}
+
+fn session(admin: &Admin, id: &str) -> Response<Body> {
+    let found = parse_id(id).map(|id| admin.state.sessions.get(id));
+    match found {
+        Ok(Some(s)) => json_response(StatusCode::OK, &session_json(&s, Instant::now())),
+        Ok(None) => json_error(StatusCode::NOT_FOUND, "no such session"),
+        Err(e) => e,
+    }
+}
+
+/// The close code and reason of a close request: `code` (default 1000) must be one an
+/// endpoint may send (RFC 6455 §7.4: 1000–1003, 1007–1014, or 3000–4999), `reason` at most
+/// 123 bytes (a close frame's payload is at most 125).
+fn close_request(
+    v: &Value,
+    by_admin: bool,
+    default_reason: &str,
+) -> Result<CloseRequest, Response<Body>> {
+    let bad = |m: &str| json_error(StatusCode::BAD_REQUEST, m);
+    let code = match v.get("code") {
+        None | Some(Value::Null) => crate::frame::close_code::NORMAL,
+        Some(c) => c
+            .as_u64()
+            .and_then(|c| u16::try_from(c).ok())
+            .filter(|&c| crate::frame::close_code::sendable(c))
+            .ok_or_else(|| {
+                bad("code must be a close code an endpoint may send: 1000-1003, 1007-1014 or 3000-4999")
+            })?,
+    };
+    let reason = match v.get("reason") {
+        None | Some(Value::Null) => default_reason.to_string(),
+        Some(Value::String(r)) if r.len() <= 123 => r.clone(),
+        Some(Value::String(_)) => return Err(bad("reason must be at most 123 bytes of UTF-8")),
+        Some(_) => return Err(bad("reason must be a string")),
+    };
+    Ok(CloseRequest {
+        code,
+        reason: reason.into(),
+        by_admin,
+    })
+}
+
+/// `POST /api/sessions/{id}/close`: close frames with the code and reason to both sides.
+fn close(admin: &Admin, id: &str, v: &Value) -> Response<Body> {
+    let id = match parse_id(id) {
+        Ok(id) => id,
+        Err(e) => return e,
+    };
+    let request = match close_request(v, true, "closed by operator") {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let (code, reason) = (request.code, request.reason.clone());
+    match admin.state.sessions.close_session(id, request) {
+        None => json_error(StatusCode::NOT_FOUND, "no such session"),
+        Some(first) => {
+            tracing::info!(
+                session = id,
+                code,
+                reason = &*reason,
+                first,
+                "session closed through the admin API"
+            );
+            json_response(StatusCode::ACCEPTED, &json!({ "id": id, "closing": true }))
+        }
+    }
+}
+
+/// `POST /api/backends/drain` (no new sessions; live ones closed with 1001 when `close` is
+/// true, else left to finish) and `POST /api/backends/undrain`.
+fn drain_backend(admin: &Admin, v: &Value, drain: bool) -> Response<Body> {
+    let field = |k: &str| v.get(k).and_then(Value::as_str);
+    let (Some(route_name), Some(backend_name)) = (field("route"), field("backend")) else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "route and backend are required (the route's name, the backend's URL as configured)",
+        );
+    };
+    let Some(route) = admin.state.routes.iter().find(|r| &*r.name == route_name) else {
+        return json_error(StatusCode::NOT_FOUND, "no such route");
+    };
+    let Some(backend) = route
+        .pool
+        .backends()
+        .iter()
+        .find(|b| &*b.name == backend_name)
+    else {
+        return json_error(StatusCode::NOT_FOUND, "the route has no such backend");
+    };
+    let close = match v.get("close") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return json_error(StatusCode::BAD_REQUEST, "close must be true or false"),
+    };
+    backend.set_draining(drain);
+    let mut closed = 0;
+    if drain && close {
+        let request = CloseRequest {
+            code: crate::frame::close_code::GOING_AWAY,
+            reason: "backend draining".into(),
+            by_admin: false,
+        };
+        closed = admin.state.sessions.close_backend(backend, &request);
+    }
+    tracing::info!(
+        route = route_name,
+        backend = backend_name,
+        draining = drain,
+        sessions_closed = closed,
+        "backend drain changed through the admin API"
+    );
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "route": route_name,
+            "backend": backend_name,
+            "draining": drain,
+            "sessions_closed": closed,
+        }),
+    )
+}
+
+/// `POST /api/login` with `{"token": "..."}`: sets the status page's cookie.
+fn login(admin: &Admin, v: &Value) -> Response<Body> {
+    let Some(token) = &admin.config.token else {
+        let mut resp = Response::new(super::full(""));
+        *resp.status_mut() = StatusCode::NO_CONTENT;
+        return resp;
+    };
+    let presented = v.get("token").and_then(Value::as_str).unwrap_or("");
+    if !super::guard::token_eq(presented, &token.0) {
+        return json_error(StatusCode::UNAUTHORIZED, "wrong token");
+    }
+    let secure = if admin.config.tls.is_some() {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{}={}; Path=/; HttpOnly; SameSite=Strict{secure}",
+        super::guard::COOKIE,
+        token.0
+    );
+    let mut resp = Response::new(super::full(""));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    if let Ok(v) = header::HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_decoded() {
+        let q = Some("route=chat&backend=ws%3A%2F%2F127.0.0.1%3A9001%2F&limit=5&x");
+        assert_eq!(query_param(q, "route").as_deref(), Some("chat"));
+        assert_eq!(
+            query_param(q, "backend").as_deref(),
+            Some("ws://127.0.0.1:9001/")
+        );
+        assert_eq!(query_param(q, "limit").as_deref(), Some("5"));
+        assert_eq!(query_param(q, "x").as_deref(), Some(""));
+        assert_eq!(query_param(q, "client"), None);
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+
+    #[test]
+    fn close_requests_are_checked() {
+        let ok = |v: Value| close_request(&v, true, "d").map(|r| (r.code, r.reason.to_string()));
+        assert_eq!(ok(json!({})).unwrap(), (1000, "d".to_string()));
+        assert_eq!(
+            ok(json!({"code": 4001, "reason": "bye"})).unwrap(),
+            (4001, "bye".to_string())
+        );
+        for bad in [
+            json!({"code": 1005}),
+            json!({"code": 1006}),
+            json!({"code": 999}),
+            json!({"code": 5000}),
+            json!({"code": "1000"}),
+            json!({"reason": "x".repeat(124)}),
+            json!({"reason": 5}),
+        ] {
+            assert!(ok(bad.clone()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn known_paths_give_405_for_a_wrong_method() {
+        assert!(matches_pattern(
+            "api/sessions/*/close",
+            &["api", "sessions", "7", "close"]
+        ));
+        assert!(!matches_pattern(
+            "api/sessions/*",
+            &["api", "sessions", "7", "close"]
+        ));
+    }
+}

@@ -1,0 +1,625 @@
+//! The admin listener: metrics (scraped and parsed whole, before and after), health and
+//! readiness through a drain, the session API over a thousand sessions, closing a session and
+//! draining a backend from it, the token and cross-site rules, and the event stream.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::support::prom::{self, Exposition};
+use crate::support::*;
+
+/// The gateway from `toml` with an `[admin]` listener on a free loopback port, and its
+/// address; with `token`, read from a file as `token_file`.
+async fn spawn_admin(toml: &str, token: Option<&str>) -> (Gateway, SocketAddr) {
+    let dir = TempDir::new("admin");
+    let token = match token {
+        Some(t) => {
+            let file = dir.write("token", format!("{t}\n"));
+            format!("token_file = {:?}\n", file.display().to_string())
+        }
+        None => String::new(),
+    };
+    let gw = Gateway::spawn(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{token}\n{toml}"
+    ))
+    .await;
+    let admin = gw.handle().admin_addr().expect("admin listener bound");
+    (gw, admin)
+}
+
+/// One admin request over a fresh connection.
+async fn request(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> RawResponse {
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n{headers}\
+         Content-Length: {}\r\n\r\n{body}",
+        admin.port(),
+        body.len()
+    );
+    raw_exchange(admin, req.as_bytes()).await.1
+}
+
+async fn get(admin: SocketAddr, path: &str) -> RawResponse {
+    request(admin, "GET", path, "", "").await
+}
+
+async fn get_json(admin: SocketAddr, path: &str) -> Value {
+    let resp = get(admin, path).await;
+    assert_eq!(resp.status, 200, "{path}: {resp:?}");
+    serde_json::from_str(&resp.body).unwrap_or_else(|e| panic!("{path}: {e}: {}", resp.body))
+}
+
+async fn post_json(admin: SocketAddr, path: &str, body: &Value, headers: &str) -> (u16, Value) {
+    let headers = format!("Content-Type: application/json\r\n{headers}");
+    let resp = request(admin, "POST", path, &headers, &body.to_string()).await;
+    let v = serde_json::from_str(&resp.body).unwrap_or(Value::Null);
+    (resp.status, v)
+}
+
+/// Scrapes `/metrics` and parses the whole exposition.
+async fn scrape(admin: SocketAddr) -> Exposition {
+    let resp = get(admin, "/metrics").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.header("content-type").as_deref(),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    prom::parse(&resp.body, false).unwrap_or_else(|e| panic!("{e}\n{}", resp.body))
+}
+
+/// The route's one backend's name, as the admin API spells it.
+async fn backend_names(admin: SocketAddr, route: &str) -> Vec<String> {
+    let routes = get_json(admin, "/api/routes").await;
+    routes["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == route)
+        .unwrap()["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn metrics_count_sessions_messages_closes_and_refusals() {
+    let echo = EchoBackend::spawn().await;
+    let (gw, admin) = spawn_admin(&route("chat", "/chat", &[echo.url()]), None).await;
+    let before = scrape(admin).await;
+    let backend = backend_names(admin, "chat").await.remove(0);
+    let opened = |e: &Exposition| e.value("wsgate_sessions_opened_total", &[("route", "chat")]);
+    assert_eq!(opened(&before), 0.0);
+
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let (mut ws, _) = connect(&gw.url("/chat")).await;
+        for m in ["one", "two"] {
+            ws.send(Message::text(m)).await.unwrap();
+            assert_eq!(next_data(&mut ws).await, Message::text(m));
+        }
+        clients.push(ws);
+    }
+    let mut first = clients.remove(0);
+    send_close(&mut first, CloseCode::Normal, "done").await;
+    next_close(&mut first).await;
+    drop(first);
+    gw.handle().sessions().wait_for_count(|n| *n == 2).await;
+    // Refusals: no route (404) and a plain GET on the route (426).
+    assert_eq!(get_via(gw.addr, "/nowhere").await, 404);
+    assert_eq!(get_via(gw.addr, "/chat").await, 426);
+
+    let after = scrape(admin).await;
+    let chat = [("route", "chat")];
+    assert_eq!(opened(&after), 3.0);
+    assert_eq!(
+        after.value(
+            "wsgate_sessions_open",
+            &[("route", "chat"), ("backend", &backend)]
+        ),
+        2.0
+    );
+    assert_eq!(
+        after.value(
+            "wsgate_sessions_ended_total",
+            &[
+                ("route", "chat"),
+                ("outcome", "closed"),
+                ("closed_by", "client")
+            ]
+        ),
+        1.0
+    );
+    for from in ["client", "backend"] {
+        assert_eq!(
+            after.value(
+                "wsgate_close_frames_total",
+                &[("route", "chat"), ("from", from), ("code", "1000")]
+            ),
+            1.0,
+            "{from}"
+        );
+    }
+    // Live sessions count too: 2 messages each way on each of the 3 sessions.
+    for d in ["client_to_backend", "backend_to_client"] {
+        let labels = [("route", "chat"), ("direction", d)];
+        assert_eq!(
+            after.value("wsgate_session_messages_total", &labels),
+            6.0,
+            "{d}"
+        );
+        assert!(
+            after.value("wsgate_session_bytes_total", &labels) >= 6.0 * 3.0,
+            "{d}"
+        );
+    }
+    assert_eq!(
+        after.value("wsgate_session_duration_seconds_count", &chat),
+        1.0
+    );
+    let b = [("route", "chat"), ("backend", backend.as_str())];
+    assert_eq!(after.value("wsgate_backend_connect_seconds_count", &b), 3.0);
+    assert_eq!(
+        after.value("wsgate_backend_handshake_seconds_count", &b),
+        3.0
+    );
+    assert_eq!(
+        after.value(
+            "wsgate_handshakes_refused_total",
+            &[("route", "-"), ("outcome", "no_route"), ("status", "404")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        after.value(
+            "wsgate_handshakes_refused_total",
+            &[
+                ("route", "chat"),
+                ("outcome", "not_an_upgrade"),
+                ("status", "426")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        after.value("wsgate_connections_accepted_total", &[]),
+        after.sum("wsgate_connections_accepted_total", &[])
+    );
+    assert!(after.sum("wsgate_connections_accepted_total", &[]) >= 5.0);
+    assert!(after.value("process_open_fds", &[]) > 0.0);
+    assert!(after.value("process_resident_memory_bytes", &[]) > 0.0);
+    assert_eq!(
+        after.value(
+            "wsgate_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    assert_eq!(after.value("wsgate_draining", &[]), 0.0);
+    // Bounded labels: nothing that names a client, a path or a user.
+    let allowed = [
+        "route",
+        "backend",
+        "outcome",
+        "closed_by",
+        "from",
+        "code",
+        "direction",
+        "status",
+        "listener",
+        "kind",
+        "side",
+        "le",
+        "version",
+    ];
+    for s in &after.samples {
+        for k in s.labels.keys() {
+            assert!(allowed.contains(&k.as_str()), "label {k} on {}", s.name);
+        }
+    }
+
+    // The counters never go back: the live sessions' traffic moves into the totals.
+    let live_bytes = after.sum("wsgate_session_bytes_total", &chat);
+    drop(clients);
+    gw.handle().sessions().wait_for_count(|n| *n == 0).await;
+    let end = scrape(admin).await;
+    assert!(end.sum("wsgate_session_bytes_total", &chat) >= live_bytes);
+    assert_eq!(end.sum("wsgate_session_messages_total", &chat), 12.0);
+    assert_eq!(
+        end.value(
+            "wsgate_sessions_ended_total",
+            &[
+                ("route", "chat"),
+                ("outcome", "client_gone"),
+                ("closed_by", "client")
+            ]
+        ),
+        2.0
+    );
+}
+
+/// A plain `GET` through the proxy port; its status.
+async fn get_via(proxy: SocketAddr, path: &str) -> u16 {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    raw_exchange(proxy, req.as_bytes()).await.1.status
+}
+
+#[tokio::test]
+async fn openmetrics_when_the_scraper_asks_for_it() {
+    let echo = EchoBackend::spawn().await;
+    let (_gw, admin) = spawn_admin(&route("chat", "/chat", &[echo.url()]), None).await;
+    let resp = request(
+        admin,
+        "GET",
+        "/metrics",
+        "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n",
+        "",
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.header("content-type").as_deref(),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    assert!(resp.body.ends_with("# EOF\n"), "{}", resp.body);
+    let exp = prom::parse(&resp.body, true).unwrap_or_else(|e| panic!("{e}\n{}", resp.body));
+    assert_eq!(
+        exp.types.get("wsgate_sessions_opened").map(String::as_str),
+        Some("counter")
+    );
+}
+
+#[tokio::test]
+async fn readyz_turns_503_when_the_drain_starts_and_healthz_stays_200() {
+    let echo = EchoBackend::spawn().await;
+    let (mut gw, admin) = spawn_admin(&route("chat", "/chat", &[echo.url()]), None).await;
+    assert_eq!(get(admin, "/healthz").await.status, 200);
+    let ready = get(admin, "/readyz").await;
+    assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
+    // A client that does not answer the close frame keeps the drain going.
+    let (mut ws, _) = connect(&gw.url("/chat")).await;
+    let handle = gw.handle.take().unwrap();
+    handle.shutdown();
+    let ready = get(admin, "/readyz").await;
+    assert_eq!((ready.status, ready.body.as_str()), (503, "draining\n"));
+    assert_eq!(get(admin, "/healthz").await.status, 200);
+    assert_eq!(scrape(admin).await.value("wsgate_draining", &[]), 1.0);
+    let close = next_close(&mut ws).await;
+    assert_eq!(u16::from(close.code), 1001);
+    drop(ws);
+    tokio::time::timeout(STEP, handle.wait()).await.unwrap();
+    // The admin listener stops with the gateway.
+    assert!(tokio::net::TcpStream::connect(admin).await.is_err());
+}
+
+#[tokio::test]
+async fn the_session_api_lists_a_thousand_sessions_and_closes_one() {
+    const N: usize = 1000;
+    let echo = EchoBackend::spawn().await;
+    let (gw, admin) = spawn_admin(&route("chat", "/chat", &[echo.url()]), None).await;
+    let mut clients = Vec::with_capacity(N);
+    for _ in 0..N {
+        clients.push(connect(&gw.url("/chat")).await.0);
+    }
+    // Page through every session.
+    let mut ids = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = get_json(admin, &format!("/api/sessions?limit=300&after={after}")).await;
+        assert_eq!(page["total"], N);
+        let sessions = page["sessions"].as_array().unwrap();
+        ids.extend(sessions.iter().map(|s| s["id"].as_u64().unwrap()));
+        match page["next"].as_u64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    let mut live: Vec<u64> = gw.handle().sessions().list().iter().map(|s| s.id).collect();
+    live.sort_unstable();
+    assert_eq!(ids, live, "every live session once, in id order");
+    assert_eq!(ids.len(), N);
+
+    // One session in detail, by its client address.
+    let mut ws = clients.swap_remove(N / 2);
+    let client = ws.get_ref().local_addr().unwrap().to_string();
+    ws.send(Message::text("hello")).await.unwrap();
+    next_data(&mut ws).await;
+    let found = get_json(admin, &format!("/api/sessions?client={client}")).await;
+    assert_eq!(found["total"], 1, "{found}");
+    let s = &found["sessions"][0];
+    assert_eq!(s["route"], "chat");
+    assert_eq!(s["transport"], "h1");
+    assert_eq!(s["path"], "/chat");
+    assert_eq!(s["messages_client_to_backend"], 1);
+    assert_eq!(s["messages_backend_to_client"], 1);
+    assert_eq!(s["bytes_client_to_backend"], 2 + 4 + 5);
+    assert!(
+        s["last_active_seconds_ago"].as_f64().unwrap() < s["age_seconds"].as_f64().unwrap() + 1.0
+    );
+    let id = s["id"].as_u64().unwrap();
+
+    // Close it: a real close frame, with the code and reason asked for, to both sides.
+    let (status, body) = post_json(
+        admin,
+        &format!("/api/sessions/{id}/close"),
+        &serde_json::json!({"code": 4000, "reason": "bye from the operator"}),
+        "",
+    )
+    .await;
+    assert_eq!(
+        (status, &body),
+        (202, &serde_json::json!({"id": id, "closing": true}))
+    );
+    let close = next_close(&mut ws).await;
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (4000, "bye from the operator")
+    );
+    let seen = echo.wait_closes(1).await;
+    assert_eq!(seen[0], Some((4000, "bye from the operator".to_string())));
+    gw.handle().sessions().wait_for_count(|n| *n == N - 1).await;
+    assert_eq!(get(admin, &format!("/api/sessions/{id}")).await.status, 404);
+    let (status, _) = post_json(
+        admin,
+        &format!("/api/sessions/{id}/close"),
+        &serde_json::json!({}),
+        "",
+    )
+    .await;
+    assert_eq!(status, 404);
+    // An invalid code is refused before anything is sent.
+    let other = gw.handle().sessions().list()[0].id;
+    let (status, body) = post_json(
+        admin,
+        &format!("/api/sessions/{other}/close"),
+        &serde_json::json!({"code": 1006}),
+        "",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let ended = scrape(admin).await.value(
+        "wsgate_sessions_ended_total",
+        &[
+            ("route", "chat"),
+            ("outcome", "admin_closed"),
+            ("closed_by", "proxy"),
+        ],
+    );
+    assert_eq!(ended, 1.0);
+}
+
+#[tokio::test]
+async fn draining_a_backend_closes_its_sessions_and_sends_new_ones_elsewhere() {
+    let (a, b) = (EchoBackend::spawn().await, EchoBackend::spawn().await);
+    let toml = format!(
+        "{}balance = \"round_robin\"\n",
+        route("chat", "/chat", &[a.url(), b.url()])
+    );
+    let (gw, admin) = spawn_admin(&toml, None).await;
+    let names = backend_names(admin, "chat").await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(connect(&gw.url("/chat")).await.0);
+    }
+    assert_eq!((a.request_count(), b.request_count()), (2, 2));
+    let (status, body) = post_json(
+        admin,
+        "/api/backends/drain",
+        &serde_json::json!({"route": "chat", "backend": names[0], "close": true}),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["sessions_closed"], 2);
+    // The two sessions on the drained backend get 1001, the others nothing.
+    let mut closed = 0;
+    for ws in &mut clients {
+        let next = tokio::time::timeout(Duration::from_millis(300), ws.next()).await;
+        if let Ok(Some(Ok(Message::Close(Some(f))))) = next {
+            assert_eq!(
+                (u16::from(f.code), f.reason.as_str()),
+                (1001, "backend draining")
+            );
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 2);
+    // New sessions all go to the other backend.
+    for _ in 0..3 {
+        connect(&gw.url("/chat")).await;
+    }
+    assert_eq!((a.request_count(), b.request_count()), (2, 5));
+    let routes = get_json(admin, "/api/routes").await;
+    assert_eq!(routes["routes"][0]["backends"][0]["draining"], true);
+    let exp = scrape(admin).await;
+    assert_eq!(
+        exp.value(
+            "wsgate_backend_draining",
+            &[("route", "chat"), ("backend", &names[0])]
+        ),
+        1.0
+    );
+    // Every backend drained: a clear 503.
+    post_json(
+        admin,
+        "/api/backends/drain",
+        &serde_json::json!({"route": "chat", "backend": names[1]}),
+        "",
+    )
+    .await;
+    let refused = connect_with(&gw.url("/chat"), |_| {}).await.unwrap_err();
+    assert!(refused.to_string().contains("503"), "{refused}");
+    // Undrained, it takes sessions again.
+    for name in &names {
+        let (status, _) = post_json(
+            admin,
+            "/api/backends/undrain",
+            &serde_json::json!({"route": "chat", "backend": name}),
+            "",
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    connect(&gw.url("/chat")).await;
+    assert_eq!(a.request_count() + b.request_count(), 8);
+    let (status, _) = post_json(
+        admin,
+        "/api/backends/drain",
+        &serde_json::json!({"route": "nope", "backend": "x"}),
+        "",
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_token_guards_the_write_endpoints_and_the_browser_rules_hold() {
+    const TOKEN: &str = "a-long-enough-admin-token";
+    let echo = EchoBackend::spawn().await;
+    let (_gw, admin) = spawn_admin(&route("chat", "/chat", &[echo.url()]), Some(TOKEN)).await;
+    // Reads on loopback need no token; writes do.
+    assert_eq!(get(admin, "/api/sessions").await.status, 200);
+    let close = serde_json::json!({});
+    let (status, body) = post_json(admin, "/api/sessions/999/close", &close, "").await;
+    assert_eq!(status, 401, "{body}");
+    let (status, _) = post_json(
+        admin,
+        "/api/sessions/999/close",
+        &close,
+        "Authorization: Bearer wrong-token-wrong-token\r\n",
+    )
+    .await;
+    assert_eq!(status, 401);
+    let bearer = format!("Authorization: Bearer {TOKEN}\r\n");
+    let (status, _) = post_json(admin, "/api/sessions/999/close", &close, &bearer).await;
+    assert_eq!(status, 404, "past the guard: no such session");
+    // The page's login sets an HttpOnly, SameSite=Strict cookie that works as the token.
+    let login = request(
+        admin,
+        "POST",
+        "/api/login",
+        "Content-Type: application/json\r\n",
+        &serde_json::json!({"token": TOKEN}).to_string(),
+    )
+    .await;
+    assert_eq!(login.status, 204);
+    let cookie = login.header("set-cookie").unwrap();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap();
+    let (status, _) = post_json(
+        admin,
+        "/api/sessions/999/close",
+        &close,
+        &format!("Cookie: {pair}\r\n"),
+    )
+    .await;
+    assert_eq!(status, 404);
+    // Cross-site forms and other origins are refused, token or not.
+    let form = request(
+        admin,
+        "POST",
+        "/api/sessions/999/close",
+        &format!("{bearer}Content-Type: text/plain\r\n"),
+        "{}",
+    )
+    .await;
+    assert_eq!(form.status, 415);
+    let (status, _) = post_json(
+        admin,
+        "/api/sessions/999/close",
+        &close,
+        &format!("{bearer}Origin: https://evil.example\r\n"),
+    )
+    .await;
+    assert_eq!(status, 403);
+    // Unknown paths and methods.
+    assert_eq!(get(admin, "/api/nothing").await.status, 404);
+    assert_eq!(
+        request(admin, "DELETE", "/metrics", &bearer, "")
+            .await
+            .status,
+        405
+    );
+}
+
+#[tokio::test]
+async fn without_a_token_only_loopback_host_names_are_answered() {
+    let echo = EchoBackend::spawn().await;
+    let (_gw, admin) = spawn_admin(&route("chat", "/chat", &[echo.url()]), None).await;
+    let rebinding = format!(
+        "GET /api/sessions HTTP/1.1\r\nHost: attacker.example:{}\r\nConnection: close\r\n\r\n",
+        admin.port()
+    );
+    let resp = raw_exchange(admin, rebinding.as_bytes()).await.1;
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert!(resp.body.contains("loopback"), "{}", resp.body);
+    let probe = format!(
+        "GET /readyz HTTP/1.1\r\nHost: lb.example:{}\r\nConnection: close\r\n\r\n",
+        admin.port()
+    );
+    assert_eq!(raw_exchange(admin, probe.as_bytes()).await.1.status, 200);
+}
+
+#[tokio::test]
+async fn the_event_stream_and_the_page() {
+    let echo = EchoBackend::spawn().await;
+    let (gw, admin) = spawn_admin(&route("chat", "/chat", &[echo.url()]), None).await;
+    let _client = connect(&gw.url("/chat")).await;
+    let page = get(admin, "/").await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.header("content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(
+        page.header("content-security-policy")
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+    // The stream: an event at once, with the summary.
+    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let req = format!(
+        "GET /api/events HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
+        admin.port()
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let data = tokio::time::timeout(STEP, async {
+        loop {
+            let mut buf = [0u8; 8192];
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "stream ended");
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got);
+            if let Some(i) = text.find("event: summary\ndata: ")
+                && text[i..].contains("\n\n")
+                && let Some(line) = text[i..].lines().nth(1)
+            {
+                return line.strip_prefix("data: ").unwrap().to_string();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(String::from_utf8_lossy(&got).contains("text/event-stream"));
+    let summary: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(summary["sessions_open"], 1);
+    assert_eq!(summary["routes"][0]["name"], "chat");
+    assert_eq!(summary["sessions"][0]["route"], "chat");
+}
