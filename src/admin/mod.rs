@@ -64,6 +64,9 @@ pub async fn start(admin: Arc<Admin>) -> std::io::Result<SocketAddr> {
     })?;
     let addr = listener.local_addr()?;
     tracing::info!(admin = %addr, tls = admin.config.tls.is_some(), "admin listener");
+    if let (Some(tls), Some(every)) = (&admin.config.tls, admin.config.tls_watch) {
+        tokio::spawn(tls.clone().watch_files(every, addr, admin.stop.clone()));
+    }
     tokio::spawn(accept_loop(listener, admin));
     Ok(addr)
 }
