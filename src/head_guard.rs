@@ -457,8 +457,88 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadGuard<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const DATE: &str = "Wed, 02 Dec 2026 11:20:54 GMT";
+
+    fn watch() -> Arc<HeadWatch> {
+        let config = crate::config::from_toml_str(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"r\"\npath = \"/\"\n\
+             backends = [\"ws://127.0.0.1:1\"]\n",
+        )
+        .unwrap();
+        let reasons = Arc::new(HeadReasons::new(&config.limits, Duration::from_secs(10)));
+        let state = Arc::new(ProxyState::new(config, Default::default()));
+        Arc::new(HeadWatch::new(
+            state,
+            reasons,
+            "192.0.2.1:1234".parse().unwrap(),
+        ))
+    }
+
+    fn counted(watch: &HeadWatch) -> Vec<((Outcome, u16), u64)> {
+        watch
+            .state
+            .unrouted_refusals
+            .by_status()
+            .into_iter()
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn hyper_s_answer_is_replaced_counted_and_followed_by_a_lingering_close() {
+        let watch = watch();
+        // A duplex pipe is not vectored: hyper would use `poll_write`.
+        let (server, mut client) = tokio::io::duplex(64 * 1024);
+        let mut guard = HeadGuard::new(server, watch.clone());
+        let hyper_answer = format!(
+            "HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: {DATE}\r\n\r\n"
+        );
+        guard.write_all(hyper_answer.as_bytes()).await.unwrap();
+        assert_eq!(
+            counted(&watch),
+            vec![((Outcome::RequestHeadTooLarge, 431), 1)]
+        );
+        // The client still sends (the rest of its head) while the guard shuts down.
+        let shutdown = tokio::spawn(async move { guard.shutdown().await });
+        client.write_all(&[b'a'; 10_000]).await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        let expected = answer(
+            HeadRefusal::TooLarge,
+            watch.reasons.reason(HeadRefusal::TooLarge),
+            DATE.as_bytes(),
+        );
+        assert_eq!(got, expected);
+        // The shutdown ends when the client closes.
+        assert!(!shutdown.is_finished());
+        drop(client);
+        shutdown.await.unwrap().unwrap();
+        // Reported once, whoever reports it next (the connection's task, on hyper's error).
+        watch.refuse(HeadRefusal::TooLarge, None);
+        assert_eq!(counted(&watch).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn anything_but_a_first_automatic_answer_passes_untouched() {
+        let watch = watch();
+        let (server, mut client) = tokio::io::duplex(64 * 1024);
+        let mut guard = HeadGuard::new(server, watch.clone());
+        let page = "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 2\r\n\r\nhi";
+        // After a first response of the proxy's own, even an answer of that shape is left
+        // alone: it could be a body's bytes.
+        let later =
+            format!("HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\ndate: {DATE}\r\n\r\n");
+        guard.write_all(page.as_bytes()).await.unwrap();
+        guard.write_all(later.as_bytes()).await.unwrap();
+        guard.shutdown().await.unwrap();
+        let mut got = String::new();
+        client.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, format!("{page}{later}"));
+        assert!(counted(&watch).is_empty());
+        // The socket comes out as it went in.
+        let _: tokio::io::DuplexStream = guard.into_inner();
+    }
 
     #[test]
     fn recognises_hyper_s_automatic_answers() {
