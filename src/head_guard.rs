@@ -84,7 +84,8 @@ impl HeadRefusal {
     ///
     /// `seen_request`: a header timeout after a request on a kept-alive connection is an
     /// idle connection closing, not a refusal. hyper tells a long URI from a large head only
-    /// by its status; the guard counts those from the answer it replaced.
+    /// by its status, so the guard counts those from the answer it replaced; only a 414
+    /// after a kept-alive static page (which the guard lets through) counts as a 431.
     pub fn of_error(e: &hyper::Error, seen_request: bool) -> Option<HeadRefusal> {
         if e.is_timeout() {
             (!seen_request).then_some(HeadRefusal::Timeout)
