@@ -8,6 +8,7 @@
 //! | PROXY protocol v1/v2 header on listeners that expect one (behind an L4 balancer) | [`proxy_protocol`] |
 //! | TLS: certificates, SNI, client certificates, reload, the backend client config | [`tls`] |
 //! | HTTP front end: hyper-util auto builder (HTTP/1.1 and HTTP/2), timers, header limits | [`http`] |
+//! | the request head's refusals by hyper (431, 414, 400, timeouts): counted, logged, answered with a reason | [`head_guard`] |
 //! | the orchestrator: each phase below as one line, one refusal point | [`proxy`] |
 //! | the request target: one host, one canonical path, before routing | [`target`] |
 //! | the path canonicaliser (RFC 3986 §6.2.2, dot segments, slashes) | [`path`] |
@@ -44,6 +45,7 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod handshake;
+pub mod head_guard;
 pub mod http;
 pub mod http_client;
 pub mod metrics;

@@ -44,12 +44,15 @@ pub struct ProxyState {
     pub sessions: Arc<Sessions>,
     /// Refusals of requests that matched no route.
     pub unrouted_refusals: crate::telemetry::RefusalCounts,
+    /// The refusal records' per-outcome budget (`[log] refusals_per_second`).
+    pub refusal_log: crate::telemetry::limited::LogLimiter,
 }
 
 impl ProxyState {
     pub fn new(config: Config, sessions: Arc<Sessions>) -> ProxyState {
         ProxyState {
             routes: RouteTable::new(&config.routes, sessions.control()),
+            refusal_log: crate::telemetry::limited::LogLimiter::new(config.log.refusals_per_second),
             config,
             sessions,
             unrouted_refusals: Default::default(),
@@ -499,6 +502,7 @@ fn refuse(
     let counts = route.map_or(&state.unrouted_refusals, |r| &r.refusals);
     counts.add_status(err.outcome(), status.as_u16());
     access::refused(
+        &state.refusal_log,
         id,
         route.map(|r| r.config.name.as_str()),
         conn.client,

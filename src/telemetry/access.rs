@@ -55,8 +55,11 @@ pub fn session_closed(
     );
 }
 
-/// A handshake was refused before the upgrade.
+/// A handshake was refused before the upgrade; written within `limit`'s budget for the
+/// refusal's outcome (a flood of one kind costs a few lines a second).
+#[allow(clippy::too_many_arguments)]
 pub fn refused(
+    limit: &super::limited::LogLimiter,
     id: u64,
     route: Option<&str>,
     client: SocketAddr,
@@ -65,6 +68,9 @@ pub fn refused(
     status: StatusCode,
     err: &ProxyError,
 ) {
+    let Some(line) = limit.admit(err.outcome()) else {
+        return;
+    };
     let fault = err.fault();
     // Both may carry client bytes: cut to a bound, and logged as `&str` fields, which the
     // text format quotes and escapes (a raw `\n` would start a forged record).
@@ -85,6 +91,7 @@ pub fn refused(
                 policy = err.policy(),
                 fault = fault.as_str(),
                 reason = reason.as_str(),
+                suppressed = line.suppressed(),
                 "handshake refused"
             )
         };

@@ -1,6 +1,7 @@
 //! Logging: `tracing` with `RUST_LOG` filtering, as text or JSON lines, and the access log.
 
 pub mod access;
+pub mod limited;
 
 use tracing_subscriber::EnvFilter;
 
