@@ -1,6 +1,8 @@
-//! Logging: `tracing` with `RUST_LOG` filtering, as text or JSON lines, and the access log.
+//! Logging: `tracing` with `RUST_LOG` filtering, as text or JSON lines (`json.rs`), the
+//! access log (`access.rs`), and the ids that correlate a request's records (`correlation.rs`).
 
 pub mod access;
+pub mod correlation;
 
 use tracing_subscriber::EnvFilter;
 
