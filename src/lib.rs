@@ -132,7 +132,7 @@ impl Gateway {
                 .iter()
                 .map(|b| b.url.url.as_str())
                 .collect();
-            tracing::info!(route = %r.config.name, host = r.config.host.as_deref().unwrap_or("*"), path = %r.config.path, backends = ?backends, "route");
+            tracing::info!(route = %r.config.name, host = r.config.host.as_deref().unwrap_or("*"), path = %r.config.path, backends = telemetry::list(&backends), "route");
         }
         let supervisor = tokio::spawn(supervise(stop.clone(), conns, sessions.clone(), grace));
         Ok(Handle {

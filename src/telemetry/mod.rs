@@ -3,6 +3,9 @@
 
 pub mod access;
 pub mod correlation;
+pub mod json;
+
+pub use json::list;
 
 use tracing_subscriber::EnvFilter;
 
@@ -31,11 +34,8 @@ pub fn init(format: LogFormat) {
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
+        // wsgate's own JSON format: tracing-subscriber's writes lists as strings.
+        LogFormat::Json => builder.event_format(json::JsonFormat).try_init(),
     };
     // A second init (tests, embedding) keeps the first subscriber.
     let _ = result;
