@@ -62,6 +62,10 @@ pub const RESERVED_HEADERS: &[&str] = &[
     "x-forwarded-proto",
     "x-forwarded-host",
     "x-real-ip",
+    // The request's correlation ids (`telemetry::correlation`).
+    "x-request-id",
+    "traceparent",
+    "tracestate",
 ];
 
 /// Why a handshake was refused by policy. The message is the log's reason; what the client

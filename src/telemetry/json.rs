@@ -337,21 +337,24 @@ mod tests {
     }
 
     #[test]
-    fn an_absent_value_is_no_field() {
-        let out = logged(true, || {
+    fn an_absent_value_is_no_field_in_either_format() {
+        let log = || {
             tracing::info!(
                 code = None::<u16>,
                 reason = None::<&str>,
                 other = Some(1000u16),
                 "x"
             )
-        });
+        };
+        let out = logged(true, log);
         let r = parse(&out);
         assert!(
             !r.contains_key("code") && !r.contains_key("reason"),
             "{out}"
         );
         assert_eq!(r["other"], 1000);
+        let text = logged(false, log);
+        assert!(text.trim_end().ends_with(": x other=1000"), "{text}");
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub fn init(format: LogFormat) {
 
 /// The longest request path an access record keeps, in bytes.
 pub const MAX_LOGGED_PATH: usize = 1024;
+/// The longest host, subprotocol, user or user agent an access record keeps, in bytes.
+pub const MAX_LOGGED_VALUE: usize = 256;
 /// The longest refusal reason an access record keeps, in bytes (a reason may quote an Origin
 /// or a subprotocol list, up to the whole header block).
 pub const MAX_LOGGED_REASON: usize = 512;
