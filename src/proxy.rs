@@ -132,7 +132,7 @@ async fn handle_request(
         conn.scheme,
     ) {
         Ok(route) => route,
-        Err(e) => return refuse(&state, (id, &ids), None, &conn, &parts, e.into()),
+        Err(e) => return refuse(&state, id, &ids, None, &conn, &parts, e.into()),
     };
     let cx = Ctx {
         state: &state,
@@ -143,7 +143,7 @@ async fn handle_request(
     };
     match upgrade(&cx, route, &mut parts).await {
         Ok(response) => response,
-        Err(e) => refuse(&state, (id, &ids), route.map(Arc::as_ref), &conn, &parts, e),
+        Err(e) => refuse(&state, id, &ids, route.map(Arc::as_ref), &conn, &parts, e),
     }
 }
 
@@ -179,10 +179,7 @@ async fn upgrade(
     let mut upgrade = backend_handshake(cx, route, parts, &client_hs, &lease, stream).await?;
     let counting = deflate::counting(rc.session.max_message_inflated, &upgrade.extensions);
     upgrade.extensions = deflate::client_response(&upgrade.extensions, counting.is_some());
-    let mut response = accept_response(&client_hs, &upgrade, admitted.token_marker.as_deref());
-    response
-        .headers_mut()
-        .insert(X_REQUEST_ID, cx.ids.request_id_header());
+    let response = accept_response(cx, &client_hs, &upgrade, admitted.token_marker.as_deref());
     let meta = session_meta(cx, parts, &client_hs, &upgrade, admitted.user);
     let ends = (admitted.session_end, counting);
     spawn_session(cx, route, client_upgrade, lease, upgrade, meta, ends);
@@ -440,11 +437,12 @@ fn allowed_rsv(extensions: &[HeaderValue]) -> u8 {
 
 /// The client's answer: over HTTP/1.1 a 101 with its own accept key, over HTTP/2 a 200
 /// (RFC 8441 §5: no key, no accept, and no body, or hyper resets the stream); either way the
-/// backend's choices of subprotocol and extensions, and its cookies.
+/// backend's choices of subprotocol and extensions, its cookies, and the request id.
 ///
 /// `token_marker`: the subprotocol to answer with when the backend chose none (see
 /// `RoutePolicy::admit`).
 fn accept_response(
+    cx: &Ctx<'_>,
     client: &ClientHandshake,
     up: &BackendUpgrade,
     token_marker: Option<&str>,
@@ -465,6 +463,7 @@ fn accept_response(
     let h = resp.headers_mut();
     // RFC 9110 §7.6.3: a proxy says so on what it forwards; the backend spoke HTTP/1.1.
     h.insert(header::VIA, HeaderValue::from_static("1.1 wsgate"));
+    h.insert(X_REQUEST_ID, cx.ids.request_id_header());
     if let Some(p) = &up.protocol {
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, p.clone());
     } else if let Some(m) = token_marker.and_then(|m| HeaderValue::from_str(m).ok()) {
@@ -483,7 +482,8 @@ fn accept_response(
 /// id among them), log record.
 fn refuse(
     state: &ProxyState,
-    (id, ids): (u64, &Correlation),
+    id: u64,
+    ids: &Correlation,
     route: Option<&Route>,
     conn: &ConnInfo,
     parts: &Parts,
