@@ -136,7 +136,7 @@ impl Gateway {
                 .iter()
                 .map(|b| b.url.url.as_str())
                 .collect();
-            tracing::info!(route = %r.config.name, host = r.config.host.as_deref().unwrap_or("*"), path = %r.config.path, backends = ?backends, "route");
+            tracing::info!(route = %r.config.name, host = r.config.host.as_deref().unwrap_or("*"), path = %r.config.path, backends = telemetry::list(&backends), "route");
         }
         // The admin listener outlives the proxy's: during a drain `/readyz` says 503 and the
         // metrics can still be scraped. It stops when the shutdown is complete.
