@@ -24,10 +24,12 @@
 //! | registry of live sessions, drain | [`sessions`] |
 //! | errors and their mapping to status codes, outcomes and fault | [`error`] |
 //! | the outcome names (log fields, refusal counters, metric labels) | [`outcome`] |
-//! | logging and the access log | [`telemetry`] |
+//! | logging, the access log, request ids and trace context, the refusal log's rate limit | [`telemetry`] |
 //!
 //! Around them: [`config`] is the only module that knows the TOML file (its schema, parsing
 //! and validation, every error with key and line), and hands the others typed values;
+//! [`admin`] is the admin listener (metrics, health, the session API, the status page) and
+//! [`metrics`] what it counts and exposes;
 //! [`demo`] is `wsgate demo`'s built-in echo backend and browser page; [`fuzz`] holds the
 //! properties every parser of untrusted bytes is fuzzed against (`fuzz/`, replayed by
 //! `cargo test`).

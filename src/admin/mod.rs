@@ -2,7 +2,7 @@
 //! page, on a port of its own (never a proxy port).
 //!
 //! Each connection is served by hyper-util's auto builder through a `tower` stack (outermost
-//! first): errors of the layers below become responses ([`error_response`]), a cap on requests
+//! first): errors of the layers below become responses (`error_response`), a cap on requests
 //! in progress, a timeout for producing each response, then the [`guard`] (Host, token,
 //! cross-site checks) and the router ([`api`]). Reads come from the session registry and the
 //! metrics collector; writes go through the same signals a drain uses (a session's
