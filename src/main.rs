@@ -187,6 +187,18 @@ fn check(path: &std::path::Path) -> ExitCode {
                     backends.join(", ")
                 );
             }
+            if let Some(admin) = &cfg.admin {
+                println!(
+                    "  admin listener: {}://{} ({})",
+                    if admin.tls.is_some() { "https" } else { "http" },
+                    admin.addr,
+                    if admin.token.is_some() {
+                        "token required"
+                    } else {
+                        "loopback, no token"
+                    }
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {
