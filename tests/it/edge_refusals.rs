@@ -4,7 +4,6 @@
 //! the whole answer, up to the gateway's close.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -12,13 +11,11 @@ use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::mpsc;
 
 use crate::support::tls::*;
 use crate::support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_wsgate");
 
 const TOO_LARGE: &str = "request header fields too large: the request head is over 32768 bytes \
                          or 100 header fields";
@@ -289,14 +286,7 @@ async fn run_binary(
     toml: &str,
 ) -> (Child, mpsc::UnboundedReceiver<serde_json::Value>, String) {
     let config = dir.write("wsgate.toml", toml);
-    let mut child = Command::new(BIN)
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_binary(&config, "json", "info");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let (tx, mut records) = mpsc::unbounded_channel();
     tokio::spawn(async move {

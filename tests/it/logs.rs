@@ -10,13 +10,12 @@
 //! open record; the access record's fields (absent, not 0, when there is nothing to say), in
 //! the JSON format with lists as arrays; `closed_by` when the proxy ends a session.
 
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use futures_util::SinkExt;
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -24,20 +23,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_wsgate");
-
 /// Starts `wsgate run` in the text format at `RUST_LOG=debug` with `config`; returns the child
 /// and the address it listens on (read from its `listening` line).
 async fn spawn_text(config: &std::path::Path) -> (Child, String, Vec<u8>) {
-    let mut child = Command::new(BIN)
-        .args(["--log-format", "text", "run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "debug")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_binary(config, "text", "debug");
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let mut seen = Vec::new();
     let addr = tokio::time::timeout(STEP, async {
@@ -284,14 +273,7 @@ struct JsonRun {
 impl JsonRun {
     /// Starts the binary on `config` at `RUST_LOG=level` and waits until it listens.
     async fn start(config: &std::path::Path, level: &str) -> (JsonRun, String) {
-        let mut child = Command::new(BIN)
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", level)
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut child = spawn_binary(config, "json", level);
         let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
         let run = JsonRun {
             child,
