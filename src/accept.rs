@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ListenerConfig;
+use crate::head_guard::{ClientIo, HeadGuard, HeadReasons, HeadRefusal, HeadWatch};
 use crate::http::{self, Protocols};
 use crate::metrics::ListenerStats;
 use crate::outcome::Outcome;
@@ -70,6 +71,10 @@ pub async fn accept_loop(
         let h1 = make(Protocols::Http1);
         (h1.clone(), h1.clone(), h1)
     };
+    let reasons = Arc::new(HeadReasons::new(
+        &state.config.limits,
+        config.handshake_timeout,
+    ));
     loop {
         let (mut stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -91,6 +96,7 @@ pub async fn accept_loop(
         let timeout = config.handshake_timeout;
         let proxy_protocol = config.proxy_protocol;
         let trusted_proxies = config.trusted_proxies.clone();
+        let reasons = reasons.clone();
         match &config.tls {
             None => {
                 let plain = plain.clone();
@@ -110,7 +116,7 @@ pub async fn accept_loop(
                         trusted_proxies,
                         live_streams: Default::default(),
                     };
-                    serve(TokioIo::new(stream), conn, state, plain, timeout, stop).await;
+                    serve(stream, conn, state, plain, reasons, timeout, stop).await;
                 });
             }
             Some(tls) => {
@@ -177,7 +183,7 @@ pub async fn accept_loop(
                     } else {
                         h1
                     };
-                    serve(TokioIo::new(tls), conn, state, builder, timeout, stop).await;
+                    serve(tls, conn, state, builder, reasons, timeout, stop).await;
                 });
             }
         }
@@ -269,26 +275,32 @@ fn set_socket_options(stream: &TcpStream) {
 /// Serves one connection. Its first request must arrive within `first_request_timeout`:
 /// hyper's header timeout only starts once the protocol has been sniffed, so a client that
 /// connects and sends nothing would otherwise hold the socket forever.
+///
+/// hyper gets the connection through a [`HeadGuard`]: a head hyper refuses (431, 414, 400)
+/// is answered with wsgate's reason, and like a head that never completes, it is counted
+/// and logged (`head_guard.rs`).
 async fn serve<I>(
-    io: TokioIo<I>,
+    io: I,
     conn: ConnInfo,
     state: Arc<ProxyState>,
     builder: Arc<http::Builder>,
+    reasons: Arc<HeadReasons>,
     first_request_timeout: Duration,
     stop: CancellationToken,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let seen_request = Arc::new(AtomicBool::new(false));
+    let watch = Arc::new(HeadWatch::new(state.clone(), reasons, conn.client));
     let client = conn.client;
     let live_streams = conn.live_streams.clone();
     let service = {
-        let seen_request = seen_request.clone();
+        let watch = watch.clone();
         service_fn(move |req| {
-            seen_request.store(true, Ordering::Relaxed);
+            watch.request_seen();
             proxy::handle(state.clone(), conn.clone(), req)
         })
     };
+    let io: ClientIo<I> = TokioIo::new(HeadGuard::new(io, watch.clone()));
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     let deadline = tokio::time::sleep(first_request_timeout);
@@ -303,14 +315,16 @@ async fn serve<I>(
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(e) = result {
-                    tracing::debug!(client = %client, error = %e, "connection ended with an error");
+                    connection_failed(&watch, client, &*e);
                 }
                 return;
             }
             _ = &mut deadline, if deadline_armed => {
                 deadline_armed = false;
-                if !seen_request.load(Ordering::Relaxed) {
-                    tracing::debug!(client = %client, "no request within the handshake timeout; closing");
+                if !watch.seen_request() {
+                    // Counted before the connection is dropped, so the close the client
+                    // sees comes after the count.
+                    watch.refuse(HeadRefusal::Timeout, None);
                     return;
                 }
             }
@@ -329,5 +343,20 @@ async fn serve<I>(
                 connection.as_mut().graceful_shutdown();
             }
         }
+    }
+}
+
+/// A connection ended with an error: a refused head is reported (once: the guard may have
+/// reported it when it answered), anything else (the client left, a reset, an HTTP/2
+/// protocol error) only at debug.
+fn connection_failed(
+    watch: &HeadWatch,
+    client: SocketAddr,
+    e: &(dyn std::error::Error + Send + Sync + 'static),
+) {
+    let hyper_error = e.downcast_ref::<hyper::Error>();
+    match hyper_error.and_then(|h| HeadRefusal::of_error(h, watch.seen_request())) {
+        Some(refusal) => watch.refuse(refusal, hyper_error),
+        None => tracing::debug!(client = %client, error = %e, "connection ended with an error"),
     }
 }

@@ -19,6 +19,7 @@ use crate::error::{BackendError, BackendRefusal};
 use crate::handshake::{self, ClientHandshake};
 use crate::outcome::Outcome;
 use crate::policy::forwarding::{self, ClientAddr};
+use crate::telemetry::correlation::Correlation;
 
 /// One backend server and the number of live sessions on it.
 #[derive(Debug)]
@@ -193,9 +194,10 @@ const NOT_FORWARDED: &[HeaderName] = &[
     header::FORWARDED,
 ];
 
-/// Non-standard hop-by-hop and forwarding headers, by lower-case name. Forwarding headers
-/// from the client are dropped (not appended to) until trusted proxies can be configured:
-/// otherwise any client could claim any address.
+/// Non-standard hop-by-hop, forwarding and correlation headers, by lower-case name.
+/// Forwarding headers are set below (a trusted proxy's extended, anyone else's replaced):
+/// otherwise any client could claim any address. The correlation headers are the request's
+/// [`Correlation`]'s, which kept a trusted proxy's id and a valid trace context.
 const NOT_FORWARDED_NAMES: &[&str] = &[
     "keep-alive",
     "proxy-connection",
@@ -204,6 +206,9 @@ const NOT_FORWARDED_NAMES: &[&str] = &[
     "x-forwarded-host",
     "x-forwarded-port",
     "x-real-ip",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
 ];
 
 /// Everything the backend request is built from.
@@ -219,10 +224,13 @@ pub struct BackendRequest<'a> {
     /// The listener's client-certificate header and the verified subject (if any). The
     /// client's own header of that name is always dropped, so it cannot be forged.
     pub client_subject: Option<(&'a HeaderName, Option<&'a str>)>,
+    /// The request id and trace context the backend is sent.
+    pub correlation: &'a Correlation,
 }
 
 /// Builds the upgrade request for the backend: end-to-end headers copied, hop-by-hop ones
-/// dropped, a fresh key, and the forwarding headers added. Returns the request and its key.
+/// dropped, a fresh key, and the forwarding and correlation headers added. Returns the
+/// request and its key.
 pub fn build_request(b: &BackendRequest<'_>) -> (Request<Empty<Bytes>>, String) {
     let key = handshake::generate_key();
     let path = backend_path(
@@ -338,6 +346,9 @@ pub fn build_request(b: &BackendRequest<'_>) -> (Request<Empty<Bytes>>, String) 
         prev => format!("{prev}, {via}"),
     };
     set(&mut headers, header::VIA, &via);
+    for (name, value) in b.correlation.backend_headers() {
+        headers.append(name, value);
+    }
 
     let mut req = Request::new(Empty::new());
     *req.uri_mut() = path.parse().unwrap_or_else(|_| http::Uri::from_static("/"));

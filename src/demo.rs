@@ -44,9 +44,10 @@ pub async fn start_echo_backend(listen: SocketAddr) -> std::io::Result<SocketAdd
     Ok(addr)
 }
 
-/// The demo's proxy config: one listener, the page at `/`, the echo backend at `/echo`; with
-/// `tls`, the listener serves https/wss with a development certificate made on the spot.
-pub fn config(listen: SocketAddr, backend: SocketAddr, tls: bool) -> Config {
+/// The demo's proxy config: one listener, the page at `/`, the echo backend at `/echo`, and an
+/// admin listener at `admin`; with `tls`, the listener serves https/wss with a development
+/// certificate made on the spot.
+pub fn config(listen: SocketAddr, admin: SocketAddr, backend: SocketAddr, tls: bool) -> Config {
     let toml = format!(
         r#"
         # A demo has nothing worth waiting for: Ctrl-C ends it promptly.
@@ -55,6 +56,10 @@ pub fn config(listen: SocketAddr, backend: SocketAddr, tls: bool) -> Config {
 
         [[listener]]
         listen = "{listen}"
+
+        # The status page, /metrics and the session API, on loopback only.
+        [admin]
+        listen = "{admin}"
 
         [[route]]
         name = "demo-echo"

@@ -8,6 +8,7 @@
 //! | PROXY protocol v1/v2 header on listeners that expect one (behind an L4 balancer) | [`proxy_protocol`] |
 //! | TLS: certificates, SNI, client certificates, reload, the backend client config | [`tls`] |
 //! | HTTP front end: hyper-util auto builder (HTTP/1.1 and HTTP/2), timers, header limits | [`http`] |
+//! | the request head's refusals by hyper (431, 414, 400, timeouts): counted, logged, answered with a reason | [`head_guard`] |
 //! | the orchestrator: each phase below as one line, one refusal point | [`proxy`] |
 //! | the request target: one host, one canonical path, before routing | [`target`] |
 //! | the path canonicaliser (RFC 3986 §6.2.2, dot segments, slashes) | [`path`] |
@@ -23,10 +24,12 @@
 //! | registry of live sessions, drain | [`sessions`] |
 //! | errors and their mapping to status codes, outcomes and fault | [`error`] |
 //! | the outcome names (log fields, refusal counters, metric labels) | [`outcome`] |
-//! | logging and the access log | [`telemetry`] |
+//! | logging, the access log, request ids and trace context, the refusal log's rate limit | [`telemetry`] |
 //!
 //! Around them: [`config`] is the only module that knows the TOML file (its schema, parsing
 //! and validation, every error with key and line), and hands the others typed values;
+//! [`admin`] is the admin listener (metrics, health, the session API, the status page) and
+//! [`metrics`] what it counts and exposes;
 //! [`demo`] is `wsgate demo`'s built-in echo backend and browser page; [`fuzz`] holds the
 //! properties every parser of untrusted bytes is fuzzed against (`fuzz/`, replayed by
 //! `cargo test`).
@@ -44,6 +47,7 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod handshake;
+pub mod head_guard;
 pub mod http;
 pub mod http_client;
 pub mod metrics;
@@ -134,7 +138,7 @@ impl Gateway {
                 .iter()
                 .map(|b| b.url.url.as_str())
                 .collect();
-            tracing::info!(route = %r.config.name, host = r.config.host.as_deref().unwrap_or("*"), path = %r.config.path, backends = ?backends, "route");
+            tracing::info!(route = %r.config.name, host = r.config.host.as_deref().unwrap_or("*"), path = %r.config.path, backends = telemetry::list(&backends), "route");
         }
         // The admin listener outlives the proxy's: during a drain `/readyz` says 503 and the
         // metrics can still be scraped. It stops when the shutdown is complete.

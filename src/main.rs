@@ -52,6 +52,10 @@ enum Command {
         /// development certificate made at start (the browser will ask you to accept it).
         #[arg(long)]
         tls: bool,
+        /// Where the demo's admin listener (status page, /metrics, session API) listens. If
+        /// it is busy, a free port is used.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
     },
     /// Write a self-signed development certificate and key (PEM) for the given names, e.g.
     /// `wsgate cert localhost 127.0.0.1`. Marked as such: never use it in production.
@@ -138,8 +142,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Echo { listen } => exit(runtime().and_then(|rt| rt.block_on(echo(listen)))),
-        Command::Demo { listen, tls } => {
-            exit(runtime().and_then(|rt| rt.block_on(demo(listen, tls))))
+        Command::Demo { listen, tls, admin } => {
+            exit(runtime().and_then(|rt| rt.block_on(demo(listen, admin, tls))))
         }
         Command::Cert { names, out } => exit(cert(&names, &out)),
     }
@@ -181,6 +185,18 @@ fn check(path: &std::path::Path) -> ExitCode {
                     r.host.as_deref().unwrap_or("*"),
                     r.path,
                     backends.join(", ")
+                );
+            }
+            if let Some(admin) = &cfg.admin {
+                println!(
+                    "  admin listener: {}://{} ({})",
+                    if admin.tls.is_some() { "https" } else { "http" },
+                    admin.addr,
+                    if admin.token.is_some() {
+                        "token required"
+                    } else {
+                        "loopback, no token"
+                    }
                 );
             }
             ExitCode::SUCCESS
@@ -241,16 +257,17 @@ fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     f.write_all(data)
 }
 
-async fn demo(listen: SocketAddr, tls: bool) -> anyhow::Result<()> {
+async fn demo(listen: SocketAddr, admin: SocketAddr, tls: bool) -> anyhow::Result<()> {
     let backend = wsgate::demo::start_echo_backend("127.0.0.1:0".parse()?)
         .await
         .context("cannot start the demo echo backend")?;
-    let handle = match Gateway::start(wsgate::demo::config(listen, backend, tls)).await {
+    let config = |listen, admin| wsgate::demo::config(listen, admin, backend, tls);
+    let handle = match Gateway::start(config(listen, admin)).await {
         Ok(h) => h,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            let fallback = SocketAddr::new(listen.ip(), 0);
-            eprintln!("wsgate: {listen} is in use; using a free port instead");
-            Gateway::start(wsgate::demo::config(fallback, backend, tls)).await?
+            let free = |a: SocketAddr| SocketAddr::new(a.ip(), 0);
+            eprintln!("wsgate: {listen} or {admin} is in use; using free ports instead");
+            Gateway::start(config(free(listen), free(admin))).await?
         }
         Err(e) => return Err(e.into()),
     };
@@ -267,6 +284,9 @@ async fn demo(listen: SocketAddr, tls: bool) -> anyhow::Result<()> {
         println!(
             "  The certificate is a self-signed development certificate: accept it in the browser."
         );
+    }
+    if let Some(admin) = handle.admin_addr() {
+        println!("  Status page: http://{admin}/ (metrics at http://{admin}/metrics).");
     }
     println!("  Built-in echo backend: ws://{backend}/  -  Ctrl-C to stop.");
     println!();

@@ -13,9 +13,10 @@ use std::fmt;
 /// How a connection, a handshake or a session ended, as a stable snake_case name
 /// ([`Outcome::as_str`]).
 ///
-/// Three families: refusals before HTTP (the connection is closed without an answer, or with
-/// a bare 400), refusals of the WebSocket handshake (answered with an HTTP status, see
-/// `error.rs`), and ends of relayed sessions (after the 101).
+/// Four families: refusals before HTTP (the connection is closed without an answer, or with
+/// a bare 400), refusals of the request head by the HTTP parser or its timers (before any
+/// request reaches the proxy), refusals of the WebSocket handshake (answered with an HTTP
+/// status, see `error.rs`), and ends of relayed sessions (after the 101).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Outcome {
     // --- Before HTTP (accept.rs): the connection is closed, counted as unrouted. ---
@@ -29,6 +30,20 @@ pub enum Outcome {
     TlsHandshakeTimeout,
     /// The TLS handshake failed (no common version or cipher, bad client certificate, ...).
     TlsHandshakeFailed,
+
+    // --- The request head (accept.rs): refused by hyper's parser or timers, counted as
+    // unrouted (no request, so no route). ---
+    /// The request head is over `max_header_bytes` or has more than `max_headers` fields (431).
+    RequestHeadTooLarge,
+    /// The request target is longer than the HTTP parser accepts (414).
+    UriTooLong,
+    /// The request head is not valid HTTP/1.1: a malformed request line, an obs-fold line, a
+    /// bare CR, a control byte in a field, ... (400); or the HTTP/2 preface on a connection
+    /// that agreed on HTTP/1.1 (closed without an answer).
+    RequestHeadInvalid,
+    /// No complete request head within the listener's handshake timeout (closed without an
+    /// answer: a slow or silent client).
+    RequestHeadTimeout,
 
     // --- Refusals by the proxy itself (404, 503). ---
     /// No route matches the request's host and path (404).
@@ -161,6 +176,10 @@ impl Outcome {
         Outcome::PlainHttpOnTls,
         Outcome::TlsHandshakeTimeout,
         Outcome::TlsHandshakeFailed,
+        Outcome::RequestHeadTooLarge,
+        Outcome::UriTooLong,
+        Outcome::RequestHeadInvalid,
+        Outcome::RequestHeadTimeout,
         Outcome::NoRoute,
         Outcome::Draining,
         Outcome::NotAnUpgrade,
@@ -224,6 +243,10 @@ impl Outcome {
             Outcome::PlainHttpOnTls => "plain_http_on_tls",
             Outcome::TlsHandshakeTimeout => "tls_handshake_timeout",
             Outcome::TlsHandshakeFailed => "tls_handshake_failed",
+            Outcome::RequestHeadTooLarge => "request_head_too_large",
+            Outcome::UriTooLong => "uri_too_long",
+            Outcome::RequestHeadInvalid => "request_head_invalid",
+            Outcome::RequestHeadTimeout => "request_head_timeout",
             Outcome::NoRoute => "no_route",
             Outcome::Draining => "draining",
             Outcome::NotAnUpgrade => "not_an_upgrade",

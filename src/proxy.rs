@@ -33,6 +33,7 @@ use crate::relay;
 use crate::route::{Route, RouteTable};
 use crate::sessions::{SessionMeta, Sessions};
 use crate::telemetry::access;
+use crate::telemetry::correlation::{Correlation, X_REQUEST_ID};
 
 pub type Body = Full<Bytes>;
 
@@ -44,12 +45,15 @@ pub struct ProxyState {
     pub sessions: Arc<Sessions>,
     /// Refusals of requests that matched no route.
     pub unrouted_refusals: crate::telemetry::RefusalCounts,
+    /// The refusal records' per-outcome budget (`[log] refusals_per_second`).
+    pub refusal_log: crate::telemetry::limited::LogLimiter,
 }
 
 impl ProxyState {
     pub fn new(config: Config, sessions: Arc<Sessions>) -> ProxyState {
         ProxyState {
             routes: RouteTable::new(&config.routes, sessions.control()),
+            refusal_log: crate::telemetry::limited::LogLimiter::new(config.log.refusals_per_second),
             config,
             sessions,
             unrouted_refusals: Default::default(),
@@ -120,6 +124,8 @@ async fn handle_request(
     if forwarding.peer_trusted {
         conn.client = SocketAddr::new(forwarding.ip, 0);
     }
+    // The ids every record of this request carries, and the backend and the client get.
+    let ids = Correlation::of_request(&parts.headers, forwarding.peer_trusted);
     // One canonical host and path, before routing: what the route, the policy and the
     // backend all act on (`target.rs`).
     let route = match crate::target::route(
@@ -129,17 +135,18 @@ async fn handle_request(
         conn.scheme,
     ) {
         Ok(route) => route,
-        Err(e) => return refuse(&state, id, None, &conn, &parts, e.into()),
+        Err(e) => return refuse(&state, id, &ids, None, &conn, &parts, e.into()),
     };
     let cx = Ctx {
         state: &state,
         conn: &conn,
         forwarding: &forwarding,
         id,
+        ids: &ids,
     };
     match upgrade(&cx, route, &mut parts).await {
         Ok(response) => response,
-        Err(e) => refuse(&state, id, route.map(Arc::as_ref), &conn, &parts, e),
+        Err(e) => refuse(&state, id, &ids, route.map(Arc::as_ref), &conn, &parts, e),
     }
 }
 
@@ -148,8 +155,10 @@ struct Ctx<'a> {
     state: &'a ProxyState,
     conn: &'a ConnInfo,
     forwarding: &'a ClientAddr,
-    /// The request's id, which becomes the session's.
+    /// The request's number, which becomes the session's (the admin API names it).
     id: u64,
+    /// The request id and trace context (`X-Request-Id`, `traceparent`).
+    ids: &'a Correlation,
 }
 
 /// The phases of an upgrade, in order, one line each: the first error ends the request (as
@@ -173,7 +182,7 @@ async fn upgrade(
     let mut upgrade = backend_handshake(cx, route, parts, &client_hs, &lease, stream).await?;
     let counting = deflate::counting(rc.session.max_message_inflated, &upgrade.extensions);
     upgrade.extensions = deflate::client_response(&upgrade.extensions, counting.is_some());
-    let response = accept_response(&client_hs, &upgrade, admitted.token_marker.as_deref());
+    let response = accept_response(cx, &client_hs, &upgrade, admitted.token_marker.as_deref());
     let meta = session_meta(cx, parts, &client_hs, &upgrade, admitted.user);
     let ends = (admitted.session_end, counting);
     spawn_session(cx, route, client_upgrade, lease, upgrade, meta, ends);
@@ -188,21 +197,20 @@ fn session_meta(
     up: &BackendUpgrade,
     user: Option<String>,
 ) -> SessionMeta {
-    let text = |v: &HeaderValue, max: usize| -> Option<Box<str>> {
+    use crate::telemetry::{MAX_LOGGED_PATH, MAX_LOGGED_VALUE, cut};
+    let text = |v: &HeaderValue| -> Option<Box<str>> {
         let v = v.to_str().ok()?;
-        Some(crate::telemetry::cut(v, max).into())
+        Some(cut(v, MAX_LOGGED_VALUE).into())
     };
     SessionMeta {
-        request_id: cx.id.to_string().into(),
+        request_id: cx.ids.request_id().into(),
+        trace_id: cx.ids.logged_trace_id().map(Into::into),
         transport: client_hs.transport,
-        host: crate::route::strip_port(&client_hs.host).into(),
-        path: crate::telemetry::cut(parts.uri.path(), crate::telemetry::MAX_LOGGED_PATH).into(),
-        subprotocol: up.protocol.as_ref().and_then(|p| text(p, 256)),
-        user: user.map(|u| crate::telemetry::cut(&u, 256).into()),
-        user_agent: parts
-            .headers
-            .get(header::USER_AGENT)
-            .and_then(|v| text(v, 256)),
+        host: cut(crate::route::strip_port(&client_hs.host), MAX_LOGGED_VALUE).into(),
+        path: cut(parts.uri.path(), MAX_LOGGED_PATH).into(),
+        subprotocol: up.protocol.as_ref().and_then(text),
+        user: user.map(|u| cut(&u, MAX_LOGGED_VALUE).into()),
+        user_agent: parts.headers.get(header::USER_AGENT).and_then(text),
     }
 }
 
@@ -281,9 +289,10 @@ async fn backend_handshake(
             .subject_header
             .as_ref()
             .map(|h| (h, conn.client_subject.as_deref())),
+        correlation: cx.ids,
     });
     // The path only: a query string may carry a token, even on a route that does not read one.
-    tracing::debug!(session = cx.id, route = %rc.name, backend = %backend_url.url, path = backend_req.uri().path(), "backend handshake");
+    tracing::debug!(session = cx.id, request_id = cx.ids.request_id(), route = %rc.name, backend = %backend_url.url, path = backend_req.uri().path(), "backend handshake");
     let params = backend::HandshakeParams {
         url: backend_url,
         tls: backend_url.tls_config(rc),
@@ -321,7 +330,7 @@ fn spawn_session(
         .stats
         .opened
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tracing::debug!(session = cx.id, client = %cx.conn.client, route = %route.config.name, backend = %session.info.lease.backend.url.url, "session open");
+    access::session_open(&session.info, cx.state.config.log.session_open);
     let allowed_rsv = allowed_rsv(&upgrade.extensions);
     let BackendUpgrade { io: backend_io, .. } = upgrade;
     let stream_guard =
@@ -336,7 +345,6 @@ fn spawn_session(
         allowed_rsv,
         session,
         stream_guard,
-        transport,
         token_end,
         counting,
     });
@@ -352,7 +360,6 @@ struct SessionStart {
     /// The registry record (route, backend lease, counters), removed when this drops.
     session: crate::sessions::SessionGuard,
     stream_guard: Option<StreamGuard>,
-    transport: Transport,
     /// When the session's token expires, on a route with `expire_sessions`.
     token_end: Option<std::time::SystemTime>,
     /// Inflated message sizes to count (`max_message_inflated`, see `deflate`).
@@ -371,7 +378,6 @@ async fn run_session(start: Box<SessionStart>) {
         allowed_rsv,
         session,
         stream_guard,
-        transport,
         token_end,
         counting,
     } = {
@@ -402,20 +408,13 @@ async fn run_session(start: Box<SessionStart>) {
         // is a bug worth knowing about, not worth a log line per frame.
         tracing::debug!(
             session = info.id,
+            request_id = &*info.meta.request_id,
             side = side.as_str(),
             "frames after a close frame dropped (RFC 6455 §5.5.1)"
         );
     }
     route.stats.session_ended(&outcome, info.started.elapsed());
-    access::session_closed(
-        info.id,
-        &route.name,
-        info.client,
-        info.backend(),
-        transport.as_str(),
-        info.started.elapsed(),
-        &outcome,
-    );
+    access::session_closed(info, &outcome);
     drop(stream_guard);
 }
 
@@ -441,11 +440,12 @@ fn allowed_rsv(extensions: &[HeaderValue]) -> u8 {
 
 /// The client's answer: over HTTP/1.1 a 101 with its own accept key, over HTTP/2 a 200
 /// (RFC 8441 §5: no key, no accept, and no body, or hyper resets the stream); either way the
-/// backend's choices of subprotocol and extensions, and its cookies.
+/// backend's choices of subprotocol and extensions, its cookies, and the request id.
 ///
 /// `token_marker`: the subprotocol to answer with when the backend chose none (see
 /// `RoutePolicy::admit`).
 fn accept_response(
+    cx: &Ctx<'_>,
     client: &ClientHandshake,
     up: &BackendUpgrade,
     token_marker: Option<&str>,
@@ -466,6 +466,7 @@ fn accept_response(
     let h = resp.headers_mut();
     // RFC 9110 §7.6.3: a proxy says so on what it forwards; the backend spoke HTTP/1.1.
     h.insert(header::VIA, HeaderValue::from_static("1.1 wsgate"));
+    h.insert(X_REQUEST_ID, cx.ids.request_id_header());
     if let Some(p) = &up.protocol {
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, p.clone());
     } else if let Some(m) = token_marker.and_then(|m| HeaderValue::from_str(m).ok()) {
@@ -480,10 +481,12 @@ fn accept_response(
     resp
 }
 
-/// The one place a refusal becomes a response: status, one-line reason, headers, log record.
+/// The one place a refusal becomes a response: status, one-line reason, headers (the request
+/// id among them), log record.
 fn refuse(
     state: &ProxyState,
     id: u64,
+    ids: &Correlation,
     route: Option<&Route>,
     conn: &ConnInfo,
     parts: &Parts,
@@ -499,11 +502,12 @@ fn refuse(
     let counts = route.map_or(&state.unrouted_refusals, |r| &r.refusals);
     counts.add_status(err.outcome(), status.as_u16());
     access::refused(
+        &state.refusal_log,
         id,
+        ids,
         route.map(|r| r.config.name.as_str()),
         conn.client,
-        &parts.method,
-        parts.uri.path(),
+        parts,
         status,
         &err,
     );
@@ -557,6 +561,8 @@ fn refuse(
             *resp.body_mut() = Body::new(Bytes::from(format!("{line}\n")));
         }
     }
+    resp.headers_mut()
+        .insert(X_REQUEST_ID, ids.request_id_header());
     // After a refused upgrade the client's connection state is uncertain: start afresh.
     // (An HTTP/2 refusal ends one stream; the connection and its other streams go on.)
     if !h2 {

@@ -27,6 +27,9 @@ pub struct SessionMeta {
     /// The request's id (`X-Request-Id`): the one a trusted proxy sent, or a fresh one. Sent
     /// to the backend and written on every log record of the session.
     pub request_id: Box<str>,
+    /// The W3C trace id the backend was sent, when it is not the request id (an incoming
+    /// `traceparent`, or a trusted proxy's id that is not a trace id).
+    pub trace_id: Option<Box<str>>,
     pub transport: Transport,
     /// The request's host (without port) and canonical path, never its query.
     pub host: Box<str>,

@@ -19,6 +19,8 @@ use hyper_util::server::conn::auto::upgrade as auto_upgrade;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
+use crate::head_guard::ClientIo;
+
 /// How long the client side of an accepted upgrade may take to complete after we answer 101.
 /// hyper resolves it as soon as the 101 is written, so this only trips on a dead client.
 const CLIENT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,11 +43,16 @@ pub async fn upgraded_sockets(
             return None;
         }
     };
-    let client = match auto_upgrade::downcast::<TokioIo<TcpStream>>(client_up) {
-        Ok(parts) => (UpgradedIo::Tcp(parts.io.into_inner()), parts.read_buf),
-        Err(up) => match auto_upgrade::downcast::<TokioIo<TlsStream<TcpStream>>>(up) {
+    // The listener gave hyper each connection in a `HeadGuard` (`head_guard.rs`), which
+    // holds no bytes of its own: taking the socket out of it loses nothing.
+    let client = match auto_upgrade::downcast::<ClientIo<TcpStream>>(client_up) {
+        Ok(parts) => (
+            UpgradedIo::Tcp(parts.io.into_inner().into_inner()),
+            parts.read_buf,
+        ),
+        Err(up) => match auto_upgrade::downcast::<ClientIo<TlsStream<TcpStream>>>(up) {
             Ok(parts) => (
-                UpgradedIo::Tls(Box::new(parts.io.into_inner())),
+                UpgradedIo::Tls(Box::new(parts.io.into_inner().into_inner())),
                 parts.read_buf,
             ),
             Err(up) => (UpgradedIo::Hyper(Box::new(TokioIo::new(up))), Bytes::new()),

@@ -2,7 +2,7 @@
 //! page, on a port of its own (never a proxy port).
 //!
 //! Each connection is served by hyper-util's auto builder through a `tower` stack (outermost
-//! first): errors of the layers below become responses ([`error_response`]), a cap on requests
+//! first): errors of the layers below become responses (`error_response`), a cap on requests
 //! in progress, a timeout for producing each response, then the [`guard`] (Host, token,
 //! cross-site checks) and the router ([`api`]). Reads come from the session registry and the
 //! metrics collector; writes go through the same signals a drain uses (a session's
@@ -64,6 +64,9 @@ pub async fn start(admin: Arc<Admin>) -> std::io::Result<SocketAddr> {
     })?;
     let addr = listener.local_addr()?;
     tracing::info!(admin = %addr, tls = admin.config.tls.is_some(), "admin listener");
+    if let (Some(tls), Some(every)) = (&admin.config.tls, admin.config.tls_watch) {
+        tokio::spawn(tls.clone().watch_files(every, addr, admin.stop.clone()));
+    }
     tokio::spawn(accept_loop(listener, admin));
     Ok(addr)
 }

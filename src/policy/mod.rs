@@ -62,6 +62,10 @@ pub const RESERVED_HEADERS: &[&str] = &[
     "x-forwarded-proto",
     "x-forwarded-host",
     "x-real-ip",
+    // The request's correlation ids (`telemetry::correlation`).
+    "x-request-id",
+    "traceparent",
+    "tracestate",
 ];
 
 /// Why a handshake was refused by policy. The message is the log's reason; what the client
@@ -299,7 +303,7 @@ impl RoutePolicy {
             token_source = Some(found.source);
         }
 
-        let mut auth_headers = Vec::new();
+        let mut auth = forward_auth::Allowed::default();
         if let Some(fa) = &self.rules.forward_auth {
             // A token in the query is not the auth service's business either.
             let uri = match &token_source {
@@ -315,7 +319,7 @@ impl RoutePolicy {
                 host: facts.host,
             };
             match fa.check(&q).await {
-                Ok(forward_auth::AuthDecision::Allow(h)) => auth_headers = h,
+                Ok(forward_auth::AuthDecision::Allow(allowed)) => auth = allowed,
                 Ok(forward_auth::AuthDecision::Deny {
                     status,
                     headers,
@@ -375,7 +379,7 @@ impl RoutePolicy {
                 parts.headers.insert(name.clone(), v);
             }
         }
-        for (name, value) in auth_headers {
+        for (name, value) in auth.headers {
             parts.headers.append(name, value);
         }
         let session_end = self
@@ -384,11 +388,15 @@ impl RoutePolicy {
             .as_ref()
             .zip(claims.as_ref())
             .and_then(|(jwt, c)| jwt.session_end(c));
-        let user = claims
-            .as_ref()
-            .and_then(|c| c.get("sub"))
-            .and_then(|s| s.as_str())
-            .map(str::to_string);
+        // The auth service's word when the route asks it to name the user: it is the later
+        // and more specific check (a token's `sub` may be a service account's id).
+        let user = auth.user.or_else(|| {
+            claims
+                .as_ref()
+                .and_then(|c| c.get("sub"))
+                .and_then(|s| s.as_str())
+                .map(str::to_string)
+        });
         Ok(Admitted {
             token_marker: marker.filter(|_| protocols.is_empty()),
             session_end,

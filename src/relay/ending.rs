@@ -90,6 +90,27 @@ impl Reason {
         }
     }
 
+    /// Who started the end (the access log's `closed_by`): a side that went away ended the
+    /// session itself; for every other reason the proxy wrote the first close frames, even
+    /// when a side gave it cause (a violation, an oversized message, no pong), which
+    /// [`Reason::offender`] and the outcome name.
+    pub(super) fn started_by(&self) -> CloseSide {
+        match *self {
+            Reason::Gone(side) => side,
+            _ => CloseSide::Proxy,
+        }
+    }
+
+    /// The side whose behaviour made the proxy end the session, if one did: it broke the
+    /// framing, sent a message over the limit, or did not answer a ping.
+    pub fn offender(&self) -> Option<CloseSide> {
+        match *self {
+            Reason::ProtocolError(side, _) | Reason::MessageTooBig(side) => Some(side),
+            Reason::PingTimeout(side) => Some(side),
+            _ => None,
+        }
+    }
+
     /// The access log's `outcome` for a session the proxy ended this way.
     pub fn outcome(&self) -> Outcome {
         match self {
@@ -253,6 +274,44 @@ mod tests {
             assert_eq!(to_backend.0, Some(close_code::GOING_AWAY));
         }
         (elapsed, out)
+    }
+
+    #[test]
+    fn the_proxy_starts_the_end_unless_a_side_went_away() {
+        use CloseSide::{Backend, Client, Proxy};
+        let caused = [
+            (Reason::PingTimeout(Client), Client),
+            (Reason::PingTimeout(Backend), Backend),
+            (Reason::MessageTooBig(Client), Client),
+            (Reason::MessageTooBig(Backend), Backend),
+            (
+                Reason::ProtocolError(Client, Violation::UnmaskedFromClient),
+                Client,
+            ),
+            (
+                Reason::ProtocolError(Backend, Violation::MaskedFromServer),
+                Backend,
+            ),
+        ];
+        for (reason, side) in caused {
+            assert_eq!(reason.started_by(), Proxy, "{reason:?}");
+            assert_eq!(reason.offender(), Some(side), "{reason:?}");
+        }
+        for reason in [
+            Reason::IdleTimeout,
+            Reason::MaxLifetime,
+            Reason::TokenExpired,
+            Reason::Requested(1001),
+            Reason::Asked(4000, true),
+        ] {
+            assert_eq!(reason.started_by(), Proxy, "{reason:?}");
+            assert_eq!(reason.offender(), None, "{reason:?}");
+        }
+        // A side that left without a close frame ended the session itself.
+        for side in [Client, Backend] {
+            assert_eq!(Reason::Gone(side).started_by(), side);
+            assert_eq!(Reason::Gone(side).offender(), None);
+        }
     }
 
     /// Real time, short deadlines (no paused clock in this crate's tests): the bounds are

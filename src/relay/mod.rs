@@ -435,12 +435,7 @@ fn take_over<C, B>(
     if st.error.is_none() {
         st.error = error;
     }
-    let who = match reason {
-        Reason::Gone(side) | Reason::PingTimeout(side) => side,
-        Reason::ProtocolError(side, _) | Reason::MessageTooBig(side) => side,
-        _ => CloseSide::Proxy,
-    };
-    st.first_close(who);
+    st.first_close(reason.started_by());
     // When one side broke the protocol, the other side is closed first and its frames keep
     // flowing to the offender until its close reply: what it answers to the frames before the
     // violation arrives, as it would without a proxy. Then the offender gets its close.

@@ -1,6 +1,13 @@
-//! Logging: `tracing` with `RUST_LOG` filtering, as text or JSON lines, and the access log.
+//! Logging: `tracing` with `RUST_LOG` filtering, as text or JSON lines (`json.rs`), the
+//! access log (`access.rs`), the ids that correlate a request's records (`correlation.rs`), and
+//! the per-reason rate limit of refusal records (`limited.rs`).
 
 pub mod access;
+pub mod correlation;
+pub mod json;
+pub mod limited;
+
+pub use json::list;
 
 use tracing_subscriber::EnvFilter;
 
@@ -29,11 +36,8 @@ pub fn init(format: LogFormat) {
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
+        // wsgate's own JSON format: tracing-subscriber's writes lists as strings.
+        LogFormat::Json => builder.event_format(json::JsonFormat).try_init(),
     };
     // A second init (tests, embedding) keeps the first subscriber.
     let _ = result;
@@ -41,6 +45,8 @@ pub fn init(format: LogFormat) {
 
 /// The longest request path an access record keeps, in bytes.
 pub const MAX_LOGGED_PATH: usize = 1024;
+/// The longest host, subprotocol, user or user agent an access record keeps, in bytes.
+pub const MAX_LOGGED_VALUE: usize = 256;
 /// The longest refusal reason an access record keeps, in bytes (a reason may quote an Origin
 /// or a subprotocol list, up to the whole header block).
 pub const MAX_LOGGED_REASON: usize = 512;

@@ -12,8 +12,6 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_wsgate");
-
 /// Reads lines until one satisfies `pred`; panics with every line seen if none does in time.
 async fn wait_line<R: AsyncRead + Unpin>(
     lines: &mut Lines<BufReader<R>>,
@@ -69,14 +67,7 @@ async fn run_json(
     Vec<String>,
     String,
 ) {
-    let mut child = Command::new(BIN)
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_binary(config, "json", "info");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut seen = Vec::new();
     let listening = wait_line(&mut lines, &mut seen, "listening", |l| {

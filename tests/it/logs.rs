@@ -1,33 +1,32 @@
-//! What reaches the log: the `wsgate` binary in its default text format, at debug level, fed
-//! attacker-chosen bytes and credentials. No client byte may forge a second record (a raw
-//! `\n`/`\r` would start a line that looks like one; an ESC would repaint the operator's
-//! terminal), and no token or cookie value is ever written, even at debug.
+//! What reaches the log.
+//!
+//! The `wsgate` binary in its default text format, at debug level, fed attacker-chosen bytes
+//! and credentials: no client byte may forge a second record (a raw `\n`/`\r` would start a
+//! line that looks like one; an ESC would repaint the operator's terminal), and no token or
+//! cookie value is ever written, even at debug.
+//!
+//! Records that correlate: the request id on every record of a request and its session, at the
+//! backend and in the client's answer; the W3C trace context passed or started; the session
+//! open record; the access record's fields (absent, not 0, when there is nothing to say), in
+//! the JSON format with lists as arrays; `closed_by` when the proxy ends a session.
 
-use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 
 use futures_util::SinkExt;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
-use tokio::process::{Child, Command};
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Child;
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_wsgate");
-
 /// Starts `wsgate run` in the text format at `RUST_LOG=debug` with `config`; returns the child
 /// and the address it listens on (read from its `listening` line).
 async fn spawn_text(config: &std::path::Path) -> (Child, String, Vec<u8>) {
-    let mut child = Command::new(BIN)
-        .args(["--log-format", "text", "run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "debug")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_binary(config, "text", "debug");
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let mut seen = Vec::new();
     let addr = tokio::time::timeout(STEP, async {
@@ -103,10 +102,12 @@ fn records(log: &[u8]) -> Vec<String> {
     out
 }
 
+/// The access records that end a request: a session's end or a refusal (not the record of a
+/// session's opening).
 fn access_records(records: &[String]) -> Vec<&String> {
     records
         .iter()
-        .filter(|l| l.contains("wsgate::access"))
+        .filter(|l| l.contains("wsgate::access") && !l.contains("event=\"session_open\""))
         .collect()
 }
 
@@ -255,4 +256,408 @@ async fn tokens_and_cookies_are_never_logged() {
             );
         }
     }
+}
+
+// ---- records that correlate (JSON format) ----
+
+type Record = Map<String, Value>;
+
+/// `wsgate run` with JSON logs, its records collected as they are written.
+struct JsonRun {
+    child: Child,
+    /// Each line, parsed; `Err` holds a line that was not a JSON object.
+    lines: Arc<Mutex<Vec<Result<Record, String>>>>,
+    changed: Arc<Notify>,
+}
+
+impl JsonRun {
+    /// Starts the binary on `config` at `RUST_LOG=level` and waits until it listens.
+    async fn start(config: &std::path::Path, level: &str) -> (JsonRun, String) {
+        let mut child = spawn_binary(config, "json", level);
+        let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+        let run = JsonRun {
+            child,
+            lines: Arc::default(),
+            changed: Arc::default(),
+        };
+        let (lines, changed) = (run.lines.clone(), run.changed.clone());
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = err.next_line().await {
+                let parsed = match serde_json::from_str(&line) {
+                    Ok(Value::Object(r)) => Ok(r),
+                    _ => Err(line),
+                };
+                lines.lock().unwrap().push(parsed);
+                changed.notify_waiters();
+            }
+        });
+        let listening = run
+            .wait_for("listening", |r| r["message"] == "listening")
+            .await;
+        let addr = listening["listen"].as_str().unwrap().to_string();
+        (run, addr)
+    }
+
+    /// The records so far; every line must be one.
+    fn records(&self) -> Vec<Record> {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .map(|l| match l {
+                Ok(r) => r.clone(),
+                Err(line) => panic!("not a JSON record: {line:?}"),
+            })
+            .collect()
+    }
+
+    /// The first record `pred` accepts, once written (within [`STEP`]).
+    async fn wait_for(&self, what: &str, pred: impl Fn(&Record) -> bool) -> Record {
+        let found = tokio::time::timeout(STEP, async {
+            loop {
+                let changed = self.changed.notified();
+                if let Some(r) = self.records().into_iter().find(|r| pred(r)) {
+                    return r;
+                }
+                changed.await;
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| panic!("no record for {what}; log:\n{}", self.dump()))
+    }
+
+    /// The session record of the request with this id.
+    async fn session_closed(&self, request_id: &str) -> Record {
+        self.wait_for("session closed", |r| {
+            r["message"] == "session closed" && r.get("request_id") == Some(&json!(request_id))
+        })
+        .await
+    }
+
+    fn dump(&self) -> String {
+        let lines = self.lines.lock().unwrap();
+        let text: Vec<String> = lines
+            .iter()
+            .map(|l| match l {
+                Ok(r) => Value::Object(r.clone()).to_string(),
+                Err(line) => line.clone(),
+            })
+            .collect();
+        text.join("\n")
+    }
+
+    async fn stop(mut self) {
+        let pid = self.child.id().expect("running");
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        let status = tokio::time::timeout(STEP, self.child.wait()).await;
+        assert!(status.unwrap().unwrap().success());
+    }
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A field's value as text (strings unquoted).
+fn text(r: &Record, key: &str) -> String {
+    match r.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => panic!("no {key} in {r:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_request_id_reaches_the_backend_the_client_and_every_record() {
+    let backend = EchoBackend::spawn().await;
+    let tmp = TempDir::new("logs");
+    let config = tmp.write(
+        "wsgate.toml",
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
+            route("echo", "/ws", &[backend.url()])
+        ),
+    );
+    let (run, addr) = JsonRun::start(&config, "debug").await;
+
+    let (mut ws, resp) = connect_with(&format!("ws://{addr}/ws/room?key=s3cr3t"), |r| {
+        let h = r.headers_mut();
+        h.insert("sec-websocket-protocol", "chat".parse().unwrap());
+        h.insert("user-agent", "logs-test/1.0".parse().unwrap());
+        // A client's own id: not a trusted proxy's, so replaced.
+        h.insert("x-request-id", "client-chosen".parse().unwrap());
+    })
+    .await
+    .unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(is_hex(&id, 32), "{id}");
+    let seen = backend.last_request();
+    assert_eq!(seen.header("x-request-id"), Some(id.as_str()));
+    // A trace started with the request id as its trace id, not sampled.
+    let tp = seen.header("traceparent").unwrap();
+    assert!(
+        tp.starts_with(&format!("00-{id}-")) && tp.ends_with("-00"),
+        "{tp}"
+    );
+    assert!(is_hex(&tp[36..52], 16), "{tp}");
+
+    let open = run
+        .wait_for("session open", |r| r["message"] == "session open")
+        .await;
+    assert_eq!(open["level"], "INFO");
+    assert_eq!(open["target"], "wsgate::access");
+    assert_eq!(open["event"], "session_open");
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("hi"));
+    send_close(&mut ws, CloseCode::Normal, "bye").await;
+    while let Ok(Some(Ok(_))) =
+        tokio::time::timeout(STEP, futures_util::StreamExt::next(&mut ws)).await
+    {}
+    let closed = run.session_closed(&id).await;
+    for r in [&open, &closed] {
+        assert_eq!(r["request_id"], id.as_str());
+        assert_eq!(r["route"], "echo");
+        assert_eq!(r["backend"], backend.url().as_str());
+        assert_eq!(r["transport"], "h1");
+        assert_eq!(
+            r["client"].as_str().map(|c| c.starts_with("127.0.0.1:")),
+            Some(true)
+        );
+        assert_eq!(r["host"], "127.0.0.1");
+        // The path, never the query.
+        assert_eq!(r["path"], "/ws/room");
+        assert_eq!(r["subprotocol"], "chat");
+        assert_eq!(r["user_agent"], "logs-test/1.0");
+        // The trace id is the request id: not repeated. No user on an open route.
+        assert!(
+            !r.contains_key("trace_id") && !r.contains_key("user"),
+            "{r:?}"
+        );
+    }
+    assert_eq!(closed["session"], open["session"]);
+    assert_eq!(closed["client_close_code"], 1000);
+    assert_eq!(closed["client_close_reason"], "bye");
+    assert_eq!(closed["closed_by"], "client");
+
+    // Every record that names the session names the request (the debug ones too).
+    let of_session: Vec<Record> = run
+        .records()
+        .into_iter()
+        .filter(|r| r.get("session") == Some(&open["session"]))
+        .collect();
+    assert!(of_session.len() >= 3, "{}", run.dump());
+    for r in &of_session {
+        assert_eq!(r["request_id"], id.as_str(), "{r:?}");
+    }
+    assert!(
+        of_session
+            .iter()
+            .any(|r| r["message"] == "backend handshake")
+    );
+
+    // A refusal: its own id, in the answer and the record.
+    let (_s, refused) = raw_exchange(
+        addr.parse().unwrap(),
+        upgrade_request(
+            "/ws/x?key=s3cr3t",
+            "Sec-WebSocket-Version: 8\r\nUser-Agent: probe\r\n",
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(refused.status, 426);
+    let refused_id = refused
+        .header("x-request-id")
+        .expect("an id on the refusal");
+    assert!(is_hex(&refused_id, 32) && refused_id != id, "{refused_id}");
+    let record = run
+        .wait_for("the refusal", |r| r["message"] == "handshake refused")
+        .await;
+    assert_eq!(record["request_id"], refused_id.as_str());
+    assert_eq!(record["host"], "localhost");
+    assert_eq!(record["path"], "/ws/x");
+    assert_eq!(record["user_agent"], "probe");
+    assert!(!run.dump().contains("s3cr3t"), "{}", run.dump());
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn a_trusted_proxys_request_id_is_kept_and_an_untrusted_clients_replaced() {
+    let backend = EchoBackend::spawn().await;
+    let listener = |trusted: &str| {
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"{trusted}\"]\n{}",
+            route("r", "/", &[backend.url()])
+        )
+    };
+    let edge = |r: &mut http::Request<()>| {
+        r.headers_mut()
+            .insert("x-request-id", "edge-7f3a/42".parse().unwrap());
+    };
+    let trusted = Gateway::spawn(&listener("127.0.0.0/8")).await;
+    let (_ws, resp) = connect_with(&trusted.url("/"), edge).await.unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "edge-7f3a/42");
+    let seen = backend.last_request();
+    assert_eq!(seen.header("x-request-id"), Some("edge-7f3a/42"));
+    // Not a trace id: the trace gets its own.
+    let tp = seen.header("traceparent").unwrap();
+    assert!(is_hex(&tp[3..35], 32), "{tp}");
+
+    // A trusted proxy's id that is not sane is not kept either.
+    let (_ws, resp) = connect_with(&trusted.url("/"), |r| {
+        r.headers_mut()
+            .insert("x-request-id", "has a space".parse().unwrap());
+    })
+    .await
+    .unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap();
+    assert!(is_hex(id, 32), "{id}");
+
+    let untrusted = Gateway::spawn(&listener("10.0.0.0/8")).await;
+    let (_ws, resp) = connect_with(&untrusted.url("/"), edge).await.unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap();
+    assert!(is_hex(id, 32), "{id}");
+    let seen = backend.last_request();
+    assert_eq!(seen.headers.get_all("x-request-id").iter().count(), 1);
+    assert_eq!(seen.header("x-request-id"), Some(id));
+}
+
+#[tokio::test]
+async fn a_valid_traceparent_is_passed_and_an_invalid_one_replaced() {
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&route("r", "/", &[backend.url()])).await;
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let with = |tp: &'static str| {
+        move |r: &mut http::Request<()>| {
+            let h = r.headers_mut();
+            h.insert("traceparent", tp.parse().unwrap());
+            h.insert("tracestate", "congo=t61rcWkgMzE".parse().unwrap());
+        }
+    };
+    let (_ws, _) = connect_with(&gw.url("/"), with(TP)).await.unwrap();
+    let seen = backend.last_request();
+    assert_eq!(seen.header("traceparent"), Some(TP));
+    assert_eq!(seen.header("tracestate"), Some("congo=t61rcWkgMzE"));
+
+    // An all-zero trace id is invalid: a new trace, and the old trace's state dropped.
+    const ZERO: &str = "00-00000000000000000000000000000000-00f067aa0ba902b7-01";
+    let (_ws, resp) = connect_with(&gw.url("/"), with(ZERO)).await.unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap();
+    let seen = backend.last_request();
+    let tp = seen.header("traceparent").unwrap();
+    assert!(tp.starts_with(&format!("00-{id}-")), "{tp}");
+    assert_eq!(seen.header("tracestate"), None);
+}
+
+#[tokio::test]
+async fn a_missing_close_code_is_absent_and_lists_are_arrays() {
+    let backend = EchoBackend::spawn().await;
+    let tmp = TempDir::new("logs");
+    let config = tmp.write(
+        "wsgate.toml",
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
+            route("echo", "/", &[backend.url(), "ws://127.0.0.1:9".into()])
+        ),
+    );
+    let (run, addr) = JsonRun::start(&config, "info").await;
+    let startup = run.wait_for("the route", |r| r["message"] == "route").await;
+    assert_eq!(
+        startup["backends"],
+        json!([backend.url(), "ws://127.0.0.1:9"])
+    );
+
+    // A close frame without a code: the code is absent, the (empty) reason is there.
+    let (mut ws, resp) = connect(&format!("ws://{addr}/")).await;
+    let empty_close = text_header(&resp, "x-request-id");
+    ws.close(None).await.unwrap();
+    while let Ok(Some(Ok(_))) =
+        tokio::time::timeout(STEP, futures_util::StreamExt::next(&mut ws)).await
+    {}
+    // No close frame at all: neither code nor reason.
+    let (mut s, resp) =
+        raw_exchange(addr.parse().unwrap(), upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 101, "{}", resp.head);
+    let vanished = resp.header("x-request-id").unwrap();
+    s.shutdown().await.unwrap();
+    read_until_closed(&mut s).await;
+
+    let r = run.session_closed(&empty_close).await;
+    assert!(!r.contains_key("client_close_code"), "{r:?}");
+    assert_eq!(r["client_close_reason"], "");
+    let r = run.session_closed(&vanished).await;
+    assert_eq!(r["outcome"], "client_gone");
+    for absent in ["client_close_code", "client_close_reason"] {
+        assert!(!r.contains_key(absent), "{absent} in {r:?}");
+    }
+    // The backend answered the proxy's 1001.
+    assert_eq!(r["backend_close_code"], 1001);
+    run.stop().await;
+}
+
+fn text_header(resp: &http::Response<Option<Vec<u8>>>, name: &str) -> String {
+    resp.headers()[name].to_str().unwrap().to_string()
+}
+
+/// When the proxy ends a session because a side did not answer its ping or sent a message
+/// over the limit, the proxy started the close: `closed_by` says so, and the outcome (and
+/// `offender`) which side it was about.
+#[tokio::test]
+async fn closed_by_is_the_proxy_for_ping_timeouts_and_oversized_messages() {
+    let echo = EchoBackend::spawn().await;
+    // Answers the upgrade, then never reads or writes again (a hung process).
+    let (silent, _) = scripted_backend(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n".to_vec(),
+    )
+    .await;
+    let pings = "[route.timeouts]\nping_interval = \"100ms\"\npong_timeout = \"200ms\"\n";
+    let tmp = TempDir::new("logs");
+    let config = tmp.write(
+        "wsgate.toml",
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}{pings}{}{pings}{}max_message = \"1KiB\"\n",
+            route("hung", "/hung", &[format!("ws://{silent}")]),
+            route("pinged", "/pinged", &[echo.url()]),
+            route("small", "/small", &[echo.url()]),
+        ),
+    );
+    let (run, addr) = JsonRun::start(&config, "info").await;
+
+    let (mut ws, _) = connect(&format!("ws://{addr}/hung")).await;
+    assert_eq!(next_close(&mut ws).await.reason, "backend not responding");
+
+    // A client that never answers a ping (nor reads anything).
+    let (_mute, resp) = raw_exchange(
+        addr.parse().unwrap(),
+        upgrade_request("/pinged", "").as_bytes(),
+    )
+    .await;
+    assert_eq!(resp.status, 101, "{}", resp.head);
+
+    let (mut ws, _) = connect(&format!("ws://{addr}/small")).await;
+    ws.send(Message::binary(vec![0u8; 2048])).await.unwrap();
+    assert_eq!(u16::from(next_close(&mut ws).await.code), 1009);
+
+    for (route, outcome, offender) in [
+        ("hung", "backend_ping_timeout", "backend"),
+        ("pinged", "client_ping_timeout", "client"),
+        ("small", "message_too_big", "client"),
+    ] {
+        let r = run
+            .wait_for(route, |r| {
+                r["message"] == "session closed" && r["route"] == route
+            })
+            .await;
+        assert_eq!(
+            (text(&r, "outcome"), text(&r, "closed_by")),
+            (outcome.to_string(), "proxy".to_string()),
+            "{r:?}"
+        );
+        assert_eq!(r["offender"], offender, "{r:?}");
+    }
+    run.stop().await;
 }

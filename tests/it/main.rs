@@ -9,6 +9,7 @@ mod cli;
 mod closing;
 mod config;
 mod deflate;
+mod edge_refusals;
 mod forward_auth;
 mod fuzz_regressions;
 mod h2;

@@ -185,7 +185,7 @@ fn token(source: &str, raw: &[u8]) -> Result<AdminToken, String> {
     }
     if !t.iter().all(u8::is_ascii_graphic) {
         return Err(format!(
-            "{source} holds a space, a control character or a non-ASCII character: the token is sent in an `Authorization: Bearer` header, so it is visible ASCII"
+            "{source} holds a space, a control character or a non-ASCII character: the token is sent in an `Authorization: Bearer` header, so it must be visible ASCII"
         ));
     }
     if t.len() < MIN_ADMIN_TOKEN_BYTES {

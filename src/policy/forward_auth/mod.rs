@@ -55,8 +55,8 @@ pub struct AuthQuery<'a> {
 /// The auth service's answer.
 #[derive(Debug)]
 pub enum AuthDecision {
-    /// 2xx: proceed, adding these headers (the configured copies) to the backend request.
-    Allow(Vec<(HeaderName, HeaderValue)>),
+    /// 2xx: proceed.
+    Allow(Allowed),
     /// 3xx or 4xx (401, 403, a login redirect...): passed to the client. `headers` holds only
     /// [`DENY_HEADERS`] of the answer.
     Deny {
@@ -64,6 +64,16 @@ pub enum AuthDecision {
         headers: HeaderMap,
         body: Bytes,
     },
+}
+
+/// What an allowing answer carries on (and what the cache keeps of it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allowed {
+    /// The configured copies (`copy_headers`) of the answer, for the backend request.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The value of the answer's `user_header`, if the route names one and the answer has it
+    /// as text: who the service found the client to be, for the access log.
+    pub user: Option<String>,
 }
 
 /// The auth service could not be asked (timeout, connection error) or failed (5xx): the
@@ -214,10 +224,10 @@ impl ForwardAuth {
         let headers = self.request_headers(q);
         let cache_key = self.cache.as_ref().map(|c| (c, c.key(&headers)));
         if let Some((cache, key)) = &cache_key
-            && let Some(copied) = cache.get(key, Instant::now())
+            && let Some(allowed) = cache.get(key, Instant::now())
         {
             tracing::debug!(url = %self.url, client = %q.client, "forward-auth: allowed (cached)");
-            return Ok(AuthDecision::Allow(copied));
+            return Ok(AuthDecision::Allow(allowed));
         }
 
         let mut req = Request::get(self.url.clone())
@@ -244,13 +254,15 @@ impl ForwardAuth {
         };
         let latency_ms = started.elapsed().as_millis() as u64;
         let status = resp.status();
-        let decision = decide(&self.copy_headers, resp).map_err(|reason| {
+        let user = self.user(resp.headers());
+        let mut decision = decide(&self.copy_headers, resp).map_err(|reason| {
             let err = self.error(reason);
             tracing::warn!(client = %q.client, latency_ms, "forward-auth: {err}; answering 503");
             err
         })?;
-        match &decision {
-            AuthDecision::Allow(copied) => {
+        match &mut decision {
+            AuthDecision::Allow(allowed) => {
+                allowed.user = user;
                 tracing::debug!(
                     url = %self.url,
                     client = %q.client,
@@ -259,7 +271,7 @@ impl ForwardAuth {
                     "forward-auth: allowed"
                 );
                 if let Some((cache, key)) = cache_key {
-                    cache.insert(key, copied.clone(), Instant::now());
+                    cache.insert(key, allowed.clone(), Instant::now());
                 }
             }
             AuthDecision::Deny { .. } => {
@@ -273,6 +285,12 @@ impl ForwardAuth {
             }
         }
         Ok(decision)
+    }
+
+    /// The answer's `user_header` as text (the first, if several), when the route names one.
+    fn user(&self, answer: &HeaderMap) -> Option<String> {
+        let value = answer.get(self.user_header.as_ref()?)?;
+        Some(value.to_str().ok()?.to_string())
     }
 
     fn error(&self, reason: impl std::fmt::Display) -> ForwardAuthError {
@@ -322,7 +340,10 @@ fn decide(
                 copied.push((name.clone(), value.clone()));
             }
         }
-        Ok(AuthDecision::Allow(copied))
+        Ok(AuthDecision::Allow(Allowed {
+            headers: copied,
+            user: None,
+        }))
     } else if status.is_redirection() || status.is_client_error() {
         let (parts, body) = resp.into_parts();
         Ok(AuthDecision::Deny {
@@ -364,7 +385,7 @@ struct Cache {
 
 struct Cached {
     expires: Instant,
-    headers: Vec<(HeaderName, HeaderValue)>,
+    value: Allowed,
 }
 
 impl std::fmt::Debug for Cache {
@@ -406,11 +427,11 @@ impl Cache {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The copied headers of a live allow decision; an expired one is dropped.
-    fn get(&self, key: &[u8; 20], now: Instant) -> Option<Vec<(HeaderName, HeaderValue)>> {
+    /// A live allow decision; an expired one is dropped.
+    fn get(&self, key: &[u8; 20], now: Instant) -> Option<Allowed> {
         let mut map = self.lock();
         match map.get(key) {
-            Some(e) if e.expires > now => Some(e.headers.clone()),
+            Some(e) if e.expires > now => Some(e.value.clone()),
             Some(_) => {
                 map.remove(key);
                 None
@@ -422,7 +443,7 @@ impl Cache {
     /// Records an allow decision. When full: drop the expired entries, and if that frees too
     /// little, arbitrary ones down to 90 % of the bound, so that the O(n) sweep runs at most
     /// once per n/10 insertions.
-    fn insert(&self, key: [u8; 20], headers: Vec<(HeaderName, HeaderValue)>, now: Instant) {
+    fn insert(&self, key: [u8; 20], value: Allowed, now: Instant) {
         let mut map = self.lock();
         if map.len() >= self.max_entries && !map.contains_key(&key) {
             map.retain(|_, e| e.expires > now);
@@ -438,7 +459,7 @@ impl Cache {
             key,
             Cached {
                 expires: now + self.ttl,
-                headers,
+                value,
             },
         );
     }

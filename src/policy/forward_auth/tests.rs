@@ -144,8 +144,9 @@ fn decisions_from_answers() {
         "",
     );
     match decide(&copy, a).unwrap() {
-        AuthDecision::Allow(h) => assert_eq!(
-            h.iter()
+        AuthDecision::Allow(a) => assert_eq!(
+            a.headers
+                .iter()
                 .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
                 .collect::<Vec<_>>(),
             [("x-user", "alice"), ("x-roles", "a"), ("x-roles", "b")]
@@ -154,7 +155,7 @@ fn decisions_from_answers() {
     }
     // Missing copies are simply absent.
     match decide(&copy, answer(204, &[], "")).unwrap() {
-        AuthDecision::Allow(h) => assert!(h.is_empty()),
+        AuthDecision::Allow(a) => assert!(a.headers.is_empty()),
         d => panic!("{d:?}"),
     }
 
@@ -251,10 +252,13 @@ fn cache_key_covers_every_fact_unambiguously() {
 fn cache_entries_expire() {
     let c = Cache::new(Duration::from_secs(10), 10);
     let t0 = Instant::now();
-    let h = vec![(
-        HeaderName::from_static("x-user"),
-        HeaderValue::from_static("alice"),
-    )];
+    let h = Allowed {
+        headers: vec![(
+            HeaderName::from_static("x-user"),
+            HeaderValue::from_static("alice"),
+        )],
+        user: Some("alice".into()),
+    };
     c.insert([1; 20], h.clone(), t0);
     assert_eq!(c.get(&[1; 20], t0), Some(h.clone()));
     assert_eq!(c.get(&[1; 20], t0 + Duration::from_millis(9_999)), Some(h));
@@ -271,16 +275,16 @@ fn cache_is_bounded_expired_first() {
     let c = Cache::new(Duration::from_secs(10), 100);
     let t0 = Instant::now();
     for i in 0..50u8 {
-        c.insert([i; 20], Vec::new(), t0);
+        c.insert([i; 20], Allowed::default(), t0);
     }
     let t1 = t0 + Duration::from_secs(5);
     for i in 50..100u8 {
-        c.insert([i; 20], Vec::new(), t1);
+        c.insert([i; 20], Allowed::default(), t1);
     }
     assert_eq!(c.lock().len(), 100);
     // Full: the first 50 have expired by t0 + 11s, and only they go.
     let t2 = t0 + Duration::from_secs(11);
-    c.insert([200; 20], Vec::new(), t2);
+    c.insert([200; 20], Allowed::default(), t2);
     let map = c.lock();
     assert_eq!(map.len(), 51);
     assert!((50..100u8).all(|i| map.contains_key(&[i; 20])));
@@ -295,7 +299,7 @@ fn cache_is_bounded_when_nothing_expired() {
     for i in 0..1_000u32 {
         let mut k = [0u8; 20];
         k[..4].copy_from_slice(&i.to_be_bytes());
-        c.insert(k, Vec::new(), t0);
+        c.insert(k, Allowed::default(), t0);
         max_seen = max_seen.max(c.lock().len());
         // The newest entry is always kept.
         assert!(c.get(&k, t0).is_some());
@@ -304,12 +308,12 @@ fn cache_is_bounded_when_nothing_expired() {
     // Updating an existing key of a full map evicts nothing.
     let len = c.lock().len();
     let k = *c.lock().keys().next().unwrap();
-    c.insert(k, Vec::new(), t0);
+    c.insert(k, Allowed::default(), t0);
     assert_eq!(c.lock().len(), len);
 
     let one = Cache::new(Duration::from_secs(60), 1);
-    one.insert([1; 20], Vec::new(), t0);
-    one.insert([2; 20], Vec::new(), t0);
+    one.insert([1; 20], Allowed::default(), t0);
+    one.insert([2; 20], Allowed::default(), t0);
     assert_eq!(one.lock().len(), 1);
     assert!(one.get(&[2; 20], t0).is_some());
 }
@@ -335,7 +339,8 @@ fn service_config(url: &str, f: impl FnOnce(&mut ForwardAuthSettings)) -> Arc<Fo
 
 fn copied(d: &AuthDecision) -> Vec<(String, String)> {
     match d {
-        AuthDecision::Allow(h) => h
+        AuthDecision::Allow(a) => a
+            .headers
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
             .collect(),
@@ -379,6 +384,58 @@ async fn allow_copies_headers_and_sends_the_facts() {
     for absent in ["x-user", "sec-websocket-key", "upgrade"] {
         assert!(h.get(absent).is_none(), "{absent} was sent");
     }
+}
+
+/// `user_header` (set here directly: the config key is built elsewhere) names the user in
+/// `Allowed` (cached or not) and, through the policy, in `Admitted`; the header is not copied
+/// to the backend unless `copy_headers` says so.
+#[tokio::test]
+async fn the_user_header_names_the_user() {
+    let auth = FakeAuth::spawn().await;
+    let parts = browser_request();
+    let user = |d: &AuthDecision| match d {
+        AuthDecision::Allow(a) => a.user.clone(),
+        d => panic!("expected allow, got {d:?}"),
+    };
+    let named = build(&auth.url("/allow"), |s| {
+        s.user_header = Some(HeaderName::from_static("x-user"));
+        s.cache = Some(Duration::from_secs(60));
+    });
+    for _ in 0..2 {
+        let d = named.check(&query(&parts)).await.unwrap();
+        assert_eq!(user(&d).as_deref(), Some("alice"));
+        assert!(copied(&d).is_empty());
+    }
+    assert_eq!(auth.count(), 1, "the second answer came from the cache");
+    let unnamed = service_config(&auth.url("/allow"), |_| {});
+    assert_eq!(user(&unnamed.check(&query(&parts)).await.unwrap()), None);
+    let absent = build(&auth.url("/allow"), |s| {
+        s.user_header = Some(HeaderName::from_static("x-missing"))
+    });
+    assert_eq!(user(&absent.check(&query(&parts)).await.unwrap()), None);
+
+    let policy = crate::policy::RoutePolicy::new(crate::policy::PolicyRules {
+        forward_auth: Some(named),
+        ..Default::default()
+    });
+    let client = crate::policy::forwarding::client_addr(
+        &[],
+        "203.0.113.7".parse().unwrap(),
+        &HeaderMap::new(),
+    );
+    let facts = crate::policy::RequestFacts {
+        scheme: "https",
+        host: "chat.example.com",
+        client: &client,
+        forwarded_for: "203.0.113.7",
+        tls_subject: None,
+    };
+    let mut parts = browser_request();
+    let admitted = policy
+        .admit(&mut parts, &mut Vec::new(), &facts)
+        .await
+        .unwrap();
+    assert_eq!(admitted.user.as_deref(), Some("alice"));
 }
 
 #[tokio::test]

@@ -23,6 +23,23 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 
+/// The `wsgate` binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_wsgate");
+
+/// Starts `wsgate --log-format FORMAT run --config CONFIG` at `RUST_LOG=level` (no colours),
+/// killed when dropped; its stderr (the log) is piped for the caller to read.
+pub fn spawn_binary(config: &std::path::Path, format: &str, level: &str) -> tokio::process::Child {
+    tokio::process::Command::new(BIN)
+        .args(["--log-format", format, "run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", level)
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
 /// An upper bound for any single step of a test, so a bug fails the test instead of hanging it.
 pub const STEP: Duration = Duration::from_secs(10);
 

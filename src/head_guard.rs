@@ -1,0 +1,616 @@
+//! The request head's refusals: what hyper's HTTP/1.1 parser and the head timers refuse
+//! before any request reaches the proxy, made as visible as the proxy's own refusals.
+//!
+//! hyper answers a head it cannot accept by itself (`400`, `414`, `431`: a status line,
+//! `content-length: 0` and `date`, no body) and ends the connection, and it offers no hook
+//! to say why. So every client connection's IO goes to hyper through a [`HeadGuard`], which
+//! looks at the first bytes hyper writes: when they are that automatic answer, exactly, the
+//! guard writes wsgate's instead (the same status, a one-line `text/plain` reason with the
+//! configured limits, `Connection: close`), counts the refusal and logs it, then closes the
+//! connection the lingering way. Anything else it passes through untouched, and after an
+//! upgrade the relay takes the socket out of it (`upgraded.rs`): the guard costs nothing
+//! per message.
+//!
+//! Why the first write only: the first bytes hyper writes on a connection begin a response
+//! head, so the match cannot hit a body; wsgate's own responses always carry
+//! `content-type`, so it cannot hit one of them either. Every response of the proxy ends
+//! the connection or upgrades it (only `wsgate demo`'s static pages are kept alive), so the
+//! first response is the only one there is. HTTP/2 starts with a SETTINGS frame, which
+//! passes through.
+//!
+//! Refusals that write nothing (the head timers, and the HTTP/2 preface on a connection that
+//! agreed on HTTP/1.1) are reported by the connection's task (`accept.rs`) through the same
+//! [`HeadWatch`], which counts each connection's refusal once.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+use crate::config::Limits;
+use crate::outcome::Outcome;
+use crate::proxy::ProxyState;
+
+/// How long a refused connection is read (and what it sends discarded) after the answer and
+/// our FIN: a client still sending its head would otherwise get a reset, which may destroy
+/// the answer in its receive buffer before it is read (RFC 9112 §9.6).
+const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most a refused connection may send during the lingering close.
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Why a request head was refused before the proxy saw a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadRefusal {
+    /// Over the head size or header count limit (431).
+    TooLarge,
+    /// A request target longer than hyper accepts (414).
+    UriTooLong,
+    /// Not valid HTTP/1.1 (400).
+    Invalid,
+    /// The HTTP/2 preface on a connection that agreed on HTTP/1.1 (closed, no answer).
+    Http2Preface,
+    /// No complete head within the handshake timeout (closed, no answer).
+    Timeout,
+}
+
+impl HeadRefusal {
+    pub fn outcome(self) -> Outcome {
+        match self {
+            HeadRefusal::TooLarge => Outcome::RequestHeadTooLarge,
+            HeadRefusal::UriTooLong => Outcome::UriTooLong,
+            HeadRefusal::Invalid | HeadRefusal::Http2Preface => Outcome::RequestHeadInvalid,
+            HeadRefusal::Timeout => Outcome::RequestHeadTimeout,
+        }
+    }
+
+    /// The status hyper answers with (`hyper::proto::h1::role::Server::on_error`), or `None`
+    /// for a connection closed without an answer.
+    fn status(self) -> Option<u16> {
+        match self {
+            HeadRefusal::TooLarge => Some(431),
+            HeadRefusal::UriTooLong => Some(414),
+            HeadRefusal::Invalid => Some(400),
+            HeadRefusal::Http2Preface | HeadRefusal::Timeout => None,
+        }
+    }
+
+    /// What a connection's error from hyper says was refused; `None` for an error that is no
+    /// refusal (the client left, a socket error, an HTTP/2 connection error).
+    ///
+    /// `seen_request`: a header timeout after a request on a kept-alive connection is an
+    /// idle connection closing, not a refusal. hyper tells a long URI from a large head only
+    /// by its status, so the guard counts those from the answer it replaced; only a 414
+    /// after a kept-alive static page (which the guard lets through) counts as a 431.
+    pub fn of_error(e: &hyper::Error, seen_request: bool) -> Option<HeadRefusal> {
+        if e.is_timeout() {
+            (!seen_request).then_some(HeadRefusal::Timeout)
+        } else if e.is_parse_version_h2() {
+            Some(HeadRefusal::Http2Preface)
+        } else if e.is_parse_too_large() {
+            Some(HeadRefusal::TooLarge)
+        } else if e.is_parse() {
+            Some(HeadRefusal::Invalid)
+        } else {
+            None
+        }
+    }
+}
+
+/// A listener's reasons, with its limits: the body of each answer and the log's `reason`.
+#[derive(Debug)]
+pub struct HeadReasons {
+    too_large: String,
+    timeout: String,
+}
+
+impl HeadReasons {
+    pub fn new(limits: &Limits, handshake_timeout: Duration) -> HeadReasons {
+        HeadReasons {
+            too_large: format!(
+                "request header fields too large: the request head is over {} bytes or {} \
+                 header fields",
+                limits.max_header_bytes, limits.max_headers
+            ),
+            timeout: format!(
+                "request head timeout: no complete request head within {handshake_timeout:?}"
+            ),
+        }
+    }
+
+    pub fn reason(&self, refusal: HeadRefusal) -> &str {
+        match refusal {
+            HeadRefusal::TooLarge => &self.too_large,
+            HeadRefusal::UriTooLong => {
+                "URI too long: the request target is longer than the proxy accepts"
+            }
+            HeadRefusal::Invalid => {
+                "bad request: the request head is not valid HTTP/1.1 (a malformed request line \
+                 or header field)"
+            }
+            HeadRefusal::Http2Preface => {
+                "bad request: the HTTP/2 preface on a connection that agreed on HTTP/1.1"
+            }
+            HeadRefusal::Timeout => &self.timeout,
+        }
+    }
+}
+
+/// What a connection's task, its service and its [`HeadGuard`] share: whether a request
+/// arrived, and whether the connection's refusal has been counted and logged (once).
+pub struct HeadWatch {
+    state: Arc<ProxyState>,
+    reasons: Arc<HeadReasons>,
+    client: SocketAddr,
+    seen_request: AtomicBool,
+    refused: AtomicBool,
+}
+
+impl HeadWatch {
+    pub fn new(state: Arc<ProxyState>, reasons: Arc<HeadReasons>, client: SocketAddr) -> Self {
+        HeadWatch {
+            state,
+            reasons,
+            client,
+            seen_request: AtomicBool::new(false),
+            refused: AtomicBool::new(false),
+        }
+    }
+
+    /// hyper has parsed a request head and called the service.
+    pub fn request_seen(&self) {
+        self.seen_request.store(true, Ordering::Relaxed);
+    }
+
+    pub fn seen_request(&self) -> bool {
+        self.seen_request.load(Ordering::Relaxed)
+    }
+
+    /// Counts the connection's refusal (unrouted: there is no request to route) and logs it
+    /// within the refusal log's budget, unless this connection's refusal was already
+    /// reported.
+    pub fn refuse(&self, refusal: HeadRefusal, error: Option<&hyper::Error>) {
+        if self.refused.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let outcome = refusal.outcome();
+        let status = refusal.status();
+        self.state
+            .unrouted_refusals
+            .add_status(outcome, status.unwrap_or(0));
+        let Some(line) = self.state.refusal_log.admit(outcome) else {
+            return;
+        };
+        // Nothing here comes from the client: the reason is ours and hyper's error text is
+        // one of its fixed descriptions.
+        tracing::info!(
+            target: "wsgate::access",
+            event = "refused",
+            route = "-",
+            client = %self.client,
+            status,
+            outcome = outcome.as_str(),
+            fault = "client",
+            reason = self.reasons.reason(refusal),
+            error = error.map(tracing::field::display),
+            suppressed = line.suppressed(),
+            "request head refused"
+        );
+    }
+}
+
+/// A client connection as the listener gives it to hyper, and as `upgraded.rs` takes it
+/// back after an upgrade: one name, so the two cannot drift apart.
+pub type ClientIo<S> = hyper_util::rt::TokioIo<HeadGuard<S>>;
+
+/// A client connection's IO as hyper gets it: passes everything through, except hyper's
+/// automatic answer to a refused request head, which it replaces with wsgate's (see the
+/// module's doc).
+pub struct HeadGuard<S> {
+    io: S,
+    watch: Arc<HeadWatch>,
+    phase: Phase,
+}
+
+enum Phase {
+    /// Nothing written yet: the first write is looked at.
+    First,
+    /// The first response was not hyper's automatic answer: everything passes.
+    Through,
+    /// wsgate's answer in place of hyper's, then the lingering close (boxed: rare).
+    Answer(Box<Answer>),
+}
+
+struct Answer {
+    bytes: Vec<u8>,
+    written: usize,
+    linger: Option<Linger>,
+}
+
+struct Linger {
+    until: Pin<Box<Sleep>>,
+    shut: bool,
+    left: usize,
+}
+
+impl<S> HeadGuard<S> {
+    pub fn new(io: S, watch: Arc<HeadWatch>) -> HeadGuard<S> {
+        HeadGuard {
+            io,
+            watch,
+            phase: Phase::First,
+        }
+    }
+
+    /// The connection itself, for the relay after an upgrade.
+    pub fn into_inner(self) -> S {
+        self.io
+    }
+
+    /// Looks at the first bytes hyper writes: its automatic answer is replaced (and the
+    /// refusal reported); anything else lets every later write through.
+    fn first_write(&mut self, first: &[u8]) -> bool {
+        let Some((refusal, date)) = automatic_answer(first) else {
+            self.phase = Phase::Through;
+            return false;
+        };
+        let watch = &self.watch;
+        watch.refuse(refusal, None);
+        self.phase = Phase::Answer(Box::new(Answer {
+            bytes: answer(refusal, watch.reasons.reason(refusal), date),
+            written: 0,
+            linger: None,
+        }));
+        true
+    }
+}
+
+/// Recognises hyper's automatic answer to a refused head in one write: the status line of a
+/// 400, 414 or 431, then `connection: close` (hyper adds it when it will close),
+/// `content-length: 0` and `date`, nothing else. Returns the refusal and the date's value.
+fn automatic_answer(buf: &[u8]) -> Option<(HeadRefusal, &[u8])> {
+    const LINES: [(HeadRefusal, &[u8]); 3] = [
+        (HeadRefusal::Invalid, b"HTTP/1.1 400 Bad Request\r\n"),
+        (HeadRefusal::UriTooLong, b"HTTP/1.1 414 URI Too Long\r\n"),
+        (
+            HeadRefusal::TooLarge,
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+        ),
+    ];
+    let (refusal, rest) = LINES
+        .iter()
+        .find_map(|(r, line)| buf.strip_prefix(*line).map(|rest| (*r, rest)))?;
+    let rest = rest.strip_prefix(b"connection: close\r\n").unwrap_or(rest);
+    let date = rest
+        .strip_prefix(b"content-length: 0\r\ndate: ")?
+        .strip_suffix(b"\r\n\r\n")?;
+    // An IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT"): 29 printable bytes.
+    let is_date = date.len() == 29 && date.iter().all(|b| b.is_ascii_graphic() || *b == b' ');
+    is_date.then_some((refusal, date))
+}
+
+/// wsgate's answer: hyper's status and date, the reason as a `text/plain` body.
+fn answer(refusal: HeadRefusal, reason: &str, date: &[u8]) -> Vec<u8> {
+    let status = match refusal {
+        HeadRefusal::TooLarge => "431 Request Header Fields Too Large",
+        HeadRefusal::UriTooLong => "414 URI Too Long",
+        _ => "400 Bad Request",
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\ndate: ",
+        reason.len() + 1
+    );
+    let mut out = Vec::with_capacity(head.len() + date.len() + reason.len() + 5);
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(date);
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(reason.as_bytes());
+    out.push(b'\n');
+    out
+}
+
+impl Answer {
+    /// Writes what is left of the answer.
+    fn poll_write_out<S: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut S,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        while self.written < self.bytes.len() {
+            let n = ready!(Pin::new(&mut *io).poll_write(cx, &self.bytes[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// The lingering close: our FIN, then the client's bytes read and dropped until it
+    /// closes, [`LINGER_BYTES`] or [`LINGER_TIMEOUT`]. Errors end it: it is a courtesy.
+    fn poll_linger<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut S,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        let linger = self.linger.get_or_insert_with(|| Linger {
+            until: Box::pin(tokio::time::sleep(LINGER_TIMEOUT)),
+            shut: false,
+            left: LINGER_BYTES,
+        });
+        if !linger.shut {
+            if ready!(Pin::new(&mut *io).poll_shutdown(cx)).is_err() {
+                return Poll::Ready(());
+            }
+            linger.shut = true;
+        }
+        let mut sink = [0u8; 4096];
+        loop {
+            if linger.until.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            let mut buf = ReadBuf::new(&mut sink);
+            match ready!(Pin::new(&mut *io).poll_read(cx, &mut buf)) {
+                Ok(()) if !buf.filled().is_empty() => {
+                    linger.left = linger.left.saturating_sub(buf.filled().len());
+                    if linger.left == 0 {
+                        return Poll::Ready(());
+                    }
+                }
+                _ => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for HeadGuard<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadGuard<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        match this.phase {
+            Phase::Through => Pin::new(&mut this.io).poll_write(cx, buf),
+            Phase::First => {
+                if buf.is_empty() {
+                    Poll::Ready(Ok(0))
+                } else if this.first_write(buf) {
+                    Poll::Ready(Ok(buf.len()))
+                } else {
+                    Pin::new(&mut this.io).poll_write(cx, buf)
+                }
+            }
+            // hyper writes nothing after its automatic answer (the connection is closing);
+            // were it to, those bytes would follow a response whose length is already said.
+            Phase::Answer(_) => Poll::Ready(Ok(buf.len())),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let total = || bufs.iter().map(|b| b.len()).sum::<usize>();
+        match this.phase {
+            Phase::Through => Pin::new(&mut this.io).poll_write_vectored(cx, bufs),
+            Phase::First => {
+                // hyper's automatic answer is one buffer; anything else is not it.
+                let mut filled = bufs.iter().filter(|b| !b.is_empty());
+                let answered = match (filled.next(), filled.next()) {
+                    (None, _) => return Poll::Ready(Ok(0)),
+                    (Some(only), None) => this.first_write(only),
+                    _ => {
+                        this.phase = Phase::Through;
+                        false
+                    }
+                };
+                if answered {
+                    Poll::Ready(Ok(total()))
+                } else {
+                    Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+                }
+            }
+            Phase::Answer(_) => Poll::Ready(Ok(total())),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if let Phase::Answer(answer) = &mut this.phase {
+            ready!(answer.poll_write_out(&mut this.io, cx))?;
+        }
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let Phase::Answer(answer) = &mut this.phase else {
+            return Pin::new(&mut this.io).poll_shutdown(cx);
+        };
+        ready!(answer.poll_write_out(&mut this.io, cx))?;
+        ready!(Pin::new(&mut this.io).poll_flush(cx))?;
+        answer.poll_linger(&mut this.io, cx).map(Ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const DATE: &str = "Wed, 02 Dec 2026 11:20:54 GMT";
+
+    fn watch() -> Arc<HeadWatch> {
+        let config = crate::config::from_toml_str(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"r\"\npath = \"/\"\n\
+             backends = [\"ws://127.0.0.1:1\"]\n",
+        )
+        .unwrap();
+        let reasons = Arc::new(HeadReasons::new(&config.limits, Duration::from_secs(10)));
+        let state = Arc::new(ProxyState::new(config, Default::default()));
+        Arc::new(HeadWatch::new(
+            state,
+            reasons,
+            "192.0.2.1:1234".parse().unwrap(),
+        ))
+    }
+
+    fn counted(watch: &HeadWatch) -> Vec<((Outcome, u16), u64)> {
+        watch
+            .state
+            .unrouted_refusals
+            .by_status()
+            .into_iter()
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn hyper_s_answer_is_replaced_counted_and_followed_by_a_lingering_close() {
+        let watch = watch();
+        // A duplex pipe is not vectored: hyper would use `poll_write`.
+        let (server, mut client) = tokio::io::duplex(64 * 1024);
+        let mut guard = HeadGuard::new(server, watch.clone());
+        let hyper_answer = format!(
+            "HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: {DATE}\r\n\r\n"
+        );
+        guard.write_all(hyper_answer.as_bytes()).await.unwrap();
+        assert_eq!(
+            counted(&watch),
+            vec![((Outcome::RequestHeadTooLarge, 431), 1)]
+        );
+        // The client still sends (the rest of its head) while the guard shuts down.
+        let shutdown = tokio::spawn(async move { guard.shutdown().await });
+        client.write_all(&[b'a'; 10_000]).await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        let expected = answer(
+            HeadRefusal::TooLarge,
+            watch.reasons.reason(HeadRefusal::TooLarge),
+            DATE.as_bytes(),
+        );
+        assert_eq!(got, expected);
+        // The shutdown ends when the client closes.
+        assert!(!shutdown.is_finished());
+        drop(client);
+        shutdown.await.unwrap().unwrap();
+        // Reported once, whoever reports it next (the connection's task, on hyper's error).
+        watch.refuse(HeadRefusal::TooLarge, None);
+        assert_eq!(counted(&watch).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn anything_but_a_first_automatic_answer_passes_untouched() {
+        let watch = watch();
+        let (server, mut client) = tokio::io::duplex(64 * 1024);
+        let mut guard = HeadGuard::new(server, watch.clone());
+        let page = "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 2\r\n\r\nhi";
+        // After a first response of the proxy's own, even an answer of that shape is left
+        // alone: it could be a body's bytes.
+        let later =
+            format!("HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\ndate: {DATE}\r\n\r\n");
+        guard.write_all(page.as_bytes()).await.unwrap();
+        guard.write_all(later.as_bytes()).await.unwrap();
+        guard.shutdown().await.unwrap();
+        let mut got = String::new();
+        client.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, format!("{page}{later}"));
+        assert!(counted(&watch).is_empty());
+        // The socket comes out as it went in.
+        let _: tokio::io::DuplexStream = guard.into_inner();
+    }
+
+    #[test]
+    fn recognises_hyper_s_automatic_answers() {
+        for (line, refusal) in [
+            ("400 Bad Request", HeadRefusal::Invalid),
+            ("414 URI Too Long", HeadRefusal::UriTooLong),
+            ("431 Request Header Fields Too Large", HeadRefusal::TooLarge),
+        ] {
+            for close in ["connection: close\r\n", ""] {
+                let head =
+                    format!("HTTP/1.1 {line}\r\n{close}content-length: 0\r\ndate: {DATE}\r\n\r\n");
+                assert_eq!(
+                    automatic_answer(head.as_bytes()),
+                    Some((refusal, DATE.as_bytes())),
+                    "{head:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn anything_else_is_not_hyper_s_answer() {
+        let ok = format!("HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\ndate: {DATE}\r\n\r\n");
+        assert!(automatic_answer(ok.as_bytes()).is_some());
+        for other in [
+            // wsgate's own refusals carry a content-type and a body.
+            format!(
+                "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n\
+                 content-length: 0\r\ndate: {DATE}\r\n\r\n"
+            ),
+            // Another status, a body, bytes after the head, a cut head, a bad date.
+            format!("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\ndate: {DATE}\r\n\r\n"),
+            format!("HTTP/1.1 400 Bad Request\r\ncontent-length: 3\r\ndate: {DATE}\r\n\r\n"),
+            format!("{ok}abc"),
+            ok[..ok.len() - 2].to_string(),
+            ok.replace(DATE, "Wed, 02 Dec 2026 11:20:54 GM"),
+            ok.replace(DATE, "Wed, 02 Dec 2026 11:20:54\r\nGM"),
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n".to_string(),
+            // HTTP/2's first frame (SETTINGS).
+            "\0\0\x06\x04\0\0\0\0\0\0\x03\0\0\0\x64".to_string(),
+            String::new(),
+        ] {
+            assert_eq!(automatic_answer(other.as_bytes()), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn the_answer_says_why_and_closes() {
+        let reasons = HeadReasons::new(&Limits::default(), Duration::from_secs(10));
+        let reason = reasons.reason(HeadRefusal::TooLarge);
+        assert_eq!(
+            reason,
+            "request header fields too large: the request head is over 32768 bytes or 100 \
+             header fields"
+        );
+        let bytes = answer(HeadRefusal::TooLarge, reason, DATE.as_bytes());
+        let text = String::from_utf8(bytes).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert_eq!(
+            head,
+            format!(
+                "HTTP/1.1 431 Request Header Fields Too Large\r\n\
+                 content-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\
+                 connection: close\r\ndate: {DATE}",
+                body.len()
+            )
+        );
+        assert_eq!(body, format!("{reason}\n"));
+        assert_eq!(
+            reasons.reason(HeadRefusal::Timeout),
+            "request head timeout: no complete request head within 10s"
+        );
+    }
+}
