@@ -29,7 +29,8 @@
 //! Around them: [`config`] is the only module that knows the TOML file (its schema, parsing
 //! and validation, every error with key and line), and hands the others typed values;
 //! [`admin`] is the admin listener (metrics, health, the session API, the status page) and
-//! [`metrics`] what it counts and exposes;
+//! [`metrics`] what it counts and exposes; [`notify`] tells systemd about readiness, reloads
+//! and shutdown;
 //! [`demo`] is `wsgate demo`'s built-in echo backend and browser page; [`fuzz`] holds the
 //! properties every parser of untrusted bytes is fuzzed against (`fuzz/`, replayed by
 //! `cargo test`).
@@ -51,6 +52,7 @@ pub mod head_guard;
 pub mod http;
 pub mod http_client;
 pub mod metrics;
+pub mod notify;
 pub mod outcome;
 pub mod path;
 pub mod policy;

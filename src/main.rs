@@ -1,17 +1,29 @@
-//! The `wsgate` command: `run`, `check`, `demo`.
+//! The `wsgate` command: `run`, `check`, `demo`, and its own completions and man page.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use wsgate::config::Config;
+use wsgate::notify;
 use wsgate::telemetry::{self, LogFormat};
 use wsgate::{Gateway, Handle};
 
+/// `0.1.0 (commit 1a2b3c4d5e6f, built 2025-01-31)`: which sources a running binary came from,
+/// stamped by `build.rs`.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("WSGATE_GIT_COMMIT"),
+    ", built ",
+    env!("WSGATE_BUILD_DATE"),
+    ")"
+);
+
 #[derive(Parser)]
-#[command(name = "wsgate", version, about = "A reverse proxy for WebSockets")]
+#[command(name = "wsgate", version = VERSION, about = "A reverse proxy for WebSockets")]
 struct Cli {
     /// Log line format (filter with RUST_LOG, e.g. RUST_LOG=debug).
     #[arg(long, value_enum, default_value_t = Format::Text, global = true)]
@@ -66,6 +78,20 @@ enum Command {
         /// Directory to write `<first name>.pem` and `<first name>.key` into.
         #[arg(long, default_value = "certs")]
         out: PathBuf,
+    },
+    /// Print a shell completion script, e.g. `wsgate completions bash > /etc/bash_completion.d/wsgate`.
+    Completions {
+        shell: clap_complete::Shell,
+        /// Write the script into this directory (under the shell's usual file name) instead.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the man page (roff), e.g. `wsgate man | man -l -`.
+    Man {
+        /// Write `wsgate.1` and a page per subcommand (`wsgate-run.1`, ...) into this directory
+        /// instead.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -146,7 +172,54 @@ fn main() -> ExitCode {
             exit(runtime().and_then(|rt| rt.block_on(demo(listen, admin, tls))))
         }
         Command::Cert { names, out } => exit(cert(&names, &out)),
+        Command::Completions { shell, out } => exit(completions(shell, out.as_deref())),
+        Command::Man { out } => exit(man(out.as_deref())),
     }
+}
+
+/// Completions and man pages come from the same clap definitions as the parser, so they
+/// cannot drift from the options the binary accepts.
+fn completions(shell: clap_complete::Shell, out: Option<&Path>) -> anyhow::Result<()> {
+    let mut cmd = Cli::command();
+    match out {
+        Some(dir) => {
+            let path = clap_complete::generate_to(shell, &mut cmd, "wsgate", dir)
+                .with_context(|| format!("cannot write into {}", dir.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => {
+            // Into memory first: the generator panics on a failed write (`| head`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "wsgate", &mut script);
+            print_bytes(&script)?;
+        }
+    }
+    Ok(())
+}
+
+fn man(out: Option<&Path>) -> anyhow::Result<()> {
+    let cmd = Cli::command();
+    match out {
+        Some(dir) => {
+            clap_mangen::generate_to(cmd, dir)
+                .with_context(|| format!("cannot write into {}", dir.display()))?;
+            eprintln!("wrote the man pages into {}", dir.display());
+        }
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut page)?;
+            print_bytes(&page)?;
+        }
+    }
+    Ok(())
+}
+
+fn print_bytes(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .context("cannot write to stdout")
 }
 
 fn exit(result: anyhow::Result<()>) -> ExitCode {
@@ -166,7 +239,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the tokio runtime")
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(cfg) => {
             println!(
@@ -294,23 +367,29 @@ async fn demo(listen: SocketAddr, admin: SocketAddr, tls: bool) -> anyhow::Resul
 }
 
 /// SIGHUP reloads TLS certificates; SIGTERM or SIGINT starts a graceful shutdown; a second
-/// signal ends the process at once.
+/// signal ends the process at once. systemd hears of each step (`crate::notify`).
 async fn wait_for_signal_then_drain(handle: Handle) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
+    // Only now: `systemctl reload` right after start sends SIGHUP, whose default action
+    // would end the process.
+    notify::ready();
     let name = loop {
         tokio::select! {
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
             _ = hup.recv() => {
+                notify::reloading();
                 tracing::info!(signal = "SIGHUP", "reloading TLS certificates");
                 handle.reload_certificates();
+                notify::ready();
             }
         }
     };
     tracing::info!(signal = name, "signal received");
+    notify::stopping();
     handle.shutdown();
     tokio::select! {
         report = handle.wait() => {

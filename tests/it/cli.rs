@@ -82,9 +82,14 @@ async fn run_json(
 }
 
 fn sigterm(child: &Child) {
+    send_signal(child, "TERM");
+}
+
+/// Sends the signal named `name` (`"TERM"`, `"HUP"`) to the child.
+fn send_signal(child: &Child, name: &str) {
     let pid = child.id().expect("child still running");
     let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
+        .args([&format!("-{name}"), &pid.to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -147,7 +152,28 @@ async fn spawn_demo(tls: bool) -> (Child, String, Lines<BufReader<ChildStdout>>)
 async fn version_and_help() {
     let out = run_wsgate(["--version"]).await;
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let version = String::from_utf8_lossy(&out.stdout);
+    // `wsgate 0.1.0 (commit 1a2b3c4d5e6f[-dirty] or unknown, built YYYY-MM-DD)`
+    let rest = version
+        .trim()
+        .strip_prefix(concat!("wsgate ", env!("CARGO_PKG_VERSION"), " (commit "))
+        .unwrap_or_else(|| panic!("{version}"));
+    let (commit, date) = rest
+        .strip_suffix(')')
+        .and_then(|r| r.split_once(", built "))
+        .unwrap_or_else(|| panic!("{version}"));
+    let hash = commit.strip_suffix("-dirty").unwrap_or(commit);
+    assert!(
+        hash == "unknown" || (hash.len() >= 7 && hash.chars().all(|c| c.is_ascii_hexdigit())),
+        "{version}"
+    );
+    let parts: Vec<&str> = date.split('-').collect();
+    assert!(
+        parts.len() == 3
+            && [4, 2, 2] == [parts[0].len(), parts[1].len(), parts[2].len()]
+            && parts.iter().all(|p| p.parse::<u32>().is_ok()),
+        "{version}"
+    );
     let out = run_wsgate(["--help"]).await;
     let help = String::from_utf8_lossy(&out.stdout);
     for cmd in ["run", "check", "demo"] {
@@ -563,4 +589,187 @@ async fn demo_tls_serves_the_page_over_https_and_echoes_over_wss() {
     sigterm(&child);
     let status = wait_exit(&mut child).await;
     assert!(status.success());
+}
+
+const SUBCOMMANDS: [&str; 7] = ["run", "check", "echo", "demo", "cert", "completions", "man"];
+
+#[tokio::test]
+async fn completions_for_each_shell_name_every_subcommand() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = run_wsgate(["completions", shell]).await;
+        assert_success(&out);
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains("wsgate"), "{shell}: {script}");
+        for name in SUBCOMMANDS.iter().chain(&["log-format"]) {
+            assert!(script.contains(name), "{shell}: no {name} in:\n{script}");
+        }
+    }
+    let out = run_wsgate(["completions", "tcsh"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+
+    // `--out DIR` writes the file a shell looks for.
+    let tmp = TempDir::new("cli");
+    let out = run_wsgate([
+        OsStr::new("completions"),
+        OsStr::new("fish"),
+        OsStr::new("--out"),
+        tmp.path().as_os_str(),
+    ])
+    .await;
+    assert_success(&out);
+    let script = std::fs::read_to_string(tmp.join("wsgate.fish")).unwrap();
+    assert!(script.contains("completions"), "{script}");
+}
+
+#[tokio::test]
+async fn man_page_has_a_title_and_every_subcommand() {
+    let out = run_wsgate(["man"]).await;
+    assert_success(&out);
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.contains(".TH wsgate 1"), "{page}");
+    assert!(page.contains(".SH SUBCOMMANDS"), "{page}");
+    for name in SUBCOMMANDS {
+        assert!(
+            page.contains(&format!("wsgate\\-{name}(1)")),
+            "no {name} in:\n{page}"
+        );
+    }
+
+    let tmp = TempDir::new("cli");
+    let out = run_wsgate([
+        OsStr::new("man"),
+        OsStr::new("--out"),
+        tmp.path().as_os_str(),
+    ])
+    .await;
+    assert_success(&out);
+    let run = std::fs::read_to_string(tmp.join("wsgate-run.1")).unwrap();
+    assert!(run.contains(".TH wsgate-run 1"), "{run}");
+    assert!(run.contains("config"), "{run}");
+    assert!(tmp.join("wsgate.1").exists());
+}
+
+/// Reads one sd_notify datagram within [`STEP`], as its `KEY=VALUE` lines.
+async fn next_notification(socket: &tokio::net::UnixDatagram) -> Vec<String> {
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(STEP, socket.recv(&mut buf))
+        .await
+        .expect("no sd_notify message")
+        .unwrap();
+    String::from_utf8(buf[..n].to_vec())
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Under systemd (`Type=notify`): READY=1 once the proxy and admin listeners accept, RELOADING=1
+/// with the monotonic time then READY=1 around a SIGHUP, STOPPING=1 on SIGTERM.
+#[tokio::test]
+async fn sd_notify_tells_readiness_reload_and_stop() {
+    let tmp = TempDir::new("notify");
+    let socket_path = tmp.join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+    let config = tmp.write(
+        "wsgate.toml",
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}[admin]\nlisten = \"127.0.0.1:0\"\n",
+            route("r", "/", &["ws://127.0.0.1:9".to_string()])
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+
+    assert_eq!(next_notification(&socket).await, ["READY=1"]);
+    // Both listeners were bound before READY=1: their log lines came first, and they accept.
+    let listening = wait_line(&mut lines, &mut seen, "listening", |l| {
+        l.contains("\"listening\"")
+    })
+    .await;
+    let admin = wait_line(&mut lines, &mut seen, "admin listener", |l| {
+        l.contains("\"admin listener\"")
+    })
+    .await;
+    for addr in [
+        json(&listening).get("listen").unwrap(),
+        json(&admin).get("admin").unwrap(),
+    ] {
+        tokio::net::TcpStream::connect(&addr)
+            .await
+            .unwrap_or_else(|e| panic!("{addr} does not accept after READY=1: {e}"));
+    }
+
+    send_signal(&child, "HUP");
+    let reloading = next_notification(&socket).await;
+    assert_eq!(reloading.len(), 2, "{reloading:?}");
+    assert_eq!(reloading[0], "RELOADING=1");
+    let usec = reloading[1]
+        .strip_prefix("MONOTONIC_USEC=")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("{reloading:?}"));
+    assert!(usec > 0);
+    assert_eq!(next_notification(&socket).await, ["READY=1"]);
+    wait_line(&mut lines, &mut seen, "the reload", |l| {
+        l.contains("SIGHUP")
+    })
+    .await;
+
+    sigterm(&child);
+    assert_eq!(next_notification(&socket).await, ["STOPPING=1"]);
+    let status = wait_exit(&mut child).await;
+    assert!(status.success(), "{status}; log:\n{}", seen.join("\n"));
+}
+
+/// Without `NOTIFY_SOCKET` (not under systemd) wsgate starts and stops as usual.
+#[tokio::test]
+async fn without_notify_socket_nothing_is_sent_and_wsgate_runs() {
+    let tmp = TempDir::new("notify");
+    let config = tmp.write(
+        "wsgate.toml",
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
+            route("r", "/", &["ws://127.0.0.1:9".to_string()])
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config)
+        .env_remove("NOTIFY_SOCKET")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    wait_line(&mut lines, &mut seen, "listening", |l| {
+        l.contains("\"listening\"")
+    })
+    .await;
+    send_signal(&child, "HUP");
+    wait_line(&mut lines, &mut seen, "the reload", |l| {
+        l.contains("SIGHUP")
+    })
+    .await;
+    sigterm(&child);
+    let status = wait_exit(&mut child).await;
+    assert!(status.success(), "{status}; log:\n{}", seen.join("\n"));
+    assert!(
+        !seen.iter().any(|l| l.contains("NOTIFY_SOCKET")),
+        "{}",
+        seen.join("\n")
+    );
 }
