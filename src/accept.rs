@@ -195,6 +195,7 @@ async fn unless_stopped<T>(
 /// How a TLS listener's connection came through its handshake phase.
 enum Handshake {
     /// TLS is up; the client's address (from the PROXY header, if the listener expects one).
+    /// Boxed: the TLS state is over a kilobyte, the other variant a socket.
     Tls(Box<TlsStream<TcpStream>>, SocketAddr),
     /// The client spoke plain HTTP (already counted): it gets a 400 that says so.
     PlainHttp(TcpStream),

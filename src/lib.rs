@@ -203,7 +203,7 @@ async fn supervise(
     let deadline = started + grace;
     tracing::info!(
         live_sessions = sessions.len(),
-        http_connections = conns.len(),
+        connections = conns.len(),
         grace = ?grace,
         "shutting down: no new connections, closing sessions; connections with no request in flight close now"
     );
