@@ -293,6 +293,8 @@ async fn sigterm_with_idle_connections_exits_promptly() {
     let deadline = Instant::now() + STEP;
     assert_eq!(u16::from(next_close(&mut ws).await.code), 1001);
     while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, ws.next()).await {}
+    // The closing handshake ends with the client's FIN.
+    drop(ws);
     // The log is read on, so that wsgate never blocks on a full pipe.
     let logged = Arc::new(std::sync::Mutex::new(log));
     let reader = {
@@ -316,6 +318,10 @@ async fn sigterm_with_idle_connections_exits_promptly() {
     let log = logged.lock().unwrap().join("\n");
     assert!(status.success(), "exit status {status}; log:\n{log}");
     assert!(log.contains("shutdown complete"), "{log}");
+    assert!(
+        log.contains("\"cut\":false"),
+        "the session was not cut: {log}"
+    );
     for s in &mut held {
         let _ = closed_by(s, Instant::now() + STEP).await;
     }
