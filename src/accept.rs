@@ -11,6 +11,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -20,6 +22,7 @@ use crate::http::{self, Protocols};
 use crate::metrics::ListenerStats;
 use crate::outcome::Outcome;
 use crate::proxy::{self, ConnInfo, ProxyState};
+use crate::telemetry::RefusalCounts;
 
 /// Pending connections the kernel may queue per listener: absorbs reconnect storms after a
 /// backend restart, when thousands of clients come back at once.
@@ -103,9 +106,8 @@ pub async fn accept_loop(
                 conns.spawn(async move {
                     let deadline = Instant::now() + timeout;
                     let counts = &state.unrouted_refusals;
-                    let Some(client) =
-                        client_addr(&mut stream, peer, proxy_protocol, deadline, counts).await
-                    else {
+                    let header = client_addr(&mut stream, peer, proxy_protocol, deadline, counts);
+                    let Some(client) = unless_stopped(&stop, counts, header).await else {
                         return;
                     };
                     let conn = ConnInfo {
@@ -120,54 +122,34 @@ pub async fn accept_loop(
                 });
             }
             Some(tls) => {
-                // The PROXY header and the TLS handshake run in the connection's own task,
-                // under one handshake deadline for both: a slow or silent client never holds
-                // up the accept loop, nor gets the timeout twice.
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config(config.http2));
+                let acceptor = TlsAcceptor::from(tls.server_config(config.http2));
                 let (h1, h2) = (h1.clone(), h2.clone());
                 let subject_header = tls.subject_header.clone();
                 let stats = stats.clone();
                 conns.spawn(async move {
                     let deadline = Instant::now() + timeout;
                     let counts = &state.unrouted_refusals;
-                    let Some(client) =
-                        client_addr(&mut stream, peer, proxy_protocol, deadline, counts).await
-                    else {
-                        return;
-                    };
-                    match tokio::time::timeout_at(deadline, starts_like_http(&stream)).await {
-                        Ok(true) => {
-                            counts.add(Outcome::PlainHttpOnTls);
-                            stats.tls_failures.add(Outcome::PlainHttpOnTls);
-                            tracing::debug!(client = %client, "plain HTTP on a TLS port; answered 400");
-                            return answer_plain_http(stream, deadline).await;
-                        }
-                        Ok(false) => {}
-                        Err(_) => {
-                            counts.add(Outcome::TlsHandshakeTimeout);
-                            stats.tls_failures.add(Outcome::TlsHandshakeTimeout);
-                            tracing::debug!(client = %client, "no TLS handshake within the handshake timeout");
+                    let handshake = tls_handshake(
+                        stream,
+                        peer,
+                        &acceptor,
+                        proxy_protocol,
+                        deadline,
+                        counts,
+                        &stats,
+                    );
+                    let (tls, client) = match unless_stopped(&stop, counts, handshake).await {
+                        Some(Handshake::Tls(tls, client)) => (*tls, client),
+                        Some(Handshake::PlainHttp(stream)) => {
+                            // Already counted as a refusal: a shutdown cuts the answer short
+                            // rather than wait for a client that may never read it.
+                            tokio::select! {
+                                _ = stop.cancelled() => {}
+                                _ = answer_plain_http(stream, deadline) => {}
+                            }
                             return;
                         }
-                    }
-                    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(tls)) => {
-                            stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
-                            tls
-                        }
-                        Ok(Err(e)) => {
-                            counts.add(Outcome::TlsHandshakeFailed);
-                            stats.tls_failures.add(Outcome::TlsHandshakeFailed);
-                            tracing::debug!(client = %client, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            counts.add(Outcome::TlsHandshakeTimeout);
-                            stats.tls_failures.add(Outcome::TlsHandshakeTimeout);
-                            tracing::debug!(client = %client, "TLS handshake timed out");
-                            return;
-                        }
+                        None => return,
                     };
                     let conn = ConnInfo {
                         client,
@@ -190,6 +172,84 @@ pub async fn accept_loop(
     }
 }
 
+/// Runs a connection's phase before its first request (the PROXY header, the TLS handshake)
+/// unless the gateway stops first. Such a connection has nothing in flight to finish, so a
+/// shutdown closes it at once, counted as `draining` (unrouted, no answer), instead of
+/// holding the process until the connection's handshake timeout. No log line per
+/// connection: a shutdown may close thousands; the shutdown's own lines say it happened.
+async fn unless_stopped<T>(
+    stop: &CancellationToken,
+    counts: &RefusalCounts,
+    phase: impl Future<Output = Option<T>>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        _ = stop.cancelled() => {
+            counts.add(Outcome::Draining);
+            None
+        }
+        done = phase => done,
+    }
+}
+
+/// How a TLS listener's connection came through its handshake phase.
+enum Handshake {
+    /// TLS is up; the client's address (from the PROXY header, if the listener expects one).
+    /// Boxed: the TLS state is over a kilobyte, the other variant a socket.
+    Tls(Box<TlsStream<TcpStream>>, SocketAddr),
+    /// The client spoke plain HTTP (already counted): it gets a 400 that says so.
+    PlainHttp(TcpStream),
+}
+
+/// The handshake phase of a TLS listener's connection: the PROXY header where the listener
+/// expects one, then the TLS handshake, under one `deadline` for both: a slow or silent
+/// client never holds up the accept loop, nor gets the timeout twice. `None`: the
+/// connection is to be closed (counted and logged at debug here).
+async fn tls_handshake(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: &TlsAcceptor,
+    proxy_protocol: bool,
+    deadline: Instant,
+    counts: &RefusalCounts,
+    stats: &ListenerStats,
+) -> Option<Handshake> {
+    let client = client_addr(&mut stream, peer, proxy_protocol, deadline, counts).await?;
+    match tokio::time::timeout_at(deadline, starts_like_http(&stream)).await {
+        Ok(true) => {
+            counts.add(Outcome::PlainHttpOnTls);
+            stats.tls_failures.add(Outcome::PlainHttpOnTls);
+            tracing::debug!(client = %client, "plain HTTP on a TLS port; answered 400");
+            return Some(Handshake::PlainHttp(stream));
+        }
+        Ok(false) => {}
+        Err(_) => {
+            counts.add(Outcome::TlsHandshakeTimeout);
+            stats.tls_failures.add(Outcome::TlsHandshakeTimeout);
+            tracing::debug!(client = %client, "no TLS handshake within the handshake timeout");
+            return None;
+        }
+    }
+    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+            Some(Handshake::Tls(Box::new(tls), client))
+        }
+        Ok(Err(e)) => {
+            counts.add(Outcome::TlsHandshakeFailed);
+            stats.tls_failures.add(Outcome::TlsHandshakeFailed);
+            tracing::debug!(client = %client, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            counts.add(Outcome::TlsHandshakeTimeout);
+            stats.tls_failures.add(Outcome::TlsHandshakeTimeout);
+            tracing::debug!(client = %client, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
 /// The client's address: on a listener with `proxy_protocol`, the source the PROXY header
 /// names (or the TCP peer, for a v1 `UNKNOWN` or v2 `LOCAL` header), read before anything
 /// else and by `deadline`; otherwise the TCP peer.
@@ -202,7 +262,7 @@ async fn client_addr(
     peer: SocketAddr,
     proxy_protocol: bool,
     deadline: Instant,
-    counts: &crate::telemetry::RefusalCounts,
+    counts: &RefusalCounts,
 ) -> Option<SocketAddr> {
     if !proxy_protocol {
         return Some(peer);
@@ -276,6 +336,10 @@ fn set_socket_options(stream: &TcpStream) {
 /// hyper's header timeout only starts once the protocol has been sniffed, so a client that
 /// connects and sends nothing would otherwise hold the socket forever.
 ///
+/// On shutdown, a connection that has not sent a complete request closes at once; one with
+/// a request in flight finishes it; an HTTP/2 connection carrying WebSockets waits for them
+/// (their close frames go first), then sends GOAWAY.
+///
 /// hyper gets the connection through a [`HeadGuard`]: a head hyper refuses (431, 414, 400)
 /// is answered with wsgate's reason, and like a head that never completes, it is counted
 /// and logged (`head_guard.rs`).
@@ -330,9 +394,16 @@ async fn serve<I>(
             }
             _ = stop.cancelled(), if !stopping => {
                 stopping = true;
+                if !watch.seen_request() {
+                    // No request yet, or a head still arriving: nothing to finish. hyper
+                    // would wait for the rest of the head (up to the handshake timeout), so
+                    // the connection is dropped here.
+                    watch.closed_by_shutdown();
+                    return;
+                }
                 if *live_streams.borrow() == 0 {
-                    // Finish the request in flight, then close; idle keep-alive connections
-                    // close now.
+                    // Finish the request in flight, then close; an idle keep-alive
+                    // connection (a head after it still arriving included) closes now.
                     connection.as_mut().graceful_shutdown();
                 } else {
                     waiting_for_streams = true;

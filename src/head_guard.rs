@@ -201,6 +201,16 @@ impl HeadWatch {
             "request head refused"
         );
     }
+
+    /// The gateway is shutting down and closes this connection before it sent a complete
+    /// request: counted as `draining` (unrouted, no answer), unless a refusal of its head was
+    /// already reported. Not logged: a shutdown may close thousands of connections at once,
+    /// and it logs its own summary.
+    pub fn closed_by_shutdown(&self) {
+        if !self.refused.swap(true, Ordering::Relaxed) {
+            self.state.unrouted_refusals.add(Outcome::Draining);
+        }
+    }
 }
 
 /// A client connection as the listener gives it to hyper, and as `upgraded.rs` takes it

@@ -186,9 +186,14 @@ impl Gateway {
     }
 }
 
-/// Waits for the stop signal, then drains: no new connections, in-flight handshakes finish,
-/// every session gets close frames (1001) and up to `grace` for its closing handshake, then
-/// whatever is left is cut.
+/// Waits for the stop signal, then drains: no new connections; a connection without a
+/// request in flight (none yet, a head still arriving, an idle keep-alive, a TLS handshake
+/// or PROXY header under way) closes at once, a request in flight finishes; every session
+/// gets close frames (1001) and up to `grace` for its closing handshake, then whatever is
+/// left is cut.
+///
+/// Returns as soon as the connections and the sessions are done: nothing here waits for a
+/// timer that has nothing left to guard, so the process exits when its last session does.
 async fn supervise(
     stop: CancellationToken,
     conns: TaskTracker,
@@ -196,8 +201,14 @@ async fn supervise(
     grace: Duration,
 ) -> ShutdownReport {
     stop.cancelled().await;
-    let deadline = tokio::time::Instant::now() + grace;
-    tracing::info!(live_sessions = sessions.len(), grace = ?grace, "shutting down: no new connections, closing sessions");
+    let started = tokio::time::Instant::now();
+    let deadline = started + grace;
+    tracing::info!(
+        live_sessions = sessions.len(),
+        connections = conns.len(),
+        grace = ?grace,
+        "shutting down: no new connections, closing sessions; connections with no request in flight close now"
+    );
     sessions.close_all();
     conns.close();
     let _ = tokio::time::timeout_at(deadline, conns.wait()).await;
@@ -209,7 +220,7 @@ async fn supervise(
         );
     }
     sessions.kill_all().await;
-    tracing::info!("shutdown complete");
+    tracing::info!(elapsed = ?started.elapsed(), "shutdown complete");
     ShutdownReport {
         sessions_ended: left,
     }

@@ -48,7 +48,8 @@ pub enum Outcome {
     // --- Refusals by the proxy itself (404, 503). ---
     /// No route matches the request's host and path (404).
     NoRoute,
-    /// The gateway is shutting down and takes no new sessions (503).
+    /// The gateway is shutting down and takes no new sessions (503); also a connection the
+    /// shutdown closed before it sent a complete request (closed without an answer).
     Draining,
 
     // --- The client's handshake is not a valid WebSocket upgrade (RFC 6455 §4.2.1, RFC 8441). ---

@@ -21,4 +21,5 @@ mod proxy;
 mod proxy_protocol;
 mod relay;
 mod scanner;
+mod shutdown;
 mod tls;

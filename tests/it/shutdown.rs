@@ -1,0 +1,328 @@
+//! What a shutdown waits for: the sessions' closing handshakes and the requests in flight,
+//! not connections that never sent a request. With a handshake timeout far longer than
+//! [`STEP`], a shutdown that waited for those connections would fail these tests.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::support::tls::TestCa;
+use crate::support::*;
+
+/// Far longer than [`STEP`]: a connection held until its handshake timeout fails the test.
+const HANDSHAKE_TIMEOUT: &str = "60s";
+const HALF_HEAD: &[u8] = b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: web";
+
+/// Reads until the peer closes, by `deadline`: what it sent, then how it closed (EOF, or
+/// the error a reset gives).
+async fn closed_by(stream: &mut TcpStream, deadline: Instant) -> (Vec<u8>, io::Result<()>) {
+    let mut got = Vec::new();
+    let read = tokio::time::timeout_at(deadline, async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await;
+    match read {
+        Ok(how) => (got, how),
+        Err(_) => panic!("the connection was still open when the deadline passed"),
+    }
+}
+
+/// Opens `n` TCP connections to `addr` that send nothing.
+async fn idle(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(TcpStream::connect(addr).await.unwrap());
+    }
+    out
+}
+
+/// Opens `n` connections that send the first part of a request head.
+async fn half_heads(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut out = idle(addr, n).await;
+    for s in &mut out {
+        s.write_all(HALF_HEAD).await.unwrap();
+    }
+    out
+}
+
+/// A TLS client stalled in its handshake: it sent its ClientHello and got the server's first
+/// flight (so the server has read the hello and waits for the client's Finished), and says
+/// nothing more.
+async fn stalled_tls(ca: &TestCa, addr: SocketAddr) -> TcpStream {
+    let config = ca.connector().config().clone();
+    let mut client =
+        rustls::ClientConnection::new(config, "localhost".try_into().unwrap()).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(&hello).await.unwrap();
+    let mut flight = [0u8; 4096];
+    let n = tokio::time::timeout(STEP, tcp.read(&mut flight))
+        .await
+        .expect("no answer to the ClientHello")
+        .unwrap();
+    assert!(n > 0 && flight[0] == 0x16, "not a TLS handshake record");
+    tcp
+}
+
+/// Waits until every connection opened to `addr` before this call has been accepted: the
+/// kernel's accept queue is first in, first out, so once the gateway has answered this one
+/// (a bad PROXY header, or a request without `Upgrade`), it has accepted all before it.
+async fn accepted_all_before(addr: SocketAddr, request: &[u8]) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let _ = closed_by(&mut s, Instant::now() + STEP).await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_connections_without_a_request_at_once_and_drains_sessions() {
+    const IDLE: usize = 300;
+    const HALF: usize = 20;
+    const TLS_SILENT: usize = 3;
+    const TLS_STALLED: usize = 3;
+    const PROXY_SILENT: usize = 5;
+    const SESSIONS: usize = 50;
+
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf("gw", &["localhost"]);
+    let backend = EchoBackend::spawn().await;
+    let mut gw = Gateway::spawn(&format!(
+        "[timeouts]\nhandshake = \"{HANDSHAKE_TIMEOUT}\"\n\
+         [[listener]]\nlisten = \"127.0.0.1:0\"\n\
+         [[listener]]\nlisten = \"127.0.0.1:0\"\nproxy_protocol = true\n\
+         [[listener]]\nlisten = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+         {}",
+        cert.display(),
+        key.display(),
+        route("r", "/", &[backend.url()])
+    ))
+    .await;
+    let [plain, proxied, tls] = gw.handle().local_addrs() else {
+        panic!("three listeners")
+    };
+    let (plain, proxied, tls) = (*plain, *proxied, *tls);
+
+    let mut silent = idle(plain, IDLE).await;
+    let mut halves = half_heads(plain, HALF).await;
+    // The sessions' handshakes come after: once they are served, the connections before
+    // them have been accepted.
+    let mut sessions = Vec::new();
+    for _ in 0..SESSIONS {
+        sessions.push(connect(&gw.url("/")).await.0);
+    }
+    let mut proxy_silent = idle(proxied, PROXY_SILENT).await;
+    accepted_all_before(proxied, b"GET / HTTP/1.1\r\n\r\n").await;
+    let mut tls_silent = idle(tls, TLS_SILENT).await;
+    let mut tls_stalled = Vec::new();
+    for _ in 0..TLS_STALLED {
+        tls_stalled.push(stalled_tls(&ca, tls).await);
+    }
+    assert_eq!(gw.handle().sessions().len(), SESSIONS);
+
+    let handle = gw.handle.take().unwrap();
+    let deadline = Instant::now() + STEP;
+    handle.shutdown();
+    // Each client answers the gateway's close frame (tungstenite does, while it reads), then
+    // reads to the end.
+    let clients: Vec<_> = sessions
+        .drain(..)
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                let code = u16::from(next_close(&mut ws).await.code);
+                while let Ok(Some(Ok(_))) = tokio::time::timeout(STEP, ws.next()).await {}
+                code
+            })
+        })
+        .collect();
+
+    // Closed, without a word: never sent a request, or had not finished its head.
+    for s in silent
+        .iter_mut()
+        .chain(&mut proxy_silent)
+        .chain(&mut tls_silent)
+    {
+        let (got, how) = closed_by(s, deadline).await;
+        assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+        how.expect("closed with a FIN, not a reset");
+    }
+    for s in &mut halves {
+        // The gateway read the half head before closing, unless the shutdown came first
+        // (then the unread bytes turn the close into a reset): closed, either way.
+        let (got, _) = closed_by(s, deadline).await;
+        assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    }
+    for s in &mut tls_stalled {
+        let (got, how) = closed_by(s, deadline).await;
+        assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+        how.expect("closed with a FIN, not a reset");
+    }
+    // Counted as what they were: connections the shutdown closed before any request.
+    let refusals = handle.refusals();
+    let drained = refusals.get(&("-".to_string(), "draining")).copied();
+    assert_eq!(
+        drained,
+        Some((IDLE + HALF + PROXY_SILENT + TLS_SILENT + TLS_STALLED) as u64),
+        "{refusals:?}"
+    );
+
+    let report = tokio::time::timeout_at(deadline, handle.wait())
+        .await
+        .expect("the gateway did not stop within STEP of the shutdown");
+    assert_eq!(report.sessions_ended, 0, "every session closed in time");
+    for client in clients {
+        assert_eq!(client.await.unwrap(), 1001);
+    }
+    let closes = backend.wait_closes(SESSIONS).await;
+    assert!(
+        closes
+            .iter()
+            .all(|c| c == &Some((1001, "going away".to_string()))),
+        "{closes:?}"
+    );
+}
+
+/// An idle keep-alive connection (between two requests) closes at once, and a keep-alive
+/// connection that has started its next head is closed too.
+#[tokio::test]
+async fn shutdown_closes_idle_keep_alive_connections_at_once() {
+    // Only the demo's static page is kept alive.
+    let backend = wsgate::demo::start_echo_backend("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut config = wsgate::demo::config(
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        backend,
+        false,
+    );
+    config.admin = None;
+    for l in &mut config.listeners {
+        l.handshake_timeout = std::time::Duration::from_secs(60);
+    }
+    let handle = wsgate::Gateway::start(config).await.unwrap();
+    let addr = handle.local_addr();
+    let mut kept = Vec::new();
+    for next in [&b""[..], HALF_HEAD] {
+        let (mut s, page) = raw_exchange(addr, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+        assert_eq!(page.status, 200);
+        assert_ne!(page.header("connection").as_deref(), Some("close"));
+        s.write_all(next).await.unwrap();
+        kept.push(s);
+    }
+    let deadline = Instant::now() + STEP;
+    handle.shutdown();
+    for s in &mut kept {
+        let (got, _) = closed_by(s, deadline).await;
+        assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    }
+    tokio::time::timeout_at(deadline, handle.wait())
+        .await
+        .expect("the gateway did not stop within STEP of the shutdown");
+}
+
+/// The binary: SIGTERM with connections that never sent a request (plain, half a head, TLS
+/// not started) and an idle admin connection; it exits promptly, not after the handshake
+/// timeout. The TLS listener's certificate watcher and the admin listener do not hold it.
+#[tokio::test]
+async fn sigterm_with_idle_connections_exits_promptly() {
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf("gw", &["localhost"]);
+    let backend = EchoBackend::spawn().await;
+    let tmp = TempDir::new("shutdown-bin");
+    let config = tmp.write(
+        "wsgate.toml",
+        format!(
+            "[timeouts]\nhandshake = \"{HANDSHAKE_TIMEOUT}\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[listener]]\nlisten = \"127.0.0.1:0\"\n\
+             [[listener]]\nlisten = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+             watch_interval = \"1s\"\n{}",
+            cert.display(),
+            key.display(),
+            route("r", "/", &[backend.url()])
+        ),
+    );
+    let mut child = spawn_binary(&config, "json", "info");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    let mut listening = Vec::new();
+    let mut admin = None;
+    tokio::time::timeout(STEP, async {
+        while listening.len() < 2 || admin.is_none() {
+            let line = lines.next_line().await.unwrap().expect("wsgate exited");
+            let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let field = |name: &str| record.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+            if line.contains("\"listening\"") {
+                listening.push(field("listen").unwrap().parse::<SocketAddr>().unwrap());
+            } else if line.contains("\"admin listener\"") {
+                admin = Some(field("admin").unwrap().parse::<SocketAddr>().unwrap());
+            }
+            log.push(line);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("wsgate did not start; log:\n{}", log.join("\n")));
+    let (plain, tls, admin) = (listening[0], listening[1], admin.unwrap());
+
+    let mut held = idle(plain, 50).await;
+    held.extend(half_heads(plain, 5).await);
+    held.extend(idle(tls, 3).await);
+    held.push(stalled_tls(&ca, tls).await);
+    held.extend(idle(admin, 1).await);
+    accepted_all_before(plain, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    let (mut ws, _) = connect(&format!("ws://{plain}/")).await;
+
+    let pid = child.id().expect("wsgate is running");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + STEP;
+    assert_eq!(u16::from(next_close(&mut ws).await.code), 1001);
+    while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, ws.next()).await {}
+    // The closing handshake ends with the client's FIN.
+    drop(ws);
+    // The log is read on, so that wsgate never blocks on a full pipe.
+    let logged = Arc::new(std::sync::Mutex::new(log));
+    let reader = {
+        let logged = logged.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                logged.lock().unwrap().push(line);
+            }
+        })
+    };
+    let status = tokio::time::timeout_at(deadline, child.wait())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "wsgate still running STEP after SIGTERM; log:\n{}",
+                logged.lock().unwrap().join("\n")
+            )
+        })
+        .unwrap();
+    let _ = reader.await;
+    let log = logged.lock().unwrap().join("\n");
+    assert!(status.success(), "exit status {status}; log:\n{log}");
+    assert!(log.contains("shutdown complete"), "{log}");
+    assert!(
+        log.contains("\"cut\":false"),
+        "the session was not cut: {log}"
+    );
+    for s in &mut held {
+        let _ = closed_by(s, Instant::now() + STEP).await;
+    }
+}
