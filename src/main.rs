@@ -161,15 +161,15 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => match Config::load(&config) {
-            Ok(cfg) => exit(runtime().and_then(|rt| rt.block_on(run(cfg)))),
+            Ok(cfg) => exit(on_runtime(run(cfg))),
             Err(errors) => {
                 eprint!("{errors}");
                 ExitCode::FAILURE
             }
         },
-        Command::Echo { listen } => exit(runtime().and_then(|rt| rt.block_on(echo(listen)))),
+        Command::Echo { listen } => exit(on_runtime(echo(listen))),
         Command::Demo { listen, tls, admin } => {
-            exit(runtime().and_then(|rt| rt.block_on(demo(listen, admin, tls))))
+            exit(on_runtime(demo(listen, admin, tls)))
         }
         Command::Cert { names, out } => exit(cert(&names, &out)),
         Command::Completions { shell, out } => exit(completions(shell, out.as_deref())),
@@ -230,6 +230,16 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs `main` to its end on a fresh runtime, then leaves without waiting long for blocking
+/// threads: a DNS lookup for a backend (`getaddrinfo` cannot be cancelled) must not hold the
+/// exit once the sessions are done.
+fn on_runtime(main: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let result = rt.block_on(main);
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
