@@ -168,9 +168,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Echo { listen } => exit(on_runtime(echo(listen))),
-        Command::Demo { listen, tls, admin } => {
-            exit(on_runtime(demo(listen, admin, tls)))
-        }
+        Command::Demo { listen, tls, admin } => exit(on_runtime(demo(listen, admin, tls))),
         Command::Cert { names, out } => exit(cert(&names, &out)),
         Command::Completions { shell, out } => exit(completions(shell, out.as_deref())),
         Command::Man { out } => exit(man(out.as_deref())),

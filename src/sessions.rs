@@ -16,6 +16,7 @@ use std::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::{Backend, BackendLease};
+use crate::frame::close_code;
 use crate::handshake::Transport;
 use crate::relay::{CloseRequest, Control, Link};
 use crate::route::Route;
@@ -287,6 +288,30 @@ impl Sessions {
         self.control
             .close_with(crate::frame::close_code::GOING_AWAY);
         self.wake(|_| true);
+    }
+
+    /// Like [`Sessions::close_all`], spread over `spread`: each live session gets its close
+    /// frames (1001) at its own uniformly random moment within it, then every session
+    /// (including any that started meanwhile) is asked as `close_all` does. Returns once the
+    /// last one has been asked.
+    pub async fn close_all_spread(&self, spread: std::time::Duration) {
+        let start = tokio::time::Instant::now();
+        let mut at: Vec<(std::time::Duration, Arc<SessionInfo>)> = self
+            .list()
+            .into_iter()
+            .map(|s| (spread.mul_f64(rand::random::<f64>()), s))
+            .collect();
+        at.sort_unstable_by_key(|(d, _)| *d);
+        let reason: Box<str> = crate::frame::close_code::phrase(close_code::GOING_AWAY).into();
+        for (delay, session) in at {
+            tokio::time::sleep_until(start + delay).await;
+            session.link.close(CloseRequest {
+                code: close_code::GOING_AWAY,
+                reason: reason.clone(),
+                by_admin: false,
+            });
+        }
+        self.close_all();
     }
 
     /// Waits until every session task has ended, or until `deadline`. Returns how many

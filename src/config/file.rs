@@ -309,4 +309,5 @@ pub struct FileLimits {
 #[serde(deny_unknown_fields)]
 pub struct FileShutdown {
     pub grace: Option<SpStr>,
+    pub close_spread: Option<SpStr>,
 }

@@ -68,6 +68,11 @@ pub struct Config {
     pub limits: Limits,
     pub http2: Http2Config,
     pub shutdown_grace: Duration,
+    /// The shutdown's close frames (1001) go out over this long, each session at its own
+    /// random moment, instead of all at once (`[shutdown] close_spread`): clients that
+    /// reconnect at once then do not all arrive at the next instance in the same second.
+    /// `None`: all at once.
+    pub shutdown_close_spread: Option<Duration>,
     /// Static pages served on plain GET (not part of the TOML file: `wsgate demo` uses it).
     pub pages: Vec<StaticPage>,
     /// The admin listener (`[admin]`): metrics, health, the session API, the status page.

@@ -348,3 +348,27 @@ fn error_detail_is_log_or_client() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn the_shutdown_close_spread_must_end_before_the_grace_period() {
+    let base = "[[listener]]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"ws://127.0.0.1:1\"]\n";
+    let ok = format!("{base}[shutdown]\ngrace = \"30s\"\nclose_spread = \"10s\"\n");
+    let cfg = wsgate::config::from_toml_str(&ok).unwrap();
+    assert_eq!(
+        cfg.shutdown_close_spread,
+        Some(std::time::Duration::from_secs(10))
+    );
+    let off = wsgate::config::from_toml_str(base).unwrap();
+    assert_eq!(off.shutdown_close_spread, None);
+    let bad = format!("{base}[shutdown]\ngrace = \"5s\"\nclose_spread = \"5s\"\n");
+    let errs = wsgate::config::from_toml_str(&bad).unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(
+        (errs[0].key.as_str(), errs[0].line),
+        ("shutdown.close_spread", Some(9))
+    );
+    assert!(
+        errs[0].message.contains("shorter than shutdown.grace"),
+        "{errs:#?}"
+    );
+}

@@ -326,3 +326,44 @@ async fn sigterm_with_idle_connections_exits_promptly() {
         let _ = closed_by(s, Instant::now() + STEP).await;
     }
 }
+
+/// With `[shutdown] close_spread`, the 1001s go out over the window, each session at its own
+/// moment, not in one burst: the clients' reconnects are spread the same way.
+#[tokio::test]
+async fn close_spread_spreads_the_shutdown_close_frames() {
+    const N: usize = 40;
+    let echo = EchoBackend::spawn().await;
+    let mut gw = Gateway::spawn(&format!(
+        "[shutdown]\nclose_spread = \"1500ms\"\n\n{}",
+        route("chat", "/chat", &[echo.url()])
+    ))
+    .await;
+    let mut clients = Vec::with_capacity(N);
+    for _ in 0..N {
+        clients.push(connect(&gw.url("/chat")).await.0);
+    }
+    let started = Instant::now();
+    let handle = gw.handle.take().unwrap();
+    handle.shutdown();
+    // Each client answers its close frame and notes when it came.
+    let arrivals = futures_util::future::join_all(clients.into_iter().map(|mut ws| async move {
+        let close = next_close(&mut ws).await;
+        let at = started.elapsed();
+        let _ = ws.close(None).await;
+        (u16::from(close.code), close.reason.to_string(), at)
+    }))
+    .await;
+    for (code, reason, _) in &arrivals {
+        assert_eq!((*code, reason.as_str()), (1001, "going away"));
+    }
+    let first = arrivals.iter().map(|a| a.2).min().unwrap();
+    let last = arrivals.iter().map(|a| a.2).max().unwrap();
+    // 40 moments drawn uniformly from 1.5 s all falling within 0.5 s has a probability
+    // below 1e-17: a burst fails this, a spread passes.
+    assert!(
+        last - first >= std::time::Duration::from_millis(500),
+        "close frames not spread: first at {first:?}, last at {last:?}"
+    );
+    let report = tokio::time::timeout(STEP, handle.wait()).await.unwrap();
+    assert_eq!(report.sessions_ended, 0);
+}

@@ -294,6 +294,22 @@ impl Validator<'_> {
             file.shutdown.as_ref().and_then(|s| s.grace.as_ref()),
             DEFAULT_SHUTDOWN_GRACE,
         );
+        let spread_value = file.shutdown.as_ref().and_then(|s| s.close_spread.as_ref());
+        let shutdown_close_spread =
+            self.optional_duration("shutdown.close_spread", spread_value, None);
+        if let (Some(spread), Some(value)) = (shutdown_close_spread, spread_value)
+            && spread >= shutdown_grace
+        {
+            self.err(
+                "shutdown.close_spread",
+                Some(value.span()),
+                format!(
+                    "must be shorter than shutdown.grace ({shutdown_grace:?}): sessions still \
+                     open when the grace period ends are cut, so the last close frames would \
+                     never go out"
+                ),
+            );
+        }
 
         let listeners = self.listeners(&file.listener, handshake);
         let admin = file
@@ -346,6 +362,7 @@ impl Validator<'_> {
             limits,
             http2,
             shutdown_grace,
+            shutdown_close_spread,
             pages: Vec::new(),
             admin,
             log,
