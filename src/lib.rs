@@ -29,7 +29,8 @@
 //! Around them: [`config`] is the only module that knows the TOML file (its schema, parsing
 //! and validation, every error with key and line), and hands the others typed values;
 //! [`admin`] is the admin listener (metrics, health, the session API, the status page) and
-//! [`metrics`] what it counts and exposes; [`notify`] tells systemd about readiness, reloads
+//! [`metrics`] what it counts and exposes; [`reload`] applies a new config to a running
+//! gateway; [`notify`] tells systemd about readiness, reloads
 //! and shutdown;
 //! [`demo`] is `wsgate demo`'s built-in echo backend and browser page; [`fuzz`] holds the
 //! properties every parser of untrusted bytes is fuzzed against (`fuzz/`, replayed by
