@@ -56,11 +56,13 @@ pub async fn accept_loop(
     conns: TaskTracker,
     stats: Arc<ListenerStats>,
 ) {
+    // A listener's HTTP settings are the ones it started with (a reload changes routes).
+    let started = state.current();
     let make = |p| {
         Arc::new(http::builder(
             &config,
-            &state.config.limits,
-            &state.config.http2,
+            &started.config.limits,
+            &started.config.http2,
             p,
         ))
     };
@@ -75,7 +77,7 @@ pub async fn accept_loop(
         (h1.clone(), h1.clone(), h1)
     };
     let reasons = Arc::new(HeadReasons::new(
-        &state.config.limits,
+        &started.config.limits,
         config.handshake_timeout,
     ));
     loop {

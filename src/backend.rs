@@ -70,17 +70,27 @@ impl Drop for BackendLease {
 }
 
 impl BackendPool {
-    pub fn new(urls: Vec<BackendUrl>, balance: Balance) -> BackendPool {
+    /// The backends at `urls`. A backend `previous` (the route's pool before a reload) lists
+    /// with the same URL and settings is the same backend: its live sessions' leases, drain
+    /// flag and counters carry on.
+    pub fn new(
+        urls: Vec<BackendUrl>,
+        balance: Balance,
+        previous: Option<&BackendPool>,
+    ) -> BackendPool {
+        let kept = |url: &BackendUrl| previous?.backends.iter().find(|b| b.url == *url).cloned();
         BackendPool {
             backends: urls
                 .into_iter()
                 .map(|url| {
-                    Arc::new(Backend {
-                        name: Arc::from(url.url.as_str()),
-                        url,
-                        active: AtomicUsize::new(0),
-                        draining: AtomicBool::new(false),
-                        stats: Default::default(),
+                    kept(&url).unwrap_or_else(|| {
+                        Arc::new(Backend {
+                            name: Arc::from(url.url.as_str()),
+                            url,
+                            active: AtomicUsize::new(0),
+                            draining: AtomicBool::new(false),
+                            stats: Default::default(),
+                        })
                     })
                 })
                 .collect(),
@@ -657,7 +667,7 @@ mod tests {
         let r = route("ws://a:1", "/");
         let mut urls = r.backends.clone();
         urls.push(crate::config::parse_backend_url("ws://b:1").unwrap());
-        let pool = BackendPool::new(urls, Balance::RoundRobin);
+        let pool = BackendPool::new(urls, Balance::RoundRobin, None);
         let first: Vec<_> = pool.order().iter().map(|b| b.url.host.clone()).collect();
         let second: Vec<_> = pool.order().iter().map(|b| b.url.host.clone()).collect();
         assert_eq!(first, ["a", "b"]);

@@ -59,6 +59,7 @@ pub mod policy;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod relay;
+pub mod reload;
 pub mod route;
 pub mod sessions;
 pub mod target;
@@ -75,6 +76,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::Config;
+pub use reload::ReloadReport;
 
 use crate::proxy::ProxyState;
 use crate::sessions::Sessions;
@@ -134,7 +136,7 @@ impl Gateway {
                 stats,
             ));
         }
-        for r in state.routes.iter() {
+        for r in state.current().routes.iter() {
             let backends: Vec<&str> = r
                 .pool
                 .backends()
@@ -146,7 +148,7 @@ impl Gateway {
         // The admin listener outlives the proxy's: during a drain `/readyz` says 503 and the
         // metrics can still be scraped. It stops when the shutdown is complete.
         let admin_stop = CancellationToken::new();
-        let admin_addr = match state.config.admin.clone() {
+        let admin_addr = match state.initial.admin.clone() {
             Some(config) => {
                 let registry = metrics::collector::registry(metrics::collector::GatewayMetrics {
                     state: state.clone(),
@@ -263,7 +265,7 @@ impl Handle {
     /// the certificates it had, and the error (file and reason) is logged and returned.
     pub fn reload_certificates(&self) -> Vec<(SocketAddr, Result<(), String>)> {
         let mut results = Vec::new();
-        for (listener, addr) in self.state.config.listeners.iter().zip(&self.addrs) {
+        for (listener, addr) in self.state.initial.listeners.iter().zip(&self.addrs) {
             let Some(tls) = &listener.tls else { continue };
             let result = tls.reload();
             match &result {
@@ -281,7 +283,7 @@ impl Handle {
     /// certificates (SIGHUP or a file change); `None` for a plain listener.
     pub fn certificate_reloads(&self, index: usize) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.state
-            .config
+            .initial
             .listeners
             .get(index)?
             .tls
@@ -293,7 +295,13 @@ impl Handle {
     /// (1012 "service restart" when a reload removes the route), at frame boundaries, and
     /// waits for nothing. Returns false if there is no such route.
     pub fn close_route(&self, name: &str, code: u16) -> bool {
-        match self.state.routes.iter().find(|r| &*r.name == name) {
+        match self
+            .state
+            .current()
+            .routes
+            .iter()
+            .find(|r| &*r.name == name)
+        {
             Some(route) => {
                 self.sessions.close_route(&route.control, code);
                 true
@@ -309,12 +317,26 @@ impl Handle {
         for (outcome, n) in self.state.unrouted_refusals.snapshot() {
             out.insert(("-".to_string(), outcome.as_str()), n);
         }
-        for route in self.state.routes.iter() {
+        for route in self.state.current().routes.iter() {
             for (outcome, n) in route.refusals.snapshot() {
                 out.insert((route.name.to_string(), outcome.as_str()), n);
             }
         }
         out
+    }
+
+    /// Applies an already validated config: new handshakes use it at once; sessions of
+    /// removed routes (and of changed routes with `on_change = "restart"`, and of backends a
+    /// route no longer lists) get close 1012 spread over `[reload] close_spread`; the others
+    /// go on untouched. See [`reload`].
+    pub fn reload(&self, config: Config) -> ReloadReport {
+        reload::apply(&self.state, config)
+    }
+
+    /// Reads the config file again ([`Config::load`] records which) and applies it; on any
+    /// error nothing changes and the errors are logged and returned.
+    pub fn reload_file(&self) -> Result<ReloadReport, config::ConfigErrors> {
+        reload::from_file(&self.state)
     }
 
     /// Starts a graceful shutdown: from this moment new upgrades get 503 and listeners close.

@@ -374,7 +374,8 @@ async fn demo(listen: SocketAddr, admin: SocketAddr, tls: bool) -> anyhow::Resul
     wait_for_signal_then_drain(handle).await
 }
 
-/// SIGHUP reloads TLS certificates; SIGTERM or SIGINT starts a graceful shutdown; a second
+/// SIGHUP reloads the config file (routes and backends; see `wsgate::reload`) and the TLS
+/// certificates; SIGTERM or SIGINT starts a graceful shutdown; a second
 /// signal ends the process at once. systemd hears of each step (`crate::notify`).
 async fn wait_for_signal_then_drain(handle: Handle) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -390,7 +391,9 @@ async fn wait_for_signal_then_drain(handle: Handle) -> anyhow::Result<()> {
             _ = int.recv() => break "SIGINT",
             _ = hup.recv() => {
                 notify::reloading();
-                tracing::info!(signal = "SIGHUP", "reloading TLS certificates");
+                tracing::info!(signal = "SIGHUP", "reloading the config file and the TLS certificates");
+                // Logged either way: what changed, or every error (the running config stays).
+                let _ = handle.reload_file();
                 handle.reload_certificates();
                 notify::ready();
             }

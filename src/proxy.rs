@@ -40,8 +40,13 @@ pub type Body = Full<Bytes>;
 /// Everything a request needs, shared by all connections.
 #[derive(Debug)]
 pub struct ProxyState {
-    pub config: Config,
-    pub routes: RouteTable,
+    /// The config and routes new requests use, swapped whole by a reload. A request takes
+    /// the generation once and keeps it to the end; a session keeps its `Arc<Route>`.
+    current: std::sync::RwLock<Arc<Generation>>,
+    /// The config the process started with: its listeners are the ones serving.
+    pub initial: Config,
+    /// Reloads by result (`ok`, `failed`).
+    pub reloads: crate::metrics::Counts<&'static str>,
     pub sessions: Arc<Sessions>,
     /// Refusals of requests that matched no route.
     pub unrouted_refusals: crate::telemetry::RefusalCounts,
@@ -49,15 +54,55 @@ pub struct ProxyState {
     pub refusal_log: crate::telemetry::limited::LogLimiter,
 }
 
+/// One config and the routes built from it.
+#[derive(Debug)]
+pub struct Generation {
+    /// 1 at start, one more for each reload that took effect.
+    pub number: u64,
+    pub config: Config,
+    pub routes: RouteTable,
+}
+
 impl ProxyState {
     pub fn new(config: Config, sessions: Arc<Sessions>) -> ProxyState {
-        ProxyState {
+        let generation = Generation {
+            number: 1,
             routes: RouteTable::new(&config.routes, sessions.control()),
-            refusal_log: crate::telemetry::limited::LogLimiter::new(config.log.refusals_per_second),
-            config,
+            config: config.clone(),
+        };
+        ProxyState {
+            refusal_log: crate::telemetry::limited::LogLimiter::new(
+                generation.config.log.refusals_per_second,
+            ),
+            current: std::sync::RwLock::new(Arc::new(generation)),
+            initial: config,
+            reloads: Default::default(),
             sessions,
             unrouted_refusals: Default::default(),
         }
+    }
+
+    /// The generation new requests use.
+    pub fn current(&self) -> Arc<Generation> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Builds the next generation from `config` and makes it current; returns it with what
+    /// changed. The lock is held across the build, so two reloads cannot interleave.
+    pub fn advance(&self, config: Config) -> (Arc<Generation>, crate::route::RouteDiff) {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let (routes, diff) =
+            RouteTable::next(&config.routes, &current.routes, self.sessions.control());
+        let next = Arc::new(Generation {
+            number: current.number + 1,
+            config,
+            routes,
+        });
+        *current = next.clone();
+        (next, diff)
     }
 }
 
@@ -114,7 +159,9 @@ async fn handle_request(
     id: u64,
 ) -> Response<Body> {
     let (mut parts, _body) = req.into_parts();
-    if let Some(page) = static_page(&state.config, &parts) {
+    // This request's config and routes, to its end, whatever a reload does meanwhile.
+    let generation = state.current();
+    if let Some(page) = static_page(&generation.config, &parts) {
         return page;
     }
     // Behind a trusted proxy the client is the first untrusted hop of `X-Forwarded-For`;
@@ -129,9 +176,9 @@ async fn handle_request(
     // One canonical host and path, before routing: what the route, the policy and the
     // backend all act on (`target.rs`).
     let route = match crate::target::route(
-        &state.routes,
+        &generation.routes,
         &mut parts,
-        &state.config.limits.path,
+        &generation.config.limits.path,
         conn.scheme,
     ) {
         Ok(route) => route,
@@ -139,6 +186,7 @@ async fn handle_request(
     };
     let cx = Ctx {
         state: &state,
+        config: &generation.config,
         conn: &conn,
         forwarding: &forwarding,
         id,
@@ -153,6 +201,8 @@ async fn handle_request(
 /// What every phase may consult: the shared state and where the request came from.
 struct Ctx<'a> {
     state: &'a ProxyState,
+    /// The generation's config this request started under.
+    config: &'a Config,
     conn: &'a ConnInfo,
     forwarding: &'a ClientAddr,
     /// The request's number, which becomes the session's (the admin API names it).
@@ -299,7 +349,7 @@ async fn backend_handshake(
         key: &key,
         offered: client_hs,
         timeout: rc.backend_handshake_timeout,
-        max_error_body: cx.state.config.limits.max_error_body,
+        max_error_body: cx.config.limits.max_error_body,
     };
     let result = backend::handshake(stream, backend_req, params).await;
     let stats = &lease.backend.stats;
@@ -330,7 +380,7 @@ fn spawn_session(
         .stats
         .opened
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    access::session_open(&session.info, cx.state.config.log.session_open);
+    access::session_open(&session.info, cx.config.log.session_open);
     let allowed_rsv = allowed_rsv(&upgrade.extensions);
     let BackendUpgrade { io: backend_io, .. } = upgrade;
     let stream_guard =
@@ -553,7 +603,9 @@ fn refuse(
             // A backend failure's details (address, OS or TLS error) are in the log record
             // above; the client learns them only where the config says so (development).
             let line = match &other {
-                ProxyError::Backend(b) if state.config.limits.error_detail == ErrorDetail::Log => {
+                ProxyError::Backend(b)
+                    if state.current().config.limits.error_detail == ErrorDetail::Log =>
+                {
                     b.public_reason().to_string()
                 }
                 other => other.to_string(),

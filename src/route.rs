@@ -18,10 +18,22 @@ pub struct Route {
     /// of the signal the table was built under, shared by every session of the route, so a
     /// session costs no signal of its own.
     pub control: Control,
-    /// Refused handshakes on this route, by outcome.
-    pub refusals: crate::telemetry::RefusalCounts,
-    /// Sessions opened and ended, close frames, durations, traffic of ended sessions.
-    pub stats: crate::metrics::RouteStats,
+    /// Refused handshakes on this route, by outcome. Shared by the route's generations (a
+    /// reload keeps counting where the last one was).
+    pub refusals: Arc<crate::telemetry::RefusalCounts>,
+    /// Sessions opened and ended, close frames, durations, traffic of ended sessions; shared
+    /// by the route's generations like `refusals`.
+    pub stats: Arc<crate::metrics::RouteStats>,
+}
+
+/// What a reload did to the routes, by name (sorted).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteDiff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Present in both, with other settings (`RouteConfig::fingerprint`).
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
 }
 
 /// All routes, in match order: routes naming a host before host-less ones, longer path
@@ -35,19 +47,54 @@ impl RouteTable {
     /// Builds the routes of `configs`, each with its own signal below `parent` (the session
     /// registry's, so a shutdown reaches every route's sessions).
     pub fn new(configs: &[RouteConfig], parent: &Control) -> RouteTable {
+        RouteTable::next(configs, &RouteTable::default(), parent).0
+    }
+
+    /// The table for `configs` after `previous` (a reload): a route keeps, by name, its
+    /// signal, its counters and the live state of the backends it still lists (sessions,
+    /// drain flags, latency histograms), so its sessions, metrics and drains carry on;
+    /// everything else is built anew from `configs`, so new handshakes get the new settings.
+    pub fn next(
+        configs: &[RouteConfig],
+        previous: &RouteTable,
+        parent: &Control,
+    ) -> (RouteTable, RouteDiff) {
+        let mut diff = RouteDiff::default();
         let mut routes: Vec<Arc<Route>> = configs
             .iter()
             .map(|c| {
+                let old = previous.routes.iter().find(|r| *r.name == *c.name);
+                match old {
+                    None => diff.added.push(c.name.clone()),
+                    Some(o) if o.config.fingerprint == c.fingerprint => {
+                        diff.unchanged.push(c.name.clone())
+                    }
+                    Some(_) => diff.changed.push(c.name.clone()),
+                }
                 Arc::new(Route {
                     name: Arc::from(c.name.as_str()),
-                    pool: BackendPool::new(c.backends.clone(), c.balance),
-                    control: parent.child(),
-                    refusals: Default::default(),
-                    stats: Default::default(),
+                    pool: BackendPool::new(c.backends.clone(), c.balance, old.map(|o| &o.pool)),
+                    control: old.map_or_else(|| parent.child(), |o| o.control.clone()),
+                    refusals: old.map(|o| o.refusals.clone()).unwrap_or_default(),
+                    stats: old.map(|o| o.stats.clone()).unwrap_or_default(),
                     config: c.clone(),
                 })
             })
             .collect();
+        diff.removed = previous
+            .routes
+            .iter()
+            .filter(|o| !configs.iter().any(|c| *c.name == *o.name))
+            .map(|o| o.name.to_string())
+            .collect();
+        for list in [
+            &mut diff.added,
+            &mut diff.removed,
+            &mut diff.changed,
+            &mut diff.unchanged,
+        ] {
+            list.sort();
+        }
         // Stable sort keeps file order among equals.
         routes.sort_by_key(|r| {
             let host_rank = match &r.config.host {
@@ -57,7 +104,7 @@ impl RouteTable {
             };
             (host_rank, std::cmp::Reverse(r.config.path.len()))
         });
-        RouteTable { routes }
+        (RouteTable { routes }, diff)
     }
 
     /// The route for a request's canonical path ([`crate::path`]), matched by its routing

@@ -295,23 +295,34 @@ impl Sessions {
     /// (including any that started meanwhile) is asked as `close_all` does. Returns once the
     /// last one has been asked.
     pub async fn close_all_spread(&self, spread: std::time::Duration) {
+        let request = CloseRequest {
+            code: close_code::GOING_AWAY,
+            reason: close_code::phrase(close_code::GOING_AWAY).into(),
+            by_admin: false,
+        };
+        self.close_spread(self.list(), request, spread).await;
+        self.close_all();
+    }
+
+    /// Asks each of `sessions` to close with `request`, each at its own uniformly random
+    /// moment within `spread` from now: their clients reconnect as a ramp, not all in the
+    /// same second. Returns once the last one has been asked.
+    pub async fn close_spread(
+        &self,
+        sessions: Vec<Arc<SessionInfo>>,
+        request: CloseRequest,
+        spread: std::time::Duration,
+    ) {
         let start = tokio::time::Instant::now();
-        let mut at: Vec<(std::time::Duration, Arc<SessionInfo>)> = self
-            .list()
+        let mut at: Vec<(std::time::Duration, Arc<SessionInfo>)> = sessions
             .into_iter()
             .map(|s| (spread.mul_f64(rand::random::<f64>()), s))
             .collect();
         at.sort_unstable_by_key(|(d, _)| *d);
-        let reason: Box<str> = crate::frame::close_code::phrase(close_code::GOING_AWAY).into();
         for (delay, session) in at {
             tokio::time::sleep_until(start + delay).await;
-            session.link.close(CloseRequest {
-                code: close_code::GOING_AWAY,
-                reason: reason.clone(),
-                by_admin: false,
-            });
+            session.link.close(request.clone());
         }
-        self.close_all();
     }
 
     /// Waits until every session task has ended, or until `deadline`. Returns how many

@@ -59,6 +59,7 @@ pub async fn route(admin: &Arc<Admin>, req: Request<Incoming>) -> Response<Body>
                 Err(e) => e,
             }
         }
+        (["api", "reload"], _, true) => reload(admin),
         (["api", "login"], _, true) => match body(req).await {
             Ok(v) => login(admin, &v),
             Err(e) => e,
@@ -89,6 +90,7 @@ const KNOWN: &[&str] = &[
     "api/backends/drain",
     "api/backends/undrain",
     "api/login",
+    "api/reload",
 ];
 
 fn matches_pattern(pattern: &str, segments: &[&str]) -> bool {
@@ -194,11 +196,12 @@ pub fn summary(admin: &Admin) -> Value {
         }
     };
     add_refusals("-", &state.unrouted_refusals);
-    for r in state.routes.iter() {
+    let generation = state.current();
+    for r in generation.routes.iter() {
         add_refusals(&r.name, &r.refusals);
     }
     let mut close_codes = Vec::new();
-    for r in state.routes.iter() {
+    for r in generation.routes.iter() {
         for ((from, code), count) in r.stats.close_frames.snapshot() {
             close_codes.push(json!({
                 "route": &*r.name,
@@ -232,6 +235,7 @@ fn routes(admin: &Admin) -> Vec<Value> {
     });
     admin
         .state
+        .current()
         .routes
         .iter()
         .map(|r| {
@@ -448,7 +452,8 @@ fn drain_backend(admin: &Admin, v: &Value, drain: bool) -> Response<Body> {
             "route and backend are required (the route's name, the backend's URL as configured)",
         );
     };
-    let Some(route) = admin.state.routes.iter().find(|r| &*r.name == route_name) else {
+    let generation = admin.state.current();
+    let Some(route) = generation.routes.iter().find(|r| &*r.name == route_name) else {
         return json_error(StatusCode::NOT_FOUND, "no such route");
     };
     let Some(backend) = route
@@ -490,6 +495,32 @@ fn drain_backend(admin: &Admin, v: &Value, drain: bool) -> Response<Body> {
             "sessions_closed": closed,
         }),
     )
+}
+
+/// `POST /api/reload`: reads the config file again and applies it (as SIGHUP does, without
+/// the certificates): 200 with what changed, or 400 with every error (nothing changed).
+fn reload(admin: &Admin) -> Response<Body> {
+    match crate::reload::from_file(&admin.state) {
+        Ok(r) => json_response(
+            StatusCode::OK,
+            &json!({
+                "added": r.added,
+                "removed": r.removed,
+                "changed": r.changed,
+                "unchanged": r.unchanged,
+                "sessions_closing": r.sessions_closing,
+                "generation": r.generation,
+                "restart_needed": r.restart_needed,
+            }),
+        ),
+        Err(e) => json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({
+                "error": format!("the config file {} does not load; the running config stays", e.source),
+                "errors": e.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            }),
+        ),
+    }
 }
 
 /// `POST /api/login` with `{"token": "..."}`: sets the status page's cookie.

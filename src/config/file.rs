@@ -22,6 +22,14 @@ pub struct FileConfig {
     pub http2: Option<FileHttp2>,
     pub admin: Option<Spanned<FileAdmin>>,
     pub log: Option<FileLog>,
+    pub reload: Option<FileReload>,
+}
+
+/// `[reload]`: how a config reload closes the sessions it must close.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileReload {
+    pub close_spread: Option<SpStr>,
 }
 
 /// `[admin]`: the admin listener (metrics, health, session API, status page).
@@ -122,6 +130,9 @@ pub struct FileRoute {
     /// Refuse a handshake that offers none of `subprotocols`.
     pub require_subprotocol: Option<Spanned<bool>>,
     pub auth: Option<Spanned<FileAuth>>,
+    /// `"keep"` (default) or `"restart"`: what a reload that changes this route does to its
+    /// live sessions.
+    pub on_change: Option<SpStr>,
 }
 
 /// One entry of a route's `backends`: a URL, or a table for per-backend settings.

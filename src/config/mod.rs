@@ -73,6 +73,10 @@ pub struct Config {
     /// reconnect at once then do not all arrive at the next instance in the same second.
     /// `None`: all at once.
     pub shutdown_close_spread: Option<Duration>,
+    /// The window a reload's 1012s are spread over (`[reload] close_spread`).
+    pub reload_close_spread: Duration,
+    /// The file this config was read from (`Config::load`), which a reload reads again.
+    pub source: Option<std::path::PathBuf>,
     /// Static pages served on plain GET (not part of the TOML file: `wsgate demo` uses it).
     pub pages: Vec<StaticPage>,
     /// The admin listener (`[admin]`): metrics, health, the session API, the status page.
@@ -162,6 +166,19 @@ pub struct ListenerConfig {
     pub tls_watch: Option<Duration>,
 }
 
+/// A reload's 1012 "service restart" close frames go out over this window, each session at a
+/// random moment in it: the clients of a removed route reconnect as a ramp, not a storm.
+pub const DEFAULT_RELOAD_CLOSE_SPREAD: Duration = Duration::from_secs(10);
+
+/// What a reload that changes a route does to the route's live sessions (`on_change`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnChange {
+    /// They go on under the settings they started with (new sessions get the new ones).
+    Keep,
+    /// They get close 1012 "service restart" (spread), and reconnect under the new settings.
+    Restart,
+}
+
 /// Certificate files are checked this often for changes: cheap (a `stat` per file) and quick
 /// enough that a renewed certificate (certbot, cert-manager) is served within seconds.
 pub const DEFAULT_TLS_WATCH_INTERVAL: Duration = Duration::from_secs(5);
@@ -238,6 +255,12 @@ pub struct RouteConfig {
     pub session: SessionConfig,
     /// Origin, subprotocol, cookie, token and forward-auth checks, and identity headers.
     pub policy: std::sync::Arc<crate::policy::RoutePolicy>,
+    /// What a reload that changes this route does to its live sessions.
+    pub on_change: OnChange,
+    /// The route's settings as written (its `[[route]]` table and the global `[timeouts]` and
+    /// `[limits]` it inherits): a reload compares it to tell a changed route from an
+    /// unchanged one.
+    pub fingerprint: String,
 }
 
 /// What the relay enforces on a route's sessions. `None` means off.

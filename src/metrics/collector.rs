@@ -146,8 +146,9 @@ struct Live {
 fn live(state: &ProxyState) -> Live {
     let mut open = HashMap::new();
     let mut traffic: HashMap<Arc<str>, [u64; 5]> = HashMap::new();
+    let generation = state.current();
     state.sessions.locked(|sessions| {
-        for r in state.routes.iter() {
+        for r in generation.routes.iter() {
             traffic.insert(r.name.clone(), r.stats.ended_traffic.values());
         }
         for s in sessions {
@@ -170,7 +171,8 @@ fn live(state: &ProxyState) -> Live {
 impl Collector for GatewayMetrics {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         let state = &self.state;
-        let routes: Vec<_> = state.routes.iter().collect();
+        let generation = state.current();
+        let routes: Vec<_> = generation.routes.iter().collect();
         let route = |name: &Arc<str>| -> Labels { vec![("route", s(name))] };
         let live = live(state);
 
@@ -232,6 +234,22 @@ impl Collector for GatewayMetrics {
                 [(Labels::new(), ConstCounter::new(cpu))],
             )?;
         }
+        counters(
+            &mut enc,
+            "wsgate_config_reloads",
+            "Config reloads (SIGHUP, POST /api/reload) by result: ok, failed (the running \
+             config stayed).",
+            ["ok", "failed"].map(|r| {
+                let n = state.reloads.snapshot().get(r).copied().unwrap_or(0);
+                (vec![("result", st(r))], n)
+            }),
+        )?;
+        gauges(
+            &mut enc,
+            "wsgate_config_generation",
+            "The config generation serving new handshakes: 1 at start, one more per reload.",
+            [(Labels::new(), generation.number as i64)],
+        )?;
         let draining = state.sessions.is_draining();
         gauges(
             &mut enc,

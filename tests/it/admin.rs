@@ -223,6 +223,7 @@ async fn metrics_count_sessions_messages_closes_and_refusals() {
         "side",
         "le",
         "version",
+        "result",
     ];
     for s in &after.samples {
         for k in s.labels.keys() {

@@ -13,7 +13,7 @@ use crate::path::{EscapedSlashes, PathRules, canonicalize, routing_form};
 
 impl Validator<'_> {
     /// One of a few words, e.g. `"refuse"` or `"keep"`; an error naming them otherwise.
-    fn choice<T: Copy>(
+    pub(super) fn choice<T: Copy>(
         &mut self,
         key: &str,
         value: Option<&SpStr>,

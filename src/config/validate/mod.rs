@@ -44,7 +44,10 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
         }],
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    from_toml_str_in(&text, base).map_err(|errors| ConfigErrors { source, errors })
+    let mut config =
+        from_toml_str_in(&text, base).map_err(|errors| ConfigErrors { source, errors })?;
+    config.source = Some(path.to_path_buf());
+    Ok(config)
 }
 
 /// Parses and validates a config held in a string; relative file paths are taken from the
@@ -66,14 +69,34 @@ pub fn from_toml_str_in(text: &str, base: &Path) -> Result<Config, Vec<ConfigErr
         base,
         errors: Vec::new(),
     };
-    let config = v.config(file);
+    let mut config = v.config(file);
     v.errors.retain(|e| !parsed.already_reported(&e.key));
     v.errors.extend(parsed.errors);
     if v.errors.is_empty() {
+        fingerprints(text, &mut config);
         Ok(config)
     } else {
         v.errors.sort_by_key(|e| e.line.unwrap_or(0));
         Err(v.errors)
+    }
+}
+
+/// Each route's settings as written: its `[[route]]` table and the global tables it inherits
+/// from, in a canonical form (the TOML value's own, keys sorted), so that formatting and
+/// comments do not count as a change. Routes are validated in file order, one each.
+fn fingerprints(text: &str, config: &mut Config) {
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return;
+    };
+    let global = |k: &str| table.get(k).map(|v| v.to_string()).unwrap_or_default();
+    let inherited = format!("{}\n{}", global("timeouts"), global("limits"));
+    let routes = table.get("route").and_then(toml::Value::as_array);
+    for (i, route) in config.routes.iter_mut().enumerate() {
+        let own = routes
+            .and_then(|r| r.get(i))
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        route.fingerprint = format!("{own}\n{inherited}");
     }
 }
 
@@ -294,6 +317,13 @@ impl Validator<'_> {
             file.shutdown.as_ref().and_then(|s| s.grace.as_ref()),
             DEFAULT_SHUTDOWN_GRACE,
         );
+        let reload_close_spread = self
+            .optional_duration(
+                "reload.close_spread",
+                file.reload.as_ref().and_then(|r| r.close_spread.as_ref()),
+                Some(DEFAULT_RELOAD_CLOSE_SPREAD),
+            )
+            .unwrap_or_default();
         let spread_value = file.shutdown.as_ref().and_then(|s| s.close_spread.as_ref());
         let shutdown_close_spread =
             self.optional_duration("shutdown.close_spread", spread_value, None);
@@ -363,6 +393,8 @@ impl Validator<'_> {
             http2,
             shutdown_grace,
             shutdown_close_spread,
+            reload_close_spread,
+            source: None,
             pages: Vec::new(),
             admin,
             log,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::{SessionKeys, Validator};
+use crate::config::OnChange;
 use crate::config::file::{FileBackend, FileBackendTls, FileRoute};
 use crate::config::{BackendUrl, Balance, RouteConfig, SessionConfig};
 use crate::deflate;
@@ -163,6 +164,12 @@ impl Validator<'_> {
         let (backend_tls, backend_tls_unverified) =
             self.backend_tls(key, &name, r.backend_tls.as_ref(), &backends);
         let policy = super::auth::route_policy(self, key, r);
+        let on_change = self.choice(
+            &format!("{key}.on_change"),
+            r.on_change.as_ref(),
+            &[("keep", OnChange::Keep), ("restart", OnChange::Restart)],
+            OnChange::Keep,
+        );
 
         (self.errors.len() == errors_before).then_some(RouteConfig {
             name,
@@ -178,6 +185,9 @@ impl Validator<'_> {
             backend_handshake_timeout,
             session,
             policy: std::sync::Arc::new(policy),
+            on_change,
+            // Filled in once the whole file has validated (`fingerprints`).
+            fingerprint: String::new(),
         })
     }
 

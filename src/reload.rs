@@ -1,0 +1,178 @@
+//! Config reload: a new generation of routes for new handshakes, and only the sessions that
+//! must go told to (close 1012 "service restart", spread over `[reload] close_spread`).
+//!
+//! Routes are matched by name. A route keeps, across generations, its signal, its counters
+//! and the live state of the backends it still lists (`RouteTable::next`), so an unchanged
+//! route's sessions never notice a reload; new handshakes always get the new settings (a
+//! renewed key file or CA counts even where the route's table did not change). Sessions
+//! close when:
+//! - their route was removed;
+//! - their route changed and says `on_change = "restart"`;
+//! - their backend is no longer one of their route's backends (so their clients reconnect to
+//!   the remaining ones).
+//!
+//! Listeners, their TLS and HTTP settings, `[admin]` and `[http2]` are what the process
+//! started with: a reload that changes them says so (`restart_needed`) and applies the rest.
+
+use std::sync::Arc;
+
+use crate::config::{Config, ConfigErrors, ListenerConfig, OnChange};
+use crate::frame::close_code;
+use crate::proxy::ProxyState;
+use crate::relay::CloseRequest;
+use crate::sessions::SessionInfo;
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Route names, sorted.
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// Sessions asked to close with 1012 (over `[reload] close_spread`).
+    pub sessions_closing: usize,
+    /// The generation now serving new handshakes.
+    pub generation: u64,
+    /// Settings that changed but take effect only on a restart (listeners, `[admin]`).
+    pub restart_needed: Vec<String>,
+}
+
+/// Applies an already validated `config`: see the module docs.
+pub fn apply(state: &ProxyState, config: Config) -> ReloadReport {
+    let restart_needed = restart_needed(&state.initial, &config);
+    let spread = config.reload_close_spread;
+    let (next, diff) = state.advance(config);
+    let closing: Vec<Arc<SessionInfo>> = state
+        .sessions
+        .list()
+        .into_iter()
+        .filter(|s| must_close(s, &next.routes, &diff.changed))
+        .collect();
+    let report = ReloadReport {
+        sessions_closing: closing.len(),
+        generation: next.number,
+        restart_needed,
+        added: diff.added,
+        removed: diff.removed,
+        changed: diff.changed,
+        unchanged: diff.unchanged,
+    };
+    if !closing.is_empty() {
+        let sessions = state.sessions.clone();
+        let request = CloseRequest {
+            code: close_code::SERVICE_RESTART,
+            reason: close_code::phrase(close_code::SERVICE_RESTART).into(),
+            by_admin: false,
+        };
+        tokio::spawn(async move { sessions.close_spread(closing, request, spread).await });
+    }
+    state.reloads.add("ok");
+    tracing::info!(
+        generation = report.generation,
+        added = crate::telemetry::list(&report.added),
+        removed = crate::telemetry::list(&report.removed),
+        changed = crate::telemetry::list(&report.changed),
+        sessions_closing = report.sessions_closing,
+        close_spread = ?spread,
+        "config reloaded"
+    );
+    if !report.restart_needed.is_empty() {
+        tracing::warn!(
+            settings = crate::telemetry::list(&report.restart_needed),
+            "config reload: these changes take effect only after a restart"
+        );
+    }
+    report
+}
+
+/// Reads the file the running config came from again and applies it; on any error nothing
+/// changes, and every error (key and line) is logged. A gateway not started from a file
+/// (`wsgate demo`, tests) has nothing to read: an error, neither logged nor counted.
+pub fn from_file(state: &ProxyState) -> Result<ReloadReport, ConfigErrors> {
+    let Some(path) = state.current().config.source.clone() else {
+        return Err(ConfigErrors {
+            source: "(no file)".into(),
+            errors: vec![crate::config::ConfigError {
+                key: "(file)".into(),
+                line: None,
+                message: "this gateway was not started from a config file".into(),
+            }],
+        });
+    };
+    match Config::load(&path) {
+        Ok(config) => Ok(apply(state, config)),
+        Err(errors) => {
+            state.reloads.add("failed");
+            let shown: Vec<String> = errors.errors.iter().map(|e| e.to_string()).collect();
+            tracing::warn!(
+                file = %path.display(),
+                errors = crate::telemetry::list(&shown),
+                "config reload failed; the running config stays"
+            );
+            Err(errors)
+        }
+    }
+}
+
+/// Whether a live session must close under the new routes.
+fn must_close(s: &SessionInfo, routes: &crate::route::RouteTable, changed: &[String]) -> bool {
+    let Some(route) = routes.iter().find(|r| r.name == s.route.name) else {
+        return true; // its route was removed
+    };
+    if route.config.on_change == OnChange::Restart && changed.iter().any(|c| **c == *route.name) {
+        return true;
+    }
+    // A backend the route still lists is the same `Backend` (carried over by URL).
+    !route
+        .pool
+        .backends()
+        .iter()
+        .any(|b| Arc::ptr_eq(b, &s.lease.backend))
+}
+
+/// The listener-level settings that differ between the running listeners and `config`.
+fn restart_needed(initial: &Config, config: &Config) -> Vec<String> {
+    let describe = |l: &ListenerConfig| {
+        format!(
+            "tls={} proxy_protocol={} http2={} handshake_timeout={:?} trusted_proxies={:?}",
+            l.tls.is_some(),
+            l.proxy_protocol,
+            l.http2,
+            l.handshake_timeout,
+            l.trusted_proxies
+        )
+    };
+    let mut out = Vec::new();
+    for l in &config.listeners {
+        match initial.listeners.iter().find(|o| o.addr == l.addr) {
+            None => out.push(format!("listener {} added", l.addr)),
+            Some(o) if describe(o) != describe(l) => {
+                out.push(format!("listener {} changed", l.addr))
+            }
+            Some(_) => {}
+        }
+    }
+    for o in &initial.listeners {
+        if !config.listeners.iter().any(|l| l.addr == o.addr) {
+            out.push(format!("listener {} removed", o.addr));
+        }
+    }
+    let admin = |c: &Config| {
+        c.admin
+            .as_ref()
+            .map(|a| (a.addr, a.tls.is_some(), a.token.clone()))
+    };
+    if admin(initial) != admin(config) {
+        out.push("[admin]".into());
+    }
+    if initial.http2 != config.http2 {
+        out.push("[http2]".into());
+    }
+    if initial.limits.max_header_bytes != config.limits.max_header_bytes
+        || initial.limits.max_headers != config.limits.max_headers
+    {
+        out.push("limits.max_header_bytes, limits.max_headers".into());
+    }
+    out
+}
