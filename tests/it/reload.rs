@@ -359,7 +359,7 @@ async fn sighup_reloads_the_file_and_a_broken_file_changes_nothing() {
     );
     sighup(&child);
     let reloaded = wait_line(&mut lines, &mut seen, "config reloaded", |l| {
-        l.contains("\"config reloaded\"") || l.contains("\"config reload failed\"")
+        l.contains("\"config reload")
     })
     .await;
     assert_eq!(reloaded["message"], "config reloaded", "{reloaded}");
@@ -376,10 +376,11 @@ async fn sighup_reloads_the_file_and_a_broken_file_changes_nothing() {
     tmp.write("wsgate.toml", BROKEN);
     sighup(&child);
     let failed = wait_line(&mut lines, &mut seen, "config reload failed", |l| {
-        l.contains("\"config reloaded\"") || l.contains("\"config reload failed\"")
+        l.contains("\"config reload")
     })
     .await;
-    assert_eq!(failed["message"], "config reload failed", "{failed}");
+    let message = failed["message"].as_str().unwrap_or("");
+    assert!(message.starts_with("config reload failed"), "{failed}");
     assert_eq!(failed["level"], "WARN", "{failed}");
     let text = failed.to_string();
     assert!(
@@ -495,10 +496,11 @@ async fn admin_reload_reports_errors_or_what_changed_and_counts_both() {
     );
     let (status, body) = post_reload(admin).await;
     assert_eq!(status, 200, "{body}");
+    // `restart_needed`: the listener changes this reload could not apply (none here).
     assert_eq!(
         body,
         json!({"added": ["B"], "removed": [], "changed": [], "unchanged": ["A"],
-               "sessions_closing": 0, "generation": 2})
+               "sessions_closing": 0, "generation": 2, "restart_needed": []})
     );
     assert_eq!(reload_metrics(admin).await, (1.0, 1.0, 2.0));
     echoes(&mut on_a, "A after the reload").await;
