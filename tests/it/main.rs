@@ -20,6 +20,7 @@ mod policy;
 mod proxy;
 mod proxy_protocol;
 mod relay;
+mod reload;
 mod scanner;
 mod shutdown;
 mod tls;

@@ -1,0 +1,511 @@
+//! Config reload: routes that did not change keep their sessions untouched, removed routes and
+//! removed backends close theirs with 1012 spread over `[reload] close_spread`, changed routes
+//! keep theirs unless `on_change = "restart"`, and new handshakes use the new config at once.
+//! Triggered in process (`Handle::reload`), by SIGHUP on the binary, and by `POST /api/reload`.
+//! A config that does not validate changes nothing.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, Lines};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::prom::{self, Exposition};
+use crate::support::*;
+
+const LISTENER: &str = "[[listener]]\nlisten = \"127.0.0.1:0\"\n\n";
+
+/// A validated config from `toml`, with the same listener [`Gateway::spawn`] adds, so that a
+/// reload sees no listener change.
+fn config(toml: &str) -> wsgate::Config {
+    let toml = format!("{LISTENER}{toml}");
+    wsgate::config::from_toml_str(&toml)
+        .unwrap_or_else(|e| panic!("test config is invalid: {e:#?}\n--- config ---\n{toml}"))
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// Opens `n` sessions on `path`.
+async fn open(gw: &Gateway, path: &str, n: usize) -> Vec<Ws> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(connect(&gw.url(path)).await.0);
+    }
+    out
+}
+
+/// Sends `text` and expects it back as the very next data message: a close frame (or any
+/// other message) first fails the test.
+async fn echoes(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text)).await.unwrap();
+    assert_eq!(next_data(ws).await, Message::text(text));
+}
+
+/// Every client waits for its close frame, answers it, and notes when it came (since
+/// `since`): code, reason, arrival.
+async fn close_arrivals(clients: Vec<Ws>, since: Instant) -> Vec<(u16, String, Duration)> {
+    futures_util::future::join_all(clients.into_iter().map(|mut ws| async move {
+        let close = next_close(&mut ws).await;
+        let at = since.elapsed();
+        let _ = ws.close(None).await;
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(STEP, ws.next()).await {}
+        (u16::from(close.code), close.reason.to_string(), at)
+    }))
+    .await
+}
+
+/// Asserts that every close is 1012 "service restart".
+#[track_caller]
+fn all_service_restart(arrivals: &[(u16, String, Duration)]) {
+    for (code, reason, _) in arrivals {
+        assert_eq!((*code, reason.as_str()), (1012, "service restart"));
+    }
+}
+
+/// Asserts that a backend saw exactly `n` closes, each 1012 "service restart".
+async fn backend_saw_service_restarts(backend: &EchoBackend, n: usize) {
+    let closes = backend.wait_closes(n).await;
+    assert_eq!(closes.len(), n, "{closes:?}");
+    assert!(
+        closes
+            .iter()
+            .all(|c| c == &Some((1012, "service restart".to_string()))),
+        "{closes:?}"
+    );
+}
+
+/// The status of a WebSocket upgrade request for `path` on the proxy.
+async fn upgrade_status(proxy: SocketAddr, path: &str) -> u16 {
+    raw_exchange(proxy, upgrade_request(path, "").as_bytes())
+        .await
+        .1
+        .status
+}
+
+#[tokio::test]
+async fn reload_keeps_unchanged_routes_closes_removed_ones_spread_and_adds_new_ones() {
+    const N: usize = 100;
+    let (echo_a, echo_b, echo_c) = (
+        EchoBackend::spawn().await,
+        EchoBackend::spawn().await,
+        EchoBackend::spawn().await,
+    );
+    let route_a = route("A", "/a", &[echo_a.url()]);
+    let gw = Gateway::spawn(&format!("{route_a}{}", route("B", "/b", &[echo_b.url()]))).await;
+    let mut on_a = open(&gw, "/a", N).await;
+    let on_b = open(&gw, "/b", N).await;
+    assert_eq!(gw.handle().sessions().len(), 2 * N);
+    assert_eq!(upgrade_status(gw.addr, "/c").await, 404);
+
+    let new = config(&format!(
+        "[reload]\nclose_spread = \"1s\"\n\n{route_a}{}",
+        route("C", "/c", &[echo_c.url()])
+    ));
+    let started = Instant::now();
+    let report = gw.handle().reload(new);
+    assert_eq!(report.added, names(&["C"]));
+    assert_eq!(report.removed, names(&["B"]));
+    assert!(report.changed.is_empty(), "{report:?}");
+    assert_eq!(report.unchanged, names(&["A"]));
+    assert_eq!(report.sessions_closing, N);
+    assert_eq!(report.generation, 2);
+
+    let b_closes = tokio::spawn(close_arrivals(on_b, started));
+    // During the 1012 wave, route A relays as before.
+    for (i, ws) in on_a.iter_mut().enumerate() {
+        echoes(ws, &format!("during {i}")).await;
+    }
+    // New handshakes use the new config at once.
+    assert_eq!(upgrade_status(gw.addr, "/b").await, 404);
+    let (mut on_c, _) = connect(&gw.url("/c")).await;
+    echoes(&mut on_c, "hello C").await;
+
+    let arrivals = b_closes.await.unwrap();
+    assert_eq!(arrivals.len(), N);
+    all_service_restart(&arrivals);
+    backend_saw_service_restarts(&echo_b, N).await;
+    let first = arrivals.iter().map(|a| a.2).min().unwrap();
+    let last = arrivals.iter().map(|a| a.2).max().unwrap();
+    // 100 moments drawn uniformly from 1 s all falling within a third of it has a probability
+    // below 1e-17: a burst fails this, a spread passes.
+    assert!(
+        last - first >= Duration::from_millis(333),
+        "close frames not spread: first at {first:?}, last at {last:?}"
+    );
+
+    // The wave is over, and A's sessions never saw it: the next data message on each is its
+    // echo, and A's backend got no close frame.
+    for (i, ws) in on_a.iter_mut().enumerate() {
+        echoes(ws, &format!("after {i}")).await;
+    }
+    assert!(echo_a.closes.lock().unwrap().is_empty());
+    tokio::time::timeout(STEP, gw.handle().sessions().wait_for_count(|n| *n == N + 1))
+        .await
+        .expect("B's sessions ended; A's and C's remain");
+    let (mut new_a, _) = connect(&gw.url("/a")).await;
+    echoes(&mut new_a, "hello again A").await;
+}
+
+#[tokio::test]
+async fn a_changed_route_keeps_its_sessions_unless_on_change_is_restart() {
+    const N: usize = 5;
+    let (echo_k, echo_r) = (EchoBackend::spawn().await, EchoBackend::spawn().await);
+    let routes = |limit: &str| {
+        format!(
+            "{}max_message = \"{limit}\"\n{}max_message = \"{limit}\"\non_change = \"restart\"\n",
+            route("K", "/k", &[echo_k.url()]),
+            route("R", "/r", &[echo_r.url()]),
+        )
+    };
+    let gw = Gateway::spawn(&routes("1KiB")).await;
+    let mut on_k = open(&gw, "/k", N).await;
+    let on_r = open(&gw, "/r", N).await;
+    let big = "x".repeat(10 << 10);
+    // The old limit is in force: a 10 KiB message ends its session with 1009.
+    let (mut over, _) = connect(&gw.url("/k")).await;
+    over.send(Message::text(big.clone())).await.unwrap();
+    assert_eq!(u16::from(next_close(&mut over).await.code), 1009);
+    drop(over);
+    echo_k.wait_closes(1).await;
+
+    let started = Instant::now();
+    let report = gw.handle().reload(config(&format!(
+        "[reload]\nclose_spread = \"100ms\"\n\n{}",
+        routes("64KiB")
+    )));
+    assert_eq!(report.changed, names(&["K", "R"]));
+    assert!(report.added.is_empty() && report.removed.is_empty() && report.unchanged.is_empty());
+    assert_eq!(report.sessions_closing, N);
+
+    let arrivals = close_arrivals(on_r, started).await;
+    all_service_restart(&arrivals);
+    backend_saw_service_restarts(&echo_r, N).await;
+    for (i, ws) in on_k.iter_mut().enumerate() {
+        echoes(ws, &format!("still here {i}")).await;
+    }
+    assert_eq!(
+        echo_k.closes.lock().unwrap().len(),
+        1,
+        "only the oversized session closed on K's backend"
+    );
+    // New sessions get the new limit, on both routes.
+    for path in ["/k", "/r"] {
+        let (mut ws, _) = connect(&gw.url(path)).await;
+        echoes(&mut ws, &big).await;
+    }
+}
+
+#[tokio::test]
+async fn sessions_on_a_removed_backend_get_1012_and_new_sessions_go_to_the_rest() {
+    const N: usize = 10;
+    let (kept, dropped) = (EchoBackend::spawn().await, EchoBackend::spawn().await);
+    let gw = Gateway::spawn(&route("r", "/r", &[kept.url(), dropped.url()])).await;
+    // Which backend each session landed on: the one whose handshake count went up.
+    let (mut on_kept, mut on_dropped) = (Vec::new(), Vec::new());
+    for _ in 0..N {
+        let before = dropped.request_count();
+        let (ws, _) = connect(&gw.url("/r")).await;
+        if dropped.request_count() > before {
+            on_dropped.push(ws);
+        } else {
+            on_kept.push(ws);
+        }
+    }
+    assert_eq!(kept.request_count() + dropped.request_count(), N);
+    assert!(
+        !on_kept.is_empty() && !on_dropped.is_empty(),
+        "sessions on both backends: {} and {}",
+        on_kept.len(),
+        on_dropped.len()
+    );
+
+    let started = Instant::now();
+    let report = gw.handle().reload(config(&format!(
+        "[reload]\nclose_spread = \"100ms\"\n\n{}",
+        route("r", "/r", &[kept.url()])
+    )));
+    assert_eq!(report.changed, names(&["r"]));
+    assert_eq!(report.sessions_closing, on_dropped.len());
+
+    let n_dropped = on_dropped.len();
+    let arrivals = close_arrivals(on_dropped, started).await;
+    all_service_restart(&arrivals);
+    backend_saw_service_restarts(&dropped, n_dropped).await;
+    for (i, ws) in on_kept.iter_mut().enumerate() {
+        echoes(ws, &format!("kept {i}")).await;
+    }
+    assert!(kept.closes.lock().unwrap().is_empty());
+
+    let dropped_handshakes = dropped.request_count();
+    let kept_handshakes = kept.request_count();
+    for i in 0..4 {
+        let (mut ws, _) = connect(&gw.url("/r")).await;
+        echoes(&mut ws, &format!("new {i}")).await;
+    }
+    assert_eq!(dropped.request_count(), dropped_handshakes);
+    assert_eq!(kept.request_count(), kept_handshakes + 4);
+}
+
+/// A config not loaded from a file has nothing to re-read: `reload_file` says so and the
+/// running config stays.
+#[tokio::test]
+async fn reload_file_without_a_file_is_an_error_and_changes_nothing() {
+    let echo = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&route("A", "/a", &[echo.url()])).await;
+    let (mut ws, _) = connect(&gw.url("/a")).await;
+    assert!(gw.handle().reload_file().is_err());
+    echoes(&mut ws, "still A").await;
+    assert_eq!(upgrade_status(gw.addr, "/a").await, 101);
+}
+
+/// Reads log lines until one satisfies `pred`; panics with every line seen if none does in
+/// time.
+async fn wait_line<R: AsyncRead + Unpin>(
+    lines: &mut Lines<BufReader<R>>,
+    seen: &mut Vec<String>,
+    what: &str,
+    pred: impl Fn(&str) -> bool,
+) -> Value {
+    let found = tokio::time::timeout(STEP, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push(line.clone());
+            if pred(&line) {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(line)) => serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}")),
+        _ => panic!("no log line for {what}; log so far:\n{}", seen.join("\n")),
+    }
+}
+
+/// Reads one sd_notify datagram within [`STEP`], as its `KEY=VALUE` lines.
+async fn next_notification(socket: &tokio::net::UnixDatagram) -> Vec<String> {
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(STEP, socket.recv(&mut buf))
+        .await
+        .expect("no sd_notify message")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn sighup(child: &tokio::process::Child) {
+    let pid = child.id().expect("wsgate is running");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A file that does not validate: route A is gone (so a reload that applied anything would
+/// close A's sessions), and line 5 has a bad duration.
+const BROKEN: &str = "[[listener]]\nlisten = \"127.0.0.1:0\"\n\n\
+                      [timeouts]\nhandshake = \"banana\"\n";
+
+/// The binary: SIGHUP applies a rewritten file (the "config reloaded" record lists what was
+/// added as a JSON array) without touching the session on the unchanged route; a broken file
+/// on the next SIGHUP is refused with its errors (key and line) and the running config stays.
+/// systemd's notifications say when wsgate handles SIGHUP (READY=1 after start), and when a
+/// reload is over (READY=1 after RELOADING=1).
+#[tokio::test]
+async fn sighup_reloads_the_file_and_a_broken_file_changes_nothing() {
+    let (echo_a, echo_b) = (EchoBackend::spawn().await, EchoBackend::spawn().await);
+    let tmp = TempDir::new("reload-bin");
+    let socket_path = tmp.join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+    let route_a = route("A", "/a", &[echo_a.url()]);
+    let file = tmp.write("wsgate.toml", format!("{LISTENER}{route_a}"));
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&file)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    // READY=1 comes once the signal handlers are installed: SIGHUP no longer ends the process.
+    assert_eq!(next_notification(&socket).await, ["READY=1"]);
+    let listening = wait_line(&mut lines, &mut seen, "listening", |l| {
+        l.contains("\"listening\"")
+    })
+    .await;
+    let addr: SocketAddr = listening["listen"].as_str().unwrap().parse().unwrap();
+    let (mut on_a, _) = connect(&format!("ws://{addr}/a")).await;
+    echoes(&mut on_a, "before").await;
+    assert_eq!(upgrade_status(addr, "/b").await, 404);
+
+    tmp.write(
+        "wsgate.toml",
+        format!("{LISTENER}{route_a}{}", route("B", "/b", &[echo_b.url()])),
+    );
+    sighup(&child);
+    let reloaded = wait_line(&mut lines, &mut seen, "config reloaded", |l| {
+        l.contains("\"config reload")
+    })
+    .await;
+    assert_eq!(reloaded["message"], "config reloaded", "{reloaded}");
+    assert_eq!(reloaded["added"], json!(["B"]), "{reloaded}");
+    assert_eq!(reloaded["removed"], json!([]), "{reloaded}");
+    assert_eq!(reloaded["changed"], json!([]), "{reloaded}");
+    assert_eq!(reloaded["generation"].to_string().trim_matches('"'), "2");
+    assert_eq!(next_notification(&socket).await[0], "RELOADING=1");
+    assert_eq!(next_notification(&socket).await, ["READY=1"]);
+    echoes(&mut on_a, "after the reload").await;
+    let (mut on_b, _) = connect(&format!("ws://{addr}/b")).await;
+    echoes(&mut on_b, "hello B").await;
+
+    tmp.write("wsgate.toml", BROKEN);
+    sighup(&child);
+    let failed = wait_line(&mut lines, &mut seen, "config reload failed", |l| {
+        l.contains("\"config reload")
+    })
+    .await;
+    let message = failed["message"].as_str().unwrap_or("");
+    assert!(message.starts_with("config reload failed"), "{failed}");
+    assert_eq!(failed["level"], "WARN", "{failed}");
+    let text = failed.to_string();
+    assert!(
+        text.contains("timeouts.handshake") && (text.contains("line 5") || text.contains(":5:")),
+        "the error names the key and its line: {text}"
+    );
+    assert_eq!(next_notification(&socket).await[0], "RELOADING=1");
+    assert_eq!(next_notification(&socket).await, ["READY=1"]);
+    // Nothing changed: both sessions relay, both routes accept.
+    echoes(&mut on_a, "after the failed reload").await;
+    echoes(&mut on_b, "B after the failed reload").await;
+    let mut fresh = Vec::new();
+    for path in ["/a", "/b"] {
+        let (mut ws, _) = connect(&format!("ws://{addr}{path}")).await;
+        echoes(&mut ws, path).await;
+        fresh.push(ws);
+    }
+    assert!(echo_a.closes.lock().unwrap().is_empty());
+    assert!(echo_b.closes.lock().unwrap().is_empty());
+}
+
+/// One admin request over a fresh connection.
+async fn admin_request(admin: SocketAddr, method: &str, path: &str, headers: &str) -> RawResponse {
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n{headers}\
+         Content-Length: 0\r\n\r\n",
+        admin.port(),
+    );
+    raw_exchange(admin, req.as_bytes()).await.1
+}
+
+async fn post_reload(admin: SocketAddr) -> (u16, Value) {
+    let resp = admin_request(
+        admin,
+        "POST",
+        "/api/reload",
+        "Content-Type: application/json\r\n",
+    )
+    .await;
+    let body =
+        serde_json::from_str(&resp.body).unwrap_or_else(|e| panic!("not JSON ({e}): {resp:?}"));
+    (resp.status, body)
+}
+
+async fn scrape(admin: SocketAddr) -> Exposition {
+    let resp = admin_request(admin, "GET", "/metrics", "").await;
+    assert_eq!(resp.status, 200);
+    prom::parse(&resp.body, false).unwrap_or_else(|e| panic!("{e}\n{}", resp.body))
+}
+
+/// `(ok, failed, generation)` from the metrics.
+async fn reload_metrics(admin: SocketAddr) -> (f64, f64, f64) {
+    let m = scrape(admin).await;
+    let reloads = |result| m.value("wsgate_config_reloads_total", &[("result", result)]);
+    (
+        reloads("ok"),
+        reloads("failed"),
+        m.value("wsgate_config_generation", &[]),
+    )
+}
+
+/// Starts the gateway in process from a config file, so that it can re-read it.
+async fn spawn_from_file(file: &Path) -> Gateway {
+    init_logs();
+    let config = wsgate::Config::load(file).unwrap_or_else(|e| panic!("{e}"));
+    let handle = wsgate::Gateway::start(config).await.unwrap();
+    Gateway {
+        addr: handle.local_addr(),
+        handle: Some(handle),
+    }
+}
+
+/// `POST /api/reload` re-reads the file: a broken one gets 400 with every error and changes
+/// nothing; a good one gets 200 with the report. Both are counted.
+#[tokio::test]
+async fn admin_reload_reports_errors_or_what_changed_and_counts_both() {
+    let (echo_a, echo_b) = (EchoBackend::spawn().await, EchoBackend::spawn().await);
+    let tmp = TempDir::new("reload-admin");
+    let head = format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n{LISTENER}");
+    let route_a = route("A", "/a", &[echo_a.url()]);
+    let file = tmp.write("wsgate.toml", format!("{head}{route_a}"));
+    let gw = spawn_from_file(&file).await;
+    let admin = gw.handle().admin_addr().unwrap();
+    let (mut on_a, _) = connect(&gw.url("/a")).await;
+    assert_eq!(reload_metrics(admin).await, (0.0, 0.0, 1.0));
+
+    // Line 8 of the broken file has the bad value; route A is gone from it.
+    tmp.write(
+        "wsgate.toml",
+        format!("{head}[timeouts]\nhandshake = \"banana\"\n"),
+    );
+    let (status, body) = post_reload(admin).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].is_string(), "{body}");
+    let errors = body["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{body}"));
+    assert!(
+        errors.iter().any(|e| {
+            let e = e.as_str().unwrap_or("");
+            e.contains("line 8") && e.contains("timeouts.handshake")
+        }),
+        "{body}"
+    );
+    assert_eq!(reload_metrics(admin).await, (0.0, 1.0, 1.0));
+    echoes(&mut on_a, "still A").await;
+    let (mut second_a, _) = connect(&gw.url("/a")).await;
+    echoes(&mut second_a, "A still accepts").await;
+
+    tmp.write(
+        "wsgate.toml",
+        format!("{head}{route_a}{}", route("B", "/b", &[echo_b.url()])),
+    );
+    let (status, body) = post_reload(admin).await;
+    assert_eq!(status, 200, "{body}");
+    // `restart_needed`: the listener changes this reload could not apply (none here).
+    assert_eq!(
+        body,
+        json!({"added": ["B"], "removed": [], "changed": [], "unchanged": ["A"],
+               "sessions_closing": 0, "generation": 2, "restart_needed": []})
+    );
+    assert_eq!(reload_metrics(admin).await, (1.0, 1.0, 2.0));
+    echoes(&mut on_a, "A after the reload").await;
+    echoes(&mut second_a, "second A after the reload").await;
+    let (mut on_b, _) = connect(&gw.url("/b")).await;
+    echoes(&mut on_b, "hello B").await;
+    assert!(echo_a.closes.lock().unwrap().is_empty());
+}
