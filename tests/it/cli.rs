@@ -5,38 +5,12 @@ use std::ffi::OsStr;
 use std::process::{ExitStatus, Output, Stdio};
 
 use futures_util::SinkExt;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::*;
-
-/// Reads lines until one satisfies `pred`; panics with every line seen if none does in time.
-async fn wait_line<R: AsyncRead + Unpin>(
-    lines: &mut Lines<BufReader<R>>,
-    seen: &mut Vec<String>,
-    what: &str,
-    pred: impl Fn(&str) -> bool,
-) -> String {
-    let result = tokio::time::timeout(STEP, async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            seen.push(line.clone());
-            if pred(&line) {
-                return Some(line);
-            }
-        }
-        None
-    })
-    .await;
-    match result {
-        Ok(Some(line)) => line,
-        _ => panic!(
-            "no log line for {what}; output so far:\n{}",
-            seen.join("\n")
-        ),
-    }
-}
 
 /// A JSON log record; `get` returns a field as text (strings unquoted, numbers as written).
 struct Record(serde_json::Map<String, serde_json::Value>);
@@ -653,20 +627,6 @@ async fn man_page_has_a_title_and_every_subcommand() {
     assert!(tmp.join("wsgate.1").exists());
 }
 
-/// Reads one sd_notify datagram within [`STEP`], as its `KEY=VALUE` lines.
-async fn next_notification(socket: &tokio::net::UnixDatagram) -> Vec<String> {
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(STEP, socket.recv(&mut buf))
-        .await
-        .expect("no sd_notify message")
-        .unwrap();
-    String::from_utf8(buf[..n].to_vec())
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 /// Under systemd (`Type=notify`): READY=1 once the proxy and admin listeners accept, RELOADING=1
 /// with the monotonic time then READY=1 around a SIGHUP, STOPPING=1 on SIGTERM.
 #[tokio::test]
@@ -681,13 +641,8 @@ async fn sd_notify_tells_readiness_reload_and_stop() {
             route("r", "/", &["ws://127.0.0.1:9".to_string()])
         ),
     );
-    let mut child = Command::new(BIN)
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&config)
+    let mut child = binary_command(&config, "json", "info")
         .env("NOTIFY_SOCKET", &socket_path)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();

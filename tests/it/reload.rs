@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -265,42 +264,15 @@ async fn reload_file_without_a_file_is_an_error_and_changes_nothing() {
     assert_eq!(upgrade_status(gw.addr, "/a").await, 101);
 }
 
-/// Reads log lines until one satisfies `pred`; panics with every line seen if none does in
-/// time.
-async fn wait_line<R: AsyncRead + Unpin>(
+/// [`wait_line`] for a JSON log line, parsed.
+async fn wait_json<R: AsyncRead + Unpin>(
     lines: &mut Lines<BufReader<R>>,
     seen: &mut Vec<String>,
     what: &str,
     pred: impl Fn(&str) -> bool,
 ) -> Value {
-    let found = tokio::time::timeout(STEP, async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            seen.push(line.clone());
-            if pred(&line) {
-                return Some(line);
-            }
-        }
-        None
-    })
-    .await;
-    match found {
-        Ok(Some(line)) => serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}")),
-        _ => panic!("no log line for {what}; log so far:\n{}", seen.join("\n")),
-    }
-}
-
-/// Reads one sd_notify datagram within [`STEP`], as its `KEY=VALUE` lines.
-async fn next_notification(socket: &tokio::net::UnixDatagram) -> Vec<String> {
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(STEP, socket.recv(&mut buf))
-        .await
-        .expect("no sd_notify message")
-        .unwrap();
-    String::from_utf8_lossy(&buf[..n])
-        .lines()
-        .map(str::to_string)
-        .collect()
+    let line = wait_line(lines, seen, what, pred).await;
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"))
 }
 
 fn sighup(child: &tokio::process::Child) {
@@ -330,21 +302,15 @@ async fn sighup_reloads_the_file_and_a_broken_file_changes_nothing() {
     let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
     let route_a = route("A", "/a", &[echo_a.url()]);
     let file = tmp.write("wsgate.toml", format!("{LISTENER}{route_a}"));
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&file)
+    let mut child = binary_command(&file, "json", "info")
         .env("NOTIFY_SOCKET", &socket_path)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut seen = Vec::new();
     // READY=1 comes once the signal handlers are installed: SIGHUP no longer ends the process.
     assert_eq!(next_notification(&socket).await, ["READY=1"]);
-    let listening = wait_line(&mut lines, &mut seen, "listening", |l| {
+    let listening = wait_json(&mut lines, &mut seen, "listening", |l| {
         l.contains("\"listening\"")
     })
     .await;
@@ -358,7 +324,7 @@ async fn sighup_reloads_the_file_and_a_broken_file_changes_nothing() {
         format!("{LISTENER}{route_a}{}", route("B", "/b", &[echo_b.url()])),
     );
     sighup(&child);
-    let reloaded = wait_line(&mut lines, &mut seen, "config reloaded", |l| {
+    let reloaded = wait_json(&mut lines, &mut seen, "config reloaded", |l| {
         l.contains("\"config reload")
     })
     .await;
@@ -375,7 +341,7 @@ async fn sighup_reloads_the_file_and_a_broken_file_changes_nothing() {
 
     tmp.write("wsgate.toml", BROKEN);
     sighup(&child);
-    let failed = wait_line(&mut lines, &mut seen, "config reload failed", |l| {
+    let failed = wait_json(&mut lines, &mut seen, "config reload failed", |l| {
         l.contains("\"config reload")
     })
     .await;

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, Lines};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_tungstenite::WebSocketStream;
@@ -26,18 +26,66 @@ use tokio_tungstenite::tungstenite::{self, Message};
 /// The `wsgate` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_wsgate");
 
-/// Starts `wsgate --log-format FORMAT run --config CONFIG` at `RUST_LOG=level` (no colours),
-/// killed when dropped; its stderr (the log) is piped for the caller to read.
-pub fn spawn_binary(config: &std::path::Path, format: &str, level: &str) -> tokio::process::Child {
-    tokio::process::Command::new(BIN)
-        .args(["--log-format", format, "run", "--config"])
+/// `wsgate --log-format FORMAT run --config CONFIG` at `RUST_LOG=level` (no colours), killed
+/// when dropped, its stderr (the log) piped for the caller to read; add to it, then spawn.
+pub fn binary_command(
+    config: &std::path::Path,
+    format: &str,
+    level: &str,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(["--log-format", format, "run", "--config"])
         .arg(config)
         .env("RUST_LOG", level)
         .env("NO_COLOR", "1")
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
+        .kill_on_drop(true);
+    cmd
+}
+
+/// [`binary_command`], started.
+pub fn spawn_binary(config: &std::path::Path, format: &str, level: &str) -> tokio::process::Child {
+    binary_command(config, format, level).spawn().unwrap()
+}
+
+/// Reads lines until one satisfies `pred`; panics with every line seen if none does in time.
+pub async fn wait_line<R: AsyncRead + Unpin>(
+    lines: &mut Lines<BufReader<R>>,
+    seen: &mut Vec<String>,
+    what: &str,
+    pred: impl Fn(&str) -> bool,
+) -> String {
+    let result = tokio::time::timeout(STEP, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push(line.clone());
+            if pred(&line) {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await;
+    match result {
+        Ok(Some(line)) => line,
+        _ => panic!(
+            "no log line for {what}; output so far:\n{}",
+            seen.join("\n")
+        ),
+    }
+}
+
+/// Reads one sd_notify datagram within [`STEP`], as its `KEY=VALUE` lines.
+pub async fn next_notification(socket: &tokio::net::UnixDatagram) -> Vec<String> {
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(STEP, socket.recv(&mut buf))
+        .await
+        .expect("no sd_notify message")
+        .unwrap();
+    String::from_utf8(buf[..n].to_vec())
         .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// An upper bound for any single step of a test, so a bug fails the test instead of hanging it.
