@@ -173,6 +173,9 @@ impl Gateway {
             }
             None => None,
         };
+        if let Some(every) = state.initial.watch {
+            tokio::spawn(reload::watch(state.clone(), every, stop.clone()));
+        }
         let supervised = supervise(stop.clone(), conns, sessions.clone(), (grace, spread));
         let supervisor = tokio::spawn(async move {
             let report = supervised.await;
@@ -332,6 +335,12 @@ impl Handle {
     /// go on untouched. See [`reload`].
     pub fn reload(&self, config: Config) -> ReloadReport {
         reload::apply(&self.state, config)
+    }
+
+    /// Changes whenever a reload has taken effect, to the new generation's number (1 at
+    /// start).
+    pub fn generations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.state.generations.subscribe()
     }
 
     /// Reads the config file again ([`Config::load`] records which) and applies it; on any

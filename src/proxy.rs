@@ -47,6 +47,8 @@ pub struct ProxyState {
     pub initial: Config,
     /// Reloads by result (`ok`, `failed`).
     pub reloads: crate::metrics::Counts<&'static str>,
+    /// The current generation's number, for whoever waits for a reload.
+    pub generations: tokio::sync::watch::Sender<u64>,
     pub sessions: Arc<Sessions>,
     /// Refusals of requests that matched no route.
     pub unrouted_refusals: crate::telemetry::RefusalCounts,
@@ -77,6 +79,7 @@ impl ProxyState {
             current: std::sync::RwLock::new(Arc::new(generation)),
             initial: config,
             reloads: Default::default(),
+            generations: tokio::sync::watch::Sender::new(1),
             sessions,
             unrouted_refusals: Default::default(),
         }
@@ -102,6 +105,7 @@ impl ProxyState {
             routes,
         });
         *current = next.clone();
+        self.generations.send_replace(next.number);
         (next, diff)
     }
 }

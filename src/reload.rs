@@ -115,6 +115,38 @@ pub fn from_file(state: &ProxyState) -> Result<ReloadReport, ConfigErrors> {
     }
 }
 
+/// Reloads the config file whenever it changes (`[config] watch`), checking every `interval`,
+/// until `stop`. A change is the file's modification time, size or inode (an editor's save, a
+/// Kubernetes ConfigMap's symlink swap); a file that does not load is logged and tried again
+/// at its next change, while the running config stays.
+pub async fn watch(
+    state: Arc<ProxyState>,
+    interval: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let Some(path) = state.current().config.source.clone() else {
+        return;
+    };
+    let stamp = || {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&path).ok()?;
+        Some((m.modified().ok()?, m.len(), m.ino()))
+    };
+    let mut last = stamp();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let now = stamp();
+        if now != last && now.is_some() {
+            last = now;
+            tracing::info!(file = %path.display(), "config file changed: reloading");
+            let _ = from_file(&state);
+        }
+    }
+}
+
 /// Whether a live session must close under the new routes.
 fn must_close(s: &SessionInfo, routes: &crate::route::RouteTable, changed: &[String]) -> bool {
     let Some(route) = routes.iter().find(|r| r.name == s.route.name) else {

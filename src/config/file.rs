@@ -23,6 +23,17 @@ pub struct FileConfig {
     pub admin: Option<Spanned<FileAdmin>>,
     pub log: Option<FileLog>,
     pub reload: Option<FileReload>,
+    pub config: Option<FileConfigWatch>,
+}
+
+/// `[config]`: the config file itself.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfigWatch {
+    /// Reload when the file changes, as on SIGHUP.
+    pub watch: Option<Spanned<bool>>,
+    /// How often the file is checked (`watch = true`).
+    pub watch_interval: Option<SpStr>,
 }
 
 /// `[reload]`: how a config reload closes the sessions it must close.

@@ -77,6 +77,9 @@ pub struct Config {
     pub reload_close_spread: Duration,
     /// The file this config was read from (`Config::load`), which a reload reads again.
     pub source: Option<std::path::PathBuf>,
+    /// Check the file this often and reload it when it changes (`[config] watch`); `None`:
+    /// only on SIGHUP or `POST /api/reload`.
+    pub watch: Option<Duration>,
     /// Static pages served on plain GET (not part of the TOML file: `wsgate demo` uses it).
     pub pages: Vec<StaticPage>,
     /// The admin listener (`[admin]`): metrics, health, the session API, the status page.
@@ -169,6 +172,10 @@ pub struct ListenerConfig {
 /// A reload's 1012 "service restart" close frames go out over this window, each session at a
 /// random moment in it: the clients of a removed route reconnect as a ramp, not a storm.
 pub const DEFAULT_RELOAD_CLOSE_SPREAD: Duration = Duration::from_secs(10);
+
+/// How often `[config] watch = true` checks the file: a `stat`, cheap enough to do often, and
+/// a ConfigMap update or an editor's save takes effect within seconds.
+pub const DEFAULT_CONFIG_WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// What a reload that changes a route does to the route's live sessions (`on_change`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

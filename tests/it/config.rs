@@ -372,3 +372,20 @@ fn the_shutdown_close_spread_must_end_before_the_grace_period() {
         "{errs:#?}"
     );
 }
+
+#[test]
+fn config_watch_is_off_by_default_and_checks_every_interval_when_on() {
+    let base = "[[listener]]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"ws://127.0.0.1:1\"]\n";
+    assert_eq!(wsgate::config::from_toml_str(base).unwrap().watch, None);
+    let on = wsgate::config::from_toml_str(&format!("{base}[config]\nwatch = true\n")).unwrap();
+    assert_eq!(on.watch, Some(wsgate::config::DEFAULT_CONFIG_WATCH_INTERVAL));
+    let every = format!("{base}[config]\nwatch = true\nwatch_interval = \"500ms\"\n");
+    let every = wsgate::config::from_toml_str(&every).unwrap();
+    assert_eq!(every.watch, Some(std::time::Duration::from_millis(500)));
+    let bad = format!("{base}[config]\nwatch = true\nwatch_interval = \"soon\"\n");
+    let errs = wsgate::config::from_toml_str(&bad).unwrap_err();
+    assert_eq!(
+        (errs[0].key.as_str(), errs[0].line),
+        ("config.watch_interval", Some(9))
+    );
+}

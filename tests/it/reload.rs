@@ -475,3 +475,41 @@ async fn admin_reload_reports_errors_or_what_changed_and_counts_both() {
     echoes(&mut on_b, "hello B").await;
     assert!(echo_a.closes.lock().unwrap().is_empty());
 }
+
+/// With `[config] watch = true` a change to the file is a reload, as SIGHUP would be; the
+/// sessions of the routes that stay are untouched.
+#[tokio::test]
+async fn a_watched_config_file_is_reloaded_when_it_changes() {
+    let echo = EchoBackend::spawn().await;
+    let tmp = TempDir::new("watch");
+    let base = "[[listener]]\nlisten = \"127.0.0.1:0\"\n[config]\nwatch = true\nwatch_interval = \"50ms\"\n";
+    let a = route("A", "/a", &[echo.url()]);
+    let file = tmp.write("wsgate.toml", format!("{base}{a}"));
+    let gw = spawn_from_file(&file).await;
+    let mut generations = gw.handle().generations();
+    let (mut on_a, _) = connect(&gw.url("/a")).await;
+    assert_eq!(upgrade_status(gw.addr, "/b").await, 404);
+
+    tmp.write(
+        "wsgate.toml",
+        format!("{base}{a}{}", route("B", "/b", &[echo.url()])),
+    );
+    tokio::time::timeout(STEP, generations.wait_for(|g| *g == 2))
+        .await
+        .expect("the changed file was not reloaded")
+        .unwrap();
+    assert_eq!(upgrade_status(gw.addr, "/b").await, 101);
+    echoes(&mut on_a, "still A").await;
+
+    tmp.write(
+        "wsgate.toml",
+        format!("{base}{a}{}", route("CC", "/cc", &[echo.url()])),
+    );
+    tokio::time::timeout(STEP, generations.wait_for(|g| *g == 3))
+        .await
+        .expect("the changed file was not reloaded")
+        .unwrap();
+    assert_eq!(upgrade_status(gw.addr, "/cc").await, 101);
+    assert_eq!(upgrade_status(gw.addr, "/b").await, 404);
+    echoes(&mut on_a, "A all along").await;
+}

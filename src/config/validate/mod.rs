@@ -317,6 +317,16 @@ impl Validator<'_> {
             file.shutdown.as_ref().and_then(|s| s.grace.as_ref()),
             DEFAULT_SHUTDOWN_GRACE,
         );
+        let watch_table = file.config.as_ref();
+        let watch_interval = self.duration(
+            "config.watch_interval",
+            watch_table.and_then(|c| c.watch_interval.as_ref()),
+            DEFAULT_CONFIG_WATCH_INTERVAL,
+        );
+        let watch = watch_table
+            .and_then(|c| c.watch.as_ref())
+            .is_some_and(|w| *w.get_ref())
+            .then_some(watch_interval);
         let reload_close_spread = self
             .optional_duration(
                 "reload.close_spread",
@@ -395,6 +405,7 @@ impl Validator<'_> {
             shutdown_close_spread,
             reload_close_spread,
             source: None,
+            watch,
             pages: Vec::new(),
             admin,
             log,
