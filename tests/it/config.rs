@@ -378,7 +378,10 @@ fn config_watch_is_off_by_default_and_checks_every_interval_when_on() {
     let base = "[[listener]]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"ws://127.0.0.1:1\"]\n";
     assert_eq!(wsgate::config::from_toml_str(base).unwrap().watch, None);
     let on = wsgate::config::from_toml_str(&format!("{base}[config]\nwatch = true\n")).unwrap();
-    assert_eq!(on.watch, Some(wsgate::config::DEFAULT_CONFIG_WATCH_INTERVAL));
+    assert_eq!(
+        on.watch,
+        Some(wsgate::config::DEFAULT_CONFIG_WATCH_INTERVAL)
+    );
     let every = format!("{base}[config]\nwatch = true\nwatch_interval = \"500ms\"\n");
     let every = wsgate::config::from_toml_str(&every).unwrap();
     assert_eq!(every.watch, Some(std::time::Duration::from_millis(500)));
