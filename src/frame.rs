@@ -41,7 +41,8 @@ pub mod close_code {
     /// 1001, which wsgate keeps for its own drain, so a client can tell "backend crashed"
     /// (reconnect with backoff) from "proxy restarting" (reconnect now).
     pub const INTERNAL_ERROR: u16 = 1011;
-    /// 1012: to both sides when a reload removes their route (`Handle::close_route`).
+    /// 1012: to both sides when a reload removes their route, drops their backend or
+    /// restarts their changed route (`reload.rs`, spread), or on `Handle::close_route`.
     pub const SERVICE_RESTART: u16 = 1012;
     /// 1014, "bad gateway": to the client when the backend breaks the WebSocket protocol.
     pub const BAD_GATEWAY: u16 = 1014;

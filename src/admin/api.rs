@@ -239,6 +239,8 @@ fn routes(admin: &Admin) -> Vec<Value> {
         .routes
         .iter()
         .map(|r| {
+            let on =
+                |b: &Arc<crate::backend::Backend>| open.get(&Arc::as_ptr(b)).copied().unwrap_or(0);
             let backends: Vec<Value> = r
                 .pool
                 .backends()
@@ -246,7 +248,7 @@ fn routes(admin: &Admin) -> Vec<Value> {
                 .map(|b| {
                     json!({
                         "name": &*b.name,
-                        "sessions_open": open.get(&Arc::as_ptr(b)).copied().unwrap_or(0),
+                        "sessions_open": on(b),
                         "draining": b.is_draining(),
                     })
                 })
@@ -255,7 +257,7 @@ fn routes(admin: &Admin) -> Vec<Value> {
                 "name": &*r.name,
                 "host": r.config.host,
                 "path": r.config.path,
-                "sessions_open": backends.iter().map(|b| b["sessions_open"].as_u64().unwrap_or(0)).sum::<u64>(),
+                "sessions_open": r.pool.backends().iter().map(on).sum::<usize>(),
                 "sessions_opened": r.stats.opened.load(std::sync::atomic::Ordering::Relaxed),
                 "backends": backends,
             })

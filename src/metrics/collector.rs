@@ -155,12 +155,10 @@ fn live(state: &ProxyState) -> Live {
             *open
                 .entry((s.route.name.clone(), s.backend().clone()))
                 .or_insert(0) += 1;
-            let one = Traffic::default();
-            one.add(&s.link.counters);
             let sum = traffic
                 .entry(s.route.name.clone())
                 .or_insert_with(|| s.route.stats.ended_traffic.values());
-            for (t, v) in sum.iter_mut().zip(one.values()) {
+            for (t, v) in sum.iter_mut().zip(Traffic::of(&s.link.counters)) {
                 *t += v;
             }
         }

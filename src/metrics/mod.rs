@@ -105,42 +105,34 @@ impl Default for RouteStats {
     }
 }
 
-/// Bytes and messages each way, and pings sent.
+/// Bytes and messages each way, and pings sent, in that order ([`Traffic::of`]).
 #[derive(Debug, Default)]
-pub struct Traffic {
-    pub bytes_client_to_backend: AtomicU64,
-    pub bytes_backend_to_client: AtomicU64,
-    pub messages_client_to_backend: AtomicU64,
-    pub messages_backend_to_client: AtomicU64,
-    pub pings_sent: AtomicU64,
-}
+pub struct Traffic([AtomicU64; 5]);
 
 impl Traffic {
-    /// Adds a session's live counters.
-    pub fn add(&self, c: &crate::relay::Counters) {
-        let r = Ordering::Relaxed;
-        self.bytes_client_to_backend
-            .fetch_add(c.client_to_backend.load(r), r);
-        self.bytes_backend_to_client
-            .fetch_add(c.backend_to_client.load(r), r);
-        self.messages_client_to_backend
-            .fetch_add(c.messages_client_to_backend.load(r), r);
-        self.messages_backend_to_client
-            .fetch_add(c.messages_backend_to_client.load(r), r);
-        self.pings_sent
-            .fetch_add(u64::from(c.pings_sent.load(r)), r);
-    }
-
-    /// The five values, in field order.
-    pub fn values(&self) -> [u64; 5] {
+    /// A session's live counters, in `Traffic`'s order: bytes client→backend and
+    /// backend→client, messages the same, pings sent.
+    pub fn of(c: &crate::relay::Counters) -> [u64; 5] {
         let r = Ordering::Relaxed;
         [
-            self.bytes_client_to_backend.load(r),
-            self.bytes_backend_to_client.load(r),
-            self.messages_client_to_backend.load(r),
-            self.messages_backend_to_client.load(r),
-            self.pings_sent.load(r),
+            c.client_to_backend.load(r),
+            c.backend_to_client.load(r),
+            c.messages_client_to_backend.load(r),
+            c.messages_backend_to_client.load(r),
+            u64::from(c.pings_sent.load(r)),
         ]
+    }
+
+    /// Adds a session's live counters.
+    pub fn add(&self, c: &crate::relay::Counters) {
+        for (total, v) in self.0.iter().zip(Traffic::of(c)) {
+            total.fetch_add(v, Ordering::Relaxed);
+        }
+    }
+
+    /// The five totals, in `Traffic`'s order.
+    pub fn values(&self) -> [u64; 5] {
+        self.0.each_ref().map(|t| t.load(Ordering::Relaxed))
     }
 }
 
