@@ -632,8 +632,6 @@ async fn man_page_has_a_title_and_every_subcommand() {
 #[tokio::test]
 async fn sd_notify_tells_readiness_reload_and_stop() {
     let tmp = TempDir::new("notify");
-    let socket_path = tmp.join("notify.sock");
-    let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
     let config = tmp.write(
         "wsgate.toml",
         format!(
@@ -641,11 +639,7 @@ async fn sd_notify_tells_readiness_reload_and_stop() {
             route("r", "/", &["ws://127.0.0.1:9".to_string()])
         ),
     );
-    let mut child = binary_command(&config, "json", "info")
-        .env("NOTIFY_SOCKET", &socket_path)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut child, socket, mut lines) = spawn_notifying(&config, &tmp);
     let mut seen = Vec::new();
 
     assert_eq!(next_notification(&socket).await, ["READY=1"]);

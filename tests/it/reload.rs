@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, Lines};
+use tokio::io::{AsyncRead, BufReader, Lines};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -298,15 +298,9 @@ const BROKEN: &str = "[[listener]]\nlisten = \"127.0.0.1:0\"\n\n\
 async fn sighup_reloads_the_file_and_a_broken_file_changes_nothing() {
     let (echo_a, echo_b) = (EchoBackend::spawn().await, EchoBackend::spawn().await);
     let tmp = TempDir::new("reload-bin");
-    let socket_path = tmp.join("notify.sock");
-    let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
     let route_a = route("A", "/a", &[echo_a.url()]);
     let file = tmp.write("wsgate.toml", format!("{LISTENER}{route_a}"));
-    let mut child = binary_command(&file, "json", "info")
-        .env("NOTIFY_SOCKET", &socket_path)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (child, socket, mut lines) = spawn_notifying(&file, &tmp);
     let mut seen = Vec::new();
     // READY=1 comes once the signal handlers are installed: SIGHUP no longer ends the process.
     assert_eq!(next_notification(&socket).await, ["READY=1"]);

@@ -43,6 +43,27 @@ pub fn binary_command(
     cmd
 }
 
+/// A run of the binary as systemd runs a `Type=notify` service: `NOTIFY_SOCKET` names a
+/// datagram socket bound in `dir`, returned for [`next_notification`]; JSON logs at `info`,
+/// and the log's lines.
+pub fn spawn_notifying(
+    config: &std::path::Path,
+    dir: &TempDir,
+) -> (
+    tokio::process::Child,
+    tokio::net::UnixDatagram,
+    Lines<BufReader<tokio::process::ChildStderr>>,
+) {
+    let socket_path = dir.join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+    let mut child = binary_command(config, "json", "info")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .spawn()
+        .unwrap();
+    let lines = tokio::io::AsyncBufReadExt::lines(BufReader::new(child.stderr.take().unwrap()));
+    (child, socket, lines)
+}
+
 /// [`binary_command`], started.
 pub fn spawn_binary(config: &std::path::Path, format: &str, level: &str) -> tokio::process::Child {
     binary_command(config, format, level).spawn().unwrap()
