@@ -290,8 +290,9 @@ fn check(path: &Path) -> ExitCode {
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
+    let signals = Signals::install()?;
     let handle = Gateway::start(cfg).await?;
-    wait_for_signal_then_drain(handle).await
+    signals.wait_then_drain(handle).await
 }
 
 async fn echo(listen: SocketAddr) -> anyhow::Result<()> {
@@ -339,6 +340,7 @@ fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 async fn demo(listen: SocketAddr, admin: SocketAddr, tls: bool) -> anyhow::Result<()> {
+    let signals = Signals::install()?;
     let backend = wsgate::demo::start_echo_backend("127.0.0.1:0".parse()?)
         .await
         .context("cannot start the demo echo backend")?;
@@ -371,45 +373,64 @@ async fn demo(listen: SocketAddr, admin: SocketAddr, tls: bool) -> anyhow::Resul
     }
     println!("  Built-in echo backend: ws://{backend}/  -  Ctrl-C to stop.");
     println!();
-    wait_for_signal_then_drain(handle).await
+    signals.wait_then_drain(handle).await
 }
 
-/// SIGHUP reloads the config file (routes and backends; see `wsgate::reload`) and the TLS
-/// certificates; SIGTERM or SIGINT starts a graceful shutdown; a second
-/// signal ends the process at once. systemd hears of each step (`crate::notify`).
-async fn wait_for_signal_then_drain(handle: Handle) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
-    // Only now: `systemctl reload` right after start sends SIGHUP, whose default action
-    // would end the process.
-    notify::ready();
-    let name = loop {
+/// The process's signal handlers. They are installed before any listener is bound: a
+/// signal that arrives once "listening" is logged (`systemctl reload` right after start, a
+/// test) must find them, or SIGHUP's default action would end the process.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?,
+        })
+    }
+
+    /// SIGHUP reloads the config file (routes and backends; see `wsgate::reload`) and the TLS
+    /// certificates; SIGTERM or SIGINT starts a graceful shutdown; a second
+    /// signal ends the process at once. systemd hears of each step (`crate::notify`).
+    async fn wait_then_drain(self, handle: Handle) -> anyhow::Result<()> {
+        let Self {
+            mut term,
+            mut int,
+            mut hup,
+        } = self;
+        notify::ready();
+        let name = loop {
+            tokio::select! {
+                _ = term.recv() => break "SIGTERM",
+                _ = int.recv() => break "SIGINT",
+                _ = hup.recv() => {
+                    notify::reloading();
+                    tracing::info!(signal = "SIGHUP", "reloading the config file and the TLS certificates");
+                    // Logged either way: what changed, or every error (the running config stays).
+                    let _ = handle.reload_file();
+                    handle.reload_certificates();
+                    notify::ready();
+                }
+            }
+        };
+        tracing::info!(signal = name, "signal received");
+        notify::stopping();
+        handle.shutdown();
         tokio::select! {
-            _ = term.recv() => break "SIGTERM",
-            _ = int.recv() => break "SIGINT",
-            _ = hup.recv() => {
-                notify::reloading();
-                tracing::info!(signal = "SIGHUP", "reloading the config file and the TLS certificates");
-                // Logged either way: what changed, or every error (the running config stays).
-                let _ = handle.reload_file();
-                handle.reload_certificates();
-                notify::ready();
+            report = handle.wait() => {
+                if report.sessions_ended > 0 {
+                    tracing::info!(sessions = report.sessions_ended, "sessions ended at the end of the grace period");
+                }
+                Ok(())
             }
+            _ = term.recv() => anyhow::bail!("second signal: exiting without waiting for sessions"),
+            _ = int.recv() => anyhow::bail!("second signal: exiting without waiting for sessions"),
         }
-    };
-    tracing::info!(signal = name, "signal received");
-    notify::stopping();
-    handle.shutdown();
-    tokio::select! {
-        report = handle.wait() => {
-            if report.sessions_ended > 0 {
-                tracing::info!(sessions = report.sessions_ended, "sessions ended at the end of the grace period");
-            }
-            Ok(())
-        }
-        _ = term.recv() => anyhow::bail!("second signal: exiting without waiting for sessions"),
-        _ = int.recv() => anyhow::bail!("second signal: exiting without waiting for sessions"),
     }
 }
