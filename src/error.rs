@@ -1,4 +1,4 @@
-//! Every way a session can fail, and the ONE place that maps each to the wire (HTTP status
+//! Every way a session or a plain HTTP request can fail, and the ONE place that maps each to the wire (HTTP status
 //! before the upgrade; for a backend failure a generic reason, its details being the log's),
 //! to the access log's [`Outcome`], and to who is at fault.
 
@@ -35,6 +35,13 @@ pub enum BackendError {
     /// Every backend of the route is drained (admin API): none takes new sessions.
     #[error("every backend of the route is drained")]
     AllDrained,
+    /// A plain HTTP request's response head did not come within `response_header_timeout`.
+    #[error("backend did not answer within {0:?}")]
+    ResponseTimeout(Duration),
+    /// A plain HTTP request's backend connection failed after the request went out, before
+    /// a response head, or the response was not valid HTTP.
+    #[error("backend request failed: {0}")]
+    RequestFailed(String),
 }
 
 impl BackendError {
@@ -50,6 +57,8 @@ impl BackendError {
             BackendError::Io(_) => "backend connection failed during the handshake",
             BackendError::Tls(_) => "backend TLS handshake failed",
             BackendError::AllDrained => "no backend takes new sessions",
+            BackendError::ResponseTimeout(_) => "backend did not answer in time",
+            BackendError::RequestFailed(_) => "backend connection failed",
         }
     }
 
@@ -64,6 +73,8 @@ impl BackendError {
             BackendError::Io(_) => Outcome::BackendIo,
             BackendError::Tls(_) => Outcome::BackendTls,
             BackendError::AllDrained => Outcome::BackendsDrained,
+            BackendError::ResponseTimeout(_) => Outcome::BackendResponseTimeout,
+            BackendError::RequestFailed(_) => Outcome::BackendRequestFailed,
         }
     }
 }
@@ -98,6 +109,19 @@ pub enum ProxyError {
     /// The route's policy refused the handshake (origin, subprotocol, cookie, token, auth).
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    /// A plain request whose body framing is ambiguous (request smuggling shapes): the
+    /// reason says which.
+    #[error("{0}")]
+    RequestFraming(&'static str),
+    /// A plain request's body is over the route's `max_request_body`.
+    #[error("request body over the route's limit of {0} bytes")]
+    BodyTooLarge(u64),
+    /// The route has `max_concurrent_requests` waiting for their backends' answers.
+    #[error("too many requests in progress on this route, try again later")]
+    Overloaded,
+    /// A plain request did not finish within the route's `request_timeout`.
+    #[error("request did not complete within {0:?}")]
+    RequestTimeout(Duration),
 }
 
 /// The gateway is shutting down and takes no new sessions (a phase's error, which becomes
@@ -122,14 +146,19 @@ impl ProxyError {
                 BackendError::Unreachable(_)
                 | BackendError::BadHandshake(_)
                 | BackendError::Io(_)
-                | BackendError::Tls(_) => StatusCode::BAD_GATEWAY,
-                BackendError::ConnectTimeout(..) | BackendError::HandshakeTimeout(_) => {
-                    StatusCode::GATEWAY_TIMEOUT
-                }
+                | BackendError::Tls(_)
+                | BackendError::RequestFailed(_) => StatusCode::BAD_GATEWAY,
+                BackendError::ConnectTimeout(..)
+                | BackendError::HandshakeTimeout(_)
+                | BackendError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
                 BackendError::Refused(r) => r.status,
                 BackendError::AllDrained => StatusCode::SERVICE_UNAVAILABLE,
             },
             ProxyError::Policy(e) => e.status(),
+            ProxyError::RequestFraming(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -143,14 +172,16 @@ impl ProxyError {
             ProxyError::NoRoute
             | ProxyError::Handshake(_)
             | ProxyError::Path(_)
-            | ProxyError::HostMismatch => Fault::Client,
+            | ProxyError::HostMismatch
+            | ProxyError::RequestFraming(_)
+            | ProxyError::BodyTooLarge(_) => Fault::Client,
             ProxyError::Policy(
                 crate::policy::PolicyError::KeysUnavailable(_)
                 | crate::policy::PolicyError::AuthUnavailable(_),
             ) => Fault::Proxy,
             ProxyError::Policy(_) => Fault::Client,
-            ProxyError::Draining => Fault::Proxy,
-            ProxyError::Backend(_) => Fault::Backend,
+            ProxyError::Draining | ProxyError::Overloaded => Fault::Proxy,
+            ProxyError::Backend(_) | ProxyError::RequestTimeout(_) => Fault::Backend,
         }
     }
 
@@ -164,6 +195,10 @@ impl ProxyError {
             ProxyError::Draining => Outcome::Draining,
             ProxyError::Policy(e) => e.outcome(),
             ProxyError::Backend(e) => e.outcome(),
+            ProxyError::RequestFraming(_) => Outcome::RequestFramingInvalid,
+            ProxyError::BodyTooLarge(_) => Outcome::RequestBodyTooLarge,
+            ProxyError::Overloaded => Outcome::Overloaded,
+            ProxyError::RequestTimeout(_) => Outcome::RequestTimeout,
         }
     }
 }

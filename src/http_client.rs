@@ -107,7 +107,7 @@ impl HttpClient {
 }
 
 /// hyper-util's errors say "client error (Connect)" and keep the cause in `source()`.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

@@ -52,6 +52,7 @@ pub mod handshake;
 pub mod head_guard;
 pub mod http;
 pub mod http_client;
+pub mod http_proxy;
 pub mod metrics;
 pub mod notify;
 pub mod outcome;

@@ -13,10 +13,11 @@ use std::fmt;
 /// How a connection, a handshake or a session ended, as a stable snake_case name
 /// ([`Outcome::as_str`]).
 ///
-/// Four families: refusals before HTTP (the connection is closed without an answer, or with
+/// Five families: refusals before HTTP (the connection is closed without an answer, or with
 /// a bare 400), refusals of the request head by the HTTP parser or its timers (before any
-/// request reaches the proxy), refusals of the WebSocket handshake (answered with an HTTP
-/// status, see `error.rs`), and ends of relayed sessions (after the 101).
+/// request reaches the proxy), refusals of the WebSocket handshake or of a plain HTTP request
+/// (answered with an HTTP status, see `error.rs`), ends of relayed sessions (after the 101),
+/// and ends of proxied plain HTTP exchanges (after the response head, `http_proxy/`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Outcome {
     // --- Before HTTP (accept.rs): the connection is closed, counted as unrouted. ---
@@ -134,6 +135,23 @@ pub enum Outcome {
     /// Every backend of the route is drained through the admin API (503).
     BackendsDrained,
 
+    // --- A plain HTTP request on a route with `http = true` was refused (http_proxy/). ---
+    /// The request's body framing is ambiguous or not forwardable: `Content-Length` with
+    /// `Transfer-Encoding`, or a transfer coding other than one `chunked` (400).
+    RequestFramingInvalid,
+    /// The request body is over the route's `max_request_body` (413).
+    RequestBodyTooLarge,
+    /// The route has `max_concurrent_requests` waiting for their backends' answers (503).
+    Overloaded,
+    /// The backend's response head did not come within `response_header_timeout` (504).
+    BackendResponseTimeout,
+    /// The exchange did not finish within the route's `request_timeout` (504 before the
+    /// response head; cut after it).
+    RequestTimeout,
+    /// The backend connection failed after the request was sent and before the response
+    /// head, or the response was not valid HTTP (502).
+    BackendRequestFailed,
+
     // --- A relayed session ended (relay.rs). ---
     /// A normal closing handshake, started by either peer.
     Closed,
@@ -148,9 +166,12 @@ pub enum Outcome {
     BackendProtocolError,
     /// A side sent a message over the route's limit: 1009 to it, 1001 to the other.
     MessageTooBig,
-    /// The client went away without a close frame (EOF or reset): the backend got 1001.
+    /// The client went away without a close frame (EOF or reset): the backend got 1001. For
+    /// a plain HTTP exchange: the client went away before the whole response.
     ClientGone,
-    /// The backend went away without a close frame (EOF or reset): the client got 1011.
+    /// The backend went away without a close frame (EOF or reset): the client got 1011. For
+    /// a plain HTTP exchange: the backend's response body broke off (the client's response
+    /// is cut: its connection or stream is reset).
     BackendGone,
     /// The client did not answer the proxy's ping: 1001 to both.
     ClientPingTimeout,
@@ -166,6 +187,10 @@ pub enum Outcome {
     /// The token the session was opened with expired (`expire_sessions`): 1008 to the client,
     /// 1001 to the backend.
     TokenExpired,
+
+    // --- A proxied plain HTTP exchange ended (http_proxy/). ---
+    /// The backend's whole response reached the client.
+    Completed,
 }
 
 impl Outcome {
@@ -220,6 +245,12 @@ impl Outcome {
         Outcome::BackendIo,
         Outcome::BackendTls,
         Outcome::BackendsDrained,
+        Outcome::RequestFramingInvalid,
+        Outcome::RequestBodyTooLarge,
+        Outcome::Overloaded,
+        Outcome::BackendResponseTimeout,
+        Outcome::RequestTimeout,
+        Outcome::BackendRequestFailed,
         Outcome::Closed,
         Outcome::CloseTimeout,
         Outcome::Drained,
@@ -234,6 +265,7 @@ impl Outcome {
         Outcome::MaxLifetime,
         Outcome::AdminClosed,
         Outcome::TokenExpired,
+        Outcome::Completed,
     ];
 
     /// The stable name: the access log's `outcome`, the refusal counters' key.
@@ -287,6 +319,12 @@ impl Outcome {
             Outcome::BackendIo => "backend_io",
             Outcome::BackendTls => "backend_tls",
             Outcome::BackendsDrained => "backends_drained",
+            Outcome::RequestFramingInvalid => "request_framing_invalid",
+            Outcome::RequestBodyTooLarge => "request_body_too_large",
+            Outcome::Overloaded => "overloaded",
+            Outcome::BackendResponseTimeout => "backend_response_timeout",
+            Outcome::RequestTimeout => "request_timeout",
+            Outcome::BackendRequestFailed => "backend_request_failed",
             Outcome::Closed => "closed",
             Outcome::CloseTimeout => "close_timeout",
             Outcome::Drained => "drained",
@@ -301,6 +339,7 @@ impl Outcome {
             Outcome::MaxLifetime => "max_lifetime",
             Outcome::AdminClosed => "admin_closed",
             Outcome::TokenExpired => "token_expired",
+            Outcome::Completed => "completed",
         }
     }
 
@@ -371,7 +410,7 @@ mod tests {
     #[test]
     fn all_lists_every_outcome_once_in_order() {
         // A variant added without its `ALL` entry shifts the discriminants or the length.
-        assert_eq!(Outcome::ALL.len(), Outcome::TokenExpired as usize + 1);
+        assert_eq!(Outcome::ALL.len(), Outcome::Completed as usize + 1);
         for (i, o) in Outcome::ALL.iter().enumerate() {
             assert_eq!(*o as usize, i, "{o} out of place in Outcome::ALL");
         }

@@ -147,7 +147,7 @@ pub async fn handle(
     state: Arc<ProxyState>,
     conn: ConnInfo,
     req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<crate::http_proxy::Body>, Infallible> {
     let id = state.sessions.next_id();
     // No span per request: entering and formatting one costs more than the rest of the
     // handshake's logging, and every record carries the session id and client anyway.
@@ -161,12 +161,12 @@ async fn handle_request(
     mut conn: ConnInfo,
     req: Request<Incoming>,
     id: u64,
-) -> Response<Body> {
-    let (mut parts, _body) = req.into_parts();
+) -> Response<crate::http_proxy::Body> {
+    let (mut parts, body) = req.into_parts();
     // This request's config and routes, to its end, whatever a reload does meanwhile.
     let generation = state.current();
     if let Some(page) = static_page(&generation.config, &parts) {
-        return page;
+        return page.map(crate::http_proxy::full);
     }
     // Behind a trusted proxy the client is the first untrusted hop of `X-Forwarded-For`;
     // from here on `conn.client` is that address (logs, policy, balancing).
@@ -186,7 +186,10 @@ async fn handle_request(
         conn.scheme,
     ) {
         Ok(route) => route,
-        Err(e) => return refuse(&state, id, &ids, None, &conn, &parts, e.into()),
+        Err(e) => {
+            return refuse(&state, id, &ids, None, &conn, &parts, e.into())
+                .map(crate::http_proxy::full);
+        }
     };
     let cx = Ctx {
         state: &state,
@@ -196,23 +199,34 @@ async fn handle_request(
         id,
         ids: &ids,
     };
+    // A plain request on a route with `http = true` is proxied as HTTP (`http_proxy`); on
+    // any other route it goes on to `upgrade`, which answers it 426.
+    if let Some(route) = route.filter(|r| crate::http_proxy::is_plain(r, &parts)) {
+        return match crate::http_proxy::serve(&cx, route, &mut parts, body).await {
+            Ok(response) => response,
+            Err(e) => {
+                refuse(&state, id, &ids, Some(route), &conn, &parts, e).map(crate::http_proxy::full)
+            }
+        };
+    }
     match upgrade(&cx, route, &mut parts).await {
         Ok(response) => response,
         Err(e) => refuse(&state, id, &ids, route.map(Arc::as_ref), &conn, &parts, e),
     }
+    .map(crate::http_proxy::full)
 }
 
 /// What every phase may consult: the shared state and where the request came from.
-struct Ctx<'a> {
-    state: &'a ProxyState,
+pub(crate) struct Ctx<'a> {
+    pub(crate) state: &'a ProxyState,
     /// The generation's config this request started under.
-    config: &'a Config,
-    conn: &'a ConnInfo,
-    forwarding: &'a ClientAddr,
+    pub(crate) config: &'a Config,
+    pub(crate) conn: &'a ConnInfo,
+    pub(crate) forwarding: &'a ClientAddr,
     /// The request's number, which becomes the session's (the admin API names it).
-    id: u64,
+    pub(crate) id: u64,
     /// The request id and trace context (`X-Request-Id`, `traceparent`).
-    ids: &'a Correlation,
+    pub(crate) ids: &'a Correlation,
 }
 
 /// The phases of an upgrade, in order, one line each: the first error ends the request (as

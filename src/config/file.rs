@@ -144,6 +144,21 @@ pub struct FileRoute {
     /// `"keep"` (default) or `"restart"`: what a reload that changes this route does to its
     /// live sessions.
     pub on_change: Option<SpStr>,
+    /// Proxy plain HTTP requests (not upgrades) too (default `false`: they get 426).
+    pub http: Option<Spanned<bool>>,
+    /// `http://` or `https://` URLs plain requests go to, instead of `backends` read with
+    /// `ws` → `http` and `wss` → `https`.
+    pub http_backends: Option<Spanned<Vec<SpStr>>>,
+    /// A plain request's whole exchange, bodies included (default off).
+    pub request_timeout: Option<SpStr>,
+    /// From a plain request sent to its backend's response head.
+    pub response_header_timeout: Option<SpStr>,
+    /// How long a kept-alive connection to a backend may sit unused in the pool.
+    pub http_idle_timeout: Option<SpStr>,
+    /// The largest plain request body (413 past it).
+    pub max_request_body: Option<SpStr>,
+    /// Plain requests waiting for their backends' answers at once (503 past it).
+    pub max_concurrent_requests: Option<Spanned<i64>>,
 }
 
 /// One entry of a route's `backends`: a URL, or a table for per-backend settings.

@@ -169,6 +169,25 @@ pub struct ListenerConfig {
     pub tls_watch: Option<Duration>,
 }
 
+/// A plain request's response head: long enough for a long-polling transport's held request
+/// (Socket.IO and SockJS answer a poll after 25 s without news) and a slow report, short
+/// enough that a hung backend costs the client a 504 within a minute.
+pub const DEFAULT_RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+/// A plain request's whole exchange: off, so server-sent events and downloads last as long as
+/// they last (the response-head timeout still catches a backend that never answers).
+pub const DEFAULT_REQUEST_TIMEOUT: Option<Duration> = None;
+/// A pooled backend connection unused this long is closed. Below Node.js's 5 s
+/// `keepAliveTimeout`, the shortest common backend default: a connection the backend is about
+/// to close is never picked for a request.
+pub const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// A plain request's body: ten times nginx's 1 MiB `client_max_body_size`, room for uploads a
+/// real-time app's API takes; a bigger one gets 413 before the backend is asked.
+pub const DEFAULT_MAX_REQUEST_BODY: Option<u64> = Some(10 << 20);
+/// Plain requests of one route waiting for their backends at once: far above what a healthy
+/// backend holds (long polls included), low enough that a stuck backend cannot pile up
+/// unbounded tasks and sockets; past it requests get 503 at once (load shedding).
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
+
 /// A reload's 1012 "service restart" close frames go out over this window, each session at a
 /// random moment in it: the clients of a removed route reconnect as a ramp, not a storm.
 pub const DEFAULT_RELOAD_CLOSE_SPREAD: Duration = Duration::from_secs(10);
@@ -264,6 +283,10 @@ pub struct RouteConfig {
     pub policy: std::sync::Arc<crate::policy::RoutePolicy>,
     /// What a reload that changes this route does to its live sessions.
     pub on_change: OnChange,
+    /// Plain HTTP requests on this route (`http = true`): their backends, connection pools,
+    /// limits and timeouts. `None`: the route serves WebSockets only, and a plain request
+    /// gets 426.
+    pub http: Option<std::sync::Arc<crate::http_proxy::HttpRoute>>,
     /// The route's settings as written (its `[[route]]` table and the global `[timeouts]` and
     /// `[limits]` it inherits): a reload compares it to tell a changed route from an
     /// unchanged one.

@@ -464,6 +464,40 @@ impl Collector for GatewayMetrics {
             }),
         )?;
 
+        counters(
+            &mut enc,
+            "wsgate_http_requests",
+            "Plain HTTP requests (routes with http = true) that ended, by route, status \
+             class and outcome (completed, backend_gone, client_gone, request_timeout, or a \
+             refusal's).",
+            routes.iter().flat_map(|r| {
+                r.stats
+                    .http
+                    .requests
+                    .snapshot()
+                    .into_iter()
+                    .map(move |((class, o), n)| {
+                        (
+                            vec![
+                                ("route", s(&r.name)),
+                                ("class", st(class)),
+                                ("outcome", st(o.as_str())),
+                            ],
+                            n,
+                        )
+                    })
+            }),
+        )?;
+        histograms(
+            &mut enc,
+            "wsgate_http_request_duration_seconds",
+            "Plain HTTP requests a backend answered, request head to the response's last \
+             byte, by route.",
+            routes
+                .iter()
+                .map(|r| (route(&r.name), &r.stats.http.duration)),
+        )?;
+
         // --- Backends. ---
         let backends = || {
             routes.iter().flat_map(|r| {

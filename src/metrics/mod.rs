@@ -35,6 +35,12 @@ const BACKEND_SECONDS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Plain HTTP exchanges, request head to the response's last byte: an API call in
+/// milliseconds, a long poll in tens of seconds, a server-sent event stream for minutes.
+const HTTP_SECONDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
 /// A counter per key, for events that happen at most once per handshake or session.
 #[derive(Debug)]
 pub struct Counts<K>(Mutex<BTreeMap<K, u64>>);
@@ -91,6 +97,8 @@ pub struct RouteStats {
     pub duration: Histogram,
     /// What ended sessions moved, added when each leaves the registry.
     pub ended_traffic: Traffic,
+    /// Plain HTTP requests (routes with `http = true`).
+    pub http: HttpStats,
 }
 
 impl Default for RouteStats {
@@ -101,6 +109,7 @@ impl Default for RouteStats {
             close_frames: Counts::default(),
             duration: Histogram::new(SESSION_SECONDS.iter().copied()),
             ended_traffic: Traffic::default(),
+            http: HttpStats::default(),
         }
     }
 }
@@ -150,6 +159,47 @@ impl RouteStats {
                 .add((CloseSide::Backend, code_label(c.code)));
         }
         self.duration.observe(lasted.as_secs_f64());
+    }
+}
+
+/// A route's plain HTTP requests: one count per request when it ends (refused, or its
+/// response ended), never per chunk.
+#[derive(Debug)]
+pub struct HttpStats {
+    /// By status class (`2xx`, ...) and outcome (`completed`, `backend_gone`, a refusal's).
+    pub requests: Counts<(&'static str, Outcome)>,
+    /// Request head to the response's end, of the requests a backend answered.
+    pub duration: Histogram,
+}
+
+impl Default for HttpStats {
+    fn default() -> Self {
+        HttpStats {
+            requests: Counts::default(),
+            duration: Histogram::new(HTTP_SECONDS.iter().copied()),
+        }
+    }
+}
+
+impl HttpStats {
+    /// A request has ended with `status` and `outcome`; `lasted` for one a backend answered.
+    pub fn observe(&self, status: u16, outcome: Outcome, lasted: Option<Duration>) {
+        self.requests.add((status_class(status), outcome));
+        if let Some(d) = lasted {
+            self.duration.observe(d.as_secs_f64());
+        }
+    }
+}
+
+/// The status-class label: six values whatever a backend answers.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
     }
 }
 

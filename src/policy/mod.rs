@@ -251,37 +251,49 @@ impl RoutePolicy {
         protocols: &mut Vec<String>,
         facts: &RequestFacts<'_>,
     ) -> Result<Admitted, PolicyError> {
-        if let Some(origin) = &self.rules.origin {
-            let value = parts
-                .headers
-                .get(http::header::ORIGIN)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        self.admit_as(parts, Some(protocols), facts).await
+    }
+
+    /// [`RoutePolicy::admit`] for a plain HTTP request (a route with `http = true`): the
+    /// same checks in the same order, with the same errors, except what only a WebSocket
+    /// handshake has. The Origin is checked only when the request carries one: browsers send
+    /// it on cross-origin and state-changing requests, not on a same-origin page load, so
+    /// `missing_origin = "refuse"` cannot apply. There is no subprotocol offer to filter,
+    /// require or read a token from.
+    pub async fn admit_request(
+        &self,
+        parts: &mut http::request::Parts,
+        facts: &RequestFacts<'_>,
+    ) -> Result<Admitted, PolicyError> {
+        self.admit_as(parts, None, facts).await
+    }
+
+    /// The checks and the rewrite; `protocols` is the handshake's offer, `None` for a plain
+    /// request.
+    async fn admit_as(
+        &self,
+        parts: &mut http::request::Parts,
+        protocols: Option<&mut Vec<String>>,
+        facts: &RequestFacts<'_>,
+    ) -> Result<Admitted, PolicyError> {
+        let origin_header = parts.headers.get(http::header::ORIGIN);
+        if let Some(origin) = &self.rules.origin
+            && (protocols.is_some() || origin_header.is_some())
+        {
+            let value = origin_header.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
             origin
                 .check(value.as_deref(), Some(facts.host))
                 .map_err(PolicyError::Origin)?;
         }
 
-        // The token entries come out of the offer before the allow-list sees it.
-        let jwt_from_protocols = self
-            .rules
-            .jwt
-            .as_ref()
-            .is_some_and(|j| j.sources().contains(&TokenSource::Subprotocol));
-        let mut offer = protocols.clone();
         let mut marker = None;
-        if jwt_from_protocols && let Some((_, idx)) = token_in_protocols(&offer) {
-            if idx.len() == 2 {
-                marker = Some(offer[idx[0]].clone());
-            }
-            for i in idx.into_iter().rev() {
-                offer.remove(i);
-            }
-        }
-        let offer = self
-            .rules
-            .subprotocols
-            .filter(offer)
-            .map_err(PolicyError::Subprotocol)?;
+        let offer = match protocols.as_deref() {
+            Some(offered) => Some(
+                self.filter_offer(offered, &mut marker)
+                    .map_err(PolicyError::Subprotocol)?,
+            ),
+            None => None,
+        };
 
         for name in &self.rules.require_cookies {
             if cookie::get(&parts.headers, name).is_none() {
@@ -292,7 +304,8 @@ impl RoutePolicy {
         let mut claims = None;
         let mut token_source = None;
         if let Some(jwt) = &self.rules.jwt {
-            let found = find_token(jwt.sources(), parts, protocols).ok_or_else(|| {
+            let offered = protocols.as_deref().map_or(&[][..], Vec::as_slice);
+            let found = find_token(jwt.sources(), parts, offered).ok_or_else(|| {
                 PolicyError::MissingToken(format!("looked in: {}", describe_sources(jwt.sources())))
             })?;
             claims = Some(jwt.verify(&found.token).await.map_err(|e| match e {
@@ -336,7 +349,10 @@ impl RoutePolicy {
         }
 
         // Every check passed: rewrite the request for the backend.
-        *protocols = offer;
+        let offer_is_empty = offer.as_ref().is_none_or(Vec::is_empty);
+        if let (Some(protocols), Some(offer)) = (protocols, offer) {
+            *protocols = offer;
+        }
         if let Some(jwt) = &self.rules.jwt
             && !jwt.forward_token()
         {
@@ -398,9 +414,36 @@ impl RoutePolicy {
                 .map(str::to_string)
         });
         Ok(Admitted {
-            token_marker: marker.filter(|_| protocols.is_empty()),
+            token_marker: marker.filter(|_| offer_is_empty),
             session_end,
             user,
         })
+    }
+}
+
+impl RoutePolicy {
+    /// The offer the backend may see: the token entries taken out (their marker kept in
+    /// `marker` when the offer was only `["access_token", <token>]`), then the allow-list.
+    fn filter_offer(
+        &self,
+        offered: &[String],
+        marker: &mut Option<String>,
+    ) -> Result<Vec<String>, String> {
+        // The token entries come out of the offer before the allow-list sees it.
+        let jwt_from_protocols = self
+            .rules
+            .jwt
+            .as_ref()
+            .is_some_and(|j| j.sources().contains(&TokenSource::Subprotocol));
+        let mut offer = offered.to_vec();
+        if jwt_from_protocols && let Some((_, idx)) = token_in_protocols(&offer) {
+            if idx.len() == 2 {
+                *marker = Some(offer[idx[0]].clone());
+            }
+            for i in idx.into_iter().rev() {
+                offer.remove(i);
+            }
+        }
+        self.rules.subprotocols.filter(offer)
     }
 }

@@ -100,7 +100,9 @@ ping_intervall = \"1s\"
                 "unknown key \"frobnicate\"; expected one of: name, host, path, backends, \
                  balance, preserve_host, max_message, permessage_deflate, max_message_inflated, \
                  timeouts, backend_tls, origins, missing_origin, subprotocols, \
-                 require_subprotocol, auth, on_change",
+                 require_subprotocol, auth, on_change, http, http_backends, request_timeout, \
+                 response_header_timeout, http_idle_timeout, max_request_body, \
+                 max_concurrent_requests",
             ),
             (
                 12,
@@ -148,7 +150,9 @@ ping_intervall = \"1s\"
                 "route[0].tls",
                 "unknown key \"tls\"; expected one of: name, host, path, backends, balance, \
                  preserve_host, max_message, permessage_deflate, max_message_inflated, timeouts, \
-                 backend_tls, origins, missing_origin, subprotocols, require_subprotocol, auth, on_change",
+                 backend_tls, origins, missing_origin, subprotocols, require_subprotocol, auth, on_change, \
+                 http, http_backends, request_timeout, response_header_timeout, http_idle_timeout, \
+                 max_request_body, max_concurrent_requests",
             ),
         ],
     );

@@ -8,7 +8,11 @@ use toml::Spanned;
 use super::{SessionKeys, Validator};
 use crate::config::OnChange;
 use crate::config::file::{FileBackend, FileBackendTls, FileRoute};
-use crate::config::{BackendUrl, Balance, RouteConfig, SessionConfig};
+use crate::config::{
+    BackendUrl, Balance, DEFAULT_HTTP_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_REQUESTS,
+    DEFAULT_MAX_REQUEST_BODY, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RESPONSE_HEADER_TIMEOUT,
+    RouteConfig, SessionConfig,
+};
 use crate::deflate;
 
 /// permessage-deflate offers pass to the backend unless a route strips them: what a proxy
@@ -161,8 +165,21 @@ impl Validator<'_> {
             ..session
         };
 
+        let http_backends = self.http_backends(key, r);
+        let tls_backends: Vec<BackendUrl> =
+            backends.iter().chain(&http_backends).cloned().collect();
         let (backend_tls, backend_tls_unverified) =
-            self.backend_tls(key, &name, r.backend_tls.as_ref(), &backends);
+            self.backend_tls(key, &name, r.backend_tls.as_ref(), &tls_backends);
+        let http = self.http_side(
+            key,
+            r,
+            HttpBackends {
+                ws: &backends,
+                http: http_backends,
+                tls: (&backend_tls, &backend_tls_unverified),
+            },
+            backend_connect_timeout,
+        );
         let policy = super::auth::route_policy(self, key, r);
         let on_change = self.choice(
             &format!("{key}.on_change"),
@@ -186,9 +203,149 @@ impl Validator<'_> {
             session,
             policy: std::sync::Arc::new(policy),
             on_change,
+            http,
             // Filled in once the whole file has validated (`fingerprints`).
             fingerprint: String::new(),
         })
+    }
+
+    /// `http_backends`, read as `BackendUrl`s (their `tls` is `https://`).
+    fn http_backends(&mut self, key: &str, r: &FileRoute) -> Vec<BackendUrl> {
+        let mut out = Vec::new();
+        let Some(list) = &r.http_backends else {
+            return out;
+        };
+        if list.get_ref().is_empty() {
+            self.err(
+                format!("{key}.http_backends"),
+                Some(list.span()),
+                "must list at least one URL (or leave it out: plain requests go to backends)",
+            );
+        }
+        for (j, u) in list.get_ref().iter().enumerate() {
+            match parse_http_backend(u.get_ref()) {
+                Ok(url) => out.push(url),
+                Err(msg) => self.err(format!("{key}.http_backends[{j}]"), Some(u.span()), msg),
+            }
+        }
+        out
+    }
+
+    /// `http = true` and the keys of a route's plain HTTP side; `None` for a WebSocket-only
+    /// route, where setting any of them is an error (it would do nothing).
+    fn http_side(
+        &mut self,
+        key: &str,
+        r: &FileRoute,
+        backends: HttpBackends<'_>,
+        connect_timeout: Duration,
+    ) -> Option<std::sync::Arc<crate::http_proxy::HttpRoute>> {
+        let on = r.http.as_ref().is_some_and(|h| *h.get_ref());
+        if !on {
+            let set = [
+                ("http_backends", r.http_backends.as_ref().map(Spanned::span)),
+                (
+                    "request_timeout",
+                    r.request_timeout.as_ref().map(Spanned::span),
+                ),
+                (
+                    "response_header_timeout",
+                    r.response_header_timeout.as_ref().map(Spanned::span),
+                ),
+                (
+                    "http_idle_timeout",
+                    r.http_idle_timeout.as_ref().map(Spanned::span),
+                ),
+                (
+                    "max_request_body",
+                    r.max_request_body.as_ref().map(Spanned::span),
+                ),
+                (
+                    "max_concurrent_requests",
+                    r.max_concurrent_requests.as_ref().map(Spanned::span),
+                ),
+            ];
+            for (k, span) in set {
+                if let Some(span) = span {
+                    self.err(
+                        format!("{key}.{k}"),
+                        Some(span),
+                        "set, but this route does not proxy plain HTTP (add http = true)",
+                    );
+                }
+            }
+            return None;
+        }
+        let request_timeout = self.optional_duration(
+            &format!("{key}.request_timeout"),
+            r.request_timeout.as_ref(),
+            DEFAULT_REQUEST_TIMEOUT,
+        );
+        let response_header_timeout = self.duration(
+            &format!("{key}.response_header_timeout"),
+            r.response_header_timeout.as_ref(),
+            DEFAULT_RESPONSE_HEADER_TIMEOUT,
+        );
+        let idle_timeout = self.duration(
+            &format!("{key}.http_idle_timeout"),
+            r.http_idle_timeout.as_ref(),
+            DEFAULT_HTTP_IDLE_TIMEOUT,
+        );
+        let max_request_body = self.optional_size(
+            &format!("{key}.max_request_body"),
+            r.max_request_body.as_ref(),
+            DEFAULT_MAX_REQUEST_BODY,
+        );
+        let max_concurrent_requests = match &r.max_concurrent_requests {
+            None => DEFAULT_MAX_CONCURRENT_REQUESTS,
+            Some(v) if (1..=1_000_000).contains(v.get_ref()) => *v.get_ref() as usize,
+            Some(v) => {
+                self.err(
+                    format!("{key}.max_concurrent_requests"),
+                    Some(v.span()),
+                    "must be between 1 and 1000000",
+                );
+                DEFAULT_MAX_CONCURRENT_REQUESTS
+            }
+        };
+        let mirrors_backends = backends.http.is_empty();
+        let urls = if mirrors_backends {
+            backends.ws.iter().map(as_http_backend).collect()
+        } else {
+            backends.http
+        };
+        let (verified, unverified) = backends.tls;
+        let settings = crate::http_proxy::HttpSettings {
+            backends: urls
+                .into_iter()
+                .map(|u| {
+                    let tls = if u.insecure_skip_verify {
+                        unverified.clone()
+                    } else {
+                        verified.clone()
+                    };
+                    (u, tls)
+                })
+                .collect(),
+            mirrors_backends,
+            connect_timeout,
+            request_timeout,
+            response_header_timeout,
+            idle_timeout,
+            max_request_body,
+            max_concurrent_requests,
+        };
+        match crate::http_proxy::HttpRoute::new(settings) {
+            Ok(h) => Some(std::sync::Arc::new(h)),
+            Err(msg) => {
+                self.err(
+                    format!("{key}.http"),
+                    r.http.as_ref().map(Spanned::span),
+                    msg,
+                );
+                None
+            }
+        }
     }
 
     /// `permessage_deflate` and `max_message_inflated`. Both off by default
@@ -241,7 +398,7 @@ impl Validator<'_> {
                 self.err(
                     format!("{key}.backend_tls"),
                     Some(t.span()),
-                    "set, but no backend of this route is wss://",
+                    "set, but no backend of this route is wss:// (or https:// in http_backends)",
                 );
             }
             return (None, None);
@@ -319,6 +476,47 @@ impl Validator<'_> {
         };
         (verified, unverified)
     }
+}
+
+/// What a route's plain HTTP side may be sent to.
+struct HttpBackends<'a> {
+    /// The route's `backends`.
+    ws: &'a [BackendUrl],
+    /// `http_backends`, if the route lists them.
+    http: Vec<BackendUrl>,
+    /// The route's backend TLS settings: verified, and without verification.
+    tls: (
+        &'a Option<std::sync::Arc<rustls::ClientConfig>>,
+        &'a Option<std::sync::Arc<rustls::ClientConfig>>,
+    ),
+}
+
+/// A WebSocket backend as the HTTP side reaches it: `ws://` → `http://`, `wss://` →
+/// `https://`, the same host, port, path and TLS settings.
+fn as_http_backend(u: &BackendUrl) -> BackendUrl {
+    let url = match (u.url.strip_prefix("wss://"), u.url.strip_prefix("ws://")) {
+        (Some(rest), _) => format!("https://{rest}"),
+        (None, Some(rest)) => format!("http://{rest}"),
+        (None, None) => u.url.clone(),
+    };
+    BackendUrl { url, ..u.clone() }
+}
+
+/// Parses `http://host[:port][/path][?query]` or the same with `https://`.
+fn parse_http_backend(s: &str) -> Result<BackendUrl, String> {
+    let ws = if let Some(rest) = s.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else if let Some(rest) = s.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else {
+        return Err(format!("{s:?} is not an http:// or https:// URL"));
+    };
+    let url =
+        parse_backend_url(&ws).map_err(|e| e.replace(&format!("{ws:?}"), &format!("{s:?}")))?;
+    Ok(BackendUrl {
+        url: s.to_string(),
+        ..url
+    })
 }
 
 /// A host name or `*.`-prefixed wildcard: letters, digits, `-`, `.`; or an IP literal.

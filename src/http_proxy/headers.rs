@@ -1,0 +1,359 @@
+//! The head of a plain request on its way to the backend and of the response on its way
+//! back: body framing checked, hop-by-hop headers removed (RFC 9110 §7.6.1, those named in
+//! `Connection` included), forwarding and correlation headers set as on the WebSocket path,
+//! `Via` appended (RFC 9110 §7.6.3).
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Version, uri};
+
+use crate::handshake::list_values;
+use crate::policy::forwarding::{self, ClientAddr};
+use crate::telemetry::correlation::{Correlation, X_REQUEST_ID};
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1 and the obsolete ones still sent): they describe one
+/// connection, never the message, in either direction.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Request headers the proxy sets itself (or that hyper writes from the body it actually
+/// sends): the client's are never copied. A forwarding header from an untrusted peer would
+/// let any client claim any address; the framing headers are the backend connection's, so
+/// the backend frames exactly the bytes it gets; `Expect: 100-continue` was answered by the
+/// proxy's own server when it started reading the body.
+const REBUILT: &[&str] = &[
+    "host",
+    "content-length",
+    "expect",
+    "forwarded",
+    "via",
+    "cookie",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+];
+
+/// Refuses body framing two parsers could read differently (request smuggling, RFC 9112
+/// §6.1 and §6.3): `Content-Length` beside `Transfer-Encoding`, several `Content-Length`
+/// values that differ, a transfer coding other than a single `chunked`. hyper's HTTP/1.1
+/// parser already refuses some of these and resolves `Content-Length` beside
+/// `Transfer-Encoding` by dropping the length and closing after the response; HTTP/2 has no
+/// `Transfer-Encoding` at all (the h2 codec resets such a stream). This is the proxy's own
+/// check of what reaches it, whatever the front end let through.
+pub fn check_framing(parts: &Parts) -> Result<(), &'static str> {
+    let h = &parts.headers;
+    let lengths: Vec<&[u8]> = h
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .map(|v| v.as_bytes().trim_ascii())
+        .collect();
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        if !lengths.is_empty() {
+            return Err("Content-Length together with Transfer-Encoding");
+        }
+        let codings = list_values(h, &header::TRANSFER_ENCODING);
+        if !matches!(codings.as_slice(), [one] if one.eq_ignore_ascii_case("chunked")) {
+            return Err("Transfer-Encoding other than chunked");
+        }
+    }
+    if lengths
+        .iter()
+        .any(|l| l.is_empty() || !l.iter().all(u8::is_ascii_digit))
+    {
+        return Err("invalid Content-Length");
+    }
+    if lengths.windows(2).any(|w| w[0] != w[1]) {
+        return Err("several differing Content-Length values");
+    }
+    Ok(())
+}
+
+/// The declared body length, if the request has one (checked by [`check_framing`]).
+pub fn content_length(parts: &Parts) -> Option<u64> {
+    let v = parts.headers.get(header::CONTENT_LENGTH)?;
+    std::str::from_utf8(v.as_bytes()).ok()?.trim().parse().ok()
+}
+
+/// The host the client asked for: the target's authority (absolute form, HTTP/2
+/// `:authority`), else `Host` (the request target phase made them agree).
+pub fn request_host(parts: &Parts) -> Option<&str> {
+    match parts.uri.authority() {
+        Some(a) => Some(a.as_str()),
+        None => parts.headers.get(header::HOST)?.to_str().ok(),
+    }
+}
+
+/// What the backend request says about the client and the request's ids.
+pub struct Forwarding<'a> {
+    pub client: &'a ClientAddr,
+    /// `http` or `https`, as the client connected.
+    pub scheme: &'static str,
+    /// The host the client asked for.
+    pub host: &'a str,
+    /// The client's HTTP version, for `Via`.
+    pub version: Version,
+    pub correlation: &'a Correlation,
+    /// The listener's client-certificate header and the verified subject (if any). The
+    /// client's own header of that name is always dropped, so it cannot be forged.
+    pub client_subject: Option<(&'a HeaderName, Option<&'a str>)>,
+}
+
+/// The backend request's headers, all but `Host` (which depends on the backend): the
+/// client's end-to-end headers, then the proxy's. Every value is a [`HeaderValue`] the front
+/// end already parsed, so no header of an HTTP/2 request can smuggle a line break into the
+/// HTTP/1.1 request (the h2 codec refuses such values, and `HeaderValue` cannot hold them).
+pub fn request_headers(client: &HeaderMap, f: &Forwarding<'_>) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(client.len() + 8);
+    let named = list_values(client, &header::CONNECTION);
+    for (name, value) in client {
+        let dropped = HOP_BY_HOP.contains(&name.as_str())
+            || REBUILT.contains(&name.as_str())
+            || name.as_str().starts_with("proxy-")
+            || named.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()));
+        if !dropped {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    // One `Cookie` header: HTTP/2 clients may split cookies into several fields, which RFC
+    // 9113 §8.2.3 says to join with "; " when going to HTTP/1.1.
+    let cookies: Vec<&[u8]> = client
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if !cookies.is_empty()
+        && let Ok(v) = HeaderValue::from_bytes(&cookies.join(&b"; "[..]))
+    {
+        headers.insert(header::COOKIE, v);
+    }
+    // `TE: trailers` is the one TE the backend must see to send trailers (gRPC-style
+    // backends insist on it); any other coding is this hop's business.
+    if list_values(client, &header::TE)
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case("trailers"))
+    {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some((name, subject)) = f.client_subject {
+        headers.remove(name);
+        if let Some(v) = subject.and_then(|s| HeaderValue::from_str(s).ok()) {
+            headers.insert(name.clone(), v);
+        }
+    }
+    set_forwarding(&mut headers, client, f);
+    headers
+}
+
+/// `X-Forwarded-*`, `X-Real-IP`, `Forwarded`, `Via` and the correlation ids, as the
+/// WebSocket path sets them: a trusted proxy's incoming values extended, anyone else's
+/// replaced (see [`crate::policy::forwarding`]).
+fn set_forwarding(headers: &mut HeaderMap, client: &HeaderMap, f: &Forwarding<'_>) {
+    let set = |headers: &mut HeaderMap, name: &'static str, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    };
+    let fwd = f.client;
+    set(headers, "x-forwarded-for", &fwd.chain_header());
+    set(headers, "x-real-ip", &fwd.ip.to_string());
+    set(
+        headers,
+        "x-forwarded-proto",
+        fwd.proto.as_deref().unwrap_or(f.scheme),
+    );
+    set(
+        headers,
+        "x-forwarded-host",
+        fwd.host.as_deref().unwrap_or(f.host),
+    );
+    let element = forwarding::forwarded_element(fwd.peer(), f.scheme, Some(f.host));
+    let previous = fwd
+        .peer_trusted
+        .then(|| list_values(client, &header::FORWARDED).join(", "))
+        .filter(|p| !p.is_empty());
+    let forwarded = match previous {
+        Some(prev) => format!("{prev}, {element}"),
+        None => element,
+    };
+    set(headers, "forwarded", &forwarded);
+    append_via(headers, client, f.version);
+    for (name, value) in f.correlation.backend_headers() {
+        headers.insert(name, value);
+    }
+}
+
+/// `Via` as received plus this hop (`1.1 wsgate`, `2 wsgate`), into `out`.
+fn append_via(out: &mut HeaderMap, received: &HeaderMap, version: Version) {
+    let hop = format!("{} wsgate", via_version(version));
+    let via = match list_values(received, &header::VIA).join(", ") {
+        prev if prev.is_empty() => hop,
+        prev => format!("{prev}, {hop}"),
+    };
+    if let Ok(v) = HeaderValue::from_str(&via) {
+        out.insert(header::VIA, v);
+    }
+}
+
+/// The protocol as `Via` names it.
+fn via_version(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+/// The backend's response head made the client's: hop-by-hop headers out, `Via` with the
+/// protocol the backend spoke, the request id.
+pub fn response_headers(headers: &mut HeaderMap, backend_version: Version, ids: &Correlation) {
+    let named = list_values(headers, &header::CONNECTION);
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+    for name in named {
+        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+            headers.remove(name);
+        }
+    }
+    let received = headers.clone();
+    append_via(headers, &received, backend_version);
+    headers.insert(X_REQUEST_ID, ids.request_id_header());
+}
+
+/// `scheme://authority` + the backend path, as the pooled client needs it (it connects by
+/// the URI and writes the origin form on HTTP/1.1).
+pub fn backend_uri(tls: bool, authority: &str, path_and_query: &str) -> Option<http::Uri> {
+    http::Uri::builder()
+        .scheme(if tls {
+            uri::Scheme::HTTPS
+        } else {
+            uri::Scheme::HTTP
+        })
+        .authority(authority)
+        .path_and_query(path_and_query)
+        .build()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(headers: &[(&str, &str)]) -> Parts {
+        let mut b = http::Request::post("/x");
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        let refused = |h: &[(&str, &str)]| match check_framing(&parts(h)) {
+            Err(why) => why,
+            Ok(()) => panic!("{h:?} passed"),
+        };
+        assert!(check_framing(&parts(&[("content-length", "5")])).is_ok());
+        assert!(check_framing(&parts(&[("transfer-encoding", "chunked")])).is_ok());
+        assert!(check_framing(&parts(&[("content-length", "5"), ("content-length", "5")])).is_ok());
+        assert_eq!(
+            refused(&[("content-length", "5"), ("transfer-encoding", "chunked")]),
+            "Content-Length together with Transfer-Encoding"
+        );
+        assert_eq!(
+            refused(&[("content-length", "5"), ("content-length", "6")]),
+            "several differing Content-Length values"
+        );
+        assert_eq!(
+            refused(&[("transfer-encoding", "gzip, chunked")]),
+            "Transfer-Encoding other than chunked"
+        );
+        assert_eq!(
+            refused(&[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked")
+            ]),
+            "Transfer-Encoding other than chunked"
+        );
+        assert_eq!(
+            refused(&[("content-length", "+5")]),
+            "invalid Content-Length"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_dropped() {
+        let client = parts(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("upgrade", "h2c"),
+            ("te", "trailers, deflate"),
+            ("proxy-authorization", "Basic x"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("expect", "100-continue"),
+            ("content-length", "3"),
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+            ("accept", "text/html"),
+        ]);
+        let addr = forwarding::client_addr(&[], "10.0.0.1".parse().unwrap(), &client.headers);
+        let ids = Correlation::of_request(&client.headers, false);
+        let f = Forwarding {
+            client: &addr,
+            scheme: "http",
+            host: "example.com",
+            version: Version::HTTP_2,
+            correlation: &ids,
+            client_subject: None,
+        };
+        let h = request_headers(&client.headers, &f);
+        for gone in [
+            "connection",
+            "keep-alive",
+            "x-secret",
+            "upgrade",
+            "proxy-authorization",
+            "expect",
+            "content-length",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} was forwarded");
+        }
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["cookie"], "a=1; b=2");
+        assert_eq!(h["accept"], "text/html");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(h["via"], "2 wsgate");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+    }
+
+    #[test]
+    fn response_loses_hop_by_hop_and_gains_via() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-hop"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("via", HeaderValue::from_static("1.0 cdn"));
+        h.insert("trailer", HeaderValue::from_static("x-checksum"));
+        let ids = Correlation::of_request(&HeaderMap::new(), false);
+        response_headers(&mut h, Version::HTTP_11, &ids);
+        assert!(!h.contains_key("connection") && !h.contains_key("x-hop"));
+        assert!(!h.contains_key("transfer-encoding"));
+        assert_eq!(h["via"], "1.0 cdn, 1.1 wsgate");
+        assert_eq!(h["trailer"], "x-checksum");
+        assert!(h.contains_key("x-request-id"));
+    }
+}

@@ -1,0 +1,143 @@
+//! A route's HTTP backends ("targets"), each with its pooled client, and the order in which
+//! one request tries them: the route's balancing, without connecting (the pooled client
+//! connects, or reuses a kept-alive connection).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::body::RequestBody;
+use crate::backend::BackendPool;
+use crate::config::{BackendUrl, Balance};
+
+/// Kept-alive connections one backend may hold unused. A burst of N parallel requests opens
+/// N connections; after it, this many stay ready for the next burst and the rest close, so
+/// a spike does not pin sockets on the backend for the idle timeout.
+pub const MAX_IDLE_PER_BACKEND: usize = 64;
+
+pub type PooledClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, RequestBody>;
+
+/// One backend of a route's HTTP side.
+#[derive(Debug)]
+pub struct Target {
+    /// `http(s)://host:port/path?query` as the backend path rules read it (the scheme is
+    /// `tls`).
+    pub url: BackendUrl,
+    /// The URL as written, for logs and records.
+    pub name: Arc<str>,
+    pub client: PooledClient,
+    /// Requests on this backend whose responses have not ended (`least_conn`).
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// One request's claim on a target, for `least_conn`, until its response body ends.
+#[derive(Debug)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How a target's client connects.
+pub struct ClientSettings {
+    /// For `https://`: the route's backend TLS settings (verified or not, per backend).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Target {
+    pub fn new(url: BackendUrl, name: &str, settings: &ClientSettings) -> Result<Target, String> {
+        Ok(Target {
+            client: client(settings, url.tls)?,
+            name: Arc::from(name),
+            url,
+            in_flight: Arc::default(),
+        })
+    }
+
+    pub fn claim(&self) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.in_flight.clone())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// A pooled client: keep-alive with at most [`MAX_IDLE_PER_BACKEND`] idle connections,
+/// closed after `idle_timeout` unused; HTTP/2 when a TLS backend offers it (ALPN), HTTP/1.1
+/// otherwise. Built without a runtime (the pool's reaper starts with the first connection).
+fn client(s: &ClientSettings, tls: bool) -> Result<PooledClient, String> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(s.connect_timeout));
+    let config = match (&s.tls, tls) {
+        (Some(config), true) => (**config).clone(),
+        // Plain http:// never uses it, but the connector wants one.
+        _ => {
+            (*crate::http_client::tls_for(&http::Uri::from_static("http://backend"), None)?).clone()
+        }
+    };
+    // hyper-rustls sets ALPN itself (h2, http/1.1), and refuses a config that has some.
+    let mut config = config;
+    config.alpn_protocols.clear();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(s.idle_timeout)
+        .pool_max_idle_per_host(MAX_IDLE_PER_BACKEND)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(https))
+}
+
+/// The targets of one route and where the next request starts.
+#[derive(Debug)]
+pub struct Targets {
+    pub list: Vec<Target>,
+    /// The targets are the route's `backends` (read as HTTP), in the same order: a backend
+    /// drained through the admin API takes no plain requests either.
+    pub mirrors_backends: bool,
+    next: AtomicUsize,
+}
+
+impl Targets {
+    pub fn new(list: Vec<Target>, mirrors_backends: bool) -> Targets {
+        Targets {
+            list,
+            mirrors_backends,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The order one request tries the targets in: round robin's turn first, then the
+    /// others (a dead backend costs one connect attempt); with `least_conn`, fewest
+    /// requests in flight first (ties keep the rotation). Drained backends are left out.
+    pub fn order(&self, balance: Balance, pool: &BackendPool) -> Vec<usize> {
+        let n = self.list.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n.max(1);
+        let drained = |i: usize| {
+            self.mirrors_backends && pool.backends().get(i).is_some_and(|b| b.is_draining())
+        };
+        let mut order: Vec<usize> = (0..n)
+            .map(|i| (start + i) % n)
+            .filter(|&i| !drained(i))
+            .collect();
+        if balance == Balance::LeastConn {
+            order.sort_by_key(|&i| self.list[i].in_flight());
+        }
+        order
+    }
+}

@@ -1,0 +1,191 @@
+//! The response body on its way to the client, and what is written when the exchange ends:
+//! one access record (`event = "http"`) and the route's HTTP counters, like a WebSocket
+//! session's end. The body passes frame by frame as the backend sends them (a long-poll
+//! answer or a server-sent event reaches the client at once), trailers included.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, StatusCode, Version};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::Sleep;
+use tower::BoxError;
+
+use super::body::BodyState;
+use super::pick::InFlight;
+use crate::outcome::Outcome;
+use crate::route::Route;
+
+/// Everything the exchange's access record says besides how it ended.
+#[derive(Debug)]
+pub struct Record {
+    pub id: u64,
+    pub request_id: Box<str>,
+    pub trace_id: Option<Box<str>>,
+    pub route: Arc<Route>,
+    pub client: SocketAddr,
+    pub backend: Arc<str>,
+    pub method: Method,
+    /// The client's HTTP version.
+    pub version: Version,
+    pub host: Option<Box<str>>,
+    /// Cut to [`crate::telemetry::MAX_LOGGED_PATH`]; never the query (it may carry a token).
+    pub path: Box<str>,
+    pub user: Option<Box<str>>,
+    pub user_agent: Option<Box<str>>,
+    pub status: StatusCode,
+    pub started: Instant,
+    pub request_body: Arc<BodyState>,
+}
+
+impl Record {
+    /// Counts the exchange on its route and writes its access record.
+    fn finish(self, outcome: Outcome, response_bytes: u64, error: Option<&str>) {
+        let lasted = self.started.elapsed();
+        self.route
+            .stats
+            .http
+            .observe(self.status.as_u16(), outcome, Some(lasted));
+        let version = format!("{:?}", self.version);
+        tracing::info!(
+            target: "wsgate::access",
+            event = "http",
+            session = self.id,
+            request_id = &*self.request_id,
+            trace_id = self.trace_id.as_deref(),
+            route = &*self.route.name,
+            client = %self.client,
+            backend = &*self.backend,
+            method = self.method.as_str(),
+            version = version.as_str(),
+            host = self.host.as_deref(),
+            path = &*self.path,
+            user = self.user.as_deref(),
+            user_agent = self.user_agent.as_deref(),
+            status = self.status.as_u16(),
+            duration_ms = duration_ms(lasted),
+            bytes_request = self.request_body.bytes.load(Ordering::Relaxed),
+            bytes_response = response_bytes,
+            outcome = outcome.as_str(),
+            error = error.unwrap_or(""),
+            "http request"
+        );
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The backend's response body, observed: bytes counted, the route's `request_timeout`
+/// applied, and the record written once when it ends (completely, broken off by the
+/// backend, timed out, or dropped because the client went away).
+#[derive(Debug)]
+pub struct ResponseBody {
+    inner: Incoming,
+    /// The whole exchange's deadline (`request_timeout`), if the route has one.
+    deadline: Option<Pin<Box<Sleep>>>,
+    timeout: Duration,
+    bytes: u64,
+    /// `None` once written.
+    record: Option<Box<Record>>,
+    /// Counts the exchange on its backend (`least_conn`) until the body ends.
+    _in_flight: InFlight,
+}
+
+impl ResponseBody {
+    pub fn new(
+        inner: Incoming,
+        deadline: Option<(tokio::time::Instant, Duration)>,
+        record: Record,
+        in_flight: InFlight,
+    ) -> ResponseBody {
+        ResponseBody {
+            inner,
+            deadline: deadline.map(|(at, _)| Box::pin(tokio::time::sleep_until(at))),
+            timeout: deadline.map_or(Duration::ZERO, |(_, d)| d),
+            bytes: 0,
+            record: Some(Box::new(record)),
+            _in_flight: in_flight,
+        }
+    }
+
+    fn finish(&mut self, outcome: Outcome, error: Option<&str>) {
+        if let Some(record) = self.record.take() {
+            record.finish(outcome, self.bytes, error);
+        }
+    }
+}
+
+/// The response was cut at the route's `request_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("request did not complete within {0:?}")]
+struct Elapsed(Duration);
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(deadline) = this.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            this.deadline = None;
+            let e = Elapsed(this.timeout);
+            this.finish(Outcome::RequestTimeout, Some(&e.to_string()));
+            return Poll::Ready(Some(Err(e.into())));
+        }
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    this.finish(Outcome::Completed, None);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => {
+                // The backend reset or closed mid-body: the client's response is cut (its
+                // stream reset, or its connection closed), never passed off as complete.
+                let error = crate::http_client::error_chain(&e);
+                this.finish(Outcome::BackendGone, Some(&error));
+                Poll::Ready(Some(Err(e.into())))
+            }
+            None => {
+                this.finish(Outcome::Completed, None);
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // hyper drops a body it has sent to its end without polling past it (a HEAD answer,
+        // a 204), or one the client no longer waits for.
+        let outcome = if self.inner.is_end_stream() {
+            Outcome::Completed
+        } else {
+            Outcome::ClientGone
+        };
+        self.finish(outcome, None);
+    }
+}
