@@ -22,10 +22,10 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// Request headers the proxy sets itself (or that hyper writes from the body it actually
-/// sends): the client's are never copied. A forwarding header from an untrusted peer would
-/// let any client claim any address; the framing headers are the backend connection's, so
-/// the backend frames exactly the bytes it gets; `Expect: 100-continue` was answered by the
+/// Request headers the proxy sets itself: the client's are never copied. A forwarding
+/// header from an untrusted peer would let any client claim any address; `Content-Length`
+/// is written once from the checked value (hyper's front end holds the body to it), so the
+/// backend frames exactly the bytes it gets; `Expect: 100-continue` was answered by the
 /// proxy's own server when it started reading the body.
 const REBUILT: &[&str] = &[
     "host",
@@ -80,8 +80,8 @@ pub fn check_framing(parts: &Parts) -> Result<(), &'static str> {
 }
 
 /// The declared body length, if the request has one (checked by [`check_framing`]).
-pub fn content_length(parts: &Parts) -> Option<u64> {
-    let v = parts.headers.get(header::CONTENT_LENGTH)?;
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let v = headers.get(header::CONTENT_LENGTH)?;
     std::str::from_utf8(v.as_bytes()).ok()?.trim().parse().ok()
 }
 
@@ -136,6 +136,9 @@ pub fn request_headers(client: &HeaderMap, f: &Forwarding<'_>) -> HeaderMap {
         && let Ok(v) = HeaderValue::from_bytes(&cookies.join(&b"; "[..]))
     {
         headers.insert(header::COOKIE, v);
+    }
+    if let Some(n) = content_length(client) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     // `TE: trailers` is the one TE the backend must see to send trailers (gRPC-style
     // backends insist on it); any other coding is this hop's business.
@@ -306,6 +309,7 @@ mod tests {
             ("x-forwarded-for", "6.6.6.6"),
             ("expect", "100-continue"),
             ("content-length", "3"),
+            ("content-length", "3"),
             ("cookie", "a=1"),
             ("cookie", "b=2"),
             ("accept", "text/html"),
@@ -328,10 +332,10 @@ mod tests {
             "upgrade",
             "proxy-authorization",
             "expect",
-            "content-length",
         ] {
             assert!(!h.contains_key(gone), "{gone} was forwarded");
         }
+        assert_eq!(h.get_all("content-length").iter().count(), 1);
         assert_eq!(h["te"], "trailers");
         assert_eq!(h["cookie"], "a=1; b=2");
         assert_eq!(h["accept"], "text/html");

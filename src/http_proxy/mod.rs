@@ -159,7 +159,7 @@ async fn exchange(
     let http = route.config.http.as_ref().ok_or(ProxyError::NoRoute)?;
     headers::check_framing(parts).map_err(ProxyError::RequestFraming)?;
     if let Some(limit) = http.max_request_body
-        && headers::content_length(parts).is_some_and(|n| n > limit)
+        && headers::content_length(&parts.headers).is_some_and(|n| n > limit)
     {
         // Refused before the body is read: a client that sent `Expect: 100-continue` never
         // gets its 100 and sends nothing.

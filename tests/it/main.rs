@@ -13,6 +13,7 @@ mod edge_refusals;
 mod forward_auth;
 mod fuzz_regressions;
 mod h2;
+mod http_proxy;
 mod jwt;
 mod logs;
 mod path;

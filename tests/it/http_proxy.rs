@@ -1,0 +1,762 @@
+//! Plain HTTP beside WebSocket (`http = true`): requests and bodies both ways, streaming,
+//! trailers, `100-continue`, limits, the same policy as the WebSocket path, framing
+//! refusals, HTTP/2 clients, failover. The backends are small hyper servers (or raw sockets
+//! where the test needs a misbehaving one); the clients are hyper's, or raw sockets for the
+//! shapes a real client would not send.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::{
+    self, Gateway, STEP, TempDir, closed_port, connect_with, raw_exchange, read_response,
+    upgrade_request,
+};
+
+type TestBody = UnsyncBoxBody<Bytes, Infallible>;
+type FrameTx = tokio::sync::mpsc::Sender<Frame<Bytes>>;
+
+/// A body fed frame by frame (data, then maybe trailers) through the returned sender; no
+/// length, so chunked on HTTP/1.1. It ends when the sender is dropped.
+fn channel() -> (FrameTx, TestBody) {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|f| (Ok::<_, Infallible>(f), rx))
+    });
+    (tx, StreamBody::new(frames).boxed_unsync())
+}
+
+fn trailer(value: &'static str) -> Frame<Bytes> {
+    let mut t = HeaderMap::new();
+    t.insert("x-checksum", HeaderValue::from_static(value));
+    Frame::trailers(t)
+}
+type Reply = Pin<Box<dyn Future<Output = Response<TestBody>> + Send>>;
+type Handler = Arc<dyn Fn(Request<Incoming>) -> Reply + Send + Sync>;
+
+/// What the backend received of one request.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    uri: String,
+    version: http::Version,
+    headers: HeaderMap,
+    body: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+type SeenLog = Arc<Mutex<Vec<Seen>>>;
+
+/// A hyper backend (HTTP/1.1 and HTTP/2) answering every request with `handler`.
+async fn backend(handler: Handler) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let reply = handler(req);
+                    async move { Ok::<_, Infallible>(reply.await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn full(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).boxed_unsync()
+}
+
+/// A backend that reads each whole request, records it, and answers 200 with its body; with
+/// `x-want-trailers`, the answer carries the trailer `x-checksum: backend`.
+async fn echo_backend() -> (SocketAddr, SeenLog) {
+    let seen: SeenLog = Arc::default();
+    let log = seen.clone();
+    let addr = backend(Arc::new(move |req: Request<Incoming>| {
+        let log = log.clone();
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let collected = body.collect().await.unwrap();
+            let trailers = collected.trailers().cloned();
+            let body = collected.to_bytes();
+            log.lock().unwrap().push(Seen {
+                method: parts.method.to_string(),
+                uri: parts.uri.to_string(),
+                version: parts.version,
+                headers: parts.headers.clone(),
+                body: body.clone(),
+                trailers,
+            });
+            let mut resp = if parts.headers.contains_key("x-want-trailers") {
+                let (tx, rx) = channel();
+                tokio::spawn(async move {
+                    let _ = tx.send(Frame::data(body)).await;
+                    let _ = tx.send(trailer("backend")).await;
+                });
+                let mut r = Response::new(rx);
+                r.headers_mut()
+                    .insert("trailer", HeaderValue::from_static("x-checksum"));
+                r
+            } else {
+                Response::new(full(body))
+            };
+            resp.headers_mut()
+                .insert("x-backend", HeaderValue::from_static("echo"));
+            // Hop-by-hop on the way back: must not reach the client.
+            resp.headers_mut()
+                .insert("connection", HeaderValue::from_static("x-hop"));
+            resp.headers_mut()
+                .insert("x-hop", HeaderValue::from_static("1"));
+            resp
+        })
+    }))
+    .await;
+    (addr, seen)
+}
+
+/// A route named `app` on `/` with `http = true` toward `backends`, plus `extra` keys.
+fn http_route(backends: &[SocketAddr], extra: &str) -> String {
+    let list: Vec<String> = backends.iter().map(|a| format!("\"ws://{a}\"")).collect();
+    format!(
+        "[[route]]\nname = \"app\"\npath = \"/\"\nbackends = [{}]\nhttp = true\n{extra}\n",
+        list.join(", ")
+    )
+}
+
+/// One request over a fresh HTTP/1.1 connection.
+async fn send<B>(addr: SocketAddr, req: Request<B>) -> Response<Incoming>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    tokio::time::timeout(STEP, sender.send_request(req))
+        .await
+        .expect("no response in time")
+        .expect("request failed")
+}
+
+fn get(path: &str) -> Request<Empty<Bytes>> {
+    Request::get(path)
+        .header("host", "app.test")
+        .body(Empty::new())
+        .unwrap()
+}
+
+/// The whole body and trailers.
+async fn read_body(resp: Response<Incoming>) -> (Bytes, Option<HeaderMap>) {
+    let collected = tokio::time::timeout(STEP, resp.into_body().collect())
+        .await
+        .expect("body did not end in time")
+        .expect("body failed");
+    let trailers = collected.trailers().cloned();
+    (collected.to_bytes(), trailers)
+}
+
+/// The next data frame's bytes, or `None` at the end.
+async fn next_chunk(body: &mut Incoming) -> Option<Bytes> {
+    loop {
+        let frame = tokio::time::timeout(STEP, body.frame())
+            .await
+            .expect("no chunk in time")?
+            .expect("body failed");
+        if let Ok(data) = frame.into_data() {
+            return Some(data);
+        }
+    }
+}
+
+fn mib() -> Vec<u8> {
+    (0..1 << 20).map(|i: u32| (i % 251) as u8).collect()
+}
+
+/// Sends `data` through a channel body in 64 KiB chunks (no length: chunked on HTTP/1.1).
+fn stream_body(data: Vec<u8>) -> TestBody {
+    let (tx, rx) = channel();
+    tokio::spawn(async move {
+        for chunk in data.chunks(64 << 10) {
+            if tx
+                .send(Frame::data(Bytes::copy_from_slice(chunk)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[tokio::test]
+async fn get_post_put_with_empty_whole_and_chunked_bodies() {
+    let (b, seen) = echo_backend().await;
+    let gw = Gateway::spawn(&http_route(&[b], "")).await;
+    let data = mib();
+
+    let resp = send(
+        gw.addr,
+        Request::get("/page?x=1")
+            .header("host", "app.test")
+            .header("connection", "keep-alive, x-private")
+            .header("x-private", "hop")
+            .header("keep-alive", "timeout=5")
+            .header("x-forwarded-for", "6.6.6.6")
+            .body(Empty::<Bytes>::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers().clone();
+    assert_eq!(h["via"], "1.1 wsgate");
+    assert_eq!(h["x-backend"], "echo");
+    assert!(
+        !h.contains_key("x-hop"),
+        "hop-by-hop response header: {h:?}"
+    );
+    let id = h["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(read_body(resp).await.0.len(), 0);
+
+    let resp = send(
+        gw.addr,
+        Request::post("/upload")
+            .header("host", "app.test")
+            .body(Full::new(Bytes::from(data.clone())))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(read_body(resp).await.0, data);
+
+    let resp = send(
+        gw.addr,
+        Request::put("/upload")
+            .header("host", "app.test")
+            .body(stream_body(data.clone()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(read_body(resp).await.0, data);
+
+    let resp = send(
+        gw.addr,
+        Request::post("/empty")
+            .header("host", "app.test")
+            .header("content-length", "0")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4);
+    let g = &seen[0];
+    assert_eq!((g.method.as_str(), g.uri.as_str()), ("GET", "/page?x=1"));
+    assert_eq!(g.header("host"), Some(b.to_string().as_str()));
+    assert_eq!(g.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(g.header("x-forwarded-host"), Some("app.test"));
+    assert_eq!(g.header("via"), Some("1.1 wsgate"));
+    assert_eq!(g.header("x-request-id"), Some(id.as_str()));
+    assert!(g.header("traceparent").is_some());
+    for gone in [
+        "x-private",
+        "keep-alive",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+    ] {
+        assert!(g.header(gone).is_none(), "{gone} reached the backend");
+    }
+    let p = &seen[1];
+    assert_eq!(p.body.len(), 1 << 20);
+    assert_eq!(p.header("content-length"), Some("1048576"));
+    let c = &seen[2];
+    assert_eq!(c.method, "PUT");
+    assert_eq!(c.body, data);
+    assert_eq!(c.header("transfer-encoding"), Some("chunked"));
+    assert!(c.header("content-length").is_none());
+    assert_eq!(seen[3].header("content-length"), Some("0"));
+}
+
+/// A backend whose response body is `chunks`, each sent only once the previous one was
+/// released by the test (after the client received it): a proxy that buffered the response
+/// would deliver nothing and the test would time out.
+async fn gated_backend(
+    content_type: &'static str,
+    chunks: &'static [&'static str],
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedSender<()>) {
+    let (release, released) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let released = Arc::new(tokio::sync::Mutex::new(released));
+    let addr = backend(Arc::new(move |_req| {
+        let released = released.clone();
+        Box::pin(async move {
+            let (tx, rx) = channel();
+            tokio::spawn(async move {
+                let mut released = released.lock().await;
+                for (i, chunk) in chunks.iter().enumerate() {
+                    if i > 0 && released.recv().await.is_none() {
+                        return;
+                    }
+                    let data = Frame::data(Bytes::from_static(chunk.as_bytes()));
+                    if tx.send(data).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut r = Response::new(rx);
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static(content_type));
+            r
+        })
+    }))
+    .await;
+    (addr, release)
+}
+
+async fn chunks_arrive_one_by_one(content_type: &'static str, chunks: &'static [&'static str]) {
+    let (b, release) = gated_backend(content_type, chunks).await;
+    let gw = Gateway::spawn(&http_route(&[b], "")).await;
+    let resp = send(gw.addr, get("/stream")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], content_type);
+    let mut body = resp.into_body();
+    let mut got = String::new();
+    for (i, want) in chunks.iter().enumerate() {
+        // The backend holds the rest until this chunk has reached the client.
+        while got.len() < want.len() {
+            let chunk = next_chunk(&mut body).await.expect("body ended early");
+            got.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        assert_eq!(got, *want, "chunk {i}");
+        got.clear();
+        release.send(()).unwrap();
+    }
+    assert!(next_chunk(&mut body).await.is_none());
+}
+
+#[tokio::test]
+async fn a_slow_streaming_response_arrives_as_the_backend_sends_it() {
+    chunks_arrive_one_by_one("application/octet-stream", &["first part", "second part"]).await;
+}
+
+#[tokio::test]
+async fn server_sent_events_flush_one_by_one() {
+    chunks_arrive_one_by_one(
+        "text/event-stream",
+        &[
+            "data: one\n\n",
+            "event: tick\ndata: two\n\n",
+            "data: three\n\n",
+        ],
+    )
+    .await;
+}
+
+/// Scrapes the admin listener's `/metrics`.
+async fn scrape(admin: SocketAddr) -> support::prom::Exposition {
+    let (_s, resp) = raw_exchange(
+        admin,
+        b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    support::prom::parse(&resp.body, false).unwrap_or_else(|e| panic!("{e}\n{}", resp.body))
+}
+
+#[tokio::test]
+async fn a_backend_that_resets_mid_body_cuts_the_response() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = Vec::new();
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut chunk = [0u8; 1024];
+                match s.read(&mut chunk).await {
+                    Ok(n @ 1..) => buf.extend_from_slice(&chunk[..n]),
+                    _ => break,
+                }
+            }
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nonly ten b")
+                .await;
+            // A reset, not a FIN: the response is 990 bytes short.
+            let _ = socket2::SockRef::from(&s).set_linger(Some(std::time::Duration::ZERO));
+            drop(s);
+        }
+    });
+    let gw = Gateway::spawn(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        http_route(&[b], "")
+    ))
+    .await;
+    let resp = send(gw.addr, get("/file")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-length"], "1000");
+    let result = tokio::time::timeout(STEP, resp.into_body().collect())
+        .await
+        .expect("the cut body did not end");
+    assert!(result.is_err(), "a cut body passed as complete");
+    let admin = gw.handle().admin_addr().unwrap();
+    let m = scrape(admin).await;
+    let labels = [
+        ("route", "app"),
+        ("class", "2xx"),
+        ("outcome", "backend_gone"),
+    ];
+    assert_eq!(m.value("wsgate_http_requests_total", &labels), 1.0);
+}
+
+#[tokio::test]
+async fn bodies_over_max_request_body_get_413_before_or_while_streaming() {
+    let (b, seen) = echo_backend().await;
+    let gw = Gateway::spawn(&http_route(&[b], "max_request_body = \"1KiB\"")).await;
+
+    // Declared: refused before the body is read, so the client never gets its 100.
+    let (_s, resp) = raw_exchange(
+        gw.addr,
+        b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 2000\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.status, 413);
+    assert_eq!(
+        resp.body,
+        "request body over the route's limit of 1024 bytes\n"
+    );
+
+    // Chunked: cut while streaming.
+    let resp = send(
+        gw.addr,
+        Request::post("/")
+            .header("host", "app.test")
+            .body(stream_body(vec![b'x'; 4096]))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let (body, _) = read_body(resp).await;
+    assert_eq!(body, "request body over the route's limit of 1024 bytes\n");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "the backend answered a request it never fully got"
+    );
+
+    // At the limit: passes.
+    let resp = send(
+        gw.addr,
+        Request::post("/")
+            .header("host", "app.test")
+            .body(Full::new(Bytes::from(vec![b'y'; 1024])))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn expect_100_continue_gets_its_100_then_the_answer() {
+    let (b, seen) = echo_backend().await;
+    let gw = Gateway::spawn(&http_route(&[b], "")).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"POST /form HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let interim = read_response(&mut s).await;
+    assert_eq!(interim.status, 100);
+    s.write_all(b"hello").await.unwrap();
+    let resp = read_response(&mut s).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, "hello");
+    let seen = seen.lock().unwrap();
+    assert!(seen[0].header("expect").is_none());
+}
+
+#[tokio::test]
+async fn policy_refuses_plain_requests_as_it_refuses_handshakes() {
+    let dir = TempDir::new("http-policy");
+    let secret = dir.write("secret", "http-proxy-test-secret-0123456789\n");
+    let ws = support::EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&http_route(
+        &[ws.addr],
+        &format!(
+            "origins = [\"https://good.example\"]\nmissing_origin = \"refuse\"\n\
+             [route.auth]\nrequire_cookies = [\"session\"]\n\
+             [route.auth.jwt]\nfrom = [\"header\"]\nsecret_file = {:?}\n",
+            secret.display().to_string()
+        ),
+    ))
+    .await;
+    let cases = [
+        ("Origin: https://evil.example\r\n", 403),
+        ("Origin: https://good.example\r\n", 403),
+        ("Origin: https://good.example\r\nCookie: session=1\r\n", 401),
+        (
+            "Origin: https://good.example\r\nCookie: session=1\r\nAuthorization: Bearer nope\r\n",
+            401,
+        ),
+    ];
+    for (headers, status) in cases {
+        let (_s, handshake) = raw_exchange(gw.addr, upgrade_request("/", headers).as_bytes()).await;
+        let plain = format!("GET / HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n");
+        let (_s, plain) = raw_exchange(gw.addr, plain.as_bytes()).await;
+        assert_eq!(handshake.status, status, "{headers}: {}", handshake.body);
+        assert_eq!(plain.status, handshake.status, "{headers}");
+        assert_eq!(plain.body, handshake.body, "{headers}");
+        assert_eq!(
+            plain.header("www-authenticate"),
+            handshake.header("www-authenticate"),
+            "{headers}"
+        );
+    }
+    // A same-origin page load carries no Origin: the plain request goes on to the next
+    // check, where the handshake is refused for its missing Origin.
+    let (_s, handshake) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(handshake.status, 403);
+    let (_s, plain) = raw_exchange(gw.addr, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert_eq!(plain.status, 403);
+    assert_eq!(plain.body, "required cookie \"session\" is missing\n");
+}
+
+#[tokio::test]
+async fn smuggling_shapes_are_refused_and_never_reach_the_backend_ambiguous() {
+    let (b, seen) = echo_backend().await;
+    let gw = Gateway::spawn(&http_route(&[b], "")).await;
+    for (request, reason) in [
+        (
+            &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello"[..],
+            None,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            Some("Transfer-Encoding other than chunked\n"),
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            Some("Transfer-Encoding other than chunked\n"),
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n",
+            None,
+        ),
+        (
+            b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            None,
+        ),
+    ] {
+        let (_s, resp) = raw_exchange(gw.addr, request).await;
+        let shown = String::from_utf8_lossy(request);
+        assert_eq!(resp.status, 400, "{shown}");
+        if let Some(reason) = reason {
+            assert_eq!(resp.body, reason, "{shown}");
+        }
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "a refused shape reached the backend"
+    );
+
+    // Content-Length beside Transfer-Encoding: hyper's parser keeps the chunked reading and
+    // drops the length before the proxy sees the request (RFC 9112 §6.3), and closes the
+    // connection after the answer; the backend gets one unambiguous framing.
+    let (mut s, resp) = raw_exchange(
+        gw.addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    assert!(resp.status == 400 || resp.status == 200, "{}", resp.head);
+    support::read_until_closed(&mut s).await;
+    let seen = seen.lock().unwrap();
+    assert!(seen.len() <= 1, "{seen:?}");
+    for r in seen.iter() {
+        assert_eq!(r.body, "hello");
+        assert!(r.header("content-length").is_none() || r.header("transfer-encoding").is_none());
+        assert_ne!(r.uri, "/smuggled");
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_only_route_still_answers_426_to_a_plain_get() {
+    let (b, seen) = echo_backend().await;
+    let gw = Gateway::spawn(&support::route("ws", "/", &[format!("ws://{b}")])).await;
+    let (_s, resp) = raw_exchange(gw.addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(resp.status, 426);
+    assert!(seen.lock().unwrap().is_empty());
+    // And a WebSocket still opens on an http = true route.
+    let ws = support::EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&http_route(&[ws.addr], "")).await;
+    let (mut client, _) = connect_with(&gw.url("/chat"), |_| {}).await.unwrap();
+    use futures_util::SinkExt;
+    client
+        .send(tokio_tungstenite::tungstenite::Message::text("hi"))
+        .await
+        .unwrap();
+    assert_eq!(
+        support::next_data(&mut client).await,
+        tokio_tungstenite::tungstenite::Message::text("hi")
+    );
+}
+
+#[tokio::test]
+async fn http2_clients_are_proxied_to_an_http1_backend() {
+    let (b, seen) = echo_backend().await;
+    let gw = Gateway::spawn(&http_route(&[b], "")).await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let url = format!("http://app.test:{}/h2?q=1", gw.addr.port());
+    let req = Request::get(&url)
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.headers()["via"], "1.1 wsgate");
+    assert!(!resp.headers().contains_key("connection"));
+    let data = mib();
+    let req = Request::post(&url)
+        .body(Full::new(Bytes::from(data.clone())))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(read_body(resp).await.0, data);
+    let seen = seen.lock().unwrap();
+    let g = &seen[0];
+    assert_eq!(g.version, http::Version::HTTP_11);
+    assert_eq!(g.uri, "/h2?q=1");
+    assert_eq!(g.header("cookie"), Some("a=1; b=2"));
+    assert_eq!(g.header("via"), Some("2 wsgate"));
+    assert_eq!(
+        g.header("x-forwarded-host"),
+        Some(&*format!("app.test:{}", gw.addr.port()))
+    );
+    assert_eq!(seen[1].body, data);
+}
+
+#[tokio::test]
+async fn trailers_pass_both_ways() {
+    let (b, seen) = echo_backend().await;
+    let gw = Gateway::spawn(&http_route(&[b], "")).await;
+    let (tx, rx) = channel();
+    tokio::spawn(async move {
+        let _ = tx.send(Frame::data(Bytes::from_static(b"payload"))).await;
+        let _ = tx.send(trailer("client")).await;
+    });
+    let resp = send(
+        gw.addr,
+        Request::post("/rpc")
+            .header("host", "app.test")
+            .header("te", "trailers")
+            .header("trailer", "x-checksum")
+            .header("x-want-trailers", "1")
+            .body(rx)
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let (body, trailers) = read_body(resp).await;
+    assert_eq!(body, "payload");
+    assert_eq!(
+        trailers.expect("no response trailers")["x-checksum"],
+        "backend"
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[0].header("te"), Some("trailers"));
+    let t = seen[0].trailers.as_ref().expect("no request trailers");
+    assert_eq!(t["x-checksum"], "client");
+}
+
+#[tokio::test]
+async fn idempotent_requests_fail_over_and_a_request_with_a_body_is_not_retried() {
+    let dead = closed_port().await;
+    let (b, seen) = echo_backend().await;
+    let gw = Gateway::spawn(&http_route(&[dead, b], "")).await;
+    // Round robin from the first backend: the dead one, then the live one.
+    let resp = send(gw.addr, get("/one")).await;
+    assert_eq!(resp.status(), 200, "GET did not fail over");
+    let resp = send(gw.addr, get("/two")).await;
+    assert_eq!(resp.status(), 200);
+    // The dead one's turn again: a POST's body went with the failed attempt.
+    let resp = send(
+        gw.addr,
+        Request::post("/three")
+            .header("host", "app.test")
+            .body(Full::new(Bytes::from_static(b"data")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status(), 502);
+    assert_eq!(read_body(resp).await.0, "no backend reachable\n");
+    let uris: Vec<String> = seen.lock().unwrap().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(uris, ["/one", "/two"]);
+}
+
+#[tokio::test]
+async fn completed_requests_are_counted_by_route_and_status_class() {
+    let (b, _seen) = echo_backend().await;
+    let gw = Gateway::spawn(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        http_route(&[b], "max_request_body = \"10\"")
+    ))
+    .await;
+    for _ in 0..3 {
+        let resp = send(gw.addr, get("/")).await;
+        read_body(resp).await;
+    }
+    let (_s, resp) = raw_exchange(
+        gw.addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world",
+    )
+    .await;
+    assert_eq!(resp.status, 413);
+    let m = scrape(gw.handle().admin_addr().unwrap()).await;
+    let done = [("route", "app"), ("class", "2xx"), ("outcome", "completed")];
+    assert_eq!(m.value("wsgate_http_requests_total", &done), 3.0);
+    let big = [
+        ("route", "app"),
+        ("class", "4xx"),
+        ("outcome", "request_body_too_large"),
+    ];
+    assert_eq!(m.value("wsgate_http_requests_total", &big), 1.0);
+    assert_eq!(
+        m.value(
+            "wsgate_http_request_duration_seconds_count",
+            &[("route", "app")]
+        ),
+        3.0
+    );
+}
