@@ -689,4 +689,69 @@ mod tests {
             assert!(errors[0].message.contains(text), "{}", errors[0].message);
         }
     }
+
+    #[test]
+    fn http_keys() {
+        let route = |extra: &str| {
+            crate::config::from_toml_str(&format!(
+                "[[listener]]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"r\"\npath = \"/\"\n\
+                 backends = [\"ws://127.0.0.1:1\", \"wss://h:2/x\"]\n{extra}"
+            ))
+        };
+        assert!(route("").unwrap().routes[0].http.is_none());
+        let c = route("http = true\n").unwrap();
+        let http = c.routes[0].http.as_ref().expect("http side");
+        let debug = format!("{http:?}");
+        // The route's backends read as HTTP, in order.
+        assert!(debug.contains("http://127.0.0.1:1") && debug.contains("https://h:2/x"));
+        let c = route("http = true\nhttp_backends = [\"https://api:8443/v1\"]\n").unwrap();
+        let debug = format!("{:?}", c.routes[0].http);
+        assert!(debug.contains("https://api:8443/v1") && !debug.contains("127.0.0.1:1"));
+        for (extra, key, line, text) in [
+            (
+                "max_request_body = \"1MiB\"\n",
+                "route[0].max_request_body",
+                7,
+                "http = true",
+            ),
+            (
+                "http = true\nhttp_backends = [\"ws://a\"]\n",
+                "route[0].http_backends[0]",
+                8,
+                "http:// or https://",
+            ),
+            (
+                "http = true\nhttp_backends = []\n",
+                "route[0].http_backends",
+                8,
+                "at least one",
+            ),
+            (
+                "http = true\nresponse_header_timeout = \"0\"\n",
+                "route[0].response_header_timeout",
+                8,
+                "greater than zero",
+            ),
+            (
+                "http = true\nmax_concurrent_requests = 0\n",
+                "route[0].max_concurrent_requests",
+                8,
+                "between 1 and",
+            ),
+            (
+                "http = true\nhttp_idle_timeout = \"soon\"\n",
+                "route[0].http_idle_timeout",
+                8,
+                "",
+            ),
+        ] {
+            let errors = route(extra).unwrap_err();
+            assert_eq!(errors.len(), 1, "{extra}: {errors:?}");
+            assert_eq!(errors[0].key, key);
+            assert_eq!(errors[0].line, Some(line), "{errors:?}");
+            assert!(errors[0].message.contains(text), "{}", errors[0].message);
+        }
+        let c = route("http = true\nrequest_timeout = \"30s\"\nmax_request_body = \"off\"\n");
+        assert!(c.is_ok());
+    }
 }
