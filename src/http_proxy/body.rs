@@ -15,23 +15,31 @@ use tower::BoxError;
 pub struct BodyState {
     /// Body bytes read from the client so far.
     pub bytes: AtomicU64,
+    /// The route's `max_request_body`.
+    limit: Option<u64>,
     /// The body went over the limit: the backend request failed because of the client.
-    pub too_large: AtomicBool,
-    /// A first frame was read: the body is (partly) gone, so the request cannot be retried.
-    pub started: AtomicBool,
+    too_large: AtomicBool,
+}
+
+impl BodyState {
+    /// The limit the body went over, if it did: then a failed backend request is the
+    /// client's 413, not the backend's 502.
+    pub fn exceeded(&self) -> Option<u64> {
+        self.limit
+            .filter(|_| self.too_large.load(Ordering::Relaxed))
+    }
 }
 
 /// The body went over `max_request_body` while streaming.
 #[derive(Debug, thiserror::Error)]
 #[error("request body over {0} bytes")]
-pub struct TooLarge(pub u64);
+struct TooLarge(u64);
 
 /// The client's body as the backend request's body.
 #[derive(Debug)]
 pub struct RequestBody {
     /// `None`: no body (a retried request, which never has one).
     inner: Option<Incoming>,
-    limit: Option<u64>,
     state: Arc<BodyState>,
 }
 
@@ -39,18 +47,16 @@ impl RequestBody {
     pub fn new(inner: Incoming, limit: Option<u64>) -> RequestBody {
         RequestBody {
             inner: Some(inner),
-            limit,
-            state: Arc::default(),
+            state: Arc::new(BodyState {
+                limit,
+                ..BodyState::default()
+            }),
         }
     }
 
     /// An empty body sharing `state` (each attempt of a retried request).
     pub fn empty(state: Arc<BodyState>) -> RequestBody {
-        RequestBody {
-            inner: None,
-            limit: None,
-            state,
-        }
+        RequestBody { inner: None, state }
     }
 
     pub fn state(&self) -> &Arc<BodyState> {
@@ -75,11 +81,10 @@ impl Body for RequestBody {
             Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
             None => return Poll::Ready(None),
         };
-        this.state.started.store(true, Ordering::Relaxed);
         if let Some(data) = frame.data_ref() {
             let len = data.len() as u64;
             let total = this.state.bytes.fetch_add(len, Ordering::Relaxed) + len;
-            if let Some(limit) = this.limit.filter(|&l| total > l) {
+            if let Some(limit) = this.state.limit.filter(|&l| total > l) {
                 this.state.too_large.store(true, Ordering::Relaxed);
                 // Nothing more is read: hyper answers the client and closes its connection.
                 this.inner = None;

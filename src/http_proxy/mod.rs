@@ -36,7 +36,7 @@ use crate::proxy::Ctx;
 use crate::route::Route;
 use crate::telemetry::{MAX_LOGGED_PATH, MAX_LOGGED_VALUE, cut};
 
-use body::{BodyState, RequestBody, TooLarge};
+use body::{BodyState, RequestBody};
 use pick::{ClientSettings, InFlight, Target, Targets};
 
 pub use pick::MAX_IDLE_PER_BACKEND;
@@ -394,14 +394,10 @@ fn backend_request(
 /// A failure after the request went out: the client's own body over the limit (413), or
 /// the backend's (502).
 fn request_failed(e: &hyper_util::client::legacy::Error, state: &BodyState) -> ProxyError {
-    use std::sync::atomic::Ordering;
-    if state.too_large.load(Ordering::Relaxed) || find_cause::<TooLarge>(e).is_some() {
-        let limit = find_cause::<TooLarge>(e).map_or(0, |t| t.0);
-        return ProxyError::BodyTooLarge(limit);
+    match state.exceeded() {
+        Some(limit) => ProxyError::BodyTooLarge(limit),
+        None => BackendError::RequestFailed(crate::http_client::error_chain(e)).into(),
     }
-    ProxyError::from(BackendError::RequestFailed(
-        crate::http_client::error_chain(e),
-    ))
 }
 
 /// The stack's errors as the proxy's: its own layers' (overload, response-head timeout) and
@@ -411,10 +407,10 @@ fn stack_error(e: BoxError, http: &HttpRoute, state: &BodyState) -> ProxyError {
         return ProxyError::Overloaded;
     }
     if e.is::<tower::timeout::error::Elapsed>() {
-        if state.too_large.load(std::sync::atomic::Ordering::Relaxed) {
-            return ProxyError::BodyTooLarge(http.max_request_body.unwrap_or(0));
-        }
-        return BackendError::ResponseTimeout(http.response_header_timeout).into();
+        return match state.exceeded() {
+            Some(limit) => ProxyError::BodyTooLarge(limit),
+            None => BackendError::ResponseTimeout(http.response_header_timeout).into(),
+        };
     }
     match e.downcast::<ProxyError>() {
         Ok(e) => *e,

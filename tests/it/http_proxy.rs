@@ -65,23 +65,42 @@ type SeenLog = Arc<Mutex<Vec<Seen>>>;
 
 /// A hyper backend (HTTP/1.1 and HTTP/2) answering every request with `handler`.
 async fn backend(handler: Handler) -> SocketAddr {
+    backend_with(handler, None).await
+}
+
+/// [`backend`], behind TLS when `tls` is given (ALPN decides HTTP/2 or HTTP/1.1).
+async fn backend_with(handler: Handler, tls: Option<tokio_rustls::TlsAcceptor>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let handler = handler.clone();
+            let (handler, tls) = (handler.clone(), tls.clone());
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let reply = handler(req);
-                    async move { Ok::<_, Infallible>(reply.await) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                match tls {
+                    None => serve_backend_conn(stream, handler).await,
+                    Some(tls) => {
+                        if let Ok(stream) = tls.accept(stream).await {
+                            serve_backend_conn(stream, handler).await;
+                        }
+                    }
+                }
             });
         }
     });
     addr
+}
+
+async fn serve_backend_conn<I>(io: I, handler: Handler)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let reply = handler(req);
+        async move { Ok::<_, Infallible>(reply.await) }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), service)
+        .await;
 }
 
 fn full(b: impl Into<Bytes>) -> TestBody {
@@ -91,9 +110,13 @@ fn full(b: impl Into<Bytes>) -> TestBody {
 /// A backend that reads each whole request, records it, and answers 200 with its body; with
 /// `x-want-trailers`, the answer carries the trailer `x-checksum: backend`.
 async fn echo_backend() -> (SocketAddr, SeenLog) {
+    echo_backend_with(None).await
+}
+
+async fn echo_backend_with(tls: Option<tokio_rustls::TlsAcceptor>) -> (SocketAddr, SeenLog) {
     let seen: SeenLog = Arc::default();
     let log = seen.clone();
-    let addr = backend(Arc::new(move |req: Request<Incoming>| {
+    let handler: Handler = Arc::new(move |req: Request<Incoming>| {
         let log = log.clone();
         Box::pin(async move {
             let (parts, body) = req.into_parts();
@@ -130,9 +153,8 @@ async fn echo_backend() -> (SocketAddr, SeenLog) {
                 .insert("x-hop", HeaderValue::from_static("1"));
             resp
         })
-    }))
-    .await;
-    (addr, seen)
+    });
+    (backend_with(handler, tls).await, seen)
 }
 
 /// A route named `app` on `/` with `http = true` toward `backends`, plus `extra` keys.
@@ -759,4 +781,117 @@ async fn completed_requests_are_counted_by_route_and_status_class() {
         ),
         3.0
     );
+}
+
+#[tokio::test]
+async fn an_https_backend_that_offers_http2_is_spoken_to_in_http2() {
+    use rustls::pki_types::pem::PemObject;
+    let ca = support::tls::TestCa::new();
+    let (cert, key) = ca.leaf("backend", &["127.0.0.1"]);
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(&cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(wsgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let (b, seen) = echo_backend_with(Some(acceptor)).await;
+    let route = format!(
+        "[[route]]\nname = \"app\"\npath = \"/\"\nbackends = [\"wss://{b}\"]\nhttp = true\n\
+         [route.backend_tls]\nca = {:?}\n",
+        ca.ca_file().display().to_string()
+    );
+    let gw = Gateway::spawn(&route).await;
+    for body in ["one", "two"] {
+        let resp = send(
+            gw.addr,
+            Request::post("/tls")
+                .header("host", "app.test")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["via"], "2 wsgate");
+        assert_eq!(read_body(resp).await.0, body);
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|s| s.version == http::Version::HTTP_2));
+    assert_eq!(seen[0].uri, format!("https://{b}/tls"));
+}
+
+/// A backend that announces each request it gets on the returned receiver, and answers it
+/// only when the test adds a permit to the returned semaphore.
+async fn held_backend() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+    Arc<tokio::sync::Semaphore>,
+) {
+    let (arrived_tx, arrived) = tokio::sync::mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let permits = release.clone();
+    let addr = backend(Arc::new(move |_req| {
+        let (arrived, permits) = (arrived_tx.clone(), permits.clone());
+        Box::pin(async move {
+            let _ = arrived.send(());
+            permits.acquire().await.unwrap().forget();
+            Response::new(full("released"))
+        })
+    }))
+    .await;
+    (addr, arrived, release)
+}
+
+#[tokio::test]
+async fn past_max_concurrent_requests_the_route_sheds_load_with_503() {
+    let (b, mut arrived, release) = held_backend().await;
+    let gw = Gateway::spawn(&http_route(&[b], "max_concurrent_requests = 1")).await;
+    let addr = gw.addr;
+    let first = tokio::spawn(async move { send(addr, get("/held")).await.status() });
+    tokio::time::timeout(STEP, arrived.recv())
+        .await
+        .expect("the first request did not reach the backend");
+    let resp = send(gw.addr, get("/shed")).await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(
+        read_body(resp).await.0,
+        "too many requests in progress on this route, try again later\n"
+    );
+    release.add_permits(1);
+    assert_eq!(first.await.unwrap(), 200);
+    // The slot is free again.
+    release.add_permits(1);
+    assert_eq!(send(gw.addr, get("/again")).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_backend_that_does_not_answer_gets_504_after_response_header_timeout() {
+    let (b, _task) = support::silent_backend().await;
+    let gw = Gateway::spawn(&http_route(&[b], "response_header_timeout = \"200ms\"")).await;
+    let resp = send(gw.addr, get("/slow")).await;
+    assert_eq!(resp.status(), 504);
+    assert_eq!(read_body(resp).await.0, "backend did not answer in time\n");
+}
+
+#[tokio::test]
+async fn request_timeout_cuts_a_response_that_outlasts_it() {
+    // The second chunk is never released.
+    let (b, _release) =
+        gated_backend("text/event-stream", &["data: one\n\n", "data: two\n\n"]).await;
+    let gw = Gateway::spawn(&http_route(&[b], "request_timeout = \"300ms\"")).await;
+    let resp = send(gw.addr, get("/events")).await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    assert_eq!(next_chunk(&mut body).await.unwrap(), "data: one\n\n");
+    let rest = tokio::time::timeout(STEP, body.collect())
+        .await
+        .expect("the response was not cut");
+    assert!(rest.is_err(), "a cut response passed as complete");
 }
