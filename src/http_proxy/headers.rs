@@ -190,22 +190,22 @@ fn set_forwarding(headers: &mut HeaderMap, client: &HeaderMap, f: &Forwarding<'_
         None => element,
     };
     set(headers, "forwarded", &forwarded);
-    append_via(headers, client, f.version);
+    if let Some(via) = via(client, f.version) {
+        headers.insert(header::VIA, via);
+    }
     for (name, value) in f.correlation.backend_headers() {
         headers.insert(name, value);
     }
 }
 
-/// `Via` as received plus this hop (`1.1 wsgate`, `2 wsgate`), into `out`.
-fn append_via(out: &mut HeaderMap, received: &HeaderMap, version: Version) {
+/// `Via` as received plus this hop (`1.1 wsgate`, `2 wsgate`).
+fn via(received: &HeaderMap, version: Version) -> Option<HeaderValue> {
     let hop = format!("{} wsgate", via_version(version));
     let via = match list_values(received, &header::VIA).join(", ") {
         prev if prev.is_empty() => hop,
         prev => format!("{prev}, {hop}"),
     };
-    if let Ok(v) = HeaderValue::from_str(&via) {
-        out.insert(header::VIA, v);
-    }
+    HeaderValue::from_str(&via).ok()
 }
 
 /// The protocol as `Via` names it.
@@ -231,8 +231,9 @@ pub fn response_headers(headers: &mut HeaderMap, backend_version: Version, ids: 
             headers.remove(name);
         }
     }
-    let received = headers.clone();
-    append_via(headers, &received, backend_version);
+    if let Some(via) = via(headers, backend_version) {
+        headers.insert(header::VIA, via);
+    }
     headers.insert(X_REQUEST_ID, ids.request_id_header());
 }
 

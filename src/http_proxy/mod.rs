@@ -312,10 +312,13 @@ async fn forward(mut ex: Exchange) -> Result<Forwarded, BoxError> {
     let mut all_timeouts = true;
     for i in order {
         let target = &targets.list[i];
-        let attempt = match body.take() {
-            Some(b) if !ex.retryable => b,
-            Some(_) | None if ex.retryable => RequestBody::empty(state.clone()),
-            _ => break,
+        let attempt = if ex.retryable {
+            RequestBody::empty(state.clone())
+        } else {
+            match body.take() {
+                Some(b) => b,
+                None => break,
+            }
         };
         let req = backend_request(&ex, target, attempt).map_err(ProxyError::from)?;
         let in_flight = target.claim();
