@@ -132,7 +132,9 @@ pub fn request_headers(client: &HeaderMap, f: &Forwarding<'_>) -> HeaderMap {
         .iter()
         .map(HeaderValue::as_bytes)
         .collect();
+    let cookie_named = named.iter().any(|t| t.eq_ignore_ascii_case("cookie"));
     if !cookies.is_empty()
+        && !cookie_named
         && let Ok(v) = HeaderValue::from_bytes(&cookies.join(&b"; "[..]))
     {
         headers.insert(header::COOKIE, v);

@@ -51,7 +51,6 @@ impl Record {
             .stats
             .http
             .observe(self.status.as_u16(), outcome, Some(lasted));
-        let version = format!("{:?}", self.version);
         tracing::info!(
             target: "wsgate::access",
             event = "http",
@@ -62,7 +61,7 @@ impl Record {
             client = %self.client,
             backend = &*self.backend,
             method = self.method.as_str(),
-            version = version.as_str(),
+            version = ?self.version,
             host = self.host.as_deref(),
             path = &*self.path,
             user = self.user.as_deref(),
