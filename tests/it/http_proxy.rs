@@ -895,3 +895,60 @@ async fn request_timeout_cuts_a_response_that_outlasts_it() {
         .expect("the response was not cut");
     assert!(rest.is_err(), "a cut response passed as complete");
 }
+
+#[tokio::test]
+async fn each_request_writes_one_access_record_when_its_response_ends() {
+    use tokio::io::AsyncBufReadExt;
+    let (b, _seen) = echo_backend().await;
+    let dir = TempDir::new("http-log");
+    let config = dir.write(
+        "wsgate.toml",
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
+            http_route(&[b], "")
+        ),
+    );
+    let mut child = support::binary_command(&config, "json", "info")
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    let record = |line: &str| -> serde_json::Value { serde_json::from_str(line).unwrap() };
+    let listening = support::wait_line(&mut lines, &mut log, "listening", |l| {
+        l.contains("\"message\":\"listening\"")
+    })
+    .await;
+    let addr: SocketAddr = record(&listening)["listen"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let resp = send(
+        addr,
+        Request::post("/logged?token=secret")
+            .header("host", "app.test")
+            .header("user-agent", "tester/1")
+            .body(Full::new(Bytes::from_static(b"12345")))
+            .unwrap(),
+    )
+    .await;
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(read_body(resp).await.0, "12345");
+    let line = support::wait_line(&mut lines, &mut log, "the http record", |l| {
+        l.contains("\"event\":\"http\"")
+    })
+    .await;
+    let r = record(&line);
+    assert_eq!(r["request_id"], id.as_str());
+    assert_eq!(r["route"], "app");
+    assert_eq!(r["backend"], format!("http://{b}").as_str());
+    assert_eq!(r["method"], "POST");
+    assert_eq!(r["host"], "app.test");
+    assert_eq!(r["path"], "/logged", "the query is never logged");
+    assert_eq!(r["user_agent"], "tester/1");
+    assert_eq!(r["status"], 200);
+    assert_eq!(r["outcome"], "completed");
+    assert_eq!(r["bytes_request"], 5);
+    assert_eq!(r["bytes_response"], 5);
+    assert!(!line.contains("secret"), "{line}");
+}
