@@ -30,7 +30,9 @@
 //! and validation, every error with key and line), and hands the others typed values;
 //! [`admin`] is the admin listener (metrics, health, the session API, the status page) and
 //! [`metrics`] what it counts and exposes; [`reload`] applies a new config to a running
-//! gateway; [`notify`] tells systemd about readiness, reloads
+//! gateway, and [`listeners`] holds the listening sockets it adds, removes and re-configures;
+//! [`upgrade`] hands those sockets to a new process (binary upgrade) or takes them from
+//! systemd; [`notify`] tells systemd about readiness, reloads
 //! and shutdown;
 //! [`demo`] is `wsgate demo`'s built-in echo backend and browser page; [`fuzz`] holds the
 //! properties every parser of untrusted bytes is fuzzed against (`fuzz/`, replayed by
