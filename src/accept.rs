@@ -45,18 +45,32 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Accepts until `stop` fires, then returns (dropping the listener: no new connections).
-/// Connection tasks are tracked by `conns`; on `stop` each finishes its current request and
-/// closes (upgraded sessions live on in the session registry).
+/// What ends an accept loop and its connections.
+pub struct Stops {
+    /// Ends this loop only (a reload that removes or changes the listener, a hand-over to a
+    /// successor process): its connections go on.
+    pub accepting: CancellationToken,
+    /// The shutdown: each connection finishes its current request and closes (upgraded
+    /// sessions live on in the session registry until it closes them).
+    pub connections: CancellationToken,
+}
+
+/// Accepts until `stops.accepting` fires, then returns (letting go of the listener).
+/// Connection tasks are tracked by `conns`.
 pub async fn accept_loop(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     config: ListenerConfig,
     state: Arc<ProxyState>,
-    stop: CancellationToken,
+    stops: Stops,
     conns: TaskTracker,
     stats: Arc<ListenerStats>,
 ) {
-    // A listener's HTTP settings are the ones it started with (a reload changes routes).
+    let Stops {
+        accepting,
+        connections: stop,
+    } = stops;
+    // A loop's HTTP settings are those of the generation it started under: a reload that
+    // changes them starts a new loop (`crate::listeners`).
     let started = state.current();
     let make = |p| {
         Arc::new(http::builder(
@@ -82,20 +96,21 @@ pub async fn accept_loop(
     ));
     loop {
         let (mut stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = accepting.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(ok) => ok,
                 Err(e) => {
                     stats.accept_error(&e);
                     tracing::warn!(listener = %config.addr, error = %e, "accept failed");
                     tokio::select! {
-                        _ = stop.cancelled() => return,
+                        _ = accepting.cancelled() => return,
                         _ = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
                     }
                 }
             },
         };
         stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let awaiting = Arc::new(AwaitingAnswer::new(state.clone()));
         set_socket_options(&stream);
         let (state, stop) = (state.clone(), stop.clone());
         let timeout = config.handshake_timeout;
@@ -120,7 +135,16 @@ pub async fn accept_loop(
                         trusted_proxies,
                         live_streams: Default::default(),
                     };
-                    serve(stream, conn, state, plain, reasons, timeout, stop).await;
+                    serve(
+                        stream,
+                        conn,
+                        state,
+                        plain,
+                        (reasons, awaiting),
+                        timeout,
+                        stop,
+                    )
+                    .await;
                 });
             }
             Some(tls) => {
@@ -167,7 +191,16 @@ pub async fn accept_loop(
                     } else {
                         h1
                     };
-                    serve(tls, conn, state, builder, reasons, timeout, stop).await;
+                    serve(
+                        tls,
+                        conn,
+                        state,
+                        builder,
+                        (reasons, awaiting),
+                        timeout,
+                        stop,
+                    )
+                    .await;
                 });
             }
         }
@@ -350,7 +383,7 @@ async fn serve<I>(
     conn: ConnInfo,
     state: Arc<ProxyState>,
     builder: Arc<http::Builder>,
-    reasons: Arc<HeadReasons>,
+    (reasons, awaiting): (Arc<HeadReasons>, Arc<AwaitingAnswer>),
     first_request_timeout: Duration,
     stop: CancellationToken,
 ) where
@@ -363,7 +396,14 @@ async fn serve<I>(
         let watch = watch.clone();
         service_fn(move |req| {
             watch.request_seen();
-            proxy::handle(state.clone(), conn.clone(), req)
+            let handled = proxy::handle(state.clone(), conn.clone(), req);
+            let awaiting = awaiting.clone();
+            async move {
+                let response = handled.await;
+                // A session is registered before its 101 is returned.
+                awaiting.done();
+                response
+            }
         })
     };
     let io: ClientIo<I> = TokioIo::new(HeadGuard::new(io, watch.clone()));
@@ -416,6 +456,43 @@ async fn serve<I>(
                 connection.as_mut().graceful_shutdown();
             }
         }
+    }
+}
+
+/// Counts a connection in `Listeners::awaiting_answer` from its accept until the answer to
+/// its first request is ready (a WebSocket's session registered, its 101 on its way) or it
+/// ends: a process that has handed its listeners to a successor waits for these before it
+/// drains, so a connection it accepted just before is served, not reset or refused.
+struct AwaitingAnswer {
+    state: Arc<ProxyState>,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl AwaitingAnswer {
+    fn new(state: Arc<ProxyState>) -> Self {
+        state
+            .listeners
+            .awaiting_answer
+            .fetch_add(1, Ordering::Relaxed);
+        AwaitingAnswer {
+            state,
+            done: Default::default(),
+        }
+    }
+
+    fn done(&self) {
+        if !self.done.swap(true, Ordering::Relaxed) {
+            self.state
+                .listeners
+                .awaiting_answer
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for AwaitingAnswer {
+    fn drop(&mut self) {
+        self.done();
     }
 }
 

@@ -30,7 +30,9 @@
 //! and validation, every error with key and line), and hands the others typed values;
 //! [`admin`] is the admin listener (metrics, health, the session API, the status page) and
 //! [`metrics`] what it counts and exposes; [`reload`] applies a new config to a running
-//! gateway; [`notify`] tells systemd about readiness, reloads
+//! gateway, and [`listeners`] holds the listening sockets it adds, removes and re-configures;
+//! [`upgrade`] hands those sockets to a new process (binary upgrade) or takes them from
+//! systemd; [`notify`] tells systemd about readiness, reloads
 //! and shutdown;
 //! [`demo`] is `wsgate demo`'s built-in echo backend and browser page; [`fuzz`] holds the
 //! properties every parser of untrusted bytes is fuzzed against (`fuzz/`, replayed by
@@ -53,6 +55,7 @@ pub mod head_guard;
 pub mod http;
 pub mod http_client;
 pub mod http_proxy;
+pub mod listeners;
 pub mod metrics;
 pub mod notify;
 pub mod outcome;
@@ -67,6 +70,7 @@ pub mod sessions;
 pub mod target;
 pub mod telemetry;
 pub mod tls;
+pub mod upgrade;
 pub mod upgraded;
 
 use std::net::SocketAddr;
@@ -104,40 +108,30 @@ pub struct Handle {
 }
 
 impl Gateway {
-    /// Binds every listener (port 0 picks a free port) and starts serving.
+    /// Binds every listener (port 0 picks a free port) and starts serving. Sockets passed by
+    /// systemd (socket activation), or handed over by a running wsgate at `[upgrade] socket`,
+    /// are used instead of binding where they match a listener (see [`upgrade`]).
     pub async fn start(config: Config) -> std::io::Result<Handle> {
+        let mut inherited = upgrade::Inherited::from_systemd();
+        let predecessor = match &config.upgrade_socket {
+            Some(path) => upgrade::take_over(path).await?.map(|(p, sockets)| {
+                inherited.extend(sockets);
+                p
+            }),
+            None => None,
+        };
         let sessions = Arc::new(Sessions::default());
         let grace = config.shutdown_grace;
         let spread = config.shutdown_close_spread;
-        let mut bound = Vec::new();
-        for l in &config.listeners {
-            let listener = accept::bind(l.addr).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.addr))
-            })?;
-            bound.push((listener.local_addr()?, listener, l.clone()));
-        }
+        let bound = listeners::bind_all(&config.listeners, &mut inherited)?;
+        let admin_socket = config
+            .admin
+            .as_ref()
+            .and_then(|a| inherited.take_admin(a.addr));
         let state = Arc::new(ProxyState::new(config, sessions.clone()));
-        let stop = CancellationToken::new();
-        let conns = TaskTracker::new();
-        let mut addrs = Vec::new();
-        let mut listener_stats = Vec::new();
-        for (addr, listener, lconf) in bound {
-            tracing::info!(listen = %addr, "listening");
-            addrs.push(addr);
-            let stats = Arc::new(metrics::ListenerStats::default());
-            listener_stats.push((addr, stats.clone()));
-            if let (Some(tls), Some(every)) = (&lconf.tls, lconf.tls_watch) {
-                tokio::spawn(tls.clone().watch_files(every, addr, stop.clone()));
-            }
-            tokio::spawn(accept::accept_loop(
-                listener,
-                lconf,
-                state.clone(),
-                stop.clone(),
-                conns.clone(),
-                stats,
-            ));
-        }
+        let stop = state.listeners.stop.clone();
+        state.listeners.start(&state, bound)?;
+        let addrs = state.listeners.addrs();
         for r in state.current().routes.iter() {
             let backends: Vec<&str> = r
                 .pool
@@ -154,7 +148,6 @@ impl Gateway {
             Some(config) => {
                 let registry = metrics::collector::registry(metrics::collector::GatewayMetrics {
                     state: state.clone(),
-                    listeners: listener_stats,
                     started: std::time::SystemTime::now(),
                 });
                 let admin = Arc::new(admin::Admin {
@@ -164,7 +157,7 @@ impl Gateway {
                     config,
                     stop: admin_stop.clone(),
                 });
-                match admin::start(admin).await {
+                match admin::start(admin, admin_socket).await {
                     Ok(addr) => Some(addr),
                     Err(e) => {
                         stop.cancel();
@@ -174,9 +167,21 @@ impl Gateway {
             }
             None => None,
         };
+        inherited.close_unused();
+        if let Some(predecessor) = predecessor
+            && let Err(e) = predecessor.ready().await
+        {
+            // Both processes accept from the same sockets until the old one stops: nothing
+            // is lost, but the old one may not drain on its own.
+            tracing::warn!(error = %e, "the previous process did not confirm the hand-over");
+        }
+        if let Some(path) = state.initial.upgrade_socket.clone() {
+            tokio::spawn(upgrade::serve(state.clone(), path, stop.clone()));
+        }
         if let Some(every) = state.initial.watch {
             tokio::spawn(reload::watch(state.clone(), every, stop.clone()));
         }
+        let conns = state.listeners.conns.clone();
         let supervised = supervise(stop.clone(), conns, sessions.clone(), (grace, spread));
         let supervisor = tokio::spawn(async move {
             let report = supervised.await;
@@ -270,7 +275,7 @@ impl Handle {
     /// the certificates it had, and the error (file and reason) is logged and returned.
     pub fn reload_certificates(&self) -> Vec<(SocketAddr, Result<(), String>)> {
         let mut results = Vec::new();
-        for (listener, addr) in self.state.initial.listeners.iter().zip(&self.addrs) {
+        for (listener, addr) in self.state.listeners.configs() {
             let Some(tls) = &listener.tls else { continue };
             let result = tls.reload();
             match &result {
@@ -279,7 +284,7 @@ impl Handle {
                     tracing::warn!(listener = %addr, error = %e, "TLS certificate reload failed; keeping the previous certificates")
                 }
             }
-            results.push((*addr, result));
+            results.push((addr, result));
         }
         results
     }
@@ -287,13 +292,8 @@ impl Handle {
     /// Changes whenever the TLS listener at `index` (config order) has reloaded its
     /// certificates (SIGHUP or a file change); `None` for a plain listener.
     pub fn certificate_reloads(&self, index: usize) -> Option<tokio::sync::watch::Receiver<u64>> {
-        self.state
-            .initial
-            .listeners
-            .get(index)?
-            .tls
-            .as_ref()
-            .map(|t| t.reloads())
+        let (listener, _) = self.state.listeners.configs().into_iter().nth(index)?;
+        listener.tls.as_ref().map(|t| t.reloads())
     }
 
     /// Closes every live session of the route named `name` with close frames carrying `code`
@@ -333,8 +333,9 @@ impl Handle {
     /// Applies an already validated config: new handshakes use it at once; sessions of
     /// removed routes (and of changed routes with `on_change = "restart"`, and of backends a
     /// route no longer lists) get close 1012 spread over `[reload] close_spread`; the others
-    /// go on untouched. See [`reload`].
-    pub fn reload(&self, config: Config) -> ReloadReport {
+    /// go on untouched; listeners are added, removed or re-configured. Fails, changing
+    /// nothing, when a listener it adds cannot be bound. See [`reload`].
+    pub fn reload(&self, config: Config) -> Result<ReloadReport, config::ConfigErrors> {
         reload::apply(&self.state, config)
     }
 
@@ -350,10 +351,29 @@ impl Handle {
         reload::from_file(&self.state)
     }
 
-    /// Starts a graceful shutdown: from this moment new upgrades get 503 and listeners close.
+    /// Starts a graceful shutdown: `/readyz` answers 503 from now on; after
+    /// `[shutdown] unready_delay` (none by default) new upgrades get 503, the listeners close
+    /// and the sessions get their close frames.
     pub fn shutdown(&self) {
-        self.sessions.start_draining();
-        self.stop.cancel();
+        self.state
+            .shutdown(self.state.current().config.unready_delay);
+    }
+
+    /// Resolves once the drain has begun, whoever began it: a signal through
+    /// [`Handle::shutdown`], or a binary upgrade that handed the listeners to a new process.
+    pub async fn stopping(&self) {
+        self.stop.cancelled().await
+    }
+
+    /// `[upgrade] socket`, where this process hands its listeners to a successor.
+    pub fn upgrade_socket(&self) -> Option<&std::path::Path> {
+        self.state.initial.upgrade_socket.as_deref()
+    }
+
+    /// The bound addresses of the listeners running now (a reload may add or remove some),
+    /// in config order.
+    pub fn listener_addrs(&self) -> Vec<SocketAddr> {
+        self.state.listeners.addrs()
     }
 
     /// Waits until the gateway has stopped (after [`Handle::shutdown`]).

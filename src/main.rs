@@ -383,6 +383,10 @@ struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+    /// This binary's path as it was at start: an upgrade replaces the file there, and the
+    /// running process's `/proc/self/exe` then names a deleted file.
+    exe: Option<std::path::PathBuf>,
 }
 
 impl Signals {
@@ -392,24 +396,60 @@ impl Signals {
             term: signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?,
             hup: signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?,
+            usr2: signal(SignalKind::user_defined2()).context("cannot install SIGUSR2 handler")?,
+            exe: std::env::current_exe().ok(),
         })
     }
 
+    /// SIGUSR2: starts the binary now at this process's path, with the same arguments, as
+    /// its successor; it takes the listening sockets over through `[upgrade] socket`, and
+    /// this process then drains (`wsgate::upgrade`). Its exit, should it fail, is logged; this
+    /// process serves on regardless.
+    fn start_successor(&self, handle: &Handle) {
+        if handle.upgrade_socket().is_none() {
+            tracing::warn!("SIGUSR2: binary upgrades need [upgrade] socket in the config; ignored");
+            return;
+        }
+        let Some(exe) = &self.exe else {
+            tracing::warn!("SIGUSR2: cannot tell this binary's path; start the new one by hand");
+            return;
+        };
+        let spawned = tokio::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .stdin(std::process::Stdio::null())
+            .spawn();
+        match spawned {
+            Ok(mut child) => {
+                tracing::info!(exe = %exe.display(), pid = child.id().unwrap_or(0), "SIGUSR2: started the new binary; it takes the listening sockets over");
+                tokio::spawn(async move {
+                    if let Ok(status) = child.wait().await
+                        && !status.success()
+                    {
+                        tracing::warn!(%status, "the new binary exited; this process serves on");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(exe = %exe.display(), error = %e, "SIGUSR2: cannot start the new binary")
+            }
+        }
+    }
+
     /// SIGHUP reloads the config file (routes and backends; see `wsgate::reload`) and the TLS
-    /// certificates; SIGTERM or SIGINT starts a graceful shutdown; a second
-    /// signal ends the process at once. systemd hears of each step (`crate::notify`).
-    async fn wait_then_drain(self, handle: Handle) -> anyhow::Result<()> {
-        let Self {
-            mut term,
-            mut int,
-            mut hup,
-        } = self;
+    /// certificates; SIGUSR2 starts a successor (a binary upgrade); SIGTERM or SIGINT starts
+    /// a graceful shutdown; a second signal ends the process at once. systemd hears of each
+    /// step (`crate::notify`).
+    async fn wait_then_drain(mut self, handle: Handle) -> anyhow::Result<()> {
         notify::ready();
         let name = loop {
             tokio::select! {
-                _ = term.recv() => break "SIGTERM",
-                _ = int.recv() => break "SIGINT",
-                _ = hup.recv() => {
+                _ = self.term.recv() => break Some("SIGTERM"),
+                _ = self.int.recv() => break Some("SIGINT"),
+                _ = self.usr2.recv() => self.start_successor(&handle),
+                // The listeners went to a successor, which systemd now follows
+                // (`MAINPID`): this process drains without a word to systemd.
+                _ = handle.stopping() => break None,
+                _ = self.hup.recv() => {
                     notify::reloading();
                     tracing::info!(signal = "SIGHUP", "reloading the config file and the TLS certificates");
                     // Logged either way: what changed, or every error (the running config stays).
@@ -419,9 +459,14 @@ impl Signals {
                 }
             }
         };
-        tracing::info!(signal = name, "signal received");
-        notify::stopping();
-        handle.shutdown();
+        if let Some(name) = name {
+            tracing::info!(signal = name, "signal received");
+            notify::stopping();
+            handle.shutdown();
+        }
+        let Self {
+            mut term, mut int, ..
+        } = self;
         tokio::select! {
             report = handle.wait() => {
                 if report.sessions_ended > 0 {

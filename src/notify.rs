@@ -1,5 +1,6 @@
 //! Readiness for the service manager (systemd `Type=notify`): `READY=1` once every listener is
-//! bound, `RELOADING=1` while a reload runs, `STOPPING=1` when a shutdown starts.
+//! bound, `RELOADING=1` while a reload runs, `STOPPING=1` when a shutdown starts, `MAINPID=`
+//! when a binary upgrade hands the service to a new process.
 //!
 //! Without `NOTIFY_SOCKET` in the environment (not started by systemd) each call does nothing.
 //! A failure to notify is logged, never fatal: the proxy serves either way, and systemd, if it
@@ -25,6 +26,13 @@ pub fn reloading() {
 /// A graceful shutdown starts: systemd shows the unit as deactivating, not failed.
 pub fn stopping() {
     send("STOPPING=1", &[NotifyState::Stopping]);
+}
+
+/// A binary upgrade handed the sockets to process `pid`, which is now the service's main
+/// process: systemd must follow it rather than end the service when this one exits (the unit
+/// needs `NotifyAccess=all` for the message, sent by this process, and the new one's to count).
+pub fn main_pid(pid: u32) {
+    send("MAINPID", &[NotifyState::MainPid(pid)]);
 }
 
 fn send(what: &'static str, state: &[NotifyState]) {

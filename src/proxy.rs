@@ -50,6 +50,11 @@ pub struct ProxyState {
     /// The current generation's number, for whoever waits for a reload.
     pub generations: tokio::sync::watch::Sender<u64>,
     pub sessions: Arc<Sessions>,
+    /// The listening sockets, their accept loops and connections.
+    pub listeners: crate::listeners::Listeners,
+    /// A shutdown has begun (`/readyz` says 503), though maybe not the drain yet
+    /// (`[shutdown] unready_delay`).
+    unready: std::sync::atomic::AtomicBool,
     /// Refusals of requests that matched no route.
     pub unrouted_refusals: crate::telemetry::RefusalCounts,
     /// The refusal records' per-outcome budget (`[log] refusals_per_second`).
@@ -81,8 +86,42 @@ impl ProxyState {
             reloads: Default::default(),
             generations: tokio::sync::watch::Sender::new(1),
             sessions,
+            listeners: Default::default(),
+            unready: Default::default(),
             unrouted_refusals: Default::default(),
         }
+    }
+
+    /// Whether a load balancer should send new clients here (`/readyz`): not once a
+    /// shutdown has begun.
+    pub fn is_ready(&self) -> bool {
+        !self.unready.load(std::sync::atomic::Ordering::Relaxed) && !self.sessions.is_draining()
+    }
+
+    /// Starts a graceful shutdown: not ready from now on; after `unready_delay`, during which
+    /// everything else goes on, new upgrades get 503, the accept loops stop, and the
+    /// supervisor (`crate::supervise`) closes the sessions. A second call while the delay runs
+    /// changes nothing.
+    pub fn shutdown(self: &Arc<Self>, unready_delay: std::time::Duration) {
+        use std::sync::atomic::Ordering;
+        if self.unready.swap(true, Ordering::Relaxed) && !unready_delay.is_zero() {
+            return;
+        }
+        if unready_delay.is_zero() {
+            self.sessions.start_draining();
+            self.listeners.stop.cancel();
+            return;
+        }
+        tracing::info!(delay = ?unready_delay, "shutting down: /readyz answers 503; sessions and listeners go on for the unready delay");
+        let state = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(unready_delay) => {}
+                _ = state.listeners.stop.cancelled() => {}
+            }
+            state.sessions.start_draining();
+            state.listeners.stop.cancel();
+        });
     }
 
     /// The generation new requests use.

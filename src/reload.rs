@@ -11,12 +11,16 @@
 //! - their backend is no longer one of their route's backends (so their clients reconnect to
 //!   the remaining ones).
 //!
-//! Listeners, their TLS and HTTP settings, `[admin]` and `[http2]` are what the process
-//! started with: a reload that changes them says so (`restart_needed`) and applies the rest.
+//! Listeners follow the file too (`crate::listeners`): an added one is bound before anything
+//! else changes (a port that cannot be bound fails the whole reload), a removed one stops
+//! accepting (its connections and sessions go on, unless their route goes), a changed one
+//! (TLS, HTTP/2, PROXY protocol, timeouts, header limits) gets a new accept loop on the same
+//! socket, so new connections get the new settings and nothing queued is lost. Only `[admin]`
+//! is what the process started with: a reload that changes it says so (`restart_needed`).
 
 use std::sync::Arc;
 
-use crate::config::{Config, ConfigErrors, ListenerConfig, OnChange};
+use crate::config::{Config, ConfigError, ConfigErrors, OnChange};
 use crate::frame::close_code;
 use crate::proxy::ProxyState;
 use crate::relay::CloseRequest;
@@ -34,15 +38,37 @@ pub struct ReloadReport {
     pub sessions_closing: usize,
     /// The generation now serving new handshakes.
     pub generation: u64,
-    /// Settings that changed but take effect only on a restart (listeners, `[admin]`).
+    /// Listeners (by configured address) added, removed, and changed.
+    pub listeners: crate::listeners::ListenerDiff,
+    /// Settings that changed but take effect only on a restart (`[admin]`).
     pub restart_needed: Vec<String>,
 }
 
-/// Applies an already validated `config`: see the module docs.
-pub fn apply(state: &ProxyState, config: Config) -> ReloadReport {
+/// Applies an already validated `config`: see the module docs. Fails, changing nothing, when
+/// a listener it adds cannot be bound.
+pub fn apply(state: &Arc<ProxyState>, config: Config) -> Result<ReloadReport, ConfigErrors> {
+    let prepared = match state.listeners.prepare(&config.listeners) {
+        Ok(p) => p,
+        Err(e) => {
+            state.reloads.add("failed");
+            tracing::warn!(error = %e, "config reload failed; the running config stays");
+            return Err(ConfigErrors {
+                source: config
+                    .source
+                    .as_ref()
+                    .map_or_else(|| "(config)".into(), |p| p.display().to_string()),
+                errors: vec![ConfigError {
+                    key: "listener".into(),
+                    line: None,
+                    message: e.to_string(),
+                }],
+            });
+        }
+    };
     let restart_needed = restart_needed(&state.initial, &config);
     let spread = config.reload_close_spread;
     let (next, diff) = state.advance(config);
+    let listeners = state.listeners.commit(state, prepared);
     let closing: Vec<Arc<SessionInfo>> = state
         .sessions
         .list()
@@ -52,6 +78,7 @@ pub fn apply(state: &ProxyState, config: Config) -> ReloadReport {
     let report = ReloadReport {
         sessions_closing: closing.len(),
         generation: next.number,
+        listeners,
         restart_needed,
         added: diff.added,
         removed: diff.removed,
@@ -73,6 +100,9 @@ pub fn apply(state: &ProxyState, config: Config) -> ReloadReport {
         added = crate::telemetry::list(&report.added),
         removed = crate::telemetry::list(&report.removed),
         changed = crate::telemetry::list(&report.changed),
+        listeners_added = crate::telemetry::list(&report.listeners.added),
+        listeners_removed = crate::telemetry::list(&report.listeners.removed),
+        listeners_changed = crate::telemetry::list(&report.listeners.changed),
         sessions_closing = report.sessions_closing,
         close_spread = ?spread,
         "config reloaded"
@@ -83,13 +113,13 @@ pub fn apply(state: &ProxyState, config: Config) -> ReloadReport {
             "config reload: these changes take effect only after a restart"
         );
     }
-    report
+    Ok(report)
 }
 
 /// Reads the file the running config came from again and applies it; on any error nothing
 /// changes, and every error (key and line) is logged. A gateway not started from a file
 /// (`wsgate demo`, tests) has nothing to read: an error, neither logged nor counted.
-pub fn from_file(state: &ProxyState) -> Result<ReloadReport, ConfigErrors> {
+pub fn from_file(state: &Arc<ProxyState>) -> Result<ReloadReport, ConfigErrors> {
     let Some(path) = state.current().config.source.clone() else {
         return Err(ConfigErrors {
             source: "(no file)".into(),
@@ -101,7 +131,7 @@ pub fn from_file(state: &ProxyState) -> Result<ReloadReport, ConfigErrors> {
         });
     };
     match Config::load(&path) {
-        Ok(config) => Ok(apply(state, config)),
+        Ok(config) => apply(state, config),
         Err(errors) => {
             state.reloads.add("failed");
             let shown: Vec<String> = errors.errors.iter().map(|e| e.to_string()).collect();
@@ -163,33 +193,10 @@ fn must_close(s: &SessionInfo, routes: &crate::route::RouteTable, changed: &[Str
         .any(|b| Arc::ptr_eq(b, &s.lease.backend))
 }
 
-/// The listener-level settings that differ between the running listeners and `config`.
+/// The settings that differ between the running process and `config` and take effect only
+/// on a restart.
 fn restart_needed(initial: &Config, config: &Config) -> Vec<String> {
-    let describe = |l: &ListenerConfig| {
-        format!(
-            "tls={} proxy_protocol={} http2={} handshake_timeout={:?} trusted_proxies={:?}",
-            l.tls.is_some(),
-            l.proxy_protocol,
-            l.http2,
-            l.handshake_timeout,
-            l.trusted_proxies
-        )
-    };
     let mut out = Vec::new();
-    for l in &config.listeners {
-        match initial.listeners.iter().find(|o| o.addr == l.addr) {
-            None => out.push(format!("listener {} added", l.addr)),
-            Some(o) if describe(o) != describe(l) => {
-                out.push(format!("listener {} changed", l.addr))
-            }
-            Some(_) => {}
-        }
-    }
-    for o in &initial.listeners {
-        if !config.listeners.iter().any(|l| l.addr == o.addr) {
-            out.push(format!("listener {} removed", o.addr));
-        }
-    }
     let admin = |c: &Config| {
         c.admin
             .as_ref()
@@ -198,13 +205,8 @@ fn restart_needed(initial: &Config, config: &Config) -> Vec<String> {
     if admin(initial) != admin(config) {
         out.push("[admin]".into());
     }
-    if initial.http2 != config.http2 {
-        out.push("[http2]".into());
-    }
-    if initial.limits.max_header_bytes != config.limits.max_header_bytes
-        || initial.limits.max_headers != config.limits.max_headers
-    {
-        out.push("limits.max_header_bytes, limits.max_headers".into());
+    if initial.upgrade_socket != config.upgrade_socket {
+        out.push("[upgrade] socket".into());
     }
     out
 }

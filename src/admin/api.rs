@@ -124,7 +124,7 @@ fn page() -> Response<Body> {
 /// 200 while new sessions are taken; 503 from the first moment of a drain, before any close
 /// frame goes out, so a load balancer stops sending clients first.
 fn readyz(admin: &Admin) -> Response<Body> {
-    if admin.state.sessions.is_draining() {
+    if !admin.state.is_ready() {
         text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
     } else {
         text(StatusCode::OK, "ready\n")
@@ -512,6 +512,11 @@ fn reload(admin: &Admin) -> Response<Body> {
                 "unchanged": r.unchanged,
                 "sessions_closing": r.sessions_closing,
                 "generation": r.generation,
+                "listeners": {
+                    "added": r.listeners.added,
+                    "removed": r.listeners.removed,
+                    "changed": r.listeners.changed,
+                },
                 "restart_needed": r.restart_needed,
             }),
         ),

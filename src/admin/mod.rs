@@ -55,23 +55,40 @@ pub struct Admin {
 }
 
 /// Binds the admin listener and serves it until `admin.stop` fires. Returns the bound address.
-pub async fn start(admin: Arc<Admin>) -> std::io::Result<SocketAddr> {
-    let listener = crate::accept::bind(admin.config.addr).map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot listen on {} (admin): {e}", admin.config.addr),
-        )
-    })?;
+pub async fn start(
+    admin: Arc<Admin>,
+    inherited: Option<tokio::net::TcpListener>,
+) -> std::io::Result<SocketAddr> {
+    let listener = match inherited {
+        Some(l) => l,
+        None => crate::accept::bind(admin.config.addr).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {} (admin): {e}", admin.config.addr),
+            )
+        })?,
+    };
+    let listener = Arc::new(listener);
     let addr = listener.local_addr()?;
+    // A hand-over to a successor process stops this loop only; requests in progress finish.
+    let accepting = admin.stop.child_token();
+    admin
+        .state
+        .listeners
+        .set_admin(listener.clone(), accepting.clone());
     tracing::info!(admin = %addr, tls = admin.config.tls.is_some(), "admin listener");
     if let (Some(tls), Some(every)) = (&admin.config.tls, admin.config.tls_watch) {
         tokio::spawn(tls.clone().watch_files(every, addr, admin.stop.clone()));
     }
-    tokio::spawn(accept_loop(listener, admin));
+    tokio::spawn(accept_loop(listener, admin, accepting));
     Ok(addr)
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, admin: Arc<Admin>) {
+async fn accept_loop(
+    listener: Arc<tokio::net::TcpListener>,
+    admin: Arc<Admin>,
+    accepting: CancellationToken,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -86,7 +103,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, admin: Arc<Admin>) {
         .map(|t| tokio_rustls::TlsAcceptor::from(t.server_config(false)));
     loop {
         let (stream, peer) = tokio::select! {
-            _ = admin.stop.cancelled() => return,
+            _ = accepting.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(ok) => ok,
                 Err(e) => {

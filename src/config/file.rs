@@ -24,6 +24,15 @@ pub struct FileConfig {
     pub log: Option<FileLog>,
     pub reload: Option<FileReload>,
     pub config: Option<FileConfigWatch>,
+    pub upgrade: Option<FileUpgrade>,
+}
+
+/// `[upgrade]`: binary upgrades by socket hand-over.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpgrade {
+    /// The Unix socket a running wsgate hands its listening sockets over on.
+    pub socket: Option<SpStr>,
 }
 
 /// `[config]`: the config file itself.
@@ -347,4 +356,5 @@ pub struct FileLimits {
 pub struct FileShutdown {
     pub grace: Option<SpStr>,
     pub close_spread: Option<SpStr>,
+    pub unready_delay: Option<SpStr>,
 }

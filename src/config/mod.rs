@@ -73,6 +73,13 @@ pub struct Config {
     /// reconnect at once then do not all arrive at the next instance in the same second.
     /// `None`: all at once.
     pub shutdown_close_spread: Option<Duration>,
+    /// On shutdown, `/readyz` answers 503 for this long while everything else goes on, then
+    /// the listeners close and the sessions get 1001: a load balancer that polls readiness
+    /// (a Kubernetes endpoint removal) stops sending new clients before they would be refused.
+    pub unready_delay: Duration,
+    /// `[upgrade] socket`: where a running wsgate hands its listening sockets to a new one
+    /// (`crate::upgrade`); `None`: no hand-over.
+    pub upgrade_socket: Option<std::path::PathBuf>,
     /// The window a reload's 1012s are spread over (`[reload] close_spread`).
     pub reload_close_spread: Duration,
     /// The file this config was read from (`Config::load`), which a reload reads again.
@@ -167,6 +174,10 @@ pub struct ListenerConfig {
     pub http2: bool,
     /// How often the TLS certificate files are checked for changes; `None` = only SIGHUP.
     pub tls_watch: Option<Duration>,
+    /// The listener's settings as written (its table, `[http2]`, `[limits]`, `[timeouts]`):
+    /// a reload restarts the listener's accept loop, with the new settings, only when this
+    /// differs (see `crate::listeners`).
+    pub fingerprint: String,
 }
 
 /// A plain request's response head: long enough for a long-polling transport's held request

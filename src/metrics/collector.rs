@@ -17,7 +17,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-use super::{ListenerStats, Traffic};
+use super::Traffic;
 use crate::outcome::{CloseSide, Outcome};
 use crate::proxy::ProxyState;
 
@@ -30,8 +30,6 @@ pub const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0;
 #[derive(Debug)]
 pub struct GatewayMetrics {
     pub state: Arc<ProxyState>,
-    /// Each listener's bound address and counters, in config order.
-    pub listeners: Vec<(SocketAddr, Arc<ListenerStats>)>,
     pub started: SystemTime,
 }
 
@@ -256,13 +254,14 @@ impl Collector for GatewayMetrics {
             [(Labels::new(), i64::from(draining))],
         )?;
 
-        // --- Listeners. ---
+        // --- Listeners (those running now: a reload may add or remove some). ---
+        let listeners = state.listeners.stats();
         let listener = |a: &SocketAddr| -> Labels { vec![("listener", s(&a.to_string()))] };
         counters(
             &mut enc,
             "wsgate_connections_accepted",
             "TCP connections accepted, by listener.",
-            self.listeners.iter().map(|(a, l)| {
+            listeners.iter().map(|(a, l)| {
                 (
                     listener(a),
                     l.accepted.load(std::sync::atomic::Ordering::Relaxed),
@@ -273,7 +272,7 @@ impl Collector for GatewayMetrics {
             &mut enc,
             "wsgate_accept_errors",
             "Failed accepts by listener and kind (emfile: out of file descriptors).",
-            self.listeners.iter().flat_map(|(a, l)| {
+            listeners.iter().flat_map(|(a, l)| {
                 l.accept_errors.snapshot().into_iter().map(move |(k, n)| {
                     let mut labels = listener(a);
                     labels.push(("kind", st(k)));
@@ -285,7 +284,7 @@ impl Collector for GatewayMetrics {
             &mut enc,
             "wsgate_tls_handshakes",
             "Completed TLS handshakes, by listener.",
-            self.listeners.iter().map(|(a, l)| {
+            listeners.iter().map(|(a, l)| {
                 (
                     listener(a),
                     l.tls_handshakes.load(std::sync::atomic::Ordering::Relaxed),
@@ -297,7 +296,7 @@ impl Collector for GatewayMetrics {
             "wsgate_tls_handshake_failures",
             "Failed TLS handshakes by listener and outcome (tls_handshake_failed, \
              tls_handshake_timeout, plain_http_on_tls).",
-            self.listeners.iter().flat_map(|(a, l)| {
+            listeners.iter().flat_map(|(a, l)| {
                 l.tls_failures.snapshot().into_iter().map(move |(o, n)| {
                     let mut labels = listener(a);
                     labels.push(("outcome", st(o.as_str())));

@@ -2,7 +2,7 @@
 //! SIGTERM drain), and demo.
 
 use std::ffi::OsStr;
-use std::process::{ExitStatus, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use futures_util::SinkExt;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
@@ -57,24 +57,6 @@ async fn run_json(
 
 fn sigterm(child: &Child) {
     send_signal(child, "TERM");
-}
-
-/// Sends the signal named `name` (`"TERM"`, `"HUP"`) to the child.
-fn send_signal(child: &Child, name: &str) {
-    let pid = child.id().expect("child still running");
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-/// Waits (within [`STEP`]) for the child to exit and returns its status.
-async fn wait_exit(child: &mut Child) -> ExitStatus {
-    tokio::time::timeout(STEP, child.wait())
-        .await
-        .unwrap()
-        .unwrap()
 }
 
 /// Runs the binary with `args` to completion and returns its output.

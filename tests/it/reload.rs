@@ -108,7 +108,7 @@ async fn reload_keeps_unchanged_routes_closes_removed_ones_spread_and_adds_new_o
         route("C", "/c", &[echo_c.url()])
     ));
     let started = Instant::now();
-    let report = gw.handle().reload(new);
+    let report = gw.handle().reload(new).expect("reload");
     assert_eq!(report.added, names(&["C"]));
     assert_eq!(report.removed, names(&["B"]));
     assert!(report.changed.is_empty(), "{report:?}");
@@ -175,10 +175,13 @@ async fn a_changed_route_keeps_its_sessions_unless_on_change_is_restart() {
     echo_k.wait_closes(1).await;
 
     let started = Instant::now();
-    let report = gw.handle().reload(config(&format!(
-        "[reload]\nclose_spread = \"100ms\"\n\n{}",
-        routes("64KiB")
-    )));
+    let report = gw
+        .handle()
+        .reload(config(&format!(
+            "[reload]\nclose_spread = \"100ms\"\n\n{}",
+            routes("64KiB")
+        )))
+        .expect("reload");
     assert_eq!(report.changed, names(&["K", "R"]));
     assert!(report.added.is_empty() && report.removed.is_empty() && report.unchanged.is_empty());
     assert_eq!(report.sessions_closing, N);
@@ -226,10 +229,13 @@ async fn sessions_on_a_removed_backend_get_1012_and_new_sessions_go_to_the_rest(
     );
 
     let started = Instant::now();
-    let report = gw.handle().reload(config(&format!(
-        "[reload]\nclose_spread = \"100ms\"\n\n{}",
-        route("r", "/r", &[kept.url()])
-    )));
+    let report = gw
+        .handle()
+        .reload(config(&format!(
+            "[reload]\nclose_spread = \"100ms\"\n\n{}",
+            route("r", "/r", &[kept.url()])
+        )))
+        .expect("reload");
     assert_eq!(report.changed, names(&["r"]));
     assert_eq!(report.sessions_closing, on_dropped.len());
 
@@ -276,12 +282,7 @@ async fn wait_json<R: AsyncRead + Unpin>(
 }
 
 fn sighup(child: &tokio::process::Child) {
-    let pid = child.id().expect("wsgate is running");
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    send_signal(child, "HUP");
 }
 
 /// A file that does not validate: route A is gone (so a reload that applied anything would
@@ -456,11 +457,12 @@ async fn admin_reload_reports_errors_or_what_changed_and_counts_both() {
     );
     let (status, body) = post_reload(admin).await;
     assert_eq!(status, 200, "{body}");
-    // `restart_needed`: the listener changes this reload could not apply (none here).
+    // `restart_needed`: the changes this reload could not apply (`[admin]`; none here).
     assert_eq!(
         body,
         json!({"added": ["B"], "removed": [], "changed": [], "unchanged": ["A"],
-               "sessions_closing": 0, "generation": 2, "restart_needed": []})
+               "sessions_closing": 0, "generation": 2, "restart_needed": [],
+               "listeners": {"added": [], "removed": [], "changed": []}})
     );
     assert_eq!(reload_metrics(admin).await, (1.0, 1.0, 2.0));
     echoes(&mut on_a, "A after the reload").await;

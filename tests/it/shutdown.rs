@@ -284,12 +284,7 @@ async fn sigterm_with_idle_connections_exits_promptly() {
     accepted_all_before(plain, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
     let (mut ws, _) = connect(&format!("ws://{plain}/")).await;
 
-    let pid = child.id().expect("wsgate is running");
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    send_signal(&child, "TERM");
     let deadline = Instant::now() + STEP;
     assert_eq!(u16::from(next_close(&mut ws).await.code), 1001);
     while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, ws.next()).await {}
@@ -366,4 +361,39 @@ async fn close_spread_spreads_the_shutdown_close_frames() {
     );
     let report = tokio::time::timeout(STEP, handle.wait()).await.unwrap();
     assert_eq!(report.sessions_ended, 0);
+}
+
+/// With `[shutdown] unready_delay`, a shutdown first only turns `/readyz` to 503: for the
+/// delay, new sessions are still admitted (a load balancer polling readiness has not yet
+/// taken this instance out), then the sessions get 1001 and the process stops.
+#[tokio::test]
+async fn the_unready_delay_keeps_serving_while_readyz_says_503() {
+    let backend = EchoBackend::spawn().await;
+    let mut gw = Gateway::spawn(&format!(
+        "[shutdown]\nunready_delay = \"300ms\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
+        route("r", "/", &[backend.url()])
+    ))
+    .await;
+    let admin = gw.handle().admin_addr().unwrap();
+    let readyz = |admin: SocketAddr| async move {
+        let request = b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+        raw_exchange(admin, request).await.1.status
+    };
+    assert_eq!(readyz(admin).await, 200);
+    let (mut before, _) = connect(&gw.url("/")).await;
+    let started = Instant::now();
+    gw.handle().shutdown();
+    assert_eq!(readyz(admin).await, 503);
+    // Still admitted while the delay runs.
+    let (mut during, _) = connect(&gw.url("/")).await;
+    for ws in [&mut before, &mut during] {
+        assert_eq!(u16::from(next_close(ws).await.code), 1001);
+    }
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(300),
+        "the 1001s came before the unready delay was over"
+    );
+    drop((before, during));
+    let handle = gw.handle.take().unwrap();
+    tokio::time::timeout(STEP, handle.wait()).await.unwrap();
 }

@@ -74,6 +74,8 @@ impl Validator<'_> {
                         http2: l.http2.unwrap_or(true),
                         tls_watch: tls.and_then(|t| t.watch),
                         trusted_proxies: trusted_proxies.into(),
+                        // Filled in once the whole file has validated (`fingerprints`).
+                        fingerprint: String::new(),
                     });
                 }
                 Err(_) => self.err(

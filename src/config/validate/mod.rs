@@ -81,8 +81,8 @@ pub fn from_toml_str_in(text: &str, base: &Path) -> Result<Config, Vec<ConfigErr
     }
 }
 
-/// Each route's settings as written: its `[[route]]` table and the global tables it inherits
-/// from, in a canonical form (the TOML value's own, keys sorted), so that formatting and
+/// Each route's and each listener's settings as written: its `[[route]]` or `[[listener]]`
+/// table and the global tables it inherits from, in a canonical form (the TOML value's own, keys sorted), so that formatting and
 /// comments do not count as a change. Routes are validated in file order, one each.
 fn fingerprints(text: &str, config: &mut Config) {
     let Ok(table) = text.parse::<toml::Table>() else {
@@ -97,6 +97,21 @@ fn fingerprints(text: &str, config: &mut Config) {
             .map(|v| v.to_string())
             .unwrap_or_default();
         route.fingerprint = format!("{own}\n{inherited}");
+    }
+    // A listener's HTTP builders also read `[http2]` and the header limits in `[limits]`.
+    let inherited = format!(
+        "{}\n{}\n{}",
+        global("http2"),
+        global("limits"),
+        global("timeouts")
+    );
+    let listeners = table.get("listener").and_then(toml::Value::as_array);
+    for (i, listener) in config.listeners.iter_mut().enumerate() {
+        let own = listeners
+            .and_then(|l| l.get(i))
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        listener.fingerprint = format!("{own}\n{inherited}");
     }
 }
 
@@ -351,6 +366,21 @@ impl Validator<'_> {
             );
         }
 
+        let unready_delay = self
+            .optional_duration(
+                "shutdown.unready_delay",
+                file.shutdown
+                    .as_ref()
+                    .and_then(|s| s.unready_delay.as_ref()),
+                None,
+            )
+            .unwrap_or_default();
+        let upgrade_socket = file
+            .upgrade
+            .as_ref()
+            .and_then(|u| u.socket.as_ref())
+            .map(|s| self.base.join(s.get_ref()));
+
         let listeners = self.listeners(&file.listener, handshake);
         let admin = file
             .admin
@@ -403,7 +433,9 @@ impl Validator<'_> {
             http2,
             shutdown_grace,
             shutdown_close_spread,
+            unready_delay,
             reload_close_spread,
+            upgrade_socket,
             source: None,
             watch,
             pages: Vec::new(),

@@ -69,6 +69,24 @@ pub fn spawn_binary(config: &std::path::Path, format: &str, level: &str) -> toki
     binary_command(config, format, level).spawn().unwrap()
 }
 
+/// Sends the signal named `name` (`"TERM"`, `"HUP"`, `"USR2"`) to `child`.
+pub fn send_signal(child: &tokio::process::Child, name: &str) {
+    let pid = child.id().expect("child still running");
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits for `child` to exit, within [`STEP`].
+pub async fn wait_exit(child: &mut tokio::process::Child) -> std::process::ExitStatus {
+    tokio::time::timeout(STEP, child.wait())
+        .await
+        .expect("the process did not exit in time")
+        .unwrap()
+}
+
 /// Reads lines until one satisfies `pred`; panics with every line seen if none does in time.
 pub async fn wait_line<R: AsyncRead + Unpin>(
     lines: &mut Lines<BufReader<R>>,

@@ -1,0 +1,287 @@
+//! The proxy's listening sockets while the process runs: bound at start (or taken over from
+//! systemd or from the process being upgraded, see [`crate::upgrade`]), added, removed and
+//! re-configured by a reload, and handed to a successor on a binary upgrade.
+//!
+//! A listener's identity is its address as configured (`0.0.0.0:443`; `127.0.0.1:0` in
+//! tests), so a reload that keeps a `[[listener]]` keeps its socket: nothing queued in the
+//! kernel is lost and nobody sees a refused connection. A listener whose settings changed
+//! (`ListenerConfig::fingerprint`: its TLS, HTTP/2, PROXY protocol, timeouts or header limits)
+//! gets a new accept loop on the same socket; the connections the old loop accepted go on
+//! under the settings they started with.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::accept;
+use crate::config::ListenerConfig;
+use crate::metrics::ListenerStats;
+use crate::proxy::ProxyState;
+use crate::upgrade::Inherited;
+
+/// Every running listener, and what their connections share.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    running: Mutex<Vec<Running>>,
+    /// The shutdown: stops every accept loop, and tells every connection to finish.
+    pub stop: CancellationToken,
+    /// Every connection task, for the shutdown to wait on.
+    pub conns: TaskTracker,
+    /// Connections accepted whose first request has not been answered yet: a process that
+    /// handed its listeners over serves these before it drains (`crate::upgrade`).
+    pub awaiting_answer: AtomicUsize,
+    /// The admin listener's socket, handed over with the others.
+    admin: Mutex<Option<AdminSocket>>,
+}
+
+#[derive(Debug)]
+struct AdminSocket {
+    socket: Arc<TcpListener>,
+    /// Stops the admin accept loop only.
+    accepting: CancellationToken,
+}
+
+/// One listener.
+#[derive(Debug)]
+struct Running {
+    config: ListenerConfig,
+    /// Where it is bound (the port chosen when the config says 0).
+    addr: SocketAddr,
+    socket: Arc<TcpListener>,
+    /// Stops this accept loop only (a reload that removes or changes the listener); a child
+    /// of `Listeners::stop`.
+    accepting: CancellationToken,
+    stats: Arc<ListenerStats>,
+}
+
+/// A socket bound (or taken over) for a listener, not yet accepting.
+#[derive(Debug)]
+pub struct Bound {
+    config: ListenerConfig,
+    socket: TcpListener,
+}
+
+/// What a reload did to the listeners, by configured address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenerDiff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Same address, other settings: new connections get them.
+    pub changed: Vec<String>,
+}
+
+impl ListenerDiff {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+/// The listeners a reload will start, bound before anything else changes: a port that cannot
+/// be bound fails the whole reload, and the running config stays.
+#[derive(Debug)]
+pub struct Prepared {
+    configs: Vec<ListenerConfig>,
+    added: Vec<Bound>,
+}
+
+/// Binds (or takes from `inherited`) a socket for each of `configs`, in order; the first
+/// failure names the address.
+pub fn bind_all(
+    configs: &[ListenerConfig],
+    inherited: &mut Inherited,
+) -> std::io::Result<Vec<Bound>> {
+    configs
+        .iter()
+        .map(|c| bind_one(c, inherited))
+        .collect::<Result<_, _>>()
+}
+
+fn bind_one(config: &ListenerConfig, inherited: &mut Inherited) -> std::io::Result<Bound> {
+    let socket = match inherited.take(config.addr) {
+        Some(socket) => socket,
+        None => accept::bind(config.addr).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.addr))
+        })?,
+    };
+    Ok(Bound {
+        config: config.clone(),
+        socket,
+    })
+}
+
+impl Listeners {
+    /// Starts accepting on `bound`.
+    pub fn start(&self, state: &Arc<ProxyState>, bound: Vec<Bound>) -> std::io::Result<()> {
+        let mut running = self.lock();
+        for b in bound {
+            running.push(self.spawn(state, b.config, Arc::new(b.socket), None)?);
+        }
+        Ok(())
+    }
+
+    /// Binds the listeners `configs` adds to the running ones. Nothing running changes.
+    pub fn prepare(&self, configs: &[ListenerConfig]) -> std::io::Result<Prepared> {
+        let running = self.lock();
+        let new: Vec<ListenerConfig> = configs
+            .iter()
+            .filter(|c| !running.iter().any(|r| r.config.addr == c.addr))
+            .cloned()
+            .collect();
+        Ok(Prepared {
+            added: bind_all(&new, &mut Inherited::default())?,
+            configs: configs.to_vec(),
+        })
+    }
+
+    /// Makes the running listeners those `prepared` describes: removed ones stop accepting
+    /// (their connections and sessions go on), changed ones get a new accept loop on the same
+    /// socket, added ones start.
+    pub fn commit(&self, state: &Arc<ProxyState>, prepared: Prepared) -> ListenerDiff {
+        let Prepared { configs, added } = prepared;
+        let mut diff = ListenerDiff::default();
+        let mut running = self.lock();
+        let mut kept = Vec::new();
+        for r in running.drain(..) {
+            match configs.iter().find(|c| c.addr == r.config.addr) {
+                None => {
+                    r.accepting.cancel();
+                    tracing::info!(listen = %r.addr, "listener removed: no longer accepting");
+                    diff.removed.push(r.config.addr.to_string());
+                }
+                Some(c) if c.fingerprint != r.config.fingerprint => {
+                    r.accepting.cancel();
+                    match self.spawn(state, c.clone(), r.socket.clone(), Some(r.stats.clone())) {
+                        Ok(next) => {
+                            tracing::info!(listen = %r.addr, "listener settings changed: new connections get them");
+                            diff.changed.push(r.config.addr.to_string());
+                            kept.push(next);
+                        }
+                        Err(e) => {
+                            tracing::error!(listen = %r.addr, error = %e, "listener lost on reload");
+                            diff.removed.push(r.config.addr.to_string());
+                        }
+                    }
+                }
+                Some(_) => kept.push(r),
+            }
+        }
+        for b in added {
+            let addr = b.config.addr.to_string();
+            match self.spawn(state, b.config, Arc::new(b.socket), None) {
+                Ok(r) => {
+                    kept.push(r);
+                    diff.added.push(addr);
+                }
+                Err(e) => tracing::error!(listen = %addr, error = %e, "listener not started"),
+            }
+        }
+        // Config order: the first listener is the one `Handle::local_addr` names.
+        kept.sort_by_key(|r| configs.iter().position(|c| c.addr == r.config.addr));
+        *running = kept;
+        diff
+    }
+
+    /// Spawns the accept loop (and the certificate watcher of a TLS listener) for `socket`.
+    fn spawn(
+        &self,
+        state: &Arc<ProxyState>,
+        config: ListenerConfig,
+        socket: Arc<TcpListener>,
+        stats: Option<Arc<ListenerStats>>,
+    ) -> std::io::Result<Running> {
+        let addr = socket.local_addr()?;
+        let accepting = self.stop.child_token();
+        let stats = stats.unwrap_or_default();
+        if let (Some(tls), Some(every)) = (&config.tls, config.tls_watch) {
+            tokio::spawn(tls.clone().watch_files(every, addr, accepting.clone()));
+        }
+        tokio::spawn(accept::accept_loop(
+            socket.clone(),
+            config.clone(),
+            state.clone(),
+            accept::Stops {
+                accepting: accepting.clone(),
+                connections: self.stop.clone(),
+            },
+            self.conns.clone(),
+            stats.clone(),
+        ));
+        tracing::info!(listen = %addr, "listening");
+        Ok(Running {
+            config,
+            addr,
+            socket,
+            accepting,
+            stats,
+        })
+    }
+
+    /// The bound addresses, in config order.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.lock().iter().map(|r| r.addr).collect()
+    }
+
+    /// Each listener's bound address and counters (the metrics).
+    pub fn stats(&self) -> Vec<(SocketAddr, Arc<ListenerStats>)> {
+        self.lock()
+            .iter()
+            .map(|r| (r.addr, r.stats.clone()))
+            .collect()
+    }
+
+    /// Each listener's config and bound address.
+    pub fn configs(&self) -> Vec<(ListenerConfig, SocketAddr)> {
+        self.lock()
+            .iter()
+            .map(|r| (r.config.clone(), r.addr))
+            .collect()
+    }
+
+    /// Registers the admin listener's socket and what stops its accept loop, so a hand-over
+    /// passes it on too.
+    pub fn set_admin(&self, socket: Arc<TcpListener>, accepting: CancellationToken) {
+        *self.admin.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(AdminSocket { socket, accepting });
+    }
+
+    /// The listening sockets by name (the configured address; the admin listener's is
+    /// [`crate::upgrade::ADMIN`]), for a successor process. The descriptors stay open as long
+    /// as the listeners run here.
+    pub fn sockets(&self) -> Vec<(String, RawFd)> {
+        let mut out: Vec<(String, RawFd)> = self
+            .lock()
+            .iter()
+            .map(|r| (r.config.addr.to_string(), r.socket.as_raw_fd()))
+            .collect();
+        if let Some(a) = &*self.admin.lock().unwrap_or_else(|p| p.into_inner()) {
+            out.push((crate::upgrade::ADMIN.to_string(), a.socket.as_raw_fd()));
+        }
+        out
+    }
+
+    /// Stops every accept loop, the admin listener's included, leaving connections and
+    /// sessions alone (a successor accepts from now on). The sockets close here once the
+    /// loops have let go of them.
+    pub fn stop_accepting(&self) {
+        for r in self.lock().drain(..) {
+            r.accepting.cancel();
+        }
+        if let Some(a) = self.admin.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            a.accepting.cancel();
+        }
+    }
+
+    /// Connections whose first request has not been answered yet.
+    pub fn awaiting_answer(&self) -> usize {
+        self.awaiting_answer.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

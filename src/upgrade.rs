@@ -1,0 +1,376 @@
+//! Zero-downtime binary upgrade: a new wsgate process takes the listening sockets over from
+//! the running one, which then drains and exits.
+//!
+//! Why hand sockets over instead of binding again with `SO_REUSEPORT`: every reuseport
+//! socket has its own accept queue, and when the old process closes its socket the kernel
+//! resets whatever was queued on it. A socket handed over is the *same* socket (one queue,
+//! now read by the new process), so no connection is lost, and nothing is refused while the
+//! new process starts.
+//!
+//! Two ways in:
+//! - **Inheritance** (systemd socket activation): `LISTEN_FDS`/`LISTEN_PID`/`LISTEN_FDNAMES`
+//!   ([`Inherited::from_systemd`]); systemd keeps its own copy of each socket, so connections
+//!   queue across a restart.
+//! - **Hand-over** over a Unix socket (`[upgrade] socket`): a running wsgate serves it
+//!   ([`serve`]); a new one started with the same setting connects first ([`take_over`]),
+//!   receives the listening sockets (proxy listeners and the admin listener) as SCM_RIGHTS
+//!   ancillary data, starts on them and says `ready`; the old process stops accepting, says
+//!   `done`, tells systemd the new main PID, answers the first request of each connection it
+//!   had already accepted, then drains its sessions as a shutdown does (1001, spread by
+//!   `[shutdown] close_spread`) and exits. If the new process fails before `ready` (a bad
+//!   config, a port it cannot bind), nothing changed: the old one still accepts.
+//!
+//! The exchange, one line each way per step:
+//! ```text
+//! new → old   wsgate-upgrade 1 <pid>
+//! old → new   listeners <name> <name> …   (+ one descriptor per name)
+//! new → old   ready
+//! old → new   done
+//! ```
+//! A proxy listener's name is its address as configured, the admin listener's `admin`.
+
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sendfd::{RecvWithFd, SendWithFd};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::proxy::ProxyState;
+
+/// The first line of the exchange: a successor of another protocol version is refused.
+const HELLO: &str = "wsgate-upgrade 1";
+/// The most sockets one hand-over carries (listeners and the admin listener).
+const MAX_SOCKETS: usize = 256;
+/// How long the old process waits for its successor to start once it has the sockets.
+const SUCCESSOR_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a step of the exchange may take otherwise.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The name of the admin listener's socket in the exchange.
+pub const ADMIN: &str = "admin";
+
+/// Listening sockets this process did not bind itself: each is taken by the listener it
+/// belongs to, by name (the configured address, or `admin`) or by bound address.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    sockets: Vec<(String, std::net::TcpListener)>,
+}
+
+impl Inherited {
+    /// The sockets systemd passed (socket activation), if `LISTEN_PID` is this process.
+    /// Anything that is not a listening TCP socket is logged and closed.
+    pub fn from_systemd() -> Inherited {
+        let fds = match sd_notify::listen_fds_with_names() {
+            Ok(fds) => fds,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring LISTEN_FDS: {e}");
+                return Inherited::default();
+            }
+        };
+        let mut inherited = Inherited::default();
+        for (fd, name) in fds {
+            // SAFETY: systemd passed this descriptor to this process (LISTEN_PID is ours) for
+            // it to own; nothing else in the process refers to it.
+            let socket = unsafe { socket2::Socket::from_raw_fd(fd) };
+            inherited.add(name, socket, "systemd");
+        }
+        inherited
+    }
+
+    /// Adds `other`'s sockets to these.
+    pub fn extend(&mut self, other: Inherited) {
+        self.sockets.extend(other.sockets);
+    }
+
+    fn add(&mut self, name: String, socket: socket2::Socket, from: &str) {
+        let is_listener = socket.r#type().ok() == Some(socket2::Type::STREAM)
+            && socket
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .is_some();
+        if !is_listener {
+            tracing::warn!(name = %name, from, "ignoring an inherited descriptor that is not a TCP socket");
+            return;
+        }
+        // Not passed on to any process this one starts (a successor gets them by hand-over).
+        let _ = socket.set_cloexec(true);
+        self.sockets.push((name, socket.into()));
+    }
+
+    /// The socket for the listener configured at `addr`: the one named so, or else one bound
+    /// to exactly that address.
+    pub fn take(&mut self, addr: SocketAddr) -> Option<TcpListener> {
+        let name = addr.to_string();
+        self.take_where(|n, s| *n == name || s.local_addr().ok() == Some(addr))
+    }
+
+    /// The admin listener's socket (configured at `addr`).
+    pub fn take_admin(&mut self, addr: SocketAddr) -> Option<TcpListener> {
+        self.take_where(|n, s| n == ADMIN || s.local_addr().ok() == Some(addr))
+    }
+
+    fn take_where(
+        &mut self,
+        matches: impl Fn(&str, &std::net::TcpListener) -> bool,
+    ) -> Option<TcpListener> {
+        let i = self.sockets.iter().position(|(n, s)| matches(n, s))?;
+        let (name, socket) = self.sockets.remove(i);
+        let adopted = socket
+            .set_nonblocking(true)
+            .and_then(|()| TcpListener::from_std(socket));
+        match adopted {
+            Ok(listener) => {
+                tracing::info!(name = %name, "listening on an inherited socket");
+                Some(listener)
+            }
+            Err(e) => {
+                tracing::warn!(name = %name, error = %e, "cannot use an inherited socket; binding anew");
+                None
+            }
+        }
+    }
+
+    /// Logs and closes the sockets no listener took (the config no longer has them).
+    pub fn close_unused(self) {
+        for (name, _) in self.sockets {
+            tracing::warn!(name = %name, "inherited socket not in the config: closed");
+        }
+    }
+}
+
+/// A running wsgate that is handing its sockets to this process.
+#[derive(Debug)]
+pub struct Predecessor {
+    lines: BufReader<UnixStream>,
+    pid: u32,
+}
+
+/// Connects to the process serving hand-overs at `path`, if there is one, and takes its
+/// listening sockets. `Ok(None)`: nobody is there (a stale socket file is no one), so this
+/// process binds its own.
+pub async fn take_over(path: &Path) -> std::io::Result<Option<(Predecessor, Inherited)>> {
+    let stream = match UnixStream::connect(path).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(with_context(e, &format!("cannot reach {}", path.display())));
+        }
+    };
+    let hello = format!("{HELLO} {}\n", std::process::id());
+    let mut lines = BufReader::new(stream);
+    step(lines.get_mut().write_all(hello.as_bytes())).await?;
+    let (line, fds) = step(recv_line_with_fds(lines.get_mut())).await?;
+    let mut words = line.split_whitespace();
+    if words.next() != Some("listeners") {
+        return Err(protocol(&format!("expected the listeners, got {line:?}")));
+    }
+    let names: Vec<&str> = words.collect();
+    let mut inherited = Inherited::default();
+    for (i, fd) in fds.into_iter().enumerate() {
+        // SAFETY: the kernel installed this descriptor in this process for this message; it
+        // is ours alone.
+        let socket = unsafe { socket2::Socket::from_raw_fd(fd) };
+        let name = names.get(i).map_or("?", |n| n).to_string();
+        inherited.add(name, socket, "the running process");
+    }
+    let pid = peer_pid(lines.get_ref()).unwrap_or(0);
+    tracing::info!(
+        from_pid = pid,
+        sockets = inherited.sockets.len(),
+        "took the listening sockets over"
+    );
+    Ok(Some((Predecessor { lines, pid }, inherited)))
+}
+
+impl Predecessor {
+    /// Tells the old process this one is serving, and waits until it has stopped accepting.
+    pub async fn ready(mut self) -> std::io::Result<()> {
+        step(self.lines.get_mut().write_all(b"ready\n")).await?;
+        let mut line = String::new();
+        step(self.lines.read_line(&mut line)).await?;
+        if line.trim() != "done" {
+            return Err(protocol(&format!("expected done, got {line:?}")));
+        }
+        tracing::info!(
+            old_pid = self.pid,
+            "the previous process has stopped accepting and drains"
+        );
+        Ok(())
+    }
+}
+
+/// Serves hand-over requests at `path` for the life of the process: binds it (replacing a
+/// stale file), and hands the sockets to the first successor that completes the exchange;
+/// then stops accepting and starts the drain through `hand_over_done`.
+pub async fn serve(state: Arc<ProxyState>, path: PathBuf, stop: CancellationToken) {
+    let _ = std::fs::remove_file(&path);
+    let listener = match UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(socket = %path.display(), error = %e, "cannot serve binary upgrades");
+            return;
+        }
+    };
+    tracing::info!(socket = %path.display(), "binary upgrades: a new wsgate started with this config takes the sockets over");
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "upgrade socket accept failed");
+                    continue;
+                }
+            },
+        };
+        match hand_over(&state, stream).await {
+            Ok(pid) => {
+                tracing::info!(new_pid = pid, "handed the listening sockets over; draining");
+                crate::notify::main_pid(pid);
+                // The successor has bound the path anew; this one's file is not ours now.
+                drop(listener);
+                drain_after_hand_over(&state).await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "binary upgrade aborted: still serving");
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+/// One exchange with a successor; `Ok(pid)` once it serves and this process has stopped
+/// accepting.
+async fn hand_over(state: &ProxyState, stream: UnixStream) -> std::io::Result<u32> {
+    let mut lines = BufReader::new(stream);
+    let mut hello = String::new();
+    step(lines.read_line(&mut hello)).await?;
+    let pid = match hello.trim().strip_prefix(HELLO) {
+        Some(rest) => rest.trim().parse::<u32>().unwrap_or(0),
+        None => return Err(protocol(&format!("unknown hello {:?}", hello.trim()))),
+    };
+    let sockets = state.listeners.sockets();
+    let names: Vec<String> = sockets.iter().map(|(n, _)| n.clone()).collect();
+    let fds: Vec<RawFd> = sockets.iter().map(|(_, fd)| *fd).collect();
+    let message = format!("listeners {}\n", names.join(" "));
+    tracing::info!(
+        new_pid = pid,
+        sockets = crate::telemetry::list(&names),
+        "a new process asks for the listening sockets"
+    );
+    step(send_with_fds(lines.get_ref(), message.as_bytes(), &fds)).await?;
+    let mut ready = String::new();
+    match tokio::time::timeout(SUCCESSOR_START_TIMEOUT, lines.read_line(&mut ready)).await {
+        Ok(Ok(_)) if ready.trim() == "ready" => {}
+        Ok(Ok(0)) => return Err(protocol("the new process ended before it was ready")),
+        Ok(Ok(_)) => return Err(protocol(&format!("expected ready, got {:?}", ready.trim()))),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(protocol("the new process did not get ready in time")),
+    }
+    state.listeners.stop_accepting();
+    step(lines.get_mut().write_all(b"done\n")).await?;
+    Ok(pid)
+}
+
+/// After a hand-over: the connections this process accepted before it stopped get their
+/// first request answered (up to their handshake timeout), then the process drains as on
+/// SIGTERM.
+async fn drain_after_hand_over(state: &Arc<ProxyState>) {
+    let longest = state
+        .current()
+        .config
+        .listeners
+        .iter()
+        .map(|l| l.handshake_timeout)
+        .max()
+        .unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + longest;
+    let mut poll = tokio::time::interval(Duration::from_millis(20));
+    while state.listeners.awaiting_answer() > 0 && tokio::time::Instant::now() < deadline {
+        poll.tick().await;
+    }
+    state.shutdown(Duration::ZERO);
+}
+
+/// Sends `bytes` with `fds` attached, waiting for the socket to take them.
+async fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        stream.writable().await?;
+        // The descriptors travel with the first byte; none after it.
+        let attach = if sent == 0 { fds } else { &[] };
+        match stream.send_with_fd(&bytes[sent..], attach) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads one line and the descriptors that came with it (at most [`MAX_SOCKETS`]).
+async fn recv_line_with_fds(stream: &UnixStream) -> std::io::Result<(String, Vec<RawFd>)> {
+    let mut line = Vec::new();
+    let mut fds = Vec::new();
+    // One byte at a time: what follows the line is not this function's to consume.
+    let mut byte = [0u8; 1];
+    loop {
+        stream.readable().await?;
+        let mut got = [0 as RawFd; MAX_SOCKETS];
+        match stream.recv_with_fd(&mut byte, &mut got) {
+            Ok((0, _)) => return Err(protocol("the running process closed the connection")),
+            Ok((_, nfds)) => {
+                fds.extend_from_slice(&got[..nfds]);
+                if byte[0] == b'\n' {
+                    break;
+                }
+                line.push(byte[0]);
+                if line.len() > 64 * 1024 {
+                    return Err(protocol("line too long"));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((String::from_utf8_lossy(&line).into_owned(), fds))
+}
+
+/// The process at the other end of a Unix socket.
+fn peer_pid(stream: &UnixStream) -> Option<u32> {
+    stream
+        .peer_cred()
+        .ok()?
+        .pid()
+        .and_then(|p| u32::try_from(p).ok())
+}
+
+async fn step<T>(f: impl Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
+    tokio::time::timeout(STEP_TIMEOUT, f)
+        .await
+        .unwrap_or_else(|_| Err(protocol("timed out")))
+}
+
+fn protocol(what: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("hand-over: {what}"),
+    )
+}
+
+fn with_context(e: std::io::Error, what: &str) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{what}: {e}"))
+}

@@ -1,0 +1,311 @@
+//! Binary upgrade: a second wsgate process, started on the same config, takes the listening
+//! sockets (and the admin listener's) over from the running one through `[upgrade] socket`;
+//! the old one stops accepting, closes its sessions with 1001 and exits. A client that keeps
+//! opening sessions across the hand-over never sees a refused or reset handshake.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncRead, BufReader, Lines};
+use tokio::process::Child;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::*;
+
+fn field(line: &str, key: &str) -> String {
+    let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    match v.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        other => panic!("no {key} in {line} ({other:?})"),
+    }
+}
+
+fn log_lines(child: &mut Child) -> Lines<BufReader<tokio::process::ChildStderr>> {
+    tokio::io::AsyncBufReadExt::lines(BufReader::new(child.stderr.take().unwrap()))
+}
+
+/// Keeps reading a process's log after the test stops waiting on it (so it never blocks on
+/// a full pipe), and hands back what it read when asked.
+fn drain_log<R: AsyncRead + Unpin + Send + 'static>(
+    mut lines: Lines<BufReader<R>>,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push(line);
+        }
+        seen
+    })
+}
+
+/// One session through `url`: handshake, one echo, close. A handshake that fails (refused,
+/// reset, not a 101) is an error; a session the old process closes with 1001 while it drains
+/// is not (the client was served, then told to go away).
+async fn one_session(url: &str, n: usize) -> Result<(), String> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .map_err(|e| format!("handshake {n}: {e}"))?;
+    let text = format!("message {n}");
+    ws.send(Message::text(text.clone()))
+        .await
+        .map_err(|e| format!("send {n}: {e}"))?;
+    match tokio::time::timeout(STEP, ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) if t.as_str() == text => {}
+        Ok(Some(Ok(Message::Close(Some(c))))) if u16::from(c.code) == 1001 => return Ok(()),
+        other => return Err(format!("echo {n}: {other:?}")),
+    }
+    let _ = ws.close(None).await;
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(STEP, ws.next()).await {}
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_new_process_takes_the_sockets_over_and_no_handshake_is_refused() {
+    let tmp = TempDir::new("upgrade");
+    let echo = EchoBackend::spawn().await;
+    let config = tmp.write(
+        "wsgate.toml",
+        format!(
+            "[upgrade]\nsocket = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[listener]]\nlisten = \"127.0.0.1:0\"\n\n{}",
+            tmp.join("upgrade.sock").display(),
+            route("r", "/", &[echo.url()])
+        ),
+    );
+    let mut old = spawn_binary(&config, "json", "info");
+    let mut old_log = log_lines(&mut old);
+    let mut seen_old = Vec::new();
+    let listening = wait_line(&mut old_log, &mut seen_old, "listening", |l| {
+        l.contains("\"listening\"")
+    })
+    .await;
+    let addr = field(&listening, "listen");
+    let admin = wait_line(&mut old_log, &mut seen_old, "admin", |l| {
+        l.contains("\"admin listener\"")
+    })
+    .await;
+    let admin = field(&admin, "admin");
+    wait_line(&mut old_log, &mut seen_old, "the upgrade socket", |l| {
+        l.contains("binary upgrades")
+    })
+    .await;
+    let url = format!("ws://{addr}/");
+    let mut on_old = Vec::new();
+    for _ in 0..20 {
+        on_old.push(connect(&url).await.0);
+    }
+
+    // Sessions open and close back to back for the whole hand-over.
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let client = tokio::spawn({
+        let (url, stop, done) = (url.clone(), stop.clone(), done.clone());
+        async move {
+            let mut failures = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                if let Err(e) = one_session(&url, n).await {
+                    failures.push(e);
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            failures
+        }
+    });
+    let before = wait_until(&done, 20).await;
+
+    let mut new = spawn_binary(&config, "json", "info");
+    let mut new_log = log_lines(&mut new);
+    let mut seen_new = Vec::new();
+    wait_line(&mut new_log, &mut seen_new, "the take-over", |l| {
+        l.contains("took the listening sockets over")
+    })
+    .await;
+    wait_line(
+        &mut new_log,
+        &mut seen_new,
+        "the old process's confirmation",
+        |l| l.contains("has stopped accepting"),
+    )
+    .await;
+    let new_log = drain_log(new_log);
+    wait_line(&mut old_log, &mut seen_old, "the hand-over", |l| {
+        l.contains("handed the listening sockets over")
+    })
+    .await;
+    // Well past the hand-over: these sessions can only have reached the new process.
+    let after = wait_until(&done, before + 50).await;
+    stop.store(true, Ordering::Relaxed);
+    let failures = client.await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {after} sessions failed: {failures:#?}",
+        failures.len()
+    );
+
+    // The old process closes its sessions with 1001 and exits.
+    for mut ws in on_old {
+        assert_eq!(u16::from(next_close(&mut ws).await.code), 1001);
+        let _ = ws.close(None).await;
+    }
+    let status = wait_exit(&mut old).await;
+    let old_log = drain_log(old_log).await.unwrap();
+    seen_old.extend(old_log);
+    assert!(status.success(), "{status}; log:\n{}", seen_old.join("\n"));
+
+    // The new one serves the proxy port and the admin port.
+    let (mut ws, _) = connect(&url).await;
+    ws.send(Message::text("to the new process")).await.unwrap();
+    assert_eq!(
+        next_data(&mut ws).await,
+        Message::text("to the new process")
+    );
+    drop(ws);
+    let admin: std::net::SocketAddr = admin.parse().unwrap();
+    let (_, ready) = raw_exchange(
+        admin,
+        b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    send_signal(&new, "TERM");
+    let status = wait_exit(&mut new).await;
+    let log = new_log.await.unwrap();
+    assert!(status.success(), "{status}; log:\n{}", log.join("\n"));
+}
+
+/// Waits until `counter` reaches `n` (each session counts, failed or not); returns its value.
+async fn wait_until(counter: &AtomicUsize, n: usize) -> usize {
+    tokio::time::timeout(STEP, async {
+        loop {
+            let now = counter.load(Ordering::Relaxed);
+            if now >= n {
+                return now;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("fewer than {n} sessions in time"))
+}
+
+/// The config of [`a_failed_successor_leaves_the_running_process_serving`]'s processes.
+fn upgrade_config(
+    tmp: &TempDir,
+    name: &str,
+    extra_listener: &str,
+    backend: &str,
+) -> std::path::PathBuf {
+    tmp.write(
+        name,
+        format!(
+            "[upgrade]\nsocket = \"{}\"\n\n[[listener]]\nlisten = \"127.0.0.1:0\"\n\n{extra_listener}{}",
+            tmp.join("upgrade.sock").display(),
+            route("r", "/", &[backend.to_string()])
+        ),
+    )
+}
+
+/// A successor that fails after it took the sockets (here: a port it cannot bind) changes
+/// nothing: the running process keeps accepting and serving.
+#[tokio::test]
+async fn a_failed_successor_leaves_the_running_process_serving() {
+    let tmp = TempDir::new("upgrade-fail");
+    let echo = EchoBackend::spawn().await;
+    let config = upgrade_config(&tmp, "old.toml", "", &echo.url());
+    let mut old = spawn_binary(&config, "json", "info");
+    let mut old_log = log_lines(&mut old);
+    let mut seen_old = Vec::new();
+    let listening = wait_line(&mut old_log, &mut seen_old, "listening", |l| {
+        l.contains("\"listening\"")
+    })
+    .await;
+    let url = format!("ws://{}/", field(&listening, "listen"));
+    wait_line(&mut old_log, &mut seen_old, "the upgrade socket", |l| {
+        l.contains("binary upgrades")
+    })
+    .await;
+    let (mut before, _) = connect(&url).await;
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = format!(
+        "[[listener]]\nlisten = \"{}\"\n\n",
+        taken.local_addr().unwrap()
+    );
+    let broken = upgrade_config(&tmp, "new.toml", &busy, &echo.url());
+    let mut new = spawn_binary(&broken, "json", "info");
+    let status = wait_exit(&mut new).await;
+    assert!(!status.success(), "the successor cannot bind: it must fail");
+    wait_line(&mut old_log, &mut seen_old, "the aborted upgrade", |l| {
+        l.contains("binary upgrade aborted")
+    })
+    .await;
+
+    before.send(Message::text("still served")).await.unwrap();
+    assert_eq!(next_data(&mut before).await, Message::text("still served"));
+    let (mut after, _) = connect(&url).await;
+    after.send(Message::text("still accepting")).await.unwrap();
+    assert_eq!(
+        next_data(&mut after).await,
+        Message::text("still accepting")
+    );
+    drop((before, after));
+    send_signal(&old, "TERM");
+    assert!(wait_exit(&mut old).await.success());
+}
+
+/// SIGUSR2 starts the binary at the running one's path as its successor, which takes the
+/// sockets over; the old process exits, the new one serves.
+#[tokio::test]
+async fn sigusr2_starts_the_successor_and_the_old_process_exits() {
+    let tmp = TempDir::new("upgrade-usr2");
+    let echo = EchoBackend::spawn().await;
+    let config = upgrade_config(&tmp, "wsgate.toml", "", &echo.url());
+    let mut old = spawn_binary(&config, "json", "info");
+    // The successor inherits the old process's stderr: both logs arrive here.
+    let mut log = log_lines(&mut old);
+    let mut seen = Vec::new();
+    let listening = wait_line(&mut log, &mut seen, "listening", |l| {
+        l.contains("\"listening\"")
+    })
+    .await;
+    let url = format!("ws://{}/", field(&listening, "listen"));
+    wait_line(&mut log, &mut seen, "the upgrade socket", |l| {
+        l.contains("binary upgrades")
+    })
+    .await;
+    let (mut on_old, _) = connect(&url).await;
+
+    send_signal(&old, "USR2");
+    let started = wait_line(&mut log, &mut seen, "the successor's start", |l| {
+        l.contains("started the new binary")
+    })
+    .await;
+    let successor: Value = serde_json::from_str(&started).unwrap();
+    let successor = successor["pid"].as_u64().expect("pid") as u32;
+    wait_line(&mut log, &mut seen, "the hand-over", |l| {
+        l.contains("handed the listening sockets over")
+    })
+    .await;
+    assert_eq!(u16::from(next_close(&mut on_old).await.code), 1001);
+    drop(on_old);
+    let status = wait_exit(&mut old).await;
+    assert!(status.success(), "{status}; log:\n{}", seen.join("\n"));
+
+    let (mut ws, _) = connect(&url).await;
+    ws.send(Message::text("to the successor")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("to the successor"));
+    drop(ws);
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &successor.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    wait_line(&mut log, &mut seen, "the successor's shutdown", |l| {
+        l.contains("shutdown complete")
+    })
+    .await;
+}
