@@ -141,3 +141,50 @@ impl Targets {
         order
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_backend_url;
+
+    fn targets(n: usize) -> (Targets, BackendPool) {
+        let urls: Vec<BackendUrl> = (1..=n)
+            .map(|i| parse_backend_url(&format!("ws://b{i}:80")).unwrap())
+            .collect();
+        let settings = ClientSettings {
+            tls: None,
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+        };
+        let list = urls
+            .iter()
+            .map(|u| Target::new(u.clone(), &u.url, &settings).unwrap())
+            .collect();
+        let pool = BackendPool::new(urls, Balance::RoundRobin, None);
+        (Targets::new(list, true), pool)
+    }
+
+    #[test]
+    fn round_robin_rotates_and_leaves_drained_backends_out() {
+        let (t, pool) = targets(3);
+        assert_eq!(t.order(Balance::RoundRobin, &pool), [0, 1, 2]);
+        assert_eq!(t.order(Balance::RoundRobin, &pool), [1, 2, 0]);
+        pool.backends()[2].set_draining(true);
+        assert_eq!(t.order(Balance::RoundRobin, &pool), [0, 1]);
+        // Targets of their own (`http_backends`) know no drain flags.
+        let own = Targets::new(t.list, false);
+        assert_eq!(own.order(Balance::RoundRobin, &pool), [0, 1, 2]);
+    }
+
+    #[test]
+    fn least_conn_puts_the_backend_with_fewest_requests_in_flight_first() {
+        let (t, pool) = targets(3);
+        let _a = t.list[0].claim();
+        let _b = t.list[0].claim();
+        let c = t.list[1].claim();
+        assert_eq!(t.order(Balance::LeastConn, &pool), [2, 1, 0]);
+        drop(c);
+        // Ties keep the rotation (this call starts at the second backend).
+        assert_eq!(t.order(Balance::LeastConn, &pool), [1, 2, 0]);
+    }
+}
