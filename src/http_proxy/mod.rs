@@ -34,7 +34,6 @@ use crate::outcome::Outcome;
 use crate::policy::RequestFacts;
 use crate::proxy::Ctx;
 use crate::route::Route;
-use crate::telemetry::{MAX_LOGGED_PATH, MAX_LOGGED_VALUE, cut};
 
 use body::{BodyState, RequestBody};
 use pick::{ClientSettings, InFlight, Target, Targets};
@@ -190,26 +189,9 @@ async fn exchange(
     };
     let forwarded = result.map_err(|e| stack_error(e, http, &state))?;
     let record = record::Record {
-        id: cx.id,
-        request_id: cx.ids.request_id().into(),
-        trace_id: cx.ids.logged_trace_id().map(Into::into),
-        route: route.clone(),
-        client: cx.conn.client,
         backend: forwarded.backend,
-        method: parts.method.clone(),
-        version: parts.version,
-        host: (!host.is_empty())
-            .then(|| cut(crate::route::strip_port(&host), MAX_LOGGED_VALUE).into()),
-        path: cut(parts.uri.path(), MAX_LOGGED_PATH).into(),
-        user: user.map(|u| cut(&u, MAX_LOGGED_VALUE).into()),
-        user_agent: parts
-            .headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| cut(v, MAX_LOGGED_VALUE).into()),
         status: forwarded.response.status(),
-        started,
-        request_body: state,
+        ..record::Record::of_request(cx, route, parts, &host, user, started, state)
     };
     let (mut head, incoming) = forwarded.response.into_parts();
     headers::response_headers(&mut head.headers, head.version, cx.ids);

@@ -16,10 +16,14 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::Sleep;
 use tower::BoxError;
 
+use http::request::Parts;
+
 use super::body::BodyState;
 use super::pick::InFlight;
 use crate::outcome::Outcome;
+use crate::proxy::Ctx;
 use crate::route::Route;
+use crate::telemetry::{MAX_LOGGED_PATH, MAX_LOGGED_VALUE, cut};
 
 /// Everything the exchange's access record says besides how it ended.
 #[derive(Debug)]
@@ -44,6 +48,41 @@ pub struct Record {
 }
 
 impl Record {
+    /// What the record says of the request (every value the client chose cut to its
+    /// bound); the backend and the status are the answer's.
+    pub fn of_request(
+        cx: &Ctx<'_>,
+        route: &Arc<Route>,
+        parts: &Parts,
+        host: &str,
+        user: Option<String>,
+        started: Instant,
+        request_body: Arc<BodyState>,
+    ) -> Record {
+        Record {
+            id: cx.id,
+            request_id: cx.ids.request_id().into(),
+            trace_id: cx.ids.logged_trace_id().map(Into::into),
+            route: route.clone(),
+            client: cx.conn.client,
+            backend: Arc::from(""),
+            method: parts.method.clone(),
+            version: parts.version,
+            host: (!host.is_empty())
+                .then(|| cut(crate::route::strip_port(host), MAX_LOGGED_VALUE).into()),
+            path: cut(parts.uri.path(), MAX_LOGGED_PATH).into(),
+            user: user.map(|u| cut(&u, MAX_LOGGED_VALUE).into()),
+            user_agent: parts
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| cut(v, MAX_LOGGED_VALUE).into()),
+            status: StatusCode::OK,
+            started,
+            request_body,
+        }
+    }
+
     /// Counts the exchange on its route and writes its access record.
     fn finish(self, outcome: Outcome, response_bytes: u64, error: Option<&str>) {
         let lasted = self.started.elapsed();
