@@ -952,3 +952,106 @@ async fn each_request_writes_one_access_record_when_its_response_ends() {
     assert_eq!(r["bytes_response"], 5);
     assert!(!line.contains("secret"), "{line}");
 }
+
+/// An HPACK literal header field without indexing and with a literal name (RFC 7541
+/// §6.2.2), lengths under 127 bytes, no Huffman coding: any bytes at all.
+fn hpack_literal(name: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x00, name.len() as u8];
+    out.extend_from_slice(name);
+    out.push(value.len() as u8);
+    out.extend_from_slice(value);
+    out
+}
+
+/// Sends one HTTP/2 GET for `/` whose header block ends with `extra` (raw, so it may hold
+/// what no client library would send) and returns the frame types the proxy sent on its
+/// stream: `1` HEADERS (an answer), `3` RST_STREAM; or `7` for a GOAWAY.
+async fn raw_h2_request(addr: SocketAddr, extra: &[u8]) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x84]; // :method GET, :scheme http, :path /
+    block.extend(hpack_literal(b":authority", b"app.test"));
+    block.extend_from_slice(extra);
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // empty SETTINGS
+    let len = block.len() as u32;
+    out.extend_from_slice(&[
+        (len >> 16) as u8,
+        (len >> 8) as u8,
+        len as u8,
+        1,
+        0x05,
+        0,
+        0,
+        0,
+        1,
+    ]);
+    out.extend_from_slice(&block);
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&out).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = Vec::new();
+    tokio::time::timeout(STEP, async {
+        loop {
+            while buf.len() >= 9 {
+                let len =
+                    (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
+                if buf.len() < 9 + len {
+                    break;
+                }
+                let (kind, stream) = (
+                    buf[3],
+                    u32::from_be_bytes([buf[5] & 0x7f, buf[6], buf[7], buf[8]]),
+                );
+                buf.drain(..9 + len);
+                match (kind, stream) {
+                    (1 | 3, 1) => {
+                        seen.push(kind);
+                        return;
+                    }
+                    (7, _) => {
+                        seen.push(kind);
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(n @ 1..) => buf.extend_from_slice(&chunk[..n]),
+                _ => return,
+            }
+        }
+    })
+    .await
+    .expect("no answer on the stream");
+    seen
+}
+
+#[tokio::test]
+async fn http2_requests_cannot_carry_header_injection_or_connection_headers_to_the_backend() {
+    let (b, seen) = echo_backend().await;
+    let gw = Gateway::spawn(&http_route(&[b], "")).await;
+    // The raw request itself is well formed: it gets an answer.
+    assert_eq!(
+        raw_h2_request(gw.addr, &hpack_literal(b"x-ok", b"1")).await,
+        [1]
+    );
+    for (name, value) in [
+        (&b"x-inject"[..], &b"a\r\nx-smuggled: 1"[..]),
+        (b"x-inject", b"a\nGET /admin HTTP/1.1"),
+        (b"x-inject", b"a\0b"),
+        (b"transfer-encoding", b"chunked"),
+        (b"connection", b"close"),
+        (b"X-Upper", b"1"),
+    ] {
+        let answer = raw_h2_request(gw.addr, &hpack_literal(name, value)).await;
+        assert!(
+            answer == [3] || answer == [7],
+            "{:?}: {:?} answered {answer:?}",
+            String::from_utf8_lossy(name),
+            String::from_utf8_lossy(value)
+        );
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(!seen[0].headers.contains_key("x-smuggled"));
+}
