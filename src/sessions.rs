@@ -118,12 +118,15 @@ impl Default for Sessions {
 pub struct SessionGuard {
     sessions: Arc<Sessions>,
     pub info: Arc<SessionInfo>,
-    /// The session's seats under the admission limits, taken before the backend was dialled.
-    _permit: Permit,
+    /// The session's seats under the admission limits, taken before the backend was dialled;
+    /// given back first when the session ends, so a new handshake that sees the live count
+    /// fall finds the seat free.
+    permit: Option<Permit>,
 }
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
+        drop(self.permit.take());
         let mut live = self.sessions.live.lock().unwrap_or_else(|p| p.into_inner());
         live.remove(&self.info.id);
         // Under the lock: a scrape sees this session's traffic live or in the route's
@@ -172,7 +175,7 @@ impl Sessions {
         SessionGuard {
             sessions: self.clone(),
             info,
-            _permit: permit,
+            permit: Some(permit),
         }
     }
 
