@@ -337,7 +337,7 @@ fn print_limits(cfg: &Config) {
         }
         if let Some(r) = a.handshake_rate {
             parts.push(format!(
-                "handshake rate per ip 1 per {:?}, burst {}",
+                "handshake_rate_per_ip one per {:?}, handshake_burst {}",
                 r.interval, r.burst
             ));
         }

@@ -391,7 +391,7 @@ pub enum FdReserve {
 /// /64 (RFC 6177), so counting single addresses would let one client take 2^64 of them.
 pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 /// The fewest descriptors kept back: room for the admin listener and its scrapes, health
-/// checks, forward-auth and JWKS fetches, log files and the handshakes in flight.
+/// checks, forward-auth and JWKS fetches, and the handshakes in flight.
 pub const DEFAULT_FD_RESERVE_MIN: u64 = 64;
 /// On a large limit the reserve grows with it, since the handshakes in flight at once
 /// (each a client socket, soon a backend one) grow with the traffic the limit was sized for.

@@ -375,6 +375,14 @@ mod tests {
         assert_eq!(changed.admitted(), 1);
     }
 
+    /// A session's permit is one pointer in its task and this on the heap (see
+    /// ARCHITECTURE.md, "Memory per session").
+    #[test]
+    fn a_permit_stays_small() {
+        assert!(std::mem::size_of::<[Seat; 2]>() <= 64);
+        assert_eq!(std::mem::size_of::<Option<Permit>>(), 8);
+    }
+
     #[test]
     fn retry_after_is_whole_seconds_rounded_up() {
         assert_eq!(whole_seconds(Duration::ZERO), 1);
