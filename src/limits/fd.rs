@@ -191,15 +191,15 @@ mod tests {
             let dup = d.probe.as_ref().unwrap().try_clone().unwrap();
             u64::try_from(dup.as_raw_fd()).unwrap()
         };
-        // A limit far above what this process holds passes; a reserve that reaches below
-        // the lowest free number refuses.
+        // A limit far above what this process holds passes; a reserve as large as the limit
+        // refuses whatever the other tests hold meanwhile; no reserve checks nothing.
         let roomy = Descriptors {
             limit: lowest + 10_000,
             probe: d.probe.as_ref().map(|f| f.try_clone().unwrap()),
         };
         assert!(roomy.check(FdReserve::Descriptors(64)).is_ok());
         assert!(matches!(
-            roomy.check(FdReserve::Descriptors(10_000)),
+            roomy.check(FdReserve::Descriptors(lowest + 10_000)),
             Err(LimitError::FdReserve { .. })
         ));
         assert!(roomy.check(FdReserve::Descriptors(0)).is_ok());
