@@ -140,6 +140,89 @@ async fn the_global_cap_answers_503_with_retry_after_until_a_session_ends() {
     assert_eq!(backend.request_count(), 3);
 }
 
+/// A backend that reads each upgrade request and answers 101 only once `release` says so,
+/// then holds the connection; it counts the connections it got.
+async fn gated_backend(
+    release: tokio::sync::watch::Receiver<bool>,
+) -> (SocketAddr, tokio::sync::watch::Receiver<usize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (count, connections) = tokio::sync::watch::channel(0);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.send_modify(|n| *n += 1);
+            let mut release = release.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream);
+                let mut key = String::new();
+                let mut line = String::new();
+                while lines.read_line(&mut line).await.unwrap_or(0) > 2 {
+                    if let Some((name, value)) = line.split_once(':')
+                        && name.eq_ignore_ascii_case("sec-websocket-key")
+                    {
+                        key = value.trim().to_string();
+                    }
+                    line.clear();
+                }
+                let _ = release.wait_for(|go| *go).await;
+                let accept = wsgate::handshake::accept_key(key.as_bytes());
+                let mut stream = lines.into_inner();
+                let answer = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                     Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let mut sink = [0u8; 1024];
+                while matches!(tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await, Ok(n) if n > 0)
+                {
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+/// Sessions count from admission, not from the backend's answer: while five handshakes wait
+/// for their backend, fifteen more are refused, and none of those reaches the backend.
+#[tokio::test]
+async fn concurrent_handshakes_cannot_overshoot_the_cap() {
+    let (release, gate) = tokio::sync::watch::channel(false);
+    let (backend, mut connections) = gated_backend(gate).await;
+    let gw = Gateway::spawn(&format!(
+        "[limits]\nmax_sessions = 5\n{}",
+        route("r", "/", &[format!("ws://{backend}")])
+    ))
+    .await;
+    let mut pending: futures_util::stream::FuturesUnordered<_> = (0..20)
+        .map(|_| exchange_from(ONE, gw.addr, "/", ""))
+        .collect();
+    let mut refused = 0;
+    while refused < 15 {
+        let (_, resp) = tokio::time::timeout(STEP, pending.next())
+            .await
+            .expect("fewer than 15 refusals while five handshakes wait")
+            .unwrap();
+        assert_refused(&resp, 503, "max_sessions", Some(1..=5));
+        refused += 1;
+    }
+    // The five admitted reach the backend, which holds them.
+    tokio::time::timeout(STEP, connections.wait_for(|n| *n >= 5))
+        .await
+        .expect("the admitted handshakes never reached the backend")
+        .unwrap();
+    release.send_replace(true);
+    let mut sessions = Vec::new();
+    while let Some((stream, resp)) = tokio::time::timeout(STEP, pending.next())
+        .await
+        .expect("the admitted handshakes did not finish")
+    {
+        assert_eq!(resp.status, 101, "{resp:?}");
+        sessions.push(stream);
+    }
+    assert_eq!(sessions.len(), 5);
+    assert_eq!(*connections.borrow(), 5);
+}
+
 #[tokio::test]
 async fn a_route_cap_only_affects_its_route() {
     let backend = EchoBackend::spawn().await;
