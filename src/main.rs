@@ -318,6 +318,13 @@ fn raise_fd_limit(cfg: &Config) {
                     "file descriptor limit"
                 );
             }
+            if reserve >= raised.to {
+                tracing::warn!(
+                    limit = raised.to,
+                    fd_reserve = reserve,
+                    "limits.fd_reserve is not below the descriptor limit: every handshake will be refused with 503"
+                );
+            }
         }
         Err(e) => tracing::warn!(error = %e, "cannot raise the soft RLIMIT_NOFILE"),
     }
@@ -361,6 +368,11 @@ fn print_limits(cfg: &Config) {
             println!(
                 "  file descriptors: limit {limit} (soft {soft} now; run raises it to the hard limit), reserve {reserve}"
             );
+            if reserve >= limit {
+                println!(
+                    "  warning: limits.fd_reserve is not below the descriptor limit: every handshake would be refused with 503"
+                );
+            }
         }
         Err(e) => println!("  file descriptors: cannot read RLIMIT_NOFILE ({e})"),
     }
