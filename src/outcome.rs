@@ -13,10 +13,11 @@ use std::fmt;
 /// How a connection, a handshake or a session ended, as a stable snake_case name
 /// ([`Outcome::as_str`]).
 ///
-/// Four families: refusals before HTTP (the connection is closed without an answer, or with
+/// Five families: refusals before HTTP (the connection is closed without an answer, or with
 /// a bare 400), refusals of the request head by the HTTP parser or its timers (before any
 /// request reaches the proxy), refusals of the WebSocket handshake (answered with an HTTP
-/// status, see `error.rs`), and ends of relayed sessions (after the 101).
+/// status, see `error.rs`) or by an admission limit, and ends of relayed sessions (after the
+/// 101).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Outcome {
     // --- Before HTTP (accept.rs): the connection is closed, counted as unrouted. ---
@@ -134,6 +135,20 @@ pub enum Outcome {
     /// Every backend of the route is drained through the admin API (503).
     BackendsDrained,
 
+    // --- Admission limits (limits/): refused before the backend is dialled. ---
+    /// The process holds `[limits] max_sessions` sessions (503 with `Retry-After`).
+    MaxSessions,
+    /// The route holds its `max_sessions` sessions (503 with `Retry-After`).
+    RouteMaxSessions,
+    /// The client's address holds `max_sessions_per_ip` sessions, process-wide or on the
+    /// route (429).
+    MaxSessionsPerIp,
+    /// The client's address is over `handshake_rate_per_ip`, process-wide or on the route
+    /// (429 with `Retry-After`).
+    HandshakeRate,
+    /// The process is within `fd_reserve` descriptors of its limit (503 with `Retry-After`).
+    FdReserve,
+
     // --- A relayed session ended (relay.rs). ---
     /// A normal closing handshake, started by either peer.
     Closed,
@@ -220,6 +235,11 @@ impl Outcome {
         Outcome::BackendIo,
         Outcome::BackendTls,
         Outcome::BackendsDrained,
+        Outcome::MaxSessions,
+        Outcome::RouteMaxSessions,
+        Outcome::MaxSessionsPerIp,
+        Outcome::HandshakeRate,
+        Outcome::FdReserve,
         Outcome::Closed,
         Outcome::CloseTimeout,
         Outcome::Drained,
@@ -287,6 +307,11 @@ impl Outcome {
             Outcome::BackendIo => "backend_io",
             Outcome::BackendTls => "backend_tls",
             Outcome::BackendsDrained => "backends_drained",
+            Outcome::MaxSessions => "max_sessions",
+            Outcome::RouteMaxSessions => "route_max_sessions",
+            Outcome::MaxSessionsPerIp => "max_sessions_per_ip",
+            Outcome::HandshakeRate => "handshake_rate",
+            Outcome::FdReserve => "fd_reserve",
             Outcome::Closed => "closed",
             Outcome::CloseTimeout => "close_timeout",
             Outcome::Drained => "drained",

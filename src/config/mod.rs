@@ -275,6 +275,9 @@ pub struct RouteConfig {
     pub policy: std::sync::Arc<crate::policy::RoutePolicy>,
     /// What a reload that changes this route does to its live sessions.
     pub on_change: OnChange,
+    /// Sessions and handshakes this route admits, counted for it alone (on top of
+    /// `[limits]`'s, counted for the whole process).
+    pub admission: AdmissionLimits,
     /// The route's settings as written (its `[[route]]` table and the global `[timeouts]` and
     /// `[limits]` it inherits): a reload compares it to tell a changed route from an
     /// unchanged one.
@@ -355,7 +358,55 @@ pub struct Limits {
     pub path: crate::path::PathRules,
     /// Where the details of a backend failure go (`limits.error_detail`).
     pub error_detail: ErrorDetail,
+    /// Sessions and handshakes the whole process admits (`[limits]`'s admission keys).
+    pub admission: AdmissionLimits,
+    /// IPv6 clients are counted by this prefix of their address (`ipv6_prefix`).
+    pub ipv6_prefix: u8,
+    /// File descriptors kept back from new sessions (`fd_reserve`).
+    pub fd_reserve: FdReserve,
 }
+
+/// The admission limits of one scope: the whole process (`[limits]`) or one route (the same
+/// keys on a `[[route]]`). `None`: no limit. Checked before the backend is dialled (see
+/// `crate::limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AdmissionLimits {
+    /// Sessions at once (503 past it).
+    pub max_sessions: Option<u32>,
+    /// Sessions at once from one client address (429 past it).
+    pub max_sessions_per_ip: Option<u32>,
+    /// Handshakes one client address may start (429 past it).
+    pub handshake_rate: Option<HandshakeRate>,
+}
+
+/// `handshake_rate_per_ip` with `handshake_burst`: a bucket of `burst` handshakes per client
+/// address that refills one handshake every `interval` (GCRA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandshakeRate {
+    /// `"10/s"` is one handshake every 100 ms.
+    pub interval: Duration,
+    pub burst: std::num::NonZeroU32,
+}
+
+/// How many file descriptors new sessions leave for everything else (`fd_reserve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdReserve {
+    /// [`DEFAULT_FD_RESERVE_MIN`] or [`DEFAULT_FD_RESERVE_PERCENT`] of the limit, whichever
+    /// is larger.
+    Default,
+    /// This many; 0 turns the check off.
+    Descriptors(u64),
+}
+
+/// IPv6 clients are counted by their /64: one subscriber line or host usually gets a whole
+/// /64 (RFC 6177), so counting single addresses would let one client take 2^64 of them.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+/// The fewest descriptors kept back: room for the admin listener and its scrapes, health
+/// checks, forward-auth and JWKS fetches, and the handshakes in flight.
+pub const DEFAULT_FD_RESERVE_MIN: u64 = 64;
+/// On a large limit the reserve grows with it, since the handshakes in flight at once
+/// (each a client socket, soon a backend one) grow with the traffic the limit was sized for.
+pub const DEFAULT_FD_RESERVE_PERCENT: u64 = 5;
 
 /// Where the details of a backend failure (address, OS error, TLS error) are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -377,6 +428,9 @@ impl Default for Limits {
                 escaped_slashes: DEFAULT_ESCAPED_SLASHES,
             },
             error_detail: DEFAULT_ERROR_DETAIL,
+            admission: AdmissionLimits::default(),
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
+            fd_reserve: FdReserve::Default,
         }
     }
 }

@@ -14,6 +14,7 @@ mod forward_auth;
 mod fuzz_regressions;
 mod h2;
 mod jwt;
+mod limits;
 mod listeners;
 mod logs;
 mod path;

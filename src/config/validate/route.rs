@@ -170,6 +170,7 @@ impl Validator<'_> {
             &[("keep", OnChange::Keep), ("restart", OnChange::Restart)],
             OnChange::Keep,
         );
+        let admission = self.admission(key, super::limits::AdmissionKeys::of_route(r));
 
         (self.errors.len() == errors_before).then_some(RouteConfig {
             name,
@@ -186,6 +187,7 @@ impl Validator<'_> {
             session,
             policy: std::sync::Arc::new(policy),
             on_change,
+            admission,
             // Filled in once the whole file has validated (`fingerprints`).
             fingerprint: String::new(),
         })
