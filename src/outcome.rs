@@ -163,6 +163,9 @@ pub enum Outcome {
     BackendProtocolError,
     /// A side sent a message over the route's limit: 1009 to it, 1001 to the other.
     MessageTooBig,
+    /// A side stayed over its fair share (`client_messages_per_sec`, ...) for the route's
+    /// `rate_grace`: 1008 "rate limit" to it, 1001 to the other.
+    RateLimited,
     /// The client went away without a close frame (EOF or reset): the backend got 1001.
     ClientGone,
     /// The backend went away without a close frame (EOF or reset): the client got 1011.
@@ -246,6 +249,7 @@ impl Outcome {
         Outcome::ClientProtocolError,
         Outcome::BackendProtocolError,
         Outcome::MessageTooBig,
+        Outcome::RateLimited,
         Outcome::ClientGone,
         Outcome::BackendGone,
         Outcome::ClientPingTimeout,
@@ -318,6 +322,7 @@ impl Outcome {
             Outcome::ClientProtocolError => "client_protocol_error",
             Outcome::BackendProtocolError => "backend_protocol_error",
             Outcome::MessageTooBig => "message_too_big",
+            Outcome::RateLimited => "rate_limited",
             Outcome::ClientGone => "client_gone",
             Outcome::BackendGone => "backend_gone",
             Outcome::ClientPingTimeout => "client_ping_timeout",

@@ -158,6 +158,17 @@ pub struct FileRoute {
     pub max_sessions_per_ip: Option<Spanned<i64>>,
     pub handshake_rate_per_ip: Option<SpStr>,
     pub handshake_burst: Option<Spanned<i64>>,
+    /// Fair shares after the upgrade (`crate::relay::fair`): per direction, messages and bytes
+    /// a second with their bursts, and how long a side may stay over before 1008.
+    pub client_messages_per_sec: Option<Spanned<i64>>,
+    pub client_messages_burst: Option<Spanned<i64>>,
+    pub client_bytes_per_sec: Option<SpStr>,
+    pub client_bytes_burst: Option<SpStr>,
+    pub backend_messages_per_sec: Option<Spanned<i64>>,
+    pub backend_messages_burst: Option<Spanned<i64>>,
+    pub backend_bytes_per_sec: Option<SpStr>,
+    pub backend_bytes_burst: Option<SpStr>,
+    pub rate_grace: Option<SpStr>,
 }
 
 /// One entry of a route's `backends`: a URL, or a table for per-backend settings.

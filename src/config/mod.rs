@@ -301,7 +301,61 @@ pub struct SessionConfig {
     /// Sessions end after this long, less up to 10% jitter so that sessions opened together
     /// do not all reconnect together. Off by default.
     pub max_lifetime: Option<Duration>,
+    /// Fair shares: what each side may send after the upgrade (off by default).
+    pub rates: Rates,
 }
+
+/// One rate: `per_sec` units a second, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub per_sec: u64,
+    pub burst: u64,
+}
+
+/// What one side may send: messages and bytes a second (each optional).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DirectionRates {
+    pub messages: Option<Rate>,
+    pub bytes: Option<Rate>,
+}
+
+impl DirectionRates {
+    pub fn is_set(&self) -> bool {
+        self.messages.is_some() || self.bytes.is_some()
+    }
+}
+
+/// A route's fair shares (`client_messages_per_sec`, `backend_bytes_per_sec`, ...): a side
+/// over its rate is slowed by backpressure (wsgate stops reading it), and one that stays over
+/// for `grace` is closed with 1008.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rates {
+    pub client: DirectionRates,
+    pub backend: DirectionRates,
+    /// `None` ("off"): slowed down, never closed.
+    pub grace: Option<Duration>,
+}
+
+impl Default for Rates {
+    fn default() -> Self {
+        Rates {
+            client: DirectionRates::default(),
+            backend: DirectionRates::default(),
+            grace: Some(DEFAULT_RATE_GRACE),
+        }
+    }
+}
+
+impl Rates {
+    pub fn is_set(&self) -> bool {
+        self.client.is_set() || self.backend.is_set()
+    }
+}
+
+/// How long a side may stay over its fair share (slowed all the while) before its session is
+/// closed with 1008: long enough for a burst of catching up after a reconnect, short enough
+/// that a flood does not hold a backend's attention for long.
+pub const DEFAULT_RATE_GRACE: Duration = Duration::from_secs(10);
 
 impl Default for SessionConfig {
     fn default() -> Self {
@@ -312,6 +366,7 @@ impl Default for SessionConfig {
             pong_timeout: DEFAULT_PONG_TIMEOUT,
             idle_timeout: None,
             max_lifetime: None,
+            rates: Rates::default(),
         }
     }
 }

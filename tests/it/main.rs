@@ -10,6 +10,7 @@ mod closing;
 mod config;
 mod deflate;
 mod edge_refusals;
+mod fair;
 mod forward_auth;
 mod fuzz_regressions;
 mod h2;

@@ -82,7 +82,7 @@ fn parse_rate(text: &str) -> Result<(u64, Duration), String> {
 
 impl Validator<'_> {
     /// An integer key in `range`; an error naming the key and its line otherwise.
-    fn count(
+    pub(super) fn count(
         &mut self,
         key: &str,
         value: Option<&Spanned<i64>>,

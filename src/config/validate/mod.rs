@@ -10,6 +10,7 @@
 
 mod admin;
 mod auth;
+mod fair;
 mod forward_auth;
 mod jwt;
 mod jwt_claims;
@@ -248,6 +249,7 @@ impl Validator<'_> {
                 t.max_lifetime,
                 defaults.max_lifetime,
             ),
+            rates: defaults.rates,
         }
     }
 

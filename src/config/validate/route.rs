@@ -158,6 +158,7 @@ impl Validator<'_> {
         let (permessage_deflate, max_message_inflated) = self.deflate(key, r);
         let session = SessionConfig {
             max_message_inflated,
+            rates: self.rates(key, r),
             ..session
         };
 
