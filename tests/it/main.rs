@@ -11,6 +11,7 @@ mod config;
 mod deflate;
 mod edge_refusals;
 mod fair;
+mod faults;
 mod forward_auth;
 mod fuzz_regressions;
 mod h2;
