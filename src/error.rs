@@ -89,6 +89,93 @@ pub struct BackendRefusal {
     pub body: Bytes,
 }
 
+/// Which count an admission limit applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// `[limits]`: the whole process.
+    Process,
+    /// The route's own keys: that route's sessions only.
+    Route,
+}
+
+impl Scope {
+    /// Where the limit is set, as the config says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Process => "[limits]",
+            Scope::Route => "route",
+        }
+    }
+}
+
+/// A handshake an admission limit refused (`crate::limits`), before the backend is dialled.
+/// `retry_after` is in whole seconds, for the `Retry-After` header.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    #[error("the gateway is at its limit of {limit} sessions (max_sessions)")]
+    MaxSessions { limit: u32, retry_after: u64 },
+    #[error("this route is at its limit of {limit} sessions (max_sessions)")]
+    RouteMaxSessions { limit: u32, retry_after: u64 },
+    #[error("this client address holds its limit of {limit} sessions ({} max_sessions_per_ip)", .scope.as_str())]
+    SessionsPerIp { scope: Scope, limit: u32 },
+    #[error("too many handshakes from this client address ({} handshake_rate_per_ip): retry in {retry_after} s", .scope.as_str())]
+    HandshakeRate { scope: Scope, retry_after: u64 },
+    /// The table of clients' rate states is full: a flood from more addresses than the
+    /// table holds, refused until entries go idle rather than letting memory grow.
+    #[error("too many clients are starting handshakes: retry in {retry_after} s")]
+    RateTableFull { retry_after: u64 },
+    #[error("the gateway is near its file descriptor limit")]
+    FdReserve { retry_after: u64 },
+}
+
+impl LimitError {
+    /// 503 where the gateway is full (it is no client's fault, and another instance may
+    /// have room), 429 where one client asks for more than its share (RFC 6585 §4).
+    pub fn status(&self) -> StatusCode {
+        match self {
+            LimitError::MaxSessions { .. }
+            | LimitError::RouteMaxSessions { .. }
+            | LimitError::FdReserve { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            LimitError::SessionsPerIp { .. }
+            | LimitError::HandshakeRate { .. }
+            | LimitError::RateTableFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+
+    /// Seconds for `Retry-After`; none for a per-address session cap, which frees up only
+    /// when the client itself closes a session.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            LimitError::MaxSessions { retry_after, .. }
+            | LimitError::RouteMaxSessions { retry_after, .. }
+            | LimitError::HandshakeRate { retry_after, .. }
+            | LimitError::RateTableFull { retry_after }
+            | LimitError::FdReserve { retry_after } => Some(*retry_after),
+            LimitError::SessionsPerIp { .. } => None,
+        }
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            LimitError::MaxSessions { .. } => Outcome::MaxSessions,
+            LimitError::RouteMaxSessions { .. } => Outcome::RouteMaxSessions,
+            LimitError::SessionsPerIp { .. } => Outcome::MaxSessionsPerIp,
+            LimitError::HandshakeRate { .. } | LimitError::RateTableFull { .. } => {
+                Outcome::HandshakeRate
+            }
+            LimitError::FdReserve { .. } => Outcome::FdReserve,
+        }
+    }
+
+    /// A full gateway is the proxy's to report; a client over its share is the client's.
+    pub fn fault(&self) -> Fault {
+        match self.status() {
+            StatusCode::TOO_MANY_REQUESTS => Fault::Client,
+            _ => Fault::Proxy,
+        }
+    }
+}
+
 /// Why a request did not become a session.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -109,6 +196,9 @@ pub enum ProxyError {
     /// The route's policy refused the handshake (origin, subprotocol, cookie, token, auth).
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    /// An admission limit refused the handshake (sessions, handshake rate, descriptors).
+    #[error(transparent)]
+    Limit(#[from] LimitError),
     /// A plain request whose body framing is ambiguous (request smuggling shapes): the
     /// reason says which.
     #[error("{0}")]
@@ -155,10 +245,19 @@ impl ProxyError {
                 BackendError::AllDrained => StatusCode::SERVICE_UNAVAILABLE,
             },
             ProxyError::Policy(e) => e.status(),
+            ProxyError::Limit(e) => e.status(),
             ProxyError::RequestFraming(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Seconds for a `Retry-After` header, where the refusal has a useful one.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ProxyError::Limit(e) => e.retry_after(),
+            _ => None,
         }
     }
 
@@ -182,6 +281,7 @@ impl ProxyError {
             ProxyError::Policy(_) => Fault::Client,
             ProxyError::Draining | ProxyError::Overloaded => Fault::Proxy,
             ProxyError::Backend(_) | ProxyError::RequestTimeout(_) => Fault::Backend,
+            ProxyError::Limit(e) => e.fault(),
         }
     }
 
@@ -195,6 +295,7 @@ impl ProxyError {
             ProxyError::Draining => Outcome::Draining,
             ProxyError::Policy(e) => e.outcome(),
             ProxyError::Backend(e) => e.outcome(),
+            ProxyError::Limit(e) => e.outcome(),
             ProxyError::RequestFraming(_) => Outcome::RequestFramingInvalid,
             ProxyError::BodyTooLarge(_) => Outcome::RequestBodyTooLarge,
             ProxyError::Overloaded => Outcome::Overloaded,

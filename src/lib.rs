@@ -14,6 +14,7 @@
 //! | the path canonicaliser (RFC 3986 §6.2.2, dot segments, slashes) | [`path`] |
 //! | route by host and path prefix | [`route`] |
 //! | RFC 6455 §4.2.1 (and RFC 8441) handshake checks, accept key | [`handshake`] |
+//! | admission limits: sessions (process, route, per address), handshake rates, the descriptor reserve | [`limits`] |
 //! | edge policy: Origin, subprotocols, cookies, token (JWT), forward-auth, identity headers, trusted forwarding | [`policy`] |
 //! | the proxy's own HTTP client for forward-auth and JWKS subrequests | [`http_client`] |
 //! | permessage-deflate: the backend's offer (`strip`, no context takeover), the client's answer | [`deflate`] |
@@ -55,6 +56,7 @@ pub mod head_guard;
 pub mod http;
 pub mod http_client;
 pub mod http_proxy;
+pub mod limits;
 pub mod listeners;
 pub mod metrics;
 pub mod notify;
@@ -178,6 +180,10 @@ impl Gateway {
         if let Some(path) = state.initial.upgrade_socket.clone() {
             tokio::spawn(upgrade::serve(state.clone(), path, stop.clone()));
         }
+        tokio::spawn(limits::shed_periodically(stop.clone(), {
+            let state = state.clone();
+            move || state.shed_idle_limits()
+        }));
         if let Some(every) = state.initial.watch {
             tokio::spawn(reload::watch(state.clone(), every, stop.clone()));
         }

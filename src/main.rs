@@ -268,6 +268,7 @@ fn check(path: &Path) -> ExitCode {
                     backends.join(", ")
                 );
             }
+            print_limits(&cfg);
             if let Some(admin) = &cfg.admin {
                 println!(
                     "  admin listener: {}://{} ({})",
@@ -290,9 +291,91 @@ fn check(path: &Path) -> ExitCode {
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
+    raise_fd_limit(&cfg);
     let signals = Signals::install()?;
     let handle = Gateway::start(cfg).await?;
     signals.wait_then_drain(handle).await
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit, before any listener is bound, and
+/// says what the gateway runs with: the limit and the descriptors kept back from sessions.
+fn raise_fd_limit(cfg: &Config) {
+    use wsgate::limits::fd;
+    match fd::raise_soft_limit() {
+        Ok(raised) => {
+            let reserve = fd::reserve_for(raised.to, cfg.limits.fd_reserve);
+            if raised.to > raised.from {
+                tracing::info!(
+                    from = raised.from,
+                    limit = raised.to,
+                    fd_reserve = reserve,
+                    "raised the soft RLIMIT_NOFILE to the hard limit"
+                );
+            } else {
+                tracing::info!(
+                    limit = raised.to,
+                    fd_reserve = reserve,
+                    "file descriptor limit"
+                );
+            }
+            if reserve >= raised.to {
+                tracing::warn!(
+                    limit = raised.to,
+                    fd_reserve = reserve,
+                    "limits.fd_reserve is not below the descriptor limit: every handshake will be refused with 503"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the soft RLIMIT_NOFILE"),
+    }
+}
+
+/// `wsgate check`'s lines on the admission limits and the descriptor limit `run` would have.
+fn print_limits(cfg: &Config) {
+    use wsgate::config::AdmissionLimits;
+    use wsgate::limits::fd;
+    let describe = |a: &AdmissionLimits| {
+        let mut parts = Vec::new();
+        if let Some(n) = a.max_sessions {
+            parts.push(format!("max_sessions {n}"));
+        }
+        if let Some(n) = a.max_sessions_per_ip {
+            parts.push(format!("max_sessions_per_ip {n}"));
+        }
+        if let Some(r) = a.handshake_rate {
+            parts.push(format!(
+                "handshake_rate_per_ip one per {:?}, handshake_burst {}",
+                r.interval, r.burst
+            ));
+        }
+        parts.join(", ")
+    };
+    let global = describe(&cfg.limits.admission);
+    if !global.is_empty() {
+        println!("  limits: {global}");
+    }
+    for r in &cfg.routes {
+        let own = describe(&r.admission);
+        if !own.is_empty() {
+            println!("  route {:?} limits: {own}", r.name);
+        }
+    }
+    // What `run` raises the soft limit to: the hard limit (or fs.nr_open when unlimited).
+    match fd::nofile() {
+        Ok((soft, hard)) => {
+            let limit = fd::raised_limit(soft, hard);
+            let reserve = fd::reserve_for(limit, cfg.limits.fd_reserve);
+            println!(
+                "  file descriptors: limit {limit} (soft {soft} now; run raises it to the hard limit), reserve {reserve}"
+            );
+            if reserve >= limit {
+                println!(
+                    "  warning: limits.fd_reserve is not below the descriptor limit: every handshake would be refused with 503"
+                );
+            }
+        }
+        Err(e) => println!("  file descriptors: cannot read RLIMIT_NOFILE ({e})"),
+    }
 }
 
 async fn echo(listen: SocketAddr) -> anyhow::Result<()> {

@@ -16,8 +16,9 @@ use std::fmt;
 /// Five families: refusals before HTTP (the connection is closed without an answer, or with
 /// a bare 400), refusals of the request head by the HTTP parser or its timers (before any
 /// request reaches the proxy), refusals of the WebSocket handshake or of a plain HTTP request
-/// (answered with an HTTP status, see `error.rs`), ends of relayed sessions (after the 101),
-/// and ends of proxied plain HTTP exchanges (after the response head, `http_proxy/`).
+/// (answered with an HTTP status, see `error.rs`) or by an admission limit, ends of relayed
+/// sessions (after the 101), and ends of proxied plain HTTP exchanges (after the response
+/// head, `http_proxy/`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Outcome {
     // --- Before HTTP (accept.rs): the connection is closed, counted as unrouted. ---
@@ -135,6 +136,20 @@ pub enum Outcome {
     /// Every backend of the route is drained through the admin API (503).
     BackendsDrained,
 
+    // --- Admission limits (limits/): refused before the backend is dialled. ---
+    /// The process holds `[limits] max_sessions` sessions (503 with `Retry-After`).
+    MaxSessions,
+    /// The route holds its `max_sessions` sessions (503 with `Retry-After`).
+    RouteMaxSessions,
+    /// The client's address holds `max_sessions_per_ip` sessions, process-wide or on the
+    /// route (429).
+    MaxSessionsPerIp,
+    /// The client's address is over `handshake_rate_per_ip`, process-wide or on the route
+    /// (429 with `Retry-After`).
+    HandshakeRate,
+    /// The process is within `fd_reserve` descriptors of its limit (503 with `Retry-After`).
+    FdReserve,
+
     // --- A plain HTTP request on a route with `http = true` was refused (http_proxy/). ---
     /// The request's body framing is ambiguous or not forwardable: `Content-Length` with
     /// `Transfer-Encoding`, or a transfer coding other than one `chunked` (400).
@@ -166,6 +181,9 @@ pub enum Outcome {
     BackendProtocolError,
     /// A side sent a message over the route's limit: 1009 to it, 1001 to the other.
     MessageTooBig,
+    /// A side stayed over its fair share (`client_messages_per_sec`, ...) for the route's
+    /// `rate_grace`: 1008 "rate limit" to it, 1001 to the other.
+    RateLimited,
     /// The client went away without a close frame (EOF or reset): the backend got 1001. For
     /// a plain HTTP exchange: the client went away before the whole response.
     ClientGone,
@@ -245,6 +263,11 @@ impl Outcome {
         Outcome::BackendIo,
         Outcome::BackendTls,
         Outcome::BackendsDrained,
+        Outcome::MaxSessions,
+        Outcome::RouteMaxSessions,
+        Outcome::MaxSessionsPerIp,
+        Outcome::HandshakeRate,
+        Outcome::FdReserve,
         Outcome::RequestFramingInvalid,
         Outcome::RequestBodyTooLarge,
         Outcome::Overloaded,
@@ -257,6 +280,7 @@ impl Outcome {
         Outcome::ClientProtocolError,
         Outcome::BackendProtocolError,
         Outcome::MessageTooBig,
+        Outcome::RateLimited,
         Outcome::ClientGone,
         Outcome::BackendGone,
         Outcome::ClientPingTimeout,
@@ -319,6 +343,11 @@ impl Outcome {
             Outcome::BackendIo => "backend_io",
             Outcome::BackendTls => "backend_tls",
             Outcome::BackendsDrained => "backends_drained",
+            Outcome::MaxSessions => "max_sessions",
+            Outcome::RouteMaxSessions => "route_max_sessions",
+            Outcome::MaxSessionsPerIp => "max_sessions_per_ip",
+            Outcome::HandshakeRate => "handshake_rate",
+            Outcome::FdReserve => "fd_reserve",
             Outcome::RequestFramingInvalid => "request_framing_invalid",
             Outcome::RequestBodyTooLarge => "request_body_too_large",
             Outcome::Overloaded => "overloaded",
@@ -331,6 +360,7 @@ impl Outcome {
             Outcome::ClientProtocolError => "client_protocol_error",
             Outcome::BackendProtocolError => "backend_protocol_error",
             Outcome::MessageTooBig => "message_too_big",
+            Outcome::RateLimited => "rate_limited",
             Outcome::ClientGone => "client_gone",
             Outcome::BackendGone => "backend_gone",
             Outcome::ClientPingTimeout => "client_ping_timeout",

@@ -25,8 +25,9 @@ use tokio::net::TcpStream;
 use crate::backend::{self, BackendLease, BackendRequest, BackendUpgrade};
 use crate::config::{Config, ErrorDetail};
 use crate::deflate;
-use crate::error::{BackendError, BackendRefusal, Draining, ProxyError};
+use crate::error::{BackendError, BackendRefusal, Draining, LimitError, ProxyError};
 use crate::handshake::{self, ClientHandshake, HandshakeError, Transport};
+use crate::limits::{self, Gate, Permit};
 use crate::policy::forwarding::{self, ClientAddr};
 use crate::policy::{Admitted, PolicyError, RequestFacts};
 use crate::relay;
@@ -59,6 +60,8 @@ pub struct ProxyState {
     pub unrouted_refusals: crate::telemetry::RefusalCounts,
     /// The refusal records' per-outcome budget (`[log] refusals_per_second`).
     pub refusal_log: crate::telemetry::limited::LogLimiter,
+    /// The process's descriptor limit and the probe for the reserve (`[limits] fd_reserve`).
+    pub descriptors: limits::Descriptors,
 }
 
 /// One config and the routes built from it.
@@ -68,6 +71,9 @@ pub struct Generation {
     pub number: u64,
     pub config: Config,
     pub routes: RouteTable,
+    /// `[limits]`'s admission state, for the whole process: its count of admitted sessions
+    /// carries over from generation to generation.
+    pub gate: Gate,
 }
 
 impl ProxyState {
@@ -75,6 +81,7 @@ impl ProxyState {
         let generation = Generation {
             number: 1,
             routes: RouteTable::new(&config.routes, sessions.control()),
+            gate: Gate::next(&config.limits.admission, None),
             config: config.clone(),
         };
         ProxyState {
@@ -89,6 +96,7 @@ impl ProxyState {
             listeners: Default::default(),
             unready: Default::default(),
             unrouted_refusals: Default::default(),
+            descriptors: limits::Descriptors::of_process(),
         }
     }
 
@@ -140,12 +148,22 @@ impl ProxyState {
             RouteTable::next(&config.routes, &current.routes, self.sessions.control());
         let next = Arc::new(Generation {
             number: current.number + 1,
+            gate: Gate::next(&config.limits.admission, Some(&current.gate)),
             config,
             routes,
         });
         *current = next.clone();
         self.generations.send_replace(next.number);
         (next, diff)
+    }
+
+    /// Sheds the current rate tables' idle entries (see `limits::shed_periodically`).
+    pub fn shed_idle_limits(&self) {
+        let generation = self.current();
+        generation.gate.shed_idle();
+        for route in generation.routes.iter() {
+            route.gate.shed_idle();
+        }
     }
 }
 
@@ -233,6 +251,7 @@ async fn handle_request(
     let cx = Ctx {
         state: &state,
         config: &generation.config,
+        gate: &generation.gate,
         conn: &conn,
         forwarding: &forwarding,
         id,
@@ -260,6 +279,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) state: &'a ProxyState,
     /// The generation's config this request started under.
     pub(crate) config: &'a Config,
+    /// The generation's process-wide admission state.
+    pub(crate) gate: &'a Gate,
     pub(crate) conn: &'a ConnInfo,
     pub(crate) forwarding: &'a ClientAddr,
     /// The request's number, which becomes the session's (the admin API names it).
@@ -279,6 +300,7 @@ async fn upgrade(
     let route = route.ok_or(ProxyError::NoRoute)?;
     not_draining(&cx.state.sessions)?;
     let mut client_hs = handshake::validate(parts)?;
+    let permit = admit(cx, route)?;
     let admitted = check_policy(cx, route, parts, &mut client_hs).await?;
     let rc = &route.config;
     let counted = rc.session.max_message_inflated.is_some();
@@ -292,7 +314,15 @@ async fn upgrade(
     let response = accept_response(cx, &client_hs, &upgrade, admitted.token_marker.as_deref());
     let meta = session_meta(cx, parts, &client_hs, &upgrade, admitted.user);
     let ends = (admitted.session_end, counting);
-    spawn_session(cx, route, client_upgrade, lease, upgrade, meta, ends);
+    spawn_session(
+        cx,
+        route,
+        client_upgrade,
+        (lease, permit),
+        upgrade,
+        meta,
+        ends,
+    );
     Ok(response)
 }
 
@@ -319,6 +349,21 @@ fn session_meta(
         user: user.map(|u| cut(&u, MAX_LOGGED_VALUE).into()),
         user_agent: parts.headers.get(header::USER_AGENT).and_then(text),
     }
+}
+
+/// The admission limits (`limits::admit`): the descriptor reserve, the handshake rates and
+/// the session caps of the process and the route, for the client `policy::forwarding`
+/// found. Before the policy, whose forward-auth and JWKS fetches a flood must not reach;
+/// the permit lives as long as the session, or ends with the handshake if a later phase
+/// fails.
+fn admit(cx: &Ctx<'_>, route: &Route) -> Result<Permit, LimitError> {
+    limits::admit(
+        cx.gate,
+        &route.gate,
+        &cx.state.descriptors,
+        &cx.config.limits,
+        cx.conn.client.ip(),
+    )
 }
 
 /// New sessions are taken until the gateway starts draining.
@@ -423,16 +468,16 @@ fn spawn_session(
     cx: &Ctx<'_>,
     route: &Arc<Route>,
     client_upgrade: OnUpgrade,
-    lease: BackendLease,
+    (lease, permit): (BackendLease, Permit),
     upgrade: BackendUpgrade,
     meta: SessionMeta,
     (token_end, counting): (Option<std::time::SystemTime>, Option<deflate::Counting>),
 ) {
     let transport = meta.transport;
-    let session = cx
-        .state
-        .sessions
-        .register(cx.id, route.clone(), cx.conn.client, lease, meta);
+    let session =
+        cx.state
+            .sessions
+            .register(cx.id, route.clone(), cx.conn.client, (lease, permit), meta);
     route
         .stats
         .opened
@@ -667,6 +712,10 @@ fn refuse(
                 }
                 other => other.to_string(),
             };
+            // When to try again, where the refusal knows (an admission limit).
+            if let Some(secs) = other.retry_after() {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
             *resp.body_mut() = Body::new(Bytes::from(format!("{line}\n")));
         }
     }

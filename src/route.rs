@@ -24,6 +24,8 @@ pub struct Route {
     /// Sessions opened and ended, close frames, durations, traffic of ended sessions; shared
     /// by the route's generations like `refusals`.
     pub stats: Arc<crate::metrics::RouteStats>,
+    /// The route's own admission limits and counts; the count carries over a reload.
+    pub gate: crate::limits::Gate,
 }
 
 /// What a reload did to the routes, by name (sorted).
@@ -77,6 +79,7 @@ impl RouteTable {
                     control: old.map_or_else(|| parent.child(), |o| o.control.clone()),
                     refusals: old.map(|o| o.refusals.clone()).unwrap_or_default(),
                     stats: old.map(|o| o.stats.clone()).unwrap_or_default(),
+                    gate: crate::limits::Gate::next(&c.admission, old.map(|o| &o.gate)),
                     config: c.clone(),
                 })
             })

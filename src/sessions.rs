@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::backend::{Backend, BackendLease};
 use crate::frame::close_code;
 use crate::handshake::Transport;
+use crate::limits::Permit;
 use crate::relay::{CloseRequest, Control, Link};
 use crate::route::Route;
 
@@ -111,15 +112,21 @@ impl Default for Sessions {
     }
 }
 
-/// Removes its session from the registry when dropped, however the session task ends.
+/// Removes its session from the registry when dropped, however the session task ends, and
+/// gives back its place under the admission limits.
 #[derive(Debug)]
 pub struct SessionGuard {
     sessions: Arc<Sessions>,
     pub info: Arc<SessionInfo>,
+    /// The session's seats under the admission limits, taken before the backend was dialled;
+    /// given back first when the session ends, so a new handshake that sees the live count
+    /// fall finds the seat free.
+    permit: Option<Permit>,
 }
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
+        drop(self.permit.take());
         let mut live = self.sessions.live.lock().unwrap_or_else(|p| p.into_inner());
         live.remove(&self.info.id);
         // Under the lock: a scrape sees this session's traffic live or in the route's
@@ -142,13 +149,14 @@ impl Sessions {
         &self.control
     }
 
-    /// Registers a session about to start relaying.
+    /// Registers a session about to start relaying, with its backend lease and its permit
+    /// under the admission limits (held until the session ends).
     pub fn register(
         self: &Arc<Self>,
         id: u64,
         route: Arc<Route>,
         client: SocketAddr,
-        lease: BackendLease,
+        (lease, permit): (BackendLease, Permit),
         meta: SessionMeta,
     ) -> SessionGuard {
         let info = Arc::new(SessionInfo {
@@ -167,6 +175,7 @@ impl Sessions {
         SessionGuard {
             sessions: self.clone(),
             info,
+            permit: Some(permit),
         }
     }
 

@@ -153,6 +153,22 @@ pub struct FileRoute {
     /// `"keep"` (default) or `"restart"`: what a reload that changes this route does to its
     /// live sessions.
     pub on_change: Option<SpStr>,
+    /// `[limits]`'s admission keys, counted for this route alone.
+    pub max_sessions: Option<Spanned<i64>>,
+    pub max_sessions_per_ip: Option<Spanned<i64>>,
+    pub handshake_rate_per_ip: Option<SpStr>,
+    pub handshake_burst: Option<Spanned<i64>>,
+    /// Fair shares after the upgrade (`crate::relay::fair`): per direction, messages and bytes
+    /// a second with their bursts, and how long a side may stay over before 1008.
+    pub client_messages_per_sec: Option<Spanned<i64>>,
+    pub client_messages_burst: Option<Spanned<i64>>,
+    pub client_bytes_per_sec: Option<SpStr>,
+    pub client_bytes_burst: Option<SpStr>,
+    pub backend_messages_per_sec: Option<Spanned<i64>>,
+    pub backend_messages_burst: Option<Spanned<i64>>,
+    pub backend_bytes_per_sec: Option<SpStr>,
+    pub backend_bytes_burst: Option<SpStr>,
+    pub rate_grace: Option<SpStr>,
     /// Proxy plain HTTP requests (not upgrades) too (default `false`: they get 426).
     pub http: Option<Spanned<bool>>,
     /// `http://` or `https://` URLs plain requests go to, instead of `backends` read with
@@ -349,6 +365,18 @@ pub struct FileLimits {
     pub escaped_slashes: Option<SpStr>,
     /// `"log"` or `"client"`: where a backend failure's details go.
     pub error_detail: Option<SpStr>,
+    /// Sessions the whole process admits at once.
+    pub max_sessions: Option<Spanned<i64>>,
+    /// Sessions one client address (an IPv6 client by its `ipv6_prefix`) may hold at once.
+    pub max_sessions_per_ip: Option<Spanned<i64>>,
+    /// Handshakes one client address may start, e.g. `"10/s"`, `"600/m"`.
+    pub handshake_rate_per_ip: Option<SpStr>,
+    /// Handshakes one client address may start at once, above its rate.
+    pub handshake_burst: Option<Spanned<i64>>,
+    /// The prefix length that groups IPv6 clients as one address (default 64).
+    pub ipv6_prefix: Option<Spanned<i64>>,
+    /// File descriptors kept back from new sessions (default max(64, 5 % of the limit)).
+    pub fd_reserve: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -294,6 +294,9 @@ pub struct RouteConfig {
     pub policy: std::sync::Arc<crate::policy::RoutePolicy>,
     /// What a reload that changes this route does to its live sessions.
     pub on_change: OnChange,
+    /// Sessions and handshakes this route admits, counted for it alone (on top of
+    /// `[limits]`'s, counted for the whole process).
+    pub admission: AdmissionLimits,
     /// Plain HTTP requests on this route (`http = true`): their backends, connection pools,
     /// limits and timeouts. `None`: the route serves WebSockets only, and a plain request
     /// gets 426.
@@ -321,7 +324,61 @@ pub struct SessionConfig {
     /// Sessions end after this long, less up to 10% jitter so that sessions opened together
     /// do not all reconnect together. Off by default.
     pub max_lifetime: Option<Duration>,
+    /// Fair shares: what each side may send after the upgrade (off by default).
+    pub rates: Rates,
 }
+
+/// One rate: `per_sec` units a second, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub per_sec: u64,
+    pub burst: u64,
+}
+
+/// What one side may send: messages and bytes a second (each optional).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DirectionRates {
+    pub messages: Option<Rate>,
+    pub bytes: Option<Rate>,
+}
+
+impl DirectionRates {
+    pub fn is_set(&self) -> bool {
+        self.messages.is_some() || self.bytes.is_some()
+    }
+}
+
+/// A route's fair shares (`client_messages_per_sec`, `backend_bytes_per_sec`, ...): a side
+/// over its rate is slowed by backpressure (wsgate stops reading it), and one that stays over
+/// for `grace` is closed with 1008.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rates {
+    pub client: DirectionRates,
+    pub backend: DirectionRates,
+    /// `None` ("off"): slowed down, never closed.
+    pub grace: Option<Duration>,
+}
+
+impl Default for Rates {
+    fn default() -> Self {
+        Rates {
+            client: DirectionRates::default(),
+            backend: DirectionRates::default(),
+            grace: Some(DEFAULT_RATE_GRACE),
+        }
+    }
+}
+
+impl Rates {
+    pub fn is_set(&self) -> bool {
+        self.client.is_set() || self.backend.is_set()
+    }
+}
+
+/// How long a side may stay over its fair share (slowed all the while) before its session is
+/// closed with 1008: long enough for a burst of catching up after a reconnect, short enough
+/// that a flood does not hold a backend's attention for long.
+pub const DEFAULT_RATE_GRACE: Duration = Duration::from_secs(10);
 
 impl Default for SessionConfig {
     fn default() -> Self {
@@ -332,6 +389,7 @@ impl Default for SessionConfig {
             pong_timeout: DEFAULT_PONG_TIMEOUT,
             idle_timeout: None,
             max_lifetime: None,
+            rates: Rates::default(),
         }
     }
 }
@@ -378,7 +436,55 @@ pub struct Limits {
     pub path: crate::path::PathRules,
     /// Where the details of a backend failure go (`limits.error_detail`).
     pub error_detail: ErrorDetail,
+    /// Sessions and handshakes the whole process admits (`[limits]`'s admission keys).
+    pub admission: AdmissionLimits,
+    /// IPv6 clients are counted by this prefix of their address (`ipv6_prefix`).
+    pub ipv6_prefix: u8,
+    /// File descriptors kept back from new sessions (`fd_reserve`).
+    pub fd_reserve: FdReserve,
 }
+
+/// The admission limits of one scope: the whole process (`[limits]`) or one route (the same
+/// keys on a `[[route]]`). `None`: no limit. Checked before the backend is dialled (see
+/// `crate::limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AdmissionLimits {
+    /// Sessions at once (503 past it).
+    pub max_sessions: Option<u32>,
+    /// Sessions at once from one client address (429 past it).
+    pub max_sessions_per_ip: Option<u32>,
+    /// Handshakes one client address may start (429 past it).
+    pub handshake_rate: Option<HandshakeRate>,
+}
+
+/// `handshake_rate_per_ip` with `handshake_burst`: a bucket of `burst` handshakes per client
+/// address that refills one handshake every `interval` (GCRA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandshakeRate {
+    /// `"10/s"` is one handshake every 100 ms.
+    pub interval: Duration,
+    pub burst: std::num::NonZeroU32,
+}
+
+/// How many file descriptors new sessions leave for everything else (`fd_reserve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdReserve {
+    /// [`DEFAULT_FD_RESERVE_MIN`] or [`DEFAULT_FD_RESERVE_PERCENT`] of the limit, whichever
+    /// is larger.
+    Default,
+    /// This many; 0 turns the check off.
+    Descriptors(u64),
+}
+
+/// IPv6 clients are counted by their /64: one subscriber line or host usually gets a whole
+/// /64 (RFC 6177), so counting single addresses would let one client take 2^64 of them.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+/// The fewest descriptors kept back: room for the admin listener and its scrapes, health
+/// checks, forward-auth and JWKS fetches, and the handshakes in flight.
+pub const DEFAULT_FD_RESERVE_MIN: u64 = 64;
+/// On a large limit the reserve grows with it, since the handshakes in flight at once
+/// (each a client socket, soon a backend one) grow with the traffic the limit was sized for.
+pub const DEFAULT_FD_RESERVE_PERCENT: u64 = 5;
 
 /// Where the details of a backend failure (address, OS error, TLS error) are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -400,6 +506,9 @@ impl Default for Limits {
                 escaped_slashes: DEFAULT_ESCAPED_SLASHES,
             },
             error_detail: DEFAULT_ERROR_DETAIL,
+            admission: AdmissionLimits::default(),
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
+            fd_reserve: FdReserve::Default,
         }
     }
 }

@@ -254,6 +254,61 @@ impl Collector for GatewayMetrics {
             [(Labels::new(), i64::from(draining))],
         )?;
 
+        // --- Admission limits. ---
+        let limits = &generation.config.limits;
+        let descriptors = &state.descriptors;
+        if descriptors.limit() != u64::MAX {
+            let as_gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            gauges(
+                &mut enc,
+                "wsgate_fd_limit",
+                "The file descriptor limit the gateway runs under (the soft RLIMIT_NOFILE, raised \
+                 to the hard limit at start).",
+                [(Labels::new(), as_gauge(descriptors.limit()))],
+            )?;
+            gauges(
+                &mut enc,
+                "wsgate_fd_reserve",
+                "File descriptors new sessions leave free (fd_reserve): past limit - reserve, \
+                 handshakes get 503 fd_reserve.",
+                [(
+                    Labels::new(),
+                    as_gauge(descriptors.reserve(limits.fd_reserve)),
+                )],
+            )?;
+        }
+        let gates = || {
+            std::iter::once((st("-"), &generation.gate))
+                .chain(routes.iter().map(|r| (s(&r.name), &r.gate)))
+        };
+        gauges(
+            &mut enc,
+            "wsgate_sessions_admitted",
+            "Sessions holding a place under the admission limits (handshakes past admission \
+             included), for the whole process (route -) and by route.",
+            gates().map(|(name, g)| (vec![("route", name)], i64::from(g.admitted()))),
+        )?;
+        gauges(
+            &mut enc,
+            "wsgate_sessions_limit",
+            "max_sessions, for the whole process (route -) and by route, where set.",
+            gates().filter_map(|(name, g)| {
+                let max = g.limits.max_sessions?;
+                Some((vec![("route", name)], i64::from(max)))
+            }),
+        )?;
+        gauges(
+            &mut enc,
+            "wsgate_handshake_rate_clients",
+            "Client addresses the handshake rate tables track (handshake_rate_per_ip), for the \
+             whole process (route -) and by route, where a rate is set.",
+            gates().filter_map(|(name, g)| {
+                g.limits.handshake_rate?;
+                let n = i64::try_from(g.rate_keys()).unwrap_or(i64::MAX);
+                Some((vec![("route", name)], n))
+            }),
+        )?;
+
         // --- Listeners (those running now: a reload may add or remove some). ---
         let listeners = state.listeners.stats();
         let listener = |a: &SocketAddr| -> Labels { vec![("listener", s(&a.to_string()))] };

@@ -31,6 +31,9 @@ pub enum Reason {
     ProtocolError(CloseSide, Violation),
     /// A side sent a message over the limit: 1009 to it, 1001 to the other.
     MessageTooBig(CloseSide),
+    /// A side stayed over its fair share for the route's `rate_grace`: 1008 "rate limit" to
+    /// it, 1001 to the other.
+    RateLimited(CloseSide),
     /// A side went away without a close frame (EOF or reset): the other side gets 1011 (backend
     /// lost) or 1001 (client gone).
     Gone(CloseSide),
@@ -58,6 +61,8 @@ impl Reason {
             Reason::ProtocolError(_, v) => (close_code::BAD_GATEWAY, v.close_code()),
             Reason::MessageTooBig(Client) => (close_code::MESSAGE_TOO_BIG, close_code::GOING_AWAY),
             Reason::MessageTooBig(_) => (close_code::GOING_AWAY, close_code::MESSAGE_TOO_BIG),
+            Reason::RateLimited(Client) => (close_code::POLICY_VIOLATION, close_code::GOING_AWAY),
+            Reason::RateLimited(_) => (close_code::GOING_AWAY, close_code::POLICY_VIOLATION),
             Reason::Gone(Client) => (close_code::GOING_AWAY, close_code::GOING_AWAY),
             Reason::Gone(_) => (close_code::INTERNAL_ERROR, close_code::GOING_AWAY),
             Reason::PingTimeout(_) | Reason::IdleTimeout | Reason::MaxLifetime => {
@@ -76,6 +81,7 @@ impl Reason {
             }
             Reason::ProtocolError(..) => "backend protocol error",
             Reason::MessageTooBig(_) => close_code::phrase(close_code::MESSAGE_TOO_BIG),
+            Reason::RateLimited(_) => "rate limit",
             Reason::Gone(CloseSide::Client) => "client went away",
             Reason::Gone(_) => "backend connection lost",
             Reason::PingTimeout(CloseSide::Client) => "client not responding",
@@ -102,11 +108,12 @@ impl Reason {
     }
 
     /// The side whose behaviour made the proxy end the session, if one did: it broke the
-    /// framing, sent a message over the limit, or did not answer a ping.
+    /// framing, sent a message over the limit, did not answer a ping, or stayed over its
+    /// fair share.
     pub fn offender(&self) -> Option<CloseSide> {
         match *self {
             Reason::ProtocolError(side, _) | Reason::MessageTooBig(side) => Some(side),
-            Reason::PingTimeout(side) => Some(side),
+            Reason::PingTimeout(side) | Reason::RateLimited(side) => Some(side),
             _ => None,
         }
     }
@@ -117,6 +124,7 @@ impl Reason {
             Reason::ProtocolError(CloseSide::Client, _) => Outcome::ClientProtocolError,
             Reason::ProtocolError(..) => Outcome::BackendProtocolError,
             Reason::MessageTooBig(_) => Outcome::MessageTooBig,
+            Reason::RateLimited(_) => Outcome::RateLimited,
             Reason::Gone(CloseSide::Client) => Outcome::ClientGone,
             Reason::Gone(_) => Outcome::BackendGone,
             Reason::PingTimeout(CloseSide::Client) => Outcome::ClientPingTimeout,
@@ -284,6 +292,8 @@ mod tests {
             (Reason::PingTimeout(Backend), Backend),
             (Reason::MessageTooBig(Client), Client),
             (Reason::MessageTooBig(Backend), Backend),
+            (Reason::RateLimited(Client), Client),
+            (Reason::RateLimited(Backend), Backend),
             (
                 Reason::ProtocolError(Client, Violation::UnmaskedFromClient),
                 Client,

@@ -40,6 +40,7 @@ mod batch;
 mod control;
 mod drain;
 mod ending;
+mod fair;
 mod inflated;
 
 use batch::Batch;
@@ -219,6 +220,8 @@ struct State<'a> {
     /// Bumped by every state change the relay loop must react to (bytes read, a frame queued
     /// or written, a side shut, the proxy taking over), so the loop runs until nothing moves.
     progress: u64,
+    /// The route's fair shares (`fair.rs`), on routes that set them.
+    fair: Option<Box<fair::Fair>>,
 }
 
 impl State<'_> {
@@ -286,6 +289,7 @@ where
             discarded: 0,
             abandoned: None,
             progress: 0,
+            fair: fair::Fair::new(&cfg.rates, now),
         },
         control,
         timer: None,
@@ -524,10 +528,27 @@ where
         ingest(cx, st, from, to, &pre[..]);
     }
     while !from.read_eof && (to.out_empty() || drain::discarding(st, from)) {
+        if !st.taken_over
+            && let Some(fair) = st.fair.as_mut()
+        {
+            let now = Instant::now();
+            if !fair.may_read(from.who, now) {
+                // Over its share: left unread, so its own writes wait (`fair.rs`). It sent
+                // lately, and its pong may be among what waits: it counts as heard.
+                from.heard = now;
+                from.awaiting_pong = false;
+                break;
+            }
+        }
         let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         let mut buf = ReadBuf::uninit(&mut chunk);
         match Pin::new(&mut from.io).poll_read(cx, &mut buf) {
-            Poll::Pending => break,
+            Poll::Pending => {
+                if let Some(fair) = st.fair.as_mut() {
+                    fair.caught_up(from.who);
+                }
+                break;
+            }
             Poll::Ready(Err(e)) => {
                 from.read_eof = true;
                 if !st.taken_over && from.close_from.is_none() {
@@ -609,9 +630,16 @@ fn ingest<A, Z>(
     counter.fetch_add(data.len() as u64, Ordering::Relaxed);
     // Still scanned: a side the proxy closed is watched for its close reply.
     let discarding = drain::discarding(st, from);
+    let messages_before = from.scanner.messages;
     if let Err(reason) = forward(cx, st, from, to, data) {
         take_over_dyn(st, from, to, reason, None);
         inflated::abandon_frame(st, from, to);
+    }
+    if !st.taken_over
+        && let Some(fair) = st.fair.as_mut()
+    {
+        let messages = from.scanner.messages - messages_before;
+        fair.charge(from.who, data.len() as u64, messages, from.heard);
     }
     control::count(
         &st.link.counters,
@@ -813,6 +841,19 @@ where
             next = Some(next.map_or(t, |n| n.min(t)));
         };
         if !st.taken_over {
+            if let Some(fair) = st.fair.as_mut() {
+                if let Some(who) = fair.over_grace(now) {
+                    take_over(st, c, b, Reason::RateLimited(who), None);
+                    continue;
+                }
+                if fair.wake_due(now) {
+                    // A side held back may be read again: run the sides.
+                    st.progress += 1;
+                }
+                if let Some(at) = fair.next_wake() {
+                    earliest(at);
+                }
+            }
             if let Some(end) = st.lifetime_end {
                 if now >= end {
                     let why = [Reason::MaxLifetime, Reason::TokenExpired][st.token_end as usize];

@@ -185,3 +185,103 @@ fn ping_tokens_differ() {
     assert_ne!(ping_token(1), ping_token(2));
     assert_eq!(&ping_token(1)[..6], b"wsgate");
 }
+
+/// The most a session holds for a side that never reads: one read's worth (`READ_CHUNK`) of
+/// what the other side sent, on top of what the pipes themselves hold. Everything past that
+/// stays with the sender, whose writes wait. Time is paused: the writer's timeout fires only
+/// once nothing at all can move.
+#[tokio::test(start_paused = true)]
+async fn a_side_that_never_reads_holds_at_most_one_read_in_the_relay() {
+    const PIPE: usize = 4096;
+    let (client, mut backend, outside, _task) = spawn_relay(PIPE);
+    // One 4 MiB binary message from the backend, to a client that reads nothing.
+    let message = plain(opcode::BINARY, &vec![5u8; 4 << 20]);
+    let blocked = tokio::time::timeout(Duration::from_secs(60), backend.write_all(&message)).await;
+    assert!(
+        blocked.is_err(),
+        "the backend's writes must wait for the client"
+    );
+    let read_from_backend = outside
+        .1
+        .counters
+        .backend_to_client
+        .load(std::sync::atomic::Ordering::Relaxed) as usize;
+    // The client's pipe holds PIPE bytes; what else the relay read, it holds.
+    let held = read_from_backend - PIPE;
+    assert!(
+        held <= READ_CHUNK,
+        "the relay holds {held} bytes for a client that does not read (at most {READ_CHUNK})"
+    );
+    assert!(read_from_backend > PIPE, "the relay forwarded nothing");
+    drop(client);
+}
+
+/// A side over its fair share is read no faster than the share allows (paused time: the
+/// relay's clock is the test's).
+#[tokio::test(start_paused = true)]
+async fn a_side_over_its_share_is_read_at_its_rate_then_closed_with_1008() {
+    let (client, client_side) = duplex(1 << 20);
+    let (backend_side, mut backend) = duplex(1 << 20);
+    let outside = Outside(Control::default(), Arc::default());
+    let cfg = SessionConfig {
+        ping_interval: None,
+        rates: crate::config::Rates {
+            client: crate::config::DirectionRates {
+                messages: Some(crate::config::Rate {
+                    per_sec: 10,
+                    burst: 10,
+                }),
+                bytes: None,
+            },
+            backend: Default::default(),
+            grace: Some(Duration::from_secs(3)),
+        },
+        ..SessionConfig::default()
+    };
+    let (ctl, link) = (outside.0.clone(), outside.1.clone());
+    let task = tokio::spawn(async move {
+        relay(
+            (client_side, Bytes::new()),
+            (backend_side, Bytes::new()),
+            &cfg,
+            0,
+            &ctl,
+            &link,
+        )
+        .await
+    });
+    // 100 messages at once, 10 times the rate: they come in one read, which is forwarded
+    // whole (the relay does not hold bytes it has read), and the client owes 9 s.
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let one = masked(opcode::TEXT, b"flood");
+    let flood: Vec<u8> = (0..100).flat_map(|_| one.clone()).collect();
+    client_write.write_all(&flood).await.unwrap();
+    let mut got = vec![0u8; flood.len()];
+    backend.read_exact(&mut got).await.unwrap();
+    let started = Instant::now();
+    // Held: this one is not read while the debt runs, and the grace (3 s) ends first.
+    client_write.write_all(&one).await.unwrap();
+    // The client gets 1008 "rate limit" when the grace ends.
+    let mut head = [0u8; 4];
+    client_read.read_exact(&mut head).await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(head[0], 0x88);
+    assert_eq!(u16::from_be_bytes([head[2], head[3]]), 1008);
+    assert!(
+        waited >= Duration::from_secs(3) && waited < Duration::from_secs(4),
+        "closed after {waited:?}, the grace is 3 s"
+    );
+    // The backend's next frame is the proxy's close (1001), not the held message.
+    let mut head = [0u8; 2];
+    backend.read_exact(&mut head).await.unwrap();
+    assert_eq!(
+        head[0], 0x88,
+        "the held message must not have been forwarded"
+    );
+    let mut rest = vec![0u8; 4 + (head[1] & 0x7f) as usize];
+    backend.read_exact(&mut rest).await.unwrap();
+    let code = u16::from_be_bytes([rest[0] ^ rest[4], rest[1] ^ rest[5]]);
+    assert_eq!(code, 1001);
+    drop((client_read, client_write, backend));
+    assert_eq!(task.await.unwrap().outcome().as_str(), "rate_limited");
+}

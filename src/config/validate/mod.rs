@@ -10,6 +10,7 @@
 
 mod admin;
 mod auth;
+mod fair;
 mod forward_auth;
 mod jwt;
 mod jwt_claims;
@@ -248,6 +249,7 @@ impl Validator<'_> {
                 t.max_lifetime,
                 defaults.max_lifetime,
             ),
+            rates: defaults.rates,
         }
     }
 
@@ -306,6 +308,9 @@ impl Validator<'_> {
             ),
             path: self.path_rules(&limits_file),
             error_detail: self.error_detail(&limits_file),
+            admission: self.admission("limits", limits::AdmissionKeys::of_limits(&limits_file)),
+            ipv6_prefix: self.ipv6_prefix(&limits_file),
+            fd_reserve: self.fd_reserve(&limits_file),
         };
         if limits.max_header_bytes < MIN_HEADER_BYTES {
             let span = limits_file.max_header_bytes.as_ref().map(|s| s.span());

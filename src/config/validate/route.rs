@@ -162,6 +162,7 @@ impl Validator<'_> {
         let (permessage_deflate, max_message_inflated) = self.deflate(key, r);
         let session = SessionConfig {
             max_message_inflated,
+            rates: self.rates(key, r),
             ..session
         };
 
@@ -187,6 +188,7 @@ impl Validator<'_> {
             &[("keep", OnChange::Keep), ("restart", OnChange::Restart)],
             OnChange::Keep,
         );
+        let admission = self.admission(key, super::limits::AdmissionKeys::of_route(r));
 
         (self.errors.len() == errors_before).then_some(RouteConfig {
             name,
@@ -203,6 +205,7 @@ impl Validator<'_> {
             session,
             policy: std::sync::Arc::new(policy),
             on_change,
+            admission,
             http,
             // Filled in once the whole file has validated (`fingerprints`).
             fingerprint: String::new(),

@@ -1,0 +1,207 @@
+//! The descriptor reserve: new sessions stop short of the process's file descriptor limit,
+//! so the admin listener, health checks, forward-auth and JWKS fetches and the backend legs
+//! of handshakes in flight always find one.
+//!
+//! At start `wsgate run` raises the soft `RLIMIT_NOFILE` to the hard limit
+//! ([`raise_soft_limit`]): the soft limit is often a default of 1024 that a proxy holding
+//! two sockets per session outgrows at once. [`Descriptors`] knows the limit and checks each
+//! handshake against it cheaply: one `fcntl(F_DUPFD_CLOEXEC)` and one `close`, no scan of
+//! `/proc/self/fd`.
+//!
+//! Why the lowest free number is the measure: the kernel gives every new descriptor the
+//! lowest free number, so when the probe's duplicate gets number `n`, every number below
+//! `n` is in use. While that `n` is below `limit - reserve`, the session admitted next
+//! takes free numbers below it (its backend socket gets the lowest), and numbers above the
+//! threshold are only ever handed out when everything below is taken: to the connections
+//! that arrive meanwhile, the admin listener's, and the handshakes already admitted, which
+//! is what the reserve is for. A process with holes below the threshold (sessions that
+//! ended) has exactly that much room.
+
+use std::os::fd::AsRawFd;
+
+use crate::config::{DEFAULT_FD_RESERVE_MIN, DEFAULT_FD_RESERVE_PERCENT, FdReserve};
+use crate::error::LimitError;
+
+/// The process's descriptor limit, and the probe that measures how close it is.
+#[derive(Debug)]
+pub struct Descriptors {
+    /// The soft `RLIMIT_NOFILE` when the gateway started; `u64::MAX` when unlimited or
+    /// unknown (then nothing is checked).
+    limit: u64,
+    /// An open descriptor (`/dev/null`) whose duplicate gets the lowest free number.
+    probe: Option<std::fs::File>,
+}
+
+impl Descriptors {
+    /// The process's limit now, and a probe.
+    pub fn of_process() -> Descriptors {
+        let limit = match nofile() {
+            Ok((soft, _)) => soft,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read RLIMIT_NOFILE: no descriptor reserve");
+                u64::MAX
+            }
+        };
+        let probe = std::fs::File::open("/dev/null")
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "cannot open /dev/null: no descriptor reserve");
+            })
+            .ok();
+        Descriptors { limit, probe }
+    }
+
+    /// The soft limit the gateway runs under (`u64::MAX`: none known).
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// How many descriptors new sessions leave free under `setting`.
+    pub fn reserve(&self, setting: FdReserve) -> u64 {
+        reserve_for(self.limit, setting)
+    }
+
+    /// Refuses a new session when the lowest free descriptor number is within the reserve
+    /// of the limit (or none is free at all).
+    pub fn check(&self, setting: FdReserve) -> Result<(), LimitError> {
+        let reserve = self.reserve(setting);
+        let Some(probe) = self.probe.as_ref().filter(|_| reserve > 0) else {
+            return Ok(());
+        };
+        let lowest_free = match probe.try_clone() {
+            // Closed again when dropped, at the end of this statement.
+            Ok(dup) => u64::try_from(dup.as_raw_fd()).unwrap_or(0),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => self.limit,
+            Err(_) => return Ok(()),
+        };
+        if lowest_free >= self.limit.saturating_sub(reserve) {
+            return Err(LimitError::FdReserve {
+                retry_after: rand::random_range(super::FULL_RETRY_AFTER),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `fd_reserve` for a process limited to `limit` descriptors.
+pub fn reserve_for(limit: u64, setting: FdReserve) -> u64 {
+    match setting {
+        FdReserve::Descriptors(n) => n,
+        FdReserve::Default if limit == u64::MAX => 0,
+        FdReserve::Default => DEFAULT_FD_RESERVE_MIN.max(limit / 100 * DEFAULT_FD_RESERVE_PERCENT),
+    }
+}
+
+/// The soft limit before and after [`raise_soft_limit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Raised {
+    pub from: u64,
+    pub to: u64,
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (to the kernel's `fs.nr_open` when the
+/// hard limit is unlimited, as Linux allows no more).
+pub fn raise_soft_limit() -> std::io::Result<Raised> {
+    let (soft, hard) = nofile()?;
+    let target = raised_limit(soft, hard);
+    if target <= soft {
+        return Ok(Raised {
+            from: soft,
+            to: soft,
+        });
+    }
+    let limit = libc::rlimit {
+        rlim_cur: to_rlim(target),
+        rlim_max: to_rlim(hard),
+    };
+    // SAFETY: setrlimit reads the struct it is given, which lives across the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Raised {
+        from: soft,
+        to: target,
+    })
+}
+
+/// What [`raise_soft_limit`] raises a `soft` limit to under `hard`.
+pub fn raised_limit(soft: u64, hard: u64) -> u64 {
+    if hard == u64::MAX {
+        nr_open().unwrap_or(soft).max(soft)
+    } else {
+        hard.max(soft)
+    }
+}
+
+/// The soft and hard `RLIMIT_NOFILE`; `u64::MAX` for unlimited.
+pub fn nofile() -> std::io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((from_rlim(limit.rlim_cur), from_rlim(limit.rlim_max)))
+}
+
+/// `fs.nr_open`: the most descriptors Linux lets one process have.
+fn nr_open() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn from_rlim(v: libc::rlim_t) -> u64 {
+    if v == libc::RLIM_INFINITY {
+        return u64::MAX;
+    }
+    // rlim_t is unsigned 64-bit on Linux and macOS; a signed one elsewhere is never negative.
+    #[allow(clippy::useless_conversion, clippy::unnecessary_fallible_conversions)]
+    u64::try_from(v).unwrap_or(u64::MAX)
+}
+
+fn to_rlim(v: u64) -> libc::rlim_t {
+    if v == u64::MAX {
+        return libc::RLIM_INFINITY;
+    }
+    #[allow(clippy::useless_conversion, clippy::unnecessary_fallible_conversions)]
+    libc::rlim_t::try_from(v).unwrap_or(libc::RLIM_INFINITY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_reserve_is_64_or_5_percent() {
+        assert_eq!(reserve_for(256, FdReserve::Default), 64);
+        assert_eq!(reserve_for(1024, FdReserve::Default), 64);
+        assert_eq!(reserve_for(1_048_576, FdReserve::Default), 52_425);
+        assert_eq!(reserve_for(u64::MAX, FdReserve::Default), 0);
+        assert_eq!(reserve_for(256, FdReserve::Descriptors(10)), 10);
+    }
+
+    #[test]
+    fn the_probe_refuses_within_the_reserve_only() {
+        let d = Descriptors::of_process();
+        let lowest = {
+            let dup = d.probe.as_ref().unwrap().try_clone().unwrap();
+            u64::try_from(dup.as_raw_fd()).unwrap()
+        };
+        // A limit far above what this process holds passes; a reserve as large as the limit
+        // refuses whatever the other tests hold meanwhile; no reserve checks nothing.
+        let roomy = Descriptors {
+            limit: lowest + 10_000,
+            probe: d.probe.as_ref().map(|f| f.try_clone().unwrap()),
+        };
+        assert!(roomy.check(FdReserve::Descriptors(64)).is_ok());
+        assert!(matches!(
+            roomy.check(FdReserve::Descriptors(lowest + 10_000)),
+            Err(LimitError::FdReserve { .. })
+        ));
+        assert!(roomy.check(FdReserve::Descriptors(0)).is_ok());
+    }
+}
