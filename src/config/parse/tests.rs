@@ -100,7 +100,7 @@ ping_intervall = \"1s\"
                 "unknown key \"frobnicate\"; expected one of: name, host, path, backends, \
                  balance, preserve_host, max_message, permessage_deflate, max_message_inflated, \
                  timeouts, backend_tls, origins, missing_origin, subprotocols, \
-                 require_subprotocol, auth, on_change",
+                 require_subprotocol, auth, on_change, hash_key, health, sticky, slow_start",
             ),
             (
                 12,
@@ -148,7 +148,8 @@ ping_intervall = \"1s\"
                 "route[0].tls",
                 "unknown key \"tls\"; expected one of: name, host, path, backends, balance, \
                  preserve_host, max_message, permessage_deflate, max_message_inflated, timeouts, \
-                 backend_tls, origins, missing_origin, subprotocols, require_subprotocol, auth, on_change",
+                 backend_tls, origins, missing_origin, subprotocols, require_subprotocol, auth, on_change, \
+                 hash_key, health, sticky, slow_start",
             ),
         ],
     );

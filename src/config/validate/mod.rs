@@ -11,6 +11,7 @@
 mod admin;
 mod auth;
 mod forward_auth;
+mod health;
 mod jwt;
 mod jwt_claims;
 mod limits;
