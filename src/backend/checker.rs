@@ -192,14 +192,16 @@ where
         .handshake::<_, Empty<Bytes>>(TokioIo::new(io))
         .await
         .map_err(|e| e.to_string())?;
-    // The connection's task ends with the exchange (`Connection: close`) or with this check.
-    let conn = tokio::spawn(conn);
-    let status = sender
-        .send_request(req)
-        .await
-        .map(|r| r.status())
-        .map_err(|e| e.to_string());
-    conn.abort();
+    // The connection is driven here, not in a task of its own: a check that times out
+    // drops it with the socket.
+    let mut conn = std::pin::pin!(conn);
+    let status = tokio::select! {
+        r = sender.send_request(req) => r.map(|r| r.status()).map_err(|e| e.to_string()),
+        r = &mut conn => Err(match r {
+            Ok(()) => "connection closed before an answer".to_string(),
+            Err(e) => e.to_string(),
+        }),
+    };
     match status? {
         s if s.is_success() => Ok(()),
         s => Err(format!("answered {s}, not 2xx")),

@@ -121,14 +121,14 @@ impl Health {
         &self,
         now: Instant,
         cfg: &HealthConfig,
-        may_eject: impl FnOnce() -> bool,
+        may_eject: bool,
     ) -> Option<Change> {
         let mut s = self.lock();
         s.failures = s.failures.saturating_add(1);
         if cfg.max_failures == 0
             || s.failures < cfg.max_failures
             || s.status(now) != Status::Healthy
-            || !may_eject()
+            || !may_eject
         {
             return None;
         }
@@ -219,9 +219,9 @@ mod tests {
         let (h, c, t0) = (Health::default(), cfg(), Instant::now());
         let mut now = t0;
         for expected in [10, 20, 35, 35] {
-            assert_eq!(h.passive_failure(now, &c, || true), None);
-            assert_eq!(h.passive_failure(now, &c, || true), None);
-            let change = h.passive_failure(now, &c, || true);
+            assert_eq!(h.passive_failure(now, &c, true), None);
+            assert_eq!(h.passive_failure(now, &c, true), None);
+            let change = h.passive_failure(now, &c, true);
             assert_eq!(
                 change,
                 Some(Change::Ejected {
@@ -237,10 +237,10 @@ mod tests {
         // Long enough without an ejection: back to the first length.
         now += Duration::from_secs(36);
         for _ in 0..2 {
-            h.passive_failure(now, &c, || true);
+            h.passive_failure(now, &c, true);
         }
         assert_eq!(
-            h.passive_failure(now, &c, || true),
+            h.passive_failure(now, &c, true),
             Some(Change::Ejected {
                 lasts: Duration::from_secs(10),
                 failures: 3
@@ -251,20 +251,20 @@ mod tests {
     #[test]
     fn a_success_ends_the_streak_and_the_cap_is_respected() {
         let (h, c, now) = (Health::default(), cfg(), Instant::now());
-        h.passive_failure(now, &c, || true);
-        h.passive_failure(now, &c, || true);
+        h.passive_failure(now, &c, true);
+        h.passive_failure(now, &c, true);
         h.passive_success();
-        assert_eq!(h.passive_failure(now, &c, || true), None);
-        assert_eq!(h.passive_failure(now, &c, || true), None);
+        assert_eq!(h.passive_failure(now, &c, true), None);
+        assert_eq!(h.passive_failure(now, &c, true), None);
         // The route may not eject one more: the backend stays in.
-        assert_eq!(h.passive_failure(now, &c, || false), None);
+        assert_eq!(h.passive_failure(now, &c, false), None);
         assert_eq!(h.status(now), Status::Healthy);
         let off = HealthConfig {
             max_failures: 0,
             ..cfg()
         };
         for _ in 0..10 {
-            assert_eq!(h.passive_failure(now, &off, || true), None);
+            assert_eq!(h.passive_failure(now, &off, true), None);
         }
     }
 
@@ -296,7 +296,7 @@ mod tests {
         let window = Some(Duration::from_secs(100));
         assert_eq!(h.share(t0, window), 1.0);
         for _ in 0..3 {
-            h.passive_failure(t0, &c, || true);
+            h.passive_failure(t0, &c, true);
         }
         let back = t0 + Duration::from_secs(10);
         h.usable(back);

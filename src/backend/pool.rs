@@ -243,15 +243,14 @@ impl BackendPool {
     /// A failed handshake: counts toward the backend's ejection, within the route's
     /// `max_ejected_percent`.
     fn failed(&self, backend: &Backend, now: Instant) {
-        let may_eject = || {
-            let ejected = self
-                .backends
-                .iter()
-                .filter(|b| b.health.is_ejected(now))
-                .count();
-            (ejected + 1) * 100
-                <= usize::from(self.config.health.max_ejected_percent) * self.backends.len()
-        };
+        // Counted before the backend's own state is locked.
+        let ejected = self
+            .backends
+            .iter()
+            .filter(|b| b.health.is_ejected(now))
+            .count();
+        let may_eject = (ejected + 1) * 100
+            <= usize::from(self.config.health.max_ejected_percent) * self.backends.len();
         if let Some(change) = backend
             .health
             .passive_failure(now, &self.config.health, may_eject)
