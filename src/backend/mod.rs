@@ -176,6 +176,8 @@ pub struct BackendRequest<'a> {
     /// The listener's client-certificate header and the verified subject (if any). The
     /// client's own header of that name is always dropped, so it cannot be forged.
     pub client_subject: Option<(&'a HeaderName, Option<&'a str>)>,
+    /// The request's number (the session's, if it becomes one), for the log records.
+    pub session: u64,
     /// The request id and trace context the backend is sent.
     pub correlation: &'a Correlation,
     /// A non-101 answer's body is read up to this (`limits.max_error_body`).

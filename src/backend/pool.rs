@@ -288,7 +288,7 @@ impl BackendPool {
                     lease.backend.health.passive_success();
                     if !failures.is_empty() {
                         let failed: Vec<String> = failures.iter().map(|e| e.to_string()).collect();
-                        tracing::warn!(route = %self.route, backend = %lease.backend.name, failed = %failed.join("; "), "failed over to the next backend");
+                        tracing::warn!(session = req.session, request_id = req.correlation.request_id(), route = %self.route, backend = %lease.backend.name, failed = %failed.join("; "), "failed over to the next backend");
                     }
                     return Ok((up, lease));
                 }
@@ -297,7 +297,7 @@ impl BackendPool {
                     return Err(e);
                 }
                 Err(e) => {
-                    tracing::warn!(route = %self.route, backend = %lease.backend.name, error = %e, "backend handshake failed");
+                    tracing::warn!(session = req.session, request_id = req.correlation.request_id(), route = %self.route, backend = %lease.backend.name, error = %e, "backend handshake failed");
                     self.failed(&lease.backend, Instant::now());
                     failures.push(e);
                 }
@@ -382,7 +382,7 @@ async fn attempt(
     let handshake_started = tokio::time::Instant::now();
     let (backend_req, key) = super::build_request(req, url);
     // The path only: a query string may carry a token, even on a route that does not read one.
-    tracing::debug!(request_id = req.correlation.request_id(), route = %req.route.name, backend = %url.url, path = backend_req.uri().path(), "backend handshake");
+    tracing::debug!(session = req.session, request_id = req.correlation.request_id(), route = %req.route.name, backend = %url.url, path = backend_req.uri().path(), "backend handshake");
     let params = HandshakeParams {
         url,
         tls: url.tls_config(req.route),
