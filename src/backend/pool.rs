@@ -491,6 +491,56 @@ mod tests {
     }
 
     #[test]
+    fn an_ejected_backend_moves_only_its_own_keys() {
+        let p = pool(
+            "balance = \"hash\"\nhash_key = \"header:x-user\"\n",
+            "\"ws://a:1\", \"ws://b:1\", \"ws://c:1\", \"ws://d:1\"",
+        );
+        let now = Instant::now();
+        let place = |user: usize| {
+            let req = http::Request::get("/")
+                .header("x-user", format!("user-{user}"))
+                .body(())
+                .unwrap();
+            let a = p.affinity(&req.into_parts().0, IpAddr::from([127, 0, 0, 1]));
+            hosts(&p.order(&a, now))[0].clone()
+        };
+        let before: Vec<String> = (0..1000).map(place).collect();
+        for _ in 0..3 {
+            p.failed(&p.backends[1], now);
+        }
+        assert!(p.backends[1].health.is_ejected(now));
+        let after: Vec<String> = (0..1000).map(place).collect();
+        let moved = before.iter().zip(&after).filter(|(x, y)| x != y).count();
+        assert_eq!(moved, before.iter().filter(|h| *h == "b").count());
+        assert!(after.iter().all(|h| h != "b"));
+    }
+
+    #[test]
+    fn a_claim_is_a_hash_key() {
+        let p = pool(
+            "balance = \"hash\"\nhash_key = \"claim:org.id\"\n\
+             [route.auth.jwt]\nsecret_env = \"PATH\"\n",
+            "\"ws://a:1\", \"ws://b:1\", \"ws://c:1\"",
+        );
+        let claims = |org: &str| {
+            let v = serde_json::json!({ "sub": "x", "org": { "id": org } });
+            v.as_object().unwrap().clone()
+        };
+        let mut a = Affinity::default();
+        p.claim_affinity(&mut a, Some(&claims("42")));
+        let first = hosts(&p.order(&a, Instant::now()))[0].clone();
+        for _ in 0..5 {
+            let mut again = Affinity::default();
+            p.claim_affinity(&mut again, Some(&claims("42")));
+            assert_eq!(hosts(&p.order(&again, Instant::now()))[0], first);
+        }
+        let mut none = Affinity::default();
+        p.claim_affinity(&mut none, None);
+        assert!(none.key.is_none());
+    }
+
+    #[test]
     fn query_params() {
         assert_eq!(query_param(Some("a=1&room=x&b"), "room"), Some("x"));
         assert_eq!(query_param(Some("a=1&b"), "b"), Some(""));
