@@ -103,9 +103,7 @@ impl RouteTable {
                 r.pool.start_checks(&r.config);
             }
         }
-        for r in previous.routes.iter() {
-            r.pool.stop_checks();
-        }
+        previous.stop_checks();
         // Stable sort keeps file order among equals.
         routes.sort_by_key(|r| {
             let host_rank = match &r.config.host {
@@ -151,6 +149,13 @@ impl RouteTable {
             host_matches(r.config.host.as_deref(), host.as_deref())
                 && path_matches(&r.config.path, path)
         })
+    }
+
+    /// Stops the active health checks of every route (a reload, or the gateway's end).
+    pub fn stop_checks(&self) {
+        for r in &self.routes {
+            r.pool.stop_checks();
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {

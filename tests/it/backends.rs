@@ -506,7 +506,7 @@ impl Holding {
 }
 
 #[tokio::test]
-async fn a_reload_does_not_double_the_checkers() {
+async fn a_reload_does_not_double_the_checkers_and_a_shutdown_stops_them() {
     let held = Holding::spawn().await;
     // Checks that never end within the test: a checker holds one connection at a time, so
     // the open connections count the checkers.
@@ -518,7 +518,7 @@ async fn a_reload_does_not_double_the_checkers() {
             route("r", "/", &[format!("ws://{}", held.addr)])
         )
     };
-    let gw = Gateway::spawn(&toml(0)).await;
+    let mut gw = Gateway::spawn(&toml(0)).await;
     held.wait("the first check", |accepted, open| {
         accepted == 1 && open == 1
     })
@@ -532,4 +532,7 @@ async fn a_reload_does_not_double_the_checkers() {
         })
         .await;
     }
+    // And they end with the gateway.
+    gw.shutdown().await;
+    held.wait("the checks' end", |_, open| open == 0).await;
 }
