@@ -61,7 +61,8 @@ const ROUTE_KEYS: &str = "name, host, path, backends, balance, preserve_host, ma
      subprotocols, require_subprotocol, auth, on_change, max_sessions, max_sessions_per_ip, \
      handshake_rate_per_ip, handshake_burst, client_messages_per_sec, client_messages_burst, \
      client_bytes_per_sec, client_bytes_burst, backend_messages_per_sec, \
-     backend_messages_burst, backend_bytes_per_sec, backend_bytes_burst, rate_grace";
+     backend_messages_burst, backend_bytes_per_sec, backend_bytes_burst, rate_grace, hash_key, \
+     health, sticky, slow_start";
 
 #[test]
 fn every_unknown_key_is_reported_with_a_near_miss_or_the_keys_there_are() {
