@@ -187,6 +187,13 @@ impl Gateway {
         if let Some(every) = state.initial.watch {
             tokio::spawn(reload::watch(state.clone(), every, stop.clone()));
         }
+        // The active health checks end with the gateway (a reload stops its old routes' own).
+        let checked = state.clone();
+        let checks_stop = stop.clone();
+        tokio::spawn(async move {
+            checks_stop.cancelled().await;
+            checked.current().routes.stop_checks();
+        });
         let conns = state.listeners.conns.clone();
         let supervised = supervise(stop.clone(), conns, sessions.clone(), (grace, spread));
         let supervisor = tokio::spawn(async move {

@@ -154,7 +154,8 @@ mod allocator {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(match cli.log_format {
+    // Held to the end of `main`: its drop writes the last lines.
+    let _log = telemetry::init(match cli.log_format {
         Format::Text => LogFormat::Text,
         Format::Json => LogFormat::Json,
     });

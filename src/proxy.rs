@@ -1,7 +1,8 @@
 //! The orchestrator: one request, top to bottom.
 //!
 //! request target (host, canonical path) → route → draining → handshake check → policy →
-//! client upgrade taken → backend connect → backend handshake → 101 → relay → access log.
+//! client upgrade taken → backend (connect and handshake, failing over) → 101 → relay →
+//! access log.
 //!
 //! Every phase before the 101 is one line of `upgrade` and may fail with a [`ProxyError`]
 //! (each phase's error converts into it); `handle_request` answers the failure once, in
@@ -20,7 +21,6 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use tokio::net::TcpStream;
 
 use crate::backend::{self, BackendLease, BackendRequest, BackendUpgrade};
 use crate::config::{Config, ErrorDetail};
@@ -301,17 +301,22 @@ async fn upgrade(
     not_draining(&cx.state.sessions)?;
     let mut client_hs = handshake::validate(parts)?;
     let permit = admit(cx, route)?;
+    // Read before the policy, which may strip the cookie or header it names.
+    let mut affinity = route.pool.affinity(parts, cx.conn.client.ip());
     let admitted = check_policy(cx, route, parts, &mut client_hs).await?;
     let rc = &route.config;
     let counted = rc.session.max_message_inflated.is_some();
     client_hs.extensions =
         deflate::backend_offer(&client_hs.extensions, rc.permessage_deflate, counted);
     let client_upgrade = take_upgrade(parts)?;
-    let (stream, lease) = connect_backend(route).await?;
-    let mut upgrade = backend_handshake(cx, route, parts, &client_hs, &lease, stream).await?;
+    route
+        .pool
+        .claim_affinity(&mut affinity, admitted.claims.as_ref());
+    let (mut upgrade, lease) = upgrade_backend(cx, route, parts, &client_hs, &affinity).await?;
     let counting = deflate::counting(rc.session.max_message_inflated, &upgrade.extensions);
     upgrade.extensions = deflate::client_response(&upgrade.extensions, counting.is_some());
-    let response = accept_response(cx, &client_hs, &upgrade, admitted.token_marker.as_deref());
+    let mut response = accept_response(cx, &client_hs, &upgrade, admitted.token_marker.as_deref());
+    sticky_cookie(cx, route, &lease, &mut response);
     let meta = session_meta(cx, parts, &client_hs, &upgrade, admitted.user);
     let ends = (admitted.session_end, counting);
     spawn_session(
@@ -410,29 +415,18 @@ fn take_upgrade(parts: &mut Parts) -> Result<OnUpgrade, HandshakeError> {
         .ok_or(HandshakeError::NotAnUpgrade)
 }
 
-/// A connection to one of the route's backends: balancing order, failover, the route's
-/// connect timeout.
-async fn connect_backend(route: &Route) -> Result<(TcpStream, BackendLease), BackendError> {
-    route
-        .pool
-        .connect(route.config.backend_connect_timeout)
-        .await
-}
-
-/// The upgrade request to the backend the lease names, over `stream`, and its answer.
-async fn backend_handshake(
+/// An upgraded connection to one of the route's backends: balancing order, failover before
+/// the 101, one `backend_handshake` budget (see `BackendPool::upgrade`).
+async fn upgrade_backend(
     cx: &Ctx<'_>,
     route: &Route,
     parts: &Parts,
     client_hs: &ClientHandshake,
-    lease: &BackendLease,
-    stream: TcpStream,
-) -> Result<BackendUpgrade, BackendError> {
-    let (rc, backend_url, conn) = (&route.config, &lease.backend.url, cx.conn);
-    let started = std::time::Instant::now();
-    let (backend_req, key) = backend::build_request(&BackendRequest {
-        route: rc,
-        backend: backend_url,
+    affinity: &backend::Affinity,
+) -> Result<(BackendUpgrade, BackendLease), BackendError> {
+    let conn = cx.conn;
+    let request = BackendRequest {
+        route: &route.config,
         client: parts,
         handshake: client_hs,
         forwarding: cx.forwarding,
@@ -441,25 +435,22 @@ async fn backend_handshake(
             .subject_header
             .as_ref()
             .map(|h| (h, conn.client_subject.as_deref())),
+        session: cx.id,
         correlation: cx.ids,
-    });
-    // The path only: a query string may carry a token, even on a route that does not read one.
-    tracing::debug!(session = cx.id, request_id = cx.ids.request_id(), route = %rc.name, backend = %backend_url.url, path = backend_req.uri().path(), "backend handshake");
-    let params = backend::HandshakeParams {
-        url: backend_url,
-        tls: backend_url.tls_config(rc),
-        key: &key,
-        offered: client_hs,
-        timeout: rc.backend_handshake_timeout,
         max_error_body: cx.config.limits.max_error_body,
     };
-    let result = backend::handshake(stream, backend_req, params).await;
-    let stats = &lease.backend.stats;
-    match &result {
-        Ok(_) => stats.handshake.observe(started.elapsed().as_secs_f64()),
-        Err(e) => stats.failures.add(e.outcome()),
+    route.pool.upgrade(&request, affinity).await
+}
+
+/// The sticky cookie naming the session's backend, on the 101 (or the HTTP/2 200), on a
+/// route with `sticky`: `Secure` when the client came over TLS.
+fn sticky_cookie(cx: &Ctx<'_>, route: &Route, lease: &BackendLease, resp: &mut Response<Body>) {
+    let secure = cx.conn.scheme == "https";
+    if let Some(cookie) = route.pool.sticky_cookie(&lease.backend, secure)
+        && let Ok(v) = HeaderValue::from_str(&cookie)
+    {
+        resp.headers_mut().append(header::SET_COOKIE, v);
     }
-    result
 }
 
 /// The session is on: registers it and spawns its task, which takes both legs once the

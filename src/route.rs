@@ -54,8 +54,9 @@ impl RouteTable {
 
     /// The table for `configs` after `previous` (a reload): a route keeps, by name, its
     /// signal, its counters and the live state of the backends it still lists (sessions,
-    /// drain flags, latency histograms), so its sessions, metrics and drains carry on;
-    /// everything else is built anew from `configs`, so new handshakes get the new settings.
+    /// drain flags, health, latency histograms), so its sessions, metrics, drains and
+    /// ejections carry on; everything else is built anew from `configs`, so new handshakes
+    /// get the new settings. The new routes' active checks start, `previous`'s stop.
     pub fn next(
         configs: &[RouteConfig],
         previous: &RouteTable,
@@ -75,7 +76,7 @@ impl RouteTable {
                 }
                 Arc::new(Route {
                     name: Arc::from(c.name.as_str()),
-                    pool: BackendPool::new(c.backends.clone(), c.balance, old.map(|o| &o.pool)),
+                    pool: BackendPool::new(c, old.map(|o| &o.pool)),
                     control: old.map_or_else(|| parent.child(), |o| o.control.clone()),
                     refusals: old.map(|o| o.refusals.clone()).unwrap_or_default(),
                     stats: old.map(|o| o.stats.clone()).unwrap_or_default(),
@@ -98,6 +99,14 @@ impl RouteTable {
         ] {
             list.sort();
         }
+        // Active checks: the new pools' start and the old ones' stop, so a reload never runs
+        // two checkers for one backend. (Without a runtime, in unit tests, there are none.)
+        if tokio::runtime::Handle::try_current().is_ok() {
+            for r in &routes {
+                r.pool.start_checks(&r.config);
+            }
+        }
+        previous.stop_checks();
         // Stable sort keeps file order among equals.
         routes.sort_by_key(|r| {
             let host_rank = match &r.config.host {
@@ -143,6 +152,13 @@ impl RouteTable {
             host_matches(r.config.host.as_deref(), host.as_deref())
                 && path_matches(&r.config.path, path)
         })
+    }
+
+    /// Stops the active health checks of every route (a reload, or the gateway's end).
+    pub fn stop_checks(&self) {
+        for r in &self.routes {
+            r.pool.stop_checks();
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {

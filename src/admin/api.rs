@@ -245,12 +245,11 @@ fn routes(admin: &Admin) -> Vec<Value> {
                 .pool
                 .backends()
                 .iter()
-                .map(|b| {
-                    json!({
-                        "name": &*b.name,
-                        "sessions_open": on(b),
-                        "draining": b.is_draining(),
-                    })
+                .enumerate()
+                .map(|(i, b)| {
+                    let mut v = backend_json(&r.pool, i, b);
+                    v["sessions_open"] = json!(on(b));
+                    v
                 })
                 .collect();
             json!({
@@ -263,6 +262,38 @@ fn routes(admin: &Admin) -> Vec<Value> {
             })
         })
         .collect()
+}
+
+/// One backend's settings and state: `state` is `healthy`, `unhealthy` (active checks),
+/// `ejected` (with `ejected_for_seconds` left) or `draining`; `share` is the part of its
+/// weight it takes now (below 1 during slow start).
+fn backend_json(
+    pool: &crate::backend::BackendPool,
+    index: usize,
+    b: &crate::backend::Backend,
+) -> Value {
+    use crate::backend::health::Status;
+    let now = Instant::now();
+    let status = b.health.status(now);
+    let state = if b.is_draining() {
+        "draining"
+    } else {
+        status.as_str()
+    };
+    let ejected_for = match status {
+        Status::Ejected { until } => Some(until.saturating_duration_since(now).as_secs_f64()),
+        _ => None,
+    };
+    json!({
+        "name": &*b.name,
+        "state": state,
+        "healthy": status == Status::Healthy,
+        "draining": b.is_draining(),
+        "ejected_for_seconds": ejected_for,
+        "weight": pool.weight(index),
+        "share": pool.share(b),
+        "ejections": b.stats.ejections.load(std::sync::atomic::Ordering::Relaxed),
+    })
 }
 
 /// One session, as the API shows it.

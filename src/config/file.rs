@@ -184,6 +184,51 @@ pub struct FileRoute {
     pub max_request_body: Option<SpStr>,
     /// Plain requests waiting for their backends' answers at once (503 past it).
     pub max_concurrent_requests: Option<Spanned<i64>>,
+    /// What `balance = "hash"` hashes: `"ip"`, `"header:NAME"`, `"cookie:NAME"`,
+    /// `"query:NAME"` or `"claim:NAME"`.
+    pub hash_key: Option<SpStr>,
+    /// `[route.health]`: active checks and passive ejection of the route's backends.
+    pub health: Option<Spanned<FileHealth>>,
+    /// `{ cookie = "wsgate_srv", ttl = "1h" }`: a cookie that brings a client back to its
+    /// backend.
+    pub sticky: Option<Spanned<FileSticky>>,
+    /// A backend that comes back takes a growing share of new sessions over this long.
+    pub slow_start: Option<SpStr>,
+}
+
+/// `[route.health]` as written in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealth {
+    /// `"websocket"`, `"http"` or `"tcp"`; no active checks without it.
+    pub check: Option<SpStr>,
+    /// The path a `websocket` or `http` check asks for (default: the backend's own).
+    pub path: Option<SpStr>,
+    pub interval: Option<SpStr>,
+    pub timeout: Option<SpStr>,
+    pub healthy_threshold: Option<Spanned<i64>>,
+    pub unhealthy_threshold: Option<Spanned<i64>>,
+    /// Consecutive failed handshakes (connect failure, timeout, 5xx) that eject a backend.
+    pub max_failures: Option<Spanned<i64>>,
+    /// How long the first ejection lasts; each repeat doubles it up to `max_ejection`.
+    pub ejection: Option<SpStr>,
+    pub max_ejection: Option<SpStr>,
+    /// Never more of the route's backends ejected at once than this percentage.
+    pub max_ejected_percent: Option<Spanned<i64>>,
+}
+
+/// `sticky = { ... }` as written in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSticky {
+    /// The cookie's name (required).
+    pub cookie: Option<SpStr>,
+    /// How long the cookie holds (`Max-Age`, and checked inside the value).
+    pub ttl: Option<SpStr>,
+    /// An environment variable holding the key the cookie is signed with.
+    pub secret_env: Option<SpStr>,
+    /// A file holding that key.
+    pub secret_file: Option<SpStr>,
 }
 
 /// One entry of a route's `backends`: a URL, or a table for per-backend settings.
@@ -201,6 +246,8 @@ pub struct FileBackendTable {
     pub url: String,
     /// Development only: accept any certificate from this backend (a warning at every start).
     pub insecure_skip_verify: Option<bool>,
+    /// Its share of new sessions relative to the route's other backends (default 1).
+    pub weight: Option<i64>,
 }
 
 /// `[route.auth]`: credentials at the edge, identity to the backend.

@@ -260,13 +260,127 @@ impl Default for Http2Config {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Balance {
-    /// Each new session goes to the next backend in order.
+    /// Each new session goes to the next backend in turn, in proportion to the weights
+    /// (smooth weighted round robin, as nginx's).
     RoundRobin,
-    /// Each new session goes to the backend with the fewest live sessions (ties: in order).
+    /// Each new session goes to the backend with the fewest live sessions per unit of weight
+    /// (ties: in turn).
     LeastConn,
+    /// The same key always reaches the same backend (weighted rendezvous hashing); a request
+    /// without the key is balanced round robin.
+    Hash(HashKey),
 }
+
+/// What `balance = "hash"` reads from a request (`hash_key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client's address (behind trusted proxies, the one they name).
+    Ip,
+    Header(http::HeaderName),
+    Cookie(String),
+    Query(String),
+    /// A claim of the verified token (a name or a dotted path).
+    Claim(String),
+}
+
+/// `hash_key`'s default: the client's address, as nginx's `ip_hash`.
+pub const DEFAULT_HASH_KEY: HashKey = HashKey::Ip;
+
+/// `[route.health]`: how the route finds out that a backend is sick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Active checks; `None`: a backend is healthy until the passive rules say otherwise.
+    pub check: Option<ActiveCheck>,
+    /// Consecutive failed handshakes (connect failure or timeout, handshake timeout, 5xx,
+    /// broken answer) that eject a backend; `0`: passive ejection off.
+    pub max_failures: u32,
+    /// The first ejection's length; each ejection in a row doubles it.
+    pub ejection: Duration,
+    /// The cap on an ejection's length; a backend not ejected for this long starts over at
+    /// `ejection`.
+    pub max_ejection: Duration,
+    /// Never more than this percentage of the route's backends ejected at once.
+    pub max_ejected_percent: u8,
+}
+
+/// Like nginx's `max_fails` (1) and Envoy's `consecutive_5xx` (5): a few in a row, so one
+/// unlucky connect does not take a backend out.
+pub const DEFAULT_MAX_FAILURES: u32 = 3;
+/// Envoy's `base_ejection_time` is 30 s; 10 s brings a backend that had a blip back sooner.
+pub const DEFAULT_EJECTION: Duration = Duration::from_secs(10);
+/// Envoy's `max_ejection_time` is 300 s: a backend that keeps failing is tried every 5 min.
+pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
+/// Envoy's default: half the backends may be ejected, so a bad rule or a shared outage
+/// cannot take out a whole route.
+pub const DEFAULT_MAX_EJECTED_PERCENT: u8 = 50;
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            check: None,
+            max_failures: DEFAULT_MAX_FAILURES,
+            ejection: DEFAULT_EJECTION,
+            max_ejection: DEFAULT_MAX_EJECTION,
+            max_ejected_percent: DEFAULT_MAX_EJECTED_PERCENT,
+        }
+    }
+}
+
+/// An active check (`[route.health] check`), run on every backend of the route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveCheck {
+    pub kind: CheckKind,
+    /// The path (and query) a `websocket` or `http` check asks for; `None`: the backend's own.
+    pub path: Option<String>,
+    /// Between two checks of one backend, less or more up to a tenth (jitter).
+    pub interval: Duration,
+    /// One check's whole exchange.
+    pub timeout: Duration,
+    /// Passed checks in a row that bring an unhealthy backend back.
+    pub healthy_threshold: u32,
+    /// Failed checks in a row that take a backend out.
+    pub unhealthy_threshold: u32,
+}
+
+/// HAProxy's `inter` is 2 s, Envoy's has none; 5 s finds a dead backend within
+/// `interval × unhealthy_threshold` = 10 s at a cost of one check per 5 s per backend.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// A healthy backend answers a check in milliseconds.
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// HAProxy's `rise` and `fall` are 2 and 3; two in a row either way is enough with jitter.
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 2;
+
+/// What an active check does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckKind {
+    /// A real WebSocket handshake (101 verified), closed with 1000.
+    WebSocket,
+    /// `GET path`, which must answer 2xx.
+    Http,
+    /// A TCP connect (and the TLS handshake for `wss://`).
+    Tcp,
+}
+
+/// `sticky`: a cookie naming the client's backend.
+#[derive(Debug, Clone)]
+pub struct StickyConfig {
+    pub cookie: String,
+    pub ttl: Duration,
+    /// The HMAC key its values are signed with.
+    pub key: std::sync::Arc<crate::backend::sticky::StickyKey>,
+}
+
+impl PartialEq for StickyConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.cookie == other.cookie && self.ttl == other.ttl
+    }
+}
+
+/// Long enough for a working day's reconnects; a cookie older than this is ignored.
+pub const DEFAULT_STICKY_TTL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
@@ -282,6 +396,15 @@ pub struct RouteConfig {
     /// `insecure_skip_verify` (`None` when none is).
     pub backend_tls_unverified: Option<std::sync::Arc<rustls::ClientConfig>>,
     pub balance: Balance,
+    /// Each backend's weight, in the order of `backends` (default 1).
+    pub weights: Vec<u32>,
+    /// Active checks and passive ejection (`[route.health]`).
+    pub health: HealthConfig,
+    /// The sticky cookie (`sticky`); `None`: off.
+    pub sticky: Option<StickyConfig>,
+    /// A backend that comes back takes a share of new sessions growing to its full weight
+    /// over this long (`slow_start`); `None`: off.
+    pub slow_start: Option<Duration>,
     /// Send the client's `Host` to the backend instead of the backend's own authority.
     pub preserve_host: bool,
     /// permessage-deflate offers: passed to the backend, or stripped.

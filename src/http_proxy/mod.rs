@@ -165,7 +165,12 @@ async fn exchange(
         return Err(ProxyError::BodyTooLarge(limit));
     }
     let host = headers::request_host(parts).unwrap_or_default().to_string();
-    let user = check_policy(cx, route, parts, &host).await?;
+    // Read before the policy, which may strip the cookie or header it names.
+    let mut affinity = route.pool.affinity(parts, cx.conn.client.ip());
+    let admitted = check_policy(cx, route, parts, &host).await?;
+    route
+        .pool
+        .claim_affinity(&mut affinity, admitted.claims.as_ref());
     let body = RequestBody::new(body, http.max_request_body);
     let state = body.state().clone();
     let ex = Exchange {
@@ -175,6 +180,7 @@ async fn exchange(
         headers: backend_headers(cx, parts, &host),
         retryable: retryable(&parts.method, &body),
         host: host.clone(),
+        affinity,
         body,
     };
     let deadline = http
@@ -191,26 +197,48 @@ async fn exchange(
     let record = record::Record {
         backend: forwarded.backend,
         status: forwarded.response.status(),
-        ..record::Record::of_request(cx, route, parts, &host, user, started, state)
+        ..record::Record::of_request(cx, route, parts, &host, admitted.user, started, state)
     };
     let (mut head, incoming) = forwarded.response.into_parts();
     headers::response_headers(&mut head.headers, head.version, cx.ids);
+    sticky_cookie(cx, route, forwarded.index, &mut head.headers);
     // The client's connection speaks its own version; hyper writes the status line.
     head.version = Version::default();
     let body = record::ResponseBody::new(incoming, deadline, record, forwarded.in_flight);
     Ok(Response::from_parts(head, body.boxed_unsync()))
 }
 
-/// The route's policy in its plain-request form; returns who the client is, for the record.
+/// The sticky cookie naming the backend that answered, on a route with `sticky` whose
+/// plain requests go to its own backends: a Socket.IO or SockJS client's polling requests
+/// and its later upgrade then reach the same backend. `Secure` when the client came over TLS.
+fn sticky_cookie(cx: &Ctx<'_>, route: &Route, index: usize, headers: &mut http::HeaderMap) {
+    let mirrors = route
+        .config
+        .http
+        .as_ref()
+        .is_some_and(|h| h.targets.mirrors_backends);
+    let Some(backend) = route.pool.backends().get(index).filter(|_| mirrors) else {
+        return;
+    };
+    let secure = cx.conn.scheme == "https";
+    if let Some(cookie) = route.pool.sticky_cookie(backend, secure)
+        && let Ok(v) = http::HeaderValue::from_str(&cookie)
+    {
+        headers.append(header::SET_COOKIE, v);
+    }
+}
+
+/// The route's policy in its plain-request form; returns who the client is (for the record)
+/// and its token's claims (for `hash_key = "claim:NAME"`).
 async fn check_policy(
     cx: &Ctx<'_>,
     route: &Route,
     parts: &mut Parts,
     host: &str,
-) -> Result<Option<String>, ProxyError> {
+) -> Result<crate::policy::Admitted, ProxyError> {
     let policy = &route.config.policy;
     if policy.is_open() {
-        return Ok(None);
+        return Ok(Default::default());
     }
     let forwarded_for = cx.forwarding.chain_header();
     // Behind a trusted proxy, the scheme and host the client used are the proxy's word.
@@ -221,7 +249,7 @@ async fn check_policy(
         forwarded_for: &forwarded_for,
         tls_subject: cx.conn.client_subject.as_deref(),
     };
-    Ok(policy.admit_request(parts, &facts).await?.user)
+    Ok(policy.admit_request(parts, &facts).await?)
 }
 
 /// The backend request's headers but `Host`, from the (policy-rewritten) client request.
@@ -265,12 +293,16 @@ struct Exchange {
     host: String,
     body: RequestBody,
     retryable: bool,
+    /// The request's hash key and sticky backend (see `BackendPool::affinity`).
+    affinity: crate::backend::Affinity,
 }
 
 /// The backend's response head, and which backend gave it.
 struct Forwarded {
     response: Response<Incoming>,
     backend: Arc<str>,
+    /// The target's place in the route's list.
+    index: usize,
     in_flight: InFlight,
 }
 
@@ -281,7 +313,7 @@ async fn forward(mut ex: Exchange) -> Result<Forwarded, BoxError> {
     let route = &ex.route;
     let http = route.config.http.as_ref().ok_or(ProxyError::NoRoute)?;
     let targets = &http.targets;
-    let order = targets.order(route.config.balance, &route.pool);
+    let order = targets.order(&route.config.balance, &route.pool, &ex.affinity);
     if order.is_empty() {
         return Err(ProxyError::from(BackendError::AllDrained).into());
     }
@@ -312,6 +344,7 @@ async fn forward(mut ex: Exchange) -> Result<Forwarded, BoxError> {
                 return Ok(Forwarded {
                     response,
                     backend: target.name.clone(),
+                    index: i,
                     in_flight,
                 });
             }

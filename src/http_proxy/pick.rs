@@ -4,13 +4,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::RequestBody;
+use crate::backend::Affinity;
 use crate::backend::BackendPool;
 use crate::config::{BackendUrl, Balance};
 
@@ -122,20 +123,26 @@ impl Targets {
         }
     }
 
-    /// The order one request tries the targets in: round robin's turn first, then the
-    /// others (a dead backend costs one connect attempt); with `least_conn`, fewest
-    /// requests in flight first (ties keep the rotation). Drained backends are left out.
-    pub fn order(&self, balance: Balance, pool: &BackendPool) -> Vec<usize> {
+    /// The order one request tries the targets in. Targets that are the route's backends
+    /// follow the pool's own order for a handshake, so a plain request and an upgrade of the
+    /// same client land alike: weights, health, slow start and drain flags, the hash of
+    /// `hash_key`, and the sticky cookie's backend first (`affinity`, read from the
+    /// request). Targets of their own (`http_backends`) rotate, or with `least_conn` go by
+    /// the requests in flight on each (ties keep the rotation).
+    pub fn order(&self, balance: &Balance, pool: &BackendPool, affinity: &Affinity) -> Vec<usize> {
+        if self.mirrors_backends {
+            let backends = pool.backends();
+            return pool
+                .order(affinity, Instant::now())
+                .iter()
+                .filter_map(|b| backends.iter().position(|p| Arc::ptr_eq(p, b)))
+                .filter(|&i| i < self.list.len())
+                .collect();
+        }
         let n = self.list.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n.max(1);
-        let drained = |i: usize| {
-            self.mirrors_backends && pool.backends().get(i).is_some_and(|b| b.is_draining())
-        };
-        let mut order: Vec<usize> = (0..n)
-            .map(|i| (start + i) % n)
-            .filter(|&i| !drained(i))
-            .collect();
-        if balance == Balance::LeastConn {
+        let mut order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
+        if *balance == Balance::LeastConn {
             order.sort_by_key(|&i| self.list[i].in_flight());
         }
         order
@@ -145,46 +152,83 @@ impl Targets {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse_backend_url;
+    use crate::config::from_toml_str;
 
-    fn targets(n: usize) -> (Targets, BackendPool) {
-        let urls: Vec<BackendUrl> = (1..=n)
-            .map(|i| parse_backend_url(&format!("ws://b{i}:80")).unwrap())
-            .collect();
+    fn route(extra: &str) -> crate::config::RouteConfig {
+        from_toml_str(&format!(
+            "[[listener]]\nlisten=\"127.0.0.1:0\"\n[[route]]\nname=\"r\"\npath=\"/\"\n\
+             backends=[\"ws://b1:80\", \"ws://b2:80\", \"ws://b3:80\"]\nhttp = true\n{extra}"
+        ))
+        .unwrap()
+        .routes
+        .remove(0)
+    }
+
+    fn targets(route: &crate::config::RouteConfig, mirrors: bool) -> Targets {
         let settings = ClientSettings {
             tls: None,
             connect_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
         };
-        let list = urls
+        let list = route
+            .backends
             .iter()
             .map(|u| Target::new(u.clone(), &u.url, &settings).unwrap())
             .collect();
-        let pool = BackendPool::new(urls, Balance::RoundRobin, None);
-        (Targets::new(list, true), pool)
+        Targets::new(list, mirrors)
+    }
+
+    fn parts(headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = http::Request::get("/");
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap().into_parts().0
     }
 
     #[test]
-    fn round_robin_rotates_and_leaves_drained_backends_out() {
-        let (t, pool) = targets(3);
-        assert_eq!(t.order(Balance::RoundRobin, &pool), [0, 1, 2]);
-        assert_eq!(t.order(Balance::RoundRobin, &pool), [1, 2, 0]);
+    fn the_route_s_backends_go_in_the_pool_s_order_and_drained_ones_are_left_out() {
+        let r = route("");
+        let (t, pool) = (targets(&r, true), BackendPool::new(&r, None));
+        let none = Affinity::default();
+        let first = t.order(&r.balance, &pool, &none);
+        assert_eq!(first.len(), 3);
+        assert_ne!(
+            first[0],
+            t.order(&r.balance, &pool, &none)[0],
+            "no rotation"
+        );
         pool.backends()[2].set_draining(true);
-        assert_eq!(t.order(Balance::RoundRobin, &pool), [0, 1]);
-        // Targets of their own (`http_backends`) know no drain flags.
-        let own = Targets::new(t.list, false);
-        assert_eq!(own.order(Balance::RoundRobin, &pool), [0, 1, 2]);
+        for _ in 0..3 {
+            assert!(!t.order(&r.balance, &pool, &none).contains(&2));
+        }
     }
 
     #[test]
-    fn least_conn_puts_the_backend_with_fewest_requests_in_flight_first() {
-        let (t, pool) = targets(3);
+    fn one_hash_key_always_reaches_one_backend() {
+        let r = route("balance = \"hash\"\nhash_key = \"header:x-user\"\n");
+        let (t, pool) = (targets(&r, true), BackendPool::new(&r, None));
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        let a = pool.affinity(&parts(&[("x-user", "alice")]), ip);
+        let pick = t.order(&r.balance, &pool, &a)[0];
+        for _ in 0..5 {
+            assert_eq!(t.order(&r.balance, &pool, &a)[0], pick);
+        }
+    }
+
+    #[test]
+    fn targets_of_their_own_rotate_or_go_by_requests_in_flight() {
+        let r = route("");
+        let (t, pool) = (targets(&r, false), BackendPool::new(&r, None));
+        let none = Affinity::default();
+        assert_eq!(t.order(&Balance::RoundRobin, &pool, &none), [0, 1, 2]);
+        assert_eq!(t.order(&Balance::RoundRobin, &pool, &none), [1, 2, 0]);
         let _a = t.list[0].claim();
         let _b = t.list[0].claim();
         let c = t.list[1].claim();
-        assert_eq!(t.order(Balance::LeastConn, &pool), [2, 1, 0]);
+        assert_eq!(t.order(&Balance::LeastConn, &pool, &none), [2, 1, 0]);
         drop(c);
-        // Ties keep the rotation (this call starts at the second backend).
-        assert_eq!(t.order(Balance::LeastConn, &pool), [1, 2, 0]);
+        // Ties keep the rotation (this call starts at the first backend).
+        assert_eq!(t.order(&Balance::LeastConn, &pool, &none), [1, 2, 0]);
     }
 }

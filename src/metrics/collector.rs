@@ -593,6 +593,46 @@ impl Collector for GatewayMetrics {
             "1 for a backend drained through the admin API (it takes no new sessions).",
             backends().map(|(l, b)| (l, i64::from(b.is_draining()))),
         )?;
+        let now = std::time::Instant::now();
+        gauges(
+            &mut enc,
+            "wsgate_backend_healthy",
+            "1 for a backend that takes new sessions by its health (active checks passed, not \
+             ejected), 0 otherwise; draining is wsgate_backend_draining.",
+            backends().map(|(l, b)| {
+                let healthy = b.health.status(now) == crate::backend::health::Status::Healthy;
+                (l, i64::from(healthy))
+            }),
+        )?;
+        counters(
+            &mut enc,
+            "wsgate_backend_ejections",
+            "Passive ejections of a backend (max_failures failed handshakes in a row), by \
+             route and backend.",
+            backends().map(|(l, b)| {
+                let n = b.stats.ejections.load(std::sync::atomic::Ordering::Relaxed);
+                (l, n)
+            }),
+        )?;
+        counters(
+            &mut enc,
+            "wsgate_backend_health_checks",
+            "Active health checks, by route, backend and result (ok, failed).",
+            backends().flat_map(|(l, b)| {
+                b.stats.checks.snapshot().into_iter().map(move |(r, n)| {
+                    let mut labels = l.clone();
+                    labels.push(("result", st(r)));
+                    (labels, n)
+                })
+            }),
+        )?;
+        histograms(
+            &mut enc,
+            "wsgate_backend_health_check_seconds",
+            "Time an active health check took (a failed one up to its timeout), by route and \
+             backend.",
+            backends().map(|(l, b)| (l, &b.stats.check_seconds)),
+        )?;
         Ok(())
     }
 }

@@ -210,6 +210,12 @@ pub struct BackendStats {
     pub handshake: Histogram,
     /// Failed connects and handshakes by outcome (`backend_unreachable`, ...).
     pub failures: Counts<Outcome>,
+    /// Passive ejections (failed handshakes in a row).
+    pub ejections: AtomicU64,
+    /// Active health checks by result (`ok`, `failed`).
+    pub checks: Counts<&'static str>,
+    /// How long active checks took (a failed one up to its timeout).
+    pub check_seconds: Histogram,
 }
 
 impl Default for BackendStats {
@@ -218,6 +224,9 @@ impl Default for BackendStats {
             connect: Histogram::new(BACKEND_SECONDS.iter().copied()),
             handshake: Histogram::new(BACKEND_SECONDS.iter().copied()),
             failures: Counts::default(),
+            ejections: AtomicU64::new(0),
+            checks: Counts::default(),
+            check_seconds: Histogram::new(BACKEND_SECONDS.iter().copied()),
         }
     }
 }

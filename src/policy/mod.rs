@@ -16,6 +16,7 @@ pub mod origin;
 pub mod subprotocol;
 pub mod token;
 
+pub use jwt::claim;
 pub use token::TokenSource;
 use token::{describe_sources, find_token, token_in_protocols, without_query_param};
 
@@ -187,6 +188,8 @@ pub struct Admitted {
     /// Who the policy found the client to be, for the access log and the session API: the
     /// verified token's `sub`, or the forward-auth answer's `user_header`.
     pub user: Option<String>,
+    /// The verified token's claims, for balancing on one (`hash_key = "claim:NAME"`).
+    pub claims: Option<Claims>,
 }
 
 /// Facts about the connection and request that policy reads.
@@ -417,6 +420,7 @@ impl RoutePolicy {
             token_marker: marker.filter(|_| offer_is_empty),
             session_end,
             user,
+            claims,
         })
     }
 }

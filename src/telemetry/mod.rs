@@ -25,15 +25,30 @@ pub enum LogFormat {
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default filter
 /// (`info`: startup, access log, warnings).
-pub fn init(format: LogFormat) {
+///
+/// The log goes to stderr through a thread of its own: a record costs the task that writes it
+/// a channel send, never a `write(2)` (nor a wait on a slow terminal or journald), and the
+/// writer thread puts the lines that piled up into one write, flushing whenever it has caught
+/// up. When the channel is full (128,000 records waiting) writers wait rather than lose
+/// records. Keep the returned guard for as long as the process logs: dropping it writes what
+/// is left.
+#[must_use = "dropping the guard stops the log writer"]
+pub fn init(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only on a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("wsgate-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let result = match format {
         LogFormat::Text => builder.try_init(),
         // wsgate's own JSON format: tracing-subscriber's writes lists as strings.
@@ -41,6 +56,7 @@ pub fn init(format: LogFormat) {
     };
     // A second init (tests, embedding) keeps the first subscriber.
     let _ = result;
+    guard
 }
 
 /// The longest request path an access record keeps, in bytes.

@@ -173,3 +173,110 @@ async fn sigterm_with_thousands_of_sessions_closes_every_one_and_exits_in_the_gr
         log.join("\n")
     );
 }
+
+/// What a well-behaved client does after losing its session: reconnect at once, and on 429
+/// or 503 wait as `Retry-After` says. Returns the statuses it was refused with on the way.
+async fn reconnect(url: &str) -> (Ws, Vec<u16>) {
+    use tokio_tungstenite::tungstenite::Error;
+    let mut refused = Vec::new();
+    loop {
+        match connect_with(url, |_| {}).await {
+            Ok((ws, _)) => return (ws, refused),
+            Err(Error::Http(resp)) if matches!(resp.status().as_u16(), 429 | 503) => {
+                refused.push(resp.status().as_u16());
+                let wait: u64 = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                    .expect("a 429 or 503 says when to come back");
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+            }
+            Err(e) => {
+                refused.push(0);
+                panic!("reconnect failed after {refused:?}: {e}");
+            }
+        }
+        assert!(refused.len() < 20, "still refused after {refused:?}");
+    }
+}
+
+/// A backend with hundreds of sessions dies and all its clients come back within the same
+/// second: the handshake rate limit spreads them out (429 with `Retry-After`), failover and
+/// ejection send them to the backend that remains (none gets a 502), and that backend's own
+/// sessions go on echoing throughout.
+#[tokio::test]
+async fn a_reconnect_storm_after_a_backend_dies_is_absorbed() {
+    const PER_BACKEND: usize = 300;
+    let (mut dying, a) = echo_process("127.0.0.1:0").await;
+    let (_remaining, b) = echo_process("127.0.0.1:0").await;
+    let gw = Gateway::spawn(&format!(
+        "[limits]\nhandshake_rate_per_ip = \"500/s\"\nhandshake_burst = 100\n\n{}\
+         [route.health]\ncheck = \"tcp\"\ninterval = \"200ms\"\n",
+        route("r", "/", &[format!("ws://{a}"), format!("ws://{b}")])
+    ))
+    .await;
+    let url = gw.url("/");
+    let mut sessions = Vec::new();
+    for _ in 0..2 * PER_BACKEND {
+        let (mut ws, _) = reconnect(&url).await;
+        assert!(
+            next_data(&mut ws)
+                .await
+                .to_string()
+                .starts_with("wsgate demo")
+        );
+        sessions.push(ws);
+    }
+
+    dying.start_kill().unwrap();
+    dying.wait().await.unwrap();
+    // Each client sees its fate: 1011 for those on the dead backend, which reconnect at once;
+    // an echo for the others, which must keep working while the storm goes on.
+    let tasks: Vec<_> = sessions
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut ws)| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let text = format!("still here {i}");
+                ws.send(Message::text(text.clone())).await.ok();
+                match tokio::time::timeout(STEP, ws.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) if t.as_str() == text => (false, Vec::new()),
+                    Ok(Some(Ok(Message::Close(Some(c))))) if u16::from(c.code) == 1011 => {
+                        drop(ws);
+                        let (mut ws, refused) = reconnect(&url).await;
+                        assert!(
+                            next_data(&mut ws)
+                                .await
+                                .to_string()
+                                .starts_with("wsgate demo")
+                        );
+                        echoes(&mut ws, &format!("back {i}")).await;
+                        (true, refused)
+                    }
+                    other => panic!("session {i}: {other:?}"),
+                }
+            })
+        })
+        .collect();
+    let mut reconnected = 0;
+    let mut statuses = std::collections::BTreeMap::new();
+    for t in tasks {
+        let (was_on_dead, refused) = t.await.unwrap();
+        reconnected += usize::from(was_on_dead);
+        for s in refused {
+            *statuses.entry(s).or_insert(0usize) += 1;
+        }
+    }
+    // Round robin put half the sessions on each backend.
+    assert_eq!(reconnected, PER_BACKEND);
+    // Refusals were only the rate limit's 429s (no 502: failover found the live backend).
+    assert!(
+        statuses.keys().all(|s| *s == 429),
+        "refusals by status: {statuses:?}"
+    );
+    assert!(
+        statuses.get(&429).copied().unwrap_or(0) > 0,
+        "the storm should have met the rate limit"
+    );
+}

@@ -306,3 +306,22 @@ async fn h2c_prior_knowledge_on_a_plain_listener() {
         Some("http")
     );
 }
+
+#[tokio::test]
+async fn the_sticky_cookie_rides_on_the_200_and_is_secure_over_tls() {
+    let (_backend, _gw, mut conn, _ca) =
+        h2_gateway("sticky = { cookie = \"srv\", ttl = \"10m\" }").await;
+    let resp = conn.connect("https", "/", |_| {}).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.starts_with("srv="), "{cookie}");
+    for attr in [
+        "Path=/",
+        "Max-Age=600",
+        "HttpOnly",
+        "SameSite=Lax",
+        "Secure",
+    ] {
+        assert!(cookie.contains(attr), "{attr} missing: {cookie}");
+    }
+}

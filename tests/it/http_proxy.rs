@@ -1055,3 +1055,71 @@ async fn http2_requests_cannot_carry_header_injection_or_connection_headers_to_t
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert!(!seen[0].headers.contains_key("x-smuggled"));
 }
+
+/// A backend that answers every plain request with its own name.
+async fn named_backend(name: &'static str) -> SocketAddr {
+    backend(Arc::new(move |_req| {
+        Box::pin(async move { Response::new(full(name)) })
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn the_sticky_cookie_of_a_plain_request_keeps_the_client_on_its_backend() {
+    let (a, b) = (named_backend("a").await, named_backend("b").await);
+    let gw = Gateway::spawn(&http_route(
+        &[a, b],
+        "sticky = { cookie = \"srv\", ttl = \"1h\" }",
+    ))
+    .await;
+    let resp = send(gw.addr, get("/poll")).await;
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.starts_with("srv="), "{cookie}");
+    let first = read_body(resp).await.0;
+    let pair = cookie.split(';').next().unwrap().to_string();
+    for _ in 0..4 {
+        let resp = send(
+            gw.addr,
+            Request::get("/poll")
+                .header("host", "app.test")
+                .header("cookie", pair.as_str())
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            read_body(resp).await.0,
+            first,
+            "the cookie's backend was not kept"
+        );
+    }
+    // Without the cookie, round robin moves on.
+    let bodies: std::collections::BTreeSet<Bytes> = futures_util::future::join_all(
+        (0..4).map(|_| async { read_body(send(gw.addr, get("/poll")).await).await.0 }),
+    )
+    .await
+    .into_iter()
+    .collect();
+    assert_eq!(bodies.len(), 2);
+}
+
+#[tokio::test]
+async fn hash_balancing_sends_one_key_to_one_backend() {
+    let (a, b) = (named_backend("a").await, named_backend("b").await);
+    let gw = Gateway::spawn(&http_route(
+        &[a, b],
+        "balance = \"hash\"\nhash_key = \"query:sid\"",
+    ))
+    .await;
+    for sid in ["s1", "s2", "s3", "s4"] {
+        let path = format!("/socket.io/?sid={sid}");
+        let first = read_body(send(gw.addr, get(&path)).await).await.0;
+        for _ in 0..3 {
+            assert_eq!(
+                read_body(send(gw.addr, get(&path)).await).await.0,
+                first,
+                "{sid}"
+            );
+        }
+    }
+}

@@ -5,6 +5,7 @@
 mod support;
 
 mod admin;
+mod backends;
 mod cli;
 mod closing;
 mod config;

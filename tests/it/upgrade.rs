@@ -26,6 +26,38 @@ fn log_lines(child: &mut Child) -> Lines<BufReader<tokio::process::ChildStderr>>
     tokio::io::AsyncBufReadExt::lines(BufReader::new(child.stderr.take().unwrap()))
 }
 
+/// A `wsgate run` that serves `[upgrade] socket`.
+struct Running {
+    child: Child,
+    log: Lines<BufReader<tokio::process::ChildStderr>>,
+    /// The log lines read so far.
+    seen: Vec<String>,
+    /// `ws://` and the proxy listener's address.
+    url: String,
+}
+
+/// Starts `wsgate run` on `config` and waits until it listens and serves its upgrade socket.
+async fn start_upgradable(config: &std::path::Path) -> Running {
+    let mut child = spawn_binary(config, "json", "info");
+    let mut log = log_lines(&mut child);
+    let mut seen = Vec::new();
+    let listening = wait_line(&mut log, &mut seen, "listening", |l| {
+        l.contains("\"listening\"")
+    })
+    .await;
+    let url = format!("ws://{}/", field(&listening, "listen"));
+    wait_line(&mut log, &mut seen, "the upgrade socket", |l| {
+        l.contains("binary upgrades")
+    })
+    .await;
+    Running {
+        child,
+        log,
+        seen,
+        url,
+    }
+}
+
 /// Keeps reading a process's log after the test stops waiting on it (so it never blocks on
 /// a full pipe), and hands back what it read when asked.
 fn drain_log<R: AsyncRead + Unpin + Send + 'static>(
@@ -74,24 +106,17 @@ async fn a_new_process_takes_the_sockets_over_and_no_handshake_is_refused() {
             route("r", "/", &[echo.url()])
         ),
     );
-    let mut old = spawn_binary(&config, "json", "info");
-    let mut old_log = log_lines(&mut old);
-    let mut seen_old = Vec::new();
-    let listening = wait_line(&mut old_log, &mut seen_old, "listening", |l| {
-        l.contains("\"listening\"")
-    })
-    .await;
-    let addr = field(&listening, "listen");
-    let admin = wait_line(&mut old_log, &mut seen_old, "admin", |l| {
-        l.contains("\"admin listener\"")
-    })
-    .await;
-    let admin = field(&admin, "admin");
-    wait_line(&mut old_log, &mut seen_old, "the upgrade socket", |l| {
-        l.contains("binary upgrades")
-    })
-    .await;
-    let url = format!("ws://{addr}/");
+    let Running {
+        child: mut old,
+        log: mut old_log,
+        seen: mut seen_old,
+        url,
+    } = start_upgradable(&config).await;
+    let admin = seen_old
+        .iter()
+        .find(|l| l.contains("\"admin listener\""))
+        .map(|l| field(l, "admin"))
+        .expect("the admin listener's address");
     let mut on_old = Vec::new();
     for _ in 0..20 {
         on_old.push(connect(&url).await.0);
@@ -216,18 +241,12 @@ async fn a_failed_successor_leaves_the_running_process_serving() {
     let tmp = TempDir::new("upgrade-fail");
     let echo = EchoBackend::spawn().await;
     let config = upgrade_config(&tmp, "old.toml", "", &echo.url());
-    let mut old = spawn_binary(&config, "json", "info");
-    let mut old_log = log_lines(&mut old);
-    let mut seen_old = Vec::new();
-    let listening = wait_line(&mut old_log, &mut seen_old, "listening", |l| {
-        l.contains("\"listening\"")
-    })
-    .await;
-    let url = format!("ws://{}/", field(&listening, "listen"));
-    wait_line(&mut old_log, &mut seen_old, "the upgrade socket", |l| {
-        l.contains("binary upgrades")
-    })
-    .await;
+    let Running {
+        child: mut old,
+        log: mut old_log,
+        seen: mut seen_old,
+        url,
+    } = start_upgradable(&config).await;
     let (mut before, _) = connect(&url).await;
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -264,19 +283,13 @@ async fn sigusr2_starts_the_successor_and_the_old_process_exits() {
     let tmp = TempDir::new("upgrade-usr2");
     let echo = EchoBackend::spawn().await;
     let config = upgrade_config(&tmp, "wsgate.toml", "", &echo.url());
-    let mut old = spawn_binary(&config, "json", "info");
     // The successor inherits the old process's stderr: both logs arrive here.
-    let mut log = log_lines(&mut old);
-    let mut seen = Vec::new();
-    let listening = wait_line(&mut log, &mut seen, "listening", |l| {
-        l.contains("\"listening\"")
-    })
-    .await;
-    let url = format!("ws://{}/", field(&listening, "listen"));
-    wait_line(&mut log, &mut seen, "the upgrade socket", |l| {
-        l.contains("binary upgrades")
-    })
-    .await;
+    let Running {
+        child: mut old,
+        mut log,
+        mut seen,
+        url,
+    } = start_upgradable(&config).await;
     let (mut on_old, _) = connect(&url).await;
 
     send_signal(&old, "USR2");

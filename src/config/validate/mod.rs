@@ -12,6 +12,7 @@ mod admin;
 mod auth;
 mod fair;
 mod forward_auth;
+mod health;
 mod jwt;
 mod jwt_claims;
 mod limits;

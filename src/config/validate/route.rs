@@ -9,7 +9,7 @@ use super::{SessionKeys, Validator};
 use crate::config::OnChange;
 use crate::config::file::{FileBackend, FileBackendTls, FileRoute};
 use crate::config::{
-    BackendUrl, Balance, DEFAULT_HTTP_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_REQUESTS,
+    BackendUrl, DEFAULT_HTTP_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_REQUESTS,
     DEFAULT_MAX_REQUEST_BODY, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RESPONSE_HEADER_TIMEOUT,
     RouteConfig, SessionConfig,
 };
@@ -18,6 +18,11 @@ use crate::deflate;
 /// permessage-deflate offers pass to the backend unless a route strips them: what a proxy
 /// without an opinion does, so compression keeps working end to end as before.
 const DEFAULT_PERMESSAGE_DEFLATE: deflate::Mode = deflate::Mode::Allow;
+
+/// A backend's weight unless its table says otherwise: all backends equal.
+const DEFAULT_WEIGHT: u32 = 1;
+/// Weights are relative; past this they only risk overflowing the balancer's sums.
+const MAX_WEIGHT: u32 = 1000;
 
 impl Validator<'_> {
     pub(super) fn route(
@@ -87,52 +92,11 @@ impl Validator<'_> {
             }
         };
 
-        let mut backends = Vec::new();
-        match &r.backends {
-            None => self.err(
-                format!("{key}.backends"),
-                Some(span.clone()),
-                "missing: a list of backend URLs, e.g. [\"ws://127.0.0.1:9000\"]",
-            ),
-            Some(list) if list.get_ref().is_empty() => self.err(
-                format!("{key}.backends"),
-                Some(list.span()),
-                "must list at least one backend URL",
-            ),
-            Some(list) => {
-                for (j, b) in list.get_ref().iter().enumerate() {
-                    let (url, skip) = match b.get_ref() {
-                        FileBackend::Url(u) => (u, false),
-                        FileBackend::Table(t) => (&t.url, t.insecure_skip_verify.unwrap_or(false)),
-                    };
-                    match parse_backend_url(url) {
-                        Ok(url) if skip && !url.tls => self.err(
-                            format!("{key}.backends[{j}].insecure_skip_verify"),
-                            Some(b.span()),
-                            "only means something for a wss:// backend",
-                        ),
-                        Ok(mut url) => {
-                            url.insecure_skip_verify = skip;
-                            backends.push(url)
-                        }
-                        Err(msg) => self.err(format!("{key}.backends[{j}]"), Some(b.span()), msg),
-                    }
-                }
-            }
-        }
-
-        let balance = match r.balance.as_ref().map(|b| (b, b.get_ref().as_str())) {
-            None | Some((_, "round_robin")) => Balance::RoundRobin,
-            Some((_, "least_conn")) => Balance::LeastConn,
-            Some((b, other)) => {
-                self.err(
-                    format!("{key}.balance"),
-                    Some(b.span()),
-                    format!("unknown balance {other:?}: use \"round_robin\" or \"least_conn\""),
-                );
-                Balance::RoundRobin
-            }
-        };
+        let (backends, weights) = self.backends(key, r, &span);
+        let balance = self.balance(key, r);
+        let health = self.health(key, r.health.as_ref());
+        let sticky = self.sticky(key, r.sticky.as_ref());
+        let slow_start = self.slow_start(key, r);
 
         let t = r.timeouts.as_ref();
         let backend_connect_timeout = self.duration(
@@ -198,6 +162,10 @@ impl Validator<'_> {
             backend_tls,
             backend_tls_unverified,
             balance,
+            weights,
+            health,
+            sticky,
+            slow_start,
             preserve_host: r.preserve_host.unwrap_or(false),
             permessage_deflate,
             backend_connect_timeout,
@@ -349,6 +317,75 @@ impl Validator<'_> {
                 None
             }
         }
+    }
+
+    /// `backends`: URLs, or tables with a URL, a weight and TLS leniency. Returns the URLs
+    /// and their weights, in order.
+    fn backends(
+        &mut self,
+        key: &str,
+        r: &FileRoute,
+        route_span: &std::ops::Range<usize>,
+    ) -> (Vec<BackendUrl>, Vec<u32>) {
+        let (mut backends, mut weights) = (Vec::new(), Vec::new());
+        let list = match &r.backends {
+            None => {
+                self.err(
+                    format!("{key}.backends"),
+                    Some(route_span.clone()),
+                    "missing: a list of backend URLs, e.g. [\"ws://127.0.0.1:9000\"]",
+                );
+                return (backends, weights);
+            }
+            Some(list) if list.get_ref().is_empty() => {
+                self.err(
+                    format!("{key}.backends"),
+                    Some(list.span()),
+                    "must list at least one backend URL",
+                );
+                return (backends, weights);
+            }
+            Some(list) => list.get_ref(),
+        };
+        for (j, b) in list.iter().enumerate() {
+            let (url, skip, weight) = match b.get_ref() {
+                FileBackend::Url(u) => (u, false, None),
+                FileBackend::Table(t) => {
+                    (&t.url, t.insecure_skip_verify.unwrap_or(false), t.weight)
+                }
+            };
+            let weight = match weight.map(u32::try_from) {
+                None => DEFAULT_WEIGHT,
+                Some(Ok(w @ 1..=MAX_WEIGHT)) => w,
+                Some(_) => {
+                    self.err(
+                        format!("{key}.backends[{j}].weight"),
+                        Some(b.span()),
+                        format!("must be a whole number from 1 to {MAX_WEIGHT}"),
+                    );
+                    DEFAULT_WEIGHT
+                }
+            };
+            match parse_backend_url(url) {
+                Ok(url) if skip && !url.tls => self.err(
+                    format!("{key}.backends[{j}].insecure_skip_verify"),
+                    Some(b.span()),
+                    "only means something for a wss:// backend",
+                ),
+                Ok(url) if backends.iter().any(|b: &BackendUrl| b.url == url.url) => self.err(
+                    format!("{key}.backends[{j}]"),
+                    Some(b.span()),
+                    format!("{:?} is listed twice (give it a weight instead)", url.url),
+                ),
+                Ok(mut url) => {
+                    url.insecure_skip_verify = skip;
+                    backends.push(url);
+                    weights.push(weight);
+                }
+                Err(msg) => self.err(format!("{key}.backends[{j}]"), Some(b.span()), msg),
+            }
+        }
+        (backends, weights)
     }
 
     /// `permessage_deflate` and `max_message_inflated`. Both off by default

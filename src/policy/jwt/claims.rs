@@ -58,15 +58,7 @@ impl ClaimRule {
     /// claims are URLs full of dots (`https://example.com/roles`, as Auth0 requires); else
     /// the name is a path of object keys (`org.id`).
     fn lookup<'c>(&self, claims: &'c Claims) -> Option<&'c Value> {
-        if let Some(v) = claims.get(&self.path) {
-            return Some(v);
-        }
-        let mut parts = self.path.split('.');
-        let mut v = claims.get(parts.next()?)?;
-        for k in parts {
-            v = v.as_object()?.get(k)?;
-        }
-        Some(v)
+        claim(claims, &self.path)
     }
 
     /// Whether `claims` satisfy the rule: the claim equals an accepted value, or is an array
@@ -79,6 +71,21 @@ impl ClaimRule {
             None => false,
         }
     }
+}
+
+/// The claim `path` names. A top-level claim of that exact name comes first: namespaced
+/// claims are URLs full of dots (`https://example.com/roles`, as Auth0 requires); else the
+/// name is a path of object keys (`org.id`).
+pub fn claim<'c>(claims: &'c Claims, path: &str) -> Option<&'c Value> {
+    if let Some(v) = claims.get(path) {
+        return Some(v);
+    }
+    let mut parts = path.split('.');
+    let mut v = claims.get(parts.next()?)?;
+    for k in parts {
+        v = v.as_object()?.get(k)?;
+    }
+    Some(v)
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use jsonwebtoken::{Algorithm, Validation};
 
 use super::{Claims, TokenSource};
 use crate::http_client::HttpClient;
-pub use claims::{ClaimRule, ClaimValue};
+pub use claims::{ClaimRule, ClaimValue, claim};
 pub use jwks::RemoteJwks;
 pub use keys::{Key, ParsedJwks, parse_jwks, restrict, secret_from_env, secret_from_file};
 

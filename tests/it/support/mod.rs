@@ -148,7 +148,8 @@ fn tracing_subscriber_init() -> Option<()> {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         if std::env::var_os("RUST_LOG").is_some() {
-            wsgate::telemetry::init(wsgate::telemetry::LogFormat::Text);
+            // For the life of the test binary.
+            std::mem::forget(wsgate::telemetry::init(wsgate::telemetry::LogFormat::Text));
         }
     });
     Some(())

@@ -1,5 +1,18 @@
-//! The backend leg: pick a backend, connect with a timeout (moving to the next backend on a
-//! failure), send a rebuilt upgrade request with a fresh key, and verify the 101.
+//! The backend leg: choose a backend, connect, send a rebuilt upgrade request with a fresh
+//! key, verify the 101, and fail over to the next backend before the 101 within one budget.
+//!
+//! `pool.rs` the route's backends and the "get me an upgraded backend" loop; `balance.rs` the
+//! balancers; `health.rs` each backend's health (active verdict, passive ejection, slow
+//! start); `checker.rs` the active checks; `sticky.rs` the sticky cookie. The request and the
+//! handshake are here.
+
+pub mod balance;
+pub mod checker;
+pub mod health;
+pub mod pool;
+pub mod sticky;
+
+pub use pool::{Affinity, BackendPool};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,14 +27,14 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::config::{BackendUrl, Balance, RouteConfig};
+use crate::config::{BackendUrl, RouteConfig};
 use crate::error::{BackendError, BackendRefusal};
 use crate::handshake::{self, ClientHandshake};
-use crate::outcome::Outcome;
 use crate::policy::forwarding::{self, ClientAddr};
 use crate::telemetry::correlation::Correlation;
 
-/// One backend server and the number of live sessions on it.
+/// One backend server: its live sessions, drain flag, health and counters. A reload carries
+/// it over by URL (see [`BackendPool::new`]), all of that with it.
 #[derive(Debug)]
 pub struct Backend {
     pub url: BackendUrl,
@@ -30,10 +43,22 @@ pub struct Backend {
     active: AtomicUsize,
     /// Drained through the admin API: no new sessions.
     draining: AtomicBool,
+    pub health: health::Health,
     pub stats: crate::metrics::BackendStats,
 }
 
 impl Backend {
+    fn new(url: BackendUrl) -> Backend {
+        Backend {
+            name: Arc::from(url.url.as_str()),
+            url,
+            active: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            health: Default::default(),
+            stats: Default::default(),
+        }
+    }
+
     pub fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
     }
@@ -47,14 +72,23 @@ impl Backend {
     pub fn set_draining(&self, draining: bool) {
         self.draining.store(draining, Ordering::Relaxed);
     }
-}
 
-/// A route's backends and the balancing state.
-#[derive(Debug)]
-pub struct BackendPool {
-    backends: Vec<Arc<Backend>>,
-    balance: Balance,
-    next: AtomicUsize,
+    /// A health change: one log record (a warning when the backend goes out, info when it
+    /// comes back), and the ejection counter.
+    fn changed(&self, route: &str, change: health::Change) {
+        match change {
+            health::Change::Unhealthy => {
+                tracing::warn!(route, backend = %self.name, "backend unhealthy: its active checks failed, no new sessions go to it");
+            }
+            health::Change::Ejected { lasts, failures } => {
+                self.stats.ejections.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(route, backend = %self.name, failures, ejected_for = ?lasts, "backend ejected after failed handshakes in a row");
+            }
+            health::Change::Back => {
+                tracing::info!(route, backend = %self.name, "backend healthy again: it takes new sessions");
+            }
+        }
+    }
 }
 
 /// A session's claim on a backend: counts toward `least_conn` until dropped.
@@ -63,113 +97,20 @@ pub struct BackendLease {
     pub backend: Arc<Backend>,
 }
 
+impl BackendLease {
+    fn new(backend: Arc<Backend>) -> BackendLease {
+        backend.active.fetch_add(1, Ordering::Relaxed);
+        BackendLease { backend }
+    }
+}
+
 impl Drop for BackendLease {
     fn drop(&mut self) {
         self.backend.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-impl BackendPool {
-    /// The backends at `urls`. A backend `previous` (the route's pool before a reload) lists
-    /// with the same URL and settings is the same backend: its live sessions' leases, drain
-    /// flag and counters carry on.
-    pub fn new(
-        urls: Vec<BackendUrl>,
-        balance: Balance,
-        previous: Option<&BackendPool>,
-    ) -> BackendPool {
-        let kept = |url: &BackendUrl| previous?.backends.iter().find(|b| b.url == *url).cloned();
-        BackendPool {
-            backends: urls
-                .into_iter()
-                .map(|url| {
-                    kept(&url).unwrap_or_else(|| {
-                        Arc::new(Backend {
-                            name: Arc::from(url.url.as_str()),
-                            url,
-                            active: AtomicUsize::new(0),
-                            draining: AtomicBool::new(false),
-                            stats: Default::default(),
-                        })
-                    })
-                })
-                .collect(),
-            balance,
-            next: AtomicUsize::new(0),
-        }
-    }
-
-    pub fn backends(&self) -> &[Arc<Backend>] {
-        &self.backends
-    }
-
-    /// The order in which one session tries the backends: the balancer's pick first, then
-    /// the others, so a dead backend costs one connect attempt, not the session.
-    fn order(&self) -> Vec<Arc<Backend>> {
-        let n = self.backends.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n.max(1);
-        let mut order: Vec<Arc<Backend>> = (0..n)
-            .map(|i| self.backends[(start + i) % n].clone())
-            .collect();
-        if self.balance == Balance::LeastConn {
-            // Stable: ties keep the rotating order, so equal backends share the load.
-            order.sort_by_key(|b| b.active());
-        }
-        order
-    }
-
-    /// Connects to the first backend that answers, in balancing order.
-    pub async fn connect(
-        &self,
-        connect_timeout: Duration,
-    ) -> Result<(TcpStream, BackendLease), BackendError> {
-        let mut failures = Vec::new();
-        let mut all_timeouts = true;
-        let order: Vec<_> = self
-            .order()
-            .into_iter()
-            .filter(|b| !b.is_draining())
-            .collect();
-        if order.is_empty() {
-            return Err(BackendError::AllDrained);
-        }
-        for backend in order {
-            let started = std::time::Instant::now();
-            let result = tokio::time::timeout(connect_timeout, connect_one(&backend.url)).await;
-            let stats = &backend.stats;
-            match &result {
-                Ok(Ok(_)) => stats.connect.observe(started.elapsed().as_secs_f64()),
-                Ok(Err(_)) => stats.failures.add(Outcome::BackendUnreachable),
-                Err(_) => stats.failures.add(Outcome::BackendConnectTimeout),
-            }
-            match result {
-                Ok(Ok(stream)) => {
-                    backend.active.fetch_add(1, Ordering::Relaxed);
-                    if !failures.is_empty() {
-                        tracing::warn!(backend = %backend.url.url, failed = %failures.join("; "), "failed over to the next backend");
-                    }
-                    return Ok((stream, BackendLease { backend }));
-                }
-                Ok(Err(e)) => {
-                    all_timeouts = false;
-                    tracing::warn!(backend = %backend.url.url, error = %e, "backend connect failed");
-                    failures.push(format!("{}: {e}", backend.url.url));
-                }
-                Err(_) => {
-                    tracing::warn!(backend = %backend.url.url, timeout = ?connect_timeout, "backend connect timed out");
-                    failures.push(format!("{}: timed out", backend.url.url));
-                }
-            }
-        }
-        let detail = failures.join("; ");
-        if all_timeouts {
-            Err(BackendError::ConnectTimeout(connect_timeout, detail))
-        } else {
-            Err(BackendError::Unreachable(detail))
-        }
-    }
-}
-
+/// A TCP connection to the backend's host (each address it resolves to, in turn).
 async fn connect_one(url: &BackendUrl) -> std::io::Result<TcpStream> {
     let mut last = None;
     for addr in tokio::net::lookup_host((url.host.as_str(), url.port)).await? {
@@ -221,10 +162,11 @@ const NOT_FORWARDED_NAMES: &[&str] = &[
     "tracestate",
 ];
 
-/// Everything the backend request is built from.
+/// Everything the backend request is built from (besides the backend), and the bound on a
+/// refusal's body.
+#[derive(Clone, Copy)]
 pub struct BackendRequest<'a> {
     pub route: &'a RouteConfig,
-    pub backend: &'a BackendUrl,
     pub client: &'a request::Parts,
     pub handshake: &'a ClientHandshake,
     /// The client's address and the forwarding chain.
@@ -234,25 +176,27 @@ pub struct BackendRequest<'a> {
     /// The listener's client-certificate header and the verified subject (if any). The
     /// client's own header of that name is always dropped, so it cannot be forged.
     pub client_subject: Option<(&'a HeaderName, Option<&'a str>)>,
+    /// The request's number (the session's, if it becomes one), for the log records.
+    pub session: u64,
     /// The request id and trace context the backend is sent.
     pub correlation: &'a Correlation,
+    /// A non-101 answer's body is read up to this (`limits.max_error_body`).
+    pub max_error_body: usize,
 }
 
 /// Builds the upgrade request for the backend: end-to-end headers copied, hop-by-hop ones
 /// dropped, a fresh key, and the forwarding and correlation headers added. Returns the
 /// request and its key.
-pub fn build_request(b: &BackendRequest<'_>) -> (Request<Empty<Bytes>>, String) {
+pub fn build_request(
+    b: &BackendRequest<'_>,
+    backend: &BackendUrl,
+) -> (Request<Empty<Bytes>>, String) {
     let key = handshake::generate_key();
-    let path = backend_path(
-        b.route,
-        b.backend,
-        b.client.uri.path(),
-        b.client.uri.query(),
-    );
+    let path = backend_path(b.route, backend, b.client.uri.path(), b.client.uri.query());
     let host = if b.route.preserve_host {
         b.handshake.host.clone()
     } else {
-        b.backend.authority.clone()
+        backend.authority.clone()
     };
 
     let mut headers = HeaderMap::with_capacity(b.client.headers.len() + 8);
@@ -438,24 +382,32 @@ pub async fn handshake(
         if !p.url.tls {
             return exchange(stream, req, &p).await;
         }
-        let config = p
-            .tls
-            .ok_or_else(|| BackendError::Tls("no TLS settings for a wss:// backend".into()))?;
-        let name = rustls::pki_types::ServerName::try_from(p.url.host.clone()).map_err(|e| {
-            BackendError::Tls(format!(
-                "{:?} is not a valid TLS server name: {e}",
-                p.url.host
-            ))
-        })?;
-        let tls = tokio_rustls::TlsConnector::from(config.clone())
-            .connect(name, stream)
-            .await
-            .map_err(|e| BackendError::Tls(e.to_string()))?;
+        let tls = tls_connect(stream, p.url, p.tls).await?;
         exchange(tls, req, &p).await
     };
     tokio::time::timeout(timeout, run)
         .await
         .map_err(|_| BackendError::HandshakeTimeout(timeout))?
+}
+
+/// The TLS handshake with a `wss://` backend, SNI from its host name.
+pub(crate) async fn tls_connect(
+    stream: TcpStream,
+    url: &BackendUrl,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, BackendError> {
+    let config =
+        tls.ok_or_else(|| BackendError::Tls("no TLS settings for a wss:// backend".into()))?;
+    let name = rustls::pki_types::ServerName::try_from(url.host.clone()).map_err(|e| {
+        BackendError::Tls(format!(
+            "{:?} is not a valid TLS server name: {e}",
+            url.host
+        ))
+    })?;
+    tokio_rustls::TlsConnector::from(config.clone())
+        .connect(name, stream)
+        .await
+        .map_err(|e| BackendError::Tls(e.to_string()))
 }
 
 async fn exchange<I>(
@@ -660,17 +612,5 @@ mod tests {
             extension_names(b"permessage-deflate; client_max_window_bits, x-foo"),
             ["permessage-deflate", "x-foo"]
         );
-    }
-
-    #[test]
-    fn round_robin_rotates_and_fails_over_in_order() {
-        let r = route("ws://a:1", "/");
-        let mut urls = r.backends.clone();
-        urls.push(crate::config::parse_backend_url("ws://b:1").unwrap());
-        let pool = BackendPool::new(urls, Balance::RoundRobin, None);
-        let first: Vec<_> = pool.order().iter().map(|b| b.url.host.clone()).collect();
-        let second: Vec<_> = pool.order().iter().map(|b| b.url.host.clone()).collect();
-        assert_eq!(first, ["a", "b"]);
-        assert_eq!(second, ["b", "a"]);
     }
 }

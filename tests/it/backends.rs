@@ -1,0 +1,540 @@
+//! Backends that misbehave: failover before the 101, passive ejection, active health checks,
+//! re-admission with slow start, least connections, hashing, sticky cookies, and what a
+//! reload keeps.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::support::*;
+
+/// The gateway from `toml` with an `[admin]` listener, and the admin address.
+async fn admin_gateway(toml: &str) -> (Gateway, SocketAddr) {
+    let gw = Gateway::spawn(&format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{toml}"
+    ))
+    .await;
+    let admin = gw.handle().admin_addr().expect("admin listener");
+    (gw, admin)
+}
+
+async fn admin_get(admin: SocketAddr, path: &str) -> String {
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+        admin.port()
+    );
+    let resp = raw_exchange(admin, req.as_bytes()).await.1;
+    assert_eq!(resp.status, 200, "{path}: {resp:?}");
+    resp.body
+}
+
+/// The admin API's view of one backend (by URL) of the first route.
+async fn backend_json(admin: SocketAddr, url: &str) -> Value {
+    let routes: Value = serde_json::from_str(&admin_get(admin, "/api/routes").await).unwrap();
+    routes["routes"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == url)
+        .cloned()
+        .unwrap_or_else(|| panic!("no backend {url} in {routes}"))
+}
+
+/// Waits until the backend's `state` is `state`: a condition on the gateway's state, checked
+/// again every few milliseconds, within [`STEP`].
+async fn wait_state(admin: SocketAddr, url: &str, state: &str) -> Value {
+    tokio::time::timeout(STEP, async {
+        loop {
+            let b = backend_json(admin, url).await;
+            if b["state"] == state {
+                return b;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{url} never became {state}"))
+}
+
+async fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = admin_get(admin, "/metrics").await;
+    prom::parse(&text, false).unwrap().value(name, labels)
+}
+
+/// One session through the gateway, echoing once; returns the 101's `Set-Cookie`.
+async fn session(url: &str, edit: impl FnOnce(&mut http::Request<()>)) -> (Ws, Option<String>) {
+    let (mut ws, resp) = connect_with(url, edit)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url} failed: {e}"));
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("hi"));
+    let cookie = resp
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_string());
+    (ws, cookie)
+}
+
+/// Which of `backends` saw one more handshake than in `before`.
+fn which(backends: &[EchoBackend], before: &[usize]) -> usize {
+    let moved: Vec<usize> = (0..backends.len())
+        .filter(|&i| backends[i].request_count() > before[i])
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    moved[0]
+}
+
+fn counts(backends: &[EchoBackend]) -> Vec<usize> {
+    backends.iter().map(EchoBackend::request_count).collect()
+}
+
+#[tokio::test]
+async fn a_5xx_fails_over_to_the_next_backend_within_the_handshake() {
+    let (down, seen) = scripted_backend(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy".to_vec(),
+    )
+    .await;
+    let good = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "{}[route.health]\nmax_failures = 0\n",
+        route("r", "/", &[format!("ws://{down}"), good.url()])
+    ))
+    .await;
+    for _ in 0..4 {
+        session(&gw.url("/"), |_| {}).await;
+    }
+    assert_eq!(good.request_count(), 4);
+    // Round robin put the 503 first for half of them: those moved on within their handshake.
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_4xx_is_the_backends_word_and_passed_on() {
+    let (refusing, _) =
+        scripted_backend(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno".to_vec()).await;
+    let good = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{refusing}"), good.url()])).await;
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 403);
+    assert_eq!(good.request_count(), 0);
+}
+
+async fn unreachable(admin: SocketAddr, url: &str) -> f64 {
+    metric(
+        admin,
+        "wsgate_backend_failures_total",
+        &[("backend", url), ("outcome", "backend_unreachable")],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_refusing_backend_is_ejected_after_max_failures() {
+    let down = format!("ws://{}", closed_port().await);
+    let good = EchoBackend::spawn().await;
+    let (gw, admin) = admin_gateway(&format!(
+        "{}[route.health]\nmax_failures = 3\nejection = \"1m\"\n",
+        route("r", "/", &[down.clone(), good.url()])
+    ))
+    .await;
+    // Round robin tries the refusing backend first every other time: three failures in six
+    // sessions, every one of which still succeeds.
+    for _ in 0..6 {
+        session(&gw.url("/"), |_| {}).await;
+    }
+    assert_eq!(unreachable(admin, &down).await, 3.0);
+    let state = backend_json(admin, &down).await;
+    assert_eq!(state["state"], "ejected", "{state}");
+    assert!(
+        state["ejected_for_seconds"].as_f64().unwrap() > 30.0,
+        "{state}"
+    );
+    let labels = [("backend", down.as_str())];
+    assert_eq!(
+        metric(admin, "wsgate_backend_ejections_total", &labels).await,
+        1.0
+    );
+    assert_eq!(metric(admin, "wsgate_backend_healthy", &labels).await, 0.0);
+    // Ejected: no handshake tries it any more.
+    for _ in 0..6 {
+        session(&gw.url("/"), |_| {}).await;
+    }
+    assert_eq!(unreachable(admin, &down).await, 3.0);
+    assert_eq!(good.request_count(), 12);
+}
+
+#[tokio::test]
+async fn a_hung_backend_is_taken_out_by_active_checks() {
+    let (hung, _task) = silent_backend().await;
+    let hung = format!("ws://{hung}");
+    let good = EchoBackend::spawn().await;
+    let (gw, admin) = admin_gateway(&format!(
+        "{}[route.timeouts]\nbackend_handshake = \"4s\"\n\
+         [route.health]\ncheck = \"websocket\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\n\
+         unhealthy_threshold = 2\nmax_failures = 0\n",
+        route("r", "/", &[hung.clone(), good.url()])
+    ))
+    .await;
+    let started = Instant::now();
+    wait_state(admin, &hung, "unhealthy").await;
+    // interval × unhealthy_threshold plus the checks' own timeouts; a coarse bound.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "wsgate_backend_health_checks_total",
+            &[("backend", &*hung), ("result", "ok")]
+        )
+        .await,
+        0.0
+    );
+    // From now on no handshake waits for it: each would otherwise lose half the budget (2 s).
+    for _ in 0..10 {
+        let t = Instant::now();
+        session(&gw.url("/"), |_| {}).await;
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    }
+    // The good backend also answers the checks (a real handshake each); count the sessions.
+    let (checks, sessions) = {
+        let requests = good.requests.lock().unwrap();
+        let checks = requests
+            .iter()
+            .filter(|r| r.header("user-agent") == Some("wsgate-health-check"))
+            .count();
+        (checks, requests.len() - checks)
+    };
+    assert_eq!(sessions, 10);
+    assert!(checks > 0);
+    // A check ends with a close frame 1000 (the sessions' clients just went away).
+    let closes = good.wait_closes(1).await;
+    assert!(closes.contains(&Some((1000, String::new()))), "{closes:?}");
+}
+
+/// A WebSocket backend on a given listener that counts completed handshakes and holds the
+/// sessions open.
+#[derive(Clone, Default)]
+struct Counting {
+    handshakes: Arc<AtomicUsize>,
+}
+
+impl Counting {
+    fn serve(listener: TcpListener) -> Counting {
+        let c = Counting::default();
+        let handshakes = c.handshakes.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let handshakes = handshakes.clone();
+                tokio::spawn(async move {
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                        return;
+                    };
+                    handshakes.fetch_add(1, Ordering::Relaxed);
+                    while let Some(Ok(m)) = ws.next().await {
+                        if m.is_text() && ws.send(m).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        c
+    }
+
+    fn count(&self) -> usize {
+        self.handshakes.load(Ordering::Relaxed)
+    }
+}
+
+#[tokio::test]
+async fn a_backend_that_comes_back_is_readmitted_with_slow_start() {
+    let good = EchoBackend::spawn().await;
+    let port = closed_port().await;
+    let back = format!("ws://{port}");
+    let (gw, admin) = admin_gateway(&format!(
+        "{}slow_start = \"60s\"\n[route.health]\ncheck = \"tcp\"\ninterval = \"100ms\"\n\
+         timeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1\n",
+        route("r", "/", &[good.url(), back.clone()])
+    ))
+    .await;
+    wait_state(admin, &back, "unhealthy").await;
+    // It comes back on the same port.
+    let returned = Counting::serve(TcpListener::bind(port).await.unwrap());
+    let state = wait_state(admin, &back, "healthy").await;
+    let share = state["share"].as_f64().unwrap();
+    assert!(share < 0.5, "slow start share {share}");
+    // Weights 1 and about 0.1 for the next seconds: a few sessions for the returning backend,
+    // not half of them.
+    let mut open = Vec::new();
+    for _ in 0..40 {
+        open.push(session(&gw.url("/"), |_| {}).await);
+    }
+    let (to_good, to_back) = (good.request_count(), returned.count());
+    assert_eq!(to_good + to_back, 40);
+    assert!(
+        (1..=10).contains(&to_back),
+        "{to_back} of 40 went to the returning backend"
+    );
+}
+
+#[tokio::test]
+async fn least_conn_sends_new_sessions_to_the_emptier_backend() {
+    let backends = [EchoBackend::spawn().await, EchoBackend::spawn().await];
+    let gw = Gateway::spawn(&format!(
+        "{}balance = \"least_conn\"\n",
+        route("r", "/", &[backends[0].url(), backends[1].url()])
+    ))
+    .await;
+    let mut sessions = Vec::new();
+    for _ in 0..4 {
+        let before = counts(&backends);
+        let (ws, _) = session(&gw.url("/"), |_| {}).await;
+        sessions.push((which(&backends, &before), ws));
+    }
+    assert_eq!(counts(&backends), [2, 2]);
+    // Both sessions on the first backend end: it has none, the second has two.
+    let (mut on_first, on_second): (Vec<_>, Vec<_>) =
+        sessions.into_iter().partition(|(b, _)| *b == 0);
+    for (_, ws) in &mut on_first {
+        send_close(ws, CloseCode::Normal, "").await;
+    }
+    backends[0].wait_closes(2).await;
+    gw.handle().sessions().wait_for_count(|n| *n == 2).await;
+    // Round robin would split the next two; least connections gives both to the first.
+    let mut more = Vec::new();
+    for _ in 0..2 {
+        more.push(session(&gw.url("/"), |_| {}).await);
+    }
+    assert_eq!(counts(&backends), [4, 2]);
+    drop(on_second);
+}
+
+const HASHED: &str = "balance = \"hash\"\nhash_key = \"header:X-User\"\n";
+
+/// Where each of `users` lands, as indexes into `backends`.
+async fn placements(gw: &Gateway, backends: &[EchoBackend], users: &[String]) -> Vec<usize> {
+    let mut out = Vec::new();
+    for user in users {
+        let before = counts(backends);
+        let user = user.clone();
+        session(&gw.url("/"), move |r| {
+            r.headers_mut().insert("x-user", user.parse().unwrap());
+        })
+        .await;
+        out.push(which(backends, &before));
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_same_key_reaches_the_same_backend_across_a_restart() {
+    let backends = [
+        EchoBackend::spawn().await,
+        EchoBackend::spawn().await,
+        EchoBackend::spawn().await,
+    ];
+    let urls: Vec<String> = backends.iter().map(EchoBackend::url).collect();
+    let toml = format!("{}{HASHED}", route("r", "/", &urls));
+    let users: Vec<String> = (0..12).map(|i| format!("user-{i}")).collect();
+    let mut gw = Gateway::spawn(&toml).await;
+    let first = placements(&gw, &backends, &users).await;
+    assert_eq!(placements(&gw, &backends, &users).await, first);
+    // Keys spread: not all on one backend.
+    assert!(first.iter().any(|&b| b != first[0]), "{first:?}");
+    gw.shutdown().await;
+    let gw = Gateway::spawn(&toml).await;
+    assert_eq!(placements(&gw, &backends, &users).await, first);
+}
+
+#[tokio::test]
+async fn a_sticky_cookie_brings_the_client_back_and_a_forged_one_is_ignored() {
+    let backends = [
+        EchoBackend::spawn().await,
+        EchoBackend::spawn().await,
+        EchoBackend::spawn().await,
+    ];
+    let urls: Vec<String> = backends.iter().map(EchoBackend::url).collect();
+    let gw = Gateway::spawn(&format!(
+        "{}sticky = {{ cookie = \"srv\", ttl = \"1h\" }}\n",
+        route("r", "/chat", &urls)
+    ))
+    .await;
+    let before = counts(&backends);
+    let (_ws, cookie) = session(&gw.url("/chat"), |_| {}).await;
+    let home = which(&backends, &before);
+    let cookie = cookie.expect("a sticky cookie on the 101");
+    assert!(cookie.starts_with("srv="), "{cookie}");
+    for attr in ["Path=/chat", "Max-Age=3600", "HttpOnly", "SameSite=Lax"] {
+        assert!(cookie.contains(attr), "{attr} missing: {cookie}");
+    }
+    assert!(
+        !cookie.contains("Secure") && !cookie.contains("127.0.0.1"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap().to_string();
+    for _ in 0..20 {
+        let before = counts(&backends);
+        let pair = pair.clone();
+        session(&gw.url("/chat"), move |r| {
+            r.headers_mut().insert("cookie", pair.parse().unwrap());
+        })
+        .await;
+        assert_eq!(which(&backends, &before), home);
+    }
+    // A forged value falls back to the balancer (round robin: all three backends).
+    let before = counts(&backends);
+    for _ in 0..6 {
+        session(&gw.url("/chat"), |r| {
+            r.headers_mut().insert(
+                "cookie",
+                "srv=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+                    .parse()
+                    .unwrap(),
+            );
+        })
+        .await;
+    }
+    let after = counts(&backends);
+    assert!(
+        (0..3).all(|i| after[i] > before[i]),
+        "{before:?} → {after:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_keeps_an_ejection() {
+    let down = format!("ws://{}", closed_port().await);
+    let good = EchoBackend::spawn().await;
+    let routes = |extra: &str| {
+        format!(
+            "{}{extra}[route.health]\nmax_failures = 2\nejection = \"1m\"\n",
+            route("r", "/", &[down.clone(), good.url()])
+        )
+    };
+    let (gw, admin) = admin_gateway(&routes("")).await;
+    for _ in 0..4 {
+        session(&gw.url("/"), |_| {}).await;
+    }
+    assert_eq!(backend_json(admin, &down).await["state"], "ejected");
+    let next = format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        routes("preserve_host = true\n")
+    );
+    let report = gw
+        .handle()
+        .reload(wsgate::config::from_toml_str(&next).unwrap())
+        .expect("reload");
+    assert_eq!(report.changed, ["r"], "{report:?}");
+    assert_eq!(backend_json(admin, &down).await["state"], "ejected");
+    for _ in 0..4 {
+        session(&gw.url("/"), |_| {}).await;
+    }
+    assert_eq!(unreachable(admin, &down).await, 2.0);
+}
+
+/// A backend that accepts connections and never answers, counting the ones it has accepted
+/// and the ones still open (a peer that hangs up is read to its end).
+#[derive(Clone)]
+struct Holding {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
+    changed: Arc<Notify>,
+}
+
+impl Holding {
+    async fn spawn() -> Holding {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let h = Holding {
+            addr: l.local_addr().unwrap(),
+            accepted: Arc::default(),
+            open: Arc::default(),
+            changed: Arc::default(),
+        };
+        let h2 = h.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                h2.accepted.fetch_add(1, Ordering::SeqCst);
+                h2.open.fetch_add(1, Ordering::SeqCst);
+                h2.changed.notify_waiters();
+                let h3 = h2.clone();
+                tokio::spawn(async move {
+                    let mut sink = [0u8; 1024];
+                    while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+                    h3.open.fetch_sub(1, Ordering::SeqCst);
+                    h3.changed.notify_waiters();
+                });
+            }
+        });
+        h
+    }
+
+    /// Waits until `pred(accepted, open)` holds, within [`STEP`].
+    async fn wait(&self, what: &str, pred: impl Fn(usize, usize) -> bool) {
+        tokio::time::timeout(STEP, async {
+            loop {
+                let notified = self.changed.notified();
+                if pred(
+                    self.accepted.load(Ordering::SeqCst),
+                    self.open.load(Ordering::SeqCst),
+                ) {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{what}: accepted {}, open {}",
+                self.accepted.load(Ordering::SeqCst),
+                self.open.load(Ordering::SeqCst)
+            )
+        });
+    }
+}
+
+#[tokio::test]
+async fn a_reload_does_not_double_the_checkers_and_a_shutdown_stops_them() {
+    let held = Holding::spawn().await;
+    // Checks that never end within the test: a checker holds one connection at a time, so
+    // the open connections count the checkers.
+    let toml = |n: usize| {
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}[route.health]\ncheck = \"http\"\n\
+             interval = \"50ms\"\ntimeout = \"60s\"\n\
+             [[route]]\nname = \"other{n}\"\npath = \"/other\"\nbackends = [\"ws://127.0.0.1:1\"]\n",
+            route("r", "/", &[format!("ws://{}", held.addr)])
+        )
+    };
+    let mut gw = Gateway::spawn(&toml(0)).await;
+    held.wait("the first check", |accepted, open| {
+        accepted == 1 && open == 1
+    })
+    .await;
+    for n in 1..=3 {
+        gw.handle()
+            .reload(wsgate::config::from_toml_str(&toml(n)).unwrap())
+            .expect("reload");
+        // The new generation's checker connects; the old one's hangs up.
+        held.wait("the reload's checker", |accepted, open| {
+            accepted == n + 1 && open == 1
+        })
+        .await;
+    }
+    // And they end with the gateway.
+    gw.shutdown().await;
+    held.wait("the checks' end", |_, open| open == 0).await;
+}
