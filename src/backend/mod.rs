@@ -256,50 +256,13 @@ pub fn build_request(
     }
     // Forwarding headers: a trusted proxy's incoming values are extended, anyone else's
     // were dropped above (see `policy::forwarding`).
-    let fwd = b.forwarding;
-    let incoming = |name: &str| {
-        fwd.peer_trusted
-            .then(|| b.client.headers.get(name).and_then(|v| v.to_str().ok()))
-            .flatten()
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-    };
-    set(
+    forwarding::set_headers(
         &mut headers,
-        HeaderName::from_static("x-forwarded-for"),
-        &fwd.chain_header(),
+        &b.client.headers,
+        b.forwarding,
+        (b.scheme, &b.handshake.host),
+        b.handshake.transport.via(),
     );
-    set(
-        &mut headers,
-        HeaderName::from_static("x-real-ip"),
-        &fwd.ip.to_string(),
-    );
-    let proto = fwd.proto.as_deref().unwrap_or(b.scheme);
-    set(
-        &mut headers,
-        HeaderName::from_static("x-forwarded-proto"),
-        proto,
-    );
-    let fhost = fwd.host.as_deref().unwrap_or(&b.handshake.host);
-    set(
-        &mut headers,
-        HeaderName::from_static("x-forwarded-host"),
-        fhost,
-    );
-    let element =
-        forwarding::forwarded_element(fwd.peer(), b.scheme, Some(b.handshake.host.as_str()));
-    let forwarded = match incoming("forwarded") {
-        Some(prev) => format!("{prev}, {element}"),
-        None => element,
-    };
-    set(&mut headers, header::FORWARDED, &forwarded);
-    // RFC 9110 §7.6.3: each proxy appends the protocol it received and its name.
-    let via = format!("{} wsgate", b.handshake.transport.via());
-    let via = match handshake::list_values(&b.client.headers, &header::VIA).join(", ") {
-        prev if prev.is_empty() => via,
-        prev => format!("{prev}, {via}"),
-    };
-    set(&mut headers, header::VIA, &via);
     for (name, value) in b.correlation.backend_headers() {
         headers.append(name, value);
     }

@@ -240,9 +240,9 @@ impl BackendPool {
         usable
     }
 
-    /// A failed handshake: counts toward the backend's ejection, within the route's
-    /// `max_ejected_percent`.
-    fn failed(&self, backend: &Backend, now: Instant) {
+    /// A failed handshake (or plain request that could not reach it): counts toward the
+    /// backend's ejection, within the route's `max_ejected_percent`.
+    pub(crate) fn failed(&self, backend: &Backend, now: Instant) {
         // Counted before the backend's own state is locked.
         let ejected = self
             .backends

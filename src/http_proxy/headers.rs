@@ -160,57 +160,21 @@ pub fn request_headers(client: &HeaderMap, f: &Forwarding<'_>) -> HeaderMap {
     headers
 }
 
-/// `X-Forwarded-*`, `X-Real-IP`, `Forwarded`, `Via` and the correlation ids, as the
-/// WebSocket path sets them: a trusted proxy's incoming values extended, anyone else's
-/// replaced (see [`crate::policy::forwarding`]).
+/// `X-Forwarded-*`, `X-Real-IP`, `Forwarded`, `Via` (as the WebSocket path sets them, see
+/// [`forwarding::set_headers`]) and the correlation ids.
 fn set_forwarding(headers: &mut HeaderMap, client: &HeaderMap, f: &Forwarding<'_>) {
-    let set = |headers: &mut HeaderMap, name: &'static str, value: &str| {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(HeaderName::from_static(name), v);
-        }
-    };
-    let fwd = f.client;
-    set(headers, "x-forwarded-for", &fwd.chain_header());
-    set(headers, "x-real-ip", &fwd.ip.to_string());
-    set(
+    forwarding::set_headers(
         headers,
-        "x-forwarded-proto",
-        fwd.proto.as_deref().unwrap_or(f.scheme),
+        client,
+        f.client,
+        (f.scheme, f.host),
+        via_version(f.version),
     );
-    set(
-        headers,
-        "x-forwarded-host",
-        fwd.host.as_deref().unwrap_or(f.host),
-    );
-    let element = forwarding::forwarded_element(fwd.peer(), f.scheme, Some(f.host));
-    let previous = fwd
-        .peer_trusted
-        .then(|| list_values(client, &header::FORWARDED).join(", "))
-        .filter(|p| !p.is_empty());
-    let forwarded = match previous {
-        Some(prev) => format!("{prev}, {element}"),
-        None => element,
-    };
-    set(headers, "forwarded", &forwarded);
-    if let Some(via) = via(client, f.version) {
-        headers.insert(header::VIA, via);
-    }
     for (name, value) in f.correlation.backend_headers() {
         headers.insert(name, value);
     }
 }
 
-/// `Via` as received plus this hop (`1.1 wsgate`, `2 wsgate`).
-fn via(received: &HeaderMap, version: Version) -> Option<HeaderValue> {
-    let hop = format!("{} wsgate", via_version(version));
-    let via = match list_values(received, &header::VIA).join(", ") {
-        prev if prev.is_empty() => hop,
-        prev => format!("{prev}, {hop}"),
-    };
-    HeaderValue::from_str(&via).ok()
-}
-
-/// The protocol as `Via` names it.
 fn via_version(v: Version) -> &'static str {
     match v {
         Version::HTTP_09 => "0.9",
@@ -233,7 +197,7 @@ pub fn response_headers(headers: &mut HeaderMap, backend_version: Version, ids: 
             headers.remove(name);
         }
     }
-    if let Some(via) = via(headers, backend_version) {
+    if let Some(via) = forwarding::via(headers, via_version(backend_version)) {
         headers.insert(header::VIA, via);
     }
     headers.insert(X_REQUEST_ID, ids.request_id_header());

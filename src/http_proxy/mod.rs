@@ -338,6 +338,11 @@ async fn forward(mut ex: Exchange) -> Result<Forwarded, BoxError> {
         let in_flight = target.claim();
         match target.client.request(req).await {
             Ok(response) => {
+                if targets.mirrors_backends
+                    && let Some(b) = route.pool.backends().get(i)
+                {
+                    b.health.passive_success();
+                }
                 if !failures.is_empty() {
                     tracing::warn!(route = %route.name, backend = &*target.name, failed = %failures.join("; "), "failed over to the next backend");
                 }
@@ -360,6 +365,8 @@ async fn forward(mut ex: Exchange) -> Result<Forwarded, BoxError> {
                     && let Some(b) = route.pool.backends().get(i)
                 {
                     b.stats.failures.add(outcome);
+                    // Counts toward its ejection, as a failed handshake does.
+                    route.pool.failed(b, std::time::Instant::now());
                 }
                 let detail = crate::http_client::error_chain(&e);
                 tracing::warn!(route = %route.name, backend = &*target.name, error = %detail, "backend connect failed");

@@ -158,6 +158,74 @@ pub fn client_addr(trusted: &[Cidr], peer: IpAddr, headers: &http::HeaderMap) ->
     }
 }
 
+/// Sets the forwarding headers a backend gets, for the WebSocket and the plain-HTTP paths
+/// alike: `X-Forwarded-For` (the chain), `X-Real-IP`, `X-Forwarded-Proto`,
+/// `X-Forwarded-Host`, `Forwarded` (RFC 7239) and `Via` with this hop (`via_hop`: the
+/// protocol version the client spoke, RFC 9110 §7.6.3). A trusted proxy's incoming
+/// `Forwarded` and `Via` are extended; the caller has removed anyone else's, and the other
+/// values come from `client`, which only takes a trusted proxy's word.
+pub fn set_headers(
+    headers: &mut http::HeaderMap,
+    received: &http::HeaderMap,
+    client: &ClientAddr,
+    (scheme, host): (&str, &str),
+    via_hop: &str,
+) {
+    use http::header::{self, HeaderName, HeaderValue};
+    let set = |headers: &mut http::HeaderMap, name: HeaderName, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    };
+    set(
+        headers,
+        HeaderName::from_static("x-forwarded-for"),
+        &client.chain_header(),
+    );
+    set(
+        headers,
+        HeaderName::from_static("x-real-ip"),
+        &client.ip.to_string(),
+    );
+    set(
+        headers,
+        HeaderName::from_static("x-forwarded-proto"),
+        client.proto.as_deref().unwrap_or(scheme),
+    );
+    set(
+        headers,
+        HeaderName::from_static("x-forwarded-host"),
+        client.host.as_deref().unwrap_or(host),
+    );
+    let element = forwarded_element(client.peer(), scheme, Some(host));
+    let previous = client
+        .peer_trusted
+        .then(|| crate::handshake::list_values(received, &header::FORWARDED).join(", "))
+        .filter(|p| !p.is_empty());
+    set(
+        headers,
+        header::FORWARDED,
+        &match previous {
+            Some(prev) => format!("{prev}, {element}"),
+            None => element,
+        },
+    );
+    if let Some(via) = via(received, via_hop) {
+        headers.insert(header::VIA, via);
+    }
+}
+
+/// `Via` as `received` has it, plus this hop (`1.1 wsgate`, `2 wsgate`): on requests to a
+/// backend and on the responses it sends back.
+pub fn via(received: &http::HeaderMap, via_hop: &str) -> Option<http::HeaderValue> {
+    let hop = format!("{via_hop} wsgate");
+    let via = match crate::handshake::list_values(received, &http::header::VIA).join(", ") {
+        prev if prev.is_empty() => hop,
+        prev => format!("{prev}, {hop}"),
+    };
+    http::HeaderValue::from_str(&via).ok()
+}
+
 /// One `Forwarded` element (RFC 7239 §4) for this hop: `for` the peer, `proto`, `host`.
 pub fn forwarded_element(peer: IpAddr, proto: &str, host: Option<&str>) -> String {
     let peer = peer.to_canonical();

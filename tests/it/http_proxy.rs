@@ -747,6 +747,34 @@ async fn idempotent_requests_fail_over_and_a_request_with_a_body_is_not_retried(
     assert_eq!(uris, ["/one", "/two"]);
 }
 
+/// A backend plain requests cannot reach is ejected as one handshakes cannot reach is: after
+/// `max_failures` (1 here), even a request that may not fail over (it has a body) is sent to
+/// the live backend instead.
+#[tokio::test]
+async fn connect_failures_of_plain_requests_eject_the_backend() {
+    let dead = closed_port().await;
+    let (b, seen) = echo_backend().await;
+    let gw = Gateway::spawn(&http_route(
+        &[dead, b],
+        "[route.health]\nmax_failures = 1\n",
+    ))
+    .await;
+    // The dead backend's turn: it fails (and is ejected), the GET fails over.
+    assert_eq!(send(gw.addr, get("/one")).await.status(), 200);
+    for n in 0..4 {
+        let resp = send(
+            gw.addr,
+            Request::post(format!("/post/{n}"))
+                .header("host", "app.test")
+                .body(Full::new(Bytes::from_static(b"data")))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(resp.status(), 200, "POST {n} went to the ejected backend");
+    }
+    assert_eq!(seen.lock().unwrap().len(), 5);
+}
+
 #[tokio::test]
 async fn completed_requests_are_counted_by_route_and_status_class() {
     let (b, _seen) = echo_backend().await;
