@@ -109,6 +109,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// `90s`, `30m`, `1h`: as the options are written.
+fn human(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    match s as u64 {
+        n if s.fract() != 0.0 || n < 60 || n % 60 != 0 => format!("{s}s"),
+        n if n % 3600 == 0 => format!("{}h", n / 3600),
+        n => format!("{}m", n / 60),
+    }
+}
+
 pub async fn run(a: Args) -> i32 {
     match soak(a).await {
         Ok(passed) => i32::from(!passed),
@@ -293,9 +303,9 @@ async fn soak(a: Args) -> Result<bool, String> {
         problems.insert(0, format!("{} session(s) failed", c.errors()));
     }
     let title = format!(
-        "wsgate soak: {} sessions at once for {:?}, {} sessions, {} messages, {} errors",
+        "wsgate soak: {} sessions at once for {}, {} sessions, {} messages, {} errors",
         a.sessions,
-        a.duration,
+        human(a.duration),
         c.opened.load(Relaxed),
         c.messages_echoed.load(Relaxed),
         c.errors()
@@ -411,8 +421,10 @@ fn report(
         None => "not sampled".into(),
     };
     println!(
-        "soak: {} with {} sessions at once for {:?} (seed {seed})",
-        a.url, a.sessions, a.duration
+        "soak: {} with {} sessions at once for {} (seed {seed})",
+        a.url,
+        a.sessions,
+        human(a.duration)
     );
     println!(
         "  sessions: {} opened: {} closed cleanly, {} reset, {} slow readers; {} failed, {} could not connect",
@@ -462,5 +474,8 @@ mod tests {
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
         assert!(parse_duration("5d").is_err());
         assert!(parse_duration("m").is_err());
+        for s in ["90s", "30m", "1h", "1.5s", "150s"] {
+            assert_eq!(human(parse_duration(s).unwrap()), s);
+        }
     }
 }

@@ -196,21 +196,21 @@ async fn run(ctx: &Ctx, id: u64) -> bool {
     };
     let r = s.drive(ws, &plan, &mut rng).await;
     c.active.fetch_sub(1, Relaxed);
-    match r {
-        Ok(Ended::Closed) if matches!(plan.kind, Kind::Slow { .. }) => c.slow.fetch_add(1, Relaxed),
-        Ok(Ended::Closed) => c.clean.fetch_add(1, Relaxed),
-        Ok(Ended::Reset) => c.reset.fetch_add(1, Relaxed),
+    let ended = match r {
+        Ok(Ended::Closed) if matches!(plan.kind, Kind::Slow { .. }) => &c.slow,
+        Ok(Ended::Closed) => &c.clean,
+        Ok(Ended::Reset) => &c.reset,
         Err(e) => {
             let lost = s.sent - s.echoed;
-            c.failed.fetch_add(1, Relaxed);
             c.lost.fetch_add(lost, Relaxed);
             ctx.errors.note(format!(
                 "session {id} ({:?}): {e}; {lost} message(s) not echoed",
                 plan.kind
             ));
-            0
+            &c.failed
         }
     };
+    ended.fetch_add(1, Relaxed);
     true
 }
 
@@ -407,11 +407,12 @@ impl Session<'_> {
     ) {
         if in_flight {
             let k = rng.range(1, 8);
-            let first = self.sent;
-            let _ = timeout(RESET_WRITE, self.write_messages(&mut sink, first, k, None)).await;
-            // Abandoned on purpose: neither echoed nor lost.
-            self.sent += k;
-            self.echoed += k;
+            // Abandoned on purpose: their echoes are neither awaited nor counted as lost.
+            let _ = timeout(
+                RESET_WRITE,
+                self.write_messages(&mut sink, self.sent, k, None),
+            )
+            .await;
         }
         let Ok(ws) = sink.reunite(stream) else { return };
         if rst {
