@@ -120,9 +120,13 @@ fn panel(out: &mut String, p: &Panel, y0: f64, t_max: f64, load_end_s: f64) {
         );
         v += step;
     }
-    // Time ticks.
-    let (t_step, _) = nice_axis(t_max);
+    // Time ticks, in round seconds or, past five minutes, round minutes.
     let in_minutes = t_max > 300.0;
+    let t_step = if in_minutes {
+        nice_axis(t_max / 60.0).0 * 60.0
+    } else {
+        nice_axis(t_max).0
+    };
     let mut t = 0.0;
     while t <= t_max + 1e-9 {
         let xx = x(t);
@@ -237,5 +241,19 @@ mod tests {
         assert_eq!(svg.matches("<polyline").count(), 4);
         // RSS from 10 to 13 MiB: the last point is at the right edge.
         assert!(svg.contains(&format!("{:.1},", LEFT + WIDTH - LEFT - RIGHT)));
+        assert!(svg.contains(">20s</text>"));
+        // Half an hour: ticks on round minutes.
+        let long = [
+            Sample::default(),
+            Sample {
+                elapsed_s: 1810.0,
+                ..Sample::default()
+            },
+        ];
+        let svg = super::svg("long", &long, 1800.0);
+        for tick in [">10m<", ">20m<", ">30m<"] {
+            assert!(svg.contains(tick), "{tick}");
+        }
+        assert!(!svg.contains(".3m<"));
     }
 }
