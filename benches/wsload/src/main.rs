@@ -5,6 +5,7 @@ mod common;
 mod echo;
 mod handshakes;
 mod idle;
+mod soak;
 mod throughput;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +37,9 @@ enum Cmd {
     Idle(idle::Args),
     /// Open and cleanly close connections in a loop; measures handshake rate and latency.
     Handshakes(handshakes::Args),
+    /// Thousands of sessions for a long time with churn (clean closes, resets, slow
+    /// readers), every echo verified; samples the proxy's memory, descriptors and metrics.
+    Soak(soak::Args),
 }
 
 fn main() {
@@ -58,6 +62,7 @@ fn main() {
             Cmd::Throughput(a) => throughput::run(a).await,
             Cmd::Idle(a) => idle::run(a).await,
             Cmd::Handshakes(a) => handshakes::run(a).await,
+            Cmd::Soak(a) => soak::run(a).await,
         }
     });
     // Do not wait for lingering tasks (e.g. connections that never closed).
