@@ -3,12 +3,12 @@
 //! route's backends instead of being answered 426.
 //!
 //! It passes the same edge as a handshake, in the same order: the request target phase and
-//! the route lookup (`proxy.rs`), then here: body framing ([`headers::check_framing`]), the
+//! the route lookup (`proxy.rs`), then here: body framing (`headers::check_framing`), the
 //! declared body size, the route's policy in its plain-request form
 //! ([`crate::policy::RoutePolicy::admit_request`]), then the backend through a `tower` stack
 //! (load shedding, a cap on requests waiting for their backends, the response-head timeout)
-//! around [`forward`], which tries the backends in balancing order on a pooled client per
-//! backend ([`pick`]). Bodies stream both ways ([`body`], [`record`]); a refusal before the
+//! around `forward`, which tries the backends in balancing order on a pooled client per
+//! backend (`pick.rs`). Bodies stream both ways (`body.rs`, `record.rs`); a refusal before the
 //! response head goes back to `proxy::refuse` as a [`ProxyError`], like a handshake's.
 
 mod body;

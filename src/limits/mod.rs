@@ -4,7 +4,7 @@
 //! Two scopes hold the same limits ([`AdmissionLimits`]): the whole process (`[limits]`, a
 //! [`Gate`] on each config generation) and each route (a [`Gate`] on the route). A gate
 //! counts the sessions it has admitted (in all, and per client address) and, where a rate
-//! is set, each client address's handshakes in a GCRA bucket ([`rate`]). The process also
+//! is set, each client address's handshakes in a GCRA bucket (`rate.rs`). The process also
 //! keeps a reserve of file descriptors ([`fd`]).
 //!
 //! A handshake that passes takes a [`Permit`]: one seat in each scope, taken before the
