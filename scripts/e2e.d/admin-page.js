@@ -185,7 +185,7 @@ async function drainAndUndrain(page, token) {
   asked = (await writeFromPage(page, token, `undraining ${backend}`, async () => {
     await page.click(`#backends tr[data-backend] ${byTestId("drain")}`);
     await dialogSubmit(page, "backend-dialog", {}, "backend-confirm");
-  }, stateIs("active"))) || asked;
+  }, stateIs("healthy"))) || asked;
   log(`  backend ${backend}: undrained from the page, shown as ${await state()}`);
   return asked;
 }
