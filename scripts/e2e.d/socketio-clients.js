@@ -18,9 +18,9 @@
 //    Every answer must come from one backend per client (polls and the upgrade were all
 //    routed to the backend that holds the session), none lost, duplicated or out of order
 //    (the backend's own count in each answer, and its `echoed` events in order), and no
-//    client may disconnect. The default-transport clients must have started on polling and
-//    be on a WebSocket at the end, the others on polling throughout. Both backends must
-//    have clients of both kinds. Then it prints
+//    client may disconnect or fail to connect. The default-transport clients must have
+//    started on polling and be on a WebSocket at the end, the others on polling throughout.
+//    Then it prints
 //      socketio-clients phase1 {"backends":{"a":{"upgrade":..,"polling":..},..},...}
 // 2. The caller then kills backend NAME. Its clients must disconnect and reconnect (Socket.IO's
 //    own reconnection) to the other backend (upgrading again if they may); the other
@@ -78,8 +78,7 @@ function parseArgs(argv) {
   };
 }
 
-// until(cond, ms, what): resolves once cond() holds, checked on every event loop turn that
-// follows a socket event (and at least every 10 ms); rejects after ms.
+// until(cond, ms, what): resolves once cond() holds (checked every 10 ms); rejects after ms.
 function until(cond, ms, what) {
   return new Promise((resolve, reject) => {
     const deadline = Date.now() + ms;
@@ -129,6 +128,7 @@ class Client {
     this.errors = [];
     this.connects = 0;
     this.disconnects = [];
+    this.connectErrors = []; // failed (re)connection attempts: a refused handshake or poll
     this.backend = null; // the backend of the current connection, from its first answer
     this.backends = []; // every backend this client has been answered by, in order
     this.startedOn = []; // the transport each Engine.IO connection opened on
@@ -150,6 +150,7 @@ class Client {
       this.resetConnection();
     });
     this.socket.on("disconnect", (reason) => this.disconnects.push(reason));
+    this.socket.on("connect_error", (e) => this.connectErrors.push(e.message));
     this.socket.on("echoed", (e) => {
       this.pushes += 1;
       this.expect(e.n === this.pushes, `echoed event n=${e.n}, expected ${this.pushes}`);
@@ -228,7 +229,8 @@ class Client {
   }
 
   summary() {
-    return { id: this.id, kind: this.kind, backends: this.backends, connects: this.connects, disconnects: this.disconnects, sent: this.sent };
+    const { id, kind, backends, connects, disconnects, connectErrors, sent } = this;
+    return { id, kind, backends, connects, disconnects, connect_errors: connectErrors, sent };
   }
 }
 
@@ -263,8 +265,8 @@ async function main() {
   await Promise.all(clients.map((c) => c.exchange(opts.messages).then(() => c.upgraded())));
   for (const c of clients) {
     c.check("phase 1");
-    if (c.connects !== 1 || c.disconnects.length) {
-      throw new Failure(`client ${c.id} (${c.kind}): ${c.connects} connects, disconnects ${JSON.stringify(c.disconnects)} before any backend was killed`);
+    if (c.connects !== 1 || c.disconnects.length || c.connectErrors.length) {
+      throw new Failure(`client ${c.id} (${c.kind}) before any backend was killed: ${JSON.stringify(c.summary())}`);
     }
   }
   const phase1 = byBackend(clients);
@@ -291,7 +293,9 @@ async function main() {
     if (c.backend !== survivor) throw new Failure(`client ${c.id} (${c.kind}) is answered by ${c.backend} after ${opts.kill} was killed`);
   }
   for (const c of stayed) {
-    if (c.disconnects.length) throw new Failure(`client ${c.id} (${c.kind}) of ${survivor} disconnected (${c.disconnects.join(", ")}) when ${opts.kill} was killed`);
+    if (c.disconnects.length || c.connectErrors.length) {
+      throw new Failure(`client ${c.id} (${c.kind}) of ${survivor} was disturbed when ${opts.kill} was killed: ${JSON.stringify(c.summary())}`);
+    }
   }
   const total = clients.reduce((s, c) => s + c.sent, 0);
   console.log(
@@ -301,6 +305,7 @@ async function main() {
       moved: moved.length,
       reconnect_ms: reconnectMs,
       disconnect_reasons: [...new Set(moved.flatMap((c) => c.disconnects))],
+      connect_errors: moved.reduce((s, c) => s + c.connectErrors.length, 0),
       ms: Date.now() - t0,
     })}`,
   );
