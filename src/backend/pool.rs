@@ -213,13 +213,24 @@ impl BackendPool {
         if cands.is_empty() {
             cands = live().map(candidate).collect();
         }
+        // A client its sticky cookie brings back to a usable backend takes no turn of the
+        // rotation: the turns are for the clients the balancer places, which stay spread
+        // evenly however often the sticky ones come back (a Socket.IO client polls often).
+        let sticky = affinity
+            .sticky
+            .and_then(|i| cands.iter().position(|c| c.index == i));
+        let rotate = |cands: &mut Vec<Candidate>| {
+            if sticky.is_none() {
+                self.rr.order(self.backends.len(), cands);
+            }
+        };
         match (&self.config.balance, affinity.key) {
             (Balance::Hash(_), Some(key)) => balance::hash_order(key, &mut cands),
             (Balance::LeastConn, _) => {
-                self.rr.order(self.backends.len(), &mut cands);
+                rotate(&mut cands);
                 balance::least_conn_order(&mut cands);
             }
-            _ => self.rr.order(self.backends.len(), &mut cands),
+            _ => rotate(&mut cands),
         }
         if let Some(i) = affinity.sticky
             && let Some(at) = cands.iter().position(|c| c.index == i)

@@ -359,6 +359,42 @@ async fn the_same_key_reaches_the_same_backend_across_a_restart() {
 }
 
 #[tokio::test]
+async fn clients_that_come_back_by_cookie_take_no_turn_from_new_clients() {
+    let backends = [EchoBackend::spawn().await, EchoBackend::spawn().await];
+    let urls: Vec<String> = backends.iter().map(EchoBackend::url).collect();
+    let gw = Gateway::spawn(&format!(
+        "{}sticky = {{ cookie = \"srv\", ttl = \"1h\" }}\n",
+        route("r", "/", &urls)
+    ))
+    .await;
+    let (_first, cookie) = session(&gw.url("/"), |_| {}).await;
+    let pair = cookie
+        .expect("a sticky cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    // New clients alternate, however many returning clients come in between.
+    let mut placed = Vec::new();
+    for _ in 0..6 {
+        for _ in 0..3 {
+            let pair = pair.clone();
+            session(&gw.url("/"), move |r| {
+                r.headers_mut().insert("cookie", pair.parse().unwrap());
+            })
+            .await;
+        }
+        let before = counts(&backends);
+        session(&gw.url("/"), |_| {}).await;
+        placed.push(which(&backends, &before));
+    }
+    assert!(
+        placed.windows(2).all(|w| w[0] != w[1]),
+        "new clients were not placed in turn: {placed:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_sticky_cookie_brings_the_client_back_and_a_forged_one_is_ignored() {
     let backends = [
         EchoBackend::spawn().await,
