@@ -142,25 +142,11 @@ const NOT_FORWARDED: &[HeaderName] = &[
     header::SEC_WEBSOCKET_PROTOCOL,
     // Rebuilt from the handshake's offers, which the route may have rewritten (`deflate`).
     header::SEC_WEBSOCKET_EXTENSIONS,
-    header::FORWARDED,
 ];
 
-/// Non-standard hop-by-hop, forwarding and correlation headers, by lower-case name.
-/// Forwarding headers are set below (a trusted proxy's extended, anyone else's replaced):
-/// otherwise any client could claim any address. The correlation headers are the request's
-/// [`Correlation`]'s, which kept a trusted proxy's id and a valid trace context.
-const NOT_FORWARDED_NAMES: &[&str] = &[
-    "keep-alive",
-    "proxy-connection",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-real-ip",
-    "x-request-id",
-    "traceparent",
-    "tracestate",
-];
+/// Non-standard hop-by-hop headers, by lower-case name (besides those of
+/// [`forwarding::SET_BY_THE_PROXY`], set below).
+const NOT_FORWARDED_NAMES: &[&str] = &["keep-alive", "proxy-connection"];
 
 /// Everything the backend request is built from (besides the backend), and the bound on a
 /// refusal's body.
@@ -204,6 +190,7 @@ pub fn build_request(
     for (name, value) in &b.client.headers {
         let drop = NOT_FORWARDED.contains(name)
             || NOT_FORWARDED_NAMES.contains(&name.as_str())
+            || forwarding::SET_BY_THE_PROXY.contains(&name.as_str())
             || name.as_str().starts_with("proxy-")
             || named_in_connection
                 .iter()

@@ -22,27 +22,12 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// Request headers the proxy sets itself: the client's are never copied. A forwarding
-/// header from an untrusted peer would let any client claim any address; `Content-Length`
-/// is written once from the checked value (hyper's front end holds the body to it), so the
-/// backend frames exactly the bytes it gets; `Expect: 100-continue` was answered by the
-/// proxy's own server when it started reading the body.
-const REBUILT: &[&str] = &[
-    "host",
-    "content-length",
-    "expect",
-    "forwarded",
-    "via",
-    "cookie",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-real-ip",
-    "x-request-id",
-    "traceparent",
-    "tracestate",
-];
+/// Request headers the proxy sets itself besides [`forwarding::SET_BY_THE_PROXY`]: the
+/// client's are never copied. `Content-Length` is written once from the checked value
+/// (hyper's front end holds the body to it), so the backend frames exactly the bytes it gets;
+/// `Expect: 100-continue` was answered by the proxy's own server when it started reading the
+/// body.
+const REBUILT: &[&str] = &["host", "content-length", "expect", "cookie"];
 
 /// Refuses body framing two parsers could read differently (request smuggling, RFC 9112
 /// §6.1 and §6.3): `Content-Length` beside `Transfer-Encoding`, several `Content-Length`
@@ -119,6 +104,7 @@ pub fn request_headers(client: &HeaderMap, f: &Forwarding<'_>) -> HeaderMap {
     for (name, value) in client {
         let dropped = HOP_BY_HOP.contains(&name.as_str())
             || REBUILT.contains(&name.as_str())
+            || forwarding::SET_BY_THE_PROXY.contains(&name.as_str())
             || name.as_str().starts_with("proxy-")
             || named.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()));
         if !dropped {

@@ -158,6 +158,24 @@ pub fn client_addr(trusted: &[Cidr], peer: IpAddr, headers: &http::HeaderMap) ->
     }
 }
 
+/// The headers the proxy writes itself on a backend request, by lower-case name: a client's
+/// are never copied (a forwarding header from an untrusted peer would let any client claim
+/// any address; the correlation headers are the request's `Correlation`'s, which kept a
+/// trusted proxy's id and a valid trace context). `Forwarded` and `Via` are extended by
+/// [`set_headers`] from what was received.
+pub const SET_BY_THE_PROXY: &[&str] = &[
+    "forwarded",
+    "via",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+];
+
 /// Sets the forwarding headers a backend gets, for the WebSocket and the plain-HTTP paths
 /// alike: `X-Forwarded-For` (the chain), `X-Real-IP`, `X-Forwarded-Proto`,
 /// `X-Forwarded-Host`, `Forwarded` (RFC 7239) and `Via` with this hop (`via_hop`: the
