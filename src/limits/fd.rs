@@ -19,7 +19,7 @@
 
 use std::os::fd::AsRawFd;
 
-use crate::config::{DEFAULT_FD_RESERVE_MIN, DEFAULT_FD_RESERVE_PERCENT, FdReserve};
+use crate::config::{DEFAULT_FD_RESERVE_MIN, DEFAULT_FD_RESERVE_PER_MILLE, FdReserve};
 use crate::error::LimitError;
 
 /// The process's descriptor limit, and the probe that measures how close it is.
@@ -87,7 +87,9 @@ pub fn reserve_for(limit: u64, setting: FdReserve) -> u64 {
     match setting {
         FdReserve::Descriptors(n) => n,
         FdReserve::Default if limit == u64::MAX => 0,
-        FdReserve::Default => DEFAULT_FD_RESERVE_MIN.max(limit / 100 * DEFAULT_FD_RESERVE_PERCENT),
+        FdReserve::Default => {
+            DEFAULT_FD_RESERVE_MIN.max(limit / 1000 * DEFAULT_FD_RESERVE_PER_MILLE)
+        }
     }
 }
 
@@ -179,7 +181,8 @@ mod tests {
     fn the_default_reserve_is_64_or_5_percent() {
         assert_eq!(reserve_for(256, FdReserve::Default), 64);
         assert_eq!(reserve_for(1024, FdReserve::Default), 64);
-        assert_eq!(reserve_for(1_048_576, FdReserve::Default), 52_425);
+        assert_eq!(reserve_for(20_000, FdReserve::Default), 100);
+        assert_eq!(reserve_for(1_048_576, FdReserve::Default), 5_240);
         assert_eq!(reserve_for(u64::MAX, FdReserve::Default), 0);
         assert_eq!(reserve_for(256, FdReserve::Descriptors(10)), 10);
     }
