@@ -75,12 +75,6 @@ pub struct ListenerDiff {
     pub changed: Vec<String>,
 }
 
-impl ListenerDiff {
-    pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
-    }
-}
-
 /// The listeners a reload will start, bound before anything else changes: a port that cannot
 /// be bound fails the whole reload, and the running config stays.
 #[derive(Debug)]
@@ -245,8 +239,7 @@ impl Listeners {
     /// Registers the admin listener's socket and what stops its accept loop, so a hand-over
     /// passes it on too.
     pub fn set_admin(&self, socket: Arc<TcpListener>, accepting: CancellationToken) {
-        *self.admin.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(AdminSocket { socket, accepting });
+        *self.admin_slot() = Some(AdminSocket { socket, accepting });
     }
 
     /// The listening sockets by name (the configured address; the admin listener's is
@@ -258,7 +251,7 @@ impl Listeners {
             .iter()
             .map(|r| (r.config.addr.to_string(), r.socket.as_raw_fd()))
             .collect();
-        if let Some(a) = &*self.admin.lock().unwrap_or_else(|p| p.into_inner()) {
+        if let Some(a) = &*self.admin_slot() {
             out.push((crate::upgrade::ADMIN.to_string(), a.socket.as_raw_fd()));
         }
         out
@@ -271,7 +264,7 @@ impl Listeners {
         for r in self.lock().drain(..) {
             r.accepting.cancel();
         }
-        if let Some(a) = self.admin.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(a) = self.admin_slot().take() {
             a.accepting.cancel();
         }
     }
@@ -283,5 +276,9 @@ impl Listeners {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Running>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn admin_slot(&self) -> std::sync::MutexGuard<'_, Option<AdminSocket>> {
+        self.admin.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

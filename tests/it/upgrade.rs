@@ -97,15 +97,8 @@ async fn one_session(url: &str, n: usize) -> Result<(), String> {
 async fn a_new_process_takes_the_sockets_over_and_no_handshake_is_refused() {
     let tmp = TempDir::new("upgrade");
     let echo = EchoBackend::spawn().await;
-    let config = tmp.write(
-        "wsgate.toml",
-        format!(
-            "[upgrade]\nsocket = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
-             [[listener]]\nlisten = \"127.0.0.1:0\"\n\n{}",
-            tmp.join("upgrade.sock").display(),
-            route("r", "/", &[echo.url()])
-        ),
-    );
+    let admin_table = "[admin]\nlisten = \"127.0.0.1:0\"\n\n";
+    let config = upgrade_config(&tmp, "wsgate.toml", admin_table, &echo.url());
     let Running {
         child: mut old,
         log: mut old_log,
@@ -217,17 +210,13 @@ async fn wait_until(counter: &AtomicUsize, n: usize) -> usize {
     .unwrap_or_else(|_| panic!("fewer than {n} sessions in time"))
 }
 
-/// The config of [`a_failed_successor_leaves_the_running_process_serving`]'s processes.
-fn upgrade_config(
-    tmp: &TempDir,
-    name: &str,
-    extra_listener: &str,
-    backend: &str,
-) -> std::path::PathBuf {
+/// A config with `[upgrade] socket` in `tmp`, one listener, `extra` tables (another listener,
+/// `[admin]`) and one route to `backend`, written as `name`.
+fn upgrade_config(tmp: &TempDir, name: &str, extra: &str, backend: &str) -> std::path::PathBuf {
     tmp.write(
         name,
         format!(
-            "[upgrade]\nsocket = \"{}\"\n\n[[listener]]\nlisten = \"127.0.0.1:0\"\n\n{extra_listener}{}",
+            "[upgrade]\nsocket = \"{}\"\n\n[[listener]]\nlisten = \"127.0.0.1:0\"\n\n{extra}{}",
             tmp.join("upgrade.sock").display(),
             route("r", "/", &[backend.to_string()])
         ),
