@@ -27,9 +27,6 @@ use crate::telemetry::RefusalCounts;
 /// Pending connections the kernel may queue per listener: absorbs reconnect storms after a
 /// backend restart, when thousands of clients come back at once.
 const LISTEN_BACKLOG: u32 = 4096;
-/// TCP keepalive on client sockets: finds peers that vanished without a FIN (NAT timeouts,
-/// pulled cables) on sessions that are otherwise idle for hours.
-const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 /// After an accept error such as EMFILE, wait before retrying rather than spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -80,15 +77,17 @@ pub async fn accept_loop(
             p,
         ))
     };
-    let (plain, h1, h2) = if config.http2 {
-        (
-            make(Protocols::Sniff),
-            make(Protocols::Http1),
-            make(Protocols::Http2),
-        )
+    let (h1, h2) = if config.http2 {
+        (make(Protocols::Http1), make(Protocols::Http2))
     } else {
         let h1 = make(Protocols::Http1);
-        (h1.clone(), h1.clone(), h1)
+        (h1.clone(), h1)
+    };
+    // Plain TCP with HTTP/2 on: the first bytes tell (h2c prior knowledge, or HTTP/1.1).
+    let plain = if config.http2 {
+        Serve::Sniff(h1.clone(), h2.clone())
+    } else {
+        Serve::With(h1.clone())
     };
     let reasons = Arc::new(HeadReasons::new(
         &started.config.limits,
@@ -185,12 +184,12 @@ pub async fn accept_loop(
                         trusted_proxies,
                         live_streams: Default::default(),
                     };
-                    // ALPN decides the protocol (the auto builder would sniff the preface).
-                    let builder = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    // ALPN decides the protocol, not the first bytes.
+                    let builder = Serve::With(if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                         h2
                     } else {
                         h1
-                    };
+                    });
                     serve(
                         tls,
                         conn,
@@ -357,13 +356,14 @@ async fn answer_plain_http(mut stream: TcpStream, deadline: Instant) {
     let _ = tokio::time::timeout_at(deadline, run).await;
 }
 
+/// `TCP_NODELAY` only: a WebSocket message goes out when it is written. TCP keepalive is
+/// not set here: a session's own pings find a vanished peer sooner, and a connection that
+/// has not upgraded yet is bounded by the handshake and header timeouts. Sessions on a route
+/// with pings off get keepalive after the upgrade ([`crate::upgraded::UpgradedIo::keepalive`]),
+/// two `setsockopt` calls that every other session is spared.
 fn set_socket_options(stream: &TcpStream) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "TCP_NODELAY failed");
-    }
-    let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE_IDLE);
-    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
-        tracing::debug!(error = %e, "TCP keepalive failed");
     }
 }
 
@@ -379,10 +379,10 @@ fn set_socket_options(stream: &TcpStream) {
 /// is answered with wsgate's reason, and like a head that never completes, it is counted
 /// and logged (`head_guard.rs`).
 async fn serve<I>(
-    io: I,
+    mut io: I,
     conn: ConnInfo,
     state: Arc<ProxyState>,
-    builder: Arc<http::Builder>,
+    builder: Serve,
     (reasons, awaiting): (Arc<HeadReasons>, Arc<AwaitingAnswer>),
     first_request_timeout: Duration,
     stop: CancellationToken,
@@ -390,6 +390,33 @@ async fn serve<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let watch = Arc::new(HeadWatch::new(state.clone(), reasons, conn.client));
+    let deadline = Instant::now() + first_request_timeout;
+    let (builder, pre) = match builder {
+        Serve::With(b) => (b, bytes::Bytes::new()),
+        Serve::Sniff(h1, h2) => {
+            let first = tokio::select! {
+                biased;
+                _ = stop.cancelled() => {
+                    watch.closed_by_shutdown();
+                    return;
+                }
+                r = tokio::time::timeout_at(deadline, first_bytes(&mut io)) => r,
+            };
+            match first {
+                Ok(Ok(pre)) if pre.is_empty() => return,
+                Ok(Ok(pre)) if pre.starts_with(H2_PREFACE) => (h2, pre),
+                Ok(Ok(pre)) => (h1, pre),
+                Ok(Err(e)) => {
+                    tracing::debug!(client = %conn.client, error = %e, "read failed before a request");
+                    return;
+                }
+                Err(_) => {
+                    watch.refuse(HeadRefusal::Timeout, None);
+                    return;
+                }
+            }
+        }
+    };
     let client = conn.client;
     let live_streams = conn.live_streams.clone();
     let service = {
@@ -406,10 +433,10 @@ async fn serve<I>(
             }
         })
     };
-    let io: ClientIo<I> = TokioIo::new(HeadGuard::new(io, watch.clone()));
+    let io: ClientIo<I> = TokioIo::new(HeadGuard::new(io, watch.clone()).with_prefix(pre));
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
-    let deadline = tokio::time::sleep(first_request_timeout);
+    let deadline = tokio::time::sleep_until(deadline);
     tokio::pin!(deadline);
     let mut deadline_armed = true;
     let mut stopping = false;
@@ -455,6 +482,39 @@ async fn serve<I>(
                 waiting_for_streams = false;
                 connection.as_mut().graceful_shutdown();
             }
+        }
+    }
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4) a prior-knowledge h2c client opens with.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The bytes a sniffing connection reads before hyper takes over: as many as one read
+/// gives (a whole request head, usually), more only while they could still be the HTTP/2
+/// preface. hyper's own sniff reads exactly the preface's 24 bytes and then the rest of the
+/// head: a second `recv`, and its head buffer grown and copied once, on every connection.
+const FIRST_READ: usize = 4096;
+
+/// Which builder serves a connection.
+#[derive(Clone)]
+enum Serve {
+    /// Decided already: ALPN, or a listener without HTTP/2.
+    With(Arc<http::Builder>),
+    /// HTTP/1.1 or HTTP/2, as the first bytes say.
+    Sniff(Arc<http::Builder>, Arc<http::Builder>),
+}
+
+/// Reads the first bytes of a connection (see [`FIRST_READ`]); empty: it closed first.
+async fn first_bytes<I: tokio::io::AsyncRead + Unpin>(io: &mut I) -> std::io::Result<bytes::Bytes> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = bytes::BytesMut::with_capacity(FIRST_READ);
+    loop {
+        if io.read_buf(&mut buf).await? == 0 {
+            return Ok(buf.freeze());
+        }
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf.len() >= H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] {
+            return Ok(buf.freeze());
         }
     }
 }

@@ -224,6 +224,9 @@ pub struct HeadGuard<S> {
     io: S,
     watch: Arc<HeadWatch>,
     phase: Phase,
+    /// Bytes read before hyper took over (the protocol sniff, `accept.rs`): hyper's first
+    /// reads get them. Boxed: `None` on most connections, and hyper takes them at once.
+    pre: Option<Box<bytes::Bytes>>,
 }
 
 enum Phase {
@@ -253,12 +256,20 @@ impl<S> HeadGuard<S> {
             io,
             watch,
             phase: Phase::First,
+            pre: None,
         }
     }
 
-    /// The connection itself, for the relay after an upgrade.
-    pub fn into_inner(self) -> S {
-        self.io
+    /// Hands `pre` (bytes already read from `io`) to hyper before anything else is read.
+    pub fn with_prefix(mut self, pre: bytes::Bytes) -> HeadGuard<S> {
+        self.pre = (!pre.is_empty()).then(|| Box::new(pre));
+        self
+    }
+
+    /// The connection itself, for the relay after an upgrade, and whatever of the prefix
+    /// hyper has not read (nothing, in practice: its first read takes all of it).
+    pub fn into_inner(self) -> (S, bytes::Bytes) {
+        (self.io, self.pre.map(|b| *b).unwrap_or_default())
     }
 
     /// Looks at the first bytes hyper writes: its automatic answer is replaced (and the
@@ -384,7 +395,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeadGuard<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let this = self.get_mut();
+        if let Some(pre) = this.pre.as_mut() {
+            let n = pre.len().min(buf.remaining());
+            buf.put_slice(&pre.split_to(n));
+            if pre.is_empty() {
+                this.pre = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
     }
 }
 
@@ -548,7 +568,7 @@ mod tests {
         assert_eq!(got, format!("{page}{later}"));
         assert!(counted(&watch).is_empty());
         // The socket comes out as it went in.
-        let _: tokio::io::DuplexStream = guard.into_inner();
+        let _: (tokio::io::DuplexStream, _) = guard.into_inner();
     }
 
     #[test]

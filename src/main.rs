@@ -162,7 +162,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => match Config::load(&config) {
-            Ok(cfg) => exit(on_runtime(run(cfg))),
+            Ok(cfg) => exit(on_runtime_with(cfg.workers, run(cfg))),
             Err(errors) => {
                 eprint!("{errors}");
                 ExitCode::FAILURE
@@ -235,14 +235,36 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
 /// threads: a DNS lookup for a backend (`getaddrinfo` cannot be cancelled) must not hold the
 /// exit once the sessions are done.
 fn on_runtime(main: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
-    let rt = runtime()?;
+    on_runtime_with(None, main)
+}
+
+/// [`on_runtime`] with `[runtime] workers` threads (`None`: one per CPU).
+fn on_runtime_with(
+    workers: Option<usize>,
+    main: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let rt = runtime(workers)?;
     let result = rt.block_on(main);
     rt.shutdown_timeout(std::time::Duration::from_millis(500));
     result
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+/// One worker: tokio's single-threaded scheduler, which has nothing to steal from and no
+/// other thread to wake, so each wake-up and each task switch costs less than in the
+/// work-stealing scheduler with one thread (see docs/benchmarks.md, "One worker or
+/// several"). More: the work-stealing scheduler with that many threads. `None`: one per CPU
+/// (tokio's default, which `TOKIO_WORKER_THREADS` overrides).
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")

@@ -529,8 +529,10 @@ async fn run_session(start: Box<SessionStart>) {
     };
     // No reference into the record is held across an await: it would take room in the
     // task's state for the whole session.
+    let keepalive = session.info.route.config.session.ping_interval.is_none();
     let Some((client, backend)) =
-        crate::upgraded::upgraded_sockets(session.info.id, client_upgrade, backend_io).await
+        crate::upgraded::upgraded_sockets(session.info.id, client_upgrade, backend_io, keepalive)
+            .await
     else {
         return;
     };

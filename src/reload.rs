@@ -208,5 +208,8 @@ fn restart_needed(initial: &Config, config: &Config) -> Vec<String> {
     if initial.upgrade_socket != config.upgrade_socket {
         out.push("[upgrade] socket".into());
     }
+    if initial.workers != config.workers {
+        out.push("[runtime] workers".into());
+    }
     out
 }

@@ -27,10 +27,14 @@ const CLIENT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Both legs as the relay uses them: the raw sockets when hyper lets go of them, with the
 /// bytes hyper read past each handshake.
+///
+/// `keepalive`: turn TCP keepalive on for the client's socket (a route without pings, see
+/// [`UpgradedIo::keepalive`]).
 pub async fn upgraded_sockets(
     id: u64,
     client_upgrade: OnUpgrade,
     backend_io: hyper::upgrade::Upgraded,
+    keepalive: bool,
 ) -> Option<((UpgradedIo, Bytes), (UpgradedIo, Bytes))> {
     let client_up = match tokio::time::timeout(CLIENT_UPGRADE_TIMEOUT, client_upgrade).await {
         Ok(Ok(up)) => up,
@@ -46,15 +50,18 @@ pub async fn upgraded_sockets(
     // The listener gave hyper each connection in a `HeadGuard` (`head_guard.rs`), which
     // holds no bytes of its own: taking the socket out of it loses nothing.
     let client = match auto_upgrade::downcast::<ClientIo<TcpStream>>(client_up) {
-        Ok(parts) => (
-            UpgradedIo::Tcp(parts.io.into_inner().into_inner()),
-            parts.read_buf,
-        ),
+        Ok(parts) => {
+            let (io, unread) = parts.io.into_inner().into_inner();
+            (UpgradedIo::Tcp(io), joined(parts.read_buf, unread))
+        }
         Err(up) => match auto_upgrade::downcast::<ClientIo<TlsStream<TcpStream>>>(up) {
-            Ok(parts) => (
-                UpgradedIo::Tls(Box::new(parts.io.into_inner().into_inner())),
-                parts.read_buf,
-            ),
+            Ok(parts) => {
+                let (io, unread) = parts.io.into_inner().into_inner();
+                (
+                    UpgradedIo::Tls(Box::new(io)),
+                    joined(parts.read_buf, unread),
+                )
+            }
             Err(up) => (UpgradedIo::Hyper(Box::new(TokioIo::new(up))), Bytes::new()),
         },
     };
@@ -68,7 +75,21 @@ pub async fn upgraded_sockets(
             Err(up) => (UpgradedIo::Hyper(Box::new(TokioIo::new(up))), Bytes::new()),
         },
     };
+    if keepalive {
+        client.0.keepalive();
+    }
     Some((client, backend))
+}
+
+/// What hyper read past the handshake, then what it had not yet read of the sniffed prefix.
+fn joined(read: Bytes, unread: Bytes) -> Bytes {
+    if unread.is_empty() {
+        read
+    } else if read.is_empty() {
+        unread
+    } else {
+        [read, unread].concat().into()
+    }
 }
 
 /// An upgraded connection as the relay uses it: the socket itself when hyper lets go of it
@@ -83,6 +104,39 @@ pub enum UpgradedIo {
     TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// Whatever else hyper gave (boxed: rare, and larger than a socket).
     Hyper(Box<TokioIo<hyper::upgrade::Upgraded>>),
+}
+
+/// TCP keepalive's idle time, on sessions without pings: finds peers that vanished without a
+/// FIN (NAT timeouts, pulled cables) on sessions that are otherwise idle for hours.
+pub const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+
+impl UpgradedIo {
+    /// The TCP socket under this leg, where there is one to reach.
+    fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            UpgradedIo::Tcp(s) => Some(s),
+            UpgradedIo::Tls(s) => Some(s.get_ref().0),
+            UpgradedIo::TlsClient(s) => Some(s.get_ref().0),
+            UpgradedIo::Hyper(_) => None,
+        }
+    }
+
+    /// Turns TCP keepalive on ([`TCP_KEEPALIVE_IDLE`]), for a session whose route sends no
+    /// pings: nothing else would notice a peer that vanished without a FIN. (An HTTP/2
+    /// stream's connection has HTTP/2 pings of its own.)
+    pub fn keepalive(&self) {
+        let Some(tcp) = self.tcp() else { return };
+        let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE_IDLE);
+        if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive) {
+            tracing::debug!(error = %e, "TCP keepalive failed");
+        }
+    }
+}
+
+impl crate::relay::Leg for UpgradedIo {
+    fn close_is_enough(&self) -> bool {
+        matches!(self, UpgradedIo::Tcp(_))
+    }
 }
 
 impl tokio::io::AsyncRead for UpgradedIo {

@@ -25,6 +25,15 @@ pub struct FileConfig {
     pub reload: Option<FileReload>,
     pub config: Option<FileConfigWatch>,
     pub upgrade: Option<FileUpgrade>,
+    pub runtime: Option<FileRuntime>,
+}
+
+/// `[runtime]`: the threads that run the proxy.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRuntime {
+    /// Worker threads; absent: one per CPU.
+    pub workers: Option<Spanned<i64>>,
 }
 
 /// `[upgrade]`: binary upgrades by socket hand-over.

@@ -82,6 +82,9 @@ pub struct Config {
     pub upgrade_socket: Option<std::path::PathBuf>,
     /// The window a reload's 1012s are spread over (`[reload] close_spread`).
     pub reload_close_spread: Duration,
+    /// `[runtime] workers`: the threads that run sessions, handshakes and everything else;
+    /// `None`: one per CPU. One worker runs tokio's single-threaded scheduler (`main.rs`).
+    pub workers: Option<usize>,
     /// The file this config was read from (`Config::load`), which a reload reads again.
     pub source: Option<std::path::PathBuf>,
     /// Check the file this often and reload it when it changes (`[config] watch`); `None`:

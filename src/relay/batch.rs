@@ -3,9 +3,7 @@
 use std::io;
 use std::task::Context;
 
-use tokio::io::{AsyncRead, AsyncWrite};
-
-use super::Side;
+use super::{Leg, Side};
 
 /// Consecutive pieces of one read chunk, written on in one call: the scanner reports each
 /// frame separately, and a write per frame would cost a syscall (and a TCP segment) per
@@ -26,7 +24,7 @@ impl<'d> Batch<'d> {
     }
 
     /// Adds `bytes`: extends the run if they follow it in `data`, else writes the run first.
-    pub(super) fn add<Z: AsyncRead + AsyncWrite + Unpin>(
+    pub(super) fn add<Z: Leg>(
         &mut self,
         cx: &mut Context<'_>,
         to: &mut Side<Z>,
@@ -51,7 +49,7 @@ impl<'d> Batch<'d> {
         }
     }
 
-    pub(super) fn flush<Z: AsyncRead + AsyncWrite + Unpin>(
+    pub(super) fn flush<Z: Leg>(
         &mut self,
         cx: &mut Context<'_>,
         to: &mut Side<Z>,

@@ -10,15 +10,13 @@
 //! middle of a frame: the other side gets its TCP close (it sees 1006), and the sender its
 //! 1009 at once rather than after the other side's reply.
 
-use tokio::io::{AsyncRead, AsyncWrite};
-
-use super::{Relay, Side, State, release};
+use super::{Leg, Relay, Side, State, release};
 use crate::deflate::Counting;
 
 impl<C, B> Relay<'_, C, B>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    C: Leg,
+    B: Leg,
 {
     /// Counts inflated message sizes both ways, as the session negotiated (see `deflate`).
     pub fn count_inflated(mut self, counting: Option<Counting>) -> Self {

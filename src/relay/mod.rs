@@ -70,6 +70,18 @@ fn ping_token(seq: u32) -> [u8; 12] {
     t
 }
 
+/// A relay leg: a socket, and how it closes.
+pub trait Leg: AsyncRead + AsyncWrite + Unpin {
+    /// Whether dropping this leg says all a shutdown would, so that a side whose closing
+    /// handshake is over is not shut down first: plain TCP, whose close sends the same FIN.
+    /// Not TLS (its `close_notify` goes out only on a shutdown), nor anything unknown.
+    fn close_is_enough(&self) -> bool {
+        false
+    }
+}
+
+impl Leg for tokio::io::DuplexStream {}
+
 /// Bytes for a side that it could not take yet (only while it is slow to read).
 #[derive(Default)]
 struct OutBuf {
@@ -119,7 +131,7 @@ struct Side<IO> {
     heard: Instant,
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> Side<IO> {
+impl<IO: Leg> Side<IO> {
     fn new(io: IO, pre: Bytes, who: CloseSide, scanner: Scanner, now: Instant) -> Self {
         Side {
             io,
@@ -250,8 +262,8 @@ pub fn relay<'a, C, B>(
     link: &'a Link,
 ) -> Relay<'a, C, B>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    C: Leg,
+    B: Leg,
 {
     let now = Instant::now();
     let scanner = |role| Scanner::new(role, allowed_rsv, cfg.max_message);
@@ -314,8 +326,8 @@ pub struct Relay<'a, C, B> {
 
 impl<C, B> Future for Relay<'_, C, B>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    C: Leg,
+    B: Leg,
 {
     type Output = RelayOutcome;
 
@@ -336,8 +348,8 @@ where
 
 impl<C, B> Relay<'_, C, B>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    C: Leg,
+    B: Leg,
 {
     /// One turn of the relay. Ready(cut) once the session is over.
     fn run(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
@@ -405,8 +417,8 @@ where
 /// sockets close with a FIN where possible (see `drain.rs`). Returns `true` (cut).
 fn cut<C, B>(cx: &mut Context<'_>, st: &mut State, c: &mut Side<C>, b: &mut Side<B>) -> bool
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    C: Leg,
+    B: Leg,
 {
     drain::drain_ready(cx, st, c);
     drain::drain_ready(cx, st, b);
@@ -427,8 +439,8 @@ fn take_over<C, B>(
     reason: Reason,
     error: Option<String>,
 ) where
-    C: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    C: Leg,
+    B: Leg,
 {
     if st.taken_over {
         return;
@@ -493,8 +505,8 @@ fn take_over<C, B>(
 /// own frames at boundaries, and the write shutdown once its closing handshake is done.
 fn step<A, Z>(cx: &mut Context<'_>, st: &mut State, from: &mut Side<A>, to: &mut Side<Z>)
 where
-    A: AsyncRead + AsyncWrite + Unpin,
-    Z: AsyncRead + AsyncWrite + Unpin,
+    A: Leg,
+    Z: Leg,
 {
     // 1. What `to` still has to take.
     if !to.out_empty() || to.needs_flush {
@@ -583,6 +595,18 @@ where
         && to.out_empty()
         && (handshake_done || source_done)
     {
+        if to.io.close_is_enough() && (to.read_eof || handshake_done && to.close_from.is_some()) {
+            // Plain TCP whose peer has nothing more to say: it has closed, or it has sent its
+            // close frame and had one (RFC 6455 §5.5.1: nothing follows a close frame). The
+            // socket's close when the relay ends sends the FIN a shutdown would (the server
+            // closes first, §7.1.1), and there is no EOF to wait for: two syscalls and a
+            // wake-up fewer per session. A peer that sent bytes after its close frame anyway
+            // gets a reset instead of a FIN.
+            to.write_shut = true;
+            to.read_eof = true;
+            st.progress += 1;
+            return;
+        }
         match Pin::new(&mut to.io).poll_shutdown(cx) {
             Poll::Ready(_) => {
                 to.write_shut = true;
@@ -617,8 +641,8 @@ fn ingest<A, Z>(
     to: &mut Side<Z>,
     data: &[u8],
 ) where
-    A: AsyncRead + AsyncWrite + Unpin,
-    Z: AsyncRead + AsyncWrite + Unpin,
+    A: Leg,
+    Z: Leg,
 {
     from.heard = Instant::now();
     from.awaiting_pong = false;
@@ -660,8 +684,8 @@ fn take_over_dyn<A, Z>(
     reason: Reason,
     error: Option<String>,
 ) where
-    A: AsyncRead + AsyncWrite + Unpin,
-    Z: AsyncRead + AsyncWrite + Unpin,
+    A: Leg,
+    Z: Leg,
 {
     if from.who == CloseSide::Client {
         take_over(st, from, to, reason, error);
@@ -673,8 +697,8 @@ fn take_over_dyn<A, Z>(
 /// `to` could not be written: it is gone. End the session toward `from`.
 fn lost<A, Z>(st: &mut State, from: &mut Side<A>, to: &mut Side<Z>, e: io::Error)
 where
-    A: AsyncRead + AsyncWrite + Unpin,
-    Z: AsyncRead + AsyncWrite + Unpin,
+    A: Leg,
+    Z: Leg,
 {
     to.write_shut = true;
     to.read_eof = true;
@@ -697,8 +721,8 @@ fn forward<A, Z>(
     data: &[u8],
 ) -> Result<(), Reason>
 where
-    A: AsyncRead + AsyncWrite + Unpin,
-    Z: AsyncRead + AsyncWrite + Unpin,
+    A: Leg,
+    Z: Leg,
 {
     let mut data = data;
     if from.finish_frame {
@@ -825,8 +849,8 @@ fn timers<C, B>(
     cx: &mut Context<'_>,
 ) -> Poll<()>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    C: Leg,
+    B: Leg,
 {
     let start = st.progress;
     loop {

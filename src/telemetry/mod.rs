@@ -6,6 +6,7 @@ pub mod access;
 pub mod correlation;
 pub mod json;
 pub mod limited;
+pub mod writer;
 
 pub use json::list;
 
@@ -26,25 +27,18 @@ pub enum LogFormat {
 /// Installs the global subscriber. `RUST_LOG` overrides the default filter
 /// (`info`: startup, access log, warnings).
 ///
-/// The log goes to stderr through a thread of its own: a record costs the task that writes it
-/// a channel send, never a `write(2)` (nor a wait on a slow terminal or journald), and the
-/// writer thread puts the lines that piled up into one write, flushing whenever it has caught
-/// up. When the channel is full (128,000 records waiting) writers wait rather than lose
-/// records. Keep the returned guard for as long as the process logs: dropping it writes what
-/// is left.
+/// The log goes to stderr through a thread of its own (`writer.rs`): a record costs the task
+/// that writes it a copy into a buffer, never a `write(2)` (nor a wait on a slow terminal or
+/// journald), and the writer thread writes what gathered every few milliseconds in one write.
+/// Lossless: when 8 MiB wait, loggers wait for room. Keep the returned guard for as long as
+/// the process logs: dropping it writes what is left.
 #[must_use = "dropping the guard stops the log writer"]
-pub fn init(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+pub fn init(format: LogFormat) -> writer::WriterGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only on a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("wsgate-log")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
+    let (writer, guard) = writer::spawn(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)

@@ -34,6 +34,9 @@ use super::parse::line_of;
 use super::units::{parse_duration, parse_size};
 use super::*;
 
+/// `[runtime] workers` at most: far more threads than cores only adds switching.
+const MAX_WORKERS: i64 = 1024;
+
 /// Reads `path` and validates it. Errors carry the file name as their source.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let source = path.display().to_string();
@@ -387,6 +390,14 @@ impl Validator<'_> {
             .and_then(|u| u.socket.as_ref())
             .map(|s| self.base.join(s.get_ref()));
 
+        let workers = self
+            .count(
+                "runtime.workers",
+                file.runtime.as_ref().and_then(|r| r.workers.as_ref()),
+                1..=MAX_WORKERS,
+            )
+            .and_then(|n| usize::try_from(n).ok());
+
         let listeners = self.listeners(&file.listener, handshake);
         let admin = file
             .admin
@@ -442,6 +453,7 @@ impl Validator<'_> {
             unready_delay,
             reload_close_spread,
             upgrade_socket,
+            workers,
             source: None,
             watch,
             pages: Vec::new(),
