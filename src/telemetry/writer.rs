@@ -9,7 +9,7 @@
 //! a copy; the writer thread is woken only when a record lands in an empty buffer, then waits
 //! [`LINGER`] so that the records of the next few milliseconds go out in the same write.
 //!
-//! Lossless: when the writer falls behind (a blocked stderr) and [`MAX_PENDING`] bytes wait,
+//! Lossless: when the writer falls behind (a blocked stderr) and `MAX_PENDING` (8 MiB) bytes wait,
 //! loggers wait for room rather than drop records.
 
 use std::io::Write;
