@@ -74,6 +74,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod upgrade;
 pub mod upgraded;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -107,13 +108,26 @@ pub struct Handle {
     sessions: Arc<Sessions>,
     state: Arc<ProxyState>,
     supervisor: JoinHandle<ShutdownReport>,
+    /// Stops the extra workers' threads when the handle goes.
+    _workers: Option<tokio_util::sync::DropGuard>,
 }
 
 impl Gateway {
     /// Binds every listener (port 0 picks a free port) and starts serving. Sockets passed by
     /// systemd (socket activation), or handed over by a running wsgate at `[upgrade] socket`,
     /// are used instead of binding where they match a listener (see [`upgrade`]).
+    ///
+    /// `[runtime] workers` (absent: 1 here) says how many workers serve connections; with
+    /// `scheduler = "per_worker"` the extra ones are threads started here (see [`workers`]),
+    /// with `"work_stealing"` they are the caller's runtime's.
     pub async fn start(config: Config) -> std::io::Result<Handle> {
+        let workers = config.workers.unwrap_or(1);
+        Gateway::start_with_workers(config, workers).await
+    }
+
+    /// [`Gateway::start`] with `workers` in place of `[runtime] workers` (the binary passes
+    /// one per CPU when the key is absent).
+    pub async fn start_with_workers(config: Config, workers: usize) -> std::io::Result<Handle> {
         let mut inherited = upgrade::Inherited::from_systemd();
         let predecessor = match &config.upgrade_socket {
             Some(path) => upgrade::take_over(path).await?.map(|(p, sockets)| {
@@ -132,6 +146,23 @@ impl Gateway {
             .and_then(|a| inherited.take_admin(a.addr));
         let state = Arc::new(ProxyState::new(config, sessions.clone()));
         let stop = state.listeners.stop.clone();
+        let extra = match state.initial.scheduler {
+            config::Scheduler::PerWorker => workers.saturating_sub(1),
+            config::Scheduler::WorkStealing => 0,
+        };
+        let workers_guard = if extra > 0 {
+            let workers = workers::Workers::start(extra)?;
+            let guard = workers.stop_guard();
+            state.listeners.set_workers(workers);
+            Some(guard)
+        } else {
+            None
+        };
+        tracing::info!(
+            workers = state.listeners.worker_count().max(workers),
+            scheduler = state.initial.scheduler.as_str(),
+            "runtime"
+        );
         state.listeners.start(&state, bound)?;
         let addrs = state.listeners.addrs();
         for r in state.current().routes.iter() {
@@ -208,6 +239,7 @@ impl Gateway {
             sessions,
             state,
             supervisor,
+            _workers: workers_guard,
         })
     }
 }

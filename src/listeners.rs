@@ -37,6 +37,9 @@ pub struct Listeners {
     pub awaiting_answer: AtomicUsize,
     /// The admin listener's socket, handed over with the others.
     admin: Mutex<Option<AdminSocket>>,
+    /// The other workers' runtimes (`[runtime] scheduler = "per_worker"`): each runs an accept
+    /// loop of its own on every listener. Empty: the runtime that starts the gateway does all.
+    workers: std::sync::OnceLock<crate::workers::Workers>,
 }
 
 #[derive(Debug)]
@@ -109,6 +112,18 @@ fn bind_one(config: &ListenerConfig, inherited: &mut Inherited) -> std::io::Resu
 }
 
 impl Listeners {
+    /// Gives the listeners the extra workers' runtimes; before [`Listeners::start`], once.
+    pub fn set_workers(&self, workers: crate::workers::Workers) {
+        if self.workers.set(workers).is_err() {
+            tracing::error!("the listeners' workers were set twice; keeping the first");
+        }
+    }
+
+    /// Workers serving connections: the starting runtime and the extra ones.
+    pub fn worker_count(&self) -> usize {
+        1 + self.workers.get().map_or(0, |w| w.len())
+    }
+
     /// Starts accepting on `bound`.
     pub fn start(&self, state: &Arc<ProxyState>, bound: Vec<Bound>) -> std::io::Result<()> {
         let mut running = self.lock();
@@ -194,17 +209,27 @@ impl Listeners {
         if let (Some(tls), Some(every)) = (&config.tls, config.tls_watch) {
             tokio::spawn(tls.clone().watch_files(every, addr, accepting.clone()));
         }
-        tokio::spawn(accept::accept_loop(
-            socket.clone(),
-            config.clone(),
-            state.clone(),
-            accept::Stops {
-                accepting: accepting.clone(),
-                connections: self.stop.clone(),
-            },
-            self.conns.clone(),
-            stats.clone(),
-        ));
+        let accept_loop = |socket: Arc<TcpListener>| {
+            accept::accept_loop(
+                socket,
+                config.clone(),
+                state.clone(),
+                accept::Stops {
+                    accepting: accepting.clone(),
+                    connections: self.stop.clone(),
+                },
+                self.conns.clone(),
+                stats.clone(),
+            )
+        };
+        if let Some(workers) = self.workers.get() {
+            // Before this runtime's loop: a failure here leaves no loop running.
+            if let Err(e) = workers.spawn_accept_loops(&socket, accept_loop) {
+                accepting.cancel();
+                return Err(e);
+            }
+        }
+        tokio::spawn(accept_loop(socket.clone()));
         tracing::info!(listen = %addr, "listening");
         Ok(Running {
             config,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use wsgate::config::Config;
+use wsgate::config::{Config, Scheduler};
 use wsgate::notify;
 use wsgate::telemetry::{self, LogFormat};
 use wsgate::{Gateway, Handle};
@@ -162,7 +162,15 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => match Config::load(&config) {
-            Ok(cfg) => exit(on_runtime_with(cfg.workers, run(cfg))),
+            Ok(cfg) => {
+                let workers = cfg.workers.unwrap_or_else(cpus);
+                let main_runtime = match cfg.scheduler {
+                    // The main thread is worker 0; the gateway starts the others.
+                    Scheduler::PerWorker => Some(1),
+                    Scheduler::WorkStealing => Some(workers),
+                };
+                exit(on_runtime_with(main_runtime, run(cfg, workers)))
+            }
             Err(errors) => {
                 eprint!("{errors}");
                 ExitCode::FAILURE
@@ -249,11 +257,18 @@ fn on_runtime_with(
     result
 }
 
-/// One worker: tokio's single-threaded scheduler, which has nothing to steal from and no
-/// other thread to wake, so each wake-up and each task switch costs less than in the
-/// work-stealing scheduler with one thread (see docs/benchmarks.md, "One worker or
-/// several"). More: the work-stealing scheduler with that many threads. `None`: one per CPU
-/// (tokio's default, which `TOKIO_WORKER_THREADS` overrides).
+/// One per CPU: what `[runtime] workers` means when absent.
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The runtime `main` runs on. One worker: tokio's single-threaded scheduler, which has
+/// nothing to steal from and no other thread to wake, so each wake-up and each task switch
+/// costs less than in the work-stealing scheduler with one thread (see docs/benchmarks.md,
+/// "One worker or several"); it is also worker 0 of `scheduler = "per_worker"`, whose other
+/// workers the gateway starts (`wsgate::workers`). More: the work-stealing scheduler with that
+/// many threads. `None`: one per CPU (tokio's default, which `TOKIO_WORKER_THREADS`
+/// overrides).
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut builder = match workers {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
@@ -313,10 +328,10 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-async fn run(cfg: Config) -> anyhow::Result<()> {
+async fn run(cfg: Config, workers: usize) -> anyhow::Result<()> {
     raise_fd_limit(&cfg);
     let signals = Signals::install()?;
-    let handle = Gateway::start(cfg).await?;
+    let handle = Gateway::start_with_workers(cfg, workers).await?;
     signals.wait_then_drain(handle).await
 }
 

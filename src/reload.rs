@@ -211,5 +211,8 @@ fn restart_needed(initial: &Config, config: &Config) -> Vec<String> {
     if initial.workers != config.workers {
         out.push("[runtime] workers".into());
     }
+    if initial.scheduler != config.scheduler {
+        out.push("[runtime] scheduler".into());
+    }
     out
 }

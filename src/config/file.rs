@@ -34,6 +34,8 @@ pub struct FileConfig {
 pub struct FileRuntime {
     /// Worker threads; absent: one per CPU.
     pub workers: Option<Spanned<i64>>,
+    /// How the workers share the work: `"per_worker"` or `"work_stealing"`.
+    pub scheduler: Option<SpStr>,
 }
 
 /// `[upgrade]`: binary upgrades by socket hand-over.

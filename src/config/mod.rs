@@ -85,6 +85,8 @@ pub struct Config {
     /// `[runtime] workers`: the threads that run sessions, handshakes and everything else;
     /// `None`: one per CPU. One worker runs tokio's single-threaded scheduler (`main.rs`).
     pub workers: Option<usize>,
+    /// `[runtime] scheduler`: how several workers share connections (`main.rs`, `workers.rs`).
+    pub scheduler: Scheduler,
     /// The file this config was read from (`Config::load`), which a reload reads again.
     pub source: Option<std::path::PathBuf>,
     /// Check the file this often and reload it when it changes (`[config] watch`); `None`:
@@ -137,6 +139,33 @@ pub struct LogConfig {
     /// Refusal records (and the proxy's other per-request warnings) written per second for
     /// one reason before similar lines are suppressed and counted (`refusals_per_second`).
     pub refusals_per_second: u32,
+}
+
+/// How several workers (`[runtime] workers`) share the connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheduler {
+    /// Each worker is a thread with a single-threaded runtime of its own (its own `epoll`,
+    /// timers and run queue) that accepts from every listening socket: a connection stays on
+    /// the worker that accepted it, as in nginx's worker processes. Nothing is stolen, so no
+    /// task or socket wake-up crosses cores.
+    PerWorker,
+    /// tokio's multi-threaded runtime: one pool of workers sharing one I/O driver, where an
+    /// idle worker steals tasks from a busy one.
+    WorkStealing,
+}
+
+/// Measured in the same runs on two shared cores, the per-worker runtimes cost less CPU per
+/// handshake and per message than work stealing (docs/benchmarks.md, "One worker or several").
+pub const DEFAULT_SCHEDULER: Scheduler = Scheduler::PerWorker;
+
+impl Scheduler {
+    /// The name the config file uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheduler::PerWorker => "per_worker",
+            Scheduler::WorkStealing => "work_stealing",
+        }
+    }
 }
 
 /// A record's level, or off.

@@ -392,3 +392,32 @@ fn config_watch_is_off_by_default_and_checks_every_interval_when_on() {
         ("config.watch_interval", Some(9))
     );
 }
+
+#[test]
+fn runtime_workers_and_scheduler() {
+    use wsgate::config::Scheduler;
+    let base = "[[listener]]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"ws://127.0.0.1:1\"]\n";
+    let plain = wsgate::config::from_toml_str(base).unwrap();
+    assert_eq!(
+        (plain.workers, plain.scheduler),
+        (None, wsgate::config::DEFAULT_SCHEDULER)
+    );
+    let set = |table: &str| wsgate::config::from_toml_str(&format!("{base}[runtime]\n{table}"));
+    let c = set("workers = 4\nscheduler = \"work_stealing\"\n").unwrap();
+    assert_eq!((c.workers, c.scheduler), (Some(4), Scheduler::WorkStealing));
+    let c = set("scheduler = \"per_worker\"\n").unwrap();
+    assert_eq!(c.scheduler, Scheduler::PerWorker);
+    let errs = set("workers = 0\nscheduler = \"round_robin\"\n").unwrap_err();
+    let found: Vec<(&str, Option<usize>)> = errs.iter().map(|e| (e.key.as_str(), e.line)).collect();
+    assert_eq!(
+        found,
+        [("runtime.workers", Some(8)), ("runtime.scheduler", Some(9))],
+        "{errs:#?}"
+    );
+    assert!(
+        errs[1]
+            .message
+            .contains("\"per_worker\" or \"work_stealing\""),
+        "{errs:#?}"
+    );
+}

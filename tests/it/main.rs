@@ -31,3 +31,4 @@ mod scanner;
 mod shutdown;
 mod tls;
 mod upgrade;
+mod workers;

@@ -257,6 +257,25 @@ impl Validator<'_> {
         }
     }
 
+    /// `[runtime] scheduler`; absent: [`DEFAULT_SCHEDULER`].
+    fn scheduler(&mut self, value: Option<&SpStr>) -> Scheduler {
+        let Some(v) = value else {
+            return DEFAULT_SCHEDULER;
+        };
+        match v.get_ref().trim() {
+            "per_worker" => Scheduler::PerWorker,
+            "work_stealing" => Scheduler::WorkStealing,
+            other => {
+                self.err(
+                    "runtime.scheduler",
+                    Some(v.span()),
+                    format!("{other:?}: use \"per_worker\" or \"work_stealing\""),
+                );
+                DEFAULT_SCHEDULER
+            }
+        }
+    }
+
     fn size(&mut self, key: &str, value: Option<&SpStr>, default: usize) -> usize {
         let Some(value) = value else { return default };
         match parse_size(value.get_ref()) {
@@ -397,6 +416,7 @@ impl Validator<'_> {
                 1..=MAX_WORKERS,
             )
             .and_then(|n| usize::try_from(n).ok());
+        let scheduler = self.scheduler(file.runtime.as_ref().and_then(|r| r.scheduler.as_ref()));
 
         let listeners = self.listeners(&file.listener, handshake);
         let admin = file
@@ -454,6 +474,7 @@ impl Validator<'_> {
             reload_close_spread,
             upgrade_socket,
             workers,
+            scheduler,
             source: None,
             watch,
             pages: Vec::new(),
