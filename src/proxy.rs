@@ -475,7 +475,11 @@ fn spawn_session(
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     access::session_open(&session.info, cx.config.log.session_open);
     let allowed_rsv = allowed_rsv(&upgrade.extensions);
-    let BackendUpgrade { io: backend_io, .. } = upgrade;
+    let BackendUpgrade {
+        io: backend_io,
+        read: backend_read,
+        ..
+    } = upgrade;
     let stream_guard =
         (transport == Transport::H2).then(|| StreamGuard::new(&cx.conn.live_streams));
     // The session task runs outside the request span: a span lives as long as its task, and
@@ -484,7 +488,7 @@ fn spawn_session(
     // session, and a pointer costs less than the inputs (see `run_session`).
     let start = Box::new(SessionStart {
         client_upgrade,
-        backend_io,
+        backend: (backend_io, backend_read),
         allowed_rsv,
         session,
         stream_guard,
@@ -497,7 +501,8 @@ fn spawn_session(
 /// What a session task starts from.
 struct SessionStart {
     client_upgrade: OnUpgrade,
-    backend_io: hyper::upgrade::Upgraded,
+    /// The backend's socket and what was read past its 101.
+    backend: (crate::upgraded::UpgradedIo, bytes::Bytes),
     /// RSV bits the negotiated extensions allow.
     allowed_rsv: u8,
     /// The registry record (route, backend lease, counters), removed when this drops.
@@ -517,7 +522,7 @@ async fn run_session(start: Box<SessionStart>) {
     // Unboxed in a block, so the box is freed now rather than when the session ends.
     let SessionStart {
         client_upgrade,
-        backend_io,
+        backend,
         allowed_rsv,
         session,
         stream_guard,
@@ -531,7 +536,7 @@ async fn run_session(start: Box<SessionStart>) {
     // task's state for the whole session.
     let keepalive = session.info.route.config.session.ping_interval.is_none();
     let Some((client, backend)) =
-        crate::upgraded::upgraded_sockets(session.info.id, client_upgrade, backend_io, keepalive)
+        crate::upgraded::upgraded_sockets(session.info.id, client_upgrade, backend, keepalive)
             .await
     else {
         return;

@@ -1,12 +1,13 @@
-//! The raw sockets of a session, taken back from hyper after the upgrade.
+//! The raw sockets of a session.
 //!
-//! hyper hands an upgraded connection over as its `Upgraded`: a boxed, type-erased stream
-//! that every read and write of a session would go through. The relay wants the socket
-//! itself, so this file downcasts each leg back to what the listener or the backend
-//! connector gave hyper (a TCP stream, or a TLS stream over one) and keeps the bytes hyper
-//! had already read past the handshake, which belong to the session. It owns nothing else:
-//! what happens to those sockets is the relay's business (`relay.rs`), and when the session
-//! starts is the orchestrator's (`proxy.rs`).
+//! hyper hands an upgraded client connection over as its `Upgraded`: a boxed, type-erased
+//! stream that every read and write of a session would go through. The relay wants the socket
+//! itself, so this file downcasts the client's leg back to what the listener gave hyper (a
+//! TCP stream, or a TLS stream over one) and keeps the bytes hyper had already read past the
+//! handshake, which belong to the session. The backend's leg never went through hyper
+//! (`backend/wire.rs`) and arrives as a socket already. This file owns nothing else: what
+//! happens to those sockets is the relay's business (`relay.rs`), and when the session starts
+//! is the orchestrator's (`proxy.rs`).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -25,15 +26,15 @@ use crate::head_guard::ClientIo;
 /// hyper resolves it as soon as the 101 is written, so this only trips on a dead client.
 const CLIENT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Both legs as the relay uses them: the raw sockets when hyper lets go of them, with the
-/// bytes hyper read past each handshake.
+/// Both legs as the relay uses them: the client's raw socket when hyper lets go of it and
+/// the backend's, each with the bytes read past its handshake.
 ///
 /// `keepalive`: turn TCP keepalive on for the client's socket (a route without pings, see
 /// [`UpgradedIo::keepalive`]).
 pub async fn upgraded_sockets(
     id: u64,
     client_upgrade: OnUpgrade,
-    backend_io: hyper::upgrade::Upgraded,
+    backend: (UpgradedIo, Bytes),
     keepalive: bool,
 ) -> Option<((UpgradedIo, Bytes), (UpgradedIo, Bytes))> {
     let client_up = match tokio::time::timeout(CLIENT_UPGRADE_TIMEOUT, client_upgrade).await {
@@ -62,16 +63,6 @@ pub async fn upgraded_sockets(
                     joined(parts.read_buf, unread),
                 )
             }
-            Err(up) => (UpgradedIo::Hyper(Box::new(TokioIo::new(up))), Bytes::new()),
-        },
-    };
-    let backend = match backend_io.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => (UpgradedIo::Tcp(parts.io.into_inner()), parts.read_buf),
-        Err(up) => match up.downcast::<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>() {
-            Ok(parts) => (
-                UpgradedIo::TlsClient(Box::new(parts.io.into_inner())),
-                parts.read_buf,
-            ),
             Err(up) => (UpgradedIo::Hyper(Box::new(TokioIo::new(up))), Bytes::new()),
         },
     };

@@ -166,7 +166,7 @@ async fn websocket(
             BackendError::Refused(r) => format!("answered {} instead of 101", r.status),
             other => other.to_string(),
         })?;
-    let mut io = TokioIo::new(up.io);
+    let mut io = up.io;
     let close = crate::frame::close_frame(1000, "", crate::frame::Sender::Server);
     io.write_all(&close).await.map_err(|e| e.to_string())?;
     let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, read_to_eof(&mut io)).await;

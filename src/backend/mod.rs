@@ -11,6 +11,7 @@ pub mod checker;
 pub mod health;
 pub mod pool;
 pub mod sticky;
+pub mod wire;
 
 pub use pool::{Affinity, BackendPool};
 
@@ -18,13 +19,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, request};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::config::{BackendUrl, RouteConfig};
@@ -32,6 +31,7 @@ use crate::error::{BackendError, BackendRefusal};
 use crate::handshake::{self, ClientHandshake};
 use crate::policy::forwarding::{self, ClientAddr};
 use crate::telemetry::correlation::Correlation;
+use crate::upgraded::UpgradedIo;
 
 /// One backend server: its live sessions, drain flag, health and counters. A reload carries
 /// it over by URL (see [`BackendPool::new`]), all of that with it.
@@ -300,7 +300,10 @@ pub fn backend_path(
 
 /// The backend's accepted handshake: the upgraded connection and its choices.
 pub struct BackendUpgrade {
-    pub io: Upgraded,
+    /// The socket (TCP, or TLS over it for `wss://`).
+    pub io: UpgradedIo,
+    /// What was read past the 101: the backend's first frames, which belong to the session.
+    pub read: Bytes,
     pub protocol: Option<HeaderValue>,
     pub extensions: Vec<HeaderValue>,
     /// `Set-Cookie` headers of the 101, passed on to the client.
@@ -330,10 +333,10 @@ pub async fn handshake(
     let timeout = p.timeout;
     let run = async {
         if !p.url.tls {
-            return exchange(stream, req, &p).await;
+            return exchange(UpgradedIo::Tcp(stream), req, &p).await;
         }
         let tls = tls_connect(stream, p.url, p.tls).await?;
-        exchange(tls, req, &p).await
+        exchange(UpgradedIo::TlsClient(Box::new(tls)), req, &p).await
     };
     tokio::time::timeout(timeout, run)
         .await
@@ -360,50 +363,39 @@ pub(crate) async fn tls_connect(
         .map_err(|e| BackendError::Tls(e.to_string()))
 }
 
-async fn exchange<I>(
-    io: I,
+/// The request out in one write, the answer's head read by hand ([`wire`]); a 101 is checked
+/// and the socket kept, anything else read as a refusal.
+async fn exchange(
+    mut io: UpgradedIo,
     req: Request<Empty<Bytes>>,
     p: &HandshakeParams<'_>,
-) -> Result<BackendUpgrade, BackendError>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (key, offered, max_error_body) = (p.key, p.offered, p.max_error_body);
-    {
-        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake::<_, Empty<Bytes>>(TokioIo::new(io))
-            .await
-            .map_err(|e| BackendError::Io(e.to_string()))?;
-        // Without `with_upgrades` the upgrade never completes; the task ends once it has.
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "backend connection ended during handshake");
-            }
-        });
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| classify_send_error(&e))?;
-        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            return Err(refused(resp, max_error_body).await);
-        }
-        let (protocol, extensions) = verify_101(&resp, key, offered)?;
-        let set_cookies = resp
-            .headers()
-            .get_all(header::SET_COOKIE)
-            .iter()
-            .cloned()
-            .collect();
-        let io = hyper::upgrade::on(resp)
-            .await
-            .map_err(|e| BackendError::Io(format!("upgrade failed: {e}")))?;
-        Ok(BackendUpgrade {
-            io,
-            protocol,
-            extensions,
-            set_cookies,
-        })
+) -> Result<BackendUpgrade, BackendError> {
+    use tokio::io::AsyncWriteExt;
+    let sent = async {
+        io.write_all(&wire::encode(&req)).await?;
+        io.flush().await
+    };
+    sent.await.map_err(|e| BackendError::Io(e.to_string()))?;
+    let mut buf = BytesMut::new();
+    let head = wire::read_head(&mut io, &mut buf).await?;
+    if head.status != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(wire::refusal(io, buf.freeze(), p.max_error_body).await);
     }
+    let (protocol, extensions) = verify_101(&head.headers, p.key, p.offered)?;
+    let set_cookies = head
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .cloned()
+        .collect();
+    buf.advance(head.len);
+    Ok(BackendUpgrade {
+        io,
+        read: buf.freeze(),
+        protocol,
+        extensions,
+        set_cookies,
+    })
 }
 
 fn classify_send_error(e: &hyper::Error) -> BackendError {
@@ -452,11 +444,10 @@ async fn refused(resp: Response<Incoming>, max_body: usize) -> BackendError {
 
 /// RFC 6455 §4.1: the checks a client makes on the server's 101.
 fn verify_101(
-    resp: &Response<Incoming>,
+    h: &HeaderMap,
     key: &str,
     offered: &ClientHandshake,
 ) -> Result<(Option<HeaderValue>, Vec<HeaderValue>), BackendError> {
-    let h = resp.headers();
     let bad = |m: &str| Err(BackendError::BadHandshake(m.to_string()));
     if !handshake::has_token(h, &header::UPGRADE, "websocket") {
         return bad("101 without Upgrade: websocket");
