@@ -307,6 +307,21 @@ fn check(path: &Path) -> ExitCode {
                 );
             }
             print_limits(&cfg);
+            let workers = cfg.workers.unwrap_or_else(cpus);
+            println!(
+                "  runtime: {workers} worker{}{}{}",
+                if workers == 1 { "" } else { "s" },
+                if cfg.workers.is_none() {
+                    " (one per CPU)"
+                } else {
+                    ""
+                },
+                if workers > 1 {
+                    format!(", scheduler {}", cfg.scheduler.as_str())
+                } else {
+                    String::new()
+                },
+            );
             if let Some(admin) = &cfg.admin {
                 println!(
                     "  admin listener: {}://{} ({})",

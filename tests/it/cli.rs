@@ -159,6 +159,15 @@ async fn check_reports_every_error_with_file_line_and_key() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
     let out = run_wsgate(["check", "--config", example]).await;
     assert_success(&out);
+    // The example sets no [runtime]: one worker per CPU, each with a runtime of its own.
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = if cpus == 1 {
+        "  runtime: 1 worker (one per CPU)\n".to_string()
+    } else {
+        format!("  runtime: {cpus} workers (one per CPU), scheduler per_worker\n")
+    };
+    assert!(printed.contains(&runtime), "{printed}");
 
     let out = run_wsgate(["run", "--config", "/nonexistent/wsgate.toml"]).await;
     assert_eq!(out.status.code(), Some(1));

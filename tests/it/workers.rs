@@ -140,3 +140,46 @@ async fn the_shutdown_drains_every_workers_sessions() {
         "{at_backend:?}"
     );
 }
+
+/// A reload reaches every worker's accept loops: a removed listener stops accepting on all of
+/// them (its socket closes once the last worker lets go), and a changed one is served by
+/// another worker's new loop while worker 0 is blocked.
+#[tokio::test]
+async fn a_reload_reaches_every_workers_accept_loops() {
+    let (backend, _serving) = backend_on_its_own_thread();
+    let runtime = "[runtime]\nworkers = 2\n\n";
+    let first = "[[listener]]\nlisten = \"127.0.0.1:0\"\n\n";
+    let second = "[[listener]]\nlisten = \"127.0.0.2:0\"\n\n";
+    let r = route("echo", "/", &[backend.url()]);
+    let gw = Gateway::spawn(&format!("{runtime}{first}{second}{r}")).await;
+    let second_addr = gw.handle().listener_addrs()[1];
+
+    let changed = "[[listener]]\nlisten = \"127.0.0.1:0\"\nhandshake_timeout = \"3s\"\n\n";
+    let next = wsgate::config::from_toml_str(&format!("{runtime}{changed}{r}")).unwrap();
+    let report = gw.handle().reload(next).expect("reload");
+    assert_eq!(report.listeners.changed, ["127.0.0.1:0"]);
+    assert_eq!(report.listeners.removed, ["127.0.0.2:0"]);
+
+    // Each worker drops its copy of the removed socket when its loop sees the stop.
+    let deadline = tokio::time::Instant::now() + STEP;
+    while tokio::net::TcpStream::connect(second_addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the removed listener still accepts"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let url = gw.url("/");
+    let done = on_own_thread(async move {
+        let (mut ws, _) = connect(&url).await;
+        ws.send(Message::text("after the reload")).await.unwrap();
+        let echoed = next_data(&mut ws).await;
+        send_close(&mut ws, CloseCode::Normal, "").await;
+        echoed
+    });
+    let echoed = done
+        .recv_timeout(STEP)
+        .expect("no other worker serves the changed listener");
+    assert_eq!(echoed, Message::text("after the reload"));
+}
