@@ -159,7 +159,7 @@ impl Gateway {
             None
         };
         tracing::info!(
-            workers = state.listeners.worker_count().max(workers),
+            workers,
             scheduler = state.initial.scheduler.as_str(),
             "runtime"
         );

@@ -119,11 +119,6 @@ impl Listeners {
         }
     }
 
-    /// Workers serving connections: the starting runtime and the extra ones.
-    pub fn worker_count(&self) -> usize {
-        1 + self.workers.get().map_or(0, |w| w.len())
-    }
-
     /// Starts accepting on `bound`.
     pub fn start(&self, state: &Arc<ProxyState>, bound: Vec<Bound>) -> std::io::Result<()> {
         let mut running = self.lock();

@@ -39,38 +39,46 @@ impl Workers {
     /// runtime that runs until this is dropped. Their tasks are whatever the accept loops
     /// [`Workers::spawn_accept_loops`] puts there spawn: connections and their sessions.
     pub fn start(extra: usize) -> std::io::Result<Workers> {
-        let done = CancellationToken::new();
-        let mut handles = Vec::with_capacity(extra);
+        // Built first: a failure part-way drops it, which stops the threads already started.
+        let mut workers = Workers {
+            handles: Vec::with_capacity(extra),
+            done: CancellationToken::new(),
+        };
         for i in 1..=extra {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            handles.push(rt.handle().clone());
-            let done = done.clone();
+            // Each runtime is built and dropped on its own thread: a runtime dropped in an
+            // async context (here, should the thread fail to start) would panic.
+            let (started, handle) = std::sync::mpsc::sync_channel(1);
+            let done = workers.done.clone();
             std::thread::Builder::new()
                 .name(format!("wsgate-worker-{i}"))
                 .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = started.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = started.send(Ok(rt.handle().clone()));
                     rt.block_on(done.cancelled());
                     rt.shutdown_timeout(EXIT_WAIT);
                 })?;
+            // Waits for the runtime's construction only (microseconds, once at start).
+            let handle = handle.recv().map_err(|_| {
+                std::io::Error::other("a worker thread ended before its runtime started")
+            })??;
+            workers.handles.push(handle);
         }
-        Ok(Workers { handles, done })
+        Ok(workers)
     }
 
     /// Stops the workers when dropped (the gateway's `Handle` holds it: a gateway dropped
     /// without a shutdown, as in a test, leaves no thread behind).
     pub fn stop_guard(&self) -> tokio_util::sync::DropGuard {
         self.done.clone().drop_guard()
-    }
-
-    /// The extra workers (worker 0, the starting thread's runtime, is not among them).
-    pub fn len(&self) -> usize {
-        self.handles.len()
-    }
-
-    /// Whether there are no extra workers.
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
     }
 
     /// Runs `accept_loop` on each extra worker with its own duplicate of `socket`, registered

@@ -80,11 +80,8 @@ pub async fn read_head<I: AsyncRead + Unpin>(
                 "response head over {MAX_HEAD} bytes"
             )));
         }
-        buf.reserve(if buf.capacity() == 0 {
-            FIRST_READ
-        } else {
-            FIRST_READ.max(buf.len())
-        });
+        // FIRST_READ at first, then doubling.
+        buf.reserve(FIRST_READ.max(buf.len()));
         let n = io
             .read_buf(buf)
             .await
