@@ -11,8 +11,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -23,6 +21,7 @@ use crate::metrics::ListenerStats;
 use crate::outcome::Outcome;
 use crate::proxy::{self, ConnInfo, ProxyState};
 use crate::telemetry::RefusalCounts;
+use crate::tls_io::{self, ServerTls};
 
 /// Pending connections the kernel may queue per listener: absorbs reconnect storms after a
 /// backend restart, when thousands of clients come back at once.
@@ -147,7 +146,7 @@ pub async fn accept_loop(
                 });
             }
             Some(tls) => {
-                let acceptor = TlsAcceptor::from(tls.server_config(config.http2));
+                let acceptor = tls.server_config(config.http2);
                 let (h1, h2) = (h1.clone(), h2.clone());
                 let subject_header = tls.subject_header.clone();
                 let stats = stats.clone();
@@ -230,7 +229,7 @@ async fn unless_stopped<T>(
 enum Handshake {
     /// TLS is up; the client's address (from the PROXY header, if the listener expects one).
     /// Boxed: the TLS state is over a kilobyte, the other variant a socket.
-    Tls(Box<TlsStream<TcpStream>>, SocketAddr),
+    Tls(Box<ServerTls>, SocketAddr),
     /// The client spoke plain HTTP (already counted): it gets a 400 that says so.
     PlainHttp(TcpStream),
 }
@@ -242,7 +241,7 @@ enum Handshake {
 async fn tls_handshake(
     mut stream: TcpStream,
     peer: SocketAddr,
-    acceptor: &TlsAcceptor,
+    acceptor: &Arc<rustls::ServerConfig>,
     proxy_protocol: bool,
     deadline: Instant,
     counts: &RefusalCounts,
@@ -264,7 +263,7 @@ async fn tls_handshake(
             return None;
         }
     }
-    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+    match tokio::time::timeout_at(deadline, tls_io::accept(stream, acceptor.clone())).await {
         Ok(Ok(tls)) => {
             stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
             Some(Handshake::Tls(Box::new(tls), client))

@@ -72,6 +72,7 @@ pub mod sessions;
 pub mod target;
 pub mod telemetry;
 pub mod tls;
+pub mod tls_io;
 pub mod upgrade;
 pub mod upgraded;
 pub mod workers;

@@ -260,7 +260,7 @@ pub struct ClientAuth {
 
 /// The subject of the verified client certificate of a connection, RFC 4514 style
 /// (`CN=alice, O=Example`), if the client sent one.
-pub fn peer_subject(conn: &rustls::ServerConnection) -> Option<Arc<str>> {
+pub fn peer_subject(conn: &rustls::CommonState) -> Option<Arc<str>> {
     let cert = conn.peer_certificates()?.first()?;
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     Some(Arc::from(parsed.subject().to_string()))

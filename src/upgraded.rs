@@ -18,9 +18,9 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto::upgrade as auto_upgrade;
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 
 use crate::head_guard::ClientIo;
+use crate::tls_io::{ClientTls, ServerTls};
 
 /// How long the client side of an accepted upgrade may take to complete after we answer 101.
 /// hyper resolves it as soon as the 101 is written, so this only trips on a dead client.
@@ -55,7 +55,7 @@ pub async fn upgraded_sockets(
             let (io, unread) = parts.io.into_inner().into_inner();
             (UpgradedIo::Tcp(io), joined(parts.read_buf, unread))
         }
-        Err(up) => match auto_upgrade::downcast::<ClientIo<TlsStream<TcpStream>>>(up) {
+        Err(up) => match auto_upgrade::downcast::<ClientIo<ServerTls>>(up) {
             Ok(parts) => {
                 let (io, unread) = parts.io.into_inner().into_inner();
                 (
@@ -90,9 +90,9 @@ pub enum UpgradedIo {
     Tcp(TcpStream),
     /// Boxed: a TLS stream is large, and most sessions are plain TCP behind a TLS terminator
     /// or TLS here; the enum stays small either way.
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<ServerTls>),
     /// A `wss://` backend.
-    TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    TlsClient(Box<ClientTls>),
     /// Whatever else hyper gave (boxed: rare, and larger than a socket).
     Hyper(Box<TokioIo<hyper::upgrade::Upgraded>>),
 }

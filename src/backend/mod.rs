@@ -348,7 +348,7 @@ pub(crate) async fn tls_connect(
     stream: TcpStream,
     url: &BackendUrl,
     tls: Option<&Arc<rustls::ClientConfig>>,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, BackendError> {
+) -> Result<crate::tls_io::ClientTls, BackendError> {
     let config =
         tls.ok_or_else(|| BackendError::Tls("no TLS settings for a wss:// backend".into()))?;
     let name = rustls::pki_types::ServerName::try_from(url.host.clone()).map_err(|e| {
@@ -357,8 +357,7 @@ pub(crate) async fn tls_connect(
             url.host
         ))
     })?;
-    tokio_rustls::TlsConnector::from(config.clone())
-        .connect(name, stream)
+    crate::tls_io::connect(stream, config.clone(), name)
         .await
         .map_err(|e| BackendError::Tls(e.to_string()))
 }

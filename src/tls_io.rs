@@ -1,0 +1,846 @@
+//! TLS over a TCP socket through rustls's unbuffered API, so that an idle session holds no
+//! TLS buffer.
+//!
+//! rustls's buffered `ServerConnection` (what `tokio-rustls` drives) keeps a 4 KiB buffer for
+//! incoming records for as long as the connection lives, even when it is empty, plus queues
+//! whose capacity stays: about 4.3 KiB of every idle `wss://` session, more than everything
+//! else an idle plain session holds. The unbuffered API leaves the buffers to the caller, and
+//! this stream keeps them only while they hold something:
+//!
+//! - **Reading**: ciphertext is read into a per-thread scratch buffer and decrypted there;
+//!   the plaintext goes straight into the reader's buffer. Only what is left over is copied
+//!   to the heap: the start of a record that the next read completes, or plaintext the
+//!   reader had no room for. Both are freed once used.
+//! - **Writing**: plaintext is encrypted into the scratch buffer and written from there. Only
+//!   ciphertext the socket does not take is copied to the heap, and freed when written; while
+//!   any is queued, a write waits (backpressure, as with a plain socket).
+//! - **The handshake** has buffers of its own, dropped when it ends.
+//!
+//! The scratch buffer is used only within one poll, never across an `await`, so one per thread
+//! serves every connection of that thread's worker.
+//!
+//! It serves both ends wsgate terminates or opens: the listeners' connections
+//! ([`accept`]) and `wss://` backends ([`connect`]). (The admin listener keeps `tokio-rustls`:
+//! a few short requests, no sessions.)
+//!
+//! Semantics follow `tokio-rustls`, which this replaces there: a read returns
+//! end of file after the peer's `close_notify`, a TCP end without one is an
+//! `UnexpectedEof` error (a truncation attack looks the same), `poll_shutdown` sends
+//! `close_notify` and then shuts the socket's write side, and a protocol error is answered with
+//! rustls's alert before it is returned as `InvalidData`.
+
+use std::cell::RefCell;
+use std::io;
+use std::ops::DerefMut;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::pki_types::ServerName;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedConnectionCommon,
+    UnbufferedStatus,
+};
+use rustls::{ClientConfig, CommonState, ServerConfig};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Plaintext taken by one write, and ciphertext read from the socket in one go: as much as
+/// the relay moves per read (`relay::READ_CHUNK`).
+const CHUNK: usize = 64 * 1024;
+
+/// The most unprocessed input a connection may hold between reads: a handshake message may
+/// span records up to 64 KiB (rustls's own cap), and it stays in the input until it is whole.
+const MAX_PENDING_INPUT: usize = 80 * 1024;
+
+/// The scratch buffer: a chunk of ciphertext after the pending input, or a chunk of plaintext
+/// encrypted (with a record's overhead per 16 KiB, far less than the input allowance).
+const SCRATCH: usize = MAX_PENDING_INPUT + CHUNK;
+
+thread_local! {
+    static SCRATCH_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's scratch buffer (allocated, zeroed, on first use).
+fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    SCRATCH_BUF.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.is_empty() {
+                *buf = vec![0; SCRATCH];
+            }
+            f(&mut buf)
+        }
+        // Not reached (nothing here polls another stream while holding it); a fresh
+        // buffer keeps it correct anyway.
+        Err(_) => f(&mut vec![0; SCRATCH]),
+    })
+}
+
+/// A rustls unbuffered connection, client or server: what [`TlsIo`] needs of either.
+pub trait Unbuffered: DerefMut<Target = UnbufferedConnectionCommon<Self::Data>> + Unpin {
+    type Data;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data>;
+}
+
+impl Unbuffered for UnbufferedServerConnection {
+    type Data = ServerConnectionData;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, ServerConnectionData> {
+        self.process_tls_records(incoming)
+    }
+}
+
+impl Unbuffered for UnbufferedClientConnection {
+    type Data = ClientConnectionData;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, ClientConnectionData> {
+        self.process_tls_records(incoming)
+    }
+}
+
+/// The listener side: a server connection.
+pub type ServerTls = TlsIo<UnbufferedServerConnection>;
+
+/// A `wss://` backend: a client connection.
+pub type ClientTls = TlsIo<UnbufferedClientConnection>;
+
+/// Accepts a TLS connection on `tcp`: the whole handshake, written and read with buffers of
+/// its own that are dropped when it completes. The caller bounds it in time.
+pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<ServerTls> {
+    let conn = UnbufferedServerConnection::new(config).map_err(invalid_data)?;
+    let mut io = TlsIo::new(tcp, conn);
+    io.handshake().await?;
+    Ok(io)
+}
+
+/// Opens a TLS connection to `name` on `tcp`: the whole handshake, as [`accept`] does.
+pub async fn connect(
+    tcp: TcpStream,
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+) -> io::Result<ClientTls> {
+    let conn = UnbufferedClientConnection::new(config, name).map_err(invalid_data)?;
+    let mut io = TlsIo::new(tcp, conn);
+    io.handshake().await?;
+    Ok(io)
+}
+
+/// A TLS stream over a TCP socket that holds no buffer while idle (see the module's doc).
+pub struct TlsIo<C> {
+    tcp: TcpStream,
+    conn: C,
+    /// Input rustls has not consumed yet: the start of a record (or of a handshake message
+    /// split over records) that later input completes. Empty, with no allocation, at rest.
+    input: Vec<u8>,
+    /// Plaintext the reader had no room for, from `plain_pos`.
+    plain: Vec<u8>,
+    plain_pos: usize,
+    /// Ciphertext the socket has not taken yet, from `out_pos`.
+    out: Vec<u8>,
+    out_pos: usize,
+    /// The peer's `close_notify` has arrived: once `plain` is read, reads return end of file.
+    peer_closed: bool,
+    /// Our `close_notify` is queued: no more writes.
+    closed_notify: bool,
+    /// Our side of the TCP connection is shut.
+    tcp_shut: bool,
+}
+
+/// What a run of rustls over some input came to.
+#[derive(Debug, Default)]
+struct Pumped {
+    /// Bytes of the input consumed (to be dropped from its front).
+    consumed: usize,
+    /// The handshake waits for more input.
+    handshaking: bool,
+    /// Bytes of ciphertext an `Encrypt` job wrote into its buffer.
+    encrypted: usize,
+    /// The job ran (rustls allowed application data).
+    job_done: bool,
+}
+
+/// What to do when rustls allows application data to be written.
+enum Job<'a> {
+    /// Nothing: just read.
+    None,
+    /// Encrypt `plain` into `into`.
+    Encrypt { plain: &'a [u8], into: &'a mut [u8] },
+    /// Queue a `close_notify`.
+    CloseNotify,
+}
+
+impl<C: Unbuffered> TlsIo<C> {
+    fn new(tcp: TcpStream, conn: C) -> Self {
+        TlsIo {
+            tcp,
+            conn,
+            input: Vec::new(),
+            plain: Vec::new(),
+            plain_pos: 0,
+            out: Vec::new(),
+            out_pos: 0,
+            peer_closed: false,
+            closed_notify: false,
+            tcp_shut: false,
+        }
+    }
+
+    /// The TCP socket, and the TLS state (ALPN, the peer's certificates, the version).
+    pub fn get_ref(&self) -> (&TcpStream, &CommonState) {
+        (&self.tcp, &self.conn)
+    }
+
+    /// Drives the handshake to its end, with buffers of its own: input may arrive a byte at a
+    /// time, and a flight is written whole before more input is awaited. Input that follows
+    /// the handshake (a request pipelined behind the client's Finished) is kept for the first
+    /// read.
+    async fn handshake(&mut self) -> io::Result<()> {
+        let mut input = vec![0u8; 4096];
+        let mut filled = 0;
+        loop {
+            let pumped = self.pump(&mut input[..filled], None, Job::None);
+            let flushed = self.write_out_all().await;
+            let pumped = pumped?;
+            flushed?;
+            input.copy_within(pumped.consumed..filled, 0);
+            filled -= pumped.consumed;
+            if !pumped.handshaking {
+                self.input = input[..filled].to_vec();
+                return Ok(());
+            }
+            if filled == input.len() {
+                if filled >= MAX_PENDING_INPUT {
+                    return Err(invalid_data("TLS handshake message too large"));
+                }
+                input.resize((filled * 2).min(MAX_PENDING_INPUT), 0);
+            }
+            let n = self.tcp.read(&mut input[filled..]).await?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "tls handshake eof",
+                ));
+            }
+            filled += n;
+        }
+    }
+
+    /// Writes all of `out`, awaiting the socket (the handshake's flights).
+    async fn write_out_all(&mut self) -> io::Result<()> {
+        if self.out_pos < self.out.len() {
+            self.tcp.write_all(&self.out[self.out_pos..]).await?;
+        }
+        self.out = Vec::new();
+        self.out_pos = 0;
+        Ok(())
+    }
+
+    /// Runs rustls over `input` until it needs more: plaintext goes to `dst` while it has room
+    /// and to `plain` after that, TLS messages of rustls's own (handshake flights, alerts, key
+    /// updates) to `out`, and `job` is done once application data may be written.
+    ///
+    /// On a protocol error, the alert rustls wants sent is queued in `out` before the error
+    /// is returned (the caller writes it if it can).
+    fn pump(
+        &mut self,
+        input: &mut [u8],
+        mut dst: Option<&mut ReadBuf<'_>>,
+        mut job: Job<'_>,
+    ) -> io::Result<Pumped> {
+        let mut done = Pumped::default();
+        loop {
+            let UnbufferedStatus { discard, state } =
+                self.conn.process(&mut input[done.consumed..]);
+            let state = match state {
+                Ok(state) => state,
+                Err(e) => {
+                    done.consumed += discard;
+                    self.queue_alert(&mut input[done.consumed..]);
+                    return Err(invalid_data(e));
+                }
+            };
+            match state {
+                ConnectionState::ReadTraffic(mut records) => {
+                    while let Some(record) = records.next_record() {
+                        let record = record.map_err(invalid_data)?;
+                        deliver(record.payload, &mut dst, &mut self.plain);
+                    }
+                }
+                ConnectionState::EncodeTlsData(mut data) => {
+                    encode_into(&mut self.out, |buf| data.encode(buf))?;
+                }
+                // Queued in `out`, which goes out before anything written after it.
+                ConnectionState::TransmitTlsData(data) => data.done(),
+                ConnectionState::PeerClosed => self.peer_closed = true,
+                ConnectionState::Closed => {
+                    self.peer_closed = true;
+                    if !matches!(job, Job::None) {
+                        return Err(io::ErrorKind::BrokenPipe.into());
+                    }
+                    done.consumed += discard;
+                    return Ok(done);
+                }
+                ConnectionState::BlockedHandshake => {
+                    done.consumed += discard;
+                    done.handshaking = true;
+                    return Ok(done);
+                }
+                ConnectionState::WriteTraffic(mut traffic) => {
+                    match std::mem::replace(&mut job, Job::None) {
+                        Job::None => {
+                            done.consumed += discard;
+                            return Ok(done);
+                        }
+                        Job::Encrypt { plain, into } => {
+                            done.encrypted = traffic.encrypt(plain, into).map_err(encrypt_error)?;
+                            done.job_done = true;
+                        }
+                        Job::CloseNotify => {
+                            let mut alert = [0u8; 64];
+                            let n = traffic
+                                .queue_close_notify(&mut alert)
+                                .map_err(encrypt_error)?;
+                            self.out.extend_from_slice(&alert[..n]);
+                            done.job_done = true;
+                        }
+                    }
+                    // Once more round: encrypting may have queued a key update (the record
+                    // limit of the key), which must reach `out` ahead of this data.
+                }
+                other => {
+                    // `ConnectionState` is non-exhaustive; early data is never enabled.
+                    return Err(invalid_data(format!("unexpected TLS state {other:?}")));
+                }
+            }
+            done.consumed += discard;
+        }
+    }
+
+    /// [`pump`](Self::pump) over the pending input alone, for a job: never over an empty
+    /// buffer instead, since rustls may be holding a split handshake message in that input.
+    fn pump_pending(&mut self, job: Job<'_>) -> io::Result<Pumped> {
+        let mut input = std::mem::take(&mut self.input);
+        let pumped = self.pump(&mut input, None, job);
+        if let Ok(p) = &pumped {
+            input.drain(..p.consumed);
+        }
+        if !input.is_empty() {
+            self.input = input;
+        }
+        pumped
+    }
+
+    /// After a protocol error: the alert rustls queued for the peer, into `out`. `input` is
+    /// what is left of the input (rustls may hold a split handshake message in it).
+    ///
+    /// Only while rustls has messages queued: those come out before it looks at the input
+    /// again, which would run into the same error (and send a second alert).
+    fn queue_alert(&mut self, input: &mut [u8]) {
+        while self.conn.wants_write() {
+            let status = self.conn.process(input);
+            let Ok(ConnectionState::EncodeTlsData(mut data)) = status.state else {
+                return;
+            };
+            if encode_into(&mut self.out, |buf| data.encode(buf)).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Writes what `out` holds. Ready(Ok) once it is empty (and its memory given back).
+    fn poll_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_pos < self.out.len() {
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.out[self.out_pos..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out_pos += n;
+        }
+        if self.out.capacity() != 0 {
+            self.out = Vec::new();
+            self.out_pos = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Moves pending plaintext into `buf`; true if there was any.
+    fn take_plain(&mut self, buf: &mut ReadBuf<'_>) -> bool {
+        if self.plain_pos == self.plain.len() {
+            return false;
+        }
+        let n = buf.remaining().min(self.plain.len() - self.plain_pos);
+        buf.put_slice(&self.plain[self.plain_pos..self.plain_pos + n]);
+        self.plain_pos += n;
+        if self.plain_pos == self.plain.len() {
+            self.plain = Vec::new();
+            self.plain_pos = 0;
+        }
+        true
+    }
+
+    /// One read from the socket into the scratch buffer after the pending input, and rustls
+    /// over all of it. Ready(Ok(false)) at the socket's end of file.
+    fn read_some(
+        &mut self,
+        cx: &mut Context<'_>,
+        scratch: &mut [u8],
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<bool>> {
+        let pending = self.input.len();
+        scratch[..pending].copy_from_slice(&self.input);
+        let mut read = ReadBuf::new(&mut scratch[pending..pending + CHUNK]);
+        ready!(Pin::new(&mut self.tcp).poll_read(cx, &mut read))?;
+        let n = read.filled().len();
+        if n == 0 {
+            return Poll::Ready(Ok(false));
+        }
+        let end = pending + n;
+        let pumped = self.pump(&mut scratch[..end], Some(buf), Job::None)?;
+        let rest = &scratch[pumped.consumed..end];
+        if rest.is_empty() {
+            self.input = Vec::new();
+        } else if rest.len() > MAX_PENDING_INPUT {
+            return Poll::Ready(Err(invalid_data("TLS message too large")));
+        } else {
+            self.input.clear();
+            self.input.extend_from_slice(rest);
+        }
+        Poll::Ready(Ok(true))
+    }
+}
+
+/// Plaintext to the reader while it has room, the rest kept.
+fn deliver(payload: &[u8], dst: &mut Option<&mut ReadBuf<'_>>, plain: &mut Vec<u8>) {
+    let mut payload = payload;
+    if let Some(dst) = dst
+        && plain.is_empty()
+    {
+        let n = dst.remaining().min(payload.len());
+        dst.put_slice(&payload[..n]);
+        payload = &payload[n..];
+    }
+    plain.extend_from_slice(payload);
+}
+
+/// Appends what `encode` writes to `out`, growing it to the size rustls asks for.
+fn encode_into(
+    out: &mut Vec<u8>,
+    mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+) -> io::Result<()> {
+    let start = out.len();
+    let mut room = 1024;
+    loop {
+        out.resize(start + room, 0);
+        match encode(&mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size }))
+                if required_size > room =>
+            {
+                room = required_size;
+            }
+            Err(e) => {
+                out.truncate(start);
+                return Err(invalid_data(e));
+            }
+        }
+    }
+}
+
+fn encrypt_error(e: EncryptError) -> io::Error {
+    io::Error::other(e)
+}
+
+fn invalid_data(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl<C: Unbuffered> AsyncRead for TlsIo<C> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.take_plain(buf) || this.peer_closed || buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        // rustls's own messages (a key update's answer) go out as soon as they can; a write
+        // that waits here wakes this task again.
+        if let Poll::Ready(Err(e)) = this.poll_out(cx) {
+            return Poll::Ready(Err(e));
+        }
+        loop {
+            let before = buf.filled().len();
+            let open = ready!(with_scratch(|scratch| this.read_some(cx, scratch, buf)))?;
+            if !this.out.is_empty()
+                && let Poll::Ready(Err(e)) = this.poll_out(cx)
+            {
+                return Poll::Ready(Err(e));
+            }
+            if buf.filled().len() > before || this.peer_closed {
+                return Poll::Ready(Ok(()));
+            }
+            if !open {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed connection without sending TLS close_notify",
+                )));
+            }
+            // Only part of a record, or only rustls's own messages: read on.
+        }
+    }
+}
+
+impl<C: Unbuffered> AsyncWrite for TlsIo<C> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.closed_notify {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        // What the socket did not take last time goes first; until it has, wait.
+        ready!(this.poll_out(cx))?;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let plain = &buf[..buf.len().min(CHUNK)];
+        with_scratch(|scratch| {
+            // Room for the records, and for a key update rustls puts ahead of them.
+            let into = &mut scratch[..];
+            let pumped = this.pump_pending(Job::Encrypt { plain, into })?;
+            if !pumped.job_done {
+                return Poll::Ready(Err(io::Error::other("TLS connection cannot send data")));
+            }
+            let sealed = &scratch[..pumped.encrypted];
+            // rustls's own messages queued on the way (a key update) go before this data.
+            let mut written = 0;
+            if this.out.is_empty() {
+                match Pin::new(&mut this.tcp).poll_write(cx, sealed) {
+                    Poll::Ready(Ok(n)) => written = n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
+            // Encrypted, so taken: the rest waits in `out` (the record's sequence number is
+            // spent; it cannot be encrypted again).
+            this.out.extend_from_slice(&sealed[written..]);
+            if !this.out.is_empty() {
+                let _ = this.poll_out(cx)?;
+            }
+            Poll::Ready(Ok(plain.len()))
+        })
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_out(cx))?;
+        Pin::new(&mut this.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.closed_notify {
+            ready!(this.poll_out(cx))?;
+            this.closed_notify = true;
+            // A connection rustls already closed (an error, or both close_notifys) has no
+            // alert to send: the TCP shutdown is all there is.
+            let _ = this.pump_pending(Job::CloseNotify);
+        }
+        ready!(this.poll_out(cx))?;
+        if !this.tcp_shut {
+            match ready!(Pin::new(&mut this.tcp).poll_shutdown(cx)) {
+                Ok(()) => {}
+                // When shutting down, not being connected any more is fine.
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            this.tcp_shut = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::net::TcpListener;
+
+    /// A server config with a fresh certificate, and a client config that trusts it.
+    fn configs(
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
+        let (cert, key) = crate::tls::dev_certificate(&["localhost".into()]).unwrap();
+        let cert = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let server = ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    /// A connected pair over loopback: this stream as the server, tokio-rustls as the client
+    /// (over `wrap` of its socket).
+    async fn pair<W, F>(
+        version: &'static rustls::SupportedProtocolVersion,
+        wrap: F,
+    ) -> (ServerTls, tokio_rustls::client::TlsStream<W>)
+    where
+        W: AsyncRead + AsyncWrite + Unpin,
+        F: FnOnce(TcpStream) -> W,
+    {
+        let (server_config, client_config) = configs(version);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            accept(tcp, server_config).await
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let client = tokio_rustls::TlsConnector::from(client_config)
+            .connect(ServerName::try_from("localhost").unwrap(), wrap(tcp))
+            .await
+            .unwrap();
+        (server.await.unwrap().unwrap(), client)
+    }
+
+    /// Holds no buffer of its own (what an idle session costs).
+    fn assert_idle(s: &ServerTls) {
+        assert_eq!(s.input.capacity(), 0, "input kept");
+        assert_eq!(s.plain.capacity(), 0, "plaintext kept");
+        assert_eq!(s.out.capacity(), 0, "output kept");
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    /// Both ways at once, in writes of every size up to several records, read back through
+    /// buffers too small for a record: every byte arrives, in order, and nothing stays
+    /// buffered afterwards. TLS 1.3 and 1.2.
+    #[tokio::test]
+    async fn moves_every_byte_both_ways_and_keeps_nothing_at_rest() {
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            let (mut server, client) = pair(version, |t| t).await;
+            assert_idle(&server);
+            let up = pattern(300_000, 1);
+            let down = pattern(300_000, 7);
+            let (mut cr, mut cw) = tokio::io::split(client);
+            let (up2, down2) = (up.clone(), down.clone());
+            let client_writes = tokio::spawn(async move {
+                let mut i = 0;
+                let mut size = 1;
+                while i < up2.len() {
+                    let n = size.min(up2.len() - i);
+                    cw.write_all(&up2[i..i + n]).await.unwrap();
+                    i += n;
+                    size = size * 3 % 70_001 + 1;
+                }
+                cw.flush().await.unwrap();
+                cw
+            });
+            let client_reads = tokio::spawn(async move {
+                let mut got = vec![0; down2.len()];
+                cr.read_exact(&mut got).await.unwrap();
+                assert!(got == down2, "server→client bytes differ");
+                cr
+            });
+            let (mut sr, mut sw) = tokio::io::split(&mut server);
+            let server_reads = async {
+                let mut got = Vec::new();
+                let mut small = [0u8; 1000];
+                while got.len() < up.len() {
+                    let n = sr.read(&mut small).await.unwrap();
+                    assert!(n > 0, "early end of file");
+                    got.extend_from_slice(&small[..n]);
+                }
+                assert!(got == up, "client→server bytes differ");
+            };
+            let server_writes = async {
+                for chunk in down.chunks(100_000) {
+                    sw.write_all(chunk).await.unwrap();
+                }
+                sw.flush().await.unwrap();
+            };
+            tokio::join!(server_reads, server_writes);
+            let cw = client_writes.await.unwrap();
+            let cr = client_reads.await.unwrap();
+            assert_idle(&server);
+            // close_notify from the client: end of file, not an error.
+            let mut client = cr.unsplit(cw);
+            client.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            assert_eq!(server.read_to_end(&mut rest).await.unwrap(), 0);
+            // Ours back: the client reads a clean end too.
+            server.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty());
+        }
+    }
+
+    /// Both ends unbuffered (a listener's connection and a `wss://` backend's): a handshake,
+    /// an exchange each way larger than a record, a clean close each way, nothing kept.
+    #[tokio::test]
+    async fn client_and_server_both_unbuffered() {
+        let (server_config, client_config) = configs(&rustls::version::TLS13);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = accept(tcp, server_config).await.unwrap();
+            let mut got = vec![0; 50_000];
+            tls.read_exact(&mut got).await.unwrap();
+            tls.write_all(&got).await.unwrap();
+            tls.flush().await.unwrap();
+            let mut rest = Vec::new();
+            tls.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty());
+            assert_idle(&tls);
+            tls.shutdown().await.unwrap();
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = connect(tcp, client_config, name).await.unwrap();
+        assert_eq!(client.get_ref().1.alpn_protocol(), None);
+        let msg = pattern(50_000, 9);
+        client.write_all(&msg).await.unwrap();
+        client.flush().await.unwrap();
+        let mut back = vec![0; msg.len()];
+        client.read_exact(&mut back).await.unwrap();
+        assert!(back == msg);
+        client.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        assert_eq!(client.read_to_end(&mut rest).await.unwrap(), 0);
+        assert!(client.input.capacity() == 0 && client.out.capacity() == 0);
+        server.await.unwrap();
+    }
+
+    /// A socket that writes one byte per call: every record, and the handshake's messages,
+    /// reach the server split at every point.
+    struct Dribble(TcpStream);
+
+    impl AsyncRead for Dribble {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Dribble {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(1);
+            Pin::new(&mut self.0).poll_write(cx, &buf[..n])
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    /// The handshake and records arriving a byte at a time, and a key update from the client
+    /// (which asks for ours back) in the middle of the traffic.
+    #[tokio::test]
+    async fn split_records_and_key_updates() {
+        let (mut server, mut client) = pair(&rustls::version::TLS13, Dribble).await;
+        let msg = pattern(40_000, 3);
+        client.write_all(&msg[..20_000]).await.unwrap();
+        client.get_mut().1.refresh_traffic_keys().unwrap();
+        client.write_all(&msg[20_000..]).await.unwrap();
+        client.flush().await.unwrap();
+        let mut got = vec![0; msg.len()];
+        server.read_exact(&mut got).await.unwrap();
+        assert!(got == msg);
+        // Our answer to the key update went out ahead of this: the client decrypts it.
+        server.write_all(b"after the key update").await.unwrap();
+        server.flush().await.unwrap();
+        let mut back = [0u8; 20];
+        client.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"after the key update");
+        assert_idle(&server);
+    }
+
+    /// A TCP end without close_notify is an error (a truncation looks the same), and a
+    /// record that fails to decrypt is `InvalidData`, answered with an alert.
+    #[tokio::test]
+    async fn truncation_and_corruption_are_errors() {
+        let (mut server, client) = pair(&rustls::version::TLS13, |t| t).await;
+        let (mut tcp, _) = client.into_inner();
+        tcp.shutdown().await.unwrap();
+        let err = server.read(&mut [0u8; 100]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+
+        let (mut server, client) = pair(&rustls::version::TLS13, |t| t).await;
+        let (mut tcp, _) = client.into_inner();
+        // An application-data record whose ciphertext is garbage.
+        let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x40];
+        record.extend_from_slice(&[0x55; 0x40]);
+        tcp.write_all(&record).await.unwrap();
+        let err = server.read(&mut [0u8; 100]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        // The alert (bad_record_mac, 20) reached the client, encrypted: at least a record.
+        let mut alert = [0u8; 5];
+        tcp.read_exact(&mut alert).await.unwrap();
+        assert_eq!(alert[0], 0x17, "an encrypted record (the alert)");
+    }
+
+    /// A client that is not speaking TLS gets an alert and the handshake fails.
+    #[tokio::test]
+    async fn a_bad_client_hello_fails_the_handshake() {
+        let (server_config, _) = configs(&rustls::version::TLS13);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            accept(tcp, server_config).await.map(|_| ())
+        });
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        // A handshake record holding an empty ServerHello instead of a ClientHello.
+        tcp.write_all(&[0x16, 0x03, 0x01, 0x00, 0x04, 0x02, 0x00, 0x00, 0x00])
+            .await
+            .unwrap();
+        let err = server.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let mut alert = [0u8; 7];
+        tcp.read_exact(&mut alert).await.unwrap();
+        assert_eq!(alert[0], 0x15, "a plaintext alert record");
+    }
+}
