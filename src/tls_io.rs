@@ -3,8 +3,8 @@
 //!
 //! rustls's buffered `ServerConnection` (what `tokio-rustls` drives) keeps a 4 KiB buffer for
 //! incoming records for as long as the connection lives, even when it is empty: more than
-//! everything else an idle plain session holds (RSS per idle `wss://` session was 10.0 KiB
-//! with it, 5.9 KiB without, see ARCHITECTURE.md, "Memory per session"). The unbuffered API
+//! everything else an idle plain session holds (RSS per idle `wss://` session was 9.7 KiB
+//! with it, 5.5 KiB without, see ARCHITECTURE.md, "Memory per session"). The unbuffered API
 //! leaves the buffers to the caller, and this stream keeps them only while they hold
 //! something:
 //!
