@@ -6,6 +6,7 @@ pub mod access;
 pub mod correlation;
 pub mod json;
 pub mod limited;
+pub mod text;
 pub mod writer;
 
 pub use json::list;
@@ -44,7 +45,7 @@ pub fn init(format: LogFormat) -> writer::WriterGuard {
         .with_ansi(ansi)
         .with_writer(writer);
     let result = match format {
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.fmt_fields(text::TextFields).try_init(),
         // wsgate's own JSON format: tracing-subscriber's writes lists as strings.
         LogFormat::Json => builder.event_format(json::JsonFormat).try_init(),
     };
