@@ -32,7 +32,7 @@ use crate::policy::forwarding::{self, ClientAddr};
 use crate::policy::{Admitted, PolicyError, RequestFacts};
 use crate::relay;
 use crate::route::{Route, RouteTable};
-use crate::sessions::{SessionMeta, Sessions};
+use crate::sessions::{MetaStrings, SessionMeta, Sessions};
 use crate::telemetry::access;
 use crate::telemetry::correlation::{Correlation, X_REQUEST_ID};
 
@@ -340,20 +340,24 @@ fn session_meta(
     user: Option<String>,
 ) -> SessionMeta {
     use crate::telemetry::{MAX_LOGGED_PATH, MAX_LOGGED_VALUE, cut};
-    let text = |v: &HeaderValue| -> Option<Box<str>> {
-        let v = v.to_str().ok()?;
-        Some(cut(v, MAX_LOGGED_VALUE).into())
-    };
-    SessionMeta {
-        request_id: cx.ids.request_id().into(),
-        trace_id: cx.ids.logged_trace_id().map(Into::into),
-        transport: client_hs.transport,
-        host: cut(crate::route::strip_port(&client_hs.host), MAX_LOGGED_VALUE).into(),
-        path: cut(parts.uri.path(), MAX_LOGGED_PATH).into(),
-        subprotocol: up.protocol.as_ref().and_then(text),
-        user: user.map(|u| cut(&u, MAX_LOGGED_VALUE).into()),
-        user_agent: parts.headers.get(header::USER_AGENT).and_then(text),
+    fn text(v: &HeaderValue) -> Option<std::borrow::Cow<'_, str>> {
+        Some(cut(v.to_str().ok()?, MAX_LOGGED_VALUE))
     }
+    let subprotocol = up.protocol.as_ref().and_then(text);
+    let user = user.as_deref().map(|u| cut(u, MAX_LOGGED_VALUE));
+    let user_agent = parts.headers.get(header::USER_AGENT).and_then(text);
+    SessionMeta::new(
+        client_hs.transport,
+        MetaStrings {
+            request_id: cx.ids.request_id(),
+            trace_id: cx.ids.logged_trace_id(),
+            host: &cut(crate::route::strip_port(&client_hs.host), MAX_LOGGED_VALUE),
+            path: &cut(parts.uri.path(), MAX_LOGGED_PATH),
+            subprotocol: subprotocol.as_deref(),
+            user: user.as_deref(),
+            user_agent: user_agent.as_deref(),
+        },
+    )
 }
 
 /// The admission limits (`limits::admit`): the descriptor reserve, the handshake rates and
@@ -558,7 +562,7 @@ async fn run_session(start: Box<SessionStart>) {
         // is a bug worth knowing about, not worth a log line per frame.
         tracing::debug!(
             session = info.id,
-            request_id = &*info.meta.request_id,
+            request_id = info.meta.request_id(),
             side = side.as_str(),
             "frames after a close frame dropped (RFC 6455 §5.5.1)"
         );

@@ -24,25 +24,130 @@ use crate::route::Route;
 
 /// What a session was opened as, for the access log and the admin API: set once when the
 /// session starts, boxed in the record (read far less often than the counters).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Its strings share one allocation, `text`, one after another; `ends` says where each ends.
+/// Seven strings of their own cost a live session seven allocations, most of them smaller
+/// than the allocator's smallest step for their length and all for the session's life: ~190
+/// bytes with the struct in a plain session, 112 this way.
+#[derive(Clone, PartialEq, Eq)]
 pub struct SessionMeta {
+    text: Box<str>,
+    /// The end in `text` of each of [`Field`]'s strings; an absent one is empty.
+    ends: [u32; FIELDS],
+    /// Which of the optional strings are present (bit `1 << field`): an empty one is not
+    /// absent.
+    present: u8,
+    pub transport: Transport,
+}
+
+/// The strings of a [`SessionMeta`], in the order they are stored.
+#[derive(Clone, Copy)]
+enum Field {
+    RequestId,
+    TraceId,
+    Host,
+    Path,
+    Subprotocol,
+    User,
+    UserAgent,
+}
+const FIELDS: usize = 7;
+
+/// The strings a [`SessionMeta`] is made from.
+pub struct MetaStrings<'a> {
     /// The request's id (`X-Request-Id`): the one a trusted proxy sent, or a fresh one. Sent
     /// to the backend and written on every log record of the session.
-    pub request_id: Box<str>,
+    pub request_id: &'a str,
     /// The W3C trace id the backend was sent, when it is not the request id (an incoming
     /// `traceparent`, or a trusted proxy's id that is not a trace id).
-    pub trace_id: Option<Box<str>>,
-    pub transport: Transport,
+    pub trace_id: Option<&'a str>,
     /// The request's host (without port) and canonical path, never its query.
-    pub host: Box<str>,
-    pub path: Box<str>,
+    pub host: &'a str,
+    pub path: &'a str,
     /// The subprotocol the session speaks (the backend's choice), if any.
-    pub subprotocol: Option<Box<str>>,
+    pub subprotocol: Option<&'a str>,
     /// Who the route's policy found the client to be (a token's `sub`, a forward-auth
     /// header), if it asks.
-    pub user: Option<Box<str>>,
+    pub user: Option<&'a str>,
     /// The client's `User-Agent`, cut to a bound.
-    pub user_agent: Option<Box<str>>,
+    pub user_agent: Option<&'a str>,
+}
+
+impl SessionMeta {
+    pub fn new(transport: Transport, s: MetaStrings<'_>) -> SessionMeta {
+        let all: [Option<&str>; FIELDS] = [
+            Some(s.request_id),
+            s.trace_id,
+            Some(s.host),
+            Some(s.path),
+            s.subprotocol,
+            s.user,
+            s.user_agent,
+        ];
+        let mut text = String::with_capacity(all.iter().flatten().map(|v| v.len()).sum());
+        let mut ends = [0; FIELDS];
+        let mut present = 0;
+        for (i, v) in all.iter().enumerate() {
+            if let Some(v) = v {
+                text.push_str(v);
+                present |= 1 << i;
+            }
+            // The callers cut every string to a bound (`telemetry::cut`): far below 4 GiB.
+            ends[i] = u32::try_from(text.len()).unwrap_or(u32::MAX);
+        }
+        SessionMeta {
+            text: text.into_boxed_str(),
+            ends,
+            present,
+            transport,
+        }
+    }
+
+    fn get(&self, f: Field) -> Option<&str> {
+        let i = f as usize;
+        if self.present & (1 << i) == 0 {
+            return None;
+        }
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        self.text.get(start..self.ends[i] as usize)
+    }
+
+    pub fn request_id(&self) -> &str {
+        self.get(Field::RequestId).unwrap_or_default()
+    }
+    pub fn trace_id(&self) -> Option<&str> {
+        self.get(Field::TraceId)
+    }
+    pub fn host(&self) -> &str {
+        self.get(Field::Host).unwrap_or_default()
+    }
+    pub fn path(&self) -> &str {
+        self.get(Field::Path).unwrap_or_default()
+    }
+    pub fn subprotocol(&self) -> Option<&str> {
+        self.get(Field::Subprotocol)
+    }
+    pub fn user(&self) -> Option<&str> {
+        self.get(Field::User)
+    }
+    pub fn user_agent(&self) -> Option<&str> {
+        self.get(Field::UserAgent)
+    }
+}
+
+impl std::fmt::Debug for SessionMeta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionMeta")
+            .field("request_id", &self.request_id())
+            .field("trace_id", &self.trace_id())
+            .field("transport", &self.transport)
+            .field("host", &self.host())
+            .field("path", &self.path())
+            .field("subprotocol", &self.subprotocol())
+            .field("user", &self.user())
+            .field("user_agent", &self.user_agent())
+            .finish()
+    }
 }
 
 /// What the registry knows about one live session.
@@ -354,5 +459,58 @@ impl Sessions {
         self.wake(|_| true);
         self.tasks.close();
         self.tasks.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MetaStrings, SessionMeta};
+    use crate::handshake::Transport;
+
+    #[test]
+    fn session_meta_gives_back_each_string_and_tells_absent_from_empty() {
+        let m = SessionMeta::new(
+            Transport::H2,
+            MetaStrings {
+                request_id: "0123456789abcdef0123456789abcdef",
+                trace_id: None,
+                host: "chat.example",
+                path: "/room/é",
+                subprotocol: Some(""),
+                user: None,
+                user_agent: Some("Mozilla/5.0"),
+            },
+        );
+        assert_eq!(m.request_id(), "0123456789abcdef0123456789abcdef");
+        assert_eq!(m.trace_id(), None);
+        assert_eq!(m.host(), "chat.example");
+        assert_eq!(m.path(), "/room/é");
+        assert_eq!(m.subprotocol(), Some(""));
+        assert_eq!(m.user(), None);
+        assert_eq!(m.user_agent(), Some("Mozilla/5.0"));
+        assert_eq!(m.transport, Transport::H2);
+
+        let all = SessionMeta::new(
+            Transport::H1,
+            MetaStrings {
+                request_id: "",
+                trace_id: Some("t"),
+                host: "",
+                path: "/",
+                subprotocol: Some("chat"),
+                user: Some("alice"),
+                user_agent: None,
+            },
+        );
+        assert_eq!(
+            (all.request_id(), all.trace_id(), all.host(), all.path()),
+            ("", Some("t"), "", "/")
+        );
+        assert_eq!(
+            (all.subprotocol(), all.user(), all.user_agent()),
+            (Some("chat"), Some("alice"), None)
+        );
+        // One allocation for the strings, and a small struct around it.
+        assert!(std::mem::size_of::<SessionMeta>() <= 48);
     }
 }
