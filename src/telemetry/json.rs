@@ -211,37 +211,13 @@ impl Visit for Fields {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use serde_json::{Value, json};
-    use tracing_subscriber::fmt::MakeWriter;
 
     use super::*;
 
-    /// Collects what a subscriber writes.
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buffer {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Buffer {
-        type Writer = Buffer;
-        fn make_writer(&'a self) -> Buffer {
-            self.clone()
-        }
-    }
-
     /// The lines `f` logs, in the JSON format (`json = true`) or the text format.
     fn logged(json: bool, f: impl FnOnce()) -> String {
-        let buf = Buffer::default();
+        let buf = crate::telemetry::Captured::default();
         let builder = tracing_subscriber::fmt()
             .with_writer(buf.clone())
             .with_ansi(false)
@@ -251,7 +227,7 @@ mod tests {
         } else {
             tracing::subscriber::with_default(builder.finish(), f);
         }
-        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+        buf.text()
     }
 
     fn parse(line: &str) -> serde_json::Map<String, Value> {

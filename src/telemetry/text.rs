@@ -156,39 +156,16 @@ impl tracing_subscriber::field::VisitFmt for TextVisitor<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use proptest::prelude::*;
-    use tracing_subscriber::fmt::MakeWriter;
     use tracing_subscriber::fmt::format::DefaultFields;
 
     use super::TextFields;
-
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Buf {
-        type Writer = Buf;
-        fn make_writer(&'a self) -> Buf {
-            self.clone()
-        }
-    }
 
     /// What `emit` logs with the default field formatter and with `TextFields`, as the
     /// binary's text format writes it (no colours; no time, which would differ).
     fn both(emit: impl Fn()) -> (String, String) {
         let run = |fast: bool| {
-            let buf = Buf::default();
+            let buf = crate::telemetry::Captured::default();
             let builder = tracing_subscriber::fmt()
                 .with_ansi(false)
                 .without_time()
@@ -202,7 +179,7 @@ mod tests {
                     &emit,
                 );
             }
-            String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+            buf.text()
         };
         (run(false), run(true))
     }
