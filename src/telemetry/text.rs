@@ -83,10 +83,17 @@ impl TextVisitor<'_> {
         }
     }
 
-    fn number(&mut self, field: &Field, value: impl fmt::Display) {
-        self.result = self
-            .head(field.name())
-            .and_then(|()| write!(self.writer, "{value}"));
+    /// A number or a boolean: its `Debug` is its `Display`, which is what `DefaultVisitor`
+    /// writes for them too (its `record_u64`, `record_i64` and `record_bool` are `Visit`'s
+    /// defaults, which hand the value to `record_debug`).
+    fn scalar(&mut self, field: &Field, value: impl fmt::Display + fmt::Debug) {
+        if self.fast(field.name()) {
+            self.result = self
+                .head(field.name())
+                .and_then(|()| write!(self.writer, "{value}"));
+        } else {
+            self.default(field, |v| v.record_debug(field, &value));
+        }
     }
 }
 
@@ -110,27 +117,15 @@ impl Visit for TextVisitor<'_> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        if self.fast(field.name()) {
-            self.number(field, value);
-        } else {
-            self.default(field, |v| v.record_u64(field, value));
-        }
+        self.scalar(field, value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        if self.fast(field.name()) {
-            self.number(field, value);
-        } else {
-            self.default(field, |v| v.record_i64(field, value));
-        }
+        self.scalar(field, value);
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        if self.fast(field.name()) {
-            self.number(field, value);
-        } else {
-            self.default(field, |v| v.record_bool(field, value));
-        }
+        self.scalar(field, value);
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
@@ -162,12 +157,13 @@ mod tests {
     use super::TextFields;
 
     /// What `emit` logs with the default field formatter and with `TextFields`, as the
-    /// binary's text format writes it (no colours; no time, which would differ).
-    fn both(emit: impl Fn()) -> (String, String) {
+    /// binary's text format writes it (no time, which would differ). With colours every
+    /// field takes `TextFields`' way to `DefaultVisitor`.
+    fn both(ansi: bool, emit: impl Fn()) -> (String, String) {
         let run = |fast: bool| {
             let buf = crate::telemetry::Captured::default();
             let builder = tracing_subscriber::fmt()
-                .with_ansi(false)
+                .with_ansi(ansi)
                 .without_time()
                 .with_max_level(tracing::Level::TRACE)
                 .with_writer(buf.clone());
@@ -195,7 +191,7 @@ mod tests {
 
     #[test]
     fn records_are_written_as_the_default_formatter_writes_them() {
-        let (default, fast) = both(|| {
+        let emit = || {
             let span = tracing::info_span!("conn", peer = "127.0.0.1:1", n = 3u64);
             let _in = span.enter();
             tracing::info!(
@@ -226,10 +222,13 @@ mod tests {
             tracing::warn!(error = err, "message with \"quotes\" {}", 42);
             tracing::info!("only a message");
             tracing::info!(first = "no message");
-        });
-        assert!(default.contains("session closed"), "{default}");
-        assert!(default.lines().count() >= 4, "{default}");
-        assert_eq!(fast, default);
+        };
+        for ansi in [false, true] {
+            let (default, fast) = both(ansi, emit);
+            assert!(default.contains("session closed"), "{default}");
+            assert!(default.lines().count() >= 4, "{default}");
+            assert_eq!(fast, default);
+        }
     }
 
     proptest! {
@@ -239,7 +238,7 @@ mod tests {
             b in "[ -~]{0,40}",
             n in any::<u64>(),
         ) {
-            let (default, fast) = both(|| {
+            let (default, fast) = both(false, || {
                 tracing::info!(a = a.as_str(), n, b = b.as_str(), "m");
             });
             prop_assert_eq!(fast, default);
