@@ -164,12 +164,12 @@ pub async fn accept_loop(
                     );
                     let (tls, client) = match unless_stopped(&stop, counts, handshake).await {
                         Some(Handshake::Tls(tls, client)) => (*tls, client),
-                        Some(Handshake::PlainHttp(stream)) => {
+                        Some(Handshake::PlainHttp(stream, head)) => {
                             // Already counted as a refusal: a shutdown cuts the answer short
                             // rather than wait for a client that may never read it.
                             tokio::select! {
                                 _ = stop.cancelled() => {}
-                                _ = answer_plain_http(stream, deadline) => {}
+                                _ = answer_plain_http(stream, head, deadline) => {}
                             }
                             return;
                         }
@@ -230,8 +230,9 @@ enum Handshake {
     /// TLS is up; the client's address (from the PROXY header, if the listener expects one).
     /// Boxed: the TLS state is over a kilobyte, the other variant a socket.
     Tls(Box<ServerTls>, SocketAddr),
-    /// The client spoke plain HTTP (already counted): it gets a 400 that says so.
-    PlainHttp(TcpStream),
+    /// The client spoke plain HTTP (already counted): it gets a 400 that says so. The socket,
+    /// and the start of the request read from it.
+    PlainHttp(TcpStream, Vec<u8>),
 }
 
 /// The handshake phase of a TLS listener's connection: the PROXY header where the listener
@@ -248,25 +249,16 @@ async fn tls_handshake(
     stats: &ListenerStats,
 ) -> Option<Handshake> {
     let client = client_addr(&mut stream, peer, proxy_protocol, deadline, counts).await?;
-    match tokio::time::timeout_at(deadline, starts_like_http(&stream)).await {
-        Ok(true) => {
+    match tokio::time::timeout_at(deadline, tls_io::accept(stream, acceptor.clone())).await {
+        Ok(Ok(tls_io::Accepted::Tls(tls))) => {
+            stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+            Some(Handshake::Tls(tls, client))
+        }
+        Ok(Ok(tls_io::Accepted::PlainHttp(stream, head))) => {
             counts.add(Outcome::PlainHttpOnTls);
             stats.tls_failures.add(Outcome::PlainHttpOnTls);
             tracing::debug!(client = %client, "plain HTTP on a TLS port; answered 400");
-            return Some(Handshake::PlainHttp(stream));
-        }
-        Ok(false) => {}
-        Err(_) => {
-            counts.add(Outcome::TlsHandshakeTimeout);
-            stats.tls_failures.add(Outcome::TlsHandshakeTimeout);
-            tracing::debug!(client = %client, "no TLS handshake within the handshake timeout");
-            return None;
-        }
-    }
-    match tokio::time::timeout_at(deadline, tls_io::accept(stream, acceptor.clone())).await {
-        Ok(Ok(tls)) => {
-            stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
-            Some(Handshake::Tls(Box::new(tls), client))
+            Some(Handshake::PlainHttp(stream, head))
         }
         Ok(Err(e)) => {
             counts.add(Outcome::TlsHandshakeFailed);
@@ -319,21 +311,14 @@ async fn client_addr(
     }
 }
 
-/// Whether a connection to a TLS port starts with an HTTP request instead of a TLS
-/// handshake (whose first byte is 0x16, a handshake record). Waits for the first byte.
-async fn starts_like_http(stream: &TcpStream) -> bool {
-    let mut first = [0u8; 1];
-    matches!(stream.peek(&mut first).await, Ok(1) if first[0].is_ascii_uppercase())
-}
-
 /// Someone typed `http://` for a `https://` address: tell them, as nginx does (its 497),
 /// instead of sending a TLS alert a person cannot read. The request head is read first (up
-/// to a limit) so that closing does not reset the connection under the answer.
-async fn answer_plain_http(mut stream: TcpStream, deadline: Instant) {
+/// to a limit; `head` is what the TLS handshake read of it) so that closing does not reset
+/// the connection under the answer.
+async fn answer_plain_http(mut stream: TcpStream, mut head: Vec<u8>, deadline: Instant) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const BODY: &str = "This port speaks TLS: use https:// or wss://.\n";
     let run = async {
-        let mut head = Vec::new();
         let mut buf = [0u8; 2048];
         while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
             match stream.read(&mut buf).await? {

@@ -232,6 +232,21 @@ impl ResolvesServerCert for Reloading {
     }
 }
 
+/// The process's session ticket keys (rustls's `Ticketer`: AES-256 and HMAC-SHA256 as RFC
+/// 5077 §4 recommends, random keys rolled every 6 hours, tickets valid for 12), one for every
+/// listener and config generation: a ticket issued before a reload still resumes after it.
+/// Keys live in memory only, so a restart or binary upgrade ends resumption once.
+fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, String> {
+    static TICKETER: std::sync::OnceLock<Arc<dyn rustls::server::ProducesTickets>> =
+        std::sync::OnceLock::new();
+    if let Some(t) = TICKETER.get() {
+        return Ok(t.clone());
+    }
+    let t = rustls::crypto::aws_lc_rs::Ticketer::new()
+        .map_err(|e| format!("TLS session tickets: {e}"))?;
+    Ok(TICKETER.get_or_init(|| t).clone())
+}
+
 /// A TLS listener's configuration, whose certificates can be reloaded in place: handshakes
 /// after a reload use the new certificates; established connections are not touched.
 #[derive(Debug)]
@@ -268,16 +283,24 @@ pub fn peer_subject(conn: &rustls::CommonState) -> Option<Arc<str>> {
 
 impl TlsListener {
     pub fn new(sources: Vec<CertSource>, initial: SniResolver) -> Result<TlsListener, String> {
-        Self::with_client_auth(sources, initial, None, None)
+        Self::with_client_auth(sources, initial, None, None, true)
     }
 
     /// A listener that may ask for client certificates (`client_auth`), and passes the
     /// verified subject to backends in `subject_header`.
+    ///
+    /// `resumption` (`session_resumption`): a returning client may skip the certificate and
+    /// its signature. TLS 1.3 gets stateless session tickets (`ticketer()`: nothing kept per
+    /// client, any worker can resume any client, two tickets per full handshake as rustls and
+    /// OpenSSL send), TLS 1.2 tickets and rustls's session cache (256 sessions). Without it,
+    /// no ticket is sent and nothing is cached: every handshake is a full one, and none
+    /// spends work issuing tickets.
     pub fn with_client_auth(
         sources: Vec<CertSource>,
         initial: SniResolver,
         client_auth: Option<&ClientAuth>,
         subject_header: Option<http::HeaderName>,
+        resumption: bool,
     ) -> Result<TlsListener, String> {
         let resolver = Arc::new(Reloading(RwLock::new(Arc::new(initial))));
         let builder = ServerConfig::builder_with_provider(provider())
@@ -303,6 +326,12 @@ impl TlsListener {
             }
         };
         let mut config = builder.with_cert_resolver(resolver.clone());
+        if resumption {
+            config.ticketer = ticketer()?;
+        } else {
+            config.send_tls13_tickets = 0;
+            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        }
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let mut config_h2 = config.clone();
         config_h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -29,6 +29,18 @@
 //! `UnexpectedEof` error (a truncation attack looks the same), `poll_shutdown` sends
 //! `close_notify` and then shuts the socket's write side, and a protocol error is answered with
 //! rustls's alert before it is returned as `InvalidData`.
+//!
+//! Three things spare a segment (and a syscall) each per connection, where `tokio-rustls`
+//! would send one more:
+//!
+//! - A TLS 1.3 server's session tickets are held for its first write (the `101`), and go out
+//!   in the same segment: nothing waits for them.
+//! - [`TlsIo::poll_write_last`] sends the last bytes (the close frame that ends a closing
+//!   handshake) and the `close_notify` in one write, and [`TlsIo::poll_close_notify`] sends
+//!   the `close_notify` without a TCP shutdown: the relay then closes the socket, which sends
+//!   the FIN, instead of shutting it down and waiting for the peer's end of file.
+//! - [`accept`] tells a plain HTTP request on a TLS port from the handshake's own first read,
+//!   instead of peeking at the first byte first.
 
 use std::cell::RefCell;
 use std::io;
@@ -44,7 +56,7 @@ use rustls::unbuffered::{
     ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedConnectionCommon,
     UnbufferedStatus,
 };
-use rustls::{ClientConfig, CommonState, ServerConfig};
+use rustls::{ClientConfig, CommonState, ProtocolVersion, ServerConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -114,13 +126,28 @@ pub type ServerTls = TlsIo<UnbufferedServerConnection>;
 /// A `wss://` backend: a client connection.
 pub type ClientTls = TlsIo<UnbufferedClientConnection>;
 
+/// What a listener's connection turned out to be.
+pub enum Accepted {
+    /// TLS is up (boxed: the TLS state is over a kilobyte, the other variant a socket).
+    Tls(Box<ServerTls>),
+    /// Its first bytes were an HTTP request, not a TLS handshake (someone typed `http://` for
+    /// a TLS port): the socket, and what was read of the request.
+    PlainHttp(TcpStream, Vec<u8>),
+}
+
 /// Accepts a TLS connection on `tcp`: the whole handshake, written and read with buffers of
 /// its own that are dropped when it completes. The caller bounds it in time.
-pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<ServerTls> {
+///
+/// A connection whose first byte is an ASCII capital letter (`GET`, `POST`...; a TLS
+/// handshake starts with 0x16) is handed back as [`Accepted::PlainHttp`] with the bytes of
+/// that first read: found in the read the handshake makes anyway, not in a peek of its own.
+pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<Accepted> {
     let conn = UnbufferedServerConnection::new(config).map_err(invalid_data)?;
     let mut io = TlsIo::new(tcp, conn);
-    io.handshake().await?;
-    Ok(io)
+    Ok(match io.handshake(true).await? {
+        Some(head) => Accepted::PlainHttp(io.tcp, head),
+        None => Accepted::Tls(Box::new(io)),
+    })
 }
 
 /// Opens a TLS connection to `name` on `tcp`: the whole handshake, as [`accept`] does.
@@ -131,7 +158,7 @@ pub async fn connect(
 ) -> io::Result<ClientTls> {
     let conn = UnbufferedClientConnection::new(config, name).map_err(invalid_data)?;
     let mut io = TlsIo::new(tcp, conn);
-    io.handshake().await?;
+    io.handshake(false).await?;
     Ok(io)
 }
 
@@ -152,6 +179,9 @@ pub struct TlsIo<C> {
     peer_closed: bool,
     /// Our `close_notify` is queued: no more writes.
     closed_notify: bool,
+    /// `out` holds a TLS 1.3 server's session tickets, which wait for the first write so that
+    /// they go out with it (the `101` answer) in one segment: reads do not send them.
+    held: bool,
     /// Our side of the TCP connection is shut.
     tcp_shut: bool,
 }
@@ -191,6 +221,7 @@ impl<C: Unbuffered> TlsIo<C> {
             out_pos: 0,
             peer_closed: false,
             closed_notify: false,
+            held: false,
             tcp_shut: false,
         }
     }
@@ -204,19 +235,36 @@ impl<C: Unbuffered> TlsIo<C> {
     /// time, and a flight is written whole before more input is awaited. Input that follows
     /// the handshake (a request pipelined behind the client's Finished) is kept for the first
     /// read.
-    async fn handshake(&mut self) -> io::Result<()> {
+    ///
+    /// A TLS 1.3 server's last flight is its session tickets, which nothing waits for: they
+    /// are held for the first write (see `held`), one segment and one `sendto` fewer per
+    /// connection. (A TLS 1.2 server's last flight is its Finished, which the client waits for;
+    /// a client's is its Finished: those go out at once.)
+    ///
+    /// `server`: this end is the server, which holds its TLS 1.3 tickets, and returns
+    /// Ok(Some(bytes)) if the first bytes read look like an HTTP request (see [`accept`]);
+    /// nothing has been written then.
+    async fn handshake(&mut self, server: bool) -> io::Result<Option<Vec<u8>>> {
         let mut input = vec![0u8; 4096];
         let mut filled = 0;
         loop {
             let pumped = self.pump(&mut input[..filled], None, Job::None);
-            let flushed = self.write_out_all().await;
+            let hold = server
+                && matches!(&pumped, Ok(p) if !p.handshaking)
+                && self.conn.protocol_version() == Some(ProtocolVersion::TLSv1_3);
+            let flushed = if hold {
+                self.held = !self.out.is_empty();
+                Ok(())
+            } else {
+                self.write_out_all().await
+            };
             let pumped = pumped?;
             flushed?;
             input.copy_within(pumped.consumed..filled, 0);
             filled -= pumped.consumed;
             if !pumped.handshaking {
                 self.input = input[..filled].to_vec();
-                return Ok(());
+                return Ok(None);
             }
             if filled == input.len() {
                 if filled >= MAX_PENDING_INPUT {
@@ -230,6 +278,10 @@ impl<C: Unbuffered> TlsIo<C> {
                     io::ErrorKind::UnexpectedEof,
                     "tls handshake eof",
                 ));
+            }
+            if server && filled == 0 && input[0].is_ascii_uppercase() {
+                input.truncate(n);
+                return Ok(Some(input));
             }
             filled += n;
         }
@@ -357,8 +409,10 @@ impl<C: Unbuffered> TlsIo<C> {
         }
     }
 
-    /// Writes what `out` holds. Ready(Ok) once it is empty (and its memory given back).
+    /// Writes what `out` holds (held tickets too). Ready(Ok) once it is empty (and its memory
+    /// given back).
     fn poll_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.held = false;
         while self.out_pos < self.out.len() {
             let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.out[self.out_pos..]))?;
             if n == 0 {
@@ -478,14 +532,25 @@ impl<C: Unbuffered> AsyncRead for TlsIo<C> {
             return Poll::Ready(Ok(()));
         }
         // rustls's own messages (a key update's answer) go out as soon as they can; a write
-        // that waits here wakes this task again.
-        if let Poll::Ready(Err(e)) = this.poll_out(cx) {
+        // that waits here wakes this task again. Held tickets wait for the first write.
+        if !this.held
+            && let Poll::Ready(Err(e)) = this.poll_out(cx)
+        {
             return Poll::Ready(Err(e));
         }
         loop {
             let before = buf.filled().len();
-            let open = ready!(with_scratch(|scratch| this.read_some(cx, scratch, buf)))?;
+            let open = match ready!(with_scratch(|scratch| this.read_some(cx, scratch, buf))) {
+                Ok(open) => open,
+                Err(e) => {
+                    // The alert rustls queued for a protocol error goes out if the socket
+                    // takes it now (after any held tickets); the error is returned either way.
+                    let _ = this.poll_out(cx);
+                    return Poll::Ready(Err(e));
+                }
+            };
             if !this.out.is_empty()
+                && !this.held
                 && let Poll::Ready(Err(e)) = this.poll_out(cx)
             {
                 return Poll::Ready(Err(e));
@@ -504,34 +569,42 @@ impl<C: Unbuffered> AsyncRead for TlsIo<C> {
     }
 }
 
-impl<C: Unbuffered> AsyncWrite for TlsIo<C> {
-    fn poll_write(
-        self: Pin<&mut Self>,
+impl<C: Unbuffered> TlsIo<C> {
+    /// Encrypts `buf` (up to [`CHUNK`] of it) and writes it, with whatever `out` holds ahead
+    /// of it in the same write: held tickets, a key update queued while encrypting, and with
+    /// `last`, a `close_notify` after it. Ready(Ok(n)) once the `n` bytes are encrypted: what
+    /// the socket did not take waits in `out` (flushed by the next write or `poll_flush`).
+    fn poll_write_inner(
+        &mut self,
         cx: &mut Context<'_>,
         buf: &[u8],
+        last: bool,
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.closed_notify {
+        if self.closed_notify {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        // What the socket did not take last time goes first; until it has, wait.
-        ready!(this.poll_out(cx))?;
+        // What the socket did not take last time goes first; until it has, wait. Held
+        // tickets were never tried: they go with this write.
+        if !self.held {
+            ready!(self.poll_out(cx))?;
+        }
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
         let plain = &buf[..buf.len().min(CHUNK)];
+        let last = last && plain.len() == buf.len();
         with_scratch(|scratch| {
             // Room for the records, and for a key update rustls puts ahead of them.
             let into = &mut scratch[..];
-            let pumped = this.pump_pending(Job::Encrypt { plain, into })?;
+            let pumped = self.pump_pending(Job::Encrypt { plain, into })?;
             if !pumped.job_done {
                 return Poll::Ready(Err(io::Error::other("TLS connection cannot send data")));
             }
             let sealed = &scratch[..pumped.encrypted];
             // rustls's own messages queued on the way (a key update) go before this data.
             let mut written = 0;
-            if this.out.is_empty() {
-                match Pin::new(&mut this.tcp).poll_write(cx, sealed) {
+            if self.out.is_empty() && !last {
+                match Pin::new(&mut self.tcp).poll_write(cx, sealed) {
                     Poll::Ready(Ok(n)) => written = n,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {}
@@ -539,30 +612,64 @@ impl<C: Unbuffered> AsyncWrite for TlsIo<C> {
             }
             // Encrypted, so taken: the rest waits in `out` (the record's sequence number is
             // spent; it cannot be encrypted again).
-            this.out.extend_from_slice(&sealed[written..]);
-            if !this.out.is_empty() {
-                let _ = this.poll_out(cx)?;
+            self.out.extend_from_slice(&sealed[written..]);
+            if last {
+                // After the data, in the same write.
+                self.closed_notify = true;
+                let _ = self.pump_pending(Job::CloseNotify);
+            }
+            if !self.out.is_empty() {
+                let _ = self.poll_out(cx)?;
             }
             Poll::Ready(Ok(plain.len()))
         })
     }
 
+    /// Writes `buf` as the last bytes of this connection, with our `close_notify` after them in
+    /// the same write (one segment and one `sendto` fewer than a write and a `close_notify`).
+    /// A `buf` over one chunk is written in part, as `poll_write` does; the `close_notify` goes
+    /// with the call that takes the end of it. Nothing may be written after it.
+    pub fn poll_write_last(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.poll_write_inner(cx, buf, true)
+    }
+
+    /// Sends our `close_notify` (unless it is already queued) and what is queued before it,
+    /// without shutting the TCP side: for a peer that has nothing more to say, the socket's
+    /// close then sends the FIN. Ready(Ok) once it is all written.
+    pub fn poll_close_notify(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.closed_notify {
+            ready!(self.poll_out(cx))?;
+            self.closed_notify = true;
+            // A connection rustls already closed (an error, or both close_notifys) has no
+            // alert to send: the TCP shutdown is all there is.
+            let _ = self.pump_pending(Job::CloseNotify);
+        }
+        self.poll_out(cx)
+    }
+}
+
+impl<C: Unbuffered> AsyncWrite for TlsIo<C> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_write_inner(cx, buf, false)
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.poll_out(cx))?;
+        // Held tickets are not the caller's data: they still wait for its first write (hyper
+        // flushes after every read, before it has anything to answer).
+        if !this.held {
+            ready!(this.poll_out(cx))?;
+        }
         Pin::new(&mut this.tcp).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.closed_notify {
-            ready!(this.poll_out(cx))?;
-            this.closed_notify = true;
-            // A connection rustls already closed (an error, or both close_notifys) has no
-            // alert to send: the TCP shutdown is all there is.
-            let _ = this.pump_pending(Job::CloseNotify);
-        }
-        ready!(this.poll_out(cx))?;
+        ready!(this.poll_close_notify(cx))?;
         if !this.tcp_shut {
             match ready!(Pin::new(&mut this.tcp).poll_shutdown(cx)) {
                 Ok(()) => {}
@@ -621,7 +728,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
-            accept(tcp, server_config).await
+            accept_tls(tcp, server_config).await
         });
         let tcp = TcpStream::connect(addr).await.unwrap();
         tcp.set_nodelay(true).unwrap();
@@ -630,6 +737,14 @@ mod tests {
             .await
             .unwrap();
         (server.await.unwrap().unwrap(), client)
+    }
+
+    /// [`accept`] where the client speaks TLS.
+    async fn accept_tls(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<ServerTls> {
+        match accept(tcp, config).await? {
+            Accepted::Tls(tls) => Ok(*tls),
+            Accepted::PlainHttp(..) => panic!("taken for plain HTTP"),
+        }
     }
 
     /// Holds no buffer of its own (what an idle session costs).
@@ -652,7 +767,10 @@ mod tests {
     async fn moves_every_byte_both_ways_and_keeps_nothing_at_rest() {
         for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
             let (mut server, client) = pair(version, |t| t).await;
-            assert_idle(&server);
+            // TLS 1.3: only the session tickets, held for the first write.
+            assert_eq!(server.held, version == &rustls::version::TLS13);
+            assert_eq!(server.out.is_empty(), !server.held);
+            assert_eq!(server.input.capacity() + server.plain.capacity(), 0);
             let up = pattern(300_000, 1);
             let down = pattern(300_000, 7);
             let (mut cr, mut cw) = tokio::io::split(client);
@@ -718,7 +836,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
-            let mut tls = accept(tcp, server_config).await.unwrap();
+            let mut tls = accept_tls(tcp, server_config).await.unwrap();
             let mut got = vec![0; 50_000];
             tls.read_exact(&mut got).await.unwrap();
             tls.write_all(&got).await.unwrap();
@@ -817,10 +935,111 @@ mod tests {
         tcp.write_all(&record).await.unwrap();
         let err = server.read(&mut [0u8; 100]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        // The alert (bad_record_mac, 20) reached the client, encrypted: at least a record.
-        let mut alert = [0u8; 5];
-        tcp.read_exact(&mut alert).await.unwrap();
-        assert_eq!(alert[0], 0x17, "an encrypted record (the alert)");
+        drop(server);
+        // The alert (bad_record_mac) reached the client, encrypted, after the session
+        // tickets: the last record is 19 bytes (level, description, content type, 16 of tag).
+        let mut got = Vec::new();
+        tcp.read_to_end(&mut got).await.unwrap();
+        let mut records = Vec::new();
+        let mut rest = &got[..];
+        while rest.len() >= 5 {
+            let len = usize::from(u16::from_be_bytes([rest[3], rest[4]]));
+            records.push((rest[0], len));
+            rest = &rest[(5 + len).min(rest.len())..];
+        }
+        assert_eq!(records.last(), Some(&(0x17, 19)), "{records:?}");
+    }
+
+    /// A TLS 1.3 server's session tickets wait for its first write and go out with it: a
+    /// read does not send them, the first write leaves nothing queued, and they arrive
+    /// intact (the client resumes with one).
+    #[tokio::test]
+    async fn tickets_go_out_with_the_first_write() {
+        let (server_config, client_config) = configs(&rustls::version::TLS13);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connector = tokio_rustls::TlsConnector::from(client_config);
+        let name = ServerName::try_from("localhost").unwrap();
+        for round in 0..2 {
+            let (mut server, mut client) = tokio::join!(
+                async {
+                    let (tcp, _) = listener.accept().await.unwrap();
+                    accept_tls(tcp, server_config.clone()).await.unwrap()
+                },
+                async {
+                    let tcp = TcpStream::connect(addr).await.unwrap();
+                    connector.connect(name.clone(), tcp).await.unwrap()
+                }
+            );
+            if round == 1 {
+                let kind = client.get_ref().1.handshake_kind();
+                assert_eq!(kind, Some(rustls::HandshakeKind::Resumed));
+                break;
+            }
+            assert!(server.held && !server.out.is_empty(), "tickets held");
+            client.write_all(b"ping").await.unwrap();
+            let mut got = [0u8; 4];
+            server.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"ping");
+            assert!(
+                server.held && !server.out.is_empty(),
+                "a read sent the tickets"
+            );
+            server.write_all(b"pong").await.unwrap();
+            assert!(!server.held && server.out.is_empty(), "left queued");
+            client.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"pong");
+            assert_idle(&server);
+        }
+    }
+
+    /// A connection that opens with an HTTP request comes back as plain HTTP, with what the
+    /// handshake read of the request and nothing written to it.
+    #[tokio::test]
+    async fn plain_http_is_handed_back_with_its_bytes() {
+        let (server_config, _) = configs(&rustls::version::TLS13);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            accept(tcp, server_config).await.unwrap()
+        });
+        let request = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(request).await.unwrap();
+        let Accepted::PlainHttp(mut stream, head) = server.await.unwrap() else {
+            panic!("taken for TLS");
+        };
+        assert!(!head.is_empty() && request.starts_with(&head), "{head:?}");
+        // Nothing was written: the first thing the client reads is what the caller sends.
+        stream.write_all(b"HTTP/1.1 400").await.unwrap();
+        let mut got = [0u8; 12];
+        tcp.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"HTTP/1.1 400");
+    }
+
+    /// The last write carries the `close_notify`: the peer reads the bytes, then a clean end
+    /// of file; the TCP side is not shut (the socket's close sends the FIN), and nothing may
+    /// be written after it. TLS 1.3 and 1.2.
+    #[tokio::test]
+    async fn the_last_write_carries_close_notify() {
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            let (mut server, mut client) = pair(version, |t| t).await;
+            let n = std::future::poll_fn(|cx| server.poll_write_last(cx, b"bye"))
+                .await
+                .unwrap();
+            assert_eq!(n, 3);
+            assert!(server.closed_notify && !server.tcp_shut && server.out.is_empty());
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"bye", "the bytes, then a clean end (close_notify)");
+            std::future::poll_fn(|cx| server.poll_close_notify(cx))
+                .await
+                .unwrap();
+            let err = server.write_all(b"more").await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+            assert_idle(&server);
+        }
     }
 
     /// A client that is not speaking TLS gets an alert and the handshake fails.
@@ -831,7 +1050,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
-            accept(tcp, server_config).await.map(|_| ())
+            accept_tls(tcp, server_config).await.map(|_| ())
         });
         let mut tcp = TcpStream::connect(addr).await.unwrap();
         // A handshake record holding an empty ServerHello instead of a ClientHello.

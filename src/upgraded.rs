@@ -125,8 +125,26 @@ impl UpgradedIo {
 }
 
 impl crate::relay::Leg for UpgradedIo {
-    fn close_is_enough(&self) -> bool {
-        matches!(self, UpgradedIo::Tcp(_))
+    fn poll_write_last(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self {
+            UpgradedIo::Tls(s) => s.poll_write_last(cx, buf),
+            UpgradedIo::TlsClient(s) => s.poll_write_last(cx, buf),
+            _ => tokio::io::AsyncWrite::poll_write(Pin::new(self), cx, buf),
+        }
+    }
+
+    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+        match self {
+            UpgradedIo::Tcp(_) => Poll::Ready(Ok(true)),
+            UpgradedIo::Tls(s) => s.poll_close_notify(cx).map_ok(|()| true),
+            UpgradedIo::TlsClient(s) => s.poll_close_notify(cx).map_ok(|()| true),
+            // hyper's `Upgraded` (an HTTP/2 stream): its shutdown ends the stream.
+            UpgradedIo::Hyper(_) => Poll::Ready(Ok(false)),
+        }
     }
 }
 

@@ -124,6 +124,8 @@ pub struct FileTls {
     pub client_subject_header: Option<SpStr>,
     /// How often the certificate files are checked for changes (reloaded when they change).
     pub watch_interval: Option<SpStr>,
+    /// TLS session resumption (session tickets and the TLS 1.2 session cache). Default true.
+    pub session_resumption: Option<bool>,
     #[serde(default)]
     pub sni: Vec<Spanned<FileSni>>,
 }

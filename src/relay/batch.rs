@@ -49,16 +49,58 @@ impl<'d> Batch<'d> {
         }
     }
 
+    /// [`add`](Self::add); `last`: `bytes` are the last `to` gets (a close frame that ends its
+    /// closing handshake): the run and they go in one write as such (`Side::send_as`). A
+    /// control frame comes from the scanner's hold buffer, not the chunk: then the run and
+    /// the frame are joined in a copy (once per session).
+    pub(super) fn add_as<Z: Leg>(
+        &mut self,
+        cx: &mut Context<'_>,
+        to: &mut Side<Z>,
+        bytes: &[u8],
+        last: bool,
+    ) -> io::Result<()> {
+        if !last {
+            return self.add(cx, to, bytes);
+        }
+        let base = self.data.as_ptr() as usize;
+        let at = bytes.as_ptr() as usize;
+        let in_chunk = at >= base && at + bytes.len() <= base + self.data.len();
+        if in_chunk && (self.start >= self.end || at - base == self.end) {
+            if self.start >= self.end {
+                self.start = at - base;
+            }
+            self.end = at - base + bytes.len();
+            return self.flush_as(cx, to, true);
+        }
+        if self.start >= self.end {
+            return to.send_as(cx, bytes, true);
+        }
+        let joined = [&self.data[self.start..self.end], bytes].concat();
+        self.start = self.end;
+        to.send_as(cx, &joined, true)
+    }
+
     pub(super) fn flush<Z: Leg>(
         &mut self,
         cx: &mut Context<'_>,
         to: &mut Side<Z>,
+    ) -> io::Result<()> {
+        self.flush_as(cx, to, false)
+    }
+
+    /// [`flush`](Self::flush); `last`: the run is the last `to` gets (`Side::send_as`).
+    fn flush_as<Z: Leg>(
+        &mut self,
+        cx: &mut Context<'_>,
+        to: &mut Side<Z>,
+        last: bool,
     ) -> io::Result<()> {
         if self.start >= self.end {
             return Ok(());
         }
         let run = &self.data[self.start..self.end];
         self.start = self.end;
-        to.send(cx, run)
+        to.send_as(cx, run, last)
     }
 }

@@ -72,11 +72,20 @@ fn ping_token(seq: u32) -> [u8; 12] {
 
 /// A relay leg: a socket, and how it closes.
 pub trait Leg: AsyncRead + AsyncWrite + Unpin {
-    /// Whether dropping this leg says all a shutdown would, so that a side whose closing
-    /// handshake is over is not shut down first: plain TCP, whose close sends the same FIN.
-    /// Not TLS (its `close_notify` goes out only on a shutdown), nor anything unknown.
-    fn close_is_enough(&self) -> bool {
-        false
+    /// Writes `buf` as the last bytes this side gets (a close frame that completes its
+    /// closing handshake), as `poll_write` does. TLS sends its `close_notify` in the same
+    /// write (`tls_io`).
+    fn poll_write_last(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(self).poll_write(cx, buf)
+    }
+
+    /// Ends the writing to a side whose peer has nothing more to say (it has closed, or sent
+    /// its close frame and had one), short of a shutdown: Ready(Ok(true)) once dropping the
+    /// leg says all a shutdown would, so that it is neither shut down nor read to its end.
+    /// Plain TCP at once (its close sends the same FIN); TLS once its `close_notify` is out.
+    /// Ready(Ok(false)): it needs `poll_shutdown` (anything unknown).
+    fn poll_finish(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        Poll::Ready(Ok(false))
     }
 }
 
@@ -161,14 +170,26 @@ impl<IO: Leg> Side<IO> {
     }
 
     /// Writes `bytes` to this side now if it takes them, else queues them.
-    fn send(&mut self, cx: &mut Context<'_>, mut bytes: &[u8]) -> io::Result<()> {
+    fn send(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> io::Result<()> {
+        self.send_as(cx, bytes, false)
+    }
+
+    /// [`send`](Self::send); `last`: these are the last bytes this side gets (see
+    /// [`Leg::poll_write_last`]). Bytes it cannot take yet are queued and written as any
+    /// other, and its ending goes on its own (`step`).
+    fn send_as(&mut self, cx: &mut Context<'_>, mut bytes: &[u8], last: bool) -> io::Result<()> {
         if self.write_shut {
             return Ok(());
         }
         self.needs_flush = true;
         if self.out_empty() {
             while !bytes.is_empty() {
-                match Pin::new(&mut self.io).poll_write(cx, bytes) {
+                let written = if last {
+                    self.io.poll_write_last(cx, bytes)
+                } else {
+                    Pin::new(&mut self.io).poll_write(cx, bytes)
+                };
+                match written {
                     Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
                     Poll::Ready(Ok(n)) => bytes = &bytes[n..],
                     Poll::Ready(Err(e)) => return Err(e),
@@ -595,17 +616,25 @@ where
         && to.out_empty()
         && (handshake_done || source_done)
     {
-        if to.io.close_is_enough() && (to.read_eof || handshake_done && to.close_from.is_some()) {
-            // Plain TCP whose peer has nothing more to say: it has closed, or it has sent its
-            // close frame and had one (RFC 6455 §5.5.1: nothing follows a close frame). The
-            // socket's close when the relay ends sends the FIN a shutdown would (the server
-            // closes first, §7.1.1), and there is no EOF to wait for: two syscalls and a
-            // wake-up fewer per session. A peer that sent bytes after its close frame anyway
-            // gets a reset instead of a FIN.
-            to.write_shut = true;
-            to.read_eof = true;
-            st.progress += 1;
-            return;
+        if to.read_eof || handshake_done && to.close_from.is_some() {
+            // A peer with nothing more to say: it has closed, or it has sent its close frame
+            // and had one (RFC 6455 §5.5.1: nothing follows a close frame). Plain TCP needs
+            // no shutdown: the socket's close when the relay ends sends the FIN a shutdown
+            // would (the server closes first, §7.1.1), and there is no EOF to wait for. TLS
+            // needs its `close_notify` (sent with the close frame where `forward` could),
+            // then the same. Two syscalls and a wake-up fewer per session. A peer that sends
+            // bytes after its close frame anyway (or a TLS peer its `close_notify`, after
+            // ours) gets a reset instead of a FIN.
+            match to.io.poll_finish(cx) {
+                Poll::Pending => return,
+                Poll::Ready(Ok(false)) => {}
+                Poll::Ready(Ok(true) | Err(_)) => {
+                    to.write_shut = true;
+                    to.read_eof = true;
+                    st.progress += 1;
+                    return;
+                }
+            }
         }
         match Pin::new(&mut to.io).poll_shutdown(cx) {
             Poll::Ready(_) => {
@@ -792,10 +821,18 @@ where
                     }
                 }
                 if passing && !release_deferred && write_err.is_none() {
+                    // A close frame that ends `to`'s closing handshake (it has sent its own,
+                    // or left) is the last `to` gets: what `from` sends after its close is
+                    // dropped. It goes as such (TLS: with the `close_notify`, see
+                    // `Leg::poll_write_last`).
+                    let mut last = false;
                     if op == opcode::CLOSE {
                         to.close_to = true;
+                        last = (to.close_from.is_some() || to.read_eof)
+                            && to.inject.is_none()
+                            && !to.deferred_close;
                     }
-                    write_err = batch.add(cx, to, frame).err();
+                    write_err = batch.add_as(cx, to, frame, last).err();
                 }
             }
             Event::MessageEnd => saw_data |= close_from.is_none(),
@@ -897,13 +934,13 @@ where
             if let Some(interval) = st.cfg.ping_interval {
                 // A leg that has sent anything lately has proven it is alive.
                 let mut dead = None;
-                for (who, (pending, awaiting), heard, seq, inject, role) in [
+                for (who, (pending, awaiting), heard, seq, (inject, closing), role) in [
                     (
                         c.who,
                         (&mut c.ping_pending, &mut c.awaiting_pong),
                         &mut c.heard,
                         &mut c.pings_sent,
-                        &mut c.inject,
+                        (&mut c.inject, c.close_to),
                         Sender::Client,
                     ),
                     (
@@ -911,13 +948,16 @@ where
                         (&mut b.ping_pending, &mut b.awaiting_pong),
                         &mut b.heard,
                         &mut b.pings_sent,
-                        &mut b.inject,
+                        (&mut b.inject, b.close_to),
                         Sender::Server,
                     ),
                 ] {
                     match *awaiting {
                         true if now >= *heard => dead = Some(who),
                         true => earliest(*heard),
+                        // Nothing follows a close frame (RFC 6455 §5.5.1), a ping neither:
+                        // the closing handshake has a deadline of its own.
+                        false if closing => {}
                         false if now >= *heard + interval && inject.is_none() => {
                             *seq = seq.wrapping_add(1);
                             let token = ping_token(*seq);

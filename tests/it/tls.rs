@@ -531,3 +531,141 @@ async fn certificate_files_that_change_are_reloaded_without_a_signal() {
         "a new handshake sees the renewed certificate"
     );
 }
+
+/// A `wss://` backend that echoes, closes first when told `close-me`, and reports whether its
+/// TLS stream then ended with the gateway's `close_notify` (a clean end of file) or without.
+async fn wss_backend_reporting_its_end(
+    ca: &TestCa,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<std::io::Result<usize>>,
+) {
+    let (cert, key) = ca.leaf("backend", &["localhost"]);
+    let (chain, key) = load_pem_pair(&cert, &key);
+    let config = rustls::ServerConfig::builder_with_provider(wsgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (ends, ends_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, ends) = (acceptor.clone(), ends.clone());
+            tokio::spawn(async move {
+                let tls = acceptor.accept(tcp).await.unwrap();
+                let mut ws = tokio_tungstenite::accept_async(tls).await.unwrap();
+                while let Some(Ok(m)) = futures_util::StreamExt::next(&mut ws).await {
+                    if m == Message::text("close-me") {
+                        ws.close(None).await.unwrap();
+                    } else if m.is_text() {
+                        ws.send(m).await.unwrap();
+                    }
+                }
+                // The closing handshake is over: what follows on the TLS stream.
+                let mut rest = [0u8; 64];
+                let _ = ends.send(ws.get_mut().read(&mut rest).await);
+            });
+        }
+    });
+    (addr, ends_rx)
+}
+
+/// Both legs over TLS, the client closing first and then the backend: each side gets its
+/// close frame and then the gateway's `close_notify` (a clean end of TLS, not a truncation),
+/// although the gateway sends it with the close frame instead of after a TCP shutdown.
+#[tokio::test]
+async fn wss_closes_end_with_close_notify_on_both_legs() {
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf("localhost", &["localhost"]);
+    let (backend, mut ends) = wss_backend_reporting_its_end(&ca).await;
+    let config = format!(
+        "{}{}",
+        tls_listener(&cert, &key, ""),
+        wss_route(backend, &backend_ca(&ca))
+    );
+    let gw = Gateway::spawn(&config).await;
+    for client_first in [true, false] {
+        let (tls, _) = tls_connect(&ca, &gw, "localhost").await;
+        let (mut ws, _) = wss_upgrade(&gw, tls).await;
+        ws.send(Message::text("hello")).await.unwrap();
+        assert_eq!(next_message(&mut ws).await, Message::text("hello"));
+        if client_first {
+            ws.close(None).await.unwrap();
+        } else {
+            ws.send(Message::text("close-me")).await.unwrap();
+        }
+        let mut closes = 0;
+        while let Some(m) = futures_util::StreamExt::next(&mut ws).await {
+            closes += usize::from(m.unwrap().is_close());
+        }
+        assert_eq!(closes, 1, "client_first={client_first}");
+        let mut rest = [0u8; 64];
+        let end = ws.get_mut().read(&mut rest).await;
+        assert_eq!(
+            end.map_err(|e| e.kind()),
+            Ok(0),
+            "client's TLS end, client_first={client_first}"
+        );
+        let end = ends.recv().await.unwrap();
+        assert_eq!(
+            end.map_err(|e| e.kind()),
+            Ok(0),
+            "backend's TLS end, client_first={client_first}"
+        );
+    }
+}
+
+/// A returning client resumes its TLS session (with a ticket that came with the `101`, see
+/// `tls_io`), unless `session_resumption = false`; also across a reload of the config.
+#[tokio::test]
+async fn tls_sessions_resume_unless_switched_off() {
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf("localhost", &["localhost"]);
+    let backend = EchoBackend::spawn().await;
+    for (extra, resumes) in [("", true), ("session_resumption = false\n", false)] {
+        let toml = format!(
+            "{}{}",
+            tls_listener(&cert, &key, extra),
+            route("r", "/", &[backend.url()])
+        );
+        let gw = Gateway::spawn(&toml).await;
+        // One connector: one client, with its session store.
+        let connector = ca.connector();
+        let mut kinds = Vec::new();
+        for round in 0..3 {
+            if round == 2 {
+                // The listener changed: it serves with its TLS built anew.
+                let changed = toml.replace(
+                    "handshake_timeout = \"300ms\"",
+                    "handshake_timeout = \"400ms\"",
+                );
+                assert_ne!(changed, toml);
+                let config = wsgate::config::from_toml_str(&changed).unwrap();
+                gw.handle().reload(config).expect("reload");
+            }
+            let tcp = TcpStream::connect(gw.addr).await.unwrap();
+            let tls = connector
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .unwrap();
+            kinds.push(tls.get_ref().1.handshake_kind().unwrap());
+            let (mut ws, _) = wss_upgrade(&gw, tls).await;
+            ws.send(Message::text("hi")).await.unwrap();
+            assert_eq!(next_message(&mut ws).await, Message::text("hi"));
+        }
+        let later = if resumes {
+            rustls::HandshakeKind::Resumed
+        } else {
+            rustls::HandshakeKind::Full
+        };
+        assert_eq!(
+            kinds,
+            [rustls::HandshakeKind::Full, later, later],
+            "session_resumption: {extra:?}"
+        );
+    }
+}

@@ -287,6 +287,7 @@ impl Validator<'_> {
             resolver,
             client_auth.as_ref(),
             subject_header,
+            t.session_resumption.unwrap_or(true),
         ) {
             Ok(l) => Some(std::sync::Arc::new(l)),
             Err(msg) => {
