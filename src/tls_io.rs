@@ -739,6 +739,21 @@ mod tests {
         (server.await.unwrap().unwrap(), client)
     }
 
+    /// A TLS 1.3 listener on loopback whose one connection goes through [`accept`].
+    async fn spawn_accept() -> (
+        std::net::SocketAddr,
+        tokio::task::JoinHandle<io::Result<Accepted>>,
+    ) {
+        let (server_config, _) = configs(&rustls::version::TLS13);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            accept(tcp, server_config).await
+        });
+        (addr, server)
+    }
+
     /// [`accept`] where the client speaks TLS.
     async fn accept_tls(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<ServerTls> {
         match accept(tcp, config).await? {
@@ -997,17 +1012,11 @@ mod tests {
     /// handshake read of the request and nothing written to it.
     #[tokio::test]
     async fn plain_http_is_handed_back_with_its_bytes() {
-        let (server_config, _) = configs(&rustls::version::TLS13);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            accept(tcp, server_config).await.unwrap()
-        });
+        let (addr, server) = spawn_accept().await;
         let request = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
         let mut tcp = TcpStream::connect(addr).await.unwrap();
         tcp.write_all(request).await.unwrap();
-        let Accepted::PlainHttp(mut stream, head) = server.await.unwrap() else {
+        let Accepted::PlainHttp(mut stream, head) = server.await.unwrap().unwrap() else {
             panic!("taken for TLS");
         };
         assert!(!head.is_empty() && request.starts_with(&head), "{head:?}");
@@ -1045,19 +1054,15 @@ mod tests {
     /// A client that is not speaking TLS gets an alert and the handshake fails.
     #[tokio::test]
     async fn a_bad_client_hello_fails_the_handshake() {
-        let (server_config, _) = configs(&rustls::version::TLS13);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            accept_tls(tcp, server_config).await.map(|_| ())
-        });
+        let (addr, server) = spawn_accept().await;
         let mut tcp = TcpStream::connect(addr).await.unwrap();
         // A handshake record holding an empty ServerHello instead of a ClientHello.
         tcp.write_all(&[0x16, 0x03, 0x01, 0x00, 0x04, 0x02, 0x00, 0x00, 0x00])
             .await
             .unwrap();
-        let err = server.await.unwrap().unwrap_err();
+        let Err(err) = server.await.unwrap() else {
+            panic!("the handshake succeeded");
+        };
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         let mut alert = [0u8; 7];
         tcp.read_exact(&mut alert).await.unwrap();

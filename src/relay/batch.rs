@@ -23,6 +23,14 @@ impl<'d> Batch<'d> {
         }
     }
 
+    /// Where `bytes` start in `data`, if they are part of it (a held frame head or control
+    /// frame comes from the scanner's own buffer instead).
+    fn offset(&self, bytes: &[u8]) -> Option<usize> {
+        let base = self.data.as_ptr() as usize;
+        let at = bytes.as_ptr() as usize;
+        (at >= base && at + bytes.len() <= base + self.data.len()).then(|| at - base)
+    }
+
     /// Adds `bytes`: extends the run if they follow it in `data`, else writes the run first.
     pub(super) fn add<Z: Leg>(
         &mut self,
@@ -30,10 +38,7 @@ impl<'d> Batch<'d> {
         to: &mut Side<Z>,
         bytes: &[u8],
     ) -> io::Result<()> {
-        let base = self.data.as_ptr() as usize;
-        let at = bytes.as_ptr() as usize;
-        if at >= base && at + bytes.len() <= base + self.data.len() {
-            let off = at - base;
+        if let Some(off) = self.offset(bytes) {
             if self.start < self.end && off == self.end {
                 self.end += bytes.len();
                 return Ok(());
@@ -63,14 +68,13 @@ impl<'d> Batch<'d> {
         if !last {
             return self.add(cx, to, bytes);
         }
-        let base = self.data.as_ptr() as usize;
-        let at = bytes.as_ptr() as usize;
-        let in_chunk = at >= base && at + bytes.len() <= base + self.data.len();
-        if in_chunk && (self.start >= self.end || at - base == self.end) {
+        if let Some(off) = self.offset(bytes)
+            && (self.start >= self.end || off == self.end)
+        {
             if self.start >= self.end {
-                self.start = at - base;
+                self.start = off;
             }
-            self.end = at - base + bytes.len();
+            self.end = off + bytes.len();
             return self.flush_as(cx, to, true);
         }
         if self.start >= self.end {

@@ -189,8 +189,8 @@ fn load_pem_pair(
     (chain, PrivateKeyDer::from_pem_file(key).unwrap())
 }
 
-/// A wss:// echo backend with a certificate for `localhost` from `ca`.
-async fn wss_backend(ca: &TestCa) -> std::net::SocketAddr {
+/// A wss:// backend's TLS side: a certificate for `localhost` from `ca`.
+fn backend_acceptor(ca: &TestCa) -> tokio_rustls::TlsAcceptor {
     let (cert, key) = ca.leaf("backend", &["localhost"]);
     let (chain, key) = load_pem_pair(&cert, &key);
     let config = rustls::ServerConfig::builder_with_provider(wsgate::tls::provider())
@@ -199,7 +199,12 @@ async fn wss_backend(ca: &TestCa) -> std::net::SocketAddr {
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// A wss:// echo backend with a certificate for `localhost` from `ca`.
+async fn wss_backend(ca: &TestCa) -> std::net::SocketAddr {
+    let acceptor = backend_acceptor(ca);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -540,15 +545,7 @@ async fn wss_backend_reporting_its_end(
     std::net::SocketAddr,
     tokio::sync::mpsc::UnboundedReceiver<std::io::Result<usize>>,
 ) {
-    let (cert, key) = ca.leaf("backend", &["localhost"]);
-    let (chain, key) = load_pem_pair(&cert, &key);
-    let config = rustls::ServerConfig::builder_with_provider(wsgate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = backend_acceptor(ca);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (ends, ends_rx) = tokio::sync::mpsc::unbounded_channel();
