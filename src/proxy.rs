@@ -545,17 +545,10 @@ async fn run_session(start: Box<SessionStart>) {
     else {
         return;
     };
-    let outcome = relay::relay(
-        client,
-        backend,
-        &session.info.route.config.session,
-        allowed_rsv,
-        &session.info.route.control,
-        &session.info.link,
-    )
-    .token_expires_at(token_end)
-    .count_inflated(counting)
-    .await;
+    let outcome = relay::relay(client, backend, session.info.clone(), allowed_rsv)
+        .token_expires_at(token_end)
+        .count_inflated(counting)
+        .await;
     let (info, route) = (&session.info, &session.info.route);
     if let Some(side) = outcome.late_frames {
         // Once per session, not per frame: a peer that keeps talking after its close frame

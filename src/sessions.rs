@@ -16,10 +16,11 @@ use std::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::{Backend, BackendLease};
+use crate::config::SessionConfig;
 use crate::frame::close_code;
 use crate::handshake::Transport;
 use crate::limits::Permit;
-use crate::relay::{CloseRequest, Control, Link};
+use crate::relay::{CloseRequest, Control, Env, Link};
 use crate::route::Route;
 
 /// What a session was opened as, for the access log and the admin API: set once when the
@@ -163,6 +164,22 @@ pub struct SessionInfo {
     /// The relay's live counters and waker (the relay borrows it from here).
     pub link: Link,
     pub meta: Box<SessionMeta>,
+}
+
+/// A session's relay reads its route's settings and signals, and its own link, through its
+/// record: one pointer for all three.
+impl Env for SessionInfo {
+    fn session(&self) -> &SessionConfig {
+        &self.route.config.session
+    }
+
+    fn control(&self) -> &Control {
+        &self.route.control
+    }
+
+    fn link(&self) -> &Link {
+        &self.link
+    }
 }
 
 impl SessionInfo {

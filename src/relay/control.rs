@@ -7,8 +7,19 @@ use std::time::Instant;
 
 use atomic_waker::AtomicWaker;
 
+use crate::config::SessionConfig;
 use crate::frame::close_code;
 use crate::outcome::CloseSide;
+
+/// What a relay reads from the outside while it runs: its route's settings, the signals it
+/// obeys and its own [`Link`]. Owned by the relay (as an `Arc`), not borrowed, so a relay
+/// can leave its task while it is idle and go on in another (`hibernate.rs`); the session
+/// registry's record is one (`sessions.rs`), a test's hand-made triple another.
+pub trait Env: Send + Sync {
+    fn session(&self) -> &SessionConfig;
+    fn control(&self) -> &Control;
+    fn link(&self) -> &Link;
+}
 
 /// How the outside asks sessions to end: a tree of signals (one root per gateway, one child
 /// per route), shared by every session below it, so a session holds no signal of its own.

@@ -140,14 +140,14 @@ impl Reason {
 
 /// The reason text of the proxy's close frames for `reason`: the one asked for with a
 /// session's own close request, else the reason's own.
-pub(super) fn text<'a>(st: &'a super::State<'_>, reason: &Reason) -> &'a str {
-    match (reason, st.link.asked()) {
+pub(super) fn text<'a>(st: &'a super::State, reason: &Reason) -> &'a str {
+    match (reason, st.link().asked()) {
         (Reason::Asked(..), Some(asked)) => &asked.reason,
         _ => reason.text(),
     }
 }
 
-impl<C, B> super::Relay<'_, C, B> {
+impl<C, B> super::Relay<C, B> {
     /// Ends the session at `at` (wall-clock time: a token's `exp`), when the token it was
     /// opened with expires, with [`Reason::TokenExpired`] (unless the route's lifetime ends it
     /// first). It shares the lifetime's deadline and timer: an idle session does not grow. Not
@@ -212,7 +212,7 @@ mod tests {
     use super::*;
     use crate::config::SessionConfig;
     use crate::frame::{self, opcode};
-    use crate::relay::{Control, Link, relay};
+    use crate::relay::{Control, Link, relay, test_env};
 
     /// Reads one unfragmented close frame (masked or not) and returns its code and reason.
     async fn read_close(io: &mut DuplexStream) -> (Option<u16>, String) {
@@ -239,7 +239,7 @@ mod tests {
     ) -> (Duration, RelayOutcome) {
         let (mut client, client_side) = duplex(1024);
         let (backend_side, mut backend) = duplex(1024);
-        let (control, link) = (Control::default(), Link::default());
+        let (control, link) = (Control::default(), std::sync::Arc::new(Link::default()));
         let cfg = SessionConfig {
             ping_interval: None,
             max_lifetime: lifetime,
@@ -249,10 +249,8 @@ mod tests {
         let relay = relay(
             (client_side, Bytes::new()),
             (backend_side, Bytes::new()),
-            &cfg,
+            test_env(cfg, &control, &link),
             0,
-            &control,
-            &link,
         )
         .token_expires_at(Some(SystemTime::now() + after));
         // The peers answer the proxy's close and leave (their ends drop with the block).

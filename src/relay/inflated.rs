@@ -13,7 +13,7 @@
 use super::{Leg, Relay, Side, State, release};
 use crate::deflate::Counting;
 
-impl<C, B> Relay<'_, C, B>
+impl<C, B> Relay<C, B>
 where
     C: Leg,
     B: Leg,
@@ -59,7 +59,7 @@ mod tests {
     use crate::config::SessionConfig;
     use crate::deflate::Counting;
     use crate::frame::{self, opcode};
-    use crate::relay::{Control, Link, relay};
+    use crate::relay::{Control, Link, relay, test_env};
 
     /// The client's bomb is cut mid-frame while the backend is halfway through a frame to the
     /// client: that frame still reaches the client whole, then the client's 1009; the backend
@@ -82,10 +82,8 @@ mod tests {
             let r = relay(
                 (client_side, Bytes::new()),
                 (backend_side, Bytes::new()),
-                &cfg,
+                test_env(cfg, &ctl, &link),
                 0b100,
-                &ctl,
-                &link,
             );
             r.count_inflated(Some(counting)).await
         });

@@ -28,6 +28,7 @@ use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -44,7 +45,7 @@ mod fair;
 mod inflated;
 
 use batch::Batch;
-pub use control::{CloseRequest, Control, Counters, Link, instant_from_millis, millis};
+pub use control::{CloseRequest, Control, Counters, Env, Link, instant_from_millis, millis};
 pub use drain::DRAIN_LIMIT;
 pub use ending::{CloseInfo, DirStats, Reason, RelayOutcome};
 
@@ -228,11 +229,10 @@ impl<IO: Leg> Side<IO> {
 }
 
 /// Session-wide state besides the two sides.
-struct State<'a> {
-    /// Borrowed from the route: an idle session holds pointers, not copies.
-    cfg: &'a SessionConfig,
-    /// The session record's counters and waker.
-    link: &'a Link,
+struct State {
+    /// The route's settings and signals, the session record's counters and waker: one
+    /// pointer to what the registry holds anyway, no copies.
+    env: Arc<dyn Env>,
     closed_by: Option<CloseSide>,
     reason: Option<Reason>,
     /// Once set, nothing more is forwarded; replies are read and dropped.
@@ -257,7 +257,15 @@ struct State<'a> {
     fair: Option<Box<fair::Fair>>,
 }
 
-impl State<'_> {
+impl State {
+    fn cfg(&self) -> &SessionConfig {
+        self.env.session()
+    }
+
+    fn link(&self) -> &Link {
+        self.env.link()
+    }
+
     fn first_close(&mut self, who: CloseSide) {
         self.closed_by.get_or_insert(who);
         self.close_deadline
@@ -269,24 +277,24 @@ impl State<'_> {
 /// `control` says so. Resolves to what happened, for the access log.
 ///
 /// `allowed_rsv`: the RSV bits the negotiated extensions allow (RFC 6455 §5.2: only what an
-/// extension defines; `0b100` with permessage-deflate). `link` is how the outside wakes the
-/// relay after setting `control`, and where it counts bytes.
+/// extension defines; `0b100` with permessage-deflate). `env`: the route's settings, the
+/// signals, and the link through which the outside wakes the relay after setting a signal,
+/// and where it counts bytes.
 ///
 /// The returned future is the whole state of an idle session, so it is a plain struct (no
 /// `async fn`, whose arguments would stay in its state after being moved into the sides).
-pub fn relay<'a, C, B>(
+pub fn relay<C, B>(
     (client, client_pre): (C, Bytes),
     (backend, backend_pre): (B, Bytes),
-    cfg: &'a SessionConfig,
+    env: Arc<dyn Env>,
     allowed_rsv: u8,
-    control: &'a Control,
-    link: &'a Link,
-) -> Relay<'a, C, B>
+) -> Relay<C, B>
 where
     C: Leg,
     B: Leg,
 {
     let now = Instant::now();
+    let cfg = env.session();
     let scanner = |role| Scanner::new(role, allowed_rsv, cfg.max_message);
     let max_lifetime = cfg.max_lifetime.map(|d| {
         // Up to 10% less, so sessions opened together do not all end together.
@@ -310,8 +318,6 @@ where
         st: State {
             lifetime_end: max_lifetime.map(|d| now + d),
             token_end: false,
-            cfg,
-            link,
             closed_by: None,
             reason: None,
             taken_over: false,
@@ -323,8 +329,8 @@ where
             abandoned: None,
             progress: 0,
             fair: fair::Fair::new(&cfg.rates, now),
+            env,
         },
-        control,
         timer: None,
         closing: false,
         done: false,
@@ -332,11 +338,10 @@ where
 }
 
 /// A running relay (see [`relay`]).
-pub struct Relay<'a, C, B> {
+pub struct Relay<C, B> {
     c: Side<C>,
     b: Side<B>,
-    st: State<'a>,
-    control: &'a Control,
+    st: State,
     /// Pings, pong deadlines, idle and lifetime timers and the closing handshake's deadline
     /// share one timer, made when the first of them is armed.
     timer: Option<Pin<Box<Sleep>>>,
@@ -345,7 +350,7 @@ pub struct Relay<'a, C, B> {
     done: bool,
 }
 
-impl<C, B> Future for Relay<'_, C, B>
+impl<C, B> Future for Relay<C, B>
 where
     C: Leg,
     B: Leg,
@@ -367,7 +372,7 @@ where
     }
 }
 
-impl<C, B> Relay<'_, C, B>
+impl<C, B> Relay<C, B>
 where
     C: Leg,
     B: Leg,
@@ -378,21 +383,21 @@ where
             c,
             b,
             st,
-            control,
             timer,
             closing,
             ..
         } = self;
         // Register before reading the signals: a request set after the read wakes us.
-        st.link.waker.register(cx.waker());
+        st.link().waker.register(cx.waker());
         if !*closing {
-            let asked = st.link.asked().map(|a| Reason::Asked(a.code, a.by_admin));
-            if let Some(reason) = asked.or_else(|| control.requested().map(Reason::Requested)) {
+            let asked = st.link().asked().map(|a| Reason::Asked(a.code, a.by_admin));
+            let requested = || st.env.control().requested().map(Reason::Requested);
+            if let Some(reason) = asked.or_else(requested) {
                 *closing = true;
                 take_over(st, c, b, reason, None);
             }
         }
-        if *closing && control.killed() {
+        if *closing && st.env.control().killed() {
             return Poll::Ready(cut(cx, st, c, b));
         }
         // Alternate until nothing moves: a write that frees room lets a read proceed.
@@ -414,12 +419,12 @@ where
         let (c, b, st) = (&mut self.c, &mut self.b, &mut self.st);
         RelayOutcome {
             client_to_backend: DirStats {
-                bytes: st.link.counters.client_to_backend.load(Ordering::Relaxed),
+                bytes: st.link().counters.client_to_backend.load(Ordering::Relaxed),
                 frames: c.scanner.frames,
                 messages: c.scanner.messages,
             },
             backend_to_client: DirStats {
-                bytes: st.link.counters.backend_to_client.load(Ordering::Relaxed),
+                bytes: st.link().counters.backend_to_client.load(Ordering::Relaxed),
                 frames: b.scanner.frames,
                 messages: b.scanner.messages,
             },
@@ -677,8 +682,8 @@ fn ingest<A, Z>(
     from.awaiting_pong = false;
     st.progress += 1;
     let counter = match from.who {
-        CloseSide::Client => &st.link.counters.client_to_backend,
-        _ => &st.link.counters.backend_to_client,
+        CloseSide::Client => &st.link().counters.client_to_backend,
+        _ => &st.link().counters.backend_to_client,
     };
     counter.fetch_add(data.len() as u64, Ordering::Relaxed);
     // Still scanned: a side the proxy closed is watched for its close reply.
@@ -695,7 +700,7 @@ fn ingest<A, Z>(
         fair.charge(from.who, data.len() as u64, messages, from.heard);
     }
     control::count(
-        &st.link.counters,
+        &st.link().counters,
         from.who,
         from.scanner.messages,
         from.heard,
@@ -923,7 +928,7 @@ where
                 }
                 earliest(end);
             }
-            if let Some(idle) = st.cfg.idle_timeout {
+            if let Some(idle) = st.cfg().idle_timeout {
                 let end = st.last_data + idle;
                 if now >= end {
                     take_over(st, c, b, Reason::IdleTimeout, None);
@@ -931,7 +936,7 @@ where
                 }
                 earliest(end);
             }
-            if let Some(interval) = st.cfg.ping_interval {
+            if let Some(interval) = st.cfg().ping_interval {
                 // A leg that has sent anything lately has proven it is alive.
                 let mut dead = None;
                 for (who, (pending, awaiting), heard, seq, (inject, closing), role) in [
@@ -971,10 +976,13 @@ where
                                 .into(),
                             );
                             st.progress += 1;
-                            st.link.counters.pings_sent.fetch_add(1, Ordering::Relaxed);
+                            st.link()
+                                .counters
+                                .pings_sent
+                                .fetch_add(1, Ordering::Relaxed);
                             *pending = true;
                             *awaiting = true;
-                            *heard = now + st.cfg.pong_timeout;
+                            *heard = now + st.cfg().pong_timeout;
                             earliest(*heard);
                         }
                         false => earliest(*heard + interval),
@@ -1005,6 +1013,25 @@ where
             Poll::Pending => Poll::Pending,
         };
     }
+}
+
+/// A relay's [`Env`] made by hand, for tests: the settings, a signal and a link the test
+/// also holds.
+#[cfg(test)]
+pub(crate) fn test_env(cfg: SessionConfig, control: &Control, link: &Arc<Link>) -> Arc<dyn Env> {
+    struct TestEnv(SessionConfig, Control, Arc<Link>);
+    impl Env for TestEnv {
+        fn session(&self) -> &SessionConfig {
+            &self.0
+        }
+        fn control(&self) -> &Control {
+            &self.1
+        }
+        fn link(&self) -> &Link {
+            &self.2
+        }
+    }
+    Arc::new(TestEnv(cfg, control.clone(), link.clone()))
 }
 
 #[cfg(test)]

@@ -43,13 +43,15 @@ fn spawn_relay(
             (client_side, Bytes::new()),
             (backend_side, Bytes::new()),
             // No pings: these tests script every frame.
-            &SessionConfig {
-                ping_interval: None,
-                ..SessionConfig::default()
-            },
+            test_env(
+                SessionConfig {
+                    ping_interval: None,
+                    ..SessionConfig::default()
+                },
+                &ctl,
+                &link,
+            ),
             0,
-            &ctl,
-            &link,
         )
         .await
     });
@@ -243,10 +245,8 @@ async fn a_side_over_its_share_is_read_at_its_rate_then_closed_with_1008() {
         relay(
             (client_side, Bytes::new()),
             (backend_side, Bytes::new()),
-            &cfg,
+            test_env(cfg, &ctl, &link),
             0,
-            &ctl,
-            &link,
         )
         .await
     });
