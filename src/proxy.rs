@@ -30,8 +30,8 @@ use crate::handshake::{self, ClientHandshake, HandshakeError, Transport};
 use crate::limits::{self, Gate, Permit};
 use crate::policy::forwarding::{self, ClientAddr};
 use crate::policy::{Admitted, PolicyError, RequestFacts};
-use crate::relay;
 use crate::route::{Route, RouteTable};
+use crate::session_task;
 use crate::sessions::{MetaStrings, SessionMeta, Sessions};
 use crate::telemetry::access;
 use crate::telemetry::correlation::{Correlation, X_REQUEST_ID};
@@ -184,7 +184,7 @@ pub struct ConnInfo {
 }
 
 /// Counts one HTTP/2 WebSocket on its connection while alive.
-struct StreamGuard(Arc<tokio::sync::watch::Sender<usize>>);
+pub(crate) struct StreamGuard(Arc<tokio::sync::watch::Sender<usize>>);
 
 impl StreamGuard {
     fn new(live: &Arc<tokio::sync::watch::Sender<usize>>) -> StreamGuard {
@@ -490,7 +490,7 @@ fn spawn_session(
     // an idle session should cost nothing but its sockets. The access record carries the id.
     // Its inputs travel boxed: what an async fn takes stays in its state for the whole
     // session, and a pointer costs less than the inputs (see `run_session`).
-    let start = Box::new(SessionStart {
+    let start = Box::new(session_task::SessionStart {
         client_upgrade,
         backend: (backend_io, backend_read),
         allowed_rsv,
@@ -499,70 +499,7 @@ fn spawn_session(
         token_end,
         counting,
     });
-    cx.state.sessions.spawn(run_session(start));
-}
-
-/// What a session task starts from.
-struct SessionStart {
-    client_upgrade: OnUpgrade,
-    /// The backend's socket and what was read past its 101.
-    backend: (crate::upgraded::UpgradedIo, bytes::Bytes),
-    /// RSV bits the negotiated extensions allow.
-    allowed_rsv: u8,
-    /// The registry record (route, backend lease, counters), removed when this drops.
-    session: crate::sessions::SessionGuard,
-    stream_guard: Option<StreamGuard>,
-    /// When the session's token expires, on a route with `expire_sessions`.
-    token_end: Option<std::time::SystemTime>,
-    /// Inflated message sizes to count (`max_message_inflated`, see `deflate`).
-    counting: Option<deflate::Counting>,
-}
-
-/// One session, from the client's side of the upgrade to the access-log record.
-///
-/// The task's state is most of what an idle session costs: the relay's two sides and
-/// timer, plus pointers to the record, the route and the stream guard.
-async fn run_session(start: Box<SessionStart>) {
-    // Unboxed in a block, so the box is freed now rather than when the session ends.
-    let SessionStart {
-        client_upgrade,
-        backend,
-        allowed_rsv,
-        session,
-        stream_guard,
-        token_end,
-        counting,
-    } = {
-        let start = start;
-        *start
-    };
-    // No reference into the record is held across an await: it would take room in the
-    // task's state for the whole session.
-    let keepalive = session.info.route.config.session.ping_interval.is_none();
-    let Some((client, backend)) =
-        crate::upgraded::upgraded_sockets(session.info.id, client_upgrade, backend, keepalive)
-            .await
-    else {
-        return;
-    };
-    let outcome = relay::relay(client, backend, session.info.clone(), allowed_rsv)
-        .token_expires_at(token_end)
-        .count_inflated(counting)
-        .await;
-    let (info, route) = (&session.info, &session.info.route);
-    if let Some(side) = outcome.late_frames {
-        // Once per session, not per frame: a peer that keeps talking after its close frame
-        // is a bug worth knowing about, not worth a log line per frame.
-        tracing::debug!(
-            session = info.id,
-            request_id = info.meta.request_id(),
-            side = side.as_str(),
-            "frames after a close frame dropped (RFC 6455 §5.5.1)"
-        );
-    }
-    route.stats.session_ended(&outcome, info.started.elapsed());
-    access::session_closed(info, &outcome);
-    drop(stream_guard);
+    cx.state.sessions.spawn(session_task::run(start));
 }
 
 /// The RSV bits a session's frames may use: what the negotiated extensions allow (RFC 6455
@@ -739,32 +676,4 @@ fn static_page(config: &Config, parts: &Parts) -> Option<Response<Body>> {
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Some(resp)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// What `f`'s future occupies, without making one.
-    fn future_size<A, R>(_: fn(A) -> R) -> usize {
-        std::mem::size_of::<R>()
-    }
-
-    /// An idle session is its task (this future plus tokio's ~112-byte task header, in
-    /// 128-byte steps), its two sockets' I/O registrations (256 bytes each in tokio), its
-    /// registry record and its timer: 1,520 bytes in all at this size (see ARCHITECTURE.md,
-    /// "Memory per session"). A field added to the relay's sides or to the session task
-    /// shows here first; past 656 bytes the task takes the next 128-byte step.
-    #[test]
-    fn an_idle_session_stays_small() {
-        assert!(
-            future_size(run_session) <= 656,
-            "session task state grew to {} bytes",
-            future_size(run_session)
-        );
-        // The record: ids, pointers, the client's address, the live counters the admin API
-        // and metrics read, and a pointer to what the session was opened as (`SessionMeta`).
-        let record = std::mem::size_of::<crate::sessions::SessionInfo>();
-        assert!(record <= 176, "session record grew to {record} bytes");
-    }
 }

@@ -14,11 +14,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::backend::{Backend, BackendLease};
 use crate::config::SessionConfig;
 use crate::frame::close_code;
 use crate::handshake::Transport;
+use crate::hibernate::Lots;
 use crate::limits::Permit;
 use crate::relay::{CloseRequest, Control, Env, Link};
 use crate::route::Route;
@@ -219,6 +221,8 @@ pub struct Sessions {
     tasks: TaskTracker,
     /// The live count, for anyone who waits for it to change (drain, tests, metrics).
     count: tokio::sync::watch::Sender<usize>,
+    /// Hibernating sessions, by worker.
+    lots: Lots,
 }
 
 impl Default for Sessions {
@@ -230,6 +234,7 @@ impl Default for Sessions {
             control: Control::default(),
             tasks: TaskTracker::new(),
             count: tokio::sync::watch::Sender::new(0),
+            lots: Lots::default(),
         }
     }
 }
@@ -244,6 +249,13 @@ pub struct SessionGuard {
     /// given back first when the session ends, so a new handshake that sees the live count
     /// fall finds the seat free.
     permit: Option<Permit>,
+}
+
+impl SessionGuard {
+    /// The registry the session is in.
+    pub fn registry(&self) -> &Arc<Sessions> {
+        &self.sessions
+    }
 }
 
 impl Drop for SessionGuard {
@@ -314,6 +326,17 @@ impl Sessions {
     pub fn close_route(&self, control: &Control, code: u16) {
         control.close_with(code);
         self.wake(|i| i.route.control.same(control));
+    }
+
+    /// Where sessions hibernate (`hibernate.rs`).
+    pub fn lots(&self) -> &Lots {
+        &self.lots
+    }
+
+    /// Holds shutdown back as a session task does, for a session that has none while it
+    /// hibernates.
+    pub fn task_token(&self) -> TaskTrackerToken {
+        self.tasks.token()
     }
 
     /// Spawns a session task, tracked for shutdown.

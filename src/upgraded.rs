@@ -9,6 +9,8 @@
 //! happens to those sockets is the relay's business (`relay.rs`), and when the session starts
 //! is the orchestrator's (`proxy.rs`).
 
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -95,6 +97,10 @@ pub enum UpgradedIo {
     TlsClient(Box<ClientTls>),
     /// Whatever else hyper gave (boxed: rare, and larger than a socket).
     Hyper(Box<TokioIo<hyper::upgrade::Upgraded>>),
+    /// A plain TCP socket out of the runtime while its session hibernates (`hibernate.rs`):
+    /// its descriptor alone. `None` only if it could not be taken out or brought back (the
+    /// socket is closed then, and the relay sees an error).
+    Asleep(Option<std::net::TcpStream>),
 }
 
 /// TCP keepalive's idle time, on sessions without pings: finds peers that vanished without a
@@ -108,7 +114,40 @@ impl UpgradedIo {
             UpgradedIo::Tcp(s) => Some(s),
             UpgradedIo::Tls(s) => Some(s.get_ref().0),
             UpgradedIo::TlsClient(s) => Some(s.get_ref().0),
-            UpgradedIo::Hyper(_) => None,
+            UpgradedIo::Hyper(_) | UpgradedIo::Asleep(_) => None,
+        }
+    }
+
+    /// Takes a plain TCP leg out of the runtime (tokio forgets the socket and its wakers)
+    /// for its session's hibernation; its descriptor, for the lot to watch.
+    pub fn sleep(&mut self) -> io::Result<RawFd> {
+        let UpgradedIo::Tcp(_) = self else {
+            return Err(io::ErrorKind::Unsupported.into());
+        };
+        let UpgradedIo::Tcp(tcp) = std::mem::replace(self, UpgradedIo::Asleep(None)) else {
+            unreachable!("checked above");
+        };
+        let std = tcp.into_std()?;
+        let fd = std.as_raw_fd();
+        *self = UpgradedIo::Asleep(Some(std));
+        Ok(fd)
+    }
+
+    /// Brings a leg set aside by [`sleep`](Self::sleep) back into the current runtime.
+    pub fn wake(&mut self) -> io::Result<()> {
+        let UpgradedIo::Asleep(std) = self else {
+            return Ok(());
+        };
+        let std = std.take().ok_or(io::ErrorKind::NotConnected)?;
+        *self = UpgradedIo::Tcp(TcpStream::from_std(std)?);
+        Ok(())
+    }
+
+    /// The descriptor of a leg set aside by [`sleep`](Self::sleep).
+    pub fn asleep_fd(&self) -> Option<RawFd> {
+        match self {
+            UpgradedIo::Asleep(Some(s)) => Some(s.as_raw_fd()),
+            _ => None,
         }
     }
 
@@ -144,8 +183,19 @@ impl crate::relay::Leg for UpgradedIo {
             UpgradedIo::TlsClient(s) => s.poll_close_notify(cx).map_ok(|()| true),
             // hyper's `Upgraded` (an HTTP/2 stream): its shutdown ends the stream.
             UpgradedIo::Hyper(_) => Poll::Ready(Ok(false)),
+            UpgradedIo::Asleep(_) => Poll::Ready(Ok(true)),
         }
     }
+
+    fn can_hibernate(&self) -> bool {
+        matches!(self, UpgradedIo::Tcp(_))
+    }
+}
+
+/// What a read or write of a leg that is asleep gets (the relay polls only awake legs; a leg
+/// that could not be brought back stays asleep, and its session ends with this error).
+fn asleep() -> std::io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "socket lost while hibernating")
 }
 
 impl tokio::io::AsyncRead for UpgradedIo {
@@ -159,6 +209,7 @@ impl tokio::io::AsyncRead for UpgradedIo {
             UpgradedIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             UpgradedIo::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             UpgradedIo::Hyper(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            UpgradedIo::Asleep(_) => Poll::Ready(Err(asleep())),
         }
     }
 }
@@ -174,6 +225,7 @@ impl tokio::io::AsyncWrite for UpgradedIo {
             UpgradedIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             UpgradedIo::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             UpgradedIo::Hyper(s) => Pin::new(&mut **s).poll_write(cx, buf),
+            UpgradedIo::Asleep(_) => Poll::Ready(Err(asleep())),
         }
     }
 
@@ -183,6 +235,7 @@ impl tokio::io::AsyncWrite for UpgradedIo {
             UpgradedIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             UpgradedIo::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
             UpgradedIo::Hyper(s) => Pin::new(&mut **s).poll_flush(cx),
+            UpgradedIo::Asleep(_) => Poll::Ready(Err(asleep())),
         }
     }
 
@@ -192,6 +245,7 @@ impl tokio::io::AsyncWrite for UpgradedIo {
             UpgradedIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             UpgradedIo::TlsClient(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             UpgradedIo::Hyper(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            UpgradedIo::Asleep(_) => Poll::Ready(Err(asleep())),
         }
     }
 }

@@ -401,6 +401,7 @@ pub struct FileTimeouts {
     pub pong_timeout: Option<SpStr>,
     pub idle: Option<SpStr>,
     pub max_lifetime: Option<SpStr>,
+    pub hibernate_after: Option<SpStr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -412,6 +413,7 @@ pub struct FileRouteTimeouts {
     pub pong_timeout: Option<SpStr>,
     pub idle: Option<SpStr>,
     pub max_lifetime: Option<SpStr>,
+    pub hibernate_after: Option<SpStr>,
 }
 
 #[derive(Debug, Default, Deserialize)]

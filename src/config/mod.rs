@@ -34,6 +34,12 @@ pub const DEFAULT_BACKEND_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// balancers and NAT gateways drop a silent TCP connection, so pings also keep the path open;
 /// a dead peer is found within `ping_interval + pong_timeout`.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// A session quiet for this long hibernates (see [`SessionConfig::hibernate_after`]). Waking
+/// one costs a few microseconds (four `epoll_ctl` and a task), paid at most once per quiet
+/// spell; a hibernating session holds under half the memory of a waiting one. A second is
+/// long past the gaps inside a burst of messages, and short enough that the many sessions
+/// that are quiet for minutes are asleep for nearly all of it.
+pub const DEFAULT_HIBERNATE_AFTER: Duration = Duration::from_secs(1);
 /// How long a peer has to answer the proxy's ping before it is taken for dead.
 pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a shutdown waits for live sessions to end on their own before ending them.
@@ -479,6 +485,9 @@ pub struct SessionConfig {
     /// Sessions end after this long, less up to 10% jitter so that sessions opened together
     /// do not all reconnect together. Off by default.
     pub max_lifetime: Option<Duration>,
+    /// A plain-TCP session quiet for this long gives up its task and its sockets' places in
+    /// the runtime until either side sends or a timer is due (`hibernate.rs`). `None`: never.
+    pub hibernate_after: Option<Duration>,
     /// Fair shares: what each side may send after the upgrade (off by default).
     pub rates: Rates,
 }
@@ -544,6 +553,7 @@ impl Default for SessionConfig {
             pong_timeout: DEFAULT_PONG_TIMEOUT,
             idle_timeout: None,
             max_lifetime: None,
+            hibernate_after: Some(DEFAULT_HIBERNATE_AFTER),
             rates: Rates::default(),
         }
     }

@@ -19,6 +19,11 @@ pub trait Env: Send + Sync {
     fn session(&self) -> &SessionConfig;
     fn control(&self) -> &Control;
     fn link(&self) -> &Link;
+
+    /// A close is asked for this session, by its own request or a signal above it.
+    fn signalled(&self) -> bool {
+        self.link().asked().is_some() || self.control().requested().is_some()
+    }
 }
 
 /// How the outside asks sessions to end: a tree of signals (one root per gateway, one child
@@ -108,6 +113,12 @@ impl Link {
     /// Makes the relay run and read its signals (after one of them was set).
     pub fn wake(&self) {
         self.waker.wake();
+    }
+
+    /// Makes `waker` the one [`wake`](Self::wake) wakes, while the session hibernates (the
+    /// relay registers its own task's whenever it runs).
+    pub fn listen(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
     }
 
     /// Asks this session alone to close. The first request stands (false for a later one);

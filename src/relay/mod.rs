@@ -42,12 +42,14 @@ mod control;
 mod drain;
 mod ending;
 mod fair;
+mod idle;
 mod inflated;
 
 use batch::Batch;
 pub use control::{CloseRequest, Control, Counters, Env, Link, instant_from_millis, millis};
 pub use drain::DRAIN_LIMIT;
 pub use ending::{CloseInfo, DirStats, Reason, RelayOutcome};
+pub use idle::Step;
 
 use crate::config::SessionConfig;
 use crate::frame::{self, Event, Scanner, Sender, Violation, opcode};
@@ -87,6 +89,12 @@ pub trait Leg: AsyncRead + AsyncWrite + Unpin {
     /// Ready(Ok(false)): it needs `poll_shutdown` (anything unknown).
     fn poll_finish(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         Poll::Ready(Ok(false))
+    }
+
+    /// Whether this leg can be set aside while its session hibernates (see [`Step::Idle`]):
+    /// a plain TCP socket can, by its descriptor alone.
+    fn can_hibernate(&self) -> bool {
+        false
     }
 }
 
@@ -334,6 +342,8 @@ where
         timer: None,
         closing: false,
         done: false,
+        hibernate: false,
+        woke: 0,
     }
 }
 
@@ -348,6 +358,12 @@ pub struct Relay<C, B> {
     /// The outside's close request has been acted on.
     closing: bool,
     done: bool,
+    /// The session may hibernate (`idle.rs`): set by whoever can park it.
+    hibernate: bool,
+    /// When the session last woke from hibernation, in whole seconds (rounded up) of the
+    /// process's clock (see [`millis`]); 0: never. (Seconds: a `u32` fits in the struct's
+    /// padding.)
+    woke: u32,
 }
 
 impl<C, B> Future for Relay<C, B>
@@ -359,15 +375,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayOutcome> {
         let this = self.get_mut();
-        if this.done {
-            return Poll::Pending;
-        }
-        match this.run(cx) {
-            Poll::Ready(cut) => {
-                this.done = true;
-                Poll::Ready(this.outcome(cut))
-            }
-            Poll::Pending => Poll::Pending,
+        // Awaited as a future, a relay runs to its end in its task (see `poll_step`).
+        this.hibernate = false;
+        match this.poll_step(cx) {
+            Poll::Ready(Step::Ended(outcome)) => Poll::Ready(outcome),
+            _ => Poll::Pending,
         }
     }
 }
@@ -377,14 +389,16 @@ where
     C: Leg,
     B: Leg,
 {
-    /// One turn of the relay. Ready(cut) once the session is over.
-    fn run(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+    /// One turn of the relay.
+    fn run(&mut self, cx: &mut Context<'_>) -> Poll<Turn> {
         let Relay {
             c,
             b,
             st,
             timer,
             closing,
+            hibernate,
+            woke,
             ..
         } = self;
         // Register before reading the signals: a request set after the read wakes us.
@@ -398,7 +412,7 @@ where
             }
         }
         if *closing && st.env.control().killed() {
-            return Poll::Ready(cut(cx, st, c, b));
+            return Poll::Ready(Turn::Over(cut(cx, st, c, b)));
         }
         // Alternate until nothing moves: a write that frees room lets a read proceed.
         loop {
@@ -410,9 +424,18 @@ where
             }
         }
         if finished(c) && finished(b) {
-            return Poll::Ready(false);
+            return Poll::Ready(Turn::Over(false));
         }
-        timers(st, c, b, timer, cx).map(|()| cut(cx, st, c, b))
+        let may = *hibernate && !*closing;
+        let quiet_until = idle::quiet_until(may, *woke, st, c, b);
+        if timers(st, c, b, timer, quiet_until, cx).is_ready() {
+            return Poll::Ready(Turn::Over(cut(cx, st, c, b)));
+        }
+        // Asleep past its quiet time, with nothing queued since: the session may hibernate.
+        match idle::quiet_until(may, *woke, st, c, b) {
+            Some(at) if at <= Instant::now() => Poll::Ready(Turn::Idle),
+            _ => Poll::Pending,
+        }
     }
 
     fn outcome(&mut self, cut: bool) -> RelayOutcome {
@@ -437,6 +460,14 @@ where
             late_frames: st.late_frames,
         }
     }
+}
+
+/// How a turn of the relay ended, short of waiting.
+enum Turn {
+    /// The session is over; `true`: it was cut (see [`cut`]).
+    Over(bool),
+    /// Nothing has moved for the route's `hibernate_after` (see [`Step::Idle`]).
+    Idle,
 }
 
 /// The session is cut: what the sides have already sent is read and dropped first, so their
@@ -883,11 +914,14 @@ where
 
 /// Pings, pong deadlines, idle and lifetime (or token) timers, and the closing handshake's
 /// deadline. Arms `timer` for the earliest of them; Ready when the session must be cut.
+/// The session's timers: Ready once one of them ends the session. `quiet_until`: when the
+/// session may hibernate (`idle.rs`), a deadline that only wakes the relay.
 fn timers<C, B>(
     st: &mut State,
     c: &mut Side<C>,
     b: &mut Side<B>,
     timer: &mut Option<Pin<Box<Sleep>>>,
+    quiet_until: Option<Instant>,
     cx: &mut Context<'_>,
 ) -> Poll<()>
 where
@@ -906,6 +940,10 @@ where
         let mut earliest = |t: Instant| {
             next = Some(next.map_or(t, |n| n.min(t)));
         };
+        // Once past, the caller hibernates the session: no wake-up is needed for it.
+        if let Some(at) = quiet_until.filter(|&at| at > now) {
+            earliest(at);
+        }
         if !st.taken_over {
             if let Some(fair) = st.fair.as_mut() {
                 if let Some(who) = fair.over_grace(now) {

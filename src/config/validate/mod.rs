@@ -127,6 +127,7 @@ struct SessionKeys<'a> {
     pong_timeout: Option<&'a SpStr>,
     idle: Option<&'a SpStr>,
     max_lifetime: Option<&'a SpStr>,
+    hibernate_after: Option<&'a SpStr>,
 }
 
 /// Collects errors while turning the file mirror into [`Config`]; each section's file adds
@@ -253,6 +254,11 @@ impl Validator<'_> {
                 t.max_lifetime,
                 defaults.max_lifetime,
             ),
+            hibernate_after: self.optional_duration(
+                &format!("{prefix}.hibernate_after"),
+                t.hibernate_after,
+                defaults.hibernate_after,
+            ),
             rates: defaults.rates,
         }
     }
@@ -313,6 +319,7 @@ impl Validator<'_> {
                 pong_timeout: timeouts.pong_timeout.as_ref(),
                 idle: timeouts.idle.as_ref(),
                 max_lifetime: timeouts.max_lifetime.as_ref(),
+                hibernate_after: timeouts.hibernate_after.as_ref(),
             },
             ("limits.max_message", limits_file.max_message.as_ref()),
             &SessionConfig::default(),

@@ -117,6 +117,7 @@ impl Validator<'_> {
                 pong_timeout: t.pong_timeout.as_ref(),
                 idle: t.idle.as_ref(),
                 max_lifetime: t.max_lifetime.as_ref(),
+                hibernate_after: t.hibernate_after.as_ref(),
             })
             .unwrap_or_default(),
             (&format!("{key}.max_message"), r.max_message.as_ref()),

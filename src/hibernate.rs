@@ -1,0 +1,361 @@
+//! Hibernation: quiet sessions without a task.
+//!
+//! Most WebSocket sessions are quiet most of the time (chat, presence, notifications), and a
+//! waiting session costs far more than its state: a tokio task (768 bytes with its relay) and
+//! one registration with the runtime's I/O driver per socket (256 bytes each, cache-padded).
+//! A session that has been quiet for its route's `hibernate_after` gives all three up: its
+//! relay (`relay/idle.rs` says when) is boxed, its two sockets leave the runtime and are
+//! watched by the lot of the worker it ran on, one `epoll` instance per worker registered
+//! with the runtime as a single descriptor, and its task ends. Input on either socket (or its
+//! close), one of its timers coming due, or a signal (a drain, a reload, an operator's
+//! close) wakes it: the lot hands it back to a new task on the same worker, its sockets are
+//! registered again, and the relay goes on where it stopped. Nothing is read while it
+//! sleeps: the bytes wait in the kernel, as they would for a waiting task.
+//!
+//! The cost is paid at most once per quiet spell: four `epoll_ctl` calls (two out of the
+//! runtime and into the lot, two back) and a task. Only plain TCP legs hibernate: a TLS
+//! leg's state is most of its session's memory and stays where it is.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::ThreadId;
+
+use atomic_waker::AtomicWaker;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::time::{Instant, Sleep};
+
+/// A hibernating session, as its lot sees it.
+pub trait Sleeper: Send + 'static {
+    /// The sockets whose input (or close) wakes it.
+    fn fds(&self) -> [RawFd; 2];
+    /// Makes `waker` the one the outside's signals wake (the session's link).
+    fn listen(&self, waker: &Waker);
+    /// A signal (a close request, a drain) is waiting for it.
+    fn signalled(&self) -> bool;
+    /// Runs it again, in a task of its own on the current worker.
+    fn wake(self: Box<Self>);
+}
+
+/// Every worker's lot, by its thread: a session hibernates where it ran, and wakes there.
+#[derive(Default)]
+pub struct Lots(Mutex<HashMap<ThreadId, Arc<Lot>>>);
+
+impl std::fmt::Debug for Lots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lots")
+            .field("asleep", &self.asleep())
+            .finish()
+    }
+}
+
+impl Lots {
+    /// Sets `sleeper` aside in this worker's lot until input, `wake_at` or a signal. Its
+    /// sockets must be out of the runtime already. `Err` hands it back when it cannot sleep
+    /// (a signal came first, or the lot failed): its owner goes on running it.
+    pub fn park<S: Sleeper>(
+        &self,
+        sleeper: Box<S>,
+        wake_at: Option<Instant>,
+    ) -> Result<(), Box<S>> {
+        let lot = lock(&self.0)
+            .entry(std::thread::current().id())
+            .or_default()
+            .clone();
+        lot.park(sleeper, wake_at)
+    }
+
+    /// Sessions hibernating now, in every lot.
+    pub fn asleep(&self) -> usize {
+        lock(&self.0).values().map(|l| lock(&l.inner).asleep).sum()
+    }
+}
+
+/// One worker's hibernating sessions.
+#[derive(Default)]
+pub struct Lot {
+    inner: Mutex<Inner>,
+    poke: Arc<Poke>,
+}
+
+/// The waker a hibernating session's link holds: a signal sets `poked` and wakes the lot's
+/// task, which then asks each sleeper whether the signal was for it. (Signals are rare: a
+/// drain, a reload, an operator's close; a scan of the lot is cheap next to what follows.)
+#[derive(Default)]
+struct Poke {
+    poked: AtomicBool,
+    driver: AtomicWaker,
+}
+
+impl Wake for Poke {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.poked.store(true, Ordering::Release);
+        self.driver.wake();
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    /// The lot's `epoll` instance (made at the first park, on the worker's runtime).
+    epoll: Option<AsyncFd<OwnedFd>>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// When sleepers' timers are due: (when, slot, generation). A sleeper woken before its
+    /// time leaves its entry behind, which is dropped when it comes up.
+    due: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    asleep: usize,
+    /// The lot's task is running (it ends when the lot is empty).
+    driving: bool,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// Bumped at every wake, so that an event or a deadline for an earlier sleeper in the
+    /// same slot is told apart.
+    generation: u32,
+    sleeper: Option<Box<dyn Sleeper>>,
+}
+
+/// At most this many events are taken from the lot's `epoll` per call.
+const EVENTS: usize = 64;
+
+impl Lot {
+    fn park<S: Sleeper>(
+        self: &Arc<Self>,
+        sleeper: Box<S>,
+        wake_at: Option<Instant>,
+    ) -> Result<(), Box<S>> {
+        let mut inner = lock(&self.inner);
+        if inner.epoll.is_none() {
+            match new_epoll() {
+                Ok(fd) => inner.epoll = Some(fd),
+                Err(e) => {
+                    tracing::warn!(error = %e, "hibernation unavailable: cannot watch sockets");
+                    return Err(sleeper);
+                }
+            }
+        }
+        // Listen before looking: a signal set after the look wakes the lot.
+        sleeper.listen(&Waker::from(self.poke.clone()));
+        if sleeper.signalled() {
+            return Err(sleeper);
+        }
+        let slot = match inner.free.pop() {
+            Some(i) => i,
+            None => {
+                inner.slots.push(Slot::default());
+                (inner.slots.len() - 1) as u32
+            }
+        };
+        let generation = inner.slots[slot as usize].generation;
+        let epoll = inner.epoll.as_ref().map_or(-1, |e| e.get_ref().as_raw_fd());
+        let token = u64::from(generation) << 32 | u64::from(slot);
+        let fds = sleeper.fds();
+        for (i, &fd) in fds.iter().enumerate() {
+            if let Err(e) = ctl(epoll, libc::EPOLL_CTL_ADD, fd, token) {
+                tracing::debug!(error = %e, "hibernation: cannot watch a socket");
+                for &added in &fds[..i] {
+                    let _ = ctl(epoll, libc::EPOLL_CTL_DEL, added, 0);
+                }
+                inner.free.push(slot);
+                return Err(sleeper);
+            }
+        }
+        inner.slots[slot as usize].sleeper = Some(sleeper);
+        inner.asleep += 1;
+        if let Some(at) = wake_at {
+            inner.due.push(Reverse((at, slot, generation)));
+            if inner.timer.as_ref().is_some_and(|t| at < t.deadline()) {
+                // The lot's timer is set for later: its task re-arms it.
+                self.poke.driver.wake();
+            }
+        }
+        if !inner.driving {
+            inner.driving = true;
+            let lot = self.clone();
+            tokio::spawn(async move { std::future::poll_fn(|cx| lot.poll_drive(cx)).await });
+        }
+        Ok(())
+    }
+
+    /// The lot's task: wakes the sleepers whose sockets have input, whose timers are due, or
+    /// whom a signal concerns. Ends when the lot is empty (the next park starts it again).
+    fn poll_drive(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.poke.driver.register(cx.waker());
+        let mut woken: Vec<Box<dyn Sleeper>> = Vec::new();
+        let mut inner = lock(&self.inner);
+        loop {
+            if self.poke.poked.swap(false, Ordering::AcqRel) {
+                for i in 0..inner.slots.len() {
+                    if inner.slots[i]
+                        .sleeper
+                        .as_ref()
+                        .is_some_and(|s| s.signalled())
+                    {
+                        woken.extend(inner.take(i as u32, None));
+                    }
+                }
+            }
+            // Until the runtime says the lot's epoll has nothing more (then it wakes this task
+            // when it has).
+            let mut tokens = [0u64; EVENTS];
+            let mut n = None;
+            if let Some(epoll) = &inner.epoll {
+                match epoll.poll_read_ready(cx) {
+                    Poll::Ready(Ok(mut ready)) => match wait(epoll.get_ref(), &mut tokens) {
+                        Ok(got) => {
+                            if got < EVENTS {
+                                ready.clear_ready();
+                            }
+                            n = Some(got);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "hibernation: epoll_wait failed");
+                            ready.clear_ready();
+                        }
+                    },
+                    Poll::Ready(Err(e)) => {
+                        tracing::warn!(error = %e, "hibernation: the lot's epoll failed");
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if let Some(n) = n {
+                for &token in &tokens[..n] {
+                    woken.extend(inner.take(token as u32, Some((token >> 32) as u32)));
+                }
+                continue;
+            }
+            let now = Instant::now();
+            while let Some(&Reverse((at, slot, generation))) = inner.due.peek() {
+                if at > now {
+                    break;
+                }
+                inner.due.pop();
+                woken.extend(inner.take(slot, Some(generation)));
+            }
+            match inner.due.peek().map(|r| r.0.0) {
+                Some(at) => {
+                    let timer = inner
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                    if timer.deadline() != at {
+                        timer.as_mut().reset(at);
+                    }
+                    if timer.as_mut().poll(cx).is_ready() {
+                        continue;
+                    }
+                }
+                None => inner.timer = None,
+            }
+            break;
+        }
+        let empty = inner.asleep == 0;
+        if empty {
+            inner.driving = false;
+            inner.timer = None;
+        }
+        drop(inner);
+        for sleeper in woken {
+            sleeper.wake();
+        }
+        if empty {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl Inner {
+    /// Takes the sleeper in `slot` out of the lot (if it is still the one of `generation`),
+    /// its sockets out of the lot's `epoll`.
+    fn take(&mut self, slot: u32, generation: Option<u32>) -> Option<Box<dyn Sleeper>> {
+        let epoll = self.epoll.as_ref().map_or(-1, |e| e.get_ref().as_raw_fd());
+        let s = self.slots.get_mut(slot as usize)?;
+        if generation.is_some_and(|g| g != s.generation) {
+            return None;
+        }
+        let sleeper = s.sleeper.take()?;
+        s.generation = s.generation.wrapping_add(1);
+        for fd in sleeper.fds() {
+            let _ = ctl(epoll, libc::EPOLL_CTL_DEL, fd, 0);
+        }
+        self.free.push(slot);
+        self.asleep -= 1;
+        Some(sleeper)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A new `epoll` instance, registered with the current runtime for readability (it is
+/// readable while any socket it watches has an event).
+fn new_epoll() -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: epoll_create1 takes no pointers; a non-negative result is a new descriptor
+    // that nothing else owns.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: see above: `fd` is open and owned by no one else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: the `OwnedFd` keeps its descriptor open, and the same, for as long as the
+    // `AsyncFd` owns it.
+    Ok(unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?)
+}
+
+/// `epoll_ctl(epoll, op, fd)`, watching for input, the peer's close and errors, level
+/// triggered: input already waiting when a socket is added makes the lot readable at once.
+fn ctl(epoll: RawFd, op: libc::c_int, fd: RawFd, token: u64) -> io::Result<()> {
+    let mut event = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+        u64: token,
+    };
+    // SAFETY: `event` is a valid epoll_event for the call's duration; the kernel checks
+    // both descriptors.
+    if unsafe { libc::epoll_ctl(epoll, op, fd, &mut event) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The tokens of the events waiting on `epoll`, without blocking.
+fn wait(epoll: &OwnedFd, tokens: &mut [u64; EVENTS]) -> io::Result<usize> {
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS];
+    loop {
+        // SAFETY: `events` has room for EVENTS entries; a timeout of 0 does not block.
+        let n = unsafe {
+            libc::epoll_wait(
+                epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                EVENTS as libc::c_int,
+                0,
+            )
+        };
+        if n >= 0 {
+            let n = n as usize;
+            for (t, e) in tokens.iter_mut().zip(&events[..n]) {
+                *t = e.u64;
+            }
+            return Ok(n);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! When a session may hibernate: nothing has moved either way for the route's
+//! `hibernate_after`, nothing is queued for either side, and no closing handshake is under
+//! way. Then [`Relay::poll_step`] hands the session back as [`Step::Idle`] and its owner may
+//! set it aside without a task (`hibernate.rs`); this file only says when, and until when.
+
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Leg, Relay, RelayOutcome, Side, State, Turn, instant_from_millis};
+
+/// What one call to [`Relay::poll_step`] came to.
+pub enum Step {
+    /// The session is over.
+    Ended(RelayOutcome),
+    /// Quiet for `hibernate_after`, with nothing queued: both sockets have been read to
+    /// `Pending`, and the relay holds no timer. `wake_at`: when one of its timers (a ping, a
+    /// pong's deadline, the idle or lifetime timer) is due, if any. Polled again (in any task,
+    /// once its legs can be read again), the relay goes on where it stopped.
+    Idle { wake_at: Option<Instant> },
+}
+
+impl<C, B> Relay<C, B>
+where
+    C: Leg,
+    B: Leg,
+{
+    /// Lets the relay stop as [`Step::Idle`] once it is quiet (off by default: whoever turns it
+    /// on must be able to set the session aside and bring it back).
+    pub fn may_hibernate(mut self, on: bool) -> Self {
+        self.hibernate = on;
+        self
+    }
+
+    /// Turns hibernation off for good, for an owner that could not set the session aside.
+    pub fn stay_awake(&mut self) {
+        self.hibernate = false;
+    }
+
+    /// Runs the relay: Ready once the session is over, or once it may hibernate.
+    pub fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
+        if self.done {
+            return Poll::Pending;
+        }
+        Poll::Ready(match ready!(self.run(cx)) {
+            Turn::Over(cut) => {
+                self.done = true;
+                Step::Ended(self.outcome(cut))
+            }
+            Turn::Idle => {
+                // The timer's memory goes with it; the owner wakes the relay at `wake_at`.
+                self.timer = None;
+                Step::Idle {
+                    wake_at: next_wake(&self.st, &self.c, &self.b),
+                }
+            }
+        })
+    }
+
+    /// The owner has brought the legs back: the session stays awake for at least
+    /// `hibernate_after` from now. (Their input is not known to the runtime before its next
+    /// turn, so until then the relay would find both legs as quiet as when they were set
+    /// aside.)
+    pub fn woke(&mut self) {
+        let now = super::millis(std::time::Instant::now());
+        self.woke = u32::try_from(now / 1000 + 1).unwrap_or(u32::MAX);
+    }
+
+    /// The two legs.
+    pub fn legs(&self) -> (&C, &B) {
+        (&self.c.io, &self.b.io)
+    }
+
+    /// The two legs, for an owner that sets them aside while the session hibernates and
+    /// brings them back before polling it again.
+    pub fn legs_mut(&mut self) -> (&mut C, &mut B) {
+        (&mut self.c.io, &mut self.b.io)
+    }
+}
+
+/// When the session may hibernate, if it is quiet: the last time either side was heard from
+/// (or the last data message, or the start, or the last wake: `woke`, see [`Relay::woke`])
+/// plus the route's `hibernate_after`.
+pub(super) fn quiet_until<C: Leg, B: Leg>(
+    enabled: bool,
+    woke: u32,
+    st: &State,
+    c: &Side<C>,
+    b: &Side<B>,
+) -> Option<Instant> {
+    if !enabled || st.taken_over || st.close_deadline.is_some() || st.fair.is_some() {
+        return None;
+    }
+    if !quiet(c) || !quiet(b) {
+        return None;
+    }
+    let after = st.cfg().hibernate_after?;
+    let heard = st.link().counters.last_active.load(Ordering::Relaxed);
+    let heard = Instant::from_std(instant_from_millis(heard));
+    let woke = Instant::from_std(instant_from_millis(u64::from(woke) * 1000));
+    Some(st.last_data.max(heard).max(woke) + after)
+}
+
+/// Nothing queued for or held from this side, no closing handshake begun with it, and a leg
+/// that can be set aside.
+fn quiet<IO: Leg>(s: &Side<IO>) -> bool {
+    s.io.can_hibernate()
+        && s.pre.is_none()
+        && s.out.is_none()
+        && !s.needs_flush
+        && s.inject.is_none()
+        && !s.read_eof
+        && !s.write_shut
+        && s.close_from.is_none()
+        && !s.close_to
+        && !s.deferred_close
+        && !s.finish_frame
+        && s.passing
+}
+
+/// The earliest of a quiet session's timers (what `timers` would arm, with no closing
+/// handshake and no fair shares, which keep a session awake).
+fn next_wake<C, B>(st: &State, c: &Side<C>, b: &Side<B>) -> Option<Instant> {
+    let cfg = st.cfg();
+    let idle = cfg.idle_timeout.map(|d| st.last_data + d);
+    let pings = cfg
+        .ping_interval
+        .map(|interval| ping_due(c, interval).min(ping_due(b, interval)));
+    [st.lifetime_end, idle, pings].into_iter().flatten().min()
+}
+
+/// When the side must have answered the proxy's ping, or else is due one.
+fn ping_due<IO>(s: &Side<IO>, interval: Duration) -> Instant {
+    if s.awaiting_pong {
+        s.heard
+    } else {
+        s.heard + interval
+    }
+}
