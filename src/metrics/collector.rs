@@ -405,6 +405,13 @@ impl Collector for GatewayMetrics {
                 })
             }),
         )?;
+        gauges(
+            &mut enc,
+            "wsgate_sessions_hibernating",
+            "Open sessions hibernating now (quiet for their route's hibernate_after: no task, \
+             their sockets watched by their worker's lot); counted in wsgate_sessions_open too.",
+            [(Labels::new(), state.sessions.lots().asleep() as i64)],
+        )?;
         counters(
             &mut enc,
             "wsgate_sessions_opened",
