@@ -20,7 +20,9 @@
 //! | permessage-deflate: the backend's offer (`strip`, no context takeover), the client's answer | [`deflate`] |
 //! | backend pick, connect with failover, backend handshake and its checks | [`backend`] |
 //! | the raw sockets taken back from hyper after the upgrade | [`upgraded`] |
+//! | one session's task: the relay driven to the access record, hibernation when quiet | [`session_task`] |
 //! | the relay loop after the 101: frames both ways, timers, close codes, counters | [`relay`] |
+//! | hibernating sessions: each worker's lot, which wakes them on input, a timer or a signal | [`hibernate`] |
 //! | WebSocket frames: the streaming header scanner, the frames the proxy writes, close codes | [`frame`] |
 //! | registry of live sessions, drain | [`sessions`] |
 //! | errors and their mapping to status codes, outcomes and fault | [`error`] |

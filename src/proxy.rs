@@ -489,7 +489,7 @@ fn spawn_session(
     // The session task runs outside the request span: a span lives as long as its task, and
     // an idle session should cost nothing but its sockets. The access record carries the id.
     // Its inputs travel boxed: what an async fn takes stays in its state for the whole
-    // session, and a pointer costs less than the inputs (see `run_session`).
+    // session, and a pointer costs less than the inputs (see `session_task::run`).
     let start = Box::new(session_task::SessionStart {
         client_upgrade,
         backend: (backend_io, backend_read),

@@ -64,7 +64,7 @@ where
     /// turn, so until then the relay would find both legs as quiet as when they were set
     /// aside.)
     pub fn woke(&mut self) {
-        let now = super::millis(std::time::Instant::now());
+        let now = super::millis(Instant::now().into_std());
         self.woke = u32::try_from(now / 1000 + 1).unwrap_or(u32::MAX);
     }
 

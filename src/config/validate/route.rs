@@ -660,6 +660,47 @@ pub fn parse_backend_url(s: &str) -> Result<BackendUrl, String> {
 mod tests {
     use super::*;
 
+    /// `hibernate_after`: 1 s by default, set or "off" in `[timeouts]`, overridden per route;
+    /// a bad value is named with its key and line.
+    #[test]
+    fn hibernate_after() {
+        use std::time::Duration;
+        let route = |name: &str, extra: &str| {
+            format!(
+                "[[route]]\nname = \"{name}\"\npath = \"/{name}\"\n\
+                 backends = [\"ws://127.0.0.1:9\"]\n{extra}"
+            )
+        };
+        let text = format!(
+            "[timeouts]\nhibernate_after = \"250ms\"\n[[listener]]\nlisten = \"127.0.0.1:0\"\n{}{}",
+            route("a", ""),
+            route("b", "[route.timeouts]\nhibernate_after = \"off\"\n"),
+        );
+        let c = crate::config::from_toml_str(&text).unwrap();
+        let after: Vec<_> = c.routes.iter().map(|r| r.session.hibernate_after).collect();
+        assert_eq!(after, [Some(Duration::from_millis(250)), None]);
+        let c = crate::config::from_toml_str(&format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
+            route("a", "")
+        ))
+        .unwrap();
+        assert_eq!(
+            c.routes[0].session.hibernate_after,
+            Some(Duration::from_secs(1))
+        );
+        let errors = crate::config::from_toml_str(&format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
+            route("a", "[route.timeouts]\nhibernate_after = \"soon\"\n")
+        ))
+        .unwrap_err();
+        let errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        let errors = errors.join("\n");
+        assert!(
+            errors.contains("route[0].timeouts.hibernate_after") && errors.contains("line 8"),
+            "{errors}"
+        );
+    }
+
     #[test]
     fn backend_urls() {
         let u = parse_backend_url("ws://127.0.0.1:9000").unwrap();
