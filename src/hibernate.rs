@@ -13,8 +13,9 @@
 //! sleeps: the bytes wait in the kernel, as they would for a waiting task.
 //!
 //! The cost is paid at most once per quiet spell: four `epoll_ctl` calls (two out of the
-//! runtime and into the lot, two back) and a task. Only plain TCP legs hibernate: a TLS
-//! leg's state is most of its session's memory and stays where it is.
+//! runtime and into the lot, two back) and a task. A TLS leg hibernates with its TLS state
+//! (which stays in its box: most of a `wss://` session's memory) once it holds nothing in
+//! flight; WebSockets over HTTP/2 do not hibernate.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};

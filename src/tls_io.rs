@@ -45,6 +45,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::ops::DerefMut;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -145,7 +146,10 @@ pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<Acc
     let conn = UnbufferedServerConnection::new(config).map_err(invalid_data)?;
     let mut io = TlsIo::new(tcp, conn);
     Ok(match io.handshake(true).await? {
-        Some(head) => Accepted::PlainHttp(io.tcp, head),
+        Some(head) => match io.tcp {
+            Sock::Awake(tcp) => Accepted::PlainHttp(tcp, head),
+            Sock::Asleep(_) => return Err(io::ErrorKind::NotConnected.into()),
+        },
         None => Accepted::Tls(Box::new(io)),
     })
 }
@@ -164,7 +168,7 @@ pub async fn connect(
 
 /// A TLS stream over a TCP socket that holds no buffer while idle (see the module's doc).
 pub struct TlsIo<C> {
-    tcp: TcpStream,
+    tcp: Sock,
     conn: C,
     /// Input rustls has not consumed yet: the start of a record (or of a handshake message
     /// split over records) that later input completes. Empty, with no allocation, at rest.
@@ -184,6 +188,83 @@ pub struct TlsIo<C> {
     held: bool,
     /// Our side of the TCP connection is shut.
     tcp_shut: bool,
+}
+
+/// The socket under a TLS stream: in the runtime, or out of it while its session
+/// hibernates (`hibernate.rs`), when it is its descriptor alone (`None` only if it could not
+/// be taken out or brought back: then it is closed, and reads and writes fail).
+enum Sock {
+    Awake(TcpStream),
+    Asleep(Option<std::net::TcpStream>),
+}
+
+impl Sock {
+    fn sleep(&mut self) -> io::Result<RawFd> {
+        let Sock::Awake(_) = self else {
+            return Err(io::ErrorKind::Unsupported.into());
+        };
+        let Sock::Awake(tcp) = std::mem::replace(self, Sock::Asleep(None)) else {
+            unreachable!("checked above");
+        };
+        let std = tcp.into_std()?;
+        let fd = std.as_raw_fd();
+        *self = Sock::Asleep(Some(std));
+        Ok(fd)
+    }
+
+    fn wake(&mut self) -> io::Result<()> {
+        let Sock::Asleep(std) = self else {
+            return Ok(());
+        };
+        let std = std.take().ok_or(io::ErrorKind::NotConnected)?;
+        *self = Sock::Awake(TcpStream::from_std(std)?);
+        Ok(())
+    }
+}
+
+/// What a read or write of a socket that is asleep gets (the relay polls only awake legs).
+fn asleep() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "socket lost while hibernating")
+}
+
+impl AsyncRead for Sock {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Sock::Awake(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Sock::Asleep(_) => Poll::Ready(Err(asleep())),
+        }
+    }
+}
+
+impl AsyncWrite for Sock {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Sock::Awake(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Sock::Asleep(_) => Poll::Ready(Err(asleep())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Sock::Awake(tcp) => Pin::new(tcp).poll_flush(cx),
+            Sock::Asleep(_) => Poll::Ready(Err(asleep())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Sock::Awake(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Sock::Asleep(_) => Poll::Ready(Err(asleep())),
+        }
+    }
 }
 
 /// What a run of rustls over some input came to.
@@ -212,7 +293,7 @@ enum Job<'a> {
 impl<C: Unbuffered> TlsIo<C> {
     fn new(tcp: TcpStream, conn: C) -> Self {
         TlsIo {
-            tcp,
+            tcp: Sock::Awake(tcp),
             conn,
             input: Vec::new(),
             plain: Vec::new(),
@@ -226,9 +307,47 @@ impl<C: Unbuffered> TlsIo<C> {
         }
     }
 
-    /// The TCP socket, and the TLS state (ALPN, the peer's certificates, the version).
-    pub fn get_ref(&self) -> (&TcpStream, &CommonState) {
-        (&self.tcp, &self.conn)
+    /// The TCP socket (unless it is out of the runtime while its session hibernates), and
+    /// the TLS state (ALPN, the peer's certificates, the version).
+    pub fn get_ref(&self) -> (Option<&TcpStream>, &CommonState) {
+        let tcp = match &self.tcp {
+            Sock::Awake(tcp) => Some(tcp),
+            Sock::Asleep(_) => None,
+        };
+        (tcp, &self.conn)
+    }
+
+    /// Nothing is held either way (no part of a record, no plaintext for the reader, no
+    /// ciphertext for the socket, no held tickets) and neither side has closed: the socket
+    /// may leave the runtime while its session hibernates, and the TLS state stay here.
+    pub fn can_hibernate(&self) -> bool {
+        matches!(self.tcp, Sock::Awake(_))
+            && self.input.is_empty()
+            && self.plain_pos == self.plain.len()
+            && self.out_pos == self.out.len()
+            && !self.held
+            && !self.peer_closed
+            && !self.closed_notify
+            && !self.tcp_shut
+    }
+
+    /// Takes the socket out of the runtime (see [`can_hibernate`](Self::can_hibernate));
+    /// its descriptor, for the lot to watch.
+    pub fn sleep(&mut self) -> io::Result<RawFd> {
+        self.tcp.sleep()
+    }
+
+    /// Brings the socket back into the current runtime.
+    pub fn wake(&mut self) -> io::Result<()> {
+        self.tcp.wake()
+    }
+
+    /// The descriptor of a socket out of the runtime.
+    pub fn asleep_fd(&self) -> Option<RawFd> {
+        match &self.tcp {
+            Sock::Asleep(Some(s)) => Some(s.as_raw_fd()),
+            _ => None,
+        }
     }
 
     /// Drives the handshake to its end, with buffers of its own: input may arrive a byte at a
@@ -844,6 +963,44 @@ mod tests {
 
     /// Both ends unbuffered (a listener's connection and a `wss://` backend's): a handshake,
     /// an exchange each way larger than a record, a clean close each way, nothing kept.
+    /// A quiet stream's socket leaves the runtime and comes back with its TLS state: what the
+    /// peer sent meanwhile is read and decrypted after the wake, and the keys go on both
+    /// ways. One with something in flight (held tickets) cannot sleep, nor can one asleep.
+    #[tokio::test]
+    async fn a_quiet_stream_sleeps_and_wakes_with_its_tls_state() {
+        let (mut server, mut client) = pair(&rustls::version::TLS13, |t| t).await;
+        client.write_all(b"before").await.unwrap();
+        client.flush().await.unwrap();
+        let mut got = [0u8; 6];
+        server.read_exact(&mut got).await.unwrap();
+        // TLS 1.3 tickets wait for the first write: not quiet yet.
+        assert!(!server.can_hibernate());
+        server.write_all(b"101").await.unwrap();
+        server.flush().await.unwrap();
+        let mut got = [0u8; 3];
+        client.read_exact(&mut got).await.unwrap();
+        assert!(server.can_hibernate());
+        let fd = server.sleep().unwrap();
+        assert_eq!(server.asleep_fd(), Some(fd));
+        assert!(server.get_ref().0.is_none());
+        assert!(!server.can_hibernate());
+        client.write_all(b"while asleep").await.unwrap();
+        client.flush().await.unwrap();
+        let mut got = [0u8; 12];
+        let err = server.read_exact(&mut got).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotConnected);
+        server.wake().unwrap();
+        assert_eq!(server.asleep_fd(), None);
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"while asleep");
+        server.write_all(b"awake").await.unwrap();
+        server.flush().await.unwrap();
+        let mut got = [0u8; 5];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"awake");
+        assert_idle(&server);
+    }
+
     #[tokio::test]
     async fn client_and_server_both_unbuffered() {
         let (server_config, client_config) = configs(&rustls::version::TLS13);

@@ -112,18 +112,23 @@ impl UpgradedIo {
     fn tcp(&self) -> Option<&TcpStream> {
         match self {
             UpgradedIo::Tcp(s) => Some(s),
-            UpgradedIo::Tls(s) => Some(s.get_ref().0),
-            UpgradedIo::TlsClient(s) => Some(s.get_ref().0),
+            UpgradedIo::Tls(s) => s.get_ref().0,
+            UpgradedIo::TlsClient(s) => s.get_ref().0,
             UpgradedIo::Hyper(_) | UpgradedIo::Asleep(_) => None,
         }
     }
 
-    /// Takes a plain TCP leg out of the runtime (tokio forgets the socket and its wakers)
-    /// for its session's hibernation; its descriptor, for the lot to watch.
+    /// Takes a leg's socket out of the runtime (tokio forgets it and its wakers) for its
+    /// session's hibernation: a plain TCP leg becomes [`Asleep`](Self::Asleep), a TLS leg
+    /// keeps its TLS state and sets its socket aside within. Its descriptor, for the lot to
+    /// watch.
     pub fn sleep(&mut self) -> io::Result<RawFd> {
-        let UpgradedIo::Tcp(_) = self else {
-            return Err(io::ErrorKind::Unsupported.into());
-        };
+        match self {
+            UpgradedIo::Tls(s) => return s.sleep(),
+            UpgradedIo::TlsClient(s) => return s.sleep(),
+            UpgradedIo::Tcp(_) => {}
+            _ => return Err(io::ErrorKind::Unsupported.into()),
+        }
         let UpgradedIo::Tcp(tcp) = std::mem::replace(self, UpgradedIo::Asleep(None)) else {
             unreachable!("checked above");
         };
@@ -135,8 +140,11 @@ impl UpgradedIo {
 
     /// Brings a leg set aside by [`sleep`](Self::sleep) back into the current runtime.
     pub fn wake(&mut self) -> io::Result<()> {
-        let UpgradedIo::Asleep(std) = self else {
-            return Ok(());
+        let std = match self {
+            UpgradedIo::Asleep(std) => std,
+            UpgradedIo::Tls(s) => return s.wake(),
+            UpgradedIo::TlsClient(s) => return s.wake(),
+            _ => return Ok(()),
         };
         let std = std.take().ok_or(io::ErrorKind::NotConnected)?;
         *self = UpgradedIo::Tcp(TcpStream::from_std(std)?);
@@ -147,6 +155,8 @@ impl UpgradedIo {
     pub fn asleep_fd(&self) -> Option<RawFd> {
         match self {
             UpgradedIo::Asleep(Some(s)) => Some(s.as_raw_fd()),
+            UpgradedIo::Tls(s) => s.asleep_fd(),
+            UpgradedIo::TlsClient(s) => s.asleep_fd(),
             _ => None,
         }
     }
@@ -188,7 +198,12 @@ impl crate::relay::Leg for UpgradedIo {
     }
 
     fn can_hibernate(&self) -> bool {
-        matches!(self, UpgradedIo::Tcp(_))
+        match self {
+            UpgradedIo::Tcp(_) => true,
+            UpgradedIo::Tls(s) => s.can_hibernate(),
+            UpgradedIo::TlsClient(s) => s.can_hibernate(),
+            UpgradedIo::Hyper(_) | UpgradedIo::Asleep(_) => false,
+        }
     }
 }
 

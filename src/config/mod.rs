@@ -485,7 +485,7 @@ pub struct SessionConfig {
     /// Sessions end after this long, less up to 10% jitter so that sessions opened together
     /// do not all reconnect together. Off by default.
     pub max_lifetime: Option<Duration>,
-    /// A plain-TCP session quiet for this long gives up its task and its sockets' places in
+    /// A session quiet for this long gives up its task and its sockets' places in
     /// the runtime until either side sends or a timer is due (`hibernate.rs`). `None`: never.
     pub hibernate_after: Option<Duration>,
     /// Fair shares: what each side may send after the upgrade (off by default).

@@ -91,8 +91,9 @@ pub trait Leg: AsyncRead + AsyncWrite + Unpin {
         Poll::Ready(Ok(false))
     }
 
-    /// Whether this leg can be set aside while its session hibernates (see [`Step::Idle`]):
-    /// a plain TCP socket can, by its descriptor alone.
+    /// Whether this leg can be set aside now while its session hibernates (see
+    /// [`Step::Idle`]): a plain TCP socket can, by its descriptor alone; a TLS stream when
+    /// it holds nothing in flight.
     fn can_hibernate(&self) -> bool {
         false
     }
