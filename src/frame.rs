@@ -358,7 +358,9 @@ pub struct Scanner {
     from: Sender,
     /// RSV bits a negotiated extension allows on data frames (`0b100` for permessage-deflate).
     allowed_rsv: u8,
-    max_message: Option<u64>,
+    /// `u64::MAX`: no limit (8 bytes instead of an `Option`'s 16: the scanner is in every
+    /// idle session, twice).
+    max_message: u64,
     held: Option<Box<Held>>,
     /// Payload bytes of the current data frame still to pass.
     remaining: u64,
@@ -380,7 +382,7 @@ impl Scanner {
         Scanner {
             from,
             allowed_rsv,
-            max_message,
+            max_message: max_message.unwrap_or(u64::MAX),
             held: None,
             remaining: 0,
             final_frame: false,
@@ -613,10 +615,8 @@ impl Scanner {
             _ => self.message_len = 0,
         }
         let len = self.message_len.saturating_add(h.payload_len);
-        if let Some(max) = self.max_message
-            && len > max
-        {
-            return Err(Violation::MessageTooBig(max));
+        if len > self.max_message {
+            return Err(Violation::MessageTooBig(self.max_message));
         }
         self.message_len = len;
         self.in_message = !h.fin;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Leg, Relay, RelayOutcome, Side, State, Turn, instant_from_millis};
+use super::{At, Leg, Relay, RelayOutcome, Side, State, Turn, instant_from_millis};
 
 /// What one call to [`Relay::poll_step`] came to.
 pub enum Step {
@@ -100,7 +100,7 @@ pub(super) fn quiet_until<C: Leg, B: Leg>(
     let heard = st.link().counters.last_active.load(Ordering::Relaxed);
     let heard = Instant::from_std(instant_from_millis(heard));
     let woke = Instant::from_std(instant_from_millis(u64::from(woke) * 1000));
-    Some(st.last_data.max(heard).max(woke) + after)
+    Some(st.last_data.instant().max(heard).max(woke) + after)
 }
 
 /// Nothing queued for or held from this side, no closing handshake begun with it, and a leg
@@ -125,14 +125,19 @@ fn quiet<IO: Leg>(s: &Side<IO>) -> bool {
 fn next_wake<C, B>(st: &State, c: &Side<C>, b: &Side<B>) -> Option<Instant> {
     let cfg = st.cfg();
     let idle = cfg.idle_timeout.map(|d| st.last_data + d);
+    let lifetime = st.lifetime_end;
     let pings = cfg
         .ping_interval
         .map(|interval| ping_due(c, interval).min(ping_due(b, interval)));
-    [st.lifetime_end, idle, pings].into_iter().flatten().min()
+    [lifetime, idle, pings]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(At::instant)
 }
 
 /// When the side must have answered the proxy's ping, or else is due one.
-fn ping_due<IO>(s: &Side<IO>, interval: Duration) -> Instant {
+fn ping_due<IO>(s: &Side<IO>, interval: Duration) -> At {
     if s.awaiting_pong {
         s.heard
     } else {

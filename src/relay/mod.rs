@@ -46,6 +46,7 @@ mod idle;
 mod inflated;
 
 use batch::Batch;
+use control::At;
 pub use control::{CloseRequest, Control, Counters, Env, Link, instant_from_millis, millis};
 pub use drain::DRAIN_LIMIT;
 pub use ending::{CloseInfo, DirStats, Reason, RelayOutcome};
@@ -121,7 +122,11 @@ struct Side<IO> {
     out: Option<Box<OutBuf>>,
     needs_flush: bool,
     /// A frame of the proxy's own for this side, waiting for a frame boundary.
-    inject: Option<Box<[u8]>>,
+    #[allow(
+        clippy::box_collection,
+        reason = "a thin pointer: 8 bytes in every idle session, where a Box<[u8]> is 16"
+    )]
+    inject: Option<Box<Vec<u8>>>,
     read_eof: bool,
     write_shut: bool,
     /// The close frame this side sent.
@@ -147,7 +152,7 @@ struct Side<IO> {
     pings_sent: u32,
     /// When this side last sent anything; while `awaiting_pong`, the time by which it must
     /// have answered the proxy's ping (one field for both keeps an idle session small).
-    heard: Instant,
+    heard: At,
 }
 
 impl<IO: Leg> Side<IO> {
@@ -171,7 +176,7 @@ impl<IO: Leg> Side<IO> {
             ping_pending: false,
             awaiting_pong: false,
             pings_sent: 0,
-            heard: now,
+            heard: At::from(now),
         }
     }
 
@@ -247,12 +252,17 @@ struct State {
     /// Once set, nothing more is forwarded; replies are read and dropped.
     taken_over: bool,
     /// The end of the closing handshake's allowance.
-    close_deadline: Option<Instant>,
-    last_data: Instant,
+    close_deadline: Option<At>,
+    last_data: At,
     /// The route's lifetime, or the token's expiry if earlier (then `token_end`).
-    lifetime_end: Option<Instant>,
+    lifetime_end: Option<At>,
     token_end: bool,
-    error: Option<String>,
+    /// Boxed: most sessions end without one.
+    #[allow(
+        clippy::box_collection,
+        reason = "a thin pointer: 8 bytes in every idle session, where a String is 24"
+    )]
+    error: Option<Box<String>>,
     /// The first side that sent frames after its close frame (dropped, RFC 6455 §5.5.1).
     late_frames: Option<CloseSide>,
     /// Bytes read from either side and dropped (see `drain.rs`).
@@ -278,7 +288,7 @@ impl State {
     fn first_close(&mut self, who: CloseSide) {
         self.closed_by.get_or_insert(who);
         self.close_deadline
-            .get_or_insert_with(|| Instant::now() + CLOSE_TIMEOUT);
+            .get_or_insert_with(|| At::now() + CLOSE_TIMEOUT);
     }
 }
 
@@ -325,13 +335,13 @@ where
             now,
         ),
         st: State {
-            lifetime_end: max_lifetime.map(|d| now + d),
+            lifetime_end: max_lifetime.map(|d| At::from(now) + d),
             token_end: false,
             closed_by: None,
             reason: None,
             taken_over: false,
             close_deadline: None,
-            last_data: now,
+            last_data: At::from(now),
             error: None,
             late_frames: None,
             discarded: 0,
@@ -457,7 +467,7 @@ where
             closed_by: st.closed_by.unwrap_or(CloseSide::Proxy),
             proxy_reason: st.reason,
             cut,
-            error: st.error.take(),
+            error: st.error.take().map(|e| *e),
             late_frames: st.late_frames,
         }
     }
@@ -507,7 +517,7 @@ fn take_over<C, B>(
     st.progress += 1;
     st.reason = Some(reason);
     if st.error.is_none() {
-        st.error = error;
+        st.error = error.map(Box::new);
     }
     st.first_close(reason.started_by());
     // When one side broke the protocol, the other side is closed first and its frames keep
@@ -605,7 +615,7 @@ where
             if !fair.may_read(from.who, now) {
                 // Over its share: left unread, so its own writes wait (`fair.rs`). It sent
                 // lately, and its pong may be among what waits: it counts as heard.
-                from.heard = now;
+                from.heard = At::from(now);
                 from.awaiting_pong = false;
                 break;
             }
@@ -710,7 +720,7 @@ fn ingest<A, Z>(
     A: Leg,
     Z: Leg,
 {
-    from.heard = Instant::now();
+    from.heard = At::now();
     from.awaiting_pong = false;
     st.progress += 1;
     let counter = match from.who {
@@ -729,7 +739,7 @@ fn ingest<A, Z>(
         && let Some(fair) = st.fair.as_mut()
     {
         let messages = from.scanner.messages - messages_before;
-        fair.charge(from.who, data.len() as u64, messages, from.heard);
+        fair.charge(from.who, data.len() as u64, messages, from.heard.instant());
     }
     control::count(
         &st.link().counters,
@@ -772,7 +782,7 @@ where
     to.inject = None;
     let error = format!("{}: {e}", to.who.as_str());
     if st.taken_over {
-        st.error.get_or_insert(error);
+        st.error.get_or_insert(Box::new(error));
     } else {
         take_over_dyn(st, to, from, Reason::Gone(to.who), Some(error));
     }
@@ -879,7 +889,7 @@ where
         write_err = batch.flush(cx, to).err();
     }
     if saw_data && passing {
-        st.last_data = Instant::now();
+        st.last_data = At::now();
     }
     if release_deferred {
         from.passing = false;
@@ -932,12 +942,13 @@ where
     let start = st.progress;
     loop {
         let now = Instant::now();
+        let at_now = At::from(now);
         if let Some(deadline) = st.close_deadline
-            && now >= deadline
+            && at_now >= deadline
         {
             return Poll::Ready(());
         }
-        let mut next = st.close_deadline;
+        let mut next = st.close_deadline.map(At::instant);
         let mut earliest = |t: Instant| {
             next = Some(next.map_or(t, |n| n.min(t)));
         };
@@ -960,20 +971,20 @@ where
                 }
             }
             if let Some(end) = st.lifetime_end {
-                if now >= end {
+                if at_now >= end {
                     let why = [Reason::MaxLifetime, Reason::TokenExpired][st.token_end as usize];
                     take_over(st, c, b, why, None);
                     continue;
                 }
-                earliest(end);
+                earliest(end.instant());
             }
             if let Some(idle) = st.cfg().idle_timeout {
                 let end = st.last_data + idle;
-                if now >= end {
+                if at_now >= end {
                     take_over(st, c, b, Reason::IdleTimeout, None);
                     continue;
                 }
-                earliest(end);
+                earliest(end.instant());
             }
             if let Some(interval) = st.cfg().ping_interval {
                 // A leg that has sent anything lately has proven it is alive.
@@ -997,12 +1008,12 @@ where
                     ),
                 ] {
                     match *awaiting {
-                        true if now >= *heard => dead = Some(who),
-                        true => earliest(*heard),
+                        true if at_now >= *heard => dead = Some(who),
+                        true => earliest(heard.instant()),
                         // Nothing follows a close frame (RFC 6455 §5.5.1), a ping neither:
                         // the closing handshake has a deadline of its own.
                         false if closing => {}
-                        false if now >= *heard + interval && inject.is_none() => {
+                        false if at_now >= *heard + interval && inject.is_none() => {
                             *seq = seq.wrapping_add(1);
                             let token = ping_token(*seq);
                             *inject = Some(
@@ -1021,10 +1032,10 @@ where
                                 .fetch_add(1, Ordering::Relaxed);
                             *pending = true;
                             *awaiting = true;
-                            *heard = now + st.cfg().pong_timeout;
-                            earliest(*heard);
+                            *heard = at_now + st.cfg().pong_timeout;
+                            earliest(heard.instant());
                         }
-                        false => earliest(*heard + interval),
+                        false => earliest((*heard + interval).instant()),
                     }
                 }
                 if let Some(who) = dead {
