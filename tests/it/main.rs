@@ -16,6 +16,7 @@ mod faults;
 mod forward_auth;
 mod fuzz_regressions;
 mod h2;
+mod hibernate;
 mod http_proxy;
 mod jwt;
 mod limits;
