@@ -33,25 +33,8 @@ async fn spawn_admin(toml: &str, token: Option<&str>) -> (Gateway, SocketAddr) {
     (gw, admin)
 }
 
-/// One admin request over a fresh connection.
-async fn request(
-    admin: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &str,
-    body: &str,
-) -> RawResponse {
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n{headers}\
-         Content-Length: {}\r\n\r\n{body}",
-        admin.port(),
-        body.len()
-    );
-    raw_exchange(admin, req.as_bytes()).await.1
-}
-
 async fn get(admin: SocketAddr, path: &str) -> RawResponse {
-    request(admin, "GET", path, "", "").await
+    admin_request(admin, "GET", path, "", "").await
 }
 
 async fn get_json(admin: SocketAddr, path: &str) -> Value {
@@ -62,7 +45,7 @@ async fn get_json(admin: SocketAddr, path: &str) -> Value {
 
 async fn post_json(admin: SocketAddr, path: &str, body: &Value, headers: &str) -> (u16, Value) {
     let headers = format!("Content-Type: application/json\r\n{headers}");
-    let resp = request(admin, "POST", path, &headers, &body.to_string()).await;
+    let resp = admin_request(admin, "POST", path, &headers, &body.to_string()).await;
     let v = serde_json::from_str(&resp.body).unwrap_or(Value::Null);
     (resp.status, v)
 }
@@ -76,22 +59,6 @@ async fn scrape(admin: SocketAddr) -> Exposition {
         Some("text/plain; version=0.0.4; charset=utf-8")
     );
     prom::parse(&resp.body, false).unwrap_or_else(|e| panic!("{e}\n{}", resp.body))
-}
-
-/// The route's one backend's name, as the admin API spells it.
-async fn backend_names(admin: SocketAddr, route: &str) -> Vec<String> {
-    let routes = get_json(admin, "/api/routes").await;
-    routes["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == route)
-        .unwrap()["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["name"].as_str().unwrap().to_string())
-        .collect()
 }
 
 #[tokio::test]
@@ -261,7 +228,7 @@ async fn get_via(proxy: SocketAddr, path: &str) -> u16 {
 async fn openmetrics_when_the_scraper_asks_for_it() {
     let echo = EchoBackend::spawn().await;
     let (_gw, admin) = spawn_admin(&route("chat", "/chat", &[echo.url()]), None).await;
-    let resp = request(
+    let resp = admin_request(
         admin,
         "GET",
         "/metrics",
@@ -507,7 +474,7 @@ async fn a_token_guards_the_write_endpoints_and_the_browser_rules_hold() {
     let (status, _) = post_json(admin, "/api/sessions/999/close", &close, &bearer).await;
     assert_eq!(status, 404, "past the guard: no such session");
     // The page's login sets an HttpOnly, SameSite=Strict cookie that works as the token.
-    let login = request(
+    let login = admin_request(
         admin,
         "POST",
         "/api/login",
@@ -531,7 +498,7 @@ async fn a_token_guards_the_write_endpoints_and_the_browser_rules_hold() {
     .await;
     assert_eq!(status, 404);
     // Cross-site forms and other origins are refused, token or not.
-    let form = request(
+    let form = admin_request(
         admin,
         "POST",
         "/api/sessions/999/close",
@@ -551,7 +518,7 @@ async fn a_token_guards_the_write_endpoints_and_the_browser_rules_hold() {
     // Unknown paths and methods.
     assert_eq!(get(admin, "/api/nothing").await.status, 404);
     assert_eq!(
-        request(admin, "DELETE", "/metrics", &bearer, "")
+        admin_request(admin, "DELETE", "/metrics", &bearer, "")
             .await
             .status,
         405

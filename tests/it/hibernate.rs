@@ -52,37 +52,10 @@ fn route_with(name: &str, path: &str, backend: &str, timeouts: &str) -> String {
     )
 }
 
-/// One admin request over a fresh connection.
-async fn admin_request(admin: SocketAddr, method: &str, path: &str, body: &str) -> RawResponse {
-    let content_type = if body.is_empty() {
-        ""
-    } else {
-        "Content-Type: application/json\r\n"
-    };
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n{content_type}\
-         Content-Length: {}\r\n\r\n{body}",
-        admin.port(),
-        body.len()
-    );
-    raw_exchange(admin, req.as_bytes()).await.1
-}
-
-async fn admin_json(admin: SocketAddr, method: &str, path: &str, body: &Value) -> (u16, Value) {
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    let resp = admin_request(admin, method, path, &body).await;
-    let v = serde_json::from_str(&resp.body).unwrap_or(Value::Null);
-    (resp.status, v)
-}
-
 /// `wsgate_sessions_hibernating` from one scrape of `/metrics` (which must declare it as a
 /// gauge: a missing family would read as 0 and prove nothing).
 async fn hibernating(admin: SocketAddr) -> f64 {
-    let resp = admin_request(admin, "GET", "/metrics", "").await;
+    let resp = admin_request(admin, "GET", "/metrics", "", "").await;
     assert_eq!(resp.status, 200, "{resp:?}");
     let exp = prom::parse(&resp.body, false).unwrap_or_else(|e| panic!("{e}\n{}", resp.body));
     assert_eq!(
@@ -94,6 +67,15 @@ async fn hibernating(admin: SocketAddr) -> f64 {
         resp.body
     );
     exp.value("wsgate_sessions_hibernating", &[])
+}
+
+/// Waits until every session has ended (`what` says which did not), then checks that none is
+/// counted as hibernating.
+async fn all_ended(gw: &Gateway, admin: SocketAddr, what: &str) {
+    tokio::time::timeout(STEP, gw.handle().sessions().wait_for_count(|n| *n == 0))
+        .await
+        .expect(what);
+    assert_eq!(hibernating(admin).await, 0.0);
 }
 
 /// Scrapes until `wsgate_sessions_hibernating` reads `n`, within [`HIBERNATION_WAIT`].
@@ -142,34 +124,6 @@ async fn session_ids(admin: SocketAddr) -> Vec<u64> {
         .iter()
         .map(|s| s["id"].as_u64().unwrap())
         .collect()
-}
-
-/// The names the admin API gives the route's backends.
-async fn backend_names(admin: SocketAddr, route: &str) -> Vec<String> {
-    let (status, routes) = admin_json(admin, "GET", "/api/routes", &Value::Null).await;
-    assert_eq!(status, 200, "{routes}");
-    routes["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == route)
-        .unwrap()["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["name"].as_str().unwrap().to_string())
-        .collect()
-}
-
-/// The next close frame's (code, reason), skipping pings and data.
-async fn close_of(ws: &mut Ws) -> (u16, String) {
-    loop {
-        match next_data(ws).await {
-            Message::Close(Some(f)) => return (u16::from(f.code), f.reason.to_string()),
-            Message::Close(None) => return (0, String::new()),
-            _ => continue,
-        }
-    }
 }
 
 /// Reads on until the connection ends (tungstenite flushes its close reply as it reads).
@@ -291,10 +245,7 @@ async fn a_client_close_wakes_a_hibernating_session_and_completes() {
         echo.wait_closes(1).await,
         vec![Some((1000, "bye".to_string()))]
     );
-    tokio::time::timeout(STEP, gw.handle().sessions().wait_for_count(|n| *n == 0))
-        .await
-        .expect("the session did not end");
-    assert_eq!(hibernating(admin).await, 0.0);
+    all_ended(&gw, admin, "the session did not end").await;
 }
 
 /// A shutdown reaches hibernating sessions: each is woken, its client and its backend get
@@ -415,10 +366,7 @@ async fn the_admin_api_closes_a_hibernating_session() {
         (1001, "backend draining".to_string())
     );
     read_to_end(&mut second).await;
-    tokio::time::timeout(STEP, gw.handle().sessions().wait_for_count(|n| *n == 0))
-        .await
-        .expect("the drained session did not end");
-    assert_eq!(hibernating(admin).await, 0.0);
+    all_ended(&gw, admin, "the drained session did not end").await;
 }
 
 /// Pings come due while the session hibernates: the lot wakes it for each, the client
@@ -472,22 +420,13 @@ async fn pings_wake_a_hibernating_session_and_it_sleeps_again_between_them() {
 /// Frames off a raw socket, as they arrive: (opcode, unmasked payload), until a close frame
 /// (sent too) or the end of the connection.
 fn raw_frames(mut stream: TcpStream, mut buf: Vec<u8>) -> mpsc::UnboundedReceiver<(u8, Vec<u8>)> {
-    use wsgate::frame::{FrameHeader, opcode};
+    use wsgate::frame::opcode;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
-            while let Ok(Some((h, n))) = FrameHeader::parse(&buf) {
-                let total = n + h.payload_len as usize;
-                if buf.len() < total {
-                    break;
-                }
-                let mut payload = buf[n..total].to_vec();
-                if let Some(m) = h.mask {
-                    wsgate::frame::apply_mask(&mut payload, m, 0);
-                }
-                buf.drain(..total);
-                let close = h.opcode == opcode::CLOSE;
-                let _ = tx.send((h.opcode, payload));
+            while let Some((op, payload)) = take_frame(&mut buf) {
+                let close = op == opcode::CLOSE;
+                let _ = tx.send((op, payload));
                 if close {
                     // Hold the socket, never answering, until the proxy gives up on it.
                     let mut sink = [0u8; 4096];
@@ -729,10 +668,7 @@ async fn a_session_with_tls_on_both_legs_hibernates_and_wakes_intact() {
         Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1000),
         other => panic!("expected the close reply, got {other:?}"),
     }
-    tokio::time::timeout(STEP, gw.handle().sessions().wait_for_count(|n| *n == 0))
-        .await
-        .expect("the session did not end");
-    assert_eq!(hibernating(admin).await, 0.0);
+    all_ended(&gw, admin, "the session did not end").await;
 }
 
 /// A WebSocket over HTTP/2 (RFC 8441, here h2c with prior knowledge) never hibernates (its
@@ -839,8 +775,5 @@ async fn fifty_sessions_hibernate_wake_and_close_cleanly() {
             .all(|c| c == &Some((1000, "done".to_string()))),
         "{closes:?}"
     );
-    tokio::time::timeout(STEP, gw.handle().sessions().wait_for_count(|n| *n == 0))
-        .await
-        .expect("the sessions did not all end");
-    assert_eq!(hibernating(admin).await, 0.0);
+    all_ended(&gw, admin, "the sessions did not all end").await;
 }

@@ -11,17 +11,6 @@ use wsgate::frame::{encode_frame, opcode};
 
 use crate::support::*;
 
-/// The next close frame's (code, reason) on a tungstenite client, skipping data and pings.
-async fn close_of(ws: &mut Ws) -> (u16, String) {
-    loop {
-        match next_data(ws).await {
-            Message::Close(Some(f)) => return (u16::from(f.code), f.reason.to_string()),
-            Message::Close(None) => return (0, String::new()),
-            _ => continue,
-        }
-    }
-}
-
 /// Reads raw frames off a socket until a close frame; returns its code and reason.
 async fn raw_close(stream: &mut TcpStream, buf: Vec<u8>) -> (u16, String) {
     raw_frames_until_close(stream, buf).await.1

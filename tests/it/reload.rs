@@ -363,22 +363,13 @@ async fn sighup_reloads_the_file_and_a_broken_file_changes_nothing() {
     assert!(echo_b.closes.lock().unwrap().is_empty());
 }
 
-/// One admin request over a fresh connection.
-async fn admin_request(admin: SocketAddr, method: &str, path: &str, headers: &str) -> RawResponse {
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n{headers}\
-         Content-Length: 0\r\n\r\n",
-        admin.port(),
-    );
-    raw_exchange(admin, req.as_bytes()).await.1
-}
-
 async fn post_reload(admin: SocketAddr) -> (u16, Value) {
     let resp = admin_request(
         admin,
         "POST",
         "/api/reload",
         "Content-Type: application/json\r\n",
+        "",
     )
     .await;
     let body =
@@ -387,7 +378,7 @@ async fn post_reload(admin: SocketAddr) -> (u16, Value) {
 }
 
 async fn scrape(admin: SocketAddr) -> Exposition {
-    let resp = admin_request(admin, "GET", "/metrics", "").await;
+    let resp = admin_request(admin, "GET", "/metrics", "", "").await;
     assert_eq!(resp.status, 200);
     prom::parse(&resp.body, false).unwrap_or_else(|e| panic!("{e}\n{}", resp.body))
 }

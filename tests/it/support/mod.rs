@@ -642,24 +642,15 @@ pub async fn frames_until_close(
     stream: &mut TcpStream,
     mut buf: Vec<u8>,
 ) -> Result<(Vec<(u8, Vec<u8>)>, u16, String), String> {
-    use wsgate::frame::{FrameHeader, opcode};
+    use wsgate::frame::opcode;
     let mut frames = Vec::new();
     loop {
-        while let Ok(Some((h, n))) = FrameHeader::parse(&buf) {
-            let total = n + h.payload_len as usize;
-            if buf.len() < total {
-                break;
-            }
-            let mut payload = buf[n..total].to_vec();
-            if let Some(m) = h.mask {
-                wsgate::frame::apply_mask(&mut payload, m, 0);
-            }
-            buf.drain(..total);
-            if h.opcode == opcode::CLOSE {
+        while let Some((op, payload)) = take_frame(&mut buf) {
+            if op == opcode::CLOSE {
                 let (code, reason) = wsgate::frame::parse_close(&payload);
                 return Ok((frames, code.unwrap_or(0), reason));
             }
-            frames.push((h.opcode, payload));
+            frames.push((op, payload));
         }
         let mut chunk = [0u8; 4096];
         match tokio::time::timeout(STEP, stream.read(&mut chunk)).await {
@@ -669,4 +660,83 @@ pub async fn frames_until_close(
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }
     }
+}
+
+/// The first whole frame in `buf`, taken out of it: (opcode, payload unmasked). `None` while
+/// `buf` holds less than a frame.
+pub fn take_frame(buf: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
+    let (h, n) = wsgate::frame::FrameHeader::parse(buf).ok()??;
+    let total = n + h.payload_len as usize;
+    if buf.len() < total {
+        return None;
+    }
+    let mut payload = buf[n..total].to_vec();
+    if let Some(m) = h.mask {
+        wsgate::frame::apply_mask(&mut payload, m, 0);
+    }
+    buf.drain(..total);
+    Some((h.opcode, payload))
+}
+
+/// The next close frame's (code, reason) on a tungstenite client, skipping data and pings.
+pub async fn close_of(ws: &mut Ws) -> (u16, String) {
+    loop {
+        match next_data(ws).await {
+            Message::Close(Some(f)) => return (u16::from(f.code), f.reason.to_string()),
+            Message::Close(None) => return (0, String::new()),
+            _ => continue,
+        }
+    }
+}
+
+/// One request to an admin listener over a fresh connection: `headers` are whole lines
+/// (each ending in CRLF).
+pub async fn admin_request(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> RawResponse {
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n{headers}\
+         Content-Length: {}\r\n\r\n{body}",
+        admin.port(),
+        body.len()
+    );
+    raw_exchange(admin, req.as_bytes()).await.1
+}
+
+/// An admin API call with a JSON body (none for `Value::Null`): the status and the JSON
+/// answer (`Null` if it is not JSON).
+pub async fn admin_json(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let (headers, body) = match body {
+        serde_json::Value::Null => ("", String::new()),
+        b => ("Content-Type: application/json\r\n", b.to_string()),
+    };
+    let resp = admin_request(admin, method, path, headers, &body).await;
+    let v = serde_json::from_str(&resp.body).unwrap_or(serde_json::Value::Null);
+    (resp.status, v)
+}
+
+/// The names the admin API gives `route`'s backends.
+pub async fn backend_names(admin: SocketAddr, route: &str) -> Vec<String> {
+    let (status, routes) = admin_json(admin, "GET", "/api/routes", &serde_json::Value::Null).await;
+    assert_eq!(status, 200, "{routes}");
+    routes["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == route)
+        .unwrap()["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap().to_string())
+        .collect()
 }
