@@ -177,6 +177,7 @@ impl Lot {
         inner.asleep += 1;
         if let Some(at) = wake_at {
             inner.due.push(Reverse((at, slot, generation)));
+            inner.shed_stale_deadlines();
             if inner.timer.as_ref().is_some_and(|t| at < t.deadline()) {
                 // The lot's timer is set for later: its task re-arms it.
                 self.poke.driver.wake();
@@ -280,6 +281,22 @@ impl Lot {
 }
 
 impl Inner {
+    /// Drops the deadlines of sleepers that have woken, once they outnumber the live ones:
+    /// a session woken by input leaves its deadline in the heap until it comes up, and a
+    /// session that sleeps and wakes many times before a far deadline (a lifetime of a day)
+    /// would otherwise pile them up. Linear, and rare enough to cost nothing per park.
+    fn shed_stale_deadlines(&mut self) {
+        if self.due.len() <= 2 * self.asleep + 64 {
+            return;
+        }
+        let slots = &self.slots;
+        self.due.retain(|Reverse((_, slot, generation))| {
+            slots
+                .get(*slot as usize)
+                .is_some_and(|s| s.generation == *generation && s.sleeper.is_some())
+        });
+    }
+
     /// Takes the sleeper in `slot` out of the lot (if it is still the one of `generation`),
     /// its sockets out of the lot's `epoll`.
     fn take(&mut self, slot: u32, generation: Option<u32>) -> Option<Box<dyn Sleeper>> {
@@ -358,5 +375,124 @@ fn wait(epoll: &OwnedFd, tokens: &mut [u64; EVENTS]) -> io::Result<usize> {
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// A sleeper over a socket pair's near ends: it says why it woke on `woke`.
+    struct Fake {
+        ends: [UnixStream; 2],
+        signal: Arc<AtomicBool>,
+        listener: Listener,
+        woke: mpsc::UnboundedSender<&'static str>,
+    }
+
+    /// Where a fake sleeper keeps the waker the lot gave it (its link's, in a session).
+    type Listener = Arc<Mutex<Option<Waker>>>;
+
+    impl Sleeper for Fake {
+        fn fds(&self) -> [RawFd; 2] {
+            [self.ends[0].as_raw_fd(), self.ends[1].as_raw_fd()]
+        }
+        fn listen(&self, waker: &Waker) {
+            *lock(&self.listener) = Some(waker.clone());
+        }
+        fn signalled(&self) -> bool {
+            self.signal.load(Ordering::Acquire)
+        }
+        fn wake(self: Box<Self>) {
+            let _ = self.woke.send("woke");
+        }
+    }
+
+    /// A fake sleeper, and the far ends of its sockets, its signal and its link's waker.
+    fn fake(
+        woke: &mpsc::UnboundedSender<&'static str>,
+    ) -> (Box<Fake>, [UnixStream; 2], Arc<AtomicBool>, Listener) {
+        let (a, far_a) = UnixStream::pair().unwrap();
+        let (b, far_b) = UnixStream::pair().unwrap();
+        let signal = Arc::new(AtomicBool::new(false));
+        let listener = Arc::new(Mutex::new(None));
+        let f = Fake {
+            ends: [a, b],
+            signal: signal.clone(),
+            listener: listener.clone(),
+            woke: woke.clone(),
+        };
+        (Box::new(f), [far_a, far_b], signal, listener)
+    }
+
+    async fn woken(rx: &mut mpsc::UnboundedReceiver<&'static str>) {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("not woken")
+            .unwrap();
+    }
+
+    /// Input on either socket, the deadline, and a signal through the link's waker each
+    /// wake a sleeper, once; the lot's task ends when the lot is empty.
+    #[tokio::test]
+    async fn input_a_deadline_or_a_signal_wakes_a_sleeper() {
+        let lots = Lots::default();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+
+        let (s, mut far, _, _) = fake(&tx);
+        lots.park(s, None).ok().unwrap();
+        assert_eq!(lots.asleep(), 1);
+        far[1].write_all(b"x").unwrap();
+        woken(&mut rx).await;
+        assert_eq!(lots.asleep(), 0);
+
+        let (s, _far, _, _) = fake(&tx);
+        let at = Instant::now() + Duration::from_millis(50);
+        lots.park(s, Some(at)).ok().unwrap();
+        woken(&mut rx).await;
+        assert!(Instant::now() >= at);
+
+        let (s, _far, signal, listener) = fake(&tx);
+        lots.park(s, None).ok().unwrap();
+        signal.store(true, Ordering::Release);
+        lock(&listener).take().expect("the lot listens").wake();
+        woken(&mut rx).await;
+        assert_eq!(lots.asleep(), 0);
+        assert!(rx.try_recv().is_err(), "woken twice");
+    }
+
+    /// A sleeper whose signal is already set is handed back, not parked.
+    #[tokio::test]
+    async fn a_sleeper_already_signalled_is_handed_back() {
+        let lots = Lots::default();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let (s, _far, signal, _) = fake(&tx);
+        signal.store(true, Ordering::Release);
+        assert!(lots.park(s, None).is_err());
+        assert_eq!(lots.asleep(), 0);
+    }
+
+    /// Sleepers woken by input before a far deadline do not pile their deadlines up.
+    #[tokio::test]
+    async fn deadlines_of_woken_sleepers_are_shed() {
+        let lots = Lots::default();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let far_off = Instant::now() + Duration::from_secs(86_400);
+        for _ in 0..500 {
+            let (s, mut far, _, _) = fake(&tx);
+            lots.park(s, Some(far_off)).ok().unwrap();
+            far[0].write_all(b"x").unwrap();
+            woken(&mut rx).await;
+        }
+        let lot = lock(&lots.0).values().next().unwrap().clone();
+        let due = lock(&lot.inner).due.len();
+        assert!(due <= 64 + 1, "{due} deadlines kept for no sleeper");
     }
 }
