@@ -1,7 +1,7 @@
 //! Hibernation: quiet sessions without a task.
 //!
 //! Most WebSocket sessions are quiet most of the time (chat, presence, notifications), and a
-//! waiting session costs far more than its state: a tokio task (768 bytes with its relay) and
+//! waiting session costs far more than its state: a tokio task (640 bytes with its relay) and
 //! one registration with the runtime's I/O driver per socket (256 bytes each, cache-padded).
 //! A session that has been quiet for its route's `hibernate_after` gives all three up: its
 //! relay (`relay/idle.rs` says when) is boxed, its two sockets leave the runtime and are
@@ -12,8 +12,9 @@
 //! registered again, and the relay goes on where it stopped. Nothing is read while it
 //! sleeps: the bytes wait in the kernel, as they would for a waiting task.
 //!
-//! The cost is paid at most once per quiet spell: four `epoll_ctl` calls (two out of the
-//! runtime and into the lot, two back) and a task. A TLS leg hibernates with its TLS state
+//! The cost is paid at most once per quiet spell: eight `epoll_ctl` calls (each socket out of
+//! the runtime and into the lot, then back), the lot's `epoll_wait`, a task and the sockets'
+//! registrations, about 20 µs of CPU (`docs/benchmarks.md`, "Hibernation"). A TLS leg hibernates with its TLS state
 //! (which stays in its box: most of a `wss://` session's memory) once it holds nothing in
 //! flight; WebSockets over HTTP/2 do not hibernate.
 
@@ -28,8 +29,9 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::ThreadId;
 
 use atomic_waker::AtomicWaker;
-use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 /// A hibernating session, as its lot sees it.
@@ -313,6 +315,121 @@ impl Inner {
         self.free.push(slot);
         self.asleep -= 1;
         Some(sleeper)
+    }
+}
+
+/// A TCP socket that can leave the runtime while its session hibernates: in the runtime
+/// (`Awake`), or its descriptor alone (`Asleep`; `None` only if it could not be taken out or
+/// brought back: then it is closed, and reads and writes fail). A plain leg is one
+/// (`UpgradedIo::Tcp`), and a TLS stream holds one under its TLS state (`tls_io`).
+pub enum Sock {
+    Awake(TcpStream),
+    Asleep(Option<std::net::TcpStream>),
+}
+
+impl From<TcpStream> for Sock {
+    fn from(tcp: TcpStream) -> Sock {
+        Sock::Awake(tcp)
+    }
+}
+
+impl Sock {
+    /// Takes the socket out of the runtime (tokio forgets it and its wakers); its
+    /// descriptor, for the lot to watch.
+    pub fn sleep(&mut self) -> io::Result<RawFd> {
+        let Sock::Awake(_) = self else {
+            return Err(io::ErrorKind::Unsupported.into());
+        };
+        let Sock::Awake(tcp) = std::mem::replace(self, Sock::Asleep(None)) else {
+            unreachable!("checked above");
+        };
+        let std = tcp.into_std()?;
+        let fd = std.as_raw_fd();
+        *self = Sock::Asleep(Some(std));
+        Ok(fd)
+    }
+
+    /// Brings a socket set aside by [`sleep`](Self::sleep) back into the current runtime.
+    pub fn wake(&mut self) -> io::Result<()> {
+        let Sock::Asleep(std) = self else {
+            return Ok(());
+        };
+        let std = std.take().ok_or(io::ErrorKind::NotConnected)?;
+        *self = Sock::Awake(TcpStream::from_std(std)?);
+        Ok(())
+    }
+
+    pub fn is_awake(&self) -> bool {
+        matches!(self, Sock::Awake(_))
+    }
+
+    /// The socket, while it is in the runtime.
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Sock::Awake(tcp) => Some(tcp),
+            Sock::Asleep(_) => None,
+        }
+    }
+
+    pub fn into_awake(self) -> Option<TcpStream> {
+        match self {
+            Sock::Awake(tcp) => Some(tcp),
+            Sock::Asleep(_) => None,
+        }
+    }
+
+    /// The descriptor of a socket out of the runtime.
+    pub fn asleep_fd(&self) -> Option<RawFd> {
+        match self {
+            Sock::Asleep(Some(s)) => Some(s.as_raw_fd()),
+            _ => None,
+        }
+    }
+}
+
+/// What a read or write of a socket that is asleep gets (the relay polls only awake legs; a
+/// socket that could not be brought back stays asleep, and its session ends with this).
+fn asleep() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "socket lost while hibernating")
+}
+
+impl AsyncRead for Sock {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Sock::Awake(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Sock::Asleep(_) => Poll::Ready(Err(asleep())),
+        }
+    }
+}
+
+impl AsyncWrite for Sock {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Sock::Awake(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Sock::Asleep(_) => Poll::Ready(Err(asleep())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Sock::Awake(tcp) => Pin::new(tcp).poll_flush(cx),
+            Sock::Asleep(_) => Poll::Ready(Err(asleep())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Sock::Awake(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Sock::Asleep(_) => Poll::Ready(Err(asleep())),
+        }
     }
 }
 

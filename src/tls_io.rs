@@ -45,7 +45,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::ops::DerefMut;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -60,6 +60,8 @@ use rustls::unbuffered::{
 use rustls::{ClientConfig, CommonState, ProtocolVersion, ServerConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::hibernate::Sock;
 
 /// Plaintext taken by one write, and ciphertext read from the socket in one go: as much as
 /// the relay moves per read (`relay::READ_CHUNK`).
@@ -146,9 +148,9 @@ pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<Acc
     let conn = UnbufferedServerConnection::new(config).map_err(invalid_data)?;
     let mut io = TlsIo::new(tcp, conn);
     Ok(match io.handshake(true).await? {
-        Some(head) => match io.tcp {
-            Sock::Awake(tcp) => Accepted::PlainHttp(tcp, head),
-            Sock::Asleep(_) => return Err(io::ErrorKind::NotConnected.into()),
+        Some(head) => match io.tcp.into_awake() {
+            Some(tcp) => Accepted::PlainHttp(tcp, head),
+            None => return Err(io::ErrorKind::NotConnected.into()),
         },
         None => Accepted::Tls(Box::new(io)),
     })
@@ -190,83 +192,6 @@ pub struct TlsIo<C> {
     tcp_shut: bool,
 }
 
-/// The socket under a TLS stream: in the runtime, or out of it while its session
-/// hibernates (`hibernate.rs`), when it is its descriptor alone (`None` only if it could not
-/// be taken out or brought back: then it is closed, and reads and writes fail).
-enum Sock {
-    Awake(TcpStream),
-    Asleep(Option<std::net::TcpStream>),
-}
-
-impl Sock {
-    fn sleep(&mut self) -> io::Result<RawFd> {
-        let Sock::Awake(_) = self else {
-            return Err(io::ErrorKind::Unsupported.into());
-        };
-        let Sock::Awake(tcp) = std::mem::replace(self, Sock::Asleep(None)) else {
-            unreachable!("checked above");
-        };
-        let std = tcp.into_std()?;
-        let fd = std.as_raw_fd();
-        *self = Sock::Asleep(Some(std));
-        Ok(fd)
-    }
-
-    fn wake(&mut self) -> io::Result<()> {
-        let Sock::Asleep(std) = self else {
-            return Ok(());
-        };
-        let std = std.take().ok_or(io::ErrorKind::NotConnected)?;
-        *self = Sock::Awake(TcpStream::from_std(std)?);
-        Ok(())
-    }
-}
-
-/// What a read or write of a socket that is asleep gets (the relay polls only awake legs).
-fn asleep() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "socket lost while hibernating")
-}
-
-impl AsyncRead for Sock {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Sock::Awake(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Sock::Asleep(_) => Poll::Ready(Err(asleep())),
-        }
-    }
-}
-
-impl AsyncWrite for Sock {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Sock::Awake(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            Sock::Asleep(_) => Poll::Ready(Err(asleep())),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Sock::Awake(tcp) => Pin::new(tcp).poll_flush(cx),
-            Sock::Asleep(_) => Poll::Ready(Err(asleep())),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Sock::Awake(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Sock::Asleep(_) => Poll::Ready(Err(asleep())),
-        }
-    }
-}
-
 /// What a run of rustls over some input came to.
 #[derive(Debug, Default)]
 struct Pumped {
@@ -293,7 +218,7 @@ enum Job<'a> {
 impl<C: Unbuffered> TlsIo<C> {
     fn new(tcp: TcpStream, conn: C) -> Self {
         TlsIo {
-            tcp: Sock::Awake(tcp),
+            tcp: Sock::from(tcp),
             conn,
             input: Vec::new(),
             plain: Vec::new(),
@@ -310,18 +235,14 @@ impl<C: Unbuffered> TlsIo<C> {
     /// The TCP socket (unless it is out of the runtime while its session hibernates), and
     /// the TLS state (ALPN, the peer's certificates, the version).
     pub fn get_ref(&self) -> (Option<&TcpStream>, &CommonState) {
-        let tcp = match &self.tcp {
-            Sock::Awake(tcp) => Some(tcp),
-            Sock::Asleep(_) => None,
-        };
-        (tcp, &self.conn)
+        (self.tcp.tcp(), &self.conn)
     }
 
     /// Nothing is held either way (no part of a record, no plaintext for the reader, no
     /// ciphertext for the socket, no held tickets) and neither side has closed: the socket
     /// may leave the runtime while its session hibernates, and the TLS state stay here.
     pub fn can_hibernate(&self) -> bool {
-        matches!(self.tcp, Sock::Awake(_))
+        self.tcp.is_awake()
             && self.input.is_empty()
             && self.plain_pos == self.plain.len()
             && self.out_pos == self.out.len()
@@ -344,10 +265,7 @@ impl<C: Unbuffered> TlsIo<C> {
 
     /// The descriptor of a socket out of the runtime.
     pub fn asleep_fd(&self) -> Option<RawFd> {
-        match &self.tcp {
-            Sock::Asleep(Some(s)) => Some(s.as_raw_fd()),
-            _ => None,
-        }
+        self.tcp.asleep_fd()
     }
 
     /// Drives the handshake to its end, with buffers of its own: input may arrive a byte at a

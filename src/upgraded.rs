@@ -10,7 +10,7 @@
 //! is the orchestrator's (`proxy.rs`).
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -22,6 +22,7 @@ use hyper_util::server::conn::auto::upgrade as auto_upgrade;
 use tokio::net::TcpStream;
 
 use crate::head_guard::ClientIo;
+use crate::hibernate::Sock;
 use crate::tls_io::{ClientTls, ServerTls};
 
 /// How long the client side of an accepted upgrade may take to complete after we answer 101.
@@ -55,7 +56,7 @@ pub async fn upgraded_sockets(
     let client = match auto_upgrade::downcast::<ClientIo<TcpStream>>(client_up) {
         Ok(parts) => {
             let (io, unread) = parts.io.into_inner().into_inner();
-            (UpgradedIo::Tcp(io), joined(parts.read_buf, unread))
+            (UpgradedIo::Tcp(io.into()), joined(parts.read_buf, unread))
         }
         Err(up) => match auto_upgrade::downcast::<ClientIo<ServerTls>>(up) {
             Ok(parts) => {
@@ -89,7 +90,8 @@ fn joined(read: Bytes, unread: Bytes) -> Bytes {
 /// (always, for plain TCP), so that reads and writes skip hyper's boxed wrapper; hyper's
 /// `Upgraded` otherwise.
 pub enum UpgradedIo {
-    Tcp(TcpStream),
+    /// A plain TCP socket (out of the runtime while its session hibernates).
+    Tcp(Sock),
     /// Boxed: a TLS stream is large, and most sessions are plain TCP behind a TLS terminator
     /// or TLS here; the enum stays small either way.
     Tls(Box<ServerTls>),
@@ -97,10 +99,6 @@ pub enum UpgradedIo {
     TlsClient(Box<ClientTls>),
     /// Whatever else hyper gave (boxed: rare, and larger than a socket).
     Hyper(Box<TokioIo<hyper::upgrade::Upgraded>>),
-    /// A plain TCP socket out of the runtime while its session hibernates (`hibernate.rs`):
-    /// its descriptor alone. `None` only if it could not be taken out or brought back (the
-    /// socket is closed then, and the relay sees an error).
-    Asleep(Option<std::net::TcpStream>),
 }
 
 /// TCP keepalive's idle time, on sessions without pings: finds peers that vanished without a
@@ -111,53 +109,42 @@ impl UpgradedIo {
     /// The TCP socket under this leg, where there is one to reach.
     fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            UpgradedIo::Tcp(s) => Some(s),
+            UpgradedIo::Tcp(s) => s.tcp(),
             UpgradedIo::Tls(s) => s.get_ref().0,
             UpgradedIo::TlsClient(s) => s.get_ref().0,
-            UpgradedIo::Hyper(_) | UpgradedIo::Asleep(_) => None,
+            UpgradedIo::Hyper(_) => None,
         }
     }
 
     /// Takes a leg's socket out of the runtime (tokio forgets it and its wakers) for its
-    /// session's hibernation: a plain TCP leg becomes [`Asleep`](Self::Asleep), a TLS leg
-    /// keeps its TLS state and sets its socket aside within. Its descriptor, for the lot to
-    /// watch.
+    /// session's hibernation (a TLS leg keeps its TLS state and sets its socket aside
+    /// within). Its descriptor, for the lot to watch.
     pub fn sleep(&mut self) -> io::Result<RawFd> {
         match self {
-            UpgradedIo::Tls(s) => return s.sleep(),
-            UpgradedIo::TlsClient(s) => return s.sleep(),
-            UpgradedIo::Tcp(_) => {}
-            _ => return Err(io::ErrorKind::Unsupported.into()),
+            UpgradedIo::Tcp(s) => s.sleep(),
+            UpgradedIo::Tls(s) => s.sleep(),
+            UpgradedIo::TlsClient(s) => s.sleep(),
+            UpgradedIo::Hyper(_) => Err(io::ErrorKind::Unsupported.into()),
         }
-        let UpgradedIo::Tcp(tcp) = std::mem::replace(self, UpgradedIo::Asleep(None)) else {
-            unreachable!("checked above");
-        };
-        let std = tcp.into_std()?;
-        let fd = std.as_raw_fd();
-        *self = UpgradedIo::Asleep(Some(std));
-        Ok(fd)
     }
 
     /// Brings a leg set aside by [`sleep`](Self::sleep) back into the current runtime.
     pub fn wake(&mut self) -> io::Result<()> {
-        let std = match self {
-            UpgradedIo::Asleep(std) => std,
-            UpgradedIo::Tls(s) => return s.wake(),
-            UpgradedIo::TlsClient(s) => return s.wake(),
-            _ => return Ok(()),
-        };
-        let std = std.take().ok_or(io::ErrorKind::NotConnected)?;
-        *self = UpgradedIo::Tcp(TcpStream::from_std(std)?);
-        Ok(())
+        match self {
+            UpgradedIo::Tcp(s) => s.wake(),
+            UpgradedIo::Tls(s) => s.wake(),
+            UpgradedIo::TlsClient(s) => s.wake(),
+            UpgradedIo::Hyper(_) => Ok(()),
+        }
     }
 
     /// The descriptor of a leg set aside by [`sleep`](Self::sleep).
     pub fn asleep_fd(&self) -> Option<RawFd> {
         match self {
-            UpgradedIo::Asleep(Some(s)) => Some(s.as_raw_fd()),
+            UpgradedIo::Tcp(s) => s.asleep_fd(),
             UpgradedIo::Tls(s) => s.asleep_fd(),
             UpgradedIo::TlsClient(s) => s.asleep_fd(),
-            _ => None,
+            UpgradedIo::Hyper(_) => None,
         }
     }
 
@@ -193,24 +180,17 @@ impl crate::relay::Leg for UpgradedIo {
             UpgradedIo::TlsClient(s) => s.poll_close_notify(cx).map_ok(|()| true),
             // hyper's `Upgraded` (an HTTP/2 stream): its shutdown ends the stream.
             UpgradedIo::Hyper(_) => Poll::Ready(Ok(false)),
-            UpgradedIo::Asleep(_) => Poll::Ready(Ok(true)),
         }
     }
 
     fn can_hibernate(&self) -> bool {
         match self {
-            UpgradedIo::Tcp(_) => true,
+            UpgradedIo::Tcp(s) => s.is_awake(),
             UpgradedIo::Tls(s) => s.can_hibernate(),
             UpgradedIo::TlsClient(s) => s.can_hibernate(),
-            UpgradedIo::Hyper(_) | UpgradedIo::Asleep(_) => false,
+            UpgradedIo::Hyper(_) => false,
         }
     }
-}
-
-/// What a read or write of a leg that is asleep gets (the relay polls only awake legs; a leg
-/// that could not be brought back stays asleep, and its session ends with this error).
-fn asleep() -> std::io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "socket lost while hibernating")
 }
 
 impl tokio::io::AsyncRead for UpgradedIo {
@@ -224,7 +204,6 @@ impl tokio::io::AsyncRead for UpgradedIo {
             UpgradedIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             UpgradedIo::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             UpgradedIo::Hyper(s) => Pin::new(&mut **s).poll_read(cx, buf),
-            UpgradedIo::Asleep(_) => Poll::Ready(Err(asleep())),
         }
     }
 }
@@ -240,7 +219,6 @@ impl tokio::io::AsyncWrite for UpgradedIo {
             UpgradedIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             UpgradedIo::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             UpgradedIo::Hyper(s) => Pin::new(&mut **s).poll_write(cx, buf),
-            UpgradedIo::Asleep(_) => Poll::Ready(Err(asleep())),
         }
     }
 
@@ -250,7 +228,6 @@ impl tokio::io::AsyncWrite for UpgradedIo {
             UpgradedIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             UpgradedIo::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
             UpgradedIo::Hyper(s) => Pin::new(&mut **s).poll_flush(cx),
-            UpgradedIo::Asleep(_) => Poll::Ready(Err(asleep())),
         }
     }
 
@@ -260,7 +237,6 @@ impl tokio::io::AsyncWrite for UpgradedIo {
             UpgradedIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             UpgradedIo::TlsClient(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             UpgradedIo::Hyper(s) => Pin::new(&mut **s).poll_shutdown(cx),
-            UpgradedIo::Asleep(_) => Poll::Ready(Err(asleep())),
         }
     }
 }

@@ -333,7 +333,7 @@ pub async fn handshake(
     let timeout = p.timeout;
     let run = async {
         if !p.url.tls {
-            return exchange(UpgradedIo::Tcp(stream), req, &p).await;
+            return exchange(UpgradedIo::Tcp(stream.into()), req, &p).await;
         }
         let tls = tls_connect(stream, p.url, p.tls).await?;
         exchange(UpgradedIo::TlsClient(Box::new(tls)), req, &p).await

@@ -442,9 +442,14 @@ where
         if timers(st, c, b, timer, quiet_until, cx).is_ready() {
             return Poll::Ready(Turn::Over(cut(cx, st, c, b)));
         }
-        // Asleep past its quiet time, with nothing queued since: the session may hibernate.
-        match idle::quiet_until(may, *woke, st, c, b) {
-            Some(at) if at <= Instant::now() => Poll::Ready(Turn::Idle),
+        // Past its quiet time, and still quiet after the timers ran (a ping they queued keeps
+        // it awake): the session may hibernate. Asked again only then, not on every turn.
+        match quiet_until {
+            Some(at)
+                if at <= Instant::now() && idle::quiet_until(may, *woke, st, c, b).is_some() =>
+            {
+                Poll::Ready(Turn::Idle)
+            }
             _ => Poll::Pending,
         }
     }
