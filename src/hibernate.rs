@@ -78,6 +78,40 @@ impl Lots {
     pub fn asleep(&self) -> usize {
         lock(&self.0).values().map(|l| lock(&l.inner).asleep).sum()
     }
+
+    /// How many times sessions have been set aside, and woken by each cause, in every lot
+    /// since the start.
+    pub fn counts(&self) -> Counts {
+        lock(&self.0)
+            .values()
+            .fold(Counts::default(), |sum, l| sum.plus(&lock(&l.inner).counts))
+    }
+}
+
+/// What the lots have done since the start: `wsgate_sessions_hibernated_total` and
+/// `wsgate_sessions_woken_total` (a wake costs about what relaying an echo does, so their
+/// rate against the traffic's says whether a route's `hibernate_after` is too short).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Sessions set aside.
+    pub slept: u64,
+    /// Woken by input or a close on one of their sockets.
+    pub by_input: u64,
+    /// Woken for one of their timers (a ping, a pong's deadline, the idle or lifetime timer).
+    pub by_timer: u64,
+    /// Woken by a signal (a drain, a reload's close, an operator's close).
+    pub by_signal: u64,
+}
+
+impl Counts {
+    fn plus(self, o: &Counts) -> Counts {
+        Counts {
+            slept: self.slept + o.slept,
+            by_input: self.by_input + o.by_input,
+            by_timer: self.by_timer + o.by_timer,
+            by_signal: self.by_signal + o.by_signal,
+        }
+    }
 }
 
 /// One worker's hibernating sessions.
@@ -117,6 +151,7 @@ struct Inner {
     /// time leaves its entry behind, which is dropped when it comes up.
     due: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     asleep: usize,
+    counts: Counts,
     /// The lot's task is running (it ends when the lot is empty).
     driving: bool,
     timer: Option<Pin<Box<Sleep>>>,
@@ -177,6 +212,7 @@ impl Lot {
         }
         inner.slots[slot as usize].sleeper = Some(sleeper);
         inner.asleep += 1;
+        inner.counts.slept += 1;
         if let Some(at) = wake_at {
             inner.due.push(Reverse((at, slot, generation)));
             inner.shed_stale_deadlines();
@@ -207,7 +243,9 @@ impl Lot {
                         .as_ref()
                         .is_some_and(|s| s.signalled())
                     {
-                        woken.extend(inner.take(i as u32, None));
+                        let taken = inner.take(i as u32, None);
+                        inner.counts.by_signal += taken.is_some() as u64;
+                        woken.extend(taken);
                     }
                 }
             }
@@ -237,7 +275,9 @@ impl Lot {
             }
             if let Some(n) = n {
                 for &token in &tokens[..n] {
-                    woken.extend(inner.take(token as u32, Some((token >> 32) as u32)));
+                    let taken = inner.take(token as u32, Some((token >> 32) as u32));
+                    inner.counts.by_input += taken.is_some() as u64;
+                    woken.extend(taken);
                 }
                 continue;
             }
@@ -247,7 +287,9 @@ impl Lot {
                     break;
                 }
                 inner.due.pop();
-                woken.extend(inner.take(slot, Some(generation)));
+                let taken = inner.take(slot, Some(generation));
+                inner.counts.by_timer += taken.is_some() as u64;
+                woken.extend(taken);
             }
             match inner.due.peek().map(|r| r.0.0) {
                 Some(at) => {
@@ -569,12 +611,21 @@ mod tests {
         far[1].write_all(b"x").unwrap();
         woken(&mut rx).await;
         assert_eq!(lots.asleep(), 0);
+        let mut counts = Counts {
+            slept: 1,
+            by_input: 1,
+            ..Counts::default()
+        };
+        assert_eq!(lots.counts(), counts);
 
         let (s, _far, _, _) = fake(&tx);
         let at = Instant::now() + Duration::from_millis(50);
         lots.park(s, Some(at)).ok().unwrap();
         woken(&mut rx).await;
         assert!(Instant::now() >= at);
+        counts.slept += 1;
+        counts.by_timer += 1;
+        assert_eq!(lots.counts(), counts);
 
         let (s, _far, signal, listener) = fake(&tx);
         lots.park(s, None).ok().unwrap();
@@ -583,6 +634,9 @@ mod tests {
         woken(&mut rx).await;
         assert_eq!(lots.asleep(), 0);
         assert!(rx.try_recv().is_err(), "woken twice");
+        counts.slept += 1;
+        counts.by_signal += 1;
+        assert_eq!(lots.counts(), counts);
     }
 
     /// A sleeper whose signal is already set is handed back, not parked.
@@ -594,6 +648,7 @@ mod tests {
         signal.store(true, Ordering::Release);
         assert!(lots.park(s, None).is_err());
         assert_eq!(lots.asleep(), 0);
+        assert_eq!(lots.counts(), Counts::default(), "counted as a sleep");
     }
 
     /// Sleepers woken by input before a far deadline do not pile their deadlines up.

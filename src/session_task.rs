@@ -164,6 +164,9 @@ fn hibernate(mut s: Awake, wake_at: Option<Instant>) -> Option<Awake> {
         return Some(woken(s));
     }
     let sessions = s.session.registry().clone();
+    // Set before the park, on the worker that would wake it: nothing can wake it sooner.
+    let flag = &s.session.info.link.counters.hibernating;
+    flag.store(true, std::sync::atomic::Ordering::Relaxed);
     let asleep = Box::new(Asleep {
         awake: s,
         _token: sessions.task_token(),
@@ -181,6 +184,8 @@ fn woken(mut s: Awake) -> Awake {
             tracing::debug!(session = s.session.info.id, error = %e, "socket lost waking up");
         }
     }
+    let flag = &s.session.info.link.counters.hibernating;
+    flag.store(false, std::sync::atomic::Ordering::Relaxed);
     s.relay.woke();
     s
 }

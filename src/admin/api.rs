@@ -322,6 +322,7 @@ pub fn session_json(s: &SessionInfo, now: Instant) -> Value {
         "messages_backend_to_client": c.messages_backend_to_client.load(Relaxed),
         "last_active_seconds_ago": now.saturating_duration_since(last).as_secs_f64(),
         "closing": s.link.asked().is_some(),
+        "hibernating": c.hibernating.load(Relaxed),
     })
 }
 

@@ -412,6 +412,26 @@ impl Collector for GatewayMetrics {
              their sockets watched by their worker's lot); counted in wsgate_sessions_open too.",
             [(Labels::new(), state.sessions.lots().asleep() as i64)],
         )?;
+        let lots = state.sessions.lots().counts();
+        counters(
+            &mut enc,
+            "wsgate_sessions_hibernated",
+            "Times a quiet session hibernated (gave up its task and its sockets' registrations).",
+            [(Labels::new(), lots.slept)],
+        )?;
+        counters(
+            &mut enc,
+            "wsgate_sessions_woken",
+            "Hibernating sessions woken, by cause: input (or a close) on either socket, one of \
+             the session's timers, or a signal (a drain, a reload, an operator's close). Each \
+             wake costs about what relaying one message does.",
+            [
+                ("input", lots.by_input),
+                ("timer", lots.by_timer),
+                ("signal", lots.by_signal),
+            ]
+            .map(|(cause, n)| (vec![("cause", st(cause))], n)),
+        )?;
         counters(
             &mut enc,
             "wsgate_sessions_opened",

@@ -151,6 +151,9 @@ pub struct Counters {
     pub last_active: AtomicU64,
     /// Pings the proxy sent, to either side.
     pub pings_sent: AtomicU32,
+    /// The session is hibernating (`hibernate.rs`), for the admin API. (In what would be the
+    /// struct's padding: it costs the record nothing.)
+    pub hibernating: AtomicBool,
 }
 
 /// After a chunk from `who` was read: its message count so far and when it was heard.

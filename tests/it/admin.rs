@@ -191,6 +191,7 @@ async fn metrics_count_sessions_messages_closes_and_refusals() {
         "le",
         "version",
         "result",
+        "cause",
     ];
     for s in &after.samples {
         for k in s.labels.keys() {

@@ -69,6 +69,34 @@ async fn hibernating(admin: SocketAddr) -> f64 {
     exp.value("wsgate_sessions_hibernating", &[])
 }
 
+/// What the lots have done so far, from one scrape of `/metrics`:
+/// `wsgate_sessions_hibernated_total`, then `wsgate_sessions_woken_total` by cause (input,
+/// timer, signal). Both families must be declared as counters.
+async fn lot_counts(admin: SocketAddr) -> [f64; 4] {
+    let resp = admin_request(admin, "GET", "/metrics", "", "").await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let exp = prom::parse(&resp.body, false).unwrap_or_else(|e| panic!("{e}\n{}", resp.body));
+    // (The text format types a counter under its sample's name, `_total` and all.)
+    for family in [
+        "wsgate_sessions_hibernated_total",
+        "wsgate_sessions_woken_total",
+    ] {
+        assert_eq!(
+            exp.types.get(family).map(String::as_str),
+            Some("counter"),
+            "no {family} counter in:\n{}",
+            resp.body
+        );
+    }
+    let woken = |cause| exp.value("wsgate_sessions_woken_total", &[("cause", cause)]);
+    [
+        exp.value("wsgate_sessions_hibernated_total", &[]),
+        woken("input"),
+        woken("timer"),
+        woken("signal"),
+    ]
+}
+
 /// Waits until every session has ended (`what` says which did not), then checks that none is
 /// counted as hibernating.
 async fn all_ended(gw: &Gateway, admin: SocketAddr, what: &str) {
@@ -181,12 +209,22 @@ async fn a_quiet_session_hibernates_and_a_client_message_wakes_it() {
         other => panic!("expected the binary echo, got {other:?}"),
     }
     assert_eq!(hibernating(admin).await, 0.0, "awake, yet counted asleep");
+    let (_, list) = admin_json(admin, "GET", "/api/sessions", &Value::Null).await;
+    assert_eq!(list["sessions"][0]["hibernating"], false, "{list}");
+    assert_eq!(
+        lot_counts(admin).await,
+        [1.0, 1.0, 0.0, 0.0],
+        "one sleep, one wake by input"
+    );
 
     wait_hibernating(admin, 1).await;
+    let (_, list) = admin_json(admin, "GET", "/api/sessions", &Value::Null).await;
+    assert_eq!(list["sessions"][0]["hibernating"], true, "{list}");
     // And it still works after its second sleep.
     ws.send(Message::text("again")).await.unwrap();
     assert_eq!(next_data(&mut ws).await, Message::text("again"));
     assert_eq!(gw.handle().sessions().len(), 1);
+    assert_eq!(lot_counts(admin).await, [2.0, 2.0, 0.0, 0.0]);
 }
 
 /// The backend's side wakes a hibernating session too: a message the backend sends on its
@@ -324,6 +362,7 @@ async fn the_admin_api_closes_a_hibernating_session() {
     assert_eq!(status, 200);
     let id = found["sessions"][0]["id"].as_u64().unwrap();
     assert!(ids.contains(&id));
+    assert_eq!(found["sessions"][0]["hibernating"], true, "{found}");
 
     let (status, body) = admin_json(
         admin,
@@ -350,6 +389,11 @@ async fn the_admin_api_closes_a_hibernating_session() {
         .expect("the closed session did not end");
     // The other one was not woken by the signal meant for the first.
     assert_eq!(hibernating(admin).await, 1.0);
+    assert_eq!(
+        lot_counts(admin).await,
+        [2.0, 0.0, 0.0, 1.0],
+        "two sleeps, one wake by the operator's signal"
+    );
 
     let names = backend_names(admin, "chat").await;
     let (status, body) = admin_json(
@@ -410,6 +454,14 @@ async fn pings_wake_a_hibernating_session_and_it_sleeps_again_between_them() {
             }
         }
     }
+    // Asleep in two gaps, with a ping after the first: its timer woke it at least once
+    // (the client says nothing of its own).
+    let [slept, _, by_timer, by_signal] = lot_counts(admin).await;
+    assert!(
+        slept >= 2.0 && by_timer >= 1.0,
+        "{slept} sleeps, {by_timer} timer wakes"
+    );
+    assert_eq!(by_signal, 0.0);
     ws.send(Message::text("still here")).await.unwrap();
     assert_eq!(next_data(&mut ws).await, Message::text("still here"));
     assert_eq!(gw.handle().sessions().len(), 1);
