@@ -14,7 +14,8 @@
 //
 // What it checks: one handshake to a path without a route shows up among the refusals; N
 // sessions opened from Node (`ws`) show up as N open, each row with its client address and one
-// message each way; the Close button of one row, with code 4000 and a reason typed into the
+// message each way, then (quiet for the route's hibernate_after, which the config sets short)
+// as asleep; the Close button of one row, with code 4000 and a reason typed into the
 // page's form, delivers that close frame to that client, which the page then drops (N-1
 // open) while the others stay open; a backend drained and undrained from the page shows
 // each state; the page loads nothing from another origin, throws no error, does not scroll
@@ -132,6 +133,7 @@ function sessionRows(page) {
     route: tr.cells[2].textContent,
     transport: tr.cells[4].textContent,
     messages: tr.cells[9].textContent,
+    lastActive: tr.cells[10].textContent,
   })));
 }
 
@@ -308,6 +310,14 @@ async function adminPageTest(ctx, args, requests) {
     (want) => {
       const rows = Array.from(document.querySelectorAll("#sessions tr[data-session-id]"));
       return want.every((c) => rows.some((tr) => tr.cells[1].textContent === c && tr.cells[9].textContent === "1 / 1"));
+    },
+    clients.map((c) => c.client), async () => JSON.stringify(await sessionRows(page)));
+  // Quiet for the route's `hibernate_after`, each session hibernates, and its row says so; the
+  // close below then reaches a sleeping session.
+  await waitPage(page, "every session's row marked asleep",
+    (want) => {
+      const rows = Array.from(document.querySelectorAll("#sessions tr[data-session-id]"));
+      return want.every((c) => rows.some((tr) => tr.cells[1].textContent === c && tr.cells[10].textContent.endsWith(" ago\nasleep")));
     },
     clients.map((c) => c.client), async () => JSON.stringify(await sessionRows(page)));
   const rows = await sessionRows(page);
