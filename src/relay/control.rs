@@ -209,6 +209,18 @@ impl At {
     }
 }
 
+impl At {
+    /// `at` rounded up to the millisecond, for a deadline that must not come early: a
+    /// token's `exp` ends the session at that time or after, never before (`From` rounds
+    /// down, which is right for when something happened).
+    pub(super) fn not_before(at: tokio::time::Instant) -> At {
+        let since = at.into_std().saturating_duration_since(epoch());
+        let ms = u64::try_from(since.as_millis()).unwrap_or(u64::MAX - 1);
+        let ms = ms + u64::from(!since.subsec_nanos().is_multiple_of(1_000_000));
+        At(NonZeroU64::MIN.saturating_add(ms))
+    }
+}
+
 impl From<tokio::time::Instant> for At {
     fn from(at: tokio::time::Instant) -> At {
         At(NonZeroU64::MIN.saturating_add(millis(at.into_std())))
@@ -222,5 +234,26 @@ impl std::ops::Add<std::time::Duration> for At {
         At(self
             .0
             .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deadline rounds up to the millisecond, a moment down: a token's `exp` half a
+    /// millisecond away is not reached by a clock at the millisecond before it.
+    #[test]
+    fn a_deadline_never_comes_early() {
+        let base = tokio::time::Instant::from_std(epoch()) + std::time::Duration::from_secs(5);
+        let at = base + std::time::Duration::from_micros(500);
+        assert!(At::not_before(at).instant() >= at);
+        assert!(At::from(at).instant() <= at);
+        assert!(At::from(base) < At::not_before(at));
+        assert_eq!(
+            At::not_before(base),
+            At::from(base),
+            "a whole millisecond stays"
+        );
     }
 }

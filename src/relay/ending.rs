@@ -157,9 +157,12 @@ impl<C, B> super::Relay<C, B> {
         let left = |t: SystemTime| t.duration_since(SystemTime::now()).unwrap_or_default();
         // An end too far off to represent is no end.
         if let Some(at) = at.and_then(|t| Instant::now().checked_add(left(t)))
-            && self.st.lifetime_end.is_none_or(|l| super::At::from(at) < l)
+            && self
+                .st
+                .lifetime_end
+                .is_none_or(|l| super::At::not_before(at) < l)
         {
-            self.st.lifetime_end = Some(super::At::from(at));
+            self.st.lifetime_end = Some(super::At::not_before(at));
             self.st.token_end = true;
         }
         self
