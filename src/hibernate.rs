@@ -103,7 +103,23 @@ pub struct Counts {
     pub by_signal: u64,
 }
 
+/// Why a sleeper woke, for [`Counts`].
+#[derive(Clone, Copy)]
+enum Cause {
+    Input,
+    Timer,
+    Signal,
+}
+
 impl Counts {
+    fn woke(&mut self, cause: Cause) {
+        *match cause {
+            Cause::Input => &mut self.by_input,
+            Cause::Timer => &mut self.by_timer,
+            Cause::Signal => &mut self.by_signal,
+        } += 1;
+    }
+
     fn plus(self, o: &Counts) -> Counts {
         Counts {
             slept: self.slept + o.slept,
@@ -243,9 +259,7 @@ impl Lot {
                         .as_ref()
                         .is_some_and(|s| s.signalled())
                     {
-                        let taken = inner.take(i as u32, None);
-                        inner.counts.by_signal += taken.is_some() as u64;
-                        woken.extend(taken);
+                        woken.extend(inner.take(i as u32, None, Cause::Signal));
                     }
                 }
             }
@@ -275,9 +289,8 @@ impl Lot {
             }
             if let Some(n) = n {
                 for &token in &tokens[..n] {
-                    let taken = inner.take(token as u32, Some((token >> 32) as u32));
-                    inner.counts.by_input += taken.is_some() as u64;
-                    woken.extend(taken);
+                    let generation = Some((token >> 32) as u32);
+                    woken.extend(inner.take(token as u32, generation, Cause::Input));
                 }
                 continue;
             }
@@ -287,9 +300,7 @@ impl Lot {
                     break;
                 }
                 inner.due.pop();
-                let taken = inner.take(slot, Some(generation));
-                inner.counts.by_timer += taken.is_some() as u64;
-                woken.extend(taken);
+                woken.extend(inner.take(slot, Some(generation), Cause::Timer));
             }
             match inner.due.peek().map(|r| r.0.0) {
                 Some(at) => {
@@ -342,8 +353,13 @@ impl Inner {
     }
 
     /// Takes the sleeper in `slot` out of the lot (if it is still the one of `generation`),
-    /// its sockets out of the lot's `epoll`.
-    fn take(&mut self, slot: u32, generation: Option<u32>) -> Option<Box<dyn Sleeper>> {
+    /// its sockets out of the lot's `epoll`, and counts the wake by its `cause`.
+    fn take(
+        &mut self,
+        slot: u32,
+        generation: Option<u32>,
+        cause: Cause,
+    ) -> Option<Box<dyn Sleeper>> {
         let epoll = self.epoll.as_ref().map_or(-1, |e| e.get_ref().as_raw_fd());
         let s = self.slots.get_mut(slot as usize)?;
         if generation.is_some_and(|g| g != s.generation) {
@@ -356,6 +372,7 @@ impl Inner {
         }
         self.free.push(slot);
         self.asleep -= 1;
+        self.counts.woke(cause);
         Some(sleeper)
     }
 }

@@ -207,9 +207,7 @@ impl At {
     pub(super) fn millis(self) -> u64 {
         self.0.get() - 1
     }
-}
 
-impl At {
     /// `at` rounded up to the millisecond, for a deadline that must not come early: a
     /// token's `exp` ends the session at that time or after, never before (`From` rounds
     /// down, which is right for when something happened).

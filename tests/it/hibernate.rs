@@ -24,7 +24,6 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::support::prom;
 use crate::support::tls::*;
 use crate::support::*;
 
@@ -55,16 +54,14 @@ fn route_with(name: &str, path: &str, backend: &str, timeouts: &str) -> String {
 /// `wsgate_sessions_hibernating` from one scrape of `/metrics` (which must declare it as a
 /// gauge: a missing family would read as 0 and prove nothing).
 async fn hibernating(admin: SocketAddr) -> f64 {
-    let resp = admin_request(admin, "GET", "/metrics", "", "").await;
-    assert_eq!(resp.status, 200, "{resp:?}");
-    let exp = prom::parse(&resp.body, false).unwrap_or_else(|e| panic!("{e}\n{}", resp.body));
+    let exp = scrape(admin).await;
     assert_eq!(
         exp.types
             .get("wsgate_sessions_hibernating")
             .map(String::as_str),
         Some("gauge"),
-        "no wsgate_sessions_hibernating gauge in:\n{}",
-        resp.body
+        "no wsgate_sessions_hibernating gauge in {:?}",
+        exp.types
     );
     exp.value("wsgate_sessions_hibernating", &[])
 }
@@ -73,9 +70,7 @@ async fn hibernating(admin: SocketAddr) -> f64 {
 /// `wsgate_sessions_hibernated_total`, then `wsgate_sessions_woken_total` by cause (input,
 /// timer, signal). Both families must be declared as counters.
 async fn lot_counts(admin: SocketAddr) -> [f64; 4] {
-    let resp = admin_request(admin, "GET", "/metrics", "", "").await;
-    assert_eq!(resp.status, 200, "{resp:?}");
-    let exp = prom::parse(&resp.body, false).unwrap_or_else(|e| panic!("{e}\n{}", resp.body));
+    let exp = scrape(admin).await;
     // (The text format types a counter under its sample's name, `_total` and all.)
     for family in [
         "wsgate_sessions_hibernated_total",
@@ -84,8 +79,8 @@ async fn lot_counts(admin: SocketAddr) -> [f64; 4] {
         assert_eq!(
             exp.types.get(family).map(String::as_str),
             Some("counter"),
-            "no {family} counter in:\n{}",
-            resp.body
+            "no {family} counter in {:?}",
+            exp.types
         );
     }
     let woken = |cause| exp.value("wsgate_sessions_woken_total", &[("cause", cause)]);

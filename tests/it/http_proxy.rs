@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::{
-    self, Gateway, STEP, TempDir, closed_port, connect_with, raw_exchange, read_response,
+    self, Gateway, STEP, TempDir, closed_port, connect_with, raw_exchange, read_response, scrape,
     upgrade_request,
 };
 
@@ -402,16 +402,6 @@ async fn server_sent_events_flush_one_by_one() {
 }
 
 /// Scrapes the admin listener's `/metrics`.
-async fn scrape(admin: SocketAddr) -> support::prom::Exposition {
-    let (_s, resp) = raw_exchange(
-        admin,
-        b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert_eq!(resp.status, 200);
-    support::prom::parse(&resp.body, false).unwrap_or_else(|e| panic!("{e}\n{}", resp.body))
-}
-
 #[tokio::test]
 async fn a_backend_that_resets_mid_body_cuts_the_response() {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -13,7 +13,6 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::prom::{self, Exposition};
 use crate::support::*;
 
 const ONE: [u8; 4] = [127, 0, 0, 1];
@@ -398,16 +397,6 @@ async fn every_refusal_reason_is_counted_and_the_limits_are_exported() {
     );
     assert!(m.value("wsgate_fd_limit", &[]) > 0.0);
     assert!(m.value("wsgate_fd_reserve", &[]) >= 64.0);
-}
-
-async fn scrape(admin: SocketAddr) -> Exposition {
-    let (_, resp) = raw_exchange(
-        admin,
-        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert_eq!(resp.status, 200);
-    prom::parse(&resp.body, false).unwrap_or_else(|e| panic!("{e}\n{}", resp.body))
 }
 
 /// The binary under a descriptor limit of 256 (soft and hard): it says so at start, and

@@ -14,7 +14,6 @@ use tokio::io::{AsyncRead, BufReader, Lines};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::prom::{self, Exposition};
 use crate::support::*;
 
 const LISTENER: &str = "[[listener]]\nlisten = \"127.0.0.1:0\"\n\n";
@@ -375,12 +374,6 @@ async fn post_reload(admin: SocketAddr) -> (u16, Value) {
     let body =
         serde_json::from_str(&resp.body).unwrap_or_else(|e| panic!("not JSON ({e}): {resp:?}"));
     (resp.status, body)
-}
-
-async fn scrape(admin: SocketAddr) -> Exposition {
-    let resp = admin_request(admin, "GET", "/metrics", "", "").await;
-    assert_eq!(resp.status, 200);
-    prom::parse(&resp.body, false).unwrap_or_else(|e| panic!("{e}\n{}", resp.body))
 }
 
 /// `(ok, failed, generation)` from the metrics.

@@ -707,6 +707,14 @@ pub async fn admin_request(
     raw_exchange(admin, req.as_bytes()).await.1
 }
 
+/// One scrape of an admin listener's `/metrics` (the Prometheus text format), parsed: it
+/// must answer 200 and parse.
+pub async fn scrape(admin: SocketAddr) -> prom::Exposition {
+    let resp = admin_request(admin, "GET", "/metrics", "", "").await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    prom::parse(&resp.body, false).unwrap_or_else(|e| panic!("{e}\n{}", resp.body))
+}
+
 /// An admin API call with a JSON body (none for `Value::Null`): the status and the JSON
 /// answer (`Null` if it is not JSON).
 pub async fn admin_json(
