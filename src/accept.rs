@@ -162,8 +162,8 @@ pub async fn accept_loop(
                         counts,
                         &stats,
                     );
-                    let (tls, client) = match unless_stopped(&stop, counts, handshake).await {
-                        Some(Handshake::Tls(tls, client)) => (*tls, client),
+                    let (tls, client, seen) = match unless_stopped(&stop, counts, handshake).await {
+                        Some(Handshake::Tls(tls, client, seen)) => (*tls, client, seen),
                         Some(Handshake::PlainHttp(stream, head)) => {
                             // Already counted as a refusal: a shutdown cuts the answer short
                             // rather than wait for a client that may never read it.
@@ -178,17 +178,13 @@ pub async fn accept_loop(
                     let conn = ConnInfo {
                         client,
                         scheme: "https",
-                        client_subject: crate::tls::peer_subject(tls.get_ref().1),
+                        client_subject: seen.client_subject,
                         subject_header,
                         trusted_proxies,
                         live_streams: Default::default(),
                     };
                     // ALPN decides the protocol, not the first bytes.
-                    let builder = Serve::With(if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                        h2
-                    } else {
-                        h1
-                    });
+                    let builder = Serve::With(if seen.h2 { h2 } else { h1 });
                     serve(
                         tls,
                         conn,
@@ -227,12 +223,31 @@ async fn unless_stopped<T>(
 
 /// How a TLS listener's connection came through its handshake phase.
 enum Handshake {
-    /// TLS is up; the client's address (from the PROXY header, if the listener expects one).
-    /// Boxed: the TLS state is over a kilobyte, the other variant a socket.
-    Tls(Box<ServerTls>, SocketAddr),
+    /// TLS is up; the client's address (from the PROXY header, if the listener expects one),
+    /// and what the handshake settled. Boxed: the TLS state is several hundred bytes, the
+    /// other variant a socket.
+    Tls(Box<ServerTls>, SocketAddr, Settled),
     /// The client spoke plain HTTP (already counted): it gets a 400 that says so. The socket,
     /// and the start of the request read from it.
     PlainHttp(TcpStream, Vec<u8>),
+}
+
+/// What a TLS handshake settled that serving the connection needs, taken while rustls still
+/// has it (a TLS 1.3 connection leaves rustls after its handshake, `tls_io.rs`).
+struct Settled {
+    /// ALPN chose HTTP/2.
+    h2: bool,
+    /// The verified client certificate's subject, if the client sent one.
+    client_subject: Option<Arc<str>>,
+}
+
+impl Settled {
+    fn of(conn: &rustls::CommonState) -> Settled {
+        Settled {
+            h2: conn.alpn_protocol() == Some(b"h2"),
+            client_subject: crate::tls::peer_subject(conn),
+        }
+    }
 }
 
 /// The handshake phase of a TLS listener's connection: the PROXY header where the listener
@@ -249,10 +264,11 @@ async fn tls_handshake(
     stats: &ListenerStats,
 ) -> Option<Handshake> {
     let client = client_addr(&mut stream, peer, proxy_protocol, deadline, counts).await?;
-    match tokio::time::timeout_at(deadline, tls_io::accept(stream, acceptor.clone())).await {
-        Ok(Ok(tls_io::Accepted::Tls(tls))) => {
+    let accepted = tls_io::accept(stream, acceptor.clone(), Settled::of);
+    match tokio::time::timeout_at(deadline, accepted).await {
+        Ok(Ok(tls_io::Accepted::Tls(tls, settled))) => {
             stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
-            Some(Handshake::Tls(tls, client))
+            Some(Handshake::Tls(tls, client, settled))
         }
         Ok(Ok(tls_io::Accepted::PlainHttp(stream, head))) => {
             counts.add(Outcome::PlainHttpOnTls);

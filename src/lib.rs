@@ -77,6 +77,7 @@ pub mod target;
 pub mod telemetry;
 pub mod tls;
 pub mod tls_io;
+pub mod tls_records;
 pub mod upgrade;
 pub mod upgraded;
 pub mod workers;

@@ -333,6 +333,13 @@ impl TlsListener {
             config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         }
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // After its handshake, a TLS 1.3 connection moves to wsgate's own record layer
+        // (`tls_records.rs`: a few hundred bytes per session where rustls holds ~2.5 KiB),
+        // which needs the traffic keys handed over.
+        config.enable_secret_extraction = true;
+        // And its traffic secrets, for its key updates: taken as rustls logs them, checked
+        // against the keys rustls hands over, logged nowhere.
+        config.key_log = Arc::new(crate::tls_records::SecretCapture);
         let mut config_h2 = config.clone();
         config_h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(TlsListener {
@@ -471,6 +478,8 @@ pub fn backend_client_config(
         }
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // As on the listeners: TLS 1.3 sessions move to `tls_records.rs` after the handshake.
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 

@@ -51,17 +51,19 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::kernel::KernelConnection;
 use rustls::pki_types::ServerName;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedConnectionCommon,
     UnbufferedStatus,
 };
-use rustls::{ClientConfig, CommonState, ProtocolVersion, ServerConfig};
+use rustls::{ClientConfig, CommonState, ExtractedSecrets, ProtocolVersion, ServerConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::hibernate::Sock;
+use crate::tls_records::{self, Captured, Records, Side};
 
 /// Plaintext taken by one write, and ciphertext read from the socket in one go: as much as
 /// the relay moves per read (`relay::READ_CHUNK`).
@@ -96,11 +98,14 @@ fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
 
 /// A rustls unbuffered connection, client or server: what [`TlsIo`] needs of either.
 pub trait Unbuffered: DerefMut<Target = UnbufferedConnectionCommon<Self::Data>> + Unpin {
-    type Data;
+    type Data: Side + Unpin;
     fn process<'c, 'i>(
         &'c mut self,
         incoming: &'i mut [u8],
     ) -> UnbufferedStatus<'c, 'i, Self::Data>;
+    /// The keys and what else TLS 1.3 needs after its handshake (see `tls_records.rs`).
+    fn into_kernel(self)
+    -> Result<(ExtractedSecrets, KernelConnection<Self::Data>), rustls::Error>;
 }
 
 impl Unbuffered for UnbufferedServerConnection {
@@ -110,6 +115,11 @@ impl Unbuffered for UnbufferedServerConnection {
         incoming: &'i mut [u8],
     ) -> UnbufferedStatus<'c, 'i, ServerConnectionData> {
         self.process_tls_records(incoming)
+    }
+    fn into_kernel(
+        self,
+    ) -> Result<(ExtractedSecrets, KernelConnection<ServerConnectionData>), rustls::Error> {
+        self.dangerous_into_kernel_connection()
     }
 }
 
@@ -121,6 +131,11 @@ impl Unbuffered for UnbufferedClientConnection {
     ) -> UnbufferedStatus<'c, 'i, ClientConnectionData> {
         self.process_tls_records(incoming)
     }
+    fn into_kernel(
+        self,
+    ) -> Result<(ExtractedSecrets, KernelConnection<ClientConnectionData>), rustls::Error> {
+        self.dangerous_into_kernel_connection()
+    }
 }
 
 /// The listener side: a server connection.
@@ -130,9 +145,10 @@ pub type ServerTls = TlsIo<UnbufferedServerConnection>;
 pub type ClientTls = TlsIo<UnbufferedClientConnection>;
 
 /// What a listener's connection turned out to be.
-pub enum Accepted {
-    /// TLS is up (boxed: the TLS state is over a kilobyte, the other variant a socket).
-    Tls(Box<ServerTls>),
+pub enum Accepted<T> {
+    /// TLS is up (boxed: the TLS state is several hundred bytes, the other variant a
+    /// socket), with what the caller's `inspect` took from the handshake's outcome.
+    Tls(Box<ServerTls>, T),
     /// Its first bytes were an HTTP request, not a TLS handshake (someone typed `http://` for
     /// a TLS port): the socket, and what was read of the request.
     PlainHttp(TcpStream, Vec<u8>),
@@ -141,18 +157,37 @@ pub enum Accepted {
 /// Accepts a TLS connection on `tcp`: the whole handshake, written and read with buffers of
 /// its own that are dropped when it completes. The caller bounds it in time.
 ///
+/// `inspect` takes what the caller needs of the handshake's outcome (ALPN, the client's
+/// certificate) while rustls still has it: a TLS 1.3 connection then leaves rustls for
+/// this file's own record layer (see [`TlsIo`]).
+///
 /// A connection whose first byte is an ASCII capital letter (`GET`, `POST`...; a TLS
 /// handshake starts with 0x16) is handed back as [`Accepted::PlainHttp`] with the bytes of
 /// that first read: found in the read the handshake makes anyway, not in a peek of its own.
-pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<Accepted> {
+pub async fn accept<T>(
+    tcp: TcpStream,
+    config: Arc<ServerConfig>,
+    inspect: impl FnOnce(&CommonState) -> T,
+) -> io::Result<Accepted<T>> {
+    let compact = config.enable_secret_extraction;
     let conn = UnbufferedServerConnection::new(config).map_err(invalid_data)?;
     let mut io = TlsIo::new(tcp, conn);
     Ok(match io.handshake(true).await? {
-        Some(head) => match io.tcp.into_awake() {
+        Shook::PlainHttp(head) => match io.tcp.into_awake() {
             Some(tcp) => Accepted::PlainHttp(tcp, head),
             None => return Err(io::ErrorKind::NotConnected.into()),
         },
-        None => Accepted::Tls(Box::new(io)),
+        Shook::Tls {
+            rustls_done,
+            captured,
+        } => {
+            let seen = match &io.engine {
+                Engine::Rustls(conn) => inspect(conn),
+                _ => return Err(io::ErrorKind::NotConnected.into()),
+            };
+            io.settle(compact && rustls_done, captured)?;
+            Accepted::Tls(Box::new(io), seen)
+        }
     })
 }
 
@@ -162,18 +197,32 @@ pub async fn connect(
     config: Arc<ClientConfig>,
     name: ServerName<'static>,
 ) -> io::Result<ClientTls> {
+    let compact = config.enable_secret_extraction;
     let conn = UnbufferedClientConnection::new(config, name).map_err(invalid_data)?;
     let mut io = TlsIo::new(tcp, conn);
-    io.handshake(false).await?;
+    match io.handshake(false).await? {
+        Shook::Tls {
+            rustls_done,
+            captured,
+        } => io.settle(compact && rustls_done, captured)?,
+        // Only a server looks for plain HTTP.
+        Shook::PlainHttp(_) => return Err(io::ErrorKind::InvalidData.into()),
+    }
     Ok(io)
 }
 
 /// A TLS stream over a TCP socket that holds no buffer while idle (see the module's doc).
-pub struct TlsIo<C> {
+///
+/// rustls does the handshake. After it, a TLS 1.3 connection whose config allows it
+/// (`enable_secret_extraction`) leaves rustls for [`tls_records`], which keeps only the
+/// keys, their sequence numbers and the traffic secrets: a few hundred bytes where an
+/// established rustls connection holds about 2.5 KiB.
+pub struct TlsIo<C: Unbuffered> {
     tcp: Sock,
-    conn: C,
-    /// Input rustls has not consumed yet: the start of a record (or of a handshake message
-    /// split over records) that later input completes. Empty, with no allocation, at rest.
+    engine: Engine<C>,
+    /// Input the TLS engine has not consumed yet: the start of a record (or of a handshake
+    /// message split over records) that later input completes. Empty, with no allocation, at
+    /// rest.
     input: Vec<u8>,
     /// Plaintext the reader had no room for, from `plain_pos`.
     plain: Vec<u8>,
@@ -190,6 +239,23 @@ pub struct TlsIo<C> {
     held: bool,
     /// Our side of the TCP connection is shut.
     tcp_shut: bool,
+}
+
+/// Who seals and opens a connection's records.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the large variant is what nearly every connection holds for its life: inline, \
+              it needs no allocation of its own; the small one is boxed for the same reason"
+)]
+enum Engine<C: Unbuffered> {
+    /// rustls: the handshake, and after it a TLS 1.2 connection (boxed: over a kilobyte,
+    /// dropped when a TLS 1.3 connection moves on).
+    Rustls(Box<C>),
+    /// A TLS 1.3 connection after its handshake.
+    Tls13(Records<C::Data>),
+    /// rustls gave its connection up and the record layer could not take it: nothing more
+    /// goes through (not reached: [`TlsIo::compact`] checks what it needs first).
+    Gone,
 }
 
 /// What a run of rustls over some input came to.
@@ -219,7 +285,7 @@ impl<C: Unbuffered> TlsIo<C> {
     fn new(tcp: TcpStream, conn: C) -> Self {
         TlsIo {
             tcp: Sock::from(tcp),
-            conn,
+            engine: Engine::Rustls(Box::new(conn)),
             input: Vec::new(),
             plain: Vec::new(),
             plain_pos: 0,
@@ -232,10 +298,18 @@ impl<C: Unbuffered> TlsIo<C> {
         }
     }
 
-    /// The TCP socket (unless it is out of the runtime while its session hibernates), and
-    /// the TLS state (ALPN, the peer's certificates, the version).
-    pub fn get_ref(&self) -> (Option<&TcpStream>, &CommonState) {
-        (self.tcp.tcp(), &self.conn)
+    /// The TCP socket, unless it is out of the runtime while its session hibernates.
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        self.tcp.tcp()
+    }
+
+    /// The TLS version in use.
+    pub fn protocol_version(&self) -> Option<ProtocolVersion> {
+        match &self.engine {
+            Engine::Rustls(conn) => conn.protocol_version(),
+            Engine::Tls13(_) => Some(ProtocolVersion::TLSv1_3),
+            Engine::Gone => None,
+        }
     }
 
     /// Nothing is held either way (no part of a record, no plaintext for the reader, no
@@ -253,9 +327,14 @@ impl<C: Unbuffered> TlsIo<C> {
     }
 
     /// Takes the socket out of the runtime (see [`can_hibernate`](Self::can_hibernate));
-    /// its descriptor, for the lot to watch.
+    /// its descriptor, for the lot to watch. A TLS 1.3 connection's keys are kept as bytes
+    /// only meanwhile (their AEAD contexts are rebuilt by the next record).
     pub fn sleep(&mut self) -> io::Result<RawFd> {
-        self.tcp.sleep()
+        let fd = self.tcp.sleep()?;
+        if let Engine::Tls13(records) = &mut self.engine {
+            records.forget_keys();
+        }
+        Ok(fd)
     }
 
     /// Brings the socket back into the current runtime.
@@ -273,22 +352,35 @@ impl<C: Unbuffered> TlsIo<C> {
     /// the handshake (a request pipelined behind the client's Finished) is kept for the first
     /// read.
     ///
+    /// rustls is given the input a record at a time, so that it has seen nothing past the
+    /// handshake's last record when the handshake ends: what follows (application data, a key
+    /// update) is still raw input, for whichever engine reads on ([`compact`](Self::compact)
+    /// may take the connection from rustls, which must not have acted on any of it first).
+    ///
     /// A TLS 1.3 server's last flight is its session tickets, which nothing waits for: they
     /// are held for the first write (see `held`), one segment and one `sendto` fewer per
     /// connection. (A TLS 1.2 server's last flight is its Finished, which the client waits for;
     /// a client's is its Finished: those go out at once.)
     ///
-    /// `server`: this end is the server, which holds its TLS 1.3 tickets, and returns
-    /// Ok(Some(bytes)) if the first bytes read look like an HTTP request (see [`accept`]);
+    /// `server`: this end is the server, which holds its TLS 1.3 tickets, and gets
+    /// [`Shook::PlainHttp`] if the first bytes read look like an HTTP request (see [`accept`]);
     /// nothing has been written then.
-    async fn handshake(&mut self, server: bool) -> io::Result<Option<Vec<u8>>> {
+    async fn handshake(&mut self, server: bool) -> io::Result<Shook> {
         let mut input = vec![0u8; 4096];
         let mut filled = 0;
+        // The front of `input` rustls has been given; whether a record at a time (until a
+        // record header rustls refuses anyway, after which it gets all there is).
+        let mut fed = 0;
+        let mut by_record = true;
+        // The traffic secrets rustls logs on the way (see `tls_records::capturing`).
+        let mut captured = Captured::default();
         loop {
-            let pumped = self.pump(&mut input[..filled], None, Job::None);
+            let pumped = tls_records::capturing(&mut captured, || {
+                self.pump(&mut input[..fed], None, Job::None)
+            });
             let hold = server
                 && matches!(&pumped, Ok(p) if !p.handshaking)
-                && self.conn.protocol_version() == Some(ProtocolVersion::TLSv1_3);
+                && self.protocol_version() == Some(ProtocolVersion::TLSv1_3);
             let flushed = if hold {
                 self.held = !self.out.is_empty();
                 Ok(())
@@ -299,9 +391,27 @@ impl<C: Unbuffered> TlsIo<C> {
             flushed?;
             input.copy_within(pumped.consumed..filled, 0);
             filled -= pumped.consumed;
+            fed -= pumped.consumed;
             if !pumped.handshaking {
                 self.input = input[..filled].to_vec();
-                return Ok(None);
+                return Ok(Shook::Tls {
+                    rustls_done: by_record && fed == 0,
+                    captured,
+                });
+            }
+            if by_record {
+                match next_record(&input[fed..filled]) {
+                    Some(Ok(end)) => {
+                        fed += end;
+                        continue;
+                    }
+                    Some(Err(())) => by_record = false,
+                    None => {}
+                }
+            }
+            if !by_record && fed < filled {
+                fed = filled;
+                continue;
             }
             if filled == input.len() {
                 if filled >= MAX_PENDING_INPUT {
@@ -318,10 +428,49 @@ impl<C: Unbuffered> TlsIo<C> {
             }
             if server && filled == 0 && input[0].is_ascii_uppercase() {
                 input.truncate(n);
-                return Ok(Some(input));
+                return Ok(Shook::PlainHttp(input));
             }
             filled += n;
         }
+    }
+
+    /// Moves a TLS 1.3 connection from rustls to `tls_records.rs`, which keeps a few hundred
+    /// bytes of it instead of about 2.5 KiB (see that file's doc). Only right after the
+    /// handshake, with rustls having consumed all it was given ([`Shook::Tls`]): it must not
+    /// have acted on anything past the handshake (a key update it would answer later), and
+    /// any held tickets are already in `out`. A TLS 1.2 connection, or a suite the record
+    /// layer does not carry, stays with rustls.
+    fn compact(&mut self, captured: Captured) -> io::Result<()> {
+        let Engine::Rustls(conn) = &self.engine else {
+            return Ok(());
+        };
+        if conn.protocol_version() != Some(ProtocolVersion::TLSv1_3)
+            || !conn
+                .negotiated_cipher_suite()
+                .is_some_and(tls_records::supported)
+        {
+            return Ok(());
+        }
+        let Engine::Rustls(conn) = std::mem::replace(&mut self.engine, Engine::Gone) else {
+            return Ok(());
+        };
+        let (secrets, kernel) = (*conn).into_kernel().map_err(invalid_data)?;
+        self.engine = Engine::Tls13(Records::new(secrets, kernel, captured)?);
+        Ok(())
+    }
+
+    /// After the handshake: the move to `tls_records.rs` if `compact` (see
+    /// [`compact`](Self::compact)), then whatever records came in behind the handshake's last
+    /// one (a request sent with the client's Finished), which the handshake left unread: a
+    /// read would otherwise wait on the socket with them already here.
+    fn settle(&mut self, compact: bool, captured: Captured) -> io::Result<()> {
+        if compact {
+            self.compact(captured)?;
+        }
+        if !self.input.is_empty() {
+            self.pump_pending(Job::None)?;
+        }
+        Ok(())
     }
 
     /// Writes all of `out`, awaiting the socket (the handshake's flights).
@@ -334,22 +483,60 @@ impl<C: Unbuffered> TlsIo<C> {
         Ok(())
     }
 
-    /// Runs rustls over `input` until it needs more: plaintext goes to `dst` while it has room
-    /// and to `plain` after that, TLS messages of rustls's own (handshake flights, alerts, key
-    /// updates) to `out`, and `job` is done once application data may be written.
+    /// Runs the TLS engine over `input` until it needs more: plaintext goes to `dst` while it
+    /// has room and to `plain` after that, TLS messages of the engine's own (handshake
+    /// flights, alerts, key updates) to `out`, and `job` is done once application data may
+    /// be written.
     ///
-    /// On a protocol error, the alert rustls wants sent is queued in `out` before the error
-    /// is returned (the caller writes it if it can).
+    /// On a protocol error, the alert the engine wants sent is queued in `out` before the
+    /// error is returned (the caller writes it if it can).
     fn pump(
+        &mut self,
+        input: &mut [u8],
+        mut dst: Option<&mut ReadBuf<'_>>,
+        job: Job<'_>,
+    ) -> io::Result<Pumped> {
+        let records = match &mut self.engine {
+            Engine::Rustls(_) => return self.pump_rustls(input, dst, job),
+            Engine::Tls13(records) => records,
+            Engine::Gone => return Err(io::ErrorKind::NotConnected.into()),
+        };
+        let plain = &mut self.plain;
+        let opened = records.open(input, |p| deliver(p, &mut dst, plain), &mut self.out)?;
+        if opened.closed {
+            self.peer_closed = true;
+        }
+        let mut done = Pumped {
+            consumed: opened.consumed,
+            ..Pumped::default()
+        };
+        match job {
+            Job::None => {}
+            Job::Encrypt { plain, into } => {
+                done.encrypted = records.seal(plain, into)?;
+                done.job_done = true;
+            }
+            Job::CloseNotify => {
+                records.close_notify(&mut self.out)?;
+                done.job_done = true;
+            }
+        }
+        Ok(done)
+    }
+
+    /// [`pump`](Self::pump) through rustls.
+    fn pump_rustls(
         &mut self,
         input: &mut [u8],
         mut dst: Option<&mut ReadBuf<'_>>,
         mut job: Job<'_>,
     ) -> io::Result<Pumped> {
+        let Engine::Rustls(conn) = &mut self.engine else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
         let mut done = Pumped::default();
         loop {
-            let UnbufferedStatus { discard, state } =
-                self.conn.process(&mut input[done.consumed..]);
+            let UnbufferedStatus { discard, state } = conn.process(&mut input[done.consumed..]);
             let state = match state {
                 Ok(state) => state,
                 Err(e) => {
@@ -435,8 +622,11 @@ impl<C: Unbuffered> TlsIo<C> {
     /// Only while rustls has messages queued: those come out before it looks at the input
     /// again, which would run into the same error (and send a second alert).
     fn queue_alert(&mut self, input: &mut [u8]) {
-        while self.conn.wants_write() {
-            let status = self.conn.process(input);
+        let Engine::Rustls(conn) = &mut self.engine else {
+            return;
+        };
+        while conn.wants_write() {
+            let status = conn.process(input);
             let Ok(ConnectionState::EncodeTlsData(mut data)) = status.state else {
                 return;
             };
@@ -507,6 +697,36 @@ impl<C: Unbuffered> TlsIo<C> {
             self.input.extend_from_slice(rest);
         }
         Poll::Ready(Ok(true))
+    }
+}
+
+/// How a handshake ended.
+enum Shook {
+    /// TLS is up. `rustls_done`: rustls consumed all the input it was given (it always
+    /// does, the last handshake record being whole), so [`TlsIo::compact`] may take over;
+    /// `captured`: the traffic secrets rustls logged meanwhile.
+    Tls {
+        rustls_done: bool,
+        captured: Captured,
+    },
+    /// The first bytes were an HTTP request (see [`accept`]).
+    PlainHttp(Vec<u8>),
+}
+
+/// The length of the TLS record at the front of `buf` if it is all there, `Err` if its
+/// header already says it is larger than rustls takes (rustls refuses it from the header),
+/// `None` while more is needed.
+fn next_record(buf: &[u8]) -> Option<Result<usize, ()>> {
+    let &[_, _, _, hi, lo] = buf.get(..5)? else {
+        return None;
+    };
+    let len = usize::from(u16::from_be_bytes([hi, lo]));
+    if len >= tls_records::MAX_PLAINTEXT + 2048 {
+        Some(Err(()))
+    } else if 5 + len <= buf.len() {
+        Some(Ok(5 + len))
+    } else {
+        None
     }
 }
 
@@ -725,11 +945,22 @@ mod tests {
     use super::*;
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::time::Duration;
     use tokio::net::TcpListener;
 
-    /// A server config with a fresh certificate, and a client config that trusts it.
+    /// A server config with a fresh certificate, and a client config that trusts it, both
+    /// letting a TLS 1.3 connection move to `tls_records.rs` as wsgate's own configs do.
     fn configs(
         version: &'static rustls::SupportedProtocolVersion,
+    ) -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
+        configs_with(version, true)
+    }
+
+    /// [`configs`], with `compact` choosing whether TLS 1.3 moves to `tls_records.rs` or
+    /// stays with rustls.
+    fn configs_with(
+        version: &'static rustls::SupportedProtocolVersion,
+        compact: bool,
     ) -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
         let (cert, key) = crate::tls::dev_certificate(&["localhost".into()]).unwrap();
         let cert = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
@@ -742,12 +973,29 @@ mod tests {
             .unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert).unwrap();
-        let client = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        let mut client = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
             .with_protocol_versions(&[version])
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
+        let mut server = server;
+        server.enable_secret_extraction = compact;
+        client.enable_secret_extraction = compact;
+        if compact {
+            server.key_log = Arc::new(crate::tls_records::SecretCapture);
+        }
         (Arc::new(server), Arc::new(client))
+    }
+
+    /// Which engine carries a connection after its handshake (and for `tls_records.rs`,
+    /// whose key schedule).
+    fn engine<C: Unbuffered>(s: &TlsIo<C>) -> &'static str {
+        match &s.engine {
+            Engine::Rustls(_) => "rustls",
+            Engine::Tls13(records) if records.own_schedule() => "tls13",
+            Engine::Tls13(_) => "tls13, rustls's schedule",
+            Engine::Gone => "gone",
+        }
     }
 
     /// A connected pair over loopback: this stream as the server, tokio-rustls as the client
@@ -760,7 +1008,20 @@ mod tests {
         W: AsyncRead + AsyncWrite + Unpin,
         F: FnOnce(TcpStream) -> W,
     {
-        let (server_config, client_config) = configs(version);
+        pair_with(version, true, wrap).await
+    }
+
+    /// [`pair`], choosing the engine as [`configs_with`] does.
+    async fn pair_with<W, F>(
+        version: &'static rustls::SupportedProtocolVersion,
+        compact: bool,
+        wrap: F,
+    ) -> (ServerTls, tokio_rustls::client::TlsStream<W>)
+    where
+        W: AsyncRead + AsyncWrite + Unpin,
+        F: FnOnce(TcpStream) -> W,
+    {
+        let (server_config, client_config) = configs_with(version, compact);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
@@ -779,22 +1040,22 @@ mod tests {
     /// A TLS 1.3 listener on loopback whose one connection goes through [`accept`].
     async fn spawn_accept() -> (
         std::net::SocketAddr,
-        tokio::task::JoinHandle<io::Result<Accepted>>,
+        tokio::task::JoinHandle<io::Result<Accepted<()>>>,
     ) {
         let (server_config, _) = configs(&rustls::version::TLS13);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
-            accept(tcp, server_config).await
+            accept(tcp, server_config, |_| ()).await
         });
         (addr, server)
     }
 
     /// [`accept`] where the client speaks TLS.
     async fn accept_tls(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<ServerTls> {
-        match accept(tcp, config).await? {
-            Accepted::Tls(tls) => Ok(*tls),
+        match accept(tcp, config, |_| ()).await? {
+            Accepted::Tls(tls, ()) => Ok(*tls),
             Accepted::PlainHttp(..) => panic!("taken for plain HTTP"),
         }
     }
@@ -817,8 +1078,14 @@ mod tests {
     /// buffered afterwards. TLS 1.3 and 1.2.
     #[tokio::test]
     async fn moves_every_byte_both_ways_and_keeps_nothing_at_rest() {
-        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
-            let (mut server, client) = pair(version, |t| t).await;
+        let runs = [
+            (&rustls::version::TLS13, true, "tls13"),
+            (&rustls::version::TLS13, false, "rustls"),
+            (&rustls::version::TLS12, true, "rustls"),
+        ];
+        for (version, compact, carried_by) in runs {
+            let (mut server, client) = pair_with(version, compact, |t| t).await;
+            assert_eq!(engine(&server), carried_by);
             // TLS 1.3: only the session tickets, held for the first write.
             assert_eq!(server.held, version == &rustls::version::TLS13);
             assert_eq!(server.out.is_empty(), !server.held);
@@ -900,7 +1167,7 @@ mod tests {
         assert!(server.can_hibernate());
         let fd = server.sleep().unwrap();
         assert_eq!(server.asleep_fd(), Some(fd));
-        assert!(server.get_ref().0.is_none());
+        assert!(server.tcp().is_none());
         assert!(!server.can_hibernate());
         client.write_all(b"while asleep").await.unwrap();
         client.flush().await.unwrap();
@@ -940,7 +1207,7 @@ mod tests {
         let tcp = TcpStream::connect(addr).await.unwrap();
         let name = ServerName::try_from("localhost").unwrap();
         let mut client = connect(tcp, client_config, name).await.unwrap();
-        assert_eq!(client.get_ref().1.alpn_protocol(), None);
+        assert_eq!(engine(&client), "tls13, rustls's schedule");
         let msg = pattern(50_000, 9);
         client.write_all(&msg).await.unwrap();
         client.flush().await.unwrap();
@@ -982,6 +1249,105 @@ mod tests {
         }
         fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
             Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    /// A socket that holds back everything after the first write (the ClientHello) until
+    /// two protected records are written: the client's Finished and its first data then
+    /// reach the server in one segment, as a client that sends its request at once does.
+    struct Cork {
+        tcp: TcpStream,
+        writes: usize,
+        held: Vec<u8>,
+    }
+
+    impl Cork {
+        fn protected_records(&self) -> usize {
+            let mut rest = &self.held[..];
+            let mut n = 0;
+            while let Some(Ok(end)) = next_record(rest) {
+                n += usize::from(rest[0] == 0x17);
+                rest = &rest[end..];
+            }
+            n
+        }
+    }
+
+    impl AsyncRead for Cork {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.tcp).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Cork {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.writes += 1;
+            if self.writes == 1 {
+                return Pin::new(&mut self.tcp).poll_write(cx, buf);
+            }
+            self.held.extend_from_slice(buf);
+            if self.protected_records() >= 2 {
+                let held = std::mem::take(&mut self.held);
+                // Loopback takes a few hundred bytes at once.
+                let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &held))?;
+                assert_eq!(n, held.len());
+            }
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.tcp).poll_shutdown(cx)
+        }
+    }
+
+    /// A TLS session's stream fits jemalloc's 512-byte class (what every idle `wss://`
+    /// session holds of it: rustls's connection was 1224 bytes inline, plus its heap).
+    #[test]
+    fn a_tls_stream_stays_small() {
+        let size = std::mem::size_of::<ServerTls>();
+        assert!(size <= 512, "{size}");
+    }
+
+    /// A request that arrives with the client's Finished is read at once: the handshake
+    /// leaves it unread (rustls is given a record at a time), and it must not then wait
+    /// for more input. TLS 1.3 on either engine.
+    #[tokio::test]
+    async fn data_behind_the_finished_is_read_at_once() {
+        for compact in [true, false] {
+            let (server_config, client_config) = configs_with(&rustls::version::TLS13, compact);
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = tokio::spawn(async move {
+                let (tcp, _) = listener.accept().await.unwrap();
+                accept_tls(tcp, server_config).await.unwrap()
+            });
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let cork = Cork {
+                tcp,
+                writes: 0,
+                held: Vec::new(),
+            };
+            let mut client = tokio_rustls::TlsConnector::from(client_config)
+                .connect(ServerName::try_from("localhost").unwrap(), cork)
+                .await
+                .unwrap();
+            client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            let mut server = server.await.unwrap();
+            assert!(server.input.is_empty(), "the request was left unread");
+            let mut got = [0u8; 18];
+            let read = tokio::time::timeout(Duration::from_secs(10), server.read_exact(&mut got));
+            read.await.expect("the request waits").unwrap();
+            assert_eq!(&got, b"GET / HTTP/1.1\r\n\r\n");
         }
     }
 

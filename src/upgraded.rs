@@ -110,8 +110,8 @@ impl UpgradedIo {
     fn tcp(&self) -> Option<&TcpStream> {
         match self {
             UpgradedIo::Tcp(s) => s.tcp(),
-            UpgradedIo::Tls(s) => s.get_ref().0,
-            UpgradedIo::TlsClient(s) => s.get_ref().0,
+            UpgradedIo::Tls(s) => s.tcp(),
+            UpgradedIo::TlsClient(s) => s.tcp(),
             UpgradedIo::Hyper(_) => None,
         }
     }
