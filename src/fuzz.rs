@@ -5,7 +5,8 @@
 //!
 //! Each function takes arbitrary bytes and must return without panicking; the asserts in it
 //! are the properties the parser promises beyond that. The frame scanner's property lives
-//! next to the scanner ([`crate::frame::fuzz_scanner`]), where its private state is in reach.
+//! next to the scanner ([`crate::frame::fuzz_scanner`]), and the TLS 1.3 record layer's next
+//! to it ([`crate::tls_records::fuzz_records`]), where their private state is in reach.
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -27,6 +28,7 @@ pub const TARGETS: &[(&str, Property)] = &[
     ("cookie", fuzz_cookie),
     ("token", fuzz_token),
     ("config", fuzz_config),
+    ("tls_records", crate::tls_records::fuzz_records),
 ];
 
 /// Splits fuzz input into at most `n` fields at `\n` (the last one keeps the rest).

@@ -750,6 +750,119 @@ impl<D: Side> Records<D> {
     }
 }
 
+impl<D: Side> Records<D> {
+    /// A record layer on given traffic secrets (AES-128-GCM, our own schedule), without a
+    /// handshake: the fuzz property's, which needs thousands of them.
+    fn on_secrets(ours: &[u8; 32], theirs: &[u8; 32]) -> Records<D> {
+        let aead = &aead::AES_128_GCM;
+        let hash = hkdf::HKDF_SHA256;
+        let secret = |s: &[u8; 32]| SecretBytes::new(s).expect("32 bytes");
+        let half = |s: &[u8; 32]| Half::from_secret(aead, hash, &secret(s)).expect("derives");
+        Records {
+            aead,
+            tx: half(ours),
+            rx: half(theirs),
+            schedule: Schedule::Own {
+                hash,
+                tx: secret(ours),
+                rx: secret(theirs),
+            },
+            tx_limit: 1 << 24,
+            handshake: Vec::new(),
+            key_updates_left: KEY_UPDATES_ALLOWED,
+            warnings_left: WARNINGS_ALLOWED,
+            peer_closed: false,
+            failed: false,
+        }
+    }
+}
+
+/// The fuzz property (shared by the cargo-fuzz target and the regression replay): a server's
+/// record layer reads what a peer with the right keys wrote, as steered by the input, in
+/// pieces. The input is a list of steps `[op, len, len bytes]`: op % 7 picks one: the peer
+/// seals application data (0), handshake content (1: key updates, tickets, fragments of
+/// either, garbage), alert content (2), content of the type the first byte names (3; not
+/// application data, nor 0), the
+/// peer updates its key (4, asking for ours if the first byte is odd), raw bytes (5), or a
+/// place to cut the input (6).
+///
+/// The layer must not panic; it must deliver exactly a prefix of the application data sent,
+/// in order; a read after an error must fail and send nothing more; and a read must consume
+/// only whole records from the front of its input.
+#[doc(hidden)]
+pub fn fuzz_records(data: &[u8]) {
+    let (sent, got) = run_steps(data);
+    assert!(
+        sent.starts_with(&got),
+        "delivered something not sent, or out of order"
+    );
+}
+
+/// [`fuzz_records`]'s run: the application data sent, and what was delivered.
+fn run_steps(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let (client_secret, server_secret) = ([1u8; 32], [2u8; 32]);
+    let mut server = Records::<ServerConnectionData>::on_secrets(&server_secret, &client_secret);
+    let mut peer = Records::<ClientConnectionData>::on_secrets(&client_secret, &server_secret);
+    let mut wire = Vec::new();
+    let mut sent = Vec::new();
+    let mut cuts = Vec::new();
+    let mut rest = data;
+    while let [op, len, tail @ ..] = rest {
+        let (chunk, tail) = tail.split_at(usize::from(*len).min(tail.len()));
+        rest = tail;
+        let mut record = vec![0u8; chunk.len() + 2 * OVERHEAD + 8];
+        let sealed = match op % 7 {
+            0 => {
+                sent.extend_from_slice(chunk);
+                peer.seal(chunk, &mut record)
+            }
+            1 => peer.seal_record(CONTENT_HANDSHAKE, chunk, &mut record),
+            2 => peer.seal_record(CONTENT_ALERT, chunk, &mut record),
+            // Not application data (counted as sent by op 0 only), nor type 0: that is
+            // padding, which makes the content's last non-zero byte the record's type.
+            3 => match chunk.split_first() {
+                Some((&CONTENT_APPLICATION_DATA | 0, _)) | None => continue,
+                Some((&typ, content)) => peer.seal_record(typ, content, &mut record),
+            },
+            4 => peer.update_tx_key(chunk.first().is_some_and(|b| b % 2 == 1), &mut record),
+            5 => {
+                wire.extend_from_slice(chunk);
+                continue;
+            }
+            _ => {
+                cuts.push(wire.len());
+                continue;
+            }
+        };
+        let n = sealed.expect("the peer seals anything");
+        wire.extend_from_slice(&record[..n]);
+    }
+    cuts.push(wire.len());
+    let mut got = Vec::new();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut from = 0;
+    for cut in cuts {
+        let cut = cut.max(from);
+        pending.extend_from_slice(&wire[from..cut]);
+        from = cut;
+        let mut out = Vec::new();
+        match server.open(&mut pending, |p| got.extend_from_slice(p), &mut out) {
+            Ok(opened) => {
+                assert!(opened.consumed <= pending.len());
+                pending.drain(..opened.consumed);
+            }
+            Err(_) => {
+                let mut again = Vec::new();
+                let mut more = pending.clone();
+                let after = server.open(&mut more, |_| panic!("data after an error"), &mut again);
+                assert!(after.is_err() && again.is_empty(), "read on after an error");
+                break;
+            }
+        }
+    }
+    (sent, got)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1232,6 +1345,34 @@ mod tests {
         assert_eq!(alert_in(&mut server, &mut wire), (ALERT_FATAL, 40));
         assert!(wire.is_empty());
         assert!(server.seal(b"x", &mut [0u8; 64]).is_err());
+    }
+
+    /// The fuzz property's steps do what they say: data with key updates either way between
+    /// it, cut anywhere, all arrives; a ticket sent to a server ends the input there.
+    #[test]
+    fn the_fuzz_steps_reach_their_paths() {
+        let step = |op: u8, data: &[u8]| [&[op, data.len() as u8][..], data].concat();
+        let clean = [
+            step(0, b"one"),
+            step(4, &[1]),
+            step(6, b""),
+            step(0, b"two"),
+            step(4, &[0]),
+            step(0, b"three"),
+            step(2, &[1, 90]),
+        ]
+        .concat();
+        let (sent, got) = run_steps(&clean);
+        assert_eq!(got, b"onetwothree");
+        assert_eq!(sent, got);
+        let ticket = [
+            step(0, b"before"),
+            step(1, &[4, 0, 0, 0]),
+            step(0, b"after"),
+        ]
+        .concat();
+        let (sent, got) = run_steps(&ticket);
+        assert_eq!((sent.len(), got.as_slice()), (11, &b"before"[..]));
     }
 
     proptest::proptest! {
