@@ -628,7 +628,9 @@ async fn hibernate_after_off_keeps_quiet_sessions_awake() {
     }
 }
 
-/// A wss:// echo backend with a certificate for `localhost` from `ca`.
+/// A wss:// echo backend with a certificate for `localhost` from `ca`, which asks for a TLS
+/// key update after each echo (sent ahead of the next): the proxy's backend leg must answer
+/// each one and go on with new keys both ways.
 async fn wss_echo_backend(ca: &TestCa) -> SocketAddr {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -662,6 +664,7 @@ async fn wss_echo_backend(ca: &TestCa) -> SocketAddr {
                     if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
                         break;
                     }
+                    let _ = ws.get_mut().get_mut().1.refresh_traffic_keys();
                 }
             });
         }
@@ -672,7 +675,9 @@ async fn wss_echo_backend(ca: &TestCa) -> SocketAddr {
 /// A session with TLS on both legs (a wss:// listener, a wss:// backend) hibernates with its
 /// TLS state and wakes with it intact: messages after each sleep (a text, and a 70 KB binary
 /// message that spans several TLS records each way) come back byte for byte over the same
-/// TLS sessions, and the closing handshake completes with 1000.
+/// TLS sessions, and the closing handshake completes with 1000. Both peers ask for TLS key
+/// updates on the way (the client before each round, the backend after each echo), which
+/// both of the proxy's legs answer, awake and just woken.
 #[tokio::test]
 async fn a_session_with_tls_on_both_legs_hibernates_and_wakes_intact() {
     let ca = TestCa::new();
@@ -696,6 +701,7 @@ async fn a_session_with_tls_on_both_legs_hibernates_and_wakes_intact() {
     for round in 0..2 {
         wait_hibernating(admin, 1).await;
         let text = format!("woken {round}");
+        wss.get_mut().get_mut().1.refresh_traffic_keys().unwrap();
         wss.send(Message::text(text.clone())).await.unwrap();
         assert_eq!(next_data(&mut wss).await, Message::text(text));
         wss.send(Message::binary(big.clone())).await.unwrap();
