@@ -17,6 +17,12 @@
 //!   any is queued, a write waits (backpressure, as with a plain socket).
 //! - **The handshake** has buffers of its own, dropped when it ends.
 //!
+//! After the handshake, a TLS 1.3 connection leaves rustls for the record layer in
+//! [`crate::tls_records`], which keeps a few hundred bytes of TLS state where an established
+//! rustls connection holds about 2.5 KiB (3.4 KiB per idle `wss://` session in all, against
+//! 5.3); TLS 1.2 stays with rustls. Everything above holds for both: they read from and write
+//! into the same buffers.
+//!
 //! The scratch buffer is used only within one poll, never across an `await`, so one per thread
 //! serves every connection of that thread's worker.
 //!
@@ -28,7 +34,7 @@
 //! end of file after the peer's `close_notify`, a TCP end without one is an
 //! `UnexpectedEof` error (a truncation attack looks the same), `poll_shutdown` sends
 //! `close_notify` and then shuts the socket's write side, and a protocol error is answered with
-//! rustls's alert before it is returned as `InvalidData`.
+//! the alert rustls would send before it is returned as `InvalidData`.
 //!
 //! Three things spare a segment (and a syscall) each per connection, where `tokio-rustls`
 //! would send one more:
