@@ -191,7 +191,7 @@ pub async fn accept<T>(
                 Engine::Rustls(conn) => inspect(conn),
                 _ => return Err(io::ErrorKind::NotConnected.into()),
             };
-            io.settle(compact && rustls_done, captured)?;
+            io.settle(compact && rustls_done, captured).await?;
             Accepted::Tls(Box::new(io), seen)
         }
     })
@@ -210,7 +210,7 @@ pub async fn connect(
         Shook::Tls {
             rustls_done,
             captured,
-        } => io.settle(compact && rustls_done, captured)?,
+        } => io.settle(compact && rustls_done, captured).await?,
         // Only a server looks for plain HTTP.
         Shook::PlainHttp(_) => return Err(io::ErrorKind::InvalidData.into()),
     }
@@ -469,12 +469,18 @@ impl<C: Unbuffered> TlsIo<C> {
     /// [`compact`](Self::compact)), then whatever records came in behind the handshake's last
     /// one (a request sent with the client's Finished), which the handshake left unread: a
     /// read would otherwise wait on the socket with them already here.
-    fn settle(&mut self, compact: bool, captured: Captured) -> io::Result<()> {
+    ///
+    /// An error in those records is answered with its alert (best effort) before it is
+    /// returned.
+    async fn settle(&mut self, compact: bool, captured: Captured) -> io::Result<()> {
         if compact {
             self.compact(captured)?;
         }
-        if !self.input.is_empty() {
-            self.pump_pending(Job::None)?;
+        if !self.input.is_empty()
+            && let Err(e) = self.pump_pending(Job::None)
+        {
+            let _ = self.write_out_all().await;
+            return Err(e);
         }
         Ok(())
     }
@@ -1410,6 +1416,30 @@ mod tests {
             rest = &rest[(5 + len).min(rest.len())..];
         }
         assert_eq!(records.last(), Some(&(0x17, 19)), "{records:?}");
+    }
+
+    /// A peer that keeps asking for key updates while we only read piles nothing up: one
+    /// answer waits for our next write and goes ahead of it. (Each answer used to be
+    /// queued at once: 27 bytes per request, and before the first write nothing is sent.)
+    #[tokio::test]
+    async fn key_update_requests_pile_nothing_up() {
+        let (mut server, mut client) = pair(&rustls::version::TLS13, |t| t).await;
+        let tickets = server.out.len();
+        for i in 0..200u8 {
+            client.get_mut().1.refresh_traffic_keys().unwrap();
+            client.write_all(&[i]).await.unwrap();
+            client.flush().await.unwrap();
+            let mut got = [0u8; 1];
+            server.read_exact(&mut got).await.unwrap();
+            assert_eq!(got[0], i);
+            assert_eq!(server.out.len(), tickets, "queued while only reading");
+        }
+        server.write_all(b"reply").await.unwrap();
+        server.flush().await.unwrap();
+        let mut back = [0u8; 5];
+        client.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"reply");
+        assert_idle(&server);
     }
 
     /// A TLS 1.3 server's session tickets wait for its first write and go out with it: a

@@ -29,8 +29,11 @@
 //! fragment, handshake data interleaved with other content or a key update not at a record's
 //! end is `unexpected_message`; a malformed alert or handshake message is `decode_error`; a
 //! warning alert other than `user_canceled` is `decode_error`, and more than four of those
-//! is an error; more than 32 key updates without application data between them is an error
-//! (BoringSSL's and rustls's bound on a peer that makes us re-key for nothing).
+//! is an error; more than 32 key updates without application data between them, or more
+//! than 32 empty records in a row, is an error (BoringSSL's and rustls's bounds on a peer
+//! that makes us work for nothing). A peer's requests for a key update of ours are answered
+//! once, ahead of our next record, however many came before it (as rustls does): answers
+//! cannot pile up in memory, and none follows our `close_notify`.
 
 use std::io;
 
@@ -60,6 +63,8 @@ const MAX_HANDSHAKE_MESSAGE: usize = 64 * 1024;
 const KEY_UPDATES_ALLOWED: u8 = 32;
 /// `user_canceled` warnings a peer may send.
 const WARNINGS_ALLOWED: u8 = 4;
+/// Empty records a peer may send in a row (rustls's and BoringSSL's bound).
+const EMPTY_RECORDS_ALLOWED: u8 = 32;
 
 const CONTENT_ALERT: u8 = 21;
 const CONTENT_HANDSHAKE: u8 = 22;
@@ -172,10 +177,16 @@ thread_local! {
 /// meanwhile in `captured`. rustls logs them from within its processing, on the thread that
 /// runs `f`, so only this connection's secrets are caught.
 pub fn capturing<R>(captured: &mut Captured, f: impl FnOnce() -> R) -> R {
+    /// Empties the slot however `f` ends (a panic too): nothing is left for the next caller.
+    struct Taken<'a>(&'a mut Captured);
+    impl Drop for Taken<'_> {
+        fn drop(&mut self) {
+            *self.0 = CAPTURE.with(|c| c.borrow_mut().take()).unwrap_or_default();
+        }
+    }
     CAPTURE.with(|c| *c.borrow_mut() = Some(std::mem::take(captured)));
-    let result = f();
-    *captured = CAPTURE.with(|c| c.borrow_mut().take()).unwrap_or_default();
-    result
+    let _taken = Taken(captured);
+    f()
 }
 
 /// A [`rustls::KeyLog`] that takes the application traffic secrets of the handshake being
@@ -352,6 +363,11 @@ pub struct Records<D> {
     handshake: Vec<u8>,
     key_updates_left: u8,
     warnings_left: u8,
+    /// Empty records in a row the peer may still send.
+    empty_left: u8,
+    /// The peer asked for a key update of ours: it goes ahead of our next record (several
+    /// asks before it are one answer, as with rustls, so a peer cannot pile answers up).
+    reply_due: bool,
     /// The peer's `close_notify` came: nothing after it is read.
     peer_closed: bool,
     /// An error ended the connection: nothing more is read or written.
@@ -415,6 +431,8 @@ impl<D: Side> Records<D> {
             handshake: Vec::new(),
             key_updates_left: KEY_UPDATES_ALLOWED,
             warnings_left: WARNINGS_ALLOWED,
+            empty_left: EMPTY_RECORDS_ALLOWED,
+            reply_due: false,
             peer_closed: false,
             failed: false,
         })
@@ -506,14 +524,22 @@ impl<D: Side> Records<D> {
             let Ok(inner) = key.open_in_place(nonce, Aad::from(header), body) else {
                 return Err(self.fail(Alert::BadRecordMac, "TLS record failed to decrypt", out));
             };
-            // The content type is the last byte that is not zero padding (§5.4).
+            // Content, type and padding together within 2^14 + 1 bytes (§5.4).
+            if inner.len() > MAX_PLAINTEXT + 1 {
+                return Err(self.fail(Alert::RecordOverflow, "TLS plaintext too large", out));
+            }
+            // The content type is the last byte that is not zero padding.
             let Some(at) = inner.iter().rposition(|b| *b != 0) else {
                 return Err(self.fail(Alert::UnexpectedMessage, "TLS record without type", out));
             };
-            if at > MAX_PLAINTEXT {
-                return Err(self.fail(Alert::RecordOverflow, "TLS plaintext too large", out));
-            }
             let (content, typ) = (&inner[..at], inner[at]);
+            if !content.is_empty() {
+                self.empty_left = EMPTY_RECORDS_ALLOWED;
+            } else if self.empty_left == 0 {
+                return Err(self.fail(Alert::UnexpectedMessage, "too many empty TLS records", out));
+            } else {
+                self.empty_left -= 1;
+            }
             if typ != CONTENT_HANDSHAKE && !self.handshake.is_empty() {
                 return Err(self.fail(
                     Alert::UnexpectedMessage,
@@ -522,6 +548,7 @@ impl<D: Side> Records<D> {
                 ));
             }
             match typ {
+                CONTENT_APPLICATION_DATA if content.is_empty() => {}
                 CONTENT_APPLICATION_DATA => {
                     self.key_updates_left = KEY_UPDATES_ALLOWED;
                     plain(content);
@@ -548,11 +575,20 @@ impl<D: Side> Records<D> {
     }
 
     /// Seals `plain` into records in `into` (which must hold `plain` and [`OVERHEAD`] per
-    /// 16 KiB of it, plus one key update's record); the bytes written. A key that reached its
-    /// limit is updated first, its key update ahead of the records.
+    /// 16 KiB of it, plus one key update's record); the bytes written. A key update goes
+    /// first where one is due: the answer to the peer's request, or our own at the key's
+    /// record limit.
     pub fn seal(&mut self, plain: &[u8], into: &mut [u8]) -> io::Result<usize> {
         self.check_usable()?;
-        let mut written = 0;
+        let sealed = self.seal_data(plain, into);
+        if sealed.is_err() {
+            self.failed = true;
+        }
+        sealed
+    }
+
+    fn seal_data(&mut self, plain: &[u8], into: &mut [u8]) -> io::Result<usize> {
+        let mut written = self.answer_key_update(into)?;
         for chunk in plain.chunks(MAX_PLAINTEXT) {
             if self.tx.seq >= self.tx_limit {
                 written += self.update_tx_key(false, &mut into[written..])?;
@@ -562,10 +598,29 @@ impl<D: Side> Records<D> {
         Ok(written)
     }
 
-    /// Appends our `close_notify` to `out`.
+    /// Appends our `close_notify` to `out` (after the answer to a key update, if one is
+    /// due). Nothing is sent after it: a later request for a key update is not answered.
     pub fn close_notify(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
         self.check_usable()?;
-        self.append_alert(ALERT_WARNING, Alert::CloseNotify, out)
+        let mut record = [0u8; HEADER + 5 + 1 + TAG];
+        let closed = self.answer_key_update(&mut record).and_then(|n| {
+            out.extend_from_slice(&record[..n]);
+            self.append_alert(ALERT_WARNING, Alert::CloseNotify, out)
+        });
+        if closed.is_err() {
+            self.failed = true;
+        }
+        closed
+    }
+
+    /// The key update the peer asked for, if one is due, into the front of `into`; its
+    /// length (0 if none).
+    fn answer_key_update(&mut self, into: &mut [u8]) -> io::Result<usize> {
+        if !self.reply_due {
+            return Ok(0);
+        }
+        self.reply_due = false;
+        self.update_tx_key(false, into)
     }
 
     fn check_usable(&self) -> io::Result<()> {
@@ -715,8 +770,9 @@ impl<D: Side> Records<D> {
         Ok(())
     }
 
-    /// The peer's key update (`last`: it ends its record, as a key change must, §5.1): ours
-    /// first if it asks for one, then its next key for what follows.
+    /// The peer's key update (`last`: it ends its record, as a key change must, §5.1): its
+    /// next key for what follows; and if it asks for ours, ours is due ahead of our next
+    /// record (§4.6.3).
     fn key_update(&mut self, body: &[u8], last: bool, out: &mut Vec<u8>) -> io::Result<()> {
         let &[request] = body else {
             return Err(self.fail(Alert::DecodeError, "malformed TLS key update", out));
@@ -736,9 +792,7 @@ impl<D: Side> Records<D> {
         }
         self.key_updates_left -= 1;
         if request == 1 {
-            let mut record = [0u8; HEADER + 5 + 1 + TAG];
-            let n = self.update_tx_key(false, &mut record)?;
-            out.extend_from_slice(&record[..n]);
+            self.reply_due = true;
         }
         match self.next_key(false) {
             Ok(next) => {
@@ -771,6 +825,8 @@ impl<D: Side> Records<D> {
             handshake: Vec::new(),
             key_updates_left: KEY_UPDATES_ALLOWED,
             warnings_left: WARNINGS_ALLOWED,
+            empty_left: EMPTY_RECORDS_ALLOWED,
+            reply_due: false,
             peer_closed: false,
             failed: false,
         }
@@ -1136,17 +1192,64 @@ mod tests {
                 wire.truncate(n);
                 wire.extend(seal(&mut client, b"after"));
                 assert_eq!(open_all(&mut server, &mut wire).unwrap(), b"after");
-                // `wire` now holds the server's answer: a key update of its own, or nothing.
-                assert_eq!(!wire.is_empty(), request);
-                wire.extend(seal(&mut server, b"back"));
+                assert!(
+                    wire.is_empty(),
+                    "an answer waits for the server's next record"
+                );
+                assert_eq!(server.reply_due, request);
+                let mut wire = seal(&mut server, b"back");
+                // The answer (a key update record) ahead of the data, if one was asked for.
+                let answer = if request { OVERHEAD + 5 } else { 0 };
+                assert_eq!(wire.len(), answer + OVERHEAD + 4);
                 assert_eq!(open_all(&mut client, &mut wire).unwrap(), b"back");
-                assert!(wire.is_empty(), "the client's answer asks for none");
+                assert!(wire.is_empty());
                 // And the server's own, at its key's limit.
                 server.tx_limit = server.tx.seq;
                 let mut wire = seal(&mut server, b"re-keyed");
                 assert_eq!(open_all(&mut client, &mut wire).unwrap(), b"re-keyed");
             }
         }
+    }
+
+    /// However many key updates a peer asks for before our next record, one answer goes
+    /// ahead of it: nothing piles up while we only read. Our `close_notify` carries a due
+    /// answer ahead of it, and after it a request is not answered.
+    #[test]
+    fn requests_for_a_key_update_are_answered_once() {
+        let (mut server, mut client) = pair(CipherSuite::TLS13_AES_128_GCM_SHA256);
+        let ask = |client: &mut Client| {
+            let mut r = [0u8; 64];
+            let n = client.update_tx_key(true, &mut r).unwrap();
+            let mut wire = r[..n].to_vec();
+            wire.extend(seal(client, b"x"));
+            wire
+        };
+        for _ in 0..100 {
+            let mut wire = ask(&mut client);
+            assert_eq!(open_all(&mut server, &mut wire).unwrap(), b"x");
+            assert!(wire.is_empty(), "nothing queued while only reading");
+        }
+        let mut wire = seal(&mut server, b"one");
+        assert_eq!(wire.len(), (OVERHEAD + 5) + (OVERHEAD + 3), "one answer");
+        assert_eq!(open_all(&mut client, &mut wire).unwrap(), b"one");
+
+        let mut wire = ask(&mut client);
+        assert_eq!(open_all(&mut server, &mut wire).unwrap(), b"x");
+        let mut out = Vec::new();
+        server.close_notify(&mut out).unwrap();
+        assert_eq!(
+            out.len(),
+            (OVERHEAD + 5) + (OVERHEAD + 2),
+            "the answer, then the alert"
+        );
+        let mut got = Vec::new();
+        let mut back = Vec::new();
+        let opened = client.open(&mut out, |p| got.extend_from_slice(p), &mut back);
+        assert!(opened.unwrap().closed && got.is_empty());
+
+        let mut wire = ask(&mut client);
+        assert_eq!(open_all(&mut server, &mut wire).unwrap(), b"x");
+        assert!(wire.is_empty(), "no answer after close_notify");
     }
 
     /// A key that reaches its record limit is replaced, its key update ahead of the next
@@ -1254,9 +1357,20 @@ mod tests {
         });
         // All padding, no content type.
         refused(suite, Alert::UnexpectedMessage, |c| record(c, 0, &[0, 0]));
-        // More plaintext than a record may hold.
+        // More plaintext than a record may hold; or within it, but with padding beyond it.
         refused(suite, Alert::RecordOverflow, |c| {
             record(c, CONTENT_APPLICATION_DATA, &[1; MAX_PLAINTEXT + 1])
+        });
+        refused(suite, Alert::RecordOverflow, |c| {
+            let mut padded = vec![0u8; MAX_PLAINTEXT + 1];
+            padded[..3].copy_from_slice(&[b'h', b'i', CONTENT_APPLICATION_DATA]);
+            record(c, 0, &padded)
+        });
+        // Empty records, one more than are let through in a row.
+        refused(suite, Alert::UnexpectedMessage, |c| {
+            (0..=EMPTY_RECORDS_ALLOWED)
+                .flat_map(|_| record(c, CONTENT_APPLICATION_DATA, &[]))
+                .collect()
         });
         // A content type TLS 1.3 does not have in a protected record.
         refused(suite, Alert::UnexpectedMessage, |c| record(c, 20, &[1]));
@@ -1319,11 +1433,23 @@ mod tests {
         });
     }
 
-    /// Four user_canceled warnings are let through, and key updates with data between them
-    /// are never too many.
+    /// Four user_canceled warnings are let through, key updates with data between them are
+    /// never too many, nor are empty records with data between them; padding within the
+    /// limit is taken off.
     #[test]
     fn what_is_tolerated() {
         let (mut server, mut client) = pair(CipherSuite::TLS13_AES_128_GCM_SHA256);
+        for _ in 0..3 {
+            let mut wire: Vec<u8> = (0..EMPTY_RECORDS_ALLOWED)
+                .flat_map(|_| record(&mut client, CONTENT_APPLICATION_DATA, &[]))
+                .collect();
+            wire.extend(seal(&mut client, b"data"));
+            assert_eq!(open_all(&mut server, &mut wire).unwrap(), b"data");
+        }
+        let mut padded = vec![0u8; MAX_PLAINTEXT];
+        padded[..3].copy_from_slice(&[b'h', b'i', CONTENT_APPLICATION_DATA]);
+        let mut wire = record(&mut client, 0, &padded);
+        assert_eq!(open_all(&mut server, &mut wire).unwrap(), b"hi");
         let mut wire: Vec<u8> = (0..4)
             .flat_map(|_| record(&mut client, CONTENT_ALERT, &[1, 90]))
             .collect();
