@@ -422,12 +422,23 @@ impl<D: Side> Records<D> {
             Some((tx, rx)) => Schedule::Own { hash, tx, rx },
             None => Schedule::Rustls(Box::new(kernel)),
         };
-        Ok(Records {
+        let limit = tls13.common.confidentiality_limit;
+        Ok(Records::fresh(aead, schedule, (tx, rx), limit))
+    }
+
+    /// A layer on these keys, nothing received or sent on it yet.
+    fn fresh(
+        aead: &'static aead::Algorithm,
+        schedule: Schedule<D>,
+        (tx, rx): (Half, Half),
+        tx_limit: u64,
+    ) -> Records<D> {
+        Records {
             aead,
             schedule,
             tx,
             rx,
-            tx_limit: tls13.common.confidentiality_limit,
+            tx_limit,
             handshake: Vec::new(),
             key_updates_left: KEY_UPDATES_ALLOWED,
             warnings_left: WARNINGS_ALLOWED,
@@ -435,7 +446,7 @@ impl<D: Side> Records<D> {
             reply_due: false,
             peer_closed: false,
             failed: false,
-        })
+        }
     }
 
     /// The next key of one direction: from our own schedule, or rustls's.
@@ -812,24 +823,12 @@ impl<D: Side> Records<D> {
         let hash = hkdf::HKDF_SHA256;
         let secret = |s: &[u8; 32]| SecretBytes::new(s).expect("32 bytes");
         let half = |s: &[u8; 32]| Half::from_secret(aead, hash, &secret(s)).expect("derives");
-        Records {
-            aead,
-            tx: half(ours),
-            rx: half(theirs),
-            schedule: Schedule::Own {
-                hash,
-                tx: secret(ours),
-                rx: secret(theirs),
-            },
-            tx_limit: 1 << 24,
-            handshake: Vec::new(),
-            key_updates_left: KEY_UPDATES_ALLOWED,
-            warnings_left: WARNINGS_ALLOWED,
-            empty_left: EMPTY_RECORDS_ALLOWED,
-            reply_due: false,
-            peer_closed: false,
-            failed: false,
-        }
+        let schedule = Schedule::Own {
+            hash,
+            tx: secret(ours),
+            rx: secret(theirs),
+        };
+        Records::fresh(aead, schedule, (half(ours), half(theirs)), 1 << 24)
     }
 }
 
@@ -1007,12 +1006,17 @@ mod tests {
         }};
     }
 
-    /// A handshake in memory; both ends then leave rustls, the client before it has seen
-    /// the server's tickets. The bytes in flight to the client (the tickets), and how the
-    /// handshake went.
-    fn handshake(
+    /// A handshake in memory, up to where both ends may send data: the two connections,
+    /// the bytes in flight to the client (the server's tickets, which the client has not
+    /// seen), and the traffic secrets the server logged.
+    fn shake(
         configs: &(Arc<ServerConfig>, Arc<ClientConfig>),
-    ) -> (Server, Client, Vec<u8>, Option<HandshakeKind>) {
+    ) -> (
+        UnbufferedServerConnection,
+        UnbufferedClientConnection,
+        Vec<u8>,
+        Captured,
+    ) {
         let name = ServerName::try_from("localhost").unwrap();
         let mut client = UnbufferedClientConnection::new(configs.1.clone(), name).unwrap();
         let mut server = UnbufferedServerConnection::new(configs.0.clone()).unwrap();
@@ -1029,6 +1033,15 @@ mod tests {
                 break;
             }
         }
+        (server, client, to_client, captured)
+    }
+
+    /// [`shake`]; both ends then leave rustls, the client before it has seen the server's
+    /// tickets. The bytes in flight to the client (the tickets), and how the handshake went.
+    fn handshake(
+        configs: &(Arc<ServerConfig>, Arc<ClientConfig>),
+    ) -> (Server, Client, Vec<u8>, Option<HandshakeKind>) {
+        let (server, client, to_client, captured) = shake(configs);
         let kind = server.handshake_kind();
         let (secrets, kernel) = server.dangerous_into_kernel_connection().unwrap();
         let server = Records::new(secrets, kernel, captured).unwrap();
@@ -1038,8 +1051,7 @@ mod tests {
     }
 
     fn pair(suite: CipherSuite) -> (Server, Client) {
-        let (server, mut client, tickets, _) = handshake(&configs(suite));
-        let mut tickets = tickets;
+        let (server, mut client, mut tickets, _) = handshake(&configs(suite));
         let opened = open_all(&mut client, &mut tickets).unwrap();
         assert!(opened.is_empty());
         (server, client)
@@ -1141,16 +1153,7 @@ mod tests {
         let (server, client) = pair(CipherSuite::TLS13_AES_128_GCM_SHA256);
         assert!(matches!(server.schedule, Schedule::Own { .. }));
         assert!(matches!(client.schedule, Schedule::Rustls(_)));
-        let configs = configs(CipherSuite::TLS13_AES_128_GCM_SHA256);
-        let name = ServerName::try_from("localhost").unwrap();
-        let mut client = UnbufferedClientConnection::new(configs.1.clone(), name).unwrap();
-        let mut server = UnbufferedServerConnection::new(configs.0.clone()).unwrap();
-        let (mut to_server, mut to_client) = (Vec::new(), Vec::new());
-        let mut done = (false, false);
-        while !(done.0 && done.1 && to_server.is_empty()) {
-            done.0 = drive!(client, &mut to_client, to_server);
-            done.1 = drive!(server, &mut to_server, to_client);
-        }
+        let (server, ..) = shake(&configs(CipherSuite::TLS13_AES_128_GCM_SHA256));
         let (secrets, kernel) = server.dangerous_into_kernel_connection().unwrap();
         let wrong = Captured {
             client: SecretBytes::new(&[7; 32]),
