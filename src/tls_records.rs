@@ -10,12 +10,17 @@
 //! our own key updates at a key's record limit, and our alerts.
 //!
 //! The traffic secrets: rustls's [`KernelConnection`] keeps them, with the rest of its key
-//! schedule and a QUIC state no TCP connection uses (over 800 bytes). A server takes them
+//! schedule and a QUIC state no TCP connection uses (over 800 bytes). Either end takes them
 //! instead as rustls logs them during the handshake ([`SecretCapture`], its `KeyLog` hook,
 //! which logs nothing anywhere), checks that they derive exactly the keys rustls handed
 //! over, and derives the next ones itself (RFC 8446 §7.2, checked against rustls in the
-//! tests); it keeps rustls's schedule if the check fails. A client keeps rustls's: the
-//! server's session tickets go through it.
+//! tests); it keeps rustls's schedule if the check fails.
+//!
+//! A client leaves rustls later than a server: once the server's first application data
+//! has come (`tls_io.rs`), so that the session tickets a server sends after its handshake,
+//! ahead of its data, reach rustls's session store and the next connection can resume. A
+//! ticket that comes after that is checked for its form and dropped (RFC 8446 §4.6.1 lets a
+//! client use a ticket or not).
 //!
 //! A quiet connection keeps its keys as bytes only (a key ready for AES-GCM is a context of
 //! more than half a kilobyte per direction in aws-lc): [`Records::forget_keys`] drops the
@@ -105,9 +110,9 @@ pub fn supported(suite: SupportedCipherSuite) -> bool {
 pub trait Side: Sized {
     /// This end is the server: its traffic secret is the server's.
     const SERVER: bool;
-    /// A `NewSessionTicket` from the peer: a client keeps it for resumption (through rustls's
-    /// [`KernelConnection`], which a client therefore always keeps); a server never gets one
-    /// (Err: the alert to send).
+    /// A `NewSessionTicket` from the peer: a client on rustls's [`KernelConnection`] keeps it
+    /// for resumption, one on its own schedule checks its form and drops it (see the
+    /// module's doc); a server never gets one (Err: the alert to send).
     fn new_session_ticket(schedule: &mut Schedule<Self>, body: &[u8]) -> Result<(), Alert>;
 }
 
@@ -125,10 +130,42 @@ impl Side for ClientConnectionData {
             Schedule::Rustls(kernel) => kernel
                 .handle_new_session_ticket(body)
                 .map_err(|_| Alert::DecodeError),
-            // Not reached: a client keeps rustls's schedule.
-            Schedule::Own { .. } => Ok(()),
+            Schedule::Own { .. } => ticket_is_well_formed(body)
+                .then_some(())
+                .ok_or(Alert::DecodeError),
         }
     }
+}
+
+/// `body` is a whole `NewSessionTicket` (RFC 8446 §4.6.1): lifetime, age add, a nonce of
+/// 0–255 bytes, a ticket of 1–65535, extensions (each type and length, within their 0–65534
+/// bytes), and nothing after them.
+fn ticket_is_well_formed(body: &[u8]) -> bool {
+    fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = rest.split_at_checked(n)?;
+        *rest = tail;
+        Some(head)
+    }
+    fn vec16<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let len = take(rest, 2)?;
+        take(rest, usize::from(u16::from_be_bytes([len[0], len[1]])))
+    }
+    let parsed = (|| {
+        let mut rest = body;
+        take(&mut rest, 8)?;
+        let nonce = take(&mut rest, 1)?[0];
+        take(&mut rest, usize::from(nonce))?;
+        if vec16(&mut rest)?.is_empty() {
+            return None;
+        }
+        let mut extensions = vec16(&mut rest)?;
+        while !extensions.is_empty() {
+            take(&mut extensions, 2)?;
+            vec16(&mut extensions)?;
+        }
+        rest.is_empty().then_some(())
+    })();
+    parsed.is_some()
 }
 
 /// Secret bytes (a traffic secret, a key), zeroed when dropped.
@@ -227,8 +264,8 @@ pub enum Schedule<D> {
         tx: SecretBytes,
         rx: SecretBytes,
     },
-    /// rustls's: a client's (it also takes the server's tickets), or a server's whose
-    /// secrets were not captured (boxed: it is large, and rare).
+    /// rustls's, for an end whose secrets were not captured or no longer derive its keys (it
+    /// also takes a client's tickets; boxed: it is large, and rare).
     Rustls(Box<KernelConnection<D>>),
 }
 
@@ -386,9 +423,9 @@ pub struct Opened {
 
 impl<D: Side> Records<D> {
     /// Takes over from rustls: the keys and sequence numbers it extracted, and what is left of
-    /// the connection. A server whose traffic secrets were `captured` during the handshake,
-    /// and which derive exactly the keys rustls extracted, drops rustls's key schedule for its
-    /// own; otherwise (a client, which keeps it for its tickets, or no secrets) it is kept.
+    /// the connection. An end whose traffic secrets were `captured` during the handshake, and
+    /// which derive exactly the keys rustls extracted, drops rustls's key schedule for its
+    /// own; otherwise (no secrets, or keys rustls has updated since) it is kept.
     pub fn new(
         secrets: ExtractedSecrets,
         kernel: KernelConnection<D>,
@@ -409,8 +446,8 @@ impl<D: Side> Records<D> {
         } else {
             (captured.client, captured.server)
         };
-        let own = match (D::SERVER, ours, theirs) {
-            (true, Some(ours), Some(theirs)) => {
+        let own = match (ours, theirs) {
+            (Some(ours), Some(theirs)) => {
                 let derives = |secret: &SecretBytes, half: &Half| {
                     Half::from_secret(aead, hash, secret).is_ok_and(|h| h.same_key(half))
                 };
@@ -965,6 +1002,7 @@ mod tests {
             .with_root_certificates(roots)
             .with_no_client_auth();
         client.enable_secret_extraction = true;
+        client.key_log = Arc::new(SecretCapture);
         (Arc::new(server), Arc::new(client))
     }
 
@@ -1008,50 +1046,72 @@ mod tests {
 
     /// A handshake in memory, up to where both ends may send data: the two connections,
     /// the bytes in flight to the client (the server's tickets, which the client has not
-    /// seen), and the traffic secrets the server logged.
+    /// seen), and the traffic secrets each logged (the server's, the client's).
     fn shake(
         configs: &(Arc<ServerConfig>, Arc<ClientConfig>),
     ) -> (
         UnbufferedServerConnection,
         UnbufferedClientConnection,
         Vec<u8>,
-        Captured,
+        (Captured, Captured),
     ) {
         let name = ServerName::try_from("localhost").unwrap();
         let mut client = UnbufferedClientConnection::new(configs.1.clone(), name).unwrap();
         let mut server = UnbufferedServerConnection::new(configs.0.clone()).unwrap();
         let (mut to_server, mut to_client) = (Vec::new(), Vec::new());
-        let mut client_ready = drive!(client, &mut to_client, to_server);
+        let mut client_captured = Captured::default();
+        let mut client_ready = capturing(&mut client_captured, || {
+            drive!(client, &mut to_client, to_server)
+        });
         let mut captured = Captured::default();
         loop {
             let server_ready =
                 capturing(&mut captured, || drive!(server, &mut to_server, to_client));
             if !client_ready {
-                client_ready = drive!(client, &mut to_client, to_server);
+                client_ready = capturing(&mut client_captured, || {
+                    drive!(client, &mut to_client, to_server)
+                });
             }
             if client_ready && server_ready && to_server.is_empty() {
                 break;
             }
         }
-        (server, client, to_client, captured)
+        (server, client, to_client, (captured, client_captured))
+    }
+
+    /// Which end of a [`handshake`] derives its next keys itself; the other keeps rustls's
+    /// schedule, so that each checks the other.
+    #[derive(Clone, Copy, Debug)]
+    enum Own {
+        Server,
+        Client,
     }
 
     /// [`shake`]; both ends then leave rustls, the client before it has seen the server's
     /// tickets. The bytes in flight to the client (the tickets), and how the handshake went.
     fn handshake(
         configs: &(Arc<ServerConfig>, Arc<ClientConfig>),
+        own: Own,
     ) -> (Server, Client, Vec<u8>, Option<HandshakeKind>) {
-        let (server, client, to_client, captured) = shake(configs);
+        let (server, client, to_client, (server_secrets, client_secrets)) = shake(configs);
+        let (server_secrets, client_secrets) = match own {
+            Own::Server => (server_secrets, Captured::default()),
+            Own::Client => (Captured::default(), client_secrets),
+        };
         let kind = server.handshake_kind();
         let (secrets, kernel) = server.dangerous_into_kernel_connection().unwrap();
-        let server = Records::new(secrets, kernel, captured).unwrap();
+        let server = Records::new(secrets, kernel, server_secrets).unwrap();
         let (secrets, kernel) = client.dangerous_into_kernel_connection().unwrap();
-        let client = Records::new(secrets, kernel, Captured::default()).unwrap();
+        let client = Records::new(secrets, kernel, client_secrets).unwrap();
         (server, client, to_client, kind)
     }
 
     fn pair(suite: CipherSuite) -> (Server, Client) {
-        let (server, mut client, mut tickets, _) = handshake(&configs(suite));
+        pair_with(suite, Own::Server)
+    }
+
+    fn pair_with(suite: CipherSuite, own: Own) -> (Server, Client) {
+        let (server, mut client, mut tickets, _) = handshake(&configs(suite), own);
         let opened = open_all(&mut client, &mut tickets).unwrap();
         assert!(opened.is_empty());
         (server, client)
@@ -1132,35 +1192,99 @@ mod tests {
         }
     }
 
-    /// The client takes the server's tickets after leaving rustls: the next handshake
-    /// resumes with one.
+    /// A client on rustls's schedule takes the server's tickets after leaving rustls: the
+    /// next handshake resumes with one.
     #[test]
     fn a_client_keeps_the_tickets_it_is_sent() {
         let configs = configs(CipherSuite::TLS13_AES_128_GCM_SHA256);
-        let (_, mut client, mut tickets, kind) = handshake(&configs);
+        let (_, mut client, mut tickets, kind) = handshake(&configs, Own::Server);
         assert_eq!(kind, Some(HandshakeKind::Full));
         assert!(!tickets.is_empty(), "the server sent tickets");
         assert!(open_all(&mut client, &mut tickets).unwrap().is_empty());
-        let (.., kind) = handshake(&configs);
+        let (.., kind) = handshake(&configs, Own::Server);
         assert_eq!(kind, Some(HandshakeKind::Resumed));
     }
 
-    /// A server derives its next keys itself from the secrets it captured; a client keeps
-    /// rustls's schedule (for its tickets); a server whose captured secrets do not derive the
-    /// keys rustls handed over keeps rustls's too.
+    /// A client on its own schedule checks a ticket's form and drops it: no error, and the
+    /// next handshake is a full one. (`tls_io.rs` moves a client on only after the tickets
+    /// that come ahead of the server's data.) A malformed one is a `decode_error`.
+    #[test]
+    fn a_client_on_its_own_schedule_drops_tickets() {
+        let configs = configs(CipherSuite::TLS13_AES_128_GCM_SHA256);
+        let (mut server, mut client, mut tickets, _) = handshake(&configs, Own::Client);
+        assert!(matches!(client.schedule, Schedule::Own { .. }));
+        assert!(!tickets.is_empty(), "the server sent tickets");
+        assert!(open_all(&mut client, &mut tickets).unwrap().is_empty());
+        let (.., kind) = handshake(&configs, Own::Server);
+        assert_eq!(kind, Some(HandshakeKind::Full));
+        // Lifetime, age add, an empty nonce, a ticket, then extensions cut short.
+        let bad = [4, 0, 0, 16, 0, 0, 0, 60, 1, 2, 3, 4, 0, 0, 1, 9, 0, 4, 0, 1];
+        let mut wire = vec![0u8; bad.len() + OVERHEAD];
+        let n = server
+            .seal_record(CONTENT_HANDSHAKE, &bad, &mut wire)
+            .unwrap();
+        wire.truncate(n);
+        let err = open_all(&mut client, &mut wire).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        let alert = (ALERT_FATAL, Alert::DecodeError as u8);
+        assert_eq!(alert_in(&mut server, &mut wire), alert);
+    }
+
+    /// What a `NewSessionTicket` must look like to be dropped quietly.
+    #[test]
+    fn ticket_forms() {
+        // lifetime 4, age add 4, nonce (len 1 + 1), ticket (len 2 + 3), extensions (len 2 + …).
+        let ticket = |nonce: &[u8], ticket: &[u8], ext: &[u8]| {
+            let mut b = vec![0, 0, 0, 60, 1, 2, 3, 4, nonce.len() as u8];
+            b.extend(nonce);
+            b.extend((ticket.len() as u16).to_be_bytes());
+            b.extend(ticket);
+            b.extend((ext.len() as u16).to_be_bytes());
+            b.extend(ext);
+            b
+        };
+        // early_data (42) with its max_early_data_size, and a type of no meaning to us.
+        let ext = [0, 42, 0, 4, 0, 0, 64, 0, 0xfa, 0xfa, 0, 0];
+        assert!(ticket_is_well_formed(&ticket(&[0], b"abc", &[])));
+        assert!(ticket_is_well_formed(&ticket(&[], b"t", &ext)));
+        assert!(
+            !ticket_is_well_formed(&ticket(&[0], b"", &[])),
+            "empty ticket"
+        );
+        assert!(
+            !ticket_is_well_formed(&ticket(&[0], b"abc", &ext[..11])),
+            "cut extension"
+        );
+        let mut trailing = ticket(&[0], b"abc", &[]);
+        trailing.push(0);
+        assert!(!ticket_is_well_formed(&trailing), "bytes after it");
+        let whole = ticket(&[1, 2], b"abc", &ext);
+        for cut in 0..whole.len() {
+            assert!(!ticket_is_well_formed(&whole[..cut]), "cut at {cut}");
+        }
+    }
+
+    /// Either end derives its next keys itself from the secrets it captured; one whose
+    /// captured secrets do not derive the keys rustls handed over keeps rustls's schedule.
     #[test]
     fn who_derives_the_next_keys() {
         let (server, client) = pair(CipherSuite::TLS13_AES_128_GCM_SHA256);
         assert!(matches!(server.schedule, Schedule::Own { .. }));
         assert!(matches!(client.schedule, Schedule::Rustls(_)));
-        let (server, ..) = shake(&configs(CipherSuite::TLS13_AES_128_GCM_SHA256));
-        let (secrets, kernel) = server.dangerous_into_kernel_connection().unwrap();
-        let wrong = Captured {
+        let (server, client) = pair_with(CipherSuite::TLS13_AES_128_GCM_SHA256, Own::Client);
+        assert!(matches!(server.schedule, Schedule::Rustls(_)));
+        assert!(matches!(client.schedule, Schedule::Own { .. }));
+        let (server, client, _, _) = shake(&configs(CipherSuite::TLS13_AES_128_GCM_SHA256));
+        let wrong = || Captured {
             client: SecretBytes::new(&[7; 32]),
             server: SecretBytes::new(&[8; 32]),
         };
-        let server = Records::new(secrets, kernel, wrong).unwrap();
+        let (secrets, kernel) = server.dangerous_into_kernel_connection().unwrap();
+        let server = Records::new(secrets, kernel, wrong()).unwrap();
         assert!(matches!(server.schedule, Schedule::Rustls(_)));
+        let (secrets, kernel) = client.dangerous_into_kernel_connection().unwrap();
+        let client = Records::new(secrets, kernel, wrong()).unwrap();
+        assert!(matches!(client.schedule, Schedule::Rustls(_)));
     }
 
     /// Known answer (RFC 8448, "Simple 1-RTT Handshake"): the server's first application
@@ -1183,12 +1307,17 @@ mod tests {
     }
 
     /// A key update asked for is answered with ours, and both go on with new keys both
-    /// ways; one not asked for changes only the peer's. Every suite: the server derives its
-    /// next keys itself, the client through rustls, so each checks the other.
+    /// ways; one not asked for changes only the peer's. Every suite, and each end once on
+    /// its own schedule with the other on rustls's, so each checks the other.
     #[test]
     fn key_updates_either_way() {
-        for (suite, request) in SUITES.into_iter().flat_map(|s| [(s, true), (s, false)]) {
-            let (mut server, mut client) = pair(suite);
+        let cases = SUITES.into_iter().flat_map(|s| {
+            [Own::Server, Own::Client]
+                .into_iter()
+                .flat_map(move |own| [(s, own, true), (s, own, false)])
+        });
+        for (suite, own, request) in cases {
+            let (mut server, mut client) = pair_with(suite, own);
             for _ in 0..3 {
                 let mut wire = vec![0u8; 64];
                 let n = client.update_tx_key(request, &mut wire).unwrap();
