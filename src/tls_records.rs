@@ -870,8 +870,9 @@ impl<D: Side> Records<D> {
 }
 
 /// The fuzz property (shared by the cargo-fuzz target and the regression replay): a server's
-/// record layer reads what a peer with the right keys wrote, as steered by the input, in
-/// pieces. The input is a list of steps `[op, len, len bytes]`: op % 7 picks one: the peer
+/// record layer, then a client's, reads what a peer with the right keys wrote, as steered by
+/// the input, in pieces (a client on its own schedule takes session tickets, and drops
+/// them, where a server refuses them). The input is a list of steps `[op, len, len bytes]`: op % 7 picks one: the peer
 /// seals application data (0), handshake content (1: key updates, tickets, fragments of
 /// either, garbage), alert content (2), content of the type the first byte names (3; not
 /// application data, nor 0), the
@@ -883,18 +884,23 @@ impl<D: Side> Records<D> {
 /// only whole records from the front of its input.
 #[doc(hidden)]
 pub fn fuzz_records(data: &[u8]) {
-    let (sent, got) = run_steps(data);
-    assert!(
-        sent.starts_with(&got),
-        "delivered something not sent, or out of order"
-    );
+    for (sent, got) in [
+        run_steps::<ServerConnectionData, ClientConnectionData>(data),
+        run_steps::<ClientConnectionData, ServerConnectionData>(data),
+    ] {
+        assert!(
+            sent.starts_with(&got),
+            "delivered something not sent, or out of order"
+        );
+    }
 }
 
-/// [`fuzz_records`]'s run: the application data sent, and what was delivered.
-fn run_steps(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    let (client_secret, server_secret) = ([1u8; 32], [2u8; 32]);
-    let mut server = Records::<ServerConnectionData>::on_secrets(&server_secret, &client_secret);
-    let mut peer = Records::<ClientConnectionData>::on_secrets(&client_secret, &server_secret);
+/// [`fuzz_records`]'s run, a `D` end reading what its peer (a `P` end) wrote: the
+/// application data sent, and what was delivered.
+fn run_steps<D: Side, P: Side>(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let (reader_secret, peer_secret) = ([2u8; 32], [1u8; 32]);
+    let mut reader = Records::<D>::on_secrets(&reader_secret, &peer_secret);
+    let mut peer = Records::<P>::on_secrets(&peer_secret, &reader_secret);
     let mut wire = Vec::new();
     let mut sent = Vec::new();
     let mut cuts = Vec::new();
@@ -938,7 +944,7 @@ fn run_steps(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
         pending.extend_from_slice(&wire[from..cut]);
         from = cut;
         let mut out = Vec::new();
-        match server.open(&mut pending, |p| got.extend_from_slice(p), &mut out) {
+        match reader.open(&mut pending, |p| got.extend_from_slice(p), &mut out) {
             Ok(opened) => {
                 assert!(opened.consumed <= pending.len());
                 pending.drain(..opened.consumed);
@@ -946,7 +952,7 @@ fn run_steps(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
             Err(_) => {
                 let mut again = Vec::new();
                 let mut more = pending.clone();
-                let after = server.open(&mut more, |_| panic!("data after an error"), &mut again);
+                let after = reader.open(&mut more, |_| panic!("data after an error"), &mut again);
                 assert!(after.is_err() && again.is_empty(), "read on after an error");
                 break;
             }
@@ -1605,10 +1611,13 @@ mod tests {
         assert!(server.seal(b"x", &mut [0u8; 64]).is_err());
     }
 
-    /// The fuzz property's steps do what they say: data with key updates either way between
-    /// it, cut anywhere, all arrives; a ticket sent to a server ends the input there.
+    /// The fuzz property's steps do what they say, for either end reading: data with key
+    /// updates either way between it, cut anywhere, all arrives; a ticket ends the input
+    /// there for a server, and for a client only if it is malformed.
     #[test]
     fn the_fuzz_steps_reach_their_paths() {
+        type S = ServerConnectionData;
+        type C = ClientConnectionData;
         let step = |op: u8, data: &[u8]| [&[op, data.len() as u8][..], data].concat();
         let clean = [
             step(0, b"one"),
@@ -1620,17 +1629,27 @@ mod tests {
             step(2, &[1, 90]),
         ]
         .concat();
-        let (sent, got) = run_steps(&clean);
-        assert_eq!(got, b"onetwothree");
+        for (sent, got) in [run_steps::<S, C>(&clean), run_steps::<C, S>(&clean)] {
+            assert_eq!(got, b"onetwothree");
+            assert_eq!(sent, got);
+        }
+        let ticket = |body: &[u8]| {
+            let mut message = vec![4, 0, 0, body.len() as u8];
+            message.extend(body);
+            [step(0, b"before"), step(1, &message), step(0, b"after")].concat()
+        };
+        let good = ticket(&[0, 0, 0, 60, 1, 2, 3, 4, 0, 0, 1, 9, 0, 0]);
+        let bad = ticket(&[]);
+        for (sent, got) in [
+            run_steps::<S, C>(&good),
+            run_steps::<S, C>(&bad),
+            run_steps::<C, S>(&bad),
+        ] {
+            assert_eq!((sent.len(), got.as_slice()), (11, &b"before"[..]));
+        }
+        let (sent, got) = run_steps::<C, S>(&good);
+        assert_eq!(got, b"beforeafter");
         assert_eq!(sent, got);
-        let ticket = [
-            step(0, b"before"),
-            step(1, &[4, 0, 0, 0]),
-            step(0, b"after"),
-        ]
-        .concat();
-        let (sent, got) = run_steps(&ticket);
-        assert_eq!((sent.len(), got.as_slice()), (11, &b"before"[..]));
     }
 
     proptest::proptest! {
