@@ -478,9 +478,9 @@ pub fn backend_client_config(
         }
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    // As on the listeners: TLS 1.3 sessions move to `tls_records.rs` (once the backend's
-    // first data, and the session tickets ahead of it, have come: `tls_io::connect`), with
-    // their traffic secrets.
+    // As on the listeners: TLS 1.3 sessions move to `tls_records.rs` after the handshake,
+    // with their traffic secrets (rustls's connection is kept for the session tickets until
+    // the backend's first data: see that file).
     config.enable_secret_extraction = true;
     config.key_log = Arc::new(crate::tls_records::SecretCapture);
     Ok(Arc::new(config))

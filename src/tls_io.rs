@@ -188,22 +188,16 @@ pub async fn accept<T>(
             captured,
         } => {
             let seen = match &io.engine {
-                Engine::Rustls(conn, _) => inspect(conn),
+                Engine::Rustls(conn) => inspect(conn),
                 _ => return Err(io::ErrorKind::NotConnected.into()),
             };
-            io.settle((compact && rustls_done).then_some(captured))
-                .await?;
+            io.settle(compact && rustls_done, captured).await?;
             Accepted::Tls(Box::new(io), seen)
         }
     })
 }
 
 /// Opens a TLS connection to `name` on `tcp`: the whole handshake, as [`accept`] does.
-///
-/// A TLS 1.3 connection stays with rustls until the server's first application data (a
-/// backend's `101`) has been read: the session tickets a server sends after the handshake
-/// come ahead of it, and rustls keeps them for the next connection to resume with. Then it
-/// moves to this file's own record layer, as a server's connection does at once.
 pub async fn connect(
     tcp: TcpStream,
     config: Arc<ClientConfig>,
@@ -216,16 +210,7 @@ pub async fn connect(
         Shook::Tls {
             rustls_done,
             captured,
-        } => {
-            // Later than a server: see `hand_over_when_due`.
-            if compact
-                && rustls_done
-                && let Engine::Rustls(_, due) = &mut io.engine
-            {
-                *due = Some(captured);
-            }
-            io.settle(None).await?;
-        }
+        } => io.settle(compact && rustls_done, captured).await?,
         // Only a server looks for plain HTTP.
         Shook::PlainHttp(_) => return Err(io::ErrorKind::InvalidData.into()),
     }
@@ -270,9 +255,8 @@ pub struct TlsIo<C: Unbuffered> {
 )]
 enum Engine<C: Unbuffered> {
     /// rustls: the handshake, and after it a TLS 1.2 connection (boxed: over a kilobyte,
-    /// dropped when a TLS 1.3 connection moves on). With the traffic secrets it logged while
-    /// a client waits for the server's first application data to move on (see [`connect`]).
-    Rustls(Box<C>, Option<Captured>),
+    /// dropped when a TLS 1.3 connection moves on).
+    Rustls(Box<C>),
     /// A TLS 1.3 connection after its handshake.
     Tls13(Records<C::Data>),
     /// rustls gave its connection up and the record layer could not take it: nothing more
@@ -291,11 +275,6 @@ struct Pumped {
     encrypted: usize,
     /// The job ran (rustls allowed application data).
     job_done: bool,
-    /// Application data came (possibly none of its bytes: an empty record counts).
-    data: bool,
-    /// rustls has consumed what it could and has nothing of its own left to send: it could
-    /// give the connection up here.
-    at_rest: bool,
 }
 
 /// What to do when rustls allows application data to be written.
@@ -312,7 +291,7 @@ impl<C: Unbuffered> TlsIo<C> {
     fn new(tcp: TcpStream, conn: C) -> Self {
         TlsIo {
             tcp: Sock::from(tcp),
-            engine: Engine::Rustls(Box::new(conn), None),
+            engine: Engine::Rustls(Box::new(conn)),
             input: Vec::new(),
             plain: Vec::new(),
             plain_pos: 0,
@@ -333,7 +312,7 @@ impl<C: Unbuffered> TlsIo<C> {
     /// The TLS version in use.
     pub fn protocol_version(&self) -> Option<ProtocolVersion> {
         match &self.engine {
-            Engine::Rustls(conn, _) => conn.protocol_version(),
+            Engine::Rustls(conn) => conn.protocol_version(),
             Engine::Tls13(_) => Some(ProtocolVersion::TLSv1_3),
             Engine::Gone => None,
         }
@@ -462,14 +441,13 @@ impl<C: Unbuffered> TlsIo<C> {
     }
 
     /// Moves a TLS 1.3 connection from rustls to `tls_records.rs`, which keeps a few hundred
-    /// bytes of it instead of about 2.5 KiB (see that file's doc). A server's right after the
+    /// bytes of it instead of about 2.5 KiB (see that file's doc). Only right after the
     /// handshake, with rustls having consumed all it was given ([`Shook::Tls`]): it must not
     /// have acted on anything past the handshake (a key update it would answer later), and
-    /// any held tickets are already in `out`; a client's once the server's first data has
-    /// come ([`hand_over_when_due`](Self::hand_over_when_due)). A TLS 1.2 connection, or a
-    /// suite the record layer does not carry, stays with rustls.
+    /// any held tickets are already in `out`. A TLS 1.2 connection, or a suite the record
+    /// layer does not carry, stays with rustls.
     fn compact(&mut self, captured: Captured) -> io::Result<()> {
-        let Engine::Rustls(conn, _) = &self.engine else {
+        let Engine::Rustls(conn) = &self.engine else {
             return Ok(());
         };
         if conn.protocol_version() != Some(ProtocolVersion::TLSv1_3)
@@ -479,7 +457,7 @@ impl<C: Unbuffered> TlsIo<C> {
         {
             return Ok(());
         }
-        let Engine::Rustls(conn, _) = std::mem::replace(&mut self.engine, Engine::Gone) else {
+        let Engine::Rustls(conn) = std::mem::replace(&mut self.engine, Engine::Gone) else {
             return Ok(());
         };
         let (secrets, kernel) = (*conn).into_kernel().map_err(invalid_data)?;
@@ -487,46 +465,24 @@ impl<C: Unbuffered> TlsIo<C> {
         Ok(())
     }
 
-    /// After the handshake: the move to `tls_records.rs` with the secrets `captured`, if any
-    /// (see [`compact`](Self::compact)), then whatever records came in behind the handshake's
-    /// last one (a request sent with the client's Finished), which the handshake left unread:
-    /// a read would otherwise wait on the socket with them already here.
+    /// After the handshake: the move to `tls_records.rs` if `compact` (see
+    /// [`compact`](Self::compact)), then whatever records came in behind the handshake's last
+    /// one (a request sent with the client's Finished), which the handshake left unread: a
+    /// read would otherwise wait on the socket with them already here.
     ///
     /// An error in those records is answered with its alert (best effort) before it is
     /// returned.
-    async fn settle(&mut self, captured: Option<Captured>) -> io::Result<()> {
-        if let Some(captured) = captured {
+    async fn settle(&mut self, compact: bool, captured: Captured) -> io::Result<()> {
+        if compact {
             self.compact(captured)?;
         }
-        if !self.input.is_empty() {
-            let settled = self
-                .pump_pending(Job::None)
-                .and_then(|pumped| self.hand_over_when_due(&pumped));
-            if let Err(e) = settled {
-                let _ = self.write_out_all().await;
-                return Err(e);
-            }
+        if !self.input.is_empty()
+            && let Err(e) = self.pump_pending(Job::None)
+        {
+            let _ = self.write_out_all().await;
+            return Err(e);
         }
         Ok(())
-    }
-
-    /// A client's move to `tls_records.rs` (see [`connect`]), once rustls has read the
-    /// server's first application data, and with it the tickets sent ahead of it, and is at
-    /// rest: it has acted on all it consumed and has nothing queued to send, so its keys and
-    /// sequence numbers are the connection's. Had it applied a key update meanwhile, the
-    /// secrets it logged at the handshake no longer derive its keys, and the record layer
-    /// keeps rustls's schedule ([`Records::new`]).
-    fn hand_over_when_due(&mut self, pumped: &Pumped) -> io::Result<()> {
-        if !(pumped.data && pumped.at_rest) {
-            return Ok(());
-        }
-        match &mut self.engine {
-            Engine::Rustls(_, due @ Some(_)) => {
-                let captured = due.take().unwrap_or_default();
-                self.compact(captured)
-            }
-            _ => Ok(()),
-        }
     }
 
     /// Writes all of `out`, awaiting the socket (the handshake's flights).
@@ -553,7 +509,7 @@ impl<C: Unbuffered> TlsIo<C> {
         job: Job<'_>,
     ) -> io::Result<Pumped> {
         let records = match &mut self.engine {
-            Engine::Rustls(..) => return self.pump_rustls(input, dst, job),
+            Engine::Rustls(_) => return self.pump_rustls(input, dst, job),
             Engine::Tls13(records) => records,
             Engine::Gone => return Err(io::ErrorKind::NotConnected.into()),
         };
@@ -587,7 +543,7 @@ impl<C: Unbuffered> TlsIo<C> {
         mut dst: Option<&mut ReadBuf<'_>>,
         mut job: Job<'_>,
     ) -> io::Result<Pumped> {
-        let Engine::Rustls(conn, _) = &mut self.engine else {
+        let Engine::Rustls(conn) = &mut self.engine else {
             return Err(io::ErrorKind::NotConnected.into());
         };
         let mut done = Pumped::default();
@@ -606,7 +562,6 @@ impl<C: Unbuffered> TlsIo<C> {
                     while let Some(record) = records.next_record() {
                         let record = record.map_err(invalid_data)?;
                         deliver(record.payload, &mut dst, &mut self.plain);
-                        done.data = true;
                     }
                 }
                 ConnectionState::EncodeTlsData(mut data) => {
@@ -632,7 +587,6 @@ impl<C: Unbuffered> TlsIo<C> {
                     match std::mem::replace(&mut job, Job::None) {
                         Job::None => {
                             done.consumed += discard;
-                            done.at_rest = true;
                             return Ok(done);
                         }
                         Job::Encrypt { plain, into } => {
@@ -680,7 +634,7 @@ impl<C: Unbuffered> TlsIo<C> {
     /// Only while rustls has messages queued: those come out before it looks at the input
     /// again, which would run into the same error (and send a second alert).
     fn queue_alert(&mut self, input: &mut [u8]) {
-        let Engine::Rustls(conn, _) = &mut self.engine else {
+        let Engine::Rustls(conn) = &mut self.engine else {
             return;
         };
         while conn.wants_write() {
@@ -745,7 +699,6 @@ impl<C: Unbuffered> TlsIo<C> {
         }
         let end = pending + n;
         let pumped = self.pump(&mut scratch[..end], Some(buf), Job::None)?;
-        self.hand_over_when_due(&pumped)?;
         let rest = &scratch[pumped.consumed..end];
         if rest.is_empty() {
             self.input = Vec::new();
@@ -1051,7 +1004,8 @@ mod tests {
     /// whose key schedule).
     fn engine<C: Unbuffered>(s: &TlsIo<C>) -> &'static str {
         match &s.engine {
-            Engine::Rustls(..) => "rustls",
+            Engine::Rustls(_) => "rustls",
+            Engine::Tls13(records) if records.keeps_tickets() => "tls13, keeping tickets",
             Engine::Tls13(records) if records.own_schedule() => "tls13",
             Engine::Tls13(_) => "tls13, rustls's schedule",
             Engine::Gone => "gone",
@@ -1267,7 +1221,7 @@ mod tests {
         let tcp = TcpStream::connect(addr).await.unwrap();
         let name = ServerName::try_from("localhost").unwrap();
         let mut client = connect(tcp, client_config, name).await.unwrap();
-        assert_eq!(engine(&client), "rustls", "until the server's first data");
+        assert_eq!(engine(&client), "tls13, keeping tickets");
         let msg = pattern(50_000, 9);
         client.write_all(&msg).await.unwrap();
         client.flush().await.unwrap();
@@ -1534,39 +1488,38 @@ mod tests {
         }
     }
 
-    /// A client stays with rustls until the server's first data, so that the tickets the
-    /// server sends ahead of it are rustls's (the next connection resumes with one); then it
-    /// moves to `tls_records.rs` on its own key schedule, in the middle of a read that
-    /// brought more than one record.
+    /// A client keeps rustls's `KernelConnection` until the server's first data, for the
+    /// tickets the server sends ahead of it (the next connection resumes with one), and then
+    /// lets it go, on its own key schedule from the handshake on.
     #[tokio::test]
-    async fn a_client_moves_on_after_the_servers_first_data() {
+    async fn a_client_keeps_its_tickets_until_the_servers_first_data() {
         let (server_config, client_config) = configs(&rustls::version::TLS13);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
+            let mut kinds = Vec::new();
             for _ in 0..2 {
                 let (tcp, _) = listener.accept().await.unwrap();
-                let mut tls = accept_tls(tcp, server_config.clone()).await.unwrap();
+                let accepted = accept(tcp, server_config.clone(), |c| c.handshake_kind());
+                let Accepted::Tls(mut tls, kind) = accepted.await.unwrap() else {
+                    panic!("taken for plain HTTP");
+                };
+                kinds.push(kind);
                 let mut got = [0u8; 4];
                 tls.read_exact(&mut got).await.unwrap();
-                // Two records in one segment, with the held tickets ahead of them.
+                // The held tickets, then two records, in one segment.
                 tls.write_all(&pattern(20_000, 3)).await.unwrap();
-                tls.flush().await.unwrap();
                 tls.read_exact(&mut got).await.unwrap();
                 tls.write_all(&got).await.unwrap();
-                tls.flush().await.unwrap();
             }
+            kinds
         });
-        for kind in [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed] {
+        for _ in 0..2 {
             let tcp = TcpStream::connect(addr).await.unwrap();
             let name = ServerName::try_from("localhost").unwrap();
             let mut client = connect(tcp, client_config.clone(), name).await.unwrap();
-            let Engine::Rustls(conn, Some(_)) = &client.engine else {
-                panic!("moved on before the server's data: {}", engine(&client));
-            };
-            assert_eq!(conn.handshake_kind(), Some(kind));
+            assert_eq!(engine(&client), "tls13, keeping tickets");
             client.write_all(b"ping").await.unwrap();
-            assert_eq!(engine(&client), "rustls");
             let mut got = vec![0u8; 20_000];
             client.read_exact(&mut got[..10]).await.unwrap();
             assert_eq!(engine(&client), "tls13");
@@ -1577,6 +1530,90 @@ mod tests {
             client.read_exact(&mut back).await.unwrap();
             assert_eq!(&back, b"more");
         }
+        let kinds = server.await.unwrap();
+        let resumed = Some(rustls::HandshakeKind::Resumed);
+        assert_eq!(kinds, [Some(rustls::HandshakeKind::Full), resumed]);
+    }
+
+    /// A server (rustls's own) that asks for a key update ahead of its first data: the
+    /// client's answer reaches it ahead of the client's next data, which it reads.
+    #[tokio::test]
+    async fn a_key_update_asked_for_before_the_first_data_is_answered() {
+        let (server_config, client_config) = configs(&rustls::version::TLS13);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            let mut got = [0u8; 4];
+            tls.read_exact(&mut got).await.unwrap();
+            tls.get_mut().1.refresh_traffic_keys().unwrap();
+            tls.write_all(b"101").await.unwrap();
+            tls.flush().await.unwrap();
+            tls.read_exact(&mut got).await.map(|_| got)
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = connect(tcp, client_config, name).await.unwrap();
+        client.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 3];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"101");
+        client.write_all(b"more").await.unwrap();
+        assert_eq!(server.await.unwrap().unwrap(), *b"more");
+    }
+
+    /// A session ticket split over two records, the first of them in the same read as the
+    /// server's first data, the second in a later one: taken whole (and dropped: it came
+    /// after the data), and the data after it arrives.
+    #[tokio::test]
+    async fn a_ticket_split_over_reads_is_taken_whole() {
+        let (server_config, client_config) = configs(&rustls::version::TLS13);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = accept_tls(tcp, server_config).await.unwrap();
+            let mut got = [0u8; 4];
+            tls.read_exact(&mut got).await.unwrap();
+            // Lifetime, age add, a 1-byte nonce, an 8-byte ticket, no extensions.
+            let mut ticket = vec![4, 0, 0, 22, 0, 0, 0, 60, 1, 2, 3, 4, 1, 0, 0, 8];
+            ticket.extend_from_slice(b"abcdefgh\0\0");
+            let mut send = |typ: u8, content: &[u8], records: &mut Vec<u8>| {
+                let Engine::Tls13(layer) = &mut tls.engine else {
+                    panic!("the server is on rustls");
+                };
+                let mut record = vec![0u8; content.len() + tls_records::OVERHEAD];
+                let n = layer.seal_record(typ, content, &mut record).unwrap();
+                records.extend_from_slice(&record[..n]);
+            };
+            let (mut first, mut second) = (Vec::new(), Vec::new());
+            send(23, b"101", &mut first);
+            send(22, &ticket[..6], &mut first);
+            send(22, &ticket[6..], &mut second);
+            send(23, b"after", &mut second);
+            // The tickets rustls sealed, held for the first write, go first.
+            let mut wire = std::mem::take(&mut tls.out);
+            tls.held = false;
+            wire.extend_from_slice(&first);
+            tls.tcp.write_all(&wire).await.unwrap();
+            tls.read_exact(&mut got).await.unwrap();
+            tls.tcp.write_all(&second).await.unwrap();
+            tls.read_exact(&mut got).await.unwrap();
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = connect(tcp, client_config, name).await.unwrap();
+        client.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 3];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"101");
+        client.write_all(b"next").await.unwrap();
+        let mut got = [0u8; 5];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"after");
+        client.write_all(b"done").await.unwrap();
         server.await.unwrap();
     }
 

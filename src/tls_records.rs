@@ -16,11 +16,13 @@
 //! over, and derives the next ones itself (RFC 8446 §7.2, checked against rustls in the
 //! tests); it keeps rustls's schedule if the check fails.
 //!
-//! A client leaves rustls later than a server: once the server's first application data
-//! has come (`tls_io.rs`), so that the session tickets a server sends after its handshake,
-//! ahead of its data, reach rustls's session store and the next connection can resume. A
-//! ticket that comes after that is checked for its form and dropped (RFC 8446 §4.6.1 lets a
-//! client use a ticket or not).
+//! A client (a `wss://` backend leg) also keeps rustls's [`KernelConnection`], but only until
+//! the server's first application data: the session tickets a server sends after its
+//! handshake come ahead of that, and rustls takes them into its session store, so that the
+//! next connection can resume. A ticket that comes later is checked for its form and dropped
+//! (RFC 8446 §4.6.1 lets a client use a ticket or not). rustls is not asked to read anything
+//! after the handshake: it could not hand a connection over in the middle of a handshake
+//! message split over records, or with the answer to a key update still queued inside it.
 //!
 //! A quiet connection keeps its keys as bytes only (a key ready for AES-GCM is a context of
 //! more than half a kilobyte per direction in aws-lc): [`Records::forget_keys`] drops the
@@ -110,9 +112,10 @@ pub fn supported(suite: SupportedCipherSuite) -> bool {
 pub trait Side: Sized {
     /// This end is the server: its traffic secret is the server's.
     const SERVER: bool;
-    /// A `NewSessionTicket` from the peer: a client on rustls's [`KernelConnection`] keeps it
-    /// for resumption, one on its own schedule checks its form and drops it (see the
-    /// module's doc); a server never gets one (Err: the alert to send).
+    /// A `NewSessionTicket` from the peer: a client that still has rustls's
+    /// [`KernelConnection`] gives it to rustls's session store, one that has let it go checks
+    /// its form and drops it (see the module's doc); a server never gets one (Err: the alert
+    /// to send).
     fn new_session_ticket(schedule: &mut Schedule<Self>, body: &[u8]) -> Result<(), Alert>;
 }
 
@@ -127,10 +130,14 @@ impl Side for ClientConnectionData {
     const SERVER: bool = false;
     fn new_session_ticket(schedule: &mut Schedule<Self>, body: &[u8]) -> Result<(), Alert> {
         match schedule {
-            Schedule::Rustls(kernel) => kernel
+            Schedule::Rustls(kernel)
+            | Schedule::Own {
+                tickets: Some(kernel),
+                ..
+            } => kernel
                 .handle_new_session_ticket(body)
                 .map_err(|_| Alert::DecodeError),
-            Schedule::Own { .. } => ticket_is_well_formed(body)
+            Schedule::Own { tickets: None, .. } => ticket_is_well_formed(body)
                 .then_some(())
                 .ok_or(Alert::DecodeError),
         }
@@ -159,6 +166,9 @@ fn ticket_is_well_formed(body: &[u8]) -> bool {
             return None;
         }
         let mut extensions = vec16(&mut rest)?;
+        if extensions.len() > 0xfffe {
+            return None;
+        }
         while !extensions.is_empty() {
             take(&mut extensions, 2)?;
             vec16(&mut extensions)?;
@@ -258,11 +268,13 @@ impl rustls::KeyLog for SecretCapture {
 /// Where the next keys come from at a key update.
 pub enum Schedule<D> {
     /// Our own (RFC 8446 §7.2): the current traffic secret of each direction, and the
-    /// suite's hash.
+    /// suite's hash; and a client's rustls connection until the server's first application
+    /// data, for the session tickets that come ahead of it (see the module's doc).
     Own {
         hash: hkdf::Algorithm,
         tx: SecretBytes,
         rx: SecretBytes,
+        tickets: Option<Box<KernelConnection<D>>>,
     },
     /// rustls's, for an end whose secrets were not captured or no longer derive its keys (it
     /// also takes a client's tickets; boxed: it is large, and rare).
@@ -424,8 +436,9 @@ pub struct Opened {
 impl<D: Side> Records<D> {
     /// Takes over from rustls: the keys and sequence numbers it extracted, and what is left of
     /// the connection. An end whose traffic secrets were `captured` during the handshake, and
-    /// which derive exactly the keys rustls extracted, drops rustls's key schedule for its
-    /// own; otherwise (no secrets, or keys rustls has updated since) it is kept.
+    /// which derive exactly the keys rustls extracted, uses its own key schedule (a client
+    /// keeps rustls's connection for its tickets until the server's first data); otherwise
+    /// rustls's is kept.
     pub fn new(
         secrets: ExtractedSecrets,
         kernel: KernelConnection<D>,
@@ -456,7 +469,12 @@ impl<D: Side> Records<D> {
             _ => None,
         };
         let schedule = match own {
-            Some((tx, rx)) => Schedule::Own { hash, tx, rx },
+            Some((tx, rx)) => Schedule::Own {
+                hash,
+                tx,
+                rx,
+                tickets: (!D::SERVER).then(|| Box::new(kernel)),
+            },
             None => Schedule::Rustls(Box::new(kernel)),
         };
         let limit = tls13.common.confidentiality_limit;
@@ -493,6 +511,7 @@ impl<D: Side> Records<D> {
                 hash,
                 tx: tx_secret,
                 rx: rx_secret,
+                ..
             } => {
                 let secret = if tx { tx_secret } else { rx_secret };
                 let mut next = [0u8; 48];
@@ -518,6 +537,18 @@ impl<D: Side> Records<D> {
     /// Key updates derive from our own schedule, not rustls's.
     pub fn own_schedule(&self) -> bool {
         matches!(self.schedule, Schedule::Own { .. })
+    }
+
+    /// A client still holds rustls's connection for the server's tickets.
+    #[cfg(test)]
+    pub(crate) fn keeps_tickets(&self) -> bool {
+        matches!(
+            self.schedule,
+            Schedule::Own {
+                tickets: Some(_),
+                ..
+            }
+        )
     }
 
     /// Drops both AEAD contexts (the connection is quiet); the next record rebuilds them.
@@ -599,6 +630,10 @@ impl<D: Side> Records<D> {
                 CONTENT_APPLICATION_DATA if content.is_empty() => {}
                 CONTENT_APPLICATION_DATA => {
                     self.key_updates_left = KEY_UPDATES_ALLOWED;
+                    if let Schedule::Own { tickets, .. } = &mut self.schedule {
+                        // The server's tickets came ahead of its first data, if at all.
+                        *tickets = None;
+                    }
                     plain(content);
                 }
                 CONTENT_ALERT => {
@@ -682,8 +717,14 @@ impl<D: Side> Records<D> {
         }
     }
 
-    /// One record of `typ` holding `payload`, into the front of `into`; its length.
-    fn seal_record(&mut self, typ: u8, payload: &[u8], into: &mut [u8]) -> io::Result<usize> {
+    /// One record of `typ` holding `payload`, into the front of `into`; its length. (Crate-wide
+    /// for `tls_io.rs`'s tests, which make a peer send what rustls would not.)
+    pub(crate) fn seal_record(
+        &mut self,
+        typ: u8,
+        payload: &[u8],
+        into: &mut [u8],
+    ) -> io::Result<usize> {
         let len = payload.len() + 1 + TAG;
         let total = HEADER + len;
         if into.len() < total {
@@ -864,6 +905,7 @@ impl<D: Side> Records<D> {
             hash,
             tx: secret(ours),
             rx: secret(theirs),
+            tickets: None,
         };
         Records::fresh(aead, schedule, (half(ours), half(theirs)), 1 << 24)
     }
@@ -1211,25 +1253,38 @@ mod tests {
         assert_eq!(kind, Some(HandshakeKind::Resumed));
     }
 
-    /// A client on its own schedule checks a ticket's form and drops it: no error, and the
-    /// next handshake is a full one. (`tls_io.rs` moves a client on only after the tickets
-    /// that come ahead of the server's data.) A malformed one is a `decode_error`.
+    /// A client on its own key schedule gives the tickets that come ahead of the server's
+    /// first data to rustls (the next handshake resumes with one), then lets rustls's
+    /// connection go: a later ticket is checked for its form and dropped, and a malformed one
+    /// is a `decode_error`.
     #[test]
-    fn a_client_on_its_own_schedule_drops_tickets() {
+    fn a_client_keeps_tickets_until_the_first_data() {
         let configs = configs(CipherSuite::TLS13_AES_128_GCM_SHA256);
         let (mut server, mut client, mut tickets, _) = handshake(&configs, Own::Client);
-        assert!(matches!(client.schedule, Schedule::Own { .. }));
+        assert!(client.keeps_tickets() && client.own_schedule());
         assert!(!tickets.is_empty(), "the server sent tickets");
         assert!(open_all(&mut client, &mut tickets).unwrap().is_empty());
-        let (.., kind) = handshake(&configs, Own::Server);
-        assert_eq!(kind, Some(HandshakeKind::Full));
-        // Lifetime, age add, an empty nonce, a ticket, then extensions cut short.
+        assert!(client.keeps_tickets(), "no data yet");
+        let mut wire = seal(&mut server, b"101");
+        assert_eq!(open_all(&mut client, &mut wire).unwrap(), b"101");
+        assert!(!client.keeps_tickets() && client.own_schedule());
+        let (.., kind) = handshake(&configs, Own::Client);
+        assert_eq!(kind, Some(HandshakeKind::Resumed));
+        // Lifetime, age add, an empty nonce, a one-byte ticket, no extensions: dropped.
+        let good = [4, 0, 0, 14, 0, 0, 0, 60, 1, 2, 3, 4, 0, 0, 1, 9, 0, 0];
+        // The same with extensions cut short.
         let bad = [4, 0, 0, 16, 0, 0, 0, 60, 1, 2, 3, 4, 0, 0, 1, 9, 0, 4, 0, 1];
-        let mut wire = vec![0u8; bad.len() + OVERHEAD];
-        let n = server
-            .seal_record(CONTENT_HANDSHAKE, &bad, &mut wire)
-            .unwrap();
-        wire.truncate(n);
+        let mut sealed = |message: &[u8]| {
+            let mut record = vec![0u8; message.len() + OVERHEAD];
+            let n = server
+                .seal_record(CONTENT_HANDSHAKE, message, &mut record)
+                .unwrap();
+            record.truncate(n);
+            record
+        };
+        let (mut good, mut wire) = (sealed(&good), sealed(&bad));
+        assert!(open_all(&mut client, &mut good).unwrap().is_empty());
+        assert!(good.is_empty(), "nothing answers a ticket");
         let err = open_all(&mut client, &mut wire).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
         let alert = (ALERT_FATAL, Alert::DecodeError as u8);
@@ -1261,6 +1316,16 @@ mod tests {
             !ticket_is_well_formed(&ticket(&[0], b"abc", &ext[..11])),
             "cut extension"
         );
+        // Extensions of 2^16 - 2 bytes at most: one extension with 0xfffa bytes of data
+        // fills them, one more byte is too many.
+        let one = |len: usize| {
+            let mut e = vec![0xfa, 0xfa];
+            e.extend((len as u16).to_be_bytes());
+            e.resize(4 + len, 0);
+            e
+        };
+        assert!(ticket_is_well_formed(&ticket(&[], b"t", &one(0xfffa))));
+        assert!(!ticket_is_well_formed(&ticket(&[], b"t", &one(0xfffb))));
         let mut trailing = ticket(&[0], b"abc", &[]);
         trailing.push(0);
         assert!(!ticket_is_well_formed(&trailing), "bytes after it");
