@@ -666,3 +666,45 @@ async fn tls_sessions_resume_unless_switched_off() {
         );
     }
 }
+
+/// The gateway's sessions toward a `wss://` backend resume their TLS sessions: the tickets a
+/// backend sends after its handshake, ahead of its `101`, are kept, though the leg leaves
+/// rustls for wsgate's own record layer right after the handshake. Each session's backend
+/// leg also answers a key update the backend asks for ahead of its `101`.
+#[tokio::test]
+async fn wss_backend_sessions_resume() {
+    let ca = TestCa::new();
+    let acceptor = backend_acceptor(&ca);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (kinds, mut kinds_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            let _ = kinds.send(tls.get_ref().1.handshake_kind());
+            tls.get_mut().1.refresh_traffic_keys().unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tls).await.unwrap();
+            while let Some(Ok(m)) = futures_util::StreamExt::next(&mut ws).await {
+                if m.is_text() && ws.send(m).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let gw = Gateway::spawn(&wss_route(addr, &backend_ca(&ca))).await;
+    let mut seen = Vec::new();
+    for round in 0..3 {
+        let (mut ws, _) = connect(&gw.url("/")).await;
+        let text = format!("round {round}");
+        ws.send(Message::text(text.clone())).await.unwrap();
+        assert_eq!(next_data(&mut ws).await, Message::text(text));
+        ws.close(None).await.unwrap();
+        while futures_util::StreamExt::next(&mut ws).await.is_some() {}
+        seen.push(kinds_rx.recv().await.unwrap());
+    }
+    let (full, resumed) = (
+        Some(rustls::HandshakeKind::Full),
+        Some(rustls::HandshakeKind::Resumed),
+    );
+    assert_eq!(seen, [full, resumed, resumed]);
+}
