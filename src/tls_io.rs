@@ -1000,6 +1000,29 @@ mod tests {
         (Arc::new(server), Arc::new(client))
     }
 
+    /// TLS 1.3 configs (see [`configs`]) and a listener on loopback for a test's server.
+    async fn tls13_listener() -> (
+        Arc<ServerConfig>,
+        Arc<rustls::ClientConfig>,
+        TcpListener,
+        std::net::SocketAddr,
+    ) {
+        let (server_config, client_config) = configs(&rustls::version::TLS13);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        (server_config, client_config, listener, addr)
+    }
+
+    /// This file's client, connected to `addr` as `localhost`.
+    async fn connect_localhost(
+        addr: std::net::SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+    ) -> ClientTls {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        connect(tcp, config, name).await.unwrap()
+    }
+
     /// Which engine carries a connection after its handshake (and for `tls_records.rs`,
     /// whose key schedule).
     fn engine<C: Unbuffered>(s: &TlsIo<C>) -> &'static str {
@@ -1202,9 +1225,7 @@ mod tests {
 
     #[tokio::test]
     async fn client_and_server_both_unbuffered() {
-        let (server_config, client_config) = configs(&rustls::version::TLS13);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (server_config, client_config, listener, addr) = tls13_listener().await;
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
             let mut tls = accept_tls(tcp, server_config).await.unwrap();
@@ -1218,9 +1239,7 @@ mod tests {
             assert_idle(&tls);
             tls.shutdown().await.unwrap();
         });
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        let mut client = connect(tcp, client_config, name).await.unwrap();
+        let mut client = connect_localhost(addr, client_config).await;
         assert_eq!(engine(&client), "tls13, keeping tickets");
         let msg = pattern(50_000, 9);
         client.write_all(&msg).await.unwrap();
@@ -1450,9 +1469,7 @@ mod tests {
     /// intact (the client resumes with one).
     #[tokio::test]
     async fn tickets_go_out_with_the_first_write() {
-        let (server_config, client_config) = configs(&rustls::version::TLS13);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (server_config, client_config, listener, addr) = tls13_listener().await;
         let connector = tokio_rustls::TlsConnector::from(client_config);
         let name = ServerName::try_from("localhost").unwrap();
         for round in 0..2 {
@@ -1493,9 +1510,7 @@ mod tests {
     /// lets it go, on its own key schedule from the handshake on.
     #[tokio::test]
     async fn a_client_keeps_its_tickets_until_the_servers_first_data() {
-        let (server_config, client_config) = configs(&rustls::version::TLS13);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (server_config, client_config, listener, addr) = tls13_listener().await;
         let server = tokio::spawn(async move {
             let mut kinds = Vec::new();
             for _ in 0..2 {
@@ -1515,9 +1530,7 @@ mod tests {
             kinds
         });
         for _ in 0..2 {
-            let tcp = TcpStream::connect(addr).await.unwrap();
-            let name = ServerName::try_from("localhost").unwrap();
-            let mut client = connect(tcp, client_config.clone(), name).await.unwrap();
+            let mut client = connect_localhost(addr, client_config.clone()).await;
             assert_eq!(engine(&client), "tls13, keeping tickets");
             client.write_all(b"ping").await.unwrap();
             let mut got = vec![0u8; 20_000];
@@ -1539,9 +1552,7 @@ mod tests {
     /// client's answer reaches it ahead of the client's next data, which it reads.
     #[tokio::test]
     async fn a_key_update_asked_for_before_the_first_data_is_answered() {
-        let (server_config, client_config) = configs(&rustls::version::TLS13);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (server_config, client_config, listener, addr) = tls13_listener().await;
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
             let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
@@ -1553,9 +1564,7 @@ mod tests {
             tls.flush().await.unwrap();
             tls.read_exact(&mut got).await.map(|_| got)
         });
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        let mut client = connect(tcp, client_config, name).await.unwrap();
+        let mut client = connect_localhost(addr, client_config).await;
         client.write_all(b"ping").await.unwrap();
         let mut got = [0u8; 3];
         client.read_exact(&mut got).await.unwrap();
@@ -1569,9 +1578,7 @@ mod tests {
     /// after the data), and the data after it arrives.
     #[tokio::test]
     async fn a_ticket_split_over_reads_is_taken_whole() {
-        let (server_config, client_config) = configs(&rustls::version::TLS13);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (server_config, client_config, listener, addr) = tls13_listener().await;
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
             let mut tls = accept_tls(tcp, server_config).await.unwrap();
@@ -1602,9 +1609,7 @@ mod tests {
             tls.tcp.write_all(&second).await.unwrap();
             tls.read_exact(&mut got).await.unwrap();
         });
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        let mut client = connect(tcp, client_config, name).await.unwrap();
+        let mut client = connect_localhost(addr, client_config).await;
         client.write_all(b"ping").await.unwrap();
         let mut got = [0u8; 3];
         client.read_exact(&mut got).await.unwrap();
