@@ -64,8 +64,9 @@ const HEADER: usize = 5;
 const TAG: usize = 16;
 /// A record's overhead beyond its plaintext: header, inner content type, tag.
 pub const OVERHEAD: usize = HEADER + 1 + TAG;
-/// The largest post-handshake message taken (rustls's own cap on a handshake message).
-const MAX_HANDSHAKE_MESSAGE: usize = 64 * 1024;
+/// The largest post-handshake message body taken: rustls's own cap on a handshake message
+/// (2^16 - 1 bytes), so that a ticket is taken or refused alike before and after the move.
+const MAX_HANDSHAKE_MESSAGE: usize = 0xffff;
 /// Key updates a peer may send without application data between them.
 const KEY_UPDATES_ALLOWED: u8 = 32;
 /// `user_canceled` warnings a peer may send.
@@ -1599,9 +1600,9 @@ mod tests {
         refused(suite, Alert::UnexpectedMessage, |c| {
             record(c, CONTENT_HANDSHAKE, &[24, 0, 0, 1, 0, 24, 0, 0, 1, 0])
         });
-        // A handshake message larger than any taken.
+        // A handshake message larger than any taken (by one byte, as rustls counts).
         refused(suite, Alert::DecodeError, |c| {
-            record(c, CONTENT_HANDSHAKE, &[24, 2, 0, 0])
+            record(c, CONTENT_HANDSHAKE, &[24, 1, 0, 0])
         });
         // Application data in the middle of a split handshake message.
         refused(suite, Alert::UnexpectedMessage, |c| {
