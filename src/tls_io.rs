@@ -1097,6 +1097,19 @@ mod tests {
         }
     }
 
+    /// `msg`, written and flushed by the server, reaches the client intact.
+    async fn server_says(
+        server: &mut ServerTls,
+        client: &mut (impl AsyncRead + Unpin),
+        msg: &[u8],
+    ) {
+        server.write_all(msg).await.unwrap();
+        server.flush().await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, msg);
+    }
+
     /// Holds no buffer of its own (what an idle session costs).
     fn assert_idle(s: &ServerTls) {
         assert_eq!(s.input.capacity(), 0, "input kept");
@@ -1197,10 +1210,7 @@ mod tests {
         server.read_exact(&mut got).await.unwrap();
         // TLS 1.3 tickets wait for the first write: not quiet yet.
         assert!(!server.can_hibernate());
-        server.write_all(b"101").await.unwrap();
-        server.flush().await.unwrap();
-        let mut got = [0u8; 3];
-        client.read_exact(&mut got).await.unwrap();
+        server_says(&mut server, &mut client, b"101").await;
         assert!(server.can_hibernate());
         let fd = server.sleep().unwrap();
         assert_eq!(server.asleep_fd(), Some(fd));
@@ -1215,11 +1225,7 @@ mod tests {
         assert_eq!(server.asleep_fd(), None);
         server.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"while asleep");
-        server.write_all(b"awake").await.unwrap();
-        server.flush().await.unwrap();
-        let mut got = [0u8; 5];
-        client.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"awake");
+        server_says(&mut server, &mut client, b"awake").await;
         assert_idle(&server);
     }
 
@@ -1399,11 +1405,7 @@ mod tests {
         server.read_exact(&mut got).await.unwrap();
         assert!(got == msg);
         // Our answer to the key update went out ahead of this: the client decrypts it.
-        server.write_all(b"after the key update").await.unwrap();
-        server.flush().await.unwrap();
-        let mut back = [0u8; 20];
-        client.read_exact(&mut back).await.unwrap();
-        assert_eq!(&back, b"after the key update");
+        server_says(&mut server, &mut client, b"after the key update").await;
         assert_idle(&server);
     }
 
@@ -1456,11 +1458,7 @@ mod tests {
             assert_eq!(got[0], i);
             assert_eq!(server.out.len(), tickets, "queued while only reading");
         }
-        server.write_all(b"reply").await.unwrap();
-        server.flush().await.unwrap();
-        let mut back = [0u8; 5];
-        client.read_exact(&mut back).await.unwrap();
-        assert_eq!(&back, b"reply");
+        server_says(&mut server, &mut client, b"reply").await;
         assert_idle(&server);
     }
 

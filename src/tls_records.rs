@@ -915,12 +915,12 @@ impl<D: Side> Records<D> {
 /// The fuzz property (shared by the cargo-fuzz target and the regression replay): a server's
 /// record layer, then a client's, reads what a peer with the right keys wrote, as steered by
 /// the input, in pieces (a client on its own schedule takes session tickets, and drops
-/// them, where a server refuses them). The input is a list of steps `[op, len, len bytes]`: op % 7 picks one: the peer
-/// seals application data (0), handshake content (1: key updates, tickets, fragments of
-/// either, garbage), alert content (2), content of the type the first byte names (3; not
-/// application data, nor 0), the
-/// peer updates its key (4, asking for ours if the first byte is odd), raw bytes (5), or a
-/// place to cut the input (6).
+/// them, where a server refuses them). The input is a list of steps `[op, len, len bytes]`:
+/// op % 7 picks one: the peer seals application data (0), handshake content (1: key
+/// updates, tickets, fragments of either, garbage), alert content (2), content of the type
+/// the first byte names (3; not application data, nor 0), the peer updates its key (4,
+/// asking for ours if the first byte is odd), raw bytes (5), or a place to cut the input
+/// (6).
 ///
 /// The layer must not panic; it must deliver exactly a prefix of the application data sent,
 /// in order; a read after an error must fail and send nothing more; and a read must consume

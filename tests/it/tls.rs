@@ -204,16 +204,25 @@ fn backend_acceptor(ca: &TestCa) -> tokio_rustls::TlsAcceptor {
 
 /// A wss:// echo backend with a certificate for `localhost` from `ca`.
 async fn wss_backend(ca: &TestCa) -> std::net::SocketAddr {
+    wss_backend_with(ca, |_| {}).await
+}
+
+/// [`wss_backend`], with `on_tls` given each connection's TLS stream before its upgrade.
+async fn wss_backend_with(
+    ca: &TestCa,
+    on_tls: impl Fn(&mut BackendTls) + Clone + Send + 'static,
+) -> std::net::SocketAddr {
     let acceptor = backend_acceptor(ca);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
+            let (acceptor, on_tls) = (acceptor.clone(), on_tls.clone());
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
                 };
+                on_tls(&mut tls);
                 let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
                     return;
                 };
@@ -227,6 +236,9 @@ async fn wss_backend(ca: &TestCa) -> std::net::SocketAddr {
     });
     addr
 }
+
+/// A wss:// backend's TLS stream.
+type BackendTls = tokio_rustls::server::TlsStream<TcpStream>;
 
 /// A `[route.backend_tls]` table trusting `ca`.
 fn backend_ca(ca: &TestCa) -> String {
@@ -674,23 +686,12 @@ async fn tls_sessions_resume_unless_switched_off() {
 #[tokio::test]
 async fn wss_backend_sessions_resume() {
     let ca = TestCa::new();
-    let acceptor = backend_acceptor(&ca);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (kinds, mut kinds_rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let mut tls = acceptor.accept(tcp).await.unwrap();
-            let _ = kinds.send(tls.get_ref().1.handshake_kind());
-            tls.get_mut().1.refresh_traffic_keys().unwrap();
-            let mut ws = tokio_tungstenite::accept_async(tls).await.unwrap();
-            while let Some(Ok(m)) = futures_util::StreamExt::next(&mut ws).await {
-                if m.is_text() && ws.send(m).await.is_err() {
-                    break;
-                }
-            }
-        }
-    });
+    let addr = wss_backend_with(&ca, move |tls| {
+        let _ = kinds.send(tls.get_ref().1.handshake_kind());
+        tls.get_mut().1.refresh_traffic_keys().unwrap();
+    })
+    .await;
     let gw = Gateway::spawn(&wss_route(addr, &backend_ca(&ca))).await;
     let mut seen = Vec::new();
     for round in 0..3 {
