@@ -32,9 +32,10 @@
 //! What is checked on input, as rustls checks it after a handshake: only protected records
 //! (type 23, at most 2^14 + 256 bytes); a record that fails to open is `bad_record_mac`; an
 //! inner plaintext over 2^14 + 1 bytes is `record_overflow`; an empty inner plaintext, a
-//! handshake message other than the side's own post-handshake ones, a zero-length handshake
-//! fragment, handshake data interleaved with other content or a key update not at a record's
-//! end is `unexpected_message`; a malformed alert or handshake message is `decode_error`; a
+//! handshake message other than the side's own post-handshake ones (known by its header,
+//! before any of its body is kept: `admit`), a zero-length handshake fragment, handshake
+//! data interleaved with other content or a key update not at a record's end is
+//! `unexpected_message`; a malformed alert or handshake message is `decode_error`; a
 //! warning alert other than `user_canceled` is `decode_error`, and more than four of those
 //! is an error; more than 32 key updates without application data between them, or more
 //! than 32 empty records in a row, is an error (BoringSSL's and rustls's bounds on a peer
@@ -142,6 +143,24 @@ impl Side for ClientConnectionData {
                 .then_some(())
                 .ok_or(Alert::DecodeError),
         }
+    }
+}
+
+/// Whether the peer may send a post-handshake message of type `typ` and `len` bytes, judged
+/// by its header alone, before any of its body is kept: a message this side never takes is
+/// refused at once rather than after the peer has sent (and we have held) up to 64 KiB of
+/// it. A client's peer (a server) may send session tickets, as long as rustls takes them,
+/// and key updates; a server's peer (a client) only key updates, so what a client can make
+/// a server hold for a message split over records is its 4-byte header.
+fn admit<D: Side>(typ: u8, len: usize) -> Result<(), (Alert, &'static str)> {
+    match typ {
+        HANDSHAKE_KEY_UPDATE if len == 1 => Ok(()),
+        HANDSHAKE_KEY_UPDATE => Err((Alert::DecodeError, "malformed TLS key update")),
+        HANDSHAKE_NEW_SESSION_TICKET if !D::SERVER => match len {
+            0..=MAX_HANDSHAKE_MESSAGE => Ok(()),
+            _ => Err((Alert::DecodeError, "TLS handshake message too large")),
+        },
+        _ => Err((Alert::UnexpectedMessage, "unexpected TLS handshake message")),
     }
 }
 
@@ -824,8 +843,8 @@ impl<D: Side> Records<D> {
                 break Ok(());
             };
             let len = u32::from_be_bytes([0, a, b, c]) as usize;
-            if len > MAX_HANDSHAKE_MESSAGE {
-                break Err(self.fail(Alert::DecodeError, "TLS handshake message too large", out));
+            if let Err((alert, why)) = admit::<D>(typ, len) {
+                break Err(self.fail(alert, why, out));
             }
             let Some(body) = buf.get(at + 4..at + 4 + len) else {
                 break Ok(());
@@ -991,6 +1010,16 @@ fn run_steps<D: Side, P: Side>(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
             Ok(opened) => {
                 assert!(opened.consumed <= pending.len());
                 pending.drain(..opened.consumed);
+                // What a peer can make this end hold: one record split over reads, and
+                // (a server) a handshake message's header, nothing of a body (`admit`).
+                assert!(
+                    pending.len() < HEADER + MAX_CIPHERTEXT,
+                    "more than a record kept"
+                );
+                assert!(
+                    !D::SERVER || reader.handshake.len() <= 4,
+                    "a server kept a handshake message's body"
+                );
             }
             Err(_) => {
                 let mut again = Vec::new();
@@ -1589,6 +1618,17 @@ mod tests {
         // A handshake message no peer sends after the handshake (a ClientHello).
         refused(suite, Alert::UnexpectedMessage, |c| {
             record(c, CONTENT_HANDSHAKE, &[1, 0, 0, 1, 0])
+        });
+        // The same, and a key update of the wrong length, refused by their header before
+        // any of their body came (a server held up to 64 KiB of them before).
+        refused(suite, Alert::UnexpectedMessage, |c| {
+            record(c, CONTENT_HANDSHAKE, &[4, 0, 0xff, 0xff])
+        });
+        refused(suite, Alert::UnexpectedMessage, |c| {
+            record(c, CONTENT_HANDSHAKE, &[1, 0, 0x10, 0])
+        });
+        refused(suite, Alert::DecodeError, |c| {
+            record(c, CONTENT_HANDSHAKE, &[24, 0, 0, 2])
         });
         // Key updates: a bad value, a bad length, one not at its record's end.
         refused(suite, Alert::IllegalParameter, |c| {
