@@ -853,19 +853,9 @@ impl<D: Side> Records<D> {
             let last = at == buf.len();
             let handled = match typ {
                 HANDSHAKE_KEY_UPDATE => self.key_update(body, last, out),
-                HANDSHAKE_NEW_SESSION_TICKET => {
-                    match D::new_session_ticket(&mut self.schedule, body) {
-                        Ok(()) => Ok(()),
-                        Err(alert) => {
-                            Err(self.fail(alert, "unexpected TLS handshake message", out))
-                        }
-                    }
-                }
-                _ => Err(self.fail(
-                    Alert::UnexpectedMessage,
-                    "unexpected TLS handshake message",
-                    out,
-                )),
+                // A session ticket to a client: `admit` let nothing else through.
+                _ => D::new_session_ticket(&mut self.schedule, body)
+                    .map_err(|alert| self.fail(alert, "malformed TLS session ticket", out)),
             };
             if let Err(e) = handled {
                 break Err(e);
