@@ -151,15 +151,16 @@ impl Side for ClientConnectionData {
 /// refused at once rather than after the peer has sent (and we have held) up to 64 KiB of
 /// it. A client's peer (a server) may send session tickets, as long as rustls takes them,
 /// and key updates; a server's peer (a client) only key updates, so what a client can make
-/// a server hold for a message split over records is its 4-byte header.
+/// a server hold for a message split over records is its 4-byte header. A message over
+/// rustls's cap is `decode_error` whatever its type, as rustls sends it.
 fn admit<D: Side>(typ: u8, len: usize) -> Result<(), (Alert, &'static str)> {
     match typ {
+        _ if len > MAX_HANDSHAKE_MESSAGE => {
+            Err((Alert::DecodeError, "TLS handshake message too large"))
+        }
         HANDSHAKE_KEY_UPDATE if len == 1 => Ok(()),
         HANDSHAKE_KEY_UPDATE => Err((Alert::DecodeError, "malformed TLS key update")),
-        HANDSHAKE_NEW_SESSION_TICKET if !D::SERVER => match len {
-            0..=MAX_HANDSHAKE_MESSAGE => Ok(()),
-            _ => Err((Alert::DecodeError, "TLS handshake message too large")),
-        },
+        HANDSHAKE_NEW_SESSION_TICKET if !D::SERVER => Ok(()),
         _ => Err((Alert::UnexpectedMessage, "unexpected TLS handshake message")),
     }
 }
@@ -855,7 +856,7 @@ impl<D: Side> Records<D> {
                 HANDSHAKE_KEY_UPDATE => self.key_update(body, last, out),
                 // A session ticket to a client: `admit` let nothing else through.
                 _ => D::new_session_ticket(&mut self.schedule, body)
-                    .map_err(|alert| self.fail(alert, "malformed TLS session ticket", out)),
+                    .map_err(|alert| self.fail(alert, "TLS session ticket refused", out)),
             };
             if let Err(e) = handled {
                 break Err(e);
@@ -1556,6 +1557,39 @@ mod tests {
         let n = client.seal_record(typ, payload, &mut into).unwrap();
         into.truncate(n);
         into
+    }
+
+    /// What each end takes after the handshake, by header: the alert for what it does not,
+    /// with rustls's size cap first (`decode_error` whatever the type, as rustls sends).
+    #[test]
+    fn admit_judges_by_header() {
+        type S = ServerConnectionData;
+        type C = ClientConnectionData;
+        let alert = |r: Result<(), (Alert, &str)>| r.err().map(|(a, _)| a);
+        let max = MAX_HANDSHAKE_MESSAGE;
+        for typ in [
+            HANDSHAKE_KEY_UPDATE,
+            HANDSHAKE_NEW_SESSION_TICKET,
+            1,
+            13,
+            255,
+        ] {
+            assert_eq!(alert(admit::<S>(typ, max + 1)), Some(Alert::DecodeError));
+            assert_eq!(alert(admit::<C>(typ, max + 1)), Some(Alert::DecodeError));
+        }
+        for d in [admit::<S>, admit::<C>] {
+            assert_eq!(alert(d(HANDSHAKE_KEY_UPDATE, 1)), None);
+            assert_eq!(alert(d(HANDSHAKE_KEY_UPDATE, 0)), Some(Alert::DecodeError));
+            assert_eq!(alert(d(HANDSHAKE_KEY_UPDATE, 2)), Some(Alert::DecodeError));
+            assert_eq!(alert(d(1, 100)), Some(Alert::UnexpectedMessage));
+            assert_eq!(alert(d(13, 100)), Some(Alert::UnexpectedMessage));
+        }
+        assert_eq!(alert(admit::<C>(HANDSHAKE_NEW_SESSION_TICKET, max)), None);
+        assert_eq!(alert(admit::<C>(HANDSHAKE_NEW_SESSION_TICKET, 0)), None);
+        assert_eq!(
+            alert(admit::<S>(HANDSHAKE_NEW_SESSION_TICKET, 10)),
+            Some(Alert::UnexpectedMessage)
+        );
     }
 
     #[test]
