@@ -1023,6 +1023,19 @@ mod tests {
         connect(tcp, config, name).await.unwrap()
     }
 
+    /// A client that has sent `ping` and read the server's `101`.
+    async fn ping_for_101(
+        addr: std::net::SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+    ) -> ClientTls {
+        let mut client = connect_localhost(addr, config).await;
+        client.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 3];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"101");
+        client
+    }
+
     /// Which engine carries a connection after its handshake (and for `tls_records.rs`,
     /// whose key schedule).
     fn engine<C: Unbuffered>(s: &TlsIo<C>) -> &'static str {
@@ -1562,11 +1575,7 @@ mod tests {
             tls.flush().await.unwrap();
             tls.read_exact(&mut got).await.map(|_| got)
         });
-        let mut client = connect_localhost(addr, client_config).await;
-        client.write_all(b"ping").await.unwrap();
-        let mut got = [0u8; 3];
-        client.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"101");
+        let mut client = ping_for_101(addr, client_config).await;
         client.write_all(b"more").await.unwrap();
         assert_eq!(server.await.unwrap().unwrap(), *b"more");
     }
@@ -1607,11 +1616,7 @@ mod tests {
             tls.tcp.write_all(&second).await.unwrap();
             tls.read_exact(&mut got).await.unwrap();
         });
-        let mut client = connect_localhost(addr, client_config).await;
-        client.write_all(b"ping").await.unwrap();
-        let mut got = [0u8; 3];
-        client.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"101");
+        let mut client = ping_for_101(addr, client_config).await;
         client.write_all(b"next").await.unwrap();
         let mut got = [0u8; 5];
         client.read_exact(&mut got).await.unwrap();

@@ -1295,15 +1295,8 @@ mod tests {
         let good = [4, 0, 0, 14, 0, 0, 0, 60, 1, 2, 3, 4, 0, 0, 1, 9, 0, 0];
         // The same with extensions cut short.
         let bad = [4, 0, 0, 16, 0, 0, 0, 60, 1, 2, 3, 4, 0, 0, 1, 9, 0, 4, 0, 1];
-        let mut sealed = |message: &[u8]| {
-            let mut record = vec![0u8; message.len() + OVERHEAD];
-            let n = server
-                .seal_record(CONTENT_HANDSHAKE, message, &mut record)
-                .unwrap();
-            record.truncate(n);
-            record
-        };
-        let (mut good, mut wire) = (sealed(&good), sealed(&bad));
+        let mut good = record(&mut server, CONTENT_HANDSHAKE, &good);
+        let mut wire = record(&mut server, CONTENT_HANDSHAKE, &bad);
         assert!(open_all(&mut client, &mut good).unwrap().is_empty());
         assert!(good.is_empty(), "nothing answers a ticket");
         let err = open_all(&mut client, &mut wire).unwrap_err();
@@ -1552,9 +1545,10 @@ mod tests {
         assert!(server.seal(b"x", &mut [0u8; 64]).is_err());
     }
 
-    fn record(client: &mut Client, typ: u8, payload: &[u8]) -> Vec<u8> {
+    /// One record of `typ` holding `payload`, sealed by `from` (either end).
+    fn record<D: Side>(from: &mut Records<D>, typ: u8, payload: &[u8]) -> Vec<u8> {
         let mut into = vec![0u8; payload.len() + OVERHEAD];
-        let n = client.seal_record(typ, payload, &mut into).unwrap();
+        let n = from.seal_record(typ, payload, &mut into).unwrap();
         into.truncate(n);
         into
     }
