@@ -128,6 +128,9 @@ struct Side<IO> {
     )]
     inject: Option<Box<Vec<u8>>>,
     read_eof: bool,
+    /// A read of this side came back `Pending` in this turn of the relay: its waker is
+    /// registered, so reading it again before the next turn would only register it again.
+    read_blocked: bool,
     write_shut: bool,
     /// The close frame this side sent.
     close_from: Option<Box<CloseInfo>>,
@@ -167,6 +170,7 @@ impl<IO: Leg> Side<IO> {
             needs_flush: false,
             inject: None,
             read_eof: false,
+            read_blocked: false,
             write_shut: false,
             close_from: None,
             close_to: false,
@@ -414,6 +418,12 @@ where
         } = self;
         // Register before reading the signals: a request set after the read wakes us.
         st.link().waker.register(cx.waker());
+        // The turn's one clock read: when the sides were last heard, the last data message,
+        // the fair shares and the timers all take this time (a turn is microseconds long,
+        // the relay's deadlines are milliseconds).
+        let now = Instant::now();
+        c.read_blocked = false;
+        b.read_blocked = false;
         if !*closing {
             let asked = st.link().asked().map(|a| Reason::Asked(a.code, a.by_admin));
             let requested = || st.env.control().requested().map(Reason::Requested);
@@ -428,8 +438,8 @@ where
         // Alternate until nothing moves: a write that frees room lets a read proceed.
         loop {
             let before = (st.progress, c.out_empty(), b.out_empty());
-            step(cx, st, c, b);
-            step(cx, st, b, c);
+            step(cx, st, c, b, now);
+            step(cx, st, b, c, now);
             if before == (st.progress, c.out_empty(), b.out_empty()) {
                 break;
             }
@@ -439,15 +449,13 @@ where
         }
         let may = *hibernate && !*closing;
         let quiet_until = idle::quiet_until(may, *woke, st, c, b);
-        if timers(st, c, b, timer, quiet_until, cx).is_ready() {
+        if timers(st, c, b, timer, (now, quiet_until), cx).is_ready() {
             return Poll::Ready(Turn::Over(cut(cx, st, c, b)));
         }
         // Past its quiet time, and still quiet after the timers ran (a ping they queued keeps
         // it awake): the session may hibernate. Asked again only then, not on every turn.
         match quiet_until {
-            Some(at)
-                if at <= Instant::now() && idle::quiet_until(may, *woke, st, c, b).is_some() =>
-            {
+            Some(at) if at <= now && idle::quiet_until(may, *woke, st, c, b).is_some() => {
                 Poll::Ready(Turn::Idle)
             }
             _ => Poll::Pending,
@@ -576,8 +584,13 @@ fn take_over<C, B>(
 
 /// Moves what `from` sends toward `to`, and settles `to`'s output: queued bytes, the proxy's
 /// own frames at boundaries, and the write shutdown once its closing handshake is done.
-fn step<A, Z>(cx: &mut Context<'_>, st: &mut State, from: &mut Side<A>, to: &mut Side<Z>)
-where
+fn step<A, Z>(
+    cx: &mut Context<'_>,
+    st: &mut State,
+    from: &mut Side<A>,
+    to: &mut Side<Z>,
+    now: Instant,
+) where
     A: Leg,
     Z: Leg,
 {
@@ -610,25 +623,24 @@ where
     // 3. Bytes read past the handshake first, then the socket, while `to` keeps up (or, once
     //    nothing of `from` is forwarded, to its end: see `drain.rs`).
     if let Some(pre) = from.pre.take() {
-        ingest(cx, st, from, to, &pre[..]);
+        ingest(cx, st, from, to, &pre[..], now);
     }
-    while !from.read_eof && (to.out_empty() || drain::discarding(st, from)) {
+    while !from.read_eof && !from.read_blocked && (to.out_empty() || drain::discarding(st, from)) {
         if !st.taken_over
             && let Some(fair) = st.fair.as_mut()
+            && !fair.may_read(from.who, now)
         {
-            let now = Instant::now();
-            if !fair.may_read(from.who, now) {
-                // Over its share: left unread, so its own writes wait (`fair.rs`). It sent
-                // lately, and its pong may be among what waits: it counts as heard.
-                from.heard = At::from(now);
-                from.awaiting_pong = false;
-                break;
-            }
+            // Over its share: left unread, so its own writes wait (`fair.rs`). It sent
+            // lately, and its pong may be among what waits: it counts as heard.
+            from.heard = At::from(now);
+            from.awaiting_pong = false;
+            break;
         }
         let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         let mut buf = ReadBuf::uninit(&mut chunk);
         match Pin::new(&mut from.io).poll_read(cx, &mut buf) {
             Poll::Pending => {
+                from.read_blocked = true;
                 if let Some(fair) = st.fair.as_mut() {
                     fair.caught_up(from.who);
                 }
@@ -655,7 +667,7 @@ where
             }
             break;
         }
-        ingest(cx, st, from, to, data);
+        ingest(cx, st, from, to, data, now);
     }
     // 4. Shut `to`'s write side once its part of the closing handshake is done: it has had a
     //    close frame and has answered (or left), or the other side has left after its close.
@@ -721,11 +733,12 @@ fn ingest<A, Z>(
     from: &mut Side<A>,
     to: &mut Side<Z>,
     data: &[u8],
+    now: Instant,
 ) where
     A: Leg,
     Z: Leg,
 {
-    from.heard = At::now();
+    from.heard = At::from(now);
     from.awaiting_pong = false;
     st.progress += 1;
     let counter = match from.who {
@@ -736,7 +749,7 @@ fn ingest<A, Z>(
     // Still scanned: a side the proxy closed is watched for its close reply.
     let discarding = drain::discarding(st, from);
     let messages_before = from.scanner.messages;
-    if let Err(reason) = forward(cx, st, from, to, data) {
+    if let Err(reason) = forward(cx, st, from, to, data, now) {
         take_over_dyn(st, from, to, reason, None);
         inflated::abandon_frame(st, from, to);
     }
@@ -744,7 +757,7 @@ fn ingest<A, Z>(
         && let Some(fair) = st.fair.as_mut()
     {
         let messages = from.scanner.messages - messages_before;
-        fair.charge(from.who, data.len() as u64, messages, from.heard.instant());
+        fair.charge(from.who, data.len() as u64, messages, now);
     }
     control::count(
         &st.link().counters,
@@ -800,6 +813,7 @@ fn forward<A, Z>(
     from: &mut Side<A>,
     to: &mut Side<Z>,
     data: &[u8],
+    now: Instant,
 ) -> Result<(), Reason>
 where
     A: Leg,
@@ -894,7 +908,7 @@ where
         write_err = batch.flush(cx, to).err();
     }
     if saw_data && passing {
-        st.last_data = At::now();
+        st.last_data = At::from(now);
     }
     if release_deferred {
         from.passing = false;
@@ -937,7 +951,7 @@ fn timers<C, B>(
     c: &mut Side<C>,
     b: &mut Side<B>,
     timer: &mut Option<Pin<Box<Sleep>>>,
-    quiet_until: Option<Instant>,
+    (mut now, quiet_until): (Instant, Option<Instant>),
     cx: &mut Context<'_>,
 ) -> Poll<()>
 where
@@ -946,7 +960,6 @@ where
 {
     let start = st.progress;
     loop {
-        let now = Instant::now();
         let at_now = At::from(now);
         if let Some(deadline) = st.close_deadline
             && at_now >= deadline
@@ -1064,7 +1077,11 @@ where
             timer.as_mut().reset(next);
         }
         return match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => continue,
+            Poll::Ready(()) => {
+                // The clock has passed the turn's time: look again with the time it is now.
+                now = Instant::now();
+                continue;
+            }
             Poll::Pending => Poll::Pending,
         };
     }

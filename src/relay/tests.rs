@@ -285,3 +285,84 @@ async fn a_side_over_its_share_is_read_at_its_rate_then_closed_with_1008() {
     drop((client_read, client_write, backend));
     assert_eq!(task.await.unwrap().outcome().as_str(), "rate_limited");
 }
+
+/// A leg that counts its reads that came back `Pending`.
+struct CountingLeg {
+    io: tokio::io::DuplexStream,
+    pending_reads: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl AsyncRead for CountingLeg {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if r.is_pending() {
+            self.pending_reads.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for CountingLeg {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl Leg for CountingLeg {}
+
+#[tokio::test]
+async fn a_turn_reads_a_side_with_nothing_to_read_once() {
+    use std::sync::atomic::AtomicUsize;
+    let (mut client, client_side) = duplex(1024);
+    let (backend_side, mut backend) = duplex(1024);
+    let (c_pending, b_pending) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let leg = |io, pending_reads: &Arc<AtomicUsize>| CountingLeg {
+        io,
+        pending_reads: pending_reads.clone(),
+    };
+    let (control, link) = (Control::default(), Arc::default());
+    let cfg = SessionConfig {
+        ping_interval: None,
+        ..SessionConfig::default()
+    };
+    let mut relay = relay(
+        (leg(client_side, &c_pending), Bytes::new()),
+        (leg(backend_side, &b_pending), Bytes::new()),
+        test_env(cfg, &control, &link),
+        0,
+    );
+    let mut turn = || {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut relay).poll(&mut cx).is_pending());
+        (
+            c_pending.load(Ordering::Relaxed),
+            b_pending.load(Ordering::Relaxed),
+        )
+    };
+    assert_eq!(turn(), (1, 1));
+    // A frame from the client: the turn forwards it, which makes progress and runs both
+    // sides again, but a side whose read came back `Pending` in this turn is not read again
+    // (its waker is registered: the wake comes when there is something to read).
+    let frame = masked(opcode::BINARY, b"hello");
+    client.write_all(&frame).await.unwrap();
+    assert_eq!(turn(), (2, 2));
+    let mut got = vec![0u8; frame.len()];
+    backend.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, frame);
+}
