@@ -322,10 +322,16 @@ impl Violation {
     }
 }
 
-/// What the scanner found in a chunk, in stream order.
+/// What the scanner found in a chunk, in stream order, except that data frames' bytes are
+/// reported in runs: one `Forward` for all of a chunk's data frames up to the next control
+/// frame, held head, violation or the chunk's end, after the `MessageEnd`s of the messages it
+/// completes.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
     /// Bytes to pass on unchanged (data frame headers and payloads, possibly many frames).
+    /// A chunk of many small messages gives one of these, not one per frame: the relay
+    /// writes a run on in one call either way, and an event per frame only added a call
+    /// and a range check per message.
     Forward(&'a [u8]),
     /// A complete control frame: its bytes as received (to forward) and its payload unmasked
     /// (to read the close code, or to recognise the proxy's own pong).
@@ -334,7 +340,8 @@ pub enum Event<'a> {
         frame: &'a [u8],
         payload: &'a [u8],
     },
-    /// A data message was completed (its final frame's header has been forwarded).
+    /// A data message was completed (its final frame's bytes are forwarded by the `Forward`
+    /// that ends the run they belong to).
     MessageEnd,
 }
 
@@ -474,8 +481,7 @@ impl Scanner {
                 pos += n;
                 self.remaining -= n as u64;
                 if self.remaining == 0 {
-                    self.end_data_frame(&chunk[fwd..pos], sink);
-                    fwd = pos;
+                    self.end_frame(sink);
                 }
                 continue;
             }
@@ -564,8 +570,7 @@ impl Scanner {
                 return self.stop_counted(v, frame_start, (&chunk[..pos], fwd), sink);
             }
             if self.remaining == 0 {
-                self.end_data_frame(&chunk[fwd..pos], sink);
-                fwd = pos;
+                self.end_frame(sink);
             }
         }
         sink_forward(&chunk[fwd..pos], sink);
@@ -583,10 +588,9 @@ impl Scanner {
             .len()
             .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         self.remaining -= n as u64;
+        sink_forward(&chunk[..n], sink);
         if self.remaining == 0 {
-            self.end_data_frame(&chunk[..n], sink);
-        } else {
-            sink_forward(&chunk[..n], sink);
+            self.end_frame(sink);
         }
         n
     }
@@ -623,8 +627,8 @@ impl Scanner {
         Ok(())
     }
 
-    fn end_data_frame(&mut self, bytes: &[u8], sink: &mut impl FnMut(Event<'_>)) {
-        sink_forward(bytes, sink);
+    /// The data frame in flight has all passed: the message ends with it if it was final.
+    fn end_frame(&mut self, sink: &mut impl FnMut(Event<'_>)) {
         if self.final_frame {
             self.messages += 1;
             self.final_frame = false;
