@@ -455,8 +455,9 @@ impl Scanner {
         self.stopped
     }
 
-    /// Scans one chunk, reporting events in stream order. Returns the violation that stopped
-    /// the stream (nothing at or after the offending frame's first byte is reported).
+    /// Scans one chunk, reporting events in stream order (data frames' bytes in runs, see
+    /// [`Event`]). Returns the violation that stopped the stream (nothing at or after the
+    /// offending frame's first byte is reported).
     pub fn feed(
         &mut self,
         chunk: &[u8],

@@ -5,9 +5,10 @@ use std::task::Context;
 
 use super::{Leg, Side};
 
-/// Consecutive pieces of one read chunk, written on in one call: the scanner reports each
-/// frame separately, and a write per frame would cost a syscall (and a TCP segment) per
-/// message when many small messages arrive in one read.
+/// Consecutive pieces of one read chunk, written on in one call: the scanner reports a run of
+/// data frames, then a control frame on its own (from its hold buffer when it was split over
+/// reads), then the next run; a write per piece would cost a syscall (and a TCP segment)
+/// each.
 pub(super) struct Batch<'d> {
     data: &'d [u8],
     start: usize,

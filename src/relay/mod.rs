@@ -421,7 +421,7 @@ where
         // The turn's one clock read: when the sides were last heard, the last data message,
         // the fair shares and the timers all take this time (a turn is microseconds long,
         // the relay's deadlines are milliseconds).
-        let now = Instant::now();
+        let mut now = Instant::now();
         c.read_blocked = false;
         b.read_blocked = false;
         if !*closing {
@@ -449,7 +449,8 @@ where
         }
         let may = *hibernate && !*closing;
         let quiet_until = idle::quiet_until(may, *woke, st, c, b);
-        if timers(st, c, b, timer, (now, quiet_until), cx).is_ready() {
+        // The timers read the clock again if their timer fired: `now` is then that time.
+        if timers(st, c, b, timer, (&mut now, quiet_until), cx).is_ready() {
             return Poll::Ready(Turn::Over(cut(cx, st, c, b)));
         }
         // Past its quiet time, and still quiet after the timers ran (a ping they queued keeps
@@ -951,7 +952,7 @@ fn timers<C, B>(
     c: &mut Side<C>,
     b: &mut Side<B>,
     timer: &mut Option<Pin<Box<Sleep>>>,
-    (mut now, quiet_until): (Instant, Option<Instant>),
+    (now, quiet_until): (&mut Instant, Option<Instant>),
     cx: &mut Context<'_>,
 ) -> Poll<()>
 where
@@ -960,7 +961,7 @@ where
 {
     let start = st.progress;
     loop {
-        let at_now = At::from(now);
+        let at_now = At::from(*now);
         if let Some(deadline) = st.close_deadline
             && at_now >= deadline
         {
@@ -971,16 +972,16 @@ where
             next = Some(next.map_or(t, |n| n.min(t)));
         };
         // Once past, the caller hibernates the session: no wake-up is needed for it.
-        if let Some(at) = quiet_until.filter(|&at| at > now) {
+        if let Some(at) = quiet_until.filter(|&at| at > *now) {
             earliest(at);
         }
         if !st.taken_over {
             if let Some(fair) = st.fair.as_mut() {
-                if let Some(who) = fair.over_grace(now) {
+                if let Some(who) = fair.over_grace(*now) {
                     take_over(st, c, b, Reason::RateLimited(who), None);
                     continue;
                 }
-                if fair.wake_due(now) {
+                if fair.wake_due(*now) {
                     // A side held back may be read again: run the sides.
                     st.progress += 1;
                 }
@@ -1031,7 +1032,12 @@ where
                         // Nothing follows a close frame (RFC 6455 §5.5.1), a ping neither:
                         // the closing handshake has a deadline of its own.
                         false if closing => {}
-                        false if at_now >= *heard + interval && inject.is_none() => {
+                        // A ping (or the proxy's close) is still queued for this side, held
+                        // until the stream into it reaches a frame boundary: the next one
+                        // waits for it. (Arming the timer for a deadline already past would
+                        // fire it again at once, and the loop would spin until it went.)
+                        false if inject.is_some() => {}
+                        false if at_now >= *heard + interval => {
                             *seq = seq.wrapping_add(1);
                             let token = ping_token(*seq);
                             *inject = Some(
@@ -1073,13 +1079,13 @@ where
         // read, and resetting a tokio timer takes the timer driver's lock. A timer that fires
         // early just runs this function again, which re-arms it for the real deadline.
         let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(next)));
-        if next < timer.deadline() || timer.deadline() <= now {
+        if next < timer.deadline() || timer.deadline() <= *now {
             timer.as_mut().reset(next);
         }
         return match timer.as_mut().poll(cx) {
             Poll::Ready(()) => {
                 // The clock has passed the turn's time: look again with the time it is now.
-                now = Instant::now();
+                *now = Instant::now();
                 continue;
             }
             Poll::Pending => Poll::Pending,

@@ -366,3 +366,70 @@ async fn a_turn_reads_a_side_with_nothing_to_read_once() {
     backend.read_exact(&mut got).await.unwrap();
     assert_eq!(got, frame);
 }
+
+/// Counts the wakes of a relay polled by hand.
+struct Wakes(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for Wakes {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A ping queued for a side that cannot have it yet (the stream into it is inside a frame)
+/// waits for it without a timer: once that side has sent something and its next ping is
+/// due, a deadline already past would fire at once, again and again, and the turn would
+/// spin on its timer until tokio's budget stopped it.
+#[tokio::test(start_paused = true)]
+async fn a_ping_held_back_by_a_frame_does_not_spin_the_timers() {
+    use std::sync::atomic::AtomicUsize;
+    let (mut client, client_side) = duplex(1 << 16);
+    let (backend_side, mut backend) = duplex(1 << 16);
+    let (control, link) = (Control::default(), Arc::default());
+    let cfg = SessionConfig {
+        ping_interval: Some(Duration::from_secs(1)),
+        pong_timeout: Duration::from_secs(60),
+        idle_timeout: None,
+        max_lifetime: None,
+        hibernate_after: None,
+        ..SessionConfig::default()
+    };
+    let mut relay = relay(
+        (client_side, Bytes::new()),
+        (backend_side, Bytes::new()),
+        test_env(cfg, &control, &link),
+        0,
+    );
+    let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+    let waker = std::task::Waker::from(wakes.clone());
+    let mut turn = || {
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut relay).poll(&mut cx).is_pending());
+    };
+    turn();
+    // The backend starts a 1,000-byte message and sends 10 bytes of it: the client's stream
+    // is now inside a frame, where no ping may go.
+    backend
+        .write_all(&[0x82, 126, 0x03, 0xe8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+        .await
+        .unwrap();
+    turn();
+    tokio::time::advance(Duration::from_millis(1100)).await;
+    turn(); // both pings due: the backend's is written, the client's held back
+    turn();
+    // The client answers by sending a message (it counts as heard), and goes quiet for
+    // another ping interval.
+    client
+        .write_all(&masked(opcode::BINARY, b"still here"))
+        .await
+        .unwrap();
+    turn();
+    tokio::time::advance(Duration::from_millis(1100)).await;
+    tokio::task::yield_now().await;
+    wakes.0.store(0, Ordering::Relaxed);
+    turn();
+    // A spinning turn ends only when tokio's budget runs out, which wakes the task to run it
+    // again; a settled one leaves nothing to wake it before the backend's pong deadline.
+    tokio::task::yield_now().await;
+    assert_eq!(wakes.0.load(Ordering::Relaxed), 0, "the turn woke itself");
+}
