@@ -642,7 +642,11 @@ fn step<A, Z>(
         match Pin::new(&mut from.io).poll_read(cx, &mut buf) {
             Poll::Pending => {
                 from.read_blocked = true;
-                if let Some(fair) = st.fair.as_mut() {
+                // A read stopped by the task's budget (tokio's cooperative scheduling) found
+                // no end of input: the side has not caught up with its share.
+                if let Some(fair) = st.fair.as_mut()
+                    && tokio::task::coop::has_budget_remaining()
+                {
                     fair.caught_up(from.who);
                 }
                 break;

@@ -433,3 +433,63 @@ async fn a_ping_held_back_by_a_frame_does_not_spin_the_timers() {
     tokio::task::yield_now().await;
     assert_eq!(wakes.0.load(Ordering::Relaxed), 0, "the turn woke itself");
 }
+
+/// A side held back by its fair share stays held when a read of it is stopped by the task's
+/// budget rather than by an end of input: its grace runs on, it is not restarted.
+#[tokio::test(start_paused = true)]
+async fn a_read_stopped_by_the_task_budget_does_not_restart_the_grace() {
+    let (mut client, client_side) = duplex(1 << 16);
+    let (backend_side, _backend) = duplex(1 << 16);
+    let (control, link) = (Control::default(), Arc::default());
+    let cfg = SessionConfig {
+        ping_interval: None,
+        rates: crate::config::Rates {
+            client: crate::config::DirectionRates {
+                messages: Some(crate::config::Rate {
+                    per_sec: 1,
+                    burst: 1,
+                }),
+                bytes: None,
+            },
+            backend: Default::default(),
+            grace: Some(Duration::from_secs(10)),
+        },
+        ..SessionConfig::default()
+    };
+    let mut relay = relay(
+        (client_side, Bytes::new()),
+        (backend_side, Bytes::new()),
+        test_env(cfg, &control, &link),
+        0,
+    );
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    // Three messages at once, over a share of one a second: read, then held from now on.
+    let one = masked(opcode::BINARY, b"m");
+    client
+        .write_all(&[&one[..], &one, &one].concat())
+        .await
+        .unwrap();
+    assert!(Pin::new(&mut relay).poll(&mut cx).is_pending());
+    let held_at = Instant::now();
+    client.write_all(&one).await.unwrap();
+    tokio::time::advance(Duration::from_secs(5)).await;
+    // The share allows a read again, but the task's budget is spent: the read comes back
+    // Pending with input still waiting.
+    std::future::poll_fn(|task_cx| {
+        for _ in 0..1000 {
+            if !tokio::task::coop::has_budget_remaining() {
+                break;
+            }
+            if let Poll::Ready(spent) = tokio::task::coop::poll_proceed(task_cx) {
+                spent.made_progress();
+            }
+        }
+        assert!(!tokio::task::coop::has_budget_remaining());
+        assert!(Pin::new(&mut relay).poll(&mut cx).is_pending());
+        Poll::Ready(())
+    })
+    .await;
+    let fair = relay.st.fair.as_ref().expect("the route sets a share");
+    let end = held_at + Duration::from_secs(10);
+    assert_eq!(fair.over_grace(end), Some(CloseSide::Client));
+}
