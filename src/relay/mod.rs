@@ -450,7 +450,7 @@ where
         let may = *hibernate && !*closing;
         let quiet_until = idle::quiet_until(may, *woke, st, c, b);
         // The timers read the clock again if their timer fired: `now` is then that time.
-        if timers(st, c, b, timer, (&mut now, quiet_until), cx).is_ready() {
+        if timers(st, c, b, timer, &mut now, quiet_until, cx).is_ready() {
             return Poll::Ready(Turn::Over(cut(cx, st, c, b)));
         }
         // Past its quiet time, and still quiet after the timers ran (a ping they queued keeps
@@ -956,7 +956,8 @@ fn timers<C, B>(
     c: &mut Side<C>,
     b: &mut Side<B>,
     timer: &mut Option<Pin<Box<Sleep>>>,
-    (now, quiet_until): (&mut Instant, Option<Instant>),
+    now: &mut Instant,
+    quiet_until: Option<Instant>,
     cx: &mut Context<'_>,
 ) -> Poll<()>
 where

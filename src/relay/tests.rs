@@ -58,6 +58,43 @@ fn spawn_relay(
     (client, backend, outside, task)
 }
 
+/// A relay between two in-memory pipes, to be polled by hand: (client end, backend end,
+/// relay).
+fn relay_by_hand(
+    cfg: SessionConfig,
+) -> (
+    tokio::io::DuplexStream,
+    tokio::io::DuplexStream,
+    Relay<tokio::io::DuplexStream, tokio::io::DuplexStream>,
+) {
+    let (client, client_side) = duplex(1 << 16);
+    let (backend_side, backend) = duplex(1 << 16);
+    let env = test_env(cfg, &Control::default(), &Arc::default());
+    let relay = relay(
+        (client_side, Bytes::new()),
+        (backend_side, Bytes::new()),
+        env,
+        0,
+    );
+    (client, backend, relay)
+}
+
+/// A fair share of `per_sec` messages a second (as many in a burst) for the client, and
+/// `grace` before a side held back is closed.
+fn client_share(per_sec: u64, grace: Duration) -> crate::config::Rates {
+    crate::config::Rates {
+        client: crate::config::DirectionRates {
+            messages: Some(crate::config::Rate {
+                per_sec,
+                burst: per_sec,
+            }),
+            bytes: None,
+        },
+        backend: Default::default(),
+        grace: Some(grace),
+    }
+}
+
 #[tokio::test]
 async fn relays_frames_and_the_closing_handshake() {
     let (mut client, mut backend, _control, task) = spawn_relay(64);
@@ -227,17 +264,7 @@ async fn a_side_over_its_share_is_read_at_its_rate_then_closed_with_1008() {
     let outside = Outside(Control::default(), Arc::default());
     let cfg = SessionConfig {
         ping_interval: None,
-        rates: crate::config::Rates {
-            client: crate::config::DirectionRates {
-                messages: Some(crate::config::Rate {
-                    per_sec: 10,
-                    burst: 10,
-                }),
-                bytes: None,
-            },
-            backend: Default::default(),
-            grace: Some(Duration::from_secs(3)),
-        },
+        rates: client_share(10, Duration::from_secs(3)),
         ..SessionConfig::default()
     };
     let (ctl, link) = (outside.0.clone(), outside.1.clone());
@@ -383,23 +410,14 @@ impl std::task::Wake for Wakes {
 #[tokio::test(start_paused = true)]
 async fn a_ping_held_back_by_a_frame_does_not_spin_the_timers() {
     use std::sync::atomic::AtomicUsize;
-    let (mut client, client_side) = duplex(1 << 16);
-    let (backend_side, mut backend) = duplex(1 << 16);
-    let (control, link) = (Control::default(), Arc::default());
-    let cfg = SessionConfig {
+    let (mut client, mut backend, mut relay) = relay_by_hand(SessionConfig {
         ping_interval: Some(Duration::from_secs(1)),
         pong_timeout: Duration::from_secs(60),
         idle_timeout: None,
         max_lifetime: None,
         hibernate_after: None,
         ..SessionConfig::default()
-    };
-    let mut relay = relay(
-        (client_side, Bytes::new()),
-        (backend_side, Bytes::new()),
-        test_env(cfg, &control, &link),
-        0,
-    );
+    });
     let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
     let waker = std::task::Waker::from(wakes.clone());
     let mut turn = || {
@@ -438,30 +456,11 @@ async fn a_ping_held_back_by_a_frame_does_not_spin_the_timers() {
 /// budget rather than by an end of input: its grace runs on, it is not restarted.
 #[tokio::test(start_paused = true)]
 async fn a_read_stopped_by_the_task_budget_does_not_restart_the_grace() {
-    let (mut client, client_side) = duplex(1 << 16);
-    let (backend_side, _backend) = duplex(1 << 16);
-    let (control, link) = (Control::default(), Arc::default());
-    let cfg = SessionConfig {
+    let (mut client, _backend, mut relay) = relay_by_hand(SessionConfig {
         ping_interval: None,
-        rates: crate::config::Rates {
-            client: crate::config::DirectionRates {
-                messages: Some(crate::config::Rate {
-                    per_sec: 1,
-                    burst: 1,
-                }),
-                bytes: None,
-            },
-            backend: Default::default(),
-            grace: Some(Duration::from_secs(10)),
-        },
+        rates: client_share(1, Duration::from_secs(10)),
         ..SessionConfig::default()
-    };
-    let mut relay = relay(
-        (client_side, Bytes::new()),
-        (backend_side, Bytes::new()),
-        test_env(cfg, &control, &link),
-        0,
-    );
+    });
     let mut cx = Context::from_waker(std::task::Waker::noop());
     // Three messages at once, over a share of one a second: read, then held from now on.
     let one = masked(opcode::BINARY, b"m");
