@@ -434,7 +434,7 @@ async fn serve<I>(
         })
     };
     let io: ClientIo<I> = TokioIo::new(HeadGuard::new(io, watch.clone()).with_prefix(pre));
-    let connection = builder.serve_connection_with_upgrades(io, service);
+    let connection = builder.serve(io, service);
     tokio::pin!(connection);
     let deadline = tokio::time::sleep_until(deadline);
     tokio::pin!(deadline);
@@ -448,7 +448,7 @@ async fn serve<I>(
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(e) = result {
-                    connection_failed(&watch, client, &*e);
+                    connection_failed(&watch, client, &e);
                 }
                 return;
             }
@@ -487,12 +487,13 @@ async fn serve<I>(
 }
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4) a prior-knowledge h2c client opens with.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The bytes a sniffing connection reads before hyper takes over: as many as one read
 /// gives (a whole request head, usually), more only while they could still be the HTTP/2
-/// preface. hyper's own sniff reads exactly the preface's 24 bytes and then the rest of the
-/// head: a second `recv`, and its head buffer grown and copied once, on every connection.
+/// preface. (hyper-util's sniff read exactly the preface's 24 bytes and then the rest of the
+/// head: a second `recv`, and hyper's head buffer grown and copied, on every connection; the
+/// connection is now served by hyper's own builders, `http.rs`, which do not sniff.)
 const FIRST_READ: usize = 4096;
 
 /// Which builder serves a connection.
@@ -559,14 +560,9 @@ impl Drop for AwaitingAnswer {
 /// A connection ended with an error: a refused head is reported (once: the guard may have
 /// reported it when it answered), anything else (the client left, a reset, an HTTP/2
 /// protocol error) only at debug.
-fn connection_failed(
-    watch: &HeadWatch,
-    client: SocketAddr,
-    e: &(dyn std::error::Error + Send + Sync + 'static),
-) {
-    let hyper_error = e.downcast_ref::<hyper::Error>();
-    match hyper_error.and_then(|h| HeadRefusal::of_error(h, watch.seen_request())) {
-        Some(refusal) => watch.refuse(refusal, hyper_error),
+fn connection_failed(watch: &HeadWatch, client: SocketAddr, e: &hyper::Error) {
+    match HeadRefusal::of_error(e, watch.seen_request()) {
+        Some(refusal) => watch.refuse(refusal, Some(e)),
         None => tracing::debug!(client = %client, error = %e, "connection ended with an error"),
     }
 }

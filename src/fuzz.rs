@@ -45,9 +45,9 @@ fn header_values(raw: &[u8], sep: u8) -> Vec<HeaderValue> {
 }
 
 /// The handshake as the proxy sees it: the bytes go through hyper's real HTTP/1.1 and HTTP/2
-/// server parsers (the front end's own builder, [`crate::http::builder`], with the default
-/// limits, preface sniffing as on a plain listener) over an in-memory pipe, and every request
-/// head hyper accepts goes to [`handshake::validate`]. The parser reached is hyper's, not a
+/// server parsers (the front end's own builders, [`crate::http::builder`], with the default
+/// limits, the protocol chosen by the preface as on a plain listener) over an in-memory
+/// pipe, and every request head hyper accepts goes to [`handshake::validate`]. The parser reached is hyper's, not a
 /// stand-in: what `validate` must survive is exactly what hyper lets through.
 pub fn fuzz_handshake(data: &[u8]) {
     use std::cell::RefCell;
@@ -57,22 +57,19 @@ pub fn fuzz_handshake(data: &[u8]) {
             .enable_all()
             .build()
             .expect("a current-thread runtime");
-        static BUILDER: RefCell<Option<crate::http::Builder>> = const { RefCell::new(None) };
+        static BUILDERS: RefCell<Option<[crate::http::Builder; 2]>> = const { RefCell::new(None) };
     }
-    let builder = BUILDER.with(|b| {
-        b.borrow_mut()
-            .get_or_insert_with(|| {
-                let cfg = crate::config::from_toml_str(
-                    "[[listener]]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"fuzz\"\npath = \"/\"\nbackends = [\"ws://127.0.0.1:9\"]\n",
-                )
-                .expect("the fuzz config is valid");
-                crate::http::builder(
-                    &cfg.listeners[0],
-                    &cfg.limits,
-                    &cfg.http2,
-                    crate::http::Protocols::Sniff,
-                )
-            })
+    // The protocol as a plain listener with HTTP/2 on chooses it (`accept.rs`).
+    let h2 = data.starts_with(crate::accept::H2_PREFACE);
+    let builder = BUILDERS.with(|b| {
+        b.borrow_mut().get_or_insert_with(|| {
+            let cfg = crate::config::from_toml_str(
+                "[[listener]]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"fuzz\"\npath = \"/\"\nbackends = [\"ws://127.0.0.1:9\"]\n",
+            )
+            .expect("the fuzz config is valid");
+            [crate::http::Protocols::Http1, crate::http::Protocols::Http2]
+                .map(|p| crate::http::builder(&cfg.listeners[0], &cfg.limits, &cfg.http2, p))
+        })[usize::from(h2)]
             .clone()
     });
     let data = data.to_vec();
@@ -101,7 +98,7 @@ pub fn fuzz_handshake(data: &[u8]) {
                     std::future::ready(Ok::<_, std::convert::Infallible>(resp))
                 });
             let io = hyper_util::rt::TokioIo::new(server);
-            let conn = builder.serve_connection_with_upgrades(io, service);
+            let conn = builder.serve(io, service);
             let feed = async move {
                 // Write, then end the stream: hyper sees EOF and the connection finishes.
                 let _ = client.write_all(&data).await;

@@ -1,27 +1,49 @@
-//! The HTTP front end: hyper-util's connection builder configured for a WebSocket edge.
+//! The HTTP front end: hyper's HTTP/1.1 and HTTP/2 servers, configured for a WebSocket edge.
+//!
+//! A connection is served by the one protocol the listener has already chosen for it: by
+//! ALPN on TLS, by the first bytes on a plain listener with HTTP/2 on (`accept.rs`), else
+//! HTTP/1.1. hyper-util's `auto` builder, which the listeners used before, reads the
+//! connection's first 24 bytes again to choose, even when told to serve one protocol only;
+//! it then replays them through a `Rewind` wrapper, so hyper's first read of every
+//! connection got those 24 bytes alone, its parse of them came up short, and hyper grew its
+//! head buffer past 8 KiB and copied it to read the rest. Serving with hyper's builders
+//! directly takes that, and a layer of state around every connection, out of each
+//! handshake.
 
+use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use hyper::body::{Body, Incoming};
+use hyper::rt::{Read, Write};
+use hyper::server::conn::{http1, http2};
+use hyper::service::HttpService;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 
 use crate::config::{Http2Config, Limits, ListenerConfig};
 
-pub type Builder = auto::Builder<TokioExecutor>;
-
-/// Which protocols a connection may speak.
+/// Which protocol a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocols {
-    /// HTTP/1.1 only: TLS clients that negotiated `http/1.1` (or no ALPN), and listeners
-    /// with `http2 = false`.
+    /// HTTP/1.1: TLS clients that negotiated `http/1.1` (or no ALPN), listeners with
+    /// `http2 = false`, and plain connections that did not open with the HTTP/2 preface.
     Http1,
-    /// HTTP/2 only: TLS clients that negotiated `h2`. ALPN decides, not the preface sniff: a
-    /// client that agreed on one protocol and speaks the other is wrong, not served.
+    /// HTTP/2: TLS clients that negotiated `h2` (ALPN decides, not the preface: a client
+    /// that agreed on one protocol and speaks the other is wrong, not served), and plain
+    /// connections that opened with the preface (h2c prior knowledge, as a TLS-terminating
+    /// load balancer in front may speak).
     Http2,
-    /// Either, told apart by the HTTP/2 preface: plain-TCP listeners (h2c prior knowledge,
-    /// as a TLS-terminating load balancer in front may speak).
-    Sniff,
 }
 
-/// Builds the connection builder for one listener and protocol choice.
+/// A listener's connection builder for one protocol.
+#[derive(Clone, Debug)]
+pub enum Builder {
+    Http1(http1::Builder),
+    Http2(http2::Builder<TokioExecutor>),
+}
+
+/// Builds the connection builder for one listener and protocol.
 ///
 /// - A timer is set: without one hyper silently skips the header read timeout and the
 ///   HTTP/2 keep-alive.
@@ -29,33 +51,110 @@ pub enum Protocols {
 ///   header count (431 as well); HTTP/2's `max_header_list_size` follows the same limit.
 /// - HTTP/2 advertises `SETTINGS_ENABLE_CONNECT_PROTOCOL` (RFC 8441), so browsers open
 ///   WebSockets as extended CONNECT streams on it.
-/// - Upgrades are served with `serve_connection_with_upgrades` by the caller.
+/// - HTTP/1.1 connections are served with upgrades ([`Builder::serve`]).
 pub fn builder(
     listener: &ListenerConfig,
     limits: &Limits,
     h2: &Http2Config,
-    protocols: Protocols,
+    protocol: Protocols,
 ) -> Builder {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(listener.handshake_timeout)
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers)
-        // Keep-alive for plain requests (demo page, refusals are `Connection: close`).
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .enable_connect_protocol()
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(h2.max_concurrent_streams)
-        .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams)
-        .max_local_error_reset_streams(h2.max_local_error_reset_streams)
-        .keep_alive_interval(h2.keep_alive_interval)
-        .keep_alive_timeout(h2.keep_alive_timeout);
-    match protocols {
-        Protocols::Http1 => b.http1_only(),
-        Protocols::Http2 => b.http2_only(),
-        Protocols::Sniff => b,
+    match protocol {
+        Protocols::Http1 => {
+            let mut b = http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(listener.handshake_timeout)
+                .max_buf_size(limits.max_header_bytes)
+                .max_headers(limits.max_headers)
+                // Keep-alive for plain requests (demo page, refusals are `Connection: close`).
+                .keep_alive(true);
+            Builder::Http1(b)
+        }
+        Protocols::Http2 => {
+            let mut b = http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new())
+                .enable_connect_protocol()
+                .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+                .max_concurrent_streams(h2.max_concurrent_streams)
+                .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams)
+                .max_local_error_reset_streams(h2.max_local_error_reset_streams)
+                .keep_alive_interval(h2.keep_alive_interval)
+                .keep_alive_timeout(h2.keep_alive_timeout);
+            Builder::Http2(b)
+        }
+    }
+}
+
+impl Builder {
+    /// Serves one connection with `service`: HTTP/1.1 with upgrades (a WebSocket's
+    /// `Upgraded` is the connection itself), or HTTP/2 (extended CONNECT streams).
+    pub fn serve<I, S, B>(&self, io: I, service: S) -> Connection<I, S>
+    where
+        I: Read + Write + Unpin + Send + 'static,
+        S: HttpService<Incoming, ResBody = B>,
+        S::Error: Into<Box<dyn StdError + Send + Sync>>,
+        B: Body + 'static,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+        TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+    {
+        match self {
+            Builder::Http1(b) => Connection::Http1(b.serve_connection(io, service).with_upgrades()),
+            Builder::Http2(b) => Connection::Http2(Box::new(b.serve_connection(io, service))),
+        }
+    }
+}
+
+/// One connection being served ([`Builder::serve`]): a future that ends with the connection
+/// (for HTTP/1.1, also once it has been upgraded and handed over).
+///
+/// HTTP/2's state is boxed: it is more than twice HTTP/1.1's, and every connection's task
+/// would carry the larger of the two, though HTTP/1.1 connections, one per WebSocket, are
+/// most of them.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "HTTP/1.1 is the common case: boxing it would cost an allocation per connection"
+)]
+pub enum Connection<I, S>
+where
+    S: HttpService<Incoming>,
+{
+    Http1(http1::UpgradeableConnection<I, S>),
+    Http2(Box<http2::Connection<I, S, TokioExecutor>>),
+}
+
+impl<I, S, B> Connection<I, S>
+where
+    I: Read + Write + Unpin + Send + 'static,
+    S: HttpService<Incoming, ResBody = B> + Unpin,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    /// Finishes the request in flight, then closes (HTTP/2: GOAWAY, then the open streams
+    /// run to their end). Keep polling the connection until it is done.
+    pub fn graceful_shutdown(self: Pin<&mut Self>) {
+        match self.get_mut() {
+            Connection::Http1(c) => Pin::new(c).graceful_shutdown(),
+            Connection::Http2(c) => Pin::new(&mut **c).graceful_shutdown(),
+        }
+    }
+}
+
+impl<I, S, B> Future for Connection<I, S>
+where
+    I: Read + Write + Unpin + Send + 'static,
+    S: HttpService<Incoming, ResBody = B> + Unpin,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    type Output = hyper::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Connection::Http1(c) => Pin::new(c).poll(cx),
+            Connection::Http2(c) => Pin::new(&mut **c).poll(cx),
+        }
     }
 }

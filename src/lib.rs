@@ -7,7 +7,7 @@
 //! | listeners, socket options, per-connection task, TLS handshake, first-request deadline | [`accept`] |
 //! | PROXY protocol v1/v2 header on listeners that expect one (behind an L4 balancer) | [`proxy_protocol`] |
 //! | TLS: certificates, SNI, client certificates, reload, the backend client config | [`tls`] |
-//! | HTTP front end: hyper-util auto builder (HTTP/1.1 and HTTP/2), timers, header limits | [`http`] |
+//! | HTTP front end: hyper's HTTP/1.1 and HTTP/2 servers, timers, header limits | [`http`] |
 //! | the request head's refusals by hyper (431, 414, 400, timeouts): counted, logged, answered with a reason | [`head_guard`] |
 //! | the orchestrator: each phase below as one line, one refusal point | [`proxy`] |
 //! | the request target: one host, one canonical path, before routing | [`target`] |

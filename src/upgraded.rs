@@ -18,7 +18,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::conn::auto::upgrade as auto_upgrade;
 use tokio::net::TcpStream;
 
 use crate::head_guard::ClientIo;
@@ -53,12 +52,12 @@ pub async fn upgraded_sockets(
     };
     // The listener gave hyper each connection in a `HeadGuard` (`head_guard.rs`), which
     // holds no bytes of its own: taking the socket out of it loses nothing.
-    let client = match auto_upgrade::downcast::<ClientIo<TcpStream>>(client_up) {
+    let client = match client_up.downcast::<ClientIo<TcpStream>>() {
         Ok(parts) => {
             let (io, unread) = parts.io.into_inner().into_inner();
             (UpgradedIo::Tcp(io.into()), joined(parts.read_buf, unread))
         }
-        Err(up) => match auto_upgrade::downcast::<ClientIo<ServerTls>>(up) {
+        Err(up) => match up.downcast::<ClientIo<ServerTls>>() {
             Ok(parts) => {
                 let (io, unread) = parts.io.into_inner().into_inner();
                 (
