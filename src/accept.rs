@@ -368,8 +368,9 @@ fn set_socket_options(stream: &TcpStream) {
 }
 
 /// Serves one connection. Its first request must arrive within `first_request_timeout`:
-/// hyper's header timeout only starts once the protocol has been sniffed, so a client that
-/// connects and sends nothing would otherwise hold the socket forever.
+/// hyper's HTTP/1.1 header timeout starts only when hyper first reads, after the protocol
+/// sniff on a plain listener with HTTP/2 on, and HTTP/2 has none, so a client that connects
+/// and sends nothing would otherwise hold the socket forever.
 ///
 /// On shutdown, a connection that has not sent a complete request closes at once; one with
 /// a request in flight finishes it; an HTTP/2 connection carrying WebSockets waits for them

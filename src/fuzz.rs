@@ -47,8 +47,9 @@ fn header_values(raw: &[u8], sep: u8) -> Vec<HeaderValue> {
 /// The handshake as the proxy sees it: the bytes go through hyper's real HTTP/1.1 and HTTP/2
 /// server parsers (the front end's own builders, [`crate::http::builder`], with the default
 /// limits, the protocol chosen by the preface as on a plain listener) over an in-memory
-/// pipe, and every request head hyper accepts goes to [`handshake::validate`]. The parser reached is hyper's, not a
-/// stand-in: what `validate` must survive is exactly what hyper lets through.
+/// pipe, and every request head hyper accepts goes to [`handshake::validate`]. The parser
+/// reached is hyper's, not a stand-in: what `validate` must survive is exactly what hyper
+/// lets through.
 pub fn fuzz_handshake(data: &[u8]) {
     use std::cell::RefCell;
 

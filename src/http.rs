@@ -2,13 +2,18 @@
 //!
 //! A connection is served by the one protocol the listener has already chosen for it: by
 //! ALPN on TLS, by the first bytes on a plain listener with HTTP/2 on (`accept.rs`), else
-//! HTTP/1.1. hyper-util's `auto` builder, which the listeners used before, reads the
-//! connection's first 24 bytes again to choose, even when told to serve one protocol only;
-//! it then replays them through a `Rewind` wrapper, so hyper's first read of every
-//! connection got those 24 bytes alone, its parse of them came up short, and hyper grew its
-//! head buffer past 8 KiB and copied it to read the rest. Serving with hyper's builders
-//! directly takes that, and a layer of state around every connection, out of each
-//! handshake.
+//! HTTP/1.1. The listeners used hyper-util's `auto` builder before, told to serve one
+//! protocol only, but with upgrades it reads the connection's first 24 bytes and chooses
+//! again whatever it was told:
+//! - ALPN did not decide: a client that agreed on `http/1.1` and sent the HTTP/2 preface
+//!   was served HTTP/2, one that agreed on `h2` and sent HTTP/1.1 got HTTP/1.1;
+//! - `http2 = false` did not turn off HTTP/2 on a plain listener (h2c prior knowledge);
+//! - it replayed the 24 bytes through a `Rewind` wrapper, so hyper's first read of every
+//!   connection got those bytes alone, its parse came up short, and it grew its head buffer
+//!   past 8 KiB and copied it to read the rest.
+//!
+//! hyper's own builders serve exactly the protocol chosen (`tests/it/h2.rs` has the three
+//! cases), with a layer of state less around every connection.
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -124,7 +129,7 @@ where
 impl<I, S, B> Connection<I, S>
 where
     I: Read + Write + Unpin + Send + 'static,
-    S: HttpService<Incoming, ResBody = B> + Unpin,
+    S: HttpService<Incoming, ResBody = B>,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
     B: Body + 'static,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
@@ -143,7 +148,7 @@ where
 impl<I, S, B> Future for Connection<I, S>
 where
     I: Read + Write + Unpin + Send + 'static,
-    S: HttpService<Incoming, ResBody = B> + Unpin,
+    S: HttpService<Incoming, ResBody = B>,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
     B: Body + 'static,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,

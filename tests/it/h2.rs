@@ -293,6 +293,106 @@ async fn http2_off_negotiates_http1() {
     assert_eq!(backend.last_request().header("via"), Some("1.1 wsgate"));
 }
 
+/// The HTTP/2 connection preface and an empty SETTINGS frame: how an HTTP/2 client opens.
+fn h2_preface_and_settings() -> Vec<u8> {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    out
+}
+
+/// What the gateway sends until it closes the connection (an error counts as the close).
+async fn read_until_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(STEP, s.read(&mut buf))
+            .await
+            .expect("the gateway closes the connection")
+        {
+            Ok(0) | Err(_) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+async fn tls_gateway_and_ca(extra: &str) -> (Gateway, TestCa, EchoBackend) {
+    let ca = TestCa::new();
+    let backend = EchoBackend::spawn().await;
+    let (cert, key) = ca.leaf("gw", &["localhost"]);
+    let gw = Gateway::spawn(&format!(
+        "{}{}",
+        tls_listener(&cert, &key, extra),
+        route("app", "/", &[backend.url()])
+    ))
+    .await;
+    (gw, ca, backend)
+}
+
+/// `http2 = false` turns HTTP/2 off on a plain listener too: a client that opens with the
+/// preface (h2c prior knowledge) is refused, not served HTTP/2. (Through hyper-util's auto
+/// builder, which sniffed the preface whatever it was told, it was served.)
+#[tokio::test]
+async fn a_plain_listener_with_http2_off_refuses_the_h2_preface() {
+    use tokio::io::AsyncWriteExt;
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\nhttp2 = false\n{}",
+        route("app", "/", &[backend.url()])
+    ))
+    .await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(&h2_preface_and_settings()).await.unwrap();
+    let got = read_until_closed(&mut tcp).await;
+    assert!(got.is_empty(), "answered {got:?}");
+    assert_eq!(
+        gw.handle().refusals().into_iter().collect::<Vec<_>>(),
+        vec![(("-".to_string(), "request_head_invalid"), 1)]
+    );
+    assert_eq!(backend.request_count(), 0);
+}
+
+/// ALPN decides: a TLS client that agreed on `http/1.1` and opens with the HTTP/2 preface
+/// is refused (counted as an invalid head), not served HTTP/2.
+#[tokio::test]
+async fn alpn_http1_then_the_h2_preface_is_refused() {
+    use tokio::io::AsyncWriteExt;
+    let (gw, ca, backend) = tls_gateway_and_ca("").await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let mut tls = ca
+        .connector_alpn(&[b"http/1.1"])
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    tls.write_all(&h2_preface_and_settings()).await.unwrap();
+    let got = read_until_closed(&mut tls).await;
+    assert!(got.is_empty(), "answered {got:?}");
+    assert_eq!(
+        gw.handle().refusals().into_iter().collect::<Vec<_>>(),
+        vec![(("-".to_string(), "request_head_invalid"), 1)]
+    );
+    assert_eq!(backend.request_count(), 0);
+}
+
+/// ALPN decides the other way too: a TLS client that agreed on `h2` and sends an HTTP/1.1
+/// upgrade gets HTTP/2 (the server's SETTINGS, then the close), not a `101`.
+#[tokio::test]
+async fn alpn_h2_then_an_http1_upgrade_is_not_served() {
+    use tokio::io::AsyncWriteExt;
+    let (gw, ca, backend) = tls_gateway_and_ca("").await;
+    let mut tls = tls_offering_h2(&ca, &gw).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls.write_all(upgrade_request("/", "").as_bytes())
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut tls).await;
+    assert!(!got.starts_with(b"HTTP/1.1"), "answered HTTP/1.1: {got:?}");
+    // An HTTP/2 frame head: the server's SETTINGS (type 4) on stream 0.
+    assert_eq!(got.get(3), Some(&4), "answered {got:?}");
+    assert_eq!(backend.request_count(), 0);
+}
+
 #[tokio::test]
 async fn h2c_prior_knowledge_on_a_plain_listener() {
     let backend = EchoBackend::spawn().await;
