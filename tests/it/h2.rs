@@ -316,13 +316,31 @@ async fn read_until_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Vec<u8
     }
 }
 
-async fn tls_gateway_and_ca(extra: &str) -> (Gateway, TestCa, EchoBackend) {
+/// Opens with the HTTP/2 preface on `s`: the gateway must close it without an answer,
+/// count it once as an invalid head, and leave the backend alone.
+async fn assert_h2_preface_refused<S>(gw: &Gateway, backend: &EchoBackend, s: &mut S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    s.write_all(&h2_preface_and_settings()).await.unwrap();
+    let got = read_until_closed(s).await;
+    assert!(got.is_empty(), "answered {got:?}");
+    assert_eq!(
+        gw.handle().refusals().into_iter().collect::<Vec<_>>(),
+        vec![(("-".to_string(), "request_head_invalid"), 1)]
+    );
+    assert_eq!(backend.request_count(), 0);
+}
+
+/// A TLS listener (ALPN h2 and http/1.1) with one route to an echo backend.
+async fn tls_gateway_and_ca() -> (Gateway, TestCa, EchoBackend) {
     let ca = TestCa::new();
     let backend = EchoBackend::spawn().await;
     let (cert, key) = ca.leaf("gw", &["localhost"]);
     let gw = Gateway::spawn(&format!(
         "{}{}",
-        tls_listener(&cert, &key, extra),
+        tls_listener(&cert, &key, ""),
         route("app", "/", &[backend.url()])
     ))
     .await;
@@ -334,7 +352,6 @@ async fn tls_gateway_and_ca(extra: &str) -> (Gateway, TestCa, EchoBackend) {
 /// builder, which sniffed the preface whatever it was told, it was served.)
 #[tokio::test]
 async fn a_plain_listener_with_http2_off_refuses_the_h2_preface() {
-    use tokio::io::AsyncWriteExt;
     let backend = EchoBackend::spawn().await;
     let gw = Gateway::spawn(&format!(
         "[[listener]]\nlisten = \"127.0.0.1:0\"\nhttp2 = false\n{}",
@@ -342,22 +359,14 @@ async fn a_plain_listener_with_http2_off_refuses_the_h2_preface() {
     ))
     .await;
     let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
-    tcp.write_all(&h2_preface_and_settings()).await.unwrap();
-    let got = read_until_closed(&mut tcp).await;
-    assert!(got.is_empty(), "answered {got:?}");
-    assert_eq!(
-        gw.handle().refusals().into_iter().collect::<Vec<_>>(),
-        vec![(("-".to_string(), "request_head_invalid"), 1)]
-    );
-    assert_eq!(backend.request_count(), 0);
+    assert_h2_preface_refused(&gw, &backend, &mut tcp).await;
 }
 
 /// ALPN decides: a TLS client that agreed on `http/1.1` and opens with the HTTP/2 preface
 /// is refused (counted as an invalid head), not served HTTP/2.
 #[tokio::test]
 async fn alpn_http1_then_the_h2_preface_is_refused() {
-    use tokio::io::AsyncWriteExt;
-    let (gw, ca, backend) = tls_gateway_and_ca("").await;
+    let (gw, ca, backend) = tls_gateway_and_ca().await;
     let tcp = TcpStream::connect(gw.addr).await.unwrap();
     let mut tls = ca
         .connector_alpn(&[b"http/1.1"])
@@ -365,14 +374,7 @@ async fn alpn_http1_then_the_h2_preface_is_refused() {
         .await
         .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    tls.write_all(&h2_preface_and_settings()).await.unwrap();
-    let got = read_until_closed(&mut tls).await;
-    assert!(got.is_empty(), "answered {got:?}");
-    assert_eq!(
-        gw.handle().refusals().into_iter().collect::<Vec<_>>(),
-        vec![(("-".to_string(), "request_head_invalid"), 1)]
-    );
-    assert_eq!(backend.request_count(), 0);
+    assert_h2_preface_refused(&gw, &backend, &mut tls).await;
 }
 
 /// ALPN decides the other way too: a TLS client that agreed on `h2` and sends an HTTP/1.1
@@ -380,7 +382,7 @@ async fn alpn_http1_then_the_h2_preface_is_refused() {
 #[tokio::test]
 async fn alpn_h2_then_an_http1_upgrade_is_not_served() {
     use tokio::io::AsyncWriteExt;
-    let (gw, ca, backend) = tls_gateway_and_ca("").await;
+    let (gw, ca, backend) = tls_gateway_and_ca().await;
     let mut tls = tls_offering_h2(&ca, &gw).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     tls.write_all(upgrade_request("/", "").as_bytes())
