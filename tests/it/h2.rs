@@ -107,10 +107,10 @@ async fn echo(ws: &mut H2Ws, text: &str) {
     }
 }
 
-/// A fresh echo backend, a TLS gateway with one route `app` at `/` to it (plus `route_extra`),
-/// an HTTP/2 connection to that gateway, and the CA (keep it: its directory holds the
-/// gateway's certificate files).
-async fn h2_gateway(route_extra: &str) -> (EchoBackend, Gateway, H2Conn, TestCa) {
+/// A fresh echo backend, a TLS gateway (ALPN h2 and http/1.1) with one route `app` at `/` to
+/// it (plus `route_extra`), and the CA (keep it: its directory holds the gateway's
+/// certificate files).
+async fn tls_gateway(route_extra: &str) -> (EchoBackend, Gateway, TestCa) {
     let ca = TestCa::new();
     let backend = EchoBackend::spawn().await;
     let (cert, key) = ca.leaf("gw", &["localhost"]);
@@ -120,6 +120,12 @@ async fn h2_gateway(route_extra: &str) -> (EchoBackend, Gateway, H2Conn, TestCa)
         backend.url()
     ))
     .await;
+    (backend, gw, ca)
+}
+
+/// [`tls_gateway`] and an HTTP/2 connection to it.
+async fn h2_gateway(route_extra: &str) -> (EchoBackend, Gateway, H2Conn, TestCa) {
+    let (backend, gw, ca) = tls_gateway(route_extra).await;
     let conn = h2_over_tls(&ca, &gw).await;
     (backend, gw, conn, ca)
 }
@@ -300,22 +306,6 @@ fn h2_preface_and_settings() -> Vec<u8> {
     out
 }
 
-/// What the gateway sends until it closes the connection (an error counts as the close).
-async fn read_until_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(STEP, s.read(&mut buf))
-            .await
-            .expect("the gateway closes the connection")
-        {
-            Ok(0) | Err(_) => return got,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
 /// Opens with the HTTP/2 preface on `s`: the gateway must close it without an answer,
 /// count it once as an invalid head, and leave the backend alone.
 async fn assert_h2_preface_refused<S>(gw: &Gateway, backend: &EchoBackend, s: &mut S)
@@ -331,20 +321,6 @@ where
         vec![(("-".to_string(), "request_head_invalid"), 1)]
     );
     assert_eq!(backend.request_count(), 0);
-}
-
-/// A TLS listener (ALPN h2 and http/1.1) with one route to an echo backend.
-async fn tls_gateway_and_ca() -> (Gateway, TestCa, EchoBackend) {
-    let ca = TestCa::new();
-    let backend = EchoBackend::spawn().await;
-    let (cert, key) = ca.leaf("gw", &["localhost"]);
-    let gw = Gateway::spawn(&format!(
-        "{}{}",
-        tls_listener(&cert, &key, ""),
-        route("app", "/", &[backend.url()])
-    ))
-    .await;
-    (gw, ca, backend)
 }
 
 /// `http2 = false` turns HTTP/2 off on a plain listener too: a client that opens with the
@@ -366,7 +342,7 @@ async fn a_plain_listener_with_http2_off_refuses_the_h2_preface() {
 /// is refused (counted as an invalid head), not served HTTP/2.
 #[tokio::test]
 async fn alpn_http1_then_the_h2_preface_is_refused() {
-    let (gw, ca, backend) = tls_gateway_and_ca().await;
+    let (backend, gw, ca) = tls_gateway("").await;
     let tcp = TcpStream::connect(gw.addr).await.unwrap();
     let mut tls = ca
         .connector_alpn(&[b"http/1.1"])
@@ -382,7 +358,7 @@ async fn alpn_http1_then_the_h2_preface_is_refused() {
 #[tokio::test]
 async fn alpn_h2_then_an_http1_upgrade_is_not_served() {
     use tokio::io::AsyncWriteExt;
-    let (gw, ca, backend) = tls_gateway_and_ca().await;
+    let (backend, gw, ca) = tls_gateway("").await;
     let mut tls = tls_offering_h2(&ca, &gw).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     tls.write_all(upgrade_request("/", "").as_bytes())

@@ -622,7 +622,7 @@ pub fn route(name: &str, path: &str, backends: &[String]) -> String {
 
 /// Reads until the peer closes the connection (FIN or reset), within [`STEP`]; returns every
 /// byte it sent first.
-pub async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+pub async fn read_until_closed<S: AsyncRead + Unpin>(stream: &mut S) -> Vec<u8> {
     let mut got = Vec::new();
     tokio::time::timeout(STEP, async {
         let mut chunk = [0u8; 4096];
