@@ -86,7 +86,7 @@ pub async fn accept_loop(
     let plain = if config.http2 {
         Serve::Sniff(h1.clone(), h2.clone())
     } else {
-        Serve::With(h1.clone())
+        Serve::Http1(h1.clone())
     };
     let reasons = Arc::new(HeadReasons::new(
         &started.config.limits,
@@ -184,7 +184,11 @@ pub async fn accept_loop(
                         live_streams: Default::default(),
                     };
                     // ALPN decides the protocol, not the first bytes.
-                    let builder = Serve::With(if seen.h2 { h2 } else { h1 });
+                    let builder = if seen.h2 {
+                        Serve::Http2(h2)
+                    } else {
+                        Serve::Http1(h1)
+                    };
                     serve(
                         tls,
                         conn,
@@ -393,29 +397,28 @@ async fn serve<I>(
     let watch = Arc::new(HeadWatch::new(state.clone(), reasons, conn.client));
     let deadline = Instant::now() + first_request_timeout;
     let (builder, pre) = match builder {
-        Serve::With(b) => (b, bytes::Bytes::new()),
+        Serve::Http1(b) => (b, bytes::Bytes::new()),
         Serve::Sniff(h1, h2) => {
-            let first = tokio::select! {
-                biased;
-                _ = stop.cancelled() => {
-                    watch.closed_by_shutdown();
-                    return;
-                }
-                r = tokio::time::timeout_at(deadline, first_bytes(&mut io)) => r,
+            let Some(pre) = opening(&mut io, &conn, &watch, deadline, &stop).await else {
+                return;
             };
-            match first {
-                Ok(Ok(pre)) if pre.is_empty() => return,
-                Ok(Ok(pre)) if pre.starts_with(H2_PREFACE) => (h2, pre),
-                Ok(Ok(pre)) => (h1, pre),
-                Ok(Err(e)) => {
-                    tracing::debug!(client = %conn.client, error = %e, "read failed before a request");
-                    return;
-                }
-                Err(_) => {
-                    watch.refuse(HeadRefusal::Timeout, None);
-                    return;
-                }
+            if pre.starts_with(H2_PREFACE) {
+                (h2, pre)
+            } else {
+                (h1, pre)
             }
+        }
+        Serve::Http2(h2) => {
+            let Some(pre) = opening(&mut io, &conn, &watch, deadline, &stop).await else {
+                return;
+            };
+            if !pre.starts_with(H2_PREFACE) {
+                // RFC 9113 §3.4: not HTTP/2, so closed without a GOAWAY (hyper's h2 would
+                // send its SETTINGS first, and nothing would be counted).
+                watch.refuse(HeadRefusal::NoHttp2Preface, None);
+                return;
+            }
+            (h2, pre)
         }
     };
     let client = conn.client;
@@ -500,10 +503,46 @@ const FIRST_READ: usize = 4096;
 /// Which builder serves a connection.
 #[derive(Clone)]
 enum Serve {
-    /// Decided already: ALPN, or a listener without HTTP/2.
-    With(Arc<http::Builder>),
-    /// HTTP/1.1 or HTTP/2, as the first bytes say.
+    /// HTTP/1.1: a listener without HTTP/2, or a TLS client that agreed on `http/1.1` (or
+    /// on nothing) by ALPN.
+    Http1(Arc<http::Builder>),
+    /// HTTP/2, agreed by ALPN: the connection must open with the preface, checked here so
+    /// that anything else is refused and counted like the HTTP/2 preface on an HTTP/1.1
+    /// connection (hyper's HTTP/2 would answer it with SETTINGS and close uncounted).
+    Http2(Arc<http::Builder>),
+    /// HTTP/1.1 or HTTP/2, as the first bytes say (a plain listener with HTTP/2 on).
     Sniff(Arc<http::Builder>, Arc<http::Builder>),
+}
+
+/// The connection's first bytes (see [`FIRST_READ`]), or `None` when it ends first: it
+/// closed, its read failed, the first-request deadline passed (counted as a head timeout)
+/// or the gateway is shutting down.
+async fn opening<I: tokio::io::AsyncRead + Unpin>(
+    io: &mut I,
+    conn: &ConnInfo,
+    watch: &HeadWatch,
+    deadline: Instant,
+    stop: &CancellationToken,
+) -> Option<bytes::Bytes> {
+    let first = tokio::select! {
+        biased;
+        _ = stop.cancelled() => {
+            watch.closed_by_shutdown();
+            return None;
+        }
+        r = tokio::time::timeout_at(deadline, first_bytes(io)) => r,
+    };
+    match first {
+        Ok(Ok(pre)) => (!pre.is_empty()).then_some(pre),
+        Ok(Err(e)) => {
+            tracing::debug!(client = %conn.client, error = %e, "read failed before a request");
+            None
+        }
+        Err(_) => {
+            watch.refuse(HeadRefusal::Timeout, None);
+            None
+        }
+    }
 }
 
 /// Reads the first bytes of a connection (see [`FIRST_READ`]); empty: it closed first.

@@ -18,8 +18,8 @@
 //! first response is the only one there is. HTTP/2 starts with a SETTINGS frame, which
 //! passes through.
 //!
-//! Refusals that write nothing (the head timers, and the HTTP/2 preface on a connection that
-//! agreed on HTTP/1.1) are reported by the connection's task (`accept.rs`) through the same
+//! Refusals that write nothing (the head timers, the HTTP/2 preface on a connection that
+//! agreed on HTTP/1.1, and anything else on one that agreed on HTTP/2) are reported by the connection's task (`accept.rs`) through the same
 //! [`HeadWatch`], which counts each connection's refusal once.
 
 use std::net::SocketAddr;
@@ -54,6 +54,9 @@ pub enum HeadRefusal {
     Invalid,
     /// The HTTP/2 preface on a connection that agreed on HTTP/1.1 (closed, no answer).
     Http2Preface,
+    /// Anything but the HTTP/2 preface on a connection that agreed on HTTP/2 by ALPN
+    /// (closed, no answer: RFC 9113 §3.4).
+    NoHttp2Preface,
     /// No complete head within the handshake timeout (closed, no answer).
     Timeout,
 }
@@ -63,7 +66,9 @@ impl HeadRefusal {
         match self {
             HeadRefusal::TooLarge => Outcome::RequestHeadTooLarge,
             HeadRefusal::UriTooLong => Outcome::UriTooLong,
-            HeadRefusal::Invalid | HeadRefusal::Http2Preface => Outcome::RequestHeadInvalid,
+            HeadRefusal::Invalid | HeadRefusal::Http2Preface | HeadRefusal::NoHttp2Preface => {
+                Outcome::RequestHeadInvalid
+            }
             HeadRefusal::Timeout => Outcome::RequestHeadTimeout,
         }
     }
@@ -75,7 +80,7 @@ impl HeadRefusal {
             HeadRefusal::TooLarge => Some(431),
             HeadRefusal::UriTooLong => Some(414),
             HeadRefusal::Invalid => Some(400),
-            HeadRefusal::Http2Preface | HeadRefusal::Timeout => None,
+            HeadRefusal::Http2Preface | HeadRefusal::NoHttp2Preface | HeadRefusal::Timeout => None,
         }
     }
 
@@ -134,6 +139,9 @@ impl HeadReasons {
             }
             HeadRefusal::Http2Preface => {
                 "bad request: the HTTP/2 preface on a connection that agreed on HTTP/1.1"
+            }
+            HeadRefusal::NoHttp2Preface => {
+                "bad request: not the HTTP/2 preface on a connection that agreed on HTTP/2 (ALPN h2)"
             }
             HeadRefusal::Timeout => &self.timeout,
         }

@@ -41,7 +41,8 @@ pub enum Outcome {
     UriTooLong,
     /// The request head is not valid HTTP/1.1: a malformed request line, an obs-fold line, a
     /// bare CR, a control byte in a field, ... (400); or the HTTP/2 preface on a connection
-    /// that agreed on HTTP/1.1 (closed without an answer).
+    /// that agreed on HTTP/1.1, or anything else on one that agreed on HTTP/2 (closed without
+    /// an answer).
     RequestHeadInvalid,
     /// No complete request head within the listener's handshake timeout (closed without an
     /// answer: a slow or silent client).
