@@ -135,17 +135,14 @@ impl HandshakeError {
     pub fn response_headers(&self) -> Vec<(HeaderName, HeaderValue)> {
         use HandshakeError::*;
         match self {
-            NotAnUpgrade => vec![
+            // A 426 names the protocol to upgrade to (RFC 9110 §15.5.22).
+            NotAnUpgrade | VersionNotSupported(_) | MissingVersion => vec![
                 (header::UPGRADE, HeaderValue::from_static("websocket")),
                 (
                     header::SEC_WEBSOCKET_VERSION,
                     HeaderValue::from_static(WEBSOCKET_VERSION),
                 ),
             ],
-            VersionNotSupported(_) | MissingVersion => vec![(
-                header::SEC_WEBSOCKET_VERSION,
-                HeaderValue::from_static(WEBSOCKET_VERSION),
-            )],
             _ => Vec::new(),
         }
     }
@@ -269,8 +266,15 @@ fn check_version(headers: &HeaderMap) -> Result<(), HandshakeError> {
     match (versions.next(), versions.next()) {
         (None, _) => Err(HandshakeError::MissingVersion),
         (Some(v), None) if v.as_bytes().trim_ascii() == WEBSOCKET_VERSION.as_bytes() => Ok(()),
-        (Some(v), _) => Err(HandshakeError::VersionNotSupported(
-            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        // Every value is named: a repeated "13" is refused too, and must not read as if 13
+        // were unsupported.
+        _ => Err(HandshakeError::VersionNotSupported(
+            headers
+                .get_all(header::SEC_WEBSOCKET_VERSION)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect::<Vec<_>>()
+                .join(", "),
         )),
     }
 }

@@ -655,9 +655,15 @@ fn refuse(
         .insert(X_REQUEST_ID, ids.request_id_header());
     // After a refused upgrade the client's connection state is uncertain: start afresh.
     // (An HTTP/2 refusal ends one stream; the connection and its other streams go on.)
+    // A response naming an `Upgrade` lists it in `Connection` too (RFC 9110 §7.8).
     if !h2 {
+        let connection = if resp.headers().contains_key(header::UPGRADE) {
+            "upgrade, close"
+        } else {
+            "close"
+        };
         resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            .insert(header::CONNECTION, HeaderValue::from_static(connection));
     }
     resp
 }

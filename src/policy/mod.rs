@@ -279,10 +279,18 @@ impl RoutePolicy {
         protocols: Option<&mut Vec<String>>,
         facts: &RequestFacts<'_>,
     ) -> Result<Admitted, PolicyError> {
-        let origin_header = parts.headers.get(http::header::ORIGIN);
+        let mut origins = parts.headers.get_all(http::header::ORIGIN).iter();
+        let origin_header = origins.next();
         if let Some(origin) = &self.rules.origin
             && (protocols.is_some() || origin_header.is_some())
         {
+            // A browser sends one (RFC 6454 §7.3). With two, the first could pass the list
+            // while a backend reads the last: refused rather than forwarded.
+            if origins.next().is_some() {
+                return Err(PolicyError::Origin(
+                    "more than one Origin header: a client sends one".into(),
+                ));
+            }
             let value = origin_header.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
             origin
                 .check(value.as_deref(), Some(facts.host))

@@ -60,6 +60,26 @@ async fn origin_allow_list() {
     assert_eq!(counts.get(&("app".to_string(), "origin_refused")), Some(&5));
 }
 
+/// Two Origin headers are refused whatever their order: the allow-list checked the first
+/// and forwarded both, so a backend reading the last one saw an origin the list refuses.
+#[tokio::test]
+async fn two_origin_headers_are_refused() {
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway(&backend, r#"origins = ["https://app.example.com"]"#).await;
+    for (first, second) in [
+        ("https://app.example.com", "https://evil.example"),
+        ("https://evil.example", "https://app.example.com"),
+        ("https://app.example.com", "https://app.example.com"),
+    ] {
+        let r = upgrade(&gw, &format!("Origin: {first}\r\nOrigin: {second}\r\n")).await;
+        assert_eq!(r.status, 403, "{first}, {second}: {}", r.head);
+        assert!(r.body.contains("more than one Origin"), "{}", r.body);
+    }
+    assert_eq!(backend.request_count(), 0);
+    let counts = gw.handle().refusals();
+    assert_eq!(counts.get(&("app".to_string(), "origin_refused")), Some(&3));
+}
+
 #[tokio::test]
 async fn same_origin_and_missing_origin_refused() {
     let backend = EchoBackend::spawn().await;

@@ -347,6 +347,12 @@ async fn refusals_have_precise_statuses_and_reasons() {
             "only 13",
         ),
         (
+            "two versions",
+            upgrade_request("/", "Sec-WebSocket-Version: 13\r\n"),
+            426,
+            "unsupported Sec-WebSocket-Version \"13, 13\"",
+        ),
+        (
             "body",
             upgrade_request("/", "Content-Length: 5\r\n"),
             400,
@@ -380,9 +386,17 @@ async fn refusals_have_precise_statuses_and_reasons() {
                 Some("13"),
                 "{what}"
             );
-        }
-        if what == "plain GET" {
-            assert_eq!(resp.header("upgrade").as_deref(), Some("websocket"));
+            // RFC 9110 §15.5.22 and §7.8: a 426 names the upgrade, listed in Connection.
+            assert_eq!(
+                resp.header("upgrade").as_deref(),
+                Some("websocket"),
+                "{what}"
+            );
+            assert_eq!(
+                resp.header("connection").as_deref(),
+                Some("upgrade, close"),
+                "{what}"
+            );
         }
     }
     assert_eq!(
