@@ -30,6 +30,9 @@ pub mod close_code {
     pub const GOING_AWAY: u16 = 1001;
     /// 1002: to a side that broke RFC 6455 framing.
     pub const PROTOCOL_ERROR: u16 = 1002;
+    /// 1007: to a side whose close reason is not UTF-8 (the relay does not check messages'
+    /// text: those pass as sent).
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// 1008, "policy violation": to the client when the token its session was opened with
     /// expires (`expire_sessions`). Not 1001: the client must get a fresh token before it
     /// reconnects, not reconnect with the same one.
@@ -62,6 +65,7 @@ pub mod close_code {
             NORMAL => "normal closure",
             GOING_AWAY => "going away",
             PROTOCOL_ERROR => "protocol error",
+            INVALID_PAYLOAD => "invalid payload data",
             POLICY_VIOLATION => "policy violation",
             MESSAGE_TOO_BIG => "message too big",
             INTERNAL_ERROR => "internal error",
@@ -308,6 +312,16 @@ pub enum Violation {
     /// A compressed message that is not valid deflate (RFC 7692 §8: fail the connection).
     #[error("compressed message is not valid deflate")]
     BadDeflate,
+    /// A close frame whose payload is one byte: a code takes two (RFC 6455 §5.5.1).
+    #[error("close frame with a one-byte payload")]
+    CloseTooShort,
+    /// A close code no endpoint may send (RFC 6455 §7.4: 1005, 1006, 1015, or reserved), so
+    /// it is not passed on as if it had been.
+    #[error("close code {0} may not be sent")]
+    CloseCode(u16),
+    /// A close reason that is not UTF-8 (RFC 6455 §5.5.1 and §8.1: 1007).
+    #[error("close reason is not valid UTF-8")]
+    CloseReasonNotUtf8,
 }
 
 impl Violation {
@@ -317,6 +331,7 @@ impl Violation {
             Violation::MessageTooBig(_) | Violation::InflatedTooBig(_) => {
                 close_code::MESSAGE_TOO_BIG
             }
+            Violation::CloseReasonNotUtf8 => close_code::INVALID_PAYLOAD,
             _ => close_code::PROTOCOL_ERROR,
         }
     }
@@ -539,6 +554,11 @@ impl Scanner {
                 if let Some(m) = header.mask {
                     apply_mask(&mut payload[..plen], m, 0);
                 }
+                if header.opcode == opcode::CLOSE
+                    && let Err(v) = check_close(&payload[..plen])
+                {
+                    return self.stop(v, &[], sink);
+                }
                 sink(Event::Control {
                     opcode: header.opcode,
                     frame: &frame_buf[..total],
@@ -670,6 +690,25 @@ fn sink_forward(bytes: &[u8], sink: &mut impl FnMut(Event<'_>)) {
     }
 }
 
+/// A close frame's payload (unmasked) as RFC 6455 §5.5.1 and §7.4 allow it: empty, or a
+/// code an endpoint may send and a UTF-8 reason.
+fn check_close(payload: &[u8]) -> Result<(), Violation> {
+    match payload {
+        [] => Ok(()),
+        [_] => Err(Violation::CloseTooShort),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            if !close_code::sendable(code) {
+                Err(Violation::CloseCode(code))
+            } else if std::str::from_utf8(reason).is_err() {
+                Err(Violation::CloseReasonNotUtf8)
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Reads a close frame's payload (already unmasked): code and reason, if well formed.
 pub fn parse_close(payload: &[u8]) -> (Option<u16>, String) {
     if payload.len() < 2 {
@@ -732,8 +771,13 @@ pub fn fuzz_scanner(data: &[u8]) {
     for chunk in input.chunks(step) {
         let r = scanner.feed(chunk, &mut |ev| match ev {
             Event::Forward(b) => out.extend_from_slice(b),
-            Event::Control { frame, payload, .. } => {
+            Event::Control {
+                opcode: op,
+                frame,
+                payload,
+            } => {
                 assert!(payload.len() <= MAX_CONTROL_PAYLOAD as usize);
+                assert!(op != opcode::CLOSE || check_close(payload).is_ok());
                 out.extend_from_slice(frame);
             }
             Event::MessageEnd => {}

@@ -76,9 +76,7 @@ impl Reason {
     /// The reason text written in the proxy's close frames (short: control frames ≤ 125 B).
     pub(super) fn text(&self) -> &'static str {
         match self {
-            Reason::ProtocolError(CloseSide::Client, _) => {
-                close_code::phrase(close_code::PROTOCOL_ERROR)
-            }
+            Reason::ProtocolError(CloseSide::Client, v) => close_code::phrase(v.close_code()),
             Reason::ProtocolError(..) => "backend protocol error",
             Reason::MessageTooBig(_) => close_code::phrase(close_code::MESSAGE_TOO_BIG),
             Reason::RateLimited(_) => "rate limit",

@@ -95,6 +95,55 @@ async fn unmasked_client_frame_gets_1002_and_the_backend_1001() {
     );
 }
 
+/// A client's close frame that RFC 6455 forbids on the wire (a code no endpoint may send, a
+/// one-byte payload, a reason that is not UTF-8) fails the connection at the proxy: the client
+/// gets 1002 (1007 for the reason) and the backend 1001, never the forbidden close. (They
+/// were passed on as sent, so a lenient backend took a 1005 as a close.)
+#[tokio::test]
+async fn a_forbidden_close_from_the_client_gets_1002_and_the_backend_1001() {
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway_with(&backend, "").await;
+    let cases: [(&[u8], u16, &str); 6] = [
+        (&[0x03, 0xED], 1002, "protocol error"), // 1005
+        (&[0x03, 0xEE], 1002, "protocol error"), // 1006
+        (&[0x03, 0xF7], 1002, "protocol error"), // 1015
+        (&[0x03, 0xE7], 1002, "protocol error"), // 999
+        (&[0x03], 1002, "protocol error"),
+        (&[0x03, 0xE8, 0xFF], 1007, "invalid payload data"),
+    ];
+    for (i, (payload, code, reason)) in cases.into_iter().enumerate() {
+        let mut bytes = upgrade_request("/", "").into_bytes();
+        bytes.extend(client_frame(opcode::TEXT, b"fine"));
+        bytes.extend(client_frame(opcode::CLOSE, payload));
+        let (mut stream, resp) = raw_exchange(gw.addr, &bytes).await;
+        assert_eq!(resp.status, 101);
+        let (frames, close) = raw_frames_until_close(&mut stream, resp.rest).await;
+        assert_eq!(
+            frames,
+            vec![(opcode::TEXT, b"fine".to_vec())],
+            "{payload:?}"
+        );
+        assert_eq!(close, (code, reason.into()), "{payload:?}");
+        let closes = backend.wait_closes(i + 1).await;
+        assert_eq!(closes[i], Some((1001, reason.into())), "{payload:?}");
+    }
+}
+
+/// The same from a backend: a close code 1005 on the wire gets the client 1014, not 1005.
+#[tokio::test]
+async fn a_forbidden_close_from_the_backend_gets_the_client_1014() {
+    let mut response = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n".to_vec();
+    response.extend_from_slice(&encode_frame(opcode::CLOSE, true, &[0x03, 0xED], None));
+    let (addr, _seen) = scripted_backend(response).await;
+    let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{addr}")])).await;
+    let (mut stream, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 101);
+    assert_eq!(
+        raw_close(&mut stream, resp.rest).await,
+        (1014, "backend protocol error".into())
+    );
+}
+
 #[tokio::test]
 async fn reserved_opcode_from_the_backend_gets_the_client_1014() {
     let mut response = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n".to_vec();

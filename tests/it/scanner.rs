@@ -214,6 +214,35 @@ fn reserved_opcodes_and_bits() {
     assert_eq!(scan(&mut s, &[&ping]).1, Some(Violation::ReservedBits));
 }
 
+/// Close frames RFC 6455 forbids on the wire stop the stream before a byte of them passes.
+#[test]
+fn forbidden_close_frames() {
+    let ok = encode_frame(opcode::CLOSE, true, &[0x03, 0xE8], M);
+    let mut s = Scanner::new(Sender::Client, 0, None);
+    assert_eq!(scan(&mut s, &[&ok]).1, None);
+    let ping = frame(opcode::PING, true, 1, M);
+    for (payload, want) in [
+        (&[0x03][..], Violation::CloseTooShort),
+        (&[0x03, 0xED], Violation::CloseCode(1005)),
+        (&[0x03, 0xEE], Violation::CloseCode(1006)),
+        (&[0x03, 0xF7], Violation::CloseCode(1015)),
+        (&[0x07, 0xD0], Violation::CloseCode(2000)),
+        (&[0x13, 0x88], Violation::CloseCode(5000)),
+        (&[0x03, 0xE8, b'o', 0xC3], Violation::CloseReasonNotUtf8),
+    ] {
+        let bad = encode_frame(opcode::CLOSE, true, payload, M);
+        assert_cut(Sender::Client, &ping, &bad, want);
+    }
+    // Codes an endpoint may send, and a UTF-8 reason, pass.
+    for code in [1000u16, 1003, 1007, 1014, 3000, 4999] {
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice("é".as_bytes());
+        let mut s = Scanner::new(Sender::Server, 0, None);
+        let f = encode_frame(opcode::CLOSE, true, &payload, None);
+        assert_eq!(scan(&mut s, &[&f]).1, None, "{code}");
+    }
+}
+
 #[test]
 fn continuation_order() {
     let ok = frame(opcode::TEXT, true, 1, M);
