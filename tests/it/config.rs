@@ -415,6 +415,12 @@ fn runtime_workers_and_scheduler() {
         "{errs:#?}"
     );
     assert!(
+        errs[0]
+            .message
+            .contains("leave the key out for one per CPU"),
+        "{errs:#?}"
+    );
+    assert!(
         errs[1]
             .message
             .contains("\"per_worker\" or \"work_stealing\""),

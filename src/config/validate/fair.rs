@@ -53,8 +53,16 @@ impl Validator<'_> {
     ) -> DirectionRates {
         let name = |what: &str| format!("{key}.{side}_{what}");
         let range = 1..=MAX_MESSAGES_PER_SEC;
-        let per_sec = self.count(&name("messages_per_sec"), messages, range.clone());
-        let burst = self.count(&name("messages_burst"), messages_burst, range);
+        let per_sec = self.count(
+            &name("messages_per_sec"),
+            messages,
+            (range.clone(), "no limit"),
+        );
+        let burst = self.count(
+            &name("messages_burst"),
+            messages_burst,
+            (range, "one second's worth"),
+        );
         let messages = self.rate(
             &name("messages_burst"),
             messages_burst.map(|b| b.span()),

@@ -81,12 +81,13 @@ fn parse_rate(text: &str) -> Result<(u64, Duration), String> {
 }
 
 impl Validator<'_> {
-    /// An integer key in `range`; an error naming the key and its line otherwise.
+    /// An integer key in `range`; an error naming the key and its line otherwise, and what
+    /// leaving the key out means (`unset`, e.g. "no limit").
     pub(super) fn count(
         &mut self,
         key: &str,
         value: Option<&Spanned<i64>>,
-        range: std::ops::RangeInclusive<i64>,
+        (range, unset): (std::ops::RangeInclusive<i64>, &str),
     ) -> Option<i64> {
         let v = value?;
         if range.contains(v.get_ref()) {
@@ -96,7 +97,7 @@ impl Validator<'_> {
             key,
             Some(v.span()),
             format!(
-                "must be between {} and {} (leave the key out for no limit)",
+                "must be between {} and {} (leave the key out for {unset})",
                 range.start(),
                 range.end()
             ),
@@ -107,8 +108,12 @@ impl Validator<'_> {
     /// One scope's admission limits; `prefix` is `limits` or `route[N]`.
     pub(super) fn admission(&mut self, prefix: &str, keys: AdmissionKeys<'_>) -> AdmissionLimits {
         let sessions = |v: &mut Self, name: &str, value| {
-            v.count(&format!("{prefix}.{name}"), value, 1..=MAX_ADMISSION_COUNT)
-                .and_then(|n| u32::try_from(n).ok())
+            v.count(
+                &format!("{prefix}.{name}"),
+                value,
+                (1..=MAX_ADMISSION_COUNT, "no limit"),
+            )
+            .and_then(|n| u32::try_from(n).ok())
         };
         let max_sessions = sessions(self, "max_sessions", keys.max_sessions);
         let max_sessions_per_ip = sessions(self, "max_sessions_per_ip", keys.max_sessions_per_ip);
@@ -123,7 +128,11 @@ impl Validator<'_> {
     /// lets a client open 10 at once, then 10 a second).
     fn handshake_rate(&mut self, prefix: &str, keys: AdmissionKeys<'_>) -> Option<HandshakeRate> {
         let burst_key = format!("{prefix}.handshake_burst");
-        let burst = self.count(&burst_key, keys.handshake_burst, 1..=MAX_ADMISSION_COUNT);
+        let burst = self.count(
+            &burst_key,
+            keys.handshake_burst,
+            (1..=MAX_ADMISSION_COUNT, "the rate's count"),
+        );
         let Some(rate) = keys.handshake_rate_per_ip else {
             if let Some(b) = keys.handshake_burst {
                 self.err(
@@ -157,9 +166,13 @@ impl Validator<'_> {
 
     /// `limits.ipv6_prefix`: how many leading bits of an IPv6 client's address name it.
     pub(super) fn ipv6_prefix(&mut self, limits: &FileLimits) -> u8 {
-        self.count("limits.ipv6_prefix", limits.ipv6_prefix.as_ref(), 1..=128)
-            .and_then(|n| u8::try_from(n).ok())
-            .unwrap_or(DEFAULT_IPV6_PREFIX)
+        self.count(
+            "limits.ipv6_prefix",
+            limits.ipv6_prefix.as_ref(),
+            (1..=128, "a /64"),
+        )
+        .and_then(|n| u8::try_from(n).ok())
+        .unwrap_or(DEFAULT_IPV6_PREFIX)
     }
 
     /// `limits.fd_reserve`: descriptors new sessions leave free (0: no reserve).

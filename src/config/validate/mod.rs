@@ -420,7 +420,7 @@ impl Validator<'_> {
             .count(
                 "runtime.workers",
                 file.runtime.as_ref().and_then(|r| r.workers.as_ref()),
-                1..=MAX_WORKERS,
+                (1..=MAX_WORKERS, "one per CPU"),
             )
             .and_then(|n| usize::try_from(n).ok());
         let scheduler = self.scheduler(file.runtime.as_ref().and_then(|r| r.scheduler.as_ref()));
