@@ -448,7 +448,9 @@ fn key_path_at(text: &str, span: Range<usize>) -> String {
     for line in before.lines() {
         let t = line.trim();
         if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
-            let name = name.trim().to_string();
+            // `trim_end_matches`: a header with a `]` missing (`[[route]`, the syntax error
+            // being reported) still names its table.
+            let name = name.trim().trim_end_matches(']').trim().to_string();
             let n = counts.entry(name.clone()).or_insert(0);
             table = format!("{name}[{n}]");
             *n += 1;

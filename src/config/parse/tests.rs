@@ -55,6 +55,16 @@ fn key_paths_from_spans() {
     assert_eq!(at("backend_connect"), "route[1].timeouts.backend_connect");
 }
 
+/// A header missing its closing bracket, the syntax error itself, names its table plainly
+/// (it read `route][0]`).
+#[test]
+fn an_unclosed_header_names_its_table() {
+    let errors = parse::<toml::Table>("[[route]\nname = \"a\"\n").errors;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].key, "route[0]", "{errors:?}");
+    assert_eq!(errors[0].line, Some(1));
+}
+
 /// Every key of a `[[route]]` table, in the order `FileRoute` declares them.
 const ROUTE_KEYS: &str = "name, host, path, backends, balance, preserve_host, max_message, \
      permessage_deflate, max_message_inflated, timeouts, backend_tls, origins, missing_origin, \
