@@ -146,7 +146,7 @@ async fn check_reports_every_error_with_file_line_and_key() {
     let out = run_wsgate(["check", "--config", fixture]).await;
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("11 errors"), "{err}");
+    assert!(err.contains("12 errors"), "{err}");
     assert!(
         err.contains("many_errors.toml:3: timeouts.handshake:"),
         "{err}"

@@ -53,6 +53,8 @@ fn every_bad_value_is_reported_at_once() {
             (15, "route[0].backends[0]", "not a ws:// or wss:// URL"),
             (15, "route[0].backends[1]", "not a port number"),
             (16, "route[0].balance", "unknown balance"),
+            // Reported though route[0] has errors of its own (it was missed before).
+            (19, "route[1].name", "is used twice"),
             (20, "route[1].host", "not a host name"),
             (22, "route[1].backends", "at least one backend"),
             (
@@ -244,6 +246,31 @@ fn missing_keys_point_at_their_table() {
             (3, "route[0].name", "missing"),
             (3, "route[0].backends", "missing"),
         ],
+    );
+}
+
+/// A name repeated from a route with errors of its own (here a misspelt key, so no backends)
+/// is reported in the same run, not only once the first route is fixed.
+#[test]
+fn a_name_repeated_from_a_broken_route_is_reported_with_its_errors() {
+    let toml = r#"
+[[listener]]
+listen = "127.0.0.1:0"
+[[route]]
+name = "a"
+path = "/a"
+bakends = ["ws://127.0.0.1:1"]
+[[route]]
+name = "a"
+path = "/b"
+backends = ["ws://127.0.0.1:1"]
+"#;
+    let errs = wsgate::config::from_toml_str(toml).unwrap_err();
+    let found: Vec<(&str, Option<usize>)> = errs.iter().map(|e| (e.key.as_str(), e.line)).collect();
+    assert_eq!(
+        found,
+        [("route[0].bakends", Some(7)), ("route[1].name", Some(9))],
+        "{errs:#?}"
     );
 }
 

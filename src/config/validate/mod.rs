@@ -444,15 +444,18 @@ impl Validator<'_> {
         }
         for (i, r) in file.route.iter().enumerate() {
             let key = format!("route[{i}]");
+            // Names are compared as written, so a name repeated from a route with errors of
+            // its own is reported in the same run.
+            if let Some(name) = &r.get_ref().name
+                && !names.insert(name.get_ref().clone())
+            {
+                self.err(
+                    format!("{key}.name"),
+                    Some(name.span()),
+                    format!("route name {:?} is used twice", name.get_ref()),
+                );
+            }
             if let Some(route) = self.route(&key, r, backend_connect, backend_handshake, &session) {
-                if !names.insert(route.name.clone()) {
-                    let span = r.get_ref().name.as_ref().map(|n| n.span());
-                    self.err(
-                        format!("{key}.name"),
-                        span,
-                        format!("route name {:?} is used twice", route.name),
-                    );
-                }
                 if !places.insert((route.host.clone(), route.path.clone())) {
                     self.err(
                         format!("{key}.path"),
