@@ -138,9 +138,7 @@ pub fn tls_for(
         insecure_skip_verify: false,
         client_auth: None,
     })
-    .map_err(|e| match e {
-        crate::tls::PairError::Cert(m) | crate::tls::PairError::Key(m) => m,
-    })
+    .map_err(crate::tls::PairError::message)
 }
 
 /// Parses an `http://` or `https://` URL for a subrequest target.

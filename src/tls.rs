@@ -30,6 +30,21 @@ pub enum PairError {
     Cert(String),
     /// The key file, or the key not matching the certificate.
     Key(String),
+    /// Both files (each message names its file): a pair whose files are both missing or
+    /// unreadable is reported whole, not one file per attempt.
+    Both { cert: String, key: String },
+    /// The CA bundle of a backend client configuration.
+    Ca(String),
+}
+
+impl PairError {
+    /// The whole error as one line (where there is no key to pin each half on).
+    pub fn message(self) -> String {
+        match self {
+            PairError::Cert(m) | PairError::Key(m) | PairError::Ca(m) => m,
+            PairError::Both { cert, key } => format!("{cert}; {key}"),
+        }
+    }
 }
 
 /// Reads a certificate chain and its private key (PKCS#8, PKCS#1 or SEC1; RSA, ECDSA or
@@ -38,27 +53,40 @@ fn read_pair(
     cert: &Path,
     key: &Path,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PairError> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| PairError::Cert(format!("cannot read {}: {}", cert.display(), pem_error(&e))))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| PairError::Cert(format!("{}: {}", cert.display(), pem_error(&e))))?;
-    if chain.is_empty() {
-        return Err(PairError::Cert(format!(
-            "{}: no CERTIFICATE block in the file",
-            cert.display()
-        )));
-    }
-    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| PairError::Key(match e {
+    let chain = read_chain(cert);
+    // The key is read even when the certificate failed, so that one run names both files.
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => format!(
             "{}: no private key in the file (expected a PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block)",
             key.display()
         ),
         e => format!("cannot read {}: {}", key.display(), pem_error(&e)),
-    }))?;
+    });
+    let (chain, der) = match (chain, der) {
+        (Ok(chain), Ok(der)) => (chain, der),
+        (Err(cert), Ok(_)) => return Err(PairError::Cert(cert)),
+        (Ok(_), Err(key)) => return Err(PairError::Key(key)),
+        (Err(cert), Err(key)) => return Err(PairError::Both { cert, key }),
+    };
     if is_dev_certificate(&chain[0]) {
         tracing::warn!(cert = %cert.display(), "this is a wsgate development certificate: browsers will not trust it; do not use it in production");
     }
     Ok((chain, der))
+}
+
+/// Reads a certificate chain: at least one `CERTIFICATE` block.
+fn read_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("cannot read {}: {}", cert.display(), pem_error(&e)))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {}", cert.display(), pem_error(&e)))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "{}: no CERTIFICATE block in the file",
+            cert.display()
+        ));
+    }
+    Ok(chain)
 }
 
 /// The error for a certificate and key that do not belong together.
@@ -364,9 +392,7 @@ impl TlsListener {
     /// Reads every certificate file again. On any error the certificates in use stay, and the
     /// error names the file and why.
     pub fn reload(&self) -> Result<(), String> {
-        let fresh = build_resolver(&self.sources).map_err(|(_, e)| match e {
-            PairError::Cert(m) | PairError::Key(m) => m,
-        })?;
+        let fresh = build_resolver(&self.sources).map_err(|(_, e)| e.message())?;
         *self.resolver.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
         self.generation.send_modify(|g| *g += 1);
         Ok(())
@@ -463,7 +489,7 @@ pub fn backend_client_config(
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
     } else {
         let roots = match opts.ca {
-            Some(ca) => load_roots(ca).map_err(PairError::Cert)?,
+            Some(ca) => load_roots(ca).map_err(PairError::Ca)?,
             None => system_roots().clone(),
         };
         builder.with_root_certificates(roots)

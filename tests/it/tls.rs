@@ -132,6 +132,16 @@ async fn tls_config_errors_name_the_key_and_file() {
         errs[0].key == "listener[0].tls.cert" && errs[0].message.contains("missing.pem"),
         "{errs:?}"
     );
+    // Both files missing: one run names both, each on its own key.
+    let missing_key = ca.dir.join("missing-key.pem");
+    let errs = errors_with(&missing, &missing_key);
+    let named: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        named,
+        ["listener[0].tls.cert", "listener[0].tls.key"],
+        "{errs:?}"
+    );
+    assert!(errs[1].message.contains("missing-key.pem"), "{errs:?}");
     let errs = errors_with(&cert, &other_key);
     assert!(
         errs[0].message.contains("do not make a usable pair"),
@@ -141,6 +151,24 @@ async fn tls_config_errors_name_the_key_and_file() {
     let errs = errors_with(&cert, &cert);
     assert!(errs[0].message.contains("no private key"), "{errs:?}");
     assert_eq!(errs[0].line, Some(6));
+
+    // A backend client certificate that cannot be read is reported on `client_cert`, not on
+    // the route's (readable) `ca`.
+    let errs = wsgate::config::from_toml_str(&format!(
+        "[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"wss://localhost:1\"]\n\
+         [route.backend_tls]\nca = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
+        ca.ca_file(),
+        missing,
+        key
+    ))
+    .unwrap_err();
+    let backend_tls: Vec<_> = errs
+        .iter()
+        .filter(|e| e.key.contains("backend_tls"))
+        .collect();
+    assert_eq!(backend_tls.len(), 1, "{errs:?}");
+    assert_eq!(backend_tls[0].key, "route[0].backend_tls.client_cert");
+    assert!(backend_tls[0].message.contains("missing.pem"), "{errs:?}");
 }
 
 #[tokio::test]

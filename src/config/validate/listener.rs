@@ -135,12 +135,18 @@ impl Validator<'_> {
                             }
                             Some((ck, cp, kp))
                         }
-                        Err(crate::tls::PairError::Cert(msg)) => {
+                        // (`Ca` is a backend client configuration's; a pair never has one.)
+                        Err(crate::tls::PairError::Cert(msg) | crate::tls::PairError::Ca(msg)) => {
                             v.err(format!("{k}.cert"), Some(c.span()), msg);
                             None
                         }
                         Err(crate::tls::PairError::Key(msg)) => {
                             v.err(format!("{k}.key"), Some(kf.span()), msg);
+                            None
+                        }
+                        Err(crate::tls::PairError::Both { cert, key }) => {
+                            v.err(format!("{k}.cert"), Some(c.span()), cert);
+                            v.err(format!("{k}.key"), Some(kf.span()), key);
                             None
                         }
                     }

@@ -495,15 +495,20 @@ impl Validator<'_> {
         };
         let verified = match crate::tls::backend_client_config(&opts) {
             Ok(c) => Some(c),
+            Err(crate::tls::PairError::Ca(m)) => {
+                self.err(
+                    format!("{key}.backend_tls.ca"),
+                    t.ca.as_ref().map(|c| c.span()),
+                    m,
+                );
+                None
+            }
             Err(crate::tls::PairError::Cert(m)) => {
-                let (k, sp) = match &t.ca {
-                    Some(ca) => (format!("{key}.backend_tls.ca"), Some(ca.span())),
-                    None => (
-                        format!("{key}.backend_tls.client_cert"),
-                        t.client_cert.as_ref().map(|c| c.span()),
-                    ),
-                };
-                self.err(k, sp, m);
+                self.err(
+                    format!("{key}.backend_tls.client_cert"),
+                    t.client_cert.as_ref().map(|c| c.span()),
+                    m,
+                );
                 None
             }
             Err(crate::tls::PairError::Key(m)) => {
@@ -511,6 +516,19 @@ impl Validator<'_> {
                     format!("{key}.backend_tls.client_key"),
                     t.client_key.as_ref().map(|c| c.span()),
                     m,
+                );
+                None
+            }
+            Err(crate::tls::PairError::Both { cert, key: k }) => {
+                self.err(
+                    format!("{key}.backend_tls.client_cert"),
+                    t.client_cert.as_ref().map(|c| c.span()),
+                    cert,
+                );
+                self.err(
+                    format!("{key}.backend_tls.client_key"),
+                    t.client_key.as_ref().map(|c| c.span()),
+                    k,
                 );
                 None
             }
