@@ -189,6 +189,10 @@ pub enum ProxyError {
     /// The `Host` header and the request target's authority name different hosts.
     #[error("Host header does not match the request target's authority")]
     HostMismatch,
+    /// The `Host` header or the target's authority is not a plain host and port: the
+    /// reason says which.
+    #[error("{0}")]
+    HostInvalid(&'static str),
     #[error("the gateway is shutting down")]
     Draining,
     #[error(transparent)]
@@ -230,7 +234,9 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Handshake(e) => e.status(),
-            ProxyError::Path(_) | ProxyError::HostMismatch => StatusCode::BAD_REQUEST,
+            ProxyError::Path(_) | ProxyError::HostMismatch | ProxyError::HostInvalid(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Backend(e) => match e {
                 BackendError::Unreachable(_)
@@ -272,6 +278,7 @@ impl ProxyError {
             | ProxyError::Handshake(_)
             | ProxyError::Path(_)
             | ProxyError::HostMismatch
+            | ProxyError::HostInvalid(_)
             | ProxyError::RequestFraming(_)
             | ProxyError::BodyTooLarge(_) => Fault::Client,
             ProxyError::Policy(
@@ -292,6 +299,7 @@ impl ProxyError {
             ProxyError::Handshake(e) => e.outcome(),
             ProxyError::Path(_) => Outcome::PathInvalid,
             ProxyError::HostMismatch => Outcome::HostMismatch,
+            ProxyError::HostInvalid(_) => Outcome::HostInvalid,
             ProxyError::Draining => Outcome::Draining,
             ProxyError::Policy(e) => e.outcome(),
             ProxyError::Backend(e) => e.outcome(),

@@ -95,6 +95,9 @@ pub enum Outcome {
     /// The `Host` header names another host than the request target's authority (400,
     /// RFC 9112 §3.2.2, RFC 9113 §8.3.1).
     HostMismatch,
+    /// The `Host` header is not a host and port, or the request target's authority carries
+    /// userinfo (`user@host`) (400, RFC 9112 §3.2, RFC 9110 §4.2.4, RFC 9113 §8.3.1).
+    HostInvalid,
     /// The path cannot be made canonical without ambiguity: an encoded slash, a dot segment
     /// above the root, a control byte, ... (400; see `path.rs`).
     PathInvalid,
@@ -246,6 +249,7 @@ impl Outcome {
         Outcome::KeyOverHttp2,
         Outcome::DuplicateHost,
         Outcome::HostMismatch,
+        Outcome::HostInvalid,
         Outcome::PathInvalid,
         Outcome::OriginRefused,
         Outcome::SubprotocolRefused,
@@ -326,6 +330,7 @@ impl Outcome {
             Outcome::KeyOverHttp2 => "key_over_http2",
             Outcome::DuplicateHost => "duplicate_host",
             Outcome::HostMismatch => "host_mismatch",
+            Outcome::HostInvalid => "host_invalid",
             Outcome::PathInvalid => "path_invalid",
             Outcome::OriginRefused => "origin_refused",
             Outcome::SubprotocolRefused => "subprotocol_refused",

@@ -31,6 +31,8 @@ pub enum TargetError {
     HostMismatch,
     /// More than one `Host` header.
     DuplicateHost,
+    /// A `Host` header that is not `host[:port]`, or userinfo in the target's authority.
+    HostInvalid(&'static str),
 }
 
 impl From<PathError> for TargetError {
@@ -45,6 +47,7 @@ impl From<TargetError> for ProxyError {
             TargetError::Path(e) => ProxyError::Path(e),
             TargetError::HostMismatch => ProxyError::HostMismatch,
             TargetError::DuplicateHost => HandshakeError::DuplicateHost.into(),
+            TargetError::HostInvalid(why) => ProxyError::HostInvalid(why),
         }
     }
 }
@@ -80,9 +83,30 @@ fn request_host(parts: &Parts, scheme: &str) -> Result<Option<String>, TargetErr
         return Err(TargetError::DuplicateHost);
     }
     let host = host.and_then(|h| h.to_str().ok()).map(str::trim);
+    // Empty is HTTP/1.1's "no authority" (the handshake's validation asks for a host).
+    if let Some(h) = host.filter(|h| !h.is_empty()) {
+        // (`Authority` takes any port text, reading one it cannot parse as none.)
+        let is_host = |a: Authority| match a.as_str()[a.host().len()..].strip_prefix(':') {
+            None => true,
+            Some(port) => port.is_empty() || port.parse::<u16>().is_ok(),
+        };
+        if h.contains('@') || !h.parse::<Authority>().is_ok_and(is_host) {
+            return Err(TargetError::HostInvalid(
+                "Host header is not a host name or address with an optional port",
+            ));
+        }
+    }
     let Some(authority) = parts.uri.authority() else {
         return Ok(host.map(str::to_string));
     };
+    // RFC 9110 §4.2.4: userinfo in an http(s) URI is refused, as a likely attempt to
+    // obscure the host (`http://trusted.example@evil.example/`); RFC 9113 §8.3.1 makes it
+    // malformed in `:authority`.
+    if authority.as_str().contains('@') {
+        return Err(TargetError::HostInvalid(
+            "userinfo (user@) in the request target's authority is not allowed",
+        ));
+    }
     if let Some(host) = host {
         // The default port is the target's scheme's, or the connection's for origin form.
         let scheme = parts.uri.scheme_str().unwrap_or(scheme);
@@ -102,7 +126,8 @@ fn default_port(scheme: &str) -> u16 {
 }
 
 /// Whether `Host: host` names `authority`: host names compared without case or a trailing
-/// dot, a missing port read as the scheme's default, userinfo ignored (RFC 9112 §3.2).
+/// dot, a missing port read as the scheme's default (RFC 9112 §3.2; userinfo was refused
+/// before).
 fn same_authority(authority: &Authority, host: &str, default_port: u16) -> bool {
     let Ok(host) = host.parse::<Authority>() else {
         return false;
@@ -177,6 +202,30 @@ mod tests {
             Ok(Some("admin".into()))
         );
         assert_eq!(routed("/", &["ADMIN.example."]), Ok(Some("admin".into())));
+    }
+
+    #[test]
+    fn a_host_that_is_not_a_host_and_userinfo_in_the_target_are_refused() {
+        for bad in [
+            "user@admin.example",
+            "admin.example/x",
+            "a b",
+            "admin.example:x",
+        ] {
+            assert_eq!(routed("/", &[bad]), Err("host_invalid".into()), "{bad}");
+        }
+        assert_eq!(
+            routed("http://public.example@admin.example/", &["admin.example"]),
+            Err("host_invalid".into())
+        );
+        assert_eq!(
+            routed("http://public.example@admin.example/", &[]),
+            Err("host_invalid".into())
+        );
+        // Addresses and ports are hosts.
+        for good in ["[::1]:8080", "127.0.0.1", "admin.example:443"] {
+            assert!(routed("/", &[good]).is_ok(), "{good}");
+        }
     }
 
     #[test]

@@ -191,6 +191,18 @@ async fn absolute_form_targets_and_host_headers() {
         "{}",
         resp.body
     );
+    // Userinfo in the target's authority (RFC 9110 §4.2.4: likely there to obscure the host)
+    // and a Host header that is not a host: 400, and the backend never asked.
+    let resp = ask("http://public.example@admin.example/", &["admin.example"]).await;
+    assert_eq!(resp.status, 400, "{}", resp.body);
+    assert!(resp.body.contains("userinfo"), "{}", resp.body);
+    let resp = ask("/", &["public.example@admin.example"]).await;
+    assert_eq!(resp.status, 400, "{}", resp.body);
+    assert!(
+        resp.body.contains("Host header is not a host"),
+        "{}",
+        resp.body
+    );
     assert_eq!(public.request_count(), 0);
     // The absolute form reaches the backend in origin form, canonical.
     let resp = ask("http://public.example/x/../y?q", &["public.example"]).await;
