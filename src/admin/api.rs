@@ -93,6 +93,23 @@ const KNOWN: &[&str] = &[
     "api/reload",
 ];
 
+/// The paths the router takes a POST on (their handlers are in [`route`]): the writes the
+/// guard holds to JSON and a same origin. A POST anywhere else writes nothing and gets the
+/// router's 404 or 405.
+const WRITES: &[&str] = &[
+    "api/sessions/*/close",
+    "api/backends/drain",
+    "api/backends/undrain",
+    "api/reload",
+    "api/login",
+];
+
+/// Whether a POST to `path` reaches a handler that acts on it.
+pub(super) fn is_write(path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    WRITES.iter().any(|p| matches_pattern(p, &segments))
+}
+
 fn matches_pattern(pattern: &str, segments: &[&str]) -> bool {
     let p: Vec<&str> = pattern.split('/').collect();
     p.len() == segments.len() && p.iter().zip(segments).all(|(a, b)| *a == "*" || a == b)

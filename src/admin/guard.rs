@@ -102,8 +102,9 @@ impl Rules {
             ));
         }
         // Of the methods that write, only POST can come from a cross-site form or a simple
-        // `fetch`; the others need a CORS preflight, which is never answered.
-        if *method == Method::POST {
+        // `fetch`; the others need a CORS preflight, which is never answered. A POST to a path
+        // that takes none (`/healthz`) goes on to the router's 405.
+        if *method == Method::POST && super::api::is_write(path) {
             let json = headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
@@ -281,6 +282,19 @@ mod tests {
     fn writes_need_json_and_a_same_origin() {
         let r = rules(None, true);
         let host = ("host", "127.0.0.1:9901");
+        // Every write endpoint; a POST elsewhere is the router's to refuse (405 or 404).
+        for write in [
+            "/api/sessions/1/close",
+            "/api/backends/drain",
+            "/api/backends/undrain",
+            "/api/reload",
+            "/api/login",
+        ] {
+            assert_eq!(status(&r, Method::POST, write, &[host]), 415, "{write}");
+        }
+        for other in ["/healthz", "/metrics", "/api/sessions", "/nowhere"] {
+            assert_eq!(status(&r, Method::POST, other, &[host]), 200, "{other}");
+        }
         assert_eq!(
             status(&r, Method::POST, "/api/sessions/1/close", &[host]),
             415
@@ -302,7 +316,7 @@ mod tests {
             status(
                 &r,
                 Method::POST,
-                "/x",
+                "/api/reload",
                 &[host, JSON, ("origin", "http://127.0.0.1:9901")]
             ),
             200
@@ -311,7 +325,7 @@ mod tests {
             status(
                 &r,
                 Method::POST,
-                "/x",
+                "/api/reload",
                 &[host, JSON, ("origin", "https://evil.example")]
             ),
             403

@@ -524,6 +524,13 @@ async fn a_token_guards_the_write_endpoints_and_the_browser_rules_hold() {
             .status,
         405
     );
+    // A POST where none is taken is 405 too (not 415 over its missing JSON).
+    assert_eq!(
+        admin_request(admin, "POST", "/healthz", &bearer, "")
+            .await
+            .status,
+        405
+    );
 }
 
 #[tokio::test]
