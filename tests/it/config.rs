@@ -301,6 +301,46 @@ backends = ["ws://127.0.0.1:1"]
     );
 }
 
+/// Names are kept trimmed (and reloads, the admin API and the metrics find routes by them),
+/// so "a" and " a " are the same name; two empty names get "must not be empty" only.
+#[test]
+fn route_names_that_differ_only_in_spaces_are_the_same_name() {
+    let toml = r#"
+[[listener]]
+listen = "127.0.0.1:0"
+[[route]]
+name = "a"
+path = "/a"
+backends = ["ws://127.0.0.1:1"]
+[[route]]
+name = " a "
+path = "/b"
+backends = ["ws://127.0.0.1:1"]
+[[route]]
+name = ""
+path = "/c"
+backends = ["ws://127.0.0.1:1"]
+[[route]]
+name = " "
+path = "/d"
+backends = ["ws://127.0.0.1:1"]
+"#;
+    let errs = wsgate::config::from_toml_str(toml).unwrap_err();
+    let found: Vec<(&str, &str)> = errs
+        .iter()
+        .map(|e| (e.key.as_str(), e.message.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("route[1].name", "route name \"a\" is used twice"),
+            ("route[2].name", "must not be empty"),
+            ("route[3].name", "must not be empty"),
+        ],
+        "{errs:#?}"
+    );
+}
+
 #[test]
 fn the_example_config_is_valid_and_uses_the_documented_defaults() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");

@@ -444,15 +444,19 @@ impl Validator<'_> {
         }
         for (i, r) in file.route.iter().enumerate() {
             let key = format!("route[{i}]");
-            // Names are compared as written, so a name repeated from a route with errors of
-            // its own is reported in the same run.
+            // Names are compared before the route is validated, so a name repeated from a
+            // route with errors of its own is reported in the same run; trimmed, as the route
+            // keeps them (and reloads, the admin API and the metrics find routes by them). An
+            // empty name has its own error.
             if let Some(name) = &r.get_ref().name
-                && !names.insert(name.get_ref().clone())
+                && let trimmed = name.get_ref().trim()
+                && !trimmed.is_empty()
+                && !names.insert(trimmed.to_string())
             {
                 self.err(
                     format!("{key}.name"),
                     Some(name.span()),
-                    format!("route name {:?} is used twice", name.get_ref()),
+                    format!("route name {trimmed:?} is used twice"),
                 );
             }
             if let Some(route) = self.route(&key, r, backend_connect, backend_handshake, &session) {
