@@ -414,8 +414,12 @@ async fn serve<I>(
             };
             if !pre.starts_with(H2_PREFACE) {
                 // RFC 9113 §3.4: not HTTP/2, so closed without a GOAWAY (hyper's h2 would
-                // send its SETTINGS first, and nothing would be counted).
-                watch.refuse(HeadRefusal::NoHttp2Preface, None);
+                // send its SETTINGS first, and nothing would be counted). A part of the
+                // preface (`first_bytes` reads on while it is one, so the client closed)
+                // is a client that left, as a partial HTTP/1.1 head is.
+                if !H2_PREFACE.starts_with(&pre) {
+                    watch.refuse(HeadRefusal::NoHttp2Preface, None);
+                }
                 return;
             }
             (h2, pre)

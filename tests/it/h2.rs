@@ -366,6 +366,28 @@ async fn alpn_h2_then_an_http1_upgrade_is_refused() {
     assert_opening_refused(&gw, &backend, &mut tls, request.as_bytes()).await;
 }
 
+/// A client that agreed on `h2` and leaves in the middle of the preface has left: nothing is
+/// refused or counted (as for a partial HTTP/1.1 head).
+#[tokio::test]
+async fn alpn_h2_and_part_of_the_preface_then_gone_is_not_a_refusal() {
+    use tokio::io::AsyncWriteExt;
+    let (backend, gw, ca) = tls_gateway("").await;
+    let mut tls = tls_offering_h2(&ca, &gw).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls.write_all(&h2_preface_and_settings()[..16])
+        .await
+        .unwrap();
+    tls.shutdown().await.unwrap();
+    let got = read_until_closed(&mut tls).await;
+    assert!(got.is_empty(), "answered {got:?}");
+    assert!(
+        gw.handle().refusals().is_empty(),
+        "{:?}",
+        gw.handle().refusals()
+    );
+    assert_eq!(backend.request_count(), 0);
+}
+
 #[tokio::test]
 async fn h2c_prior_knowledge_on_a_plain_listener() {
     let backend = EchoBackend::spawn().await;
