@@ -89,6 +89,10 @@ pub enum HandshakeError {
     VersionNotSupported(String),
     #[error("missing Sec-WebSocket-Version: only 13 is supported")]
     MissingVersion,
+    /// `Sec-WebSocket-Version` on more than one field line (RFC 6455 §11.3.5: at most once
+    /// in a request), whatever the values.
+    #[error("more than one Sec-WebSocket-Version header ({0:?}): send one, 13")]
+    DuplicateVersion(String),
     #[error("invalid Sec-WebSocket-Protocol: {0:?} is not a token")]
     InvalidSubprotocol(String),
     #[error("WebSocket handshake must not carry a request body")]
@@ -143,6 +147,11 @@ impl HandshakeError {
                     HeaderValue::from_static(WEBSOCKET_VERSION),
                 ),
             ],
+            // Which version to send once.
+            DuplicateVersion(_) => vec![(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static(WEBSOCKET_VERSION),
+            )],
             _ => Vec::new(),
         }
     }
@@ -162,6 +171,7 @@ impl HandshakeError {
             DuplicateKey => Outcome::DuplicateKey,
             InvalidKey => Outcome::InvalidKey,
             VersionNotSupported(_) => Outcome::VersionNotSupported,
+            DuplicateVersion(_) => Outcome::DuplicateVersion,
             MissingVersion => Outcome::MissingVersion,
             InvalidSubprotocol(_) => Outcome::InvalidSubprotocol,
             HasBody => Outcome::HasBody,
@@ -266,9 +276,11 @@ fn check_version(headers: &HeaderMap) -> Result<(), HandshakeError> {
     match (versions.next(), versions.next()) {
         (None, _) => Err(HandshakeError::MissingVersion),
         (Some(v), None) if v.as_bytes().trim_ascii() == WEBSOCKET_VERSION.as_bytes() => Ok(()),
-        // Every value is named: a repeated "13" is refused too, and must not read as if 13
-        // were unsupported.
-        _ => Err(HandshakeError::VersionNotSupported(
+        (Some(v), None) => Err(HandshakeError::VersionNotSupported(
+            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        )),
+        // Every value is named, so a repeated "13" does not read as if 13 were unsupported.
+        (Some(_), Some(_)) => Err(HandshakeError::DuplicateVersion(
             headers
                 .get_all(header::SEC_WEBSOCKET_VERSION)
                 .iter()

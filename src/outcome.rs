@@ -78,6 +78,8 @@ pub enum Outcome {
     VersionNotSupported,
     /// No `Sec-WebSocket-Version` (426; 400 over HTTP/2).
     MissingVersion,
+    /// `Sec-WebSocket-Version` on more than one field line (400).
+    DuplicateVersion,
     /// A `Sec-WebSocket-Protocol` entry that is not a token (400).
     InvalidSubprotocol,
     /// The upgrade request carries a body (400).
@@ -241,6 +243,7 @@ impl Outcome {
         Outcome::InvalidKey,
         Outcome::VersionNotSupported,
         Outcome::MissingVersion,
+        Outcome::DuplicateVersion,
         Outcome::InvalidSubprotocol,
         Outcome::HasBody,
         Outcome::NotExtendedConnect,
@@ -322,6 +325,7 @@ impl Outcome {
             Outcome::InvalidKey => "invalid_key",
             Outcome::VersionNotSupported => "version_not_supported",
             Outcome::MissingVersion => "missing_version",
+            Outcome::DuplicateVersion => "duplicate_version",
             Outcome::InvalidSubprotocol => "invalid_subprotocol",
             Outcome::HasBody => "has_body",
             Outcome::NotExtendedConnect => "not_extended_connect",
@@ -484,6 +488,7 @@ mod tests {
             InvalidKey,
             VersionNotSupported("8".into()),
             MissingVersion,
+            DuplicateVersion("13, 13".into()),
             InvalidSubprotocol("a b".into()),
             HasBody,
             NotExtendedConnect,
@@ -505,6 +510,7 @@ mod tests {
             "invalid_key",
             "version_not_supported",
             "missing_version",
+            "duplicate_version",
             "invalid_subprotocol",
             "has_body",
             "not_extended_connect",

@@ -349,8 +349,8 @@ async fn refusals_have_precise_statuses_and_reasons() {
         (
             "two versions",
             upgrade_request("/", "Sec-WebSocket-Version: 13\r\n"),
-            426,
-            "unsupported Sec-WebSocket-Version \"13, 13\"",
+            400,
+            "more than one Sec-WebSocket-Version header (\"13, 13\"): send one, 13",
         ),
         (
             "body",
