@@ -321,7 +321,7 @@ pub enum Violation {
     CloseCode(u16),
     /// A close reason that is not UTF-8 (RFC 6455 §5.5.1 and §8.1: 1007).
     #[error("close reason is not valid UTF-8")]
-    CloseReasonNotUtf8,
+    CloseReasonNotUtf8(u16),
 }
 
 impl Violation {
@@ -331,8 +331,25 @@ impl Violation {
             Violation::MessageTooBig(_) | Violation::InflatedTooBig(_) => {
                 close_code::MESSAGE_TOO_BIG
             }
-            Violation::CloseReasonNotUtf8 => close_code::INVALID_PAYLOAD,
+            Violation::CloseReasonNotUtf8(_) => close_code::INVALID_PAYLOAD,
             _ => close_code::PROTOCOL_ERROR,
+        }
+    }
+
+    /// A close frame RFC 6455 forbids (its code, its length or its reason).
+    pub fn is_close(&self) -> bool {
+        matches!(
+            self,
+            Violation::CloseTooShort | Violation::CloseCode(_) | Violation::CloseReasonNotUtf8(_)
+        )
+    }
+
+    /// The code of a forbidden close frame, where it has one: what the access log and the
+    /// close-code metric record as the side's close.
+    pub fn sent_close_code(&self) -> Option<u16> {
+        match *self {
+            Violation::CloseCode(c) | Violation::CloseReasonNotUtf8(c) => Some(c),
+            _ => None,
         }
     }
 }
@@ -701,7 +718,7 @@ fn check_close(payload: &[u8]) -> Result<(), Violation> {
             if !close_code::sendable(code) {
                 Err(Violation::CloseCode(code))
             } else if std::str::from_utf8(reason).is_err() {
-                Err(Violation::CloseReasonNotUtf8)
+                Err(Violation::CloseReasonNotUtf8(code))
             } else {
                 Ok(())
             }

@@ -17,7 +17,7 @@ pub struct DirStats {
 }
 
 /// A close frame's content.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CloseInfo {
     pub code: Option<u16>,
     pub reason: String,
@@ -73,10 +73,14 @@ impl Reason {
         }
     }
 
-    /// The reason text written in the proxy's close frames (short: control frames ≤ 125 B).
-    pub(super) fn text(&self) -> &'static str {
-        match self {
-            Reason::ProtocolError(CloseSide::Client, v) => close_code::phrase(v.close_code()),
+    /// The reason text written in the proxy's close frame to `to` (short: control frames ≤
+    /// 125 B). A protocol error is named to the side that broke the protocol by its close
+    /// code's phrase, and to the other side as the offender's, so a backend closed over its
+    /// client's violation does not read "protocol error" as its own.
+    pub(super) fn text(&self, to: CloseSide) -> &'static str {
+        match *self {
+            Reason::ProtocolError(side, v) if side == to => close_code::phrase(v.close_code()),
+            Reason::ProtocolError(CloseSide::Client, _) => "client protocol error",
             Reason::ProtocolError(..) => "backend protocol error",
             Reason::MessageTooBig(_) => close_code::phrase(close_code::MESSAGE_TOO_BIG),
             Reason::RateLimited(_) => "rate limit",
@@ -136,12 +140,12 @@ impl Reason {
     }
 }
 
-/// The reason text of the proxy's close frames for `reason`: the one asked for with a
+/// The reason text of the proxy's close frame to `to` for `reason`: the one asked for with a
 /// session's own close request, else the reason's own.
-pub(super) fn text<'a>(st: &'a super::State, reason: &Reason) -> &'a str {
+pub(super) fn text<'a>(st: &'a super::State, reason: &Reason, to: CloseSide) -> &'a str {
     match (reason, st.link().asked()) {
         (Reason::Asked(..), Some(asked)) => &asked.reason,
-        _ => reason.text(),
+        _ => reason.text(to),
     }
 }
 

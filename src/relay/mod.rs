@@ -542,7 +542,6 @@ fn take_over<C, B>(
         _ => None,
     };
     let (to_client, to_backend) = reason.codes();
-    let text = ending::text(st, &reason);
     c.passing = offender == Some(CloseSide::Backend) && !c.read_eof;
     b.passing = offender == Some(CloseSide::Client) && !b.read_eof;
     // (Not a frame sent after the side's close frame: that one is dropped, not finished.)
@@ -552,7 +551,11 @@ fn take_over<C, B>(
         !b.passing && !b.scanner.at_boundary() && !b.read_eof && b.close_from.is_none();
     let defer_client = offender == Some(CloseSide::Client) && b.passing;
     let defer_backend = offender == Some(CloseSide::Backend) && c.passing;
-    for (close_to, write_shut, inject, deferred, defer, role, code) in [
+    let (text_client, text_backend) = (
+        ending::text(st, &reason, CloseSide::Client),
+        ending::text(st, &reason, CloseSide::Backend),
+    );
+    for (close_to, write_shut, inject, deferred, defer, role, code, text) in [
         (
             &mut c.close_to,
             c.write_shut,
@@ -561,6 +564,7 @@ fn take_over<C, B>(
             defer_client,
             Sender::Client,
             to_client,
+            text_client,
         ),
         (
             &mut b.close_to,
@@ -570,6 +574,7 @@ fn take_over<C, B>(
             defer_backend,
             Sender::Server,
             to_backend,
+            text_backend,
         ),
     ] {
         if !*close_to && !write_shut {
@@ -726,7 +731,7 @@ fn release<Z>(st: &mut State, to: &mut Side<Z>) {
             CloseSide::Client => (to_client, Sender::Client),
             _ => (to_backend, Sender::Server),
         };
-        to.inject = Some(frame::close_frame(code, ending::text(st, &reason), role).into());
+        to.inject = Some(frame::close_frame(code, ending::text(st, &reason, to.who), role).into());
         st.progress += 1;
     }
 }
@@ -855,6 +860,8 @@ where
     let ping_seq = from.pings_sent;
     let close_from = &mut from.close_from;
     let mut batch = Batch::new(data);
+    // (A scanner stopped earlier reports its violation again: not a new one.)
+    let stopped_before = from.scanner.stopped().is_some();
     let result = from.scanner.feed(data, &mut |ev| {
         match ev {
             Event::Forward(_) if close_from.is_some() => late = true,
@@ -931,19 +938,42 @@ where
     }
     match result {
         Ok(()) => Ok(()),
-        // While the proxy is closing, a side's garbage only ends what is forwarded from it;
-        // it is still read (and dropped) until its EOF, so that it gets its close frame.
-        Err(_) if st.taken_over => {
-            if from.passing {
+        Err(v) => {
+            let after_close = from.close_from.is_some();
+            if !after_close && !stopped_before && v.is_close() {
+                // A close RFC 6455 forbids is still the side's close frame: it sends nothing
+                // after it and waits for the answer, so its closing handshake is done once it
+                // has the proxy's close. Recorded with the code it sent, if any (the log and
+                // the close-code metric show 1005, 1006, 1015 or "invalid"), without its
+                // reason, which may not be text.
+                from.close_from = Some(Box::new(CloseInfo {
+                    code: v.sent_close_code(),
+                    reason: String::new(),
+                }));
+            }
+            if !after_close && !st.taken_over {
+                return Err(match v {
+                    Violation::MessageTooBig(_) | Violation::InflatedTooBig(_) => {
+                        Reason::MessageTooBig(from.who)
+                    }
+                    v => Reason::ProtocolError(from.who, v),
+                });
+            }
+            if after_close {
+                // After its close frame, whatever a side sends is late (RFC 6455 §5.5.1) and
+                // dropped like any late frame, a second, malformed close included: its
+                // closing handshake goes on, not cut short as a protocol error.
+                st.late_frames.get_or_insert(from.who);
+            }
+            // While the proxy is closing, a side's garbage only ends what is forwarded from
+            // it; it is still read (and dropped) until its EOF, so that it gets its close
+            // frame.
+            if st.taken_over && from.passing {
                 from.passing = false;
                 release(st, to);
             }
             Ok(())
         }
-        Err(Violation::MessageTooBig(_) | Violation::InflatedTooBig(_)) => {
-            Err(Reason::MessageTooBig(from.who))
-        }
-        Err(v) => Err(Reason::ProtocolError(from.who, v)),
     }
 }
 

@@ -219,6 +219,117 @@ async fn frames_after_a_close_frame_are_dropped_even_across_a_take_over() {
     assert_eq!(out.backend_to_client.frames, 2);
 }
 
+/// A close frame RFC 6455 forbids (here a one-byte payload) sent in reply to the proxy's own
+/// close still ends that side's closing handshake: the relay finishes without waiting for its
+/// EOF, and the record says the client closed, with no code.
+#[tokio::test]
+async fn a_forbidden_close_in_reply_to_the_proxys_close_is_still_that_sides_close() {
+    let (mut client, mut backend, control, task) = spawn_relay(1024);
+    control.close_with(close_code::GOING_AWAY);
+    let mut head = [0u8; 2];
+    client.read_exact(&mut head).await.unwrap();
+    let mut rest = vec![0u8; usize::from(head[1] & 0x7f)];
+    client.read_exact(&mut rest).await.unwrap();
+    let mut head = [0u8; 6];
+    backend.read_exact(&mut head).await.unwrap();
+    let mut rest = vec![0u8; usize::from(head[1] & 0x7f)];
+    backend.read_exact(&mut rest).await.unwrap();
+    // Close code 1006, which no endpoint may send.
+    client
+        .write_all(&masked(opcode::CLOSE, &1006u16.to_be_bytes()))
+        .await
+        .unwrap();
+    backend
+        .write_all(&plain(opcode::CLOSE, &1001u16.to_be_bytes()))
+        .await
+        .unwrap();
+    // Both handshakes are done: the client's pipe is shut before the client has closed
+    // anything (it would wait for the close timeout otherwise, and the session be cut).
+    let mut after = Vec::new();
+    client.read_to_end(&mut after).await.unwrap();
+    assert!(after.is_empty(), "{after:?}");
+    drop(client);
+    drop(backend);
+    let out = task.await.unwrap();
+    assert!(!out.cut);
+    assert_eq!(
+        out.client_close,
+        Some(CloseInfo {
+            code: Some(1006),
+            reason: String::new()
+        })
+    );
+    assert_eq!(out.closed_by, CloseSide::Proxy);
+    assert_eq!(out.outcome().as_str(), "drained");
+}
+
+/// A close RFC 6455 forbids (a one-byte payload) fails the session, and is still the client's
+/// close frame: once the client has the proxy's 1002 its closing handshake is done, and the
+/// relay ends without waiting for the client to close the connection itself.
+#[tokio::test]
+async fn a_forbidden_close_fails_the_session_and_still_counts_as_the_senders_close() {
+    let (mut client, mut backend, _control, task) = spawn_relay(1024);
+    client
+        .write_all(&masked(opcode::CLOSE, &[0x03]))
+        .await
+        .unwrap();
+    // The backend is closed first (1001), and its reply lets the client's 1002 go.
+    let mut head = [0u8; 6];
+    backend.read_exact(&mut head).await.unwrap();
+    let mut rest = vec![0u8; usize::from(head[1] & 0x7f)];
+    backend.read_exact(&mut rest).await.unwrap();
+    let code = [rest[0] ^ head[2], rest[1] ^ head[3]];
+    assert_eq!(code, 1001u16.to_be_bytes());
+    backend
+        .write_all(&plain(opcode::CLOSE, &1001u16.to_be_bytes()))
+        .await
+        .unwrap();
+    // The client's pipe is shut after its 1002, before the client has closed anything.
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).await.unwrap();
+    assert_eq!((got[0], &got[2..4]), (0x88, &1002u16.to_be_bytes()[..]));
+    drop(client);
+    drop(backend);
+    let out = task.await.unwrap();
+    assert_eq!(out.outcome().as_str(), "client_protocol_error");
+    assert_eq!(out.client_close, Some(CloseInfo::default()));
+    assert_eq!(out.closed_by, CloseSide::Proxy);
+    assert!(!out.cut);
+}
+
+/// After a side's close frame, a malformed close is late like any other frame: dropped, and
+/// the closing handshake completes with the other side's reply, not cut short with 1002.
+#[tokio::test]
+async fn a_malformed_close_after_a_sides_close_is_late_not_a_protocol_error() {
+    let (mut client, mut backend, _control, task) = spawn_relay(1024);
+    let close = masked(opcode::CLOSE, &[0x03, 0xe8, b'b', b'y', b'e']);
+    let forbidden = masked(opcode::CLOSE, &[0x03, 0xed]); // 1005
+    client
+        .write_all(&[&close[..], &forbidden[..]].concat())
+        .await
+        .unwrap();
+    let mut got = vec![0u8; close.len()];
+    backend.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, close);
+    let reply = plain(opcode::CLOSE, &1000u16.to_be_bytes());
+    backend.write_all(&reply).await.unwrap();
+    backend.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).await.unwrap();
+    assert_eq!(
+        got, reply,
+        "the client gets the backend's reply, not a 1002"
+    );
+    drop(client);
+    let mut rest = Vec::new();
+    backend.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    let out = task.await.unwrap();
+    assert_eq!(out.outcome().as_str(), "closed");
+    assert_eq!(out.late_frames, Some(CloseSide::Client));
+    assert_eq!(out.client_close.and_then(|c| c.code), Some(1000));
+}
+
 #[test]
 fn ping_tokens_differ() {
     assert_ne!(ping_token(1), ping_token(2));

@@ -91,7 +91,7 @@ async fn unmasked_client_frame_gets_1002_and_the_backend_1001() {
     );
     assert_eq!(
         backend.wait_closes(1).await,
-        vec![Some((1001, "protocol error".into()))]
+        vec![Some((1001, "client protocol error".into()))]
     );
 }
 
@@ -125,7 +125,11 @@ async fn a_forbidden_close_from_the_client_gets_1002_and_the_backend_1001() {
         );
         assert_eq!(close, (code, reason.into()), "{payload:?}");
         let closes = backend.wait_closes(i + 1).await;
-        assert_eq!(closes[i], Some((1001, reason.into())), "{payload:?}");
+        assert_eq!(
+            closes[i],
+            Some((1001, "client protocol error".into())),
+            "{payload:?}"
+        );
     }
 }
 

@@ -228,7 +228,10 @@ fn forbidden_close_frames() {
         (&[0x03, 0xF7], Violation::CloseCode(1015)),
         (&[0x07, 0xD0], Violation::CloseCode(2000)),
         (&[0x13, 0x88], Violation::CloseCode(5000)),
-        (&[0x03, 0xE8, b'o', 0xC3], Violation::CloseReasonNotUtf8),
+        (
+            &[0x03, 0xE8, b'o', 0xC3],
+            Violation::CloseReasonNotUtf8(1000),
+        ),
     ] {
         let bad = encode_frame(opcode::CLOSE, true, payload, M);
         assert_cut(Sender::Client, &ping, &bad, want);
