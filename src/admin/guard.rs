@@ -173,9 +173,14 @@ fn loopback_host(headers: &HeaderMap) -> bool {
 
 /// No `Origin`, or one whose authority is the request's `Host`.
 fn same_origin(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN) else {
+    let mut origins = headers.get_all(header::ORIGIN).iter();
+    let Some(origin) = origins.next() else {
         return true;
     };
+    if origins.next().is_some() {
+        // A browser sends one; which of two the check would read is not worth guessing.
+        return false;
+    }
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     let authority = origin
         .to_str()
@@ -327,6 +332,21 @@ mod tests {
                 Method::POST,
                 "/api/reload",
                 &[host, JSON, ("origin", "https://evil.example")]
+            ),
+            403
+        );
+        // Two Origin headers, the first the listener itself: refused, whatever the order.
+        assert_eq!(
+            status(
+                &r,
+                Method::POST,
+                "/api/reload",
+                &[
+                    host,
+                    JSON,
+                    ("origin", "http://127.0.0.1:9901"),
+                    ("origin", "https://evil.example")
+                ]
             ),
             403
         );
