@@ -15,6 +15,25 @@ fn plain(op: u8, payload: &[u8]) -> Vec<u8> {
     frame::encode_frame(op, true, payload, None)
 }
 
+/// Reads one close frame of at most 125 bytes from `pipe` and returns its code (unmasked
+/// when the proxy masked it, toward a backend).
+async fn read_close(pipe: &mut tokio::io::DuplexStream) -> u16 {
+    let mut head = [0u8; 2];
+    pipe.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[0], 0x88, "not a close frame: {head:?}");
+    let mut mask = [0u8; 4];
+    if head[1] & 0x80 != 0 {
+        pipe.read_exact(&mut mask).await.unwrap();
+    }
+    let mut payload = vec![0u8; usize::from(head[1] & 0x7f)];
+    pipe.read_exact(&mut payload).await.unwrap();
+    payload
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b ^= mask[i % 4]);
+    u16::from_be_bytes([payload[0], payload[1]])
+}
+
 /// The outside's hold on a test relay: its signal and its link.
 struct Outside(Control, Arc<Link>);
 
@@ -226,14 +245,8 @@ async fn frames_after_a_close_frame_are_dropped_even_across_a_take_over() {
 async fn a_forbidden_close_in_reply_to_the_proxys_close_is_still_that_sides_close() {
     let (mut client, mut backend, control, task) = spawn_relay(1024);
     control.close_with(close_code::GOING_AWAY);
-    let mut head = [0u8; 2];
-    client.read_exact(&mut head).await.unwrap();
-    let mut rest = vec![0u8; usize::from(head[1] & 0x7f)];
-    client.read_exact(&mut rest).await.unwrap();
-    let mut head = [0u8; 6];
-    backend.read_exact(&mut head).await.unwrap();
-    let mut rest = vec![0u8; usize::from(head[1] & 0x7f)];
-    backend.read_exact(&mut rest).await.unwrap();
+    assert_eq!(read_close(&mut client).await, 1001);
+    assert_eq!(read_close(&mut backend).await, 1001);
     // Close code 1006, which no endpoint may send.
     client
         .write_all(&masked(opcode::CLOSE, &1006u16.to_be_bytes()))
@@ -274,12 +287,7 @@ async fn a_forbidden_close_fails_the_session_and_still_counts_as_the_senders_clo
         .await
         .unwrap();
     // The backend is closed first (1001), and its reply lets the client's 1002 go.
-    let mut head = [0u8; 6];
-    backend.read_exact(&mut head).await.unwrap();
-    let mut rest = vec![0u8; usize::from(head[1] & 0x7f)];
-    backend.read_exact(&mut rest).await.unwrap();
-    let code = [rest[0] ^ head[2], rest[1] ^ head[3]];
-    assert_eq!(code, 1001u16.to_be_bytes());
+    assert_eq!(read_close(&mut backend).await, 1001);
     backend
         .write_all(&plain(opcode::CLOSE, &1001u16.to_be_bytes()))
         .await
