@@ -238,9 +238,9 @@ async fn frames_after_a_close_frame_are_dropped_even_across_a_take_over() {
     assert_eq!(out.backend_to_client.frames, 2);
 }
 
-/// A close frame RFC 6455 forbids (here a one-byte payload) sent in reply to the proxy's own
-/// close still ends that side's closing handshake: the relay finishes without waiting for its
-/// EOF, and the record says the client closed, with no code.
+/// A close frame RFC 6455 forbids (here code 1006) sent in reply to the proxy's own close
+/// still ends that side's closing handshake: the relay finishes without waiting for its EOF,
+/// and the record keeps the code the client sent.
 #[tokio::test]
 async fn a_forbidden_close_in_reply_to_the_proxys_close_is_still_that_sides_close() {
     let (mut client, mut backend, control, task) = spawn_relay(1024);
