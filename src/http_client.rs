@@ -138,7 +138,7 @@ pub fn tls_for(
         insecure_skip_verify: false,
         client_auth: None,
     })
-    .map_err(crate::tls::PairError::message)
+    .map_err(|e| e.message())
 }
 
 /// Parses an `http://` or `https://` URL for a subrequest target.

@@ -23,28 +23,46 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// Which file of a certificate/key pair a loading error is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PairError {
-    /// The certificate file (its message names the file).
-    Cert(String),
-    /// The key file, or the key not matching the certificate.
-    Key(String),
-    /// Both files (each message names its file): a pair whose files are both missing or
-    /// unreadable is reported whole, not one file per attempt.
-    Both { cert: String, key: String },
-    /// The CA bundle of a backend client configuration.
-    Ca(String),
+/// A certificate/key pair that could not be loaded: what is wrong with each file at fault
+/// (each message names its file). At least one is set, and both when both files are at
+/// fault, so that one run reports both. A key that does not match its certificate is the
+/// key's error.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PairError {
+    /// The certificate file's problem.
+    pub cert: Option<String>,
+    /// The key file's problem, or the key not matching the certificate.
+    pub key: Option<String>,
 }
 
 impl PairError {
-    /// The whole error as one line (where there is no key to pin each half on).
-    pub fn message(self) -> String {
-        match self {
-            PairError::Cert(m) | PairError::Key(m) | PairError::Ca(m) => m,
-            PairError::Both { cert, key } => format!("{cert}; {key}"),
-        }
+    /// The whole error as one line (where there is no key to pin each part on).
+    pub fn message(&self) -> String {
+        join([&self.cert, &self.key])
     }
+}
+
+/// A backend client TLS configuration that could not be built: the CA bundle's problem, the
+/// client certificate pair's, or both (all are read, so that one run reports every file).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendTlsError {
+    /// The CA bundle's problem.
+    pub ca: Option<String>,
+    /// The client certificate and key's problems.
+    pub client: PairError,
+}
+
+impl BackendTlsError {
+    /// The whole error as one line.
+    pub fn message(&self) -> String {
+        join([&self.ca, &self.client.cert, &self.client.key])
+    }
+}
+
+/// The set messages, in order, joined by "; ".
+fn join<const N: usize>(parts: [&Option<String>; N]) -> String {
+    let parts: Vec<&str> = parts.into_iter().flatten().map(String::as_str).collect();
+    parts.join("; ")
 }
 
 /// Reads a certificate chain and its private key (PKCS#8, PKCS#1 or SEC1; RSA, ECDSA or
@@ -64,9 +82,12 @@ fn read_pair(
     });
     let (chain, der) = match (chain, der) {
         (Ok(chain), Ok(der)) => (chain, der),
-        (Err(cert), Ok(_)) => return Err(PairError::Cert(cert)),
-        (Ok(_), Err(key)) => return Err(PairError::Key(key)),
-        (Err(cert), Err(key)) => return Err(PairError::Both { cert, key }),
+        (chain, der) => {
+            return Err(PairError {
+                cert: chain.err(),
+                key: der.err(),
+            });
+        }
     };
     if is_dev_certificate(&chain[0]) {
         tracing::warn!(cert = %cert.display(), "this is a wsgate development certificate: browsers will not trust it; do not use it in production");
@@ -91,11 +112,14 @@ fn read_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 
 /// The error for a certificate and key that do not belong together.
 fn mismatch(cert: &Path, key: &Path, e: rustls::Error) -> PairError {
-    PairError::Key(format!(
-        "{} and {} do not make a usable pair: {e}",
-        cert.display(),
-        key.display()
-    ))
+    PairError {
+        cert: None,
+        key: Some(format!(
+            "{} and {} do not make a usable pair: {e}",
+            cert.display(),
+            key.display()
+        )),
+    }
 }
 
 /// Reads a certificate chain and its private key and checks that they belong together.
@@ -230,11 +254,11 @@ pub struct CertSource {
     pub key: PathBuf,
 }
 
-/// Builds a resolver from certificate files; the error says which source and why.
-pub fn build_resolver(sources: &[CertSource]) -> Result<SniResolver, (usize, PairError)> {
+/// Builds a resolver from certificate files; the error names the files and why.
+pub fn build_resolver(sources: &[CertSource]) -> Result<SniResolver, PairError> {
     let mut resolver = SniResolver::default();
-    for (i, src) in sources.iter().enumerate() {
-        let key = load_certified_key(&src.cert, &src.key).map_err(|e| (i, e))?;
+    for src in sources {
+        let key = load_certified_key(&src.cert, &src.key)?;
         if let Some(w) = validity_warning(&key, std::time::SystemTime::now()) {
             tracing::warn!(file = %src.cert.display(), "{w}");
         }
@@ -392,7 +416,7 @@ impl TlsListener {
     /// Reads every certificate file again. On any error the certificates in use stay, and the
     /// error names the file and why.
     pub fn reload(&self) -> Result<(), String> {
-        let fresh = build_resolver(&self.sources).map_err(|(_, e)| e.message())?;
+        let fresh = build_resolver(&self.sources).map_err(|e| e.message())?;
         *self.resolver.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
         self.generation.send_modify(|g| *g += 1);
         Ok(())
@@ -479,29 +503,44 @@ fn system_roots() -> &'static rustls::RootCertStore {
 /// The rustls client configuration for a route's `wss://` backends.
 pub fn backend_client_config(
     opts: &BackendTlsOptions<'_>,
-) -> Result<Arc<rustls::ClientConfig>, PairError> {
+) -> Result<Arc<rustls::ClientConfig>, BackendTlsError> {
+    // Every file is read before any error is returned, so that one run names them all.
+    let roots = match (opts.insecure_skip_verify, opts.ca) {
+        (true, _) => Ok(None),
+        (false, Some(ca)) => load_roots(ca).map(Some),
+        (false, None) => Ok(Some(system_roots().clone())),
+    };
+    let pair = opts
+        .client_auth
+        .map(|(cert, key)| read_pair(cert, key).map(|pair| (cert, key, pair)));
+    let (roots, pair) = match (roots, pair.transpose()) {
+        (Ok(roots), Ok(pair)) => (roots, pair),
+        (roots, pair) => {
+            return Err(BackendTlsError {
+                ca: roots.err(),
+                client: pair.err().unwrap_or_default(),
+            });
+        }
+    };
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| PairError::Cert(format!("TLS setup: {e}")))?;
-    let builder = if opts.insecure_skip_verify {
-        builder
+        .expect("the aws-lc-rs provider serves TLS 1.3 and 1.2");
+    let builder = match roots {
+        None => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
-    } else {
-        let roots = match opts.ca {
-            Some(ca) => load_roots(ca).map_err(PairError::Ca)?,
-            None => system_roots().clone(),
-        };
-        builder.with_root_certificates(roots)
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider()))),
+        Some(roots) => builder.with_root_certificates(roots),
     };
-    let mut config = match opts.client_auth {
-        None => builder.with_no_client_auth(),
-        Some((cert, key)) => {
-            let (chain, der) = read_pair(cert, key)?;
+    let mut config = match pair {
+        Some((cert, key, (chain, der))) => {
             builder
                 .with_client_auth_cert(chain, der)
-                .map_err(|e| mismatch(cert, key, e))?
+                .map_err(|e| BackendTlsError {
+                    ca: None,
+                    client: mismatch(cert, key, e),
+                })?
         }
+        None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // As on the listeners: TLS 1.3 sessions move to `tls_records.rs` after the handshake,

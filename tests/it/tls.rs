@@ -169,6 +169,31 @@ async fn tls_config_errors_name_the_key_and_file() {
     assert_eq!(backend_tls.len(), 1, "{errs:?}");
     assert_eq!(backend_tls[0].key, "route[0].backend_tls.client_cert");
     assert!(backend_tls[0].message.contains("missing.pem"), "{errs:?}");
+
+    // The CA bundle and both client files unreadable: one run names all three, each on its
+    // own key (the client pair is read even when the bundle failed).
+    let missing_ca = ca.dir.join("missing-ca.pem");
+    let errs = wsgate::config::from_toml_str(&format!(
+        "[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"wss://localhost:1\"]\n\
+         [route.backend_tls]\nca = {missing_ca:?}\nclient_cert = {missing:?}\nclient_key = {missing_key:?}\n"
+    ))
+    .unwrap_err();
+    let named: Vec<_> = errs
+        .iter()
+        .filter(|e| e.key.contains("backend_tls"))
+        .map(|e| (e.key.as_str(), e.line))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            ("route[0].backend_tls.ca", Some(6)),
+            ("route[0].backend_tls.client_cert", Some(7)),
+            ("route[0].backend_tls.client_key", Some(8)),
+        ],
+        "{errs:?}"
+    );
+    assert!(errs.iter().any(|e| e.message.contains("missing-ca.pem")));
+    assert!(errs.iter().any(|e| e.message.contains("missing-key.pem")));
 }
 
 #[tokio::test]

@@ -135,18 +135,14 @@ impl Validator<'_> {
                             }
                             Some((ck, cp, kp))
                         }
-                        // (`Ca` is a backend client configuration's; a pair never has one.)
-                        Err(crate::tls::PairError::Cert(msg) | crate::tls::PairError::Ca(msg)) => {
-                            v.err(format!("{k}.cert"), Some(c.span()), msg);
-                            None
-                        }
-                        Err(crate::tls::PairError::Key(msg)) => {
-                            v.err(format!("{k}.key"), Some(kf.span()), msg);
-                            None
-                        }
-                        Err(crate::tls::PairError::Both { cert, key }) => {
-                            v.err(format!("{k}.cert"), Some(c.span()), cert);
-                            v.err(format!("{k}.key"), Some(kf.span()), key);
+                        Err(e) => {
+                            for (field, at, msg) in
+                                [("cert", c.span(), e.cert), ("key", kf.span(), e.key)]
+                            {
+                                if let Some(msg) = msg {
+                                    v.err(format!("{k}.{field}"), Some(at), msg);
+                                }
+                            }
                             None
                         }
                     }

@@ -495,41 +495,20 @@ impl Validator<'_> {
         };
         let verified = match crate::tls::backend_client_config(&opts) {
             Ok(c) => Some(c),
-            Err(crate::tls::PairError::Ca(m)) => {
-                self.err(
-                    format!("{key}.backend_tls.ca"),
-                    t.ca.as_ref().map(|c| c.span()),
-                    m,
-                );
-                None
-            }
-            Err(crate::tls::PairError::Cert(m)) => {
-                self.err(
-                    format!("{key}.backend_tls.client_cert"),
-                    t.client_cert.as_ref().map(|c| c.span()),
-                    m,
-                );
-                None
-            }
-            Err(crate::tls::PairError::Key(m)) => {
-                self.err(
-                    format!("{key}.backend_tls.client_key"),
-                    t.client_key.as_ref().map(|c| c.span()),
-                    m,
-                );
-                None
-            }
-            Err(crate::tls::PairError::Both { cert, key: k }) => {
-                self.err(
-                    format!("{key}.backend_tls.client_cert"),
-                    t.client_cert.as_ref().map(|c| c.span()),
-                    cert,
-                );
-                self.err(
-                    format!("{key}.backend_tls.client_key"),
-                    t.client_key.as_ref().map(|c| c.span()),
-                    k,
-                );
+            Err(e) => {
+                for (field, at, msg) in [
+                    ("ca", &t.ca, e.ca),
+                    ("client_cert", &t.client_cert, e.client.cert),
+                    ("client_key", &t.client_key, e.client.key),
+                ] {
+                    if let Some(msg) = msg {
+                        self.err(
+                            format!("{key}.backend_tls.{field}"),
+                            at.as_ref().map(|c| c.span()),
+                            msg,
+                        );
+                    }
+                }
                 None
             }
         };
