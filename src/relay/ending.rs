@@ -211,30 +211,14 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use bytes::Bytes;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+    use tokio::io::{AsyncWriteExt, duplex};
     use tokio::time::Instant;
 
     use super::*;
     use crate::config::SessionConfig;
     use crate::frame::{self, opcode};
+    use crate::relay::tests::read_close;
     use crate::relay::{Control, Link, relay, test_env};
-
-    /// Reads one unfragmented close frame (masked or not) and returns its code and reason.
-    async fn read_close(io: &mut DuplexStream) -> (Option<u16>, String) {
-        let mut head = [0u8; 2];
-        io.read_exact(&mut head).await.unwrap();
-        assert_eq!(head[0], 0x88, "a close frame");
-        let mut mask = [0u8; 4];
-        if head[1] & 0x80 != 0 {
-            io.read_exact(&mut mask).await.unwrap();
-        }
-        let mut payload = vec![0u8; (head[1] & 0x7f) as usize];
-        io.read_exact(&mut payload).await.unwrap();
-        for (i, b) in payload.iter_mut().enumerate() {
-            *b ^= mask[i % 4];
-        }
-        frame::parse_close(&payload)
-    }
 
     /// A relay whose token expires `after` from now (in wall-clock time, as a token's `exp`),
     /// with a route lifetime of `lifetime`.

@@ -15,9 +15,10 @@ fn plain(op: u8, payload: &[u8]) -> Vec<u8> {
     frame::encode_frame(op, true, payload, None)
 }
 
-/// Reads one close frame of at most 125 bytes from `pipe` and returns its code (unmasked
-/// when the proxy masked it, toward a backend).
-async fn read_close(pipe: &mut tokio::io::DuplexStream) -> u16 {
+/// Reads one unfragmented close frame of at most 125 bytes from `pipe` (unmasked when the
+/// proxy masked it, toward a backend) and returns its code and reason. (Shared with the
+/// relay's other modules' tests.)
+pub(super) async fn read_close(pipe: &mut tokio::io::DuplexStream) -> (Option<u16>, String) {
     let mut head = [0u8; 2];
     pipe.read_exact(&mut head).await.unwrap();
     assert_eq!(head[0], 0x88, "not a close frame: {head:?}");
@@ -31,7 +32,7 @@ async fn read_close(pipe: &mut tokio::io::DuplexStream) -> u16 {
         .iter_mut()
         .enumerate()
         .for_each(|(i, b)| *b ^= mask[i % 4]);
-    u16::from_be_bytes([payload[0], payload[1]])
+    frame::parse_close(&payload)
 }
 
 /// The outside's hold on a test relay: its signal and its link.
@@ -245,8 +246,8 @@ async fn frames_after_a_close_frame_are_dropped_even_across_a_take_over() {
 async fn a_forbidden_close_in_reply_to_the_proxys_close_is_still_that_sides_close() {
     let (mut client, mut backend, control, task) = spawn_relay(1024);
     control.close_with(close_code::GOING_AWAY);
-    assert_eq!(read_close(&mut client).await, 1001);
-    assert_eq!(read_close(&mut backend).await, 1001);
+    assert_eq!(read_close(&mut client).await.0, Some(1001));
+    assert_eq!(read_close(&mut backend).await.0, Some(1001));
     // Close code 1006, which no endpoint may send.
     client
         .write_all(&masked(opcode::CLOSE, &1006u16.to_be_bytes()))
@@ -287,7 +288,7 @@ async fn a_forbidden_close_fails_the_session_and_still_counts_as_the_senders_clo
         .await
         .unwrap();
     // The backend is closed first (1001), and its reply lets the client's 1002 go.
-    assert_eq!(read_close(&mut backend).await, 1001);
+    assert_eq!(read_close(&mut backend).await.0, Some(1001));
     backend
         .write_all(&plain(opcode::CLOSE, &1001u16.to_be_bytes()))
         .await
