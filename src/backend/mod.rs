@@ -201,8 +201,12 @@ pub fn build_request(
     }
     // One `Cookie` header for an HTTP/1.1 backend: HTTP/2 clients may split cookies into
     // several fields, which RFC 9113 §8.2.3 says to join with "; " when going to HTTP/1.1.
+    // (Unless the client named `Cookie` among its `Connection` options, as on plain requests.)
+    let cookie_named = named_in_connection
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case("cookie"));
     let mut cookies = b.client.headers.get_all(header::COOKIE).iter();
-    if let Some(first) = cookies.next() {
+    if let Some(first) = cookies.next().filter(|_| !cookie_named) {
         let mut joined = first.clone();
         for more in cookies {
             let mut v = joined.as_bytes().to_vec();
@@ -331,12 +335,15 @@ pub async fn handshake(
     p: HandshakeParams<'_>,
 ) -> Result<BackendUpgrade, BackendError> {
     let timeout = p.timeout;
+    // A refusal's body is read until the same deadline, and what came by then is passed on:
+    // once its head is in, the backend has answered (and is not retried).
+    let deadline = tokio::time::Instant::now() + timeout;
     let run = async {
         if !p.url.tls {
-            return exchange(UpgradedIo::Tcp(stream.into()), req, &p).await;
+            return exchange(UpgradedIo::Tcp(stream.into()), req, &p, deadline).await;
         }
         let tls = tls_connect(stream, p.url, p.tls).await?;
-        exchange(UpgradedIo::TlsClient(Box::new(tls)), req, &p).await
+        exchange(UpgradedIo::TlsClient(Box::new(tls)), req, &p, deadline).await
     };
     tokio::time::timeout(timeout, run)
         .await
@@ -363,11 +370,13 @@ pub(crate) async fn tls_connect(
 }
 
 /// The request out in one write, the answer's head read by hand ([`wire`]); a 101 is checked
-/// and the socket kept, anything else read as a refusal.
+/// and the socket kept, a 2xx is a broken answer (the backend ignored the upgrade: RFC 9110
+/// §7.8), anything else read as a refusal, its body until `deadline`.
 async fn exchange(
     mut io: UpgradedIo,
     req: Request<Empty<Bytes>>,
     p: &HandshakeParams<'_>,
+    deadline: tokio::time::Instant,
 ) -> Result<BackendUpgrade, BackendError> {
     use tokio::io::AsyncWriteExt;
     let sent = async {
@@ -377,8 +386,16 @@ async fn exchange(
     sent.await.map_err(|e| BackendError::Io(e.to_string()))?;
     let mut buf = BytesMut::new();
     let head = wire::read_head(&mut io, &mut buf).await?;
+    if head.status.is_success() {
+        // Passed on, a 2xx would tell an HTTP/2 client its tunnel is open (RFC 8441 §5), and
+        // an HTTP/1.1 one a page: this backend does not serve WebSocket here.
+        return Err(BackendError::BadHandshake(format!(
+            "answered {}, not 101 Switching Protocols (not a WebSocket endpoint?)",
+            head.status
+        )));
+    }
     if head.status != StatusCode::SWITCHING_PROTOCOLS {
-        return Err(wire::refusal(io, buf.freeze(), p.max_error_body).await);
+        return Err(wire::refusal(io, buf.freeze(), p.max_error_body, deadline).await);
     }
     let (protocol, extensions) = verify_101(&head.headers, p.key, p.offered)?;
     let set_cookies = head
@@ -405,8 +422,13 @@ fn classify_send_error(e: &hyper::Error) -> BackendError {
     }
 }
 
-/// A non-101 answer: status, a few headers worth passing on, and a bounded body.
-async fn refused(resp: Response<Incoming>, max_body: usize) -> BackendError {
+/// A non-101 answer: status, a few headers worth passing on, and a bounded body (what came
+/// of it by `deadline`).
+async fn refused(
+    resp: Response<Incoming>,
+    max_body: usize,
+    deadline: tokio::time::Instant,
+) -> BackendError {
     let status = resp.status();
     let mut headers = HeaderMap::new();
     for name in [
@@ -422,10 +444,9 @@ async fn refused(resp: Response<Incoming>, max_body: usize) -> BackendError {
     }
     let mut body = BytesMut::new();
     let mut incoming = resp.into_body();
-    // The caller's handshake timeout bounds how long this may take.
     while body.len() < max_body {
-        match incoming.frame().await {
-            Some(Ok(frame)) => {
+        match tokio::time::timeout_at(deadline, incoming.frame()).await {
+            Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
                     let room = max_body - body.len();
                     body.extend_from_slice(&data[..data.len().min(room)]);
@@ -463,9 +484,9 @@ fn verify_101(
     let chosen = handshake::list_values(h, &header::SEC_WEBSOCKET_PROTOCOL);
     let protocol = match chosen.as_slice() {
         [] => None,
-        [one] if offered.protocols.iter().any(|p| p == one) => {
-            h.get(header::SEC_WEBSOCKET_PROTOCOL).cloned()
-        }
+        // The checked token, not the header as it came (`chat,` or an empty field line
+        // besides `chat` would reach the client, which would fail the handshake).
+        [one] if offered.protocols.iter().any(|p| p == one) => HeaderValue::from_str(one).ok(),
         [one] => {
             return Err(BackendError::BadHandshake(format!(
                 "backend chose subprotocol {one:?}, which the client did not offer"

@@ -64,15 +64,21 @@ pub struct Head {
     pub len: usize,
 }
 
-/// Reads from `io` into `buf` until `buf` holds a whole response head, and parses it.
+/// Reads from `io` into `buf` until `buf` holds a whole final response head, and parses it.
+/// Interim answers (`100 Continue`, `103 Early Hints`: a 1xx other than 101) are read past,
+/// as RFC 9110 §15.2 asks of a client; `buf` then starts at the final head.
 pub async fn read_head<I: AsyncRead + Unpin>(
     io: &mut I,
     buf: &mut BytesMut,
 ) -> Result<Head, BackendError> {
     loop {
-        if !buf.is_empty()
+        while !buf.is_empty()
             && let Some(head) = parse(buf)?
         {
+            if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
+                buf.advance(head.len);
+                continue;
+            }
             return Ok(head);
         }
         if buf.len() >= MAX_HEAD {
@@ -107,13 +113,16 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, BackendError> {
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(malformed(e.to_string())),
     };
-    if resp.version != Some(1) {
-        return Err(malformed("not HTTP/1.1".into()));
-    }
     let status = resp
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or_else(|| malformed("invalid status code".into()))?;
+    // An upgrade is HTTP/1.1's; a refusal from a server that answers in HTTP/1.0 is still
+    // its refusal (and hyper reads its body).
+    let refusal_in_1_0 = resp.version == Some(0) && status != StatusCode::SWITCHING_PROTOCOLS;
+    if resp.version != Some(1) && !refusal_in_1_0 {
+        return Err(malformed("not HTTP/1.1".into()));
+    }
     let mut headers = HeaderMap::with_capacity(resp.headers.len());
     for f in resp.headers.iter() {
         let name = HeaderName::from_bytes(f.name.as_bytes())
@@ -130,8 +139,14 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, BackendError> {
 }
 
 /// A refusal: `read` (its head and whatever followed) replayed into hyper's client, which
-/// reads the rest of the body from `io` in the framing the head says, up to `max_body`.
-pub async fn refusal<I>(io: I, read: Bytes, max_body: usize) -> BackendError
+/// reads the rest of the body from `io` in the framing the head says, up to `max_body` and until
+/// `deadline` (what came by then is the body).
+pub async fn refusal<I>(
+    io: I,
+    read: Bytes,
+    max_body: usize,
+    deadline: tokio::time::Instant,
+) -> BackendError
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -169,7 +184,7 @@ where
         Ok(resp) => resp,
         Err(e) => return super::classify_send_error(&e),
     };
-    let body = super::refused(resp, max_body);
+    let body = super::refused(resp, max_body, deadline);
     let mut body = std::pin::pin!(body);
     if conn_done {
         return body.await;
@@ -340,7 +355,8 @@ mod tests {
                 theirs.write_all(&rest).await.unwrap();
                 theirs.shutdown().await.unwrap();
             });
-            match refusal(ours, read, 1024).await {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            match refusal(ours, read, 1024, deadline).await {
                 BackendError::Refused(r) => assert_eq!(&r.body[..], body),
                 other => panic!("{other:?}"),
             }

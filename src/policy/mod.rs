@@ -406,9 +406,14 @@ impl RoutePolicy {
                 parts.headers.insert(name.clone(), v);
             }
         }
+        let set: Vec<http::HeaderName> = (self.rules.set_headers.iter().map(|(n, _)| n))
+            .chain(auth.headers.iter().map(|(n, _)| n))
+            .cloned()
+            .collect();
         for (name, value) in auth.headers {
             parts.headers.append(name, value);
         }
+        unname_in_connection(&mut parts.headers, &set);
         let session_end = self
             .rules
             .jwt
@@ -457,5 +462,27 @@ impl RoutePolicy {
             }
         }
         self.rules.subprotocols.filter(offer)
+    }
+}
+
+/// Takes `names` out of the request's `Connection` options. The headers the proxy sets are
+/// not the client's to drop: RFC 9110 §7.6.1's options name fields of the message as it was
+/// received (the client's own copies of these, already removed). Left in, `Connection:
+/// upgrade, x-user-scope` would make the backend request leave out the proxy's
+/// `X-User-Scope`.
+fn unname_in_connection(headers: &mut http::HeaderMap, names: &[http::HeaderName]) {
+    let named = |o: &String| names.iter().any(|n| o.eq_ignore_ascii_case(n.as_str()));
+    let options = crate::handshake::list_values(headers, &http::header::CONNECTION);
+    if !options.iter().any(named) {
+        return;
+    }
+    let kept: Vec<&str> = (options.iter().filter(|o| !named(o)))
+        .map(String::as_str)
+        .collect();
+    headers.remove(http::header::CONNECTION);
+    if let Ok(v) = http::HeaderValue::from_str(&kept.join(", "))
+        && !kept.is_empty()
+    {
+        headers.insert(http::header::CONNECTION, v);
     }
 }

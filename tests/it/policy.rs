@@ -186,6 +186,28 @@ async fn identity_headers_replace_forged_ones() {
 }
 
 #[tokio::test]
+async fn connection_options_drop_the_clients_headers_not_the_proxys() {
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway(
+        &backend,
+        "[route.auth]\nset_headers = { \"X-Client-IP\" = \"{client.ip}\" }",
+    )
+    .await;
+    // RFC 9110 §7.6.1: the options name fields as received; the proxy's X-Client-IP is not
+    // the client's to remove (its absence could read as "no restriction" to a backend).
+    let r = upgrade(
+        &gw,
+        "Connection: X-Client-IP, X-Dropped, Cookie\r\nX-Dropped: 1\r\nCookie: a=1\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    let seen = backend.last_request();
+    assert_eq!(seen.header("x-client-ip"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-dropped"), None);
+    assert_eq!(seen.header("cookie"), None);
+}
+
+#[tokio::test]
 async fn trusted_proxies_extend_the_forwarding_chain() {
     let backend = EchoBackend::spawn().await;
     let gw = Gateway::spawn(&format!(

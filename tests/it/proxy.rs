@@ -528,6 +528,101 @@ async fn backend_refusal_body_is_bounded() {
 }
 
 #[tokio::test]
+async fn a_2xx_answer_is_a_broken_handshake_and_fails_over() {
+    // A backend that ignores the upgrade (a static server, a health page) answers 200: to an
+    // HTTP/2 client a 2xx would mean "tunnel open", to an HTTP/1.1 one it is a page.
+    let (plain, seen) =
+        scripted_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello".to_vec()).await;
+    let gw = gateway_with_details(plain).await;
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 502, "{resp:?}");
+    assert!(resp.body.contains("200 OK, not 101"), "{}", resp.body);
+    // With another backend, the handshake moves on to it.
+    let good = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "{}[route.health]\nmax_failures = 0\n",
+        route("r", "/", &[format!("ws://{plain}"), good.url()])
+    ))
+    .await;
+    let before = seen.lock().unwrap().len();
+    for _ in 0..2 {
+        let (mut ws, _) = connect(&gw.url("/")).await;
+        ws.send(Message::text("hi")).await.unwrap();
+        assert_eq!(next_data(&mut ws).await, Message::text("hi"));
+    }
+    assert_eq!(good.request_count(), 2);
+    assert_eq!(seen.lock().unwrap().len(), before + 1);
+}
+
+#[tokio::test]
+async fn interim_answers_before_the_101_are_read_past() {
+    let greeting = wsgate::frame::encode_frame(opcode::TEXT, true, b"welcome", None);
+    let mut response = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n\
+        HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        .to_vec();
+    response.extend_from_slice(&greeting);
+    let (addr, _) = scripted_backend(response).await;
+    let gw = gateway_to(addr).await;
+    let (mut ws, resp) = connect(&gw.url("/")).await;
+    assert!(resp.headers().get("link").is_none());
+    assert_eq!(next_data(&mut ws).await, Message::text("welcome"));
+}
+
+#[tokio::test]
+async fn a_refusal_in_http_1_0_is_passed_through() {
+    let (addr, _) =
+        scripted_backend(b"HTTP/1.0 403 Forbidden\r\nContent-Length: 2\r\n\r\nno".to_vec()).await;
+    let gw = gateway_to(addr).await;
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert_eq!(resp.body, "no");
+}
+
+#[tokio::test]
+async fn a_refusal_whose_body_never_ends_is_passed_on_at_the_deadline() {
+    // The 403's head is in at once; its body stops after 7 of 100 bytes and the backend
+    // keeps the connection open. The refusal stands (with what came), and the second
+    // backend is not tried: it is not a timeout.
+    let (slow, _) =
+        scripted_backend(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 100\r\n\r\npartial".to_vec())
+            .await;
+    let good = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "{}[route.timeouts]\nbackend_handshake = \"1s\"\n[route.health]\nmax_failures = 0\n",
+        route("r", "/", &[format!("ws://{slow}"), good.url()])
+    ))
+    .await;
+    // Round robin puts the refusing backend first for one of two handshakes.
+    for _ in 0..2 {
+        let before = good.request_count();
+        let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+        if good.request_count() == before {
+            assert_eq!(resp.status, 403, "{resp:?}");
+            assert_eq!(resp.body, "partial");
+            return;
+        }
+        assert_eq!(resp.status, 101, "{resp:?}");
+    }
+    panic!("round robin never put the refusing backend first");
+}
+
+#[tokio::test]
+async fn the_chosen_subprotocol_is_passed_on_as_the_checked_token() {
+    let (addr, _) = scripted_backend(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: chat,\r\n\r\n".to_vec(),
+    )
+    .await;
+    let gw = gateway_to(addr).await;
+    let request = upgrade_request("/", "Sec-WebSocket-Protocol: chat, superchat\r\n");
+    let (_s, resp) = raw_exchange(gw.addr, request.as_bytes()).await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+    assert_eq!(
+        resp.header("sec-websocket-protocol").as_deref(),
+        Some("chat")
+    );
+}
+
+#[tokio::test]
 async fn broken_backend_answer_is_502() {
     let (addr, _) = scripted_backend(b"this is not HTTP\r\n\r\n".to_vec()).await;
     let gw = gateway_to(addr).await;
