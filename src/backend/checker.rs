@@ -93,7 +93,10 @@ fn record(t: &Target, backend: &Backend, started: Instant, result: Result<(), St
 }
 
 async fn check_once(url: &BackendUrl, t: &Target) -> Result<(), String> {
-    let stream = super::connect_one(url).await.map_err(|e| e.to_string())?;
+    // (The whole check is bounded by its timeout; the connect's share of it is all of it.)
+    let stream = super::connect_one(url, t.check.timeout)
+        .await
+        .map_err(|e| e.to_string())?;
     match (t.check.kind, url.tls) {
         (CheckKind::Tcp, false) => Ok(()),
         (CheckKind::Tcp, true) => super::tls_connect(stream, url, t.tls.as_ref())

@@ -110,16 +110,40 @@ impl Drop for BackendLease {
     }
 }
 
-/// A TCP connection to the backend's host (each address it resolves to, in turn).
-async fn connect_one(url: &BackendUrl) -> std::io::Result<TcpStream> {
+/// A TCP connection to the backend's host within `timeout`: each address it resolves to in
+/// turn, each with an equal share of the time left, so that one address that never answers
+/// (an unrouted AAAA record, a dead host behind a name) does not spend the time another
+/// would have connected in. nginx tries each address as a peer of its own; this is the same
+/// within one backend's attempt. A connect that ran out of time is `TimedOut`.
+async fn connect_one(url: &BackendUrl, timeout: Duration) -> std::io::Result<TcpStream> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let timed_out = |what: String| std::io::Error::new(std::io::ErrorKind::TimedOut, what);
+    let lookup = tokio::net::lookup_host((url.host.as_str(), url.port));
+    let addrs: Vec<std::net::SocketAddr> = tokio::time::timeout_at(deadline, lookup)
+        .await
+        .map_err(|_| timed_out(format!("resolving {} timed out", url.host)))??
+        .collect();
+    connect_any(&addrs, deadline).await
+}
+
+/// The first of `addrs` that accepts a connection, each tried with an equal share of the
+/// time left before `deadline` ([`connect_one`]).
+async fn connect_any(
+    addrs: &[std::net::SocketAddr],
+    deadline: tokio::time::Instant,
+) -> std::io::Result<TcpStream> {
+    let timed_out = |what: String| std::io::Error::new(std::io::ErrorKind::TimedOut, what);
     let mut last = None;
-    for addr in tokio::net::lookup_host((url.host.as_str(), url.port)).await? {
-        match TcpStream::connect(addr).await {
-            Ok(stream) => {
+    for (i, addr) in addrs.iter().enumerate() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let share = left / u32::try_from(addrs.len() - i).unwrap_or(u32::MAX);
+        match tokio::time::timeout(share, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
                 stream.set_nodelay(true)?;
                 return Ok(stream);
             }
-            Err(e) => last = Some(e),
+            Ok(Err(e)) => last = Some(e),
+            Err(_) => last = Some(timed_out(format!("{addr}: connect timed out"))),
         }
     }
     Err(last.unwrap_or_else(|| std::io::Error::other("host resolved to no address")))
@@ -573,5 +597,39 @@ mod tests {
             extension_names(b"permessage-deflate; client_max_window_bits, x-foo"),
             ["permessage-deflate", "x-foo"]
         );
+    }
+
+    /// A listener whose accept queue is full (backlog 0, one connection queued): Linux drops
+    /// further SYNs, so a connect to it hangs as one to an unrouted address does.
+    fn stuck_listener() -> (std::net::TcpListener, std::net::TcpStream) {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(
+                &"127.0.0.1:0"
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+                    .into(),
+            )
+            .unwrap();
+        socket.listen(0).unwrap();
+        let listener: std::net::TcpListener = socket.into();
+        let queued = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        (listener, queued)
+    }
+
+    #[tokio::test]
+    async fn an_address_that_never_answers_leaves_time_for_the_next() {
+        let (stuck, _queued) = stuck_listener();
+        let good = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addrs = [stuck.local_addr().unwrap(), good.local_addr().unwrap()];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        // The stuck address gets half the time, the good one the rest.
+        let stream = connect_any(&addrs, deadline).await.unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), addrs[1]);
+        // Alone, the stuck address times out, as `TimedOut`.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+        let e = connect_any(&addrs[..1], deadline).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
     }
 }

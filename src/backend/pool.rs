@@ -373,12 +373,12 @@ async fn attempt(
     let connect_timeout = req.route.backend_connect_timeout.min(share);
     let url = &backend.url;
     let stats = &backend.stats;
-    let stream = match tokio::time::timeout(connect_timeout, super::connect_one(url)).await {
-        Ok(Ok(stream)) => {
+    let stream = match super::connect_one(url, connect_timeout).await {
+        Ok(stream) => {
             stats.connect.observe(started.elapsed().as_secs_f64());
             stream
         }
-        Ok(Err(e)) => {
+        Err(e) if e.kind() != std::io::ErrorKind::TimedOut => {
             stats.failures.add(Outcome::BackendUnreachable);
             return Err(BackendError::Unreachable(format!("{}: {e}", url.url)));
         }
