@@ -88,12 +88,15 @@ impl Descriptors {
         let Some(probe) = self.probe.as_ref().filter(|_| reserve > 0) else {
             return Ok(());
         };
-        // Two racing handshakes may both take the last credit: one extra unprobed handshake,
-        // inside the margin `ROOM_PER_SKIP` leaves.
-        if self.credits.load(Ordering::Relaxed) > 0
-            && self.credits_reserve.load(Ordering::Relaxed) == reserve
+        // A credit is taken only if there is one: two handshakes racing for the last one
+        // (workers share this) must not wrap the count past zero, which would skip the
+        // probe for the next four billion handshakes.
+        if self.credits_reserve.load(Ordering::Relaxed) == reserve
+            && self
+                .credits
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| c.checked_sub(1))
+                .is_ok()
         {
-            self.credits.fetch_sub(1, Ordering::Relaxed);
             return Ok(());
         }
         let lowest_free = match probe.try_clone() {
@@ -208,6 +211,8 @@ fn to_rlim(v: u64) -> libc::rlim_t {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
@@ -275,6 +280,48 @@ mod tests {
         let near = with_room(40);
         if near.check(setting).is_ok() {
             assert!(near.credits.load(Ordering::Relaxed) <= 40 / ROOM_PER_SKIP as u32);
+        }
+    }
+
+    /// Two threads take the last credit at once, 20,000 times. (A race: the old
+    /// load-then-subtract wrapped the count in about one run of three on two cores.)
+    #[test]
+    fn handshakes_racing_for_the_last_credit_never_wrap_the_count() {
+        let d = Descriptors::of_process();
+        let lowest = {
+            let dup = d.probe.as_ref().unwrap().try_clone().unwrap();
+            u64::try_from(dup.as_raw_fd()).unwrap()
+        };
+        let setting = FdReserve::Descriptors(1_000);
+        let shared = Arc::new(Descriptors {
+            limit: lowest + 100_000,
+            probe: d.probe.as_ref().map(|f| f.try_clone().unwrap()),
+            credits: AtomicU32::new(0),
+            credits_reserve: AtomicU64::new(1_000),
+        });
+        let start = Arc::new(std::sync::Barrier::new(3));
+        let racers: Vec<_> = (0..2)
+            .map(|_| {
+                let (d, start) = (shared.clone(), start.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        start.wait();
+                        let _ = d.check(setting);
+                        start.wait();
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..20_000 {
+            // One credit left, two handshakes at once.
+            shared.credits.store(1, Ordering::Relaxed);
+            start.wait();
+            start.wait();
+            let left = shared.credits.load(Ordering::Relaxed);
+            assert!(left <= MAX_SKIPPED_PROBES, "the count wrapped: {left}");
+        }
+        for r in racers {
+            r.join().unwrap();
         }
     }
 }
