@@ -518,6 +518,9 @@ async fn demo(listen: SocketAddr, admin: SocketAddr, tls: bool) -> anyhow::Resul
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    /// SIGQUIT, nginx's graceful stop (its SIGTERM is the fast one): here a graceful stop
+    /// too, not the default action's core dump with every session cut.
+    quit: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
     usr2: tokio::signal::unix::Signal,
     /// This binary's path as it was at start: an upgrade replaces the file there, and the
@@ -531,6 +534,7 @@ impl Signals {
         Ok(Self {
             term: signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?,
+            quit: signal(SignalKind::quit()).context("cannot install SIGQUIT handler")?,
             hup: signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?,
             usr2: signal(SignalKind::user_defined2()).context("cannot install SIGUSR2 handler")?,
             exe: std::env::current_exe().ok(),
@@ -572,8 +576,8 @@ impl Signals {
     }
 
     /// SIGHUP reloads the config file (routes and backends; see `wsgate::reload`) and the TLS
-    /// certificates; SIGUSR2 starts a successor (a binary upgrade); SIGTERM or SIGINT starts
-    /// a graceful shutdown; a second signal ends the process at once. systemd hears of each
+    /// certificates; SIGUSR2 starts a successor (a binary upgrade); SIGTERM, SIGINT or SIGQUIT
+    /// starts a graceful shutdown; a second signal ends the process at once. systemd hears of each
     /// step (`crate::notify`).
     async fn wait_then_drain(mut self, handle: Handle) -> anyhow::Result<()> {
         notify::ready();
@@ -581,6 +585,7 @@ impl Signals {
             tokio::select! {
                 _ = self.term.recv() => break Some("SIGTERM"),
                 _ = self.int.recv() => break Some("SIGINT"),
+                _ = self.quit.recv() => break Some("SIGQUIT"),
                 _ = self.usr2.recv() => self.start_successor(&handle),
                 // The listeners went to a successor, which systemd now follows
                 // (`MAINPID`): this process drains without a word to systemd.
@@ -601,7 +606,10 @@ impl Signals {
             handle.shutdown();
         }
         let Self {
-            mut term, mut int, ..
+            mut term,
+            mut int,
+            mut quit,
+            ..
         } = self;
         tokio::select! {
             report = handle.wait() => {
@@ -612,6 +620,7 @@ impl Signals {
             }
             _ = term.recv() => anyhow::bail!("second signal: exiting without waiting for sessions"),
             _ = int.recv() => anyhow::bail!("second signal: exiting without waiting for sessions"),
+            _ = quit.recv() => anyhow::bail!("second signal: exiting without waiting for sessions"),
         }
     }
 }

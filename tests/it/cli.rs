@@ -306,6 +306,32 @@ async fn check_refuses_an_admin_listener_open_to_the_network_without_a_token() {
     assert_success(&out);
 }
 
+/// SIGQUIT is nginx's graceful stop: here too a drain (1001 to the session, exit 0), not the
+/// default action's core dump with every session cut.
+#[tokio::test]
+async fn sigquit_drains_as_sigterm_does() {
+    let backend = EchoBackend::spawn().await;
+    let tmp = TempDir::new("cli-quit");
+    let config = tmp.write(
+        "wsgate.toml",
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
+            route("echo", "/ws", &[backend.url()])
+        ),
+    );
+    let (mut child, mut lines, mut seen, addr) = run_json(&config).await;
+    let (mut ws, _) = connect(&format!("ws://{addr}/ws")).await;
+    send_signal(&child, "QUIT");
+    assert_eq!(u16::from(next_close(&mut ws).await.code), 1001);
+    drop(ws);
+    wait_line(&mut lines, &mut seen, "the signal logged", |l| {
+        l.contains("SIGQUIT")
+    })
+    .await;
+    let status = wait_exit(&mut child).await;
+    assert!(status.success(), "{status:?}");
+}
+
 #[tokio::test]
 async fn run_logs_sessions_and_refusals_then_drains_on_sigterm() {
     let backend = EchoBackend::spawn().await;
