@@ -143,8 +143,6 @@ impl Gateway {
             None => None,
         };
         let sessions = Arc::new(Sessions::default());
-        let grace = config.shutdown_grace;
-        let spread = config.shutdown_close_spread;
         let bound = listeners::bind_all(&config.listeners, &mut inherited)?;
         let admin_socket = config
             .admin
@@ -232,7 +230,16 @@ impl Gateway {
             checked.current().routes.stop_checks();
         });
         let conns = state.listeners.conns.clone();
-        let supervised = supervise(stop.clone(), conns, sessions.clone(), (grace, spread));
+        // `[shutdown]` as the config in force when the drain starts (a reload may change it).
+        let drain = {
+            let state = state.clone();
+            move || {
+                let current = state.current();
+                let c = &current.config;
+                (c.shutdown_grace, c.shutdown_close_spread)
+            }
+        };
+        let supervised = supervise(stop.clone(), conns, sessions.clone(), drain);
         let supervisor = tokio::spawn(async move {
             let report = supervised.await;
             admin_stop.cancel();
@@ -262,9 +269,10 @@ async fn supervise(
     stop: CancellationToken,
     conns: TaskTracker,
     sessions: Arc<Sessions>,
-    (grace, spread): (Duration, Option<Duration>),
+    drain: impl FnOnce() -> (Duration, Option<Duration>),
 ) -> ShutdownReport {
     stop.cancelled().await;
+    let (grace, spread) = drain();
     let started = tokio::time::Instant::now();
     let deadline = started + grace;
     tracing::info!(

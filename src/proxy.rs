@@ -48,6 +48,8 @@ pub struct ProxyState {
     pub initial: Config,
     /// Reloads by result (`ok`, `failed`).
     pub reloads: crate::metrics::Counts<&'static str>,
+    /// Held by a reload from its first step to its last (`reload::apply`).
+    pub(crate) reloading: std::sync::Mutex<()>,
     /// The current generation's number, for whoever waits for a reload.
     pub generations: tokio::sync::watch::Sender<u64>,
     pub sessions: Arc<Sessions>,
@@ -91,6 +93,7 @@ impl ProxyState {
             current: std::sync::RwLock::new(Arc::new(generation)),
             initial: config,
             reloads: Default::default(),
+            reloading: Default::default(),
             generations: tokio::sync::watch::Sender::new(1),
             sessions,
             listeners: Default::default(),

@@ -47,6 +47,9 @@ pub struct ReloadReport {
 /// Applies an already validated `config`: see the module docs. Fails, changing nothing, when
 /// a listener it adds cannot be bound.
 pub fn apply(state: &Arc<ProxyState>, config: Config) -> Result<ReloadReport, ConfigErrors> {
+    // One reload at a time (SIGHUP, `POST /api/reload` and the file watcher may overlap): the
+    // listeners' prepare and commit and the routes' advance must be of the same config.
+    let _one_at_a_time = state.reloading.lock().unwrap_or_else(|p| p.into_inner());
     let prepared = match state.listeners.prepare(&config.listeners) {
         Ok(p) => p,
         Err(e) => {
@@ -213,6 +216,12 @@ fn restart_needed(initial: &Config, config: &Config) -> Vec<String> {
     }
     if initial.scheduler != config.scheduler {
         out.push("[runtime] scheduler".into());
+    }
+    if initial.watch != config.watch {
+        out.push("[config] watch".into());
+    }
+    if initial.log.refusals_per_second != config.log.refusals_per_second {
+        out.push("[log] refusals_per_second".into());
     }
     out
 }

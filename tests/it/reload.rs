@@ -493,3 +493,50 @@ async fn a_watched_config_file_is_reloaded_when_it_changes() {
     assert_eq!(upgrade_status(gw.addr, "/b").await, 404);
     echoes(&mut on_a, "A all along").await;
 }
+
+/// `[shutdown] grace` is read when the drain starts: a reload that shortens it is obeyed. (A
+/// backend that never answers the close holds its session until the relay's close timeout,
+/// 5 s: within the start's 60 s grace it would end closed, not cut at the reloaded 200 ms.)
+#[tokio::test]
+async fn a_reloaded_grace_period_is_the_one_the_drain_uses() {
+    let (silent, _) = scripted_backend(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n".to_vec(),
+    )
+    .await;
+    let backends = [format!("ws://{silent}")];
+    let mut gw = Gateway::spawn(&format!(
+        "[shutdown]\ngrace = \"60s\"\n{}",
+        route("r", "/", &backends)
+    ))
+    .await;
+    let (_ws, _) = connect(&gw.url("/")).await;
+    let report = gw
+        .handle()
+        .reload(config(&format!(
+            "[shutdown]\ngrace = \"200ms\"\n{}",
+            route("r", "/", &backends)
+        )))
+        .expect("reload");
+    assert!(report.restart_needed.is_empty(), "{report:?}");
+    let report = tokio::time::timeout(STEP, gw.shutdown())
+        .await
+        .expect("the drain did not end");
+    assert_eq!(report.sessions_ended, 1);
+}
+
+#[tokio::test]
+async fn settings_read_once_at_start_are_reported_as_needing_a_restart() {
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&route("r", "/", &[backend.url()])).await;
+    let report = gw
+        .handle()
+        .reload(config(&format!(
+            "[config]\nwatch = true\n[log]\nrefusals_per_second = 3\n{}",
+            route("r", "/", &[backend.url()])
+        )))
+        .expect("reload");
+    assert_eq!(
+        report.restart_needed,
+        names(&["[config] watch", "[log] refusals_per_second"])
+    );
+}
