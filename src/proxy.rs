@@ -476,6 +476,20 @@ fn spawn_session(
         cx.state
             .sessions
             .register(cx.id, route.clone(), cx.conn.client, (lease, permit), meta);
+    // A reload since this request took its generation may have removed or restarted its
+    // route or dropped its backend, and listed the sessions to close before this one was
+    // registered: then it closes at once, with the 1012 those got.
+    let now = cx.state.current();
+    if !now.routes.iter().any(|r| Arc::ptr_eq(r, route))
+        && crate::reload::must_close(&session.info, &now.routes)
+    {
+        session.info.link.close(crate::relay::CloseRequest {
+            code: crate::frame::close_code::SERVICE_RESTART,
+            reason: crate::frame::close_code::phrase(crate::frame::close_code::SERVICE_RESTART)
+                .into(),
+            by_admin: false,
+        });
+    }
     route
         .stats
         .opened

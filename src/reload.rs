@@ -76,7 +76,7 @@ pub fn apply(state: &Arc<ProxyState>, config: Config) -> Result<ReloadReport, Co
         .sessions
         .list()
         .into_iter()
-        .filter(|s| must_close(s, &next.routes, &diff.changed))
+        .filter(|s| must_close(s, &next.routes))
         .collect();
     let report = ReloadReport {
         sessions_closing: closing.len(),
@@ -180,12 +180,16 @@ pub async fn watch(
     }
 }
 
-/// Whether a live session must close under the new routes.
-fn must_close(s: &SessionInfo, routes: &crate::route::RouteTable, changed: &[String]) -> bool {
+/// Whether a live session must close under the new routes: its route removed, changed with
+/// `on_change = "restart"` (its settings differ from the session's), or its backend no
+/// longer listed.
+pub(crate) fn must_close(s: &SessionInfo, routes: &crate::route::RouteTable) -> bool {
     let Some(route) = routes.iter().find(|r| r.name == s.route.name) else {
         return true; // its route was removed
     };
-    if route.config.on_change == OnChange::Restart && changed.iter().any(|c| **c == *route.name) {
+    if route.config.on_change == OnChange::Restart
+        && route.config.fingerprint != s.route.config.fingerprint
+    {
         return true;
     }
     // A backend the route still lists is the same `Backend` (carried over by URL).

@@ -540,3 +540,63 @@ async fn settings_read_once_at_start_are_reported_as_needing_a_restart() {
         names(&["[config] watch", "[log] refusals_per_second"])
     );
 }
+
+/// A handshake under way when a reload removes its route: its session registers after the
+/// reload listed the sessions to close, and still gets the 1012 they got.
+#[tokio::test]
+async fn a_handshake_under_way_when_its_route_is_removed_gets_1012() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A backend that holds its 101 until told to answer.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let (got_request, mut request_seen) = tokio::sync::mpsc::channel::<()>(1);
+    let (answer, answer_now) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut chunk = [0u8; 1024];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            head.extend_from_slice(&chunk[..n]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        let key = head
+            .lines()
+            .find_map(|l| l.strip_prefix("sec-websocket-key: "))
+            .unwrap()
+            .trim()
+            .to_string();
+        got_request.send(()).await.unwrap();
+        answer_now.await.unwrap();
+        let accept = wsgate::handshake::accept_key(key.as_bytes());
+        s.write_all(format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n").as_bytes()).await.unwrap();
+        // Answers the proxy's close, then holds the socket until it goes.
+        let mut sink = [0u8; 1024];
+        while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+    });
+    let other = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "{}{}",
+        route("gone", "/gone", &[format!("ws://{backend}")]),
+        route("kept", "/kept", &[other.url()])
+    ))
+    .await;
+    let url = gw.url("/gone");
+    let client = tokio::spawn(async move { connect(&url).await });
+    tokio::time::timeout(STEP, request_seen.recv())
+        .await
+        .expect("the backend got no request");
+    let report = gw
+        .handle()
+        .reload(config(&route("kept", "/kept", &[other.url()])))
+        .expect("reload");
+    assert_eq!(report.removed, names(&["gone"]));
+    assert_eq!(report.sessions_closing, 0);
+    answer.send(()).unwrap();
+    let (mut ws, _) = client.await.unwrap();
+    let close = tokio::time::timeout(STEP, next_close(&mut ws))
+        .await
+        .expect("the session on the removed route was not closed");
+    assert_eq!(u16::from(close.code), 1012);
+}
