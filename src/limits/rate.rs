@@ -28,11 +28,17 @@ pub const SHED_INTERVAL: Duration = Duration::from_secs(10);
 /// in anything but a distributed flood.
 pub const MAX_RATE_KEYS: usize = 100_000;
 
+/// While the table is full, how often a handshake may shed it: a shed scans every entry under
+/// the table's one lock, and once per handshake it would turn a flood into that many scans.
+const FULL_SHED_INTERVAL: Duration = Duration::from_secs(1);
+
 /// A scope's per-address handshake buckets.
 #[derive(Debug)]
 pub(super) struct RateTable {
     rate: HandshakeRate,
     limiter: RateLimiter<ClientKey, DefaultKeyedStateStore<ClientKey>, DefaultClock>,
+    /// When a handshake that found the table full last shed it (`FULL_SHED_INTERVAL`).
+    full_shed: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl RateTable {
@@ -44,6 +50,7 @@ impl RateTable {
         RateTable {
             rate,
             limiter: RateLimiter::keyed(quota),
+            full_shed: std::sync::Mutex::new(None),
         }
     }
 
@@ -58,7 +65,7 @@ impl RateTable {
     /// Takes one handshake from `key`'s bucket, or says when the next one will be there.
     pub(super) fn check(&self, key: ClientKey, scope: Scope) -> Result<(), LimitError> {
         if self.limiter.len() >= MAX_RATE_KEYS {
-            self.limiter.retain_recent();
+            self.shed_when_full();
             if self.limiter.len() >= MAX_RATE_KEYS {
                 return Err(LimitError::RateTableFull {
                     retry_after: SHED_INTERVAL.as_secs(),
@@ -72,6 +79,20 @@ impl RateTable {
                 retry_after: whole_seconds(wait),
             }
         })
+    }
+
+    /// Sheds a full table, at most once per `FULL_SHED_INTERVAL` (and not while another
+    /// handshake is at it). Returns whether it did.
+    fn shed_when_full(&self) -> bool {
+        let Ok(mut last) = self.full_shed.try_lock() else {
+            return false;
+        };
+        if last.is_some_and(|t| t.elapsed() < FULL_SHED_INTERVAL) {
+            return false;
+        }
+        self.limiter.retain_recent();
+        *last = Some(std::time::Instant::now());
+        true
     }
 
     /// Drops the entries whose bucket is full again, and the room they took.
@@ -126,5 +147,27 @@ mod tests {
         }
         table.shed();
         assert_eq!(table.len(), 0);
+    }
+
+    #[test]
+    fn a_full_table_is_shed_at_most_once_a_second() {
+        // Entries that stay (a bucket that refills in an hour), enough to fill the table.
+        let table = RateTable::new(HandshakeRate {
+            interval: Duration::from_secs(3600),
+            burst: NonZeroU32::new(1).unwrap(),
+        });
+        for i in 0..MAX_RATE_KEYS as u32 {
+            let ip = std::net::IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            table.check(ClientKey::of(ip, 64), Scope::Route).unwrap();
+        }
+        // The first handshake that finds it full sheds it (nothing goes: every bucket is
+        // still empty) and is refused; within the second, the next ones are refused without
+        // a scan of the table.
+        assert!(matches!(
+            table.check(key(1), Scope::Route),
+            Err(LimitError::RateTableFull { .. })
+        ));
+        assert!(table.full_shed.lock().unwrap().is_some());
+        assert!(!table.shed_when_full(), "shed again within the second");
     }
 }
