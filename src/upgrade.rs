@@ -235,7 +235,17 @@ pub async fn serve(state: Arc<ProxyState>, path: PathBuf, stop: CancellationToke
                 }
             },
         };
-        match hand_over(&state, stream).await {
+        // A shutdown that begins during the exchange (up to a minute, while the successor
+        // starts) wins: the hand-over is abandoned before `done`, so systemd is never told
+        // of a main PID it did not signal, and this process drains as asked.
+        let handed = tokio::select! {
+            _ = stop.cancelled() => {
+                tracing::warn!("a shutdown began during a binary upgrade: the hand-over is abandoned");
+                break;
+            }
+            r = hand_over(&state, stream) => r,
+        };
+        match handed {
             Ok(pid) => {
                 tracing::info!(new_pid = pid, "handed the listening sockets over; draining");
                 crate::notify::main_pid(pid);
@@ -258,10 +268,14 @@ async fn hand_over(state: &ProxyState, stream: UnixStream) -> std::io::Result<u3
     let mut lines = BufReader::new(stream);
     let mut hello = String::new();
     step(lines.read_line(&mut hello)).await?;
-    let pid = match hello.trim().strip_prefix(HELLO) {
-        Some(rest) => rest.trim().parse::<u32>().unwrap_or(0),
-        None => return Err(protocol(&format!("unknown hello {:?}", hello.trim()))),
-    };
+    if hello.trim().strip_prefix(HELLO).is_none() {
+        return Err(protocol(&format!("unknown hello {:?}", hello.trim())));
+    }
+    // The successor's pid (told to systemd as the new main PID) from the kernel, not from the
+    // text it sent.
+    let pid = peer_pid(lines.get_ref())
+        .filter(|&p| p != 0)
+        .ok_or_else(|| protocol("the new process's pid is unknown (no peer credentials)"))?;
     let sockets = state.listeners.sockets();
     let names: Vec<String> = sockets.iter().map(|(n, _)| n.clone()).collect();
     let fds: Vec<RawFd> = sockets.iter().map(|(_, fd)| *fd).collect();
