@@ -600,3 +600,35 @@ async fn a_handshake_under_way_when_its_route_is_removed_gets_1012() {
         .expect("the session on the removed route was not closed");
     assert_eq!(u16::from(close.code), 1012);
 }
+
+/// The process's own admission limits are no route's settings: raising `max_sessions` in an
+/// incident leaves every route unchanged, and an `on_change = "restart"` route's sessions open.
+/// A `[limits]` key routes read (`max_message`) still changes them.
+#[tokio::test]
+async fn process_limits_are_not_a_change_to_the_routes() {
+    let backend = EchoBackend::spawn().await;
+    let r = format!(
+        "{}on_change = \"restart\"\n",
+        route("r", "/", &[backend.url()])
+    );
+    let gw = Gateway::spawn(&format!("[limits]\nmax_sessions = 100\n{r}")).await;
+    let (mut ws, _) = connect(&gw.url("/")).await;
+    let report = gw
+        .handle()
+        .reload(config(&format!(
+            "[limits]\nmax_sessions = 5000\nfd_reserve = 32\nhandshake_rate_per_ip = \"100/s\"\n{r}"
+        )))
+        .expect("reload");
+    assert_eq!(report.unchanged, names(&["r"]), "{report:?}");
+    assert_eq!(report.sessions_closing, 0);
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("still here"));
+    let report = gw
+        .handle()
+        .reload(config(&format!(
+            "[limits]\nmax_sessions = 5000\nmax_message = \"1MiB\"\n{r}"
+        )))
+        .expect("reload");
+    assert_eq!(report.changed, names(&["r"]), "{report:?}");
+    assert_eq!(report.sessions_closing, 1);
+}

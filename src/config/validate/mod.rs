@@ -86,6 +86,15 @@ pub fn from_toml_str_in(text: &str, base: &Path) -> Result<Config, Vec<ConfigErr
     }
 }
 
+/// `[limits]` keys that only the process's own admission reads (`Config::limits`).
+const PROCESS_ONLY_LIMITS: &[&str] = &[
+    "max_sessions",
+    "max_sessions_per_ip",
+    "handshake_rate_per_ip",
+    "handshake_burst",
+    "fd_reserve",
+];
+
 /// Each route's and each listener's settings as written: its `[[route]]` or `[[listener]]`
 /// table and the global tables it inherits from, in a canonical form (the TOML value's own, keys sorted), so that formatting and
 /// comments do not count as a change. Routes are validated in file order, one each.
@@ -93,7 +102,19 @@ fn fingerprints(text: &str, config: &mut Config) {
     let Ok(table) = text.parse::<toml::Table>() else {
         return;
     };
-    let global = |k: &str| table.get(k).map(|v| v.to_string()).unwrap_or_default();
+    let global = |k: &str| match (k, table.get(k)) {
+        // Without the process's own admission keys, which no route or listener reads:
+        // raising `max_sessions` during an incident is no change to any route (and must not
+        // restart the sessions of `on_change = "restart"` ones).
+        ("limits", Some(toml::Value::Table(limits))) => {
+            let mut limits = limits.clone();
+            for process_only in PROCESS_ONLY_LIMITS {
+                limits.remove(*process_only);
+            }
+            limits.to_string()
+        }
+        (_, v) => v.map(|v| v.to_string()).unwrap_or_default(),
+    };
     let inherited = format!("{}\n{}", global("timeouts"), global("limits"));
     let routes = table.get("route").and_then(toml::Value::as_array);
     for (i, route) in config.routes.iter_mut().enumerate() {
