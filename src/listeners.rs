@@ -129,15 +129,16 @@ impl Listeners {
     }
 
     /// Binds the listeners `configs` adds to the running ones. Nothing running changes.
-    pub fn prepare(&self, configs: &[ListenerConfig]) -> std::io::Result<Prepared> {
+    pub fn prepare(&self, configs: &[ListenerConfig]) -> Result<Prepared, (usize, std::io::Error)> {
         let running = self.lock();
-        let new: Vec<ListenerConfig> = configs
-            .iter()
-            .filter(|c| !running.iter().any(|r| r.config.addr == c.addr))
-            .cloned()
-            .collect();
+        let mut added = Vec::new();
+        for (i, c) in configs.iter().enumerate() {
+            if !running.iter().any(|r| r.config.addr == c.addr) {
+                added.push(bind_one(c, &mut Inherited::default()).map_err(|e| (i, e))?);
+            }
+        }
         Ok(Prepared {
-            added: bind_all(&new, &mut Inherited::default())?,
+            added,
             configs: configs.to_vec(),
         })
     }

@@ -52,7 +52,7 @@ pub fn apply(state: &Arc<ProxyState>, config: Config) -> Result<ReloadReport, Co
     let _one_at_a_time = state.reloading.lock().unwrap_or_else(|p| p.into_inner());
     let prepared = match state.listeners.prepare(&config.listeners) {
         Ok(p) => p,
-        Err(e) => {
+        Err((index, e)) => {
             state.reloads.add("failed");
             tracing::warn!(error = %e, "config reload failed; the running config stays");
             return Err(ConfigErrors {
@@ -61,7 +61,7 @@ pub fn apply(state: &Arc<ProxyState>, config: Config) -> Result<ReloadReport, Co
                     .as_ref()
                     .map_or_else(|| "(config)".into(), |p| p.display().to_string()),
                 errors: vec![ConfigError {
-                    key: "listener".into(),
+                    key: format!("listener[{index}].listen"),
                     line: None,
                     message: e.to_string(),
                 }],
