@@ -321,11 +321,20 @@ impl Sessions {
         }
     }
 
-    /// Sends close frames with `code` to both sides of every session of the route whose
-    /// signal is `control`, at frame boundaries.
+    /// Sends close frames with `code` to both sides of every live session of the route whose
+    /// signal is `control`, at frame boundaries. Each session is asked through its own link:
+    /// the route's signal is shared by its later sessions too (and by its generations), and
+    /// set there it would close every session the route opens from then on.
     pub fn close_route(&self, control: &Control, code: u16) {
-        control.close_with(code);
-        self.wake(|i| i.route.control.same(control));
+        let request = CloseRequest {
+            code,
+            reason: crate::frame::close_code::phrase(code).into(),
+            by_admin: false,
+        };
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        for info in live.values().filter(|i| i.route.control.same(control)) {
+            info.link.close(request.clone());
+        }
     }
 
     /// Where sessions hibernate (`hibernate.rs`).

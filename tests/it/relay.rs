@@ -390,4 +390,8 @@ async fn closing_one_route_with_1012_leaves_the_others_alone() {
     );
     ws_b.send(Message::text("still here")).await.unwrap();
     assert_eq!(next_data(&mut ws_b).await, Message::text("still here"));
+    // The route itself serves on: a session it opens afterwards is not closed.
+    let (mut again, _) = connect(&gw.url("/a")).await;
+    again.send(Message::text("new")).await.unwrap();
+    assert_eq!(next_data(&mut again).await, Message::text("new"));
 }
