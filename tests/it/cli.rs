@@ -55,6 +55,18 @@ async fn run_json(
     (child, lines, seen, addr)
 }
 
+/// A config file in `tmp`: a listener on a free port and the route "echo" at `/ws` to
+/// `backend`.
+fn echo_config(tmp: &TempDir, backend: &EchoBackend) -> std::path::PathBuf {
+    tmp.write(
+        "wsgate.toml",
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
+            route("echo", "/ws", &[backend.url()])
+        ),
+    )
+}
+
 fn sigterm(child: &Child) {
     send_signal(child, "TERM");
 }
@@ -312,13 +324,7 @@ async fn check_refuses_an_admin_listener_open_to_the_network_without_a_token() {
 async fn sigquit_drains_as_sigterm_does() {
     let backend = EchoBackend::spawn().await;
     let tmp = TempDir::new("cli-quit");
-    let config = tmp.write(
-        "wsgate.toml",
-        format!(
-            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
-            route("echo", "/ws", &[backend.url()])
-        ),
-    );
+    let config = echo_config(&tmp, &backend);
     let (mut child, mut lines, mut seen, addr) = run_json(&config).await;
     let (mut ws, _) = connect(&format!("ws://{addr}/ws")).await;
     send_signal(&child, "QUIT");
@@ -336,13 +342,7 @@ async fn sigquit_drains_as_sigterm_does() {
 async fn run_logs_sessions_and_refusals_then_drains_on_sigterm() {
     let backend = EchoBackend::spawn().await;
     let tmp = TempDir::new("cli");
-    let config = tmp.write(
-        "wsgate.toml",
-        format!(
-            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
-            route("echo", "/ws", &[backend.url()])
-        ),
-    );
+    let config = echo_config(&tmp, &backend);
     let (mut child, mut lines, mut seen, addr) = run_json(&config).await;
 
     // A session: echo, then the client closes with a code.

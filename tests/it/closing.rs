@@ -103,8 +103,9 @@ async fn an_oversized_backend_message_gets_its_1009_not_a_reset() {
                 .set_send_buffer_size(SMALL_BUFFER as usize)
                 .unwrap();
             let head = read_request_head(&mut s).await;
-            let accept = wsgate::handshake::accept_key(request_key(&head).as_bytes());
-            s.write_all(format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n").as_bytes()).await.unwrap();
+            s.write_all(switching_protocols(&head).as_bytes())
+                .await
+                .unwrap();
             let outcome = match tokio::time::timeout(STEP, s.write_all(&message)).await {
                 Err(_) => Err("write timed out".to_string()),
                 Ok(Err(e)) => Err(format!("write: {e}")),
@@ -144,25 +145,6 @@ async fn an_oversized_backend_message_gets_its_1009_not_a_reset() {
         "{} of {RUNS} runs got no 1009: {failures:?}",
         failures.len()
     );
-}
-
-async fn read_request_head(s: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = s.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "no request head");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    String::from_utf8_lossy(&buf).to_string()
-}
-
-fn request_key(head: &str) -> String {
-    head.lines()
-        .find_map(|l| l.strip_prefix("sec-websocket-key: "))
-        .unwrap()
-        .trim()
-        .to_string()
 }
 
 /// A backend that answers the upgrade with a close frame and, after it, a text frame (which

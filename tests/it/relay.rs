@@ -265,22 +265,11 @@ async fn vanishing_backend(reset: bool) -> std::net::SocketAddr {
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut s, _) = l.accept().await.unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut chunk).await.unwrap();
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        let head = String::from_utf8_lossy(&buf).to_string();
-        let key = head
-            .lines()
-            .find_map(|l| l.strip_prefix("sec-websocket-key: "))
-            .unwrap()
-            .trim()
-            .to_string();
-        let accept = wsgate::handshake::accept_key(key.as_bytes());
-        s.write_all(format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n").as_bytes()).await.unwrap();
-        let _ = s.read(&mut chunk).await.unwrap();
+        let head = read_request_head(&mut s).await;
+        s.write_all(switching_protocols(&head).as_bytes())
+            .await
+            .unwrap();
+        let _ = s.read(&mut [0u8; 4096]).await.unwrap();
         if reset {
             // SO_LINGER 0: the close sends a reset instead of a FIN.
             socket2::SockRef::from(&s)

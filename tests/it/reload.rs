@@ -553,24 +553,12 @@ async fn a_handshake_under_way_when_its_route_is_removed_gets_1012() {
     let (answer, answer_now) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let mut chunk = [0u8; 1024];
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0);
-            head.extend_from_slice(&chunk[..n]);
-        }
-        let head = String::from_utf8_lossy(&head).to_string();
-        let key = head
-            .lines()
-            .find_map(|l| l.strip_prefix("sec-websocket-key: "))
-            .unwrap()
-            .trim()
-            .to_string();
+        let head = read_request_head(&mut s).await;
         got_request.send(()).await.unwrap();
         answer_now.await.unwrap();
-        let accept = wsgate::handshake::accept_key(key.as_bytes());
-        s.write_all(format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n").as_bytes()).await.unwrap();
+        s.write_all(switching_protocols(&head).as_bytes())
+            .await
+            .unwrap();
         // Answers the proxy's close, then holds the socket until it goes.
         let mut sink = [0u8; 1024];
         while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}

@@ -612,6 +612,36 @@ pub async fn scripted_backend(response: Vec<u8>) -> (SocketAddr, Arc<Mutex<Vec<S
     (addr, seen)
 }
 
+/// Reads one request head from `s`, up to its empty line (for hand-written backends).
+pub async fn read_request_head(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "no request head");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&buf).to_string()
+}
+
+/// The `Sec-WebSocket-Key` of a request head the proxy wrote (lower-case names).
+pub fn request_key(head: &str) -> String {
+    head.lines()
+        .find_map(|l| l.strip_prefix("sec-websocket-key: "))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// A backend's 101 to the upgrade request `head`, with its accept key.
+pub fn switching_protocols(head: &str) -> String {
+    let accept = wsgate::handshake::accept_key(request_key(head).as_bytes());
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    )
+}
+
 pub fn route(name: &str, path: &str, backends: &[String]) -> String {
     let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
     format!(
