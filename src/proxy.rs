@@ -483,12 +483,9 @@ fn spawn_session(
     if !now.routes.iter().any(|r| Arc::ptr_eq(r, route))
         && crate::reload::must_close(&session.info, &now.routes)
     {
-        session.info.link.close(crate::relay::CloseRequest {
-            code: crate::frame::close_code::SERVICE_RESTART,
-            reason: crate::frame::close_code::phrase(crate::frame::close_code::SERVICE_RESTART)
-                .into(),
-            by_admin: false,
-        });
+        session.info.link.close(crate::relay::CloseRequest::drain(
+            crate::frame::close_code::SERVICE_RESTART,
+        ));
     }
     route
         .stats

@@ -90,11 +90,7 @@ pub fn apply(state: &Arc<ProxyState>, config: Config) -> Result<ReloadReport, Co
     };
     if !closing.is_empty() {
         let sessions = state.sessions.clone();
-        let request = CloseRequest {
-            code: close_code::SERVICE_RESTART,
-            reason: close_code::phrase(close_code::SERVICE_RESTART).into(),
-            by_admin: false,
-        };
+        let request = CloseRequest::drain(close_code::SERVICE_RESTART);
         tokio::spawn(async move { sessions.close_spread(closing, request, spread).await });
     }
     state.reloads.add("ok");

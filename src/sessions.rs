@@ -326,11 +326,7 @@ impl Sessions {
     /// the route's signal is shared by its later sessions too (and by its generations), and
     /// set there it would close every session the route opens from then on.
     pub fn close_route(&self, control: &Control, code: u16) {
-        let request = CloseRequest {
-            code,
-            reason: crate::frame::close_code::phrase(code).into(),
-            by_admin: false,
-        };
+        let request = CloseRequest::drain(code);
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         for info in live.values().filter(|i| i.route.control.same(control)) {
             info.link.close(request.clone());
@@ -458,11 +454,7 @@ impl Sessions {
     /// (including any that started meanwhile) is asked as `close_all` does. Returns once the
     /// last one has been asked.
     pub async fn close_all_spread(&self, spread: std::time::Duration) {
-        let request = CloseRequest {
-            code: close_code::GOING_AWAY,
-            reason: close_code::phrase(close_code::GOING_AWAY).into(),
-            by_admin: false,
-        };
+        let request = CloseRequest::drain(close_code::GOING_AWAY);
         self.close_spread(self.list(), request, spread).await;
         self.close_all();
     }

@@ -117,7 +117,6 @@ impl Drop for BackendLease {
 /// within one backend's attempt. A connect that ran out of time is `TimedOut`.
 async fn connect_one(url: &BackendUrl, timeout: Duration) -> std::io::Result<TcpStream> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let timed_out = |what: String| std::io::Error::new(std::io::ErrorKind::TimedOut, what);
     let lookup = tokio::net::lookup_host((url.host.as_str(), url.port));
     let addrs: Vec<std::net::SocketAddr> = tokio::time::timeout_at(deadline, lookup)
         .await
@@ -126,13 +125,17 @@ async fn connect_one(url: &BackendUrl, timeout: Duration) -> std::io::Result<Tcp
     connect_any(&addrs, deadline).await
 }
 
+/// A connect step that ran out of time, as `connect_one`'s caller tells it from the others.
+fn timed_out(what: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, what)
+}
+
 /// The first of `addrs` that accepts a connection, each tried with an equal share of the
 /// time left before `deadline` ([`connect_one`]).
 async fn connect_any(
     addrs: &[std::net::SocketAddr],
     deadline: tokio::time::Instant,
 ) -> std::io::Result<TcpStream> {
-    let timed_out = |what: String| std::io::Error::new(std::io::ErrorKind::TimedOut, what);
     let mut last = None;
     for (i, addr) in addrs.iter().enumerate() {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -369,7 +372,7 @@ pub async fn handshake(
         let tls = tls_connect(stream, p.url, p.tls).await?;
         exchange(UpgradedIo::TlsClient(Box::new(tls)), req, &p, deadline).await
     };
-    tokio::time::timeout(timeout, run)
+    tokio::time::timeout_at(deadline, run)
         .await
         .map_err(|_| BackendError::HandshakeTimeout(timeout))?
 }

@@ -110,6 +110,18 @@ pub struct CloseRequest {
     pub by_admin: bool,
 }
 
+impl CloseRequest {
+    /// A drain's request (not an operator's) with `code` and that code's own phrase, as
+    /// reloads, shutdowns and route closes send it.
+    pub fn drain(code: u16) -> CloseRequest {
+        CloseRequest {
+            code,
+            reason: crate::frame::close_code::phrase(code).into(),
+            by_admin: false,
+        }
+    }
+}
+
 impl Link {
     /// Makes the relay run and read its signals (after one of them was set).
     pub fn wake(&self) {
