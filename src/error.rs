@@ -210,6 +210,13 @@ pub enum ProxyError {
     /// A plain request's body is over the route's `max_request_body`.
     #[error("request body over the route's limit of {0} bytes")]
     BodyTooLarge(u64),
+    /// A plain request's client sent no body bytes for the route's `request_body_timeout`.
+    #[error("no request body received for {0:?}")]
+    BodyTimeout(Duration),
+    /// A plain request's body broke off on the client's side (its connection closed, its
+    /// chunked framing was invalid, its HTTP/2 stream was reset).
+    #[error("the request body broke off")]
+    BodyBroken,
     /// The route has `max_concurrent_requests` waiting for their backends' answers.
     #[error("too many requests in progress on this route, try again later")]
     Overloaded,
@@ -254,6 +261,8 @@ impl ProxyError {
             ProxyError::Limit(e) => e.status(),
             ProxyError::RequestFraming(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::BodyBroken => StatusCode::BAD_REQUEST,
             ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -280,7 +289,9 @@ impl ProxyError {
             | ProxyError::HostMismatch
             | ProxyError::HostInvalid(_)
             | ProxyError::RequestFraming(_)
-            | ProxyError::BodyTooLarge(_) => Fault::Client,
+            | ProxyError::BodyTooLarge(_)
+            | ProxyError::BodyTimeout(_)
+            | ProxyError::BodyBroken => Fault::Client,
             ProxyError::Policy(
                 crate::policy::PolicyError::KeysUnavailable(_)
                 | crate::policy::PolicyError::AuthUnavailable(_),
@@ -306,6 +317,8 @@ impl ProxyError {
             ProxyError::Limit(e) => e.outcome(),
             ProxyError::RequestFraming(_) => Outcome::RequestFramingInvalid,
             ProxyError::BodyTooLarge(_) => Outcome::RequestBodyTooLarge,
+            ProxyError::BodyTimeout(_) => Outcome::RequestBodyTimeout,
+            ProxyError::BodyBroken => Outcome::ClientGone,
             ProxyError::Overloaded => Outcome::Overloaded,
             ProxyError::RequestTimeout(_) => Outcome::RequestTimeout,
         }

@@ -162,6 +162,8 @@ pub enum Outcome {
     RequestFramingInvalid,
     /// The request body is over the route's `max_request_body` (413).
     RequestBodyTooLarge,
+    /// The client sent no request body bytes for the route's `request_body_timeout` (408).
+    RequestBodyTimeout,
     /// The route has `max_concurrent_requests` waiting for their backends' answers (503).
     Overloaded,
     /// The backend's response head did not come within `response_header_timeout` (504).
@@ -278,6 +280,7 @@ impl Outcome {
         Outcome::FdReserve,
         Outcome::RequestFramingInvalid,
         Outcome::RequestBodyTooLarge,
+        Outcome::RequestBodyTimeout,
         Outcome::Overloaded,
         Outcome::BackendResponseTimeout,
         Outcome::RequestTimeout,
@@ -360,6 +363,7 @@ impl Outcome {
             Outcome::FdReserve => "fd_reserve",
             Outcome::RequestFramingInvalid => "request_framing_invalid",
             Outcome::RequestBodyTooLarge => "request_body_too_large",
+            Outcome::RequestBodyTimeout => "request_body_timeout",
             Outcome::Overloaded => "overloaded",
             Outcome::BackendResponseTimeout => "backend_response_timeout",
             Outcome::RequestTimeout => "request_timeout",

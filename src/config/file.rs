@@ -191,6 +191,8 @@ pub struct FileRoute {
     pub request_timeout: Option<SpStr>,
     /// From a plain request sent to its backend's response head.
     pub response_header_timeout: Option<SpStr>,
+    /// The longest pause in a plain request's body from the client (408 past it).
+    pub request_body_timeout: Option<SpStr>,
     /// How long a kept-alive connection to a backend may sit unused in the pool.
     pub http_idle_timeout: Option<SpStr>,
     /// The largest plain request body (413 past it).

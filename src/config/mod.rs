@@ -224,6 +224,9 @@ pub struct ListenerConfig {
 /// (Socket.IO and SockJS answer a poll after 25 s without news) and a slow report, short
 /// enough that a hung backend costs the client a 504 within a minute.
 pub const DEFAULT_RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+/// A plain request's longest pause between two reads of its body (nginx's
+/// `client_body_timeout` is also 60 s).
+pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A plain request's whole exchange: off, so server-sent events and downloads last as long as
 /// they last (the response-head timeout still catches a backend that never answers).
 pub const DEFAULT_REQUEST_TIMEOUT: Option<Duration> = None;

@@ -35,7 +35,7 @@ use crate::policy::RequestFacts;
 use crate::proxy::Ctx;
 use crate::route::Route;
 
-use body::{BodyState, RequestBody};
+use body::{BodyState, ClientFault, RequestBody};
 use pick::{ClientSettings, InFlight, Target, Targets};
 
 pub use pick::MAX_IDLE_PER_BACKEND;
@@ -59,6 +59,7 @@ pub struct HttpSettings {
     pub connect_timeout: Duration,
     pub request_timeout: Option<Duration>,
     pub response_header_timeout: Duration,
+    pub request_body_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_request_body: Option<u64>,
     pub max_concurrent_requests: usize,
@@ -70,6 +71,7 @@ pub struct HttpRoute {
     targets: Arc<Targets>,
     request_timeout: Option<Duration>,
     response_header_timeout: Duration,
+    request_body_timeout: Duration,
     max_request_body: Option<u64>,
     stack: BoxCloneSyncService<Exchange, Forwarded, BoxError>,
 }
@@ -80,6 +82,7 @@ impl std::fmt::Debug for HttpRoute {
             .field("targets", &self.targets)
             .field("request_timeout", &self.request_timeout)
             .field("response_header_timeout", &self.response_header_timeout)
+            .field("request_body_timeout", &self.request_body_timeout)
             .field("max_request_body", &self.max_request_body)
             .finish_non_exhaustive()
     }
@@ -104,16 +107,17 @@ impl HttpRoute {
             .collect::<Result<Vec<_>, _>>()?;
         let targets = Arc::new(Targets::new(list, s.mirrors_backends));
         // Outermost first: a request beyond the cap is refused at once (503) rather than
-        // queued; the timeout bounds the wait for the response head, connects included.
+        // queued. The wait for the response head is `forward`'s own: it starts once the
+        // client's body has been read, which a layer around the call cannot see.
         let stack = ServiceBuilder::new()
             .load_shed()
             .concurrency_limit(s.max_concurrent_requests)
-            .timeout(s.response_header_timeout)
             .service_fn(forward);
         Ok(HttpRoute {
             targets,
             request_timeout: s.request_timeout,
             response_header_timeout: s.response_header_timeout,
+            request_body_timeout: s.request_body_timeout,
             max_request_body: s.max_request_body,
             stack: BoxCloneSyncService::new(stack),
         })
@@ -121,11 +125,13 @@ impl HttpRoute {
 }
 
 /// Whether a request is a plain one this route proxies: the route has `http = true` and the
-/// request asks for no upgrade (no `Upgrade` header over HTTP/1.1, no CONNECT over HTTP/2).
-/// Anything else goes the WebSocket way, where an upgrade to another protocol is refused.
+/// request does not ask for a WebSocket (no `Upgrade` naming `websocket` over HTTP/1.1, no
+/// CONNECT over HTTP/2). An offer to upgrade to something else (`curl --http2` sends
+/// `Upgrade: h2c` on every `http://` request) is declined by serving the request as it is,
+/// as RFC 9110 §7.8 lets a server do; the `Upgrade` header does not reach the backend.
 pub fn is_plain(route: &Route, parts: &Parts) -> bool {
     route.config.http.is_some()
-        && !parts.headers.contains_key(header::UPGRADE)
+        && !crate::handshake::has_token(&parts.headers, &header::UPGRADE, "websocket")
         && parts.method != Method::CONNECT
 }
 
@@ -138,7 +144,10 @@ pub(crate) async fn serve(
     parts: &mut Parts,
     body: Incoming,
 ) -> Result<Response<Body>, ProxyError> {
-    let result = exchange(cx, route, parts, body).await;
+    let mut waiting = record::Waiting::default();
+    let result = exchange(cx, route, parts, body, &mut waiting).await;
+    // Answered (the response body writes the record) or refused (the refusal does).
+    waiting.take();
     if let Err(e) = &result {
         route
             .stats
@@ -153,10 +162,18 @@ async fn exchange(
     route: &Arc<Route>,
     parts: &mut Parts,
     body: Incoming,
+    waiting: &mut record::Waiting,
 ) -> Result<Response<Body>, ProxyError> {
     let started = Instant::now();
     let http = route.config.http.as_ref().ok_or(ProxyError::NoRoute)?;
     headers::check_framing(parts).map_err(ProxyError::RequestFraming)?;
+    if parts.version == Version::HTTP_11
+        && parts.uri.authority().is_none()
+        && !parts.headers.contains_key(header::HOST)
+    {
+        // RFC 9112 §3.2: a server must answer 400 to an HTTP/1.1 request without one.
+        return Err(crate::handshake::HandshakeError::MissingHost.into());
+    }
     if let Some(limit) = http.max_request_body
         && headers::content_length(&parts.headers).is_some_and(|n| n > limit)
     {
@@ -171,17 +188,24 @@ async fn exchange(
     route
         .pool
         .claim_affinity(&mut affinity, admitted.claims.as_ref());
-    let body = RequestBody::new(body, http.max_request_body);
-    let state = body.state().clone();
+    let state = BodyState::new(body, http.max_request_body, http.request_body_timeout);
+    waiting.arm(record::Record::of_request(
+        cx,
+        route,
+        parts,
+        &host,
+        admitted.user,
+        started,
+        state.clone(),
+    ));
     let ex = Exchange {
         route: route.clone(),
         method: parts.method.clone(),
         path_and_query: parts.uri.path_and_query().map(|pq| pq.to_string()),
         headers: backend_headers(cx, parts, &host),
-        retryable: retryable(&parts.method, &body),
         host: host.clone(),
         affinity,
-        body,
+        body: state.clone(),
     };
     let deadline = http
         .request_timeout
@@ -193,12 +217,10 @@ async fn exchange(
             .map_err(|_| ProxyError::RequestTimeout(d))?,
         None => call.await,
     };
-    let forwarded = result.map_err(|e| stack_error(e, http, &state))?;
-    let record = record::Record {
-        backend: forwarded.backend,
-        status: forwarded.response.status(),
-        ..record::Record::of_request(cx, route, parts, &host, admitted.user, started, state)
-    };
+    let forwarded = result.map_err(stack_error)?;
+    let mut record = waiting.take().expect("armed before the backend was asked");
+    record.backend = forwarded.backend;
+    record.status = forwarded.response.status();
     let (mut head, incoming) = forwarded.response.into_parts();
     headers::response_headers(&mut head.headers, head.version, cx.ids);
     sticky_cookie(cx, route, forwarded.index, &mut head.headers);
@@ -271,17 +293,6 @@ fn backend_headers(cx: &Ctx<'_>, parts: &Parts, host: &str) -> http::HeaderMap {
     )
 }
 
-/// RFC 9110 §9.2.2's idempotent methods, when the request has no body: sent again to the
-/// next backend if its connection failed before anything was written. A request with a
-/// body is never retried (the body is streamed, not kept).
-fn retryable(method: &Method, body: &RequestBody) -> bool {
-    use hyper::body::Body as _;
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    ) && body.is_end_stream()
-}
-
 /// What goes through the route's stack: the backend request, but for the backend's own
 /// URI and `Host`.
 struct Exchange {
@@ -291,8 +302,8 @@ struct Exchange {
     headers: http::HeaderMap,
     /// The host the client asked for (`preserve_host`).
     host: String,
-    body: RequestBody,
-    retryable: bool,
+    /// The client's body, until an attempt reads it.
+    body: Arc<BodyState>,
     /// The request's hash key and sticky backend (see `BackendPool::affinity`).
     affinity: crate::backend::Affinity,
 }
@@ -307,9 +318,11 @@ struct Forwarded {
 }
 
 /// The stack's innermost service: the backends in balancing order until one answers. Only
-/// a connect failure moves on, and only for a [`retryable`] request (otherwise its body went
-/// with the first attempt); any other failure is the answer.
-async fn forward(mut ex: Exchange) -> Result<Forwarded, BoxError> {
+/// a connect failure moves on, whatever the method: nothing of the request was sent, and
+/// its body still waits in the [`BodyState`] for the next attempt. Any other failure is the
+/// answer. The response head must come within `response_header_timeout` of the client's
+/// body read in full (see [`BodyState::backend_overdue`]), connects included.
+async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
     let route = &ex.route;
     let http = route.config.http.as_ref().ok_or(ProxyError::NoRoute)?;
     let targets = &http.targets;
@@ -317,32 +330,31 @@ async fn forward(mut ex: Exchange) -> Result<Forwarded, BoxError> {
     if order.is_empty() {
         return Err(ProxyError::from(BackendError::AllDrained).into());
     }
-    let state = ex.body.state().clone();
-    let mut body = Some(std::mem::replace(
-        &mut ex.body,
-        RequestBody::empty(state.clone()),
-    ));
+    let state = &ex.body;
+    let head_timeout = http.response_header_timeout;
+    let head_deadline = state.backend_overdue(head_timeout);
+    tokio::pin!(head_deadline);
     let mut failures = Vec::new();
     let mut all_timeouts = true;
     for i in order {
+        if state.taken() {
+            // A connect failure after the body was read: it cannot be sent again.
+            break;
+        }
         let target = &targets.list[i];
-        let attempt = if ex.retryable {
-            RequestBody::empty(state.clone())
-        } else {
-            match body.take() {
-                Some(b) => b,
-                None => break,
+        let req = backend_request(&ex, target, RequestBody::attempt(state.clone()))
+            .map_err(ProxyError::from)?;
+        let in_flight = target.claim();
+        let sent = tokio::select! {
+            biased;
+            sent = target.client.request(req) => sent,
+            () = &mut head_deadline => {
+                return Err(ProxyError::from(BackendError::ResponseTimeout(head_timeout)).into());
             }
         };
-        let req = backend_request(&ex, target, attempt).map_err(ProxyError::from)?;
-        let in_flight = target.claim();
-        match target.client.request(req).await {
+        match sent {
             Ok(response) => {
-                if targets.mirrors_backends
-                    && let Some(b) = route.pool.backends().get(i)
-                {
-                    b.health.passive_success();
-                }
+                targets.passed(i, &route.pool);
                 if !failures.is_empty() {
                     tracing::warn!(route = %route.name, backend = &*target.name, failed = %failures.join("; "), "failed over to the next backend");
                 }
@@ -361,18 +373,12 @@ async fn forward(mut ex: Exchange) -> Result<Forwarded, BoxError> {
                 } else {
                     Outcome::BackendUnreachable
                 };
-                if targets.mirrors_backends
-                    && let Some(b) = route.pool.backends().get(i)
-                {
-                    b.stats.failures.add(outcome);
-                    // Counts toward its ejection, as a failed handshake does.
-                    route.pool.failed(b, std::time::Instant::now());
-                }
                 let detail = crate::http_client::error_chain(&e);
                 tracing::warn!(route = %route.name, backend = &*target.name, error = %detail, "backend connect failed");
+                targets.failed(i, outcome, route);
                 failures.push(format!("{}: {detail}", target.name));
             }
-            Err(e) => return Err(request_failed(&e, &state).into()),
+            Err(e) => return Err(request_failed(&e, state).into()),
         }
     }
     let detail = failures.join("; ");
@@ -406,36 +412,45 @@ fn backend_request(
     } else {
         &target.url.authority
     };
+    let chunked = {
+        use hyper::body::Body as _;
+        !body.is_end_stream() && body.size_hint().exact().is_none()
+    };
     let mut req = Request::new(body);
     *req.method_mut() = ex.method.clone();
     *req.uri_mut() = uri;
     *req.headers_mut() = ex.headers.clone();
+    if chunked && matches!(ex.method, Method::GET | Method::HEAD) {
+        // hyper's HTTP/1.1 client sends a GET or HEAD whose body length it does not know
+        // with none at all unless told otherwise: the client's chunked body would be lost
+        // (and its bytes read as the next request on the pooled connection). The h2 client
+        // drops the header; HTTP/2 needs no framing of its own.
+        req.headers_mut().insert(
+            header::TRANSFER_ENCODING,
+            http::HeaderValue::from_static("chunked"),
+        );
+    }
     if let Ok(v) = http::HeaderValue::from_str(host) {
         req.headers_mut().insert(header::HOST, v);
     }
     Ok(req)
 }
 
-/// A failure after the request went out: the client's own body over the limit (413), or
-/// the backend's (502).
+/// A failure after the request went out: the client's doing (its body over the limit 413,
+/// stalled 408, broken off 400), or the backend's (502).
 fn request_failed(e: &hyper_util::client::legacy::Error, state: &BodyState) -> ProxyError {
-    match state.exceeded() {
-        Some(limit) => ProxyError::BodyTooLarge(limit),
+    match state.client_fault() {
+        Some(ClientFault::TooLarge(limit)) => ProxyError::BodyTooLarge(limit),
+        Some(ClientFault::Stalled(d)) => ProxyError::BodyTimeout(d),
+        Some(ClientFault::Broken) => ProxyError::BodyBroken,
         None => BackendError::RequestFailed(crate::http_client::error_chain(e)).into(),
     }
 }
 
-/// The stack's errors as the proxy's: its own layers' (overload, response-head timeout) and
-/// [`forward`]'s.
-fn stack_error(e: BoxError, http: &HttpRoute, state: &BodyState) -> ProxyError {
+/// The stack's errors as the proxy's: its own layer's (overload) and [`forward`]'s.
+fn stack_error(e: BoxError) -> ProxyError {
     if e.is::<tower::load_shed::error::Overloaded>() {
         return ProxyError::Overloaded;
-    }
-    if e.is::<tower::timeout::error::Elapsed>() {
-        return match state.exceeded() {
-            Some(limit) => ProxyError::BodyTooLarge(limit),
-            None => BackendError::ResponseTimeout(http.response_header_timeout).into(),
-        };
     }
     match e.downcast::<ProxyError>() {
         Ok(e) => *e,

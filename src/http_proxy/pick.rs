@@ -1,6 +1,7 @@
 //! A route's HTTP backends ("targets"), each with its pooled client, and the order in which
 //! one request tries them: the route's balancing, without connecting (the pooled client
-//! connects, or reuses a kept-alive connection).
+//! connects, or reuses a kept-alive connection), and what a failed connect does to a
+//! target's standing (passive ejection, as for a handshake).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,7 +14,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use super::body::RequestBody;
 use crate::backend::Affinity;
 use crate::backend::BackendPool;
+use crate::backend::health::{Change, Health};
 use crate::config::{BackendUrl, Balance};
+use crate::outcome::Outcome;
+use crate::route::Route;
 
 /// Kept-alive connections one backend may hold unused. A burst of N parallel requests opens
 /// N connections; after it, this many stay ready for the next burst and the rest close, so
@@ -33,6 +37,10 @@ pub struct Target {
     pub client: PooledClient,
     /// Requests on this backend whose responses have not ended (`least_conn`).
     in_flight: Arc<AtomicUsize>,
+    /// Failed connects in a row and ejection, under the route's `[route.health]`
+    /// `max_failures`, for targets of their own (`http_backends`); the route's backends
+    /// keep theirs in the pool, shared with handshakes.
+    health: Health,
 }
 
 /// One request's claim on a target, for `least_conn`, until its response body ends.
@@ -60,6 +68,7 @@ impl Target {
             name: Arc::from(name),
             url,
             in_flight: Arc::default(),
+            health: Health::default(),
         })
     }
 
@@ -142,10 +151,56 @@ impl Targets {
         let n = self.list.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n.max(1);
         let mut order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
+        let now = Instant::now();
+        // Ejected targets go last (still tried when nothing else answers); the sort is
+        // stable, so ties keep the rotation.
+        let ejected = |i: usize| !self.list[i].health.usable(now).0;
         if *balance == Balance::LeastConn {
-            order.sort_by_key(|&i| self.list[i].in_flight());
+            order.sort_by_cached_key(|&i| (ejected(i), self.list[i].in_flight()));
+        } else {
+            order.sort_by_cached_key(|&i| ejected(i));
         }
         order
+    }
+
+    /// Target `i` answered: its run of failed connects ends.
+    pub fn passed(&self, i: usize, pool: &BackendPool) {
+        if self.mirrors_backends {
+            if let Some(b) = pool.backends().get(i) {
+                b.health.passive_success();
+            }
+        } else if let Some(t) = self.list.get(i) {
+            t.health.passive_success();
+        }
+    }
+
+    /// Target `i` could not be connected to: counted toward its ejection after the route's
+    /// `max_failures` in a row (as a failed handshake is), within `max_ejected_percent`.
+    pub fn failed(&self, i: usize, outcome: Outcome, route: &Route) {
+        let now = Instant::now();
+        if self.mirrors_backends {
+            if let Some(b) = route.pool.backends().get(i) {
+                b.stats.failures.add(outcome);
+                route.pool.failed(b, now);
+            }
+            return;
+        }
+        let Some(target) = self.list.get(i) else {
+            return;
+        };
+        let health = &route.config.health;
+        let ejected = self
+            .list
+            .iter()
+            .filter(|t| t.health.is_ejected(now))
+            .count();
+        let may_eject =
+            (ejected + 1) * 100 <= usize::from(health.max_ejected_percent) * self.list.len();
+        if let Some(Change::Ejected { lasts, failures }) =
+            target.health.passive_failure(now, health, may_eject)
+        {
+            tracing::warn!(route = %route.name, backend = &*target.name, failures, ejected_for = ?lasts, "HTTP backend ejected after failed connects in a row");
+        }
     }
 }
 
@@ -229,6 +284,21 @@ mod tests {
         assert_eq!(t.order(&Balance::LeastConn, &pool, &none), [2, 1, 0]);
         drop(c);
         // Ties keep the rotation (this call starts at the first backend).
+        assert_eq!(t.order(&Balance::LeastConn, &pool, &none), [1, 2, 0]);
+    }
+
+    #[test]
+    fn an_ejected_target_of_its_own_goes_last() {
+        let r = route("[route.health]\nmax_failures = 1\n");
+        let (t, pool) = (targets(&r, false), BackendPool::new(&r, None));
+        let none = Affinity::default();
+        let change = t.list[0]
+            .health
+            .passive_failure(Instant::now(), &r.health, true);
+        assert!(matches!(change, Some(Change::Ejected { .. })));
+        assert_eq!(t.order(&Balance::RoundRobin, &pool, &none), [1, 2, 0]);
+        assert_eq!(t.order(&Balance::RoundRobin, &pool, &none), [1, 2, 0]);
+        assert_eq!(t.order(&Balance::RoundRobin, &pool, &none), [2, 1, 0]);
         assert_eq!(t.order(&Balance::LeastConn, &pool, &none), [1, 2, 0]);
     }
 }

@@ -116,6 +116,36 @@ impl Record {
     }
 }
 
+/// The exchange's record while it waits for the response head. hyper drops the exchange
+/// when its client goes away first; the record is then written as nginx writes one, with
+/// status 499 and outcome `client_gone`, so a client that gave up on a slow backend is seen.
+#[derive(Debug, Default)]
+pub struct Waiting(Option<Record>);
+
+impl Waiting {
+    pub fn arm(&mut self, record: Record) {
+        self.0 = Some(record);
+    }
+
+    /// The record, no longer written on drop (the exchange answered or was refused).
+    pub fn take(&mut self) -> Option<Record> {
+        self.0.take()
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(mut record) = self.0.take() {
+            record.status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+            record.finish(
+                Outcome::ClientGone,
+                0,
+                Some("the client went away before the response head"),
+            );
+        }
+    }
+}
+
 fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

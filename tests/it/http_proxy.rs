@@ -712,8 +712,11 @@ async fn trailers_pass_both_ways() {
     assert_eq!(t["x-checksum"], "client");
 }
 
+/// Nothing of a request reaches a backend whose connect failed, its body included (it waits
+/// in the proxy until an attempt reads it): any request, with a body or without, goes whole
+/// to the next backend.
 #[tokio::test]
-async fn idempotent_requests_fail_over_and_a_request_with_a_body_is_not_retried() {
+async fn a_request_fails_over_after_a_connect_failure_with_its_body_whole() {
     let dead = closed_port().await;
     let (b, seen) = echo_backend().await;
     let gw = Gateway::spawn(&http_route(&[dead, b], "")).await;
@@ -722,19 +725,162 @@ async fn idempotent_requests_fail_over_and_a_request_with_a_body_is_not_retried(
     assert_eq!(resp.status(), 200, "GET did not fail over");
     let resp = send(gw.addr, get("/two")).await;
     assert_eq!(resp.status(), 200);
-    // The dead one's turn again: a POST's body went with the failed attempt.
+    // The dead one's turn again: a chunked POST of 1 MiB.
     let resp = send(
         gw.addr,
         Request::post("/three")
             .header("host", "app.test")
-            .body(Full::new(Bytes::from_static(b"data")))
+            .body(stream_body(mib()))
             .unwrap(),
     )
     .await;
-    assert_eq!(resp.status(), 502);
-    assert_eq!(read_body(resp).await.0, "no backend reachable\n");
+    assert_eq!(resp.status(), 200, "POST did not fail over");
+    assert_eq!(read_body(resp).await.0.len(), 1 << 20);
+    let seen = seen.lock().unwrap();
+    let uris: Vec<&str> = seen.iter().map(|s| s.uri.as_str()).collect();
+    assert_eq!(uris, ["/one", "/two", "/three"]);
+    assert!(
+        seen[2].body == mib(),
+        "the body that failed over is not whole"
+    );
+}
+
+/// `response_header_timeout` starts once the client's body is in: an upload slower than it
+/// is not the backend's fault. A client that stops sending gets 408 after
+/// `request_body_timeout`, and a backend that stops reading the body 504.
+#[tokio::test]
+async fn a_slow_upload_is_not_a_slow_backend_and_a_stalled_one_gets_408() {
+    let (b, seen) = echo_backend().await;
+    let gw = Gateway::spawn(&http_route(
+        &[b],
+        "response_header_timeout = \"300ms\"\nrequest_body_timeout = \"250ms\"",
+    ))
+    .await;
+    // Five chunks 100 ms apart: 400 ms of upload, each pause well under 250 ms. The
+    // pauses are the slow client under test, not synchronisation.
+    let (tx, body) = channel();
+    tokio::spawn(async move {
+        for i in 0..5u8 {
+            if i > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            if tx
+                .send(Frame::data(Bytes::from(vec![b'a' + i; 10])))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let req = Request::post("/slow-upload")
+        .header("host", "app.test")
+        .body(body)
+        .unwrap();
+    let resp = send(gw.addr, req).await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "a slow upload was taken for a slow backend"
+    );
+    assert_eq!(read_body(resp).await.0.len(), 50);
+
+    // One chunk, then nothing (the sender is held open).
+    let (tx, body) = channel();
+    tx.send(Frame::data(Bytes::from_static(b"start")))
+        .await
+        .unwrap();
+    let req = Request::post("/stalled")
+        .header("host", "app.test")
+        .body(body)
+        .unwrap();
+    let resp = send(gw.addr, req).await;
+    assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(
+        read_body(resp).await.0,
+        "no request body received for 250ms\n"
+    );
+    drop(tx);
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "the stalled request was answered"
+    );
+}
+
+#[tokio::test]
+async fn a_backend_that_stops_reading_the_body_gets_504() {
+    // It accepts, and reads nothing: the body fills the socket buffers and stops.
+    let (b, _task) = support::silent_backend().await;
+    let gw = Gateway::spawn(&http_route(
+        &[b],
+        "response_header_timeout = \"300ms\"\nmax_request_body = \"off\"",
+    ))
+    .await;
+    let body = stream_body(vec![b'z'; 64 << 20]);
+    let req = Request::put("/upload")
+        .header("host", "app.test")
+        .body(body)
+        .unwrap();
+    let resp = send(gw.addr, req).await;
+    assert_eq!(resp.status(), 504);
+    assert_eq!(read_body(resp).await.0, "backend did not answer in time\n");
+}
+
+/// hyper's client sends a GET or HEAD whose length it does not know without a body unless
+/// the request says `Transfer-Encoding: chunked`: the client's body must not be lost.
+#[tokio::test]
+async fn a_chunked_get_body_reaches_the_backend() {
+    let (b, seen) = echo_backend().await;
+    let gw = Gateway::spawn(&http_route(&[b], "")).await;
+    // (The test's own hyper client needs telling too.)
+    let req = Request::get("/search")
+        .header("host", "app.test")
+        .header("transfer-encoding", "chunked")
+        .body(stream_body(b"{\"query\": 1}".to_vec()))
+        .unwrap();
+    let resp = send(gw.addr, req).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(read_body(resp).await.0, "{\"query\": 1}");
+    assert_eq!(seen.lock().unwrap()[0].body, "{\"query\": 1}");
+}
+
+/// `curl --http2 http://...` offers `Upgrade: h2c` on every request: a route that proxies
+/// plain HTTP declines the offer by serving the request (RFC 9110 §7.8), and the backend
+/// gets neither the offer nor its settings.
+#[tokio::test]
+async fn an_offer_to_upgrade_to_another_protocol_is_served_as_a_plain_request() {
+    let (b, seen) = echo_backend().await;
+    let gw = Gateway::spawn(&http_route(&[b], "")).await;
+    let (_s, resp) = raw_exchange(
+        gw.addr,
+        b"GET /h2c HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[0].uri, "/h2c");
+    for name in ["upgrade", "http2-settings", "connection"] {
+        assert!(
+            !seen[0].headers.contains_key(name),
+            "{name} reached the backend"
+        );
+    }
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host` is answered 400; HTTP/1.0 has none.
+#[tokio::test]
+async fn an_http11_request_without_host_gets_400() {
+    let (b, seen) = echo_backend().await;
+    let gw = Gateway::spawn(&http_route(&[b], "")).await;
+    let (_s, resp) = raw_exchange(gw.addr, b"GET /no-host HTTP/1.1\r\n\r\n").await;
+    assert_eq!(resp.status, 400);
+    assert_eq!(resp.body, "missing Host header\n");
+    let (_s, resp) = raw_exchange(gw.addr, b"GET /old HTTP/1.0\r\n\r\n").await;
+    assert_eq!(resp.status, 200);
     let uris: Vec<String> = seen.lock().unwrap().iter().map(|s| s.uri.clone()).collect();
-    assert_eq!(uris, ["/one", "/two"]);
+    assert_eq!(uris, ["/old"]);
 }
 
 /// A backend plain requests cannot reach is ejected as one handshakes cannot reach is: after
@@ -914,33 +1060,60 @@ async fn request_timeout_cuts_a_response_that_outlasts_it() {
     assert!(rest.is_err(), "a cut response passed as complete");
 }
 
+fn record(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap()
+}
+
+/// The binary, logging JSON at `info`, on one listener with `route`.
+struct Logged {
+    addr: SocketAddr,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    log: Vec<String>,
+    _child: tokio::process::Child,
+    _dir: TempDir,
+}
+
+impl Logged {
+    async fn spawn(route: &str) -> Logged {
+        use tokio::io::AsyncBufReadExt;
+        let dir = TempDir::new("http-log");
+        let config = dir.write(
+            "wsgate.toml",
+            format!("[[listener]]\nlisten = \"127.0.0.1:0\"\n{route}"),
+        );
+        let mut child = support::binary_command(&config, "json", "info")
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut log = Vec::new();
+        let listening = support::wait_line(&mut lines, &mut log, "listening", |l| {
+            l.contains("\"message\":\"listening\"")
+        })
+        .await;
+        let addr = record(&listening)["listen"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        Logged {
+            addr,
+            lines,
+            log,
+            _child: child,
+            _dir: dir,
+        }
+    }
+
+    async fn wait_line(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        support::wait_line(&mut self.lines, &mut self.log, what, pred).await
+    }
+}
+
 #[tokio::test]
 async fn each_request_writes_one_access_record_when_its_response_ends() {
-    use tokio::io::AsyncBufReadExt;
     let (b, _seen) = echo_backend().await;
-    let dir = TempDir::new("http-log");
-    let config = dir.write(
-        "wsgate.toml",
-        format!(
-            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
-            http_route(&[b], "")
-        ),
-    );
-    let mut child = support::binary_command(&config, "json", "info")
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut log = Vec::new();
-    let record = |line: &str| -> serde_json::Value { serde_json::from_str(line).unwrap() };
-    let listening = support::wait_line(&mut lines, &mut log, "listening", |l| {
-        l.contains("\"message\":\"listening\"")
-    })
-    .await;
-    let addr: SocketAddr = record(&listening)["listen"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let mut gw = Logged::spawn(&http_route(&[b], "")).await;
+    let addr = gw.addr;
     let resp = send(
         addr,
         Request::post("/logged?token=secret")
@@ -952,10 +1125,9 @@ async fn each_request_writes_one_access_record_when_its_response_ends() {
     .await;
     let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(read_body(resp).await.0, "12345");
-    let line = support::wait_line(&mut lines, &mut log, "the http record", |l| {
-        l.contains("\"event\":\"http\"")
-    })
-    .await;
+    let line = gw
+        .wait_line("the http record", |l| l.contains("\"event\":\"http\""))
+        .await;
     let r = record(&line);
     assert_eq!(r["request_id"], id.as_str());
     assert_eq!(r["route"], "app");
@@ -969,6 +1141,54 @@ async fn each_request_writes_one_access_record_when_its_response_ends() {
     assert_eq!(r["bytes_request"], 5);
     assert_eq!(r["bytes_response"], 5);
     assert!(!line.contains("secret"), "{line}");
+}
+
+/// A client that gives up before the response head is recorded as nginx records one: status
+/// 499, outcome `client_gone`.
+#[tokio::test]
+async fn a_client_that_leaves_before_the_response_head_is_recorded_499() {
+    let (b, mut arrived, _release) = held_backend().await;
+    let mut gw = Logged::spawn(&http_route(&[b], "")).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /waited HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(STEP, arrived.recv())
+        .await
+        .expect("the request did not reach the backend");
+    drop(s);
+    let line = gw
+        .wait_line("the http record", |l| l.contains("\"event\":\"http\""))
+        .await;
+    let r = record(&line);
+    assert_eq!(r["path"], "/waited");
+    assert_eq!(r["status"], 499);
+    assert_eq!(r["outcome"], "client_gone");
+}
+
+/// Plain requests' own backends (`http_backends`) are ejected after failed connects in a
+/// row, as the route's backends are.
+#[tokio::test]
+async fn connect_failures_eject_an_http_backend_of_its_own() {
+    let dead = closed_port().await;
+    let (b, seen) = echo_backend().await;
+    let mut gw = Logged::spawn(&format!(
+        "[[route]]\nname = \"app\"\npath = \"/\"\nbackends = [\"ws://{b}\"]\nhttp = true\n\
+         http_backends = [\"http://{dead}\", \"http://{b}\"]\n[route.health]\nmax_failures = 2\n"
+    ))
+    .await;
+    // Rotation from the first: each odd request meets the dead backend first and fails over.
+    for n in 0..4 {
+        let resp = send(gw.addr, get(&format!("/{n}"))).await;
+        assert_eq!(resp.status(), 200);
+    }
+    let line = gw
+        .wait_line("the ejection", |l| l.contains("HTTP backend ejected"))
+        .await;
+    let r = record(&line);
+    assert_eq!(r["backend"], format!("http://{dead}").as_str());
+    assert_eq!(r["failures"], 2);
+    assert_eq!(seen.lock().unwrap().len(), 4);
 }
 
 /// An HPACK literal header field without indexing and with a literal name (RFC 7541

@@ -72,8 +72,8 @@ const ROUTE_KEYS: &str = "name, host, path, backends, balance, preserve_host, ma
      handshake_rate_per_ip, handshake_burst, client_messages_per_sec, client_messages_burst, \
      client_bytes_per_sec, client_bytes_burst, backend_messages_per_sec, \
      backend_messages_burst, backend_bytes_per_sec, backend_bytes_burst, rate_grace, http, \
-     http_backends, request_timeout, response_header_timeout, http_idle_timeout, max_request_body, \
-     max_concurrent_requests, hash_key, health, sticky, slow_start";
+     http_backends, request_timeout, response_header_timeout, request_body_timeout, http_idle_timeout, \
+     max_request_body, max_concurrent_requests, hash_key, health, sticky, slow_start";
 
 #[test]
 fn every_unknown_key_is_reported_with_a_near_miss_or_the_keys_there_are() {

@@ -10,8 +10,8 @@ use crate::config::OnChange;
 use crate::config::file::{FileBackend, FileBackendTls, FileRoute};
 use crate::config::{
     BackendUrl, DEFAULT_HTTP_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_REQUESTS,
-    DEFAULT_MAX_REQUEST_BODY, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RESPONSE_HEADER_TIMEOUT,
-    RouteConfig, SessionConfig,
+    DEFAULT_MAX_REQUEST_BODY, DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_RESPONSE_HEADER_TIMEOUT, RouteConfig, SessionConfig,
 };
 use crate::deflate;
 
@@ -225,6 +225,10 @@ impl Validator<'_> {
                     r.response_header_timeout.as_ref().map(Spanned::span),
                 ),
                 (
+                    "request_body_timeout",
+                    r.request_body_timeout.as_ref().map(Spanned::span),
+                ),
+                (
                     "http_idle_timeout",
                     r.http_idle_timeout.as_ref().map(Spanned::span),
                 ),
@@ -257,6 +261,11 @@ impl Validator<'_> {
             &format!("{key}.response_header_timeout"),
             r.response_header_timeout.as_ref(),
             DEFAULT_RESPONSE_HEADER_TIMEOUT,
+        );
+        let request_body_timeout = self.duration(
+            &format!("{key}.request_body_timeout"),
+            r.request_body_timeout.as_ref(),
+            DEFAULT_REQUEST_BODY_TIMEOUT,
         );
         let idle_timeout = self.duration(
             &format!("{key}.http_idle_timeout"),
@@ -303,6 +312,7 @@ impl Validator<'_> {
             connect_timeout,
             request_timeout,
             response_header_timeout,
+            request_body_timeout,
             idle_timeout,
             max_request_body,
             max_concurrent_requests,
