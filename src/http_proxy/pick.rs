@@ -24,7 +24,7 @@ use crate::route::Route;
 /// a spike does not pin sockets on the backend for the idle timeout.
 pub const MAX_IDLE_PER_BACKEND: usize = 64;
 
-pub type PooledClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, RequestBody>;
+pub type PooledClient = Client<Bounded<hyper_rustls::HttpsConnector<HttpConnector>>, RequestBody>;
 
 /// One backend of a route's HTTP side.
 #[derive(Debug)]
@@ -105,12 +105,61 @@ fn client(s: &ClientSettings, tls: bool) -> Result<PooledClient, String> {
         .https_or_http()
         .enable_all_versions()
         .wrap_connector(http);
+    let https = Bounded {
+        inner: https,
+        timeout: s.connect_timeout,
+    };
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(s.idle_timeout)
         .pool_max_idle_per_host(MAX_IDLE_PER_BACKEND)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .build(https))
+}
+
+/// A connector whose whole connect, the TLS handshake included, ends within `timeout`.
+/// `HttpConnector`'s own timeout covers the TCP connect only: a backend that accepts and
+/// never finishes its handshake would otherwise hold the request until the response-head
+/// deadline, and never let it fail over. Past it, the error is an `io::Error` of kind
+/// `TimedOut`, which `forward` reads as a connect timeout.
+#[derive(Debug, Clone)]
+pub struct Bounded<C> {
+    inner: C,
+    timeout: Duration,
+}
+
+type ConnectFuture<T> = std::pin::Pin<Box<dyn Future<Output = Result<T, tower::BoxError>> + Send>>;
+
+impl<C> tower::Service<http::Uri> for Bounded<C>
+where
+    C: tower::Service<http::Uri>,
+    C::Error: Into<tower::BoxError>,
+    C::Future: Send + 'static,
+{
+    type Response = C::Response;
+    type Error = tower::BoxError;
+    type Future = ConnectFuture<C::Response>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let (connect, timeout) = (self.inner.call(uri), self.timeout);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connect).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connect and TLS handshake not done within {timeout:?}"),
+                )
+                .into()),
+            }
+        })
+    }
 }
 
 /// The targets of one route and where the next request starts.

@@ -745,6 +745,27 @@ async fn a_request_fails_over_after_a_connect_failure_with_its_body_whole() {
     );
 }
 
+/// A TLS backend that accepts the connection and never answers its handshake is a connect
+/// failure after `backend_connect`, like one that never accepts: the request fails over.
+#[tokio::test]
+async fn a_tls_handshake_that_never_ends_is_a_connect_timeout_and_fails_over() {
+    let (silent, _task) = support::silent_backend().await;
+    let (b, seen) = echo_backend().await;
+    let gw = Gateway::spawn(&format!(
+        "[[route]]\nname = \"app\"\npath = \"/\"\nbackends = [\"ws://{b}\"]\nhttp = true\n\
+         http_backends = [\"https://{silent}\", \"http://{b}\"]\n\
+         [route.timeouts]\nbackend_connect = \"200ms\"\n"
+    ))
+    .await;
+    let resp = send(gw.addr, get("/one")).await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "did not fail over from the silent TLS backend"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
 /// `response_header_timeout` starts once the client's body is in: an upload slower than it
 /// is not the backend's fault. A client that stops sending gets 408 after
 /// `request_body_timeout`, and a backend that stops reading the body 504.
