@@ -7,6 +7,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Version, uri};
 
+use crate::config::BackendUrl;
 use crate::handshake::list_values;
 use crate::policy::forwarding::{self, ClientAddr};
 use crate::telemetry::correlation::{Correlation, X_REQUEST_ID};
@@ -189,6 +190,74 @@ pub fn response_headers(headers: &mut HeaderMap, backend_version: Version, ids: 
     headers.insert(X_REQUEST_ID, ids.request_id_header());
 }
 
+/// A `Location` that points at the backend's own URL becomes a relative reference under the
+/// route's prefix, as nginx's default `proxy_redirect` makes it: a backend that redirects to
+/// its own (internal) address then sends the client back through the proxy, on the host and
+/// scheme it came by. `http://10.0.0.5:8080/login` from a backend `http://10.0.0.5:8080`
+/// becomes `/login`; with the backend URL `http://10.0.0.5:8080/app` on the route `/chat`,
+/// `http://10.0.0.5:8080/app/room?x=1` becomes `/chat/room?x=1`. Any other `Location`
+/// (relative, or another host's) passes unchanged.
+pub fn rewrite_location(headers: &mut HeaderMap, backend: &BackendUrl, route_prefix: &str) {
+    let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let scheme = if backend.tls { "https://" } else { "http://" };
+    let Some(rest) = strip_prefix_ignore_case(location, scheme) else {
+        return;
+    };
+    let default_port = if backend.tls { 443 } else { 80 };
+    let with_port = format!("{}:{}", backend.host, backend.port);
+    let forms = [
+        Some(backend.authority.as_str()),
+        Some(with_port.as_str()),
+        (backend.port == default_port).then_some(backend.host.as_str()),
+    ];
+    let Some(after) = forms
+        .into_iter()
+        .flatten()
+        .find_map(|a| strip_prefix_ignore_case(rest, a).filter(|r| at_boundary(r)))
+    else {
+        return;
+    };
+    let new = match backend.path.as_deref() {
+        None if after.starts_with('/') => after.to_string(),
+        None => format!("/{after}"),
+        Some(base) => {
+            let Some(tail) = after
+                .strip_prefix(base.trim_end_matches('/'))
+                .filter(|t| at_boundary(t))
+            else {
+                return;
+            };
+            let prefix = route_prefix.trim_end_matches('/');
+            match tail {
+                "" | "/" if prefix.is_empty() => "/".to_string(),
+                "" => route_prefix.to_string(),
+                _ if tail.starts_with('/') => format!("{prefix}{tail}"),
+                _ => format!(
+                    "{}{tail}",
+                    if prefix.is_empty() { "/" } else { route_prefix }
+                ),
+            }
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&new) {
+        headers.insert(header::LOCATION, v);
+    }
+}
+
+/// `s` without `prefix`, compared ASCII-case-insensitively (schemes and host names).
+fn strip_prefix_ignore_case<'s>(s: &'s str, prefix: &str) -> Option<&'s str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
+}
+
+/// Whether `rest` starts where a URL's authority or path segment may end.
+fn at_boundary(rest: &str) -> bool {
+    rest.is_empty() || rest.starts_with(['/', '?', '#'])
+}
+
 /// `scheme://authority` + the backend path, as the pooled client needs it (it connects by
 /// the URI and writes the origin form on HTTP/1.1).
 pub fn backend_uri(tls: bool, authority: &str, path_and_query: &str) -> Option<http::Uri> {
@@ -207,6 +276,59 @@ pub fn backend_uri(tls: bool, authority: &str, path_and_query: &str) -> Option<h
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn located(location: &str, backend: &str, route_prefix: &str) -> String {
+        let config = crate::config::from_toml_str(&format!(
+            "[[listener]]\nlisten=\"127.0.0.1:0\"\n[[route]]\nname=\"r\"\npath=\"{route_prefix}\"\n\
+             backends=[\"{backend}\"]\n"
+        ))
+        .unwrap();
+        let url = &config.routes[0].backends[0];
+        let mut headers = HeaderMap::new();
+        headers.insert(header::LOCATION, HeaderValue::from_str(location).unwrap());
+        rewrite_location(&mut headers, url, &config.routes[0].path);
+        headers[header::LOCATION].to_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn a_location_at_the_backend_s_own_url_comes_back_through_the_proxy() {
+        let b = "ws://10.0.0.5:8080";
+        assert_eq!(
+            located("http://10.0.0.5:8080/login?next=/", b, "/"),
+            "/login?next=/"
+        );
+        assert_eq!(located("HTTP://10.0.0.5:8080", b, "/"), "/");
+        assert_eq!(located("http://10.0.0.5:8080?x", b, "/"), "/?x");
+        // Not the backend: another port, another host, another scheme, a longer host.
+        for other in [
+            "http://10.0.0.5:8081/login",
+            "http://example.com/login",
+            "https://10.0.0.5:8080/login",
+            "http://10.0.0.5:80800/login",
+            "/relative",
+        ] {
+            assert_eq!(located(other, b, "/"), other);
+        }
+        // The default port, written or not.
+        assert_eq!(located("http://app/x", "ws://app", "/"), "/x");
+        assert_eq!(located("http://app:80/x", "ws://app", "/"), "/x");
+        assert_eq!(located("https://app/x", "wss://app:443", "/"), "/x");
+    }
+
+    #[test]
+    fn a_backend_path_maps_back_to_the_route_s_prefix() {
+        let b = "ws://10.0.0.5:8080/app";
+        assert_eq!(
+            located("http://10.0.0.5:8080/app/room?x=1", b, "/chat"),
+            "/chat/room?x=1"
+        );
+        assert_eq!(located("http://10.0.0.5:8080/app", b, "/chat"), "/chat");
+        assert_eq!(located("http://10.0.0.5:8080/app?x", b, "/chat"), "/chat?x");
+        assert_eq!(located("http://10.0.0.5:8080/app/", b, "/"), "/");
+        // Outside the backend's path: left alone.
+        let outside = "http://10.0.0.5:8080/application";
+        assert_eq!(located(outside, b, "/chat"), outside);
+    }
 
     fn parts(headers: &[(&str, &str)]) -> Parts {
         let mut b = http::Request::post("/x");

@@ -223,6 +223,9 @@ async fn exchange(
     record.status = forwarded.response.status();
     let (mut head, incoming) = forwarded.response.into_parts();
     headers::response_headers(&mut head.headers, head.version, cx.ids);
+    if let Some(target) = http.targets.list.get(forwarded.index) {
+        headers::rewrite_location(&mut head.headers, &target.url, &route.config.path);
+    }
     sticky_cookie(cx, route, forwarded.index, &mut head.headers);
     // The client's connection speaks its own version; hyper writes the status line.
     head.version = Version::default();

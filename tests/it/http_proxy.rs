@@ -932,6 +932,40 @@ async fn connect_failures_of_plain_requests_eject_the_backend() {
     assert_eq!(seen.lock().unwrap().len(), 5);
 }
 
+/// A backend that redirects to its own address sends the client back through the proxy.
+#[tokio::test]
+async fn a_redirect_to_the_backend_s_own_address_is_rewritten() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = listener.local_addr().unwrap();
+    let redirect: Handler = Arc::new(move |req: Request<Incoming>| {
+        let to = match req.uri().path() {
+            "/app/old" => format!("http://{b}/app/new?x=1"),
+            _ => "https://elsewhere.example/".to_string(),
+        };
+        Box::pin(async move {
+            Response::builder()
+                .status(302)
+                .header("location", to)
+                .body(full(""))
+                .unwrap()
+        })
+    });
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve_backend_conn(stream, redirect.clone()));
+        }
+    });
+    let gw = Gateway::spawn(&format!(
+        "[[route]]\nname = \"app\"\npath = \"/chat\"\nbackends = [\"ws://{b}/app\"]\nhttp = true\n"
+    ))
+    .await;
+    let resp = send(gw.addr, get("/chat/../chat/old")).await;
+    assert_eq!(resp.status(), 302);
+    assert_eq!(resp.headers()["location"], "/chat/new?x=1");
+    let resp = send(gw.addr, get("/chat/other")).await;
+    assert_eq!(resp.headers()["location"], "https://elsewhere.example/");
+}
+
 #[tokio::test]
 async fn completed_requests_are_counted_by_route_and_status_class() {
     let (b, _seen) = echo_backend().await;
