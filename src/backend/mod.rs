@@ -212,37 +212,9 @@ pub fn build_request(
         backend.authority.clone()
     };
 
-    let mut headers = HeaderMap::with_capacity(b.client.headers.len() + 8);
-    let named_in_connection = handshake::list_values(&b.client.headers, &header::CONNECTION);
-    for (name, value) in &b.client.headers {
-        let drop = NOT_FORWARDED.contains(name)
-            || NOT_FORWARDED_NAMES.contains(&name.as_str())
-            || forwarding::SET_BY_THE_PROXY.contains(&name.as_str())
-            || name.as_str().starts_with("proxy-")
-            || named_in_connection
-                .iter()
-                .any(|t| t.eq_ignore_ascii_case(name.as_str()));
-        if !drop && name != header::COOKIE {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-    // One `Cookie` header for an HTTP/1.1 backend: HTTP/2 clients may split cookies into
-    // several fields, which RFC 9113 §8.2.3 says to join with "; " when going to HTTP/1.1.
-    // (Unless the client named `Cookie` among its `Connection` options, as on plain requests.)
-    let cookie_named = named_in_connection
-        .iter()
-        .any(|t| t.eq_ignore_ascii_case("cookie"));
-    let mut cookies = b.client.headers.get_all(header::COOKIE).iter();
-    if let Some(first) = cookies.next().filter(|_| !cookie_named) {
-        let mut joined = first.clone();
-        for more in cookies {
-            let mut v = joined.as_bytes().to_vec();
-            v.extend_from_slice(b"; ");
-            v.extend_from_slice(more.as_bytes());
-            joined = HeaderValue::from_bytes(&v).unwrap_or(joined);
-        }
-        headers.insert(header::COOKIE, joined);
-    }
+    let mut headers = forwarding::end_to_end(&b.client.headers, |name| {
+        NOT_FORWARDED.contains(name) || NOT_FORWARDED_NAMES.contains(&name.as_str())
+    });
     let set = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
             headers.insert(name, v);

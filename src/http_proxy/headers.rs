@@ -100,32 +100,9 @@ pub struct Forwarding<'a> {
 /// end already parsed, so no header of an HTTP/2 request can smuggle a line break into the
 /// HTTP/1.1 request (the h2 codec refuses such values, and `HeaderValue` cannot hold them).
 pub fn request_headers(client: &HeaderMap, f: &Forwarding<'_>) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(client.len() + 8);
-    let named = list_values(client, &header::CONNECTION);
-    for (name, value) in client {
-        let dropped = HOP_BY_HOP.contains(&name.as_str())
-            || REBUILT.contains(&name.as_str())
-            || forwarding::SET_BY_THE_PROXY.contains(&name.as_str())
-            || name.as_str().starts_with("proxy-")
-            || named.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()));
-        if !dropped {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-    // One `Cookie` header: HTTP/2 clients may split cookies into several fields, which RFC
-    // 9113 §8.2.3 says to join with "; " when going to HTTP/1.1.
-    let cookies: Vec<&[u8]> = client
-        .get_all(header::COOKIE)
-        .iter()
-        .map(HeaderValue::as_bytes)
-        .collect();
-    let cookie_named = named.iter().any(|t| t.eq_ignore_ascii_case("cookie"));
-    if !cookies.is_empty()
-        && !cookie_named
-        && let Ok(v) = HeaderValue::from_bytes(&cookies.join(&b"; "[..]))
-    {
-        headers.insert(header::COOKIE, v);
-    }
+    let mut headers = forwarding::end_to_end(client, |name| {
+        HOP_BY_HOP.contains(&name.as_str()) || REBUILT.contains(&name.as_str())
+    });
     if let Some(n) = content_length(client) {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }

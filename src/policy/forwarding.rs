@@ -176,6 +176,43 @@ pub const SET_BY_THE_PROXY: &[&str] = &[
     "tracestate",
 ];
 
+/// The client's end-to-end headers for a backend request, on the WebSocket and the plain-HTTP
+/// paths alike: all but the ones its `Connection` names (RFC 9110 §7.6.1), `Proxy-*`, the
+/// ones the proxy sets itself ([`SET_BY_THE_PROXY`]) and the ones `dropped` names. The
+/// `Cookie` fields come as one, joined with "; ": an HTTP/2 client may split them, and RFC
+/// 9113 §8.2.3 says to join them for HTTP/1.1 (unless `Connection` names `Cookie`).
+pub fn end_to_end(
+    client: &http::HeaderMap,
+    dropped: impl Fn(&http::HeaderName) -> bool,
+) -> http::HeaderMap {
+    use http::header;
+    let mut headers = http::HeaderMap::with_capacity(client.len() + 8);
+    let named = crate::handshake::list_values(client, &header::CONNECTION);
+    let is_named = |name: &str| named.iter().any(|t| t.eq_ignore_ascii_case(name));
+    for (name, value) in client {
+        let skip = *name == header::COOKIE
+            || dropped(name)
+            || SET_BY_THE_PROXY.contains(&name.as_str())
+            || name.as_str().starts_with("proxy-")
+            || is_named(name.as_str());
+        if !skip {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let cookies: Vec<&[u8]> = client
+        .get_all(header::COOKIE)
+        .iter()
+        .map(http::HeaderValue::as_bytes)
+        .collect();
+    if !cookies.is_empty()
+        && !is_named("cookie")
+        && let Ok(v) = http::HeaderValue::from_bytes(&cookies.join(&b"; "[..]))
+    {
+        headers.insert(header::COOKIE, v);
+    }
+    headers
+}
+
 /// Sets the forwarding headers a backend gets, for the WebSocket and the plain-HTTP paths
 /// alike: `X-Forwarded-For` (the chain), `X-Real-IP`, `X-Forwarded-Proto`,
 /// `X-Forwarded-Host`, `Forwarded` (RFC 7239) and `Via` with this hop (`via_hop`: the
