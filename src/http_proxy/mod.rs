@@ -406,15 +406,18 @@ fn backend_request(
         _ => (ex.path_and_query.as_deref().unwrap_or("/"), None::<&str>),
     };
     let path = crate::backend::backend_path(rc, &target.url, path, query);
-    let uri =
-        headers::backend_uri(target.url.tls, &target.url.authority, &path).ok_or_else(|| {
-            BackendError::RequestFailed(format!("no valid URI for {}{path}", target.name))
-        })?;
-    let host = if rc.preserve_host {
+    let host = if rc.preserve_host && !ex.host.is_empty() {
         &ex.host
     } else {
         &target.url.authority
     };
+    // The URI's authority is what an HTTP/2 backend gets as `:authority`, so it is the `Host`
+    // sent; the target's connector connects to the target whatever it names.
+    let uri = headers::backend_uri(target.url.tls, host, &path)
+        .or_else(|| headers::backend_uri(target.url.tls, &target.url.authority, &path))
+        .ok_or_else(|| {
+            BackendError::RequestFailed(format!("no valid URI for {}{path}", target.name))
+        })?;
     let chunked = {
         use hyper::body::Body as _;
         !body.is_end_stream() && body.size_hint().exact().is_none()

@@ -64,7 +64,7 @@ pub struct ClientSettings {
 impl Target {
     pub fn new(url: BackendUrl, name: &str, settings: &ClientSettings) -> Result<Target, String> {
         Ok(Target {
-            client: client(settings, url.tls)?,
+            client: client(settings, &url)?,
             name: Arc::from(name),
             url,
             in_flight: Arc::default(),
@@ -85,7 +85,8 @@ impl Target {
 /// A pooled client: keep-alive with at most [`MAX_IDLE_PER_BACKEND`] idle connections,
 /// closed after `idle_timeout` unused; HTTP/2 when a TLS backend offers it (ALPN), HTTP/1.1
 /// otherwise. Built without a runtime (the pool's reaper starts with the first connection).
-fn client(s: &ClientSettings, tls: bool) -> Result<PooledClient, String> {
+fn client(s: &ClientSettings, url: &BackendUrl) -> Result<PooledClient, String> {
+    let tls = url.tls;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -108,6 +109,7 @@ fn client(s: &ClientSettings, tls: bool) -> Result<PooledClient, String> {
     let https = Bounded {
         inner: https,
         timeout: s.connect_timeout,
+        authority: url.authority.parse().ok(),
     };
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(s.idle_timeout)
@@ -117,15 +119,24 @@ fn client(s: &ClientSettings, tls: bool) -> Result<PooledClient, String> {
         .build(https))
 }
 
-/// A connector whose whole connect, the TLS handshake included, ends within `timeout`.
-/// `HttpConnector`'s own timeout covers the TCP connect only: a backend that accepts and
-/// never finishes its handshake would otherwise hold the request until the response-head
-/// deadline, and never let it fail over. Past it, the error is an `io::Error` of kind
-/// `TimedOut`, which `forward` reads as a connect timeout.
+/// A target's connector: it always connects to the target's own address, whatever authority
+/// the request's URI names, and its whole connect, the TLS handshake included, ends within
+/// `timeout`.
+///
+/// The address: with `preserve_host`, the request's URI carries the client's host, which an
+/// HTTP/2 backend gets as `:authority` (RFC 9113 §8.3.1 wants it to agree with `Host`), and
+/// the pooled client keys its connections by it; the connection still goes to the target
+/// (and TLS names the target, as on the WebSocket path).
+///
+/// The timeout: `HttpConnector`'s own covers the TCP connect only, and a backend that
+/// accepts and never finishes its handshake would otherwise hold the request until the
+/// response-head deadline, and never let it fail over. Past it, the error is an `io::Error`
+/// of kind `TimedOut`, which `forward` reads as a connect timeout.
 #[derive(Debug, Clone)]
 pub struct Bounded<C> {
     inner: C,
     timeout: Duration,
+    authority: Option<http::uri::Authority>,
 }
 
 type ConnectFuture<T> = std::pin::Pin<Box<dyn Future<Output = Result<T, tower::BoxError>> + Send>>;
@@ -148,6 +159,14 @@ where
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let uri = match &self.authority {
+            Some(a) if uri.authority() != Some(a) => {
+                let mut parts = uri.clone().into_parts();
+                parts.authority = Some(a.clone());
+                http::Uri::from_parts(parts).unwrap_or(uri)
+            }
+            _ => uri,
+        };
         let (connect, timeout) = (self.inner.call(uri), self.timeout);
         Box::pin(async move {
             match tokio::time::timeout(timeout, connect).await {

@@ -1040,10 +1040,33 @@ async fn an_https_backend_that_offers_http2_is_spoken_to_in_http2() {
         assert_eq!(resp.headers()["via"], "2 wsgate");
         assert_eq!(read_body(resp).await.0, body);
     }
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .all(|s| s.version == http::Version::HTTP_2)
+    );
+    assert_eq!(seen.lock().unwrap()[0].uri, format!("https://{b}/tls"));
+
+    // With preserve_host, `:authority` is the client's host as `Host` is (RFC 9113 §8.3.1
+    // wants them to agree), and the connection still goes to the backend, verified by its
+    // own name.
+    let gw = Gateway::spawn(&route.replace("http = true\n", "http = true\npreserve_host = true\n"))
+        .await;
+    let resp = send(
+        gw.addr,
+        Request::get("/kept")
+            .header("host", "app.test:8443")
+            .body(Empty::<Bytes>::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
     let seen = seen.lock().unwrap();
-    assert_eq!(seen.len(), 2);
-    assert!(seen.iter().all(|s| s.version == http::Version::HTTP_2));
-    assert_eq!(seen[0].uri, format!("https://{b}/tls"));
+    assert_eq!(seen[2].version, http::Version::HTTP_2);
+    assert_eq!(seen[2].uri, "https://app.test:8443/kept");
+    assert_eq!(seen[2].header("host"), Some("app.test:8443"));
 }
 
 /// A backend that announces each request it gets on the returned receiver, and answers it
