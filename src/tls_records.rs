@@ -442,6 +442,9 @@ pub struct Records<D> {
     peer_closed: bool,
     /// An error ended the connection: nothing more is read or written.
     failed: bool,
+    /// Our `close_notify` went out: nothing more is sent, a fatal alert included (RFC 8446
+    /// §6.1), though the peer's last records may still be read.
+    sent_close: bool,
 }
 
 /// What [`Records::open`] made of some input.
@@ -522,6 +525,7 @@ impl<D: Side> Records<D> {
             reply_due: false,
             peer_closed: false,
             failed: false,
+            sent_close: false,
         }
     }
 
@@ -579,8 +583,9 @@ impl<D: Side> Records<D> {
     }
 
     /// Opens the whole records at the front of `input`, in place: application data goes to
-    /// `plain`, in order; the answer to a key update (ours, sealed with the key before it) is
-    /// appended to `out`. A partial record at the end is left for more input.
+    /// `plain`, in order. A key update the peer asks for is answered ahead of our next record
+    /// (`seal`, `close_notify`), as RFC 8446 §4.6.3 requires: before any more application
+    /// data. A partial record at the end is left for more input.
     ///
     /// On a protocol error, the fatal alert for the peer is appended to `out` (sealed) before
     /// the error is returned as `InvalidData`; an alert from the peer is an error too
@@ -684,6 +689,7 @@ impl<D: Side> Records<D> {
     /// record limit.
     pub fn seal(&mut self, plain: &[u8], into: &mut [u8]) -> io::Result<usize> {
         self.check_usable()?;
+        self.check_sending()?;
         let sealed = self.seal_data(plain, into);
         if sealed.is_err() {
             self.failed = true;
@@ -706,13 +712,15 @@ impl<D: Side> Records<D> {
     /// due). Nothing is sent after it: a later request for a key update is not answered.
     pub fn close_notify(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
         self.check_usable()?;
+        self.check_sending()?;
         let mut record = [0u8; HEADER + 5 + 1 + TAG];
         let closed = self.answer_key_update(&mut record).and_then(|n| {
             out.extend_from_slice(&record[..n]);
             self.append_alert(ALERT_WARNING, Alert::CloseNotify, out)
         });
-        if closed.is_err() {
-            self.failed = true;
+        match closed {
+            Ok(()) => self.sent_close = true,
+            Err(_) => self.failed = true,
         }
         closed
     }
@@ -725,6 +733,17 @@ impl<D: Side> Records<D> {
         }
         self.reply_due = false;
         self.update_tx_key(false, into)
+    }
+
+    fn check_sending(&self) -> io::Result<()> {
+        if self.sent_close {
+            Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "TLS close_notify already sent",
+            ))
+        } else {
+            Ok(())
+        }
     }
 
     fn check_usable(&self) -> io::Result<()> {
@@ -791,7 +810,7 @@ impl<D: Side> Records<D> {
     }
 
     fn fail_with(&mut self, alert: Alert, e: io::Error, out: &mut Vec<u8>) -> io::Error {
-        if !self.failed {
+        if !self.failed && !self.sent_close {
             let _ = self.append_alert(ALERT_FATAL, alert, out);
             self.failed = true;
         }
@@ -1487,6 +1506,24 @@ mod tests {
         assert!(wire.is_empty());
     }
 
+    /// After our `close_notify` nothing more is sent: not data, not a second close, not the
+    /// fatal alert a broken record from the peer would otherwise get.
+    #[test]
+    fn nothing_is_sent_after_our_close_notify() {
+        let (mut server, mut client) = pair(CipherSuite::TLS13_AES_128_GCM_SHA256);
+        let mut out = Vec::new();
+        server.close_notify(&mut out).unwrap();
+        let sent = out.len();
+        let mut wire = seal(&mut client, b"late");
+        let last = wire.len() - 1;
+        wire[last] ^= 1;
+        let e = server.open(&mut wire, |_| {}, &mut out).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(out.len(), sent, "an alert went out after close_notify");
+        assert!(server.seal(b"more", &mut [0u8; 64]).is_err());
+        assert!(server.close_notify(&mut out).is_err());
+    }
+
     /// Keys dropped while quiet come back for the next record, either way.
     #[test]
     fn forgotten_keys_are_rebuilt() {
@@ -1505,7 +1542,12 @@ mod tests {
         let (mut server, mut client) = pair(CipherSuite::TLS13_AES_128_GCM_SHA256);
         let mut wire = seal(&mut client, b"last");
         client.close_notify(&mut wire).unwrap();
-        wire.extend(seal(&mut client, b"after the end"));
+        // A peer that sends on after its close_notify (ours refuses to).
+        let mut late = [0u8; 64];
+        let n = client
+            .seal_record(CONTENT_APPLICATION_DATA, b"after the end", &mut late)
+            .unwrap();
+        wire.extend_from_slice(&late[..n]);
         let mut got = Vec::new();
         let mut out = Vec::new();
         let opened = server
