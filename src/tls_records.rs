@@ -341,6 +341,14 @@ struct Half {
     seq: u64,
 }
 
+impl Drop for Half {
+    fn drop(&mut self) {
+        // The key wipes itself (`SecretBytes`), aws-lc its context; the IV is derived from
+        // the same secret.
+        self.iv.zeroize();
+    }
+}
+
 impl Half {
     /// Its AEAD context is built by its first record.
     fn new(aead: &'static aead::Algorithm, key: &[u8], iv: &[u8], seq: u64) -> io::Result<Half> {
@@ -387,6 +395,7 @@ impl Half {
         }
         let half = Half::new(aead, key, &iv, 0);
         key.zeroize();
+        iv.zeroize();
         half
     }
 
