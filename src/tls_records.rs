@@ -709,7 +709,10 @@ impl<D: Side> Records<D> {
     fn seal_data(&mut self, plain: &[u8], into: &mut [u8]) -> io::Result<usize> {
         let mut written = self.answer_key_update(into)?;
         for chunk in plain.chunks(MAX_PLAINTEXT) {
-            if self.tx.seq >= self.tx_limit {
+            // The key update is the key's last record, so a key never seals more than
+            // `tx_limit`: nor does a close_notify or an alert after the data, which finds at
+            // most `tx_limit - 1` sealed.
+            if self.tx.seq + 1 >= self.tx_limit {
                 written += self.update_tx_key(false, &mut into[written..])?;
             }
             written += self.seal_record(CONTENT_APPLICATION_DATA, chunk, &mut into[written..])?;
@@ -1449,9 +1452,11 @@ mod tests {
                 assert_eq!(open_all(&mut client, &mut wire).unwrap(), b"back");
                 assert!(wire.is_empty());
                 // And the server's own, at its key's limit.
-                server.tx_limit = server.tx.seq;
+                let limit = std::mem::replace(&mut server.tx_limit, server.tx.seq + 1);
                 let mut wire = seal(&mut server, b"re-keyed");
+                assert_eq!(wire.len(), OVERHEAD + 5 + OVERHEAD + 8, "no key update");
                 assert_eq!(open_all(&mut client, &mut wire).unwrap(), b"re-keyed");
+                server.tx_limit = limit;
             }
         }
     }
@@ -1504,11 +1509,11 @@ mod tests {
         let (mut server, mut client) = pair(CipherSuite::TLS13_AES_128_GCM_SHA256);
         server.tx_limit = 3;
         // The first key has sealed the session tickets already.
-        let first_key_left = (server.tx_limit - server.tx.seq) as usize;
+        let first_key_left = (server.tx_limit - 1).saturating_sub(server.tx.seq) as usize;
         let data = pattern(10 * MAX_PLAINTEXT, 1);
         let mut wire = seal(&mut server, &data);
-        // Ten records, and a key update each time a key has sealed three.
-        let updates = (10 - first_key_left).div_ceil(3);
+        // Ten records, and a key update as each key's third: two of data each.
+        let updates = (10 - first_key_left).div_ceil(2);
         let overhead = wire.len() - data.len() - 10 * OVERHEAD;
         assert_eq!(overhead, updates * (OVERHEAD + 4 + 1), "{overhead}");
         assert_eq!(open_all(&mut client, &mut wire).unwrap(), data);
