@@ -43,6 +43,13 @@ pub enum Change {
     Back,
 }
 
+/// Whether one more backend of `total` may be ejected while `ejected` are: the route's
+/// `max_ejected_percent` bounds the share out at once, so a shared outage or a bad rule
+/// cannot empty the route.
+pub fn may_eject(ejected: usize, total: usize, cfg: &HealthConfig) -> bool {
+    (ejected + 1) * 100 <= usize::from(cfg.max_ejected_percent) * total
+}
+
 /// Slow start never gives a backend less than this share of its weight: with none at all it
 /// would take no session, and a client that hashes to it would wait for nothing.
 pub const MIN_SLOW_START_SHARE: f64 = 0.1;

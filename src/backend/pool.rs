@@ -11,6 +11,7 @@ use http::request::Parts;
 use tokio_util::sync::CancellationToken;
 
 use super::balance::{self, Candidate, SmoothWeighted};
+use super::health;
 use super::sticky::{self, StickyId};
 use super::{Backend, BackendLease, BackendRequest, BackendUpgrade, HandshakeParams};
 use crate::config::{Balance, HashKey, RouteConfig};
@@ -260,8 +261,7 @@ impl BackendPool {
             .iter()
             .filter(|b| b.health.is_ejected(now))
             .count();
-        let may_eject = (ejected + 1) * 100
-            <= usize::from(self.config.health.max_ejected_percent) * self.backends.len();
+        let may_eject = health::may_eject(ejected, self.backends.len(), &self.config.health);
         if let Some(change) = backend
             .health
             .passive_failure(now, &self.config.health, may_eject)

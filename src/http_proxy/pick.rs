@@ -262,8 +262,7 @@ impl Targets {
             .iter()
             .filter(|t| t.health.is_ejected(now))
             .count();
-        let may_eject =
-            (ejected + 1) * 100 <= usize::from(health.max_ejected_percent) * self.list.len();
+        let may_eject = crate::backend::health::may_eject(ejected, self.list.len(), health);
         if let Some(Change::Ejected { lasts, failures }) =
             target.health.passive_failure(now, health, may_eject)
         {
