@@ -56,7 +56,8 @@ pub struct BodyState {
     fault: AtomicU8,
     /// Frames handed to the backend connection so far (its progress in taking the body).
     frames: AtomicU64,
-    /// The backend connection waits for the client's next frame (not the other way round).
+    /// The backend connection waits for the client's next frame (not the other way round);
+    /// set by the poll that begins the wait, which arms the attempt's idle timer.
     on_client: AtomicBool,
 }
 
@@ -161,10 +162,9 @@ pub struct RequestBody {
     /// This attempt is done with the body (it ended, or failed): nothing more is read.
     done: bool,
     /// Fires `request_body_timeout` after a wait for the client began; set again at the
-    /// start of each wait, so time the backend spent not reading never counts.
+    /// start of each wait (`BodyState::on_client`), so time the backend spent not reading
+    /// never counts.
     idle: Option<Pin<Box<Sleep>>>,
-    /// The last poll found no frame ready: `idle` runs.
-    waiting: bool,
     state: Arc<BodyState>,
 }
 
@@ -176,7 +176,6 @@ impl RequestBody {
             inner: None,
             done: false,
             idle: None,
-            waiting: false,
             state,
         }
     }
@@ -226,9 +225,8 @@ impl Body for RequestBody {
                 return Poll::Ready(None);
             }
             Poll::Pending => {
-                this.state.on_client.store(true, Ordering::Relaxed);
                 let d = this.state.idle;
-                if !std::mem::replace(&mut this.waiting, true) {
+                if !this.state.on_client.swap(true, Ordering::Relaxed) {
                     let at = tokio::time::Instant::now() + d;
                     match this.idle.as_mut() {
                         Some(idle) => idle.as_mut().reset(at),
@@ -242,7 +240,6 @@ impl Body for RequestBody {
                 return Poll::Ready(Some(Err(Stalled(d).into())));
             }
         };
-        this.waiting = false;
         this.state.on_client.store(false, Ordering::Relaxed);
         this.state.frames.fetch_add(1, Ordering::Relaxed);
         if let Some(data) = frame.data_ref() {
