@@ -697,7 +697,6 @@ impl<D: Side> Records<D> {
     /// first where one is due: the answer to the peer's request, or our own at the key's
     /// record limit.
     pub fn seal(&mut self, plain: &[u8], into: &mut [u8]) -> io::Result<usize> {
-        self.check_usable()?;
         self.check_sending()?;
         let sealed = self.seal_data(plain, into);
         if sealed.is_err() {
@@ -723,7 +722,6 @@ impl<D: Side> Records<D> {
     /// Appends our `close_notify` to `out` (after the answer to a key update, if one is
     /// due). Nothing is sent after it: a later request for a key update is not answered.
     pub fn close_notify(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
-        self.check_usable()?;
         self.check_sending()?;
         let mut record = [0u8; HEADER + 5 + 1 + TAG];
         let closed = self.answer_key_update(&mut record).and_then(|n| {
@@ -747,7 +745,9 @@ impl<D: Side> Records<D> {
         self.update_tx_key(false, into)
     }
 
+    /// Usable, and our `close_notify` not sent yet.
     fn check_sending(&self) -> io::Result<()> {
+        self.check_usable()?;
         if self.sent_close {
             Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
