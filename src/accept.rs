@@ -131,7 +131,7 @@ pub async fn accept_loop(
                         client_subject: None,
                         subject_header: None,
                         trusted_proxies,
-                        live_streams: Default::default(),
+                        live_streams: None,
                     };
                     serve(
                         stream,
@@ -181,7 +181,7 @@ pub async fn accept_loop(
                         client_subject: seen.client_subject,
                         subject_header,
                         trusted_proxies,
-                        live_streams: Default::default(),
+                        live_streams: None,
                     };
                     // ALPN decides the protocol, not the first bytes.
                     let builder = if seen.h2 {
@@ -385,7 +385,7 @@ fn set_socket_options(stream: &TcpStream) {
 /// and logged (`head_guard.rs`).
 async fn serve<I>(
     mut io: I,
-    conn: ConnInfo,
+    mut conn: ConnInfo,
     state: Arc<ProxyState>,
     builder: Serve,
     (reasons, awaiting): (Arc<HeadReasons>, Arc<AwaitingAnswer>),
@@ -426,19 +426,28 @@ async fn serve<I>(
         }
     };
     let client = conn.client;
+    if matches!(&*builder, http::Builder::Http2(_)) {
+        conn.live_streams = Some(Default::default());
+    }
     let live_streams = conn.live_streams.clone();
     let service = {
         let watch = watch.clone();
         service_fn(move |req| {
             watch.request_seen();
-            let handled = proxy::handle(state.clone(), conn.clone(), req);
-            let awaiting = awaiting.clone();
-            async move {
-                let response = handled.await;
+            let (state, conn, awaiting) = (state.clone(), conn.clone(), awaiting.clone());
+            // Boxed, and the handler's future made inside the box: hyper holds a service's
+            // future inline (HTTP/1.1: in a box it allocates, empty, when the connection
+            // starts; HTTP/2: in each stream's task, which lives until the response body has
+            // been sent), and the handler's is over 6 KiB. Unboxed, and held once as this
+            // block's capture and again while awaited, it made every connection copy 13 KiB
+            // at its start and again per request, and each HTTP/2 stream's task 13 KiB for
+            // its whole response (256 bytes now, the box freed with the response's head).
+            Box::pin(async move {
+                let response = proxy::handle(state, conn, req).await;
                 // A session is registered before its 101 is returned.
                 awaiting.done();
                 response
-            }
+            })
         })
     };
     let io: ClientIo<I> = TokioIo::new(HeadGuard::new(io, watch.clone()).with_prefix(pre));
@@ -450,7 +459,7 @@ async fn serve<I>(
     let mut stopping = false;
     // HTTP/2 WebSockets live on this connection: on shutdown their close frames go first
     // (the session registry sends them), then GOAWAY, then the connection ends.
-    let mut streams = live_streams.subscribe();
+    let mut streams = live_streams.as_ref().map(|l| l.subscribe());
     let mut waiting_for_streams = false;
     loop {
         tokio::select! {
@@ -478,7 +487,7 @@ async fn serve<I>(
                     watch.closed_by_shutdown();
                     return;
                 }
-                if *live_streams.borrow() == 0 {
+                if live_streams.as_ref().is_none_or(|l| *l.borrow() == 0) {
                     // Finish the request in flight, then close; an idle keep-alive
                     // connection (a head after it still arriving included) closes now.
                     connection.as_mut().graceful_shutdown();
@@ -486,11 +495,21 @@ async fn serve<I>(
                     waiting_for_streams = true;
                 }
             }
-            _ = streams.wait_for(|n| *n == 0), if waiting_for_streams => {
+            () = no_streams(streams.as_mut()), if waiting_for_streams => {
                 waiting_for_streams = false;
                 connection.as_mut().graceful_shutdown();
             }
         }
+    }
+}
+
+/// Resolves once an HTTP/2 connection carries no WebSocket; never without the count (an
+/// HTTP/1.1 connection, which never waits for it).
+async fn no_streams(streams: Option<&mut tokio::sync::watch::Receiver<usize>>) {
+    match streams {
+        // The sender lives in the connection's `ConnInfo`, as long as this.
+        Some(s) => drop(s.wait_for(|n| *n == 0).await),
+        None => std::future::pending().await,
     }
 }
 

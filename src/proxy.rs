@@ -182,8 +182,9 @@ pub struct ConnInfo {
     pub subject_header: Option<http::HeaderName>,
     /// The listener's trusted proxies: their forwarding headers are believed.
     pub trusted_proxies: Arc<[crate::policy::forwarding::Cidr]>,
-    /// WebSockets open as HTTP/2 streams of this connection (they need it to stay up).
-    pub live_streams: Arc<tokio::sync::watch::Sender<usize>>,
+    /// WebSockets open as HTTP/2 streams of this connection (they need it to stay up). Only
+    /// on HTTP/2 connections: an HTTP/1.1 one carries at most one, which leaves with it.
+    pub live_streams: Option<Arc<tokio::sync::watch::Sender<usize>>>,
 }
 
 /// Counts one HTTP/2 WebSocket on its connection while alive.
@@ -498,8 +499,10 @@ fn spawn_session(
         read: backend_read,
         ..
     } = upgrade;
-    let stream_guard =
-        (transport == Transport::H2).then(|| StreamGuard::new(&cx.conn.live_streams));
+    let stream_guard = match (transport, &cx.conn.live_streams) {
+        (Transport::H2, Some(live)) => Some(StreamGuard::new(live)),
+        _ => None,
+    };
     // The session task runs outside the request span: a span lives as long as its task, and
     // an idle session should cost nothing but its sockets. The access record carries the id.
     // Its inputs travel boxed: what an async fn takes stays in its state for the whole

@@ -267,7 +267,7 @@ impl Drop for SessionGuard {
         // totals, never both and never neither (`Sessions::locked`).
         let route = &self.info.route;
         route.stats.ended_traffic.add(&self.info.link.counters);
-        self.sessions.count.send_replace(live.len());
+        self.sessions.publish_count(live.len());
     }
 }
 
@@ -304,7 +304,7 @@ impl Sessions {
         });
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         live.insert(id, info.clone());
-        self.count.send_replace(live.len());
+        self.publish_count(live.len());
         drop(live);
         SessionGuard {
             sessions: self.clone(),
@@ -358,6 +358,17 @@ impl Sessions {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Sets the live count; called under the registry's lock. Waiters (a drain, a test) are
+    /// woken only when there are any: a watch's send wakes through eight `Notify`s, each
+    /// behind a lock of its own, and every session's start and end sets the count. The value
+    /// is stored either way, and a waiter that subscribes later reads it before it waits.
+    fn publish_count(&self, n: usize) {
+        self.count.send_if_modified(|count| {
+            *count = n;
+            self.count.receiver_count() > 0
+        });
     }
 
     /// Waits until the number of live sessions satisfies `pred`.
