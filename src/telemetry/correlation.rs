@@ -101,19 +101,35 @@ fn proxy_request_id(headers: &HeaderMap) -> Option<&str> {
 /// A fresh request id: 128 random bits as 32 lower-case hex digits, also a valid trace id
 /// (unless all zero, which [`start_trace`] checks).
 fn new_request_id() -> Box<str> {
-    format!("{:032x}", rand::random::<u128>()).into()
+    let mut s = String::with_capacity(32);
+    push_hex(&mut s, rand::random::<u128>(), 32);
+    s.into()
+}
+
+/// Appends the low `digits` hex digits of `value`, lower case, zero-padded: what
+/// `{:0digits$x}` writes, without the formatter's padding pass (every handshake writes three
+/// of these ids).
+fn push_hex(s: &mut String, value: u128, digits: u32) {
+    for i in (0..digits).rev() {
+        let nibble = (value >> (4 * i)) as u8 & 0xf;
+        s.push(char::from(b"0123456789abcdef"[usize::from(nibble)]));
+    }
 }
 
 /// A new version-00 `traceparent` (not sampled: wsgate records no spans). The trace id is the
 /// request id when that is a valid trace id, so one key finds both; the parent id is random.
 fn start_trace(request_id: &str) -> String {
-    let trace_id = if is_lower_hex(request_id.as_bytes(), 32) && !all_zero(request_id.as_bytes()) {
-        request_id.to_string()
+    let mut tp = String::with_capacity(55);
+    tp.push_str("00-");
+    if is_lower_hex(request_id.as_bytes(), 32) && !all_zero(request_id.as_bytes()) {
+        tp.push_str(request_id);
     } else {
-        format!("{:032x}", rand::random::<u128>().max(1))
-    };
-    let parent_id = rand::random::<u64>().max(1);
-    format!("00-{trace_id}-{parent_id:016x}-00")
+        push_hex(&mut tp, rand::random::<u128>().max(1), 32);
+    }
+    tp.push('-');
+    push_hex(&mut tp, u128::from(rand::random::<u64>().max(1)), 16);
+    tp.push_str("-00");
+    tp
 }
 
 /// The incoming `traceparent` if it is valid (W3C Trace Context level 1, §3.2): exactly one
@@ -175,6 +191,26 @@ fn all_zero(s: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_as_the_formatter_writes_it() {
+        for v in [
+            0u128,
+            1,
+            0xabc,
+            u128::from(u64::MAX),
+            u128::MAX,
+            0x0123_4567_89ab_cdef_u128 << 60,
+        ] {
+            let mut s = String::new();
+            push_hex(&mut s, v, 32);
+            assert_eq!(s, format!("{v:032x}"));
+            let low = v as u64;
+            s.clear();
+            push_hex(&mut s, u128::from(low), 16);
+            assert_eq!(s, format!("{low:016x}"));
+        }
+    }
 
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 

@@ -14,7 +14,7 @@ use std::fmt;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
@@ -90,7 +90,7 @@ where
 fn format_line(event: &Event<'_>) -> Result<String, fmt::Error> {
     let meta = event.metadata();
     let mut timestamp = String::new();
-    SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
+    super::time::LogTime.format_time(&mut Writer::new(&mut timestamp))?;
     let mut obj = Object::new();
     obj.entry("timestamp", &timestamp);
     obj.entry("level", meta.level().as_str());

@@ -1,12 +1,14 @@
 //! Logging: `tracing` with `RUST_LOG` filtering, as text or JSON lines (`json.rs`), the
-//! access log (`access.rs`), the ids that correlate a request's records (`correlation.rs`), and
-//! the per-reason rate limit of refusal records (`limited.rs`).
+//! access log (`access.rs`), the ids that correlate a request's records (`correlation.rs`), the
+//! per-reason rate limit of refusal records (`limited.rs`), and the records' timestamp
+//! (`time.rs`).
 
 pub mod access;
 pub mod correlation;
 pub mod json;
 pub mod limited;
 pub mod text;
+pub mod time;
 pub mod writer;
 
 pub use json::list;
@@ -43,6 +45,7 @@ pub fn init(format: LogFormat) -> writer::WriterGuard {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
+        .with_timer(time::LogTime)
         .with_writer(writer);
     let result = match format {
         LogFormat::Text => builder.fmt_fields(text::TextFields).try_init(),
