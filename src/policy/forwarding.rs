@@ -113,8 +113,19 @@ impl ClientAddr {
 
     /// `X-Forwarded-For` as the backend will see it.
     pub fn chain_header(&self) -> String {
-        let v: Vec<String> = self.chain.iter().map(ToString::to_string).collect();
-        v.join(", ")
+        let mut s = String::with_capacity(16 * self.chain.len());
+        self.push_chain(&mut s);
+        s
+    }
+
+    /// Appends `X-Forwarded-For` as the backend will see it to `s`.
+    fn push_chain(&self, s: &mut String) {
+        for (i, ip) in self.chain.iter().enumerate() {
+            if i > 0 {
+                s.push_str(", ");
+            }
+            push_ip(s, *ip);
+        }
     }
 }
 
@@ -232,16 +243,13 @@ pub fn set_headers(
             headers.insert(name, v);
         }
     };
-    set(
-        headers,
-        HeaderName::from_static("x-forwarded-for"),
-        &client.chain_header(),
-    );
-    set(
-        headers,
-        HeaderName::from_static("x-real-ip"),
-        &client.ip.to_string(),
-    );
+    // One scratch string for the values (every handshake writes these five headers).
+    let mut value = String::with_capacity(64);
+    client.push_chain(&mut value);
+    set(headers, HeaderName::from_static("x-forwarded-for"), &value);
+    value.clear();
+    push_ip(&mut value, client.ip);
+    set(headers, HeaderName::from_static("x-real-ip"), &value);
     set(
         headers,
         HeaderName::from_static("x-forwarded-proto"),
@@ -252,19 +260,15 @@ pub fn set_headers(
         HeaderName::from_static("x-forwarded-host"),
         client.host.as_deref().unwrap_or(host),
     );
-    let element = forwarded_element(client.peer(), scheme, Some(host));
-    let previous = client
-        .peer_trusted
-        .then(|| crate::handshake::list_values(received, &header::FORWARDED).join(", "))
-        .filter(|p| !p.is_empty());
-    set(
-        headers,
-        header::FORWARDED,
-        &match previous {
-            Some(prev) => format!("{prev}, {element}"),
-            None => element,
-        },
-    );
+    value.clear();
+    if client.peer_trusted {
+        for previous in crate::handshake::list_values(received, &header::FORWARDED) {
+            value.push_str(&previous);
+            value.push_str(", ");
+        }
+    }
+    push_forwarded_element(&mut value, client.peer(), scheme, Some(host));
+    set(headers, header::FORWARDED, &value);
     if let Some(via) = via(received, via_hop) {
         headers.insert(header::VIA, via);
     }
@@ -273,6 +277,14 @@ pub fn set_headers(
 /// `Via` as `received` has it, plus this hop (`1.1 wsgate`, `2 wsgate`): on requests to a
 /// backend and on the responses it sends back.
 pub fn via(received: &http::HeaderMap, via_hop: &str) -> Option<http::HeaderValue> {
+    if !received.contains_key(http::header::VIA) {
+        // The usual case, without building a string: this hop alone.
+        match via_hop {
+            "1.1" => return Some(http::HeaderValue::from_static("1.1 wsgate")),
+            "2" => return Some(http::HeaderValue::from_static("2 wsgate")),
+            _ => {}
+        }
+    }
     let hop = format!("{via_hop} wsgate");
     let via = match crate::handshake::list_values(received, &http::header::VIA).join(", ") {
         prev if prev.is_empty() => hop,
@@ -283,20 +295,55 @@ pub fn via(received: &http::HeaderMap, via_hop: &str) -> Option<http::HeaderValu
 
 /// One `Forwarded` element (RFC 7239 §4) for this hop: `for` the peer, `proto`, `host`.
 pub fn forwarded_element(peer: IpAddr, proto: &str, host: Option<&str>) -> String {
-    let peer = peer.to_canonical();
-    let node = match peer {
-        IpAddr::V4(ip) => ip.to_string(),
+    let mut s = String::with_capacity(48);
+    push_forwarded_element(&mut s, peer, proto, host);
+    s
+}
+
+fn push_forwarded_element(s: &mut String, peer: IpAddr, proto: &str, host: Option<&str>) {
+    s.push_str("for=");
+    match peer.to_canonical() {
+        ip @ IpAddr::V4(_) => push_ip(s, ip),
         // IPv6 node names are bracketed and then quoted (RFC 7239 §6).
-        IpAddr::V6(ip) => format!("\"[{ip}]\""),
-    };
-    let mut s = format!("for={node}");
+        ip @ IpAddr::V6(_) => {
+            s.push_str("\"[");
+            push_ip(s, ip);
+            s.push_str("]\"");
+        }
+    }
     if let Some(host) = host {
-        let host: String = host.chars().filter(|c| *c != '"' && *c != '\\').collect();
-        s.push_str(&format!(";host=\"{host}\""));
+        s.push_str(";host=\"");
+        s.extend(host.chars().filter(|c| *c != '"' && *c != '\\'));
+        s.push('"');
     }
     s.push_str(";proto=");
     s.push_str(proto);
-    s
+}
+
+/// Appends `ip` as its `Display` writes it. An IPv4 address is written digit by digit:
+/// `Ipv4Addr`'s `Display` formats into a buffer of its own first (for padding), which
+/// showed in profiles of the handshake (several addresses per handshake).
+fn push_ip(s: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                if octet >= 100 {
+                    s.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    s.push(char::from(b'0' + octet / 10 % 10));
+                }
+                s.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(s, "{v6}");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -332,6 +379,22 @@ mod tests {
         );
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("example.com").is_err());
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        let mut ips: Vec<IpAddr> = ["0.0.0.0", "255.255.255.255", "10.0.9.100", "1.20.199.7"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        ips.extend((0..=255u8).map(|o| IpAddr::from([o, 255 - o, o / 3, 99])));
+        ips.push("2001:db8::1".parse().unwrap());
+        ips.push("::ffff:10.0.0.1".parse().unwrap());
+        for ip in ips {
+            let mut s = String::from("x");
+            push_ip(&mut s, ip);
+            assert_eq!(s, format!("x{ip}"));
+        }
     }
 
     #[test]
