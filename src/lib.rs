@@ -59,6 +59,7 @@ pub mod hibernate;
 pub mod http;
 pub mod http_client;
 pub mod http_proxy;
+pub mod ip_text;
 pub mod limits;
 pub mod listeners;
 pub mod metrics;

@@ -97,7 +97,7 @@ impl Record {
             request_id = &*self.request_id,
             trace_id = self.trace_id.as_deref(),
             route = &*self.route.name,
-            client = %self.client,
+            client = %crate::ip_text::Addr(self.client),
             backend = &*self.backend,
             method = self.method.as_str(),
             version = ?self.version,

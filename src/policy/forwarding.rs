@@ -7,6 +7,8 @@
 
 use std::net::IpAddr;
 
+use crate::ip_text::push_ip;
+
 /// An address block, `10.0.0.0/8` or `2001:db8::/32` (a bare address is a /32 or /128).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
@@ -320,32 +322,6 @@ fn push_forwarded_element(s: &mut String, peer: IpAddr, proto: &str, host: Optio
     s.push_str(proto);
 }
 
-/// Appends `ip` as its `Display` writes it. An IPv4 address is written digit by digit:
-/// `Ipv4Addr`'s `Display` formats into a buffer of its own first (for padding), which
-/// showed in profiles of the handshake (several addresses per handshake).
-fn push_ip(s: &mut String, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    s.push('.');
-                }
-                if octet >= 100 {
-                    s.push(char::from(b'0' + octet / 100));
-                }
-                if octet >= 10 {
-                    s.push(char::from(b'0' + octet / 10 % 10));
-                }
-                s.push(char::from(b'0' + octet % 10));
-            }
-        }
-        IpAddr::V6(v6) => {
-            use std::fmt::Write as _;
-            let _ = write!(s, "{v6}");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,22 +355,6 @@ mod tests {
         );
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("example.com").is_err());
-    }
-
-    #[test]
-    fn addresses_are_written_as_display_writes_them() {
-        let mut ips: Vec<IpAddr> = ["0.0.0.0", "255.255.255.255", "10.0.9.100", "1.20.199.7"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
-        ips.extend((0..=255u8).map(|o| IpAddr::from([o, 255 - o, o / 3, 99])));
-        ips.push("2001:db8::1".parse().unwrap());
-        ips.push("::ffff:10.0.0.1".parse().unwrap());
-        for ip in ips {
-            let mut s = String::from("x");
-            push_ip(&mut s, ip);
-            assert_eq!(s, format!("x{ip}"));
-        }
     }
 
     #[test]

@@ -56,15 +56,16 @@ impl TextVisitor<'_> {
             && !name.starts_with("log.")
     }
 
-    /// `name=` after a separating space if a field came before.
-    fn head(&mut self, name: &str) -> fmt::Result {
+    /// `name` and `then` (`=`, or `="` before a string) after a separating space if a field
+    /// came before. (Strings, not characters: the writer is a `dyn fmt::Write`, one call each.)
+    fn head(&mut self, name: &str, then: &str) -> fmt::Result {
         if self.is_empty {
             self.is_empty = false;
         } else {
-            self.writer.write_char(' ')?;
+            self.writer.write_str(" ")?;
         }
         self.writer.write_str(name)?;
-        self.writer.write_char('=')
+        self.writer.write_str(then)
     }
 
     /// Hands one field to `DefaultVisitor`, which writes it (and its separating space)
@@ -89,7 +90,7 @@ impl TextVisitor<'_> {
     fn scalar(&mut self, field: &Field, value: impl fmt::Display + fmt::Debug) {
         if self.fast(field.name()) {
             self.result = self
-                .head(field.name())
+                .head(field.name(), "=")
                 .and_then(|()| write!(self.writer, "{value}"));
         } else {
             self.default(field, |v| v.record_debug(field, &value));
@@ -106,10 +107,9 @@ fn needs_no_escape(s: &str) -> bool {
 impl Visit for TextVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if self.fast(field.name()) && needs_no_escape(value) {
-            self.result = self.head(field.name()).and_then(|()| {
-                self.writer.write_char('"')?;
+            self.result = self.head(field.name(), "=\"").and_then(|()| {
                 self.writer.write_str(value)?;
-                self.writer.write_char('"')
+                self.writer.write_str("\"")
             });
         } else {
             self.default(field, |v| v.record_str(field, value));
@@ -117,7 +117,23 @@ impl Visit for TextVisitor<'_> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.scalar(field, value);
+        // The access record's counters: the digits straight, not through the integer
+        // formatter's padding pass (what `{value}` writes).
+        if self.fast(field.name()) {
+            let mut buf = [0u8; 20];
+            let digits = value.checked_ilog10().unwrap_or(0) as usize + 1;
+            let mut rest = value;
+            for d in buf[..digits].iter_mut().rev() {
+                *d = b'0' + (rest % 10) as u8;
+                rest /= 10;
+            }
+            self.result = self.head(field.name(), "=").and_then(|()| {
+                self.writer
+                    .write_str(std::str::from_utf8(&buf[..digits]).map_err(|_| fmt::Error)?)
+            });
+        } else {
+            self.scalar(field, value);
+        }
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
@@ -198,6 +214,9 @@ mod tests {
                 target: "wsgate::access",
                 event = "session",
                 session = 7u64,
+                zero = 0u64,
+                ten = 10u64,
+                max = u64::MAX,
                 delta = -3i64,
                 cut = false,
                 host = "example.com",
