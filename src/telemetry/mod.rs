@@ -45,10 +45,12 @@ pub fn init(format: LogFormat) -> writer::WriterGuard {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_timer(time::LogTime)
         .with_writer(writer);
     let result = match format {
-        LogFormat::Text => builder.fmt_fields(text::TextFields).try_init(),
+        LogFormat::Text => builder
+            .fmt_fields(text::TextFields)
+            .event_format(text::TextFormat::new(time::LogTime))
+            .try_init(),
         // wsgate's own JSON format: tracing-subscriber's writes lists as strings.
         LogFormat::Json => builder.event_format(json::JsonFormat).try_init(),
     };

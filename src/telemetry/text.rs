@@ -16,8 +16,72 @@
 use std::fmt;
 
 use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::field::{MakeVisitor, VisitOutput};
-use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
+use tracing_subscriber::fmt::format::{DefaultVisitor, Format, Full, Writer};
+use tracing_subscriber::fmt::time::FormatTime;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+use super::time::LogTime;
+
+/// The text format's line: tracing-subscriber's default (`Full`: timestamp, level, spans,
+/// target, fields), byte for byte, with the level and the target written as strings where
+/// the default writes them through `write!` and `pad` (two access records per session). A
+/// record in a span, one that came through the `log` crate and every record on a terminal
+/// with colours go to the default itself.
+#[derive(Debug)]
+pub struct TextFormat<T = LogTime> {
+    timer: T,
+    full: Format<Full, T>,
+}
+
+impl<T: FormatTime + Clone> TextFormat<T> {
+    pub fn new(timer: T) -> TextFormat<T> {
+        TextFormat {
+            full: Format::default().with_timer(timer.clone()),
+            timer,
+        }
+    }
+}
+
+impl<S, N, T> FormatEvent<S, N> for TextFormat<T>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    T: FormatTime,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        if writer.has_ansi_escapes()
+            || ctx.event_scope().is_some()
+            // `log` records through tracing-log: their metadata ("log event", target
+            // "log") is completed from `log.*` fields, which the default does.
+            || meta.target() == "log"
+        {
+            return self.full.format_event(ctx, writer, event);
+        }
+        if self.timer.format_time(&mut writer).is_err() {
+            writer.write_str("<unknown time>")?;
+        }
+        writer.write_str(match *meta.level() {
+            Level::TRACE => " TRACE ",
+            Level::DEBUG => " DEBUG ",
+            Level::INFO => "  INFO ",
+            Level::WARN => "  WARN ",
+            Level::ERROR => " ERROR ",
+        })?;
+        writer.write_str(meta.target())?;
+        writer.write_str(": ")?;
+        ctx.format_fields(writer.by_ref(), event)?;
+        writer.write_str("\n")
+    }
+}
 
 /// `DefaultFields` with a fast path; see the module's documentation. (`FormatFields` comes
 /// with `MakeVisitor` and the visitor's `VisitOutput` and `VisitFmt`.)
@@ -247,6 +311,55 @@ mod tests {
             assert!(default.contains("session closed"), "{default}");
             assert!(default.lines().count() >= 4, "{default}");
             assert_eq!(fast, default);
+        }
+    }
+
+    /// A timer that writes the same text every time, for comparing two formats' lines.
+    #[derive(Debug, Clone, Copy)]
+    struct Fixed;
+    impl tracing_subscriber::fmt::time::FormatTime for Fixed {
+        fn format_time(
+            &self,
+            w: &mut tracing_subscriber::fmt::format::Writer<'_>,
+        ) -> std::fmt::Result {
+            w.write_str("2026-12-05T20:30:00.123456Z")
+        }
+    }
+
+    #[test]
+    fn lines_are_laid_out_as_the_default_format_lays_them_out() {
+        let emit = || {
+            tracing::trace!(target: "wsgate::access", n = 1u64, "trace");
+            tracing::debug!(s = "x", "debug");
+            tracing::info!(target: "wsgate::access", event = "session", client = %"1.2.3.4:5", "session closed");
+            tracing::warn!("warn {}", 1);
+            tracing::error!(error = "boom");
+            let span = tracing::info_span!("conn", peer = "127.0.0.1:1");
+            span.in_scope(|| tracing::info!(inside = true, "in a span"));
+            let parent = tracing::info_span!("outer");
+            tracing::info!(parent: &parent, "explicit parent");
+        };
+        for ansi in [false, true] {
+            let run = |ours: bool| {
+                let buf = crate::telemetry::Captured::default();
+                let builder = tracing_subscriber::fmt()
+                    .with_ansi(ansi)
+                    .with_max_level(tracing::Level::TRACE)
+                    .with_writer(buf.clone())
+                    .fmt_fields(TextFields);
+                if ours {
+                    let sub = builder.event_format(super::TextFormat::new(Fixed)).finish();
+                    tracing::subscriber::with_default(sub, emit);
+                } else {
+                    let sub = builder.with_timer(Fixed).finish();
+                    tracing::subscriber::with_default(sub, emit);
+                }
+                buf.text()
+            };
+            let (default, ours) = (run(false), run(true));
+            assert_eq!(default.lines().count(), 7, "{default}");
+            assert!(default.contains("2026-12-05T20:30:00.123456Z"), "{default}");
+            assert_eq!(ours, default);
         }
     }
 
