@@ -5,13 +5,19 @@
 //! (boinkor-net/governor#171): a flood from many addresses would grow the table without
 //! end. Two bounds: entries whose bucket is full again carry no information and are shed
 //! every [`SHED_INTERVAL`] (`retain_recent`), and the table never holds more than
-//! [`MAX_RATE_KEYS`]: when it is full even after shedding, new handshakes are refused until
-//! entries go idle (failing open would switch the limit off for exactly the flood it is for).
+//! [`MAX_RATE_KEYS`]: when it is full even after shedding, handshakes from addresses it does
+//! not hold are refused until entries go idle (failing open would switch the limit off for
+//! exactly the flood it is for). An address it holds keeps its bucket, full table or not: it
+//! needs no new entry, and the clients that were there before a flood filled the table are
+//! the ones a full table should not lock out.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
-use governor::state::keyed::DefaultKeyedStateStore;
+use governor::nanos::Nanos;
+use governor::state::StateStore;
+use governor::state::keyed::{DefaultKeyedStateStore, ShrinkableKeyedStateStore};
 use governor::{Quota, RateLimiter};
 
 use super::{ClientKey, whole_seconds};
@@ -32,11 +38,54 @@ pub const MAX_RATE_KEYS: usize = 100_000;
 /// the table's one lock, and once per handshake it would turn a flood into that many scans.
 const FULL_SHED_INTERVAL: Duration = Duration::from_secs(1);
 
+/// governor's own keyed store (a map behind a lock), shared between the limiter and the
+/// table, which asks it whether an address is already there.
+#[derive(Debug, Default, Clone)]
+struct SharedStore(Arc<DefaultKeyedStateStore<ClientKey>>);
+
+impl StateStore for SharedStore {
+    type Key = ClientKey;
+
+    fn measure_and_replace<T, F, E>(&self, key: &ClientKey, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        self.0.measure_and_replace(key, f)
+    }
+}
+
+impl ShrinkableKeyedStateStore<ClientKey> for SharedStore {
+    fn retain_recent(&self, drop_below: Nanos) {
+        self.0.retain_recent(drop_below);
+    }
+
+    fn shrink_to_fit(&self) {
+        ShrinkableKeyedStateStore::shrink_to_fit(&*self.0);
+    }
+
+    fn len(&self) -> usize {
+        ShrinkableKeyedStateStore::len(&*self.0)
+    }
+
+    fn is_empty(&self) -> bool {
+        ShrinkableKeyedStateStore::is_empty(&*self.0)
+    }
+}
+
+impl SharedStore {
+    /// Whether the table is full and has no entry for `key` (one lock for both).
+    fn full_without(&self, key: &ClientKey) -> bool {
+        let map = self.0.lock();
+        map.len() >= MAX_RATE_KEYS && !map.contains_key(key)
+    }
+}
+
 /// A scope's per-address handshake buckets.
 #[derive(Debug)]
 pub(super) struct RateTable {
     rate: HandshakeRate,
-    limiter: RateLimiter<ClientKey, DefaultKeyedStateStore<ClientKey>, DefaultClock>,
+    store: SharedStore,
+    limiter: RateLimiter<ClientKey, SharedStore, DefaultClock>,
     /// When a handshake that found the table full last shed it (`FULL_SHED_INTERVAL`).
     full_shed: std::sync::Mutex<Option<std::time::Instant>>,
 }
@@ -47,9 +96,11 @@ impl RateTable {
         let quota = Quota::with_period(rate.interval)
             .unwrap_or_else(|| Quota::per_second(std::num::NonZeroU32::MIN))
             .allow_burst(rate.burst);
+        let store = SharedStore::default();
         RateTable {
             rate,
-            limiter: RateLimiter::keyed(quota),
+            limiter: RateLimiter::new(quota, store.clone(), DefaultClock::default()),
+            store,
             full_shed: std::sync::Mutex::new(None),
         }
     }
@@ -64,9 +115,9 @@ impl RateTable {
 
     /// Takes one handshake from `key`'s bucket, or says when the next one will be there.
     pub(super) fn check(&self, key: ClientKey, scope: Scope) -> Result<(), LimitError> {
-        if self.limiter.len() >= MAX_RATE_KEYS {
+        if self.store.full_without(&key) {
             self.shed_when_full();
-            if self.limiter.len() >= MAX_RATE_KEYS {
+            if self.store.full_without(&key) {
                 return Err(LimitError::RateTableFull {
                     retry_after: SHED_INTERVAL.as_secs(),
                 });
@@ -169,5 +220,35 @@ mod tests {
         ));
         assert!(table.full_shed.lock().unwrap().is_some());
         assert!(!table.shed_when_full(), "shed again within the second");
+    }
+
+    #[test]
+    fn a_full_table_still_serves_the_addresses_it_holds() {
+        // Two handshakes an hour per address: each address below uses one of them.
+        let table = RateTable::new(HandshakeRate {
+            interval: Duration::from_secs(1800),
+            burst: NonZeroU32::new(2).unwrap(),
+        });
+        let ip = |i: u32| {
+            ClientKey::of(
+                std::net::IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
+                64,
+            )
+        };
+        for i in 0..MAX_RATE_KEYS as u32 {
+            table.check(ip(i), Scope::Process).unwrap();
+        }
+        // A new address is refused for the table's sake; one it holds gets its second
+        // handshake, and then its own bucket's answer, not the table's.
+        assert!(matches!(
+            table.check(key(1), Scope::Process),
+            Err(LimitError::RateTableFull { .. })
+        ));
+        table.check(ip(7), Scope::Process).unwrap();
+        assert!(matches!(
+            table.check(ip(7), Scope::Process),
+            Err(LimitError::HandshakeRate { .. })
+        ));
+        assert_eq!(table.len(), MAX_RATE_KEYS);
     }
 }
