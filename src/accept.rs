@@ -94,6 +94,9 @@ pub async fn accept_loop(
     ));
     loop {
         let (mut stream, peer) = tokio::select! {
+            // Told to stop, a loop takes no more: one ready to accept when the stop comes
+            // leaves it to whoever else reads the queue (a successor after a hand-over).
+            biased;
             _ = accepting.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(ok) => ok,

@@ -32,6 +32,9 @@ pub struct Listeners {
     pub stop: CancellationToken,
     /// Every connection task, for the shutdown to wait on.
     pub conns: TaskTracker,
+    /// Every accept loop, on every worker: a hand-over waits until they have all returned
+    /// ([`Listeners::accepting_stopped`]), since one told to stop may be accepting right then.
+    accept_loops: TaskTracker,
     /// Connections accepted whose first request has not been answered yet: a process that
     /// handed its listeners over serves these before it drains (`crate::upgrade`).
     pub awaiting_answer: AtomicUsize,
@@ -206,7 +209,7 @@ impl Listeners {
             tokio::spawn(tls.clone().watch_files(every, addr, accepting.clone()));
         }
         let accept_loop = |socket: Arc<TcpListener>| {
-            accept::accept_loop(
+            self.accept_loops.track_future(accept::accept_loop(
                 socket,
                 config.clone(),
                 state.clone(),
@@ -216,7 +219,7 @@ impl Listeners {
                 },
                 self.conns.clone(),
                 stats.clone(),
-            )
+            ))
         };
         if let Some(workers) = self.workers.get() {
             // Before this runtime's loop: a failure here leaves no loop running.
@@ -288,6 +291,15 @@ impl Listeners {
         if let Some(a) = self.admin_slot().take() {
             a.accepting.cancel();
         }
+    }
+
+    /// Resolves once every accept loop has returned, after [`Listeners::stop_accepting`]. A
+    /// loop on another worker may have a connection from `accept` in hand when it is told to
+    /// stop; it counts it in `awaiting_answer` before it next yields, so once the loops have
+    /// returned, that count holds every connection this process will ever serve.
+    pub async fn accepting_stopped(&self) {
+        self.accept_loops.close();
+        self.accept_loops.wait().await;
     }
 
     /// Connections whose first request has not been answered yet.

@@ -295,6 +295,15 @@ async fn hand_over(state: &ProxyState, stream: UnixStream) -> std::io::Result<u3
         Err(_) => return Err(protocol("the new process did not get ready in time")),
     }
     state.listeners.stop_accepting();
+    // Before the drain counts the connections still to answer: a loop on another worker can
+    // be holding one it accepted as it was told to stop (the successor's queue is the same
+    // socket, so nothing else reaches this process). The loops return at their next poll.
+    if tokio::time::timeout(STEP_TIMEOUT, state.listeners.accepting_stopped())
+        .await
+        .is_err()
+    {
+        tracing::warn!("an accept loop did not stop in time; draining anyway");
+    }
     step(lines.get_mut().write_all(b"done\n")).await?;
     Ok(pid)
 }
