@@ -185,16 +185,10 @@ impl Visit for TextVisitor<'_> {
         // formatter's padding pass (what `{value}` writes).
         if self.fast(field.name()) {
             let mut buf = [0u8; 20];
-            let digits = value.checked_ilog10().unwrap_or(0) as usize + 1;
-            let mut rest = value;
-            for d in buf[..digits].iter_mut().rev() {
-                *d = b'0' + (rest % 10) as u8;
-                rest /= 10;
-            }
-            self.result = self.head(field.name(), "=").and_then(|()| {
-                self.writer
-                    .write_str(std::str::from_utf8(&buf[..digits]).map_err(|_| fmt::Error)?)
-            });
+            let digits = crate::ip_text::decimal(value, &mut buf);
+            self.result = self
+                .head(field.name(), "=")
+                .and_then(|()| self.writer.write_str(digits));
         } else {
             self.scalar(field, value);
         }
