@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ListenerConfig;
-use crate::head_guard::{ClientIo, HeadGuard, HeadReasons, HeadRefusal, HeadWatch};
+use crate::head_guard::{ClientBody, ClientIo, HeadGuard, HeadReasons, HeadRefusal, HeadWatch};
 use crate::http::{self, Protocols};
 use crate::metrics::ListenerStats;
 use crate::outcome::Outcome;
@@ -435,8 +435,11 @@ async fn serve<I>(
     let live_streams = conn.live_streams.clone();
     let service = {
         let watch = watch.clone();
-        service_fn(move |req| {
+        // An HTTP/1.1 body the proxy leaves unread makes the close linger (`head_guard.rs`).
+        let http1 = live_streams.is_none();
+        service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             watch.request_seen();
+            let req = req.map(|body| ClientBody::new(body, http1.then_some(&watch)));
             let (state, conn, awaiting) = (state.clone(), conn.clone(), awaiting.clone());
             // Boxed, and the handler's future made inside the box: hyper holds a service's
             // future inline (HTTP/1.1: in a box it allocates, empty, when the connection

@@ -21,6 +21,15 @@
 //! Refusals that write nothing (the head timers, the HTTP/2 preface on a connection that
 //! agreed on HTTP/1.1, and anything else on one that agreed on HTTP/2) are reported by the connection's task (`accept.rs`) through the same
 //! [`HeadWatch`], which counts each connection's refusal once.
+//!
+//! The guard also closes the lingering way a connection whose request body was left
+//! unread: a request answered before its body was read (a 413 on its declared length, a
+//! policy refusal, a body cut at `max_request_body`) reaches the proxy as a [`ClientBody`],
+//! which tells the guard when it is dropped before its end. hyper then reads once more,
+//! and closes the connection after the answer; with the client's bytes still coming, the
+//! close would send a reset, which can destroy the answer before the client reads it, and
+//! fails the client's upload before it has looked for an answer at all (nginx's
+//! `lingering_close`, on by default, exists for the same reason).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -29,19 +38,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use crate::config::Limits;
 use crate::outcome::Outcome;
 use crate::proxy::ProxyState;
 
-/// How long a refused connection is read (and what it sends discarded) after the answer and
-/// our FIN: a client still sending its head would otherwise get a reset, which may destroy
-/// the answer in its receive buffer before it is read (RFC 9112 §9.6).
-const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
-/// The most a refused connection may send during the lingering close.
-const LINGER_BYTES: usize = 256 * 1024;
+/// How long a lingering close reads (and discards) what the client still sends after the
+/// answer and our FIN, in all: a client still sending its head or body would otherwise get a
+/// reset, which fails its upload before it has looked for the answer, and may destroy the
+/// answer in its receive buffer before it is read (RFC 9112 §9.6). nginx's `lingering_time`.
+const LINGER_TIME: Duration = Duration::from_secs(30);
+/// A lingering close ends sooner when the client sends nothing for this long (nginx's
+/// `lingering_timeout`).
+const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a request head was refused before the proxy saw a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,13 +162,15 @@ impl HeadReasons {
 }
 
 /// What a connection's task, its service and its [`HeadGuard`] share: whether a request
-/// arrived, and whether the connection's refusal has been counted and logged (once).
+/// arrived, whether the connection's refusal has been counted and logged (once), and
+/// whether the last request's body was left unread (the close then lingers).
 pub struct HeadWatch {
     state: Arc<ProxyState>,
     reasons: Arc<HeadReasons>,
     client: SocketAddr,
     seen_request: AtomicBool,
     refused: AtomicBool,
+    body_unread: AtomicBool,
 }
 
 impl HeadWatch {
@@ -166,12 +181,15 @@ impl HeadWatch {
             client,
             seen_request: AtomicBool::new(false),
             refused: AtomicBool::new(false),
+            body_unread: AtomicBool::new(false),
         }
     }
 
-    /// hyper has parsed a request head and called the service.
+    /// hyper has parsed a request head and called the service. (A body an earlier request
+    /// left unread was read to its end after all, or this head could not have come.)
     pub fn request_seen(&self) {
         self.seen_request.store(true, Ordering::Relaxed);
+        self.body_unread.store(false, Ordering::Relaxed);
     }
 
     pub fn seen_request(&self) -> bool {
@@ -221,6 +239,70 @@ impl HeadWatch {
     }
 }
 
+/// A request's body as the proxy gets it from hyper: the same frames, and when it is
+/// dropped before its end on an HTTP/1.1 connection (the request was answered without it),
+/// the connection's [`HeadGuard`] closes it the lingering way (see the module's doc).
+pub struct ClientBody {
+    inner: Incoming,
+    /// The connection's watch while the body may still be coming; `None` once it has
+    /// ended (or failed), for a body that never had any, and on HTTP/2, whose streams end
+    /// without closing their connection.
+    unread: Option<Arc<HeadWatch>>,
+}
+
+impl std::fmt::Debug for ClientBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBody")
+            .field("inner", &self.inner)
+            .field("unread", &self.unread.is_some())
+            .finish()
+    }
+}
+
+impl ClientBody {
+    /// `watch` is `None` on HTTP/2 connections.
+    pub fn new(inner: Incoming, watch: Option<&Arc<HeadWatch>>) -> ClientBody {
+        // A handshake has no body: no reference taken.
+        let unread = watch.filter(|_| !inner.is_end_stream()).cloned();
+        ClientBody { inner, unread }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        // The end (a chunked body's is `None`; a sized one's the frame that completes it),
+        // or an error: the client is done sending, or gone.
+        if !matches!(frame, Some(Ok(_))) || this.inner.is_end_stream() {
+            this.unread = None;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        if let Some(watch) = &self.unread {
+            watch.body_unread.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// A client connection as the listener gives it to hyper, and as `upgraded.rs` takes it
 /// back after an upgrade: one name, so the two cannot drift apart.
 pub type ClientIo<S> = hyper_util::rt::TokioIo<HeadGuard<S>>;
@@ -234,7 +316,7 @@ pub struct HeadGuard<S> {
     phase: Phase,
     /// Bytes read before hyper took over (the protocol sniff, `accept.rs`): hyper's first
     /// reads get them. Boxed: `None` on most connections, and hyper takes them at once.
-    pre: Option<Box<bytes::Bytes>>,
+    pre: Option<Box<Bytes>>,
 }
 
 enum Phase {
@@ -244,6 +326,8 @@ enum Phase {
     Through,
     /// wsgate's answer in place of hyper's, then the lingering close (boxed: rare).
     Answer(Box<Answer>),
+    /// hyper closes a connection whose request body was left unread: the lingering close.
+    Linger(Box<Linger>),
 }
 
 struct Answer {
@@ -252,10 +336,13 @@ struct Answer {
     linger: Option<Linger>,
 }
 
+/// The lingering close: our FIN, then the client's bytes read and dropped until it closes,
+/// pauses for [`LINGER_TIMEOUT`], or [`LINGER_TIME`] has passed since the first poll.
 struct Linger {
-    until: Pin<Box<Sleep>>,
+    /// The next read's deadline: [`LINGER_TIMEOUT`] from the last one, at most `end`.
+    timer: Pin<Box<Sleep>>,
+    end: Instant,
     shut: bool,
-    left: usize,
 }
 
 impl<S> HeadGuard<S> {
@@ -359,37 +446,42 @@ impl Answer {
         }
         Poll::Ready(Ok(()))
     }
+}
 
-    /// The lingering close: our FIN, then the client's bytes read and dropped until it
-    /// closes, [`LINGER_BYTES`] or [`LINGER_TIMEOUT`]. Errors end it: it is a courtesy.
-    fn poll_linger<S: AsyncRead + AsyncWrite + Unpin>(
+impl Linger {
+    fn new() -> Linger {
+        let now = Instant::now();
+        Linger {
+            timer: Box::pin(tokio::time::sleep_until(now + LINGER_TIMEOUT)),
+            end: now + LINGER_TIME,
+            shut: false,
+        }
+    }
+
+    /// Shuts the write side, then reads and drops what comes until the end or a timer.
+    /// Errors end it: it is a courtesy. (A client that never stops sending does not hold the
+    /// worker: each read spends tokio's cooperative budget, which yields when it runs out.)
+    fn poll<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         io: &mut S,
         cx: &mut Context<'_>,
     ) -> Poll<()> {
-        let linger = self.linger.get_or_insert_with(|| Linger {
-            until: Box::pin(tokio::time::sleep(LINGER_TIMEOUT)),
-            shut: false,
-            left: LINGER_BYTES,
-        });
-        if !linger.shut {
+        if !self.shut {
             if ready!(Pin::new(&mut *io).poll_shutdown(cx)).is_err() {
                 return Poll::Ready(());
             }
-            linger.shut = true;
+            self.shut = true;
         }
-        let mut sink = [0u8; 4096];
+        let mut sink = [0u8; 8192];
         loop {
-            if linger.until.as_mut().poll(cx).is_ready() {
+            if self.timer.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(());
             }
             let mut buf = ReadBuf::new(&mut sink);
             match ready!(Pin::new(&mut *io).poll_read(cx, &mut buf)) {
                 Ok(()) if !buf.filled().is_empty() => {
-                    linger.left = linger.left.saturating_sub(buf.filled().len());
-                    if linger.left == 0 {
-                        return Poll::Ready(());
-                    }
+                    let next = (Instant::now() + LINGER_TIMEOUT).min(self.end);
+                    self.timer.as_mut().reset(next);
                 }
                 _ => return Poll::Ready(()),
             }
@@ -424,7 +516,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadGuard<S> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         match this.phase {
-            Phase::Through => Pin::new(&mut this.io).poll_write(cx, buf),
+            // After the shutdown has begun a write fails in the socket, as it would unguarded.
+            Phase::Through | Phase::Linger(_) => Pin::new(&mut this.io).poll_write(cx, buf),
             Phase::First => {
                 if buf.is_empty() {
                     Poll::Ready(Ok(0))
@@ -448,7 +541,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadGuard<S> {
         let this = self.get_mut();
         let total = || bufs.iter().map(|b| b.len()).sum::<usize>();
         match this.phase {
-            Phase::Through => Pin::new(&mut this.io).poll_write_vectored(cx, bufs),
+            Phase::Through | Phase::Linger(_) => {
+                Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+            }
             Phase::First => {
                 // hyper's automatic answer is one buffer; anything else is not it.
                 let mut filled = bufs.iter().filter(|b| !b.is_empty());
@@ -484,12 +579,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadGuard<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        let Phase::Answer(answer) = &mut this.phase else {
-            return Pin::new(&mut this.io).poll_shutdown(cx);
-        };
-        ready!(answer.poll_write_out(&mut this.io, cx))?;
-        ready!(Pin::new(&mut this.io).poll_flush(cx))?;
-        answer.poll_linger(&mut this.io, cx).map(Ok)
+        match &mut this.phase {
+            Phase::Answer(answer) => {
+                ready!(answer.poll_write_out(&mut this.io, cx))?;
+                ready!(Pin::new(&mut this.io).poll_flush(cx))?;
+                let linger = answer.linger.get_or_insert_with(Linger::new);
+                linger.poll(&mut this.io, cx).map(Ok)
+            }
+            Phase::Linger(linger) => linger.poll(&mut this.io, cx).map(Ok),
+            Phase::First | Phase::Through => {
+                if !this.watch.body_unread.load(Ordering::Relaxed) {
+                    return Pin::new(&mut this.io).poll_shutdown(cx);
+                }
+                let mut linger = Box::new(Linger::new());
+                let poll = linger.poll(&mut this.io, cx).map(Ok);
+                this.phase = Phase::Linger(linger);
+                poll
+            }
+        }
     }
 }
 
@@ -556,6 +663,30 @@ mod tests {
         // Reported once, whoever reports it next (the connection's task, on hyper's error).
         watch.refuse(HeadRefusal::TooLarge, None);
         assert_eq!(counted(&watch).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_request_body_left_unread_makes_the_close_linger() {
+        let watch = watch();
+        let (server, mut client) = tokio::io::duplex(64 * 1024);
+        let mut guard = HeadGuard::new(server, watch.clone());
+        let page = "HTTP/1.1 413 Payload Too Large\r\ncontent-type: text/plain\r\n\
+                    content-length: 0\r\n\r\n";
+        guard.write_all(page.as_bytes()).await.unwrap();
+        // What `ClientBody` does when the proxy drops a body before its end.
+        watch.body_unread.store(true, Ordering::Relaxed);
+        let shutdown = tokio::spawn(async move { guard.shutdown().await });
+        // The rest of the body still comes, and is read and dropped.
+        client.write_all(&[b'x'; 100_000]).await.unwrap();
+        let mut got = String::new();
+        client.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, page);
+        assert!(!shutdown.is_finished());
+        drop(client);
+        shutdown.await.unwrap().unwrap();
+        // A later request on the connection (the body was read after all) clears it.
+        watch.request_seen();
+        assert!(!watch.body_unread.load(Ordering::Relaxed));
     }
 
     #[tokio::test]

@@ -19,7 +19,6 @@ use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
 use crate::backend::{self, BackendLease, BackendRequest, BackendUpgrade};
@@ -27,6 +26,7 @@ use crate::config::{Config, ErrorDetail};
 use crate::deflate;
 use crate::error::{BackendError, BackendRefusal, Draining, LimitError, ProxyError};
 use crate::handshake::{self, ClientHandshake, HandshakeError, Transport};
+use crate::head_guard::ClientBody;
 use crate::limits::{self, Gate, Permit};
 use crate::policy::forwarding::{self, ClientAddr};
 use crate::policy::{Admitted, PolicyError, RequestFacts};
@@ -207,7 +207,7 @@ impl Drop for StreamGuard {
 pub async fn handle(
     state: Arc<ProxyState>,
     conn: ConnInfo,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Result<Response<crate::http_proxy::Body>, Infallible> {
     let id = state.sessions.next_id();
     // No span per request: entering and formatting one costs more than the rest of the
@@ -220,7 +220,7 @@ pub async fn handle(
 async fn handle_request(
     state: Arc<ProxyState>,
     mut conn: ConnInfo,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     id: u64,
 ) -> Response<crate::http_proxy::Body> {
     let (mut parts, body) = req.into_parts();

@@ -13,10 +13,12 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::Notify;
 use tokio::time::Sleep;
 use tower::BoxError;
+
+use crate::head_guard::ClientBody;
 
 /// How the client's side of the body failed, if it did (see [`BodyState::client_fault`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +47,7 @@ pub struct BodyState {
     /// The route's `request_body_timeout`.
     idle: Duration,
     /// The client's body until an attempt takes it (`None` after, or for no body).
-    unread: Mutex<Option<Incoming>>,
+    unread: Mutex<Option<ClientBody>>,
     /// An attempt has started reading the body: it can no longer go to another backend.
     taken: AtomicBool,
     /// The whole body has been read (or there was none).
@@ -62,7 +64,7 @@ pub struct BodyState {
 }
 
 impl BodyState {
-    pub fn new(body: Incoming, limit: Option<u64>, idle: Duration) -> Arc<BodyState> {
+    pub fn new(body: ClientBody, limit: Option<u64>, idle: Duration) -> Arc<BodyState> {
         let empty = body.is_end_stream();
         Arc::new(BodyState {
             bytes: AtomicU64::new(0),
@@ -139,7 +141,7 @@ impl BodyState {
         self.fault.store(fault, Ordering::Relaxed);
     }
 
-    fn unread(&self) -> std::sync::MutexGuard<'_, Option<Incoming>> {
+    fn unread(&self) -> std::sync::MutexGuard<'_, Option<ClientBody>> {
         self.unread.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -158,7 +160,7 @@ struct Stalled(Duration);
 #[derive(Debug)]
 pub struct RequestBody {
     /// The client's body once this attempt has taken it from the state.
-    inner: Option<Incoming>,
+    inner: Option<ClientBody>,
     /// This attempt is done with the body (it ended, or failed): nothing more is read.
     done: bool,
     /// Fires `request_body_timeout` after a wait for the client began; set again at the

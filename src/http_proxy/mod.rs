@@ -30,6 +30,7 @@ use tower::{BoxError, ServiceBuilder, ServiceExt};
 
 use crate::config::BackendUrl;
 use crate::error::{BackendError, ProxyError};
+use crate::head_guard::ClientBody;
 use crate::outcome::Outcome;
 use crate::policy::RequestFacts;
 use crate::proxy::Ctx;
@@ -142,7 +143,7 @@ pub(crate) async fn serve(
     cx: &Ctx<'_>,
     route: &Arc<Route>,
     parts: &mut Parts,
-    body: Incoming,
+    body: ClientBody,
 ) -> Result<Response<Body>, ProxyError> {
     let mut waiting = record::Waiting::default();
     let result = exchange(cx, route, parts, body, &mut waiting).await;
@@ -161,7 +162,7 @@ async fn exchange(
     cx: &Ctx<'_>,
     route: &Arc<Route>,
     parts: &mut Parts,
-    body: Incoming,
+    body: ClientBody,
     waiting: &mut record::Waiting,
 ) -> Result<Response<Body>, ProxyError> {
     let started = Instant::now();

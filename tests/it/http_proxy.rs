@@ -492,6 +492,56 @@ async fn bodies_over_max_request_body_get_413_before_or_while_streaming() {
     assert_eq!(resp.status(), 200);
 }
 
+/// A client whose upload is refused may send all of it before it reads the answer (Python's
+/// `http.client`, many scripts; a browser goes on for a while). The proxy answers, sends its
+/// FIN, and reads and drops what still comes (the lingering close), so the upload completes,
+/// the client reads the 413 and then a clean end. Closed at once with the body unread, the
+/// connection would be reset: the client's upload would fail before it read anything (and
+/// a reset can destroy the answer in flight).
+#[tokio::test]
+async fn a_refused_upload_is_answered_then_closed_the_lingering_way() {
+    let (b, seen) = echo_backend().await;
+    let gw = Gateway::spawn(&http_route(&[b], "max_request_body = \"1KiB\"")).await;
+    // More than the two sockets' buffers hold: the proxy must read it for the upload to end.
+    let body = 32 << 20;
+    for case in ["declared", "chunked"] {
+        let mut upload = b"POST /upload HTTP/1.1\r\nHost: app.test\r\n".to_vec();
+        if case == "declared" {
+            // Refused on its declared length, before any of the body is read.
+            upload.extend(format!("Content-Length: {body}\r\n\r\n").as_bytes());
+        } else {
+            // Cut while streaming, once over the limit.
+            upload.extend(format!("Transfer-Encoding: chunked\r\n\r\n{body:x}\r\n").as_bytes());
+        }
+        upload.extend(std::iter::repeat_n(b'x', body));
+        if case == "chunked" {
+            upload.extend_from_slice(b"\r\n0\r\n\r\n");
+        }
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        if let Err(e) = s.write_all(&upload).await {
+            panic!("{case}: the upload failed before its answer was read: {e}");
+        }
+        let resp = read_response(&mut s).await;
+        assert_eq!(resp.status, 413, "{case}");
+        assert_eq!(
+            resp.body, "request body over the route's limit of 1024 bytes\n",
+            "{case}"
+        );
+        s.shutdown().await.unwrap();
+        let mut tail = Vec::new();
+        let end = tokio::time::timeout(STEP, s.read_to_end(&mut tail))
+            .await
+            .expect("the proxy closes once the client has");
+        assert!(end.is_ok(), "{case}: {end:?} instead of a clean end");
+        assert!(
+            tail.is_empty(),
+            "{case}: {:?} after the answer",
+            String::from_utf8_lossy(&tail)
+        );
+    }
+    assert!(seen.lock().unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn expect_100_continue_gets_its_100_then_the_answer() {
     let (b, seen) = echo_backend().await;
