@@ -31,12 +31,26 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Binds a listener socket.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    bind_with(addr, false)
+}
+
+/// [`bind`] with `SO_REUSEPORT`: the port may be shared with a listener of ours on another
+/// address that has it too, as a reload moves a listener (`listeners.rs`). Not used
+/// otherwise: a second proxy started by mistake on a port should fail, not share it.
+pub fn bind_sharing_port(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    bind_with(addr, true)
+}
+
+fn bind_with(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }

@@ -87,6 +87,10 @@ pub struct ListenerDiff {
 pub struct Prepared {
     configs: Vec<ListenerConfig>,
     added: Vec<Bound>,
+    /// Running listeners that a new one shares its port with ([`bind_beside`]): the commit
+    /// takes them out of the kernel's listening table at once, so from then on every
+    /// connection on the port reaches the new socket.
+    moved_from: Vec<Arc<TcpListener>>,
 }
 
 /// Binds (or takes from `inherited`) a socket for each of `configs`, in order; the first
@@ -114,6 +118,54 @@ fn bind_one(config: &ListenerConfig, inherited: &mut Inherited) -> std::io::Resu
     })
 }
 
+/// Binds `config`'s address beside the running listeners on the same port that the reload
+/// removes (`127.0.0.1:8080` becoming `0.0.0.0:8080`, or the other way), which the kernel
+/// otherwise refuses with "address in use" as long as they are open. With `SO_REUSEPORT` on
+/// both sides (the old sockets get it now, the new one before its bind) the kernel lets the
+/// two share the port, and sends each connection to the socket whose address matches it
+/// best: the old one until the commit closes it, then the new one. No connection is refused
+/// in between, where closing the old socket first would refuse some (and reset those in its
+/// queue). `None` when no such listener runs (the port is someone else's) or the bind fails
+/// again; `shared` collects the old sockets set, to clear if the reload fails.
+fn bind_beside(
+    running: &[Running],
+    configs: &[ListenerConfig],
+    config: &ListenerConfig,
+    shared: &mut Vec<Arc<TcpListener>>,
+) -> Option<Bound> {
+    let leaving: Vec<&Running> = running
+        .iter()
+        .filter(|r| r.addr.port() == config.addr.port())
+        .filter(|r| !configs.iter().any(|c| c.addr == r.config.addr))
+        .collect();
+    if leaving.is_empty() {
+        return None;
+    }
+    for r in leaving {
+        if set_reuse_port(&r.socket, true) {
+            shared.push(r.socket.clone());
+        }
+    }
+    let socket = accept::bind_sharing_port(config.addr).ok()?;
+    tracing::info!(listen = %config.addr, "listener bound beside the one it replaces on the same port");
+    Some(Bound {
+        config: config.clone(),
+        socket,
+    })
+}
+
+/// Sets or clears `SO_REUSEPORT` on a running listener (its duplicates on other workers share
+/// the socket, and the option with it). Returns whether it was set.
+fn set_reuse_port(socket: &TcpListener, on: bool) -> bool {
+    match socket2::SockRef::from(socket).set_reuse_port(on) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot set SO_REUSEPORT on a listener");
+            false
+        }
+    }
+}
+
 impl Listeners {
     /// Gives the listeners the extra workers' runtimes; before [`Listeners::start`], once.
     pub fn set_workers(&self, workers: crate::workers::Workers) {
@@ -131,18 +183,37 @@ impl Listeners {
         Ok(())
     }
 
-    /// Binds the listeners `configs` adds to the running ones. Nothing running changes.
+    /// Binds the listeners `configs` adds to the running ones. Nothing running changes but,
+    /// for a listener that moves to another address on the same port, the option that lets
+    /// the two sockets share it (`bind_beside`).
     pub fn prepare(&self, configs: &[ListenerConfig]) -> Result<Prepared, (usize, std::io::Error)> {
         let running = self.lock();
         let mut added = Vec::new();
+        let mut shared = Vec::new();
         for (i, c) in configs.iter().enumerate() {
-            if !running.iter().any(|r| r.config.addr == c.addr) {
-                added.push(bind_one(c, &mut Inherited::default()).map_err(|e| (i, e))?);
+            if running.iter().any(|r| r.config.addr == c.addr) {
+                continue;
+            }
+            let bound = match bind_one(c, &mut Inherited::default()) {
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    bind_beside(&running, configs, c, &mut shared).ok_or(e)
+                }
+                other => other,
+            };
+            match bound {
+                Ok(b) => added.push(b),
+                Err(e) => {
+                    for socket in &shared {
+                        set_reuse_port(socket, false);
+                    }
+                    return Err((i, e));
+                }
             }
         }
         Ok(Prepared {
             added,
             configs: configs.to_vec(),
+            moved_from: shared,
         })
     }
 
@@ -150,7 +221,11 @@ impl Listeners {
     /// (their connections and sessions go on), changed ones get a new accept loop on the same
     /// socket, added ones start.
     pub fn commit(&self, state: &Arc<ProxyState>, prepared: Prepared) -> ListenerDiff {
-        let Prepared { configs, added } = prepared;
+        let Prepared {
+            configs,
+            added,
+            moved_from,
+        } = prepared;
         let mut diff = ListenerDiff::default();
         let mut running = self.lock();
         let mut kept = Vec::new();
@@ -186,6 +261,16 @@ impl Listeners {
                     diff.added.push(addr);
                 }
                 Err(e) => tracing::error!(listen = %addr, error = %e, "listener not started"),
+            }
+        }
+        // The old socket's address is the more specific match for some connections (or as
+        // specific, for the older socket), so the kernel would go on queueing them there
+        // until its last descriptor closes, on every worker, and then reset them. Shut for
+        // reading, a listening socket leaves the listening table now (the few connections it
+        // has queued and not yet accepted are reset, as at any listener's close).
+        for socket in moved_from {
+            if let Err(e) = socket2::SockRef::from(&*socket).shutdown(std::net::Shutdown::Read) {
+                tracing::warn!(error = %e, "cannot stop the replaced listener's socket");
             }
         }
         // Config order: the first listener is the one `Handle::local_addr` names.

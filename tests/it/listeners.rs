@@ -65,6 +65,57 @@ async fn a_reload_adds_removes_and_changes_listeners_and_sessions_go_on() {
     assert!(echo.closes.lock().unwrap().is_empty());
 }
 
+/// A listener moved to another address on its port (one interface to all of them, and
+/// back): the kernel refuses the new bind while the old socket is open, so the reload binds
+/// the two to share the port, and new connections go to the new socket from the moment the
+/// reload returns. Sessions on the old listener go on.
+#[tokio::test]
+async fn a_listener_moved_to_another_address_on_its_port_takes_over_at_once() {
+    let echo = EchoBackend::spawn().await;
+    let r = route("r", "/", &[echo.url()]);
+    let gw = Gateway::spawn(&format!("{FIRST}{r}")).await;
+    let port = gw.addr.port();
+    let (mut first, _) = connect(&gw.url("/")).await;
+
+    // Connections still go to 127.0.0.1 (the wildcard accepts them too); the test's traffic
+    // stays on loopback.
+    let all = format!("0.0.0.0:{port}");
+    let report = gw
+        .handle()
+        .reload(config(&format!("[[listener]]\nlisten = \"{all}\"\n\n{r}")))
+        .expect("a listener moved on its port must reload");
+    assert_eq!(report.listeners.added, std::slice::from_ref(&all));
+    assert_eq!(report.listeners.removed, ["127.0.0.1:0"]);
+    assert_eq!(gw.handle().listener_addrs(), [all.parse().unwrap()]);
+    let (mut second, _) = connect(&gw.url("/")).await;
+    echoes(&mut second, "on the wildcard").await;
+
+    let one = format!("127.0.0.1:{port}");
+    let report = gw
+        .handle()
+        .reload(config(&format!("[[listener]]\nlisten = \"{one}\"\n\n{r}")))
+        .expect("and back");
+    assert_eq!(report.listeners.added, std::slice::from_ref(&one));
+    assert_eq!(report.listeners.removed, [all]);
+    let (mut third, _) = connect(&gw.url("/")).await;
+    echoes(&mut third, "on 127.0.0.1 again").await;
+    echoes(&mut first, "first, after two moves").await;
+    echoes(&mut second, "second, after its listener moved").await;
+    assert!(echo.closes.lock().unwrap().is_empty());
+
+    // A port held by someone else still fails the reload.
+    let foreign = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let taken = format!("0.0.0.0:{}", foreign.local_addr().unwrap().port());
+    let errors = gw
+        .handle()
+        .reload(config(&format!(
+            "[[listener]]\nlisten = \"{one}\"\n\n[[listener]]\nlisten = \"{taken}\"\n\n{r}"
+        )))
+        .expect_err("a port another socket holds cannot be shared");
+    assert_eq!(errors.errors[0].key, "listener[1].listen", "{errors}");
+    echoes(&mut third, "unchanged").await;
+}
+
 #[tokio::test]
 async fn a_listener_that_cannot_be_bound_fails_the_reload_and_changes_nothing() {
     let echo = EchoBackend::spawn().await;
