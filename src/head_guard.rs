@@ -260,11 +260,19 @@ impl std::fmt::Debug for ClientBody {
 }
 
 impl ClientBody {
-    /// `watch` is `None` on HTTP/2 connections.
-    pub fn new(inner: Incoming, watch: Option<&Arc<HeadWatch>>) -> ClientBody {
-        // A handshake has no body: no reference taken.
-        let unread = watch.filter(|_| !inner.is_end_stream()).cloned();
-        ClientBody { inner, unread }
+    /// `watch`: the connection's, for an HTTP/1.1 request whose body is not already over
+    /// ([`ClientBody::lingers`]).
+    pub fn new(inner: Incoming, watch: Option<Arc<HeadWatch>>) -> ClientBody {
+        ClientBody {
+            inner,
+            unread: watch,
+        }
+    }
+
+    /// Whether `body`, left unread, would make its connection's close linger: an HTTP/1.1
+    /// body that is not already over (a handshake has none, so no reference is taken).
+    pub fn lingers(body: &Incoming, http1: bool) -> bool {
+        http1 && !body.is_end_stream()
     }
 }
 

@@ -19,6 +19,7 @@ use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
 use crate::backend::{self, BackendLease, BackendRequest, BackendUpgrade};
@@ -26,7 +27,7 @@ use crate::config::{Config, ErrorDetail};
 use crate::deflate;
 use crate::error::{BackendError, BackendRefusal, Draining, LimitError, ProxyError};
 use crate::handshake::{self, ClientHandshake, HandshakeError, Transport};
-use crate::head_guard::ClientBody;
+use crate::head_guard::{ClientBody, HeadWatch};
 use crate::limits::{self, Gate, Permit};
 use crate::policy::forwarding::{self, ClientAddr};
 use crate::policy::{Admitted, PolicyError, RequestFacts};
@@ -203,16 +204,19 @@ impl Drop for StreamGuard {
     }
 }
 
-/// hyper service entry point. Never fails: every error becomes a response.
+/// hyper service entry point. Never fails: every error becomes a response. `linger`: the
+/// connection's watch when the request's body, left unread, makes its close linger
+/// ([`ClientBody`]).
 pub async fn handle(
     state: Arc<ProxyState>,
     conn: ConnInfo,
-    req: Request<ClientBody>,
+    req: Request<Incoming>,
+    linger: Option<Arc<HeadWatch>>,
 ) -> Result<Response<crate::http_proxy::Body>, Infallible> {
     let id = state.sessions.next_id();
     // No span per request: entering and formatting one costs more than the rest of the
     // handshake's logging, and every record carries the session id and client anyway.
-    Ok(handle_request(state, conn, req, id).await)
+    Ok(handle_request(state, conn, req, linger, id).await)
 }
 
 /// Finds what a refusal needs (the route, if any, and the request's head), then runs the
@@ -220,10 +224,12 @@ pub async fn handle(
 async fn handle_request(
     state: Arc<ProxyState>,
     mut conn: ConnInfo,
-    req: Request<ClientBody>,
+    req: Request<Incoming>,
+    linger: Option<Arc<HeadWatch>>,
     id: u64,
 ) -> Response<crate::http_proxy::Body> {
     let (mut parts, body) = req.into_parts();
+    let body = ClientBody::new(body, linger);
     // This request's config and routes, to its end, whatever a reload does meanwhile.
     let generation = state.current();
     if let Some(page) = static_page(&generation.config, &parts) {
