@@ -120,25 +120,9 @@ impl RawBackend {
         );
         tokio::spawn(async move {
             let (mut s, _) = l.accept().await.unwrap();
-            let mut buf = Vec::new();
-            let end = loop {
-                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    break i + 4;
-                }
-                let mut chunk = [0u8; 4096];
-                let n = s.read(&mut chunk).await.unwrap();
-                assert!(n > 0);
-                buf.extend_from_slice(&chunk[..n]);
-            };
-            let text = String::from_utf8_lossy(&buf[..end]).to_string();
-            let key = text
-                .lines()
-                .find_map(|l| l.strip_prefix("sec-websocket-key: "))
-                .unwrap()
-                .trim()
-                .to_string();
+            let (text, rest) = read_request_head_and_rest(&mut s).await;
+            let accept = wsgate::handshake::accept_key(request_key(&text).as_bytes());
             *head.lock().unwrap() = text;
-            let accept = wsgate::handshake::accept_key(key.as_bytes());
             let resp = format!(
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                  Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Extensions: {extensions}\r\n\r\n"
@@ -146,7 +130,7 @@ impl RawBackend {
             s.write_all(&[resp.as_bytes(), &to_send].concat())
                 .await
                 .unwrap();
-            got.lock().unwrap().extend_from_slice(&buf[end..]);
+            got.lock().unwrap().extend_from_slice(&rest);
             let mut chunk = [0u8; 65536];
             let mut replied = false;
             while let Ok(n @ 1..) = s.read(&mut chunk).await {

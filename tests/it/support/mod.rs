@@ -612,16 +612,28 @@ pub async fn scripted_backend(response: Vec<u8>) -> (SocketAddr, Arc<Mutex<Vec<S
     (addr, seen)
 }
 
-/// Reads one request head from `s`, up to its empty line (for hand-written backends).
+/// Reads one request head from `s`, up to its empty line (for hand-written backends), with
+/// whatever came in the same reads after it.
 pub async fn read_request_head(s: &mut TcpStream) -> String {
+    let (head, rest) = read_request_head_and_rest(s).await;
+    head + &String::from_utf8_lossy(&rest)
+}
+
+/// [`read_request_head`], with the bytes read after the empty line apart: the head, and
+/// what followed it (the first frames after an upgrade).
+pub async fn read_request_head_and_rest(s: &mut TcpStream) -> (String, Vec<u8>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
         let n = s.read(&mut chunk).await.unwrap();
         assert!(n > 0, "no request head");
         buf.extend_from_slice(&chunk[..n]);
-    }
-    String::from_utf8_lossy(&buf).to_string()
+    };
+    let rest = buf.split_off(end);
+    (String::from_utf8_lossy(&buf).to_string(), rest)
 }
 
 /// The `Sec-WebSocket-Key` of a request head the proxy wrote (lower-case names).
