@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ListenerConfig;
-use crate::head_guard::{ClientBody, ClientIo, HeadGuard, HeadReasons, HeadRefusal, HeadWatch};
+use crate::head_guard::{ClientIo, HeadGuard, HeadReasons, HeadRefusal, HeadWatch, Unread};
 use crate::http::{self, Protocols};
 use crate::metrics::ListenerStats;
 use crate::outcome::Outcome;
@@ -453,7 +453,7 @@ async fn serve<I>(
         let http1 = live_streams.is_none();
         service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             watch.request_seen();
-            let linger = ClientBody::lingers(req.body(), http1).then(|| watch.clone());
+            let unread = Unread::of(req.body(), http1, &watch);
             let (state, conn, awaiting) = (state.clone(), conn.clone(), awaiting.clone());
             // Boxed, and the handler's future made inside the box: hyper holds a service's
             // future inline (HTTP/1.1: in a box it allocates, empty, when the connection
@@ -463,7 +463,7 @@ async fn serve<I>(
             // at its start and again per request, and each HTTP/2 stream's task 13 KiB for
             // its whole response (256 bytes now, the box freed with the response's head).
             Box::pin(async move {
-                let response = proxy::handle(state, conn, req, linger).await;
+                let response = proxy::handle(state, conn, req, unread).await;
                 // A session is registered before its 101 is returned.
                 awaiting.done();
                 response

@@ -239,40 +239,64 @@ impl HeadWatch {
     }
 }
 
-/// A request's body as the proxy gets it from hyper: the same frames, and when it is
-/// dropped before its end on an HTTP/1.1 connection (the request was answered without it),
-/// the connection's [`HeadGuard`] closes it the lingering way (see the module's doc).
+/// A request's body as the proxy gets it from hyper: the same frames, and what happens when
+/// it is dropped before its end (the request was answered without it):
+/// - on HTTP/1.1 the connection's [`HeadGuard`] closes it the lingering way (see the
+///   module's doc);
+/// - on HTTP/2 the rest of the stream is read and dropped after the answer, within the same
+///   limits, so that the stream ends as the client sends its end. Dropped, the stream would
+///   be reset after the answer (`RST_STREAM(NO_ERROR)`, as RFC 9113 §8.1 allows), which
+///   stops the client's upload, and which curl before 8 takes for an error and drops the
+///   answer with (`curl: (92)`, Debian 12's curl 7.88).
 pub struct ClientBody {
-    inner: Incoming,
-    /// The connection's watch while the body may still be coming; `None` once it has
-    /// ended (or failed), for a body that never had any, and on HTTP/2, whose streams end
-    /// without closing their connection.
-    unread: Option<Arc<HeadWatch>>,
+    /// `None` only once a drop has handed it to the HTTP/2 drain.
+    inner: Option<Incoming>,
+    unread: Unread,
+}
+
+/// What a [`ClientBody`] dropped before its end does; `None` once it has ended (or failed),
+/// and for a body that never had any.
+pub enum Unread {
+    None,
+    /// Tells the connection's watch (HTTP/1.1).
+    Http1(Arc<HeadWatch>),
+    /// Reads the rest of the stream in a task of its own (HTTP/2).
+    Http2,
+}
+
+impl Unread {
+    /// What `body` would do, left unread: an HTTP/1.1 body not already over tells `watch` (a
+    /// handshake has none, so no reference is taken); an HTTP/2 one is drained (an extended
+    /// CONNECT's is empty: its stream is the WebSocket's).
+    pub fn of(body: &Incoming, http1: bool, watch: &Arc<HeadWatch>) -> Unread {
+        match (body.is_end_stream(), http1) {
+            (true, _) => Unread::None,
+            (false, true) => Unread::Http1(watch.clone()),
+            (false, false) => Unread::Http2,
+        }
+    }
 }
 
 impl std::fmt::Debug for ClientBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unread = match self.unread {
+            Unread::None => "none",
+            Unread::Http1(_) => "http1",
+            Unread::Http2 => "http2",
+        };
         f.debug_struct("ClientBody")
             .field("inner", &self.inner)
-            .field("unread", &self.unread.is_some())
+            .field("unread", &unread)
             .finish()
     }
 }
 
 impl ClientBody {
-    /// `watch`: the connection's, for an HTTP/1.1 request whose body is not already over
-    /// ([`ClientBody::lingers`]).
-    pub fn new(inner: Incoming, watch: Option<Arc<HeadWatch>>) -> ClientBody {
+    pub fn new(inner: Incoming, unread: Unread) -> ClientBody {
         ClientBody {
-            inner,
-            unread: watch,
+            inner: Some(inner),
+            unread,
         }
-    }
-
-    /// Whether `body`, left unread, would make its connection's close linger: an HTTP/1.1
-    /// body that is not already over (a handshake has none, so no reference is taken).
-    pub fn lingers(body: &Incoming, http1: bool) -> bool {
-        http1 && !body.is_end_stream()
     }
 }
 
@@ -285,28 +309,56 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(Pin::new(&mut *inner).poll_frame(cx));
         // The end (a chunked body's is `None`; a sized one's the frame that completes it),
         // or an error: the client is done sending, or gone.
-        if !matches!(frame, Some(Ok(_))) || this.inner.is_end_stream() {
-            this.unread = None;
+        if !matches!(frame, Some(Ok(_))) || inner.is_end_stream() {
+            this.unread = Unread::None;
         }
         Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 
 impl Drop for ClientBody {
     fn drop(&mut self) {
-        if let Some(watch) = &self.unread {
-            watch.body_unread.store(true, Ordering::Relaxed);
+        match std::mem::replace(&mut self.unread, Unread::None) {
+            Unread::None => {}
+            Unread::Http1(watch) => watch.body_unread.store(true, Ordering::Relaxed),
+            Unread::Http2 => {
+                if let (Some(body), Ok(rt)) =
+                    (self.inner.take(), tokio::runtime::Handle::try_current())
+                {
+                    rt.spawn(drain(body));
+                }
+            }
+        }
+    }
+}
+
+/// Reads an HTTP/2 request body to its end and drops it, within the lingering close's
+/// limits: [`LINGER_TIMEOUT`] between two frames, [`LINGER_TIME`] in all. (hyper gives the
+/// stream's flow-control window back as each frame is read.)
+async fn drain(mut body: Incoming) {
+    use http_body_util::BodyExt;
+    let end = Instant::now() + LINGER_TIME;
+    loop {
+        let next = (Instant::now() + LINGER_TIMEOUT).min(end);
+        match tokio::time::timeout_at(next, body.frame()).await {
+            Ok(Some(Ok(_))) => {}
+            _ => return,
         }
     }
 }

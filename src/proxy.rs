@@ -27,7 +27,7 @@ use crate::config::{Config, ErrorDetail};
 use crate::deflate;
 use crate::error::{BackendError, BackendRefusal, Draining, LimitError, ProxyError};
 use crate::handshake::{self, ClientHandshake, HandshakeError, Transport};
-use crate::head_guard::{ClientBody, HeadWatch};
+use crate::head_guard::{ClientBody, Unread};
 use crate::limits::{self, Gate, Permit};
 use crate::policy::forwarding::{self, ClientAddr};
 use crate::policy::{Admitted, PolicyError, RequestFacts};
@@ -204,19 +204,18 @@ impl Drop for StreamGuard {
     }
 }
 
-/// hyper service entry point. Never fails: every error becomes a response. `linger`: the
-/// connection's watch when the request's body, left unread, makes its close linger
-/// ([`ClientBody`]).
+/// hyper service entry point. Never fails: every error becomes a response. `unread`: what
+/// the request's body does if the proxy leaves it unread ([`ClientBody`]).
 pub async fn handle(
     state: Arc<ProxyState>,
     conn: ConnInfo,
     req: Request<Incoming>,
-    linger: Option<Arc<HeadWatch>>,
+    unread: Unread,
 ) -> Result<Response<crate::http_proxy::Body>, Infallible> {
     let id = state.sessions.next_id();
     // No span per request: entering and formatting one costs more than the rest of the
     // handshake's logging, and every record carries the session id and client anyway.
-    Ok(handle_request(state, conn, req, linger, id).await)
+    Ok(handle_request(state, conn, req, unread, id).await)
 }
 
 /// Finds what a refusal needs (the route, if any, and the request's head), then runs the
@@ -225,11 +224,11 @@ async fn handle_request(
     state: Arc<ProxyState>,
     mut conn: ConnInfo,
     req: Request<Incoming>,
-    linger: Option<Arc<HeadWatch>>,
+    unread: Unread,
     id: u64,
 ) -> Response<crate::http_proxy::Body> {
     let (mut parts, body) = req.into_parts();
-    let body = ClientBody::new(body, linger);
+    let body = ClientBody::new(body, unread);
     // This request's config and routes, to its end, whatever a reload does meanwhile.
     let generation = state.current();
     if let Some(page) = static_page(&generation.config, &parts) {

@@ -542,6 +542,53 @@ async fn a_refused_upload_is_answered_then_closed_the_lingering_way() {
     assert!(seen.lock().unwrap().is_empty());
 }
 
+/// The same over HTTP/2: after the 413 the proxy reads the rest of the stream and drops it,
+/// so the upload goes on to its end and the stream ends as the client ends it. Were the body
+/// dropped, the stream would be reset after the answer (`RST_STREAM(NO_ERROR)`), which stops
+/// the upload, and which curl before 8 takes for an error, answer and all.
+#[tokio::test]
+async fn a_refused_http2_upload_is_read_to_its_end_not_reset() {
+    let (b, seen) = echo_backend().await;
+    let gw = Gateway::spawn(&http_route(&[b], "max_request_body = \"1KiB\"")).await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let url = format!("http://app.test:{}/upload", gw.addr.port());
+    let (chunk, chunks) = (64 << 10, 64);
+    let (tx, body) = channel();
+    let req = Request::post(&url)
+        .header("content-length", chunk * chunks)
+        .body(body)
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let (answer, _) = read_body(resp).await;
+    assert_eq!(
+        answer,
+        "request body over the route's limit of 1024 bytes\n"
+    );
+    // 4 MiB, four times the stream's window: it all goes out only if the proxy reads it.
+    for i in 0..chunks {
+        let data = Frame::data(Bytes::from(vec![b'x'; chunk]));
+        if tokio::time::timeout(STEP, tx.send(data)).await.is_err() {
+            panic!("chunk {i}: the upload stalled");
+        }
+        assert!(!tx.is_closed(), "chunk {i}: the stream was reset");
+    }
+    drop(tx);
+    // The connection goes on serving.
+    let req = Request::get(&url).body(full(Bytes::new())).unwrap();
+    assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "only the second request reached the backend"
+    );
+}
+
 #[tokio::test]
 async fn expect_100_continue_gets_its_100_then_the_answer() {
     let (b, seen) = echo_backend().await;
