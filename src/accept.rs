@@ -449,7 +449,8 @@ async fn serve<I>(
     let live_streams = conn.live_streams.clone();
     let service = {
         let watch = watch.clone();
-        // An HTTP/1.1 body the proxy leaves unread makes the close linger (`head_guard.rs`).
+        // What a body the proxy leaves unread does (`head_guard::Unread`): on HTTP/1.1 the
+        // connection's close lingers, on HTTP/2 the stream is drained.
         let http1 = live_streams.is_none();
         service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             watch.request_seen();

@@ -355,12 +355,18 @@ async fn drain(mut body: Incoming) {
     use http_body_util::BodyExt;
     let end = Instant::now() + LINGER_TIME;
     loop {
-        let next = (Instant::now() + LINGER_TIMEOUT).min(end);
-        match tokio::time::timeout_at(next, body.frame()).await {
+        match tokio::time::timeout_at(next_read_by(end), body.frame()).await {
             Ok(Some(Ok(_))) => {}
             _ => return,
         }
     }
+}
+
+/// When a lingering read (a connection's, or an HTTP/2 stream's) must have brought
+/// something: [`LINGER_TIMEOUT`] from now, at the latest `end` ([`LINGER_TIME`] after it
+/// began).
+fn next_read_by(end: Instant) -> Instant {
+    (Instant::now() + LINGER_TIMEOUT).min(end)
 }
 
 /// A client connection as the listener gives it to hyper, and as `upgraded.rs` takes it
@@ -510,10 +516,10 @@ impl Answer {
 
 impl Linger {
     fn new() -> Linger {
-        let now = Instant::now();
+        let end = Instant::now() + LINGER_TIME;
         Linger {
-            timer: Box::pin(tokio::time::sleep_until(now + LINGER_TIMEOUT)),
-            end: now + LINGER_TIME,
+            timer: Box::pin(tokio::time::sleep_until(next_read_by(end))),
+            end,
             shut: false,
         }
     }
@@ -540,8 +546,7 @@ impl Linger {
             let mut buf = ReadBuf::new(&mut sink);
             match ready!(Pin::new(&mut *io).poll_read(cx, &mut buf)) {
                 Ok(()) if !buf.filled().is_empty() => {
-                    let next = (Instant::now() + LINGER_TIMEOUT).min(self.end);
-                    self.timer.as_mut().reset(next);
+                    self.timer.as_mut().reset(next_read_by(self.end));
                 }
                 _ => return Poll::Ready(()),
             }

@@ -166,6 +166,22 @@ fn http_route(backends: &[SocketAddr], extra: &str) -> String {
     )
 }
 
+/// An HTTP/2 connection with prior knowledge (h2c), its driver spawned.
+async fn h2c<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 /// One request over a fresh HTTP/1.1 connection.
 async fn send<B>(addr: SocketAddr, req: Request<B>) -> Response<Incoming>
 where
@@ -550,12 +566,7 @@ async fn a_refused_upload_is_answered_then_closed_the_lingering_way() {
 async fn a_refused_http2_upload_is_read_to_its_end_not_reset() {
     let (b, seen) = echo_backend().await;
     let gw = Gateway::spawn(&http_route(&[b], "max_request_body = \"1KiB\"")).await;
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2c(gw.addr).await;
     let url = format!("http://app.test:{}/upload", gw.addr.port());
     let (chunk, chunks) = (64 << 10, 64);
     let (tx, body) = channel();
@@ -739,12 +750,7 @@ async fn a_websocket_only_route_still_answers_426_to_a_plain_get() {
 async fn http2_clients_are_proxied_to_an_http1_backend() {
     let (b, seen) = echo_backend().await;
     let gw = Gateway::spawn(&http_route(&[b], "")).await;
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2c(gw.addr).await;
     let url = format!("http://app.test:{}/h2?q=1", gw.addr.port());
     let req = Request::get(&url)
         .header("cookie", "a=1")
