@@ -207,6 +207,9 @@ pub enum ProxyError {
     /// reason says which.
     #[error("{0}")]
     RequestFraming(&'static str),
+    /// An OPTIONS or TRACE request whose `Max-Forwards` is not one run of digits.
+    #[error("invalid Max-Forwards")]
+    MaxForwardsInvalid,
     /// A plain request's body is over the route's `max_request_body`.
     #[error("request body over the route's limit of {0} bytes")]
     BodyTooLarge(u64),
@@ -259,7 +262,9 @@ impl ProxyError {
             },
             ProxyError::Policy(e) => e.status(),
             ProxyError::Limit(e) => e.status(),
-            ProxyError::RequestFraming(_) => StatusCode::BAD_REQUEST,
+            ProxyError::RequestFraming(_) | ProxyError::MaxForwardsInvalid => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BodyBroken => StatusCode::BAD_REQUEST,
@@ -289,6 +294,7 @@ impl ProxyError {
             | ProxyError::HostMismatch
             | ProxyError::HostInvalid(_)
             | ProxyError::RequestFraming(_)
+            | ProxyError::MaxForwardsInvalid
             | ProxyError::BodyTooLarge(_)
             | ProxyError::BodyTimeout(_)
             | ProxyError::BodyBroken => Fault::Client,
@@ -316,6 +322,7 @@ impl ProxyError {
             ProxyError::Backend(e) => e.outcome(),
             ProxyError::Limit(e) => e.outcome(),
             ProxyError::RequestFraming(_) => Outcome::RequestFramingInvalid,
+            ProxyError::MaxForwardsInvalid => Outcome::MaxForwardsInvalid,
             ProxyError::BodyTooLarge(_) => Outcome::RequestBodyTooLarge,
             ProxyError::BodyTimeout(_) => Outcome::RequestBodyTimeout,
             ProxyError::BodyBroken => Outcome::ClientGone,

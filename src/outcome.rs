@@ -160,6 +160,8 @@ pub enum Outcome {
     /// The request's body framing is ambiguous or not forwardable: `Content-Length` with
     /// `Transfer-Encoding`, or a transfer coding other than one `chunked` (400).
     RequestFramingInvalid,
+    /// An OPTIONS or TRACE request's `Max-Forwards` is not one run of digits (400).
+    MaxForwardsInvalid,
     /// The request body is over the route's `max_request_body` (413).
     RequestBodyTooLarge,
     /// The client sent no request body bytes for the route's `request_body_timeout` (408).
@@ -279,6 +281,7 @@ impl Outcome {
         Outcome::HandshakeRate,
         Outcome::FdReserve,
         Outcome::RequestFramingInvalid,
+        Outcome::MaxForwardsInvalid,
         Outcome::RequestBodyTooLarge,
         Outcome::RequestBodyTimeout,
         Outcome::Overloaded,
@@ -362,6 +365,7 @@ impl Outcome {
             Outcome::HandshakeRate => "handshake_rate",
             Outcome::FdReserve => "fd_reserve",
             Outcome::RequestFramingInvalid => "request_framing_invalid",
+            Outcome::MaxForwardsInvalid => "max_forwards_invalid",
             Outcome::RequestBodyTooLarge => "request_body_too_large",
             Outcome::RequestBodyTimeout => "request_body_timeout",
             Outcome::Overloaded => "overloaded",

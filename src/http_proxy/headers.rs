@@ -71,6 +71,77 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
     std::str::from_utf8(v.as_bytes()).ok()?.trim().parse().ok()
 }
 
+/// `Max-Forwards` is not one run of digits (or is on several field lines).
+#[derive(Debug, PartialEq, Eq)]
+pub struct InvalidMaxForwards;
+
+/// How many more intermediaries may forward an OPTIONS or TRACE request (RFC 9110 §7.6.2:
+/// each must check and lower it, and answer the request itself at 0): `None` for other
+/// methods, which may ignore it, and when the request has none. A value too long for a
+/// `u64` is as good as unbounded. Not one run of digits, or on several lines, is refused
+/// (Apache's proxy answers 400 too): a guess could loop a TRACE or skip a hop.
+pub fn max_forwards(parts: &Parts) -> Result<Option<u64>, InvalidMaxForwards> {
+    if !matches!(parts.method, http::Method::OPTIONS | http::Method::TRACE) {
+        return Ok(None);
+    }
+    let mut values = parts.headers.get_all(header::MAX_FORWARDS).iter();
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    let digits = v.as_bytes().trim_ascii();
+    if values.next().is_some() || digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(InvalidMaxForwards);
+    }
+    Ok(Some(digits.iter().fold(0u64, |n, d| {
+        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+    })))
+}
+
+/// Request fields a TRACE answer leaves out (RFC 9110 §9.3.8: the final recipient should
+/// exclude what is likely to carry sensitive data). Credentials a browser adds on its own
+/// are what cross-site tracing would read back.
+const NOT_TRACED: &[HeaderName] = &[
+    header::COOKIE,
+    header::AUTHORIZATION,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// The request as received, as the content of a TRACE answer (`message/http`, RFC 9110
+/// §9.3.8): the request line and the fields but [`NOT_TRACED`]. An HTTP/2 request's
+/// `:authority` is written as `host`.
+pub fn trace_echo(parts: &Parts) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let version = match parts.version {
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    };
+    for part in [parts.method.as_str(), " ", target, " ", version, "\r\n"] {
+        out.extend_from_slice(part.as_bytes());
+    }
+    if let Some(authority) = parts
+        .uri
+        .authority()
+        .filter(|_| parts.version == Version::HTTP_2)
+    {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(authority.as_str().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in &parts.headers {
+        if NOT_TRACED.contains(name) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
 /// The host the client asked for: the target's authority (absolute form, HTTP/2
 /// `:authority`), else `Host` (the request target phase made them agree).
 pub fn request_host(parts: &Parts) -> Option<&str> {
@@ -265,6 +336,32 @@ mod tests {
         headers.insert(header::LOCATION, HeaderValue::from_str(location).unwrap());
         rewrite_location(&mut headers, url, &config.routes[0].path);
         headers[header::LOCATION].to_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn max_forwards_is_read_for_options_and_trace_only() {
+        let parts = |method: &str, values: &[&str]| {
+            let mut b = http::Request::builder().method(method).uri("/");
+            for v in values {
+                b = b.header(header::MAX_FORWARDS, *v);
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        assert_eq!(max_forwards(&parts("OPTIONS", &["5"])), Ok(Some(5)));
+        assert_eq!(max_forwards(&parts("TRACE", &[" 0 "])), Ok(Some(0)));
+        assert_eq!(max_forwards(&parts("OPTIONS", &[])), Ok(None));
+        assert_eq!(
+            max_forwards(&parts("TRACE", &["99999999999999999999999"])),
+            Ok(Some(u64::MAX))
+        );
+        assert_eq!(max_forwards(&parts("GET", &["x"])), Ok(None));
+        for bad in [&["+1"][..], &["1.0"], &["0x1"], &["1", "2"]] {
+            assert_eq!(
+                max_forwards(&parts("OPTIONS", bad)),
+                Err(InvalidMaxForwards),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -182,10 +182,28 @@ async fn exchange(
         // gets its 100 and sends nothing.
         return Err(ProxyError::BodyTooLarge(limit));
     }
+    let max_forwards = headers::max_forwards(parts)
+        .map_err(|headers::InvalidMaxForwards| ProxyError::MaxForwardsInvalid)?;
+    // The request as the client sent it, before the policy rewrites it (its `set_headers`
+    // are for the backend's eyes).
+    let echo = (max_forwards == Some(0) && parts.method == Method::TRACE)
+        .then(|| headers::trace_echo(parts));
     let host = headers::request_host(parts).unwrap_or_default().to_string();
     // Read before the policy, which may strip the cookie or header it names.
     let mut affinity = route.pool.affinity(parts, cx.conn.client.ip());
     let admitted = check_policy(cx, route, parts, &host).await?;
+    if max_forwards == Some(0) {
+        let record = record::Record::of_request(
+            cx,
+            route,
+            parts,
+            &host,
+            admitted.user,
+            started,
+            BodyState::new(body, http.max_request_body, http.request_body_timeout),
+        );
+        return Ok(answer_here(cx, record, echo));
+    }
     route
         .pool
         .claim_affinity(&mut affinity, admitted.claims.as_ref());
@@ -199,11 +217,15 @@ async fn exchange(
         started,
         state.clone(),
     ));
+    let mut backend_headers = backend_headers(cx, parts, &host);
+    if let Some(n) = max_forwards {
+        backend_headers.insert(header::MAX_FORWARDS, (n - 1).into());
+    }
     let ex = Exchange {
         route: route.clone(),
         method: parts.method.clone(),
         path_and_query: parts.uri.path_and_query().map(|pq| pq.to_string()),
-        headers: backend_headers(cx, parts, &host),
+        headers: backend_headers,
         host: host.clone(),
         affinity,
         body: state.clone(),
@@ -232,6 +254,34 @@ async fn exchange(
     head.version = Version::default();
     let body = record::ResponseBody::new(incoming, deadline, record, forwarded.in_flight);
     Ok(Response::from_parts(head, body.boxed_unsync()))
+}
+
+/// The answer to an OPTIONS or TRACE request whose `Max-Forwards` has run out here (RFC
+/// 9110 §7.6.2): wsgate is its final recipient. OPTIONS gets 200 without content; TRACE
+/// gets its own request back (`echo`, RFC 9110 §9.3.8). No `Allow`: the methods a resource
+/// takes are its backend's to say, and wsgate forwards any. A body the request came with is
+/// not read (a TRACE must not have one); the connection closes the lingering way if there
+/// is one.
+fn answer_here(cx: &Ctx<'_>, mut record: record::Record, echo: Option<Vec<u8>>) -> Response<Body> {
+    record.backend = Arc::from("");
+    record.status = http::StatusCode::OK;
+    let content = echo.unwrap_or_default();
+    let len = content.len() as u64;
+    let mut response = Response::new(full(http_body_util::Full::new(Bytes::from(content))));
+    let h = response.headers_mut();
+    if record.method == Method::TRACE {
+        h.insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("message/http"),
+        );
+    }
+    h.insert(header::CONTENT_LENGTH, len.into());
+    h.insert(
+        crate::telemetry::correlation::X_REQUEST_ID,
+        cx.ids.request_id_header(),
+    );
+    record.finish(Outcome::Completed, len, None);
+    response
 }
 
 /// The sticky cookie naming the backend that answered, on a route with `sticky` whose

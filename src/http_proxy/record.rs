@@ -84,7 +84,7 @@ impl Record {
     }
 
     /// Counts the exchange on its route and writes its access record.
-    fn finish(self, outcome: Outcome, response_bytes: u64, error: Option<&str>) {
+    pub fn finish(self, outcome: Outcome, response_bytes: u64, error: Option<&str>) {
         let lasted = self.started.elapsed();
         self.route
             .stats

@@ -1007,6 +1007,96 @@ async fn an_http11_request_without_host_gets_400() {
     assert_eq!(uris, ["/old"]);
 }
 
+/// RFC 9110 §7.6.2: an OPTIONS or TRACE request whose `Max-Forwards` is 0 is answered by
+/// the proxy (TRACE with the request it got, credentials left out); above 0 it goes on with
+/// the count lowered by one; other methods pass it unchanged; a count that is not digits is
+/// refused. Over HTTP/1.1 and HTTP/2.
+#[tokio::test]
+async fn max_forwards_is_counted_down_and_answered_at_zero() {
+    let (b, seen) = echo_backend().await;
+    let gw = Gateway::spawn(&http_route(&[b], "")).await;
+
+    let (_s, resp) = raw_exchange(
+        gw.addr,
+        b"OPTIONS /x HTTP/1.1\r\nHost: app.test\r\nMax-Forwards: 0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.head);
+    assert_eq!(resp.header("content-length").as_deref(), Some("0"));
+    assert!(resp.header("x-request-id").is_some(), "{}", resp.head);
+
+    let (_s, resp) = raw_exchange(
+        gw.addr,
+        b"TRACE /t?q=1 HTTP/1.1\r\nHost: app.test\r\nMax-Forwards: 0\r\nX-Probe: yes\r\n\
+          Cookie: session=secret\r\nAuthorization: Bearer secret\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.head);
+    assert_eq!(resp.header("content-type").as_deref(), Some("message/http"));
+    assert!(
+        resp.body.starts_with("TRACE /t?q=1 HTTP/1.1\r\n"),
+        "{:?}",
+        resp.body
+    );
+    assert!(resp.body.contains("x-probe: yes\r\n"), "{:?}", resp.body);
+    assert!(resp.body.contains("max-forwards: 0\r\n"), "{:?}", resp.body);
+    assert!(resp.body.ends_with("\r\n\r\n"), "{:?}", resp.body);
+    assert!(!resp.body.contains("secret"), "{:?}", resp.body);
+    assert!(seen.lock().unwrap().is_empty(), "a request at 0 went on");
+
+    for method in ["OPTIONS", "TRACE"] {
+        let req = format!("{method} /on HTTP/1.1\r\nHost: app.test\r\nMax-Forwards: 3\r\n\r\n");
+        let (_s, resp) = raw_exchange(gw.addr, req.as_bytes()).await;
+        assert_eq!(resp.status, 200, "{}", resp.head);
+        let (_s, resp) = raw_exchange(
+            gw.addr,
+            b"GET /get HTTP/1.1\r\nHost: app.test\r\nMax-Forwards: 0\r\n\r\n",
+        )
+        .await;
+        assert_eq!(resp.status, 200, "{}", resp.head);
+        let seen = seen.lock().unwrap();
+        let [.., forwarded, get] = &seen[..] else {
+            panic!("{} requests reached the backend", seen.len());
+        };
+        assert_eq!(forwarded.method, method);
+        assert_eq!(forwarded.headers["max-forwards"], "2");
+        assert_eq!(get.headers["max-forwards"], "0", "GET may ignore it");
+    }
+
+    for value in ["-1", "1x", "", "1, 2"] {
+        let req =
+            format!("OPTIONS /bad HTTP/1.1\r\nHost: app.test\r\nMax-Forwards: {value}\r\n\r\n");
+        let (_s, resp) = raw_exchange(gw.addr, req.as_bytes()).await;
+        assert_eq!(resp.status, 400, "Max-Forwards: {value:?}");
+        assert_eq!(resp.body, "invalid Max-Forwards\n");
+    }
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        4,
+        "a refused request reached the backend"
+    );
+
+    let mut sender = h2c(gw.addr).await;
+    let req = Request::builder()
+        .method("TRACE")
+        .uri(format!("http://app.test:{}/h2", gw.addr.port()))
+        .header("max-forwards", "0")
+        .header("cookie", "session=secret")
+        .body(full(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (echo, _) = read_body(resp).await;
+    let echo = String::from_utf8(echo.to_vec()).unwrap();
+    let port = gw.addr.port();
+    assert!(
+        echo.starts_with(&format!("TRACE /h2 HTTP/2\r\nhost: app.test:{port}\r\n")),
+        "{echo:?}"
+    );
+    assert!(!echo.contains("secret"), "{echo:?}");
+    assert_eq!(seen.lock().unwrap().len(), 4);
+}
+
 /// A backend plain requests cannot reach is ejected as one handshakes cannot reach is: after
 /// `max_failures` (1 here), even a request that may not fail over (it has a body) is sent to
 /// the live backend instead.
