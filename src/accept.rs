@@ -129,7 +129,9 @@ pub async fn accept_loop(
         set_socket_options(&stream);
         let (state, stop) = (state.clone(), stop.clone());
         let timeout = config.handshake_timeout;
-        let proxy_protocol = config.proxy_protocol;
+        let proxy_protocol = config.proxy_protocol
+            && (config.proxy_protocol_from.is_empty()
+                || crate::policy::forwarding::is_trusted(&config.proxy_protocol_from, peer.ip()));
         let trusted_proxies = config.trusted_proxies.clone();
         let reasons = reasons.clone();
         match &config.tls {
@@ -312,9 +314,10 @@ async fn tls_handshake(
     }
 }
 
-/// The client's address: on a listener with `proxy_protocol`, the source the PROXY header
-/// names (or the TCP peer, for a v1 `UNKNOWN` or v2 `LOCAL` header), read before anything
-/// else and by `deadline`; otherwise the TCP peer.
+/// The client's address: where the connection starts with a PROXY header (a listener with
+/// `proxy_protocol`, from a peer its `proxy_protocol_from` names if it has one), the source
+/// the header names (or the TCP peer, for a v1 `UNKNOWN` or v2 `LOCAL` header), read before
+/// anything else and by `deadline`; otherwise the TCP peer.
 ///
 /// `None` means close the connection without a word: a missing, malformed or late header
 /// comes from a load balancer speaking the wrong protocol (or from something that bypassed

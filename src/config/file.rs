@@ -107,6 +107,9 @@ pub struct FileListener {
     pub tls: Option<Spanned<FileTls>>,
     /// Expect a PROXY protocol (v1 or v2) header before anything else on every connection.
     pub proxy_protocol: Option<bool>,
+    /// With `proxy_protocol`: the peers (CIDRs or addresses) that send the header; any other
+    /// is served without one, as a direct client.
+    pub proxy_protocol_from: Option<Spanned<Vec<SpStr>>>,
     /// Peers (CIDRs or addresses) whose `X-Forwarded-*` / `Forwarded` headers are believed.
     pub trusted_proxies: Option<Spanned<Vec<SpStr>>>,
     /// Serve HTTP/2 (ALPN `h2` on TLS, prior knowledge on plain TCP) and WebSockets over it

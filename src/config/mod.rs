@@ -208,6 +208,10 @@ pub struct ListenerConfig {
     pub tls: Option<std::sync::Arc<crate::tls::TlsListener>>,
     /// Read a PROXY protocol v1/v2 header first; its source address is the client's.
     pub proxy_protocol: bool,
+    /// With `proxy_protocol`: the only peers whose connections start with the header (the
+    /// load balancers); any other peer is a client connecting directly. Empty: every peer
+    /// sends it.
+    pub proxy_protocol_from: std::sync::Arc<[crate::policy::forwarding::Cidr]>,
     /// Peers whose forwarding headers are believed (see [`crate::policy::forwarding`]).
     pub trusted_proxies: std::sync::Arc<[crate::policy::forwarding::Cidr]>,
     /// Serve HTTP/2, and WebSockets over it (RFC 8441).

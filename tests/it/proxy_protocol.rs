@@ -258,6 +258,93 @@ async fn a_silent_peer_is_closed_after_the_handshake_timeout() {
     );
 }
 
+/// A connection to `gw` from the loopback address `from` (the whole of 127/8 is local).
+async fn connect_from(gw: &Gateway, from: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(addr(&format!("{from}:0"))).unwrap();
+    socket.connect(gw.addr).await.unwrap()
+}
+
+/// With `proxy_protocol_from`, only the named peers (the load balancers) send the header and
+/// must; any other peer is a direct client: its own address is the client, and a PROXY line
+/// from it is bad HTTP, so it cannot claim another address.
+#[tokio::test]
+async fn proxy_protocol_from_names_the_peers_that_send_the_header() {
+    let backend = EchoBackend::spawn().await;
+    let gw = pp_gateway(&backend, "proxy_protocol_from = [\"127.0.0.2/32\"]\n").await;
+    let header = v1(addr("203.0.113.7:51234"), addr("192.0.2.10:80"));
+    let request = upgrade_request("/", "");
+
+    let mut balancer = connect_from(&gw, "127.0.0.2").await;
+    balancer
+        .write_all(&[&header[..], request.as_bytes()].concat())
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut balancer).await.status, 101);
+    let seen = backend.last_request();
+    assert_eq!(seen.header("x-forwarded-for"), Some("203.0.113.7"));
+
+    let mut balancer = connect_from(&gw, "127.0.0.2").await;
+    balancer.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(
+        read_until_closed(&mut balancer).await,
+        b"",
+        "the balancer's connection without a header"
+    );
+
+    let mut direct = connect_from(&gw, "127.0.0.3").await;
+    direct.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut direct).await.status, 101);
+    let seen = backend.last_request();
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.3"));
+
+    let mut spoofer = connect_from(&gw, "127.0.0.3").await;
+    spoofer
+        .write_all(&[&header[..], request.as_bytes()].concat())
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut spoofer).await.status, 400);
+    assert_eq!(backend.request_count(), 2);
+}
+
+#[test]
+fn proxy_protocol_from_errors_name_the_key_and_line() {
+    let cases = [
+        (
+            "proxy_protocol_from = [\"10.0.0.0/8\"]",
+            "listener[0].proxy_protocol_from",
+            "only with proxy_protocol = true",
+        ),
+        (
+            "proxy_protocol = true\nproxy_protocol_from = []",
+            "listener[0].proxy_protocol_from",
+            "empty",
+        ),
+        (
+            "proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/33\"]",
+            "listener[0].proxy_protocol_from[0]",
+            "prefix length",
+        ),
+    ];
+    for (keys, key, words) in cases {
+        let toml = format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{keys}\n{}",
+            route("r", "/", &["ws://127.0.0.1:1".to_string()])
+        );
+        let errors = wsgate::config::from_toml_str(&toml).unwrap_err();
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let line = toml
+            .lines()
+            .position(|l| l.starts_with("proxy_protocol_from"))
+            .unwrap()
+            + 1;
+        assert!(
+            matches!(&errors[..], [e] if e.line == Some(line) && e.key == key && e.message.contains(words)),
+            "{keys}: {shown:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn without_the_option_a_proxy_line_is_a_bad_request() {
     let backend = EchoBackend::spawn().await;

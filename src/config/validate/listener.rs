@@ -66,11 +66,22 @@ impl Validator<'_> {
                         &format!("{key}.trusted_proxies"),
                         l.trusted_proxies.as_ref(),
                     );
+                    let proxy_protocol = l.proxy_protocol.unwrap_or(false);
+                    let from_key = format!("{key}.proxy_protocol_from");
+                    let proxy_protocol_from = self.cidrs(&from_key, l.proxy_protocol_from.as_ref());
+                    if let Some(list) = &l.proxy_protocol_from {
+                        if !proxy_protocol {
+                            self.err(from_key, Some(list.span()), "only with proxy_protocol = true: it names the peers that send the PROXY header");
+                        } else if list.get_ref().is_empty() {
+                            self.err(from_key, Some(list.span()), "empty: no peer would send the PROXY header; name the load balancers' addresses, or leave the key out for every peer");
+                        }
+                    }
                     listeners.push(ListenerConfig {
                         addr,
                         handshake_timeout,
                         tls: tls.as_ref().map(|t| t.listener.clone()),
-                        proxy_protocol: l.proxy_protocol.unwrap_or(false),
+                        proxy_protocol,
+                        proxy_protocol_from: proxy_protocol_from.into(),
                         http2: l.http2.unwrap_or(true),
                         tls_watch: tls.and_then(|t| t.watch),
                         trusted_proxies: trusted_proxies.into(),
