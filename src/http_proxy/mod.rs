@@ -463,8 +463,19 @@ fn backend_request(
         &target.url.authority
     };
     // The URI's authority is what an HTTP/2 backend gets as `:authority`, so it is the `Host`
-    // sent; the target's connector connects to the target whatever it names.
-    let uri = headers::backend_uri(target.url.tls, host, &path)
+    // sent; the target's connector connects to the target whatever it names. It is also the
+    // key the pooled client keeps connections under: a plain `http://` target speaks
+    // HTTP/1.1 only, where the `Host` header alone carries the client's host, so its URI
+    // names the target and every client host shares one pool. Keyed by the client's host,
+    // each new `Host` (any port or letter case of it will do) would cost a backend connection
+    // that then idles for `http_idle_timeout`: a client could hold four seconds' worth of its
+    // requests as open backend connections.
+    let authority = if target.url.tls {
+        host
+    } else {
+        &target.url.authority
+    };
+    let uri = headers::backend_uri(target.url.tls, authority, &path)
         .or_else(|| headers::backend_uri(target.url.tls, &target.url.authority, &path))
         .ok_or_else(|| {
             BackendError::RequestFailed(format!("no valid URI for {}{path}", target.name))

@@ -1262,6 +1262,62 @@ async fn an_https_backend_that_offers_http2_is_spoken_to_in_http2() {
     assert_eq!(seen[2].header("host"), Some("app.test:8443"));
 }
 
+/// With `preserve_host`, a plain `http://` backend gets each client's `Host`, over the same
+/// pooled connection whatever that host is: a new host (here a new port of the same name)
+/// must not open a new backend connection that then idles in a pool of its own.
+#[tokio::test]
+async fn preserved_hosts_share_one_pool_toward_an_http_backend() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let hosts: SeenLog = Arc::default();
+    let (count, log) = (accepted.clone(), hosts.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let log = log.clone();
+            let handler: Handler = Arc::new(move |req: Request<Incoming>| {
+                let log = log.clone();
+                Box::pin(async move {
+                    log.lock().unwrap().push(Seen {
+                        method: req.method().to_string(),
+                        uri: req.uri().to_string(),
+                        version: req.version(),
+                        headers: req.headers().clone(),
+                        body: Bytes::new(),
+                        trailers: None,
+                    });
+                    Response::new(full("ok"))
+                })
+            });
+            tokio::spawn(serve_backend_conn(stream, handler));
+        }
+    });
+    let gw = Gateway::spawn(&http_route(&[b], "preserve_host = true")).await;
+    for port in 1..=20 {
+        let host = format!("app.test:{port}");
+        let resp = send(
+            gw.addr,
+            Request::get("/p")
+                .header("host", &host)
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+        // The body read to its end puts the backend connection back in the pool.
+        assert_eq!(read_body(resp).await.0, "ok");
+        let seen = hosts.lock().unwrap();
+        assert_eq!(seen.last().unwrap().header("host"), Some(host.as_str()));
+        assert_eq!(seen.last().unwrap().uri, "/p");
+    }
+    let opened = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        opened <= 2,
+        "20 client hosts opened {opened} backend connections"
+    );
+}
+
 /// A backend that announces each request it gets on the returned receiver, and answers it
 /// only when the test adds a permit to the returned semaphore.
 async fn held_backend() -> (
