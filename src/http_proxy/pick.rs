@@ -123,10 +123,11 @@ fn client(s: &ClientSettings, url: &BackendUrl) -> Result<PooledClient, String> 
 /// the request's URI names, and its whole connect, the TLS handshake included, ends within
 /// `timeout`.
 ///
-/// The address: with `preserve_host`, the request's URI carries the client's host, which an
-/// HTTP/2 backend gets as `:authority` (RFC 9113 §8.3.1 wants it to agree with `Host`), and
-/// the pooled client keys its connections by it; the connection still goes to the target
-/// (and TLS names the target, as on the WebSocket path).
+/// The address: with `preserve_host`, an `https://` target's request URI carries the
+/// client's host, which an HTTP/2 backend gets as `:authority` (RFC 9113 §8.3.1 wants it to
+/// agree with `Host`), and the pooled client keys its connections by it; the connection
+/// still goes to the target (and TLS names the target, as on the WebSocket path). An
+/// `http://` target's URI always names the target (see `backend_request`).
 ///
 /// The timeout: `HttpConnector`'s own covers the TCP connect only, and a backend that
 /// accepts and never finishes its handshake would otherwise hold the request until the
