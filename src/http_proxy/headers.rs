@@ -7,6 +7,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Version, uri};
 
+use crate::backend::wire::push_field;
 use crate::config::BackendUrl;
 use crate::handshake::list_values;
 use crate::policy::forwarding::{self, ClientAddr};
@@ -125,18 +126,12 @@ pub fn trace_echo(parts: &Parts) -> Vec<u8> {
         .authority()
         .filter(|_| parts.version == Version::HTTP_2)
     {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(authority.as_str().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_field(&mut out, "host", authority.as_str().as_bytes());
     }
     for (name, value) in &parts.headers {
-        if NOT_TRACED.contains(name) {
-            continue;
+        if !NOT_TRACED.contains(name) {
+            push_field(&mut out, name.as_str(), value.as_bytes());
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
     out

@@ -192,23 +192,8 @@ async fn exchange(
     // Read before the policy, which may strip the cookie or header it names.
     let mut affinity = route.pool.affinity(parts, cx.conn.client.ip());
     let admitted = check_policy(cx, route, parts, &host).await?;
-    if max_forwards == Some(0) {
-        let record = record::Record::of_request(
-            cx,
-            route,
-            parts,
-            &host,
-            admitted.user,
-            started,
-            BodyState::new(body, http.max_request_body, http.request_body_timeout),
-        );
-        return Ok(answer_here(cx, record, echo));
-    }
-    route
-        .pool
-        .claim_affinity(&mut affinity, admitted.claims.as_ref());
     let state = BodyState::new(body, http.max_request_body, http.request_body_timeout);
-    waiting.arm(record::Record::of_request(
+    let record = record::Record::of_request(
         cx,
         route,
         parts,
@@ -216,7 +201,14 @@ async fn exchange(
         admitted.user,
         started,
         state.clone(),
-    ));
+    );
+    if max_forwards == Some(0) {
+        return Ok(answer_here(cx, record, echo));
+    }
+    route
+        .pool
+        .claim_affinity(&mut affinity, admitted.claims.as_ref());
+    waiting.arm(record);
     let mut backend_headers = backend_headers(cx, parts, &host);
     if let Some(n) = max_forwards {
         backend_headers.insert(header::MAX_FORWARDS, (n - 1).into());
