@@ -50,6 +50,8 @@ pub struct BodyState {
     unread: Mutex<Option<ClientBody>>,
     /// An attempt has started reading the body: it can no longer go to another backend.
     taken: AtomicBool,
+    /// The request came without a body: any attempt can send it again.
+    empty: bool,
     /// The whole body has been read (or there was none).
     complete: AtomicBool,
     /// Wakes [`BodyState::read_in_full`] when `complete` is set.
@@ -72,6 +74,7 @@ impl BodyState {
             idle,
             unread: Mutex::new((!empty).then_some(body)),
             taken: AtomicBool::new(false),
+            empty,
             complete: AtomicBool::new(empty),
             completed: Notify::new(),
             fault: AtomicU8::new(FAULT_NONE),
@@ -94,6 +97,12 @@ impl BodyState {
     /// Whether an attempt has started reading the body (it cannot be sent again).
     pub fn taken(&self) -> bool {
         self.taken.load(Ordering::Acquire)
+    }
+
+    /// Whether the request can be sent again whole: it has no body, or no attempt has
+    /// started reading it.
+    pub fn replayable(&self) -> bool {
+        self.empty || !self.taken()
     }
 
     /// Resolves once the whole body has been read from the client: when the backend's

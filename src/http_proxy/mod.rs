@@ -365,9 +365,11 @@ struct Forwarded {
 
 /// The stack's innermost service: the backends in balancing order until one answers. Only
 /// a connect failure moves on, whatever the method: nothing of the request was sent, and
-/// its body still waits in the [`BodyState`] for the next attempt. Any other failure is the
-/// answer. The response head must come within `response_header_timeout` of the client's
-/// body read in full (see [`BodyState::backend_overdue`]), connects included.
+/// its body still waits in the [`BodyState`] for the next attempt. A connection that closed
+/// under an idempotent request before any of the answer came (see [`stale_connection`]) is
+/// tried again on the same backend, at most [`STALE_RETRIES`] times. Any other failure is
+/// the answer. The response head must come within `response_header_timeout` of the
+/// client's body read in full (see [`BodyState::backend_overdue`]), connects included.
 async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
     let route = &ex.route;
     let http = route.config.http.as_ref().ok_or(ProxyError::NoRoute)?;
@@ -382,8 +384,10 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
     tokio::pin!(head_deadline);
     let mut failures = Vec::new();
     let mut all_timeouts = true;
-    for i in order {
-        if state.taken() {
+    let mut stale_retries = 0;
+    let mut order = order.into_iter().peekable();
+    while let Some(&i) = order.peek() {
+        if !state.replayable() {
             // A connect failure after the body was read: it cannot be sent again.
             break;
         }
@@ -423,6 +427,19 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
                 tracing::warn!(route = %route.name, backend = &*target.name, error = %detail, "backend connect failed");
                 targets.failed(i, outcome, route);
                 failures.push(format!("{}: {detail}", target.name));
+                order.next();
+            }
+            Err(e)
+                if stale_retries < STALE_RETRIES
+                    && stale_connection(&e)
+                    && ex.method.is_idempotent()
+                    && state.replayable()
+                    && state.client_fault().is_none() =>
+            {
+                // The same backend again: the connection is gone from its pool.
+                stale_retries += 1;
+                let detail = crate::http_client::error_chain(&e);
+                tracing::debug!(route = %route.name, backend = &*target.name, error = %detail, "connection closed under the request; sending it again");
             }
             Err(e) => return Err(request_failed(&e, state).into()),
         }
@@ -494,6 +511,32 @@ fn backend_request(
         req.headers_mut().insert(header::HOST, v);
     }
     Ok(req)
+}
+
+/// How many times one request is sent again after [`stale_connection`] failures: a backend
+/// that closes its idle connections together can leave a few of them in the pool.
+const STALE_RETRIES: usize = 2;
+
+/// Whether a request failed because its connection closed (or was reset) before any of the
+/// answer came: the backend closed a kept-alive connection as the request went out on it,
+/// the race every keep-alive pool has (hyper-util already resends a request that had not
+/// been written yet). An idempotent request (RFC 9110 §9.2.2) can be sent again, as nginx
+/// sends one again after an error on a cached connection; another one cannot, since the
+/// backend may have acted on it.
+fn stale_connection(e: &hyper_util::client::legacy::Error) -> bool {
+    if let Some(h) = find_cause::<hyper::Error>(e)
+        && h.is_incomplete_message()
+    {
+        return true;
+    }
+    find_cause::<std::io::Error>(e).is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::ConnectionAborted
+        )
+    })
 }
 
 /// A failure after the request went out: the client's doing (its body over the limit 413,

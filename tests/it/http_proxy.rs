@@ -1318,6 +1318,129 @@ async fn preserved_hosts_share_one_pool_toward_an_http_backend() {
     );
 }
 
+/// A hand-written keep-alive backend that closes the connection under the first request for
+/// each path starting with `/drop` (read, never answered: a kept-alive connection the
+/// backend closed as the request arrived), and answers every other request with its path.
+/// Returns its address and each request's (method, path, connection number).
+async fn dropping_backend() -> (SocketAddr, Arc<Mutex<Vec<(String, String, usize)>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<(String, String, usize)>>> = Arc::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        let mut conn = 0;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            conn += 1;
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(end) = read_until_head_end(&mut stream, &mut buf).await else {
+                        return;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    while buf.len() < end + length {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..end + length);
+                    let mut words = head.split_whitespace();
+                    let (method, path) = (
+                        words.next().unwrap().to_string(),
+                        words.next().unwrap().to_string(),
+                    );
+                    let first = {
+                        let mut log = log.lock().unwrap();
+                        let first = !log.iter().any(|(_, p, _)| *p == path);
+                        log.push((method, path.clone(), conn));
+                        first
+                    };
+                    if first && path.starts_with("/drop") {
+                        return;
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
+                        path.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Reads into `buf` until it holds a whole head; its length, or `None` at the end.
+async fn read_until_head_end(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(i + 4);
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// A kept-alive backend connection that closes under a request (the backend's keep-alive
+/// timer ran out as the request arrived) costs an idempotent request nothing: it is sent
+/// again on a new connection. A POST is not (the backend may have acted on it): 502.
+#[tokio::test]
+async fn an_idempotent_request_is_sent_again_when_its_pooled_connection_closes_under_it() {
+    let (b, seen) = dropping_backend().await;
+    let gw = Gateway::spawn(&http_route(&[b], "")).await;
+    let (_s, resp) = raw_exchange(gw.addr, b"GET /warm HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+    assert_eq!((resp.status, resp.body.as_str()), (200, "/warm"));
+    for method in ["GET", "PUT", "DELETE"] {
+        let path = format!("/drop-{method}");
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: app.test\r\n\r\n");
+        let (_s, resp) = raw_exchange(gw.addr, req.as_bytes()).await;
+        assert_eq!(
+            (resp.status, resp.body.as_str()),
+            (200, path.as_str()),
+            "{method}"
+        );
+    }
+    let (_s, resp) = raw_exchange(
+        gw.addr,
+        b"POST /drop-post HTTP/1.1\r\nHost: app.test\r\nContent-Length: 4\r\n\r\nbody",
+    )
+    .await;
+    assert_eq!(resp.status, 502, "{}", resp.head);
+    // A PUT with a body the backend has read cannot be sent again either.
+    let (_s, resp) = raw_exchange(
+        gw.addr,
+        b"PUT /drop-put-body HTTP/1.1\r\nHost: app.test\r\nContent-Length: 4\r\n\r\nbody",
+    )
+    .await;
+    assert_eq!(resp.status, 502, "{}", resp.head);
+    let seen = seen.lock().unwrap();
+    let count = |p: &str| seen.iter().filter(|(_, path, _)| path == p).count();
+    for p in ["/drop-GET", "/drop-PUT", "/drop-DELETE"] {
+        assert_eq!(count(p), 2, "{p}: {seen:?}");
+    }
+    assert_eq!(count("/drop-post"), 1, "{seen:?}");
+    assert_eq!(count("/drop-put-body"), 1, "{seen:?}");
+    // Each dropped request had gone out on the connection kept alive from the one before.
+    let warm = seen[0].2;
+    assert_eq!(seen[1].2, warm, "{seen:?}");
+}
+
 /// A backend that announces each request it gets on the returned receiver, and answers it
 /// only when the test adds a permit to the returned semaphore.
 async fn held_backend() -> (
