@@ -48,8 +48,11 @@ impl HttpClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
+        // The idle timeout needs the pool's timer, or idle connections are kept until the
+        // server closes them.
         let inner = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
+            .pool_timer(hyper_util::rt::TokioTimer::new())
             .pool_max_idle_per_host(32)
             .build(https);
         HttpClient { inner }
@@ -57,18 +60,29 @@ impl HttpClient {
 
     /// Sends `req` and reads the whole response, all within `timeout`; a body longer than
     /// `max_body` is an error (an auth service or key server has no reason to send megabytes).
+    /// An idempotent request whose kept-alive connection closes under it, before any of the
+    /// answer, is sent again on another connection, at most twice.
     pub async fn send(
         &self,
         req: Request<Full<Bytes>>,
         timeout: Duration,
         max_body: usize,
     ) -> Result<Response<Bytes>, ClientError> {
+        let (parts, body) = req.into_parts();
+        let again = parts.method.is_idempotent();
         let run = async {
-            let resp = self
-                .inner
-                .request(req)
-                .await
-                .map_err(|e| ClientError::Request(error_chain(&e)))?;
+            let mut retries = 0;
+            let resp = loop {
+                let req = Request::from_parts(parts.clone(), body.clone());
+                match self.inner.request(req).await {
+                    Ok(resp) => break resp,
+                    Err(e) if again && retries < STALE_RETRIES && stale_connection(&e) => {
+                        retries += 1;
+                        tracing::debug!(uri = %parts.uri, error = %error_chain(&e), "connection closed under the request; sending it again");
+                    }
+                    Err(e) => return Err(ClientError::Request(error_chain(&e))),
+                }
+            };
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, max_body)
                 .collect()
@@ -104,6 +118,46 @@ impl HttpClient {
             .map_err(|e| ClientError::Request(e.to_string()))?;
         self.send(req, timeout, max_body).await
     }
+}
+
+/// How many times one request is sent again after [`stale_connection`] failures: a server
+/// that closes its idle connections together can leave a few of them in the pool.
+pub(crate) const STALE_RETRIES: usize = 2;
+
+/// Whether a request failed because its connection closed (or was reset) before any of the
+/// answer came: the server closed a kept-alive connection as the request went out on it, the
+/// race every keep-alive pool has (hyper-util already resends a request that had not been
+/// written yet). An idempotent request (RFC 9110 §9.2.2) can be sent again, as nginx sends
+/// one again after an error on a cached connection; another one cannot, since the server may
+/// have acted on it.
+pub(crate) fn stale_connection(e: &hyper_util::client::legacy::Error) -> bool {
+    if let Some(h) = find_cause::<hyper::Error>(e)
+        && h.is_incomplete_message()
+    {
+        return true;
+    }
+    find_cause::<std::io::Error>(e).is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::ConnectionAborted
+        )
+    })
+}
+
+/// The first error of type `T` in `e`'s source chain.
+pub(crate) fn find_cause<'e, T: std::error::Error + 'static>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(t) = c.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = c.source();
+    }
+    None
 }
 
 /// hyper-util's errors say "client error (Connect)" and keep the cause in `source()`.

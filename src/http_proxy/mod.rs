@@ -31,6 +31,7 @@ use tower::{BoxError, ServiceBuilder, ServiceExt};
 use crate::config::BackendUrl;
 use crate::error::{BackendError, ProxyError};
 use crate::head_guard::ClientBody;
+use crate::http_client::{STALE_RETRIES, find_cause, stale_connection};
 use crate::outcome::Outcome;
 use crate::policy::RequestFacts;
 use crate::proxy::Ctx;
@@ -513,32 +514,6 @@ fn backend_request(
     Ok(req)
 }
 
-/// How many times one request is sent again after [`stale_connection`] failures: a backend
-/// that closes its idle connections together can leave a few of them in the pool.
-const STALE_RETRIES: usize = 2;
-
-/// Whether a request failed because its connection closed (or was reset) before any of the
-/// answer came: the backend closed a kept-alive connection as the request went out on it,
-/// the race every keep-alive pool has (hyper-util already resends a request that had not
-/// been written yet). An idempotent request (RFC 9110 §9.2.2) can be sent again, as nginx
-/// sends one again after an error on a cached connection; another one cannot, since the
-/// backend may have acted on it.
-fn stale_connection(e: &hyper_util::client::legacy::Error) -> bool {
-    if let Some(h) = find_cause::<hyper::Error>(e)
-        && h.is_incomplete_message()
-    {
-        return true;
-    }
-    find_cause::<std::io::Error>(e).is_some_and(|io| {
-        matches!(
-            io.kind(),
-            std::io::ErrorKind::ConnectionReset
-                | std::io::ErrorKind::BrokenPipe
-                | std::io::ErrorKind::ConnectionAborted
-        )
-    })
-}
-
 /// A failure after the request went out: the client's doing (its body over the limit 413,
 /// stalled 408, broken off 400), or the backend's (502).
 fn request_failed(e: &hyper_util::client::legacy::Error, state: &BodyState) -> ProxyError {
@@ -559,20 +534,6 @@ fn stack_error(e: BoxError) -> ProxyError {
         Ok(e) => *e,
         Err(e) => BackendError::RequestFailed(e.to_string()).into(),
     }
-}
-
-/// The first error of type `T` in `e`'s source chain.
-fn find_cause<'e, T: std::error::Error + 'static>(
-    e: &'e (dyn std::error::Error + 'static),
-) -> Option<&'e T> {
-    let mut cur = Some(e);
-    while let Some(c) = cur {
-        if let Some(t) = c.downcast_ref::<T>() {
-            return Some(t);
-        }
-        cur = c.source();
-    }
-    None
 }
 
 /// Whether a connect failure was the connect timeout (504) rather than a refusal (502).

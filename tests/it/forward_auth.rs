@@ -192,6 +192,65 @@ async fn slow_failing_or_absent_auth_service_is_503() {
     );
 }
 
+/// An auth service that closes a kept-alive connection as a check arrives on it (its
+/// keep-alive timer ran out: Node's is 5 s) does not turn that check into a 503: the check is
+/// a GET, and is asked again on a new connection.
+#[tokio::test]
+async fn a_check_whose_kept_alive_connection_closes_under_it_is_asked_again() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = asked.clone();
+    tokio::spawn(async move {
+        // The first connection answers one check and closes under the next one; any later
+        // connection answers every check.
+        let mut first = true;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let answers = if first { 1 } else { usize::MAX };
+            first = false;
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for _ in 0..answers {
+                    loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..i + 4);
+                            break;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let ok = "HTTP/1.1 200 OK\r\nX-User: alice\r\nContent-Length: 0\r\n\r\n";
+                    if stream.write_all(ok.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                // Read the next check, then close without an answer.
+                let mut chunk = [0u8; 4096];
+                let _ = stream.read(&mut chunk).await;
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+    });
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway(&backend, &format!("http://{addr}/check"), "").await;
+    for i in 0..3 {
+        let r = upgrade(&gw, "/", "Cookie: session=abc\r\n").await;
+        assert_eq!(r.status, 101, "handshake {i}: {}", r.head);
+        assert_eq!(all(&backend.last_request().headers, "x-user"), ["alice"]);
+    }
+    assert_eq!(
+        asked.load(std::sync::atomic::Ordering::SeqCst),
+        4,
+        "three checks, one of them asked twice"
+    );
+}
+
 #[tokio::test]
 async fn cached_allow_skips_the_subrequest() {
     let auth = FakeAuth::spawn().await;
