@@ -42,8 +42,9 @@ pub trait Sleeper: Send + 'static {
     fn listen(&self, waker: &Waker);
     /// A signal (a close request, a drain) is waiting for it.
     fn signalled(&self) -> bool;
-    /// Runs it again, in a task of its own on the current worker.
-    fn wake(self: Box<Self>);
+    /// Runs it again, in a task of its own on the current worker. `by_input`: input or a
+    /// close on one of its sockets woke it (not a timer or a signal).
+    fn wake(self: Box<Self>, by_input: bool);
 }
 
 /// Every worker's lot, by its thread: a session hibernates where it ran, and wakes there.
@@ -249,7 +250,7 @@ impl Lot {
     /// whom a signal concerns. Ends when the lot is empty (the next park starts it again).
     fn poll_drive(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.poke.driver.register(cx.waker());
-        let mut woken: Vec<Box<dyn Sleeper>> = Vec::new();
+        let mut woken: Vec<(Box<dyn Sleeper>, Cause)> = Vec::new();
         let mut inner = lock(&self.inner);
         loop {
             if self.poke.poked.swap(false, Ordering::AcqRel) {
@@ -324,8 +325,8 @@ impl Lot {
             inner.timer = None;
         }
         drop(inner);
-        for sleeper in woken {
-            sleeper.wake();
+        for (sleeper, cause) in woken {
+            sleeper.wake(matches!(cause, Cause::Input));
         }
         if empty {
             Poll::Ready(())
@@ -359,7 +360,7 @@ impl Inner {
         slot: u32,
         generation: Option<u32>,
         cause: Cause,
-    ) -> Option<Box<dyn Sleeper>> {
+    ) -> Option<(Box<dyn Sleeper>, Cause)> {
         let epoll = self.epoll.as_ref().map_or(-1, |e| e.get_ref().as_raw_fd());
         let s = self.slots.get_mut(slot as usize)?;
         if generation.is_some_and(|g| g != s.generation) {
@@ -373,7 +374,7 @@ impl Inner {
         self.free.push(slot);
         self.asleep -= 1;
         self.counts.woke(cause);
-        Some(sleeper)
+        Some((sleeper, cause))
     }
 }
 
@@ -586,7 +587,7 @@ mod tests {
         fn signalled(&self) -> bool {
             self.signal.load(Ordering::Acquire)
         }
-        fn wake(self: Box<Self>) {
+        fn wake(self: Box<Self>, _by_input: bool) {
             let _ = self.woke.send("woke");
         }
     }

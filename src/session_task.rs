@@ -161,7 +161,7 @@ fn hibernate(mut s: Awake, wake_at: Option<Instant>) -> Option<Awake> {
     let (c, b) = s.relay.legs_mut();
     if let Err(e) = c.sleep().and_then(|_| b.sleep()) {
         tracing::debug!(session = s.session.info.id, error = %e, "cannot hibernate");
-        return Some(woken(s));
+        return Some(woken(s, false));
     }
     let sessions = s.session.registry().clone();
     // Set before the park, on the worker that would wake it: nothing can wake it sooner.
@@ -172,12 +172,13 @@ fn hibernate(mut s: Awake, wake_at: Option<Instant>) -> Option<Awake> {
         _token: sessions.task_token(),
     });
     let refused = sessions.lots().park(asleep, wake_at).err();
-    refused.map(|asleep| woken(asleep.awake))
+    refused.map(|asleep| woken(asleep.awake, false))
 }
 
 /// Brings a session's legs back into the runtime. A leg that cannot come back is closed:
-/// the relay then sees an error on it and ends the session.
-fn woken(mut s: Awake) -> Awake {
+/// the relay then sees an error on it and ends the session. `by_input`: one of its sockets
+/// woke it (see [`relay::Relay::woke`]).
+fn woken(mut s: Awake, by_input: bool) -> Awake {
     let (c, b) = s.relay.legs_mut();
     for leg in [c, b] {
         if let Err(e) = leg.wake() {
@@ -186,7 +187,7 @@ fn woken(mut s: Awake) -> Awake {
     }
     let flag = &s.session.info.link.counters.hibernating;
     flag.store(false, std::sync::atomic::Ordering::Relaxed);
-    s.relay.woke();
+    s.relay.woke(by_input);
     s
 }
 
@@ -204,11 +205,11 @@ impl Sleeper for Asleep {
         self.awake.session.info.signalled()
     }
 
-    fn wake(self: Box<Self>) {
+    fn wake(self: Box<Self>, by_input: bool) {
         let Asleep { awake, _token } = *self;
         let sessions = awake.session.registry().clone();
         // Spawned (and tracked) before the token goes.
-        sessions.spawn(drive(woken(awake)));
+        sessions.spawn(drive(woken(awake, by_input)));
     }
 }
 

@@ -34,14 +34,16 @@ pub const DEFAULT_BACKEND_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// balancers and NAT gateways drop a silent TCP connection, so pings also keep the path open;
 /// a dead peer is found within `ping_interval + pong_timeout`.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
-/// A session quiet for this long hibernates (see [`SessionConfig::hibernate_after`]). A
+/// A session quiet for this long hibernates (see [`SessionConfig::hibernate_after`]); each
+/// session then learns its own wait, up to sixteen times this (`relay/idle.rs`). A
 /// hibernating session holds about half the memory of a waiting one; waking it costs about
 /// 20 µs of CPU (measured: eight `epoll_ctl`, a task, the registrations), as much as relaying
-/// an echo, paid once per quiet spell. Sessions quiet for minutes (most of a chat or
-/// notification fleet) are asleep nearly all the time with any value of seconds; a longer one
-/// spares the sessions that talk every few seconds (presence, typing, short heartbeats) a wake
-/// per message.
-pub const DEFAULT_HIBERNATE_AFTER: Duration = Duration::from_secs(10);
+/// an echo, paid once per quiet spell. One second puts a quiet session to sleep soon after
+/// its last message (most of a chat or notification fleet, most of the time); the sessions
+/// that talk every few seconds (presence, typing, short heartbeats) pay a few wakes, each
+/// doubling their wait, until it outlasts their gaps, and then none (16 s covers a message
+/// every 15 s).
+pub const DEFAULT_HIBERNATE_AFTER: Duration = Duration::from_secs(1);
 /// How long a peer has to answer the proxy's ping before it is taken for dead.
 pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a shutdown waits for live sessions to end on their own before ending them.
@@ -495,7 +497,9 @@ pub struct SessionConfig {
     /// do not all reconnect together. Off by default.
     pub max_lifetime: Option<Duration>,
     /// A session quiet for this long gives up its task and its sockets' places in
-    /// the runtime until either side sends or a timer is due (`hibernate.rs`). `None`: never.
+    /// the runtime until either side sends or a timer is due (`hibernate.rs`): the shortest
+    /// wait, which each session doubles for itself while its quiet spells are short
+    /// (`relay/idle.rs`). `None`: never.
     pub hibernate_after: Option<Duration>,
     /// Fair shares: what each side may send after the upgrade (off by default).
     pub rates: Rates,

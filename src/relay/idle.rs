@@ -59,12 +59,19 @@ where
         })
     }
 
-    /// The owner has brought the legs back: the session stays awake for at least
-    /// `hibernate_after` from now. (Their input is not known to the runtime before its next
+    /// The owner has brought the legs back: the session stays awake for at least its wait
+    /// (see [`wait`]) from now. (Their input is not known to the runtime before its next
     /// turn, so until then the relay would find both legs as quiet as when they were set
-    /// aside.)
-    pub fn woke(&mut self) {
+    /// aside.) `by_input`: input on a leg woke it, which tells how long its quiet spell was
+    /// (a timer's or a signal's wake says nothing of the session's traffic), and so whether
+    /// its wait was long enough (see [`learn`]).
+    pub fn woke(&mut self, by_input: bool) {
         let now = super::millis(Instant::now().into_std());
+        if by_input && let Some(after) = self.st.cfg().hibernate_after {
+            let heard = self.st.link().counters.last_active.load(Ordering::Relaxed);
+            let spell = now.saturating_sub(self.st.last_data.millis().max(heard));
+            self.nap = learn(self.nap, after, Duration::from_millis(spell));
+        }
         self.woke = u32::try_from(now / 1000 + 1).unwrap_or(u32::MAX);
     }
 
@@ -80,12 +87,41 @@ where
     }
 }
 
+/// How many times a session's wait may double: up to 16 times the route's
+/// `hibernate_after`.
+const MAX_NAP: u8 = 4;
+
+/// How long a session quiet since its last frame waits before it hibernates: the route's
+/// `hibernate_after`, doubled `nap` times. Each session learns its own (see [`learn`]), so
+/// that `hibernate_after` can be short (sessions quiet for longer sleep soon) without
+/// making the sessions that talk every few seconds pay a wake per message.
+pub(super) fn wait(after: Duration, nap: u8) -> Duration {
+    after * (1 << nap.min(MAX_NAP))
+}
+
+/// The session's next `nap` after input woke it from a quiet spell of `spell` (from the
+/// last frame either side sent until the input, its wait included). A wake costs about as
+/// much CPU as relaying an echo, and sleeping saves memory for the time slept: a spell
+/// shorter than sixteen waits says the session talks too often for its wait, which doubles
+/// (up to [`MAX_NAP`] times); a longer one, that it is quiet for long, and the wait halves
+/// back toward `hibernate_after`. A session that talks every few seconds thus stops
+/// sleeping between its messages after at most four wakes, and one that sends a heartbeat
+/// a minute sleeps after `hibernate_after`, as does one whose chatty spell is over.
+pub(super) fn learn(nap: u8, after: Duration, spell: Duration) -> u8 {
+    if spell < wait(after, nap) * 16 {
+        (nap + 1).min(MAX_NAP)
+    } else {
+        nap.saturating_sub(1)
+    }
+}
+
 /// When the session may hibernate, if it is quiet: the last time either side was heard from
 /// (or the last data message, or the start, or the last wake: `woke`, see [`Relay::woke`])
-/// plus the route's `hibernate_after`.
+/// plus its wait (the route's `hibernate_after`, doubled `nap` times: see [`wait`]).
 pub(super) fn quiet_until<C: Leg, B: Leg>(
     enabled: bool,
     woke: u32,
+    nap: u8,
     st: &State,
     c: &Side<C>,
     b: &Side<B>,
@@ -96,7 +132,7 @@ pub(super) fn quiet_until<C: Leg, B: Leg>(
     if !quiet(c) || !quiet(b) {
         return None;
     }
-    let after = st.cfg().hibernate_after?;
+    let after = wait(st.cfg().hibernate_after?, nap);
     let heard = st.link().counters.last_active.load(Ordering::Relaxed);
     let heard = Instant::from_std(instant_from_millis(heard));
     let woke = Instant::from_std(instant_from_millis(u64::from(woke) * 1000));
@@ -142,5 +178,42 @@ fn ping_due<IO>(s: &Side<IO>, interval: Duration) -> At {
         s.heard
     } else {
         s.heard + interval
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AFTER: Duration = Duration::from_secs(1);
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    /// Spells shorter than sixteen waits double the wait, up to sixteen times
+    /// `hibernate_after`; longer ones halve it back, down to `hibernate_after`.
+    #[test]
+    fn a_sessions_wait_follows_its_quiet_spells() {
+        assert_eq!(wait(AFTER, 0), AFTER);
+        assert_eq!(wait(AFTER, MAX_NAP), secs(16));
+        assert_eq!(wait(AFTER, u8::MAX), secs(16), "capped, never overflowing");
+        // A message every 5 s: 1 s, 2 s, 4 s, 8 s (past the gap: it stays awake from then on).
+        let mut nap = 0;
+        for expect in [1, 2, 3] {
+            nap = learn(nap, AFTER, secs(5));
+            assert_eq!(nap, expect);
+        }
+        assert_eq!(wait(AFTER, nap), secs(8));
+        // Capped at sixteen times.
+        assert_eq!(learn(MAX_NAP, AFTER, secs(5)), MAX_NAP);
+        // A heartbeat a minute: it sleeps after `hibernate_after`, and stays at that.
+        assert_eq!(learn(0, AFTER, secs(60)), 0);
+        assert_eq!(learn(0, AFTER, secs(16)), 0);
+        assert_eq!(learn(0, AFTER, Duration::from_millis(15_999)), 1);
+        // A chatty spell over: the wait halves back, step by step.
+        assert_eq!(learn(MAX_NAP, AFTER, secs(256)), MAX_NAP - 1);
+        assert_eq!(learn(MAX_NAP, AFTER, secs(255)), MAX_NAP);
+        assert_eq!(learn(1, AFTER, secs(3600)), 0);
     }
 }

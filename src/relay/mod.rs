@@ -359,6 +359,7 @@ where
         done: false,
         hibernate: false,
         woke: 0,
+        nap: 0,
     }
 }
 
@@ -379,6 +380,9 @@ pub struct Relay<C, B> {
     /// process's clock (see [`millis`]); 0: never. (Seconds: a `u32` fits in the struct's
     /// padding.)
     woke: u32,
+    /// How many times this session's wait before hibernating has been doubled (see
+    /// [`idle::wait`]): it learns from its own quiet spells.
+    nap: u8,
 }
 
 impl<C, B> Future for Relay<C, B>
@@ -414,6 +418,7 @@ where
             closing,
             hibernate,
             woke,
+            nap,
             ..
         } = self;
         // Register before reading the signals: a request set after the read wakes us.
@@ -448,7 +453,7 @@ where
             return Poll::Ready(Turn::Over(false));
         }
         let may = *hibernate && !*closing;
-        let quiet_until = idle::quiet_until(may, *woke, st, c, b);
+        let quiet_until = idle::quiet_until(may, *woke, *nap, st, c, b);
         // The timers read the clock again if their timer fired: `now` is then that time.
         if timers(st, c, b, timer, &mut now, quiet_until, cx).is_ready() {
             return Poll::Ready(Turn::Over(cut(cx, st, c, b)));
@@ -456,7 +461,7 @@ where
         // Past its quiet time, and still quiet after the timers ran (a ping they queued keeps
         // it awake): the session may hibernate. Asked again only then, not on every turn.
         match quiet_until {
-            Some(at) if at <= now && idle::quiet_until(may, *woke, st, c, b).is_some() => {
+            Some(at) if at <= now && idle::quiet_until(may, *woke, *nap, st, c, b).is_some() => {
                 Poll::Ready(Turn::Idle)
             }
             _ => Poll::Pending,

@@ -222,6 +222,48 @@ async fn a_quiet_session_hibernates_and_a_client_message_wakes_it() {
     assert_eq!(lot_counts(admin).await, [2.0, 2.0, 0.0, 0.0]);
 }
 
+/// A session that talks more often than its wait learns to stay awake: with
+/// `hibernate_after` at 300 ms and a message every 1.35 s, each wake by input after so
+/// short a spell doubles the session's own wait (to 600 ms, 1.2 s, 2.4 s: past the gap), so
+/// it stops falling asleep between its messages after at most four wakes, where a fixed
+/// wait puts it to sleep and wakes it for every message (a woken session stays awake until
+/// the next whole second plus its wait, less than the gap here). Quiet again, it still
+/// sleeps, after its longer wait.
+///
+/// (The gaps are the scenario, not synchronisation: a session asleep or awake gets every
+/// echo either way, and only the count of wakes differs.)
+#[tokio::test]
+async fn a_session_that_talks_often_stops_hibernating_between_its_messages() {
+    let echo = EchoBackend::spawn().await;
+    let (gw, admin) = spawn_admin(&route_with(
+        "chat",
+        "/chat",
+        &echo.url(),
+        "hibernate_after = \"300ms\"",
+    ))
+    .await;
+    let (mut ws, _) = connect(&gw.url("/chat")).await;
+    wait_hibernating(admin, 1).await;
+    for i in 0..6 {
+        tokio::time::sleep(Duration::from_millis(1350)).await;
+        let text = format!("tick {i}");
+        ws.send(Message::text(text.clone())).await.unwrap();
+        assert_eq!(next_data(&mut ws).await, Message::text(text));
+    }
+    let [slept, by_input, by_timer, by_signal] = lot_counts(admin).await;
+    assert!(
+        (1.0..=4.0).contains(&by_input),
+        "{by_input} wakes by input for 6 messages 1.35 s apart ({slept} sleeps): the \
+         session should have stopped sleeping between them"
+    );
+    assert_eq!([by_timer, by_signal], [0.0, 0.0]);
+    // Its wait is longer now, yet a quiet session still sleeps.
+    wait_hibernating(admin, 1).await;
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("still here"));
+    assert_eq!(gw.handle().sessions().len(), 1);
+}
+
 /// The backend's side wakes a hibernating session too: a message the backend sends on its
 /// own, long after the client went quiet, reaches the client, and the client's answer
 /// reaches the backend.

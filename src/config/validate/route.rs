@@ -667,7 +667,7 @@ pub fn parse_backend_url(s: &str) -> Result<BackendUrl, String> {
 mod tests {
     use super::*;
 
-    /// `hibernate_after`: 10 s by default, set or "off" in `[timeouts]`, overridden per route;
+    /// `hibernate_after`: 1 s by default, set or "off" in `[timeouts]`, overridden per route;
     /// a bad value is named with its key and line.
     #[test]
     fn hibernate_after() {
@@ -693,7 +693,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             c.routes[0].session.hibernate_after,
-            Some(Duration::from_secs(10))
+            Some(Duration::from_secs(1))
         );
         let errors = crate::config::from_toml_str(&format!(
             "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
