@@ -240,7 +240,15 @@ impl Gateway {
                 (c.shutdown_grace, c.shutdown_close_spread)
             }
         };
-        let supervised = supervise(stop.clone(), conns, sessions.clone(), drain);
+        let listening = state.clone();
+        let close_listeners = move || listening.listeners.close_all();
+        let supervised = supervise(
+            stop.clone(),
+            conns,
+            sessions.clone(),
+            drain,
+            close_listeners,
+        );
         let supervisor = tokio::spawn(async move {
             let report = supervised.await;
             admin_stop.cancel();
@@ -258,7 +266,8 @@ impl Gateway {
     }
 }
 
-/// Waits for the stop signal, then drains: no new connections; a connection without a
+/// Waits for the stop signal, then drains: no new connections (the listening sockets close,
+/// so the kernel refuses new ones instead of queueing them for no one); a connection without a
 /// request in flight (none yet, a head still arriving, an idle keep-alive, a TLS handshake
 /// or PROXY header under way) closes at once, a request in flight finishes; every session
 /// gets close frames (1001) and up to `grace` for its closing handshake, then whatever is
@@ -271,8 +280,10 @@ async fn supervise(
     conns: TaskTracker,
     sessions: Arc<Sessions>,
     drain: impl FnOnce() -> (Duration, Option<Duration>),
+    close_listeners: impl FnOnce(),
 ) -> ShutdownReport {
     stop.cancelled().await;
+    close_listeners();
     let (grace, spread) = drain();
     let started = tokio::time::Instant::now();
     let deadline = started + grace;

@@ -378,6 +378,18 @@ impl Listeners {
         }
     }
 
+    /// Closes every proxy listener at a shutdown's start (the admin listener stays, for
+    /// `/readyz` and the session API during the drain). Their accept loops have been told to
+    /// stop (the same `stop`); each socket closes when the last loop lets go of it, and the
+    /// kernel then refuses new connections and resets those queued and not yet accepted, as
+    /// at any listener's close, instead of completing handshakes that nobody would answer.
+    /// After a hand-over the list is empty already, and the successor holds the sockets.
+    pub fn close_all(&self) {
+        for r in self.lock().drain(..) {
+            r.accepting.cancel();
+        }
+    }
+
     /// Resolves once every accept loop has returned, after [`Listeners::stop_accepting`]. A
     /// loop on another worker may have a connection from `accept` in hand when it is told to
     /// stop; it counts it in `awaiting_answer` before it next yields, so once the loops have

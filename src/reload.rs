@@ -50,6 +50,18 @@ pub fn apply(state: &Arc<ProxyState>, config: Config) -> Result<ReloadReport, Co
     // One reload at a time (SIGHUP, `POST /api/reload` and the file watcher may overlap): the
     // listeners' prepare and commit and the routes' advance must be of the same config.
     let _one_at_a_time = state.reloading.lock().unwrap_or_else(|p| p.into_inner());
+    // A shutdown has closed the listeners and stopped accepting: a new config's listeners
+    // would be bound with nobody to accept on them, and its routes would serve no one.
+    if state.listeners.stop.is_cancelled() {
+        return Err(ConfigErrors {
+            source: "(shutdown)".into(),
+            errors: vec![ConfigError {
+                key: "(reload)".into(),
+                line: None,
+                message: "the gateway is shutting down: the running config stays".into(),
+            }],
+        });
+    }
     let prepared = match state.listeners.prepare(&config.listeners) {
         Ok(p) => p,
         Err((index, e)) => {

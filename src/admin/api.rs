@@ -67,7 +67,13 @@ pub async fn route(admin: &Arc<Admin>, req: Request<Incoming>) -> Response<Body>
         _ => {
             let known = KNOWN.iter().any(|p| matches_pattern(p, &segments));
             if known {
-                json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+                // RFC 9110 §15.5.6: a 405 names the methods the resource takes.
+                let allow = if is_write(&path) { "POST" } else { "GET, HEAD" };
+                let mut resp =
+                    json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here");
+                resp.headers_mut()
+                    .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+                resp
             } else {
                 json_error(StatusCode::NOT_FOUND, "no such admin endpoint")
             }
@@ -549,8 +555,15 @@ fn drain_backend(admin: &Admin, v: &Value, drain: bool) -> Response<Body> {
 }
 
 /// `POST /api/reload`: reads the config file again and applies it (as SIGHUP does, without
-/// the certificates): 200 with what changed, or 400 with every error (nothing changed).
+/// the certificates): 200 with what changed, or 400 with every error (nothing changed); 503
+/// once a shutdown has begun, when a new config could only bind listeners nobody serves.
 fn reload(admin: &Admin) -> Response<Body> {
+    if admin.state.listeners.stop.is_cancelled() {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down: the running config stays until the process exits",
+        );
+    }
     match crate::reload::from_file(&admin.state) {
         Ok(r) => json_response(
             StatusCode::OK,

@@ -518,19 +518,17 @@ async fn a_token_guards_the_write_endpoints_and_the_browser_rules_hold() {
     assert_eq!(status, 403);
     // Unknown paths and methods.
     assert_eq!(get(admin, "/api/nothing").await.status, 404);
-    assert_eq!(
-        admin_request(admin, "DELETE", "/metrics", &bearer, "")
-            .await
-            .status,
-        405
-    );
+    // A 405 names what the resource takes (RFC 9110 §15.5.6).
+    let deleted = admin_request(admin, "DELETE", "/metrics", &bearer, "").await;
+    assert_eq!(deleted.status, 405);
+    assert_eq!(deleted.header("allow").as_deref(), Some("GET, HEAD"));
     // A POST where none is taken is 405 too (not 415 over its missing JSON).
-    assert_eq!(
-        admin_request(admin, "POST", "/healthz", &bearer, "")
-            .await
-            .status,
-        405
-    );
+    let posted = admin_request(admin, "POST", "/healthz", &bearer, "").await;
+    assert_eq!(posted.status, 405);
+    assert_eq!(posted.header("allow").as_deref(), Some("GET, HEAD"));
+    let got = admin_request(admin, "GET", "/api/reload", &bearer, "").await;
+    assert_eq!(got.status, 405);
+    assert_eq!(got.header("allow").as_deref(), Some("POST"));
 }
 
 #[tokio::test]

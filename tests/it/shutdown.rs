@@ -397,3 +397,53 @@ async fn the_unready_delay_keeps_serving_while_readyz_says_503() {
     let handle = gw.handle.take().unwrap();
     tokio::time::timeout(STEP, handle.wait()).await.unwrap();
 }
+
+/// A shutdown closes the listening sockets at once: while its sessions drain, a new client
+/// is refused by the kernel rather than left in an accept queue that nobody reads (where it
+/// would wait, its handshake unanswered, until the process exits and resets it). The admin
+/// listener stays for the drain, and a reload is refused (503) instead of binding listeners
+/// nobody would serve.
+#[tokio::test]
+async fn a_shutdown_closes_the_listeners_while_sessions_drain() {
+    let backend = EchoBackend::spawn().await;
+    let mut gw = Gateway::spawn(&format!(
+        "[shutdown]\ngrace = \"60s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
+        route("r", "/", &[backend.url()])
+    ))
+    .await;
+    let addr = gw.handle().local_addr();
+    let admin = gw.handle().admin_addr().unwrap();
+    // A session whose client does not read: its closing handshake keeps the drain going.
+    let (ws, _) = connect(&gw.url("/")).await;
+    gw.handle().shutdown();
+    let deadline = Instant::now() + STEP;
+    loop {
+        match TcpStream::connect(addr).await {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => break,
+            // Queued as the socket closed: reset.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("connect failed otherwise: {e}"),
+            // Accepted before the close reached the socket: it is closed or reset unserved.
+            Ok(mut s) => {
+                let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+                let (_, _) = closed_by(&mut s, deadline).await;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the listener still accepted connections during the drain"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(gw.handle().sessions().len(), 1, "the drain goes on");
+    let (_, resp) = raw_exchange(
+        admin,
+        b"POST /api/reload HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+          Content-Length: 2\r\nConnection: close\r\n\r\n{}",
+    )
+    .await;
+    assert_eq!(resp.status, 503, "{resp:?}");
+    drop(ws);
+    let handle = gw.handle.take().unwrap();
+    tokio::time::timeout(STEP, handle.wait()).await.unwrap();
+}
