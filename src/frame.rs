@@ -650,6 +650,11 @@ impl Scanner {
         if h.rsv & !self.allowed_rsv != 0 {
             return Err(Violation::ReservedBits);
         }
+        // permessage-deflate marks a message by its first frame only (RFC 7692 §6.1: never
+        // on a non-first fragment). Another extension (`0b111`) may say otherwise.
+        if self.allowed_rsv == 0b100 && h.opcode == opcode::CONTINUATION && h.rsv != 0 {
+            return Err(Violation::ReservedBits);
+        }
         match (h.opcode, self.in_message) {
             (opcode::CONTINUATION, false) => return Err(Violation::UnexpectedContinuation),
             (opcode::TEXT | opcode::BINARY, true) => return Err(Violation::ExpectedContinuation),

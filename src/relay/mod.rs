@@ -66,6 +66,12 @@ const READ_CHUNK: usize = 64 * 1024;
 /// session (and, during a drain, the process) for long.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the side that broke the protocol waits for its close frame while the other
+/// side's answers to what came before the violation still reach it (see `take_over`): the
+/// other side's close reply ends the wait sooner, and a side that does not answer cannot
+/// keep the offender from learning why it was closed.
+const OFFENDER_HOLD: Duration = Duration::from_secs(1);
+
 /// A proxy-written ping's payload: a fixed tag and a counter, so the pong can be recognised
 /// and consumed rather than forwarded to the other side.
 fn ping_token(seq: u32) -> [u8; 12] {
@@ -149,8 +155,9 @@ struct Side<IO> {
     /// The proxy's last ping (number `pings_sent`, see `ping_token`) is unanswered: its pong
     /// is consumed whenever it comes.
     ping_pending: bool,
-    /// The proxy's ping must be answered by `heard`: set when a ping goes out, dropped as
-    /// soon as the side sends anything, which proves it alive just as well.
+    /// The proxy's ping must be answered by `heard`: set when a ping is due (the deadline
+    /// counted from when it is written: it may wait for a frame boundary), dropped as soon as
+    /// the side sends anything, which proves it alive just as well.
     awaiting_pong: bool,
     pings_sent: u32,
     /// When this side last sent anything; while `awaiting_pong`, the time by which it must
@@ -626,6 +633,11 @@ fn step<A, Z>(
     }
     if to.inject.is_some() && from.scanner.at_boundary() {
         let frame = to.inject.take().unwrap_or_default();
+        if to.awaiting_pong && frame.first().is_some_and(|b| b & 0x0f == opcode::PING) {
+            // The pong's deadline runs from now, when the ping goes out: a frame streaming
+            // into this side may have held it back for longer than the deadline itself.
+            to.heard = At::from(now) + st.cfg().pong_timeout;
+        }
         st.progress += 1;
         if let Err(e) = to.send(cx, &frame) {
             return lost(st, from, to, e);
@@ -739,6 +751,17 @@ fn release<Z>(st: &mut State, to: &mut Side<Z>) {
         to.inject = Some(frame::close_frame(code, ending::text(st, &reason, to.who), role).into());
         st.progress += 1;
     }
+}
+
+/// The offender `to` has waited [`OFFENDER_HOLD`] for the other side's close reply: it gets
+/// its close frame now, after the rest of the frame `from` is in the middle of.
+fn hold_over<A, Z>(st: &mut State, to: &mut Side<A>, from: &mut Side<Z>) {
+    if !to.deferred_close {
+        return;
+    }
+    from.passing = false;
+    from.finish_frame = !from.scanner.at_boundary() && !from.read_eof && from.close_from.is_none();
+    release(st, to);
 }
 
 /// Accounts for and forwards one chunk read from `from`.
@@ -1011,6 +1034,17 @@ where
         let mut earliest = |t: Instant| {
             next = Some(next.map_or(t, |n| n.min(t)));
         };
+        if let Some(deadline) = st.close_deadline
+            && (c.deferred_close || b.deferred_close)
+        {
+            let release_at = deadline.instant() - (CLOSE_TIMEOUT - OFFENDER_HOLD);
+            if *now >= release_at {
+                hold_over(st, c, b);
+                hold_over(st, b, c);
+            } else {
+                earliest(release_at);
+            }
+        }
         // Once past, the caller hibernates the session: no wake-up is needed for it.
         if let Some(at) = quiet_until.filter(|&at| at > *now) {
             earliest(at);
@@ -1067,6 +1101,9 @@ where
                     ),
                 ] {
                     match *awaiting {
+                        // The ping is still queued behind a frame streaming into this side:
+                        // its deadline starts when it goes out (`step`).
+                        true if inject.is_some() => {}
                         true if at_now >= *heard => dead = Some(who),
                         true => earliest(heard.instant()),
                         // Nothing follows a close frame (RFC 6455 §5.5.1), a ping neither:

@@ -612,3 +612,124 @@ async fn a_read_stopped_by_the_task_budget_does_not_restart_the_grace() {
     let end = held_at + Duration::from_secs(10);
     assert_eq!(fair.over_grace(end), Some(CloseSide::Client));
 }
+
+/// Whatever `pipe` holds now, without waiting.
+async fn available(pipe: &mut tokio::io::DuplexStream) -> Vec<u8> {
+    use futures_util::FutureExt;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Some(Ok(n)) = pipe.read(&mut chunk).now_or_never() {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&chunk[..n]);
+    }
+    got
+}
+
+/// A ping held back while a long frame streams into its side has its pong deadline from
+/// when it goes out, not from when it came due: a live but quiet client receiving one slow
+/// frame for longer than `ping_interval + pong_timeout` is not taken for dead (it could not
+/// have had the ping, let alone answered it).
+#[tokio::test(start_paused = true)]
+async fn a_ping_held_back_by_a_long_frame_is_timed_from_when_it_goes_out() {
+    let (mut client, mut backend, mut relay) = relay_by_hand(SessionConfig {
+        ping_interval: Some(Duration::from_secs(1)),
+        pong_timeout: Duration::from_secs(1),
+        idle_timeout: None,
+        max_lifetime: None,
+        hibernate_after: None,
+        ..SessionConfig::default()
+    });
+    let waker = std::task::Waker::noop();
+    let mut turn = || {
+        let mut cx = Context::from_waker(waker);
+        assert!(Pin::new(&mut relay).poll(&mut cx).is_pending());
+    };
+    turn();
+    // The backend starts a 1,000-byte message, 10 bytes at a time, one step every 400 ms:
+    // it is alive (it sends), and the client, quiet, is inside that frame all along.
+    backend.write_all(&[0x82, 126, 0x03, 0xe8]).await.unwrap();
+    let mut sent = 0;
+    for _ in 0..10 {
+        backend.write_all(&[7u8; 10]).await.unwrap();
+        sent += 10;
+        turn();
+        tokio::time::advance(Duration::from_millis(400)).await;
+        turn();
+    }
+    // Four seconds in, twice the client's `ping_interval + pong_timeout`: nothing but the
+    // frame so far has gone to the client (no close frame).
+    let so_far = available(&mut client).await;
+    assert_eq!(
+        so_far.len(),
+        4 + sent,
+        "{:02x?}",
+        &so_far[..so_far.len().min(8)]
+    );
+    backend.write_all(&[7u8; 900]).await.unwrap();
+    turn();
+    turn();
+    // The frame's end lets the ping through; the client answers it.
+    let rest = available(&mut client).await;
+    assert!(rest.len() > 900, "{} bytes", rest.len());
+    assert_eq!(
+        &rest[900..902],
+        [0x89, 12],
+        "a ping follows the frame, not a close: {:02x?}",
+        &rest[900..]
+    );
+    assert_eq!(rest.len(), 900 + 2 + 12);
+    client
+        .write_all(&masked(opcode::PONG, &rest[902..]))
+        .await
+        .unwrap();
+    turn();
+    tokio::time::advance(Duration::from_millis(1500)).await;
+    turn();
+    let after = available(&mut client).await;
+    assert!(
+        after.iter().all(|&b| b != 0x88) || after.is_empty(),
+        "the client was closed: {after:02x?}"
+    );
+    assert!(after.is_empty() || after[0] == 0x89, "{after:02x?}");
+}
+
+/// The side that broke the protocol gets its close frame once the other side has answered
+/// the proxy's close, or after [`OFFENDER_HOLD`] if it does not: a backend that never
+/// answers cannot leave the client without its 1002 (it would see only the TCP close at the
+/// closing handshake's deadline, a 1006).
+#[tokio::test(start_paused = true)]
+async fn the_offender_gets_its_close_even_when_the_other_side_never_answers() {
+    let (mut client, mut backend, mut relay) = relay_by_hand(SessionConfig {
+        ping_interval: None,
+        hibernate_after: None,
+        ..SessionConfig::default()
+    });
+    let waker = std::task::Waker::noop();
+    let mut turn = || {
+        let mut cx = Context::from_waker(waker);
+        assert!(Pin::new(&mut relay).poll(&mut cx).is_pending());
+    };
+    turn();
+    // An unmasked frame from the client: a protocol error.
+    client.write_all(&plain(opcode::TEXT, b"hi")).await.unwrap();
+    turn();
+    let to_backend = available(&mut backend).await;
+    assert_eq!(to_backend.first(), Some(&0x88), "a close to the backend");
+    assert!(
+        available(&mut client).await.is_empty(),
+        "held while the backend may answer"
+    );
+    // The backend says nothing.
+    tokio::time::advance(OFFENDER_HOLD + Duration::from_millis(10)).await;
+    turn();
+    turn();
+    let to_client = available(&mut client).await;
+    assert!(
+        to_client.len() >= 4,
+        "no close frame for the client: {to_client:02x?}"
+    );
+    assert_eq!(&to_client[..1], [0x88], "{to_client:02x?}");
+    assert_eq!(&to_client[2..4], [0x03, 0xea], "1002 to the client");
+}

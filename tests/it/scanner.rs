@@ -212,6 +212,18 @@ fn reserved_opcodes_and_bits() {
     ping[0] |= 0x40;
     let mut s = Scanner::new(Sender::Client, 0b100, None);
     assert_eq!(scan(&mut s, &[&ping]).1, Some(Violation::ReservedBits));
+    // ...nor on a message's later fragments (RFC 7692 §6.1): RSV1 marks its first frame.
+    let mut first = frame(opcode::BINARY, false, 2, M);
+    first[0] |= 0x40;
+    let mut rest = frame(opcode::CONTINUATION, true, 2, M);
+    let mut s = Scanner::new(Sender::Client, 0b100, None);
+    assert_eq!(scan(&mut s, &[&first, &rest]).1, None);
+    rest[0] |= 0x40;
+    let mut s = Scanner::new(Sender::Client, 0b100, None);
+    assert_eq!(
+        scan(&mut s, &[&first, &rest]).1,
+        Some(Violation::ReservedBits)
+    );
 }
 
 /// Close frames RFC 6455 forbids on the wire stop the stream before a byte of them passes.
