@@ -475,6 +475,14 @@ fn verify_101(
         return bad("101 without Connection: upgrade");
     }
     let expected = handshake::accept_key(key.as_bytes());
+    if h.get_all(header::SEC_WEBSOCKET_ACCEPT)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        // RFC 6455 §11.3.3: it must not appear more than once.
+        return bad("more than one Sec-WebSocket-Accept");
+    }
     match h.get(header::SEC_WEBSOCKET_ACCEPT) {
         Some(v) if v.as_bytes() == expected.as_bytes() => {}
         Some(_) => return bad("wrong Sec-WebSocket-Accept"),

@@ -215,6 +215,87 @@ fn via_version(v: Version) -> &'static str {
     }
 }
 
+/// Why a backend's response head cannot be forwarded (a 502 to the client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadResponse(pub &'static str);
+
+/// Checks how the backend framed its response and leaves only what the client's connection
+/// frames it by (RFC 9112 §6.3, which a proxy must follow before forwarding): a response with
+/// `Transfer-Encoding` loses any `Content-Length` (it was framed by the chunked coding, and
+/// the client's connection frames it anew), a `Content-Length` listing one value several
+/// times becomes that value, a 204 carries none (RFC 9110 §8.6). Refused: a 101 (nothing
+/// asked to switch protocols: a plain request's `Upgrade` is never forwarded), a transfer
+/// coding other than chunked (hyper decodes only chunked, and the coding would be lost on
+/// the way: the client would take gzip bytes for the content), `Content-Length` values that
+/// disagree or are not numbers.
+pub fn response_framing(
+    status: http::StatusCode,
+    headers: &mut HeaderMap,
+) -> Result<(), BadResponse> {
+    if status == http::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(BadResponse("backend switched protocols unasked (101)"));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let codings = list_values(headers, &header::TRANSFER_ENCODING);
+        if codings.len() != 1 || !codings[0].eq_ignore_ascii_case("chunked") {
+            return Err(BadResponse(
+                "backend response has a transfer coding other than chunked",
+            ));
+        }
+        headers.remove(header::CONTENT_LENGTH);
+    } else if headers.contains_key(header::CONTENT_LENGTH) {
+        let values = list_values(headers, &header::CONTENT_LENGTH);
+        let first = values.first().and_then(|v| v.parse::<u64>().ok());
+        match first {
+            Some(n) if values.iter().all(|v| v.parse::<u64>().ok() == Some(n)) => {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            _ => {
+                return Err(BadResponse(
+                    "backend response has an invalid Content-Length",
+                ));
+            }
+        }
+    }
+    if status == http::StatusCode::NO_CONTENT || status.is_informational() {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    Ok(())
+}
+
+/// Fields a trailer section must not carry (RFC 9110 §6.5.1), or that describe one
+/// connection (§7.6.1; an HTTP/2 peer takes them for a malformed message, RFC 9113 §8.2.2).
+const NOT_IN_TRAILERS: &[&str] = &[
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "trailer",
+    "content-length",
+    "content-encoding",
+    "content-type",
+    "content-range",
+    "host",
+    "authorization",
+    "set-cookie",
+];
+
+/// The backend's trailer fields as the client may have them: what [`NOT_IN_TRAILERS`] names
+/// and whatever a `Connection` among them names are dropped.
+pub fn response_trailers(trailers: &mut HeaderMap) {
+    let named = list_values(trailers, &header::CONNECTION);
+    for name in NOT_IN_TRAILERS {
+        trailers.remove(*name);
+    }
+    for name in named {
+        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+            trailers.remove(name);
+        }
+    }
+}
+
 /// The backend's response head made the client's: hop-by-hop headers out, `Via` with the
 /// protocol the backend spoke, the request id.
 pub fn response_headers(headers: &mut HeaderMap, backend_version: Version, ids: &Correlation) {

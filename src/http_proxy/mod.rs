@@ -169,11 +169,13 @@ async fn exchange(
     let started = Instant::now();
     let http = route.config.http.as_ref().ok_or(ProxyError::NoRoute)?;
     headers::check_framing(parts).map_err(ProxyError::RequestFraming)?;
-    if parts.version == Version::HTTP_11
-        && parts.uri.authority().is_none()
-        && !parts.headers.contains_key(header::HOST)
+    let host_header = parts.headers.get(header::HOST).map(|h| h.as_bytes());
+    if parts.version == Version::HTTP_11 && host_header.is_none()
+        || host_header.is_some_and(|h| h.trim_ascii().is_empty())
     {
-        // RFC 9112 §3.2: a server must answer 400 to an HTTP/1.1 request without one.
+        // RFC 9112 §3.2: a server must answer 400 to an HTTP/1.1 request without one, in
+        // absolute form too (the client must send it anyway); an empty one names no host,
+        // which an http(s) URI must have (RFC 9110 §4.2.1).
         return Err(crate::handshake::HandshakeError::MissingHost.into());
     }
     if let Some(limit) = http.max_request_body
@@ -233,7 +235,13 @@ async fn exchange(
             .map_err(|_| ProxyError::RequestTimeout(d))?,
         None => call.await,
     };
-    let forwarded = result.map_err(stack_error)?;
+    let mut forwarded = result.map_err(stack_error)?;
+    let status = forwarded.response.status();
+    if let Err(headers::BadResponse(why)) =
+        headers::response_framing(status, forwarded.response.headers_mut())
+    {
+        return Err(BackendError::RequestFailed(why.into()).into());
+    }
     let mut record = waiting.take().expect("armed before the backend was asked");
     record.backend = forwarded.backend;
     record.status = forwarded.response.status();

@@ -214,6 +214,13 @@ impl Body for ResponseBody {
         }
         match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
+                let frame = match frame.into_trailers() {
+                    Ok(mut trailers) => {
+                        super::headers::response_trailers(&mut trailers);
+                        Frame::trailers(trailers)
+                    }
+                    Err(frame) => frame,
+                };
                 if let Some(data) = frame.data_ref() {
                     this.bytes += data.len() as u64;
                 }

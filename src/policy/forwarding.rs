@@ -257,11 +257,15 @@ pub fn set_headers(
         HeaderName::from_static("x-forwarded-proto"),
         client.proto.as_deref().unwrap_or(scheme),
     );
-    set(
-        headers,
-        HeaderName::from_static("x-forwarded-host"),
-        client.host.as_deref().unwrap_or(host),
-    );
+    // (An HTTP/1.0 request may name no host: then there is none to forward.)
+    let forwarded_host = client.host.as_deref().unwrap_or(host);
+    if !forwarded_host.is_empty() {
+        set(
+            headers,
+            HeaderName::from_static("x-forwarded-host"),
+            forwarded_host,
+        );
+    }
     value.clear();
     if client.peer_trusted {
         for previous in crate::handshake::list_values(received, &header::FORWARDED) {
@@ -269,7 +273,12 @@ pub fn set_headers(
             value.push_str(", ");
         }
     }
-    push_forwarded_element(&mut value, client.peer(), scheme, Some(host));
+    push_forwarded_element(
+        &mut value,
+        client.peer(),
+        scheme,
+        Some(host).filter(|h| !h.is_empty()),
+    );
     set(headers, header::FORWARDED, &value);
     if let Some(via) = via(received, via_hop) {
         headers.insert(header::VIA, via);

@@ -1001,10 +1001,24 @@ async fn an_http11_request_without_host_gets_400() {
     let (_s, resp) = raw_exchange(gw.addr, b"GET /no-host HTTP/1.1\r\n\r\n").await;
     assert_eq!(resp.status, 400);
     assert_eq!(resp.body, "missing Host header\n");
+    // In absolute form too (RFC 9112 §3.2: the client must send Host anyway), and an empty
+    // one names no host at all (RFC 9110 §4.2.1).
+    for request in [
+        &b"GET http://app.test/abs HTTP/1.1\r\n\r\n"[..],
+        b"GET /empty HTTP/1.1\r\nHost: \r\n\r\n",
+    ] {
+        let (_s, resp) = raw_exchange(gw.addr, request).await;
+        assert_eq!(resp.status, 400, "{}", String::from_utf8_lossy(request));
+    }
     let (_s, resp) = raw_exchange(gw.addr, b"GET /old HTTP/1.0\r\n\r\n").await;
     assert_eq!(resp.status, 200);
-    let uris: Vec<String> = seen.lock().unwrap().iter().map(|s| s.uri.clone()).collect();
+    let seen = seen.lock().unwrap();
+    let uris: Vec<String> = seen.iter().map(|s| s.uri.clone()).collect();
     assert_eq!(uris, ["/old"]);
+    // An HTTP/1.0 request without a host forwards none (not an empty one).
+    assert_eq!(seen[0].header("x-forwarded-host"), None);
+    let forwarded = seen[0].header("forwarded").unwrap_or_default();
+    assert!(!forwarded.contains("host="), "{forwarded}");
 }
 
 /// RFC 9110 §7.6.2: an OPTIONS or TRACE request whose `Max-Forwards` is 0 is answered by
@@ -1810,4 +1824,107 @@ async fn hash_balancing_sends_one_key_to_one_backend() {
             );
         }
     }
+}
+
+/// A backend that answers each request (one per connection) with the bytes `answer` gives
+/// for its path, then closes.
+async fn canned_backend(answer: fn(&str) -> &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let Some(end) = read_until_head_end(&mut stream, &mut buf).await else {
+                    return;
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let _ = stream.write_all(answer(&path)).await;
+                let _ = stream.shutdown().await;
+                // Until the proxy closes: a close now could reset what it has not read.
+                let mut rest = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut rest).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A response is forwarded framed as the client's connection frames it, and only what a
+/// proxy may forward (RFC 9112 §6.3): `Content-Length` beside `Transfer-Encoding` is
+/// dropped (the chunked coding framed the body), a list of one length becomes that length,
+/// a 204 carries none; a transfer coding hyper cannot decode (gzip) and a 101 nothing asked
+/// for are a 502, never bytes the client would misread; trailers lose the fields a trailer
+/// section must not carry (an HTTP/2 client would take a `Connection` there for a
+/// malformed response and lose the whole of it).
+#[tokio::test]
+async fn a_backend_response_is_framed_anew_and_refused_when_it_cannot_be() {
+    let backend = canned_backend(|path| match path {
+        "/clte" => {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\nHELLO\r\n0\r\n\r\n"
+        }
+        "/twice" => b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nHELLO",
+        "/gzip" => {
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nHELLO\r\n0\r\n\r\n"
+        }
+        "/switch" => {
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n"
+        }
+        "/nocontent" => b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+        "/trailers" => {
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
+              5\r\nHELLO\r\n0\r\nx-sum: 7\r\nConnection: close\r\nHost: evil.example\r\n\
+              Content-Length: 50\r\n\r\n"
+        }
+        _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+    })
+    .await;
+    let gw = Gateway::spawn(&http_route(&[backend], "")).await;
+    for path in ["/clte", "/twice"] {
+        let resp = send(gw.addr, get(path)).await;
+        assert_eq!(resp.status(), 200, "{path}");
+        let length = resp.headers().get("content-length").cloned();
+        assert!(
+            length.is_none() || length.as_ref().is_some_and(|l| l == "5"),
+            "{path}: content-length {length:?}"
+        );
+        assert_eq!(read_body(resp).await.0, "HELLO", "{path}");
+    }
+    for path in ["/gzip", "/switch"] {
+        let resp = send(gw.addr, get(path)).await;
+        assert_eq!(resp.status(), 502, "{path}");
+    }
+    // Over HTTP/2, where the client sees the header fields as the proxy sends them.
+    let mut h2 = h2c::<Empty<Bytes>>(gw.addr).await;
+    let resp = h2
+        .send_request(get_h2(gw.addr, "/nocontent"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_eq!(resp.headers().get("content-length"), None);
+    let mut req = get_h2(gw.addr, "/trailers");
+    req.headers_mut()
+        .insert("te", http::HeaderValue::from_static("trailers"));
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let (body, trailers) = read_body(resp).await;
+    assert_eq!(body, "HELLO");
+    let trailers = trailers.expect("no trailers");
+    assert_eq!(trailers["x-sum"], "7");
+    for name in ["connection", "host", "content-length"] {
+        assert!(!trailers.contains_key(name), "{name} in {trailers:?}");
+    }
+}
+
+/// A GET for an HTTP/2 connection to the gateway at `addr`.
+fn get_h2(addr: SocketAddr, path: &str) -> Request<Empty<Bytes>> {
+    Request::get(format!("http://app.test:{}{path}", addr.port()))
+        .body(Empty::new())
+        .unwrap()
 }

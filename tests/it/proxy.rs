@@ -232,6 +232,24 @@ async fn backend_with_a_wrong_accept_key_is_a_bad_gateway() {
     assert!(resp.body.contains("Sec-WebSocket-Accept"), "{}", resp.body);
 }
 
+/// RFC 6455 §11.3.3: `Sec-WebSocket-Accept` must not appear more than once; a second one
+/// after the right value is not waved through.
+#[tokio::test]
+async fn backend_with_two_accept_keys_is_a_bad_gateway() {
+    let (addr, _) = scripted_backend(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Accept: AAAA\r\n\r\n".to_vec(),
+    )
+    .await;
+    let gw = gateway_with_details(addr).await;
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 502, "{resp:?}");
+    assert!(
+        resp.body.contains("more than one Sec-WebSocket-Accept"),
+        "{}",
+        resp.body
+    );
+}
+
 #[tokio::test]
 async fn routing_by_host_and_by_path() {
     let a = EchoBackend::spawn_supporting(&[]).await;
