@@ -27,6 +27,23 @@ pub fn pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
         })
 }
 
+/// Every `Cookie` field of the request as one, joined with "; " (RFC 9113 §8.2.3: how an
+/// HTTP/2 client's crumbs go to an HTTP/1.1 hop); `None` without any.
+pub fn joined(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut fields = headers.get_all(COOKIE).iter();
+    let first = fields.next()?;
+    let mut rest = fields.peekable();
+    if rest.peek().is_none() {
+        return Some(first.clone());
+    }
+    let mut bytes = first.as_bytes().to_vec();
+    for v in rest {
+        bytes.extend_from_slice(b"; ");
+        bytes.extend_from_slice(v.as_bytes());
+    }
+    HeaderValue::from_bytes(&bytes).ok()
+}
+
 /// The first cookie of this name.
 pub fn get<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     pairs(headers).find(|(n, _)| *n == name).map(|(_, v)| v)

@@ -68,8 +68,9 @@ pub fn forwarded_for(headers: &http::HeaderMap) -> Vec<IpAddr> {
     let mut out = Vec::new();
     for v in headers.get_all("x-forwarded-for") {
         let Ok(v) = v.to_str() else { return out };
-        for item in v.split(',') {
-            match parse_forwarded_ip(item.trim()) {
+        // Empty elements (`a, , b`) are not elements (RFC 9110 §5.6.1 has them ignored).
+        for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            match parse_forwarded_ip(item) {
                 Some(ip) => out.push(ip),
                 None => {
                     out.clear();
@@ -212,14 +213,8 @@ pub fn end_to_end(
             headers.append(name.clone(), value.clone());
         }
     }
-    let cookies: Vec<&[u8]> = client
-        .get_all(header::COOKIE)
-        .iter()
-        .map(http::HeaderValue::as_bytes)
-        .collect();
-    if !cookies.is_empty()
-        && !is_named("cookie")
-        && let Ok(v) = http::HeaderValue::from_bytes(&cookies.join(&b"; "[..]))
+    if !is_named("cookie")
+        && let Some(v) = super::cookie::joined(client)
     {
         headers.insert(header::COOKIE, v);
     }
@@ -364,6 +359,31 @@ mod tests {
         );
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("example.com").is_err());
+    }
+
+    /// Empty list elements are skipped, not taken for garbage (which drops what is left
+    /// of it): the client behind a trusted proxy is still found.
+    #[test]
+    fn empty_forwarded_for_elements_are_ignored() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.9 , ,10.1.1.1,"),
+        );
+        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
+        let c = client_addr(&trusted, "10.0.0.1".parse().unwrap(), &h);
+        assert_eq!(c.ip, "203.0.113.9".parse::<IpAddr>().unwrap());
+        assert_eq!(c.chain_header(), "203.0.113.9, 10.1.1.1, 10.0.0.1");
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.9, junk, 10.1.1.1"),
+        );
+        let c = client_addr(&trusted, "10.0.0.1".parse().unwrap(), &h);
+        assert_eq!(
+            c.chain_header(),
+            "10.1.1.1, 10.0.0.1",
+            "garbage still drops its left"
+        );
     }
 
     #[test]

@@ -454,7 +454,9 @@ impl RoutePolicy {
             .is_some_and(|j| j.sources().contains(&TokenSource::Subprotocol));
         let mut offer = offered.to_vec();
         if jwt_from_protocols && let Some((_, idx)) = token_in_protocols(&offer) {
-            if idx.len() == 2 {
+            // The checked token came after a marker (`access_token`, `bearer`): the marker
+            // is what a client of that convention expects back as the chosen subprotocol.
+            if matches!(offer[idx[0]].as_str(), "access_token" | "bearer") {
                 *marker = Some(offer[idx[0]].clone());
             }
             for i in idx.into_iter().rev() {

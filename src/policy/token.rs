@@ -48,21 +48,30 @@ pub(crate) struct FoundToken {
 }
 
 /// The subprotocol entries that carry a token: `bearer.<token>`, or `access_token`/`bearer`
-/// followed by the token. Returns the token and the indices of the entries to remove.
+/// followed by the token. Returns the first token (the one checked) and the indices of
+/// every token-carrying entry, all of which are removed: a second token offered beside the
+/// first is a credential too, and the backend never sees one.
 pub(crate) fn token_in_protocols(protocols: &[String]) -> Option<(String, Vec<usize>)> {
-    for (i, p) in protocols.iter().enumerate() {
+    let mut first = None;
+    let mut entries = Vec::new();
+    let mut i = 0;
+    while i < protocols.len() {
+        let p = &protocols[i];
         if let Some(t) = p.strip_prefix("bearer.")
             && !t.is_empty()
         {
-            return Some((t.to_string(), vec![i]));
-        }
-        if (p == "access_token" || p == "bearer")
+            first.get_or_insert_with(|| t.to_string());
+            entries.push(i);
+        } else if (p == "access_token" || p == "bearer")
             && let Some(t) = protocols.get(i + 1)
         {
-            return Some((t.clone(), vec![i, i + 1]));
+            first.get_or_insert_with(|| t.clone());
+            entries.extend([i, i + 1]);
+            i += 1;
         }
+        i += 1;
     }
-    None
+    first.map(|t| (t, entries))
 }
 
 /// The value of query parameter `name` (not percent-decoded: JWTs are URL-safe).
@@ -271,6 +280,17 @@ mod tests {
         );
         assert_eq!(token_in_protocols(&protocols(&["bearer."])), None);
         assert_eq!(token_in_protocols(&protocols(&["chat", "superchat"])), None);
+        // The first token is the one checked; every token-carrying entry goes.
+        assert_eq!(
+            token_in_protocols(&protocols(&[
+                "bearer.good",
+                "chat",
+                "bearer.junk",
+                "access_token",
+                "more"
+            ])),
+            Some(("good".into(), vec![0, 2, 3, 4]))
+        );
 
         let f = find_token(
             &[TokenSource::Subprotocol],

@@ -303,6 +303,15 @@ impl ForwardAuth {
     fn request_headers(&self, q: &AuthQuery<'_>) -> HeaderMap {
         let mut h = HeaderMap::new();
         for name in DEFAULT_FORWARDED.iter().chain(&self.forward_headers) {
+            if *name == COOKIE {
+                // One field: HTTP/2 clients (browsers) split their cookies into crumbs, which
+                // must be joined for an HTTP/1.1 hop (RFC 9113 §8.2.3), and an auth service
+                // reading its one `Cookie` would miss the rest (RFC 6265 §5.4 allows one).
+                if let Some(joined) = crate::policy::cookie::joined(&q.parts.headers) {
+                    h.insert(COOKIE, joined);
+                }
+                continue;
+            }
             for value in q.parts.headers.get_all(name) {
                 h.append(name.clone(), value.clone());
             }
