@@ -94,14 +94,18 @@ pub struct Prepared {
 }
 
 /// Binds (or takes from `inherited`) a socket for each of `configs`, in order; the first
-/// failure names the address.
+/// failure names the listener's key and address.
 pub fn bind_all(
     configs: &[ListenerConfig],
     inherited: &mut Inherited,
 ) -> std::io::Result<Vec<Bound>> {
     configs
         .iter()
-        .map(|c| bind_one(c, inherited))
+        .enumerate()
+        .map(|(i, c)| {
+            bind_one(c, inherited)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("listener[{i}].listen: {e}")))
+        })
         .collect::<Result<_, _>>()
 }
 

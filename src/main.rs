@@ -285,10 +285,21 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the tokio runtime")
 }
 
+/// `writeln!` into the report `check` prints (a `String`: writing to it cannot fail).
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
 fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(cfg) => {
-            println!(
+            // Written whole at the end: `println!` would panic on a closed stdout (`| head`).
+            let mut out = String::new();
+            outln!(
+                out,
                 "{}: OK ({} listener{}, {} route{})",
                 path.display(),
                 cfg.listeners.len(),
@@ -298,7 +309,8 @@ fn check(path: &Path) -> ExitCode {
             );
             for r in &cfg.routes {
                 let backends: Vec<&str> = r.backends.iter().map(|b| b.url.as_str()).collect();
-                println!(
+                outln!(
+                    out,
                     "  route {:?}: host {} path {} -> {}",
                     r.name,
                     r.host.as_deref().unwrap_or("*"),
@@ -306,9 +318,10 @@ fn check(path: &Path) -> ExitCode {
                     backends.join(", ")
                 );
             }
-            print_limits(&cfg);
+            print_limits(&mut out, &cfg);
             let workers = cfg.workers.unwrap_or_else(cpus);
-            println!(
+            outln!(
+                out,
                 "  runtime: {workers} worker{}{}{}",
                 if workers == 1 { "" } else { "s" },
                 if cfg.workers.is_none() {
@@ -323,7 +336,8 @@ fn check(path: &Path) -> ExitCode {
                 },
             );
             if let Some(admin) = &cfg.admin {
-                println!(
+                outln!(
+                    out,
                     "  admin listener: {}://{} ({})",
                     if admin.tls.is_some() { "https" } else { "http" },
                     admin.addr,
@@ -334,7 +348,16 @@ fn check(path: &Path) -> ExitCode {
                     }
                 );
             }
-            ExitCode::SUCCESS
+            match print_bytes(out.as_bytes()) {
+                // The reader stopped early (`| head -1`): the check itself passed.
+                Err(e)
+                    if e.downcast_ref::<std::io::Error>().map(std::io::Error::kind)
+                        == Some(std::io::ErrorKind::BrokenPipe) =>
+                {
+                    ExitCode::SUCCESS
+                }
+                result => exit(result),
+            }
         }
         Err(errors) => {
             eprint!("{errors}");
@@ -384,7 +407,7 @@ fn raise_fd_limit(cfg: &Config) {
 }
 
 /// `wsgate check`'s lines on the admission limits and the descriptor limit `run` would have.
-fn print_limits(cfg: &Config) {
+fn print_limits(out: &mut String, cfg: &Config) {
     use wsgate::config::AdmissionLimits;
     use wsgate::limits::fd;
     let describe = |a: &AdmissionLimits| {
@@ -405,12 +428,12 @@ fn print_limits(cfg: &Config) {
     };
     let global = describe(&cfg.limits.admission);
     if !global.is_empty() {
-        println!("  limits: {global}");
+        outln!(out, "  limits: {global}");
     }
     for r in &cfg.routes {
         let own = describe(&r.admission);
         if !own.is_empty() {
-            println!("  route {:?} limits: {own}", r.name);
+            outln!(out, "  route {:?} limits: {own}", r.name);
         }
     }
     // What `run` raises the soft limit to: the hard limit (or fs.nr_open when unlimited).
@@ -418,16 +441,18 @@ fn print_limits(cfg: &Config) {
         Ok((soft, hard)) => {
             let limit = fd::raised_limit(soft, hard);
             let reserve = fd::reserve_for(limit, cfg.limits.fd_reserve);
-            println!(
+            outln!(
+                out,
                 "  file descriptors: limit {limit} (soft {soft} now; run raises it to the hard limit), reserve {reserve}"
             );
             if reserve >= limit {
-                println!(
+                outln!(
+                    out,
                     "  warning: limits.fd_reserve is not below the descriptor limit: every handshake would be refused with 503"
                 );
             }
         }
-        Err(e) => println!("  file descriptors: cannot read RLIMIT_NOFILE ({e})"),
+        Err(e) => outln!(out, "  file descriptors: cannot read RLIMIT_NOFILE ({e})"),
     }
 }
 

@@ -229,8 +229,10 @@ fn restart_needed(initial: &Config, config: &Config) -> Vec<String> {
     if initial.scheduler != config.scheduler {
         out.push("[runtime] scheduler".into());
     }
-    if initial.watch != config.watch {
-        out.push("[config] watch".into());
+    match (initial.watch, config.watch) {
+        (Some(a), Some(b)) if a != b => out.push("[config] watch_interval".into()),
+        (a, b) if a.is_some() != b.is_some() => out.push("[config] watch".into()),
+        _ => {}
     }
     if initial.log.refusals_per_second != config.log.refusals_per_second {
         out.push("[log] refusals_per_second".into());

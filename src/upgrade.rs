@@ -109,9 +109,15 @@ impl Inherited {
         self.take_where(|n, s| *n == name || s.local_addr().ok() == Some(addr))
     }
 
-    /// The admin listener's socket (configured at `addr`).
+    /// The admin listener's socket (configured at `addr`), if the predecessor's is still at
+    /// that address (port 0: any port on its IP). An `[admin] listen` that changed is bound
+    /// anew: a binary upgrade is how that change is applied.
     pub fn take_admin(&mut self, addr: SocketAddr) -> Option<TcpListener> {
-        self.take_where(|n, s| n == ADMIN || s.local_addr().ok() == Some(addr))
+        let at = |s: &std::net::TcpListener| {
+            s.local_addr()
+                .is_ok_and(|l| l == addr || (addr.port() == 0 && l.ip() == addr.ip()))
+        };
+        self.take_where(|n, s| (n == ADMIN && at(s)) || s.local_addr().is_ok_and(|l| l == addr))
     }
 
     fn take_where(
@@ -215,7 +221,17 @@ impl Predecessor {
 /// stale file), and hands the sockets to the first successor that completes the exchange;
 /// then stops accepting and starts the drain through `hand_over_done`.
 pub async fn serve(state: Arc<ProxyState>, path: PathBuf, stop: CancellationToken) {
-    let _ = std::fs::remove_file(&path);
+    // Only a socket is replaced (validation said so; the file may have changed since).
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if !std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+            tracing::error!(socket = %path.display(), "cannot serve binary upgrades: the path exists and is not a socket");
+            return;
+        }
+        Ok(_) => {
+            let _ = std::fs::remove_file(&path);
+        }
+        Err(_) => {}
+    }
     let listener = match UnixListener::bind(&path) {
         Ok(l) => l,
         Err(e) => {

@@ -186,6 +186,24 @@ async fn check_reports_every_error_with_file_line_and_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
 }
 
+/// `wsgate check ... | head -1`: a reader that stops early costs no panic, and the check's
+/// own verdict stands (exit 0).
+#[test]
+fn check_into_a_closed_pipe_exits_cleanly() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config", example])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
+
 #[tokio::test]
 async fn check_reports_unknown_keys_and_wrong_types_with_the_value_errors() {
     let fixture = concat!(

@@ -494,3 +494,118 @@ fn runtime_workers_and_scheduler() {
         "{errs:#?}"
     );
 }
+
+/// `[upgrade] socket` names a Unix socket wsgate binds, replacing a stale one: an empty
+/// path, a missing directory and an existing file that is not a socket (which the bind
+/// would have deleted: the config file itself, say) are refused with key and line.
+#[test]
+fn the_upgrade_socket_must_be_a_socket_path_in_a_directory_that_exists() {
+    let dir = crate::support::TempDir::new("upgrade-socket");
+    let config_file = dir.path().join("wsgate.toml");
+    std::fs::write(&config_file, "# me\n").unwrap();
+    let base = "[[listener]]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"ws://127.0.0.1:1\"]\n";
+    for (socket, part) in [
+        ("", "must be a path"),
+        ("/nonexistent-wsgate-dir/x.sock", "does not exist"),
+        (config_file.to_str().unwrap(), "is not a socket"),
+    ] {
+        let text = format!("{base}[upgrade]\nsocket = \"{socket}\"\n");
+        let errs = wsgate::config::from_toml_str(&text).unwrap_err();
+        assert_eq!(
+            (errs[0].key.as_str(), errs[0].line),
+            ("upgrade.socket", Some(8)),
+            "{socket:?}: {errs:?}"
+        );
+        assert!(errs[0].message.contains(part), "{socket:?}: {errs:?}");
+    }
+    assert_eq!(std::fs::read_to_string(&config_file).unwrap(), "# me\n");
+    let fine = dir.path().join("wsgate.sock");
+    let text = format!("{base}[upgrade]\nsocket = \"{}\"\n", fine.display());
+    let config = wsgate::config::from_toml_str(&text).unwrap();
+    assert_eq!(config.upgrade_socket.as_deref(), Some(fine.as_path()));
+}
+
+/// Two listeners that would take the same port are refused by `check`, not by the bind at
+/// start: the same address twice, or an address beside the unspecified one on its port.
+#[test]
+fn listeners_that_would_share_a_port_are_refused() {
+    let route = "[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"ws://127.0.0.1:1\"]\n";
+    for (first, second, part) in [
+        (
+            "127.0.0.1:23001",
+            "0.0.0.0:23001",
+            "cannot both listen on port 23001",
+        ),
+        (
+            "0.0.0.0:23001",
+            "127.0.0.1:23001",
+            "cannot both listen on port 23001",
+        ),
+        (
+            "[::]:23001",
+            "127.0.0.1:23001",
+            "cannot both listen on port 23001",
+        ),
+        (
+            "127.0.0.1:23001",
+            "127.0.0.1:23001",
+            "used by an earlier listener",
+        ),
+    ] {
+        let text = format!(
+            "[[listener]]\nlisten = \"{first}\"\n[[listener]]\nlisten = \"{second}\"\n{route}"
+        );
+        let errs = wsgate::config::from_toml_str(&text).unwrap_err();
+        assert_eq!(
+            (errs[0].key.as_str(), errs[0].line),
+            ("listener[1].listen", Some(4)),
+            "{first} + {second}: {errs:?}"
+        );
+        assert!(errs[0].message.contains(part), "{errs:?}");
+    }
+    // Other addresses on one port, and free ports, are fine.
+    for (first, second) in [
+        ("127.0.0.1:23001", "127.0.0.2:23001"),
+        ("0.0.0.0:0", "127.0.0.1:0"),
+    ] {
+        let text = format!(
+            "[[listener]]\nlisten = \"{first}\"\n[[listener]]\nlisten = \"{second}\"\n{route}"
+        );
+        wsgate::config::from_toml_str(&text).unwrap();
+    }
+}
+
+/// SNI carries DNS names only (RFC 6066 §3): an SNI entry's `hosts` that hold an IP
+/// address, a bare `*`, an inner wildcard or an empty name would never match, and are
+/// refused with key and line, as a route's `host` is.
+#[test]
+fn sni_hosts_must_be_host_names() {
+    let ca = crate::support::tls::TestCa::new();
+    let (cert, key) = ca.leaf("gw", &["localhost"]);
+    let route = "[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"ws://127.0.0.1:1\"]\n";
+    let with = |hosts: &str| {
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"{c}\"\nkey = \"{k}\"\n\
+             [[listener.tls.sni]]\nhosts = {hosts}\ncert = \"{c}\"\nkey = \"{k}\"\n{route}",
+            c = cert.display(),
+            k = key.display()
+        )
+    };
+    for hosts in [
+        "[\"a.example\", \"bad host\"]",
+        "[\"*\"]",
+        "[\"a.*.test\"]",
+        "[\"\"]",
+        "[\"1.2.3.4\"]",
+        "[\"a.example:443\"]",
+    ] {
+        let errs = wsgate::config::from_toml_str(&with(hosts)).unwrap_err();
+        assert_eq!(
+            (errs[0].key.as_str(), errs[0].line),
+            ("listener[0].tls.sni[0].hosts", Some(7)),
+            "{hosts}: {errs:?}"
+        );
+    }
+    wsgate::config::from_toml_str(&with("[\"a.example\", \"*.wild.example\", \"B.Example\"]"))
+        .unwrap();
+}

@@ -311,3 +311,58 @@ async fn sigusr2_starts_the_successor_and_the_old_process_exits() {
     })
     .await;
 }
+
+/// A binary upgrade is how a changed `[admin] listen` takes effect: the successor binds the
+/// new address rather than taking over the old one's socket (which goes with the old
+/// process).
+#[tokio::test]
+async fn a_successor_with_another_admin_address_listens_there() {
+    let tmp = TempDir::new("upgrade-admin");
+    let echo = EchoBackend::spawn().await;
+    let old_config = upgrade_config(
+        &tmp,
+        "old.toml",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n",
+        &echo.url(),
+    );
+    let Running {
+        child: mut old,
+        log: mut old_log,
+        seen: mut seen_old,
+        url: _,
+    } = start_upgradable(&old_config).await;
+    let old_admin: std::net::SocketAddr = seen_old
+        .iter()
+        .find(|l| l.contains("\"admin listener\""))
+        .map(|l| field(l, "admin"))
+        .expect("the admin listener's address")
+        .parse()
+        .unwrap();
+    let new_admin = closed_port().await;
+    let new_config = upgrade_config(
+        &tmp,
+        "new.toml",
+        &format!("[admin]\nlisten = \"{new_admin}\"\n\n"),
+        &echo.url(),
+    );
+    let mut new = spawn_binary(&new_config, "json", "info");
+    let new_log = log_lines(&mut new);
+    wait_line(&mut old_log, &mut seen_old, "the hand-over", |l| {
+        l.contains("handed the listening sockets over")
+    })
+    .await;
+    assert!(wait_exit(&mut old).await.success());
+    let new_log = drain_log(new_log);
+    let (_, ready) = raw_exchange(
+        new_admin,
+        b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let refused = tokio::net::TcpStream::connect(old_admin).await;
+    assert!(refused.is_err(), "the old admin address still answers");
+    send_signal(&new, "TERM");
+    let status = wait_exit(&mut new).await;
+    let log = new_log.await.unwrap();
+    assert!(status.success(), "{status}; log:\n{}", log.join("\n"));
+}

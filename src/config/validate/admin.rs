@@ -139,8 +139,6 @@ fn taken_by_listener(
     addr: SocketAddr,
     listeners: &[Spanned<FileListener>],
 ) -> Option<(usize, SocketAddr)> {
-    let covers =
-        |a: IpAddr, b: IpAddr| a == b || (a.is_unspecified() && (a.is_ipv6() || b.is_ipv4()));
     listeners.iter().enumerate().find_map(|(i, l)| {
         let other = l
             .get_ref()
@@ -149,10 +147,7 @@ fn taken_by_listener(
             .get_ref()
             .parse::<SocketAddr>()
             .ok()?;
-        let shared = addr.port() != 0
-            && addr.port() == other.port()
-            && (covers(addr.ip(), other.ip()) || covers(other.ip(), addr.ip()));
-        shared.then_some((i, other))
+        super::listener::overlaps(addr, other).then_some((i, other))
     })
 }
 

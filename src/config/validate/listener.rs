@@ -2,7 +2,6 @@
 //! `[http2]`. Certificates are loaded through `crate::tls`'s typed constructors now, so that a
 //! missing file or a key that does not match its certificate is an error with key and line.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::ops::Range;
 
@@ -28,7 +27,7 @@ impl Validator<'_> {
         handshake: std::time::Duration,
     ) -> Vec<ListenerConfig> {
         let mut listeners = Vec::new();
-        let mut seen_addrs = HashSet::new();
+        let mut seen_addrs: Vec<(usize, SocketAddr)> = Vec::new();
         if file.is_empty() {
             self.err(
                 "listener",
@@ -55,9 +54,15 @@ impl Validator<'_> {
             };
             match listen.get_ref().parse::<SocketAddr>() {
                 Ok(addr) => {
-                    if addr.port() != 0 && !seen_addrs.insert(addr) {
-                        self.err(format!("{key}.listen"), Some(listen.span()), format!("{addr} is used by an earlier listener"));
+                    if let Some((j, other)) = seen_addrs.iter().find(|(_, o)| overlaps(addr, *o)) {
+                        let message = if *other == addr {
+                            format!("{addr} is used by an earlier listener (listener[{j}])")
+                        } else {
+                            format!("{addr} and listener[{j}]'s {other} cannot both listen on port {}: the unspecified address takes the port on every address", addr.port())
+                        };
+                        self.err(format!("{key}.listen"), Some(listen.span()), message);
                     }
+                    seen_addrs.push((i, addr));
                     let tls = l
                         .tls
                         .as_ref()
@@ -220,6 +225,28 @@ impl Validator<'_> {
                     continue;
                 }
             };
+            let bad: Vec<&String> = hosts
+                .iter()
+                .filter(|h| {
+                    !super::route::valid_host_pattern(h)
+                        || h.trim_start_matches("*.")
+                            .parse::<std::net::IpAddr>()
+                            .is_ok()
+                        || h.starts_with('[')
+                })
+                .collect();
+            if !bad.is_empty() {
+                if let Some(h) = &sni.hosts {
+                    self.err(
+                        format!("{k}.hosts"),
+                        Some(h.span()),
+                        format!(
+                            "{bad:?}: not a host name or a \"*.\" wildcard of one (SNI names no IP address, and a name it never matches would leave this certificate unused)"
+                        ),
+                    );
+                }
+                continue;
+            }
             if sni.cert.is_none() && sni.key.is_none() {
                 self.err(
                     format!("{k}.cert"),
@@ -385,4 +412,14 @@ impl Validator<'_> {
         }
         out
     }
+}
+
+/// Whether two listening addresses take the same port: the same address, or one of them
+/// unspecified (`0.0.0.0` takes the port on every IPv4 address, `[::]` on every address, as
+/// Linux binds it without `IPV6_V6ONLY`). Port 0 (a free port each) never collides.
+pub(super) fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |a: std::net::IpAddr, b: std::net::IpAddr| {
+        a == b || (a.is_unspecified() && (a.is_ipv6() || b.is_ipv4()))
+    };
+    a.port() != 0 && a.port() == b.port() && (covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
 }

@@ -166,6 +166,44 @@ impl Validator<'_> {
         line_of(self.text, offset)
     }
 
+    /// `[upgrade] socket`: a path for a Unix socket wsgate binds (replacing a stale socket
+    /// left there): in a directory that exists, and not any other kind of file, which the
+    /// bind would delete (the config file itself, say).
+    fn upgrade_socket(&mut self, s: &SpStr) -> Option<std::path::PathBuf> {
+        use std::os::unix::fs::FileTypeExt;
+        const KEY: &str = "upgrade.socket";
+        let span = Some(s.span());
+        if s.get_ref().trim().is_empty() {
+            self.err(KEY, span, "must be a path for a Unix socket");
+            return None;
+        }
+        let path = self.base.join(s.get_ref());
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.is_dir()
+        {
+            self.err(
+                KEY,
+                span,
+                format!("directory {} does not exist", dir.display()),
+            );
+            return None;
+        }
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if !m.file_type().is_socket() => {
+                self.err(
+                    KEY,
+                    span,
+                    format!(
+                        "{} exists and is not a socket (wsgate would replace it)",
+                        path.display()
+                    ),
+                );
+                None
+            }
+            _ => Some(path),
+        }
+    }
+
     /// Records one error; `span` (from a [`Spanned`] value) gives the line.
     pub(crate) fn err(
         &mut self,
@@ -435,7 +473,7 @@ impl Validator<'_> {
             .upgrade
             .as_ref()
             .and_then(|u| u.socket.as_ref())
-            .map(|s| self.base.join(s.get_ref()));
+            .and_then(|s| self.upgrade_socket(s));
 
         let workers = self
             .count(

@@ -568,7 +568,7 @@ fn parse_http_backend(s: &str) -> Result<BackendUrl, String> {
 }
 
 /// A host name or `*.`-prefixed wildcard: letters, digits, `-`, `.`; or an IP literal.
-fn valid_host_pattern(h: &str) -> bool {
+pub(super) fn valid_host_pattern(h: &str) -> bool {
     let name = h.strip_prefix("*.").unwrap_or(h);
     if name.parse::<std::net::IpAddr>().is_ok() {
         return !h.starts_with("*.");
