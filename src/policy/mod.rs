@@ -293,7 +293,7 @@ impl RoutePolicy {
             }
             let value = origin_header.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
             origin
-                .check(value.as_deref(), Some(facts.host))
+                .check(value.as_deref(), Some((facts.host, facts.scheme)))
                 .map_err(PolicyError::Origin)?;
         }
 

@@ -112,7 +112,9 @@ impl OriginRule {
         Ok(OriginRule::Exact(o))
     }
 
-    fn matches(&self, origin: &Origin, host: Option<&str>) -> bool {
+    /// `request`: the request's host (`Host`, or `:authority`) and scheme (`http` or
+    /// `https`, as the client connected or a trusted proxy says).
+    fn matches(&self, origin: &Origin, request: Option<(&str, &str)>) -> bool {
         match self {
             OriginRule::Exact(o) => o == origin,
             OriginRule::Wildcard {
@@ -128,21 +130,32 @@ impl OriginRule {
                         .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.'))
             }
             OriginRule::SameOrigin => {
-                let Some((h, p)) = host.and_then(split_host_port) else {
+                let Some((scheme, (h, p))) =
+                    request.and_then(|(host, scheme)| Some((scheme, split_host_port(host)?)))
+                else {
                     return false;
                 };
-                // The request's port is the origin scheme's default when Host has none: a
-                // page at https://example.com opens wss://example.com with `Host: example.com`.
-                h.eq_ignore_ascii_case(&origin.host)
-                    && p.or_else(|| default_port(&origin.scheme)) == Some(origin.port)
+                // RFC 6454 §5: scheme, host and port. A page at https://example.com opens
+                // wss://example.com (`Host: example.com`, port 443 by the connection's
+                // scheme); one at http://example.com, or http://example.com:443, is another
+                // origin, which a script injected there must not borrow.
+                // (A trusted proxy may say `ws`/`wss`: the page's scheme is `http`/`https`.)
+                let scheme = match scheme.to_ascii_lowercase().as_str() {
+                    "wss" | "https" => "https",
+                    _ => "http",
+                };
+                origin.scheme.eq_ignore_ascii_case(scheme)
+                    && h.eq_ignore_ascii_case(&origin.host)
+                    && p.or_else(|| default_port(scheme)) == Some(origin.port)
             }
         }
     }
 }
 
 impl OriginPolicy {
-    /// `Ok` to proceed; `Err(reason)` for a 403.
-    pub fn check(&self, origin: Option<&str>, host: Option<&str>) -> Result<(), String> {
+    /// `Ok` to proceed; `Err(reason)` for a 403. `request`: the request's host and scheme
+    /// (for `same-origin`).
+    pub fn check(&self, origin: Option<&str>, request: Option<(&str, &str)>) -> Result<(), String> {
         let Some(raw) = origin else {
             return if self.allow_missing {
                 Ok(())
@@ -157,7 +170,7 @@ impl OriginPolicy {
         let Some(rules) = &self.rules else {
             return Ok(());
         };
-        if rules.iter().any(|r| r.matches(&parsed, host)) {
+        if rules.iter().any(|r| r.matches(&parsed, request)) {
             Ok(())
         } else {
             Err(format!("origin {raw:?} is not allowed"))
@@ -195,24 +208,48 @@ mod tests {
         assert!(p.check(None, None).is_ok());
 
         let same = policy(&["same-origin"], false);
+        let https = |host| Some((host, "https"));
+        let http = |host| Some((host, "http"));
         assert!(
-            same.check(Some("https://chat.test"), Some("chat.test"))
+            same.check(Some("https://chat.test"), https("chat.test"))
                 .is_ok()
         );
         assert!(
-            same.check(Some("http://chat.test:8080"), Some("chat.test:8080"))
+            same.check(Some("http://chat.test:8080"), http("chat.test:8080"))
                 .is_ok()
         );
         assert!(
-            same.check(Some("http://chat.test:8080"), Some("chat.test:9090"))
+            same.check(Some("http://chat.test:8080"), http("chat.test:9090"))
                 .is_err()
         );
         assert!(
-            same.check(Some("https://evil.test"), Some("chat.test"))
+            same.check(Some("https://evil.test"), https("chat.test"))
                 .is_err()
         );
-        assert!(same.check(Some("http://[::1]:80"), Some("[::1]")).is_ok());
-        assert!(same.check(None, Some("chat.test")).is_err());
+        assert!(same.check(Some("http://[::1]:80"), http("[::1]")).is_ok());
+        assert!(same.check(None, https("chat.test")).is_err());
+        // RFC 6454: the scheme is part of the origin, and a Host without a port means the
+        // request's scheme's default, not the Origin's.
+        assert!(
+            same.check(Some("http://chat.test"), https("chat.test"))
+                .is_err()
+        );
+        assert!(
+            same.check(Some("http://chat.test:443"), https("chat.test"))
+                .is_err()
+        );
+        assert!(
+            same.check(Some("http://chat.test"), http("chat.test:80"))
+                .is_ok()
+        );
+        assert!(
+            same.check(Some("https://chat.test"), http("chat.test"))
+                .is_err()
+        );
+        assert!(
+            same.check(Some("https://chat.test"), Some(("chat.test", "wss")))
+                .is_ok()
+        );
 
         // `missing_origin = "refuse"` alone: any origin, but one there must be.
         let any = OriginPolicy {

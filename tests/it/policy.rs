@@ -100,6 +100,12 @@ async fn same_origin_and_missing_origin_refused() {
         403
     );
     assert_eq!(upgrade(&gw, "Origin: http://other\r\n").await.status, 403);
+    // The scheme is the origin's too: this is a plain listener, so an https page is another
+    // origin (RFC 6454 §5).
+    assert_eq!(
+        upgrade(&gw, "Origin: https://localhost\r\n").await.status,
+        403
+    );
     let r = upgrade(&gw, "").await;
     assert_eq!(r.status, 403);
     assert!(r.body.contains("no Origin header"), "{}", r.body);
