@@ -4,7 +4,8 @@
 //!   orchestrators probe them without credentials), and so are the status page's HTML (it
 //!   holds no data: its requests carry the credentials) and `POST /api/login`.
 //! - With a token: every other endpoint needs it on a non-loopback listener, and write
-//!   endpoints need it even on loopback. It comes as `Authorization: Bearer <token>` or as the
+//!   endpoints need it even on loopback (reads there do not, when the request names a
+//!   loopback host: see below). It comes as `Authorization: Bearer <token>` or as the
 //!   cookie `POST /api/login` sets for the status page.
 //! - Without a token (loopback only, which `config` enforces): a request must name a loopback
 //!   host (`127.0.0.1`, `[::1]`, `localhost`), so a web page whose name an attacker points at
@@ -129,7 +130,9 @@ impl Rules {
         let Some(token) = &self.token else {
             return Ok(());
         };
-        let open = public(method, path) || (!write && self.loopback);
+        // Token-less reads on a loopback listener only for a loopback host, as without a
+        // token: a page at a name rebound to 127.0.0.1 must not read the session list.
+        let open = public(method, path) || (!write && self.loopback && loopback_host(headers));
         if open || presented(headers).is_some_and(|t| token_eq(t, &token.0)) {
             return Ok(());
         }

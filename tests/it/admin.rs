@@ -460,6 +460,24 @@ async fn a_token_guards_the_write_endpoints_and_the_browser_rules_hold() {
     let (_gw, admin) = spawn_admin(&route("chat", "/chat", &[echo.url()]), Some(TOKEN)).await;
     // Reads on loopback need no token; writes do.
     assert_eq!(get(admin, "/api/sessions").await.status, 200);
+    // ...when they name a loopback host: a page at a name rebound to 127.0.0.1 (DNS
+    // rebinding) reads nothing without the token.
+    let rebinding = format!(
+        "GET /api/sessions HTTP/1.1\r\nHost: attacker.example:{}\r\nConnection: close\r\n\r\n",
+        admin.port()
+    );
+    assert_eq!(
+        raw_exchange(admin, rebinding.as_bytes()).await.1.status,
+        401
+    );
+    let with_token = format!(
+        "GET /api/sessions HTTP/1.1\r\nHost: attacker.example:{}\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n",
+        admin.port()
+    );
+    assert_eq!(
+        raw_exchange(admin, with_token.as_bytes()).await.1.status,
+        200
+    );
     let close = serde_json::json!({});
     let (status, body) = post_json(admin, "/api/sessions/999/close", &close, "").await;
     assert_eq!(status, 401, "{body}");
