@@ -250,18 +250,49 @@ pub struct FileSticky {
 }
 
 /// One entry of a route's `backends`: a URL, or a table for per-backend settings.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+///
+/// Not `#[serde(untagged)]`: an untagged enum buffers the value and reports only that it
+/// matched no form, so a misspelt key inside the table (`weigth = 2`) or a value of the
+/// wrong type there would go unnamed. Here a table is read as [`FileBackendTable`] itself,
+/// and its own errors (unknown key, wrong type) come through with their key.
+#[derive(Debug)]
 pub enum FileBackend {
     Url(String),
     Table(FileBackendTable),
+}
+
+impl<'de> Deserialize<'de> for FileBackend {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Form;
+        impl<'de> serde::de::Visitor<'de> for Form {
+            type Value = FileBackend;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a URL or a table { url = ..., insecure_skip_verify = ..., weight = ... }",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FileBackend, E> {
+                Ok(FileBackend::Url(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<FileBackend, A::Error> {
+                FileBackendTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(FileBackend::Table)
+            }
+        }
+        d.deserialize_any(Form)
+    }
 }
 
 /// `{ url = "wss://...", insecure_skip_verify = true }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileBackendTable {
-    pub url: String,
+    /// Required; checked in validation, so that a `url` of the wrong type is reported once
+    /// (as that), not again as missing.
+    pub url: Option<String>,
     /// Development only: accept any certificate from this backend (a warning at every start).
     pub insecure_skip_verify: Option<bool>,
     /// Its share of new sessions relative to the route's other backends (default 1).

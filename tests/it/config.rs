@@ -114,7 +114,7 @@ fn unknown_keys_wrong_types_and_bad_values_are_reported_together() {
             (
                 17,
                 "route[0].backends[2]",
-                "expected a URL or a table { url = ..., insecure_skip_verify = ... }, found an integer (9000)",
+                "expected a URL or a table { url = ..., insecure_skip_verify = ..., weight = ... }, found an integer (9000)",
             ),
             (
                 18,
@@ -608,4 +608,34 @@ fn sni_hosts_must_be_host_names() {
     }
     wsgate::config::from_toml_str(&with("[\"a.example\", \"*.wild.example\", \"B.Example\"]"))
         .unwrap();
+}
+
+/// A backend written as a table is read as one: a misspelt key in it is named with a "did
+/// you mean", a value of the wrong type by its key, a missing `url` as missing.
+#[test]
+fn a_backend_table_names_the_key_at_fault() {
+    let base = "[[listener]]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"r\"\npath = \"/\"\n";
+    for (backends, key, part) in [
+        (
+            "[{ url = \"ws://127.0.0.1:1\", weigth = 2 }]",
+            "route[0].backends[0].weigth",
+            "did you mean \"weight\"",
+        ),
+        (
+            "[{ url = \"ws://127.0.0.1:1\", weight = \"x\" }]",
+            "route[0].backends[0].weight",
+            "expected an integer",
+        ),
+        ("[{ weight = 2 }]", "route[0].backends[0].url", "missing"),
+    ] {
+        let text = format!("{base}backends = {backends}\n");
+        let errs = wsgate::config::from_toml_str(&text).unwrap_err();
+        assert_eq!(errs.len(), 1, "{backends}: {errs:?}");
+        assert_eq!(
+            (errs[0].key.as_str(), errs[0].line),
+            (key, Some(6)),
+            "{backends}: {errs:?}"
+        );
+        assert!(errs[0].message.contains(part), "{errs:?}");
+    }
 }

@@ -382,7 +382,8 @@ url = \"ws://d\"
 [[route.backends]]
 url = 5
 ";
-    let forms = "expected a URL or a table { url = ..., insecure_skip_verify = ... }";
+    let forms = "expected a URL or a table { url = ..., insecure_skip_verify = ..., weight = ... }";
+    // A table is read as the table it is: the key inside it that is wrong is named.
     assert_errors(
         text,
         &[
@@ -393,13 +394,13 @@ url = 5
             ),
             (
                 3,
-                "route[0].backends[2]",
-                &format!("{forms}, found a table {{ insecure = true, url = \"ws://b\" }}"),
+                "route[0].backends[2].insecure",
+                "unknown key \"insecure\"; expected one of: url, insecure_skip_verify, weight",
             ),
             (
-                8,
-                "route[1].backends[1]",
-                &format!("{forms}, found a table {{ url = 5 }}"),
+                9,
+                "route[1].backends[1].url",
+                "expected a string, found an integer (5)",
             ),
         ],
     );
@@ -415,7 +416,7 @@ url = 5
         .iter()
         .map(|b| match b.get_ref() {
             crate::config::file::FileBackend::Url(u) => u.clone(),
-            crate::config::file::FileBackend::Table(t) => t.url.clone(),
+            crate::config::file::FileBackend::Table(t) => t.url.clone().unwrap_or_default(),
         })
         .collect();
     assert_eq!(urls[0], "ws://a");

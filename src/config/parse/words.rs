@@ -134,11 +134,9 @@ pub(super) fn table_expected(path: &[Step], found: &str) -> String {
 }
 
 /// What untagged enums of the file mirror accept, by type name: serde's own message for them
-/// ("data did not match any variant of untagged enum ...") says neither.
-pub(super) const UNTAGGED_FORMS: &[(&str, &str)] = &[(
-    "FileBackend",
-    "a URL or a table { url = ..., insecure_skip_verify = ... }",
-)];
+/// ("data did not match any variant of untagged enum ...") says neither. (None now:
+/// `FileBackend`, the one there was, reads its forms itself to name the key at fault.)
+pub(super) const UNTAGGED_FORMS: &[(&str, &str)] = &[];
 
 /// `unknown key "bakends"; did you mean "backends"?`, or the keys there are.
 pub(super) fn unknown(what: &str, name: &str, names: &[String]) -> String {

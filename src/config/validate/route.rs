@@ -362,7 +362,15 @@ impl Validator<'_> {
             let (url, skip, weight) = match b.get_ref() {
                 FileBackend::Url(u) => (u, false, None),
                 FileBackend::Table(t) => {
-                    (&t.url, t.insecure_skip_verify.unwrap_or(false), t.weight)
+                    let Some(url) = &t.url else {
+                        self.err(
+                            format!("{key}.backends[{j}].url"),
+                            Some(b.span()),
+                            "missing: the backend's URL, e.g. url = \"ws://127.0.0.1:9000\"",
+                        );
+                        continue;
+                    };
+                    (url, t.insecure_skip_verify.unwrap_or(false), t.weight)
                 }
             };
             let weight = match weight.map(u32::try_from) {
