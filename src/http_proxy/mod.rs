@@ -133,7 +133,9 @@ impl HttpRoute {
 /// as RFC 9110 §7.8 lets a server do; the `Upgrade` header does not reach the backend.
 pub fn is_plain(route: &Route, parts: &Parts) -> bool {
     route.config.http.is_some()
-        && !crate::handshake::has_token(&parts.headers, &header::UPGRADE, "websocket")
+        // RFC 9110 §7.8: a server must ignore `Upgrade` in an HTTP/1.0 request.
+        && (parts.version == http::Version::HTTP_10
+            || !crate::handshake::has_token(&parts.headers, &header::UPGRADE, "websocket"))
         && parts.method != Method::CONNECT
 }
 

@@ -983,13 +983,24 @@ async fn an_offer_to_upgrade_to_another_protocol_is_served_as_a_plain_request() 
     )
     .await;
     assert_eq!(resp.status, 200);
+    // RFC 9110 §7.8: `Upgrade` in an HTTP/1.0 request is ignored, a websocket one too.
+    let (_s, resp) = raw_exchange(
+        gw.addr,
+        b"GET /old HTTP/1.0\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{resp:?}");
     let seen = seen.lock().unwrap();
     assert_eq!(seen[0].uri, "/h2c");
-    for name in ["upgrade", "http2-settings", "connection"] {
-        assert!(
-            !seen[0].headers.contains_key(name),
-            "{name} reached the backend"
-        );
+    assert_eq!(seen[1].uri, "/old");
+    for seen in &seen[..2] {
+        for name in ["upgrade", "http2-settings", "connection"] {
+            assert!(
+                !seen.headers.contains_key(name),
+                "{name} reached the backend"
+            );
+        }
     }
 }
 
