@@ -105,8 +105,12 @@ pub enum HandshakeError {
     /// HTTP/2: `:protocol` names something other than `websocket`.
     #[error("extended CONNECT for protocol {0:?}: only websocket is served")]
     ProtocolNotWebSocket(String),
-    /// HTTP/2: `:scheme` or `:path` missing (RFC 8441 §4 requires both).
-    #[error("extended CONNECT without :scheme or :path")]
+    /// HTTP/2: `:scheme` or `:path` missing (RFC 8441 §4 requires both), or a `:scheme`
+    /// that is not `http` or `https` (the WebSocket URI's, RFC 8441 §5: `ws` maps to `http`,
+    /// `wss` to `https`).
+    #[error(
+        "extended CONNECT without :scheme or :path, or with a :scheme other than http or https"
+    )]
     MissingPseudoHeader,
     /// HTTP/2: a `Sec-WebSocket-Key`, which RFC 8441 §5 has no use for.
     #[error("Sec-WebSocket-Key is not used over HTTP/2 (RFC 8441 §5)")]
@@ -246,7 +250,11 @@ fn validate_h2(parts: &request::Parts) -> Result<ClientHandshake, HandshakeError
             protocol.as_str().to_string(),
         ));
     }
-    if parts.uri.scheme().is_none() || parts.uri.path().is_empty() {
+    let web_scheme = parts
+        .uri
+        .scheme_str()
+        .is_some_and(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"));
+    if !web_scheme || parts.uri.path().is_empty() {
         return Err(HandshakeError::MissingPseudoHeader);
     }
     let host = parts

@@ -203,6 +203,10 @@ async fn refusals_over_h2_use_http_statuses_and_keep_the_connection() {
         .await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 
+    // `:scheme` is the WebSocket URI's, as http or https (RFC 8441 §5).
+    let resp = conn.connect("foo", "/", |_| {}).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+
     // A plain GET on the WebSocket route.
     let req = Request::get(format!("https://{}/", conn.authority))
         .version(Version::HTTP_2)
