@@ -60,11 +60,11 @@ where
     }
 
     /// The owner has brought the legs back: the session stays awake for at least its wait
-    /// (see [`wait`]) from now. (Their input is not known to the runtime before its next
+    /// (`wait` in this file) from now. (Their input is not known to the runtime before its next
     /// turn, so until then the relay would find both legs as quiet as when they were set
     /// aside.) `by_input`: input on a leg woke it, which tells how long its quiet spell was
     /// (a timer's or a signal's wake says nothing of the session's traffic), and so whether
-    /// its wait was long enough (see [`learn`]).
+    /// its wait was long enough (`learn` in this file).
     pub fn woke(&mut self, by_input: bool) {
         let now = super::millis(Instant::now().into_std());
         if by_input && let Some(after) = self.st.cfg().hibernate_after {
