@@ -285,22 +285,13 @@ const NOT_IN_TRAILERS: &[&str] = &[
 /// The backend's trailer fields as the client may have them: what [`NOT_IN_TRAILERS`] names
 /// and whatever a `Connection` among them names are dropped.
 pub fn response_trailers(trailers: &mut HeaderMap) {
-    let named = list_values(trailers, &header::CONNECTION);
-    for name in NOT_IN_TRAILERS {
-        trailers.remove(*name);
-    }
-    for name in named {
-        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
-            trailers.remove(name);
-        }
-    }
+    remove_with_named(trailers, NOT_IN_TRAILERS);
 }
 
-/// The backend's response head made the client's: hop-by-hop headers out, `Via` with the
-/// protocol the backend spoke, the request id.
-pub fn response_headers(headers: &mut HeaderMap, backend_version: Version, ids: &Correlation) {
+/// Removes the fields `names` lists and those a `Connection` field among them names.
+fn remove_with_named(headers: &mut HeaderMap, names: &[&str]) {
     let named = list_values(headers, &header::CONNECTION);
-    for name in HOP_BY_HOP {
+    for name in names {
         headers.remove(*name);
     }
     for name in named {
@@ -308,6 +299,12 @@ pub fn response_headers(headers: &mut HeaderMap, backend_version: Version, ids: 
             headers.remove(name);
         }
     }
+}
+
+/// The backend's response head made the client's: hop-by-hop headers out, `Via` with the
+/// protocol the backend spoke, the request id.
+pub fn response_headers(headers: &mut HeaderMap, backend_version: Version, ids: &Correlation) {
+    remove_with_named(headers, HOP_BY_HOP);
     if let Some(via) = forwarding::via(headers, via_version(backend_version)) {
         headers.insert(header::VIA, via);
     }

@@ -613,6 +613,15 @@ async fn a_read_stopped_by_the_task_budget_does_not_restart_the_grace() {
     assert_eq!(fair.over_grace(end), Some(CloseSide::Client));
 }
 
+/// Polls a relay made by [`relay_by_hand`] once, with no waker to wake; it must not end.
+fn still_running(relay: &mut Relay<tokio::io::DuplexStream, tokio::io::DuplexStream>) {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    assert!(
+        Pin::new(relay).poll(&mut cx).is_pending(),
+        "the session ended"
+    );
+}
+
 /// Whatever `pipe` holds now, without waiting.
 async fn available(pipe: &mut tokio::io::DuplexStream) -> Vec<u8> {
     use futures_util::FutureExt;
@@ -641,11 +650,7 @@ async fn a_ping_held_back_by_a_long_frame_is_timed_from_when_it_goes_out() {
         hibernate_after: None,
         ..SessionConfig::default()
     });
-    let waker = std::task::Waker::noop();
-    let mut turn = || {
-        let mut cx = Context::from_waker(waker);
-        assert!(Pin::new(&mut relay).poll(&mut cx).is_pending());
-    };
+    let mut turn = || still_running(&mut relay);
     turn();
     // The backend starts a 1,000-byte message, 10 bytes at a time, one step every 400 ms:
     // it is alive (it sends), and the client, quiet, is inside that frame all along.
@@ -706,11 +711,7 @@ async fn the_offender_gets_its_close_even_when_the_other_side_never_answers() {
         hibernate_after: None,
         ..SessionConfig::default()
     });
-    let waker = std::task::Waker::noop();
-    let mut turn = || {
-        let mut cx = Context::from_waker(waker);
-        assert!(Pin::new(&mut relay).poll(&mut cx).is_pending());
-    };
+    let mut turn = || still_running(&mut relay);
     turn();
     // An unmasked frame from the client: a protocol error.
     client.write_all(&plain(opcode::TEXT, b"hi")).await.unwrap();
