@@ -263,15 +263,9 @@ pub fn response_framing(
     Ok(())
 }
 
-/// Fields a trailer section must not carry (RFC 9110 §6.5.1), or that describe one
-/// connection (§7.6.1; an HTTP/2 peer takes them for a malformed message, RFC 9113 §8.2.2).
+/// Fields a trailer section must not carry (RFC 9110 §6.5.1), besides the [`HOP_BY_HOP`]
+/// ones (which an HTTP/2 peer takes for a malformed message there, RFC 9113 §8.2.2).
 const NOT_IN_TRAILERS: &[&str] = &[
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "transfer-encoding",
-    "upgrade",
     "trailer",
     "content-length",
     "content-encoding",
@@ -282,10 +276,13 @@ const NOT_IN_TRAILERS: &[&str] = &[
     "set-cookie",
 ];
 
-/// The backend's trailer fields as the client may have them: what [`NOT_IN_TRAILERS`] names
-/// and whatever a `Connection` among them names are dropped.
+/// The backend's trailer fields as the client may have them: what [`HOP_BY_HOP`] and
+/// [`NOT_IN_TRAILERS`] name and whatever a `Connection` among them names are dropped.
 pub fn response_trailers(trailers: &mut HeaderMap) {
-    remove_with_named(trailers, NOT_IN_TRAILERS);
+    remove_with_named(trailers, HOP_BY_HOP);
+    for name in NOT_IN_TRAILERS {
+        trailers.remove(*name);
+    }
 }
 
 /// Removes the fields `names` lists and those a `Connection` field among them names.
