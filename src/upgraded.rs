@@ -182,6 +182,19 @@ impl crate::relay::Leg for UpgradedIo {
         }
     }
 
+    fn send_fin(&mut self) {
+        let tcp = match self {
+            UpgradedIo::Tcp(s) => s.tcp(),
+            UpgradedIo::Tls(s) => s.tcp(),
+            UpgradedIo::TlsClient(s) => s.tcp(),
+            UpgradedIo::Hyper(_) => None,
+        };
+        if let Some(tcp) = tcp {
+            // Errors say the peer is gone already: nothing left to tell it.
+            let _ = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write);
+        }
+    }
+
     fn can_hibernate(&self) -> bool {
         match self {
             UpgradedIo::Tcp(s) => s.is_awake(),

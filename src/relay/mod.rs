@@ -98,6 +98,11 @@ pub trait Leg: AsyncRead + AsyncWrite + Unpin {
         Poll::Ready(Ok(false))
     }
 
+    /// Sends the FIN for a leg [`Leg::poll_finish`] finished without one, while the relay
+    /// still runs for the other leg: a plain TCP (or TLS, its `close_notify` already out)
+    /// socket's write side is shut now rather than when the relay ends. Nothing by default.
+    fn send_fin(&mut self) {}
+
     /// Whether this leg can be set aside now while its session hibernates (see
     /// [`Step::Idle`]): a plain TCP socket can, by its descriptor alone; a TLS stream when
     /// it holds nothing in flight.
@@ -152,6 +157,9 @@ struct Side<IO> {
     /// The proxy's close frame for this side is held back until the other side has answered
     /// the proxy's close (see `passing`); it is made from `State::reason` when released.
     deferred_close: bool,
+    /// Finished by `Leg::poll_finish` (no shutdown): its FIN goes with the socket's close
+    /// when the relay ends, or sooner if the other side is not done yet (`Leg::send_fin`).
+    fin_owed: bool,
     /// The proxy's last ping (number `pings_sent`, see `ping_token`) is unanswered: its pong
     /// is consumed whenever it comes.
     ping_pending: bool,
@@ -184,6 +192,7 @@ impl<IO: Leg> Side<IO> {
             finish_frame: false,
             passing: true,
             deferred_close: false,
+            fin_owed: false,
             ping_pending: false,
             awaiting_pong: false,
             pings_sent: 0,
@@ -459,6 +468,16 @@ where
         if finished(c) && finished(b) {
             return Poll::Ready(Turn::Over(false));
         }
+        // One side is done and the other is not (a peer that answered the close and waits
+        // for our FIN while the other side takes its time, up to `CLOSE_TIMEOUT`): the done
+        // one gets its FIN now. When both are done in one turn, the usual case, the relay
+        // has just ended and closing the sockets sends them.
+        if std::mem::take(&mut c.fin_owed) {
+            c.io.send_fin();
+        }
+        if std::mem::take(&mut b.fin_owed) {
+            b.io.send_fin();
+        }
         let may = *hibernate && !*closing;
         let quiet_until = idle::quiet_until(may, *woke, *nap, st, c, b);
         // The timers read the clock again if their timer fired: `now` is then that time.
@@ -722,6 +741,7 @@ fn step<A, Z>(
                 Poll::Ready(Ok(true) | Err(_)) => {
                     to.write_shut = true;
                     to.read_eof = true;
+                    to.fin_owed = true;
                     st.progress += 1;
                     return;
                 }

@@ -179,6 +179,55 @@ async fn reserved_opcode_from_the_backend_gets_the_client_1014() {
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
 
+/// A side whose closing handshake is over gets its FIN then, not when the other side ends:
+/// here the backend breaks the framing and then neither answers the proxy's close nor
+/// closes its socket (not even on the proxy's FIN), so its leg waits out the closing
+/// handshake's deadline (5 s); the client, which answered its 1014, must not wait with it
+/// (RFC 6455 §7.1.1: the server closes first).
+#[tokio::test]
+async fn a_side_done_with_its_close_gets_its_fin_while_the_other_lingers() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (held_tx, _held) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let head = read_request_head(&mut s).await;
+        let key = head
+            .lines()
+            .find_map(|l| l.strip_prefix("sec-websocket-key: "))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let accept = wsgate::handshake::accept_key(key.as_bytes());
+        let mut answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        )
+        .into_bytes();
+        answer.extend_from_slice(&[0x83, 0x00]); // reserved opcode 3
+        s.write_all(&answer).await.unwrap();
+        // Held open, unread, for as long as the test runs.
+        let _ = held_tx.send(s);
+    });
+    let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{addr}")])).await;
+    let (mut stream, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 101);
+    assert_eq!(
+        raw_close(&mut stream, resp.rest).await,
+        (1014, "backend protocol error".into())
+    );
+    // The client's close reply completes its closing handshake.
+    stream
+        .write_all(&client_frame(opcode::CLOSE, &1000u16.to_be_bytes()))
+        .await
+        .unwrap();
+    let mut rest = [0u8; 64];
+    let eof = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut rest))
+        .await
+        .expect("no FIN within 2 s: the client waited for the backend's leg (5 s)");
+    assert!(matches!(eof, Ok(0)), "{eof:?}");
+}
+
 #[tokio::test]
 async fn pings_keep_both_legs_checked_and_pongs_are_consumed() {
     let backend = EchoBackend::spawn().await;
