@@ -198,12 +198,19 @@ where
     // The connection is driven here, not in a task of its own: a check that times out
     // drops it with the socket.
     let mut conn = std::pin::pin!(conn);
+    let mut answer = std::pin::pin!(sender.send_request(req));
+    let answered = |r: hyper::Result<http::Response<hyper::body::Incoming>>| {
+        r.map(|r| r.status()).map_err(|e| e.to_string())
+    };
     let status = tokio::select! {
-        r = sender.send_request(req) => r.map(|r| r.status()).map_err(|e| e.to_string()),
-        r = &mut conn => Err(match r {
-            Ok(()) => "connection closed before an answer".to_string(),
-            Err(e) => e.to_string(),
-        }),
+        biased;
+        r = &mut answer => answered(r),
+        // With `Connection: close` the connection ends as soon as the exchange is over, in
+        // the same poll that hands the answer over: the answer decides, if there is one.
+        r = &mut conn => match r {
+            Ok(()) => answered(answer.await),
+            Err(e) => Err(e.to_string()),
+        },
     };
     match status? {
         s if s.is_success() => Ok(()),

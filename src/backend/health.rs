@@ -39,8 +39,10 @@ pub enum Change {
     Unhealthy,
     /// Ejected for this long after this many failures in a row.
     Ejected { lasts: Duration, failures: u32 },
-    /// Usable again (checks passed, or the ejection ran out).
+    /// Usable again: its active checks passed.
     Back,
+    /// Its ejection ran out: it is tried again, not known to be well (nothing checked it).
+    EjectionOver,
 }
 
 /// Whether one more backend of `total` may be ejected while `ejected` are: the route's
@@ -106,7 +108,7 @@ impl Health {
             s.last_ejection_end = Some(until);
             if !s.checked_down {
                 s.back_since = Some(until);
-                change = Some(Change::Back);
+                change = Some(Change::EjectionOver);
             }
         }
         (s.status(now) == Status::Healthy, change)
@@ -239,7 +241,7 @@ mod tests {
             assert!(h.is_ejected(now));
             assert!(!h.usable(now).0);
             now += Duration::from_secs(expected);
-            assert_eq!(h.usable(now), (true, Some(Change::Back)));
+            assert_eq!(h.usable(now), (true, Some(Change::EjectionOver)));
         }
         // Long enough without an ejection: back to the first length.
         now += Duration::from_secs(36);

@@ -85,7 +85,10 @@ impl Backend {
                 tracing::warn!(route, backend = %self.name, failures, ejected_for = ?lasts, "backend ejected after failed handshakes in a row");
             }
             health::Change::Back => {
-                tracing::info!(route, backend = %self.name, "backend healthy again: it takes new sessions");
+                tracing::info!(route, backend = %self.name, "backend healthy again: its checks passed, it takes new sessions");
+            }
+            health::Change::EjectionOver => {
+                tracing::info!(route, backend = %self.name, "backend ejection over: it is tried again for new sessions");
             }
         }
     }

@@ -150,8 +150,11 @@ impl BackendPool {
             _ => None,
         };
         let sticky = self.config.sticky.as_ref().and_then(|s| {
-            let value = sticky::cookie(&parts.headers, &s.cookie)?;
-            let id = s.key.open(&self.route, value, SystemTime::now())?;
+            // The first value that is ours and valid: a stale or foreign one of the same
+            // name beside it does not unpin the client.
+            let now = SystemTime::now();
+            let id = sticky::cookies(&parts.headers, &s.cookie)
+                .find_map(|value| s.key.open(&self.route, value, now))?;
             self.sticky_ids.iter().position(|i| *i == id)
         });
         Affinity { key, sticky }
@@ -324,10 +327,17 @@ fn fails_over(e: &BackendError) -> bool {
     !matches!(e, BackendError::Refused(r) if r.status.as_u16() < 500)
 }
 
-/// The error a failed handshake reports: connect failures all together as before (502, or
-/// 504 when every one timed out), else the last failure (a 5xx passed on as it came); the
-/// budget's end when nothing was tried.
+/// The error a failed handshake reports: the last 5xx a backend answered, passed on as it
+/// came (a backend's own word beats a connect failure, whichever came last); else connect
+/// failures all together as before (502, or 504 when every one timed out), else the last
+/// failure; the budget's end when nothing was tried.
 fn summary(mut failures: Vec<BackendError>, budget: Duration) -> BackendError {
+    if let Some(i) = failures
+        .iter()
+        .rposition(|e| matches!(e, BackendError::Refused(_)))
+    {
+        return failures.swap_remove(i);
+    }
     let connect = |e: &BackendError| {
         matches!(
             e,
@@ -442,6 +452,37 @@ mod tests {
         order.iter().map(|b| b.url.host.clone()).collect()
     }
 
+    /// A backend's 5xx answer is what the client gets when every attempt fails, whatever
+    /// failed after it: its own word beats a connect failure (a 504 that said the backends
+    /// were slow, when one had answered).
+    #[test]
+    fn a_5xx_answer_outranks_a_later_connect_failure() {
+        let refused = || {
+            BackendError::Refused(Box::new(crate::error::BackendRefusal {
+                status: http::StatusCode::SERVICE_UNAVAILABLE,
+                headers: Default::default(),
+                body: Default::default(),
+            }))
+        };
+        let timeout =
+            || BackendError::ConnectTimeout(Duration::from_secs(1), "b: timed out".into());
+        let budget = Duration::from_secs(10);
+        for failures in [vec![refused(), timeout()], vec![timeout(), refused()]] {
+            match summary(failures, budget) {
+                BackendError::Refused(r) => assert_eq!(r.status, 503),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(
+            summary(vec![timeout(), timeout()], budget),
+            BackendError::ConnectTimeout(..)
+        ));
+        assert!(matches!(
+            summary(vec![], budget),
+            BackendError::HandshakeTimeout(_)
+        ));
+    }
+
     #[test]
     fn round_robin_rotates_and_fails_over_in_order() {
         let p = pool("", "\"ws://a:1\", \"ws://b:1\"");
@@ -499,6 +540,13 @@ mod tests {
                 .sticky
                 .is_none()
         );
+        // Beside a stale or foreign value of the same name, the valid one still pins.
+        let req = http::Request::get("/")
+            .header("cookie", format!("srv=garbage; {value}"))
+            .body(())
+            .unwrap();
+        let a = p.affinity(&req.into_parts().0, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(hosts(&p.order(&a, Instant::now()))[0], "c");
     }
 
     #[test]

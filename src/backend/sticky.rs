@@ -90,14 +90,23 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// The value of cookie `name` in a request's `Cookie` headers.
+/// The value of cookie `name` in a request's `Cookie` headers (the first, if several).
 pub fn cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
+    cookies(headers, name).next()
+}
+
+/// Every value of cookie `name`, in order: a browser may hold two of one name (another
+/// path or domain, a cookie set before a route moved) and sends both.
+pub fn cookies<'h, 'n>(
+    headers: &'h http::HeaderMap,
+    name: &'n str,
+) -> impl Iterator<Item = &'h str> + use<'h, 'n> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
+        .filter_map(move |pair| {
             let (n, v) = pair.split_once('=')?;
             (n.trim() == name).then(|| v.trim().trim_matches('"'))
         })

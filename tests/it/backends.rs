@@ -574,3 +574,62 @@ async fn a_reload_does_not_double_the_checkers_and_a_shutdown_stops_them() {
     gw.shutdown().await;
     held.wait("the checks' end", |_, open| open == 0).await;
 }
+
+/// `check = "http"`: a backend that answers the check's `GET` with a 2xx is healthy,
+/// whether it closes the connection after its answer (as the check's `Connection: close`
+/// asks) or keeps it open; one that answers 503 is taken out.
+#[tokio::test]
+async fn http_checks_pass_on_2xx_and_fail_on_5xx() {
+    /// Answers every request with `answer`, then closes (or holds the connection).
+    async fn http_backend(answer: &'static [u8], close: bool) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let _ = read_request_head(&mut s).await;
+                    let _ = s.write_all(answer).await;
+                    if !close {
+                        let mut sink = [0u8; 64];
+                        while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+                    }
+                });
+            }
+        });
+        format!("ws://{addr}")
+    }
+    let closing = http_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", true).await;
+    let holding = http_backend(b"HTTP/1.1 204 No Content\r\n\r\n", false).await;
+    let failing = http_backend(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n", true).await;
+    let (_gw, admin) = admin_gateway(&format!(
+        "{}[route.health]\ncheck = \"http\"\npath = \"/hc\"\ninterval = \"50ms\"\n\
+         timeout = \"1s\"\nunhealthy_threshold = 2\nmax_failures = 0\n",
+        route(
+            "r",
+            "/",
+            &[closing.clone(), holding.clone(), failing.clone()]
+        )
+    ))
+    .await;
+    wait_state(admin, &failing, "unhealthy").await;
+    for url in [&closing, &holding] {
+        tokio::time::timeout(STEP, async {
+            loop {
+                let ok = metric(
+                    admin,
+                    "wsgate_backend_health_checks_total",
+                    &[("backend", url.as_str()), ("result", "ok")],
+                )
+                .await;
+                if ok >= 3.0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{url}: no passed checks"));
+        assert_eq!(backend_json(admin, url).await["state"], "healthy", "{url}");
+    }
+}
