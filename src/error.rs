@@ -210,6 +210,10 @@ pub enum ProxyError {
     /// An OPTIONS or TRACE request whose `Max-Forwards` is not one run of digits.
     #[error("invalid Max-Forwards")]
     MaxForwardsInvalid,
+    /// An HTTP/2 request with more header fields than `limits.max_headers` (hyper's HTTP/1.1
+    /// parser refuses those itself; its HTTP/2 server bounds only their bytes).
+    #[error("request has more than {0} header fields")]
+    TooManyHeaders(usize),
     /// A plain request's body is over the route's `max_request_body`.
     #[error("request body over the route's limit of {0} bytes")]
     BodyTooLarge(u64),
@@ -265,6 +269,7 @@ impl ProxyError {
             ProxyError::RequestFraming(_) | ProxyError::MaxForwardsInvalid => {
                 StatusCode::BAD_REQUEST
             }
+            ProxyError::TooManyHeaders(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BodyBroken => StatusCode::BAD_REQUEST,
@@ -295,6 +300,7 @@ impl ProxyError {
             | ProxyError::HostInvalid(_)
             | ProxyError::RequestFraming(_)
             | ProxyError::MaxForwardsInvalid
+            | ProxyError::TooManyHeaders(_)
             | ProxyError::BodyTooLarge(_)
             | ProxyError::BodyTimeout(_)
             | ProxyError::BodyBroken => Fault::Client,
@@ -323,6 +329,7 @@ impl ProxyError {
             ProxyError::Limit(e) => e.outcome(),
             ProxyError::RequestFraming(_) => Outcome::RequestFramingInvalid,
             ProxyError::MaxForwardsInvalid => Outcome::MaxForwardsInvalid,
+            ProxyError::TooManyHeaders(_) => Outcome::RequestHeadTooLarge,
             ProxyError::BodyTooLarge(_) => Outcome::RequestBodyTooLarge,
             ProxyError::BodyTimeout(_) => Outcome::RequestBodyTimeout,
             ProxyError::BodyBroken => Outcome::ClientGone,

@@ -203,6 +203,20 @@ async fn refusals_over_h2_use_http_statuses_and_keep_the_connection() {
         .await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 
+    // More header fields than `max_headers` (100 by default): 431, as over HTTP/1.1 (hyper's
+    // HTTP/2 server bounds only their bytes). Cookie crumbs count as one `Cookie`.
+    let resp = conn
+        .connect("https", "/", |r| {
+            for i in 0..120 {
+                r.headers_mut().append(
+                    http::HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
+                    "v".parse().unwrap(),
+                );
+            }
+        })
+        .await;
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+
     // `:scheme` is the WebSocket URI's, as http or https (RFC 8441 §5).
     let resp = conn.connect("foo", "/", |_| {}).await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
@@ -217,11 +231,16 @@ async fn refusals_over_h2_use_http_statuses_and_keep_the_connection() {
     assert!(resp.headers().get("upgrade").is_none());
     assert_eq!(backend.request_count(), 0);
 
-    // The same connection still opens a permitted WebSocket.
+    // The same connection still opens a permitted WebSocket, with a browser's 150 cookie
+    // crumbs (one `Cookie` field, as they would be over HTTP/1.1).
     let resp = conn
         .connect("https", "/", |r| {
             r.headers_mut()
                 .insert("origin", "https://app.example".parse().unwrap());
+            for i in 0..150 {
+                r.headers_mut()
+                    .append("cookie", format!("c{i}=v").parse().unwrap());
+            }
         })
         .await;
     assert_eq!(resp.status(), StatusCode::OK);
