@@ -125,6 +125,20 @@ pub async fn accept_loop(
             },
         };
         stats.accepted.fetch_add(1, Ordering::Relaxed);
+        // Deep in the descriptor reserve (`Descriptors::check_accepted`), a connection is
+        // closed as soon as it is accepted, unanswered: idle connections must not take what
+        // the reserve keeps for the admin listener and the backend legs.
+        if state
+            .descriptors
+            .check_accepted(started.config.limits.fd_reserve)
+            .is_err()
+        {
+            state
+                .unrouted_refusals
+                .add(crate::outcome::Outcome::FdReserve);
+            drop(stream);
+            continue;
+        }
         let awaiting = Arc::new(AwaitingAnswer::new(state.clone()));
         set_socket_options(&stream);
         let (state, stop) = (state.clone(), stop.clone());

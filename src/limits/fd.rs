@@ -36,6 +36,9 @@ pub struct Descriptors {
     credits: AtomicU32,
     /// ...under this reserve (a reload that changes `fd_reserve` gets a probe at once).
     credits_reserve: AtomicU64,
+    /// The same for [`Descriptors::check_accepted`], under half the reserve.
+    accept_credits: AtomicU32,
+    accept_credits_reserve: AtomicU64,
 }
 
 /// The most handshakes admitted without a probe in between. A probe that finds `room`
@@ -68,6 +71,8 @@ impl Descriptors {
             probe,
             credits: AtomicU32::new(0),
             credits_reserve: AtomicU64::new(0),
+            accept_credits: AtomicU32::new(0),
+            accept_credits_reserve: AtomicU64::new(0),
         }
     }
 
@@ -84,16 +89,37 @@ impl Descriptors {
     /// Refuses a new session when the lowest free descriptor number is within the reserve
     /// of the limit (or none is free at all).
     pub fn check(&self, setting: FdReserve) -> Result<(), LimitError> {
-        let reserve = self.reserve(setting);
+        self.check_within(self.reserve(setting), &self.credits, &self.credits_reserve)
+    }
+
+    /// Whether a connection just accepted on a proxy listener may stay: not once the lowest
+    /// free descriptor is within half the reserve of the limit. A connection holds its
+    /// descriptor from the accept, and those that never send a request (or send it slowly)
+    /// would otherwise take, until their handshake timeout, what the reserve keeps for the
+    /// admin listener and the backend legs. The handshakes that get that far are answered
+    /// 503 by [`Descriptors::check`] at the full reserve first.
+    pub fn check_accepted(&self, setting: FdReserve) -> Result<(), LimitError> {
+        self.check_within(
+            self.reserve(setting) / 2,
+            &self.accept_credits,
+            &self.accept_credits_reserve,
+        )
+    }
+
+    fn check_within(
+        &self,
+        reserve: u64,
+        credits: &AtomicU32,
+        credits_reserve: &AtomicU64,
+    ) -> Result<(), LimitError> {
         let Some(probe) = self.probe.as_ref().filter(|_| reserve > 0) else {
             return Ok(());
         };
         // A credit is taken only if there is one: two handshakes racing for the last one
         // (workers share this) must not wrap the count past zero, which would skip the
         // probe for the next four billion handshakes.
-        if self.credits_reserve.load(Ordering::Relaxed) == reserve
-            && self
-                .credits
+        if credits_reserve.load(Ordering::Relaxed) == reserve
+            && credits
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| c.checked_sub(1))
                 .is_ok()
         {
@@ -112,8 +138,8 @@ impl Descriptors {
             });
         }
         let skips = ((threshold - lowest_free) / ROOM_PER_SKIP).min(u64::from(MAX_SKIPPED_PROBES));
-        self.credits_reserve.store(reserve, Ordering::Relaxed);
-        self.credits.store(skips as u32, Ordering::Relaxed);
+        credits_reserve.store(reserve, Ordering::Relaxed);
+        credits.store(skips as u32, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -239,6 +265,8 @@ mod tests {
             probe: d.probe.as_ref().map(|f| f.try_clone().unwrap()),
             credits: AtomicU32::new(0),
             credits_reserve: AtomicU64::new(0),
+            accept_credits: AtomicU32::new(0),
+            accept_credits_reserve: AtomicU64::new(0),
         };
         assert!(roomy.check(FdReserve::Descriptors(64)).is_ok());
         // A changed reserve is probed at once, whatever credits the last probe left.
@@ -247,6 +275,22 @@ mod tests {
             Err(LimitError::FdReserve { .. })
         ));
         assert!(roomy.check(FdReserve::Descriptors(0)).is_ok());
+        // A just-accepted connection is closed only within half the reserve: between the
+        // two, the handshake is refused with 503 and the connection still answered.
+        let near = Descriptors {
+            limit: lowest + 1_000,
+            probe: d.probe.as_ref().map(|f| f.try_clone().unwrap()),
+            credits: AtomicU32::new(0),
+            credits_reserve: AtomicU64::new(0),
+            accept_credits: AtomicU32::new(0),
+            accept_credits_reserve: AtomicU64::new(0),
+        };
+        // (Margins of hundreds: other tests open and close descriptors meanwhile.)
+        let reserve = FdReserve::Descriptors(1_500);
+        assert!(near.check(reserve).is_err());
+        assert!(near.check_accepted(reserve).is_ok());
+        let reserve = FdReserve::Descriptors(5_000);
+        assert!(near.check_accepted(reserve).is_err());
     }
 
     #[test]
@@ -261,6 +305,8 @@ mod tests {
             probe: d.probe.as_ref().map(|f| f.try_clone().unwrap()),
             credits: AtomicU32::new(0),
             credits_reserve: AtomicU64::new(0),
+            accept_credits: AtomicU32::new(0),
+            accept_credits_reserve: AtomicU64::new(0),
         };
         let setting = FdReserve::Descriptors(1_000);
         // Plenty of room: one probe, then MAX_SKIPPED_PROBES handshakes without one.
@@ -298,6 +344,8 @@ mod tests {
             probe: d.probe.as_ref().map(|f| f.try_clone().unwrap()),
             credits: AtomicU32::new(0),
             credits_reserve: AtomicU64::new(1_000),
+            accept_credits: AtomicU32::new(0),
+            accept_credits_reserve: AtomicU64::new(0),
         });
         let start = Arc::new(std::sync::Barrier::new(3));
         let racers: Vec<_> = (0..2)

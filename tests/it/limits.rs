@@ -399,33 +399,32 @@ async fn every_refusal_reason_is_counted_and_the_limits_are_exported() {
     assert!(m.value("wsgate_fd_reserve", &[]) >= 64.0);
 }
 
-/// The binary under a descriptor limit of 256 (soft and hard): it says so at start, and
-/// once sessions bring it within the reserve (64 by default) of the limit, new handshakes
-/// get 503 `fd_reserve` while `/healthz` on the admin listener answers and the sessions
-/// already open still echo.
-#[tokio::test]
-async fn at_its_descriptor_limit_wsgate_refuses_new_sessions_and_keeps_serving() {
-    const LIMIT: u64 = 256;
-    let backend = EchoBackend::spawn().await;
+/// The binary under a descriptor limit of `limit` (soft and hard), with one route to
+/// `backend` and an admin listener: the child, its proxy address and its admin address,
+/// once it said at start what its limit and reserve are (checked against `limit` and 64).
+async fn limited_gateway(
+    backend: &str,
+    limit: u64,
+) -> (tokio::process::Child, SocketAddr, SocketAddr, TempDir) {
     let dir = TempDir::new("limits-fd");
     let config = dir.join("wsgate.toml");
     std::fs::write(
         &config,
         format!(
             "[[listener]]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{}",
-            route("r", "/", &[backend.url()])
+            route("r", "/", &[backend.to_string()])
         ),
     )
     .unwrap();
     let mut cmd = binary_command(&config, "json", "info");
     // SAFETY: setrlimit is async-signal-safe, and the closure touches nothing else.
     unsafe {
-        cmd.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: LIMIT,
-                rlim_max: LIMIT,
+        cmd.pre_exec(move || {
+            let rlimit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
             };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -439,7 +438,8 @@ async fn at_its_descriptor_limit_wsgate_refuses_new_sessions_and_keeps_serving()
     })
     .await;
     assert!(
-        limit_line.contains("\"limit\":256") && limit_line.contains("\"fd_reserve\":64"),
+        limit_line.contains(&format!("\"limit\":{limit}"))
+            && limit_line.contains("\"fd_reserve\":64"),
         "{limit_line}"
     );
     let addr = address_in(
@@ -458,6 +458,18 @@ async fn at_its_descriptor_limit_wsgate_refuses_new_sessions_and_keeps_serving()
     );
     // The log goes on being read, so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr, admin, dir)
+}
+
+/// The binary under a descriptor limit of 256 (soft and hard): it says so at start, and
+/// once sessions bring it within the reserve (64 by default) of the limit, new handshakes
+/// get 503 `fd_reserve` while `/healthz` on the admin listener answers and the sessions
+/// already open still echo.
+#[tokio::test]
+async fn at_its_descriptor_limit_wsgate_refuses_new_sessions_and_keeps_serving() {
+    const LIMIT: u64 = 256;
+    let backend = EchoBackend::spawn().await;
+    let (child, addr, admin, _dir) = limited_gateway(&backend.url(), LIMIT).await;
 
     // Two descriptors a session (client and backend sockets): the reserve is met well
     // before LIMIT / 2 sessions.
@@ -543,4 +555,50 @@ fn address_in(line: &str, field: &str) -> SocketAddr {
         .and_then(|a| a.as_str())
         .unwrap_or_else(|| panic!("no {field} in {line}"));
     text.parse().unwrap()
+}
+
+/// Connections that never send a request cannot take the reserve: deep in it (half the
+/// reserve from the limit) a connection is closed as soon as it is accepted, so with 250
+/// such connections open against a limit of 256, `/healthz` on the admin listener still
+/// answers, and the connections closed unserved are counted as `fd_reserve` refusals.
+#[tokio::test]
+async fn idle_connections_do_not_take_the_descriptor_reserve() {
+    const LIMIT: u64 = 256;
+    let backend = EchoBackend::spawn().await;
+    let (child, addr, admin, _dir) = limited_gateway(&backend.url(), LIMIT).await;
+    let mut idle = Vec::new();
+    for _ in 0..250 {
+        // The kernel completes the connect whether or not the gateway keeps it.
+        if let Ok(s) = TcpStream::connect(addr).await {
+            idle.push(s);
+        }
+    }
+    // Every connect so far is accepted (or closed) before this exchange's is: the accept
+    // queue is first in, first out.
+    let (_, health) = raw_exchange(
+        admin,
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+    let closed = tokio::time::timeout(STEP, async {
+        loop {
+            let m = scrape(admin).await;
+            let n = m.value(
+                "wsgate_handshakes_refused_total",
+                &[
+                    ("route", "-"),
+                    ("outcome", "fd_reserve"),
+                    ("status", "none"),
+                ],
+            );
+            if n > 0.0 {
+                return n;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "no connection closed for the reserve");
+    drop((idle, child));
 }
