@@ -374,9 +374,7 @@ impl Listeners {
     /// sessions alone (a successor accepts from now on). The sockets close here once the
     /// loops have let go of them.
     pub fn stop_accepting(&self) {
-        for r in self.lock().drain(..) {
-            r.accepting.cancel();
-        }
+        self.close_all();
         if let Some(a) = self.admin_slot().take() {
             a.accepting.cancel();
         }

@@ -246,12 +246,13 @@ async fn handle_request(
     // hyper's HTTP/1.1 parser holds a head to `max_headers` fields; its HTTP/2 server bounds
     // only their bytes, so the count is checked here, for WebSocket and plain requests alike.
     // A browser's cookie crumbs count as the one `Cookie` field they are over HTTP/1.1.
-    let max_headers = generation.config.limits.max_headers;
-    let crumbs = parts.headers.get_all(header::COOKIE).iter().count();
-    let fields = parts.headers.len() - crumbs.saturating_sub(1);
-    if parts.version == http::Version::HTTP_2 && fields > max_headers {
-        let e = ProxyError::TooManyHeaders(max_headers);
-        return refuse(&state, id, &ids, None, &conn, &parts, e).map(crate::http_proxy::full);
+    if parts.version == http::Version::HTTP_2 {
+        let max_headers = generation.config.limits.max_headers;
+        let crumbs = parts.headers.get_all(header::COOKIE).iter().count();
+        if parts.headers.len() - crumbs.saturating_sub(1) > max_headers {
+            let e = ProxyError::TooManyHeaders(max_headers);
+            return refuse(&state, id, &ids, None, &conn, &parts, e).map(crate::http_proxy::full);
+        }
     }
     // One canonical host and path, before routing: what the route, the policy and the
     // backend all act on (`target.rs`).

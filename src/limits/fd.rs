@@ -241,6 +241,28 @@ mod tests {
 
     use super::*;
 
+    /// The process's descriptors and the lowest free descriptor number now.
+    fn probed() -> (Descriptors, u64) {
+        let d = Descriptors::of_process();
+        let lowest = {
+            let dup = d.probe.as_ref().unwrap().try_clone().unwrap();
+            u64::try_from(dup.as_raw_fd()).unwrap()
+        };
+        (d, lowest)
+    }
+
+    /// `d`'s probe under another limit, without credits.
+    fn with_limit(d: &Descriptors, limit: u64) -> Descriptors {
+        Descriptors {
+            limit,
+            probe: d.probe.as_ref().map(|f| f.try_clone().unwrap()),
+            credits: AtomicU32::new(0),
+            credits_reserve: AtomicU64::new(0),
+            accept_credits: AtomicU32::new(0),
+            accept_credits_reserve: AtomicU64::new(0),
+        }
+    }
+
     #[test]
     fn the_default_reserve_is_64_or_5_percent() {
         assert_eq!(reserve_for(256, FdReserve::Default), 64);
@@ -253,21 +275,10 @@ mod tests {
 
     #[test]
     fn the_probe_refuses_within_the_reserve_only() {
-        let d = Descriptors::of_process();
-        let lowest = {
-            let dup = d.probe.as_ref().unwrap().try_clone().unwrap();
-            u64::try_from(dup.as_raw_fd()).unwrap()
-        };
+        let (d, lowest) = probed();
         // A limit far above what this process holds passes; a reserve as large as the limit
         // refuses whatever the other tests hold meanwhile; no reserve checks nothing.
-        let roomy = Descriptors {
-            limit: lowest + 10_000,
-            probe: d.probe.as_ref().map(|f| f.try_clone().unwrap()),
-            credits: AtomicU32::new(0),
-            credits_reserve: AtomicU64::new(0),
-            accept_credits: AtomicU32::new(0),
-            accept_credits_reserve: AtomicU64::new(0),
-        };
+        let roomy = with_limit(&d, lowest + 10_000);
         assert!(roomy.check(FdReserve::Descriptors(64)).is_ok());
         // A changed reserve is probed at once, whatever credits the last probe left.
         assert!(matches!(
@@ -277,14 +288,7 @@ mod tests {
         assert!(roomy.check(FdReserve::Descriptors(0)).is_ok());
         // A just-accepted connection is closed only within half the reserve: between the
         // two, the handshake is refused with 503 and the connection still answered.
-        let near = Descriptors {
-            limit: lowest + 1_000,
-            probe: d.probe.as_ref().map(|f| f.try_clone().unwrap()),
-            credits: AtomicU32::new(0),
-            credits_reserve: AtomicU64::new(0),
-            accept_credits: AtomicU32::new(0),
-            accept_credits_reserve: AtomicU64::new(0),
-        };
+        let near = with_limit(&d, lowest + 1_000);
         // (Margins of hundreds: other tests open and close descriptors meanwhile.)
         let reserve = FdReserve::Descriptors(1_500);
         assert!(near.check(reserve).is_err());
@@ -295,19 +299,8 @@ mod tests {
 
     #[test]
     fn far_from_the_limit_most_handshakes_skip_the_probe_and_near_it_none_do() {
-        let d = Descriptors::of_process();
-        let lowest = {
-            let dup = d.probe.as_ref().unwrap().try_clone().unwrap();
-            u64::try_from(dup.as_raw_fd()).unwrap()
-        };
-        let with_room = |room: u64| Descriptors {
-            limit: lowest + 1_000 + room,
-            probe: d.probe.as_ref().map(|f| f.try_clone().unwrap()),
-            credits: AtomicU32::new(0),
-            credits_reserve: AtomicU64::new(0),
-            accept_credits: AtomicU32::new(0),
-            accept_credits_reserve: AtomicU64::new(0),
-        };
+        let (d, lowest) = probed();
+        let with_room = |room: u64| with_limit(&d, lowest + 1_000 + room);
         let setting = FdReserve::Descriptors(1_000);
         // Plenty of room: one probe, then MAX_SKIPPED_PROBES handshakes without one.
         let far = with_room(100_000);
@@ -333,20 +326,10 @@ mod tests {
     /// load-then-subtract wrapped the count in about one run of three on two cores.)
     #[test]
     fn handshakes_racing_for_the_last_credit_never_wrap_the_count() {
-        let d = Descriptors::of_process();
-        let lowest = {
-            let dup = d.probe.as_ref().unwrap().try_clone().unwrap();
-            u64::try_from(dup.as_raw_fd()).unwrap()
-        };
+        let (d, lowest) = probed();
         let setting = FdReserve::Descriptors(1_000);
-        let shared = Arc::new(Descriptors {
-            limit: lowest + 100_000,
-            probe: d.probe.as_ref().map(|f| f.try_clone().unwrap()),
-            credits: AtomicU32::new(0),
-            credits_reserve: AtomicU64::new(1_000),
-            accept_credits: AtomicU32::new(0),
-            accept_credits_reserve: AtomicU64::new(0),
-        });
+        let shared = Arc::new(with_limit(&d, lowest + 100_000));
+        shared.credits_reserve.store(1_000, Ordering::Relaxed);
         let start = Arc::new(std::sync::Barrier::new(3));
         let racers: Vec<_> = (0..2)
             .map(|_| {

@@ -192,18 +192,7 @@ async fn a_side_done_with_its_close_gets_its_fin_while_the_other_lingers() {
     tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
         let head = read_request_head(&mut s).await;
-        let key = head
-            .lines()
-            .find_map(|l| l.strip_prefix("sec-websocket-key: "))
-            .unwrap_or("")
-            .trim()
-            .to_string();
-        let accept = wsgate::handshake::accept_key(key.as_bytes());
-        let mut answer = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Accept: {accept}\r\n\r\n"
-        )
-        .into_bytes();
+        let mut answer = switching_protocols(&head).into_bytes();
         answer.extend_from_slice(&[0x83, 0x00]); // reserved opcode 3
         s.write_all(&answer).await.unwrap();
         // Held open, unread, for as long as the test runs.
