@@ -62,6 +62,16 @@ impl BackendError {
         }
     }
 
+    /// How one backend's failed attempt reads in the log. A connect failure there is that
+    /// backend's alone ("backend connect failed"), not the route's `no backend reachable`:
+    /// the next backend may well take the session.
+    pub fn attempt_text(&self) -> String {
+        match self {
+            BackendError::Unreachable(d) => format!("backend connect failed ({d})"),
+            e => e.to_string(),
+        }
+    }
+
     /// The access log's `outcome`.
     pub fn outcome(&self) -> Outcome {
         match self {

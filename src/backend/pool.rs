@@ -301,7 +301,8 @@ impl BackendPool {
                 Ok(up) => {
                     lease.backend.health.passive_success();
                     if !failures.is_empty() {
-                        let failed: Vec<String> = failures.iter().map(|e| e.to_string()).collect();
+                        let failed: Vec<String> =
+                            failures.iter().map(BackendError::attempt_text).collect();
                         tracing::warn!(session = req.session, request_id = req.correlation.request_id(), route = %self.route, backend = %lease.backend.name, failed = %failed.join("; "), "failed over to the next backend");
                     }
                     return Ok((up, lease));
@@ -311,7 +312,7 @@ impl BackendPool {
                     return Err(e);
                 }
                 Err(e) => {
-                    tracing::warn!(session = req.session, request_id = req.correlation.request_id(), route = %self.route, backend = %lease.backend.name, error = %e, "backend handshake failed");
+                    tracing::warn!(session = req.session, request_id = req.correlation.request_id(), route = %self.route, backend = %lease.backend.name, error = %e.attempt_text(), "backend handshake failed");
                     self.failed(&lease.backend, Instant::now());
                     failures.push(e);
                 }

@@ -597,6 +597,49 @@ async fn a_missing_close_code_is_absent_and_lists_are_arrays() {
     run.stop().await;
 }
 
+/// One backend's refused connect, which the next backend makes good, is logged as that
+/// backend's failure, not as the route's "no backend reachable" (what the client would be
+/// told had every backend failed).
+#[tokio::test]
+async fn a_failed_over_connect_is_the_backends_failure_not_the_routes() {
+    let backend = EchoBackend::spawn().await;
+    let down = closed_port().await;
+    let tmp = TempDir::new("logs");
+    let config = tmp.write(
+        "wsgate.toml",
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
+            route("echo", "/", &[format!("ws://{down}"), backend.url()])
+        ),
+    );
+    let (run, addr) = JsonRun::start(&config, "info").await;
+    // Round robin: one of two sessions in a row starts at the backend that is down.
+    for _ in 0..2 {
+        let (mut ws, resp) = connect(&format!("ws://{addr}/")).await;
+        assert_eq!(resp.status(), 101);
+        ws.close(None).await.unwrap();
+    }
+    let failed = run
+        .wait_for("the failed attempt", |r| {
+            r["message"] == "backend handshake failed"
+        })
+        .await;
+    let error = text(&failed, "error");
+    assert!(
+        error.starts_with("backend connect failed (") && error.contains(&down.to_string()),
+        "{error}"
+    );
+    let over = run
+        .wait_for("the failover", |r| {
+            r["message"] == "failed over to the next backend"
+        })
+        .await;
+    let list = text(&over, "failed");
+    assert!(!list.contains("no backend reachable"), "{list}");
+    assert!(list.starts_with("backend connect failed ("), "{list}");
+    run.stop().await;
+}
+
 fn text_header(resp: &http::Response<Option<Vec<u8>>>, name: &str) -> String {
     resp.headers()[name].to_str().unwrap().to_string()
 }
