@@ -20,6 +20,12 @@ use crate::handshake;
 /// The demo backend refuses frames larger than this (it buffers whole frames to echo them).
 const ECHO_MAX_FRAME: u64 = 16 * 1024 * 1024;
 
+/// Request header fields the echo backend takes. hyper's default, 100, is what a client may
+/// send wsgate by default (`limits.max_headers`); wsgate adds its forwarding headers
+/// (`X-Forwarded-*`, `Forwarded`, `Via`, `X-Request-Id`, ...) to those, and a 431 from the
+/// backend would read as wsgate's own.
+const ECHO_MAX_HEADERS: usize = 256;
+
 /// The demo page: the classic browser client, served by the proxy at `/`.
 pub const PAGE: &str = include_str!("demo.html");
 
@@ -35,6 +41,7 @@ pub async fn start_echo_backend(listen: SocketAddr) -> std::io::Result<SocketAdd
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
                 let conn = hyper::server::conn::http1::Builder::new()
+                    .max_headers(ECHO_MAX_HEADERS)
                     .serve_connection(TokioIo::new(stream), service_fn(echo_handshake))
                     .with_upgrades();
                 let _ = conn.await;

@@ -796,3 +796,18 @@ async fn sessions_are_registered_while_live() {
         .await
         .expect("session still registered");
 }
+
+/// `wsgate echo` (the demo's backend) takes whatever wsgate forwards by default: a request
+/// with `limits.max_headers` (100) fields, plus the forwarding headers wsgate adds. At
+/// hyper's default of 100 fields it answered 431, which read as wsgate's own refusal.
+#[tokio::test]
+async fn the_built_in_echo_backend_takes_a_full_request_and_its_forwarding_headers() {
+    let echo = wsgate::demo::start_echo_backend("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{echo}")])).await;
+    // The request's own 5 fields and 95 more: 100, the default limit.
+    let extra: String = (0..95).map(|i| format!("X-Field-{i}: {i}\r\n")).collect();
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", &extra).as_bytes()).await;
+    assert_eq!(resp.status, 101, "{}", resp.body);
+}
