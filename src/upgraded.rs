@@ -177,8 +177,15 @@ impl crate::relay::Leg for UpgradedIo {
             UpgradedIo::Tcp(_) => Poll::Ready(Ok(true)),
             UpgradedIo::Tls(s) => s.poll_close_notify(cx).map_ok(|()| true),
             UpgradedIo::TlsClient(s) => s.poll_close_notify(cx).map_ok(|()| true),
-            // hyper's `Upgraded` (an HTTP/2 stream): its shutdown ends the stream.
-            UpgradedIo::Hyper(_) => Poll::Ready(Ok(false)),
+            // hyper's `Upgraded` (an HTTP/2 stream): its shutdown sends END_STREAM, and
+            // nothing is read after that. Dropping the stream then resets it with NO_ERROR
+            // if the client has not ended its half (h2 does so for a server that has sent
+            // its whole answer, RFC 9113 §8.1), rather than the session waiting out
+            // `CLOSE_TIMEOUT` for an END_STREAM a client need not send once the closing
+            // handshake is over.
+            UpgradedIo::Hyper(s) => {
+                tokio::io::AsyncWrite::poll_shutdown(Pin::new(&mut **s), cx).map_ok(|()| true)
+            }
         }
     }
 

@@ -262,6 +262,38 @@ async fn a_reset_stream_ends_its_session_alone() {
     echo(&mut keep, "unaffected").await;
 }
 
+/// A client whose closing handshake is over need not end its stream too: as over TCP, the
+/// session ends when the backend is done, not at the closing handshake's 5 s deadline
+/// (`CLOSE_TIMEOUT`, recorded as a timeout). The stream is ended with END_STREAM and then
+/// reset with NO_ERROR (RFC 9113 §8.1: a server that has answered may end what the client
+/// still sends).
+#[tokio::test]
+async fn a_finished_closing_handshake_ends_the_session_without_the_clients_end_stream() {
+    let (backend, gw, mut conn, _ca) = h2_gateway("").await;
+    let mut ws = conn.websocket("https", "/").await;
+    echo(&mut ws, "hello").await;
+    // The client's close; its reply comes back; the client keeps its half of the stream.
+    ws.close(None).await.unwrap();
+    while let Some(Ok(m)) = tokio::time::timeout(STEP, ws.next())
+        .await
+        .expect("no close reply")
+    {
+        assert!(m.is_close(), "{m:?}");
+    }
+    assert_eq!(backend.wait_closes(1).await.len(), 1);
+    // Well inside CLOSE_TIMEOUT (5 s), which the session had waited out.
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        gw.handle().sessions().wait_for_count(|n| *n == 0),
+    )
+    .await
+    .expect("the session waited for the client's END_STREAM");
+    // The connection serves on.
+    let mut next = conn.websocket("https", "/").await;
+    echo(&mut next, "again").await;
+    drop(ws);
+}
+
 #[tokio::test]
 async fn shutdown_sends_close_frames_then_goaway() {
     let (backend, mut gw, mut conn, _ca) = h2_gateway("").await;
