@@ -215,16 +215,17 @@ pub fn build_request(
         backend.authority.clone()
     };
 
-    let mut headers = forwarding::end_to_end(&b.client.headers, |name| {
-        NOT_FORWARDED.contains(name) || NOT_FORWARDED_NAMES.contains(&name.as_str())
-    });
+    let mut headers =
+        forwarding::end_to_end(&b.client.headers, b.forwarding.peer_trusted, |name| {
+            NOT_FORWARDED.contains(name) || NOT_FORWARDED_NAMES.contains(&name.as_str())
+        });
     let set = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
             headers.insert(name, v);
         }
     };
     if let Some((name, subject)) = b.client_subject {
-        headers.remove(name);
+        forwarding::remove_with_lookalikes(&mut headers, name);
         if let Some(subject) = subject {
             set(&mut headers, name.clone(), subject);
         }

@@ -166,7 +166,7 @@ pub struct Forwarding<'a> {
 /// end already parsed, so no header of an HTTP/2 request can smuggle a line break into the
 /// HTTP/1.1 request (the h2 codec refuses such values, and `HeaderValue` cannot hold them).
 pub fn request_headers(client: &HeaderMap, f: &Forwarding<'_>) -> HeaderMap {
-    let mut headers = forwarding::end_to_end(client, |name| {
+    let mut headers = forwarding::end_to_end(client, f.client.peer_trusted, |name| {
         HOP_BY_HOP.contains(&name.as_str()) || REBUILT.contains(&name.as_str())
     });
     if let Some(n) = content_length(client) {
@@ -181,7 +181,7 @@ pub fn request_headers(client: &HeaderMap, f: &Forwarding<'_>) -> HeaderMap {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     if let Some((name, subject)) = f.client_subject {
-        headers.remove(name);
+        forwarding::remove_with_lookalikes(&mut headers, name);
         if let Some(v) = subject.and_then(|s| HeaderValue::from_str(s).ok()) {
             headers.insert(name.clone(), v);
         }

@@ -192,23 +192,33 @@ pub const SET_BY_THE_PROXY: &[&str] = &[
 
 /// The client's end-to-end headers for a backend request, on the WebSocket and the plain-HTTP
 /// paths alike: all but the ones its `Connection` names (RFC 9110 §7.6.1), `Proxy-*`, the
-/// ones the proxy sets itself ([`SET_BY_THE_PROXY`]) and the ones `dropped` names. The
-/// `Cookie` fields come as one, joined with "; ": an HTTP/2 client may split them, and RFC
-/// 9113 §8.2.3 says to join them for HTTP/1.1 (unless `Connection` names `Cookie`).
+/// ones the proxy sets itself ([`SET_BY_THE_PROXY`]), any other `X-Forwarded-*` unless the
+/// peer is a trusted proxy (`X-Forwarded-Uri`, `-Method`, `-Prefix`, `-Server`, ...: what a
+/// proxy says about the request, which a client cannot say of itself), their look-alikes
+/// with underscores (see [`reads_as`]) and the ones `dropped` names. The `Cookie` fields
+/// come as one, joined with "; ": an HTTP/2 client may split them, and RFC 9113 §8.2.3
+/// says to join them for HTTP/1.1 (unless `Connection` names `Cookie`).
 pub fn end_to_end(
     client: &http::HeaderMap,
+    peer_trusted: bool,
     dropped: impl Fn(&http::HeaderName) -> bool,
 ) -> http::HeaderMap {
     use http::header;
     let mut headers = http::HeaderMap::with_capacity(client.len() + 8);
     let named = crate::handshake::list_values(client, &header::CONNECTION);
     let is_named = |name: &str| named.iter().any(|t| t.eq_ignore_ascii_case(name));
+    let proxys = |name: &str| {
+        SET_BY_THE_PROXY.contains(&name)
+            || name.starts_with("proxy-")
+            || !peer_trusted && name.starts_with("x-forwarded-")
+    };
     for (name, value) in client {
+        let n = name.as_str();
         let skip = *name == header::COOKIE
             || dropped(name)
-            || SET_BY_THE_PROXY.contains(&name.as_str())
-            || name.as_str().starts_with("proxy-")
-            || is_named(name.as_str());
+            || proxys(n)
+            || n.contains('_') && proxys(&n.replace('_', "-"))
+            || is_named(n);
         if !skip {
             headers.append(name.clone(), value.clone());
         }
@@ -219,6 +229,32 @@ pub fn end_to_end(
         headers.insert(header::COOKIE, v);
     }
     headers
+}
+
+/// Whether a client's header `name` (lower case) reads as `protected` to a backend that
+/// maps `-` and `_` to the same variable, as CGI, WSGI, PHP and Rack do (`X_User` and
+/// `X-User` are both `HTTP_X_USER`): a client could otherwise add its own value to an
+/// identity header the proxy sets. (nginx drops every header with an underscore by default.)
+pub fn reads_as(name: &str, protected: &str) -> bool {
+    name.len() == protected.len()
+        && name.contains('_')
+        && name
+            .bytes()
+            .zip(protected.bytes())
+            .all(|(a, b)| a == b || a == b'_' && b == b'-')
+}
+
+/// Removes `protected` from `headers`, and every field that [`reads_as`] it.
+pub fn remove_with_lookalikes(headers: &mut http::HeaderMap, protected: &http::HeaderName) {
+    headers.remove(protected);
+    let lookalikes: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|n| reads_as(n.as_str(), protected.as_str()))
+        .cloned()
+        .collect();
+    for n in lookalikes {
+        headers.remove(n);
+    }
 }
 
 /// Sets the forwarding headers a backend gets, for the WebSocket and the plain-HTTP paths

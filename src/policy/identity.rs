@@ -82,7 +82,10 @@ impl Template {
     }
 
     /// The header value, or `None` when a field has no value (the header is then not set:
-    /// better absent than half-filled).
+    /// better absent than half-filled) or none a header can carry as it is: an empty
+    /// string, one with white space at either end (RFC 9110 §5.5: the backend's parser
+    /// would trim it, and `" admin "` would read as `admin`), an empty list, a list with
+    /// anything but non-empty scalars, or a list entry with a comma (it would read as two).
     pub fn render(&self, facts: &Facts<'_>) -> Option<String> {
         let mut out = String::new();
         for p in &self.parts {
@@ -96,27 +99,36 @@ impl Template {
                         v = v.get(k)?;
                     }
                     match v {
-                        Value::String(s) => out.push_str(s),
-                        Value::Number(n) => out.push_str(&n.to_string()),
-                        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
                         // Arrays (roles, scopes) as a comma-separated list of their scalars.
-                        Value::Array(items) => {
-                            let items: Vec<String> = items
-                                .iter()
-                                .filter_map(|i| match i {
-                                    Value::String(s) => Some(s.clone()),
-                                    Value::Number(n) => Some(n.to_string()),
-                                    _ => None,
-                                })
-                                .collect();
-                            out.push_str(&items.join(","));
+                        Value::Array(items) if !items.is_empty() => {
+                            for (i, item) in items.iter().enumerate() {
+                                let item = scalar(item)?;
+                                if item.contains(',') {
+                                    return None;
+                                }
+                                if i > 0 {
+                                    out.push(',');
+                                }
+                                out.push_str(&item);
+                            }
                         }
-                        Value::Null | Value::Object(_) => return None,
+                        v => out.push_str(&scalar(v)?),
                     }
                 }
             }
         }
         Some(out)
+    }
+}
+
+/// A claim's scalar value as header text: `None` for anything else, and for a string that
+/// is empty or has white space at either end.
+fn scalar(v: &Value) -> Option<std::borrow::Cow<'_, str>> {
+    match v {
+        Value::String(s) if !s.is_empty() && s.trim() == s => Some(s.as_str().into()),
+        Value::Number(n) => Some(n.to_string().into()),
+        Value::Bool(b) => Some(if *b { "true" } else { "false" }.into()),
+        _ => None,
     }
 }
 
@@ -145,5 +157,25 @@ mod tests {
         assert!(Template::parse("{sub").is_err());
         assert!(Template::parse("a}b").is_err());
         assert!(Template::parse("{}").is_err());
+    }
+
+    #[test]
+    fn values_a_header_cannot_carry_as_they_are_leave_it_out() {
+        let claims: Claims = serde_json::from_str(
+            r#"{"pad":"  admin  ","empty":"","none":[],"nested":["a",["b"]],"obj":[{"x":1}],
+                "comma":["a,b"],"mixed":[1,2.5,true,"x"],"inner":"a b"}"#,
+        )
+        .unwrap();
+        let facts = Facts {
+            claims: Some(&claims),
+            tls_subject: None,
+            client_ip: "10.0.0.1".parse().unwrap(),
+        };
+        let render = |t: &str| Template::parse(t).unwrap().render(&facts);
+        for t in ["{pad}", "{empty}", "{none}", "{nested}", "{obj}", "{comma}"] {
+            assert_eq!(render(t), None, "{t}");
+        }
+        assert_eq!(render("{mixed}").as_deref(), Some("1,2.5,true,x"));
+        assert_eq!(render("{inner}").as_deref(), Some("a b"));
     }
 }

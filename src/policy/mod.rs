@@ -59,10 +59,17 @@ pub const RESERVED_HEADERS: &[&str] = &[
     "content-length",
     "transfer-encoding",
     "forwarded",
+    "via",
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
+    "x-forwarded-port",
     "x-real-ip",
+    // Hop-by-hop: this connection's business, never a backend's.
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
     // The request's correlation ids (`telemetry::correlation`).
     "x-request-id",
     "traceparent",
@@ -330,10 +337,7 @@ impl RoutePolicy {
         let mut auth = forward_auth::Allowed::default();
         if let Some(fa) = &self.rules.forward_auth {
             // A token in the query is not the auth service's business either.
-            let uri = match &token_source {
-                Some(TokenSource::Query(name)) => without_query_param(&parts.uri, name),
-                _ => parts.uri.clone(),
-            };
+            let uri = self.without_query_tokens(&parts.uri);
             let q = forward_auth::AuthQuery {
                 parts,
                 uri: &uri,
@@ -378,20 +382,20 @@ impl RoutePolicy {
             }
         }
         // A token in the URL is removed whatever `forward_token` says: URLs end up in logs.
-        if let Some(TokenSource::Query(name)) = &token_source {
-            parts.uri = without_query_param(&parts.uri, name);
-        }
+        // So is any other parameter of a token source's name, the token having come from
+        // elsewhere or not: a backend reading it would take a token wsgate never checked.
+        parts.uri = self.without_query_tokens(&parts.uri);
         cookie::strip(&mut parts.headers, &self.rules.strip_cookies);
         for h in &self.rules.strip_headers {
             parts.headers.remove(h);
         }
         // Identity headers are the proxy's word alone: the client's own copies always go.
         for (name, _) in &self.rules.set_headers {
-            parts.headers.remove(name);
+            forwarding::remove_with_lookalikes(&mut parts.headers, name);
         }
         if let Some(fa) = &self.rules.forward_auth {
             for name in fa.copy_headers() {
-                parts.headers.remove(name);
+                forwarding::remove_with_lookalikes(&mut parts.headers, name);
             }
         }
         let identity = identity::Facts {
@@ -439,6 +443,19 @@ impl RoutePolicy {
 }
 
 impl RoutePolicy {
+    /// `uri` without the query parameters the route's token sources name.
+    fn without_query_tokens(&self, uri: &http::Uri) -> http::Uri {
+        let mut uri = uri.clone();
+        if let Some(jwt) = &self.rules.jwt {
+            for s in jwt.sources() {
+                if let TokenSource::Query(name) = s {
+                    uri = without_query_param(&uri, name);
+                }
+            }
+        }
+        uri
+    }
+
     /// The offer the backend may see: the token entries taken out (their marker kept in
     /// `marker` when the offer was only `["access_token", <token>]`), then the allow-list.
     fn filter_offer(

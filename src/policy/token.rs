@@ -74,24 +74,31 @@ pub(crate) fn token_in_protocols(protocols: &[String]) -> Option<(String, Vec<us
     first.map(|t| (t, entries))
 }
 
-/// The value of query parameter `name` (not percent-decoded: JWTs are URL-safe).
-pub(crate) fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+/// The value of query parameter `name`, the first of that name, percent-decoded.
+///
+/// Names are compared decoded, as the backend's framework reads them: `acc%65ss_token` is
+/// `access_token` to it, so it must be to wsgate too, or a token wsgate never checked would
+/// reach the backend under the name it trusts (see [`without_query_param`]).
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     query?
         .split('&')
-        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+        .find(|(k, _)| decoded(k) == name)
+        .map(|(_, v)| decoded(v).into_owned())
 }
 
-/// The request URI without query parameter `name`.
+/// The request URI without query parameter `name`: every parameter whose name decodes to it.
 pub(crate) fn without_query_param(uri: &http::Uri, name: &str) -> http::Uri {
     let Some(q) = uri.query() else {
         return uri.clone();
     };
     let kept: Vec<&str> = q
         .split('&')
-        .filter(|kv| kv.split_once('=').map_or(*kv, |(k, _)| k) != name)
+        .filter(|kv| decoded(kv.split_once('=').map_or(*kv, |(k, _)| k)) != name)
         .collect();
+    if kept.len() == q.split('&').count() {
+        return uri.clone();
+    }
     let pq = if kept.is_empty() {
         uri.path().to_string()
     } else {
@@ -100,6 +107,34 @@ pub(crate) fn without_query_param(uri: &http::Uri, name: &str) -> http::Uri {
     let mut p = uri.clone().into_parts();
     p.path_and_query = pq.parse().ok();
     http::Uri::from_parts(p).unwrap_or_else(|_| uri.clone())
+}
+
+/// A query component percent-decoded (RFC 3986 §2.1). A broken escape stays as it is, and
+/// bytes that are not UTF-8 are replaced (they can never equal a configured name). `+` is
+/// left alone: a token has none, and a name with a space is no token source.
+fn decoded(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains('%') {
+        return s.into();
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).and_then(|&b| hex(b)),
+                bytes.get(i + 2).and_then(|&b| hex(b)),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned().into()
 }
 
 pub(crate) fn find_token(
@@ -120,7 +155,7 @@ pub(crate) fn find_token(
                         .then(|| t.trim().to_string())
                 }),
             TokenSource::Cookie(name) => cookie::get(&parts.headers, name).map(str::to_string),
-            TokenSource::Query(name) => query_param(parts.uri.query(), name).map(str::to_string),
+            TokenSource::Query(name) => query_param(parts.uri.query(), name),
             TokenSource::Subprotocol => token_in_protocols(protocols).map(|(t, _)| t),
         };
         if let Some(token) = token.filter(|t| !t.is_empty()) {
@@ -229,14 +264,24 @@ mod tests {
     #[test]
     fn query_source() {
         assert_eq!(
-            query_param(Some("a=1&access_token=t.o.k&b=2"), "access_token"),
+            query_param(Some("a=1&access_token=t.o.k&b=2"), "access_token").as_deref(),
             Some("t.o.k")
         );
-        assert_eq!(query_param(Some("access_token"), "access_token"), Some(""));
+        assert_eq!(
+            query_param(Some("access_token"), "access_token").as_deref(),
+            Some("")
+        );
         assert_eq!(query_param(Some("xaccess_token=1"), "access_token"), None);
         assert_eq!(query_param(None, "access_token"), None);
         // The first occurrence wins, as in most frameworks.
-        assert_eq!(query_param(Some("t=1&t=2"), "t"), Some("1"));
+        assert_eq!(query_param(Some("t=1&t=2"), "t").as_deref(), Some("1"));
+        // Names and values are read decoded, as the backend's framework reads them.
+        assert_eq!(
+            query_param(Some("acc%65ss_token=a%2Eb"), "access_token").as_deref(),
+            Some("a.b")
+        );
+        assert_eq!(query_param(Some("t%zz=1&t%=2"), "t"), None);
+        assert_eq!(query_param(Some("t=%e"), "t").as_deref(), Some("%e"));
 
         let sources = [TokenSource::Query("t".into())];
         let f = find_token(&sources, &parts("/ws?x=1&t=abc", &[]), &[]).unwrap();
@@ -257,6 +302,9 @@ mod tests {
         assert_eq!(without_query_param(&uri, "t").to_string(), "/ws");
         let uri: http::Uri = "/ws?tt=1".parse().unwrap();
         assert_eq!(without_query_param(&uri, "t").to_string(), "/ws?tt=1");
+        // Every parameter that decodes to the name goes, the one used or not.
+        let uri: http::Uri = "/ws?t=a&%74=forged&x=1&%74".parse().unwrap();
+        assert_eq!(without_query_param(&uri, "t").to_string(), "/ws?x=1");
     }
 
     #[test]

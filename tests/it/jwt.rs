@@ -80,6 +80,21 @@ async fn token_in_the_authorization_header() {
     .await;
     assert_eq!(r.status, 101, "{}", r.head);
     assert_eq!(backend.last_request().header("x-user"), Some("bob"));
+
+    // Nor one spelt with an underscore, which CGI, WSGI, PHP and Rack read as X-User.
+    let r = upgrade(
+        &gw,
+        "/",
+        &format!(
+            "Authorization: Bearer {}\r\nX_User: root\r\nx-USER: root\r\n",
+            good_token()
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    let seen = backend.last_request();
+    assert_eq!(seen.header("x_user"), None);
+    assert_eq!(seen.header("x-user"), Some("alice"));
 }
 
 #[tokio::test]
@@ -133,6 +148,33 @@ async fn token_in_the_query_is_removed_from_the_backend_url() {
     let seen = backend.last_request();
     assert_eq!(seen.uri, "/room/7?lang=en&v=2");
     assert_eq!(seen.header("x-user"), Some("alice"));
+
+    // A backend's framework decodes the names: so does wsgate. A parameter that decodes to
+    // the token's name goes too, used or not, and the token in one is found.
+    let r = upgrade(
+        &gw,
+        &format!(
+            "/room/7?access_token={}&acc%65ss_token=forged&v=2",
+            good_token()
+        ),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    assert_eq!(backend.last_request().uri, "/room/7?v=2");
+    let r = upgrade(&gw, &format!("/room/7?acc%65ss_token={}", good_token()), "").await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    assert_eq!(backend.last_request().uri, "/room/7");
+    // Found in the header, the query's parameter of that name goes all the same.
+    let (backend, _secret, gw) = gateway("from = [\"header\", \"query:access_token\"]").await;
+    let r = upgrade(
+        &gw,
+        "/room/7?access_token=forged&v=2",
+        &format!("Authorization: Bearer {}\r\n", good_token()),
+    )
+    .await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    assert_eq!(backend.last_request().uri, "/room/7?v=2");
 }
 
 #[tokio::test]

@@ -226,11 +226,16 @@ async fn trusted_proxies_extend_the_forwarding_chain() {
     let r = upgrade(
         &gw,
         "X-Forwarded-For: 6.6.6.6, 203.0.113.9, 10.1.1.1\r\nX-Forwarded-Proto: https\r\n\
-         X-Forwarded-Host: chat.example.com\r\nForwarded: for=203.0.113.9;proto=https\r\n",
+         X-Forwarded-Host: chat.example.com\r\nForwarded: for=203.0.113.9;proto=https\r\n\
+         X-Forwarded-Prefix: /chat\r\nX_Real_IP: 6.6.6.6\r\n",
     )
     .await;
     assert_eq!(r.status, 101, "{}", r.head);
     let seen = backend.last_request();
+    // A trusted proxy's word about the request passes; no look-alike of a header the
+    // proxy sets does (CGI-style backends read `X_Real_IP` as `X-Real-IP`).
+    assert_eq!(seen.header("x-forwarded-prefix"), Some("/chat"));
+    assert_eq!(seen.header("x_real_ip"), None);
     assert_eq!(
         seen.header("x-forwarded-for"),
         Some("6.6.6.6, 203.0.113.9, 10.1.1.1, 127.0.0.1")
@@ -257,10 +262,22 @@ async fn untrusted_forwarding_headers_are_replaced() {
     .await;
     upgrade(
         &gw,
-        "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n",
+        "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n\
+         X-Forwarded-Uri: /admin\r\nX-Forwarded-Method: POST\r\nX-Forwarded-Prefix: /x\r\n\
+         X_Forwarded_For: 6.6.6.6\r\nX-Real_IP: 6.6.6.6\r\n",
     )
     .await;
     let seen = backend.last_request();
+    // What a proxy would say about the request, said by a client of itself: dropped.
+    for name in [
+        "x-forwarded-uri",
+        "x-forwarded-method",
+        "x-forwarded-prefix",
+        "x_forwarded_for",
+        "x-real_ip",
+    ] {
+        assert_eq!(seen.header(name), None, "{name}");
+    }
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
     assert_eq!(seen.header("x-real-ip"), Some("127.0.0.1"));
     assert_eq!(seen.header("x-forwarded-proto"), Some("http"));

@@ -138,6 +138,8 @@ pub(super) fn verifier(
                 hmac,
                 "an HMAC secret",
             )
+            // None of the listed ones fits (each is an error above): HS256 for the rest.
+            .filter(|algs| !algs.is_empty())
             .unwrap_or_else(|| vec![Algorithm::HS256]);
             // RFC 7518 §3.2: a key at least as long as the hash output.
             let needed = algs

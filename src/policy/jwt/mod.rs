@@ -112,6 +112,10 @@ pub struct JwtVerifier {
     /// `Some(leeway)` when sessions end at their token's `exp` plus the leeway.
     expire_sessions: Option<Duration>,
     forward_token: bool,
+    /// `issuer` is set: `iss` must be one string (RFC 7519 §4.1.1). jsonwebtoken also takes a
+    /// list and accepts it when any of its entries is accepted, so a token could name an
+    /// accepted issuer beside its own.
+    issuer_checked: bool,
 }
 
 /// What a route's tokens must be and show, besides a good signature.
@@ -232,6 +236,7 @@ impl JwtVerifier {
             claim_rules: claims,
             expire_sessions: expire_sessions.then_some(leeway),
             forward_token,
+            issuer_checked: issuers.is_some(),
         }
     }
 
@@ -355,6 +360,11 @@ impl JwtVerifier {
             match jsonwebtoken::decode::<Claims>(token, &key.key, validation) {
                 Ok(data) => {
                     let claims = data.claims;
+                    if self.issuer_checked
+                        && !claims.get("iss").is_some_and(serde_json::Value::is_string)
+                    {
+                        return Err(Refusal::Other("issuer not accepted".into()));
+                    }
                     for name in &self.required_claims {
                         if claims.get(name).is_none_or(serde_json::Value::is_null) {
                             return Err(Refusal::Other(format!("required claim {name:?} missing")));
@@ -364,7 +374,7 @@ impl JwtVerifier {
                 }
                 // Another key of the same algorithm may have signed it (a set without ids).
                 Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => last = Some(e),
-                Err(e) => return Err(Refusal::Other(describe(&e, alg))),
+                Err(e) => return Err(Refusal::Other(describe_claims(&e, alg, token))),
             }
         }
         Err(Refusal::Other(match last {
@@ -422,6 +432,27 @@ pub(crate) fn read_header(token: &str) -> Result<(Algorithm, Option<String>), Jw
             }))
         }
     }
+}
+
+/// [`describe`], for an error after a good signature: jsonwebtoken says a standard time
+/// claim is missing when it is there but no NumericDate (a string, a negative number, one
+/// past `u64`), which would send whoever reads the log looking for the wrong fault.
+fn describe_claims(e: &jsonwebtoken::errors::Error, alg: Algorithm, token: &str) -> String {
+    if let ErrorKind::MissingRequiredClaim(c) = e.kind()
+        && payload(token).is_some_and(|p| p.get(c).is_some_and(|v| !v.is_null()))
+    {
+        return format!("claim {c:?} malformed (not a NumericDate)");
+    }
+    describe(e, alg)
+}
+
+/// The token's claims, decoded without a check: only to word an error better.
+fn payload(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let b64 = token.split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(b64)
+        .ok()?;
+    serde_json::from_slice(&json).ok()
 }
 
 /// A log line for a jsonwebtoken error: never the token, nor anything decoded from it.

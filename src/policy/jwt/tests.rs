@@ -403,6 +403,23 @@ async fn issuer_audience_and_required_claims() {
     let mut c = good.clone();
     c.as_object_mut().unwrap().remove("iss");
     assert_eq!(refused(&v, &t(c)).await, "required claim \"iss\" missing");
+    // RFC 7519 §4.1.1: one issuer. A list naming the accepted one beside another is not it.
+    let mut c = good.clone();
+    c["iss"] = json!(["https://evil.example", "https://id.example"]);
+    assert_eq!(refused(&v, &t(c)).await, "issuer not accepted");
+    let mut c = good.clone();
+    c["iss"] = json!(["https://id.example"]);
+    assert_eq!(refused(&v, &t(c)).await, "issuer not accepted");
+    // A time claim that is there but no NumericDate is called malformed, not missing.
+    for bad in [json!(-1), json!("soon"), json!(1e30)] {
+        let mut c = good.clone();
+        c["exp"] = bad.clone();
+        assert_eq!(
+            refused(&v, &t(c)).await,
+            "claim \"exp\" malformed (not a NumericDate)",
+            "{bad}"
+        );
+    }
     let mut c = good.clone();
     c.as_object_mut().unwrap().remove("role");
     assert_eq!(refused(&v, &t(c)).await, "required claim \"role\" missing");
