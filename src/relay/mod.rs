@@ -160,6 +160,7 @@ struct Side<IO> {
     /// Finished by `Leg::poll_finish` (no shutdown): its FIN goes with the socket's close
     /// when the relay ends, or sooner if the other side is not done yet (`Leg::send_fin`).
     fin_owed: bool,
+
     /// The proxy's last ping (number `pings_sent`, see `ping_token`) is unanswered: its pong
     /// is consumed whenever it comes.
     ping_pending: bool,
@@ -289,6 +290,10 @@ struct State {
     discarded: u32,
     /// The side cut off inside a frame (`inflated.rs`): a TCP close, no close frame.
     abandoned: Option<CloseSide>,
+    /// The first side the relay let go once its closing handshake was over (`Leg::poll_finish`),
+    /// not because it left: the other side, whose answer to the proxy's close may still be
+    /// due, keeps its connection until it answers or the handshake's deadline.
+    let_go: Option<CloseSide>,
     /// Bumped by every state change the relay loop must react to (bytes read, a frame queued
     /// or written, a side shut, the proxy taking over), so the loop runs until nothing moves.
     progress: u64,
@@ -366,6 +371,7 @@ where
             late_frames: None,
             discarded: 0,
             abandoned: None,
+            let_go: None,
             progress: 0,
             fair: fair::Fair::new(&cfg.rates, now),
             env,
@@ -718,7 +724,9 @@ fn step<A, Z>(
     // 4. Shut `to`'s write side once its part of the closing handshake is done: it has had a
     //    close frame and has answered (or left), or the other side has left after its close.
     let handshake_done = to.close_to && (to.close_from.is_some() || to.read_eof);
-    let source_done = from.read_eof && (from.close_from.is_some() || st.taken_over)
+    let source_done = from.read_eof
+        && st.let_go != Some(from.who)
+        && (from.close_from.is_some() || st.taken_over)
         || st.abandoned == Some(to.who);
     if !to.write_shut
         && to.inject.is_none()
@@ -740,6 +748,9 @@ fn step<A, Z>(
                 Poll::Ready(Ok(false)) => {}
                 Poll::Ready(Ok(true) | Err(_)) => {
                     to.write_shut = true;
+                    if !to.read_eof {
+                        st.let_go.get_or_insert(to.who);
+                    }
                     to.read_eof = true;
                     to.fin_owed = true;
                     st.progress += 1;
@@ -914,6 +925,9 @@ where
         match ev {
             Event::Forward(_) if close_from.is_some() => late = true,
             Event::Forward(bytes) => {
+                // A data frame's bytes, even mid-message: a message streaming slowly keeps
+                // the session from `idle` as its end would.
+                saw_data = true;
                 if passing && write_err.is_none() {
                     write_err = batch.add(cx, to, bytes).err();
                 }
@@ -1102,7 +1116,12 @@ where
             if let Some(interval) = st.cfg().ping_interval {
                 // A leg that has sent anything lately has proven it is alive.
                 let mut dead = None;
-                for (who, (pending, awaiting), heard, seq, (inject, closing), role) in [
+                // A leg is held back while the other side has not taken what it sent: it is
+                // not read, so a pong it sent would wait unread behind its own data. It is
+                // neither pinged nor taken for dead then; the other side taking its bytes
+                // wakes the relay, and the checks run again.
+                let held = (!b.out_empty(), !c.out_empty());
+                for (who, (pending, awaiting), heard, seq, (inject, closing), role, held) in [
                     (
                         c.who,
                         (&mut c.ping_pending, &mut c.awaiting_pong),
@@ -1110,6 +1129,7 @@ where
                         &mut c.pings_sent,
                         (&mut c.inject, c.close_to),
                         Sender::Client,
+                        held.0,
                     ),
                     (
                         b.who,
@@ -1118,12 +1138,14 @@ where
                         &mut b.pings_sent,
                         (&mut b.inject, b.close_to),
                         Sender::Server,
+                        held.1,
                     ),
                 ] {
                     match *awaiting {
                         // The ping is still queued behind a frame streaming into this side:
                         // its deadline starts when it goes out (`step`).
                         true if inject.is_some() => {}
+                        true if held => {}
                         true if at_now >= *heard => dead = Some(who),
                         true => earliest(heard.instant()),
                         // Nothing follows a close frame (RFC 6455 §5.5.1), a ping neither:
@@ -1134,6 +1156,7 @@ where
                         // waits for it. (Arming the timer for a deadline already past would
                         // fire it again at once, and the loop would spin until it went.)
                         false if inject.is_some() => {}
+                        false if held => {}
                         false if at_now >= *heard + interval => {
                             *seq = seq.wrapping_add(1);
                             let token = ping_token(*seq);

@@ -623,7 +623,7 @@ fn still_running(relay: &mut Relay<tokio::io::DuplexStream, tokio::io::DuplexStr
 }
 
 /// Whatever `pipe` holds now, without waiting.
-async fn available(pipe: &mut tokio::io::DuplexStream) -> Vec<u8> {
+async fn available<R: tokio::io::AsyncRead + Unpin>(pipe: &mut R) -> Vec<u8> {
     use futures_util::FutureExt;
     let mut got = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -733,4 +733,208 @@ async fn the_offender_gets_its_close_even_when_the_other_side_never_answers() {
     );
     assert_eq!(&to_client[..1], [0x88], "{to_client:02x?}");
     assert_eq!(&to_client[2..4], [0x03, 0xea], "1002 to the client");
+}
+
+/// A side the relay stops reading because the other side does not take what it sent is
+/// not taken for dead: a pong would wait behind its own data, unread. Here the backend
+/// floods a client that does not read for longer than `ping_interval + pong_timeout`: it is
+/// neither pinged nor closed, and every byte reaches the client once it reads.
+#[tokio::test(start_paused = true)]
+async fn a_side_held_back_by_a_slow_reader_is_not_taken_for_dead() {
+    let (mut client, backend, mut relay) = relay_by_hand(SessionConfig {
+        ping_interval: Some(Duration::from_secs(1)),
+        pong_timeout: Duration::from_secs(1),
+        idle_timeout: None,
+        max_lifetime: None,
+        hibernate_after: None,
+        ..SessionConfig::default()
+    });
+    let message = plain(opcode::BINARY, &[7u8; 60_000]);
+    const MESSAGES: usize = 12;
+    let (mut backend_rx, mut backend_tx) = tokio::io::split(backend);
+    let writer = tokio::spawn(async move {
+        for _ in 0..MESSAGES {
+            backend_tx.write_all(&message).await.unwrap();
+        }
+        backend_tx
+    });
+    let turns = async |relay: &mut Relay<_, _>| {
+        for _ in 0..8 {
+            still_running(relay);
+            tokio::task::yield_now().await;
+        }
+    };
+    turns(&mut relay).await;
+    // The pipes are full: the relay holds a read and has stopped reading the backend.
+    tokio::time::advance(Duration::from_millis(1100)).await;
+    turns(&mut relay).await;
+    // Past a pong's deadline too.
+    tokio::time::advance(Duration::from_millis(1500)).await;
+    turns(&mut relay).await;
+    let to_backend = available(&mut backend_rx).await;
+    assert!(
+        to_backend.is_empty(),
+        "held back, the backend got {to_backend:02x?}"
+    );
+    // The client reads at last: all of it, no close frame.
+    let want = MESSAGES * (4 + 60_000);
+    let mut got = Vec::new();
+    for _ in 0..1000 {
+        if got.len() >= want {
+            break;
+        }
+        got.extend(available(&mut client).await);
+        turns(&mut relay).await;
+    }
+    assert!(
+        got.len() >= want,
+        "the client got {} of {want} bytes, ending {:02x?}",
+        got.len(),
+        &got[got.len().saturating_sub(26)..]
+    );
+    let (data, after) = got.split_at(want);
+    assert!(
+        data.chunks(4 + 60_000)
+            .all(|m| m[0] == 0x82 && m[4..].iter().all(|&b| b == 7))
+    );
+    // The client, quiet all along, may have its own ping by now; no close.
+    assert!(
+        after.is_empty() || after[0] == 0x89 && after.len() == 14,
+        "{after:02x?}"
+    );
+    let _backend_tx = writer.await.unwrap();
+    still_running(&mut relay);
+}
+
+/// `idle` counts data, not only whole messages: a message streaming for longer than `idle`
+/// is no idle session (the doc's "without data in either direction").
+#[tokio::test(start_paused = true)]
+async fn a_message_streaming_for_longer_than_idle_is_not_idle() {
+    let (mut client, mut backend, mut relay) = relay_by_hand(SessionConfig {
+        ping_interval: None,
+        idle_timeout: Some(Duration::from_secs(1)),
+        max_lifetime: None,
+        hibernate_after: None,
+        ..SessionConfig::default()
+    });
+    let mut turn = || still_running(&mut relay);
+    turn();
+    // A 1,000-byte message, 100 bytes every 400 ms: 4 s for one message.
+    backend.write_all(&[0x82, 126, 0x03, 0xe8]).await.unwrap();
+    for _ in 0..10 {
+        backend.write_all(&[7u8; 100]).await.unwrap();
+        turn();
+        tokio::time::advance(Duration::from_millis(400)).await;
+        turn();
+    }
+    let got = available(&mut client).await;
+    assert_eq!(
+        got.len(),
+        4 + 1000,
+        "{:02x?}",
+        &got[got.len().saturating_sub(16)..]
+    );
+    // Then a second message within `idle` of the first one's last bytes: still open.
+    tokio::time::advance(Duration::from_millis(500)).await;
+    backend
+        .write_all(&plain(opcode::TEXT, b"after"))
+        .await
+        .unwrap();
+    turn();
+    assert_eq!(available(&mut client).await, plain(opcode::TEXT, b"after"));
+}
+
+/// A leg that finishes as plain TCP does: no shutdown once its closing handshake is over,
+/// its FIN at `send_fin` or when dropped.
+struct TcpLike(tokio::io::DuplexStream);
+
+impl AsyncRead for TcpLike {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TcpLike {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl Leg for TcpLike {
+    fn poll_finish(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        Poll::Ready(Ok(true))
+    }
+
+    fn send_fin(&mut self) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let _ = Pin::new(&mut self.0).poll_shutdown(&mut cx);
+    }
+}
+
+/// A backend whose close frame RFC 6455 forbids (code 1005) has sent its close: once it has
+/// the proxy's 1002 the relay lets it go, but the client, told 1014, keeps its connection
+/// until it answers (or the closing handshake's deadline), as after any other violation; its
+/// FIN does not come with the offender's.
+#[tokio::test(start_paused = true)]
+async fn the_side_not_at_fault_keeps_its_connection_until_it_answers() {
+    use futures_util::FutureExt;
+    let (mut client, client_side) = duplex(1 << 16);
+    let (backend_side, mut backend) = duplex(1 << 16);
+    let env = test_env(
+        SessionConfig {
+            ping_interval: None,
+            hibernate_after: None,
+            ..SessionConfig::default()
+        },
+        &Control::default(),
+        &Arc::default(),
+    );
+    let mut relay = relay(
+        (TcpLike(client_side), Bytes::new()),
+        (TcpLike(backend_side), Bytes::new()),
+        env,
+        0,
+    );
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut turn = || Pin::new(&mut relay).poll(&mut cx).map(|_| ());
+    assert!(turn().is_pending());
+    backend
+        .write_all(&plain(opcode::CLOSE, &[0x03, 0xed]))
+        .await
+        .unwrap();
+    assert!(turn().is_pending());
+    assert_eq!(read_close(&mut client).await.0, Some(1014));
+    tokio::time::advance(OFFENDER_HOLD + Duration::from_millis(10)).await;
+    assert!(turn().is_pending());
+    assert!(turn().is_pending());
+    assert_eq!(read_close(&mut backend).await.0, Some(1002));
+    // The client has not answered: no FIN for it yet.
+    let mut byte = [0u8; 1];
+    assert!(
+        client.read(&mut byte).now_or_never().is_none(),
+        "the client's connection ended before its answer"
+    );
+    client
+        .write_all(&masked(opcode::CLOSE, &[0x03, 0xf6]))
+        .await
+        .unwrap();
+    assert!(turn().is_ready(), "the session goes on after both closes");
+    drop(relay);
+    assert_eq!(client.read(&mut byte).await.unwrap(), 0);
 }
