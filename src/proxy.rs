@@ -110,6 +110,13 @@ impl ProxyState {
         !self.unready.load(std::sync::atomic::Ordering::Relaxed) && !self.sessions.is_draining()
     }
 
+    /// Whether a shutdown has begun (SIGTERM, `Handle::shutdown`): from its first moment,
+    /// through `unready_delay` and the drain. `wsgate_draining`, the summary's `draining`
+    /// and the refusal of reloads follow this, as `/readyz` does.
+    pub fn is_shutting_down(&self) -> bool {
+        !self.is_ready()
+    }
+
     /// Starts a graceful shutdown: not ready from now on; after `unready_delay`, during which
     /// everything else goes on, new upgrades get 503, the accept loops stop, and the
     /// supervisor (`crate::supervise`) closes the sessions. A second call while the delay runs

@@ -50,9 +50,10 @@ pub fn apply(state: &Arc<ProxyState>, config: Config) -> Result<ReloadReport, Co
     // One reload at a time (SIGHUP, `POST /api/reload` and the file watcher may overlap): the
     // listeners' prepare and commit and the routes' advance must be of the same config.
     let _one_at_a_time = state.reloading.lock().unwrap_or_else(|p| p.into_inner());
-    // A shutdown has closed the listeners and stopped accepting: a new config's listeners
-    // would be bound with nobody to accept on them, and its routes would serve no one.
-    if state.listeners.stop.is_cancelled() {
+    // A shutdown has begun: its listeners close at the end of `unready_delay` (or have), so a
+    // new config's listeners would be bound with nobody to accept on them, and its routes
+    // would serve no one.
+    if state.listeners.stop.is_cancelled() || state.is_shutting_down() {
         return Err(ConfigErrors {
             source: "(shutdown)".into(),
             errors: vec![ConfigError {

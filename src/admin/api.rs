@@ -237,7 +237,7 @@ pub fn summary(admin: &Admin) -> Value {
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": SystemTime::now().duration_since(admin.started).unwrap_or_default().as_secs_f64(),
-        "draining": state.sessions.is_draining(),
+        "draining": state.is_shutting_down(),
         "sessions_open": open,
         "routes": routes(admin),
         "refusals": refusals,
@@ -558,7 +558,7 @@ fn drain_backend(admin: &Admin, v: &Value, drain: bool) -> Response<Body> {
 /// the certificates): 200 with what changed, or 400 with every error (nothing changed); 503
 /// once a shutdown has begun, when a new config could only bind listeners nobody serves.
 fn reload(admin: &Admin) -> Response<Body> {
-    if admin.state.listeners.stop.is_cancelled() {
+    if admin.state.is_shutting_down() {
         return json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting down: the running config stays until the process exits",

@@ -246,7 +246,7 @@ impl Collector for GatewayMetrics {
             "The config generation serving new handshakes: 1 at start, one more per reload.",
             [(Labels::new(), generation.number as i64)],
         )?;
-        let draining = state.sessions.is_draining();
+        let draining = state.is_shutting_down();
         gauges(
             &mut enc,
             "wsgate_draining",

@@ -365,12 +365,13 @@ async fn close_spread_spreads_the_shutdown_close_frames() {
 
 /// With `[shutdown] unready_delay`, a shutdown first only turns `/readyz` to 503: for the
 /// delay, new sessions are still admitted (a load balancer polling readiness has not yet
-/// taken this instance out), then the sessions get 1001 and the process stops.
+/// taken this instance out), then the sessions get 1001 and the process stops. The
+/// shutdown shows from its first moment: `wsgate_draining` is 1, and a reload gets 503.
 #[tokio::test]
 async fn the_unready_delay_keeps_serving_while_readyz_says_503() {
     let backend = EchoBackend::spawn().await;
     let mut gw = Gateway::spawn(&format!(
-        "[shutdown]\nunready_delay = \"300ms\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
+        "[shutdown]\nunready_delay = \"1s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
         route("r", "/", &[backend.url()])
     ))
     .await;
@@ -384,13 +385,23 @@ async fn the_unready_delay_keeps_serving_while_readyz_says_503() {
     let started = Instant::now();
     gw.handle().shutdown();
     assert_eq!(readyz(admin).await, 503);
+    assert_eq!(scrape(admin).await.value("wsgate_draining", &[]), 1.0);
+    let reload = admin_request(
+        admin,
+        "POST",
+        "/api/reload",
+        "Content-Type: application/json\r\n",
+        "{}",
+    )
+    .await;
+    assert_eq!(reload.status, 503, "{reload:?}");
     // Still admitted while the delay runs.
     let (mut during, _) = connect(&gw.url("/")).await;
     for ws in [&mut before, &mut during] {
         assert_eq!(u16::from(next_close(ws).await.code), 1001);
     }
     assert!(
-        started.elapsed() >= std::time::Duration::from_millis(300),
+        started.elapsed() >= std::time::Duration::from_secs(1),
         "the 1001s came before the unready delay was over"
     );
     drop((before, during));
