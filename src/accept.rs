@@ -154,7 +154,7 @@ pub async fn accept_loop(
                 conns.spawn(async move {
                     let deadline = Instant::now() + timeout;
                     let counts = &state.unrouted_refusals;
-                    let header = client_addr(&mut stream, peer, proxy_protocol, deadline, counts);
+                    let header = client_addr(&mut stream, peer, proxy_protocol, deadline, &state);
                     let Some(client) = unless_stopped(&stop, counts, header).await else {
                         return;
                     };
@@ -192,7 +192,7 @@ pub async fn accept_loop(
                         &acceptor,
                         proxy_protocol,
                         deadline,
-                        counts,
+                        &state,
                         &stats,
                     );
                     let (tls, client, seen) = match unless_stopped(&stop, counts, handshake).await {
@@ -297,10 +297,10 @@ async fn tls_handshake(
     acceptor: &Arc<rustls::ServerConfig>,
     proxy_protocol: bool,
     deadline: Instant,
-    counts: &RefusalCounts,
+    state: &ProxyState,
     stats: &ListenerStats,
 ) -> Option<Handshake> {
-    let client = client_addr(&mut stream, peer, proxy_protocol, deadline, counts).await?;
+    let client = client_addr(&mut stream, peer, proxy_protocol, deadline, state).await?;
     let accepted = tls_io::accept(stream, acceptor.clone(), Settled::of);
     match tokio::time::timeout_at(deadline, accepted).await {
         Ok(Ok(tls_io::Accepted::Tls(tls, settled))) => {
@@ -308,40 +308,75 @@ async fn tls_handshake(
             Some(Handshake::Tls(tls, client, settled))
         }
         Ok(Ok(tls_io::Accepted::PlainHttp(stream, head))) => {
-            counts.add(Outcome::PlainHttpOnTls);
-            stats.tls_failures.add(Outcome::PlainHttpOnTls);
-            tracing::debug!(client = %client, "plain HTTP on a TLS port; answered 400");
+            let o = Outcome::PlainHttpOnTls;
+            stats.tls_failures.add(o);
+            refused_early(
+                state,
+                client,
+                o,
+                Some(400),
+                "plain HTTP on a TLS port",
+                None,
+            );
             Some(Handshake::PlainHttp(stream, head))
         }
         Ok(Err(e)) => {
-            counts.add(Outcome::TlsHandshakeFailed);
-            stats.tls_failures.add(Outcome::TlsHandshakeFailed);
-            tracing::debug!(client = %client, error = %e, "TLS handshake failed");
+            let o = Outcome::TlsHandshakeFailed;
+            stats.tls_failures.add(o);
+            refused_early(state, client, o, None, "TLS handshake failed", Some(&e));
             None
         }
         Err(_) => {
-            counts.add(Outcome::TlsHandshakeTimeout);
-            stats.tls_failures.add(Outcome::TlsHandshakeTimeout);
-            tracing::debug!(client = %client, "TLS handshake timed out");
+            let o = Outcome::TlsHandshakeTimeout;
+            stats.tls_failures.add(o);
+            let reason = "no TLS handshake within the handshake timeout";
+            refused_early(state, client, o, None, reason, None);
             None
         }
     }
 }
 
-/// The client's address: where the connection starts with a PROXY header (a listener with
-/// `proxy_protocol`, from a peer its `proxy_protocol_from` names if it has one), the source
-/// the header names (or the TCP peer, for a v1 `UNKNOWN` or v2 `LOCAL` header), read before
-/// anything else and by `deadline`; otherwise the TCP peer.
-///
-/// `None` means close the connection without a word: a missing, malformed or late header
-/// comes from a load balancer speaking the wrong protocol (or from something that bypassed
-/// it), and an HTTP error response would mean nothing to either.
+/// A connection refused before its first request (its PROXY header or its TLS handshake):
+/// counted (unrouted) with the status it was answered with, if any, and logged as a refused
+/// request head is (`HeadWatch::refuse`), within the refusal log's budget. `error` is
+/// rustls's or the PROXY parser's own description, not the client's bytes.
+fn refused_early(
+    state: &ProxyState,
+    client: SocketAddr,
+    outcome: Outcome,
+    status: Option<u16>,
+    reason: &str,
+    error: Option<&dyn std::fmt::Display>,
+) {
+    state
+        .unrouted_refusals
+        .add_status(outcome, status.unwrap_or(0));
+    let Some(line) = state.refusal_log.admit(outcome) else {
+        return;
+    };
+    tracing::info!(
+        target: "wsgate::access",
+        event = "refused",
+        route = "-",
+        client = %client,
+        status,
+        outcome = outcome.as_str(),
+        fault = "client",
+        reason,
+        error = error.map(tracing::field::display),
+        suppressed = line.suppressed(),
+        "connection refused before its request"
+    );
+}
+
+/// The client's address: the PROXY header's source where the listener expects one (within
+/// `deadline`), else the peer's. `None`: no valid header came; refused (`refused_early`).
 async fn client_addr(
     stream: &mut TcpStream,
     peer: SocketAddr,
     proxy_protocol: bool,
     deadline: Instant,
-    counts: &RefusalCounts,
+    state: &ProxyState,
 ) -> Option<SocketAddr> {
     if !proxy_protocol {
         return Some(peer);
@@ -353,13 +388,14 @@ async fn client_addr(
             Some(client)
         }
         Ok(Err(e)) => {
-            counts.add(Outcome::ProxyHeaderInvalid);
-            tracing::debug!(peer = %peer, error = %e, "bad PROXY header; closing");
+            let o = Outcome::ProxyHeaderInvalid;
+            refused_early(state, peer, o, None, "invalid PROXY header", Some(&e));
             None
         }
         Err(_) => {
-            counts.add(Outcome::ProxyHeaderTimeout);
-            tracing::debug!(peer = %peer, "no PROXY header within the handshake timeout; closing");
+            let o = Outcome::ProxyHeaderTimeout;
+            let reason = "no PROXY header within the handshake timeout";
+            refused_early(state, peer, o, None, reason, None);
             None
         }
     }

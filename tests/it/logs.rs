@@ -640,6 +640,70 @@ async fn a_failed_over_connect_is_the_backends_failure_not_the_routes() {
     run.stop().await;
 }
 
+/// Connections a TLS listener refuses before any request (plain HTTP on the TLS port, a
+/// broken TLS handshake) are logged as refusals, as a refused request head is, and counted
+/// with the status they were answered with (400 for plain HTTP, `none` for the closed one).
+#[tokio::test]
+async fn refusals_before_the_tls_handshake_completes_are_logged_and_counted_by_status() {
+    let backend = EchoBackend::spawn().await;
+    let ca = crate::support::tls::TestCa::new();
+    let (cert, key) = ca.leaf("gw", &["localhost"]);
+    let tmp = TempDir::new("logs");
+    let config = tmp.write(
+        "wsgate.toml",
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n{}{}",
+            crate::support::tls::tls_listener(&cert, &key, ""),
+            route("echo", "/", &[backend.url()])
+        ),
+    );
+    let (run, addr) = JsonRun::start(&config, "info").await;
+    let admin: std::net::SocketAddr = text(
+        &run.wait_for("the admin listener", |r| r["message"] == "admin listener")
+            .await,
+        "admin",
+    )
+    .parse()
+    .unwrap();
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let (mut plain, resp) = raw_exchange(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(resp.status, 400, "{resp:?}");
+    read_until_closed(&mut plain).await;
+    let mut broken = tokio::net::TcpStream::connect(addr).await.unwrap();
+    broken
+        .write_all(b"\x16\x03\x01\x00\x05hello")
+        .await
+        .unwrap();
+    read_until_closed(&mut broken).await;
+
+    let refused = |outcome: &'static str| {
+        move |r: &Record| {
+            r["message"] == "connection refused before its request" && r["outcome"] == outcome
+        }
+    };
+    let r = run
+        .wait_for("plain HTTP", refused("plain_http_on_tls"))
+        .await;
+    assert_eq!(r["status"], 400);
+    assert_eq!(r["event"], "refused");
+    let r = run
+        .wait_for("the broken handshake", refused("tls_handshake_failed"))
+        .await;
+    assert!(!r.contains_key("status"), "{r:?}");
+    assert!(!text(&r, "error").is_empty());
+
+    let m = scrape(admin).await;
+    let count = |outcome: &str, status: &str| {
+        m.value(
+            "wsgate_handshakes_refused_total",
+            &[("route", "-"), ("outcome", outcome), ("status", status)],
+        )
+    };
+    assert_eq!(count("plain_http_on_tls", "400"), 1.0);
+    assert_eq!(count("tls_handshake_failed", "none"), 1.0);
+    run.stop().await;
+}
+
 fn text_header(resp: &http::Response<Option<Vec<u8>>>, name: &str) -> String {
     resp.headers()[name].to_str().unwrap().to_string()
 }
