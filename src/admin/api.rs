@@ -154,14 +154,9 @@ fn readyz(admin: &Admin) -> Response<Body> {
     }
 }
 
-/// Prometheus text by default; OpenMetrics when the scraper's `Accept` asks for it.
+/// Prometheus text by default; OpenMetrics when the scraper's `Accept` prefers it.
 fn metrics<B>(admin: &Admin, req: &Request<B>) -> Response<Body> {
-    let openmetrics = req
-        .headers()
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/openmetrics-text"));
+    let openmetrics = prefers_openmetrics(req.headers());
     let body = collector::render(&admin.registry, openmetrics);
     let mut resp = Response::new(super::full(body));
     resp.headers_mut().insert(
@@ -173,6 +168,35 @@ fn metrics<B>(admin: &Admin, req: &Request<B>) -> Response<Body> {
         }),
     );
     resp
+}
+
+/// Whether `Accept` ranks OpenMetrics above the Prometheus text format (RFC 9110 §12.5.1:
+/// each media range's `q`, 1 when absent): its best `q` must be above 0 and above the text
+/// format's (`text/plain`, else `text/*` or `*/*`). A tie, or no `Accept`, is the text format.
+fn prefers_openmetrics(headers: &http::HeaderMap) -> bool {
+    let (mut om, mut text, mut any) = (0.0f32, None::<f32>, None::<f32>);
+    for range in headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+    {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.trim().split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+            .map_or(Some(1.0), |(_, v)| v.trim().parse::<f32>().ok())
+            .filter(|q| (0.0..=1.0).contains(q));
+        let Some(q) = q else { continue };
+        match media.as_str() {
+            "application/openmetrics-text" => om = om.max(q),
+            "text/plain" => text = Some(text.map_or(q, |t| t.max(q))),
+            "text/*" | "*/*" => any = Some(any.map_or(q, |a| a.max(q))),
+            _ => {}
+        }
+    }
+    om > 0.0 && om > text.or(any).unwrap_or(0.0)
 }
 
 /// Reads a JSON request body (at most [`MAX_BODY`]); an empty body is `{}`.
@@ -624,6 +648,32 @@ fn login(admin: &Admin, v: &Value) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn openmetrics_only_when_accept_ranks_it_first() {
+        let prefers = |accept: &str| {
+            let mut h = http::HeaderMap::new();
+            if !accept.is_empty() {
+                h.insert(header::ACCEPT, accept.parse().unwrap());
+            }
+            prefers_openmetrics(&h)
+        };
+        // What Prometheus sends by default.
+        assert!(prefers(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+             version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        ));
+        assert!(prefers("application/openmetrics-text; version=1.0.0"));
+        // A scraper set to prefer the text format.
+        assert!(!prefers(
+            "text/plain;version=0.0.4;q=0.5,application/openmetrics-text;version=1.0.0;q=0.1"
+        ));
+        assert!(!prefers("application/openmetrics-text;q=0"));
+        assert!(!prefers("application/openmetrics-text;q=0.5, */*;q=0.5"));
+        assert!(prefers("application/openmetrics-text;q=0.5, */*;q=0.4"));
+        assert!(!prefers(""));
+        assert!(!prefers("text/plain"));
+    }
 
     #[test]
     fn query_parameters_are_decoded() {

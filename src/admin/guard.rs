@@ -146,9 +146,11 @@ impl Rules {
     }
 }
 
-/// Health probes: open to anyone who reaches the port, whatever Host they name.
-fn probe(method: &Method, path: &str) -> bool {
-    matches!(*method, Method::GET | Method::HEAD) && matches!(path, "/healthz" | "/readyz")
+/// Health probes: open to anyone who reaches the port, whatever Host they name, with any
+/// method: the router answers anything but GET and HEAD with its 405, which says more than
+/// a 401 for a token these paths never need.
+fn probe(_method: &Method, path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz")
 }
 
 /// Paths that need no token: the probes, the status page's HTML (no data in it) and the
@@ -408,6 +410,12 @@ mod tests {
         );
         for open in ["/healthz", "/readyz", "/"] {
             assert_eq!(status(&net, Method::GET, open, &[far]), 200, "{open}");
+        }
+        // Any method on a probe goes on to the router (its 405), not a 401 for a token.
+        for probe in ["/healthz", "/readyz"] {
+            for m in [Method::POST, Method::PUT, Method::DELETE] {
+                assert_eq!(status(&net, m.clone(), probe, &[far]), 200, "{m} {probe}");
+            }
         }
         assert_eq!(status(&net, Method::POST, "/api/login", &[far, JSON]), 200);
     }
