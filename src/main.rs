@@ -232,6 +232,7 @@ fn print_bytes(bytes: &[u8]) -> anyhow::Result<()> {
 fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Logged>() => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("wsgate: {e:#}");
             ExitCode::FAILURE
@@ -636,16 +637,49 @@ impl Signals {
             mut quit,
             ..
         } = self;
+        let sessions = handle.sessions().clone();
+        // Kept until the end: the handle owns the workers' runtimes, which run the sessions.
+        let wait = handle.wait();
+        tokio::pin!(wait);
         tokio::select! {
-            report = handle.wait() => {
+            report = &mut wait => {
                 if report.sessions_ended > 0 {
                     tracing::info!(sessions = report.sessions_ended, "sessions ended at the end of the grace period");
                 }
-                Ok(())
+                return Ok(());
             }
-            _ = term.recv() => anyhow::bail!("second signal: exiting without waiting for sessions"),
-            _ = int.recv() => anyhow::bail!("second signal: exiting without waiting for sessions"),
-            _ = quit.recv() => anyhow::bail!("second signal: exiting without waiting for sessions"),
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = quit.recv() => {}
         }
+        // A second signal: the sessions are cut now, without their closing handshakes. Each
+        // still writes its record ("every session ends with one"), within a bound, and the
+        // exit is logged as a record too, not a raw line in a JSON log.
+        tracing::warn!(
+            live_sessions = sessions.len(),
+            "second signal: cutting the sessions without waiting for their closing handshakes"
+        );
+        let _ = tokio::time::timeout(SECOND_SIGNAL_CUT, async {
+            sessions.kill_all().await;
+            wait.await
+        })
+        .await;
+        Err(Logged.into())
     }
 }
+
+/// How long a second signal waits for the cut sessions to write their records.
+const SECOND_SIGNAL_CUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// An error already written to the log: the process exits with failure, printing nothing
+/// more (a raw line would break a JSON log).
+#[derive(Debug)]
+struct Logged;
+
+impl std::fmt::Display for Logged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("(logged)")
+    }
+}
+
+impl std::error::Error for Logged {}

@@ -268,6 +268,8 @@ struct JsonRun {
     /// Each line, parsed; `Err` holds a line that was not a JSON object.
     lines: Arc<Mutex<Vec<Result<Record, String>>>>,
     changed: Arc<Notify>,
+    /// The log has ended (the process closed its stderr).
+    ended: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl JsonRun {
@@ -279,8 +281,9 @@ impl JsonRun {
             child,
             lines: Arc::default(),
             changed: Arc::default(),
+            ended: Arc::default(),
         };
-        let (lines, changed) = (run.lines.clone(), run.changed.clone());
+        let (lines, changed, ended) = (run.lines.clone(), run.changed.clone(), run.ended.clone());
         tokio::spawn(async move {
             while let Ok(Some(line)) = err.next_line().await {
                 let parsed = match serde_json::from_str(&line) {
@@ -290,6 +293,8 @@ impl JsonRun {
                 lines.lock().unwrap().push(parsed);
                 changed.notify_waiters();
             }
+            ended.store(true, std::sync::atomic::Ordering::SeqCst);
+            changed.notify_waiters();
         });
         let listening = run
             .wait_for("listening", |r| r["message"] == "listening")
@@ -323,6 +328,21 @@ impl JsonRun {
         })
         .await;
         found.unwrap_or_else(|_| panic!("no record for {what}; log:\n{}", self.dump()))
+    }
+
+    /// Waits (within [`STEP`]) until the log has ended; then every line is in `lines`.
+    async fn until_ended(&self) {
+        let ended = tokio::time::timeout(STEP, async {
+            loop {
+                let changed = self.changed.notified();
+                if self.ended.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                changed.await;
+            }
+        })
+        .await;
+        ended.unwrap_or_else(|_| panic!("the log did not end; log:\n{}", self.dump()));
     }
 
     /// The session record of the request with this id.
@@ -702,6 +722,53 @@ async fn refusals_before_the_tls_handshake_completes_are_logged_and_counted_by_s
     assert_eq!(count("plain_http_on_tls", "400"), 1.0);
     assert_eq!(count("tls_handshake_failed", "none"), 1.0);
     run.stop().await;
+}
+
+/// A second SIGTERM during the drain cuts the sessions at once, and still each gets its
+/// record; the exit says why in a record of its own: every line of a JSON log is JSON.
+#[tokio::test]
+async fn a_second_signal_cuts_the_sessions_each_with_its_record() {
+    let backend = EchoBackend::spawn().await;
+    let tmp = TempDir::new("logs");
+    let config = tmp.write(
+        "wsgate.toml",
+        format!(
+            "[shutdown]\ngrace = \"60s\"\n[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
+            route("echo", "/", &[backend.url()])
+        ),
+    );
+    let (mut run, addr) = JsonRun::start(&config, "info").await;
+    // A client that never answers the proxy's close: the drain would wait for it.
+    let (_client, resp) =
+        raw_exchange(addr.parse().unwrap(), upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 101, "{}", resp.head);
+    let id = resp.header("x-request-id").unwrap();
+    send_signal(&run.child, "TERM");
+    run.wait_for("the drain", |r| {
+        r.get("message")
+            .and_then(Value::as_str)
+            .is_some_and(|m| m.starts_with("shutting down: no new connections"))
+    })
+    .await;
+    send_signal(&run.child, "TERM");
+    let status = tokio::time::timeout(STEP, run.child.wait())
+        .await
+        .expect("no exit after the second signal")
+        .unwrap();
+    assert!(!status.success(), "{status:?}");
+    run.until_ended().await;
+    let r = run.session_closed(&id).await;
+    assert_eq!(r["cut"], true, "{r:?}");
+    let last = run
+        .wait_for("the second signal", |r| {
+            r.get("message")
+                .and_then(Value::as_str)
+                .is_some_and(|m| m.starts_with("second signal"))
+        })
+        .await;
+    assert_eq!(last["live_sessions"], 1);
+    // Every line a record (`records` panics on any other).
+    assert!(!run.records().is_empty());
 }
 
 fn text_header(resp: &http::Response<Option<Vec<u8>>>, name: &str) -> String {
