@@ -524,6 +524,8 @@ fn verify_101(
             }
         }
     }
+    crate::deflate::check_answer(&offered.extensions, &extensions)
+        .map_err(BackendError::BadHandshake)?;
     Ok((protocol, extensions))
 }
 

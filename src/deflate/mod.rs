@@ -102,6 +102,116 @@ pub fn client_response(accepted: &[HeaderValue], count_inflated: bool) -> Vec<He
     })
 }
 
+/// The parameters of one permessage-deflate element, checked (RFC 7692 §7.1): each known
+/// one at most once, the two `*_no_context_takeover` without a value, the two
+/// `*_max_window_bits` with a value of 8 to 15 where one is given (quoted or not); `None`
+/// (an offer's `client_max_window_bits` may come without one). Err names what is wrong.
+fn params(element: &str) -> Result<Params, String> {
+    let mut p = Params::default();
+    for param in element.split(';').skip(1) {
+        let (name, value) = match param.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+            None => (param.trim(), None),
+        };
+        let bits = |v: Option<&str>| -> Result<Option<u8>, String> {
+            match v {
+                None => Ok(None),
+                Some(v) => match v.parse::<u8>() {
+                    Ok(b @ 8..=15) => Ok(Some(b)),
+                    _ => Err(format!("{name}={v} is not 8 to 15")),
+                },
+            }
+        };
+        let seen = match name.to_ascii_lowercase().as_str() {
+            SERVER_NO_TAKEOVER | CLIENT_NO_TAKEOVER if value.is_some() => {
+                return Err(format!("{name} takes no value"));
+            }
+            SERVER_NO_TAKEOVER => std::mem::replace(&mut p.server_no_takeover, true),
+            CLIENT_NO_TAKEOVER => std::mem::replace(&mut p.client_no_takeover, true),
+            "server_max_window_bits" => p.server_bits.replace(bits(value)?).is_some(),
+            "client_max_window_bits" => p.client_bits.replace(bits(value)?).is_some(),
+            "" => return Err("an empty parameter".into()),
+            _ => return Err(format!("unknown parameter {name:?}")),
+        };
+        if seen {
+            return Err(format!("{name} more than once"));
+        }
+    }
+    Ok(p)
+}
+
+/// One permessage-deflate element's parameters; `Some(None)`: present without a value.
+#[derive(Debug, Default)]
+struct Params {
+    server_no_takeover: bool,
+    client_no_takeover: bool,
+    server_bits: Option<Option<u8>>,
+    client_bits: Option<Option<u8>>,
+}
+
+/// Checks the backend's answer to the permessage-deflate offers it was sent, as RFC 7692 §7
+/// has a client do (and fail the connection otherwise): at most one permessage-deflate
+/// element, with valid parameters, `server_max_window_bits` with a value, no larger than an
+/// offer's, and `client_max_window_bits` with a value and only if an offer had it (no larger
+/// than its value). Passed on as it came, such an answer would reach the client with a 101
+/// and fail there (or, worse, be taken at its word by a lenient one). A missing
+/// `server_no_context_takeover` is let through: some backends ignore it, and the relay
+/// counts inflated sizes with the window kept (`Counting::backend_takeover`).
+pub fn check_answer(offers: &[HeaderValue], answer: &[HeaderValue]) -> Result<(), String> {
+    let texts = |v: &[HeaderValue]| -> Vec<String> {
+        v.iter()
+            .filter_map(|h| h.to_str().ok())
+            .flat_map(elements)
+            .filter(|e| is_deflate(e))
+            .map(str::to_string)
+            .collect()
+    };
+    let answered = texts(answer);
+    let Some(element) = answered.first() else {
+        return Ok(());
+    };
+    if answered.len() > 1 {
+        return Err("permessage-deflate accepted more than once".into());
+    }
+    let bad = |m: String| Err(format!("permessage-deflate answer: {m}"));
+    let a = match params(element) {
+        Ok(a) => a,
+        Err(m) => return bad(m),
+    };
+    let offered: Vec<Params> = texts(offers)
+        .iter()
+        .filter_map(|o| params(o).ok())
+        .collect();
+    if let Some(server) = a.server_bits {
+        let Some(bits) = server else {
+            return bad("server_max_window_bits without a value".into());
+        };
+        // An offer without it leaves the backend free to limit its own window (§7.1.2.1).
+        if !offered
+            .iter()
+            .any(|o| o.server_bits.flatten().is_none_or(|max| bits <= max))
+        {
+            return bad(format!(
+                "server_max_window_bits={bits} above what was offered"
+            ));
+        }
+    }
+    if let Some(client) = a.client_bits {
+        let Some(bits) = client else {
+            return bad("client_max_window_bits without a value".into());
+        };
+        if !offered.iter().any(|o| {
+            o.client_bits
+                .is_some_and(|max| max.is_none_or(|max| bits <= max))
+        }) {
+            return bad(format!(
+                "client_max_window_bits={bits}, which no offer allowed"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// How the relay counts a session's inflated message sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counting {
@@ -155,6 +265,51 @@ mod tests {
 
     fn texts(v: &[HeaderValue]) -> Vec<&str> {
         v.iter().map(|v| v.to_str().unwrap()).collect()
+    }
+
+    #[test]
+    fn backend_answers_rfc_7692_forbids_are_refused() {
+        let plain = hv(&["permessage-deflate; client_max_window_bits"]);
+        let ok = |offer: &[HeaderValue], answer: &str| check_answer(offer, &hv(&[answer]));
+        for good in [
+            "permessage-deflate",
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+            "permessage-deflate; server_max_window_bits=10",
+            "permessage-deflate; client_max_window_bits=9",
+            "permessage-deflate; server_max_window_bits=\"12\"",
+            "x-other",
+        ] {
+            assert_eq!(ok(&plain, good), Ok(()), "{good}");
+        }
+        let bare = hv(&["permessage-deflate"]);
+        let limited = hv(&["permessage-deflate; server_max_window_bits=10"]);
+        for (offer, bad) in [
+            (&bare, "permessage-deflate; client_max_window_bits=10"),
+            (&plain, "permessage-deflate; client_max_window_bits"),
+            (&plain, "permessage-deflate; server_max_window_bits=7"),
+            (&plain, "permessage-deflate; server_max_window_bits=16"),
+            (&plain, "permessage-deflate; server_max_window_bits"),
+            (&limited, "permessage-deflate; server_max_window_bits=12"),
+            (&limited, "permessage-deflate; server_max_window_bits=x"),
+            (&plain, "permessage-deflate; foo=1"),
+            (&plain, "permessage-deflate; server_no_context_takeover=1"),
+            (
+                &plain,
+                "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+            ),
+            (&plain, "permessage-deflate, permessage-deflate"),
+        ] {
+            assert!(ok(offer, bad).is_err(), "{bad} to {offer:?}");
+        }
+        // Of several offers, the answer may match any one.
+        let two = hv(&[
+            "permessage-deflate; server_max_window_bits=10",
+            "permessage-deflate",
+        ]);
+        assert_eq!(
+            ok(&two, "permessage-deflate; server_max_window_bits=12"),
+            Ok(())
+        );
     }
 
     #[test]

@@ -86,6 +86,38 @@ async fn strip_refuses_a_backend_that_compresses_anyway() {
     let _ = stream.shutdown().await;
 }
 
+/// A backend whose permessage-deflate answer RFC 7692 §7 has a client fail (a parameter
+/// nobody offered, a window size out of range, a parameter twice) is refused (502) before
+/// the client gets a 101, with and without `max_message_inflated`.
+#[tokio::test]
+async fn a_deflate_answer_rfc_7692_forbids_is_refused() {
+    for answer in [
+        "permessage-deflate; client_max_window_bits=10",
+        "permessage-deflate; server_max_window_bits=7",
+        "permessage-deflate; foo=1",
+        "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+    ] {
+        let response = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {{accept}}\r\nSec-WebSocket-Extensions: {answer}\r\n\r\n"
+        );
+        let (addr, _) = scripted_backend(response.into_bytes()).await;
+        for extra in ["", "max_message_inflated = \"1MiB\"\n"] {
+            let gw = Gateway::spawn(&format!(
+                "{}{extra}",
+                route("r", "/", &[format!("ws://{addr}")])
+            ))
+            .await;
+            let (_s, resp) = raw_exchange(
+                gw.addr,
+                upgrade_request("/", "Sec-WebSocket-Extensions: permessage-deflate\r\n").as_bytes(),
+            )
+            .await;
+            assert_eq!(resp.status, 502, "{answer} ({extra}): {}", resp.head);
+        }
+    }
+}
+
 /// A backend that accepts permessage-deflate with `extensions` and records its request head
 /// and every byte it receives after the 101, until the gateway closes the connection.
 struct RawBackend {
