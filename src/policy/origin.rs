@@ -92,6 +92,22 @@ impl OriginRule {
                 "{s:?} is not an origin: write \"https://app.example.com\", \"https://*.example.com\" or \"same-origin\" (scheme and host, no path)"
             )
         };
+        // Entries that parse but that no browser's Origin can ever equal: refused here, not
+        // found out when every client gets 403.
+        if let Some((scheme, rest)) = s.split_once("://") {
+            if matches!(scheme.to_ascii_lowercase().as_str(), "ws" | "wss") {
+                return Err(format!(
+                    "{s:?} never matches: a page's Origin is its own scheme, http:// or https://, \
+                     not the WebSocket's ws:// or wss://"
+                ));
+            }
+            if !rest.is_ascii() {
+                return Err(format!(
+                    "{s:?} never matches: browsers send a non-ASCII host in its ASCII form \
+                     (punycode, e.g. xn--bcher-kva.example for bücher.example): write that"
+                ));
+            }
+        }
         if let Some((scheme, rest)) = s.split_once("://")
             && let Some(wild) = rest.strip_prefix("*.")
         {
@@ -266,6 +282,12 @@ mod tests {
         assert!(OriginRule::parse("a.test").is_err());
         assert!(OriginRule::parse("https://*").is_err());
         assert!(OriginRule::parse("https://a.*.test").is_err());
+        // Entries no browser's Origin can equal.
+        for never in ["wss://a.test", "ws://a.test:8080", "https://bücher.example"] {
+            let e = OriginRule::parse(never).unwrap_err();
+            assert!(e.contains("never matches"), "{never}: {e}");
+        }
+        assert!(OriginRule::parse("https://xn--bcher-kva.example").is_ok());
         assert_eq!(
             OriginRule::parse("https://*.a.test:8443").unwrap(),
             OriginRule::Wildcard {
