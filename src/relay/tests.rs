@@ -87,12 +87,24 @@ fn relay_by_hand(
     tokio::io::DuplexStream,
     Relay<tokio::io::DuplexStream, tokio::io::DuplexStream>,
 ) {
+    relay_by_hand_over(cfg, |pipe| pipe)
+}
+
+/// [`relay_by_hand`] with each of the relay's ends wrapped in a leg of `wrap`'s making.
+fn relay_by_hand_over<L: Leg>(
+    cfg: SessionConfig,
+    wrap: fn(tokio::io::DuplexStream) -> L,
+) -> (
+    tokio::io::DuplexStream,
+    tokio::io::DuplexStream,
+    Relay<L, L>,
+) {
     let (client, client_side) = duplex(1 << 16);
     let (backend_side, backend) = duplex(1 << 16);
     let env = test_env(cfg, &Control::default(), &Arc::default());
     let relay = relay(
-        (client_side, Bytes::new()),
-        (backend_side, Bytes::new()),
+        (wrap(client_side), Bytes::new()),
+        (wrap(backend_side), Bytes::new()),
         env,
         0,
     );
@@ -894,22 +906,13 @@ impl Leg for TcpLike {
 #[tokio::test(start_paused = true)]
 async fn the_side_not_at_fault_keeps_its_connection_until_it_answers() {
     use futures_util::FutureExt;
-    let (mut client, client_side) = duplex(1 << 16);
-    let (backend_side, mut backend) = duplex(1 << 16);
-    let env = test_env(
+    let (mut client, mut backend, mut relay) = relay_by_hand_over(
         SessionConfig {
             ping_interval: None,
             hibernate_after: None,
             ..SessionConfig::default()
         },
-        &Control::default(),
-        &Arc::default(),
-    );
-    let mut relay = relay(
-        (TcpLike(client_side), Bytes::new()),
-        (TcpLike(backend_side), Bytes::new()),
-        env,
-        0,
+        TcpLike,
     );
     let mut cx = Context::from_waker(std::task::Waker::noop());
     let mut turn = || Pin::new(&mut relay).poll(&mut cx).map(|_| ());
