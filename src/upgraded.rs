@@ -202,6 +202,10 @@ impl crate::relay::Leg for UpgradedIo {
         }
     }
 
+    fn done_once_answered(&self) -> bool {
+        matches!(self, UpgradedIo::Hyper(_))
+    }
+
     fn can_hibernate(&self) -> bool {
         match self {
             UpgradedIo::Tcp(s) => s.is_awake(),

@@ -103,6 +103,15 @@ pub trait Leg: AsyncRead + AsyncWrite + Unpin {
     /// socket's write side is shut now rather than when the relay ends. Nothing by default.
     fn send_fin(&mut self) {}
 
+    /// Whether a leg already shut down (`poll_shutdown`, the other side having been done
+    /// first) may be let go once its peer's close frame has come, without reading it to its
+    /// end: an HTTP/2 stream, whose client need not end its half after the close frames
+    /// (see `UpgradedIo::poll_finish`). Plain TCP and TLS peers close after our FIN: they
+    /// are read to their EOF. No by default.
+    fn done_once_answered(&self) -> bool {
+        false
+    }
+
     /// Whether this leg can be set aside now while its session hibernates (see
     /// [`Step::Idle`]): a plain TCP socket can, by its descriptor alone; a TLS stream when
     /// it holds nothing in flight.
@@ -699,7 +708,10 @@ fn step<A, Z>(
                 break;
             }
             Poll::Ready(Err(e)) => {
+                // Progress: a side's end may finish the other's closing handshake (step 4 of
+                // the next round: its write side shut once this one has left).
                 from.read_eof = true;
+                st.progress += 1;
                 if !st.taken_over && from.close_from.is_none() {
                     let error = Some(format!("{}: {e}", from.who.as_str()));
                     take_over_dyn(st, from, to, Reason::Gone(from.who), error);
@@ -711,6 +723,7 @@ fn step<A, Z>(
         let data = buf.filled();
         if data.is_empty() {
             from.read_eof = true;
+            st.progress += 1;
             if !st.taken_over && from.close_from.is_none() {
                 let reason = Reason::Gone(from.who);
                 take_over_dyn(st, from, to, reason, None);
@@ -724,6 +737,14 @@ fn step<A, Z>(
     // 4. Shut `to`'s write side once its part of the closing handshake is done: it has had a
     //    close frame and has answered (or left), or the other side has left after its close.
     let handshake_done = to.close_to && (to.close_from.is_some() || to.read_eof);
+    if to.write_shut && !to.read_eof && handshake_done && to.io.done_once_answered() {
+        // Shut before its answer came (the other side was done first); now that it has
+        // answered, its closing handshake is over too.
+        to.read_eof = true;
+        st.let_go.get_or_insert(to.who);
+        st.progress += 1;
+        return;
+    }
     let source_done = from.read_eof
         && st.let_go != Some(from.who)
         && (from.close_from.is_some() || st.taken_over)

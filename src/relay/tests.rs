@@ -941,3 +941,48 @@ async fn the_side_not_at_fault_keeps_its_connection_until_it_answers() {
     drop(relay);
     assert_eq!(client.read(&mut byte).await.unwrap(), 0);
 }
+
+/// The backend breaks the framing; the client answers its 1014 at once; the backend, told
+/// 1002 then, answers and closes its TCP later: the session ends at that EOF, not at the
+/// closing handshake's deadline.
+#[tokio::test(start_paused = true)]
+async fn an_offender_that_answers_and_leaves_ends_the_session_at_its_eof() {
+    use futures_util::FutureExt;
+    let (mut client, mut backend, mut relay) = relay_by_hand_over(
+        SessionConfig {
+            ping_interval: None,
+            hibernate_after: None,
+            ..SessionConfig::default()
+        },
+        TcpLike,
+    );
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut turn = || Pin::new(&mut relay).poll(&mut cx).map(|_| ());
+    assert!(turn().is_pending());
+    // A ping of 126 bytes: a protocol error.
+    let mut ping = vec![0x89, 126, 0, 126];
+    ping.extend_from_slice(&[b'x'; 126]);
+    backend.write_all(&ping).await.unwrap();
+    assert!(turn().is_pending());
+    assert_eq!(read_close(&mut client).await.0, Some(1014));
+    client
+        .write_all(&masked(opcode::CLOSE, &[0x03, 0xf6]))
+        .await
+        .unwrap();
+    assert!(turn().is_pending());
+    assert!(turn().is_pending());
+    assert_eq!(read_close(&mut backend).await.0, Some(1002));
+    tokio::time::advance(Duration::from_secs(2)).await;
+    backend
+        .write_all(&plain(opcode::CLOSE, &[0x03, 0xea]))
+        .await
+        .unwrap();
+    assert!(turn().is_pending());
+    // Its EOF, in a turn of its own (the wake-up it brings is the only one).
+    backend.shutdown().await.unwrap();
+    assert!(
+        turn().is_ready(),
+        "the session waits on after the offender left"
+    );
+    let _ = client.read(&mut [0u8; 1]).now_or_never();
+}

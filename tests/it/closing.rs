@@ -193,3 +193,51 @@ async fn a_data_frame_after_the_backends_close_frame_is_not_forwarded() {
         "the backend's data frame after its close reached the client"
     );
 }
+
+/// A backend that breaks the framing, answers the proxy's 1002 and then closes its TCP: the
+/// session ends at that close (the client has answered its 1014 already), not at the
+/// closing handshake's deadline.
+#[tokio::test]
+async fn an_offending_backend_that_answers_and_leaves_ends_the_session() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (leave_tx, leave) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let head = read_request_head(&mut s).await;
+        s.write_all(switching_protocols(&head).as_bytes())
+            .await
+            .unwrap();
+        // A ping of 126 bytes: a protocol error.
+        let mut ping = vec![0x89, 126, 0, 126];
+        ping.extend_from_slice(&[b'x'; 126]);
+        s.write_all(&ping).await.unwrap();
+        let (_, code) = frames_then_close(&mut s, Vec::new()).await.unwrap();
+        assert_eq!(code, 1002);
+        s.write_all(&encode_frame(opcode::CLOSE, true, &[0x03, 0xe8], None))
+            .await
+            .unwrap();
+        let _ = leave.await;
+        // Past `hibernate_after` (1 s): a quiet session in its closing handshake.
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        drop(s);
+    });
+    let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{addr}")])).await;
+    let (mut s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 101, "{}", resp.head);
+    let (_, code) = frames_then_close(&mut s, resp.rest).await.unwrap();
+    assert_eq!(code, 1014);
+    // The client answers its close, and keeps its connection until the proxy closes it.
+    s.write_all(&client_frame(opcode::CLOSE, &[0x03, 0xf6]))
+        .await
+        .unwrap();
+    gw.handle().sessions().wait_for_count(|n| *n == 1).await;
+    leave_tx.send(()).unwrap();
+    // Well inside the 5 s deadline.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(4),
+        gw.handle().sessions().wait_for_count(|n| *n == 0),
+    )
+    .await
+    .expect("the session outlived the offender's close");
+}

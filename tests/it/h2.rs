@@ -294,6 +294,29 @@ async fn a_finished_closing_handshake_ends_the_session_without_the_clients_end_s
     drop(ws);
 }
 
+/// The same when the proxy starts the close (here `idle`) and the backend is done first:
+/// the stream got its END_STREAM then, and the client's answer, which comes after, ends
+/// its part; the session does not wait for an END_STREAM from the client.
+#[tokio::test]
+async fn a_proxy_close_answered_over_h2_ends_without_the_clients_end_stream() {
+    let (backend, gw, mut conn, _ca) = h2_gateway("[route.timeouts]\nidle = \"300ms\"\n").await;
+    let mut ws = conn.websocket("https", "/").await;
+    // The backend answers the proxy's 1001 and leaves; the client has not read it yet.
+    let closes = backend.wait_closes(1).await;
+    assert_eq!(closes[0].as_ref().map(|c| c.0), Some(1001));
+    let close = next_data(&mut ws).await;
+    assert!(close.is_close(), "{close:?}");
+    // Reading on sends tungstenite's answer; the client keeps its half of the stream.
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(STEP, ws.next()).await {}
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        gw.handle().sessions().wait_for_count(|n| *n == 0),
+    )
+    .await
+    .expect("the session waited for the client's END_STREAM");
+    drop(ws);
+}
+
 #[tokio::test]
 async fn shutdown_sends_close_frames_then_goaway() {
     let (backend, mut gw, mut conn, _ca) = h2_gateway("").await;
