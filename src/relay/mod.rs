@@ -745,8 +745,12 @@ fn step<A, Z>(
         st.progress += 1;
         return;
     }
+    // A side let go has not left: the other side keeps its connection until it answers,
+    // unless the other side is the one whose frames stopped making sense. Its answer could
+    // not be read as one, so its connection is failed (RFC 6455 §7.1.7): its close frame,
+    // then the FIN.
     let source_done = from.read_eof
-        && st.let_go != Some(from.who)
+        && (st.let_go != Some(from.who) || to.scanner.stopped().is_some())
         && (from.close_from.is_some() || st.taken_over)
         || st.abandoned == Some(to.who);
     if !to.write_shut

@@ -986,3 +986,39 @@ async fn an_offender_that_answers_and_leaves_ends_the_session_at_its_eof() {
     );
     let _ = client.read(&mut [0u8; 1]).now_or_never();
 }
+
+/// The side whose frames stopped making sense has its connection failed (RFC 6455 §7.1.7):
+/// its close frame, then its FIN, without waiting for an answer the relay could not read
+/// as one (Autobahn's client drops the connection itself after a second otherwise).
+#[tokio::test(start_paused = true)]
+async fn the_offender_gets_its_fin_right_after_its_close() {
+    use futures_util::FutureExt;
+    let (mut client, mut backend, mut relay) = relay_by_hand_over(
+        SessionConfig {
+            ping_interval: None,
+            hibernate_after: None,
+            ..SessionConfig::default()
+        },
+        TcpLike,
+    );
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut turn = || Pin::new(&mut relay).poll(&mut cx).map(|_| ());
+    assert!(turn().is_pending());
+    // An unmasked frame from the client: a protocol error.
+    client.write_all(&plain(opcode::TEXT, b"hi")).await.unwrap();
+    assert!(turn().is_pending());
+    assert_eq!(read_close(&mut backend).await.0, Some(1001));
+    // The backend answers, and is let go; the client gets its 1002 and its FIN.
+    backend
+        .write_all(&plain(opcode::CLOSE, &[0x03, 0xe9]))
+        .await
+        .unwrap();
+    assert!(turn().is_pending());
+    assert_eq!(read_close(&mut client).await.0, Some(1002));
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        client.read(&mut byte).now_or_never().map(|r| r.unwrap()),
+        Some(0),
+        "no FIN for the offender after its close"
+    );
+}
