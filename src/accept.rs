@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ListenerConfig;
-use crate::head_guard::{ClientIo, HeadGuard, HeadReasons, HeadRefusal, HeadWatch, Unread};
+use crate::head_guard::{self, ClientIo, HeadGuard, HeadReasons, HeadRefusal, HeadWatch, Unread};
 use crate::http::{self, Protocols};
 use crate::metrics::ListenerStats;
 use crate::outcome::Outcome;
@@ -348,24 +348,14 @@ fn refused_early(
     reason: &str,
     error: Option<&dyn std::fmt::Display>,
 ) {
-    state
-        .unrouted_refusals
-        .add_status(outcome, status.unwrap_or(0));
-    let Some(line) = state.refusal_log.admit(outcome) else {
-        return;
-    };
-    tracing::info!(
-        target: "wsgate::access",
-        event = "refused",
-        route = "-",
-        client = %client,
+    head_guard::report_unrouted(
+        state,
+        client,
+        outcome,
         status,
-        outcome = outcome.as_str(),
-        fault = "client",
         reason,
-        error = error.map(tracing::field::display),
-        suppressed = line.suppressed(),
-        "connection refused before its request"
+        error,
+        "connection refused before its request",
     );
 }
 

@@ -203,28 +203,16 @@ impl HeadWatch {
         if self.refused.swap(true, Ordering::Relaxed) {
             return;
         }
-        let outcome = refusal.outcome();
-        let status = refusal.status();
-        self.state
-            .unrouted_refusals
-            .add_status(outcome, status.unwrap_or(0));
-        let Some(line) = self.state.refusal_log.admit(outcome) else {
-            return;
-        };
         // Nothing here comes from the client: the reason is ours and hyper's error text is
         // one of its fixed descriptions.
-        tracing::info!(
-            target: "wsgate::access",
-            event = "refused",
-            route = "-",
-            client = %self.client,
-            status,
-            outcome = outcome.as_str(),
-            fault = "client",
-            reason = self.reasons.reason(refusal),
-            error = error.map(tracing::field::display),
-            suppressed = line.suppressed(),
-            "request head refused"
+        report_unrouted(
+            &self.state,
+            self.client,
+            refusal.outcome(),
+            refusal.status(),
+            self.reasons.reason(refusal),
+            error.map(|e| e as &dyn std::fmt::Display),
+            "request head refused",
         );
     }
 
@@ -237,6 +225,39 @@ impl HeadWatch {
             self.state.unrouted_refusals.add(Outcome::Draining);
         }
     }
+}
+
+/// Counts a refusal that came before any request was routed (`unrouted_refusals`, by
+/// outcome and status) and logs it as an access record within the refusal log's budget.
+/// `message` says at which point the connection was refused.
+pub(crate) fn report_unrouted(
+    state: &ProxyState,
+    client: SocketAddr,
+    outcome: Outcome,
+    status: Option<u16>,
+    reason: &str,
+    error: Option<&dyn std::fmt::Display>,
+    message: &'static str,
+) {
+    state
+        .unrouted_refusals
+        .add_status(outcome, status.unwrap_or(0));
+    let Some(line) = state.refusal_log.admit(outcome) else {
+        return;
+    };
+    tracing::info!(
+        target: "wsgate::access",
+        event = "refused",
+        route = "-",
+        client = %client,
+        status,
+        outcome = outcome.as_str(),
+        fault = "client",
+        reason,
+        error = error.map(tracing::field::display),
+        suppressed = line.suppressed(),
+        "{message}"
+    );
 }
 
 /// A request's body as the proxy gets it from hyper: the same frames, and what happens when

@@ -69,6 +69,7 @@ pub mod path;
 pub mod policy;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod query;
 pub mod relay;
 pub mod reload;
 pub mod route;

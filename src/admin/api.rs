@@ -373,35 +373,9 @@ pub fn session_json(s: &SessionInfo, now: Instant) -> Value {
     })
 }
 
-/// The query's value for `key`, percent-decoded.
+/// The query's value for `key`, percent-decoded (`+` a space, as forms send it).
 fn query_param(query: Option<&str>, key: &str) -> Option<String> {
-    query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == key).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    crate::query::param(query, key, true)
 }
 
 /// `GET /api/sessions?route=&backend=&client=&limit=&after=`: live sessions by ascending id.
@@ -686,8 +660,10 @@ mod tests {
         assert_eq!(query_param(q, "limit").as_deref(), Some("5"));
         assert_eq!(query_param(q, "x").as_deref(), Some(""));
         assert_eq!(query_param(q, "client"), None);
-        assert_eq!(percent_decode("a%2"), "a%2");
-        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(
+            query_param(Some("client=a+b%2"), "client").as_deref(),
+            Some("a b%2")
+        );
     }
 
     #[test]

@@ -95,7 +95,7 @@ impl Rules {
         headers: &HeaderMap,
     ) -> Result<(), Response<Body>> {
         let write = !matches!(*method, Method::GET | Method::HEAD);
-        if self.token.is_none() && !loopback_host(headers) && !probe(method, path) {
+        if self.token.is_none() && !loopback_host(headers) && !probe(path) {
             return Err(super::json_error(
                 StatusCode::FORBIDDEN,
                 "this admin listener has no token, so it answers only requests for a loopback \
@@ -149,14 +149,14 @@ impl Rules {
 /// Health probes: open to anyone who reaches the port, whatever Host they name, with any
 /// method: the router answers anything but GET and HEAD with its 405, which says more than
 /// a 401 for a token these paths never need.
-fn probe(_method: &Method, path: &str) -> bool {
+fn probe(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz")
 }
 
 /// Paths that need no token: the probes, the status page's HTML (no data in it) and the
 /// login that sets the page's cookie (it checks the token itself).
 fn public(method: &Method, path: &str) -> bool {
-    probe(method, path)
+    probe(path)
         || (matches!(*method, Method::GET | Method::HEAD) && path == "/")
         || (*method == Method::POST && path == "/api/login")
 }

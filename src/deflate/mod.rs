@@ -35,6 +35,14 @@ fn elements(value: &str) -> impl Iterator<Item = &str> {
     value.split(',').map(str::trim).filter(|e| !e.is_empty())
 }
 
+/// The elements of every value that is text (a value that is not passes unjudged).
+fn all_elements(values: &[HeaderValue]) -> impl Iterator<Item = &str> {
+    values
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(elements)
+}
+
 fn name_of(element: &str) -> &str {
     element.split(';').next().unwrap_or("").trim()
 }
@@ -158,15 +166,7 @@ struct Params {
 /// `server_no_context_takeover` is let through: some backends ignore it, and the relay
 /// counts inflated sizes with the window kept (`Counting::backend_takeover`).
 pub fn check_answer(offers: &[HeaderValue], answer: &[HeaderValue]) -> Result<(), String> {
-    let texts = |v: &[HeaderValue]| -> Vec<String> {
-        v.iter()
-            .filter_map(|h| h.to_str().ok())
-            .flat_map(elements)
-            .filter(|e| is_deflate(e))
-            .map(str::to_string)
-            .collect()
-    };
-    let answered = texts(answer);
+    let answered: Vec<&str> = all_elements(answer).filter(|e| is_deflate(e)).collect();
     let Some(element) = answered.first() else {
         return Ok(());
     };
@@ -178,8 +178,8 @@ pub fn check_answer(offers: &[HeaderValue], answer: &[HeaderValue]) -> Result<()
         Ok(a) => a,
         Err(m) => return bad(m),
     };
-    let offered: Vec<Params> = texts(offers)
-        .iter()
+    let offered: Vec<Params> = all_elements(offers)
+        .filter(|e| is_deflate(e))
         .filter_map(|o| params(o).ok())
         .collect();
     if let Some(server) = a.server_bits {
@@ -230,19 +230,10 @@ pub struct Counting {
 /// permessage-deflate (`accepted` as the backend answered it).
 pub fn counting(limit: Option<u64>, accepted: &[HeaderValue]) -> Option<Counting> {
     let limit = limit?;
-    let deflate: Vec<&str> = accepted
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(elements)
-        .filter(|e| is_deflate(e))
-        .collect();
+    let deflate: Vec<&str> = all_elements(accepted).filter(|e| is_deflate(e)).collect();
     let first = deflate.first()?;
     // Another extension may use RSV1 too: then the proxy cannot tell what is compressed.
-    let all = accepted
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(elements)
-        .count();
+    let all = all_elements(accepted).count();
     if all != deflate.len() {
         return None;
     }

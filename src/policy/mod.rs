@@ -333,14 +333,17 @@ impl RoutePolicy {
             })?);
             token_source = Some(found.source);
         }
+        // A token in the URL is removed whatever `forward_token` says (URLs end up in logs),
+        // before the auth service sees the request (it is not its business either). So is
+        // any other parameter of a token source's name, the token having come from
+        // elsewhere or not: a backend reading it would take a token wsgate never checked.
+        self.strip_query_tokens(&mut parts.uri);
 
         let mut auth = forward_auth::Allowed::default();
         if let Some(fa) = &self.rules.forward_auth {
-            // A token in the query is not the auth service's business either.
-            let uri = self.without_query_tokens(&parts.uri);
             let q = forward_auth::AuthQuery {
                 parts,
-                uri: &uri,
+                uri: &parts.uri,
                 client: facts.client.ip,
                 forwarded_for: facts.forwarded_for,
                 scheme: facts.scheme,
@@ -381,10 +384,6 @@ impl RoutePolicy {
                 _ => {}
             }
         }
-        // A token in the URL is removed whatever `forward_token` says: URLs end up in logs.
-        // So is any other parameter of a token source's name, the token having come from
-        // elsewhere or not: a backend reading it would take a token wsgate never checked.
-        parts.uri = self.without_query_tokens(&parts.uri);
         cookie::strip(&mut parts.headers, &self.rules.strip_cookies);
         for h in &self.rules.strip_headers {
             parts.headers.remove(h);
@@ -443,17 +442,16 @@ impl RoutePolicy {
 }
 
 impl RoutePolicy {
-    /// `uri` without the query parameters the route's token sources name.
-    fn without_query_tokens(&self, uri: &http::Uri) -> http::Uri {
-        let mut uri = uri.clone();
-        if let Some(jwt) = &self.rules.jwt {
-            for s in jwt.sources() {
-                if let TokenSource::Query(name) = s {
-                    uri = without_query_param(&uri, name);
-                }
+    /// Takes the query parameters the route's token sources name out of `uri`.
+    fn strip_query_tokens(&self, uri: &mut http::Uri) {
+        let Some(jwt) = &self.rules.jwt else { return };
+        for s in jwt.sources() {
+            if let TokenSource::Query(name) = s
+                && let Some(stripped) = without_query_param(uri, name)
+            {
+                *uri = stripped;
             }
         }
-        uri
     }
 
     /// The offer the backend may see: the token entries taken out (their marker kept in

@@ -3,6 +3,7 @@
 //! verifier (`jwt/`) never sees a request, only the token these find.
 
 use super::cookie;
+use crate::query;
 
 /// A place a token may be taken from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,61 +81,37 @@ pub(crate) fn token_in_protocols(protocols: &[String]) -> Option<(String, Vec<us
 /// `access_token` to it, so it must be to wsgate too, or a token wsgate never checked would
 /// reach the backend under the name it trusts (see [`without_query_param`]).
 pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    query?
-        .split('&')
-        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
-        .find(|(k, _)| decoded(k) == name)
-        .map(|(_, v)| decoded(v).into_owned())
+    query::param(query, name, false)
 }
 
 /// The request URI without query parameter `name`: every parameter whose name decodes to it.
-pub(crate) fn without_query_param(uri: &http::Uri, name: &str) -> http::Uri {
-    let Some(q) = uri.query() else {
-        return uri.clone();
-    };
-    let kept: Vec<&str> = q
-        .split('&')
-        .filter(|kv| decoded(kv.split_once('=').map_or(*kv, |(k, _)| k)) != name)
-        .collect();
-    if kept.len() == q.split('&').count() {
-        return uri.clone();
+/// `None` when there is none (the URI stands as it is).
+pub(crate) fn without_query_param(uri: &http::Uri, name: &str) -> Option<http::Uri> {
+    let q = uri.query()?;
+    let mut kept = String::with_capacity(q.len());
+    let (mut removed, mut first) = (false, true);
+    for kv in q.split('&') {
+        if query::decode(kv.split_once('=').map_or(kv, |(k, _)| k), false) == name {
+            removed = true;
+        } else {
+            if !first {
+                kept.push('&');
+            }
+            kept.push_str(kv);
+            first = false;
+        }
     }
-    let pq = if kept.is_empty() {
+    if !removed {
+        return None;
+    }
+    let pq = if first {
         uri.path().to_string()
     } else {
-        format!("{}?{}", uri.path(), kept.join("&"))
+        format!("{}?{kept}", uri.path())
     };
     let mut p = uri.clone().into_parts();
     p.path_and_query = pq.parse().ok();
-    http::Uri::from_parts(p).unwrap_or_else(|_| uri.clone())
-}
-
-/// A query component percent-decoded (RFC 3986 §2.1). A broken escape stays as it is, and
-/// bytes that are not UTF-8 are replaced (they can never equal a configured name). `+` is
-/// left alone: a token has none, and a name with a space is no token source.
-fn decoded(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.contains('%') {
-        return s.into();
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%'
-            && let (Some(h), Some(l)) = (
-                bytes.get(i + 1).and_then(|&b| hex(b)),
-                bytes.get(i + 2).and_then(|&b| hex(b)),
-            )
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned().into()
+    http::Uri::from_parts(p).ok()
 }
 
 pub(crate) fn find_token(
@@ -292,19 +269,25 @@ mod tests {
 
     #[test]
     fn query_param_removed_from_uri() {
-        let uri: http::Uri = "/ws?a=1&t=secret&b=2".parse().unwrap();
-        assert_eq!(without_query_param(&uri, "t").to_string(), "/ws?a=1&b=2");
-        let uri: http::Uri = "/ws?t=secret".parse().unwrap();
-        assert_eq!(without_query_param(&uri, "t").to_string(), "/ws");
-        let uri: http::Uri = "/ws?t".parse().unwrap();
-        assert_eq!(without_query_param(&uri, "t").to_string(), "/ws");
-        let uri: http::Uri = "/ws".parse().unwrap();
-        assert_eq!(without_query_param(&uri, "t").to_string(), "/ws");
-        let uri: http::Uri = "/ws?tt=1".parse().unwrap();
-        assert_eq!(without_query_param(&uri, "t").to_string(), "/ws?tt=1");
+        let strip = |uri: &str| {
+            let uri: http::Uri = uri.parse().unwrap();
+            without_query_param(&uri, "t").map(|u| u.to_string())
+        };
+        assert_eq!(
+            strip("/ws?a=1&t=secret&b=2").as_deref(),
+            Some("/ws?a=1&b=2")
+        );
+        assert_eq!(strip("/ws?t=secret").as_deref(), Some("/ws"));
+        assert_eq!(strip("/ws?t").as_deref(), Some("/ws"));
+        assert_eq!(strip("/ws"), None);
+        assert_eq!(strip("/ws?tt=1"), None);
         // Every parameter that decodes to the name goes, the one used or not.
-        let uri: http::Uri = "/ws?t=a&%74=forged&x=1&%74".parse().unwrap();
-        assert_eq!(without_query_param(&uri, "t").to_string(), "/ws?x=1");
+        assert_eq!(
+            strip("/ws?t=a&%74=forged&x=1&%74").as_deref(),
+            Some("/ws?x=1")
+        );
+        // What is kept stays as it was sent, empty parameters too.
+        assert_eq!(strip("/ws?&t=1&a=%41").as_deref(), Some("/ws?&a=%41"));
     }
 
     #[test]

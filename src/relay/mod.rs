@@ -169,7 +169,6 @@ struct Side<IO> {
     /// Finished by `Leg::poll_finish` (no shutdown): its FIN goes with the socket's close
     /// when the relay ends, or sooner if the other side is not done yet (`Leg::send_fin`).
     fin_owed: bool,
-
     /// The proxy's last ping (number `pings_sent`, see `ping_token`) is unanswered: its pong
     /// is consumed whenever it comes.
     ping_pending: bool,
@@ -1000,7 +999,8 @@ where
                     write_err = batch.add_as(cx, to, frame, last).err();
                 }
             }
-            Event::MessageEnd => saw_data |= close_from.is_none(),
+            // Its bytes come in a `Forward` of the same chunk, which counted them.
+            Event::MessageEnd => {}
         }
     });
     if write_err.is_none() {

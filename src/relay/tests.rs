@@ -111,6 +111,21 @@ fn relay_by_hand_over<L: Leg>(
     (client, backend, relay)
 }
 
+/// [`relay_by_hand_over`] legs that finish as TCP does ([`TcpLike`]), with no pings and no
+/// hibernation: for the closing handshake's tests, which must see only their own frames.
+fn closing_relay() -> (
+    tokio::io::DuplexStream,
+    tokio::io::DuplexStream,
+    Relay<TcpLike, TcpLike>,
+) {
+    let quiet = SessionConfig {
+        ping_interval: None,
+        hibernate_after: None,
+        ..SessionConfig::default()
+    };
+    relay_by_hand_over(quiet, TcpLike)
+}
+
 /// A fair share of `per_sec` messages a second (as many in a burst) for the client, and
 /// `grace` before a side held back is closed.
 fn client_share(per_sec: u64, grace: Duration) -> crate::config::Rates {
@@ -625,13 +640,15 @@ async fn a_read_stopped_by_the_task_budget_does_not_restart_the_grace() {
     assert_eq!(fair.over_grace(end), Some(CloseSide::Client));
 }
 
-/// Polls a relay made by [`relay_by_hand`] once, with no waker to wake; it must not end.
-fn still_running(relay: &mut Relay<tokio::io::DuplexStream, tokio::io::DuplexStream>) {
+/// Polls a relay made by [`relay_by_hand`] (or `_over`) once, with no waker to wake; it must not end.
+fn still_running<L: Leg>(relay: &mut Relay<L, L>) {
+    assert!(poll_once(relay).is_pending(), "the session ended");
+}
+
+/// Polls a relay made by [`relay_by_hand`] (or `_over`) once, with no waker to wake.
+fn poll_once<L: Leg>(relay: &mut Relay<L, L>) -> Poll<()> {
     let mut cx = Context::from_waker(std::task::Waker::noop());
-    assert!(
-        Pin::new(relay).poll(&mut cx).is_pending(),
-        "the session ended"
-    );
+    Pin::new(relay).poll(&mut cx).map(|_| ())
 }
 
 /// Whatever `pipe` holds now, without waiting.
@@ -906,16 +923,8 @@ impl Leg for TcpLike {
 #[tokio::test(start_paused = true)]
 async fn the_side_not_at_fault_keeps_its_connection_until_it_answers() {
     use futures_util::FutureExt;
-    let (mut client, mut backend, mut relay) = relay_by_hand_over(
-        SessionConfig {
-            ping_interval: None,
-            hibernate_after: None,
-            ..SessionConfig::default()
-        },
-        TcpLike,
-    );
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    let mut turn = || Pin::new(&mut relay).poll(&mut cx).map(|_| ());
+    let (mut client, mut backend, mut relay) = closing_relay();
+    let mut turn = || poll_once(&mut relay);
     assert!(turn().is_pending());
     backend
         .write_all(&plain(opcode::CLOSE, &[0x03, 0xed]))
@@ -948,16 +957,8 @@ async fn the_side_not_at_fault_keeps_its_connection_until_it_answers() {
 #[tokio::test(start_paused = true)]
 async fn an_offender_that_answers_and_leaves_ends_the_session_at_its_eof() {
     use futures_util::FutureExt;
-    let (mut client, mut backend, mut relay) = relay_by_hand_over(
-        SessionConfig {
-            ping_interval: None,
-            hibernate_after: None,
-            ..SessionConfig::default()
-        },
-        TcpLike,
-    );
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    let mut turn = || Pin::new(&mut relay).poll(&mut cx).map(|_| ());
+    let (mut client, mut backend, mut relay) = closing_relay();
+    let mut turn = || poll_once(&mut relay);
     assert!(turn().is_pending());
     // A ping of 126 bytes: a protocol error.
     let mut ping = vec![0x89, 126, 0, 126];
@@ -993,16 +994,8 @@ async fn an_offender_that_answers_and_leaves_ends_the_session_at_its_eof() {
 #[tokio::test(start_paused = true)]
 async fn the_offender_gets_its_fin_right_after_its_close() {
     use futures_util::FutureExt;
-    let (mut client, mut backend, mut relay) = relay_by_hand_over(
-        SessionConfig {
-            ping_interval: None,
-            hibernate_after: None,
-            ..SessionConfig::default()
-        },
-        TcpLike,
-    );
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    let mut turn = || Pin::new(&mut relay).poll(&mut cx).map(|_| ());
+    let (mut client, mut backend, mut relay) = closing_relay();
+    let mut turn = || poll_once(&mut relay);
     assert!(turn().is_pending());
     // An unmasked frame from the client: a protocol error.
     client.write_all(&plain(opcode::TEXT, b"hi")).await.unwrap();

@@ -199,15 +199,8 @@ async fn a_data_frame_after_the_backends_close_frame_is_not_forwarded() {
 /// closing handshake's deadline.
 #[tokio::test]
 async fn an_offending_backend_that_answers_and_leaves_ends_the_session() {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
     let (leave_tx, leave) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.unwrap();
-        let head = read_request_head(&mut s).await;
-        s.write_all(switching_protocols(&head).as_bytes())
-            .await
-            .unwrap();
+    let addr = one_session_backend(|mut s| async move {
         // A ping of 126 bytes: a protocol error.
         let mut ping = vec![0x89, 126, 0, 126];
         ping.extend_from_slice(&[b'x'; 126]);
@@ -221,7 +214,8 @@ async fn an_offending_backend_that_answers_and_leaves_ends_the_session() {
         // Past `hibernate_after` (1 s): a quiet session in its closing handshake.
         tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
         drop(s);
-    });
+    })
+    .await;
     let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{addr}")])).await;
     let (mut s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
     assert_eq!(resp.status, 101, "{}", resp.head);

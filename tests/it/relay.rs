@@ -299,14 +299,7 @@ async fn max_lifetime_closes_both_sides() {
 /// A backend that upgrades, waits for one frame from the client, then vanishes: with a FIN
 /// (`reset = false`) or a reset.
 async fn vanishing_backend(reset: bool) -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.unwrap();
-        let head = read_request_head(&mut s).await;
-        s.write_all(switching_protocols(&head).as_bytes())
-            .await
-            .unwrap();
+    one_session_backend(move |mut s| async move {
         let _ = s.read(&mut [0u8; 4096]).await.unwrap();
         if reset {
             // SO_LINGER 0: the close sends a reset instead of a FIN.
@@ -315,8 +308,8 @@ async fn vanishing_backend(reset: bool) -> std::net::SocketAddr {
                 .unwrap();
         }
         drop(s);
-    });
-    addr
+    })
+    .await
 }
 
 #[tokio::test]

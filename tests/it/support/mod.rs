@@ -654,6 +654,26 @@ pub fn switching_protocols(head: &str) -> String {
     )
 }
 
+/// A backend for one session, played by `script`: it gets the connection once the proxy's
+/// upgrade request has been answered with a 101.
+pub async fn one_session_backend<F, Fut>(script: F) -> SocketAddr
+where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let head = read_request_head(&mut s).await;
+        s.write_all(switching_protocols(&head).as_bytes())
+            .await
+            .unwrap();
+        script(s).await;
+    });
+    addr
+}
+
 pub fn route(name: &str, path: &str, backends: &[String]) -> String {
     let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
     format!(
