@@ -113,6 +113,29 @@ async fn allow_with_a_websocket_client_and_the_token_in_the_subprotocol() {
     assert_eq!(backend.last_request().header("x-user"), Some("alice"));
 }
 
+/// A refusal's instructions reach the client: a 407 is useless without its challenge (RFC
+/// 9110 §15.5.8), a 429 says when to come back.
+#[tokio::test]
+async fn deny_407_and_429_keep_what_the_client_needs() {
+    let auth = FakeAuth::spawn().await;
+    let backend = EchoBackend::spawn().await;
+    for (path, status, name, value) in [
+        (
+            "/deny407",
+            407,
+            "proxy-authenticate",
+            "Basic realm=\"edge\"",
+        ),
+        ("/deny429", 429, "retry-after", "30"),
+    ] {
+        let gw = gateway(&backend, &auth.url(path), "").await;
+        let r = upgrade(&gw, "/", "").await;
+        assert_eq!(r.status, status, "{}", r.head);
+        assert_eq!(r.header(name).as_deref(), Some(value), "{}", r.head);
+    }
+    assert_eq!(backend.request_count(), 0);
+}
+
 #[tokio::test]
 async fn deny_401_is_passed_to_the_client() {
     let auth = FakeAuth::spawn().await;

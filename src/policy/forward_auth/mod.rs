@@ -10,8 +10,9 @@
 //! The answer decides:
 //! - 2xx: allowed; the `copy_headers` of the answer are added to the backend request (the
 //!   client's own headers of those names are removed by the caller, so they cannot be forged).
-//! - 3xx and 4xx: refused; the status, a few useful headers (`WWW-Authenticate`, `Location`,
-//!   `Set-Cookie`, `Content-Type`, `Cache-Control`) and the body go back to the client.
+//! - 3xx and 4xx: refused; the status, the headers that tell the client what to do next
+//!   ([`DENY_HEADERS`]: the challenges of a 401 and a 407, a redirect's `Location`, a 429's
+//!   `Retry-After`, `Set-Cookie`, `Content-Type`, `Cache-Control`) and the body go back to it.
 //! - 5xx, a timeout, a connection error, or an answer body over 64 KiB: the service could not
 //!   decide, and the client gets 503 ([`ForwardAuthError`]).
 //!
@@ -25,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{
-    AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, ORIGIN, SEC_WEBSOCKET_PROTOCOL,
-    SET_COOKIE, USER_AGENT, WWW_AUTHENTICATE,
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, ORIGIN, PROXY_AUTHENTICATE,
+    RETRY_AFTER, SEC_WEBSOCKET_PROTOCOL, SET_COOKIE, USER_AGENT, WWW_AUTHENTICATE,
 };
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri};
@@ -108,10 +109,14 @@ pub const DEFAULT_FORWARDED: [HeaderName; 5] = [
     SEC_WEBSOCKET_PROTOCOL,
 ];
 
-/// Answer headers passed to the client with a refusal.
-pub const DENY_HEADERS: [HeaderName; 5] = [
+/// Answer headers passed to the client with a refusal: a 401's and a 407's challenge (a 407
+/// without `Proxy-Authenticate` breaks RFC 9110 §15.5.8, and the client cannot answer it),
+/// a redirect's target, a 429's wait, and what the body and cookies need.
+pub const DENY_HEADERS: [HeaderName; 7] = [
     WWW_AUTHENTICATE,
+    PROXY_AUTHENTICATE,
     LOCATION,
+    RETRY_AFTER,
     SET_COOKIE,
     CONTENT_TYPE,
     CACHE_CONTROL,

@@ -164,6 +164,8 @@ fn decisions_from_answers() {
         401,
         &[
             ("www-authenticate", "Bearer realm=\"chat\""),
+            ("retry-after", "5"),
+            ("proxy-authenticate", "Basic realm=\"edge\""),
             ("set-cookie", "a=1"),
             ("set-cookie", "b=2"),
             ("content-type", "text/plain"),
@@ -189,6 +191,8 @@ fn decisions_from_answers() {
                 names,
                 [
                     "www-authenticate",
+                    "proxy-authenticate",
+                    "retry-after",
                     "set-cookie",
                     "content-type",
                     "cache-control"

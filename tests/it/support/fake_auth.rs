@@ -36,6 +36,8 @@ pub enum Answer {
 /// |---|---|
 /// | `/allow` | 200 with `X-User: alice`, `X-Roles: admin`, `X-Roles: dev`, `X-Internal: not copied` |
 /// | `/deny401` | 401 with `WWW-Authenticate: Bearer realm="chat"`, `Content-Type: text/plain`, `X-Internal: not passed`, body `login required` |
+/// | `/deny407` | 407 with `Proxy-Authenticate: Basic realm="edge"` |
+/// | `/deny429` | 429 with `Retry-After: 30` |
 /// | `/deny302` | 302 with `Location: https://login.example.com/?rd=chat` and two cookies, `Set-Cookie: state=xyz; HttpOnly` and `Set-Cookie: flow=1` |
 /// | `/error` | 500 with body `database down` |
 /// | `/big` | 200 with a body of [`BIG_BODY`] bytes |
@@ -58,6 +60,12 @@ pub fn by_path(request: &Parts) -> Answer {
                 .header("x-internal", "not passed"),
             Bytes::from_static(b"login required"),
         ),
+        "/deny407" => (
+            b.status(407)
+                .header("proxy-authenticate", "Basic realm=\"edge\""),
+            Bytes::new(),
+        ),
+        "/deny429" => (b.status(429).header("retry-after", "30"), Bytes::new()),
         "/deny302" => (
             b.status(302)
                 .header("location", "https://login.example.com/?rd=chat")
