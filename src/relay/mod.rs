@@ -752,13 +752,17 @@ fn step<A, Z>(
         && (st.let_go != Some(from.who) || to.scanner.stopped().is_some())
         && (from.close_from.is_some() || st.taken_over)
         || st.abandoned == Some(to.who);
+    // A peer its ping timeout found dead answers nothing: it is not waited for. Its close
+    // frame (which says why, should it be alive after all), then its FIN, and it is read no
+    // more; the session ends once the other side is done.
+    let dead = st.taken_over && st.reason == Some(Reason::PingTimeout(to.who));
     if !to.write_shut
         && to.inject.is_none()
         && !to.deferred_close
         && to.out_empty()
-        && (handshake_done || source_done)
+        && (handshake_done || source_done || dead)
     {
-        if to.read_eof || handshake_done && to.close_from.is_some() {
+        if to.read_eof || dead || handshake_done && to.close_from.is_some() {
             // A peer with nothing more to say: it has closed, or it has sent its close frame
             // and had one (RFC 6455 §5.5.1: nothing follows a close frame). Plain TCP needs
             // no shutdown: the socket's close when the relay ends sends the FIN a shutdown

@@ -1015,3 +1015,56 @@ async fn the_offender_gets_its_fin_right_after_its_close() {
         "no FIN for the offender after its close"
     );
 }
+
+/// A peer found dead by its ping timeout is not waited for: it gets its close frame and its
+/// FIN at once, and the session ends as soon as the live side has answered its close, not
+/// at the closing handshake's deadline.
+#[tokio::test(start_paused = true)]
+async fn a_dead_peer_is_not_waited_for() {
+    use futures_util::FutureExt;
+    let cfg = SessionConfig {
+        ping_interval: Some(Duration::from_secs(1)),
+        pong_timeout: Duration::from_secs(1),
+        idle_timeout: None,
+        max_lifetime: None,
+        hibernate_after: None,
+        ..SessionConfig::default()
+    };
+    let (mut client, mut backend, mut relay) = relay_by_hand_over(cfg, TcpLike);
+    let mut turn = || poll_once(&mut relay);
+    assert!(turn().is_pending());
+    tokio::time::advance(Duration::from_millis(1100)).await;
+    assert!(turn().is_pending());
+    assert!(turn().is_pending());
+    // Both sides are pinged; only the client answers.
+    let ping = available(&mut client).await;
+    assert_eq!((ping.len(), ping[0]), (14, 0x89), "{ping:02x?}");
+    client
+        .write_all(&masked(opcode::PONG, &ping[2..]))
+        .await
+        .unwrap();
+    assert!(turn().is_pending());
+    tokio::time::advance(Duration::from_millis(1100)).await;
+    assert!(turn().is_pending());
+    assert!(turn().is_pending());
+    assert_eq!(
+        read_close(&mut client).await,
+        (Some(1001), "backend not responding".into())
+    );
+    // The backend got its ping, then its close and its FIN, with no wait for an answer.
+    let mut to_backend = Vec::new();
+    let got = backend.read_to_end(&mut to_backend).now_or_never();
+    assert!(
+        matches!(got, Some(Ok(_))),
+        "no FIN for the dead backend; it got {to_backend:02x?}"
+    );
+    // (Masked toward a backend: a ping of 2 + 4 + 12 bytes.)
+    assert_eq!(to_backend[0], 0x89);
+    assert_eq!(to_backend.get(18), Some(&0x88), "{to_backend:02x?}");
+    // The client answers: the session is over, well before the closing deadline.
+    client
+        .write_all(&masked(opcode::CLOSE, &[0x03, 0xe9]))
+        .await
+        .unwrap();
+    assert!(turn().is_ready(), "the session waited for the dead backend");
+}
