@@ -304,6 +304,7 @@ pub enum Violation {
     #[error("new data frame while a fragmented message is in progress")]
     ExpectedContinuation,
     /// The message would exceed the route's limit (a policy, not a protocol error: 1009).
+    /// The stream stays well framed, so the scanner goes on past it, skipping data frames.
     #[error("message larger than the limit of {0} bytes")]
     MessageTooBig(u64),
     /// The compressed message inflates past `max_message_inflated` (1009, like the above).
@@ -412,6 +413,14 @@ pub struct Scanner {
     /// inflater exists only while a compressed message is in flight.
     count: Option<Box<InflateCount>>,
     stopped: Option<Violation>,
+    /// A message went over `max_message`: the stream is still followed frame by frame, so
+    /// its sender's close reply is recognised, but no data frame of it is reported again
+    /// (see [`Violation::MessageTooBig`]).
+    skipping: bool,
+    /// How many bytes at the end of the chunk that met the message over the limit were not
+    /// scanned: those past that frame's head (see [`Scanner::take_unscanned`]). 16 bits, so
+    /// that the scanner keeps its size: the relay reads 64 KiB at a time.
+    unscanned: u16,
     pub frames: u64,
     pub messages: u64,
 }
@@ -429,6 +438,8 @@ impl Scanner {
             message_len: 0,
             count: None,
             stopped: None,
+            skipping: false,
+            unscanned: 0,
             frames: 0,
             messages: 0,
         }
@@ -477,9 +488,19 @@ impl Scanner {
     }
 
     /// True between frames: nothing of a frame has been forwarded without the rest of it.
-    /// Frames the proxy writes itself may be inserted into the stream only here.
+    /// Frames the proxy writes itself may be inserted into the stream only here. Always, once
+    /// the data frames are skipped: none of them is forwarded.
     pub fn at_boundary(&self) -> bool {
-        self.remaining == 0
+        self.remaining == 0 || self.skipping
+    }
+
+    /// After [`Violation::MessageTooBig`]: how many bytes at the end of the chunk just fed
+    /// were left unscanned (those past the offending frame's head), to be fed again once
+    /// the relay has taken over. The framing is intact, so the sender's later frames are
+    /// still followed: data frames are counted and dropped, control frames reported (its
+    /// close reply among them). 0 otherwise.
+    pub fn take_unscanned(&mut self) -> usize {
+        std::mem::take(&mut self.unscanned) as usize
     }
 
     /// The violation that stopped this scanner, if any.
@@ -489,12 +510,30 @@ impl Scanner {
 
     /// Scans one chunk, reporting events in stream order (data frames' bytes in runs, see
     /// [`Event`]). Returns the violation that stopped the stream (nothing at or after the
-    /// offending frame's first byte is reported).
+    /// offending frame's first byte is reported). [`Violation::MessageTooBig`] leaves the
+    /// framing intact and is returned once: the rest of the chunk is for
+    /// [`Scanner::take_unscanned`], and later chunks report control frames only.
     pub fn feed(
         &mut self,
         chunk: &[u8],
         sink: &mut impl FnMut(Event<'_>),
     ) -> Result<(), Violation> {
+        if self.skipping {
+            // Past a message over the limit: only control frames are reported, and the
+            // messages dropped are not counted as messages (their frames and bytes are).
+            let messages = self.messages;
+            let r = self.scan(chunk, &mut |ev| {
+                if let Event::Control { .. } = ev {
+                    sink(ev);
+                }
+            });
+            self.messages = messages;
+            return r;
+        }
+        self.scan(chunk, sink)
+    }
+
+    fn scan(&mut self, chunk: &[u8], sink: &mut impl FnMut(Event<'_>)) -> Result<(), Violation> {
         if let Some(v) = self.stopped {
             return Err(v);
         }
@@ -544,10 +583,14 @@ impl Scanner {
                 self.hold(&chunk[pos..]);
                 return Ok(());
             };
+            let held_len = self.held.as_ref().map_or(0, |h| h.len);
             if let Err(v) = self.check(&header) {
+                if let Violation::MessageTooBig(_) = v {
+                    let unscanned = chunk.len() - pos - (header_len - held_len);
+                    return self.skip_from(v, &header, &chunk[fwd..pos], unscanned, sink);
+                }
                 return self.stop(v, &chunk[fwd..pos], sink);
             }
-            let held_len = self.held.as_ref().map_or(0, |h| h.len);
             if opcode::is_control(header.opcode) {
                 let total = header_len + header.payload_len as usize;
                 let have = held_len + (chunk.len() - pos);
@@ -619,7 +662,7 @@ impl Scanner {
     /// can follow it. Returns how many bytes of `chunk` that took; [`Scanner::at_boundary`]
     /// says whether the frame is complete.
     pub fn feed_to_boundary(&mut self, chunk: &[u8], sink: &mut impl FnMut(Event<'_>)) -> usize {
-        if self.remaining == 0 {
+        if self.at_boundary() {
             return 0;
         }
         let n = chunk
@@ -691,6 +734,38 @@ impl Scanner {
         let n = more.len().min(held.bytes.len() - held.len);
         held.bytes[held.len..held.len + n].copy_from_slice(&more[..n]);
         held.len += n;
+    }
+
+    /// A data frame `h` takes its message over `max_message`: what came before it is
+    /// reported, then nothing more of this chunk; past its head (the last `unscanned` bytes,
+    /// see [`Scanner::take_unscanned`]) its payload and every later data frame are skipped.
+    /// (More than 64 KiB left unscanned cannot be noted: the stream stops there instead.)
+    fn skip_from(
+        &mut self,
+        v: Violation,
+        h: &FrameHeader,
+        before: &[u8],
+        unscanned: usize,
+        sink: &mut impl FnMut(Event<'_>),
+    ) -> Result<(), Violation> {
+        let Ok(unscanned) = u16::try_from(unscanned) else {
+            return self.stop(v, before, sink);
+        };
+        sink_forward(before, sink);
+        self.held = None;
+        self.skipping = true;
+        self.unscanned = unscanned;
+        // Its inflater would need the skipped bytes; the limit has done its work.
+        self.count = None;
+        self.max_message = u64::MAX;
+        self.frames += 1;
+        self.in_message = !h.fin;
+        self.remaining = h.payload_len;
+        self.final_frame = h.fin;
+        if self.remaining == 0 {
+            self.final_frame = false;
+        }
+        Err(v)
     }
 
     fn stop(

@@ -846,9 +846,21 @@ fn ingest<A, Z>(
     // Still scanned: a side the proxy closed is watched for its close reply.
     let discarding = drain::discarding(st, from);
     let messages_before = from.scanner.messages;
-    if let Err(reason) = forward(cx, st, from, to, data, now) {
-        take_over_dyn(st, from, to, reason, None);
-        inflated::abandon_frame(st, from, to);
+    let mut chunk = data;
+    loop {
+        if let Err(reason) = forward(cx, st, from, to, chunk, now) {
+            take_over_dyn(st, from, to, reason, None);
+            inflated::abandon_frame(st, from, to);
+        }
+        // A message over the limit leaves `from`'s framing intact: the rest of the chunk is
+        // read as what it sent after, now that the proxy is closing (nothing of it is
+        // forwarded; its close reply ends its closing handshake). What `forward` fed the
+        // scanner is a tail of `chunk`.
+        let unscanned = from.scanner.take_unscanned();
+        if unscanned == 0 {
+            break;
+        }
+        chunk = &chunk[chunk.len().saturating_sub(unscanned)..];
     }
     if !st.taken_over
         && let Some(fair) = st.fair.as_mut()

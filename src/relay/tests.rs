@@ -1068,3 +1068,47 @@ async fn a_dead_peer_is_not_waited_for() {
         .unwrap();
     assert!(turn().is_ready(), "the session waited for the dead backend");
 }
+
+/// A message over `max_message` is a policy's refusal, not broken framing: the sender's
+/// stream is still followed, so what it sends after is dropped frame by frame, its close
+/// reply ends its closing handshake and is recorded, and its FIN comes after that reply.
+#[tokio::test]
+async fn a_message_over_the_limit_ends_with_a_closing_handshake() {
+    let cfg = SessionConfig {
+        max_message: Some(100),
+        ping_interval: None,
+        hibernate_after: None,
+        ..SessionConfig::default()
+    };
+    let (mut client, mut backend, relay) = relay_by_hand_over(cfg, TcpLike);
+    let task = tokio::spawn(relay);
+    // 200 bytes, then a message sent before the client knew: both dropped.
+    let too_big = [
+        masked(opcode::BINARY, &[1u8; 200]),
+        masked(opcode::TEXT, b"late"),
+    ]
+    .concat();
+    client.write_all(&too_big).await.unwrap();
+    // The backend is closed first and answers; then the client gets its 1009.
+    assert_eq!(read_close(&mut backend).await.0, Some(1001));
+    backend
+        .write_all(&plain(opcode::CLOSE, &[0x03, 0xe9]))
+        .await
+        .unwrap();
+    assert_eq!(read_close(&mut client).await.0, Some(1009));
+    client
+        .write_all(&masked(opcode::CLOSE, &[0x03, 0xf1]))
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(rest, b"", "after the 1009");
+    let out = task.await.unwrap();
+    assert_eq!(out.outcome().as_str(), "message_too_big");
+    assert_eq!(out.client_close.and_then(|c| c.code), Some(1009));
+    assert_eq!(out.client_to_backend.frames, 3);
+    assert_eq!(out.client_to_backend.messages, 0);
+    let mut to_backend = Vec::new();
+    backend.read_to_end(&mut to_backend).await.unwrap();
+    assert_eq!(to_backend, b"", "after the 1001");
+}

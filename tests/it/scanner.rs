@@ -356,3 +356,88 @@ fn boundary_tracking() {
     scan(&mut s, &[&f[..1]]);
     assert!(s.at_boundary());
 }
+
+/// Like [`scan`], but goes on past a message over the limit as the relay does: the unscanned
+/// tail of that chunk is fed again, then the rest. Forwards after it are collected apart.
+fn scan_past_limit(scanner: &mut Scanner, chunks: &[&[u8]]) -> (Out, Out, Option<Violation>) {
+    let (mut before, mut after, mut violation) = (Out::default(), Out::default(), None);
+    for chunk in chunks {
+        let mut chunk: &[u8] = chunk;
+        loop {
+            let out = if violation.is_some() {
+                &mut after
+            } else {
+                &mut before
+            };
+            let r = scanner.feed(chunk, &mut |ev| match ev {
+                Event::Forward(b) => out.bytes.extend_from_slice(b),
+                Event::Control {
+                    opcode,
+                    frame,
+                    payload,
+                } => {
+                    out.bytes.extend_from_slice(frame);
+                    out.controls.push((opcode, payload.to_vec()));
+                }
+                Event::MessageEnd => out.messages += 1,
+            });
+            if let Err(v) = r {
+                assert_eq!(violation.replace(v), None, "reported twice");
+            }
+            let unscanned = scanner.take_unscanned();
+            if unscanned == 0 {
+                break;
+            }
+            chunk = &chunk[chunk.len() - unscanned..];
+        }
+    }
+    (before, after, violation)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+    /// A message over `max_message` leaves the framing intact: the scanner reports what came
+    /// before it, the violation once, and after it only the control frames (the sender's
+    /// close reply among them), never a data byte, however the stream is cut. Every frame is
+    /// counted.
+    #[test]
+    fn past_a_message_over_the_limit_only_control_frames_are_reported(
+        masked in any::<bool>(),
+        first_fragment in 0usize..=900,
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+    ) {
+        let mask = masked.then_some([9, 8, 7, 6]);
+        let from = if masked { Sender::Client } else { Sender::Server };
+        let mut good = frame(opcode::TEXT, true, 10, mask);
+        good.extend(encode_frame(opcode::PING, true, b"p1", mask));
+        let mut stream = good.clone();
+        // A message of two fragments whose second takes it past 1000 bytes.
+        stream.extend(frame(opcode::BINARY, false, first_fragment, mask));
+        stream.extend(frame(opcode::CONTINUATION, true, 1001 - first_fragment, mask));
+        stream.extend(frame(opcode::TEXT, true, 2000, mask));
+        stream.extend(encode_frame(opcode::PING, true, b"p2", mask));
+        stream.extend(frame(opcode::BINARY, true, 5, mask));
+        stream.extend(encode_frame(opcode::CLOSE, true, &[0x03, 0xf1], mask));
+        let mut points: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
+        points.extend([0, stream.len()]);
+        points.sort_unstable();
+        let chunks: Vec<&[u8]> = points.windows(2).map(|w| &stream[w[0]..w[1]]).collect();
+        let mut scanner = Scanner::new(from, 0, Some(1000));
+        let (before, after, violation) = scan_past_limit(&mut scanner, &chunks);
+        prop_assert_eq!(violation, Some(Violation::MessageTooBig(1000)));
+        // The first fragment passed (within the limit); the second's head did not.
+        let passed = good.len() + frame(opcode::BINARY, false, first_fragment, mask).len();
+        prop_assert!(before.bytes == stream[..passed], "forwarded past the cut");
+        prop_assert_eq!(before.controls, vec![(opcode::PING, b"p1".to_vec())]);
+        let mut controls_after = encode_frame(opcode::PING, true, b"p2", mask);
+        controls_after.extend(encode_frame(opcode::CLOSE, true, &[0x03, 0xf1], mask));
+        prop_assert!(after.bytes == controls_after, "data reported after the cut");
+        prop_assert_eq!(after.messages, 0);
+        prop_assert_eq!(
+            after.controls,
+            vec![(opcode::PING, b"p2".to_vec()), (opcode::CLOSE, vec![0x03, 0xf1])]
+        );
+        prop_assert_eq!(scanner.frames, 8);
+        prop_assert!(scanner.at_boundary());
+    }
+}
