@@ -126,6 +126,19 @@ fn closing_relay() -> (
     relay_by_hand_over(quiet, TcpLike)
 }
 
+/// Pings every second and `pong_timeout`, and no other timer: no idle or lifetime end, no
+/// hibernation.
+fn pings_only(pong_timeout: Duration) -> SessionConfig {
+    SessionConfig {
+        ping_interval: Some(Duration::from_secs(1)),
+        pong_timeout,
+        idle_timeout: None,
+        max_lifetime: None,
+        hibernate_after: None,
+        ..SessionConfig::default()
+    }
+}
+
 /// A fair share of `per_sec` messages a second (as many in a burst) for the client, and
 /// `grace` before a side held back is closed.
 fn client_share(per_sec: u64, grace: Duration) -> crate::config::Rates {
@@ -557,14 +570,7 @@ impl std::task::Wake for Wakes {
 #[tokio::test(start_paused = true)]
 async fn a_ping_held_back_by_a_frame_does_not_spin_the_timers() {
     use std::sync::atomic::AtomicUsize;
-    let (mut client, mut backend, mut relay) = relay_by_hand(SessionConfig {
-        ping_interval: Some(Duration::from_secs(1)),
-        pong_timeout: Duration::from_secs(60),
-        idle_timeout: None,
-        max_lifetime: None,
-        hibernate_after: None,
-        ..SessionConfig::default()
-    });
+    let (mut client, mut backend, mut relay) = relay_by_hand(pings_only(Duration::from_secs(60)));
     let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
     let waker = std::task::Waker::from(wakes.clone());
     let mut turn = || {
@@ -671,14 +677,7 @@ async fn available<R: tokio::io::AsyncRead + Unpin>(pipe: &mut R) -> Vec<u8> {
 /// have had the ping, let alone answered it).
 #[tokio::test(start_paused = true)]
 async fn a_ping_held_back_by_a_long_frame_is_timed_from_when_it_goes_out() {
-    let (mut client, mut backend, mut relay) = relay_by_hand(SessionConfig {
-        ping_interval: Some(Duration::from_secs(1)),
-        pong_timeout: Duration::from_secs(1),
-        idle_timeout: None,
-        max_lifetime: None,
-        hibernate_after: None,
-        ..SessionConfig::default()
-    });
+    let (mut client, mut backend, mut relay) = relay_by_hand(pings_only(Duration::from_secs(1)));
     let mut turn = || still_running(&mut relay);
     turn();
     // The backend starts a 1,000-byte message, 10 bytes at a time, one step every 400 ms:
@@ -770,14 +769,7 @@ async fn the_offender_gets_its_close_even_when_the_other_side_never_answers() {
 /// neither pinged nor closed, and every byte reaches the client once it reads.
 #[tokio::test(start_paused = true)]
 async fn a_side_held_back_by_a_slow_reader_is_not_taken_for_dead() {
-    let (mut client, backend, mut relay) = relay_by_hand(SessionConfig {
-        ping_interval: Some(Duration::from_secs(1)),
-        pong_timeout: Duration::from_secs(1),
-        idle_timeout: None,
-        max_lifetime: None,
-        hibernate_after: None,
-        ..SessionConfig::default()
-    });
+    let (mut client, backend, mut relay) = relay_by_hand(pings_only(Duration::from_secs(1)));
     let message = plain(opcode::BINARY, &[7u8; 60_000]);
     const MESSAGES: usize = 12;
     let (mut backend_rx, mut backend_tx) = tokio::io::split(backend);
@@ -1022,14 +1014,7 @@ async fn the_offender_gets_its_fin_right_after_its_close() {
 #[tokio::test(start_paused = true)]
 async fn a_dead_peer_is_not_waited_for() {
     use futures_util::FutureExt;
-    let cfg = SessionConfig {
-        ping_interval: Some(Duration::from_secs(1)),
-        pong_timeout: Duration::from_secs(1),
-        idle_timeout: None,
-        max_lifetime: None,
-        hibernate_after: None,
-        ..SessionConfig::default()
-    };
+    let cfg = pings_only(Duration::from_secs(1));
     let (mut client, mut backend, mut relay) = relay_by_hand_over(cfg, TcpLike);
     let mut turn = || poll_once(&mut relay);
     assert!(turn().is_pending());

@@ -16,21 +16,28 @@ struct Out {
     messages: usize,
 }
 
-fn scan(scanner: &mut Scanner, chunks: &[&[u8]]) -> (Out, Option<Violation>) {
-    let mut out = Out::default();
-    for chunk in chunks {
-        let r = scanner.feed(chunk, &mut |ev| match ev {
-            Event::Forward(b) => out.bytes.extend_from_slice(b),
+impl Out {
+    /// Adds what one event reports: the bytes of everything, the control frames apart.
+    fn record(&mut self, ev: Event<'_>) {
+        match ev {
+            Event::Forward(b) => self.bytes.extend_from_slice(b),
             Event::Control {
                 opcode,
                 frame,
                 payload,
             } => {
-                out.bytes.extend_from_slice(frame);
-                out.controls.push((opcode, payload.to_vec()));
+                self.bytes.extend_from_slice(frame);
+                self.controls.push((opcode, payload.to_vec()));
             }
-            Event::MessageEnd => out.messages += 1,
-        });
+            Event::MessageEnd => self.messages += 1,
+        }
+    }
+}
+
+fn scan(scanner: &mut Scanner, chunks: &[&[u8]]) -> (Out, Option<Violation>) {
+    let mut out = Out::default();
+    for chunk in chunks {
+        let r = scanner.feed(chunk, &mut |ev| out.record(ev));
         if let Err(v) = r {
             return (out, Some(v));
         }
@@ -369,18 +376,7 @@ fn scan_past_limit(scanner: &mut Scanner, chunks: &[&[u8]]) -> (Out, Out, Option
             } else {
                 &mut before
             };
-            let r = scanner.feed(chunk, &mut |ev| match ev {
-                Event::Forward(b) => out.bytes.extend_from_slice(b),
-                Event::Control {
-                    opcode,
-                    frame,
-                    payload,
-                } => {
-                    out.bytes.extend_from_slice(frame);
-                    out.controls.push((opcode, payload.to_vec()));
-                }
-                Event::MessageEnd => out.messages += 1,
-            });
+            let r = scanner.feed(chunk, &mut |ev| out.record(ev));
             if let Err(v) = r {
                 assert_eq!(violation.replace(v), None, "reported twice");
             }
