@@ -848,7 +848,9 @@ pub fn mask_toward(to: Sender) -> Option<[u8; 4]> {
 /// The fuzz property, shared by the cargo-fuzz target and the regression test: the first byte
 /// picks the sender, limit and read sizes; the rest is scanned in pieces. The scanner must not
 /// panic, must pass on exactly a prefix of its input, and, without a violation, everything but
-/// an incomplete trailing frame head or control frame.
+/// an incomplete trailing frame head or control frame. Past a message over the limit it is
+/// fed on as the relay feeds it (`take_unscanned`): nothing but the input's own control
+/// frames, in order, may be reported.
 #[doc(hidden)]
 pub fn fuzz_scanner(data: &[u8]) {
     let Some((&knobs, input)) = data.split_first() else {
@@ -865,24 +867,66 @@ pub fn fuzz_scanner(data: &[u8]) {
     let mut scanner = Scanner::new(from, allowed_rsv, max_message);
     let mut out = Vec::with_capacity(input.len());
     let mut stopped = false;
+    // Past a message over the limit: where the next control frame may start in `input`.
+    let mut skipped_from: Option<usize> = None;
     for chunk in input.chunks(step) {
-        let r = scanner.feed(chunk, &mut |ev| match ev {
-            Event::Forward(b) => out.extend_from_slice(b),
-            Event::Control {
-                opcode: op,
-                frame,
-                payload,
-            } => {
-                assert!(payload.len() <= MAX_CONTROL_PAYLOAD as usize);
-                assert!(op != opcode::CLOSE || check_close(payload).is_ok());
-                out.extend_from_slice(frame);
+        let mut chunk = chunk;
+        loop {
+            let mut forwarded_after_cut = false;
+            let r = scanner.feed(chunk, &mut |ev| match ev {
+                Event::Forward(_) | Event::MessageEnd if skipped_from.is_some() => {
+                    forwarded_after_cut = true;
+                }
+                Event::Forward(b) => out.extend_from_slice(b),
+                Event::Control {
+                    opcode: op,
+                    frame,
+                    payload,
+                } => {
+                    assert!(payload.len() <= MAX_CONTROL_PAYLOAD as usize);
+                    assert!(op != opcode::CLOSE || check_close(payload).is_ok());
+                    match &mut skipped_from {
+                        // Each control frame reported past the cut is one of the input's,
+                        // in order.
+                        Some(at) => {
+                            let found = input[*at..]
+                                .windows(frame.len())
+                                .position(|w| w == frame)
+                                .expect("a control frame past the cut that the input lacks");
+                            *at += found + frame.len();
+                        }
+                        None => out.extend_from_slice(frame),
+                    }
+                }
+                Event::MessageEnd => {}
+            });
+            assert!(
+                !forwarded_after_cut,
+                "data reported past a message over the limit"
+            );
+            match r {
+                Err(Violation::MessageTooBig(_)) if skipped_from.is_none() => {
+                    skipped_from = Some(out.len());
+                }
+                Err(_) => {
+                    stopped = true;
+                    break;
+                }
+                Ok(()) => {}
             }
-            Event::MessageEnd => {}
-        });
-        if r.is_err() {
-            stopped = true;
+            let unscanned = scanner.take_unscanned();
+            if unscanned == 0 {
+                break;
+            }
+            assert!(unscanned <= chunk.len());
+            chunk = &chunk[chunk.len() - unscanned..];
+        }
+        if stopped {
             break;
         }
+    }
+    if skipped_from.is_some() {
+        stopped = true;
     }
     assert!(
         input.starts_with(&out),

@@ -159,6 +159,37 @@ impl UpgradedIo {
     }
 }
 
+/// A TCP peer still taking what was sent to it (see `Leg::still_taking`): the socket's send
+/// queue holds bytes, unsent or unacknowledged (`TIOCOUTQ`), and the peer's last
+/// acknowledgement (`TCP_INFO`) is less than `within` old. A reader that is slow but alive
+/// opens its window as it reads, and each window update is an acknowledgement; a vanished
+/// host sends none; a hung process's kernel answers only the window probes, which back off
+/// past any pong timeout. Two system calls, made only when a pong is overdue.
+fn tcp_still_taking(tcp: &TcpStream, within: Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let fd = tcp.as_raw_fd();
+    let mut queued: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ writes one c_int through the pointer, which points at one.
+    if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) } != 0 || queued <= 0 {
+        return false;
+    }
+    // SAFETY: tcp_info is plain integers, valid zeroed; getsockopt writes at most `len`
+    // bytes of it (older kernels fewer) and sets `len`.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let got = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    let need = std::mem::offset_of!(libc::tcp_info, tcpi_last_ack_recv) + 4;
+    got == 0 && len as usize >= need && u128::from(info.tcpi_last_ack_recv) < within.as_millis()
+}
+
 impl crate::relay::Leg for UpgradedIo {
     fn poll_write_last(
         &mut self,
@@ -204,6 +235,11 @@ impl crate::relay::Leg for UpgradedIo {
 
     fn done_once_answered(&self) -> bool {
         matches!(self, UpgradedIo::Hyper(_))
+    }
+
+    fn still_taking(&self, within: Duration) -> bool {
+        // An HTTP/2 stream shares its connection: its queue says nothing of this stream.
+        self.tcp().is_some_and(|tcp| tcp_still_taking(tcp, within))
     }
 
     fn can_hibernate(&self) -> bool {

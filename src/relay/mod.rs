@@ -89,8 +89,15 @@ pub trait Leg: AsyncRead + AsyncWrite + Unpin {
         Pin::new(self).poll_write(cx, buf)
     }
 
+    /// Whether the peer still takes what was written to it: bytes wait in the socket's send
+    /// queue and its TCP has acknowledged some within `within` (a peer reading slowly, not
+    /// a dead one). Asked only when a pong is overdue. `false` where it cannot be told.
+    fn still_taking(&self, _within: Duration) -> bool {
+        false
+    }
+
     /// Ends the writing to a side whose peer has nothing more to say (it has closed, or sent
-    /// its close frame and had one), short of a shutdown: Ready(Ok(true)) once dropping the
+    /// its close frame and had one, or its ping timeout found it dead), short of a shutdown: Ready(Ok(true)) once dropping the
     /// leg says all a shutdown would, so that it is neither shut down nor read to its end.
     /// Plain TCP at once (its close sends the same FIN); TLS once its `close_notify` is out.
     /// Ready(Ok(false)): it needs `poll_shutdown` (anything unknown).
@@ -754,8 +761,11 @@ fn step<A, Z>(
         || st.abandoned == Some(to.who);
     // A peer its ping timeout found dead answers nothing: it is not waited for. Its close
     // frame (which says why, should it be alive after all), then its FIN, and it is read no
-    // more; the session ends once the other side is done.
-    let dead = st.taken_over && st.reason == Some(Reason::PingTimeout(to.who));
+    // more; the session ends once the other side is done. Not while it is inside a frame
+    // toward the other side: that side's close frame waits for the frame's end, which only
+    // reading on can bring (else the deadline ends the session, as for any side).
+    let dead =
+        st.taken_over && st.reason == Some(Reason::PingTimeout(to.who)) && to.scanner.at_boundary();
     if !to.write_shut
         && to.inject.is_none()
         && !to.deferred_close
@@ -1224,8 +1234,23 @@ where
                     }
                 }
                 if let Some(who) = dead {
-                    take_over(st, c, b, Reason::PingTimeout(who), None);
-                    continue;
+                    // Its pong may wait behind what was written before its ping: in its
+                    // receive buffer, or still in the socket's send queue (which can hold
+                    // megabytes the proxy handed the kernel at once). While the peer's TCP
+                    // still takes that data, it is reading, only slowly: its deadline starts
+                    // again. One that has taken nothing for the pong's time is dead.
+                    let pong_timeout = st.cfg().pong_timeout;
+                    let (heard, taking) = match who {
+                        CloseSide::Client => (&mut c.heard, c.io.still_taking(pong_timeout)),
+                        _ => (&mut b.heard, b.io.still_taking(pong_timeout)),
+                    };
+                    if taking {
+                        *heard = at_now + pong_timeout;
+                        earliest(heard.instant());
+                    } else {
+                        take_over(st, c, b, Reason::PingTimeout(who), None);
+                        continue;
+                    }
                 }
             }
         }

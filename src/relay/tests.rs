@@ -1097,3 +1097,50 @@ async fn a_message_over_the_limit_ends_with_a_closing_handshake() {
     backend.read_to_end(&mut to_backend).await.unwrap();
     assert_eq!(to_backend, b"", "after the 1001");
 }
+
+/// A peer found dead inside a frame toward the other side is read on until that frame ends:
+/// the other side's close frame can only follow it. Here the backend stalls half-way through
+/// a frame, is taken for dead, then finishes it: the client gets the whole frame, then its
+/// 1001, and the session ends at its answer, not at the deadline.
+#[tokio::test(start_paused = true)]
+async fn a_peer_found_dead_inside_a_frame_is_read_to_its_end() {
+    let (mut client, mut backend, mut relay) =
+        relay_by_hand_over(pings_only(Duration::from_secs(1)), TcpLike);
+    let mut turn = || poll_once(&mut relay);
+    assert!(turn().is_pending());
+    let frame = plain(opcode::BINARY, &[7u8; 100]);
+    backend.write_all(&frame[..50]).await.unwrap();
+    assert!(turn().is_pending());
+    // The client stays alive (it sends); the backend answers nothing, its ping included.
+    for message in [b"x", b"y"] {
+        tokio::time::advance(Duration::from_millis(1100)).await;
+        assert!(turn().is_pending());
+        client
+            .write_all(&masked(opcode::TEXT, message))
+            .await
+            .unwrap();
+        assert!(turn().is_pending());
+        assert!(turn().is_pending());
+    }
+    let to_backend = available(&mut backend).await;
+    assert!(
+        to_backend.windows(2).any(|w| w == [0x88, 0x80 | 24]),
+        "the backend was not closed: {to_backend:02x?}"
+    );
+    // Alive after all: the rest of its frame reaches the client, then the client's 1001.
+    backend.write_all(&frame[50..]).await.unwrap();
+    assert!(turn().is_pending());
+    assert!(turn().is_pending());
+    let got = available(&mut client).await;
+    assert_eq!(got[..frame.len()], frame[..], "{got:02x?}");
+    let (code, reason) = frame::parse_close(&got[frame.len() + 2..]);
+    assert_eq!(
+        (got[frame.len()], code, reason.as_str()),
+        (0x88, Some(1001), "backend not responding")
+    );
+    client
+        .write_all(&masked(opcode::CLOSE, &[0x03, 0xe9]))
+        .await
+        .unwrap();
+    assert!(turn().is_ready(), "the session waited for the deadline");
+}

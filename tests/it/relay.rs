@@ -415,3 +415,69 @@ async fn closing_one_route_with_1012_leaves_the_others_alone() {
     again.send(Message::text("new")).await.unwrap();
     assert_eq!(next_data(&mut again).await, Message::text("new"));
 }
+
+/// A client that reads slowly but steadily is not taken for dead: its ping waits behind
+/// megabytes the proxy handed the kernel (the socket's send queue, the client's receive
+/// buffer), and its pong comes late, but its TCP keeps taking the data. Here a backend sends
+/// 6 MiB at once and the client reads it at about 2 MiB/s, answering each ping when it gets
+/// there, against a pong timeout of 200 ms: every byte arrives, and no close frame.
+#[tokio::test]
+async fn a_slow_but_steady_reader_is_not_taken_for_dead() {
+    const FRAME: usize = 64 * 1024;
+    const FRAMES: usize = 96;
+    let addr = one_session_backend(|mut s| async move {
+        let frame = encode_frame(opcode::BINARY, true, &[7u8; FRAME], None);
+        for _ in 0..FRAMES {
+            s.write_all(&frame).await.unwrap();
+        }
+        // Alive: answers the proxy's pings, until the client's end ends the test.
+        let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+        while let Ok(n @ 1..) = s.read(&mut chunk).await {
+            buf.extend_from_slice(&chunk[..n]);
+            while let Some((op, payload)) = take_frame(&mut buf) {
+                if op == opcode::PING {
+                    let pong = encode_frame(opcode::PONG, true, &payload, None);
+                    s.write_all(&pong).await.unwrap();
+                }
+            }
+        }
+    })
+    .await;
+    let gw = Gateway::spawn(&format!(
+        "{}[route.timeouts]\nping_interval = \"200ms\"\npong_timeout = \"200ms\"\n",
+        route("r", "/", &[format!("ws://{addr}")])
+    ))
+    .await;
+    let (mut s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 101, "{}", resp.head);
+    let (mut buf, mut received, mut pongs) = (resp.rest, 0, 0);
+    let mut chunk = vec![0u8; 32 * 1024];
+    while received < FRAMES * FRAME {
+        // About 2 MiB/s: 32 KiB every 15 ms (a slow reader, not a synchronisation).
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        let n = tokio::time::timeout(STEP, s.read(&mut chunk))
+            .await
+            .expect("the proxy stopped sending")
+            .unwrap();
+        assert!(n > 0, "EOF after {received} bytes");
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some((op, payload)) = take_frame(&mut buf) {
+            match op {
+                opcode::BINARY => received += payload.len(),
+                opcode::PING => {
+                    s.write_all(&client_frame(opcode::PONG, &payload))
+                        .await
+                        .unwrap();
+                    pongs += 1;
+                }
+                opcode::CLOSE => panic!(
+                    "closed after {received} bytes: {:?}",
+                    wsgate::frame::parse_close(&payload)
+                ),
+                op => panic!("opcode {op}"),
+            }
+        }
+    }
+    assert!(pongs > 0, "no ping reached the client");
+    assert_eq!(gw.handle().sessions().len(), 1, "the session ended");
+}
