@@ -84,14 +84,34 @@ pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     query::param(query, name, false)
 }
 
-/// The request URI without query parameter `name`: every parameter whose name decodes to it.
-/// `None` when there is none (the URI stands as it is).
+/// Whether a backend may read the query parameter named `raw` (as sent) as `name`: decoded
+/// (`acc%65ss_token`), or as PHP names its variables, `+` a space and then a space, a dot or
+/// an opening bracket an underscore (`access.token`, `access+token`, `access[token`).
+fn reads_as(raw: &str, name: &str) -> bool {
+    if query::decode(raw, false) == name {
+        return true;
+    }
+    let php = query::decode(raw, true);
+    let php = php.trim_start_matches(' ');
+    php.len() == name.len()
+        && php.bytes().zip(name.bytes()).all(|(a, b)| {
+            let a = if matches!(a, b' ' | b'.' | b'[') {
+                b'_'
+            } else {
+                a
+            };
+            a == b
+        })
+}
+
+/// The request URI without query parameter `name`: every parameter a backend may read as it
+/// ([`reads_as`]). `None` when there is none (the URI stands as it is).
 pub(crate) fn without_query_param(uri: &http::Uri, name: &str) -> Option<http::Uri> {
     let q = uri.query()?;
     let mut kept = String::with_capacity(q.len());
     let (mut removed, mut first) = (false, true);
     for kv in q.split('&') {
-        if query::decode(kv.split_once('=').map_or(kv, |(k, _)| k), false) == name {
+        if reads_as(kv.split_once('=').map_or(kv, |(k, _)| k), name) {
             removed = true;
         } else {
             if !first {
@@ -286,6 +306,16 @@ mod tests {
             strip("/ws?t=a&%74=forged&x=1&%74").as_deref(),
             Some("/ws?x=1")
         );
+        // And every one PHP reads as it (a space, a dot or a bracket for an underscore).
+        let strip_access = |uri: &str| {
+            let uri: http::Uri = uri.parse().unwrap();
+            without_query_param(&uri, "access_token").map(|u| u.to_string())
+        };
+        assert_eq!(
+            strip_access("/ws?access.token=a&access+token=b&%20access%5Btoken=c&x=1").as_deref(),
+            Some("/ws?x=1")
+        );
+        assert_eq!(strip_access("/ws?accessXtoken=a&access__token=b"), None);
         // What is kept stays as it was sent, empty parameters too.
         assert_eq!(strip("/ws?&t=1&a=%41").as_deref(), Some("/ws?&a=%41"));
     }
