@@ -97,8 +97,9 @@ pub trait Leg: AsyncRead + AsyncWrite + Unpin {
     }
 
     /// Ends the writing to a side whose peer has nothing more to say (it has closed, or sent
-    /// its close frame and had one, or its ping timeout found it dead), short of a shutdown: Ready(Ok(true)) once dropping the
-    /// leg says all a shutdown would, so that it is neither shut down nor read to its end.
+    /// its close frame and had one, or its ping timeout found it dead), short of a shutdown:
+    /// Ready(Ok(true)) once dropping the leg says all a shutdown would, so that it is neither
+    /// shut down nor read to its end.
     /// Plain TCP at once (its close sends the same FIN); TLS once its `close_notify` is out.
     /// Ready(Ok(false)): it needs `poll_shutdown` (anything unknown).
     fn poll_finish(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
@@ -1234,11 +1235,12 @@ where
                     }
                 }
                 if let Some(who) = dead {
-                    // Its pong may wait behind what was written before its ping: in its
-                    // receive buffer, or still in the socket's send queue (which can hold
-                    // megabytes the proxy handed the kernel at once). While the peer's TCP
-                    // still takes that data, it is reading, only slowly: its deadline starts
-                    // again. One that has taken nothing for the pong's time is dead.
+                    // Its pong may wait behind what was written before its ping, still in
+                    // the socket's send queue (which can hold megabytes the proxy handed the
+                    // kernel at once) or in the peer's receive buffer (which cannot be seen
+                    // from here). While the peer's TCP still takes the queued data, it is
+                    // reading, only slowly: its deadline starts again. One that has taken
+                    // nothing for the pong's time is dead.
                     let pong_timeout = st.cfg().pong_timeout;
                     let (heard, taking) = match who {
                         CloseSide::Client => (&mut c.heard, c.io.still_taking(pong_timeout)),
