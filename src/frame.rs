@@ -761,10 +761,8 @@ impl Scanner {
         self.frames += 1;
         self.in_message = !h.fin;
         self.remaining = h.payload_len;
-        self.final_frame = h.fin;
-        if self.remaining == 0 {
-            self.final_frame = false;
-        }
+        // (An empty final frame ends its message here: nothing is left to end it later.)
+        self.final_frame = h.fin && h.payload_len > 0;
         Err(v)
     }
 
