@@ -180,7 +180,9 @@ pub enum Outcome {
     // --- A relayed session ended (relay.rs). ---
     /// A normal closing handshake, started by either peer.
     Closed,
-    /// A peer started a closing handshake that did not finish within the close timeout.
+    /// A peer started a closing handshake that did not finish within the close timeout (or
+    /// went on sending past the relay's drain limit after its close frame, and was read no
+    /// more).
     CloseTimeout,
     /// The proxy closed the session from outside (shutdown, or a reload that removed the
     /// route), with 1001 or the code asked for.

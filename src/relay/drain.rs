@@ -39,7 +39,8 @@ pub(super) fn discarding<IO>(st: &State, side: &Side<IO>) -> bool {
         || (st.taken_over && !side.passing && !side.finish_frame)
 }
 
-/// Counts `n` dropped bytes of `side`; past [`DRAIN_LIMIT`] the side is read no more.
+/// Counts `n` dropped bytes of `side`; past [`DRAIN_LIMIT`] the side is read no more and the
+/// session counts as cut (see [`super::RelayOutcome::cut`]).
 pub(super) fn count<IO>(st: &mut State, side: &mut Side<IO>, n: usize) {
     st.discarded = st
         .discarded
@@ -51,6 +52,15 @@ pub(super) fn count<IO>(st: &mut State, side: &mut Side<IO>, n: usize) {
             "stopped reading a side that kept sending after the close"
         );
         side.read_eof = true;
+        // Its socket will be closed with input unread, so the kernel resets it: a cut, and
+        // the record says why (the side's close reply, if it sent one, was not read).
+        st.over_drain_limit = true;
+        st.error.get_or_insert_with(|| {
+            Box::new(format!(
+                "{} kept sending after the close: read no more past {DRAIN_LIMIT} bytes",
+                side.who.as_str()
+            ))
+        });
         st.progress += 1;
     }
 }

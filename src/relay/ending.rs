@@ -186,7 +186,9 @@ pub struct RelayOutcome {
     /// Set when the proxy ended the session, with why.
     pub proxy_reason: Option<Reason>,
     /// The session was cut without waiting (the grace period ran out, or the closing
-    /// handshake did not finish within [`CLOSE_TIMEOUT`](super::CLOSE_TIMEOUT)).
+    /// handshake did not finish within [`CLOSE_TIMEOUT`](super::CLOSE_TIMEOUT)), or a side
+    /// kept sending more than [`DRAIN_LIMIT`](super::DRAIN_LIMIT) after it was no longer
+    /// forwarded and was read no more (its connection is then reset; `error` says so).
     pub cut: bool,
     /// The I/O error that ended a side, if one did.
     pub error: Option<String>,

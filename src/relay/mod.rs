@@ -304,6 +304,8 @@ struct State {
     late_frames: Option<CloseSide>,
     /// Bytes read from either side and dropped (see `drain.rs`).
     discarded: u32,
+    /// A side went over [`DRAIN_LIMIT`] and was read no more: the session ends cut.
+    over_drain_limit: bool,
     /// The side cut off inside a frame (`inflated.rs`): a TCP close, no close frame.
     abandoned: Option<CloseSide>,
     /// The first side the relay let go once its closing handshake was over (`Leg::poll_finish`),
@@ -386,6 +388,7 @@ where
             error: None,
             late_frames: None,
             discarded: 0,
+            over_drain_limit: false,
             abandoned: None,
             let_go: None,
             progress: 0,
@@ -533,7 +536,7 @@ where
             backend_close: b.close_from.take().map(|c| *c),
             closed_by: st.closed_by.unwrap_or(CloseSide::Proxy),
             proxy_reason: st.reason,
-            cut,
+            cut: cut || st.over_drain_limit,
             error: st.error.take().map(|e| *e),
             late_frames: st.late_frames,
         }

@@ -1144,3 +1144,52 @@ async fn a_peer_found_dead_inside_a_frame_is_read_to_its_end() {
         .unwrap();
     assert!(turn().is_ready(), "the session waited for the deadline");
 }
+
+/// A sender that streams on past its 1009 for more than [`DRAIN_LIMIT`] is read no more: its
+/// connection may be reset and its close reply lost, so the record says the session was cut,
+/// and why, rather than that its closing handshake simply ended.
+#[tokio::test]
+async fn a_sender_streaming_past_the_drain_limit_ends_the_session_cut() {
+    let cfg = SessionConfig {
+        max_message: Some(100),
+        ping_interval: None,
+        hibernate_after: None,
+        ..SessionConfig::default()
+    };
+    let (client, mut backend, relay) = relay_by_hand_over(cfg, TcpLike);
+    let task = tokio::spawn(relay);
+    let (mut from_client, mut to_relay) = tokio::io::split(client);
+    // A message over the limit, then 64 KiB messages past the drain limit, written until
+    // the relay stops reading (its end of the pipe then goes, and the writes fail).
+    let flood = tokio::spawn(async move {
+        let chunk = masked(opcode::BINARY, &[1u8; 64 * 1024]);
+        let mut sent = 0usize;
+        let mut write = to_relay
+            .write_all(&masked(opcode::BINARY, &[1u8; 200]))
+            .await;
+        while write.is_ok() && sent <= 2 * DRAIN_LIMIT as usize {
+            write = to_relay.write_all(&chunk).await;
+            sent += chunk.len();
+        }
+        (write.is_err(), sent)
+    });
+    assert_eq!(read_close(&mut backend).await.0, Some(1001));
+    backend
+        .write_all(&plain(opcode::CLOSE, &[0x03, 0xe9]))
+        .await
+        .unwrap();
+    let out = task.await.unwrap();
+    let (stopped, sent) = flood.await.unwrap();
+    assert!(stopped, "the relay read all {sent} bytes");
+    assert!(sent > DRAIN_LIMIT as usize, "stopped after {sent} bytes");
+    let mut to_client = Vec::new();
+    from_client.read_to_end(&mut to_client).await.unwrap();
+    assert_eq!(frame::parse_close(&to_client[2..]).0, Some(1009));
+    assert_eq!(out.outcome().as_str(), "message_too_big");
+    assert!(out.cut, "a side read no more, yet not cut");
+    let error = out.error.unwrap_or_default();
+    assert!(
+        error.contains("client kept sending") && error.contains(&DRAIN_LIMIT.to_string()),
+        "{error}"
+    );
+}
