@@ -85,23 +85,33 @@ pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 }
 
 /// Whether a backend may read the query parameter named `raw` (as sent) as `name`: decoded
-/// (`acc%65ss_token`), or as PHP names its variables, `+` a space and then a space, a dot or
-/// an opening bracket an underscore (`access.token`, `access+token`, `access[token`).
+/// (`acc%65ss_token`); as PHP names its variables, `+` a space and then a space, a dot or
+/// an opening bracket an underscore (`access.token`, `access+token`, `access[token`); or as
+/// an array or map of that name (`access_token[]`, `access_token[x]`), which PHP, Rack and
+/// Express's `qs` all read as `access_token`.
 fn reads_as(raw: &str, name: &str) -> bool {
     if query::decode(raw, false) == name {
         return true;
     }
     let php = query::decode(raw, true);
     let php = php.trim_start_matches(' ');
-    php.len() == name.len()
-        && php.bytes().zip(name.bytes()).all(|(a, b)| {
-            let a = if matches!(a, b' ' | b'.' | b'[') {
-                b'_'
-            } else {
-                a
-            };
-            a == b
-        })
+    let php_reads = |s: &str| {
+        s.len() == name.len()
+            && s.bytes().zip(name.bytes()).all(|(a, b)| {
+                let a = if matches!(a, b' ' | b'.' | b'[') {
+                    b'_'
+                } else {
+                    a
+                };
+                a == b
+            })
+    };
+    // `name[...]`: the name is what comes before the first bracket that is closed.
+    let base = match php.find('[') {
+        Some(i) if php[i..].contains(']') => &php[..i],
+        _ => php,
+    };
+    php_reads(base) || php_reads(php)
 }
 
 /// The request URI without query parameter `name`: every parameter a backend may read as it
@@ -314,6 +324,16 @@ mod tests {
             Some("/ws?x=1")
         );
         assert_eq!(strip_access("/ws?accessXtoken=a&access__token=b"), None);
+        // And every array or map of that name (PHP, Rack and Express's `qs` read them as it).
+        assert_eq!(
+            strip_access(
+                "/ws?access_token[]=a&access_token[x]=b&access_token%5B%5D=c&access.token[][y]=d&x=1"
+            )
+            .as_deref(),
+            Some("/ws?x=1")
+        );
+        // A map named otherwise is another parameter: `access[token]` is `access`'s `token`.
+        assert_eq!(strip_access("/ws?access[token]=a&access_tokens[]=b"), None);
         // What is kept stays as it was sent, empty parameters too.
         assert_eq!(strip("/ws?&t=1&a=%41").as_deref(), Some("/ws?&a=%41"));
     }

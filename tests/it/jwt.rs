@@ -165,11 +165,12 @@ async fn token_in_the_query_is_removed_from_the_backend_url() {
     let r = upgrade(&gw, &format!("/room/7?acc%65ss_token={}", good_token()), "").await;
     assert_eq!(r.status, 101, "{}", r.head);
     assert_eq!(backend.last_request().uri, "/room/7");
-    // Found in the header, the query's parameter of that name goes all the same.
+    // Found in the header, the query's parameter of that name goes all the same, and so do
+    // the arrays a framework reads as it.
     let (backend, _secret, gw) = gateway("from = [\"header\", \"query:access_token\"]").await;
     let r = upgrade(
         &gw,
-        "/room/7?access_token=forged&v=2",
+        "/room/7?access_token=forged&access_token[]=forged&access_token[x]=forged&v=2",
         &format!("Authorization: Bearer {}\r\n", good_token()),
     )
     .await;
