@@ -112,22 +112,27 @@ pub fn client_response(accepted: &[HeaderValue], count_inflated: bool) -> Vec<He
 
 /// The parameters of one permessage-deflate element, checked (RFC 7692 §7.1): each known
 /// one at most once, the two `*_no_context_takeover` without a value, the two
-/// `*_max_window_bits` with a value of 8 to 15 where one is given (quoted or not); `None`
-/// (an offer's `client_max_window_bits` may come without one). Err names what is wrong.
+/// `*_max_window_bits` with a value of 8 to 15 where one is given, in decimal without a
+/// sign or leading zeroes (§7.1.2.1: `010` and `+9` have a client fail the connection),
+/// bare or as a quoted string (RFC 6455 §9.1); `None` (an offer's `client_max_window_bits`
+/// may come without one). Err names what is wrong.
 fn params(element: &str) -> Result<Params, String> {
     let mut p = Params::default();
     for param in element.split(';').skip(1) {
         let (name, value) = match param.split_once('=') {
-            Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+            Some((n, v)) => (n.trim(), Some(v.trim())),
             None => (param.trim(), None),
         };
         let bits = |v: Option<&str>| -> Result<Option<u8>, String> {
-            match v {
-                None => Ok(None),
-                Some(v) => match v.parse::<u8>() {
-                    Ok(b @ 8..=15) => Ok(Some(b)),
-                    _ => Err(format!("{name}={v} is not 8 to 15")),
-                },
+            let Some(v) = v else { return Ok(None) };
+            let digits = v
+                .strip_prefix('"')
+                .and_then(|q| q.strip_suffix('"'))
+                .unwrap_or(v);
+            match digits.as_bytes() {
+                [d @ b'8'..=b'9'] => Ok(Some(d - b'0')),
+                [b'1', d @ b'0'..=b'5'] => Ok(Some(10 + d - b'0')),
+                _ => Err(format!("{name}={v} is not 8 to 15")),
             }
         };
         let seen = match name.to_ascii_lowercase().as_str() {
@@ -282,6 +287,13 @@ mod tests {
             (&plain, "permessage-deflate; server_max_window_bits"),
             (&limited, "permessage-deflate; server_max_window_bits=12"),
             (&limited, "permessage-deflate; server_max_window_bits=x"),
+            // §7.1.2.1: decimal without leading zeroes; a quoted string is whole.
+            (&plain, "permessage-deflate; server_max_window_bits=010"),
+            (&plain, "permessage-deflate; server_max_window_bits=+9"),
+            (&plain, "permessage-deflate; client_max_window_bits=010"),
+            (&plain, "permessage-deflate; server_max_window_bits=\"09\""),
+            (&plain, "permessage-deflate; server_max_window_bits=\"12"),
+            (&plain, "permessage-deflate; server_max_window_bits=\"\""),
             (&plain, "permessage-deflate; foo=1"),
             (&plain, "permessage-deflate; server_no_context_takeover=1"),
             (
