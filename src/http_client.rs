@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -59,15 +59,40 @@ impl HttpClient {
     }
 
     /// Sends `req` and reads the whole response, all within `timeout`; a body longer than
-    /// `max_body` is an error (an auth service or key server has no reason to send megabytes).
-    /// An idempotent request whose kept-alive connection closes under it, before any of the
-    /// answer, is sent again on another connection, at most twice.
+    /// `max_body` is an error (a key server has no reason to send megabytes, and a document
+    /// cut short is of no use). An idempotent request whose kept-alive connection closes
+    /// under it, before any of the answer, is sent again on another connection, at most
+    /// twice.
     pub async fn send(
         &self,
         req: Request<Full<Bytes>>,
         timeout: Duration,
         max_body: usize,
     ) -> Result<Response<Bytes>, ClientError> {
+        match self.exchange(req, timeout, max_body).await? {
+            (_, true) => Err(ClientError::BodyTooLarge(max_body)),
+            (resp, false) => Ok(resp),
+        }
+    }
+
+    /// [`send`](Self::send), but a body longer than `max_body` is cut there rather than an
+    /// error: `true` with the response when it was. The rest is not read (its connection is
+    /// closed, not pooled), so a long or endless body costs neither time nor memory.
+    pub async fn send_cut(
+        &self,
+        req: Request<Full<Bytes>>,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Result<(Response<Bytes>, bool), ClientError> {
+        self.exchange(req, timeout, max_body).await
+    }
+
+    async fn exchange(
+        &self,
+        req: Request<Full<Bytes>>,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Result<(Response<Bytes>, bool), ClientError> {
         let (parts, body) = req.into_parts();
         let again = parts.method.is_idempotent();
         let run = async {
@@ -83,19 +108,23 @@ impl HttpClient {
                     Err(e) => return Err(ClientError::Request(error_chain(&e))),
                 }
             };
-            let (parts, body) = resp.into_parts();
-            let body = Limited::new(body, max_body)
-                .collect()
-                .await
-                .map_err(|e| {
-                    if e.is::<http_body_util::LengthLimitError>() {
-                        ClientError::BodyTooLarge(max_body)
-                    } else {
-                        ClientError::Request(e.to_string())
-                    }
-                })?
-                .to_bytes();
-            Ok(Response::from_parts(parts, body))
+            let (parts, mut body) = resp.into_parts();
+            let mut read = bytes::BytesMut::new();
+            let mut cut = false;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| ClientError::Request(error_chain(&e)))?;
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                let room = max_body - read.len();
+                if data.len() > room {
+                    read.extend_from_slice(&data[..room]);
+                    cut = true;
+                    break;
+                }
+                read.extend_from_slice(&data);
+            }
+            Ok((Response::from_parts(parts, read.freeze()), cut))
         };
         tokio::time::timeout(timeout, run)
             .await

@@ -161,6 +161,25 @@ async fn deny_401_is_passed_to_the_client() {
     assert_eq!(counts.get(&("app".to_string(), "auth_denied")), Some(&1));
 }
 
+/// Of an answer's body only the first 64 KiB is read: a 2xx with a longer one still allows,
+/// and a refusal's reaches the client cut there (not a 503 "unavailable" either way).
+#[tokio::test]
+async fn a_long_answer_body_is_cut_not_a_503() {
+    let auth = FakeAuth::spawn().await;
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway(&backend, &auth.url("/big"), "").await;
+    let r = upgrade(&gw, "/", "").await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    assert_eq!(all(&backend.last_request().headers, "x-user"), ["alice"]);
+
+    let gw = gateway(&backend, &auth.url("/deny401big"), "").await;
+    let r = upgrade(&gw, "/", "").await;
+    assert_eq!(r.status, 401, "{}", r.head);
+    assert_eq!(r.header("content-type").as_deref(), Some("text/html"));
+    assert_eq!(r.header("content-length").as_deref(), Some("65536"));
+    assert_eq!(r.body.len(), 64 * 1024);
+}
+
 #[tokio::test]
 async fn login_redirect_is_passed_to_the_client() {
     let auth = FakeAuth::spawn().await;

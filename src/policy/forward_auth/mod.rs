@@ -12,9 +12,14 @@
 //!   client's own headers of those names are removed by the caller, so they cannot be forged).
 //! - 3xx and 4xx: refused; the status, the headers that tell the client what to do next
 //!   ([`DENY_HEADERS`]: the challenges of a 401 and a 407, a redirect's `Location`, a 429's
-//!   `Retry-After`, `Set-Cookie`, `Content-Type`, `Cache-Control`) and the body go back to it.
-//! - 5xx, a timeout, a connection error, or an answer body over 64 KiB: the service could not
-//!   decide, and the client gets 503 ([`ForwardAuthError`]).
+//!   `Retry-After`, `Set-Cookie`, `Content-Type`, `Cache-Control`) and the body go back to it
+//!   (its first [`MAX_BODY`] bytes: the status is the answer, and the rest is not waited for).
+//! - 5xx, a timeout, or a connection error: the service could not decide, and the client gets
+//!   503 ([`ForwardAuthError`]).
+//!
+//! An answer's body is read up to [`MAX_BODY`] and no further, whatever the status: a 2xx
+//! with a large body (a user profile) still allows, and a slow or endless body cannot hold
+//! the handshake once its status has decided.
 //!
 //! Allow decisions may be cached for a short time (`cache`), keyed by everything the auth
 //! service saw; refusals and errors never are.
@@ -92,8 +97,8 @@ pub struct ForwardAuthError(pub String);
 /// timeout of its own: both are tuned for page loads, not for a check in front of a handshake.)
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Largest answer body read from the auth service; a longer one is an error (503). Enough for
-/// a JSON error or a small login page.
+/// Most of an answer's body read from the auth service; a longer one is cut there (and its
+/// connection not kept). Enough for a JSON error or a small login page.
 pub const MAX_BODY: usize = 64 * 1024;
 
 /// Most allow decisions held in the cache, so that a flood of distinct credentials cannot
@@ -240,8 +245,17 @@ impl ForwardAuth {
             .map_err(|e| self.error(e.to_string()))?;
         *req.headers_mut() = headers;
         let started = Instant::now();
-        let resp = match self.client.send(req, self.timeout, MAX_BODY).await {
-            Ok(r) => r,
+        let resp = match self.client.send_cut(req, self.timeout, MAX_BODY).await {
+            Ok((r, cut)) => {
+                if cut {
+                    tracing::debug!(
+                        url = %self.url,
+                        status = r.status().as_u16(),
+                        "forward-auth: answer body cut at {MAX_BODY} bytes"
+                    );
+                }
+                r
+            }
             Err(e) => {
                 let reason = match e {
                     ClientError::Timeout(d) => format!("no answer within {d:?}"),

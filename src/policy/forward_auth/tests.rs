@@ -504,13 +504,6 @@ async fn failures_are_errors_naming_the_url() {
         .unwrap_err();
     assert!(e.0.contains(&url) && e.0.contains("500"), "{e}");
 
-    let url = auth.url("/big");
-    let e = service_config(&url, |_| {})
-        .check(&query(&parts))
-        .await
-        .unwrap_err();
-    assert!(e.0.contains(&url) && e.0.contains("65536"), "{e}");
-
     // Nothing listening.
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/check", closed.local_addr().unwrap());
@@ -606,4 +599,40 @@ async fn https_service_verified_with_the_configured_ca() {
         .unwrap_err();
     assert!(e.0.contains(&url), "{e}");
     assert_eq!(auth.count(), 1);
+}
+
+/// An answer's body is read up to `MAX_BODY` and no further: a 2xx with a longer one still
+/// allows, and a refusal's goes to the client cut there, rather than either becoming a 503.
+#[tokio::test]
+async fn a_long_answer_body_is_cut_not_an_error() {
+    use crate::test_support::fake_auth::BIG_BODY;
+    const { assert!(BIG_BODY > MAX_BODY) };
+    let auth = FakeAuth::spawn().await;
+    let parts = browser_request();
+    let fa = service_config(&auth.url("/big"), |s| {
+        s.copy_headers = vec![HeaderName::from_static("x-user")]
+    });
+    match fa.check(&query(&parts)).await.unwrap() {
+        AuthDecision::Allow(allowed) => assert_eq!(
+            allowed.headers,
+            [(
+                HeaderName::from_static("x-user"),
+                HeaderValue::from_static("alice")
+            )]
+        ),
+        d => panic!("{d:?}"),
+    }
+    let fa = service_config(&auth.url("/deny401big"), |_| {});
+    match fa.check(&query(&parts)).await.unwrap() {
+        AuthDecision::Deny {
+            status,
+            headers,
+            body,
+        } => {
+            assert_eq!(status, 401);
+            assert_eq!(values(&headers, "content-type"), ["text/html"]);
+            assert_eq!(body.len(), MAX_BODY);
+        }
+        d => panic!("{d:?}"),
+    }
 }

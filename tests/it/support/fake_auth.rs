@@ -18,7 +18,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
-/// One byte over wsgate's limit on an auth service's answer (64 KiB), for [`by_path`]'s `/big`.
+/// One byte over what wsgate reads of an auth service's answer (64 KiB), for [`by_path`]'s
+/// `/big` and `/deny401big`.
 pub const BIG_BODY: usize = 64 * 1024 + 1;
 
 /// What the service does with one request.
@@ -40,7 +41,8 @@ pub enum Answer {
 /// | `/deny429` | 429 with `Retry-After: 30` |
 /// | `/deny302` | 302 with `Location: https://login.example.com/?rd=chat` and two cookies, `Set-Cookie: state=xyz; HttpOnly` and `Set-Cookie: flow=1` |
 /// | `/error` | 500 with body `database down` |
-/// | `/big` | 200 with a body of [`BIG_BODY`] bytes |
+/// | `/big` | 200 with `X-User: alice` and a body of [`BIG_BODY`] bytes |
+/// | `/deny401big` | 401 with `Content-Type: text/html` and a body of [`BIG_BODY`] bytes |
 /// | `/slow` | never answers |
 /// | anything else | 404 |
 pub fn by_path(request: &Parts) -> Answer {
@@ -74,7 +76,14 @@ pub fn by_path(request: &Parts) -> Answer {
             Bytes::new(),
         ),
         "/error" => (b.status(500), Bytes::from_static(b"database down")),
-        "/big" => (b, Bytes::from(vec![b'x'; BIG_BODY])),
+        "/big" => (
+            b.header("x-user", "alice"),
+            Bytes::from(vec![b'x'; BIG_BODY]),
+        ),
+        "/deny401big" => (
+            b.status(401).header("content-type", "text/html"),
+            Bytes::from(vec![b'x'; BIG_BODY]),
+        ),
         "/slow" => return Answer::Hang,
         _ => (b.status(404), Bytes::new()),
     };
