@@ -18,8 +18,9 @@
 //!   503 ([`ForwardAuthError`]).
 //!
 //! An answer's body is read up to [`MAX_BODY`] and no further, whatever the status: a 2xx
-//! with a large body (a user profile) still allows, and a slow or endless body cannot hold
-//! the handshake once its status has decided.
+//! with a large body (a user profile) still allows, and an endless one (a stream) is not
+//! read past that. (A body's first 64 KiB still count against `timeout`: a service that
+//! trickles them is answered 503, as one that trickles its status line.)
 //!
 //! Allow decisions may be cached for a short time (`cache`), keyed by everything the auth
 //! service saw; refusals and errors never are.
