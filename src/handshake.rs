@@ -107,9 +107,10 @@ pub enum HandshakeError {
     ProtocolNotWebSocket(String),
     /// HTTP/2: `:scheme` or `:path` missing (RFC 8441 §4 requires both), or a `:scheme`
     /// that is not `http` or `https` (the WebSocket URI's, RFC 8441 §5: `ws` maps to `http`,
-    /// `wss` to `https`).
+    /// `wss` to `https`). (Without `:authority` the HTTP/2 layer keeps no `:scheme` either,
+    /// so a missing `:authority` lands here too.)
     #[error(
-        "extended CONNECT without :scheme or :path, or with a :scheme other than http or https"
+        "extended CONNECT without :scheme, :authority or :path, or with a :scheme other than http or https"
     )]
     MissingPseudoHeader,
     /// HTTP/2: a `Sec-WebSocket-Key`, which RFC 8441 §5 has no use for.
