@@ -22,6 +22,9 @@ const HOP_BY_HOP: &[&str] = &[
     "te",
     "transfer-encoding",
     "upgrade",
+    // An h2c upgrade's settings (RFC 7540 §3.2.1: connection-specific), dropped with the
+    // `Upgrade` even when the client's `Connection` fails to name it.
+    "http2-settings",
 ];
 
 /// Request headers the proxy sets itself besides [`forwarding::SET_BY_THE_PROXY`]: the

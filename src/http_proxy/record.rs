@@ -224,7 +224,10 @@ impl Body for ResponseBody {
                 if let Some(data) = frame.data_ref() {
                     this.bytes += data.len() as u64;
                 }
-                if this.inner.is_end_stream() {
+                // Trailers are a body's last frame: hyper writes them and drops the body
+                // without asking for more, and `Incoming` does not call itself ended
+                // after them.
+                if frame.is_trailers() || this.inner.is_end_stream() {
                     this.finish(Outcome::Completed, None);
                 }
                 Poll::Ready(Some(Ok(frame)))

@@ -785,7 +785,11 @@ async fn http2_clients_are_proxied_to_an_http1_backend() {
 #[tokio::test]
 async fn trailers_pass_both_ways() {
     let (b, seen) = echo_backend().await;
-    let gw = Gateway::spawn(&http_route(&[b], "")).await;
+    let gw = Gateway::spawn(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        http_route(&[b], "")
+    ))
+    .await;
     let (tx, rx) = channel();
     tokio::spawn(async move {
         let _ = tx.send(Frame::data(Bytes::from_static(b"payload"))).await;
@@ -809,10 +813,16 @@ async fn trailers_pass_both_ways() {
         trailers.expect("no response trailers")["x-checksum"],
         "backend"
     );
-    let seen = seen.lock().unwrap();
-    assert_eq!(seen[0].header("te"), Some("trailers"));
-    let t = seen[0].trailers.as_ref().expect("no request trailers");
-    assert_eq!(t["x-checksum"], "client");
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0].header("te"), Some("trailers"));
+        let t = seen[0].trailers.as_ref().expect("no request trailers");
+        assert_eq!(t["x-checksum"], "client");
+    }
+    // A response that ended with its trailers is complete, not a client that left.
+    let m = scrape(gw.handle().admin_addr().unwrap()).await;
+    let done = [("route", "app"), ("class", "2xx"), ("outcome", "completed")];
+    assert_eq!(m.value("wsgate_http_requests_total", &done), 1.0);
 }
 
 /// Nothing of a request reaches a backend whose connect failed, its body included (it waits
@@ -983,6 +993,14 @@ async fn an_offer_to_upgrade_to_another_protocol_is_served_as_a_plain_request() 
     )
     .await;
     assert_eq!(resp.status, 200);
+    // Its settings are this connection's even when `Connection` does not name them.
+    let (_s, resp) = raw_exchange(
+        gw.addr,
+        b"GET /h2c-unnamed HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.status, 200);
     // RFC 9110 §7.8: `Upgrade` in an HTTP/1.0 request is ignored, a websocket one too.
     let (_s, resp) = raw_exchange(
         gw.addr,
@@ -993,8 +1011,9 @@ async fn an_offer_to_upgrade_to_another_protocol_is_served_as_a_plain_request() 
     assert_eq!(resp.status, 200, "{resp:?}");
     let seen = seen.lock().unwrap();
     assert_eq!(seen[0].uri, "/h2c");
-    assert_eq!(seen[1].uri, "/old");
-    for seen in &seen[..2] {
+    assert_eq!(seen[1].uri, "/h2c-unnamed");
+    assert_eq!(seen[2].uri, "/old");
+    for seen in &seen[..3] {
         for name in ["upgrade", "http2-settings", "connection"] {
             assert!(
                 !seen.headers.contains_key(name),
