@@ -362,6 +362,12 @@ pub fn rewrite_location(headers: &mut HeaderMap, backend: &BackendUrl, route_pre
             }
         }
     };
+    // A path that begins `//` (or `/\`, which browsers read the same way) would read as a
+    // network-path reference, another host: `http://backend//evil.example/x` must not
+    // become `//evil.example/x`. Such a `Location` stays as the backend sent it.
+    if new[1..].starts_with(['/', '\\']) {
+        return;
+    }
     if let Ok(v) = HeaderValue::from_str(&new) {
         headers.insert(header::LOCATION, v);
     }
@@ -460,6 +466,30 @@ mod tests {
         assert_eq!(located("http://app/x", "ws://app", "/"), "/x");
         assert_eq!(located("http://app:80/x", "ws://app", "/"), "/x");
         assert_eq!(located("https://app/x", "wss://app:443", "/"), "/x");
+        // A path that would read as another host's URL (`//host`, or `/\host` as browsers
+        // read it) stays as the backend sent it.
+        for open in [
+            "http://10.0.0.5:8080//evil.example/x",
+            "http://10.0.0.5:8080/\\evil.example/x",
+        ] {
+            assert_eq!(located(open, b, "/"), open);
+        }
+        assert_eq!(
+            located(
+                "http://10.0.0.5:8080/app//evil.example",
+                "ws://10.0.0.5:8080/app",
+                "/"
+            ),
+            "http://10.0.0.5:8080/app//evil.example"
+        );
+        assert_eq!(
+            located(
+                "http://10.0.0.5:8080/app//x",
+                "ws://10.0.0.5:8080/app",
+                "/chat"
+            ),
+            "/chat//x"
+        );
     }
 
     #[test]
