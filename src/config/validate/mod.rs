@@ -273,7 +273,19 @@ impl Validator<'_> {
             return None;
         }
         match parse_size(value.get_ref()) {
-            Ok(0) => None,
+            // Not "off" in disguise: a limit written as 0 reads as "nothing", and taking it
+            // for "no limit" would let through what its author meant to refuse.
+            Ok(0) => {
+                self.err(
+                    key,
+                    Some(value.span()),
+                    format!(
+                        "{:?} is not a limit: write \"off\" for none, or a size",
+                        value.get_ref()
+                    ),
+                );
+                default
+            }
             Ok(n) => Some(n),
             Err(msg) => {
                 self.err(key, Some(value.span()), format!("{msg} (or \"off\")"));

@@ -830,6 +830,12 @@ mod tests {
                 "greater than zero",
             ),
             (
+                "http = true\nmax_request_body = \"0\"\n",
+                "route[0].max_request_body",
+                8,
+                "write \"off\" for none",
+            ),
+            (
                 "http = true\nmax_concurrent_requests = 0\n",
                 "route[0].max_concurrent_requests",
                 8,
