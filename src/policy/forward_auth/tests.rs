@@ -70,6 +70,18 @@ fn values<'a>(h: &'a HeaderMap, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// A decision that must be a refusal: its status, headers and body.
+fn denied(decision: AuthDecision) -> (StatusCode, HeaderMap, Bytes) {
+    match decision {
+        AuthDecision::Deny {
+            status,
+            headers,
+            body,
+        } => (status, headers, body),
+        d => panic!("not a refusal: {d:?}"),
+    }
+}
+
 // ---- the subrequest ----
 
 #[test]
@@ -177,30 +189,22 @@ fn decisions_from_answers() {
         ],
         "nope!",
     );
-    match decide(&copy, deny).unwrap() {
-        AuthDecision::Deny {
-            status,
-            headers,
-            body,
-        } => {
-            assert_eq!(status, 401);
-            assert_eq!(body, "nope!");
-            assert_eq!(values(&headers, "set-cookie"), ["a=1", "b=2"]);
-            let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
-            assert_eq!(
-                names,
-                [
-                    "www-authenticate",
-                    "proxy-authenticate",
-                    "retry-after",
-                    "set-cookie",
-                    "content-type",
-                    "cache-control"
-                ]
-            );
-        }
-        d => panic!("{d:?}"),
-    }
+    let (status, headers, body) = denied(decide(&copy, deny).unwrap());
+    assert_eq!(status, 401);
+    assert_eq!(body, "nope!");
+    assert_eq!(values(&headers, "set-cookie"), ["a=1", "b=2"]);
+    let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "www-authenticate",
+            "proxy-authenticate",
+            "retry-after",
+            "set-cookie",
+            "content-type",
+            "cache-control"
+        ]
+    );
     for status in [302, 303, 307, 400, 403, 404, 429] {
         assert!(matches!(
             decide(&copy, answer(status, &[("location", "/login")], "")),
@@ -449,41 +453,27 @@ async fn deny_is_passed_through() {
     let parts = browser_request();
 
     let fa = service_config(&auth.url("/deny401"), |_| {});
-    match fa.check(&query(&parts)).await.unwrap() {
-        AuthDecision::Deny {
-            status,
-            headers,
-            body,
-        } => {
-            assert_eq!(status, 401);
-            assert_eq!(
-                values(&headers, "www-authenticate"),
-                ["Bearer realm=\"chat\""]
-            );
-            assert_eq!(values(&headers, "content-type"), ["text/plain"]);
-            assert!(headers.get("x-internal").is_none());
-            assert_eq!(body, "login required");
-        }
-        d => panic!("{d:?}"),
-    }
+    let (status, headers, body) = denied(fa.check(&query(&parts)).await.unwrap());
+    assert_eq!(status, 401);
+    assert_eq!(
+        values(&headers, "www-authenticate"),
+        ["Bearer realm=\"chat\""]
+    );
+    assert_eq!(values(&headers, "content-type"), ["text/plain"]);
+    assert!(headers.get("x-internal").is_none());
+    assert_eq!(body, "login required");
 
     let fa = service_config(&auth.url("/deny302"), |_| {});
-    match fa.check(&query(&parts)).await.unwrap() {
-        AuthDecision::Deny {
-            status, headers, ..
-        } => {
-            assert_eq!(status, 302);
-            assert_eq!(
-                values(&headers, "location"),
-                ["https://login.example.com/?rd=chat"]
-            );
-            assert_eq!(
-                values(&headers, "set-cookie"),
-                ["state=xyz; HttpOnly", "flow=1"]
-            );
-        }
-        d => panic!("{d:?}"),
-    }
+    let (status, headers, _) = denied(fa.check(&query(&parts)).await.unwrap());
+    assert_eq!(status, 302);
+    assert_eq!(
+        values(&headers, "location"),
+        ["https://login.example.com/?rd=chat"]
+    );
+    assert_eq!(
+        values(&headers, "set-cookie"),
+        ["state=xyz; HttpOnly", "flow=1"]
+    );
 }
 
 #[tokio::test]
@@ -623,16 +613,8 @@ async fn a_long_answer_body_is_cut_not_an_error() {
         d => panic!("{d:?}"),
     }
     let fa = service_config(&auth.url("/deny401big"), |_| {});
-    match fa.check(&query(&parts)).await.unwrap() {
-        AuthDecision::Deny {
-            status,
-            headers,
-            body,
-        } => {
-            assert_eq!(status, 401);
-            assert_eq!(values(&headers, "content-type"), ["text/html"]);
-            assert_eq!(body.len(), MAX_BODY);
-        }
-        d => panic!("{d:?}"),
-    }
+    let (status, headers, body) = denied(fa.check(&query(&parts)).await.unwrap());
+    assert_eq!(status, 401);
+    assert_eq!(values(&headers, "content-type"), ["text/html"]);
+    assert_eq!(body.len(), MAX_BODY);
 }
