@@ -69,7 +69,7 @@ impl HttpClient {
         timeout: Duration,
         max_body: usize,
     ) -> Result<Response<Bytes>, ClientError> {
-        match self.exchange(req, timeout, max_body).await? {
+        match self.send_cut(req, timeout, max_body).await? {
             (_, true) => Err(ClientError::BodyTooLarge(max_body)),
             (resp, false) => Ok(resp),
         }
@@ -79,15 +79,6 @@ impl HttpClient {
     /// error: `true` with the response when it was. The rest is not read (its connection is
     /// closed, not pooled), so a long or endless body costs neither time nor memory.
     pub async fn send_cut(
-        &self,
-        req: Request<Full<Bytes>>,
-        timeout: Duration,
-        max_body: usize,
-    ) -> Result<(Response<Bytes>, bool), ClientError> {
-        self.exchange(req, timeout, max_body).await
-    }
-
-    async fn exchange(
         &self,
         req: Request<Full<Bytes>>,
         timeout: Duration,
