@@ -413,9 +413,10 @@ pub struct Scanner {
     /// inflater exists only while a compressed message is in flight.
     count: Option<Box<InflateCount>>,
     stopped: Option<Violation>,
-    /// A message went over `max_message`: the stream is still followed frame by frame, so
-    /// its sender's close reply is recognised, but no data frame of it is reported again
-    /// (see [`Violation::MessageTooBig`]).
+    /// A message went over `max_message` (or its inflated size over the limit in a frame of
+    /// which nothing had gone on): the stream is still followed frame by frame, so its
+    /// sender's close reply is recognised, but no data frame of it is reported again (see
+    /// [`Violation::MessageTooBig`]).
     skipping: bool,
     /// How many bytes at the end of the chunk that met the message over the limit were not
     /// scanned: those past that frame's head (see [`Scanner::take_unscanned`]). 16 bits, so
@@ -466,24 +467,39 @@ impl Scanner {
         })
     }
 
-    /// Stops on a counting violation: before the frame if it began in this chunk (nothing of
-    /// it was forwarded, `at_boundary` holds), else where the counted bytes begin (the frame
-    /// is cut in the middle, see the relay).
+    /// Stops on a counting violation in the `n` payload bytes at `pos`: before the frame if
+    /// it began in this chunk (nothing of it was forwarded, `at_boundary` holds), else where
+    /// the counted bytes begin (the frame is cut in the middle, see the relay).
+    ///
+    /// An inflated size over the limit in a frame of which nothing has gone on leaves the
+    /// framing intact, as a message over `max_message` does: the rest of the frame and what
+    /// follows are skipped the same way (see [`Scanner::skip_from`]), so the sender's close
+    /// reply is still seen.
     fn stop_counted(
         &mut self,
         v: Violation,
         frame_start: Option<usize>,
-        before: (&[u8], usize),
+        chunk: &[u8],
+        (fwd, pos, n): (usize, usize, usize),
         sink: &mut impl FnMut(Event<'_>),
     ) -> Result<(), Violation> {
-        let (chunk, fwd) = before;
         match frame_start {
             Some(start) => {
+                if let Violation::InflatedTooBig(_) = v
+                    && let Ok(unscanned) = u16::try_from(chunk.len() - pos - n)
+                {
+                    sink_forward(&chunk[fwd..start], sink);
+                    self.skip(unscanned);
+                    self.remaining -= n as u64;
+                    // (Its message, ended or not, is not counted: `feed` keeps the count.)
+                    self.final_frame = false;
+                    return Err(v);
+                }
                 self.remaining = 0;
                 self.final_frame = false;
                 self.stop(v, &chunk[fwd..start], sink)
             }
-            None => self.stop(v, &chunk[fwd..], sink),
+            None => self.stop(v, &chunk[fwd..pos], sink),
         }
     }
 
@@ -494,8 +510,9 @@ impl Scanner {
         self.remaining == 0 || self.skipping
     }
 
-    /// After [`Violation::MessageTooBig`]: how many bytes at the end of the chunk just fed
-    /// were left unscanned (those past the offending frame's head), to be fed again once
+    /// After [`Violation::MessageTooBig`] (or [`Violation::InflatedTooBig`] in a frame of which
+    /// nothing had gone on): how many bytes at the end of the chunk just fed were left
+    /// unscanned (those past the offending frame's head, or its bytes in the chunk), to be fed again once
     /// the relay has taken over. The framing is intact, so the sender's later frames are
     /// still followed: data frames are counted and dropped, control frames reported (its
     /// close reply among them). 0 otherwise.
@@ -510,9 +527,11 @@ impl Scanner {
 
     /// Scans one chunk, reporting events in stream order (data frames' bytes in runs, see
     /// [`Event`]). Returns the violation that stopped the stream (nothing at or after the
-    /// offending frame's first byte is reported). [`Violation::MessageTooBig`] leaves the
-    /// framing intact and is returned once: the rest of the chunk is for
-    /// [`Scanner::take_unscanned`], and later chunks report control frames only.
+    /// offending frame's first byte is reported). [`Violation::MessageTooBig`], and
+    /// [`Violation::InflatedTooBig`] met in a frame of which nothing has been reported, leave
+    /// the framing intact and are returned once (the scanner is not [`Scanner::stopped`]): the
+    /// rest of the chunk is for [`Scanner::take_unscanned`], and later chunks report control
+    /// frames only.
     pub fn feed(
         &mut self,
         chunk: &[u8],
@@ -548,7 +567,7 @@ impl Scanner {
                     (chunk.len() - pos).min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
                 let last = n as u64 == self.remaining && self.final_frame;
                 if let Err(v) = self.count_payload(&chunk[pos..pos + n], last) {
-                    return self.stop_counted(v, frame_start, (&chunk[..pos], fwd), sink);
+                    return self.stop_counted(v, frame_start, chunk, (fwd, pos, n), sink);
                 }
                 pos += n;
                 self.remaining -= n as u64;
@@ -648,7 +667,7 @@ impl Scanner {
                 && header.fin
                 && let Err(v) = self.count_payload(&[], true)
             {
-                return self.stop_counted(v, frame_start, (&chunk[..pos], fwd), sink);
+                return self.stop_counted(v, frame_start, chunk, (fwd, pos, 0), sink);
             }
             if self.remaining == 0 {
                 self.end_frame(sink);
@@ -752,18 +771,24 @@ impl Scanner {
             return self.stop(v, before, sink);
         };
         sink_forward(before, sink);
-        self.held = None;
-        self.skipping = true;
-        self.unscanned = unscanned;
-        // Its inflater would need the skipped bytes; the limit has done its work.
-        self.count = None;
-        self.max_message = u64::MAX;
+        self.skip(unscanned);
         self.frames += 1;
         self.in_message = !h.fin;
         self.remaining = h.payload_len;
         // (An empty final frame ends its message here: nothing is left to end it later.)
         self.final_frame = h.fin && h.payload_len > 0;
         Err(v)
+    }
+
+    /// From here on data frames are counted and dropped, control frames reported; the last
+    /// `unscanned` bytes of the chunk just fed are for [`Scanner::take_unscanned`].
+    fn skip(&mut self, unscanned: u16) {
+        self.held = None;
+        self.skipping = true;
+        self.unscanned = unscanned;
+        // Its inflater would need the skipped bytes; the limit has done its work.
+        self.count = None;
+        self.max_message = u64::MAX;
     }
 
     fn stop(
@@ -903,7 +928,9 @@ pub fn fuzz_scanner(data: &[u8]) {
                 "data reported past a message over the limit"
             );
             match r {
-                Err(Violation::MessageTooBig(_)) if skipped_from.is_none() => {
+                Err(Violation::MessageTooBig(_) | Violation::InflatedTooBig(_))
+                    if skipped_from.is_none() && scanner.stopped().is_none() =>
+                {
                     skipped_from = Some(out.len());
                 }
                 Err(_) => {

@@ -5,7 +5,9 @@
 //! The difference is where it is caught: `max_message` is known from a frame's header, before
 //! any of it is forwarded; an inflated size only as the payload streams through. When the
 //! limit is passed in the frame's first chunk, nothing of the frame has been forwarded and
-//! the other side gets its 1001 as usual. When part of the frame has already gone on, the rest
+//! the session ends as after `max_message`: the other side gets its 1001 as usual, and the
+//! sender's stream is followed on (the scanner skips its data frames) so that its close reply
+//! is read and recorded before its FIN. When part of the frame has already gone on, the rest
 //! is not forwarded (it is what would inflate past the limit), and no close frame fits in the
 //! middle of a frame: the other side gets its TCP close (it sees 1006), and the sender its
 //! 1009 at once rather than after the other side's reply.

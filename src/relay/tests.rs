@@ -1193,3 +1193,65 @@ async fn a_sender_streaming_past_the_drain_limit_ends_the_session_cut() {
         "{error}"
     );
 }
+
+/// An inflated size over `max_message_inflated` met in a frame of which nothing has gone on
+/// leaves the framing intact, as a message over `max_message` does: the sender's stream is
+/// followed on, its close reply ends its closing handshake and is recorded, and its FIN
+/// comes after that reply.
+#[tokio::test]
+async fn a_message_inflating_past_the_limit_ends_with_a_closing_handshake() {
+    use std::io::Write;
+    let cfg = SessionConfig {
+        ping_interval: None,
+        hibernate_after: None,
+        ..SessionConfig::default()
+    };
+    let (mut client, client_side) = duplex(1 << 16);
+    let (backend_side, mut backend) = duplex(1 << 16);
+    let env = test_env(cfg, &Control::default(), &Arc::default());
+    let task = tokio::spawn(
+        relay(
+            (TcpLike(client_side), Bytes::new()),
+            (TcpLike(backend_side), Bytes::new()),
+            env,
+            0b100,
+        )
+        .count_inflated(Some(crate::deflate::Counting {
+            limit: 1 << 10,
+            client_takeover: false,
+            backend_takeover: false,
+        })),
+    );
+    // 64 KiB of zeros in a few dozen bytes, then a message sent before the client knew.
+    let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(&[0u8; 64 << 10]).unwrap();
+    e.flush().unwrap();
+    let payload = e.get_ref()[..e.get_ref().len() - 4].to_vec();
+    let mut bomb = masked(opcode::BINARY, &payload);
+    bomb[0] |= 0x40;
+    client
+        .write_all(&[bomb, masked(opcode::TEXT, b"late")].concat())
+        .await
+        .unwrap();
+    // The backend is closed first and answers; then the client gets its 1009, and its
+    // connection stays open for its reply.
+    assert_eq!(read_close(&mut backend).await.0, Some(1001));
+    backend
+        .write_all(&plain(opcode::CLOSE, &[0x03, 0xe9]))
+        .await
+        .unwrap();
+    assert_eq!(read_close(&mut client).await.0, Some(1009));
+    client
+        .write_all(&masked(opcode::CLOSE, &[0x03, 0xf1]))
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(rest, b"", "after the 1009");
+    let out = task.await.unwrap();
+    assert_eq!(out.outcome().as_str(), "message_too_big");
+    assert_eq!(out.client_close.and_then(|c| c.code), Some(1009));
+    assert_eq!(out.client_to_backend.frames, 3);
+    assert_eq!(out.client_to_backend.messages, 0);
+    assert!(!out.cut);
+}
