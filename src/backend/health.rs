@@ -41,6 +41,8 @@ pub enum Change {
     Ejected { lasts: Duration, failures: u32 },
     /// Usable again: its active checks passed.
     Back,
+    /// Usable again: a reload removed the active checks that had taken it out.
+    Unchecked,
     /// Its ejection ran out: it is tried again, not known to be well (nothing checked it).
     EjectionOver,
 }
@@ -185,6 +187,20 @@ impl Health {
         }
     }
 
+    /// Its route no longer checks it (a reload removed the active checks): their verdict
+    /// goes with them, since nothing would ever lift it. [`Change::Unchecked`] when that
+    /// puts it back (it was down by them, and is not ejected).
+    pub fn checks_removed(&self, now: Instant) -> Option<Change> {
+        let mut s = self.lock();
+        s.streak = 0;
+        if !std::mem::take(&mut s.checked_down) || s.ejected_until.is_some_and(|u| u > now) {
+            return None;
+        }
+        s.back_since = Some(now);
+        s.failures = 0;
+        Some(Change::Unchecked)
+    }
+
     /// The share of its weight a backend takes now: growing from [`MIN_SLOW_START_SHARE`] to
     /// 1 over `slow_start` after it came back.
     pub fn share(&self, now: Instant, slow_start: Option<Duration>) -> f64 {
@@ -277,16 +293,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn active_thresholds() {
-        let check = ActiveCheck {
+    fn active_check() -> ActiveCheck {
+        ActiveCheck {
             kind: CheckKind::Tcp,
             path: None,
             interval: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
             healthy_threshold: 2,
             unhealthy_threshold: 3,
-        };
+        }
+    }
+
+    #[test]
+    fn active_thresholds() {
+        let check = active_check();
         let (h, now) = (Health::default(), Instant::now());
         assert_eq!(h.active_result(false, now, &check), None);
         assert_eq!(h.active_result(true, now, &check), None);
@@ -297,6 +317,36 @@ mod tests {
         assert_eq!(h.active_result(true, now, &check), None);
         assert_eq!(h.active_result(true, now, &check), Some(Change::Back));
         assert_eq!(h.status(now), Status::Healthy);
+    }
+
+    #[test]
+    fn removed_checks_take_their_verdict_with_them() {
+        let check = ActiveCheck {
+            unhealthy_threshold: 1,
+            ..active_check()
+        };
+        let now = Instant::now();
+        let h = Health::default();
+        assert_eq!(
+            h.checks_removed(now),
+            None,
+            "a healthy backend stays as it is"
+        );
+        assert_eq!(h.active_result(false, now, &check), Some(Change::Unhealthy));
+        assert_eq!(h.status(now), Status::Unhealthy);
+        assert_eq!(h.checks_removed(now), Some(Change::Unchecked));
+        assert_eq!(h.status(now), Status::Healthy);
+        // An ejection still stands: its end brings the backend back.
+        let h = Health::default();
+        for _ in 0..cfg().max_failures {
+            h.passive_failure(now, &cfg(), true);
+        }
+        assert!(h.is_ejected(now));
+        assert_eq!(h.active_result(false, now, &check), Some(Change::Unhealthy));
+        assert_eq!(h.checks_removed(now), None);
+        assert!(h.is_ejected(now));
+        let later = now + Duration::from_secs(3600);
+        assert_eq!(h.usable(later), (true, Some(Change::EjectionOver)));
     }
 
     #[test]

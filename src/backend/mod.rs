@@ -87,6 +87,9 @@ impl Backend {
             health::Change::Back => {
                 tracing::info!(route, backend = %self.name, "backend healthy again: its checks passed, it takes new sessions");
             }
+            health::Change::Unchecked => {
+                tracing::info!(route, backend = %self.name, "backend back in rotation: its route no longer has the active checks that took it out");
+            }
             health::Change::EjectionOver => {
                 tracing::info!(route, backend = %self.name, "backend ejection over: it is tried again for new sessions");
             }

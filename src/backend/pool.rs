@@ -70,6 +70,15 @@ impl BackendPool {
             .iter()
             .map(|url| kept(url).unwrap_or_else(|| Arc::new(Backend::new(url.clone()))))
             .collect();
+        if route.health.check.is_none() {
+            // A kept backend that the old checks took out would stay out for good.
+            let now = std::time::Instant::now();
+            for b in &backends {
+                if let Some(change) = b.health.checks_removed(now) {
+                    b.changed(&route.name, change);
+                }
+            }
+        }
         let sticky_ids = match &route.sticky {
             Some(s) => backends
                 .iter()

@@ -480,6 +480,29 @@ async fn a_reload_keeps_an_ejection() {
     assert_eq!(unreachable(admin, &down).await, 2.0);
 }
 
+/// A reload that removes a route's active checks takes their verdict with them: a backend
+/// they had taken out is back at once (no checker is left to bring it back).
+#[tokio::test]
+async fn a_reload_that_removes_the_checks_puts_their_unhealthy_backend_back() {
+    let (hung, _task) = silent_backend().await;
+    let hung = format!("ws://{hung}");
+    let good = EchoBackend::spawn().await;
+    let backends = route("r", "/", &[hung.clone(), good.url()]);
+    let (gw, admin) = admin_gateway(&format!(
+        "{backends}[route.health]\ncheck = \"websocket\"\ninterval = \"100ms\"\n\
+         timeout = \"100ms\"\nunhealthy_threshold = 1\n"
+    ))
+    .await;
+    wait_state(admin, &hung, "unhealthy").await;
+    let next = format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{backends}"
+    );
+    gw.handle()
+        .reload(wsgate::config::from_toml_str(&next).unwrap())
+        .expect("reload");
+    assert_eq!(backend_json(admin, &hung).await["state"], "healthy");
+}
+
 /// A backend that accepts connections and never answers, counting the ones it has accepted
 /// and the ones still open (a peer that hangs up is read to its end).
 #[derive(Clone)]
