@@ -365,7 +365,8 @@ fn boundary_tracking() {
 }
 
 /// Like [`scan`], but goes on past a message over the limit as the relay does: the unscanned
-/// tail of that chunk is fed again, then the rest. Forwards after it are collected apart.
+/// tail of that chunk is fed again, then the rest. Forwards after it are collected apart. A
+/// violation that stops the scanner ends the scan.
 fn scan_past_limit(scanner: &mut Scanner, chunks: &[&[u8]]) -> (Out, Out, Option<Violation>) {
     let (mut before, mut after, mut violation) = (Out::default(), Out::default(), None);
     for chunk in chunks {
@@ -379,6 +380,9 @@ fn scan_past_limit(scanner: &mut Scanner, chunks: &[&[u8]]) -> (Out, Out, Option
             let r = scanner.feed(chunk, &mut |ev| out.record(ev));
             if let Err(v) = r {
                 assert_eq!(violation.replace(v), None, "reported twice");
+                if scanner.stopped().is_some() {
+                    return (before, after, violation);
+                }
             }
             let unscanned = scanner.take_unscanned();
             if unscanned == 0 {
@@ -435,5 +439,71 @@ proptest! {
         );
         prop_assert_eq!(scanner.frames, 8);
         prop_assert!(scanner.at_boundary());
+    }
+}
+
+/// A compressed (RSV1) frame whose payload inflates to `len` zeros.
+fn deflated_frame(len: usize, mask: Option<[u8; 4]>) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(&vec![0u8; len]).unwrap();
+    e.flush().unwrap();
+    // RFC 7692 §7.2.1: the sync flush's trailing 00 00 ff ff is left off.
+    let payload = &e.get_ref()[..e.get_ref().len() - 4];
+    let mut f = encode_frame(opcode::BINARY, true, payload, mask);
+    f[0] |= 0x40;
+    f
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+    /// A message whose inflated size passes `max_message_inflated` in a frame of which
+    /// nothing was forwarded leaves the framing intact, as one over `max_message` does:
+    /// after it only control frames are reported. Met further into the frame, after some of
+    /// it went on, it stops the stream there instead (the relay cuts that frame). Either way
+    /// nothing past the bytes counted is forwarded.
+    #[test]
+    fn past_a_message_inflating_over_the_limit_only_control_frames_are_reported(
+        masked in any::<bool>(),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+    ) {
+        let mask = masked.then_some([9, 8, 7, 6]);
+        let from = if masked { Sender::Client } else { Sender::Server };
+        let mut good = frame(opcode::TEXT, true, 10, mask);
+        good.extend(encode_frame(opcode::PING, true, b"p1", mask));
+        let bomb = deflated_frame(64 << 10, mask);
+        let mut stream = good.clone();
+        stream.extend(&bomb);
+        stream.extend(frame(opcode::TEXT, true, 2000, mask));
+        stream.extend(encode_frame(opcode::PING, true, b"p2", mask));
+        stream.extend(encode_frame(opcode::CLOSE, true, &[0x03, 0xf1], mask));
+        let mut points: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
+        points.extend([0, stream.len()]);
+        points.sort_unstable();
+        let chunks: Vec<&[u8]> = points.windows(2).map(|w| &stream[w[0]..w[1]]).collect();
+        let mut scanner = Scanner::new(from, 0b100, None);
+        scanner.count_inflated(1000, false);
+        let (before, after, violation) = scan_past_limit(&mut scanner, &chunks);
+        prop_assert_eq!(violation, Some(Violation::InflatedTooBig(1000)));
+        prop_assert!(before.bytes.starts_with(&good), "what came before was not passed");
+        prop_assert_eq!(before.controls, vec![(opcode::PING, b"p1".to_vec())]);
+        let bomb_at = good.len()..good.len() + bomb.len();
+        if !points.iter().any(|p| *p > bomb_at.start && *p < bomb_at.end) {
+            // The whole frame came in one read: it was met before anything of it went on.
+            prop_assert!(scanner.stopped().is_none(), "stopped at a whole frame");
+        }
+        if scanner.stopped().is_none() {
+            prop_assert!(before.bytes == good, "part of the frame went on");
+            let mut controls_after = encode_frame(opcode::PING, true, b"p2", mask);
+            controls_after.extend(encode_frame(opcode::CLOSE, true, &[0x03, 0xf1], mask));
+            prop_assert!(after.bytes == controls_after, "data reported after the cut");
+            prop_assert_eq!(after.messages, 0);
+            prop_assert_eq!(scanner.frames, 6);
+            prop_assert!(scanner.at_boundary());
+        } else {
+            prop_assert!(stream.starts_with(&before.bytes));
+            prop_assert!(before.bytes.len() < good.len() + bomb.len(), "the whole bomb went on");
+            prop_assert!(after == Out::default(), "reported after a stop");
+        }
     }
 }
