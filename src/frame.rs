@@ -419,7 +419,8 @@ pub struct Scanner {
     /// [`Violation::MessageTooBig`]).
     skipping: bool,
     /// How many bytes at the end of the chunk that met the message over the limit were not
-    /// scanned: those past that frame's head (see [`Scanner::take_unscanned`]). 16 bits, so
+    /// scanned: those past that frame's head, or past its payload in the chunk for an
+    /// inflated size (see [`Scanner::take_unscanned`]). 16 bits, so
     /// that the scanner keeps its size: the relay reads 64 KiB at a time.
     unscanned: u16,
     pub frames: u64,
@@ -473,7 +474,7 @@ impl Scanner {
     ///
     /// An inflated size over the limit in a frame of which nothing has gone on leaves the
     /// framing intact, as a message over `max_message` does: the rest of the frame and what
-    /// follows are skipped the same way (see [`Scanner::skip_from`]), so the sender's close
+    /// follows are skipped the same way (see [`Scanner::skip`]), so the sender's close
     /// reply is still seen.
     fn stop_counted(
         &mut self,

@@ -42,6 +42,7 @@ pub fn spawn(
             backend: Arc::downgrade(backend),
             tls: backend.url.tls_config(config).cloned(),
             check: check.clone(),
+            epoch: backend.health.checks_epoch(),
         };
         tokio::spawn(run(target, stop.clone()));
     }
@@ -53,6 +54,9 @@ struct Target {
     backend: Weak<Backend>,
     tls: Option<Arc<rustls::ClientConfig>>,
     check: ActiveCheck,
+    /// The backend's checks epoch when this checker started: once a reload has removed the
+    /// checks, a result still on its way is not taken.
+    epoch: u32,
 }
 
 async fn run(t: Target, stop: CancellationToken) {
@@ -87,7 +91,10 @@ fn record(t: &Target, backend: &Backend, started: Instant, result: Result<(), St
     if let Err(e) = &result {
         tracing::debug!(route = %t.route, backend = %backend.name, error = %e, "health check failed");
     }
-    if let Some(change) = backend.health.active_result(ok, Instant::now(), &t.check) {
+    if let Some(change) = backend
+        .health
+        .active_result(ok, Instant::now(), &t.check, t.epoch)
+    {
         backend.changed(&t.route, change);
     }
 }

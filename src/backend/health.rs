@@ -77,6 +77,9 @@ struct State {
     last_ejection_end: Option<Instant>,
     /// When the backend was last usable again after being out (slow start).
     back_since: Option<Instant>,
+    /// Bumped when a reload removes the route's active checks: a result from a checker
+    /// started before (still finishing as the reload stops it) is not taken.
+    checks_epoch: u32,
 }
 
 impl State {
@@ -155,9 +158,24 @@ impl Health {
         Some(Change::Ejected { lasts, failures })
     }
 
-    /// One active check's result.
-    pub fn active_result(&self, ok: bool, now: Instant, check: &ActiveCheck) -> Option<Change> {
+    /// Which checks' results this backend takes (see [`Health::checks_removed`]): a checker
+    /// reads it when it starts and gives it with each result.
+    pub fn checks_epoch(&self) -> u32 {
+        self.lock().checks_epoch
+    }
+
+    /// One active check's result, from a checker started at `epoch`.
+    pub fn active_result(
+        &self,
+        ok: bool,
+        now: Instant,
+        check: &ActiveCheck,
+        epoch: u32,
+    ) -> Option<Change> {
         let mut s = self.lock();
+        if epoch != s.checks_epoch {
+            return None;
+        }
         if ok != s.checked_down {
             // Agrees with the verdict.
             s.streak = 0;
@@ -193,6 +211,7 @@ impl Health {
     pub fn checks_removed(&self, now: Instant) -> Option<Change> {
         let mut s = self.lock();
         s.streak = 0;
+        s.checks_epoch = s.checks_epoch.wrapping_add(1);
         if !std::mem::take(&mut s.checked_down) || s.ejected_until.is_some_and(|u| u > now) {
             return None;
         }
@@ -308,14 +327,17 @@ mod tests {
     fn active_thresholds() {
         let check = active_check();
         let (h, now) = (Health::default(), Instant::now());
-        assert_eq!(h.active_result(false, now, &check), None);
-        assert_eq!(h.active_result(true, now, &check), None);
-        assert_eq!(h.active_result(false, now, &check), None);
-        assert_eq!(h.active_result(false, now, &check), None);
-        assert_eq!(h.active_result(false, now, &check), Some(Change::Unhealthy));
+        assert_eq!(h.active_result(false, now, &check, 0), None);
+        assert_eq!(h.active_result(true, now, &check, 0), None);
+        assert_eq!(h.active_result(false, now, &check, 0), None);
+        assert_eq!(h.active_result(false, now, &check, 0), None);
+        assert_eq!(
+            h.active_result(false, now, &check, 0),
+            Some(Change::Unhealthy)
+        );
         assert_eq!(h.status(now), Status::Unhealthy);
-        assert_eq!(h.active_result(true, now, &check), None);
-        assert_eq!(h.active_result(true, now, &check), Some(Change::Back));
+        assert_eq!(h.active_result(true, now, &check, 0), None);
+        assert_eq!(h.active_result(true, now, &check, 0), Some(Change::Back));
         assert_eq!(h.status(now), Status::Healthy);
     }
 
@@ -332,17 +354,32 @@ mod tests {
             None,
             "a healthy backend stays as it is"
         );
-        assert_eq!(h.active_result(false, now, &check), Some(Change::Unhealthy));
+        let old = h.checks_epoch();
+        assert_eq!(
+            h.active_result(false, now, &check, old),
+            Some(Change::Unhealthy)
+        );
         assert_eq!(h.status(now), Status::Unhealthy);
         assert_eq!(h.checks_removed(now), Some(Change::Unchecked));
         assert_eq!(h.status(now), Status::Healthy);
+        // A result of the removed checks still on its way is not taken; a new checker's is.
+        assert_eq!(h.active_result(false, now, &check, old), None);
+        assert_eq!(h.status(now), Status::Healthy);
+        let epoch = h.checks_epoch();
+        assert_eq!(
+            h.active_result(false, now, &check, epoch),
+            Some(Change::Unhealthy)
+        );
         // An ejection still stands: its end brings the backend back.
         let h = Health::default();
         for _ in 0..cfg().max_failures {
             h.passive_failure(now, &cfg(), true);
         }
         assert!(h.is_ejected(now));
-        assert_eq!(h.active_result(false, now, &check), Some(Change::Unhealthy));
+        assert_eq!(
+            h.active_result(false, now, &check, 0),
+            Some(Change::Unhealthy)
+        );
         assert_eq!(h.checks_removed(now), None);
         assert!(h.is_ejected(now));
         let later = now + Duration::from_secs(3600);

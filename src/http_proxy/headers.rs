@@ -364,8 +364,13 @@ pub fn rewrite_location(headers: &mut HeaderMap, backend: &BackendUrl, route_pre
     };
     // A path that begins `//` (or `/\`, which browsers read the same way) would read as a
     // network-path reference, another host: `http://backend//evil.example/x` must not
-    // become `//evil.example/x`. Such a `Location` stays as the backend sent it.
-    if new[1..].starts_with(['/', '\\']) {
+    // become `//evil.example/x`. Browsers drop tabs and line breaks from a URL before they
+    // parse it, so `/\t/evil.example` is the same. Such a `Location` stays as the backend
+    // sent it.
+    let mut second = new[1..]
+        .chars()
+        .filter(|c| !matches!(c, '\t' | '\n' | '\r'));
+    if matches!(second.next(), Some('/' | '\\')) {
         return;
     }
     if let Ok(v) = HeaderValue::from_str(&new) {
@@ -471,6 +476,8 @@ mod tests {
         for open in [
             "http://10.0.0.5:8080//evil.example/x",
             "http://10.0.0.5:8080/\\evil.example/x",
+            "http://10.0.0.5:8080/\t/evil.example/x",
+            "http://10.0.0.5:8080/\t\t\\evil.example/x",
         ] {
             assert_eq!(located(open, b, "/"), open);
         }

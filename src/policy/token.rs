@@ -87,8 +87,10 @@ pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 /// Whether a backend may read the query parameter named `raw` (as sent) as `name`: decoded
 /// (`acc%65ss_token`); as PHP names its variables, `+` a space and then a space, a dot or
 /// an opening bracket an underscore (`access.token`, `access+token`, `access[token`); or as
-/// an array or map of that name (`access_token[]`, `access_token[x]`), which PHP, Rack and
-/// Express's `qs` all read as `access_token`.
+/// an array or map of that name, or that name in brackets (`access_token[]`,
+/// `access_token[x`, `[access_token]`, `access_token]`), which PHP, Rack and Express's `qs`
+/// read as `access_token`. Rack's rule covers the rest: brackets at the start skipped, the
+/// name up to the next bracket.
 fn reads_as(raw: &str, name: &str) -> bool {
     if query::decode(raw, false) == name {
         return true;
@@ -106,12 +108,9 @@ fn reads_as(raw: &str, name: &str) -> bool {
                 a == b
             })
     };
-    // `name[...]`: the name is what comes before the first bracket that is closed.
-    let base = match php.find('[') {
-        Some(i) if php[i..].contains(']') => &php[..i],
-        _ => php,
-    };
-    php_reads(base) || php_reads(php)
+    let rack = php.trim_start_matches(['[', ']']);
+    let rack = &rack[..rack.find(['[', ']']).unwrap_or(rack.len())];
+    php_reads(rack) || php_reads(php)
 }
 
 /// The request URI without query parameter `name`: every parameter a backend may read as it
@@ -121,7 +120,12 @@ pub(crate) fn without_query_param(uri: &http::Uri, name: &str) -> Option<http::U
     let mut kept = String::with_capacity(q.len());
     let (mut removed, mut first) = (false, true);
     for kv in q.split('&') {
-        if reads_as(kv.split_once('=').map_or(kv, |(k, _)| k), name) {
+        // Rack 2 and older Python split on `;` too: a piece that hides the name behind one
+        // (`v=1;access_token=x`) goes whole.
+        if kv
+            .split(';')
+            .any(|kv| reads_as(kv.split_once('=').map_or(kv, |(k, _)| k).trim_start(), name))
+        {
             removed = true;
         } else {
             if !first {
@@ -332,8 +336,25 @@ mod tests {
             .as_deref(),
             Some("/ws?x=1")
         );
+        // And the name in brackets, or cut at a bracket, as Rack and `qs` read it.
+        assert_eq!(
+            strip_access(
+                "/ws?[access_token]=a&access_token]=b&]access_token=c&access_token[x=d\
+                 &%5Baccess_token%5D=e&x=1"
+            )
+            .as_deref(),
+            Some("/ws?x=1")
+        );
+        // Behind a `;`, which Rack 2 splits on too, the whole `&` piece goes.
+        assert_eq!(
+            strip_access("/ws?v=1;%20access_token=a&x=1").as_deref(),
+            Some("/ws?x=1")
+        );
         // A map named otherwise is another parameter: `access[token]` is `access`'s `token`.
-        assert_eq!(strip_access("/ws?access[token]=a&access_tokens[]=b"), None);
+        assert_eq!(
+            strip_access("/ws?access[token]=a&access_tokens[]=b&[access]=c"),
+            None
+        );
         // What is kept stays as it was sent, empty parameters too.
         assert_eq!(strip("/ws?&t=1&a=%41").as_deref(), Some("/ws?&a=%41"));
     }

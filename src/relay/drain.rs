@@ -57,7 +57,7 @@ pub(super) fn count<IO>(st: &mut State, side: &mut Side<IO>, n: usize) {
         st.over_drain_limit = true;
         st.error.get_or_insert_with(|| {
             Box::new(format!(
-                "{} kept sending after the close: read no more past {DRAIN_LIMIT} bytes",
+                "{} kept sending after the close: read no more past the session's drain budget of {DRAIN_LIMIT} bytes",
                 side.who.as_str()
             ))
         });

@@ -261,7 +261,7 @@ impl Validator<'_> {
         }
     }
 
-    /// A size where `"0"` or `"off"` means no limit.
+    /// A size where `"off"` means no limit (and `"0"` is an error, not another "off").
     fn optional_size(
         &mut self,
         key: &str,

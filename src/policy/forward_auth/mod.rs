@@ -260,8 +260,9 @@ impl ForwardAuth {
             Err(e) => {
                 let reason = match e {
                     ClientError::Timeout(d) => format!("no answer within {d:?}"),
-                    ClientError::BodyTooLarge(n) => format!("answer body over {n} bytes"),
                     ClientError::Request(m) => m,
+                    // (`send_cut` cuts a long body rather than fail on it.)
+                    e @ ClientError::BodyTooLarge(_) => e.to_string(),
                 };
                 let err = self.error(reason);
                 tracing::warn!(
