@@ -118,15 +118,20 @@ impl Scope {
     }
 }
 
+/// The English plural's "s" after a count: "1 session", "2 sessions".
+fn plural(n: u32) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
 /// A handshake an admission limit refused (`crate::limits`), before the backend is dialled.
 /// `retry_after` is in whole seconds, for the `Retry-After` header.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LimitError {
-    #[error("the gateway is at its limit of {limit} sessions (max_sessions)")]
+    #[error("the gateway is at its limit of {limit} session{} (max_sessions)", plural(*.limit))]
     MaxSessions { limit: u32, retry_after: u64 },
-    #[error("this route is at its limit of {limit} sessions (max_sessions)")]
+    #[error("this route is at its limit of {limit} session{} (max_sessions)", plural(*.limit))]
     RouteMaxSessions { limit: u32, retry_after: u64 },
-    #[error("this client address holds its limit of {limit} sessions ({} max_sessions_per_ip)", .scope.as_str())]
+    #[error("this client address holds its limit of {limit} session{} ({} max_sessions_per_ip)", plural(*.limit), .scope.as_str())]
     SessionsPerIp { scope: Scope, limit: u32 },
     #[error("too many handshakes from this client address ({} handshake_rate_per_ip): retry in {retry_after} s", .scope.as_str())]
     HandshakeRate { scope: Scope, retry_after: u64 },

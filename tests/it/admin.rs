@@ -369,6 +369,40 @@ async fn the_session_api_lists_a_thousand_sessions_and_closes_one() {
     assert_eq!(ended, 1.0);
 }
 
+/// Behind a trusted proxy a session's client is the forwarded address, whose port is not
+/// known (0); a trusted peer that forwards no address is the client itself, port and all.
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_client_is_the_forwarded_address() {
+    let echo = EchoBackend::spawn().await;
+    let (gw, admin) = spawn_admin(
+        &format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1\"]\n{}",
+            route("chat", "/chat", &[echo.url()])
+        ),
+        None,
+    )
+    .await;
+    let (forwarded, _) = connect_with(&gw.url("/chat"), |r| {
+        r.headers_mut()
+            .insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
+    })
+    .await
+    .unwrap();
+    let (direct, _) = connect(&gw.url("/chat")).await;
+    let own = direct.get_ref().local_addr().unwrap().to_string();
+    let mut clients: Vec<String> = get_json(admin, "/api/sessions").await["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["client"].as_str().unwrap().to_string())
+        .collect();
+    clients.sort();
+    let mut want = vec!["203.0.113.9:0".to_string(), own];
+    want.sort();
+    assert_eq!(clients, want);
+    drop((forwarded, direct));
+}
+
 #[tokio::test]
 async fn draining_a_backend_closes_its_sessions_and_sends_new_ones_elsewhere() {
     let (a, b) = (EchoBackend::spawn().await, EchoBackend::spawn().await);

@@ -237,7 +237,12 @@ async fn a_route_cap_only_affects_its_route() {
     assert_refused(&same, 429, "route max_sessions_per_ip", None);
     let _other = open_from(TWO, &gw, "/capped").await;
     let third = attempt_from(THREE, gw.addr, "/capped", "").await;
-    assert_refused(&third, 503, "this route is at its limit of 2", Some(1..=5));
+    assert_refused(
+        &third,
+        503,
+        "this route is at its limit of 2 sessions (max_sessions)",
+        Some(1..=5),
+    );
     // The other route counts nothing of it.
     let mut x = open_from(ONE, &gw, "/open").await;
     let mut y = open_from(ONE, &gw, "/open").await;
@@ -348,7 +353,7 @@ async fn every_refusal_reason_is_counted_and_the_limits_are_exported() {
     assert_refused(
         &full_route,
         503,
-        "this route is at its limit of 1",
+        "this route is at its limit of 1 session (max_sessions)",
         Some(1..=5),
     );
     // 127.0.0.1 then holds two sessions: the process's per-address cap.
