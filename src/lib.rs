@@ -145,7 +145,8 @@ impl Gateway {
             None => None,
         };
         let sessions = Arc::new(Sessions::default());
-        let bound = listeners::bind_all(&config.listeners, &mut inherited)?;
+        let bound =
+            listeners::bind_all(&config.listeners, config.source.as_deref(), &mut inherited)?;
         let admin_socket = config
             .admin
             .as_ref()

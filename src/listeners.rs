@@ -94,17 +94,25 @@ pub struct Prepared {
 }
 
 /// Binds (or takes from `inherited`) a socket for each of `configs`, in order; the first
-/// failure names the listener's key and address.
+/// failure names the file and line, the listener's key and its address, as a config error
+/// does (`source`: the config file, if it was read from one).
 pub fn bind_all(
     configs: &[ListenerConfig],
+    source: Option<&std::path::Path>,
     inherited: &mut Inherited,
 ) -> std::io::Result<Vec<Bound>> {
     configs
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            bind_one(c, inherited)
-                .map_err(|e| std::io::Error::new(e.kind(), format!("listener[{i}].listen: {e}")))
+            bind_one(c, inherited).map_err(|e| {
+                let at = match (source, c.listen_line) {
+                    (Some(file), Some(n)) => format!("{}:{n}: ", file.display()),
+                    (None, Some(n)) => format!("line {n}: "),
+                    (_, None) => String::new(),
+                };
+                std::io::Error::new(e.kind(), format!("{at}listener[{i}].listen: {e}"))
+            })
         })
         .collect::<Result<_, _>>()
 }

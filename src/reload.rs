@@ -75,7 +75,7 @@ pub fn apply(state: &Arc<ProxyState>, config: Config) -> Result<ReloadReport, Co
                     .map_or_else(|| "(config)".into(), |p| p.display().to_string()),
                 errors: vec![ConfigError {
                     key: format!("listener[{index}].listen"),
-                    line: None,
+                    line: config.listeners[index].listen_line,
                     message: e.to_string(),
                 }],
             });

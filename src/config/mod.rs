@@ -204,6 +204,9 @@ impl Default for LogConfig {
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
     pub addr: SocketAddr,
+    /// The line of its `listen` key in the config file (`None` for a config not read from
+    /// text): a bind that fails on a reload is reported there, as a validation error is.
+    pub listen_line: Option<usize>,
     /// Time allowed for the TLS handshake, and then for the client's request head.
     pub handshake_timeout: Duration,
     /// TLS termination (`wss://`); `None` for plain `ws://`.

@@ -336,6 +336,37 @@ async fn check_refuses_an_admin_listener_open_to_the_network_without_a_token() {
     assert_success(&out);
 }
 
+/// A listener whose address is taken stops the start with the file, line and key, as a
+/// config error would, and the OS's reason.
+#[tokio::test]
+async fn a_listen_address_in_use_is_named_by_file_line_and_key() {
+    let tmp = TempDir::new("cli");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap();
+    let config = tmp.write(
+        "busy.toml",
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n\n[[listener]]\nlisten = \"{busy}\"\n{}",
+            route("r", "/", &["ws://127.0.0.1:9".to_string()])
+        ),
+    );
+    let out = tokio::time::timeout(
+        STEP,
+        run_wsgate([
+            OsStr::new("run"),
+            OsStr::new("--config"),
+            config.as_os_str(),
+        ]),
+    )
+    .await
+    .expect("wsgate exits");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let want =
+        format!("busy.toml:5: listener[1].listen: cannot listen on {busy}: Address already in use");
+    assert!(err.contains(&want), "{err}");
+}
+
 /// SIGQUIT is nginx's graceful stop: here too a drain (1001 to the session, exit 0), not the
 /// default action's core dump with every session cut.
 #[tokio::test]

@@ -128,8 +128,9 @@ async fn a_listener_that_cannot_be_bound_fails_the_reload_and_changes_nothing() 
         route("other", "/other", &[echo.url()])
     )));
     let errors = result.expect_err("a reload whose listener cannot be bound must fail");
-    // Named by its place in the file, the second listener.
+    // Named by its place in the file, the second listener, and its line.
     assert_eq!(errors.errors[0].key, "listener[1].listen", "{errors}");
+    assert_eq!(errors.errors[0].line, Some(5), "{errors}");
     assert!(
         errors.errors[0].message.contains(&busy.to_string()),
         "{errors}"

@@ -83,6 +83,7 @@ impl Validator<'_> {
                     }
                     listeners.push(ListenerConfig {
                         addr,
+                        listen_line: Some(self.line(listen.span().start)),
                         handshake_timeout,
                         tls: tls.as_ref().map(|t| t.listener.clone()),
                         proxy_protocol,
