@@ -176,12 +176,15 @@ pub fn request_headers(client: &HeaderMap, f: &Forwarding<'_>) -> HeaderMap {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     // `TE: trailers` is the one TE the backend must see to send trailers (gRPC-style
-    // backends insist on it); any other coding is this hop's business.
+    // backends insist on it); any other coding is this hop's business. TE is hop-by-hop, so
+    // its sender names it in `Connection` too (RFC 9110 §10.1.4; the backend request is
+    // HTTP/1.1, and nothing else of the client's `Connection` is passed on).
     if list_values(client, &header::TE)
         .iter()
         .any(|t| t.eq_ignore_ascii_case("trailers"))
     {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("te"));
     }
     if let Some((name, subject)) = f.client_subject {
         forwarding::remove_with_lookalikes(&mut headers, name);
@@ -585,7 +588,6 @@ mod tests {
         };
         let h = request_headers(&client.headers, &f);
         for gone in [
-            "connection",
             "keep-alive",
             "x-secret",
             "upgrade",
@@ -596,6 +598,14 @@ mod tests {
         }
         assert_eq!(h.get_all("content-length").iter().count(), 1);
         assert_eq!(h["te"], "trailers");
+        // Only the TE option of the client's `Connection` (RFC 9110 §10.1.4).
+        assert_eq!(h.get_all("connection").iter().collect::<Vec<_>>(), ["te"]);
+        let plain = parts(&[("connection", "keep-alive"), ("te", "gzip")]);
+        let p = request_headers(&plain.headers, &f);
+        assert!(
+            !p.contains_key("te") && !p.contains_key("connection"),
+            "{p:?}"
+        );
         assert_eq!(h["cookie"], "a=1; b=2");
         assert_eq!(h["accept"], "text/html");
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
