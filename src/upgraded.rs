@@ -234,7 +234,7 @@ impl crate::relay::Leg for UpgradedIo {
     }
 
     fn done_once_answered(&self) -> bool {
-        matches!(self, UpgradedIo::Hyper(_))
+        true
     }
 
     fn still_taking(&self, within: Duration) -> bool {

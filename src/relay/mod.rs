@@ -111,11 +111,16 @@ pub trait Leg: AsyncRead + AsyncWrite + Unpin {
     /// socket's write side is shut now rather than when the relay ends. Nothing by default.
     fn send_fin(&mut self) {}
 
-    /// Whether a leg already shut down (`poll_shutdown`, the other side having been done
-    /// first) may be let go once its peer's close frame has come, without reading it to its
-    /// end: an HTTP/2 stream, whose client need not end its half after the close frames
-    /// (see `UpgradedIo::poll_finish`). Plain TCP and TLS peers close after our FIN: they
-    /// are read to their EOF. No by default.
+    /// Whether a leg already shut down (`poll_shutdown`: the proxy's close frame and its FIN
+    /// went out before the peer answered, the other side having been done first) may be let
+    /// go once its peer's close frame has come, without reading it to its end. Every real
+    /// leg may (`UpgradedIo`): its closing handshake is over, as when the close frames came
+    /// the other way round and `poll_finish` lets it go. Its answer says it has read the
+    /// proxy's close frame, and nothing follows a close frame, so there is nothing left to
+    /// read for. A client that keeps its socket open after it has our FIN would otherwise
+    /// hold the session (and a drain) to the handshake's deadline and have it recorded cut.
+    /// An HTTP/2 stream's client need not even end its half (see `UpgradedIo::poll_finish`).
+    /// No by default (the in-memory pipes of the relay's tests).
     fn done_once_answered(&self) -> bool {
         false
     }
@@ -306,6 +311,11 @@ struct State {
     discarded: u32,
     /// A side went over [`DRAIN_LIMIT`] and was read no more: the session ends cut.
     over_drain_limit: bool,
+    /// The sides ([`side_bit`]) whose pong was overdue while their TCP still took the data
+    /// queued for them (`Leg::still_taking`): reading then, and maybe still, through what
+    /// their receive buffer holds once the queue is empty. (Here, not in `Side`: a bit in
+    /// the state's padding where a `bool` per side would grow every session.)
+    reading_on: u8,
     /// The side cut off inside a frame (`inflated.rs`): a TCP close, no close frame.
     abandoned: Option<CloseSide>,
     /// The first side the relay let go once its closing handshake was over (`Leg::poll_finish`),
@@ -389,6 +399,7 @@ where
             late_frames: None,
             discarded: 0,
             over_drain_limit: false,
+            reading_on: 0,
             abandoned: None,
             let_go: None,
             progress: 0,
@@ -563,6 +574,14 @@ where
     true
 }
 
+/// A side's bit in [`State::reading_on`].
+fn side_bit(who: CloseSide) -> u8 {
+    match who {
+        CloseSide::Client => 1,
+        _ => 2,
+    }
+}
+
 /// A side is done once it has sent EOF and its write side is shut.
 fn finished<IO>(s: &Side<IO>) -> bool {
     s.read_eof && s.write_shut
@@ -701,6 +720,7 @@ fn step<A, Z>(
             // lately, and its pong may be among what waits: it counts as heard.
             from.heard = At::from(now);
             from.awaiting_pong = false;
+            st.reading_on &= !side_bit(from.who);
             break;
         }
         let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
@@ -851,6 +871,7 @@ fn ingest<A, Z>(
 {
     from.heard = At::from(now);
     from.awaiting_pong = false;
+    st.reading_on &= !side_bit(from.who);
     st.progress += 1;
     let counter = match from.who {
         CloseSide::Client => &st.link().counters.client_to_backend,
@@ -1182,7 +1203,7 @@ where
                         (&mut c.ping_pending, &mut c.awaiting_pong),
                         &mut c.heard,
                         &mut c.pings_sent,
-                        (&mut c.inject, c.close_to),
+                        (&mut c.inject, c.close_to || c.close_from.is_some()),
                         Sender::Client,
                         held.0,
                     ),
@@ -1191,21 +1212,23 @@ where
                         (&mut b.ping_pending, &mut b.awaiting_pong),
                         &mut b.heard,
                         &mut b.pings_sent,
-                        (&mut b.inject, b.close_to),
+                        (&mut b.inject, b.close_to || b.close_from.is_some()),
                         Sender::Server,
                         held.1,
                     ),
                 ] {
                     match *awaiting {
+                        // Nothing follows a close frame (RFC 6455 §5.5.1), a ping or a pong
+                        // neither: a side in its closing handshake (it sent its close frame,
+                        // or was sent one) is neither pinged nor taken for dead. The closing
+                        // handshake has a deadline of its own.
+                        _ if closing => {}
                         // The ping is still queued behind a frame streaming into this side:
                         // its deadline starts when it goes out (`step`).
                         true if inject.is_some() => {}
                         true if held => {}
                         true if at_now >= *heard => dead = Some(who),
                         true => earliest(heard.instant()),
-                        // Nothing follows a close frame (RFC 6455 §5.5.1), a ping neither:
-                        // the closing handshake has a deadline of its own.
-                        false if closing => {}
                         // A ping (or the proxy's close) is still queued for this side, held
                         // until the stream into it reaches a frame boundary: the next one
                         // waits for it. (Arming the timer for a deadline already past would
@@ -1242,14 +1265,22 @@ where
                     // the socket's send queue (which can hold megabytes the proxy handed the
                     // kernel at once) or in the peer's receive buffer (which cannot be seen
                     // from here). While the peer's TCP still takes the queued data, it is
-                    // reading, only slowly: its deadline starts again. One that has taken
-                    // nothing for the pong's time is dead.
+                    // reading, only slowly: its deadline starts again. Once the queue is
+                    // empty, a peer that was still taking it at the last deadline has the
+                    // rest of its receive buffer to read before the ping: one more
+                    // deadline. One that has taken nothing for the pong's time is dead.
                     let pong_timeout = st.cfg().pong_timeout;
                     let (heard, taking) = match who {
                         CloseSide::Client => (&mut c.heard, c.io.still_taking(pong_timeout)),
                         _ => (&mut b.heard, b.io.still_taking(pong_timeout)),
                     };
-                    if taking {
+                    let was_reading = st.reading_on & side_bit(who) != 0;
+                    st.reading_on = if taking {
+                        st.reading_on | side_bit(who)
+                    } else {
+                        st.reading_on & !side_bit(who)
+                    };
+                    if taking || was_reading {
                         *heard = at_now + pong_timeout;
                         earliest(heard.instant());
                     } else {

@@ -906,6 +906,10 @@ impl Leg for TcpLike {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let _ = Pin::new(&mut self.0).poll_shutdown(&mut cx);
     }
+
+    fn done_once_answered(&self) -> bool {
+        true
+    }
 }
 
 /// A backend whose close frame RFC 6455 forbids (code 1005) has sent its close: once it has
@@ -1248,4 +1252,102 @@ async fn a_message_inflating_past_the_limit_ends_with_a_closing_handshake() {
         .unwrap();
     let out = answer_the_1009(&mut client, &mut backend, task).await;
     assert!(!out.cut);
+}
+
+/// A side that has sent its close frame is in its closing handshake: it sends nothing more,
+/// a pong neither (RFC 6455 §5.5.1), so its unanswered ping does not find it dead and it is
+/// not pinged again. The other side's close reply, within the handshake's deadline, still
+/// reaches it, and the session ends closed.
+#[tokio::test(start_paused = true)]
+async fn a_side_that_sent_its_close_is_not_taken_for_dead() {
+    let (mut client, mut backend, mut relay) =
+        relay_by_hand_over(pings_only(Duration::from_secs(1)), TcpLike);
+    still_running(&mut relay);
+    tokio::time::advance(Duration::from_millis(1100)).await;
+    still_running(&mut relay);
+    still_running(&mut relay);
+    // Both sides are pinged; the backend answers, the client closes instead.
+    let ping = available(&mut client).await;
+    assert_eq!((ping.len(), ping[0]), (14, 0x89), "{ping:02x?}");
+    let to_backend = available(&mut backend).await;
+    assert_eq!(to_backend[0], 0x89, "{to_backend:02x?}");
+    let token: Vec<u8> = to_backend[6..18]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b ^ to_backend[2 + i % 4])
+        .collect();
+    backend
+        .write_all(&plain(opcode::PONG, &token))
+        .await
+        .unwrap();
+    client
+        .write_all(&masked(opcode::CLOSE, &[0x03, 0xe8, b'b', b'y', b'e']))
+        .await
+        .unwrap();
+    still_running(&mut relay);
+    assert_eq!(read_close(&mut backend).await, (Some(1000), "bye".into()));
+    // Past the client's pong deadline, and past the next ping's time: nothing for it.
+    for _ in 0..3 {
+        tokio::time::advance(Duration::from_millis(1100)).await;
+        still_running(&mut relay);
+        still_running(&mut relay);
+    }
+    assert_eq!(
+        available(&mut client).await,
+        b"",
+        "the client was sent more"
+    );
+    // The backend answers late, within the closing handshake's deadline.
+    backend
+        .write_all(&plain(opcode::CLOSE, &[0x03, 0xe8, b'l', b'a', b't', b'e']))
+        .await
+        .unwrap();
+    // Both closing handshakes are over: the session ends in this turn.
+    let out = relay.await;
+    assert_eq!(read_close(&mut client).await, (Some(1000), "late".into()));
+    assert_eq!(out.outcome(), crate::outcome::Outcome::Closed, "{out:?}");
+    assert_eq!(out.closed_by, CloseSide::Client);
+    assert!(!out.cut);
+}
+
+/// The proxy's close went out with its FIN before the client answered (the backend had gone):
+/// once the client's close reply has come its closing handshake is over, and the session
+/// ends then, not cut, though the client keeps its end open. It used to be read to its EOF,
+/// so a client slow to close its socket held the session (and a drain) to the handshake's
+/// deadline, and its record said `cut`.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_answered_the_proxys_close_is_not_read_to_its_end() {
+    use futures_util::FutureExt;
+    let (mut client, backend, mut relay) = closing_relay();
+    still_running(&mut relay);
+    // The backend goes away without a close frame.
+    drop(backend);
+    still_running(&mut relay);
+    assert_eq!(
+        read_close(&mut client).await,
+        (Some(1011), "backend connection lost".into())
+    );
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        client.read(&mut byte).now_or_never().map(|r| r.unwrap()),
+        Some(0),
+        "no FIN after the proxy's close"
+    );
+    // The client answers, and keeps its end open.
+    client
+        .write_all(&masked(opcode::CLOSE, &[0x03, 0xf3]))
+        .await
+        .unwrap();
+    // (On the paused clock, a session that waited would end at the handshake's deadline.)
+    let waited = Instant::now();
+    let out = relay.await;
+    assert_eq!(
+        waited.elapsed(),
+        Duration::ZERO,
+        "it waited for the client's EOF"
+    );
+    assert!(!out.cut, "{out:?}");
+    assert_eq!(out.outcome(), crate::outcome::Outcome::BackendGone);
+    assert_eq!(out.client_close.and_then(|c| c.code), Some(1011));
+    drop(client);
 }

@@ -458,3 +458,39 @@ async fn a_shutdown_closes_the_listeners_while_sessions_drain() {
     let handle = gw.handle.take().unwrap();
     tokio::time::timeout(STEP, handle.wait()).await.unwrap();
 }
+
+/// A client that answers the proxy's close frame (here a 1011: its backend went away, so
+/// the close and the FIN came at once) but keeps its socket open after the FIN (RFC 6455
+/// §7.1.1 lets it close when it likes) does not hold its session, nor a drain: its closing
+/// handshake is over with its answer. It was read to its EOF, so a shutdown waited out its
+/// grace (here shorter than the closing handshake's 5 s) and cut it.
+#[tokio::test]
+async fn a_client_that_answered_the_proxys_close_but_keeps_its_socket_holds_nothing() {
+    let backend = one_session_backend(|s| async move { drop(s) }).await;
+    let mut gw = Gateway::spawn(&format!(
+        "[shutdown]\ngrace = \"3s\"\n\n{}",
+        route("r", "/", &[format!("ws://{backend}")])
+    ))
+    .await;
+    let (mut stream, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+    let (frames, code, _) = frames_until_close(&mut stream, resp.rest).await.unwrap();
+    assert_eq!((frames.len(), code), (0, 1011));
+    // The proxy's FIN came with its close frame.
+    assert!(read_until_closed(&mut stream).await.is_empty());
+    stream
+        .write_all(&client_frame(
+            wsgate::frame::opcode::CLOSE,
+            &1011u16.to_be_bytes(),
+        ))
+        .await
+        .unwrap();
+    // The client keeps its end open until the shutdown is over.
+    let handle = gw.handle.take().unwrap();
+    handle.shutdown();
+    let report = tokio::time::timeout(STEP, handle.wait())
+        .await
+        .expect("the gateway did not stop");
+    assert_eq!(report.sessions_ended, 0, "the answered session was cut");
+    drop(stream);
+}
