@@ -159,10 +159,20 @@ pub fn validity_warning(ck: &CertifiedKey, now: std::time::SystemTime) -> Option
 
 /// A CA bundle (PEM) as a root store; an error if the file holds no usable certificate.
 fn load_roots(ca: &Path) -> Result<rustls::RootCertStore, String> {
+    load_roots_and_der(ca).map(|(roots, _)| roots)
+}
+
+/// [`load_roots`], and the file's certificates as DER, one after the other (what the file
+/// says, whatever its PEM layout: see [`ticketer`]).
+fn load_roots_and_der(ca: &Path) -> Result<(rustls::RootCertStore, Vec<u8>), String> {
     let certs = CertificateDer::pem_file_iter(ca)
         .map_err(|e| format!("cannot read {}: {}", ca.display(), pem_error(&e)))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{}: {}", ca.display(), pem_error(&e)))?;
+    let der = certs
+        .iter()
+        .flat_map(|c| c.as_ref().iter().copied())
+        .collect();
     let mut roots = rustls::RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(certs);
     if added == 0 {
@@ -171,7 +181,7 @@ fn load_roots(ca: &Path) -> Result<rustls::RootCertStore, String> {
             ca.display()
         ));
     }
-    Ok(roots)
+    Ok((roots, der))
 }
 
 fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
@@ -284,19 +294,35 @@ impl ResolvesServerCert for Reloading {
     }
 }
 
+/// Which client certificates a listener asks for, as far as resuming a session goes: the
+/// CA certificates (DER, in file order) and whether one is required. `None`: none asked for.
+type AuthPolicy = Option<(Vec<u8>, bool)>;
+
 /// The process's session ticket keys (rustls's `Ticketer`: AES-256 and HMAC-SHA256 as RFC
-/// 5077 §4 recommends, random keys rolled every 6 hours, tickets valid for 12), one for every
-/// listener and config generation: a ticket issued before a reload still resumes after it.
-/// Keys live in memory only, so a restart or binary upgrade ends resumption once.
-fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, String> {
-    static TICKETER: std::sync::OnceLock<Arc<dyn rustls::server::ProducesTickets>> =
-        std::sync::OnceLock::new();
-    if let Some(t) = TICKETER.get() {
+/// 5077 §4 recommends, random keys rolled every 6 hours, tickets valid for 12), one set per
+/// client-certificate policy, shared by every listener and config generation with that
+/// policy: a ticket issued before a reload still resumes after it. Keys live in memory only,
+/// so a restart or binary upgrade ends resumption once.
+///
+/// Per policy because a resumed session skips the client's certificate: rustls takes the
+/// certificate the ticket recorded (or that there was none) without asking the listener's
+/// verifier again. One set for all would let a ticket from a listener without `client_auth`
+/// (or with another CA, or from before the CA file changed) resume on a listener that
+/// requires a certificate, with none or one its CA never signed. A ticket another policy's
+/// keys made does not decrypt here, so that client gets a full handshake.
+fn ticketer(policy: AuthPolicy) -> Result<Arc<dyn rustls::server::ProducesTickets>, String> {
+    type Ticketers =
+        std::collections::HashMap<AuthPolicy, Arc<dyn rustls::server::ProducesTickets>>;
+    static TICKETERS: std::sync::Mutex<Option<Ticketers>> = std::sync::Mutex::new(None);
+    let mut all = TICKETERS.lock().unwrap_or_else(|p| p.into_inner());
+    let all = all.get_or_insert_with(Default::default);
+    if let Some(t) = all.get(&policy) {
         return Ok(t.clone());
     }
     let t = rustls::crypto::aws_lc_rs::Ticketer::new()
         .map_err(|e| format!("TLS session tickets: {e}"))?;
-    Ok(TICKETER.get_or_init(|| t).clone())
+    all.insert(policy, t.clone());
+    Ok(t)
 }
 
 /// A TLS listener's configuration, whose certificates can be reloaded in place: handshakes
@@ -358,10 +384,12 @@ impl TlsListener {
         let builder = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| format!("TLS setup: {e}"))?;
+        let mut policy = None;
         let builder = match client_auth {
             None => builder.with_no_client_auth(),
             Some(auth) => {
-                let roots = load_roots(&auth.ca)?;
+                let (roots, der) = load_roots_and_der(&auth.ca)?;
+                policy = Some((der, auth.required));
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     Arc::new(roots),
                     provider(),
@@ -379,7 +407,7 @@ impl TlsListener {
         };
         let mut config = builder.with_cert_resolver(resolver.clone());
         if resumption {
-            config.ticketer = ticketer()?;
+            config.ticketer = ticketer(policy)?;
         } else {
             config.send_tls13_tickets = 0;
             config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});

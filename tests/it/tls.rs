@@ -681,6 +681,92 @@ async fn wss_closes_end_with_close_notify_on_both_legs() {
     }
 }
 
+/// Opens TLS to `gw` as `localhost` with `connector` (its session store: one client), and a
+/// WebSocket over it that echoes once: the session's tickets come with the `101`. Returns
+/// how the TLS handshake went, or why the exchange failed.
+async fn resume_or_not(
+    connector: &TlsConnector,
+    gw: &Gateway,
+) -> Result<rustls::HandshakeKind, String> {
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let kind = tls.get_ref().1.handshake_kind().unwrap();
+    let url = format!("wss://localhost:{}/", gw.addr.port());
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls)
+        .await
+        .map_err(|e| e.to_string())?;
+    ws.send(Message::text("hi"))
+        .await
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(STEP, futures_util::StreamExt::next(&mut ws)).await {
+        Ok(Some(Ok(m))) if m == Message::text("hi") => Ok(kind),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// A resumed TLS session skips the client's certificate, so a ticket must not carry a client
+/// past a listener's `client_auth` it never satisfied: one from a listener that asks for no
+/// certificate, or from before the listener's CA changed, gets a full handshake there (and
+/// is refused), though each resumes where it came from. It used to resume: one ticket key
+/// for every listener let a client with no certificate, or one the new CA never signed,
+/// through `client_auth = "required"`.
+#[tokio::test]
+async fn a_session_ticket_does_not_get_past_a_client_certificate_requirement() {
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf("localhost", &["localhost"]);
+    let backend = EchoBackend::spawn().await;
+    let open = gateway(&tls_listener(&cert, &key, ""), backend.url()).await;
+    let mtls = format!(
+        "{}{}",
+        mtls_listener(&ca, "required"),
+        route("r", "/", &[backend.url()])
+    );
+    let guarded = Gateway::spawn(&mtls).await;
+
+    // A client without a certificate: its ticket from the open listener resumes there ...
+    let anonymous = ca.connector();
+    assert_eq!(
+        resume_or_not(&anonymous, &open).await,
+        Ok(rustls::HandshakeKind::Full)
+    );
+    assert_eq!(
+        resume_or_not(&anonymous, &open).await,
+        Ok(rustls::HandshakeKind::Resumed)
+    );
+    // ... and not on the listener that requires a certificate.
+    let got = resume_or_not(&anonymous, &guarded).await;
+    assert!(got.is_err(), "no certificate, yet {got:?}");
+
+    // A client whose certificate the listener's CA signed resumes there ...
+    let (alice, alice_key) = ca.leaf("alice", &["alice.example"]);
+    let member = client_cert_connector(&ca, &alice, &alice_key);
+    assert_eq!(
+        resume_or_not(&member, &guarded).await,
+        Ok(rustls::HandshakeKind::Full)
+    );
+    assert_eq!(
+        resume_or_not(&member, &guarded).await,
+        Ok(rustls::HandshakeKind::Resumed)
+    );
+    // ... until the listener trusts another CA: its ticket is no way past that.
+    let other = TestCa::new();
+    let moved = mtls.replace(
+        &ca.ca_file().display().to_string(),
+        &other.ca_file().display().to_string(),
+    );
+    assert_ne!(moved, mtls);
+    let config = wsgate::config::from_toml_str(&moved).unwrap();
+    guarded.handle().reload(config).expect("reload");
+    let got = resume_or_not(&member, &guarded).await;
+    assert!(
+        got.is_err(),
+        "a certificate the new CA never signed, yet {got:?}"
+    );
+}
+
 /// A returning client resumes its TLS session (with a ticket that came with the `101`, see
 /// `tls_io`), unless `session_resumption = false`; also across a reload of the config.
 #[tokio::test]
