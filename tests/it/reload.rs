@@ -620,3 +620,35 @@ async fn process_limits_are_not_a_change_to_the_routes() {
     assert_eq!(report.changed, names(&["r"]), "{report:?}");
     assert_eq!(report.sessions_closing, 1);
 }
+
+/// A value written another way is the same value: `"60s"` as `"1m"`, `"1MiB"` as
+/// `"1048576"`, `"2s"` as `"2000ms"`. Such a reload leaves the route and its listener
+/// unchanged, and an `on_change = "restart"` route's sessions open; a value that differs
+/// still changes them. (The raw text was compared, and the session got 1012 for nothing.)
+#[tokio::test]
+async fn the_same_value_written_another_way_is_no_change() {
+    let backend = EchoBackend::spawn().await;
+    let r = |idle: &str, max: &str, ping: &str| {
+        format!(
+            "[timeouts]\nidle = \"{idle}\"\n[limits]\nmax_message = \"{max}\"\n{}on_change = \"restart\"\n[route.timeouts]\nping_interval = \"{ping}\"\n",
+            route("r", "/", &[backend.url()])
+        )
+    };
+    let gw = Gateway::spawn(&r("60s", "1MiB", "2s")).await;
+    let (mut ws, _) = connect(&gw.url("/")).await;
+    let report = gw
+        .handle()
+        .reload(config(&r("1m", "1048576", "2000ms")))
+        .expect("reload");
+    assert_eq!(report.unchanged, names(&["r"]), "{report:?}");
+    assert!(report.listeners.changed.is_empty(), "{report:?}");
+    assert_eq!(report.sessions_closing, 0);
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("still here"));
+    let report = gw
+        .handle()
+        .reload(config(&r("1m", "1048576", "3s")))
+        .expect("reload");
+    assert_eq!(report.changed, names(&["r"]), "{report:?}");
+    assert_eq!(report.sessions_closing, 1);
+}

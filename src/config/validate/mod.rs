@@ -73,12 +73,13 @@ pub fn from_toml_str_in(text: &str, base: &Path) -> Result<Config, Vec<ConfigErr
         text,
         base,
         errors: Vec::new(),
+        canonical: Vec::new(),
     };
     let mut config = v.config(file);
     v.errors.retain(|e| !parsed.already_reported(&e.key));
     v.errors.extend(parsed.errors);
     if v.errors.is_empty() {
-        fingerprints(text, &mut config);
+        fingerprints(&canonical_text(text, v.canonical), &mut config);
         Ok(config)
     } else {
         v.errors.sort_by_key(|e| e.line.unwrap_or(0));
@@ -95,9 +96,38 @@ const PROCESS_ONLY_LIMITS: &[&str] = &[
     "fd_reserve",
 ];
 
+/// `text` with each duration and size value written in one canonical form (`replacements`,
+/// by the value's span), so that `"1m"` and `"60s"`, or `"1MiB"` and `"1048576"`, fingerprint
+/// alike: the same value, not a change.
+fn canonical_text(text: &str, mut replacements: Vec<(std::ops::Range<usize>, String)>) -> String {
+    replacements.sort_by_key(|(span, _)| span.start);
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for (span, value) in replacements {
+        // Spans are the value's token; one that overlaps another (never, in a valid file)
+        // or falls outside the text is left as written.
+        let Some(token) = text.get(span.clone()).filter(|_| span.start >= at) else {
+            continue;
+        };
+        out.push_str(&text[at..span.start]);
+        if token.starts_with(['"', '\'']) {
+            out.push('"');
+            out.push_str(&value);
+            out.push('"');
+        } else {
+            out.push_str(&value);
+        }
+        at = span.end;
+    }
+    out.push_str(&text[at..]);
+    out
+}
+
 /// Each route's and each listener's settings as written: its `[[route]]` or `[[listener]]`
-/// table and the global tables it inherits from, in a canonical form (the TOML value's own, keys sorted), so that formatting and
-/// comments do not count as a change. Routes are validated in file order, one each.
+/// table and the global tables it inherits from, in a canonical form (the TOML value's own,
+/// keys sorted, from `text` with durations and sizes already canonical: see
+/// [`canonical_text`]), so that formatting, comments and spellings of one value do not count
+/// as a change. Routes are validated in file order, one each.
 fn fingerprints(text: &str, config: &mut Config) {
     let Ok(table) = text.parse::<toml::Table>() else {
         return;
@@ -158,6 +188,9 @@ pub(super) struct Validator<'a> {
     /// The config file's directory: relative file paths are resolved against it.
     pub(crate) base: &'a Path,
     errors: Vec<ConfigError>,
+    /// Each duration and size value read, by its span, in one canonical form (plain ASCII
+    /// without quotes or escapes): for [`canonical_text`].
+    canonical: Vec<(std::ops::Range<usize>, String)>,
 }
 
 impl Validator<'_> {
@@ -219,6 +252,11 @@ impl Validator<'_> {
         });
     }
 
+    /// Notes `value`'s canonical form (see [`canonical_text`]).
+    fn canonical(&mut self, value: &SpStr, form: String) {
+        self.canonical.push((value.span(), form));
+    }
+
     /// A positive duration such as `"5s"`; errors name `key`.
     pub(crate) fn duration(
         &mut self,
@@ -232,7 +270,10 @@ impl Validator<'_> {
                 self.err(key, Some(value.span()), "must be greater than zero");
                 default
             }
-            Ok(d) => d,
+            Ok(d) => {
+                self.canonical(value, format!("{}ns", d.as_nanos()));
+                d
+            }
             Err(msg) => {
                 self.err(key, Some(value.span()), msg);
                 default
@@ -249,11 +290,18 @@ impl Validator<'_> {
     ) -> Option<Duration> {
         let Some(value) = value else { return default };
         if value.get_ref().trim() == "off" {
+            self.canonical(value, "off".into());
             return None;
         }
         match parse_duration(value.get_ref()) {
-            Ok(d) if d.is_zero() => None,
-            Ok(d) => Some(d),
+            Ok(d) if d.is_zero() => {
+                self.canonical(value, "off".into());
+                None
+            }
+            Ok(d) => {
+                self.canonical(value, format!("{}ns", d.as_nanos()));
+                Some(d)
+            }
             Err(msg) => {
                 self.err(key, Some(value.span()), format!("{msg} (or \"off\")"));
                 default
@@ -270,6 +318,7 @@ impl Validator<'_> {
     ) -> Option<u64> {
         let Some(value) = value else { return default };
         if value.get_ref().trim() == "off" {
+            self.canonical(value, "off".into());
             return None;
         }
         match parse_size(value.get_ref()) {
@@ -286,7 +335,10 @@ impl Validator<'_> {
                 );
                 default
             }
-            Ok(n) => Some(n),
+            Ok(n) => {
+                self.canonical(value, format!("{n}B"));
+                Some(n)
+            }
             Err(msg) => {
                 self.err(key, Some(value.span()), format!("{msg} (or \"off\")"));
                 default
@@ -356,7 +408,10 @@ impl Validator<'_> {
     fn size(&mut self, key: &str, value: Option<&SpStr>, default: usize) -> usize {
         let Some(value) = value else { return default };
         match parse_size(value.get_ref()) {
-            Ok(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            Ok(n) => {
+                self.canonical(value, format!("{n}B"));
+                usize::try_from(n).unwrap_or(usize::MAX)
+            }
             Err(msg) => {
                 self.err(key, Some(value.span()), msg);
                 default
