@@ -85,11 +85,13 @@ pub fn apply(state: &Arc<ProxyState>, config: Config) -> Result<ReloadReport, Co
     let spread = config.reload_close_spread;
     let (next, diff) = state.advance(config);
     let listeners = state.listeners.commit(state, prepared);
+    // Not the sessions already closing (an earlier reload's wave, an operator's close):
+    // they are neither asked again nor this reload's to report.
     let closing: Vec<Arc<SessionInfo>> = state
         .sessions
         .list()
         .into_iter()
-        .filter(|s| must_close(s, &next.routes))
+        .filter(|s| must_close(s, &next.routes) && !state.sessions.closing(s))
         .collect();
     let report = ReloadReport {
         sessions_closing: closing.len(),
@@ -102,6 +104,7 @@ pub fn apply(state: &Arc<ProxyState>, config: Config) -> Result<ReloadReport, Co
         unchanged: diff.unchanged,
     };
     if !closing.is_empty() {
+        state.sessions.schedule(&closing);
         let sessions = state.sessions.clone();
         let request = CloseRequest::drain(close_code::SERVICE_RESTART);
         tokio::spawn(async move { sessions.close_spread(closing, request, spread).await });

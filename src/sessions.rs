@@ -223,6 +223,9 @@ pub struct Sessions {
     count: tokio::sync::watch::Sender<usize>,
     /// Hibernating sessions, by worker.
     lots: Lots,
+    /// Sessions a reload's wave ([`Sessions::close_spread`]) will ask to close and has not
+    /// asked yet: a later reload does not count them (or schedule them) again.
+    scheduled: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl Default for Sessions {
@@ -235,6 +238,7 @@ impl Default for Sessions {
             tasks: TaskTracker::new(),
             count: tokio::sync::watch::Sender::new(0),
             lots: Lots::default(),
+            scheduled: Mutex::default(),
         }
     }
 }
@@ -470,9 +474,25 @@ impl Sessions {
         self.close_all();
     }
 
-    /// Asks each of `sessions` to close with `request`, each at its own uniformly random
-    /// moment within `spread` from now: their clients reconnect as a ramp, not all in the
-    /// same second. Returns once the last one has been asked.
+    /// Whether a close of this session has been asked for, or a reload's wave will ask for
+    /// one ([`Sessions::schedule`]).
+    pub fn closing(&self, s: &SessionInfo) -> bool {
+        s.link.asked().is_some() || self.lock_scheduled().contains(&s.id)
+    }
+
+    /// Marks `sessions` as a wave's, before [`Sessions::close_spread`] asks them.
+    pub fn schedule(&self, sessions: &[Arc<SessionInfo>]) {
+        self.lock_scheduled().extend(sessions.iter().map(|s| s.id));
+    }
+
+    fn lock_scheduled(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<u64>> {
+        self.scheduled.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks each of `sessions` (marked with [`Sessions::schedule`]) to close with `request`,
+    /// each at its own uniformly random moment within `spread` from now: their clients
+    /// reconnect as a ramp, not all in the same second. Returns once the last one has been
+    /// asked.
     pub async fn close_spread(
         &self,
         sessions: Vec<Arc<SessionInfo>>,
@@ -488,6 +508,7 @@ impl Sessions {
         for (delay, session) in at {
             tokio::time::sleep_until(start + delay).await;
             session.link.close(request.clone());
+            self.lock_scheduled().remove(&session.id);
         }
     }
 

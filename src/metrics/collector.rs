@@ -389,21 +389,29 @@ impl Collector for GatewayMetrics {
         )?;
 
         // --- Sessions. ---
+        // Every current route's backends, and the pairs a reload removed while their
+        // sessions wait for their 1012 (closed over `close_spread`): still open, so counted.
+        let mut open = live.open.clone();
+        let mut open_series: Vec<(Labels, i64)> = Vec::new();
+        for r in &routes {
+            for b in r.pool.backends().iter() {
+                let n = open.remove(&(r.name.clone(), b.name.clone())).unwrap_or(0);
+                open_series.push((vec![("route", s(&r.name)), ("backend", s(&b.name))], n));
+            }
+        }
+        let mut leaving: Vec<_> = open.into_iter().collect();
+        leaving.sort();
+        open_series.extend(
+            leaving
+                .into_iter()
+                .map(|((r, b), n)| (vec![("route", s(&r)), ("backend", s(&b))], n)),
+        );
         gauges(
             &mut enc,
             "wsgate_sessions_open",
-            "Sessions open now, by route and backend.",
-            routes.iter().flat_map(|r| {
-                let live = &live;
-                r.pool.backends().iter().map(move |b| {
-                    let n = live
-                        .open
-                        .get(&(r.name.clone(), b.name.clone()))
-                        .copied()
-                        .unwrap_or(0);
-                    (vec![("route", s(&r.name)), ("backend", s(&b.name))], n)
-                })
-            }),
+            "Sessions open now, by route and backend (a backend or route a reload removed \
+             while its sessions close).",
+            open_series,
         )?;
         gauges(
             &mut enc,

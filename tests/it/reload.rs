@@ -652,3 +652,44 @@ async fn the_same_value_written_another_way_is_no_change() {
     assert_eq!(report.changed, names(&["r"]), "{report:?}");
     assert_eq!(report.sessions_closing, 1);
 }
+
+/// Sessions a reload has yet to close (their 1012 spread over `close_spread`) are still
+/// open: `wsgate_sessions_open` and `/api/routes` count them, on their removed route or
+/// backend. A second reload that changes nothing closes none, and says so: the earlier wave's
+/// sessions are not its own. (The gauge showed only the current routes' current backends,
+/// and the second reload reported the first one's sessions as its `sessions_closing`.)
+#[tokio::test]
+async fn sessions_waiting_for_their_1012_are_counted_once_and_still_open() {
+    let (e1, e2, e3) = (
+        EchoBackend::spawn().await,
+        EchoBackend::spawn().await,
+        EchoBackend::spawn().await,
+    );
+    // Long enough that none of these sessions is asked within the test.
+    let head = "[admin]\nlisten = \"127.0.0.1:0\"\n[shutdown]\ngrace = \"3h\"\n[reload]\nclose_spread = \"2h\"\n";
+    let gw = Gateway::spawn(&format!(
+        "{head}{}{}",
+        route("A", "/a", &[e1.url(), e2.url()]),
+        route("B", "/b", &[e3.url()])
+    ))
+    .await;
+    let admin = gw.handle().admin_addr().unwrap();
+    let _on_a = open(&gw, "/a", 4).await;
+    let _on_b = open(&gw, "/b", 2).await;
+    let next = format!("{head}{}", route("A", "/a", &[e1.url()]));
+    let report = gw.handle().reload(config(&next)).expect("reload");
+    assert_eq!(report.removed, names(&["B"]), "{report:?}");
+    // Round robin put two of A's sessions on e2, which is gone; and B's two.
+    assert_eq!(report.sessions_closing, 4, "{report:?}");
+
+    let m = scrape(admin).await;
+    assert_eq!(m.sum("wsgate_sessions_open", &[]), 6.0);
+    assert_eq!(m.value("wsgate_sessions_open", &[("route", "B")]), 2.0);
+    let (status, routes) = admin_json(admin, "GET", "/api/routes", &serde_json::Value::Null).await;
+    assert_eq!(status, 200);
+    assert_eq!(routes["routes"][0]["name"], "A", "{routes}");
+    assert_eq!(routes["routes"][0]["sessions_open"], 4, "{routes}");
+
+    let again = gw.handle().reload(config(&next)).expect("reload");
+    assert_eq!(again.sessions_closing, 0, "{again:?}");
+}
