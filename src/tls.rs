@@ -219,11 +219,19 @@ impl SniResolver {
         self.default = Some(key);
     }
 
-    /// Serves `key` for `host` (lower case; `*.example.com` for any subdomain).
+    /// Serves `key` for `host` (lower case; `*.example.com` for any subdomain). Wildcards
+    /// are kept longest first, so the most specific one that covers a name serves it
+    /// (`*.b.example.com` before `*.example.com`), whatever their order in the file.
     pub fn add(&mut self, host: &str, key: Arc<CertifiedKey>) {
         let host = host.to_ascii_lowercase();
         match host.strip_prefix("*.") {
-            Some(suffix) => self.wildcard.push((format!(".{suffix}"), key)),
+            Some(suffix) => {
+                let suffix = format!(".{suffix}");
+                let at = self
+                    .wildcard
+                    .partition_point(|(s, _)| s.len() >= suffix.len());
+                self.wildcard.insert(at, (suffix, key));
+            }
             None => {
                 self.exact.insert(host, key);
             }
@@ -236,7 +244,8 @@ impl SniResolver {
             if let Some(k) = self.exact.get(&name) {
                 return Some(k.clone());
             }
-            // `*.example.com` covers one or more labels before `.example.com`.
+            // `*.example.com` covers one or more labels before `.example.com`; the longest
+            // wildcard that covers the name comes first (`add`).
             if let Some((_, k)) = self
                 .wildcard
                 .iter()

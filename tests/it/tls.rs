@@ -49,10 +49,14 @@ async fn wss_echo_through_wsgate() {
 async fn sni_picks_the_certificate() {
     let ca = TestCa::new();
     let (dc, dk) = ca.leaf("default", &["localhost"]);
-    let (ac, ak) = ca.leaf("a", &["a.test"]);
-    let (bc, bk) = ca.leaf("b", &["b.test", "*.b.test"]);
+    let (ac, ak) = ca.leaf("a", &["a.e.test"]);
+    let (bc, bk) = ca.leaf("b", &["b.e.test", "*.b.e.test"]);
+    let (wc, wk) = ca.leaf("w", &["*.e.test"]);
+    // The wider wildcard first: the most specific one that covers a name still serves it.
     let extra = format!(
-        "[[listener.tls.sni]]\nhosts = [\"a.test\"]\ncert = \"{}\"\nkey = \"{}\"\n[[listener.tls.sni]]\nhosts = [\"b.test\", \"*.b.test\"]\ncert = \"{}\"\nkey = \"{}\"\n",
+        "[[listener.tls.sni]]\nhosts = [\"*.e.test\"]\ncert = \"{}\"\nkey = \"{}\"\n[[listener.tls.sni]]\nhosts = [\"a.e.test\"]\ncert = \"{}\"\nkey = \"{}\"\n[[listener.tls.sni]]\nhosts = [\"b.e.test\", \"*.b.e.test\"]\ncert = \"{}\"\nkey = \"{}\"\n",
+        wc.display(),
+        wk.display(),
         ac.display(),
         ak.display(),
         bc.display(),
@@ -61,9 +65,10 @@ async fn sni_picks_the_certificate() {
     let backend = EchoBackend::spawn().await;
     let gw = gateway(&tls_listener(&dc, &dk, &extra), backend.url()).await;
     let pem_der = |p: &PathBuf| CertificateDer::from_pem_file(p).unwrap();
-    assert_eq!(tls_connect(&ca, &gw, "a.test").await.1, pem_der(&ac));
-    assert_eq!(tls_connect(&ca, &gw, "b.test").await.1, pem_der(&bc));
-    assert_eq!(tls_connect(&ca, &gw, "x.b.test").await.1, pem_der(&bc));
+    assert_eq!(tls_connect(&ca, &gw, "a.e.test").await.1, pem_der(&ac));
+    assert_eq!(tls_connect(&ca, &gw, "b.e.test").await.1, pem_der(&bc));
+    assert_eq!(tls_connect(&ca, &gw, "x.b.e.test").await.1, pem_der(&bc));
+    assert_eq!(tls_connect(&ca, &gw, "z.e.test").await.1, pem_der(&wc));
     assert_eq!(tls_connect(&ca, &gw, "localhost").await.1, pem_der(&dc));
 }
 
@@ -194,6 +199,26 @@ async fn tls_config_errors_name_the_key_and_file() {
     );
     assert!(errs.iter().any(|e| e.message.contains("missing-ca.pem")));
     assert!(errs.iter().any(|e| e.message.contains("missing-key.pem")));
+
+    // An SNI name served by two entries (in any case): which one served it depended on their
+    // order, and the other's certificate went unused.
+    let sni = |hosts: &str| {
+        format!(
+            "[[listener.tls.sni]]\nhosts = [{hosts}]\ncert = {:?}\nkey = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        )
+    };
+    let twice = format!("{}{}", sni("\"a.test\""), sni("\"b.test\", \"A.test\""));
+    let errs =
+        wsgate::config::from_toml_str(&format!("{}{route}", tls_listener(&cert, &key, &twice)))
+            .unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].key, "listener[0].tls.sni[1].hosts");
+    assert_eq!(
+        errs[0].message,
+        "\"a.test\" is already served by listener[0].tls.sni[0]: each SNI name goes to one certificate"
+    );
 }
 
 #[tokio::test]

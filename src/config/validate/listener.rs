@@ -2,6 +2,7 @@
 //! `[http2]`. Certificates are loaded through `crate::tls`'s typed constructors now, so that a
 //! missing file or a key that does not match its certificate is an error with key and line.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 
@@ -199,6 +200,9 @@ impl Validator<'_> {
                 "missing: a certificate (cert and key) or [[...tls.sni]] entries",
             );
         }
+        // Each SNI name once: listed again, one of its certificates would go unused (and
+        // which one serves would depend on the order of the entries).
+        let mut served: HashMap<String, String> = HashMap::new();
         for (i, sni) in t.sni.iter().enumerate() {
             let k = format!("{key}.sni[{i}]");
             let span = sni.span();
@@ -247,6 +251,17 @@ impl Validator<'_> {
                     );
                 }
                 continue;
+            }
+            for h in &hosts {
+                if let Some(first) = served.insert(h.clone(), k.clone())
+                    && let Some(list) = &sni.hosts
+                {
+                    self.err(
+                        format!("{k}.hosts"),
+                        Some(list.span()),
+                        format!("{h:?} is already served by {first}: each SNI name goes to one certificate"),
+                    );
+                }
             }
             if sni.cert.is_none() && sni.key.is_none() {
                 self.err(
