@@ -490,13 +490,20 @@ async fn serve<I>(
         conn.live_streams = Some(Default::default());
     }
     let live_streams = conn.live_streams.clone();
+    // HTTP/2 only: its requests in flight, from the service's call to the end of the
+    // response's body, for the idle close (`idle_h2`).
+    let in_flight = live_streams
+        .as_ref()
+        .map(|_| Arc::new(tokio::sync::watch::Sender::new(0usize)));
     let service = {
         let watch = watch.clone();
+        let in_flight = in_flight.clone();
         // What a body the proxy leaves unread does (`head_guard::Unread`): on HTTP/1.1 the
         // connection's close lingers, on HTTP/2 the stream is drained.
         let http1 = live_streams.is_none();
         service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             watch.request_seen();
+            let flight = in_flight.as_ref().map(proxy::StreamGuard::new);
             let unread = Unread::of(req.body(), http1, &watch);
             let (state, conn, awaiting) = (state.clone(), conn.clone(), awaiting.clone());
             // Boxed, and the handler's future made inside the box: hyper holds a service's
@@ -510,7 +517,12 @@ async fn serve<I>(
                 let response = proxy::handle(state, conn, req, unread).await;
                 // A session is registered before its 101 is returned.
                 awaiting.done();
-                response
+                response.map(|r| {
+                    r.map(|body| Tracked {
+                        body,
+                        _flight: flight,
+                    })
+                })
             })
         })
     };
@@ -525,6 +537,12 @@ async fn serve<I>(
     // (the session registry sends them), then GOAWAY, then the connection ends.
     let mut streams = live_streams.as_ref().map(|l| l.subscribe());
     let mut waiting_for_streams = false;
+    let idle = idle_h2(
+        live_streams.as_ref().map(|l| l.subscribe()),
+        in_flight.as_ref().map(|f| f.subscribe()),
+        first_request_timeout,
+    );
+    tokio::pin!(idle);
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -563,7 +581,78 @@ async fn serve<I>(
                 waiting_for_streams = false;
                 connection.as_mut().graceful_shutdown();
             }
+            () = &mut idle, if !stopping => {
+                // GOAWAY, as a keep-alive HTTP/1.1 connection is closed once idle for as
+                // long (hyper's header read timeout). A client that pings (hyper answers)
+                // but opens no stream would otherwise hold its descriptor for good.
+                stopping = true;
+                tracing::debug!(%client, "idle HTTP/2 connection: GOAWAY");
+                connection.as_mut().graceful_shutdown();
+            }
         }
+    }
+}
+
+/// Resolves once an HTTP/2 connection that has served a request has had no stream open (no
+/// request in flight, no WebSocket) for `after`; never on HTTP/1.1 (`None`s).
+async fn idle_h2(
+    streams: Option<tokio::sync::watch::Receiver<usize>>,
+    flight: Option<tokio::sync::watch::Receiver<usize>>,
+    after: Duration,
+) {
+    let (Some(mut streams), Some(mut flight)) = (streams, flight) else {
+        return std::future::pending().await;
+    };
+    // Not before the first request: until then the connection's deadline applies.
+    if flight.changed().await.is_err() {
+        return std::future::pending().await;
+    }
+    loop {
+        let busy = *streams.borrow_and_update() > 0 || *flight.borrow_and_update() > 0;
+        let changed = async {
+            // Each sender lives as long as the connection: an error is its end.
+            if tokio::select! {
+                r = streams.changed() => r.is_err(),
+                r = flight.changed() => r.is_err(),
+            } {
+                std::future::pending::<()>().await;
+            }
+        };
+        if busy {
+            changed.await;
+            continue;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(after) => return,
+            () = changed => {}
+        }
+    }
+}
+
+/// A response body that holds its HTTP/2 request's place in the connection's count of
+/// requests in flight until it has been sent (or dropped).
+struct Tracked {
+    body: crate::http_proxy::Body,
+    _flight: Option<proxy::StreamGuard>,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = tower::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -199,7 +199,7 @@ pub struct ConnInfo {
 pub(crate) struct StreamGuard(Arc<tokio::sync::watch::Sender<usize>>);
 
 impl StreamGuard {
-    fn new(live: &Arc<tokio::sync::watch::Sender<usize>>) -> StreamGuard {
+    pub(crate) fn new(live: &Arc<tokio::sync::watch::Sender<usize>>) -> StreamGuard {
         live.send_modify(|n| *n += 1);
         StreamGuard(live.clone())
     }

@@ -498,3 +498,32 @@ async fn the_sticky_cookie_rides_on_the_200_and_is_secure_over_tls() {
         assert!(cookie.contains(attr), "{attr} missing: {cookie}");
     }
 }
+
+/// An HTTP/2 connection with no stream open for the listener's `handshake_timeout` is closed
+/// with GOAWAY, as an idle keep-alive HTTP/1.1 connection is; a WebSocket on it keeps it
+/// open for as long as it lives. (A client that answered the proxy's PINGs but opened no
+/// stream held its connection, and a descriptor, for good.)
+#[tokio::test]
+async fn an_idle_h2_connection_is_closed_and_a_websocket_keeps_it_open() {
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\nhandshake_timeout = \"300ms\"\n{}",
+        route("app", "/", &[backend.url()])
+    ))
+    .await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let mut conn = h2_handshake(TokioIo::new(tcp), gw.addr.to_string()).await;
+    let mut ws = conn.websocket("http", "/").await;
+    // Three idle periods with the WebSocket open (it is quiet, the connection is not idle).
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    echo(&mut ws, "still here").await;
+    assert!(!conn.task.is_finished(), "closed under a live WebSocket");
+    ws.close(None).await.unwrap();
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(STEP, ws.next()).await {}
+    drop(ws);
+    // No stream left: GOAWAY, and the connection ends cleanly.
+    let ended = tokio::time::timeout(STEP, &mut conn.task)
+        .await
+        .expect("the idle HTTP/2 connection was not closed");
+    assert!(ended.unwrap().is_ok(), "connection ended with an error");
+}
