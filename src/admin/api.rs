@@ -47,20 +47,20 @@ pub async fn route(admin: &Arc<Admin>, req: Request<Incoming>) -> Response<Body>
         (["api", "sessions", id], true, _) => session(admin, id),
         (["api", "sessions", id, "close"], _, true) => {
             let id = id.to_string();
-            match body(req).await {
+            match body(req, &["code", "reason"]).await {
                 Ok(v) => close(admin, &id, &v),
                 Err(e) => e,
             }
         }
         (["api", "backends", action @ ("drain" | "undrain")], _, true) => {
             let drain = *action == "drain";
-            match body(req).await {
+            match body(req, &["route", "backend", "close"]).await {
                 Ok(v) => drain_backend(admin, &v, drain),
                 Err(e) => e,
             }
         }
         (["api", "reload"], _, true) => reload(admin),
-        (["api", "login"], _, true) => match body(req).await {
+        (["api", "login"], _, true) => match body(req, &["token"]).await {
             Ok(v) => login(admin, &v),
             Err(e) => e,
         },
@@ -199,8 +199,31 @@ fn prefers_openmetrics(headers: &http::HeaderMap) -> bool {
     om > 0.0 && om > text.or(any).unwrap_or(0.0)
 }
 
+/// Reads a JSON request body (at most [`MAX_BODY`]): an object of the endpoint's `fields`
+/// only, or empty (`{}`). A field it does not take is a 400 that names it: a typo (`"clse":
+/// true`) must not quietly do less than the operator asked for.
+async fn body(req: Request<Incoming>, fields: &[&str]) -> Result<Value, Response<Body>> {
+    let v = any_body(req).await?;
+    let Some(object) = v.as_object() else {
+        return Err(json_error(
+            StatusCode::BAD_REQUEST,
+            "the body must be a JSON object",
+        ));
+    };
+    if let Some(unknown) = object.keys().find(|k| !fields.contains(&k.as_str())) {
+        return Err(json_error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "unknown field {unknown:?}: this endpoint takes {}",
+                fields.join(", ")
+            ),
+        ));
+    }
+    Ok(v)
+}
+
 /// Reads a JSON request body (at most [`MAX_BODY`]); an empty body is `{}`.
-async fn body(req: Request<Incoming>) -> Result<Value, Response<Body>> {
+async fn any_body(req: Request<Incoming>) -> Result<Value, Response<Body>> {
     let bytes = http_body_util::Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await

@@ -417,6 +417,35 @@ async fn draining_a_backend_closes_its_sessions_and_sends_new_ones_elsewhere() {
         clients.push(connect(&gw.url("/chat")).await.0);
     }
     assert_eq!((a.request_count(), b.request_count()), (2, 2));
+    // A misspelt field is named, and nothing is drained (it used to drain and close none).
+    let (status, body) = post_json(
+        admin,
+        "/api/backends/drain",
+        &serde_json::json!({"route": "chat", "backend": names[0], "clse": true}),
+        "",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["error"],
+        "unknown field \"clse\": this endpoint takes route, backend, close"
+    );
+    let (status, body) = post_json(
+        admin,
+        "/api/backends/drain",
+        &serde_json::json!(["chat"]),
+        "",
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error"]),
+        (400, &serde_json::json!("the body must be a JSON object"))
+    );
+    let (_, routes) = admin_json(admin, "GET", "/api/routes", &serde_json::Value::Null).await;
+    assert_eq!(
+        routes["routes"][0]["backends"][0]["draining"], false,
+        "{routes}"
+    );
     let (status, body) = post_json(
         admin,
         "/api/backends/drain",
