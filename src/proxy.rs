@@ -370,7 +370,7 @@ fn session_meta(
 ) -> SessionMeta {
     use crate::telemetry::{MAX_LOGGED_PATH, MAX_LOGGED_VALUE, cut};
     fn text(v: &HeaderValue) -> Option<std::borrow::Cow<'_, str>> {
-        Some(cut(v.to_str().ok()?, MAX_LOGGED_VALUE))
+        Some(crate::telemetry::header_text(v, MAX_LOGGED_VALUE))
     }
     let subprotocol = up.protocol.as_ref().and_then(text);
     let user = user.as_deref().map(|u| cut(u, MAX_LOGGED_VALUE));

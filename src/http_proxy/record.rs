@@ -75,8 +75,7 @@ impl Record {
             user_agent: parts
                 .headers
                 .get(http::header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| cut(v, MAX_LOGGED_VALUE).into()),
+                .map(|v| crate::telemetry::header_text(v, MAX_LOGGED_VALUE).into()),
             status: StatusCode::OK,
             started,
             request_body,

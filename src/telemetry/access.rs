@@ -121,8 +121,7 @@ pub fn refused(
     let user_agent = parts
         .headers
         .get(http::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| super::cut(v, super::MAX_LOGGED_VALUE));
+        .map(|v| super::header_text(v, super::MAX_LOGGED_VALUE));
     macro_rules! record {
         ($lvl:ident) => {
             tracing::$lvl!(

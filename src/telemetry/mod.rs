@@ -67,6 +67,28 @@ pub const MAX_LOGGED_VALUE: usize = 256;
 /// or a subprotocol list, up to the whole header block).
 pub const MAX_LOGGED_REASON: usize = 512;
 
+/// A header value as logged: its text cut to `max` bytes ([`cut`]). A value with bytes
+/// past ASCII (RFC 9110's obs-text, e.g. a Latin-1 `é` in a `User-Agent`) is not text to
+/// `http`, but leaving it out would let any client hide its value from the log with one such
+/// byte: those bytes are written as `\xNN`.
+pub fn header_text(v: &http::HeaderValue, max: usize) -> std::borrow::Cow<'_, str> {
+    match v.to_str() {
+        Ok(s) => cut(s, max),
+        Err(_) => {
+            use std::fmt::Write;
+            let mut out = String::with_capacity(v.len() + 16);
+            for &b in v.as_bytes() {
+                if b.is_ascii() {
+                    out.push(char::from(b));
+                } else {
+                    let _ = write!(out, "\\x{b:02x}");
+                }
+            }
+            cut(&out, max).into_owned().into()
+        }
+    }
+}
+
 /// `s` cut to at most `max` bytes at a character boundary, with `…` when cut: a value the
 /// client chose costs a bounded piece of a log record, however long the request was. Log it as
 /// a `&str` field (quoted and escaped by the formatter), never formatted into a message.
@@ -148,7 +170,19 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
 
 #[cfg(test)]
 mod tests {
-    use super::cut;
+    use super::{cut, header_text};
+
+    #[test]
+    fn a_header_value_past_ascii_is_logged_escaped_not_left_out() {
+        let v = |b: &[u8]| http::HeaderValue::from_bytes(b).unwrap();
+        assert_eq!(header_text(&v(b"curl/8.0"), 256), "curl/8.0");
+        assert_eq!(
+            header_text(&v(b"EvilBot/1.0 caf\xe9"), 256),
+            "EvilBot/1.0 caf\\xe9"
+        );
+        // Cut to the bound after escaping.
+        assert_eq!(header_text(&v(&[0xff; 100]), 8), "\\xff\\xff…");
+    }
 
     #[test]
     fn cut_keeps_short_values_and_cuts_long_ones_on_a_char_boundary() {
