@@ -67,8 +67,7 @@ pub fn apply(state: &Arc<ProxyState>, config: Config) -> Result<ReloadReport, Co
         Ok(p) => p,
         Err((index, e)) => {
             state.reloads.add("failed");
-            tracing::warn!(error = %e, "config reload failed; the running config stays");
-            return Err(ConfigErrors {
+            let errors = ConfigErrors {
                 source: config
                     .source
                     .as_ref()
@@ -78,7 +77,16 @@ pub fn apply(state: &Arc<ProxyState>, config: Config) -> Result<ReloadReport, Co
                     line: config.listeners[index].listen_line,
                     message: e.to_string(),
                 }],
-            });
+            };
+            // As a file that does not validate is logged (`from_file`): the file, and each
+            // error with its line and key.
+            let shown: Vec<String> = errors.errors.iter().map(|e| e.to_string()).collect();
+            tracing::warn!(
+                file = %errors.source,
+                errors = crate::telemetry::list(&shown),
+                "config reload failed; the running config stays"
+            );
+            return Err(errors);
         }
     };
     let restart_needed = restart_needed(&state.initial, &config);

@@ -349,6 +349,38 @@ async fn sighup_reloads_the_file_and_a_broken_file_changes_nothing() {
     );
     assert_eq!(next_notification(&socket).await[0], "RELOADING=1");
     assert_eq!(next_notification(&socket).await, ["READY=1"]);
+
+    // A listener whose address is taken fails the reload, logged as any error is: the
+    // file, and the key with its line.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    tmp.write(
+        "wsgate.toml",
+        format!(
+            "{LISTENER}[[listener]]\nlisten = \"{}\"\n{route_a}{}",
+            taken.local_addr().unwrap(),
+            route("B", "/b", &[echo_b.url()])
+        ),
+    );
+    seen.clear();
+    sighup(&child);
+    let failed = wait_json(&mut lines, &mut seen, "config reload failed", |l| {
+        l.contains("\"config reload")
+    })
+    .await;
+    assert_eq!(failed["level"], "WARN", "{failed}");
+    assert!(
+        failed["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("wsgate.toml")),
+        "{failed}"
+    );
+    let errors = failed["errors"].to_string();
+    assert!(
+        errors.contains("line 5: listener[1].listen: cannot listen on"),
+        "{failed}"
+    );
+    assert_eq!(next_notification(&socket).await[0], "RELOADING=1");
+    assert_eq!(next_notification(&socket).await, ["READY=1"]);
     // Nothing changed: both sessions relay, both routes accept.
     echoes(&mut on_a, "after the failed reload").await;
     echoes(&mut on_b, "B after the failed reload").await;
