@@ -159,6 +159,8 @@ fn main() -> ExitCode {
         Format::Text => LogFormat::Text,
         Format::Json => LogFormat::Json,
     });
+    let json = matches!(cli.log_format, Format::Json);
+    let exit = |result| exit(result, json);
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => match Config::load(&config) {
@@ -170,6 +172,17 @@ fn main() -> ExitCode {
                     Scheduler::WorkStealing => Some(workers),
                 };
                 exit(on_runtime_with(main_runtime, run(cfg, workers)))
+            }
+            Err(errors) if json => {
+                // One JSON record, as every other line of a JSON log: a pipeline that parses
+                // the lines must not lose the one that says why the process did not start.
+                let shown: Vec<String> = errors.errors.iter().map(|e| e.to_string()).collect();
+                tracing::error!(
+                    file = %errors.source,
+                    errors = telemetry::list(&shown),
+                    "the config is not valid; not started"
+                );
+                ExitCode::FAILURE
             }
             Err(errors) => {
                 eprint!("{errors}");
@@ -229,10 +242,16 @@ fn print_bytes(bytes: &[u8]) -> anyhow::Result<()> {
         .context("cannot write to stdout")
 }
 
-fn exit(result: anyhow::Result<()>) -> ExitCode {
+/// The exit status for `result`; an error not logged yet is said on stderr, as a JSON record
+/// with `--log-format json` (`json`).
+fn exit(result: anyhow::Result<()>, json: bool) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<Logged>() => ExitCode::FAILURE,
+        Err(e) if json => {
+            tracing::error!(error = format!("{e:#}"), "wsgate stopped");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("wsgate: {e:#}");
             ExitCode::FAILURE
@@ -357,7 +376,7 @@ fn check(path: &Path) -> ExitCode {
                 {
                     ExitCode::SUCCESS
                 }
-                result => exit(result),
+                result => exit(result, false),
             }
         }
         Err(errors) => {

@@ -367,6 +367,52 @@ async fn a_listen_address_in_use_is_named_by_file_line_and_key() {
     assert!(err.contains(&want), "{err}");
 }
 
+/// With `--log-format json`, the lines that say why wsgate did not start are JSON records
+/// too (they were plain text among the JSON lines): an invalid config's errors, and a start
+/// that failed (here a taken port).
+#[tokio::test]
+async fn with_json_logs_a_failed_start_is_a_json_record() {
+    let tmp = TempDir::new("cli");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bad = tmp.write("bad.toml", "[[listener]]\nlisten = \"nope\"\n");
+    let busy = tmp.write(
+        "busy.toml",
+        format!(
+            "[[listener]]\nlisten = \"{}\"\n{}",
+            taken.local_addr().unwrap(),
+            route("r", "/", &["ws://127.0.0.1:9".to_string()])
+        ),
+    );
+    for (config, message, detail) in [
+        (
+            &bad,
+            "the config is not valid; not started",
+            "line 2: listener[0].listen",
+        ),
+        (
+            &busy,
+            "wsgate stopped",
+            "busy.toml:2: listener[0].listen: cannot listen on",
+        ),
+    ] {
+        let run = run_wsgate([
+            OsStr::new("--log-format"),
+            OsStr::new("json"),
+            OsStr::new("run"),
+            OsStr::new("--config"),
+            config.as_os_str(),
+        ]);
+        let out = tokio::time::timeout(STEP, run).await.expect("wsgate exits");
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let records: Vec<Record> = err.lines().map(json).collect();
+        let last = records.last().expect("a record");
+        assert_eq!(last.get("level").as_deref(), Some("ERROR"), "{err}");
+        assert_eq!(last.get("message").as_deref(), Some(message), "{err}");
+        assert!(err.contains(detail), "{err}");
+    }
+}
+
 /// SIGQUIT is nginx's graceful stop: here too a drain (1001 to the session, exit 0), not the
 /// default action's core dump with every session cut.
 #[tokio::test]
