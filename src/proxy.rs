@@ -245,9 +245,9 @@ async fn handle_request(
     // from here on `conn.client` is that address (logs, policy, balancing).
     let forwarding =
         forwarding::client_addr(&conn.trusted_proxies, conn.client.ip(), &parts.headers);
-    // Its port is not known (0): unless the trusted peer is itself the client (no
-    // `X-Forwarded-For`), whose port is.
-    if forwarding.peer_trusted && forwarding.ip != conn.client.ip().to_canonical() {
+    // Its port is not known (0): unless the trusted peer is itself the client (it forwarded
+    // no address: the chain is the peer alone), whose port is.
+    if forwarding.peer_trusted && forwarding.chain.len() > 1 {
         conn.client = SocketAddr::new(forwarding.ip, 0);
     }
     // The ids every record of this request carries, and the backend and the client get.

@@ -304,14 +304,24 @@ impl ResolvesServerCert for Reloading {
 }
 
 /// Which client certificates a listener asks for, as far as resuming a session goes: the
-/// CA certificates (DER, in file order) and whether one is required. `None`: none asked for.
-type AuthPolicy = Option<(Vec<u8>, bool)>;
+/// SHA-256 of its CA certificates (DER, in file order) and whether one is required. `None`:
+/// none asked for.
+type AuthPolicy = Option<([u8; 32], bool)>;
+
+/// [`AuthPolicy`] of a listener with client certificates from the CA file's `der`.
+fn auth_policy(der: &[u8], required: bool) -> AuthPolicy {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(digest.as_ref());
+    Some((hash, required))
+}
 
 /// The process's session ticket keys (rustls's `Ticketer`: AES-256 and HMAC-SHA256 as RFC
 /// 5077 §4 recommends, random keys rolled every 6 hours, tickets valid for 12), one set per
 /// client-certificate policy, shared by every listener and config generation with that
-/// policy: a ticket issued before a reload still resumes after it. Keys live in memory only,
-/// so a restart or binary upgrade ends resumption once.
+/// policy: a ticket issued before a reload still resumes after it (the new listener is built
+/// while the old one still holds the keys). Keys live in memory only, so a restart or binary
+/// upgrade ends resumption once.
 ///
 /// Per policy because a resumed session skips the client's certificate: rustls takes the
 /// certificate the ticket recorded (or that there was none) without asking the listener's
@@ -319,18 +329,23 @@ type AuthPolicy = Option<(Vec<u8>, bool)>;
 /// (or with another CA, or from before the CA file changed) resume on a listener that
 /// requires a certificate, with none or one its CA never signed. A ticket another policy's
 /// keys made does not decrypt here, so that client gets a full handshake.
+///
+/// Held weakly: the listeners' configs own their keys, and a policy no listener has any more
+/// (a CA bundle rotated away) leaves the table at the next insert, so a process that reloads
+/// a rotating bundle for months keeps one entry per bundle in use.
 fn ticketer(policy: AuthPolicy) -> Result<Arc<dyn rustls::server::ProducesTickets>, String> {
     type Ticketers =
-        std::collections::HashMap<AuthPolicy, Arc<dyn rustls::server::ProducesTickets>>;
+        std::collections::HashMap<AuthPolicy, std::sync::Weak<dyn rustls::server::ProducesTickets>>;
     static TICKETERS: std::sync::Mutex<Option<Ticketers>> = std::sync::Mutex::new(None);
     let mut all = TICKETERS.lock().unwrap_or_else(|p| p.into_inner());
     let all = all.get_or_insert_with(Default::default);
-    if let Some(t) = all.get(&policy) {
-        return Ok(t.clone());
+    if let Some(t) = all.get(&policy).and_then(std::sync::Weak::upgrade) {
+        return Ok(t);
     }
     let t = rustls::crypto::aws_lc_rs::Ticketer::new()
         .map_err(|e| format!("TLS session tickets: {e}"))?;
-    all.insert(policy, t.clone());
+    all.retain(|_, w| w.strong_count() > 0);
+    all.insert(policy, Arc::downgrade(&t));
     Ok(t)
 }
 
@@ -398,7 +413,7 @@ impl TlsListener {
             None => builder.with_no_client_auth(),
             Some(auth) => {
                 let (roots, der) = load_roots_and_der(&auth.ca)?;
-                policy = Some((der, auth.required));
+                policy = auth_policy(&der, auth.required);
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     Arc::new(roots),
                     provider(),

@@ -54,12 +54,21 @@ pub async fn route(admin: &Arc<Admin>, req: Request<Incoming>) -> Response<Body>
         }
         (["api", "backends", action @ ("drain" | "undrain")], _, true) => {
             let drain = *action == "drain";
-            match body(req, &["route", "backend", "close"]).await {
+            let fields: &[&str] = if drain {
+                &["route", "backend", "close"]
+            } else {
+                &["route", "backend"]
+            };
+            match body(req, fields).await {
                 Ok(v) => drain_backend(admin, &v, drain),
                 Err(e) => e,
             }
         }
-        (["api", "reload"], _, true) => reload(admin),
+        // It takes no fields: a body that names one (`"config"`) is refused, not ignored.
+        (["api", "reload"], _, true) => match body(req, &[]).await {
+            Ok(_) => reload(admin),
+            Err(e) => e,
+        },
         (["api", "login"], _, true) => match body(req, &["token"]).await {
             Ok(v) => login(admin, &v),
             Err(e) => e,
@@ -215,7 +224,11 @@ async fn body(req: Request<Incoming>, fields: &[&str]) -> Result<Value, Response
             StatusCode::BAD_REQUEST,
             &format!(
                 "unknown field {unknown:?}: this endpoint takes {}",
-                fields.join(", ")
+                if fields.is_empty() {
+                    "none".to_string()
+                } else {
+                    fields.join(", ")
+                }
             ),
         ));
     }

@@ -388,6 +388,13 @@ async fn behind_a_trusted_proxy_the_client_is_the_forwarded_address() {
     })
     .await
     .unwrap();
+    // A forwarded address that is the peer's own is still forwarded: its port is not known.
+    let (echoed, _) = connect_with(&gw.url("/chat"), |r| {
+        r.headers_mut()
+            .insert("x-forwarded-for", "127.0.0.1".parse().unwrap());
+    })
+    .await
+    .unwrap();
     let (direct, _) = connect(&gw.url("/chat")).await;
     let own = direct.get_ref().local_addr().unwrap().to_string();
     let mut clients: Vec<String> = get_json(admin, "/api/sessions").await["sessions"]
@@ -397,10 +404,10 @@ async fn behind_a_trusted_proxy_the_client_is_the_forwarded_address() {
         .map(|s| s["client"].as_str().unwrap().to_string())
         .collect();
     clients.sort();
-    let mut want = vec!["203.0.113.9:0".to_string(), own];
+    let mut want = vec!["203.0.113.9:0".to_string(), "127.0.0.1:0".to_string(), own];
     want.sort();
     assert_eq!(clients, want);
-    drop((forwarded, direct));
+    drop((forwarded, echoed, direct));
 }
 
 #[tokio::test]
@@ -493,6 +500,21 @@ async fn draining_a_backend_closes_its_sessions_and_sends_new_ones_elsewhere() {
     .await;
     let refused = connect_with(&gw.url("/chat"), |_| {}).await.unwrap_err();
     assert!(refused.to_string().contains("503"), "{refused}");
+    // Undrain takes no `close`: an operator who meant a drain is told, not answered 200.
+    let (status, body) = post_json(
+        admin,
+        "/api/backends/undrain",
+        &serde_json::json!({"route": "chat", "backend": names[0], "close": true}),
+        "",
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error"]),
+        (
+            400,
+            &serde_json::json!("unknown field \"close\": this endpoint takes route, backend")
+        )
+    );
     // Undrained, it takes sessions again.
     for name in &names {
         let (status, _) = post_json(

@@ -443,6 +443,16 @@ async fn admin_reload_reports_errors_or_what_changed_and_counts_both() {
     let admin = gw.handle().admin_addr().unwrap();
     let (mut on_a, _) = connect(&gw.url("/a")).await;
     assert_eq!(reload_metrics(admin).await, (0.0, 0.0, 1.0));
+    // It takes no fields: one that names another file is refused, not ignored.
+    let (status, body) = admin_json(
+        admin,
+        "POST",
+        "/api/reload",
+        &json!({"config": "/etc/other.toml"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(reload_metrics(admin).await, (0.0, 0.0, 1.0));
 
     // Line 8 of the broken file has the bad value; route A is gone from it.
     tmp.write(

@@ -253,7 +253,9 @@ impl Validator<'_> {
                 continue;
             }
             for h in &hosts {
+                // (Listed twice in one entry: the same certificate either way.)
                 if let Some(first) = served.insert(h.clone(), k.clone())
+                    && first != k
                     && let Some(list) = &sni.hosts
                 {
                     self.err(
