@@ -42,15 +42,19 @@ enum Format {
 enum Command {
     /// Run the proxy with a config file.
     Run {
+        /// The config file (TOML; config.example.toml explains every key).
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Validate a config file and print every error with its key and line (exit 1 on error).
     Check {
+        /// The config file to check.
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Run the built-in echo backend alone (for trying a config, or as a benchmark backend).
+    /// Run the demo's echo backend alone, for trying a config: it greets each session with
+    /// one text message, then echoes. (For benchmarks use the load generator's `wsload echo`,
+    /// which echoes only: see benches/README.md.)
     Echo {
         #[arg(long, default_value = "127.0.0.1:9001")]
         listen: SocketAddr,
@@ -65,7 +69,7 @@ enum Command {
         #[arg(long)]
         tls: bool,
         /// Where the demo's admin listener (status page, /metrics, session API) listens. If
-        /// it is busy, a free port is used.
+        /// it or the proxy's port is busy, both take free ports (the printed lines say which).
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
     },
