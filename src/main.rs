@@ -180,10 +180,9 @@ fn main() -> ExitCode {
             Err(errors) if json => {
                 // One JSON record, as every other line of a JSON log: a pipeline that parses
                 // the lines must not lose the one that says why the process did not start.
-                let shown: Vec<String> = errors.errors.iter().map(|e| e.to_string()).collect();
                 tracing::error!(
                     file = %errors.source,
-                    errors = telemetry::list(&shown),
+                    errors = telemetry::list(&errors.lines()),
                     "the config is not valid; not started"
                 );
                 ExitCode::FAILURE

@@ -78,14 +78,8 @@ pub fn apply(state: &Arc<ProxyState>, config: Config) -> Result<ReloadReport, Co
                     message: e.to_string(),
                 }],
             };
-            // As a file that does not validate is logged (`from_file`): the file, and each
-            // error with its line and key.
-            let shown: Vec<String> = errors.errors.iter().map(|e| e.to_string()).collect();
-            tracing::warn!(
-                file = %errors.source,
-                errors = crate::telemetry::list(&shown),
-                "config reload failed; the running config stays"
-            );
+            // As a file that does not validate is logged (`from_file`).
+            log_failed(&errors);
             return Err(errors);
         }
     };
@@ -157,15 +151,19 @@ pub fn from_file(state: &Arc<ProxyState>) -> Result<ReloadReport, ConfigErrors> 
         Ok(config) => apply(state, config),
         Err(errors) => {
             state.reloads.add("failed");
-            let shown: Vec<String> = errors.errors.iter().map(|e| e.to_string()).collect();
-            tracing::warn!(
-                file = %path.display(),
-                errors = crate::telemetry::list(&shown),
-                "config reload failed; the running config stays"
-            );
+            log_failed(&errors);
             Err(errors)
         }
     }
+}
+
+/// A reload that failed: the file, and each error with its line and key.
+fn log_failed(errors: &ConfigErrors) {
+    tracing::warn!(
+        file = %errors.source,
+        errors = crate::telemetry::list(&errors.lines()),
+        "config reload failed; the running config stays"
+    );
 }
 
 /// Reloads the config file whenever it changes (`[config] watch`), checking every `interval`,

@@ -730,6 +730,13 @@ pub struct ConfigErrors {
     pub errors: Vec<ConfigError>,
 }
 
+impl ConfigErrors {
+    /// Each error on a line of its own (`line N: key: message`), for a log record's list.
+    pub fn lines(&self) -> Vec<String> {
+        self.errors.iter().map(ConfigError::to_string).collect()
+    }
+}
+
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.errors.len();

@@ -170,7 +170,7 @@ impl Collector for GatewayMetrics {
         let generation = state.current();
         let routes: Vec<_> = generation.routes.iter().collect();
         let route = |name: &Arc<str>| -> Labels { vec![("route", s(name))] };
-        let live = live(state);
+        let mut live = live(state);
 
         // --- Build and process. ---
         let info = Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]);
@@ -391,7 +391,7 @@ impl Collector for GatewayMetrics {
         // --- Sessions. ---
         // Every current route's backends, and the pairs a reload removed while their
         // sessions wait for their 1012 (closed over `close_spread`): still open, so counted.
-        let mut open = live.open.clone();
+        let mut open = std::mem::take(&mut live.open);
         let mut open_series: Vec<(Labels, i64)> = Vec::new();
         for r in &routes {
             for b in r.pool.backends().iter() {

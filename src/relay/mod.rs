@@ -311,7 +311,7 @@ struct State {
     discarded: u32,
     /// A side went over [`DRAIN_LIMIT`] and was read no more: the session ends cut.
     over_drain_limit: bool,
-    /// The sides ([`side_bit`]) whose pong was overdue while their TCP still took the data
+    /// The sides (a bit each, [`State::reading_on`]) whose pong was overdue while their TCP still took the data
     /// queued for them (`Leg::still_taking`): reading then, and maybe still, through what
     /// their receive buffer holds once the queue is empty. (Here, not in `Side`: a bit in
     /// the state's padding where a `bool` per side would grow every session.)
@@ -336,6 +336,21 @@ impl State {
 
     fn link(&self) -> &Link {
         self.env.link()
+    }
+
+    /// Sets whether `who` was found reading (see the field), returning what it was.
+    fn reading_on(&mut self, who: CloseSide, on: bool) -> bool {
+        let bit = match who {
+            CloseSide::Client => 1,
+            _ => 2,
+        };
+        let was = self.reading_on & bit != 0;
+        if on {
+            self.reading_on |= bit;
+        } else {
+            self.reading_on &= !bit;
+        }
+        was
     }
 
     fn first_close(&mut self, who: CloseSide) {
@@ -574,14 +589,6 @@ where
     true
 }
 
-/// A side's bit in [`State::reading_on`].
-fn side_bit(who: CloseSide) -> u8 {
-    match who {
-        CloseSide::Client => 1,
-        _ => 2,
-    }
-}
-
 /// A side is done once it has sent EOF and its write side is shut.
 fn finished<IO>(s: &Side<IO>) -> bool {
     s.read_eof && s.write_shut
@@ -720,7 +727,7 @@ fn step<A, Z>(
             // lately, and its pong may be among what waits: it counts as heard.
             from.heard = At::from(now);
             from.awaiting_pong = false;
-            st.reading_on &= !side_bit(from.who);
+            st.reading_on(from.who, false);
             break;
         }
         let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
@@ -871,7 +878,7 @@ fn ingest<A, Z>(
 {
     from.heard = At::from(now);
     from.awaiting_pong = false;
-    st.reading_on &= !side_bit(from.who);
+    st.reading_on(from.who, false);
     st.progress += 1;
     let counter = match from.who {
         CloseSide::Client => &st.link().counters.client_to_backend,
@@ -1274,12 +1281,7 @@ where
                         CloseSide::Client => (&mut c.heard, c.io.still_taking(pong_timeout)),
                         _ => (&mut b.heard, b.io.still_taking(pong_timeout)),
                     };
-                    let was_reading = st.reading_on & side_bit(who) != 0;
-                    st.reading_on = if taking {
-                        st.reading_on | side_bit(who)
-                    } else {
-                        st.reading_on & !side_bit(who)
-                    };
+                    let was_reading = st.reading_on(who, taking);
                     if taking || was_reading {
                         *heard = at_now + pong_timeout;
                         earliest(heard.instant());
