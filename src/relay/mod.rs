@@ -786,9 +786,16 @@ fn step<A, Z>(
     // unless the other side is the one whose frames stopped making sense. Its answer could
     // not be read as one, so its connection is failed (RFC 6455 §7.1.7): its close frame,
     // then the FIN.
+    // A side that left right after its own close frame (it failed the connection, RFC 6455
+    // §7.1.7) leaves `to` its answer to that frame: `to` gets its FIN once it has answered
+    // (`handshake_done`), left, or run out the closing handshake's deadline. The proxy is
+    // the server toward a client, which closes the TCP connection after the handshake
+    // (§7.1.1), and a peer without half-close would take an early FIN as the end and drop
+    // its answer.
+    let answer_owed = !st.taken_over && to.close_to && to.close_from.is_none();
     let source_done = from.read_eof
         && (st.let_go != Some(from.who) || to.scanner.stopped().is_some())
-        && (from.close_from.is_some() || st.taken_over)
+        && (from.close_from.is_some() && !answer_owed || st.taken_over)
         || st.abandoned == Some(to.who);
     // A peer its ping timeout found dead answers nothing: it is not waited for. Its close
     // frame (which says why, should it be alive after all), then its FIN, and it is read no
@@ -949,6 +956,12 @@ where
     to.read_eof = true;
     to.out = None;
     to.inject = None;
+    if to.close_from.is_some() && !st.taken_over {
+        // It had sent its close frame and had closed its connection: its part is over, and
+        // the close reply that could not reach it is no loss (its peer answered).
+        st.progress += 1;
+        return;
+    }
     let error = format!("{}: {e}", to.who.as_str());
     if st.taken_over {
         st.error.get_or_insert(Box::new(error));

@@ -1351,3 +1351,71 @@ async fn a_client_that_answered_the_proxys_close_is_not_read_to_its_end() {
     assert_eq!(out.client_close.and_then(|c| c.code), Some(1011));
     drop(client);
 }
+
+/// A backend that fails the connection: its close frame, then its TCP close at once, as RFC
+/// 6455 §7.1.7 allows (Node's `ws` does so on invalid UTF-8). The client gets the close frame
+/// but not yet a FIN: it answers, as clients do, and the session ends `closed` with both
+/// close codes. With the FIN sent along, a client without half-close (Twisted's, so
+/// Autobahn's) dropped its socket unanswered, and the record said `client_gone`.
+#[tokio::test(start_paused = true)]
+async fn a_backend_that_fails_the_connection_leaves_the_client_its_answer() {
+    use futures_util::FutureExt;
+    for backend_drops in [false, true] {
+        let (mut client, mut backend, mut relay) = closing_relay();
+        still_running(&mut relay);
+        backend
+            .write_all(&plain(opcode::CLOSE, &[0x03, 0xef]))
+            .await
+            .unwrap();
+        if backend_drops {
+            drop(backend);
+        } else {
+            backend.shutdown().await.unwrap();
+        }
+        still_running(&mut relay);
+        still_running(&mut relay);
+        assert_eq!(read_close(&mut client).await.0, Some(1007));
+        let mut byte = [0u8; 1];
+        assert!(
+            client.read(&mut byte).now_or_never().is_none(),
+            "the client had its FIN before it could answer"
+        );
+        client
+            .write_all(&masked(opcode::CLOSE, &[0x03, 0xef]))
+            .await
+            .unwrap();
+        let waited = Instant::now();
+        let out = relay.await;
+        assert_eq!(waited.elapsed(), Duration::ZERO, "{out:?}");
+        assert_eq!(out.outcome(), crate::outcome::Outcome::Closed, "{out:?}");
+        assert_eq!(out.closed_by, CloseSide::Backend);
+        assert_eq!(out.backend_close.as_ref().and_then(|c| c.code), Some(1007));
+        assert_eq!(out.client_close.as_ref().and_then(|c| c.code), Some(1007));
+        assert!(!out.cut && out.error.is_none(), "{out:?}");
+        assert_eq!(client.read(&mut byte).await.unwrap(), 0);
+    }
+}
+
+/// The same, toward a client that answers the backend's close with its TCP close alone: that
+/// is the client going away, as before.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_leaves_without_answering_the_backends_close_is_gone() {
+    let (mut client, mut backend, mut relay) = closing_relay();
+    still_running(&mut relay);
+    backend
+        .write_all(&plain(opcode::CLOSE, &[0x03, 0xef]))
+        .await
+        .unwrap();
+    backend.shutdown().await.unwrap();
+    still_running(&mut relay);
+    assert_eq!(read_close(&mut client).await.0, Some(1007));
+    drop(client);
+    let out = relay.await;
+    assert_eq!(
+        out.outcome(),
+        crate::outcome::Outcome::ClientGone,
+        "{out:?}"
+    );
+    assert_eq!(out.closed_by, CloseSide::Backend);
+    assert!(!out.cut, "{out:?}");
+}
