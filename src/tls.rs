@@ -260,8 +260,38 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.find(hello.server_name())
+        noted(hello.server_name(), self.find(hello.server_name()))
     }
+}
+
+thread_local! {
+    /// The alert for the handshake whose certificate a resolver on this thread just failed to
+    /// find (see [`take_unserved`]).
+    static UNSERVED: std::cell::Cell<Option<rustls::AlertDescription>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Passes a resolver's answer on, noting why there was none for [`take_unserved`].
+fn noted(name: Option<&str>, key: Option<Arc<CertifiedKey>>) -> Option<Arc<CertifiedKey>> {
+    if key.is_none() {
+        // RFC 6066 §3: a name the server does not recognise, `unrecognized_name`; RFC 8446
+        // §9.2: a server that requires the extension answers its absence with
+        // `missing_extension`.
+        let alert = match name {
+            Some(_) => rustls::AlertDescription::UnrecognisedName,
+            None => rustls::AlertDescription::MissingExtension,
+        };
+        UNSERVED.with(|u| u.set(Some(alert)));
+    }
+    key
+}
+
+/// The alert a client should get for the handshake that just failed on this thread because
+/// no certificate served it, if that is why it failed. rustls answers every such handshake
+/// with `access_denied` (its resolver cannot say why it found none), which reads to a client
+/// as a refusal of who it is; the TLS layer swaps in this one (`tls_io.rs`).
+pub fn take_unserved() -> Option<rustls::AlertDescription> {
+    UNSERVED.with(|u| u.take())
 }
 
 /// Where one certificate of a listener comes from, kept so that it can be read again.
@@ -299,7 +329,7 @@ struct Reloading(RwLock<Arc<SniResolver>>);
 impl ResolvesServerCert for Reloading {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let current = self.0.read().unwrap_or_else(|p| p.into_inner()).clone();
-        current.find(hello.server_name())
+        noted(hello.server_name(), current.find(hello.server_name()))
     }
 }
 

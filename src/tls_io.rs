@@ -553,7 +553,11 @@ impl<C: Unbuffered> TlsIo<C> {
                 Ok(state) => state,
                 Err(e) => {
                     done.consumed += discard;
+                    let from = self.out.len();
                     self.queue_alert(&mut input[done.consumed..]);
+                    if let Some(alert) = crate::tls::take_unserved() {
+                        return Err(unserved(&mut self.out[from..], alert, e));
+                    }
                     return Err(invalid_data(e));
                 }
             };
@@ -784,6 +788,30 @@ fn encode_into(
 
 fn encrypt_error(e: EncryptError) -> io::Error {
     io::Error::other(e)
+}
+
+/// The handshake failed for want of a certificate (`crate::tls::take_unserved`): rustls's
+/// `access_denied` alert in `queued` (a plaintext record: no ServerHello went out) becomes
+/// `alert`, and the error says which of the two it was. `rustls_error` is kept when the
+/// record is not the one expected.
+fn unserved(
+    queued: &mut [u8],
+    alert: rustls::AlertDescription,
+    rustls_error: rustls::Error,
+) -> io::Error {
+    let denied = u8::from(rustls::AlertDescription::AccessDenied);
+    match queued {
+        [0x15, 0x03, _, 0x00, 0x02, 0x02, description] if *description == denied => {
+            *description = u8::from(alert);
+        }
+        _ => return invalid_data(rustls_error),
+    }
+    invalid_data(match alert {
+        rustls::AlertDescription::MissingExtension => {
+            "the client sent no server name (SNI), and the listener has no default certificate"
+        }
+        _ => "no certificate for the server name (SNI) the client sent",
+    })
 }
 
 fn invalid_data(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {

@@ -72,6 +72,59 @@ async fn sni_picks_the_certificate() {
     assert_eq!(tls_connect(&ca, &gw, "localhost").await.1, pem_der(&dc));
 }
 
+/// A listener with only SNI entries refuses a name none of them covers with
+/// `unrecognized_name` (RFC 6066 §3), and a client that sends no name with
+/// `missing_extension` (RFC 8446 §9.2). rustls's own answer to both was `access_denied`,
+/// which a client reports as being refused for who it is.
+#[tokio::test]
+async fn a_name_no_certificate_serves_gets_unrecognized_name() {
+    let ca = TestCa::new();
+    let (ac, ak) = ca.leaf("a", &["a.e.test"]);
+    let listener = format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\n[listener.tls]\n[[listener.tls.sni]]\nhosts = [\"a.e.test\"]\ncert = {:?}\nkey = {:?}\n",
+        ac.display().to_string(),
+        ak.display().to_string()
+    );
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway(&listener, backend.url()).await;
+    let alert = |name: &'static str| {
+        let connector = ca.connector();
+        let addr = gw.addr;
+        async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let server = ServerName::try_from(name).unwrap();
+            let err = connector
+                .connect(server, tcp)
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{name}: the handshake succeeded"));
+            match err.into_inner().unwrap().downcast::<rustls::Error>() {
+                Ok(e) => *e,
+                Err(e) => panic!("{name}: {e}"),
+            }
+        }
+    };
+    assert_eq!(
+        alert("b.e.test").await,
+        rustls::Error::AlertReceived(rustls::AlertDescription::UnrecognisedName)
+    );
+    // An address as the server name: rustls sends no SNI.
+    assert_eq!(
+        alert("127.0.0.1").await,
+        rustls::Error::AlertReceived(rustls::AlertDescription::MissingExtension)
+    );
+    // The name it serves is served.
+    assert_eq!(
+        tls_connect(&ca, &gw, "a.e.test").await.1,
+        CertificateDer::from_pem_file(&ac).unwrap()
+    );
+    let counts = gw.handle().refusals();
+    assert_eq!(
+        counts.get(&("-".to_string(), "tls_handshake_failed")),
+        Some(&2)
+    );
+}
+
 #[tokio::test]
 async fn silent_and_plain_http_clients_are_closed_while_others_are_served() {
     let ca = TestCa::new();
