@@ -286,6 +286,7 @@ impl RoutePolicy {
         protocols: Option<&mut Vec<String>>,
         facts: &RequestFacts<'_>,
     ) -> Result<Admitted, PolicyError> {
+        let websocket = protocols.is_some();
         let mut origins = parts.headers.get_all(http::header::ORIGIN).iter();
         let origin_header = origins.next();
         if let Some(origin) = &self.rules.origin
@@ -348,6 +349,12 @@ impl RoutePolicy {
                 forwarded_for: facts.forwarded_for,
                 scheme: facts.scheme,
                 host: facts.host,
+                // The WebSocket handshake is a GET (HTTP/2's extended CONNECT included).
+                method: if websocket {
+                    "GET"
+                } else {
+                    parts.method.as_str()
+                },
             };
             match fa.check(&q).await {
                 Ok(forward_auth::AuthDecision::Allow(allowed)) => auth = allowed,

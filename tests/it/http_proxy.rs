@@ -1958,3 +1958,47 @@ fn get_h2(addr: SocketAddr, path: &str) -> Request<Empty<Bytes>> {
         .body(Empty::new())
         .unwrap()
 }
+
+/// Forward-auth on a plain request tells the auth service the request's own method, which a
+/// rule such as "read-only users may only GET" decides on, and a cached allow of a GET is not
+/// reused for a DELETE of the same URI. It used to say `GET` for every method: a POST, PUT
+/// or DELETE passed a service that allowed only reads.
+#[tokio::test]
+async fn forward_auth_hears_the_plain_requests_method() {
+    let auth = crate::support::fake_auth::FakeAuth::spawn().await;
+    let (b, _seen) = echo_backend().await;
+    let extra = format!(
+        "[route.auth.forward_auth]\nurl = \"{}\"\ncache = \"1m\"\n",
+        auth.url("/allow")
+    );
+    let gw = Gateway::spawn(&http_route(&[b], &extra)).await;
+    let method_seen = |n: usize| {
+        auth.last()
+            .headers
+            .get("x-forwarded-method")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("request {n}: no X-Forwarded-Method"))
+    };
+    let request = |method: &str| {
+        Request::builder()
+            .method(method)
+            .uri("/items/1")
+            .header("host", "app.test")
+            .header("cookie", "session=abc")
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    for (n, method) in ["GET", "POST", "PUT", "DELETE", "GET"]
+        .into_iter()
+        .enumerate()
+    {
+        let resp = send(gw.addr, request(method)).await;
+        assert_eq!(resp.status(), StatusCode::OK, "{method}");
+        // The second GET is the first one's cached allow.
+        let asked = if n == 4 { 4 } else { n + 1 };
+        assert_eq!(auth.count(), asked, "{method}");
+        if n < 4 {
+            assert_eq!(method_seen(n), method);
+        }
+    }
+}

@@ -57,6 +57,10 @@ pub struct AuthQuery<'a> {
     pub scheme: &'a str,
     /// The request's host (with port, as the client sent it).
     pub host: &'a str,
+    /// The method the auth service is told (`X-Forwarded-Method`): `GET` for a WebSocket
+    /// handshake (HTTP/2's extended CONNECT included), the request's own for a plain
+    /// request, which a rule such as "read-only users may only GET" decides on.
+    pub method: &'a str,
 }
 
 /// The auth service's answer.
@@ -343,8 +347,7 @@ impl ForwardAuth {
             (X_FORWARDED_PROTO, q.scheme),
             (X_FORWARDED_HOST, q.host),
             (X_FORWARDED_URI, uri),
-            // The WebSocket handshake is a GET (HTTP/2's extended CONNECT included).
-            (X_FORWARDED_METHOD, "GET"),
+            (X_FORWARDED_METHOD, q.method),
         ] {
             if let Ok(v) = HeaderValue::from_str(value)
                 && !value.is_empty()

@@ -40,6 +40,7 @@ fn query(parts: &Parts) -> AuthQuery<'_> {
         forwarded_for: "203.0.113.7",
         scheme: "https",
         host: "chat.example.com",
+        method: "GET",
     }
 }
 
