@@ -373,6 +373,9 @@ fn session_meta(
         Some(crate::telemetry::header_text(v, MAX_LOGGED_VALUE))
     }
     let subprotocol = up.protocol.as_ref().and_then(text);
+    let subprotocol = subprotocol
+        .as_deref()
+        .map(crate::policy::subprotocol::shown);
     let user = user.as_deref().map(|u| cut(u, MAX_LOGGED_VALUE));
     let user_agent = parts.headers.get(header::USER_AGENT).and_then(text);
     SessionMeta::new(

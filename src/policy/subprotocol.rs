@@ -49,15 +49,30 @@ fn shown_offers(offered: &[String]) -> String {
     let mut out = Vec::with_capacity(offered.len());
     let mut after_marker = false;
     for p in offered {
-        let secret = after_marker || p.starts_with("bearer.") || p.len() > 40;
-        after_marker = p == "access_token" || p == "bearer";
-        out.push(if secret {
-            format!("<{} characters hidden>", p.len())
+        out.push(if after_marker {
+            hidden(p)
         } else {
-            p.clone()
+            shown(p).into_owned()
         });
+        after_marker = p == "access_token" || p == "bearer";
     }
     out.join(", ")
+}
+
+/// A subprotocol as a record may show it: one that may be a token (`bearer.…`, or anything
+/// long) as a placeholder. Also the session's chosen subprotocol in the access log and the
+/// admin API: a backend that echoes the first entry offered would otherwise have a client's
+/// `bearer.<token>` logged, on a route that does not read tokens from the offer.
+pub fn shown(p: &str) -> std::borrow::Cow<'_, str> {
+    if p.starts_with("bearer.") || p.len() > 40 {
+        hidden(p).into()
+    } else {
+        p.into()
+    }
+}
+
+fn hidden(p: &str) -> String {
+    format!("<{} characters hidden>", p.len())
 }
 
 #[cfg(test)]
