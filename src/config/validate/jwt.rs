@@ -87,6 +87,55 @@ pub(super) fn verifier(
             }
         }
     }
+    let built = keys(v, key, f, configured.as_deref());
+
+    let leeway = v
+        .optional_duration(&k("leeway"), j.leeway.as_ref(), Some(DEFAULT_LEEWAY))
+        .unwrap_or_default();
+    let issuers = string_list(v, &k("issuer"), j.issuer.as_ref(), "issuer");
+    let audiences = string_list(v, &k("audience"), j.audience.as_ref(), "audience");
+    let mut required_claims = Vec::new();
+    for (i, c) in entries(j.required_claims.as_ref()).iter().enumerate() {
+        let name = c.get_ref().trim();
+        if name.is_empty() {
+            v.err(
+                format!("{key}.required_claims[{i}]"),
+                Some(c.span()),
+                "must not be empty",
+            );
+        } else if !required_claims.iter().any(|n| n == name) {
+            required_claims.push(name.to_string());
+        }
+    }
+    let claims = super::jwt_claims::rules(v, &k("claims"), j.claims.as_ref());
+    let (keys, allowed) = built?;
+    let rules = JwtRules {
+        sources,
+        algorithms: allowed,
+        leeway,
+        issuers,
+        audiences,
+        required_claims,
+        claims,
+        expire_sessions: j.expire_sessions.unwrap_or(DEFAULT_EXPIRE_SESSIONS),
+        require_exp: j.require_exp.as_ref().is_none_or(|r| *r.get_ref()),
+        forward_token: j.forward_token.unwrap_or(false),
+    };
+    Some(Arc::new(JwtVerifier::new(keys, rules)))
+}
+
+/// The route's keys from its one key source, and the algorithms tokens may name; `None`
+/// after reporting why there are none (the rest of the table is still checked by the
+/// caller, so one run reports every error).
+fn keys(
+    v: &mut Validator<'_>,
+    key: &str,
+    f: &Spanned<FileJwt>,
+    configured: Option<&[Algorithm]>,
+) -> Option<(Keys, Option<Vec<Algorithm>>)> {
+    let j = f.get_ref();
+    let k = |name: &str| format!("{key}.{name}");
+    let given = Source::all(j);
     let source = match given.as_slice() {
         [] => {
             v.err(
@@ -115,7 +164,7 @@ pub(super) fn verifier(
     let svalue = source.value().get_ref().trim();
 
     // Each key source yields its keys and the algorithms tokens may name.
-    let (keys, allowed): (Keys, Option<Vec<Algorithm>>) = match source {
+    let built: (Keys, Option<Vec<Algorithm>>) = match source {
         Source::SecretEnv(_) | Source::SecretFile(_) => {
             let secret = if let Source::SecretEnv(_) = source {
                 secret_from_env(svalue, std::env::var_os(svalue))
@@ -134,7 +183,7 @@ pub(super) fn verifier(
                 v,
                 key,
                 j.algorithms.as_ref(),
-                configured.as_deref(),
+                configured,
                 hmac,
                 "an HMAC secret",
             )
@@ -176,7 +225,7 @@ pub(super) fn verifier(
                 v,
                 key,
                 j.algorithms.as_ref(),
-                configured.as_deref(),
+                configured,
                 &usable,
                 &format!("the {what} key in {svalue}"),
             )
@@ -211,7 +260,7 @@ pub(super) fn verifier(
                 );
                 return None;
             }
-            if let (Some(list), Some(conf)) = (&j.algorithms, &configured) {
+            if let (Some(list), Some(conf)) = (&j.algorithms, configured) {
                 for (i, alg) in conf.iter().enumerate() {
                     if !parsed.keys.iter().any(|k| k.algorithms().contains(alg)) {
                         v.err(
@@ -222,7 +271,7 @@ pub(super) fn verifier(
                     }
                 }
             }
-            let keys = restrict(parsed.keys, configured.as_deref());
+            let keys = restrict(parsed.keys, configured);
             if keys.is_empty() {
                 v.err(
                     skey,
@@ -231,7 +280,7 @@ pub(super) fn verifier(
                 );
                 return None;
             }
-            (Keys::Static(keys), configured.clone())
+            (Keys::Static(keys), configured.map(<[Algorithm]>::to_vec))
         }
         Source::JwksUrl(_) => {
             let url = match crate::http_client::parse_http_url(svalue) {
@@ -241,7 +290,7 @@ pub(super) fn verifier(
                     return None;
                 }
             };
-            if let (Some(list), Some(conf)) = (&j.algorithms, &configured) {
+            if let (Some(list), Some(conf)) = (&j.algorithms, configured) {
                 for (i, alg) in conf.iter().enumerate() {
                     if alg.family() == AlgorithmFamily::Hmac {
                         v.err(
@@ -282,42 +331,16 @@ pub(super) fn verifier(
                 j.jwks_refresh.as_ref(),
                 DEFAULT_JWKS_REFRESH,
             );
-            let keys = Keys::remote(url, HttpClient::new(tls), refresh, configured.clone());
-            (keys, configured.clone())
-        }
-    };
-
-    let leeway = v
-        .optional_duration(&k("leeway"), j.leeway.as_ref(), Some(DEFAULT_LEEWAY))
-        .unwrap_or_default();
-    let issuers = string_list(v, &k("issuer"), j.issuer.as_ref(), "issuer");
-    let audiences = string_list(v, &k("audience"), j.audience.as_ref(), "audience");
-    let mut required_claims = Vec::new();
-    for (i, c) in entries(j.required_claims.as_ref()).iter().enumerate() {
-        let name = c.get_ref().trim();
-        if name.is_empty() {
-            v.err(
-                format!("{key}.required_claims[{i}]"),
-                Some(c.span()),
-                "must not be empty",
+            let keys = Keys::remote(
+                url,
+                HttpClient::new(tls),
+                refresh,
+                configured.map(<[Algorithm]>::to_vec),
             );
-        } else if !required_claims.iter().any(|n| n == name) {
-            required_claims.push(name.to_string());
+            (keys, configured.map(<[Algorithm]>::to_vec))
         }
-    }
-    let rules = JwtRules {
-        sources,
-        algorithms: allowed,
-        leeway,
-        issuers,
-        audiences,
-        required_claims,
-        claims: super::jwt_claims::rules(v, &k("claims"), j.claims.as_ref()),
-        expire_sessions: j.expire_sessions.unwrap_or(DEFAULT_EXPIRE_SESSIONS),
-        require_exp: j.require_exp.as_ref().is_none_or(|r| *r.get_ref()),
-        forward_token: j.forward_token.unwrap_or(false),
     };
-    Some(Arc::new(JwtVerifier::new(keys, rules)))
+    Some(built)
 }
 
 /// Token sources from a `from = [...]` list; without one, [`JwtRules`]'s default.
@@ -515,6 +538,30 @@ mod tests {
             "no error for {full} at line {} containing {part:?}:\n{errors:#?}\n{table}",
             FIRST + line - 1
         );
+    }
+
+    /// A key source that yields no key does not hide the table's other errors: one run of
+    /// `wsgate check` reports them all. The rest of the table used to go unchecked.
+    #[test]
+    fn a_failed_key_source_leaves_the_other_errors_reported() {
+        let dir = TempDir::new("jwt-keys-and-more");
+        for source in [
+            "secret_env = \"WSGATE_TEST_SURELY_UNSET_VARIABLE\"\n",
+            "secret_file = \"missing\"\n",
+            "",
+        ] {
+            let table = format!("{source}leeway = \"abc\"\nrequired_claims = [\"\"]\nissuer = 5\n");
+            let errors = load(&dir, &table).err().expect("accepted");
+            let line = FIRST + usize::from(!source.is_empty());
+            for (key, at) in [("leeway", line), ("required_claims[0]", line + 1)] {
+                assert!(
+                    errors
+                        .iter()
+                        .any(|e| e.key == format!("{KEY}.{key}") && e.line == Some(at)),
+                    "{key} not reported:\n{errors:#?}\n{table}"
+                );
+            }
+        }
     }
 
     #[test]
