@@ -63,9 +63,17 @@ pub struct BodyState {
     /// The backend connection waits for the client's next frame (not the other way round);
     /// set by the poll that begins the wait, which arms the attempt's idle timer.
     on_client: AtomicBool,
+    /// The trailer fields the backend may have (`headers::request_trailer_names`), set once
+    /// the backend request's head is built; none until then.
+    trailers: std::sync::OnceLock<Vec<http::HeaderName>>,
 }
 
 impl BodyState {
+    /// Lets the trailer fields `names` through to the backend (see `trailers`).
+    pub fn allow_trailers(&self, names: Vec<http::HeaderName>) {
+        let _ = self.trailers.set(names);
+    }
+
     pub fn new(body: ClientBody, limit: Option<u64>, idle: Duration) -> Arc<BodyState> {
         let empty = body.is_end_stream();
         Arc::new(BodyState {
@@ -80,6 +88,7 @@ impl BodyState {
             fault: AtomicU8::new(FAULT_NONE),
             frames: AtomicU64::new(0),
             on_client: AtomicBool::new(false),
+            trailers: std::sync::OnceLock::new(),
         })
     }
 
@@ -266,6 +275,14 @@ impl Body for RequestBody {
         if this.inner.as_ref().is_some_and(Body::is_end_stream) {
             this.state.set_complete();
         }
+        let frame = match frame.into_trailers() {
+            Ok(mut trailers) => {
+                let allowed = this.state.trailers.get().map_or(&[][..], Vec::as_slice);
+                super::headers::request_trailers(&mut trailers, allowed);
+                Frame::trailers(trailers)
+            }
+            Err(frame) => frame,
+        };
         Poll::Ready(Some(Ok(frame)))
     }
 

@@ -291,6 +291,55 @@ pub fn response_trailers(trailers: &mut HeaderMap) {
     }
 }
 
+/// The trailer fields a client's request may pass to the backend: those its `Trailer`
+/// field declared (RFC 9110 §6.6.2; hyper's HTTP/1.1 client sends no other, and now neither
+/// does an HTTP/2 hop) but for any a trailer section must not carry ([`HOP_BY_HOP`],
+/// [`NOT_IN_TRAILERS`], credentials and `Proxy-*`), any the proxy builds itself, any the
+/// backend request's head (`head`) carries, and the route's `managed` ones (its policy's
+/// `set_headers` and `strip_headers`). A trailer must not say what the head said for the
+/// proxy: a backend that merges trailers into its headers (as Apache's `MergeTrailers` did,
+/// CVE-2013-5704) would otherwise take a client's `X-User` or `X-Real-IP` over the proxy's.
+pub fn request_trailer_names<'a>(
+    head: &http::HeaderMap,
+    managed: impl Iterator<Item = &'a HeaderName> + Clone,
+) -> Vec<HeaderName> {
+    let mut allowed: Vec<HeaderName> = Vec::new();
+    for name in list_values(head, &header::TRAILER) {
+        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+            continue;
+        };
+        let n = name.as_str();
+        let forbidden = HOP_BY_HOP.contains(&n)
+            || NOT_IN_TRAILERS.contains(&n)
+            || REBUILT.contains(&n)
+            || forwarding::SET_BY_THE_PROXY.contains(&n)
+            || crate::policy::RESERVED_HEADERS.contains(&n)
+            || n.starts_with("proxy-")
+            || n.starts_with("x-forwarded-")
+            || n == "max-forwards"
+            || head.contains_key(&name)
+            || managed.clone().any(|m| *m == name);
+        if !forbidden && !allowed.contains(&name) {
+            allowed.push(name);
+        }
+    }
+    allowed
+}
+
+/// Keeps the fields of a request's trailer section that [`request_trailer_names`] allowed.
+pub fn request_trailers(trailers: &mut http::HeaderMap, allowed: &[HeaderName]) {
+    if allowed.is_empty() {
+        trailers.clear();
+        return;
+    }
+    let names: Vec<HeaderName> = trailers.keys().cloned().collect();
+    for name in names {
+        if !allowed.contains(&name) {
+            trailers.remove(&name);
+        }
+    }
+}
+
 /// Removes the fields `names` lists and those a `Connection` field among them names.
 fn remove_with_named(headers: &mut HeaderMap, names: &[&str]) {
     let named = list_values(headers, &header::CONNECTION);

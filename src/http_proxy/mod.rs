@@ -218,6 +218,14 @@ async fn exchange(
     if let Some(n) = max_forwards {
         backend_headers.insert(header::MAX_FORWARDS, (n - 1).into());
     }
+    if backend_headers.contains_key(header::TRAILER) {
+        let rules = route.config.policy.rules();
+        let managed = rules.set_headers.iter().map(|(n, _)| n);
+        state.allow_trailers(headers::request_trailer_names(
+            &backend_headers,
+            managed.chain(&rules.strip_headers),
+        ));
+    }
     let ex = Exchange {
         route: route.clone(),
         method: parts.method.clone(),

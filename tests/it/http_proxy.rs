@@ -2002,3 +2002,75 @@ async fn forward_auth_hears_the_plain_requests_method() {
         }
     }
 }
+
+/// A request's trailers reach the backend only when its `Trailer` field declared them, and
+/// never as a field the proxy sets or guards in the head (forwarding and identity headers,
+/// credentials, `Proxy-*`, the route's `strip_headers`), over HTTP/1.1 and HTTP/2 alike. They
+/// all used to pass: a backend that merges trailers into its headers took a client's
+/// `X-Real-IP` over the proxy's.
+#[tokio::test]
+async fn request_trailers_cannot_say_what_the_proxy_says() {
+    let (b, seen) = echo_backend().await;
+    let gw = Gateway::spawn(&http_route(
+        &[b],
+        "[route.auth]\nstrip_headers = [\"X-Secret\"]\n",
+    ))
+    .await;
+    let forged = || {
+        let mut t = HeaderMap::new();
+        for (name, value) in [
+            ("x-checksum", "client"),
+            ("x-undeclared", "1"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-request-id", "forged"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("cookie", "session=forged"),
+            ("authorization", "Bearer forged"),
+            ("x-secret", "forged"),
+        ] {
+            t.insert(name, HeaderValue::from_static(value));
+        }
+        Frame::trailers(t)
+    };
+    let request = |rx| {
+        Request::post("/rpc")
+            .header("host", "app.test")
+            .header("te", "trailers")
+            .header(
+                "trailer",
+                "x-checksum, x-real-ip, x-forwarded-for, x-request-id, proxy-authorization, \
+                 cookie, authorization, x-secret",
+            )
+            .body(rx)
+            .unwrap()
+    };
+    let (tx, rx) = channel();
+    tokio::spawn(async move {
+        let _ = tx.send(Frame::data(Bytes::from_static(b"payload"))).await;
+        let _ = tx.send(forged()).await;
+    });
+    let resp = send(gw.addr, request(rx)).await;
+    assert_eq!(resp.status(), 200);
+    read_body(resp).await;
+    let (tx, rx) = channel();
+    tokio::spawn(async move {
+        let _ = tx.send(Frame::data(Bytes::from_static(b"payload"))).await;
+        let _ = tx.send(forged()).await;
+    });
+    let mut h2 = h2c(gw.addr).await;
+    let resp = tokio::time::timeout(STEP, h2.send_request(request(rx)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    read_body(resp).await;
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    for s in seen.iter() {
+        let t = s.trailers.as_ref().expect("no request trailers");
+        let names: Vec<&str> = t.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-checksum"], "{:?}", s.version);
+        assert_eq!(s.header("x-real-ip"), Some("127.0.0.1"));
+    }
+}
