@@ -551,7 +551,9 @@ mod tests {
             "",
         ] {
             let table = format!("{source}leeway = \"abc\"\nrequired_claims = [\"\"]\nissuer = 5\n");
-            let errors = load(&dir, &table).err().expect("accepted");
+            let Err(errors) = load(&dir, &table) else {
+                panic!("accepted:\n{table}");
+            };
             let line = FIRST + usize::from(!source.is_empty());
             for (key, at) in [("leeway", line), ("required_claims[0]", line + 1)] {
                 assert!(
