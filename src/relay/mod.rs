@@ -895,9 +895,10 @@ fn ingest<A, Z>(
     // Still scanned: a side the proxy closed is watched for its close reply.
     let discarding = drain::discarding(st, from);
     let messages_before = from.scanner.messages;
+    let mut controls = 0;
     let mut chunk = data;
     loop {
-        if let Err(reason) = forward(cx, st, from, to, chunk, now) {
+        if let Err(reason) = forward(cx, st, from, to, chunk, now, &mut controls) {
             take_over_dyn(st, from, to, reason, None);
             inflated::abandon_frame(st, from, to);
         }
@@ -914,7 +915,9 @@ fn ingest<A, Z>(
     if !st.taken_over
         && let Some(fair) = st.fair.as_mut()
     {
-        let messages = from.scanner.messages - messages_before;
+        // A ping or pong passed on counts as a message: a flood of them reaches the other
+        // side as data would.
+        let messages = from.scanner.messages - messages_before + controls;
         fair.charge(from.who, data.len() as u64, messages, now);
     }
     control::count(
@@ -970,7 +973,8 @@ where
     }
 }
 
-/// Passes one chunk from `from` to `to` through the scanner.
+/// Passes one chunk from `from` to `to` through the scanner; adds the pings and pongs it
+/// met that are not the answer to the proxy's own ping to `controls`.
 fn forward<A, Z>(
     cx: &mut Context<'_>,
     st: &mut State,
@@ -978,6 +982,7 @@ fn forward<A, Z>(
     to: &mut Side<Z>,
     data: &[u8],
     now: Instant,
+    controls: &mut u64,
 ) -> Result<(), Reason>
 where
     A: Leg,
@@ -1038,6 +1043,9 @@ where
                     // The answer to the proxy's own ping: consumed, not forwarded.
                     *ping_pending = false;
                     return;
+                }
+                if op != opcode::CLOSE {
+                    *controls += 1;
                 }
                 if close_from.is_some() {
                     // RFC 6455 §5.5.1: a side sends nothing after its close frame; what it

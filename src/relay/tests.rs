@@ -419,6 +419,18 @@ async fn a_side_that_never_reads_holds_at_most_one_read_in_the_relay() {
 /// relay's clock is the test's).
 #[tokio::test(start_paused = true)]
 async fn a_side_over_its_share_is_read_at_its_rate_then_closed_with_1008() {
+    over_its_share(masked(opcode::TEXT, b"flood")).await;
+}
+
+/// Pings count toward a messages share as messages do: a ping flood reached the backend
+/// unslowed on a route with only `client_messages_per_sec`.
+#[tokio::test(start_paused = true)]
+async fn pings_count_toward_a_messages_share() {
+    over_its_share(masked(opcode::PING, b"flood")).await;
+}
+
+/// 100 copies of the client frame `one` at once on a share of 10 a second, then one more.
+async fn over_its_share(one: Vec<u8>) {
     let (client, client_side) = duplex(1 << 20);
     let (backend_side, mut backend) = duplex(1 << 20);
     let outside = Outside(Control::default(), Arc::default());
@@ -440,7 +452,6 @@ async fn a_side_over_its_share_is_read_at_its_rate_then_closed_with_1008() {
     // 100 messages at once, 10 times the rate: they come in one read, which is forwarded
     // whole (the relay does not hold bytes it has read), and the client owes 9 s.
     let (mut client_read, mut client_write) = tokio::io::split(client);
-    let one = masked(opcode::TEXT, b"flood");
     let flood: Vec<u8> = (0..100).flat_map(|_| one.clone()).collect();
     client_write.write_all(&flood).await.unwrap();
     let mut got = vec![0u8; flood.len()];
@@ -450,7 +461,10 @@ async fn a_side_over_its_share_is_read_at_its_rate_then_closed_with_1008() {
     client_write.write_all(&one).await.unwrap();
     // The client gets 1008 "rate limit" when the grace ends.
     let mut head = [0u8; 4];
-    client_read.read_exact(&mut head).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), client_read.read_exact(&mut head))
+        .await
+        .expect("no close frame for the client")
+        .unwrap();
     let waited = started.elapsed();
     assert_eq!(head[0], 0x88);
     assert_eq!(u16::from_be_bytes([head[2], head[3]]), 1008);
