@@ -15,6 +15,7 @@ pub mod guard;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -40,8 +41,14 @@ pub type Body = BoxBody<Bytes, Infallible>;
 const MAX_IN_PROGRESS: usize = 64;
 /// Time to produce a response's head. A scrape of 10,000 sessions takes milliseconds.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time for a client to send its request head.
+/// Time for a client to send its request head, and for a new connection's first byte (and
+/// its TLS handshake).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections the admin listener holds at once; a connection past them is closed at once.
+/// An operator, a few scrapers and a load balancer's health checks need a handful; the cap
+/// keeps a flood of connections to an exposed admin port (the token is checked only once a
+/// request comes) from taking the descriptors the proxy keeps in reserve for them.
+const MAX_CONNECTIONS: usize = 256;
 
 /// What the admin service reads and acts on.
 #[derive(Debug)]
@@ -101,6 +108,7 @@ async fn accept_loop(
         .tls
         .as_ref()
         .map(|t| tokio_rustls::TlsAcceptor::from(t.server_config(false)));
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, peer) = tokio::select! {
             _ = accepting.cancelled() => return,
@@ -113,16 +121,24 @@ async fn accept_loop(
                 }
             },
         };
+        if open.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
+            open.fetch_sub(1, Ordering::Relaxed);
+            tracing::debug!(client = %peer, limit = MAX_CONNECTIONS, "admin connection refused: too many open");
+            continue;
+        }
         let (builder, service, stop) = (builder.clone(), service.clone(), admin.stop.clone());
         let acceptor = acceptor.clone();
+        let open = open.clone();
         tokio::spawn(async move {
             let served = async {
                 match acceptor {
-                    None => serve(&builder, TokioIo::new(stream), service).await,
+                    None => serve(&builder, TokioIo::new(FirstByteBy::new(stream)), service).await,
                     Some(acceptor) => {
                         let tls = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream));
                         match tls.await {
-                            Ok(Ok(tls)) => serve(&builder, TokioIo::new(tls), service).await,
+                            Ok(Ok(tls)) => {
+                                serve(&builder, TokioIo::new(FirstByteBy::new(tls)), service).await
+                            }
                             _ => tracing::debug!(client = %peer, "admin TLS handshake failed"),
                         }
                     }
@@ -132,7 +148,74 @@ async fn accept_loop(
                 _ = served => {}
                 _ = stop.cancelled() => {}
             }
+            open.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+}
+
+/// A new connection's reads, failing with `TimedOut` when its first byte has not come within
+/// [`HEADER_TIMEOUT`]. hyper-util's auto builder reads the first bytes to tell HTTP/2 from
+/// HTTP/1.1 before hyper's own header timeout starts, so a connection that sends nothing was
+/// held for ever.
+struct FirstByteBy<I> {
+    io: I,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I> FirstByteBy<I> {
+    fn new(io: I) -> FirstByteBy<I> {
+        FirstByteBy {
+            io,
+            deadline: Some(Box::pin(tokio::time::sleep(HEADER_TIMEOUT))),
+        }
+    }
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByteBy<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                this.deadline = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => match this.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no request within the header timeout",
+                ))),
+                _ => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByteBy<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

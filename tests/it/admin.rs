@@ -700,3 +700,41 @@ async fn the_event_stream_and_the_page() {
     assert_eq!(summary["routes"][0]["name"], "chat");
     assert_eq!(summary["sessions"][0]["route"], "chat");
 }
+
+/// A connection to the admin listener that sends nothing is closed after the header timeout
+/// (10 s), and one past the 256 it holds at once is closed at once, while `/healthz` is still
+/// answered once one goes. Silent connections used to be held for ever, uncounted: a flood
+/// of them to an exposed admin port took the descriptors kept in reserve for it.
+#[tokio::test]
+async fn silent_admin_connections_are_closed_and_capped() {
+    let echo = EchoBackend::spawn().await;
+    let (_gw, admin) = spawn_admin(&route("chat", "/chat", &[echo.url()]), None).await;
+    let mut silent = Vec::new();
+    for _ in 0..256 {
+        silent.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+    }
+    // The 257th: closed at once, before anything is sent (or after: either way, EOF).
+    let mut extra = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(STEP, extra.read(&mut buf))
+        .await
+        .expect("the connection past the cap was kept")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    // The silent ones: closed at the header timeout.
+    let started = std::time::Instant::now();
+    for s in &mut silent {
+        let n = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf))
+            .await
+            .expect("a silent connection held past the header timeout")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "closed before its timeout"
+    );
+    drop(silent);
+    // Each one's seat is given back.
+    assert_eq!(get(admin, "/healthz").await.status, 200);
+}
