@@ -146,16 +146,19 @@ impl BackendPool {
                 IpAddr::V4(v4) => balance::hash_bytes(&v4.octets()),
                 IpAddr::V6(v6) => balance::hash_bytes(&v6.octets()),
             }),
+            // An empty value is no key: every client sending one would land on one backend.
             Balance::Hash(HashKey::Header(name)) => parts
                 .headers
                 .get(name)
+                .map(|v| v.as_bytes().trim_ascii())
+                .filter(|v| !v.is_empty())
+                .map(balance::hash_bytes),
+            Balance::Hash(HashKey::Cookie(name)) => sticky::cookie(&parts.headers, name)
+                .filter(|v| !v.is_empty())
                 .map(|v| balance::hash_bytes(v.as_bytes())),
-            Balance::Hash(HashKey::Cookie(name)) => {
-                sticky::cookie(&parts.headers, name).map(|v| balance::hash_bytes(v.as_bytes()))
-            }
-            Balance::Hash(HashKey::Query(name)) => {
-                query_param(parts.uri.query(), name).map(|v| balance::hash_bytes(v.as_bytes()))
-            }
+            Balance::Hash(HashKey::Query(name)) => query_param(parts.uri.query(), name)
+                .filter(|v| !v.is_empty())
+                .map(|v| balance::hash_bytes(v.as_bytes())),
             _ => None,
         };
         let sticky = self.config.sticky.as_ref().and_then(|s| {
@@ -174,6 +177,7 @@ impl BackendPool {
         if let Balance::Hash(HashKey::Claim(name)) = &self.config.balance {
             affinity.key = claims
                 .and_then(|c| crate::policy::claim(c, name))
+                .filter(|v| v.as_str() != Some("") && !v.is_null())
                 .map(|v| match v {
                     serde_json::Value::String(s) => balance::hash_bytes(s.as_bytes()),
                     other => balance::hash_bytes(other.to_string().as_bytes()),

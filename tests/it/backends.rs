@@ -358,6 +358,21 @@ async fn the_same_key_reaches_the_same_backend_across_a_restart() {
     assert_eq!(placements(&gw, &backends, &users).await, first);
 }
 
+/// An empty key is no key: such requests are balanced round robin, as requests without the
+/// header are. They all went to one backend (the hash of nothing).
+#[tokio::test]
+async fn an_empty_hash_key_is_balanced_round_robin() {
+    let backends = [
+        EchoBackend::spawn().await,
+        EchoBackend::spawn().await,
+        EchoBackend::spawn().await,
+    ];
+    let urls: Vec<String> = backends.iter().map(EchoBackend::url).collect();
+    let gw = Gateway::spawn(&format!("{}{HASHED}", route("r", "/", &urls))).await;
+    let placed = placements(&gw, &backends, &vec![String::new(); 6]).await;
+    assert_eq!(placed, [0, 1, 2, 0, 1, 2]);
+}
+
 #[tokio::test]
 async fn clients_that_come_back_by_cookie_take_no_turn_from_new_clients() {
     let backends = [EchoBackend::spawn().await, EchoBackend::spawn().await];
