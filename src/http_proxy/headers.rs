@@ -233,13 +233,17 @@ pub struct BadResponse(pub &'static str);
 /// asked to switch protocols: a plain request's `Upgrade` is never forwarded), a transfer
 /// coding other than chunked (hyper decodes only chunked, and the coding would be lost on
 /// the way: the client would take gzip bytes for the content), `Content-Length` values that
-/// disagree or are not numbers.
+/// disagree or are not numbers, a status code past 599.
 pub fn response_framing(
     status: http::StatusCode,
     headers: &mut HeaderMap,
 ) -> Result<(), BadResponse> {
     if status == http::StatusCode::SWITCHING_PROTOCOLS {
         return Err(BadResponse("backend switched protocols unasked (101)"));
+    }
+    if status.as_u16() > 599 {
+        // RFC 9110 §15: a status code is 100 to 599 (hyper's parser takes any three digits).
+        return Err(BadResponse("backend answered a status code past 599"));
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
         let codings = list_values(headers, &header::TRANSFER_ENCODING);

@@ -1888,8 +1888,8 @@ async fn canned_backend(answer: fn(&str) -> &'static [u8]) -> SocketAddr {
 /// A response is forwarded framed as the client's connection frames it, and only what a
 /// proxy may forward (RFC 9112 §6.3): `Content-Length` beside `Transfer-Encoding` is
 /// dropped (the chunked coding framed the body), a list of one length becomes that length,
-/// a 204 carries none; a transfer coding hyper cannot decode (gzip) and a 101 nothing asked
-/// for are a 502, never bytes the client would misread; trailers lose the fields a trailer
+/// a 204 carries none; a transfer coding hyper cannot decode (gzip), a 101 nothing asked
+/// for and a status code past 599 are a 502, never bytes the client would misread; trailers lose the fields a trailer
 /// section must not carry (an HTTP/2 client would take a `Connection` there for a
 /// malformed response and lose the whole of it).
 #[tokio::test]
@@ -1906,6 +1906,7 @@ async fn a_backend_response_is_framed_anew_and_refused_when_it_cannot_be() {
         "/switch" => {
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n"
         }
+        "/600" => b"HTTP/1.1 600 Beyond\r\nContent-Length: 0\r\n\r\n",
         "/nocontent" => b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
         "/trailers" => {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
@@ -1926,7 +1927,8 @@ async fn a_backend_response_is_framed_anew_and_refused_when_it_cannot_be() {
         );
         assert_eq!(read_body(resp).await.0, "HELLO", "{path}");
     }
-    for path in ["/gzip", "/switch"] {
+    // (A status code past 599 is none, RFC 9110 §15: it was passed on.)
+    for path in ["/gzip", "/switch", "/600"] {
         let resp = send(gw.addr, get(path)).await;
         assert_eq!(resp.status(), 502, "{path}");
     }
