@@ -874,7 +874,11 @@ pub fn mask_toward(to: Sender) -> Option<[u8; 4]> {
 /// panic, must pass on exactly a prefix of its input, and, without a violation, everything but
 /// an incomplete trailing frame head or control frame. Past a message over the limit it is
 /// fed on as the relay feeds it (`take_unscanned`): nothing but the input's own control
-/// frames, in order, may be reported.
+/// frames, in order, may be reported. When the knobs allow RSV1 (permessage-deflate), the
+/// scanner also counts inflated sizes (`max_message_inflated`, the limit the knobs' byte
+/// times 16, the context kept or not by its sixth bit) when the knobs set a limit: the
+/// inflater then reads the payloads, and a stream that inflates too far or is not deflate at
+/// all must end as the other violations do.
 #[doc(hidden)]
 pub fn fuzz_scanner(data: &[u8]) {
     let Some((&knobs, input)) = data.split_first() else {
@@ -889,6 +893,9 @@ pub fn fuzz_scanner(data: &[u8]) {
     let max_message = (knobs & 0x10 != 0).then_some(u64::from(knobs) * 64);
     let step = usize::from(knobs >> 5) * 3 + 1;
     let mut scanner = Scanner::new(from, allowed_rsv, max_message);
+    if allowed_rsv & 0b100 != 0 && max_message.is_some() {
+        scanner.count_inflated(u64::from(knobs) * 16, knobs & 0x20 != 0);
+    }
     let mut out = Vec::with_capacity(input.len());
     let mut stopped = false;
     // Past a message over the limit: where the next control frame may start in `input`.
