@@ -165,6 +165,7 @@ pub async fn accept_loop(
                         subject_header: None,
                         trusted_proxies,
                         live_streams: None,
+                        watch: None,
                     };
                     serve(
                         stream,
@@ -215,6 +216,7 @@ pub async fn accept_loop(
                         subject_header,
                         trusted_proxies,
                         live_streams: None,
+                        watch: None,
                     };
                     // ALPN decides the protocol, not the first bytes.
                     let builder = if seen.h2 {
@@ -488,6 +490,8 @@ async fn serve<I>(
     let client = conn.client;
     if matches!(&*builder, http::Builder::Http2(_)) {
         conn.live_streams = Some(Default::default());
+    } else {
+        conn.watch = Some(watch.clone());
     }
     let live_streams = conn.live_streams.clone();
     // HTTP/2 only: its requests in flight, from the service's call to the end of the

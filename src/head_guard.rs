@@ -171,6 +171,21 @@ pub struct HeadWatch {
     seen_request: AtomicBool,
     refused: AtomicBool,
     body_unread: AtomicBool,
+    /// When a write that cannot go on fails (milliseconds of `crate::relay::millis`, plus
+    /// one; 0: never): the end of a plain request's `request_timeout` while its response is
+    /// being sent (`arm_write_deadline`). A client that stops reading leaves hyper waiting
+    /// to write and the response body unpolled, so the deadline the body keeps was never
+    /// looked at: the exchange held its client and backend connections for as long as the
+    /// client liked.
+    write_deadline: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for HeadWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeadWatch")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HeadWatch {
@@ -182,6 +197,29 @@ impl HeadWatch {
             seen_request: AtomicBool::new(false),
             refused: AtomicBool::new(false),
             body_unread: AtomicBool::new(false),
+            write_deadline: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// From now until [`HeadWatch::disarm_write_deadline`], a write the client does not
+    /// take by `at` fails the connection (HTTP/1.1: one exchange at a time).
+    pub fn arm_write_deadline(&self, at: tokio::time::Instant) {
+        // Rounded up to the next millisecond (`millis` rounds down), plus one for "none":
+        // the connection's deadline is never before the response body's own.
+        let ms = crate::relay::millis(at.into_std()).saturating_add(2);
+        self.write_deadline.store(ms, Ordering::Relaxed);
+    }
+
+    pub fn disarm_write_deadline(&self) {
+        self.write_deadline.store(0, Ordering::Relaxed);
+    }
+
+    fn write_deadline(&self) -> Option<tokio::time::Instant> {
+        match self.write_deadline.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(tokio::time::Instant::from_std(
+                crate::relay::instant_from_millis(ms - 1),
+            )),
         }
     }
 
@@ -404,6 +442,8 @@ pub struct HeadGuard<S> {
     /// Bytes read before hyper took over (the protocol sniff, `accept.rs`): hyper's first
     /// reads get them. Boxed: `None` on most connections, and hyper takes them at once.
     pre: Option<Box<Bytes>>,
+    /// The timer of a write that waits while the watch has a write deadline.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 enum Phase {
@@ -439,6 +479,28 @@ impl<S> HeadGuard<S> {
             watch,
             phase: Phase::First,
             pre: None,
+            stalled: None,
+        }
+    }
+
+    /// A write that came back `Pending`: still pending, or failed with `TimedOut` once the
+    /// watch's write deadline has passed.
+    fn waiting_write<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+        let Some(at) = self.watch.write_deadline() else {
+            return Poll::Pending;
+        };
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if timer.deadline() != at {
+            timer.as_mut().reset(at);
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client did not take the response within the request timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -603,7 +665,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadGuard<S> {
         let this = self.get_mut();
         match this.phase {
             // After the shutdown has begun a write fails in the socket, as it would unguarded.
-            Phase::Through | Phase::Linger(_) => Pin::new(&mut this.io).poll_write(cx, buf),
+            Phase::Through | Phase::Linger(_) => match Pin::new(&mut this.io).poll_write(cx, buf) {
+                Poll::Pending => this.waiting_write(cx),
+                done => done,
+            },
             Phase::First => {
                 if buf.is_empty() {
                     Poll::Ready(Ok(0))
@@ -628,7 +693,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadGuard<S> {
         let total = || bufs.iter().map(|b| b.len()).sum::<usize>();
         match this.phase {
             Phase::Through | Phase::Linger(_) => {
-                Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+                match Pin::new(&mut this.io).poll_write_vectored(cx, bufs) {
+                    Poll::Pending => this.waiting_write(cx),
+                    done => done,
+                }
             }
             Phase::First => {
                 // hyper's automatic answer is one buffer; anything else is not it.

@@ -193,6 +193,9 @@ pub struct ConnInfo {
     /// WebSockets open as HTTP/2 streams of this connection (they need it to stay up). Only
     /// on HTTP/2 connections: an HTTP/1.1 one carries at most one, which leaves with it.
     pub live_streams: Option<Arc<tokio::sync::watch::Sender<usize>>>,
+    /// The connection's watch, on HTTP/1.1 only: a plain request's `request_timeout` arms
+    /// its write deadline while the response is sent (`HeadWatch::arm_write_deadline`).
+    pub watch: Option<Arc<crate::head_guard::HeadWatch>>,
 }
 
 /// Counts one HTTP/2 WebSocket on its connection while alive.

@@ -263,7 +263,13 @@ async fn exchange(
     sticky_cookie(cx, route, forwarded.index, &mut head.headers);
     // The client's connection speaks its own version; hyper writes the status line.
     head.version = Version::default();
-    let body = record::ResponseBody::new(incoming, deadline, record, forwarded.in_flight);
+    let body = record::ResponseBody::new(
+        incoming,
+        deadline,
+        record,
+        forwarded.in_flight,
+        cx.conn.watch.as_ref(),
+    );
     Ok(Response::from_parts(head, body.boxed_unsync()))
 }
 

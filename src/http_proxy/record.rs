@@ -163,16 +163,30 @@ pub struct ResponseBody {
     record: Option<Box<Record>>,
     /// Counts the exchange on its backend (`least_conn`) until the body ends.
     _in_flight: InFlight,
+    /// The HTTP/1.1 connection whose write deadline the body armed, until it ends.
+    watch: Option<Arc<crate::head_guard::HeadWatch>>,
 }
 
 impl ResponseBody {
+    /// On an HTTP/1.1 connection (`watch`), the deadline also bounds the client's taking of
+    /// the response: a client that stops reading leaves the body unpolled, so the
+    /// connection's writes fail at the deadline instead (`HeadWatch::arm_write_deadline`).
     pub fn new(
         inner: Incoming,
         deadline: Option<(tokio::time::Instant, Duration)>,
         record: Record,
         in_flight: InFlight,
+        watch: Option<&Arc<crate::head_guard::HeadWatch>>,
     ) -> ResponseBody {
+        let watch = match (watch, deadline) {
+            (Some(w), Some((at, _))) => {
+                w.arm_write_deadline(at);
+                Some(w.clone())
+            }
+            _ => None,
+        };
         ResponseBody {
+            watch,
             inner,
             deadline: deadline.map(|(at, _)| Box::pin(tokio::time::sleep_until(at))),
             timeout: deadline.map_or(Duration::ZERO, |(_, d)| d),
@@ -183,6 +197,9 @@ impl ResponseBody {
     }
 
     fn finish(&mut self, outcome: Outcome, error: Option<&str>) {
+        if let Some(w) = self.watch.take() {
+            w.disarm_write_deadline();
+        }
         if let Some(record) = self.record.take() {
             record.finish(outcome, self.bytes, error);
         }
@@ -258,11 +275,17 @@ impl Drop for ResponseBody {
     fn drop(&mut self) {
         // hyper drops a body it has sent to its end without polling past it (a HEAD answer,
         // a 204), or one the client no longer waits for.
-        let outcome = if self.inner.is_end_stream() {
-            Outcome::Completed
+        let now = tokio::time::Instant::now();
+        let timed_out = self.deadline.as_ref().is_some_and(|d| now >= d.deadline());
+        let (outcome, error) = if self.inner.is_end_stream() {
+            (Outcome::Completed, None)
+        } else if timed_out {
+            // The connection's write deadline (`new`): the client did not take the response.
+            let e = Elapsed(self.timeout).to_string();
+            (Outcome::RequestTimeout, Some(e))
         } else {
-            Outcome::ClientGone
+            (Outcome::ClientGone, None)
         };
-        self.finish(outcome, None);
+        self.finish(outcome, error.as_deref());
     }
 }

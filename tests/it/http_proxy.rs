@@ -1554,6 +1554,65 @@ async fn request_timeout_cuts_a_response_that_outlasts_it() {
     assert!(rest.is_err(), "a cut response passed as complete");
 }
 
+/// A client that stops reading does not hold its exchange past `request_timeout`: its
+/// connection is closed at the deadline and the backend's with it. hyper waited to write and
+/// never polled the response body, whose deadline it is, so both connections stayed open for
+/// as long as the client did not read (40 s in the report, outcome `request_timeout` only
+/// once it read again).
+#[tokio::test]
+async fn request_timeout_cuts_a_client_that_stops_reading() {
+    let (gone_tx, mut gone) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let b = backend(Arc::new(move |_req| {
+        let gone_tx = gone_tx.clone();
+        Box::pin(async move {
+            let (tx, rx) = channel();
+            tokio::spawn(async move {
+                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                // Endless: only the proxy dropping the response ends it.
+                while tx.send(Frame::data(chunk.clone())).await.is_ok() {}
+                let _ = gone_tx.send(());
+            });
+            Response::new(rx)
+        })
+    }))
+    .await;
+    let gw = Gateway::spawn(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        http_route(&[b], "request_timeout = \"500ms\"")
+    ))
+    .await;
+    let started = tokio::time::Instant::now();
+    let mut client = TcpStream::connect(gw.addr).await.unwrap();
+    client
+        .write_all(b"GET /endless HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    // The client reads nothing; the backend's response is dropped at the deadline.
+    tokio::time::timeout(std::time::Duration::from_secs(10), gone.recv())
+        .await
+        .expect("the exchange outlived its request_timeout by seconds");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(450));
+    // What the client's socket holds, then the end.
+    let mut sink = Vec::new();
+    let end = tokio::time::timeout(STEP, client.read_to_end(&mut sink)).await;
+    assert!(end.is_ok(), "the client's connection was left open");
+    let m = scrape(gw.handle().admin_addr().unwrap()).await;
+    let cut = [
+        ("route", "app"),
+        ("class", "2xx"),
+        ("outcome", "request_timeout"),
+    ];
+    assert_eq!(
+        m.value("wsgate_http_requests_total", &cut),
+        1.0,
+        "{:?}",
+        m.samples
+            .iter()
+            .filter(|s| s.name == "wsgate_http_requests_total")
+            .collect::<Vec<_>>()
+    );
+}
+
 fn record(line: &str) -> serde_json::Value {
     serde_json::from_str(line).unwrap()
 }
