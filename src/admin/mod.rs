@@ -121,6 +121,7 @@ async fn accept_loop(
                 }
             },
         };
+        admin.state.descriptors.took_one();
         if open.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
             open.fetch_sub(1, Ordering::Relaxed);
             tracing::debug!(client = %peer, limit = MAX_CONNECTIONS, "admin connection refused: too many open");

@@ -99,11 +99,24 @@ impl Descriptors {
     /// admin listener and the backend legs. The handshakes that get that far are answered
     /// 503 by [`Descriptors::check`] at the full reserve first.
     pub fn check_accepted(&self, setting: FdReserve) -> Result<(), LimitError> {
+        // (Its own credits are taken by the check.)
+        take_credit(&self.credits);
         self.check_within(
             self.reserve(setting) / 2,
             &self.accept_credits,
             &self.accept_credits_reserve,
         )
+    }
+
+    /// A descriptor was taken outside a handshake (a connection accepted, on a proxy
+    /// listener or the admin one): one credit fewer for the handshakes that pass unprobed.
+    /// A credit stands for [`ROOM_PER_SKIP`] descriptors, so this overcounts; without it, a
+    /// burst of connections that never handshake (a few hundred silent admin connections)
+    /// took the room a probe had seen, and the handshakes after them passed on its credits
+    /// into the reserve and on to the limit (a backend connect that failed with EMFILE).
+    pub fn took_one(&self) {
+        take_credit(&self.credits);
+        take_credit(&self.accept_credits);
     }
 
     fn check_within(
@@ -142,6 +155,11 @@ impl Descriptors {
         credits.store(skips as u32, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// One credit fewer, if there is one (never wrapping past zero: see `check_within`).
+fn take_credit(credits: &AtomicU32) {
+    let _ = credits.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| c.checked_sub(1));
 }
 
 /// `fd_reserve` for a process limited to `limit` descriptors.
@@ -324,6 +342,28 @@ mod tests {
 
     /// Two threads take the last credit at once, 20,000 times. (A race: the old
     /// load-then-subtract wrapped the count in about one run of three on two cores.)
+    /// Connections accepted meanwhile (proxy or admin) take credits: after as many of them
+    /// as the last probe left credits, the next handshake is probed, and refused at the
+    /// reserve. Silent admin connections used to leave the credits whole, and handshakes
+    /// passed unprobed past the reserve to the limit.
+    #[test]
+    fn connections_accepted_between_probes_take_credits() {
+        let (d, lowest) = probed();
+        let setting = FdReserve::Descriptors(1_000);
+        let far = with_limit(&d, lowest + 1_000 + 100_000);
+        far.check(setting).unwrap();
+        assert_eq!(far.credits.load(Ordering::Relaxed), MAX_SKIPPED_PROBES);
+        for _ in 0..MAX_SKIPPED_PROBES - 1 {
+            far.took_one();
+        }
+        assert_eq!(far.credits.load(Ordering::Relaxed), 1);
+        far.check_accepted(setting).unwrap();
+        assert_eq!(far.credits.load(Ordering::Relaxed), 0);
+        // More accepts than credits never wrap the count.
+        far.took_one();
+        assert_eq!(far.credits.load(Ordering::Relaxed), 0);
+    }
+
     #[test]
     fn handshakes_racing_for_the_last_credit_never_wrap_the_count() {
         let (d, lowest) = probed();
