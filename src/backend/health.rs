@@ -226,7 +226,13 @@ impl Health {
         let Some(window) = slow_start else {
             return 1.0;
         };
-        match self.lock().back_since {
+        let s = self.lock();
+        // An ejection that has run out is over from its end, whether or not a handshake has
+        // looked since (`usable`).
+        let ended = s
+            .ejected_until
+            .filter(|until| *until <= now && !s.checked_down);
+        match ended.or(s.back_since) {
             Some(since) => {
                 let elapsed = now.saturating_duration_since(since);
                 (elapsed.as_secs_f64() / window.as_secs_f64()).clamp(MIN_SLOW_START_SHARE, 1.0)
@@ -256,6 +262,26 @@ mod tests {
             max_ejection: Duration::from_secs(35),
             ..HealthConfig::default()
         }
+    }
+
+    /// The slow start after an ejection runs from its end, whether or not a handshake has
+    /// looked since: the admin API showed a share of 1 until the next handshake, then
+    /// dropped it back.
+    #[test]
+    fn slow_start_after_an_ejection_runs_from_its_end_unlooked() {
+        let (h, c, t0) = (Health::default(), cfg(), Instant::now());
+        let window = Some(Duration::from_secs(100));
+        for _ in 0..3 {
+            h.passive_failure(t0, &c, true);
+        }
+        let end = t0 + Duration::from_secs(10);
+        assert_eq!(h.share(end + Duration::from_secs(50), window), 0.5);
+        // The first look ends it from its end, as the share said.
+        assert_eq!(
+            h.usable(end + Duration::from_secs(50)),
+            (true, Some(Change::EjectionOver))
+        );
+        assert_eq!(h.share(end + Duration::from_secs(50), window), 0.5);
     }
 
     #[test]

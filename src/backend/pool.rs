@@ -282,6 +282,20 @@ impl BackendPool {
             .health
             .passive_failure(now, &self.config.health, may_eject)
         {
+            if let health::Change::Ejected { lasts, .. } = change
+                && let Some(b) = self.backends.iter().find(|b| std::ptr::eq(&***b, backend))
+                && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            {
+                // Its end is logged when it comes, not at the next handshake that looks: a
+                // quiet route would log it late or never.
+                let (b, route) = (b.clone(), self.route.clone());
+                runtime.spawn(async move {
+                    tokio::time::sleep(lasts).await;
+                    if let (_, Some(change)) = b.health.usable(Instant::now()) {
+                        b.changed(&route, change);
+                    }
+                });
+            }
             backend.changed(&self.route, change);
         }
     }
