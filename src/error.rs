@@ -22,7 +22,7 @@ pub enum BackendError {
     #[error("backend did not answer the upgrade within {0:?}")]
     HandshakeTimeout(Duration),
     /// The backend answered with something other than 101; passed on to the client.
-    #[error("backend refused the upgrade with {}", .0.status)]
+    #[error("backend {}refused the upgrade with {}", .0.backend_named(), .0.status)]
     Refused(Box<BackendRefusal>),
     /// The backend's answer was not a valid WebSocket handshake (RFC 6455 §4.1).
     #[error("invalid backend handshake: {0}")]
@@ -97,6 +97,36 @@ pub struct BackendRefusal {
     pub headers: HeaderMap,
     /// The body, cut at `limits.max_error_body`.
     pub body: Bytes,
+    /// The backend that answered, as written in the config (for the record's reason).
+    pub backend: Option<std::sync::Arc<str>>,
+}
+
+impl BackendRefusal {
+    /// The backend followed by a space, or nothing.
+    fn backend_named(&self) -> String {
+        self.backend
+            .as_deref()
+            .map_or_else(String::new, |b| format!("{b} "))
+    }
+}
+
+impl BackendError {
+    /// The error as the record of a refused handshake gives it: the backend it came from
+    /// named, for those whose text does not name it already (a connect failure's does). With
+    /// several backends, a `backend_refused` or `backend_bad_handshake` record otherwise
+    /// left the reader to find the backend in another line.
+    pub fn from_backend(self, backend: &std::sync::Arc<str>) -> BackendError {
+        match self {
+            BackendError::Refused(mut r) => {
+                r.backend = Some(backend.clone());
+                BackendError::Refused(r)
+            }
+            BackendError::BadHandshake(m) => BackendError::BadHandshake(format!("{backend}: {m}")),
+            BackendError::Io(m) => BackendError::Io(format!("{backend}: {m}")),
+            BackendError::Tls(m) => BackendError::Tls(format!("{backend}: {m}")),
+            other => other,
+        }
+    }
 }
 
 /// Which count an admission limit applies to.

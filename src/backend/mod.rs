@@ -465,6 +465,7 @@ async fn refused(
         status,
         headers,
         body: body.freeze(),
+        backend: None,
     }))
 }
 

@@ -336,12 +336,12 @@ impl BackendPool {
                 }
                 Err(e) if !fails_over(&e) => {
                     lease.backend.health.passive_success();
-                    return Err(e);
+                    return Err(e.from_backend(&lease.backend.name));
                 }
                 Err(e) => {
                     tracing::warn!(session = req.session, request_id = req.correlation.request_id(), route = %self.route, backend = %lease.backend.name, error = %e.attempt_text(), "backend handshake failed");
                     self.failed(&lease.backend, Instant::now());
-                    failures.push(e);
+                    failures.push(e.from_backend(&lease.backend.name));
                 }
             }
         }
@@ -490,6 +490,7 @@ mod tests {
                 status: http::StatusCode::SERVICE_UNAVAILABLE,
                 headers: Default::default(),
                 body: Default::default(),
+                backend: None,
             }))
         };
         let timeout =

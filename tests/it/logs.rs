@@ -663,6 +663,50 @@ async fn a_failed_over_connect_is_the_backends_failure_not_the_routes() {
     run.stop().await;
 }
 
+/// A refusal the backends made (their 4xx, a broken 101) names the backend in its record,
+/// whichever of the route's backends it was; the record said only "backend refused the
+/// upgrade with 404".
+#[tokio::test]
+async fn a_backends_refusal_names_the_backend_in_its_record() {
+    let (refusing, _seen) =
+        scripted_backend(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec()).await;
+    let (broken, _seen) = scripted_backend(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Accept: wrong\r\n\r\n"
+            .to_vec(),
+    )
+    .await;
+    let tmp = TempDir::new("logs");
+    let config = tmp.write(
+        "wsgate.toml",
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}{}",
+            route("four", "/four", &[format!("ws://{refusing}")]),
+            route("bad", "/bad", &[format!("ws://{broken}")]),
+        ),
+    );
+    let (run, addr) = JsonRun::start(&config, "info").await;
+    for (path, status) in [("/four", 404), ("/bad", 502)] {
+        let (_s, resp) =
+            raw_exchange(addr.parse().unwrap(), upgrade_request(path, "").as_bytes()).await;
+        assert_eq!(resp.status, status, "{path}");
+    }
+    for (outcome, backend) in [
+        ("backend_refused", refusing),
+        ("backend_bad_handshake", broken),
+    ] {
+        let r = run
+            .wait_for(outcome, |r| {
+                r.get("event").is_some_and(|e| e == "refused")
+                    && r.get("outcome").is_some_and(|o| o == outcome)
+            })
+            .await;
+        let reason = text(&r, "reason");
+        assert!(reason.contains(&format!("ws://{backend}")), "{reason}");
+    }
+    run.stop().await;
+}
+
 /// Connections a TLS listener refuses before any request (plain HTTP on the TLS port, a
 /// broken TLS handshake) are logged as refusals, as a refused request head is, and counted
 /// with the status they were answered with (400 for plain HTTP, `none` for the closed one).
