@@ -926,13 +926,19 @@ impl Leg for TcpLike {
     }
 }
 
+/// `pipe` has neither bytes nor its end to read now.
+fn assert_open(pipe: &mut tokio::io::DuplexStream, why: &str) {
+    use futures_util::FutureExt;
+    let mut byte = [0u8; 1];
+    assert!(pipe.read(&mut byte).now_or_never().is_none(), "{why}");
+}
+
 /// A backend whose close frame RFC 6455 forbids (code 1005) has sent its close: once it has
 /// the proxy's 1002 the relay lets it go, but the client, told 1014, keeps its connection
 /// until it answers (or the closing handshake's deadline), as after any other violation; its
 /// FIN does not come with the offender's.
 #[tokio::test(start_paused = true)]
 async fn the_side_not_at_fault_keeps_its_connection_until_it_answers() {
-    use futures_util::FutureExt;
     let (mut client, mut backend, mut relay) = closing_relay();
     let mut turn = || poll_once(&mut relay);
     assert!(turn().is_pending());
@@ -947,10 +953,9 @@ async fn the_side_not_at_fault_keeps_its_connection_until_it_answers() {
     assert!(turn().is_pending());
     assert_eq!(read_close(&mut backend).await.0, Some(1002));
     // The client has not answered: no FIN for it yet.
-    let mut byte = [0u8; 1];
-    assert!(
-        client.read(&mut byte).now_or_never().is_none(),
-        "the client's connection ended before its answer"
+    assert_open(
+        &mut client,
+        "the client's connection ended before its answer",
     );
     client
         .write_all(&masked(opcode::CLOSE, &[0x03, 0xf6]))
@@ -958,7 +963,7 @@ async fn the_side_not_at_fault_keeps_its_connection_until_it_answers() {
         .unwrap();
     assert!(turn().is_ready(), "the session goes on after both closes");
     drop(relay);
-    assert_eq!(client.read(&mut byte).await.unwrap(), 0);
+    assert_eq!(client.read(&mut [0u8; 1]).await.unwrap(), 0);
 }
 
 /// The backend breaks the framing; the client answers its 1014 at once; the backend, told
@@ -1373,7 +1378,6 @@ async fn a_client_that_answered_the_proxys_close_is_not_read_to_its_end() {
 /// Autobahn's) dropped its socket unanswered, and the record said `client_gone`.
 #[tokio::test(start_paused = true)]
 async fn a_backend_that_fails_the_connection_leaves_the_client_its_answer() {
-    use futures_util::FutureExt;
     for backend_drops in [false, true] {
         let (mut client, mut backend, mut relay) = closing_relay();
         still_running(&mut relay);
@@ -1389,11 +1393,8 @@ async fn a_backend_that_fails_the_connection_leaves_the_client_its_answer() {
         still_running(&mut relay);
         still_running(&mut relay);
         assert_eq!(read_close(&mut client).await.0, Some(1007));
+        assert_open(&mut client, "the client had its FIN before it could answer");
         let mut byte = [0u8; 1];
-        assert!(
-            client.read(&mut byte).now_or_never().is_none(),
-            "the client had its FIN before it could answer"
-        );
         client
             .write_all(&masked(opcode::CLOSE, &[0x03, 0xef]))
             .await
