@@ -66,6 +66,16 @@ pub fn check_framing(parts: &Parts) -> Result<(), &'static str> {
     if lengths.windows(2).any(|w| w[0] != w[1]) {
         return Err("several differing Content-Length values");
     }
+    // RFC 9113 §8.2.1: a field value with whitespace at either end makes an HTTP/2 request
+    // malformed (HTTP/1.1's parser trims it; the h2 codec passes it on).
+    if parts.version == Version::HTTP_2
+        && h.values().any(|v| {
+            let b = v.as_bytes();
+            matches!(b.first(), Some(b' ' | b'\t')) || matches!(b.last(), Some(b' ' | b'\t'))
+        })
+    {
+        return Err("a field value with whitespace at its start or end (HTTP/2)");
+    }
     Ok(())
 }
 

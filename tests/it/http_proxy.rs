@@ -2135,3 +2135,22 @@ async fn request_trailers_cannot_say_what_the_proxy_says() {
         assert_eq!(s.header("x-real-ip"), Some("127.0.0.1"));
     }
 }
+
+/// An HTTP/2 request whose field value starts or ends with whitespace is malformed (RFC 9113
+/// §8.2.1): 400, and nothing reaches the backend. It was forwarded as `x-a:  v`.
+#[tokio::test]
+async fn an_http2_field_value_with_whitespace_at_an_end_is_refused() {
+    let (b, seen) = echo_backend().await;
+    let gw = Gateway::spawn(&http_route(&[b], "")).await;
+    let mut h2 = h2c::<Empty<Bytes>>(gw.addr).await;
+    for value in [" v", "v\t"] {
+        let mut req = get_h2(gw.addr, "/ws");
+        req.headers_mut()
+            .insert("x-a", HeaderValue::from_str(value).unwrap());
+        let resp = h2.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 400, "{value:?}");
+    }
+    let resp = h2.send_request(get_h2(gw.addr, "/ok")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
