@@ -547,6 +547,9 @@ impl<C: Unbuffered> TlsIo<C> {
             return Err(io::ErrorKind::NotConnected.into());
         };
         let mut done = Pumped::default();
+        // A resolver on this thread may have noted a handshake that is not this one's (the
+        // admin listener's, on tokio-rustls, never takes it).
+        let _ = crate::tls::take_unserved();
         loop {
             let UnbufferedStatus { discard, state } = conn.process(&mut input[done.consumed..]);
             let state = match state {

@@ -120,8 +120,9 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, BackendError> {
     };
     let status = resp
         .code
+        .filter(|c| (100..=599).contains(c))
         .and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or_else(|| malformed("invalid status code".into()))?;
+        .ok_or_else(|| malformed("invalid status code (RFC 9110 §15: 100 to 599)".into()))?;
     // An upgrade is HTTP/1.1's; a refusal from a server that answers in HTTP/1.0 is still
     // its refusal (and hyper reads its body).
     let refusal_in_1_0 = resp.version == Some(0) && status != StatusCode::SWITCHING_PROTOCOLS;
@@ -298,6 +299,8 @@ mod tests {
         for bad in [
             &b"HTTP/1.0 101 Switching Protocols\r\n\r\n"[..],
             b"HTTP/1.1 1O1 Switching\r\n\r\n",
+            // RFC 9110 §15: no status code past 599 (it was passed to the client).
+            b"HTTP/1.1 600 Beyond\r\nContent-Length: 0\r\n\r\n",
             b"HTTP/1.1 101 OK\r\nUpgrade : websocket\r\n\r\n",
             b"HTTP/1.1 101 OK\r\nUpgrade: web\0socket\r\n\r\n",
             b"HTTP/1.1 101 OK\r\nUpgrade: websocket\r\n folded\r\n\r\n",

@@ -309,8 +309,9 @@ pub fn response_trailers(trailers: &mut HeaderMap) {
 /// field declared (RFC 9110 §6.6.2; hyper's HTTP/1.1 client sends no other, and now neither
 /// does an HTTP/2 hop) but for any a trailer section must not carry ([`HOP_BY_HOP`],
 /// [`NOT_IN_TRAILERS`], credentials and `Proxy-*`), any the proxy builds itself, any the
-/// backend request's head (`head`) carries, and the route's `managed` ones (its policy's
-/// `set_headers` and `strip_headers`). A trailer must not say what the head said for the
+/// backend request's head (`head`) carries, any with an underscore, and the route's
+/// `managed` ones (its policy's `set_headers` and `strip_headers`, forward-auth's
+/// `copy_headers`). A trailer must not say what the head said for the
 /// proxy: a backend that merges trailers into its headers (as Apache's `MergeTrailers` did,
 /// CVE-2013-5704) would otherwise take a client's `X-User` or `X-Real-IP` over the proxy's.
 pub fn request_trailer_names<'a>(
@@ -331,6 +332,9 @@ pub fn request_trailer_names<'a>(
             || n.starts_with("proxy-")
             || n.starts_with("x-forwarded-")
             || n == "max-forwards"
+            // A look-alike with underscores (`x_real_ip`), which CGI-style backends read as
+            // the dashed name (`policy::forwarding::reads_as`).
+            || n.contains('_')
             || head.contains_key(&name)
             || managed.clone().any(|m| *m == name);
         if !forbidden && !allowed.contains(&name) {

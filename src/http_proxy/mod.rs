@@ -220,10 +220,14 @@ async fn exchange(
     }
     if backend_headers.contains_key(header::TRAILER) {
         let rules = route.config.policy.rules();
+        let copied = rules
+            .forward_auth
+            .as_ref()
+            .map_or(&[][..], |f| f.copy_headers());
         let managed = rules.set_headers.iter().map(|(n, _)| n);
         state.allow_trailers(headers::request_trailer_names(
             &backend_headers,
-            managed.chain(&rules.strip_headers),
+            managed.chain(&rules.strip_headers).chain(copied),
         ));
     }
     let ex = Exchange {

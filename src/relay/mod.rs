@@ -959,9 +959,10 @@ where
     to.read_eof = true;
     to.out = None;
     to.inject = None;
-    if to.close_from.is_some() && !st.taken_over {
-        // It had sent its close frame and had closed its connection: its part is over, and
-        // the close reply that could not reach it is no loss (its peer answered).
+    if to.close_from.is_some() && from.close_from.is_some() && !st.taken_over {
+        // Both have sent their close frames, and `to` has closed its connection: its part is
+        // over, and the close reply that could not reach it is no loss. (A side closed while
+        // the other is still inside a message is gone, as before: that other side is told.)
         st.progress += 1;
         return;
     }

@@ -2089,6 +2089,7 @@ async fn request_trailers_cannot_say_what_the_proxy_says() {
             ("cookie", "session=forged"),
             ("authorization", "Bearer forged"),
             ("x-secret", "forged"),
+            ("x_real_ip", "6.6.6.6"),
         ] {
             t.insert(name, HeaderValue::from_static(value));
         }
@@ -2101,7 +2102,7 @@ async fn request_trailers_cannot_say_what_the_proxy_says() {
             .header(
                 "trailer",
                 "x-checksum, x-real-ip, x-forwarded-for, x-request-id, proxy-authorization, \
-                 cookie, authorization, x-secret",
+                 cookie, authorization, x-secret, x_real_ip",
             )
             .body(rx)
             .unwrap()
