@@ -201,17 +201,14 @@ impl HeadWatch {
         }
     }
 
-    /// From now until [`HeadWatch::disarm_write_deadline`], a write the client does not
-    /// take by `at` fails the connection (HTTP/1.1: one exchange at a time).
+    /// From now until the connection's next request, a write the client does not take by
+    /// `at` fails the connection (HTTP/1.1: one exchange at a time, and the next request is
+    /// read only once the last response has been written).
     pub fn arm_write_deadline(&self, at: tokio::time::Instant) {
         // Rounded up to the next millisecond (`millis` rounds down), plus one for "none":
         // the connection's deadline is never before the response body's own.
         let ms = crate::relay::millis(at.into_std()).saturating_add(2);
         self.write_deadline.store(ms, Ordering::Relaxed);
-    }
-
-    pub fn disarm_write_deadline(&self) {
-        self.write_deadline.store(0, Ordering::Relaxed);
     }
 
     fn write_deadline(&self) -> Option<tokio::time::Instant> {
@@ -228,6 +225,8 @@ impl HeadWatch {
     pub fn request_seen(&self) {
         self.seen_request.store(true, Ordering::Relaxed);
         self.body_unread.store(false, Ordering::Relaxed);
+        // The last response has been written: its deadline is done with.
+        self.write_deadline.store(0, Ordering::Relaxed);
     }
 
     pub fn seen_request(&self) -> bool {

@@ -163,14 +163,14 @@ pub struct ResponseBody {
     record: Option<Box<Record>>,
     /// Counts the exchange on its backend (`least_conn`) until the body ends.
     _in_flight: InFlight,
-    /// The HTTP/1.1 connection whose write deadline the body armed, until it ends.
-    watch: Option<Arc<crate::head_guard::HeadWatch>>,
 }
 
 impl ResponseBody {
     /// On an HTTP/1.1 connection (`watch`), the deadline also bounds the client's taking of
     /// the response: a client that stops reading leaves the body unpolled, so the
-    /// connection's writes fail at the deadline instead (`HeadWatch::arm_write_deadline`).
+    /// connection's writes fail at the deadline instead (`HeadWatch::arm_write_deadline`),
+    /// until the connection's next request (hyper and the socket buffer hundreds of KiB
+    /// after the body's last frame).
     pub fn new(
         inner: Incoming,
         deadline: Option<(tokio::time::Instant, Duration)>,
@@ -178,15 +178,10 @@ impl ResponseBody {
         in_flight: InFlight,
         watch: Option<&Arc<crate::head_guard::HeadWatch>>,
     ) -> ResponseBody {
-        let watch = match (watch, deadline) {
-            (Some(w), Some((at, _))) => {
-                w.arm_write_deadline(at);
-                Some(w.clone())
-            }
-            _ => None,
-        };
+        if let (Some(w), Some((at, _))) = (watch, deadline) {
+            w.arm_write_deadline(at);
+        }
         ResponseBody {
-            watch,
             inner,
             deadline: deadline.map(|(at, _)| Box::pin(tokio::time::sleep_until(at))),
             timeout: deadline.map_or(Duration::ZERO, |(_, d)| d),
@@ -197,9 +192,6 @@ impl ResponseBody {
     }
 
     fn finish(&mut self, outcome: Outcome, error: Option<&str>) {
-        if let Some(w) = self.watch.take() {
-            w.disarm_write_deadline();
-        }
         if let Some(record) = self.record.take() {
             record.finish(outcome, self.bytes, error);
         }
