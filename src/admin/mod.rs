@@ -15,7 +15,7 @@ pub mod guard;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -44,11 +44,13 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time for a client to send its request head, and for a new connection's first byte (and
 /// its TLS handshake).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections the admin listener holds at once; a connection past them is closed at once.
-/// An operator, a few scrapers and a load balancer's health checks need a handful; the cap
-/// keeps a flood of connections to an exposed admin port (the token is checked only once a
-/// request comes) from taking the descriptors the proxy keeps in reserve for them.
+/// Connections the admin listener holds at once, and from one address; a connection past
+/// either is closed at once. An operator, a few scrapers and a load balancer's health checks
+/// need a handful; the caps keep a flood of connections to an exposed admin port (the token
+/// is checked only once a request comes) from taking the descriptors the proxy keeps in
+/// reserve for them, and one address from taking every seat from the probes.
 const MAX_CONNECTIONS: usize = 256;
+const MAX_CONNECTIONS_PER_ADDRESS: usize = 32;
 
 /// What the admin service reads and acts on.
 #[derive(Debug)]
@@ -108,7 +110,7 @@ async fn accept_loop(
         .tls
         .as_ref()
         .map(|t| tokio_rustls::TlsAcceptor::from(t.server_config(false)));
-    let open = Arc::new(AtomicUsize::new(0));
+    let seats = Arc::new(Seats::default());
     loop {
         let (stream, peer) = tokio::select! {
             _ = accepting.cancelled() => return,
@@ -122,101 +124,85 @@ async fn accept_loop(
             },
         };
         admin.state.descriptors.took_one();
-        if open.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
-            open.fetch_sub(1, Ordering::Relaxed);
-            tracing::debug!(client = %peer, limit = MAX_CONNECTIONS, "admin connection refused: too many open");
+        let Some(seat) = Seats::take(&seats, peer.ip()) else {
+            tracing::debug!(client = %peer, "admin connection refused: too many open");
             continue;
-        }
-        let (builder, service, stop) = (builder.clone(), service.clone(), admin.stop.clone());
+        };
+        let (builder, stop) = (builder.clone(), admin.stop.clone());
         let acceptor = acceptor.clone();
-        let open = open.clone();
+        // The connection's first request must come within the header timeout of its accept
+        // (its TLS handshake included). hyper's own header timeout starts only once the auto
+        // builder has read the bytes that tell HTTP/2 from HTTP/1.1, and HTTP/2 has none: a
+        // connection that sent nothing, or only the HTTP/2 preface, was held for ever.
+        let asked = Arc::new(AtomicBool::new(false));
+        let service = {
+            let asked = asked.clone();
+            tower::util::MapRequest::new(service.clone(), move |req: Request<Incoming>| {
+                asked.store(true, Ordering::Relaxed);
+                req
+            })
+        };
         tokio::spawn(async move {
+            let _seat = seat;
             let served = async {
                 match acceptor {
-                    None => serve(&builder, TokioIo::new(FirstByteBy::new(stream)), service).await,
-                    Some(acceptor) => {
-                        let tls = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream));
-                        match tls.await {
-                            Ok(Ok(tls)) => {
-                                serve(&builder, TokioIo::new(FirstByteBy::new(tls)), service).await
-                            }
-                            _ => tracing::debug!(client = %peer, "admin TLS handshake failed"),
-                        }
-                    }
+                    None => serve(&builder, TokioIo::new(stream), service).await,
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(tls) => serve(&builder, TokioIo::new(tls), service).await,
+                        Err(_) => tracing::debug!(client = %peer, "admin TLS handshake failed"),
+                    },
+                }
+            };
+            let silent = async {
+                tokio::time::sleep(HEADER_TIMEOUT).await;
+                if asked.load(Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
                 }
             };
             tokio::select! {
                 _ = served => {}
                 _ = stop.cancelled() => {}
+                () = silent => tracing::debug!(client = %peer, "admin connection closed: no request within the header timeout"),
             }
-            open.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
 
-/// A new connection's reads, failing with `TimedOut` when its first byte has not come within
-/// [`HEADER_TIMEOUT`]. hyper-util's auto builder reads the first bytes to tell HTTP/2 from
-/// HTTP/1.1 before hyper's own header timeout starts, so a connection that sends nothing was
-/// held for ever.
-struct FirstByteBy<I> {
-    io: I,
-    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-}
+/// The admin listener's open connections, in all and by address (see [`MAX_CONNECTIONS`]).
+#[derive(Default)]
+struct Seats(std::sync::Mutex<(usize, std::collections::HashMap<std::net::IpAddr, usize>)>);
 
-impl<I> FirstByteBy<I> {
-    fn new(io: I) -> FirstByteBy<I> {
-        FirstByteBy {
-            io,
-            deadline: Some(Box::pin(tokio::time::sleep(HEADER_TIMEOUT))),
-        }
-    }
-}
+/// One connection's seat, given back when the connection's task ends (or unwinds).
+struct Seat(Arc<Seats>, std::net::IpAddr);
 
-impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByteBy<I> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        use std::task::Poll;
-        let this = &mut *self;
-        match std::pin::Pin::new(&mut this.io).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                this.deadline = None;
-                Poll::Ready(r)
+impl Seats {
+    fn take(seats: &Arc<Seats>, ip: std::net::IpAddr) -> Option<Seat> {
+        let mut g = seats.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, by_ip) = &mut *g;
+        let mine = by_ip.entry(ip).or_default();
+        if *total >= MAX_CONNECTIONS || *mine >= MAX_CONNECTIONS_PER_ADDRESS {
+            if *mine == 0 {
+                by_ip.remove(&ip);
             }
-            Poll::Pending => match this.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
-                Some(Poll::Ready(())) => Poll::Ready(Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "no request within the header timeout",
-                ))),
-                _ => Poll::Pending,
-            },
+            return None;
         }
+        *mine += 1;
+        *total += 1;
+        Some(Seat(seats.clone(), ip))
     }
 }
 
-impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByteBy<I> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+impl Drop for Seat {
+    fn drop(&mut self) {
+        let mut g = self.0.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, by_ip) = &mut *g;
+        *total -= 1;
+        if let Some(n) = by_ip.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                by_ip.remove(&self.1);
+            }
+        }
     }
 }
 
