@@ -340,12 +340,10 @@ mod tests {
         }
     }
 
-    /// Two threads take the last credit at once, 20,000 times. (A race: the old
-    /// load-then-subtract wrapped the count in about one run of three on two cores.)
     /// Connections accepted meanwhile (proxy or admin) take credits: after as many of them
-    /// as the last probe left credits, the next handshake is probed, and refused at the
-    /// reserve. Silent admin connections used to leave the credits whole, and handshakes
-    /// passed unprobed past the reserve to the limit.
+    /// as the last probe left credits, the next handshake is probed (and so refused if the
+    /// reserve has been reached). Silent admin connections used to leave the credits whole,
+    /// and handshakes passed unprobed past the reserve to the limit.
     #[test]
     fn connections_accepted_between_probes_take_credits() {
         let (d, lowest) = probed();
@@ -364,6 +362,8 @@ mod tests {
         assert_eq!(far.credits.load(Ordering::Relaxed), 0);
     }
 
+    /// Two threads take the last credit at once, 20,000 times. (A race: the old
+    /// load-then-subtract wrapped the count in about one run of three on two cores.)
     #[test]
     fn handshakes_racing_for_the_last_credit_never_wrap_the_count() {
         let (d, lowest) = probed();
