@@ -110,7 +110,7 @@ impl Descriptors {
 
     /// A descriptor was taken outside a handshake (a connection accepted, on a proxy
     /// listener or the admin one): one credit fewer for the handshakes that pass unprobed.
-    /// A credit stands for [`ROOM_PER_SKIP`] descriptors, so this overcounts; without it, a
+    /// A credit stands for `ROOM_PER_SKIP` (8) descriptors, so this overcounts; without it, a
     /// burst of connections that never handshake (a few hundred silent admin connections)
     /// took the room a probe had seen, and the handshakes after them passed on its credits
     /// into the reserve and on to the limit (a backend connect that failed with EMFILE).
