@@ -381,6 +381,10 @@ impl<C: Unbuffered> TlsIo<C> {
         // The traffic secrets rustls logs on the way (see `tls_records::capturing`).
         let mut captured = Captured::default();
         loop {
+            // A resolver on this thread may have noted a handshake that is not this one's
+            // (the admin listener's, on tokio-rustls, never takes it). Only a handshake's
+            // failure is read for the note (`pump_rustls`), so only a handshake clears it.
+            let _ = crate::tls::take_unserved();
             let pumped = tls_records::capturing(&mut captured, || {
                 self.pump(&mut input[..fed], None, Job::None)
             });
@@ -547,9 +551,6 @@ impl<C: Unbuffered> TlsIo<C> {
             return Err(io::ErrorKind::NotConnected.into());
         };
         let mut done = Pumped::default();
-        // A resolver on this thread may have noted a handshake that is not this one's (the
-        // admin listener's, on tokio-rustls, never takes it).
-        let _ = crate::tls::take_unserved();
         loop {
             let UnbufferedStatus { discard, state } = conn.process(&mut input[done.consumed..]);
             let state = match state {
