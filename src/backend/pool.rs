@@ -270,7 +270,7 @@ impl BackendPool {
 
     /// A failed handshake (or plain request that could not reach it): counts toward the
     /// backend's ejection, within the route's `max_ejected_percent`.
-    pub(crate) fn failed(&self, backend: &Backend, now: Instant) {
+    pub(crate) fn failed(&self, backend: &Arc<Backend>, now: Instant) {
         // Counted before the backend's own state is locked.
         let ejected = self
             .backends
@@ -283,12 +283,11 @@ impl BackendPool {
             .passive_failure(now, &self.config.health, may_eject)
         {
             if let health::Change::Ejected { lasts, .. } = change
-                && let Some(b) = self.backends.iter().find(|b| std::ptr::eq(&***b, backend))
                 && let Ok(runtime) = tokio::runtime::Handle::try_current()
             {
                 // Its end is logged when it comes, not at the next handshake that looks: a
                 // quiet route would log it late or never.
-                let (b, route) = (b.clone(), self.route.clone());
+                let (b, route) = (backend.clone(), self.route.clone());
                 runtime.spawn(async move {
                     tokio::time::sleep(lasts).await;
                     if let (_, Some(change)) = b.health.usable(Instant::now()) {
