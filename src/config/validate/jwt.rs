@@ -87,7 +87,7 @@ pub(super) fn verifier(
             }
         }
     }
-    let built = keys(v, key, f, configured.as_deref());
+    let built = keys(v, key, f, &given, configured.as_deref());
 
     let leeway = v
         .optional_duration(&k("leeway"), j.leeway.as_ref(), Some(DEFAULT_LEEWAY))
@@ -131,12 +131,12 @@ fn keys(
     v: &mut Validator<'_>,
     key: &str,
     f: &Spanned<FileJwt>,
+    given: &[Source<'_>],
     configured: Option<&[Algorithm]>,
 ) -> Option<(Keys, Option<Vec<Algorithm>>)> {
     let j = f.get_ref();
     let k = |name: &str| format!("{key}.{name}");
-    let given = Source::all(j);
-    let source = match given.as_slice() {
+    let source = match given {
         [] => {
             v.err(
                 key,
@@ -331,13 +331,9 @@ fn keys(
                 j.jwks_refresh.as_ref(),
                 DEFAULT_JWKS_REFRESH,
             );
-            let keys = Keys::remote(
-                url,
-                HttpClient::new(tls),
-                refresh,
-                configured.map(<[Algorithm]>::to_vec),
-            );
-            (keys, configured.map(<[Algorithm]>::to_vec))
+            let configured = configured.map(<[Algorithm]>::to_vec);
+            let keys = Keys::remote(url, HttpClient::new(tls), refresh, configured.clone());
+            (keys, configured)
         }
     };
     Some(built)
