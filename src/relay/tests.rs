@@ -1379,20 +1379,7 @@ async fn a_client_that_answered_the_proxys_close_is_not_read_to_its_end() {
 #[tokio::test(start_paused = true)]
 async fn a_backend_that_fails_the_connection_leaves_the_client_its_answer() {
     for backend_drops in [false, true] {
-        let (mut client, mut backend, mut relay) = closing_relay();
-        still_running(&mut relay);
-        backend
-            .write_all(&plain(opcode::CLOSE, &[0x03, 0xef]))
-            .await
-            .unwrap();
-        if backend_drops {
-            drop(backend);
-        } else {
-            backend.shutdown().await.unwrap();
-        }
-        still_running(&mut relay);
-        still_running(&mut relay);
-        assert_eq!(read_close(&mut client).await.0, Some(1007));
+        let (mut client, _backend, relay) = backend_fails_the_connection(backend_drops).await;
         assert_open(&mut client, "the client had its FIN before it could answer");
         let mut byte = [0u8; 1];
         client
@@ -1415,15 +1402,7 @@ async fn a_backend_that_fails_the_connection_leaves_the_client_its_answer() {
 /// is the client going away, as before.
 #[tokio::test(start_paused = true)]
 async fn a_client_that_leaves_without_answering_the_backends_close_is_gone() {
-    let (mut client, mut backend, mut relay) = closing_relay();
-    still_running(&mut relay);
-    backend
-        .write_all(&plain(opcode::CLOSE, &[0x03, 0xef]))
-        .await
-        .unwrap();
-    backend.shutdown().await.unwrap();
-    still_running(&mut relay);
-    assert_eq!(read_close(&mut client).await.0, Some(1007));
+    let (client, _backend, relay) = backend_fails_the_connection(false).await;
     drop(client);
     let out = relay.await;
     assert_eq!(
@@ -1433,4 +1412,33 @@ async fn a_client_that_leaves_without_answering_the_backends_close_is_gone() {
     );
     assert_eq!(out.closed_by, CloseSide::Backend);
     assert!(!out.cut, "{out:?}");
+}
+
+/// A [`closing_relay`] whose backend sends close 1007 and then shuts its write side (or, with
+/// `drops`, drops its end): the client has read that close frame. The backend's end is
+/// returned when it was only shut, to be kept open.
+async fn backend_fails_the_connection(
+    drops: bool,
+) -> (
+    tokio::io::DuplexStream,
+    Option<tokio::io::DuplexStream>,
+    Relay<TcpLike, TcpLike>,
+) {
+    let (mut client, mut backend, mut relay) = closing_relay();
+    still_running(&mut relay);
+    backend
+        .write_all(&plain(opcode::CLOSE, &[0x03, 0xef]))
+        .await
+        .unwrap();
+    let backend = if drops {
+        drop(backend);
+        None
+    } else {
+        backend.shutdown().await.unwrap();
+        Some(backend)
+    };
+    still_running(&mut relay);
+    still_running(&mut relay);
+    assert_eq!(read_close(&mut client).await.0, Some(1007));
+    (client, backend, relay)
 }
