@@ -18,13 +18,15 @@
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use hyper::body::{Body, Incoming};
 use hyper::rt::{Read, Write};
 use hyper::server::conn::{http1, http2};
 use hyper::service::HttpService;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
+use tokio::time::{Instant, Sleep};
 
 use crate::config::{Http2Config, Limits, ListenerConfig};
 
@@ -45,7 +47,7 @@ pub enum Protocols {
 #[derive(Clone, Debug)]
 pub enum Builder {
     Http1(http1::Builder),
-    Http2(http2::Builder<TokioExecutor>),
+    Http2(http2::Builder<StreamExecutor>),
 }
 
 /// Builds the connection builder for one listener and protocol.
@@ -57,6 +59,8 @@ pub enum Builder {
 /// - HTTP/2 advertises `SETTINGS_ENABLE_CONNECT_PROTOCOL` (RFC 8441), so browsers open
 ///   WebSockets as extended CONNECT streams on it.
 /// - HTTP/1.1 connections are served with upgrades ([`Builder::serve`]).
+/// - HTTP/2 streams run as tasks of their own that a response can give a deadline
+///   ([`StreamExecutor`]).
 pub fn builder(
     listener: &ListenerConfig,
     limits: &Limits,
@@ -75,7 +79,7 @@ pub fn builder(
             Builder::Http1(b)
         }
         Protocols::Http2 => {
-            let mut b = http2::Builder::new(TokioExecutor::new());
+            let mut b = http2::Builder::new(StreamExecutor);
             b.timer(TokioTimer::new())
                 .enable_connect_protocol()
                 .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
@@ -99,7 +103,7 @@ impl Builder {
         S::Error: Into<Box<dyn StdError + Send + Sync>>,
         B: Body + 'static,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
-        TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+        StreamExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
     {
         match self {
             Builder::Http1(b) => Connection::Http1(b.serve_connection(io, service).with_upgrades()),
@@ -123,7 +127,7 @@ where
     S: HttpService<Incoming>,
 {
     Http1(http1::UpgradeableConnection<I, S>),
-    Http2(Box<http2::Connection<I, S, TokioExecutor>>),
+    Http2(Box<http2::Connection<I, S, StreamExecutor>>),
 }
 
 impl<I, S, B> Connection<I, S>
@@ -133,7 +137,7 @@ where
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
     B: Body + 'static,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
-    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+    StreamExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
 {
     /// Finishes the request in flight, then closes (HTTP/2: GOAWAY, then the open streams
     /// run to their end). Keep polling the connection until it is done.
@@ -152,7 +156,7 @@ where
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
     B: Body + 'static,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
-    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+    StreamExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
 {
     type Output = hyper::Result<()>;
 
@@ -161,5 +165,75 @@ where
             Connection::Http1(c) => Pin::new(c).poll(cx),
             Connection::Http2(c) => Pin::new(&mut **c).poll(cx),
         }
+    }
+}
+
+tokio::task_local! {
+    /// The deadline of the HTTP/2 stream whose task is running ([`StreamExecutor`]).
+    static STREAM_DEADLINE: Arc<OnceLock<Instant>>;
+}
+
+/// Ends the HTTP/2 stream being served by the current task at `at`, whatever it is waiting
+/// for; a no-op outside one (an HTTP/1.1 connection has its own write deadline,
+/// `HeadWatch::arm_write_deadline`). The first deadline set holds.
+///
+/// A response body's own deadline holds only while hyper polls it, and hyper polls an
+/// HTTP/2 body only when the stream's flow-control window has room: a client that stops
+/// reading (no `WINDOW_UPDATE`) leaves the body unpolled, the backend's connection held,
+/// for as long as it likes.
+pub fn end_stream_at(at: Instant) {
+    let _ = STREAM_DEADLINE.try_with(|d| d.set(at));
+}
+
+/// hyper's executor for HTTP/2 streams: spawns each stream's task (its service future, then
+/// the piping of its response body) on tokio, and ends the task at the deadline that the
+/// response set ([`end_stream_at`]). Ending it drops hyper's stream handles, which resets the
+/// stream (`RST_STREAM` with `CANCEL`) and drops the response body, backend connection and
+/// all; the body's record then says `request_timeout`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StreamExecutor;
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        let deadline = Arc::new(OnceLock::new());
+        let ends = Deadline {
+            at: deadline.clone(),
+            sleep: None,
+        };
+        tokio::spawn(async move {
+            // Biased: the stream first, so a deadline it has just set is armed in the same
+            // turn (nothing else would wake the task for it).
+            tokio::select! {
+                biased;
+                () = STREAM_DEADLINE.scope(deadline, stream) => {}
+                () = ends => {}
+            }
+        });
+    }
+}
+
+/// Ready once the deadline a stream set has passed; pending while none is set.
+struct Deadline {
+    at: Arc<OnceLock<Instant>>,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Future for Deadline {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if this.sleep.is_none() {
+            match this.at.get() {
+                Some(at) => this.sleep = Some(Box::pin(tokio::time::sleep_until(*at))),
+                None => return Poll::Pending,
+            }
+        }
+        this.sleep
+            .as_mut()
+            .map_or(Poll::Pending, |s| s.as_mut().poll(cx))
     }
 }

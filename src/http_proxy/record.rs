@@ -166,11 +166,12 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    /// On an HTTP/1.1 connection (`watch`), the deadline also bounds the client's taking of
-    /// the response: a client that stops reading leaves the body unpolled, so the
+    /// The deadline also bounds the client's taking of the response: a client that stops
+    /// reading leaves the body unpolled. On an HTTP/1.1 connection (`watch`) the
     /// connection's writes fail at the deadline instead (`HeadWatch::arm_write_deadline`),
     /// until the connection's next request (hyper and the socket buffer hundreds of KiB
-    /// after the body's last frame).
+    /// after the body's last frame); over HTTP/2 the stream's task ends at it
+    /// (`http::end_stream_at`), which resets the stream and drops this body.
     pub fn new(
         inner: Incoming,
         deadline: Option<(tokio::time::Instant, Duration)>,
@@ -178,8 +179,11 @@ impl ResponseBody {
         in_flight: InFlight,
         watch: Option<&Arc<crate::head_guard::HeadWatch>>,
     ) -> ResponseBody {
-        if let (Some(w), Some((at, _))) = (watch, deadline) {
-            w.arm_write_deadline(at);
+        match (watch, deadline) {
+            (Some(w), Some((at, _))) => w.arm_write_deadline(at),
+            // HTTP/2: the stream's task ends at the deadline, polled or not.
+            (None, Some((at, _))) => crate::http::end_stream_at(at),
+            (_, None) => {}
         }
         ResponseBody {
             inner,

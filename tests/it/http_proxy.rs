@@ -1561,21 +1561,7 @@ async fn request_timeout_cuts_a_response_that_outlasts_it() {
 /// once it read again).
 #[tokio::test]
 async fn request_timeout_cuts_a_client_that_stops_reading() {
-    let (gone_tx, mut gone) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let b = backend(Arc::new(move |_req| {
-        let gone_tx = gone_tx.clone();
-        Box::pin(async move {
-            let (tx, rx) = channel();
-            tokio::spawn(async move {
-                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
-                // Endless: only the proxy dropping the response ends it.
-                while tx.send(Frame::data(chunk.clone())).await.is_ok() {}
-                let _ = gone_tx.send(());
-            });
-            Response::new(rx)
-        })
-    }))
-    .await;
+    let (b, mut gone) = endless_backend().await;
     let gw = Gateway::spawn(&format!(
         "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
         http_route(&[b], "request_timeout = \"500ms\"")
@@ -1611,6 +1597,73 @@ async fn request_timeout_cuts_a_client_that_stops_reading() {
             .filter(|s| s.name == "wsgate_http_requests_total")
             .collect::<Vec<_>>()
     );
+}
+
+/// A backend whose every response is endless: only the proxy dropping it ends it, and then
+/// the receiver hears of it.
+async fn endless_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let (gone_tx, gone) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let b = backend(Arc::new(move |_req| {
+        let gone_tx = gone_tx.clone();
+        Box::pin(async move {
+            let (tx, rx) = channel();
+            tokio::spawn(async move {
+                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                while tx.send(Frame::data(chunk.clone())).await.is_ok() {}
+                let _ = gone_tx.send(());
+            });
+            Response::new(rx)
+        })
+    }))
+    .await;
+    (b, gone)
+}
+
+/// The same over HTTP/2: a stream whose client grants no more window does not hold its
+/// exchange past `request_timeout`. hyper polls an HTTP/2 response body only when the
+/// stream's window has room, so the body's deadline was never looked at: the stream and the
+/// backend's connection stayed for as long as the client did not read.
+#[tokio::test]
+async fn request_timeout_cuts_an_http2_stream_whose_client_stops_reading() {
+    let (b, mut gone) = endless_backend().await;
+    let gw = Gateway::spawn(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        http_route(&[b], "request_timeout = \"500ms\"")
+    ))
+    .await;
+    let started = tokio::time::Instant::now();
+    let mut h2 = h2c::<Empty<Bytes>>(gw.addr).await;
+    let resp = h2.send_request(get_h2(gw.addr, "/endless")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // The client takes nothing: its window (2 MiB, hyper's default) fills and stays full.
+    tokio::time::timeout(std::time::Duration::from_secs(10), gone.recv())
+        .await
+        .expect("the exchange outlived its request_timeout by seconds");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(450));
+    // What the window let through, then the stream's reset: never a complete response.
+    let mut body = resp.into_body();
+    let end = tokio::time::timeout(STEP, async {
+        loop {
+            match body.frame().await {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => break Err(e),
+                None => break Ok(()),
+            }
+        }
+    })
+    .await
+    .expect("the stream was left open");
+    assert!(end.is_err(), "a cut response passed as complete");
+    // The connection itself stays up for the client's other streams.
+    let again = h2.send_request(get_h2(gw.addr, "/endless")).await;
+    assert_eq!(again.unwrap().status(), 200);
+    let m = scrape(gw.handle().admin_addr().unwrap()).await;
+    let cut = [
+        ("route", "app"),
+        ("class", "2xx"),
+        ("outcome", "request_timeout"),
+    ];
+    assert!(m.value("wsgate_http_requests_total", &cut) >= 1.0);
 }
 
 fn record(line: &str) -> serde_json::Value {
