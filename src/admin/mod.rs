@@ -15,7 +15,7 @@ pub mod guard;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -41,9 +41,13 @@ pub type Body = BoxBody<Bytes, Infallible>;
 const MAX_IN_PROGRESS: usize = 64;
 /// Time to produce a response's head. A scrape of 10,000 sessions takes milliseconds.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time for a client to send its request head, and for a new connection's first byte (and
-/// its TLS handshake).
+/// Time for a client to send its request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a connection may hold no request in progress: before its first (TLS handshake
+/// included), and between an answer's end and the next request (an HTTP/1.1 keep-alive, or
+/// an HTTP/2 connection without streams). A scraper that keeps its connection between
+/// scrapes further apart reconnects; an open event stream is a request in progress.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections the admin listener holds at once, and from one address; a connection past
 /// either is closed at once. An operator, a few scrapers and a load balancer's health checks
 /// need a handful; the caps keep a flood of connections to an exposed admin port (the token
@@ -130,17 +134,16 @@ async fn accept_loop(
         };
         let (builder, stop) = (builder.clone(), admin.stop.clone());
         let acceptor = acceptor.clone();
-        // The connection's first request must come within the header timeout of its accept
-        // (its TLS handshake included). hyper's own header timeout starts only once the auto
-        // builder has read the bytes that tell HTTP/2 from HTTP/1.1, and HTTP/2 has none: a
-        // connection that sent nothing, or only the HTTP/2 preface, was held for ever.
-        let asked = Arc::new(AtomicBool::new(false));
-        let service = {
-            let asked = asked.clone();
-            tower::util::MapRequest::new(service.clone(), move |req: Request<Incoming>| {
-                asked.store(true, Ordering::Relaxed);
-                req
-            })
+        // A connection with no request in progress for the idle timeout is closed: the first
+        // request must come within it of the accept (its TLS handshake included), each next
+        // one within it of the last answer's end. hyper's own header timeout starts only once
+        // a request's first bytes came (and the auto builder has read those that tell HTTP/2
+        // from HTTP/1.1, and HTTP/2 has none): a connection that sent nothing, only the HTTP/2
+        // preface, or nothing after its first request, was held for ever.
+        let activity = Arc::new(Activity::new());
+        let service = Tracked {
+            inner: service.clone(),
+            activity: activity.clone(),
         };
         tokio::spawn(async move {
             let _seat = seat;
@@ -153,18 +156,122 @@ async fn accept_loop(
                     },
                 }
             };
-            let silent = async {
-                tokio::time::sleep(HEADER_TIMEOUT).await;
-                if asked.load(Ordering::Relaxed) {
-                    std::future::pending::<()>().await;
-                }
-            };
             tokio::select! {
                 _ = served => {}
                 _ = stop.cancelled() => {}
-                () = silent => tracing::debug!(client = %peer, "admin connection closed: no request within the header timeout"),
+                () = activity.idle() => tracing::debug!(client = %peer, "admin connection closed: idle"),
             }
         });
+    }
+}
+
+/// Whether one admin connection has a request in progress, and since when it has not.
+struct Activity {
+    born: tokio::time::Instant,
+    busy: AtomicUsize,
+    /// Milliseconds from `born` to the end of the last request (0: none yet).
+    quiet_since: AtomicU64,
+}
+
+/// One request in progress, from its head to its answer's end.
+struct Busy(Arc<Activity>);
+
+/// An answer's body, holding its request [`Busy`] until hyper drops it. (http-body-util's
+/// `map_frame` would do, but hides the body's size: every answer would go out chunked.)
+struct BusyBody {
+    inner: Body,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for BusyBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The admin stack, with each request counted busy on its connection's [`Activity`] until
+/// hyper drops its answer's body (sent, or the client gone).
+#[derive(Clone)]
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> tower::Service<Request<Incoming>> for Tracked<S>
+where
+    S: tower::Service<Request<Incoming>, Response = Response<Body>, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let busy = self.activity.begin();
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            answer
+                .await
+                .map(|resp| resp.map(|inner| BusyBody { inner, _busy: busy }.boxed()))
+        })
+    }
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            born: tokio::time::Instant::now(),
+            busy: AtomicUsize::new(0),
+            quiet_since: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        Busy(self.clone())
+    }
+
+    /// Ready once the connection has had no request in progress for [`IDLE_TIMEOUT`].
+    async fn idle(&self) {
+        loop {
+            let quiet = self.born + Duration::from_millis(self.quiet_since.load(Ordering::SeqCst));
+            let due = quiet + IDLE_TIMEOUT;
+            let now = tokio::time::Instant::now();
+            if self.busy.load(Ordering::SeqCst) == 0 && now >= due {
+                return;
+            }
+            tokio::time::sleep_until(due.max(now + IDLE_TIMEOUT / 4)).await;
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let a = &self.0;
+        let ms = u64::try_from(a.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        a.quiet_since.store(ms, Ordering::SeqCst);
+        a.busy.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -701,11 +701,13 @@ async fn the_event_stream_and_the_page() {
     assert_eq!(summary["sessions"][0]["route"], "chat");
 }
 
-/// A connection to the admin listener that sends no request is closed after the header
-/// timeout (10 s), one that sends only the HTTP/2 preface too, and one past the 32 it holds
-/// from one address is closed at once, while another address is still answered. Silent
-/// connections used to be held for ever, uncounted: a flood of them to an exposed admin port
-/// took the descriptors kept in reserve for it.
+/// A connection to the admin listener that sends no request is closed after the idle
+/// timeout (10 s), one that sends only the HTTP/2 preface too, one that falls silent after
+/// its first request as well, while an event stream open as long goes on; one past the 32 it
+/// holds from one address is closed at once, while another address is still answered.
+/// Silent connections used to be held for ever, uncounted: a flood of them to an exposed
+/// admin port took the descriptors kept in reserve for it (and after one request each, the
+/// caps alone bounded them).
 #[tokio::test]
 async fn silent_admin_connections_are_closed_and_capped() {
     let echo = EchoBackend::spawn().await;
@@ -725,6 +727,44 @@ async fn silent_admin_connections_are_closed_and_capped() {
         .await
         .unwrap();
     silent.push(preface);
+    // An HTTP/2 connection after one answer (hyper's header timeout bounds an HTTP/1.1
+    // keep-alive; nothing bounded this).
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(from("127.0.0.4").await),
+    )
+    .await
+    .unwrap();
+    let (h2_ended, h2_end) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = conn.await;
+        let _ = h2_ended.send(());
+    });
+    let req = http::Request::get(format!("http://127.0.0.1:{}/healthz", admin.port()))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let answer = tokio::time::timeout(STEP, h2.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    // An event stream: a request in progress all along.
+    let mut events = from("127.0.0.5").await;
+    events
+        .write_all(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let (chunk_tx, mut chunks) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = events.read(&mut buf).await.unwrap_or(0);
+            let _ = chunk_tx.send(n);
+            if n == 0 {
+                return;
+            }
+        }
+    });
     // The 33rd from one address: closed at once.
     let mut extra = from("127.0.0.1").await;
     let mut buf = [0u8; 64];
@@ -758,4 +798,16 @@ async fn silent_admin_connections_are_closed_and_capped() {
         started.elapsed() >= Duration::from_secs(5),
         "closed before its timeout"
     );
+    tokio::time::timeout(Duration::from_secs(5), h2_end)
+        .await
+        .expect("an HTTP/2 connection held idle past the timeout")
+        .unwrap();
+    // The event stream still flows (an event a second): what came so far, then more.
+    while let Ok(n) = chunks.try_recv() {
+        assert!(n > 0, "the event stream was closed as idle");
+    }
+    let n = tokio::time::timeout(STEP, chunks.recv())
+        .await
+        .expect("the event stream stalled");
+    assert!(n.unwrap() > 0, "the event stream was closed as idle");
 }
