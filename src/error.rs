@@ -17,10 +17,13 @@ pub enum BackendError {
     #[error("no backend reachable ({0})")]
     Unreachable(String),
     /// Every attempt timed out: the backends are there but too slow.
-    #[error("backend connect timed out after {0:?} ({1})")]
+    #[error("backend connect timed out after {:?} ({})", whole_ms(*.0), .1)]
     ConnectTimeout(Duration, String),
-    #[error("backend did not answer the upgrade within {0:?}")]
-    HandshakeTimeout(Duration),
+    /// The upgrade's answer did not come in time: from the backend named once the attempt
+    /// is known ([`BackendError::from_backend`]), or from none when the route's budget ran
+    /// out before any attempt.
+    #[error("backend {}did not answer the upgrade within {:?}", named(.1.as_deref()), whole_ms(*.0))]
+    HandshakeTimeout(Duration, Option<std::sync::Arc<str>>),
     /// The backend answered with something other than 101; passed on to the client.
     #[error("backend {}refused the upgrade with {}", .0.backend_named(), .0.status)]
     Refused(Box<BackendRefusal>),
@@ -51,7 +54,7 @@ impl BackendError {
         match self {
             BackendError::Unreachable(_) => "no backend reachable",
             BackendError::ConnectTimeout(..) => "backend connect timed out",
-            BackendError::HandshakeTimeout(_) => "backend did not answer the upgrade in time",
+            BackendError::HandshakeTimeout(..) => "backend did not answer the upgrade in time",
             BackendError::Refused(_) => "backend refused the upgrade",
             BackendError::BadHandshake(_) => "invalid backend handshake",
             BackendError::Io(_) => "backend connection failed during the handshake",
@@ -77,7 +80,7 @@ impl BackendError {
         match self {
             BackendError::Unreachable(_) => Outcome::BackendUnreachable,
             BackendError::ConnectTimeout(..) => Outcome::BackendConnectTimeout,
-            BackendError::HandshakeTimeout(_) => Outcome::BackendHandshakeTimeout,
+            BackendError::HandshakeTimeout(..) => Outcome::BackendHandshakeTimeout,
             BackendError::Refused(_) => Outcome::BackendRefused,
             BackendError::BadHandshake(_) => Outcome::BackendBadHandshake,
             BackendError::Io(_) => Outcome::BackendIo,
@@ -104,10 +107,19 @@ pub struct BackendRefusal {
 impl BackendRefusal {
     /// The backend followed by a space, or nothing.
     fn backend_named(&self) -> String {
-        self.backend
-            .as_deref()
-            .map_or_else(String::new, |b| format!("{b} "))
+        named(self.backend.as_deref())
     }
+}
+
+/// A timeout as a reader wants it: an attempt's share of the budget is a division
+/// (299.733245ms), so shown to the nearest millisecond (300ms).
+fn whole_ms(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_micros().div_ceil(1000)).unwrap_or(u64::MAX))
+}
+
+/// A backend's name followed by a space, or nothing.
+fn named(backend: Option<&str>) -> String {
+    backend.map_or_else(String::new, |b| format!("{b} "))
 }
 
 impl BackendError {
@@ -124,6 +136,9 @@ impl BackendError {
             BackendError::BadHandshake(m) => BackendError::BadHandshake(format!("{backend}: {m}")),
             BackendError::Io(m) => BackendError::Io(format!("{backend}: {m}")),
             BackendError::Tls(m) => BackendError::Tls(format!("{backend}: {m}")),
+            BackendError::HandshakeTimeout(t, _) => {
+                BackendError::HandshakeTimeout(t, Some(backend.clone()))
+            }
             other => other,
         }
     }
@@ -304,7 +319,7 @@ impl ProxyError {
                 | BackendError::Tls(_)
                 | BackendError::RequestFailed(_) => StatusCode::BAD_GATEWAY,
                 BackendError::ConnectTimeout(..)
-                | BackendError::HandshakeTimeout(_)
+                | BackendError::HandshakeTimeout(..)
                 | BackendError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
                 BackendError::Refused(r) => r.status,
                 BackendError::AllDrained => StatusCode::SERVICE_UNAVAILABLE,

@@ -353,7 +353,7 @@ pub async fn handshake(
     };
     tokio::time::timeout_at(deadline, run)
         .await
-        .map_err(|_| BackendError::HandshakeTimeout(timeout))?
+        .map_err(|_| BackendError::HandshakeTimeout(timeout, None))?
 }
 
 /// The TLS handshake with a `wss://` backend, SNI from its host name.

@@ -374,7 +374,7 @@ fn summary(mut failures: Vec<BackendError>, budget: Duration) -> BackendError {
     if failures.is_empty() || !failures.iter().all(connect) {
         return failures
             .pop()
-            .unwrap_or(BackendError::HandshakeTimeout(budget));
+            .unwrap_or(BackendError::HandshakeTimeout(budget, None));
     }
     let detail = failures
         .iter()
@@ -507,7 +507,7 @@ mod tests {
         ));
         assert!(matches!(
             summary(vec![], budget),
-            BackendError::HandshakeTimeout(_)
+            BackendError::HandshakeTimeout(..)
         ));
     }
 

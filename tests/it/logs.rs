@@ -663,9 +663,10 @@ async fn a_failed_over_connect_is_the_backends_failure_not_the_routes() {
     run.stop().await;
 }
 
-/// A refusal the backends made (their 4xx, a broken 101) names the backend in its record,
-/// whichever of the route's backends it was; the record said only "backend refused the
-/// upgrade with 404".
+/// A refusal the backends made (their 4xx, a broken 101, no answer in time) names the
+/// backend in its record, whichever of the route's backends it was; the record said only
+/// "backend refused the upgrade with 404" (or "backend did not answer the upgrade within
+/// 300ms").
 #[tokio::test]
 async fn a_backends_refusal_names_the_backend_in_its_record() {
     let (refusing, _seen) =
@@ -676,17 +677,19 @@ async fn a_backends_refusal_names_the_backend_in_its_record() {
             .to_vec(),
     )
     .await;
+    let (silent, _task) = silent_backend().await;
     let tmp = TempDir::new("logs");
     let config = tmp.write(
         "wsgate.toml",
         format!(
-            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}{}",
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}{}{}[route.timeouts]\nbackend_handshake = \"300ms\"\n",
             route("four", "/four", &[format!("ws://{refusing}")]),
             route("bad", "/bad", &[format!("ws://{broken}")]),
+            route("slow", "/slow", &[format!("ws://{silent}")]),
         ),
     );
     let (run, addr) = JsonRun::start(&config, "info").await;
-    for (path, status) in [("/four", 404), ("/bad", 502)] {
+    for (path, status) in [("/four", 404), ("/bad", 502), ("/slow", 504)] {
         let (_s, resp) =
             raw_exchange(addr.parse().unwrap(), upgrade_request(path, "").as_bytes()).await;
         assert_eq!(resp.status, status, "{path}");
@@ -694,6 +697,7 @@ async fn a_backends_refusal_names_the_backend_in_its_record() {
     for (outcome, backend) in [
         ("backend_refused", refusing),
         ("backend_bad_handshake", broken),
+        ("backend_handshake_timeout", silent),
     ] {
         let r = run
             .wait_for(outcome, |r| {
@@ -703,6 +707,10 @@ async fn a_backends_refusal_names_the_backend_in_its_record() {
             .await;
         let reason = text(&r, "reason");
         assert!(reason.contains(&format!("ws://{backend}")), "{reason}");
+        if outcome == "backend_handshake_timeout" {
+            // The attempt's share of the budget, to the millisecond.
+            assert!(reason.ends_with("within 300ms"), "{reason}");
+        }
     }
     run.stop().await;
 }
