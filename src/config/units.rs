@@ -5,6 +5,11 @@
 
 use std::time::Duration;
 
+/// The longest duration a key takes: 100 years. A deadline is the clock plus a duration,
+/// and a sum past what the clock holds panics; a saturated "3000000000000000h" passed
+/// `wsgate check`, then took down a worker at every handshake (or the drain at SIGTERM).
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 /// Parses `"500ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"` and compounds such as `"1m30s"`.
 /// `"0"` and `"0s"` mean zero (used to turn a timer off where a key allows it).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -49,6 +54,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             }
         };
         total = total.saturating_add(part);
+    }
+    if total > MAX_DURATION {
+        return Err(format!(
+            "invalid duration {text:?}: too long (at most 36500d, 100 years)"
+        ));
     }
     Ok(total)
 }
@@ -112,6 +122,18 @@ mod tests {
         assert!(parse_duration("3x").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("").is_err());
         assert!(parse_duration("s").is_err());
+        assert_eq!(parse_duration("36500d"), Ok(MAX_DURATION));
+        for long in [
+            "36501d",
+            "3000000000000000h",
+            "18446744073709551615s",
+            "36500d1ms",
+        ] {
+            assert!(
+                parse_duration(long).unwrap_err().contains("too long"),
+                "{long}"
+            );
+        }
     }
 
     #[test]

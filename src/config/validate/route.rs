@@ -716,6 +716,30 @@ mod tests {
         );
     }
 
+    /// A duration past what a deadline can hold is an error naming its key and line; it
+    /// saturated, passed `wsgate check`, and panicked at the first deadline.
+    #[test]
+    fn durations_too_long_are_errors_with_their_line() {
+        let errors = crate::config::from_toml_str(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n[shutdown]\ngrace = \"3000000000000000h\"\n\
+             [timeouts]\nhandshake = \"36501d\"\n",
+        )
+        .unwrap_err();
+        let errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        let errors = errors.join("\n");
+        for (key, line) in [
+            ("shutdown.grace", "line 4"),
+            ("timeouts.handshake", "line 6"),
+        ] {
+            assert!(
+                errors
+                    .lines()
+                    .any(|e| e.contains(key) && e.contains(line) && e.contains("too long")),
+                "{errors}"
+            );
+        }
+    }
+
     #[test]
     fn backend_urls() {
         let u = parse_backend_url("ws://127.0.0.1:9000").unwrap();
