@@ -197,16 +197,36 @@ pub struct Filter<'a> {
     /// A backend's URL as written in the config.
     pub backend: Option<&'a str>,
     /// A client's IP address, or `ip:port`.
-    pub client: Option<&'a str>,
+    pub client: Option<ClientFilter>,
+}
+
+/// A client as the session listing selects it: every session from an address, or one
+/// connection. Parsed, so `::1`, `0:0:0:0:0:0:0:1` and `[::1]:4000` select what they say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFilter {
+    Ip(std::net::IpAddr),
+    Addr(SocketAddr),
+}
+
+impl std::str::FromStr for ClientFilter {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<ClientFilter, ()> {
+        s.parse()
+            .map(ClientFilter::Ip)
+            .or_else(|_| s.parse().map(ClientFilter::Addr))
+            .map_err(|_| ())
+    }
 }
 
 impl Filter<'_> {
     fn matches(&self, s: &SessionInfo) -> bool {
         self.route.is_none_or(|r| *s.route.name == *r)
             && self.backend.is_none_or(|b| **s.backend() == *b)
-            && self
-                .client
-                .is_none_or(|c| s.client.to_string() == c || s.client.ip().to_string() == c)
+            && self.client.is_none_or(|c| match c {
+                ClientFilter::Ip(ip) => s.client.ip() == ip,
+                ClientFilter::Addr(addr) => s.client == addr,
+            })
     }
 }
 

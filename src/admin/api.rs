@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::{Admin, Body, json as json_response, json_error, text};
 use crate::metrics::collector;
 use crate::relay::CloseRequest;
-use crate::sessions::{Filter, SessionInfo};
+use crate::sessions::{ClientFilter, Filter, SessionInfo};
 
 /// The most sessions one page of `GET /api/sessions` holds, and its default size.
 pub const MAX_PAGE: usize = 1000;
@@ -417,20 +417,47 @@ fn query_param(query: Option<&str>, key: &str) -> Option<String> {
     crate::query::param(query, key, true)
 }
 
+/// The parameters `GET /api/sessions` takes.
+const SESSIONS_PARAMS: [&str; 5] = ["route", "backend", "client", "limit", "after"];
+
 /// `GET /api/sessions?route=&backend=&client=&limit=&after=`: live sessions by ascending id.
+///
+/// A parameter it does not take, one given twice, or a value it cannot read is a 400, as an
+/// unknown field of a write is: a misspelt filter (`?rout=chat`) listed every session, and a
+/// script that closes what it lists closed them all.
 fn sessions(admin: &Admin, query: Option<&str>) -> Response<Body> {
+    let bad = |why: String| json_error(StatusCode::BAD_REQUEST, &why);
+    let mut seen = Vec::new();
+    for (name, _) in query.map(crate::query::pairs).into_iter().flatten() {
+        let name = crate::query::decode(name, true);
+        if name.is_empty() {
+            continue;
+        }
+        if !SESSIONS_PARAMS.contains(&&*name) {
+            return bad(format!(
+                "unknown parameter {name:?} (takes {})",
+                SESSIONS_PARAMS.join(", ")
+            ));
+        }
+        if seen.contains(&name) {
+            return bad(format!("{name} given more than once"));
+        }
+        seen.push(name);
+    }
     let route = query_param(query, "route");
     let backend = query_param(query, "backend");
-    let client = query_param(query, "client");
+    let client = match query_param(query, "client").map(|c| c.parse::<ClientFilter>()) {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(())) => {
+            return bad("client must be an IP address, or ip:port".into());
+        }
+    };
     let number = |key: &str| -> Result<Option<u64>, Response<Body>> {
         query_param(query, key)
             .map(|v| {
-                v.parse::<u64>().map_err(|_| {
-                    json_error(
-                        StatusCode::BAD_REQUEST,
-                        &format!("{key} must be a whole number"),
-                    )
-                })
+                v.parse::<u64>()
+                    .map_err(|_| bad(format!("{key} must be a whole number")))
             })
             .transpose()
     };
@@ -438,11 +465,14 @@ fn sessions(admin: &Admin, query: Option<&str>) -> Response<Body> {
         (Ok(l), Ok(a)) => (l, a),
         (Err(e), _) | (_, Err(e)) => return e,
     };
-    let limit = limit.map_or(DEFAULT_PAGE, |l| (l as usize).clamp(1, MAX_PAGE));
+    if limit == Some(0) {
+        return bad(format!("limit must be 1 to {MAX_PAGE}"));
+    }
+    let limit = limit.map_or(DEFAULT_PAGE, |l| (l as usize).min(MAX_PAGE));
     let filter = Filter {
         route: route.as_deref(),
         backend: backend.as_deref(),
-        client: client.as_deref(),
+        client,
     };
     let (page, total) = admin
         .state

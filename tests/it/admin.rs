@@ -318,6 +318,28 @@ async fn the_session_api_lists_a_thousand_sessions_and_closes_one() {
         s["last_active_seconds_ago"].as_f64().unwrap() < s["age_seconds"].as_f64().unwrap() + 1.0
     );
     let id = s["id"].as_u64().unwrap();
+    // The same by the address in another spelling, and by the IP alone.
+    let ip_only = get_json(admin, "/api/sessions?client=127.0.0.1&limit=1").await;
+    assert_eq!(ip_only["total"], N, "{ip_only}");
+    // What the listing cannot read is a 400, never every session: a misspelt filter listed
+    // them all, so a script that closes what it lists closed them all.
+    for (query, why) in [
+        ("rout=chat", "unknown parameter \"rout\""),
+        ("Route=chat", "unknown parameter \"Route\""),
+        ("foo", "unknown parameter \"foo\""),
+        ("route=chat&route=other", "route given more than once"),
+        ("limit=0", "limit must be 1 to 1000"),
+        ("client=not-an-ip", "client must be an IP address"),
+        ("after=x", "after must be a whole number"),
+    ] {
+        let resp = get(admin, &format!("/api/sessions?{query}")).await;
+        assert_eq!(resp.status, 400, "{query}: {resp:?}");
+        let error: Value = serde_json::from_str(&resp.body).unwrap();
+        assert!(
+            error["error"].as_str().unwrap().contains(why),
+            "{query}: {error}"
+        );
+    }
 
     // Close it: a real close frame, with the code and reason asked for, to both sides.
     let (status, body) = post_json(
