@@ -196,6 +196,7 @@ impl Gateway {
                     started: std::time::SystemTime::now(),
                     config,
                     stop: admin_stop.clone(),
+                    handed_over: admin_stop.child_token(),
                 });
                 match admin::start(admin, admin_socket).await {
                     Ok(addr) => Some(addr),

@@ -1,5 +1,6 @@
 //! `GET /api/events`: the status page's live feed, as server-sent events. A summary at once,
-//! then one a second, until the client goes or the gateway stops.
+//! then one a second, until the client goes, the gateway stops, or a successor process takes
+//! the admin listener over (the page reconnects to it).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -25,7 +26,7 @@ pub fn stream(admin: &Arc<Admin>) -> Response<Body> {
     let body = Events {
         admin: admin.clone(),
         interval,
-        stopped: Box::pin(admin.stop.clone().cancelled_owned()),
+        stopped: Box::pin(admin.handed_over.clone().cancelled_owned()),
     };
     let mut resp = Response::new(body.boxed());
     let h = resp.headers_mut();

@@ -65,6 +65,11 @@ pub struct Admin {
     pub config: AdminConfig,
     /// Ends event streams when the gateway stops.
     pub stop: CancellationToken,
+    /// Fires when a successor process takes the listening sockets over (and at `stop`): the
+    /// accept loop ends, and the connections still open here finish their request in
+    /// progress and close, so a health checker or scraper that keeps its connection asks the
+    /// successor next, not this draining process for as long as its drain lasts.
+    pub handed_over: CancellationToken,
 }
 
 /// Binds the admin listener and serves it until `admin.stop` fires. Returns the bound address.
@@ -83,8 +88,8 @@ pub async fn start(
     };
     let listener = Arc::new(listener);
     let addr = listener.local_addr()?;
-    // A hand-over to a successor process stops this loop only; requests in progress finish.
-    let accepting = admin.stop.child_token();
+    // A hand-over to a successor process stops this loop; requests in progress finish.
+    let accepting = admin.handed_over.clone();
     admin
         .state
         .listeners
@@ -133,6 +138,7 @@ async fn accept_loop(
             continue;
         };
         let (builder, stop) = (builder.clone(), admin.stop.clone());
+        let handed_over = admin.handed_over.clone();
         let acceptor = acceptor.clone();
         // A connection with no request in progress for the idle timeout is closed: the first
         // request must come within it of the accept (its TLS handshake included), each next
@@ -149,9 +155,9 @@ async fn accept_loop(
             let _seat = seat;
             let served = async {
                 match acceptor {
-                    None => serve(&builder, TokioIo::new(stream), service).await,
+                    None => serve(&builder, TokioIo::new(stream), service, &handed_over).await,
                     Some(acceptor) => match acceptor.accept(stream).await {
-                        Ok(tls) => serve(&builder, TokioIo::new(tls), service).await,
+                        Ok(tls) => serve(&builder, TokioIo::new(tls), service, &handed_over).await,
                         Err(_) => tracing::debug!(client = %peer, "admin TLS handshake failed"),
                     },
                 }
@@ -313,8 +319,15 @@ impl Drop for Seat {
     }
 }
 
-async fn serve<I, S>(builder: &auto::Builder<TokioExecutor>, io: TokioIo<I>, service: S)
-where
+/// Serves one connection; once `handed_over` fires, it finishes what is in progress and
+/// closes (HTTP/1.1: `Connection: close` on the answer in progress, or closed at once when
+/// idle; HTTP/2: GOAWAY).
+async fn serve<I, S>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: TokioIo<I>,
+    service: S,
+    handed_over: &CancellationToken,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: tower::Service<Request<Incoming>, Response = Response<Body>, Error = BoxError>
         + Clone
@@ -322,10 +335,16 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    if let Err(e) = builder
-        .serve_connection(io, TowerToHyperService::new(service))
-        .await
-    {
+    let conn = builder.serve_connection(io, TowerToHyperService::new(service));
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        () = handed_over.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(error = %e, "admin connection ended with an error");
     }
 }

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::io::{AsyncRead, BufReader, Lines};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::Child;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -114,6 +116,17 @@ async fn a_new_process_takes_the_sockets_over_and_no_handshake_is_refused() {
     for _ in 0..20 {
         on_old.push(connect(&url).await.0);
     }
+    // A health checker that keeps its connection (Envoy, Prometheus) between probes.
+    let admin_addr: std::net::SocketAddr = admin.parse().unwrap();
+    let mut kept = tokio::net::TcpStream::connect(admin_addr).await.unwrap();
+    let probe = b"GET /readyz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    kept.write_all(probe).await.unwrap();
+    let mut answer = [0u8; 1024];
+    let n = tokio::time::timeout(STEP, kept.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
 
     // Sessions open and close back to back for the whole hand-over.
     let stop = Arc::new(AtomicBool::new(false));
@@ -154,6 +167,13 @@ async fn a_new_process_takes_the_sockets_over_and_no_handshake_is_refused() {
         l.contains("handed the listening sockets over")
     })
     .await;
+    // The old process closes the health checker's idle connection at once, so its next
+    // probe reaches the new process; it used to answer it 503 (draining) until it exited.
+    let closed = tokio::time::timeout(Duration::from_secs(2), kept.read(&mut answer)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0) | Err(_))),
+        "the old process kept the admin connection: {closed:?}"
+    );
     // Well past the hand-over: these sessions can only have reached the new process.
     let after = wait_until(&done, before + 50).await;
     stop.store(true, Ordering::Relaxed);
