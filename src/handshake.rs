@@ -89,9 +89,9 @@ pub enum HandshakeError {
     VersionNotSupported(String),
     #[error("missing Sec-WebSocket-Version: only 13 is supported")]
     MissingVersion,
-    /// `Sec-WebSocket-Version` on more than one field line (RFC 6455 §11.3.5: at most once
-    /// in a request), whatever the values.
-    #[error("more than one Sec-WebSocket-Version header ({0:?}): send one, 13")]
+    /// `Sec-WebSocket-Version` on more than one field line, or a list on one (RFC 6455
+    /// §11.3.5: one value, at most once in a request), whatever the values.
+    #[error("more than one Sec-WebSocket-Version value ({0:?}): send one, 13")]
     DuplicateVersion(String),
     #[error("invalid Sec-WebSocket-Protocol: {0:?} is not a token")]
     InvalidSubprotocol(String),
@@ -285,6 +285,11 @@ fn check_version(headers: &HeaderMap) -> Result<(), HandshakeError> {
     match (versions.next(), versions.next()) {
         (None, _) => Err(HandshakeError::MissingVersion),
         (Some(v), None) if v.as_bytes().trim_ascii() == WEBSOCKET_VERSION.as_bytes() => Ok(()),
+        // A list on one line is the same field given more than once (RFC 9110 §5.3): `13,
+        // 13` got 426, "only 13 is supported", where two lines of 13 got 400.
+        (Some(v), None) if v.as_bytes().contains(&b',') => Err(HandshakeError::DuplicateVersion(
+            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        )),
         (Some(v), None) => Err(HandshakeError::VersionNotSupported(
             String::from_utf8_lossy(v.as_bytes()).into_owned(),
         )),
@@ -495,6 +500,12 @@ mod tests {
         p.headers
             .insert("sec-websocket-version", HeaderValue::from_static("8"));
         assert_eq!(validate(&p), Err(VersionNotSupported("8".into())));
+        for list in ["13, 13", "13,8", "8, 13"] {
+            let mut p = parts(|b| b);
+            p.headers
+                .insert("sec-websocket-version", HeaderValue::from_static(list));
+            assert_eq!(validate(&p), Err(DuplicateVersion(list.into())), "{list}");
+        }
         assert_eq!(
             validate(&without("sec-websocket-version")),
             Err(MissingVersion)

@@ -368,7 +368,13 @@ async fn refusals_have_precise_statuses_and_reasons() {
             "two versions",
             upgrade_request("/", "Sec-WebSocket-Version: 13\r\n"),
             400,
-            "more than one Sec-WebSocket-Version header (\"13, 13\"): send one, 13",
+            "more than one Sec-WebSocket-Version value (\"13, 13\"): send one, 13",
+        ),
+        (
+            "a list of versions",
+            edited("Version: 13", "Version: 13, 13"),
+            400,
+            "more than one Sec-WebSocket-Version value (\"13, 13\"): send one, 13",
         ),
         (
             "body",
