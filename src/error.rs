@@ -92,6 +92,13 @@ impl BackendError {
     }
 }
 
+/// nginx's 499, "client closed request": the status the records give a request whose
+/// client went away before its answer (no answer was sent).
+pub const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
+    Ok(s) => s,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
+
 /// A backend's non-101 answer, kept to be passed on to the client.
 #[derive(Debug)]
 pub struct BackendRefusal {
@@ -290,6 +297,10 @@ pub enum ProxyError {
     /// A plain request did not finish within the route's `request_timeout`.
     #[error("request did not complete within {0:?}")]
     RequestTimeout(Duration),
+    /// The client went away while its backend was asked for the upgrade (recorded, never
+    /// answered: there is nobody to answer).
+    #[error("the client went away before the backend answered the upgrade")]
+    ClientGone,
 }
 
 /// The gateway is shutting down and takes no new sessions (a phase's error, which becomes
@@ -335,6 +346,8 @@ impl ProxyError {
             ProxyError::BodyBroken => StatusCode::BAD_REQUEST,
             ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            // nginx's "client closed request", as a plain request's record says it.
+            ProxyError::ClientGone => CLIENT_CLOSED_REQUEST,
         }
     }
 
@@ -363,7 +376,8 @@ impl ProxyError {
             | ProxyError::TooManyHeaders(_)
             | ProxyError::BodyTooLarge(_)
             | ProxyError::BodyTimeout(_)
-            | ProxyError::BodyBroken => Fault::Client,
+            | ProxyError::BodyBroken
+            | ProxyError::ClientGone => Fault::Client,
             ProxyError::Policy(
                 crate::policy::PolicyError::KeysUnavailable(_)
                 | crate::policy::PolicyError::AuthUnavailable(_),
@@ -392,7 +406,7 @@ impl ProxyError {
             ProxyError::TooManyHeaders(_) => Outcome::RequestHeadTooLarge,
             ProxyError::BodyTooLarge(_) => Outcome::RequestBodyTooLarge,
             ProxyError::BodyTimeout(_) => Outcome::RequestBodyTimeout,
-            ProxyError::BodyBroken => Outcome::ClientGone,
+            ProxyError::BodyBroken | ProxyError::ClientGone => Outcome::ClientGone,
             ProxyError::Overloaded => Outcome::Overloaded,
             ProxyError::RequestTimeout(_) => Outcome::RequestTimeout,
         }

@@ -344,7 +344,17 @@ async fn upgrade(
     route
         .pool
         .claim_affinity(&mut affinity, admitted.claims.as_ref());
-    let (mut upgrade, lease) = upgrade_backend(cx, route, parts, &client_hs, &affinity).await?;
+    // A client that goes away while the backend is asked (hyper drops this future) is
+    // recorded here: the backend wait is the long one, and a slow backend's main symptom.
+    let gone = Abandoned {
+        cx,
+        route,
+        parts,
+        armed: true,
+    };
+    let backend = upgrade_backend(cx, route, parts, &client_hs, &affinity).await;
+    gone.disarm();
+    let (mut upgrade, lease) = backend?;
     let counting = deflate::counting(rc.session.max_message_inflated, &upgrade.extensions);
     upgrade.extensions = deflate::client_response(&upgrade.extensions, counting.is_some());
     let mut response = accept_response(cx, &client_hs, &upgrade, admitted.token_marker.as_deref());
@@ -613,22 +623,49 @@ fn accept_response(
     resp
 }
 
-/// The one place a refusal becomes a response: status, one-line reason, headers (the request
-/// id among them), log record.
-fn refuse(
+/// Records a handshake whose client went away while its backend was asked, if dropped
+/// armed: hyper drops the request's future when the client closes, and nothing else would
+/// say so (no session began, no refusal was answered).
+struct Abandoned<'a> {
+    cx: &'a Ctx<'a>,
+    route: &'a Route,
+    parts: &'a Parts,
+    armed: bool,
+}
+
+impl Abandoned<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let cx = self.cx;
+            let err = ProxyError::ClientGone;
+            let route = Some(self.route);
+            record_refusal(cx.state, cx.id, cx.ids, route, cx.conn, self.parts, &err);
+        }
+    }
+}
+
+/// Counts and logs a refusal (or an abandoned handshake): the one record of a request that
+/// did not become a session.
+fn record_refusal(
     state: &ProxyState,
     id: u64,
     ids: &Correlation,
     route: Option<&Route>,
     conn: &ConnInfo,
     parts: &Parts,
-    err: ProxyError,
-) -> Response<Body> {
-    // Over HTTP/2 there is no Upgrade and no connection to close: no 426, no `Upgrade` or
-    // `Connection` headers (they are connection-specific, RFC 9113 §8.2.2).
-    let h2 = parts.version == http::Version::HTTP_2;
-    let status = match &err {
-        ProxyError::Handshake(hs) if h2 => hs.status_for(Transport::H2),
+    err: &ProxyError,
+) -> StatusCode {
+    // Over HTTP/2 there is no Upgrade and no connection to close: no 426.
+    let status = match err {
+        ProxyError::Handshake(hs) if parts.version == http::Version::HTTP_2 => {
+            hs.status_for(Transport::H2)
+        }
         other => other.status(),
     };
     let counts = route.map_or(&state.unrouted_refusals, |r| &r.refusals);
@@ -641,8 +678,26 @@ fn refuse(
         conn.client,
         parts,
         status,
-        &err,
+        err,
     );
+    status
+}
+
+/// The one place a refusal becomes a response: status, one-line reason, headers (the request
+/// id among them), log record.
+fn refuse(
+    state: &ProxyState,
+    id: u64,
+    ids: &Correlation,
+    route: Option<&Route>,
+    conn: &ConnInfo,
+    parts: &Parts,
+    err: ProxyError,
+) -> Response<Body> {
+    // Over HTTP/2 no `Upgrade` or `Connection` headers either (they are
+    // connection-specific, RFC 9113 §8.2.2).
+    let h2 = parts.version == http::Version::HTTP_2;
+    let status = record_refusal(state, id, ids, route, conn, parts, &err);
     let mut resp = Response::new(Body::default());
     *resp.status_mut() = status;
     let h = resp.headers_mut();

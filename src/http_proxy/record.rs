@@ -135,7 +135,7 @@ impl Waiting {
 impl Drop for Waiting {
     fn drop(&mut self) {
         if let Some(mut record) = self.0.take() {
-            record.status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+            record.status = crate::error::CLIENT_CLOSED_REQUEST;
             record.finish(
                 Outcome::ClientGone,
                 0,

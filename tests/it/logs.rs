@@ -663,6 +663,63 @@ async fn a_failed_over_connect_is_the_backends_failure_not_the_routes() {
     run.stop().await;
 }
 
+/// A client that goes away while its backend is asked leaves a record (outcome
+/// `client_gone`, status 499, as a plain request's), and the backend's half-made connection
+/// is closed. There was no trace of it but a debug line: a slow backend's main symptom,
+/// users giving up, went unseen.
+#[tokio::test]
+async fn a_client_that_gives_up_on_a_slow_backend_is_recorded() {
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow = backend.local_addr().unwrap();
+    let (asked_tx, asked) = tokio::sync::oneshot::channel();
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = backend.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            head.extend_from_slice(&buf[..n]);
+        }
+        let _ = asked_tx.send(());
+        // No answer; the proxy's close is what comes next.
+        let n = s.read(&mut buf).await.unwrap_or(0);
+        let _ = closed_tx.send(n);
+    });
+    let tmp = TempDir::new("logs");
+    let config = tmp.write(
+        "wsgate.toml",
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
+            route("slow", "/slow", &[format!("ws://{slow}")]),
+        ),
+    );
+    let (run, addr) = JsonRun::start(&config, "info").await;
+    let mut client = tokio::net::TcpStream::connect(addr.as_str()).await.unwrap();
+    client
+        .write_all(upgrade_request("/slow", "").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::timeout(STEP, asked).await.unwrap().unwrap();
+    drop(client);
+    let r = run
+        .wait_for("the abandoned handshake's record", |r| {
+            r.get("event").is_some_and(|e| e == "refused")
+        })
+        .await;
+    assert_eq!(r["outcome"], "client_gone", "{r:?}");
+    assert_eq!(r["status"], 499);
+    assert_eq!(r["route"], "slow");
+    assert_eq!(r["fault"], "client");
+    let n = tokio::time::timeout(STEP, closed)
+        .await
+        .expect("the backend's connection was kept")
+        .unwrap();
+    assert_eq!(n, 0);
+    run.stop().await;
+}
+
 /// A refusal the backends made (their 4xx, a broken 101, no answer in time) names the
 /// backend in its record, whichever of the route's backends it was; the record said only
 /// "backend refused the upgrade with 404" (or "backend did not answer the upgrade within
