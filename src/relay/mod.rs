@@ -684,7 +684,18 @@ fn step<A, Z>(
 {
     // 1. What `to` still has to take.
     if !to.out_empty() || to.needs_flush {
-        match to.poll_out(cx) {
+        let queued = to.out.as_ref().map(|o| o.pos);
+        let polled = to.poll_out(cx);
+        if queued.is_some()
+            && to.out.as_ref().map(|o| o.pos) != queued
+            && to.awaiting_pong
+            && to.inject.is_some()
+        {
+            // The ping waits behind a frame streaming into `to`, and `to` is taking that
+            // frame: alive, if slow. Its deadline runs on (see the timers in `run`).
+            to.heard = At::from(now) + st.cfg().pong_timeout;
+        }
+        match polled {
             Poll::Ready(Ok(())) => {}
             Poll::Ready(Err(e)) => return lost(st, from, to, e),
             Poll::Pending => return,
@@ -1226,7 +1237,17 @@ where
                 // neither pinged nor taken for dead then; the other side taking its bytes
                 // wakes the relay, and the checks run again.
                 let held = (!b.out_empty(), !c.out_empty());
-                for (who, (pending, awaiting), heard, seq, (inject, closing), role, held) in [
+                // A leg that takes nothing of what is queued for it (its own output).
+                let stuck = (!c.out_empty(), !b.out_empty());
+                for (
+                    who,
+                    (pending, awaiting),
+                    heard,
+                    seq,
+                    (inject, closing),
+                    role,
+                    (held, stuck),
+                ) in [
                     (
                         c.who,
                         (&mut c.ping_pending, &mut c.awaiting_pong),
@@ -1234,7 +1255,7 @@ where
                         &mut c.pings_sent,
                         (&mut c.inject, c.close_to || c.close_from.is_some()),
                         Sender::Client,
-                        held.0,
+                        (held.0, stuck.0),
                     ),
                     (
                         b.who,
@@ -1243,7 +1264,7 @@ where
                         &mut b.pings_sent,
                         (&mut b.inject, b.close_to || b.close_from.is_some()),
                         Sender::Server,
-                        held.1,
+                        (held.1, stuck.1),
                     ),
                 ] {
                     match *awaiting {
@@ -1253,8 +1274,14 @@ where
                         // handshake has a deadline of its own.
                         _ if closing => {}
                         // The ping is still queued behind a frame streaming into this side:
-                        // its deadline starts when it goes out (`step`).
-                        true if inject.is_some() => {}
+                        // its deadline starts when it goes out (`step`), while the frame is
+                        // only slow in coming. While this side is taking nothing of that
+                        // frame (its output stuck), the deadline runs from when the ping was
+                        // due, and each write it takes moves it on (`step`): a leg that
+                        // stopped reading mid-frame was never pinged, so never found dead,
+                        // and held the session (and the other side, unread, gone or not)
+                        // for ever.
+                        true if inject.is_some() && !stuck => {}
                         true if held => {}
                         true if at_now >= *heard => dead = Some(who),
                         true => earliest(heard.instant()),

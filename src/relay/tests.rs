@@ -779,8 +779,9 @@ async fn the_offender_gets_its_close_even_when_the_other_side_never_answers() {
 
 /// A side the relay stops reading because the other side does not take what it sent is
 /// not taken for dead: a pong would wait behind its own data, unread. Here the backend
-/// floods a client that does not read for longer than `ping_interval + pong_timeout`: it is
-/// neither pinged nor closed, and every byte reaches the client once it reads.
+/// floods a client that reads a little at a time for longer than `ping_interval +
+/// pong_timeout`: the backend is neither pinged nor closed, and every byte reaches the
+/// client.
 #[tokio::test(start_paused = true)]
 async fn a_side_held_back_by_a_slow_reader_is_not_taken_for_dead() {
     let (mut client, backend, mut relay) = relay_by_hand(pings_only(Duration::from_secs(1)));
@@ -800,20 +801,27 @@ async fn a_side_held_back_by_a_slow_reader_is_not_taken_for_dead() {
         }
     };
     turns(&mut relay).await;
-    // The pipes are full: the relay holds a read and has stopped reading the backend.
-    tokio::time::advance(Duration::from_millis(1100)).await;
-    turns(&mut relay).await;
-    // Past a pong's deadline too.
-    tokio::time::advance(Duration::from_millis(1500)).await;
-    turns(&mut relay).await;
+    // The pipes are full: the relay holds a read and has stopped reading the backend. The
+    // client takes a little every 400 ms, for 2.8 s: past `ping_interval + pong_timeout`.
+    // (One that takes nothing at all for that long is dead:
+    // `a_leg_that_stops_reading_mid_frame_is_found_dead`.)
+    let mut got = Vec::new();
+    let mut some = [0u8; 4096];
+    for _ in 0..7 {
+        tokio::time::advance(Duration::from_millis(400)).await;
+        if let Some(Ok(n)) = futures_util::FutureExt::now_or_never(client.read(&mut some)) {
+            got.extend_from_slice(&some[..n]);
+        }
+        turns(&mut relay).await;
+    }
+    assert!(!got.is_empty());
     let to_backend = available(&mut backend_rx).await;
     assert!(
         to_backend.is_empty(),
         "held back, the backend got {to_backend:02x?}"
     );
-    // The client reads at last: all of it, no close frame.
+    // The client reads the rest: all of it, no close frame.
     let want = MESSAGES * (4 + 60_000);
-    let mut got = Vec::new();
     for _ in 0..1000 {
         if got.len() >= want {
             break;
@@ -839,6 +847,81 @@ async fn a_side_held_back_by_a_slow_reader_is_not_taken_for_dead() {
     );
     let _backend_tx = writer.await.unwrap();
     still_running(&mut relay);
+}
+
+/// A leg that stops reading in the middle of a frame streaming into it is found dead: its
+/// ping waits behind that frame, and while it takes nothing of it the pong's deadline runs
+/// from when the ping came due. It was never pinged, so never found dead: the session, the
+/// other side (unread, so its close or reset unseen) and the buffers were held for ever.
+#[tokio::test(start_paused = true)]
+async fn a_leg_that_stops_reading_mid_frame_is_found_dead() {
+    let (client, backend, mut relay) =
+        relay_by_hand_over(pings_only(Duration::from_secs(1)), TcpLike);
+    // The backend reads nothing; the client sends one message more than the pipes hold.
+    let _backend = backend;
+    let (mut client_rx, mut client_tx) = tokio::io::split(client);
+    let message = masked(opcode::BINARY, &vec![7u8; 300_000]);
+    let writer = tokio::spawn(async move {
+        let _ = client_tx.write_all(&message).await;
+        client_tx
+    });
+    let turns = async |relay: &mut Relay<_, _>| {
+        let mut ended = false;
+        for _ in 0..8 {
+            ended |= poll_once(relay).is_ready();
+            tokio::task::yield_now().await;
+        }
+        ended
+    };
+    assert!(!turns(&mut relay).await);
+    // The backend's ping comes due at 1 s and cannot go out; by 2 s it is overdue.
+    for _ in 0..5 {
+        tokio::time::advance(Duration::from_millis(500)).await;
+        turns(&mut relay).await;
+    }
+    let close = available(&mut client_rx).await;
+    assert!(close.len() >= 4, "no close for the client: {close:02x?}");
+    assert_eq!(&close[..1], [0x88], "{close:02x?}");
+    assert_eq!(&close[2..4], 1001u16.to_be_bytes(), "{close:02x?}");
+    assert_eq!(&close[4..], b"backend not responding");
+    writer.abort();
+}
+
+/// The same leg, reading slowly: each write it takes moves its deadline on, so a reader that
+/// keeps taking the frame, however slowly, is not taken for dead.
+#[tokio::test(start_paused = true)]
+async fn a_leg_that_reads_a_frame_slowly_is_not_taken_for_dead() {
+    use futures_util::FutureExt;
+    let (client, backend, mut relay) =
+        relay_by_hand_over(pings_only(Duration::from_secs(1)), TcpLike);
+    let (mut backend_rx, _backend_tx) = tokio::io::split(backend);
+    let (mut client_rx, mut client_tx) = tokio::io::split(client);
+    let message = masked(opcode::BINARY, &vec![7u8; 300_000]);
+    let writer = tokio::spawn(async move {
+        let _ = client_tx.write_all(&message).await;
+        client_tx
+    });
+    let turns = async |relay: &mut Relay<_, _>| {
+        for _ in 0..8 {
+            still_running(relay);
+            tokio::task::yield_now().await;
+        }
+    };
+    turns(&mut relay).await;
+    // 8 KiB every 400 ms, for 4 s: four times the ping's interval and deadline.
+    let mut chunk = vec![0u8; 8192];
+    let mut got = 0;
+    for _ in 0..10 {
+        tokio::time::advance(Duration::from_millis(400)).await;
+        if let Some(Ok(n)) = backend_rx.read(&mut chunk).now_or_never() {
+            got += n;
+        }
+        turns(&mut relay).await;
+    }
+    assert!(got > 0);
+    let to_client = available(&mut client_rx).await;
+    assert!(to_client.is_empty(), "the client got {to_client:02x?}");
+    writer.abort();
 }
 
 /// `idle` counts data, not only whole messages: a message streaming for longer than `idle`
