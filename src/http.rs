@@ -84,6 +84,8 @@ pub fn builder(
                 .enable_connect_protocol()
                 .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
                 .max_concurrent_streams(h2.max_concurrent_streams)
+                .initial_stream_window_size(h2.stream_window)
+                .initial_connection_window_size(h2.connection_window())
                 .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams)
                 .max_local_error_reset_streams(h2.max_local_error_reset_streams)
                 .keep_alive_interval(h2.keep_alive_interval)

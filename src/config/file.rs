@@ -96,6 +96,7 @@ pub struct FileHttp2 {
     pub max_local_error_reset_streams: Option<Spanned<i64>>,
     pub keep_alive_interval: Option<SpStr>,
     pub keep_alive_timeout: Option<SpStr>,
+    pub stream_window: Option<SpStr>,
 }
 
 #[derive(Debug, Default, Deserialize)]

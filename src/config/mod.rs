@@ -288,7 +288,30 @@ pub struct Http2Config {
     pub keep_alive_interval: Option<Duration>,
     /// No PING answer within this: the connection is closed.
     pub keep_alive_timeout: Duration,
+    /// Bytes a client may send on one stream before wsgate has taken them (its
+    /// `SETTINGS_INITIAL_WINDOW_SIZE`). The connection's window is this times
+    /// `max_concurrent_streams` ([`Http2Config::connection_window`]).
+    pub stream_window: u32,
 }
+
+impl Http2Config {
+    /// The connection's receive window: room for every stream's whole window at once, as
+    /// nginx gives (it opens the connection window all the way). A stream is a WebSocket
+    /// whose backend may stop reading: what its client sent then waits unread in its stream
+    /// window, and with a connection window no larger than one stream's (hyper's default:
+    /// 1 MiB each), one stalled WebSocket froze every other on the connection. Memory stays
+    /// bounded by the streams' windows.
+    pub fn connection_window(&self) -> u32 {
+        let all = u64::from(self.stream_window) * u64::from(self.max_concurrent_streams);
+        u32::try_from(all.min(MAX_H2_WINDOW)).unwrap_or(u32::MAX)
+    }
+}
+
+/// The largest flow-control window HTTP/2 allows (RFC 9113 §6.9.1).
+pub const MAX_H2_WINDOW: u64 = (1 << 31) - 1;
+/// Per stream: 256 KiB is 5 MB/s of upload per WebSocket at 50 ms of round trip, and a
+/// quarter of what hyper gave a stream (and its whole connection) before.
+pub const DEFAULT_H2_STREAM_WINDOW: u32 = 256 * 1024;
 
 /// 100 is what RFC 9113 §6.5.2 recommends as the minimum to allow and what nginx uses.
 pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
@@ -304,6 +327,7 @@ impl Default for Http2Config {
     fn default() -> Self {
         Http2Config {
             max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+            stream_window: DEFAULT_H2_STREAM_WINDOW,
             max_pending_accept_reset_streams: DEFAULT_H2_MAX_PENDING_ACCEPT_RESET_STREAMS,
             max_local_error_reset_streams: DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS,
             keep_alive_interval: Some(DEFAULT_H2_KEEP_ALIVE_INTERVAL),

@@ -247,6 +247,111 @@ async fn refusals_over_h2_use_http_statuses_and_keep_the_connection() {
     assert_eq!(backend.request_count(), 1);
 }
 
+/// A WebSocket whose backend stops reading holds what its client sent in its own stream
+/// window only: the other WebSockets on the connection go on. The connection's window was no
+/// larger than one stream's (hyper's default, 1 MiB each), so one stalled backend froze
+/// every WebSocket a browser had on the connection. (The h2 library by hand: the test must
+/// send exactly what the windows let it.)
+#[tokio::test]
+async fn a_stalled_websocket_does_not_stall_the_others_on_its_connection() {
+    // A backend that takes the upgrade, then reads nothing.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stall = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = l.accept().await {
+            let head = read_request_head(&mut s).await;
+            let accept = wsgate::handshake::accept_key(request_key(&head).as_bytes());
+            let answer = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            );
+            tokio::io::AsyncWriteExt::write_all(&mut s, answer.as_bytes())
+                .await
+                .unwrap();
+            held.push(s);
+        }
+    });
+    let echo = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "{}{}",
+        route("stall", "/stall", &[format!("ws://{stall}")]),
+        route("echo", "/echo", &[echo.url()])
+    ))
+    .await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let mut open = async |path: &str| {
+        let mut req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(format!("http://{}{path}", gw.addr))
+            .header("sec-websocket-version", "13")
+            .body(())
+            .unwrap();
+        req.extensions_mut()
+            .insert(h2::ext::Protocol::from_static("websocket"));
+        let (resp, send) = client.send_request(req, false).unwrap();
+        let resp = tokio::time::timeout(STEP, resp).await.unwrap().unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        (send, resp.into_body())
+    };
+    let (mut stuck, _stuck_rx) = open("/stall").await;
+    let (mut fine, mut fine_rx) = open("/echo").await;
+    // Masked binary frames of 64 KiB, as a client sends them.
+    let frame = |fill: u8| {
+        let mut f = vec![0x82, 0xff, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        f.extend(std::iter::repeat_n(fill, 64 * 1024));
+        Bytes::from(f)
+    };
+    // Send toward the stalled backend all the windows let through.
+    let stream = frame(7).repeat(256);
+    let mut sent = 0;
+    loop {
+        stuck.reserve_capacity(64 * 1024);
+        let room = tokio::time::timeout(
+            Duration::from_millis(1500),
+            std::future::poll_fn(|cx| stuck.poll_capacity(cx)),
+        )
+        .await;
+        match room {
+            Ok(Some(Ok(n))) if n > 0 => {
+                stuck
+                    .send_data(Bytes::copy_from_slice(&stream[sent..sent + n]), false)
+                    .unwrap();
+                sent += n;
+                assert!(sent + 64 * 1024 < stream.len(), "{sent} bytes taken");
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(other) => panic!("{other:?}"),
+            Err(_) => break,
+        }
+    }
+    // One message on the other WebSocket still goes, and comes back.
+    let mut message = frame(9);
+    while !message.is_empty() {
+        fine.reserve_capacity(message.len());
+        let n = tokio::time::timeout(STEP, std::future::poll_fn(|cx| fine.poll_capacity(cx)))
+            .await
+            .expect("no window left on the connection: the other WebSocket cannot send")
+            .unwrap()
+            .unwrap();
+        fine.send_data(message.split_to(n.min(message.len())), false)
+            .unwrap();
+    }
+    let mut back = 0;
+    while back < 4 + 64 * 1024 {
+        let data = tokio::time::timeout(STEP, fine_rx.data())
+            .await
+            .expect("no echo")
+            .unwrap()
+            .unwrap();
+        back += data.len();
+        let _ = fine_rx.flow_control().release_capacity(data.len());
+    }
+}
+
 #[tokio::test]
 async fn a_reset_stream_ends_its_session_alone() {
     let (backend, _gw, mut conn, _ca) = h2_gateway("").await;

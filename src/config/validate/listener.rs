@@ -361,6 +361,23 @@ impl Validator<'_> {
         }
     }
 
+    /// `[http2] stream_window`: from HTTP/2's default window (64 KiB, RFC 9113 §6.9.2) to
+    /// its largest.
+    fn stream_window(&mut self, value: Option<&SpStr>, default: u32) -> u32 {
+        const MIN: u64 = 65_535;
+        let Some(v) = value else { return default };
+        let n = self.size("http2.stream_window", Some(v), default as usize) as u64;
+        if !(MIN..=crate::config::MAX_H2_WINDOW).contains(&n) {
+            self.err(
+                "http2.stream_window",
+                Some(v.span()),
+                "must be between 65535 bytes (64KiB less one) and 2GiB less one byte",
+            );
+            return default;
+        }
+        u32::try_from(n).unwrap_or(default)
+    }
+
     /// `[http2]`.
     pub(super) fn http2(&mut self, f: Option<&FileHttp2>) -> Http2Config {
         let d = Http2Config::default();
@@ -412,6 +429,7 @@ impl Validator<'_> {
                 f.keep_alive_timeout.as_ref(),
                 d.keep_alive_timeout,
             ),
+            stream_window: self.stream_window(f.stream_window.as_ref(), d.stream_window),
         }
     }
 

@@ -740,6 +740,32 @@ mod tests {
         }
     }
 
+    /// `[http2] stream_window`: the default, a size, and the bounds HTTP/2 sets; the
+    /// connection's window is room for every stream's, capped at HTTP/2's largest.
+    #[test]
+    fn http2_stream_window() {
+        let load = |extra: &str| {
+            crate::config::from_toml_str(&format!(
+                "[[listener]]\nlisten = \"127.0.0.1:0\"\n[http2]\n{extra}\n\
+                 [[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"ws://127.0.0.1:9\"]\n"
+            ))
+        };
+        let d = load("").unwrap().http2;
+        assert_eq!(d.stream_window, 256 * 1024);
+        assert_eq!(d.connection_window(), 100 * 256 * 1024);
+        let big = load("stream_window = \"1GiB\"").unwrap().http2;
+        assert_eq!(big.connection_window(), (1 << 31) - 1);
+        for bad in ["\"1KiB\"", "\"2GiB\"", "\"lots\""] {
+            let errors = load(&format!("stream_window = {bad}")).unwrap_err();
+            let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            assert!(
+                text.iter()
+                    .any(|e| e.contains("http2.stream_window") && e.contains("line 4")),
+                "{bad}: {text:?}"
+            );
+        }
+    }
+
     #[test]
     fn backend_urls() {
         let u = parse_backend_url("ws://127.0.0.1:9000").unwrap();
