@@ -385,10 +385,13 @@ fn ticketer(policy: AuthPolicy) -> Result<Arc<dyn rustls::server::ProducesTicket
 pub struct TlsListener {
     sources: Vec<CertSource>,
     resolver: Arc<Reloading>,
-    /// ALPN `http/1.1` only.
-    config_h1: Arc<ServerConfig>,
-    /// ALPN `h2`, then `http/1.1`.
-    config_h2: Arc<ServerConfig>,
+    /// Client certificates, if asked for: the CA file is read again at each reload.
+    client_auth: Option<ClientAuth>,
+    resumption: bool,
+    /// The server configurations and the client-certificate policy they were built for. A
+    /// client CA is part of a configuration (its verifier), so a changed CA file means new
+    /// configurations, which the next handshakes take.
+    configs: RwLock<Configs>,
     /// Counts successful reloads (tests and operators can wait for one).
     generation: tokio::sync::watch::Sender<u64>,
     /// The header that carries a verified client certificate's subject to backends.
@@ -435,52 +438,13 @@ impl TlsListener {
         resumption: bool,
     ) -> Result<TlsListener, String> {
         let resolver = Arc::new(Reloading(RwLock::new(Arc::new(initial))));
-        let builder = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| format!("TLS setup: {e}"))?;
-        let mut policy = None;
-        let builder = match client_auth {
-            None => builder.with_no_client_auth(),
-            Some(auth) => {
-                let (roots, der) = load_roots_and_der(&auth.ca)?;
-                policy = auth_policy(&der, auth.required);
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    provider(),
-                );
-                let verifier = if auth.required {
-                    verifier
-                } else {
-                    verifier.allow_unauthenticated()
-                };
-                let verifier = verifier
-                    .build()
-                    .map_err(|e| format!("{}: {e}", auth.ca.display()))?;
-                builder.with_client_cert_verifier(verifier)
-            }
-        };
-        let mut config = builder.with_cert_resolver(resolver.clone());
-        if resumption {
-            config.ticketer = ticketer(policy)?;
-        } else {
-            config.send_tls13_tickets = 0;
-            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-        }
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        // After its handshake, a TLS 1.3 connection moves to wsgate's own record layer
-        // (`tls_records.rs`: a few hundred bytes per session where rustls holds ~2.5 KiB),
-        // which needs the traffic keys handed over.
-        config.enable_secret_extraction = true;
-        // And its traffic secrets, for its key updates: taken as rustls logs them, checked
-        // against the keys rustls hands over, logged nowhere.
-        config.key_log = Arc::new(crate::tls_records::SecretCapture);
-        let mut config_h2 = config.clone();
-        config_h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let configs = build_configs(&resolver, client_auth, resumption)?;
         Ok(TlsListener {
             sources,
             resolver,
-            config_h1: Arc::new(config),
-            config_h2: Arc::new(config_h2),
+            client_auth: client_auth.cloned(),
+            resumption,
+            configs: RwLock::new(configs),
             generation: tokio::sync::watch::Sender::new(0),
             subject_header,
         })
@@ -488,18 +452,33 @@ impl TlsListener {
 
     /// The server configuration; with `http2` it offers ALPN `h2` before `http/1.1`.
     pub fn server_config(&self, http2: bool) -> Arc<ServerConfig> {
-        if http2 {
-            self.config_h2.clone()
-        } else {
-            self.config_h1.clone()
-        }
+        let c = self.configs.read().unwrap_or_else(|p| p.into_inner());
+        if http2 { c.h2.clone() } else { c.h1.clone() }
     }
 
-    /// Reads every certificate file again. On any error the certificates in use stay, and the
-    /// error names the file and why.
+    /// Reads every certificate file again, and the client CA file: a CA that changed (one
+    /// removed from a bundle because its key leaked, one added) applies to the next
+    /// handshakes. On any error what is in use stays, and the error names the file and why.
     pub fn reload(&self) -> Result<(), String> {
         let fresh = build_resolver(&self.sources).map_err(|e| e.message())?;
+        let configs = match &self.client_auth {
+            Some(auth) => {
+                let (_, der) = load_roots_and_der(&auth.ca)?;
+                let now = self
+                    .configs
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .policy;
+                (auth_policy(&der, auth.required) != now)
+                    .then(|| build_configs(&self.resolver, Some(auth), self.resumption))
+                    .transpose()?
+            }
+            None => None,
+        };
         *self.resolver.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+        if let Some(configs) = configs {
+            *self.configs.write().unwrap_or_else(|p| p.into_inner()) = configs;
+        }
         self.generation.send_modify(|g| *g += 1);
         Ok(())
     }
@@ -509,14 +488,15 @@ impl TlsListener {
         self.generation.subscribe()
     }
 
-    /// What the certificate and key files look like on disk now: modification time, size and
-    /// inode of each (a file replaced by a rename, as cert-manager and certbot do, changes
-    /// inode even when the time does not).
+    /// What the certificate and key files (and the client CA file) look like on disk now:
+    /// modification time, size and inode of each (a file replaced by a rename, as
+    /// cert-manager and certbot do, changes inode even when the time does not).
     fn fingerprint(&self) -> Vec<Option<(std::time::SystemTime, u64, u64)>> {
         use std::os::unix::fs::MetadataExt;
         self.sources
             .iter()
             .flat_map(|s| [&s.cert, &s.key])
+            .chain(self.client_auth.as_ref().map(|a| &a.ca))
             .map(|p| {
                 let m = std::fs::metadata(p).ok()?;
                 Some((m.modified().ok()?, m.len(), m.ino()))
@@ -554,6 +534,70 @@ impl TlsListener {
             }
         }
     }
+}
+
+/// A listener's server configurations, for HTTP/1.1 and for HTTP/2 (their ALPN lists), and
+/// the client-certificate policy they were built for.
+#[derive(Debug)]
+struct Configs {
+    h1: Arc<ServerConfig>,
+    h2: Arc<ServerConfig>,
+    policy: AuthPolicy,
+}
+
+/// Builds a listener's server configurations on `resolver` (see
+/// [`TlsListener::with_client_auth`]), reading the client CA file if there is one.
+fn build_configs(
+    resolver: &Arc<Reloading>,
+    client_auth: Option<&ClientAuth>,
+    resumption: bool,
+) -> Result<Configs, String> {
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    let mut policy = None;
+    let builder = match client_auth {
+        None => builder.with_no_client_auth(),
+        Some(auth) => {
+            let (roots, der) = load_roots_and_der(&auth.ca)?;
+            policy = auth_policy(&der, auth.required);
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            );
+            let verifier = if auth.required {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| format!("{}: {e}", auth.ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(resolver.clone());
+    if resumption {
+        config.ticketer = ticketer(policy)?;
+    } else {
+        config.send_tls13_tickets = 0;
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    }
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // After its handshake, a TLS 1.3 connection moves to wsgate's own record layer
+    // (`tls_records.rs`: a few hundred bytes per session where rustls holds ~2.5 KiB),
+    // which needs the traffic keys handed over.
+    config.enable_secret_extraction = true;
+    // And its traffic secrets, for its key updates: taken as rustls logs them, checked
+    // against the keys rustls hands over, logged nowhere.
+    config.key_log = Arc::new(crate::tls_records::SecretCapture);
+    let mut config_h2 = config.clone();
+    config_h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Configs {
+        h1: Arc::new(config),
+        h2: Arc::new(config_h2),
+        policy,
+    })
 }
 
 /// TLS toward `wss://` backends: who is trusted, and whether wsgate shows a certificate.

@@ -114,11 +114,6 @@ async fn accept_loop(
         .header_read_timeout(HEADER_TIMEOUT);
     let builder = Arc::new(builder);
     let service = service(admin.clone());
-    let acceptor = admin
-        .config
-        .tls
-        .as_ref()
-        .map(|t| tokio_rustls::TlsAcceptor::from(t.server_config(false)));
     let seats = Arc::new(Seats::default());
     loop {
         let (stream, peer) = tokio::select! {
@@ -139,7 +134,12 @@ async fn accept_loop(
         };
         let (builder, stop) = (builder.clone(), admin.stop.clone());
         let handed_over = admin.handed_over.clone();
-        let acceptor = acceptor.clone();
+        // Per connection: a reload may have put in a new client CA (`TlsListener::reload`).
+        let acceptor = admin
+            .config
+            .tls
+            .as_ref()
+            .map(|t| tokio_rustls::TlsAcceptor::from(t.server_config(false)));
         // A connection with no request in progress for the idle timeout is closed: the first
         // request must come within it of the accept (its TLS handshake included), each next
         // one within it of the last answer's end. hyper's own header timeout starts only once

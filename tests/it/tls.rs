@@ -600,6 +600,46 @@ async fn mtls_required_refuses_clients_without_a_certificate_and_passes_the_subj
     );
 }
 
+/// A reload reads the client CA file again: a CA taken out of the bundle (its key leaked)
+/// stops being trusted at the next handshake, and one put in is trusted. The CA was read
+/// only when the listener's table changed, while the log said "TLS certificates reloaded".
+#[tokio::test]
+async fn a_reload_reads_the_client_ca_file_again() {
+    let ca = TestCa::new();
+    let other = TestCa::new();
+    let tmp = TempDir::new("mtls-reload");
+    let bundle = tmp.write("clients.pem", std::fs::read(ca.ca_file()).unwrap());
+    let (cert, key) = ca.leaf("server", &["localhost"]);
+    let listener = tls_listener(
+        &cert,
+        &key,
+        &format!(
+            "client_ca = \"{}\"\nclient_auth = \"required\"\n",
+            bundle.display()
+        ),
+    );
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway(&listener, backend.url()).await;
+    let (alice, alice_key) = ca.leaf("alice", &["alice.example"]);
+    let (bob, bob_key) = other.leaf("bob", &["bob.example"]);
+    let alice = client_cert_connector(&ca, &alice, &alice_key);
+    let bob = client_cert_connector(&ca, &bob, &bob_key);
+    assert!(wss_over(&alice, &gw, "").await.is_ok());
+    assert!(wss_over(&bob, &gw, "").await.is_err());
+    // The bundle now holds the other CA only.
+    std::fs::write(&bundle, std::fs::read(other.ca_file()).unwrap()).unwrap();
+    for (_, result) in gw.handle().reload_certificates() {
+        result.unwrap();
+    }
+    assert!(
+        wss_over(&alice, &gw, "").await.is_err(),
+        "a CA taken out of the bundle is still trusted"
+    );
+    let mut ws = wss_over(&bob, &gw, "").await.unwrap();
+    ws.send(Message::text("trusted now")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::text("trusted now"));
+}
+
 #[tokio::test]
 async fn mtls_optional_accepts_clients_without_a_certificate_but_never_a_forged_subject() {
     let ca = TestCa::new();
