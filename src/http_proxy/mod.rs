@@ -102,6 +102,9 @@ impl HttpRoute {
                     tls,
                     connect_timeout: s.connect_timeout,
                     idle_timeout: s.idle_timeout,
+                    // Past the 504 (`BodyState::backend_overdue` may take up to twice the
+                    // timeout to see the backend stopped), so the client gets that answer.
+                    write_stall: s.response_header_timeout * 2 + Duration::from_secs(1),
                 };
                 let name = url.url.clone();
                 Target::new(url, &name, &settings)

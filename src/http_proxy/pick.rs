@@ -59,6 +59,9 @@ pub struct ClientSettings {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// A write to the backend that takes nothing for this long fails its connection (the
+    /// route's `response_header_timeout`, see [`StallBounded`]).
+    pub write_stall: Duration,
 }
 
 impl Target {
@@ -110,6 +113,7 @@ fn client(s: &ClientSettings, url: &BackendUrl) -> Result<PooledClient, String> 
         inner: https,
         timeout: s.connect_timeout,
         authority: url.authority.parse().ok(),
+        write_stall: s.write_stall,
     };
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(s.idle_timeout)
@@ -138,6 +142,7 @@ pub struct Bounded<C> {
     inner: C,
     timeout: Duration,
     authority: Option<http::uri::Authority>,
+    write_stall: Duration,
 }
 
 type ConnectFuture<T> = std::pin::Pin<Box<dyn Future<Output = Result<T, tower::BoxError>> + Send>>;
@@ -148,9 +153,9 @@ where
     C::Error: Into<tower::BoxError>,
     C::Future: Send + 'static,
 {
-    type Response = C::Response;
+    type Response = StallBounded<C::Response>;
     type Error = tower::BoxError;
-    type Future = ConnectFuture<C::Response>;
+    type Future = ConnectFuture<StallBounded<C::Response>>;
 
     fn poll_ready(
         &mut self,
@@ -169,9 +174,14 @@ where
             _ => uri,
         };
         let (connect, timeout) = (self.inner.call(uri), self.timeout);
+        let limit = self.write_stall;
         Box::pin(async move {
             match tokio::time::timeout(timeout, connect).await {
-                Ok(result) => result.map_err(Into::into),
+                Ok(result) => result.map_err(Into::into).map(|io| StallBounded {
+                    io,
+                    limit,
+                    stalled: None,
+                }),
                 Err(_) => Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!("connect and TLS handshake not done within {timeout:?}"),
@@ -179,6 +189,109 @@ where
                 .into()),
             }
         })
+    }
+}
+
+/// A backend connection whose writes fail once one has waited `limit` with nothing taken.
+///
+/// hyper's client writes a request's body from the connection's own task. When the backend
+/// stops reading, that task waits on the socket and polls nothing else: the request is
+/// answered 504 (`BodyState::backend_overdue`) and its client may go, but the connection,
+/// the body's buffers and the backend's socket stayed until the backend itself closed,
+/// which a hung one never does (600 KiB and a descriptor per stalled upload, for good). A
+/// write that fails ends the connection.
+pub struct StallBounded<T> {
+    io: T,
+    limit: Duration,
+    /// Armed while a write waits; dropped as soon as one takes a byte.
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> StallBounded<T> {
+    /// `Pending` until the wait has lasted `limit`, then the error that ends the connection.
+    fn wait(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Error> {
+        let limit = self.limit;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match stalled.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the backend took nothing of the request for {limit:?}"),
+            )),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    fn bounded<R>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        polled: std::task::Poll<std::io::Result<R>>,
+    ) -> std::task::Poll<std::io::Result<R>> {
+        match polled {
+            std::task::Poll::Pending => self.wait(cx).map(Err),
+            done => {
+                self.stalled = None;
+                done
+            }
+        }
+    }
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for StallBounded<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for StallBounded<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        self.bounded(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.bounded(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_flush(cx);
+        self.bounded(cx, polled)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl<T: hyper_util::client::legacy::connect::Connection>
+    hyper_util::client::legacy::connect::Connection for StallBounded<T>
+{
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        self.io.connected()
     }
 }
 
@@ -292,6 +405,7 @@ mod tests {
             tls: None,
             connect_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
+            write_stall: Duration::from_secs(1),
         };
         let list = route
             .backends

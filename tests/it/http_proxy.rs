@@ -942,10 +942,20 @@ async fn a_slow_upload_is_not_a_slow_backend_and_a_stalled_one_gets_408() {
     );
 }
 
+/// And its connection is closed: hyper's client wrote the body from the connection's own
+/// task, which waited on the backend's socket and nothing else, so the connection, the
+/// body's buffers and the backend's socket stayed until the backend closed (a hung one
+/// never does).
 #[tokio::test]
 async fn a_backend_that_stops_reading_the_body_gets_504() {
     // It accepts, and reads nothing: the body fills the socket buffers and stops.
-    let (b, _task) = support::silent_backend().await;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = l.local_addr().unwrap();
+    let (held_tx, held) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let _ = held_tx.send(s);
+    });
     let gw = Gateway::spawn(&http_route(
         &[b],
         "response_header_timeout = \"300ms\"\nmax_request_body = \"off\"",
@@ -959,6 +969,24 @@ async fn a_backend_that_stops_reading_the_body_gets_504() {
     let resp = send(gw.addr, req).await;
     assert_eq!(resp.status(), 504);
     assert_eq!(read_body(resp).await.0, "backend did not answer in time\n");
+    // The proxy closes its connection to the backend, which still reads nothing: the
+    // kernel's table shows it leave ESTABLISHED (its FIN waits behind the unread body, so
+    // the backend could see it only by reading, which would unblock the old code too).
+    let _held = held.await.unwrap();
+    let to_backend = format!(" 0100007F:{:04X} 01 ", b.port());
+    let established = || {
+        std::fs::read_to_string("/proc/net/tcp")
+            .unwrap()
+            .lines()
+            .any(|l| l.contains(&to_backend))
+    };
+    tokio::time::timeout(STEP, async {
+        while established() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the proxy kept its connection to the backend after the 504");
 }
 
 /// hyper's client sends a GET or HEAD whose length it does not know without a body unless
