@@ -28,16 +28,23 @@ pub enum LogFormat {
 }
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default filter
-/// (`info`: startup, access log, warnings).
+/// ([`DEFAULT_FILTER`]: startup, access log, warnings).
 ///
 /// The log goes to stderr through a thread of its own (`writer.rs`): a record costs the task
 /// that writes it a copy into a buffer, never a `write(2)` (nor a wait on a slow terminal or
 /// journald), and the writer thread writes what gathered every few milliseconds in one write.
 /// Lossless: when 8 MiB wait, loggers wait for room. Keep the returned guard for as long as
 /// the process logs: dropping it writes what is left.
+/// `info`, but rustls's own lines from `error` only: its warnings are about what a peer sent
+/// (an IP address as SNI, an odd extension), one line per handshake, unlimited, so anyone
+/// could flood the log with them (100 ClientHellos, 100 lines); wsgate records a failed
+/// handshake itself, under the refusals' rate limit.
+pub const DEFAULT_FILTER: &str = "info,rustls=error";
+
 #[must_use = "dropping the guard stops the log writer"]
 pub fn init(format: LogFormat) -> writer::WriterGuard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     // Colours only on a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
