@@ -547,6 +547,10 @@ async fn serve<I>(
         first_request_timeout,
     );
     tokio::pin!(idle);
+    // After the idle GOAWAY: hyper ends the connection once the client acknowledges its
+    // PING, and a client that never does (keep-alive off, or a client that stopped
+    // reading) held it for good. It gets as long again, then the connection is dropped.
+    let mut goaway_unanswered: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -592,6 +596,11 @@ async fn serve<I>(
                 stopping = true;
                 tracing::debug!(%client, "idle HTTP/2 connection: GOAWAY");
                 connection.as_mut().graceful_shutdown();
+                goaway_unanswered = Some(Box::pin(tokio::time::sleep(first_request_timeout)));
+            }
+            () = async { goaway_unanswered.as_mut().expect("armed").await }, if goaway_unanswered.is_some() => {
+                tracing::debug!(%client, "idle HTTP/2 connection: GOAWAY unanswered, closed");
+                return;
             }
         }
     }
