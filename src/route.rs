@@ -43,7 +43,16 @@ pub struct RouteDiff {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
+    /// Routes a reload removed, kept for their counters (see [`RETIRED_FOR`]).
+    retired: Vec<(Arc<Route>, std::time::Instant)>,
 }
+
+/// How long a removed route's counters stay in the metrics after its removal (and for as
+/// long as anything still holds it, such as sessions waiting for their 1012): a scraper must
+/// see what its last sessions did, above all the 1012s of the reload that removed it, which
+/// are counted only as those sessions end. Its series then go, and its counters come back,
+/// unbroken, if the route does.
+pub const RETIRED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl RouteTable {
     /// Builds the routes of `configs`, each with its own signal below `parent` (the session
@@ -67,6 +76,15 @@ impl RouteTable {
             .iter()
             .map(|c| {
                 let old = previous.routes.iter().find(|r| *r.name == *c.name);
+                // Back after a removal: its counters go on from where they stopped (only
+                // those: its signal may have closed its sessions).
+                let counted = old.or_else(|| {
+                    previous
+                        .retired
+                        .iter()
+                        .map(|(r, _)| r)
+                        .find(|r| *r.name == *c.name)
+                });
                 match old {
                     None => diff.added.push(c.name.clone()),
                     Some(o) if o.config.fingerprint == c.fingerprint => {
@@ -78,8 +96,8 @@ impl RouteTable {
                     name: Arc::from(c.name.as_str()),
                     pool: BackendPool::new(c, old.map(|o| &o.pool)),
                     control: old.map_or_else(|| parent.child(), |o| o.control.clone()),
-                    refusals: old.map(|o| o.refusals.clone()).unwrap_or_default(),
-                    stats: old.map(|o| o.stats.clone()).unwrap_or_default(),
+                    refusals: counted.map(|o| o.refusals.clone()).unwrap_or_default(),
+                    stats: counted.map(|o| o.stats.clone()).unwrap_or_default(),
                     gate: crate::limits::Gate::next(&c.admission, old.map(|o| &o.gate)),
                     config: c.clone(),
                 })
@@ -116,7 +134,24 @@ impl RouteTable {
             };
             (host_rank, std::cmp::Reverse(r.config.path.len()))
         });
-        (RouteTable { routes }, diff)
+        let now = std::time::Instant::now();
+        let retired = previous
+            .retired
+            .iter()
+            .filter(|(r, since)| {
+                !configs.iter().any(|c| *c.name == *r.name)
+                    && (now.duration_since(*since) < RETIRED_FOR || Arc::strong_count(r) > 1)
+            })
+            .cloned()
+            .chain(
+                previous
+                    .routes
+                    .iter()
+                    .filter(|o| !configs.iter().any(|c| *c.name == *o.name))
+                    .map(|r| (r.clone(), now)),
+            )
+            .collect();
+        (RouteTable { routes, retired }, diff)
     }
 
     /// The route for a request's canonical path ([`crate::path`]), matched by its routing
@@ -163,6 +198,13 @@ impl RouteTable {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
         self.routes.iter()
+    }
+
+    /// The routes and the removed ones whose counters are still shown ([`RETIRED_FOR`]).
+    pub fn counted(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes
+            .iter()
+            .chain(self.retired.iter().map(|(r, _)| r))
     }
 }
 

@@ -146,7 +146,7 @@ fn live(state: &ProxyState) -> Live {
     let mut traffic: HashMap<Arc<str>, [u64; 5]> = HashMap::new();
     let generation = state.current();
     state.sessions.locked(|sessions| {
-        for r in generation.routes.iter() {
+        for r in generation.routes.counted() {
             traffic.insert(r.name.clone(), r.stats.ended_traffic.values());
         }
         for s in sessions {
@@ -169,6 +169,8 @@ impl Collector for GatewayMetrics {
         let state = &self.state;
         let generation = state.current();
         let routes: Vec<_> = generation.routes.iter().collect();
+        // For the counters of what ended: the routes a reload removed too, a while.
+        let counted: Vec<_> = generation.routes.counted().collect();
         let route = |name: &Arc<str>| -> Labels { vec![("route", s(name))] };
         let mut live = live(state);
 
@@ -377,7 +379,7 @@ impl Collector for GatewayMetrics {
                 }
             };
         add_refused(st("-"), unrouted);
-        for r in &routes {
+        for r in &counted {
             add_refused(s(&r.name), r.refusals.by_status());
         }
         counters(
@@ -444,7 +446,7 @@ impl Collector for GatewayMetrics {
             &mut enc,
             "wsgate_sessions_opened",
             "Sessions opened (the client got its 101), by route.",
-            routes.iter().map(|r| {
+            counted.iter().map(|r| {
                 (
                     route(&r.name),
                     r.stats.opened.load(std::sync::atomic::Ordering::Relaxed),
@@ -456,7 +458,7 @@ impl Collector for GatewayMetrics {
             "wsgate_sessions_ended",
             "Sessions ended, by route, outcome and who started the end (client, backend, \
              proxy).",
-            routes.iter().flat_map(|r| {
+            counted.iter().flat_map(|r| {
                 r.stats
                     .ended
                     .snapshot()
@@ -477,11 +479,11 @@ impl Collector for GatewayMetrics {
             &mut enc,
             "wsgate_session_duration_seconds",
             "How long ended sessions lasted, by route.",
-            routes.iter().map(|r| (route(&r.name), &r.stats.duration)),
+            counted.iter().map(|r| (route(&r.name), &r.stats.duration)),
         )?;
         let traffic = |i: usize| {
             let live = &live;
-            routes.iter().flat_map(move |r| {
+            counted.iter().flat_map(move |r| {
                 let t = live.traffic.get(&r.name).copied().unwrap_or_default();
                 [("client_to_backend", t[i]), ("backend_to_client", t[i + 1])]
                     .map(|(d, v)| (vec![("route", s(&r.name)), ("direction", st(d))], v))
@@ -504,7 +506,7 @@ impl Collector for GatewayMetrics {
             &mut enc,
             "wsgate_pings_sent",
             "Pings the proxy sent to peers that had been quiet (ping_interval), by route.",
-            routes.iter().map(|r| {
+            counted.iter().map(|r| {
                 let t = live.traffic.get(&r.name).copied().unwrap_or_default();
                 (route(&r.name), t[4])
             }),
@@ -514,7 +516,7 @@ impl Collector for GatewayMetrics {
             "wsgate_peers_unresponsive",
             "Peers found dead: no answer to the proxy's ping within pong_timeout, by route \
              and side.",
-            routes.iter().flat_map(|r| {
+            counted.iter().flat_map(|r| {
                 let ended = r.stats.ended.snapshot();
                 let count = move |o: Outcome| {
                     ended
@@ -535,7 +537,7 @@ impl Collector for GatewayMetrics {
             "wsgate_close_frames",
             "Close frames peers sent, by route, sender and code (1000-1015, 3xxx, 4xxx, \
              none: no code, invalid).",
-            routes.iter().flat_map(|r| {
+            counted.iter().flat_map(|r| {
                 r.stats
                     .close_frames
                     .snapshot()
@@ -559,7 +561,7 @@ impl Collector for GatewayMetrics {
             "Plain HTTP requests (routes with http = true) that ended, by route, status \
              class and outcome (completed, backend_gone, client_gone, request_timeout, or a \
              refusal's).",
-            routes.iter().flat_map(|r| {
+            counted.iter().flat_map(|r| {
                 r.stats
                     .http
                     .requests
@@ -582,7 +584,7 @@ impl Collector for GatewayMetrics {
             "wsgate_http_request_duration_seconds",
             "Plain HTTP requests a backend answered, request head to the response's last \
              byte, by route.",
-            routes
+            counted
                 .iter()
                 .map(|r| (route(&r.name), &r.stats.http.duration)),
         )?;

@@ -735,3 +735,64 @@ async fn sessions_waiting_for_their_1012_are_counted_once_and_still_open() {
     let again = gw.handle().reload(config(&next)).expect("reload");
     assert_eq!(again.sessions_closing, 0, "{again:?}");
 }
+
+/// A route a reload removes keeps its counters in the metrics for a while: the 1012s of that
+/// reload are counted as its sessions end, and a scraper saw none of them (the route's
+/// series went with the reload). Its counters go on, unbroken, if it comes back.
+#[tokio::test]
+async fn a_removed_routes_counters_stay_with_the_1012s_it_ended_with() {
+    let (e1, e2) = (EchoBackend::spawn().await, EchoBackend::spawn().await);
+    let head = "[admin]\nlisten = \"127.0.0.1:0\"\n[reload]\nclose_spread = \"off\"\n";
+    let both = format!(
+        "{head}{}{}",
+        route("A", "/a", &[e1.url()]),
+        route("B", "/b", &[e2.url()])
+    );
+    let gw = Gateway::spawn(&both).await;
+    let admin = gw.handle().admin_addr().unwrap();
+    let on_b = open(&gw, "/b", 2).await;
+    let report = gw
+        .handle()
+        .reload(config(&format!("{head}{}", route("A", "/a", &[e1.url()]))))
+        .expect("reload");
+    assert_eq!(report.removed, names(&["B"]), "{report:?}");
+    let arrivals = close_arrivals(on_b, Instant::now()).await;
+    all_service_restart(&arrivals);
+    let ended = |m: &prom::Exposition| {
+        m.value(
+            "wsgate_sessions_ended_total",
+            &[
+                ("route", "B"),
+                ("outcome", "drained"),
+                ("closed_by", "proxy"),
+            ],
+        )
+    };
+    // The registry lets go of a session just after its client's close: wait for both.
+    let m = tokio::time::timeout(STEP, async {
+        loop {
+            let m = scrape(admin).await;
+            if m.sum("wsgate_sessions_open", &[]) == 0.0 {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(ended(&m), 2.0);
+    assert_eq!(
+        m.value("wsgate_sessions_opened_total", &[("route", "B")]),
+        2.0
+    );
+    // Back: counting on from there.
+    gw.handle().reload(config(&both)).expect("reload");
+    let mut again = open(&gw, "/b", 1).await;
+    echoes(&mut again[0], "back").await;
+    let m = scrape(admin).await;
+    assert_eq!(
+        m.value("wsgate_sessions_opened_total", &[("route", "B")]),
+        3.0
+    );
+    assert_eq!(ended(&m), 2.0);
+}
