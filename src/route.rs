@@ -51,7 +51,7 @@ pub struct RouteTable {
 /// long as anything still holds it, such as sessions waiting for their 1012): a scraper must
 /// see what its last sessions did, above all the 1012s of the reload that removed it, which
 /// are counted only as those sessions end. Its series then go, and its counters come back,
-/// unbroken, if the route does.
+/// unbroken, if the route does. (They go at the first reload after it.)
 pub const RETIRED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl RouteTable {
