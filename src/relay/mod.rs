@@ -1027,6 +1027,7 @@ where
     let mut saw_close = false;
     let mut saw_data = false;
     let mut late = false;
+    let mut late_messages = 0;
     let ping_pending = &mut from.ping_pending;
     let ping_seq = from.pings_sent;
     let close_from = &mut from.close_from;
@@ -1090,10 +1091,14 @@ where
                     write_err = batch.add_as(cx, to, frame, last).err();
                 }
             }
+            // A message sent after its sender's close frame is dropped, and not counted
+            // (as one cut at `max_message` is not).
+            Event::MessageEnd if close_from.is_some() => late_messages += 1,
             // Its bytes come in a `Forward` of the same chunk, which counted them.
             Event::MessageEnd => {}
         }
     });
+    from.scanner.messages -= late_messages;
     if write_err.is_none() {
         write_err = batch.flush(cx, to).err();
     }

@@ -277,6 +277,9 @@ async fn frames_after_a_close_frame_are_dropped_even_across_a_take_over() {
     let out = task.await.unwrap();
     assert_eq!(out.late_frames, Some(CloseSide::Backend));
     assert_eq!(out.backend_to_client.frames, 2);
+    // Its frames count (they were read), the dropped message does not, as one cut at
+    // `max_message` does not: the record said 1 message where none arrived.
+    assert_eq!(out.backend_to_client.messages, 0);
 }
 
 /// A close frame RFC 6455 forbids (here code 1006) sent in reply to the proxy's own close
