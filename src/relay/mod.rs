@@ -311,8 +311,8 @@ struct State {
     discarded: u32,
     /// A side went over [`DRAIN_LIMIT`] and was read no more: the session ends cut.
     over_drain_limit: bool,
-    /// The sides (a bit each, [`State::reading_on`]) whose pong was overdue while their TCP still took the data
-    /// queued for them (`Leg::still_taking`): reading then, and maybe still, through what
+    /// The sides (a bit each, [`State::reading_on`]; the bits above, [`State::stuck_on`])
+    /// whose pong was overdue while their TCP still took the data queued for them (`Leg::still_taking`): reading then, and maybe still, through what
     /// their receive buffer holds once the queue is empty. (Here, not in `Side`: a bit in
     /// the state's padding where a `bool` per side would grow every session.)
     reading_on: u8,
@@ -339,6 +339,22 @@ impl State {
     }
 
     /// Sets whether `who` was found reading (see the field), returning what it was.
+    /// Notes whether `who`'s ping waits behind a frame that `who` has stopped taking (its
+    /// output stuck), in the upper bits of `reading_on`; returns what it was.
+    fn stuck_on(&mut self, who: CloseSide, on: bool) -> bool {
+        let bit = match who {
+            CloseSide::Client => 4,
+            _ => 8,
+        };
+        let was = self.reading_on & bit != 0;
+        if on {
+            self.reading_on |= bit;
+        } else {
+            self.reading_on &= !bit;
+        }
+        was
+    }
+
     fn reading_on(&mut self, who: CloseSide, on: bool) -> bool {
         let bit = match who {
             CloseSide::Client => 1,
@@ -1272,6 +1288,15 @@ where
                         (held.1, stuck.1),
                     ),
                 ] {
+                    // A leg that took every byte given it straight away, however long its
+                    // ping has waited behind the frame, has been waiting on nothing: its
+                    // deadline runs from when its output is first stuck.
+                    let queued_stuck = stuck && inject.is_some() && *awaiting && !closing;
+                    if queued_stuck && !st.stuck_on(who, true) {
+                        *heard = (*heard).max(at_now + st.cfg().pong_timeout);
+                    } else if !queued_stuck {
+                        st.stuck_on(who, false);
+                    }
                     match *awaiting {
                         // Nothing follows a close frame (RFC 6455 §5.5.1), a ping or a pong
                         // neither: a side in its closing handshake (it sent its close frame,

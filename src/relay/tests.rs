@@ -890,6 +890,56 @@ async fn a_leg_that_stops_reading_mid_frame_is_found_dead() {
     writer.abort();
 }
 
+/// A leg that took every byte of a slow frame straight away for longer than `pong_timeout`
+/// (its ping waiting behind the frame all along), then is briefly slower than the sender
+/// (one write waits), is not taken for dead at once: its deadline runs from when its output
+/// is first stuck. (Found by review: a leg with no kernel check, as an HTTP/2 stream, was
+/// closed at its first full write.)
+#[tokio::test(start_paused = true)]
+async fn a_leg_taking_everything_then_briefly_full_is_not_dead() {
+    use futures_util::FutureExt;
+    let (client, backend, mut relay) = relay_by_hand(pings_only(Duration::from_secs(1)));
+    let (mut backend_rx, _backend_tx) = tokio::io::split(backend);
+    let (mut client_rx, mut client_tx) = tokio::io::split(client);
+    let whole = masked(opcode::BINARY, &vec![7u8; 300_000]);
+    let turns = async |relay: &mut Relay<_, _>| {
+        for _ in 0..8 {
+            still_running(relay);
+            tokio::task::yield_now().await;
+        }
+    };
+    let mut sent = 0;
+    let mut chunk = vec![0u8; 1 << 17];
+    // 1 KiB every 200 ms for 3 s; the backend reads all of it each time.
+    for _ in 0..15 {
+        client_tx
+            .write_all(&whole[sent..sent + 1024])
+            .await
+            .unwrap();
+        sent += 1024;
+        turns(&mut relay).await;
+        while let Some(Ok(n)) = backend_rx.read(&mut chunk).now_or_never() {
+            if n == 0 {
+                break;
+            }
+        }
+        tokio::time::advance(Duration::from_millis(200)).await;
+        turns(&mut relay).await;
+    }
+    // A burst: 120 KiB, more than the pipes hold; the backend reads it 100 ms later.
+    let burst = whole[sent..sent + 120_000].to_vec();
+    let writer = tokio::spawn(async move { client_tx.write_all(&burst).await.map(|_| client_tx) });
+    turns(&mut relay).await;
+    tokio::time::advance(Duration::from_millis(100)).await;
+    turns(&mut relay).await;
+    let to_client = available(&mut client_rx).await;
+    assert!(
+        to_client.is_empty(),
+        "the client got {to_client:02x?} (the backend taken for dead)"
+    );
+    writer.abort();
+}
+
 /// The same leg, reading slowly: each write it takes moves its deadline on, so a reader that
 /// keeps taking the frame, however slowly, is not taken for dead.
 #[tokio::test(start_paused = true)]
