@@ -599,6 +599,15 @@ async fn serve<I>(
                 goaway_unanswered = Some(Box::pin(tokio::time::sleep(first_request_timeout)));
             }
             () = async { goaway_unanswered.as_mut().expect("armed").await }, if goaway_unanswered.is_some() => {
+                // A stream that crossed the GOAWAY (its client answered the PING, and hyper
+                // serves it to its end) is not cut: look again later.
+                let open = |n: Option<&Arc<tokio::sync::watch::Sender<usize>>>| {
+                    n.is_some_and(|n| *n.borrow() > 0)
+                };
+                if open(live_streams.as_ref()) || open(in_flight.as_ref()) {
+                    goaway_unanswered = Some(Box::pin(tokio::time::sleep(first_request_timeout)));
+                    continue;
+                }
                 tracing::debug!(%client, "idle HTTP/2 connection: GOAWAY unanswered, closed");
                 return;
             }

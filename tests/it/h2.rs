@@ -665,3 +665,109 @@ async fn an_idle_h2_connection_whose_client_is_silent_is_closed() {
         "the idle connection was held past its GOAWAY"
     );
 }
+
+/// A stream that crosses the idle GOAWAY (hyper takes it: the first GOAWAY names the last
+/// stream id possible) is served, and its client answers the PING: the connection stays as
+/// long as that WebSocket is open. (Found by review: the GOAWAY's deadline dropped it
+/// whatever was open on it.)
+#[tokio::test]
+async fn a_stream_opened_across_the_idle_goaway_is_not_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\nhandshake_timeout = \"300ms\"\n\
+         [http2]\nkeep_alive_interval = \"off\"\n{}",
+        route("app", "/", &[backend.url()])
+    ))
+    .await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
+    let block = [&[0x82u8, 0x86, 0x84, 0x41, 0x08][..], b"app.test"].concat();
+    opening.extend_from_slice(&[0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1]);
+    opening.extend_from_slice(&block);
+    tcp.write_all(&opening).await.unwrap();
+    // Read frames until the GOAWAY and its PING.
+    let mut buf = Vec::new();
+    let mut ping: Option<[u8; 8]> = None;
+    let mut goaway = false;
+    while !(goaway && ping.is_some()) {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(STEP, tcp.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before GOAWAY");
+        buf.extend_from_slice(&chunk[..n]);
+        while buf.len() >= 9 {
+            let len = ((buf[0] as usize) << 16) | ((buf[1] as usize) << 8) | buf[2] as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (ty, flags) = (buf[3], buf[4]);
+            if ty == 7 {
+                goaway = true;
+            }
+            if ty == 6 && flags & 1 == 0 {
+                ping = Some(buf[9..17].try_into().unwrap());
+            }
+            if ty == 4 && flags & 1 == 0 {
+                tcp.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await.unwrap();
+            }
+            buf.drain(..9 + len);
+        }
+    }
+    // Extended CONNECT on stream 3, then the PING's answer.
+    let mut block = vec![0x02u8, 7];
+    block.extend_from_slice(b"CONNECT");
+    block.extend_from_slice(&[0x00, 9]);
+    block.extend_from_slice(b":protocol");
+    block.push(9);
+    block.extend_from_slice(b"websocket");
+    block.extend_from_slice(&[0x86, 0x84, 0x41, 0x08]);
+    block.extend_from_slice(b"app.test");
+    block.extend_from_slice(&[0x00, 21]);
+    block.extend_from_slice(b"sec-websocket-version");
+    block.push(2);
+    block.extend_from_slice(b"13");
+    let mut out = vec![0, 0, block.len() as u8, 0x01, 0x04, 0, 0, 0, 3];
+    out.extend_from_slice(&block);
+    out.extend_from_slice(&[0, 0, 8, 6, 1, 0, 0, 0, 0]);
+    out.extend_from_slice(&ping.unwrap());
+    tcp.write_all(&out).await.unwrap();
+    // Watch the connection for 2 s: it must stay open with the WebSocket on it.
+    let t0 = tokio::time::Instant::now();
+    let mut headers_on_3 = false;
+    let ended = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            match tcp.read(&mut chunk).await {
+                Ok(n) if n > 0 => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    while buf.len() >= 9 {
+                        let len =
+                            ((buf[0] as usize) << 16) | ((buf[1] as usize) << 8) | buf[2] as usize;
+                        if buf.len() < 9 + len {
+                            break;
+                        }
+                        let (ty, sid) = (
+                            buf[3],
+                            u32::from_be_bytes(buf[5..9].try_into().unwrap()) & 0x7fff_ffff,
+                        );
+                        if ty == 1 && sid == 3 {
+                            headers_on_3 = true;
+                        }
+                        buf.drain(..9 + len);
+                    }
+                }
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(headers_on_3, "stream 3 was not answered");
+    assert!(
+        ended.is_err(),
+        "the connection carrying an open WebSocket was dropped after {:?}",
+        t0.elapsed()
+    );
+}
