@@ -295,17 +295,24 @@ pub struct Http2Config {
 }
 
 impl Http2Config {
-    /// The connection's receive window: room for every stream's whole window at once, as
-    /// nginx gives (it opens the connection window all the way). A stream is a WebSocket
-    /// whose backend may stop reading: what its client sent then waits unread in its stream
-    /// window, and with a connection window no larger than one stream's (hyper's default:
-    /// 1 MiB each), one stalled WebSocket froze every other on the connection. Memory stays
-    /// bounded by the streams' windows.
+    /// The connection's receive window: room for [`H2_STREAMS_WINDOWED`] streams' whole
+    /// windows at once. A stream is a WebSocket whose backend may stop reading (or whose
+    /// client does not read the answers, which stops the relay reading it): what its client
+    /// sent then waits unread in its stream window, and with a connection window no larger
+    /// than one stream's (hyper's default: 1 MiB each), one such WebSocket froze every
+    /// other on the connection. Not room for every stream: the unread bytes are wsgate's
+    /// heap, not the kernel's socket buffers, and 100 streams' windows would let one client
+    /// pin 25 MiB per connection.
     pub fn connection_window(&self) -> u32 {
-        let all = u64::from(self.stream_window) * u64::from(self.max_concurrent_streams);
+        let streams = self.max_concurrent_streams.min(H2_STREAMS_WINDOWED);
+        let all = u64::from(self.stream_window) * u64::from(streams);
         u32::try_from(all.min(MAX_H2_WINDOW)).unwrap_or(u32::MAX)
     }
 }
+
+/// How many streams' windows the connection's window holds: 16 stalled WebSockets on one
+/// connection before the others wait, 4 MiB per connection at most by default.
+pub const H2_STREAMS_WINDOWED: u32 = 16;
 
 /// The largest flow-control window HTTP/2 allows (RFC 9113 §6.9.1).
 pub const MAX_H2_WINDOW: u64 = (1 << 31) - 1;

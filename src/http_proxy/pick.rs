@@ -180,7 +180,8 @@ where
                 Ok(result) => result.map_err(Into::into).map(|io| StallBounded {
                     io,
                     limit,
-                    stalled: None,
+                    deadline: None,
+                    stalled: false,
                 }),
                 Err(_) => Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
@@ -203,18 +204,30 @@ where
 pub struct StallBounded<T> {
     io: T,
     limit: Duration,
-    /// Armed while a write waits; dropped as soon as one takes a byte.
-    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// The wait's end, armed (`stalled`) while a write waits and disarmed as soon as one
+    /// takes a byte; made once per connection, reset per wait.
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    stalled: bool,
 }
 
 impl<T> StallBounded<T> {
     /// `Pending` until the wait has lasted `limit`, then the error that ends the connection.
     fn wait(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Error> {
         let limit = self.limit;
-        let stalled = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        match stalled.as_mut().poll(cx) {
+        let end = tokio::time::Instant::now() + limit;
+        let deadline = match &mut self.deadline {
+            Some(d) => {
+                if !self.stalled {
+                    d.as_mut().reset(end);
+                }
+                d
+            }
+            None => self
+                .deadline
+                .insert(Box::pin(tokio::time::sleep_until(end))),
+        };
+        self.stalled = true;
+        match deadline.as_mut().poll(cx) {
             std::task::Poll::Ready(()) => std::task::Poll::Ready(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("the backend took nothing of the request for {limit:?}"),
@@ -231,7 +244,7 @@ impl<T> StallBounded<T> {
         match polled {
             std::task::Poll::Pending => self.wait(cx).map(Err),
             done => {
-                self.stalled = None;
+                self.stalled = false;
                 done
             }
         }

@@ -27,6 +27,12 @@ pub enum LogFormat {
     Json,
 }
 
+/// `info`, but rustls's own lines from `error` only: its warnings are about what a peer sent
+/// (an IP address as SNI, an odd extension), one line per handshake, unlimited, so anyone
+/// could flood the log with them (100 ClientHellos, 100 lines); wsgate records a failed
+/// handshake itself, under the refusals' rate limit.
+pub const DEFAULT_FILTER: &str = "info,rustls=error";
+
 /// Installs the global subscriber. `RUST_LOG` overrides the default filter
 /// ([`DEFAULT_FILTER`]: startup, access log, warnings).
 ///
@@ -35,12 +41,6 @@ pub enum LogFormat {
 /// journald), and the writer thread writes what gathered every few milliseconds in one write.
 /// Lossless: when 8 MiB wait, loggers wait for room. Keep the returned guard for as long as
 /// the process logs: dropping it writes what is left.
-/// `info`, but rustls's own lines from `error` only: its warnings are about what a peer sent
-/// (an IP address as SNI, an odd extension), one line per handshake, unlimited, so anyone
-/// could flood the log with them (100 ClientHellos, 100 lines); wsgate records a failed
-/// handshake itself, under the refusals' rate limit.
-pub const DEFAULT_FILTER: &str = "info,rustls=error";
-
 #[must_use = "dropping the guard stops the log writer"]
 pub fn init(format: LogFormat) -> writer::WriterGuard {
     let filter =

@@ -752,7 +752,7 @@ mod tests {
         };
         let d = load("").unwrap().http2;
         assert_eq!(d.stream_window, 256 * 1024);
-        assert_eq!(d.connection_window(), 100 * 256 * 1024);
+        assert_eq!(d.connection_window(), 16 * 256 * 1024);
         let big = load("stream_window = \"1GiB\"").unwrap().http2;
         assert_eq!(big.connection_window(), (1 << 31) - 1);
         for bad in ["\"1KiB\"", "\"2GiB\"", "\"lots\""] {
