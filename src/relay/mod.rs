@@ -342,23 +342,19 @@ impl State {
     /// Notes whether `who`'s ping waits behind a frame that `who` has stopped taking (its
     /// output stuck), in the upper bits of `reading_on`; returns what it was.
     fn stuck_on(&mut self, who: CloseSide, on: bool) -> bool {
-        let bit = match who {
-            CloseSide::Client => 4,
-            _ => 8,
-        };
-        let was = self.reading_on & bit != 0;
-        if on {
-            self.reading_on |= bit;
-        } else {
-            self.reading_on &= !bit;
-        }
-        was
+        self.side_bit(who, 4, on)
     }
 
     fn reading_on(&mut self, who: CloseSide, on: bool) -> bool {
+        self.side_bit(who, 1, on)
+    }
+
+    /// Sets or clears `who`'s bit of a pair in `reading_on` (the client's is `client_bit`,
+    /// the backend's the next one up); returns what it was.
+    fn side_bit(&mut self, who: CloseSide, client_bit: u8, on: bool) -> bool {
         let bit = match who {
-            CloseSide::Client => 1,
-            _ => 2,
+            CloseSide::Client => client_bit,
+            _ => client_bit << 1,
         };
         let was = self.reading_on & bit != 0;
         if on {
@@ -709,7 +705,7 @@ fn step<A, Z>(
         {
             // The ping waits behind a frame streaming into `to`, and `to` is taking that
             // frame: alive, if slow. Its deadline runs on (see the timers in `run`).
-            to.heard = At::from(now) + st.cfg().pong_timeout;
+            to.heard = At::from(now) + stall_allowance(st.cfg());
         }
         match polled {
             Poll::Ready(Ok(())) => {}
@@ -1176,6 +1172,15 @@ where
     }
 }
 
+/// How long a leg whose ping waits behind a frame may take nothing of that frame before it
+/// is taken for dead: `ping_interval` and twice `pong_timeout` (70 s by default), what a
+/// leg that answers no ping at all gets at most. Longer than one pong's time: a backend busy
+/// with its own work (inflating a queue of compressed messages, say) stops reading for tens
+/// of seconds and then goes on (Autobahn's case 12.5.15 through a Node `ws` backend).
+fn stall_allowance(cfg: &SessionConfig) -> Duration {
+    cfg.ping_interval.unwrap_or_default() + 2 * cfg.pong_timeout
+}
+
 /// Pings, pong deadlines, idle and lifetime (or token) timers, and the closing handshake's
 /// deadline. Arms `timer` for the earliest of them; Ready when the session must be cut.
 /// The session's timers: Ready once one of them ends the session. `quiet_until`: when the
@@ -1293,7 +1298,7 @@ where
                     // deadline runs from when its output is first stuck.
                     let queued_stuck = stuck && inject.is_some() && *awaiting && !closing;
                     if queued_stuck && !st.stuck_on(who, true) {
-                        *heard = (*heard).max(at_now + st.cfg().pong_timeout);
+                        *heard = (*heard).max(at_now + stall_allowance(st.cfg()));
                     } else if !queued_stuck {
                         st.stuck_on(who, false);
                     }

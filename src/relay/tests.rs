@@ -877,8 +877,9 @@ async fn a_leg_that_stops_reading_mid_frame_is_found_dead() {
         ended
     };
     assert!(!turns(&mut relay).await);
-    // The backend's ping comes due at 1 s and cannot go out; by 2 s it is overdue.
-    for _ in 0..5 {
+    // The backend's ping comes due at 1 s and cannot go out; it has taken nothing for
+    // `ping_interval` and twice `pong_timeout` by 4 s.
+    for _ in 0..10 {
         tokio::time::advance(Duration::from_millis(500)).await;
         turns(&mut relay).await;
     }
