@@ -209,12 +209,17 @@ impl Gateway {
             None => None,
         };
         inherited.close_unused();
-        if let Some(predecessor) = predecessor
-            && let Err(e) = predecessor.ready().await
-        {
-            // Both processes accept from the same sockets until the old one stops: nothing
-            // is lost, but the old one may not drain on its own.
-            tracing::warn!(error = %e, "the previous process did not confirm the hand-over");
+        if let Some(predecessor) = predecessor {
+            match predecessor.ready().await {
+                Ok(drained) => {
+                    upgrade::keep_drains(&state, &drained);
+                }
+                // Both processes accept from the same sockets until the old one stops:
+                // nothing is lost, but the old one may not drain on its own.
+                Err(e) => {
+                    tracing::warn!(error = %e, "the previous process did not confirm the hand-over")
+                }
+            }
         }
         if let Some(path) = state.initial.upgrade_socket.clone() {
             tokio::spawn(upgrade::serve(state.clone(), path, stop.clone()));

@@ -202,7 +202,10 @@ pub async fn take_over(path: &Path) -> std::io::Result<Option<(Predecessor, Inhe
 
 impl Predecessor {
     /// Tells the old process this one is serving, and waits until it has stopped accepting.
-    pub async fn ready(mut self) -> std::io::Result<()> {
+    /// Returns the backends it had drained through the admin API (route, backend), for
+    /// [`keep_drains`]: an operator who drained one for maintenance must not find it taking
+    /// sessions again because the proxy was upgraded.
+    pub async fn ready(mut self) -> std::io::Result<Vec<(String, String)>> {
         step(self.lines.get_mut().write_all(b"ready\n")).await?;
         let mut line = String::new();
         step(self.lines.read_line(&mut line)).await?;
@@ -213,7 +216,15 @@ impl Predecessor {
             old_pid = self.pid,
             "the previous process has stopped accepting and drains"
         );
-        Ok(())
+        // A process from before the drained line closes here (EOF: none).
+        let mut line = String::new();
+        let _ = step(self.lines.read_line(&mut line)).await;
+        let pairs: Vec<(String, String)> = line
+            .trim()
+            .strip_prefix("drained ")
+            .and_then(|json| serde_json::from_str(json).ok())
+            .unwrap_or_default();
+        Ok(pairs)
     }
 }
 
@@ -321,7 +332,53 @@ async fn hand_over(state: &ProxyState, stream: UnixStream) -> std::io::Result<u3
         tracing::warn!("an accept loop did not stop in time; draining anyway");
     }
     step(lines.get_mut().write_all(b"done\n")).await?;
+    // The backends drained through the admin API, after `done`: a successor from before
+    // this line reads `done` and closes, and one from after reads it if it comes (an older
+    // process closes after `done`). Best effort: the hand-over is complete already.
+    let drained = format!(
+        "drained {}\n",
+        serde_json::Value::from(drained_backends(state))
+    );
+    let _ = step(lines.get_mut().write_all(drained.as_bytes())).await;
     Ok(pid)
+}
+
+/// The backends drained through the admin API, as `[route, backend]` pairs.
+fn drained_backends(state: &ProxyState) -> Vec<Vec<String>> {
+    state
+        .current()
+        .routes
+        .iter()
+        .flat_map(|r| {
+            r.pool
+                .backends()
+                .iter()
+                .filter(|b| b.is_draining())
+                .map(|b| vec![r.name.to_string(), b.name.to_string()])
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Drains, in this process, the backends the previous one had drained (`drained` pairs of
+/// route and backend names) that this config still has; returns how many.
+pub fn keep_drains(state: &ProxyState, drained: &[(String, String)]) -> usize {
+    let generation = state.current();
+    let mut kept = 0;
+    for (route, backend) in drained {
+        let found = generation
+            .routes
+            .iter()
+            .filter(|r| *r.name == **route)
+            .flat_map(|r| r.pool.backends().iter())
+            .find(|b| *b.name == **backend);
+        if let Some(b) = found {
+            b.set_draining(true);
+            kept += 1;
+            tracing::info!(route = %route, backend = %backend, "backend drained by the previous process: kept drained");
+        }
+    }
+    kept
 }
 
 /// After a hand-over: the connections this process accepted before it stopped get their

@@ -386,3 +386,55 @@ async fn a_successor_with_another_admin_address_listens_there() {
     let log = new_log.await.unwrap();
     assert!(status.success(), "{status}; log:\n{}", log.join("\n"));
 }
+
+/// A backend drained through the admin API stays drained in the successor: an operator who
+/// drained one for maintenance found it taking sessions again after the proxy's upgrade.
+#[tokio::test]
+async fn a_drained_backend_stays_drained_across_the_upgrade() {
+    let tmp = TempDir::new("upgrade-drain");
+    let echo = EchoBackend::spawn().await;
+    let config = upgrade_config(
+        &tmp,
+        "wsgate.toml",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n",
+        &echo.url(),
+    );
+    let Running {
+        child: mut old,
+        log: old_log,
+        seen: seen_old,
+        url: _,
+    } = start_upgradable(&config).await;
+    let admin: std::net::SocketAddr = seen_old
+        .iter()
+        .find(|l| l.contains("\"admin listener\""))
+        .map(|l| field(l, "admin"))
+        .expect("the admin listener's address")
+        .parse()
+        .unwrap();
+    let drain = serde_json::json!({"route": "r", "backend": echo.url()});
+    let (status, answer) = admin_json(admin, "POST", "/api/backends/drain", &drain).await;
+    assert_eq!(status, 200, "{answer}");
+    let old_log = drain_log(old_log);
+
+    let mut new = spawn_binary(&config, "json", "info");
+    let mut new_log = log_lines(&mut new);
+    let mut seen_new = Vec::new();
+    wait_line(&mut new_log, &mut seen_new, "the drain kept", |l| {
+        l.contains("kept drained")
+    })
+    .await;
+    let new_log = drain_log(new_log);
+    assert!(wait_exit(&mut old).await.success());
+    drop(old_log);
+    // The admin listener is the new process's now.
+    let (status, routes) = admin_json(admin, "GET", "/api/routes", &Value::Null).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        routes["routes"][0]["backends"][0]["draining"], true,
+        "{routes}"
+    );
+    send_signal(&new, "TERM");
+    assert!(wait_exit(&mut new).await.success());
+    drop(new_log);
+}
