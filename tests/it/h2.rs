@@ -633,13 +633,12 @@ async fn an_idle_h2_connection_is_closed_and_a_websocket_keeps_it_open() {
     assert!(ended.unwrap().is_ok(), "connection ended with an error");
 }
 
-/// An idle HTTP/2 connection whose client does not answer the GOAWAY's PING is closed all
-/// the same, a `handshake_timeout` after the GOAWAY. hyper ends the connection once the
-/// PING is acknowledged, so a client that never did held it for good (with keep-alive off,
-/// or until the keep-alive's own timeout, 50 s by default).
-#[tokio::test]
-async fn an_idle_h2_connection_whose_client_is_silent_is_closed() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// A gateway whose idle HTTP/2 connections get GOAWAY after 300 ms (keep-alive off), and a
+/// raw connection to it that has sent the preface, empty SETTINGS and one GET (HPACK:
+/// :method GET, :scheme http, :path /, :authority app.test), which the WebSocket route
+/// answers 400: from there on it is idle.
+async fn idle_h2_after_one_request() -> (EchoBackend, Gateway, TcpStream) {
+    use tokio::io::AsyncWriteExt;
     let backend = EchoBackend::spawn().await;
     let gw = Gateway::spawn(&format!(
         "[[listener]]\nlisten = \"127.0.0.1:0\"\nhandshake_timeout = \"300ms\"\n\
@@ -648,13 +647,23 @@ async fn an_idle_h2_connection_whose_client_is_silent_is_closed() {
     ))
     .await;
     let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
-    // The preface, empty SETTINGS, and one GET (HPACK: :method GET, :scheme http, :path /,
-    // :authority app.test), which a WebSocket route answers 400; then nothing, ever.
     let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
     let block = [&[0x82u8, 0x86, 0x84, 0x41, 0x08][..], b"app.test"].concat();
     opening.extend_from_slice(&[0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1]);
     opening.extend_from_slice(&block);
     tcp.write_all(&opening).await.unwrap();
+    (backend, gw, tcp)
+}
+
+/// An idle HTTP/2 connection whose client does not answer the GOAWAY's PING is closed all
+/// the same, a `handshake_timeout` after the GOAWAY. hyper ends the connection once the
+/// PING is acknowledged, so a client that never did held it for good (with keep-alive off,
+/// or until the keep-alive's own timeout, 50 s by default).
+#[tokio::test]
+async fn an_idle_h2_connection_whose_client_is_silent_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let (_backend, _gw, mut tcp) = idle_h2_after_one_request().await;
+    // Then nothing, ever.
     let ended = tokio::time::timeout(STEP, async {
         let mut buf = [0u8; 4096];
         while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
@@ -673,19 +682,7 @@ async fn an_idle_h2_connection_whose_client_is_silent_is_closed() {
 #[tokio::test]
 async fn a_stream_opened_across_the_idle_goaway_is_not_cut() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let backend = EchoBackend::spawn().await;
-    let gw = Gateway::spawn(&format!(
-        "[[listener]]\nlisten = \"127.0.0.1:0\"\nhandshake_timeout = \"300ms\"\n\
-         [http2]\nkeep_alive_interval = \"off\"\n{}",
-        route("app", "/", &[backend.url()])
-    ))
-    .await;
-    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
-    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
-    let block = [&[0x82u8, 0x86, 0x84, 0x41, 0x08][..], b"app.test"].concat();
-    opening.extend_from_slice(&[0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1]);
-    opening.extend_from_slice(&block);
-    tcp.write_all(&opening).await.unwrap();
+    let (_backend, _gw, mut tcp) = idle_h2_after_one_request().await;
     // Read frames until the GOAWAY and its PING.
     let mut buf = Vec::new();
     let mut ping: Option<[u8; 8]> = None;

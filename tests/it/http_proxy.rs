@@ -1589,12 +1589,7 @@ async fn request_timeout_cuts_a_response_that_outlasts_it() {
 /// once it read again).
 #[tokio::test]
 async fn request_timeout_cuts_a_client_that_stops_reading() {
-    let (b, mut gone) = endless_backend().await;
-    let gw = Gateway::spawn(&format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
-        http_route(&[b], "request_timeout = \"500ms\"")
-    ))
-    .await;
+    let (gw, mut gone) = endless_gateway().await;
     let started = tokio::time::Instant::now();
     let mut client = TcpStream::connect(gw.addr).await.unwrap();
     client
@@ -1627,6 +1622,17 @@ async fn request_timeout_cuts_a_client_that_stops_reading() {
     );
 }
 
+/// A gateway with an admin listener and `request_timeout = "500ms"` on an [`endless_backend`].
+async fn endless_gateway() -> (Gateway, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let (b, gone) = endless_backend().await;
+    let gw = Gateway::spawn(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        http_route(&[b], "request_timeout = \"500ms\"")
+    ))
+    .await;
+    (gw, gone)
+}
+
 /// A backend whose every response is endless: only the proxy dropping it ends it, and then
 /// the receiver hears of it.
 async fn endless_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
@@ -1653,12 +1659,7 @@ async fn endless_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<
 /// backend's connection stayed for as long as the client did not read.
 #[tokio::test]
 async fn request_timeout_cuts_an_http2_stream_whose_client_stops_reading() {
-    let (b, mut gone) = endless_backend().await;
-    let gw = Gateway::spawn(&format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
-        http_route(&[b], "request_timeout = \"500ms\"")
-    ))
-    .await;
+    let (gw, mut gone) = endless_gateway().await;
     let started = tokio::time::Instant::now();
     let mut h2 = h2c::<Empty<Bytes>>(gw.addr).await;
     let resp = h2.send_request(get_h2(gw.addr, "/endless")).await.unwrap();
