@@ -668,6 +668,26 @@ fn still_running<L: Leg>(relay: &mut Relay<L, L>) {
     assert!(poll_once(relay).is_pending(), "the session ended");
 }
 
+/// Eight turns of a relay made by [`relay_by_hand`] (or `_over`), each polled once and
+/// followed by a yield, so the tasks at the pipes' other ends move between them; the session
+/// must not end.
+async fn running_turns<L: Leg>(relay: &mut Relay<L, L>) {
+    for _ in 0..8 {
+        still_running(relay);
+        tokio::task::yield_now().await;
+    }
+}
+
+/// As [`running_turns`], but says whether the session ended in one of the eight turns.
+async fn ended_in_turns<L: Leg>(relay: &mut Relay<L, L>) -> bool {
+    let mut ended = false;
+    for _ in 0..8 {
+        ended |= poll_once(relay).is_ready();
+        tokio::task::yield_now().await;
+    }
+    ended
+}
+
 /// Polls a relay made by [`relay_by_hand`] (or `_over`) once, with no waker to wake.
 fn poll_once<L: Leg>(relay: &mut Relay<L, L>) -> Poll<()> {
     let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -797,13 +817,7 @@ async fn a_side_held_back_by_a_slow_reader_is_not_taken_for_dead() {
         }
         backend_tx
     });
-    let turns = async |relay: &mut Relay<_, _>| {
-        for _ in 0..8 {
-            still_running(relay);
-            tokio::task::yield_now().await;
-        }
-    };
-    turns(&mut relay).await;
+    running_turns(&mut relay).await;
     // The pipes are full: the relay holds a read and has stopped reading the backend. The
     // client takes a little every 400 ms, for 2.8 s: past `ping_interval + pong_timeout`.
     // (One that takes nothing at all for that long is dead:
@@ -815,7 +829,7 @@ async fn a_side_held_back_by_a_slow_reader_is_not_taken_for_dead() {
         if let Some(Ok(n)) = futures_util::FutureExt::now_or_never(client.read(&mut some)) {
             got.extend_from_slice(&some[..n]);
         }
-        turns(&mut relay).await;
+        running_turns(&mut relay).await;
     }
     assert!(!got.is_empty());
     let to_backend = available(&mut backend_rx).await;
@@ -830,7 +844,7 @@ async fn a_side_held_back_by_a_slow_reader_is_not_taken_for_dead() {
             break;
         }
         got.extend(available(&mut client).await);
-        turns(&mut relay).await;
+        running_turns(&mut relay).await;
     }
     assert!(
         got.len() >= want,
@@ -868,20 +882,12 @@ async fn a_leg_that_stops_reading_mid_frame_is_found_dead() {
         let _ = client_tx.write_all(&message).await;
         client_tx
     });
-    let turns = async |relay: &mut Relay<_, _>| {
-        let mut ended = false;
-        for _ in 0..8 {
-            ended |= poll_once(relay).is_ready();
-            tokio::task::yield_now().await;
-        }
-        ended
-    };
-    assert!(!turns(&mut relay).await);
+    assert!(!ended_in_turns(&mut relay).await);
     // The backend's ping comes due at 1 s and cannot go out; it has taken nothing for
     // `ping_interval` and twice `pong_timeout` by 4 s.
     for _ in 0..10 {
         tokio::time::advance(Duration::from_millis(500)).await;
-        turns(&mut relay).await;
+        ended_in_turns(&mut relay).await;
     }
     let close = available(&mut client_rx).await;
     assert!(close.len() >= 4, "no close for the client: {close:02x?}");
@@ -903,12 +909,6 @@ async fn a_leg_taking_everything_then_briefly_full_is_not_dead() {
     let (mut backend_rx, _backend_tx) = tokio::io::split(backend);
     let (mut client_rx, mut client_tx) = tokio::io::split(client);
     let whole = masked(opcode::BINARY, &vec![7u8; 300_000]);
-    let turns = async |relay: &mut Relay<_, _>| {
-        for _ in 0..8 {
-            still_running(relay);
-            tokio::task::yield_now().await;
-        }
-    };
     let mut sent = 0;
     let mut chunk = vec![0u8; 1 << 17];
     // 1 KiB every 200 ms for 3 s; the backend reads all of it each time.
@@ -918,21 +918,21 @@ async fn a_leg_taking_everything_then_briefly_full_is_not_dead() {
             .await
             .unwrap();
         sent += 1024;
-        turns(&mut relay).await;
+        running_turns(&mut relay).await;
         while let Some(Ok(n)) = backend_rx.read(&mut chunk).now_or_never() {
             if n == 0 {
                 break;
             }
         }
         tokio::time::advance(Duration::from_millis(200)).await;
-        turns(&mut relay).await;
+        running_turns(&mut relay).await;
     }
     // A burst: 120 KiB, more than the pipes hold; the backend reads it 100 ms later.
     let burst = whole[sent..sent + 120_000].to_vec();
     let writer = tokio::spawn(async move { client_tx.write_all(&burst).await.map(|_| client_tx) });
-    turns(&mut relay).await;
+    running_turns(&mut relay).await;
     tokio::time::advance(Duration::from_millis(100)).await;
-    turns(&mut relay).await;
+    running_turns(&mut relay).await;
     let to_client = available(&mut client_rx).await;
     assert!(
         to_client.is_empty(),
@@ -955,13 +955,7 @@ async fn a_leg_that_reads_a_frame_slowly_is_not_taken_for_dead() {
         let _ = client_tx.write_all(&message).await;
         client_tx
     });
-    let turns = async |relay: &mut Relay<_, _>| {
-        for _ in 0..8 {
-            still_running(relay);
-            tokio::task::yield_now().await;
-        }
-    };
-    turns(&mut relay).await;
+    running_turns(&mut relay).await;
     // 8 KiB every 400 ms, for 4 s: four times the ping's interval and deadline.
     let mut chunk = vec![0u8; 8192];
     let mut got = 0;
@@ -970,7 +964,7 @@ async fn a_leg_that_reads_a_frame_slowly_is_not_taken_for_dead() {
         if let Some(Ok(n)) = backend_rx.read(&mut chunk).now_or_never() {
             got += n;
         }
-        turns(&mut relay).await;
+        running_turns(&mut relay).await;
     }
     assert!(got > 0);
     let to_client = available(&mut client_rx).await;

@@ -24,6 +24,16 @@ fn field(line: &str, key: &str) -> String {
     }
 }
 
+/// The admin listener's address, from the start-up lines a process logged.
+fn admin_address(seen: &[String]) -> std::net::SocketAddr {
+    seen.iter()
+        .find(|l| l.contains("\"admin listener\""))
+        .map(|l| field(l, "admin"))
+        .expect("the admin listener's address")
+        .parse()
+        .unwrap()
+}
+
 fn log_lines(child: &mut Child) -> Lines<BufReader<tokio::process::ChildStderr>> {
     tokio::io::AsyncBufReadExt::lines(BufReader::new(child.stderr.take().unwrap()))
 }
@@ -107,18 +117,13 @@ async fn a_new_process_takes_the_sockets_over_and_no_handshake_is_refused() {
         seen: mut seen_old,
         url,
     } = start_upgradable(&config).await;
-    let admin = seen_old
-        .iter()
-        .find(|l| l.contains("\"admin listener\""))
-        .map(|l| field(l, "admin"))
-        .expect("the admin listener's address");
+    let admin = admin_address(&seen_old);
     let mut on_old = Vec::new();
     for _ in 0..20 {
         on_old.push(connect(&url).await.0);
     }
     // A health checker that keeps its connection (Envoy, Prometheus) between probes.
-    let admin_addr: std::net::SocketAddr = admin.parse().unwrap();
-    let mut kept = tokio::net::TcpStream::connect(admin_addr).await.unwrap();
+    let mut kept = tokio::net::TcpStream::connect(admin).await.unwrap();
     let probe = b"GET /readyz HTTP/1.1\r\nHost: localhost\r\n\r\n";
     kept.write_all(probe).await.unwrap();
     let mut answer = [0u8; 1024];
@@ -202,7 +207,6 @@ async fn a_new_process_takes_the_sockets_over_and_no_handshake_is_refused() {
         Message::text("to the new process")
     );
     drop(ws);
-    let admin: std::net::SocketAddr = admin.parse().unwrap();
     let (_, ready) = raw_exchange(
         admin,
         b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
@@ -351,13 +355,7 @@ async fn a_successor_with_another_admin_address_listens_there() {
         seen: mut seen_old,
         url: _,
     } = start_upgradable(&old_config).await;
-    let old_admin: std::net::SocketAddr = seen_old
-        .iter()
-        .find(|l| l.contains("\"admin listener\""))
-        .map(|l| field(l, "admin"))
-        .expect("the admin listener's address")
-        .parse()
-        .unwrap();
+    let old_admin = admin_address(&seen_old);
     let new_admin = closed_port().await;
     let new_config = upgrade_config(
         &tmp,
@@ -405,13 +403,7 @@ async fn a_drained_backend_stays_drained_across_the_upgrade() {
         seen: seen_old,
         url: _,
     } = start_upgradable(&config).await;
-    let admin: std::net::SocketAddr = seen_old
-        .iter()
-        .find(|l| l.contains("\"admin listener\""))
-        .map(|l| field(l, "admin"))
-        .expect("the admin listener's address")
-        .parse()
-        .unwrap();
+    let admin = admin_address(&seen_old);
     let drain = serde_json::json!({"route": "r", "backend": echo.url()});
     let (status, answer) = admin_json(admin, "POST", "/api/backends/drain", &drain).await;
     assert_eq!(status, 200, "{answer}");
