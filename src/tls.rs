@@ -73,13 +73,19 @@ fn read_pair(
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PairError> {
     let chain = read_chain(cert);
     // The key is read even when the certificate failed, so that one run names both files.
-    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => format!(
-            "{}: no private key in the file (expected a PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block)",
+    let der = match encrypted_key(key) {
+        Some(form) => Err(format!(
+            "{}: the private key is encrypted ({form}); wsgate reads unencrypted keys only \
+             (decrypt it once with `openssl pkey -in {} -out KEY.pem` and keep that file \
+             readable by wsgate's user alone)",
+            key.display(),
             key.display()
-        ),
-        e => format!("cannot read {}: {}", key.display(), pem_error(&e)),
-    });
+        )),
+        None => PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
+            rustls::pki_types::pem::Error::NoItemsFound => no_key(key),
+            e => format!("cannot read {}: {}", key.display(), pem_error(&e)),
+        }),
+    };
     let (chain, der) = match (chain, der) {
         (Ok(chain), Ok(der)) => (chain, der),
         (chain, der) => {
@@ -110,23 +116,92 @@ fn read_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(chain)
 }
 
-/// The error for a certificate and key that do not belong together.
-fn mismatch(cert: &Path, key: &Path, e: rustls::Error) -> PairError {
-    PairError {
-        cert: None,
-        key: Some(format!(
+/// How a key file's private key is encrypted, if it is: PKCS#8's `ENCRYPTED PRIVATE KEY`
+/// block, or OpenSSL's traditional form (a `Proc-Type: 4,ENCRYPTED` header in an RSA or EC
+/// block). rustls cannot use either, and without this the file would be said to hold no key.
+fn encrypted_key(key: &Path) -> Option<&'static str> {
+    let text = std::fs::read(key).ok()?;
+    let has = |needle: &[u8]| text.windows(needle.len()).any(|w| w == needle);
+    if has(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+        Some("an ENCRYPTED PRIVATE KEY block")
+    } else if has(b"Proc-Type: 4,ENCRYPTED") {
+        Some("a Proc-Type: 4,ENCRYPTED header")
+    } else {
+        None
+    }
+}
+
+/// The error for a key file without a private key, saying what it holds instead where that
+/// is the likely mistake (the certificate's file named twice).
+fn no_key(key: &Path) -> String {
+    let certificates = CertificateDer::pem_file_iter(key)
+        .map(|items| items.filter(Result::is_ok).count())
+        .unwrap_or(0);
+    if certificates > 0 {
+        format!(
+            "{}: no private key in the file, only certificates: `key` names the private key's \
+             file (a PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block)",
+            key.display()
+        )
+    } else {
+        format!(
+            "{}: no private key in the file (expected a PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block)",
+            key.display()
+        )
+    }
+}
+
+/// The error for a certificate and key that do not belong together. Where the key is that
+/// of another certificate in the file (the chain written CA or intermediate first), the
+/// error says which and what order is wanted.
+fn mismatch(
+    cert: &Path,
+    key: &Path,
+    chain: &[CertificateDer<'static>],
+    der: &PrivateKeyDer<'static>,
+    e: rustls::Error,
+) -> PairError {
+    let provider = provider();
+    let belongs_to = (1..chain.len()).find(|&i| {
+        CertifiedKey::from_der(vec![chain[i].clone()], der.clone_key(), &provider).is_ok()
+    });
+    let message = match (belongs_to, e) {
+        (Some(i), _) => format!(
+            "the private key in {} belongs to certificate {} of the {} in {}, not to the first: \
+             the file must start with the server's own certificate, followed by its \
+             intermediates (leaf first, as `cat server.pem intermediate.pem` writes it)",
+            key.display(),
+            i + 1,
+            chain.len(),
+            cert.display()
+        ),
+        (None, rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => format!(
+            "the private key in {} is not the key of the certificate in {}{}",
+            key.display(),
+            cert.display(),
+            if chain.len() > 1 {
+                format!(" (the first of its {} certificates)", chain.len())
+            } else {
+                String::new()
+            }
+        ),
+        (None, e) => format!(
             "{} and {} do not make a usable pair: {e}",
             cert.display(),
             key.display()
-        )),
+        ),
+    };
+    PairError {
+        cert: None,
+        key: Some(message),
     }
 }
 
 /// Reads a certificate chain and its private key and checks that they belong together.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, PairError> {
     let (chain, der) = read_pair(cert, key)?;
-    let certified =
-        CertifiedKey::from_der(chain, der, &provider()).map_err(|e| mismatch(cert, key, e))?;
+    let certified = CertifiedKey::from_der(chain.clone(), der.clone_key(), &provider())
+        .map_err(|e| mismatch(cert, key, &chain, &der, e))?;
     Ok(Arc::new(certified))
 }
 
@@ -658,14 +733,12 @@ pub fn backend_client_config(
         Some(roots) => builder.with_root_certificates(roots),
     };
     let mut config = match pair {
-        Some((cert, key, (chain, der))) => {
-            builder
-                .with_client_auth_cert(chain, der)
-                .map_err(|e| BackendTlsError {
-                    ca: None,
-                    client: mismatch(cert, key, e),
-                })?
-        }
+        Some((cert, key, (chain, der))) => builder
+            .with_client_auth_cert(chain.clone(), der.clone_key())
+            .map_err(|e| BackendTlsError {
+                ca: None,
+                client: mismatch(cert, key, &chain, &der, e),
+            })?,
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -202,13 +202,47 @@ async fn tls_config_errors_name_the_key_and_file() {
     assert!(errs[1].message.contains("missing-key.pem"), "{errs:?}");
     let errs = errors_with(&cert, &other_key);
     assert!(
-        errs[0].message.contains("do not make a usable pair"),
+        errs[0]
+            .message
+            .contains("is not the key of the certificate in"),
         "{errs:?}"
     );
-    // A certificate file given as the key: no private key in it.
+    // A certificate file given as the key: no private key in it, only certificates.
     let errs = errors_with(&cert, &cert);
-    assert!(errs[0].message.contains("no private key"), "{errs:?}");
+    assert!(
+        errs[0]
+            .message
+            .contains("no private key in the file, only certificates"),
+        "{errs:?}"
+    );
     assert_eq!(errs[0].line, Some(6));
+    // The chain written CA first: the key is the second certificate's, and the error says so.
+    let ca_first = ca.dir.write(
+        "ca-first.pem",
+        std::fs::read_to_string(ca.ca_file()).unwrap() + &std::fs::read_to_string(&cert).unwrap(),
+    );
+    let errs = errors_with(&ca_first, &key);
+    assert_eq!(errs[0].key, "listener[0].tls.key", "{errs:?}");
+    assert!(
+        errs[0]
+            .message
+            .contains("belongs to certificate 2 of the 2")
+            && errs[0].message.contains("leaf first"),
+        "{errs:?}"
+    );
+    // Encrypted keys (made by `openssl genpkey -aes-128-cbc` and `openssl ec -aes128`) are
+    // named as such, not as files without a key or with bad base64.
+    for form in ["pkcs8", "traditional"] {
+        let encrypted = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("tests/fixtures/encrypted-{form}.key"));
+        let errs = errors_with(&cert, &encrypted);
+        assert_eq!(errs[0].key, "listener[0].tls.key", "{errs:?}");
+        assert!(
+            errs[0].message.contains("the private key is encrypted")
+                && errs[0].message.contains("openssl pkey"),
+            "{form}: {errs:?}"
+        );
+    }
 
     // A backend client certificate that cannot be read is reported on `client_cert`, not on
     // the route's (readable) `ca`.
