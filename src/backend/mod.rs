@@ -372,7 +372,76 @@ pub(crate) async fn tls_connect(
     })?;
     crate::tls_io::connect(stream, config.clone(), name)
         .await
-        .map_err(|e| BackendError::Tls(e.to_string()))
+        .map_err(|e| BackendError::Tls(tls_failure(&e, &url.host)))
+}
+
+/// A failed backend TLS handshake in words an operator acts on: what is wrong with the
+/// backend's certificate and which setting fixes it, rather than rustls's variant names
+/// (`invalid peer certificate: UnknownIssuer`), which follow in parentheses for searching.
+fn tls_failure(e: &std::io::Error, host: &str) -> String {
+    use rustls::{CertificateError as C, Error as E};
+    let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<E>()) else {
+        return match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => "the backend closed the connection during the \
+                TLS handshake (a ws:// server behind a wss:// URL does that)"
+                .to_string(),
+            _ => e.to_string(),
+        };
+    };
+    let what = match tls {
+        E::InvalidCertificate(C::UnknownIssuer) => "the backend's certificate is not signed by \
+            a CA wsgate trusts (the system's roots, or [route.backend_tls] ca where it is set)"
+            .to_string(),
+        E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "the backend's certificate has expired".to_string()
+        }
+        E::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            "the backend's certificate is not valid yet (or this machine's clock is behind)"
+                .to_string()
+        }
+        E::InvalidCertificate(C::NotValidForNameContext { presented, .. }) => format!(
+            "the backend's certificate is not valid for {host:?}: it names {} (the backend \
+             URL's host is the name checked)",
+            if presented.is_empty() {
+                "no host".to_string()
+            } else {
+                // rustls writes each as `DnsName("name")`.
+                presented
+                    .iter()
+                    .map(|p| {
+                        p.strip_prefix("DnsName(\"")
+                            .and_then(|p| p.strip_suffix("\")"))
+                            .unwrap_or(p)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ),
+        E::InvalidCertificate(C::NotValidForName) => format!(
+            "the backend's certificate is not valid for {host:?} (the backend URL's host is \
+             the name checked)"
+        ),
+        E::InvalidCertificate(C::InvalidPurpose | C::InvalidPurposeContext { .. }) => {
+            "the backend's certificate is not for TLS servers (extended key usage)".to_string()
+        }
+        E::InvalidCertificate(C::Revoked) => "the backend's certificate is revoked".to_string(),
+        E::InvalidCertificate(C::BadSignature) => {
+            "the backend's certificate chain has a bad signature".to_string()
+        }
+        E::InvalidCertificate(_) => "the backend's certificate was not accepted".to_string(),
+        E::AlertReceived(alert) => {
+            format!("the backend refused the TLS handshake ({alert:?} alert)")
+        }
+        E::InvalidMessage(_) => {
+            "the backend did not answer in TLS (is it a ws:// backend?)".to_string()
+        }
+        E::NoCertificatesPresented => "the backend presented no certificate".to_string(),
+        E::PeerIncompatible(_) => {
+            "the backend offers no TLS version or cipher suite wsgate accepts".to_string()
+        }
+        _ => return tls.to_string(),
+    };
+    format!("{what} ({tls})")
 }
 
 /// The request out in one write, the answer's head read by hand ([`wire`]); a 101 is checked

@@ -452,7 +452,43 @@ async fn wss_backend_that_does_not_verify_is_a_bad_gateway() {
     assert_eq!(resp.status, 502);
     assert!(
         resp.body.starts_with("backend TLS handshake failed: ")
-            && resp.body.to_lowercase().contains("certificate"),
+            && resp.body.contains("not signed by a CA wsgate trusts"),
+        "{}",
+        resp.body
+    );
+}
+
+/// The other common mistakes with a wss:// backend are named in words too: a certificate
+/// for another host than the backend URL's, and a plain ws:// server behind a wss:// URL.
+#[tokio::test]
+async fn wss_backend_failures_say_what_is_wrong() {
+    let ca = TestCa::new();
+    let addr = wss_backend(&ca).await;
+    let by_ip = format!(
+        "[limits]\nerror_detail = \"client\"\n[[route]]\nname = \"r\"\npath = \"/\"\n\
+         backends = [\"wss://127.0.0.1:{}\"]\n{}",
+        addr.port(),
+        backend_ca(&ca)
+    );
+    let gw = Gateway::spawn(&by_ip).await;
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 502);
+    assert!(
+        resp.body
+            .contains("certificate is not valid for \"127.0.0.1\": it names localhost "),
+        "{}",
+        resp.body
+    );
+    let plain = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "[limits]\nerror_detail = \"client\"\n{}",
+        route("r", "/", &[plain.url().replacen("ws://", "wss://", 1)])
+    ))
+    .await;
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 502);
+    assert!(
+        resp.body.contains("a ws:// server behind a wss:// URL"),
         "{}",
         resp.body
     );
