@@ -84,17 +84,12 @@ fn request_host(parts: &Parts, scheme: &str) -> Result<Option<String>, TargetErr
     }
     let host = host.and_then(|h| h.to_str().ok()).map(str::trim);
     // Empty is HTTP/1.1's "no authority" (the handshake's validation asks for a host).
-    if let Some(h) = host.filter(|h| !h.is_empty()) {
-        // (`Authority` takes any port text, reading one it cannot parse as none.)
-        let is_host = |a: Authority| match a.as_str()[a.host().len()..].strip_prefix(':') {
-            None => true,
-            Some(port) => port.is_empty() || port.parse::<u16>().is_ok(),
-        };
-        if h.contains('@') || !h.parse::<Authority>().is_ok_and(is_host) {
-            return Err(TargetError::HostInvalid(
-                "Host header is not a host name or address with an optional port",
-            ));
-        }
+    if let Some(h) = host.filter(|h| !h.is_empty())
+        && (h.contains('@') || !h.parse::<Authority>().is_ok_and(|a| port_is_digits(&a)))
+    {
+        return Err(TargetError::HostInvalid(
+            "Host header is not a host name or address with an optional port",
+        ));
     }
     let Some(authority) = parts.uri.authority() else {
         return Ok(host.map(str::to_string));
@@ -107,6 +102,11 @@ fn request_host(parts: &Parts, scheme: &str) -> Result<Option<String>, TargetErr
             "userinfo (user@) in the request target's authority is not allowed",
         ));
     }
+    if !port_is_digits(authority) {
+        return Err(TargetError::HostInvalid(
+            "the request target's authority has a port that is not a number up to 65535",
+        ));
+    }
     if let Some(host) = host {
         // The default port is the target's scheme's, or the connection's for origin form.
         let scheme = parts.uri.scheme_str().unwrap_or(scheme);
@@ -115,6 +115,21 @@ fn request_host(parts: &Parts, scheme: &str) -> Result<Option<String>, TargetErr
         }
     }
     Ok(Some(authority.host().to_string()))
+}
+
+/// Whether an authority's port, if it has one, is digits only (RFC 3986 §3.2.3: `port =
+/// *DIGIT`) and at most 65535. `Authority` takes any port text, and Rust's integer parse
+/// takes a leading `+`: `host:+80` passed as a port, while the routes' host matching (which
+/// strips digits only) saw a host `host:+80`, matched no host-specific route and fell
+/// through to a route without a host, its policy skipped.
+fn port_is_digits(a: &Authority) -> bool {
+    match a.as_str()[a.host().len()..].strip_prefix(':') {
+        None => true,
+        Some(port) => {
+            port.is_empty()
+                || (port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok())
+        }
+    }
 }
 
 fn default_port(scheme: &str) -> u16 {
@@ -211,8 +226,18 @@ mod tests {
             "admin.example/x",
             "a b",
             "admin.example:x",
+            // A port is digits (RFC 3986 §3.2.3): `+80` parses as a number, but the host
+            // routes (which strip digits only) would see `admin.example:+80`, no host of
+            // theirs, and the request fall through to a route without a host.
+            "admin.example:+80",
+            "admin.example:-0",
+            "admin.example:65536",
+            "admin.example:80:80",
         ] {
             assert_eq!(routed("/", &[bad]), Err("host_invalid".into()), "{bad}");
+        }
+        for bad in ["http://admin.example:+80/", "http://admin.example:99999/"] {
+            assert_eq!(routed(bad, &[]), Err("host_invalid".into()), "{bad}");
         }
         assert_eq!(
             routed("http://public.example@admin.example/", &["admin.example"]),
