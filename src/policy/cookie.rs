@@ -64,7 +64,9 @@ pub fn strip(headers: &mut HeaderMap, names: &[String]) {
         .filter(|pair| !pair.is_empty())
         .filter(|pair| {
             let name = pair.split_once('=').map_or(*pair, |(n, _)| n).trim();
-            !names.iter().any(|s| s == name)
+            // Some frameworks percent-decode cookie names: `%61ccess_token` is theirs too.
+            let decoded = crate::query::decode(name, false);
+            !names.iter().any(|s| s == name || *s == decoded)
         })
         .map(str::to_string)
         .collect();
@@ -72,6 +74,18 @@ pub fn strip(headers: &mut HeaderMap, names: &[String]) {
     if !kept.is_empty()
         && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
     {
+        headers.insert(COOKIE, v);
+    }
+}
+
+/// Adds `name=value` to the request's cookies (after the others, in the one `Cookie`
+/// header [`strip`] leaves).
+pub fn append(headers: &mut HeaderMap, name: &str, value: &str) {
+    let pair = match headers.get(COOKIE).and_then(|v| v.to_str().ok()) {
+        Some(others) if !others.is_empty() => format!("{others}; {name}={value}"),
+        _ => format!("{name}={value}"),
+    };
+    if let Ok(v) = HeaderValue::from_str(&pair) {
         headers.insert(COOKIE, v);
     }
 }

@@ -322,6 +322,7 @@ impl RoutePolicy {
 
         let mut claims = None;
         let mut token_source = None;
+        let mut verified_token: Option<String> = None;
         if let Some(jwt) = &self.rules.jwt {
             let offered = protocols.as_deref().map_or(&[][..], Vec::as_slice);
             let found = find_token(jwt.sources(), parts, offered).ok_or_else(|| {
@@ -333,6 +334,7 @@ impl RoutePolicy {
                 other => PolicyError::InvalidToken(other.to_string()),
             })?);
             token_source = Some(found.source);
+            verified_token = Some(found.token);
         }
         // A token in the URL is removed whatever `forward_token` says (URLs end up in logs),
         // before the auth service sees the request (it is not its business either). So is
@@ -378,18 +380,9 @@ impl RoutePolicy {
         if let (Some(protocols), Some(offer)) = (protocols, offer) {
             *protocols = offer;
         }
-        if let Some(jwt) = &self.rules.jwt
-            && !jwt.forward_token()
-        {
-            match &token_source {
-                Some(TokenSource::Header) => {
-                    parts.headers.remove(http::header::AUTHORIZATION);
-                }
-                Some(TokenSource::Cookie(name)) => {
-                    cookie::strip(&mut parts.headers, std::slice::from_ref(name))
-                }
-                _ => {}
-            }
+        if let Some(jwt) = &self.rules.jwt {
+            let verified = token_source.as_ref().zip(verified_token.as_deref());
+            strip_token_headers(&mut parts.headers, jwt, verified);
         }
         cookie::strip(&mut parts.headers, &self.rules.strip_cookies);
         for h in &self.rules.strip_headers {
@@ -486,6 +479,42 @@ impl RoutePolicy {
             }
         }
         self.rules.subprotocols.filter(offer)
+    }
+}
+
+/// Takes the credentials of every token source out of the headers (the `Authorization`
+/// header, every cookie of a source's name), and with `forward_token` puts the verified one
+/// back where it came from, alone. A backend reading any other would take a token wsgate
+/// never checked: a second `Authorization` header or a second cookie of the name (wsgate
+/// checks the first, many frameworks read the last), or the cookie source's cookie when the
+/// token came from the header. (Query and subprotocol tokens are handled on their own.)
+fn strip_token_headers(
+    headers: &mut http::HeaderMap,
+    jwt: &jwt::JwtVerifier,
+    verified: Option<(&TokenSource, &str)>,
+) {
+    let mut cookies = Vec::new();
+    for source in jwt.sources() {
+        match source {
+            TokenSource::Header => {
+                headers.remove(http::header::AUTHORIZATION);
+            }
+            TokenSource::Cookie(name) => cookies.push(name.clone()),
+            TokenSource::Query(_) | TokenSource::Subprotocol => {}
+        }
+    }
+    cookie::strip(headers, &cookies);
+    if !jwt.forward_token() {
+        return;
+    }
+    match verified {
+        Some((TokenSource::Header, token)) => {
+            if let Ok(v) = http::HeaderValue::from_str(&format!("Bearer {token}")) {
+                headers.insert(http::header::AUTHORIZATION, v);
+            }
+        }
+        Some((TokenSource::Cookie(name), token)) => cookie::append(headers, name, token),
+        _ => {}
     }
 }
 

@@ -109,6 +109,72 @@ async fn forward_token_passes_the_header_on() {
     );
 }
 
+/// Every value of a header, as the backend got them.
+fn all<'a>(seen: &'a SeenRequest, name: &str) -> Vec<&'a str> {
+    seen.headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect()
+}
+
+/// The backend sees no credential wsgate did not check: wsgate verifies the first
+/// `Authorization` header and the first cookie of the name, where many frameworks read the
+/// last; a token source's cookie (percent-encoded names too) goes when the token came from
+/// the header. With `forward_token`, the verified token alone goes on.
+#[tokio::test]
+async fn only_the_verified_token_reaches_the_backend() {
+    let good = good_token();
+    // A token with a bad signature: refused on its own.
+    let forged = format!("{}x", &good[..good.len() - 1]);
+    let (backend, _secret, gw) = gateway("from = [\"header\", \"cookie:access_token\"]").await;
+    let r = upgrade(
+        &gw,
+        "/",
+        &format!(
+            "Authorization: Bearer {good}\r\n\
+             Cookie: theme=dark; access_token={forged}; %61ccess_token={forged}\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    let seen = backend.last_request();
+    assert_eq!(all(&seen, "cookie"), ["theme=dark"]);
+    assert!(all(&seen, "authorization").is_empty());
+
+    let (backend, _secret, gw) =
+        gateway("from = [\"header\", \"cookie:access_token\"]\nforward_token = true").await;
+    let r = upgrade(
+        &gw,
+        "/",
+        &format!(
+            "Authorization: Bearer {good}\r\nAuthorization: Bearer {forged}\r\n\
+             Cookie: access_token={forged}; theme=dark\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    let seen = backend.last_request();
+    assert_eq!(all(&seen, "authorization"), [format!("Bearer {good}")]);
+    assert_eq!(all(&seen, "cookie"), ["theme=dark"]);
+    // From a cookie: that one, once, whatever copies came after it.
+    let r = upgrade(
+        &gw,
+        "/",
+        &format!(
+            "Cookie: access_token={good}; theme=dark; access_token={forged}\r\n\
+             Cookie: access_token={forged}\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    let seen = backend.last_request();
+    assert_eq!(
+        all(&seen, "cookie"),
+        [format!("theme=dark; access_token={good}")]
+    );
+}
+
 #[tokio::test]
 async fn token_in_a_cookie() {
     let (backend, _secret, gw) = gateway("from = [\"cookie:access_token\"]").await;
