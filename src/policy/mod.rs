@@ -385,8 +385,10 @@ impl RoutePolicy {
             strip_token_headers(&mut parts.headers, jwt, verified);
         }
         cookie::strip(&mut parts.headers, &self.rules.strip_cookies);
+        // Also spelt with underscores: CGI, WSGI, PHP and Rack read `X_Debug_User` as
+        // `X-Debug-User` (HTTP_X_DEBUG_USER), so stripping one spelling alone strips nothing.
         for h in &self.rules.strip_headers {
-            parts.headers.remove(h);
+            forwarding::remove_with_lookalikes(&mut parts.headers, h);
         }
         // Identity headers are the proxy's word alone: the client's own copies always go.
         for (name, _) in &self.rules.set_headers {

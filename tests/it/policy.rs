@@ -178,13 +178,15 @@ async fn identity_headers_replace_forged_ones() {
     let r = upgrade(
         &gw,
         "Authorization: Basic Zm9vOmJhcg==\r\nX-Debug: 1\r\nX-Client-IP: 6.6.6.6\r\n\
-         X-Cert: CN=forged\r\nX-Kept: yes\r\n",
+         X-Cert: CN=forged\r\nX-Kept: yes\r\nX_Debug: 1\r\n",
     )
     .await;
     assert_eq!(r.status, 101, "{}", r.head);
     let seen = backend.last_request();
     assert_eq!(seen.header("authorization"), None);
     assert_eq!(seen.header("x-debug"), None);
+    // The underscore spelling, which CGI-style backends read as the same header, goes too.
+    assert_eq!(seen.header("x_debug"), None);
     assert_eq!(seen.header("x-client-ip"), Some("127.0.0.1"));
     // No client certificate on plain TCP: the header is absent, and the forged one gone.
     assert_eq!(seen.header("x-cert"), None);
