@@ -14,7 +14,7 @@ pub struct Template {
 enum Part {
     Text(String),
     /// A claim, by dotted path into nested objects.
-    Claim(Vec<String>),
+    Claim(String),
     /// The verified client-certificate subject (mutual TLS).
     TlsSubject,
     /// The client's address.
@@ -63,7 +63,7 @@ impl Template {
                     parts.push(match name {
                         "tls.subject" => Part::TlsSubject,
                         "client.ip" => Part::ClientIp,
-                        claim => Part::Claim(claim.split('.').map(str::to_string).collect()),
+                        claim => Part::Claim(claim.to_string()),
                     });
                 }
                 '}' => return Err(format!("{s:?}: unmatched '}}' (write '}}}}' for a brace)")),
@@ -94,11 +94,10 @@ impl Template {
                 Part::TlsSubject => out.push_str(facts.tls_subject?),
                 Part::ClientIp => out.push_str(&facts.client_ip.to_string()),
                 Part::Claim(path) => {
-                    let mut v = facts.claims?.get(&path[0])?;
-                    for k in &path[1..] {
-                        v = v.get(k)?;
-                    }
-                    match v {
+                    // Found as the claim rules and `hash_key = "claim:..."` find it (a
+                    // top-level claim of the whole name first): the value a rule admitted is
+                    // the value the backend is told.
+                    match super::jwt::claim(facts.claims?, path)? {
                         // Arrays (roles, scopes) as a comma-separated list of their scalars.
                         Value::Array(items) if !items.is_empty() => {
                             for (i, item) in items.iter().enumerate() {
@@ -154,6 +153,18 @@ mod tests {
             None
         );
         assert_eq!(Template::parse("{missing}").unwrap().render(&facts), None);
+        // A namespaced claim (a URL full of dots) is one claim, and a top-level claim of the
+        // whole name comes before a path through objects, as for the claim rules.
+        let claims: Claims = serde_json::from_str(
+            r#"{"https://example.com/roles":["a"],"org.id":"42","org":{"id":"7"}}"#,
+        )
+        .unwrap();
+        let facts = Facts {
+            claims: Some(&claims),
+            ..facts
+        };
+        let t = Template::parse("{https://example.com/roles} {org.id}").unwrap();
+        assert_eq!(t.render(&facts).unwrap(), "a 42");
         assert!(Template::parse("{sub").is_err());
         assert!(Template::parse("a}b").is_err());
         assert!(Template::parse("{}").is_err());

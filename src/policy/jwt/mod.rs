@@ -366,7 +366,7 @@ impl JwtVerifier {
                         return Err(Refusal::Other("issuer not accepted".into()));
                     }
                     for name in &self.required_claims {
-                        if claims.get(name).is_none_or(serde_json::Value::is_null) {
+                        if claim(&claims, name).is_none_or(serde_json::Value::is_null) {
                             return Err(Refusal::Other(format!("required claim {name:?} missing")));
                         }
                     }
