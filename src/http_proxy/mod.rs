@@ -398,7 +398,8 @@ struct Forwarded {
 /// The stack's innermost service: the backends in balancing order until one answers. Only
 /// a connect failure moves on, whatever the method: nothing of the request was sent, and
 /// its body still waits in the [`BodyState`] for the next attempt. A connection that closed
-/// under an idempotent request before any of the answer came (see [`stale_connection`]) is
+/// under an idempotent request before any of the answer came (see [`stale_connection`]),
+/// a kept-alive connection that had carried an earlier request ([`pick::reused`]), is
 /// tried again on the same backend, at most [`STALE_RETRIES`] times. Any other failure is
 /// the answer. The response head must come within `response_header_timeout` of the
 /// client's body read in full (see [`BodyState::backend_overdue`]), connects included.
@@ -464,6 +465,7 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
             Err(e)
                 if stale_retries < STALE_RETRIES
                     && stale_connection(&e)
+                    && pick::reused(&e)
                     && ex.method.is_idempotent()
                     && state.replayable()
                     && state.client_fault().is_none() =>

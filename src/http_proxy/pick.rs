@@ -182,6 +182,7 @@ where
                     limit,
                     deadline: None,
                     stalled: false,
+                    turns: Turns::default(),
                 }),
                 Err(_) => Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
@@ -208,6 +209,58 @@ pub struct StallBounded<T> {
     /// takes a byte; made once per connection, reset per wait.
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     stalled: bool,
+    /// How many requests the connection has begun, for [`reused`].
+    turns: Turns,
+}
+
+/// The requests an HTTP/1.1 backend connection has begun: a write that follows a read (or
+/// the first write) begins one, as hyper's client neither pipelines nor writes before the
+/// previous answer is read. Shared with the connection's [`Connected`] info, which a failed
+/// request's error carries.
+///
+/// [`Connected`]: hyper_util::client::legacy::connect::Connected
+#[derive(Clone, Default)]
+struct Turns(Arc<TurnState>);
+
+#[derive(Default)]
+struct TurnState {
+    begun: AtomicUsize,
+    read_since_write: std::sync::atomic::AtomicBool,
+}
+
+impl Turns {
+    fn wrote(&self) {
+        let s = &self.0;
+        if s.read_since_write.swap(false, Ordering::Relaxed) || s.begun.load(Ordering::Relaxed) == 0
+        {
+            s.begun.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn read(&self) {
+        self.0.read_since_write.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether the request that failed with `e` went out on a connection that had carried an
+/// earlier request: the keep-alive race (the backend closed an idle connection as the
+/// request arrived) happens only there. On a fresh connection the backend itself took the
+/// request and closed, perhaps crashing on it: sending it again would repeat that (nginx
+/// too tries a request again on the same server only on a cached connection). HTTP/2
+/// connections, whose streams the count cannot tell apart, and errors without connection
+/// info count as reused, as before.
+pub(crate) fn reused(e: &hyper_util::client::legacy::Error) -> bool {
+    let Some(info) = e.connect_info() else {
+        return true;
+    };
+    if info.is_negotiated_h2() {
+        return true;
+    }
+    let mut extensions = http::Extensions::new();
+    info.get_extras(&mut extensions);
+    extensions
+        .get::<Turns>()
+        .is_none_or(|t| t.0.begun.load(Ordering::Relaxed) > 1)
 }
 
 impl<T> StallBounded<T> {
@@ -257,7 +310,11 @@ impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for StallBounded<T> {
         cx: &mut std::task::Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+        let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = polled {
+            self.turns.read();
+        }
+        polled
     }
 }
 
@@ -268,6 +325,11 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for StallBounded<T> {
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = polled
+            && n > 0
+        {
+            self.turns.wrote();
+        }
         self.bounded(cx, polled)
     }
 
@@ -277,6 +339,11 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for StallBounded<T> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
         let polled = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if let std::task::Poll::Ready(Ok(n)) = polled
+            && n > 0
+        {
+            self.turns.wrote();
+        }
         self.bounded(cx, polled)
     }
 
@@ -304,7 +371,7 @@ impl<T: hyper_util::client::legacy::connect::Connection>
     hyper_util::client::legacy::connect::Connection for StallBounded<T>
 {
     fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
-        self.io.connected()
+        self.io.connected().extra(self.turns.clone())
     }
 }
 

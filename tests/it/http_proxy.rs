@@ -1513,6 +1513,43 @@ async fn an_idempotent_request_is_sent_again_when_its_pooled_connection_closes_u
     assert_eq!(seen[1].2, warm, "{seen:?}");
 }
 
+/// A request that a backend takes on a fresh connection and closes under (a worker that
+/// crashes on it) is not the keep-alive race: it is not sent again, so the crash is not
+/// repeated, and the client learns what happened (502), not a timeout.
+#[tokio::test]
+async fn a_request_closed_under_on_a_fresh_connection_is_sent_once() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = taken.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                if read_until_head_end(&mut stream, &mut buf).await.is_some() {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                // Closed with no answer.
+            });
+        }
+    });
+    let gw = Gateway::spawn(&http_route(&[addr], "")).await;
+    for method in ["GET", "DELETE"] {
+        let before = taken.load(std::sync::atomic::Ordering::SeqCst);
+        let req = format!("{method} /crash HTTP/1.1\r\nHost: app.test\r\n\r\n");
+        let (_s, resp) = raw_exchange(gw.addr, req.as_bytes()).await;
+        assert_eq!(resp.status, 502, "{method}: {}", resp.head);
+        let after = taken.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            after - before,
+            1,
+            "{method} was sent {} times",
+            after - before
+        );
+    }
+}
+
 /// A backend that announces each request it gets on the returned receiver, and answers it
 /// only when the test adds a permit to the returned semaphore.
 async fn held_backend() -> (
