@@ -175,12 +175,15 @@ async fn exchange(
     let http = route.config.http.as_ref().ok_or(ProxyError::NoRoute)?;
     headers::check_framing(parts).map_err(ProxyError::RequestFraming)?;
     let host_header = parts.headers.get(header::HOST).map(|h| h.as_bytes());
+    let no_authority = parts.uri.authority().is_none_or(|a| a.as_str().is_empty());
     if parts.version == Version::HTTP_11 && host_header.is_none()
+        || parts.version == Version::HTTP_2 && host_header.is_none() && no_authority
         || host_header.is_some_and(|h| h.trim_ascii().is_empty())
     {
         // RFC 9112 §3.2: a server must answer 400 to an HTTP/1.1 request without one, in
         // absolute form too (the client must send it anyway); an empty one names no host,
-        // which an http(s) URI must have (RFC 9110 §4.2.1).
+        // which an http(s) URI must have (RFC 9110 §4.2.1). An HTTP/2 request needs
+        // `:authority` or `Host` (RFC 9113 §8.3.1: without either it is malformed).
         return Err(crate::handshake::HandshakeError::MissingHost.into());
     }
     if let Some(limit) = http.max_request_body

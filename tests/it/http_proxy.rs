@@ -1513,6 +1513,47 @@ async fn an_idempotent_request_is_sent_again_when_its_pooled_connection_closes_u
     assert_eq!(seen[1].2, warm, "{seen:?}");
 }
 
+/// An HTTP/2 request with neither `:authority` nor `Host` is malformed (RFC 9113 §8.3.1):
+/// 400, as an HTTP/1.1 request without `Host` gets, and nothing reaches the backend (which
+/// got the proxy's own address as its `Host`).
+#[tokio::test]
+async fn an_h2_request_without_authority_or_host_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (b, seen) = echo_backend().await;
+    let gw = Gateway::spawn(&http_route(&[b], "")).await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    // Preface, empty SETTINGS, HEADERS (END_STREAM | END_HEADERS) on stream 1 with the
+    // static table's :method GET, :scheme http and :path /, no :authority.
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
+    opening.extend_from_slice(&[0, 0, 3, 0x01, 0x05, 0, 0, 0, 1, 0x82, 0x86, 0x84]);
+    tcp.write_all(&opening).await.unwrap();
+    // Frames until the HEADERS of stream 1; its first field is the :status.
+    let mut buf = Vec::new();
+    let status = loop {
+        if buf.len() >= 9 {
+            let len = ((buf[0] as usize) << 16) | ((buf[1] as usize) << 8) | buf[2] as usize;
+            if buf.len() >= 9 + len {
+                let (kind, stream) = (buf[3], u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]));
+                if kind == 0x01 && stream == 1 {
+                    break buf[9];
+                }
+                buf.drain(..9 + len);
+                continue;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(STEP, tcp.read(&mut chunk))
+            .await
+            .expect("no answer")
+            .unwrap();
+        assert!(n > 0, "closed without an answer");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    // HPACK's static table: index 12 is `:status 400` (8 would be 200).
+    assert_eq!(status, 0x80 | 12, "not 400");
+    assert!(seen.lock().unwrap().is_empty(), "the backend got it");
+}
+
 /// A request that a backend takes on a fresh connection and closes under (a worker that
 /// crashes on it) is not the keep-alive race: it is not sent again, so the crash is not
 /// repeated, and the client learns what happened (502), not a timeout.
