@@ -474,7 +474,7 @@ pub struct FileLimits {
     pub handshake_burst: Option<Spanned<i64>>,
     /// The prefix length that groups IPv6 clients as one address (default 64).
     pub ipv6_prefix: Option<Spanned<i64>>,
-    /// File descriptors kept back from new sessions (default max(64, 5 % of the limit)).
+    /// File descriptors kept back from new sessions (default max(64, 0.5 % of the limit)).
     pub fd_reserve: Option<Spanned<i64>>,
 }
 

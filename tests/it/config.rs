@@ -146,9 +146,9 @@ fn unknown_keys_wrong_types_and_bad_values_are_reported_together() {
     assert!(lines.is_sorted(), "{lines:?}");
 }
 
-/// The two-error example of the README, as it is printed there.
+/// The two-error example of docs/configuration.md, as it is printed there.
 #[test]
-fn the_readme_example_reports_both_errors() {
+fn the_configuration_guides_example_reports_both_errors() {
     let toml = r#"[[listener]]
 listen = "0.0.0.0:8080"
 
