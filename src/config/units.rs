@@ -33,6 +33,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .parse()
             .map_err(|_| format!("invalid duration {text:?}: number too large"))?;
         rest = rest[digits..].trim_start();
+        if rest.starts_with(['.', ',']) {
+            return Err(format!(
+                "invalid duration {text:?}: no fractions; write a whole number of a smaller \
+                 unit (\"1500ms\" for 1.5s, \"90s\" for 1.5m, \"1m30s\")"
+            ));
+        }
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let unit = &rest[..unit_len];
         rest = rest[unit_len..].trim_start();
@@ -77,6 +83,12 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("invalid size {text:?}: number too large"))?;
     let unit = s[digits..].trim();
+    if unit.starts_with(['.', ',']) {
+        return Err(format!(
+            "invalid size {text:?}: no fractions; write a whole number of a smaller unit \
+             (\"1536KiB\" for 1.5MiB)"
+        ));
+    }
     let factor: u64 = match unit {
         "" | "B" => 1,
         "KiB" => 1 << 10,
@@ -120,6 +132,13 @@ mod tests {
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         assert!(parse_duration("30").unwrap_err().contains("missing unit"));
         assert!(parse_duration("3x").unwrap_err().contains("unknown unit"));
+        // A fraction is named as such (it read as "missing unit after 1").
+        assert!(parse_duration("1.5s").unwrap_err().contains("no fractions"));
+        assert!(
+            parse_duration("1m0.5s")
+                .unwrap_err()
+                .contains("no fractions")
+        );
         assert!(parse_duration("").is_err());
         assert!(parse_duration("s").is_err());
         assert_eq!(parse_duration("36500d"), Ok(MAX_DURATION));
@@ -144,6 +163,7 @@ mod tests {
         assert_eq!(parse_size("512"), Ok(512));
         assert_eq!(parse_size("512B"), Ok(512));
         assert!(parse_size("1XB").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("1.5MiB").unwrap_err().contains("no fractions"));
         assert!(parse_size("MiB").is_err());
         assert!(parse_size("99999999999GiB").is_err());
     }
