@@ -24,6 +24,11 @@ use crate::route::Route;
 /// a spike does not pin sockets on the backend for the idle timeout.
 pub const MAX_IDLE_PER_BACKEND: usize = 64;
 
+/// The header fields an HTTP/1.1 backend's response head may have (hyper's default is 100:
+/// a page setting a hundred cookies got 502). The head's bytes are bounded apart from this
+/// (hyper's read buffer, about 400 KiB).
+pub const MAX_RESPONSE_HEADERS: usize = 1000;
+
 pub type PooledClient = Client<Bounded<hyper_rustls::HttpsConnector<HttpConnector>>, RequestBody>;
 
 /// One backend of a route's HTTP side.
@@ -118,6 +123,7 @@ fn client(s: &ClientSettings, url: &BackendUrl) -> Result<PooledClient, String> 
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(s.idle_timeout)
         .pool_max_idle_per_host(MAX_IDLE_PER_BACKEND)
+        .http1_max_headers(MAX_RESPONSE_HEADERS)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .build(https))

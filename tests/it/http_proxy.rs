@@ -1513,6 +1513,39 @@ async fn an_idempotent_request_is_sent_again_when_its_pooled_connection_closes_u
     assert_eq!(seen[1].2, warm, "{seen:?}");
 }
 
+/// A response setting many cookies passes whole: hyper's client refuses a head of more than
+/// 100 fields by default, which made a page with 150 `Set-Cookie` lines a 502.
+#[tokio::test]
+async fn a_response_with_many_header_fields_passes() {
+    let b = backend(Arc::new(|_req| {
+        Box::pin(async {
+            let mut resp = Response::new(full("ok"));
+            for i in 0..150 {
+                resp.headers_mut().append(
+                    "set-cookie",
+                    HeaderValue::from_str(&format!("c{i}=v{i}; Path=/")).unwrap(),
+                );
+            }
+            resp
+        })
+    }))
+    .await;
+    let gw = Gateway::spawn(&http_route(&[b], "")).await;
+    let (_s, resp) = raw_exchange(gw.addr, b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+    assert_eq!(
+        (resp.status, resp.body.as_str()),
+        (200, "ok"),
+        "{}",
+        resp.head
+    );
+    let cookies = resp
+        .head
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .count();
+    assert_eq!(cookies, 150);
+}
+
 /// An HTTP/2 request with neither `:authority` nor `Host` is malformed (RFC 9113 §8.3.1):
 /// 400, as an HTTP/1.1 request without `Host` gets, and nothing reaches the backend (which
 /// got the proxy's own address as its `Host`).
