@@ -159,6 +159,10 @@ pub struct ResponseBody {
     deadline: Option<Pin<Box<Sleep>>>,
     timeout: Duration,
     bytes: u64,
+    /// Whether a frame has gone to hyper.
+    sent_any: bool,
+    /// The backend's error, held back for one turn (see `poll_frame`).
+    held: Option<BoxError>,
     /// `None` once written.
     record: Option<Box<Record>>,
     /// Counts the exchange on its backend (`least_conn`) until the body ends.
@@ -190,6 +194,8 @@ impl ResponseBody {
             deadline: deadline.map(|(at, _)| Box::pin(tokio::time::sleep_until(at))),
             timeout: deadline.map_or(Duration::ZERO, |(_, d)| d),
             bytes: 0,
+            sent_any: false,
+            held: None,
             record: Some(Box::new(record)),
             _in_flight: in_flight,
         }
@@ -216,6 +222,9 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(e) = this.held.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
         if let Some(deadline) = this.deadline.as_mut()
             && deadline.as_mut().poll(cx).is_ready()
         {
@@ -236,6 +245,7 @@ impl Body for ResponseBody {
                 if let Some(data) = frame.data_ref() {
                     this.bytes += data.len() as u64;
                 }
+                this.sent_any = true;
                 // Trailers are a body's last frame: hyper writes them and drops the body
                 // without asking for more, and `Incoming` does not call itself ended
                 // after them.
@@ -249,6 +259,17 @@ impl Body for ResponseBody {
                 // stream reset, or its connection closed), never passed off as complete.
                 let error = crate::http_client::error_chain(&e);
                 this.finish(Outcome::BackendGone, Some(&error));
+                if !this.sent_any {
+                    // Before any of the body: hyper's HTTP/1.1 connection holds the response
+                    // head in its buffer until the body's first frame or a wait, and an
+                    // error then drops it unsent, so the client got no answer at all (most
+                    // of the time) where the record says 200. One turn of waiting first:
+                    // hyper flushes the head, and the client sees it cut, as from nginx.
+                    this.sent_any = true;
+                    this.held = Some(e.into());
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 Poll::Ready(Some(Err(e.into())))
             }
             None => {
