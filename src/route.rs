@@ -231,7 +231,7 @@ pub fn normal_host(host: &str) -> String {
 }
 
 /// Prefix match on segment boundaries: `/chat` serves `/chat` and `/chat/x`, not `/chatty`.
-fn path_matches(prefix: &str, path: &str) -> bool {
+pub(crate) fn path_matches(prefix: &str, path: &str) -> bool {
     match path.strip_prefix(prefix) {
         Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
         None => false,

@@ -282,6 +282,56 @@ async fn check_warns_of_a_cookie_route_without_origins() {
     assert!(warnings.iter().all(|w| w.get("line").is_some()), "{err}");
 }
 
+/// A route whose path ends with a slash does not take the path without it: when another
+/// route does (a catch-all), `check` warns, naming both, since `/api` then skips `/api/`'s
+/// policy on a backend that serves it as `/api/`. Without such a route (a 404), no warning.
+#[tokio::test]
+async fn check_warns_of_a_slash_route_whose_bare_path_goes_elsewhere() {
+    let tmp = TempDir::new("cli");
+    let backend = ["ws://127.0.0.1:9".to_string()];
+    let warnings = async |routes: String| {
+        let config = tmp.write(
+            "wsgate.toml",
+            format!("[[listener]]\nlisten = \"127.0.0.1:0\"\n{routes}"),
+        );
+        let out = Command::new(BIN)
+            .args(["--log-format", "json", "check", "--config"])
+            .arg(&config)
+            .output()
+            .await
+            .unwrap();
+        assert_success(&out);
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| l.contains("does not take"))
+            .map(json)
+            .map(|w| (w.get("route"), w.get("key"), w.get("line")))
+            .collect::<Vec<_>>()
+    };
+    let named = warnings(format!(
+        "{}{}{}",
+        route("chat", "/chat", &backend),
+        route("api", "/api/", &backend),
+        route("public", "/", &backend)
+    ))
+    .await;
+    assert_eq!(
+        named,
+        [(
+            Some("api".to_string()),
+            Some("route[1].path".to_string()),
+            Some("9".to_string())
+        )]
+    );
+    let named = warnings(format!(
+        "{}{}",
+        route("api", "/api/", &backend),
+        route("chat", "/chat", &backend)
+    ))
+    .await;
+    assert!(named.is_empty(), "{named:?}");
+}
+
 /// `check` runs the whole validation: an admin listener on a non-loopback address without a
 /// token is refused (exit 1, with file, line, key and why), and accepted once `token_env`
 /// names a variable that holds a token.

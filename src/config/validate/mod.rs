@@ -561,6 +561,8 @@ impl Validator<'_> {
         let mut routes: Vec<RouteConfig> = Vec::new();
         let mut names = HashSet::new();
         let mut places = HashSet::new();
+        // Each valid route's `path` key and line, for the warnings about the set of routes.
+        let mut route_lines: Vec<(String, Option<usize>)> = Vec::new();
         if file.route.is_empty() {
             self.err(
                 "route",
@@ -599,8 +601,11 @@ impl Validator<'_> {
                 }
                 self.route_path(&key, r, &route.path, &limits.path);
                 routes.push(route);
+                let line = r.get_ref().path.as_ref().map(|p| self.line(p.span().start));
+                route_lines.push((format!("{key}.path"), line));
             }
         }
+        bare_prefixes_elsewhere(&routes, &route_lines);
 
         let http2 = self.http2(file.http2.as_ref());
         Config {
@@ -620,6 +625,39 @@ impl Validator<'_> {
             pages: Vec::new(),
             admin,
             log,
+        }
+    }
+}
+
+/// Warns (at startup, at every reload and in `wsgate check`) about a route whose `path` ends
+/// with a slash while another route takes the path without it: `path = "/api/"` serves
+/// `/api/` and `/api/x`, but `/api`, `/api?x` and `/api;x` go to that other route (a
+/// catch-all `/`, say) and its policy, and a backend that treats `/api` as `/api/` (many
+/// frameworks do) serves them there. nginx answers `/api` with a redirect for such a
+/// location; here the fix is the operator's: `path = "/api"` takes both.
+fn bare_prefixes_elsewhere(routes: &[RouteConfig], keys: &[(String, Option<usize>)]) {
+    for (i, r) in routes.iter().enumerate() {
+        let Some(bare) = r.path.strip_suffix('/').filter(|b| !b.is_empty()) else {
+            continue;
+        };
+        let host = r.host.as_deref();
+        let other = routes.iter().find(|o| {
+            !std::ptr::eq(*o, r)
+                && (o.host.is_none() || o.host.as_deref() == host)
+                && crate::route::path_matches(&o.path, bare)
+        });
+        if let Some(o) = other
+            && let Some((key, line)) = keys.get(i)
+        {
+            tracing::warn!(
+                route = %r.name,
+                key = %key,
+                line = *line,
+                "path {:?} does not take {bare:?} itself, which goes to route {:?} (path {:?}) and its policy: write path = {bare:?} to take both",
+                r.path,
+                o.name,
+                o.path,
+            );
         }
     }
 }
