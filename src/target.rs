@@ -61,6 +61,15 @@ pub fn route<'t>(
     rules: &PathRules,
     scheme: &str,
 ) -> Result<Option<&'t Arc<Route>>, TargetError> {
+    // Authority form (`GET admin HTTP/1.1`: an authority and no scheme) is CONNECT's alone
+    // (RFC 9112 §3.2.3). Refused as no path before the host is compared: "admin" read as
+    // an authority would be refused as a Host mismatch, which is not what is wrong.
+    if parts.uri.scheme().is_none()
+        && parts.uri.authority().is_some()
+        && parts.method != http::Method::CONNECT
+    {
+        return Err(PathError::NotAPath.into());
+    }
     let host = request_host(parts, scheme)?;
     let canonical = path::canonicalize(parts.uri.path(), rules)?;
     if canonical.path != parts.uri.path() {
@@ -251,6 +260,19 @@ mod tests {
         for good in ["[::1]:8080", "127.0.0.1", "admin.example:443"] {
             assert!(routed("/", &[good]).is_ok(), "{good}");
         }
+    }
+
+    #[test]
+    fn authority_form_is_no_path() {
+        // With a Host that does not match it, too: the target is what is wrong.
+        for host in ["localhost", "admin"] {
+            assert_eq!(
+                routed("admin", &[host]),
+                Err("path_invalid".into()),
+                "{host}"
+            );
+        }
+        assert_eq!(routed("admin:80", &[]), Err("path_invalid".into()));
     }
 
     #[test]
