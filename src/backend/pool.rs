@@ -61,6 +61,11 @@ impl BackendPool {
     /// The backends of `route`. A backend `previous` (the route's pool before a reload)
     /// lists with the same URL and settings is the same backend: its live sessions' leases,
     /// drain flag, health and counters carry on.
+    /// The name of the route whose backends these are.
+    pub fn route_name(&self) -> &str {
+        &self.route
+    }
+
     pub fn new(route: &RouteConfig, previous: Option<&BackendPool>) -> BackendPool {
         let kept = |url: &crate::config::BackendUrl| {
             previous?.backends.iter().find(|b| b.url == *url).cloned()

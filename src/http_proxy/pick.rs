@@ -422,7 +422,19 @@ impl Targets {
         let now = Instant::now();
         // Ejected targets go last (still tried when nothing else answers); the sort is
         // stable, so ties keep the rotation.
-        let ejected = |i: usize| !self.list[i].health.usable(now).0;
+        let ejected = |i: usize| {
+            let target = &self.list[i];
+            let (usable, change) = target.health.usable(now);
+            // Noticed here, as the route's own backends notice theirs when ordered.
+            if let Some(Change::EjectionOver) = change {
+                tracing::info!(
+                    route = pool.route_name(),
+                    backend = &*target.name,
+                    "HTTP backend ejection over: it is tried again for new requests"
+                );
+            }
+            !usable
+        };
         if *balance == Balance::LeastConn {
             order.sort_by_cached_key(|&i| (ejected(i), self.list[i].in_flight()));
         } else {

@@ -1950,14 +1950,16 @@ async fn a_client_that_leaves_before_the_response_head_is_recorded_499() {
 }
 
 /// Plain requests' own backends (`http_backends`) are ejected after failed connects in a
-/// row, as the route's backends are.
+/// row, as the route's backends are, and the end of the ejection is logged as theirs is
+/// (it was not).
 #[tokio::test]
 async fn connect_failures_eject_an_http_backend_of_its_own() {
     let dead = closed_port().await;
     let (b, seen) = echo_backend().await;
     let mut gw = Logged::spawn(&format!(
         "[[route]]\nname = \"app\"\npath = \"/\"\nbackends = [\"ws://{b}\"]\nhttp = true\n\
-         http_backends = [\"http://{dead}\", \"http://{b}\"]\n[route.health]\nmax_failures = 2\n"
+         http_backends = [\"http://{dead}\", \"http://{b}\"]\n[route.health]\nmax_failures = 2\n\
+         ejection = \"200ms\"\n"
     ))
     .await;
     // Rotation from the first: each odd request meets the dead backend first and fails over.
@@ -1972,6 +1974,21 @@ async fn connect_failures_eject_an_http_backend_of_its_own() {
     assert_eq!(r["backend"], format!("http://{dead}").as_str());
     assert_eq!(r["failures"], 2);
     assert_eq!(seen.lock().unwrap().len(), 4);
+    // Requests go on until one is ordered after the ejection's end.
+    let addr = gw.addr;
+    let over = async {
+        loop {
+            let resp = send(addr, get("/later")).await;
+            assert_eq!(resp.status(), 200);
+        }
+    };
+    let line = tokio::select! {
+        line = gw.wait_line("the ejection's end", |l| l.contains("HTTP backend ejection over")) => line,
+        () = over => unreachable!(),
+    };
+    let r = record(&line);
+    assert_eq!(r["backend"], format!("http://{dead}").as_str());
+    assert_eq!(r["route"], "app");
 }
 
 /// An HPACK literal header field without indexing and with a literal name (RFC 7541
