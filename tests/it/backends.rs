@@ -261,7 +261,7 @@ impl Counting {
 #[tokio::test]
 async fn a_backend_that_comes_back_is_readmitted_with_slow_start() {
     let good = EchoBackend::spawn().await;
-    let port = closed_port().await;
+    let port = free_port().await;
     let back = format!("ws://{port}");
     let (gw, admin) = admin_gateway(&format!(
         "{}slow_start = \"60s\"\n[route.health]\ncheck = \"tcp\"\ninterval = \"100ms\"\n\

@@ -356,7 +356,7 @@ async fn a_successor_with_another_admin_address_listens_there() {
         url: _,
     } = start_upgradable(&old_config).await;
     let old_admin = admin_address(&seen_old);
-    let new_admin = closed_port().await;
+    let new_admin = free_port().await;
     let new_config = upgrade_config(
         &tmp,
         "new.toml",

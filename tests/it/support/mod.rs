@@ -543,10 +543,24 @@ pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     wsgate::frame::encode_frame(opcode, true, payload, Some([0x11, 0x22, 0x33, 0x44]))
 }
 
-/// A port with nothing listening on it.
-pub async fn closed_port() -> SocketAddr {
+/// A port free now, for a test to bind later (another test may take it in between, which
+/// the test's bind then reports): for a port that must refuse connections, [`closed_port`].
+pub async fn free_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     l.local_addr().unwrap()
+}
+
+/// A port with nothing listening on it, for as long as the test process runs: a socket
+/// stays bound to it without listening (a connect gets a reset), so no other test's
+/// listener or outgoing connection is given the port in the meantime (a port freed at once
+/// was, now and then, under the parallel tests).
+pub async fn closed_port() -> SocketAddr {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    // Kept open (one descriptor per call) until the process ends.
+    std::mem::forget(socket);
+    addr
 }
 
 /// A backend that accepts TCP and never answers.
