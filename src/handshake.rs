@@ -54,8 +54,11 @@ pub struct ClientHandshake {
     pub key: String,
     /// Subprotocols offered, in the client's order of preference.
     pub protocols: Vec<String>,
-    /// `Sec-WebSocket-Extensions` offers, as written (passed through to the backend).
+    /// `Sec-WebSocket-Extensions` offers as the backend gets them: as written, unless the
+    /// route rewrites permessage-deflate offers (`deflate::backend_offer`).
     pub extensions: Vec<HeaderValue>,
+    /// The offers as the client wrote them: what the client will hold the answer to.
+    pub client_extensions: Vec<HeaderValue>,
     /// The `Host` header, as sent.
     pub host: String,
 }
@@ -234,6 +237,7 @@ pub fn validate(parts: &request::Parts) -> Result<ClientHandshake, HandshakeErro
         transport: Transport::H1,
         key: key.to_string(),
         protocols,
+        client_extensions: extensions.clone(),
         extensions,
         host,
     })
@@ -275,6 +279,7 @@ fn validate_h2(parts: &request::Parts) -> Result<ClientHandshake, HandshakeError
         transport: Transport::H2,
         key: String::new(),
         protocols,
+        client_extensions: extensions.clone(),
         extensions,
         host,
     })

@@ -160,6 +160,7 @@ async fn websocket(
         key: String::new(),
         protocols: Vec::new(),
         extensions: Vec::new(),
+        client_extensions: Vec::new(),
         host: url.authority.clone(),
     };
     let params = super::HandshakeParams {

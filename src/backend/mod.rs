@@ -583,21 +583,35 @@ fn verify_101(
         .iter()
         .flat_map(|v| extension_names(v.as_bytes()))
         .collect();
-    let extensions: Vec<HeaderValue> = h
-        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
-        .iter()
-        .cloned()
-        .collect();
-    for v in &extensions {
-        for name in extension_names(v.as_bytes()) {
-            if !offered_ext.iter().any(|o| o.eq_ignore_ascii_case(&name)) {
-                return Err(BackendError::BadHandshake(format!(
-                    "backend accepted extension {name:?}, which the client did not offer"
-                )));
-            }
+    // The answer's elements, from every field line: each judged below, and passed on as one
+    // checked list, not the fields as they came (an empty field, or stray commas, would reach
+    // the client, which must fail the connection on them: RFC 6455 §9.1 wants at least one
+    // extension in the header). A field that is not text cannot be judged: it would pass
+    // every check below unread.
+    let mut elements = Vec::new();
+    for v in h.get_all(header::SEC_WEBSOCKET_EXTENSIONS) {
+        let Ok(text) = v.to_str() else {
+            return bad("Sec-WebSocket-Extensions that is not text");
+        };
+        elements.extend(text.split(',').map(str::trim).filter(|e| !e.is_empty()));
+    }
+    for element in &elements {
+        let name = element.split(';').next().unwrap_or("").trim();
+        if !offered_ext.iter().any(|o| o.eq_ignore_ascii_case(name)) {
+            return Err(BackendError::BadHandshake(format!(
+                "backend accepted extension {name:?}, which the client did not offer"
+            )));
         }
     }
-    crate::deflate::check_answer(&offered.extensions, &extensions)
+    let extensions: Vec<HeaderValue> = if elements.is_empty() {
+        Vec::new()
+    } else {
+        match HeaderValue::from_str(&elements.join(", ")) {
+            Ok(v) => vec![v],
+            Err(_) => return bad("Sec-WebSocket-Extensions that is not text"),
+        }
+    };
+    crate::deflate::check_answer(&offered.extensions, &offered.client_extensions, &extensions)
         .map_err(BackendError::BadHandshake)?;
     Ok((protocol, extensions))
 }

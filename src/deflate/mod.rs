@@ -169,8 +169,16 @@ struct Params {
 /// than its value). Passed on as it came, such an answer would reach the client with a 101
 /// and fail there (or, worse, be taken at its word by a lenient one). A missing
 /// `server_no_context_takeover` is let through: some backends ignore it, and the relay
-/// counts inflated sizes with the window kept (`Counting::backend_takeover`).
-pub fn check_answer(offers: &[HeaderValue], answer: &[HeaderValue]) -> Result<(), String> {
+/// counts inflated sizes with the window kept (`Counting::backend_takeover`), where
+/// wsgate asked for it (`max_message_inflated`); where the client did, in every offer it
+/// made, the answer must have it, as it must have `server_max_window_bits` where every
+/// offer named one (§7.1.1.1, §7.1.2.1: the client fails the connection otherwise).
+/// `client_offers` are the client's own offers, `offers` what the backend got.
+pub fn check_answer(
+    offers: &[HeaderValue],
+    client_offers: &[HeaderValue],
+    answer: &[HeaderValue],
+) -> Result<(), String> {
     let answered: Vec<&str> = all_elements(answer).filter(|e| is_deflate(e)).collect();
     let Some(element) = answered.first() else {
         return Ok(());
@@ -213,6 +221,26 @@ pub fn check_answer(offers: &[HeaderValue], answer: &[HeaderValue]) -> Result<()
                 "client_max_window_bits={bits}, which no offer allowed"
             ));
         }
+    }
+    // The answer accepts one of the client's offers: it must honour what that one asked of
+    // the server.
+    let honours = |o: &Params| {
+        (!o.server_no_takeover || a.server_no_takeover)
+            && o.server_bits
+                .flatten()
+                .is_none_or(|max| a.server_bits.flatten().is_some_and(|b| b <= max))
+            && a.client_bits
+                .flatten()
+                .is_none_or(|b| o.client_bits.is_some_and(|m| m.is_none_or(|m| b <= m)))
+    };
+    let client: Vec<Params> = all_elements(client_offers)
+        .filter(|e| is_deflate(e))
+        .filter_map(|o| params(o).ok())
+        .collect();
+    if !client.is_empty() && !client.iter().any(honours) {
+        return bad("it leaves out what the client's offer asked of the server \
+                    (server_max_window_bits or server_no_context_takeover)"
+            .into());
     }
     Ok(())
 }
@@ -266,7 +294,7 @@ mod tests {
     #[test]
     fn backend_answers_rfc_7692_forbids_are_refused() {
         let plain = hv(&["permessage-deflate; client_max_window_bits"]);
-        let ok = |offer: &[HeaderValue], answer: &str| check_answer(offer, &hv(&[answer]));
+        let ok = |offer: &[HeaderValue], answer: &str| check_answer(offer, offer, &hv(&[answer]));
         for good in [
             "permessage-deflate",
             "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
@@ -311,6 +339,24 @@ mod tests {
         ]);
         assert_eq!(
             ok(&two, "permessage-deflate; server_max_window_bits=12"),
+            Ok(())
+        );
+        assert_eq!(ok(&two, "permessage-deflate"), Ok(()));
+        // What the only offer asks of the server must be in the answer (RFC 7692 §7.1.1.1,
+        // §7.1.2.1): the client fails the connection without it.
+        assert!(ok(&limited, "permessage-deflate").is_err());
+        let no_takeover = hv(&["permessage-deflate; server_no_context_takeover"]);
+        assert!(ok(&no_takeover, "permessage-deflate").is_err());
+        assert_eq!(
+            ok(
+                &no_takeover,
+                "permessage-deflate; server_no_context_takeover"
+            ),
+            Ok(())
+        );
+        // Unless wsgate asked for it (`max_message_inflated`), not the client.
+        assert_eq!(
+            check_answer(&no_takeover, &bare, &hv(&["permessage-deflate"])),
             Ok(())
         );
     }

@@ -89,13 +89,33 @@ async fn strip_refuses_a_backend_that_compresses_anyway() {
 /// A backend whose permessage-deflate answer RFC 7692 §7 has a client fail (a parameter
 /// nobody offered, a window size out of range, a parameter twice) is refused (502) before
 /// the client gets a 101, with and without `max_message_inflated`.
+///
+/// So is one that leaves out what the client's only offer asked of the server, and one
+/// that is not text (a byte past ASCII once let such an answer pass every check unread,
+/// and turned `max_message_inflated` off).
 #[tokio::test]
 async fn a_deflate_answer_rfc_7692_forbids_is_refused() {
-    for answer in [
-        "permessage-deflate; client_max_window_bits=10",
-        "permessage-deflate; server_max_window_bits=7",
-        "permessage-deflate; foo=1",
-        "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+    let plain = "permessage-deflate";
+    for (offer, answer) in [
+        (plain, "permessage-deflate; client_max_window_bits=10"),
+        (plain, "permessage-deflate; server_max_window_bits=7"),
+        (plain, "permessage-deflate; foo=1"),
+        (
+            plain,
+            "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+        ),
+        (
+            plain,
+            "permessage-deflate; client_max_window_bits=7; x=\u{e9}",
+        ),
+        (
+            "permessage-deflate; server_max_window_bits=10",
+            "permessage-deflate",
+        ),
+        (
+            "permessage-deflate; server_no_context_takeover",
+            "permessage-deflate",
+        ),
     ] {
         let response = format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -110,11 +130,45 @@ async fn a_deflate_answer_rfc_7692_forbids_is_refused() {
             .await;
             let (_s, resp) = raw_exchange(
                 gw.addr,
-                upgrade_request("/", "Sec-WebSocket-Extensions: permessage-deflate\r\n").as_bytes(),
+                upgrade_request("/", &format!("Sec-WebSocket-Extensions: {offer}\r\n")).as_bytes(),
             )
             .await;
-            assert_eq!(resp.status, 502, "{answer} ({extra}): {}", resp.head);
+            assert_eq!(
+                resp.status, 502,
+                "{answer} to {offer} ({extra}): {}",
+                resp.head
+            );
         }
+    }
+}
+
+/// The backend's extension answer reaches the client as one checked list: an empty field
+/// (which a client that offered nothing, or anything, fails on: RFC 6455 §9.1) is no
+/// header at all, and stray commas are gone.
+#[tokio::test]
+async fn the_extension_answer_reaches_the_client_as_a_clean_list() {
+    for (offer, answer, expected) in [
+        ("", "", None),
+        (
+            "Sec-WebSocket-Extensions: permessage-deflate\r\n",
+            ", permessage-deflate ,",
+            Some("permessage-deflate"),
+        ),
+    ] {
+        let response = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {{accept}}\r\nSec-WebSocket-Extensions: {answer}\r\n\r\n"
+        );
+        let (addr, _) = scripted_backend(response.into_bytes()).await;
+        let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{addr}")])).await;
+        let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", offer).as_bytes()).await;
+        assert_eq!(resp.status, 101, "{answer:?}: {}", resp.head);
+        assert_eq!(
+            resp.header("sec-websocket-extensions").as_deref(),
+            expected,
+            "{answer:?}: {}",
+            resp.head
+        );
     }
 }
 
