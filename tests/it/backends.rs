@@ -172,6 +172,51 @@ async fn a_refusing_backend_is_ejected_after_max_failures() {
     assert_eq!(good.request_count(), 12);
 }
 
+/// A `websocket` check passes on a verified 101, whatever the backend then does with the
+/// check's close frame: the wait for its reply (half a second of politeness) is not the
+/// check's, so a `timeout` under it no longer failed a backend that answers closes late.
+#[tokio::test]
+async fn a_websocket_check_passes_on_the_101_whatever_its_timeout() {
+    // A 101, then silence: the check's close frame gets no reply.
+    let (addr, seen) = scripted_backend(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Accept: {accept}\r\n\r\n"
+            .to_vec(),
+    )
+    .await;
+    let url = format!("ws://{addr}");
+    let (_gw, admin) = admin_gateway(&format!(
+        "{}[route.health]\ncheck = \"websocket\"\ninterval = \"100ms\"\ntimeout = \"200ms\"\n\
+         unhealthy_threshold = 1\nhealthy_threshold = 1\n",
+        route("r", "/", std::slice::from_ref(&url))
+    ))
+    .await;
+    let ok = async |admin| {
+        metric(
+            admin,
+            "wsgate_backend_health_checks_total",
+            &[("backend", &*url), ("result", "ok")],
+        )
+        .await
+    };
+    tokio::time::timeout(STEP, async {
+        while ok(admin).await < 3.0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("three checks did not pass");
+    assert!(seen.lock().unwrap().len() >= 3);
+    let failed = metric(
+        admin,
+        "wsgate_backend_health_checks_total",
+        &[("backend", &*url), ("result", "failed")],
+    )
+    .await;
+    assert_eq!(failed, 0.0);
+    assert_eq!(backend_json(admin, &url).await["state"], "healthy");
+}
+
 #[tokio::test]
 async fn a_hung_backend_is_taken_out_by_active_checks() {
     let (hung, _task) = silent_backend().await;
