@@ -451,6 +451,10 @@ async fn attempt(
         Ok(_) => stats
             .handshake
             .observe(handshake_started.elapsed().as_secs_f64()),
+        // A 4xx is the backend's own word on the request (an auth or a routing answer), as
+        // passive health takes it: counted as a failure, it would page whoever alerts on
+        // them for every refused login.
+        Err(BackendError::Refused(r)) if r.status.is_client_error() => {}
         Err(e) => stats.failures.add(e.outcome()),
     }
     result

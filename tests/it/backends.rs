@@ -122,10 +122,19 @@ async fn a_4xx_is_the_backends_word_and_passed_on() {
     let (refusing, _) =
         scripted_backend(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno".to_vec()).await;
     let good = EchoBackend::spawn().await;
-    let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{refusing}"), good.url()])).await;
+    let refusing = format!("ws://{refusing}");
+    let (gw, admin) = admin_gateway(&route("r", "/", &[refusing.clone(), good.url()])).await;
     let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
     assert_eq!(resp.status, 403);
     assert_eq!(good.request_count(), 0);
+    // Nor is it counted as the backend's failure.
+    let failed = metric(
+        admin,
+        "wsgate_backend_failures_total",
+        &[("backend", &*refusing), ("outcome", "backend_refused")],
+    )
+    .await;
+    assert_eq!(failed, 0.0);
 }
 
 async fn unreachable(admin: SocketAddr, url: &str) -> f64 {
