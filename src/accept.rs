@@ -499,6 +499,7 @@ async fn serve<I>(
     let in_flight = live_streams
         .as_ref()
         .map(|_| Arc::new(tokio::sync::watch::Sender::new(0usize)));
+    let cut = state.listeners.cut.clone();
     let service = {
         let watch = watch.clone();
         let in_flight = in_flight.clone();
@@ -568,6 +569,7 @@ async fn serve<I>(
                     return;
                 }
             }
+            () = cut.cancelled() => return,
             _ = stop.cancelled(), if !stopping => {
                 stopping = true;
                 if !watch.seen_request() {

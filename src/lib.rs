@@ -251,7 +251,7 @@ impl Gateway {
         let listening = state.clone();
         let close_listeners = move || listening.listeners.close_all();
         let supervised = supervise(
-            stop.clone(),
+            (stop.clone(), state.listeners.cut.clone()),
             conns,
             sessions.clone(),
             drain,
@@ -283,8 +283,12 @@ impl Gateway {
 ///
 /// Returns as soon as the connections and the sessions are done: nothing here waits for a
 /// timer that has nothing left to guard, so the process exits when its last session does.
+/// How long the shutdown waits, at the end of its grace, for the connections it cuts to
+/// drop what they serve (no waiting on the network: each task returns at once).
+const CUT_WAIT: Duration = Duration::from_secs(1);
+
 async fn supervise(
-    stop: CancellationToken,
+    (stop, cut): (CancellationToken, CancellationToken),
     conns: TaskTracker,
     sessions: Arc<Sessions>,
     drain: impl FnOnce() -> (Duration, Option<Duration>),
@@ -315,6 +319,10 @@ async fn supervise(
         sessions.wait_idle(deadline).await
     };
     let ((), left) = tokio::join!(closing, waiting);
+    // Connections still serving a request (a handshake waiting on its backend) are dropped
+    // by their tasks now, which record them; a moment for that, then the sessions go.
+    cut.cancel();
+    let _ = tokio::time::timeout(CUT_WAIT, conns.wait()).await;
     if left > 0 {
         tracing::warn!(
             sessions = left,

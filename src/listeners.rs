@@ -30,6 +30,10 @@ pub struct Listeners {
     running: Mutex<Vec<Running>>,
     /// The shutdown: stops every accept loop, and tells every connection to finish.
     pub stop: CancellationToken,
+    /// The end of the shutdown's grace: every connection still open is dropped by its own
+    /// task, with what it was serving (a handshake waiting on its backend records its
+    /// refusal then, while the log still writes), not left to the runtime's end.
+    pub cut: CancellationToken,
     /// Every connection task, for the shutdown to wait on.
     pub conns: TaskTracker,
     /// Every accept loop, on every worker: a hand-over waits until they have all returned

@@ -335,7 +335,21 @@ async fn upgrade(
     let permit = admit(cx, route)?;
     // Read before the policy, which may strip the cookie or header it names.
     let mut affinity = route.pool.affinity(parts, cx.conn.client.ip());
-    let admitted = check_policy(cx, route, parts, &mut client_hs).await?;
+    // Forward-auth is the policy's wait, as long as the auth service takes: a client that
+    // leaves during it is recorded as one that leaves during the backend's. The policy
+    // rewrites `parts`, so the guard keeps a copy of what the record names.
+    let head = (route.config.policy.rules().forward_auth.is_some()).then(|| record_head(parts));
+    let gone = head.as_ref().map(|head| Abandoned {
+        cx,
+        route,
+        parts: head,
+        armed: true,
+    });
+    let admitted = check_policy(cx, route, parts, &mut client_hs).await;
+    if let Some(gone) = gone {
+        gone.disarm();
+    }
+    let admitted = admitted?;
     let rc = &route.config;
     let counted = rc.session.max_message_inflated.is_some();
     client_hs.extensions =
@@ -623,9 +637,10 @@ fn accept_response(
     resp
 }
 
-/// Records a handshake whose client went away while its backend was asked, if dropped
-/// armed: hyper drops the request's future when the client closes, and nothing else would
-/// say so (no session began, no refusal was answered).
+/// Records a handshake whose client went away while its backend (or forward-auth) was
+/// asked, if dropped armed: hyper drops the request's future when the client closes, and
+/// nothing else would say so (no session began, no refusal was answered). Dropped at the
+/// end of a shutdown's grace (`Listeners::cut`), it records the proxy's drop instead.
 struct Abandoned<'a> {
     cx: &'a Ctx<'a>,
     route: &'a Route,
@@ -639,11 +654,32 @@ impl Abandoned<'_> {
     }
 }
 
+/// What a handshake's record names of its request (method, target, version, `Host`,
+/// `User-Agent`), copied for a guard that outlives the policy's rewriting of it.
+fn record_head(parts: &Parts) -> Parts {
+    let mut req = http::Request::new(());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    for name in [header::HOST, header::USER_AGENT] {
+        if let Some(v) = parts.headers.get(&name) {
+            req.headers_mut().insert(name, v.clone());
+        }
+    }
+    req.into_parts().0
+}
+
 impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
         if self.armed {
             let cx = self.cx;
-            let err = ProxyError::ClientGone;
+            // At the end of a shutdown's grace the proxy drops what is still waiting: its
+            // own doing, not the client's.
+            let err = if cx.state.sessions.is_draining() {
+                ProxyError::Draining
+            } else {
+                ProxyError::ClientGone
+            };
             let route = Some(self.route);
             record_refusal(cx.state, cx.id, cx.ids, route, cx.conn, self.parts, &err);
         }
