@@ -151,7 +151,7 @@ pub(crate) async fn serve(
     parts: &mut Parts,
     body: ClientBody,
 ) -> Result<Response<Body>, ProxyError> {
-    let mut waiting = record::Waiting::default();
+    let mut waiting = record::Waiting::new(&cx.state.sessions);
     let result = exchange(cx, route, parts, body, &mut waiting).await;
     // Answered (the response body writes the record) or refused (the refusal does).
     waiting.take();
@@ -169,7 +169,7 @@ async fn exchange(
     route: &Arc<Route>,
     parts: &mut Parts,
     body: ClientBody,
-    waiting: &mut record::Waiting,
+    waiting: &mut record::Waiting<'_>,
 ) -> Result<Response<Body>, ProxyError> {
     let started = Instant::now();
     let http = route.config.http.as_ref().ok_or(ProxyError::NoRoute)?;

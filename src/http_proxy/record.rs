@@ -118,29 +118,50 @@ impl Record {
 /// The exchange's record while it waits for the response head. hyper drops the exchange
 /// when its client goes away first; the record is then written as nginx writes one, with
 /// status 499 and outcome `client_gone`, so a client that gave up on a slow backend is seen.
-#[derive(Debug, Default)]
-pub struct Waiting(Option<Record>);
+/// Dropped at the end of a shutdown's grace (`Listeners::cut`), it writes the proxy's drop
+/// instead (503, `draining`).
+#[derive(Debug)]
+pub struct Waiting<'s> {
+    record: Option<Record>,
+    sessions: &'s crate::sessions::Sessions,
+}
 
-impl Waiting {
+impl<'s> Waiting<'s> {
+    pub fn new(sessions: &'s crate::sessions::Sessions) -> Waiting<'s> {
+        Waiting {
+            record: None,
+            sessions,
+        }
+    }
+
     pub fn arm(&mut self, record: Record) {
-        self.0 = Some(record);
+        self.record = Some(record);
     }
 
     /// The record, no longer written on drop (the exchange answered or was refused).
     pub fn take(&mut self) -> Option<Record> {
-        self.0.take()
+        self.record.take()
     }
 }
 
-impl Drop for Waiting {
+impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        if let Some(mut record) = self.0.take() {
-            record.status = crate::error::CLIENT_CLOSED_REQUEST;
-            record.finish(
-                Outcome::ClientGone,
-                0,
-                Some("the client went away before the response head"),
-            );
+        if let Some(mut record) = self.record.take() {
+            if self.sessions.is_draining() {
+                record.status = http::StatusCode::SERVICE_UNAVAILABLE;
+                record.finish(
+                    Outcome::Draining,
+                    0,
+                    Some("the shutdown's grace ran out before the response head"),
+                );
+            } else {
+                record.status = crate::error::CLIENT_CLOSED_REQUEST;
+                record.finish(
+                    Outcome::ClientGone,
+                    0,
+                    Some("the client went away before the response head"),
+                );
+            }
         }
     }
 }

@@ -720,58 +720,63 @@ async fn a_client_that_gives_up_on_a_slow_backend_is_recorded() {
     run.stop().await;
 }
 
-/// A handshake still waiting on its backend when a shutdown's grace ends is dropped by the
-/// proxy, not by its client: its record says so (`draining`, 503, the proxy's fault), not
-/// `client_gone`.
+/// A handshake (or a plain request) still waiting on its backend when a shutdown's grace
+/// ends is dropped by the proxy, not by its client: its record says so (`draining`, 503,
+/// the proxy's fault), not `client_gone`, and it is written.
 #[tokio::test]
-async fn a_handshake_dropped_at_the_end_of_a_shutdown_is_the_proxys_doing() {
-    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let slow = backend.local_addr().unwrap();
-    let (asked_tx, asked) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let (mut s, _) = backend.accept().await.unwrap();
-        let mut head = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut buf).await.unwrap();
-            assert!(n > 0);
-            head.extend_from_slice(&buf[..n]);
-        }
-        let _ = asked_tx.send(());
-        let _ = s.read(&mut buf).await;
-    });
-    let tmp = TempDir::new("logs");
-    let config = tmp.write(
-        "wsgate.toml",
-        format!(
-            "[[listener]]\nlisten = \"127.0.0.1:0\"\n[shutdown]\ngrace = \"300ms\"\n\
-             unready_delay = \"off\"\n[timeouts]\nbackend_handshake = \"30s\"\n{}",
-            route("slow", "/slow", &[format!("ws://{slow}")]),
+async fn a_request_dropped_at_the_end_of_a_shutdown_is_the_proxys_doing() {
+    for (event, request) in [
+        ("refused", upgrade_request("/slow", "")),
+        (
+            "http",
+            "GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n".to_string(),
         ),
-    );
-    let (run, addr) = JsonRun::start(&config, "info").await;
-    let mut client = tokio::net::TcpStream::connect(addr.as_str()).await.unwrap();
-    client
-        .write_all(upgrade_request("/slow", "").as_bytes())
-        .await
-        .unwrap();
-    tokio::time::timeout(STEP, asked).await.unwrap().unwrap();
-    let pid = run.child.id().expect("running").to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    run.until_ended().await;
-    let refused: Vec<Record> = run
-        .records()
-        .into_iter()
-        .filter(|r| r.get("event").is_some_and(|e| e == "refused"))
-        .collect();
-    assert_eq!(refused.len(), 1, "{refused:?}");
-    assert_eq!(refused[0]["outcome"], "draining", "{refused:?}");
-    assert_eq!(refused[0]["status"], 503);
-    assert_eq!(refused[0]["fault"], "proxy");
-    drop(client);
+    ] {
+        let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let slow = backend.local_addr().unwrap();
+        let (asked_tx, asked) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut s, _) = backend.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0);
+                head.extend_from_slice(&buf[..n]);
+            }
+            let _ = asked_tx.send(());
+            let _ = s.read(&mut buf).await;
+        });
+        let tmp = TempDir::new("logs");
+        let config = tmp.write(
+            "wsgate.toml",
+            format!(
+                "[[listener]]\nlisten = \"127.0.0.1:0\"\n[shutdown]\ngrace = \"300ms\"\n\
+                 unready_delay = \"off\"\n[timeouts]\nbackend_handshake = \"30s\"\n{}\
+                 http = true\nresponse_header_timeout = \"30s\"\n",
+                route("slow", "/slow", &[format!("ws://{slow}")]),
+            ),
+        );
+        let (run, addr) = JsonRun::start(&config, "info").await;
+        let mut client = tokio::net::TcpStream::connect(addr.as_str()).await.unwrap();
+        client.write_all(request.as_bytes()).await.unwrap();
+        tokio::time::timeout(STEP, asked).await.unwrap().unwrap();
+        let pid = run.child.id().expect("running").to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        run.until_ended().await;
+        let records: Vec<Record> = run
+            .records()
+            .into_iter()
+            .filter(|r| r.get("event").is_some_and(|e| e == event))
+            .collect();
+        assert_eq!(records.len(), 1, "{event}: {records:?}");
+        assert_eq!(records[0]["outcome"], "draining", "{records:?}");
+        assert_eq!(records[0]["status"], 503);
+        drop(client);
+    }
 }
 
 /// The same for a client that goes away while its route's forward-auth service is asked
