@@ -574,6 +574,10 @@ struct Signals {
     /// This binary's path as it was at start: an upgrade replaces the file there, and the
     /// running process's `/proc/self/exe` then names a deleted file.
     exe: Option<std::path::PathBuf>,
+    /// The pid of a successor SIGUSR2 started that has not exited yet (0: none). A second
+    /// SIGUSR2 meanwhile is refused with a line that says so: two successors would race for
+    /// the one hand-over, and the loser exit with an error about a socket.
+    successor: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Signals {
@@ -586,6 +590,7 @@ impl Signals {
             hup: signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?,
             usr2: signal(SignalKind::user_defined2()).context("cannot install SIGUSR2 handler")?,
             exe: std::env::current_exe().ok(),
+            successor: Default::default(),
         })
     }
 
@@ -602,15 +607,28 @@ impl Signals {
             tracing::warn!("SIGUSR2: cannot tell this binary's path; start the new one by hand");
             return;
         };
+        let running = self.successor.load(std::sync::atomic::Ordering::Acquire);
+        if running != 0 {
+            tracing::warn!(
+                pid = running,
+                "SIGUSR2: the new binary an earlier SIGUSR2 started is still running (it has taken the sockets over, or is taking them): ignored; signal that process instead"
+            );
+            return;
+        }
         let spawned = tokio::process::Command::new(exe)
             .args(std::env::args_os().skip(1))
             .stdin(std::process::Stdio::null())
             .spawn();
         match spawned {
             Ok(mut child) => {
-                tracing::info!(exe = %exe.display(), pid = child.id().unwrap_or(0), "SIGUSR2: started the new binary; it takes the listening sockets over");
+                let pid = child.id().unwrap_or(0);
+                tracing::info!(exe = %exe.display(), pid, "SIGUSR2: started the new binary; it takes the listening sockets over");
+                let successor = self.successor.clone();
+                successor.store(pid.max(1), std::sync::atomic::Ordering::Release);
                 tokio::spawn(async move {
-                    if let Ok(status) = child.wait().await
+                    let status = child.wait().await;
+                    successor.store(0, std::sync::atomic::Ordering::Release);
+                    if let Ok(status) = status
                         && !status.success()
                     {
                         tracing::warn!(%status, "the new binary exited; this process serves on");

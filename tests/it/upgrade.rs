@@ -312,6 +312,14 @@ async fn sigusr2_starts_the_successor_and_the_old_process_exits() {
     .await;
     let successor: Value = serde_json::from_str(&started).unwrap();
     let successor = successor["pid"].as_u64().expect("pid") as u32;
+    // A second SIGUSR2 while that one runs starts no second successor, and says why.
+    send_signal(&old, "USR2");
+    let ignored = wait_line(&mut log, &mut seen, "the second SIGUSR2 refused", |l| {
+        l.contains("an earlier SIGUSR2 started is still running")
+    })
+    .await;
+    let ignored: Value = serde_json::from_str(&ignored).unwrap();
+    assert_eq!(ignored["pid"].as_u64(), Some(u64::from(successor)));
     wait_line(&mut log, &mut seen, "the hand-over", |l| {
         l.contains("handed the listening sockets over")
     })
@@ -334,6 +342,11 @@ async fn sigusr2_starts_the_successor_and_the_old_process_exits() {
         l.contains("shutdown complete")
     })
     .await;
+    let started = seen
+        .iter()
+        .filter(|l| l.contains("started the new binary"))
+        .count();
+    assert_eq!(started, 1, "{}", seen.join("\n"));
 }
 
 /// A binary upgrade is how a changed `[admin] listen` takes effect: the successor binds the
