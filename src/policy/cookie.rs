@@ -49,43 +49,78 @@ pub fn get<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     pairs(headers).find(|(n, _)| *n == name).map(|(_, v)| v)
 }
 
-/// Removes the named cookies, keeping all others (and their order) in one `Cookie` header;
-/// no header at all when none is left.
+/// Removes the named cookies, keeping all others (and their order, byte for byte) in one
+/// `Cookie` header; no header at all when none is left. A field that is not visible ASCII
+/// (browsers send UTF-8 in values) is split as bytes, not dropped whole with its cookies.
+/// A name matches as written, percent-decoded (some frameworks decode names: `%61ccess_token`
+/// is theirs too), and as PHP files it (`access.token`, `access token`, `access[token` are
+/// its `$_COOKIE["access_token"]`), as `strip_headers` takes `X_Debug` for `X-Debug`.
 pub fn strip(headers: &mut HeaderMap, names: &[String]) {
     if names.is_empty() || !headers.contains_key(COOKIE) {
         return;
     }
-    let kept: Vec<String> = headers
+    let kept: Vec<&[u8]> = headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .map(<[u8]>::trim_ascii)
         .filter(|pair| !pair.is_empty())
         .filter(|pair| {
-            let name = pair.split_once('=').map_or(*pair, |(n, _)| n).trim();
-            // Some frameworks percent-decode cookie names: `%61ccess_token` is theirs too.
-            let decoded = crate::query::decode(name, false);
-            !names.iter().any(|s| s == name || *s == decoded)
+            let name = pair
+                .split(|&b| b == b'=')
+                .next()
+                .unwrap_or(pair)
+                .trim_ascii();
+            let name = String::from_utf8_lossy(name);
+            let decoded = crate::query::decode(&name, false);
+            let php = php_name(&name);
+            !names
+                .iter()
+                .any(|s| *s == name || *s == decoded || *s == php)
         })
-        .map(str::to_string)
         .collect();
+    let value = (!kept.is_empty()).then(|| kept.join(&b"; "[..]));
     headers.remove(COOKIE);
-    if !kept.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
-    {
+    if let Some(v) = value.and_then(|v| HeaderValue::from_bytes(&v).ok()) {
         headers.insert(COOKIE, v);
     }
 }
 
+/// The name PHP files a cookie under: dots and spaces read as underscores, as does an
+/// opening bracket with no closing one after it (one with a closing one makes an array).
+fn php_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for (i, c) in name.char_indices() {
+        match c {
+            '.' | ' ' => out.push('_'),
+            '[' if !name[i..].contains(']') => {
+                out.push('_');
+                out.push_str(&name[i + 1..]);
+                break;
+            }
+            '[' => {
+                out.push_str(&name[i..]);
+                break;
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Adds `name=value` to the request's cookies (after the others, in the one `Cookie`
-/// header [`strip`] leaves).
+/// header [`strip`] leaves, whatever its bytes).
 pub fn append(headers: &mut HeaderMap, name: &str, value: &str) {
-    let pair = match headers.get(COOKIE).and_then(|v| v.to_str().ok()) {
-        Some(others) if !others.is_empty() => format!("{others}; {name}={value}"),
-        _ => format!("{name}={value}"),
+    let mut pair = match headers.get(COOKIE) {
+        Some(others) if !others.is_empty() => {
+            let mut b = others.as_bytes().to_vec();
+            b.extend_from_slice(b"; ");
+            b
+        }
+        _ => Vec::new(),
     };
-    if let Ok(v) = HeaderValue::from_str(&pair) {
+    pair.extend_from_slice(format!("{name}={value}").as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&pair) {
         headers.insert(COOKIE, v);
     }
 }
@@ -93,6 +128,23 @@ pub fn append(headers: &mut HeaderMap, name: &str, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// PHP reads `access.token`, `access token` and `access[token` as `$_COOKIE["access_token"]`
+    /// (a variable name has no dots, spaces or open brackets): a stripped cookie must go in
+    /// those spellings too, as `strip_headers` removes `X_Debug_User` for `X-Debug-User`.
+    #[test]
+    fn strips_the_spellings_php_reads_as_the_name() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            COOKIE,
+            HeaderValue::from_static(
+                "access.token=a; access token=b; access[token=c; access[token]=d; theme=dark",
+            ),
+        );
+        strip(&mut h, &["access_token".into()]);
+        // `access[token]` is PHP's array `access`, not the name.
+        assert_eq!(h[COOKIE], "access[token]=d; theme=dark");
+    }
 
     #[test]
     fn finds_and_strips_only_named() {

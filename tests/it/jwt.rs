@@ -175,6 +175,57 @@ async fn only_the_verified_token_reaches_the_backend() {
     );
 }
 
+/// The token sources' cookie strip leaves every other cookie as it came, whatever its bytes:
+/// browsers send UTF-8 in cookie values (`document.cookie = "name=Zoë"`), which is not
+/// visible ASCII, and the backend's own cookies must not go with the credential.
+#[tokio::test]
+async fn other_cookies_survive_the_token_strip_whatever_their_bytes() {
+    let good = good_token();
+    let (backend, _secret, gw) = gateway("from = [\"header\", \"cookie:access_token\"]").await;
+    let r = upgrade(
+        &gw,
+        "/",
+        &format!("Authorization: Bearer {good}\r\nCookie: theme=dark; name=Zoë\r\n"),
+    )
+    .await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    let cookies = |seen: &SeenRequest| -> Vec<Vec<u8>> {
+        seen.headers
+            .get_all("cookie")
+            .iter()
+            .map(|v| v.as_bytes().to_vec())
+            .collect()
+    };
+    assert_eq!(
+        cookies(&backend.last_request()),
+        ["theme=dark; name=Zoë".as_bytes()]
+    );
+    // The credential still goes, from the same field.
+    let r = upgrade(
+        &gw,
+        "/",
+        &format!("Authorization: Bearer {good}\r\nCookie: access_token=forged; name=Zoë\r\n"),
+    )
+    .await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    assert_eq!(cookies(&backend.last_request()), ["name=Zoë".as_bytes()]);
+
+    // With forward_token, the verified cookie goes back beside them.
+    let (backend, _secret, gw) =
+        gateway("from = [\"cookie:access_token\"]\nforward_token = true").await;
+    let r = upgrade(
+        &gw,
+        "/",
+        &format!("Cookie: access_token={good}\r\nCookie: name=Zoë\r\n"),
+    )
+    .await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    assert_eq!(
+        cookies(&backend.last_request()),
+        [format!("name=Zoë; access_token={good}").as_bytes()]
+    );
+}
+
 #[tokio::test]
 async fn token_in_a_cookie() {
     let (backend, _secret, gw) = gateway("from = [\"cookie:access_token\"]").await;
