@@ -330,12 +330,12 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for StallBounded<T> {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
-        if let std::task::Poll::Ready(Ok(n)) = polled
-            && n > 0
-        {
+        // Counted when tried, not when taken: the keep-alive race's write may fail outright
+        // (the backend's reset came first), and it began a request all the same.
+        if !buf.is_empty() {
             self.turns.wrote();
         }
+        let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
         self.bounded(cx, polled)
     }
 
@@ -344,12 +344,10 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for StallBounded<T> {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        if let std::task::Poll::Ready(Ok(n)) = polled
-            && n > 0
-        {
+        if bufs.iter().any(|b| !b.is_empty()) {
             self.turns.wrote();
         }
+        let polled = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         self.bounded(cx, polled)
     }
 
@@ -565,6 +563,62 @@ mod tests {
         drop(c);
         // Ties keep the rotation (this call starts at the first backend).
         assert_eq!(t.order(&Balance::LeastConn, &pool, &none), [1, 2, 0]);
+    }
+
+    /// A request begins with its first write after an answer, whether or not the socket
+    /// takes that write: in the keep-alive race the backend's reset can come first, and the
+    /// request's write then fails outright (broken pipe, one of `stale_connection`'s errors).
+    /// That request went out on a kept-alive connection all the same, and is to be retried.
+    #[tokio::test]
+    async fn a_failed_write_after_an_answer_begins_a_request() {
+        use std::future::poll_fn;
+        use std::pin::Pin;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let mut conn = StallBounded {
+            io: hyper_util::rt::TokioIo::new(client),
+            limit: Duration::from_secs(10),
+            deadline: None,
+            stalled: false,
+            turns: Turns::default(),
+        };
+        let turns = conn.turns.clone();
+        let request = b"GET / HTTP/1.1\r\nHost: b\r\n\r\n";
+        let n = poll_fn(|cx| hyper::rt::Write::poll_write(Pin::new(&mut conn), cx, request))
+            .await
+            .unwrap();
+        assert_eq!(n, request.len());
+        let mut got = vec![0u8; request.len()];
+        server.read_exact(&mut got).await.unwrap();
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut storage = [std::mem::MaybeUninit::<u8>::uninit(); 1024];
+        let mut buf = hyper::rt::ReadBuf::uninit(&mut storage);
+        poll_fn(|cx| hyper::rt::Read::poll_read(Pin::new(&mut conn), cx, buf.unfilled()))
+            .await
+            .unwrap();
+        assert!(!buf.filled().is_empty());
+        assert_eq!(turns.0.begun.load(Ordering::Relaxed), 1);
+        // The backend closes the idle connection with a reset; the next read sees it.
+        socket2::SockRef::from(&server)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(server);
+        let mut buf = hyper::rt::ReadBuf::uninit(&mut storage);
+        let reset =
+            poll_fn(|cx| hyper::rt::Read::poll_read(Pin::new(&mut conn), cx, buf.unfilled())).await;
+        assert!(reset.is_err(), "{reset:?}");
+        // The next request's write fails, and is the connection's second request.
+        let failed =
+            poll_fn(|cx| hyper::rt::Write::poll_write(Pin::new(&mut conn), cx, request)).await;
+        assert!(failed.is_err(), "{failed:?}");
+        assert_eq!(turns.0.begun.load(Ordering::Relaxed), 2);
     }
 
     #[test]
