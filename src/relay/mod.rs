@@ -80,6 +80,13 @@ fn ping_token(seq: u32) -> [u8; 12] {
     t
 }
 
+/// The counter of a proxy-written ping whose payload this is (see [`ping_token`]).
+fn our_ping(payload: &[u8]) -> Option<u32> {
+    let token: &[u8; 12] = payload.try_into().ok()?;
+    (token[..8] == ping_token(0)[..8])
+        .then(|| u32::from_be_bytes([token[8], token[9], token[10], token[11]]))
+}
+
 /// A relay leg: a socket, and how it closes.
 pub trait Leg: AsyncRead + AsyncWrite + Unpin {
     /// Writes `buf` as the last bytes this side gets (a close frame that completes its
@@ -1062,11 +1069,16 @@ where
                 frame,
                 payload,
             } => {
-                let mine =
-                    op == opcode::PONG && *ping_pending && ping_token(ping_seq)[..] == *payload;
-                if mine {
-                    // The answer to the proxy's own ping: consumed, not forwarded.
-                    *ping_pending = false;
+                if op == opcode::PONG
+                    && let Some(seq) = our_ping(payload).filter(|s| (1..=ping_seq).contains(s))
+                {
+                    // The answer to one of the proxy's own pings: consumed, not forwarded.
+                    // An earlier one's too: a side that was inside a frame when pinged
+                    // answers late, by when it may have been pinged again (RFC 6455
+                    // §5.5.3 lets it answer only one of them).
+                    if seq == ping_seq {
+                        *ping_pending = false;
+                    }
                     return;
                 }
                 if op != opcode::CLOSE {

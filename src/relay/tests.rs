@@ -386,6 +386,9 @@ async fn a_malformed_close_after_a_sides_close_is_late_not_a_protocol_error() {
 fn ping_tokens_differ() {
     assert_ne!(ping_token(1), ping_token(2));
     assert_eq!(&ping_token(1)[..6], b"wsgate");
+    assert_eq!(our_ping(&ping_token(7)), Some(7));
+    assert_eq!(our_ping(b"wsgate"), None);
+    assert_eq!(our_ping(b"wsgatf\0\0\0\0\0\x07"), None);
 }
 
 /// The most a session holds for a side that never reads: one read's worth (`READ_CHUNK`) of

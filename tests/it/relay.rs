@@ -248,6 +248,74 @@ async fn pings_keep_both_legs_checked_and_pongs_are_consumed() {
     assert_eq!(backend.pongs.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
 
+/// The answer to an earlier ping of the proxy's is consumed too: a client inside a frame
+/// when pinged answers once the frame is done, by when the proxy (having heard its data) may
+/// have pinged it again; that late pong went on to the backend.
+#[tokio::test]
+async fn a_late_answer_to_an_earlier_ping_is_consumed() {
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway_with(
+        &backend,
+        "[route.timeouts]\nping_interval = \"100ms\"\npong_timeout = \"5s\"\n\
+         hibernate_after = \"off\"\n",
+    )
+    .await;
+    let (mut stream, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 101);
+    let mut buf = resp.rest;
+    let next_ping = async |stream: &mut TcpStream, buf: &mut Vec<u8>| loop {
+        if let Some((op, payload)) = take_frame(buf) {
+            if op == opcode::PING {
+                return payload;
+            }
+            continue;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(STEP, stream.read(&mut chunk))
+            .await
+            .expect("no ping")
+            .unwrap();
+        assert!(n > 0, "closed");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let first = next_ping(&mut stream, &mut buf).await;
+    // Data instead of the pong (the client was busy sending it), then the next ping.
+    stream
+        .write_all(&client_frame(opcode::TEXT, b"busy"))
+        .await
+        .unwrap();
+    let second = next_ping(&mut stream, &mut buf).await;
+    assert_ne!(first, second);
+    // Both answers, the earlier first; then a message through, to know they were read.
+    for payload in [&first, &second] {
+        stream
+            .write_all(&client_frame(opcode::PONG, payload))
+            .await
+            .unwrap();
+    }
+    stream
+        .write_all(&client_frame(opcode::TEXT, b"after"))
+        .await
+        .unwrap();
+    let echoed = tokio::time::timeout(STEP, async {
+        loop {
+            if let Some((op, payload)) = take_frame(&mut buf)
+                && op == opcode::TEXT
+                && payload == b"after"
+            {
+                return;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    assert!(echoed.is_ok(), "no echo");
+    assert_eq!(backend.pongs.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
 #[tokio::test]
 async fn a_silent_backend_is_found_dead_by_pings() {
     // Answers the upgrade, then never reads or writes again (a hung process).
