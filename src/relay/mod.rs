@@ -822,10 +822,18 @@ fn step<A, Z>(
     // the server toward a client, which closes the TCP connection after the handshake
     // (§7.1.1), and a peer without half-close would take an early FIN as the end and drop
     // its answer.
-    let answer_owed = !st.taken_over && to.close_to && to.close_from.is_none();
+    //
+    // The same once the proxy has taken the session over: `to` was sent the proxy's close
+    // frame, and gets its FIN after its reply (`handshake_done`), its EOF or the deadline,
+    // not as soon as the other side is done, unless its frames stopped making sense (its
+    // reply could not be read as one).
+    let answer_owed = to.close_to
+        && to.close_from.is_none()
+        && (!st.taken_over || to.scanner.stopped().is_none());
     let source_done = from.read_eof
         && (st.let_go != Some(from.who) || to.scanner.stopped().is_some())
-        && (from.close_from.is_some() && !answer_owed || st.taken_over)
+        && (from.close_from.is_some() || st.taken_over)
+        && !answer_owed
         || st.abandoned == Some(to.who);
     // A peer its ping timeout found dead answers nothing: it is not waited for. Its close
     // frame (which says why, should it be alive after all), then its FIN, and it is read no

@@ -1463,14 +1463,14 @@ async fn a_side_that_sent_its_close_is_not_taken_for_dead() {
     assert!(!out.cut);
 }
 
-/// The proxy's close went out with its FIN before the client answered (the backend had gone):
-/// once the client's close reply has come its closing handshake is over, and the session
-/// ends then, not cut, though the client keeps its end open. It used to be read to its EOF,
-/// so a client slow to close its socket held the session (and a drain) to the handshake's
-/// deadline, and its record said `cut`.
+/// The proxy's close (the backend had gone) waits for the client's reply before its FIN, as
+/// RFC 6455 §7.1.1 has the server close TCP after the closing handshake: a client without
+/// half-close takes an early FIN for the end and drops its answer. Once the reply has come
+/// the closing handshake is over, and the session ends then, not cut, though the client
+/// keeps its end open. (It used to be read to its EOF, so a client slow to close its socket
+/// held the session, and a drain, to the handshake's deadline, and its record said `cut`.)
 #[tokio::test(start_paused = true)]
 async fn a_client_that_answered_the_proxys_close_is_not_read_to_its_end() {
-    use futures_util::FutureExt;
     let (mut client, backend, mut relay) = closing_relay();
     still_running(&mut relay);
     // The backend goes away without a close frame.
@@ -1480,12 +1480,8 @@ async fn a_client_that_answered_the_proxys_close_is_not_read_to_its_end() {
         read_close(&mut client).await,
         (Some(1011), "backend connection lost".into())
     );
-    let mut byte = [0u8; 1];
-    assert_eq!(
-        client.read(&mut byte).now_or_never().map(|r| r.unwrap()),
-        Some(0),
-        "no FIN after the proxy's close"
-    );
+    still_running(&mut relay);
+    assert_open(&mut client, "the client had its FIN before it could answer");
     // The client answers, and keeps its end open.
     client
         .write_all(&masked(opcode::CLOSE, &[0x03, 0xf3]))
@@ -1502,6 +1498,52 @@ async fn a_client_that_answered_the_proxys_close_is_not_read_to_its_end() {
     assert!(!out.cut, "{out:?}");
     assert_eq!(out.outcome(), crate::outcome::Outcome::BackendGone);
     assert_eq!(out.client_close.and_then(|c| c.code), Some(1011));
+    drop(client);
+}
+
+/// When the proxy ends a session (here `idle`), a side that has not answered its close
+/// keeps its connection until it does, though the other side answered and left at once:
+/// its FIN came with the other side's end, before a client without half-close could
+/// answer. Its answer then ends the session at once, not cut.
+#[tokio::test(start_paused = true)]
+async fn a_side_the_proxy_closed_gets_its_fin_after_its_answer() {
+    let (mut client, mut backend, mut relay) = relay_by_hand_over(
+        SessionConfig {
+            ping_interval: None,
+            idle_timeout: Some(Duration::from_secs(1)),
+            max_lifetime: None,
+            hibernate_after: None,
+            ..SessionConfig::default()
+        },
+        TcpLike,
+    );
+    running_turns(&mut relay).await;
+    tokio::time::advance(Duration::from_millis(1500)).await;
+    running_turns(&mut relay).await;
+    let closes = (available(&mut backend).await, available(&mut client).await);
+    assert_eq!(&closes.0[..1], [0x88], "{closes:02x?}");
+    assert_eq!(&closes.1[..1], [0x88], "{closes:02x?}");
+    // The backend answers and leaves; the client is slow to answer.
+    backend
+        .write_all(&plain(opcode::CLOSE, &1001u16.to_be_bytes()))
+        .await
+        .unwrap();
+    drop(backend);
+    running_turns(&mut relay).await;
+    assert_open(&mut client, "the client had its FIN before it could answer");
+    client
+        .write_all(&masked(opcode::CLOSE, &1001u16.to_be_bytes()))
+        .await
+        .unwrap();
+    let waited = Instant::now();
+    let out = relay.await;
+    assert_eq!(
+        waited.elapsed(),
+        Duration::ZERO,
+        "it waited for the deadline"
+    );
+    assert!(!out.cut, "{out:?}");
+    assert_eq!(out.outcome(), crate::outcome::Outcome::IdleTimeout);
     drop(client);
 }
 
