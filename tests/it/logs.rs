@@ -663,18 +663,19 @@ async fn a_failed_over_connect_is_the_backends_failure_not_the_routes() {
     run.stop().await;
 }
 
-/// A client that goes away while its backend is asked leaves a record (outcome
-/// `client_gone`, status 499, as a plain request's), and the backend's half-made connection
-/// is closed. There was no trace of it but a debug line: a slow backend's main symptom,
-/// users giving up, went unseen.
-#[tokio::test]
-async fn a_client_that_gives_up_on_a_slow_backend_is_recorded() {
-    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let slow = backend.local_addr().unwrap();
+/// A server that takes one connection, reads a request head and never answers: `asked`
+/// once the head is in, then `closed` with what it read next (0: the proxy closed).
+async fn unanswering_server() -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Receiver<()>,
+    tokio::sync::oneshot::Receiver<usize>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
     let (asked_tx, asked) = tokio::sync::oneshot::channel();
     let (closed_tx, closed) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        let (mut s, _) = backend.accept().await.unwrap();
+        let (mut s, _) = listener.accept().await.unwrap();
         let mut head = Vec::new();
         let mut buf = [0u8; 4096];
         while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -683,10 +684,19 @@ async fn a_client_that_gives_up_on_a_slow_backend_is_recorded() {
             head.extend_from_slice(&buf[..n]);
         }
         let _ = asked_tx.send(());
-        // No answer; the proxy's close is what comes next.
         let n = s.read(&mut buf).await.unwrap_or(0);
         let _ = closed_tx.send(n);
     });
+    (addr, asked, closed)
+}
+
+/// A client that goes away while its backend is asked leaves a record (outcome
+/// `client_gone`, status 499, as a plain request's), and the backend's half-made connection
+/// is closed. There was no trace of it but a debug line: a slow backend's main symptom,
+/// users giving up, went unseen.
+#[tokio::test]
+async fn a_client_that_gives_up_on_a_slow_backend_is_recorded() {
+    let (slow, asked, closed) = unanswering_server().await;
     let tmp = TempDir::new("logs");
     let config = tmp.write(
         "wsgate.toml",
@@ -732,21 +742,7 @@ async fn a_request_dropped_at_the_end_of_a_shutdown_is_the_proxys_doing() {
             "GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n".to_string(),
         ),
     ] {
-        let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let slow = backend.local_addr().unwrap();
-        let (asked_tx, asked) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            let (mut s, _) = backend.accept().await.unwrap();
-            let mut head = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = s.read(&mut buf).await.unwrap();
-                assert!(n > 0);
-                head.extend_from_slice(&buf[..n]);
-            }
-            let _ = asked_tx.send(());
-            let _ = s.read(&mut buf).await;
-        });
+        let (slow, asked, _closed) = unanswering_server().await;
         let tmp = TempDir::new("logs");
         let config = tmp.write(
             "wsgate.toml",
@@ -783,22 +779,7 @@ async fn a_request_dropped_at_the_end_of_a_shutdown_is_the_proxys_doing() {
 /// (as slow as the service is): one record, with the request's path as the client sent it.
 #[tokio::test]
 async fn a_client_that_gives_up_on_a_slow_auth_service_is_recorded() {
-    let auth = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let auth_addr = auth.local_addr().unwrap();
-    let (asked_tx, asked) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let (mut s, _) = auth.accept().await.unwrap();
-        let mut head = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut buf).await.unwrap();
-            assert!(n > 0);
-            head.extend_from_slice(&buf[..n]);
-        }
-        let _ = asked_tx.send(());
-        // No answer, ever.
-        let _ = s.read(&mut buf).await;
-    });
+    let (auth_addr, asked, _closed) = unanswering_server().await;
     let backend = EchoBackend::spawn().await;
     let tmp = TempDir::new("logs");
     let config = tmp.write(
