@@ -7,24 +7,31 @@
 use http::HeaderMap;
 use http::header::{COOKIE, HeaderValue};
 
-/// Every `(name, value)` pair of the request's `Cookie` headers, in order.
+/// Every `(name, value)` pair of the request's `Cookie` headers, in order. Split as bytes,
+/// as [`strip`] splits them: a field with UTF-8 in a value (`name=Zoë`) is read whole, and
+/// only a pair that is not UTF-8 is skipped. White space around a pair, a name and a value
+/// is ASCII white space (what [`strip`] trims).
 pub fn pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
         .filter_map(|pair| {
-            let pair = pair.trim();
+            let pair = trim(std::str::from_utf8(pair).ok()?);
             let (name, value) = pair.split_once('=')?;
-            let value = value.trim();
+            let value = trim(value);
             // A quoted value's quotes are not part of it (RFC 6265 §4.1.1 cookie-value).
             let value = value
                 .strip_prefix('"')
                 .and_then(|v| v.strip_suffix('"'))
                 .unwrap_or(value);
-            Some((name.trim(), value))
+            Some((trim(name), value))
         })
+}
+
+/// `s` without ASCII white space at either end.
+fn trim(s: &str) -> &str {
+    s.trim_matches(|c: char| c.is_ascii_whitespace())
 }
 
 /// Every `Cookie` field of the request as one, joined with "; " (RFC 9113 §8.2.3: how an
@@ -71,12 +78,7 @@ pub fn strip(headers: &mut HeaderMap, names: &[String]) {
                 .next()
                 .unwrap_or(pair)
                 .trim_ascii();
-            let name = String::from_utf8_lossy(name);
-            let decoded = crate::query::decode(&name, false);
-            let php = php_name(&name);
-            !names
-                .iter()
-                .any(|s| *s == name || *s == decoded || *s == php)
+            !names_it(&String::from_utf8_lossy(name), names)
         })
         .collect();
     let value = (!kept.is_empty()).then(|| kept.join(&b"; "[..]));
@@ -84,6 +86,16 @@ pub fn strip(headers: &mut HeaderMap, names: &[String]) {
     if let Some(v) = value.and_then(|v| HeaderValue::from_bytes(&v).ok()) {
         headers.insert(COOKIE, v);
     }
+}
+
+/// Whether a cookie called `name` is one of `names` for [`strip`]: as written,
+/// percent-decoded, or as PHP files it.
+pub fn names_it(name: &str, names: &[String]) -> bool {
+    let decoded = crate::query::decode(name, false);
+    let php = php_name(name);
+    names
+        .iter()
+        .any(|s| *s == name || *s == decoded || *s == php)
 }
 
 /// The name PHP files a cookie under: dots and spaces read as underscores, as does an
