@@ -86,6 +86,26 @@ fn assert_success(out: &Output) {
     );
 }
 
+/// Runs `wsgate --log-format json check --config CONFIG`, which must succeed, and returns
+/// the JSON records of the lines that contain `marker` (the warnings of one kind), with the
+/// whole of stderr for messages.
+async fn check_warnings(config: &std::path::Path, marker: &str) -> (Vec<Record>, String) {
+    let out = Command::new(BIN)
+        .args(["--log-format", "json", "check", "--config"])
+        .arg(config)
+        .output()
+        .await
+        .unwrap();
+    assert_success(&out);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let warnings = err
+        .lines()
+        .filter(|l| l.contains(marker))
+        .map(json)
+        .collect();
+    (warnings, err)
+}
+
 /// Starts `wsgate demo` (with `--tls` if `tls`) on a free port; returns the child, the address
 /// from its `Open http(s)://` line, and its stdout, to keep open while the demo runs.
 async fn spawn_demo(tls: bool) -> (Child, String, Lines<BufReader<ChildStdout>>) {
@@ -247,19 +267,7 @@ async fn check_warns_of_a_cookie_route_without_origins() {
             route("header-only", "/d", &backend),
         ),
     );
-    let out = Command::new(BIN)
-        .args(["--log-format", "json", "check", "--config"])
-        .arg(&config)
-        .output()
-        .await
-        .unwrap();
-    assert_success(&out);
-    let err = String::from_utf8_lossy(&out.stderr);
-    let warnings: Vec<Record> = err
-        .lines()
-        .filter(|l| l.contains("cross-site WebSocket hijacking"))
-        .map(json)
-        .collect();
+    let (warnings, err) = check_warnings(&config, "cross-site WebSocket hijacking").await;
     let named: Vec<(Option<String>, Option<String>, Option<String>)> = warnings
         .iter()
         .map(|w| (w.get("route"), w.get("key"), w.get("level")))
@@ -294,17 +302,9 @@ async fn check_warns_of_a_slash_route_whose_bare_path_goes_elsewhere() {
             "wsgate.toml",
             format!("[[listener]]\nlisten = \"127.0.0.1:0\"\n{routes}"),
         );
-        let out = Command::new(BIN)
-            .args(["--log-format", "json", "check", "--config"])
-            .arg(&config)
-            .output()
-            .await
-            .unwrap();
-        assert_success(&out);
-        String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .filter(|l| l.contains("does not take"))
-            .map(json)
+        let (warnings, _) = check_warnings(&config, "does not take").await;
+        warnings
+            .iter()
             .map(|w| (w.get("route"), w.get("key"), w.get("line")))
             .collect::<Vec<_>>()
     };

@@ -697,18 +697,39 @@ async fn unanswering_server() -> (
 #[tokio::test]
 async fn a_client_that_gives_up_on_a_slow_backend_is_recorded() {
     let (slow, asked, closed) = unanswering_server().await;
+    let (run, r) = record_of_a_client_giving_up(
+        route("slow", "/slow", &[format!("ws://{slow}")]),
+        "/slow",
+        asked,
+    )
+    .await;
+    assert_eq!(r["route"], "slow");
+    let n = tokio::time::timeout(STEP, closed)
+        .await
+        .expect("the backend's connection was kept")
+        .unwrap();
+    assert_eq!(n, 0);
+    run.stop().await;
+}
+
+/// Runs wsgate with `routes`, sends an upgrade for `path`, drops the client once `asked`
+/// says the slow party has the request, and returns the run, still running, with the
+/// handshake's record after checking what every such record says (the client gave up:
+/// `client_gone`, 499).
+async fn record_of_a_client_giving_up(
+    routes: String,
+    path: &str,
+    asked: tokio::sync::oneshot::Receiver<()>,
+) -> (JsonRun, Record) {
     let tmp = TempDir::new("logs");
     let config = tmp.write(
         "wsgate.toml",
-        format!(
-            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
-            route("slow", "/slow", &[format!("ws://{slow}")]),
-        ),
+        format!("[[listener]]\nlisten = \"127.0.0.1:0\"\n{routes}"),
     );
     let (run, addr) = JsonRun::start(&config, "info").await;
     let mut client = tokio::net::TcpStream::connect(addr.as_str()).await.unwrap();
     client
-        .write_all(upgrade_request("/slow", "").as_bytes())
+        .write_all(upgrade_request(path, "").as_bytes())
         .await
         .unwrap();
     tokio::time::timeout(STEP, asked).await.unwrap().unwrap();
@@ -720,14 +741,8 @@ async fn a_client_that_gives_up_on_a_slow_backend_is_recorded() {
         .await;
     assert_eq!(r["outcome"], "client_gone", "{r:?}");
     assert_eq!(r["status"], 499);
-    assert_eq!(r["route"], "slow");
     assert_eq!(r["fault"], "client");
-    let n = tokio::time::timeout(STEP, closed)
-        .await
-        .expect("the backend's connection was kept")
-        .unwrap();
-    assert_eq!(n, 0);
-    run.stop().await;
+    (run, r)
 }
 
 /// A handshake (or a plain request) still waiting on its backend when a shutdown's grace
@@ -781,30 +796,15 @@ async fn a_request_dropped_at_the_end_of_a_shutdown_is_the_proxys_doing() {
 async fn a_client_that_gives_up_on_a_slow_auth_service_is_recorded() {
     let (auth_addr, asked, _closed) = unanswering_server().await;
     let backend = EchoBackend::spawn().await;
-    let tmp = TempDir::new("logs");
-    let config = tmp.write(
-        "wsgate.toml",
+    let (run, r) = record_of_a_client_giving_up(
         format!(
-            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}\
-             [route.auth.forward_auth]\nurl = \"http://{auth_addr}/check\"\ntimeout = \"30s\"\n",
+            "{}[route.auth.forward_auth]\nurl = \"http://{auth_addr}/check\"\ntimeout = \"30s\"\n",
             route("guarded", "/guarded", &[backend.url()]),
         ),
-    );
-    let (run, addr) = JsonRun::start(&config, "info").await;
-    let mut client = tokio::net::TcpStream::connect(addr.as_str()).await.unwrap();
-    client
-        .write_all(upgrade_request("/guarded/room", "").as_bytes())
-        .await
-        .unwrap();
-    tokio::time::timeout(STEP, asked).await.unwrap().unwrap();
-    drop(client);
-    let r = run
-        .wait_for("the abandoned handshake's record", |r| {
-            r.get("event").is_some_and(|e| e == "refused")
-        })
-        .await;
-    assert_eq!(r["outcome"], "client_gone", "{r:?}");
-    assert_eq!(r["status"], 499);
+        "/guarded/room",
+        asked,
+    )
+    .await;
     assert_eq!(r["route"], "guarded");
     assert_eq!(r["path"], "/guarded/room");
     assert_eq!(backend.request_count(), 0);
