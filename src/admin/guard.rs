@@ -76,10 +76,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        match self
-            .rules
-            .check(req.method(), req.uri().path(), req.headers())
-        {
+        match self.rules.check(req.method(), req.uri(), req.headers()) {
             Ok(()) => Box::pin(self.inner.call(req)),
             Err(refusal) => Box::pin(std::future::ready(Ok(refusal))),
         }
@@ -91,11 +88,13 @@ impl Rules {
     pub fn check(
         &self,
         method: &Method,
-        path: &str,
+        uri: &http::Uri,
         headers: &HeaderMap,
     ) -> Result<(), Response<Body>> {
+        let path = uri.path();
+        let host = request_host(uri, headers);
         let write = !matches!(*method, Method::GET | Method::HEAD);
-        if self.token.is_none() && !loopback_host(headers) && !probe(path) {
+        if self.token.is_none() && !host.is_some_and(loopback_host) && !probe(path) {
             return Err(super::json_error(
                 StatusCode::FORBIDDEN,
                 "this admin listener has no token, so it answers only requests for a loopback \
@@ -120,7 +119,7 @@ impl Rules {
                     "write requests must be Content-Type: application/json",
                 ));
             }
-            if !same_origin(headers) {
+            if !same_origin(headers, host) {
                 return Err(super::json_error(
                     StatusCode::FORBIDDEN,
                     "the request's Origin is not this admin listener",
@@ -132,7 +131,8 @@ impl Rules {
         };
         // Token-less reads on a loopback listener only for a loopback host, as without a
         // token: a page at a name rebound to 127.0.0.1 must not read the session list.
-        let open = public(method, path) || (!write && self.loopback && loopback_host(headers));
+        let open =
+            public(method, path) || (!write && self.loopback && host.is_some_and(loopback_host));
         if open || presented(headers).is_some_and(|t| token_eq(t, &token.0)) {
             return Ok(());
         }
@@ -161,11 +161,30 @@ fn public(method: &Method, path: &str) -> bool {
         || (*method == Method::POST && path == "/api/login")
 }
 
-/// The request's `Host` names a loopback address or `localhost` (any port).
-fn loopback_host(headers: &HeaderMap) -> bool {
-    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
-        return false;
+/// The host the request is for: its target's authority (HTTP/2's `:authority`, which
+/// hyper puts in the URI and does not copy to a `Host` field; or an HTTP/1.1 absolute-form
+/// target), else its one `Host` field. `None` when there is neither, when there are two
+/// `Host` fields, or when `Host` names another authority than the target (RFC 9113 §8.3.1
+/// calls such a request malformed): the checks that need a host then fail closed.
+fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    let mut fields = headers.get_all(header::HOST).iter();
+    let field = fields.next();
+    if fields.next().is_some() {
+        return None;
+    }
+    let field = match field {
+        Some(v) => Some(v.to_str().ok()?),
+        None => None,
     };
+    match (uri.authority().map(|a| a.as_str()), field) {
+        (Some(a), Some(h)) => a.eq_ignore_ascii_case(h).then_some(a),
+        (a, h) => a.or(h),
+    }
+}
+
+/// `host` (the request's, see [`request_host`]) names a loopback address or `localhost`
+/// (any port).
+fn loopback_host(host: &str) -> bool {
     let name = match host.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(""),
         None => host.rsplit_once(':').map_or(host, |(h, _)| h),
@@ -176,8 +195,8 @@ fn loopback_host(headers: &HeaderMap) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// No `Origin`, or one whose authority is the request's `Host`.
-fn same_origin(headers: &HeaderMap) -> bool {
+/// No `Origin`, or one whose authority is the request's host (see [`request_host`]).
+fn same_origin(headers: &HeaderMap, host: Option<&str>) -> bool {
     let mut origins = headers.get_all(header::ORIGIN).iter();
     let Some(origin) = origins.next() else {
         return true;
@@ -186,7 +205,6 @@ fn same_origin(headers: &HeaderMap) -> bool {
         // A browser sends one; which of two the check would read is not worth guessing.
         return false;
     }
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     let authority = origin
         .to_str()
         .ok()
@@ -243,7 +261,7 @@ mod tests {
     }
 
     fn status(r: &Rules, method: Method, path: &str, h: &[(&str, &str)]) -> u16 {
-        match r.check(&method, path, &headers(h)) {
+        match r.check(&method, &path.parse().unwrap(), &headers(h)) {
             Ok(()) => 200,
             Err(resp) => resp.status().as_u16(),
         }
@@ -284,6 +302,68 @@ mod tests {
         // Probes are answered whatever the Host.
         assert_eq!(
             status(&r, Method::GET, "/readyz", &[("host", "10.0.0.1:9901")]),
+            200
+        );
+    }
+
+    /// HTTP/2 names the host in `:authority`, which hyper puts in the URI and does not copy
+    /// to a `Host` field (nor does an HTTP/1.1 absolute-form target need one to agree): the
+    /// target's authority counts as the request's host. Every request over HTTP/2 was taken
+    /// for one without a host: 403 without a token, 401 for a token-less read on loopback,
+    /// and a same-origin write refused. A `Host` naming another authority than the target,
+    /// or two of them, fails closed.
+    #[test]
+    fn the_targets_authority_is_the_requests_host() {
+        let r = rules(None, true);
+        let json = ("content-type", "application/json");
+        assert_eq!(
+            status(&r, Method::GET, "http://127.0.0.1:9901/metrics", &[]),
+            200
+        );
+        assert_eq!(
+            status(&r, Method::GET, "http://evil.example:9901/metrics", &[]),
+            403
+        );
+        assert_eq!(
+            status(
+                &r,
+                Method::POST,
+                "http://127.0.0.1:9901/api/reload",
+                &[json, ("origin", "http://127.0.0.1:9901")]
+            ),
+            200
+        );
+        // Host and authority must agree (case aside).
+        assert_eq!(
+            status(
+                &r,
+                Method::GET,
+                "http://LOCALHOST:9901/metrics",
+                &[("host", "localhost:9901")]
+            ),
+            200
+        );
+        assert_eq!(
+            status(
+                &r,
+                Method::GET,
+                "http://127.0.0.1:9901/metrics",
+                &[("host", "evil.example")]
+            ),
+            403
+        );
+        assert_eq!(
+            status(
+                &r,
+                Method::GET,
+                "/metrics",
+                &[("host", "127.0.0.1"), ("host", "127.0.0.1")]
+            ),
+            403
+        );
+        let token = rules(Some("0123456789abcdef0123"), true);
+        assert_eq!(
+            status(&token, Method::GET, "http://[::1]:9901/api/sessions", &[]),
             200
         );
     }

@@ -674,6 +674,52 @@ async fn without_a_token_only_loopback_host_names_are_answered() {
     assert_eq!(raw_exchange(admin, probe.as_bytes()).await.1.status, 200);
 }
 
+/// Over HTTP/2 the host is `:authority` (a client sends no `Host`): the admin listener's
+/// loopback and same-origin rules read it as they read `Host`. Every request over HTTP/2
+/// but the probes was refused (403 "answers only requests for a loopback host" for
+/// `http://127.0.0.1:PORT/...`), and on a listener with a token, token-less reads (401)
+/// and same-origin writes (403).
+#[tokio::test]
+async fn over_http2_the_authority_is_the_host() {
+    const TOKEN: &str = "a-long-enough-admin-token";
+    let echo = EchoBackend::spawn().await;
+    for token in [None, Some(TOKEN)] {
+        let (_gw, admin) = spawn_admin(&route("chat", "/chat", &[echo.url()]), token).await;
+        let stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let (mut h2, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let mut status = async |req: http::request::Builder, body: &'static str| {
+            let req = req
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .unwrap();
+            tokio::time::timeout(STEP, h2.send_request(req))
+                .await
+                .unwrap()
+                .unwrap()
+                .status()
+        };
+        let at = |host: &str, path: &str| format!("http://{host}:{}{path}", admin.port());
+        let read = http::Request::get(at("127.0.0.1", "/api/sessions"));
+        assert_eq!(status(read, "").await, 200, "token {token:?}");
+        let rebound = http::Request::get(at("attacker.example", "/api/sessions"));
+        let refused = if token.is_some() { 401 } else { 403 };
+        assert_eq!(status(rebound, "").await, refused, "token {token:?}");
+        let mut write = http::Request::post(at("127.0.0.1", "/api/backends/drain"))
+            .header("content-type", "application/json")
+            .header("origin", format!("http://127.0.0.1:{}", admin.port()));
+        if let Some(t) = token {
+            write = write.header("authorization", format!("Bearer {t}"));
+        }
+        // Past the guard: the router's answer to a drain of no backend.
+        assert_eq!(status(write, "{}").await, 400, "token {token:?}");
+    }
+}
+
 #[tokio::test]
 async fn the_event_stream_and_the_page() {
     let echo = EchoBackend::spawn().await;
