@@ -62,19 +62,22 @@ pub fn is_trusted(trusted: &[Cidr], ip: IpAddr) -> bool {
 }
 
 /// The addresses of a request's `X-Forwarded-For` headers, left to right. Entries that are
-/// not addresses (`unknown`, obfuscated names) end the list: nothing left of them can be
-/// attributed.
+/// not addresses (`unknown`, obfuscated names, bytes past ASCII) end the list: nothing left
+/// of them can be attributed, and what is right of them (what the trusted proxies wrote
+/// last) is read on.
 pub fn forwarded_for(headers: &http::HeaderMap) -> Vec<IpAddr> {
     let mut out = Vec::new();
     for v in headers.get_all("x-forwarded-for") {
-        let Ok(v) = v.to_str() else { return out };
+        // Split as bytes: a field with a byte past ASCII is still read element by element
+        // (that element is not an address). Stopping at such a field kept the client's own
+        // entries left of it and dropped the trusted proxies' right of it, so a client
+        // behind a trusted proxy chose its address (and its per-IP limits' key).
+        let items = v.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii);
         // Empty elements (`a, , b`) are not elements (RFC 9110 §5.6.1 has them ignored).
-        for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            match parse_forwarded_ip(item) {
+        for item in items.filter(|i| !i.is_empty()) {
+            match std::str::from_utf8(item).ok().and_then(parse_forwarded_ip) {
                 Some(ip) => out.push(ip),
-                None => {
-                    out.clear();
-                }
+                None => out.clear(),
             }
         }
     }
@@ -420,6 +423,33 @@ mod tests {
             "10.1.1.1, 10.0.0.1",
             "garbage still drops its left"
         );
+    }
+
+    /// A field (or an element) with a byte past ASCII is an entry that is not an address:
+    /// what is left of it is dropped, what is right of it (the trusted proxies' part) read
+    /// on. Reading stopped at such a field, so a client behind a trusted proxy that sent
+    /// `X-Forwarded-For: 6.6.6.6` and one with `\x80` was taken for 6.6.6.6 (escaping its
+    /// per-IP limits), and with the three in one field, for the proxy itself.
+    #[test]
+    fn a_field_past_ascii_does_not_hide_the_trusted_part() {
+        let trusted = [Cidr::parse("127.0.0.1").unwrap()];
+        let peer = "127.0.0.1".parse().unwrap();
+        let odd = HeaderValue::from_bytes(b"\x80").unwrap();
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.append("x-forwarded-for", odd);
+        h.append("x-forwarded-for", HeaderValue::from_static("10.9.9.9"));
+        let c = client_addr(&trusted, peer, &h);
+        assert_eq!(c.ip, "10.9.9.9".parse::<IpAddr>().unwrap());
+        assert_eq!(c.chain_header(), "10.9.9.9, 127.0.0.1");
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"7.7.7.7, 1.2.3.4\xff, 10.9.9.9").unwrap(),
+        );
+        let c = client_addr(&trusted, peer, &h);
+        assert_eq!(c.ip, "10.9.9.9".parse::<IpAddr>().unwrap());
+        assert_eq!(c.chain_header(), "10.9.9.9, 127.0.0.1");
     }
 
     #[test]
