@@ -218,7 +218,24 @@ pub fn fuzz_forwarded(data: &[u8]) {
             headers.append(name, v);
         }
     }
-    let _ = forwarding::forwarded_for(&headers);
+    // The list does not depend on how its elements are grouped into fields (RFC 9110
+    // §5.3: several fields are one, joined with commas), bytes past ASCII included.
+    let list = forwarding::forwarded_for(&headers);
+    let joined: Vec<u8> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect::<Vec<_>>()
+        .join(&b", "[..]);
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        let mut one = HeaderMap::new();
+        one.insert("x-forwarded-for", v);
+        assert_eq!(
+            forwarding::forwarded_for(&one),
+            list,
+            "grouping changed the list"
+        );
+    }
     let addr = forwarding::client_addr(&trusted, peer, &headers);
     let peer = peer.to_canonical();
     assert_eq!(addr.peer(), peer, "the chain does not end with the peer");
