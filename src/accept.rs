@@ -173,7 +173,7 @@ pub async fn accept_loop(
                         state,
                         plain,
                         (reasons, awaiting),
-                        timeout,
+                        (deadline, timeout),
                         stop,
                     )
                     .await;
@@ -230,7 +230,7 @@ pub async fn accept_loop(
                         state,
                         builder,
                         (reasons, awaiting),
-                        timeout,
+                        (deadline, timeout),
                         stop,
                     )
                     .await;
@@ -433,10 +433,13 @@ fn set_socket_options(stream: &TcpStream) {
     }
 }
 
-/// Serves one connection. Its first request must arrive within `first_request_timeout`:
-/// hyper's HTTP/1.1 header timeout starts only when hyper first reads, after the protocol
-/// sniff on a plain listener with HTTP/2 on, and HTTP/2 has none, so a client that connects
-/// and sends nothing would otherwise hold the socket forever.
+/// Serves one connection. Its first request must be complete by `deadline`, the
+/// connection's start plus the handshake timeout (`[timeouts] handshake`: "from
+/// connecting", so a PROXY header and a TLS handshake take from the same time): hyper's
+/// HTTP/1.1 header timeout starts only when hyper first reads, after the protocol sniff on
+/// a plain listener with HTTP/2 on, and HTTP/2 has none, so a client that connects and sends
+/// nothing would otherwise hold the socket forever. An idle HTTP/2 connection is closed
+/// after `first_request_timeout` (the same timeout).
 ///
 /// On shutdown, a connection that has not sent a complete request closes at once; one with
 /// a request in flight finishes it; an HTTP/2 connection carrying WebSockets waits for them
@@ -451,13 +454,12 @@ async fn serve<I>(
     state: Arc<ProxyState>,
     builder: Serve,
     (reasons, awaiting): (Arc<HeadReasons>, Arc<AwaitingAnswer>),
-    first_request_timeout: Duration,
+    (deadline, first_request_timeout): (Instant, Duration),
     stop: CancellationToken,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let watch = Arc::new(HeadWatch::new(state.clone(), reasons, conn.client));
-    let deadline = Instant::now() + first_request_timeout;
     let (builder, pre) = match builder {
         Serve::Http1(b) => (b, bytes::Bytes::new()),
         Serve::Sniff(h1, h2) => {

@@ -258,6 +258,33 @@ async fn a_silent_peer_is_closed_after_the_handshake_timeout() {
     );
 }
 
+/// The handshake timeout runs from the connect, the PROXY header's time included: a client
+/// that sent its header late and then dribbled its head had the whole timeout again for
+/// the head (a slowloris holding its socket twice as long), where a TLS listener already
+/// counted the header and the TLS handshake from one start.
+#[tokio::test]
+async fn the_header_and_the_head_share_one_handshake_timeout() {
+    let backend = EchoBackend::spawn().await;
+    let gw = pp_gateway(&backend, "handshake_timeout = \"1s\"\n").await;
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    // A slow client: its header late in the timeout, then part of a head.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    stream.write_all(b"PROXY UNKNOWN\r\n").await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    read_until_closed(&mut stream).await;
+    let closed = started.elapsed();
+    assert!(closed >= Duration::from_secs(1), "closed early: {closed:?}");
+    // Closed at the connect's deadline (1 s), not the header's plus a second (1.9 s).
+    assert!(
+        closed < Duration::from_millis(1800),
+        "the head had its own timeout after the header: closed after {closed:?}"
+    );
+}
+
 /// A connection to `gw` from the loopback address `from` (the whole of 127/8 is local).
 async fn connect_from(gw: &Gateway, from: &str) -> TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
