@@ -498,6 +498,7 @@ async fn upgrade_backend(
             .subject_header
             .as_ref()
             .map(|h| (h, conn.client_subject.as_deref())),
+        subject_headers: &cx.config.subject_headers,
         session: cx.id,
         correlation: cx.ids,
         max_error_body: cx.config.limits.max_error_body,

@@ -192,9 +192,11 @@ pub struct BackendRequest<'a> {
     pub forwarding: &'a ClientAddr,
     /// `http` or `https`, as seen by the client.
     pub scheme: &'static str,
-    /// The listener's client-certificate header and the verified subject (if any). The
-    /// client's own header of that name is always dropped, so it cannot be forged.
+    /// The listener's client-certificate header and the verified subject (if any).
     pub client_subject: Option<(&'a HeaderName, Option<&'a str>)>,
+    /// Every listener's client-certificate header (`Config::subject_headers`): a client's
+    /// own header of any of these names is dropped, on every listener, so none can be forged.
+    pub subject_headers: &'a [HeaderName],
     /// The request's number (the session's, if it becomes one), for the log records.
     pub session: u64,
     /// The request id and trace context the backend is sent.
@@ -227,6 +229,9 @@ pub fn build_request(
             headers.insert(name, v);
         }
     };
+    for name in b.subject_headers {
+        forwarding::remove_with_lookalikes(&mut headers, name);
+    }
     if let Some((name, subject)) = b.client_subject {
         forwarding::remove_with_lookalikes(&mut headers, name);
         if let Some(subject) = subject {

@@ -109,6 +109,11 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// What the log records say and how often (`[log]`).
     pub log: LogConfig,
+    /// Every listener's `client_subject_header`: removed from every request on every
+    /// listener (with its look-alikes), and set only by the listener that verified a
+    /// certificate. Routes serve all listeners, so a header stripped only where it is set
+    /// could be forged through any other listener.
+    pub subject_headers: Vec<http::HeaderName>,
 }
 
 /// The admin listener (`[admin]`): a separate port for `/metrics`, `/healthz`, `/readyz`, the

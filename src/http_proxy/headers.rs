@@ -169,9 +169,11 @@ pub struct Forwarding<'a> {
     /// The client's HTTP version, for `Via`.
     pub version: Version,
     pub correlation: &'a Correlation,
-    /// The listener's client-certificate header and the verified subject (if any). The
-    /// client's own header of that name is always dropped, so it cannot be forged.
+    /// The listener's client-certificate header and the verified subject (if any).
     pub client_subject: Option<(&'a HeaderName, Option<&'a str>)>,
+    /// Every listener's client-certificate header (`Config::subject_headers`): a client's
+    /// own header of any of these names is dropped, on every listener, so none can be forged.
+    pub subject_headers: &'a [HeaderName],
 }
 
 /// The backend request's headers, all but `Host` (which depends on the backend): the
@@ -195,6 +197,9 @@ pub fn request_headers(client: &HeaderMap, f: &Forwarding<'_>) -> HeaderMap {
     {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
         headers.insert(header::CONNECTION, HeaderValue::from_static("te"));
+    }
+    for name in f.subject_headers {
+        forwarding::remove_with_lookalikes(&mut headers, name);
     }
     if let Some((name, subject)) = f.client_subject {
         forwarding::remove_with_lookalikes(&mut headers, name);
@@ -652,6 +657,7 @@ mod tests {
             version: Version::HTTP_2,
             correlation: &ids,
             client_subject: None,
+            subject_headers: &[],
         };
         let h = request_headers(&client.headers, &f);
         for gone in [
@@ -678,6 +684,17 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
         assert_eq!(h["via"], "2 wsgate");
         assert_eq!(h["x-forwarded-host"], "example.com");
+        // Any listener's subject header, and its look-alikes, is the proxy's to set: a
+        // client's own is dropped on every listener, whether this one set it or not.
+        let name = HeaderName::from_static("x-client-subject");
+        let forged = parts(&[
+            ("x-client-subject", "CN=admin"),
+            ("x_client_subject", "CN=a"),
+        ]);
+        let mut elsewhere = f;
+        elsewhere.subject_headers = std::slice::from_ref(&name);
+        let h = request_headers(&forged.headers, &elsewhere);
+        assert!(!h.contains_key("x-client-subject") && !h.contains_key("x_client_subject"));
     }
 
     #[test]

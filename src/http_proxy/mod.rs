@@ -370,6 +370,7 @@ fn backend_headers(cx: &Ctx<'_>, parts: &Parts, host: &str) -> http::HeaderMap {
                 .subject_header
                 .as_ref()
                 .map(|h| (h, conn.client_subject.as_deref())),
+            subject_headers: &cx.config.subject_headers,
         },
     )
 }

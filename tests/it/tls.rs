@@ -721,6 +721,41 @@ async fn mtls_optional_accepts_clients_without_a_certificate_but_never_a_forged_
     assert_eq!(backend.last_request().header("x-client-subject"), None);
 }
 
+/// The subject header is the proxy's on every listener: routes serve them all, so a client
+/// of a listener that asks for no certificate (plain, or TLS without `client_ca`) must not
+/// be able to send it either. It reached the backend unchanged from any listener but the
+/// one that names it, which a backend reads as a verified identity.
+#[tokio::test]
+async fn the_subject_header_cannot_be_forged_through_another_listener() {
+    let ca = TestCa::new();
+    let backend = EchoBackend::spawn().await;
+    let (cert, key) = ca.leaf("server", &["localhost"]);
+    let mut gw = Gateway::spawn(&format!(
+        "{}{}[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
+        mtls_listener(&ca, "optional"),
+        tls_listener(&cert, &key, ""),
+        route("r", "/", &[backend.url()])
+    ))
+    .await;
+    let addrs = gw.handle().local_addrs().to_vec();
+    gw.addr = addrs[1];
+    let mut ws = wss_over(&ca.connector(), &gw, "CN=admin").await.unwrap();
+    ws.send(Message::text("over TLS")).await.unwrap();
+    next_message(&mut ws).await;
+    assert_eq!(backend.last_request().header("x-client-subject"), None);
+    for name in ["X-Client-Subject", "X_Client_Subject"] {
+        let (_s, resp) = raw_exchange(
+            addrs[2],
+            upgrade_request("/", &format!("{name}: CN=admin\r\n")).as_bytes(),
+        )
+        .await;
+        assert_eq!(resp.status, 101, "{resp:?}");
+        let seen = backend.last_request();
+        assert_eq!(seen.header("x-client-subject"), None, "{name}");
+        assert_eq!(seen.header("x_client_subject"), None, "{name}");
+    }
+}
+
 /// Writes a self-signed certificate for localhost valid from `from` to `until`.
 fn dated_certificate(
     ca: &TestCa,

@@ -608,7 +608,17 @@ impl Validator<'_> {
         bare_prefixes_elsewhere(&routes, &route_lines);
 
         let http2 = self.http2(file.http2.as_ref());
+        let mut subject_headers: Vec<http::HeaderName> = Vec::new();
+        for name in listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref()?.subject_header.as_ref())
+        {
+            if !subject_headers.contains(name) {
+                subject_headers.push(name.clone());
+            }
+        }
         Config {
+            subject_headers,
             listeners,
             routes,
             limits,
