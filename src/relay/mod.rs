@@ -174,7 +174,8 @@ struct Side<IO> {
     write_shut: bool,
     /// The close frame this side sent.
     close_from: Option<Box<CloseInfo>>,
-    /// A close frame (forwarded or the proxy's) has been queued for this side.
+    /// A close frame (forwarded or the proxy's) has been queued for this side. Once the proxy
+    /// has taken over, false only for a side whose close frame was dropped (see `step`).
     close_to: bool,
     /// The proxy took over while a data frame from this side was half forwarded: the rest of
     /// that frame still passes, so the other side's stream stays well formed.
@@ -727,8 +728,10 @@ fn step<A, Z>(
     }
     if to.inject.is_some() && from.read_eof && !from.scanner.at_boundary() {
         // The side feeding `to` left mid-frame: a close frame now would land inside that
-        // frame. `to` gets its TCP close without one (it sees 1006, not garbage).
+        // frame. `to` gets its TCP close without one (it sees 1006, not garbage), at once
+        // (`closeless` below): no close frame went out, so no answer is owed.
         to.inject = None;
+        to.close_to = false;
         st.progress += 1;
     }
     if to.inject.is_some() && from.scanner.at_boundary() {
@@ -842,13 +845,23 @@ fn step<A, Z>(
     // reading on can bring (else the deadline ends the session, as for any side).
     let dead =
         st.taken_over && st.reason == Some(Reason::PingTimeout(to.who)) && to.scanner.at_boundary();
+    // A side whose close frame was dropped (the other side left inside a frame toward it)
+    // has nothing to answer, and what it sends has nowhere to go: its FIN at once, and it is
+    // read no more. It waited out the closing handshake's 5 s, and was recorded cut.
+    let closeless = st.taken_over && !to.close_to;
+    // A side whose frames stopped making sense has had its close frame: its connection is
+    // failed (RFC 6455 §7.1.7), and whatever it answers cannot be read as an answer. Its FIN
+    // follows the close frame at once; it is still read (and discarded) to its EOF, so a
+    // peer still sending gets no reset that could destroy that close frame. Its FIN waited
+    // for the other side's closing handshake, up to the 5 s.
+    let failed = st.taken_over && to.close_to && to.scanner.stopped().is_some();
     if !to.write_shut
         && to.inject.is_none()
         && !to.deferred_close
         && to.out_empty()
-        && (handshake_done || source_done || dead)
+        && (handshake_done || source_done || dead || closeless || failed)
     {
-        if to.read_eof || dead || handshake_done && to.close_from.is_some() {
+        if to.read_eof || dead || closeless || handshake_done && to.close_from.is_some() {
             // A peer with nothing more to say: it has closed, or it has sent its close frame
             // and had one (RFC 6455 §5.5.1: nothing follows a close frame). Plain TCP needs
             // no shutdown: the socket's close when the relay ends sends the FIN a shutdown

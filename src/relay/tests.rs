@@ -801,6 +801,17 @@ async fn the_offender_gets_its_close_even_when_the_other_side_never_answers() {
     );
     assert_eq!(&to_client[..1], [0x88], "{to_client:02x?}");
     assert_eq!(&to_client[2..4], [0x03, 0xea], "1002 to the client");
+    // Its connection failed (RFC 6455 §7.1.7), it has nothing to answer that could be read:
+    // its FIN follows the close frame, while the backend still has its closing handshake's
+    // time. (It waited for the backend, up to the deadline.)
+    turn();
+    use futures_util::FutureExt;
+    let mut byte = [0u8; 1];
+    let read = client.read(&mut byte).now_or_never();
+    assert!(
+        matches!(read, Some(Ok(0))),
+        "no FIN after the 1002: {read:?}"
+    );
 }
 
 /// A side the relay stops reading because the other side does not take what it sent is
@@ -1617,4 +1628,53 @@ async fn backend_fails_the_connection(
     still_running(&mut relay);
     assert_eq!(read_close(&mut client).await.0, Some(1007));
     (client, backend, relay)
+}
+
+/// A side that leaves inside a frame (its header said 10 bytes, 3 came, then its FIN or its
+/// end): the other side, inside that frame, can be sent no close frame, so it has nothing
+/// to answer; it gets its TCP close at once and the session ends, not cut. It was held for
+/// the closing handshake's 5 s and recorded cut.
+#[tokio::test(start_paused = true)]
+async fn a_side_that_leaves_inside_a_frame_ends_the_session_at_once() {
+    for (leaver, drops) in [
+        (CloseSide::Backend, false),
+        (CloseSide::Backend, true),
+        (CloseSide::Client, false),
+        (CloseSide::Client, true),
+    ] {
+        let (client, backend, relay) = closing_relay();
+        let relay = tokio::spawn(relay);
+        let (gone, mut other, partial) = if leaver == CloseSide::Backend {
+            let mut head = plain(opcode::BINARY, &[7; 10]);
+            head.truncate(2 + 3);
+            (backend, client, head)
+        } else {
+            let mut head = masked(opcode::BINARY, &[7; 10]);
+            head.truncate(2 + 4 + 3);
+            (client, backend, head)
+        };
+        let mut gone = gone;
+        gone.write_all(&partial).await.unwrap();
+        // The three bytes reach the other side, and nothing more: no close frame inside the
+        // frame, and the FIN at once.
+        let mut got = vec![0u8; partial.len()];
+        other.read_exact(&mut got).await.unwrap();
+        if drops {
+            drop(gone);
+        } else {
+            gone.shutdown().await.unwrap();
+        }
+        let waited = Instant::now();
+        let mut rest = Vec::new();
+        other.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "{leaver:?}: {rest:?} after the cut frame");
+        let out = relay.await.unwrap();
+        assert_eq!(
+            waited.elapsed(),
+            Duration::ZERO,
+            "{leaver:?} {drops}: {out:?}"
+        );
+        assert!(!out.cut, "{leaver:?} {drops}: {out:?}");
+        assert_eq!(out.closed_by, leaver, "{out:?}");
+    }
 }
