@@ -98,6 +98,10 @@ pub enum HandshakeError {
     DuplicateVersion(String),
     #[error("invalid Sec-WebSocket-Protocol: {0:?} is not a token")]
     InvalidSubprotocol(String),
+    /// A subprotocol offered twice: RFC 6455 §4.1 has the offers be unique strings (compared
+    /// exactly, as browsers and servers such as Node's `ws` compare them).
+    #[error("invalid Sec-WebSocket-Protocol: {0:?} is offered twice")]
+    DuplicateSubprotocol(String),
     #[error("WebSocket handshake must not carry a request body")]
     HasBody,
     /// HTTP/2: a request on a WebSocket route that is not an extended CONNECT.
@@ -181,7 +185,7 @@ impl HandshakeError {
             VersionNotSupported(_) => Outcome::VersionNotSupported,
             DuplicateVersion(_) => Outcome::DuplicateVersion,
             MissingVersion => Outcome::MissingVersion,
-            InvalidSubprotocol(_) => Outcome::InvalidSubprotocol,
+            InvalidSubprotocol(_) | DuplicateSubprotocol(_) => Outcome::InvalidSubprotocol,
             HasBody => Outcome::HasBody,
             NotExtendedConnect => Outcome::NotExtendedConnect,
             ProtocolNotWebSocket(_) => Outcome::ProtocolNotWebsocket,
@@ -328,6 +332,13 @@ fn offers(headers: &HeaderMap) -> Result<(Vec<String>, Vec<HeaderValue>), Handsh
     let protocols = list_values(headers, &header::SEC_WEBSOCKET_PROTOCOL);
     if let Some(bad) = protocols.iter().find(|p| !is_token(p)) {
         return Err(HandshakeError::InvalidSubprotocol(bad.clone()));
+    }
+    // Before the backend sees them: a strict backend refuses the offer with a 400 that
+    // would be recorded as the backend's fault, a lenient one accepts it.
+    for (i, p) in protocols.iter().enumerate() {
+        if protocols[..i].contains(p) {
+            return Err(HandshakeError::DuplicateSubprotocol(p.clone()));
+        }
     }
     let extensions = headers
         .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
@@ -528,6 +539,19 @@ mod tests {
             validate(&parts(|b| b.header("sec-websocket-protocol", "chat, a b"))),
             Err(InvalidSubprotocol("a b".into()))
         );
+        // Offers are unique strings (RFC 6455 §4.1), on one field or several; case counts.
+        assert_eq!(
+            validate(&parts(|b| b.header("sec-websocket-protocol", "a, b, a"))),
+            Err(DuplicateSubprotocol("a".into()))
+        );
+        assert_eq!(
+            validate(&parts(|b| {
+                b.header("sec-websocket-protocol", "a")
+                    .header("sec-websocket-protocol", "a")
+            })),
+            Err(DuplicateSubprotocol("a".into()))
+        );
+        assert!(validate(&parts(|b| b.header("sec-websocket-protocol", "a, A"))).is_ok());
     }
 
     #[test]
