@@ -125,6 +125,7 @@ pub async fn accept_loop(
             },
         };
         stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let peer = canonical(peer);
         // Deep in the descriptor reserve (`Descriptors::check_accepted`), a connection is
         // closed as soon as it is accepted, unanswered: idle connections must not take what
         // the reserve keeps for the admin listener and the backend legs.
@@ -198,13 +199,25 @@ pub async fn accept_loop(
                     );
                     let (tls, client, seen) = match unless_stopped(&stop, counts, handshake).await {
                         Some(Handshake::Tls(tls, client, seen)) => (*tls, client, seen),
-                        Some(Handshake::PlainHttp(stream, head)) => {
-                            // Already counted as a refusal: a shutdown cuts the answer short
-                            // rather than wait for a client that may never read it.
+                        Some(Handshake::PlainHttp(stream, head, client)) => {
+                            // A shutdown cuts the answer short rather than wait for a client
+                            // that may never read it. Recorded with the status it got: none
+                            // when its head never came whole (the record said 400 at once,
+                            // for an answer that was never sent).
+                            let recorded = std::sync::atomic::AtomicBool::new(false);
+                            let record = |answered: bool| {
+                                if !recorded.swap(true, Ordering::Relaxed) {
+                                    let o = Outcome::PlainHttpOnTls;
+                                    let reason = "plain HTTP on a TLS port";
+                                    let status = answered.then_some(400);
+                                    refused_early(&state, client, o, status, reason, None);
+                                }
+                            };
                             tokio::select! {
                                 _ = stop.cancelled() => {}
-                                _ = answer_plain_http(stream, head, deadline) => {}
+                                _ = answer_plain_http(stream, head, deadline, &record) => {}
                             }
+                            record(false);
                             return;
                         }
                         None => return,
@@ -266,9 +279,10 @@ enum Handshake {
     /// and what the handshake settled. Boxed: the TLS state is several hundred bytes, the
     /// other variant a socket.
     Tls(Box<ServerTls>, SocketAddr, Settled),
-    /// The client spoke plain HTTP (already counted): it gets a 400 that says so. The socket,
-    /// and the start of the request read from it.
-    PlainHttp(TcpStream, Vec<u8>),
+    /// The client spoke plain HTTP: it gets a 400 that says so, recorded once it has been
+    /// sent (or not: a client that never finishes its head gets none). The socket, the start
+    /// of the request read from it, and the client's address.
+    PlainHttp(TcpStream, Vec<u8>, SocketAddr),
 }
 
 /// What a TLS handshake settled that serving the connection needs, taken while rustls still
@@ -310,17 +324,8 @@ async fn tls_handshake(
             Some(Handshake::Tls(tls, client, settled))
         }
         Ok(Ok(tls_io::Accepted::PlainHttp(stream, head))) => {
-            let o = Outcome::PlainHttpOnTls;
-            stats.tls_failures.add(o);
-            refused_early(
-                state,
-                client,
-                o,
-                Some(400),
-                "plain HTTP on a TLS port",
-                None,
-            );
-            Some(Handshake::PlainHttp(stream, head))
+            stats.tls_failures.add(Outcome::PlainHttpOnTls);
+            Some(Handshake::PlainHttp(stream, head, client))
         }
         Ok(Err(e)) => {
             let o = Outcome::TlsHandshakeFailed;
@@ -361,6 +366,14 @@ fn refused_early(
     );
 }
 
+/// An IPv4 client on a dual-stack (`[::]`) listener, or in a PROXY header's TCP6 line, as
+/// its IPv4 address: the records and the forwarding headers name it alike (the records
+/// said `[::ffff:192.0.2.7]:PORT` where `X-Forwarded-For` said `192.0.2.7`), as do the
+/// per-IP limits.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 /// The client's address: the PROXY header's source where the listener expects one (within
 /// `deadline`), else the peer's. `None`: no valid header came; refused (`refused_early`).
 async fn client_addr(
@@ -375,9 +388,15 @@ async fn client_addr(
     }
     match tokio::time::timeout_at(deadline, crate::proxy_protocol::read_header(stream)).await {
         Ok(Ok(source)) => {
-            let client = source.unwrap_or(peer);
+            let client = source.map_or(peer, canonical);
             tracing::trace!(peer = %peer, client = %client, "PROXY header");
             Some(client)
+        }
+        Ok(Err(crate::proxy_protocol::ProxyHeaderError::Closed)) => {
+            // Connected and closed without a byte (a load balancer's TCP health check, which
+            // sends no header): nothing was refused, as on a listener without PROXY headers.
+            tracing::trace!(peer = %peer, "closed before its PROXY header");
+            None
         }
         Ok(Err(e)) => {
             let o = Outcome::ProxyHeaderInvalid;
@@ -396,8 +415,15 @@ async fn client_addr(
 /// Someone typed `http://` for a `https://` address: tell them, as nginx does (its 497),
 /// instead of sending a TLS alert a person cannot read. The request head is read first (up
 /// to a limit; `head` is what the TLS handshake read of it) so that closing does not reset
-/// the connection under the answer.
-async fn answer_plain_http(mut stream: TcpStream, mut head: Vec<u8>, deadline: Instant) {
+/// the connection under the answer. `answered` is told, once the answer is written (and
+/// before the lingering close), or once it cannot be: the client left, failed or stayed
+/// silent (`deadline`) before its head was whole.
+async fn answer_plain_http(
+    mut stream: TcpStream,
+    mut head: Vec<u8>,
+    deadline: Instant,
+    answered: &(dyn Fn(bool) + Sync),
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const BODY: &str = "This port speaks TLS: use https:// or wss://.\n";
     let run = async {
@@ -413,13 +439,16 @@ async fn answer_plain_http(mut stream: TcpStream, mut head: Vec<u8>, deadline: I
              Content-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
             BODY.len()
         );
-        stream.write_all(answer.as_bytes()).await?;
+        let written = stream.write_all(answer.as_bytes()).await;
+        answered(written.is_ok());
+        written?;
         stream.shutdown().await?;
         // Lingering close: read until the client closes, so our answer is not lost to a reset.
         while stream.read(&mut buf).await? > 0 {}
         Ok::<_, std::io::Error>(())
     };
     let _ = tokio::time::timeout_at(deadline, run).await;
+    answered(false);
 }
 
 /// `TCP_NODELAY` only: a WebSocket message goes out when it is written. TCP keepalive is
@@ -512,6 +541,13 @@ async fn serve<I>(
             watch.request_seen();
             let flight = in_flight.as_ref().map(proxy::StreamGuard::new);
             let unread = Unread::of(req.body(), http1, &watch);
+            // A clone of the request's upgrade (HTTP/1.1, `Upgrade` sent), for the refusal's
+            // close (`head_guard::close_refused`); dropped unused when the answer is a 101.
+            let refused_close = req
+                .extensions()
+                .get::<hyper::upgrade::OnUpgrade>()
+                .filter(|_| http1)
+                .cloned();
             let (state, conn, awaiting) = (state.clone(), conn.clone(), awaiting.clone());
             // Boxed, and the handler's future made inside the box: hyper holds a service's
             // future inline (HTTP/1.1: in a box it allocates, empty, when the connection
@@ -524,6 +560,11 @@ async fn serve<I>(
                 let response = proxy::handle(state, conn, req, unread).await;
                 // A session is registered before its 101 is returned.
                 awaiting.done();
+                if let (Some(on_upgrade), Ok(r)) = (refused_close, &response)
+                    && r.status() != hyper::StatusCode::SWITCHING_PROTOCOLS
+                {
+                    tokio::spawn(crate::head_guard::close_refused(on_upgrade));
+                }
                 response.map(|r| {
                     r.map(|body| Tracked {
                         body,

@@ -596,6 +596,22 @@ impl Answer {
     }
 }
 
+/// Ends the connection of an HTTP/1.1 request that asked for an upgrade and was not given
+/// one (a refused handshake: 400, 403, 502...), as any other answered connection ends: its
+/// write side shut (over TLS, `close_notify` first) and the lingering read. hyper hands such
+/// a connection to the request's upgrade whatever the answer's status, without shutting it
+/// down; with the upgrade dropped, the socket was just closed: no `close_notify` (RFC 8446
+/// §6.1), and a reset where the client had sent more (frames right behind its request),
+/// which can destroy the refusal before the client reads it.
+pub async fn close_refused(on_upgrade: hyper::upgrade::OnUpgrade) {
+    let Ok(upgraded) = on_upgrade.await else {
+        return;
+    };
+    let mut io = hyper_util::rt::TokioIo::new(upgraded);
+    let mut linger = Linger::new();
+    std::future::poll_fn(|cx| linger.poll(&mut io, cx)).await;
+}
+
 impl Linger {
     fn new() -> Linger {
         let end = Instant::now() + LINGER_TIME;

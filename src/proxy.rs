@@ -743,6 +743,10 @@ fn refuse(
             // The backend's own refusal keeps its headers and (bounded) body.
             let BackendRefusal { headers, body, .. } = *refusal;
             h.extend(headers);
+            if h2 {
+                // Connection-specific: not in an HTTP/2 response (RFC 9113 §8.2.2).
+                h.remove(header::UPGRADE);
+            }
             *resp.body_mut() = Body::new(body);
         }
         ProxyError::Policy(PolicyError::AuthDenied { headers, body, .. }) => {

@@ -39,6 +39,9 @@ pub enum ProxyHeaderError {
     Incomplete,
     #[error("connection closed inside the PROXY header")]
     Eof,
+    /// Closed before sending a byte: a TCP health check or a port scan, not a bad header.
+    #[error("connection closed before any PROXY header")]
+    Closed,
     #[error("reading the PROXY header: {0}")]
     Io(#[source] std::io::Error),
     #[error("PROXY v1 header: no CRLF within {V1_MAX_LEN} bytes")]
@@ -86,6 +89,9 @@ pub async fn read_header(stream: &mut TcpStream) -> Result<Option<SocketAddr>, P
     let mut peeked = [0u8; PEEK_BYTES];
     loop {
         let n = stream.peek(&mut peeked).await?;
+        if n == 0 && header.is_empty() {
+            return Err(ProxyHeaderError::Closed);
+        }
         if n == 0 {
             return Err(ProxyHeaderError::Eof);
         }

@@ -94,7 +94,11 @@ impl RouteTable {
                 }
                 Arc::new(Route {
                     name: Arc::from(c.name.as_str()),
-                    pool: BackendPool::new(c, old.map(|o| &o.pool)),
+                    pool: BackendPool::after(
+                        c,
+                        old.map(|o| &o.pool),
+                        counted.filter(|_| old.is_none()).map(|o| &o.pool),
+                    ),
                     control: old.map_or_else(|| parent.child(), |o| o.control.clone()),
                     refusals: counted.map(|o| o.refusals.clone()).unwrap_or_default(),
                     stats: counted.map(|o| o.stats.clone()).unwrap_or_default(),

@@ -44,18 +44,20 @@ pub struct Backend {
     /// Drained through the admin API: no new sessions.
     draining: AtomicBool,
     pub health: health::Health,
-    pub stats: crate::metrics::BackendStats,
+    /// Shared with the same backend of the same route before a reload removed that route:
+    /// back within `RETIRED_FOR`, its counters go on from where they stopped.
+    pub stats: Arc<crate::metrics::BackendStats>,
 }
 
 impl Backend {
-    fn new(url: BackendUrl) -> Backend {
+    fn new(url: BackendUrl, stats: Option<Arc<crate::metrics::BackendStats>>) -> Backend {
         Backend {
             name: Arc::from(url.url.as_str()),
             url,
             active: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             health: Default::default(),
-            stats: Default::default(),
+            stats: stats.unwrap_or_default(),
         }
     }
 
@@ -502,8 +504,26 @@ fn classify_send_error(e: &hyper::Error) -> BackendError {
     }
 }
 
-/// A non-101 answer: status, a few headers worth passing on, and a bounded body (what came
-/// of it by `deadline`).
+/// The headers of a backend's refusal passed on to the client: what its body and cookies
+/// need, a redirect's target, a 429's or 503's wait, and what the status requires of its
+/// answer so the client can act on it: a 401's and a 407's challenge (RFC 9110 §15.5.2,
+/// §15.5.8), a 405's `Allow` (§15.5.6), a 426's `Upgrade` (§15.5.22; on HTTP/1.1 only,
+/// named in `Connection` too), and the versions a backend that does not speak 13 does
+/// speak (RFC 6455 §4.4).
+const REFUSAL_HEADERS: [HeaderName; 9] = [
+    header::CONTENT_TYPE,
+    header::WWW_AUTHENTICATE,
+    header::PROXY_AUTHENTICATE,
+    header::RETRY_AFTER,
+    header::LOCATION,
+    header::SET_COOKIE,
+    header::ALLOW,
+    header::UPGRADE,
+    header::SEC_WEBSOCKET_VERSION,
+];
+
+/// A non-101 answer: status, the headers worth passing on ([`REFUSAL_HEADERS`]), and a
+/// bounded body (what came of it by `deadline`).
 async fn refused(
     resp: Response<Incoming>,
     max_body: usize,
@@ -511,13 +531,7 @@ async fn refused(
 ) -> BackendError {
     let status = resp.status();
     let mut headers = HeaderMap::new();
-    for name in [
-        header::CONTENT_TYPE,
-        header::WWW_AUTHENTICATE,
-        header::RETRY_AFTER,
-        header::LOCATION,
-        header::SET_COOKIE,
-    ] {
+    for name in REFUSAL_HEADERS {
         for v in resp.headers().get_all(&name) {
             headers.append(name.clone(), v.clone());
         }

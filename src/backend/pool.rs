@@ -67,13 +67,29 @@ impl BackendPool {
     }
 
     pub fn new(route: &RouteConfig, previous: Option<&BackendPool>) -> BackendPool {
-        let kept = |url: &crate::config::BackendUrl| {
-            previous?.backends.iter().find(|b| b.url == *url).cloned()
+        BackendPool::after(route, previous, None)
+    }
+
+    /// [`BackendPool::new`] for a route a reload put back within `RETIRED_FOR` of removing
+    /// it: the backends of `retired` (its pool then) keep their counters, nothing else (its
+    /// sessions were closed; drains and health start afresh).
+    pub fn after(
+        route: &RouteConfig,
+        previous: Option<&BackendPool>,
+        retired: Option<&BackendPool>,
+    ) -> BackendPool {
+        let find = |pool: Option<&BackendPool>, url: &crate::config::BackendUrl| {
+            pool?.backends.iter().find(|b| b.url == *url).cloned()
         };
         let backends: Vec<Arc<Backend>> = route
             .backends
             .iter()
-            .map(|url| kept(url).unwrap_or_else(|| Arc::new(Backend::new(url.clone()))))
+            .map(|url| {
+                find(previous, url).unwrap_or_else(|| {
+                    let stats = find(retired, url).map(|b| b.stats.clone());
+                    Arc::new(Backend::new(url.clone(), stats))
+                })
+            })
             .collect();
         if route.health.check.is_none() {
             // A kept backend that the old checks took out would stay out for good.

@@ -54,6 +54,18 @@ pub fn render(registry: &Registry, openmetrics: bool) -> String {
 
 type Labels = Vec<(&'static str, Cow<'static, str>)>;
 
+/// Every backend of `routes`, with its route and backend labels.
+fn backend_series<'a>(
+    routes: &'a [&'a Arc<crate::route::Route>],
+) -> impl Iterator<Item = (Labels, &'a crate::backend::Backend)> + 'a {
+    routes.iter().flat_map(|r| {
+        r.pool
+            .backends()
+            .iter()
+            .map(move |b| (vec![("route", s(&r.name)), ("backend", s(&b.name))], &**b))
+    })
+}
+
 fn s(v: &str) -> Cow<'static, str> {
     Cow::Owned(v.to_string())
 }
@@ -590,33 +602,31 @@ impl Collector for GatewayMetrics {
         )?;
 
         // --- Backends. ---
-        let backends = || {
-            routes.iter().flat_map(|r| {
-                r.pool
-                    .backends()
-                    .iter()
-                    .map(move |b| (vec![("route", s(&r.name)), ("backend", s(&b.name))], &**b))
-            })
-        };
+        // The current routes' backends, for the gauges (drained, healthy now); for the
+        // counters and histograms, those of the routes a reload removed too, as long as the
+        // routes' own counters are shown (`RouteTable::counted`): what failed between the
+        // last scrape and the reload is not lost.
+        let backends = || backend_series(&routes);
+        let counted_backends = || backend_series(&counted);
         histograms(
             &mut enc,
             "wsgate_backend_connect_seconds",
             "Time to connect to a backend (TCP, and DNS where the URL names a host), by \
              route and backend.",
-            backends().map(|(l, b)| (l, &b.stats.connect)),
+            counted_backends().map(|(l, b)| (l, &b.stats.connect)),
         )?;
         histograms(
             &mut enc,
             "wsgate_backend_handshake_seconds",
             "Time from the upgrade request sent to the backend's 101 (TLS included for \
              wss://), by route and backend.",
-            backends().map(|(l, b)| (l, &b.stats.handshake)),
+            counted_backends().map(|(l, b)| (l, &b.stats.handshake)),
         )?;
         counters(
             &mut enc,
             "wsgate_backend_failures",
             "Failed backend connects and handshakes, by route, backend and outcome.",
-            backends().flat_map(|(l, b)| {
+            counted_backends().flat_map(|(l, b)| {
                 b.stats.failures.snapshot().into_iter().map(move |(o, n)| {
                     let mut labels = l.clone();
                     labels.push(("outcome", st(o.as_str())));
@@ -646,7 +656,7 @@ impl Collector for GatewayMetrics {
             "wsgate_backend_ejections",
             "Passive ejections of a backend (max_failures failed handshakes in a row), by \
              route and backend.",
-            backends().map(|(l, b)| {
+            counted_backends().map(|(l, b)| {
                 let n = b.stats.ejections.load(std::sync::atomic::Ordering::Relaxed);
                 (l, n)
             }),
@@ -655,7 +665,7 @@ impl Collector for GatewayMetrics {
             &mut enc,
             "wsgate_backend_health_checks",
             "Active health checks, by route, backend and result (ok, failed).",
-            backends().flat_map(|(l, b)| {
+            counted_backends().flat_map(|(l, b)| {
                 b.stats.checks.snapshot().into_iter().map(move |(r, n)| {
                     let mut labels = l.clone();
                     labels.push(("result", st(r)));
@@ -668,7 +678,7 @@ impl Collector for GatewayMetrics {
             "wsgate_backend_health_check_seconds",
             "Time an active health check took (a failed one up to its timeout), by route and \
              backend.",
-            backends().map(|(l, b)| (l, &b.stats.check_seconds)),
+            counted_backends().map(|(l, b)| (l, &b.stats.check_seconds)),
         )?;
         Ok(())
     }

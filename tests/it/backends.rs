@@ -137,6 +137,39 @@ async fn a_4xx_is_the_backends_word_and_passed_on() {
     assert_eq!(failed, 0.0);
 }
 
+/// A refusal passes on what its status requires of it, so the client can act on it: a 426's
+/// `Upgrade` (RFC 9110 §15.5.22, named in `Connection` too), a 405's `Allow` (§15.5.6), a
+/// 407's `Proxy-Authenticate` (§15.5.8), and the versions a backend speaks (RFC 6455 §4.4).
+/// They were dropped: only the type, a 401's challenge, `Retry-After`, `Location` and
+/// `Set-Cookie` went through.
+#[tokio::test]
+async fn a_refusal_keeps_the_headers_its_status_requires() {
+    for (status, header, value) in [
+        ("426 Upgrade Required", "upgrade", "websocket"),
+        ("405 Method Not Allowed", "allow", "POST"),
+        (
+            "407 Proxy Authentication Required",
+            "proxy-authenticate",
+            "Basic realm=\"x\"",
+        ),
+        ("400 Bad Request", "sec-websocket-version", "8, 7"),
+    ] {
+        let answer = format!("HTTP/1.1 {status}\r\n{header}: {value}\r\nContent-Length: 0\r\n\r\n");
+        let (refusing, _) = scripted_backend(answer.into_bytes()).await;
+        let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{refusing}")])).await;
+        let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+        assert_eq!(resp.status.to_string(), status[..3], "{resp:?}");
+        assert_eq!(
+            resp.header(header).as_deref(),
+            Some(value),
+            "{status}: {resp:?}"
+        );
+        if header == "upgrade" {
+            assert_eq!(resp.header("connection").as_deref(), Some("upgrade, close"));
+        }
+    }
+}
+
 async fn unreachable(admin: SocketAddr, url: &str) -> f64 {
     metric(
         admin,
@@ -547,6 +580,53 @@ async fn a_reload_keeps_an_ejection() {
         session(&gw.url("/"), |_| {}).await;
     }
     assert_eq!(unreachable(admin, &down).await, 2.0);
+}
+
+/// A route a reload removes keeps its backends' counters as it keeps its own, and a route
+/// put back goes on counting from where it stopped: the backend failures counted between
+/// the last scrape and the reload were dropped with the route, and its return began at 0.
+#[tokio::test]
+async fn a_removed_route_keeps_its_backends_counters() {
+    let down = format!("ws://{}", closed_port().await);
+    let good = EchoBackend::spawn().await;
+    let routes = |with_dead: bool| {
+        let dead = if with_dead {
+            route("dead", "/dead", std::slice::from_ref(&down))
+        } else {
+            String::new()
+        };
+        format!("{}{dead}", route("r", "/", &[good.url()]))
+    };
+    let (gw, admin) = admin_gateway(&routes(true)).await;
+    let failed = async || {
+        metric(
+            admin,
+            "wsgate_backend_failures_total",
+            &[("route", "dead"), ("outcome", "backend_unreachable")],
+        )
+        .await
+    };
+    let refused = async || {
+        let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/dead", "").as_bytes()).await;
+        assert_eq!(resp.status, 502, "{resp:?}");
+    };
+    refused().await;
+    refused().await;
+    let reload = |with_dead| {
+        let next = format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+            routes(with_dead)
+        );
+        gw.handle()
+            .reload(wsgate::config::from_toml_str(&next).unwrap())
+            .expect("reload")
+    };
+    reload(false);
+    assert_eq!(failed().await, 2.0, "gone with the route");
+    reload(true);
+    assert_eq!(failed().await, 2.0, "started again");
+    refused().await;
+    assert_eq!(failed().await, 3.0);
 }
 
 /// A reload that removes a route's active checks takes their verdict with them: a backend

@@ -898,6 +898,11 @@ async fn refusals_before_the_tls_handshake_completes_are_logged_and_counted_by_s
         .await
         .unwrap();
     read_until_closed(&mut broken).await;
+    // Plain HTTP that never finishes its head: no answer, so no status in the record (it
+    // said 400 at once, for an answer never sent).
+    let mut partial = tokio::net::TcpStream::connect(addr).await.unwrap();
+    partial.write_all(b"GET").await.unwrap();
+    assert_eq!(read_until_closed(&mut partial).await, b"");
 
     let refused = |outcome: &'static str| {
         move |r: &Record| {
@@ -908,6 +913,12 @@ async fn refusals_before_the_tls_handshake_completes_are_logged_and_counted_by_s
         .wait_for("plain HTTP", refused("plain_http_on_tls"))
         .await;
     assert_eq!(r["status"], 400);
+    assert_eq!(r["event"], "refused");
+    let r = run
+        .wait_for("the unfinished plain HTTP head", |r| {
+            refused("plain_http_on_tls")(r) && r.get("status").is_none()
+        })
+        .await;
     assert_eq!(r["event"], "refused");
     let r = run
         .wait_for("the broken handshake", refused("tls_handshake_failed"))
@@ -923,6 +934,7 @@ async fn refusals_before_the_tls_handshake_completes_are_logged_and_counted_by_s
         )
     };
     assert_eq!(count("plain_http_on_tls", "400"), 1.0);
+    assert_eq!(count("plain_http_on_tls", "none"), 1.0);
     assert_eq!(count("tls_handshake_failed", "none"), 1.0);
     run.stop().await;
 }

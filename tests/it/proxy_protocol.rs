@@ -285,6 +285,51 @@ async fn the_header_and_the_head_share_one_handshake_timeout() {
     );
 }
 
+/// A connection closed before its first byte (a load balancer's TCP health check sends no
+/// PROXY header) is not a refused header: every probe was counted and logged as
+/// `proxy_header_invalid` ("closed inside the PROXY header"), drowning the real ones.
+#[tokio::test]
+async fn a_connect_and_close_is_not_a_bad_header() {
+    let backend = EchoBackend::spawn().await;
+    let gw = pp_gateway(&backend, "[admin]\nlisten = \"127.0.0.1:0\"\n").await;
+    let admin = gw.handle().admin_addr().expect("admin listener");
+    for _ in 0..3 {
+        let mut probe = TcpStream::connect(gw.addr).await.unwrap();
+        probe.shutdown().await.unwrap();
+        assert_eq!(read_until_closed(&mut probe).await, b"");
+    }
+    // One bad header, counted before its connection is closed.
+    let mut bad = TcpStream::connect(gw.addr).await.unwrap();
+    bad.write_all(b"PROXY TCP4 nonsense\r\n").await.unwrap();
+    assert_eq!(read_until_closed(&mut bad).await, b"");
+    let refused = scrape(admin).await.sum(
+        "wsgate_handshakes_refused_total",
+        &[("outcome", "proxy_header_invalid")],
+    );
+    assert_eq!(refused, 1.0);
+}
+
+/// An IPv4 client in IPv6 form (a TCP6 PROXY line from a dual-stack balancer) is named by
+/// its IPv4 address in the session's record, as in `X-Forwarded-For`: the record said
+/// `[::ffff:203.0.113.9]:5`.
+#[tokio::test]
+async fn an_ipv4_mapped_source_is_recorded_as_ipv4() {
+    let backend = EchoBackend::spawn().await;
+    let gw = pp_gateway(&backend, "[admin]\nlisten = \"127.0.0.1:0\"\n").await;
+    let admin = gw.handle().admin_addr().expect("admin listener");
+    let header = v1(addr("[::ffff:203.0.113.9]:5"), addr("[::1]:80"));
+    let request = [&header[..], upgrade_request("/", "").as_bytes()].concat();
+    let (_session, resp) = raw_exchange(gw.addr, &request).await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+    assert_eq!(
+        backend.last_request().header("x-forwarded-for"),
+        Some("203.0.113.9")
+    );
+    let list = admin_request(admin, "GET", "/api/sessions", "", "").await;
+    let list: serde_json::Value = serde_json::from_str(&list.body).unwrap();
+    assert_eq!(list["sessions"][0]["client"], "203.0.113.9:5", "{list}");
+}
+
 /// A connection to `gw` from the loopback address `from` (the whole of 127/8 is local).
 async fn connect_from(gw: &Gateway, from: &str) -> TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures_util::SinkExt;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
@@ -753,6 +753,36 @@ async fn the_subject_header_cannot_be_forged_through_another_listener() {
         let seen = backend.last_request();
         assert_eq!(seen.header("x-client-subject"), None, "{name}");
         assert_eq!(seen.header("x_client_subject"), None, "{name}");
+    }
+}
+
+/// A refused upgrade over TLS ends with `close_notify` (RFC 8446 §6.1), as any answered
+/// request does: hyper hands a connection whose request asked for an upgrade to that upgrade
+/// whatever the answer, and the refusal's connection was just dropped (the client read "peer
+/// closed connection without sending TLS close_notify"). Plain requests and upgrades alike,
+/// the client's read ends cleanly after the whole answer.
+#[tokio::test]
+async fn a_refused_upgrade_over_tls_ends_with_close_notify() {
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf("localhost", &["localhost"]);
+    let down = format!("ws://{}", closed_port().await);
+    let gw = gateway(&tls_listener(&cert, &key, ""), down).await;
+    for (request, status) in [
+        (upgrade_request("/", ""), "HTTP/1.1 502"),
+        (
+            upgrade_request("/", "Sec-WebSocket-Version: 13\r\n"),
+            "HTTP/1.1 400",
+        ),
+    ] {
+        let (mut tls, _) = tls_connect(&ca, &gw, "localhost").await;
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(STEP, tls.read_to_end(&mut answer))
+            .await
+            .expect("the connection was kept open");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with(status), "{text}");
+        read.unwrap_or_else(|e| panic!("{status}: {e} after {text}"));
     }
 }
 
