@@ -39,7 +39,8 @@ pub enum ProxyHeaderError {
     Incomplete,
     #[error("connection closed inside the PROXY header")]
     Eof,
-    /// Closed before sending a byte: a TCP health check or a port scan, not a bad header.
+    /// Closed (or reset) before sending a byte: a TCP health check or a port scan, not a bad
+    /// header.
     #[error("connection closed before any PROXY header")]
     Closed,
     #[error("reading the PROXY header: {0}")]
@@ -88,7 +89,13 @@ pub async fn read_header(stream: &mut TcpStream) -> Result<Option<SocketAddr>, P
     let mut header = Vec::new();
     let mut peeked = [0u8; PEEK_BYTES];
     loop {
-        let n = stream.peek(&mut peeked).await?;
+        let n = match stream.peek(&mut peeked).await {
+            // Reset before a byte: as closed (health checks that close with a reset).
+            Err(e) if header.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Err(ProxyHeaderError::Closed);
+            }
+            r => r?,
+        };
         if n == 0 && header.is_empty() {
             return Err(ProxyHeaderError::Closed);
         }

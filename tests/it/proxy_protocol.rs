@@ -285,8 +285,8 @@ async fn the_header_and_the_head_share_one_handshake_timeout() {
     );
 }
 
-/// A connection closed before its first byte (a load balancer's TCP health check sends no
-/// PROXY header) is not a refused header: every probe was counted and logged as
+/// A connection closed (or reset) before its first byte (a load balancer's TCP health check
+/// sends no PROXY header) is not a refused header: every probe was counted and logged as
 /// `proxy_header_invalid` ("closed inside the PROXY header"), drowning the real ones.
 #[tokio::test]
 async fn a_connect_and_close_is_not_a_bad_header() {
@@ -298,6 +298,12 @@ async fn a_connect_and_close_is_not_a_bad_header() {
         probe.shutdown().await.unwrap();
         assert_eq!(read_until_closed(&mut probe).await, b"");
     }
+    // And one that resets (some checkers close that way).
+    let probe = TcpStream::connect(gw.addr).await.unwrap();
+    socket2::SockRef::from(&probe)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(probe);
     // One bad header, counted before its connection is closed.
     let mut bad = TcpStream::connect(gw.addr).await.unwrap();
     bad.write_all(b"PROXY TCP4 nonsense\r\n").await.unwrap();
