@@ -323,6 +323,12 @@ async fn tls_handshake(
             stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
             Some(Handshake::Tls(tls, client, settled))
         }
+        Ok(Ok(tls_io::Accepted::Closed)) => {
+            // Connected and closed without a byte (a load balancer's TCP health check): no
+            // handshake failed, as on a plain listener.
+            tracing::trace!(client = %client, "closed before its TLS handshake");
+            None
+        }
         Ok(Ok(tls_io::Accepted::PlainHttp(stream, head))) => {
             stats.tls_failures.add(Outcome::PlainHttpOnTls);
             Some(Handshake::PlainHttp(stream, head, client))

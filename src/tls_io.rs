@@ -158,6 +158,9 @@ pub enum Accepted<T> {
     /// Its first bytes were an HTTP request, not a TLS handshake (someone typed `http://` for
     /// a TLS port): the socket, and what was read of the request.
     PlainHttp(TcpStream, Vec<u8>),
+    /// Closed (or reset) before its first byte: a TCP health check or a port scan, no TLS
+    /// handshake that failed.
+    Closed,
 }
 
 /// Accepts a TLS connection on `tcp`: the whole handshake, written and read with buffers of
@@ -183,6 +186,7 @@ pub async fn accept<T>(
             Some(tcp) => Accepted::PlainHttp(tcp, head),
             None => return Err(io::ErrorKind::NotConnected.into()),
         },
+        Shook::Closed => Accepted::Closed,
         Shook::Tls {
             rustls_done,
             captured,
@@ -211,8 +215,8 @@ pub async fn connect(
             rustls_done,
             captured,
         } => io.settle(compact && rustls_done, captured).await?,
-        // Only a server looks for plain HTTP.
-        Shook::PlainHttp(_) => return Err(io::ErrorKind::InvalidData.into()),
+        // Only a server looks for plain HTTP, or tells a close before any byte apart.
+        Shook::PlainHttp(_) | Shook::Closed => return Err(io::ErrorKind::InvalidData.into()),
     }
     Ok(io)
 }
@@ -429,7 +433,14 @@ impl<C: Unbuffered> TlsIo<C> {
                 }
                 input.resize((filled * 2).min(MAX_PENDING_INPUT), 0);
             }
-            let n = self.tcp.read(&mut input[filled..]).await?;
+            let first = server && filled == 0 && fed == 0;
+            let n = match self.tcp.read(&mut input[filled..]).await {
+                Ok(0) if first => return Ok(Shook::Closed),
+                Err(e) if first && e.kind() == io::ErrorKind::ConnectionReset => {
+                    return Ok(Shook::Closed);
+                }
+                r => r?,
+            };
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -731,6 +742,8 @@ enum Shook {
     },
     /// The first bytes were an HTTP request (see [`accept`]).
     PlainHttp(Vec<u8>),
+    /// A server's peer closed or reset before sending a byte.
+    Closed,
 }
 
 /// The length of the TLS record at the front of `buf` if it is all there, `Err` if its
@@ -1139,6 +1152,7 @@ mod tests {
         match accept(tcp, config, |_| ()).await? {
             Accepted::Tls(tls, ()) => Ok(*tls),
             Accepted::PlainHttp(..) => panic!("taken for plain HTTP"),
+            Accepted::Closed => Err(io::ErrorKind::UnexpectedEof.into()),
         }
     }
 

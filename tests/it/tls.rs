@@ -786,6 +786,91 @@ async fn a_refused_upgrade_over_tls_ends_with_close_notify() {
     }
 }
 
+/// A connect and close without a byte (a load balancer's TCP health check on the TLS port)
+/// is no failed TLS handshake: each was counted and logged as `tls_handshake_failed`.
+#[tokio::test]
+async fn a_connect_and_close_on_a_tls_listener_is_not_a_refusal() {
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf("localhost", &["localhost"]);
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway(&tls_listener(&cert, &key, ""), backend.url()).await;
+    for _ in 0..3 {
+        let mut probe = TcpStream::connect(gw.addr).await.unwrap();
+        probe.shutdown().await.unwrap();
+        // Closed by the gateway once it has (or has not) counted the probe.
+        assert_eq!(read_until_closed(&mut probe).await, b"");
+    }
+    let counts = gw.handle().refusals();
+    assert_eq!(
+        counts.get(&("-".to_string(), "tls_handshake_failed")),
+        None,
+        "{counts:?}"
+    );
+}
+
+/// A subject header a reload renames is still set on the connections accepted before it
+/// (they keep their listener's settings): it stays stripped from every other client. The
+/// new config's names alone were stripped, so a client of the plain listener sent the old
+/// name where backends still took it as verified.
+#[tokio::test]
+async fn a_subject_header_a_reload_renames_stays_stripped() {
+    let ca = TestCa::new();
+    let backend = EchoBackend::spawn().await;
+    let (mtls_addr, plain_addr) = (free_port().await, free_port().await);
+    let (cert, key) = ca.leaf("server", &["localhost"]);
+    let toml = |header: &str| {
+        format!(
+            "[[listener]]\nlisten = \"{mtls_addr}\"\n[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+             client_ca = \"{}\"\nclient_auth = \"optional\"\nclient_subject_header = \"{header}\"\n\
+             [[listener]]\nlisten = \"{plain_addr}\"\n{}",
+            cert.display(),
+            key.display(),
+            ca.ca_file().display(),
+            route("r", "/", &[backend.url()])
+        )
+    };
+    let gw = Gateway::spawn(&toml("X-Client-Subject")).await;
+    // A client with a certificate, connected before the reload.
+    let (ccert, ckey) = ca.leaf("alice", &["alice.example"]);
+    let tcp = TcpStream::connect(mtls_addr).await.unwrap();
+    let tls = client_cert_connector(&ca, &ccert, &ckey)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let report = gw
+        .handle()
+        .reload(wsgate::config::from_toml_str(&toml("X-Verified-Subject")).unwrap())
+        .expect("reload");
+    assert_eq!(report.listeners.changed.len(), 1, "{report:?}");
+    // Its request, after the reload: the old name is still the proxy's verified identity.
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(format!("wss://localhost:{}/", mtls_addr.port()), tls)
+            .await
+            .unwrap();
+    ws.send(Message::text("hi")).await.unwrap();
+    next_message(&mut ws).await;
+    let verified = backend
+        .last_request()
+        .header("x-client-subject")
+        .map(str::to_string);
+    assert!(
+        verified.as_deref().is_some_and(|s| s.contains("alice")),
+        "{verified:?}"
+    );
+    // Meanwhile a client of the plain listener sends that name itself.
+    let (_s, resp) = raw_exchange(
+        plain_addr,
+        upgrade_request("/", "X-Client-Subject: CN=admin\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+    assert_eq!(
+        backend.last_request().header("x-client-subject"),
+        None,
+        "forged through the plain listener while the gateway still sends it verified"
+    );
+}
+
 /// Writes a self-signed certificate for localhost valid from `from` to `until`.
 fn dated_certificate(
     ca: &TestCa,
