@@ -46,7 +46,7 @@ pub struct ReloadReport {
 
 /// Applies an already validated `config`: see the module docs. Fails, changing nothing, when
 /// a listener it adds cannot be bound.
-pub fn apply(state: &Arc<ProxyState>, config: Config) -> Result<ReloadReport, ConfigErrors> {
+pub fn apply(state: &Arc<ProxyState>, mut config: Config) -> Result<ReloadReport, ConfigErrors> {
     // One reload at a time (SIGHUP, `POST /api/reload` and the file watcher may overlap): the
     // listeners' prepare and commit and the routes' advance must be of the same config.
     let _one_at_a_time = state.reloading.lock().unwrap_or_else(|p| p.into_inner());
@@ -83,6 +83,15 @@ pub fn apply(state: &Arc<ProxyState>, config: Config) -> Result<ReloadReport, Co
             return Err(errors);
         }
     };
+    // A subject header a reload renames or drops is still set on the connections accepted
+    // before it (they keep their listener's settings): it stays stripped on every listener,
+    // or a client of another listener could send it where backends still take it as
+    // verified.
+    for name in &state.current().config.subject_headers {
+        if !config.subject_headers.contains(name) {
+            config.subject_headers.push(name.clone());
+        }
+    }
     let restart_needed = restart_needed(&state.initial, &config);
     let spread = config.reload_close_spread;
     let (next, diff) = state.advance(config);

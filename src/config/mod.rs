@@ -112,7 +112,8 @@ pub struct Config {
     /// Every listener's `client_subject_header`: removed from every request on every
     /// listener (with its look-alikes), and set only by the listener that verified a
     /// certificate. Routes serve all listeners, so a header stripped only where it is set
-    /// could be forged through any other listener.
+    /// could be forged through any other listener. A reload keeps the names of the configs
+    /// before it (`reload::apply`): connections accepted before it still set them.
     pub subject_headers: Vec<http::HeaderName>,
 }
 
