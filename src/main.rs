@@ -499,8 +499,9 @@ fn cert(names: &[String], out: &std::path::Path) -> anyhow::Result<()> {
         out.join(format!("{stem}.pem")),
         out.join(format!("{stem}.key")),
     );
-    std::fs::write(&cp, cert).with_context(|| format!("cannot write {}", cp.display()))?;
+    // The key first: a key that cannot be written leaves no new certificate beside an old key.
     write_private(&kp, key.as_bytes()).with_context(|| format!("cannot write {}", kp.display()))?;
+    std::fs::write(&cp, cert).with_context(|| format!("cannot write {}", cp.display()))?;
     println!(
         "wrote {} and {} (self-signed, 90 days, for {}): development only",
         cp.display(),
@@ -510,16 +511,18 @@ fn cert(names: &[String], out: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes a private key readable by its owner only.
+/// Writes a private key readable by its owner only: a file that was there already is made
+/// so before the key goes in (the mode given at open applies only to a file it creates).
 fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     f.write_all(data)
 }
 

@@ -807,6 +807,12 @@ pub const DEV_CERT_NAME: &str = "wsgate development certificate (not for product
 /// A self-signed development certificate for `names` (DNS names or IP addresses), valid for
 /// 90 days, as PEM (certificate, private key).
 pub fn dev_certificate(names: &[String]) -> Result<(String, String), String> {
+    if let Some(bad) = names.iter().find(|n| !is_cert_name(n)) {
+        return Err(format!(
+            "{bad:?} is not a DNS name or an IP address (a certificate names hosts as \
+             letters, digits and hyphens in dot-separated labels, a leading \"*.\" allowed)"
+        ));
+    }
     let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(|e| e.to_string())?;
     params
         .distinguished_name
@@ -817,6 +823,28 @@ pub fn dev_certificate(names: &[String]) -> Result<(String, String), String> {
     let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
     let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
     Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A name a certificate's subjectAltName can carry (RFC 5280 §4.2.1.6): an IP address, or a
+/// DNS name (letter-digit-hyphen labels, none empty or starting or ending with a hyphen, at
+/// most 253 characters), a leading `*.` allowed. rcgen writes anything as a DNS name,
+/// an empty one or `http://x` included.
+fn is_cert_name(name: &str) -> bool {
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let host = name.strip_prefix("*.").unwrap_or(name);
+    !host.is_empty()
+        && name.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// Whether a certificate is one of wsgate's development certificates.

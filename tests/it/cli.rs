@@ -688,6 +688,49 @@ async fn cert_writes_a_development_certificate_that_a_listener_accepts() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("development certificate"));
 }
 
+/// A key written over an existing file is its owner's alone too (the open's mode applies
+/// only to a file it creates: a 0644 file kept 0644 with the new private key in it); a name
+/// no certificate can carry is refused before anything is written (`wsgate cert ''` wrote
+/// `.pem` and `.key` for an empty DNS name).
+#[tokio::test]
+async fn cert_keeps_its_key_private_and_refuses_names_that_are_not_hosts() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = TempDir::new("cli");
+    let dir = tmp.join("certs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("localhost.key");
+    std::fs::write(&key, "old").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run_wsgate([
+        OsStr::new("cert"),
+        OsStr::new("--out"),
+        dir.as_os_str(),
+        OsStr::new("localhost"),
+    ])
+    .await;
+    assert_success(&out);
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    for bad in ["", "bad name", "http://x", "x_y", "a..b"] {
+        let out = run_wsgate([
+            OsStr::new("cert"),
+            OsStr::new("--out"),
+            tmp.join("other").as_os_str(),
+            OsStr::new(bad),
+        ])
+        .await;
+        assert_eq!(out.status.code(), Some(1), "{bad:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("is not a DNS name or an IP address"),
+            "{bad:?}: {err}"
+        );
+        assert!(!tmp.join("other").exists(), "{bad:?}: files written");
+    }
+}
+
 #[tokio::test]
 async fn demo_tls_serves_the_page_over_https_and_echoes_over_wss() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
