@@ -452,6 +452,12 @@ impl Handle {
         self.stop.cancelled().await
     }
 
+    /// A token cancelled when [`Handle::stopping`] resolves, to ask without the handle
+    /// (cancelling it changes nothing).
+    pub fn stopping_token(&self) -> CancellationToken {
+        self.stop.child_token()
+    }
+
     /// `[upgrade] socket`, where this process hands its listeners to a successor.
     pub fn upgrade_socket(&self) -> Option<&std::path::Path> {
         self.state.initial.upgrade_socket.as_deref()

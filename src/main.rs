@@ -574,8 +574,9 @@ struct Signals {
     quit: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
     usr2: tokio::signal::unix::Signal,
-    /// This binary's path as it was at start: an upgrade replaces the file there, and the
-    /// running process's `/proc/self/exe` then names a deleted file.
+    /// The path this binary was started by, as it was at start ([`own_path`]): an upgrade
+    /// replaces the file there (or the symlink's target), and the running process's
+    /// `/proc/self/exe` then names a deleted file (or the old version).
     exe: Option<std::path::PathBuf>,
     /// The pid of a successor SIGUSR2 started that has not exited yet (0: none). A second
     /// SIGUSR2 meanwhile is refused with a line that says so: two successors would race for
@@ -592,7 +593,7 @@ impl Signals {
             quit: signal(SignalKind::quit()).context("cannot install SIGQUIT handler")?,
             hup: signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?,
             usr2: signal(SignalKind::user_defined2()).context("cannot install SIGUSR2 handler")?,
-            exe: std::env::current_exe().ok(),
+            exe: own_path().or_else(|| std::env::current_exe().ok()),
             successor: Default::default(),
         })
     }
@@ -610,12 +611,7 @@ impl Signals {
             tracing::warn!("SIGUSR2: cannot tell this binary's path; start the new one by hand");
             return;
         };
-        let running = self.successor.load(std::sync::atomic::Ordering::Acquire);
-        if running != 0 {
-            tracing::warn!(
-                pid = running,
-                "SIGUSR2: the new binary an earlier SIGUSR2 started is still running (it has taken the sockets over, or is taking them): ignored; signal that process instead"
-            );
+        if successor_running(&self.successor) {
             return;
         }
         let spawned = tokio::process::Command::new(exe)
@@ -628,13 +624,20 @@ impl Signals {
                 tracing::info!(exe = %exe.display(), pid, "SIGUSR2: started the new binary; it takes the listening sockets over");
                 let successor = self.successor.clone();
                 successor.store(pid.max(1), std::sync::atomic::Ordering::Release);
+                let draining = handle.stopping_token();
                 tokio::spawn(async move {
                     let status = child.wait().await;
                     successor.store(0, std::sync::atomic::Ordering::Release);
                     if let Ok(status) = status
                         && !status.success()
                     {
-                        tracing::warn!(%status, "the new binary exited; this process serves on");
+                        if draining.is_cancelled() {
+                            // It had taken the sockets over (or this process was stopping
+                            // anyway): nothing listens here any more.
+                            tracing::warn!(%status, "the new binary exited after this process gave up its listeners; this process only finishes its sessions");
+                        } else {
+                            tracing::warn!(%status, "the new binary exited; this process serves on");
+                        }
                     }
                 });
             }
@@ -678,22 +681,50 @@ impl Signals {
             mut term,
             mut int,
             mut quit,
+            mut hup,
+            mut usr2,
+            successor,
             ..
         } = self;
         let sessions = handle.sessions().clone();
         // Kept until the end: the handle owns the workers' runtimes, which run the sessions.
         let wait = handle.wait();
         tokio::pin!(wait);
-        tokio::select! {
-            report = &mut wait => {
-                if report.sessions_ended > 0 {
-                    tracing::info!(sessions = report.sessions_ended, "sessions ended at the end of the grace period");
+        // After a hand-over no stop signal has come yet: the first is not a second one (it
+        // cut the sessions an upgrade's drain was closing gracefully, and exited 1). It asks
+        // for what is already under way, and is said so; the next one cuts.
+        let mut stops = u8::from(name.is_some());
+        loop {
+            let signal = tokio::select! {
+                report = &mut wait => {
+                    if report.sessions_ended > 0 {
+                        tracing::info!(sessions = report.sessions_ended, "sessions ended at the end of the grace period");
+                    }
+                    return Ok(());
                 }
-                return Ok(());
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+                _ = quit.recv() => "SIGQUIT",
+                _ = hup.recv() => {
+                    tracing::warn!(signal = "SIGHUP", live_sessions = sessions.len(), "draining: no reload (this process's listeners are closed or handed over)");
+                    continue;
+                }
+                _ = usr2.recv() => {
+                    if !successor_running(&successor) {
+                        tracing::warn!(signal = "SIGUSR2", live_sessions = sessions.len(), "draining: no upgrade from here (this process's listeners are closed or handed over); signal the process that serves now");
+                    }
+                    continue;
+                }
+            };
+            stops += 1;
+            if stops >= 2 {
+                break;
             }
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-            _ = quit.recv() => {}
+            tracing::info!(
+                signal,
+                live_sessions = sessions.len(),
+                "signal received: already draining after the hand-over; another one cuts the sessions"
+            );
         }
         // A second signal: the sessions are cut now, without their closing handshakes. Each
         // still writes its record ("every session ends with one"), within a bound, and the
@@ -709,6 +740,38 @@ impl Signals {
         .await;
         Err(Logged.into())
     }
+}
+
+/// Whether a successor an earlier SIGUSR2 started still runs (and so a SIGUSR2 now is
+/// refused), said in the log with its pid when it does.
+fn successor_running(successor: &std::sync::atomic::AtomicU32) -> bool {
+    let running = successor.load(std::sync::atomic::Ordering::Acquire);
+    if running != 0 {
+        tracing::warn!(
+            pid = running,
+            "SIGUSR2: the new binary an earlier SIGUSR2 started is still running (it has taken the sockets over, or is taking them): ignored; signal that process instead"
+        );
+    }
+    running != 0
+}
+
+/// The path this process was started by (its `argv[0]`, made absolute against the directory
+/// it started in, or found on `PATH` as a shell would), without resolving symlinks: a binary
+/// upgrade starts what is there now. `current_exe` resolves them, so with `/usr/bin/wsgate`
+/// (or an `/opt/wsgate/current`) a symlink to the installed version, SIGUSR2 started the old
+/// version again. `None` when that path names no file.
+fn own_path() -> Option<std::path::PathBuf> {
+    let arg0 = std::path::PathBuf::from(std::env::args_os().next()?);
+    let path = if arg0.components().count() > 1 {
+        std::path::absolute(&arg0).ok()?
+    } else {
+        let dirs = std::env::var_os("PATH")?;
+        std::env::split_paths(&dirs)
+            .map(|d| d.join(&arg0))
+            .find(|p| p.is_file())
+            .and_then(|p| std::path::absolute(p).ok())?
+    };
+    path.is_file().then_some(path)
 }
 
 /// How long a second signal waits for the cut sessions to write their records.

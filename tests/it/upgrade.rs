@@ -349,6 +349,95 @@ async fn sigusr2_starts_the_successor_and_the_old_process_exits() {
     assert_eq!(started, 1, "{}", seen.join("\n"));
 }
 
+/// SIGUSR2 starts what is at the path the process was started by, a symlink not resolved
+/// (`/usr/bin/wsgate` or `/opt/wsgate/current` pointing at the installed version): it started
+/// the version the symlink named at start again. And the old process, draining after the
+/// hand-over, takes its first SIGTERM for what it is: a stop already under way, not a
+/// second signal (which cut the sessions it was closing gracefully, and exited 1).
+#[tokio::test]
+async fn sigusr2_starts_the_symlinks_binary_and_the_old_process_drains_on() {
+    let tmp = TempDir::new("upgrade-link");
+    let echo = EchoBackend::spawn().await;
+    let config = upgrade_config(
+        &tmp,
+        "wsgate.toml",
+        "[shutdown]\ngrace = \"1s\"\n",
+        &echo.url(),
+    );
+    let link = tmp.join("wsgate");
+    std::os::unix::fs::symlink(BIN, &link).unwrap();
+    let mut old = tokio::process::Command::new(&link)
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut log = log_lines(&mut old);
+    let mut seen = Vec::new();
+    let listening = wait_line(&mut log, &mut seen, "listening", |l| {
+        l.contains("\"listening\"")
+    })
+    .await;
+    let addr: std::net::SocketAddr = field(&listening, "listen").parse().unwrap();
+    wait_line(&mut log, &mut seen, "the upgrade socket", |l| {
+        l.contains("binary upgrades")
+    })
+    .await;
+    // A session whose client never answers the drain's close: the old process keeps it for
+    // the grace period.
+    let (_silent, resp) = raw_exchange(addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+
+    send_signal(&old, "USR2");
+    let started = wait_line(&mut log, &mut seen, "the successor's start", |l| {
+        l.contains("started the new binary")
+    })
+    .await;
+    let successor: Value = serde_json::from_str(&started).unwrap();
+    let successor = successor["pid"].as_u64().expect("pid");
+    // Stopped whatever the test's outcome: a successor left running holds the test's pipes.
+    let _stop = StopOnDrop(successor);
+    assert_eq!(field(&started, "exe"), link.display().to_string());
+    wait_line(&mut log, &mut seen, "the hand-over", |l| {
+        l.contains("handed the listening sockets over")
+    })
+    .await;
+    send_signal(&old, "TERM");
+    wait_line(
+        &mut log,
+        &mut seen,
+        "the first signal after the hand-over",
+        |l| l.contains("already draining after the hand-over"),
+    )
+    .await;
+    let status = wait_exit(&mut old).await;
+    assert!(status.success(), "{status}; log:\n{}", seen.join("\n"));
+    assert!(
+        !seen.iter().any(|l| l.contains("second signal")),
+        "{}",
+        seen.join("\n")
+    );
+    drop(_stop);
+    wait_line(&mut log, &mut seen, "the successor's shutdown", |l| {
+        l.contains("shutdown complete")
+    })
+    .await;
+}
+
+/// Sends SIGTERM to a process when dropped.
+struct StopOnDrop(u64);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.to_string()])
+            .status();
+    }
+}
+
 /// A binary upgrade is how a changed `[admin] listen` takes effect: the successor binds the
 /// new address rather than taking over the old one's socket (which goes with the old
 /// process).
