@@ -504,14 +504,16 @@ impl Collector for GatewayMetrics {
         counters(
             &mut enc,
             "wsgate_session_bytes",
-            "Bytes relayed (WebSocket frames, headers included), by route and direction; \
-             live sessions included.",
+            "Bytes of WebSocket frames (headers included) read from each side, by route and \
+             direction, what the proxy dropped after ending a session included; live \
+             sessions included.",
             traffic(0),
         )?;
         counters(
             &mut enc,
             "wsgate_session_messages",
-            "WebSocket messages relayed, by route and direction; live sessions included.",
+            "WebSocket messages read from each side, by route and direction, what the proxy \
+             dropped after ending a session included; live sessions included.",
             traffic(2),
         )?;
         counters(

@@ -9,7 +9,9 @@
 //!
 //! The buckets are GCRA (one instant each): sending `n` units moves the bucket's theoretical
 //! arrival time `n / per_sec` seconds on; the side may be read while that time is at most
-//! `burst / per_sec` ahead of now. What a read brings is charged after the fact (a read may
+//! `(burst - 1) / per_sec` ahead of now (the next unit is the one that may still fit: a
+//! burst of 5 at 1/s lets 5 through at once, then one a second; `burst / per_sec` let a
+//! sixth through). What a read brings is charged after the fact (a read may
 //! take up to 64 KiB and several messages), so a bucket may run into debt, which the side
 //! then pays by waiting: over any long window the rate holds exactly.
 
@@ -24,7 +26,8 @@ use crate::outcome::CloseSide;
 #[derive(Debug)]
 struct Bucket {
     per_sec: f64,
-    /// `burst / per_sec`: how far ahead of now the arrival time may run.
+    /// `(burst - 1) / per_sec`: how far ahead of now the arrival time may run when the side
+    /// is read again.
     tolerance: Duration,
     /// The theoretical arrival time of the next unit.
     tat: Instant,
@@ -35,7 +38,7 @@ impl Bucket {
         let per_sec = rate.per_sec.max(1) as f64;
         Bucket {
             per_sec,
-            tolerance: Duration::from_secs_f64(rate.burst.max(1) as f64 / per_sec),
+            tolerance: Duration::from_secs_f64((rate.burst.max(1) - 1) as f64 / per_sec),
             tat: now,
         }
     }
@@ -206,10 +209,11 @@ mod tests {
         let t0 = Instant::now();
         let mut f = Fair::new(&rates(Some((10, 5)), None), t0).unwrap();
         assert!(f.may_read(CloseSide::Client, t0));
-        f.charge(CloseSide::Client, 500, 5, t0);
-        // Five messages is the burst: not yet over.
+        f.charge(CloseSide::Client, 400, 4, t0);
+        // Four messages: a fifth still fits in the burst.
         assert!(f.may_read(CloseSide::Client, t0));
         f.charge(CloseSide::Client, 100, 1, t0);
+        // Five is the burst: no sixth now (one read let it through).
         assert!(!f.may_read(CloseSide::Client, t0));
         // One message over at 10/s: 100 ms until it may be read again.
         assert!(!f.may_read(CloseSide::Client, t0 + Duration::from_millis(99)));
@@ -237,11 +241,12 @@ mod tests {
         assert_eq!(f.over_grace(t0 + Duration::from_secs(1)), None);
         assert_eq!(f.next_wake(), Some(t0 + Duration::from_secs(2)));
         assert!(!f.wake_due(t0 + Duration::from_secs(1)));
+        assert!(!f.wake_due(t0 + Duration::from_secs(9)));
         assert!(
-            f.wake_due(t0 + Duration::from_secs(9)),
-            "readable again at 9 s"
+            f.wake_due(t0 + Duration::from_secs(10)),
+            "readable again at 10 s"
         );
-        assert!(!f.wake_due(t0 + Duration::from_secs(9)), "once per wait");
+        assert!(!f.wake_due(t0 + Duration::from_secs(10)), "once per wait");
         assert_eq!(
             f.over_grace(t0 + Duration::from_secs(2)),
             Some(CloseSide::Client)
