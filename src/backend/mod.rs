@@ -231,15 +231,7 @@ pub fn build_request(
             headers.insert(name, v);
         }
     };
-    for name in b.subject_headers {
-        forwarding::remove_with_lookalikes(&mut headers, name);
-    }
-    if let Some((name, subject)) = b.client_subject {
-        forwarding::remove_with_lookalikes(&mut headers, name);
-        if let Some(subject) = subject {
-            set(&mut headers, name.clone(), subject);
-        }
-    }
+    forwarding::set_client_subject(&mut headers, b.subject_headers, b.client_subject);
     set(&mut headers, header::HOST, &host);
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));

@@ -198,15 +198,7 @@ pub fn request_headers(client: &HeaderMap, f: &Forwarding<'_>) -> HeaderMap {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
         headers.insert(header::CONNECTION, HeaderValue::from_static("te"));
     }
-    for name in f.subject_headers {
-        forwarding::remove_with_lookalikes(&mut headers, name);
-    }
-    if let Some((name, subject)) = f.client_subject {
-        forwarding::remove_with_lookalikes(&mut headers, name);
-        if let Some(v) = subject.and_then(|s| HeaderValue::from_str(s).ok()) {
-            headers.insert(name.clone(), v);
-        }
-    }
+    forwarding::set_client_subject(&mut headers, f.subject_headers, f.client_subject);
     set_forwarding(&mut headers, client, f);
     headers
 }

@@ -247,6 +247,25 @@ pub fn reads_as(name: &str, protected: &str) -> bool {
             .all(|(a, b)| a == b || a == b'_' && b == b'-')
 }
 
+/// The client-certificate subject header of a backend request, on the WebSocket and the
+/// plain-HTTP paths alike: every listener's name (`Config::subject_headers`) and this
+/// listener's removed from what the client sent, with their look-alikes, so none can be
+/// forged; then this listener's set to the verified subject, if a certificate gave one.
+pub fn set_client_subject(
+    headers: &mut http::HeaderMap,
+    subject_headers: &[http::HeaderName],
+    client_subject: Option<(&http::HeaderName, Option<&str>)>,
+) {
+    for name in subject_headers.iter().chain(client_subject.map(|(n, _)| n)) {
+        remove_with_lookalikes(headers, name);
+    }
+    if let Some((name, Some(subject))) = client_subject
+        && let Ok(v) = http::HeaderValue::from_str(subject)
+    {
+        headers.insert(name.clone(), v);
+    }
+}
+
 /// Removes `protected` from `headers`, and every field that [`reads_as`] it.
 pub fn remove_with_lookalikes(headers: &mut http::HeaderMap, protected: &http::HeaderName) {
     headers.remove(protected);
