@@ -199,25 +199,28 @@ pub async fn accept_loop(
                     );
                     let (tls, client, seen) = match unless_stopped(&stop, counts, handshake).await {
                         Some(Handshake::Tls(tls, client, seen)) => (*tls, client, seen),
-                        Some(Handshake::PlainHttp(stream, head, client)) => {
+                        Some(Handshake::PlainHttp(mut stream, head, client)) => {
                             // A shutdown cuts the answer short rather than wait for a client
                             // that may never read it. Recorded with the status it got: none
                             // when its head never came whole (the record said 400 at once,
                             // for an answer that was never sent).
-                            let recorded = std::sync::atomic::AtomicBool::new(false);
-                            let record = |answered: bool| {
-                                if !recorded.swap(true, Ordering::Relaxed) {
-                                    let o = Outcome::PlainHttpOnTls;
-                                    let reason = "plain HTTP on a TLS port";
-                                    let status = answered.then_some(400);
-                                    refused_early(&state, client, o, status, reason, None);
+                            let answer = answer_plain_http(&mut stream, head);
+                            let answered = tokio::select! {
+                                _ = stop.cancelled() => false,
+                                r = tokio::time::timeout_at(deadline, answer) => {
+                                    matches!(r, Ok(Ok(())))
                                 }
                             };
-                            tokio::select! {
-                                _ = stop.cancelled() => {}
-                                _ = answer_plain_http(stream, head, deadline, &record) => {}
+                            let o = Outcome::PlainHttpOnTls;
+                            let reason = "plain HTTP on a TLS port";
+                            refused_early(&state, client, o, answered.then_some(400), reason, None);
+                            if answered {
+                                let linger = tokio::time::timeout_at(deadline, linger(stream));
+                                tokio::select! {
+                                    _ = stop.cancelled() => {}
+                                    _ = linger => {}
+                                }
                             }
-                            record(false);
                             return;
                         }
                         None => return,
@@ -421,40 +424,34 @@ async fn client_addr(
 /// Someone typed `http://` for a `https://` address: tell them, as nginx does (its 497),
 /// instead of sending a TLS alert a person cannot read. The request head is read first (up
 /// to a limit; `head` is what the TLS handshake read of it) so that closing does not reset
-/// the connection under the answer. `answered` is told, once the answer is written (and
-/// before the lingering close), or once it cannot be: the client left, failed or stayed
-/// silent (`deadline`) before its head was whole.
-async fn answer_plain_http(
-    mut stream: TcpStream,
-    mut head: Vec<u8>,
-    deadline: Instant,
-    answered: &(dyn Fn(bool) + Sync),
-) {
+/// the connection under the answer. `Ok` once the answer is written; the caller bounds the
+/// time, and closes with [`linger`].
+async fn answer_plain_http(stream: &mut TcpStream, mut head: Vec<u8>) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const BODY: &str = "This port speaks TLS: use https:// or wss://.\n";
-    let run = async {
-        let mut buf = [0u8; 2048];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-            match stream.read(&mut buf).await? {
-                0 => break,
-                n => head.extend_from_slice(&buf[..n]),
-            }
+    let mut buf = [0u8; 2048];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match stream.read(&mut buf).await? {
+            0 => break,
+            n => head.extend_from_slice(&buf[..n]),
         }
-        let answer = format!(
-            "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
-            BODY.len()
-        );
-        let written = stream.write_all(answer.as_bytes()).await;
-        answered(written.is_ok());
-        written?;
-        stream.shutdown().await?;
-        // Lingering close: read until the client closes, so our answer is not lost to a reset.
-        while stream.read(&mut buf).await? > 0 {}
-        Ok::<_, std::io::Error>(())
-    };
-    let _ = tokio::time::timeout_at(deadline, run).await;
-    answered(false);
+    }
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    stream.write_all(answer.as_bytes()).await
+}
+
+/// The lingering close after [`answer_plain_http`]: FIN, then read until the client closes,
+/// so the answer is not lost to a reset.
+async fn linger(mut stream: TcpStream) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.shutdown().await?;
+    let mut buf = [0u8; 2048];
+    while stream.read(&mut buf).await? > 0 {}
+    Ok(())
 }
 
 /// `TCP_NODELAY` only: a WebSocket message goes out when it is written. TCP keepalive is
