@@ -584,19 +584,16 @@ async fn serve<I>(
     tokio::pin!(deadline);
     let mut deadline_armed = true;
     let mut stopping = false;
-    // HTTP/2 WebSockets live on this connection: on shutdown their close frames go first
-    // (the session registry sends them), then GOAWAY, then the connection ends.
-    let mut streams = live_streams.as_ref().map(|l| l.subscribe());
-    let mut waiting_for_streams = false;
     let idle = idle_h2(
         live_streams.as_ref().map(|l| l.subscribe()),
         in_flight.as_ref().map(|f| f.subscribe()),
         first_request_timeout,
     );
     tokio::pin!(idle);
-    // After the idle GOAWAY: hyper ends the connection once the client acknowledges its
-    // PING, and a client that never does (keep-alive off, or a client that stopped
-    // reading) held it for good. It gets as long again, then the connection is dropped.
+    // After an HTTP/2 GOAWAY (idle, or shutdown): hyper ends the connection once the client
+    // acknowledges its PING, and a client that never does (keep-alive off, or a client that
+    // stopped reading) held it for good. It gets as long again, then the connection is
+    // dropped.
     let mut goaway_unanswered: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         tokio::select! {
@@ -618,6 +615,23 @@ async fn serve<I>(
             () = cut.cancelled() => return,
             _ = stop.cancelled(), if !stopping => {
                 stopping = true;
+                if live_streams.is_some() {
+                    // HTTP/2: GOAWAY now, whatever is open on the connection. Its
+                    // WebSockets go on to their closing handshakes (the session registry
+                    // sends their 1001s, spread or not) and the connection ends with the
+                    // last of them; meanwhile the client opens its next WebSocket on a new
+                    // connection (another instance, or the successor of a binary upgrade)
+                    // rather than on this one, where it would get the drain's 503.
+                    if !watch.seen_request() {
+                        watch.closed_by_shutdown();
+                    }
+                    connection.as_mut().graceful_shutdown();
+                    // hyper ends the connection once the client acknowledges the GOAWAY's
+                    // PING and its streams are done: a client that never answers gets as
+                    // long as an idle connection's does.
+                    goaway_unanswered = Some(Box::pin(tokio::time::sleep(first_request_timeout)));
+                    continue;
+                }
                 if !watch.seen_request() {
                     // No request yet, or a head still arriving: nothing to finish. hyper
                     // would wait for the rest of the head (up to the handshake timeout), so
@@ -625,16 +639,8 @@ async fn serve<I>(
                     watch.closed_by_shutdown();
                     return;
                 }
-                if live_streams.as_ref().is_none_or(|l| *l.borrow() == 0) {
-                    // Finish the request in flight, then close; an idle keep-alive
-                    // connection (a head after it still arriving included) closes now.
-                    connection.as_mut().graceful_shutdown();
-                } else {
-                    waiting_for_streams = true;
-                }
-            }
-            () = no_streams(streams.as_mut()), if waiting_for_streams => {
-                waiting_for_streams = false;
+                // Finish the request in flight, then close; an idle keep-alive connection
+                // (a head after it still arriving included) closes now.
                 connection.as_mut().graceful_shutdown();
             }
             () = &mut idle, if !stopping => {
@@ -656,7 +662,7 @@ async fn serve<I>(
                     goaway_unanswered = Some(Box::pin(tokio::time::sleep(first_request_timeout)));
                     continue;
                 }
-                tracing::debug!(%client, "idle HTTP/2 connection: GOAWAY unanswered, closed");
+                tracing::debug!(%client, "HTTP/2 connection: GOAWAY unanswered, closed");
                 return;
             }
         }
@@ -723,16 +729,6 @@ impl hyper::body::Body for Tracked {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
-    }
-}
-
-/// Resolves once an HTTP/2 connection carries no WebSocket; never without the count (an
-/// HTTP/1.1 connection, which never waits for it).
-async fn no_streams(streams: Option<&mut tokio::sync::watch::Receiver<usize>>) {
-    match streams {
-        // The sender lives in the connection's `ConnInfo`, as long as this.
-        Some(s) => drop(s.wait_for(|n| *n == 0).await),
-        None => std::future::pending().await,
     }
 }
 

@@ -451,7 +451,7 @@ async fn shutdown_sends_close_frames_then_goaway() {
     drop((a, b));
     let closes = backend.wait_closes(2).await;
     assert!(closes.iter().all(|c| c.as_ref().map(|c| c.0) == Some(1001)));
-    // Then GOAWAY: the client's connection ends cleanly.
+    // The connection (whose GOAWAY came with the shutdown) ends cleanly after them.
     let ended = tokio::time::timeout(STEP, &mut conn.task)
         .await
         .expect("connection not closed after the sessions ended");
@@ -633,6 +633,164 @@ async fn an_idle_h2_connection_is_closed_and_a_websocket_keeps_it_open() {
     assert!(ended.unwrap().is_ok(), "connection ended with an error");
 }
 
+/// One HTTP/2 frame as read off the wire: type, flags, stream id, payload.
+struct RawFrame {
+    ty: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+/// Reads the next whole frame from `tcp` (`buf` keeps what came after it), within
+/// [`STEP`]; `None` once the connection has ended.
+async fn next_raw_frame(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<RawFrame> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if buf.len() >= 9 {
+            let len = ((buf[0] as usize) << 16) | ((buf[1] as usize) << 8) | buf[2] as usize;
+            if buf.len() >= 9 + len {
+                let frame = RawFrame {
+                    ty: buf[3],
+                    flags: buf[4],
+                    stream: u32::from_be_bytes(buf[5..9].try_into().unwrap()) & 0x7fff_ffff,
+                    payload: buf[9..9 + len].to_vec(),
+                };
+                buf.drain(..9 + len);
+                return Some(frame);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(STEP, tcp.read(&mut chunk))
+            .await
+            .expect("no frame")
+        {
+            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    }
+}
+
+/// An extended CONNECT (RFC 8441) for `/` at `app.test` on `stream`, END_HEADERS, in HPACK
+/// literals: :method CONNECT, :protocol websocket, :scheme http, :path /, :authority,
+/// sec-websocket-version 13.
+fn raw_extended_connect(stream: u8) -> Vec<u8> {
+    let mut block = vec![0x02u8, 7];
+    block.extend_from_slice(b"CONNECT");
+    block.extend_from_slice(&[0x00, 9]);
+    block.extend_from_slice(b":protocol");
+    block.push(9);
+    block.extend_from_slice(b"websocket");
+    block.extend_from_slice(&[0x86, 0x84, 0x41, 0x08]);
+    block.extend_from_slice(b"app.test");
+    block.extend_from_slice(&[0x00, 21]);
+    block.extend_from_slice(b"sec-websocket-version");
+    block.push(2);
+    block.extend_from_slice(b"13");
+    let mut out = vec![0, 0, block.len() as u8, 0x01, 0x04, 0, 0, 0, stream];
+    out.extend_from_slice(&block);
+    out
+}
+
+/// On shutdown (and so in a binary upgrade's drain) an HTTP/2 connection gets its GOAWAY at
+/// once, with a WebSocket still open on it: the client opens its next WebSocket on a new
+/// connection (another instance, or the successor), where it waited for its streams' ends
+/// and a new WebSocket on it meanwhile got the drain's 503. The open stream goes on: its
+/// 1001 comes, the connection stays up while the client has not answered it.
+#[tokio::test]
+async fn shutdown_sends_goaway_at_once_with_a_websocket_open() {
+    use tokio::io::AsyncWriteExt;
+    let backend = EchoBackend::spawn().await;
+    let mut gw = Gateway::spawn(&format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
+        route("app", "/", &[backend.url()])
+    ))
+    .await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
+    opening.extend_from_slice(&raw_extended_connect(1));
+    tcp.write_all(&opening).await.unwrap();
+    let mut buf = Vec::new();
+    // The 200 on stream 1: the WebSocket is open.
+    loop {
+        let f = next_raw_frame(&mut tcp, &mut buf)
+            .await
+            .expect("closed before the 200");
+        if f.ty == 4 && f.flags & 1 == 0 {
+            tcp.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await.unwrap();
+        }
+        if f.ty == 1 && f.stream == 1 {
+            break;
+        }
+    }
+    let handle = gw.handle.take().unwrap();
+    handle.shutdown();
+    // GOAWAY and the stream's 1001, in either order; the client answers neither, and the
+    // connection stays up.
+    let (mut goaway, mut close) = (false, false);
+    while !(goaway && close) {
+        let f = next_raw_frame(&mut tcp, &mut buf)
+            .await
+            .expect("the connection ended before its GOAWAY and the stream's 1001");
+        match f.ty {
+            7 => {
+                // NO_ERROR.
+                assert_eq!(&f.payload[4..8], &[0, 0, 0, 0], "GOAWAY {:?}", f.payload);
+                assert_eq!(
+                    handle.sessions().len(),
+                    1,
+                    "GOAWAY only once the WebSocket had ended"
+                );
+                goaway = true;
+            }
+            0 if f.stream == 1 => {
+                // A server frame: FIN + close, unmasked, code 1001.
+                assert_eq!(f.payload[0], 0x88, "{:?}", f.payload);
+                assert_eq!(&f.payload[2..4], &[0x03, 0xe9], "{:?}", f.payload);
+                close = true;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(handle.sessions().len(), 1, "the session ended unanswered");
+    drop(handle);
+}
+
+/// An HTTP/2 connection that has opened no stream yet gets a GOAWAY on shutdown too (it was
+/// dropped without one: a client could not tell a shutdown from a failure).
+#[tokio::test]
+async fn shutdown_sends_goaway_to_a_connection_with_no_stream_yet() {
+    use tokio::io::AsyncWriteExt;
+    let backend = EchoBackend::spawn().await;
+    let mut gw = Gateway::spawn(&format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
+        route("app", "/", &[backend.url()])
+    ))
+    .await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    // The server's SETTINGS: the connection is up.
+    let f = next_raw_frame(&mut tcp, &mut buf)
+        .await
+        .expect("no SETTINGS");
+    assert_eq!(f.ty, 4);
+    tcp.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await.unwrap();
+    let handle = gw.handle.take().unwrap();
+    handle.shutdown();
+    loop {
+        let f = next_raw_frame(&mut tcp, &mut buf)
+            .await
+            .expect("closed without a GOAWAY");
+        if f.ty == 7 {
+            assert_eq!(&f.payload[4..8], &[0, 0, 0, 0], "GOAWAY {:?}", f.payload);
+            break;
+        }
+    }
+    drop(handle);
+}
+
 /// A gateway whose idle HTTP/2 connections get GOAWAY after 300 ms (keep-alive off), and a
 /// raw connection to it that has sent the preface, empty SETTINGS and one GET (HPACK:
 /// :method GET, :scheme http, :path /, :authority app.test), which the WebSocket route
@@ -681,53 +839,28 @@ async fn an_idle_h2_connection_whose_client_is_silent_is_closed() {
 /// whatever was open on it.)
 #[tokio::test]
 async fn a_stream_opened_across_the_idle_goaway_is_not_cut() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let (_backend, _gw, mut tcp) = idle_h2_after_one_request().await;
     // Read frames until the GOAWAY and its PING.
     let mut buf = Vec::new();
     let mut ping: Option<[u8; 8]> = None;
     let mut goaway = false;
     while !(goaway && ping.is_some()) {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(STEP, tcp.read(&mut chunk))
+        let f = next_raw_frame(&mut tcp, &mut buf)
             .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "closed before GOAWAY");
-        buf.extend_from_slice(&chunk[..n]);
-        while buf.len() >= 9 {
-            let len = ((buf[0] as usize) << 16) | ((buf[1] as usize) << 8) | buf[2] as usize;
-            if buf.len() < 9 + len {
-                break;
-            }
-            let (ty, flags) = (buf[3], buf[4]);
-            if ty == 7 {
-                goaway = true;
-            }
-            if ty == 6 && flags & 1 == 0 {
-                ping = Some(buf[9..17].try_into().unwrap());
-            }
-            if ty == 4 && flags & 1 == 0 {
-                tcp.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await.unwrap();
-            }
-            buf.drain(..9 + len);
+            .expect("closed before GOAWAY");
+        if f.ty == 7 {
+            goaway = true;
+        }
+        if f.ty == 6 && f.flags & 1 == 0 {
+            ping = Some(f.payload[..8].try_into().unwrap());
+        }
+        if f.ty == 4 && f.flags & 1 == 0 {
+            tcp.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await.unwrap();
         }
     }
     // Extended CONNECT on stream 3, then the PING's answer.
-    let mut block = vec![0x02u8, 7];
-    block.extend_from_slice(b"CONNECT");
-    block.extend_from_slice(&[0x00, 9]);
-    block.extend_from_slice(b":protocol");
-    block.push(9);
-    block.extend_from_slice(b"websocket");
-    block.extend_from_slice(&[0x86, 0x84, 0x41, 0x08]);
-    block.extend_from_slice(b"app.test");
-    block.extend_from_slice(&[0x00, 21]);
-    block.extend_from_slice(b"sec-websocket-version");
-    block.push(2);
-    block.extend_from_slice(b"13");
-    let mut out = vec![0, 0, block.len() as u8, 0x01, 0x04, 0, 0, 0, 3];
-    out.extend_from_slice(&block);
+    let mut out = raw_extended_connect(3);
     out.extend_from_slice(&[0, 0, 8, 6, 1, 0, 0, 0, 0]);
     out.extend_from_slice(&ping.unwrap());
     tcp.write_all(&out).await.unwrap();
@@ -735,28 +868,9 @@ async fn a_stream_opened_across_the_idle_goaway_is_not_cut() {
     let t0 = tokio::time::Instant::now();
     let mut headers_on_3 = false;
     let ended = tokio::time::timeout(Duration::from_secs(2), async {
-        loop {
-            let mut chunk = [0u8; 4096];
-            match tcp.read(&mut chunk).await {
-                Ok(n) if n > 0 => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    while buf.len() >= 9 {
-                        let len =
-                            ((buf[0] as usize) << 16) | ((buf[1] as usize) << 8) | buf[2] as usize;
-                        if buf.len() < 9 + len {
-                            break;
-                        }
-                        let (ty, sid) = (
-                            buf[3],
-                            u32::from_be_bytes(buf[5..9].try_into().unwrap()) & 0x7fff_ffff,
-                        );
-                        if ty == 1 && sid == 3 {
-                            headers_on_3 = true;
-                        }
-                        buf.drain(..9 + len);
-                    }
-                }
-                _ => return,
+        while let Some(f) = next_raw_frame(&mut tcp, &mut buf).await {
+            if f.ty == 1 && f.stream == 3 {
+                headers_on_3 = true;
             }
         }
     })
