@@ -177,9 +177,11 @@ fn main() -> ExitCode {
                 };
                 exit(on_runtime_with(main_runtime, run(cfg, workers)))
             }
-            Err(errors) if json => {
+            Err(errors) if json && tracing::enabled!(tracing::Level::ERROR) => {
                 // One JSON record, as every other line of a JSON log: a pipeline that parses
                 // the lines must not lose the one that says why the process did not start.
+                // (With errors filtered off, `RUST_LOG=off`, the plain text below: why the
+                // process did not start is never hidden.)
                 tracing::error!(
                     file = %errors.source,
                     errors = telemetry::list(&errors.lines()),
@@ -251,7 +253,7 @@ fn exit(result: anyhow::Result<()>, json: bool) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<Logged>() => ExitCode::FAILURE,
-        Err(e) if json => {
+        Err(e) if json && tracing::enabled!(tracing::Level::ERROR) => {
             tracing::error!(error = format!("{e:#}"), "wsgate stopped");
             ExitCode::FAILURE
         }
@@ -706,12 +708,12 @@ impl Signals {
                 _ = int.recv() => "SIGINT",
                 _ = quit.recv() => "SIGQUIT",
                 _ = hup.recv() => {
-                    tracing::warn!(signal = "SIGHUP", live_sessions = sessions.len(), "draining: no reload (this process's listeners are closed or handed over)");
+                    tracing::warn!(signal = "SIGHUP", live_sessions = sessions.len(), "shutting down: no reload (a reload is not taken once a shutdown or a hand-over has begun)");
                     continue;
                 }
                 _ = usr2.recv() => {
                     if !successor_running(&successor) {
-                        tracing::warn!(signal = "SIGUSR2", live_sessions = sessions.len(), "draining: no upgrade from here (this process's listeners are closed or handed over); signal the process that serves now");
+                        tracing::warn!(signal = "SIGUSR2", live_sessions = sessions.len(), "shutting down: no upgrade from here (once a shutdown or a hand-over has begun); after a hand-over, signal the process that serves now");
                     }
                     continue;
                 }

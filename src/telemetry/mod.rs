@@ -43,8 +43,7 @@ pub const DEFAULT_FILTER: &str = "info,rustls=error";
 /// the process logs: dropping it writes what is left.
 #[must_use = "dropping the guard stops the log writer"]
 pub fn init(format: LogFormat) -> writer::WriterGuard {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let (filter, rejected) = filter_from(std::env::var_os("RUST_LOG"));
     // Colours only on a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
@@ -63,7 +62,45 @@ pub fn init(format: LogFormat) -> writer::WriterGuard {
     };
     // A second init (tests, embedding) keeps the first subscriber.
     let _ = result;
+    for (directive, error) in rejected {
+        tracing::warn!(
+            directive,
+            error,
+            "RUST_LOG: this directive does not parse and is ignored (the others apply; none left: the default, {DEFAULT_FILTER})"
+        );
+    }
     guard
+}
+
+/// The filter `RUST_LOG` (`var`) asks for, [`DEFAULT_FILTER`] where it is unset, blank or
+/// has no directive that parses; and each directive that does not parse, with why.
+/// (`EnvFilter::try_from_default_env` refuses the whole variable for one bad directive, and
+/// the default then replaced it without a word: `RUST_LOG=wsgate=debg` logged at `info`.)
+fn filter_from(var: Option<std::ffi::OsString>) -> (EnvFilter, Vec<(String, String)>) {
+    let mut rejected = Vec::new();
+    let mut directives = Vec::new();
+    match var.map(std::ffi::OsString::into_string) {
+        None => {}
+        Some(Err(raw)) => {
+            rejected.push((raw.to_string_lossy().into_owned(), "not UTF-8".to_owned()))
+        }
+        Some(Ok(text)) => {
+            // As EnvFilter splits it.
+            for d in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+                match d.parse::<tracing_subscriber::filter::Directive>() {
+                    Ok(parsed) => directives.push(parsed),
+                    Err(e) => rejected.push((d.to_owned(), e.to_string())),
+                }
+            }
+        }
+    }
+    if directives.is_empty() {
+        return (EnvFilter::new(DEFAULT_FILTER), rejected);
+    }
+    let filter = directives
+        .into_iter()
+        .fold(EnvFilter::default(), EnvFilter::add_directive);
+    (filter, rejected)
 }
 
 /// The longest request path an access record keeps, in bytes.
@@ -177,7 +214,35 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
 
 #[cfg(test)]
 mod tests {
-    use super::{cut, header_text};
+    use super::{DEFAULT_FILTER, cut, filter_from, header_text};
+
+    #[test]
+    fn rust_log_keeps_the_directives_that_parse_and_names_the_others() {
+        let of = |v: &str| {
+            let (filter, rejected) = filter_from(Some(v.into()));
+            let rejected: Vec<String> = rejected.into_iter().map(|(d, _)| d).collect();
+            (filter.to_string(), rejected)
+        };
+        assert_eq!(of("wsgate=debug"), ("wsgate=debug".to_owned(), vec![]));
+        // One bad directive cost the whole variable, silently.
+        let (filter, rejected) = of("warn, wsgate=debg");
+        assert_eq!(
+            (filter.as_str(), rejected),
+            ("warn", vec!["wsgate=debg".to_owned()])
+        );
+        // Nothing usable: the default, and what was wrong.
+        let default = tracing_subscriber::EnvFilter::new(DEFAULT_FILTER).to_string();
+        assert_eq!(
+            of("wsgate=debg"),
+            (default.clone(), vec!["wsgate=debg".to_owned()])
+        );
+        assert_eq!(of(" , "), (default.clone(), vec![]));
+        assert_eq!(filter_from(None).0.to_string(), default);
+        use std::os::unix::ffi::OsStringExt;
+        let (filter, rejected) = filter_from(Some(std::ffi::OsString::from_vec(b"x\xff".to_vec())));
+        assert_eq!(filter.to_string(), default);
+        assert_eq!(rejected[0].1, "not UTF-8");
+    }
 
     #[test]
     fn a_header_value_past_ascii_is_logged_escaped_not_left_out() {

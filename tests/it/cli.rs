@@ -463,6 +463,49 @@ async fn with_json_logs_a_failed_start_is_a_json_record() {
     }
 }
 
+/// `RUST_LOG=off` silences the log, not why wsgate did not start: with JSON logs an invalid
+/// config's errors were an ERROR record the filter dropped, and wsgate exited 1 without a
+/// word. A directive in `RUST_LOG` that does not parse is named (it cost the whole variable,
+/// silently: `RUST_LOG=warn,wsgate=debg` logged at `info`).
+#[tokio::test]
+async fn rust_log_never_hides_a_failed_start_and_a_bad_directive_is_named() {
+    let tmp = TempDir::new("cli");
+    let bad = tmp.write("bad.toml", "[[listener]]\nlisten = \"nope\"\n");
+    let out = Command::new(BIN)
+        .env("RUST_LOG", "off")
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&bad)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:2: listener[0].listen"), "{err:?}");
+
+    let good = tmp.write(
+        "good.toml",
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
+            route("r", "/", &["ws://127.0.0.1:9".to_string()])
+        ),
+    );
+    let out = Command::new(BIN)
+        .env("RUST_LOG", "warn,wsgate=debg")
+        .args(["--log-format", "json", "check", "--config"])
+        .arg(&good)
+        .output()
+        .await
+        .unwrap();
+    assert_success(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let named = err
+        .lines()
+        .map(json)
+        .find(|r| r.get("directive").as_deref() == Some("wsgate=debg"));
+    let named = named.unwrap_or_else(|| panic!("the bad directive is not named: {err}"));
+    assert_eq!(named.get("level").as_deref(), Some("WARN"), "{err}");
+}
+
 /// SIGQUIT is nginx's graceful stop: here too a drain (1001 to the session, exit 0), not the
 /// default action's core dump with every session cut.
 #[tokio::test]
