@@ -281,6 +281,11 @@ pub enum ProxyError {
     /// parser refuses those itself; its HTTP/2 server bounds only their bytes).
     #[error("request has more than {0} header fields")]
     TooManyHeaders(usize),
+    /// An HTTP/1.1 request head over `limits.max_header_bytes`. hyper refuses one only
+    /// while its read buffer is below the limit: a kept-alive connection's buffer has grown
+    /// (up to 64 KiB), and a whole larger head then arrives in one read and parses.
+    #[error("request header fields too large: the request head is over {0} bytes")]
+    HeadTooLarge(usize),
     /// A plain request's body is over the route's `max_request_body`.
     #[error("request body over the route's limit of {0} bytes")]
     BodyTooLarge(u64),
@@ -340,7 +345,9 @@ impl ProxyError {
             ProxyError::RequestFraming(_) | ProxyError::MaxForwardsInvalid => {
                 StatusCode::BAD_REQUEST
             }
-            ProxyError::TooManyHeaders(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::TooManyHeaders(_) | ProxyError::HeadTooLarge(_) => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BodyBroken => StatusCode::BAD_REQUEST,
@@ -374,6 +381,7 @@ impl ProxyError {
             | ProxyError::RequestFraming(_)
             | ProxyError::MaxForwardsInvalid
             | ProxyError::TooManyHeaders(_)
+            | ProxyError::HeadTooLarge(_)
             | ProxyError::BodyTooLarge(_)
             | ProxyError::BodyTimeout(_)
             | ProxyError::BodyBroken
@@ -403,7 +411,9 @@ impl ProxyError {
             ProxyError::Limit(e) => e.outcome(),
             ProxyError::RequestFraming(_) => Outcome::RequestFramingInvalid,
             ProxyError::MaxForwardsInvalid => Outcome::MaxForwardsInvalid,
-            ProxyError::TooManyHeaders(_) => Outcome::RequestHeadTooLarge,
+            ProxyError::TooManyHeaders(_) | ProxyError::HeadTooLarge(_) => {
+                Outcome::RequestHeadTooLarge
+            }
             ProxyError::BodyTooLarge(_) => Outcome::RequestBodyTooLarge,
             ProxyError::BodyTimeout(_) => Outcome::RequestBodyTimeout,
             ProxyError::BodyBroken | ProxyError::ClientGone => Outcome::ClientGone,

@@ -258,6 +258,8 @@ async fn handle_request(
     // hyper's HTTP/1.1 parser holds a head to `max_headers` fields; its HTTP/2 server bounds
     // only their bytes, so the count is checked here, for WebSocket and plain requests alike.
     // A browser's cookie crumbs count as the one `Cookie` field they are over HTTP/1.1.
+    // Over HTTP/1.1 it checks their bytes, but only on a connection's first request (see
+    // `ProxyError::HeadTooLarge`): every request's head is measured here.
     if parts.version == http::Version::HTTP_2 {
         let max_headers = generation.config.limits.max_headers;
         let crumbs = parts.headers.get_all(header::COOKIE).iter().count();
@@ -265,6 +267,9 @@ async fn handle_request(
             let e = ProxyError::TooManyHeaders(max_headers);
             return refuse(&state, id, &ids, None, &conn, &parts, e).map(crate::http_proxy::full);
         }
+    } else if head_bytes(&parts) > generation.config.limits.max_header_bytes {
+        let e = ProxyError::HeadTooLarge(generation.config.limits.max_header_bytes);
+        return refuse(&state, id, &ids, None, &conn, &parts, e).map(crate::http_proxy::full);
     }
     // One canonical host and path, before routing: what the route, the policy and the
     // backend all act on (`target.rs`).
@@ -304,6 +309,24 @@ async fn handle_request(
         Err(e) => refuse(&state, id, &ids, route.map(Arc::as_ref), &conn, &parts, e),
     }
     .map(crate::http_proxy::full)
+}
+
+/// The size of an HTTP/1.1 request head as it came, near enough: the request line, each
+/// field as `name: value` with its CRLF, and the empty line (optional whitespace around a
+/// value is not kept, so never more than the client sent).
+fn head_bytes(parts: &Parts) -> usize {
+    let target = match parts.uri.authority() {
+        // absolute-form: "scheme://authority/path?query"
+        Some(a) => parts.uri.scheme_str().map_or(0, |s| s.len() + 3) + a.as_str().len(),
+        None => 0,
+    } + parts.uri.path_and_query().map_or(1, |pq| pq.as_str().len());
+    let fields: usize = parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    // "METHOD target HTTP/1.1\r\n" ... "\r\n"
+    parts.method.as_str().len() + 1 + target + 11 + fields + 2
 }
 
 /// What every phase may consult: the shared state and where the request came from.

@@ -1079,6 +1079,40 @@ async fn an_http11_request_without_host_gets_400() {
     assert!(!forwarded.contains("host="), "{forwarded}");
 }
 
+/// `max_header_bytes` holds for every request of a kept-alive connection, not only its
+/// first: hyper checks the size of its read buffer before each read, and once that buffer
+/// has grown a whole larger head arrives in one read and parses. A 40 KB head (the default
+/// limit is 32 KiB) reached the backend as a connection's second request.
+#[tokio::test]
+async fn max_header_bytes_holds_for_every_request_of_a_kept_alive_connection() {
+    let (b, seen) = echo_backend().await;
+    let gw = Gateway::spawn(&http_route(&[b], "")).await;
+    let (mut tcp, first) =
+        raw_exchange(gw.addr, b"GET /a HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+    assert_eq!(first.status, 200);
+    let big = "a".repeat(40_000);
+    tcp.write_all(format!("GET /b HTTP/1.1\r\nHost: app.test\r\nX-Big: {big}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let second = read_response(&mut tcp).await;
+    assert_eq!(second.status, 431, "{}", second.head);
+    assert_eq!(
+        second.body,
+        "request header fields too large: the request head is over 32768 bytes\n"
+    );
+    assert_eq!(second.header("connection").as_deref(), Some("close"));
+    let uris: Vec<String> = seen.lock().unwrap().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(uris, ["/a"]);
+    // Just under the limit, on a fresh connection: served.
+    let fits = "a".repeat(32_000);
+    let (_s, resp) = raw_exchange(
+        gw.addr,
+        format!("GET /c HTTP/1.1\r\nHost: app.test\r\nX-Big: {fits}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+}
+
 /// RFC 9110 §7.6.2: an OPTIONS or TRACE request whose `Max-Forwards` is 0 is answered by
 /// the proxy (TRACE with the request it got, credentials left out); above 0 it goes on with
 /// the count lowered by one; other methods pass it unchanged; a count that is not digits is
