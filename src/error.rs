@@ -38,9 +38,10 @@ pub enum BackendError {
     /// Every backend of the route is drained (admin API): none takes new sessions.
     #[error("every backend of the route is drained")]
     AllDrained,
-    /// A plain HTTP request's response head did not come within `response_header_timeout`.
-    #[error("backend did not answer within {0:?}")]
-    ResponseTimeout(Duration),
+    /// A plain HTTP request's response head did not come within `response_header_timeout`
+    /// from the backend named (once the attempt is known).
+    #[error("backend {}did not answer within {:?}", named(.1.as_deref()), .0)]
+    ResponseTimeout(Duration, Option<std::sync::Arc<str>>),
     /// A plain HTTP request's backend connection failed after the request went out, before
     /// a response head, or the response was not valid HTTP.
     #[error("backend request failed: {0}")]
@@ -60,7 +61,7 @@ impl BackendError {
             BackendError::Io(_) => "backend connection failed during the handshake",
             BackendError::Tls(_) => "backend TLS handshake failed",
             BackendError::AllDrained => "no backend takes new sessions",
-            BackendError::ResponseTimeout(_) => "backend did not answer in time",
+            BackendError::ResponseTimeout(..) => "backend did not answer in time",
             BackendError::RequestFailed(_) => "backend connection failed",
         }
     }
@@ -86,7 +87,7 @@ impl BackendError {
             BackendError::Io(_) => Outcome::BackendIo,
             BackendError::Tls(_) => Outcome::BackendTls,
             BackendError::AllDrained => Outcome::BackendsDrained,
-            BackendError::ResponseTimeout(_) => Outcome::BackendResponseTimeout,
+            BackendError::ResponseTimeout(..) => Outcome::BackendResponseTimeout,
             BackendError::RequestFailed(_) => Outcome::BackendRequestFailed,
         }
     }
@@ -129,6 +130,11 @@ fn named(backend: Option<&str>) -> String {
     backend.map_or_else(String::new, |b| format!("{b} "))
 }
 
+/// ", waiting on BACKEND" where one is named.
+fn waiting_on(backend: Option<&str>) -> String {
+    backend.map_or_else(String::new, |b| format!(", waiting on {b}"))
+}
+
 impl BackendError {
     /// The error as the record of a refused handshake gives it: the backend it came from
     /// named, for those whose text does not name it already (a connect failure's does). With
@@ -145,6 +151,12 @@ impl BackendError {
             BackendError::Tls(m) => BackendError::Tls(format!("{backend}: {m}")),
             BackendError::HandshakeTimeout(t, _) => {
                 BackendError::HandshakeTimeout(t, Some(backend.clone()))
+            }
+            BackendError::ResponseTimeout(t, _) => {
+                BackendError::ResponseTimeout(t, Some(backend.clone()))
+            }
+            BackendError::RequestFailed(m) => {
+                BackendError::RequestFailed(format!("{backend}: {m}"))
             }
             other => other,
         }
@@ -299,9 +311,10 @@ pub enum ProxyError {
     /// The route has `max_concurrent_requests` waiting for their backends' answers.
     #[error("too many requests in progress on this route, try again later")]
     Overloaded,
-    /// A plain request did not finish within the route's `request_timeout`.
-    #[error("request did not complete within {0:?}")]
-    RequestTimeout(Duration),
+    /// A plain request did not finish within the route's `request_timeout`: no response
+    /// head by then, from the backend named (the one asked last), if one was.
+    #[error("request did not complete within {:?}{}", .0, waiting_on(.1.as_deref()))]
+    RequestTimeout(Duration, Option<std::sync::Arc<str>>),
     /// The client went away while its backend was asked for the upgrade (recorded, never
     /// answered: there is nobody to answer).
     #[error("the client went away before the backend answered the upgrade")]
@@ -336,7 +349,7 @@ impl ProxyError {
                 | BackendError::RequestFailed(_) => StatusCode::BAD_GATEWAY,
                 BackendError::ConnectTimeout(..)
                 | BackendError::HandshakeTimeout(..)
-                | BackendError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                | BackendError::ResponseTimeout(..) => StatusCode::GATEWAY_TIMEOUT,
                 BackendError::Refused(r) => r.status,
                 BackendError::AllDrained => StatusCode::SERVICE_UNAVAILABLE,
             },
@@ -352,7 +365,7 @@ impl ProxyError {
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BodyBroken => StatusCode::BAD_REQUEST,
             ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::RequestTimeout(..) => StatusCode::GATEWAY_TIMEOUT,
             // nginx's "client closed request", as a plain request's record says it.
             ProxyError::ClientGone => CLIENT_CLOSED_REQUEST,
         }
@@ -392,7 +405,7 @@ impl ProxyError {
             ) => Fault::Proxy,
             ProxyError::Policy(_) => Fault::Client,
             ProxyError::Draining | ProxyError::Overloaded => Fault::Proxy,
-            ProxyError::Backend(_) | ProxyError::RequestTimeout(_) => Fault::Backend,
+            ProxyError::Backend(_) | ProxyError::RequestTimeout(..) => Fault::Backend,
             ProxyError::Limit(e) => e.fault(),
         }
     }
@@ -418,7 +431,7 @@ impl ProxyError {
             ProxyError::BodyTimeout(_) => Outcome::RequestBodyTimeout,
             ProxyError::BodyBroken | ProxyError::ClientGone => Outcome::ClientGone,
             ProxyError::Overloaded => Outcome::Overloaded,
-            ProxyError::RequestTimeout(_) => Outcome::RequestTimeout,
+            ProxyError::RequestTimeout(..) => Outcome::RequestTimeout,
         }
     }
 }

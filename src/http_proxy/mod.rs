@@ -219,7 +219,9 @@ async fn exchange(
     route
         .pool
         .claim_affinity(&mut affinity, admitted.claims.as_ref());
-    waiting.arm(record);
+    // The backend asked last, for a record written before it answers.
+    let tried = record::Tried::default();
+    waiting.arm(record, tried.clone());
     let mut backend_headers = backend_headers(cx, parts, &host);
     if let Some(n) = max_forwards {
         backend_headers.insert(header::MAX_FORWARDS, (n - 1).into());
@@ -244,6 +246,7 @@ async fn exchange(
         host: host.clone(),
         affinity,
         body: state.clone(),
+        tried: tried.clone(),
     };
     let deadline = http
         .request_timeout
@@ -252,7 +255,7 @@ async fn exchange(
     let result = match deadline {
         Some((at, d)) => tokio::time::timeout_at(at, call)
             .await
-            .map_err(|_| ProxyError::RequestTimeout(d))?,
+            .map_err(|_| ProxyError::RequestTimeout(d, tried.get()))?,
         None => call.await,
     };
     let mut forwarded = result.map_err(stack_error)?;
@@ -260,7 +263,8 @@ async fn exchange(
     if let Err(headers::BadResponse(why)) =
         headers::response_framing(status, forwarded.response.headers_mut())
     {
-        return Err(BackendError::RequestFailed(why.into()).into());
+        let e = BackendError::RequestFailed(why.into()).from_backend(&forwarded.backend);
+        return Err(e.into());
     }
     let mut record = waiting.take().expect("armed before the backend was asked");
     record.backend = forwarded.backend;
@@ -388,6 +392,8 @@ struct Exchange {
     body: Arc<BodyState>,
     /// The request's hash key and sticky backend (see `BackendPool::affinity`).
     affinity: crate::backend::Affinity,
+    /// Set to each backend as it is asked.
+    tried: record::Tried,
 }
 
 /// The backend's response head, and which backend gave it.
@@ -432,11 +438,13 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
         let req = backend_request(&ex, target, RequestBody::attempt(state.clone()))
             .map_err(ProxyError::from)?;
         let in_flight = target.claim();
+        ex.tried.set(&target.name);
         let sent = tokio::select! {
             biased;
             sent = target.client.request(req) => sent,
             () = &mut head_deadline => {
-                return Err(ProxyError::from(BackendError::ResponseTimeout(head_timeout)).into());
+                let e = BackendError::ResponseTimeout(head_timeout, Some(target.name.clone()));
+                return Err(ProxyError::from(e).into());
             }
         };
         match sent {
@@ -479,7 +487,7 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
                 let detail = crate::http_client::error_chain(&e);
                 tracing::debug!(route = %route.name, backend = &*target.name, error = %detail, "connection closed under the request; sending it again");
             }
-            Err(e) => return Err(request_failed(&e, state).into()),
+            Err(e) => return Err(request_failed(&e, state, &target.name).into()),
         }
     }
     let detail = failures.join("; ");
@@ -553,12 +561,18 @@ fn backend_request(
 
 /// A failure after the request went out: the client's doing (its body over the limit 413,
 /// stalled 408, broken off 400), or the backend's (502).
-fn request_failed(e: &hyper_util::client::legacy::Error, state: &BodyState) -> ProxyError {
+fn request_failed(
+    e: &hyper_util::client::legacy::Error,
+    state: &BodyState,
+    backend: &Arc<str>,
+) -> ProxyError {
     match state.client_fault() {
         Some(ClientFault::TooLarge(limit)) => ProxyError::BodyTooLarge(limit),
         Some(ClientFault::Stalled(d)) => ProxyError::BodyTimeout(d),
         Some(ClientFault::Broken) => ProxyError::BodyBroken,
-        None => BackendError::RequestFailed(crate::http_client::error_chain(e)).into(),
+        None => BackendError::RequestFailed(crate::http_client::error_chain(e))
+            .from_backend(backend)
+            .into(),
     }
 }
 

@@ -123,19 +123,44 @@ impl Record {
 #[derive(Debug)]
 pub struct Waiting<'s> {
     record: Option<Record>,
+    /// The backend being asked, for the record's `backend`.
+    tried: Option<Tried>,
     sessions: &'s crate::sessions::Sessions,
+}
+
+/// The backend a plain request was sent to last, shared between the exchange (its
+/// records written before an answer: 499, 504, `draining`) and the attempts, which set it.
+#[derive(Debug, Clone, Default)]
+pub struct Tried(Arc<std::sync::Mutex<Option<Arc<str>>>>);
+
+impl Tried {
+    pub fn set(&self, backend: &Arc<str>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(backend.clone());
+    }
+
+    pub fn get(&self) -> Option<Arc<str>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl<'s> Waiting<'s> {
     pub fn new(sessions: &'s crate::sessions::Sessions) -> Waiting<'s> {
         Waiting {
             record: None,
+            tried: None,
             sessions,
         }
     }
 
-    pub fn arm(&mut self, record: Record) {
+    pub fn arm(&mut self, record: Record, tried: Tried) {
         self.record = Some(record);
+        self.tried = Some(tried);
     }
 
     /// The record, no longer written on drop (the exchange answered or was refused).
@@ -147,6 +172,9 @@ impl<'s> Waiting<'s> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         if let Some(mut record) = self.record.take() {
+            if let Some(backend) = self.tried.as_ref().and_then(Tried::get) {
+                record.backend = backend;
+            }
             if self.sessions.is_draining() {
                 record.status = http::StatusCode::SERVICE_UNAVAILABLE;
                 record.finish(

@@ -1981,6 +1981,49 @@ async fn a_client_that_leaves_before_the_response_head_is_recorded_499() {
     assert_eq!(r["path"], "/waited");
     assert_eq!(r["status"], 499);
     assert_eq!(r["outcome"], "client_gone");
+    // The backend it was waiting on (the record said "").
+    assert_eq!(r["backend"], format!("http://{b}").as_str());
+}
+
+/// A plain request's 502 and 504 records name the backend that failed it, as a WebSocket
+/// handshake's do: with several backends an operator could not tell which one reset or
+/// stayed silent.
+#[tokio::test]
+async fn the_records_of_failed_plain_requests_name_their_backend() {
+    let (silent, _task) = support::silent_backend().await;
+    let (garbled, _seen) = support::scripted_backend(b"NOT HTTP AT ALL\r\n\r\n".to_vec()).await;
+    for (backend, extra, status, reason) in [
+        (
+            silent,
+            "response_header_timeout = \"200ms\"",
+            504,
+            format!("backend http://{silent} did not answer within 200ms"),
+        ),
+        (
+            silent,
+            "request_timeout = \"200ms\"",
+            504,
+            format!("request did not complete within 200ms, waiting on http://{silent}"),
+        ),
+        (
+            garbled,
+            "",
+            502,
+            format!("backend request failed: http://{garbled}: "),
+        ),
+    ] {
+        let mut gw = Logged::spawn(&http_route(&[backend], extra)).await;
+        let resp = send(gw.addr, get("/failed")).await;
+        assert_eq!(resp.status(), status, "{extra}");
+        let line = gw
+            .wait_line("the refusal's record", |l| {
+                l.contains("\"event\":\"refused\"")
+            })
+            .await;
+        let r = record(&line);
+        let got = r["reason"].as_str().unwrap();
+        assert!(got.starts_with(&reason), "{extra}: {got}");
+    }
 }
 
 /// Plain requests' own backends (`http_backends`) are ejected after failed connects in a
