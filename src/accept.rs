@@ -534,6 +534,7 @@ async fn serve<I>(
         .as_ref()
         .map(|_| Arc::new(tokio::sync::watch::Sender::new(0usize)));
     let cut = state.listeners.cut.clone();
+    let handed_over = state.listeners.handed_over.clone();
     let service = {
         let watch = watch.clone();
         let in_flight = in_flight.clone();
@@ -560,7 +561,22 @@ async fn serve<I>(
             // at its start and again per request, and each HTTP/2 stream's task 13 KiB for
             // its whole response (256 bytes now, the box freed with the response's head).
             Box::pin(async move {
-                let response = proxy::handle(state, conn, req, unread).await;
+                // After a hand-over an HTTP/1.1 connection's answer is its last (the serve
+                // loop shuts down the connections that had a request by then; hyper's
+                // graceful shutdown would close one that had not, unanswered).
+                let last = http1 && state.listeners.handed_over.is_cancelled();
+                let mut response = proxy::handle(state, conn, req, unread).await;
+                if let Ok(r) = &mut response
+                    && last
+                    && r.status() != hyper::StatusCode::SWITCHING_PROTOCOLS
+                    // A refusal's says `close` already (with `upgrade` where it must).
+                    && !r.headers().contains_key(hyper::header::CONNECTION)
+                {
+                    r.headers_mut().insert(
+                        hyper::header::CONNECTION,
+                        hyper::header::HeaderValue::from_static("close"),
+                    );
+                }
                 // A session is registered before its 101 is returned.
                 awaiting.done();
                 if let (Some(on_upgrade), Ok(r)) = (refused_close, &response)
@@ -583,7 +599,11 @@ async fn serve<I>(
     let deadline = tokio::time::sleep_until(deadline);
     tokio::pin!(deadline);
     let mut deadline_armed = true;
+    // The shutdown's stop has been taken (once); `shut`: hyper's graceful shutdown has been
+    // asked for (once: by the stop, a hand-over or the idle close).
     let mut stopping = false;
+    let mut shut = false;
+    let mut handed = false;
     let idle = idle_h2(
         live_streams.as_ref().map(|l| l.subscribe()),
         in_flight.as_ref().map(|f| f.subscribe()),
@@ -625,11 +645,14 @@ async fn serve<I>(
                     if !watch.seen_request() {
                         watch.closed_by_shutdown();
                     }
-                    connection.as_mut().graceful_shutdown();
-                    // hyper ends the connection once the client acknowledges the GOAWAY's
-                    // PING and its streams are done: a client that never answers gets as
-                    // long as an idle connection's does.
-                    goaway_unanswered = Some(Box::pin(tokio::time::sleep(first_request_timeout)));
+                    if !shut {
+                        shut = true;
+                        connection.as_mut().graceful_shutdown();
+                        // hyper ends the connection once the client acknowledges the
+                        // GOAWAY's PING and its streams are done: a client that never
+                        // answers gets as long as an idle connection's does.
+                        goaway_unanswered = Some(Box::pin(tokio::time::sleep(first_request_timeout)));
+                    }
                     continue;
                 }
                 if !watch.seen_request() {
@@ -641,13 +664,35 @@ async fn serve<I>(
                 }
                 // Finish the request in flight, then close; an idle keep-alive connection
                 // (a head after it still arriving included) closes now.
-                connection.as_mut().graceful_shutdown();
+                if !shut {
+                    shut = true;
+                    connection.as_mut().graceful_shutdown();
+                }
             }
-            () = &mut idle, if !stopping => {
+            _ = handed_over.cancelled(), if !handed && !shut && !stopping => {
+                // A successor serves the listeners now (a binary upgrade): this connection
+                // closes after what it is serving, so its client's next connection reaches
+                // the successor. HTTP/2 gets GOAWAY now (a browser opened its next
+                // WebSocket on it, into this process, until the drain began); an idle
+                // keep-alive HTTP/1.1 connection closes now, one with a request in flight
+                // after its answer. One that has not sent a request yet is left to send it
+                // (the drain waits for its answer, `upgrade::drain_after_hand_over`, which
+                // says `Connection: close`): hyper's graceful shutdown would close it at
+                // once, unanswered.
+                handed = true;
+                if live_streams.is_some() || watch.seen_request() {
+                    shut = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                if live_streams.is_some() {
+                    goaway_unanswered = Some(Box::pin(tokio::time::sleep(first_request_timeout)));
+                }
+            }
+            () = &mut idle, if !shut => {
                 // GOAWAY, as a keep-alive HTTP/1.1 connection is closed once idle for as
                 // long (hyper's header read timeout). A client that pings (hyper answers)
                 // but opens no stream would otherwise hold its descriptor for good.
-                stopping = true;
+                shut = true;
                 tracing::debug!(%client, "idle HTTP/2 connection: GOAWAY");
                 connection.as_mut().graceful_shutdown();
                 goaway_unanswered = Some(Box::pin(tokio::time::sleep(first_request_timeout)));

@@ -42,6 +42,9 @@ pub struct Listeners {
     /// Connections accepted whose first request has not been answered yet: a process that
     /// handed its listeners over serves these before it drains (`crate::upgrade`).
     pub awaiting_answer: AtomicUsize,
+    /// A successor has taken the listening sockets over: every connection closes after what
+    /// it is serving (HTTP/2: GOAWAY), before the drain proper begins (`accept::serve`).
+    pub handed_over: CancellationToken,
     /// The admin listener's socket, handed over with the others.
     admin: Mutex<Option<AdminSocket>>,
     /// The other workers' runtimes (`[runtime] scheduler = "per_worker"`): each runs an accept

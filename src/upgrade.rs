@@ -322,6 +322,7 @@ async fn hand_over(state: &ProxyState, stream: UnixStream) -> std::io::Result<u3
         Err(_) => return Err(protocol("the new process did not get ready in time")),
     }
     state.listeners.stop_accepting();
+    state.listeners.handed_over.cancel();
     // Before the drain counts the connections still to answer: a loop on another worker can
     // be holding one it accepted as it was told to stop (the successor's queue is the same
     // socket, so nothing else reaches this process). The loops return at their next poll.

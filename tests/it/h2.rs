@@ -755,6 +755,120 @@ async fn shutdown_sends_goaway_at_once_with_a_websocket_open() {
     drop(handle);
 }
 
+/// A binary upgrade sends GOAWAY at the hand-over to an HTTP/2 connection carrying a
+/// WebSocket, so its client opens its next WebSocket on a new connection, to the successor.
+/// It came only with the drain, which waits for the connections accepted before the
+/// hand-over to send their first request (up to `handshake_timeout`, here 30 s, held by a
+/// connection that has sent nothing yet): until then a browser opened WebSockets on it, in
+/// the old process. That fresh connection still gets its first request answered.
+#[tokio::test]
+async fn a_hand_over_sends_goaway_at_once_and_a_fresh_connection_is_still_answered() {
+    use tokio::io::AsyncWriteExt;
+    let tmp = TempDir::new("h2-handover");
+    let backend = EchoBackend::spawn().await;
+    let (plain, _seen) =
+        scripted_backend(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec()).await;
+    let config = tmp.write(
+        "wsgate.toml",
+        format!(
+            "[upgrade]\nsocket = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[listener]]\nlisten = \"127.0.0.1:0\"\n\
+             handshake_timeout = \"30s\"\n{}http = true\nhttp_backends = [\"http://{plain}\"]\n",
+            tmp.join("upgrade.sock").display(),
+            route("app", "/", &[backend.url()])
+        ),
+    );
+    let mut old = spawn_binary(&config, "json", "info");
+    let mut log =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(old.stderr.take().unwrap()));
+    let mut seen = Vec::new();
+    let listening = wait_line(&mut log, &mut seen, "listening", |l| {
+        l.contains("\"listening\"")
+    })
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&listening).unwrap();
+    let addr: std::net::SocketAddr = v["listen"].as_str().unwrap().parse().unwrap();
+    wait_line(&mut log, &mut seen, "the upgrade socket", |l| {
+        l.contains("binary upgrades")
+    })
+    .await;
+    // A WebSocket over h2c.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
+    opening.extend_from_slice(&raw_extended_connect(1));
+    tcp.write_all(&opening).await.unwrap();
+    let mut buf = Vec::new();
+    loop {
+        let f = next_raw_frame(&mut tcp, &mut buf)
+            .await
+            .expect("closed before the 200");
+        if f.ty == 4 && f.flags & 1 == 0 {
+            tcp.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await.unwrap();
+        }
+        if f.ty == 1 && f.stream == 1 {
+            break;
+        }
+    }
+    // A connection that has sent nothing yet, once the old process has accepted it (not left
+    // in the queue for the successor): the old process owes it an answer.
+    let mut fresh = TcpStream::connect(addr).await.unwrap();
+    let admin: std::net::SocketAddr = seen
+        .iter()
+        .find(|l| l.contains("\"admin listener\""))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["admin"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .expect("the admin listener's address");
+    tokio::time::timeout(STEP, async {
+        while scrape(admin)
+            .await
+            .sum("wsgate_connections_accepted_total", &[])
+            < 2.0
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the old process did not accept the second connection");
+    let _new = spawn_binary(&config, "json", "info");
+    wait_line(&mut log, &mut seen, "the hand-over", |l| {
+        l.contains("handed the listening sockets over")
+    })
+    .await;
+    // GOAWAY, while the WebSocket is open and before its 1001 (the drain has not begun).
+    loop {
+        let f = next_raw_frame(&mut tcp, &mut buf)
+            .await
+            .expect("the connection ended without a GOAWAY");
+        assert!(
+            !(f.ty == 0 && f.stream == 1),
+            "the WebSocket's 1001 came before the GOAWAY: {:?}",
+            f.payload
+        );
+        if f.ty == 7 {
+            break;
+        }
+    }
+    // The fresh connection's first request is answered, as its last, then it closes.
+    fresh
+        .write_all(b"GET /plain HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let resp = read_response(&mut fresh).await;
+    assert_eq!(
+        (resp.status, resp.body.as_str()),
+        (200, "ok"),
+        "{}",
+        resp.head
+    );
+    assert_eq!(resp.header("connection").as_deref(), Some("close"));
+    read_until_closed(&mut fresh).await;
+}
+
 /// An HTTP/2 connection that has opened no stream yet gets a GOAWAY on shutdown too (it was
 /// dropped without one: a client could not tell a shutdown from a failure).
 #[tokio::test]
