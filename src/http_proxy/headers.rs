@@ -333,7 +333,9 @@ pub fn request_trailer_names<'a>(
             // the dashed name (`policy::forwarding::reads_as`).
             || n.contains('_')
             || head.contains_key(&name)
-            || managed.clone().any(|m| *m == name);
+            || managed
+                .clone()
+                .any(|m| forwarding::reads_as(n, m.as_str()));
         if !forbidden && !allowed.contains(&name) {
             allowed.push(name);
         }

@@ -238,13 +238,14 @@ pub fn end_to_end(
 /// maps `-` and `_` to the same variable, as CGI, WSGI, PHP and Rack do (`X_User` and
 /// `X-User` are both `HTTP_X_USER`): a client could otherwise add its own value to an
 /// identity header the proxy sets. (nginx drops every header with an underscore by default.)
+/// Both ways: a config that names `X_User` leaves the client's `X-User` to a backend that
+/// drops underscore headers (Werkzeug, Gunicorn 22) and reads the client's value alone.
 pub fn reads_as(name: &str, protected: &str) -> bool {
     name.len() == protected.len()
-        && name.contains('_')
         && name
             .bytes()
             .zip(protected.bytes())
-            .all(|(a, b)| a == b || a == b'_' && b == b'-')
+            .all(|(a, b)| a == b || matches!((a, b), (b'_', b'-') | (b'-', b'_')))
 }
 
 /// The client-certificate subject header of a backend request, on the WebSocket and the

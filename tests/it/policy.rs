@@ -193,6 +193,32 @@ async fn identity_headers_replace_forged_ones() {
     assert_eq!(seen.header("x-kept"), Some("yes"));
 }
 
+/// A header name the config spells with underscores removes the client's dashed spelling
+/// too: a backend that drops underscore headers (Werkzeug, Gunicorn 22) got the client's
+/// `X-User` alone, and read it as the proxy's word.
+#[tokio::test]
+async fn a_header_the_config_spells_with_underscores_removes_the_dashed_spelling() {
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway(
+        &backend,
+        "[route.auth]\nstrip_headers = [\"X_Debug\"]\n\
+         set_headers = { \"X_Client_IP\" = \"{client.ip}\" }",
+    )
+    .await;
+    let r = upgrade(
+        &gw,
+        "X-Debug: 1\r\nX-Client-IP: 6.6.6.6\r\nX_Client-IP: 6.6.6.7\r\nX-Kept: yes\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    let seen = backend.last_request();
+    assert_eq!(seen.header("x-debug"), None);
+    assert_eq!(seen.header("x-client-ip"), None);
+    assert_eq!(seen.header("x_client-ip"), None);
+    assert_eq!(seen.header("x_client_ip"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-kept"), Some("yes"));
+}
+
 #[tokio::test]
 async fn connection_options_drop_the_clients_headers_not_the_proxys() {
     let backend = EchoBackend::spawn().await;
