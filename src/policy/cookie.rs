@@ -73,12 +73,17 @@ pub fn strip(headers: &mut HeaderMap, names: &[String]) {
         .map(<[u8]>::trim_ascii)
         .filter(|pair| !pair.is_empty())
         .filter(|pair| {
-            let name = pair
-                .split(|&b| b == b'=')
-                .next()
-                .unwrap_or(pair)
-                .trim_ascii();
-            !names_it(&String::from_utf8_lossy(name), names)
+            let (name, value) = match pair.iter().position(|&b| b == b'=') {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
+                None => (&pair[..], &b""[..]),
+            };
+            let value = String::from_utf8_lossy(value);
+            let value = trim(&value);
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value);
+            !strips(&String::from_utf8_lossy(name.trim_ascii()), value, names)
         })
         .collect();
     let value = (!kept.is_empty()).then(|| kept.join(&b"; "[..]));
@@ -86,6 +91,27 @@ pub fn strip(headers: &mut HeaderMap, names: &[String]) {
     if let Some(v) = value.and_then(|v| HeaderValue::from_bytes(&v).ok()) {
         headers.insert(COOKIE, v);
     }
+}
+
+/// Whether [`strip`] removes the pair `name=value` (as [`pairs`] reads them): its name is one
+/// of `names`, or its value hides one. Python's `SimpleCookie` (Bottle, CherryPy, older
+/// aiohttp) also splits on white space and commas, so to it `theme=dark access_token=X`
+/// holds an `access_token` too: a token or a stripped cookie behind it reached the backend.
+/// Browsers never send such a value (RFC 6265's cookie-octets exclude both), so the pair
+/// goes whole.
+pub fn strips(name: &str, value: &str, names: &[String]) -> bool {
+    const SEPARATORS: [char; 3] = [' ', '\t', ','];
+    names_it(name, names)
+        // `x access_token=X`: its last word is the name to such a parser.
+        || name
+            .rsplit(SEPARATORS)
+            .next()
+            .is_some_and(|last| last.len() < name.len() && names_it(last, names))
+        || value
+            .split(SEPARATORS)
+            .skip(1)
+            .filter_map(|piece| piece.split_once('=').map(|(n, _)| trim(n)))
+            .any(|n| !n.is_empty() && names_it(n, names))
 }
 
 /// Whether a cookie called `name` is one of `names` for [`strip`]: as written,
@@ -156,6 +182,32 @@ mod tests {
         strip(&mut h, &["access_token".into()]);
         // `access[token]` is PHP's array `access`, not the name.
         assert_eq!(h[COOKIE], "access[token]=d; theme=dark");
+    }
+
+    /// Python's `SimpleCookie` also splits on white space and commas: a token or a stripped
+    /// cookie hidden in another pair's value (or behind a word in its name) is one to it.
+    #[test]
+    fn strips_a_pair_that_hides_a_stripped_name_behind_a_space_or_comma() {
+        let strip_one = |cookie: &'static str, name: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(COOKIE, HeaderValue::from_static(cookie));
+            strip(&mut h, &[name.into()]);
+            h.get(COOKIE).map(|v| v.to_str().unwrap().to_owned())
+        };
+        let kept = strip_one(
+            "access_token=GOOD; theme=dark access_token=FORGED; lang=en",
+            "access_token",
+        );
+        assert_eq!(kept.as_deref(), Some("lang=en"));
+        let kept = strip_one("theme=dark, session=s3cr3t; a=1", "session");
+        assert_eq!(kept.as_deref(), Some("a=1"));
+        let kept = strip_one("x session=s3cr3t; b=2", "session");
+        assert_eq!(kept.as_deref(), Some("b=2"));
+        // A value's own `=` (base64) names nothing; a quoted value is read as `pairs` does.
+        let kept = strip_one("t=abc=def; q=\"x session=1\"; b=1", "abc");
+        assert_eq!(kept.as_deref(), Some("t=abc=def; q=\"x session=1\"; b=1"));
+        let kept = strip_one("t=abc=def; q=\"x session=1\"; b=1", "session");
+        assert_eq!(kept.as_deref(), Some("t=abc=def; b=1"));
     }
 
     #[test]
