@@ -317,7 +317,7 @@ pub enum ProxyError {
     RequestTimeout(Duration, Option<std::sync::Arc<str>>),
     /// The client went away while its backend was asked for the upgrade (recorded, never
     /// answered: there is nobody to answer).
-    #[error("the client went away before the backend answered the upgrade")]
+    #[error("the client went away before its upgrade was answered")]
     ClientGone,
 }
 

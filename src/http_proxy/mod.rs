@@ -202,25 +202,22 @@ async fn exchange(
     let host = headers::request_host(parts).unwrap_or_default().to_string();
     // Read before the policy, which may strip the cookie or header it names.
     let mut affinity = route.pool.affinity(parts, cx.conn.client.ip());
-    let admitted = check_policy(cx, route, parts, &host).await?;
     let state = BodyState::new(body, http.max_request_body, http.request_body_timeout);
-    let record = record::Record::of_request(
-        cx,
-        route,
-        parts,
-        &host,
-        admitted.user,
-        started,
-        state.clone(),
-    );
+    // The backend asked last, for a record written before it answers.
+    let tried = record::Tried::default();
+    // Armed before the policy: a client that leaves while forward-auth is asked is recorded
+    // (499) as one that leaves while the backend is.
+    let record = record::Record::of_request(cx, route, parts, &host, started, state.clone());
+    waiting.arm(record, tried.clone());
+    let admitted = check_policy(cx, route, parts, &host).await?;
+    let mut record = waiting.take().expect("armed before the policy");
+    record.set_user(admitted.user);
     if max_forwards == Some(0) {
         return Ok(answer_here(cx, record, echo));
     }
     route
         .pool
         .claim_affinity(&mut affinity, admitted.claims.as_ref());
-    // The backend asked last, for a record written before it answers.
-    let tried = record::Tried::default();
     waiting.arm(record, tried.clone());
     let mut backend_headers = backend_headers(cx, parts, &host);
     if let Some(n) = max_forwards {

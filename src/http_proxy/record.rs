@@ -49,13 +49,12 @@ pub struct Record {
 
 impl Record {
     /// What the record says of the request (every value the client chose cut to its
-    /// bound); the backend and the status are the answer's.
+    /// bound); the user is the policy's, the backend and the status are the answer's.
     pub fn of_request(
         cx: &Ctx<'_>,
         route: &Arc<Route>,
         parts: &Parts,
         host: &str,
-        user: Option<String>,
         started: Instant,
         request_body: Arc<BodyState>,
     ) -> Record {
@@ -71,7 +70,8 @@ impl Record {
             host: (!host.is_empty())
                 .then(|| cut(crate::route::strip_port(host), MAX_LOGGED_VALUE).into()),
             path: cut(parts.uri.path(), MAX_LOGGED_PATH).into(),
-            user: user.map(|u| cut(&u, MAX_LOGGED_VALUE).into()),
+            // The policy's, once it has run (`set_user`).
+            user: None,
             user_agent: parts
                 .headers
                 .get(http::header::USER_AGENT)
@@ -80,6 +80,11 @@ impl Record {
             started,
             request_body,
         }
+    }
+
+    /// The user the policy admitted (known only once it has run).
+    pub fn set_user(&mut self, user: Option<String>) {
+        self.user = user.map(|u| cut(&u, MAX_LOGGED_VALUE).into());
     }
 
     /// Counts the exchange on its route and writes its access record.

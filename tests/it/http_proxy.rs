@@ -1985,6 +1985,39 @@ async fn a_client_that_leaves_before_the_response_head_is_recorded_499() {
     assert_eq!(r["backend"], format!("http://{b}").as_str());
 }
 
+/// A client that gives up while forward-auth is being asked is recorded as one that gives up
+/// while the backend is (499, `client_gone`); it left no record and no count at all.
+#[tokio::test]
+async fn a_client_that_leaves_while_forward_auth_is_asked_is_recorded_499() {
+    let auth = crate::support::fake_auth::FakeAuth::spawn().await;
+    let (b, _seen) = echo_backend().await;
+    let extra = format!(
+        "[route.auth.forward_auth]\nurl = \"{}\"\n",
+        auth.url("/slow")
+    );
+    let mut gw = Logged::spawn(&http_route(&[b], &extra)).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /asked HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(STEP, async {
+        while auth.count() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("forward-auth was not asked");
+    drop(s);
+    let line = gw
+        .wait_line("the http record", |l| l.contains("\"event\":\"http\""))
+        .await;
+    let r = record(&line);
+    assert_eq!(r["path"], "/asked");
+    assert_eq!(r["status"], 499);
+    assert_eq!(r["outcome"], "client_gone");
+    assert_eq!(r["backend"], "");
+}
+
 /// A plain request's 502 and 504 records name the backend that failed it, as a WebSocket
 /// handshake's do: with several backends an operator could not tell which one reset or
 /// stayed silent.
