@@ -91,7 +91,17 @@ fn request_host(parts: &Parts, scheme: &str) -> Result<Option<String>, TargetErr
     if hosts.next().is_some() {
         return Err(TargetError::DuplicateHost);
     }
-    let host = host.and_then(|h| h.to_str().ok()).map(str::trim);
+    // A Host with bytes past ASCII names no host (an IDN goes as its A-label): invalid, not
+    // absent (it was refused as a missing Host, and recorded `missing_host`).
+    let host = match host.map(|h| h.to_str()) {
+        Some(Err(_)) => {
+            return Err(TargetError::HostInvalid(
+                "Host header is not a host name or address with an optional port",
+            ));
+        }
+        Some(Ok(h)) => Some(h.trim()),
+        None => None,
+    };
     // Empty is HTTP/1.1's "no authority" (the handshake's validation asks for a host).
     if let Some(h) = host.filter(|h| !h.is_empty())
         && (h.contains('@') || !h.parse::<Authority>().is_ok_and(|a| port_is_digits(&a)))
@@ -256,6 +266,17 @@ mod tests {
             routed("http://public.example@admin.example/", &[]),
             Err("host_invalid".into())
         );
+        // Bytes past ASCII (UTF-8, Latin-1): a Host that names no host, not a missing one.
+        for bad in [&b"\xc3\xa9.example"[..], b"exa\xffmple"] {
+            let t = table();
+            let mut p = parts("/", &[]);
+            p.headers
+                .insert("host", http::HeaderValue::from_bytes(bad).unwrap());
+            let outcome = route(&t, &mut p, &PathRules::default(), "http")
+                .map(|_| ())
+                .map_err(|e| ProxyError::from(e).outcome().as_str());
+            assert_eq!(outcome, Err("host_invalid"), "{bad:?}");
+        }
         // Addresses and ports are hosts.
         for good in ["[::1]:8080", "127.0.0.1", "admin.example:443"] {
             assert!(routed("/", &[good]).is_ok(), "{good}");
