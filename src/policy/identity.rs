@@ -67,6 +67,13 @@ impl Template {
                     });
                 }
                 '}' => return Err(format!("{s:?}: unmatched '}}' (write '}}}}' for a brace)")),
+                // No header value can carry a control character but tab (RFC 9110 §5.5):
+                // the header would be left out of every request, without a word.
+                c if c.is_ascii_control() && c != '\t' => {
+                    return Err(format!(
+                        "{s:?}: {c:?} cannot be in a header value (a control character)"
+                    ));
+                }
                 c => text.push(c),
             }
         }
@@ -134,6 +141,17 @@ fn scalar(v: &Value) -> Option<std::borrow::Cow<'_, str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A literal no header value can carry is the config's error, not a header silently
+    /// left out of every request (`wsgate check` passed it).
+    #[test]
+    fn control_characters_are_refused() {
+        for bad in ["line\nbreak", "nul\0", "{client.ip}\r\nX-Injected: 1", "del\x7f"] {
+            let e = Template::parse(bad).unwrap_err();
+            assert!(e.contains("cannot be in a header value"), "{bad:?}: {e}");
+        }
+        assert!(Template::parse("tab\tis fine, so is é").is_ok());
+    }
 
     #[test]
     fn renders_claims_and_facts() {
