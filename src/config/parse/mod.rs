@@ -420,7 +420,15 @@ fn parse_error(text: &str, e: &toml::de::Error, message: String) -> ConfigError 
         Some(span) => ConfigError {
             key: key_path_at(text, span.clone()),
             line: Some(line_of(text, span.start)),
-            message,
+            // toml says "duplicate key" of a table header too (`[timeouts]` twice, or
+            // `[[route.backends]]` after `backends = [...]`).
+            message: if message == "duplicate key" && header_at(text, span.start).is_some() {
+                "defined twice: a table's keys go under one header, and a name is a key or a \
+                 table, not both"
+                    .to_string()
+            } else {
+                message
+            },
         },
         None => ConfigError {
             key: "(file)".into(),
@@ -439,33 +447,65 @@ pub(super) fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
+/// The table header on the line of `offset`, trimmed, if that line is one.
+fn header_at(text: &str, offset: usize) -> Option<&str> {
+    let start = text[..offset.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let line = text[start..].split('\n').next().unwrap_or("").trim();
+    line.starts_with('[').then_some(line)
+}
+
+/// The dotted path of the table a header line opens (`route[1]` for the second `[[route]]`,
+/// `route[1].timeouts` for a `[route.timeouts]` after it), counting arrays of tables in
+/// `counts`; `None` for a line that is no header.
+fn table_header(t: &str, counts: &mut std::collections::HashMap<String, usize>) -> Option<String> {
+    if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+        // `trim_end_matches`: a header with a `]` missing (`[[route]`, the syntax error
+        // being reported) still names its table.
+        let name = name.trim().trim_end_matches(']').trim().to_string();
+        // An array of tables inside the current entry of another (`[[route.backends]]`).
+        let (base, shown) = match name.split_once('.') {
+            Some((parent, child)) if counts.contains_key(parent) => (
+                name.clone(),
+                format!("{parent}[{}].{child}", counts[parent] - 1),
+            ),
+            _ => (name.clone(), name.clone()),
+        };
+        let n = counts.entry(base).or_insert(0);
+        let path = format!("{shown}[{n}]");
+        *n += 1;
+        return Some(path);
+    }
+    let name = t.strip_prefix('[').and_then(|r| r.split(']').next())?;
+    // A sub-table of the current array entry, e.g. `[route.timeouts]`.
+    let name = name.trim();
+    Some(match name.split_once('.') {
+        Some((parent, child)) if counts.contains_key(parent) => {
+            format!("{parent}[{}].{child}", counts[parent] - 1)
+        }
+        _ => name.to_string(),
+    })
+}
+
 /// Best-effort dotted key for a span: the innermost table header before it (with the index of
 /// an array-of-tables entry) followed by the key written on the span's line, if any.
 fn key_path_at(text: &str, span: Range<usize>) -> String {
     let before = &text[..span.start.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let mut table = String::new();
     let mut counts: std::collections::HashMap<String, usize> = Default::default();
-    for line in before.lines() {
-        let t = line.trim();
-        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
-            // `trim_end_matches`: a header with a `]` missing (`[[route]`, the syntax error
-            // being reported) still names its table.
-            let name = name.trim().trim_end_matches(']').trim().to_string();
-            let n = counts.entry(name.clone()).or_insert(0);
-            table = format!("{name}[{n}]");
-            *n += 1;
-        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
-            // A sub-table of the current array entry, e.g. `[route.timeouts]`.
-            let name = name.trim();
-            table = match name.split_once('.') {
-                Some((parent, child)) if counts.contains_key(parent) => {
-                    format!("{parent}[{}].{child}", counts[parent] - 1)
-                }
-                _ => name.to_string(),
-            };
+    // The whole lines before the span's: a span inside a header (`timeouts` in
+    // `[route.timeouts]`) must not count the header's first half as a table of its own.
+    for line in text[..line_start].lines() {
+        if let Some(t) = table_header(line.trim(), &mut counts) {
+            table = t;
         }
     }
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    // At a header (a table defined twice): that header's table.
+    if let Some(header) = header_at(text, span.start) {
+        return table_header(header, &mut counts).unwrap_or(table);
+    }
     let line = &text[line_start..];
     let line = line.split('\n').next().unwrap_or("");
     let key = line

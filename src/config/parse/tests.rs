@@ -65,6 +65,27 @@ fn an_unclosed_header_names_its_table() {
     assert_eq!(errors[0].line, Some(1));
 }
 
+/// A table defined twice is named as the header that defines it again, and said to be one
+/// (it read `(top level): duplicate key`, `route[0].: duplicate key`, `route.[0]`).
+#[test]
+fn a_table_defined_twice_is_named() {
+    const TWICE: &str = "defined twice: a table's keys go under one header, and a name is a key \
+                         or a table, not both";
+    assert_errors(
+        "[timeouts]\nidle = \"1s\"\n[timeouts]\nidle = \"2s\"\n",
+        &[(3, "timeouts", TWICE)],
+    );
+    assert_errors(
+        "[[route]]\nname = \"a\"\n[[route]]\nname = \"b\"\n[route.timeouts]\nidle = \"1s\"\n\
+         [route.timeouts]\nidle = \"2s\"\n",
+        &[(7, "route[1].timeouts", TWICE)],
+    );
+    assert_errors(
+        "[[route]]\nname = \"a\"\nbackends = [\"ws://a\"]\n[[route.backends]]\nx = 1\n",
+        &[(4, "route[0].backends[0]", TWICE)],
+    );
+}
+
 /// Every key of a `[[route]]` table, in the order `FileRoute` declares them.
 const ROUTE_KEYS: &str = "name, host, path, backends, balance, preserve_host, max_message, \
      permessage_deflate, max_message_inflated, timeouts, backend_tls, origins, missing_origin, \
