@@ -61,17 +61,19 @@ enum Command {
     },
     /// Start a built-in echo backend and the proxy in front of it, with a browser page at /.
     Demo {
-        /// Where the demo proxy listens. If the default port is busy, a free port is used.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
+        /// Where the demo proxy listens [default: 127.0.0.1:8080]. If the default port is
+        /// busy, a free port is used; a port given here must be free.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
         /// Serve the page over https and the WebSocket over wss, with a self-signed
         /// development certificate made at start (the browser will ask you to accept it).
         #[arg(long)]
         tls: bool,
-        /// Where the demo's admin listener (status page, /metrics, session API) listens. If
-        /// it or the proxy's port is busy, both take free ports (the printed lines say which).
-        #[arg(long, default_value = "127.0.0.1:9901")]
-        admin: SocketAddr,
+        /// Where the demo's admin listener (status page, /metrics, session API) listens
+        /// [default: 127.0.0.1:9901]. If the default port is busy, a free port is used (the
+        /// printed lines say which); a port given here must be free.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
     },
     /// Write a self-signed development certificate and key (PEM) for the given names, e.g.
     /// `wsgate cert localhost 127.0.0.1`. Marked as such: never use it in production.
@@ -528,18 +530,57 @@ fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     f.write_all(data)
 }
 
-async fn demo(listen: SocketAddr, admin: SocketAddr, tls: bool) -> anyhow::Result<()> {
+/// `wsgate demo`'s addresses when none is given.
+const DEMO_LISTEN: &str = "127.0.0.1:8080";
+const DEMO_ADMIN: &str = "127.0.0.1:9901";
+
+async fn demo(
+    listen: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+    tls: bool,
+) -> anyhow::Result<()> {
     let signals = Signals::install()?;
     let backend = wsgate::demo::start_echo_backend("127.0.0.1:0".parse()?)
         .await
         .context("cannot start the demo echo backend")?;
     let config = |listen, admin| wsgate::demo::config(listen, admin, backend, tls);
-    let handle = match Gateway::start(config(listen, admin)).await {
+    let (l, a) = (
+        listen.unwrap_or(DEMO_LISTEN.parse()?),
+        admin.unwrap_or(DEMO_ADMIN.parse()?),
+    );
+    let handle = match Gateway::start(config(l, a)).await {
         Ok(h) => h,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            let free = |a: SocketAddr| SocketAddr::new(a.ip(), 0);
-            eprintln!("wsgate: {listen} or {admin} is in use; using free ports instead");
-            Gateway::start(config(free(listen), free(admin))).await?
+            // Which one (a probe: the demo is no place for a race to matter). A default
+            // port that is busy gives way to a free one; a port the user asked for does not.
+            let busy = |addr: SocketAddr| std::net::TcpListener::bind(addr).is_err();
+            let (l_busy, a_busy) = (busy(l), busy(a));
+            for (given, is_busy, flag, addr) in [
+                (listen, l_busy, "--listen", l),
+                (admin, a_busy, "--admin", a),
+            ] {
+                if given.is_some() && is_busy {
+                    anyhow::bail!(
+                        "{addr} ({flag}) is in use: give a free one, or leave {flag} out for a free port"
+                    );
+                }
+            }
+            let free = |addr: SocketAddr, take: bool| {
+                if take {
+                    eprintln!("wsgate: {addr} is in use; using a free port instead");
+                    SocketAddr::new(addr.ip(), 0)
+                } else {
+                    addr
+                }
+            };
+            // Neither busy by now (it was let go meanwhile): free ones for the defaults.
+            let either = l_busy || a_busy;
+            let take = |busy: bool, given: Option<SocketAddr>| busy || !either && given.is_none();
+            Gateway::start(config(
+                free(l, take(l_busy, listen)),
+                free(a, take(a_busy, admin)),
+            ))
+            .await?
         }
         Err(e) => return Err(e.into()),
     };

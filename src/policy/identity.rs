@@ -146,7 +146,12 @@ mod tests {
     /// left out of every request (`wsgate check` passed it).
     #[test]
     fn control_characters_are_refused() {
-        for bad in ["line\nbreak", "nul\0", "{client.ip}\r\nX-Injected: 1", "del\x7f"] {
+        for bad in [
+            "line\nbreak",
+            "nul\0",
+            "{client.ip}\r\nX-Injected: 1",
+            "del\x7f",
+        ] {
             let e = Template::parse(bad).unwrap_err();
             assert!(e.contains("cannot be in a header value"), "{bad:?}: {e}");
         }

@@ -136,6 +136,28 @@ async fn spawn_demo(tls: bool) -> (Child, String, Lines<BufReader<ChildStdout>>)
     (child, addr, lines)
 }
 
+/// A port given to `wsgate demo` is the one it serves on or an error: it took a free port
+/// instead, where only the defaults give way.
+#[tokio::test]
+async fn demo_refuses_a_busy_port_it_was_given() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().to_string();
+    let run = Command::new(BIN)
+        .args(["demo", "--listen", busy.as_str(), "--admin", "127.0.0.1:0"])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(STEP, run)
+        .await
+        .expect("wsgate exits")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{busy} (--listen) is in use")),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn version_and_help() {
     let out = run_wsgate(["--version"]).await;
