@@ -186,6 +186,7 @@ impl Gateway {
         let admin_stop = CancellationToken::new();
         let admin_addr = match state.initial.admin.clone() {
             Some(config) => {
+                let config_line = config.listen_line;
                 let registry = metrics::collector::registry(metrics::collector::GatewayMetrics {
                     state: state.clone(),
                     started: std::time::SystemTime::now(),
@@ -198,10 +199,17 @@ impl Gateway {
                     stop: admin_stop.clone(),
                     handed_over: admin_stop.child_token(),
                 });
+                let at = match (state.initial.source.as_deref(), config_line) {
+                    (Some(file), Some(n)) => format!("{}:{n}: ", file.display()),
+                    (None, Some(n)) => format!("line {n}: "),
+                    (_, None) => String::new(),
+                };
                 match admin::start(admin, admin_socket).await {
                     Ok(addr) => Some(addr),
                     Err(e) => {
                         stop.cancel();
+                        // Named as a config error, as a proxy listener's is (`bind_all`).
+                        let e = std::io::Error::new(e.kind(), format!("{at}admin.listen: {e}"));
                         return Err(e);
                     }
                 }

@@ -82,7 +82,7 @@ pub async fn start(
         None => crate::accept::bind(admin.config.addr).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
-                format!("cannot listen on {} (admin): {e}", admin.config.addr),
+                format!("cannot listen on {}: {e}", admin.config.addr),
             )
         })?,
     };

@@ -130,6 +130,8 @@ pub struct AdminConfig {
     /// How often `[admin.tls]`'s certificate files are checked for changes, as a proxy
     /// listener's (`watch_interval`); `None`: only on SIGHUP, or no TLS.
     pub tls_watch: Option<Duration>,
+    /// The config line of `listen`, for the error when it cannot be bound.
+    pub listen_line: Option<usize>,
 }
 
 /// A secret that never appears in `Debug` output or logs.

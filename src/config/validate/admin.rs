@@ -81,6 +81,7 @@ impl Validator<'_> {
             },
             tls_watch: tls.as_ref().and_then(|t| t.watch),
             tls: tls.map(|t| t.listener),
+            listen_line: Some(self.line(listen.span().start)),
         })
     }
 
