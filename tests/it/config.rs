@@ -40,6 +40,22 @@ fn unknown_key_is_named_with_its_line() {
     );
 }
 
+/// `"off"` for a timer that cannot be off says so (it read "invalid duration: expected a
+/// number followed by a unit", as if "off" were a typo).
+#[test]
+fn off_where_a_timer_cannot_be_off_says_so() {
+    const CANNOT: &str = "cannot be \"off\": give a duration";
+    assert_errors(
+        "off_where_it_cannot_be.toml",
+        &[
+            (4, "timeouts.pong_timeout", CANNOT),
+            (6, "http2.keep_alive_timeout", CANNOT),
+            (8, "config.watch_interval", CANNOT),
+            (14, "route[0].http_idle_timeout", CANNOT),
+        ],
+    );
+}
+
 #[test]
 fn every_bad_value_is_reported_at_once() {
     assert_errors(

@@ -265,6 +265,15 @@ impl Validator<'_> {
         default: Duration,
     ) -> Duration {
         let Some(value) = value else { return default };
+        if value.get_ref().trim().eq_ignore_ascii_case("off") {
+            // The keys that can be off take it before this (`optional_duration`).
+            self.err(
+                key,
+                Some(value.span()),
+                "cannot be \"off\": give a duration, e.g. \"30s\"",
+            );
+            return default;
+        }
         match parse_duration(value.get_ref()) {
             Ok(d) if d.is_zero() => {
                 self.err(key, Some(value.span()), "must be greater than zero");
