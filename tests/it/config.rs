@@ -56,6 +56,27 @@ fn off_where_a_timer_cannot_be_off_says_so() {
     );
 }
 
+/// A listen address whose port is over 65535 says so (it read "not an IP address with a
+/// port", where a backend URL's says the port is not a port number).
+#[test]
+fn a_port_over_65535_is_named() {
+    assert_errors(
+        "port_out_of_range.toml",
+        &[
+            (
+                2,
+                "listener[0].listen",
+                "\"65536\" is not a port number (0 to 65535)",
+            ),
+            (
+                5,
+                "admin.listen",
+                "\"99999\" is not a port number (0 to 65535)",
+            ),
+        ],
+    );
+}
+
 #[test]
 fn every_bad_value_is_reported_at_once() {
     assert_errors(

@@ -48,10 +48,13 @@ impl Validator<'_> {
             self.err(
                 "admin.listen",
                 Some(listen.span()),
-                format!(
-                    "{:?} is not an IP address with a port, e.g. \"127.0.0.1:9901\"",
-                    listen.get_ref()
-                ),
+                match super::listener::port_out_of_range(listen.get_ref()) {
+                    Some(port) => format!("{port:?} is not a port number (0 to 65535)"),
+                    None => format!(
+                        "{:?} is not an IP address with a port, e.g. \"127.0.0.1:9901\"",
+                        listen.get_ref()
+                    ),
+                },
             );
             return None;
         };

@@ -99,10 +99,13 @@ impl Validator<'_> {
                 Err(_) => self.err(
                     format!("{key}.listen"),
                     Some(listen.span()),
-                    format!(
-                        "{:?} is not an IP address with a port, e.g. \"0.0.0.0:8080\" or \"[::]:8080\"",
-                        listen.get_ref()
-                    ),
+                    match port_out_of_range(listen.get_ref()) {
+                        Some(port) => format!("{port:?} is not a port number (0 to 65535)"),
+                        None => format!(
+                            "{:?} is not an IP address with a port, e.g. \"0.0.0.0:8080\" or \"[::]:8080\"",
+                            listen.get_ref()
+                        ),
+                    },
                 ),
             }
         }
@@ -458,4 +461,19 @@ pub(super) fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
         a == b || (a.is_unspecified() && (a.is_ipv6() || b.is_ipv4()))
     };
     a.port() != 0 && a.port() == b.port() && (covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
+}
+
+/// The port of an address that would be one but for its port being over 65535
+/// (`"127.0.0.1:65536"`), for the error to say so (as a backend URL's does).
+pub(super) fn port_out_of_range(text: &str) -> Option<&str> {
+    let (host, port) = text.trim().rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    (host.parse::<std::net::IpAddr>().is_ok()
+        && !port.is_empty()
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && port.parse::<u16>().is_err())
+    .then_some(port)
 }
