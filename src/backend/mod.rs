@@ -556,9 +556,7 @@ fn verify_101(
     offered: &ClientHandshake,
 ) -> Result<(Option<HeaderValue>, Vec<HeaderValue>), BackendError> {
     let bad = |m: &str| Err(BackendError::BadHandshake(m.to_string()));
-    if !handshake::has_token(h, &header::UPGRADE, "websocket") {
-        return bad("101 without Upgrade: websocket");
-    }
+    upgrade_is_websocket(h).map_err(BackendError::BadHandshake)?;
     if !handshake::has_token(h, &header::CONNECTION, "upgrade") {
         return bad("101 without Connection: upgrade");
     }
@@ -627,6 +625,38 @@ fn verify_101(
     Ok((protocol, extensions))
 }
 
+/// The 101's `Upgrade` must be `websocket` and nothing else: RFC 6455 §4.1 (the client's
+/// checks of the server's answer, point 2) has a client fail the connection on an `Upgrade`
+/// with any value other than `websocket`. A list that merely contains it (`websocket, h2c`)
+/// is a backend that switched to something else, or does not know which, and the relay would
+/// speak WebSocket to it regardless; a client's request is held to less (`has_token`), as
+/// the RFC asks only that it contain `websocket`. Case and the whitespace around the value do
+/// not matter; a second field line is a second value, and refused too.
+fn upgrade_is_websocket(h: &HeaderMap) -> Result<(), String> {
+    let values: Vec<&HeaderValue> = h.get_all(header::UPGRADE).iter().collect();
+    match values.as_slice() {
+        [] => Err("101 without Upgrade: websocket".to_string()),
+        [one]
+            if one
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"websocket") =>
+        {
+            Ok(())
+        }
+        _ => {
+            let said: Vec<String> = values
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
+                .collect();
+            Err(format!(
+                "101 with Upgrade: {:?}, where RFC 6455 §4.1 wants websocket alone",
+                said.join(", ")
+            ))
+        }
+    }
+}
+
 /// Extension names of one `Sec-WebSocket-Extensions` value (`a; p=1, b` → `a`, `b`).
 pub fn extension_names(value: &[u8]) -> Vec<String> {
     String::from_utf8_lossy(value)
@@ -676,6 +706,40 @@ mod tests {
         let b = &r.backends[0];
         assert_eq!(backend_path(&r, b, "/", None), "/");
         assert_eq!(backend_path(&r, b, "/a/b", None), "/a/b");
+    }
+
+    #[test]
+    fn a_101_upgrades_to_websocket_alone() {
+        let upgrade = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::UPGRADE, HeaderValue::from_str(v).unwrap());
+            }
+            upgrade_is_websocket(&h)
+        };
+        for good in ["websocket", "WebSocket", " websocket\t"] {
+            assert_eq!(upgrade(&[good]), Ok(()), "{good:?}");
+        }
+        assert_eq!(
+            upgrade(&[]),
+            Err("101 without Upgrade: websocket".to_string())
+        );
+        for (bad, said) in [
+            (&["websocket, h2c"][..], "\"websocket, h2c\""),
+            (&["h2c, websocket"], "\"h2c, websocket\""),
+            (&["websocket,"], "\"websocket,\""),
+            (&["websocket", "h2c"], "\"websocket, h2c\""),
+            (&["websocket", "websocket"], "\"websocket, websocket\""),
+            (&["h2c"], "\"h2c\""),
+            (&[""], "\"\""),
+        ] {
+            let e = upgrade(bad).unwrap_err();
+            assert_eq!(
+                e,
+                format!("101 with Upgrade: {said}, where RFC 6455 §4.1 wants websocket alone"),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -232,6 +232,30 @@ async fn backend_with_a_wrong_accept_key_is_a_bad_gateway() {
     assert!(resp.body.contains("Sec-WebSocket-Accept"), "{}", resp.body);
 }
 
+/// RFC 6455 §4.1: a 101 whose `Upgrade` lists another protocol besides websocket fails the
+/// connection; it was waved through while the list contained `websocket`.
+#[tokio::test]
+async fn backend_upgrading_to_more_than_websocket_is_a_bad_gateway() {
+    let (addr, _) = scripted_backend(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket, h2c\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n".to_vec(),
+    )
+    .await;
+    let gw = gateway_to(addr).await;
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 502, "{resp:?}");
+    assert_eq!(resp.body, "invalid backend handshake\n");
+    let gw = gateway_with_details(addr).await;
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 502, "{resp:?}");
+    assert_eq!(
+        resp.body,
+        format!(
+            "invalid backend handshake: ws://{addr}: 101 with Upgrade: \"websocket, h2c\", \
+             where RFC 6455 §4.1 wants websocket alone\n"
+        )
+    );
+}
+
 /// RFC 6455 §11.3.3: `Sec-WebSocket-Accept` must not appear more than once; a second one
 /// after the right value is not waved through.
 #[tokio::test]
