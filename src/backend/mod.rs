@@ -371,13 +371,76 @@ pub(crate) async fn tls_connect(
     })?;
     crate::tls_io::connect(stream, config.clone(), name)
         .await
-        .map_err(|e| BackendError::Tls(tls_failure(&e, &url.host)))
+        .map_err(|e| BackendError::Tls(tls_failure(&e, &url.host, has_client_cert(config))))
+}
+
+/// Whether wsgate has a client certificate to send with these settings
+/// (`[route.backend_tls] client_cert`): a backend's refusal reads differently with and
+/// without one.
+fn has_client_cert(config: &rustls::ClientConfig) -> bool {
+    config.client_auth_cert_resolver.has_certs()
+}
+
+/// The alert a peer refused the TLS connection with, if `e` is one (from the handshake, or
+/// from a read after it: `tls_io` and `tls_records` both carry rustls's `AlertReceived`).
+fn alert_received(e: &std::io::Error) -> Option<rustls::AlertDescription> {
+    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::AlertReceived(alert) => Some(*alert),
+        _ => None,
+    }
+}
+
+/// A backend's TLS alert on the first read after the handshake, in the words of
+/// [`tls_failure`]; `None` if `e` is not an alert.
+pub(crate) fn alert_refusal(e: &std::io::Error, client_cert: bool) -> Option<String> {
+    alert_received(e).map(|_| tls_failure(e, "", client_cert))
+}
+
+/// What a backend's alert says of wsgate's side of the handshake. The certificate alerts
+/// (RFC 8446 §6.2) a server sends about a client's certificate name it, and the setting
+/// that sends one: under TLS 1.3 a server that wants one and got none says
+/// `certificate_required`, but TLS 1.2 has no such alert and servers say `bad_certificate`
+/// (or `handshake_failure`, too vague to name a cause), so without a certificate to send
+/// those read as "requires one" too.
+fn alert_failure(alert: rustls::AlertDescription, client_cert: bool) -> String {
+    use rustls::AlertDescription as A;
+    let set = "set [route.backend_tls] client_cert and client_key";
+    match alert {
+        A::CertificateRequired if client_cert => "the backend requires a client certificate \
+            and got none from wsgate, although [route.backend_tls] client_cert is set"
+            .to_string(),
+        A::CertificateRequired => {
+            format!("the backend requires a client certificate and wsgate has none: {set}")
+        }
+        A::BadCertificate
+        | A::UnsupportedCertificate
+        | A::CertificateRevoked
+        | A::CertificateExpired
+        | A::CertificateUnknown
+        | A::UnknownCA
+        | A::AccessDenied
+        // A signature of wsgate's the backend could not verify: its certificate's (a CA of
+        // the same name as the backend's), or the proof that wsgate holds its key.
+        | A::DecryptError
+            if client_cert =>
+        {
+            "the backend refused wsgate's client certificate ([route.backend_tls] \
+             client_cert: signed by a CA the backend trusts? valid now? for client \
+             authentication?)"
+                .to_string()
+        }
+        A::BadCertificate | A::CertificateUnknown | A::AccessDenied => format!(
+            "the backend refused the TLS handshake, and wsgate sent no client certificate: \
+             if the backend requires one, {set}"
+        ),
+        _ => format!("the backend refused the TLS handshake ({alert:?} alert)"),
+    }
 }
 
 /// A failed backend TLS handshake in words an operator acts on: what is wrong with the
 /// backend's certificate and which setting fixes it, rather than rustls's variant names
 /// (`invalid peer certificate: UnknownIssuer`), which follow in parentheses for searching.
-fn tls_failure(e: &std::io::Error, host: &str) -> String {
+fn tls_failure(e: &std::io::Error, host: &str, client_cert: bool) -> String {
     use rustls::{CertificateError as C, Error as E};
     let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<E>()) else {
         return match e.kind() {
@@ -428,9 +491,7 @@ fn tls_failure(e: &std::io::Error, host: &str) -> String {
             "the backend's certificate chain has a bad signature".to_string()
         }
         E::InvalidCertificate(_) => "the backend's certificate was not accepted".to_string(),
-        E::AlertReceived(alert) => {
-            format!("the backend refused the TLS handshake ({alert:?} alert)")
-        }
+        E::AlertReceived(alert) => alert_failure(*alert, client_cert),
         E::InvalidMessage(_) => {
             "the backend did not answer in TLS (is it a ws:// backend?)".to_string()
         }
@@ -459,7 +520,8 @@ async fn exchange(
     };
     sent.await.map_err(|e| BackendError::Io(e.to_string()))?;
     let mut buf = BytesMut::new();
-    let head = wire::read_head(&mut io, &mut buf).await?;
+    let client_cert = p.url.tls.then(|| p.tls.is_some_and(|c| has_client_cert(c)));
+    let head = wire::read_head(&mut io, &mut buf, client_cert).await?;
     if head.status.is_success() {
         // Passed on, a 2xx would tell an HTTP/2 client its tunnel is open (RFC 8441 §5), and
         // an HTTP/1.1 one a page: this backend does not serve WebSocket here.

@@ -72,10 +72,18 @@ pub struct Head {
 /// Reads from `io` into `buf` until `buf` holds a whole final response head, and parses it.
 /// Interim answers (`100 Continue`, `103 Early Hints`: a 1xx other than 101) are read past,
 /// as RFC 9110 §15.2 asks of a client; `buf` then starts at the final head.
+///
+/// `client_cert` is `Some` on a `wss://` backend's TLS stream (whether wsgate has a client
+/// certificate to send): a TLS alert there before any byte of the answer is the backend's
+/// refusal of the TLS handshake, a TLS failure ([`super::alert_refusal`]), not a connection
+/// that broke. Under TLS 1.3 the client's handshake is over once it has sent its Finished,
+/// so a server that refuses the client's certificate says so only on this first read.
 pub async fn read_head<I: AsyncRead + Unpin>(
     io: &mut I,
     buf: &mut BytesMut,
+    client_cert: Option<bool>,
 ) -> Result<Head, BackendError> {
+    let mut answered = !buf.is_empty();
     loop {
         while !buf.is_empty()
             && let Some(head) = parse(buf)?
@@ -93,10 +101,14 @@ pub async fn read_head<I: AsyncRead + Unpin>(
         }
         // FIRST_READ at first, then doubling.
         buf.reserve(FIRST_READ.max(buf.len()));
-        let n = io
-            .read_buf(buf)
-            .await
-            .map_err(|e| BackendError::Io(e.to_string()))?;
+        let n = io.read_buf(buf).await.map_err(|e| {
+            match client_cert.filter(|_| !answered) {
+                Some(cert) => super::alert_refusal(&e, cert).map(BackendError::Tls),
+                None => None,
+            }
+            .unwrap_or_else(|| BackendError::Io(e.to_string()))
+        })?;
+        answered = true;
         if n == 0 {
             return Err(BackendError::Io(if buf.is_empty() {
                 "connection closed before an answer".into()
@@ -333,7 +345,7 @@ mod tests {
             }
         });
         let mut buf = BytesMut::new();
-        match read_head(&mut ours, &mut buf).await {
+        match read_head(&mut ours, &mut buf, None).await {
             Err(BackendError::BadHandshake(m)) => assert!(m.contains("over"), "{m}"),
             other => panic!("{other:?}"),
         }

@@ -494,6 +494,117 @@ async fn wss_backend_failures_say_what_is_wrong() {
     );
 }
 
+/// A wss:// backend that requires a client certificate from `ca` and speaks only TLS
+/// `version`; it echoes. A refused handshake keeps its TCP connection open until the gateway
+/// closes it, so the alert is what the gateway reads, never a reset.
+async fn wss_backend_requiring_a_client_cert(
+    ca: &TestCa,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> std::net::SocketAddr {
+    let (cert, key) = ca.leaf("backend", &["localhost"]);
+    let (chain, key) = load_pem_pair(&cert, &key);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.issuer.der().clone()).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        wsgate::tls::provider(),
+    )
+    .build()
+    .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(wsgate::tls::provider())
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                match acceptor.accept(tcp).into_fallible().await {
+                    Ok(tls) => {
+                        let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                            return;
+                        };
+                        while let Some(Ok(m)) = futures_util::StreamExt::next(&mut ws).await {
+                            if m.is_text() && ws.send(m).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Err((_, mut tcp)) => {
+                        let mut sink = [0u8; 1024];
+                        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A backend that refuses wsgate's side of the TLS handshake (no client certificate, or one
+/// it does not trust) is a TLS failure (`backend_tls`) that names the setting, under TLS 1.3
+/// too, where the refusal (an alert) arrives after the client's handshake is over, on the
+/// first read. It was a broken connection there (`backend_io`, "backend connection failed
+/// during the handshake: ... TLS alert 116 from the peer").
+#[tokio::test]
+async fn a_backend_that_refuses_the_client_certificate_is_a_tls_failure() {
+    let ca = TestCa::new();
+    let client_cert = |(cert, key): (PathBuf, PathBuf)| {
+        format!(
+            "client_cert = \"{}\"\nclient_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        )
+    };
+    // Self-signed: the backend answers `unknown_ca`.
+    let self_signed = rcgen::generate_simple_self_signed(vec!["wsgate.test".into()]).unwrap();
+    let self_signed = client_cert(ca.write_pair(
+        "self-signed",
+        &self_signed.cert.pem(),
+        &self_signed.signing_key.serialize_pem(),
+    ));
+    // From another CA of the same name as the backend's: its signature does not verify
+    // (`decrypt_error`).
+    let other_ca = TestCa::new();
+    let namesake = client_cert(other_ca.leaf("namesake", &["wsgate.test"]));
+    let none = "the backend requires a client certificate and wsgate has none: set \
+                [route.backend_tls] client_cert and client_key";
+    let refused = "the backend refused wsgate's client certificate ([route.backend_tls] \
+                   client_cert: signed by a CA the backend trusts?";
+    for (version, client_cert, says) in [
+        (&rustls::version::TLS13, "", none),
+        (&rustls::version::TLS12, "", none),
+        (&rustls::version::TLS13, self_signed.as_str(), refused),
+        (&rustls::version::TLS12, self_signed.as_str(), refused),
+        (&rustls::version::TLS13, namesake.as_str(), refused),
+    ] {
+        let case = format!("{version:?}, {client_cert:?}");
+        let addr = wss_backend_requiring_a_client_cert(&ca, version).await;
+        let url = format!("wss://localhost:{}", addr.port());
+        let gw = Gateway::spawn(&format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [limits]\nerror_detail = \"client\"\n{}{client_cert}",
+            wss_route(addr, &backend_ca(&ca))
+        ))
+        .await;
+        let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+        assert_eq!(resp.status, 502, "{case}: {resp:?}");
+        let prefix = format!("backend TLS handshake failed: {url}: {says}");
+        assert!(resp.body.starts_with(&prefix), "{case}: {}", resp.body);
+        let admin = gw.handle().admin_addr().unwrap();
+        let failures = scrape(admin).await.value(
+            "wsgate_backend_failures_total",
+            &[("backend", &url), ("outcome", "backend_tls")],
+        );
+        assert_eq!(failures, 1.0, "{case}");
+    }
+}
+
 #[tokio::test]
 async fn wss_backend_with_verification_switched_off() {
     let ca = TestCa::new();
