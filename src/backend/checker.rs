@@ -28,6 +28,13 @@ use crate::handshake::{self, ClientHandshake, Transport};
 /// first).
 const CLOSE_REPLY_WAIT: Duration = Duration::from_millis(500);
 
+/// The least a `tcp` check of a `wss://` backend waits for the backend's word on its TLS
+/// handshake ([`tls_accepted`]): a loopback handshake takes a millisecond or two, and the
+/// backend's alert must still get through a busy machine's scheduling.
+const ACCEPT_WAIT_MIN: Duration = Duration::from_millis(100);
+/// The most it waits: a slow link would otherwise spend a good part of the `interval`.
+const ACCEPT_WAIT_MAX: Duration = Duration::from_secs(1);
+
 /// Starts one checker per backend of a pool.
 pub fn spawn(
     route: Arc<str>,
@@ -74,7 +81,7 @@ async fn run(t: Target, stop: CancellationToken) {
         let started = Instant::now();
         let result = tokio::select! {
             () = stop.cancelled() => return,
-            r = tokio::time::timeout(t.check.timeout, check_once(&backend.url, &t)) => r,
+            r = tokio::time::timeout(t.check.timeout, check_once(&backend.url, &t, started)) => r,
         };
         let result =
             result.unwrap_or_else(|_| Err(format!("no answer within {:?}", t.check.timeout)));
@@ -99,17 +106,24 @@ fn record(t: &Target, backend: &Backend, started: Instant, result: Result<(), St
     }
 }
 
-async fn check_once(url: &BackendUrl, t: &Target) -> Result<(), String> {
+/// One check, started at `started` (its `timeout` counts from there).
+async fn check_once(url: &BackendUrl, t: &Target, started: Instant) -> Result<(), String> {
     // (The whole check is bounded by its timeout; the connect's share of it is all of it.)
     let stream = super::connect_one(url, t.check.timeout)
         .await
         .map_err(|e| e.to_string())?;
     match (t.check.kind, url.tls) {
         (CheckKind::Tcp, false) => Ok(()),
-        (CheckKind::Tcp, true) => super::tls_connect(stream, url, t.tls.as_ref())
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string()),
+        (CheckKind::Tcp, true) => {
+            let shaking = Instant::now();
+            let tls = super::tls_connect(stream, url, t.tls.as_ref())
+                .await
+                .map_err(|e| e.to_string())?;
+            let left = (started + t.check.timeout).saturating_duration_since(Instant::now());
+            let wait = accept_wait(shaking.elapsed(), left);
+            let client_cert = t.tls.as_deref().is_some_and(super::has_client_cert);
+            tls_accepted(tls, wait, client_cert).await
+        }
         (CheckKind::WebSocket, _) => websocket(stream, url, t).await,
         (CheckKind::Http, false) => http_get(stream, url, &t.check).await,
         (CheckKind::Http, true) => {
@@ -118,6 +132,51 @@ async fn check_once(url: &BackendUrl, t: &Target) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             http_get(tls, url, &t.check).await
         }
+    }
+}
+
+/// How long a `tcp` check waits, after a TLS handshake that took `handshake`, for the
+/// backend to refuse it, with `left` of the check's `timeout` to go: twice the handshake's
+/// own time, between [`ACCEPT_WAIT_MIN`] and [`ACCEPT_WAIT_MAX`], and never more than half
+/// of what is left, so that a backend that accepted passes within the `timeout`.
+///
+/// The backend's refusal comes one round trip after the client's Finished, plus its check of
+/// the client's certificate; the handshake took one round trip plus the backend's key
+/// exchange and signature, on the same path: a measure of both taken from this very
+/// connection, doubled for jitter. Every check of a `wss://` backend under TLS 1.3 spends
+/// this wait (a backend that accepted says nothing), and the check's duration counts it.
+fn accept_wait(handshake: Duration, left: Duration) -> Duration {
+    (handshake * 2)
+        .clamp(ACCEPT_WAIT_MIN, ACCEPT_WAIT_MAX)
+        .min(left / 2)
+}
+
+/// Whether the backend accepted the TLS handshake that wsgate's side has completed. Under
+/// TLS 1.2 it has: the client's handshake ends with the server's Finished, after the server
+/// has judged the client's certificate. Under TLS 1.3 the client's handshake ends when it has
+/// sent its own Finished, and the server's refusal (`certificate_required`, `bad_certificate`,
+/// `unknown_ca`, ...) comes after it, on the first read: the `tcp` check called a backend
+/// that refused every handshake (a client certificate required, none configured) healthy.
+/// A backend that accepted says nothing until it is asked something, so one read, bounded by
+/// `wait` ([`accept_wait`]), tells them apart: nothing by then (session tickets, which the
+/// TLS stream takes in itself, are not something) or any data is an accepted handshake, an
+/// alert or an end of the connection a refused one.
+async fn tls_accepted(
+    mut tls: crate::tls_io::ClientTls,
+    wait: Duration,
+    client_cert: bool,
+) -> Result<(), String> {
+    if tls.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+        return Ok(());
+    }
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(wait, tls.read(&mut byte)).await {
+        Err(_) | Ok(Ok(1..)) => Ok(()),
+        Ok(Ok(0)) => Err("the backend closed the connection right after the TLS handshake".into()),
+        Ok(Err(e)) => Err(match super::alert_refusal(&e, client_cert) {
+            Some(reason) => BackendError::Tls(reason).to_string(),
+            None => format!("the backend broke the connection right after the TLS handshake: {e}"),
+        }),
     }
 }
 
@@ -228,5 +287,27 @@ where
     match status? {
         s if s.is_success() => Ok(()),
         s => Err(format!("answered {s}, not 2xx")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_for_a_tls_refusal_follows_the_handshake_within_bounds() {
+        let ms = Duration::from_millis;
+        let plenty = Duration::from_secs(2);
+        // Twice the handshake, between the floor and the ceiling.
+        assert_eq!(accept_wait(ms(1), plenty), ACCEPT_WAIT_MIN);
+        assert_eq!(accept_wait(ms(150), plenty), ms(300));
+        assert_eq!(
+            accept_wait(ms(900), Duration::from_secs(10)),
+            ACCEPT_WAIT_MAX
+        );
+        // Never more than half of what is left of the check's timeout.
+        assert_eq!(accept_wait(ms(150), ms(400)), ms(200));
+        assert_eq!(accept_wait(ms(1), ms(60)), ms(30));
+        assert_eq!(accept_wait(ms(1), Duration::ZERO), Duration::ZERO);
     }
 }

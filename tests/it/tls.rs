@@ -605,6 +605,75 @@ async fn a_backend_that_refuses_the_client_certificate_is_a_tls_failure() {
     }
 }
 
+/// A `tcp` check of a `wss://` backend fails when the backend refuses wsgate's TLS handshake,
+/// and passes when it accepts it. Under TLS 1.3 the refusal (an alert) comes after the
+/// client's handshake is over: the check, which did not read, called such a backend healthy
+/// while every handshake to it got 502.
+#[tokio::test]
+async fn a_tcp_check_fails_a_backend_that_refuses_the_tls_handshake() {
+    let ca = TestCa::new();
+    let refusing = wss_backend_requiring_a_client_cert(&ca, &rustls::version::TLS13).await;
+    let accepting = wss_backend_requiring_a_client_cert(&ca, &rustls::version::TLS13).await;
+    let (cert, key) = ca.leaf("wsgate", &["wsgate.test"]);
+    let health = "[route.health]\ncheck = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"1s\"\n\
+                  unhealthy_threshold = 1\nhealthy_threshold = 1\n";
+    let route_to = |name: &str, addr: std::net::SocketAddr, client_cert: String| {
+        format!(
+            "[[route]]\nname = \"{name}\"\npath = \"/{name}\"\nbackends = \
+             [\"wss://localhost:{}\"]\n{}{client_cert}{health}",
+            addr.port(),
+            backend_ca(&ca),
+        )
+    };
+    let gw = Gateway::spawn(&format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{}{}",
+        route_to("refusing", refusing, String::new()),
+        route_to(
+            "accepting",
+            accepting,
+            format!(
+                "client_cert = \"{}\"\nclient_key = \"{}\"\n",
+                cert.display(),
+                key.display()
+            )
+        ),
+    ))
+    .await;
+    let admin = gw.handle().admin_addr().unwrap();
+    let refusing = format!("wss://localhost:{}", refusing.port());
+    let accepting = format!("wss://localhost:{}", accepting.port());
+    let checks = |m: &prom::Exposition, url: &str, result: &str| {
+        m.value(
+            "wsgate_backend_health_checks_total",
+            &[("backend", url), ("result", result)],
+        )
+    };
+    // Until each backend has had two checks (a condition on the gateway, polled).
+    let deadline = tokio::time::Instant::now() + STEP;
+    let m = loop {
+        let m = scrape(admin).await;
+        let (failed, ok) = (
+            checks(&m, &refusing, "failed"),
+            checks(&m, &accepting, "ok"),
+        );
+        if failed >= 2.0 && ok >= 2.0 {
+            break m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "checks of the refusing backend failed {failed} times (passed {}), of the \
+             accepting one passed {ok} times",
+            checks(&m, &refusing, "ok")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(checks(&m, &refusing, "ok"), 0.0);
+    assert_eq!(checks(&m, &accepting, "failed"), 0.0);
+    let healthy = |url: &str| m.value("wsgate_backend_healthy", &[("backend", url)]);
+    assert_eq!(healthy(&refusing), 0.0);
+    assert_eq!(healthy(&accepting), 1.0);
+}
+
 #[tokio::test]
 async fn wss_backend_with_verification_switched_off() {
     let ca = TestCa::new();
