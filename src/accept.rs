@@ -432,7 +432,9 @@ async fn answer_plain_http(stream: &mut TcpStream, mut head: Vec<u8>) -> std::io
     let mut buf = [0u8; 2048];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
         match stream.read(&mut buf).await? {
-            0 => break,
+            // Closed before its head was whole: nobody to answer (it was written a 400 it
+            // never read, and recorded 400).
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
             n => head.extend_from_slice(&buf[..n]),
         }
     }
