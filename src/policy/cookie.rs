@@ -107,11 +107,24 @@ pub fn strips(name: &str, value: &str, names: &[String]) -> bool {
             .rsplit(SEPARATORS)
             .next()
             .is_some_and(|last| last.len() < name.len() && names_it(last, names))
-        || value
+        // SimpleCookie allows white space before a pair's `=` (`x session =X`).
+        || squeeze_before_equals(value)
             .split(SEPARATORS)
             .skip(1)
             .filter_map(|piece| piece.split_once('=').map(|(n, _)| trim(n)))
             .any(|n| !n.is_empty() && names_it(n, names))
+}
+
+/// `value` without the white space before each `=` in it.
+fn squeeze_before_equals(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if c == '=' {
+            out.truncate(out.trim_end_matches([' ', '\t']).len());
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Whether a cookie called `name` is one of `names` for [`strip`]: as written,
@@ -208,6 +221,23 @@ mod tests {
         assert_eq!(kept.as_deref(), Some("t=abc=def; q=\"x session=1\"; b=1"));
         let kept = strip_one("t=abc=def; q=\"x session=1\"; b=1", "session");
         assert_eq!(kept.as_deref(), Some("t=abc=def; b=1"));
+    }
+
+    /// SimpleCookie allows white space around a pair's `=` (`\s*=\s*`): to it
+    /// `theme=dark session =FORGED` holds a `session` cookie too, as
+    /// `theme=dark session=FORGED` does.
+    #[test]
+    fn strips_a_hidden_pair_with_white_space_before_its_equals_sign() {
+        for cookie in [
+            "theme=dark session =FORGED; b=2",
+            "theme=dark session\t=FORGED; b=2",
+            "theme=dark, session =FORGED; b=2",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(COOKIE, HeaderValue::from_str(cookie).unwrap());
+            strip(&mut h, &["session".into()]);
+            assert_eq!(h[COOKIE], "b=2", "{cookie:?}");
+        }
     }
 
     #[test]
