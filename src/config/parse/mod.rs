@@ -466,10 +466,11 @@ fn table_header(t: &str, counts: &mut std::collections::HashMap<String, usize>) 
         let name = name.trim().trim_end_matches(']').trim().to_string();
         // An array of tables inside the current entry of another (`[[route.backends]]`).
         let (base, shown) = match name.split_once('.') {
-            Some((parent, child)) if counts.contains_key(parent) => (
-                name.clone(),
-                format!("{parent}[{}].{child}", counts[parent] - 1),
-            ),
+            // Counted per entry of the parent: `route[1].backends` starts again at 0.
+            Some((parent, child)) if counts.contains_key(parent) => {
+                let shown = format!("{parent}[{}].{child}", counts[parent] - 1);
+                (shown.clone(), shown)
+            }
             _ => (name.clone(), name.clone()),
         };
         let n = counts.entry(base).or_insert(0);

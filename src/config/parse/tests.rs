@@ -55,6 +55,25 @@ fn key_paths_from_spans() {
     assert_eq!(at("backend_connect"), "route[1].timeouts.backend_connect");
 }
 
+/// An array of tables inside an array entry is counted per entry: the second route's first
+/// `[[route.backends]]` is `route[1].backends[0]`, whatever the first route had.
+#[test]
+fn a_nested_array_of_tables_is_counted_per_entry() {
+    let text = "[[route]]\nname = \"a\"\n[[route.backends]]\nurl = \"ws://a\"\n\
+                [[route.backends]]\nurl = \"ws://b\"\n[[route]]\nname = \"b\"\n\
+                [[route.backends]]\nbogus = 1\n";
+    let i = text.find("bogus").unwrap();
+    assert_eq!(key_path_at(text, i..i + 5), "route[1].backends[0].bogus");
+    // As a toml error reports it: a key given twice in that table.
+    let errors = parse::<toml::Table>(
+        "[[route]]\nname = \"a\"\n[[route.backends]]\nurl = \"ws://a\"\n\
+         [[route]]\nname = \"b\"\n[[route.backends]]\nurl = \"ws://c\"\nurl = \"ws://d\"\n",
+    )
+    .errors;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].key, "route[1].backends[0].url", "{errors:?}");
+}
+
 /// A header missing its closing bracket, the syntax error itself, names its table plainly
 /// (it read `route][0]`).
 #[test]
