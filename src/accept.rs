@@ -617,6 +617,10 @@ async fn serve<I>(
     // stopped reading) held it for good. It gets as long again, then the connection is
     // dropped.
     let mut goaway_unanswered: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let mut unserved = Unserved {
+        watch: &watch,
+        armed: false,
+    };
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -644,9 +648,10 @@ async fn serve<I>(
                     // last of them; meanwhile the client opens its next WebSocket on a new
                     // connection (another instance, or the successor of a binary upgrade)
                     // rather than on this one, where it would get the drain's 503.
-                    if !watch.seen_request() {
-                        watch.closed_by_shutdown();
-                    }
+                    // Not counted yet: a stream that crosses the GOAWAY is still served (its
+                    // refusal counted on its route), so only a connection that ends with no
+                    // request at all is the shutdown's (`unserved`).
+                    unserved.armed = true;
                     if !shut {
                         shut = true;
                         connection.as_mut().graceful_shutdown();
@@ -712,6 +717,21 @@ async fn serve<I>(
                 tracing::debug!(%client, "HTTP/2 connection: GOAWAY unanswered, closed");
                 return;
             }
+        }
+    }
+}
+
+/// An HTTP/2 connection the shutdown has sent GOAWAY before any request (`armed`): counted as
+/// closed by the shutdown when it ends (however it ends) if no request came after all.
+struct Unserved<'a> {
+    watch: &'a HeadWatch,
+    armed: bool,
+}
+
+impl Drop for Unserved<'_> {
+    fn drop(&mut self) {
+        if self.armed && !self.watch.seen_request() {
+            self.watch.closed_by_shutdown();
         }
     }
 }

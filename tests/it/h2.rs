@@ -905,6 +905,58 @@ async fn shutdown_sends_goaway_to_a_connection_with_no_stream_yet() {
     drop(handle);
 }
 
+/// A connection with no stream yet at the shutdown gets the graceful GOAWAY (last stream id
+/// 2^31-1, then a PING), so a request its client sends before it has read the GOAWAY is
+/// served, answered 503 `draining` and counted on its route: it is not also counted as a
+/// connection the shutdown closed unserved (unrouted `draining`), as it was at the stop.
+/// (Found by review.)
+#[tokio::test]
+async fn a_request_crossing_the_shutdown_goaway_is_counted_once() {
+    use tokio::io::AsyncWriteExt;
+    let backend = EchoBackend::spawn().await;
+    let mut gw = Gateway::spawn(&format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
+        route("app", "/", &[backend.url()])
+    ))
+    .await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let f = next_raw_frame(&mut tcp, &mut buf)
+        .await
+        .expect("no SETTINGS");
+    assert_eq!(f.ty, 4);
+    tcp.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await.unwrap();
+    let handle = gw.handle.take().unwrap();
+    handle.shutdown();
+    loop {
+        let f = next_raw_frame(&mut tcp, &mut buf)
+            .await
+            .expect("closed without a GOAWAY");
+        if f.ty == 7 {
+            break;
+        }
+    }
+    // A GET on stream 1, as a client that had not read the GOAWAY yet sends it.
+    let block = [&[0x82u8, 0x86, 0x84, 0x41, 0x08][..], b"app.test"].concat();
+    let mut headers = vec![0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1];
+    headers.extend_from_slice(&block);
+    tcp.write_all(&headers).await.unwrap();
+    loop {
+        let f = next_raw_frame(&mut tcp, &mut buf)
+            .await
+            .expect("the request crossing the GOAWAY got no answer");
+        if f.ty == 1 && f.stream == 1 {
+            break;
+        }
+    }
+    let counts: Vec<_> = handle.refusals().into_iter().collect();
+    assert_eq!(counts, vec![(("app".to_string(), "draining"), 1)]);
+    drop(handle);
+}
+
 /// A gateway whose idle HTTP/2 connections get GOAWAY after 300 ms (keep-alive off), and a
 /// raw connection to it that has sent the preface, empty SETTINGS and one GET (HPACK:
 /// :method GET, :scheme http, :path /, :authority app.test), which the WebSocket route
