@@ -377,7 +377,7 @@ pub(crate) async fn tls_connect(
 /// Whether wsgate has a client certificate to send with these settings
 /// (`[route.backend_tls] client_cert`): a backend's refusal reads differently with and
 /// without one.
-fn has_client_cert(config: &rustls::ClientConfig) -> bool {
+pub(crate) fn has_client_cert(config: &rustls::ClientConfig) -> bool {
     config.client_auth_cert_resolver.has_certs()
 }
 

@@ -424,6 +424,9 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
     tokio::pin!(head_deadline);
     let mut failures = Vec::new();
     let mut all_timeouts = true;
+    // Whether every failed attempt was a refusal of the TLS handshake (the answer is then
+    // the TLS failure, as on the WebSocket path).
+    let mut all_tls = true;
     let mut stale_retries = 0;
     let mut order = order.into_iter().peekable();
     while let Some(&i) = order.peek() {
@@ -445,6 +448,19 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
             }
         };
         match sent {
+            Err(e) if tls_refusal(&e, target).is_some() => {
+                // The backend refused wsgate's side of the TLS handshake (a client
+                // certificate it requires, or refuses). Under TLS 1.3 it says so only on the
+                // first read, after the request went out into a session it never opened:
+                // nothing reached it, so the next backend is tried, as after a connect
+                // failure, and the failure is the TLS one it is on the WebSocket path.
+                let reason = tls_refusal(&e, target).unwrap_or_default();
+                all_timeouts = false;
+                tracing::warn!(route = %route.name, backend = &*target.name, error = %reason, "backend TLS handshake refused");
+                targets.failed(i, Outcome::BackendTls, route);
+                failures.push(format!("{}: {reason}", target.name));
+                order.next();
+            }
             Ok(response) => {
                 targets.passed(i, &route.pool);
                 if !failures.is_empty() {
@@ -458,6 +474,7 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
                 });
             }
             Err(e) if e.is_connect() => {
+                all_tls = false;
                 let timed_out = caused_by_timeout(&e);
                 all_timeouts &= timed_out;
                 let outcome = if timed_out {
@@ -488,7 +505,9 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
         }
     }
     let detail = failures.join("; ");
-    let e = if all_timeouts && !failures.is_empty() {
+    let e = if all_tls && !failures.is_empty() {
+        BackendError::Tls(detail)
+    } else if all_timeouts && !failures.is_empty() {
         BackendError::ConnectTimeout(route.config.backend_connect_timeout, detail)
     } else {
         BackendError::Unreachable(detail)
@@ -582,6 +601,16 @@ fn stack_error(e: BoxError) -> ProxyError {
         Ok(e) => *e,
         Err(e) => BackendError::RequestFailed(e.to_string()).into(),
     }
+}
+
+/// A `https://` backend's refusal of wsgate's side of the TLS handshake (an alert), in the
+/// words of the WebSocket path's (`crate::backend::alert_refusal`); `None` for any other
+/// failure.
+fn tls_refusal(e: &hyper_util::client::legacy::Error, target: &Target) -> Option<String> {
+    if !target.url.tls {
+        return None;
+    }
+    crate::backend::alert_refusal(find_cause::<std::io::Error>(e)?, target.client_cert)
 }
 
 /// Whether a connect failure was the connect timeout (504) rather than a refusal (502).

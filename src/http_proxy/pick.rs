@@ -40,6 +40,9 @@ pub struct Target {
     /// The URL as written, for logs and records.
     pub name: Arc<str>,
     pub client: PooledClient,
+    /// Whether wsgate sends this `https://` backend a client certificate (for the words of
+    /// its refusal, `crate::backend::alert_refusal`).
+    pub client_cert: bool,
     /// Requests on this backend whose responses have not ended (`least_conn`).
     in_flight: Arc<AtomicUsize>,
     /// Failed connects in a row and ejection, under the route's `[route.health]`
@@ -73,6 +76,10 @@ impl Target {
     pub fn new(url: BackendUrl, name: &str, settings: &ClientSettings) -> Result<Target, String> {
         Ok(Target {
             client: client(settings, &url)?,
+            client_cert: settings
+                .tls
+                .as_deref()
+                .is_some_and(crate::backend::has_client_cert),
             name: Arc::from(name),
             url,
             in_flight: Arc::default(),

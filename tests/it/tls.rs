@@ -605,6 +605,35 @@ async fn a_backend_that_refuses_the_client_certificate_is_a_tls_failure() {
     }
 }
 
+/// The plain-HTTP path (`http = true`) to the same backend: its refusal of wsgate's side of
+/// the TLS handshake is a TLS failure that names the setting there too. Under TLS 1.3 the
+/// alert comes after the client's handshake, on the first read of the response: it read as
+/// a request that broke ("backend connection failed"), 502 `backend_request_failed`.
+#[tokio::test]
+async fn a_plain_request_to_a_backend_that_refuses_the_client_certificate_is_a_tls_failure() {
+    let ca = TestCa::new();
+    let addr = wss_backend_requiring_a_client_cert(&ca, &rustls::version::TLS13).await;
+    let gw = Gateway::spawn(&format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\n[limits]\nerror_detail = \"client\"\n{}",
+        wss_route(addr, &format!("http = true\n{}", backend_ca(&ca)))
+    ))
+    .await;
+    let (_s, resp) = raw_exchange(
+        gw.addr,
+        b"GET /page HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.status, 502, "{resp:?}");
+    assert!(
+        resp.body.starts_with("backend TLS handshake failed: ")
+            && resp
+                .body
+                .contains("the backend requires a client certificate and wsgate has none"),
+        "{}",
+        resp.body
+    );
+}
+
 /// A `tcp` check of a `wss://` backend fails when the backend refuses wsgate's TLS handshake,
 /// and passes when it accepts it. Under TLS 1.3 the refusal (an alert) comes after the
 /// client's handshake is over: the check, which did not read, called such a backend healthy
