@@ -63,11 +63,20 @@ pub fn init(format: LogFormat) -> writer::WriterGuard {
     // A second init (tests, embedding) keeps the first subscriber.
     let _ = result;
     for (directive, error) in rejected {
-        tracing::warn!(
-            directive,
-            error,
-            "RUST_LOG: this directive does not parse and is ignored (the others apply; none left: the default, {DEFAULT_FILTER})"
-        );
+        // At `error` where what is left filters warnings out (`RUST_LOG=error,x=debg`).
+        if tracing::enabled!(tracing::Level::WARN) {
+            tracing::warn!(
+                directive,
+                error,
+                "RUST_LOG: this directive does not parse and is ignored (the others apply; none left: the default, {DEFAULT_FILTER})"
+            );
+        } else {
+            tracing::error!(
+                directive,
+                error,
+                "RUST_LOG: this directive does not parse and is ignored (the others apply)"
+            );
+        }
     }
     guard
 }
