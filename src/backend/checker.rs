@@ -102,7 +102,7 @@ fn record(t: &Target, backend: &Backend, started: Instant, result: Result<(), St
         .health
         .active_result(ok, Instant::now(), &t.check, t.epoch)
     {
-        backend.changed(&t.route, change);
+        backend.changed(&t.route, change, result.as_ref().err().map(String::as_str));
     }
 }
 

@@ -76,11 +76,12 @@ impl Backend {
     }
 
     /// A health change: one log record (a warning when the backend goes out, info when it
-    /// comes back), and the ejection counter.
-    fn changed(&self, route: &str, change: health::Change) {
+    /// comes back), and the ejection counter. `why`: the last failed check's error, where
+    /// an active check made the change (its failures are logged at debug only).
+    fn changed(&self, route: &str, change: health::Change, why: Option<&str>) {
         match change {
             health::Change::Unhealthy => {
-                tracing::warn!(route, backend = %self.name, "backend unhealthy: its active checks failed, no new sessions go to it");
+                tracing::warn!(route, backend = %self.name, last_error = why, "backend unhealthy: its active checks failed, no new sessions go to it");
             }
             health::Change::Ejected { lasts, failures } => {
                 self.stats.ejections.fetch_add(1, Ordering::Relaxed);

@@ -96,7 +96,7 @@ impl BackendPool {
             let now = std::time::Instant::now();
             for b in &backends {
                 if let Some(change) = b.health.checks_removed(now) {
-                    b.changed(&route.name, change);
+                    b.changed(&route.name, change, None);
                 }
             }
         }
@@ -284,7 +284,7 @@ impl BackendPool {
     fn usable(&self, backend: &Backend, now: Instant) -> bool {
         let (usable, change) = backend.health.usable(now);
         if let Some(change) = change {
-            backend.changed(&self.route, change);
+            backend.changed(&self.route, change, None);
         }
         usable
     }
@@ -312,11 +312,11 @@ impl BackendPool {
                 runtime.spawn(async move {
                     tokio::time::sleep(lasts).await;
                     if let (_, Some(change)) = b.health.usable(Instant::now()) {
-                        b.changed(&route, change);
+                        b.changed(&route, change, None);
                     }
                 });
             }
-            backend.changed(&self.route, change);
+            backend.changed(&self.route, change, None);
         }
     }
 

@@ -620,6 +620,31 @@ async fn a_missing_close_code_is_absent_and_lists_are_arrays() {
     run.stop().await;
 }
 
+/// A backend its active checks take out is logged with the last check's error: the checks'
+/// own failures are at debug, so "backend unhealthy" said nothing of why.
+#[tokio::test]
+async fn a_backend_taken_out_by_its_checks_is_logged_with_why() {
+    let down = closed_port().await;
+    let tmp = TempDir::new("logs");
+    let config = tmp.write(
+        "wsgate.toml",
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}[route.health]\ncheck = \"tcp\"\n\
+             interval = \"100ms\"\ntimeout = \"200ms\"\n",
+            route("echo", "/", &[format!("ws://{down}")])
+        ),
+    );
+    let (run, _addr) = JsonRun::start(&config, "info").await;
+    let out = run
+        .wait_for("the backend taken out", |r| {
+            r["message"] == "backend unhealthy: its active checks failed, no new sessions go to it"
+        })
+        .await;
+    let why = text(&out, "last_error");
+    assert!(!why.is_empty(), "{out:?}");
+    run.stop().await;
+}
+
 /// One backend's refused connect, which the next backend makes good, is logged as that
 /// backend's failure, not as the route's "no backend reachable" (what the client would be
 /// told had every backend failed).
