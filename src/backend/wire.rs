@@ -75,7 +75,7 @@ pub struct Head {
 ///
 /// `client_cert` is `Some` on a `wss://` backend's TLS stream (whether wsgate has a client
 /// certificate to send): a TLS alert there before any byte of the answer is the backend's
-/// refusal of the TLS handshake, a TLS failure ([`super::alert_refusal`]), not a connection
+/// refusal of the TLS handshake, a TLS failure (`super::alert_refusal`), not a connection
 /// that broke. Under TLS 1.3 the client's handshake is over once it has sent its Finished,
 /// so a server that refuses the client's certificate says so only on this first read.
 pub async fn read_head<I: AsyncRead + Unpin>(
