@@ -546,6 +546,7 @@ async fn serve<I>(
         service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             watch.request_seen();
             let flight = in_flight.as_ref().map(proxy::StreamGuard::new);
+            let done = http1.then(|| watch.clone());
             let unread = Unread::of(req.body(), http1, &watch);
             // A clone of the request's upgrade (HTTP/1.1, `Upgrade` sent), for the refusal's
             // close (`head_guard::close_refused`); dropped unused when the answer is a 101.
@@ -590,6 +591,7 @@ async fn serve<I>(
                     r.map(|body| Tracked {
                         body,
                         _flight: flight,
+                        done,
                     })
                 })
             })
@@ -777,6 +779,16 @@ async fn idle_h2(
 struct Tracked {
     body: crate::http_proxy::Body,
     _flight: Option<proxy::StreamGuard>,
+    /// HTTP/1.1: told when hyper is done with the body (`HeadWatch::response_done`).
+    done: Option<Arc<HeadWatch>>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some(watch) = &self.done {
+            watch.response_done();
+        }
+    }
 }
 
 impl hyper::body::Body for Tracked {

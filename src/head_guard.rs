@@ -11,12 +11,14 @@
 //! upgrade the relay takes the socket out of it (`upgraded.rs`): the guard costs nothing
 //! per message.
 //!
-//! Why the first write only: the first bytes hyper writes on a connection begin a response
-//! head, so the match cannot hit a body; wsgate's own responses always carry
-//! `content-type`, so it cannot hit one of them either. Every response of the proxy ends
-//! the connection or upgrades it (only `wsgate demo`'s static pages are kept alive), so the
-//! first response is the only one there is. HTTP/2 starts with a SETTINGS frame, which
-//! passes through.
+//! Why the first write of a response only: the first bytes hyper writes on a connection
+//! begin a response head, so the match cannot hit a body; wsgate's own responses always
+//! carry `content-type`, and a backend's proxied ones `x-request-id`, so it cannot hit one
+//! of them either. On a kept-alive connection (plain HTTP routes, `wsgate demo`'s pages) the
+//! next response begins with the first write after the last one was written whole (its
+//! body dropped by hyper, `HeadWatch::response_done`, then flushed), which is looked at
+//! again: a bad head on a later request gets the same answer as on a first. HTTP/2 starts
+//! with a SETTINGS frame, which passes through.
 //!
 //! Refusals that write nothing (the head timers, the HTTP/2 preface on a connection that
 //! agreed on HTTP/1.1, and anything else on one that agreed on HTTP/2) are reported by the connection's task (`accept.rs`) through the same
@@ -171,6 +173,10 @@ pub struct HeadWatch {
     seen_request: AtomicBool,
     refused: AtomicBool,
     body_unread: AtomicBool,
+    /// An HTTP/1.1 response's body is done with (`accept.rs`'s `Tracked`, dropped): once
+    /// what hyper wrote of it is flushed, the next write begins a response again, which may
+    /// be hyper's automatic answer to the kept-alive connection's next head.
+    response_done: AtomicBool,
     /// When a write that cannot go on fails (milliseconds of `crate::relay::millis`, plus
     /// one; 0: never): the end of a plain request's `request_timeout` while its response is
     /// being sent (`arm_write_deadline`). A client that stops reading leaves hyper waiting
@@ -197,6 +203,7 @@ impl HeadWatch {
             seen_request: AtomicBool::new(false),
             refused: AtomicBool::new(false),
             body_unread: AtomicBool::new(false),
+            response_done: AtomicBool::new(false),
             write_deadline: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -231,6 +238,12 @@ impl HeadWatch {
 
     pub fn seen_request(&self) -> bool {
         self.seen_request.load(Ordering::Relaxed)
+    }
+
+    /// hyper is done with an HTTP/1.1 response's body (it drops it before it writes the
+    /// body's end and flushes): see [`HeadGuard`]'s `poll_flush`.
+    pub fn response_done(&self) {
+        self.response_done.store(true, Ordering::Relaxed);
     }
 
     /// Counts the connection's refusal (unrouted: there is no request to route) and logs it
@@ -743,7 +756,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadGuard<S> {
         if let Phase::Answer(answer) = &mut this.phase {
             ready!(answer.poll_write_out(&mut this.io, cx))?;
         }
-        Pin::new(&mut this.io).poll_flush(cx)
+        ready!(Pin::new(&mut this.io).poll_flush(cx))?;
+        // A kept-alive HTTP/1.1 connection's response is written whole (hyper flushes once
+        // it has written a message's end): its next write begins a response again, which is
+        // looked at as the first was. A bad head there got hyper's bare answer, without the
+        // reason (found by black-box testing of plain HTTP proxying).
+        if matches!(this.phase, Phase::Through)
+            && this.watch.response_done.swap(false, Ordering::Relaxed)
+        {
+            this.phase = Phase::First;
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -1079,6 +1079,34 @@ async fn an_http11_request_without_host_gets_400() {
     assert!(!forwarded.contains("host="), "{forwarded}");
 }
 
+/// A bad head on a kept-alive connection's later request gets wsgate's answer with its
+/// reason, as on a first request: it got hyper's bare `400` (`content-length: 0`), the
+/// reason only in the log.
+#[tokio::test]
+async fn a_bad_head_after_a_kept_alive_request_gets_the_reason() {
+    let (b, seen) = echo_backend().await;
+    let gw = Gateway::spawn(&http_route(&[b], "")).await;
+    let (mut tcp, first) =
+        raw_exchange(gw.addr, b"GET /a HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+    assert_eq!(first.status, 200);
+    tcp.write_all(
+        b"GET /b HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let second = read_response(&mut tcp).await;
+    assert_eq!(second.status, 400, "{}", second.head);
+    assert!(
+        second
+            .body
+            .starts_with("bad request: the request head is not valid HTTP/1.1"),
+        "{second:?}"
+    );
+    assert_eq!(second.header("connection").as_deref(), Some("close"));
+    crate::support::read_until_closed(&mut tcp).await;
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
 /// `max_header_bytes` holds for every request of a kept-alive connection, not only its
 /// first: hyper checks the size of its read buffer before each read, and once that buffer
 /// has grown a whole larger head arrives in one read and parses. A 40 KB head (the default
