@@ -922,7 +922,7 @@ impl Drop for AwaitingAnswer {
 /// reported it when it answered), anything else (the client left, a reset, an HTTP/2
 /// protocol error) only at debug.
 fn connection_failed(watch: &HeadWatch, client: SocketAddr, e: &hyper::Error) {
-    match HeadRefusal::of_error(e, watch.seen_request()) {
+    match HeadRefusal::of_error(e, watch.idle_between_requests()) {
         Some(refusal) => watch.refuse(refusal, Some(e)),
         None => tracing::debug!(client = %client, error = %e, "connection ended with an error"),
     }

@@ -102,13 +102,13 @@ impl HeadRefusal {
     /// What a connection's error from hyper says was refused; `None` for an error that is no
     /// refusal (the client left, a socket error, an HTTP/2 connection error).
     ///
-    /// `seen_request`: a header timeout after a request on a kept-alive connection is an
-    /// idle connection closing, not a refusal. hyper tells a long URI from a large head only
-    /// by its status, so the guard counts those from the answer it replaced; only a 414
-    /// after a kept-alive static page (which the guard lets through) counts as a 431.
-    pub fn of_error(e: &hyper::Error, seen_request: bool) -> Option<HeadRefusal> {
+    /// `idle`: a header timeout on a kept-alive connection with nothing of a next request
+    /// ([`HeadWatch::idle_between_requests`]) is an idle connection closing, not a refusal.
+    /// hyper tells a long URI from a large head only by its status, so the guard counts those
+    /// from the answer it replaced.
+    pub fn of_error(e: &hyper::Error, idle: bool) -> Option<HeadRefusal> {
         if e.is_timeout() {
-            (!seen_request).then_some(HeadRefusal::Timeout)
+            (!idle).then_some(HeadRefusal::Timeout)
         } else if e.is_parse_version_h2() {
             Some(HeadRefusal::Http2Preface)
         } else if e.is_parse_too_large() {
@@ -177,6 +177,9 @@ pub struct HeadWatch {
     /// what hyper wrote of it is flushed, the next write begins a response again, which may
     /// be hyper's automatic answer to the kept-alive connection's next head.
     response_done: AtomicBool,
+    /// Bytes of a next request head have come since the last response was written whole:
+    /// a header timeout then is a head that never completed, not an idle keep-alive.
+    next_head: AtomicBool,
     /// When a write that cannot go on fails (milliseconds of `crate::relay::millis`, plus
     /// one; 0: never): the end of a plain request's `request_timeout` while its response is
     /// being sent (`arm_write_deadline`). A client that stops reading leaves hyper waiting
@@ -204,6 +207,7 @@ impl HeadWatch {
             refused: AtomicBool::new(false),
             body_unread: AtomicBool::new(false),
             response_done: AtomicBool::new(false),
+            next_head: AtomicBool::new(false),
             write_deadline: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -232,6 +236,7 @@ impl HeadWatch {
     pub fn request_seen(&self) {
         self.seen_request.store(true, Ordering::Relaxed);
         self.body_unread.store(false, Ordering::Relaxed);
+        self.next_head.store(false, Ordering::Relaxed);
         // The last response has been written: its deadline is done with.
         self.write_deadline.store(0, Ordering::Relaxed);
     }
@@ -244,6 +249,13 @@ impl HeadWatch {
     /// body's end and flushes): see [`HeadGuard`]'s `poll_flush`.
     pub fn response_done(&self) {
         self.response_done.store(true, Ordering::Relaxed);
+        self.next_head.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether the connection is between requests with nothing of a next one: a header
+    /// timeout now is an idle keep-alive closing, not a refused head.
+    pub fn idle_between_requests(&self) -> bool {
+        self.seen_request() && !self.next_head.load(Ordering::Relaxed)
     }
 
     /// Counts the connection's refusal (unrouted: there is no request to route) and logs it
@@ -680,7 +692,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeadGuard<S> {
             }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        // After a kept-alive response, the start of a next head (a slowloris on a kept-alive
+        // connection left no record: its timeout read as an idle connection's).
+        if buf.filled().len() > before
+            && matches!(this.phase, Phase::First)
+            && this.watch.seen_request()
+        {
+            this.watch.next_head.store(true, Ordering::Relaxed);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 

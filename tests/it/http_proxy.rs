@@ -1079,6 +1079,46 @@ async fn an_http11_request_without_host_gets_400() {
     assert!(!forwarded.contains("host="), "{forwarded}");
 }
 
+/// A kept-alive connection's next head that never completes is a head timeout, counted and
+/// logged as on a first request (a slowloris after one request left no record: its timeout
+/// read as an idle connection's); an idle kept-alive connection closing at the same timeout
+/// is none.
+#[tokio::test]
+async fn a_second_head_that_never_completes_is_recorded_and_an_idle_one_is_not() {
+    let (b, _seen) = echo_backend().await;
+    let mut gw = Logged::spawn(&format!(
+        "handshake_timeout = \"300ms\"\n{}",
+        http_route(&[b], "")
+    ))
+    .await;
+    let request = b"GET /a HTTP/1.1\r\nHost: app.test\r\n\r\n";
+    let (mut idle, first) = raw_exchange(gw.addr, request).await;
+    assert_eq!(first.status, 200);
+    let (mut slow, first) = raw_exchange(gw.addr, request).await;
+    assert_eq!(first.status, 200);
+    slow.write_all(b"GET /b HTTP/1.1\r\nHo").await.unwrap();
+    crate::support::read_until_closed(&mut idle).await;
+    crate::support::read_until_closed(&mut slow).await;
+    let line = gw
+        .wait_line("the head timeout", |l| l.contains("request_head_timeout"))
+        .await;
+    let r = record(&line);
+    assert_eq!(r["event"], "refused");
+    // A request after both closes: its record comes after anything they led to.
+    let (_c, resp) = raw_exchange(gw.addr, b"GET /c HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+    assert_eq!(resp.status, 200);
+    gw.wait_line("the last request's record", |l| {
+        l.contains("\"path\":\"/c\"")
+    })
+    .await;
+    let timeouts = gw
+        .log
+        .iter()
+        .filter(|l| l.contains("request_head_timeout"))
+        .count();
+    assert_eq!(timeouts, 1, "{:#?}", gw.log);
+}
+
 /// A bad head on a kept-alive connection's later request gets wsgate's answer with its
 /// reason, as on a first request: it got hyper's bare `400` (`content-length: 0`), the
 /// reason only in the log.
