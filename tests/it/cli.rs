@@ -415,52 +415,34 @@ async fn a_listen_address_in_use_is_named_by_file_line_and_key() {
     let tmp = TempDir::new("cli");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = taken.local_addr().unwrap();
-    let config = tmp.write(
-        "busy.toml",
-        format!(
-            "[[listener]]\nlisten = \"127.0.0.1:0\"\n\n[[listener]]\nlisten = \"{busy}\"\n{}",
-            route("r", "/", &["ws://127.0.0.1:9".to_string()])
-        ),
-    );
-    let out = tokio::time::timeout(
-        STEP,
-        run_wsgate([
-            OsStr::new("run"),
-            OsStr::new("--config"),
-            config.as_os_str(),
-        ]),
-    )
-    .await
-    .expect("wsgate exits");
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    let want =
-        format!("busy.toml:5: listener[1].listen: cannot listen on {busy}: Address already in use");
-    assert!(err.contains(&want), "{err}");
-
-    // The admin listener's too (it said "cannot listen on ADDR (admin)", no file or line).
-    let config = tmp.write(
-        "busy-admin.toml",
-        format!(
-            "[[listener]]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"{busy}\"\n{}",
-            route("r", "/", &["ws://127.0.0.1:9".to_string()])
-        ),
-    );
-    let out = tokio::time::timeout(
-        STEP,
-        run_wsgate([
-            OsStr::new("run"),
-            OsStr::new("--config"),
-            config.as_os_str(),
-        ]),
-    )
-    .await
-    .expect("wsgate exits");
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    let want =
-        format!("busy-admin.toml:5: admin.listen: cannot listen on {busy}: Address already in use");
-    assert!(err.contains(&want), "{err}");
+    // The proxy listener's, and the admin listener's (which said "cannot listen on ADDR
+    // (admin)", without file or line).
+    for (name, table, key) in [
+        ("busy.toml", "[[listener]]", "listener[1].listen"),
+        ("busy-admin.toml", "[admin]", "admin.listen"),
+    ] {
+        let config = tmp.write(
+            name,
+            format!(
+                "[[listener]]\nlisten = \"127.0.0.1:0\"\n\n{table}\nlisten = \"{busy}\"\n{}",
+                route("r", "/", &["ws://127.0.0.1:9".to_string()])
+            ),
+        );
+        let out = tokio::time::timeout(
+            STEP,
+            run_wsgate([
+                OsStr::new("run"),
+                OsStr::new("--config"),
+                config.as_os_str(),
+            ]),
+        )
+        .await
+        .expect("wsgate exits");
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let want = format!("{name}:5: {key}: cannot listen on {busy}: Address already in use");
+        assert!(err.contains(&want), "{err}");
+    }
 }
 
 /// With `--log-format json`, the lines that say why wsgate did not start are JSON records

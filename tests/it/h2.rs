@@ -869,10 +869,12 @@ async fn a_hand_over_sends_goaway_at_once_and_a_fresh_connection_is_still_answer
     read_until_closed(&mut fresh).await;
 }
 
-/// An HTTP/2 connection that has opened no stream yet gets a GOAWAY on shutdown too (it was
-/// dropped without one: a client could not tell a shutdown from a failure).
-#[tokio::test]
-async fn shutdown_sends_goaway_to_a_connection_with_no_stream_yet() {
+/// A plain-TCP gateway with one route to an echo backend, an h2c connection to it that has
+/// exchanged SETTINGS and opened no stream, then the gateway's shutdown, read up to the
+/// GOAWAY it sends: the backend (kept alive), the gateway's handle, the connection, what of
+/// it was read past the GOAWAY, and the GOAWAY.
+async fn shut_down_with_an_h2_connection_and_no_stream()
+-> (EchoBackend, wsgate::Handle, TcpStream, Vec<u8>, RawFrame) {
     use tokio::io::AsyncWriteExt;
     let backend = EchoBackend::spawn().await;
     let mut gw = Gateway::spawn(&format!(
@@ -898,11 +900,23 @@ async fn shutdown_sends_goaway_to_a_connection_with_no_stream_yet() {
             .await
             .expect("closed without a GOAWAY");
         if f.ty == 7 {
-            assert_eq!(&f.payload[4..8], &[0, 0, 0, 0], "GOAWAY {:?}", f.payload);
-            break;
+            return (backend, handle, tcp, buf, f);
         }
     }
-    drop(handle);
+}
+
+/// An HTTP/2 connection that has opened no stream yet gets a GOAWAY on shutdown too (it was
+/// dropped without one: a client could not tell a shutdown from a failure).
+#[tokio::test]
+async fn shutdown_sends_goaway_to_a_connection_with_no_stream_yet() {
+    let (_backend, _handle, _tcp, _buf, goaway) =
+        shut_down_with_an_h2_connection_and_no_stream().await;
+    assert_eq!(
+        &goaway.payload[4..8],
+        &[0, 0, 0, 0],
+        "GOAWAY {:?}",
+        goaway.payload
+    );
 }
 
 /// A connection with no stream yet at the shutdown gets the graceful GOAWAY (last stream id
@@ -913,32 +927,8 @@ async fn shutdown_sends_goaway_to_a_connection_with_no_stream_yet() {
 #[tokio::test]
 async fn a_request_crossing_the_shutdown_goaway_is_counted_once() {
     use tokio::io::AsyncWriteExt;
-    let backend = EchoBackend::spawn().await;
-    let mut gw = Gateway::spawn(&format!(
-        "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
-        route("app", "/", &[backend.url()])
-    ))
-    .await;
-    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
-    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let f = next_raw_frame(&mut tcp, &mut buf)
-        .await
-        .expect("no SETTINGS");
-    assert_eq!(f.ty, 4);
-    tcp.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await.unwrap();
-    let handle = gw.handle.take().unwrap();
-    handle.shutdown();
-    loop {
-        let f = next_raw_frame(&mut tcp, &mut buf)
-            .await
-            .expect("closed without a GOAWAY");
-        if f.ty == 7 {
-            break;
-        }
-    }
+    let (_backend, handle, mut tcp, mut buf, _goaway) =
+        shut_down_with_an_h2_connection_and_no_stream().await;
     // A GET on stream 1, as a client that had not read the GOAWAY yet sends it.
     let block = [&[0x82u8, 0x86, 0x84, 0x41, 0x08][..], b"app.test"].concat();
     let mut headers = vec![0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1];
