@@ -77,6 +77,26 @@ fn a_port_over_65535_is_named() {
     );
 }
 
+/// A byte that is not UTF-8 is named by its line (it read "cannot read config file: stream
+/// did not contain valid UTF-8", no line).
+#[test]
+fn a_byte_that_is_not_utf8_is_named_by_its_line() {
+    let dir = crate::support::TempDir::new("latin1");
+    let path = dir.join("latin1.toml");
+    std::fs::write(
+        &path,
+        b"[[listener]]\n# caf\xe9\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let errors = match load_file(&path) {
+        Ok(_) => panic!("a file that is not UTF-8 validated"),
+        Err(e) => e.errors,
+    };
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].line, Some(2));
+    assert!(errors[0].message.contains("not UTF-8"), "{errors:?}");
+}
+
 #[test]
 fn every_bad_value_is_reported_at_once() {
     assert_errors(

@@ -40,13 +40,24 @@ const MAX_WORKERS: i64 = 1024;
 /// Reads `path` and validates it. Errors carry the file name as their source.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let source = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+    let refused = |line, message| ConfigErrors {
         source: source.clone(),
         errors: vec![ConfigError {
             key: "(file)".into(),
-            line: None,
-            message: format!("cannot read config file: {e}"),
+            line,
+            message,
         }],
+    };
+    let bytes =
+        std::fs::read(path).map_err(|e| refused(None, format!("cannot read config file: {e}")))?;
+    // Named by its line (a Latin-1 `é` in a comment, from an editor that saved it so).
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        refused(
+            Some(line),
+            "not UTF-8 (TOML files are UTF-8: save the file as UTF-8)".to_string(),
+        )
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut config =
