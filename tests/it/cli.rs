@@ -517,37 +517,24 @@ async fn rust_log_never_hides_a_failed_start_and_a_bad_directive_is_named() {
             route("r", "/", &["ws://127.0.0.1:9".to_string()])
         ),
     );
-    let out = Command::new(BIN)
-        .env("RUST_LOG", "warn,wsgate=debg")
-        .args(["--log-format", "json", "check", "--config"])
-        .arg(&good)
-        .output()
-        .await
-        .unwrap();
-    assert_success(&out);
-    let err = String::from_utf8_lossy(&out.stderr);
-    let named = err
-        .lines()
-        .map(json)
-        .find(|r| r.get("directive").as_deref() == Some("wsgate=debg"));
-    let named = named.unwrap_or_else(|| panic!("the bad directive is not named: {err}"));
-    assert_eq!(named.get("level").as_deref(), Some("WARN"), "{err}");
-    // Where what is left filters warnings out, at `error`.
-    let out = Command::new(BIN)
-        .env("RUST_LOG", "error,wsgate=debg")
-        .args(["--log-format", "json", "check", "--config"])
-        .arg(&good)
-        .output()
-        .await
-        .unwrap();
-    assert_success(&out);
-    let err = String::from_utf8_lossy(&out.stderr);
-    let named = err
-        .lines()
-        .map(json)
-        .find(|r| r.get("directive").as_deref() == Some("wsgate=debg"));
-    let named = named.unwrap_or_else(|| panic!("the bad directive is not named: {err}"));
-    assert_eq!(named.get("level").as_deref(), Some("ERROR"), "{err}");
+    // Named at `warn`, or at `error` where what is left filters warnings out.
+    for (rust_log, level) in [("warn,wsgate=debg", "WARN"), ("error,wsgate=debg", "ERROR")] {
+        let out = Command::new(BIN)
+            .env("RUST_LOG", rust_log)
+            .args(["--log-format", "json", "check", "--config"])
+            .arg(&good)
+            .output()
+            .await
+            .unwrap();
+        assert_success(&out);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let named = err
+            .lines()
+            .map(json)
+            .find(|r| r.get("directive").as_deref() == Some("wsgate=debg"));
+        let named = named.unwrap_or_else(|| panic!("the bad directive is not named: {err}"));
+        assert_eq!(named.get("level").as_deref(), Some(level), "{err}");
+    }
 }
 
 /// SIGQUIT is nginx's graceful stop: here too a drain (1001 to the session, exit 0), not the

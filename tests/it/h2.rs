@@ -691,26 +691,16 @@ fn raw_extended_connect(stream: u8) -> Vec<u8> {
     out
 }
 
-/// On shutdown (and so in a binary upgrade's drain) an HTTP/2 connection gets its GOAWAY at
-/// once, with a WebSocket still open on it: the client opens its next WebSocket on a new
-/// connection (another instance, or the successor), where it waited for its streams' ends
-/// and a new WebSocket on it meanwhile got the drain's 503. The open stream goes on: its
-/// 1001 comes, the connection stays up while the client has not answered it.
-#[tokio::test]
-async fn shutdown_sends_goaway_at_once_with_a_websocket_open() {
+/// A raw h2c connection to `addr` with a WebSocket open on stream 1 (the preface, empty
+/// SETTINGS, [`raw_extended_connect`], the server's SETTINGS acknowledged, up to the 200's
+/// HEADERS): the connection and what was read past them.
+async fn raw_h2c_websocket(addr: std::net::SocketAddr) -> (TcpStream, Vec<u8>) {
     use tokio::io::AsyncWriteExt;
-    let backend = EchoBackend::spawn().await;
-    let mut gw = Gateway::spawn(&format!(
-        "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
-        route("app", "/", &[backend.url()])
-    ))
-    .await;
-    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
     let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
     opening.extend_from_slice(&raw_extended_connect(1));
     tcp.write_all(&opening).await.unwrap();
     let mut buf = Vec::new();
-    // The 200 on stream 1: the WebSocket is open.
     loop {
         let f = next_raw_frame(&mut tcp, &mut buf)
             .await
@@ -719,9 +709,25 @@ async fn shutdown_sends_goaway_at_once_with_a_websocket_open() {
             tcp.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await.unwrap();
         }
         if f.ty == 1 && f.stream == 1 {
-            break;
+            return (tcp, buf);
         }
     }
+}
+
+/// On shutdown (and so in a binary upgrade's drain) an HTTP/2 connection gets its GOAWAY at
+/// once, with a WebSocket still open on it: the client opens its next WebSocket on a new
+/// connection (another instance, or the successor), where it waited for its streams' ends
+/// and a new WebSocket on it meanwhile got the drain's 503. The open stream goes on: its
+/// 1001 comes, the connection stays up while the client has not answered it.
+#[tokio::test]
+async fn shutdown_sends_goaway_at_once_with_a_websocket_open() {
+    let backend = EchoBackend::spawn().await;
+    let mut gw = Gateway::spawn(&format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
+        route("app", "/", &[backend.url()])
+    ))
+    .await;
+    let (mut tcp, mut buf) = raw_h2c_websocket(gw.addr).await;
     let handle = gw.handle.take().unwrap();
     handle.shutdown();
     // GOAWAY and the stream's 1001, in either order; the client answers neither, and the
@@ -793,22 +799,7 @@ async fn a_hand_over_sends_goaway_at_once_and_a_fresh_connection_is_still_answer
     })
     .await;
     // A WebSocket over h2c.
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
-    opening.extend_from_slice(&raw_extended_connect(1));
-    tcp.write_all(&opening).await.unwrap();
-    let mut buf = Vec::new();
-    loop {
-        let f = next_raw_frame(&mut tcp, &mut buf)
-            .await
-            .expect("closed before the 200");
-        if f.ty == 4 && f.flags & 1 == 0 {
-            tcp.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await.unwrap();
-        }
-        if f.ty == 1 && f.stream == 1 {
-            break;
-        }
-    }
+    let (mut tcp, mut buf) = raw_h2c_websocket(addr).await;
     // A connection that has sent nothing yet, once the old process has accepted it (not left
     // in the queue for the successor): the old process owes it an answer.
     let mut fresh = TcpStream::connect(addr).await.unwrap();
