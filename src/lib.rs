@@ -199,18 +199,13 @@ impl Gateway {
                     stop: admin_stop.clone(),
                     handed_over: admin_stop.child_token(),
                 });
-                let at = match (state.initial.source.as_deref(), config_line) {
-                    (Some(file), Some(n)) => format!("{}:{n}: ", file.display()),
-                    (None, Some(n)) => format!("line {n}: "),
-                    (_, None) => String::new(),
-                };
                 match admin::start(admin, admin_socket).await {
                     Ok(addr) => Some(addr),
                     Err(e) => {
                         stop.cancel();
-                        // Named as a config error, as a proxy listener's is (`bind_all`).
-                        let e = std::io::Error::new(e.kind(), format!("{at}admin.listen: {e}"));
-                        return Err(e);
+                        // Named as a config error, as a proxy listener's is.
+                        let source = state.initial.source.as_deref();
+                        return Err(listeners::bind_error(e, source, config_line, "admin"));
                     }
                 }
             }

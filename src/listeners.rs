@@ -112,16 +112,26 @@ pub fn bind_all(
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            bind_one(c, inherited).map_err(|e| {
-                let at = match (source, c.listen_line) {
-                    (Some(file), Some(n)) => format!("{}:{n}: ", file.display()),
-                    (None, Some(n)) => format!("line {n}: "),
-                    (_, None) => String::new(),
-                };
-                std::io::Error::new(e.kind(), format!("{at}listener[{i}].listen: {e}"))
-            })
+            bind_one(c, inherited)
+                .map_err(|e| bind_error(e, source, c.listen_line, &format!("listener[{i}]")))
         })
         .collect::<Result<_, _>>()
+}
+
+/// A listening socket that could not be bound (`e`), named as a config error is: the file
+/// and line of its `listen` key (`source`, `line`), and the key (`table`.listen).
+pub(crate) fn bind_error(
+    e: std::io::Error,
+    source: Option<&std::path::Path>,
+    line: Option<usize>,
+    table: &str,
+) -> std::io::Error {
+    let at = match (source, line) {
+        (Some(file), Some(n)) => format!("{}:{n}: ", file.display()),
+        (None, Some(n)) => format!("line {n}: "),
+        (_, None) => String::new(),
+    };
+    std::io::Error::new(e.kind(), format!("{at}{table}.listen: {e}"))
 }
 
 fn bind_one(config: &ListenerConfig, inherited: &mut Inherited) -> std::io::Result<Bound> {

@@ -447,14 +447,14 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
                 return Err(ProxyError::from(e).into());
             }
         };
+        let tls_refused = sent.as_ref().err().and_then(|e| tls_refusal(e, target));
         match sent {
-            Err(e) if tls_refusal(&e, target).is_some() => {
+            Err(_) if let Some(reason) = tls_refused => {
                 // The backend refused wsgate's side of the TLS handshake (a client
                 // certificate it requires, or refuses). Under TLS 1.3 it says so only on the
                 // first read, after the request went out into a session it never opened:
                 // nothing reached it, so the next backend is tried, as after a connect
                 // failure, and the failure is the TLS one it is on the WebSocket path.
-                let reason = tls_refusal(&e, target).unwrap_or_default();
                 all_timeouts = false;
                 tracing::warn!(route = %route.name, backend = &*target.name, error = %reason, "backend TLS handshake refused");
                 targets.failed(i, Outcome::BackendTls, route);
