@@ -16,6 +16,7 @@ use toml::de::{DeTable, DeValue};
 use super::ConfigError;
 use words::{describe, scrub};
 
+mod homes;
 mod words;
 
 /// A file with more mistakes than this is reported up to here only.
@@ -89,7 +90,7 @@ pub(crate) fn parse<T: DeserializeOwned>(text: &str) -> Parsed<T> {
         };
         let hit = refine::<T>(&mut work, hit, &e);
         let key = key_path(&hit.path);
-        let (message, meant) = describe(text, &mut work, &hit, e.message());
+        let (message, meant) = describe(text, &mut work, &hit, e.message(), homes::homes::<T>);
         out.meant.extend(meant);
         if !out
             .errors

@@ -8,11 +8,15 @@ use super::{Hit, Step, Takes, key_path, table_at, value_at};
 
 /// The error's message in the config's words, and for a misspelt key the key path it was
 /// probably meant to be when that key is absent (a "missing" error for it would repeat this).
+///
+/// `homes(key, table)` names the other tables that take a key unknown in `table` (its key
+/// names from the root), asked only when the key is no slip of one of its table's own.
 pub(super) fn describe(
     text: &str,
     doc: &mut Spanned<DeTable<'_>>,
     hit: &Hit,
     message: &str,
+    homes: impl Fn(&str, &[&str]) -> Vec<String>,
 ) -> (String, Option<String>) {
     let message = message.trim();
     if let Some(rest) = message.strip_prefix("unknown field ") {
@@ -25,6 +29,23 @@ pub(super) fn describe(
             path.push(Step::Key(s.to_string()));
             absent.then(|| key_path(&path))
         });
+        if suggestion.is_none() {
+            let table: Vec<&str> = parent
+                .iter()
+                .filter_map(|s| match s {
+                    Step::Key(k) => Some(k.as_str()),
+                    Step::Index(_) => None,
+                })
+                .collect();
+            let elsewhere = homes(&name, &table);
+            if !elsewhere.is_empty() {
+                let m = format!(
+                    "unknown key \"{name}\" here: it belongs in {}",
+                    elsewhere.join(" or ")
+                );
+                return (m, None);
+            }
+        }
         return (unknown("key", &name, &names), meant);
     }
     if let Some(rest) = message.strip_prefix("unknown variant ") {
