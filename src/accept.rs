@@ -524,6 +524,7 @@ async fn serve<I>(
         }
     };
     let client = conn.client;
+    let tls = conn.scheme == "https";
     if matches!(&*builder, http::Builder::Http2(_)) {
         conn.live_streams = Some(Default::default());
     } else {
@@ -667,8 +668,18 @@ async fn serve<I>(
                 if !watch.seen_request() {
                     // No request yet, or a head still arriving: nothing to finish. hyper
                     // would wait for the rest of the head (up to the handshake timeout), so
-                    // the connection is dropped here.
+                    // the connection ends here.
                     watch.closed_by_shutdown();
+                    if tls {
+                        // Over TLS, not dropped: hyper reads end of file and closes the
+                        // connection through its shutdown, which sends our `close_notify`
+                        // first (RFC 8446 §6.1). A client that had begun its head gets no
+                        // answer either way. Bounded, as a drop would be.
+                        watch.end_reads();
+                        deadline.as_mut().reset(Instant::now() + CLOSE_NOTIFY_WAIT);
+                        deadline_armed = true;
+                        continue;
+                    }
                     return;
                 }
                 // Finish the request in flight, then close; an idle keep-alive connection
@@ -722,6 +733,11 @@ async fn serve<I>(
         }
     }
 }
+
+/// How long a TLS connection closed by the shutdown before its first request gets to send
+/// its `close_notify` (one record into an empty socket buffer: at once, unless the client's
+/// window is full of session tickets it never read).
+const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
 
 /// An HTTP/2 connection the shutdown has sent GOAWAY before any request (`armed`): counted as
 /// closed by the shutdown when it ends (however it ends) if no request came after all.

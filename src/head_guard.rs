@@ -187,6 +187,10 @@ pub struct HeadWatch {
     /// looked at: the exchange held its client and backend connections for as long as the
     /// client liked.
     write_deadline: std::sync::atomic::AtomicU64,
+    /// The shutdown closes the connection before its first request: its write side is shut
+    /// (over TLS, with our `close_notify`: RFC 8446 §6.1) and hyper's reads return end of
+    /// file, so hyper ends the connection as a leaving client's.
+    ended: AtomicBool,
 }
 
 impl std::fmt::Debug for HeadWatch {
@@ -209,6 +213,7 @@ impl HeadWatch {
             response_done: AtomicBool::new(false),
             next_head: AtomicBool::new(false),
             write_deadline: std::sync::atomic::AtomicU64::new(0),
+            ended: AtomicBool::new(false),
         }
     }
 
@@ -286,6 +291,12 @@ impl HeadWatch {
         if !self.refused.swap(true, Ordering::Relaxed) {
             self.state.unrouted_refusals.add(Outcome::Draining);
         }
+    }
+
+    /// From now on hyper reads end of file: see `ended`. The connection's task polls hyper
+    /// again to let it see it.
+    pub fn end_reads(&self) {
+        self.ended.store(true, Ordering::Relaxed);
     }
 }
 
@@ -677,13 +688,19 @@ impl Linger {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for HeadGuard<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadGuard<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if this.watch.ended.load(Ordering::Relaxed) {
+            // Our end first (over TLS, the `close_notify`): hyper shuts down a connection
+            // that ends before its head begins, but one that ends with half a head fails.
+            let _ = ready!(Pin::new(&mut this.io).poll_shutdown(cx));
+            return Poll::Ready(Ok(()));
+        }
         if let Some(pre) = this.pre.as_mut() {
             let n = pre.len().min(buf.remaining());
             buf.put_slice(&pre.split_to(n));

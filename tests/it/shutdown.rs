@@ -232,6 +232,51 @@ async fn shutdown_closes_idle_keep_alive_connections_at_once() {
         .expect("the gateway did not stop within STEP of the shutdown");
 }
 
+/// A TLS connection whose handshake is done but which has sent no request (a browser's
+/// spare connection) is closed by the shutdown with our `close_notify` (RFC 8446 §6.1), as
+/// every other TLS close is: it was dropped, and the client read a truncation. One that had
+/// begun its head is closed too, unanswered. Both are counted as the shutdown's.
+#[tokio::test]
+async fn shutdown_closes_a_tls_connection_with_no_request_with_close_notify() {
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf("gw", &["localhost"]);
+    let backend = EchoBackend::spawn().await;
+    let mut gw = Gateway::spawn(&format!(
+        "[timeouts]\nhandshake = \"{HANDSHAKE_TIMEOUT}\"\n{}{}",
+        tls::tls_listener(&cert, &key, ""),
+        route("r", "/", &[backend.url()])
+    ))
+    .await;
+    let mut silent = tls::tls_connect(&ca, &gw, "localhost").await.0;
+    let mut half = tls::tls_connect(&ca, &gw, "localhost").await.0;
+    half.write_all(HALF_HEAD).await.unwrap();
+    half.flush().await.unwrap();
+    // Served in turn: once this one is answered, the two before it are being served.
+    let (_ws, _) = tls::wss_upgrade(&gw, tls::tls_connect(&ca, &gw, "localhost").await.0).await;
+
+    let handle = gw.handle.take().unwrap();
+    let deadline = Instant::now() + STEP;
+    handle.shutdown();
+    for (what, s) in [("silent", &mut silent), ("half a head", &mut half)] {
+        let mut got = Vec::new();
+        let end = tokio::time::timeout_at(deadline, s.read_to_end(&mut got))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: still open at the deadline"));
+        assert!(
+            got.is_empty(),
+            "{what}: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        end.unwrap_or_else(|e| panic!("{what}: closed without close_notify: {e}"));
+    }
+    let refusals = handle.refusals();
+    assert_eq!(
+        refusals.get(&("-".to_string(), "draining")).copied(),
+        Some(2),
+        "{refusals:?}"
+    );
+}
+
 /// The binary: SIGTERM with connections that never sent a request (plain, half a head, TLS
 /// not started) and an idle admin connection; it exits promptly, not after the handshake
 /// timeout. The TLS listener's certificate watcher and the admin listener do not hold it.
