@@ -569,6 +569,9 @@ async fn serve<I>(
                 // loop shuts down the connections that had a request by then; hyper's
                 // graceful shutdown would close one that had not, unanswered).
                 let last = http1 && state.listeners.handed_over.is_cancelled();
+                let lingers = refused_close
+                    .is_some()
+                    .then(|| (state.listeners.conns.clone(), state.listeners.cut.clone()));
                 let mut response = proxy::handle(state, conn, req, unread).await;
                 if let Ok(r) = &mut response
                     && last
@@ -583,10 +586,14 @@ async fn serve<I>(
                 }
                 // A session is registered before its 101 is returned.
                 awaiting.done();
-                if let (Some(on_upgrade), Ok(r)) = (refused_close, &response)
+                // Tracked as a connection (a shutdown waits for it, up to its grace, then
+                // cuts it): the runtime's end would drop the socket under the client, with a
+                // reset if it had sent more, before it read the refusal.
+                if let (Some(on_upgrade), Some((conns, cut)), Ok(r)) =
+                    (refused_close, lingers, &response)
                     && r.status() != hyper::StatusCode::SWITCHING_PROTOCOLS
                 {
-                    tokio::spawn(crate::head_guard::close_refused(on_upgrade));
+                    conns.spawn(crate::head_guard::close_refused(on_upgrade, cut));
                 }
                 response.map(|r| {
                     r.map(|body| Tracked {

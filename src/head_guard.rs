@@ -639,13 +639,24 @@ impl Answer {
 /// down; with the upgrade dropped, the socket was just closed: no `close_notify` (RFC 8446
 /// §6.1), and a reset where the client had sent more (frames right behind its request),
 /// which can destroy the refusal before the client reads it.
-pub async fn close_refused(on_upgrade: hyper::upgrade::OnUpgrade) {
-    let Ok(upgraded) = on_upgrade.await else {
-        return;
+///
+/// `cut` (the end of a shutdown's grace) ends it where it is.
+pub async fn close_refused(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    cut: tokio_util::sync::CancellationToken,
+) {
+    let close = async {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut io = hyper_util::rt::TokioIo::new(upgraded);
+        let mut linger = Linger::new();
+        std::future::poll_fn(|cx| linger.poll(&mut io, cx)).await;
     };
-    let mut io = hyper_util::rt::TokioIo::new(upgraded);
-    let mut linger = Linger::new();
-    std::future::poll_fn(|cx| linger.poll(&mut io, cx)).await;
+    tokio::select! {
+        () = close => {}
+        () = cut.cancelled() => {}
+    }
 }
 
 impl Linger {

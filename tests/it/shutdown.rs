@@ -277,6 +277,50 @@ async fn shutdown_closes_a_tls_connection_with_no_request_with_close_notify() {
     );
 }
 
+/// A refused upgrade's lingering close (our FIN, then the client's bytes read until it
+/// closes) is one of the connections a shutdown waits for, and is cut at the end of its
+/// grace: it ran outside them, so a process's end dropped the socket under a client that
+/// had not read its refusal yet, and a shutdown's end left it lingering on.
+#[tokio::test]
+async fn a_refused_upgrades_lingering_close_is_cut_with_the_shutdown() {
+    let backend = EchoBackend::spawn().await;
+    let mut gw = Gateway::spawn(&format!(
+        "[shutdown]\ngrace = \"1s\"\n[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
+        route("r", "/ws", &[backend.url()])
+    ))
+    .await;
+    let request = upgrade_request("/elsewhere", "");
+    let (mut s, refused) = raw_exchange(gw.addr, request.as_bytes()).await;
+    assert_eq!(refused.status, 404);
+    // The client holds its socket: the gateway lingers, reading what it sends.
+    s.write_all(b"more").await.unwrap();
+
+    let handle = gw.handle.take().unwrap();
+    handle.shutdown();
+    tokio::time::timeout(STEP, handle.wait())
+        .await
+        .expect("the gateway did not stop within STEP of the shutdown");
+    // Done with: the socket is closed, so the next bytes are refused with a reset (they
+    // were read and dropped by a linger still running).
+    let reset = tokio::time::timeout(STEP, async {
+        loop {
+            if let Err(e) = s.write_all(b"x").await {
+                return e;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the lingering close outlived the shutdown");
+    assert!(
+        matches!(
+            reset.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+        ),
+        "{reset}"
+    );
+}
+
 /// The binary: SIGTERM with connections that never sent a request (plain, half a head, TLS
 /// not started) and an idle admin connection; it exits promptly, not after the handshake
 /// timeout. The TLS listener's certificate watcher and the admin listener do not hold it.
