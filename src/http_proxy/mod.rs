@@ -274,6 +274,19 @@ async fn exchange(
     sticky_cookie(cx, route, forwarded.index, &mut head.headers);
     // The client's connection speaks its own version; hyper writes the status line.
     head.version = Version::default();
+    // HTTP/1.0 has no chunked coding: a body of unknown length ends with the connection,
+    // which hyper does, but it answered `Connection: keep-alive` to a client that asked to
+    // keep alive (RFC 9112 §9.3, RFC 1945 §7.2.2). A head of version 1.0 without
+    // `keep-alive` is hyper's cue to close (its `fix_keep_alive`; given 1.1 it appends
+    // `keep-alive` to whatever `Connection` says).
+    if parts.version == Version::HTTP_10
+        && !hyper::body::Body::is_end_stream(&incoming)
+        && hyper::body::Body::size_hint(&incoming).exact().is_none()
+    {
+        head.version = Version::HTTP_10;
+        head.headers
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
     let body = record::ResponseBody::new(
         incoming,
         deadline,

@@ -1051,6 +1051,57 @@ async fn an_offer_to_upgrade_to_another_protocol_is_served_as_a_plain_request() 
     }
 }
 
+/// An HTTP/1.0 client that asks to keep alive is told `close` when the response's length is
+/// unknown (no chunked coding in 1.0: the close ends the body), and kept alive when it is
+/// known. It was told `keep-alive`, then the connection closed under it.
+#[tokio::test]
+async fn an_http10_keep_alive_response_of_unknown_length_says_close() {
+    let handler: Handler = Arc::new(|req: Request<Incoming>| {
+        Box::pin(async move {
+            if req.uri().path() == "/known" {
+                return Response::new(full("known"));
+            }
+            let (tx, body) = channel();
+            tokio::spawn(async move {
+                let _ = tx.send(Frame::data(Bytes::from_static(b"hello"))).await;
+            });
+            Response::new(body)
+        })
+    });
+    let b = backend(handler).await;
+    let gw = Gateway::spawn(&http_route(&[b], "")).await;
+    let keep_alive =
+        |path: &str| format!("GET {path} HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n");
+
+    let (mut s, resp) = raw_exchange(gw.addr, keep_alive("/unknown").as_bytes()).await;
+    assert_eq!(resp.status, 200);
+    assert!(resp.head.starts_with("HTTP/1.0 200"), "{}", resp.head);
+    assert_eq!(
+        resp.header("connection").as_deref(),
+        Some("close"),
+        "{}",
+        resp.head
+    );
+    let mut body = resp.rest.clone();
+    tokio::time::timeout(STEP, s.read_to_end(&mut body))
+        .await
+        .expect("the body ends with the connection")
+        .unwrap();
+    assert_eq!(body, b"hello");
+
+    let (mut s, resp) = raw_exchange(gw.addr, keep_alive("/known").as_bytes()).await;
+    assert_eq!(
+        resp.header("connection").as_deref(),
+        Some("keep-alive"),
+        "{}",
+        resp.head
+    );
+    assert_eq!(resp.body, "known");
+    s.write_all(keep_alive("/known").as_bytes()).await.unwrap();
+    let again = read_response(&mut s).await;
+    assert_eq!((again.status, again.body.as_str()), (200, "known"));
+}
+
 /// RFC 9112 §3.2: an HTTP/1.1 request without `Host` is answered 400; HTTP/1.0 has none.
 #[tokio::test]
 async fn an_http11_request_without_host_gets_400() {
