@@ -643,9 +643,17 @@ fn verify_101(
         // The checked token, not the header as it came (`chat,` or an empty field line
         // besides `chat` would reach the client, which would fail the handshake).
         [one] if offered.protocols.iter().any(|p| p == one) => HeaderValue::from_str(one).ok(),
+        // What the backend was offered, which is not always what the client offered: the
+        // route's `subprotocols` list and a token carried as a subprotocol are taken out.
+        [one] if offered.protocols.is_empty() => {
+            return Err(BackendError::BadHandshake(format!(
+                "backend chose subprotocol {one:?}, but was offered none"
+            )));
+        }
         [one] => {
             return Err(BackendError::BadHandshake(format!(
-                "backend chose subprotocol {one:?}, which the client did not offer"
+                "backend chose subprotocol {one:?}, which it was not offered (offered: {})",
+                offered.protocols.join(", ")
             )));
         }
         _ => return bad("backend chose more than one subprotocol"),
@@ -670,8 +678,18 @@ fn verify_101(
     for element in &elements {
         let name = element.split(';').next().unwrap_or("").trim();
         if !offered_ext.iter().any(|o| o.eq_ignore_ascii_case(name)) {
+            let by_client = offered
+                .client_extensions
+                .iter()
+                .flat_map(|v| extension_names(v.as_bytes()))
+                .any(|o| o.eq_ignore_ascii_case(name));
+            let why = if by_client {
+                " (the client offered it; the route took it out of the backend's offer)"
+            } else {
+                ""
+            };
             return Err(BackendError::BadHandshake(format!(
-                "backend accepted extension {name:?}, which the client did not offer"
+                "backend accepted extension {name:?}, which it was not offered{why}"
             )));
         }
     }

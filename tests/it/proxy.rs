@@ -207,6 +207,49 @@ async fn backend_choosing_an_unoffered_subprotocol_is_a_bad_gateway() {
     assert!(resp.body.contains("evil"), "{}", resp.body);
 }
 
+/// A backend that answers with what the route took out of its offer (a subprotocol outside
+/// `subprotocols`, permessage-deflate under `strip`) is refused for what it was offered, not
+/// for what the client offered: the reason blamed the client, which had offered both.
+#[tokio::test]
+async fn a_backend_answering_what_the_route_took_out_is_refused_for_its_own_offer() {
+    let cases = [
+        (
+            "subprotocols = [\"a\"]\n",
+            "Sec-WebSocket-Protocol: a, b\r\n",
+            "Sec-WebSocket-Protocol: b\r\n",
+            "backend chose subprotocol \"b\", which it was not offered (offered: a)",
+        ),
+        (
+            "permessage_deflate = \"strip\"\n",
+            "Sec-WebSocket-Extensions: permessage-deflate\r\n",
+            "Sec-WebSocket-Extensions: permessage-deflate\r\n",
+            "backend accepted extension \"permessage-deflate\", which it was not offered (the \
+             client offered it; the route took it out of the backend's offer)",
+        ),
+    ];
+    for (route_keys, offer, answer, reason) in cases {
+        let (addr, _) = scripted_backend(
+            format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: {{accept}}\r\n{answer}\r\n"
+            )
+            .into_bytes(),
+        )
+        .await;
+        let gw = Gateway::spawn(&format!(
+            "[limits]\nerror_detail = \"client\"\n{}{route_keys}",
+            route("r", "/", &[format!("ws://{addr}")])
+        ))
+        .await;
+        let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", offer).as_bytes()).await;
+        assert_eq!(resp.status, 502, "{resp:?}");
+        assert_eq!(
+            resp.body,
+            format!("invalid backend handshake: ws://{addr}: {reason}\n")
+        );
+    }
+}
+
 /// A gateway to `addr` that tells clients what went wrong with the backend (development).
 async fn gateway_with_details(addr: SocketAddr) -> Gateway {
     Gateway::spawn(&format!(
