@@ -635,7 +635,14 @@ fn take_over<C, B>(
     if st.error.is_none() {
         st.error = error.map(Box::new);
     }
-    st.first_close(reason.started_by());
+    // The proxy's own end overrides a closing handshake a side had started (the session
+    // ends on the proxy's reason, which the outcome and the offender name): `closed_by` is
+    // `proxy` whenever the outcome is the proxy's. A side that went away ended it itself.
+    let who = reason.started_by();
+    if who == CloseSide::Proxy {
+        st.closed_by = Some(who);
+    }
+    st.first_close(who);
     // When one side broke the protocol, the other side is closed first and its frames keep
     // flowing to the offender until its close reply: what it answers to the frames before the
     // violation arrives, as it would without a proxy. Then the offender gets its close.

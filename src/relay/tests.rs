@@ -1248,6 +1248,39 @@ async fn a_message_over_the_limit_ends_with_a_closing_handshake() {
     assert_eq!(to_backend, b"", "after the 1001");
 }
 
+/// A closing handshake the client started, that the proxy ends itself because the backend
+/// sent a message over the limit before its close reply, is the proxy's end: `closed_by`
+/// `proxy` beside the outcome and the offender (it stayed `client`).
+#[tokio::test]
+async fn a_closing_handshake_the_proxy_ends_itself_is_closed_by_the_proxy() {
+    let cfg = SessionConfig {
+        max_message: Some(100),
+        ping_interval: None,
+        hibernate_after: None,
+        ..SessionConfig::default()
+    };
+    let (mut client, mut backend, relay) = relay_by_hand_over(cfg, TcpLike);
+    let task = tokio::spawn(relay);
+    client
+        .write_all(&masked(opcode::CLOSE, &[0x03, 0xe8, b'b', b'y', b'e']))
+        .await
+        .unwrap();
+    assert_eq!(read_close(&mut backend).await, (Some(1000), "bye".into()));
+    let reply = [
+        plain(opcode::BINARY, &[1u8; 200]),
+        plain(opcode::CLOSE, &[0x03, 0xe8]),
+    ]
+    .concat();
+    backend.write_all(&reply).await.unwrap();
+    let (code, _) = read_close(&mut client).await;
+    assert_ne!(code, Some(1000), "the backend's reply was not forwarded");
+    drop(backend);
+    drop(client);
+    let out = task.await.unwrap();
+    assert_eq!(out.outcome().as_str(), "message_too_big", "{out:?}");
+    assert_eq!(out.closed_by, CloseSide::Proxy, "{out:?}");
+}
+
 /// The end of a session whose client sent a message over a limit, then one more: the
 /// backend is closed first and answers; then the client gets its 1009, its connection
 /// staying open for its reply, and its FIN after that reply. The record has the client's
