@@ -494,10 +494,10 @@ impl Sessions {
         self.close_all();
     }
 
-    /// Whether a close of this session has been asked for, or a reload's wave will ask for
-    /// one ([`Sessions::schedule`]).
+    /// Whether a close of this session has been asked for (for it alone, or for its route or
+    /// the whole gateway), or a reload's wave will ask for one ([`Sessions::schedule`]).
     pub fn closing(&self, s: &SessionInfo) -> bool {
-        s.link.asked().is_some() || self.lock_scheduled().contains(&s.id)
+        s.signalled() || self.lock_scheduled().contains(&s.id)
     }
 
     /// Marks `sessions` as a wave's, before [`Sessions::close_spread`] asks them.

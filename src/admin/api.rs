@@ -407,7 +407,9 @@ pub fn session_json(s: &SessionInfo, now: Instant) -> Value {
         "messages_client_to_backend": c.messages_client_to_backend.load(Relaxed),
         "messages_backend_to_client": c.messages_backend_to_client.load(Relaxed),
         "last_active_seconds_ago": now.saturating_duration_since(last).as_secs_f64(),
-        "closing": s.link.asked().is_some(),
+        // Asked for this session alone (the API, a backend drain) or for all of its route's
+        // or the gateway's (a shutdown, a reload that restarts the route).
+        "closing": crate::relay::Env::signalled(s),
         "hibernating": c.hibernating.load(Relaxed),
     })
 }

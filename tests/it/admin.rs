@@ -273,6 +273,42 @@ async fn readyz_turns_503_when_the_drain_starts_and_healthz_stays_200() {
     assert!(tokio::net::TcpStream::connect(admin).await.is_err());
 }
 
+/// A session the shutdown has sent its close frames to is `closing` in the session API, as
+/// one closed through the API is (the shutdown asks every session at once, not each one's
+/// own link, and the API looked at the link only).
+#[tokio::test]
+async fn sessions_the_shutdown_is_closing_are_shown_closing() {
+    let echo = EchoBackend::spawn().await;
+    let (mut gw, admin) = spawn_admin(&route("chat", "/chat", &[echo.url()]), None).await;
+    // A raw client that never answers the close frame: its session stays, closing.
+    let (mut client, resp) = raw_exchange(gw.addr, upgrade_request("/chat", "").as_bytes()).await;
+    assert_eq!(resp.status, 101);
+    let listed = get_json(admin, "/api/sessions").await;
+    assert_eq!(listed["sessions"][0]["closing"], false, "{listed}");
+    let handle = gw.handle.take().unwrap();
+    handle.shutdown();
+    // The close frame (1001) has come: the close was asked for.
+    let mut frame = resp.rest.clone();
+    while frame.len() < 4 {
+        let mut chunk = [0u8; 64];
+        let n = tokio::time::timeout(STEP, client.read(&mut chunk))
+            .await
+            .expect("no close frame")
+            .unwrap();
+        assert!(n > 0, "closed without a close frame");
+        frame.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(
+        (frame[0], &frame[2..4]),
+        (0x88, &[0x03, 0xe9][..]),
+        "{frame:?}"
+    );
+    let listed = get_json(admin, "/api/sessions").await;
+    assert_eq!(listed["sessions"][0]["closing"], true, "{listed}");
+    drop(client);
+    tokio::time::timeout(STEP, handle.wait()).await.unwrap();
+}
+
 #[tokio::test]
 async fn the_session_api_lists_a_thousand_sessions_and_closes_one() {
     const N: usize = 1000;
