@@ -627,6 +627,7 @@ async fn serve<I>(
     // stopped reading) held it for good. It gets as long again, then the connection is
     // dropped.
     let mut goaway_unanswered: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let mut cut_by: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     let mut unserved = Unserved {
         watch: &watch,
         armed: false,
@@ -648,7 +649,13 @@ async fn serve<I>(
                     return;
                 }
             }
-            () = cut.cancelled() => return,
+            () = cut.cancelled(), if cut_by.is_none() => {
+                // The end of a shutdown's grace: a handshake still waiting on its backend is
+                // answered 503 by its handler (`proxy::handle`), which hyper writes if given a
+                // moment; whatever else the connection serves is dropped with it.
+                cut_by = Some(Box::pin(tokio::time::sleep(CUT_ANSWER)));
+            }
+            () = async { cut_by.as_mut().expect("armed").await }, if cut_by.is_some() => return,
             _ = stop.cancelled(), if !stopping => {
                 stopping = true;
                 if live_streams.is_some() {
@@ -740,6 +747,10 @@ async fn serve<I>(
         }
     }
 }
+
+/// How long a connection gets, at the end of a shutdown's grace, to write the 503 its
+/// waiting handshake is answered (into a socket buffer: at once) before it is dropped.
+const CUT_ANSWER: Duration = Duration::from_millis(100);
 
 /// How long a TLS connection closed by the shutdown before its first request gets to send
 /// its `close_notify` (one record into an empty socket buffer: at once, unless the client's

@@ -368,7 +368,10 @@ async fn upgrade(
         parts: head,
         armed: true,
     });
-    let admitted = check_policy(cx, route, parts, &mut client_hs).await;
+    let admitted = tokio::select! {
+        a = check_policy(cx, route, parts, &mut client_hs) => a.map_err(ProxyError::from),
+        () = cx.state.listeners.cut.cancelled() => Err(ProxyError::Draining),
+    };
     if let Some(gone) = gone {
         gone.disarm();
     }
@@ -389,7 +392,12 @@ async fn upgrade(
         parts,
         armed: true,
     };
-    let backend = upgrade_backend(cx, route, parts, &client_hs, &affinity).await;
+    // At the end of a shutdown's grace the wait is over: the client is answered 503 (its
+    // connection's task gives hyper a moment to write it), not dropped unanswered.
+    let backend = tokio::select! {
+        b = upgrade_backend(cx, route, parts, &client_hs, &affinity) => b.map_err(ProxyError::from),
+        () = cx.state.listeners.cut.cancelled() => Err(ProxyError::Draining),
+    };
     gone.disarm();
     let (mut upgrade, lease) = backend?;
     let counting = deflate::counting(rc.session.max_message_inflated, &upgrade.extensions);

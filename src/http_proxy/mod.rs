@@ -152,7 +152,12 @@ pub(crate) async fn serve(
     body: ClientBody,
 ) -> Result<Response<Body>, ProxyError> {
     let mut waiting = record::Waiting::new(&cx.state.sessions);
-    let result = exchange(cx, route, parts, body, &mut waiting).await;
+    // At the end of a shutdown's grace a request still waiting on its backend is answered
+    // 503 (its connection's task gives hyper a moment to write it), not dropped unanswered.
+    let result = tokio::select! {
+        r = exchange(cx, route, parts, body, &mut waiting) => r,
+        () = cx.state.listeners.cut.cancelled() => Err(ProxyError::Draining),
+    };
     // Answered (the response body writes the record) or refused (the refusal does).
     waiting.take();
     if let Err(e) = &result {

@@ -771,14 +771,16 @@ async fn record_of_a_client_giving_up(
 }
 
 /// A handshake (or a plain request) still waiting on its backend when a shutdown's grace
-/// ends is dropped by the proxy, not by its client: its record says so (`draining`, 503,
-/// the proxy's fault), not `client_gone`, and it is written.
+/// ends is ended by the proxy, not by its client: it is answered 503 (it was dropped
+/// unanswered, while its record said 503), and its record says so (`draining`, 503, the
+/// proxy's fault), not `client_gone`, and it is written.
 #[tokio::test]
 async fn a_request_dropped_at_the_end_of_a_shutdown_is_the_proxys_doing() {
+    // Answered, the plain request is a refused one too (`refused`, as a 502 is).
     for (event, request) in [
         ("refused", upgrade_request("/slow", "")),
         (
-            "http",
+            "refused",
             "GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n".to_string(),
         ),
     ] {
@@ -802,6 +804,8 @@ async fn a_request_dropped_at_the_end_of_a_shutdown_is_the_proxys_doing() {
             .args(["-TERM", &pid])
             .status()
             .unwrap();
+        let answer = read_response(&mut client).await;
+        assert_eq!(answer.status, 503, "{event}: {answer:?}");
         run.until_ended().await;
         let records: Vec<Record> = run
             .records()
