@@ -27,7 +27,34 @@ use crate::tls_io::{self, ServerTls};
 /// backend restart, when thousands of clients come back at once.
 const LISTEN_BACKLOG: u32 = 4096;
 /// After an accept error such as EMFILE, wait before retrying rather than spin.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// A loop whose accepts keep failing (out of descriptors) logs once per this, with how many
+/// failures it did not log: retried every 100 ms per worker, they were 10 lines a second each.
+const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The warnings of one accept loop's failed accepts: the first, then one per
+/// [`ACCEPT_ERROR_LOG_EVERY`] while they go on, saying how many came in between.
+#[derive(Default)]
+pub(crate) struct AcceptErrors {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    /// Whether to log this failure now, and how many went unlogged before it.
+    pub(crate) fn log_now(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self
+            .last_logged
+            .is_some_and(|at| now.duration_since(at) < ACCEPT_ERROR_LOG_EVERY)
+        {
+            self.unlogged += 1;
+            return None;
+        }
+        self.last_logged = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
 
 /// Binds a listener socket.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -106,6 +133,7 @@ pub async fn accept_loop(
         &started.config.limits,
         config.handshake_timeout,
     ));
+    let mut accept_errors = AcceptErrors::default();
     loop {
         let (mut stream, peer) = tokio::select! {
             // Told to stop, a loop takes no more: one ready to accept when the stop comes
@@ -116,7 +144,14 @@ pub async fn accept_loop(
                 Ok(ok) => ok,
                 Err(e) => {
                     stats.accept_error(&e);
-                    tracing::warn!(listener = %config.addr, error = %e, "accept failed");
+                    if let Some(unlogged) = accept_errors.log_now() {
+                        tracing::warn!(
+                            listener = %config.addr,
+                            error = %e,
+                            unlogged,
+                            "accept failed (retried every 100 ms; logged at most every 10 s)"
+                        );
+                    }
                     tokio::select! {
                         _ = accepting.cancelled() => return,
                         _ = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
@@ -128,12 +163,10 @@ pub async fn accept_loop(
         let peer = canonical(peer);
         // Deep in the descriptor reserve (`Descriptors::check_accepted`), a connection is
         // closed as soon as it is accepted, unanswered: idle connections must not take what
-        // the reserve keeps for the admin listener and the backend legs.
-        if state
-            .descriptors
-            .check_accepted(started.config.limits.fd_reserve)
-            .is_err()
-        {
+        // the reserve keeps for the admin listener and the backend legs. The reserve is the
+        // current generation's: a reload that changes it does not restart this loop.
+        let reserve = state.current().config.limits.fd_reserve;
+        if state.descriptors.check_accepted(reserve).is_err() {
             state
                 .unrouted_refusals
                 .add(crate::outcome::Outcome::FdReserve);
@@ -959,5 +992,24 @@ fn connection_failed(watch: &HeadWatch, client: SocketAddr, e: &hyper::Error) {
     match HeadRefusal::of_error(e, watch.idle_between_requests()) {
         Some(refusal) => watch.refuse(refusal, Some(e)),
         None => tracing::debug!(client = %client, error = %e, "connection ended with an error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Failed accepts are logged the first time, then once per 10 s with the count between.
+    #[tokio::test(start_paused = true)]
+    async fn failed_accepts_are_logged_once_per_ten_seconds() {
+        let mut errors = AcceptErrors::default();
+        assert_eq!(errors.log_now(), Some(0));
+        for _ in 0..99 {
+            tokio::time::advance(ACCEPT_ERROR_BACKOFF).await;
+            assert_eq!(errors.log_now(), None);
+        }
+        tokio::time::advance(ACCEPT_ERROR_BACKOFF).await;
+        assert_eq!(errors.log_now(), Some(99));
+        assert_eq!(errors.log_now(), None);
     }
 }

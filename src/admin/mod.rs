@@ -115,14 +115,21 @@ async fn accept_loop(
     let builder = Arc::new(builder);
     let service = service(admin.clone());
     let seats = Arc::new(Seats::default());
+    let mut accept_errors = crate::accept::AcceptErrors::default();
     loop {
         let (stream, peer) = tokio::select! {
             _ = accepting.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(ok) => ok,
                 Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if let Some(unlogged) = accept_errors.log_now() {
+                        tracing::warn!(
+                            error = %e,
+                            unlogged,
+                            "admin accept failed (retried every 100 ms; logged at most every 10 s)"
+                        );
+                    }
+                    tokio::time::sleep(crate::accept::ACCEPT_ERROR_BACKOFF).await;
                     continue;
                 }
             },

@@ -411,16 +411,28 @@ async fn limited_gateway(
     backend: &str,
     limit: u64,
 ) -> (tokio::process::Child, SocketAddr, SocketAddr, TempDir) {
+    limited_gateway_with(backend, limit, None).await
+}
+
+/// The config of [`limited_gateway`], with `[limits] fd_reserve = N` when given.
+fn limited_config(backend: &str, fd_reserve: Option<u64>) -> String {
+    let limits = fd_reserve.map_or(String::new(), |n| format!("[limits]\nfd_reserve = {n}\n"));
+    format!(
+        "{limits}[[listener]]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        route("r", "/", &[backend.to_string()])
+    )
+}
+
+/// [`limited_gateway`] with `fd_reserve` set (64 by default for a limit of 256); its config
+/// is `wsgate.toml` in the returned directory.
+async fn limited_gateway_with(
+    backend: &str,
+    limit: u64,
+    fd_reserve: Option<u64>,
+) -> (tokio::process::Child, SocketAddr, SocketAddr, TempDir) {
     let dir = TempDir::new("limits-fd");
     let config = dir.join("wsgate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[listener]]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{}",
-            route("r", "/", &[backend.to_string()])
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, limited_config(backend, fd_reserve)).unwrap();
     let mut cmd = binary_command(&config, "json", "info");
     // SAFETY: setrlimit is async-signal-safe, and the closure touches nothing else.
     unsafe {
@@ -442,9 +454,10 @@ async fn limited_gateway(
         l.contains("file descriptor limit")
     })
     .await;
+    let reserve = fd_reserve.unwrap_or(64);
     assert!(
         limit_line.contains(&format!("\"limit\":{limit}"))
-            && limit_line.contains("\"fd_reserve\":64"),
+            && limit_line.contains(&format!("\"fd_reserve\":{reserve}")),
         "{limit_line}"
     );
     let addr = address_in(
@@ -571,6 +584,40 @@ async fn idle_connections_do_not_take_the_descriptor_reserve() {
     const LIMIT: u64 = 256;
     let backend = EchoBackend::spawn().await;
     let (child, addr, admin, _dir) = limited_gateway(&backend.url(), LIMIT).await;
+    idle_connections_leave_the_reserve(addr, admin).await;
+    drop(child);
+}
+
+/// The same with the reserve set by a reload (from none at all): the accept's check takes the
+/// new reserve, as the handshakes' does. It kept the one its listener started with, so the
+/// idle connections took every descriptor and the admin listener could not accept.
+#[tokio::test]
+async fn a_reloaded_descriptor_reserve_holds_at_accept_too() {
+    const LIMIT: u64 = 256;
+    let backend = EchoBackend::spawn().await;
+    let (child, addr, admin, dir) = limited_gateway_with(&backend.url(), LIMIT, Some(0)).await;
+    std::fs::write(
+        dir.join("wsgate.toml"),
+        limited_config(&backend.url(), Some(128)),
+    )
+    .unwrap();
+    let reloaded = admin_request(
+        admin,
+        "POST",
+        "/api/reload",
+        "Content-Type: application/json\r\n",
+        "",
+    )
+    .await;
+    assert_eq!(reloaded.status, 200, "{reloaded:?}");
+    assert_eq!(scrape(admin).await.value("wsgate_fd_reserve", &[]), 128.0);
+    idle_connections_leave_the_reserve(addr, admin).await;
+    drop(child);
+}
+
+/// Opens 250 connections that send nothing, then `/healthz` on `admin` must answer and some
+/// of them must have been closed at accept for the reserve.
+async fn idle_connections_leave_the_reserve(addr: SocketAddr, admin: SocketAddr) {
     let mut idle = Vec::new();
     for _ in 0..250 {
         // The kernel completes the connect whether or not the gateway keeps it.
@@ -605,5 +652,5 @@ async fn idle_connections_do_not_take_the_descriptor_reserve() {
     })
     .await;
     assert!(closed.is_ok(), "no connection closed for the reserve");
-    drop((idle, child));
+    drop(idle);
 }
