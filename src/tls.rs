@@ -488,7 +488,113 @@ pub struct ClientAuth {
 pub fn peer_subject(conn: &rustls::CommonState) -> Option<Arc<str>> {
     let cert = conn.peer_certificates()?.first()?;
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    Some(Arc::from(parsed.subject().to_string()))
+    Some(Arc::from(subject_text(parsed.subject())))
+}
+
+/// A distinguished name as text: its attributes in the certificate's order, `, ` between
+/// RDNs and ` + ` inside one, each value escaped as RFC 4514 §2.4 asks. A backend that
+/// splits the header on commas then cannot be handed a CN of `alice, O=Admins` as an
+/// `O=Admins` the CA never vouched for (x509-parser's `Display` escapes nothing). A value
+/// that is no character string is `#` and its DER in hex (§2.4).
+fn subject_text(name: &x509_parser::x509::X509Name<'_>) -> String {
+    use std::fmt::Write;
+    let registry = x509_parser::objects::oid_registry();
+    let mut out = String::new();
+    for (i, rdn) in name.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        for (j, attr) in rdn.iter().enumerate() {
+            if j > 0 {
+                out.push_str(" + ");
+            }
+            match x509_parser::objects::oid2abbrev(attr.attr_type(), registry) {
+                Ok(abbrev) => out.push_str(abbrev),
+                Err(_) => out.push_str(&attr.attr_type().to_id_string()),
+            }
+            out.push('=');
+            let value = attr.attr_value();
+            match attribute_text(value) {
+                Some(text) => escape_dn_value(&text, &mut out),
+                None => {
+                    out.push('#');
+                    for b in der_of(value) {
+                        let _ = write!(out, "{b:02x}");
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The text of a character-string attribute value, `None` for any other type.
+fn attribute_text(value: &x509_parser::asn1_rs::Any<'_>) -> Option<String> {
+    use x509_parser::asn1_rs::Tag;
+    let data = value.data;
+    match value.tag() {
+        Tag::NumericString
+        | Tag::PrintableString
+        | Tag::Utf8String
+        | Tag::Ia5String
+        | Tag::VisibleString
+        | Tag::T61String => std::str::from_utf8(data).ok().map(str::to_string),
+        Tag::BmpString if data.len().is_multiple_of(2) => {
+            let units = data
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]));
+            char::decode_utf16(units)
+                .collect::<Result<String, _>>()
+                .ok()
+        }
+        Tag::UniversalString if data.len().is_multiple_of(4) => data
+            .chunks_exact(4)
+            .map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+        _ => None,
+    }
+}
+
+/// A value's DER: its (universal, low-numbered) tag, length and content.
+fn der_of(value: &x509_parser::asn1_rs::Any<'_>) -> Vec<u8> {
+    let data = value.data;
+    let mut der = vec![u8::try_from(value.tag().0).unwrap_or(0x1f)];
+    match u8::try_from(data.len()) {
+        Ok(n) if n < 0x80 => der.push(n),
+        _ => {
+            let len = data.len().to_be_bytes();
+            let skip = len.iter().take_while(|b| **b == 0).count();
+            der.push(0x80 | (len.len() - skip) as u8);
+            der.extend_from_slice(&len[skip..]);
+        }
+    }
+    der.extend_from_slice(data);
+    der
+}
+
+/// Appends `value` escaped as RFC 4514 §2.4 asks: `" + , ; < > \` with a backslash, a
+/// leading space or `#` and a trailing space too, and control characters (NUL among them)
+/// as `\XX`, which also keeps them out of a header value.
+fn escape_dn_value(value: &str, out: &mut String) {
+    use std::fmt::Write;
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        match c {
+            '"' | '+' | ',' | ';' | '<' | '>' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' ' | '#' if i == 0 => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' ' if i == last => out.push_str("\\ "),
+            c if c.is_ascii_control() => {
+                let _ = write!(out, "\\{:02X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
 }
 
 impl TlsListener {
@@ -864,4 +970,56 @@ pub fn dev_listener(names: &[String]) -> Result<Arc<TlsListener>, String> {
     let mut resolver = SniResolver::default();
     resolver.set_default(Arc::new(ck));
     TlsListener::new(Vec::new(), resolver).map(Arc::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The subject of a certificate made with these attributes, as `peer_subject` writes it.
+    fn subject(attrs: &[(rcgen::DnType, rcgen::DnValue)]) -> String {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        for (t, v) in attrs {
+            params.distinguished_name.push(t.clone(), v.clone());
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert.der()).unwrap();
+        subject_text(parsed.subject())
+    }
+
+    fn utf8(s: &str) -> rcgen::DnValue {
+        rcgen::DnValue::Utf8String(s.to_string())
+    }
+
+    /// RFC 4514 §2.4: a value's own separators are escaped, so a CN cannot pass for other
+    /// attributes: a CN of `alice, OU=Admins` is not an `OU=Admins` of the CA's.
+    #[test]
+    fn subject_values_are_escaped_as_rfc_4514_asks() {
+        use rcgen::DnType::{CommonName, OrganizationName, OrganizationalUnitName};
+        let real = subject(&[
+            (CommonName, utf8("alice")),
+            (OrganizationalUnitName, utf8("Admins")),
+            (OrganizationName, utf8("Example")),
+        ]);
+        let forged = subject(&[
+            (CommonName, utf8("alice, OU=Admins")),
+            (OrganizationName, utf8("Example")),
+        ]);
+        assert_eq!(real, "CN=alice, OU=Admins, O=Example");
+        assert_eq!(forged, "CN=alice\\, OU=Admins, O=Example");
+        for (value, text) in [
+            (" alice ", "CN=\\ alice\\ "),
+            ("#1", "CN=\\#1"),
+            ("a+b;c<d>e\"f\\g", "CN=a\\+b\\;c\\<d\\>e\\\"f\\\\g"),
+            ("a\r\nb\0", "CN=a\\0D\\0Ab\\00"),
+            ("Zoë", "CN=Zoë"),
+        ] {
+            assert_eq!(subject(&[(CommonName, utf8(value))]), text, "{value:?}");
+        }
+        let bmp = rcgen::DnValue::BmpString("Zoë".try_into().unwrap());
+        assert_eq!(subject(&[(CommonName, bmp)]), "CN=Zoë");
+        assert_eq!(subject(&[]), "");
+    }
 }
