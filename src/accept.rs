@@ -679,6 +679,16 @@ async fn serve<I>(
                     // Counted before the connection is dropped, so the close the client
                     // sees comes after the count.
                     watch.refuse(HeadRefusal::Timeout, None);
+                    if live_streams.is_some() && !shut {
+                        // HTTP/2 that opened no stream (a browser's preconnect): GOAWAY
+                        // first (RFC 9113 §6.8, as its idle close after a request sends),
+                        // then the close, which over TLS carries our `close_notify`; a
+                        // client that does not answer its PING gets a moment, then the drop.
+                        shut = true;
+                        connection.as_mut().graceful_shutdown();
+                        goaway_unanswered = Some(Box::pin(tokio::time::sleep(CLOSE_NOTIFY_WAIT)));
+                        continue;
+                    }
                     return;
                 }
             }

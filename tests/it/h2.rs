@@ -896,6 +896,48 @@ async fn shut_down_with_an_h2_connection_and_no_stream()
     }
 }
 
+/// An HTTP/2 connection that opens no stream before the handshake timeout (a browser's
+/// preconnect) gets a GOAWAY before its close (RFC 9113 §6.8), as one idle after a request
+/// does; it was dropped without one. It is still counted as a head timeout.
+#[tokio::test]
+async fn a_connection_that_opens_no_stream_in_time_gets_goaway() {
+    use tokio::io::AsyncWriteExt;
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "[timeouts]\nhandshake = \"300ms\"\n[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
+        route("app", "/", &[backend.url()])
+    ))
+    .await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let f = next_raw_frame(&mut tcp, &mut buf)
+        .await
+        .expect("no SETTINGS");
+    assert_eq!(f.ty, 4);
+    tcp.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await.unwrap();
+    loop {
+        let f = next_raw_frame(&mut tcp, &mut buf)
+            .await
+            .expect("closed without a GOAWAY");
+        if f.ty == 7 {
+            assert_eq!(&f.payload[4..8], &[0, 0, 0, 0], "GOAWAY {:?}", f.payload);
+            break;
+        }
+    }
+    read_until_closed(&mut tcp).await;
+    let refusals = gw.handle().refusals();
+    assert_eq!(
+        refusals
+            .get(&("-".to_string(), "request_head_timeout"))
+            .copied(),
+        Some(1),
+        "{refusals:?}"
+    );
+}
+
 /// An HTTP/2 connection that has opened no stream yet gets a GOAWAY on shutdown too (it was
 /// dropped without one: a client could not tell a shutdown from a failure).
 #[tokio::test]
