@@ -161,6 +161,27 @@ fn mismatch(
     der: &PrivateKeyDer<'static>,
     e: rustls::Error,
 ) -> PairError {
+    // webpki, which rustls checks the pair with, takes X.509 v3 only; a v1 certificate (what
+    // `openssl x509 -req` writes without `-extfile`) failed as the pair's fault, on the `key`
+    // line, as rustls's "invalid peer certificate: Other(OtherError(UnsupportedCertVersion))".
+    let version = chain.first().and_then(|leaf| {
+        x509_parser::parse_x509_certificate(leaf.as_ref())
+            .ok()
+            .map(|(_, c)| c.version().0)
+    });
+    if let Some(v) = version.filter(|v| *v != x509_parser::x509::X509Version::V3.0) {
+        return PairError {
+            cert: Some(format!(
+                "{}: the certificate is X.509 version {}, and only version 3 is supported (it \
+                 has no extensions, so no subjectAltName, which clients check the name \
+                 against): reissue it with a subjectAltName, e.g. `openssl x509 -req ... \
+                 -extfile <(printf 'subjectAltName=DNS:example.com')`",
+                cert.display(),
+                v + 1
+            )),
+            key: None,
+        };
+    }
     let provider = provider();
     let belongs_to = (1..chain.len()).find(|&i| {
         CertifiedKey::from_der(vec![chain[i].clone()], der.clone_key(), &provider).is_ok()
@@ -987,6 +1008,89 @@ mod tests {
         let cert = params.self_signed(&key).unwrap();
         let (_, parsed) = x509_parser::parse_x509_certificate(cert.der()).unwrap();
         subject_text(parsed.subject())
+    }
+
+    /// A DER element at the start of `der`: (tag, header length, content length).
+    fn element(der: &[u8]) -> (u8, usize, usize) {
+        match der[1] {
+            n if n < 0x80 => (der[0], 2, n as usize),
+            n => {
+                let k = (n & 0x7f) as usize;
+                let len = der[2..2 + k].iter().fold(0, |l, b| l << 8 | *b as usize);
+                (der[0], 2 + k, len)
+            }
+        }
+    }
+
+    /// A DER element with `tag` around `content`.
+    fn wrap(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        match content.len() {
+            n if n < 0x80 => out.push(n as u8),
+            n => {
+                let len = n.to_be_bytes();
+                let skip = len.iter().take_while(|b| **b == 0).count();
+                out.push(0x80 | (len.len() - skip) as u8);
+                out.extend_from_slice(&len[skip..]);
+            }
+        }
+        out.extend_from_slice(content);
+        out
+    }
+
+    /// `cert` made X.509 version 1: its version field and extensions taken out (the
+    /// signature no longer matches, which loading a pair does not look at).
+    fn as_version_1(cert: &[u8]) -> Vec<u8> {
+        let (_, h, len) = element(cert);
+        let outer = &cert[h..h + len];
+        let (_, th, tlen) = element(outer);
+        let (tbs, rest) = (&outer[th..th + tlen], &outer[th + tlen..]);
+        let mut fields = Vec::new();
+        let mut at = 0;
+        while at < tbs.len() {
+            let (tag, fh, flen) = element(&tbs[at..]);
+            // [0] version and [3] extensions go; the rest stays.
+            if tag != 0xa0 && tag != 0xa3 {
+                fields.extend_from_slice(&tbs[at..at + fh + flen]);
+            }
+            at += fh + flen;
+        }
+        let tbs = wrap(0x30, &fields);
+        wrap(0x30, &[tbs, rest.to_vec()].concat())
+    }
+
+    /// A version 1 certificate is refused as the certificate's fault, saying why and how to
+    /// reissue it: it was the pair's fault, on the `key` line, in rustls's Debug words.
+    #[test]
+    fn a_version_1_certificate_is_named_as_such() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let v1 = as_version_1(cert.der());
+        let (_, parsed) = x509_parser::parse_x509_certificate(&v1).expect("still a certificate");
+        assert_eq!(parsed.version(), x509_parser::x509::X509Version::V1);
+        let dir = std::env::temp_dir().join(format!("wsgate-v1-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert_file, key_file) = (dir.join("v1.pem"), dir.join("v1.key"));
+        let pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &v1)
+        );
+        std::fs::write(&cert_file, pem).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        let Err(e) = load_certified_key(&cert_file, &key_file) else {
+            panic!("a version 1 certificate was taken");
+        };
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(e.key, None, "{e:?}");
+        let m = e.cert.expect("the certificate's fault");
+        assert!(
+            m.contains("X.509 version 1, and only version 3 is supported")
+                && m.contains("subjectAltName"),
+            "{m}"
+        );
     }
 
     fn utf8(s: &str) -> rcgen::DnValue {
