@@ -76,7 +76,10 @@ pub fn forwarded_for(headers: &http::HeaderMap) -> Vec<IpAddr> {
         // Empty elements (`a, , b`) are not elements (RFC 9110 §5.6.1 has them ignored).
         for item in items.filter(|i| !i.is_empty()) {
             match std::str::from_utf8(item).ok().and_then(parse_forwarded_ip) {
-                Some(ip) => out.push(ip),
+                // An IPv4-mapped address is its IPv4 address, as a peer's is (`accept.rs`):
+                // the records, the session API's client filter and the per-IP limits name it
+                // one way (`[::ffff:192.0.2.1]:0` was logged beside `192.0.2.1:0`).
+                Some(ip) => out.push(ip.to_canonical()),
                 None => out.clear(),
             }
         }
@@ -418,6 +421,20 @@ mod tests {
         );
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("example.com").is_err());
+    }
+
+    /// A forwarded IPv4-mapped address is its IPv4 address, as a peer's is.
+    #[test]
+    fn a_forwarded_ipv4_mapped_address_is_its_ipv4_address() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("::ffff:192.0.2.1, [::ffff:10.1.1.1]:80"),
+        );
+        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
+        let c = client_addr(&trusted, "10.0.0.1".parse().unwrap(), &h);
+        assert_eq!(c.ip, "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert_eq!(c.chain_header(), "192.0.2.1, 10.1.1.1, 10.0.0.1");
     }
 
     /// Empty list elements are skipped, not taken for garbage (which drops what is left
