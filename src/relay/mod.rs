@@ -609,6 +609,24 @@ where
     true
 }
 
+/// A side's I/O error for the record, with its causes: hyper's errors on an HTTP/2 stream
+/// say only what it was doing ("error writing a body to connection"), and what happened
+/// (`stream error received: stream no longer needed`: the client reset the stream) is their
+/// source.
+fn side_error(who: CloseSide, e: &std::io::Error) -> String {
+    let mut text = format!("{}: {e}", who.as_str());
+    let mut cause = e.get_ref().and_then(|inner| inner.source());
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// A side is done once it has sent EOF and its write side is shut.
 fn finished<IO>(s: &Side<IO>) -> bool {
     s.read_eof && s.write_shut
@@ -790,7 +808,7 @@ fn step<A, Z>(
                 from.read_eof = true;
                 st.progress += 1;
                 if !st.taken_over && from.close_from.is_none() {
-                    let error = Some(format!("{}: {e}", from.who.as_str()));
+                    let error = Some(side_error(from.who, &e));
                     take_over_dyn(st, from, to, Reason::Gone(from.who), error);
                 }
                 break;
@@ -1024,7 +1042,7 @@ where
         st.progress += 1;
         return;
     }
-    let error = format!("{}: {e}", to.who.as_str());
+    let error = side_error(to.who, &e);
     if st.taken_over {
         st.error.get_or_insert(Box::new(error));
     } else {

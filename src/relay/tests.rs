@@ -1711,3 +1711,32 @@ async fn a_side_that_leaves_inside_a_frame_ends_the_session_at_once() {
         assert_eq!(out.closed_by, leaver, "{out:?}");
     }
 }
+
+/// A side's error in the record carries its causes: hyper's HTTP/2 stream errors say only
+/// what hyper was doing, and the client's reset (its reason) is their source.
+#[test]
+fn a_sides_error_names_its_causes() {
+    #[derive(Debug)]
+    struct Doing(std::io::Error);
+    impl std::fmt::Display for Doing {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("error writing a body to connection")
+        }
+    }
+    impl std::error::Error for Doing {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+    let reset = std::io::Error::other("stream no longer needed");
+    let e = std::io::Error::other(Doing(reset));
+    assert_eq!(
+        super::side_error(CloseSide::Client, &e),
+        "client: error writing a body to connection: stream no longer needed"
+    );
+    let plain = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+    assert_eq!(
+        super::side_error(CloseSide::Backend, &plain),
+        format!("backend: {plain}")
+    );
+}
