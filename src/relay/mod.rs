@@ -653,11 +653,12 @@ fn take_over<C, B>(
     if st.error.is_none() {
         st.error = error.map(Box::new);
     }
-    // The proxy's own end overrides a closing handshake a side had started (the session
-    // ends on the proxy's reason, which the outcome and the offender name): `closed_by` is
-    // `proxy` whenever the outcome is the proxy's. A side that went away ended it itself.
+    // A side at fault ends even a closing handshake the other side had started: the session
+    // ends on the proxy's reason, which the outcome and the offender name, so `closed_by` is
+    // `proxy`. A drain, the admin API or a timer that overtakes a clean close leaves it to
+    // the side that started it; a side that went away ended it itself.
     let who = reason.started_by();
-    if who == CloseSide::Proxy {
+    if reason.offender().is_some() {
         st.closed_by = Some(who);
     }
     st.first_close(who);

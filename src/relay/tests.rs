@@ -1740,3 +1740,27 @@ fn a_sides_error_names_its_causes() {
         format!("backend: {plain}")
     );
 }
+
+/// A client's clean close that a drain overtakes before the backend's reply is still the
+/// client's end (`closed_by` is `client` "when its close frame came first"): only a side at
+/// fault makes it the proxy's. (Found by review.)
+#[tokio::test]
+async fn a_drain_during_a_clients_clean_close_leaves_it_the_clients() {
+    let (mut client, mut backend, control, task) = spawn_relay(1024);
+    client
+        .write_all(&masked(opcode::CLOSE, &[0x03, 0xe8]))
+        .await
+        .unwrap();
+    assert_eq!(read_close(&mut backend).await.0, Some(1000));
+    // The backend has not answered yet when the shutdown asks every session to close.
+    control.close_with(close_code::GOING_AWAY);
+    let _ = read_close(&mut client).await;
+    backend
+        .write_all(&plain(opcode::CLOSE, &[0x03, 0xe8]))
+        .await
+        .unwrap();
+    drop(client);
+    drop(backend);
+    let out = task.await.unwrap();
+    assert_eq!(out.closed_by, CloseSide::Client, "{out:?}");
+}
