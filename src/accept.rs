@@ -541,6 +541,13 @@ async fn serve<I>(
         }
         Serve::Http2(h2) => {
             let Some(pre) = opening(&mut io, &conn, &watch, deadline, &stop).await else {
+                if stop.is_cancelled() {
+                    // A TLS connection that agreed on `h2` (a browser's spare connection)
+                    // and has sent no preface yet: closed by the shutdown with our
+                    // `close_notify` (RFC 8446 §6.1), bounded, as an HTTP/1.1 one is.
+                    use tokio::io::AsyncWriteExt;
+                    let _ = tokio::time::timeout(CLOSE_NOTIFY_WAIT, io.shutdown()).await;
+                }
                 return;
             };
             if !pre.starts_with(H2_PREFACE) {

@@ -277,6 +277,44 @@ async fn shutdown_closes_a_tls_connection_with_no_request_with_close_notify() {
     );
 }
 
+/// The same for a TLS connection that agreed on `h2` by ALPN (as a browser's spare
+/// connection does) and has not sent its preface yet: it was dropped, no `close_notify`.
+/// (Found by review.)
+#[tokio::test]
+async fn shutdown_closes_a_silent_alpn_h2_tls_connection_with_close_notify() {
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf("gw", &["localhost"]);
+    let backend = EchoBackend::spawn().await;
+    let mut gw = Gateway::spawn(&format!(
+        "[timeouts]\nhandshake = \"{HANDSHAKE_TIMEOUT}\"\n{}{}",
+        tls::tls_listener(&cert, &key, ""),
+        route("r", "/", &[backend.url()])
+    ))
+    .await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let mut silent = ca
+        .connector_alpn(&[b"h2"])
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    assert_eq!(silent.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // Served in turn, as in the test above: once a later connection is served, this one's
+    // handshake is done (its client's Finished came first, on the same runtime).
+    let (_ws, _) = tls::wss_upgrade(&gw, tls::tls_connect(&ca, &gw, "localhost").await.0).await;
+
+    let handle = gw.handle.take().unwrap();
+    handle.shutdown();
+    let mut got = Vec::new();
+    let end = tokio::time::timeout(STEP, silent.read_to_end(&mut got))
+        .await
+        .expect("still open at the deadline");
+    assert!(got.is_empty(), "{got:?}");
+    end.unwrap_or_else(|e| panic!("closed without close_notify: {e}"));
+}
+
 /// A refused upgrade's lingering close (our FIN, then the client's bytes read until it
 /// closes) is one of the connections a shutdown waits for, and is cut at the end of its
 /// grace: it ran outside them, so a process's end dropped the socket under a client that
