@@ -576,21 +576,10 @@ fn attribute_text(value: &x509_parser::asn1_rs::Any<'_>) -> Option<String> {
     }
 }
 
-/// A value's DER: its (universal, low-numbered) tag, length and content.
+/// A value's DER: its whole identifier (class and constructed bit too), length and content.
 fn der_of(value: &x509_parser::asn1_rs::Any<'_>) -> Vec<u8> {
-    let data = value.data;
-    let mut der = vec![u8::try_from(value.tag().0).unwrap_or(0x1f)];
-    match u8::try_from(data.len()) {
-        Ok(n) if n < 0x80 => der.push(n),
-        _ => {
-            let len = data.len().to_be_bytes();
-            let skip = len.iter().take_while(|b| **b == 0).count();
-            der.push(0x80 | (len.len() - skip) as u8);
-            der.extend_from_slice(&len[skip..]);
-        }
-    }
-    der.extend_from_slice(data);
-    der
+    use x509_parser::asn1_rs::ToDer;
+    value.to_der_vec().unwrap_or_default()
 }
 
 /// Appends `value` escaped as RFC 4514 §2.4 asks: `" + , ; < > \` with a backslash, a
@@ -1125,5 +1114,20 @@ mod tests {
         let bmp = rcgen::DnValue::BmpString("Zoë".try_into().unwrap());
         assert_eq!(subject(&[(CommonName, bmp)]), "CN=Zoë");
         assert_eq!(subject(&[]), "");
+    }
+
+    /// A value that is no string is `#` and its DER (RFC 4514 §2.4): the whole identifier
+    /// octet, class and constructed bit included (a SEQUENCE was written `#10...`). (Found
+    /// by review.)
+    #[test]
+    fn a_value_that_is_no_string_is_its_der() {
+        use x509_parser::prelude::FromDer;
+        // Name ::= SEQUENCE { SET { SEQUENCE { OID 2.5.4.3 (CN), SEQUENCE { INTEGER 1 } } } }
+        let der = [
+            0x30, 0x0e, 0x31, 0x0c, 0x30, 0x0a, 0x06, 0x03, 0x55, 0x04, 0x03, 0x30, 0x03, 0x02,
+            0x01, 0x01,
+        ];
+        let (_, name) = x509_parser::x509::X509Name::from_der(&der).unwrap();
+        assert_eq!(subject_text(&name), "CN=#3003020101");
     }
 }
