@@ -277,19 +277,21 @@ impl Gateway {
     }
 }
 
+/// How long the shutdown waits, at the end of its grace, for the connections it cuts: each
+/// writes the 503 of a request still waiting on its backend (within 100 ms, `accept.rs`'s
+/// `CUT_ANSWER`) and drops the rest.
+const CUT_WAIT: Duration = Duration::from_secs(1);
+
 /// Waits for the stop signal, then drains: no new connections (the listening sockets close,
 /// so the kernel refuses new ones instead of queueing them for no one); a connection without a
 /// request in flight (none yet, a head still arriving, an idle keep-alive, a TLS handshake
-/// or PROXY header under way) closes at once, a request in flight finishes; every session
-/// gets close frames (1001) and up to `grace` for its closing handshake, then whatever is
-/// left is cut.
+/// or PROXY header under way) closes at once (over TLS with its `close_notify`), a request in
+/// flight finishes, a refused upgrade's lingering close goes on; every session gets close
+/// frames (1001) and up to `grace` for its closing handshake. Then whatever is left is cut:
+/// a request still waiting on its backend is answered 503, the rest is dropped.
 ///
 /// Returns as soon as the connections and the sessions are done: nothing here waits for a
 /// timer that has nothing left to guard, so the process exits when its last session does.
-/// How long the shutdown waits, at the end of its grace, for the connections it cuts to
-/// drop what they serve (no waiting on the network: each task returns at once).
-const CUT_WAIT: Duration = Duration::from_secs(1);
-
 async fn supervise(
     (stop, cut): (CancellationToken, CancellationToken),
     conns: TaskTracker,

@@ -196,6 +196,20 @@ fn set_reuse_port(socket: &TcpListener, on: bool) -> bool {
 }
 
 impl Listeners {
+    /// `work`, unless the shutdown's grace ends first (`cut`): then `Draining`, which its
+    /// caller answers 503 (the connection's task gives hyper a moment to write it) rather
+    /// than be dropped unanswered. `work` that is ready when the cut comes wins: a request a
+    /// backend has answered is not told 503, which would invite its retry.
+    pub async fn unless_cut<T, E: From<crate::error::Draining>>(
+        &self,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        tokio::select! {
+            biased;
+            r = work => r,
+            () = self.cut.cancelled() => Err(crate::error::Draining.into()),
+        }
+    }
     /// Gives the listeners the extra workers' runtimes; before [`Listeners::start`], once.
     pub fn set_workers(&self, workers: crate::workers::Workers) {
         if self.workers.set(workers).is_err() {

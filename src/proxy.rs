@@ -368,10 +368,12 @@ async fn upgrade(
         parts: head,
         armed: true,
     });
-    let admitted = tokio::select! {
-        a = check_policy(cx, route, parts, &mut client_hs) => a.map_err(ProxyError::from),
-        () = cx.state.listeners.cut.cancelled() => Err(ProxyError::Draining),
+    let policy = async {
+        check_policy(cx, route, parts, &mut client_hs)
+            .await
+            .map_err(ProxyError::from)
     };
+    let admitted = cx.state.listeners.unless_cut(policy).await;
     if let Some(gone) = gone {
         gone.disarm();
     }
@@ -392,12 +394,13 @@ async fn upgrade(
         parts,
         armed: true,
     };
-    // At the end of a shutdown's grace the wait is over: the client is answered 503 (its
-    // connection's task gives hyper a moment to write it), not dropped unanswered.
-    let backend = tokio::select! {
-        b = upgrade_backend(cx, route, parts, &client_hs, &affinity) => b.map_err(ProxyError::from),
-        () = cx.state.listeners.cut.cancelled() => Err(ProxyError::Draining),
+    // At the end of a shutdown's grace the wait is over: the client is answered 503.
+    let asked = async {
+        upgrade_backend(cx, route, parts, &client_hs, &affinity)
+            .await
+            .map_err(ProxyError::from)
     };
+    let backend = cx.state.listeners.unless_cut(asked).await;
     gone.disarm();
     let (mut upgrade, lease) = backend?;
     let counting = deflate::counting(rc.session.max_message_inflated, &upgrade.extensions);

@@ -152,12 +152,9 @@ pub(crate) async fn serve(
     body: ClientBody,
 ) -> Result<Response<Body>, ProxyError> {
     let mut waiting = record::Waiting::new(&cx.state.sessions);
-    // At the end of a shutdown's grace a request still waiting on its backend is answered
-    // 503 (its connection's task gives hyper a moment to write it), not dropped unanswered.
-    let result = tokio::select! {
-        r = exchange(cx, route, parts, body, &mut waiting) => r,
-        () = cx.state.listeners.cut.cancelled() => Err(ProxyError::Draining),
-    };
+    // At the end of a shutdown's grace a request still waiting on its backend is answered 503.
+    let exchanged = exchange(cx, route, parts, body, &mut waiting);
+    let result = cx.state.listeners.unless_cut(exchanged).await;
     // Answered (the response body writes the record) or refused (the refusal does).
     waiting.take();
     if let Err(e) = &result {
