@@ -24,7 +24,7 @@ const MAX_HOMES: usize = 3;
 /// One table of the schema: its key path from the root, and for each step whether that key
 /// takes an array of tables (`[[route]]`) or a single table.
 #[derive(Debug, Clone)]
-struct Table {
+pub(super) struct Table {
     path: Vec<(String, bool)>,
     keys: Vec<String>,
 }
@@ -50,18 +50,37 @@ impl Table {
     }
 }
 
-/// The tables other than `here` (key names from the root, array indices left out) that take
-/// `key`, nearest first: tables inside `here`, then the rest from the top level down.
-pub(super) fn homes<T: DeserializeOwned>(key: &str, here: &[&str]) -> Vec<String> {
+/// Every table of the schema of `T`, the top level first: mapped once per parse, and only
+/// when a key needs a home.
+pub(super) fn schema<T: DeserializeOwned>() -> Vec<Table> {
     let mut tables = Vec::new();
     map::<T>(Vec::new(), &mut tables);
-    let mut found: Vec<&Table> = tables
+    tables
+}
+
+/// The tables of `schema` other than `here` (key names from the root, array indices left
+/// out) that take `key`, nearest first: tables inside `here`, then the rest from the top
+/// level down. A key that is a table there is named as that table (`[limits]`, not "the
+/// top level").
+pub(super) fn homes(schema: &[Table], key: &str, here: &[&str]) -> Vec<String> {
+    let mut found: Vec<&Table> = schema
         .iter()
         .filter(|t| t.names() != here && t.keys.iter().any(|k| k == key))
         .collect();
     // Stable: tables of the same depth keep the order of their keys in the schema.
     found.sort_by_key(|t| (!t.names().starts_with(here), t.path.len()));
-    found.iter().take(MAX_HOMES).map(|t| t.header()).collect()
+    found
+        .iter()
+        .take(MAX_HOMES)
+        .map(|t| {
+            let own = schema.iter().find(|c| {
+                c.path.len() == t.path.len() + 1
+                    && c.path.starts_with(&t.path)
+                    && c.path.last().is_some_and(|(k, _)| k == key)
+            });
+            own.unwrap_or(t).header()
+        })
+        .collect()
 }
 
 /// Maps the table at `path` and every table under it into `out`.

@@ -66,6 +66,8 @@ pub(crate) fn parse<T: DeserializeOwned>(text: &str) -> Parsed<T> {
         }
     };
     let mut result = deserialize::<T>(&work);
+    // The tables and their keys, for an unknown key's home: mapped when first needed.
+    let schema = std::cell::OnceCell::new();
     // Every round takes something out, so this ends anyway; the bound is for pathological text.
     for _round in 0..2 * MAX_ERRORS {
         let e = match result {
@@ -90,7 +92,10 @@ pub(crate) fn parse<T: DeserializeOwned>(text: &str) -> Parsed<T> {
         };
         let hit = refine::<T>(&mut work, hit, &e);
         let key = key_path(&hit.path);
-        let (message, meant) = describe(text, &mut work, &hit, e.message(), homes::homes::<T>);
+        let homes = |key: &str, here: &[&str]| {
+            homes::homes(schema.get_or_init(homes::schema::<T>), key, here)
+        };
+        let (message, meant) = describe(text, &mut work, &hit, e.message(), homes);
         out.meant.extend(meant);
         if !out
             .errors

@@ -95,6 +95,16 @@ frobnicate = 1
             ),
         ],
     );
+    // A key that is a table where it belongs is named as that table. (Found by review: it
+    // was "the top level".)
+    assert_errors(
+        "[[route]]\nname = \"a\"\n[route.limits]\nx = 1\n",
+        &[(
+            3,
+            "route[0].limits",
+            "unknown key \"limits\" here: it belongs in [limits]",
+        )],
+    );
     // The schema, mapped by asking serde, reaches the tables three deep.
     assert_errors(
         "[[listener]]\nlisten = \"127.0.0.1:0\"\nca = \"x\"\n",
@@ -267,7 +277,7 @@ ping_intervall = \"1s\"
             (
                 5,
                 "route[0].tls",
-                "unknown key \"tls\" here: it belongs in [[listener]] or [admin]",
+                "unknown key \"tls\" here: it belongs in [listener.tls] or [admin.tls]",
             ),
         ],
     );
