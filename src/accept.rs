@@ -54,6 +54,14 @@ impl AcceptErrors {
         self.last_logged = Some(now);
         Some(std::mem::take(&mut self.unlogged))
     }
+
+    /// An accept succeeded: if failures were logged, how many came after the last line (said
+    /// now, not with a next failure that may come hours later), and the next failure is
+    /// logged at once.
+    pub(crate) fn resumed(&mut self) -> Option<u64> {
+        self.last_logged.take()?;
+        Some(std::mem::take(&mut self.unlogged))
+    }
 }
 
 /// Binds a listener socket.
@@ -160,6 +168,9 @@ pub async fn accept_loop(
             },
         };
         stats.accepted.fetch_add(1, Ordering::Relaxed);
+        if let Some(unlogged) = accept_errors.resumed() {
+            tracing::info!(listener = %config.addr, unlogged, "accepting again");
+        }
         let peer = canonical(peer);
         // Deep in the descriptor reserve (`Descriptors::check_accepted`), a connection is
         // closed as soon as it is accepted, unanswered: idle connections must not take what
@@ -1028,5 +1039,10 @@ mod tests {
         tokio::time::advance(ACCEPT_ERROR_BACKOFF).await;
         assert_eq!(errors.log_now(), Some(99));
         assert_eq!(errors.log_now(), None);
+        // Accepting again: the one failure since the last line is said now, and the next
+        // failure is logged at once.
+        assert_eq!(errors.resumed(), Some(1));
+        assert_eq!(errors.resumed(), None);
+        assert_eq!(errors.log_now(), Some(0));
     }
 }

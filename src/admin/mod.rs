@@ -134,6 +134,9 @@ async fn accept_loop(
                 }
             },
         };
+        if let Some(unlogged) = accept_errors.resumed() {
+            tracing::info!(unlogged, "admin listener accepting again");
+        }
         admin.state.descriptors.took_one();
         let Some(seat) = Seats::take(&seats, peer.ip()) else {
             tracing::debug!(client = %peer, "admin connection refused: too many open");
