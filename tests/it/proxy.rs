@@ -183,6 +183,23 @@ async fn subprotocol_negotiation() {
     );
 }
 
+/// A client that says `Connection: Upgrade, close` gets a 101 whose `Connection` is
+/// `upgrade` alone: the connection is switched to WebSocket, and a `close` option on the 101
+/// (hyper 1.12 appended it) tells a strict client the connection ends after it.
+#[tokio::test]
+async fn a_101_carries_no_close_option() {
+    let (gw, _b) = echo_gateway().await;
+    let request =
+        upgrade_request("/", "").replace("Connection: Upgrade", "Connection: Upgrade, close");
+    let (_s, resp) = raw_exchange(gw.addr, request.as_bytes()).await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+    let connection = resp
+        .header("connection")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert_eq!(connection, "upgrade", "{}", resp.head);
+}
+
 #[tokio::test]
 async fn no_subprotocol_offered_none_answered() {
     let (gw, _b) = echo_gateway().await;
