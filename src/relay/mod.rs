@@ -809,6 +809,15 @@ fn step<A, Z>(
                 from.read_eof = true;
                 st.progress += 1;
                 if !st.taken_over && from.close_from.is_none() {
+                    // A connection that failed without a close frame (a reset, a TLS one
+                    // closed without `close_notify`) is done both ways: it gets no close
+                    // frame of the proxy's and owes no reply. A TLS write into it could take
+                    // the close frame and never fail, and the session then waited the
+                    // closing handshake's 5 s for that reply, the other side's own reply
+                    // unread behind it.
+                    from.write_shut = true;
+                    from.out = None;
+                    from.inject = None;
                     let error = Some(side_error(from.who, &e));
                     take_over_dyn(st, from, to, Reason::Gone(from.who), error);
                 }

@@ -976,6 +976,62 @@ async fn refusals_before_the_tls_handshake_completes_are_logged_and_counted_by_s
     run.stop().await;
 }
 
+/// A TLS client that closes its TCP connection without `close_notify` (a killed process, a
+/// phone that drops it) is gone as a plain one is: the backend gets its 1001 at once and the
+/// record is not `cut`. Its truncation error was taken for a side still there: the proxy sent
+/// it a close frame and waited the closing handshake's 5 s for a reply that could not come.
+#[tokio::test]
+async fn a_tls_client_that_closes_without_close_notify_is_gone_at_once() {
+    let ca = tls::TestCa::new();
+    let (cert, key) = ca.leaf("gw", &["localhost"]);
+    let backend = EchoBackend::spawn().await;
+    let tmp = TempDir::new("logs");
+    let config = tmp.write(
+        "wsgate.toml",
+        format!(
+            "{}{}",
+            tls::tls_listener(&cert, &key, ""),
+            route("echo", "/", &[backend.url()])
+        ),
+    );
+    let (run, addr) = JsonRun::start(&config, "info").await;
+    let tcp = tokio::net::TcpStream::connect(addr.as_str()).await.unwrap();
+    let mut stream = ca
+        .connector()
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    stream
+        .write_all(upgrade_request("/", "").as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            stream.read(&mut byte).await.unwrap(),
+            1,
+            "closed in the 101"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let id = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .expect("a request id")
+        .to_string();
+    // The TCP connection closes under the TLS session: no close_notify.
+    let (tcp, _) = stream.into_inner();
+    drop(tcp);
+    let r = run.session_closed(&id).await;
+    assert_eq!(r["outcome"], "client_gone", "{r:?}");
+    assert_eq!(r["cut"], false, "{r:?}");
+    assert_eq!(r["backend_close_code"], 1001, "{r:?}");
+    run.stop().await;
+}
+
 /// A second SIGTERM during the drain cuts the sessions at once, and still each gets its
 /// record; the exit says why in a record of its own: every line of a JSON log is JSON.
 #[tokio::test]
