@@ -395,8 +395,19 @@ fn check(path: &Path) -> ExitCode {
 
 async fn run(cfg: Config, workers: usize) -> anyhow::Result<()> {
     raise_fd_limit(&cfg);
-    let signals = Signals::install()?;
-    let handle = Gateway::start_with_workers(cfg, workers).await?;
+    let mut signals = Signals::install()?;
+    // A stop signal while starting ends the start: above all for a binary upgrade's
+    // successor, still taking the sockets over (up to a minute). Had it finished, handed the
+    // sockets over and then stopped, nothing would listen any more; stopped before it tells
+    // the old process it is ready, the old one serves on (it logs the successor's end).
+    let handle = tokio::select! {
+        biased;
+        name = signals.stop() => {
+            tracing::warn!(signal = name, "signal received while starting: not started (a binary upgrade's predecessor serves on)");
+            return Ok(());
+        }
+        handle = Gateway::start_with_workers(cfg, workers) => handle?,
+    };
     signals.wait_then_drain(handle).await
 }
 
@@ -628,6 +639,15 @@ struct Signals {
 }
 
 impl Signals {
+    /// The next stop signal's name (SIGTERM, SIGINT or SIGQUIT).
+    async fn stop(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+            _ = self.quit.recv() => "SIGQUIT",
+        }
+    }
+
     fn install() -> anyhow::Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(Self {
@@ -660,6 +680,13 @@ impl Signals {
         let spawned = tokio::process::Command::new(exe)
             .args(std::env::args_os().skip(1))
             .stdin(std::process::Stdio::null())
+            // systemd's socket activation was for this process (`LISTEN_PID` is its pid):
+            // the successor gets its sockets through the hand-over. Kept, it read them as
+            // broken names, and under a reused pid would take its own descriptors for
+            // systemd's (sd_listen_fds(3) has them unset).
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDNAMES")
             .spawn();
         match spawned {
             Ok(mut child) => {
@@ -672,7 +699,7 @@ impl Signals {
                     let status = child.wait().await;
                     successor.store(0, std::sync::atomic::Ordering::Release);
                     if let Ok(status) = status
-                        && !status.success()
+                        && (!status.success() || !draining.is_cancelled())
                     {
                         if draining.is_cancelled() {
                             // It had taken the sockets over (or this process was stopping
@@ -706,6 +733,12 @@ impl Signals {
                 // (`MAINPID`): this process drains without a word to systemd.
                 _ = handle.stopping() => break None,
                 _ = self.hup.recv() => {
+                    if upgrading(&self.successor) {
+                        // The successor reads the config file itself: a reload here would be
+                        // applied by this process, said done, and lost at the hand-over.
+                        tracing::warn!(signal = "SIGHUP", "a binary upgrade is under way (the new process reads the config file itself): no reload; send SIGHUP to the new process once it serves");
+                        continue;
+                    }
                     notify::reloading();
                     tracing::info!(signal = "SIGHUP", "reloading the config file and the TLS certificates");
                     // Logged either way: what changed, or every error (the running config stays).
@@ -787,6 +820,12 @@ impl Signals {
 
 /// Whether a successor an earlier SIGUSR2 started still runs (and so a SIGUSR2 now is
 /// refused), said in the log with its pid when it does.
+/// Whether a successor SIGUSR2 started has not exited yet (quietly, unlike
+/// [`successor_running`]).
+fn upgrading(successor: &std::sync::atomic::AtomicU32) -> bool {
+    successor.load(std::sync::atomic::Ordering::Acquire) != 0
+}
+
 fn successor_running(successor: &std::sync::atomic::AtomicU32) -> bool {
     let running = successor.load(std::sync::atomic::Ordering::Acquire);
     if running != 0 {

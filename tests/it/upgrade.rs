@@ -427,6 +427,132 @@ async fn sigusr2_starts_the_symlinks_binary_and_the_old_process_drains_on() {
     .await;
 }
 
+/// While a successor SIGUSR2 started has not taken over, a SIGHUP is refused with a line
+/// that says why (the old process applied it, said so, and the change was lost at the
+/// hand-over: the successor had read the file before); the successor does not inherit the
+/// socket activation's variables meant for this process; and a successor that exits 0
+/// without taking over is said to have exited, the old process serving on (only a failure
+/// was logged). Here the successor is a script that exits once told to.
+#[tokio::test]
+async fn during_an_upgrade_sighup_is_refused_and_a_successor_that_exits_is_said_to() {
+    let tmp = TempDir::new("upgrade-hup");
+    let echo = EchoBackend::spawn().await;
+    let config = upgrade_config(&tmp, "wsgate.toml", "", &echo.url());
+    let link = tmp.join("wsgate");
+    std::os::unix::fs::symlink(BIN, &link).unwrap();
+    let mut old = tokio::process::Command::new(&link)
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        // Socket activation for some other process: ignored here, not to be passed on.
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_PID", "1")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut log = log_lines(&mut old);
+    let mut seen = Vec::new();
+    let listening = wait_line(&mut log, &mut seen, "listening", |l| {
+        l.contains("\"listening\"")
+    })
+    .await;
+    let addr: std::net::SocketAddr = field(&listening, "listen").parse().unwrap();
+    wait_line(&mut log, &mut seen, "the upgrade socket", |l| {
+        l.contains("binary upgrades")
+    })
+    .await;
+    let go = tmp.join("go");
+    let script = tmp.write(
+        "successor.sh",
+        format!(
+            "#!/bin/sh\necho \"successor: LISTEN_FDS=${{LISTEN_FDS:-unset}} LISTEN_PID=${{LISTEN_PID:-unset}}\" >&2\n\
+             while [ ! -e {go} ]; do sleep 0.05; done\nexit 0\n",
+            go = go.display()
+        ),
+    );
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&script, &link).unwrap();
+
+    send_signal(&old, "USR2");
+    wait_line(&mut log, &mut seen, "the successor's start", |l| {
+        l.contains("started the new binary")
+    })
+    .await;
+    // The script's line may come before the line that says it started.
+    let env = match seen.iter().find(|l| l.starts_with("successor:")) {
+        Some(line) => line.clone(),
+        None => {
+            wait_line(&mut log, &mut seen, "the successor's environment", |l| {
+                l.starts_with("successor:")
+            })
+            .await
+        }
+    };
+    assert_eq!(env, "successor: LISTEN_FDS=unset LISTEN_PID=unset");
+    send_signal(&old, "HUP");
+    wait_line(&mut log, &mut seen, "the SIGHUP refused", |l| {
+        l.contains("a binary upgrade is under way")
+    })
+    .await;
+    std::fs::write(&go, "").unwrap();
+    wait_line(&mut log, &mut seen, "the successor's exit", |l| {
+        l.contains("the new binary exited; this process serves on")
+    })
+    .await;
+    // Serving on, and reloading again.
+    let (mut ws, _) = connect(&format!("ws://{addr}/")).await;
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("still here"));
+    send_signal(&old, "HUP");
+    wait_line(&mut log, &mut seen, "the reload", |l| {
+        l.contains("config reloaded") || l.contains("unchanged")
+    })
+    .await;
+    send_signal(&old, "TERM");
+    drop(ws);
+    let status = wait_exit(&mut old).await;
+    assert!(status.success(), "{status}; log:\n{}", seen.join("\n"));
+}
+
+/// A successor stopped (SIGTERM) while it takes the sockets over does not finish the
+/// hand-over: it ends without telling its predecessor it is ready, so the old process
+/// serves on. It went on to take the sockets, the old process drained, and then it stopped
+/// too: nothing listened any more. The predecessor here is the test's, which takes the
+/// hello and never answers.
+#[tokio::test]
+async fn a_successor_stopped_while_it_takes_over_leaves_the_sockets_to_its_predecessor() {
+    use tokio::io::AsyncBufReadExt;
+    let tmp = TempDir::new("upgrade-stopped");
+    let echo = EchoBackend::spawn().await;
+    let config = upgrade_config(&tmp, "wsgate.toml", "", &echo.url());
+    let old = tokio::net::UnixListener::bind(tmp.join("upgrade.sock")).unwrap();
+    let mut successor = spawn_binary(&config, "json", "info");
+    let mut log = log_lines(&mut successor);
+    let (stream, _) = tokio::time::timeout(STEP, old.accept())
+        .await
+        .expect("the successor did not ask for the sockets")
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(stream);
+    let mut hello = String::new();
+    lines.read_line(&mut hello).await.unwrap();
+    assert!(hello.starts_with("wsgate-upgrade"), "{hello:?}");
+    // It waits for the sockets: stop it now.
+    send_signal(&successor, "TERM");
+    let status = wait_exit(&mut successor).await;
+    assert!(status.success(), "{status}");
+    let mut seen = Vec::new();
+    wait_line(&mut log, &mut seen, "the stop while starting", |l| {
+        l.contains("signal received while starting")
+    })
+    .await;
+    // Never told it was ready: the old process's hand-over fails, and it serves on.
+    let mut rest = String::new();
+    assert_eq!(lines.read_line(&mut rest).await.unwrap(), 0, "{rest:?}");
+}
+
 /// Sends SIGTERM to a process when dropped.
 struct StopOnDrop(u64);
 
