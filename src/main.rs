@@ -818,14 +818,14 @@ impl Signals {
     }
 }
 
-/// Whether a successor an earlier SIGUSR2 started still runs (and so a SIGUSR2 now is
-/// refused), said in the log with its pid when it does.
 /// Whether a successor SIGUSR2 started has not exited yet (quietly, unlike
 /// [`successor_running`]).
 fn upgrading(successor: &std::sync::atomic::AtomicU32) -> bool {
     successor.load(std::sync::atomic::Ordering::Acquire) != 0
 }
 
+/// Whether a successor an earlier SIGUSR2 started still runs (and so a SIGUSR2 now is
+/// refused), said in the log with its pid when it does.
 fn successor_running(successor: &std::sync::atomic::AtomicU32) -> bool {
     let running = successor.load(std::sync::atomic::Ordering::Acquire);
     if running != 0 {

@@ -204,6 +204,15 @@ struct Side<IO> {
 }
 
 impl<IO: Leg> Side<IO> {
+    /// The side's connection has failed (a write could not go out, or a read failed without
+    /// a close frame): done both ways, nothing more to send it or read from it.
+    fn failed(&mut self) {
+        self.write_shut = true;
+        self.read_eof = true;
+        self.out = None;
+        self.inject = None;
+    }
+
     fn new(io: IO, pre: Bytes, who: CloseSide, scanner: Scanner, now: Instant) -> Self {
         Side {
             io,
@@ -815,9 +824,7 @@ fn step<A, Z>(
                     // the close frame and never fail, and the session then waited the
                     // closing handshake's 5 s for that reply, the other side's own reply
                     // unread behind it.
-                    from.write_shut = true;
-                    from.out = None;
-                    from.inject = None;
+                    from.failed();
                     let error = Some(side_error(from.who, &e));
                     take_over_dyn(st, from, to, Reason::Gone(from.who), error);
                 }
@@ -1041,10 +1048,7 @@ where
     A: Leg,
     Z: Leg,
 {
-    to.write_shut = true;
-    to.read_eof = true;
-    to.out = None;
-    to.inject = None;
+    to.failed();
     if to.close_from.is_some() && from.close_from.is_some() && !st.taken_over {
         // Both have sent their close frames, and `to` has closed its connection: its part is
         // over, and the close reply that could not reach it is no loss. (A side closed while
