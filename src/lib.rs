@@ -152,6 +152,7 @@ impl Gateway {
             .as_ref()
             .and_then(|a| inherited.take_admin(a.addr));
         let state = Arc::new(ProxyState::new(config, sessions.clone()));
+        state.listeners.set_systemd(inherited.systemd().to_vec());
         let stop = state.listeners.stop.clone();
         let extra = match state.initial.scheduler {
             config::Scheduler::PerWorker => workers.saturating_sub(1),

@@ -22,7 +22,7 @@ use crate::accept;
 use crate::config::ListenerConfig;
 use crate::metrics::ListenerStats;
 use crate::proxy::ProxyState;
-use crate::upgrade::Inherited;
+use crate::upgrade::{Inherited, SYSTEMD_MARK};
 
 /// Every running listener, and what their connections share.
 #[derive(Debug, Default)]
@@ -47,6 +47,9 @@ pub struct Listeners {
     pub handed_over: CancellationToken,
     /// The admin listener's socket, handed over with the others.
     admin: Mutex<Option<AdminSocket>>,
+    /// Where the sockets systemd passed at start are bound, by name (see
+    /// [`Inherited::systemd`]): a reload cannot bind another address on their ports.
+    systemd: std::sync::OnceLock<Vec<(String, SocketAddr)>>,
     /// The other workers' runtimes (`[runtime] scheduler = "per_worker"`): each runs an accept
     /// loop of its own on every listener. Empty: the runtime that starts the gateway does all.
     workers: std::sync::OnceLock<crate::workers::Workers>,
@@ -70,6 +73,9 @@ struct Running {
     /// of `Listeners::stop`.
     accepting: CancellationToken,
     stats: Arc<ListenerStats>,
+    /// systemd passed the socket and keeps a copy: it listens whatever this process does
+    /// with its own, so a reload may not remove the listener (`Listeners::prepare`).
+    systemd: bool,
 }
 
 /// A socket bound (or taken over) for a listener, not yet accepting.
@@ -77,6 +83,7 @@ struct Running {
 pub struct Bound {
     config: ListenerConfig,
     socket: TcpListener,
+    systemd: bool,
 }
 
 /// What a reload did to the listeners, by configured address.
@@ -86,6 +93,14 @@ pub struct ListenerDiff {
     pub removed: Vec<String>,
     /// Same address, other settings: new connections get them.
     pub changed: Vec<String>,
+}
+
+/// Why a reload's listeners cannot be: `index` is the `[[listener]]` at fault in the new
+/// config, if one is (a listener it lacks has none).
+#[derive(Debug)]
+pub struct Refused {
+    pub index: Option<usize>,
+    pub error: std::io::Error,
 }
 
 /// The listeners a reload will start, bound before anything else changes: a port that cannot
@@ -113,6 +128,7 @@ pub fn bind_all(
         .enumerate()
         .map(|(i, c)| {
             bind_one(c, inherited)
+                .map_err(|e| systemd_hint(e, c.addr, inherited.systemd()))
                 .map_err(|e| bind_error(e, source, c.listen_line, &format!("listener[{i}]")))
         })
         .collect::<Result<_, _>>()
@@ -134,16 +150,52 @@ pub(crate) fn bind_error(
     std::io::Error::new(e.kind(), format!("{at}{table}.listen: {e}"))
 }
 
+/// `e` from binding `addr`, with what to do when the port is taken by a socket systemd
+/// passed (`systemd`) at another address: systemd holds that socket for as long as its socket
+/// unit runs, and a passed socket serves only the listener configured at its address, so
+/// "address already in use" alone would send the operator looking for another process.
+fn systemd_hint(
+    e: std::io::Error,
+    addr: SocketAddr,
+    systemd: &[(String, SocketAddr)],
+) -> std::io::Error {
+    if e.kind() != std::io::ErrorKind::AddrInUse {
+        return e;
+    }
+    let held: Vec<String> = systemd
+        .iter()
+        .filter(|(_, at)| at.port() == addr.port() && *at != addr)
+        .map(|(name, at)| format!("{at} (socket {name:?})"))
+        .collect();
+    if held.is_empty() {
+        return e;
+    }
+    std::io::Error::new(
+        e.kind(),
+        format!(
+            "{e}: systemd holds this port at {} for socket activation, and a passed socket \
+             serves only the [[listener]] configured at its exact address: set this \
+             listener's listen to that address, or the socket unit's ListenStream= to {addr} \
+             (and restart the socket unit)",
+            held.join(", ")
+        ),
+    )
+}
+
 fn bind_one(config: &ListenerConfig, inherited: &mut Inherited) -> std::io::Result<Bound> {
-    let socket = match inherited.take(config.addr) {
-        Some(socket) => socket,
-        None => accept::bind(config.addr).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.addr))
-        })?,
+    let (socket, systemd) = match inherited.take(config.addr) {
+        Some(taken) => (taken.socket, taken.systemd),
+        None => {
+            let socket = accept::bind(config.addr).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.addr))
+            })?;
+            (socket, false)
+        }
     };
     Ok(Bound {
         config: config.clone(),
         socket,
+        systemd,
     })
 }
 
@@ -180,6 +232,7 @@ fn bind_beside(
     Some(Bound {
         config: config.clone(),
         socket,
+        systemd: false,
     })
 }
 
@@ -221,18 +274,44 @@ impl Listeners {
     pub fn start(&self, state: &Arc<ProxyState>, bound: Vec<Bound>) -> std::io::Result<()> {
         let mut running = self.lock();
         for b in bound {
-            running.push(self.spawn(state, b.config, Arc::new(b.socket), None)?);
+            running.push(self.spawn(state, b.config, Arc::new(b.socket), None, b.systemd)?);
         }
         Ok(())
+    }
+
+    /// Records where the sockets systemd passed at start are bound (see
+    /// [`Inherited::systemd`]), for a reload's errors.
+    pub fn set_systemd(&self, sockets: Vec<(String, SocketAddr)>) {
+        let _ = self.systemd.set(sockets);
     }
 
     /// Binds the listeners `configs` adds to the running ones. Nothing running changes but,
     /// for a listener that moves to another address on the same port, the option that lets
     /// the two sockets share it (`bind_beside`).
-    pub fn prepare(&self, configs: &[ListenerConfig]) -> Result<Prepared, (usize, std::io::Error)> {
+    ///
+    /// A listener on a socket systemd passed stays: closing it here would not close it (systemd
+    /// holds a copy, which goes on queueing connections for nobody), and moving it would shut
+    /// systemd's copy too (`commit`), which the next start would get back dead.
+    pub fn prepare(&self, configs: &[ListenerConfig]) -> Result<Prepared, Refused> {
         let running = self.lock();
+        if let Some(r) = running
+            .iter()
+            .find(|r| r.systemd && !configs.iter().any(|c| c.addr == r.config.addr))
+        {
+            return Err(Refused {
+                index: None,
+                error: std::io::Error::other(format!(
+                    "the [[listener]] at {} runs on a socket systemd passed (socket activation), \
+                     and systemd keeps it listening: without that listener, connections to it \
+                     would wait unanswered. Keep a [[listener]] at {}, or change the socket \
+                     unit (ListenStream=) and restart",
+                    r.addr, r.config.addr
+                )),
+            });
+        }
         let mut added = Vec::new();
         let mut shared = Vec::new();
+        let systemd = self.systemd.get().map_or(&[][..], Vec::as_slice);
         for (i, c) in configs.iter().enumerate() {
             if running.iter().any(|r| r.config.addr == c.addr) {
                 continue;
@@ -249,7 +328,10 @@ impl Listeners {
                     for socket in &shared {
                         set_reuse_port(socket, false);
                     }
-                    return Err((i, e));
+                    return Err(Refused {
+                        index: Some(i),
+                        error: systemd_hint(e, c.addr, systemd),
+                    });
                 }
             }
         }
@@ -281,7 +363,8 @@ impl Listeners {
                 }
                 Some(c) if c.fingerprint != r.config.fingerprint => {
                     r.accepting.cancel();
-                    match self.spawn(state, c.clone(), r.socket.clone(), Some(r.stats.clone())) {
+                    let (socket, stats) = (r.socket.clone(), Some(r.stats.clone()));
+                    match self.spawn(state, c.clone(), socket, stats, r.systemd) {
                         Ok(next) => {
                             tracing::info!(listen = %r.addr, "listener settings changed: new connections get them");
                             diff.changed.push(r.config.addr.to_string());
@@ -298,7 +381,7 @@ impl Listeners {
         }
         for b in added {
             let addr = b.config.addr.to_string();
-            match self.spawn(state, b.config, Arc::new(b.socket), None) {
+            match self.spawn(state, b.config, Arc::new(b.socket), None, b.systemd) {
                 Ok(r) => {
                     kept.push(r);
                     diff.added.push(addr);
@@ -329,6 +412,7 @@ impl Listeners {
         config: ListenerConfig,
         socket: Arc<TcpListener>,
         stats: Option<Arc<ListenerStats>>,
+        systemd: bool,
     ) -> std::io::Result<Running> {
         let addr = socket.local_addr()?;
         let accepting = self.stop.child_token();
@@ -364,6 +448,7 @@ impl Listeners {
             socket,
             accepting,
             stats,
+            systemd,
         })
     }
 
@@ -394,14 +479,17 @@ impl Listeners {
         *self.admin_slot() = Some(AdminSocket { socket, accepting });
     }
 
-    /// The listening sockets by name (the configured address; the admin listener's is
-    /// [`crate::upgrade::ADMIN`]), for a successor process. The descriptors stay open as long
-    /// as the listeners run here.
+    /// The listening sockets by name (the configured address, marked if systemd passed the
+    /// socket; the admin listener's is [`crate::upgrade::ADMIN`]), for a successor process.
+    /// The descriptors stay open as long as the listeners run here.
     pub fn sockets(&self) -> Vec<(String, RawFd)> {
         let mut out: Vec<(String, RawFd)> = self
             .lock()
             .iter()
-            .map(|r| (r.config.addr.to_string(), r.socket.as_raw_fd()))
+            .map(|r| {
+                let mark = if r.systemd { SYSTEMD_MARK } else { "" };
+                (format!("{}{mark}", r.config.addr), r.socket.as_raw_fd())
+            })
             .collect();
         if let Some(a) = &*self.admin_slot() {
             out.push((crate::upgrade::ADMIN.to_string(), a.socket.as_raw_fd()));

@@ -65,17 +65,24 @@ pub fn apply(state: &Arc<ProxyState>, mut config: Config) -> Result<ReloadReport
     }
     let prepared = match state.listeners.prepare(&config.listeners) {
         Ok(p) => p,
-        Err((index, e)) => {
+        Err(refused) => {
             state.reloads.add("failed");
+            let (key, line) = match refused.index {
+                Some(i) => (
+                    format!("listener[{i}].listen"),
+                    config.listeners[i].listen_line,
+                ),
+                None => ("listener".to_string(), None),
+            };
             let errors = ConfigErrors {
                 source: config
                     .source
                     .as_ref()
                     .map_or_else(|| "(config)".into(), |p| p.display().to_string()),
                 errors: vec![ConfigError {
-                    key: format!("listener[{index}].listen"),
-                    line: config.listeners[index].listen_line,
-                    message: e.to_string(),
+                    key,
+                    line,
+                    message: refused.error.to_string(),
                 }],
             };
             // As a file that does not validate is logged (`from_file`).

@@ -27,7 +27,10 @@
 //! new → old   ready
 //! old → new   done
 //! ```
-//! A proxy listener's name is its address as configured, the admin listener's `admin`.
+//! A proxy listener's name is its address as configured, the admin listener's `admin`; a
+//! listener whose socket systemd passed has `@systemd` after its address
+//! ([`SYSTEMD_MARK`]), so that the successor too keeps it (see `Listeners::prepare`). A
+//! successor from before the mark finds the socket by its bound address instead.
 
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, RawFd};
@@ -52,12 +55,35 @@ const SUCCESSOR_START_TIMEOUT: Duration = Duration::from_secs(60);
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The name of the admin listener's socket in the exchange.
 pub const ADMIN: &str = "admin";
+/// After a proxy listener's name in the exchange: systemd passed its socket, and holds it.
+pub const SYSTEMD_MARK: &str = "@systemd";
 
 /// Listening sockets this process did not bind itself: each is taken by the listener it
 /// belongs to, by name (the configured address, or `admin`) or by bound address.
 #[derive(Debug, Default)]
 pub struct Inherited {
-    sockets: Vec<(String, std::net::TcpListener)>,
+    sockets: Vec<Socket>,
+    /// Where the sockets systemd passed are bound, by name, taken or not: systemd keeps its
+    /// own copy of each, so their ports stay taken for any other address (see
+    /// [`systemd_hint`]).
+    systemd: Vec<(String, SocketAddr)>,
+}
+
+#[derive(Debug)]
+struct Socket {
+    name: String,
+    socket: std::net::TcpListener,
+    /// systemd passed it (to this process, or to the one that handed it over).
+    systemd: bool,
+}
+
+/// A socket a listener took from those inherited.
+#[derive(Debug)]
+pub struct Taken {
+    pub socket: TcpListener,
+    /// systemd holds a copy of it: it listens as long as the socket unit does, whatever this
+    /// process does with its own.
+    pub systemd: bool,
 }
 
 impl Inherited {
@@ -76,7 +102,7 @@ impl Inherited {
             // SAFETY: systemd passed this descriptor to this process (LISTEN_PID is ours) for
             // it to own; nothing else in the process refers to it.
             let socket = unsafe { socket2::Socket::from_raw_fd(fd) };
-            inherited.add(name, socket, "systemd");
+            inherited.add(name, socket, "systemd", true);
         }
         inherited
     }
@@ -84,29 +110,43 @@ impl Inherited {
     /// Adds `other`'s sockets to these.
     pub fn extend(&mut self, other: Inherited) {
         self.sockets.extend(other.sockets);
+        self.systemd.extend(other.systemd);
     }
 
-    fn add(&mut self, name: String, socket: socket2::Socket, from: &str) {
-        let is_listener = socket.r#type().ok() == Some(socket2::Type::STREAM)
-            && socket
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_socket())
-                .is_some();
-        if !is_listener {
+    /// Where the sockets systemd passed are bound, by name.
+    pub fn systemd(&self) -> &[(String, SocketAddr)] {
+        &self.systemd
+    }
+
+    fn add(&mut self, name: String, socket: socket2::Socket, from: &str, systemd: bool) {
+        let addr = socket.local_addr().ok().and_then(|a| a.as_socket());
+        let Some(addr) = addr.filter(|_| socket.r#type().ok() == Some(socket2::Type::STREAM))
+        else {
             tracing::warn!(name = %name, from, "ignoring an inherited descriptor that is not a TCP socket");
             return;
+        };
+        if systemd {
+            self.systemd.push((name.clone(), addr));
         }
         // Not passed on to any process this one starts (a successor gets them by hand-over).
         let _ = socket.set_cloexec(true);
-        self.sockets.push((name, socket.into()));
+        self.sockets.push(Socket {
+            name,
+            socket: socket.into(),
+            systemd,
+        });
     }
 
     /// The socket for the listener configured at `addr`: the one named so, or else one bound
     /// to exactly that address.
-    pub fn take(&mut self, addr: SocketAddr) -> Option<TcpListener> {
+    pub fn take(&mut self, addr: SocketAddr) -> Option<Taken> {
         let name = addr.to_string();
-        self.take_where(|n, s| *n == name || s.local_addr().ok() == Some(addr))
+        let i = self
+            .sockets
+            .iter()
+            .position(|s| s.name == name || s.socket.local_addr().ok() == Some(addr))?;
+        let systemd = self.sockets[i].systemd;
+        self.adopt(i).map(|socket| Taken { socket, systemd })
     }
 
     /// The admin listener's socket (configured at `addr`), if the predecessor's is still at
@@ -117,15 +157,14 @@ impl Inherited {
             s.local_addr()
                 .is_ok_and(|l| l == addr || (addr.port() == 0 && l.ip() == addr.ip()))
         };
-        self.take_where(|n, s| (n == ADMIN && at(s)) || s.local_addr().is_ok_and(|l| l == addr))
+        let i = self.sockets.iter().position(|s| {
+            (s.name == ADMIN && at(&s.socket)) || s.socket.local_addr().is_ok_and(|l| l == addr)
+        })?;
+        self.adopt(i)
     }
 
-    fn take_where(
-        &mut self,
-        matches: impl Fn(&str, &std::net::TcpListener) -> bool,
-    ) -> Option<TcpListener> {
-        let i = self.sockets.iter().position(|(n, s)| matches(n, s))?;
-        let (name, socket) = self.sockets.remove(i);
+    fn adopt(&mut self, i: usize) -> Option<TcpListener> {
+        let Socket { name, socket, .. } = self.sockets.remove(i);
         let adopted = socket
             .set_nonblocking(true)
             .and_then(|()| TcpListener::from_std(socket));
@@ -141,10 +180,21 @@ impl Inherited {
         }
     }
 
-    /// Logs and closes the sockets no listener took (the config no longer has them).
+    /// Logs and closes the sockets no listener took (the config no longer has them). One
+    /// that systemd passed goes on listening in systemd's copy, with nobody to accept: what
+    /// connects there waits unanswered, which the warning says.
     pub fn close_unused(self) {
-        for (name, _) in self.sockets {
-            tracing::warn!(name = %name, "inherited socket not in the config: closed");
+        for s in self.sockets {
+            let at = s
+                .socket
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            if s.systemd {
+                tracing::warn!(name = %s.name, listen = %at, "systemd passed a socket that no [[listener]] is configured at: closed here, but systemd keeps it listening, and connections to it will wait unanswered. Add a [[listener]] at its address, or remove it from the socket unit (ListenStream=)");
+            } else {
+                tracing::warn!(name = %s.name, listen = %at, "inherited socket not in the config: closed");
+            }
         }
     }
 }
@@ -188,8 +238,12 @@ pub async fn take_over(path: &Path) -> std::io::Result<Option<(Predecessor, Inhe
         // SAFETY: the kernel installed this descriptor in this process for this message; it
         // is ours alone.
         let socket = unsafe { socket2::Socket::from_raw_fd(fd) };
-        let name = names.get(i).map_or("?", |n| n).to_string();
-        inherited.add(name, socket, "the running process");
+        let name = names.get(i).map_or("?", |n| n);
+        let (name, systemd) = match name.strip_suffix(SYSTEMD_MARK) {
+            Some(addr) => (addr, true),
+            None => (name, false),
+        };
+        inherited.add(name.to_string(), socket, "the running process", systemd);
     }
     let pid = peer_pid(lines.get_ref()).unwrap_or(0);
     tracing::info!(

@@ -658,3 +658,195 @@ async fn a_drained_backend_stays_drained_across_the_upgrade() {
     assert!(wait_exit(&mut new).await.success());
     drop(new_log);
 }
+
+/// `wsgate run --config CONFIG` (JSON log at info) as systemd starts it for socket
+/// activation: `sockets` at descriptors 3, 4, … with their names, `LISTEN_PID` the process's
+/// own (a shell sets it, then execs the binary in its place).
+fn spawn_activated(config: &std::path::Path, sockets: &[(&std::net::TcpListener, &str)]) -> Child {
+    use std::os::fd::AsRawFd;
+    let fds: Vec<i32> = sockets.iter().map(|(s, _)| s.as_raw_fd()).collect();
+    let names: Vec<&str> = sockets.iter().map(|(_, n)| *n).collect();
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.args(["-c", "LISTEN_PID=$$ exec \"$@\"", "sh", BIN])
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(config)
+        .env("LISTEN_FDS", fds.len().to_string())
+        .env("LISTEN_FDNAMES", names.join(":"))
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    // SAFETY: dup2 is async-signal-safe, and the closure touches nothing else. The sockets
+    // were opened before the fork, above 2 (stdio), and at descriptors the test's runtime
+    // already holds by the time a test runs, so none is overwritten before it is copied.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (i, fd) in fds.iter().enumerate() {
+                // dup2 clears close-on-exec on the copy; `fd` to itself would not.
+                let to = 3 + i as i32;
+                if *fd == to {
+                    let flags = libc::fcntl(to, libc::F_GETFD);
+                    libc::fcntl(to, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+                } else if libc::dup2(*fd, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap()
+}
+
+/// A listener on the port of a socket systemd passed, at another address, cannot be bound
+/// (systemd holds the port): the error says so and what to do, instead of a bare "address in
+/// use" that sends the operator looking for another process.
+#[tokio::test]
+async fn a_listener_beside_the_socket_systemd_passed_is_told_why_it_cannot_bind() {
+    let tmp = TempDir::new("activation-bind");
+    let echo = EchoBackend::spawn().await;
+    let passed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = passed.local_addr().unwrap().port();
+    let config = tmp.write(
+        "wsgate.toml",
+        format!(
+            "[[listener]]\nlisten = \"0.0.0.0:{port}\"\n\n{}",
+            route("r", "/", &[echo.url()])
+        ),
+    );
+    let mut child = spawn_activated(&config, &[(&passed, "web")]);
+    let mut log = log_lines(&mut child);
+    let mut seen = Vec::new();
+    while let Ok(Some(line)) = log.next_line().await {
+        seen.push(line);
+    }
+    let status = wait_exit(&mut child).await;
+    assert!(!status.success(), "{}", seen.join("\n"));
+    let all = seen.join("\n");
+    assert!(
+        all.contains(&format!(
+            "listener[0].listen: cannot listen on 0.0.0.0:{port}"
+        )) && all.contains(&format!(
+            r#"systemd holds this port at 127.0.0.1:{port} (socket \"web\")"#
+        )) && all.contains(&format!("ListenStream= to 0.0.0.0:{port}")),
+        "{all}"
+    );
+}
+
+/// The listener on a socket systemd passed stays through a reload: closing it would leave
+/// systemd's copy queueing connections for nobody, and moving it would shut systemd's copy
+/// too. A reload without it is refused with the reason, and the listener serves on. A
+/// passed socket no listener wants is said to go on listening in systemd's copy.
+#[tokio::test]
+async fn a_reload_cannot_remove_the_listener_on_the_socket_systemd_passed() {
+    let tmp = TempDir::new("activation-reload");
+    let echo = EchoBackend::spawn().await;
+    let passed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let spare = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = passed.local_addr().unwrap();
+    let with = |listen: &str| {
+        format!(
+            "[[listener]]\nlisten = \"{listen}\"\n\n{}",
+            route("r", "/", &[echo.url()])
+        )
+    };
+    let config = tmp.write("wsgate.toml", with(&addr.to_string()));
+    let mut child = spawn_activated(&config, &[(&passed, "web"), (&spare, "spare")]);
+    drop(passed);
+    let mut log = log_lines(&mut child);
+    let mut seen = Vec::new();
+    wait_line(&mut log, &mut seen, "the inherited socket", |l| {
+        l.contains("listening on an inherited socket") && l.contains("\"web\"")
+    })
+    .await;
+    let unused = wait_line(&mut log, &mut seen, "the unused socket", |l| {
+        l.contains("\"spare\"")
+    })
+    .await;
+    assert!(
+        unused.contains("systemd keeps it listening")
+            && unused.contains(&spare.local_addr().unwrap().to_string()),
+        "{unused}"
+    );
+    let url = format!("ws://{addr}/");
+    let (mut ws, _) = connect(&url).await;
+
+    std::fs::write(&config, with("127.0.0.1:0")).unwrap();
+    send_signal(&child, "HUP");
+    let failed = wait_line(&mut log, &mut seen, "the reload refused", |l| {
+        l.contains("config reload failed")
+    })
+    .await;
+    assert!(
+        failed.contains(&format!(
+            "the [[listener]] at {addr} runs on a socket systemd passed"
+        )),
+        "{failed}"
+    );
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("still here"));
+    let (mut again, _) = connect(&url).await;
+    again.send(Message::text("new")).await.unwrap();
+    assert_eq!(next_data(&mut again).await, Message::text("new"));
+    drop((ws, again));
+    send_signal(&child, "TERM");
+    let status = wait_exit(&mut child).await;
+    assert!(status.success(), "{status}");
+}
+
+/// A successor that took a socket systemd passed from its predecessor (a binary upgrade
+/// under socket activation) knows it for one: its reloads keep that listener too.
+#[tokio::test]
+async fn after_a_binary_upgrade_the_socket_systemd_passed_is_still_kept() {
+    let tmp = TempDir::new("activation-upgrade");
+    let echo = EchoBackend::spawn().await;
+    let passed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = passed.local_addr().unwrap();
+    let with = |listen: &str| {
+        format!(
+            "[upgrade]\nsocket = \"{}\"\n\n[[listener]]\nlisten = \"{listen}\"\n\n{}",
+            tmp.join("upgrade.sock").display(),
+            route("r", "/", &[echo.url()])
+        )
+    };
+    let config = tmp.write("wsgate.toml", with(&addr.to_string()));
+    let mut old = spawn_activated(&config, &[(&passed, "web")]);
+    drop(passed);
+    let mut log = log_lines(&mut old);
+    let mut seen = Vec::new();
+    wait_line(&mut log, &mut seen, "the upgrade socket", |l| {
+        l.contains("binary upgrades")
+    })
+    .await;
+    send_signal(&old, "USR2");
+    let started = wait_line(&mut log, &mut seen, "the successor's start", |l| {
+        l.contains("started the new binary")
+    })
+    .await;
+    let successor: Value = serde_json::from_str(&started).unwrap();
+    let successor = successor["pid"].as_u64().expect("pid");
+    let _stop = StopOnDrop(successor);
+    wait_line(&mut log, &mut seen, "the hand-over", |l| {
+        l.contains("handed the listening sockets over")
+    })
+    .await;
+    let status = wait_exit(&mut old).await;
+    assert!(status.success(), "{status}; log:\n{}", seen.join("\n"));
+
+    std::fs::write(&config, with("127.0.0.1:0")).unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &successor.to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let failed = wait_line(&mut log, &mut seen, "the successor's reload refused", |l| {
+        l.contains("config reload failed")
+    })
+    .await;
+    assert!(
+        failed.contains("runs on a socket systemd passed"),
+        "{failed}"
+    );
+    let (mut ws, _) = connect(&format!("ws://{addr}/")).await;
+    ws.send(Message::text("to the successor")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("to the successor"));
+}
