@@ -36,8 +36,15 @@ impl Cidr {
         Ok(Cidr { addr, prefix })
     }
 
+    /// Whether `ip` is in the block. An IPv4 address is compared as itself with an IPv4
+    /// block and as its IPv4-mapped form (`::ffff:a.b.c.d`) with an IPv6 one: a dual-stack
+    /// `[::]` socket, `ss` and the kernel show IPv4 peers in that form, and a block written so
+    /// (`::ffff:10.0.0.0/104`) matched nothing when peers were compared as plain IPv4.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
+        let ip = match (self.addr, ip.to_canonical()) {
+            (IpAddr::V6(_), IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
+            (_, ip) => ip,
+        };
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX
@@ -418,6 +425,21 @@ mod tests {
             !Cidr::parse("127.0.0.1")
                 .unwrap()
                 .contains("127.0.0.2".parse().unwrap())
+        );
+        // An IPv4-mapped block, as a dual-stack socket shows IPv4 peers, holds their IPv4
+        // addresses in either spelling.
+        let mapped = Cidr::parse("::ffff:127.0.0.0/104").unwrap();
+        assert!(mapped.contains("127.0.0.1".parse().unwrap()));
+        assert!(mapped.contains("::ffff:127.9.9.9".parse().unwrap()));
+        assert!(!mapped.contains("10.0.0.1".parse().unwrap()));
+        assert!(!mapped.contains("::1".parse().unwrap()));
+        let one = Cidr::parse("::ffff:192.0.2.7").unwrap();
+        assert!(one.contains("192.0.2.7".parse().unwrap()));
+        assert!(!one.contains("192.0.2.8".parse().unwrap()));
+        assert!(
+            !Cidr::parse("2001:db8::/32")
+                .unwrap()
+                .contains("32.1.13.184".parse().unwrap())
         );
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("example.com").is_err());
