@@ -814,11 +814,12 @@ fn refuse(
             );
             // A backend failure's details (address, OS or TLS error) are in the log record
             // above; the client learns them only where the config says so (development).
+            let log_only = state.current().config.limits.error_detail == ErrorDetail::Log;
             let line = match &other {
-                ProxyError::Backend(b)
-                    if state.current().config.limits.error_detail == ErrorDetail::Log =>
-                {
-                    b.public_reason().to_string()
+                ProxyError::Backend(b) if log_only => b.public_reason().to_string(),
+                // Without the backend it waited on.
+                ProxyError::RequestTimeout(d, Some(_)) if log_only => {
+                    ProxyError::RequestTimeout(*d, None).to_string()
                 }
                 other => other.to_string(),
             };
