@@ -450,8 +450,9 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
             break;
         }
         let target = &targets.list[i];
-        let req = backend_request(&ex, target, RequestBody::attempt(state.clone()))
+        let mut req = backend_request(&ex, target, RequestBody::attempt(state.clone()))
             .map_err(ProxyError::from)?;
+        let conn = hyper_util::client::legacy::connect::capture_connection(&mut req);
         let in_flight = target.claim();
         ex.tried.set(&target.name);
         let sent = tokio::select! {
@@ -477,6 +478,14 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
                 order.next();
             }
             Ok(response) => {
+                if response.version() == Version::HTTP_10
+                    && let Some(conn) = &*conn.connection_metadata()
+                {
+                    // hyper's client speaks HTTP/1.0 on a connection from the first answer
+                    // in 1.0 on, and in 1.0 sends a body of unknown length as none: the next
+                    // chunked upload on it would reach the backend empty. Not pooled.
+                    conn.poison();
+                }
                 targets.passed(i, &route.pool);
                 if !failures.is_empty() {
                     tracing::warn!(route = %route.name, backend = &*target.name, failed = %failures.join("; "), "failed over to the next backend");

@@ -1102,6 +1102,88 @@ async fn an_http10_keep_alive_response_of_unknown_length_says_close() {
     assert_eq!((again.status, again.body.as_str()), (200, "known"));
 }
 
+/// A backend that answers in HTTP/1.0 (with `Connection: keep-alive`) does not get the next
+/// request in HTTP/1.0: hyper's client speaks 1.0 on a connection once its peer has, and in
+/// 1.0 sends a body of unknown length as none. A chunked upload after such an answer reached
+/// the backend empty, recorded `completed`, whichever client it came from.
+#[tokio::test]
+async fn a_connection_whose_backend_answered_in_http10_is_not_reused() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = l.local_addr().unwrap();
+    // Every request's head and body as the backend read them.
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let seen_tx = seen_tx.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut s = tokio::io::BufReader::new(s);
+                loop {
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        match s.read_line(&mut line).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        head.push_str(&line);
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let lower = head.to_ascii_lowercase();
+                    let mut body = Vec::new();
+                    if lower.contains("transfer-encoding: chunked") {
+                        loop {
+                            let mut size = String::new();
+                            s.read_line(&mut size).await.unwrap();
+                            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+                            let mut chunk = vec![0; n + 2];
+                            s.read_exact(&mut chunk).await.unwrap();
+                            body.extend_from_slice(&chunk[..n]);
+                            if n == 0 {
+                                break;
+                            }
+                        }
+                    } else if let Some(n) = lower
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                    {
+                        body = vec![0; n.trim().parse().unwrap()];
+                        s.read_exact(&mut body).await.unwrap();
+                    }
+                    let _ = seen_tx.send((head, body));
+                    let answer = b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok";
+                    if s.get_mut().write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = Gateway::spawn(&http_route(&[b], "")).await;
+    let (_s, first) = raw_exchange(
+        gw.addr,
+        b"GET /first HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!((first.status, first.body.as_str()), (200, "ok"));
+    seen.recv().await.unwrap();
+    let (_s, upload) = raw_exchange(
+        gw.addr,
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n\
+          a\r\nhello-body\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(upload.status, 200);
+    let (head, body) = tokio::time::timeout(STEP, seen.recv())
+        .await
+        .expect("the upload reached the backend")
+        .unwrap();
+    assert!(head.starts_with("POST /upload HTTP/1.1\r\n"), "{head}");
+    assert_eq!(body, b"hello-body", "{head}");
+}
+
 /// RFC 9112 §3.2: an HTTP/1.1 request without `Host` is answered 400; HTTP/1.0 has none.
 #[tokio::test]
 async fn an_http11_request_without_host_gets_400() {
