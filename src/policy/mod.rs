@@ -473,7 +473,7 @@ impl RoutePolicy {
         if jwt_from_protocols && let Some((_, idx)) = token_in_protocols(&offer) {
             // The checked token came after a marker (`access_token`, `bearer`): the marker
             // is what a client of that convention expects back as the chosen subprotocol.
-            if matches!(offer[idx[0]].as_str(), "access_token" | "bearer") {
+            if token::is_token_marker(&offer[idx[0]]) {
                 *marker = Some(offer[idx[0]].clone());
             }
             for i in idx.into_iter().rev() {

@@ -54,7 +54,7 @@ fn shown_offers(offered: &[String]) -> String {
         } else {
             shown(p).into_owned()
         });
-        after_marker = p == "access_token" || p == "bearer";
+        after_marker = super::token::is_token_marker(p);
     }
     out.join(", ")
 }
@@ -64,7 +64,7 @@ fn shown_offers(offered: &[String]) -> String {
 /// admin API: a backend that echoes the first entry offered would otherwise have a client's
 /// `bearer.<token>` logged, on a route that does not read tokens from the offer.
 pub fn shown(p: &str) -> std::borrow::Cow<'_, str> {
-    if p.starts_with("bearer.") || p.len() > 40 {
+    if super::token::bearer_entry(p).is_some() || p.len() > 40 {
         hidden(p).into()
     } else {
         p.into()

@@ -52,18 +52,23 @@ pub(crate) struct FoundToken {
 /// followed by the token. Returns the first token (the one checked) and the indices of
 /// every token-carrying entry, all of which are removed: a second token offered beside the
 /// first is a credential too, and the backend never sees one.
+///
+/// The markers are told apart from other entries without regard to ASCII case (`Bearer.…`,
+/// `ACCESS_TOKEN`): subprotocols are case-sensitive to RFC 6455, but a backend that matches
+/// its marker as `Authorization`'s scheme is matched (ignoring case) would read a token in a
+/// spelling wsgate passed on unchecked.
 pub(crate) fn token_in_protocols(protocols: &[String]) -> Option<(String, Vec<usize>)> {
     let mut first = None;
     let mut entries = Vec::new();
     let mut i = 0;
     while i < protocols.len() {
         let p = &protocols[i];
-        if let Some(t) = p.strip_prefix("bearer.")
+        if let Some(t) = bearer_entry(p)
             && !t.is_empty()
         {
             first.get_or_insert_with(|| t.to_string());
             entries.push(i);
-        } else if (p == "access_token" || p == "bearer")
+        } else if is_token_marker(p)
             && let Some(t) = protocols.get(i + 1)
         {
             first.get_or_insert_with(|| t.clone());
@@ -73,6 +78,18 @@ pub(crate) fn token_in_protocols(protocols: &[String]) -> Option<(String, Vec<us
         i += 1;
     }
     first.map(|t| (t, entries))
+}
+
+/// The token of a `bearer.<token>` subprotocol entry (the prefix in any ASCII case).
+pub(crate) fn bearer_entry(p: &str) -> Option<&str> {
+    let prefix = p.get(..7)?;
+    prefix.eq_ignore_ascii_case("bearer.").then(|| &p[7..])
+}
+
+/// Whether a subprotocol entry is a marker whose next entry is a token (`access_token`,
+/// `bearer`, in any ASCII case).
+pub(crate) fn is_token_marker(p: &str) -> bool {
+    p.eq_ignore_ascii_case("access_token") || p.eq_ignore_ascii_case("bearer")
 }
 
 /// The value of query parameter `name`, the first of that name, percent-decoded.
@@ -373,6 +390,21 @@ mod tests {
             token_in_protocols(&protocols(&["chat", "bearer", "abc"])),
             Some(("abc".into(), vec![1, 2]))
         );
+        // Markers in any case are markers: a backend may match them so.
+        assert_eq!(
+            token_in_protocols(&protocols(&["chat", "bearer.a", "Bearer.b", "BEARER.c"])),
+            Some(("a".into(), vec![1, 2, 3]))
+        );
+        assert_eq!(
+            token_in_protocols(&protocols(&["chat", "Access_Token", "x", "Bearer", "y"])),
+            Some(("x".into(), vec![1, 2, 3, 4]))
+        );
+        assert_eq!(
+            token_in_protocols(&protocols(&["bearer", "bearerX"])),
+            Some(("bearerX".into(), vec![0, 1]))
+        );
+        assert_eq!(token_in_protocols(&protocols(&["chat", "bearerz"])), None);
+        assert!(crate::policy::subprotocol::shown("Bearer.abc").contains("hidden"));
         // A marker with nothing after it, or an empty `bearer.`, carries no token.
         assert_eq!(
             token_in_protocols(&protocols(&["chat", "access_token"])),

@@ -1153,7 +1153,8 @@ async fn a_connection_whose_backend_answered_in_http10_is_not_reused() {
                         s.read_exact(&mut body).await.unwrap();
                     }
                     let _ = seen_tx.send((head, body));
-                    let answer = b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok";
+                    let answer =
+                        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok";
                     if s.get_mut().write_all(answer).await.is_err() {
                         return;
                     }
