@@ -1017,6 +1017,39 @@ async fn a_connect_and_close_on_a_tls_listener_is_not_a_refusal() {
     );
 }
 
+/// `client_subject_header` may not name a header the proxy builds itself (the subject was
+/// lost under the proxy's own `Host` or `Via`, sent as a second `X-Request-Id`, or broke
+/// every handshake as `Sec-WebSocket-Protocol`), nor one that carries the clients' own
+/// credentials (it is taken off every client's request, on every listener).
+#[test]
+fn a_subject_header_may_not_be_one_the_proxy_builds_or_a_credential() {
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf("server", &["localhost"]);
+    for (header, says) in [
+        ("Host", "host is built by the proxy itself"),
+        ("X-Request-Id", "x-request-id is built by the proxy itself"),
+        ("sec-websocket-protocol", "is built by the proxy itself"),
+        ("Via", "is built by the proxy itself"),
+        ("Cookie", "cookie carries the client's own credentials"),
+        ("Authorization", "carries the client's own credentials"),
+    ] {
+        let errs = wsgate::config::from_toml_str(&format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n[listener.tls]\ncert = {cert:?}\nkey = {key:?}\n\
+             client_ca = {:?}\nclient_subject_header = \"{header}\"\n{}",
+            ca.ca_file(),
+            route("r", "/", &["ws://127.0.0.1:1".to_string()])
+        ))
+        .unwrap_err();
+        assert!(
+            errs.len() == 1
+                && errs[0].key == "listener[0].tls.client_subject_header"
+                && errs[0].line == Some(7)
+                && errs[0].message.contains(says),
+            "{header}: {errs:?}"
+        );
+    }
+}
+
 /// A subject header a reload renames is still set on the connections accepted before it
 /// (they keep their listener's settings): it stays stripped from every other client. The
 /// new config's names alone were stripped, so a client of the plain listener sent the old

@@ -324,6 +324,25 @@ impl Validator<'_> {
         let subject_header = match &t.client_subject_header {
             None => None,
             Some(h) => match http::HeaderName::from_bytes(h.get_ref().as_bytes()) {
+                // The header is set on the backend's request after the proxy's own (which
+                // would lose the subject, or send two), and taken off every client's request
+                // on every listener (which would strip the credentials of all of them).
+                Ok(name) if crate::policy::RESERVED_HEADERS.contains(&name.as_str()) => {
+                    self.err(
+                        format!("{key}.client_subject_header"),
+                        Some(h.span()),
+                        format!("{name} is built by the proxy itself: choose a header of its own, e.g. \"X-Client-Subject\""),
+                    );
+                    return None;
+                }
+                Ok(name) if matches!(name.as_str(), "cookie" | "authorization") => {
+                    self.err(
+                        format!("{key}.client_subject_header"),
+                        Some(h.span()),
+                        format!("{name} carries the client's own credentials, which this header is taken out of on every listener: choose a header of its own, e.g. \"X-Client-Subject\""),
+                    );
+                    return None;
+                }
                 Ok(name) if client_auth.is_some() => Some(name),
                 Ok(_) => {
                     self.err(
