@@ -478,6 +478,7 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
                 order.next();
             }
             Ok(response) => {
+                target.answered_in(response.version());
                 if response.version() == Version::HTTP_10
                     && let Some(conn) = &*conn.connection_metadata()
                 {
@@ -595,6 +596,12 @@ fn backend_request(
     }
     if let Ok(v) = http::HeaderValue::from_str(host) {
         req.headers_mut().insert(header::HOST, v);
+    }
+    if !target.speaks_http1() {
+        // `Connection: te` (the only option the request carries, with `TE: trailers`) is for
+        // an HTTP/1.1 backend; hyper's HTTP/2 client would drop TE with it, and a backend
+        // that sends trailers (gRPC) insists on `te: trailers`, which HTTP/2 allows.
+        req.headers_mut().remove(header::CONNECTION);
     }
     Ok(req)
 }

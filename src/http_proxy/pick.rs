@@ -43,6 +43,9 @@ pub struct Target {
     /// Whether wsgate sends this `https://` backend a client certificate (for the words of
     /// its refusal, `crate::backend::alert_refusal`).
     pub client_cert: bool,
+    /// An `https://` backend answered the last response in HTTP/1.x, not HTTP/2 (which
+    /// ALPN decides per connection): see [`Target::speaks_http1`].
+    answered_http1: std::sync::atomic::AtomicBool,
     /// Requests on this backend whose responses have not ended (`least_conn`).
     in_flight: Arc<AtomicUsize>,
     /// Failed connects in a row and ejection, under the route's `[route.health]`
@@ -82,9 +85,27 @@ impl Target {
                 .is_some_and(crate::backend::has_client_cert),
             name: Arc::from(name),
             url,
+            answered_http1: Default::default(),
             in_flight: Arc::default(),
             health: Health::default(),
         })
+    }
+
+    /// Whether the next request goes out in HTTP/1.1 as far as can be told before its
+    /// connection is chosen: always for `http://`; for `https://` once the backend has
+    /// answered in it (until then, or once it has answered in HTTP/2, ALPN may well choose
+    /// h2). The request's connection options depend on it: hyper's HTTP/2 client drops
+    /// every header `Connection` names.
+    pub fn speaks_http1(&self) -> bool {
+        !self.url.tls || self.answered_http1.load(Ordering::Relaxed)
+    }
+
+    /// Notes which HTTP version the backend answered in (see [`Target::speaks_http1`]).
+    pub fn answered_in(&self, version: http::Version) {
+        if self.url.tls {
+            self.answered_http1
+                .store(version != http::Version::HTTP_2, Ordering::Relaxed);
+        }
     }
 
     pub fn claim(&self) -> InFlight {

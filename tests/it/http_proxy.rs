@@ -1533,6 +1533,7 @@ async fn an_https_backend_that_offers_http2_is_spoken_to_in_http2() {
             gw.addr,
             Request::post("/tls")
                 .header("host", "app.test")
+                .header("te", "trailers")
                 .body(Full::new(Bytes::from(body)))
                 .unwrap(),
         )
@@ -1549,6 +1550,12 @@ async fn an_https_backend_that_offers_http2_is_spoken_to_in_http2() {
             .all(|s| s.version == http::Version::HTTP_2)
     );
     assert_eq!(seen.lock().unwrap()[0].uri, format!("https://{b}/tls"));
+    // `te: trailers` reaches an HTTP/2 backend (RFC 9113 §8.2.2 allows it; gRPC-style
+    // backends insist on it): hyper's HTTP/2 client had dropped it with the `Connection: te`
+    // an HTTP/1.1 backend gets.
+    for s in seen.lock().unwrap().iter() {
+        assert_eq!(s.header("te"), Some("trailers"), "{:?}", s.headers);
+    }
 
     // With preserve_host, `:authority` is the client's host as `Host` is (RFC 9113 §8.3.1
     // wants them to agree), and the connection still goes to the backend, verified by its
