@@ -293,6 +293,42 @@ async fn a_check_whose_kept_alive_connection_closes_under_it_is_asked_again() {
     );
 }
 
+/// A service that takes a check on a fresh connection and closes without an answer is asked
+/// once: that is the service failing on the check, not the keep-alive race, and asking again
+/// would triple the load on a service already in trouble (nginx too tries again only on a
+/// cached connection). The check is answered 503.
+#[tokio::test]
+async fn a_check_a_fresh_connection_closes_under_is_not_asked_again() {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = asked.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut chunk = [0u8; 4096];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // Closed without an answer.
+            });
+        }
+    });
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway(&backend, &format!("http://{addr}/check"), "").await;
+    let r = upgrade(&gw, "/", "Cookie: session=abc\r\n").await;
+    assert_eq!(r.status, 503, "{}", r.head);
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(backend.request_count(), 0);
+}
+
 #[tokio::test]
 async fn cached_allow_skips_the_subrequest() {
     let auth = FakeAuth::spawn().await;

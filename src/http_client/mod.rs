@@ -4,6 +4,8 @@
 //! costs a request on a kept-alive connection, not a TCP (and TLS) handshake each time. TLS
 //! uses the binary's one crypto provider and the system roots (or a configured CA bundle).
 
+pub mod connector;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,8 +30,15 @@ pub enum ClientError {
 /// A pooled HTTP/1.1 client for `http://` and `https://` URLs.
 #[derive(Clone, Debug)]
 pub struct HttpClient {
-    inner: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    inner: Client<connector::Bounded<hyper_rustls::HttpsConnector<HttpConnector>>, Full<Bytes>>,
 }
+
+/// How long a subrequest's connect may take, TLS included.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a subrequest's write may wait with nothing taken: longer than any subrequest's
+/// own timeout, which ends it first; the bound is for the pooled connection.
+const WRITE_STALL: Duration = Duration::from_secs(60);
 
 impl HttpClient {
     /// A client whose `https://` connections verify against `tls` (see
@@ -38,7 +47,7 @@ impl HttpClient {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         // hyper-rustls sets ALPN itself (and panics if the config already has some, as the
         // backend config does with `http/1.1`).
         let mut tls = (*tls).clone();
@@ -48,6 +57,8 @@ impl HttpClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
+        // Counts the requests each connection has begun, for `connector::reused`.
+        let https = connector::Bounded::new(https, CONNECT_TIMEOUT, None, WRITE_STALL);
         // The idle timeout needs the pool's timer, or idle connections are kept until the
         // server closes them.
         let inner = Client::builder(TokioExecutor::new())
@@ -92,7 +103,12 @@ impl HttpClient {
                 let req = Request::from_parts(parts.clone(), body.clone());
                 match self.inner.request(req).await {
                     Ok(resp) => break resp,
-                    Err(e) if again && retries < STALE_RETRIES && stale_connection(&e) => {
+                    Err(e)
+                        if again
+                            && retries < STALE_RETRIES
+                            && stale_connection(&e)
+                            && connector::reused(&e) =>
+                    {
                         retries += 1;
                         tracing::debug!(uri = %parts.uri, error = %error_chain(&e), "connection closed under the request; sending it again");
                     }
