@@ -294,7 +294,8 @@ pub fn remove_with_lookalikes(headers: &mut http::HeaderMap, protected: &http::H
 /// alike: `X-Forwarded-For` (the chain), `X-Real-IP`, `X-Forwarded-Proto`,
 /// `X-Forwarded-Host`, `Forwarded` (RFC 7239) and `Via` with this hop (`via_hop`: the
 /// protocol version the client spoke, RFC 9110 §7.6.3). A trusted proxy's incoming
-/// `Forwarded` and `Via` are extended; the caller has removed anyone else's, and the other
+/// `Forwarded` is extended, anyone else's replaced; `Via` is always extended (RFC 9110
+/// §7.6.3 asks a proxy to append itself: it records hops, it vouches for nothing); the other
 /// values come from `client`, which only takes a trusted proxy's word.
 pub fn set_headers(
     headers: &mut http::HeaderMap,
@@ -331,19 +332,25 @@ pub fn set_headers(
         );
     }
     value.clear();
-    if client.peer_trusted {
-        for previous in crate::handshake::list_values(received, &header::FORWARDED) {
-            value.push_str(&previous);
-            value.push_str(", ");
-        }
-    }
     push_forwarded_element(
         &mut value,
         client.peer(),
         scheme,
         Some(host).filter(|h| !h.is_empty()),
     );
-    set(headers, header::FORWARDED, &value);
+    let mut previous = Vec::new();
+    if client.peer_trusted {
+        joined_lines(received, &header::FORWARDED, &mut previous);
+    }
+    if previous.is_empty() {
+        set(headers, header::FORWARDED, &value);
+    } else {
+        previous.extend_from_slice(b", ");
+        previous.extend_from_slice(value.as_bytes());
+        if let Ok(v) = HeaderValue::from_bytes(&previous) {
+            headers.insert(header::FORWARDED, v);
+        }
+    }
     if let Some(via) = via(received, via_hop) {
         headers.insert(header::VIA, via);
     }
@@ -360,12 +367,31 @@ pub fn via(received: &http::HeaderMap, via_hop: &str) -> Option<http::HeaderValu
             _ => {}
         }
     }
-    let hop = format!("{via_hop} wsgate");
-    let via = match crate::handshake::list_values(received, &http::header::VIA).join(", ") {
-        prev if prev.is_empty() => hop,
-        prev => format!("{prev}, {hop}"),
-    };
-    http::HeaderValue::from_str(&via).ok()
+    let mut via = Vec::new();
+    joined_lines(received, &http::header::VIA, &mut via);
+    if !via.is_empty() {
+        via.extend_from_slice(b", ");
+    }
+    via.extend_from_slice(via_hop.as_bytes());
+    via.extend_from_slice(b" wsgate");
+    http::HeaderValue::from_bytes(&via).ok()
+}
+
+/// Every field line of `name` in `received`, joined into one list (RFC 9110 §5.3) in `out`,
+/// each line as it was sent: not split at its commas, since a comma inside a quoted string
+/// (`for="_a,b"`) or a comment is not a separator, and with its bytes kept (obs-text is
+/// allowed in a field value, and a proxy passes it on).
+fn joined_lines(received: &http::HeaderMap, name: &http::HeaderName, out: &mut Vec<u8>) {
+    for line in received.get_all(name) {
+        let line = line.as_bytes().trim_ascii();
+        if line.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(line);
+    }
 }
 
 /// One `Forwarded` element (RFC 7239 §4) for this hop: `for` the peer, `proto`, `host`.
@@ -443,6 +469,47 @@ mod tests {
         );
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("example.com").is_err());
+    }
+
+    /// A trusted proxy's `Forwarded` and anyone's `Via` are passed on as they came, this hop
+    /// appended: a comma inside a quoted string is not a list separator (it had become ", "),
+    /// and obs-text bytes stay bytes (they had become U+FFFD).
+    #[test]
+    fn forwarded_and_via_lines_are_extended_as_they_came() {
+        let mut received = HeaderMap::new();
+        received.append(
+            http::header::FORWARDED,
+            HeaderValue::from_static(r#"for="_x,y";proto=https"#),
+        );
+        received.append(
+            http::header::FORWARDED,
+            HeaderValue::from_bytes(b"for=192.0.2.1;host=\"caf\xe9.example\"").unwrap(),
+        );
+        received.append(
+            http::header::VIA,
+            HeaderValue::from_bytes(b"1.1 caf\xe9 (a, b)").unwrap(),
+        );
+        let trusted = [Cidr::parse("127.0.0.1").unwrap()];
+        let client = client_addr(&trusted, "127.0.0.1".parse().unwrap(), &received);
+        let mut out = HeaderMap::new();
+        set_headers(&mut out, &received, &client, ("http", "app.test"), "1.1");
+        assert_eq!(
+            out[http::header::FORWARDED].as_bytes(),
+            &b"for=\"_x,y\";proto=https, for=192.0.2.1;host=\"caf\xe9.example\", \
+               for=127.0.0.1;host=\"app.test\";proto=http"[..]
+        );
+        assert_eq!(
+            out[http::header::VIA].as_bytes(),
+            &b"1.1 caf\xe9 (a, b), 1.1 wsgate"[..]
+        );
+        // From an untrusted peer, `Forwarded` is this hop's alone.
+        let client = client_addr(&[], "127.0.0.1".parse().unwrap(), &received);
+        let mut out = HeaderMap::new();
+        set_headers(&mut out, &received, &client, ("http", "app.test"), "1.1");
+        assert_eq!(
+            out[http::header::FORWARDED],
+            r#"for=127.0.0.1;host="app.test";proto=http"#
+        );
     }
 
     /// A forwarded IPv4-mapped address is its IPv4 address, as a peer's is.
