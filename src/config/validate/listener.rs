@@ -475,8 +475,12 @@ impl Validator<'_> {
 /// Whether two listening addresses take the same port: the same address, or one of them
 /// unspecified (`0.0.0.0` takes the port on every IPv4 address, `[::]` on every address, as
 /// Linux binds it without `IPV6_V6ONLY`). Port 0 (a free port each) never collides.
+///
+/// An IPv4-mapped address (`[::ffff:127.0.0.1]`) is the IPv4 address it maps: Linux binds it
+/// so, and `[::ffff:0.0.0.0]` is `0.0.0.0`.
 pub(super) fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
     let covers = |a: std::net::IpAddr, b: std::net::IpAddr| {
+        let (a, b) = (a.to_canonical(), b.to_canonical());
         a == b || (a.is_unspecified() && (a.is_ipv6() || b.is_ipv4()))
     };
     a.port() != 0 && a.port() == b.port() && (covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))

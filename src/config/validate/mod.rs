@@ -222,6 +222,21 @@ impl Validator<'_> {
             return None;
         }
         let path = self.base.join(s.get_ref());
+        // sockaddr_un's sun_path: 108 bytes, the last a NUL.
+        const SUN_PATH_MAX: usize = 107;
+        let len = path.as_os_str().len();
+        if len > SUN_PATH_MAX {
+            self.err(
+                KEY,
+                span,
+                format!(
+                    "{} is {len} bytes long, and a Unix socket's path can be at most \
+                     {SUN_PATH_MAX}: choose a shorter one (e.g. /run/wsgate/upgrade.sock)",
+                    path.display()
+                ),
+            );
+            return None;
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
             && !dir.is_dir()
         {

@@ -55,7 +55,15 @@ impl Validator<'_> {
 
         let host = r.host.as_ref().and_then(|h| {
             let value = h.get_ref().trim().to_ascii_lowercase();
-            if valid_host_pattern(&value) {
+            if value.parse::<std::net::Ipv6Addr>().is_ok() {
+                // The Host header brackets it, so the bare form would never match.
+                self.err(
+                    format!("{key}.host"),
+                    Some(h.span()),
+                    format!("{value:?} is an IPv6 address: write it in brackets, \"[{value}]\", as the Host header does"),
+                );
+                None
+            } else if valid_host_pattern(&value) {
                 Some(value)
             } else {
                 self.err(
@@ -621,6 +629,11 @@ pub fn parse_backend_url(s: &str) -> Result<BackendUrl, String> {
             None => return Err(format!("{s:?}: unexpected {after:?} after the address")),
         };
         (format!("[{h}]"), port)
+    } else if authority.matches(':').count() > 1 {
+        // `ws://::1:9000` read as host `::1` and port 9000 would make `2001:db8::1:2` port 2.
+        return Err(format!(
+            "{s:?}: an IPv6 address is written in brackets, e.g. \"ws://[::1]:9000/\""
+        ));
     } else {
         match authority.rsplit_once(':') {
             Some((h, p)) => (h.to_string(), Some(p)),
@@ -766,6 +779,53 @@ mod tests {
         }
     }
 
+    /// Config errors found by trying a config as a new user would: each passed `wsgate
+    /// check`, and then failed at run time or never matched.
+    #[test]
+    fn addresses_that_check_passed_and_run_refused_or_never_matched() {
+        let load = |text: &str| {
+            crate::config::from_toml_str(text).map(|_| ()).map_err(|e| {
+                e.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        };
+        let route = "[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"ws://127.0.0.1:9\"]\n";
+        // A route's host as a bare IPv6 address: the Host header brackets it.
+        let e = load(&format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{route}host = \"::1\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("route[0].host") && e.contains("line 7") && e.contains("\"[::1]\""),
+            "{e}"
+        );
+        load(&format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{route}host = \"[::1]\"\n"
+        ))
+        .unwrap();
+        // Two listeners on one address, one of them written IPv4-mapped.
+        let e = load(&format!(
+            "[[listener]]\nlisten = \"127.0.0.1:28192\"\n[[listener]]\nlisten = \"[::ffff:127.0.0.1]:28192\"\n{route}"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("listener[1].listen") && e.contains("line 4"),
+            "{e}"
+        );
+        // An upgrade socket whose path no Unix socket can have.
+        let long = format!("/tmp/{}/upgrade.sock", "d".repeat(110));
+        let e = load(&format!(
+            "[upgrade]\nsocket = \"{long}\"\n[[listener]]\nlisten = \"127.0.0.1:0\"\n{route}"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("upgrade.socket") && e.contains("line 2") && e.contains("at most 107"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn backend_urls() {
         let u = parse_backend_url("ws://127.0.0.1:9000").unwrap();
@@ -785,6 +845,19 @@ mod tests {
             ("::1", 81, "[::1]:81")
         );
         assert!(parse_backend_url("http://x").is_err());
+        // An IPv6 address without brackets: its last group was taken for the port.
+        for bare in [
+            "ws://::1:9001",
+            "ws://2001:db8::5:9000",
+            "ws://::1",
+            "wss://2001:db8::5/x",
+        ] {
+            let e = parse_backend_url(bare).unwrap_err();
+            assert!(
+                e.contains("IPv6 address is written in brackets"),
+                "{bare}: {e}"
+            );
+        }
         assert!(!parse_backend_url("ws://h").unwrap().tls);
         assert!(parse_backend_url("ws://:80").is_err());
         assert!(parse_backend_url("ws://h:0").is_err());
