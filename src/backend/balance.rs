@@ -43,6 +43,17 @@ impl SmoothWeighted {
     }
 }
 
+/// A weighted random order (Efraimidis–Spirakis: each candidate drawn as `-ln(u) / weight`,
+/// smallest first), for where a client whose sticky backend is first goes should that one
+/// fail: spread by weight, and without a turn of the rotation.
+pub fn weighted_random_order(cands: &mut [Candidate]) {
+    // Non-negative, so the bits order as the numbers do; a weight of 0 draws +inf, last.
+    cands.sort_by_cached_key(|c| {
+        let u = 1.0 - rand::random::<f64>();
+        (-u.ln() / c.weight).to_bits()
+    });
+}
+
 /// Fewest live sessions per unit of weight first; ties keep the order they came in (the
 /// round robin's), so equal backends share the load.
 pub fn least_conn_order(cands: &mut [Candidate]) {

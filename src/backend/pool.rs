@@ -168,10 +168,17 @@ impl BackendPool {
                 IpAddr::V6(v6) => balance::hash_bytes(&v6.octets()),
             }),
             // An empty value is no key: every client sending one would land on one backend.
+            // `Host` over HTTP/2 is `:authority` (RFC 9113 §8.3.1), which is not a header.
             Balance::Hash(HashKey::Header(name)) => parts
                 .headers
                 .get(name)
-                .map(|v| v.as_bytes().trim_ascii())
+                .map(|v| v.as_bytes())
+                .or_else(|| {
+                    (name == http::header::HOST)
+                        .then(|| parts.uri.authority().map(|a| a.as_str().as_bytes()))
+                        .flatten()
+                })
+                .map(<[u8]>::trim_ascii)
                 .filter(|v| !v.is_empty())
                 .map(balance::hash_bytes),
             Balance::Hash(HashKey::Cookie(name)) => sticky::cookie(&parts.headers, name)
@@ -260,6 +267,11 @@ impl BackendPool {
         let rotate = |cands: &mut Vec<Candidate>| {
             if sticky.is_none() {
                 self.rr.order(self.backends.len(), cands);
+            } else {
+                // Behind the sticky backend, in case it fails: at random by weight. In list
+                // order every client of a failed backend went to the first one (and got a
+                // cookie for it).
+                balance::weighted_random_order(cands);
             }
         };
         match (&self.config.balance, affinity.key) {
@@ -650,6 +662,59 @@ mod tests {
         let mut none = Affinity::default();
         p.claim_affinity(&mut none, None);
         assert!(none.key.is_none());
+    }
+
+    /// Clients whose sticky backend fails are spread over the others, not all sent to the
+    /// first in the list; and they take no turn of the rotation.
+    #[test]
+    fn the_clients_of_a_failed_sticky_backend_are_spread() {
+        let p = pool(
+            "sticky = { cookie = \"srv\" }\n",
+            "\"ws://a:1\", \"ws://b:1\", \"ws://c:1\", \"ws://d:1\"",
+        );
+        let on_d = Affinity {
+            key: None,
+            sticky: Some(3),
+        };
+        let mut second = std::collections::HashMap::new();
+        for _ in 0..300 {
+            let order = hosts(&p.order(&on_d, Instant::now()));
+            assert_eq!(order[0], "d");
+            *second.entry(order[1].clone()).or_insert(0) += 1;
+        }
+        for h in ["a", "b", "c"] {
+            // 100 each expected; 40 is more than six standard deviations below.
+            assert!(second.get(h).copied().unwrap_or(0) > 40, "{second:?}");
+        }
+        // The rotation has not moved: a client the balancer places starts at the first.
+        let none = Affinity::default();
+        assert_eq!(hosts(&p.order(&none, Instant::now()))[0], "a");
+    }
+
+    /// `hash_key = "header:host"` reads an HTTP/2 request's `:authority`, its Host: the same
+    /// host reaches the same backend over either protocol (HTTP/2 clients were spread).
+    #[test]
+    fn an_http2_authority_is_the_host_key() {
+        let p = pool(
+            "balance = \"hash\"\nhash_key = \"header:host\"\n",
+            "\"ws://a:1\", \"ws://b:1\", \"ws://c:1\"",
+        );
+        let h1 = http::Request::get("/chat")
+            .header("host", "chat.example.com")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let h2 = http::Request::get("https://chat.example.com/chat")
+            .version(http::Version::HTTP_2)
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let ip = "192.0.2.1".parse().unwrap();
+        let (a1, a2) = (p.affinity(&h1, ip), p.affinity(&h2, ip));
+        assert!(a1.key.is_some());
+        assert_eq!(a1.key, a2.key);
     }
 
     #[test]
