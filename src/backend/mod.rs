@@ -206,6 +206,8 @@ pub struct BackendRequest<'a> {
     pub correlation: &'a Correlation,
     /// A non-101 answer's body is read up to this (`limits.max_error_body`).
     pub max_error_body: usize,
+    /// The budget of the warnings about failed attempts (`ProxyState::attempt_log`).
+    pub attempt_log: &'a crate::telemetry::limited::LogLimiter,
 }
 
 /// Builds the upgrade request for the backend: end-to-end headers copied, hop-by-hop ones

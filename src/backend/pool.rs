@@ -359,10 +359,12 @@ impl BackendPool {
             match attempt(req, &lease.backend, share).await {
                 Ok(up) => {
                     lease.backend.health.passive_success();
-                    if !failures.is_empty() {
+                    if let Some(first) = failures.first()
+                        && let Some(line) = req.attempt_log.admit(first.outcome())
+                    {
                         let failed: Vec<String> =
                             failures.iter().map(BackendError::attempt_text).collect();
-                        tracing::warn!(session = req.session, request_id = req.correlation.request_id(), route = %self.route, backend = %lease.backend.name, failed = %failed.join("; "), "failed over to the next backend");
+                        tracing::warn!(session = req.session, request_id = req.correlation.request_id(), route = %self.route, backend = %lease.backend.name, failed = %failed.join("; "), suppressed = line.suppressed(), "failed over to the next backend");
                     }
                     return Ok((up, lease));
                 }
@@ -371,7 +373,11 @@ impl BackendPool {
                     return Err(e.from_backend(&lease.backend.name));
                 }
                 Err(e) => {
-                    tracing::warn!(session = req.session, request_id = req.correlation.request_id(), route = %self.route, backend = %lease.backend.name, error = %e.attempt_text(), "backend handshake failed");
+                    // Limited as the refusals are: a route whose backend is down would write
+                    // one per handshake, at the clients' pace.
+                    if let Some(line) = req.attempt_log.admit(e.outcome()) {
+                        tracing::warn!(session = req.session, request_id = req.correlation.request_id(), route = %self.route, backend = %lease.backend.name, error = %e.attempt_text(), suppressed = line.suppressed(), "backend handshake failed");
+                    }
                     self.failed(&lease.backend, Instant::now());
                     failures.push(e.from_backend(&lease.backend.name));
                 }

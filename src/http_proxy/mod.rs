@@ -247,6 +247,7 @@ async fn exchange(
         affinity,
         body: state.clone(),
         tried: tried.clone(),
+        attempt_log: cx.state.attempt_log.clone(),
     };
     let deadline = http
         .request_timeout
@@ -407,6 +408,8 @@ struct Exchange {
     affinity: crate::backend::Affinity,
     /// Set to each backend as it is asked.
     tried: record::Tried,
+    /// The budget of the warnings about failed attempts (`ProxyState::attempt_log`).
+    attempt_log: Arc<crate::telemetry::limited::LogLimiter>,
 }
 
 /// The backend's response head, and which backend gave it.
@@ -473,7 +476,9 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
                 // nothing reached it, so the next backend is tried, as after a connect
                 // failure, and the failure is the TLS one it is on the WebSocket path.
                 all_timeouts = false;
-                tracing::warn!(route = %route.name, backend = &*target.name, error = %reason, "backend TLS handshake refused");
+                if let Some(line) = ex.attempt_log.admit(Outcome::BackendTls) {
+                    tracing::warn!(route = %route.name, backend = &*target.name, error = %reason, suppressed = line.suppressed(), "backend TLS handshake refused");
+                }
                 targets.failed(i, Outcome::BackendTls, route);
                 failures.push(format!("{}: {reason}", target.name));
                 order.next();
@@ -489,8 +494,10 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
                     conn.poison();
                 }
                 targets.passed(i, &route.pool);
-                if !failures.is_empty() {
-                    tracing::warn!(route = %route.name, backend = &*target.name, failed = %failures.join("; "), "failed over to the next backend");
+                if !failures.is_empty()
+                    && let Some(line) = ex.attempt_log.admit(Outcome::BackendUnreachable)
+                {
+                    tracing::warn!(route = %route.name, backend = &*target.name, failed = %failures.join("; "), suppressed = line.suppressed(), "failed over to the next backend");
                 }
                 return Ok(Forwarded {
                     response,
@@ -509,7 +516,9 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
                     Outcome::BackendUnreachable
                 };
                 let detail = crate::http_client::error_chain(&e);
-                tracing::warn!(route = %route.name, backend = &*target.name, error = %detail, "backend connect failed");
+                if let Some(line) = ex.attempt_log.admit(outcome) {
+                    tracing::warn!(route = %route.name, backend = &*target.name, error = %detail, suppressed = line.suppressed(), "backend connect failed");
+                }
                 targets.failed(i, outcome, route);
                 failures.push(format!("{}: {detail}", target.name));
                 order.next();

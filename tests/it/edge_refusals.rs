@@ -396,3 +396,40 @@ async fn a_flood_of_refusals_writes_a_bounded_number_of_lines() {
     assert!(r["client"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert!(r.get("suppressed").is_none(), "{r}");
 }
+
+/// The warning each failed backend attempt writes is under the refusals' budget too: a route
+/// whose one backend is down (never ejected: `max_ejected_percent`) wrote one line per
+/// handshake however fast clients came, beside the refusal records the budget held.
+#[tokio::test]
+async fn a_flood_of_failed_backend_attempts_writes_a_bounded_number_of_lines() {
+    const PER_SECOND: u64 = 10;
+    let dir = TempDir::new("attempts");
+    let backend = format!("ws://{}", closed_port().await);
+    let toml = format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
+        route("r", "/", &[backend])
+    );
+    let (_child, mut records, addr) = run_binary(&dir, &toml).await;
+    let addr: SocketAddr = addr.parse().unwrap();
+    let (mut attempts, mut suppressed) = (0u64, 0u64);
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < 60 || suppressed == 0 {
+        assert!(start.elapsed() < STEP, "no line with `suppressed` in time");
+        let answer = answer_to(addr, upgrade_request("/", "").into_bytes()).await;
+        assert_eq!(answer.status, 502);
+        sent += 1;
+        while let Ok(r) = records.try_recv() {
+            if r["message"] == "backend handshake failed" {
+                attempts += 1;
+                suppressed += r["suppressed"].as_u64().unwrap_or(0);
+            }
+        }
+    }
+    let windows = start.elapsed().as_secs() + 2;
+    assert!(
+        attempts <= PER_SECOND * windows && attempts < sent,
+        "{attempts} lines for {sent} failed attempts in {:?}",
+        start.elapsed()
+    );
+}
