@@ -740,12 +740,18 @@ fn record_refusal(
     parts: &Parts,
     err: &ProxyError,
 ) -> StatusCode {
-    // Over HTTP/2 there is no Upgrade and no connection to close: no 426.
+    // Over HTTP/2 there is no Upgrade and no connection to close: no 426, the proxy's or
+    // the backend's (whose `Sec-WebSocket-Version`, if it sent one, goes with the 400).
     let status = match err {
         ProxyError::Handshake(hs) if parts.version == http::Version::HTTP_2 => {
             hs.status_for(Transport::H2)
         }
-        other => other.status(),
+        other => match other.status() {
+            StatusCode::UPGRADE_REQUIRED if parts.version == http::Version::HTTP_2 => {
+                StatusCode::BAD_REQUEST
+            }
+            status => status,
+        },
     };
     let counts = route.map_or(&state.unrouted_refusals, |r| &r.refusals);
     counts.add_status(err.outcome(), status.as_u16());

@@ -169,6 +169,31 @@ async fn many_websockets_on_one_h2_connection() {
     assert!(!conn.task.is_finished());
 }
 
+/// A backend's 426 reaches an HTTP/2 client as 400 with the backend's
+/// `Sec-WebSocket-Version`: over HTTP/2 there is no `Upgrade`, and a 426 without one breaks
+/// RFC 9110 §15.5.22 (it was passed on as 426, its `Upgrade` removed).
+#[tokio::test]
+async fn a_backends_426_is_a_400_over_h2() {
+    let ca = TestCa::new();
+    let (b, _seen) = scripted_backend(
+        b"HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Version: 13, 8\r\nContent-Length: 0\r\n\r\n"
+            .to_vec(),
+    )
+    .await;
+    let (cert, key) = ca.leaf("gw", &["localhost"]);
+    let gw = Gateway::spawn(&format!(
+        "{}\n[[route]]\nname = \"app\"\npath = \"/\"\nbackends = [\"ws://{b}\"]\n",
+        tls_listener(&cert, &key, "")
+    ))
+    .await;
+    let mut conn = h2_over_tls(&ca, &gw).await;
+    let resp = conn.connect("https", "/", |_| {}).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(resp.headers()["sec-websocket-version"], "13, 8");
+    assert!(resp.headers().get("upgrade").is_none());
+}
+
 #[tokio::test]
 async fn refusals_over_h2_use_http_statuses_and_keep_the_connection() {
     let (backend, _gw, mut conn, _ca) = h2_gateway("origins = [\"https://app.example\"]").await;

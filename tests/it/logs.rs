@@ -884,6 +884,19 @@ async fn a_backends_refusal_names_the_backend_in_its_record() {
             .await;
         let reason = text(&r, "reason");
         assert!(reason.contains(&format!("ws://{backend}")), "{reason}");
+        // A backend's 4xx is its word on the client's request, logged as the proxy's own
+        // refusals of a client are (it was a warning, "fault": "backend"); its failures are
+        // the backend's.
+        let (level, fault) = if outcome == "backend_refused" {
+            ("INFO", "client")
+        } else {
+            ("WARN", "backend")
+        };
+        assert_eq!(
+            (text(&r, "level"), text(&r, "fault")),
+            (level.into(), fault.into()),
+            "{r:?}"
+        );
         if outcome == "backend_handshake_timeout" {
             // The attempt's share of the budget, to the millisecond.
             assert!(reason.ends_with("within 300ms"), "{reason}");
