@@ -51,25 +51,53 @@ fn split_host_port(s: &str) -> Option<(&str, Option<u16>)> {
         let (host, after) = rest.split_once(']')?;
         return match after {
             "" => Some((host, None)),
-            p => Some((host, Some(p.strip_prefix(':')?.parse().ok()?))),
+            p => Some((host, Some(port(p.strip_prefix(':')?)?))),
         };
     }
     match s.rsplit_once(':') {
-        Some((h, p)) => Some((h, Some(p.parse().ok()?))),
+        Some((h, p)) => Some((h, Some(port(p)?))),
         None => Some((s, None)),
     }
 }
 
+/// A port as URLs write it: digits only (`u16::from_str` takes `+443` too).
+fn port(p: &str) -> Option<u16> {
+    if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    p.parse().ok()
+}
+
 impl Origin {
-    /// Parses an `Origin` header value (RFC 6454 §7): `scheme://host[:port]`, nothing after.
+    /// Parses an `Origin` header value (RFC 6454 §7): `scheme://host[:port]`, nothing after,
+    /// as a browser serialises it: a host of letters, digits, `-`, `.` and `_` (a non-ASCII
+    /// name goes as punycode), or an IP literal, and a port without sign or leading zero.
+    /// Anything else no browser sends, and it must not match a wildcard by its tail:
+    /// `https://evil.com\.example.com` is host `evil.com` to a WHATWG URL parser.
     pub fn parse(s: &str) -> Option<Origin> {
         let (scheme, rest) = s.split_once("://")?;
         let scheme = scheme.to_ascii_lowercase();
-        if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+        if scheme.is_empty()
+            || !scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+            || rest.is_empty()
+            || rest.contains(['/', '?', '#', '@'])
+        {
             return None;
         }
         let (host, port) = split_host_port(rest)?;
-        if host.is_empty() {
+        let bracketed = rest.starts_with('[');
+        let host_ok = if bracketed {
+            host.parse::<std::net::Ipv6Addr>().is_ok()
+        } else {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+        };
+        let port_text = rest.rsplit_once(':').map(|(_, p)| p);
+        if !host_ok || port.is_some() && port_text.is_some_and(|p| p.starts_with('0')) {
             return None;
         }
         let port = port.or_else(|| default_port(&scheme))?;
@@ -179,12 +207,14 @@ impl OriginPolicy {
                 Err("no Origin header, and this route refuses handshakes without one".into())
             };
         };
-        let Some(parsed) = Origin::parse(raw.trim()) else {
-            // `null` (sandboxed frames, file: pages) and anything malformed.
-            return Err(format!("origin {raw:?} is not allowed"));
-        };
         let Some(rules) = &self.rules else {
+            // Any origin (`missing_origin = "refuse"` alone): one there must be, whatever it
+            // is, `null` (sandboxed frames, file: pages) included.
             return Ok(());
+        };
+        let Some(parsed) = Origin::parse(raw.trim()) else {
+            // `null` and anything malformed match no entry.
+            return Err(format!("origin {raw:?} is not allowed"));
         };
         if rules.iter().any(|r| r.matches(&parsed, request)) {
             Ok(())
@@ -274,6 +304,43 @@ mod tests {
         };
         assert!(any.check(Some("https://anything.test"), None).is_ok());
         assert!(any.check(None, None).is_err());
+        // An Origin is there, if opaque: a sandboxed frame's, a file: page's.
+        assert!(any.check(Some("null"), None).is_ok());
+        assert!(any.check(Some("file://"), None).is_ok());
+    }
+
+    /// Origins no browser serialises match nothing, a wildcard by its tail least of all
+    /// (`https://evil.com\.example.com` is host `evil.com` to a WHATWG URL parser).
+    #[test]
+    fn malformed_origins_match_nothing() {
+        let p = policy(&["https://*.example.com", "https://app.test:8443"], true);
+        for bad in [
+            "https://evil.com\\.example.com",
+            "https://evil.com%2f.example.com",
+            "https://*.example.com",
+            "https://b\u{fc}cher.example.com",
+            "https://a b.example.com",
+            "https://evil.com\".example.com",
+            "https://x.example.com:+443",
+            "https://x.example.com:0443",
+            "https://app.test:08443",
+            "https://app.test:",
+            "https://[::1.example.com",
+            "ht tps://x.example.com",
+        ] {
+            assert!(p.check(Some(bad), None).is_err(), "{bad}");
+        }
+        for good in [
+            "https://x.example.com",
+            "https://a-b.c_d.example.com",
+            "https://X.EXAMPLE.COM:443",
+            "https://app.test:8443",
+        ] {
+            assert!(p.check(Some(good), None).is_ok(), "{good}");
+        }
+        let v6 = policy(&["http://[::1]:8080"], true);
+        assert!(v6.check(Some("http://[::1]:8080"), None).is_ok());
+        assert!(v6.check(Some("http://[::1]:08080"), None).is_err());
     }
 
     #[test]
