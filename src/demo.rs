@@ -99,6 +99,16 @@ async fn echo_handshake(
         Err(e) => {
             let mut r = Response::new(Full::new(Bytes::from(format!("{e}\n"))));
             *r.status_mut() = e.status();
+            // A 426 names the protocol to upgrade to (RFC 9110 §15.5.22), and the version
+            // answers say which one this server speaks.
+            for (name, value) in e.response_headers() {
+                r.headers_mut().append(name, value);
+            }
+            if r.headers().contains_key(header::UPGRADE) {
+                // Listed in Connection, as RFC 9110 §7.8 asks of a response naming it.
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            }
             return Ok(r);
         }
     };
@@ -150,7 +160,9 @@ fn greeting(headers: &http::HeaderMap) -> String {
     } else if hop == "1.1 wsgate" {
         "HTTP/1.1 (Upgrade)"
     } else {
-        "an unknown transport"
+        return "wsgate demo: this WebSocket came straight to the echo backend, not through \
+                wsgate (no Via from it)"
+            .to_string();
     };
     format!("wsgate demo: this WebSocket reached wsgate over {transport}; Via: {via}")
 }

@@ -56,6 +56,7 @@ enum Command {
     /// one text message, then echoes. (For benchmarks use the load generator's `wsload echo`,
     /// which echoes only: see benches/README.md.)
     Echo {
+        /// Where the echo backend listens, e.g. 127.0.0.1:9001 or [::1]:9001
         #[arg(long, default_value = "127.0.0.1:9001")]
         listen: SocketAddr,
     },

@@ -44,6 +44,8 @@ pub const DEFAULT_FILTER: &str = "info,rustls=error";
 #[must_use = "dropping the guard stops the log writer"]
 pub fn init(format: LogFormat) -> writer::WriterGuard {
     let (filter, rejected) = filter_from(std::env::var_os("RUST_LOG"));
+    // No directive parsed: the default filter is the one in force.
+    let defaulted = filter.to_string() == EnvFilter::new(DEFAULT_FILTER).to_string();
     // Colours only on a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
@@ -65,11 +67,19 @@ pub fn init(format: LogFormat) -> writer::WriterGuard {
     for (directive, error) in rejected {
         // At `error` where what is left filters warnings out (`RUST_LOG=error,x=debg`).
         if tracing::enabled!(tracing::Level::WARN) {
-            tracing::warn!(
-                directive,
-                error,
-                "RUST_LOG: this directive does not parse and is ignored (the others apply; none left: the default, {DEFAULT_FILTER})"
-            );
+            if defaulted {
+                tracing::warn!(
+                    directive,
+                    error,
+                    "RUST_LOG: this directive does not parse and is ignored (none left: the default applies, {DEFAULT_FILTER})"
+                );
+            } else {
+                tracing::warn!(
+                    directive,
+                    error,
+                    "RUST_LOG: this directive does not parse and is ignored (the others apply)"
+                );
+            }
         } else {
             tracing::error!(
                 directive,

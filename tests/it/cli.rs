@@ -534,7 +534,26 @@ async fn rust_log_never_hides_a_failed_start_and_a_bad_directive_is_named() {
             .find(|r| r.get("directive").as_deref() == Some("wsgate=debg"));
         let named = named.unwrap_or_else(|| panic!("the bad directive is not named: {err}"));
         assert_eq!(named.get("level").as_deref(), Some(level), "{err}");
+        // The others apply, and the line says so (it said the default did, always).
+        let message = named.get("message").unwrap_or_default();
+        assert!(
+            message.contains("(the others apply)") && !message.contains("default"),
+            "{message}"
+        );
     }
+    // Nothing left but the bad one: the default applies, and the line says which.
+    let out = Command::new(BIN)
+        .env("RUST_LOG", "wsgate=debg")
+        .args(["--log-format", "json", "check", "--config"])
+        .arg(&good)
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("none left: the default applies, info,rustls=error"),
+        "{err}"
+    );
 }
 
 /// SIGQUIT is nginx's graceful stop: here too a drain (1001 to the session, exit 0), not the

@@ -901,3 +901,22 @@ async fn the_built_in_echo_backend_takes_a_full_request_and_its_forwarding_heade
     let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", &extra).as_bytes()).await;
     assert_eq!(resp.status, 101, "{}", resp.body);
 }
+
+/// The built-in echo backend reached directly: its 426 names the protocol (RFC 9110
+/// §15.5.22: a 426 without `Upgrade` had told the client nothing), and its greeting does not
+/// claim the session came through wsgate.
+#[tokio::test]
+async fn the_built_in_echo_backend_on_its_own_says_so() {
+    let echo = wsgate::demo::start_echo_backend("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (_s, resp) = raw_exchange(echo, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(resp.status, 426);
+    assert_eq!(resp.header("upgrade").as_deref(), Some("websocket"));
+    assert_eq!(resp.header("connection").as_deref(), Some("upgrade"));
+    let (mut ws, _) = connect(&format!("ws://{echo}/")).await;
+    match next_data(&mut ws).await {
+        Message::Text(t) => assert!(t.as_str().contains("not through wsgate"), "{t}"),
+        other => panic!("{other:?}"),
+    }
+}
