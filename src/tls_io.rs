@@ -825,7 +825,7 @@ fn unserved(
     }
     invalid_data(match alert {
         rustls::AlertDescription::MissingExtension => {
-            "the client sent no server name (SNI), and the listener has no default certificate"
+            "the client sent no host name as its server name (SNI; an IP address is none, RFC 6066 §3), and the listener has no default certificate"
         }
         _ => "no certificate for the server name (SNI) the client sent",
     })

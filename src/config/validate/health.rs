@@ -55,6 +55,15 @@ impl Validator<'_> {
                 .ok()
                 .map(HashKey::Header)
         } else if let Some(n) = named("cookie:") {
+            if !valid_cookie_name(n) {
+                // It would never match: every client balanced round robin, silently.
+                self.err(
+                    format!("{key}.hash_key"),
+                    Some(value.span()),
+                    format!("{n:?} is not a cookie name (RFC 6265 token)"),
+                );
+                return DEFAULT_HASH_KEY;
+            }
             Some(HashKey::Cookie(n.to_string()))
         } else if let Some(n) = named("query:") {
             Some(HashKey::Query(n.to_string()))
@@ -387,6 +396,12 @@ mod tests {
                 "route[0].hash_key",
                 7,
                 "not \"hash\"",
+            ),
+            (
+                "balance = \"hash\"\nhash_key = \"cookie:a=b\"\n",
+                "route[0].hash_key",
+                8,
+                "\"a=b\" is not a cookie name",
             ),
             (
                 "balance = \"hash\"\nhash_key = \"claim:sub\"\n",
