@@ -688,11 +688,14 @@ impl Signals {
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
             .env_remove("LISTEN_FDNAMES")
+            // The two processes write to one stderr from now on: each line says whose it is.
+            .env(wsgate::telemetry::PID_ENV, "1")
             .spawn();
         match spawned {
             Ok(mut child) => {
+                wsgate::telemetry::show_pid();
                 let pid = child.id().unwrap_or(0);
-                tracing::info!(exe = %exe.display(), pid, "SIGUSR2: started the new binary; it takes the listening sockets over");
+                tracing::info!(exe = %exe.display(), new_pid = pid, "SIGUSR2: started the new binary; it takes the listening sockets over");
                 let successor = self.successor.clone();
                 successor.store(pid.max(1), std::sync::atomic::Ordering::Release);
                 let draining = handle.stopping_token();
@@ -831,7 +834,7 @@ fn successor_running(successor: &std::sync::atomic::AtomicU32) -> bool {
     let running = successor.load(std::sync::atomic::Ordering::Acquire);
     if running != 0 {
         tracing::warn!(
-            pid = running,
+            new_pid = running,
             "SIGUSR2: the new binary an earlier SIGUSR2 started is still running (it has taken the sockets over, or is taking them): ignored; signal that process instead"
         );
     }

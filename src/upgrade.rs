@@ -224,6 +224,9 @@ pub async fn take_over(path: &Path) -> std::io::Result<Option<(Predecessor, Inhe
             return Err(with_context(e, &format!("cannot reach {}", path.display())));
         }
     };
+    // Two processes write to one stderr from now on (when the operator started this one by
+    // hand, not through SIGUSR2): each line says whose it is.
+    crate::telemetry::show_pid();
     let hello = format!("{HELLO} {}\n", std::process::id());
     let mut lines = BufReader::new(stream);
     step(lines.get_mut().write_all(hello.as_bytes())).await?;
@@ -352,6 +355,7 @@ async fn hand_over(state: &ProxyState, stream: UnixStream) -> std::io::Result<u3
     if hello.trim().strip_prefix(HELLO).is_none() {
         return Err(protocol(&format!("unknown hello {:?}", hello.trim())));
     }
+    crate::telemetry::show_pid();
     // The successor's pid (told to systemd as the new main PID) from the kernel, not from the
     // text it sent.
     let pid = peer_pid(lines.get_ref())

@@ -254,7 +254,7 @@ async function run(ctx, origin, opts) {
   const started = await waitForRecord(logFile, (r) => /^SIGUSR2: started the new binary/.test(r.message || ""), 10000, "'SIGUSR2: started the new binary'");
   const ready = await waitForRecord(logFile, (r) => r.message === "the previous process has stopped accepting and drains", 20000, "'the previous process has stopped accepting and drains' (the successor serving)");
   const tReady = Date.now();
-  log(`SIGUSR2 to ${pid}: successor ${started.pid} (${started.exe}) serves ${tReady - tUsr2} ms later ("${ready.message}")`);
+  log(`SIGUSR2 to ${pid}: successor ${started.new_pid} (${started.exe}) serves ${tReady - tUsr2} ms later ("${ready.message}")`);
   // The old process sends GOAWAY on its h2 connections at the hand-over, before the
   // successor logs this line (its drain proper may begin up to handshake_timeout later: it
   // first answers every connection it had accepted, and Chromium sometimes opens a spare

@@ -94,6 +94,9 @@ fn format_line(event: &Event<'_>) -> Result<String, fmt::Error> {
     let mut obj = Object::new();
     obj.entry("timestamp", &timestamp);
     obj.entry("level", meta.level().as_str());
+    if let Some(pid) = super::shown_pid() {
+        obj.entry("pid", &pid);
+    }
     let mut fields = Fields {
         obj,
         log_target: None,

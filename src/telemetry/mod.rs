@@ -13,9 +13,30 @@ pub mod writer;
 
 pub use json::list;
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use tracing_subscriber::EnvFilter;
 
 use crate::outcome::Outcome;
+
+/// This process's id, once its lines must say whose they are (0 until then): the two
+/// processes of a binary upgrade write to one stderr (one journal stream, which systemd
+/// attributes to the first), and an operator could not tell their lines apart.
+static PID: AtomicU32 = AtomicU32::new(0);
+
+/// Set in a successor's environment by the process that starts it (SIGUSR2): its lines carry
+/// its pid from the first.
+pub const PID_ENV: &str = "WSGATE_LOG_PID";
+
+/// From now on every log line carries this process's `pid`.
+pub fn show_pid() {
+    PID.store(std::process::id(), Ordering::Relaxed);
+}
+
+/// The pid a line carries, if lines carry one ([`show_pid`]).
+pub(crate) fn shown_pid() -> Option<u32> {
+    Some(PID.load(Ordering::Relaxed)).filter(|&p| p != 0)
+}
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -43,6 +64,9 @@ pub const DEFAULT_FILTER: &str = "info,rustls=error";
 /// the process logs: dropping it writes what is left.
 #[must_use = "dropping the guard stops the log writer"]
 pub fn init(format: LogFormat) -> writer::WriterGuard {
+    if std::env::var_os(PID_ENV).is_some() {
+        show_pid();
+    }
     let (filter, rejected) = filter_from(std::env::var_os("RUST_LOG"));
     // No directive parsed: the default filter is the one in force.
     let defaulted = filter.to_string() == EnvFilter::new(DEFAULT_FILTER).to_string();

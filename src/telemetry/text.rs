@@ -79,6 +79,9 @@ where
         writer.write_str(meta.target())?;
         writer.write_str(": ")?;
         ctx.format_fields(writer.by_ref(), event)?;
+        if let Some(pid) = super::shown_pid() {
+            write!(writer, " pid={pid}")?;
+        }
         writer.write_str("\n")
     }
 }

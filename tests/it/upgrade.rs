@@ -311,7 +311,7 @@ async fn sigusr2_starts_the_successor_and_the_old_process_exits() {
     })
     .await;
     let successor: Value = serde_json::from_str(&started).unwrap();
-    let successor = successor["pid"].as_u64().expect("pid") as u32;
+    let successor = successor["new_pid"].as_u64().expect("pid") as u32;
     // Stopped whatever the test's outcome: a successor left running holds the test's pipes.
     let _stop = StopOnDrop(u64::from(successor));
     // A second SIGUSR2 while that one runs starts no second successor, and says why.
@@ -321,13 +321,30 @@ async fn sigusr2_starts_the_successor_and_the_old_process_exits() {
     })
     .await;
     let ignored: Value = serde_json::from_str(&ignored).unwrap();
-    assert_eq!(ignored["pid"].as_u64(), Some(u64::from(successor)));
+    assert_eq!(ignored["new_pid"].as_u64(), Some(u64::from(successor)));
     // The hand-over may have come before that refusal (the old process refuses it while it
     // drains too): read on only if it has not.
     let handed = |l: &str| l.contains("handed the listening sockets over");
     if !seen.iter().any(|l| handed(l)) {
         wait_line(&mut log, &mut seen, "the hand-over", handed).await;
     }
+    // The two processes share this stderr: from the upgrade on, each line says whose it is;
+    // before it, none had to.
+    let own = |l: &str| serde_json::from_str::<Value>(l).unwrap()["pid"].as_u64();
+    let old_pid = u64::from(old.id().unwrap());
+    let line = |what: &str| seen.iter().find(|l| l.contains(what)).unwrap().clone();
+    assert_eq!(own(&line("\"listening\"")), None);
+    assert_eq!(own(&line("started the new binary")), Some(old_pid));
+    assert_eq!(
+        own(&line("handed the listening sockets over")),
+        Some(old_pid)
+    );
+    let took = |l: &str| l.contains("took the listening sockets over");
+    let took = match seen.iter().find(|l| took(l)) {
+        Some(l) => l.clone(),
+        None => wait_line(&mut log, &mut seen, "the successor's take-over", took).await,
+    };
+    assert_eq!(own(&took), Some(u64::from(successor)));
     assert_eq!(u16::from(next_close(&mut on_old).await.code), 1001);
     drop(on_old);
     let status = wait_exit(&mut old).await;
@@ -397,7 +414,7 @@ async fn sigusr2_starts_the_symlinks_binary_and_the_old_process_drains_on() {
     })
     .await;
     let successor: Value = serde_json::from_str(&started).unwrap();
-    let successor = successor["pid"].as_u64().expect("pid");
+    let successor = successor["new_pid"].as_u64().expect("pid");
     // Stopped whatever the test's outcome: a successor left running holds the test's pipes.
     let _stop = StopOnDrop(successor);
     assert_eq!(field(&started, "exe"), link.display().to_string());
@@ -823,7 +840,7 @@ async fn after_a_binary_upgrade_the_socket_systemd_passed_is_still_kept() {
     })
     .await;
     let successor: Value = serde_json::from_str(&started).unwrap();
-    let successor = successor["pid"].as_u64().expect("pid");
+    let successor = successor["new_pid"].as_u64().expect("pid");
     let _stop = StopOnDrop(successor);
     wait_line(&mut log, &mut seen, "the hand-over", |l| {
         l.contains("handed the listening sockets over")
