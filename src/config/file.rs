@@ -9,6 +9,19 @@ use toml::Spanned;
 /// A string value with its place in the file.
 pub type SpStr = Spanned<String>;
 
+/// A file's path (`#[serde(default, deserialize_with = "path")]`), never empty: joined to the
+/// config's directory, an empty one named that directory, and the error said "Is a
+/// directory" (or, from a relative `--config`, "cannot read : No such file or directory").
+fn path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SpStr>, D::Error> {
+    let s = Option::<SpStr>::deserialize(d)?;
+    if s.as_ref().is_some_and(|s| s.get_ref().trim().is_empty()) {
+        return Err(serde::de::Error::custom(
+            "is empty: give a file's path (a relative one is read from the config file's directory)",
+        ));
+    }
+    Ok(s)
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
@@ -72,6 +85,7 @@ pub struct FileAdmin {
     /// The environment variable holding the bearer token.
     pub token_env: Option<SpStr>,
     /// The file holding the bearer token (surrounding whitespace is not part of it).
+    #[serde(default, deserialize_with = "path")]
     pub token_file: Option<SpStr>,
     /// The same table as a listener's `tls`.
     pub tls: Option<Spanned<FileTls>>,
@@ -121,8 +135,11 @@ pub struct FileListener {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileTls {
+    #[serde(default, deserialize_with = "path")]
     pub cert: Option<SpStr>,
+    #[serde(default, deserialize_with = "path")]
     pub key: Option<SpStr>,
+    #[serde(default, deserialize_with = "path")]
     pub client_ca: Option<SpStr>,
     pub client_auth: Option<SpStr>,
     pub client_subject_header: Option<SpStr>,
@@ -138,7 +155,9 @@ pub struct FileTls {
 #[serde(deny_unknown_fields)]
 pub struct FileSni {
     pub hosts: Option<Spanned<Vec<SpStr>>>,
+    #[serde(default, deserialize_with = "path")]
     pub cert: Option<SpStr>,
+    #[serde(default, deserialize_with = "path")]
     pub key: Option<SpStr>,
 }
 
@@ -247,6 +266,7 @@ pub struct FileSticky {
     /// An environment variable holding the key the cookie is signed with.
     pub secret_env: Option<SpStr>,
     /// A file holding that key.
+    #[serde(default, deserialize_with = "path")]
     pub secret_file: Option<SpStr>,
 }
 
@@ -327,14 +347,18 @@ pub struct FileJwt {
     /// Name of an environment variable holding an HMAC secret.
     pub secret_env: Option<SpStr>,
     /// A file holding an HMAC secret (one trailing newline is not part of it).
+    #[serde(default, deserialize_with = "path")]
     pub secret_file: Option<SpStr>,
     /// A PEM public key: RSA, EC P-256/P-384 or Ed25519 (`PUBLIC KEY` or `RSA PUBLIC KEY`).
+    #[serde(default, deserialize_with = "path")]
     pub public_key: Option<SpStr>,
     /// A JWKS document on disk.
+    #[serde(default, deserialize_with = "path")]
     pub jwks_file: Option<SpStr>,
     /// A JWKS document fetched over HTTP(S), cached and refreshed.
     pub jwks_url: Option<SpStr>,
     /// PEM CA bundle for an `https://` `jwks_url` (else the system roots).
+    #[serde(default, deserialize_with = "path")]
     pub jwks_ca: Option<SpStr>,
     /// How old the fetched key set may get before it is fetched again (default `"5m"`).
     pub jwks_refresh: Option<SpStr>,
@@ -411,6 +435,7 @@ pub struct FileForwardAuth {
     /// How long an allow decision is reused for an identical request (default off).
     pub cache: Option<SpStr>,
     /// PEM CA bundle to verify an `https://` auth service with (default: the system's roots).
+    #[serde(default, deserialize_with = "path")]
     pub ca: Option<SpStr>,
     /// The allowing answer's header that names the authenticated user, for the access log.
     pub user_header: Option<SpStr>,
@@ -420,11 +445,14 @@ pub struct FileForwardAuth {
 #[serde(deny_unknown_fields)]
 pub struct FileBackendTls {
     /// PEM CA bundle to verify backend certificates with, instead of the system roots.
+    #[serde(default, deserialize_with = "path")]
     pub ca: Option<SpStr>,
     /// Development only: accept any backend certificate (logged as a warning at every start).
     pub insecure_skip_verify: Option<bool>,
     /// A client certificate toward the backend (mutual TLS).
+    #[serde(default, deserialize_with = "path")]
     pub client_cert: Option<SpStr>,
+    #[serde(default, deserialize_with = "path")]
     pub client_key: Option<SpStr>,
 }
 

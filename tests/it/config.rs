@@ -582,6 +582,43 @@ fn the_upgrade_socket_must_be_a_socket_path_in_a_directory_that_exists() {
     assert_eq!(config.upgrade_socket.as_deref(), Some(fine.as_path()));
 }
 
+/// A file's path given empty is named as empty, on its key and line: joined to the config's
+/// directory it named the directory, and the error said "Is a directory".
+#[test]
+fn an_empty_file_path_is_named_as_empty() {
+    let route = "[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"ws://127.0.0.1:1\"]\n";
+    for (table, key, line) in [
+        (
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \" \"\n",
+            "admin.token_file",
+            3,
+        ),
+        (
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"\"\nkey = \"k.pem\"\n",
+            "listener[0].tls.cert",
+            4,
+        ),
+        (
+            &format!("{route}[route.auth.jwt]\nsecret_file = \"\"\n"),
+            "route[0].auth.jwt.secret_file",
+            6,
+        ),
+        (
+            &format!("{route}[route.backend_tls]\nca = \"\"\n"),
+            "route[0].backend_tls.ca",
+            6,
+        ),
+    ] {
+        let errs = wsgate::config::from_toml_str(&format!("{table}{route}")).unwrap_err();
+        assert!(
+            errs.iter().any(|e| e.key == key
+                && e.line == Some(line)
+                && e.message.starts_with("is empty: give a file's path")),
+            "{key}: {errs:?}"
+        );
+    }
+}
+
 /// Two listeners that would take the same port are refused by `check`, not by the bind at
 /// start: the same address twice, or an address beside the unspecified one on its port.
 #[test]
