@@ -493,6 +493,14 @@ fn tls_failure(e: &std::io::Error, host: &str, client_cert: bool) -> String {
         E::InvalidCertificate(C::BadSignature) => {
             "the backend's certificate chain has a bad signature".to_string()
         }
+        E::InvalidCertificate(C::Other(other))
+            if other.to_string().contains("CaUsedAsEndEntity") =>
+        {
+            "the backend's certificate is a CA certificate (CA:TRUE, as `openssl req -x509` \
+             makes by default), which a server may not present: issue the backend a server \
+             certificate from that CA, or give it one without CA:TRUE"
+                .to_string()
+        }
         E::InvalidCertificate(_) => "the backend's certificate was not accepted".to_string(),
         E::AlertReceived(alert) => alert_failure(*alert, client_cert),
         E::InvalidMessage(_) => {

@@ -103,7 +103,9 @@ pub async fn read_head<I: AsyncRead + Unpin>(
         buf.reserve(FIRST_READ.max(buf.len()));
         let n = io.read_buf(buf).await.map_err(|e| {
             match client_cert.filter(|_| !answered) {
-                Some(cert) => super::alert_refusal(&e, cert).map(BackendError::Tls),
+                Some(cert) => super::alert_refusal(&e, cert)
+                    .map(BackendError::Tls)
+                    .or_else(|| closed_after_handshake(&e, cert)),
                 None => None,
             }
             .unwrap_or_else(|| BackendError::Io(e.to_string()))
@@ -117,6 +119,24 @@ pub async fn read_head<I: AsyncRead + Unpin>(
             }));
         }
     }
+}
+
+/// A `wss://` backend that closed its connection (without `close_notify`) before any byte
+/// of its answer: said in words, not as rustls's "peer closed connection without sending TLS
+/// close_notify". Under TLS 1.3 a server that refuses wsgate's client certificate without an
+/// alert does just that, on this first read.
+fn closed_after_handshake(e: &std::io::Error, client_cert: bool) -> Option<BackendError> {
+    (e.kind() == std::io::ErrorKind::UnexpectedEof).then(|| {
+        let why = if client_cert {
+            " (a backend that refuses wsgate's client certificate without an alert does that)"
+        } else {
+            ""
+        };
+        BackendError::Io(format!(
+            "the backend closed the connection right after the TLS handshake, before any \
+             answer{why}"
+        ))
+    })
 }
 
 /// The head at the start of `buf`, `None` while it is incomplete.

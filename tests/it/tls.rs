@@ -458,6 +458,93 @@ async fn wss_backend_that_does_not_verify_is_a_bad_gateway() {
     );
 }
 
+/// A backend that presents a CA certificate as its own (`openssl req -x509` marks the
+/// self-signed certificate it makes CA:TRUE), trusted as `ca`, is told so in words, with the
+/// fix: it read "the backend's certificate was not accepted (… CaUsedAsEndEntity)".
+#[tokio::test]
+async fn a_backend_presenting_a_ca_certificate_is_told_so() {
+    let dir = TempDir::new("ca-as-leaf");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    let cert_file = dir.write("self.pem", cert.pem());
+    let key_file = dir.write("self.key", key.serialize_pem());
+    let (chain, key) = load_pem_pair(&cert_file, &key_file);
+    let config = rustls::ServerConfig::builder_with_provider(wsgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let _ = acceptor.accept(tcp).await;
+        }
+    });
+    let gw = Gateway::spawn(&format!(
+        "[limits]\nerror_detail = \"client\"\n{}",
+        wss_route(
+            addr,
+            &format!("[route.backend_tls]\nca = {:?}\n", cert_file)
+        )
+    ))
+    .await;
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 502);
+    assert!(
+        resp.body
+            .contains("the backend's certificate is a CA certificate"),
+        "{}",
+        resp.body
+    );
+}
+
+/// A wss:// backend that completes the TLS handshake and then drops the connection without
+/// a word (as one that refuses a client certificate without an alert does) is said to have
+/// done that, not "peer closed connection without sending TLS close_notify".
+#[tokio::test]
+async fn a_backend_that_drops_the_connection_after_the_tls_handshake_is_told_so() {
+    let ca = TestCa::new();
+    let acceptor = backend_acceptor(&ca);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            // The handshake and the request read (nothing left unread, which would make the
+            // close a reset), then the connection dropped: no close_notify.
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut chunk = [0u8; 4096];
+                match tokio::io::AsyncReadExt::read(&mut tls, &mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&chunk[..n]),
+                }
+            }
+            drop(tls);
+        }
+    });
+    let gw = Gateway::spawn(&format!(
+        "[limits]\nerror_detail = \"client\"\n{}",
+        wss_route(addr, &backend_ca(&ca))
+    ))
+    .await;
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 502);
+    assert!(
+        resp.body
+            .contains("the backend closed the connection right after the TLS handshake"),
+        "{}",
+        resp.body
+    );
+}
+
 /// The other common mistakes with a wss:// backend are named in words too: a certificate
 /// for another host than the backend URL's, and a plain ws:// server behind a wss:// URL.
 #[tokio::test]
