@@ -33,18 +33,28 @@ impl Cidr {
                 _ => return Err(format!("{s:?}: prefix length must be 0..={max}")),
             },
         };
-        Ok(Cidr { addr, prefix })
+        Ok(Cidr::mapped_to_v4(addr, prefix))
     }
 
-    /// Whether `ip` is in the block. An IPv4 address is compared as itself with an IPv4
-    /// block and as its IPv4-mapped form (`::ffff:a.b.c.d`) with an IPv6 one: a dual-stack
-    /// `[::]` socket, `ss` and the kernel show IPv4 peers in that form, and a block written so
-    /// (`::ffff:10.0.0.0/104`) matched nothing when peers were compared as plain IPv4.
+    /// A block of IPv4-mapped addresses (`::ffff:10.0.0.0/104`, as a dual-stack `[::]`
+    /// socket, `ss` and the kernel show IPv4 peers) is the IPv4 block it maps (`10.0.0.0/8`):
+    /// peers are compared as plain IPv4, and such a block matched nothing. A wider IPv6 block
+    /// (`::/0`) stays IPv6 only: it is not a way to name every IPv4 address too.
+    fn mapped_to_v4(addr: IpAddr, prefix: u8) -> Cidr {
+        if let IpAddr::V6(v6) = addr
+            && prefix >= 96
+            && let Some(v4) = v6.to_ipv4_mapped()
+        {
+            return Cidr {
+                addr: IpAddr::V4(v4),
+                prefix: prefix - 96,
+            };
+        }
+        Cidr { addr, prefix }
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match (self.addr, ip.to_canonical()) {
-            (IpAddr::V6(_), IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
-            (_, ip) => ip,
-        };
+        let ip = ip.to_canonical();
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX
@@ -467,6 +477,14 @@ mod tests {
                 .unwrap()
                 .contains("32.1.13.184".parse().unwrap())
         );
+        // Only mapped blocks are IPv4 ones: "trust IPv6 peers" does not trust every IPv4 one.
+        for v6_only in ["::/0", "::/80", "::ffff:0:0/95"] {
+            let c = Cidr::parse(v6_only).unwrap();
+            assert!(!c.contains("1.2.3.4".parse().unwrap()), "{v6_only}");
+            assert!(!c.contains("::ffff:1.2.3.4".parse().unwrap()), "{v6_only}");
+        }
+        assert!(Cidr::parse("::/0").unwrap().contains("2001:db8::1".parse().unwrap()));
+        assert!(Cidr::parse("::ffff:0:0/96").unwrap().contains("1.2.3.4".parse().unwrap()));
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("example.com").is_err());
     }
