@@ -27,6 +27,9 @@ pub struct Bounded<C> {
     timeout: Duration,
     authority: Option<http::uri::Authority>,
     write_stall: Duration,
+    /// Set at each connect to whether ALPN chose HTTP/1.1 (or none), for
+    /// [`Bounded::noting_http1`].
+    http1: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl<C> Bounded<C> {
@@ -44,7 +47,16 @@ impl<C> Bounded<C> {
             timeout,
             authority,
             write_stall,
+            http1: None,
         }
+    }
+
+    /// Notes in `http1`, at each connect, whether the connection speaks HTTP/1.1 (ALPN chose
+    /// it, or nothing): what the next request to a TLS target should expect before its
+    /// connection is chosen (`http_proxy::pick::Target::speaks_http1`).
+    pub fn noting_http1(mut self, http1: Arc<std::sync::atomic::AtomicBool>) -> Bounded<C> {
+        self.http1 = Some(http1);
+        self
     }
 }
 
@@ -53,6 +65,7 @@ type ConnectFuture<T> = std::pin::Pin<Box<dyn Future<Output = Result<T, tower::B
 impl<C> tower::Service<http::Uri> for Bounded<C>
 where
     C: tower::Service<http::Uri>,
+    C::Response: hyper_util::client::legacy::connect::Connection,
     C::Error: Into<tower::BoxError>,
     C::Future: Send + 'static,
 {
@@ -77,15 +90,21 @@ where
             _ => uri,
         };
         let (connect, timeout) = (self.inner.call(uri), self.timeout);
-        let limit = self.write_stall;
+        let (limit, http1) = (self.write_stall, self.http1.clone());
         Box::pin(async move {
             match tokio::time::timeout(timeout, connect).await {
-                Ok(result) => result.map_err(Into::into).map(|io| StallBounded {
-                    io,
-                    limit,
-                    deadline: None,
-                    stalled: false,
-                    turns: Turns::default(),
+                Ok(result) => result.map_err(Into::into).map(|io| {
+                    if let Some(http1) = http1 {
+                        use hyper_util::client::legacy::connect::Connection as _;
+                        http1.store(!io.connected().is_negotiated_h2(), Ordering::Relaxed);
+                    }
+                    StallBounded {
+                        io,
+                        limit,
+                        deadline: None,
+                        stalled: false,
+                        turns: Turns::default(),
+                    }
                 }),
                 Err(_) => Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,

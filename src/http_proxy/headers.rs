@@ -189,8 +189,9 @@ pub fn request_headers(client: &HeaderMap, f: &Forwarding<'_>) -> HeaderMap {
     }
     // `TE: trailers` is the one TE the backend must see to send trailers (gRPC-style
     // backends insist on it); any other coding is this hop's business. TE is hop-by-hop, so
-    // its sender names it in `Connection` too (RFC 9110 §10.1.4; the backend request is
-    // HTTP/1.1, and nothing else of the client's `Connection` is passed on).
+    // its sender names it in `Connection` too (RFC 9110 §10.1.4; nothing else of the
+    // client's `Connection` is passed on). An HTTP/2 backend's request goes without it
+    // (`backend_request`: hyper's HTTP/2 client would drop TE with it).
     if list_values(client, &header::TE)
         .iter()
         .any(|t| t.eq_ignore_ascii_case("trailers"))

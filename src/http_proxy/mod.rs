@@ -484,7 +484,6 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
                 order.next();
             }
             Ok(response) => {
-                target.answered_in(response.version());
                 if response.version() == Version::HTTP_10
                     && let Some(conn) = &*conn.connection_metadata()
                 {
@@ -610,7 +609,9 @@ fn backend_request(
     if !target.speaks_http1() {
         // `Connection: te` (the only option the request carries, with `TE: trailers`) is for
         // an HTTP/1.1 backend; hyper's HTTP/2 client would drop TE with it, and a backend
-        // that sends trailers (gRPC) insists on `te: trailers`, which HTTP/2 allows.
+        // that sends trailers (gRPC) insists on `te: trailers`, which HTTP/2 allows. (Until
+        // the first connection to a TLS backend is up, an HTTP/1.1 one gets `TE: trailers`
+        // without its connection option, which a server reads all the same.)
         req.headers_mut().remove(header::CONNECTION);
     }
     Ok(req)

@@ -44,9 +44,10 @@ pub struct Target {
     /// Whether wsgate sends this `https://` backend a client certificate (for the words of
     /// its refusal, `crate::backend::alert_refusal`).
     pub client_cert: bool,
-    /// An `https://` backend answered the last response in HTTP/1.x, not HTTP/2 (which
-    /// ALPN decides per connection): see [`Target::speaks_http1`].
-    answered_http1: std::sync::atomic::AtomicBool,
+    /// The last connection to this `https://` backend speaks HTTP/1.1, not HTTP/2 (ALPN
+    /// decides per connection; the connector notes it, `Bounded::noting_http1`): see
+    /// [`Target::speaks_http1`].
+    connected_http1: Arc<std::sync::atomic::AtomicBool>,
     /// Requests on this backend whose responses have not ended (`least_conn`).
     in_flight: Arc<AtomicUsize>,
     /// Failed connects in a row and ejection, under the route's `[route.health]`
@@ -78,35 +79,28 @@ pub struct ClientSettings {
 
 impl Target {
     pub fn new(url: BackendUrl, name: &str, settings: &ClientSettings) -> Result<Target, String> {
+        let connected_http1 = Arc::new(std::sync::atomic::AtomicBool::new(false));
         Ok(Target {
-            client: client(settings, &url)?,
+            client: client(settings, &url, connected_http1.clone())?,
+            connected_http1,
             client_cert: settings
                 .tls
                 .as_deref()
                 .is_some_and(crate::backend::has_client_cert),
             name: Arc::from(name),
             url,
-            answered_http1: Default::default(),
             in_flight: Arc::default(),
             health: Health::default(),
         })
     }
 
     /// Whether the next request goes out in HTTP/1.1 as far as can be told before its
-    /// connection is chosen: always for `http://`; for `https://` once the backend has
-    /// answered in it (until then, or once it has answered in HTTP/2, ALPN may well choose
-    /// h2). The request's connection options depend on it: hyper's HTTP/2 client drops
-    /// every header `Connection` names.
+    /// connection is chosen: always for `http://`; for `https://` when the last connection
+    /// ALPN set up speaks it. Before the first connection is up it may be either, and HTTP/2
+    /// is assumed. The request's connection options depend on it: hyper's HTTP/2 client
+    /// drops every header `Connection` names.
     pub fn speaks_http1(&self) -> bool {
-        !self.url.tls || self.answered_http1.load(Ordering::Relaxed)
-    }
-
-    /// Notes which HTTP version the backend answered in (see [`Target::speaks_http1`]).
-    pub fn answered_in(&self, version: http::Version) {
-        if self.url.tls {
-            self.answered_http1
-                .store(version != http::Version::HTTP_2, Ordering::Relaxed);
-        }
+        !self.url.tls || self.connected_http1.load(Ordering::Relaxed)
     }
 
     pub fn claim(&self) -> InFlight {
@@ -122,7 +116,11 @@ impl Target {
 /// A pooled client: keep-alive with at most [`MAX_IDLE_PER_BACKEND`] idle connections,
 /// closed after `idle_timeout` unused; HTTP/2 when a TLS backend offers it (ALPN), HTTP/1.1
 /// otherwise. Built without a runtime (the pool's reaper starts with the first connection).
-fn client(s: &ClientSettings, url: &BackendUrl) -> Result<PooledClient, String> {
+fn client(
+    s: &ClientSettings,
+    url: &BackendUrl,
+    http1: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<PooledClient, String> {
     let tls = url.tls;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -148,7 +146,8 @@ fn client(s: &ClientSettings, url: &BackendUrl) -> Result<PooledClient, String> 
         s.connect_timeout,
         url.authority.parse().ok(),
         s.write_stall,
-    );
+    )
+    .noting_http1(http1);
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(s.idle_timeout)
         .pool_max_idle_per_host(MAX_IDLE_PER_BACKEND)

@@ -483,8 +483,16 @@ mod tests {
             assert!(!c.contains("1.2.3.4".parse().unwrap()), "{v6_only}");
             assert!(!c.contains("::ffff:1.2.3.4".parse().unwrap()), "{v6_only}");
         }
-        assert!(Cidr::parse("::/0").unwrap().contains("2001:db8::1".parse().unwrap()));
-        assert!(Cidr::parse("::ffff:0:0/96").unwrap().contains("1.2.3.4".parse().unwrap()));
+        assert!(
+            Cidr::parse("::/0")
+                .unwrap()
+                .contains("2001:db8::1".parse().unwrap())
+        );
+        assert!(
+            Cidr::parse("::ffff:0:0/96")
+                .unwrap()
+                .contains("1.2.3.4".parse().unwrap())
+        );
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("example.com").is_err());
     }

@@ -1577,6 +1577,60 @@ async fn an_https_backend_that_offers_http2_is_spoken_to_in_http2() {
     assert_eq!(seen[2].header("host"), Some("app.test:8443"));
 }
 
+/// An `https://` backend that speaks HTTP/1.1 only (ALPN) gets `TE: trailers` with its
+/// connection option (RFC 9110 §10.1.4) once its first connection is up; an HTTP/2 one
+/// never gets the option, which hyper's HTTP/2 client would drop TE with.
+#[tokio::test]
+async fn an_https_http11_backend_gets_te_with_its_connection_option() {
+    use rustls::pki_types::pem::PemObject;
+    let ca = support::tls::TestCa::new();
+    let (cert, key) = ca.leaf("backend", &["127.0.0.1"]);
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(&cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(wsgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let (b, seen) = echo_backend_with(Some(acceptor)).await;
+    let gw = Gateway::spawn(&format!(
+        "[[route]]\nname = \"app\"\npath = \"/\"\nbackends = [\"wss://{b}\"]\nhttp = true\n\
+         [route.backend_tls]\nca = {:?}\n",
+        ca.ca_file().display().to_string()
+    ))
+    .await;
+    for _ in 0..2 {
+        let resp = send(
+            gw.addr,
+            Request::get("/t")
+                .header("host", "app.test")
+                .header("te", "trailers")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+        read_body(resp).await;
+    }
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.iter()
+            .all(|s| s.version == http::Version::HTTP_11 && s.header("te") == Some("trailers"))
+    );
+    assert_eq!(
+        seen[1].header("connection"),
+        Some("te"),
+        "{:?}",
+        seen[1].headers
+    );
+}
+
 /// With `preserve_host`, a plain `http://` backend gets each client's `Host`, over the same
 /// pooled connection whatever that host is: a new host (here a new port of the same name)
 /// must not open a new backend connection that then idles in a pool of its own.
