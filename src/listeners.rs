@@ -150,10 +150,15 @@ pub(crate) fn bind_error(
     std::io::Error::new(e.kind(), format!("{at}{table}.listen: {e}"))
 }
 
-/// `e` from binding `addr`, with what to do when the port is taken by a socket systemd
-/// passed (`systemd`) at another address: systemd holds that socket for as long as its socket
-/// unit runs, and a passed socket serves only the listener configured at its address, so
-/// "address already in use" alone would send the operator looking for another process.
+/// `e` from binding `addr`, with what to do when a socket systemd passed (`systemd`) is in
+/// the way: systemd holds it for as long as its socket unit runs, so "address already in
+/// use" alone would send the operator looking for another process.
+/// - At another address that takes the same port (`0.0.0.0:443` beside `[::]:443` or
+///   `127.0.0.1:443`): a passed socket serves only the listener configured at its exact
+///   address.
+/// - At this very address (a reload adding the listener for a socket systemd passed at
+///   start, which no listener took then): it was closed here, and only a restart gets it
+///   passed again.
 fn systemd_hint(
     e: std::io::Error,
     addr: SocketAddr,
@@ -162,9 +167,18 @@ fn systemd_hint(
     if e.kind() != std::io::ErrorKind::AddrInUse {
         return e;
     }
+    if let Some((name, _)) = systemd.iter().find(|(_, at)| *at == addr) {
+        return std::io::Error::new(
+            e.kind(),
+            format!(
+                "{e}: systemd passed this address's socket ({name:?}) at start, when no \
+                 [[listener]] took it, and holds it still: restart wsgate to be passed it again"
+            ),
+        );
+    }
     let held: Vec<String> = systemd
         .iter()
-        .filter(|(_, at)| at.port() == addr.port() && *at != addr)
+        .filter(|(_, at)| crate::config::overlaps(*at, addr))
         .map(|(name, at)| format!("{at} (socket {name:?})"))
         .collect();
     if held.is_empty() {

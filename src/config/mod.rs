@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+pub(crate) use validate::overlaps;
 pub use validate::{from_toml_str, from_toml_str_in, load_file, parse_backend_url};
 
 /// How long a client may take to send its complete request head. Long enough for a slow

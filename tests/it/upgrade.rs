@@ -693,18 +693,26 @@ fn spawn_activated(config: &std::path::Path, sockets: &[(&std::net::TcpListener,
         .env("NO_COLOR", "1")
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    // SAFETY: dup2 is async-signal-safe, and the closure touches nothing else. The sockets
-    // were opened before the fork, above 2 (stdio), and at descriptors the test's runtime
-    // already holds by the time a test runs, so none is overwritten before it is copied.
+    const MAX_PASSED: usize = 8;
+    assert!(fds.len() <= MAX_PASSED);
+    // SAFETY: fcntl and dup2 are async-signal-safe, and the closure touches nothing else
+    // (the descriptor list was built before the fork).
     unsafe {
         cmd.pre_exec(move || {
+            // Each socket first to a descriptor above the range (other tests' descriptors,
+            // freed and reused, may put a socket inside it, where a copy into the range
+            // would overwrite it before its own copy), then down into place; dup2 clears
+            // close-on-exec on each copy.
+            let top = 3 + fds.len() as i32;
+            let mut high = [0i32; MAX_PASSED];
             for (i, fd) in fds.iter().enumerate() {
-                // dup2 clears close-on-exec on the copy; `fd` to itself would not.
-                let to = 3 + i as i32;
-                if *fd == to {
-                    let flags = libc::fcntl(to, libc::F_GETFD);
-                    libc::fcntl(to, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-                } else if libc::dup2(*fd, to) < 0 {
+                high[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, top);
+                if high[i] < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (i, fd) in high[..fds.len()].iter().enumerate() {
+                if libc::dup2(*fd, 3 + i as i32) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -786,6 +794,31 @@ async fn a_reload_cannot_remove_the_listener_on_the_socket_systemd_passed() {
     );
     let url = format!("ws://{addr}/");
     let (mut ws, _) = connect(&url).await;
+
+    // A listener added for the passed socket nobody took at start: systemd holds it, and
+    // only a restart passes it again.
+    let spare_addr = spare.local_addr().unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[[listener]]\nlisten = \"{spare_addr}\"\n\n{}",
+            with(&addr.to_string())
+        ),
+    )
+    .unwrap();
+    send_signal(&child, "HUP");
+    let failed = wait_line(
+        &mut log,
+        &mut seen,
+        "the reload adding the spare refused",
+        |l| l.contains("config reload failed"),
+    )
+    .await;
+    assert!(
+        failed.contains("systemd passed this address's socket")
+            && failed.contains("restart wsgate"),
+        "{failed}"
+    );
 
     std::fs::write(&config, with("127.0.0.1:0")).unwrap();
     send_signal(&child, "HUP");

@@ -478,7 +478,7 @@ impl Validator<'_> {
 ///
 /// An IPv4-mapped address (`[::ffff:127.0.0.1]`) is the IPv4 address it maps: Linux binds it
 /// so, and `[::ffff:0.0.0.0]` is `0.0.0.0`.
-pub(super) fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+pub(crate) fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
     let covers = |a: std::net::IpAddr, b: std::net::IpAddr| {
         let (a, b) = (a.to_canonical(), b.to_canonical());
         a == b || (a.is_unspecified() && (a.is_ipv6() || b.is_ipv4()))

@@ -20,6 +20,7 @@ mod listener;
 mod log;
 mod route;
 
+pub(crate) use listener::overlaps;
 pub use route::parse_backend_url;
 
 use std::collections::HashSet;
