@@ -1117,8 +1117,11 @@ fn a_subject_header_may_not_be_one_the_proxy_builds_or_a_credential() {
         ("X-Request-Id", "x-request-id is built by the proxy itself"),
         ("sec-websocket-protocol", "is built by the proxy itself"),
         ("Via", "is built by the proxy itself"),
-        ("Cookie", "cookie carries the client's own credentials"),
-        ("Authorization", "carries the client's own credentials"),
+        ("X_Real_IP", "x_real_ip is built by the proxy itself"),
+        ("content_length", "is built by the proxy itself"),
+        ("Cookie", "cookie carries what the client itself sends"),
+        ("Authorization", "carries what the client itself sends"),
+        ("Origin", "carries what the client itself sends"),
     ] {
         let errs = wsgate::config::from_toml_str(&format!(
             "[[listener]]\nlisten = \"127.0.0.1:0\"\n[listener.tls]\ncert = {cert:?}\nkey = {key:?}\n\

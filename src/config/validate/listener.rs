@@ -327,7 +327,13 @@ impl Validator<'_> {
                 // The header is set on the backend's request after the proxy's own (which
                 // would lose the subject, or send two), and taken off every client's request
                 // on every listener (which would strip the credentials of all of them).
-                Ok(name) if crate::policy::RESERVED_HEADERS.contains(&name.as_str()) => {
+                // Look-alikes too (`X_Real_IP`): the subject header is removed with them, and a
+                // CGI-style backend reads both spellings as one.
+                Ok(name)
+                    if crate::policy::RESERVED_HEADERS
+                        .iter()
+                        .any(|r| crate::policy::forwarding::reads_as(name.as_str(), r)) =>
+                {
                     self.err(
                         format!("{key}.client_subject_header"),
                         Some(h.span()),
@@ -335,11 +341,15 @@ impl Validator<'_> {
                     );
                     return None;
                 }
-                Ok(name) if matches!(name.as_str(), "cookie" | "authorization") => {
+                Ok(name)
+                    if ["cookie", "authorization", "proxy-authorization", "origin"]
+                        .iter()
+                        .any(|r| crate::policy::forwarding::reads_as(name.as_str(), r)) =>
+                {
                     self.err(
                         format!("{key}.client_subject_header"),
                         Some(h.span()),
-                        format!("{name} carries the client's own credentials, which this header is taken out of on every listener: choose a header of its own, e.g. \"X-Client-Subject\""),
+                        format!("{name} carries what the client itself sends (its credentials, its origin), which this header is taken out of on every listener: choose a header of its own, e.g. \"X-Client-Subject\""),
                     );
                     return None;
                 }
