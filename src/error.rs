@@ -405,9 +405,10 @@ impl ProxyError {
             ) => Fault::Proxy,
             ProxyError::Policy(_) => Fault::Client,
             ProxyError::Draining | ProxyError::Overloaded => Fault::Proxy,
-            // A backend's 4xx is its word on this client's request (a login that failed, a
-            // room that does not exist): logged as the proxy's own refusals of clients are,
-            // at info, not as a backend failing.
+            // A backend's 3xx or 4xx is its word on this client's request (a redirect to its
+            // login, a login that failed, a room that does not exist), as the failover and
+            // passive health take it: logged as the proxy's own refusals of clients are, at
+            // info, not as a backend failing.
             ProxyError::Backend(BackendError::Refused(r)) if r.status.as_u16() < 500 => {
                 Fault::Client
             }

@@ -63,10 +63,13 @@ pub struct ProxyState {
     pub unrouted_refusals: crate::telemetry::RefusalCounts,
     /// The refusal records' per-outcome budget (`[log] refusals_per_second`).
     pub refusal_log: crate::telemetry::limited::LogLimiter,
-    /// The same budget for the warnings about each failed backend attempt and failover: a
-    /// route whose backend is down writes one per handshake (shared with the plain requests,
-    /// whose stack holds its own reference).
+    /// The same budget for the warnings about each failed backend attempt: a route whose
+    /// backend is down writes one per handshake (shared with the plain requests, whose stack
+    /// holds its own reference).
     pub attempt_log: Arc<crate::telemetry::limited::LogLimiter>,
+    /// And for the lines saying a request failed over to another backend, on their own: a
+    /// flood of failed attempts does not hide them, and their `suppressed` counts their own.
+    pub failover_log: Arc<crate::telemetry::limited::LogLimiter>,
     /// The process's descriptor limit and the probe for the reserve (`[limits] fd_reserve`).
     pub descriptors: limits::Descriptors,
 }
@@ -96,6 +99,9 @@ impl ProxyState {
                 generation.config.log.refusals_per_second,
             ),
             attempt_log: Arc::new(crate::telemetry::limited::LogLimiter::new(
+                generation.config.log.refusals_per_second,
+            )),
+            failover_log: Arc::new(crate::telemetry::limited::LogLimiter::new(
                 generation.config.log.refusals_per_second,
             )),
             current: std::sync::RwLock::new(Arc::new(generation)),
@@ -544,6 +550,7 @@ async fn upgrade_backend(
         correlation: cx.ids,
         max_error_body: cx.config.limits.max_error_body,
         attempt_log: &cx.state.attempt_log,
+        failover_log: &cx.state.failover_log,
     };
     route.pool.upgrade(&request, affinity).await
 }

@@ -50,7 +50,8 @@ pub fn weighted_random_order(cands: &mut [Candidate]) {
     // Non-negative, so the bits order as the numbers do; a weight of 0 draws +inf, last.
     cands.sort_by_cached_key(|c| {
         let u = 1.0 - rand::random::<f64>();
-        (-u.ln() / c.weight).to_bits()
+        // `0.0 -`, not `-`: u = 1 would give -0.0, whose bits sort after every other draw.
+        ((0.0 - u.ln()) / c.weight).to_bits()
     });
 }
 

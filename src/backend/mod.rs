@@ -208,6 +208,8 @@ pub struct BackendRequest<'a> {
     pub max_error_body: usize,
     /// The budget of the warnings about failed attempts (`ProxyState::attempt_log`).
     pub attempt_log: &'a crate::telemetry::limited::LogLimiter,
+    /// The budget of the lines about failovers (`ProxyState::failover_log`).
+    pub failover_log: &'a crate::telemetry::limited::LogLimiter,
 }
 
 /// Builds the upgrade request for the backend: end-to-end headers copied, hop-by-hop ones

@@ -168,16 +168,13 @@ impl BackendPool {
                 IpAddr::V6(v6) => balance::hash_bytes(&v6.octets()),
             }),
             // An empty value is no key: every client sending one would land on one backend.
-            // `Host` over HTTP/2 is `:authority` (RFC 9113 §8.3.1), which is not a header.
-            Balance::Hash(HashKey::Header(name)) => parts
-                .headers
-                .get(name)
-                .map(|v| v.as_bytes())
-                .or_else(|| {
-                    (name == http::header::HOST)
-                        .then(|| parts.uri.authority().map(|a| a.as_str().as_bytes()))
-                        .flatten()
-                })
+            // The host is the target's authority where it has one (an absolute-form target,
+            // RFC 9112 §3.2.2; HTTP/2's `:authority`, RFC 9113 §8.3.1, which is no header),
+            // else `Host`, as the access log reads it.
+            Balance::Hash(HashKey::Header(name)) => (name == http::header::HOST)
+                .then(|| parts.uri.authority().map(|a| a.as_str().as_bytes()))
+                .flatten()
+                .or_else(|| parts.headers.get(name).map(|v| v.as_bytes()))
                 .map(<[u8]>::trim_ascii)
                 .filter(|v| !v.is_empty())
                 .map(balance::hash_bytes),
@@ -360,7 +357,7 @@ impl BackendPool {
                 Ok(up) => {
                     lease.backend.health.passive_success();
                     if let Some(first) = failures.first()
-                        && let Some(line) = req.attempt_log.admit(first.outcome())
+                        && let Some(line) = req.failover_log.admit(first.outcome())
                     {
                         let failed: Vec<String> =
                             failures.iter().map(BackendError::attempt_text).collect();
@@ -485,10 +482,10 @@ async fn attempt(
         Ok(_) => stats
             .handshake
             .observe(handshake_started.elapsed().as_secs_f64()),
-        // A 4xx is the backend's own word on the request (an auth or a routing answer), as
-        // passive health takes it: counted as a failure, it would page whoever alerts on
-        // them for every refused login.
-        Err(BackendError::Refused(r)) if r.status.is_client_error() => {}
+        // A 3xx or 4xx is the backend's own word on the request (a redirect to its login,
+        // an auth or a routing answer), as passive health and the failover take it: counted
+        // as a failure, it would page whoever alerts on them for every refused login.
+        Err(BackendError::Refused(r)) if r.status.as_u16() < 500 => {}
         Err(e) => stats.failures.add(e.outcome()),
     }
     result

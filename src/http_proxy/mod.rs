@@ -248,6 +248,7 @@ async fn exchange(
         body: state.clone(),
         tried: tried.clone(),
         attempt_log: cx.state.attempt_log.clone(),
+        failover_log: cx.state.failover_log.clone(),
     };
     let deadline = http
         .request_timeout
@@ -408,8 +409,10 @@ struct Exchange {
     affinity: crate::backend::Affinity,
     /// Set to each backend as it is asked.
     tried: record::Tried,
-    /// The budget of the warnings about failed attempts (`ProxyState::attempt_log`).
+    /// The budget of the warnings about failed attempts (`ProxyState::attempt_log`), and
+    /// of the lines about failovers (`ProxyState::failover_log`).
     attempt_log: Arc<crate::telemetry::limited::LogLimiter>,
+    failover_log: Arc<crate::telemetry::limited::LogLimiter>,
 }
 
 /// The backend's response head, and which backend gave it.
@@ -442,6 +445,8 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
     let head_deadline = state.backend_overdue(head_timeout);
     tokio::pin!(head_deadline);
     let mut failures = Vec::new();
+    // The first failed attempt's outcome: the failover line's budget (`failover_log`).
+    let mut first_failure = None;
     let mut all_timeouts = true;
     // Whether every failed attempt was a refusal of the TLS handshake (the answer is then
     // the TLS failure, as on the WebSocket path).
@@ -456,6 +461,8 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
         let target = &targets.list[i];
         let mut req = backend_request(&ex, target, RequestBody::attempt(state.clone()))
             .map_err(ProxyError::from)?;
+        // The connection's handle, to keep it out of the pool should its backend answer in
+        // HTTP/1.0 (below): a small allocation per request, for a rare kind of backend.
         let conn = hyper_util::client::legacy::connect::capture_connection(&mut req);
         let in_flight = target.claim();
         ex.tried.set(&target.name);
@@ -480,6 +487,7 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
                     tracing::warn!(route = %route.name, backend = &*target.name, error = %reason, suppressed = line.suppressed(), "backend TLS handshake refused");
                 }
                 targets.failed(i, Outcome::BackendTls, route);
+                first_failure.get_or_insert(Outcome::BackendTls);
                 failures.push(format!("{}: {reason}", target.name));
                 order.next();
             }
@@ -493,8 +501,8 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
                     conn.poison();
                 }
                 targets.passed(i, &route.pool);
-                if !failures.is_empty()
-                    && let Some(line) = ex.attempt_log.admit(Outcome::BackendUnreachable)
+                if let Some(first) = first_failure
+                    && let Some(line) = ex.failover_log.admit(first)
                 {
                     tracing::warn!(route = %route.name, backend = &*target.name, failed = %failures.join("; "), suppressed = line.suppressed(), "failed over to the next backend");
                 }
@@ -519,6 +527,7 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
                     tracing::warn!(route = %route.name, backend = &*target.name, error = %detail, suppressed = line.suppressed(), "backend connect failed");
                 }
                 targets.failed(i, outcome, route);
+                first_failure.get_or_insert(outcome);
                 failures.push(format!("{}: {detail}", target.name));
                 order.next();
             }

@@ -69,7 +69,8 @@ pub fn init(format: LogFormat) -> writer::WriterGuard {
     }
     let (filter, rejected) = filter_from(std::env::var_os("RUST_LOG"));
     // No directive parsed: the default filter is the one in force.
-    let defaulted = filter.to_string() == EnvFilter::new(DEFAULT_FILTER).to_string();
+    let defaulted = filter.is_none();
+    let filter = filter.unwrap_or_else(|| EnvFilter::new(DEFAULT_FILTER));
     // Colours only on a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
@@ -119,7 +120,9 @@ pub fn init(format: LogFormat) -> writer::WriterGuard {
 /// has no directive that parses; and each directive that does not parse, with why.
 /// (`EnvFilter::try_from_default_env` refuses the whole variable for one bad directive, and
 /// the default then replaced it without a word: `RUST_LOG=wsgate=debg` logged at `info`.)
-fn filter_from(var: Option<std::ffi::OsString>) -> (EnvFilter, Vec<(String, String)>) {
+/// `RUST_LOG`'s filter (`None`: no directive in it parsed, and the default applies) and the
+/// directives that did not parse, with why.
+fn filter_from(var: Option<std::ffi::OsString>) -> (Option<EnvFilter>, Vec<(String, String)>) {
     let mut rejected = Vec::new();
     let mut directives = Vec::new();
     match var.map(std::ffi::OsString::into_string) {
@@ -138,12 +141,12 @@ fn filter_from(var: Option<std::ffi::OsString>) -> (EnvFilter, Vec<(String, Stri
         }
     }
     if directives.is_empty() {
-        return (EnvFilter::new(DEFAULT_FILTER), rejected);
+        return (None, rejected);
     }
     let filter = directives
         .into_iter()
         .fold(EnvFilter::default(), EnvFilter::add_directive);
-    (filter, rejected)
+    (Some(filter), rejected)
 }
 
 /// The longest request path an access record keeps, in bytes.
@@ -261,10 +264,14 @@ mod tests {
 
     #[test]
     fn rust_log_keeps_the_directives_that_parse_and_names_the_others() {
+        let default = tracing_subscriber::EnvFilter::new(DEFAULT_FILTER).to_string();
+        let shown = |f: Option<tracing_subscriber::EnvFilter>| {
+            f.map_or_else(|| default.clone(), |f| f.to_string())
+        };
         let of = |v: &str| {
             let (filter, rejected) = filter_from(Some(v.into()));
             let rejected: Vec<String> = rejected.into_iter().map(|(d, _)| d).collect();
-            (filter.to_string(), rejected)
+            (shown(filter), rejected)
         };
         assert_eq!(of("wsgate=debug"), ("wsgate=debug".to_owned(), vec![]));
         // One bad directive cost the whole variable, silently.
@@ -274,16 +281,17 @@ mod tests {
             ("warn", vec!["wsgate=debg".to_owned()])
         );
         // Nothing usable: the default, and what was wrong.
-        let default = tracing_subscriber::EnvFilter::new(DEFAULT_FILTER).to_string();
         assert_eq!(
             of("wsgate=debg"),
             (default.clone(), vec!["wsgate=debg".to_owned()])
         );
         assert_eq!(of(" , "), (default.clone(), vec![]));
-        assert_eq!(filter_from(None).0.to_string(), default);
+        assert!(filter_from(None).0.is_none());
+        // The default written out is a filter of its own, not "none left".
+        assert!(filter_from(Some(DEFAULT_FILTER.into())).0.is_some());
         use std::os::unix::ffi::OsStringExt;
         let (filter, rejected) = filter_from(Some(std::ffi::OsString::from_vec(b"x\xff".to_vec())));
-        assert_eq!(filter.to_string(), default);
+        assert!(filter.is_none());
         assert_eq!(rejected[0].1, "not UTF-8");
     }
 
