@@ -898,8 +898,14 @@ async fn a_backends_refusal_names_the_backend_in_its_record() {
             "{r:?}"
         );
         if outcome == "backend_handshake_timeout" {
-            // The attempt's share of the budget, to the millisecond.
-            assert!(reason.ends_with("within 300ms"), "{reason}");
+            // The attempt's share of the budget, to the millisecond: all of it, less what
+            // the clock moved before the attempt (a loaded machine took a millisecond).
+            let ms: u64 = reason
+                .rsplit_once("within ")
+                .and_then(|(_, d)| d.strip_suffix("ms"))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{reason}"));
+            assert!((250..=300).contains(&ms), "{reason}");
         }
     }
     run.stop().await;
