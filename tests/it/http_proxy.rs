@@ -1503,10 +1503,10 @@ async fn completed_requests_are_counted_by_route_and_status_class() {
     );
 }
 
-#[tokio::test]
-async fn an_https_backend_that_offers_http2_is_spoken_to_in_http2() {
+/// A TLS acceptor for an `https://` backend at 127.0.0.1 with a certificate from `ca`,
+/// offering `alpn`.
+fn backend_tls_acceptor(ca: &support::tls::TestCa, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
     use rustls::pki_types::pem::PemObject;
-    let ca = support::tls::TestCa::new();
     let (cert, key) = ca.leaf("backend", &["127.0.0.1"]);
     let certs = rustls::pki_types::CertificateDer::pem_file_iter(&cert)
         .unwrap()
@@ -1519,8 +1519,14 @@ async fn an_https_backend_that_offers_http2_is_spoken_to_in_http2() {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+#[tokio::test]
+async fn an_https_backend_that_offers_http2_is_spoken_to_in_http2() {
+    let ca = support::tls::TestCa::new();
+    let acceptor = backend_tls_acceptor(&ca, &[b"h2", b"http/1.1"]);
     let (b, seen) = echo_backend_with(Some(acceptor)).await;
     let route = format!(
         "[[route]]\nname = \"app\"\npath = \"/\"\nbackends = [\"wss://{b}\"]\nhttp = true\n\
@@ -1582,22 +1588,8 @@ async fn an_https_backend_that_offers_http2_is_spoken_to_in_http2() {
 /// never gets the option, which hyper's HTTP/2 client would drop TE with.
 #[tokio::test]
 async fn an_https_http11_backend_gets_te_with_its_connection_option() {
-    use rustls::pki_types::pem::PemObject;
     let ca = support::tls::TestCa::new();
-    let (cert, key) = ca.leaf("backend", &["127.0.0.1"]);
-    let certs = rustls::pki_types::CertificateDer::pem_file_iter(&cert)
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(wsgate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = backend_tls_acceptor(&ca, &[b"http/1.1"]);
     let (b, seen) = echo_backend_with(Some(acceptor)).await;
     let gw = Gateway::spawn(&format!(
         "[[route]]\nname = \"app\"\npath = \"/\"\nbackends = [\"wss://{b}\"]\nhttp = true\n\

@@ -458,6 +458,15 @@ async fn wss_backend_that_does_not_verify_is_a_bad_gateway() {
     );
 }
 
+/// The 502 a handshake gets through `routes` with `error_detail = "client"`: its body, the
+/// backend failure in words.
+async fn backend_failure_in_words(routes: &str) -> String {
+    let gw = Gateway::spawn(&format!("[limits]\nerror_detail = \"client\"\n{routes}")).await;
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 502, "{}", resp.body);
+    resp.body
+}
+
 /// A backend that presents a CA certificate as its own (`openssl req -x509` marks the
 /// self-signed certificate it makes CA:TRUE), trusted as `ca`, is told so in words, with the
 /// fix: it read "the backend's certificate was not accepted (… CaUsedAsEndEntity)".
@@ -485,21 +494,11 @@ async fn a_backend_presenting_a_ca_certificate_is_told_so() {
             let _ = acceptor.accept(tcp).await;
         }
     });
-    let gw = Gateway::spawn(&format!(
-        "[limits]\nerror_detail = \"client\"\n{}",
-        wss_route(
-            addr,
-            &format!("[route.backend_tls]\nca = {:?}\n", cert_file)
-        )
-    ))
-    .await;
-    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
-    assert_eq!(resp.status, 502);
+    let ca = format!("[route.backend_tls]\nca = {cert_file:?}\n");
+    let body = backend_failure_in_words(&wss_route(addr, &ca)).await;
     assert!(
-        resp.body
-            .contains("the backend's certificate is a CA certificate"),
-        "{}",
-        resp.body
+        body.contains("the backend's certificate is a CA certificate"),
+        "{body}"
     );
 }
 
@@ -530,18 +529,10 @@ async fn a_backend_that_drops_the_connection_after_the_tls_handshake_is_told_so(
             drop(tls);
         }
     });
-    let gw = Gateway::spawn(&format!(
-        "[limits]\nerror_detail = \"client\"\n{}",
-        wss_route(addr, &backend_ca(&ca))
-    ))
-    .await;
-    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
-    assert_eq!(resp.status, 502);
+    let body = backend_failure_in_words(&wss_route(addr, &backend_ca(&ca))).await;
     assert!(
-        resp.body
-            .contains("the backend closed the connection right after the TLS handshake"),
-        "{}",
-        resp.body
+        body.contains("the backend closed the connection right after the TLS handshake"),
+        "{body}"
     );
 }
 
@@ -552,32 +543,25 @@ async fn wss_backend_failures_say_what_is_wrong() {
     let ca = TestCa::new();
     let addr = wss_backend(&ca).await;
     let by_ip = format!(
-        "[limits]\nerror_detail = \"client\"\n[[route]]\nname = \"r\"\npath = \"/\"\n\
-         backends = [\"wss://127.0.0.1:{}\"]\n{}",
+        "[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"wss://127.0.0.1:{}\"]\n{}",
         addr.port(),
         backend_ca(&ca)
     );
-    let gw = Gateway::spawn(&by_ip).await;
-    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
-    assert_eq!(resp.status, 502);
+    let body = backend_failure_in_words(&by_ip).await;
     assert!(
-        resp.body
-            .contains("certificate is not valid for \"127.0.0.1\": it names localhost "),
-        "{}",
-        resp.body
+        body.contains("certificate is not valid for \"127.0.0.1\": it names localhost "),
+        "{body}"
     );
     let plain = EchoBackend::spawn().await;
-    let gw = Gateway::spawn(&format!(
-        "[limits]\nerror_detail = \"client\"\n{}",
-        route("r", "/", &[plain.url().replacen("ws://", "wss://", 1)])
+    let body = backend_failure_in_words(&route(
+        "r",
+        "/",
+        &[plain.url().replacen("ws://", "wss://", 1)],
     ))
     .await;
-    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
-    assert_eq!(resp.status, 502);
     assert!(
-        resp.body.contains("a ws:// server behind a wss:// URL"),
-        "{}",
-        resp.body
+        body.contains("a ws:// server behind a wss:// URL"),
+        "{body}"
     );
 }
 

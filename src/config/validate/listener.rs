@@ -323,54 +323,35 @@ impl Validator<'_> {
         };
         let subject_header = match &t.client_subject_header {
             None => None,
-            Some(h) => match http::HeaderName::from_bytes(h.get_ref().as_bytes()) {
-                // The header is set on the backend's request after the proxy's own (which
-                // would lose the subject, or send two), and taken off every client's request
-                // on every listener (which would strip the credentials of all of them).
-                // Look-alikes too (`X_Real_IP`): the subject header is removed with them, and a
-                // CGI-style backend reads both spellings as one.
-                Ok(name)
-                    if crate::policy::RESERVED_HEADERS
-                        .iter()
-                        .any(|r| crate::policy::forwarding::reads_as(name.as_str(), r)) =>
-                {
-                    self.err(
+            Some(h) => {
+                match http::HeaderName::from_bytes(h.get_ref().as_bytes()) {
+                    Ok(name) if let Some(why) = subject_header_taken(&name) => {
+                        self.err(
                         format!("{key}.client_subject_header"),
                         Some(h.span()),
-                        format!("{name} is built by the proxy itself: choose a header of its own, e.g. \"X-Client-Subject\""),
+                        format!("{name} {why}: choose a header of its own, e.g. \"X-Client-Subject\""),
                     );
-                    return None;
+                        return None;
+                    }
+                    Ok(name) if client_auth.is_some() => Some(name),
+                    Ok(_) => {
+                        self.err(
+                            format!("{key}.client_subject_header"),
+                            Some(h.span()),
+                            "needs client_ca (no client certificates are asked for)",
+                        );
+                        return None;
+                    }
+                    Err(_) => {
+                        self.err(
+                            format!("{key}.client_subject_header"),
+                            Some(h.span()),
+                            format!("{:?} is not a header name", h.get_ref()),
+                        );
+                        return None;
+                    }
                 }
-                Ok(name)
-                    if ["cookie", "authorization", "proxy-authorization", "origin"]
-                        .iter()
-                        .any(|r| crate::policy::forwarding::reads_as(name.as_str(), r)) =>
-                {
-                    self.err(
-                        format!("{key}.client_subject_header"),
-                        Some(h.span()),
-                        format!("{name} carries what the client itself sends (its credentials, its origin), which this header is taken out of on every listener: choose a header of its own, e.g. \"X-Client-Subject\""),
-                    );
-                    return None;
-                }
-                Ok(name) if client_auth.is_some() => Some(name),
-                Ok(_) => {
-                    self.err(
-                        format!("{key}.client_subject_header"),
-                        Some(h.span()),
-                        "needs client_ca (no client certificates are asked for)",
-                    );
-                    return None;
-                }
-                Err(_) => {
-                    self.err(
-                        format!("{key}.client_subject_header"),
-                        Some(h.span()),
-                        format!("{:?} is not a header name", h.get_ref()),
-                    );
-                    return None;
-                }
-            },
+            }
         };
         match crate::tls::TlsListener::with_client_auth(
             sources,
@@ -479,6 +460,28 @@ impl Validator<'_> {
             }
         }
         out
+    }
+}
+
+/// Why a listener's `client_subject_header` may not be `name`, if it may not. The header is
+/// set on the backend's request after the proxy's own (a header of the proxy's would lose
+/// the subject, or carry two values), and taken off every client's request on every
+/// listener, with its look-alikes (`X_Real_IP`), which a CGI-style backend reads as one: a
+/// header the client itself sends would be stripped from all of them.
+fn subject_header_taken(name: &http::HeaderName) -> Option<&'static str> {
+    let like = |names: &[&str]| {
+        names
+            .iter()
+            .any(|r| crate::policy::forwarding::reads_as(name.as_str(), r))
+    };
+    if like(crate::policy::RESERVED_HEADERS) {
+        Some("is built by the proxy itself")
+    } else if like(&["cookie", "authorization", "proxy-authorization", "origin"]) {
+        Some(
+            "carries what the client itself sends (its credentials, its origin), which this header is taken out of on every listener",
+        )
+    } else {
+        None
     }
 }
 
