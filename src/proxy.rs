@@ -593,6 +593,14 @@ fn spawn_session(
             crate::frame::close_code::SERVICE_RESTART,
         ));
     }
+    // The same for a drain with `close` of its backend (the admin API), which closed the
+    // sessions registered by then.
+    if session.info.lease.backend.drain_closes() {
+        session
+            .info
+            .link
+            .close(crate::relay::CloseRequest::backend_draining());
+    }
     route
         .stats
         .opened

@@ -595,15 +595,15 @@ fn drain_backend(admin: &Admin, v: &Value, drain: bool) -> Response<Body> {
         Some(Value::Bool(b)) => *b,
         Some(_) => return json_error(StatusCode::BAD_REQUEST, "close must be true or false"),
     };
-    backend.set_draining(drain);
     let mut closed = 0;
     if drain && close {
-        let request = CloseRequest {
-            code: crate::frame::close_code::GOING_AWAY,
-            reason: "backend draining".into(),
-            by_admin: false,
-        };
-        closed = admin.state.sessions.close_backend(backend, &request);
+        backend.set_draining_closing();
+        closed = admin
+            .state
+            .sessions
+            .close_backend(backend, &CloseRequest::backend_draining());
+    } else {
+        backend.set_draining(drain);
     }
     tracing::info!(
         route = route_name,

@@ -43,6 +43,9 @@ pub struct Backend {
     active: AtomicUsize,
     /// Drained through the admin API: no new sessions.
     draining: AtomicBool,
+    /// Drained with `close`: its live sessions were closed, and so is any that a handshake
+    /// already under way at the drain opens after it (`crate::proxy::spawn_session`).
+    drain_closes: AtomicBool,
     pub health: health::Health,
     /// Shared with the same backend of the same route before a reload removed that route:
     /// back within `RETIRED_FOR`, its counters go on from where they stopped.
@@ -56,6 +59,7 @@ impl Backend {
             url,
             active: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            drain_closes: AtomicBool::new(false),
             health: Default::default(),
             stats: stats.unwrap_or_default(),
         }
@@ -73,6 +77,24 @@ impl Backend {
     /// not touched here (see `Sessions::close_backend`).
     pub fn set_draining(&self, draining: bool) {
         self.draining.store(draining, Ordering::Relaxed);
+        if !draining {
+            self.drain_closes.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Drains the backend and closes its sessions (the admin API's drain with `close`), the
+    /// ones a handshake under way opens after this too. Set before the registry is walked for
+    /// the live ones: a session registered after that walk sees it (the registry's lock
+    /// orders the two).
+    pub fn set_draining_closing(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.drain_closes.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a session that opens on this backend now is to be closed at once (see
+    /// [`Backend::set_draining_closing`]).
+    pub fn drain_closes(&self) -> bool {
+        self.drain_closes.load(Ordering::Relaxed)
     }
 
     /// A health change: one log record (a warning when the backend goes out, info when it

@@ -120,6 +120,15 @@ impl CloseRequest {
             by_admin: false,
         }
     }
+
+    /// The admin API's drain of a backend with `close`: 1001 "backend draining".
+    pub fn backend_draining() -> CloseRequest {
+        CloseRequest {
+            code: crate::frame::close_code::GOING_AWAY,
+            reason: "backend draining".into(),
+            by_admin: false,
+        }
+    }
 }
 
 impl Link {

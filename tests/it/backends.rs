@@ -805,3 +805,69 @@ async fn http_checks_pass_on_2xx_and_fail_on_5xx() {
         assert_eq!(backend_json(admin, url).await["state"], "healthy", "{url}");
     }
 }
+
+/// A drain with `close` closes the sessions a handshake already under way at the drain opens
+/// on that backend after it, as it closed the live ones: they stayed open on the drained
+/// backend for good, and an operator who then stopped it cut them.
+#[tokio::test]
+async fn a_drain_with_close_also_closes_a_session_whose_handshake_was_under_way() {
+    use tokio::io::AsyncWriteExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow = listener.local_addr().unwrap();
+    let asked = Arc::new(Notify::new());
+    let answer = Arc::new(Notify::new());
+    let (asked2, answer2) = (asked.clone(), answer.clone());
+    // A backend that answers its first upgrade only when told to, then reads until closed.
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).await.unwrap();
+            head.extend_from_slice(&chunk[..n]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        let key = head
+            .lines()
+            .find_map(|l| l.strip_prefix("sec-websocket-key: "))
+            .unwrap()
+            .trim()
+            .to_string();
+        asked2.notify_one();
+        answer2.notified().await;
+        let accept = wsgate::handshake::accept_key(key.as_bytes());
+        s.write_all(
+            format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: {accept}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut sink = [0u8; 4096];
+        while let Ok(n) = s.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    let (gw, admin) = admin_gateway(&route("r", "/", &[format!("ws://{slow}")])).await;
+    let url = gw.url("/");
+    let client = tokio::spawn(async move { connect(&url).await });
+    asked.notified().await;
+    let drain = serde_json::json!({"route": "r", "backend": format!("ws://{slow}"), "close": true});
+    let (status, body) = admin_json(admin, "POST", "/api/backends/drain", &drain).await;
+    assert_eq!(
+        (status, &body["sessions_closed"]),
+        (200, &serde_json::json!(0)),
+        "{body}"
+    );
+    answer.notify_one();
+    let (mut ws, _) = client.await.unwrap();
+    let close = next_close(&mut ws).await;
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (1001, "backend draining")
+    );
+}
