@@ -323,35 +323,36 @@ impl Validator<'_> {
         };
         let subject_header = match &t.client_subject_header {
             None => None,
-            Some(h) => {
-                match http::HeaderName::from_bytes(h.get_ref().as_bytes()) {
-                    Ok(name) if let Some(why) = subject_header_taken(&name) => {
-                        self.err(
+            Some(h) => match http::HeaderName::from_bytes(h.get_ref().as_bytes()) {
+                Ok(name) if let Some(why) = subject_header_taken(&name) => {
+                    self.err(
                         format!("{key}.client_subject_header"),
                         Some(h.span()),
-                        format!("{name} {why}: choose a header of its own, e.g. \"X-Client-Subject\""),
+                        format!(
+                            "{name} {why}: choose a header of its own, e.g. \
+                             \"X-Client-Subject\""
+                        ),
                     );
-                        return None;
-                    }
-                    Ok(name) if client_auth.is_some() => Some(name),
-                    Ok(_) => {
-                        self.err(
-                            format!("{key}.client_subject_header"),
-                            Some(h.span()),
-                            "needs client_ca (no client certificates are asked for)",
-                        );
-                        return None;
-                    }
-                    Err(_) => {
-                        self.err(
-                            format!("{key}.client_subject_header"),
-                            Some(h.span()),
-                            format!("{:?} is not a header name", h.get_ref()),
-                        );
-                        return None;
-                    }
+                    return None;
                 }
-            }
+                Ok(name) if client_auth.is_some() => Some(name),
+                Ok(_) => {
+                    self.err(
+                        format!("{key}.client_subject_header"),
+                        Some(h.span()),
+                        "needs client_ca (no client certificates are asked for)",
+                    );
+                    return None;
+                }
+                Err(_) => {
+                    self.err(
+                        format!("{key}.client_subject_header"),
+                        Some(h.span()),
+                        format!("{:?} is not a header name", h.get_ref()),
+                    );
+                    return None;
+                }
+            },
         };
         match crate::tls::TlsListener::with_client_auth(
             sources,
