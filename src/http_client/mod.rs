@@ -57,7 +57,7 @@ impl HttpClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        // Counts the requests each connection has begun, for `connector::reused`.
+        // Counts the requests each connection has begun, for `stale_connection`.
         let https = connector::Bounded::new(https, CONNECT_TIMEOUT, None, WRITE_STALL);
         // The idle timeout needs the pool's timer, or idle connections are kept until the
         // server closes them.
@@ -103,12 +103,7 @@ impl HttpClient {
                 let req = Request::from_parts(parts.clone(), body.clone());
                 match self.inner.request(req).await {
                     Ok(resp) => break resp,
-                    Err(e)
-                        if again
-                            && retries < STALE_RETRIES
-                            && stale_connection(&e)
-                            && connector::reused(&e) =>
-                    {
+                    Err(e) if again && retries < STALE_RETRIES && stale_connection(&e) => {
                         retries += 1;
                         tracing::debug!(uri = %parts.uri, error = %error_chain(&e), "connection closed under the request; sending it again");
                     }
@@ -161,12 +156,18 @@ impl HttpClient {
 pub(crate) const STALE_RETRIES: usize = 2;
 
 /// Whether a request failed because its connection closed (or was reset) before any of the
-/// answer came: the server closed a kept-alive connection as the request went out on it, the
-/// race every keep-alive pool has (hyper-util already resends a request that had not been
-/// written yet). An idempotent request (RFC 9110 §9.2.2) can be sent again, as nginx sends
-/// one again after an error on a cached connection; another one cannot, since the server may
-/// have acted on it.
+/// answer came, on a connection that had carried an earlier request
+/// ([`connector::reused`]): the server closed a kept-alive connection as the request went
+/// out on it, the race every keep-alive pool has (hyper-util already resends a request that
+/// had not been written yet). An idempotent request (RFC 9110 §9.2.2) can be sent again, as
+/// nginx sends one again after an error on a cached connection; another one cannot, since
+/// the server may have acted on it.
 pub(crate) fn stale_connection(e: &hyper_util::client::legacy::Error) -> bool {
+    connector::reused(e) && closed_before_the_answer(e)
+}
+
+/// The connection closed (or was reset) before any of the answer came.
+fn closed_before_the_answer(e: &hyper_util::client::legacy::Error) -> bool {
     if let Some(h) = find_cause::<hyper::Error>(e)
         && h.is_incomplete_message()
     {

@@ -31,7 +31,6 @@ use tower::{BoxError, ServiceBuilder, ServiceExt};
 use crate::config::BackendUrl;
 use crate::error::{BackendError, ProxyError};
 use crate::head_guard::ClientBody;
-use crate::http_client::connector::reused;
 use crate::http_client::{STALE_RETRIES, find_cause, stale_connection};
 use crate::outcome::Outcome;
 use crate::policy::RequestFacts;
@@ -427,9 +426,9 @@ struct Forwarded {
 /// The stack's innermost service: the backends in balancing order until one answers. Only
 /// a connect failure moves on, whatever the method: nothing of the request was sent, and
 /// its body still waits in the [`BodyState`] for the next attempt. A connection that closed
-/// under an idempotent request before any of the answer came (see [`stale_connection`]),
-/// a kept-alive connection that had carried an earlier request ([`reused`]), is
-/// tried again on the same backend, at most [`STALE_RETRIES`] times. Any other failure is
+/// under an idempotent request before any of the answer came, a kept-alive connection that
+/// had carried an earlier request (see [`stale_connection`]), is tried again on the same
+/// backend, at most [`STALE_RETRIES`] times. Any other failure is
 /// the answer. The response head must come within `response_header_timeout` of the
 /// client's body read in full (see [`BodyState::backend_overdue`]), connects included.
 async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
@@ -534,7 +533,6 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
             Err(e)
                 if stale_retries < STALE_RETRIES
                     && stale_connection(&e)
-                    && reused(&e)
                     && ex.method.is_idempotent()
                     && state.replayable()
                     && state.client_fault().is_none() =>
