@@ -63,13 +63,9 @@ pub struct ProxyState {
     pub unrouted_refusals: crate::telemetry::RefusalCounts,
     /// The refusal records' per-outcome budget (`[log] refusals_per_second`).
     pub refusal_log: crate::telemetry::limited::LogLimiter,
-    /// The same budget for the warnings about each failed backend attempt: a route whose
-    /// backend is down writes one per handshake (shared with the plain requests, whose stack
-    /// holds its own reference).
-    pub attempt_log: Arc<crate::telemetry::limited::LogLimiter>,
-    /// And for the lines saying a request failed over to another backend, on their own: a
-    /// flood of failed attempts does not hide them, and their `suppressed` counts their own.
-    pub failover_log: Arc<crate::telemetry::limited::LogLimiter>,
+    /// The same budget for the warnings about backends that failed a request (shared with
+    /// the plain requests, whose stack holds its own reference).
+    pub backend_logs: Arc<crate::telemetry::limited::BackendLogs>,
     /// The process's descriptor limit and the probe for the reserve (`[limits] fd_reserve`).
     pub descriptors: limits::Descriptors,
 }
@@ -98,10 +94,7 @@ impl ProxyState {
             refusal_log: crate::telemetry::limited::LogLimiter::new(
                 generation.config.log.refusals_per_second,
             ),
-            attempt_log: Arc::new(crate::telemetry::limited::LogLimiter::new(
-                generation.config.log.refusals_per_second,
-            )),
-            failover_log: Arc::new(crate::telemetry::limited::LogLimiter::new(
+            backend_logs: Arc::new(crate::telemetry::limited::BackendLogs::new(
                 generation.config.log.refusals_per_second,
             )),
             current: std::sync::RwLock::new(Arc::new(generation)),
@@ -549,8 +542,7 @@ async fn upgrade_backend(
         session: cx.id,
         correlation: cx.ids,
         max_error_body: cx.config.limits.max_error_body,
-        attempt_log: &cx.state.attempt_log,
-        failover_log: &cx.state.failover_log,
+        backend_logs: &cx.state.backend_logs,
     };
     route.pool.upgrade(&request, affinity).await
 }

@@ -228,10 +228,8 @@ pub struct BackendRequest<'a> {
     pub correlation: &'a Correlation,
     /// A non-101 answer's body is read up to this (`limits.max_error_body`).
     pub max_error_body: usize,
-    /// The budget of the warnings about failed attempts (`ProxyState::attempt_log`).
-    pub attempt_log: &'a crate::telemetry::limited::LogLimiter,
-    /// The budget of the lines about failovers (`ProxyState::failover_log`).
-    pub failover_log: &'a crate::telemetry::limited::LogLimiter,
+    /// The budgets of the warnings about failed attempts and failovers.
+    pub backend_logs: &'a crate::telemetry::limited::BackendLogs,
 }
 
 /// Builds the upgrade request for the backend: end-to-end headers copied, hop-by-hop ones

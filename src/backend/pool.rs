@@ -357,7 +357,7 @@ impl BackendPool {
                 Ok(up) => {
                     lease.backend.health.passive_success();
                     if let Some(first) = failures.first()
-                        && let Some(line) = req.failover_log.admit(first.outcome())
+                        && let Some(line) = req.backend_logs.failovers.admit(first.outcome())
                     {
                         let failed: Vec<String> =
                             failures.iter().map(BackendError::attempt_text).collect();
@@ -372,7 +372,7 @@ impl BackendPool {
                 Err(e) => {
                     // Limited as the refusals are: a route whose backend is down would write
                     // one per handshake, at the clients' pace.
-                    if let Some(line) = req.attempt_log.admit(e.outcome()) {
+                    if let Some(line) = req.backend_logs.attempts.admit(e.outcome()) {
                         tracing::warn!(session = req.session, request_id = req.correlation.request_id(), route = %self.route, backend = %lease.backend.name, error = %e.attempt_text(), suppressed = line.suppressed(), "backend handshake failed");
                     }
                     self.failed(&lease.backend, Instant::now());

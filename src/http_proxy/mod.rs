@@ -246,8 +246,7 @@ async fn exchange(
         affinity,
         body: state.clone(),
         tried: tried.clone(),
-        attempt_log: cx.state.attempt_log.clone(),
-        failover_log: cx.state.failover_log.clone(),
+        backend_logs: cx.state.backend_logs.clone(),
     };
     let deadline = http
         .request_timeout
@@ -408,10 +407,8 @@ struct Exchange {
     affinity: crate::backend::Affinity,
     /// Set to each backend as it is asked.
     tried: record::Tried,
-    /// The budget of the warnings about failed attempts (`ProxyState::attempt_log`), and
-    /// of the lines about failovers (`ProxyState::failover_log`).
-    attempt_log: Arc<crate::telemetry::limited::LogLimiter>,
-    failover_log: Arc<crate::telemetry::limited::LogLimiter>,
+    /// The budgets of the warnings about failed attempts and failovers.
+    backend_logs: Arc<crate::telemetry::limited::BackendLogs>,
 }
 
 /// The backend's response head, and which backend gave it.
@@ -444,7 +441,7 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
     let head_deadline = state.backend_overdue(head_timeout);
     tokio::pin!(head_deadline);
     let mut failures = Vec::new();
-    // The first failed attempt's outcome: the failover line's budget (`failover_log`).
+    // The first failed attempt's outcome: the failover line's budget (`BackendLogs`).
     let mut first_failure = None;
     let mut all_timeouts = true;
     // Whether every failed attempt was a refusal of the TLS handshake (the answer is then
@@ -482,7 +479,7 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
                 // nothing reached it, so the next backend is tried, as after a connect
                 // failure, and the failure is the TLS one it is on the WebSocket path.
                 all_timeouts = false;
-                if let Some(line) = ex.attempt_log.admit(Outcome::BackendTls) {
+                if let Some(line) = ex.backend_logs.attempts.admit(Outcome::BackendTls) {
                     tracing::warn!(route = %route.name, backend = &*target.name, error = %reason, suppressed = line.suppressed(), "backend TLS handshake refused");
                 }
                 targets.failed(i, Outcome::BackendTls, route);
@@ -501,7 +498,7 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
                 }
                 targets.passed(i, &route.pool);
                 if let Some(first) = first_failure
-                    && let Some(line) = ex.failover_log.admit(first)
+                    && let Some(line) = ex.backend_logs.failovers.admit(first)
                 {
                     tracing::warn!(route = %route.name, backend = &*target.name, failed = %failures.join("; "), suppressed = line.suppressed(), "failed over to the next backend");
                 }
@@ -522,7 +519,7 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
                     Outcome::BackendUnreachable
                 };
                 let detail = crate::http_client::error_chain(&e);
-                if let Some(line) = ex.attempt_log.admit(outcome) {
+                if let Some(line) = ex.backend_logs.attempts.admit(outcome) {
                     tracing::warn!(route = %route.name, backend = &*target.name, error = %detail, suppressed = line.suppressed(), "backend connect failed");
                 }
                 targets.failed(i, outcome, route);

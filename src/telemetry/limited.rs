@@ -104,6 +104,26 @@ impl LogLimiter {
     }
 }
 
+/// The budgets of the warnings about backends that failed a request, beside the refusal
+/// records' (the same `per_second` each): one for each failed attempt's warning (a route whose
+/// backend is down writes one per handshake), one for the lines saying a request failed over,
+/// on their own so that a flood of failed attempts does not hide them and their `suppressed`
+/// counts their own kind.
+#[derive(Debug)]
+pub struct BackendLogs {
+    pub attempts: LogLimiter,
+    pub failovers: LogLimiter,
+}
+
+impl BackendLogs {
+    pub fn new(per_second: u32) -> BackendLogs {
+        BackendLogs {
+            attempts: LogLimiter::new(per_second),
+            failovers: LogLimiter::new(per_second),
+        }
+    }
+}
+
 fn pack(window: u32, written: u32) -> u64 {
     (u64::from(window) << 32) | u64::from(written)
 }
