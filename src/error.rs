@@ -49,6 +49,14 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// The backend's own answer to this client's request, below 500 (a redirect to its
+    /// login, an auth or a routing answer): its word on the request, not its failure. Passed
+    /// on at once rather than failed over, not counted against the backend (its failures
+    /// metric, passive health), and logged as the client's refusal.
+    pub fn is_backends_word(&self) -> bool {
+        matches!(self, BackendError::Refused(r) if r.status.as_u16() < 500)
+    }
+
     /// What the client is told: the failure's kind without its details (the backend's
     /// address, the OS or TLS error), which go to the log (`limits.error_detail`).
     pub fn public_reason(&self) -> &'static str {
@@ -405,13 +413,9 @@ impl ProxyError {
             ) => Fault::Proxy,
             ProxyError::Policy(_) => Fault::Client,
             ProxyError::Draining | ProxyError::Overloaded => Fault::Proxy,
-            // A backend's 3xx or 4xx is its word on this client's request (a redirect to its
-            // login, a login that failed, a room that does not exist), as the failover and
-            // passive health take it: logged as the proxy's own refusals of clients are, at
-            // info, not as a backend failing.
-            ProxyError::Backend(BackendError::Refused(r)) if r.status.as_u16() < 500 => {
-                Fault::Client
-            }
+            // Logged as the proxy's own refusals of clients are, at info, not as a backend
+            // failing.
+            ProxyError::Backend(b) if b.is_backends_word() => Fault::Client,
             ProxyError::Backend(_) | ProxyError::RequestTimeout(..) => Fault::Backend,
             ProxyError::Limit(e) => e.fault(),
         }

@@ -365,7 +365,7 @@ impl BackendPool {
                     }
                     return Ok((up, lease));
                 }
-                Err(e) if !fails_over(&e) => {
+                Err(e) if e.is_backends_word() => {
                     lease.backend.health.passive_success();
                     return Err(e.from_backend(&lease.backend.name));
                 }
@@ -382,12 +382,6 @@ impl BackendPool {
         }
         Err(summary(failures, budget))
     }
-}
-
-/// Whether the next backend is tried after `e`: anything but the backend's own answer to
-/// this client below 500.
-fn fails_over(e: &BackendError) -> bool {
-    !matches!(e, BackendError::Refused(r) if r.status.as_u16() < 500)
 }
 
 /// The error a failed handshake reports: the last 5xx a backend answered, passed on as it
@@ -482,10 +476,8 @@ async fn attempt(
         Ok(_) => stats
             .handshake
             .observe(handshake_started.elapsed().as_secs_f64()),
-        // A 3xx or 4xx is the backend's own word on the request (a redirect to its login,
-        // an auth or a routing answer), as passive health and the failover take it: counted
-        // as a failure, it would page whoever alerts on them for every refused login.
-        Err(BackendError::Refused(r)) if r.status.as_u16() < 500 => {}
+        // Counted as a failure, it would page whoever alerts on them for every refused login.
+        Err(e) if e.is_backends_word() => {}
         Err(e) => stats.failures.add(e.outcome()),
     }
     result
