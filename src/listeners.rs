@@ -73,9 +73,6 @@ struct Running {
     /// of `Listeners::stop`.
     accepting: CancellationToken,
     stats: Arc<ListenerStats>,
-    /// systemd passed the socket and keeps a copy: it listens whatever this process does
-    /// with its own, so a reload may not remove the listener (`Listeners::prepare`).
-    systemd: bool,
 }
 
 /// A socket bound (or taken over) for a listener, not yet accepting.
@@ -83,7 +80,6 @@ struct Running {
 pub struct Bound {
     config: ListenerConfig,
     socket: TcpListener,
-    systemd: bool,
 }
 
 /// What a reload did to the listeners, by configured address.
@@ -197,19 +193,15 @@ fn systemd_hint(
 }
 
 fn bind_one(config: &ListenerConfig, inherited: &mut Inherited) -> std::io::Result<Bound> {
-    let (socket, systemd) = match inherited.take(config.addr) {
-        Some(taken) => (taken.socket, taken.systemd),
-        None => {
-            let socket = accept::bind(config.addr).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.addr))
-            })?;
-            (socket, false)
-        }
+    let socket = match inherited.take(config.addr) {
+        Some(socket) => socket,
+        None => accept::bind(config.addr).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.addr))
+        })?,
     };
     Ok(Bound {
         config: config.clone(),
         socket,
-        systemd,
     })
 }
 
@@ -246,7 +238,6 @@ fn bind_beside(
     Some(Bound {
         config: config.clone(),
         socket,
-        systemd: false,
     })
 }
 
@@ -288,7 +279,7 @@ impl Listeners {
     pub fn start(&self, state: &Arc<ProxyState>, bound: Vec<Bound>) -> std::io::Result<()> {
         let mut running = self.lock();
         for b in bound {
-            running.push(self.spawn(state, b.config, Arc::new(b.socket), None, b.systemd)?);
+            running.push(self.spawn(state, b.config, Arc::new(b.socket), None)?);
         }
         Ok(())
     }
@@ -297,6 +288,18 @@ impl Listeners {
     /// [`Inherited::systemd`]), for a reload's errors.
     pub fn set_systemd(&self, sockets: Vec<(String, SocketAddr)>) {
         let _ = self.systemd.set(sockets);
+    }
+
+    fn systemd(&self) -> &[(String, SocketAddr)] {
+        self.systemd.get().map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether a listener bound at `addr` runs on a socket systemd passed (and holds a copy
+    /// of, listening whatever this process does with its own): a socket is taken only by
+    /// the listener at its address, and nothing else can be bound there while systemd holds
+    /// it.
+    fn on_systemd_socket(&self, addr: SocketAddr) -> bool {
+        self.systemd().iter().any(|(_, at)| *at == addr)
     }
 
     /// Binds the listeners `configs` adds to the running ones. Nothing running changes but,
@@ -308,10 +311,9 @@ impl Listeners {
     /// systemd's copy too (`commit`), which the next start would get back dead.
     pub fn prepare(&self, configs: &[ListenerConfig]) -> Result<Prepared, Refused> {
         let running = self.lock();
-        if let Some(r) = running
-            .iter()
-            .find(|r| r.systemd && !configs.iter().any(|c| c.addr == r.config.addr))
-        {
+        if let Some(r) = running.iter().find(|r| {
+            self.on_systemd_socket(r.addr) && !configs.iter().any(|c| c.addr == r.config.addr)
+        }) {
             return Err(Refused {
                 index: None,
                 error: std::io::Error::other(format!(
@@ -325,7 +327,6 @@ impl Listeners {
         }
         let mut added = Vec::new();
         let mut shared = Vec::new();
-        let systemd = self.systemd.get().map_or(&[][..], Vec::as_slice);
         for (i, c) in configs.iter().enumerate() {
             if running.iter().any(|r| r.config.addr == c.addr) {
                 continue;
@@ -344,7 +345,7 @@ impl Listeners {
                     }
                     return Err(Refused {
                         index: Some(i),
-                        error: systemd_hint(e, c.addr, systemd),
+                        error: systemd_hint(e, c.addr, self.systemd()),
                     });
                 }
             }
@@ -377,8 +378,7 @@ impl Listeners {
                 }
                 Some(c) if c.fingerprint != r.config.fingerprint => {
                     r.accepting.cancel();
-                    let (socket, stats) = (r.socket.clone(), Some(r.stats.clone()));
-                    match self.spawn(state, c.clone(), socket, stats, r.systemd) {
+                    match self.spawn(state, c.clone(), r.socket.clone(), Some(r.stats.clone())) {
                         Ok(next) => {
                             tracing::info!(listen = %r.addr, "listener settings changed: new connections get them");
                             diff.changed.push(r.config.addr.to_string());
@@ -395,7 +395,7 @@ impl Listeners {
         }
         for b in added {
             let addr = b.config.addr.to_string();
-            match self.spawn(state, b.config, Arc::new(b.socket), None, b.systemd) {
+            match self.spawn(state, b.config, Arc::new(b.socket), None) {
                 Ok(r) => {
                     kept.push(r);
                     diff.added.push(addr);
@@ -426,7 +426,6 @@ impl Listeners {
         config: ListenerConfig,
         socket: Arc<TcpListener>,
         stats: Option<Arc<ListenerStats>>,
-        systemd: bool,
     ) -> std::io::Result<Running> {
         let addr = socket.local_addr()?;
         let accepting = self.stop.child_token();
@@ -462,7 +461,6 @@ impl Listeners {
             socket,
             accepting,
             stats,
-            systemd,
         })
     }
 
@@ -501,7 +499,11 @@ impl Listeners {
             .lock()
             .iter()
             .map(|r| {
-                let mark = if r.systemd { SYSTEMD_MARK } else { "" };
+                let mark = if self.on_systemd_socket(r.addr) {
+                    SYSTEMD_MARK
+                } else {
+                    ""
+                };
                 (format!("{}{mark}", r.config.addr), r.socket.as_raw_fd())
             })
             .collect();

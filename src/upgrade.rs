@@ -77,15 +77,6 @@ struct Socket {
     systemd: bool,
 }
 
-/// A socket a listener took from those inherited.
-#[derive(Debug)]
-pub struct Taken {
-    pub socket: TcpListener,
-    /// systemd holds a copy of it: it listens as long as the socket unit does, whatever this
-    /// process does with its own.
-    pub systemd: bool,
-}
-
 impl Inherited {
     /// The sockets systemd passed (socket activation), if `LISTEN_PID` is this process.
     /// Anything that is not a listening TCP socket is logged and closed.
@@ -139,14 +130,13 @@ impl Inherited {
 
     /// The socket for the listener configured at `addr`: the one named so, or else one bound
     /// to exactly that address.
-    pub fn take(&mut self, addr: SocketAddr) -> Option<Taken> {
+    pub fn take(&mut self, addr: SocketAddr) -> Option<TcpListener> {
         let name = addr.to_string();
         let i = self
             .sockets
             .iter()
             .position(|s| s.name == name || s.socket.local_addr().ok() == Some(addr))?;
-        let systemd = self.sockets[i].systemd;
-        self.adopt(i).map(|socket| Taken { socket, systemd })
+        self.adopt(i)
     }
 
     /// The admin listener's socket (configured at `addr`), if the predecessor's is still at
