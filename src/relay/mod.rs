@@ -210,6 +210,7 @@ impl<IO: Leg> Side<IO> {
         self.write_shut = true;
         self.read_eof = true;
         self.out = None;
+        self.needs_flush = false;
         self.inject = None;
     }
 
@@ -1049,11 +1050,15 @@ where
     Z: Leg,
 {
     to.failed();
+    // Progress, whatever else: `from` may have gone unread while `to` could not take more,
+    // its waker not registered, and the next round reads it now. (A flush into a reset
+    // HTTP/2 stream fails in a turn of its own; the backend's answer to the proxy's close
+    // then waited for the closing handshake's deadline.)
+    st.progress += 1;
     if to.close_from.is_some() && from.close_from.is_some() && !st.taken_over {
         // Both have sent their close frames, and `to` has closed its connection: its part is
         // over, and the close reply that could not reach it is no loss. (A side closed while
         // the other is still inside a message is gone, as before: that other side is told.)
-        st.progress += 1;
         return;
     }
     let error = side_error(to.who, &e);

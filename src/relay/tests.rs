@@ -1764,3 +1764,158 @@ async fn a_drain_during_a_clients_clean_close_leaves_it_the_clients() {
     let out = task.await.unwrap();
     assert_eq!(out.closed_by, CloseSide::Client, "{out:?}");
 }
+
+/// An HTTP/2 stream as hyper hands it over (`UpgradedIo::Hyper`): its writes are taken at
+/// once, and a flush waits for the client's flow-control window. A reset (RST_STREAM) ends
+/// its reads at once (hyper reads CANCEL as an EOF); the flush waiting fails later, on a
+/// wake-up of its own (hyper's send task sees the reset), and flushes after that are done.
+struct StreamLike {
+    io: tokio::io::DuplexStream,
+    state: Arc<StreamState>,
+}
+
+#[derive(Default)]
+struct StreamState {
+    reset: std::sync::atomic::AtomicBool,
+    /// 0: the flush waits; 1: it fails (once); 2: it has failed.
+    flush: std::sync::atomic::AtomicU8,
+    read_waker: std::sync::Mutex<Option<std::task::Waker>>,
+    flush_waker: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl StreamState {
+    fn reset(&self) {
+        self.reset.store(true, Ordering::SeqCst);
+        if let Some(w) = self.read_waker.lock().unwrap().take() {
+            w.wake();
+        }
+    }
+
+    fn fail_flush(&self) {
+        self.flush.store(1, Ordering::SeqCst);
+        if let Some(w) = self.flush_waker.lock().unwrap().take() {
+            w.wake();
+        }
+    }
+
+    fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.flush.load(Ordering::SeqCst) {
+            0 => {
+                *self.flush_waker.lock().unwrap() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            1 => {
+                self.flush.store(2, Ordering::SeqCst);
+                Poll::Ready(Err(io::Error::other("stream no longer needed")))
+            }
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl AsyncRead for StreamLike {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.state.reset.load(Ordering::SeqCst) {
+            return Poll::Ready(Ok(()));
+        }
+        *self.state.read_waker.lock().unwrap() = Some(cx.waker().clone());
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for StreamLike {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.state.flush.load(Ordering::SeqCst) != 0 {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.state.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.state.poll_flush(cx)
+    }
+}
+
+impl Leg for StreamLike {
+    fn done_once_answered(&self) -> bool {
+        true
+    }
+}
+
+/// An HTTP/2 client resets its stream while the backend's messages wait for its window: the
+/// proxy's 1001 goes to the backend, and the session ends with the backend's answer. When
+/// the flush into the reset stream failed in a turn of its own, that turn ended without
+/// reading the backend, whose reads had waited behind the flush: nothing woke the relay for
+/// the answer, and the session lingered the closing handshake's 5 s (about one HTTP/2
+/// session in ten reset while echoes flowed).
+#[tokio::test(start_paused = true)]
+async fn a_reset_http2_stream_whose_flush_fails_later_ends_with_the_backends_answer() {
+    let (mut client, client_side) = duplex(1 << 16);
+    let (backend_side, mut backend) = duplex(1 << 16);
+    let state = Arc::new(StreamState::default());
+    let cfg = SessionConfig {
+        ping_interval: None,
+        hibernate_after: None,
+        ..SessionConfig::default()
+    };
+    let (control, link) = (Control::default(), Arc::default());
+    let env = test_env(cfg, &control, &link);
+    let leg = StreamLike {
+        io: client_side,
+        state: state.clone(),
+    };
+    let task = tokio::spawn(relay(
+        (leg, Bytes::new()),
+        (TcpLike(backend_side), Bytes::new()),
+        env,
+        0,
+    ));
+    // An echo under way: the backend's message is written into the stream, whose flush
+    // waits for the client's window.
+    let hello = masked(opcode::BINARY, b"hello");
+    client.write_all(&hello).await.unwrap();
+    let mut got = vec![0u8; hello.len()];
+    backend.read_exact(&mut got).await.unwrap();
+    backend
+        .write_all(&plain(opcode::BINARY, b"hello"))
+        .await
+        .unwrap();
+    let mut echo = [0u8; 7];
+    client.read_exact(&mut echo).await.unwrap();
+    // The next echo wakes the relay, which leaves it unread behind the flush.
+    backend
+        .write_all(&plain(opcode::BINARY, b"again"))
+        .await
+        .unwrap();
+    tokio::task::yield_now().await;
+    // The client resets the stream: its read ends, and the backend gets the proxy's 1001.
+    state.reset();
+    assert_eq!(read_close(&mut backend).await.0, Some(1001));
+    // The flush into the reset stream fails on a wake-up of its own; then the backend
+    // answers the 1001 and closes.
+    state.fail_flush();
+    tokio::task::yield_now().await;
+    backend
+        .write_all(&plain(opcode::CLOSE, &[0x03, 0xe9]))
+        .await
+        .unwrap();
+    backend.shutdown().await.unwrap();
+    let waited = Instant::now();
+    let out = task.await.unwrap();
+    assert_eq!(waited.elapsed(), Duration::ZERO, "{out:?}");
+    assert_eq!(out.closed_by, CloseSide::Client, "{out:?}");
+    assert_eq!(out.backend_close.as_ref().and_then(|c| c.code), Some(1001));
+    assert!(!out.cut, "{out:?}");
+}
