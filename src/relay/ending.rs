@@ -74,16 +74,23 @@ impl Reason {
     }
 
     /// The reason text written in the proxy's close frame to `to` (short: control frames ≤
-    /// 125 B). A protocol error is named to the side that broke the protocol by its close
-    /// code's phrase, and to the other side as the offender's, so a backend closed over its
-    /// client's violation does not read "protocol error" as its own.
+    /// 125 B). A protocol error, an oversized message or a rate limit is named to the side
+    /// at fault by its close code's phrase, and to the other side as the offender's, so a
+    /// backend closed over its client's violation does not read "protocol error" (or
+    /// "message too big") as its own.
     pub(super) fn text(&self, to: CloseSide) -> &'static str {
         match *self {
             Reason::ProtocolError(side, v) if side == to => close_code::phrase(v.close_code()),
             Reason::ProtocolError(CloseSide::Client, _) => "client protocol error",
             Reason::ProtocolError(..) => "backend protocol error",
-            Reason::MessageTooBig(_) => close_code::phrase(close_code::MESSAGE_TOO_BIG),
-            Reason::RateLimited(_) => "rate limit",
+            Reason::MessageTooBig(side) if side == to => {
+                close_code::phrase(close_code::MESSAGE_TOO_BIG)
+            }
+            Reason::MessageTooBig(CloseSide::Client) => "client message too big",
+            Reason::MessageTooBig(_) => "backend message too big",
+            Reason::RateLimited(side) if side == to => "rate limit",
+            Reason::RateLimited(CloseSide::Client) => "client rate limit",
+            Reason::RateLimited(_) => "backend rate limit",
             Reason::Gone(CloseSide::Client) => "client went away",
             Reason::Gone(_) => "backend connection lost",
             Reason::PingTimeout(CloseSide::Client) => "client not responding",

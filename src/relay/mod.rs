@@ -593,7 +593,12 @@ where
             closed_by: st.closed_by.unwrap_or(CloseSide::Proxy),
             proxy_reason: st.reason,
             cut: cut || st.over_drain_limit,
-            error: st.error.take().map(|e| *e),
+            // A side that broke the protocol: which rule, for the operator who must find
+            // the broken client library (the close frames say only "protocol error").
+            error: st.error.take().map(|e| *e).or_else(|| match st.reason {
+                Some(Reason::ProtocolError(side, v)) => Some(format!("{}: {v}", side.as_str())),
+                _ => None,
+            }),
             late_frames: st.late_frames,
         }
     }

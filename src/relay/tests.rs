@@ -347,6 +347,11 @@ async fn a_forbidden_close_fails_the_session_and_still_counts_as_the_senders_clo
     assert_eq!(out.client_close, Some(CloseInfo::default()));
     assert_eq!(out.closed_by, CloseSide::Proxy);
     assert!(!out.cut);
+    // The record names the rule broken, which the close frames call "protocol error".
+    assert_eq!(
+        out.error.as_deref(),
+        Some("client: close frame with a one-byte payload")
+    );
 }
 
 /// After a side's close frame, a malformed close is late like any other frame: dropped, and

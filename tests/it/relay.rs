@@ -47,7 +47,7 @@ async fn oversized_client_message_gets_1009_and_the_backend_1001() {
     assert_eq!(close_of(&mut ws).await, (1009, "message too big".into()));
     assert_eq!(
         backend.wait_closes(1).await,
-        vec![Some((1001, "message too big".into()))]
+        vec![Some((1001, "client message too big".into()))]
     );
 }
 
@@ -73,7 +73,10 @@ async fn oversized_backend_message_gets_1009_and_the_client_1001() {
     ))
     .await;
     let (mut ws, _) = connect(&gw.url("/")).await;
-    assert_eq!(close_of(&mut ws).await, (1001, "message too big".into()));
+    assert_eq!(
+        close_of(&mut ws).await,
+        (1001, "backend message too big".into())
+    );
 }
 
 #[tokio::test]
