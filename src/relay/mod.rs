@@ -8,7 +8,8 @@
 //! The relay owns how a session ends:
 //! - **Peers close**: close frames are forwarded both ways and the TCP close follows the
 //!   closing handshake (RFC 6455 §7.1.1). A close frame from either side starts
-//!   [`CLOSE_TIMEOUT`] for the rest of the handshake. Nothing a side sends after its close
+//!   [`CLOSE_TIMEOUT`] for the rest of the handshake; a close frame still unanswered then is
+//!   answered by the proxy (`answer_unanswered`). Nothing a side sends after its close
 //!   frame is passed on (RFC 6455 §5.5.1): it is read and dropped.
 //! - **The proxy closes** (a framing violation, a message over the limit, a dead peer, an idle
 //!   or lifetime timer, an expired token, a drain): each side still there gets a close frame
@@ -619,9 +620,40 @@ where
     C: Leg,
     B: Leg,
 {
+    answer_unanswered(cx, c, b);
+    answer_unanswered(cx, b, c);
     drain::drain_ready(cx, st, c);
     drain::drain_ready(cx, st, b);
     true
+}
+
+/// A cut while `to` waits for the answer to its close frame, which the other side never sent
+/// (the closing handshake's deadline, or a second signal): the proxy, `to`'s peer, answers it
+/// as RFC 6455 §5.5.1 asks, echoing its code, so `to` learns its close went through rather
+/// than seeing an abnormal closure (1006). Only at a frame boundary of the stream into `to`,
+/// with nothing queued for it, and only what its socket takes at once.
+fn answer_unanswered<A: Leg, Z>(cx: &mut Context<'_>, to: &mut Side<A>, from: &Side<Z>) {
+    let Some(close) = to.close_from.as_deref() else {
+        return;
+    };
+    if to.close_to
+        || to.write_shut
+        || !to.out_empty()
+        || to.inject.is_some()
+        || !from.scanner.at_boundary()
+    {
+        return;
+    }
+    let (role, why) = match to.who {
+        CloseSide::Client => (Sender::Client, "backend did not answer"),
+        _ => (Sender::Server, "client did not answer"),
+    };
+    let frame = match close.code {
+        Some(code) => frame::close_frame(code, why, role),
+        None => frame::encode_frame(opcode::CLOSE, true, &[], frame::mask_toward(role)),
+    };
+    // Whatever happens, the session ends now: a socket that takes nothing gets its FIN.
+    let _ = to.io.poll_write_last(cx, &frame);
 }
 
 /// A side's I/O error for the record, with its causes: hyper's errors on an HTTP/2 stream

@@ -1924,3 +1924,50 @@ async fn a_reset_http2_stream_whose_flush_fails_later_ends_with_the_backends_ans
     assert_eq!(out.backend_close.as_ref().and_then(|c| c.code), Some(1001));
     assert!(!out.cut, "{out:?}");
 }
+
+/// A side whose close frame the other side never answers gets the proxy's answer when the
+/// closing handshake's deadline ends the session: its own code echoed (RFC 6455 §5.5.1), then
+/// the FIN. It got the FIN alone, and its library reported an abnormal closure (1006).
+#[tokio::test(start_paused = true)]
+async fn a_close_the_other_side_never_answers_is_answered_at_the_deadline() {
+    // The client closes; the backend takes the close frame and says nothing.
+    let (mut client, mut backend, _outside, task) = spawn_relay(1024);
+    let mut payload = 1000u16.to_be_bytes().to_vec();
+    payload.extend_from_slice(b"bye");
+    client
+        .write_all(&masked(opcode::CLOSE, &payload))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_close(&mut backend).await,
+        (Some(1000), "bye".to_string())
+    );
+    let started = Instant::now();
+    assert_eq!(
+        read_close(&mut client).await,
+        (Some(1000), "backend did not answer".to_string())
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= CLOSE_TIMEOUT && waited < CLOSE_TIMEOUT * 2,
+        "{waited:?}"
+    );
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    let out = task.await.unwrap();
+    assert_eq!(out.outcome().as_str(), "close_timeout");
+    assert!(out.cut, "{out:?}");
+    drop(backend);
+
+    // The backend closes (without a code); the client never answers.
+    let (mut client, mut backend, _outside, task) = spawn_relay(1024);
+    backend.write_all(&plain(opcode::CLOSE, &[])).await.unwrap();
+    let mut head = [0u8; 2];
+    client.read_exact(&mut head).await.unwrap();
+    assert_eq!(head, [0x88, 0]);
+    assert_eq!(read_close(&mut backend).await, (None, String::new()));
+    let out = task.await.unwrap();
+    assert_eq!(out.outcome().as_str(), "close_timeout");
+    drop(client);
+}
