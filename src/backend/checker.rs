@@ -229,6 +229,7 @@ async fn websocket(
         offered: &offered,
         timeout: t.check.timeout,
         max_error_body: 0,
+        more_backends: false,
     };
     let up = super::handshake(stream, req, params)
         .await

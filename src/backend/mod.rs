@@ -355,7 +355,16 @@ pub struct HandshakeParams<'a> {
     /// Bounds the TLS handshake (for `wss://`) and the upgrade exchange together.
     pub timeout: Duration,
     pub max_error_body: usize,
+    /// Another backend is tried after this one if it fails: a 5xx's body (which goes to the
+    /// client only if every backend fails) is waited for [`FAILOVER_BODY_WAIT`] at most.
+    pub more_backends: bool,
 }
+
+/// How long the body of a 5xx is read when another backend is to be tried next: the next
+/// attempt waits for it, and a backend that sends its 503's head and stalls (overloaded,
+/// which is what failover is for) would hold the client for the attempt's whole share. An
+/// error page comes with its head or just after.
+const FAILOVER_BODY_WAIT: Duration = Duration::from_millis(250);
 
 /// Opens TLS first for a `wss://` backend (SNI from the backend's host name), then sends the
 /// upgrade request and verifies the answer.
@@ -564,6 +573,11 @@ async fn exchange(
         )));
     }
     if head.status != StatusCode::SWITCHING_PROTOCOLS {
+        let deadline = if head.status.is_server_error() && p.more_backends {
+            deadline.min(tokio::time::Instant::now() + FAILOVER_BODY_WAIT)
+        } else {
+            deadline
+        };
         return Err(wire::refusal(io, buf.freeze(), p.max_error_body, deadline).await);
     }
     let (protocol, extensions) = verify_101(&head.headers, p.key, p.offered)?;
@@ -597,8 +611,11 @@ fn classify_send_error(e: &hyper::Error) -> BackendError {
 /// §15.5.8), a 405's `Allow` (§15.5.6), a 426's `Upgrade` (§15.5.22; on HTTP/1.1 only,
 /// named in `Connection` too), and the versions a backend that does not speak 13 does
 /// speak (RFC 6455 §4.4).
-const REFUSAL_HEADERS: [HeaderName; 9] = [
+const REFUSAL_HEADERS: [HeaderName; 10] = [
     header::CONTENT_TYPE,
+    // The body's coding is part of it (RFC 9110 §8.4): browsers send `Accept-Encoding` with
+    // their handshakes, and a backend may gzip its error page.
+    header::CONTENT_ENCODING,
     header::WWW_AUTHENTICATE,
     header::PROXY_AUTHENTICATE,
     header::RETRY_AFTER,
@@ -625,16 +642,32 @@ async fn refused(
     }
     let mut body = BytesMut::new();
     let mut incoming = resp.into_body();
+    let (mut whole, mut cut) = (false, false);
     while body.len() < max_body {
         match tokio::time::timeout_at(deadline, incoming.frame()).await {
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
                     let room = max_body - body.len();
+                    cut |= data.len() > room;
                     body.extend_from_slice(&data[..data.len().min(room)]);
                 }
             }
+            Ok(None) => {
+                whole = true;
+                break;
+            }
             _ => break,
         }
+    }
+    let whole = (whole || hyper::body::Body::is_end_stream(&incoming)) && !cut;
+    let coded = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if coded && !whole {
+        // Part of a compressed body is no text at all: the status and headers go on alone.
+        body.clear();
+        headers.remove(header::CONTENT_ENCODING);
     }
     BackendError::Refused(Box::new(BackendRefusal {
         status,

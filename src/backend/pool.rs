@@ -353,7 +353,7 @@ impl BackendPool {
             }
             let share = left / u32::try_from(tries - i).unwrap_or(1);
             let lease = BackendLease::new(backend);
-            match attempt(req, &lease.backend, share).await {
+            match attempt(req, &lease.backend, share, i + 1 < tries).await {
                 Ok(up) => {
                     lease.backend.health.passive_success();
                     if let Some(first) = failures.first()
@@ -435,6 +435,7 @@ async fn attempt(
     req: &BackendRequest<'_>,
     backend: &Backend,
     share: Duration,
+    more_backends: bool,
 ) -> Result<BackendUpgrade, BackendError> {
     let started = tokio::time::Instant::now();
     let connect_timeout = req.route.backend_connect_timeout.min(share);
@@ -470,6 +471,7 @@ async fn attempt(
             .saturating_sub(started.elapsed())
             .max(Duration::from_millis(1)),
         max_error_body: req.max_error_body,
+        more_backends,
     };
     let result = super::handshake(stream, backend_req, params).await;
     match &result {

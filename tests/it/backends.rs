@@ -117,6 +117,65 @@ async fn a_5xx_fails_over_to_the_next_backend_within_the_handshake() {
     assert_eq!(seen.lock().unwrap().len(), 2);
 }
 
+/// A backend that sends its 503's head and stalls in the body (overloaded: what failover is
+/// for) does not hold the client: the next backend is asked after a short wait for the body,
+/// not after the attempt's whole share of `backend_handshake` (here half an hour, so the
+/// guard below fails the old behaviour; the fixed one takes a quarter of a second).
+#[tokio::test]
+async fn a_5xx_whose_body_stalls_fails_over_without_waiting_for_it() {
+    let (stalling, seen) = scripted_backend(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 100\r\n\r\nbusy".to_vec(),
+    )
+    .await;
+    let good = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "{}[route.timeouts]\nbackend_handshake = \"1h\"\n[route.health]\nmax_failures = 0\n",
+        route("r", "/", &[format!("ws://{stalling}"), good.url()])
+    ))
+    .await;
+    // Round robin puts the stalling backend first for one of the two.
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(60), session(&gw.url("/"), |_| {}))
+            .await
+            .expect("the client waited for the 503's body");
+    }
+    assert_eq!(good.request_count(), 2);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+/// A backend's refusal in a content coding (a gzipped 404 page: browsers send
+/// `Accept-Encoding` with their handshakes) reaches the client with its `Content-Encoding`;
+/// it came labelled `text/html` alone, and read as binary junk. Cut at `max_error_body`, a
+/// coded body would be junk whatever its label: the status and headers go on without it.
+#[tokio::test]
+async fn a_coded_refusal_body_keeps_its_coding_or_is_left_out_when_cut() {
+    let coded = |len: usize| {
+        let mut r = format!(
+            "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Encoding: gzip\r\nContent-Length: {len}\r\n\r\n"
+        )
+        .into_bytes();
+        r.extend(std::iter::repeat_n(b'z', len));
+        r
+    };
+    let (whole, _) = scripted_backend(coded(40)).await;
+    let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{whole}")])).await;
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 404);
+    assert_eq!(resp.header("content-encoding").as_deref(), Some("gzip"));
+    assert_eq!(resp.body, "z".repeat(40));
+
+    let (long, _) = scripted_backend(coded(400)).await;
+    let gw = Gateway::spawn(&format!(
+        "[limits]\nmax_error_body = \"100B\"\n{}",
+        route("r", "/", &[format!("ws://{long}")])
+    ))
+    .await;
+    let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 404);
+    assert_eq!(resp.header("content-encoding"), None, "{}", resp.head);
+    assert_eq!(resp.body, "");
+}
+
 #[tokio::test]
 async fn a_4xx_is_the_backends_word_and_passed_on() {
     let (refusing, _) =
