@@ -102,6 +102,11 @@ pub enum HandshakeError {
     /// exactly, as browsers and servers such as Node's `ws` compare them).
     #[error("invalid Sec-WebSocket-Protocol: {0:?} is offered twice")]
     DuplicateSubprotocol(String),
+    /// A `Sec-WebSocket-Extensions` line that is not text (RFC 6455 §9.1: tokens and quoted
+    /// strings): read one way here and another by the backend, it could carry an offer past
+    /// `permessage_deflate = "strip"`.
+    #[error("invalid Sec-WebSocket-Extensions: {0:?} is not text")]
+    InvalidExtensions(String),
     #[error("WebSocket handshake must not carry a request body")]
     HasBody,
     /// HTTP/2: a request on a WebSocket route that is not an extended CONNECT.
@@ -186,6 +191,7 @@ impl HandshakeError {
             DuplicateVersion(_) => Outcome::DuplicateVersion,
             MissingVersion => Outcome::MissingVersion,
             InvalidSubprotocol(_) | DuplicateSubprotocol(_) => Outcome::InvalidSubprotocol,
+            InvalidExtensions(_) => Outcome::InvalidExtensions,
             HasBody => Outcome::HasBody,
             NotExtendedConnect => Outcome::NotExtendedConnect,
             ProtocolNotWebSocket(_) => Outcome::ProtocolNotWebsocket,
@@ -340,11 +346,16 @@ fn offers(headers: &HeaderMap) -> Result<(Vec<String>, Vec<HeaderValue>), Handsh
             return Err(HandshakeError::DuplicateSubprotocol(p.clone()));
         }
     }
-    let extensions = headers
+    let extensions: Vec<HeaderValue> = headers
         .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
         .iter()
         .cloned()
         .collect();
+    if let Some(bad) = extensions.iter().find(|v| v.to_str().is_err()) {
+        return Err(HandshakeError::InvalidExtensions(
+            String::from_utf8_lossy(bad.as_bytes()).into_owned(),
+        ));
+    }
     Ok((protocols, extensions))
 }
 
@@ -538,6 +549,12 @@ mod tests {
         assert_eq!(
             validate(&parts(|b| b.header("sec-websocket-protocol", "chat, a b"))),
             Err(InvalidSubprotocol("a b".into()))
+        );
+        // An extensions line that is not text: no one reads it as the backend would.
+        let obs = HeaderValue::from_bytes(b"permessage-deflate, x-\xe9").unwrap();
+        assert_eq!(
+            validate(&parts(|b| b.header("sec-websocket-extensions", obs))),
+            Err(InvalidExtensions("permessage-deflate, x-\u{fffd}".into()))
         );
         // Offers are unique strings (RFC 6455 §4.1), on one field or several; case counts.
         assert_eq!(

@@ -82,6 +82,8 @@ pub enum Outcome {
     DuplicateVersion,
     /// A `Sec-WebSocket-Protocol` entry that is not a token (400).
     InvalidSubprotocol,
+    /// A `Sec-WebSocket-Extensions` line that is not text (400).
+    InvalidExtensions,
     /// The upgrade request carries a body (400).
     HasBody,
     /// An HTTP/2 request that is not an extended CONNECT (400).
@@ -251,6 +253,7 @@ impl Outcome {
         Outcome::MissingVersion,
         Outcome::DuplicateVersion,
         Outcome::InvalidSubprotocol,
+        Outcome::InvalidExtensions,
         Outcome::HasBody,
         Outcome::NotExtendedConnect,
         Outcome::ProtocolNotWebsocket,
@@ -335,6 +338,7 @@ impl Outcome {
             Outcome::MissingVersion => "missing_version",
             Outcome::DuplicateVersion => "duplicate_version",
             Outcome::InvalidSubprotocol => "invalid_subprotocol",
+            Outcome::InvalidExtensions => "invalid_extensions",
             Outcome::HasBody => "has_body",
             Outcome::NotExtendedConnect => "not_extended_connect",
             Outcome::ProtocolNotWebsocket => "protocol_not_websocket",
@@ -501,6 +505,7 @@ mod tests {
             DuplicateVersion("13, 13".into()),
             InvalidSubprotocol("a b".into()),
             DuplicateSubprotocol("a".into()),
+            InvalidExtensions("x-\u{e9}".into()),
             HasBody,
             NotExtendedConnect,
             ProtocolNotWebSocket("x".into()),
@@ -524,6 +529,7 @@ mod tests {
             "duplicate_version",
             "invalid_subprotocol",
             "invalid_subprotocol",
+            "invalid_extensions",
             "has_body",
             "not_extended_connect",
             "protocol_not_websocket",

@@ -78,17 +78,22 @@ fn rewrite(values: &[HeaderValue], f: impl Fn(&str) -> Option<String>) -> Vec<He
 }
 
 /// The client's offers as the backend gets them. `Strip` removes every permessage-deflate
-/// offer (other extensions are untouched). With `count_inflated`, each permessage-deflate
+/// offer (other extensions are untouched). A malformed permessage-deflate offer (a parameter
+/// unknown, repeated or out of range, `server_max_window_bits=010`) is declined, as RFC 7692
+/// §5 has a server do: passed on, a lenient backend read `010` as 10 and answered it, the
+/// answer failed [`check_answer`], and one client's offers had every backend of a route
+/// counted as failing, then ejected. With `count_inflated`, each permessage-deflate
 /// offer asks for `server_no_context_takeover` (RFC 7692 §7.1.1.1), so the relay can inflate
 /// each backend message on its own, with no window kept between messages.
 pub fn backend_offer(offers: &[HeaderValue], mode: Mode, count_inflated: bool) -> Vec<HeaderValue> {
-    if mode == Mode::Allow && !count_inflated {
+    let malformed = |e: &str| is_deflate(e) && params(e).is_err();
+    if mode == Mode::Allow && !count_inflated && !all_elements(offers).any(malformed) {
         return offers.to_vec();
     }
     rewrite(offers, |e| match () {
         _ if !is_deflate(e) => Some(e.to_string()),
-        _ if mode == Mode::Strip => None,
-        _ if has_param(e, SERVER_NO_TAKEOVER) => Some(e.to_string()),
+        _ if mode == Mode::Strip || malformed(e) => None,
+        _ if !count_inflated || has_param(e, SERVER_NO_TAKEOVER) => Some(e.to_string()),
         _ => Some(format!("{e}; {SERVER_NO_TAKEOVER}")),
     })
 }
@@ -371,6 +376,28 @@ mod tests {
         let out = backend_offer(&offers, Mode::Strip, false);
         assert_eq!(texts(&out), ["x-foo; a=1", "x-bar"]);
         assert_eq!(backend_offer(&offers, Mode::Allow, false), offers);
+    }
+
+    /// A malformed offer is declined (RFC 7692 §5), as a server would; the valid ones pass.
+    /// A lenient backend read `010` as 10, answered it, and was counted as failing.
+    #[test]
+    fn malformed_offers_are_declined() {
+        let offers = hv(&[
+            "permessage-deflate; server_max_window_bits=010, permessage-deflate",
+            "permessage-deflate; client_max_window_bits=+10",
+            "permessage-deflate; foo, x-bar",
+        ]);
+        for count in [false, true] {
+            let out = backend_offer(&offers, Mode::Allow, count);
+            let kept = if count {
+                "permessage-deflate; server_no_context_takeover"
+            } else {
+                "permessage-deflate"
+            };
+            assert_eq!(texts(&out), [kept, "x-bar"]);
+        }
+        let only_bad = hv(&["permessage-deflate; server_max_window_bits=1e1"]);
+        assert!(backend_offer(&only_bad, Mode::Allow, false).is_empty());
     }
 
     #[test]
