@@ -69,6 +69,11 @@ pub struct Head {
     pub len: usize,
 }
 
+/// The most interim answers read past before the final one. A server sends one or two (a
+/// `100 Continue`, `103 Early Hints`); a backend that sends them without end would have its
+/// handshake read and parsed in a loop until the deadline, a worker's CPU spent on it.
+const MAX_INTERIM: usize = 16;
+
 /// Reads from `io` into `buf` until `buf` holds a whole final response head, and parses it.
 /// Interim answers (`100 Continue`, `103 Early Hints`: a 1xx other than 101) are read past,
 /// as RFC 9110 §15.2 asks of a client; `buf` then starts at the final head.
@@ -84,11 +89,18 @@ pub async fn read_head<I: AsyncRead + Unpin>(
     client_cert: Option<bool>,
 ) -> Result<Head, BackendError> {
     let mut answered = !buf.is_empty();
+    let mut interim = 0;
     loop {
         while !buf.is_empty()
             && let Some(head) = parse(buf)?
         {
             if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
+                interim += 1;
+                if interim > MAX_INTERIM {
+                    return Err(BackendError::BadHandshake(format!(
+                        "more than {MAX_INTERIM} interim (1xx) answers before the final one"
+                    )));
+                }
                 buf.advance(head.len);
                 continue;
             }
@@ -370,6 +382,25 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(buf.len() < MAX_HEAD + 4 * FIRST_READ + MAX_HEAD);
+    }
+
+    /// A backend that sends interim answers without end is cut after [`MAX_INTERIM`]; one
+    /// or two before the 101 are read past as before.
+    #[tokio::test]
+    async fn interim_answers_are_read_past_up_to_a_limit() {
+        for (count, ok) in [(2, true), (MAX_INTERIM, true), (MAX_INTERIM + 1, false)] {
+            let mut answer = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(count);
+            answer.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+            let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
+            use tokio::io::AsyncWriteExt;
+            theirs.write_all(&answer).await.unwrap();
+            let mut buf = BytesMut::new();
+            match read_head(&mut ours, &mut buf, None).await {
+                Ok(head) if ok => assert_eq!(head.status, StatusCode::SWITCHING_PROTOCOLS),
+                Err(BackendError::BadHandshake(m)) if !ok => assert!(m.contains("interim"), "{m}"),
+                other => panic!("{count}: {other:?}"),
+            }
+        }
     }
 
     #[tokio::test]
