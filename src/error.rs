@@ -116,6 +116,9 @@ pub struct BackendRefusal {
     pub headers: HeaderMap,
     /// The body, cut at `limits.max_error_body`.
     pub body: Bytes,
+    /// The status line's reason phrase where it is not the status's own (hyper would write
+    /// `<none>` for a status it has no phrase for, such as 499): the backend's, or empty.
+    pub reason: Option<hyper::ext::ReasonPhrase>,
     /// The backend that answered, as written in the config (for the record's reason).
     pub backend: Option<std::sync::Arc<str>>,
 }

@@ -796,11 +796,18 @@ fn refuse(
     match err {
         ProxyError::Backend(BackendError::Refused(refusal)) => {
             // The backend's own refusal keeps its headers and (bounded) body.
-            let BackendRefusal { headers, body, .. } = *refusal;
+            let BackendRefusal {
+                headers,
+                body,
+                reason,
+                ..
+            } = *refusal;
             h.extend(headers);
             if h2 {
                 // Connection-specific: not in an HTTP/2 response (RFC 9113 §8.2.2).
                 h.remove(header::UPGRADE);
+            } else if let Some(reason) = reason {
+                resp.extensions_mut().insert(reason);
             }
             *resp.body_mut() = Body::new(body);
         }

@@ -634,6 +634,16 @@ async fn refused(
     deadline: tokio::time::Instant,
 ) -> BackendError {
     let status = resp.status();
+    let reason = resp
+        .extensions()
+        .get::<hyper::ext::ReasonPhrase>()
+        .cloned()
+        .or_else(|| {
+            status
+                .canonical_reason()
+                .is_none()
+                .then(|| hyper::ext::ReasonPhrase::from_static(b""))
+        });
     let mut headers = HeaderMap::new();
     for name in REFUSAL_HEADERS {
         for v in resp.headers().get_all(&name) {
@@ -673,6 +683,7 @@ async fn refused(
         status,
         headers,
         body: body.freeze(),
+        reason,
         backend: None,
     }))
 }

@@ -523,6 +523,7 @@ mod tests {
                 status: http::StatusCode::SERVICE_UNAVAILABLE,
                 headers: Default::default(),
                 body: Default::default(),
+                reason: None,
                 backend: None,
             }))
         };

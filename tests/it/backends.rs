@@ -176,6 +176,27 @@ async fn a_coded_refusal_body_keeps_its_coding_or_is_left_out_when_cut() {
     assert_eq!(resp.body, "");
 }
 
+/// A refusal's status line keeps the backend's reason phrase where the status has none of
+/// its own: `499 Client Closed` reached the client as `499 <none>` (hyper's filler).
+#[tokio::test]
+async fn a_refusal_keeps_the_backends_reason_phrase() {
+    for (answer, line) in [
+        (
+            "HTTP/1.1 499 Client Closed\r\n",
+            "HTTP/1.1 499 Client Closed\r\n",
+        ),
+        ("HTTP/1.1 499 \r\n", "HTTP/1.1 499 \r\n"),
+        ("HTTP/1.1 403 Nope\r\n", "HTTP/1.1 403 Nope\r\n"),
+        ("HTTP/1.1 403 Forbidden\r\n", "HTTP/1.1 403 Forbidden\r\n"),
+    ] {
+        let (backend, _) =
+            scripted_backend(format!("{answer}Content-Length: 0\r\n\r\n").into_bytes()).await;
+        let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{backend}")])).await;
+        let (_s, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+        assert!(resp.head.starts_with(line), "{answer:?}: {}", resp.head);
+    }
+}
+
 #[tokio::test]
 async fn a_4xx_is_the_backends_word_and_passed_on() {
     let (refusing, _) =
