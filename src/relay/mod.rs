@@ -1376,9 +1376,16 @@ where
                 // not read, so a pong it sent would wait unread behind its own data. It is
                 // neither pinged nor taken for dead then; the other side taking its bytes
                 // wakes the relay, and the checks run again.
-                let held = (!b.out_empty(), !c.out_empty());
-                // A leg that takes nothing of what is queued for it (its own output).
-                let stuck = (!c.out_empty(), !b.out_empty());
+                // A leg that takes nothing of what is queued for it (its own output), or of
+                // what was written to it: a flush still pending (an HTTP/2 stream without
+                // window, where hyper took the bytes) holds up reading the other side as
+                // queued bytes do. That other side is held; a ping for this one waits
+                // behind the flush, its deadline running.
+                let stuck = (
+                    !c.out_empty() || c.needs_flush,
+                    !b.out_empty() || b.needs_flush,
+                );
+                let held = (stuck.1, stuck.0);
                 for (
                     who,
                     (pending, awaiting),

@@ -1971,3 +1971,79 @@ async fn a_close_the_other_side_never_answers_is_answered_at_the_deadline() {
     assert_eq!(out.outcome().as_str(), "close_timeout");
     drop(client);
 }
+
+/// An HTTP/2 client that grants no window: what the relay writes into its stream is taken
+/// (hyper buffers it) but never flushed, and the backend is not read meanwhile. The backend
+/// is held back, as it is behind a TCP client's full socket: not pinged, not taken for dead.
+/// The client, whose own pong cannot come through its closed window either, is. The backend
+/// had been blamed (`backend_ping_timeout`, its connection closed with "backend not
+/// responding") while it answered every ping.
+#[tokio::test(start_paused = true)]
+async fn a_backend_behind_an_unflushed_http2_stream_is_not_taken_for_dead() {
+    let (_client, client_side) = duplex(1 << 20);
+    let (backend_side, mut backend) = duplex(1 << 20);
+    let state = Arc::new(StreamState::default());
+    let (control, link) = (Control::default(), Arc::default());
+    let env = test_env(pings_only(Duration::from_secs(2)), &control, &link);
+    let leg = StreamLike {
+        io: client_side,
+        state: state.clone(),
+    };
+    let task = tokio::spawn(relay(
+        (leg, Bytes::new()),
+        (TcpLike(backend_side), Bytes::new()),
+        env,
+        0,
+    ));
+    backend
+        .write_all(&plain(opcode::BINARY, &[7u8; 1000]))
+        .await
+        .unwrap();
+    // The backend answers every ping it gets; it is read only if the relay reads it.
+    let answering = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = backend.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            while let Some((op, payload)) = take_masked(&mut buf) {
+                if op == opcode::PING {
+                    let _ = backend.write_all(&plain(opcode::PONG, &payload)).await;
+                }
+            }
+        }
+    });
+    let out = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the session did not end")
+        .unwrap();
+    answering.abort();
+    assert_eq!(
+        out.proxy_reason,
+        Some(Reason::PingTimeout(CloseSide::Client)),
+        "{out:?}"
+    );
+}
+
+/// One masked frame (toward a backend) off the front of `buf`: opcode and unmasked payload.
+fn take_masked(buf: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let len = usize::from(buf[1] & 0x7f);
+    assert!(len < 126 && buf[1] & 0x80 != 0, "{buf:?}");
+    if buf.len() < 6 + len {
+        return None;
+    }
+    let mask = [buf[2], buf[3], buf[4], buf[5]];
+    let payload = buf[6..6 + len]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b ^ mask[i % 4])
+        .collect();
+    let op = buf[0] & 0x0f;
+    buf.drain(..6 + len);
+    Some((op, payload))
+}
