@@ -364,15 +364,22 @@ impl Handle {
     }
 
     /// Reads every TLS listener's certificate files again (SIGHUP). New handshakes use the new
-    /// certificates; live sessions are not touched. A listener whose files fail to load keeps
-    /// the certificates it had, and the error (file and reason) is logged and returned.
-    pub fn reload_certificates(&self) -> Vec<(SocketAddr, Result<(), String>)> {
+    /// certificates; live sessions are not touched. An entry whose files fail to load keeps
+    /// the certificate it had while the others are renewed, and is logged and returned
+    /// (entry, files and reason: [`tls::Reloaded`]); a client CA file that fails to load
+    /// keeps the listener as it was, and is logged and returned as the error.
+    pub fn reload_certificates(&self) -> Vec<(SocketAddr, Result<tls::Reloaded, String>)> {
         let mut results = Vec::new();
         for (listener, addr) in self.state.listeners.configs() {
             let Some(tls) = &listener.tls else { continue };
             let result = tls.reload();
             match &result {
-                Ok(()) => tracing::info!(listener = %addr, "TLS certificates reloaded"),
+                Ok(r) => {
+                    tracing::info!(listener = %addr, "TLS certificates reloaded");
+                    for kept in &r.kept {
+                        tracing::warn!(listener = %addr, error = %kept, "TLS certificate files do not load");
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(listener = %addr, error = %e, "TLS certificate reload failed; keeping the previous certificates")
                 }

@@ -163,7 +163,15 @@ pub fn from_file(state: &Arc<ProxyState>) -> Result<ReloadReport, ConfigErrors> 
             }],
         });
     };
-    match Config::load(&path) {
+    // A certificate pair that does not load keeps what its listener serves (as the
+    // certificate watcher does), rather than failing the whole reload.
+    let mut serving = crate::tls::Serving::default();
+    for (listener, _) in state.listeners.configs() {
+        if let Some(tls) = &listener.tls {
+            serving.add(listener.addr, tls);
+        }
+    }
+    match crate::config::load_file_over(&path, &serving) {
         Ok(config) => apply(state, config),
         Err(errors) => {
             state.reloads.add("failed");

@@ -393,29 +393,78 @@ pub fn take_unserved() -> Option<rustls::AlertDescription> {
 /// Where one certificate of a listener comes from, kept so that it can be read again.
 #[derive(Debug, Clone)]
 pub struct CertSource {
+    /// The config table it was written in (`listener[0].tls`, `listener[0].tls.sni[1]`), so
+    /// that a reload's warning names the entry whose files do not load.
+    pub entry: String,
     /// SNI names it serves; empty for the listener's default certificate.
     pub hosts: Vec<String>,
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
-/// Builds a resolver from certificate files; the error names the files and why.
-pub fn build_resolver(sources: &[CertSource]) -> Result<SniResolver, PairError> {
-    let mut resolver = SniResolver::default();
-    for src in sources {
-        let key = load_certified_key(&src.cert, &src.key)?;
-        if let Some(w) = validity_warning(&key, std::time::SystemTime::now()) {
-            tracing::warn!(file = %src.cert.display(), "{w}");
+impl CertSource {
+    /// The entry as a log names it: its table, and the names it serves.
+    fn name(&self) -> String {
+        if self.hosts.is_empty() {
+            format!("{} (the default certificate)", self.entry)
+        } else {
+            format!("{} ({})", self.entry, self.hosts.join(", "))
         }
+    }
+}
+
+/// A resolver serving `keys[i]` for `sources[i]`.
+fn resolver_of(sources: &[CertSource], keys: &[Arc<CertifiedKey>]) -> SniResolver {
+    let mut resolver = SniResolver::default();
+    for (src, key) in sources.iter().zip(keys) {
         if src.hosts.is_empty() {
-            resolver.set_default(key);
+            resolver.set_default(key.clone());
         } else {
             for h in &src.hosts {
                 resolver.add(h, key.clone());
             }
         }
     }
-    Ok(resolver)
+    resolver
+}
+
+/// What a certificate reload did: the entries whose files did not load, each with why (its
+/// files and the problem), and each still serving the certificate it had. Every other entry
+/// serves what its files hold now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    pub kept: Vec<String>,
+}
+
+/// The certificates the running listeners serve, by listener (its configured address) and
+/// files: a config reload (SIGHUP, `POST /api/reload`, `[config] watch`) falls back to one of
+/// these for an entry whose files do not load, as the certificate watcher does, rather than
+/// failing the whole reload over one half-renewed pair. An entry with nothing here (a new
+/// listener, new files, `wsgate check`, the first start) has no certificate to keep, and its
+/// files not loading is an error.
+#[derive(Debug, Default)]
+pub struct Serving(HashMap<(std::net::SocketAddr, PathBuf, PathBuf), Arc<CertifiedKey>>);
+
+impl Serving {
+    /// Adds what the listener configured at `addr` serves.
+    pub fn add(&mut self, addr: std::net::SocketAddr, listener: &TlsListener) {
+        for (src, key) in listener.serving() {
+            self.0
+                .insert((addr, src.cert.clone(), src.key.clone()), key);
+        }
+    }
+
+    /// The certificate the listener configured at `addr` serves from `cert` and `key`.
+    pub fn get(
+        &self,
+        addr: std::net::SocketAddr,
+        cert: &Path,
+        key: &Path,
+    ) -> Option<Arc<CertifiedKey>> {
+        self.0
+            .get(&(addr, cert.to_path_buf(), key.to_path_buf()))
+            .cloned()
+    }
 }
 
 /// The resolver rustls calls, reading whichever certificates were loaded last.
@@ -480,6 +529,10 @@ fn ticketer(policy: AuthPolicy) -> Result<Arc<dyn rustls::server::ProducesTicket
 #[derive(Debug)]
 pub struct TlsListener {
     sources: Vec<CertSource>,
+    /// The certificate each of `sources` serves now (same order): what an entry whose files
+    /// no longer load keeps serving. Locked for a whole reload, so two (SIGHUP and the file
+    /// watcher) do not interleave.
+    serving: std::sync::Mutex<Vec<Arc<CertifiedKey>>>,
     resolver: Arc<Reloading>,
     /// Client certificates, if asked for: the CA file is read again at each reload.
     client_auth: Option<ClientAuth>,
@@ -608,8 +661,9 @@ fn escape_dn_value(value: &str, out: &mut String) {
 }
 
 impl TlsListener {
-    pub fn new(sources: Vec<CertSource>, initial: SniResolver) -> Result<TlsListener, String> {
-        Self::with_client_auth(sources, initial, None, None, true)
+    /// A listener serving `sources`, each with the certificate already loaded from it.
+    pub fn new(sources: Vec<(CertSource, Arc<CertifiedKey>)>) -> Result<TlsListener, String> {
+        Self::with_client_auth(sources, None, None, true)
     }
 
     /// A listener that may ask for client certificates (`client_auth`), and passes the
@@ -622,16 +676,18 @@ impl TlsListener {
     /// no ticket is sent and nothing is cached: every handshake is a full one, and none
     /// spends work issuing tickets.
     pub fn with_client_auth(
-        sources: Vec<CertSource>,
-        initial: SniResolver,
+        sources: Vec<(CertSource, Arc<CertifiedKey>)>,
         client_auth: Option<&ClientAuth>,
         subject_header: Option<http::HeaderName>,
         resumption: bool,
     ) -> Result<TlsListener, String> {
+        let (sources, serving): (Vec<_>, Vec<_>) = sources.into_iter().unzip();
+        let initial = resolver_of(&sources, &serving);
         let resolver = Arc::new(Reloading(RwLock::new(Arc::new(initial))));
         let configs = build_configs(&resolver, client_auth, resumption)?;
         Ok(TlsListener {
             sources,
+            serving: std::sync::Mutex::new(serving),
             resolver,
             client_auth: client_auth.cloned(),
             resumption,
@@ -649,9 +705,34 @@ impl TlsListener {
 
     /// Reads every certificate file again, and the client CA file: a CA that changed (one
     /// removed from a bundle because its key leaked, one added) applies to the next
-    /// handshakes. On any error what is in use stays, and the error names the file and why.
-    pub fn reload(&self) -> Result<(), String> {
-        let fresh = build_resolver(&self.sources).map_err(|e| e.message())?;
+    /// handshakes.
+    ///
+    /// Each entry (the default certificate, each SNI one) stands alone: one whose files do
+    /// not load keeps the certificate it has, and is named in [`Reloaded::kept`] with why,
+    /// while the others serve their new files. One broken pair (a half-renewed SNI entry)
+    /// held back every other renewal on the listener, the default's too, until someone
+    /// fixed it: certificates expired that had been renewed on disk. A client CA file that
+    /// does not load is an error, and then nothing changes (the CA is the listener's, not
+    /// one entry's).
+    pub fn reload(&self) -> Result<Reloaded, String> {
+        let mut serving = self.serving.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fresh = serving.clone();
+        let mut kept = Vec::new();
+        for (src, key) in self.sources.iter().zip(fresh.iter_mut()) {
+            match load_certified_key(&src.cert, &src.key) {
+                Ok(k) => {
+                    if let Some(w) = validity_warning(&k, std::time::SystemTime::now()) {
+                        tracing::warn!(file = %src.cert.display(), "{w}");
+                    }
+                    *key = k;
+                }
+                Err(e) => kept.push(format!(
+                    "{}: {}; it keeps the certificate it had",
+                    src.name(),
+                    e.message()
+                )),
+            }
+        }
         let configs = match &self.client_auth {
             Some(auth) => {
                 let (_, der) = load_roots_and_der(&auth.ca)?;
@@ -666,12 +747,24 @@ impl TlsListener {
             }
             None => None,
         };
-        *self.resolver.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+        // A listener with no files (the development certificate) has nothing to read again.
+        if !self.sources.is_empty() {
+            *self.resolver.0.write().unwrap_or_else(|p| p.into_inner()) =
+                Arc::new(resolver_of(&self.sources, &fresh));
+            *serving = fresh;
+        }
         if let Some(configs) = configs {
             *self.configs.write().unwrap_or_else(|p| p.into_inner()) = configs;
         }
         self.generation.send_modify(|g| *g += 1);
-        Ok(())
+        Ok(Reloaded { kept })
+    }
+
+    /// The certificate each entry serves now, by its files: what a config reload falls back
+    /// to for an entry whose files do not load ([`Serving`]).
+    fn serving(&self) -> Vec<(&CertSource, Arc<CertifiedKey>)> {
+        let serving = self.serving.lock().unwrap_or_else(|p| p.into_inner());
+        self.sources.iter().zip(serving.iter().cloned()).collect()
     }
 
     /// Changes with every successful reload.
@@ -696,8 +789,9 @@ impl TlsListener {
     }
 
     /// Reloads the certificates whenever their files change, checking every `interval`,
-    /// until `stop`. A change that does not load (a half-written file, a key that does not
-    /// match yet) keeps the old certificates and is tried again at the next change.
+    /// until `stop`. An entry whose files do not load after a change (a half-written file, a
+    /// key that does not match yet) keeps its old certificate, while the others take their
+    /// new files, and is tried again at the next change.
     pub async fn watch_files(
         self: Arc<Self>,
         interval: std::time::Duration,
@@ -716,11 +810,14 @@ impl TlsListener {
             }
             last = now;
             match self.reload() {
-                Ok(()) => {
-                    tracing::info!(listener = %listener, "certificate files changed: reloaded")
+                Ok(r) => {
+                    tracing::info!(listener = %listener, "certificate files changed: reloaded");
+                    for kept in r.kept {
+                        tracing::warn!(listener = %listener, error = %kept, "certificate files changed but this entry's do not load");
+                    }
                 }
                 Err(e) => {
-                    tracing::warn!(listener = %listener, error = %e, "certificate files changed but do not load; keeping the previous certificates")
+                    tracing::warn!(listener = %listener, error = %e, "certificate files changed but the client CA file does not load; keeping the previous certificates and CA")
                 }
             }
         }
@@ -977,9 +1074,15 @@ pub fn dev_listener(names: &[String]) -> Result<Arc<TlsListener>, String> {
         vec![CertificateDer::from_pem_slice(cert.as_bytes()).map_err(|e| format!("{e:?}"))?];
     let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| format!("{e:?}"))?;
     let ck = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| e.to_string())?;
+    let listener = TlsListener::new(Vec::new())?;
     let mut resolver = SniResolver::default();
     resolver.set_default(Arc::new(ck));
-    TlsListener::new(Vec::new(), resolver).map(Arc::new)
+    *listener
+        .resolver
+        .0
+        .write()
+        .unwrap_or_else(|p| p.into_inner()) = Arc::new(resolver);
+    Ok(Arc::new(listener))
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub(crate) use validate::overlaps;
-pub use validate::{from_toml_str, from_toml_str_in, load_file, parse_backend_url};
+pub use validate::{from_toml_str, from_toml_str_in, load_file, load_file_over, parse_backend_url};
 
 /// How long a client may take to send its complete request head. Long enough for a slow
 /// mobile link, short enough that a slowloris client holds a socket for seconds, not minutes.

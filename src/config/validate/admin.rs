@@ -126,7 +126,7 @@ impl Validator<'_> {
             );
             return None;
         }
-        self.listener_tls("admin.tls", t)
+        self.listener_tls("admin.tls", t, None)
     }
 }
 

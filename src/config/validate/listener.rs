@@ -67,7 +67,7 @@ impl Validator<'_> {
                     let tls = l
                         .tls
                         .as_ref()
-                        .and_then(|t| self.listener_tls(&format!("{key}.tls"), t));
+                        .and_then(|t| self.listener_tls(&format!("{key}.tls"), t, Some(addr)));
                     let trusted_proxies = self.cidrs(
                         &format!("{key}.trusted_proxies"),
                         l.trusted_proxies.as_ref(),
@@ -114,26 +114,37 @@ impl Validator<'_> {
 
     /// A `tls` table, of a `[[listener]]` or of `[admin]`: one validation for both, so the
     /// admin listener's certificates are loaded and checked exactly as the proxy's are.
-    /// `None` when the table has errors (they are recorded).
-    pub(super) fn listener_tls(&mut self, key: &str, t: &Spanned<FileTls>) -> Option<ListenerTls> {
+    /// `None` when the table has errors (they are recorded). `listener`: the `[[listener]]`'s
+    /// address, whose running certificates a reload may keep (`None` for `[admin]`, which a
+    /// reload does not apply).
+    pub(super) fn listener_tls(
+        &mut self,
+        key: &str,
+        t: &Spanned<FileTls>,
+        listener: Option<SocketAddr>,
+    ) -> Option<ListenerTls> {
         let watch = self.optional_duration(
             &format!("{key}.watch_interval"),
             t.get_ref().watch_interval.as_ref(),
             Some(DEFAULT_TLS_WATCH_INTERVAL),
         );
-        let listener = self.tls(key, t)?;
+        let listener = self.tls(key, t, listener)?;
         Some(ListenerTls { listener, watch })
     }
 
     /// A TLS table's certificates: every one loaded and checked now, so `wsgate check`
-    /// finds a missing file or a key that does not match its certificate.
+    /// finds a missing file or a key that does not match its certificate. On a reload, a
+    /// pair that does not load but that the running listener at `listener` serves from the
+    /// same files keeps that certificate, with a warning, as the certificate watcher does:
+    /// one half-renewed pair failed the whole reload (routes and every other certificate
+    /// with it).
     fn tls(
         &mut self,
         key: &str,
         t: &Spanned<FileTls>,
+        listener: Option<SocketAddr>,
     ) -> Option<std::sync::Arc<crate::tls::TlsListener>> {
         let before = self.errors.len();
-        let mut resolver = crate::tls::SniResolver::default();
         let mut sources = Vec::new();
         let t_span = t.span();
         let t = t.get_ref();
@@ -157,6 +168,13 @@ impl Validator<'_> {
                             Some((ck, cp, kp))
                         }
                         Err(e) => {
+                            if let Some(ck) =
+                                listener.and_then(|addr| v.serving.get(addr, &cp, &kp))
+                            {
+                                let line = line_of(v.text, c.span().start);
+                                tracing::warn!(key = %k, line, error = %e.message(), "certificate files do not load; the listener keeps the certificate it serves from them");
+                                return Some((ck, cp, kp));
+                            }
                             for (field, at, msg) in
                                 [("cert", c.span(), e.cert), ("key", kf.span(), e.key)]
                             {
@@ -190,12 +208,15 @@ impl Validator<'_> {
         if let Some((ck, cert, keyf)) =
             pair(self, key, t.cert.as_ref(), t.key.as_ref(), t_span.clone())
         {
-            resolver.set_default(ck);
-            sources.push(crate::tls::CertSource {
-                hosts: Vec::new(),
-                cert,
-                key: keyf,
-            });
+            sources.push((
+                crate::tls::CertSource {
+                    entry: key.to_string(),
+                    hosts: Vec::new(),
+                    cert,
+                    key: keyf,
+                },
+                ck,
+            ));
         } else if t.sni.is_empty() && self.errors.len() == before {
             self.err(
                 format!("{key}.cert"),
@@ -279,14 +300,15 @@ impl Validator<'_> {
             if let Some((ck, cert, keyf)) =
                 pair(self, &k, sni.cert.as_ref(), sni.key.as_ref(), span)
             {
-                for h in &hosts {
-                    resolver.add(h, ck.clone());
-                }
-                sources.push(crate::tls::CertSource {
-                    hosts,
-                    cert,
-                    key: keyf,
-                });
+                sources.push((
+                    crate::tls::CertSource {
+                        entry: k,
+                        hosts,
+                        cert,
+                        key: keyf,
+                    },
+                    ck,
+                ));
             }
         }
         if self.errors.len() != before {
@@ -356,7 +378,6 @@ impl Validator<'_> {
         };
         match crate::tls::TlsListener::with_client_auth(
             sources,
-            resolver,
             client_auth.as_ref(),
             subject_header,
             t.session_resumption.unwrap_or(true),

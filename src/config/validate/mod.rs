@@ -40,6 +40,13 @@ const MAX_WORKERS: i64 = 1024;
 
 /// Reads `path` and validates it. Errors carry the file name as their source.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    load_file_over(path, &crate::tls::Serving::default())
+}
+
+/// [`load_file`] for a reload of a running gateway: a listener's certificate pair whose files
+/// do not load keeps what that listener serves from them now (`serving`), with a warning
+/// naming the key and line, instead of failing the reload (see [`crate::tls::Serving`]).
+pub fn load_file_over(path: &Path, serving: &crate::tls::Serving) -> Result<Config, ConfigErrors> {
     let source = path.display().to_string();
     let refused = |line, message| ConfigErrors {
         source: source.clone(),
@@ -62,7 +69,7 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut config =
-        from_toml_str_in(&text, base).map_err(|errors| ConfigErrors { source, errors })?;
+        validate(&text, base, serving).map_err(|errors| ConfigErrors { source, errors })?;
     config.source = Some(path.to_path_buf());
     Ok(config)
 }
@@ -76,6 +83,15 @@ pub fn from_toml_str(text: &str) -> Result<Config, Vec<ConfigError>> {
 /// Parses and validates a config; relative file paths (certificates, keys) are resolved
 /// against `base`, the config file's directory.
 pub fn from_toml_str_in(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
+    validate(text, base, &crate::tls::Serving::default())
+}
+
+/// [`from_toml_str_in`], over the certificates running listeners serve ([`load_file_over`]).
+fn validate(
+    text: &str,
+    base: &Path,
+    serving: &crate::tls::Serving,
+) -> Result<Config, Vec<ConfigError>> {
     // Unknown keys and wrong types, all of them; what remains is validated for the rest.
     let mut parsed = super::parse::parse::<FileConfig>(text);
     let Some(file) = parsed.file.take() else {
@@ -84,6 +100,7 @@ pub fn from_toml_str_in(text: &str, base: &Path) -> Result<Config, Vec<ConfigErr
     let mut v = Validator {
         text,
         base,
+        serving,
         errors: Vec::new(),
         canonical: Vec::new(),
     };
@@ -199,6 +216,9 @@ pub(super) struct Validator<'a> {
     text: &'a str,
     /// The config file's directory: relative file paths are resolved against it.
     pub(crate) base: &'a Path,
+    /// What the running listeners serve, when this is a reload (else empty): a certificate
+    /// pair that does not load keeps it (see [`crate::tls::Serving`]).
+    serving: &'a crate::tls::Serving,
     errors: Vec<ConfigError>,
     /// Each duration and size value read, by its span, in one canonical form (plain ASCII
     /// without quotes or escapes): for [`canonical_text`].
