@@ -558,11 +558,16 @@ pub struct ClientAuth {
 }
 
 /// The subject of the verified client certificate of a connection, RFC 4514 style
-/// (`CN=alice, O=Example`), if the client sent one.
+/// (`CN=alice, O=Example`), if the client sent one and its subject names anything. An empty
+/// subject is legal beside a critical subjectAltName (RFC 5280 §4.1.2.6; SPIFFE-style
+/// certificates name their holder only there), and is no subject to pass on: as `Some("")`
+/// it went to backends as an empty `client_subject_header` and `{tls.subject}`, where a
+/// header with no value is left out rather than half-filled.
 pub fn peer_subject(conn: &rustls::CommonState) -> Option<Arc<str>> {
     let cert = conn.peer_certificates()?.first()?;
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    Some(Arc::from(subject_text(parsed.subject())))
+    let subject = subject_text(parsed.subject());
+    (!subject.is_empty()).then(|| Arc::from(subject))
 }
 
 /// A distinguished name as text: its attributes in the certificate's order, `, ` between

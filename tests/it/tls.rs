@@ -951,6 +951,40 @@ async fn mtls_required_refuses_clients_without_a_certificate_and_passes_the_subj
     );
 }
 
+/// A verified client certificate whose subject is empty (legal beside a critical
+/// subjectAltName, RFC 5280 §4.1.2.6, as SPIFFE-style certificates are) has no subject to pass
+/// on: `client_subject_header` and a `{tls.subject}` template are left out, as any header with
+/// no value is. Both were sent to the backend empty.
+#[tokio::test]
+async fn an_empty_client_certificate_subject_sets_no_header() {
+    let ca = TestCa::new();
+    let backend = EchoBackend::spawn().await;
+    let routes = format!(
+        "{}[route.auth]\nset_headers = {{ \"X-Cert\" = \"{{tls.subject}}\" }}\n",
+        route("r", "/", &[backend.url()])
+    );
+    let gw = Gateway::spawn(&format!("{}{routes}", mtls_listener(&ca, "required"))).await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["spiffe.example".to_string()]).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    let (cert, key) = ca.write_pair("nameless", &cert.pem(), &key.serialize_pem());
+    let (alice, alice_key) = ca.leaf("alice", &["alice.example"]);
+    for (who, cert, key, subject) in [
+        ("alice", &alice, &alice_key, Some("CN=alice.example")),
+        ("nameless", &cert, &key, None),
+    ] {
+        let mut ws = wss_over(&client_cert_connector(&ca, cert, key), &gw, "")
+            .await
+            .unwrap_or_else(|e| panic!("{who}: {e}"));
+        ws.send(Message::text(who)).await.unwrap();
+        assert_eq!(next_message(&mut ws).await, Message::text(who));
+        let seen = backend.last_request();
+        assert_eq!(seen.header("x-client-subject"), subject, "{who}");
+        assert_eq!(seen.header("x-cert"), subject, "{who}");
+    }
+}
+
 /// A reload reads the client CA file again: a CA taken out of the bundle (its key leaked)
 /// stops being trusted at the next handshake, and one put in is trusted. The CA was read
 /// only when the listener's table changed, while the log said "TLS certificates reloaded".
