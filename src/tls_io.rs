@@ -181,24 +181,26 @@ pub async fn accept<T>(
     let compact = config.enable_secret_extraction;
     let conn = UnbufferedServerConnection::new(config).map_err(invalid_data)?;
     let mut io = TlsIo::new(tcp, conn);
-    Ok(match io.handshake(true).await? {
-        Shook::PlainHttp(head) => match io.tcp.into_awake() {
-            Some(tcp) => Accepted::PlainHttp(tcp, head),
-            None => return Err(io::ErrorKind::NotConnected.into()),
+    Ok(
+        match io.handshake(true).await.map_err(client_incompatible)? {
+            Shook::PlainHttp(head) => match io.tcp.into_awake() {
+                Some(tcp) => Accepted::PlainHttp(tcp, head),
+                None => return Err(io::ErrorKind::NotConnected.into()),
+            },
+            Shook::Closed => Accepted::Closed,
+            Shook::Tls {
+                rustls_done,
+                captured,
+            } => {
+                let seen = match &io.engine {
+                    Engine::Rustls(conn) => inspect(conn),
+                    _ => return Err(io::ErrorKind::NotConnected.into()),
+                };
+                io.settle(compact && rustls_done, captured).await?;
+                Accepted::Tls(Box::new(io), seen)
+            }
         },
-        Shook::Closed => Accepted::Closed,
-        Shook::Tls {
-            rustls_done,
-            captured,
-        } => {
-            let seen = match &io.engine {
-                Engine::Rustls(conn) => inspect(conn),
-                _ => return Err(io::ErrorKind::NotConnected.into()),
-            };
-            io.settle(compact && rustls_done, captured).await?;
-            Accepted::Tls(Box::new(io), seen)
-        }
-    })
+    )
 }
 
 /// Opens a TLS connection to `name` on `tcp`: the whole handshake, as [`accept`] does.
@@ -829,6 +831,36 @@ fn unserved(
         }
         _ => "no certificate for the server name (SNI) the client sent",
     })
+}
+
+/// A client's handshake that failed on what the client offers, in words an operator acts
+/// on, rustls's own words following in parentheses for searching; any other error as it is.
+/// A TLS 1.0 or 1.1 client was logged as `peer is incompatible:
+/// SignatureAlgorithmsExtensionRequired` (rustls looks for that TLS 1.2 extension before it
+/// looks at the version, and such clients do not send it) or `Tls12NotOffered`. (Only for
+/// clients: a backend's failed handshake keeps rustls's error, which `backend::tls_failure`
+/// words itself.)
+fn client_incompatible(e: io::Error) -> io::Error {
+    use rustls::PeerIncompatible as P;
+    let Some(rustls::Error::PeerIncompatible(why)) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return e;
+    };
+    let what = match why {
+        P::SignatureAlgorithmsExtensionRequired
+        | P::Tls12NotOffered
+        | P::Tls12NotOfferedOrEnabled => {
+            "the client offered no TLS version wsgate accepts (TLS 1.2 and 1.3 only): an old \
+             TLS 1.0 or 1.1 client"
+        }
+        P::NoCipherSuitesInCommon => "the client offered no cipher suite wsgate accepts",
+        P::NoKxGroupsInCommon => "the client offered no key exchange group wsgate accepts",
+        _ => return e,
+    };
+    let tls = e.get_ref().map(ToString::to_string).unwrap_or_default();
+    invalid_data(format!("{what} ({tls})"))
 }
 
 fn invalid_data(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {

@@ -995,6 +995,52 @@ async fn refusals_before_the_tls_handshake_completes_are_logged_and_counted_by_s
     run.stop().await;
 }
 
+/// A TLS 1.0 or 1.1 client's failed handshake is logged as what it is, a client offering no
+/// TLS version wsgate accepts: it read `peer is incompatible:
+/// SignatureAlgorithmsExtensionRequired` (or `Tls12NotOffered`), rustls's variant names.
+#[tokio::test]
+async fn an_old_tls_clients_handshake_failure_says_so_in_words() {
+    use crate::support::tls::{TestCa, old_client_hello, tls_listener};
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf("gw", &["localhost"]);
+    let tmp = TempDir::new("logs");
+    let config = tmp.write(
+        "wsgate.toml",
+        format!(
+            "{}{}",
+            tls_listener(&cert, &key, ""),
+            route("echo", "/", &["ws://127.0.0.1:1".to_string()])
+        ),
+    );
+    let (run, addr) = JsonRun::start(&config, "info").await;
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    // TLS 1.0 as old clients send it (no signature_algorithms), and TLS 1.1 with it.
+    for hello in [
+        old_client_hello([3, 1], false),
+        old_client_hello([3, 2], true),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&hello).await.unwrap();
+        read_until_closed(&mut s).await;
+    }
+    let failed = |r: &Record| r.get("outcome") == Some(&json!("tls_handshake_failed"));
+    run.wait_for("both failed handshakes", |_| {
+        run.records().iter().filter(|r| failed(r)).count() == 2
+    })
+    .await;
+    for r in run.records().iter().filter(|r| failed(r)) {
+        let error = text(r, "error");
+        assert!(
+            error.starts_with(
+                "the client offered no TLS version wsgate accepts (TLS 1.2 and 1.3 only): an \
+                 old TLS 1.0 or 1.1 client"
+            ),
+            "{error}"
+        );
+    }
+    run.stop().await;
+}
+
 /// A TLS client that closes its TCP connection without `close_notify` (a killed process, a
 /// phone that drops it) is gone as a plain one is: the backend gets its 1001 at once and the
 /// record is not `cut`. Its truncation error was taken for a side still there: the proxy sent

@@ -840,22 +840,7 @@ async fn a_tls_1_0_client_is_refused_with_a_fatal_alert() {
         "ws://127.0.0.1:1".to_string(),
     )
     .await;
-    // A minimal TLS 1.0 ClientHello: no supported_versions extension, one TLS 1.0 suite.
-    let mut hello = vec![0x03, 0x01];
-    hello.extend([7u8; 32]); // random
-    hello.push(0); // session id
-    hello.extend([0x00, 0x02, 0x00, 0x2f]); // cipher suites: TLS_RSA_WITH_AES_128_CBC_SHA
-    hello.extend([0x01, 0x00]); // compression: null
-    let mut handshake = vec![0x01, 0x00, (hello.len() >> 8) as u8, hello.len() as u8];
-    handshake.extend(hello);
-    let mut record = vec![
-        0x16,
-        0x03,
-        0x01,
-        (handshake.len() >> 8) as u8,
-        handshake.len() as u8,
-    ];
-    record.extend(handshake);
+    let record = old_client_hello([3, 1], false);
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(&record).await.unwrap();
     let mut answer = Vec::new();

@@ -115,3 +115,29 @@ pub fn tls_listener(cert: &std::path::Path, key: &std::path::Path, extra: &str) 
         key.display()
     )
 }
+
+/// A ClientHello record of a client that speaks TLS 1.0 (`[3, 1]`) or 1.1 (`[3, 2]`) at most:
+/// no supported_versions extension, one TLS 1.0 suite, and, with `sigalgs`, the
+/// signature_algorithms extension (which such clients do not send, but a TLS 1.2 one does).
+pub fn old_client_hello(version: [u8; 2], sigalgs: bool) -> Vec<u8> {
+    let mut hello = version.to_vec();
+    hello.extend([7u8; 32]); // random
+    hello.push(0); // session id
+    hello.extend([0x00, 0x02, 0x00, 0x2f]); // cipher suites: TLS_RSA_WITH_AES_128_CBC_SHA
+    hello.extend([0x01, 0x00]); // compression: null
+    if sigalgs {
+        // extensions: signature_algorithms (13) with rsa_pkcs1_sha256 (0x0401)
+        hello.extend([0x00, 0x08, 0x00, 0x0d, 0x00, 0x04, 0x00, 0x02, 0x04, 0x01]);
+    }
+    let mut handshake = vec![0x01, 0x00, (hello.len() >> 8) as u8, hello.len() as u8];
+    handshake.extend(hello);
+    let mut record = vec![
+        0x16,
+        0x03,
+        0x01,
+        (handshake.len() >> 8) as u8,
+        handshake.len() as u8,
+    ];
+    record.extend(handshake);
+    record
+}
