@@ -73,7 +73,7 @@ fn read_pair(
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PairError> {
     let chain = read_chain(cert);
     // The key is read even when the certificate failed, so that one run names both files.
-    let der = match encrypted_key(key) {
+    let der = read_pem_file(key).and_then(|text| match encrypted_key(&text) {
         Some(form) => Err(format!(
             "{}: the private key is encrypted ({form}); wsgate reads unencrypted keys only \
              (decrypt it once with `openssl pkey -in {} -out KEY.pem` and keep that file \
@@ -81,11 +81,11 @@ fn read_pair(
             key.display(),
             key.display()
         )),
-        None => PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
-            rustls::pki_types::pem::Error::NoItemsFound => no_key(key),
-            e => format!("cannot read {}: {}", key.display(), pem_error(&e)),
+        None => PrivateKeyDer::from_pem_slice(&text).map_err(|e| match e {
+            rustls::pki_types::pem::Error::NoItemsFound => no_key(key, &text),
+            e => format!("{}: {}", key.display(), pem_error(&e)),
         }),
-    };
+    });
     let (chain, der) = match (chain, der) {
         (Ok(chain), Ok(der)) => (chain, der),
         (chain, der) => {
@@ -101,13 +101,59 @@ fn read_pair(
     Ok((chain, der))
 }
 
+/// Reads a PEM file, without the UTF-8 byte order marks some Windows editors put before
+/// its text (before a `-----BEGIN` line, where the PEM reader takes the line for text
+/// around the blocks and then finds no block at all: "no CERTIFICATE block" for a file
+/// that OpenSSL reads).
+fn read_pem_file(path: &Path) -> Result<Vec<u8>, String> {
+    const BOM: &[u8] = "\u{feff}".as_bytes();
+    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !text.windows(BOM.len()).any(|w| w == BOM) {
+        return Ok(text);
+    }
+    let mut out = Vec::with_capacity(text.len());
+    let mut rest = &text[..];
+    while !rest.is_empty() {
+        match rest.strip_prefix(BOM) {
+            Some(after) if after.starts_with(b"-----BEGIN") => rest = after,
+            _ => {
+                out.push(rest[0]);
+                rest = &rest[1..];
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `text` is one DER element (what `openssl ... -outform der` writes) rather than PEM
+/// text: a file given in the wrong encoding reads as one holding no PEM block at all.
+fn is_der(text: &[u8]) -> bool {
+    use x509_parser::asn1_rs::{Any, FromDer};
+    text.first() == Some(&0x30) && matches!(Any::from_der(text), Ok((rest, _)) if rest.is_empty())
+}
+
+/// The error for a file that is DER, not PEM, with the command that converts it
+/// (`openssl x509` for certificates, `openssl pkey` for a key).
+fn der_not_pem(path: &Path, tool: &str) -> String {
+    format!(
+        "{}: the file is DER (binary), not PEM (text with -----BEGIN lines): convert it with \
+         `openssl {tool} -inform der -in {} -out {}.pem`",
+        path.display(),
+        path.display(),
+        path.display()
+    )
+}
+
 /// Reads a certificate chain: at least one `CERTIFICATE` block.
 fn read_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("cannot read {}: {}", cert.display(), pem_error(&e)))?
+    let text = read_pem_file(cert)?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&text)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: {}", cert.display(), pem_error(&e)))?;
     if chain.is_empty() {
+        if is_der(&text) {
+            return Err(der_not_pem(cert, "x509"));
+        }
         return Err(format!(
             "{}: no CERTIFICATE block in the file",
             cert.display()
@@ -119,8 +165,7 @@ fn read_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 /// How a key file's private key is encrypted, if it is: PKCS#8's `ENCRYPTED PRIVATE KEY`
 /// block, or OpenSSL's traditional form (a `Proc-Type: 4,ENCRYPTED` header in an RSA or EC
 /// block). rustls cannot use either, and without this the file would be said to hold no key.
-fn encrypted_key(key: &Path) -> Option<&'static str> {
-    let text = std::fs::read(key).ok()?;
+fn encrypted_key(text: &[u8]) -> Option<&'static str> {
     let has = |needle: &[u8]| text.windows(needle.len()).any(|w| w == needle);
     if has(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") {
         Some("an ENCRYPTED PRIVATE KEY block")
@@ -131,23 +176,108 @@ fn encrypted_key(key: &Path) -> Option<&'static str> {
     }
 }
 
-/// The error for a key file without a private key, saying what it holds instead where that
-/// is the likely mistake (the certificate's file named twice).
-fn no_key(key: &Path) -> String {
-    let certificates = CertificateDer::pem_file_iter(key)
-        .map(|items| items.filter(Result::is_ok).count())
-        .unwrap_or(0);
+/// The error for a key file (`text`) without a private key, saying what it holds instead
+/// where that is the likely mistake (the certificate's file named twice, a DER file).
+fn no_key(key: &Path, text: &[u8]) -> String {
+    let certificates = CertificateDer::pem_slice_iter(text)
+        .filter(Result::is_ok)
+        .count();
     if certificates > 0 {
         format!(
             "{}: no private key in the file, only certificates: `key` names the private key's \
              file (a PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block)",
             key.display()
         )
+    } else if is_der(text) {
+        der_not_pem(key, "pkey")
     } else {
         format!(
             "{}: no private key in the file (expected a PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block)",
             key.display()
         )
+    }
+}
+
+/// The kinds of private key wsgate signs with (aws-lc-rs through rustls), for the error
+/// about one it cannot use.
+const USABLE_KEYS: &str = "RSA of 2048 to 8192 bits, ECDSA on P-256, P-384 or P-521, or Ed25519";
+
+/// What kind of key a private key is, as far as its DER says (`RSA, 1024 bits`, `ECDSA on
+/// secp256k1`, `Ed448`, `DSA`), for the error about a key rustls cannot load: rustls says only
+/// "failed to parse private key as RSA, ECDSA, or EdDSA", also of an RSA key that is one
+/// but too short. `None` where the DER says nothing we know.
+fn key_kind(der: &PrivateKeyDer<'_>) -> Option<String> {
+    use x509_parser::asn1_rs::{Any, FromDer, Oid, Tag};
+    /// The DER elements inside a constructed one's content.
+    fn items(content: &[u8]) -> Vec<Any<'_>> {
+        let mut out = Vec::new();
+        let mut rest = content;
+        while let Ok((next, any)) = Any::from_der(rest) {
+            out.push(any);
+            rest = next;
+        }
+        out
+    }
+    fn oid(any: &Any<'_>) -> Option<String> {
+        (any.tag() == Tag::Oid).then(|| Oid::new(any.data.into()).to_id_string())
+    }
+    fn curve(oid: &str) -> String {
+        match oid {
+            "1.2.840.10045.3.1.7" => "P-256".into(),
+            "1.3.132.0.34" => "P-384".into(),
+            "1.3.132.0.35" => "P-521".into(),
+            "1.3.132.0.10" => "secp256k1".into(),
+            "1.2.840.10045.3.1.1" => "P-192".into(),
+            "1.3.132.0.33" => "P-224".into(),
+            other => format!("the curve {other}"),
+        }
+    }
+    /// An RSA key's size: the bits of the modulus, the second INTEGER of a PKCS#1 key.
+    fn rsa_bits(pkcs1: &[u8]) -> Option<usize> {
+        let (_, seq) = Any::from_der(pkcs1).ok()?;
+        let modulus = items(seq.data).get(1)?.data;
+        let n = match modulus.iter().position(|b| *b != 0) {
+            Some(i) => &modulus[i..],
+            None => return Some(0),
+        };
+        Some(n.len() * 8 - n[0].leading_zeros() as usize)
+    }
+    let rsa = |name: &str, pkcs1: &[u8]| match rsa_bits(pkcs1) {
+        Some(bits) => format!("{name}, {bits} bits"),
+        None => name.to_string(),
+    };
+    match der {
+        PrivateKeyDer::Pkcs1(k) => Some(rsa("RSA", k.secret_pkcs1_der())),
+        PrivateKeyDer::Sec1(k) => {
+            let (_, seq) = Any::from_der(k.secret_sec1_der()).ok()?;
+            // ECPrivateKey: version, key, [0] the curve's OID.
+            let params = items(seq.data).into_iter().find(|a| {
+                a.tag().0 == 0 && a.class() == x509_parser::asn1_rs::Class::ContextSpecific
+            })?;
+            let (_, named) = Any::from_der(params.data).ok()?;
+            Some(format!("ECDSA on {}", curve(&oid(&named)?)))
+        }
+        PrivateKeyDer::Pkcs8(k) => {
+            let (_, seq) = Any::from_der(k.secret_pkcs8_der()).ok()?;
+            // PrivateKeyInfo: version, AlgorithmIdentifier { OID, parameters }, key.
+            let fields = items(seq.data);
+            let algorithm = items(fields.get(1)?.data);
+            let key = fields.get(2).map(|k| k.data).unwrap_or_default();
+            Some(match oid(algorithm.first()?)?.as_str() {
+                "1.2.840.113549.1.1.1" => rsa("RSA", key),
+                "1.2.840.113549.1.1.10" => rsa("RSA-PSS (an RSA key restricted to PSS)", key),
+                "1.2.840.10045.2.1" => {
+                    format!("ECDSA on {}", curve(&oid(algorithm.get(1)?)?))
+                }
+                "1.2.840.10040.4.1" => "DSA".into(),
+                "1.3.101.112" => "Ed25519".into(),
+                "1.3.101.113" => "Ed448".into(),
+                "1.3.101.110" => "X25519 (a key exchange key, which cannot sign)".into(),
+                "1.3.101.111" => "X448 (a key exchange key, which cannot sign)".into(),
+                other => format!("of the algorithm {other}"),
+            })
+        }
+        _ => None,
     }
 }
 
@@ -206,6 +336,14 @@ fn mismatch(
                 String::new()
             }
         ),
+        // rustls could not load the key at all (`General`: "failed to parse private key as
+        // RSA, ECDSA, or EdDSA", said as "unexpected error"): its kind or size is one
+        // aws-lc-rs does not sign with.
+        (None, rustls::Error::General(_)) => format!(
+            "{}: the private key is {}, which wsgate cannot use: keys must be {USABLE_KEYS}",
+            key.display(),
+            key_kind(der).unwrap_or_else(|| "of a kind wsgate does not know".into())
+        ),
         (None, e) => format!(
             "{} and {} do not make a usable pair: {e}",
             cert.display(),
@@ -261,10 +399,13 @@ fn load_roots(ca: &Path) -> Result<rustls::RootCertStore, String> {
 /// [`load_roots`], and the file's certificates as DER, one after the other (what the file
 /// says, whatever its PEM layout: see [`ticketer`]).
 fn load_roots_and_der(ca: &Path) -> Result<(rustls::RootCertStore, Vec<u8>), String> {
-    let certs = CertificateDer::pem_file_iter(ca)
-        .map_err(|e| format!("cannot read {}: {}", ca.display(), pem_error(&e)))?
+    let text = read_pem_file(ca)?;
+    let certs = CertificateDer::pem_slice_iter(&text)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{}: {}", ca.display(), pem_error(&e)))?;
+    if certs.is_empty() && is_der(&text) {
+        return Err(der_not_pem(ca, "x509"));
+    }
     let der = certs
         .iter()
         .flat_map(|c| c.as_ref().iter().copied())
@@ -280,10 +421,26 @@ fn load_roots_and_der(ca: &Path) -> Result<(rustls::RootCertStore, Vec<u8>), Str
     Ok((roots, der))
 }
 
+/// A PEM file's problem in words: it was rustls's Debug form, e.g. `MissingSectionEnd {
+/// end_marker: [67, 69, ...] }` for a file cut short.
 fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as E;
     match e {
-        rustls::pki_types::pem::Error::Io(io) => io.to_string(),
-        other => format!("{other:?}"),
+        E::Io(io) => io.to_string(),
+        E::MissingSectionEnd { end_marker } => format!(
+            "a PEM block has no \"-----END {}-----\" line: the file is cut short (a truncated \
+             copy, or a file still being written)",
+            String::from_utf8_lossy(end_marker)
+        ),
+        E::IllegalSectionStart { line } => format!(
+            "a malformed PEM \"-----BEGIN\" line: {:?}",
+            String::from_utf8_lossy(line)
+        ),
+        E::Base64Decode(why) => {
+            format!("a PEM block's base64 text is damaged ({why}): was the file edited or cut?")
+        }
+        E::SectionTooLarge => "a PEM block is larger than 256 MB".to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -1186,6 +1343,154 @@ mod tests {
         assert!(
             m.contains("X.509 version 1, and only version 3 is supported")
                 && m.contains("subjectAltName"),
+            "{m}"
+        );
+    }
+
+    /// A certificate file (and its key) in a fresh directory, which the caller removes.
+    fn pair_files(label: &str) -> (PathBuf, PathBuf, PathBuf, rcgen::Certificate) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("wsgate-{label}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert_file, key_file) = (dir.join("c.pem"), dir.join("c.key"));
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        (dir, cert_file, key_file, cert)
+    }
+
+    fn pem(label: &str, der: &[u8]) -> String {
+        format!(
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der)
+        )
+    }
+
+    /// A key rustls cannot sign with is named by kind and size, with what would do; it was
+    /// "unexpected error: failed to parse private key as RSA, ECDSA, or EdDSA", of an RSA
+    /// key too. (The keys are DER made here, which no library would load either way.)
+    #[test]
+    fn a_key_of_a_kind_wsgate_cannot_use_is_named_by_kind() {
+        let int = |bytes: &[u8]| wrap(0x02, bytes);
+        let oid = |bytes: &[u8]| wrap(0x06, bytes);
+        // PKCS#1: version, a modulus of `bits` bits, an exponent.
+        let pkcs1 = |bits: usize| {
+            let mut n = vec![0x00, 0xc5];
+            n.extend(vec![0x5c; bits / 8 - 1]);
+            wrap(0x30, &[int(&[0]), int(&n), int(&[1, 0, 1])].concat())
+        };
+        let pkcs8 = |algorithm: Vec<u8>, key: Vec<u8>| {
+            wrap(
+                0x30,
+                &[int(&[0]), wrap(0x30, &algorithm), wrap(0x04, &key)].concat(),
+            )
+        };
+        const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+        const PSS: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a];
+        const EC: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+        const SECP256K1: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x0a];
+        let sec1 = wrap(
+            0x30,
+            &[int(&[1]), wrap(0x04, &[7; 32]), wrap(0xa0, &oid(SECP256K1))].concat(),
+        );
+        let cases = [
+            ("RSA PRIVATE KEY", pkcs1(1024), "RSA, 1024 bits"),
+            (
+                "PRIVATE KEY",
+                pkcs8([oid(RSA), vec![0x05, 0x00]].concat(), pkcs1(1024)),
+                "RSA, 1024 bits",
+            ),
+            (
+                "PRIVATE KEY",
+                pkcs8(oid(PSS), pkcs1(2048)),
+                "RSA-PSS (an RSA key restricted to PSS), 2048 bits",
+            ),
+            (
+                "PRIVATE KEY",
+                pkcs8([oid(EC), oid(SECP256K1)].concat(), vec![0x30, 0x00]),
+                "ECDSA on secp256k1",
+            ),
+            ("EC PRIVATE KEY", sec1, "ECDSA on secp256k1"),
+            (
+                "PRIVATE KEY",
+                pkcs8(oid(&[0x2a, 0x86, 0x48, 0xce, 0x38, 0x04, 0x01]), int(&[5])),
+                "DSA",
+            ),
+            (
+                "PRIVATE KEY",
+                pkcs8(oid(&[0x2b, 0x65, 0x71]), wrap(0x04, &[9; 57])),
+                "Ed448",
+            ),
+        ];
+        for (label, der, kind) in cases {
+            let (dir, cert, key, _) = pair_files("kind");
+            std::fs::write(&key, pem(label, &der)).unwrap();
+            let e = load_certified_key(&cert, &key).unwrap_err();
+            std::fs::remove_dir_all(&dir).unwrap();
+            assert_eq!(e.cert, None, "{e:?}");
+            assert_eq!(
+                e.key.as_deref(),
+                Some(
+                    format!(
+                        "{}: the private key is {kind}, which wsgate cannot use: keys must be \
+                         RSA of 2048 to 8192 bits, ECDSA on P-256, P-384 or P-521, or Ed25519",
+                        key.display()
+                    )
+                    .as_str()
+                ),
+                "{kind}"
+            );
+        }
+    }
+
+    /// A PEM file cut short is said to be, in words (it was rustls's Debug form, the END
+    /// marker as decimal bytes); a UTF-8 byte order mark before the PEM text is no obstacle
+    /// (OpenSSL reads such a file; it was "no CERTIFICATE block"); and a DER file is named as
+    /// one, with the command that converts it.
+    #[test]
+    fn pem_file_problems_are_said_in_words() {
+        let (dir, cert, key, c) = pair_files("pem");
+        let whole = c.pem();
+        std::fs::write(&cert, &whole[..whole.len() / 2]).unwrap();
+        let e = load_certified_key(&cert, &key).unwrap_err();
+        assert_eq!(
+            e.cert,
+            Some(format!(
+                "{}: a PEM block has no \"-----END CERTIFICATE-----\" line: the file is cut \
+                 short (a truncated copy, or a file still being written)",
+                cert.display()
+            ))
+        );
+
+        std::fs::write(&cert, format!("\u{feff}{whole}")).unwrap();
+        let key_text = std::fs::read_to_string(&key).unwrap();
+        std::fs::write(&key, format!("\u{feff}{key_text}")).unwrap();
+        load_certified_key(&cert, &key).expect("PEM files with a byte order mark");
+
+        std::fs::write(&cert, c.der()).unwrap();
+        let e = load_certified_key(&cert, &key).unwrap_err();
+        assert_eq!(
+            e.cert,
+            Some(format!(
+                "{0}: the file is DER (binary), not PEM (text with -----BEGIN lines): convert \
+                 it with `openssl x509 -inform der -in {0} -out {0}.pem`",
+                cert.display()
+            ))
+        );
+        std::fs::write(&cert, &whole).unwrap();
+        let der = PrivateKeyDer::from_pem_slice(key_text.as_bytes()).unwrap();
+        std::fs::write(&key, der.secret_der()).unwrap();
+        let e = load_certified_key(&cert, &key).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let m = e.key.expect("the key's fault");
+        assert!(
+            m.contains("the file is DER (binary), not PEM")
+                && m.contains("openssl pkey -inform der"),
             "{m}"
         );
     }
