@@ -421,6 +421,47 @@ fn load_roots_and_der(ca: &Path) -> Result<(rustls::RootCertStore, Vec<u8>), Str
     Ok((roots, der))
 }
 
+/// [`load_roots_and_der`] for a listener's `client_ca`, refusing a file in which no
+/// certificate can vouch for a client: only end-entity certificates (CA:FALSE) issued by
+/// someone else, typically a client's own certificate named where its CA's belongs. webpki
+/// takes any certificate as a trust anchor, so such a file loaded, passed `wsgate check`,
+/// and then no client could ever authenticate (a client certificate chains to the CA that
+/// issued it, which the file lacks). A CA certificate (CA:TRUE, or an X.509 v1 root, which
+/// has no extensions to say so) can vouch, and so can a self-signed certificate, for itself:
+/// the pin of one client's certificate.
+fn load_client_roots(ca: &Path) -> Result<(rustls::RootCertStore, Vec<u8>), String> {
+    let (roots, der) = load_roots_and_der(ca)?;
+    let text = read_pem_file(ca)?;
+    let mut leaf = None;
+    for cert in CertificateDer::pem_slice_iter(&text).flatten() {
+        let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+            // Not a certificate x509-parser reads: webpki took it, and judges it.
+            return Ok((roots, der));
+        };
+        let is_ca = match parsed.basic_constraints() {
+            Ok(Some(bc)) => bc.value.ca,
+            _ => parsed.version() != x509_parser::x509::X509Version::V3,
+        };
+        if is_ca || parsed.subject() == parsed.issuer() {
+            return Ok((roots, der));
+        }
+        leaf.get_or_insert_with(|| {
+            (
+                subject_text(parsed.subject()),
+                subject_text(parsed.issuer()),
+            )
+        });
+    }
+    let (subject, issuer) = leaf.unwrap_or_default();
+    Err(format!(
+        "{}: no CA certificate in the file, only a client's own ({subject}, CA:FALSE, issued \
+         by {issuer}): no client certificate can chain to it, so no client could \
+         authenticate. client_ca names the CA that issues the client certificates (its \
+         certificate, CA:TRUE: here, that of {issuer})",
+        ca.display()
+    ))
+}
+
 /// A PEM file's problem in words: it was rustls's Debug form, e.g. `MissingSectionEnd {
 /// end_marker: [67, 69, ...] }` for a file cut short.
 fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
@@ -897,7 +938,7 @@ impl TlsListener {
         }
         let configs = match &self.client_auth {
             Some(auth) => {
-                let (_, der) = load_roots_and_der(&auth.ca)?;
+                let (_, der) = load_client_roots(&auth.ca)?;
                 let now = self
                     .configs
                     .read()
@@ -1009,7 +1050,7 @@ fn build_configs(
     let builder = match client_auth {
         None => builder.with_no_client_auth(),
         Some(auth) => {
-            let (roots, der) = load_roots_and_der(&auth.ca)?;
+            let (roots, der) = load_client_roots(&auth.ca)?;
             policy = auth_policy(&der, auth.required);
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),

@@ -970,6 +970,49 @@ async fn an_empty_client_certificate_subject_sets_no_header() {
     }
 }
 
+/// A `client_ca` file holding only a client's own certificate (CA:FALSE, issued by a CA) is
+/// refused with the key and line: no client certificate can chain to it, so no client could
+/// ever authenticate, and it passed `wsgate check`. A self-signed client certificate there
+/// still is a pin for that very certificate, and is taken; so is a real CA.
+#[tokio::test]
+async fn a_client_ca_holding_only_a_client_certificate_is_refused() {
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf("server", &["localhost"]);
+    let (alice, _) = ca.leaf("alice", &["alice.example"]);
+    let check = |client_ca: &Path| {
+        wsgate::config::from_toml_str(&format!(
+            "{}{}",
+            tls_listener(
+                &cert,
+                &key,
+                &format!("client_ca = {:?}\n", client_ca.display().to_string())
+            ),
+            route("r", "/", &["ws://127.0.0.1:1".to_string()])
+        ))
+    };
+    let errors = check(&alice).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].key, "listener[0].tls.client_ca");
+    assert_eq!(errors[0].line, Some(7));
+    assert!(
+        errors[0].message.starts_with(&format!(
+            "{}: no CA certificate in the file, only a client's own (CN=alice.example, \
+             CA:FALSE, issued by CN=wsgate test CA)",
+            alice.display()
+        )),
+        "{}",
+        errors[0].message
+    );
+    check(&ca.ca_file()).expect("a CA");
+    let pin = rcgen::KeyPair::generate().unwrap();
+    let pinned = rcgen::CertificateParams::new(vec!["pin.example".to_string()])
+        .unwrap()
+        .self_signed(&pin)
+        .unwrap();
+    let (pinned, _) = ca.write_pair("pin", &pinned.pem(), &pin.serialize_pem());
+    check(&pinned).expect("a self-signed client certificate, pinned");
+}
+
 /// A reload reads the client CA file again: a CA taken out of the bundle (its key leaked)
 /// stops being trusted at the next handshake, and one put in is trusted. The CA was read
 /// only when the listener's table changed, while the log said "TLS certificates reloaded".
