@@ -356,7 +356,8 @@ pub struct HandshakeParams<'a> {
     pub timeout: Duration,
     pub max_error_body: usize,
     /// Another backend is tried after this one if it fails: a 5xx's body (which goes to the
-    /// client only if every backend fails) is waited for [`FAILOVER_BODY_WAIT`] at most.
+    /// client only if every backend fails) is waited for a quarter of a second at most
+    /// (`FAILOVER_BODY_WAIT`).
     pub more_backends: bool,
 }
 
