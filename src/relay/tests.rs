@@ -1859,24 +1859,20 @@ impl Leg for StreamLike {
     }
 }
 
-/// An HTTP/2 client resets its stream while the backend's messages wait for its window: the
-/// proxy's 1001 goes to the backend, and the session ends with the backend's answer. When
-/// the flush into the reset stream failed in a turn of its own, that turn ended without
-/// reading the backend, whose reads had waited behind the flush: nothing woke the relay for
-/// the answer, and the session lingered the closing handshake's 5 s (about one HTTP/2
-/// session in ten reset while echoes flowed).
-#[tokio::test(start_paused = true)]
-async fn a_reset_http2_stream_whose_flush_fails_later_ends_with_the_backends_answer() {
-    let (mut client, client_side) = duplex(1 << 16);
-    let (backend_side, mut backend) = duplex(1 << 16);
+/// A relay task between a [`StreamLike`] client leg and a [`TcpLike`] backend leg: (client
+/// end, backend end, the stream's state, task).
+fn stream_relay(
+    cfg: SessionConfig,
+) -> (
+    tokio::io::DuplexStream,
+    tokio::io::DuplexStream,
+    Arc<StreamState>,
+    tokio::task::JoinHandle<RelayOutcome>,
+) {
+    let (client, client_side) = duplex(1 << 16);
+    let (backend_side, backend) = duplex(1 << 16);
     let state = Arc::new(StreamState::default());
-    let cfg = SessionConfig {
-        ping_interval: None,
-        hibernate_after: None,
-        ..SessionConfig::default()
-    };
-    let (control, link) = (Control::default(), Arc::default());
-    let env = test_env(cfg, &control, &link);
+    let env = test_env(cfg, &Control::default(), &Arc::default());
     let leg = StreamLike {
         io: client_side,
         state: state.clone(),
@@ -1887,6 +1883,22 @@ async fn a_reset_http2_stream_whose_flush_fails_later_ends_with_the_backends_ans
         env,
         0,
     ));
+    (client, backend, state, task)
+}
+
+/// An HTTP/2 client resets its stream while the backend's messages wait for its window: the
+/// proxy's 1001 goes to the backend, and the session ends with the backend's answer. When
+/// the flush into the reset stream failed in a turn of its own, that turn ended without
+/// reading the backend, whose reads had waited behind the flush: nothing woke the relay for
+/// the answer, and the session lingered the closing handshake's 5 s (about one HTTP/2
+/// session in ten reset while echoes flowed).
+#[tokio::test(start_paused = true)]
+async fn a_reset_http2_stream_whose_flush_fails_later_ends_with_the_backends_answer() {
+    let (mut client, mut backend, state, task) = stream_relay(SessionConfig {
+        ping_interval: None,
+        hibernate_after: None,
+        ..SessionConfig::default()
+    });
     // An echo under way: the backend's message is written into the stream, whose flush
     // waits for the client's window.
     let hello = masked(opcode::BINARY, b"hello");
@@ -1980,21 +1992,7 @@ async fn a_close_the_other_side_never_answers_is_answered_at_the_deadline() {
 /// responding") while it answered every ping.
 #[tokio::test(start_paused = true)]
 async fn a_backend_behind_an_unflushed_http2_stream_is_not_taken_for_dead() {
-    let (_client, client_side) = duplex(1 << 20);
-    let (backend_side, mut backend) = duplex(1 << 20);
-    let state = Arc::new(StreamState::default());
-    let (control, link) = (Control::default(), Arc::default());
-    let env = test_env(pings_only(Duration::from_secs(2)), &control, &link);
-    let leg = StreamLike {
-        io: client_side,
-        state: state.clone(),
-    };
-    let task = tokio::spawn(relay(
-        (leg, Bytes::new()),
-        (TcpLike(backend_side), Bytes::new()),
-        env,
-        0,
-    ));
+    let (_client, mut backend, _state, task) = stream_relay(pings_only(Duration::from_secs(2)));
     backend
         .write_all(&plain(opcode::BINARY, &[7u8; 1000]))
         .await
