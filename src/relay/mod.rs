@@ -622,6 +622,15 @@ where
 {
     answer_unanswered(cx, c, b);
     answer_unanswered(cx, b, c);
+    // A side still open gets what ends its writing without a shutdown, where it goes out at
+    // once: a TLS leg its `close_notify` (RFC 8446 §6.1: a connection is closed with one
+    // unless an error alert was sent), which a cut had left out; a plain one nothing more.
+    if !c.write_shut {
+        let _ = c.io.poll_finish(cx);
+    }
+    if !b.write_shut {
+        let _ = b.io.poll_finish(cx);
+    }
     drain::drain_ready(cx, st, c);
     drain::drain_ready(cx, st, b);
     true

@@ -1707,3 +1707,45 @@ async fn wss_backend_sessions_resume() {
     );
     assert_eq!(seen, [full, resumed, resumed]);
 }
+
+/// A session cut at the closing handshake's deadline ends its TLS leg with `close_notify`
+/// (RFC 8446 §6.1), as every other end does: here the backend closed and the client never
+/// answered the close frame it was passed. The cut dropped the connection without one, and
+/// the client read a truncation (UnexpectedEof) instead of a clean end.
+#[tokio::test]
+async fn a_session_cut_at_the_deadline_ends_its_tls_leg_with_close_notify() {
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf("localhost", &["localhost"]);
+    let mut answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n".to_vec();
+    answer.extend(wsgate::frame::encode_frame(
+        wsgate::frame::opcode::CLOSE,
+        true,
+        &1000u16.to_be_bytes(),
+        None,
+    ));
+    let (backend, _) = scripted_backend(answer).await;
+    let gw = Gateway::spawn(&format!(
+        "{}{}",
+        tls_listener(&cert, &key, ""),
+        route("r", "/", &[format!("ws://{backend}")])
+    ))
+    .await;
+    let (mut tls, _) = tls_connect(&ca, &gw, "localhost").await;
+    tls.write_all(upgrade_request("/", "").as_bytes())
+        .await
+        .unwrap();
+    // The 101 and the backend's close frame, left unanswered, until the end of the stream.
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        match tls.read(&mut chunk).await {
+            Ok(0) => break Ok(()),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) => break Err(e.kind()),
+        }
+    };
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(got.ends_with(&[0x88, 2, 0x03, 0xe8]), "{got:?}");
+    assert_eq!(end, Ok(()), "the TLS stream ended without close_notify");
+}
