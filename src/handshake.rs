@@ -102,11 +102,12 @@ pub enum HandshakeError {
     /// exactly, as browsers and servers such as Node's `ws` compare them).
     #[error("invalid Sec-WebSocket-Protocol: {0:?} is offered twice")]
     DuplicateSubprotocol(String),
-    /// A `Sec-WebSocket-Extensions` line that is not text (RFC 6455 §9.1: tokens and quoted
-    /// strings): read one way here and another by the backend, it could carry an offer past
-    /// `permessage_deflate = "strip"`.
-    #[error("invalid Sec-WebSocket-Extensions: {0:?} is not text")]
-    InvalidExtensions(String),
+    /// A `Sec-WebSocket-Extensions` line that is not text, or not the list of extensions
+    /// and parameters RFC 6455 §9.1 writes (tokens, quoted strings): read one way here and
+    /// another by the backend, it could carry an offer past `permessage_deflate = "strip"`;
+    /// echoed by a lenient backend, it reached the client in the 101.
+    #[error("invalid Sec-WebSocket-Extensions {0:?}: {1}")]
+    InvalidExtensions(String, &'static str),
     #[error("WebSocket handshake must not carry a request body")]
     HasBody,
     /// HTTP/2: a request on a WebSocket route that is not an extended CONNECT.
@@ -191,7 +192,7 @@ impl HandshakeError {
             DuplicateVersion(_) => Outcome::DuplicateVersion,
             MissingVersion => Outcome::MissingVersion,
             InvalidSubprotocol(_) | DuplicateSubprotocol(_) => Outcome::InvalidSubprotocol,
-            InvalidExtensions(_) => Outcome::InvalidExtensions,
+            InvalidExtensions(..) => Outcome::InvalidExtensions,
             HasBody => Outcome::HasBody,
             NotExtendedConnect => Outcome::NotExtendedConnect,
             ProtocolNotWebSocket(_) => Outcome::ProtocolNotWebsocket,
@@ -351,10 +352,15 @@ fn offers(headers: &HeaderMap) -> Result<(Vec<String>, Vec<HeaderValue>), Handsh
         .iter()
         .cloned()
         .collect();
-    if let Some(bad) = extensions.iter().find(|v| v.to_str().is_err()) {
-        return Err(HandshakeError::InvalidExtensions(
-            String::from_utf8_lossy(bad.as_bytes()).into_owned(),
-        ));
+    for v in &extensions {
+        let problem = match v.to_str() {
+            Ok(text) => extensions_problem(text),
+            Err(_) => Some("not text"),
+        };
+        if let Some(why) = problem {
+            let text = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            return Err(HandshakeError::InvalidExtensions(text, why));
+        }
     }
     Ok((protocols, extensions))
 }
@@ -410,6 +416,87 @@ pub fn list_values(headers: &HeaderMap, name: &HeaderName) -> Vec<String> {
 /// RFC 9110 §5.6.2 token characters.
 fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(is_token_byte)
+}
+
+/// What is wrong with one `Sec-WebSocket-Extensions` field value, if anything: RFC 6455
+/// §9.1's `extension *( ";" extension-param )`, comma-separated (empty elements and optional
+/// whitespace allowed, RFC 9110 §5.6.1), each name a token and each parameter a token with
+/// an optional value, a token or a quoted string whose unescaped content is a token.
+pub fn extensions_problem(value: &str) -> Option<&'static str> {
+    let b = value.as_bytes();
+    let mut i = 0;
+    let ows = |i: &mut usize| {
+        while *i < b.len() && (b[*i] == b' ' || b[*i] == b'\t') {
+            *i += 1;
+        }
+    };
+    let token = |i: &mut usize| {
+        let start = *i;
+        while *i < b.len() && is_token_byte(b[*i]) {
+            *i += 1;
+        }
+        *i > start
+    };
+    loop {
+        ows(&mut i);
+        if i == b.len() {
+            return None;
+        }
+        if b[i] == b',' {
+            i += 1;
+            continue;
+        }
+        if !token(&mut i) {
+            return Some("an extension name that is not a token");
+        }
+        loop {
+            ows(&mut i);
+            match b.get(i) {
+                None => return None,
+                Some(b',') => {
+                    i += 1;
+                    break;
+                }
+                Some(b';') => i += 1,
+                Some(_) => return Some("a character out of place after an extension or parameter"),
+            }
+            ows(&mut i);
+            if !token(&mut i) {
+                return Some("a parameter name that is not a token");
+            }
+            ows(&mut i);
+            if b.get(i) != Some(&b'=') {
+                continue;
+            }
+            i += 1;
+            ows(&mut i);
+            if b.get(i) != Some(&b'"') {
+                if !token(&mut i) {
+                    return Some("a parameter value that is not a token");
+                }
+                continue;
+            }
+            i += 1;
+            let mut content = 0;
+            loop {
+                match b.get(i) {
+                    None => return Some("a quoted string without its end"),
+                    Some(b'"') => break,
+                    Some(b'\\') if i + 1 < b.len() => i += 1,
+                    Some(_) => {}
+                }
+                if !is_token_byte(b[i]) {
+                    return Some("a quoted parameter value that is not a token");
+                }
+                content += 1;
+                i += 1;
+            }
+            i += 1;
+            if content == 0 {
+                return Some("an empty quoted parameter value");
+            }
+        }
+    }
 }
 
 /// One RFC 9110 §5.6.2 `tchar`.
@@ -554,8 +641,12 @@ mod tests {
         let obs = HeaderValue::from_bytes(b"permessage-deflate, x-\xe9").unwrap();
         assert_eq!(
             validate(&parts(|b| b.header("sec-websocket-extensions", obs))),
-            Err(InvalidExtensions("permessage-deflate, x-\u{fffd}".into()))
+            Err(InvalidExtensions(
+                "permessage-deflate, x-\u{fffd}".into(),
+                "not text"
+            ))
         );
+        let bad = parts(|b| b.header("sec-websocket-extensions", "x; a=\"unterminated"));
         // Offers are unique strings (RFC 6455 §4.1), on one field or several; case counts.
         assert_eq!(
             validate(&parts(|b| b.header("sec-websocket-protocol", "a, b, a"))),
@@ -569,6 +660,35 @@ mod tests {
             Err(DuplicateSubprotocol("a".into()))
         );
         assert!(validate(&parts(|b| b.header("sec-websocket-protocol", "a, A"))).is_ok());
+        assert!(matches!(validate(&bad), Err(InvalidExtensions(..))));
+    }
+
+    /// RFC 6455 §9.1's grammar, as browsers and libraries write it, and what breaks it.
+    #[test]
+    fn extension_lists_follow_the_grammar() {
+        for fine in [
+            "permessage-deflate; client_max_window_bits",
+            "permessage-deflate;client_max_window_bits=15, x-foo",
+            "permessage-deflate; server_max_window_bits=\"10\", , x-webkit-deflate-frame",
+            "a; b = 1 ;c",
+            "a; q=\"\\t\"",
+            "",
+        ] {
+            assert_eq!(extensions_problem(fine), None, "{fine:?}");
+        }
+        for bad in [
+            "x;;;=",
+            "x; =1",
+            "x; a=\"unterminated",
+            "x; a=\"\"",
+            "x; a=\"b c\"",
+            "x y",
+            "; a",
+            "x; a=b=c",
+            "x; a=,",
+        ] {
+            assert!(extensions_problem(bad).is_some(), "{bad:?}");
+        }
     }
 
     #[test]

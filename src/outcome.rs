@@ -505,7 +505,7 @@ mod tests {
             DuplicateVersion("13, 13".into()),
             InvalidSubprotocol("a b".into()),
             DuplicateSubprotocol("a".into()),
-            InvalidExtensions("x-\u{e9}".into()),
+            InvalidExtensions("x-\u{e9}".into(), "not text"),
             HasBody,
             NotExtendedConnect,
             ProtocolNotWebSocket("x".into()),

@@ -750,6 +750,11 @@ fn verify_101(
         let Ok(text) = v.to_str() else {
             return bad("Sec-WebSocket-Extensions that is not text");
         };
+        if let Some(why) = handshake::extensions_problem(text) {
+            return Err(BackendError::BadHandshake(format!(
+                "malformed Sec-WebSocket-Extensions {text:?} (RFC 6455 §9.1): {why}"
+            )));
+        }
         elements.extend(text.split(',').map(str::trim).filter(|e| !e.is_empty()));
     }
     for element in &elements {

@@ -197,6 +197,23 @@ async fn a_refusal_keeps_the_backends_reason_phrase() {
     }
 }
 
+/// Extension lists follow RFC 6455 §9.1 both ways: a client's malformed offer is refused
+/// (400) before any backend is asked, and a backend's malformed answer is a broken 101 (502).
+/// Both passed: a lenient backend echoed `x;;;=` into the client's 101.
+#[tokio::test]
+async fn malformed_extension_lists_are_refused_both_ways() {
+    let answer = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Extensions: x-foo; a=\"b c\"\r\n\r\n";
+    let (lenient, seen) = scripted_backend(answer.as_bytes().to_vec()).await;
+    let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{lenient}")])).await;
+    let offer = |ext: &str| upgrade_request("/", &format!("Sec-WebSocket-Extensions: {ext}\r\n"));
+    let (_s, resp) = raw_exchange(gw.addr, offer("x;;;=").as_bytes()).await;
+    assert_eq!(resp.status, 400, "{resp:?}");
+    assert!(seen.lock().unwrap().is_empty());
+    let (_s, resp) = raw_exchange(gw.addr, offer("x-foo").as_bytes()).await;
+    assert_eq!(resp.status, 502, "{resp:?}");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
 #[tokio::test]
 async fn a_4xx_is_the_backends_word_and_passed_on() {
     let (refusing, _) =
