@@ -431,28 +431,37 @@ fn load_roots_and_der(ca: &Path) -> Result<(rustls::RootCertStore, Vec<u8>), Str
 /// the pin of one client's certificate.
 fn load_client_roots(ca: &Path) -> Result<(rustls::RootCertStore, Vec<u8>), String> {
     let (roots, der) = load_roots_and_der(ca)?;
-    let text = read_pem_file(ca)?;
-    let mut leaf = None;
-    for cert in CertificateDer::pem_slice_iter(&text).flatten() {
-        let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
-            // Not a certificate x509-parser reads: webpki took it, and judges it.
-            return Ok((roots, der));
-        };
-        let is_ca = match parsed.basic_constraints() {
-            Ok(Some(bc)) => bc.value.ca,
-            _ => parsed.version() != x509_parser::x509::X509Version::V3,
-        };
-        if is_ca || parsed.subject() == parsed.issuer() {
-            return Ok((roots, der));
+    // The file's certificates, read once: `der` holds them one after the other, and each
+    // parse leaves the rest.
+    let leaf = {
+        let (mut rest, mut leaf) = (&der[..], None);
+        loop {
+            if rest.is_empty() {
+                break leaf;
+            }
+            let Ok((next, parsed)) = x509_parser::parse_x509_certificate(rest) else {
+                // Not a certificate x509-parser reads: webpki took it, and judges it.
+                break None;
+            };
+            let is_ca = match parsed.basic_constraints() {
+                Ok(Some(bc)) => bc.value.ca,
+                _ => parsed.version() != x509_parser::x509::X509Version::V3,
+            };
+            if is_ca || parsed.subject() == parsed.issuer() {
+                break None;
+            }
+            leaf.get_or_insert_with(|| {
+                (
+                    subject_text(parsed.subject()),
+                    subject_text(parsed.issuer()),
+                )
+            });
+            rest = next;
         }
-        leaf.get_or_insert_with(|| {
-            (
-                subject_text(parsed.subject()),
-                subject_text(parsed.issuer()),
-            )
-        });
-    }
-    let (subject, issuer) = leaf.unwrap_or_default();
+    };
+    let Some((subject, issuer)) = leaf else {
+        return Ok((roots, der));
+    };
     Err(format!(
         "{}: no CA certificate in the file, only a client's own ({subject}, CA:FALSE, issued \
          by {issuer}): no client certificate can chain to it, so no client could \
