@@ -144,8 +144,7 @@ pub(super) fn quiet_until<C: Leg, B: Leg>(
 fn quiet<IO: Leg>(s: &Side<IO>) -> bool {
     s.io.can_hibernate()
         && s.pre.is_none()
-        && s.out.is_none()
-        && !s.needs_flush
+        && !s.output_pending()
         && s.inject.is_none()
         && !s.read_eof
         && !s.write_shut

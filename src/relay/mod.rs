@@ -245,6 +245,12 @@ impl<IO: Leg> Side<IO> {
         self.out.is_none()
     }
 
+    /// Bytes for this side it has not taken yet: queued here, or written and their flush
+    /// still pending (an HTTP/2 stream without window, whose bytes hyper took).
+    fn output_pending(&self) -> bool {
+        !self.out_empty() || self.needs_flush
+    }
+
     /// Writes `bytes` to this side now if it takes them, else queues them.
     fn send(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> io::Result<()> {
         self.send_as(cx, bytes, false)
@@ -785,7 +791,7 @@ fn step<A, Z>(
     Z: Leg,
 {
     // 1. What `to` still has to take.
-    if !to.out_empty() || to.needs_flush {
+    if to.output_pending() {
         let queued = to.out.as_ref().map(|o| o.pos);
         let polled = to.poll_out(cx);
         if queued.is_some()
@@ -1390,10 +1396,7 @@ where
                 // window, where hyper took the bytes) holds up reading the other side as
                 // queued bytes do. That other side is held; a ping for this one waits
                 // behind the flush, its deadline running.
-                let stuck = (
-                    !c.out_empty() || c.needs_flush,
-                    !b.out_empty() || b.needs_flush,
-                );
+                let stuck = (c.output_pending(), b.output_pending());
                 let held = (stuck.1, stuck.0);
                 for (
                     who,
