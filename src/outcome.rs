@@ -82,7 +82,7 @@ pub enum Outcome {
     DuplicateVersion,
     /// A `Sec-WebSocket-Protocol` entry that is not a token (400).
     InvalidSubprotocol,
-    /// A `Sec-WebSocket-Extensions` line that is not text (400).
+    /// A `Sec-WebSocket-Extensions` line that is not text, or not RFC 6455 §9.1's list (400).
     InvalidExtensions,
     /// The upgrade request carries a body (400).
     HasBody,
