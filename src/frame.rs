@@ -101,6 +101,10 @@ pub enum FrameError {
     FragmentedControl,
     #[error("64-bit length with the most significant bit set")]
     LengthMsbSet,
+    /// A payload length in a longer form than it needs: RFC 6455 §5.2 says "the minimal
+    /// number of bytes MUST be used to encode the length".
+    #[error("payload length not in its shortest form")]
+    NonMinimalLength,
 }
 
 impl FrameHeader {
@@ -127,6 +131,9 @@ impl FrameHeader {
                 }
                 let n = u16::from_be_bytes([buf[2], buf[3]]) as u64;
                 pos += 2;
+                if n < 126 {
+                    return Err(FrameError::NonMinimalLength);
+                }
                 n
             }
             127 => {
@@ -140,8 +147,12 @@ impl FrameHeader {
                 if n >> 63 != 0 {
                     return Err(FrameError::LengthMsbSet);
                 }
-                // Non-minimal length encodings (§5.2 "MUST") are accepted: they do not change
-                // where the frame ends, and rejecting them would only break sloppy peers.
+                // Not passed on: browsers fail the connection on a non-minimal length
+                // (Chromium's frame parser does), so a frame forwarded as it came would end
+                // the session there, with nothing to say which side broke the rule.
+                if n <= u64::from(u16::MAX) {
+                    return Err(FrameError::NonMinimalLength);
+                }
                 n
             }
             n => n as u64,
@@ -267,6 +278,20 @@ mod tests {
         let mut msb = vec![0x82, 127];
         msb.extend_from_slice(&(1u64 << 63).to_be_bytes());
         assert_eq!(FrameHeader::parse(&msb), Err(FrameError::LengthMsbSet));
+        // Lengths in a longer form than they need (RFC 6455 §5.2), at each boundary.
+        for bad in [
+            vec![0x82, 126, 0, 0],
+            vec![0x82, 126, 0, 125],
+            vec![0x82, 127, 0, 0, 0, 0, 0, 0, 0, 0],
+            vec![0x82, 127, 0, 0, 0, 0, 0, 0, 0, 125],
+            vec![0x82, 127, 0, 0, 0, 0, 0, 0, 0xff, 0xff],
+        ] {
+            assert_eq!(
+                FrameHeader::parse(&bad),
+                Err(FrameError::NonMinimalLength),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -98,6 +98,47 @@ async fn unmasked_client_frame_gets_1002_and_the_backend_1001() {
     );
 }
 
+/// A payload length in a longer form than it needs (RFC 6455 §5.2: "the minimal number of
+/// bytes MUST be used") is a framing violation, as browsers treat it: the sender gets 1002
+/// and the other side 1001. (It was passed on, and a browser then failed the session with
+/// nothing in the record to say which side broke the rule.)
+#[tokio::test]
+async fn a_non_minimal_length_from_the_client_gets_1002_and_the_backend_1001() {
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway_with(&backend, "").await;
+    let mask = [1u8, 2, 3, 4];
+    // "long" (4 bytes) with the 16-bit length form.
+    let mut long = vec![0x81, 0x80 | 126, 0, 4];
+    long.extend_from_slice(&mask);
+    long.extend(b"long".iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    let mut bytes = upgrade_request("/", "").into_bytes();
+    bytes.extend(client_frame(opcode::TEXT, b"fine"));
+    bytes.extend(long);
+    let (mut stream, resp) = raw_exchange(gw.addr, &bytes).await;
+    assert_eq!(resp.status, 101);
+    let (frames, close) = raw_frames_until_close(&mut stream, resp.rest).await;
+    assert_eq!(frames, vec![(opcode::TEXT, b"fine".to_vec())]);
+    assert_eq!(close, (1002, "protocol error".into()));
+    assert_eq!(
+        backend.wait_closes(1).await,
+        vec![Some((1001, "client protocol error".into()))]
+    );
+}
+
+#[tokio::test]
+async fn a_non_minimal_length_from_the_backend_gets_the_client_1014() {
+    let mut response = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n".to_vec();
+    // Three bytes with the 64-bit length form.
+    response.extend_from_slice(&[0x82, 127, 0, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3]);
+    let (addr, _seen) = scripted_backend(response).await;
+    let gw = Gateway::spawn(&route("r", "/", &[format!("ws://{addr}")])).await;
+    let (mut stream, resp) = raw_exchange(gw.addr, upgrade_request("/", "").as_bytes()).await;
+    assert_eq!(resp.status, 101);
+    let (frames, close) = raw_frames_until_close(&mut stream, resp.rest).await;
+    assert_eq!(frames, vec![], "nothing of the frame is passed on");
+    assert_eq!(close, (1014, "backend protocol error".into()));
+}
+
 /// A client's close frame that RFC 6455 forbids on the wire (a code no endpoint may send, a
 /// one-byte payload, a reason that is not UTF-8) fails the connection at the proxy: the client
 /// gets 1002 (1007 for the reason) and the backend 1001, never the forbidden close. (They

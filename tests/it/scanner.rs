@@ -297,6 +297,23 @@ fn length_msb() {
 }
 
 #[test]
+fn non_minimal_lengths() {
+    let ok = frame(opcode::TEXT, true, 1, None);
+    let mut short16 = vec![0x82, 126];
+    short16.extend(125u16.to_be_bytes());
+    let mut short64 = vec![0x82, 127];
+    short64.extend(65535u64.to_be_bytes());
+    for bad in [short16, short64] {
+        assert_cut(
+            Sender::Server,
+            &ok,
+            &bad,
+            Violation::Frame(FrameError::NonMinimalLength),
+        );
+    }
+}
+
+#[test]
 fn message_size_limit_counts_every_fragment_and_cuts_at_the_header() {
     // Limit 1000 (see assert_cut): 600 + 600 crosses it at the second fragment's header.
     let first = frame(opcode::BINARY, false, 600, M);
