@@ -247,10 +247,12 @@ pub fn build_request(
         backend.authority.clone()
     };
 
-    let mut headers =
-        forwarding::end_to_end(&b.client.headers, b.forwarding.peer_trusted, |name| {
-            NOT_FORWARDED.contains(name) || NOT_FORWARDED_NAMES.contains(&name.as_str())
-        });
+    let mut headers = forwarding::end_to_end(
+        &b.client.headers,
+        b.forwarding.peer_trusted,
+        |name| NOT_FORWARDED.contains(name) || NOT_FORWARDED_NAMES.contains(&name.as_str()),
+        |name| b.route.policy.sets_header(name),
+    );
     let set = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
             headers.insert(name, v);

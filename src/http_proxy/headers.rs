@@ -174,6 +174,9 @@ pub struct Forwarding<'a> {
     /// Every listener's client-certificate header (`Config::subject_headers`): a client's
     /// own header of any of these names is dropped, on every listener, so none can be forged.
     pub subject_headers: &'a [HeaderName],
+    /// The route's policy, whose own headers pass whatever their names
+    /// ([`RoutePolicy::sets_header`](crate::policy::RoutePolicy::sets_header)).
+    pub policy: &'a crate::policy::RoutePolicy,
 }
 
 /// The backend request's headers, all but `Host` (which depends on the backend): the
@@ -181,9 +184,12 @@ pub struct Forwarding<'a> {
 /// end already parsed, so no header of an HTTP/2 request can smuggle a line break into the
 /// HTTP/1.1 request (the h2 codec refuses such values, and `HeaderValue` cannot hold them).
 pub fn request_headers(client: &HeaderMap, f: &Forwarding<'_>) -> HeaderMap {
-    let mut headers = forwarding::end_to_end(client, f.client.peer_trusted, |name| {
-        HOP_BY_HOP.contains(&name.as_str()) || REBUILT.contains(&name.as_str())
-    });
+    let mut headers = forwarding::end_to_end(
+        client,
+        f.client.peer_trusted,
+        |name| HOP_BY_HOP.contains(&name.as_str()) || REBUILT.contains(&name.as_str()),
+        |name| f.policy.sets_header(name),
+    );
     if let Some(n) = content_length(client) {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
@@ -653,6 +659,7 @@ mod tests {
             correlation: &ids,
             client_subject: None,
             subject_headers: &[],
+            policy: &Default::default(),
         };
         let h = request_headers(&client.headers, &f);
         for gone in [

@@ -221,7 +221,7 @@ async fn exchange(
         .pool
         .claim_affinity(&mut affinity, admitted.claims.as_ref());
     waiting.arm(record, tried.clone());
-    let mut backend_headers = backend_headers(cx, parts, &host);
+    let mut backend_headers = backend_headers(cx, route, parts, &host);
     if let Some(n) = max_forwards {
         backend_headers.insert(header::MAX_FORWARDS, (n - 1).into());
     }
@@ -373,7 +373,7 @@ async fn check_policy(
 }
 
 /// The backend request's headers but `Host`, from the (policy-rewritten) client request.
-fn backend_headers(cx: &Ctx<'_>, parts: &Parts, host: &str) -> http::HeaderMap {
+fn backend_headers(cx: &Ctx<'_>, route: &Route, parts: &Parts, host: &str) -> http::HeaderMap {
     let conn = cx.conn;
     headers::request_headers(
         &parts.headers,
@@ -388,6 +388,7 @@ fn backend_headers(cx: &Ctx<'_>, parts: &Parts, host: &str) -> http::HeaderMap {
                 .as_ref()
                 .map(|h| (h, conn.client_subject.as_deref())),
             subject_headers: &cx.config.subject_headers,
+            policy: &route.config.policy,
         },
     )
 }

@@ -218,13 +218,16 @@ pub const SET_BY_THE_PROXY: &[&str] = &[
 /// ones the proxy sets itself ([`SET_BY_THE_PROXY`]), any other `X-Forwarded-*` unless the
 /// peer is a trusted proxy (`X-Forwarded-Uri`, `-Method`, `-Prefix`, `-Server`, ...: what a
 /// proxy says about the request, which a client cannot say of itself), their look-alikes
-/// with underscores (see [`reads_as`]) and the ones `dropped` names. The `Cookie` fields
-/// come as one, joined with "; ": an HTTP/2 client may split them, and RFC 9113 §8.2.3
-/// says to join them for HTTP/1.1 (unless `Connection` names `Cookie`).
+/// with underscores (see [`reads_as`]) and the ones `dropped` names. An `X-Forwarded-*`
+/// header the route's policy set itself (`set_by_route`: the client's own copies are gone by
+/// then) passes from any peer. The `Cookie` fields come as one, joined with "; ": an HTTP/2
+/// client may split them, and RFC 9113 §8.2.3 says to join them for HTTP/1.1 (unless
+/// `Connection` names `Cookie`).
 pub fn end_to_end(
     client: &http::HeaderMap,
     peer_trusted: bool,
     dropped: impl Fn(&http::HeaderName) -> bool,
+    set_by_route: impl Fn(&http::HeaderName) -> bool,
 ) -> http::HeaderMap {
     use http::header;
     let mut headers = http::HeaderMap::with_capacity(client.len() + 8);
@@ -239,8 +242,8 @@ pub fn end_to_end(
         let n = name.as_str();
         let skip = *name == header::COOKIE
             || dropped(name)
-            || proxys(n)
-            || n.contains('_') && proxys(&n.replace('_', "-"))
+            || (proxys(n) || n.contains('_') && proxys(&n.replace('_', "-")))
+                && !set_by_route(name)
             || is_named(n);
         if !skip {
             headers.append(name.clone(), value.clone());

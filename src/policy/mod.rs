@@ -213,6 +213,16 @@ pub struct RequestFacts<'a> {
 }
 
 impl RoutePolicy {
+    /// Whether this policy sets the header `name` on the backend request itself
+    /// (`set_headers`, forward-auth's `copy_headers`). Once the request is admitted its copy
+    /// of such a header is the policy's (the client's own copies are removed first), so it
+    /// passes whatever its name: an `X-Forwarded-Prefix` the route sets is the proxy's word,
+    /// not a client's claim about itself ([`forwarding::end_to_end`]).
+    pub fn sets_header(&self, name: &http::HeaderName) -> bool {
+        self.rules.set_headers.iter().any(|(n, _)| n == name)
+            || (self.rules.forward_auth.as_ref()).is_some_and(|fa| fa.copy_headers().contains(name))
+    }
+
     pub fn new(rules: PolicyRules) -> RoutePolicy {
         // Destructured without `..`: a rule added to `PolicyRules` does not compile until it
         // is decided here whether it makes the route checked.

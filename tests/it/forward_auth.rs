@@ -44,6 +44,28 @@ fn head_values(r: &RawResponse, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// oauth2-proxy's answer names the user in `X-Forwarded-User` and `-Email`: copied, they
+/// reach the backend from any client. (They were dropped as a client's own `X-Forwarded-*`
+/// unless the peer was a trusted proxy.) The same on a plain HTTP route: `http_proxy.rs`.
+#[tokio::test]
+async fn copied_x_forwarded_headers_reach_the_backend_from_any_client() {
+    let auth = FakeAuth::spawn().await;
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "[[route]]\nname = \"app\"\npath = \"/\"\nbackends = [\"{}\"]\n\
+         [route.auth.forward_auth]\nurl = \"{}\"\n\
+         copy_headers = [\"X-Forwarded-User\", \"X-Forwarded-Email\"]\n",
+        backend.url(),
+        auth.url("/allow-forwarded")
+    ))
+    .await;
+    let r = upgrade(&gw, "/chat", "X-Forwarded-User: mallory\r\n").await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    let seen = backend.last_request();
+    assert_eq!(seen.header("x-forwarded-user"), Some("alice"));
+    assert_eq!(seen.header("x-forwarded-email"), Some("alice@example.com"));
+}
+
 #[tokio::test]
 async fn allow_copies_identity_and_drops_forged_headers() {
     let auth = FakeAuth::spawn().await;

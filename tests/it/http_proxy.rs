@@ -2683,6 +2683,39 @@ async fn forward_auth_hears_the_plain_requests_method() {
     }
 }
 
+/// The route's own `X-Forwarded-*` headers (`set_headers`, forward-auth's `copy_headers`)
+/// reach a plain request's backend from any client; the client's own copies do not. They
+/// were dropped with the client's unless the peer was a trusted proxy.
+#[tokio::test]
+async fn the_routes_own_x_forwarded_headers_reach_the_backend_from_any_client() {
+    let auth = crate::support::fake_auth::FakeAuth::spawn().await;
+    let (b, seen) = echo_backend().await;
+    let extra = format!(
+        "[route.auth]\nset_headers = {{ \"X-Forwarded-Prefix\" = \"/app\" }}\n\
+         [route.auth.forward_auth]\nurl = \"{}\"\n\
+         copy_headers = [\"X-Forwarded-User\", \"X-Forwarded-Email\"]\n",
+        auth.url("/allow-forwarded")
+    );
+    let gw = Gateway::spawn(&http_route(&[b], &extra)).await;
+    let resp = send(
+        gw.addr,
+        Request::get("/page")
+            .header("host", "app.test")
+            .header("x-forwarded-user", "mallory")
+            .header("x-forwarded-prefix", "/forged")
+            .header("x-forwarded-uri", "/forged")
+            .body(Empty::<Bytes>::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let g = seen.lock().unwrap()[0].clone();
+    assert_eq!(g.header("x-forwarded-user"), Some("alice"));
+    assert_eq!(g.header("x-forwarded-email"), Some("alice@example.com"));
+    assert_eq!(g.header("x-forwarded-prefix"), Some("/app"));
+    assert_eq!(g.header("x-forwarded-uri"), None);
+}
+
 /// A request's trailers reach the backend only when its `Trailer` field declared them, and
 /// never as a field the proxy sets or guards in the head (forwarding and identity headers,
 /// credentials, `Proxy-*`, the route's `strip_headers`), over HTTP/1.1 and HTTP/2 alike. They

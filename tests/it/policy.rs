@@ -193,6 +193,31 @@ async fn identity_headers_replace_forged_ones() {
     assert_eq!(seen.header("x-kept"), Some("yes"));
 }
 
+/// An `X-Forwarded-*` header the route sets is the proxy's word and reaches the backend from
+/// any client; the client's own copy of it, and its other `X-Forwarded-*` headers, do not.
+/// (The route's header was dropped with the client's ones unless the peer was a trusted
+/// proxy, so `X-Forwarded-Prefix = "/chat"`, the docs' own example, never arrived.)
+#[tokio::test]
+async fn an_x_forwarded_header_the_route_sets_reaches_the_backend_from_any_client() {
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway(
+        &backend,
+        "[route.auth]
+set_headers = { \"X-Forwarded-Prefix\" = \"/chat\" }",
+    )
+    .await;
+    let r = upgrade(
+        &gw,
+        "X-Forwarded-Prefix: /forged\r\nX_Forwarded_Prefix: /forged\r\nX-Forwarded-Uri: /x\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    let seen = backend.last_request();
+    assert_eq!(seen.header("x-forwarded-prefix"), Some("/chat"));
+    assert_eq!(seen.header("x_forwarded_prefix"), None);
+    assert_eq!(seen.header("x-forwarded-uri"), None);
+}
+
 /// A header name the config spells with underscores removes the client's dashed spelling
 /// too: a backend that drops underscore headers (Werkzeug, Gunicorn 22) got the client's
 /// `X-User` alone, and read it as the proxy's word.

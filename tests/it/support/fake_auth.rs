@@ -36,6 +36,7 @@ pub enum Answer {
 /// | path | answer |
 /// |---|---|
 /// | `/allow` | 200 with `X-User: alice`, `X-Roles: admin`, `X-Roles: dev`, `X-Internal: not copied` |
+/// | `/allow-forwarded` | 200 with `X-Forwarded-User: alice` and `X-Forwarded-Email: alice@example.com` (oauth2-proxy's names) |
 /// | `/deny401` | 401 with `WWW-Authenticate: Bearer realm="chat"`, `Content-Type: text/plain`, `X-Internal: not passed`, body `login required` |
 /// | `/deny407` | 407 with `Proxy-Authenticate: Basic realm="edge"` |
 /// | `/deny429` | 429 with `Retry-After: 30` |
@@ -53,6 +54,11 @@ pub fn by_path(request: &Parts) -> Answer {
                 .header("x-roles", "admin")
                 .header("x-roles", "dev")
                 .header("x-internal", "not copied"),
+            Bytes::new(),
+        ),
+        "/allow-forwarded" => (
+            b.header("x-forwarded-user", "alice")
+                .header("x-forwarded-email", "alice@example.com"),
             Bytes::new(),
         ),
         "/deny401" => (
