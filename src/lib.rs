@@ -400,13 +400,7 @@ impl Handle {
     /// (1012 "service restart" when a reload removes the route), at frame boundaries, and
     /// waits for nothing. Returns false if there is no such route.
     pub fn close_route(&self, name: &str, code: u16) -> bool {
-        match self
-            .state
-            .current()
-            .routes
-            .iter()
-            .find(|r| &*r.name == name)
-        {
+        match self.state.current().routes.named(name) {
             Some(route) => {
                 self.sessions.close_route(&route.control, code);
                 true
@@ -446,9 +440,16 @@ impl Handle {
     }
 
     /// Reads the config file again ([`Config::load`] records which) and applies it; on any
-    /// error nothing changes and the errors are logged and returned.
-    pub fn reload_file(&self) -> Result<ReloadReport, config::ConfigErrors> {
-        reload::from_file(&self.state)
+    /// error nothing changes and the errors are logged and returned. The file is read and
+    /// validated on a blocking thread: the runtime's workers relay sessions meanwhile.
+    pub async fn reload_file(&self) -> Result<ReloadReport, config::ConfigErrors> {
+        reload::from_file(&self.state).await
+    }
+
+    /// A binary upgrade's successor, from its start until it exits: reloads wait for it
+    /// ([`upgrade::Successor`]).
+    pub fn successor(&self) -> &upgrade::Successor {
+        &self.state.successor
     }
 
     /// Starts a graceful shutdown: `/readyz` answers 503 from now on; after

@@ -633,10 +633,6 @@ struct Signals {
     /// replaces the file there (or the symlink's target), and the running process's
     /// `/proc/self/exe` then names a deleted file (or the old version).
     exe: Option<std::path::PathBuf>,
-    /// The pid of a successor SIGUSR2 started that has not exited yet (0: none). A second
-    /// SIGUSR2 meanwhile is refused with a line that says so: two successors would race for
-    /// the one hand-over, and the loser exit with an error about a socket.
-    successor: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Signals {
@@ -658,7 +654,6 @@ impl Signals {
             hup: signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?,
             usr2: signal(SignalKind::user_defined2()).context("cannot install SIGUSR2 handler")?,
             exe: own_path().or_else(|| std::env::current_exe().ok()),
-            successor: Default::default(),
         })
     }
 
@@ -675,7 +670,10 @@ impl Signals {
             tracing::warn!("SIGUSR2: cannot tell this binary's path; start the new one by hand");
             return;
         };
-        if successor_running(&self.successor) {
+        // A second SIGUSR2 while one runs is refused with a line that says so: two
+        // successors would race for the one hand-over, and the loser exit with an error
+        // about a socket.
+        if successor_running(handle.successor()) {
             return;
         }
         let spawned = tokio::process::Command::new(exe)
@@ -696,12 +694,12 @@ impl Signals {
                 wsgate::telemetry::show_pid();
                 let pid = child.id().unwrap_or(0);
                 tracing::info!(exe = %exe.display(), new_pid = pid, "SIGUSR2: started the new binary; it takes the listening sockets over");
-                let successor = self.successor.clone();
-                successor.store(pid.max(1), std::sync::atomic::Ordering::Release);
+                let successor = handle.successor().clone();
+                successor.started(pid);
                 let draining = handle.stopping_token();
                 tokio::spawn(async move {
                     let status = child.wait().await;
-                    successor.store(0, std::sync::atomic::Ordering::Release);
+                    successor.exited();
                     if let Ok(status) = status
                         && (!status.success() || !draining.is_cancelled())
                     {
@@ -737,7 +735,7 @@ impl Signals {
                 // (`MAINPID`): this process drains without a word to systemd.
                 _ = handle.stopping() => break None,
                 _ = self.hup.recv() => {
-                    if upgrading(&self.successor) {
+                    if handle.successor().running().is_some() {
                         // The successor reads the config file itself: a reload here would be
                         // applied by this process, said done, and lost at the hand-over.
                         tracing::warn!(signal = "SIGHUP", "a binary upgrade is under way (the new process reads the config file itself): no reload; send SIGHUP to the new process once it serves");
@@ -746,7 +744,7 @@ impl Signals {
                     notify::reloading();
                     tracing::info!(signal = "SIGHUP", "reloading the config file and the TLS certificates");
                     // Logged either way: what changed, or every error (the running config stays).
-                    let _ = handle.reload_file();
+                    let _ = handle.reload_file().await;
                     handle.reload_certificates();
                     notify::ready();
                 }
@@ -763,9 +761,9 @@ impl Signals {
             mut quit,
             mut hup,
             mut usr2,
-            successor,
             ..
         } = self;
+        let successor = handle.successor().clone();
         let sessions = handle.sessions().clone();
         // Kept until the end: the handle owns the workers' runtimes, which run the sessions.
         let wait = handle.wait();
@@ -822,23 +820,17 @@ impl Signals {
     }
 }
 
-/// Whether a successor SIGUSR2 started has not exited yet (quietly, unlike
-/// [`successor_running`]).
-fn upgrading(successor: &std::sync::atomic::AtomicU32) -> bool {
-    successor.load(std::sync::atomic::Ordering::Acquire) != 0
-}
-
 /// Whether a successor an earlier SIGUSR2 started still runs (and so a SIGUSR2 now is
 /// refused), said in the log with its pid when it does.
-fn successor_running(successor: &std::sync::atomic::AtomicU32) -> bool {
-    let running = successor.load(std::sync::atomic::Ordering::Acquire);
-    if running != 0 {
+fn successor_running(successor: &wsgate::upgrade::Successor) -> bool {
+    let running = successor.running();
+    if let Some(pid) = running {
         tracing::warn!(
-            new_pid = running,
+            new_pid = pid,
             "SIGUSR2: the new binary an earlier SIGUSR2 started is still running (it has taken the sockets over, or is taking them): ignored; signal that process instead"
         );
     }
-    running != 0
+    running.is_some()
 }
 
 /// The path this process was started by (its `argv[0]`, made absolute against the directory

@@ -68,6 +68,8 @@ pub struct ProxyState {
     pub backend_logs: Arc<crate::telemetry::limited::BackendLogs>,
     /// The process's descriptor limit and the probe for the reserve (`[limits] fd_reserve`).
     pub descriptors: limits::Descriptors,
+    /// A binary upgrade's successor while it starts: no reload meanwhile.
+    pub successor: crate::upgrade::Successor,
 }
 
 /// One config and the routes built from it.
@@ -107,6 +109,7 @@ impl ProxyState {
             unready: Default::default(),
             unrouted_refusals: Default::default(),
             descriptors: limits::Descriptors::of_process(),
+            successor: Default::default(),
         }
     }
 

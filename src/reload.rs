@@ -151,18 +151,32 @@ pub fn apply(state: &Arc<ProxyState>, mut config: Config) -> Result<ReloadReport
 
 /// Reads the file the running config came from again and applies it; on any error nothing
 /// changes, and every error (key and line) is logged. A gateway not started from a file
-/// (`wsgate demo`, tests) has nothing to read: an error, neither logged nor counted.
-pub fn from_file(state: &Arc<ProxyState>) -> Result<ReloadReport, ConfigErrors> {
-    let Some(path) = state.current().config.source.clone() else {
-        return Err(ConfigErrors {
-            source: "(no file)".into(),
-            errors: vec![crate::config::ConfigError {
-                key: "(file)".into(),
-                line: None,
-                message: "this gateway was not started from a config file".into(),
-            }],
-        });
+/// (`wsgate demo`, tests) has nothing to read: an error, neither logged nor counted; nor
+/// has one whose binary upgrade's successor is starting ([`crate::upgrade::Successor`]).
+///
+/// The file is read and validated on a blocking thread (a file of thousands of routes takes
+/// a good part of a second): done on the runtime, it held up every session of the worker
+/// that took the signal or the API request, and the admin listener with them.
+pub async fn from_file(state: &Arc<ProxyState>) -> Result<ReloadReport, ConfigErrors> {
+    let refused = |source: &str, key: &str, message: String| ConfigErrors {
+        source: source.into(),
+        errors: vec![crate::config::ConfigError {
+            key: key.into(),
+            line: None,
+            message,
+        }],
     };
+    let Some(path) = state.current().config.source.clone() else {
+        let message = "this gateway was not started from a config file".into();
+        return Err(refused("(no file)", "(file)", message));
+    };
+    if let Some(pid) = state.successor.running() {
+        let message = format!(
+            "a binary upgrade is under way: the new process (pid {pid}) reads the config \
+             file itself; reload it once it serves"
+        );
+        return Err(refused("(upgrade)", "(reload)", message));
+    }
     // A certificate pair that does not load keeps what its listener serves (as the
     // certificate watcher does), rather than failing the whole reload.
     let mut serving = crate::tls::Serving::default();
@@ -171,7 +185,13 @@ pub fn from_file(state: &Arc<ProxyState>) -> Result<ReloadReport, ConfigErrors> 
             serving.add(listener.addr, tls);
         }
     }
-    match crate::config::load_file_over(&path, &serving) {
+    let loaded =
+        tokio::task::spawn_blocking(move || crate::config::load_file_over(&path, &serving)).await;
+    let loaded = loaded.unwrap_or_else(|e| {
+        let message = format!("the config load did not finish: {e}");
+        Err(refused("(config)", "(file)", message))
+    });
+    match loaded {
         Ok(config) => apply(state, config),
         Err(errors) => {
             state.reloads.add("failed");
@@ -191,9 +211,11 @@ fn log_failed(errors: &ConfigErrors) {
 }
 
 /// Reloads the config file whenever it changes (`[config] watch`), checking every `interval`,
-/// until `stop`. A change is the file's modification time, size or inode (an editor's save, a
-/// Kubernetes ConfigMap's symlink swap); a file that does not load is logged and tried again
-/// at its next change, while the running config stays.
+/// until `stop` or a shutdown. A change is the file's modification time, size or inode (an
+/// editor's save, a Kubernetes ConfigMap's symlink swap); a file that does not load is logged
+/// and tried again at its next change, while the running config stays. While a binary
+/// upgrade's successor starts, a change waits: the successor may read the file before or
+/// after it, and should it fail, this process applies it then.
 pub async fn watch(
     state: Arc<ProxyState>,
     interval: std::time::Duration,
@@ -213,11 +235,19 @@ pub async fn watch(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
+        if state.is_shutting_down() {
+            // As SIGHUP is: a shutdown's listeners close, and nobody would serve a new
+            // config's.
+            return;
+        }
+        if state.successor.running().is_some() {
+            continue;
+        }
         let now = stamp();
         if now != last && now.is_some() {
             last = now;
             tracing::info!(file = %path.display(), "config file changed: reloading");
-            let _ = from_file(&state);
+            let _ = from_file(&state).await;
         }
     }
 }
@@ -226,7 +256,7 @@ pub async fn watch(
 /// `on_change = "restart"` (its settings differ from the session's), or its backend no
 /// longer listed.
 pub(crate) fn must_close(s: &SessionInfo, routes: &crate::route::RouteTable) -> bool {
-    let Some(route) = routes.iter().find(|r| r.name == s.route.name) else {
+    let Some(route) = routes.named(&s.route.name) else {
         return true; // its route was removed
     };
     if route.config.on_change == OnChange::Restart

@@ -45,6 +45,28 @@ use tokio_util::sync::CancellationToken;
 
 use crate::proxy::ProxyState;
 
+/// The successor a SIGUSR2 started, from its start until it exits (its pid; 0: none). While
+/// it runs it reads the config file itself, so a reload here (SIGHUP, `POST /api/reload`, the
+/// file watcher) would be applied by this process, reported done, and lost at the hand-over:
+/// every way in refuses or defers it meanwhile.
+#[derive(Debug, Clone, Default)]
+pub struct Successor(Arc<std::sync::atomic::AtomicU32>);
+
+impl Successor {
+    pub fn started(&self, pid: u32) {
+        (self.0).store(pid.max(1), std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn exited(&self) {
+        (self.0).store(0, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The pid of a successor that has not exited yet.
+    pub fn running(&self) -> Option<u32> {
+        Some((self.0).load(std::sync::atomic::Ordering::Acquire)).filter(|&pid| pid != 0)
+    }
+}
+
 /// The first line of the exchange: a successor of another protocol version is refused.
 const HELLO: &str = "wsgate-upgrade 1";
 /// The most sockets one hand-over carries (listeners and the admin listener).

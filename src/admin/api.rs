@@ -66,7 +66,7 @@ pub async fn route(admin: &Arc<Admin>, req: Request<Incoming>) -> Response<Body>
         }
         // It takes no fields: a body that names one (`"config"`) is refused, not ignored.
         (["api", "reload"], _, true) => match body(req, &[]).await {
-            Ok(_) => reload(admin),
+            Ok(_) => reload(admin).await,
             Err(e) => e,
         },
         (["api", "login"], _, true) => match body(req, &["token"]).await {
@@ -579,7 +579,7 @@ fn drain_backend(admin: &Admin, v: &Value, drain: bool) -> Response<Body> {
         );
     };
     let generation = admin.state.current();
-    let Some(route) = generation.routes.iter().find(|r| &*r.name == route_name) else {
+    let Some(route) = generation.routes.named(route_name) else {
         return json_error(StatusCode::NOT_FOUND, "no such route");
     };
     let Some(backend) = route
@@ -626,14 +626,24 @@ fn drain_backend(admin: &Admin, v: &Value, drain: bool) -> Response<Body> {
 /// `POST /api/reload`: reads the config file again and applies it (as SIGHUP does, without
 /// the certificates): 200 with what changed, or 400 with every error (nothing changed); 503
 /// once a shutdown has begun, when a new config could only bind listeners nobody serves.
-fn reload(admin: &Admin) -> Response<Body> {
+async fn reload(admin: &Admin) -> Response<Body> {
     if admin.state.is_shutting_down() {
         return json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting down: the running config stays until the process exits",
         );
     }
-    match crate::reload::from_file(&admin.state) {
+    // As SIGHUP is: it would be applied here, said done, and lost at the hand-over.
+    if let Some(pid) = admin.state.successor.running() {
+        return json_error(
+            StatusCode::CONFLICT,
+            &format!(
+                "a binary upgrade is under way: the new process (pid {pid}) reads the config \
+                 file itself; reload it once it serves"
+            ),
+        );
+    }
+    match crate::reload::from_file(&admin.state).await {
         Ok(r) => json_response(
             StatusCode::OK,
             &json!({

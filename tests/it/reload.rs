@@ -264,7 +264,7 @@ async fn reload_file_without_a_file_is_an_error_and_changes_nothing() {
     let echo = EchoBackend::spawn().await;
     let gw = Gateway::spawn(&route("A", "/a", &[echo.url()])).await;
     let (mut ws, _) = connect(&gw.url("/a")).await;
-    assert!(gw.handle().reload_file().is_err());
+    assert!(gw.handle().reload_file().await.is_err());
     echoes(&mut ws, "still A").await;
     assert_eq!(upgrade_status(gw.addr, "/a").await, 101);
 }
@@ -428,6 +428,100 @@ async fn spawn_from_file(file: &Path) -> Gateway {
         addr: handle.local_addr(),
         handle: Some(handle),
     }
+}
+
+/// The file is read and validated off the runtime: a session goes on while a reload waits on
+/// its file (here a route's JWT secret is a named pipe nobody has written yet). The load ran
+/// on the worker thread that took the signal or the API request, and held every session of
+/// that worker, and the admin listener, for as long as it took: seconds for a file of
+/// thousands of routes (found by black-box testing of reloads under load).
+#[tokio::test]
+async fn sessions_go_on_while_a_reload_reads_its_file() {
+    let echo = EchoBackend::spawn().await;
+    let tmp = TempDir::new("reload-off-the-runtime");
+    let route_a = route("A", "/a", &[echo.url()]);
+    let file = tmp.write("wsgate.toml", format!("{LISTENER}{route_a}"));
+    let gw = spawn_from_file(&file).await;
+    let (mut ws, _) = connect(&gw.url("/a")).await;
+    echoes(&mut ws, "before").await;
+    let pipe = tmp.path().join("secret");
+    let made = std::process::Command::new("mkfifo").arg(&pipe).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo {}", pipe.display());
+    let route_b = route("B", "/b", &[echo.url()]);
+    tmp.write(
+        "wsgate.toml",
+        format!(
+            "{LISTENER}{route_a}{route_b}[route.auth.jwt]\nsecret_file = \"{}\"\n",
+            pipe.display()
+        ),
+    );
+    let secret = "0123456789abcdef0123456789abcdef\n";
+    // Should the load hold the runtime's thread (the defect), nothing below runs until it
+    // ends: a watchdog then gives it its secret, and the test fails (not hangs) below.
+    let watchdog_pipe = pipe.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(STEP);
+        use std::os::unix::fs::OpenOptionsExt;
+        // Without a reader (the load took its secret long ago) the open fails: nothing to do.
+        if let Ok(mut w) = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&watchdog_pipe)
+        {
+            let _ = std::io::Write::write_all(&mut w, secret.as_bytes());
+        }
+    });
+    let reloaded = std::sync::atomic::AtomicBool::new(false);
+    let reload = async {
+        let report = gw.handle().reload_file().await;
+        reloaded.store(true, std::sync::atomic::Ordering::SeqCst);
+        report
+    };
+    let meanwhile = async {
+        // The reload is under way, waiting on the pipe: the session still echoes.
+        echoes(&mut ws, "during").await;
+        assert!(
+            !reloaded.load(std::sync::atomic::Ordering::SeqCst),
+            "the session waited for the reload"
+        );
+        tokio::task::spawn_blocking(move || std::fs::write(pipe, secret))
+            .await
+            .unwrap()
+            .unwrap();
+    };
+    let (report, ()) = tokio::join!(reload, meanwhile);
+    assert_eq!(report.expect("the reload applies").added, ["B"]);
+    echoes(&mut ws, "after").await;
+}
+
+/// While a binary upgrade's successor starts, `POST /api/reload` is refused (409), as SIGHUP
+/// is: the successor reads the file itself, and a reload applied here was answered 200 and
+/// then lost at the hand-over (found by black-box testing of live changes). Once the
+/// successor has exited (a failed upgrade), reloads apply again.
+#[tokio::test]
+async fn admin_reload_is_refused_while_an_upgrade_s_successor_starts() {
+    let echo = EchoBackend::spawn().await;
+    let tmp = TempDir::new("reload-upgrading");
+    let head = format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n{LISTENER}");
+    let route_a = route("A", "/a", &[echo.url()]);
+    let file = tmp.write("wsgate.toml", format!("{head}{route_a}"));
+    let gw = spawn_from_file(&file).await;
+    let admin = gw.handle().admin_addr().unwrap();
+    let route_b = route("B", "/b", &[echo.url()]);
+    tmp.write("wsgate.toml", format!("{head}{route_a}{route_b}"));
+    gw.handle().successor().started(4242);
+    let (status, body) = post_reload(admin).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains("4242")),
+        "{body}"
+    );
+    assert_eq!(reload_metrics(admin).await, (0.0, 0.0, 1.0));
+    assert!(gw.handle().reload_file().await.is_err());
+    gw.handle().successor().exited();
+    let (status, body) = post_reload(admin).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["added"], json!(["B"]));
 }
 
 /// `POST /api/reload` re-reads the file: a broken one gets 400 with every error and changes

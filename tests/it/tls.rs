@@ -1434,7 +1434,7 @@ async fn a_config_reload_keeps_a_broken_pairs_certificate_and_applies_the_rest()
     let second = route("second", "/second", &[backend.url()]);
     ca.dir
         .write("wsgate.toml", format!("{listener}{r}{second}"));
-    let report = gw.handle().reload_file().expect("the reload applies");
+    let report = gw.handle().reload_file().await.expect("the reload applies");
     assert_eq!(report.added, ["second"]);
     // What SIGHUP does next: the default certificate is renewed, the broken entry kept.
     let results = gw.handle().reload_certificates();
@@ -1453,7 +1453,7 @@ async fn a_config_reload_keeps_a_broken_pairs_certificate_and_applies_the_rest()
     );
     ca.dir
         .write("wsgate.toml", format!("{listener}{added}{r}{second}"));
-    let errors = gw.handle().reload_file().unwrap_err();
+    let errors = gw.handle().reload_file().await.unwrap_err();
     assert_eq!(errors.errors.len(), 1, "{errors}");
     assert_eq!(
         errors.errors[0].key, "listener[0].tls.sni[1].key",

@@ -8,7 +8,6 @@ use std::ops::Range;
 
 use toml::Spanned;
 
-use super::line_of;
 use super::{Validator, entries};
 use crate::config::file::{FileHttp2, FileListener, FileTls, SpStr};
 use crate::config::{DEFAULT_TLS_WATCH_INTERVAL, Http2Config, ListenerConfig};
@@ -162,7 +161,7 @@ impl Validator<'_> {
                             if let Some(w) =
                                 crate::tls::validity_warning(&ck, std::time::SystemTime::now())
                             {
-                                let line = line_of(v.text, c.span().start);
+                                let line = v.line(c.span().start);
                                 tracing::warn!(key = %format!("{k}.cert"), line, file = %cp.display(), "{w}");
                             }
                             Some((ck, cp, kp))
@@ -171,7 +170,7 @@ impl Validator<'_> {
                             if let Some(ck) =
                                 listener.and_then(|addr| v.serving.get(addr, &cp, &kp))
                             {
-                                let line = line_of(v.text, c.span().start);
+                                let line = v.line(c.span().start);
                                 tracing::warn!(key = %k, line, error = %e.message(), "certificate files do not load; the listener keeps the certificate it serves from them");
                                 return Some((ck, cp, kp));
                             }
