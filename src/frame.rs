@@ -322,7 +322,7 @@ pub enum Violation {
     UnmaskedFromClient,
     #[error("masked frame from a server")]
     MaskedFromServer,
-    #[error("reserved bits set without a negotiated extension")]
+    #[error("reserved bits set that no negotiated extension allows here")]
     ReservedBits,
     #[error("continuation frame without a message in progress")]
     UnexpectedContinuation,
