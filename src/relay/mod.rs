@@ -731,16 +731,27 @@ fn take_over<C, B>(
         Reason::ProtocolError(side, _) | Reason::MessageTooBig(side) => Some(side),
         _ => None,
     };
+    // So too for a side that ended its sending half without a close frame (a FIN): it may
+    // still be reading, the answers to what it sent among what comes. A client that sent its
+    // messages and shut its write side got none of their echoes, only the proxy's close (and
+    // the record counted them as sent). A side that failed (a reset, a TLS end without
+    // `close_notify`, a write that failed) reads nothing more, and gets nothing.
+    let half_closed = match reason {
+        Reason::Gone(side) if !c.write_shut && side == CloseSide::Client => Some(side),
+        Reason::Gone(side) if !b.write_shut && side == CloseSide::Backend => Some(side),
+        _ => None,
+    };
+    let held = offender.or(half_closed);
     let (to_client, to_backend) = reason.codes();
-    c.passing = offender == Some(CloseSide::Backend) && !c.read_eof;
-    b.passing = offender == Some(CloseSide::Client) && !b.read_eof;
+    c.passing = held == Some(CloseSide::Backend) && !c.read_eof;
+    b.passing = held == Some(CloseSide::Client) && !b.read_eof;
     // (Not a frame sent after the side's close frame: that one is dropped, not finished.)
     c.finish_frame =
         !c.passing && !c.scanner.at_boundary() && !c.read_eof && c.close_from.is_none();
     b.finish_frame =
         !b.passing && !b.scanner.at_boundary() && !b.read_eof && b.close_from.is_none();
-    let defer_client = offender == Some(CloseSide::Client) && b.passing;
-    let defer_backend = offender == Some(CloseSide::Backend) && c.passing;
+    let defer_client = held == Some(CloseSide::Client) && b.passing;
+    let defer_backend = held == Some(CloseSide::Backend) && c.passing;
     let (text_client, text_backend) = (
         ending::text(st, &reason, CloseSide::Client),
         ending::text(st, &reason, CloseSide::Backend),

@@ -139,6 +139,32 @@ async fn a_non_minimal_length_from_the_backend_gets_the_client_1014() {
     assert_eq!(close, (1014, "backend protocol error".into()));
 }
 
+/// A client that sends its messages and shuts its write side (a FIN, no close frame) still
+/// reads: it gets the echoes of what it sent, then the proxy's close, and the backend its
+/// 1001. It got the close at once and none of the echoes (found by black-box testing).
+#[tokio::test]
+async fn a_client_that_half_closes_still_gets_the_answers_to_what_it_sent() {
+    let backend = EchoBackend::spawn().await;
+    let gw = gateway_with(&backend, "").await;
+    let mut bytes = upgrade_request("/", "").into_bytes();
+    for m in [&b"one"[..], b"two", b"three"] {
+        bytes.extend(client_frame(opcode::TEXT, m));
+    }
+    let (mut stream, resp) = raw_exchange(gw.addr, &bytes).await;
+    assert_eq!(resp.status, 101);
+    stream.shutdown().await.unwrap();
+    let (frames, (code, reason)) = raw_frames_until_close(&mut stream, resp.rest).await;
+    let texts = |ms: &[&[u8]]| -> Vec<(u8, Vec<u8>)> {
+        ms.iter().map(|m| (opcode::TEXT, m.to_vec())).collect()
+    };
+    assert_eq!(frames, texts(&[b"one", b"two", b"three"]));
+    assert_eq!((code, reason.as_str()), (1001, "client went away"));
+    assert_eq!(
+        backend.wait_closes(1).await,
+        vec![Some((1001, "client went away".into()))]
+    );
+}
+
 /// A client's close frame that RFC 6455 forbids on the wire (a code no endpoint may send, a
 /// one-byte payload, a reason that is not UTF-8) fails the connection at the proxy: the client
 /// gets 1002 (1007 for the reason) and the backend 1001, never the forbidden close. (They
