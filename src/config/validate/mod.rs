@@ -231,8 +231,7 @@ pub(super) struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    /// The line of a byte offset in the file (1-based), for warnings.
-    /// The 1-based line of a byte offset in the file.
+    /// The line of a byte offset in the file (1-based), for warnings and errors.
     pub(crate) fn line(&self, offset: usize) -> usize {
         self.line_starts.partition_point(|&start| start <= offset) + 1
     }
