@@ -170,11 +170,7 @@ pub async fn from_file(state: &Arc<ProxyState>) -> Result<ReloadReport, ConfigEr
         let message = "this gateway was not started from a config file".into();
         return Err(refused("(no file)", "(file)", message));
     };
-    if let Some(pid) = state.successor.running() {
-        let message = format!(
-            "a binary upgrade is under way: the new process (pid {pid}) reads the config \
-             file itself; reload it once it serves"
-        );
+    if let Some(message) = state.successor.reload_refusal() {
         return Err(refused("(upgrade)", "(reload)", message));
     }
     // A certificate pair that does not load keeps what its listener serves (as the

@@ -65,6 +65,17 @@ impl Successor {
     pub fn running(&self) -> Option<u32> {
         Some((self.0).load(std::sync::atomic::Ordering::Acquire)).filter(|&pid| pid != 0)
     }
+
+    /// Why a reload is refused while a successor runs: `reload::from_file`'s error and
+    /// `POST /api/reload`'s 409 say the same.
+    pub fn reload_refusal(&self) -> Option<String> {
+        self.running().map(|pid| {
+            format!(
+                "a binary upgrade is under way: the new process (pid {pid}) reads the config \
+                 file itself; reload it once it serves"
+            )
+        })
+    }
 }
 
 /// The first line of the exchange: a successor of another protocol version is refused.

@@ -634,14 +634,8 @@ async fn reload(admin: &Admin) -> Response<Body> {
         );
     }
     // As SIGHUP is: it would be applied here, said done, and lost at the hand-over.
-    if let Some(pid) = admin.state.successor.running() {
-        return json_error(
-            StatusCode::CONFLICT,
-            &format!(
-                "a binary upgrade is under way: the new process (pid {pid}) reads the config \
-                 file itself; reload it once it serves"
-            ),
-        );
+    if let Some(message) = admin.state.successor.reload_refusal() {
+        return json_error(StatusCode::CONFLICT, &message);
     }
     match crate::reload::from_file(&admin.state).await {
         Ok(r) => json_response(

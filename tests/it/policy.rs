@@ -202,8 +202,7 @@ async fn an_x_forwarded_header_the_route_sets_reaches_the_backend_from_any_clien
     let backend = EchoBackend::spawn().await;
     let gw = gateway(
         &backend,
-        "[route.auth]
-set_headers = { \"X-Forwarded-Prefix\" = \"/chat\" }",
+        "[route.auth]\nset_headers = { \"X-Forwarded-Prefix\" = \"/chat\" }",
     )
     .await;
     let r = upgrade(
