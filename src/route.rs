@@ -1,5 +1,6 @@
 //! Which route serves a request: [`RouteTable::find`] by host and path prefix.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::backend::BackendPool;
@@ -46,10 +47,18 @@ pub struct RouteTable {
     /// Each route's place in `routes`, by name: a reload looks every live session's route
     /// up by name, and every new route's predecessor (a search of the list each time made a
     /// reload of 20,000 routes take seconds, on a worker thread that relays sessions).
-    by_name: std::collections::HashMap<Arc<str>, usize>,
+    by_name: HashMap<Arc<str>, usize>,
     /// Routes a reload removed, kept for their counters (see [`RETIRED_FOR`]).
     retired: Vec<(Arc<Route>, std::time::Instant)>,
+    /// The routes by host and path, for tables of more than [`INDEX_FROM`] routes: a scan
+    /// of 20,000 routes cost every handshake on the last one's host tens of microseconds.
+    index: Option<Index>,
 }
+
+/// From how many routes [`RouteTable::find`] looks a request up in an [`Index`] rather than
+/// scanning the table: a handful of routes is scanned in less time than the index's few hash
+/// lookups take.
+const INDEX_FROM: usize = 32;
 
 /// How long a removed route's counters stay in the metrics after its removal (and for as
 /// long as anything still holds it, such as sessions waiting for their 1012): a scraper must
@@ -76,7 +85,7 @@ impl RouteTable {
         parent: &Control,
     ) -> (RouteTable, RouteDiff) {
         let mut diff = RouteDiff::default();
-        let retired_by_name: std::collections::HashMap<&str, &Arc<Route>> = (previous.retired)
+        let retired_by_name: HashMap<&str, &Arc<Route>> = (previous.retired)
             .iter()
             .map(|(r, _)| (&*r.name, r))
             .collect();
@@ -162,10 +171,12 @@ impl RouteTable {
         let by_name = (routes.iter().enumerate())
             .map(|(i, r)| (r.name.clone(), i))
             .collect();
+        let index = (routes.len() > INDEX_FROM).then(|| Index::new(&routes));
         let table = RouteTable {
             routes,
             by_name,
             retired,
+            index,
         };
         (table, diff)
     }
@@ -204,10 +215,10 @@ impl RouteTable {
     /// not fall through to a host-less route and its policy.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
         let host = host.map(normal_host);
-        self.routes.iter().find(|r| {
-            host_matches(r.config.host.as_deref(), host.as_deref())
-                && path_matches(&r.config.path, path)
-        })
+        match &self.index {
+            Some(index) => index.find(host.as_deref(), path).map(|i| &self.routes[i]),
+            None => scan(&self.routes, host.as_deref(), path).map(|i| &self.routes[i]),
+        }
     }
 
     /// Stops the active health checks of every route (a reload, or the gateway's end).
@@ -226,6 +237,81 @@ impl RouteTable {
         self.routes
             .iter()
             .chain(self.retired.iter().map(|(r, _)| r))
+    }
+}
+
+/// The first of `routes` (in match order) that serves `host` (normalised) and `path`.
+fn scan(routes: &[Arc<Route>], host: Option<&str>, path: &str) -> Option<usize> {
+    routes.iter().position(|r| {
+        host_matches(r.config.host.as_deref(), host) && path_matches(&r.config.path, path)
+    })
+}
+
+/// A table's routes by host pattern and path, each entry the place in match order of the
+/// first route with that pattern and path. A request's match is the first in match order of
+/// those its host and path can name: the exact host, the wildcard suffixes after each of its
+/// dots, no host; with each, the path's prefixes at segment boundaries ([`path_matches`]).
+/// The same answer as the scan: a unit test holds the two together.
+#[derive(Debug, Default)]
+struct Index {
+    exact: HashMap<Box<str>, Paths>,
+    /// By the suffix after `*.`.
+    wildcard: HashMap<Box<str>, Paths>,
+    any_host: Paths,
+}
+
+/// Route paths to the first place in match order of a route with that path.
+#[derive(Debug, Default)]
+struct Paths(HashMap<Box<str>, usize>);
+
+impl Index {
+    fn new(routes: &[Arc<Route>]) -> Index {
+        let mut index = Index::default();
+        for (i, r) in routes.iter().enumerate() {
+            let paths = match r.config.host.as_deref() {
+                None => &mut index.any_host,
+                Some(h) => match h.strip_prefix("*.") {
+                    Some(suffix) => index.wildcard.entry(suffix.into()).or_default(),
+                    None => index.exact.entry(h.into()).or_default(),
+                },
+            };
+            // Match order is by place: the first route with a host and path shadows the rest.
+            paths.0.entry(r.config.path.as_str().into()).or_insert(i);
+        }
+        index
+    }
+
+    fn find(&self, host: Option<&str>, path: &str) -> Option<usize> {
+        let Some(host) = host else {
+            return self.any_host.first(path);
+        };
+        // Exact hosts come before wildcards, wildcards before no host, in match order.
+        if let Some(i) = self.exact.get(host).and_then(|p| p.first(path)) {
+            return Some(i);
+        }
+        let suffixes = host
+            .char_indices()
+            .filter(|&(at, c)| c == '.' && at > 0)
+            .map(|(at, _)| &host[at + 1..]);
+        let wildcard = suffixes
+            .filter_map(|suffix| self.wildcard.get(suffix)?.first(path))
+            .min();
+        wildcard.or_else(|| self.any_host.first(path))
+    }
+}
+
+impl Paths {
+    /// The first route whose path serves `path`: it is `path` itself, or `path` cut before
+    /// or after one of its slashes.
+    fn first(&self, path: &str) -> Option<usize> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let slashes = path.match_indices('/').map(|(at, _)| at);
+        let prefixes = slashes
+            .flat_map(|at| [&path[..at], &path[..=at]])
+            .chain([path]);
+        prefixes.filter_map(|p| self.0.get(p).copied()).min()
     }
 }
 
@@ -360,6 +446,84 @@ mod tests {
         assert_eq!(name(&t, Some("h"), "/chat"), None);
         assert_eq!(name(&t, Some("h"), "/chat/x").as_deref(), Some("chat"));
         assert_eq!(name(&t, Some("h"), "/other"), None);
+    }
+
+    /// Route hosts and paths for the index's test: overlapping on purpose (suffixes of each
+    /// other, prefixes at and off segment boundaries, a trailing slash, the same pair twice).
+    const HOSTS: [Option<&str>; 6] = [
+        None,
+        Some("a.example.com"),
+        Some("example.com"),
+        Some("*.example.com"),
+        Some("*.a.example.com"),
+        Some("*.com"),
+    ];
+    const PATHS: [&str; 7] = [
+        "/",
+        "/chat",
+        "/chat/",
+        "/chat/room",
+        "/chatty",
+        "/a/b",
+        "/a",
+    ];
+
+    /// The routes of these (host, path) pairs, in this order, each pair once (a config may
+    /// not name one twice).
+    fn table_of(routes: &[(usize, usize)]) -> RouteTable {
+        let mut seen = std::collections::HashSet::new();
+        let mut text = String::new();
+        for (n, &(h, p)) in routes.iter().enumerate() {
+            if !seen.insert((h, p)) {
+                continue;
+            }
+            text.push_str(&format!(
+                "[[route]]\nname = \"r{n}\"\npath = \"{}\"\n",
+                PATHS[p]
+            ));
+            if let Some(host) = HOSTS[h] {
+                text.push_str(&format!("host = \"{host}\"\n"));
+            }
+            text.push_str("backends = [\"ws://127.0.0.1:1\"]\n");
+        }
+        table(&text)
+    }
+
+    proptest::proptest! {
+        /// The index finds what the scan finds, whatever the table and the request.
+        #[test]
+        fn the_index_finds_what_the_scan_finds(
+            routes in proptest::collection::vec((0..HOSTS.len(), 0..PATHS.len()), 1..24),
+            host in proptest::sample::select(vec![
+                None, Some("a.example.com"), Some("b.a.example.com"), Some("x.example.com"),
+                Some("example.com"), Some("Example.COM.:8443"), Some("com"), Some(".example.com"),
+                Some("a..example.com"), Some("other.org"),
+            ]),
+            path in proptest::sample::select(vec![
+                "/", "/chat", "/chat/", "/chat/room", "/chat/room/x", "/chatty", "/a", "/a/",
+                "/a/b", "/a/bc", "/a//b", "/b",
+            ]),
+        ) {
+            let t = table_of(&routes);
+            let index = Index::new(&t.routes);
+            let host = host.map(normal_host);
+            proptest::prop_assert_eq!(
+                index.find(host.as_deref(), path),
+                scan(&t.routes, host.as_deref(), path)
+            );
+        }
+    }
+
+    #[test]
+    fn a_large_table_is_indexed() {
+        let routes: Vec<(usize, usize)> = (0..=INDEX_FROM).map(|n| (n % 6, n % 7)).collect();
+        let t = table_of(&routes);
+        assert!(t.index.is_some());
+        assert_eq!(
+            name(&t, Some("B.A.example.com"), "/chat/room").as_deref(),
+            Some("r3")
+        );
+        assert!(table_of(&routes[1..]).index.is_none());
     }
 
     #[test]
