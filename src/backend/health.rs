@@ -220,8 +220,10 @@ impl Health {
         Some(Change::Unchecked)
     }
 
-    /// The share of its weight a backend takes now: growing from [`MIN_SLOW_START_SHARE`] to
-    /// 1 over `slow_start` after it came back.
+    /// The share of its weight a backend takes now: growing in a straight line from
+    /// [`MIN_SLOW_START_SHARE`] to 1 over `slow_start` after it came back (as the docs say;
+    /// it used to stay at the floor for the window's first tenth, then follow the elapsed
+    /// fraction).
     pub fn share(&self, now: Instant, slow_start: Option<Duration>) -> f64 {
         let Some(window) = slow_start else {
             return 1.0;
@@ -235,7 +237,8 @@ impl Health {
         match ended.or(s.back_since) {
             Some(since) => {
                 let elapsed = now.saturating_duration_since(since);
-                (elapsed.as_secs_f64() / window.as_secs_f64()).clamp(MIN_SLOW_START_SHARE, 1.0)
+                let done = (elapsed.as_secs_f64() / window.as_secs_f64()).min(1.0);
+                MIN_SLOW_START_SHARE + (1.0 - MIN_SLOW_START_SHARE) * done
             }
             None => 1.0,
         }
@@ -275,13 +278,13 @@ mod tests {
             h.passive_failure(t0, &c, true);
         }
         let end = t0 + Duration::from_secs(10);
-        assert_eq!(h.share(end + Duration::from_secs(50), window), 0.5);
+        assert!((h.share(end + Duration::from_secs(50), window) - 0.55).abs() < 1e-9);
         // The first look ends it from its end, as the share said.
         assert_eq!(
             h.usable(end + Duration::from_secs(50)),
             (true, Some(Change::EjectionOver))
         );
-        assert_eq!(h.share(end + Duration::from_secs(50), window), 0.5);
+        assert!((h.share(end + Duration::from_secs(50), window) - 0.55).abs() < 1e-9);
     }
 
     #[test]
@@ -423,7 +426,10 @@ mod tests {
         let back = t0 + Duration::from_secs(10);
         h.usable(back);
         assert_eq!(h.share(back, window), MIN_SLOW_START_SHARE);
-        assert_eq!(h.share(back + Duration::from_secs(50), window), 0.5);
+        // A straight line from the floor: 10 % + 90 % × 50 / 100, and 10 % + 90 % × 10 / 100
+        // where a floor under the elapsed fraction would still give 10 %.
+        assert!((h.share(back + Duration::from_secs(50), window) - 0.55).abs() < 1e-9);
+        assert!((h.share(back + Duration::from_secs(10), window) - 0.19).abs() < 1e-9);
         assert_eq!(h.share(back + Duration::from_secs(200), window), 1.0);
         assert_eq!(h.share(back, None), 1.0);
     }
