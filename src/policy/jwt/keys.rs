@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use base64::Engine;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use serde::Deserialize;
 
@@ -106,6 +106,13 @@ pub fn parse_jwks(body: &[u8], allow_hmac: bool) -> Result<ParsedJwks, String> {
 fn key_from_jwk(jwk: &Jwk, allow_hmac: bool) -> Result<Key, String> {
     if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
         return Err("meant for encryption (\"use\": \"enc\")".into());
+    }
+    // RFC 7517 §4.3: the operations a key is for; one that lists them without `verify` is
+    // not for checking signatures.
+    if let Some(ops) = &jwk.common.key_operations
+        && !ops.contains(&KeyOperations::Verify)
+    {
+        return Err("not for verification (\"key_ops\" without \"verify\")".into());
     }
     let (what, family): (&str, Vec<Algorithm>) = match &jwk.algorithm {
         AlgorithmParameters::RSA(p) => {

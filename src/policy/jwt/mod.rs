@@ -360,6 +360,13 @@ impl JwtVerifier {
             match jsonwebtoken::decode::<Claims>(token, &key.key, validation) {
                 Ok(data) => {
                     let claims = data.claims;
+                    // jsonwebtoken checks `exp` and `nbf` are NumericDates, never `iat`: a
+                    // token that says it was issued "yesterday" is as malformed.
+                    if claims.get("iat").is_some_and(|v| !is_numeric_date(v)) {
+                        return Err(Refusal::Other(
+                            "claim \"iat\" malformed (not a NumericDate)".into(),
+                        ));
+                    }
                     if self.issuer_checked
                         && !claims.get("iss").is_some_and(serde_json::Value::is_string)
                     {
@@ -382,6 +389,12 @@ impl JwtVerifier {
             None => "signature invalid".into(),
         }))
     }
+}
+
+/// RFC 7519 §2: a NumericDate is a JSON number of seconds since the epoch (non-negative
+/// here, as jsonwebtoken holds `exp` and `nbf` to).
+fn is_numeric_date(v: &serde_json::Value) -> bool {
+    v.as_f64().is_some_and(|n| n.is_finite() && n >= 0.0)
 }
 
 fn refusal(r: Refusal) -> JwtError {

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use jsonwebtoken::AlgorithmFamily;
-use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::jwk::{Jwk, JwkSet, KeyOperations};
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::json;
 
@@ -368,6 +368,24 @@ async fn time_claims_with_leeway() {
     });
     accepted(&lax, &forever).await;
     assert_eq!(refused(&lax, &expired).await, "token expired");
+
+    // `iat`, when there, is a NumericDate like `exp` and `nbf`.
+    accepted(&v, &t(json!({ "exp": now() + 60, "iat": now() - 5 }))).await;
+    accepted(&v, &t(json!({ "exp": now() + 60, "iat": 1.5 }))).await;
+    for iat in [
+        json!("yesterday"),
+        json!([1]),
+        json!(-1),
+        json!(true),
+        json!(null),
+    ] {
+        let token = t(json!({ "exp": now() + 60, "iat": iat }));
+        assert_eq!(
+            refused(&v, &token).await,
+            "claim \"iat\" malformed (not a NumericDate)",
+            "iat {iat}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -548,6 +566,18 @@ async fn jwks_file_picks_the_key_by_id() {
     );
     let v = jwks_file(&dir.join("jwks.json"), None);
     let rs = signing_key(Algorithm::RS256, rsa());
+    // RFC 7517 §4.3: a key whose `key_ops` leave out "verify" checks no signature.
+    let mut wrapping = jwk(Algorithm::RS256, rsa(), "k3", true);
+    wrapping.common.key_operations = Some(vec![KeyOperations::Encrypt, KeyOperations::WrapKey]);
+    let mut verifying = jwk(Algorithm::ES256, p256(), "k4", true);
+    verifying.common.key_operations = Some(vec![KeyOperations::Verify]);
+    dir.write("ops.json", jwks(vec![wrapping, verifying]));
+    let ops = jwks_file(&dir.join("ops.json"), None);
+    let t = sign(Algorithm::RS256, Some("k3"), &rs, &claims());
+    assert_eq!(refused(&ops, &t).await, "unknown key id \"k3\"");
+    let es = signing_key(Algorithm::ES256, p256());
+    accepted(&ops, &sign(Algorithm::ES256, Some("k4"), &es, &claims())).await;
+
     let es = signing_key(Algorithm::ES256, p256());
     accepted(&v, &sign(Algorithm::RS256, Some("k1"), &rs, &claims())).await;
     accepted(&v, &sign(Algorithm::ES256, Some("k2"), &es, &claims())).await;
