@@ -168,10 +168,19 @@ fn port_is_digits(a: &Authority) -> bool {
 fn is_host_name(host: &str) -> bool {
     match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         Some(literal) => literal.parse::<std::net::Ipv6Addr>().is_ok(),
-        None => host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')),
+        None => labels_ok(host),
     }
+}
+
+/// Letters, digits, `-` and `_` in labels that are not empty, but for one trailing dot (the
+/// root's): `admin.example.com..` passed, routed past the `admin.example.com` route (which
+/// strips one dot) to a route without a host, and reached the backend in its `Host`.
+pub(crate) fn labels_ok(host: &str) -> bool {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    name.split('.').all(|label| {
+        !label.is_empty()
+            && (label.bytes()).all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+    })
 }
 
 fn default_port(scheme: &str) -> u16 {
@@ -287,6 +296,11 @@ mod tests {
             "[::1",
             "[v1.x]",
             "[not-an-address]:80",
+            // Empty labels: `admin.example..` went past the `admin.example` route.
+            "admin.example..",
+            "admin..example",
+            ".admin.example",
+            ".",
         ] {
             assert_eq!(routed("/", &[bad]), Err("host_invalid".into()), "{bad}");
         }

@@ -70,8 +70,8 @@ fn port(p: &str) -> Option<u16> {
 
 impl Origin {
     /// Parses an `Origin` header value (RFC 6454 §7): `scheme://host[:port]`, nothing after,
-    /// as a browser serialises it: a host of letters, digits, `-`, `.` and `_` (a non-ASCII
-    /// name goes as punycode), or an IP literal, and a port without sign or leading zero.
+    /// as a browser serialises it: a host of labels of letters, digits, `-` and `_`, none
+    /// empty (a non-ASCII name goes as punycode), or an IP literal, and a port without sign or leading zero.
     /// Anything else no browser sends, and it must not match a wildcard by its tail:
     /// `https://evil.com\.example.com` is host `evil.com` to a WHATWG URL parser.
     pub fn parse(s: &str) -> Option<Origin> {
@@ -91,10 +91,7 @@ impl Origin {
         let host_ok = if bracketed {
             host.parse::<std::net::Ipv6Addr>().is_ok()
         } else {
-            !host.is_empty()
-                && host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+            crate::target::labels_ok(host)
         };
         let port_text = rest.rsplit_once(':').map(|(_, p)| p);
         if !host_ok || port.is_some() && port_text.is_some_and(|p| p.starts_with('0')) {
@@ -327,6 +324,11 @@ mod tests {
             "https://app.test:",
             "https://[::1.example.com",
             "ht tps://x.example.com",
+            // Empty labels: no browser serialises them.
+            "https://a..example.com",
+            "https://.x.example.com",
+            "https://x.example.com..",
+            "https://",
         ] {
             assert!(p.check(Some(bad), None).is_err(), "{bad}");
         }
