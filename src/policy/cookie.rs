@@ -128,18 +128,25 @@ fn squeeze_before_equals(value: &str) -> String {
 }
 
 /// Whether a cookie called `name` is one of `names` for [`strip`]: as written,
-/// percent-decoded, or as PHP files it.
+/// percent-decoded, or as PHP files it, in any case (ASP.NET Core's cookie collection
+/// ignores case: `Access_Token` is its `access_token`).
 pub fn names_it(name: &str, names: &[String]) -> bool {
     let decoded = crate::query::decode(name, false);
-    let php = php_name(name);
-    names
-        .iter()
-        .any(|s| *s == name || *s == decoded || *s == php)
+    let php = php_name(&decoded);
+    names.iter().any(|s| {
+        s.eq_ignore_ascii_case(name)
+            || s.eq_ignore_ascii_case(&decoded)
+            || s.eq_ignore_ascii_case(&php)
+    })
 }
 
-/// The name PHP files a cookie under: dots and spaces read as underscores, as does an
-/// opening bracket with no closing one after it (one with a closing one makes an array).
+/// The name PHP files a cookie under (it parses cookies as it parses a query): nothing from
+/// a NUL on (it takes the name's C length), dots and spaces read as underscores, as does an
+/// opening bracket with no closing one after it; one with a closing one makes an array of
+/// the name before it (`access_token[]` and `access_token[x]` are its
+/// `$_COOKIE["access_token"]`).
 fn php_name(name: &str) -> String {
+    let name = name.split('\0').next().unwrap_or_default();
     let mut out = String::with_capacity(name.len());
     for (i, c) in name.char_indices() {
         match c {
@@ -149,10 +156,7 @@ fn php_name(name: &str) -> String {
                 out.push_str(&name[i + 1..]);
                 break;
             }
-            '[' => {
-                out.push_str(&name[i..]);
-                break;
-            }
+            '[' => break,
             c => out.push(c),
         }
     }
@@ -195,6 +199,24 @@ mod tests {
         strip(&mut h, &["access_token".into()]);
         // `access[token]` is PHP's array `access`, not the name.
         assert_eq!(h[COOKIE], "access[token]=d; theme=dark");
+    }
+
+    /// ASP.NET Core reads cookie names without case, and PHP parses cookies as it parses a
+    /// query: `access_token[]` is its array `$_COOKIE["access_token"]`, and a name ends at a
+    /// NUL. A stripped cookie goes in each of those spellings.
+    #[test]
+    fn strips_the_spellings_asp_net_and_php_read_as_the_name() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            COOKIE,
+            HeaderValue::from_static(
+                "Access_Token=a; SESSION=b; access_token[]=c; access_token[x]=d; \
+                 access_token%00=e; access_token%00junk=f; Access.Token=g; theme=dark; \
+                 access_tokens=h; %00session=i",
+            ),
+        );
+        strip(&mut h, &["access_token".into(), "session".into()]);
+        assert_eq!(h[COOKIE], "theme=dark; access_tokens=h; %00session=i");
     }
 
     /// Python's `SimpleCookie` also splits on white space and commas: a token or a stripped

@@ -102,17 +102,20 @@ pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 }
 
 /// Whether a backend may read the query parameter named `raw` (as sent) as `name`: decoded
-/// (`acc%65ss_token`); as PHP names its variables, `+` a space and then a space, a dot or
-/// an opening bracket an underscore (`access.token`, `access+token`, `access[token`); or as
-/// an array or map of that name, or that name in brackets (`access_token[]`,
-/// `access_token[x`, `[access_token]`, `access_token]`), which PHP, Rack and Express's `qs`
-/// read as `access_token`. Rack's rule covers the rest: brackets at the start skipped, the
-/// name up to the next bracket.
+/// (`acc%65ss_token`); in another case (ASP.NET's query collection ignores case, so
+/// `Access_Token` is its `access_token`); as PHP names its variables, `+` a space and then a
+/// space, a dot or an opening bracket an underscore (`access.token`, `access+token`,
+/// `access[token`), and nothing from a NUL on (`access_token%00x`: PHP takes the name's C
+/// length); or as an array or map of that name, or that name in brackets
+/// (`access_token[]`, `access_token[x`, `[access_token]`, `access_token]`), which PHP, Rack
+/// and Express's `qs` read as `access_token`. Rack's rule covers the rest: brackets at the
+/// start skipped, the name up to the next bracket.
 fn reads_as(raw: &str, name: &str) -> bool {
-    if query::decode(raw, false) == name {
+    if query::decode(raw, false).eq_ignore_ascii_case(name) {
         return true;
     }
     let php = query::decode(raw, true);
+    let php = php.split('\0').next().unwrap_or_default();
     let php = php.trim_start_matches(' ');
     let php_reads = |s: &str| {
         s.len() == name.len()
@@ -122,7 +125,7 @@ fn reads_as(raw: &str, name: &str) -> bool {
                 } else {
                     a
                 };
-                a == b
+                a.eq_ignore_ascii_case(&b)
             })
     };
     let rack = php.trim_start_matches(['[', ']']);
@@ -370,6 +373,20 @@ mod tests {
         // A map named otherwise is another parameter: `access[token]` is `access`'s `token`.
         assert_eq!(
             strip_access("/ws?access[token]=a&access_tokens[]=b&[access]=c"),
+            None
+        );
+        // In another case, which ASP.NET's query collection reads as the name, and cut at a
+        // NUL, as PHP reads it.
+        assert_eq!(
+            strip_access(
+                "/ws?Access_Token=a&ACCESS%5FTOKEN=b&access.Token=c&access_token%00=d\
+                 &access_token%00junk=e&Access_Token%00[]=f&x=1"
+            )
+            .as_deref(),
+            Some("/ws?x=1")
+        );
+        assert_eq!(
+            strip_access("/ws?%00access_token=a&access%00_token=b"),
             None
         );
         // What is kept stays as it was sent, empty parameters too.
