@@ -166,7 +166,8 @@ pub(crate) fn stale_connection(e: &hyper_util::client::legacy::Error) -> bool {
     connector::reused(e) && closed_before_the_answer(e)
 }
 
-/// The connection closed (or was reset) before any of the answer came.
+/// The connection closed (or was reset) before the answer's whole head came (a head cut
+/// short is no answer: nginx sends the request again then too).
 fn closed_before_the_answer(e: &hyper_util::client::legacy::Error) -> bool {
     if let Some(h) = find_cause::<hyper::Error>(e)
         && h.is_incomplete_message()

@@ -114,6 +114,12 @@ impl BodyState {
         self.empty || !self.taken()
     }
 
+    /// Whether the whole body has been read from the client (and handed to the backend's
+    /// connection), or there was none.
+    pub fn read_whole(&self) -> bool {
+        self.complete.load(Ordering::Acquire)
+    }
+
     /// Resolves once the whole body has been read from the client: when the backend's
     /// `response_header_timeout` starts, so a slow upload is not taken for a slow backend.
     pub async fn read_in_full(&self) {

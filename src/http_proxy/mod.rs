@@ -459,7 +459,7 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
         let mut req = backend_request(&ex, target, RequestBody::attempt(state.clone()))
             .map_err(ProxyError::from)?;
         // The connection's handle, to keep it out of the pool should its backend answer in
-        // HTTP/1.0 (below): a small allocation per request, for a rare kind of backend.
+        // HTTP/1.0 or before the body was sent (below): a small allocation per request.
         let conn = hyper_util::client::legacy::connect::capture_connection(&mut req);
         let in_flight = target.claim();
         ex.tried.set(&target.name);
@@ -495,6 +495,16 @@ async fn forward(ex: Exchange) -> Result<Forwarded, BoxError> {
                     // hyper's client speaks HTTP/1.0 on a connection from the first answer
                     // in 1.0 on, and in 1.0 sends a body of unknown length as none: the next
                     // chunked upload on it would reach the backend empty. Not pooled.
+                    conn.poison();
+                }
+                if !state.read_whole()
+                    && let Some(conn) = &*conn.connection_metadata()
+                {
+                    // The backend answered before it had the whole body: it may not read the
+                    // rest as body. One that leaves it in the connection and reads it as the
+                    // next request (a CL.0 desync) would hand the next client's request on it
+                    // to what this client sent. Not pooled, as nginx keeps a connection only
+                    // once the request body was sent.
                     conn.poison();
                 }
                 targets.passed(i, &route.pool);

@@ -1185,6 +1185,98 @@ async fn a_connection_whose_backend_answered_in_http10_is_not_reused() {
     assert_eq!(body, b"hello-body", "{head}");
 }
 
+/// A backend that answers before it has read the request's body may read that body as the
+/// next request (a CL.0 desync): the connection must not go back to the pool, or the next
+/// client's request, on it, completes what this client sent. (nginx keeps a connection only
+/// once the request body was sent.) Found by black-box testing: the victim got the answer to
+/// the attacker's smuggled request, its own request line and cookie in that request's head.
+#[tokio::test]
+async fn a_connection_whose_backend_answered_before_the_body_is_not_reused() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = l.local_addr().unwrap();
+    // Each request line the backend read, with its connection's number.
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<(usize, String)>();
+    tokio::spawn(async move {
+        let mut conns = 0;
+        while let Ok((s, _)) = l.accept().await {
+            conns += 1;
+            let (conn, seen_tx) = (conns, seen_tx.clone());
+            tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut s = tokio::io::BufReader::new(s);
+                loop {
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        match s.read_line(&mut line).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        if head.is_empty() {
+                            let _ = seen_tx.send((conn, line.trim_end().to_string()));
+                        }
+                        head.push_str(&line);
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    // Answers at once, never reading a body: what follows the head on the
+                    // connection is its next request.
+                    let path = head.split(' ').nth(1).unwrap_or("?").to_string();
+                    let answer = if path == "/early" {
+                        "HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno".to_string()
+                    } else {
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
+                            path.len()
+                        )
+                    };
+                    if s.get_mut().write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = Gateway::spawn(&http_route(&[b], "")).await;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nX-Prefix: ";
+    let (mut attacker, early) = raw_exchange(
+        gw.addr,
+        format!(
+            "POST /early HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+            smuggled.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(early.status, 403);
+    let (early_conn, line) = seen.recv().await.unwrap();
+    assert_eq!(line, "POST /early HTTP/1.1");
+    attacker.write_all(smuggled.as_bytes()).await.unwrap();
+    // The body went out on the early answer's connection, where the backend reads it as a
+    // request line.
+    let (conn, line) = tokio::time::timeout(STEP, seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (conn, line.as_str()),
+        (early_conn, "GET /smuggled HTTP/1.1")
+    );
+    let (_s, victim) = raw_exchange(
+        gw.addr,
+        b"GET /victim HTTP/1.1\r\nHost: a\r\nCookie: secret=1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!((victim.status, victim.body.as_str()), (200, "/victim"));
+    let (conn, line) = seen.recv().await.unwrap();
+    assert_eq!(line, "GET /victim HTTP/1.1");
+    assert_ne!(
+        conn, early_conn,
+        "the victim's request went on the early answer's connection"
+    );
+}
+
 /// RFC 9112 §3.2: an HTTP/1.1 request without `Host` is answered 400; HTTP/1.0 has none.
 #[tokio::test]
 async fn an_http11_request_without_host_gets_400() {
