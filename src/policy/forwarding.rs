@@ -354,6 +354,11 @@ pub fn set_headers(
     let mut previous = Vec::new();
     if client.peer_trusted {
         joined_lines(received, &header::FORWARDED, &mut previous);
+        // A list this hop cannot be appended to as an element of its own (an unclosed quoted
+        // string would take it in) is replaced, as junk in `X-Forwarded-For` is.
+        if !forwarded_list(&previous) {
+            previous.clear();
+        }
     }
     if previous.is_empty() {
         set(headers, header::FORWARDED, &value);
@@ -382,6 +387,10 @@ pub fn via(received: &http::HeaderMap, via_hop: &str) -> Option<http::HeaderValu
     }
     let mut via = Vec::new();
     joined_lines(received, &http::header::VIA, &mut via);
+    // An unclosed comment or quoted string would take this hop in: such a list is dropped.
+    if !closed(&via) {
+        via.clear();
+    }
     if !via.is_empty() {
         via.extend_from_slice(b", ");
     }
@@ -405,6 +414,100 @@ fn joined_lines(received: &http::HeaderMap, name: &http::HeaderName, out: &mut V
         }
         out.extend_from_slice(line);
     }
+}
+
+/// Whether `v` is a `Forwarded` field value (RFC 7239 §4): elements separated by commas,
+/// each pairs `token=value` separated by semicolons, a value a token or a quoted string;
+/// white space allowed around the separators, empty list elements skipped (RFC 9110 §5.6.1).
+fn forwarded_list(v: &[u8]) -> bool {
+    let mut i = 0;
+    let ows = |i: &mut usize| {
+        while v.get(*i).is_some_and(|b| matches!(b, b' ' | b'\t')) {
+            *i += 1;
+        }
+    };
+    loop {
+        ows(&mut i);
+        // One element: pairs and semicolons.
+        loop {
+            let start = i;
+            while v.get(i).copied().is_some_and(is_tchar) {
+                i += 1;
+            }
+            if i > start {
+                if v.get(i) != Some(&b'=') {
+                    return false;
+                }
+                i += 1;
+                match v.get(i) {
+                    Some(b'"') => match quoted_end(v, i) {
+                        Some(end) => i = end,
+                        None => return false,
+                    },
+                    _ => {
+                        let value = i;
+                        while v.get(i).copied().is_some_and(is_tchar) {
+                            i += 1;
+                        }
+                        if i == value {
+                            return false;
+                        }
+                    }
+                }
+            }
+            ows(&mut i);
+            if v.get(i) != Some(&b';') {
+                break;
+            }
+            i += 1;
+            ows(&mut i);
+        }
+        match v.get(i) {
+            None => return true,
+            Some(b',') => i += 1,
+            Some(_) => return false,
+        }
+    }
+}
+
+/// Whether every quoted string and comment (RFC 9110 §5.6.4–5) in `v` is closed.
+fn closed(v: &[u8]) -> bool {
+    let (mut i, mut depth) = (0, 0usize);
+    while i < v.len() {
+        match v[i] {
+            b'"' if depth == 0 => match quoted_end(v, i) {
+                Some(end) => {
+                    i = end;
+                    continue;
+                }
+                None => return false,
+            },
+            b'\\' if depth > 0 => i += 1,
+            b'(' => depth += 1,
+            b')' if depth > 0 => depth -= 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    depth == 0
+}
+
+/// Past the quoted string that opens at `v[start]` (a `"`), `None` if it does not close.
+fn quoted_end(v: &[u8], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    while i < v.len() {
+        match v[i] {
+            b'"' => return Some(i + 1),
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// RFC 9110 §5.6.2's `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// One `Forwarded` element (RFC 7239 §4) for this hop: `for` the peer, `proto`, `host`.
@@ -539,6 +642,60 @@ mod tests {
             out[http::header::FORWARDED],
             r#"for=127.0.0.1;host="app.test";proto=http"#
         );
+    }
+
+    /// A trusted proxy's `Forwarded` that this hop cannot be appended to as an element of its
+    /// own is replaced: with an unclosed quoted string (`host="evil.example`), this hop was
+    /// read as part of the client's value. So is a `Via` with an unclosed comment or string.
+    #[test]
+    fn malformed_forwarded_and_via_are_replaced() {
+        let trusted = [Cidr::parse("127.0.0.1").unwrap()];
+        let ours = r#"for=127.0.0.1;host="app.test";proto=http"#;
+        for bad in [
+            r#"for=1.1.1.1;host="evil.example"#,
+            r#"for=1.1.1.1;host="evil\""#,
+            "for=1.1.1.1;host",
+            "for=;proto=http",
+            "for=1.1.1.1 junk",
+            "for=1.1.1.1;;=x",
+            "for=\"1.1.1.1\";x=(y)",
+        ] {
+            let mut received = HeaderMap::new();
+            received.insert(http::header::FORWARDED, HeaderValue::from_str(bad).unwrap());
+            let client = client_addr(&trusted, "127.0.0.1".parse().unwrap(), &received);
+            let mut out = HeaderMap::new();
+            set_headers(&mut out, &received, &client, ("http", "app.test"), "1.1");
+            assert_eq!(out[http::header::FORWARDED], ours, "{bad}");
+        }
+        for good in [
+            "for=1.1.1.1",
+            r#"for="[2001:db8::1]:80";proto=https , for=unknown"#,
+            "for=1.1.1.1;;proto=http,,for=2.2.2.2",
+            r#"for=x;host="a\"b""#,
+        ] {
+            let mut received = HeaderMap::new();
+            received.insert(
+                http::header::FORWARDED,
+                HeaderValue::from_str(good).unwrap(),
+            );
+            let client = client_addr(&trusted, "127.0.0.1".parse().unwrap(), &received);
+            let mut out = HeaderMap::new();
+            set_headers(&mut out, &received, &client, ("http", "app.test"), "1.1");
+            assert_eq!(
+                out[http::header::FORWARDED],
+                format!("{good}, {ours}"),
+                "{good}"
+            );
+        }
+        for (sent, passed) in [
+            ("1.1 a (b", "1.1 wsgate"),
+            (r#"1.1 a "b"#, "1.1 wsgate"),
+            ("1.1 a (b (c) \\) d)", "1.1 a (b (c) \\) d), 1.1 wsgate"),
+        ] {
+            let mut received = HeaderMap::new();
+            received.insert(http::header::VIA, HeaderValue::from_str(sent).unwrap());
+            assert_eq!(via(&received, "1.1").unwrap(), passed, "{sent}");
+        }
     }
 
     /// A forwarded IPv4-mapped address is its IPv4 address, as a peer's is.
