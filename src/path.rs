@@ -75,6 +75,11 @@ pub enum PathError {
     ParametersWithoutName,
     #[error("path routes differently when its encoded slashes are read as separators")]
     AmbiguousEscapedSlash,
+    #[error(
+        "path routes differently when read without letter case or trailing dots and spaces, \
+         as some backends read it"
+    )]
+    AmbiguousCase,
 }
 
 /// A canonical path.
@@ -224,6 +229,32 @@ pub fn routing_form(canonical: &str) -> Cow<'_, str> {
         out.push_str(seg.split(';').next().unwrap_or(""));
     }
     Cow::Owned(out)
+}
+
+/// A path (a route's, or a request's routing form) as many backends read it, if that differs
+/// from it: letters in lower case (Express's router by default, ASP.NET Core, IIS), and each
+/// segment without trailing dots and spaces (`%20`), which IIS and Windows file names drop
+/// (a segment that is nothing else is kept). `/ADMIN/users`, `/Admin./users` and
+/// `/admin%20/users` are `/admin/users` to such a backend: a request that routes otherwise
+/// than this reading would reach that backend's `/admin` past the `/admin` route's policy.
+pub fn folded(path: &str) -> Option<String> {
+    let trims = |seg: &str| seg.ends_with('.') || seg.ends_with("%20");
+    if !path.bytes().any(|b| b.is_ascii_uppercase()) && !path.split('/').any(trims) {
+        return None;
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        let mut cut = seg;
+        while let Some(rest) = cut.strip_suffix('.').or_else(|| cut.strip_suffix("%20")) {
+            cut = rest;
+        }
+        let seg = if cut.is_empty() { seg } else { cut };
+        out.extend(seg.chars().map(|c| c.to_ascii_lowercase()));
+    }
+    (out != path).then_some(out)
 }
 
 /// The part of `canonical` that follows the first `prefix_len` bytes of its routing form

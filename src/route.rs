@@ -53,6 +53,12 @@ pub struct RouteTable {
     /// The routes by host and path, for tables of more than [`INDEX_FROM`] routes: a scan
     /// of 20,000 routes cost every handshake on the last one's host tens of microseconds.
     index: Option<Index>,
+    /// Each route's path as [`crate::path::folded`] reads it (by place in `routes`), and
+    /// whether any differs from the route's own.
+    folded_paths: Vec<Box<str>>,
+    folded_differ: bool,
+    /// [`RouteTable::index`] for the folded paths.
+    folded_index: Option<Index>,
 }
 
 /// From how many routes [`RouteTable::find`] looks a request up in an [`Index`] rather than
@@ -171,12 +177,24 @@ impl RouteTable {
         let by_name = (routes.iter().enumerate())
             .map(|(i, r)| (r.name.clone(), i))
             .collect();
-        let index = (routes.len() > INDEX_FROM).then(|| Index::new(&routes));
+        let folded_paths: Vec<Box<str>> = (routes.iter())
+            .map(|r| {
+                crate::path::folded(&r.config.path)
+                    .map_or_else(|| r.config.path.as_str().into(), Into::into)
+            })
+            .collect();
+        let folded_differ = (routes.iter().zip(&folded_paths)).any(|(r, f)| r.config.path != **f);
+        let indexed = routes.len() > INDEX_FROM;
+        let index = indexed.then(|| Index::new(&routes, |i| &routes[i].config.path));
+        let folded_index = indexed.then(|| Index::new(&routes, |i| &folded_paths[i]));
         let table = RouteTable {
             routes,
             by_name,
             retired,
             index,
+            folded_paths,
+            folded_differ,
+            folded_index,
         };
         (table, diff)
     }
@@ -189,24 +207,51 @@ impl RouteTable {
     /// The route for a request's canonical path ([`crate::path`]), matched by its routing
     /// form (segments without their parameters). With kept escaped slashes, the path must
     /// route the same when they are read as separators: otherwise a backend that decodes them
-    /// would serve another route's path, unchecked by that route's policy.
+    /// would serve another route's path, unchecked by that route's policy. For the same
+    /// reason it must route the same read as many frameworks and servers read paths: without
+    /// letter case (Express, ASP.NET Core, IIS), segments without trailing dots and spaces
+    /// (IIS): `/ADMIN/users` next to an `/admin` route reached the route without a path
+    /// instead, its policy skipped ([`crate::path::folded`]).
     pub fn find_canonical(
         &self,
         host: Option<&str>,
         path: &Canonical,
     ) -> Result<Option<&Arc<Route>>, PathError> {
-        let route = self.find(host, &routing_form(&path.path));
-        if let Some(view) = &path.slash_view {
-            let other = self.find(host, &routing_form(view));
-            let same = match (route, other) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                (a, b) => a.is_none() && b.is_none(),
-            };
-            if !same {
-                return Err(PathError::AmbiguousEscapedSlash);
+        let form = routing_form(&path.path);
+        let route = self.find(host, &form);
+        let view = path.slash_view.as_deref().map(routing_form);
+        if let Some(view) = &view
+            && !same(route, self.find(host, view))
+        {
+            return Err(PathError::AmbiguousEscapedSlash);
+        }
+        for form in std::iter::once(&form).chain(&view) {
+            let folded = crate::path::folded(form);
+            if (folded.is_some() || self.folded_differ)
+                && !same(
+                    route,
+                    self.find_folded(host, folded.as_deref().unwrap_or(form)),
+                )
+            {
+                return Err(PathError::AmbiguousCase);
             }
         }
         Ok(route)
+    }
+
+    /// [`RouteTable::find`] by the routes' folded paths, for a folded request path.
+    fn find_folded(&self, host: Option<&str>, folded: &str) -> Option<&Arc<Route>> {
+        let host = host.map(normal_host);
+        let found = match &self.folded_index {
+            Some(index) => index.find(host.as_deref(), folded),
+            None => scan(
+                &self.routes,
+                |i| &self.folded_paths[i],
+                host.as_deref(),
+                folded,
+            ),
+        };
+        found.map(|i| &self.routes[i])
     }
 
     /// The route for a request's host and path. The host is compared without its port (a
@@ -215,10 +260,16 @@ impl RouteTable {
     /// not fall through to a host-less route and its policy.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
         let host = host.map(normal_host);
-        match &self.index {
-            Some(index) => index.find(host.as_deref(), path).map(|i| &self.routes[i]),
-            None => scan(&self.routes, host.as_deref(), path).map(|i| &self.routes[i]),
-        }
+        let found = match &self.index {
+            Some(index) => index.find(host.as_deref(), path),
+            None => scan(
+                &self.routes,
+                |i| &self.routes[i].config.path,
+                host.as_deref(),
+                path,
+            ),
+        };
+        found.map(|i| &self.routes[i])
     }
 
     /// Stops the active health checks of every route (a reload, or the gateway's end).
@@ -240,10 +291,24 @@ impl RouteTable {
     }
 }
 
-/// The first of `routes` (in match order) that serves `host` (normalised) and `path`.
-fn scan(routes: &[Arc<Route>], host: Option<&str>, path: &str) -> Option<usize> {
-    routes.iter().position(|r| {
-        host_matches(r.config.host.as_deref(), host) && path_matches(&r.config.path, path)
+/// Whether two lookups found the same route, or both none.
+fn same(a: Option<&Arc<Route>>, b: Option<&Arc<Route>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (a, b) => a.is_none() && b.is_none(),
+    }
+}
+
+/// The first of `routes` (in match order) that serves `host` (normalised) and `path`, each
+/// route's path being `paths(its place)`.
+fn scan<'a>(
+    routes: &'a [Arc<Route>],
+    paths: impl Fn(usize) -> &'a str,
+    host: Option<&str>,
+    path: &str,
+) -> Option<usize> {
+    (routes.iter().enumerate()).position(|(i, r)| {
+        host_matches(r.config.host.as_deref(), host) && path_matches(paths(i), path)
     })
 }
 
@@ -265,7 +330,8 @@ struct Index {
 struct Paths(HashMap<Box<str>, usize>);
 
 impl Index {
-    fn new(routes: &[Arc<Route>]) -> Index {
+    /// The index of `routes`, each route's path being `path(its place)`.
+    fn new<'a>(routes: &[Arc<Route>], path: impl Fn(usize) -> &'a str) -> Index {
         let mut index = Index::default();
         for (i, r) in routes.iter().enumerate() {
             let paths = match r.config.host.as_deref() {
@@ -276,7 +342,7 @@ impl Index {
                 },
             };
             // Match order is by place: the first route with a host and path shadows the rest.
-            paths.0.entry(r.config.path.as_str().into()).or_insert(i);
+            paths.0.entry(path(i).into()).or_insert(i);
         }
         index
     }
@@ -505,11 +571,12 @@ mod tests {
             ]),
         ) {
             let t = table_of(&routes);
-            let index = Index::new(&t.routes);
+            let paths = |i: usize| t.routes[i].config.path.as_str();
+            let index = Index::new(&t.routes, paths);
             let host = host.map(normal_host);
             proptest::prop_assert_eq!(
                 index.find(host.as_deref(), path),
-                scan(&t.routes, host.as_deref(), path)
+                scan(&t.routes, paths, host.as_deref(), path)
             );
         }
     }

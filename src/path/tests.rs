@@ -201,7 +201,7 @@ fn piece() -> impl Strategy<Value = &'static str> {
     prop::sample::select(vec![
         "/", "/", "/", "admin", "files", "a", ".", "..", "%2e", "%2E%2e", "%61", "%61dmin", ";",
         ";x", "%2F", "%2f", "%5C", "\\", "%", "%4", "%00", "%41", "%c3%a9", "\u{e9}", "\"", "{",
-        "~", "%7E", "?", "@", ":", "%3B",
+        "~", "%7E", "?", "@", ":", "%3B", "ADMIN", "Files", "%20",
     ])
 }
 
@@ -251,6 +251,85 @@ proptest! {
                 let refused = c.slash_view.is_some() && got == Err(PathError::AmbiguousEscapedSlash);
                 prop_assert!(got == Ok(Some("admin".to_string())) || refused, "{:?} for {:?}", got, c);
             }
+            // Nor does one that a backend reading paths without case or trailing dots and
+            // spaces takes for an `/admin` path: it routes to `/admin`, or it is refused.
+            let form = routing_form(&c.path).into_owned();
+            let read = folded(&form).unwrap_or(form);
+            if read.starts_with("/admin/") || read == "/admin" {
+                let got = route(&p);
+                prop_assert!(
+                    matches!(got, Ok(Some(ref n)) if n == "admin") || got.is_err(),
+                    "{:?} for {:?}", got, c
+                );
+            }
         }
     }
+}
+
+/// A path that routes otherwise when read without letter case, or without a segment's
+/// trailing dots and spaces (as Express, ASP.NET Core and IIS read paths), is refused: they
+/// would serve `/ADMIN/users` as `/admin/users`, which the route without a path had let
+/// through without the `/admin` route's policy.
+#[test]
+fn a_path_that_routes_otherwise_without_case_or_trailing_dots_is_refused() {
+    let t = table();
+    let route = |p: &str| {
+        let c = canonicalize(p, &PathRules::default()).unwrap();
+        t.find_canonical(None, &c)
+            .map(|r| r.map(|r| r.config.name.clone()))
+    };
+    for ambiguous in [
+        "/ADMIN/users",
+        "/Admin",
+        "/%41dmin/users",
+        "/admin./users",
+        "/admin.../users",
+        "/admin%20/users",
+        "/ADMIN%20./x",
+        "/FILES/x",
+        "/files./",
+    ] {
+        assert_eq!(
+            route(ambiguous),
+            Err(PathError::AmbiguousCase),
+            "{ambiguous}"
+        );
+    }
+    for (path, name) in [
+        ("/admin/Users", "admin"),
+        ("/admin/users./x", "admin"),
+        ("/Other/Path", "all"),
+        ("/files/Report.PDF", "files"),
+        ("/...", "all"),
+    ] {
+        assert_eq!(route(path), Ok(Some(name.to_string())), "{path}");
+    }
+    // A route's own path is read the same way: next to `/API`, `/api/x` is ambiguous.
+    let cfg = crate::config::from_toml_str(
+        r#"
+        [[listener]]
+        listen = "127.0.0.1:0"
+        [[route]]
+        name = "api"
+        path = "/API"
+        backends = ["ws://127.0.0.1:1"]
+        [[route]]
+        name = "all"
+        path = "/"
+        backends = ["ws://127.0.0.1:1"]
+        "#,
+    )
+    .unwrap();
+    let t = RouteTable::new(&cfg.routes, &Control::default());
+    let c = canonicalize("/api/x", &PathRules::default()).unwrap();
+    assert_eq!(
+        t.find_canonical(None, &c).map(|r| r.is_some()),
+        Err(PathError::AmbiguousCase)
+    );
+    let c = canonicalize("/API/x", &PathRules::default()).unwrap();
+    assert_eq!(
+        t.find_canonical(None, &c)
+            .map(|r| r.map(|r| r.config.name.clone())),
+        Ok(Some("api".to_string()))
+    );
 }

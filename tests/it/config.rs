@@ -398,6 +398,56 @@ backends = ["ws://127.0.0.1:1"]
     );
 }
 
+/// Two routes for one host and path are an error, and so are two whose paths differ only in
+/// letter case or a segment's trailing dots: requests are checked to route the same read
+/// without them, so every request for one of the two would be refused as ambiguous.
+#[test]
+fn routes_with_the_same_path_read_without_case_are_an_error() {
+    let toml = r#"
+[[listener]]
+listen = "127.0.0.1:0"
+[[route]]
+name = "a"
+path = "/chat"
+backends = ["ws://127.0.0.1:1"]
+[[route]]
+name = "b"
+path = "/Chat"
+backends = ["ws://127.0.0.1:1"]
+[[route]]
+name = "c"
+path = "/chat"
+host = "x.test"
+backends = ["ws://127.0.0.1:1"]
+[[route]]
+name = "d"
+path = "/chat"
+backends = ["ws://127.0.0.1:1"]
+"#;
+    let errs = wsgate::config::from_toml_str(toml).unwrap_err();
+    let found: Vec<(&str, Option<usize>, &str)> = errs
+        .iter()
+        .map(|e| (e.key.as_str(), e.line, e.message.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (
+                "route[1].path",
+                Some(10),
+                "an earlier route already serves host (any) and path \"/Chat\" (\"/chat\": paths \
+                 are compared without letter case or trailing dots)"
+            ),
+            (
+                "route[3].path",
+                Some(19),
+                "an earlier route already serves host (any) and path \"/chat\""
+            ),
+        ],
+        "{errs:#?}"
+    );
+}
+
 #[test]
 fn the_example_config_is_valid_and_uses_the_documented_defaults() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");

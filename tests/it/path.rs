@@ -117,6 +117,12 @@ async fn ambiguous_paths_get_400_with_a_reason() {
         ("/..;x/admin", "dot segment with parameters"),
         ("/;x/admin", "parameters but no name"),
         ("*", "must be a path"),
+        // The catch-all's by its letters, `/admin` to a backend that reads paths without
+        // case or trailing dots (Express, ASP.NET Core, IIS): they went to the catch-all.
+        ("/ADMIN/users", "without letter case"),
+        ("/%41dmin", "without letter case"),
+        ("/admin./users", "trailing dots"),
+        ("/admin%20/users", "trailing dots"),
     ];
     for (target, reason) in cases {
         let resp = status(&t.gw, target, "").await;

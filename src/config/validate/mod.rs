@@ -621,7 +621,7 @@ impl Validator<'_> {
 
         let mut routes: Vec<RouteConfig> = Vec::new();
         let mut names = HashSet::new();
-        let mut places = HashSet::new();
+        let mut places = std::collections::HashMap::new();
         // Each valid route's `path` key and line, for the warnings about the set of routes.
         let mut route_lines: Vec<(String, Option<usize>)> = Vec::new();
         if file.route.is_empty() {
@@ -649,16 +649,35 @@ impl Validator<'_> {
                 );
             }
             if let Some(route) = self.route(&key, r, backend_connect, backend_handshake, &session) {
-                if !places.insert((route.host.clone(), route.path.clone())) {
-                    self.err(
-                        format!("{key}.path"),
-                        r.get_ref().path.as_ref().map(|p| p.span()),
-                        format!(
-                            "an earlier route already serves host {} and path {:?}",
-                            route.host.as_deref().unwrap_or("(any)"),
-                            route.path
-                        ),
-                    );
+                // Paths are compared as requests are checked against them: without letter
+                // case or segments' trailing dots (`crate::path::folded`), since a request
+                // must route the same read either way. Of `/Chat` and `/chat`, one could never
+                // be reached: every request for it would be refused as ambiguous.
+                let folded = crate::path::folded(&route.path).unwrap_or_else(|| route.path.clone());
+                use std::collections::hash_map::Entry;
+                match places.entry((route.host.clone(), folded)) {
+                    Entry::Vacant(place) => {
+                        place.insert(route.path.clone());
+                    }
+                    Entry::Occupied(first) => {
+                        let earlier = first.get();
+                        let alike = if *earlier == route.path {
+                            String::new()
+                        } else {
+                            format!(
+                                " ({earlier:?}: paths are compared without letter case or trailing dots)"
+                            )
+                        };
+                        self.err(
+                            format!("{key}.path"),
+                            r.get_ref().path.as_ref().map(|p| p.span()),
+                            format!(
+                                "an earlier route already serves host {} and path {:?}{alike}",
+                                route.host.as_deref().unwrap_or("(any)"),
+                                route.path
+                            ),
+                        );
+                    }
                 }
                 self.route_path(&key, r, &route.path, &limits.path);
                 routes.push(route);
