@@ -8,7 +8,15 @@ use super::Claims;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     parts: Vec<Part>,
+    /// The separators of [`SEPARATORS`] the template's own text uses, which no claim may
+    /// carry: in `user={sub}; org={org.id}`, a `sub` of `mallory; org=acme` would make a
+    /// second `org` for a backend that takes the first.
+    delimiters: Vec<char>,
 }
+
+/// What structures a header value into fields (RFC 9110 §5.6: lists, parameters, quoted
+/// strings). Other delimiters are left to claims: `{iss}/{sub}` may well carry a URL.
+const SEPARATORS: &str = "\",;=";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
@@ -80,7 +88,16 @@ impl Template {
         if !text.is_empty() {
             parts.push(Part::Text(text));
         }
-        Ok(Template { parts })
+        let mut delimiters: Vec<char> = (parts.iter())
+            .filter_map(|p| match p {
+                Part::Text(t) => Some(t.chars().filter(|c| SEPARATORS.contains(*c))),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        delimiters.sort_unstable();
+        delimiters.dedup();
+        Ok(Template { parts, delimiters })
     }
 
     /// Whether the template reads token claims (so it needs `[route.auth.jwt]`).
@@ -92,12 +109,17 @@ impl Template {
     /// better absent than half-filled) or none a header can carry as it is: an empty
     /// string, one with white space at either end (RFC 9110 §5.5: the backend's parser
     /// would trim it, and `" admin "` would read as `admin`), an empty list, a list with
-    /// anything but non-empty scalars, or a list entry with a comma (it would read as two).
+    /// anything but non-empty scalars, or a list entry with a comma (it would read as two);
+    /// and any claim with a separator (`"`, `,`, `;`, `=`) the template's own text uses (`;`
+    /// or `=` in `user={sub}; org={org.id}`), which would let a claim write fields of its
+    /// own.
     pub fn render(&self, facts: &Facts<'_>) -> Option<String> {
         let mut out = String::new();
+        let own = |v: &str| (!v.contains(&self.delimiters[..])).then_some(());
         for p in &self.parts {
             match p {
                 Part::Text(t) => out.push_str(t),
+                // RFC 4514's form escapes its own separators in a name's values.
                 Part::TlsSubject => out.push_str(facts.tls_subject?),
                 Part::ClientIp => out.push_str(&facts.client_ip.to_string()),
                 Part::Claim(path) => {
@@ -112,13 +134,18 @@ impl Template {
                                 if item.contains(',') {
                                     return None;
                                 }
+                                own(&item)?;
                                 if i > 0 {
                                     out.push(',');
                                 }
                                 out.push_str(&item);
                             }
                         }
-                        v => out.push_str(&scalar(v)?),
+                        v => {
+                            let v = scalar(v)?;
+                            own(&v)?;
+                            out.push_str(&v);
+                        }
                     }
                 }
             }
@@ -211,5 +238,43 @@ mod tests {
         }
         assert_eq!(render("{mixed}").as_deref(), Some("1,2.5,true,x"));
         assert_eq!(render("{inner}").as_deref(), Some("a b"));
+    }
+
+    /// A claim may not carry a separator the template's text uses: `mallory; org=acme` in
+    /// `user={sub}; org={org}` would give a backend that takes the first `org` acme's.
+    #[test]
+    fn a_claim_cannot_write_fields_of_its_own() {
+        let claims: Claims = serde_json::from_str(
+            r#"{"sub":"mallory; org=acme","org":"evil","name":"Doe, John",
+                "iss":"https://idp.example/a","roles":["a","b;c"],"q":"say \"hi\""}"#,
+        )
+        .unwrap();
+        let facts = Facts {
+            claims: Some(&claims),
+            tls_subject: Some("CN=alice,O=Acme"),
+            client_ip: "10.0.0.1".parse().unwrap(),
+        };
+        let render = |t: &str| Template::parse(t).unwrap().render(&facts);
+        assert_eq!(render("user={sub}; org={org}"), None);
+        assert_eq!(render("{org}, {name}"), None);
+        assert_eq!(render("roles={roles}; v=1"), None);
+        assert_eq!(render("roles={roles}").as_deref(), Some("roles=a,b;c"));
+        assert_eq!(render("name=\"{q}\""), None);
+        // Separators the text does not use are the claim's own.
+        assert_eq!(render("{sub}").as_deref(), Some("mallory; org=acme"));
+        assert_eq!(render("{name}").as_deref(), Some("Doe, John"));
+        assert_eq!(
+            render("{iss}/{org}").as_deref(),
+            Some("https://idp.example/a/evil")
+        );
+        assert_eq!(
+            render("org:{org} name:{name}").as_deref(),
+            Some("org:evil name:Doe, John")
+        );
+        // A certificate subject escapes its own (RFC 4514).
+        assert_eq!(
+            render("cert={tls.subject}").as_deref(),
+            Some("cert=CN=alice,O=Acme")
+        );
     }
 }
