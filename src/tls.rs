@@ -107,7 +107,8 @@ fn read_pair(
 /// that OpenSSL reads).
 fn read_pem_file(path: &Path) -> Result<Vec<u8>, String> {
     const BOM: &[u8] = "\u{feff}".as_bytes();
-    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = crate::config::read_limited(path, crate::config::MAX_NAMED_FILE)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if !text.windows(BOM.len()).any(|w| w == BOM) {
         return Ok(text);
     }

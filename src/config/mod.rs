@@ -22,6 +22,30 @@ use std::time::Duration;
 pub(crate) use validate::overlaps;
 pub use validate::{from_toml_str, from_toml_str_in, load_file, load_file_over, parse_backend_url};
 
+/// The most a config file may hold: a file of 20,000 routes is about 2 MiB.
+pub const MAX_CONFIG_FILE: u64 = 64 << 20;
+/// The most a file a config names may hold (a certificate or key, a CA bundle, a JWKS or
+/// token file, a secret): a system's whole CA bundle is about 200 KiB.
+pub const MAX_NAMED_FILE: u64 = 16 << 20;
+
+/// The bytes of the file at `path`, an error past `limit` bytes: a path mistyped as
+/// `/dev/zero` or a device, or a file that is not what was meant, would otherwise be read
+/// until memory ran out (at a reload, by the running gateway, every session with it).
+pub fn read_limited(path: &std::path::Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::other(format!(
+            "larger than {} MiB: not the file meant?",
+            limit >> 20
+        )));
+    }
+    Ok(bytes)
+}
+
 /// How long a client may take to send its complete request head. Long enough for a slow
 /// mobile link, short enough that a slowloris client holds a socket for seconds, not minutes.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -228,6 +228,50 @@ async fn check_reports_every_error_with_file_line_and_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
 }
 
+/// A config, or a file it names, past its bound (`/dev/zero` for a key, a slip of the path,
+/// never ends) is refused there, not read until memory runs out: a reload did that inside
+/// the running gateway. (Sparse files stand in for `/dev/zero`, so that a regression fails
+/// the test rather than exhausting the machine's memory.)
+#[tokio::test]
+async fn files_past_their_bound_are_refused() {
+    let dir = TempDir::new("endless");
+    let sparse = |name: &str, len: u64| {
+        let f = std::fs::File::create(dir.join(name)).unwrap();
+        f.set_len(len).unwrap();
+        dir.join(name).to_str().unwrap().to_string()
+    };
+    let huge_config = sparse("huge.toml", (64 << 20) + 1);
+    let out = run_wsgate(["check", "--config", &huge_config]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read config file: larger than 64 MiB"),
+        "{err}"
+    );
+
+    let huge_key = sparse("huge.key", (16 << 20) + 1);
+    dir.write(
+        "wsgate.toml",
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"{huge_key}\"\n\
+             key = \"{huge_key}\"\n[[route]]\nname = \"r\"\npath = \"/\"\n\
+             backends = [\"ws://127.0.0.1:1\"]\n"
+        ),
+    );
+    let out = run_wsgate([
+        "check",
+        "--config",
+        dir.join("wsgate.toml").to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot read {huge_key}: larger than 16 MiB")),
+        "{err}"
+    );
+}
+
 /// `wsgate check ... | head -1`: a reader that stops early costs no panic, and the check's
 /// own verdict stands (exit 0).
 #[test]

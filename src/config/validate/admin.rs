@@ -171,7 +171,8 @@ fn token_from_env(name: &str) -> Result<AdminToken, String> {
 
 /// The token held by the file at `path`.
 fn token_from_file(path: &Path) -> Result<AdminToken, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = crate::config::read_limited(path, crate::config::MAX_NAMED_FILE)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     token(&path.display().to_string(), &bytes)
 }
 

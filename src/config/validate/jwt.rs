@@ -235,7 +235,7 @@ fn keys(
         }
         Source::JwksFile(_) => {
             let path = v.base.join(svalue);
-            let parsed = std::fs::read(&path)
+            let parsed = crate::config::read_limited(&path, crate::config::MAX_NAMED_FILE)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))
                 .and_then(|b| parse_jwks(&b, true).map_err(|m| format!("{}: {m}", path.display())));
             let parsed = match parsed {

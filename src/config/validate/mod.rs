@@ -55,8 +55,8 @@ pub fn load_file_over(path: &Path, serving: &crate::tls::Serving) -> Result<Conf
             message,
         }],
     };
-    let bytes =
-        std::fs::read(path).map_err(|e| refused(None, format!("cannot read config file: {e}")))?;
+    let bytes = crate::config::read_limited(path, crate::config::MAX_CONFIG_FILE)
+        .map_err(|e| refused(None, format!("cannot read config file: {e}")))?;
     // Named by its line (a Latin-1 `é` in a comment, from an editor that saved it so).
     let text = String::from_utf8(bytes).map_err(|e| {
         let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];

@@ -186,7 +186,8 @@ fn check_rsa_bits(modulus: &[u8]) -> Result<(), String> {
 fn pem_public_key(path: &Path) -> Result<(Key, &'static str), String> {
     use rustls::pki_types::pem::{self, SectionKind};
 
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = crate::config::read_limited(path, crate::config::MAX_NAMED_FILE)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut rd = bytes.as_slice();
     let mut seen = Vec::new();
     loop {
@@ -327,8 +328,8 @@ pub fn secret_from_env(name: &str, value: Option<std::ffi::OsString>) -> Result<
 
 /// An HMAC secret from a file: its bytes, less one trailing newline (`\n` or `\r\n`).
 pub fn secret_from_file(path: &Path) -> Result<Vec<u8>, String> {
-    let mut bytes =
-        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut bytes = crate::config::read_limited(path, crate::config::MAX_NAMED_FILE)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if bytes.ends_with(b"\n") {
         bytes.pop();
         if bytes.ends_with(b"\r") {
