@@ -670,6 +670,16 @@ impl BackendUrl {
             route.backend_tls.as_ref()
         }
     }
+
+    /// Whether `other` names the same backend however it is written: `ws://b` and
+    /// `ws://B:80` are one server, which listing twice would give two shares.
+    pub fn same_place(&self, other: &BackendUrl) -> bool {
+        self.tls == other.tls
+            && self.host.eq_ignore_ascii_case(&other.host)
+            && self.port == other.port
+            && self.path == other.path
+            && self.query == other.query
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -399,11 +399,21 @@ impl Validator<'_> {
                     Some(b.span()),
                     "only means something for a wss:// backend",
                 ),
-                Ok(url) if backends.iter().any(|b: &BackendUrl| b.url == url.url) => self.err(
-                    format!("{key}.backends[{j}]"),
-                    Some(b.span()),
-                    format!("{:?} is listed twice (give it a weight instead)", url.url),
-                ),
+                Ok(url) if let Some(first) = backends.iter().find(|b| b.same_place(&url)) => {
+                    let spelt = if first.url == url.url {
+                        String::new()
+                    } else {
+                        format!(" (as {:?})", first.url)
+                    };
+                    self.err(
+                        format!("{key}.backends[{j}]"),
+                        Some(b.span()),
+                        format!(
+                            "{:?} is listed twice{spelt} (give it a weight instead)",
+                            url.url
+                        ),
+                    )
+                }
                 Ok(mut url) => {
                     url.insecure_skip_verify = skip;
                     backends.push(url);
@@ -612,6 +622,11 @@ pub fn parse_backend_url(s: &str) -> Result<BackendUrl, String> {
         return Err(format!("{s:?} is not a ws:// or wss:// URL"));
     };
     let default_port = if tls { 443 } else { 80 };
+    if rest.contains(['#', ' ']) {
+        return Err(format!(
+            "{s:?}: fragments and spaces are not allowed in backend URLs"
+        ));
+    }
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
     if authority.contains('@') {
@@ -648,9 +663,10 @@ pub fn parse_backend_url(s: &str) -> Result<BackendUrl, String> {
     }
     let port = match port {
         None => default_port,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
+        // Digits only (RFC 3986 §3.2.3): Rust's parse takes `+9001` too.
+        Some(p) => (p.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| p.parse::<u16>().ok())
+            .flatten()
             .filter(|&p| p != 0)
             .ok_or_else(|| format!("{s:?}: {p:?} is not a port number"))?,
     };
@@ -658,11 +674,6 @@ pub fn parse_backend_url(s: &str) -> Result<BackendUrl, String> {
         Some((p, q)) => (p, Some(q.to_string())),
         None => (tail, None),
     };
-    if tail.contains('#') || tail.contains(' ') {
-        return Err(format!(
-            "{s:?}: fragments and spaces are not allowed in backend URLs"
-        ));
-    }
     let path = (!path.is_empty()).then(|| path.to_string());
     let authority = if port == default_port {
         host.clone()
@@ -865,6 +876,47 @@ mod tests {
         let u = parse_backend_url("wss://h/x").unwrap();
         assert!(u.tls);
         assert_eq!((u.port, u.authority.as_str()), (443, "h"));
+        // A port is digits (`+9001` parsed as a number); a fragment or a space is named as
+        // such wherever it is (after the port it read "not a port number").
+        for (bad, why) in [
+            ("ws://h:+9001", "\"+9001\" is not a port number"),
+            ("ws://h:9001#frag", "fragments and spaces"),
+            ("ws://h:9001 ", "fragments and spaces"),
+            ("ws://h#x", "fragments and spaces"),
+        ] {
+            let e = parse_backend_url(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    /// One backend written two ways (a default port spelt out, a host's letter case) is
+    /// listed twice, as the same text is: it would take two shares.
+    #[test]
+    fn a_backend_spelt_twice_is_listed_twice() {
+        let errors = |backends: &str| {
+            crate::config::from_toml_str(&format!(
+                "[[listener]]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"r\"\npath = \"/\"\n\
+                 backends = [{backends}]\n"
+            ))
+            .err()
+            .map(|e| e.iter().map(|e| e.message.clone()).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            errors(r#""ws://b.internal", "ws://B.internal:80""#),
+            Some(vec![
+                "\"ws://B.internal:80\" is listed twice (as \"ws://b.internal\") (give it a weight \
+                 instead)"
+                    .to_string()
+            ])
+        );
+        assert_eq!(
+            errors(r#""ws://b:9001", "ws://b:9001""#),
+            Some(vec![
+                "\"ws://b:9001\" is listed twice (give it a weight instead)".to_string()
+            ])
+        );
+        // Another path, or another scheme, is another backend.
+        assert_eq!(errors(r#""ws://b/a", "ws://b/b", "wss://b:80""#), None);
     }
 
     #[test]
