@@ -237,6 +237,11 @@ pub async fn handle(
     Ok(handle_request(state, conn, req, unread, id).await)
 }
 
+/// How many of an HTTP/2 request's `Cookie` fields count as one field against
+/// `max_headers` (a browser splits its `Cookie` into a field per cookie, and keeps at most
+/// about 180 cookies a site).
+pub const FREE_COOKIE_CRUMBS: usize = 1000;
+
 /// Finds what a refusal needs (the route, if any, and the request's head), then runs the
 /// phases; the first that fails is answered by [`refuse`], here and only here.
 async fn handle_request(
@@ -266,13 +271,17 @@ async fn handle_request(
     let ids = Correlation::of_request(&parts.headers, forwarding.peer_trusted);
     // hyper's HTTP/1.1 parser holds a head to `max_headers` fields; its HTTP/2 server bounds
     // only their bytes, so the count is checked here, for WebSocket and plain requests alike.
-    // A browser's cookie crumbs count as the one `Cookie` field they are over HTTP/1.1.
+    // A browser's cookie crumbs count as the one `Cookie` field they are over HTTP/1.1, up to
+    // `FREE_COOKIE_CRUMBS` (browsers keep at most about 180 cookies a site); past them each
+    // counts as a field: with a large `max_header_bytes`, 24,569 crumbs (a byte each on the
+    // wire with HPACK) made the backend request's header map panic in `http`.
     // Over HTTP/1.1 it checks their bytes, but only on a connection's first request (see
     // `ProxyError::HeadTooLarge`): every request's head is measured here.
     if parts.version == http::Version::HTTP_2 {
         let max_headers = generation.config.limits.max_headers;
         let crumbs = parts.headers.get_all(header::COOKIE).iter().count();
-        if parts.headers.len() - crumbs.saturating_sub(1) > max_headers {
+        let free = crumbs.min(FREE_COOKIE_CRUMBS).saturating_sub(1);
+        if parts.headers.len() - free > max_headers {
             let e = ProxyError::TooManyHeaders(max_headers);
             return refuse(&state, id, &ids, None, &conn, &parts, e).map(crate::http_proxy::full);
         }

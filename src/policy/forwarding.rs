@@ -230,7 +230,9 @@ pub fn end_to_end(
     set_by_route: impl Fn(&http::HeaderName) -> bool,
 ) -> http::HeaderMap {
     use http::header;
-    let mut headers = http::HeaderMap::with_capacity(client.len() + 8);
+    // `with_capacity` panics past `http`'s largest map (24,576 fields); an HTTP/2 request's
+    // cookie crumbs are bounded by `proxy.rs`, but a map that cannot be sized ahead grows.
+    let mut headers = http::HeaderMap::try_with_capacity(client.len() + 8).unwrap_or_default();
     let named = crate::handshake::list_values(client, &header::CONNECTION);
     let is_named = |name: &str| named.iter().any(|t| t.eq_ignore_ascii_case(name));
     let proxys = |name: &str| {

@@ -610,6 +610,36 @@ async fn h2c_prior_knowledge_on_a_plain_listener() {
     );
 }
 
+/// Cookie crumbs count as one field up to a thousand (browsers keep about 180 cookies a
+/// site); past that each counts. With a large `max_header_bytes`, 24,569 crumbs (a byte each
+/// on the wire) made the backend request's header map panic in the `http` crate.
+#[tokio::test]
+async fn thousands_of_cookie_crumbs_are_too_many_fields() {
+    let backend = EchoBackend::spawn().await;
+    let gw = Gateway::spawn(&format!(
+        "[limits]\nmax_header_bytes = \"1MiB\"\n{}",
+        route("app", "/", &[backend.url()])
+    ))
+    .await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let mut conn = h2_handshake(TokioIo::new(tcp), gw.addr.to_string()).await;
+    let crumbs = |n: usize| {
+        move |r: &mut Request<Empty<Bytes>>| {
+            for i in 0..n {
+                r.headers_mut()
+                    .append("cookie", format!("c{}=v", i % 1000).parse().unwrap());
+            }
+        }
+    };
+    let resp = conn.connect("http", "/", crumbs(1000)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = conn.connect("http", "/", crumbs(24_569)).await;
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let resp = conn.connect("http", "/", crumbs(1101)).await;
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(backend.request_count(), 1);
+}
+
 #[tokio::test]
 async fn the_sticky_cookie_rides_on_the_200_and_is_secure_over_tls() {
     let (_backend, _gw, mut conn, _ca) =
