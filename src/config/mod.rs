@@ -790,10 +790,29 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (key, message) = (Shown(&self.key), Shown(&self.message));
         match self.line {
-            Some(line) => write!(f, "line {line}: {}: {}", self.key, self.message),
-            None => write!(f, "{}: {}", self.key, self.message),
+            Some(line) => write!(f, "line {line}: {key}: {message}"),
+            None => write!(f, "{key}: {message}"),
         }
+    }
+}
+
+/// Text from the config file as an error shows it: control characters escaped as Rust
+/// writes them (`\u{1b}`), but for a message's own line breaks. A key named with an escape
+/// sequence (`"ba\u001b[31mckends" = 1`) reached the terminal raw.
+struct Shown<'a>(&'a str);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() && c != '\n' {
+                write!(f, "{}", c.escape_debug())?;
+            } else {
+                fmt::Write::write_char(f, c)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -821,9 +840,10 @@ impl fmt::Display for ConfigErrors {
             if n == 1 { "" } else { "s" }
         )?;
         for e in &self.errors {
+            let (key, message) = (Shown(&e.key), Shown(&e.message));
             match e.line {
-                Some(line) => writeln!(f, "  {}:{line}: {}: {}", self.source, e.key, e.message)?,
-                None => writeln!(f, "  {}: {}: {}", self.source, e.key, e.message)?,
+                Some(line) => writeln!(f, "  {}:{line}: {key}: {message}", self.source)?,
+                None => writeln!(f, "  {}: {key}: {message}", self.source)?,
             }
         }
         Ok(())

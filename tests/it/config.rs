@@ -398,6 +398,24 @@ backends = ["ws://127.0.0.1:1"]
     );
 }
 
+/// A key named with control characters (an escape sequence) is shown escaped, as values
+/// are: it reached the terminal raw, twice per message.
+#[test]
+fn control_characters_in_key_names_are_escaped() {
+    let toml = "[[listener]]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"r\"\npath = \"/\"\n\
+                backends = [\"ws://127.0.0.1:1\"]\n\"ba\\u001b[31mckends\" = 1\n";
+    let errs = wsgate::config::ConfigErrors {
+        source: "wsgate.toml".into(),
+        errors: wsgate::config::from_toml_str(toml).unwrap_err(),
+    };
+    let shown = errs.to_string();
+    assert!(!shown.contains('\u{1b}'), "{shown:?}");
+    assert!(shown.contains("ba\\u{1b}[31mckends"), "{shown}");
+    for line in errs.lines() {
+        assert!(!line.contains('\u{1b}'), "{line:?}");
+    }
+}
+
 /// Two routes for one host and path are an error, and so are two whose paths differ only in
 /// letter case or a segment's trailing dots: requests are checked to route the same read
 /// without them, so every request for one of the two would be refused as ambiguous.
