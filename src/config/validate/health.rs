@@ -105,7 +105,7 @@ impl Validator<'_> {
         let Some(h) = h else {
             return HealthConfig::default();
         };
-        let (span, h) = (h.span(), h.get_ref());
+        let h = h.get_ref();
         let key = format!("{key}.health");
         let k = |name: &str| format!("{key}.{name}");
         let check = self.choice(
@@ -145,19 +145,21 @@ impl Validator<'_> {
             DEFAULT_UNHEALTHY_THRESHOLD,
             1,
         );
+        // Where each key an active check takes was written (its own line, not the table's).
         let active_keys = [
-            ("path", h.path.is_some()),
-            ("interval", h.interval.is_some()),
-            ("timeout", h.timeout.is_some()),
-            ("healthy_threshold", h.healthy_threshold.is_some()),
-            ("unhealthy_threshold", h.unhealthy_threshold.is_some()),
+            ("path", h.path.as_ref().map(Spanned::span)),
+            ("interval", h.interval.as_ref().map(Spanned::span)),
+            ("timeout", h.timeout.as_ref().map(Spanned::span)),
+            ("healthy_threshold", h.healthy_threshold.as_ref().map(Spanned::span)),
+            ("unhealthy_threshold", h.unhealthy_threshold.as_ref().map(Spanned::span)),
         ];
-        if check.is_none()
-            && let Some((name, _)) = active_keys.iter().find(|(_, set)| *set)
+        // Only when `check` is not written at all: a misspelt one has its own error.
+        if h.check.is_none()
+            && let Some((name, Some(at))) = active_keys.iter().find(|(_, at)| at.is_some())
         {
             self.err(
                 k(name),
-                Some(span.clone()),
+                Some(at.clone()),
                 "set, but no active check: add check = \"websocket\", \"http\" or \"tcp\"",
             );
         }
@@ -415,11 +417,19 @@ mod tests {
                 8,
                 "unknown",
             ),
+            // Named on its own line, not the table's.
             (
-                "[route.health]\ninterval = \"1s\"\n",
+                "[route.health]\n\n\ninterval = \"1s\"\n",
                 "route[0].health.interval",
-                7,
+                10,
                 "no active check",
+            ),
+            // A misspelt check is its own error, not also "no active check".
+            (
+                "[route.health]\ncheck = \"websockt\"\ninterval = \"5s\"\n",
+                "route[0].health.check",
+                8,
+                "unknown",
             ),
             (
                 "[route.health]\nmax_ejected_percent = 101\n",
