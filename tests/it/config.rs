@@ -713,6 +713,12 @@ fn listeners_that_would_share_a_port_are_refused() {
             "127.0.0.1:23001",
             "used by an earlier listener",
         ),
+        // An IPv4-mapped address is its IPv4 address (it was blamed on an unspecified one).
+        (
+            "127.0.0.1:23001",
+            "[::ffff:127.0.0.1]:23001",
+            "an IPv4-mapped address is its IPv4 address",
+        ),
     ] {
         let text = format!(
             "[[listener]]\nlisten = \"{first}\"\n[[listener]]\nlisten = \"{second}\"\n{route}"

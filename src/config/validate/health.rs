@@ -150,8 +150,14 @@ impl Validator<'_> {
             ("path", h.path.as_ref().map(Spanned::span)),
             ("interval", h.interval.as_ref().map(Spanned::span)),
             ("timeout", h.timeout.as_ref().map(Spanned::span)),
-            ("healthy_threshold", h.healthy_threshold.as_ref().map(Spanned::span)),
-            ("unhealthy_threshold", h.unhealthy_threshold.as_ref().map(Spanned::span)),
+            (
+                "healthy_threshold",
+                h.healthy_threshold.as_ref().map(Spanned::span),
+            ),
+            (
+                "unhealthy_threshold",
+                h.unhealthy_threshold.as_ref().map(Spanned::span),
+            ),
         ];
         // Only when `check` is not written at all: a misspelt one has its own error.
         if h.check.is_none()

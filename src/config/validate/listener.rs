@@ -57,6 +57,11 @@ impl Validator<'_> {
                     if let Some((j, other)) = seen_addrs.iter().find(|(_, o)| overlaps(addr, *o)) {
                         let message = if *other == addr {
                             format!("{addr} is used by an earlier listener (listener[{j}])")
+                        } else if other.ip().to_canonical() == addr.ip().to_canonical() {
+                            format!(
+                                "{addr} is {other}, used by an earlier listener (listener[{j}]): \
+                                 an IPv4-mapped address is its IPv4 address"
+                            )
                         } else {
                             format!("{addr} and listener[{j}]'s {other} cannot both listen on port {}: the unspecified address takes the port on every address", addr.port())
                         };
