@@ -173,25 +173,18 @@ fn the_rest_after_a_routing_prefix_keeps_parameters() {
 }
 
 fn table() -> RouteTable {
-    let cfg = from_toml_str(
-        r#"
-        [[listener]]
-        listen = "127.0.0.1:0"
-        [[route]]
-        name = "admin"
-        path = "/admin"
-        backends = ["ws://127.0.0.1:1"]
-        [[route]]
-        name = "files"
-        path = "/files/"
-        backends = ["ws://127.0.0.1:1"]
-        [[route]]
-        name = "all"
-        path = "/"
-        backends = ["ws://127.0.0.1:1"]
-        "#,
-    )
-    .unwrap();
+    table_of(&[("admin", "/admin"), ("files", "/files/"), ("all", "/")])
+}
+
+/// The routes of these (name, path) pairs, each to the same backend.
+fn table_of(routes: &[(&str, &str)]) -> RouteTable {
+    let mut text = String::from("[[listener]]\nlisten = \"127.0.0.1:0\"\n");
+    for (name, path) in routes {
+        text.push_str(&format!(
+            "[[route]]\nname = \"{name}\"\npath = \"{path}\"\nbackends = [\"ws://127.0.0.1:1\"]\n"
+        ));
+    }
+    let cfg = from_toml_str(&text).unwrap();
     RouteTable::new(&cfg.routes, &Control::default())
 }
 
@@ -305,22 +298,7 @@ fn a_path_that_routes_otherwise_without_case_or_trailing_dots_is_refused() {
         assert_eq!(route(path), Ok(Some(name.to_string())), "{path}");
     }
     // A route's own path is read the same way: next to `/API`, `/api/x` is ambiguous.
-    let cfg = crate::config::from_toml_str(
-        r#"
-        [[listener]]
-        listen = "127.0.0.1:0"
-        [[route]]
-        name = "api"
-        path = "/API"
-        backends = ["ws://127.0.0.1:1"]
-        [[route]]
-        name = "all"
-        path = "/"
-        backends = ["ws://127.0.0.1:1"]
-        "#,
-    )
-    .unwrap();
-    let t = RouteTable::new(&cfg.routes, &Control::default());
+    let t = table_of(&[("api", "/API"), ("all", "/")]);
     let c = canonicalize("/api/x", &PathRules::default()).unwrap();
     assert_eq!(
         t.find_canonical(None, &c).map(|r| r.is_some()),
