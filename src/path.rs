@@ -232,7 +232,8 @@ pub fn routing_form(canonical: &str) -> Cow<'_, str> {
 }
 
 /// A path (a route's, or a request's routing form) as many backends read it, if that differs
-/// from it: letters in lower case (Express's router by default, ASP.NET Core, IIS), and each
+/// from it: letters in lower case (Express's router by default, ASP.NET Core, IIS), the
+/// three letters past ASCII that lower-casers make ASCII ones among them (below), and each
 /// segment without trailing dots and spaces (`%20`), which IIS and Windows file names drop
 /// (a segment that is nothing else is kept). `/ADMIN/users`, `/Admin./users` and
 /// `/admin%20/users` are `/admin/users` to such a backend: a request that routes otherwise
@@ -252,7 +253,22 @@ pub fn folded(path: &str) -> Option<String> {
             cut = rest;
         }
         let seg = if cut.is_empty() { seg } else { cut };
-        out.extend(seg.chars().map(|c| c.to_ascii_lowercase()));
+        out.extend(seg.chars().map(|c| match c {
+            '\u{212A}' => 'k',
+            '\u{130}' => 'i',
+            '\u{17F}' => 's',
+            c => c.to_ascii_lowercase(),
+        }));
+    }
+    // The letters past ASCII that common lower-casers turn into ASCII ones, as a canonical
+    // path writes them (escaped): Java's, JavaScript's and Python's make the Kelvin sign `K`
+    // a `k`, Java's per-character one the dotted `İ` an `i`, Java's `equalsIgnoreCase` the
+    // long `ſ` an `s`. `/%E2%84%AAiosk` is `/kiosk` to such a backend.
+    if out.contains("%e2%84%aa") || out.contains("%c4%b0") || out.contains("%c5%bf") {
+        out = out
+            .replace("%e2%84%aa", "k")
+            .replace("%c4%b0", "i")
+            .replace("%c5%bf", "s");
     }
     (out != path).then_some(out)
 }

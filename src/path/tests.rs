@@ -281,6 +281,10 @@ fn a_path_that_routes_otherwise_without_case_or_trailing_dots_is_refused() {
         "/ADMIN%20./x",
         "/FILES/x",
         "/files./",
+        // Letters past ASCII that lower-casers make ASCII: the Kelvin sign, a dotted capital
+        // I, a long s (Java, JavaScript and Python read `/\u{212A}iosk` as `/kiosk`).
+        "/adm%C4%B0n/x",
+        "/file%C5%BF/x",
     ] {
         assert_eq!(
             route(ambiguous),
@@ -297,6 +301,12 @@ fn a_path_that_routes_otherwise_without_case_or_trailing_dots_is_refused() {
     ] {
         assert_eq!(route(path), Ok(Some(name.to_string())), "{path}");
     }
+    let t = table_of(&[("kiosk", "/kiosk"), ("all", "/")]);
+    let c = canonicalize("/%E2%84%AAiosk/x", &PathRules::default()).unwrap();
+    assert_eq!(
+        t.find_canonical(None, &c).map(|r| r.is_some()),
+        Err(PathError::AmbiguousCase)
+    );
     // A route's own path is read the same way: next to `/API`, `/api/x` is ambiguous.
     let t = table_of(&[("api", "/API"), ("all", "/")]);
     let c = canonicalize("/api/x", &PathRules::default()).unwrap();
