@@ -239,7 +239,9 @@ pub fn routing_form(canonical: &str) -> Cow<'_, str> {
 /// `/admin%20/users` are `/admin/users` to such a backend: a request that routes otherwise
 /// than this reading would reach that backend's `/admin` past the `/admin` route's policy.
 pub fn folded(path: &str) -> Option<String> {
-    let trims = |seg: &str| seg.ends_with('.') || seg.ends_with("%20");
+    let trims = |seg: &str| {
+        seg.ends_with('.') || seg.ends_with("%20") || seg.contains("::$") || seg.contains("%3A%3A$")
+    };
     if !path.bytes().any(|b| b.is_ascii_uppercase()) && !path.split('/').any(trims) {
         return None;
     }
@@ -248,26 +250,36 @@ pub fn folded(path: &str) -> Option<String> {
         if i > 0 {
             out.push('/');
         }
-        let mut cut = seg;
+        // An NTFS stream suffix: `admin::$DATA` is the file `admin`, `admin::$INDEX_ALLOCATION`
+        // the directory, to a Windows server that maps paths to files.
+        let mut cut = match seg.find("::$").or_else(|| seg.find("%3A%3A$")) {
+            Some(at) if at > 0 => &seg[..at],
+            _ => seg,
+        };
         while let Some(rest) = cut.strip_suffix('.').or_else(|| cut.strip_suffix("%20")) {
             cut = rest;
         }
         let seg = if cut.is_empty() { seg } else { cut };
         out.extend(seg.chars().map(|c| match c {
             '\u{212A}' => 'k',
-            '\u{130}' => 'i',
+            '\u{130}' | '\u{131}' => 'i',
             '\u{17F}' => 's',
             c => c.to_ascii_lowercase(),
         }));
     }
     // The letters past ASCII that common lower-casers turn into ASCII ones, as a canonical
     // path writes them (escaped): Java's, JavaScript's and Python's make the Kelvin sign `K`
-    // a `k`, Java's per-character one the dotted `İ` an `i`, Java's `equalsIgnoreCase` the
-    // long `ſ` an `s`. `/%E2%84%AAiosk` is `/kiosk` to such a backend.
-    if out.contains("%e2%84%aa") || out.contains("%c4%b0") || out.contains("%c5%bf") {
+    // a `k`, Java's per-character one the dotted `İ` an `i`, and upper-casers the dotless
+    // `ı` an `I` and the long `ſ` an `S` (as Java's `equalsIgnoreCase` and Python's `re`
+    // with `(?i)` match them). `/%E2%84%AAiosk` is `/kiosk` to such a backend.
+    if ["%e2%84%aa", "%c4%b0", "%c4%b1", "%c5%bf"]
+        .iter()
+        .any(|e| out.contains(e))
+    {
         out = out
             .replace("%e2%84%aa", "k")
             .replace("%c4%b0", "i")
+            .replace("%c4%b1", "i")
             .replace("%c5%bf", "s");
     }
     (out != path).then_some(out)

@@ -284,7 +284,12 @@ fn a_path_that_routes_otherwise_without_case_or_trailing_dots_is_refused() {
         // Letters past ASCII that lower-casers make ASCII: the Kelvin sign, a dotted capital
         // I, a long s (Java, JavaScript and Python read `/\u{212A}iosk` as `/kiosk`).
         "/adm%C4%B0n/x",
+        "/adm%C4%B1n/x",
         "/file%C5%BF/x",
+        // An NTFS stream suffix names the file or directory before it.
+        "/admin::$DATA",
+        "/admin::$INDEX_ALLOCATION/x",
+        "/admin%3A%3A$DATA",
     ] {
         assert_eq!(
             route(ambiguous),

@@ -132,7 +132,9 @@ fn squeeze_before_equals(value: &str) -> String {
 /// ignores case: `Access_Token` is its `access_token`).
 pub fn names_it(name: &str, names: &[String]) -> bool {
     let decoded = crate::query::decode(name, false);
-    let php = php_name(&decoded);
+    // PHP decodes a cookie's name as a query's (`+` a space) and drops leading spaces:
+    // `+access_token` and `%20access_token` are its `$_COOKIE["access_token"]`.
+    let php = php_name(crate::query::decode(name, true).trim_start_matches(' '));
     names.iter().any(|s| {
         s.eq_ignore_ascii_case(name)
             || s.eq_ignore_ascii_case(&decoded)
@@ -212,7 +214,7 @@ mod tests {
             HeaderValue::from_static(
                 "Access_Token=a; SESSION=b; access_token[]=c; access_token[x]=d; \
                  access_token%00=e; access_token%00junk=f; Access.Token=g; theme=dark; \
-                 access_tokens=h; %00session=i",
+                 access_tokens=h; %00session=i; +access_token=j; %20session=k; %20%20Session=l",
             ),
         );
         strip(&mut h, &["access_token".into(), "session".into()]);

@@ -430,13 +430,20 @@ fn forwarded_list(v: &[u8]) -> bool {
     };
     loop {
         ows(&mut i);
-        // One element: pairs and semicolons.
+        // One element: pairs and semicolons, each parameter at most once (RFC 7239 §4:
+        // `for=a;for=b` would be read as either by backends that take the first or the last).
+        let mut names: Vec<&[u8]> = Vec::new();
         loop {
             let start = i;
             while v.get(i).copied().is_some_and(is_tchar) {
                 i += 1;
             }
             if i > start {
+                let name = &v[start..i];
+                if names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+                    return false;
+                }
+                names.push(name);
                 if v.get(i) != Some(&b'=') {
                     return false;
                 }
@@ -661,6 +668,8 @@ mod tests {
             "for=1.1.1.1 junk",
             "for=1.1.1.1;;=x",
             "for=\"1.1.1.1\";x=(y)",
+            "for=1.2.3.4;for=5.6.7.8",
+            "for=1.2.3.4;proto=https;PROTO=http",
         ] {
             let mut received = HeaderMap::new();
             received.insert(http::header::FORWARDED, HeaderValue::from_str(bad).unwrap());
@@ -673,6 +682,7 @@ mod tests {
             "for=1.1.1.1",
             r#"for="[2001:db8::1]:80";proto=https , for=unknown"#,
             "for=1.1.1.1;;proto=http,,for=2.2.2.2",
+            "for=1.1.1.1;proto=http, for=2.2.2.2;proto=https",
             r#"for=x;host="a\"b""#,
         ] {
             let mut received = HeaderMap::new();

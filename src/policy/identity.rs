@@ -14,9 +14,11 @@ pub struct Template {
     delimiters: Vec<char>,
 }
 
-/// What structures a header value into fields (RFC 9110 §5.6: lists, parameters, quoted
-/// strings). Other delimiters are left to claims: `{iss}/{sub}` may well carry a URL.
-const SEPARATORS: &str = "\",;=";
+/// What structures a header value into fields: lists, parameters and quoted strings (RFC
+/// 9110 §5.6: `"` `,` `;` `=` and the escape `\`), query-string pairs (`&`) and pipes (`|`).
+/// `:`, `/` and spaces are left to claims: `{iss}/{sub}` may well carry a URL, `{name}` a
+/// space.
+const SEPARATORS: &str = "\",;=\\&|";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
@@ -245,7 +247,7 @@ mod tests {
     #[test]
     fn a_claim_cannot_write_fields_of_its_own() {
         let claims: Claims = serde_json::from_str(
-            r#"{"sub":"mallory; org=acme","org":"evil","name":"Doe, John",
+            r#"{"sub":"mallory; org=acme","org":"evil","name":"Doe, John","amp":"a&org=b","pipe":"a|b",
                 "iss":"https://idp.example/a","roles":["a","b;c"],"q":"say \"hi\""}"#,
         )
         .unwrap();
@@ -260,6 +262,8 @@ mod tests {
         assert_eq!(render("roles={roles}; v=1"), None);
         assert_eq!(render("roles={roles}").as_deref(), Some("roles=a,b;c"));
         assert_eq!(render("name=\"{q}\""), None);
+        assert_eq!(render("user={amp}&org={org}"), None);
+        assert_eq!(render("{pipe}|{org}"), None);
         // Separators the text does not use are the claim's own.
         assert_eq!(render("{sub}").as_deref(), Some("mallory; org=acme"));
         assert_eq!(render("{name}").as_deref(), Some("Doe, John"));
