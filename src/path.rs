@@ -233,9 +233,9 @@ pub fn routing_form(canonical: &str) -> Cow<'_, str> {
 
 /// A path (a route's, or a request's routing form) as many backends read it, if that differs
 /// from it: letters in lower case (Express's router by default, ASP.NET Core, IIS), the
-/// three letters past ASCII that lower-casers make ASCII ones among them (below), and each
-/// segment without trailing dots and spaces (`%20`), which IIS and Windows file names drop
-/// (a segment that is nothing else is kept). `/ADMIN/users`, `/Admin./users` and
+/// letters past ASCII that case mapping makes ASCII ones among them (below), and each
+/// segment without an NTFS stream suffix (`::$DATA`) and without trailing dots and spaces
+/// (`%20`), which IIS and Windows file names drop (a segment that is nothing else is kept). `/ADMIN/users`, `/Admin./users` and
 /// `/admin%20/users` are `/admin/users` to such a backend: a request that routes otherwise
 /// than this reading would reach that backend's `/admin` past the `/admin` route's policy.
 pub fn folded(path: &str) -> Option<String> {

@@ -435,7 +435,11 @@ fn forwarded_list(v: &[u8]) -> bool {
         let mut names: Vec<&[u8]> = Vec::new();
         loop {
             let start = i;
-            while v.get(i).copied().is_some_and(is_tchar) {
+            while v
+                .get(i)
+                .copied()
+                .is_some_and(crate::handshake::is_token_byte)
+            {
                 i += 1;
             }
             if i > start {
@@ -455,7 +459,11 @@ fn forwarded_list(v: &[u8]) -> bool {
                     },
                     _ => {
                         let value = i;
-                        while v.get(i).copied().is_some_and(is_tchar) {
+                        while v
+                            .get(i)
+                            .copied()
+                            .is_some_and(crate::handshake::is_token_byte)
+                        {
                             i += 1;
                         }
                         if i == value {
@@ -512,11 +520,6 @@ fn quoted_end(v: &[u8], start: usize) -> Option<usize> {
         }
     }
     None
-}
-
-/// RFC 9110 §5.6.2's `tchar`.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// One `Forwarded` element (RFC 7239 §4) for this hop: `for` the peer, `proto`, `host`.
